@@ -1,0 +1,34 @@
+//! Compiles `proto/` (our subset of Envoy's v3 API) with protox, a pure-Rust protobuf
+//! compiler, so no system `protoc` is needed. The encoded descriptor set is written beside
+//! the generated code for the runtime descriptor pool (proto3 JSON/YAML and `Any`).
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let proto_root = Path::new("proto");
+    let mut files = Vec::new();
+    collect(proto_root, &mut files);
+    files.sort();
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(&files, [proto_root]).expect("compiling proto/");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )
+    .unwrap();
+    prost_build::Config::new()
+        .include_file("_includes.rs")
+        .compile_fds(fds)
+        .expect("generating Rust from proto/");
+}
+
+fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect(&path, files);
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            files.push(path);
+        }
+    }
+}

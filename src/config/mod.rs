@@ -1,0 +1,171 @@
+//! Bootstrap configuration: Envoy's v3 YAML/JSON (proto3 JSON mapping, `Any` by `@type`)
+//! parsed through the descriptor pool into the generated `proto` types.
+//!
+//! Unknown fields are refused by name: the pool knows only the subset of Envoy's API that
+//! Ringside implements, so anything else fails closed here, before conversion.
+
+use std::fmt;
+use std::path::Path;
+
+use prost::Message;
+use prost_reflect::{DeserializeOptions, DynamicMessage};
+
+use crate::proto;
+use crate::proto::envoy::config::bootstrap::v3::Bootstrap;
+
+/// Built-in configuration used when neither `-c` nor `--config-yaml` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../examples/default.yaml");
+
+/// Where a piece of configuration came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file given with `-c`.
+    File(String),
+    /// The `--config-yaml` argument.
+    Inline,
+    /// The embedded default configuration.
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => f.write_str(p),
+            Source::Inline => f.write_str("--config-yaml"),
+            Source::Default => f.write_str("<embedded default config>"),
+        }
+    }
+}
+
+/// A bootstrap that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: cannot read: {reason}")]
+    Read { origin: Source, reason: String },
+    #[error("{origin}{}: field `{path}`: {reason}", line_col(*.line, *.column))]
+    Parse {
+        origin: Source,
+        line: Option<usize>,
+        column: Option<usize>,
+        path: String,
+        reason: String,
+    },
+}
+
+fn line_col(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+/// Reads the bootstrap the way Envoy does: the file (YAML or JSON), then `--config-yaml`
+/// merged over it with protobuf merge semantics (repeated fields append).
+pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<(Bootstrap, Source), ConfigError> {
+    let (mut bootstrap, source) = match path {
+        Some(p) => {
+            let source = Source::File(p.display().to_string());
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                origin: source.clone(),
+                reason: e.to_string(),
+            })?;
+            (parse_bootstrap(&text, &source)?, source)
+        }
+        None if inline.is_some() => (Bootstrap::default(), Source::Inline),
+        None => (
+            parse_bootstrap(DEFAULT_CONFIG, &Source::Default)?,
+            Source::Default,
+        ),
+    };
+    if let Some(text) = inline {
+        let overlay = parse_bootstrap(text, &Source::Inline)?;
+        bootstrap
+            .merge(overlay.encode_to_vec().as_slice())
+            .expect("re-decoding our own encoding");
+    }
+    Ok((bootstrap, source))
+}
+
+/// Parses one bootstrap document (YAML is a superset of JSON).
+pub fn parse_bootstrap(text: &str, source: &Source) -> Result<Bootstrap, ConfigError> {
+    parse_message(text, source, "envoy.config.bootstrap.v3.Bootstrap")
+}
+
+/// Parses YAML/JSON text as the named message, naming the field path of any error.
+pub fn parse_message<M: Message + Default>(
+    text: &str,
+    source: &Source,
+    message: &str,
+) -> Result<M, ConfigError> {
+    let desc = proto::pool()
+        .get_message_by_name(message)
+        .expect("message is in proto/");
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+    let dynamic =
+        DynamicMessage::deserialize_with_options(desc, tracked, &options).map_err(|e| {
+            let path = track.path().to_string();
+            let (line, column) = match e.location() {
+                Some(l) => (Some(l.line()), Some(l.column())),
+                None => (None, None),
+            };
+            let path = if path == "?" { String::new() } else { path };
+            let mut reason = strip_location(&e.to_string());
+            if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
+                reason = rest.to_string();
+            }
+            let line = refine_line(text, line, &reason);
+            ConfigError::Parse {
+                origin: source.clone(),
+                line,
+                column: if line.is_some() { None } else { column },
+                path,
+                reason,
+            }
+        })?;
+    dynamic.transcode_to::<M>().map_err(|e| ConfigError::Parse {
+        origin: source.clone(),
+        line: None,
+        column: None,
+        path: String::new(),
+        reason: e.to_string(),
+    })
+}
+
+/// serde_yaml reports the start of the enclosing mapping; when the error names a field,
+/// point at the line that holds it.
+fn refine_line(text: &str, line: Option<usize>, reason: &str) -> Option<usize> {
+    let start = line?;
+    let name = reason
+        .split('\'')
+        .nth(1)
+        .or_else(|| reason.split('`').nth(1))?;
+    text.lines()
+        .enumerate()
+        .skip(start - 1)
+        .find(|(_, l)| {
+            let t = l
+                .trim_start()
+                .trim_start_matches("- ")
+                .trim_start_matches(['"', '\'']);
+            t.starts_with(name)
+                && t[name.len()..]
+                    .trim_start_matches(['"', '\''])
+                    .starts_with(':')
+        })
+        .map(|(i, _)| i + 1)
+        .or(line)
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Writes proto/ : the subset of Envoy's v3 API that Ringside implements.
+
+The field list below is the hand-kept part: a field is listed only when Ringside
+implements it (or lists it in the README's table of ignorable knobs). Names,
+numbers, types and packages are read from Envoy's official descriptors (PyPI's
+`xds-protos`), so the subset stays wire-compatible with real control planes.
+
+    pip install xds-protos && python3 tools/proto_subset.py
+"""
+import importlib
+import os
+import sys
+
+from google.protobuf import descriptor as d
+
+# message full name -> fields kept ("*" keeps every field; nested enums are always complete).
+SUBSET = {
+    # core
+    "envoy.config.core.v3.SocketAddress": ["protocol", "address", "port_value", "ipv4_compat"],
+    "envoy.config.core.v3.Pipe": ["path", "mode"],
+    "envoy.config.core.v3.Address": ["socket_address", "pipe"],
+    "envoy.config.core.v3.Locality": ["*"],
+    "envoy.config.core.v3.Node": ["id", "cluster", "metadata", "locality", "user_agent_name",
+                                  "user_agent_version"],
+    "envoy.config.core.v3.Metadata": ["filter_metadata"],
+    "envoy.config.core.v3.HeaderValue": ["key", "value", "raw_value"],
+    "envoy.config.core.v3.HeaderValueOption": ["header", "append", "append_action", "keep_empty_value"],
+    "envoy.config.core.v3.DataSource": ["filename", "inline_bytes", "inline_string",
+                                        "environment_variable"],
+    "envoy.config.core.v3.HttpProtocolOptions": ["idle_timeout", "max_connection_duration",
+                                                 "max_headers_count", "max_requests_per_connection",
+                                                 "headers_with_underscores_action"],
+    "envoy.config.core.v3.Http1ProtocolOptions": ["accept_http_10", "default_host_for_http_10"],
+    "envoy.config.core.v3.SubstitutionFormatString": ["text_format_source", "json_format",
+                                                      "omit_empty_values", "content_type"],
+    # bootstrap
+    "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "admin"],
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ["listeners", "clusters"],
+    "envoy.config.bootstrap.v3.Admin": ["address", "access_log"],
+    # listener
+    "envoy.config.listener.v3.Listener": ["name", "address", "filter_chains", "stat_prefix",
+                                          "per_connection_buffer_limit_bytes", "enable_reuse_port",
+                                          "traffic_direction", "connection_balance_config"],
+    "envoy.config.listener.v3.Listener.ConnectionBalanceConfig": ["exact_balance"],
+    "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance": [],
+    "envoy.config.listener.v3.FilterChain": ["filters", "name"],
+    "envoy.config.listener.v3.Filter": ["name", "typed_config"],
+    # access log
+    "envoy.config.accesslog.v3.AccessLog": ["name", "typed_config"],
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": ["log_format"],
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": ["log_format"],
+    # HTTP connection manager
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": [
+        "codec_type", "stat_prefix", "route_config", "http_filters", "access_log",
+        "common_http_protocol_options", "http_protocol_options", "use_remote_address",
+        "xff_num_trusted_hops", "skip_xff_append", "via", "generate_request_id",
+        "preserve_external_request_id", "always_set_request_id_in_response", "server_name",
+        "server_header_transformation", "stream_idle_timeout", "request_timeout",
+        "request_headers_timeout", "drain_timeout", "max_request_headers_kb", "upgrade_configs",
+        "normalize_path", "merge_slashes", "internal_address_config"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig": [
+        "unix_sockets"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": [
+        "upgrade_type", "enabled"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": ["name", "typed_config",
+                                                                             "is_optional", "disabled"],
+    "envoy.extensions.filters.http.router.v3.Router": ["suppress_envoy_headers", "dynamic_stats",
+                                                       "start_child_span"],
+    # routes
+    "envoy.config.route.v3.RouteConfiguration": ["name", "virtual_hosts", "response_headers_to_add",
+                                                 "response_headers_to_remove",
+                                                 "request_headers_to_add", "request_headers_to_remove",
+                                                 "validate_clusters", "max_direct_response_body_size_bytes"],
+    "envoy.config.route.v3.VirtualHost": ["name", "domains", "routes", "request_headers_to_add",
+                                          "request_headers_to_remove", "response_headers_to_add",
+                                          "response_headers_to_remove", "require_tls"],
+    "envoy.config.route.v3.Route": ["name", "match", "route", "redirect", "direct_response",
+                                    "request_headers_to_add", "request_headers_to_remove",
+                                    "response_headers_to_add", "response_headers_to_remove"],
+    "envoy.config.route.v3.RouteMatch": ["prefix", "path", "safe_regex", "path_separated_prefix",
+                                         "case_sensitive", "headers", "query_parameters"],
+    "envoy.config.route.v3.HeaderMatcher": ["name", "exact_match", "safe_regex_match", "present_match",
+                                            "prefix_match", "suffix_match", "contains_match",
+                                            "string_match", "invert_match",
+                                            "treat_missing_header_as_empty"],
+    "envoy.config.route.v3.QueryParameterMatcher": ["name", "string_match", "present_match"],
+    "envoy.config.route.v3.RouteAction": ["cluster", "weighted_clusters", "cluster_not_found_response_code",
+                                          "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
+                                          "auto_host_rewrite", "timeout", "idle_timeout"],
+    "envoy.config.route.v3.WeightedCluster": ["clusters", "total_weight"],
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight": [
+        "name", "weight", "request_headers_to_add", "request_headers_to_remove",
+        "response_headers_to_add", "response_headers_to_remove", "host_rewrite_literal"],
+    "envoy.config.route.v3.RedirectAction": ["https_redirect", "scheme_redirect", "host_redirect",
+                                             "port_redirect", "path_redirect", "prefix_rewrite",
+                                             "regex_rewrite", "response_code", "strip_query"],
+    "envoy.config.route.v3.DirectResponseAction": ["status", "body"],
+    "envoy.type.matcher.v3.StringMatcher": ["exact", "prefix", "suffix", "safe_regex", "contains",
+                                            "ignore_case"],
+    "envoy.type.matcher.v3.RegexMatcher": ["google_re2", "regex"],
+    "envoy.type.matcher.v3.RegexMatcher.GoogleRE2": ["max_program_size"],
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute": ["pattern", "substitution"],
+    # clusters and endpoints
+    "envoy.config.cluster.v3.Cluster": ["name", "alt_stat_name", "type", "connect_timeout",
+                                        "per_connection_buffer_limit_bytes", "lb_policy",
+                                        "load_assignment", "dns_refresh_rate", "respect_dns_ttl",
+                                        "dns_lookup_family", "circuit_breakers",
+                                        "common_http_protocol_options", "least_request_lb_config"],
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": ["choice_count"],
+    "envoy.config.cluster.v3.CircuitBreakers": ["thresholds"],
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds": ["priority", "max_connections",
+                                                           "max_pending_requests", "max_requests",
+                                                           "max_retries"],
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": ["cluster_name", "endpoints"],
+    "envoy.config.endpoint.v3.LocalityLbEndpoints": ["locality", "lb_endpoints",
+                                                     "load_balancing_weight", "priority"],
+    "envoy.config.endpoint.v3.LbEndpoint": ["endpoint", "health_status", "metadata",
+                                            "load_balancing_weight"],
+    "envoy.config.endpoint.v3.Endpoint": ["address", "hostname"],
+}
+
+MODULES = [
+    "envoy.config.core.v3.address_pb2", "envoy.config.core.v3.base_pb2",
+    "envoy.config.core.v3.protocol_pb2", "envoy.config.core.v3.substitution_format_string_pb2",
+    "envoy.config.bootstrap.v3.bootstrap_pb2", "envoy.config.listener.v3.listener_pb2",
+    "envoy.config.listener.v3.listener_components_pb2", "envoy.config.accesslog.v3.accesslog_pb2",
+    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.config.route.v3.route_pb2", "envoy.config.route.v3.route_components_pb2",
+    "envoy.type.matcher.v3.string_pb2", "envoy.type.matcher.v3.regex_pb2",
+    "envoy.config.cluster.v3.cluster_pb2", "envoy.config.cluster.v3.circuit_breaker_pb2",
+    "envoy.config.endpoint.v3.endpoint_pb2", "envoy.config.endpoint.v3.endpoint_components_pb2",
+]
+
+SCALARS = {
+    d.FieldDescriptor.TYPE_DOUBLE: "double", d.FieldDescriptor.TYPE_FLOAT: "float",
+    d.FieldDescriptor.TYPE_INT64: "int64", d.FieldDescriptor.TYPE_UINT64: "uint64",
+    d.FieldDescriptor.TYPE_INT32: "int32", d.FieldDescriptor.TYPE_FIXED64: "fixed64",
+    d.FieldDescriptor.TYPE_FIXED32: "fixed32", d.FieldDescriptor.TYPE_BOOL: "bool",
+    d.FieldDescriptor.TYPE_STRING: "string", d.FieldDescriptor.TYPE_BYTES: "bytes",
+    d.FieldDescriptor.TYPE_UINT32: "uint32", d.FieldDescriptor.TYPE_SFIXED32: "sfixed32",
+    d.FieldDescriptor.TYPE_SFIXED64: "sfixed64", d.FieldDescriptor.TYPE_SINT32: "sint32",
+    d.FieldDescriptor.TYPE_SINT64: "sint64",
+}
+
+
+def main(out_dir):
+    pool = {}
+    for m in MODULES:
+        mod = importlib.import_module(m)
+        fd = mod.DESCRIPTOR
+        for name in fd.message_types_by_name:
+            collect(fd.message_types_by_name[name], pool)
+    files = {}  # file name -> (package, [top-level message descriptors])
+    used_enums = {}
+    for full in SUBSET:
+        msg = pool[full]
+        top = msg
+        while top.containing_type is not None:
+            top = top.containing_type
+        files.setdefault(top.file.name, (top.file.package, []))
+        if top not in files[top.file.name][1]:
+            files[top.file.name][1].append(top)
+    for top in [t for _, ts in files.values() for t in ts]:
+        render_message(top, 0, set(), "")  # first pass: finds the top-level enums in use
+    for e in top_needed:
+        files.setdefault(e.file.name, (e.file.package, []))
+    for fname, (package, tops) in sorted(files.items()):
+        imports = set()
+        body = []
+        for e in sorted(top_needed, key=lambda e: e.full_name):
+            if e.file.name == fname:
+                body.extend(render_enum(e, 0))
+        for top in tops:
+            body.extend(render_message(top, 0, imports, fname))
+        path = os.path.join(out_dir, fname)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("// Generated by tools/proto_subset.py from Envoy's descriptors: a subset.\n")
+            f.write('syntax = "proto3";\n\n')
+            f.write(f"package {package};\n\n")
+            for imp in sorted(imports - {fname}):
+                f.write(f'import "{imp}";\n')
+            f.write("\n" + "\n".join(body) + "\n")
+        print("wrote", path)
+
+
+def collect(msg, pool):
+    pool[msg.full_name] = msg
+    for n in msg.nested_types:
+        collect(n, pool)
+
+
+def wanted(msg):
+    return msg.full_name in SUBSET
+
+
+def contains_wanted(msg):
+    return wanted(msg) or any(contains_wanted(n) for n in msg.nested_types)
+
+
+def type_name(field, imports, here):
+    if field.type == d.FieldDescriptor.TYPE_MESSAGE:
+        t = field.message_type
+        if t.GetOptions().map_entry:
+            k = t.fields_by_name["key"]
+            v = t.fields_by_name["value"]
+            return f"map<{type_name(k, imports, here)}, {type_name(v, imports, here)}>"
+        imports.add(t.file.name)
+        if not t.full_name.startswith("google.protobuf") and t.full_name not in SUBSET:
+            sys.exit(f"{field.full_name} refers to {t.full_name}, which is not in SUBSET")
+        return "." + t.full_name
+    if field.type == d.FieldDescriptor.TYPE_ENUM:
+        imports.add(field.enum_type.file.name)
+        e = field.enum_type
+        if e.containing_type is None or not contains_wanted(e.containing_type):
+            top_needed.add(e)
+        return "." + e.full_name
+    return SCALARS[field.type]
+
+
+top_needed = set()
+
+
+def render_message(msg, depth, imports, here):
+    ind = "  " * depth
+    out = [f"{ind}message {msg.name} {{"]
+    keep = SUBSET.get(msg.full_name, [])
+    fields = [f for f in msg.fields if "*" in keep or f.name in keep]
+    missing = set(keep) - {"*"} - {f.name for f in msg.fields}
+    if missing:
+        sys.exit(f"{msg.full_name}: no fields {missing}")
+    for e in msg.enum_types:
+        out.extend(render_enum(e, depth + 1))
+    for n in msg.nested_types:
+        if contains_wanted(n) and not n.GetOptions().map_entry:
+            out.extend(render_message(n, depth + 1, imports, here))
+    done_oneofs = set()
+    for f in fields:
+        oneof = f.containing_oneof
+        if oneof is not None and not is_synthetic(oneof):
+            if oneof.name in done_oneofs:
+                continue
+            done_oneofs.add(oneof.name)
+            out.append(f"{ind}  oneof {oneof.name} {{")
+            for g in oneof.fields:
+                if g in fields:
+                    out.append(f"{ind}    {type_name(g, imports, here)} {g.name} = {g.number};")
+            out.append(f"{ind}  }}")
+            continue
+        label = ""
+        if is_repeated(f) and not (
+                f.type == d.FieldDescriptor.TYPE_MESSAGE and f.message_type.GetOptions().map_entry):
+            label = "repeated "
+        elif oneof is not None:
+            label = "optional "
+        out.append(f"{ind}  {label}{type_name(f, imports, here)} {f.name} = {f.number};")
+    out.append(f"{ind}}}")
+    return out
+
+
+def is_repeated(f):
+    if hasattr(f, "is_repeated"):
+        return f.is_repeated
+    return f.label == d.FieldDescriptor.LABEL_REPEATED
+
+
+def is_synthetic(oneof):
+    return len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name
+
+
+def render_enum(e, depth):
+    ind = "  " * depth
+    out = [f"{ind}enum {e.name} {{"]
+    for v in e.values:
+        out.append(f"{ind}  {v.name} = {v.number};")
+    out.append(f"{ind}}}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "proto")
