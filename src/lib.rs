@@ -2,4 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod model;
 pub mod proto;
+pub mod router;
+pub mod stats;

@@ -1,0 +1,375 @@
+//! `envoy.config.listener.v3.Listener` and its HTTP connection manager → [`Listener`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::format::{Format, DEFAULT_ACCESS_LOG};
+use crate::model::{
+    AccessLog, Codec, HttpConnectionManager, Listener, LogSink, NetworkFilter, ServerHeader,
+    UnderscoreAction,
+};
+use crate::proto::envoy::config::accesslog::v3::{access_log, AccessLog as PbAccessLog};
+use crate::proto::envoy::config::core::v3 as core;
+use crate::proto::envoy::config::listener::v3 as pb;
+use crate::proto::envoy::extensions::access_loggers::stream::v3 as stream;
+use crate::proto::envoy::extensions::filters::http::router::v3::Router;
+use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use crate::stats::{HttpStat, ListenerStat};
+
+use super::{any_type, data_source, decode_any, err, socket_addr, timeout, ConvertError, Ctx};
+
+const HCM: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
+const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, ConvertError> {
+    let res = format!("listener '{}'", l.name);
+    let res = res.as_str();
+    if l.name.is_empty() {
+        return Err(err(res, "name", "listener name is required"));
+    }
+    let Some(addr) = &l.address else {
+        return Err(err(res, "address", "address is required"));
+    };
+    let address = socket_addr(addr, res, "address")?;
+    if l.per_connection_buffer_limit_bytes.is_some() {
+        ctx.ignored
+            .push(format!("{res}.per_connection_buffer_limit_bytes"));
+    }
+    if l.traffic_direction != 0 {
+        ctx.ignored.push(format!("{res}.traffic_direction"));
+    }
+    if l.enable_reuse_port.is_some() {
+        ctx.ignored.push(format!("{res}.enable_reuse_port"));
+    }
+    let chain = match l.filter_chains.as_slice() {
+        [c] => c,
+        [] => {
+            return Err(err(
+                res,
+                "filter_chains",
+                "at least one filter chain is required",
+            ))
+        }
+        _ => {
+            return Err(err(
+                res,
+                "filter_chains[1]",
+                "several filter chains need filter_chain_match, which is not supported yet",
+            ))
+        }
+    };
+    let filter = match chain.filters.as_slice() {
+        [f] => network_filter(f, res, "filter_chains[0].filters[0]", ctx)?,
+        [] => {
+            return Err(err(
+                res,
+                "filter_chains[0].filters",
+                "a network filter is required",
+            ))
+        }
+        [_, f, ..] => {
+            let t = f
+                .config_type
+                .as_ref()
+                .map(|pb::filter::ConfigType::TypedConfig(a)| any_type(a).to_string())
+                .unwrap_or_default();
+            return Err(err(
+                res,
+                "filter_chains[0].filters[1]",
+                format!(
+                    "network filter '{}' ({t}) is not supported after the connection manager",
+                    f.name
+                ),
+            ));
+        }
+    };
+    let stat_prefix = if l.stat_prefix.is_empty() {
+        listener_stat_name(&address)
+    } else {
+        l.stat_prefix.clone()
+    };
+    let stats = ctx.stats.scope_with_workers::<ListenerStat>(
+        &format!("listener.{stat_prefix}."),
+        &[
+            ListenerStat::DownstreamCxTotal as usize,
+            ListenerStat::DownstreamCxActive as usize,
+        ],
+    );
+    Ok(Listener {
+        name: l.name.as_str().into(),
+        address,
+        stats,
+        filter,
+        bind_key: address.to_string(),
+    })
+}
+
+/// Envoy's listener stat name: the address with `:` replaced by `_`.
+pub fn listener_stat_name(a: &std::net::SocketAddr) -> String {
+    match a {
+        std::net::SocketAddr::V4(v4) => format!("{}_{}", v4.ip(), v4.port()),
+        std::net::SocketAddr::V6(v6) => format!("[{}]_{}", v6.ip(), v6.port()),
+    }
+}
+
+fn network_filter(
+    f: &pb::Filter,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<NetworkFilter, ConvertError> {
+    let Some(pb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(err(
+            res,
+            format!("{path}.typed_config"),
+            "typed_config is required",
+        ));
+    };
+    match any_type(any) {
+        HCM => {
+            let m: hcm::HttpConnectionManager = decode_any(any, HCM, res, path)?;
+            let path = format!("{path}.typed_config");
+            Ok(NetworkFilter::Http(Arc::new(connection_manager(
+                &m, res, &path, ctx,
+            )?)))
+        }
+        other => Err(err(
+            res,
+            format!("{path}.typed_config"),
+            format!(
+                "network filter '{}' of type {other} is not supported",
+                f.name
+            ),
+        )),
+    }
+}
+
+fn connection_manager(
+    m: &hcm::HttpConnectionManager,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<HttpConnectionManager, ConvertError> {
+    let p = |f: &str| format!("{path}.{f}");
+    if m.stat_prefix.is_empty() {
+        return Err(err(res, p("stat_prefix"), "stat_prefix is required"));
+    }
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation};
+    let codec = match CodecType::try_from(m.codec_type) {
+        Ok(CodecType::Auto) => Codec::Auto,
+        Ok(CodecType::Http1) => Codec::Http1,
+        _ => {
+            return Err(err(
+                res,
+                p("codec_type"),
+                "only AUTO and HTTP1 codecs are supported",
+            ))
+        }
+    };
+    let routes = match &m.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            Arc::new(super::route::convert(rc, res, &p("route_config"), ctx)?)
+        }
+        None => return Err(err(res, p("route_config"), "route_config is required")),
+    };
+    // HTTP filters: exactly the router, last.
+    let mut suppress_envoy_headers = false;
+    match m.http_filters.as_slice() {
+        [] => return Err(err(res, p("http_filters"), "the router filter is required")),
+        filters => {
+            for (i, f) in filters.iter().enumerate() {
+                let fp = p(&format!("http_filters[{i}]"));
+                let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                    return Err(err(
+                        res,
+                        format!("{fp}.typed_config"),
+                        "typed_config is required",
+                    ));
+                };
+                let t = any_type(any);
+                if t != ROUTER {
+                    return Err(err(
+                        res,
+                        format!("{fp}.typed_config"),
+                        format!("HTTP filter '{}' of type {t} is not supported", f.name),
+                    ));
+                }
+                if i + 1 != filters.len() {
+                    return Err(err(res, fp, "the router must be the last HTTP filter"));
+                }
+                let r: Router = decode_any(any, ROUTER, res, &fp)?;
+                suppress_envoy_headers = r.suppress_envoy_headers;
+                if r.dynamic_stats.is_some() || r.start_child_span {
+                    ctx.ignored
+                        .push(format!("{fp}.typed_config.dynamic_stats/start_child_span"));
+                }
+            }
+        }
+    }
+    let mut access_logs = Vec::new();
+    for (i, al) in m.access_log.iter().enumerate() {
+        access_logs.push(access_log(al, res, &p(&format!("access_log[{i}]")))?);
+    }
+    let common = m.common_http_protocol_options.unwrap_or_default();
+    let cp = |f: &str| p(&format!("common_http_protocol_options.{f}"));
+    let idle_timeout = timeout(
+        common.idle_timeout.as_ref(),
+        Some(Duration::from_secs(3600)),
+        res,
+        &cp("idle_timeout"),
+    )?;
+    let max_connection_duration = timeout(
+        common.max_connection_duration.as_ref(),
+        None,
+        res,
+        &cp("max_connection_duration"),
+    )?;
+    let max_headers_count = common.max_headers_count.unwrap_or(100) as usize;
+    if max_headers_count == 0 {
+        return Err(err(res, cp("max_headers_count"), "must be at least 1"));
+    }
+    use core::http_protocol_options::HeadersWithUnderscoresAction as U;
+    let headers_with_underscores = match U::try_from(common.headers_with_underscores_action) {
+        Ok(U::Allow) => UnderscoreAction::Allow,
+        Ok(U::RejectRequest) => UnderscoreAction::RejectRequest,
+        Ok(U::DropHeader) => UnderscoreAction::DropHeader,
+        Err(_) => {
+            return Err(err(
+                res,
+                cp("headers_with_underscores_action"),
+                "unknown value",
+            ))
+        }
+    };
+    let h1 = m.http_protocol_options.clone().unwrap_or_default();
+    let max_kb = m.max_request_headers_kb.unwrap_or(60);
+    if max_kb == 0 || max_kb > 8192 {
+        return Err(err(
+            res,
+            p("max_request_headers_kb"),
+            "must be between 1 and 8192",
+        ));
+    }
+    let server_header = match ServerHeaderTransformation::try_from(m.server_header_transformation) {
+        Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite,
+        Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+        Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => return Err(err(res, p("server_header_transformation"), "unknown value")),
+    };
+    if m.drain_timeout.is_some() {
+        ctx.ignored.push(p("drain_timeout"));
+    }
+    let stats = ctx
+        .stats
+        .scope::<HttpStat>(&format!("http.{}.", m.stat_prefix));
+    Ok(HttpConnectionManager {
+        stat_prefix: m.stat_prefix.clone(),
+        stats,
+        codec,
+        routes,
+        access_logs,
+        suppress_envoy_headers,
+        use_remote_address: m.use_remote_address.unwrap_or(false),
+        xff_num_trusted_hops: m.xff_num_trusted_hops,
+        skip_xff_append: m.skip_xff_append,
+        via: (!m.via.is_empty()).then(|| m.via.as_str().into()),
+        generate_request_id: m.generate_request_id.unwrap_or(true),
+        preserve_external_request_id: m.preserve_external_request_id,
+        always_set_request_id_in_response: m.always_set_request_id_in_response,
+        server_name: if m.server_name.is_empty() {
+            "envoy".into()
+        } else {
+            m.server_name.as_str().into()
+        },
+        server_header,
+        accept_http_10: h1.accept_http_10,
+        default_host_for_http_10: (!h1.default_host_for_http_10.is_empty())
+            .then(|| h1.default_host_for_http_10.as_str().into()),
+        idle_timeout,
+        stream_idle_timeout: timeout(
+            m.stream_idle_timeout.as_ref(),
+            Some(Duration::from_secs(300)),
+            res,
+            &p("stream_idle_timeout"),
+        )?,
+        request_timeout: timeout(m.request_timeout.as_ref(), None, res, &p("request_timeout"))?,
+        request_headers_timeout: timeout(
+            m.request_headers_timeout.as_ref(),
+            None,
+            res,
+            &p("request_headers_timeout"),
+        )?,
+        max_connection_duration,
+        max_requests_per_connection: common.max_requests_per_connection.filter(|&n| n > 0),
+        max_request_headers_bytes: max_kb as usize * 1024,
+        max_headers_count,
+        headers_with_underscores,
+    })
+}
+
+fn access_log(al: &PbAccessLog, res: &str, path: &str) -> Result<AccessLog, ConvertError> {
+    let Some(access_log::ConfigType::TypedConfig(any)) = &al.config_type else {
+        return Err(err(
+            res,
+            format!("{path}.typed_config"),
+            "typed_config is required",
+        ));
+    };
+    let (sink, format) = match any_type(any) {
+        STDOUT_LOG => {
+            let l: stream::StdoutAccessLog = decode_any(any, STDOUT_LOG, res, path)?;
+            (
+                LogSink::Stdout,
+                l.access_log_format
+                    .map(|stream::stdout_access_log::AccessLogFormat::LogFormat(f)| f),
+            )
+        }
+        STDERR_LOG => {
+            let l: stream::StderrAccessLog = decode_any(any, STDERR_LOG, res, path)?;
+            (
+                LogSink::Stderr,
+                l.access_log_format
+                    .map(|stream::stderr_access_log::AccessLogFormat::LogFormat(f)| f),
+            )
+        }
+        other => {
+            return Err(err(
+                res,
+                format!("{path}.typed_config"),
+                format!(
+                    "access logger '{}' of type {other} is not supported",
+                    al.name
+                ),
+            ))
+        }
+    };
+    let fpath = format!("{path}.typed_config.log_format");
+    let format = match format {
+        None => Format::parse(DEFAULT_ACCESS_LOG).expect("default format parses"),
+        Some(sfs) => {
+            let text = match &sfs.format {
+                Some(core::substitution_format_string::Format::TextFormatSource(ds)) => {
+                    let bytes = data_source(ds, res, &format!("{fpath}.text_format_source"))?;
+                    String::from_utf8(bytes.to_vec()).map_err(|_| {
+                        err(
+                            res,
+                            format!("{fpath}.text_format_source"),
+                            "format is not UTF-8",
+                        )
+                    })?
+                }
+                None => DEFAULT_ACCESS_LOG.to_string(),
+            };
+            let mut f = Format::parse(&text).map_err(|e| err(res, &fpath, e))?;
+            f.omit_empty = sfs.omit_empty_values;
+            f
+        }
+    };
+    Ok(AccessLog {
+        sink,
+        format: Arc::new(format),
+    })
+}

@@ -1,0 +1,611 @@
+//! `envoy.config.route.v3.RouteConfiguration` → [`RouteTable`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+use crate::model::format::Format;
+use crate::model::headers::{AppendAction, HeaderAdd, HeaderMods};
+use crate::model::route::*;
+use crate::proto::envoy::config::core::v3 as core;
+use crate::proto::envoy::config::route::v3 as pb;
+use crate::proto::envoy::r#type::matcher::v3 as matcher;
+
+use super::{data_source, err, timeout, ConvertError, Ctx};
+
+pub(super) fn convert(
+    rc: &pb::RouteConfiguration,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<RouteTable, ConvertError> {
+    let p = |f: &str| format!("{path}.{f}");
+    let validate_clusters = rc.validate_clusters.unwrap_or(true);
+    let max_body = rc.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
+    let mut table = RouteTable {
+        name: rc.name.as_str().into(),
+        virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
+        exact: HashMap::new(),
+        suffixes: Vec::new(),
+        prefixes: Vec::new(),
+        default: None,
+        headers: header_mods(
+            &rc.request_headers_to_add,
+            &rc.request_headers_to_remove,
+            res,
+            path,
+            "request",
+        )?,
+        response_headers: header_mods(
+            &rc.response_headers_to_add,
+            &rc.response_headers_to_remove,
+            res,
+            path,
+            "response",
+        )?,
+    };
+    for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
+        let vp = p(&format!("virtual_hosts[{vi}]"));
+        if vh.domains.is_empty() {
+            return Err(err(
+                res,
+                format!("{vp}.domains"),
+                "at least one domain is required",
+            ));
+        }
+        for (di, d) in vh.domains.iter().enumerate() {
+            let d = d.to_ascii_lowercase();
+            let dup = || {
+                err(
+                    res,
+                    format!("{vp}.domains[{di}]"),
+                    format!("domain '{d}' is already used by another virtual host"),
+                )
+            };
+            if d == "*" {
+                if table.default.replace(vi).is_some() {
+                    return Err(dup());
+                }
+            } else if let Some(s) = d.strip_prefix('*') {
+                if table.suffixes.iter().any(|(x, _)| x == s) {
+                    return Err(dup());
+                }
+                table.suffixes.push((s.to_string(), vi));
+            } else if let Some(s) = d.strip_suffix('*') {
+                if table.prefixes.iter().any(|(x, _)| x == s) {
+                    return Err(dup());
+                }
+                table.prefixes.push((s.to_string(), vi));
+            } else if d.contains('*') {
+                return Err(err(
+                    res,
+                    format!("{vp}.domains[{di}]"),
+                    "a wildcard must be the first or last character",
+                ));
+            } else if table.exact.insert(d.clone(), vi).is_some() {
+                return Err(dup());
+            }
+        }
+        let mut routes = Vec::with_capacity(vh.routes.len());
+        for (ri, r) in vh.routes.iter().enumerate() {
+            let rp = format!("{vp}.routes[{ri}]");
+            routes.push(route(r, res, &rp, validate_clusters, max_body, ctx)?);
+        }
+        use pb::virtual_host::TlsRequirementType as T;
+        let require_tls = match T::try_from(vh.require_tls) {
+            Ok(T::None) => TlsRequirement::None,
+            Ok(T::ExternalOnly) => TlsRequirement::ExternalOnly,
+            Ok(T::All) => TlsRequirement::All,
+            Err(_) => return Err(err(res, format!("{vp}.require_tls"), "unknown value")),
+        };
+        table.virtual_hosts.push(VirtualHost {
+            name: vh.name.as_str().into(),
+            routes,
+            require_tls,
+            headers: header_mods(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                res,
+                &vp,
+                "request",
+            )?,
+            response_headers: header_mods(
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+                res,
+                &vp,
+                "response",
+            )?,
+        });
+    }
+    table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    table.prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    Ok(table)
+}
+
+fn route(
+    r: &pb::Route,
+    res: &str,
+    rp: &str,
+    validate_clusters: bool,
+    max_body: usize,
+    ctx: &mut Ctx<'_>,
+) -> Result<Route, ConvertError> {
+    let Some(m) = &r.r#match else {
+        return Err(err(res, format!("{rp}.match"), "match is required"));
+    };
+    use pb::route_match::PathSpecifier as PS;
+    let path =
+        match &m.path_specifier {
+            Some(PS::Prefix(s)) => PathMatch::Prefix(s.clone()),
+            Some(PS::Path(s)) => PathMatch::Exact(s.clone()),
+            Some(PS::PathSeparatedPrefix(s)) => {
+                if s.contains(['?', '#']) || s.ends_with('/') {
+                    return Err(err(
+                        res,
+                        format!("{rp}.match.path_separated_prefix"),
+                        "must not contain ? or # nor end with /",
+                    ));
+                }
+                PathMatch::Separated(s.clone())
+            }
+            Some(PS::SafeRegex(re)) => PathMatch::Regex(regex(
+                re,
+                res,
+                &format!("{rp}.match.safe_regex"),
+                !m.case_sensitive.unwrap_or(true),
+            )?),
+            None => return Err(err(
+                res,
+                format!("{rp}.match"),
+                "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required",
+            )),
+        };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (hi, h) in m.headers.iter().enumerate() {
+        headers.push(header_match(h, res, &format!("{rp}.match.headers[{hi}]"))?);
+    }
+    let mut query = Vec::with_capacity(m.query_parameters.len());
+    for (qi, q) in m.query_parameters.iter().enumerate() {
+        let qp = format!("{rp}.match.query_parameters[{qi}]");
+        use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+        let value = match &q.query_parameter_match_specifier {
+            Some(Q::StringMatch(s)) => Some(string_matcher(s, res, &format!("{qp}.string_match"))?),
+            Some(Q::PresentMatch(true)) | None => None,
+            Some(Q::PresentMatch(false)) => {
+                return Err(err(
+                    res,
+                    format!("{qp}.present_match"),
+                    "present_match: false is not supported",
+                ))
+            }
+        };
+        if q.name.is_empty() {
+            return Err(err(res, format!("{qp}.name"), "name is required"));
+        }
+        query.push(QueryMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    use pb::route::Action as A;
+    let action = match &r.action {
+        Some(A::Route(ra)) => Action::Forward(Arc::new(forward(
+            ra,
+            res,
+            &format!("{rp}.route"),
+            validate_clusters,
+            ctx,
+        )?)),
+        Some(A::Redirect(rd)) => Action::Redirect(redirect(rd, res, &format!("{rp}.redirect"))?),
+        Some(A::DirectResponse(dr)) => {
+            let dp = format!("{rp}.direct_response");
+            if !(200..=599).contains(&dr.status) {
+                return Err(err(
+                    res,
+                    format!("{dp}.status"),
+                    "must be between 200 and 599",
+                ));
+            }
+            let body = match &dr.body {
+                Some(b) => data_source(b, res, &format!("{dp}.body"))?,
+                None => bytes::Bytes::new(),
+            };
+            if body.len() > max_body {
+                return Err(err(
+                    res,
+                    format!("{dp}.body"),
+                    format!("body is {} bytes, more than max_direct_response_body_size_bytes ({max_body})", body.len()),
+                ));
+            }
+            Action::Direct(DirectResponse {
+                status: dr.status as u16,
+                body,
+            })
+        }
+        None => {
+            return Err(err(
+                res,
+                rp,
+                "an action (route, redirect, direct_response) is required",
+            ))
+        }
+    };
+    Ok(Route {
+        name: r.name.as_str().into(),
+        path,
+        case_sensitive: m.case_sensitive.unwrap_or(true),
+        headers,
+        query,
+        action,
+        request_headers: header_mods(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            res,
+            rp,
+            "request",
+        )?,
+        response_headers: header_mods(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            res,
+            rp,
+            "response",
+        )?,
+    })
+}
+
+fn forward(
+    ra: &pb::RouteAction,
+    res: &str,
+    fp: &str,
+    validate_clusters: bool,
+    ctx: &mut Ctx<'_>,
+) -> Result<Forward, ConvertError> {
+    let cluster_ref = |name: &str, path: String| -> Result<ClusterRef, ConvertError> {
+        let index = ctx.cluster_index.get(name).copied();
+        if index.is_none() && validate_clusters {
+            return Err(err(res, path, format!("unknown cluster '{name}'")));
+        }
+        Ok(ClusterRef {
+            name: name.into(),
+            index,
+        })
+    };
+    use pb::route_action::ClusterSpecifier as CS;
+    let target = match &ra.cluster_specifier {
+        Some(CS::Cluster(c)) if !c.is_empty() => {
+            Target::Cluster(cluster_ref(c, format!("{fp}.cluster"))?)
+        }
+        Some(CS::Cluster(_)) | None => {
+            return Err(err(res, fp, "cluster or weighted_clusters is required"))
+        }
+        Some(CS::WeightedClusters(wc)) => {
+            let mut targets = Vec::with_capacity(wc.clusters.len());
+            let mut total = 0u32;
+            for (i, cw) in wc.clusters.iter().enumerate() {
+                let wp = format!("{fp}.weighted_clusters.clusters[{i}]");
+                let weight = cw.weight.unwrap_or(0);
+                total = total
+                    .checked_add(weight)
+                    .ok_or_else(|| err(res, format!("{wp}.weight"), "total weight overflows"))?;
+                use pb::weighted_cluster::cluster_weight::HostRewriteSpecifier as H;
+                targets.push(WeightedTarget {
+                    cluster: cluster_ref(&cw.name, format!("{wp}.name"))?,
+                    weight,
+                    request_headers: header_mods(
+                        &cw.request_headers_to_add,
+                        &cw.request_headers_to_remove,
+                        res,
+                        &wp,
+                        "request",
+                    )?,
+                    response_headers: header_mods(
+                        &cw.response_headers_to_add,
+                        &cw.response_headers_to_remove,
+                        res,
+                        &wp,
+                        "response",
+                    )?,
+                    host_rewrite: cw
+                        .host_rewrite_specifier
+                        .as_ref()
+                        .map(|H::HostRewriteLiteral(h)| h.as_str().into()),
+                });
+            }
+            if total == 0 {
+                return Err(err(
+                    res,
+                    format!("{fp}.weighted_clusters"),
+                    "weights must add up to more than 0",
+                ));
+            }
+            if let Some(t) = wc.total_weight {
+                if t != total {
+                    return Err(err(
+                        res,
+                        format!("{fp}.weighted_clusters.total_weight"),
+                        format!("is {t} but the weights add up to {total}"),
+                    ));
+                }
+            }
+            Target::Weighted { targets, total }
+        }
+    };
+    use pb::route_action::ClusterNotFoundResponseCode as C;
+    let cluster_not_found_status = match C::try_from(ra.cluster_not_found_response_code) {
+        Ok(C::ServiceUnavailable) => 503,
+        Ok(C::NotFound) => 404,
+        Ok(C::InternalServerError) => 500,
+        Err(_) => {
+            return Err(err(
+                res,
+                format!("{fp}.cluster_not_found_response_code"),
+                "unknown value",
+            ))
+        }
+    };
+    if !ra.prefix_rewrite.is_empty() && ra.regex_rewrite.is_some() {
+        return Err(err(
+            res,
+            format!("{fp}.regex_rewrite"),
+            "prefix_rewrite and regex_rewrite are exclusive",
+        ));
+    }
+    let regex_rewrite = match &ra.regex_rewrite {
+        Some(rr) => Some(regex_substitute(rr, res, &format!("{fp}.regex_rewrite"))?),
+        None => None,
+    };
+    use pb::route_action::HostRewriteSpecifier as H;
+    let host_rewrite = match &ra.host_rewrite_specifier {
+        Some(H::HostRewriteLiteral(h)) => HostRewrite::Literal(h.as_str().into()),
+        Some(H::AutoHostRewrite(true)) => HostRewrite::Auto,
+        Some(H::AutoHostRewrite(false)) | None => HostRewrite::None,
+    };
+    Ok(Forward {
+        target,
+        cluster_not_found_status,
+        prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
+        regex_rewrite,
+        host_rewrite,
+        timeout: timeout(
+            ra.timeout.as_ref(),
+            Some(Duration::from_secs(15)),
+            res,
+            &format!("{fp}.timeout"),
+        )?,
+        idle_timeout: timeout(
+            ra.idle_timeout.as_ref(),
+            None,
+            res,
+            &format!("{fp}.idle_timeout"),
+        )?,
+    })
+}
+
+fn redirect(rd: &pb::RedirectAction, res: &str, rp: &str) -> Result<Redirect, ConvertError> {
+    use pb::redirect_action::{
+        PathRewriteSpecifier as P, RedirectResponseCode as C, SchemeRewriteSpecifier as S,
+    };
+    let scheme = match &rd.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => Some("https".to_string()),
+        Some(S::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
+        _ => None,
+    };
+    let path = match &rd.path_rewrite_specifier {
+        Some(P::PathRedirect(p)) => RedirectPath::Replace(p.clone()),
+        Some(P::PrefixRewrite(p)) => RedirectPath::Prefix(p.clone()),
+        Some(P::RegexRewrite(rr)) => {
+            let (re, sub) = regex_substitute(rr, res, &format!("{rp}.regex_rewrite"))?;
+            RedirectPath::Regex(re, sub)
+        }
+        None => RedirectPath::Keep,
+    };
+    let status = match C::try_from(rd.response_code) {
+        Ok(C::MovedPermanently) => 301,
+        Ok(C::Found) => 302,
+        Ok(C::SeeOther) => 303,
+        Ok(C::TemporaryRedirect) => 307,
+        Ok(C::PermanentRedirect) => 308,
+        Err(_) => return Err(err(res, format!("{rp}.response_code"), "unknown value")),
+    };
+    if rd.port_redirect > 65535 {
+        return Err(err(res, format!("{rp}.port_redirect"), "not a port"));
+    }
+    Ok(Redirect {
+        scheme,
+        host: (!rd.host_redirect.is_empty()).then(|| rd.host_redirect.clone()),
+        port: (rd.port_redirect != 0).then_some(rd.port_redirect as u16),
+        path,
+        status,
+        strip_query: rd.strip_query,
+    })
+}
+
+fn header_match(h: &pb::HeaderMatcher, res: &str, hp: &str) -> Result<HeaderMatch, ConvertError> {
+    if h.name.is_empty() {
+        return Err(err(res, format!("{hp}.name"), "name is required"));
+    }
+    use pb::header_matcher::HeaderMatchSpecifier as H;
+    let sm = |pattern: StringMatch| {
+        HeaderMatchKind::String(StringMatcher {
+            pattern,
+            ignore_case: false,
+        })
+    };
+    let kind = match &h.header_match_specifier {
+        None => HeaderMatchKind::Present(true),
+        Some(H::PresentMatch(b)) => HeaderMatchKind::Present(*b),
+        Some(H::ExactMatch(s)) => sm(StringMatch::Exact(s.clone())),
+        Some(H::PrefixMatch(s)) => sm(StringMatch::Prefix(s.clone())),
+        Some(H::SuffixMatch(s)) => sm(StringMatch::Suffix(s.clone())),
+        Some(H::ContainsMatch(s)) => sm(StringMatch::Contains(s.clone())),
+        Some(H::SafeRegexMatch(re)) => sm(StringMatch::Regex(regex(
+            re,
+            res,
+            &format!("{hp}.safe_regex_match"),
+            false,
+        )?)),
+        Some(H::StringMatch(s)) => {
+            HeaderMatchKind::String(string_matcher(s, res, &format!("{hp}.string_match"))?)
+        }
+    };
+    Ok(HeaderMatch {
+        name: h.name.to_ascii_lowercase(),
+        kind,
+        invert: h.invert_match,
+        treat_missing_as_empty: h.treat_missing_header_as_empty,
+    })
+}
+
+pub(crate) fn string_matcher(
+    s: &matcher::StringMatcher,
+    res: &str,
+    sp: &str,
+) -> Result<StringMatcher, ConvertError> {
+    use matcher::string_matcher::MatchPattern as M;
+    let pattern = match &s.match_pattern {
+        Some(M::Exact(v)) => StringMatch::Exact(v.clone()),
+        Some(M::Prefix(v)) if !v.is_empty() => StringMatch::Prefix(v.clone()),
+        Some(M::Suffix(v)) if !v.is_empty() => StringMatch::Suffix(v.clone()),
+        Some(M::Contains(v)) if !v.is_empty() => StringMatch::Contains(v.clone()),
+        Some(M::SafeRegex(re)) => {
+            StringMatch::Regex(regex(re, res, &format!("{sp}.safe_regex"), s.ignore_case)?)
+        }
+        Some(_) => return Err(err(res, sp, "the pattern must not be empty")),
+        None => return Err(err(res, sp, "a match pattern is required")),
+    };
+    Ok(StringMatcher {
+        pattern,
+        ignore_case: s.ignore_case,
+    })
+}
+
+fn regex(
+    re: &matcher::RegexMatcher,
+    res: &str,
+    rp: &str,
+    ignore_case: bool,
+) -> Result<Regex, ConvertError> {
+    // RE2 semantics in Envoy: the whole value must match.
+    regex::RegexBuilder::new(&format!("^(?:{})$", re.regex))
+        .case_insensitive(ignore_case)
+        .build()
+        .map_err(|e| err(res, format!("{rp}.regex"), format!("invalid regex: {e}")))
+}
+
+fn regex_substitute(
+    rr: &matcher::RegexMatchAndSubstitute,
+    res: &str,
+    rp: &str,
+) -> Result<(Regex, String), ConvertError> {
+    let Some(pattern) = &rr.pattern else {
+        return Err(err(res, format!("{rp}.pattern"), "pattern is required"));
+    };
+    let re = Regex::new(&pattern.regex).map_err(|e| {
+        err(
+            res,
+            format!("{rp}.pattern.regex"),
+            format!("invalid regex: {e}"),
+        )
+    })?;
+    // RE2's \1 becomes the regex crate's ${1}.
+    let mut sub = String::with_capacity(rr.substitution.len());
+    let mut chars = rr.substitution.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                sub.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => sub.push_str("$$"),
+            _ => sub.push(c),
+        }
+    }
+    Ok((re, sub))
+}
+
+fn header_mods(
+    add: &[core::HeaderValueOption],
+    remove: &[String],
+    res: &str,
+    path: &str,
+    side: &str,
+) -> Result<HeaderMods, ConvertError> {
+    let mut mods = HeaderMods::default();
+    for (i, hvo) in add.iter().enumerate() {
+        let hp = format!("{path}.{side}_headers_to_add[{i}]");
+        let Some(h) = &hvo.header else {
+            return Err(err(res, format!("{hp}.header"), "header is required"));
+        };
+        let name = h.key.to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b':' || name.starts_with(':'))
+        {
+            return Err(err(
+                res,
+                format!("{hp}.header.key"),
+                format!("'{}' is not a valid header name", h.key),
+            ));
+        }
+        if name.starts_with(':') || name == "host" {
+            return Err(err(
+                res,
+                format!("{hp}.header.key"),
+                format!("'{}' cannot be modified here", h.key),
+            ));
+        }
+        let raw = if h.raw_value.is_empty() {
+            h.value.clone()
+        } else {
+            String::from_utf8(h.raw_value.clone())
+                .map_err(|_| err(res, format!("{hp}.header.raw_value"), "not UTF-8"))?
+        };
+        if raw.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(err(
+                res,
+                format!("{hp}.header.value"),
+                "header values must not contain CR, LF or NUL",
+            ));
+        }
+        let value = Format::parse(&raw).map_err(|e| err(res, format!("{hp}.header.value"), e))?;
+        use core::header_value_option::HeaderAppendAction as H;
+        let action = match (hvo.append, H::try_from(hvo.append_action)) {
+            (Some(_), Ok(a)) if a != H::AppendIfExistsOrAdd => {
+                return Err(err(
+                    res,
+                    format!("{hp}.append"),
+                    "append and append_action are exclusive",
+                ))
+            }
+            (Some(false), _) => AppendAction::OverwriteIfExistsOrAdd,
+            (_, Ok(H::AppendIfExistsOrAdd)) => AppendAction::AppendIfExistsOrAdd,
+            (_, Ok(H::AddIfAbsent)) => AppendAction::AddIfAbsent,
+            (_, Ok(H::OverwriteIfExistsOrAdd)) => AppendAction::OverwriteIfExistsOrAdd,
+            (_, Ok(H::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
+            (_, Err(_)) => return Err(err(res, format!("{hp}.append_action"), "unknown value")),
+        };
+        mods.add.push(HeaderAdd {
+            name: name.into(),
+            value,
+            action,
+            keep_empty: hvo.keep_empty_value,
+        });
+    }
+    for (i, r) in remove.iter().enumerate() {
+        let name = r.to_ascii_lowercase();
+        if name.starts_with(':') || name == "host" {
+            return Err(err(
+                res,
+                format!("{path}.{side}_headers_to_remove[{i}]"),
+                format!("'{r}' cannot be removed"),
+            ));
+        }
+        mods.remove.push(name.into());
+    }
+    Ok(mods)
+}

@@ -1,0 +1,207 @@
+//! Route selection: `RouteTable::find`. Pure: no I/O, no runtime, no allocation on the
+//! common path.
+
+use std::borrow::Cow;
+
+use crate::model::route::{
+    HeaderMatch, HeaderMatchKind, PathMatch, QueryMatch, Route, RouteTable, StringMatch,
+    StringMatcher, Target, VirtualHost, WeightedTarget,
+};
+
+/// What routing needs to see of a request.
+pub trait RequestView {
+    fn method(&self) -> &[u8];
+    /// The request target as sent, query included.
+    fn path(&self) -> &[u8];
+    fn authority(&self) -> &[u8];
+    fn scheme(&self) -> &[u8];
+    /// All values of header `name` (lower-case), joined with `,` as Envoy does.
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>>;
+}
+
+/// The result of routing: the virtual host and route that matched.
+pub struct Matched<'a> {
+    pub vhost: &'a VirtualHost,
+    pub route: &'a Route,
+}
+
+impl RouteTable {
+    /// The first route of the selected virtual host that matches, or `None` (404).
+    pub fn find<R: RequestView + ?Sized>(&self, req: &R) -> Option<Matched<'_>> {
+        let vhost = &self.virtual_hosts[self.vhost_index(req.authority())?];
+        let path = req.path();
+        let (path_only, query) = match path.iter().position(|&b| b == b'?') {
+            Some(i) => (&path[..i], Some(&path[i + 1..])),
+            None => (path, None),
+        };
+        vhost
+            .routes
+            .iter()
+            .find(|r| route_matches(r, req, path_only, query))
+            .map(|route| Matched { vhost, route })
+    }
+
+    /// Selects the virtual host for `authority`, ignoring its port (a domain written with a
+    /// port still matches exactly): exact, then `*.suffix` (longest), then `prefix*`
+    /// (longest), then `*`.
+    pub fn vhost_index(&self, authority: &[u8]) -> Option<usize> {
+        let mut buf = [0u8; 256];
+        let Some(host) = lower(authority, &mut buf) else {
+            return self.default;
+        };
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        let host = strip_port(host).unwrap_or(host);
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        // Wildcards never match the empty string.
+        for (suffix, i) in &self.suffixes {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                return Some(*i);
+            }
+        }
+        for (prefix, i) in &self.prefixes {
+            if host.len() > prefix.len() && host.starts_with(prefix.as_str()) {
+                return Some(*i);
+            }
+        }
+        self.default
+    }
+}
+
+fn lower<'b>(s: &[u8], buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    if s.len() > buf.len() {
+        return None;
+    }
+    let out = &mut buf[..s.len()];
+    for (o, c) in out.iter_mut().zip(s) {
+        *o = c.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
+fn strip_port(host: &str) -> Option<&str> {
+    let colon = host.rfind(':')?;
+    if host.starts_with('[') && !host[..colon].ends_with(']') {
+        return None;
+    }
+    host[colon + 1..]
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then_some(&host[..colon])
+}
+
+fn route_matches<R: RequestView + ?Sized>(
+    r: &Route,
+    req: &R,
+    path: &[u8],
+    query: Option<&[u8]>,
+) -> bool {
+    let path_ok = match &r.path {
+        PathMatch::Prefix(p) => starts_with(path, p.as_bytes(), r.case_sensitive),
+        PathMatch::Exact(p) => {
+            path.len() == p.len() && starts_with(path, p.as_bytes(), r.case_sensitive)
+        }
+        PathMatch::Separated(p) => {
+            starts_with(path, p.as_bytes(), r.case_sensitive)
+                && (path.len() == p.len() || path[p.len()] == b'/')
+        }
+        PathMatch::Regex(re) => std::str::from_utf8(path).is_ok_and(|s| re.is_match(s)),
+    };
+    path_ok
+        && r.headers.iter().all(|h| header_matches(h, req))
+        && r.query.iter().all(|q| query_matches(q, query))
+}
+
+fn starts_with(s: &[u8], prefix: &[u8], case_sensitive: bool) -> bool {
+    s.len() >= prefix.len()
+        && if case_sensitive {
+            &s[..prefix.len()] == prefix
+        } else {
+            s[..prefix.len()].eq_ignore_ascii_case(prefix)
+        }
+}
+
+fn header_matches<R: RequestView + ?Sized>(h: &HeaderMatch, req: &R) -> bool {
+    let value: Option<Cow<'_, [u8]>> = match h.name.as_str() {
+        ":method" => Some(Cow::Borrowed(req.method())),
+        ":path" => Some(Cow::Borrowed(req.path())),
+        ":authority" => Some(Cow::Borrowed(req.authority())),
+        ":scheme" => Some(Cow::Borrowed(req.scheme())),
+        name => req.header(name),
+    };
+    let value = match value {
+        Some(v) => Some(v),
+        None if h.treat_missing_as_empty => Some(Cow::Borrowed(&b""[..])),
+        None => None,
+    };
+    let matched = match (&h.kind, value) {
+        (HeaderMatchKind::Present(want), v) => v.is_some() == *want,
+        (HeaderMatchKind::String(_), None) => return false,
+        (HeaderMatchKind::String(m), Some(v)) => string_matches(m, &v),
+    };
+    matched != h.invert
+}
+
+fn query_matches(q: &QueryMatch, query: Option<&[u8]>) -> bool {
+    let Some(query) = query else { return false };
+    let found = query.split(|&b| b == b'&').find_map(|pair| {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        (k == q.name.as_bytes()).then_some(v)
+    });
+    match (found, &q.value) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(v), Some(m)) => string_matches(m, v),
+    }
+}
+
+/// Applies an Envoy `StringMatcher` to `value`.
+pub fn string_matches(m: &StringMatcher, value: &[u8]) -> bool {
+    let eq = |a: &[u8], b: &[u8]| {
+        if m.ignore_case {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    };
+    match &m.pattern {
+        StringMatch::Exact(s) => eq(value, s.as_bytes()),
+        StringMatch::Prefix(s) => value.len() >= s.len() && eq(&value[..s.len()], s.as_bytes()),
+        StringMatch::Suffix(s) => {
+            value.len() >= s.len() && eq(&value[value.len() - s.len()..], s.as_bytes())
+        }
+        StringMatch::Contains(s) => {
+            let n = s.len();
+            n == 0 || value.windows(n).any(|w| eq(w, s.as_bytes()))
+        }
+        StringMatch::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+    }
+}
+
+impl Target {
+    /// The weighted entry for a random draw `r` (any u32), or `None` for a single cluster.
+    pub fn pick(&self, r: u32) -> Option<&WeightedTarget> {
+        match self {
+            Target::Cluster(_) => None,
+            Target::Weighted { targets, total } => {
+                let mut x = r % (*total).max(1);
+                for t in targets {
+                    if x < t.weight {
+                        return Some(t);
+                    }
+                    x -= t.weight;
+                }
+                targets.last()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use std::borrow::Cow;
+
+use super::*;
+use crate::config::{parse_bootstrap, Source};
+use crate::model::convert::bootstrap_snapshot;
+use crate::model::{NetworkFilter, Snapshot};
+use crate::stats::Store;
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    host: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+}
+
+impl RequestView for Req {
+    fn method(&self) -> &[u8] {
+        self.method.as_bytes()
+    }
+    fn path(&self) -> &[u8] {
+        self.path.as_bytes()
+    }
+    fn authority(&self) -> &[u8] {
+        self.host.as_bytes()
+    }
+    fn scheme(&self) -> &[u8] {
+        b"http"
+    }
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        let vals: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .collect();
+        (!vals.is_empty()).then(|| Cow::Owned(vals.join(",").into_bytes()))
+    }
+}
+
+fn req(host: &'static str, path: &'static str) -> Req {
+    Req {
+        method: "GET",
+        path,
+        host,
+        headers: vec![],
+    }
+}
+
+fn snapshot(vhosts: &str) -> Snapshot {
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: t
+          route_config:
+            virtual_hosts: {vhosts}
+          http_filters:
+          - name: router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    );
+    let b = parse_bootstrap(&yaml, &Source::Inline).unwrap();
+    bootstrap_snapshot(&b, &Store::new(1), 1).unwrap().0
+}
+
+fn route_name(s: &Snapshot, r: &Req) -> Option<String> {
+    let NetworkFilter::Http(h) = &s.listeners[0].filter;
+    h.routes
+        .find(r)
+        .map(|m| format!("{}/{}", m.vhost.name, m.route.name))
+}
+
+fn direct(name: &str) -> String {
+    format!("{{name: {name}, match: {{prefix: /}}, direct_response: {{status: 200}}}}")
+}
+
+#[test]
+fn virtual_host_order_exact_suffix_prefix_default() {
+    let s = snapshot(&format!(
+        "[{{name: exact, domains: [api.example.com], routes: [{}]}},
+          {{name: suffix, domains: ['*.example.com'], routes: [{}]}},
+          {{name: longsuffix, domains: ['*.b.example.com'], routes: [{}]}},
+          {{name: prefix, domains: ['api.*'], routes: [{}]}},
+          {{name: any, domains: ['*'], routes: [{}]}}]",
+        direct("r"),
+        direct("r"),
+        direct("r"),
+        direct("r"),
+        direct("r")
+    ));
+    assert_eq!(
+        route_name(&s, &req("api.example.com", "/")).unwrap(),
+        "exact/r"
+    );
+    assert_eq!(
+        route_name(&s, &req("API.Example.com:8080", "/")).unwrap(),
+        "exact/r"
+    );
+    assert_eq!(
+        route_name(&s, &req("x.example.com", "/")).unwrap(),
+        "suffix/r"
+    );
+    assert_eq!(
+        route_name(&s, &req("x.b.example.com", "/")).unwrap(),
+        "longsuffix/r"
+    );
+    assert_eq!(
+        route_name(&s, &req("api.other.org", "/")).unwrap(),
+        "prefix/r"
+    );
+    assert_eq!(route_name(&s, &req("other.org", "/")).unwrap(), "any/r");
+    // A wildcard never matches the empty string.
+    assert_eq!(route_name(&s, &req(".example.com", "/")).unwrap(), "any/r");
+}
+
+#[test]
+fn no_default_vhost_means_no_route() {
+    let s = snapshot(&format!(
+        "[{{name: v, domains: [a.com], routes: [{}]}}]",
+        direct("r")
+    ));
+    assert!(route_name(&s, &req("b.com", "/")).is_none());
+}
+
+#[test]
+fn path_matchers_first_match_wins() {
+    let s = snapshot(
+        "[{name: v, domains: ['*'], routes: [
+            {name: exact, match: {path: /exact}, direct_response: {status: 200}},
+            {name: sep, match: {path_separated_prefix: /api}, direct_response: {status: 200}},
+            {name: re, match: {safe_regex: {regex: '/items/[0-9]+'}}, direct_response: {status: 200}},
+            {name: ci, match: {prefix: /CI, case_sensitive: false}, direct_response: {status: 200}},
+            {name: all, match: {prefix: /}, direct_response: {status: 200}}]}]",
+    );
+    let n = |p| route_name(&s, &req("h", p)).unwrap();
+    assert_eq!(n("/exact?x=1"), "v/exact");
+    assert_eq!(n("/exact/more"), "v/all");
+    assert_eq!(n("/api"), "v/sep");
+    assert_eq!(n("/api/v1"), "v/sep");
+    assert_eq!(n("/apiv1"), "v/all");
+    assert_eq!(n("/items/42"), "v/re");
+    assert_eq!(n("/items/42x"), "v/all");
+    assert_eq!(n("/ci/x"), "v/ci");
+}
+
+#[test]
+fn header_and_query_matchers() {
+    let s = snapshot(
+        "[{name: v, domains: ['*'], routes: [
+            {name: h, match: {prefix: /, headers: [{name: X-Env, string_match: {exact: canary}}]}, direct_response: {status: 200}},
+            {name: inv, match: {prefix: /, headers: [{name: x-debug, present_match: true, invert_match: true}, {name: ':method', exact_match: POST}]}, direct_response: {status: 200}},
+            {name: q, match: {prefix: /, query_parameters: [{name: v, string_match: {prefix: '2'}}]}, direct_response: {status: 200}},
+            {name: re, match: {prefix: /, headers: [{name: x-id, safe_regex_match: {regex: '[a-f]+'}}]}, direct_response: {status: 200}}]}]",
+    );
+    let mut r = req("h", "/");
+    r.headers = vec![("x-env", "canary")];
+    assert_eq!(route_name(&s, &r).unwrap(), "v/h");
+    let mut r = req("h", "/");
+    r.method = "POST";
+    assert_eq!(route_name(&s, &r).unwrap(), "v/inv");
+    r.headers = vec![("x-debug", "1")];
+    assert!(route_name(&s, &r).is_none());
+    assert_eq!(route_name(&s, &req("h", "/p?a=1&v=2.1")).unwrap(), "v/q");
+    assert!(route_name(&s, &req("h", "/p?v=1")).is_none());
+    let mut r = req("h", "/");
+    r.headers = vec![("x-id", "abc")];
+    assert_eq!(route_name(&s, &r).unwrap(), "v/re");
+    r.headers = vec![("x-id", "abcz")];
+    assert!(route_name(&s, &r).is_none());
+}

@@ -1,0 +1,334 @@
+//! Per-core counters and gauges, summed only when read.
+//!
+//! Every scope (a listener, a connection manager, a cluster) owns one cache-line aligned
+//! block of cells per core. A core is the only writer of its block, so an increment is a
+//! relaxed load and store (no locked read-modify-write); readers on the control thread sum
+//! the blocks. Scopes are created at configuration time and shared through the store, so
+//! counters survive snapshot swaps as Envoy's do.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Names of a family of stats; `N` is the number of stats in it.
+pub trait StatNames: 'static + Send + Sync {
+    /// Number of stats in the family.
+    const N: usize;
+    /// The stat names, indexed by the family's enum discriminant.
+    const NAMES: &'static [&'static str];
+    /// Which of them are gauges (may go down); all others are counters.
+    const GAUGES: &'static [usize] = &[];
+}
+
+/// One core's cells for one scope.
+#[repr(align(64))]
+pub struct CoreCells {
+    cells: Box<[AtomicU64]>,
+}
+
+impl CoreCells {
+    fn new(n: usize) -> Self {
+        CoreCells {
+            cells: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Adds one. Only the owning core writes, so this is a plain load and store.
+    #[inline]
+    pub fn inc(&self, idx: usize) {
+        self.add(idx, 1);
+    }
+
+    /// Adds `n` (wrapping, so a gauge may be decremented with `sub`).
+    #[inline]
+    pub fn add(&self, idx: usize, n: u64) {
+        let c = &self.cells[idx];
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge.
+    #[inline]
+    pub fn dec(&self, idx: usize) {
+        let c = &self.cells[idx];
+        c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+    }
+
+    fn get(&self, idx: usize) -> u64 {
+        self.cells[idx].load(Ordering::Relaxed)
+    }
+}
+
+/// A named scope with one block of cells per core.
+pub struct Scope {
+    prefix: String,
+    names: &'static [&'static str],
+    gauges: &'static [usize],
+    cores: Box<[CoreCells]>,
+    /// Extra per-core cells named `<prefix>worker_<k>.<name>` (Envoy's per-worker listener stats).
+    per_worker: &'static [usize],
+}
+
+impl Scope {
+    /// The cells that core `core` writes.
+    #[inline]
+    pub fn core(&self, core: usize) -> &CoreCells {
+        &self.cores[core]
+    }
+
+    /// The sum over cores of stat `idx` (a gauge as a signed value).
+    pub fn total(&self, idx: usize) -> i64 {
+        self.cores
+            .iter()
+            .fold(0u64, |a, c| a.wrapping_add(c.get(idx))) as i64
+    }
+
+    /// The value of stat `idx` on one core.
+    pub fn on_core(&self, core: usize, idx: usize) -> u64 {
+        self.cores[core].get(idx)
+    }
+
+    /// The scope's prefix, ending in a dot (e.g. `cluster.backend.`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// Where every scope is registered, so admin can list them.
+pub struct Store {
+    cores: usize,
+    scopes: Mutex<BTreeMap<String, Arc<Scope>>>,
+}
+
+/// One stat as read by admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatValue {
+    pub name: String,
+    pub value: i64,
+    pub gauge: bool,
+}
+
+impl Store {
+    /// A store for `cores` worker cores (plus one block for the control thread).
+    pub fn new(cores: usize) -> Arc<Store> {
+        Arc::new(Store {
+            cores: cores + 1,
+            scopes: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Index of the block the control thread writes (admin's own listener, DNS, ...).
+    pub fn control_core(&self) -> usize {
+        self.cores - 1
+    }
+
+    /// The scope `prefix` of family `S`, created on first use. Called at configuration
+    /// time only, never per request.
+    pub fn scope<S: StatNames>(&self, prefix: &str) -> Arc<Scope> {
+        self.scope_with_workers::<S>(prefix, &[])
+    }
+
+    /// As [`Store::scope`], also reporting the stats in `per_worker` per core.
+    pub fn scope_with_workers<S: StatNames>(
+        &self,
+        prefix: &str,
+        per_worker: &'static [usize],
+    ) -> Arc<Scope> {
+        #[allow(clippy::disallowed_types)]
+        let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{prefix}\u{0}{}", S::NAMES[0]);
+        scopes
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Scope {
+                    prefix: prefix.to_string(),
+                    names: S::NAMES,
+                    gauges: S::GAUGES,
+                    cores: (0..self.cores).map(|_| CoreCells::new(S::N)).collect(),
+                    per_worker,
+                })
+            })
+            .clone()
+    }
+
+    /// Every stat, sorted by name.
+    pub fn snapshot(&self) -> Vec<StatValue> {
+        let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for scope in scopes.values() {
+            for (i, name) in scope.names.iter().enumerate() {
+                let gauge = scope.gauges.contains(&i);
+                out.push(StatValue {
+                    name: format!("{}{}", scope.prefix, name),
+                    value: scope.total(i),
+                    gauge,
+                });
+                if scope.per_worker.contains(&i) {
+                    for k in 0..self.cores - 1 {
+                        out.push(StatValue {
+                            name: format!("{}worker_{k}.{name}", scope.prefix),
+                            value: scope.on_core(k, i) as i64,
+                            gauge,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Declares a stat family: an enum of indices and its names.
+#[macro_export]
+macro_rules! stat_family {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*]) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        $vis enum $name { $($var),+ }
+        impl $crate::stats::StatNames for $name {
+            const N: usize = [$($s),+].len();
+            const NAMES: &'static [&'static str] = &[$($s),+];
+            const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
+        }
+    };
+}
+
+stat_family! {
+    /// `listener.<address>.` stats.
+    pub enum ListenerStat {
+        DownstreamCxTotal = "downstream_cx_total",
+        DownstreamCxActive = "downstream_cx_active",
+        DownstreamCxDestroy = "downstream_cx_destroy",
+        DownstreamCxOverflow = "downstream_cx_overflow",
+        NoFilterChainMatch = "no_filter_chain_match",
+    } gauges [DownstreamCxActive]
+}
+
+stat_family! {
+    /// `http.<stat_prefix>.` stats of a connection manager.
+    pub enum HttpStat {
+        DownstreamCxTotal = "downstream_cx_total",
+        DownstreamCxActive = "downstream_cx_active",
+        DownstreamCxHttp1Total = "downstream_cx_http1_total",
+        DownstreamCxProtocolError = "downstream_cx_protocol_error",
+        DownstreamCxIdleTimeout = "downstream_cx_idle_timeout",
+        DownstreamCxDrainClose = "downstream_cx_drain_close",
+        DownstreamCxRxBytesTotal = "downstream_cx_rx_bytes_total",
+        DownstreamCxTxBytesTotal = "downstream_cx_tx_bytes_total",
+        DownstreamRqTotal = "downstream_rq_total",
+        DownstreamRqActive = "downstream_rq_active",
+        DownstreamRqHttp1Total = "downstream_rq_http1_total",
+        DownstreamRq1xx = "downstream_rq_1xx",
+        DownstreamRq2xx = "downstream_rq_2xx",
+        DownstreamRq3xx = "downstream_rq_3xx",
+        DownstreamRq4xx = "downstream_rq_4xx",
+        DownstreamRq5xx = "downstream_rq_5xx",
+        DownstreamRqCompleted = "downstream_rq_completed",
+        DownstreamRqTimeout = "downstream_rq_timeout",
+        DownstreamRqHeaderTimeout = "downstream_rq_header_timeout",
+        DownstreamRqIdleTimeout = "downstream_rq_idle_timeout",
+        DownstreamRqTooLarge = "downstream_rq_too_large",
+        DownstreamRqWsOnNonWsRoute = "downstream_rq_ws_on_non_ws_route",
+        DownstreamRqNonRelativePath = "downstream_rq_non_relative_path",
+        DownstreamRqRxReset = "downstream_rq_rx_reset",
+        Rq404NoRoute = "no_route",
+        RqDirectResponse = "rq_direct_response",
+        RqRedirect = "rq_redirect",
+        RqUpgradeRequired = "downstream_rq_http10_rejected",
+        PanicsCaught = "downstream_cx_panic",
+    } gauges [DownstreamCxActive, DownstreamRqActive]
+}
+
+stat_family! {
+    /// `cluster.<name>.` stats.
+    pub enum ClusterStat {
+        UpstreamCxTotal = "upstream_cx_total",
+        UpstreamCxActive = "upstream_cx_active",
+        UpstreamCxHttp1Total = "upstream_cx_http1_total",
+        UpstreamCxConnectFail = "upstream_cx_connect_fail",
+        UpstreamCxConnectTimeout = "upstream_cx_connect_timeout",
+        UpstreamCxDestroy = "upstream_cx_destroy",
+        UpstreamCxDestroyRemote = "upstream_cx_destroy_remote",
+        UpstreamCxRxBytesTotal = "upstream_cx_rx_bytes_total",
+        UpstreamCxTxBytesTotal = "upstream_cx_tx_bytes_total",
+        UpstreamCxIdleTimeout = "upstream_cx_idle_timeout",
+        UpstreamCxPoolOverflow = "upstream_cx_pool_overflow",
+        UpstreamRqTotal = "upstream_rq_total",
+        UpstreamRqActive = "upstream_rq_active",
+        UpstreamRqCompleted = "upstream_rq_completed",
+        UpstreamRq1xx = "upstream_rq_1xx",
+        UpstreamRq2xx = "upstream_rq_2xx",
+        UpstreamRq3xx = "upstream_rq_3xx",
+        UpstreamRq4xx = "upstream_rq_4xx",
+        UpstreamRq5xx = "upstream_rq_5xx",
+        UpstreamRqTimeout = "upstream_rq_timeout",
+        UpstreamRqRetry = "upstream_rq_retry",
+        UpstreamRqPendingOverflow = "upstream_rq_pending_overflow",
+        UpstreamRqRxReset = "upstream_rq_rx_reset",
+        UpstreamCxNoneHealthy = "upstream_cx_none_healthy",
+        MembershipTotal = "membership_total",
+        UpdateSuccess = "update_success",
+        UpdateFailure = "update_failure",
+    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
+}
+
+stat_family! {
+    /// `server.` and `runtime.`-style process stats and the ignored-field counters.
+    pub enum ServerStat {
+        ConcurrencyWorkers = "concurrency",
+        Live = "live",
+        IgnoredConfigFields = "ignored_config_fields",
+    } gauges [ConcurrencyWorkers, Live]
+}
+
+/// Adds one to `HttpStat::DownstreamRqNxx` style families by status class.
+pub fn status_class_index(status: u16, base_1xx: usize) -> usize {
+    base_1xx + (status / 100).clamp(1, 5) as usize - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_sum_across_cores_and_gauges_go_down() {
+        let store = Store::new(2);
+        let s = store.scope_with_workers::<ListenerStat>(
+            "listener.x.",
+            &[ListenerStat::DownstreamCxTotal as usize],
+        );
+        s.core(0).inc(ListenerStat::DownstreamCxTotal as usize);
+        s.core(1).inc(ListenerStat::DownstreamCxTotal as usize);
+        s.core(1).inc(ListenerStat::DownstreamCxActive as usize);
+        s.core(0).dec(ListenerStat::DownstreamCxActive as usize);
+        assert_eq!(s.total(ListenerStat::DownstreamCxTotal as usize), 2);
+        assert_eq!(s.total(ListenerStat::DownstreamCxActive as usize), 0);
+        let snap = store.snapshot();
+        let w1 = snap
+            .iter()
+            .find(|v| v.name == "listener.x.worker_1.downstream_cx_total")
+            .unwrap();
+        assert_eq!(w1.value, 1);
+        // The same prefix gives the same cells.
+        let again = store.scope::<ListenerStat>("listener.x.");
+        assert_eq!(again.total(ListenerStat::DownstreamCxTotal as usize), 2);
+    }
+
+    #[test]
+    fn status_classes() {
+        let b = HttpStat::DownstreamRq1xx as usize;
+        assert_eq!(
+            status_class_index(204, b),
+            HttpStat::DownstreamRq2xx as usize
+        );
+        assert_eq!(
+            status_class_index(503, b),
+            HttpStat::DownstreamRq5xx as usize
+        );
+        assert_eq!(
+            status_class_index(99, b),
+            HttpStat::DownstreamRq1xx as usize
+        );
+    }
+}
