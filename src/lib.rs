@@ -1,8 +1,17 @@
 //! Ringside: a thread-per-core sidecar proxy driven by Envoy's v3 configuration.
 #![deny(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod config;
+pub mod ctx;
+pub mod http;
+pub mod io;
+pub mod listener;
 pub mod model;
 pub mod proto;
 pub mod router;
 pub mod stats;
+pub mod upstream;
+pub mod worker;
+pub mod xds;

@@ -1,0 +1,349 @@
+//! The admin listener, on Envoy's paths: `/ready`, `/stats` (text, JSON, Prometheus),
+//! `/config_dump`, `/server_info`, `/listeners`, `/clusters`, `/quitquitquit`. Runs on the
+//! control thread; reads stats cells and the snapshot, never touches a core.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::model::SharedSnapshot;
+use crate::stats::Store;
+
+/// What the admin handlers read.
+pub struct AdminState {
+    pub snapshot: SharedSnapshot,
+    pub stats: Arc<Store>,
+    pub listeners: HashMap<Arc<str>, SocketAddr>,
+    pub started: Instant,
+    pub concurrency: usize,
+    pub drain: tokio::sync::watch::Sender<bool>,
+    pub failing: AtomicBool,
+    pub command_line: Vec<String>,
+    pub driver: String,
+}
+
+/// Serves admin requests until the process exits.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = connection(stream, &state).await;
+        });
+    }
+}
+
+async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let (method, target, len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    break (
+                        req.method.unwrap_or("").to_string(),
+                        req.path.unwrap_or("/").to_string(),
+                        n,
+                    )
+                }
+                Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
+                _ => {
+                    stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+                    return Ok(());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.drain(..len);
+        let (status, content_type, body) = handle(state, &method, &target);
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n\r\n",
+            crate::http::local_reply::reason(status),
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+    }
+}
+
+/// Answers one admin request: (status, content type, body).
+pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static str, Vec<u8>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let params: HashMap<&str, &str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    let json_ct = "application/json";
+    let text_ct = "text/plain; charset=UTF-8";
+    match (method, path) {
+        ("GET", "/ready") => {
+            if *state.drain.borrow() || state.failing.load(Ordering::Relaxed) {
+                (503, text_ct, b"DRAINING\n".to_vec())
+            } else {
+                (200, text_ct, b"LIVE\n".to_vec())
+            }
+        }
+        ("GET", "/stats") => {
+            let filter = params.get("filter").and_then(|f| regex::Regex::new(&decode(f)).ok());
+            let stats: Vec<_> = state
+                .stats
+                .snapshot()
+                .into_iter()
+                .filter(|s| filter.as_ref().is_none_or(|f| f.is_match(&s.name)))
+                .collect();
+            if params.get("format") == Some(&"json") {
+                let list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value})).collect();
+                (200, json_ct, serde_json::to_vec_pretty(&json!({ "stats": list })).unwrap_or_default())
+            } else if params.get("format") == Some(&"prometheus") {
+                (200, "text/plain; version=0.0.4", prometheus(&stats).into_bytes())
+            } else {
+                let mut out = String::new();
+                for s in &stats {
+                    let _ = writeln!(out, "{}: {}", s.name, s.value);
+                }
+                (200, text_ct, out.into_bytes())
+            }
+        }
+        ("GET", "/stats/prometheus") => (200, "text/plain; version=0.0.4", prometheus(&state.stats.snapshot()).into_bytes()),
+        ("GET", "/config_dump") => (200, json_ct, serde_json::to_vec_pretty(&config_dump(state)).unwrap_or_default()),
+        ("GET", "/server_info") => {
+            let snap = state.snapshot.load();
+            let node = snap.bootstrap.node.as_ref().map(|n| json!({"id": n.id, "cluster": n.cluster})).unwrap_or(json!({}));
+            let uptime = state.started.elapsed().as_secs();
+            let body = json!({
+                "version": format!("ringside/{}", env!("CARGO_PKG_VERSION")),
+                "state": if *state.drain.borrow() { "DRAINING" } else { "LIVE" },
+                "hot_restart_version": "disabled",
+                "command_line_options": {
+                    "concurrency": state.concurrency,
+                    "io_driver": state.driver,
+                    "argv": state.command_line,
+                },
+                "node": node,
+                "uptime_current_epoch": format!("{uptime}s"),
+                "uptime_all_epochs": format!("{uptime}s"),
+                "snapshot_version": snap.version,
+            });
+            (200, json_ct, serde_json::to_vec_pretty(&body).unwrap_or_default())
+        }
+        ("GET", "/listeners") => {
+            let mut names: Vec<_> = state.listeners.iter().collect();
+            names.sort();
+            if params.get("format") == Some(&"json") {
+                let list: Vec<Value> = names
+                    .iter()
+                    .map(|(n, a)| json!({"name": n.as_ref(), "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}))
+                    .collect();
+                (200, json_ct, serde_json::to_vec_pretty(&json!({ "listener_statuses": list })).unwrap_or_default())
+            } else {
+                let mut out = String::new();
+                for (n, a) in names {
+                    let _ = writeln!(out, "{n}::{a}");
+                }
+                (200, text_ct, out.into_bytes())
+            }
+        }
+        ("GET", "/clusters") => {
+            let snap = state.snapshot.load();
+            let mut out = String::new();
+            for c in &snap.clusters {
+                for e in c.endpoints.iter() {
+                    let _ = writeln!(out, "{}::{}::health_flags::{}", c.name, e.address, if e.healthy { "healthy" } else { "/failed_eds_health" });
+                    let _ = writeln!(out, "{}::{}::weight::{}", c.name, e.address, e.weight);
+                    let _ = writeln!(out, "{}::{}::hostname::{}", c.name, e.address, e.hostname);
+                }
+            }
+            (200, text_ct, out.into_bytes())
+        }
+        ("POST", "/quitquitquit") => {
+            let _ = state.drain.send(true);
+            (200, text_ct, b"OK\n".to_vec())
+        }
+        ("POST", "/healthcheck/fail") => {
+            state.failing.store(true, Ordering::Relaxed);
+            (200, text_ct, b"OK\n".to_vec())
+        }
+        ("POST", "/healthcheck/ok") => {
+            state.failing.store(false, Ordering::Relaxed);
+            (200, text_ct, b"OK\n".to_vec())
+        }
+        ("GET", "/") => (
+            200,
+            text_ct,
+            b"admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n".to_vec(),
+        ),
+        (_, "/quitquitquit" | "/healthcheck/fail" | "/healthcheck/ok") => (405, text_ct, b"This endpoint requires POST\n".to_vec()),
+        _ => (404, text_ct, b"invalid path. admin commands are listed at /\n".to_vec()),
+    }
+}
+
+fn decode(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Envoy-style Prometheus names: the well-known scope names become labels.
+fn prometheus(stats: &[crate::stats::StatValue]) -> String {
+    let mut families: std::collections::BTreeMap<String, (bool, Vec<(String, i64)>)> =
+        Default::default();
+    for s in stats {
+        let (name, labels) = prometheus_name(&s.name);
+        let entry = families.entry(name).or_insert((s.gauge, Vec::new()));
+        entry.1.push((labels, s.value));
+    }
+    let mut out = String::new();
+    for (name, (gauge, samples)) in families {
+        let _ = writeln!(
+            out,
+            "# TYPE {name} {}",
+            if gauge { "gauge" } else { "counter" }
+        );
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    }
+    out
+}
+
+fn prometheus_name(stat: &str) -> (String, String) {
+    let sanitize = |s: &str| {
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect::<String>()
+    };
+    let mut labels = Vec::new();
+    let rest: String;
+    if let Some(r) = stat.strip_prefix("cluster.") {
+        let (name, metric) = r.rsplit_once('.').unwrap_or(("", r));
+        labels.push(format!("envoy_cluster_name=\"{name}\""));
+        rest = format!("cluster_{metric}");
+    } else if let Some(r) = stat.strip_prefix("http.") {
+        let (prefix, metric) = r.split_once('.').unwrap_or(("", r));
+        labels.push(format!("envoy_http_conn_manager_prefix=\"{prefix}\""));
+        rest = format!("http_{metric}");
+    } else if let Some(r) = stat.strip_prefix("listener.") {
+        let (addr_and_worker, metric) = r.rsplit_once('.').unwrap_or(("", r));
+        match addr_and_worker.rsplit_once(".worker_") {
+            Some((addr, w)) => {
+                labels.push(format!("envoy_listener_address=\"{addr}\""));
+                labels.push(format!("envoy_worker_id=\"{w}\""));
+            }
+            None => labels.push(format!("envoy_listener_address=\"{addr_and_worker}\"")),
+        }
+        rest = format!("listener_{metric}");
+    } else {
+        rest = stat.to_string();
+    }
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", labels.join(","))
+    };
+    (format!("envoy_{}", sanitize(&rest)), labels)
+}
+
+/// `/config_dump` in Envoy's shape: bootstrap, static listeners, clusters and routes.
+fn config_dump(state: &AdminState) -> Value {
+    let snap = state.snapshot.load();
+    let updated = rfc3339(snap.built_at);
+    let b = &snap.bootstrap;
+    let to_json = |name: &str, bytes: Vec<u8>| -> Value {
+        let desc = crate::proto::pool()
+            .get_message_by_name(name)
+            .expect("type in proto/");
+        match prost_reflect::DynamicMessage::decode(desc, bytes.as_slice()) {
+            Ok(m) => serde_json::to_value(&m).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    };
+    let sr = b.static_resources.clone().unwrap_or_default();
+    let listeners: Vec<Value> = sr
+        .listeners
+        .iter()
+        .map(|l| json!({"listener": to_json("envoy.config.listener.v3.Listener", l.encode_to_vec()), "last_updated": updated}))
+        .collect();
+    let clusters: Vec<Value> = sr
+        .clusters
+        .iter()
+        .map(|c| json!({"cluster": to_json("envoy.config.cluster.v3.Cluster", c.encode_to_vec()), "last_updated": updated}))
+        .collect();
+    let mut listener_dump = listeners;
+    for l in listener_dump.iter_mut() {
+        l["listener"]["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    }
+    let mut cluster_dump = clusters;
+    for c in cluster_dump.iter_mut() {
+        c["cluster"]["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+    }
+    json!({
+        "configs": [
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+                "bootstrap": to_json("envoy.config.bootstrap.v3.Bootstrap", b.encode_to_vec()),
+                "last_updated": updated,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+                "version_info": snap.version.to_string(),
+                "static_clusters": cluster_dump,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+                "version_info": snap.version.to_string(),
+                "static_listeners": listener_dump,
+            },
+        ],
+        "ringside": {
+            "snapshot_version": snap.version,
+            "endpoints": snap.clusters.iter().map(|c| json!({
+                "cluster_name": c.name.as_ref(),
+                "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::new();
+    crate::model::format::write_start_time(t, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}

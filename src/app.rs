@@ -1,0 +1,179 @@
+//! Start and stop, in order: bootstrap → first snapshot (DNS warmed) → bind → workers →
+//! control loop (admin, DNS, signals) → drain → exit.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::config;
+use crate::ctx::LogBatch;
+use crate::model::{convert, LogSink};
+use crate::stats::{ServerStat, Store};
+use crate::worker::{self, CoreStart, Driver};
+
+/// Command-line choices that shape a run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_path: Option<PathBuf>,
+    pub config_yaml: Option<String>,
+    pub concurrency: Option<usize>,
+    pub validate_only: bool,
+    pub drain_time: Duration,
+    pub driver: Driver,
+    pub admin_address_path: Option<PathBuf>,
+    pub command_line: Vec<String>,
+}
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{origin}: {err}")]
+    Convert {
+        origin: config::Source,
+        err: convert::ConvertError,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Driver(String),
+}
+
+/// Runs Ringside; returns the process exit code.
+pub fn run(opts: Options) -> Result<i32, StartError> {
+    let (bootstrap, origin) =
+        config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref())?;
+    let concurrency = opts
+        .concurrency
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let stats = Store::new(concurrency);
+    let control = stats.control_core();
+    let (mut snapshot, ignored) =
+        convert::bootstrap_snapshot(&bootstrap, &stats, 1).map_err(|err| StartError::Convert {
+            origin: origin.clone(),
+            err,
+        })?;
+    let server = stats.scope::<ServerStat>("server.");
+    for path in &ignored {
+        tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
+        server
+            .core(control)
+            .inc(ServerStat::IgnoredConfigFields as usize);
+    }
+    if opts.validate_only {
+        println!("configuration '{origin}' OK");
+        return Ok(0);
+    }
+    let driver = worker::resolve_driver(opts.driver).map_err(StartError::Driver)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(crate::xds::dns::warm(&mut snapshot, control));
+    let admin_addr = snapshot.admin;
+    let bound = crate::listener::bind_all(&snapshot, concurrency)?;
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+
+    let log_tx = spawn_logger()?;
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let hostname: Arc<str> = hostname().into();
+    let mut workers = Vec::with_capacity(concurrency);
+    for (core, listeners) in bound.per_core.into_iter().enumerate() {
+        workers.push(worker::spawn(
+            CoreStart {
+                core,
+                cpu: (!cpus.is_empty()).then(|| cpus[core % cpus.len()]),
+                snapshot: shared.clone(),
+                listeners,
+                drain: drain_rx.clone(),
+                drain_time: opts.drain_time,
+                log_tx: Some(log_tx.clone()),
+                hostname: hostname.clone(),
+            },
+            driver,
+        )?);
+    }
+    server
+        .core(control)
+        .add(ServerStat::ConcurrencyWorkers as usize, concurrency as u64);
+    server.core(control).add(ServerStat::Live as usize, 1);
+    tracing::info!(
+        concurrency,
+        driver = ?driver,
+        listeners = ?bound.addresses,
+        "ringside started"
+    );
+
+    let state = Arc::new(crate::admin::AdminState {
+        snapshot: shared.clone(),
+        stats: stats.clone(),
+        listeners: bound.addresses,
+        started: Instant::now(),
+        concurrency,
+        drain: drain_tx,
+        failing: AtomicBool::new(false),
+        command_line: opts.command_line.clone(),
+        driver: format!("{driver:?}"),
+    });
+    let code = rt.block_on(async {
+        if let Some(addr) = admin_addr {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let local = listener.local_addr()?;
+            tracing::info!("admin listening on {local}");
+            if let Some(p) = &opts.admin_address_path {
+                std::fs::write(p, local.to_string())?;
+            }
+            tokio::spawn(crate::admin::serve(listener, state.clone()));
+        }
+        tokio::spawn(crate::xds::dns::refresh_loop(shared.clone(), control));
+        let mut drain = state.drain.subscribe();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+            _ = drain.wait_for(|d| *d) => tracing::info!("/quitquitquit: draining"),
+        }
+        let _ = state.drain.send(true);
+        let deadline = Instant::now() + opts.drain_time + Duration::from_secs(2);
+        while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok::<i32, std::io::Error>(0)
+    })?;
+    // Give the logger a moment to write what the cores flushed.
+    std::thread::sleep(Duration::from_millis(50));
+    tracing::info!("ringside stopped");
+    Ok(code)
+}
+
+/// The access-log writer thread: cores hand it whole batches, so no core ever blocks on
+/// stdout.
+fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
+    let (tx, rx) = std::sync::mpsc::channel::<LogBatch>();
+    std::thread::Builder::new()
+        .name("ringside-log".into())
+        .spawn(move || {
+            for (sink, batch) in rx {
+                let _ = match sink {
+                    LogSink::Stdout => std::io::stdout()
+                        .lock()
+                        .write_all(&batch)
+                        .and_then(|_| std::io::stdout().flush()),
+                    LogSink::Stderr => std::io::stderr().lock().write_all(&batch),
+                };
+            }
+        })?;
+    Ok(tx)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

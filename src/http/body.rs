@@ -1,0 +1,231 @@
+//! Streaming message bodies between two sockets with bounded memory.
+
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+use crate::http::h1::{BodyKind, ChunkError, ChunkedDecoder};
+
+/// Bytes read per body read: the most a body holds in memory per direction.
+pub const CHUNK: usize = 64 * 1024;
+
+/// How body bytes are re-framed on the way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Same framing both sides: bytes pass unchanged.
+    Raw,
+    /// Close-delimited in, chunked out (HTTP/1.1 client, upstream without length).
+    ChunkEncode,
+    /// Chunked in, close-delimited out (HTTP/1.0 client).
+    ChunkDecode,
+}
+
+/// The state of one body in flight.
+#[derive(Debug, Clone)]
+pub struct Framing {
+    kind: BodyKind,
+    remaining: u64,
+    chunked: ChunkedDecoder,
+    mode: Mode,
+    done: bool,
+    /// Body bytes seen so far (payload for chunked input).
+    pub bytes: u64,
+}
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("read failed: {0}")]
+    Read(std::io::Error),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+    #[error("connection closed before the end of the body")]
+    Eof,
+    #[error("body timeout")]
+    Timeout,
+    #[error("{0}")]
+    Malformed(ChunkError),
+}
+
+impl Framing {
+    pub fn new(kind: BodyKind, mode: Mode) -> Self {
+        Framing {
+            kind,
+            remaining: match kind {
+                BodyKind::Length(n) => n,
+                _ => 0,
+            },
+            chunked: ChunkedDecoder::default(),
+            mode,
+            done: kind == BodyKind::None,
+            bytes: 0,
+        }
+    }
+
+    /// True once the whole body went through.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Consumes body bytes from the front of `input`, appending what goes out to `out`.
+    /// Returns how many input bytes belonged to the body.
+    pub fn consume_into(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        if self.done {
+            return Ok(0);
+        }
+        match self.kind {
+            BodyKind::None => Ok(0),
+            BodyKind::Length(_) => {
+                let n = (self.remaining.min(input.len() as u64)) as usize;
+                out.extend_from_slice(&input[..n]);
+                self.remaining -= n as u64;
+                self.bytes += n as u64;
+                self.done = self.remaining == 0;
+                Ok(n)
+            }
+            BodyKind::Chunked => {
+                let mut payload = 0u64;
+                let n = if self.mode == Mode::ChunkDecode {
+                    self.chunked.feed(input, |d| {
+                        payload += d.len() as u64;
+                        out.extend_from_slice(d);
+                    })?
+                } else {
+                    let n = self.chunked.feed(input, |d| payload += d.len() as u64)?;
+                    out.extend_from_slice(&input[..n]);
+                    n
+                };
+                self.bytes += payload;
+                self.done = self.chunked.done();
+                Ok(n)
+            }
+            BodyKind::UntilClose => {
+                if self.mode == Mode::ChunkEncode && !input.is_empty() {
+                    chunk_header(out, input.len());
+                    out.extend_from_slice(input);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(input);
+                }
+                self.bytes += input.len() as u64;
+                Ok(input.len())
+            }
+        }
+    }
+
+    /// Consumes without copying (raw mode); returns (body bytes, done).
+    fn consume_raw(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+        match self.kind {
+            BodyKind::Length(_) => {
+                let n = (self.remaining.min(input.len() as u64)) as usize;
+                self.remaining -= n as u64;
+                self.bytes += n as u64;
+                self.done = self.remaining == 0;
+                Ok(n)
+            }
+            BodyKind::Chunked => {
+                let mut payload = 0u64;
+                let n = self.chunked.feed(input, |d| payload += d.len() as u64)?;
+                self.bytes += payload;
+                self.done = self.chunked.done();
+                Ok(n)
+            }
+            BodyKind::UntilClose => {
+                self.bytes += input.len() as u64;
+                Ok(input.len())
+            }
+            BodyKind::None => Ok(0),
+        }
+    }
+
+    /// The end of a close-delimited body: what must still be written.
+    fn finish_on_eof(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.kind == BodyKind::UntilClose {
+            if self.mode == Mode::ChunkEncode {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            self.done = true;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn chunk_header(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// Copies the rest of a body from `src` to `dst`. `pending` holds bytes already read from
+/// `src`; on return it holds what `src` sent after the body (the next message).
+pub async fn forward_body<S: AsyncReadRent, D: AsyncWriteRent>(
+    src: &mut S,
+    dst: &mut D,
+    pending: &mut Vec<u8>,
+    framing: &mut Framing,
+    idle: Option<Duration>,
+    deadline: Option<Instant>,
+) -> Result<(), BodyError> {
+    let mut scratch = Vec::new();
+    loop {
+        if !pending.is_empty() && !framing.done {
+            if framing.mode == Mode::Raw {
+                let n = framing.consume_raw(pending).map_err(BodyError::Malformed)?;
+                if n > 0 {
+                    let (res, slice) = dst.write_all(std::mem::take(pending).slice(..n)).await;
+                    *pending = slice.into_inner();
+                    res.map_err(BodyError::Write)?;
+                    pending.drain(..n);
+                }
+            } else {
+                scratch.clear();
+                let n = framing
+                    .consume_into(pending, &mut scratch)
+                    .map_err(BodyError::Malformed)?;
+                pending.drain(..n);
+                if !scratch.is_empty() {
+                    let (res, s) = dst.write_all(std::mem::take(&mut scratch)).await;
+                    scratch = s;
+                    res.map_err(BodyError::Write)?;
+                }
+            }
+        }
+        if framing.done {
+            return Ok(());
+        }
+        // Need more: read at most CHUNK.
+        if pending.capacity() - pending.len() < CHUNK / 4 {
+            pending.reserve(CHUNK - pending.len());
+        }
+        let limit = match (idle, deadline) {
+            (Some(i), Some(d)) => Some(i.min(d.saturating_duration_since(Instant::now()))),
+            (Some(i), None) => Some(i),
+            (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+            (None, None) => None,
+        };
+        let read = src.read(std::mem::take(pending));
+        let (res, buf) = match limit {
+            None => read.await,
+            Some(t) => monoio::time::timeout(t, read)
+                .await
+                .map_err(|_| BodyError::Timeout)?,
+        };
+        *pending = buf;
+        match res {
+            Ok(0) => {
+                scratch.clear();
+                if framing.finish_on_eof(&mut scratch) {
+                    if !scratch.is_empty() {
+                        let (res, _) = dst.write_all(scratch).await;
+                        res.map_err(BodyError::Write)?;
+                    }
+                    return Ok(());
+                }
+                return Err(BodyError::Eof);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(BodyError::Read(e)),
+        }
+    }
+}

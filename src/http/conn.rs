@@ -1,0 +1,1049 @@
+//! One downstream HTTP/1.1 connection, read top to bottom:
+//! read head → check → route → (direct reply | redirect | forward: pick upstream →
+//! send head and body → read response head → send it and the body) → log → next request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use monoio::buf::IoBuf;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::ctx::CoreCtx;
+use crate::http::body::{forward_body, BodyError, Framing, Mode};
+use crate::http::error::HttpError;
+use crate::http::h1::{self, BodyKind, RequestHead, RequestRef, ResponseHead};
+use crate::http::local_reply::{reply_for, status_line};
+use crate::http::{log, write_headers};
+use crate::model::headers::HeaderMods;
+use crate::model::route::{
+    Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
+};
+use crate::model::{HttpConnectionManager, Snapshot, UnderscoreAction};
+use crate::stats::{status_class_index, ClusterStat, HttpStat};
+use crate::upstream::Conn as UpstreamConn;
+
+/// Read buffer size for each direction of a connection.
+const BUF: usize = 16 * 1024;
+
+/// Serves one downstream connection until it closes.
+pub async fn serve(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let snapshot = ctx.snapshot();
+    let mut conn = Connection {
+        ctx,
+        hcm,
+        stream,
+        peer,
+        local,
+        buf: Vec::with_capacity(BUF),
+        out: Vec::with_capacity(BUF),
+        head: RequestHead::default(),
+        requests: 0,
+        opened: Instant::now(),
+        snapshot,
+        log: log::Entry::default(),
+    };
+    let cells = conn.hcm.stats.clone();
+    let c = cells.core(conn.ctx.core);
+    c.inc(HttpStat::DownstreamCxTotal as usize);
+    c.inc(HttpStat::DownstreamCxHttp1Total as usize);
+    c.inc(HttpStat::DownstreamCxActive as usize);
+    conn.run().await;
+    c.dec(HttpStat::DownstreamCxActive as usize);
+}
+
+pub(crate) struct Connection {
+    pub(crate) ctx: Rc<CoreCtx>,
+    pub(crate) hcm: Arc<HttpConnectionManager>,
+    stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    /// Downstream bytes: the current head at the front, then anything read after it.
+    pub(crate) buf: Vec<u8>,
+    out: Vec<u8>,
+    pub(crate) head: RequestHead,
+    requests: u32,
+    opened: Instant,
+    snapshot: Arc<Snapshot>,
+    pub(crate) log: log::Entry,
+}
+
+/// How a request ended, for the connection loop.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+impl Connection {
+    fn stat(&self, s: HttpStat) {
+        self.hcm.stats.core(self.ctx.core).inc(s as usize);
+    }
+
+    async fn run(&mut self) {
+        loop {
+            match self.read_head().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    if !self.buf.is_empty() || matches!(e, HttpError::BadHead(_)) {
+                        self.log.start(SystemTime::now());
+                        self.stat(HttpStat::DownstreamRqTotal);
+                        let _ = self.local_reply(&e, true).await;
+                        log::write(self);
+                    }
+                    return;
+                }
+            }
+            self.requests += 1;
+            self.ctx.refresh(&mut self.snapshot);
+            self.stat(HttpStat::DownstreamRqTotal);
+            self.stat(HttpStat::DownstreamRqHttp1Total);
+            let active = HttpStat::DownstreamRqActive as usize;
+            self.hcm.stats.core(self.ctx.core).inc(active);
+            let next = self.request().await;
+            self.hcm.stats.core(self.ctx.core).dec(active);
+            self.stat(HttpStat::DownstreamRqCompleted);
+            if matches!(next, Next::Close) {
+                return;
+            }
+        }
+    }
+
+    /// Reads until a full head is buffered. `Ok(false)`: the client closed cleanly between
+    /// requests (or the connection was idle while draining).
+    async fn read_head(&mut self) -> Result<bool, HttpError> {
+        let started = Instant::now();
+        loop {
+            if !self.buf.is_empty() {
+                let parsed = h1::parse_request(
+                    &self.buf,
+                    self.hcm.max_headers_count,
+                    self.hcm.max_request_headers_bytes,
+                    &mut self.head,
+                )
+                .map_err(HttpError::BadHead)?;
+                if parsed.is_some() {
+                    self.log.start(SystemTime::now());
+                    return Ok(true);
+                }
+            }
+            let idle = self.buf.is_empty();
+            let limit = if idle {
+                self.hcm.idle_timeout
+            } else {
+                self.hcm
+                    .request_headers_timeout
+                    .map(|t| t.saturating_sub(started.elapsed()))
+            };
+            if idle && self.ctx.draining() && self.requests > 0 {
+                self.stat(HttpStat::DownstreamCxDrainClose);
+                return Ok(false);
+            }
+            self.buf.reserve(BUF);
+            let buf = std::mem::take(&mut self.buf);
+            let read = self.stream.read(buf);
+            let mut drain = self.ctx.drain.clone();
+            let (res, buf) = if idle && self.requests > 0 {
+                // An idle keep-alive connection also wakes for the drain signal.
+                monoio::select! {
+                    r = with_timeout(limit, read) => match r {
+                        Some(r) => r,
+                        None => {
+                            self.stat(HttpStat::DownstreamCxIdleTimeout);
+                            return Ok(false);
+                        }
+                    },
+                    _ = drain.wait_for(|d| *d) => {
+                        self.stat(HttpStat::DownstreamCxDrainClose);
+                        return Ok(false);
+                    }
+                }
+            } else {
+                match with_timeout(limit, read).await {
+                    Some(r) => r,
+                    None if idle => {
+                        self.stat(HttpStat::DownstreamCxIdleTimeout);
+                        return Ok(false);
+                    }
+                    None => return Err(HttpError::RequestHeadersTimeout),
+                }
+            };
+            self.buf = buf;
+            match res {
+                Ok(0) | Err(_) => return Ok(false),
+                Ok(n) => self
+                    .hcm
+                    .stats
+                    .core(self.ctx.core)
+                    .add(HttpStat::DownstreamCxRxBytesTotal as usize, n as u64),
+            }
+        }
+    }
+
+    /// Handles the request whose head is parsed; leaves the buffer at the next request.
+    async fn request(&mut self) -> Next {
+        let result = self.dispatch().await;
+        let next = match result {
+            Ok(next) => next,
+            Err(e) => {
+                let close = e.closes_connection() || self.must_close();
+                match self.local_reply(&e, close).await {
+                    Ok(()) if !close && self.skip_request_body().await => Next::KeepAlive,
+                    _ => Next::Close,
+                }
+            }
+        };
+        log::write(self);
+        // Drop the head (and the body bytes the exchange consumed) before the next one.
+        let consumed = self.head.len.min(self.buf.len());
+        self.buf.drain(..consumed);
+        next
+    }
+
+    fn must_close(&self) -> bool {
+        self.head.close
+            || self.ctx.draining()
+            || self
+                .hcm
+                .max_requests_per_connection
+                .is_some_and(|m| self.requests >= m)
+            || self
+                .hcm
+                .max_connection_duration
+                .is_some_and(|d| self.opened.elapsed() >= d)
+    }
+
+    async fn dispatch(&mut self) -> Result<Next, HttpError> {
+        if self.head.minor == 0 && !self.hcm.accept_http_10 {
+            return Err(HttpError::Http10Rejected);
+        }
+        if self.head.upgrade {
+            return Err(HttpError::UpgradeRejected);
+        }
+        if self.head.underscore
+            && self.hcm.headers_with_underscores == UnderscoreAction::RejectRequest
+        {
+            return Err(HttpError::UnderscoreHeader);
+        }
+        let (authority, path) = self.authority_and_path()?;
+        self.log.authority = authority.clone();
+        self.log.path = path.clone();
+        let hcm = self.hcm.clone();
+        let routes = hcm.routes.clone();
+        let req = RequestRef {
+            buf: &self.buf,
+            head: &self.head,
+            authority: &self.buf[authority.clone()],
+            path: &self.buf[path.clone()],
+        };
+        let Some(m) = routes.find(&req) else {
+            return Err(HttpError::NoRoute);
+        };
+        self.log.route = Some(m.route.name.clone());
+        let prefix_len = match &m.route.path {
+            PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
+            _ => None,
+        };
+        self.log.route_prefix_len = prefix_len.unwrap_or(0);
+        if m.vhost.require_tls != TlsRequirement::None
+            && (m.vhost.require_tls == TlsRequirement::All || !self.is_internal())
+        {
+            let redirect = Redirect {
+                scheme: Some("https".into()),
+                host: None,
+                port: None,
+                path: RedirectPath::Keep,
+                status: 301,
+                strip_query: false,
+            };
+            return self.redirect(&redirect, authority, path, &[]).await;
+        }
+        let mods: [&HeaderMods; 3] = [
+            &m.route.response_headers,
+            &m.vhost.response_headers,
+            &routes.response_headers,
+        ];
+        match &m.route.action {
+            Action::Direct(d) => {
+                self.stat(HttpStat::RqDirectResponse);
+                let close = self.must_close();
+                self.write_simple(d.status, &d.body, None, &mods, close)
+                    .await?;
+                self.finish_or_close(close).await
+            }
+            Action::Redirect(r) => {
+                self.stat(HttpStat::RqRedirect);
+                self.redirect(r, authority, path, &mods).await
+            }
+            Action::Forward(f) => {
+                let f = f.clone();
+                let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
+                let req_mods: [HeaderMods; 3] = req_mods.map(Clone::clone);
+                let resp_mods: [HeaderMods; 3] = mods.map(Clone::clone);
+                self.forward(&f, prefix_len, authority, path, &req_mods, &resp_mods)
+                    .await
+            }
+        }
+    }
+
+    /// The routing authority and path, as ranges of `buf`.
+    fn authority_and_path(
+        &mut self,
+    ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), HttpError> {
+        let target = self.head.target.clone();
+        let t = &self.buf[target.clone()];
+        let host = self.head.host.map(|i| self.head.headers[i].1.clone());
+        if t.first() == Some(&b'/') {
+            let authority = match host {
+                Some(h) => h,
+                None if self.head.minor == 0 => {
+                    // HTTP/1.0 without Host: Envoy's default_host_for_http_10.
+                    let h = self
+                        .hcm
+                        .default_host_for_http_10
+                        .clone()
+                        .unwrap_or_default();
+                    let start = self.buf.len();
+                    self.buf.extend_from_slice(h.as_bytes());
+                    start..self.buf.len()
+                }
+                None => return Err(HttpError::MissingHost),
+            };
+            return Ok((authority, target));
+        }
+        // Absolute form: http://authority/path
+        let lower = t.to_ascii_lowercase();
+        let scheme_len = if lower.starts_with(b"http://") {
+            7
+        } else if lower.starts_with(b"https://") {
+            8
+        } else {
+            return Err(HttpError::InvalidPath);
+        };
+        let rest = target.start + scheme_len;
+        let slash = self.buf[rest..target.end]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(target.end, |i| rest + i);
+        if slash == rest {
+            return Err(HttpError::InvalidPath);
+        }
+        let path = if slash == target.end {
+            let start = self.buf.len();
+            self.buf.push(b'/');
+            start..start + 1
+        } else {
+            slash..target.end
+        };
+        Ok((rest..slash, path))
+    }
+
+    fn is_internal(&self) -> bool {
+        is_internal(self.peer.ip())
+    }
+
+    async fn redirect(
+        &mut self,
+        r: &Redirect,
+        authority: std::ops::Range<usize>,
+        path: std::ops::Range<usize>,
+        mods: &[&HeaderMods],
+    ) -> Result<Next, HttpError> {
+        let mut location = Vec::with_capacity(128);
+        location.extend_from_slice(r.scheme.as_deref().unwrap_or("http").as_bytes());
+        location.extend_from_slice(b"://");
+        let auth = &self.buf[authority];
+        let host_only = strip_port(auth);
+        match (&r.host, r.port) {
+            (Some(h), Some(p)) => location.extend_from_slice(format!("{h}:{p}").as_bytes()),
+            (Some(h), None) => location.extend_from_slice(h.as_bytes()),
+            (None, Some(p)) => {
+                location.extend_from_slice(host_only);
+                location.extend_from_slice(format!(":{p}").as_bytes());
+            }
+            // A scheme change drops the (old scheme's) port, as Envoy does.
+            (None, None) if r.scheme.is_some() => location.extend_from_slice(host_only),
+            (None, None) => location.extend_from_slice(auth),
+        }
+        let full = &self.buf[path];
+        let (p, q) = match full.iter().position(|&b| b == b'?') {
+            Some(i) => (&full[..i], &full[i..]),
+            None => (full, &b""[..]),
+        };
+        match &r.path {
+            RedirectPath::Keep => location.extend_from_slice(p),
+            RedirectPath::Replace(np) => location.extend_from_slice(np.as_bytes()),
+            RedirectPath::Prefix(np) => {
+                let routed_prefix = self.route_prefix_len(p);
+                location.extend_from_slice(np.as_bytes());
+                location.extend_from_slice(&p[routed_prefix..]);
+            }
+            RedirectPath::Regex(re, sub) => {
+                let s = String::from_utf8_lossy(p);
+                location.extend_from_slice(re.replace_all(&s, sub.as_str()).as_bytes());
+            }
+        }
+        let path_has_query = matches!(&r.path, RedirectPath::Replace(np) if np.contains('?'));
+        if !r.strip_query && !path_has_query {
+            location.extend_from_slice(q);
+        }
+        let close = self.must_close();
+        self.write_simple(r.status, b"", Some(&location), mods, close)
+            .await?;
+        self.finish_or_close(close).await
+    }
+
+    /// Length of the matched route's prefix (for prefix rewrites).
+    fn route_prefix_len(&self, path: &[u8]) -> usize {
+        self.log.route_prefix_len.min(path.len())
+    }
+
+    /// After a local answer: skip any request body so the connection can be reused.
+    async fn finish_or_close(&mut self, close: bool) -> Result<Next, HttpError> {
+        if close || !self.skip_request_body().await {
+            return Ok(Next::Close);
+        }
+        Ok(Next::KeepAlive)
+    }
+
+    /// Reads and discards the request body (bounded by Envoy's idea of a small body);
+    /// returns false when the connection cannot be reused.
+    async fn skip_request_body(&mut self) -> bool {
+        match self.head.body {
+            BodyKind::None => true,
+            // A client waiting for 100-continue never sent its body.
+            _ if self.head.expect_continue => false,
+            BodyKind::Length(n) if n <= 64 * 1024 => {
+                let mut sink = Discard;
+                let mut pending = self.buf.split_off(self.head.len.min(self.buf.len()));
+                let mut framing = Framing::new(self.head.body, Mode::Raw);
+                let r = forward_body(
+                    &mut self.stream,
+                    &mut sink,
+                    &mut pending,
+                    &mut framing,
+                    self.hcm.stream_idle_timeout,
+                    None,
+                )
+                .await;
+                self.buf.extend_from_slice(&pending);
+                r.is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes a proxy-generated response with a text body.
+    async fn local_reply(&mut self, e: &HttpError, close: bool) -> Result<(), HttpError> {
+        let reply = reply_for(e);
+        if let Some(s) = reply.stat {
+            self.stat(s);
+        }
+        self.log.flags = reply.flag;
+        self.log.details = reply.details;
+        self.write_simple(reply.status, reply.body.as_bytes(), None, &[], close)
+            .await
+    }
+
+    async fn write_simple(
+        &mut self,
+        status: u16,
+        body: &[u8],
+        location: Option<&[u8]>,
+        mods: &[&HeaderMods],
+        close: bool,
+    ) -> Result<(), HttpError> {
+        let head_request = self.is_head_request();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        status_line(&mut out, status);
+        if let Some(l) = location {
+            write_headers::header(&mut out, b"location", l);
+        }
+        if !body.is_empty() {
+            write_headers::header(&mut out, b"content-type", b"text/plain");
+        }
+        write_headers::header(
+            &mut out,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
+        write_headers::header(&mut out, b"server", self.hcm.server_name.as_bytes());
+        write_headers::response_mods(&mut out, mods, self);
+        if close {
+            write_headers::header(&mut out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_request {
+            out.extend_from_slice(body);
+        }
+        self.log.status = status;
+        self.log.bytes_sent += body.len() as u64;
+        self.count_status(status);
+        let (res, out) = self.stream.write_all(out).await;
+        self.out = out;
+        res.map(|_| ()).map_err(|_| HttpError::UpstreamReset)
+    }
+
+    fn count_status(&self, status: u16) {
+        self.hcm.stats.core(self.ctx.core).inc(status_class_index(
+            status,
+            HttpStat::DownstreamRq1xx as usize,
+        ));
+    }
+
+    pub(crate) fn is_head_request(&self) -> bool {
+        self.buf[self.head.method.clone()].eq_ignore_ascii_case(b"HEAD")
+    }
+
+    /// Proxies the request to the route's cluster.
+    async fn forward(
+        &mut self,
+        f: &Forward,
+        prefix_len: Option<usize>,
+        authority: std::ops::Range<usize>,
+        path: std::ops::Range<usize>,
+        req_mods: &[HeaderMods; 3],
+        resp_mods: &[HeaderMods; 3],
+    ) -> Result<Next, HttpError> {
+        // Cluster and endpoint.
+        let weighted = f.target.pick(fastrand::u32(..));
+        let cref = match (&f.target, weighted) {
+            (_, Some(w)) => &w.cluster,
+            (Target::Cluster(c), None) => c,
+            (Target::Weighted { .. }, None) => {
+                return Err(HttpError::ClusterNotFound(f.cluster_not_found_status))
+            }
+        };
+        let snapshot = self.snapshot.clone();
+        let cluster = cref
+            .index
+            .and_then(|i| snapshot.clusters.get(i))
+            .filter(|c| c.name == cref.name)
+            .or_else(|| snapshot.cluster(&cref.name))
+            .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
+        self.log.cluster = Some(cluster.name.clone());
+        let core = self.ctx.core;
+        let cstats = cluster.stats.core(core);
+        let Some(ep) = self.ctx.upstreams.borrow_mut().pick(cluster).cloned() else {
+            cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+            return Err(HttpError::NoHealthyUpstream);
+        };
+        self.log.upstream = Some(ep.address);
+        let pooled = self
+            .ctx
+            .upstreams
+            .borrow_mut()
+            .checkout(ep.address, cluster.idle_timeout);
+        let mut reused = pooled.is_some();
+        let mut up = match pooled {
+            Some(c) => c,
+            None => crate::upstream::connect(core, cluster, &ep)
+                .await
+                .map_err(HttpError::Connect)?,
+        };
+
+        // From here the request body starts to be consumed: errors close the connection
+        // unless the whole body went through.
+        let rewritten = self.rewrite_path(f, prefix_len, &path);
+        let request_id = self.request_id();
+        let mut mods: Vec<&HeaderMods> = Vec::with_capacity(4);
+        if let Some(w) = weighted {
+            mods.push(&w.request_headers);
+        }
+        mods.extend(req_mods.iter());
+        let host_rewrite: Option<Vec<u8>> = match (
+            weighted.and_then(|w| w.host_rewrite.as_deref()),
+            &f.host_rewrite,
+        ) {
+            (Some(h), _) => Some(h.as_bytes().to_vec()),
+            (None, HostRewrite::Literal(h)) => Some(h.as_bytes().to_vec()),
+            (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes().to_vec()),
+            (None, HostRewrite::None) => None,
+        };
+        // 100-continue is answered by the proxy, as Envoy does by default.
+        if self.head.expect_continue && self.head.body != BodyKind::None {
+            let (res, _) = self
+                .stream
+                .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+                .await;
+            if res.is_err() {
+                return Ok(Next::Close);
+            }
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        {
+            let path_bytes: &[u8] = match &rewritten {
+                Some(p) => p,
+                None => &self.buf[path.clone()],
+            };
+            write_headers::request_head(
+                &mut out,
+                self,
+                f,
+                authority,
+                path_bytes,
+                host_rewrite.as_deref(),
+                &mods,
+                request_id.as_ref().map(|r| &r[..]),
+            );
+        }
+        let head_len = out.len();
+        // Body bytes that arrived with the head go out in the same write.
+        let mut pending = self.buf.split_off(self.head.len.min(self.buf.len()));
+        let mut req_body = Framing::new(self.head.body, Mode::Raw);
+        let n = req_body.consume_into(&pending, &mut out);
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf.extend_from_slice(&pending);
+                self.out = out;
+                return Err(HttpError::BadBody(e));
+            }
+        };
+        pending.drain(..n);
+        let replayable = req_body.done();
+        let route_deadline = |sent: Instant| f.timeout.map(|t| sent + t);
+        let stream_idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
+
+        let (mut up, sent_at, resp) = loop {
+            up.requests += 1;
+            cstats.inc(ClusterStat::UpstreamRqTotal as usize);
+            let (res, o) = up.stream.write_all(out).await;
+            out = o;
+            if res.is_err() {
+                if reused && replayable {
+                    // A pooled connection the upstream had closed: retry once on a new one.
+                    cstats.inc(ClusterStat::UpstreamRqRetry as usize);
+                    reused = false;
+                    up = match crate::upstream::connect(core, cluster, &ep).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            return self.fail_after_body(
+                                out,
+                                pending,
+                                replayable,
+                                HttpError::Connect(e),
+                            )
+                        }
+                    };
+                    continue;
+                }
+                return self.fail_after_body(out, pending, replayable, HttpError::UpstreamReset);
+            }
+            cstats.add(
+                ClusterStat::UpstreamCxTxBytesTotal as usize,
+                out.len() as u64,
+            );
+            if !req_body.done() {
+                self.upstreams_started(cluster, &ep);
+                let r = forward_body(
+                    &mut self.stream,
+                    &mut up.stream,
+                    &mut pending,
+                    &mut req_body,
+                    stream_idle,
+                    None,
+                )
+                .await;
+                self.upstreams_finished(cluster, &ep);
+                match r {
+                    Ok(()) => {}
+                    Err(BodyError::Write(_)) => {
+                        return self.fail_after_body(out, pending, false, HttpError::UpstreamReset)
+                    }
+                    Err(BodyError::Malformed(e)) => {
+                        return self.fail_after_body(out, pending, false, HttpError::BadBody(e))
+                    }
+                    Err(BodyError::Timeout) => {
+                        return self.fail_after_body(
+                            out,
+                            pending,
+                            false,
+                            HttpError::StreamIdleTimeout,
+                        )
+                    }
+                    Err(_) => {
+                        // The client went away mid-body.
+                        self.stat(HttpStat::DownstreamRqRxReset);
+                        self.log.flags = "DC";
+                        self.out = out;
+                        return Ok(Next::Close);
+                    }
+                }
+            }
+            self.log.bytes_received = req_body.bytes;
+            let sent = Instant::now();
+            self.upstreams_started(cluster, &ep);
+            let r = read_response_head(&mut up, route_deadline(sent), stream_idle).await;
+            self.upstreams_finished(cluster, &ep);
+            match r {
+                Ok(resp) => break (up, sent, resp),
+                Err(RespError::Closed) if reused && replayable => {
+                    cstats.inc(ClusterStat::UpstreamRqRetry as usize);
+                    reused = false;
+                    up = match crate::upstream::connect(core, cluster, &ep).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            return self.fail_after_body(
+                                out,
+                                pending,
+                                replayable,
+                                HttpError::Connect(e),
+                            )
+                        }
+                    };
+                    out.truncate(out.len());
+                    continue;
+                }
+                Err(RespError::Closed) => {
+                    cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
+                    return self.fail_after_body(out, pending, true, HttpError::UpstreamReset);
+                }
+                Err(RespError::Malformed) => {
+                    return self.fail_after_body(out, pending, true, HttpError::UpstreamProtocol)
+                }
+                Err(RespError::Timeout) => {
+                    cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
+                    self.stat(HttpStat::DownstreamRqTimeout);
+                    return self.fail_after_body(out, pending, true, HttpError::UpstreamTimeout);
+                }
+                Err(RespError::Idle) => {
+                    return self.fail_after_body(out, pending, true, HttpError::StreamIdleTimeout)
+                }
+            }
+        };
+        let _ = head_len;
+        // The request body is done: what follows in `pending` is the next request.
+        self.buf.extend_from_slice(&pending);
+        self.head.body = BodyKind::None;
+
+        // Response head.
+        let service_time = sent_at.elapsed().as_millis();
+        self.log.service_time_ms = (!self.hcm.suppress_envoy_headers).then_some(service_time);
+        let head_request = self.is_head_request();
+        let kind = resp.body(head_request);
+        let downstream_10 = self.head.minor == 0;
+        let mode = match kind {
+            BodyKind::Chunked if downstream_10 => Mode::ChunkDecode,
+            BodyKind::UntilClose if !downstream_10 => Mode::ChunkEncode,
+            _ => Mode::Raw,
+        };
+        let close = self.must_close()
+            || (kind == BodyKind::UntilClose && downstream_10)
+            || (kind == BodyKind::Chunked && downstream_10);
+        let mut resp_mods_all: Vec<&HeaderMods> = Vec::with_capacity(4);
+        if let Some(w) = weighted {
+            resp_mods_all.push(&w.response_headers);
+        }
+        resp_mods_all.extend(resp_mods.iter());
+        out.clear();
+        let response_request_id = if self.hcm.always_set_request_id_in_response {
+            self.log.request_id.map(|r| r.to_vec()).or_else(|| {
+                h1::header_value(&self.buf, &self.head.headers, b"x-request-id")
+                    .map(|v| v.into_owned())
+            })
+        } else {
+            None
+        };
+        write_headers::response_head(
+            &mut out,
+            self,
+            &up.buf,
+            &resp,
+            &resp_mods_all,
+            mode == Mode::ChunkEncode && kind != BodyKind::None,
+            close,
+            self.log.service_time_ms,
+            response_request_id.as_deref(),
+        );
+        self.log.status = resp.status;
+        self.count_status(resp.status);
+        cstats.inc(status_class_index(
+            resp.status,
+            ClusterStat::UpstreamRq1xx as usize,
+        ));
+        let mut up_pending = up.buf.split_off(resp.len);
+        let mut resp_body = Framing::new(kind, mode);
+        let n = match resp_body.consume_into(&up_pending, &mut out) {
+            Ok(n) => n,
+            Err(_) => {
+                self.out = out;
+                return Err(HttpError::UpstreamProtocol);
+            }
+        };
+        up_pending.drain(..n);
+        let (res, o) = self.stream.write_all(out).await;
+        out = o;
+        self.out = out;
+        if res.is_err() {
+            self.log.flags = "DC";
+            return Ok(Next::Close);
+        }
+        if !resp_body.done() {
+            self.upstreams_started(cluster, &ep);
+            let r = forward_body(
+                &mut up.stream,
+                &mut self.stream,
+                &mut up_pending,
+                &mut resp_body,
+                stream_idle,
+                route_deadline(sent_at),
+            )
+            .await;
+            self.upstreams_finished(cluster, &ep);
+            self.log.bytes_sent = resp_body.bytes;
+            match r {
+                Ok(()) => {}
+                Err(BodyError::Write(_)) => {
+                    self.log.flags = "DC";
+                    return Ok(Next::Close);
+                }
+                Err(BodyError::Timeout) => {
+                    cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
+                    self.log.flags = "UT";
+                    return Ok(Next::Close);
+                }
+                Err(_) => {
+                    // Upstream reset mid-body: the client sees the connection close.
+                    cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
+                    self.log.flags = "UR";
+                    return Ok(Next::Close);
+                }
+            }
+        }
+        self.log.bytes_sent = resp_body.bytes;
+        cstats.add(
+            ClusterStat::UpstreamCxRxBytesTotal as usize,
+            (resp.len as u64) + resp_body.bytes,
+        );
+        cstats.inc(ClusterStat::UpstreamRqCompleted as usize);
+        // Back to the pool when the exchange ended cleanly.
+        let reusable = kind != BodyKind::UntilClose
+            && !resp.close
+            && up_pending.is_empty()
+            && cluster
+                .max_requests_per_connection
+                .is_none_or(|m| up.requests < m);
+        if reusable {
+            up.buf = up_pending;
+            self.ctx.upstreams.borrow_mut().checkin(up);
+        }
+        Ok(if close { Next::Close } else { Next::KeepAlive })
+    }
+
+    /// An error after the request body began to flow: answer if nothing was sent yet and
+    /// close unless the body had fully arrived.
+    fn fail_after_body(
+        &mut self,
+        out: Vec<u8>,
+        pending: Vec<u8>,
+        body_done: bool,
+        e: HttpError,
+    ) -> Result<Next, HttpError> {
+        self.out = out;
+        if body_done {
+            self.buf.extend_from_slice(&pending);
+            self.head.body = BodyKind::None;
+        } else {
+            self.head.close = true;
+            self.head.body = BodyKind::None;
+        }
+        Err(e)
+    }
+
+    fn upstreams_started(&self, cluster: &crate::model::Cluster, ep: &crate::model::Endpoint) {
+        cluster
+            .stats
+            .core(self.ctx.core)
+            .inc(ClusterStat::UpstreamRqActive as usize);
+        self.ctx
+            .upstreams
+            .borrow_mut()
+            .request_started(&cluster.name, ep.address);
+    }
+
+    fn upstreams_finished(&self, cluster: &crate::model::Cluster, ep: &crate::model::Endpoint) {
+        cluster
+            .stats
+            .core(self.ctx.core)
+            .dec(ClusterStat::UpstreamRqActive as usize);
+        self.ctx
+            .upstreams
+            .borrow_mut()
+            .request_finished(&cluster.name, ep.address);
+    }
+
+    /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.
+    fn rewrite_path(
+        &self,
+        f: &Forward,
+        prefix_len: Option<usize>,
+        path: &std::ops::Range<usize>,
+    ) -> Option<Vec<u8>> {
+        let full = &self.buf[path.clone()];
+        let q = full.iter().position(|&b| b == b'?').unwrap_or(full.len());
+        if let (Some(new), Some(len)) = (&f.prefix_rewrite, prefix_len) {
+            let mut out = Vec::with_capacity(full.len() + new.len());
+            out.extend_from_slice(new.as_bytes());
+            out.extend_from_slice(&full[len.min(q)..]);
+            return Some(out);
+        }
+        if let Some((re, sub)) = &f.regex_rewrite {
+            let p = String::from_utf8_lossy(&full[..q]);
+            let mut out = re.replace_all(&p, sub.as_str()).into_owned().into_bytes();
+            out.extend_from_slice(&full[q..]);
+            return Some(out);
+        }
+        None
+    }
+
+    /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).
+    fn request_id(&mut self) -> Option<[u8; 36]> {
+        if !self.hcm.generate_request_id {
+            return None;
+        }
+        let present = h1::header_value(&self.buf, &self.head.headers, b"x-request-id").is_some();
+        let regenerate = !present
+            || (self.hcm.use_remote_address
+                && !self.is_internal()
+                && !self.hcm.preserve_external_request_id);
+        if !regenerate {
+            return None;
+        }
+        let id = uuid4();
+        self.log.request_id = Some(id);
+        Some(id)
+    }
+}
+
+/// Why no response head arrived.
+enum RespError {
+    Closed,
+    Malformed,
+    Timeout,
+    Idle,
+}
+
+/// Reads the upstream response head, skipping 1xx interim responses.
+async fn read_response_head(
+    up: &mut UpstreamConn,
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+) -> Result<ResponseHead, RespError> {
+    let mut resp = ResponseHead::default();
+    loop {
+        if !up.buf.is_empty() {
+            match h1::parse_response(&up.buf, 64 * 1024, &mut resp) {
+                Ok(Some(())) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                    up.buf.drain(..resp.len);
+                    continue;
+                }
+                Ok(Some(())) => return Ok(resp),
+                Ok(None) => {}
+                Err(_) => return Err(RespError::Malformed),
+            }
+        }
+        up.buf.reserve(BUF);
+        let buf = std::mem::take(&mut up.buf);
+        let read = up.stream.read(buf);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let (limit, is_deadline) = match (remaining, idle) {
+            (Some(r), Some(i)) if r <= i => (Some(r), true),
+            (Some(_), Some(i)) => (Some(i), false),
+            (Some(r), None) => (Some(r), true),
+            (None, i) => (i, false),
+        };
+        let (res, buf) = match limit {
+            None => read.await,
+            Some(t) => match monoio::time::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) if is_deadline => return Err(RespError::Timeout),
+                Err(_) => return Err(RespError::Idle),
+            },
+        };
+        up.buf = buf;
+        match res {
+            Ok(0) | Err(_) => return Err(RespError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A random version-4 UUID in its text form.
+fn uuid4() -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = [b'-'; 36];
+    let mut j = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            j += 1;
+        }
+        out[j] = HEX[(b >> 4) as usize];
+        out[j + 1] = HEX[(b & 0xf) as usize];
+        j += 2;
+    }
+    out
+}
+
+struct Discard;
+
+impl monoio::io::AsyncWriteRent for Discard {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(buf.bytes_init()), buf)
+    }
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(0), buf)
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn with_timeout<F: std::future::Future>(limit: Option<Duration>, f: F) -> Option<F::Output> {
+    match limit {
+        None => Some(f.await),
+        Some(d) => monoio::time::timeout(d, f).await.ok(),
+    }
+}
+
+/// Loopback and private addresses count as internal, as in Envoy's classic default.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    }
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i)
+            if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].contains(&b':')
+                || host.first() == Some(&b'[') && i > 0 && host[i - 1] == b']' =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}

@@ -1,0 +1,66 @@
+//! Everything that ends a request with a proxy-generated answer. Each error knows its side;
+//! `local_reply::reply_for` turns it into status, body, stat and response flag.
+
+use crate::http::h1::{ChunkError, HeadError};
+use crate::upstream::ConnectError;
+
+/// A request the proxy answers itself.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    // Downstream: the client sent something we refuse.
+    #[error("{0}")]
+    BadHead(HeadError),
+    #[error("HTTP/1.0 is not accepted")]
+    Http10Rejected,
+    #[error("missing host header")]
+    MissingHost,
+    #[error("header name with underscore")]
+    UnderscoreHeader,
+    #[error("invalid request target")]
+    InvalidPath,
+    #[error("request timeout")]
+    RequestTimeout,
+    #[error("request headers timeout")]
+    RequestHeadersTimeout,
+    #[error("malformed request body: {0}")]
+    BadBody(ChunkError),
+    #[error("upgrade is not configured")]
+    UpgradeRejected,
+    // Routing.
+    #[error("no route")]
+    NoRoute,
+    #[error("cluster not found")]
+    ClusterNotFound(u16),
+    // Upstream.
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: {0}")]
+    Connect(ConnectError),
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: connection termination")]
+    UpstreamReset,
+    #[error(
+        "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+    )]
+    UpstreamProtocol,
+    #[error("upstream request timeout")]
+    UpstreamTimeout,
+    #[error("stream timeout")]
+    StreamIdleTimeout,
+}
+
+impl HttpError {
+    /// Whether the downstream connection must close after the reply.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            HttpError::BadHead(_)
+                | HttpError::Http10Rejected
+                | HttpError::MissingHost
+                | HttpError::UnderscoreHeader
+                | HttpError::InvalidPath
+                | HttpError::RequestTimeout
+                | HttpError::RequestHeadersTimeout
+                | HttpError::BadBody(_)
+        )
+    }
+}

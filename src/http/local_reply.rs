@@ -1,0 +1,172 @@
+//! Proxy-generated responses: one `match` from error to status, body, stat and flag.
+
+use crate::http::error::HttpError;
+use crate::http::h1::HeadError;
+use crate::stats::HttpStat;
+
+/// What the proxy answers for an error.
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    /// The connection-manager counter to bump, if any.
+    pub stat: Option<HttpStat>,
+    /// Envoy's response flag for the access log.
+    pub flag: &'static str,
+    /// Envoy's response code details.
+    pub details: &'static str,
+}
+
+/// The reply for `e`, as Envoy answers it.
+pub fn reply_for(e: &HttpError) -> Reply {
+    let r = |status, stat, flag, details| Reply {
+        status,
+        body: e.to_string(),
+        stat,
+        flag,
+        details,
+    };
+    match e {
+        HttpError::BadHead(HeadError::TooLarge) => r(
+            431,
+            Some(HttpStat::DownstreamRqTooLarge),
+            "DPE",
+            "http1.headers_too_large",
+        ),
+        HttpError::BadHead(HeadError::TooManyHeaders) => r(
+            431,
+            Some(HttpStat::DownstreamRqTooLarge),
+            "DPE",
+            "http1.too_many_headers",
+        ),
+        HttpError::BadHead(HeadError::BadTransferEncoding) => r(
+            501,
+            Some(HttpStat::DownstreamCxProtocolError),
+            "DPE",
+            "http1.invalid_transfer_encoding",
+        ),
+        HttpError::BadHead(_) => r(
+            400,
+            Some(HttpStat::DownstreamCxProtocolError),
+            "DPE",
+            "http1.codec_error",
+        ),
+        HttpError::BadBody(_) => r(
+            400,
+            Some(HttpStat::DownstreamCxProtocolError),
+            "DPE",
+            "http1.codec_error",
+        ),
+        HttpError::Http10Rejected => {
+            r(426, Some(HttpStat::RqUpgradeRequired), "DPE", "low_version")
+        }
+        HttpError::MissingHost => r(
+            400,
+            Some(HttpStat::DownstreamCxProtocolError),
+            "DPE",
+            "missing_host_header",
+        ),
+        HttpError::UnderscoreHeader => r(
+            400,
+            Some(HttpStat::DownstreamCxProtocolError),
+            "DPE",
+            "http1.unexpected_underscore",
+        ),
+        HttpError::InvalidPath => r(
+            400,
+            Some(HttpStat::DownstreamRqNonRelativePath),
+            "DPE",
+            "absolute_path_rejected",
+        ),
+        HttpError::RequestTimeout => r(
+            408,
+            Some(HttpStat::DownstreamRqTimeout),
+            "DT",
+            "request_overall_timeout",
+        ),
+        HttpError::RequestHeadersTimeout => r(
+            408,
+            Some(HttpStat::DownstreamRqHeaderTimeout),
+            "DT",
+            "request_header_timeout",
+        ),
+        HttpError::UpgradeRejected => r(
+            403,
+            Some(HttpStat::DownstreamRqWsOnNonWsRoute),
+            "-",
+            "upgrade_failed",
+        ),
+        HttpError::NoRoute => r(404, Some(HttpStat::Rq404NoRoute), "NR", "route_not_found"),
+        HttpError::ClusterNotFound(s) => r(*s, None, "NC", "cluster_not_found"),
+        HttpError::NoHealthyUpstream => r(503, None, "UH", "no_healthy_upstream"),
+        HttpError::Connect(_) => r(
+            503,
+            None,
+            "UF",
+            "upstream_reset_before_response_started{connection_failure}",
+        ),
+        HttpError::UpstreamReset => r(
+            503,
+            None,
+            "UC",
+            "upstream_reset_before_response_started{connection_termination}",
+        ),
+        HttpError::UpstreamProtocol => r(
+            503,
+            None,
+            "UPE",
+            "upstream_reset_before_response_started{protocol_error}",
+        ),
+        HttpError::UpstreamTimeout => r(504, None, "UT", "upstream_response_timeout"),
+        HttpError::StreamIdleTimeout => r(
+            504,
+            Some(HttpStat::DownstreamRqIdleTimeout),
+            "SI",
+            "stream_idle_timeout",
+        ),
+    }
+}
+
+/// The reason phrase for a status code.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// Writes a status line.
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b.format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,179 @@
+//! Access logging: one line per request in Envoy's format, buffered per core and handed to
+//! the logger thread in batches (no file I/O on a core).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::http::conn::Connection;
+use crate::http::h1::header_value;
+use crate::model::format::{write_start_time, Command, Context};
+
+/// What one request leaves for its log line.
+#[derive(Debug)]
+pub struct Entry {
+    pub start: SystemTime,
+    pub started: Instant,
+    pub authority: std::ops::Range<usize>,
+    pub path: std::ops::Range<usize>,
+    pub status: u16,
+    pub flags: &'static str,
+    pub details: &'static str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub upstream: Option<SocketAddr>,
+    pub cluster: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub service_time_ms: Option<u128>,
+    pub request_id: Option<[u8; 36]>,
+    pub route_prefix_len: usize,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            start: SystemTime::UNIX_EPOCH,
+            started: Instant::now(),
+            authority: 0..0,
+            path: 0..0,
+            status: 0,
+            flags: "-",
+            details: "via_upstream",
+            bytes_received: 0,
+            bytes_sent: 0,
+            upstream: None,
+            cluster: None,
+            route: None,
+            service_time_ms: None,
+            request_id: None,
+            route_prefix_len: 0,
+        }
+    }
+}
+
+impl Entry {
+    /// Resets the entry for a new request.
+    pub fn start(&mut self, now: SystemTime) {
+        *self = Entry {
+            start: now,
+            started: Instant::now(),
+            ..Entry::default()
+        };
+    }
+}
+
+struct LogCtx<'a>(&'a Connection);
+
+impl Context for LogCtx<'_> {
+    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
+        write_command(self.0, cmd, out)
+    }
+}
+
+/// Writes the value of `cmd` for the connection's current request.
+pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) -> bool {
+    let e = &c.log;
+    let num = |out: &mut Vec<u8>, n: u64| {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        true
+    };
+    match cmd {
+        Command::StartTime => {
+            write_start_time(e.start, out);
+            true
+        }
+        Command::Req(a, b) => req(c, a, out) || b.as_deref().is_some_and(|b| req(c, b, out)),
+        Command::Resp(a, _) => match (a.as_str(), e.service_time_ms) {
+            ("x-envoy-upstream-service-time", Some(ms)) => num(out, ms as u64),
+            _ => false,
+        },
+        Command::Protocol => {
+            out.extend_from_slice(if c.head.minor == 0 {
+                b"HTTP/1.0"
+            } else {
+                b"HTTP/1.1"
+            });
+            true
+        }
+        Command::ResponseCode => num(out, u64::from(e.status)),
+        Command::ResponseCodeDetails => {
+            out.extend_from_slice(e.details.as_bytes());
+            true
+        }
+        Command::ResponseFlags => {
+            out.extend_from_slice(e.flags.as_bytes());
+            true
+        }
+        Command::BytesReceived => num(out, e.bytes_received),
+        Command::BytesSent => num(out, e.bytes_sent),
+        Command::Duration => num(out, e.started.elapsed().as_millis() as u64),
+        Command::UpstreamHost => e.upstream.is_some_and(|a| {
+            out.extend_from_slice(a.to_string().as_bytes());
+            true
+        }),
+        Command::UpstreamCluster => e.cluster.as_ref().is_some_and(|n| {
+            out.extend_from_slice(n.as_bytes());
+            true
+        }),
+        Command::RouteName => e.route.as_ref().is_some_and(|n| {
+            out.extend_from_slice(n.as_bytes());
+            !n.is_empty()
+        }),
+        Command::DownstreamRemoteAddress => {
+            out.extend_from_slice(c.peer.to_string().as_bytes());
+            true
+        }
+        Command::DownstreamRemoteAddressWithoutPort => {
+            out.extend_from_slice(c.peer.ip().to_string().as_bytes());
+            true
+        }
+        Command::DownstreamLocalAddress => {
+            out.extend_from_slice(c.local.to_string().as_bytes());
+            true
+        }
+        Command::DownstreamLocalAddressWithoutPort => {
+            out.extend_from_slice(c.local.ip().to_string().as_bytes());
+            true
+        }
+        Command::Hostname => {
+            out.extend_from_slice(c.ctx.hostname.as_bytes());
+            true
+        }
+    }
+}
+
+fn req(c: &Connection, name: &str, out: &mut Vec<u8>) -> bool {
+    let buf = &c.buf;
+    let range = |r: &std::ops::Range<usize>| buf.get(r.clone()).filter(|s| !s.is_empty());
+    let v: Option<&[u8]> = match name {
+        ":method" => range(&c.head.method),
+        ":path" => range(&c.log.path).or_else(|| range(&c.head.target)),
+        ":authority" => range(&c.log.authority),
+        ":scheme" => Some(b"http"),
+        "x-request-id" if c.log.request_id.is_some() => {
+            out.extend_from_slice(c.log.request_id.as_ref().map_or(&[][..], |r| &r[..]));
+            return true;
+        }
+        _ => {
+            return match header_value(buf, &c.head.headers, name.as_bytes()) {
+                Some(v) => {
+                    out.extend_from_slice(&v);
+                    true
+                }
+                None => false,
+            }
+        }
+    };
+    v.is_some_and(|v| {
+        out.extend_from_slice(v);
+        true
+    })
+}
+
+/// Writes the request's line to every configured access log.
+pub(crate) fn write(c: &Connection) {
+    for log in &c.hcm.access_logs {
+        c.ctx
+            .log_line(log.sink, |out| log.format.write(&LogCtx(c), b"-", out));
+    }
+}

@@ -1,0 +1,10 @@
+//! HTTP connection management: the request path (`conn`), the HTTP/1 codec (`h1`), body
+//! streaming, header serialisation, local replies and access logs.
+
+pub mod body;
+pub mod conn;
+pub mod error;
+pub mod h1;
+pub mod local_reply;
+pub mod log;
+pub mod write_headers;

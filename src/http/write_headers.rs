@@ -1,0 +1,272 @@
+//! Serialising heads on the way out: hop-by-hop headers dropped, Envoy's `x-forwarded-*`,
+//! `x-request-id` and `x-envoy-*` handling, and the configured header mutations.
+
+use std::ops::Range;
+
+use crate::http::conn::Connection;
+use crate::http::h1::ResponseHead;
+use crate::model::format::{Command, Context};
+use crate::model::headers::{is_hop_by_hop, AppendAction, HeaderMods};
+use crate::model::route::Forward;
+use crate::model::{ServerHeader, UnderscoreAction};
+
+/// Appends `name: value\r\n`.
+pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Request-side values for `%...%` in header values.
+struct ReqCtx<'a>(&'a Connection);
+
+impl Context for ReqCtx<'_> {
+    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
+        crate::http::log::write_command(self.0, cmd, out)
+    }
+}
+
+fn dropped_by(mods: &[&HeaderMods], name: &[u8]) -> bool {
+    mods.iter().any(|m| m.drops(name))
+}
+
+/// Writes the additions of `mods` (most specific first); `present` tells whether the
+/// message already carried a header.
+fn write_adds(
+    out: &mut Vec<u8>,
+    mods: &[&HeaderMods],
+    conn: &Connection,
+    present: &dyn Fn(&[u8]) -> bool,
+) {
+    let ctx = ReqCtx(conn);
+    for (level, m) in mods.iter().enumerate() {
+        for add in &m.add {
+            let name = add.name.as_bytes();
+            // A less specific level that overwrites the same header wins (Envoy's default).
+            let overwritten_later = mods[level + 1..].iter().any(|l| {
+                l.add.iter().any(|a| {
+                    a.name == add.name
+                        && matches!(
+                            a.action,
+                            AppendAction::OverwriteIfExistsOrAdd | AppendAction::OverwriteIfExists
+                        )
+                })
+            });
+            if overwritten_later {
+                continue;
+            }
+            let write = match add.action {
+                AppendAction::AppendIfExistsOrAdd | AppendAction::OverwriteIfExistsOrAdd => true,
+                AppendAction::AddIfAbsent => !present(name),
+                AppendAction::OverwriteIfExists => present(name),
+            };
+            if !write {
+                continue;
+            }
+            let mark = out.len();
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            let value_start = out.len();
+            add.value.write(&ctx, b"", out);
+            if out.len() == value_start && !add.keep_empty {
+                out.truncate(mark);
+                continue;
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// The request head sent upstream.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn request_head(
+    out: &mut Vec<u8>,
+    conn: &Connection,
+    f: &Forward,
+    authority: Range<usize>,
+    path: &[u8],
+    host_rewrite: Option<&[u8]>,
+    mods: &[&HeaderMods],
+    request_id: Option<&[u8]>,
+) {
+    let buf = &conn.buf;
+    let head = &conn.head;
+    let hcm = &conn.hcm;
+    out.extend_from_slice(&buf[head.method.clone()]);
+    out.push(b' ');
+    out.extend_from_slice(path);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    header(out, b"host", host_rewrite.unwrap_or(&buf[authority]));
+    let edge = hcm.use_remote_address;
+    let mut xff_written = false;
+    let mut have_xfp = false;
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        let value = &buf[v.clone()];
+        if is_hop_by_hop(name) {
+            // `te: trailers` survives, as in Envoy.
+            if name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers") {
+                header(out, name, value);
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"expect") && head.expect_continue
+            || name.eq_ignore_ascii_case(b"x-request-id") && request_id.is_some()
+            || (edge && name.eq_ignore_ascii_case(b"x-envoy-internal"))
+            || (edge && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
+            || name.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
+                && f.timeout.is_some()
+                && !hcm.suppress_envoy_headers
+            || name.eq_ignore_ascii_case(b"x-envoy-original-path")
+                && path != &buf[head.target.clone()]
+            || (head.underscore
+                && hcm.headers_with_underscores == UnderscoreAction::DropHeader
+                && name.contains(&b'_'))
+            || dropped_by(mods, name)
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            have_xfp = true;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for")
+            && edge
+            && !hcm.skip_xff_append
+            && !xff_written
+        {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(conn.peer.ip().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            xff_written = true;
+            continue;
+        }
+        header(out, name, value);
+    }
+    if head.body == crate::http::h1::BodyKind::Chunked {
+        header(out, b"transfer-encoding", b"chunked");
+    }
+    if edge && !hcm.skip_xff_append && !xff_written {
+        header(
+            out,
+            b"x-forwarded-for",
+            conn.peer.ip().to_string().as_bytes(),
+        );
+    }
+    if !have_xfp {
+        header(out, b"x-forwarded-proto", b"http");
+    }
+    if edge && crate::http::conn::is_internal(conn.peer.ip()) {
+        header(out, b"x-envoy-internal", b"true");
+    }
+    if let Some(id) = request_id {
+        header(out, b"x-request-id", id);
+    }
+    if path != &buf[head.target.clone()] && !hcm.suppress_envoy_headers {
+        header(out, b"x-envoy-original-path", &buf[head.target.clone()]);
+    }
+    if let (Some(t), false) = (f.timeout, hcm.suppress_envoy_headers) {
+        header(
+            out,
+            b"x-envoy-expected-rq-timeout-ms",
+            itoa::Buffer::new().format(t.as_millis()).as_bytes(),
+        );
+    }
+    if let Some(via) = &hcm.via {
+        header(out, b"via", via.as_bytes());
+    }
+    let present = |name: &[u8]| {
+        head.headers
+            .iter()
+            .any(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
+    };
+    write_adds(out, mods, conn, &present);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response head sent downstream for an upstream response.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn response_head(
+    out: &mut Vec<u8>,
+    conn: &Connection,
+    up: &[u8],
+    resp: &ResponseHead,
+    mods: &[&HeaderMods],
+    chunked_out: bool,
+    close: bool,
+    service_time_ms: Option<u128>,
+    request_id: Option<&[u8]>,
+) {
+    let hcm = &conn.hcm;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
+    out.push(b' ');
+    let reason = crate::http::local_reply::reason(resp.status);
+    if reason == "Unknown" {
+        out.extend_from_slice(&up[resp.reason.clone()]);
+    } else {
+        out.extend_from_slice(reason.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut has_server = false;
+    for (n, v) in &resp.headers {
+        let name = &up[n.clone()];
+        if is_hop_by_hop(name) || dropped_by(mods, name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"server") {
+            if hcm.server_header == ServerHeader::Overwrite {
+                continue;
+            }
+            has_server = true;
+        }
+        if name.eq_ignore_ascii_case(b"x-envoy-upstream-service-time") && service_time_ms.is_some()
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-request-id") && request_id.is_some() {
+            continue;
+        }
+        header(out, name, &up[v.clone()]);
+    }
+    if chunked_out {
+        header(out, b"transfer-encoding", b"chunked");
+    }
+    if hcm.server_header != ServerHeader::PassThrough && !has_server {
+        header(out, b"server", hcm.server_name.as_bytes());
+    }
+    if let Some(ms) = service_time_ms {
+        header(
+            out,
+            b"x-envoy-upstream-service-time",
+            itoa::Buffer::new().format(ms).as_bytes(),
+        );
+    }
+    if let Some(id) = request_id {
+        header(out, b"x-request-id", id);
+    }
+    if let Some(via) = &hcm.via {
+        header(out, b"via", via.as_bytes());
+    }
+    let present = |name: &[u8]| {
+        resp.headers
+            .iter()
+            .any(|(n, _)| up[n.clone()].eq_ignore_ascii_case(name))
+    };
+    write_adds(out, mods, conn, &present);
+    if close {
+        header(out, b"connection", b"close");
+    } else if conn.head.minor == 0 {
+        header(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Header additions on a locally generated response.
+pub(crate) fn response_mods(out: &mut Vec<u8>, mods: &[&HeaderMods], conn: &Connection) {
+    write_adds(out, mods, conn, &|_| false);
+}

@@ -1,0 +1,293 @@
+//! One core's view of its upstreams: load-balancer state and keep-alive connection pools.
+//! Owned by the core (`Rc<RefCell<..>>` inside `CoreCtx`); nothing here is shared.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::io::{idle_state, IdleState};
+use crate::model::{Cluster, Endpoint, LbPolicy};
+use crate::stats::{ClusterStat, Scope};
+
+/// An upstream HTTP/1.1 connection with its read buffer.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub buf: Vec<u8>,
+    pub requests: u32,
+    pub stats: Arc<Scope>,
+    core: usize,
+    idle_since: Instant,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let c = self.stats.core(self.core);
+        c.dec(ClusterStat::UpstreamCxActive as usize);
+        c.inc(ClusterStat::UpstreamCxDestroy as usize);
+    }
+}
+
+/// Why no upstream connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection failure, transport failure reason: {0}")]
+    Failed(io::Error),
+    #[error("connection timeout")]
+    Timeout,
+}
+
+/// Per-cluster load-balancer state on one core.
+#[derive(Default)]
+struct LbState {
+    next: u64,
+    /// Requests in flight per endpoint (least request).
+    active: HashMap<SocketAddr, u32>,
+}
+
+/// Upstream state of one core.
+pub struct Upstreams {
+    core: usize,
+    pools: HashMap<SocketAddr, Vec<Conn>>,
+    lb: HashMap<Arc<str>, LbState>,
+    /// Idle connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Upstreams {
+    pub fn new(core: usize) -> Self {
+        Upstreams {
+            core,
+            pools: HashMap::new(),
+            lb: HashMap::new(),
+            max_idle_per_endpoint: 1024,
+        }
+    }
+
+    /// Picks a healthy endpoint of `cluster` by its load-balancing policy.
+    pub fn pick<'c>(&mut self, cluster: &'c Cluster) -> Option<&'c Endpoint> {
+        let eps = &cluster.endpoints;
+        let healthy = eps.iter().filter(|e| e.healthy).count();
+        if healthy == 0 {
+            return None;
+        }
+        let state = self.lb.entry(cluster.name.clone()).or_default();
+        let nth_healthy = |n: usize| eps.iter().filter(|e| e.healthy).nth(n);
+        match cluster.lb {
+            LbPolicy::RoundRobin => {
+                let total: u64 = eps
+                    .iter()
+                    .filter(|e| e.healthy)
+                    .map(|e| u64::from(e.weight))
+                    .sum();
+                let all_equal = eps
+                    .iter()
+                    .filter(|e| e.healthy)
+                    .all(|e| e.weight == eps[0].weight);
+                state.next = state.next.wrapping_add(1);
+                if all_equal {
+                    return nth_healthy((state.next % healthy as u64) as usize);
+                }
+                let mut x = state.next % total.max(1);
+                for e in eps.iter().filter(|e| e.healthy) {
+                    if x < u64::from(e.weight) {
+                        return Some(e);
+                    }
+                    x -= u64::from(e.weight);
+                }
+                None
+            }
+            LbPolicy::Random => nth_healthy(fastrand::usize(..healthy)),
+            LbPolicy::LeastRequest { choice_count } => {
+                let mut best: Option<(&Endpoint, u32)> = None;
+                for _ in 0..choice_count {
+                    let e = nth_healthy(fastrand::usize(..healthy))?;
+                    let load = state.active.get(&e.address).copied().unwrap_or(0);
+                    // Weighted: compare load scaled by the other's weight.
+                    if best.is_none_or(|(b, bl)| {
+                        u64::from(load) * u64::from(b.weight) < u64::from(bl) * u64::from(e.weight)
+                    }) {
+                        best = Some((e, load));
+                    }
+                }
+                best.map(|(e, _)| e)
+            }
+        }
+    }
+
+    /// Marks a request to `addr` of `cluster` as started (least-request bookkeeping).
+    pub fn request_started(&mut self, cluster: &Arc<str>, addr: SocketAddr) {
+        if let Some(s) = self.lb.get_mut(cluster) {
+            *s.active.entry(addr).or_default() += 1;
+        }
+    }
+
+    /// Marks a request as finished.
+    pub fn request_finished(&mut self, cluster: &Arc<str>, addr: SocketAddr) {
+        if let Some(n) = self
+            .lb
+            .get_mut(cluster)
+            .and_then(|s| s.active.get_mut(&addr))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// A live idle connection to `addr`, if the pool has one.
+    pub fn checkout(&mut self, addr: SocketAddr, idle_timeout: Option<Duration>) -> Option<Conn> {
+        let pool = self.pools.get_mut(&addr)?;
+        while let Some(conn) = pool.pop() {
+            let expired = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() >= t);
+            if expired {
+                conn.stats
+                    .core(self.core)
+                    .inc(ClusterStat::UpstreamCxIdleTimeout as usize);
+                continue;
+            }
+            if idle_state(&conn.stream) == IdleState::Open {
+                return Some(conn);
+            }
+            conn.stats
+                .core(self.core)
+                .inc(ClusterStat::UpstreamCxDestroyRemote as usize);
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange ended cleanly.
+    pub fn checkin(&mut self, mut conn: Conn) {
+        conn.idle_since = Instant::now();
+        conn.buf.clear();
+        let pool = self.pools.entry(conn.addr).or_default();
+        if pool.len() < self.max_idle_per_endpoint {
+            pool.push(conn);
+        } else {
+            conn.stats
+                .core(self.core)
+                .inc(ClusterStat::UpstreamCxPoolOverflow as usize);
+        }
+    }
+
+    /// Idle connections held for `addr` (tests and admin).
+    pub fn idle(&self, addr: SocketAddr) -> usize {
+        self.pools.get(&addr).map_or(0, Vec::len)
+    }
+}
+
+/// Opens a new connection from core `core` to `ep` within the cluster's connect timeout.
+pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Conn, ConnectError> {
+    {
+        let stats = cluster.stats.core(core);
+        let connect = TcpStream::connect_addr(ep.address);
+        let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+                return Err(ConnectError::Failed(e));
+            }
+            Err(_) => {
+                stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+                stats.inc(ClusterStat::UpstreamCxConnectTimeout as usize);
+                return Err(ConnectError::Timeout);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        stats.inc(ClusterStat::UpstreamCxTotal as usize);
+        stats.inc(ClusterStat::UpstreamCxHttp1Total as usize);
+        stats.inc(ClusterStat::UpstreamCxActive as usize);
+        Ok(Conn {
+            stream,
+            addr: ep.address,
+            buf: Vec::with_capacity(16 * 1024),
+            requests: 0,
+            stats: cluster.stats.clone(),
+            core,
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Discovery, DnsFamily};
+    use crate::stats::Store;
+
+    fn cluster(lb: LbPolicy, weights: &[u32]) -> Cluster {
+        let store = Store::new(1);
+        Cluster {
+            name: "c".into(),
+            stats: store.scope::<ClusterStat>("cluster.c."),
+            discovery: Discovery::Static,
+            lb,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            max_requests_per_connection: None,
+            dns_family: DnsFamily::Auto,
+            dns_refresh: Duration::from_secs(5),
+            dns_hosts: Arc::from(vec![]),
+            endpoints: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| Endpoint {
+                    address: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    hostname: "h".into(),
+                    weight: w,
+                    healthy: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn counts(u: &mut Upstreams, c: &Cluster, n: usize) -> Vec<usize> {
+        let mut out = vec![0; c.endpoints.len()];
+        for _ in 0..n {
+            let e = u.pick(c).unwrap();
+            out[(e.address.port() - 1000) as usize] += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn round_robin_is_even_and_weighted_is_proportional() {
+        let mut u = Upstreams::new(0);
+        assert_eq!(
+            counts(&mut u, &cluster(LbPolicy::RoundRobin, &[1, 1, 1]), 300),
+            vec![100; 3]
+        );
+        assert_eq!(
+            counts(&mut u, &cluster(LbPolicy::RoundRobin, &[1, 3]), 400),
+            vec![100, 300]
+        );
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let mut u = Upstreams::new(0);
+        let c = cluster(LbPolicy::LeastRequest { choice_count: 2 }, &[1, 1]);
+        u.pick(&c);
+        for _ in 0..10 {
+            u.request_started(&c.name, c.endpoints[0].address);
+        }
+        let n = counts(&mut u, &c, 200);
+        assert!(n[1] > n[0] * 2, "{n:?}");
+    }
+
+    #[test]
+    fn unhealthy_endpoints_are_skipped() {
+        let mut u = Upstreams::new(0);
+        let mut c = cluster(LbPolicy::Random, &[1, 1]);
+        let mut eps: Vec<Endpoint> = c.endpoints.to_vec();
+        eps[0].healthy = false;
+        c.endpoints = eps.into();
+        assert_eq!(counts(&mut u, &c, 50), vec![0, 50]);
+        eps = c.endpoints.to_vec();
+        eps[1].healthy = false;
+        c.endpoints = eps.into();
+        assert!(u.pick(&c).is_none());
+    }
+}

@@ -1,0 +1,114 @@
+//! Worker cores: one pinned thread per core, each with its own monoio runtime, listeners,
+//! pools and stats cells, from start to drain.
+
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::ctx::{CoreCtx, LogBatch};
+use crate::model::{Listener, SharedSnapshot};
+
+/// Which io driver the cores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Driver {
+    /// io_uring when the kernel and seccomp allow it, else epoll with a warning.
+    Auto,
+    /// io_uring only (fails when unavailable).
+    IoUring,
+    /// The legacy epoll driver.
+    Legacy,
+}
+
+/// Decides the driver once for the process.
+pub fn resolve_driver(requested: Driver) -> Result<Driver, String> {
+    let uring = monoio::utils::detect_uring();
+    match requested {
+        Driver::Auto if uring => Ok(Driver::IoUring),
+        Driver::Auto => {
+            tracing::warn!("io_uring is unavailable (kernel or seccomp profile); using the legacy epoll driver");
+            Ok(Driver::Legacy)
+        }
+        Driver::IoUring if !uring => {
+            Err("--io-driver io-uring was requested but io_uring is unavailable".into())
+        }
+        d => Ok(d),
+    }
+}
+
+/// Everything one core starts with.
+pub struct CoreStart {
+    pub core: usize,
+    pub cpu: Option<core_affinity::CoreId>,
+    pub snapshot: SharedSnapshot,
+    pub listeners: Vec<(Arc<Listener>, std::net::TcpListener)>,
+    pub drain: tokio::sync::watch::Receiver<bool>,
+    pub drain_time: Duration,
+    pub log_tx: Option<Sender<LogBatch>>,
+    pub hostname: Arc<str>,
+}
+
+/// Starts a core thread.
+pub fn spawn(start: CoreStart, driver: Driver) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("ringside-core-{}", start.core))
+        .spawn(move || {
+            if let Some(cpu) = start.cpu {
+                if !core_affinity::set_for_current(cpu) {
+                    tracing::warn!(core = start.core, "could not pin to CPU {}", cpu.id);
+                }
+            }
+            let result = match driver {
+                Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .with_entries(4096)
+                    .enable_timer()
+                    .build()
+                    .map(|mut rt| rt.block_on(core_main(start))),
+                Driver::Legacy | Driver::Auto => {
+                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(core_main(start)))
+                }
+            };
+            if let Err(e) = result {
+                tracing::error!("cannot start the core runtime: {e}");
+            }
+        })
+}
+
+async fn core_main(start: CoreStart) {
+    let ctx = Rc::new(CoreCtx::new(
+        start.core,
+        start.snapshot,
+        start.drain.clone(),
+        start.log_tx,
+        start.hostname,
+    ));
+    for (listener, socket) in start.listeners {
+        monoio::spawn(crate::listener::accept_loop(ctx.clone(), listener, socket));
+    }
+    let flusher = ctx.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(Duration::from_millis(200)).await;
+            flusher.flush_logs();
+        }
+    });
+    let mut drain = start.drain;
+    let _ = drain.wait_for(|d| *d).await;
+    // Listeners stop accepting on their own; in-flight requests get until the deadline.
+    let deadline = Instant::now() + start.drain_time;
+    while ctx.active.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if ctx.active.get() > 0 {
+        tracing::warn!(
+            core = ctx.core,
+            connections = ctx.active.get(),
+            "drain time over; closing remaining connections"
+        );
+    }
+    ctx.flush_logs();
+}
