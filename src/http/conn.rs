@@ -761,7 +761,7 @@ impl Connection {
             &up.buf,
             &resp,
             &resp_mods_all,
-            mode == Mode::ChunkEncode && kind != BodyKind::None,
+            (mode == Mode::ChunkEncode) || (kind == BodyKind::Chunked && mode == Mode::Raw),
             close,
             self.log.service_time_ms,
             response_request_id.as_deref(),

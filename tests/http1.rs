@@ -1,0 +1,574 @@
+//! HTTP/1.1 proxying through the real binary, on both io drivers.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn args(driver: &str) -> Vec<&str> {
+    vec![
+        "--concurrency",
+        "1",
+        "--io-driver",
+        driver,
+        "--drain-time-s",
+        "5",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_get_and_sets_envoy_headers() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        let (status, headers, body) = http_get(
+            p.addr(),
+            "/hello?x=1",
+            &[
+                ("connection", "keep-alive"),
+                ("keep-alive", "timeout=5"),
+                ("proxy-connection", "x"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{driver}");
+        assert_eq!(body, b"upstream a /hello");
+        assert_eq!(header(&headers, "server"), Some("envoy"));
+        assert!(header(&headers, "x-envoy-upstream-service-time").is_some());
+        let seen = &b.seen;
+        assert_eq!(seen.header("host").as_deref(), Some("example.com"));
+        assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(
+            seen.header("x-envoy-expected-rq-timeout-ms").as_deref(),
+            Some("15000")
+        );
+        assert_eq!(seen.header("x-request-id").map(|v| v.len()), Some(36));
+        assert_eq!(*seen.last_uri.lock().unwrap(), "/hello?x=1");
+        for hop in ["keep-alive", "proxy-connection", "connection"] {
+            assert_eq!(seen.header(hop), None, "{hop} must not cross the hop");
+        }
+        // Without use_remote_address, x-forwarded-for is left alone.
+        assert_eq!(seen.header("x-forwarded-for"), None);
+        assert_eq!(p.stat("http.ingress.downstream_rq_2xx").await, 1);
+        assert_eq!(p.stat("cluster.a.upstream_rq_total").await, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_reuses_upstream_connections() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        for _ in 0..20 {
+            let (s, _, _) = http_get(p.addr(), "/x", &[]).await;
+            assert_eq!(s, 200);
+        }
+        assert_eq!(b.seen.requests.load(Ordering::SeqCst), 20);
+        assert_eq!(
+            b.seen.connections.load(Ordering::SeqCst),
+            1,
+            "{driver}: 20 requests over one pooled connection"
+        );
+        assert_eq!(p.stat("cluster.a.upstream_cx_total").await, 1);
+        assert_eq!(p.stat("http.ingress.downstream_cx_total").await, 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        let reqs = b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nPOST /count HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        let out = String::from_utf8(raw(p.addr(), reqs, Duration::from_secs(5)).await).unwrap();
+        let one = out.find("upstream a /one").expect(&out);
+        let two = out.find("\r\n\r\n5").expect(&out);
+        let three = out.find("upstream a /three").expect(&out);
+        assert!(one < two && two < three, "{out}");
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_is_refused_unless_accepted() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let c = format!("[{}]", cluster("a", &[b.addr], ""));
+        let p = Proxy::start(&config("", &all_to("a"), &c), &args(driver)).await;
+        let out = String::from_utf8(
+            raw(p.addr(), b"GET / HTTP/1.0\r\n\r\n", Duration::from_secs(2)).await,
+        )
+        .unwrap();
+        assert!(out.starts_with("HTTP/1.1 426 Upgrade Required"), "{out}");
+        drop(p);
+        let extra = "          http_protocol_options: {accept_http_10: true, default_host_for_http_10: legacy.local}";
+        let p = Proxy::start(&config(extra, &all_to("a"), &c), &args(driver)).await;
+        let out = String::from_utf8(
+            raw(
+                p.addr(),
+                b"GET /old HTTP/1.0\r\n\r\n",
+                Duration::from_secs(2),
+            )
+            .await,
+        )
+        .unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(out.ends_with("upstream a /old"), "{out}");
+        assert_eq!(b.seen.header("host").as_deref(), Some("legacy.local"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_head_204_and_304() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        s.write_all(
+            b"POST /count HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let interim = read_all(&mut s, Duration::from_millis(500)).await;
+        assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n", "{driver}");
+        s.write_all(b"abcd").await.unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_millis(500)).await).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("\r\n\r\n4"),
+            "{out}"
+        );
+        assert_eq!(b.seen.header("expect"), None);
+
+        let out = String::from_utf8(
+            raw(
+                p.addr(),
+                b"HEAD /bytes/100 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(2),
+            )
+            .await,
+        )
+        .unwrap();
+        assert!(
+            out.contains("content-length: 100\r\n") && out.ends_with("\r\n\r\n"),
+            "{out}"
+        );
+        for code in [204, 304] {
+            let req = format!("GET /status/{code} HTTP/1.1\r\nHost: h\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+            let out =
+                String::from_utf8(raw(p.addr(), req.as_bytes(), Duration::from_secs(2)).await)
+                    .unwrap();
+            assert!(out.starts_with(&format!("HTTP/1.1 {code}")), "{out}");
+            assert!(
+                out.ends_with("upstream a /after"),
+                "a bodiless {code} keeps the connection usable: {out}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_both_ways() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        let req = b"POST /count HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nGET /chunked/70000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+        let out = raw(p.addr(), req, Duration::from_secs(2)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains("\r\n\r\n5HTTP/1.1 200 OK"),
+            "{driver}: {}",
+            &text[..text.len().min(700)]
+        );
+        assert!(
+            text.contains("transfer-encoding: chunked"),
+            "{}",
+            &text[..400]
+        );
+        assert!(text.ends_with("0\r\n\r\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_remote_address_appends_xff_and_request_id_is_kept_for_internal() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let extra = "          use_remote_address: true\n          via: ringside-test";
+        let p = Proxy::start(
+            &config(
+                extra,
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        let (s, h, _) = http_get(
+            p.addr(),
+            "/",
+            &[
+                ("x-forwarded-for", "10.0.0.9"),
+                ("x-request-id", "keep-me"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            b.seen.header("x-forwarded-for").as_deref(),
+            Some("10.0.0.9, 127.0.0.1")
+        );
+        assert_eq!(
+            b.seen.header("x-forwarded-proto").as_deref(),
+            Some("http"),
+            "the edge overwrites x-forwarded-proto"
+        );
+        assert_eq!(
+            b.seen.header("x-request-id").as_deref(),
+            Some("keep-me"),
+            "loopback is internal: its request id is kept"
+        );
+        assert_eq!(b.seen.header("x-envoy-internal").as_deref(), Some("true"));
+        assert_eq!(b.seen.header("via").as_deref(), Some("ringside-test"));
+        assert_eq!(header(&h, "via"), Some("ringside-test"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_actions_and_header_mutations() {
+    for driver in drivers() {
+        let a = Backend::start("a").await;
+        let bb = Backend::start("b").await;
+        let vhosts = r#"
+            [{name: api, domains: [api.example.com, 'api.example.com:*'],
+              request_headers_to_add: [{header: {key: x-vhost, value: v}}],
+              routes: [{match: {prefix: /}, route: {cluster: b}}]},
+             {name: all, domains: ['*'],
+              response_headers_to_add: [{header: {key: x-vhost-resp, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}],
+              routes: [
+               {match: {prefix: /canary, headers: [{name: x-canary, string_match: {exact: 'yes'}}]}, route: {cluster: b}},
+               {match: {prefix: /api/, query_parameters: [{name: v, string_match: {exact: '2'}}]}, route: {cluster: b, prefix_rewrite: /v2/}},
+               {match: {prefix: /api/}, route: {cluster: a, prefix_rewrite: /, host_rewrite_literal: rewritten.local},
+                request_headers_to_add: [{header: {key: x-added, value: one}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}],
+                request_headers_to_remove: [x-secret],
+                response_headers_to_add: [{header: {key: x-route, value: api}}],
+                response_headers_to_remove: [x-upstream-only]},
+               {match: {path: /old}, redirect: {path_redirect: /new, response_code: PERMANENT_REDIRECT}},
+               {match: {path: /secure}, redirect: {https_redirect: true}},
+               {match: {path: /direct}, direct_response: {status: 418, body: {inline_string: teapot}}},
+               {match: {prefix: /split}, route: {weighted_clusters: {clusters: [{name: a, weight: 1}, {name: b, weight: 1}]}}},
+               {match: {prefix: /}, route: {cluster: a}}]}]"#;
+        let clusters = format!(
+            "[{}, {}]",
+            cluster("a", &[a.addr], ""),
+            cluster("b", &[bb.addr], "")
+        );
+        let p = Proxy::start(&config("", vhosts, &clusters), &args(driver)).await;
+        let addr = p.addr();
+        let (_, _, body) = request(
+            addr,
+            "GET",
+            "http://api.example.com:8080/z",
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            body, b"upstream b /z",
+            "{driver}: vhost by host, port ignored"
+        );
+        assert_eq!(bb.seen.header("x-vhost").as_deref(), Some("v"));
+        let (_, _, body) = http_get(addr, "/canary", &[("x-canary", "yes")]).await;
+        assert_eq!(body, b"upstream b /canary");
+        let (_, _, body) = http_get(addr, "/canary", &[("x-canary", "no")]).await;
+        assert_eq!(body, b"upstream a /canary");
+        let (_, _, body) = http_get(addr, "/api/items?v=2", &[]).await;
+        assert_eq!(body, b"upstream b /v2/items");
+        let (_, h, body) =
+            http_get(addr, "/api/items", &[("x-added", "old"), ("x-secret", "s")]).await;
+        assert_eq!(body, b"upstream a /items");
+        assert_eq!(a.seen.header("host").as_deref(), Some("rewritten.local"));
+        assert_eq!(a.seen.headers_named("x-added"), vec!["one".to_string()]);
+        assert_eq!(a.seen.header("x-secret"), None);
+        assert_eq!(
+            a.seen.header("x-envoy-original-path").as_deref(),
+            Some("/api/items")
+        );
+        assert_eq!(header(&h, "x-route"), Some("api"));
+        assert_eq!(header(&h, "x-vhost-resp"), Some("127.0.0.1"));
+        let (s, h, _) = http_get(addr, "/old?q=1", &[]).await;
+        assert_eq!(
+            (s, header(&h, "location")),
+            (308, Some("http://example.com/new?q=1"))
+        );
+        let (s, h, _) = http_get(addr, "/secure", &[]).await;
+        assert_eq!(
+            (s, header(&h, "location")),
+            (301, Some("https://example.com/secure"))
+        );
+        let (s, _, body) = http_get(addr, "/direct", &[]).await;
+        assert_eq!((s, body.as_slice()), (418, &b"teapot"[..]));
+        let mut seen_a = 0;
+        for _ in 0..40 {
+            let (_, _, body) = http_get(addr, "/split", &[]).await;
+            if body.starts_with(b"upstream a") {
+                seen_a += 1;
+            }
+        }
+        assert!(
+            (5..=35).contains(&seen_a),
+            "weighted 1:1 split gave {seen_a}/40 to a"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_answered_as_envoy_does() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let vhosts = r#"[{name: v, domains: [known.host], routes: [
+              {match: {prefix: /down}, route: {cluster: down}},
+              {match: {prefix: /sleep}, route: {cluster: a, timeout: 0.2s}},
+              {match: {prefix: /}, route: {cluster: a}}]}]"#;
+        let clusters = format!(
+            "[{}, {}]",
+            cluster("a", &[b.addr], ""),
+            cluster("down", &[closed], "")
+        );
+        let extra = "          max_request_headers_kb: 2";
+        let p = Proxy::start(&config(extra, vhosts, &clusters), &args(driver)).await;
+        let addr = p.addr();
+        let (s, _, body) = http_get(addr, "/", &[]).await;
+        assert_eq!(s, 404, "{driver}: no virtual host for example.com");
+        assert_eq!(body, b"no route");
+        let (s, _, body) = request(
+            addr,
+            "GET",
+            "/down",
+            &[("host", "known.host")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(s, 503);
+        assert!(String::from_utf8_lossy(&body).starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), "{}", String::from_utf8_lossy(&body));
+        let out = String::from_utf8(
+            raw(
+                addr,
+                b"GET /sleep/2000 HTTP/1.1\r\nHost: known.host\r\n\r\n",
+                Duration::from_secs(3),
+            )
+            .await,
+        )
+        .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 504 Gateway Timeout")
+                && out.ends_with("upstream request timeout"),
+            "{out}"
+        );
+        let out = String::from_utf8(
+            raw(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: known.host\r\nContent-Length: x\r\n\r\n",
+                Duration::from_secs(2),
+            )
+            .await,
+        )
+        .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 400 Bad Request") && out.contains("connection: close"),
+            "{out}"
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: known.host\r\nx-big: {}\r\n\r\n",
+            "a".repeat(4096)
+        );
+        let out =
+            String::from_utf8(raw(addr, big.as_bytes(), Duration::from_secs(2)).await).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 431 Request Header Fields Too Large"),
+            "{out}"
+        );
+        let out = String::from_utf8(
+            raw(
+                addr,
+                b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n",
+                Duration::from_secs(2),
+            )
+            .await,
+        )
+        .unwrap();
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        assert_eq!(p.stat("http.ingress.no_route").await, 1);
+        assert_eq!(p.stat("cluster.down.upstream_cx_connect_fail").await, 1);
+        assert_eq!(p.stat("cluster.a.upstream_rq_timeout").await, 1);
+        assert_eq!(p.stat("http.ingress.downstream_rq_too_large").await, 1);
+        assert!(p.stat("http.ingress.downstream_cx_protocol_error").await >= 2);
+        assert_eq!(p.stat("http.ingress.downstream_rq_5xx").await, 2);
+        assert_eq!(p.stat("http.ingress.downstream_rq_4xx").await, 4);
+        // The proxy still serves after all that.
+        let (s, _, _) = request(
+            addr,
+            "GET",
+            "/fine",
+            &[("host", "known.host")],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_core_accepts() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let a = ["--concurrency", "2", "--io-driver", driver];
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &a,
+        )
+        .await;
+        for _ in 0..64 {
+            let (s, _, _) = http_get(p.addr(), "/", &[]).await;
+            assert_eq!(s, 200);
+        }
+        let w0 = p
+            .stat("listener.127.0.0.1_0.worker_0.downstream_cx_total")
+            .await;
+        let w1 = p
+            .stat("listener.127.0.0.1_0.worker_1.downstream_cx_total")
+            .await;
+        assert_eq!(w0 + w1, 64, "{driver}");
+        assert!(
+            w0 > 0 && w1 > 0,
+            "SO_REUSEPORT spreads connections over both cores: {w0} / {w1}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let b = Backend::start("a").await;
+    let p = Proxy::start(
+        &config(
+            "",
+            &all_to("a"),
+            &format!("[{}]", cluster("a", &[b.addr], "")),
+        ),
+        &["--concurrency", "1"],
+    )
+    .await;
+    assert_eq!(p.admin_get("/ready").await, (200, "LIVE\n".to_string()));
+    let (s, dump) = p.admin_get("/config_dump").await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let configs = v["configs"].as_array().unwrap();
+    assert_eq!(
+        configs[0]["@type"],
+        "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"
+    );
+    let listeners = configs
+        .iter()
+        .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ListenersConfigDump")
+        .unwrap();
+    assert_eq!(listeners["static_listeners"][0]["listener"]["name"], "main");
+    assert_eq!(listeners["version_info"], "1");
+    let (s, info) = p.admin_get("/server_info").await;
+    assert_eq!(s, 200);
+    assert!(info.contains("\"state\": \"LIVE\""), "{info}");
+    let (_, prom) = p.admin_get("/stats/prometheus").await;
+    assert!(
+        prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a\"} 0"),
+        "{prom}"
+    );
+    let (s, _) = p.admin_get("/nope").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_use_envoys_default_format() {
+    let b = Backend::start("a").await;
+    let extra = r#"          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}"#;
+    let p = Proxy::start(
+        &config(
+            extra,
+            &all_to("a"),
+            &format!("[{}]", cluster("a", &[b.addr], "")),
+        ),
+        &["--concurrency", "1"],
+    )
+    .await;
+    http_get(p.addr(), "/logged", &[("user-agent", "test-agent")]).await;
+    let mut line = String::new();
+    for _ in 0..50 {
+        line = p.stdout();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        line.contains("\"GET /logged HTTP/1.1\" 200 - 0 18 "),
+        "{line}"
+    );
+    assert!(line.contains("\"test-agent\""), "{line}");
+    assert!(
+        line.trim_end()
+            .ends_with(&format!("\"example.com\" \"{}\"", b.addr)),
+        "{line}"
+    );
+}

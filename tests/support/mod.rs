@@ -1,0 +1,459 @@
+//! Shared peers for the integration tests: the real `ringside` binary on ephemeral ports, a
+//! hyper upstream that counts its connections, and raw-socket helpers.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The io drivers a test runs on: legacy always, io_uring when this kernel allows it.
+pub fn drivers() -> Vec<&'static str> {
+    let mut d = vec!["legacy"];
+    if io_uring_available() {
+        d.push("io-uring");
+    } else {
+        eprintln!("io_uring unavailable here: testing the legacy driver only");
+    }
+    d
+}
+
+fn io_uring_available() -> bool {
+    monoio::utils::detect_uring()
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub dir: PathBuf,
+    pub stdout_path: PathBuf,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "ringside-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Proxy {
+    /// Starts `ringside -c <yaml>` with an admin listener on port 0.
+    pub async fn start(yaml: &str, args: &[&str]) -> Proxy {
+        let dir = temp_dir();
+        let cfg = dir.join("config.yaml");
+        let yaml = format!(
+            "admin:\n  address:\n    socket_address: {{address: 127.0.0.1, port_value: 0}}\n{yaml}"
+        );
+        std::fs::write(&cfg, yaml).unwrap();
+        let admin_path = dir.join("admin");
+        let stdout_path = dir.join("stdout");
+        let child = Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .arg("-c")
+            .arg(&cfg)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(args)
+            .stdout(Stdio::from(std::fs::File::create(&stdout_path).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("stderr")).unwrap(),
+            ))
+            .spawn()
+            .expect("ringside starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let admin: SocketAddr = loop {
+            if let Ok(s) = std::fs::read_to_string(&admin_path) {
+                if let Ok(a) = s.trim().parse() {
+                    break a;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not start: {}",
+                std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut proxy = Proxy {
+            child,
+            admin,
+            listeners: HashMap::new(),
+            dir,
+            stdout_path,
+        };
+        let body = proxy.admin_get("/listeners?format=json").await.1;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for l in v["listener_statuses"].as_array().unwrap() {
+            let sa = &l["local_address"]["socket_address"];
+            let addr = SocketAddr::new(
+                sa["address"].as_str().unwrap().parse().unwrap(),
+                sa["port_value"].as_u64().unwrap() as u16,
+            );
+            let addr = if addr.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            } else {
+                addr
+            };
+            proxy
+                .listeners
+                .insert(l["name"].as_str().unwrap().to_string(), addr);
+        }
+        proxy
+    }
+
+    /// The address of the only (or named) listener.
+    pub fn addr(&self) -> SocketAddr {
+        *self.listeners.values().next().expect("a listener")
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = http_get(self.admin, path, &[]).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// A stat by exact name (0 when absent).
+    pub async fn stat(&self, name: &str) -> i64 {
+        let (_, body) = self.admin_get("/stats").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(": "))
+                    .map(|v| v.parse().unwrap())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Resident set size of the proxy process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
+            .unwrap()
+    }
+
+    pub fn terminate(&self) {
+        unsafe_kill(self.child.id(), "TERM");
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub connections: AtomicUsize,
+    pub requests: AtomicUsize,
+    pub last_headers: Mutex<Vec<(String, String)>>,
+    pub last_uri: Mutex<String>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.last_headers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<String> {
+        self.last_headers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// A hyper HTTP/1.1 upstream:
+/// - `/bytes/N`: N bytes of body (content-length), `/chunked/N`: N bytes chunked
+/// - `/count`: reads the request body, answers its length
+/// - `/sleep/MS`: answers after MS milliseconds
+/// - `/status/N`: answers status N
+/// - anything else: 200 with body "upstream <name> <path>"
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    pub name: &'static str,
+}
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(req, s.clone(), name));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, seen, name }
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    seen: Arc<Seen>,
+    name: &'static str,
+) -> Result<Response<Body>, Infallible> {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    *seen.last_headers.lock().unwrap() = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    *seen.last_uri.lock().unwrap() = req.uri().to_string();
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (cmd, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let n: u64 = arg.parse().unwrap_or(0);
+    Ok(match cmd {
+        "bytes" => Response::builder()
+            .header("content-length", n)
+            .body(stream_bytes(n))
+            .unwrap(),
+        "chunked" => Response::new(stream_bytes(n)),
+        "count" => {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                if let Ok(d) = frame.unwrap().into_data() {
+                    total += d.len() as u64;
+                }
+            }
+            Response::new(full(total.to_string()))
+        }
+        "sleep" => {
+            tokio::time::sleep(Duration::from_millis(n)).await;
+            Response::new(full("slept"))
+        }
+        "status" => Response::builder().status(n as u16).body(full("")).unwrap(),
+        _ => Response::new(full(format!("upstream {name} {path}"))),
+    })
+}
+
+fn stream_bytes(n: u64) -> Body {
+    const CHUNK: u64 = 256 * 1024;
+    let block = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let stream = futures_stream(n, CHUNK, block);
+    StreamBody::new(stream).boxed()
+}
+
+fn futures_stream(
+    n: u64,
+    chunk: u64,
+    block: Bytes,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    let mut left = n;
+    futures_util::stream::poll_fn(move |_| {
+        if left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let take = left.min(chunk);
+        left -= take;
+        std::task::Poll::Ready(Some(Ok(Frame::data(block.slice(..take as usize)))))
+    })
+}
+
+/// One request over a new connection with hyper's client: (status, headers, body).
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    request(addr, "GET", path, headers, Bytes::new()).await
+}
+
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut b = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "example.com");
+    }
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let resp = sender
+        .send_request(b.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let hdrs = resp
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, hdrs, body)
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Sends raw bytes and reads until the peer closes or `idle` passes without data.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], idle: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_all(&mut s, idle).await
+}
+
+pub async fn read_all(s: &mut TcpStream, idle: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match tokio::time::timeout(idle, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A bootstrap with one HTTP listener and the given clusters/routes.
+pub fn config(hcm_extra: &str, vhosts: &str, clusters: &str) -> String {
+    // Flow collections spanning lines must sit deeper than their key.
+    let vhosts = vhosts.replace('\n', "\n                ");
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+{hcm_extra}
+          route_config:
+            name: local
+            virtual_hosts: {vhosts}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters: {clusters}
+"#
+    )
+}
+
+/// A STATIC cluster YAML flow item.
+pub fn cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
+    let eps: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        "{{name: {name}, connect_timeout: 1s, {extra} load_assignment: {{cluster_name: {name}, endpoints: [{{lb_endpoints: [{}]}}]}}}}",
+        eps.join(", ")
+    )
+}
+
+/// A catch-all virtual host routing everything to `cluster`.
+pub fn all_to(cluster: &str) -> String {
+    format!("[{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: {cluster}}}}}]}}]")
+}
