@@ -1,0 +1,263 @@
+//! Large bodies with bounded memory, graceful stop, DNS clusters, load balancing and the
+//! command line.
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const GIB: u64 = 1 << 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_each_way_with_small_rss() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a, timeout: 0s}}]}]";
+        let p = Proxy::start(
+            &config("", vhosts, &format!("[{}]", cluster("a", &[b.addr], ""))),
+            &["--concurrency", "1", "--io-driver", driver],
+        )
+        .await;
+        let before = p.rss_kib();
+
+        // Download: 1 GiB with content-length, read as it streams.
+        let stream = TcpStream::connect(p.addr()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("/bytes/{GIB}"))
+            .header("host", "h")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let mut body = sender.send_request(req).await.unwrap().into_body();
+        let mut got = 0u64;
+        let mut peak = 0;
+        while let Some(f) = body.frame().await {
+            if let Ok(d) = f.unwrap().into_data() {
+                got += d.len() as u64;
+                if got % (64 << 20) < d.len() as u64 {
+                    peak = peak.max(p.rss_kib());
+                }
+            }
+        }
+        assert_eq!(got, GIB, "{driver}");
+
+        // Upload: 1 GiB chunked; the upstream counts it.
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        s.write_all(b"POST /count HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let block = vec![b'y'; 1 << 20];
+        let header = format!("{:x}\r\n", block.len());
+        for i in 0..1024 {
+            s.write_all(header.as_bytes()).await.unwrap();
+            s.write_all(&block).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+            if i % 64 == 0 {
+                peak = peak.max(p.rss_kib());
+            }
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_secs(5)).await).unwrap();
+        assert!(out.ends_with(&format!("\r\n\r\n{GIB}")), "{out}");
+        let after = p.rss_kib();
+        eprintln!("{driver}: RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
+        assert!(
+            peak < before + 16 * 1024,
+            "{driver}: streaming must not buffer: RSS {before} -> {peak} KiB"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let mut p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &[
+                "--concurrency",
+                "1",
+                "--io-driver",
+                driver,
+                "--drain-time-s",
+                "5",
+            ],
+        )
+        .await;
+        let addr = p.addr();
+        // An idle keep-alive connection and a request in flight.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_all(&mut idle, Duration::from_millis(300)).await;
+        assert!(first.starts_with(b"HTTP/1.1 200"));
+        let slow = tokio::spawn(async move {
+            raw(
+                addr,
+                b"GET /sleep/700 HTTP/1.1\r\nHost: h\r\n\r\n",
+                Duration::from_secs(3),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.terminate();
+        let out = String::from_utf8(slow.await.unwrap()).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK")
+                && out.contains("connection: close")
+                && out.ends_with("slept"),
+            "{driver}: {out}"
+        );
+        // The idle connection was closed, not left hanging.
+        assert!(read_all(&mut idle, Duration::from_secs(2)).await.is_empty());
+        assert_eq!(
+            p.wait_exit(Duration::from_secs(5)),
+            Some(0),
+            "{driver}: {}",
+            p.stderr()
+        );
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_dns_and_logical_dns_resolve_off_the_cores() {
+    let b = Backend::start("a").await;
+    let port = b.addr.port();
+    let clusters = format!(
+        "[{{name: strict, type: STRICT_DNS, dns_lookup_family: V4_ONLY, load_assignment: {{cluster_name: strict, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: localhost, port_value: {port}}}}}}}}}]}}]}}}},
+          {{name: logical, type: LOGICAL_DNS, dns_lookup_family: V4_ONLY, load_assignment: {{cluster_name: logical, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: localhost, port_value: {port}}}}}}}}}]}}]}}}}]"
+    );
+    let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /s}, route: {cluster: strict, auto_host_rewrite: true}}, {match: {prefix: /l}, route: {cluster: logical}}]}]";
+    let p = Proxy::start(
+        &config("", vhosts, &clusters.replace('\n', " ")),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let (s, _, body) = http_get(p.addr(), "/s", &[]).await;
+    assert_eq!((s, body.as_slice()), (200, &b"upstream a /s"[..]));
+    assert_eq!(
+        b.seen.header("host").as_deref(),
+        Some("localhost"),
+        "auto_host_rewrite uses the DNS name"
+    );
+    let (s, _, _) = http_get(p.addr(), "/l", &[]).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_and_least_request_spread_over_endpoints() {
+    for policy in ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"] {
+        let b1 = Backend::start("one").await;
+        let b2 = Backend::start("two").await;
+        let c = cluster("a", &[b1.addr, b2.addr], &format!("lb_policy: {policy},"));
+        let p = Proxy::start(
+            &config("", &all_to("a"), &format!("[{c}]")),
+            &["--concurrency", "1"],
+        )
+        .await;
+        for _ in 0..40 {
+            assert_eq!(http_get(p.addr(), "/", &[]).await.0, 200);
+        }
+        let (n1, n2) = (
+            b1.seen.requests.load(Ordering::SeqCst),
+            b2.seen.requests.load(Ordering::SeqCst),
+        );
+        assert_eq!(n1 + n2, 40);
+        if policy == "ROUND_ROBIN" {
+            assert_eq!((n1, n2), (20, 20));
+        } else {
+            assert!(n1 >= 5 && n2 >= 5, "{policy}: {n1}/{n2}");
+        }
+    }
+}
+
+#[test]
+fn validate_mode_names_file_line_and_field() {
+    let dir = temp_dir();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "static_resources:\n  clusters:\n  - name: c\n    lb_policy: ROUND_ROBIN\n    upstream_bind_config: {}\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:5", bad.display())), "{err}");
+    assert!(
+        err.contains("static_resources.clusters[0]") && err.contains("upstream_bind_config"),
+        "{err}"
+    );
+
+    let semantic = dir.join("semantic.yaml");
+    std::fs::write(
+        &semantic,
+        "static_resources:\n  clusters:\n  - name: c\n    lb_policy: MAGLEV\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&semantic)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("static_resources.clusters[0].lb_policy") && err.contains("MAGLEV"),
+        "{err}"
+    );
+
+    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy-demo.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c", good])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the embedded default validates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_yaml_overrides_the_file() {
+    let b = Backend::start("a").await;
+    let yaml = config(
+        "",
+        &all_to("a"),
+        &format!("[{}]", cluster("a", &[b.addr], "")),
+    );
+    // --config-yaml appends a second listener with a direct response.
+    let extra = "static_resources: {listeners: [{name: extra, address: {socket_address: {address: 127.0.0.1, port_value: 0}}, filter_chains: [{filters: [{name: h, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: extra, route_config: {virtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: extra}}}]}]}, http_filters: [{name: r, typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]}}]}]}]}";
+    let p = Proxy::start(&yaml, &["--concurrency", "1", "--config-yaml", extra]).await;
+    assert_eq!(p.listeners.len(), 2);
+    let (_, _, body) = http_get(p.listeners["extra"], "/", &[]).await;
+    assert_eq!(body, b"extra");
+    let (_, _, body) = http_get(p.listeners["main"], "/", &[]).await;
+    assert_eq!(body, b"upstream a /");
+}
