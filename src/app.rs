@@ -144,10 +144,17 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         while workers.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok::<i32, std::io::Error>(0)
+        let all_done = workers.iter().all(|w| w.is_finished());
+        Ok::<(i32, bool), std::io::Error>((0, all_done))
     })?;
-    // Give the logger a moment to write what the cores flushed.
-    std::thread::sleep(Duration::from_millis(50));
+    let (code, all_done) = code;
+    // The cores flushed their buffers on the way out; wait until the logger wrote them.
+    if all_done {
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        if log_tx.send(LogBatch::Sync(ack_tx)).is_ok() {
+            let _ = ack_rx.recv_timeout(Duration::from_secs(2));
+        }
+    }
     tracing::info!("ringside stopped");
     Ok(code)
 }
@@ -159,12 +166,19 @@ fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
     std::thread::Builder::new()
         .name("ringside-log".into())
         .spawn(move || {
-            for (sink, batch) in rx {
+            for msg in rx {
+                let (sink, batch) = match msg {
+                    LogBatch::Lines(sink, batch) => (sink, batch),
+                    LogBatch::Sync(ack) => {
+                        let _ = ack.send(());
+                        continue;
+                    }
+                };
                 let _ = match sink {
-                    LogSink::Stdout => std::io::stdout()
-                        .lock()
-                        .write_all(&batch)
-                        .and_then(|_| std::io::stdout().flush()),
+                    LogSink::Stdout => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(&batch).and_then(|_| out.flush())
+                    }
                     LogSink::Stderr => std::io::stderr().lock().write_all(&batch),
                 };
             }

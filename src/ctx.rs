@@ -10,8 +10,13 @@ use arc_swap::Cache;
 use crate::model::{LogSink, SharedSnapshot, Snapshot};
 use crate::upstream::Upstreams;
 
-/// A batch of formatted access-log lines for the logger thread.
-pub type LogBatch = (LogSink, Vec<u8>);
+/// What cores and the app send to the logger thread.
+pub enum LogBatch {
+    /// Formatted access-log lines for one sink.
+    Lines(LogSink, Vec<u8>),
+    /// Answer once everything sent before has been written.
+    Sync(Sender<()>),
+}
 
 /// Per-core context.
 pub struct CoreCtx {
@@ -101,7 +106,7 @@ impl CoreCtx {
 
     fn send_log(&self, sink: LogSink, batch: Vec<u8>) {
         if let Some(tx) = &self.log_tx {
-            let _ = tx.send((sink, batch));
+            let _ = tx.send(LogBatch::Lines(sink, batch));
         }
     }
 }

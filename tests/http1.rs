@@ -398,7 +398,7 @@ async fn errors_are_answered_as_envoy_does() {
         )
         .await;
         assert_eq!(s, 503);
-        assert!(String::from_utf8_lossy(&body).starts_with("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), "{}", String::from_utf8_lossy(&body));
+        assert_eq!(String::from_utf8_lossy(&body), "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure");
         let out = String::from_utf8(
             raw(
                 addr,

@@ -21,7 +21,7 @@ use crate::model::headers::HeaderMods;
 use crate::model::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
 };
-use crate::model::{HttpConnectionManager, Snapshot, UnderscoreAction};
+use crate::model::{HttpConnectionManager, Snapshot, StripPort, UnderscoreAction};
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 use crate::upstream::Conn as UpstreamConn;
 
@@ -302,7 +302,7 @@ impl Connection {
         let t = &self.buf[target.clone()];
         let host = self.head.host.map(|i| self.head.headers[i].1.clone());
         if t.first() == Some(&b'/') {
-            let authority = match host {
+            let authority = match host.map(|h| self.strip_port(h)) {
                 Some(h) => h,
                 None if self.head.minor == 0 => {
                     // HTTP/1.0 without Host: Envoy's default_host_for_http_10.
@@ -343,7 +343,42 @@ impl Connection {
         } else {
             slash..target.end
         };
-        Ok((rest..slash, path))
+        Ok((self.strip_port(rest..slash), path))
+    }
+
+    /// Applies `strip_matching_host_port` / `strip_any_host_port` to an authority range.
+    fn strip_port(&self, authority: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        if self.hcm.strip_port == StripPort::None {
+            return authority;
+        }
+        let a = &self.buf[authority.clone()];
+        let Some(colon) = a.iter().rposition(|&b| b == b':') else {
+            return authority;
+        };
+        let port = &a[colon + 1..];
+        let is_port = !port.is_empty() && port.iter().all(u8::is_ascii_digit);
+        let bracketed = a.first() == Some(&b'[');
+        if !is_port
+            || (!bracketed && a[..colon].contains(&b':'))
+            || (bracketed && a[colon - 1] != b']')
+        {
+            return authority;
+        }
+        let strip = match self.hcm.strip_port {
+            StripPort::Any => true,
+            StripPort::Matching => {
+                std::str::from_utf8(port)
+                    .ok()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    == Some(self.local.port())
+            }
+            StripPort::None => false,
+        };
+        if strip {
+            authority.start..authority.start + colon
+        } else {
+            authority
+        }
     }
 
     fn is_internal(&self) -> bool {
@@ -592,6 +627,7 @@ impl Connection {
                 f,
                 authority,
                 path_bytes,
+                rewritten.is_some(),
                 host_rewrite.as_deref(),
                 &mods,
                 request_id.as_ref().map(|r| &r[..]),

@@ -8,9 +8,10 @@ use crate::upstream::ConnectError;
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     // Downstream: the client sent something we refuse.
-    #[error("{0}")]
+    /// Envoy answers codec errors with the status's reason phrase.
+    #[error("{}", head_error_text(.0))]
     BadHead(HeadError),
-    #[error("HTTP/1.0 is not accepted")]
+    #[error("Upgrade Required")]
     Http10Rejected,
     #[error("missing host header")]
     MissingHost,
@@ -22,7 +23,7 @@ pub enum HttpError {
     RequestTimeout,
     #[error("request headers timeout")]
     RequestHeadersTimeout,
-    #[error("malformed request body: {0}")]
+    #[error("Bad Request")]
     BadBody(ChunkError),
     #[error("upgrade is not configured")]
     UpgradeRejected,
@@ -61,6 +62,15 @@ impl HttpError {
                 | HttpError::RequestTimeout
                 | HttpError::RequestHeadersTimeout
                 | HttpError::BadBody(_)
+                | HttpError::UpgradeRejected
         )
+    }
+}
+
+fn head_error_text(e: &HeadError) -> &'static str {
+    match e {
+        HeadError::TooLarge | HeadError::TooManyHeaders => "Request Header Fields Too Large",
+        HeadError::BadTransferEncoding => "Not Implemented",
+        _ => "Bad Request",
     }
 }

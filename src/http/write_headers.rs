@@ -18,6 +18,24 @@ pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `name: value\r\n` with the name lower-cased, as Envoy's HTTP/1 codec writes it.
+pub fn header_lower(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend(name.iter().map(u8::to_ascii_lowercase));
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// True when a `Connection` header of the message nominates `name` as hop-by-hop.
+fn nominated(buf: &[u8], headers: &[(Range<usize>, Range<usize>)], name: &[u8]) -> bool {
+    headers.iter().any(|(n, v)| {
+        buf[n.clone()].eq_ignore_ascii_case(b"connection")
+            && buf[v.clone()]
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+    })
+}
+
 /// Request-side values for `%...%` in header values.
 struct ReqCtx<'a>(&'a Connection);
 
@@ -86,6 +104,7 @@ pub(crate) fn request_head(
     f: &Forward,
     authority: Range<usize>,
     path: &[u8],
+    rewritten: bool,
     host_rewrite: Option<&[u8]>,
     mods: &[&HeaderMods],
     request_id: Option<&[u8]>,
@@ -97,7 +116,14 @@ pub(crate) fn request_head(
     out.push(b' ');
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    header(out, b"host", host_rewrite.unwrap_or(&buf[authority]));
+    header(
+        out,
+        b"host",
+        host_rewrite.unwrap_or(&buf[authority.clone()]),
+    );
+    if host_rewrite.is_some() && !hcm.suppress_envoy_headers {
+        header(out, b"x-envoy-original-host", &buf[authority]);
+    }
     let edge = hcm.use_remote_address;
     let mut xff_written = false;
     let mut have_xfp = false;
@@ -107,7 +133,7 @@ pub(crate) fn request_head(
         if is_hop_by_hop(name) {
             // `te: trailers` survives, as in Envoy.
             if name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers") {
-                header(out, name, value);
+                header(out, b"te", b"trailers");
             }
             continue;
         }
@@ -119,8 +145,9 @@ pub(crate) fn request_head(
             || name.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
                 && f.timeout.is_some()
                 && !hcm.suppress_envoy_headers
-            || name.eq_ignore_ascii_case(b"x-envoy-original-path")
-                && path != &buf[head.target.clone()]
+            || name.eq_ignore_ascii_case(b"x-envoy-original-path") && rewritten
+            || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
+            || nominated(buf, &head.headers, name)
             || (head.underscore
                 && hcm.headers_with_underscores == UnderscoreAction::DropHeader
                 && name.contains(&b'_'))
@@ -136,8 +163,7 @@ pub(crate) fn request_head(
             && !hcm.skip_xff_append
             && !xff_written
         {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
+            out.extend_from_slice(b"x-forwarded-for: ");
             out.extend_from_slice(value);
             out.extend_from_slice(b", ");
             out.extend_from_slice(conn.peer.ip().to_string().as_bytes());
@@ -145,7 +171,7 @@ pub(crate) fn request_head(
             xff_written = true;
             continue;
         }
-        header(out, name, value);
+        header_lower(out, name, value);
     }
     if head.body == crate::http::h1::BodyKind::Chunked {
         header(out, b"transfer-encoding", b"chunked");
@@ -166,7 +192,7 @@ pub(crate) fn request_head(
     if let Some(id) = request_id {
         header(out, b"x-request-id", id);
     }
-    if path != &buf[head.target.clone()] && !hcm.suppress_envoy_headers {
+    if rewritten && !hcm.suppress_envoy_headers {
         header(out, b"x-envoy-original-path", &buf[head.target.clone()]);
     }
     if let (Some(t), false) = (f.timeout, hcm.suppress_envoy_headers) {
@@ -215,7 +241,7 @@ pub(crate) fn response_head(
     let mut has_server = false;
     for (n, v) in &resp.headers {
         let name = &up[n.clone()];
-        if is_hop_by_hop(name) || dropped_by(mods, name) {
+        if is_hop_by_hop(name) || dropped_by(mods, name) || nominated(up, &resp.headers, name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"server") {
@@ -231,7 +257,7 @@ pub(crate) fn response_head(
         if name.eq_ignore_ascii_case(b"x-request-id") && request_id.is_some() {
             continue;
         }
-        header(out, name, &up[v.clone()]);
+        header_lower(out, name, &up[v.clone()]);
     }
     if chunked_out {
         header(out, b"transfer-encoding", b"chunked");

@@ -86,6 +86,15 @@ pub enum UnderscoreAction {
     DropHeader,
 }
 
+/// Which ports are removed from Host before routing (and forwarding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripPort {
+    None,
+    /// Only a port equal to the listener's.
+    Matching,
+    Any,
+}
+
 /// How the `server` response header is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerHeader {
@@ -111,6 +120,7 @@ pub struct HttpConnectionManager {
     pub always_set_request_id_in_response: bool,
     pub server_name: Arc<str>,
     pub server_header: ServerHeader,
+    pub strip_port: StripPort,
     pub accept_http_10: bool,
     pub default_host_for_http_10: Option<Arc<str>>,
     /// `None` means disabled.

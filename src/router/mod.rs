@@ -41,18 +41,14 @@ impl RouteTable {
             .map(|route| Matched { vhost, route })
     }
 
-    /// Selects the virtual host for `authority`, ignoring its port (a domain written with a
-    /// port still matches exactly): exact, then `*.suffix` (longest), then `prefix*`
-    /// (longest), then `*`.
+    /// Selects the virtual host for `authority` (compared with its port, as Envoy does; the
+    /// connection manager strips ports first when configured to): exact, then `*.suffix`
+    /// (longest), then `prefix*` (longest), then `*`.
     pub fn vhost_index(&self, authority: &[u8]) -> Option<usize> {
         let mut buf = [0u8; 256];
         let Some(host) = lower(authority, &mut buf) else {
             return self.default;
         };
-        if let Some(&i) = self.exact.get(host) {
-            return Some(i);
-        }
-        let host = strip_port(host).unwrap_or(host);
         if let Some(&i) = self.exact.get(host) {
             return Some(i);
         }
@@ -80,17 +76,6 @@ fn lower<'b>(s: &[u8], buf: &'b mut [u8; 256]) -> Option<&'b str> {
         *o = c.to_ascii_lowercase();
     }
     std::str::from_utf8(out).ok()
-}
-
-fn strip_port(host: &str) -> Option<&str> {
-    let colon = host.rfind(':')?;
-    if host.starts_with('[') && !host[..colon].ends_with(']') {
-        return None;
-    }
-    host[colon + 1..]
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then_some(&host[..colon])
 }
 
 fn route_matches<R: RequestView + ?Sized>(

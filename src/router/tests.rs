@@ -100,8 +100,13 @@ fn virtual_host_order_exact_suffix_prefix_default() {
         "exact/r"
     );
     assert_eq!(
-        route_name(&s, &req("API.Example.com:8080", "/")).unwrap(),
+        route_name(&s, &req("API.Example.com", "/")).unwrap(),
         "exact/r"
+    );
+    // Ports count, as in Envoy; strip_any_host_port removes them before routing.
+    assert_eq!(
+        route_name(&s, &req("api.example.com:8080", "/")).unwrap(),
+        "prefix/r"
     );
     assert_eq!(
         route_name(&s, &req("x.example.com", "/")).unwrap(),

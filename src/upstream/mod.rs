@@ -35,7 +35,8 @@ impl Drop for Conn {
 /// Why no upstream connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("connection failure, transport failure reason: {0}")]
+    /// Envoy's wording; the OS error is logged at debug level.
+    #[error("remote connection failure")]
     Failed(io::Error),
     #[error("connection timeout")]
     Timeout,
@@ -186,6 +187,7 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "connect failed: {e}");
                 stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
                 return Err(ConnectError::Failed(e));
             }

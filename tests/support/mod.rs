@@ -1,6 +1,8 @@
 //! Shared peers for the integration tests: the real `ringside` binary on ephemeral ports, a
 //! hyper upstream that counts its connections, and raw-socket helpers.
 #![allow(dead_code)]
+// Test peers run on tokio threads, not on proxy cores.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -163,6 +165,7 @@ impl Proxy {
         unsafe_kill(self.child.id(), "TERM");
     }
 
+    #[allow(clippy::disallowed_methods)] // a test thread, not a core
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {

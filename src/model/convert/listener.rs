@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::model::format::{Format, DEFAULT_ACCESS_LOG};
 use crate::model::{
     AccessLog, Codec, HttpConnectionManager, Listener, LogSink, NetworkFilter, ServerHeader,
-    UnderscoreAction,
+    StripPort, UnderscoreAction,
 };
 use crate::proto::envoy::config::accesslog::v3::{access_log, AccessLog as PbAccessLog};
 use crate::proto::envoy::config::core::v3 as core;
@@ -259,6 +259,19 @@ fn connection_manager(
         Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
         Err(_) => return Err(err(res, p("server_header_transformation"), "unknown value")),
     };
+    use hcm::http_connection_manager::StripPortMode;
+    let strip_port = match (m.strip_matching_host_port, &m.strip_port_mode) {
+        (true, Some(StripPortMode::StripAnyHostPort(true))) => {
+            return Err(err(
+                res,
+                p("strip_any_host_port"),
+                "exclusive with strip_matching_host_port",
+            ))
+        }
+        (_, Some(StripPortMode::StripAnyHostPort(true))) => StripPort::Any,
+        (true, _) => StripPort::Matching,
+        _ => StripPort::None,
+    };
     if m.drain_timeout.is_some() {
         ctx.ignored.push(p("drain_timeout"));
     }
@@ -285,6 +298,7 @@ fn connection_manager(
             m.server_name.as_str().into()
         },
         server_header,
+        strip_port,
         accept_http_10: h1.accept_http_10,
         default_host_for_http_10: (!h1.default_host_for_http_10.is_empty())
             .then(|| h1.default_host_for_http_10.as_str().into()),

