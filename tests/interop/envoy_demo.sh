@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs examples/envoy-demo.yaml (Envoy's getting-started config, cluster pointed at a local
+# backend on localhost:8080, upstream TLS removed) and checks with curl that it proxies.
+set -euo pipefail
+bin=${1:-target/debug/ringside}
+dir=$(mktemp -d)
+mkdir -p "$dir/www" && echo "hello from the demo backend" > "$dir/www/index.html"
+python3 -m http.server 8080 --bind 127.0.0.1 --directory "$dir/www" >"$dir/backend.log" 2>&1 &
+backend=$!
+"$bin" -c examples/envoy-demo.yaml --concurrency 2 -l warn >"$dir/access.log" 2>"$dir/ringside.log" &
+proxy=$!
+trap 'kill $backend $proxy 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8080/ && curl -s -o /dev/null http://127.0.0.1:9901/ready && break; sleep 0.1; done
+passed=0 failed=0
+check() { if eval "$2"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $1"; fi; }
+check "proxied through :10000" '[ "$(curl -s http://127.0.0.1:10000/index.html)" = "hello from the demo backend" ]'
+check "host rewritten to www.envoyproxy.io" 'curl -s -o /dev/null http://127.0.0.1:10000/ && grep -q "www.envoyproxy.io" <(curl -s http://127.0.0.1:9901/config_dump)'
+check "admin ready" '[ "$(curl -s http://127.0.0.1:9901/ready)" = "LIVE" ]'
+check "stats count the requests" '[ "$(curl -s http://127.0.0.1:9901/stats | sed -n "s/^http.ingress_http.downstream_rq_2xx: //p")" -ge 2 ]'
+kill -TERM $proxy
+for _ in $(seq 100); do kill -0 $proxy 2>/dev/null || break; sleep 0.1; done
+check "SIGTERM exits" '! kill -0 $proxy 2>/dev/null'
+check "access log lines on stdout" 'grep -q "\"GET /index.html HTTP/1.1\" 200" "$dir/access.log"'
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
