@@ -33,9 +33,9 @@ pub struct Options {
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
-    #[error("{origin}: {err}")]
+    #[error("{location}: {err}")]
     Convert {
-        origin: config::Source,
+        location: String,
         err: convert::ConvertError,
     },
     #[error("{0}")]
@@ -46,8 +46,8 @@ pub enum StartError {
 
 /// Runs Ringside; returns the process exit code.
 pub fn run(opts: Options) -> Result<i32, StartError> {
-    let (bootstrap, origin) =
-        config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref())?;
+    let loaded = config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref())?;
+    let (bootstrap, origin) = (&loaded.bootstrap, &loaded.source);
     let concurrency = opts
         .concurrency
         .filter(|&n| n > 0)
@@ -55,8 +55,8 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     let stats = Store::new(concurrency);
     let control = stats.control_core();
     let (mut snapshot, ignored) =
-        convert::bootstrap_snapshot(&bootstrap, &stats, 1).map_err(|err| StartError::Convert {
-            origin: origin.clone(),
+        convert::bootstrap_snapshot(bootstrap, &stats, 1).map_err(|err| StartError::Convert {
+            location: loaded.locate(&err.path),
             err,
         })?;
     let server = stats.scope::<ServerStat>("server.");

@@ -222,7 +222,9 @@ fn validate_mode_names_file_line_and_field() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("static_resources.clusters[0].lb_policy") && err.contains("MAGLEV"),
+        err.contains(&format!("{}:4: ", semantic.display()))
+            && err.contains("static_resources.clusters[0].lb_policy")
+            && err.contains("MAGLEV"),
         "{err}"
     );
 

@@ -11,6 +11,8 @@ use prost::Message;
 use prost_reflect::{DeserializeOptions, DynamicMessage};
 
 use crate::proto;
+
+pub mod locate;
 use crate::proto::envoy::config::bootstrap::v3::Bootstrap;
 
 /// Built-in configuration used when neither `-c` nor `--config-yaml` is given.
@@ -60,22 +62,47 @@ fn line_col(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
+/// A bootstrap as loaded, with the texts it came from (to locate errors).
+#[derive(Debug)]
+pub struct Loaded {
+    pub bootstrap: Bootstrap,
+    pub source: Source,
+    pub text: String,
+    pub inline: Option<String>,
+}
+
+impl Loaded {
+    /// Where a field path is written: `file:line`, `--config-yaml:line`, or the source alone.
+    pub fn locate(&self, path: &str) -> String {
+        if let Some(inline) = &self.inline {
+            if let Some(l) = locate::field_lines(inline).get(path) {
+                return format!("{}:{l}", Source::Inline);
+            }
+        }
+        match locate::line_of(&self.text, path) {
+            Some(l) => format!("{}:{l}", self.source),
+            None => self.source.to_string(),
+        }
+    }
+}
+
 /// Reads the bootstrap the way Envoy does: the file (YAML or JSON), then `--config-yaml`
 /// merged over it with protobuf merge semantics (repeated fields append).
-pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<(Bootstrap, Source), ConfigError> {
-    let (mut bootstrap, source) = match path {
+pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<Loaded, ConfigError> {
+    let (mut bootstrap, source, text) = match path {
         Some(p) => {
             let source = Source::File(p.display().to_string());
             let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
                 origin: source.clone(),
                 reason: e.to_string(),
             })?;
-            (parse_bootstrap(&text, &source)?, source)
+            (parse_bootstrap(&text, &source)?, source, text)
         }
-        None if inline.is_some() => (Bootstrap::default(), Source::Inline),
+        None if inline.is_some() => (Bootstrap::default(), Source::Inline, String::new()),
         None => (
             parse_bootstrap(DEFAULT_CONFIG, &Source::Default)?,
             Source::Default,
+            DEFAULT_CONFIG.to_string(),
         ),
     };
     if let Some(text) = inline {
@@ -84,7 +111,12 @@ pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<(Bootstrap, Sou
             .merge(overlay.encode_to_vec().as_slice())
             .expect("re-decoding our own encoding");
     }
-    Ok((bootstrap, source))
+    Ok(Loaded {
+        bootstrap,
+        source,
+        text,
+        inline: inline.map(str::to_string),
+    })
 }
 
 /// Parses one bootstrap document (YAML is a superset of JSON).

@@ -103,11 +103,12 @@ fn inline_yaml_merges_over_file() {
         "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}\n",
     )
     .unwrap();
-    let (b, _) = load(
+    let b = load(
         Some(&file),
         Some("admin: {address: {socket_address: {port_value: 2}}}"),
     )
-    .unwrap();
+    .unwrap()
+    .bootstrap;
     let sa = b.admin.unwrap().address.unwrap().address.unwrap();
     let proto::envoy::config::core::v3::address::Address::SocketAddress(sa) = sa else {
         panic!("socket address expected")
