@@ -144,12 +144,21 @@ pub fn parse_message<M: Message + Default>(
                 Some(l) => (Some(l.line()), Some(l.column())),
                 None => (None, None),
             };
-            let path = if path == "?" { String::new() } else { path };
+            let path = match path.as_str() {
+                "?" | "." => "(top level)".to_string(),
+                _ => path,
+            };
             let mut reason = strip_location(&e.to_string());
             if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
                 reason = rest.to_string();
             }
-            let line = refine_line(text, line, &reason);
+            if let Some(name) = reason
+                .strip_prefix("message '")
+                .and_then(|r| r.strip_suffix("' not found"))
+            {
+                reason = format!("type {name} is not implemented by Ringside");
+            }
+            let line = refine_line(text, line, &reason).or_else(|| locate::line_of(text, &path));
             ConfigError::Parse {
                 origin: source.clone(),
                 line,
@@ -171,10 +180,13 @@ pub fn parse_message<M: Message + Default>(
 /// point at the line that holds it.
 fn refine_line(text: &str, line: Option<usize>, reason: &str) -> Option<usize> {
     let start = line?;
-    let name = reason
+    let Some(name) = reason
         .split('\'')
         .nth(1)
-        .or_else(|| reason.split('`').nth(1))?;
+        .or_else(|| reason.split('`').nth(1))
+    else {
+        return line;
+    };
     text.lines()
         .enumerate()
         .skip(start - 1)

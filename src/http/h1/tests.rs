@@ -139,3 +139,33 @@ fn chunked_errors() {
         );
     }
 }
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let valid = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut head = RequestHead::default();
+    let mut resp = ResponseHead::default();
+    for i in 0..50_000 {
+        let input: Vec<u8> = if i % 2 == 0 {
+            (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect()
+        } else {
+            let mut v = valid.clone();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..v.len());
+                match rng.u8(..3) {
+                    0 => v[at] = rng.u8(..),
+                    1 => {
+                        v.remove(at);
+                    }
+                    _ => v.insert(at, rng.u8(..)),
+                }
+            }
+            v
+        };
+        let _ = parse_request(&input, 16, 1024, &mut head);
+        let _ = parse_response(&input, 1024, &mut resp);
+        let mut d = ChunkedDecoder::default();
+        let _ = d.feed(&input, |_| {});
+    }
+}
