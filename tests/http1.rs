@@ -572,3 +572,41 @@ async fn access_log_lines_use_envoys_default_format() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_is_a_503_and_counted() {
+    // A listener that never accepts, its backlog filled: further SYNs are dropped, so a
+    // connect can only time out.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let full: std::net::SocketAddr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(full)).await
+        {
+            fillers.push(s);
+        }
+    }
+    for driver in drivers() {
+        let c =
+            cluster("slow", &[full], "").replace("connect_timeout: 1s", "connect_timeout: 0.25s");
+        let p = Proxy::start(
+            &config("", &all_to("slow"), &format!("[{c}]")),
+            &args(driver),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let (s, _, _) = http_get(p.addr(), "/", &[]).await;
+        assert_eq!(s, 503, "{driver}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            p.stat("cluster.slow.upstream_cx_connect_timeout").await,
+            1,
+            "{driver}"
+        );
+    }
+    drop(fillers);
+}
