@@ -610,3 +610,61 @@ async fn connect_timeout_is_a_503_and_counted() {
     }
     drop(fillers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_upstream_closed_is_retried_transparently() {
+    // An upstream that answers one request per connection and then closes it without
+    // saying so: the proxy pools the connection, finds it dead on reuse, and retries.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = read_all_until(&mut s, b"\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(s);
+            });
+        }
+    });
+    for driver in drivers() {
+        let p = Proxy::start(
+            &config(
+                "",
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        for i in 0..5 {
+            let (s, _, body) = http_get(p.addr(), "/", &[]).await;
+            assert_eq!(
+                (s, body.as_slice()),
+                (200, &b"ok"[..]),
+                "{driver} request {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert!(p.stat("cluster.a.upstream_rq_retry").await >= 4, "{driver}");
+    }
+}
+
+async fn read_all_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(end.len()).any(|w| w == end) {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}

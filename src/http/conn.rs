@@ -21,9 +21,15 @@ use crate::model::headers::HeaderMods;
 use crate::model::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
 };
-use crate::model::{HttpConnectionManager, Snapshot, StripPort, UnderscoreAction};
+use crate::model::{HttpConnectionManager, LbPolicy, Snapshot, StripPort, UnderscoreAction};
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 use crate::upstream::Conn as UpstreamConn;
+
+/// Header mutations of a level that has none.
+static NO_MODS: HeaderMods = HeaderMods {
+    add: Vec::new(),
+    remove: Vec::new(),
+};
 
 /// Read buffer size for each direction of a connection.
 const BUF: usize = 16 * 1024;
@@ -45,6 +51,7 @@ pub async fn serve(
         local,
         buf: Vec::with_capacity(BUF),
         out: Vec::with_capacity(BUF),
+        pending: Vec::new(),
         head: RequestHead::default(),
         requests: 0,
         opened: Instant::now(),
@@ -69,6 +76,8 @@ pub(crate) struct Connection {
     /// Downstream bytes: the current head at the front, then anything read after it.
     pub(crate) buf: Vec<u8>,
     out: Vec<u8>,
+    /// Downstream bytes after the current head, while the head is being forwarded.
+    pending: Vec<u8>,
     pub(crate) head: RequestHead,
     requests: u32,
     opened: Instant,
@@ -208,6 +217,16 @@ impl Connection {
         next
     }
 
+    /// Moves what follows the head in `buf` into the reusable `pending` buffer.
+    fn take_after_head(&mut self) -> Vec<u8> {
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        let at = self.head.len.min(self.buf.len());
+        pending.extend_from_slice(&self.buf[at..]);
+        self.buf.truncate(at);
+        pending
+    }
+
     fn must_close(&self) -> bool {
         self.head.close
             || self.ctx.draining()
@@ -284,11 +303,8 @@ impl Connection {
                 self.redirect(r, authority, path, &mods).await
             }
             Action::Forward(f) => {
-                let f = f.clone();
                 let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
-                let req_mods: [HeaderMods; 3] = req_mods.map(Clone::clone);
-                let resp_mods: [HeaderMods; 3] = mods.map(Clone::clone);
-                self.forward(&f, prefix_len, authority, path, &req_mods, &resp_mods)
+                self.forward(f, prefix_len, authority, path, req_mods, mods)
                     .await
             }
         }
@@ -458,7 +474,7 @@ impl Connection {
             _ if self.head.expect_continue => false,
             BodyKind::Length(n) if n <= 64 * 1024 => {
                 let mut sink = Discard;
-                let mut pending = self.buf.split_off(self.head.len.min(self.buf.len()));
+                let mut pending = self.take_after_head();
                 let mut framing = Framing::new(self.head.body, Mode::Raw);
                 let r = forward_body(
                     &mut self.stream,
@@ -470,6 +486,7 @@ impl Connection {
                 )
                 .await;
                 self.buf.extend_from_slice(&pending);
+                self.pending = pending;
                 r.is_ok()
             }
             _ => false,
@@ -546,8 +563,8 @@ impl Connection {
         prefix_len: Option<usize>,
         authority: std::ops::Range<usize>,
         path: std::ops::Range<usize>,
-        req_mods: &[HeaderMods; 3],
-        resp_mods: &[HeaderMods; 3],
+        req_mods: [&HeaderMods; 3],
+        resp_mods: [&HeaderMods; 3],
     ) -> Result<Next, HttpError> {
         // Cluster and endpoint.
         let weighted = f.target.pick(fastrand::u32(..));
@@ -573,11 +590,13 @@ impl Connection {
             return Err(HttpError::NoHealthyUpstream);
         };
         self.log.upstream = Some(ep.address);
-        let pooled = self
-            .ctx
-            .upstreams
-            .borrow_mut()
-            .checkout(ep.address, cluster.idle_timeout);
+        let replayable_head = !matches!(self.head.body, BodyKind::Length(n) if n > (self.buf.len() - self.head.len.min(self.buf.len())) as u64)
+            && self.head.body != BodyKind::Chunked;
+        let pooled = self.ctx.upstreams.borrow_mut().checkout(
+            ep.address,
+            cluster.idle_timeout,
+            !replayable_head,
+        );
         let mut reused = pooled.is_some();
         let mut up = match pooled {
             Some(c) => c,
@@ -590,18 +609,20 @@ impl Connection {
         // unless the whole body went through.
         let rewritten = self.rewrite_path(f, prefix_len, &path);
         let request_id = self.request_id();
-        let mut mods: Vec<&HeaderMods> = Vec::with_capacity(4);
-        if let Some(w) = weighted {
-            mods.push(&w.request_headers);
-        }
-        mods.extend(req_mods.iter());
-        let host_rewrite: Option<Vec<u8>> = match (
+        // Most specific first: weighted cluster, route, virtual host, route configuration.
+        let mods: [&HeaderMods; 4] = [
+            weighted.map_or(&NO_MODS, |w| &w.request_headers),
+            req_mods[0],
+            req_mods[1],
+            req_mods[2],
+        ];
+        let host_rewrite: Option<&[u8]> = match (
             weighted.and_then(|w| w.host_rewrite.as_deref()),
             &f.host_rewrite,
         ) {
-            (Some(h), _) => Some(h.as_bytes().to_vec()),
-            (None, HostRewrite::Literal(h)) => Some(h.as_bytes().to_vec()),
-            (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes().to_vec()),
+            (Some(h), _) => Some(h.as_bytes()),
+            (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),
+            (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes()),
             (None, HostRewrite::None) => None,
         };
         // 100-continue is answered by the proxy, as Envoy does by default.
@@ -628,20 +649,21 @@ impl Connection {
                 authority,
                 path_bytes,
                 rewritten.is_some(),
-                host_rewrite.as_deref(),
+                host_rewrite,
                 &mods,
                 request_id.as_ref().map(|r| &r[..]),
             );
         }
         let head_len = out.len();
         // Body bytes that arrived with the head go out in the same write.
-        let mut pending = self.buf.split_off(self.head.len.min(self.buf.len()));
+        let mut pending = self.take_after_head();
         let mut req_body = Framing::new(self.head.body, Mode::Raw);
         let n = req_body.consume_into(&pending, &mut out);
         let n = match n {
             Ok(n) => n,
             Err(e) => {
                 self.buf.extend_from_slice(&pending);
+                self.pending = pending;
                 self.out = out;
                 return Err(HttpError::BadBody(e));
             }
@@ -761,6 +783,7 @@ impl Connection {
         let _ = head_len;
         // The request body is done: what follows in `pending` is the next request.
         self.buf.extend_from_slice(&pending);
+        self.pending = pending;
         self.head.body = BodyKind::None;
 
         // Response head.
@@ -777,11 +800,12 @@ impl Connection {
         let close = self.must_close()
             || (kind == BodyKind::UntilClose && downstream_10)
             || (kind == BodyKind::Chunked && downstream_10);
-        let mut resp_mods_all: Vec<&HeaderMods> = Vec::with_capacity(4);
-        if let Some(w) = weighted {
-            resp_mods_all.push(&w.response_headers);
-        }
-        resp_mods_all.extend(resp_mods.iter());
+        let resp_mods_all: [&HeaderMods; 4] = [
+            weighted.map_or(&NO_MODS, |w| &w.response_headers),
+            resp_mods[0],
+            resp_mods[1],
+            resp_mods[2],
+        ];
         out.clear();
         let response_request_id = if self.hcm.always_set_request_id_in_response {
             self.log.request_id.map(|r| r.to_vec()).or_else(|| {
@@ -808,16 +832,15 @@ impl Connection {
             resp.status,
             ClusterStat::UpstreamRq1xx as usize,
         ));
-        let mut up_pending = up.buf.split_off(resp.len);
         let mut resp_body = Framing::new(kind, mode);
-        let n = match resp_body.consume_into(&up_pending, &mut out) {
+        let n = match resp_body.consume_into(&up.buf[resp.len..], &mut out) {
             Ok(n) => n,
             Err(_) => {
                 self.out = out;
                 return Err(HttpError::UpstreamProtocol);
             }
         };
-        up_pending.drain(..n);
+        up.buf.drain(..resp.len + n);
         let (res, o) = self.stream.write_all(out).await;
         out = o;
         self.out = out;
@@ -830,7 +853,7 @@ impl Connection {
             let r = forward_body(
                 &mut up.stream,
                 &mut self.stream,
-                &mut up_pending,
+                &mut up.buf,
                 &mut resp_body,
                 stream_idle,
                 route_deadline(sent_at),
@@ -866,12 +889,11 @@ impl Connection {
         // Back to the pool when the exchange ended cleanly.
         let reusable = kind != BodyKind::UntilClose
             && !resp.close
-            && up_pending.is_empty()
+            && up.buf.is_empty()
             && cluster
                 .max_requests_per_connection
                 .is_none_or(|m| up.requests < m);
         if reusable {
-            up.buf = up_pending;
             self.ctx.upstreams.borrow_mut().checkin(up);
         }
         Ok(if close { Next::Close } else { Next::KeepAlive })
@@ -889,6 +911,7 @@ impl Connection {
         self.out = out;
         if body_done {
             self.buf.extend_from_slice(&pending);
+            self.pending = pending;
             self.head.body = BodyKind::None;
         } else {
             self.head.close = true;
@@ -902,10 +925,12 @@ impl Connection {
             .stats
             .core(self.ctx.core)
             .inc(ClusterStat::UpstreamRqActive as usize);
-        self.ctx
-            .upstreams
-            .borrow_mut()
-            .request_started(&cluster.name, ep.address);
+        if matches!(cluster.lb, LbPolicy::LeastRequest { .. }) {
+            self.ctx
+                .upstreams
+                .borrow_mut()
+                .request_started(&cluster.name, ep.address);
+        }
     }
 
     fn upstreams_finished(&self, cluster: &crate::model::Cluster, ep: &crate::model::Endpoint) {
@@ -913,10 +938,12 @@ impl Connection {
             .stats
             .core(self.ctx.core)
             .dec(ClusterStat::UpstreamRqActive as usize);
-        self.ctx
-            .upstreams
-            .borrow_mut()
-            .request_finished(&cluster.name, ep.address);
+        if matches!(cluster.lb, LbPolicy::LeastRequest { .. }) {
+            self.ctx
+                .upstreams
+                .borrow_mut()
+                .request_finished(&cluster.name, ep.address);
+        }
     }
 
     /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.

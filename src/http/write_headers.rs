@@ -1,6 +1,7 @@
 //! Serialising heads on the way out: hop-by-hop headers dropped, Envoy's `x-forwarded-*`,
 //! `x-request-id` and `x-envoy-*` handling, and the configured header mutations.
 
+use std::io::Write as _;
 use std::ops::Range;
 
 use crate::http::conn::Connection;
@@ -166,7 +167,7 @@ pub(crate) fn request_head(
             out.extend_from_slice(b"x-forwarded-for: ");
             out.extend_from_slice(value);
             out.extend_from_slice(b", ");
-            out.extend_from_slice(conn.peer.ip().to_string().as_bytes());
+            let _ = write!(out, "{}", conn.peer.ip());
             out.extend_from_slice(b"\r\n");
             xff_written = true;
             continue;
@@ -177,11 +178,9 @@ pub(crate) fn request_head(
         header(out, b"transfer-encoding", b"chunked");
     }
     if edge && !hcm.skip_xff_append && !xff_written {
-        header(
-            out,
-            b"x-forwarded-for",
-            conn.peer.ip().to_string().as_bytes(),
-        );
+        out.extend_from_slice(b"x-forwarded-for: ");
+        let _ = write!(out, "{}", conn.peer.ip());
+        out.extend_from_slice(b"\r\n");
     }
     if !have_xfp {
         header(out, b"x-forwarded-proto", b"http");

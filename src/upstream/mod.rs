@@ -1,13 +1,13 @@
 //! One core's view of its upstreams: load-balancer state and keep-alive connection pools.
 //! Owned by the core (`Rc<RefCell<..>>` inside `CoreCtx`); nothing here is shared.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use rustc_hash::FxHashMap;
 
 use crate::io::{idle_state, IdleState};
 use crate::model::{Cluster, Endpoint, LbPolicy};
@@ -47,14 +47,14 @@ pub enum ConnectError {
 struct LbState {
     next: u64,
     /// Requests in flight per endpoint (least request).
-    active: HashMap<SocketAddr, u32>,
+    active: FxHashMap<SocketAddr, u32>,
 }
 
 /// Upstream state of one core.
 pub struct Upstreams {
     core: usize,
-    pools: HashMap<SocketAddr, Vec<Conn>>,
-    lb: HashMap<Arc<str>, LbState>,
+    pools: FxHashMap<SocketAddr, Vec<Conn>>,
+    lb: FxHashMap<Arc<str>, LbState>,
     /// Idle connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
 }
@@ -63,8 +63,8 @@ impl Upstreams {
     pub fn new(core: usize) -> Self {
         Upstreams {
             core,
-            pools: HashMap::new(),
-            lb: HashMap::new(),
+            pools: FxHashMap::default(),
+            lb: FxHashMap::default(),
             max_idle_per_endpoint: 1024,
         }
     }
@@ -76,7 +76,10 @@ impl Upstreams {
         if healthy == 0 {
             return None;
         }
-        let state = self.lb.entry(cluster.name.clone()).or_default();
+        if !self.lb.contains_key(&*cluster.name) {
+            self.lb.insert(cluster.name.clone(), LbState::default());
+        }
+        let state = self.lb.get_mut(&*cluster.name).expect("inserted above");
         let nth_healthy = |n: usize| eps.iter().filter(|e| e.healthy).nth(n);
         match cluster.lb {
             LbPolicy::RoundRobin => {
@@ -138,8 +141,15 @@ impl Upstreams {
         }
     }
 
-    /// A live idle connection to `addr`, if the pool has one.
-    pub fn checkout(&mut self, addr: SocketAddr, idle_timeout: Option<Duration>) -> Option<Conn> {
+    /// An idle connection to `addr`, if the pool has one. With `verify`, one non-blocking
+    /// peek makes sure the upstream has not closed it (for requests that cannot be retried
+    /// on a fresh connection); otherwise a stale connection is caught by the retry.
+    pub fn checkout(
+        &mut self,
+        addr: SocketAddr,
+        idle_timeout: Option<Duration>,
+        verify: bool,
+    ) -> Option<Conn> {
         let pool = self.pools.get_mut(&addr)?;
         while let Some(conn) = pool.pop() {
             let expired = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() >= t);
@@ -149,7 +159,7 @@ impl Upstreams {
                     .inc(ClusterStat::UpstreamCxIdleTimeout as usize);
                 continue;
             }
-            if idle_state(&conn.stream) == IdleState::Open {
+            if !verify || idle_state(&conn.stream) == IdleState::Open {
                 return Some(conn);
             }
             conn.stats

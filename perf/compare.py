@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Side-by-side HTTP/1.1 proxy benchmark: direct, Ringside, nginx, HAProxy, Envoy.
+
+Each proxy runs one worker pinned to CPU 0; the load generator and the backend (nginx
+answering 1 KiB) share CPU 1. For every target, in one run:
+  * throughput: wrk, keep-alive, fixed connections, median of N short runs;
+  * proxy CPU per request from the process's utime+stime (/proc), as requests per
+    proxy CPU-second;
+  * fixed-rate latency: oha -q RATE --latency-correction -c 4: p50/p90/p99, the latency
+    added over direct, and proxy CPU per request at that rate;
+  * proxy RSS idle and after load.
+Prints one Markdown table (ratios against nginx and direct) and writes it to perf/out/.
+Run it through perf/compare.sh, which installs the tools.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TICK = os.sysconf("SC_CLK_TCK")
+PROXY_CPU, LOAD_CPU = "0", "1"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def tool(name):
+    for cand in (shutil.which(name), os.path.expanduser(f"~/.cargo/bin/{name}"), f"/tmp/tools/bin/{name}"):
+        if cand and os.path.exists(cand):
+            return cand
+    raise SystemExit(f"{name} not found: run perf/compare.sh, which installs it")
+
+
+def render(template, out, **subst):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in subst.items():
+        text = text.replace(f"__{k}__", str(v))
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+def pids_of(proc):
+    """The process and its children (nginx's workers)."""
+    pids = [proc.pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    return pids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / TICK
+
+
+def rss_mb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def wrk(url, seconds, conns):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, tool("wrk"), "-t1", f"-c{conns}", f"-d{seconds}s", url],
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise SystemExit(f"wrk failed:\n{out}")
+
+
+def oha(url, rate, seconds):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, tool("oha"), "-q", str(rate), "--latency-correction", "-c", "4",
+                          "-z", f"{seconds}s", "--no-tui", "--output-format", "json", url],
+                         capture_output=True, text=True).stdout
+    data = json.loads(out)
+    p = data["latencyPercentiles"]
+    ok = sum(v for k, v in data.get("statusCodeDistribution", {}).items() if k.startswith("2"))
+    return {"p50": p["p50"] * 1e6, "p90": p["p90"] * 1e6, "p99": p["p99"] * 1e6, "ok": ok}
+
+
+class Target:
+    def __init__(self, name, cmd, port, cwd=None):
+        self.name, self.cmd, self.port, self.cwd = name, cmd, port, cwd
+        self.proc = None
+
+    def start(self, workdir):
+        if self.cmd is None:
+            return
+        log = open(os.path.join(workdir, f"{self.name}.log"), "w")
+        self.proc = subprocess.Popen(["taskset", "-c", PROXY_CPU] + self.cmd, stdout=log, stderr=log,
+                                     cwd=self.cwd, start_new_session=True)
+        wait_port(self.port)
+        time.sleep(0.5)
+
+    def pids(self):
+        return pids_of(self.proc) if self.proc else []
+
+    def stop(self):
+        if self.proc:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def measure(t, args, workdir):
+    url = f"http://127.0.0.1:{t.port}/"
+    t.start(workdir)
+    try:
+        pids = t.pids()
+        row = {"name": t.name, "rss_idle": rss_mb(pids) if pids else None}
+        wrk(url, 1, args.connections)  # warm-up: pools, caches
+        runs = []
+        for _ in range(args.runs):
+            c0 = cpu_seconds(pids)
+            rps = wrk(url, args.seconds, args.connections)
+            c1 = cpu_seconds(pids)
+            runs.append((rps, rps * args.seconds / (c1 - c0) if pids and c1 > c0 else None))
+        row["rps"] = statistics.median(r for r, _ in runs)
+        per_cpu = [c for _, c in runs if c]
+        row["rps_per_cpu"] = statistics.median(per_cpu) if per_cpu else None
+        c0 = cpu_seconds(pids)
+        lat = oha(url, args.rate, args.latency_seconds)
+        c1 = cpu_seconds(pids)
+        row.update(lat)
+        row["cpu_us_at_rate"] = (c1 - c0) / lat["ok"] * 1e6 if pids and lat["ok"] else None
+        row["rss_after"] = rss_mb(pids) if pids else None
+        return row
+    finally:
+        t.stop()
+
+
+def fmt(v, spec="{:.0f}"):
+    return "–" if v is None else spec.format(v)
+
+
+def ratio(v, base):
+    return "–" if v is None or not base else f"{v / base:.2f}×"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--latency-seconds", type=int, default=10)
+    ap.add_argument("--only", default="direct,ringside,nginx,haproxy,envoy")
+    args = ap.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="ringside-perf-")
+    backend_port = free_port()
+    body = "a" * 1024
+    conf = render("backend-nginx.conf", os.path.join(workdir, "backend.conf"), DIR=workdir,
+                  BACKEND_PORT=backend_port, BODY=body)
+    backend = subprocess.Popen(["taskset", "-c", LOAD_CPU, tool("nginx"), "-c", conf, "-p", workdir],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_port(backend_port)
+
+    targets = []
+    only = args.only.split(",")
+    if "direct" in only:
+        targets.append(Target("direct", None, backend_port))
+    if "ringside" in only:
+        port = free_port()
+        cfg = render("ringside.yaml", os.path.join(workdir, "ringside.yaml"), ADMIN_PORT=free_port(),
+                     PROXY_PORT=port, BACKEND_PORT=backend_port)
+        targets.append(Target("ringside", [os.path.join(ROOT, "target/release/ringside"), "-c", cfg,
+                                           "--concurrency", "1", "-l", "warn"], port))
+    if "nginx" in only:
+        port = free_port()
+        cfg = render("proxy-nginx.conf", os.path.join(workdir, "proxy-nginx.conf"), DIR=workdir,
+                     PROXY_PORT=port, BACKEND_PORT=backend_port)
+        targets.append(Target("nginx", [tool("nginx"), "-c", cfg, "-p", workdir], port))
+    if "haproxy" in only:
+        port = free_port()
+        cfg = render("proxy-haproxy.cfg", os.path.join(workdir, "haproxy.cfg"), PROXY_PORT=port,
+                     BACKEND_PORT=backend_port)
+        targets.append(Target("haproxy", [tool("haproxy"), "-f", cfg, "-db"], port))
+    if "envoy" in only:
+        port = free_port()
+        cfg = render("ringside.yaml", os.path.join(workdir, "envoy.yaml"), ADMIN_PORT=free_port(),
+                     PROXY_PORT=port, BACKEND_PORT=backend_port)
+        targets.append(Target("envoy", [tool("envoy"), "-c", cfg, "--concurrency", "1", "-l", "error",
+                                        "--base-id", str(os.getpid() % 50000), "--disable-hot-restart"], port))
+    rows = []
+    try:
+        for t in targets:
+            print(f"measuring {t.name} ...", file=sys.stderr, flush=True)
+            rows.append(measure(t, args, workdir))
+    finally:
+        os.killpg(backend.pid, signal.SIGKILL)
+
+    by = {r["name"]: r for r in rows}
+    direct, nginx = by.get("direct", {}), by.get("nginx", {})
+    lines = [
+        f"| target | req/s (wrk, c={args.connections}) | req per proxy CPU-s | vs nginx | p50 µs | p90 µs | p99 µs "
+        f"| added p99 µs vs direct | vs nginx | proxy CPU µs/req @ {args.rate}/s | vs nginx | RSS idle MB | RSS after MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        added = r["p99"] - direct["p99"] if direct and r["name"] != "direct" else None
+        added_nginx = (nginx["p99"] - direct["p99"]) if nginx and direct else None
+        lines.append(
+            f"| {r['name']} | {fmt(r['rps'])} | {fmt(r['rps_per_cpu'])} | {ratio(r['rps_per_cpu'], nginx.get('rps_per_cpu'))} "
+            f"| {fmt(r['p50'])} | {fmt(r['p90'])} | {fmt(r['p99'])} | {fmt(added, '{:+.0f}')} | {ratio(added, added_nginx)} "
+            f"| {fmt(r['cpu_us_at_rate'], '{:.1f}')} | {ratio(r['cpu_us_at_rate'], nginx.get('cpu_us_at_rate'))} "
+            f"| {fmt(r['rss_idle'], '{:.1f}')} | {fmt(r['rss_after'], '{:.1f}')} |"
+        )
+    table = "\n".join(lines)
+    header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs "
+              f"({cpu_model()}), HTTP/1.1 keep-alive, 1 KiB responses, one proxy worker on CPU {PROXY_CPU}, "
+              f"load generator and backend on CPU {LOAD_CPU}; wrk median of {args.runs}×{args.seconds}s, "
+              f"oha -q {args.rate} --latency-correction -c 4 for {args.latency_seconds}s.")
+    os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
+    with open(os.path.join(HERE, "out", "latest.md"), "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    print(header + "\n\n" + table)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
