@@ -186,7 +186,8 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--latency-seconds", type=int, default=10)
-    ap.add_argument("--only", default="direct,ringside,nginx,haproxy,envoy")
+    ap.add_argument("--only", default="direct,ringside,ringside-epoll,nginx,haproxy,envoy",
+                    help="comma-separated targets: direct, ringside, ringside-epoll, nginx, haproxy, envoy")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="ringside-perf-")
@@ -208,6 +209,12 @@ def main():
                      PROXY_PORT=port, BACKEND_PORT=backend_port)
         targets.append(Target("ringside", [os.path.join(ROOT, "target/release/ringside"), "-c", cfg,
                                            "--concurrency", "1", "-l", "warn"], port))
+    if "ringside-epoll" in only:
+        port = free_port()
+        cfg = render("ringside.yaml", os.path.join(workdir, "ringside-epoll.yaml"), ADMIN_PORT=free_port(),
+                     PROXY_PORT=port, BACKEND_PORT=backend_port)
+        targets.append(Target("ringside-epoll", [os.path.join(ROOT, "target/release/ringside"), "-c", cfg,
+                                                 "--concurrency", "1", "-l", "warn", "--io-driver", "legacy"], port))
     if "nginx" in only:
         port = free_port()
         cfg = render("proxy-nginx.conf", os.path.join(workdir, "proxy-nginx.conf"), DIR=workdir,

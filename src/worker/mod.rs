@@ -60,11 +60,7 @@ pub fn spawn(start: CoreStart, driver: Driver) -> std::io::Result<JoinHandle<()>
                 }
             }
             let result = match driver {
-                Driver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .with_entries(4096)
-                    .enable_timer()
-                    .build()
-                    .map(|mut rt| rt.block_on(core_main(start))),
+                Driver::IoUring => uring_runtime().map(|mut rt| rt.block_on(core_main(start))),
                 Driver::Legacy | Driver::Auto => {
                     monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
                         .enable_timer()
@@ -76,6 +72,30 @@ pub fn spawn(start: CoreStart, driver: Driver) -> std::io::Result<JoinHandle<()>
                 tracing::error!("cannot start the core runtime: {e}");
             }
         })
+}
+
+/// An io_uring runtime set up for one thread that owns its ring: completions are run when
+/// the core asks for them (COOP_TASKRUN, DEFER_TASKRUN) instead of interrupting it with an
+/// inter-processor interrupt each time a peer's packet lands. Older kernels get a plain ring.
+fn uring_runtime(
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let mut urb = io_uring::IoUring::builder();
+    urb.setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
+    let tuned = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .uring_builder(urb)
+        .with_entries(4096)
+        .enable_timer()
+        .build();
+    tuned.or_else(|e| {
+        tracing::warn!("io_uring without COOP/DEFER_TASKRUN ({e}); using a plain ring");
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(4096)
+            .enable_timer()
+            .build()
+    })
 }
 
 async fn core_main(start: CoreStart) {
