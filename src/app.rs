@@ -99,6 +99,9 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             driver,
         )?);
     }
+    // Configuration parsing is over: give its memory back.
+    crate::io::release_free_memory();
+    crate::io::page_out_startup_code();
     server
         .core(control)
         .add(ServerStat::ConcurrencyWorkers as usize, concurrency as u64);

@@ -50,3 +50,58 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::Tc
     socket.listen(backlog)?;
     Ok(socket.into())
 }
+
+/// Makes mimalloc return freed memory to the OS at once rather than after a delay: a
+/// sidecar's idle footprint matters more than re-using freshly freed pages. (Lazy arena
+/// commit is a build-time default, set in `.cargo/config.toml`, because mimalloc reads it
+/// before `main`.) Call first thing in `main`.
+pub fn tune_allocator() {
+    // mimalloc v3's option number (include/mimalloc.h): purge_delay = 15 (milliseconds).
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: mi_option_set only stores an integer option; no other thread exists yet.
+    unsafe {
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
+/// Returns memory freed during start-up (configuration parsing) to the OS.
+pub fn release_free_memory() {
+    // SAFETY: mi_collect only walks this thread's heap and purges free pages.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// Drops the executable's pages that start-up touched from this process's resident set
+/// (MADV_PAGEOUT on its own file-backed mappings). They stay in the page cache; the
+/// request path faults back in the few it uses. Start-up code (configuration parsing,
+/// descriptor pools, YAML) is most of what was resident.
+pub fn page_out_startup_code() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let exe = exe.to_string_lossy();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let path = f.nth(3).unwrap_or("");
+        if path != exe || perms.contains('w') {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        else {
+            continue;
+        };
+        // SAFETY: the range is one of our own read-only file mappings, as listed by the
+        // kernel; MADV_PAGEOUT only drops clean pages, which fault back in on use.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+        }
+    }
+}

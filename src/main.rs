@@ -49,6 +49,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    ringside::io::tune_allocator();
     let cli = Cli::parse();
     let level = match cli.log_level.to_ascii_lowercase().as_str() {
         "warning" => "warn".to_string(),

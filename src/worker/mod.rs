@@ -86,13 +86,13 @@ fn uring_runtime(
         .setup_defer_taskrun();
     let tuned = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .uring_builder(urb)
-        .with_entries(4096)
+        .with_entries(1024)
         .enable_timer()
         .build();
     tuned.or_else(|e| {
         tracing::warn!("io_uring without COOP/DEFER_TASKRUN ({e}); using a plain ring");
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
+            .with_entries(1024)
             .enable_timer()
             .build()
     })
