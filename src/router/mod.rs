@@ -34,11 +34,17 @@ impl RouteTable {
             Some(i) => (&path[..i], Some(&path[i + 1..])),
             None => (path, None),
         };
-        vhost
-            .routes
-            .iter()
-            .find(|r| route_matches(r, req, path_only, query))
-            .map(|route| Matched { vhost, route })
+        let route = match &vhost.index {
+            None => vhost
+                .routes
+                .iter()
+                .find(|r| route_matches(r, req, path_only, query)),
+            Some(index) => index::first_match(index, path_only, |i| {
+                let r = &vhost.routes[i as usize];
+                route_matches(r, req, path_only, query).then_some(r)
+            }),
+        };
+        route.map(|route| Matched { vhost, route })
     }
 
     /// Selects the virtual host for `authority` (compared with its port, as Envoy does; the
@@ -187,6 +193,8 @@ impl Target {
         }
     }
 }
+
+mod index;
 
 #[cfg(test)]
 mod tests;

@@ -180,3 +180,70 @@ fn header_and_query_matchers() {
     r.headers = vec![("x-id", "abcz")];
     assert!(route_name(&s, &r).is_none());
 }
+
+#[test]
+fn the_path_index_gives_the_same_first_match_as_a_scan() {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let segs = ["a", "b", "api", "v1", "x"];
+    let rand_path = |rng: &mut fastrand::Rng| -> String {
+        (0..rng.usize(0..4))
+            .map(|_| format!("/{}", segs[rng.usize(..segs.len())]))
+            .collect::<String>()
+    };
+    let mut routes = Vec::new();
+    for i in 0..60 {
+        let p = rand_path(&mut rng);
+        let p = if p.is_empty() { "/".to_string() } else { p };
+        let m = match rng.u8(..6) {
+            0 => format!("{{path: '{p}'}}"),
+            1 => format!(
+                "{{path_separated_prefix: '{}'}}",
+                if p == "/" { "/a" } else { &p }
+            ),
+            2 => format!("{{safe_regex: {{regex: '{p}.*'}}}}"),
+            3 => format!("{{prefix: '{}', case_sensitive: false}}", p.to_uppercase()),
+            4 => format!("{{prefix: '{p}', headers: [{{name: x-h, present_match: true}}]}}"),
+            _ => format!("{{prefix: '{p}'}}"),
+        };
+        routes.push(format!(
+            "{{name: r{i}, match: {m}, direct_response: {{status: 200}}}}"
+        ));
+    }
+    let s = snapshot(&format!(
+        "[{{name: v, domains: ['*'], routes: [{}]}}]",
+        routes.join(", ")
+    ));
+    let NetworkFilter::Http(h) = &s.listeners[0].filter;
+    let vh = &h.routes.virtual_hosts[0];
+    assert!(vh.index.is_some());
+    for _ in 0..2000 {
+        let path: &'static str = Box::leak(
+            format!(
+                "{}{}",
+                rand_path(&mut rng),
+                ["", "/", "?q=1"][rng.usize(..3)]
+            )
+            .into_boxed_str(),
+        );
+        let path = if path.is_empty() || path.starts_with('?') {
+            "/"
+        } else {
+            path
+        };
+        let mut r = req("h", path);
+        if rng.bool() {
+            r.headers = vec![("x-h", "1")];
+        }
+        let via_index = h.routes.find(&r).map(|m| m.route.name.to_string());
+        let (p, q) = match path.find('?') {
+            Some(i) => (&path[..i], Some(&path.as_bytes()[i + 1..])),
+            None => (path, None),
+        };
+        let via_scan = vh
+            .routes
+            .iter()
+            .find(|rt| super::route_matches(rt, &r, p.as_bytes(), q))
+            .map(|m| m.name.to_string());
+        assert_eq!(via_index, via_scan, "path {path}");
+    }
+}

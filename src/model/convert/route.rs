@@ -100,9 +100,11 @@ pub(super) fn convert(
             Ok(T::All) => TlsRequirement::All,
             Err(_) => return Err(err(res, format!("{vp}.require_tls"), "unknown value")),
         };
+        let index = (routes.len() >= PathIndex::MIN_ROUTES).then(|| PathIndex::build(&routes));
         table.virtual_hosts.push(VirtualHost {
             name: vh.name.as_str().into(),
             routes,
+            index,
             require_tls,
             headers: header_mods(
                 &vh.request_headers_to_add,
