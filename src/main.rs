@@ -8,8 +8,13 @@ use clap::{Parser, ValueEnum};
 use ringside::app::{self, Options};
 use ringside::worker::Driver;
 
+#[cfg(not(feature = "count-allocs"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static GLOBAL: ringside::io::CountingAlloc = ringside::io::CountingAlloc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {

@@ -175,6 +175,14 @@ impl Store {
                 }
             }
         }
+        if cfg!(feature = "count-allocs") {
+            out.push(StatValue {
+                name: "server.heap_allocations".into(),
+                value: crate::io::HEAP_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+                    as i64,
+                gauge: false,
+            });
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }

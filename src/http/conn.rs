@@ -53,6 +53,7 @@ pub async fn serve(
         out: Vec::with_capacity(BUF),
         pending: Vec::new(),
         head: RequestHead::default(),
+        resp_head: ResponseHead::default(),
         requests: 0,
         opened: Instant::now(),
         snapshot,
@@ -79,6 +80,7 @@ pub(crate) struct Connection {
     /// Downstream bytes after the current head, while the head is being forwarded.
     pending: Vec<u8>,
     pub(crate) head: RequestHead,
+    resp_head: ResponseHead,
     requests: u32,
     opened: Instant,
     snapshot: Arc<Snapshot>,
@@ -673,7 +675,9 @@ impl Connection {
         let route_deadline = |sent: Instant| f.timeout.map(|t| sent + t);
         let stream_idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
 
-        let (mut up, sent_at, resp) = loop {
+        // The response head's header list is reused from request to request.
+        let mut resp = std::mem::take(&mut self.resp_head);
+        let (mut up, sent_at) = loop {
             up.requests += 1;
             cstats.inc(ClusterStat::UpstreamRqTotal as usize);
             let (res, o) = up.stream.write_all(out).await;
@@ -742,10 +746,10 @@ impl Connection {
             self.log.bytes_received = req_body.bytes;
             let sent = Instant::now();
             self.upstreams_started(cluster, &ep);
-            let r = read_response_head(&mut up, route_deadline(sent), stream_idle).await;
+            let r = read_response_head(&mut up, &mut resp, route_deadline(sent), stream_idle).await;
             self.upstreams_finished(cluster, &ep);
             match r {
-                Ok(resp) => break (up, sent, resp),
+                Ok(()) => break (up, sent),
                 Err(RespError::Closed) if reused && replayable => {
                     cstats.inc(ClusterStat::UpstreamRqRetry as usize);
                     reused = false;
@@ -893,6 +897,7 @@ impl Connection {
             && cluster
                 .max_requests_per_connection
                 .is_none_or(|m| up.requests < m);
+        self.resp_head = resp;
         if reusable {
             self.ctx.upstreams.borrow_mut().checkin(up);
         }
@@ -1000,18 +1005,18 @@ enum RespError {
 /// Reads the upstream response head, skipping 1xx interim responses.
 async fn read_response_head(
     up: &mut UpstreamConn,
+    resp: &mut ResponseHead,
     deadline: Option<Instant>,
     idle: Option<Duration>,
-) -> Result<ResponseHead, RespError> {
-    let mut resp = ResponseHead::default();
+) -> Result<(), RespError> {
     loop {
         if !up.buf.is_empty() {
-            match h1::parse_response(&up.buf, 64 * 1024, &mut resp) {
+            match h1::parse_response(&up.buf, 64 * 1024, resp) {
                 Ok(Some(())) if (100..200).contains(&resp.status) && resp.status != 101 => {
                     up.buf.drain(..resp.len);
                     continue;
                 }
-                Ok(Some(())) => return Ok(resp),
+                Ok(Some(())) => return Ok(()),
                 Ok(None) => {}
                 Err(_) => return Err(RespError::Malformed),
             }
