@@ -37,6 +37,14 @@ pub fn idle_state(sock: &impl AsRawFd) -> IdleState {
     }
 }
 
+/// Turns an accepted monoio stream into a std one, to hand it to another core.
+pub fn into_std(stream: monoio::net::TcpStream) -> std::net::TcpStream {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = stream.into_raw_fd();
+    // SAFETY: `into_raw_fd` gave up the only owner of this open socket; std takes it over.
+    unsafe { std::net::TcpStream::from_raw_fd(fd) }
+}
+
 /// A non-blocking listening socket with SO_REUSEPORT, so every core binds the same address.
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -668,3 +668,59 @@ async fn read_all_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_balance_spreads_a_handful_of_long_lived_connections() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let yaml = config(
+            "",
+            &all_to("a"),
+            &format!("[{}]", cluster("a", &[b.addr], "")),
+        )
+        .replace(
+            "    filter_chains:\n",
+            "    connection_balance_config: {exact_balance: {}}\n    filter_chains:\n",
+        );
+        let p = Proxy::start(&yaml, &["--concurrency", "2", "--io-driver", driver]).await;
+        let mut conns = Vec::new();
+        for _ in 0..6 {
+            let mut s = TcpStream::connect(p.addr()).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .unwrap();
+            let out = read_all(&mut s, Duration::from_millis(200)).await;
+            assert!(out.starts_with(b"HTTP/1.1 200"), "{driver}");
+            conns.push(s);
+        }
+        let w0 = p
+            .stat("listener.127.0.0.1_0.worker_0.downstream_cx_active")
+            .await;
+        let w1 = p
+            .stat("listener.127.0.0.1_0.worker_1.downstream_cx_active")
+            .await;
+        assert_eq!(
+            (w0, w1),
+            (3, 3),
+            "{driver}: six long-lived connections, three per core"
+        );
+        // Closing some rebalances the next ones onto the emptier core.
+        conns.truncate(2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..4 {
+            let mut s = TcpStream::connect(p.addr()).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .unwrap();
+            read_all(&mut s, Duration::from_millis(200)).await;
+            conns.push(s);
+        }
+        let w0 = p
+            .stat("listener.127.0.0.1_0.worker_0.downstream_cx_active")
+            .await;
+        let w1 = p
+            .stat("listener.127.0.0.1_0.worker_1.downstream_cx_active")
+            .await;
+        assert_eq!((w0, w1), (3, 3), "{driver}");
+    }
+}

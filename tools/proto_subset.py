@@ -41,7 +41,9 @@ SUBSET = {
     # listener
     "envoy.config.listener.v3.Listener": ["name", "address", "filter_chains", "stat_prefix",
                                           "per_connection_buffer_limit_bytes", "enable_reuse_port",
-                                          "traffic_direction"],
+                                          "traffic_direction", "connection_balance_config"],
+    "envoy.config.listener.v3.Listener.ConnectionBalanceConfig": ["exact_balance"],
+    "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance": [],
         "envoy.config.listener.v3.FilterChain": ["filters", "name"],
     "envoy.config.listener.v3.Filter": ["name", "typed_config"],
     # access log

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,10 +18,60 @@ use crate::io::bind_reuseport;
 use crate::model::{Listener, NetworkFilter, Snapshot};
 use crate::stats::{HttpStat, ListenerStat};
 
+/// A connection accepted by one core for another (exact balance).
+pub struct Handoff {
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+}
+
+/// Envoy's `exact_balance` for one listener: every accepted connection goes to the core
+/// with the fewest open connections. The counters and inboxes are touched once per
+/// connection (accept and close), never per request.
+pub struct Balancer {
+    load: Box<[AtomicUsize]>,
+    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+}
+
+impl Balancer {
+    /// A balancer over `cores` cores and each core's inbox receiver.
+    pub fn new(
+        cores: usize,
+    ) -> (
+        Arc<Balancer>,
+        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
+    ) {
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..cores)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let load = (0..cores).map(|_| AtomicUsize::new(0)).collect();
+        (Arc::new(Balancer { load, inboxes: tx }), rx)
+    }
+
+    /// Chooses the least-loaded core and counts the connection there.
+    fn assign(&self) -> usize {
+        let target = (0..self.load.len())
+            .min_by_key(|&k| self.load[k].load(Ordering::Relaxed))
+            .unwrap_or(0);
+        self.load[target].fetch_add(1, Ordering::Relaxed);
+        target
+    }
+
+    fn release(&self, core: usize) {
+        self.load[core].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A core's listening socket, with its balancer when the listener asks for one.
+pub struct CoreListener {
+    pub listener: Arc<Listener>,
+    pub socket: std::net::TcpListener,
+    pub balance: Option<(Arc<Balancer>, tokio::sync::mpsc::UnboundedReceiver<Handoff>)>,
+}
+
 /// Sockets for every listener, one per core, plus the addresses they ended up on.
 pub struct Bound {
     /// `per_core[k]` are core k's sockets.
-    pub per_core: Vec<Vec<(Arc<Listener>, std::net::TcpListener)>>,
+    pub per_core: Vec<Vec<CoreListener>>,
     /// Listener name → bound address (port 0 resolved).
     pub addresses: HashMap<Arc<str>, SocketAddr>,
 }
@@ -32,6 +83,12 @@ pub fn bind_all(snapshot: &Snapshot, cores: usize) -> io::Result<Bound> {
     let mut addresses = HashMap::new();
     for l in &snapshot.listeners {
         let mut addr = l.address;
+        let (balancer, mut inboxes) = if l.exact_balance {
+            let (b, rx) = Balancer::new(cores);
+            (Some(b), rx.into_iter().map(Some).collect())
+        } else {
+            (None, (0..cores).map(|_| None).collect::<Vec<_>>())
+        };
         for (k, sockets) in per_core.iter_mut().enumerate() {
             let sock = bind_reuseport(addr, 1024).map_err(|e| {
                 io::Error::new(
@@ -42,7 +99,12 @@ pub fn bind_all(snapshot: &Snapshot, cores: usize) -> io::Result<Bound> {
             if k == 0 {
                 addr = sock.local_addr()?;
             }
-            sockets.push((l.clone(), sock));
+            let balance = balancer.clone().zip(inboxes[k].take());
+            sockets.push(CoreListener {
+                listener: l.clone(),
+                socket: sock,
+                balance,
+            });
         }
         addresses.insert(l.name.clone(), addr);
     }
@@ -52,8 +114,56 @@ pub fn bind_all(snapshot: &Snapshot, cores: usize) -> io::Result<Bound> {
     })
 }
 
+/// Runs one core's side of a listener: its accept loop and, with exact balance, the inbox
+/// of connections other cores handed over.
+pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
+    let balancer = l.balance.as_ref().map(|(b, _)| b.clone());
+    if let Some((b, rx)) = l.balance {
+        monoio::spawn(inbox_loop(ctx.clone(), l.listener.clone(), b, rx));
+    }
+    monoio::spawn(accept_loop(ctx.clone(), l.listener, l.socket, balancer));
+}
+
+async fn inbox_loop(
+    ctx: Rc<CoreCtx>,
+    listener: Arc<Listener>,
+    balancer: Arc<Balancer>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+) {
+    let mut drain = ctx.drain.clone();
+    loop {
+        let handoff = monoio::select! {
+            h = rx.recv() => h,
+            _ = drain.wait_for(|d| *d) => return,
+        };
+        let Some(h) = handoff else { return };
+        match monoio::net::TcpStream::from_std(h.stream) {
+            Ok(stream) => {
+                let local = stream.local_addr().unwrap_or(listener.address);
+                spawn_connection(
+                    &ctx,
+                    &listener,
+                    stream,
+                    h.peer,
+                    local,
+                    Some(balancer.clone()),
+                );
+            }
+            Err(e) => {
+                balancer.release(ctx.core);
+                tracing::warn!(listener = %listener.name, "cannot adopt a handed-over connection: {e}");
+            }
+        }
+    }
+}
+
 /// Accepts on one core until draining starts.
-pub async fn accept_loop(ctx: Rc<CoreCtx>, listener: Arc<Listener>, socket: std::net::TcpListener) {
+pub async fn accept_loop(
+    ctx: Rc<CoreCtx>,
+    listener: Arc<Listener>,
+    socket: std::net::TcpListener,
+    balancer: Option<Arc<Balancer>>,
+) {
     let socket = match monoio::net::TcpListener::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
@@ -71,9 +181,22 @@ pub async fn accept_loop(ctx: Rc<CoreCtx>, listener: Arc<Listener>, socket: std:
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let local = stream.local_addr().unwrap_or(listener.address);
                 let _ = stream.set_nodelay(true);
-                spawn_connection(&ctx, &listener, stream, peer, local);
+                if let Some(b) = &balancer {
+                    let target = b.assign();
+                    if target != ctx.core {
+                        let handoff = Handoff {
+                            stream: crate::io::into_std(stream),
+                            peer,
+                        };
+                        if b.inboxes[target].send(handoff).is_err() {
+                            b.release(target);
+                        }
+                        continue;
+                    }
+                }
+                let local = stream.local_addr().unwrap_or(listener.address);
+                spawn_connection(&ctx, &listener, stream, peer, local, balancer.clone());
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS and friends: back off instead of spinning.
@@ -91,8 +214,9 @@ fn spawn_connection(
     stream: monoio::net::TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    balancer: Option<Arc<Balancer>>,
 ) {
-    let guard = ActiveGuard::new(ctx.clone(), listener.clone());
+    let guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
     match &listener.filter {
         NetworkFilter::Http(hcm) => {
             let hcm = hcm.clone();
@@ -114,15 +238,21 @@ fn spawn_connection(
 struct ActiveGuard {
     ctx: Rc<CoreCtx>,
     listener: Arc<Listener>,
+    /// Already counted on this core by `Balancer::assign`; released on close.
+    balancer: Option<Arc<Balancer>>,
 }
 
 impl ActiveGuard {
-    fn new(ctx: Rc<CoreCtx>, listener: Arc<Listener>) -> Self {
+    fn new(ctx: Rc<CoreCtx>, listener: Arc<Listener>, balancer: Option<Arc<Balancer>>) -> Self {
         ctx.active.set(ctx.active.get() + 1);
         let c = listener.stats.core(ctx.core);
         c.inc(ListenerStat::DownstreamCxTotal as usize);
         c.inc(ListenerStat::DownstreamCxActive as usize);
-        ActiveGuard { ctx, listener }
+        ActiveGuard {
+            ctx,
+            listener,
+            balancer,
+        }
     }
 }
 
@@ -132,6 +262,9 @@ impl Drop for ActiveGuard {
         let c = self.listener.stats.core(self.ctx.core);
         c.dec(ListenerStat::DownstreamCxActive as usize);
         c.inc(ListenerStat::DownstreamCxDestroy as usize);
+        if let Some(b) = &self.balancer {
+            b.release(self.ctx.core);
+        }
     }
 }
 

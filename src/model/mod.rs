@@ -62,6 +62,9 @@ pub struct Listener {
     pub address: SocketAddr,
     pub stats: Arc<Scope>,
     pub filter: NetworkFilter,
+    /// `connection_balance_config.exact_balance`: accepted connections go to the core with
+    /// the fewest.
+    pub exact_balance: bool,
     /// A hash of everything that needs a rebind when it changes.
     pub bind_key: String,
 }

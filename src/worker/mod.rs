@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ctx::{CoreCtx, LogBatch};
-use crate::model::{Listener, SharedSnapshot};
+use crate::model::SharedSnapshot;
 
 /// Which io driver the cores run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,7 +42,7 @@ pub struct CoreStart {
     pub core: usize,
     pub cpu: Option<core_affinity::CoreId>,
     pub snapshot: SharedSnapshot,
-    pub listeners: Vec<(Arc<Listener>, std::net::TcpListener)>,
+    pub listeners: Vec<crate::listener::CoreListener>,
     pub drain: tokio::sync::watch::Receiver<bool>,
     pub drain_time: Duration,
     pub log_tx: Option<Sender<LogBatch>>,
@@ -106,8 +106,8 @@ async fn core_main(start: CoreStart) {
         start.log_tx,
         start.hostname,
     ));
-    for (listener, socket) in start.listeners {
-        monoio::spawn(crate::listener::accept_loop(ctx.clone(), listener, socket));
+    for l in start.listeners {
+        crate::listener::start(&ctx, l);
     }
     let flusher = ctx.clone();
     monoio::spawn(async move {

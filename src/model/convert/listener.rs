@@ -98,11 +98,25 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
             ListenerStat::DownstreamCxActive as usize,
         ],
     );
+    let exact_balance = match &l.connection_balance_config {
+        None => false,
+        Some(c) => match c.balance_type {
+            Some(pb::listener::connection_balance_config::BalanceType::ExactBalance(_)) => true,
+            None => {
+                return Err(err(
+                    res,
+                    "connection_balance_config",
+                    "a balance type is required",
+                ))
+            }
+        },
+    };
     Ok(Listener {
         name: l.name.as_str().into(),
         address,
         stats,
         filter,
+        exact_balance,
         bind_key: address.to_string(),
     })
 }
