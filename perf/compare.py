@@ -144,31 +144,27 @@ class Target:
             self.proc.wait()
 
 
-def measure(t, args, workdir):
+def measure_round(t, args, row):
+    """One round for one target: a wrk throughput run and an oha fixed-rate run."""
     url = f"http://127.0.0.1:{t.port}/"
-    t.start(workdir)
-    try:
-        pids = t.pids()
-        row = {"name": t.name, "rss_idle": rss_mb(pids) if pids else None}
-        wrk(url, 1, args.connections)  # warm-up: pools, caches
-        runs = []
-        for _ in range(args.runs):
-            c0 = cpu_seconds(pids)
-            rps = wrk(url, args.seconds, args.connections)
-            c1 = cpu_seconds(pids)
-            runs.append((rps, rps * args.seconds / (c1 - c0) if pids and c1 > c0 else None))
-        row["rps"] = statistics.median(r for r, _ in runs)
-        per_cpu = [c for _, c in runs if c]
-        row["rps_per_cpu"] = statistics.median(per_cpu) if per_cpu else None
-        c0 = cpu_seconds(pids)
-        lat = oha(url, args.rate, args.latency_seconds)
-        c1 = cpu_seconds(pids)
-        row.update(lat)
-        row["cpu_us_at_rate"] = (c1 - c0) / lat["ok"] * 1e6 if pids and lat["ok"] else None
-        row["rss_after"] = rss_mb(pids) if pids else None
-        return row
-    finally:
-        t.stop()
+    pids = t.pids()
+    c0 = cpu_seconds(pids)
+    rps = wrk(url, args.seconds, args.connections)
+    c1 = cpu_seconds(pids)
+    row["rps"].append(rps)
+    if pids and c1 > c0:
+        row["rps_per_cpu"].append(rps * args.seconds / (c1 - c0))
+    c0 = cpu_seconds(pids)
+    lat = oha(url, args.rate, args.latency_seconds)
+    c1 = cpu_seconds(pids)
+    for k in ("p50", "p90", "p99"):
+        row[k].append(lat[k])
+    if pids and lat["ok"]:
+        row["cpu_us_at_rate"].append((c1 - c0) / lat["ok"] * 1e6)
+
+
+def median(values):
+    return statistics.median(values) if values else None
 
 
 def fmt(v, spec="{:.0f}"):
@@ -185,9 +181,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rate", type=int, default=1000)
-    ap.add_argument("--latency-seconds", type=int, default=10)
+    ap.add_argument("--latency-seconds", type=int, default=5)
     ap.add_argument("--only", default="direct,ringside,ringside-epoll,nginx,haproxy,envoy",
                     help="comma-separated targets: direct, ringside, ringside-epoll, nginx, haproxy, envoy")
+    ap.add_argument("--ringside-build", action="append", default=[], metavar="NAME=PATH",
+                    help="also measure another Ringside binary (before/after comparisons)")
     args = ap.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="ringside-perf-")
@@ -215,6 +213,12 @@ def main():
                      PROXY_PORT=port, BACKEND_PORT=backend_port)
         targets.append(Target("ringside-epoll", [os.path.join(ROOT, "target/release/ringside"), "-c", cfg,
                                                  "--concurrency", "1", "-l", "warn", "--io-driver", "legacy"], port))
+    for extra in args.ringside_build:
+        name, path = extra.split("=", 1)
+        port = free_port()
+        cfg = render("ringside.yaml", os.path.join(workdir, f"{name}.yaml"), ADMIN_PORT=free_port(),
+                     PROXY_PORT=port, BACKEND_PORT=backend_port)
+        targets.append(Target(name, [os.path.abspath(path), "-c", cfg, "--concurrency", "1", "-l", "warn"], port))
     if "nginx" in only:
         port = free_port()
         cfg = render("proxy-nginx.conf", os.path.join(workdir, "proxy-nginx.conf"), DIR=workdir,
@@ -231,13 +235,27 @@ def main():
                      PROXY_PORT=port, BACKEND_PORT=backend_port)
         targets.append(Target("envoy", [tool("envoy"), "-c", cfg, "--concurrency", "1", "-l", "error",
                                         "--base-id", str(os.getpid() % 50000), "--disable-hot-restart"], port))
-    rows = []
+    # All targets run side by side (idle ones cost nothing) and are measured in interleaved
+    # rounds, so that a noisy neighbour hits every target alike; medians are reported.
+    rows = {t.name: {"name": t.name, "rps": [], "rps_per_cpu": [], "p50": [], "p90": [], "p99": [],
+                     "cpu_us_at_rate": []} for t in targets}
     try:
         for t in targets:
-            print(f"measuring {t.name} ...", file=sys.stderr, flush=True)
-            rows.append(measure(t, args, workdir))
+            t.start(workdir)
+            rows[t.name]["rss_idle"] = rss_mb(t.pids()) if t.proc else None
+        for t in targets:
+            wrk(f"http://127.0.0.1:{t.port}/", 1, args.connections)  # warm-up: pools, caches
+        for rnd in range(args.runs):
+            for t in targets:
+                print(f"round {rnd + 1}/{args.runs}: {t.name} ...", file=sys.stderr, flush=True)
+                measure_round(t, args, rows[t.name])
+        for t in targets:
+            rows[t.name]["rss_after"] = rss_mb(t.pids()) if t.proc else None
     finally:
+        for t in targets:
+            t.stop()
         os.killpg(backend.pid, signal.SIGKILL)
+    rows = [{k: (median(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows.values()]
 
     by = {r["name"]: r for r in rows}
     direct, nginx = by.get("direct", {}), by.get("nginx", {})
@@ -258,8 +276,9 @@ def main():
     table = "\n".join(lines)
     header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs "
               f"({cpu_model()}), HTTP/1.1 keep-alive, 1 KiB responses, one proxy worker on CPU {PROXY_CPU}, "
-              f"load generator and backend on CPU {LOAD_CPU}; wrk median of {args.runs}×{args.seconds}s, "
-              f"oha -q {args.rate} --latency-correction -c 4 for {args.latency_seconds}s.")
+              f"load generator and backend on CPU {LOAD_CPU}; medians of {args.runs} interleaved rounds, each "
+              f"wrk -c{args.connections} for {args.seconds}s and oha -q {args.rate} --latency-correction -c 4 "
+              f"for {args.latency_seconds}s.")
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(os.path.join(HERE, "out", "latest.md"), "w") as f:
         f.write(header + "\n\n" + table + "\n")

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -105,7 +105,7 @@ impl Connection {
                 Ok(false) => return,
                 Err(e) => {
                     if !self.buf.is_empty() || matches!(e, HttpError::BadHead(_)) {
-                        self.log.start(SystemTime::now());
+                        self.log.start(!self.hcm.access_logs.is_empty());
                         self.stat(HttpStat::DownstreamRqTotal);
                         let _ = self.local_reply(&e, true).await;
                         log::write(self);
@@ -142,7 +142,7 @@ impl Connection {
                 )
                 .map_err(HttpError::BadHead)?;
                 if parsed.is_some() {
-                    self.log.start(SystemTime::now());
+                    self.log.start(!self.hcm.access_logs.is_empty());
                     return Ok(true);
                 }
             }
@@ -791,7 +791,7 @@ impl Connection {
         self.head.body = BodyKind::None;
 
         // Response head.
-        let service_time = sent_at.elapsed().as_millis();
+        let service_time = sent_at.elapsed().as_millis() as u64;
         self.log.service_time_ms = (!self.hcm.suppress_envoy_headers).then_some(service_time);
         let head_request = self.is_head_request();
         let kind = resp.body(head_request);
@@ -980,7 +980,7 @@ impl Connection {
         if !self.hcm.generate_request_id {
             return None;
         }
-        let present = h1::header_value(&self.buf, &self.head.headers, b"x-request-id").is_some();
+        let present = self.head.request_id.is_some();
         let regenerate = !present
             || (self.hcm.use_remote_address
                 && !self.is_internal()

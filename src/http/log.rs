@@ -13,7 +13,8 @@ use crate::model::format::{write_start_time, Command, Context};
 #[derive(Debug)]
 pub struct Entry {
     pub start: SystemTime,
-    pub started: Instant,
+    /// Set only when an access log will read it (clock reads are not free).
+    pub started: Option<Instant>,
     pub authority: std::ops::Range<usize>,
     pub path: std::ops::Range<usize>,
     pub status: u16,
@@ -24,7 +25,7 @@ pub struct Entry {
     pub upstream: Option<SocketAddr>,
     pub cluster: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
-    pub service_time_ms: Option<u128>,
+    pub service_time_ms: Option<u64>,
     pub request_id: Option<[u8; 36]>,
     pub route_prefix_len: usize,
 }
@@ -33,7 +34,7 @@ impl Default for Entry {
     fn default() -> Self {
         Entry {
             start: SystemTime::UNIX_EPOCH,
-            started: Instant::now(),
+            started: None,
             authority: 0..0,
             path: 0..0,
             status: 0,
@@ -52,13 +53,13 @@ impl Default for Entry {
 }
 
 impl Entry {
-    /// Resets the entry for a new request.
-    pub fn start(&mut self, now: SystemTime) {
-        *self = Entry {
-            start: now,
-            started: Instant::now(),
-            ..Entry::default()
-        };
+    /// Resets the entry for a new request; `timed` records when it started.
+    pub fn start(&mut self, timed: bool) {
+        *self = Entry::default();
+        if timed {
+            self.start = SystemTime::now();
+            self.started = Some(Instant::now());
+        }
     }
 }
 
@@ -84,7 +85,7 @@ pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) ->
         }
         Command::Req(a, b) => req(c, a, out) || b.as_deref().is_some_and(|b| req(c, b, out)),
         Command::Resp(a, _) => match (a.as_str(), e.service_time_ms) {
-            ("x-envoy-upstream-service-time", Some(ms)) => num(out, ms as u64),
+            ("x-envoy-upstream-service-time", Some(ms)) => num(out, ms),
             _ => false,
         },
         Command::Protocol => {
@@ -106,7 +107,10 @@ pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) ->
         }
         Command::BytesReceived => num(out, e.bytes_received),
         Command::BytesSent => num(out, e.bytes_sent),
-        Command::Duration => num(out, e.started.elapsed().as_millis() as u64),
+        Command::Duration => match e.started {
+            Some(s) => num(out, s.elapsed().as_millis() as u64),
+            None => false,
+        },
         Command::UpstreamHost => e.upstream.is_some_and(|a| {
             out.extend_from_slice(a.to_string().as_bytes());
             true

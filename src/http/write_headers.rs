@@ -148,7 +148,7 @@ pub(crate) fn request_head(
                 && !hcm.suppress_envoy_headers
             || name.eq_ignore_ascii_case(b"x-envoy-original-path") && rewritten
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
-            || nominated(buf, &head.headers, name)
+            || (head.nominates && nominated(buf, &head.headers, name))
             || (head.underscore
                 && hcm.headers_with_underscores == UnderscoreAction::DropHeader
                 && name.contains(&b'_'))
@@ -223,7 +223,7 @@ pub(crate) fn response_head(
     mods: &[&HeaderMods],
     chunked_out: bool,
     close: bool,
-    service_time_ms: Option<u128>,
+    service_time_ms: Option<u64>,
     request_id: Option<&[u8]>,
 ) {
     let hcm = &conn.hcm;
@@ -240,7 +240,10 @@ pub(crate) fn response_head(
     let mut has_server = false;
     for (n, v) in &resp.headers {
         let name = &up[n.clone()];
-        if is_hop_by_hop(name) || dropped_by(mods, name) || nominated(up, &resp.headers, name) {
+        if is_hop_by_hop(name)
+            || dropped_by(mods, name)
+            || (resp.nominates && nominated(up, &resp.headers, name))
+        {
             continue;
         }
         if name.eq_ignore_ascii_case(b"server") {

@@ -53,6 +53,10 @@ pub struct RequestHead {
     pub expect_continue: bool,
     pub upgrade: bool,
     pub underscore: bool,
+    /// A `Connection` header names other headers as hop-by-hop.
+    pub nominates: bool,
+    /// Index of the `x-request-id` header.
+    pub request_id: Option<usize>,
 }
 
 /// A parsed response head.
@@ -66,6 +70,8 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub close: bool,
+    /// A `Connection` header names other headers as hop-by-hop.
+    pub nominates: bool,
 }
 
 const STACK_HEADERS: usize = 128;
@@ -116,6 +122,8 @@ pub fn parse_request(
     head.expect_continue = false;
     head.upgrade = false;
     head.underscore = false;
+    head.nominates = false;
+    head.request_id = None;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -155,8 +163,12 @@ pub fn parse_request(
                     head.close = false;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     head.upgrade = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    head.nominates = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            head.request_id = Some(head.headers.len() - 1);
         } else if name.eq_ignore_ascii_case(b"expect") {
             head.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
@@ -201,6 +213,7 @@ pub fn parse_response(
     head.content_length = None;
     head.chunked = false;
     head.close = head.minor == 0;
+    head.nominates = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -229,6 +242,8 @@ pub fn parse_response(
                     head.close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     head.close = false;
+                } else if !token.is_empty() {
+                    head.nominates = true;
                 }
             }
         }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Records Ringside under wrk load with perf (frame-pointer call graphs: release builds
+# keep symbols and frame pointers) and renders perf/out/flamegraph.svg with inferno.
+# Usage: perf/flamegraph.sh [seconds] [extra ringside args, e.g. --io-driver legacy]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}; shift || true
+command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }
+PATH="$PATH:$HOME/.cargo/bin:/tmp/tools/bin"
+command -v inferno-flamegraph >/dev/null || cargo install -q --locked inferno
+cargo build --release -q
+dir=$(mktemp -d)
+port_of() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+backend=$(port_of); proxy=$(port_of); admin=$(port_of)
+body=$(python3 -c "print('a'*1024)")
+sed "s|__DIR__|$dir|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$dir/backend.conf"
+sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$dir/ringside.yaml"
+taskset -c 1 nginx -c "$dir/backend.conf" -p "$dir" >/dev/null 2>&1 &
+nginx_pid=$!
+taskset -c 0 target/release/ringside -c "$dir/ringside.yaml" --concurrency 1 -l warn "$@" >"$dir/ringside.log" 2>&1 &
+proxy_pid=$!
+trap 'kill $nginx_pid $proxy_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$proxy/" && break; sleep 0.1; done
+taskset -c 1 wrk -t1 -c32 -d$((secs + 2))s "http://127.0.0.1:$proxy/" > "$dir/wrk.txt" &
+wrk_pid=$!
+sleep 1
+perf record -F 1999 --call-graph fp -p "$proxy_pid" -o "$dir/perf.data" -- sleep "$secs" 2>/dev/null
+wait "$wrk_pid"
+mkdir -p perf/out
+perf script -i "$dir/perf.data" 2>/dev/null | inferno-collapse-perf > "$dir/folded"
+inferno-flamegraph --title "Ringside, HTTP/1.1 1 KiB keep-alive, one core" < "$dir/folded" > perf/out/flamegraph.svg
+grep Requests/sec "$dir/wrk.txt"
+echo "wrote perf/out/flamegraph.svg"
