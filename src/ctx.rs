@@ -2,8 +2,11 @@
 //! cache, the upstream pools and LB state, the drain signal and the access-log buffer.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use arc_swap::Cache;
 
@@ -23,8 +26,12 @@ pub struct CoreCtx {
     pub core: usize,
     cache: RefCell<Cache<SharedSnapshot, Arc<Snapshot>>>,
     pub upstreams: RefCell<Upstreams>,
-    /// Becomes true when the process starts draining.
+    /// Becomes true when the process starts draining (from the control thread; watched by
+    /// one task per core, which then raises `drain_event`).
     pub drain: tokio::sync::watch::Receiver<bool>,
+    /// The core-local copy of the drain signal that connections wait on: no locks, no
+    /// atomics on the request path.
+    pub drain_event: DrainEvent,
     /// Connections open on this core.
     pub active: Cell<usize>,
     pub stdout_log: RefCell<Vec<u8>>,
@@ -49,6 +56,7 @@ impl CoreCtx {
             cache: RefCell::new(Cache::new(shared)),
             upstreams: RefCell::new(Upstreams::new(core)),
             drain,
+            drain_event: DrainEvent::default(),
             active: Cell::new(0),
             stdout_log: RefCell::new(Vec::new()),
             stderr_log: RefCell::new(Vec::new()),
@@ -71,9 +79,9 @@ impl CoreCtx {
         self.cache.borrow_mut().load().clone()
     }
 
-    /// True once draining started.
+    /// True once draining started on this core.
     pub fn draining(&self) -> bool {
-        *self.drain.borrow()
+        self.drain_event.raised()
     }
 
     /// Appends a line to a sink's buffer; hands the buffer to the logger thread when full.
@@ -108,5 +116,116 @@ impl CoreCtx {
         if let Some(tx) = &self.log_tx {
             let _ = tx.send(LogBatch::Lines(sink, batch));
         }
+    }
+}
+
+/// A single-threaded, one-shot event: set once, wakes every waiter. Waiters deregister when
+/// dropped, so an idle keep-alive connection that waits on it for every request leaves
+/// nothing behind.
+#[derive(Default)]
+pub struct DrainEvent {
+    raised: Cell<bool>,
+    waiters: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl DrainEvent {
+    /// True once raised.
+    pub fn raised(&self) -> bool {
+        self.raised.get()
+    }
+
+    /// Raises the event and wakes every waiter.
+    pub fn raise(&self) {
+        self.raised.set(true);
+        for w in self.waiters.borrow_mut().iter_mut() {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Completes once the event is raised.
+    pub fn wait(&self) -> Raised<'_> {
+        Raised {
+            event: self,
+            slot: None,
+        }
+    }
+}
+
+/// The future of [`DrainEvent::wait`].
+pub struct Raised<'a> {
+    event: &'a DrainEvent,
+    slot: Option<usize>,
+}
+
+impl Future for Raised<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let event = self.event;
+        if event.raised.get() {
+            return Poll::Ready(());
+        }
+        let mut waiters = event.waiters.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut waiters[i] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            },
+            None => {
+                let i = match event.free.borrow_mut().pop() {
+                    Some(i) => {
+                        waiters[i] = Some(cx.waker().clone());
+                        i
+                    }
+                    None => {
+                        waiters.push(Some(cx.waker().clone()));
+                        waiters.len() - 1
+                    }
+                };
+                drop(waiters);
+                self.slot = Some(i);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            self.event.waiters.borrow_mut()[i] = None;
+            self.event.free.borrow_mut().push(i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiters_wake_once_raised_and_slots_are_reused() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ev = std::rc::Rc::new(DrainEvent::default());
+            // Many short waits (one per request) leave no slots behind.
+            for _ in 0..1000 {
+                let w = ev.wait();
+                let _ = monoio::time::timeout(std::time::Duration::from_micros(1), w).await;
+            }
+            assert!(ev.waiters.borrow().len() <= 1);
+            let e2 = ev.clone();
+            let waiter = monoio::spawn(async move { e2.wait().await });
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+            ev.raise();
+            waiter.await;
+            assert!(ev.raised());
+        });
     }
 }

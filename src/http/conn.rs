@@ -161,7 +161,6 @@ impl Connection {
             self.buf.reserve(BUF);
             let buf = std::mem::take(&mut self.buf);
             let read = self.stream.read(buf);
-            let mut drain = self.ctx.drain.clone();
             let (res, buf) = if idle && self.requests > 0 {
                 // An idle keep-alive connection also wakes for the drain signal.
                 monoio::select! {
@@ -172,7 +171,7 @@ impl Connection {
                             return Ok(false);
                         }
                     },
-                    _ = drain.wait_for(|d| *d) => {
+                    _ = self.ctx.drain_event.wait() => {
                         self.stat(HttpStat::DownstreamCxDrainClose);
                         return Ok(false);
                     }

@@ -118,6 +118,7 @@ async fn core_main(start: CoreStart) {
     });
     let mut drain = start.drain;
     let _ = drain.wait_for(|d| *d).await;
+    ctx.drain_event.raise();
     // Listeners stop accepting on their own; in-flight requests get until the deadline.
     let deadline = Instant::now() + start.drain_time;
     while ctx.active.get() > 0 && Instant::now() < deadline {
