@@ -681,107 +681,115 @@ impl Connection {
             cstats.inc(ClusterStat::UpstreamRqTotal as usize);
             let (res, o) = up.stream.write_all(out).await;
             out = o;
-            if res.is_err() {
-                if reused && replayable {
-                    // A pooled connection the upstream had closed: retry once on a new one.
-                    cstats.inc(ClusterStat::UpstreamRqRetry as usize);
-                    reused = false;
-                    up = match crate::upstream::connect(core, cluster, &ep).await {
-                        Ok(c) => c,
-                        Err(e) => {
+            // Whether the upstream closed the connection after taking the whole request.
+            let closed_after_request = if res.is_err() {
+                false
+            } else {
+                cstats.add(
+                    ClusterStat::UpstreamCxTxBytesTotal as usize,
+                    out.len() as u64,
+                );
+                if !req_body.done() {
+                    self.upstreams_started(cluster, &ep);
+                    let r = forward_body(
+                        &mut self.stream,
+                        &mut up.stream,
+                        &mut pending,
+                        &mut req_body,
+                        stream_idle,
+                        None,
+                    )
+                    .await;
+                    self.upstreams_finished(cluster, &ep);
+                    match r {
+                        Ok(()) => {}
+                        Err(BodyError::Write(_)) => {
                             return self.fail_after_body(
                                 out,
                                 pending,
-                                replayable,
-                                HttpError::Connect(e),
+                                false,
+                                HttpError::UpstreamReset,
                             )
                         }
-                    };
-                    continue;
+                        Err(BodyError::Malformed(e)) => {
+                            return self.fail_after_body(out, pending, false, HttpError::BadBody(e))
+                        }
+                        Err(BodyError::Timeout) => {
+                            return self.fail_after_body(
+                                out,
+                                pending,
+                                false,
+                                HttpError::StreamIdleTimeout,
+                            )
+                        }
+                        Err(_) => {
+                            // The client went away mid-body.
+                            self.stat(HttpStat::DownstreamRqRxReset);
+                            self.log.flags = "DC";
+                            self.out = out;
+                            return Ok(Next::Close);
+                        }
+                    }
                 }
-                return self.fail_after_body(out, pending, replayable, HttpError::UpstreamReset);
-            }
-            cstats.add(
-                ClusterStat::UpstreamCxTxBytesTotal as usize,
-                out.len() as u64,
-            );
-            if !req_body.done() {
+                self.log.bytes_received = req_body.bytes;
+                let sent = Instant::now();
                 self.upstreams_started(cluster, &ep);
-                let r = forward_body(
-                    &mut self.stream,
-                    &mut up.stream,
-                    &mut pending,
-                    &mut req_body,
-                    stream_idle,
-                    None,
-                )
-                .await;
+                let r =
+                    read_response_head(&mut up, &mut resp, route_deadline(sent), stream_idle).await;
                 self.upstreams_finished(cluster, &ep);
                 match r {
-                    Ok(()) => {}
-                    Err(BodyError::Write(_)) => {
-                        return self.fail_after_body(out, pending, false, HttpError::UpstreamReset)
-                    }
-                    Err(BodyError::Malformed(e)) => {
-                        return self.fail_after_body(out, pending, false, HttpError::BadBody(e))
-                    }
-                    Err(BodyError::Timeout) => {
+                    Ok(()) => break (up, sent),
+                    Err(RespError::Closed) => true,
+                    Err(RespError::Malformed) => {
                         return self.fail_after_body(
                             out,
                             pending,
-                            false,
+                            true,
+                            HttpError::UpstreamProtocol,
+                        )
+                    }
+                    Err(RespError::Timeout) => {
+                        cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
+                        self.stat(HttpStat::DownstreamRqTimeout);
+                        return self.fail_after_body(
+                            out,
+                            pending,
+                            true,
+                            HttpError::UpstreamTimeout,
+                        );
+                    }
+                    Err(RespError::Idle) => {
+                        return self.fail_after_body(
+                            out,
+                            pending,
+                            true,
                             HttpError::StreamIdleTimeout,
                         )
                     }
-                    Err(_) => {
-                        // The client went away mid-body.
-                        self.stat(HttpStat::DownstreamRqRxReset);
-                        self.log.flags = "DC";
-                        self.out = out;
-                        return Ok(Next::Close);
+                }
+            };
+            // The connection died under the request: a pooled one the upstream had closed
+            // while idle is retried once on a new connection when the request can be replayed.
+            if reused && replayable {
+                cstats.inc(ClusterStat::UpstreamRqRetry as usize);
+                reused = false;
+                up = match crate::upstream::connect(core, cluster, &ep).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return self.fail_after_body(
+                            out,
+                            pending,
+                            replayable,
+                            HttpError::Connect(e),
+                        )
                     }
-                }
+                };
+                continue;
             }
-            self.log.bytes_received = req_body.bytes;
-            let sent = Instant::now();
-            self.upstreams_started(cluster, &ep);
-            let r = read_response_head(&mut up, &mut resp, route_deadline(sent), stream_idle).await;
-            self.upstreams_finished(cluster, &ep);
-            match r {
-                Ok(()) => break (up, sent),
-                Err(RespError::Closed) if reused && replayable => {
-                    cstats.inc(ClusterStat::UpstreamRqRetry as usize);
-                    reused = false;
-                    up = match crate::upstream::connect(core, cluster, &ep).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            return self.fail_after_body(
-                                out,
-                                pending,
-                                replayable,
-                                HttpError::Connect(e),
-                            )
-                        }
-                    };
-                    out.truncate(out.len());
-                    continue;
-                }
-                Err(RespError::Closed) => {
-                    cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
-                    return self.fail_after_body(out, pending, true, HttpError::UpstreamReset);
-                }
-                Err(RespError::Malformed) => {
-                    return self.fail_after_body(out, pending, true, HttpError::UpstreamProtocol)
-                }
-                Err(RespError::Timeout) => {
-                    cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
-                    self.stat(HttpStat::DownstreamRqTimeout);
-                    return self.fail_after_body(out, pending, true, HttpError::UpstreamTimeout);
-                }
-                Err(RespError::Idle) => {
-                    return self.fail_after_body(out, pending, true, HttpError::StreamIdleTimeout)
-                }
+            if closed_after_request {
+                cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
             }
+            return self.fail_after_body(out, pending, req_body.done(), HttpError::UpstreamReset);
         };
         let _ = head_len;
         // The request body is done: what follows in `pending` is the next request.

@@ -97,17 +97,8 @@ pub fn parse_request(
         &mut heap
     };
     let mut req = httparse::Request::new(slots);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(_) => return Err(HeadError::Malformed),
+    let Some(len) = head_len(req.parse(buf), buf.len(), max_bytes)? else {
+        return Ok(None);
     };
     if len > max_bytes {
         return Err(HeadError::TooLarge);
@@ -124,7 +115,7 @@ pub fn parse_request(
     head.underscore = false;
     head.nominates = false;
     head.request_id = None;
-    let mut content_length: Option<u64> = None;
+    let mut content_length_seen: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
     for h in req.headers.iter() {
@@ -140,13 +131,7 @@ pub fn parse_request(
             }
             head.host = Some(head.headers.len() - 1);
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            for part in value.split(|&b| b == b',') {
-                let n = parse_u64(trim(part)).ok_or(HeadError::BadContentLength)?;
-                if content_length.is_some_and(|c| c != n) {
-                    return Err(HeadError::BadContentLength);
-                }
-                content_length = Some(n);
-            }
+            content_length(value, &mut content_length_seen)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_seen = true;
             // Only `chunked`, and it must be the last (and here the only) coding.
@@ -176,7 +161,7 @@ pub fn parse_request(
     if te_seen && head.minor == 0 {
         return Err(HeadError::BadTransferEncoding);
     }
-    head.body = match (content_length, chunked) {
+    head.body = match (content_length_seen, chunked) {
         (Some(_), true) => return Err(HeadError::LengthAndChunked),
         (_, true) => BodyKind::Chunked,
         (Some(0), false) | (None, false) => BodyKind::None,
@@ -193,17 +178,8 @@ pub fn parse_response(
 ) -> Result<Option<()>, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; STACK_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > max_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(_) => return Err(HeadError::Malformed),
+    let Some(len) = head_len(resp.parse(buf), buf.len(), max_bytes)? else {
+        return Ok(None);
     };
     head.status = resp.code.unwrap_or(0);
     head.reason = offset(buf, resp.reason.unwrap_or_default().as_bytes());
@@ -219,13 +195,7 @@ pub fn parse_response(
         let value = trim(h.value);
         head.headers.push((offset(buf, name), offset(buf, value)));
         if name.eq_ignore_ascii_case(b"content-length") {
-            for part in value.split(|&b| b == b',') {
-                let n = parse_u64(trim(part)).ok_or(HeadError::BadContentLength)?;
-                if head.content_length.is_some_and(|c| c != n) {
-                    return Err(HeadError::BadContentLength);
-                }
-                head.content_length = Some(n);
-            }
+            content_length(value, &mut head.content_length)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if value
                 .rsplit(|&b| b == b',')
@@ -270,6 +240,34 @@ impl ResponseHead {
             }
         }
     }
+}
+
+/// The head's length from an httparse result; `None` while more bytes are needed.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    max_bytes: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buffered > max_bytes => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(_) => Err(HeadError::Malformed),
+    }
+}
+
+/// Folds a Content-Length value (possibly a comma list) into `current`; differing values
+/// are an error (RFC 9112 §6.3).
+fn content_length(value: &[u8], current: &mut Option<u64>) -> Result<(), HeadError> {
+    for part in value.split(|&b| b == b',') {
+        let n = parse_u64(trim(part)).ok_or(HeadError::BadContentLength)?;
+        if current.is_some_and(|c| c != n) {
+            return Err(HeadError::BadContentLength);
+        }
+        *current = Some(n);
+    }
+    Ok(())
 }
 
 fn trim(v: &[u8]) -> &[u8] {
