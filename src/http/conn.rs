@@ -267,7 +267,10 @@ impl Connection {
         let Some(m) = routes.find(&req) else {
             return Err(HttpError::NoRoute);
         };
-        self.log.route = Some(m.route.name.clone());
+        let logging = !self.hcm.access_logs.is_empty();
+        if logging {
+            self.log.route = Some(m.route.name.clone());
+        }
         let prefix_len = match &m.route.path {
             PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
             _ => None,
@@ -583,10 +586,13 @@ impl Connection {
             .filter(|c| c.name == cref.name)
             .or_else(|| snapshot.cluster(&cref.name))
             .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
-        self.log.cluster = Some(cluster.name.clone());
+        if !self.hcm.access_logs.is_empty() {
+            self.log.cluster = Some(cluster.name.clone());
+        }
         let core = self.ctx.core;
         let cstats = cluster.stats.core(core);
-        let Some(ep) = self.ctx.upstreams.borrow_mut().pick(cluster).cloned() else {
+        let picked = self.ctx.upstreams.borrow_mut().pick(cluster);
+        let Some(ep) = picked else {
             cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
             return Err(HttpError::NoHealthyUpstream);
         };
@@ -601,7 +607,7 @@ impl Connection {
         let mut reused = pooled.is_some();
         let mut up = match pooled {
             Some(c) => c,
-            None => crate::upstream::connect(core, cluster, &ep)
+            None => crate::upstream::connect(core, cluster, ep)
                 .await
                 .map_err(HttpError::Connect)?,
         };
@@ -690,7 +696,7 @@ impl Connection {
                     out.len() as u64,
                 );
                 if !req_body.done() {
-                    self.upstreams_started(cluster, &ep);
+                    self.upstreams_started(cluster, ep);
                     let r = forward_body(
                         &mut self.stream,
                         &mut up.stream,
@@ -700,7 +706,7 @@ impl Connection {
                         None,
                     )
                     .await;
-                    self.upstreams_finished(cluster, &ep);
+                    self.upstreams_finished(cluster, ep);
                     match r {
                         Ok(()) => {}
                         Err(BodyError::Write(_)) => {
@@ -733,10 +739,10 @@ impl Connection {
                 }
                 self.log.bytes_received = req_body.bytes;
                 let sent = Instant::now();
-                self.upstreams_started(cluster, &ep);
+                self.upstreams_started(cluster, ep);
                 let r =
                     read_response_head(&mut up, &mut resp, route_deadline(sent), stream_idle).await;
-                self.upstreams_finished(cluster, &ep);
+                self.upstreams_finished(cluster, ep);
                 match r {
                     Ok(()) => break (up, sent),
                     Err(RespError::Closed) => true,
@@ -773,7 +779,7 @@ impl Connection {
             if reused && replayable {
                 cstats.inc(ClusterStat::UpstreamRqRetry as usize);
                 reused = false;
-                up = match crate::upstream::connect(core, cluster, &ep).await {
+                up = match crate::upstream::connect(core, cluster, ep).await {
                     Ok(c) => c,
                     Err(e) => {
                         return self.fail_after_body(
@@ -860,7 +866,7 @@ impl Connection {
             return Ok(Next::Close);
         }
         if !resp_body.done() {
-            self.upstreams_started(cluster, &ep);
+            self.upstreams_started(cluster, ep);
             let r = forward_body(
                 &mut up.stream,
                 &mut self.stream,
@@ -870,7 +876,7 @@ impl Connection {
                 route_deadline(sent_at),
             )
             .await;
-            self.upstreams_finished(cluster, &ep);
+            self.upstreams_finished(cluster, ep);
             self.log.bytes_sent = resp_body.bytes;
             match r {
                 Ok(()) => {}
