@@ -724,3 +724,43 @@ async fn exact_balance_spreads_a_handful_of_long_lived_connections() {
         assert_eq!((w0, w1), (3, 3), "{driver}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthesized_host_and_path_do_not_leak_into_pipelined_requests() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let extra = "          http_protocol_options: {accept_http_10: true, default_host_for_http_10: legacy.local}";
+        let p = Proxy::start(
+            &config(
+                extra,
+                &all_to("a"),
+                &format!("[{}]", cluster("a", &[b.addr], "")),
+            ),
+            &args(driver),
+        )
+        .await;
+        // An HTTP/1.0 request without Host (the default host is filled in) and an
+        // absolute-form request without a path (`/` is implied), pipelined; then, on the same
+        // connection, one more request that must arrive intact.
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        s.write_all(b"POST /count HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nabcGET http://abs.host HTTP/1.1\r\nHost: abs.host\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_millis(500)).await).unwrap();
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{driver}: {out}");
+        assert!(
+            out.contains("\r\n\r\n3HTTP/1.1 200 OK"),
+            "{driver}: the body is exactly 3 bytes: {out}"
+        );
+        assert!(out.ends_with("upstream a /"), "{driver}: {out}");
+        assert_eq!(b.seen.header("host").as_deref(), Some("abs.host"));
+        s.write_all(b"GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_secs(2)).await).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200 OK") && out.ends_with("upstream a /after"),
+            "{driver}: {out}"
+        );
+    }
+}

@@ -31,6 +31,9 @@ static NO_MODS: HeaderMods = HeaderMods {
     remove: Vec::new(),
 };
 
+/// Ranges at or above this index point into `Connection::synth`, not `buf`.
+const SYNTH: usize = usize::MAX / 2;
+
 /// Read buffer size for each direction of a connection.
 const BUF: usize = 16 * 1024;
 
@@ -52,6 +55,7 @@ pub async fn serve(
         buf: Vec::with_capacity(BUF),
         out: Vec::with_capacity(BUF),
         pending: Vec::new(),
+        synth: Vec::new(),
         head: RequestHead::default(),
         resp_head: ResponseHead::default(),
         requests: 0,
@@ -79,6 +83,8 @@ pub(crate) struct Connection {
     out: Vec<u8>,
     /// Downstream bytes after the current head, while the head is being forwarded.
     pending: Vec<u8>,
+    /// Bytes of the request that it did not carry itself (see `synthesize`).
+    synth: Vec<u8>,
     pub(crate) head: RequestHead,
     resp_head: ResponseHead,
     requests: u32,
@@ -261,8 +267,8 @@ impl Connection {
         let req = RequestRef {
             buf: &self.buf,
             head: &self.head,
-            authority: &self.buf[authority.clone()],
-            path: &self.buf[path.clone()],
+            authority: self.bytes(&authority),
+            path: self.bytes(&path),
         };
         let Some(m) = routes.find(&req) else {
             return Err(HttpError::NoRoute);
@@ -331,9 +337,7 @@ impl Connection {
                         .default_host_for_http_10
                         .clone()
                         .unwrap_or_default();
-                    let start = self.buf.len();
-                    self.buf.extend_from_slice(h.as_bytes());
-                    start..self.buf.len()
+                    self.synthesize(h.as_bytes())
                 }
                 None => return Err(HttpError::MissingHost),
             };
@@ -357,13 +361,29 @@ impl Connection {
             return Err(HttpError::InvalidPath);
         }
         let path = if slash == target.end {
-            let start = self.buf.len();
-            self.buf.push(b'/');
-            start..start + 1
+            self.synthesize(b"/")
         } else {
             slash..target.end
         };
         Ok((self.strip_port(rest..slash), path))
+    }
+
+    /// Stores bytes the request did not carry (a default Host, an implied `/`) and returns a
+    /// range for them that [`Connection::bytes`] resolves. They must not go into `buf`,
+    /// where they would land among body bytes and pipelined requests.
+    fn synthesize(&mut self, bytes: &[u8]) -> std::ops::Range<usize> {
+        self.synth.clear();
+        self.synth.extend_from_slice(bytes);
+        SYNTH..SYNTH + bytes.len()
+    }
+
+    /// The bytes of a range over the request: `buf`, or `synth` for synthesized ranges.
+    pub(crate) fn bytes(&self, r: &std::ops::Range<usize>) -> &[u8] {
+        if r.start >= SYNTH {
+            &self.synth[r.start - SYNTH..r.end - SYNTH]
+        } else {
+            &self.buf[r.clone()]
+        }
     }
 
     /// Applies `strip_matching_host_port` / `strip_any_host_port` to an authority range.
@@ -371,7 +391,7 @@ impl Connection {
         if self.hcm.strip_port == StripPort::None {
             return authority;
         }
-        let a = &self.buf[authority.clone()];
+        let a = self.bytes(&authority);
         let Some(colon) = a.iter().rposition(|&b| b == b':') else {
             return authority;
         };
@@ -415,7 +435,7 @@ impl Connection {
         let mut location = Vec::with_capacity(128);
         location.extend_from_slice(r.scheme.as_deref().unwrap_or("http").as_bytes());
         location.extend_from_slice(b"://");
-        let auth = &self.buf[authority];
+        let auth = self.bytes(&authority);
         let host_only = strip_port(auth);
         match (&r.host, r.port) {
             (Some(h), Some(p)) => location.extend_from_slice(format!("{h}:{p}").as_bytes()),
@@ -428,7 +448,7 @@ impl Connection {
             (None, None) if r.scheme.is_some() => location.extend_from_slice(host_only),
             (None, None) => location.extend_from_slice(auth),
         }
-        let full = &self.buf[path];
+        let full = self.bytes(&path);
         let (p, q) = match full.iter().position(|&b| b == b'?') {
             Some(i) => (&full[..i], &full[i..]),
             None => (full, &b""[..]),
@@ -647,7 +667,7 @@ impl Connection {
         {
             let path_bytes: &[u8] = match &rewritten {
                 Some(p) => p,
-                None => &self.buf[path.clone()],
+                None => self.bytes(&path),
             };
             write_headers::request_head(
                 &mut out,
@@ -971,7 +991,7 @@ impl Connection {
         prefix_len: Option<usize>,
         path: &std::ops::Range<usize>,
     ) -> Option<Vec<u8>> {
-        let full = &self.buf[path.clone()];
+        let full = self.bytes(path);
         let q = full.iter().position(|&b| b == b'?').unwrap_or(full.len());
         if let (Some(new), Some(len)) = (&f.prefix_rewrite, prefix_len) {
             let mut out = Vec::with_capacity(full.len() + new.len());

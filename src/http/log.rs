@@ -151,8 +151,10 @@ fn req(c: &Connection, name: &str, out: &mut Vec<u8>) -> bool {
     let range = |r: &std::ops::Range<usize>| buf.get(r.clone()).filter(|s| !s.is_empty());
     let v: Option<&[u8]> = match name {
         ":method" => range(&c.head.method),
-        ":path" => range(&c.log.path).or_else(|| range(&c.head.target)),
-        ":authority" => range(&c.log.authority),
+        ":path" => Some(c.bytes(&c.log.path))
+            .filter(|p| !p.is_empty())
+            .or_else(|| range(&c.head.target)),
+        ":authority" => Some(c.bytes(&c.log.authority)).filter(|a| !a.is_empty()),
         ":scheme" => Some(b"http"),
         "x-request-id" if c.log.request_id.is_some() => {
             out.extend_from_slice(c.log.request_id.as_ref().map_or(&[][..], |r| &r[..]));

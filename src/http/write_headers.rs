@@ -117,13 +117,9 @@ pub(crate) fn request_head(
     out.push(b' ');
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    header(
-        out,
-        b"host",
-        host_rewrite.unwrap_or(&buf[authority.clone()]),
-    );
+    header(out, b"host", host_rewrite.unwrap_or(conn.bytes(&authority)));
     if host_rewrite.is_some() && !hcm.suppress_envoy_headers {
-        header(out, b"x-envoy-original-host", &buf[authority]);
+        header(out, b"x-envoy-original-host", conn.bytes(&authority));
     }
     let edge = hcm.use_remote_address;
     let mut xff_written = false;
