@@ -24,16 +24,7 @@ fn args(driver: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_get_and_sets_envoy_headers() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
-        let p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (b, p) = proxy_to_one_backend("", &args(driver)).await;
         let (status, headers, body) = http_get(
             p.addr(),
             "/hello?x=1",
@@ -70,16 +61,7 @@ async fn proxies_get_and_sets_envoy_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_reuses_upstream_connections() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
-        let p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (b, p) = proxy_to_one_backend("", &args(driver)).await;
         for _ in 0..20 {
             let (s, _, _) = http_get(p.addr(), "/x", &[]).await;
             assert_eq!(s, 200);
@@ -98,16 +80,7 @@ async fn keepalive_reuses_upstream_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
-        let p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (_b, p) = proxy_to_one_backend("", &args(driver)).await;
         let reqs = b"GET /one HTTP/1.1\r\nHost: h\r\n\r\nPOST /count HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloGET /three HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
         let out = String::from_utf8(raw(p.addr(), reqs, Duration::from_secs(5)).await).unwrap();
         let one = out.find("upstream a /one").expect(&out);
@@ -150,16 +123,7 @@ async fn http10_is_refused_unless_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_continue_head_204_and_304() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
-        let p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (b, p) = proxy_to_one_backend("", &args(driver)).await;
         let mut s = TcpStream::connect(p.addr()).await.unwrap();
         s.write_all(
             b"POST /count HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
@@ -206,16 +170,7 @@ async fn expect_continue_head_204_and_304() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_both_ways() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
-        let p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (_b, p) = proxy_to_one_backend("", &args(driver)).await;
         let req = b"POST /count HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nGET /chunked/70000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
         let out = raw(p.addr(), req, Duration::from_secs(2)).await;
         let text = String::from_utf8_lossy(&out);

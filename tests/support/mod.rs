@@ -460,3 +460,18 @@ pub fn cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
 pub fn all_to(cluster: &str) -> String {
     format!("[{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: {cluster}}}}}]}}]")
 }
+
+/// The most common set-up: one backend `a` and a proxy routing everything to it.
+pub async fn proxy_to_one_backend(hcm_extra: &str, args: &[&str]) -> (Backend, Proxy) {
+    let b = Backend::start("a").await;
+    let p = Proxy::start(
+        &config(
+            hcm_extra,
+            &all_to("a"),
+            &format!("[{}]", cluster("a", &[b.addr], "")),
+        ),
+        args,
+    )
+    .await;
+    (b, p)
+}
