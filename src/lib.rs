@@ -15,3 +15,6 @@ pub mod stats;
 pub mod upstream;
 pub mod worker;
 pub mod xds;
+
+#[cfg(test)]
+mod test_support;

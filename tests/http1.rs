@@ -191,17 +191,8 @@ async fn chunked_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn use_remote_address_appends_xff_and_request_id_is_kept_for_internal() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
         let extra = "          use_remote_address: true\n          via: ringside-test";
-        let p = Proxy::start(
-            &config(
-                extra,
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (b, p) = proxy_to_one_backend(extra, &args(driver)).await;
         let (s, h, _) = http_get(
             p.addr(),
             "/",
@@ -455,16 +446,7 @@ async fn every_core_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
-    let b = Backend::start("a").await;
-    let p = Proxy::start(
-        &config(
-            "",
-            &all_to("a"),
-            &format!("[{}]", cluster("a", &[b.addr], "")),
-        ),
-        &["--concurrency", "1"],
-    )
-    .await;
+    let (_b, p) = proxy_to_one_backend("", &["--concurrency", "1"]).await;
     assert_eq!(p.admin_get("/ready").await, (200, "LIVE\n".to_string()));
     let (s, dump) = p.admin_get("/config_dump").await;
     assert_eq!(s, 200);
@@ -683,17 +665,8 @@ async fn exact_balance_spreads_a_handful_of_long_lived_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthesized_host_and_path_do_not_leak_into_pipelined_requests() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
         let extra = "          http_protocol_options: {accept_http_10: true, default_host_for_http_10: legacy.local}";
-        let p = Proxy::start(
-            &config(
-                extra,
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let (b, p) = proxy_to_one_backend(extra, &args(driver)).await;
         // An HTTP/1.0 request without Host (the default host is filled in) and an
         // absolute-form request without a path (`/` is implied), pipelined; then, on the same
         // connection, one more request that must arrive intact.

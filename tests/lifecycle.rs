@@ -81,13 +81,8 @@ async fn one_gib_each_way_with_small_rss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     for driver in drivers() {
-        let b = Backend::start("a").await;
-        let mut p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[b.addr], "")),
-            ),
+        let (_b, mut p) = proxy_to_one_backend(
+            "",
             &[
                 "--concurrency",
                 "1",

@@ -47,25 +47,7 @@ fn req(host: &'static str, path: &'static str) -> Req {
 }
 
 fn snapshot(vhosts: &str) -> Snapshot {
-    let yaml = format!(
-        r#"
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: hcm
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: t
-          route_config:
-            virtual_hosts: {vhosts}
-          http_filters:
-          - name: router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
-    );
+    let yaml = crate::test_support::http_bootstrap(vhosts, "[]");
     let b = parse_bootstrap(&yaml, &Source::Inline).unwrap();
     bootstrap_snapshot(&b, &Store::new(1), 1).unwrap().0
 }

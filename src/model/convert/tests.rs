@@ -7,32 +7,9 @@ fn build(yaml: &str) -> Result<Snapshot, ConvertError> {
 }
 
 fn with_routes(routes: &str) -> String {
-    format!(
-        r#"
-static_resources:
-  clusters:
-  - name: backend
-    load_assignment:
-      cluster_name: backend
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}}}}}]}}]
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: hcm
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: t
-          route_config:
-            virtual_hosts:
-            - name: v
-              domains: ["*"]
-              routes: {routes}
-          http_filters:
-          - name: router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
+    crate::test_support::http_bootstrap(
+        &format!("[{{name: v, domains: ['*'], routes: {routes}}}]"),
+        "[{name: backend, load_assignment: {cluster_name: backend, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]}}]",
     )
 }
 
@@ -80,11 +57,9 @@ fn bad_regex_and_missing_action_are_rejected() {
 }
 
 #[test]
-fn unsupported_lb_policy_and_filters_fail_closed() {
-    let y = with_routes(r#"[{match: {prefix: "/"}, route: {cluster: backend}}]"#).replace(
-        "  - name: backend\n",
-        "  - name: backend\n    lb_policy: MAGLEV\n",
-    );
+fn unsupported_lb_policy_fails_closed() {
+    let y = with_routes(r#"[{match: {prefix: "/"}, route: {cluster: backend}}]"#)
+        .replace("{name: backend,", "{name: backend, lb_policy: MAGLEV,");
     let e = build(&y).unwrap_err();
     assert_eq!(e.path, "static_resources.clusters[0].lb_policy");
 }
