@@ -1,5 +1,6 @@
 //! Streaming message bodies between two sockets with bounded memory.
 
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
@@ -154,7 +155,7 @@ impl Framing {
 }
 
 fn chunk_header(out: &mut Vec<u8>, len: usize) {
-    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// Copies the rest of a body from `src` to `dst`. `pending` holds bytes already read from

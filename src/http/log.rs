@@ -1,6 +1,7 @@
 //! Access logging: one line per request in Envoy's format, buffered per core and handed to
 //! the logger thread in batches (no file I/O on a core).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -112,7 +113,7 @@ pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) ->
             None => false,
         },
         Command::UpstreamHost => e.upstream.is_some_and(|a| {
-            out.extend_from_slice(a.to_string().as_bytes());
+            let _ = write!(out, "{}", a);
             true
         }),
         Command::UpstreamCluster => e.cluster.as_ref().is_some_and(|n| {
@@ -124,19 +125,19 @@ pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) ->
             !n.is_empty()
         }),
         Command::DownstreamRemoteAddress => {
-            out.extend_from_slice(c.peer.to_string().as_bytes());
+            let _ = write!(out, "{}", c.peer);
             true
         }
         Command::DownstreamRemoteAddressWithoutPort => {
-            out.extend_from_slice(c.peer.ip().to_string().as_bytes());
+            let _ = write!(out, "{}", c.peer.ip());
             true
         }
         Command::DownstreamLocalAddress => {
-            out.extend_from_slice(c.local.to_string().as_bytes());
+            let _ = write!(out, "{}", c.local);
             true
         }
         Command::DownstreamLocalAddressWithoutPort => {
-            out.extend_from_slice(c.local.ip().to_string().as_bytes());
+            let _ = write!(out, "{}", c.local.ip());
             true
         }
         Command::Hostname => {
