@@ -16,8 +16,11 @@ fn main() {
         prost::Message::encode_to_vec(&fds),
     )
     .unwrap();
-    prost_build::Config::new()
+    // Messages through prost, the ADS service (client for the control thread, server for
+    // the tests' control plane) through tonic.
+    tonic_prost_build::configure()
         .include_file("_includes.rs")
+        .build_transport(false)
         .compile_fds(fds)
         .expect("generating Rust from proto/");
 }

@@ -35,7 +35,7 @@ fn routing(c: &mut Criterion) {
     for n in [10usize, 1_000, 10_000] {
         let snap = support::snapshot(n, 10);
         let NetworkFilter::Http(hcm) = &snap.listeners[0].filter;
-        let table = hcm.routes.clone();
+        let table = hcm.routes.inline().expect("inline routes").clone();
         let req = Req(format!("/svc/{}/items/42?x=1", n - 1));
         assert!(table.find(&req).is_some());
         g.bench_with_input(BenchmarkId::from_parameter(n), &req, |b, req| {

@@ -76,8 +76,25 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         .build()?;
     rt.block_on(crate::xds::dns::warm(&mut snapshot, control));
     let admin_addr = snapshot.admin;
+    let ads = match &bootstrap.dynamic_resources {
+        Some(dr) => convert::ads_config(dr).map_err(|err| StartError::Convert {
+            location: loaded.locate(&err.path),
+            err,
+        })?,
+        None => None,
+    };
+    let statics = crate::xds::state::Static::from_snapshot(&snapshot);
+    if let Some(cfg) = &ads {
+        crate::xds::ads::target(cfg, &statics)
+            .map_err(|e| StartError::Driver(format!("{origin}: {e}")))?;
+    }
     let bound = crate::listener::bind_all(&snapshot, concurrency)?;
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let served = worker::Served::new(concurrency);
+    let (cmd_tx, cmd_rx): (Vec<_>, Vec<_>) = (0..concurrency)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    let mut cmd_rx = cmd_rx.into_iter();
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
 
     let log_tx = spawn_logger()?;
@@ -95,6 +112,8 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
                 drain_time: opts.drain_time,
                 log_tx: Some(log_tx.clone()),
                 hostname: hostname.clone(),
+                commands: cmd_rx.next().expect("one command channel per core"),
+                served: served.clone(),
             },
             driver,
         )?);
@@ -113,10 +132,19 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         "ringside started"
     );
 
+    let publisher = crate::xds::publish::Publisher::new(
+        shared.clone(),
+        cmd_tx,
+        served.clone(),
+        bound.addresses,
+    );
+    let initialized = Arc::new(AtomicBool::new(ads.is_none()));
     let state = Arc::new(crate::admin::AdminState {
         snapshot: shared.clone(),
         stats: stats.clone(),
-        listeners: bound.addresses,
+        listeners: publisher.addresses.clone(),
+        served: served.clone(),
+        initialized: initialized.clone(),
         started: Instant::now(),
         concurrency,
         drain: drain_tx,
@@ -135,6 +163,11 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             tokio::spawn(crate::admin::serve(listener, state.clone()));
         }
         tokio::spawn(crate::xds::dns::refresh_loop(shared.clone(), control));
+        if let Some(cfg) = ads {
+            let node = bootstrap.node.clone().unwrap_or_default();
+            let ctl = crate::xds::ads::Control::new(publisher, statics, stats.clone(), initialized);
+            tokio::spawn(crate::xds::ads::run(cfg, node, ctl));
+        }
         let mut drain = state.drain.subscribe();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

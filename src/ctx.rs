@@ -34,6 +34,8 @@ pub struct CoreCtx {
     pub drain_event: DrainEvent,
     /// Connections open on this core.
     pub active: Cell<usize>,
+    /// Every listener running on this core, by name.
+    pub listeners: RefCell<std::collections::HashMap<Arc<str>, std::rc::Rc<crate::listener::Slot>>>,
     pub stdout_log: RefCell<Vec<u8>>,
     pub stderr_log: RefCell<Vec<u8>>,
     log_tx: Option<Sender<LogBatch>>,
@@ -58,6 +60,7 @@ impl CoreCtx {
             drain,
             drain_event: DrainEvent::default(),
             active: Cell::new(0),
+            listeners: RefCell::new(std::collections::HashMap::new()),
             stdout_log: RefCell::new(Vec::new()),
             stderr_log: RefCell::new(Vec::new()),
             log_tx,

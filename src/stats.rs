@@ -23,6 +23,10 @@ pub trait StatNames: 'static + Send + Sync {
     const GAUGES: &'static [usize] = &[];
 }
 
+/// A value on a cache line of its own.
+#[repr(align(64))]
+pub struct Padded<T>(pub T);
+
 /// One core's cells for one scope.
 #[repr(align(64))]
 pub struct CoreCells {
@@ -278,8 +282,11 @@ stat_family! {
         UpstreamRqRxReset = "upstream_rq_rx_reset",
         UpstreamCxNoneHealthy = "upstream_cx_none_healthy",
         MembershipTotal = "membership_total",
+        UpdateAttempt = "update_attempt",
         UpdateSuccess = "update_success",
         UpdateFailure = "update_failure",
+        UpdateRejected = "update_rejected",
+        UpdateEmpty = "update_empty",
     } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
 }
 
@@ -341,4 +348,26 @@ mod tests {
             HttpStat::DownstreamRq1xx as usize
         );
     }
+}
+
+stat_family! {
+    /// Per xDS subscription: `listener_manager.lds.`, `cluster_manager.cds.`,
+    /// `http.<stat_prefix>.rds.<name>.`, `cluster.<name>.` (EDS), as Envoy names them.
+    pub enum XdsStat {
+        UpdateAttempt = "update_attempt",
+        UpdateSuccess = "update_success",
+        UpdateRejected = "update_rejected",
+        UpdateFailure = "update_failure",
+        UpdateEmpty = "update_empty",
+        InitFetchTimeout = "init_fetch_timeout",
+    } gauges []
+}
+
+stat_family! {
+    /// `control_plane.`: the ADS stream.
+    pub enum ControlPlaneStat {
+        ConnectedState = "connected_state",
+        StreamsOpened = "streams_opened",
+        StreamsClosed = "streams_closed",
+    } gauges [ConnectedState]
 }

@@ -35,7 +35,37 @@ SUBSET = {
     "envoy.config.core.v3.SubstitutionFormatString": ["text_format_source",
                                                       "omit_empty_values"],
     # bootstrap
-    "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "admin"],
+    "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "dynamic_resources",
+                                            "admin"],
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": ["lds_config", "cds_config",
+                                                             "ads_config"],
+    # xDS sources
+    "envoy.config.core.v3.ConfigSource": ["ads", "api_config_source", "initial_fetch_timeout",
+                                          "resource_api_version"],
+    "envoy.config.core.v3.AggregatedConfigSource": [],
+    "envoy.config.core.v3.ApiConfigSource": ["api_type", "transport_api_version", "grpc_services",
+                                             "set_node_on_first_message_only"],
+    "envoy.config.core.v3.GrpcService": ["envoy_grpc", "timeout", "initial_metadata"],
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc": ["cluster_name", "authority"],
+    "envoy.service.discovery.v3.DiscoveryRequest": ["version_info", "node", "resource_names",
+                                                    "type_url", "response_nonce", "error_detail"],
+    "envoy.service.discovery.v3.DiscoveryResponse": ["version_info", "resources", "type_url",
+                                                     "nonce"],
+    "envoy.service.discovery.v3.DeltaDiscoveryRequest": [
+        "node", "type_url", "resource_names_subscribe", "resource_names_unsubscribe",
+        "initial_resource_versions", "response_nonce", "error_detail"],
+    "envoy.service.discovery.v3.DeltaDiscoveryResponse": [
+        "system_version_info", "resources", "type_url", "removed_resources", "nonce"],
+    "envoy.service.discovery.v3.Resource": ["name", "aliases", "version", "resource"],
+    "google.rpc.Status": ["code", "message", "details"],
+    # upstream protocol options
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": ["common_http_protocol_options",
+                                                              "explicit_http_config"],
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": [
+        "http_protocol_options", "http2_protocol_options"],
+    "envoy.config.core.v3.Http2ProtocolOptions": ["max_concurrent_streams",
+                                                  "initial_stream_window_size",
+                                                  "initial_connection_window_size"],
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ["listeners", "clusters"],
     "envoy.config.bootstrap.v3.Admin": ["address", "access_log"],
     # listener
@@ -58,7 +88,9 @@ SUBSET = {
         "preserve_external_request_id", "always_set_request_id_in_response", "server_name",
         "server_header_transformation", "stream_idle_timeout", "request_timeout",
         "request_headers_timeout", "drain_timeout", "max_request_headers_kb",
-        "strip_matching_host_port", "strip_any_host_port"],
+        "strip_matching_host_port", "strip_any_host_port", "rds"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds": ["config_source",
+                                                                       "route_config_name"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": ["name", "typed_config"],
     "envoy.extensions.filters.http.router.v3.Router": ["suppress_envoy_headers", "dynamic_stats",
                                                        "start_child_span"],
@@ -100,9 +132,13 @@ SUBSET = {
     "envoy.config.cluster.v3.Cluster": ["name", "alt_stat_name", "type", "connect_timeout",
                                         "per_connection_buffer_limit_bytes", "lb_policy",
                                         "load_assignment", "dns_refresh_rate", "respect_dns_ttl",
-                                        "dns_lookup_family", "common_http_protocol_options", "least_request_lb_config"],
+                                        "dns_lookup_family", "common_http_protocol_options", "least_request_lb_config",
+                                        "eds_cluster_config", "typed_extension_protocol_options",
+                                        "http2_protocol_options"],
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig": ["eds_config", "service_name"],
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": ["choice_count"],
-    "envoy.config.endpoint.v3.ClusterLoadAssignment": ["cluster_name", "endpoints"],
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": ["cluster_name", "endpoints", "policy"],
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": ["overprovisioning_factor"],
     "envoy.config.endpoint.v3.LocalityLbEndpoints": ["locality", "lb_endpoints",
                                                      "load_balancing_weight", "priority"],
     "envoy.config.endpoint.v3.LbEndpoint": ["endpoint", "health_status", "metadata",
@@ -122,7 +158,13 @@ MODULES = [
     "envoy.type.matcher.v3.string_pb2", "envoy.type.matcher.v3.regex_pb2",
     "envoy.config.cluster.v3.cluster_pb2", "envoy.config.cluster.v3.circuit_breaker_pb2",
     "envoy.config.endpoint.v3.endpoint_pb2", "envoy.config.endpoint.v3.endpoint_components_pb2",
+    "envoy.config.core.v3.config_source_pb2", "envoy.config.core.v3.grpc_service_pb2",
+    "envoy.service.discovery.v3.discovery_pb2", "envoy.service.discovery.v3.ads_pb2",
+    "google.rpc.status_pb2", "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
 ]
+
+# Services written out whole (tonic generates the ADS client and the test server from them).
+SERVICES = ["envoy.service.discovery.v3.ads_pb2"]
 
 SCALARS = {
     d.FieldDescriptor.TYPE_DOUBLE: "double", d.FieldDescriptor.TYPE_FLOAT: "float",
@@ -144,6 +186,12 @@ def main(out_dir):
         for name in fd.message_types_by_name:
             collect(fd.message_types_by_name[name], pool)
     files = {}  # file name -> (package, [top-level message descriptors])
+    services = {}
+    for m in SERVICES:
+        fd = importlib.import_module(m).DESCRIPTOR
+        for svc in fd.services_by_name.values():
+            services.setdefault(fd.name, []).append(svc)
+            files.setdefault(fd.name, (fd.package, []))
     used_enums = {}
     for full in SUBSET:
         msg = pool[full]
@@ -157,6 +205,17 @@ def main(out_dir):
         render_message(top, 0, set(), "")  # first pass: finds the top-level enums in use
     for e in top_needed:
         files.setdefault(e.file.name, (e.file.package, []))
+    # Fields of kept messages that the subset leaves out: named in NACKs when a control
+    # plane sends one (the wire carries only the number).
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "omitted_fields.txt"), "w") as f:
+        for full in sorted(SUBSET):
+            keep = SUBSET[full]
+            if "*" in keep:
+                continue
+            for fld in pool[full].fields:
+                if fld.name not in keep:
+                    f.write(f"{full} {fld.number} {fld.name}\n")
     for fname, (package, tops) in sorted(files.items()):
         imports = set()
         body = []
@@ -165,6 +224,8 @@ def main(out_dir):
                 body.extend(render_enum(e, 0))
         for top in tops:
             body.extend(render_message(top, 0, imports, fname))
+        for svc in services.get(fname, []):
+            body.extend(render_service(svc, imports))
         path = os.path.join(out_dir, fname)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -259,6 +320,18 @@ def is_repeated(f):
 
 def is_synthetic(oneof):
     return len(oneof.fields) == 1 and oneof.name == "_" + oneof.fields[0].name
+
+
+def render_service(svc, imports):
+    out = [f"service {svc.name} {{"]
+    for m in svc.methods:
+        imports.add(m.input_type.file.name)
+        imports.add(m.output_type.file.name)
+        cs = "stream " if m.client_streaming else ""
+        ss = "stream " if m.server_streaming else ""
+        out.append(f"  rpc {m.name}({cs}.{m.input_type.full_name}) returns ({ss}.{m.output_type.full_name});")
+    out.append("}")
+    return out
 
 
 def render_enum(e, depth):

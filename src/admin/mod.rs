@@ -20,7 +20,12 @@ use crate::stats::Store;
 pub struct AdminState {
     pub snapshot: SharedSnapshot,
     pub stats: Arc<Store>,
-    pub listeners: HashMap<Arc<str>, SocketAddr>,
+    /// Listener name → bound address, updated by LDS.
+    pub listeners: Arc<arc_swap::ArcSwap<HashMap<Arc<str>, SocketAddr>>>,
+    /// The snapshot version each core serves.
+    pub served: Arc<crate::worker::Served>,
+    /// False until the first xDS configuration arrived (always true without ADS).
+    pub initialized: Arc<AtomicBool>,
     pub started: Instant,
     pub concurrency: usize,
     pub drain: tokio::sync::watch::Sender<bool>,
@@ -96,6 +101,9 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
         ("GET", "/ready") => {
             if *state.drain.borrow() || state.failing.load(Ordering::Relaxed) {
                 (503, text_ct, b"DRAINING\n".to_vec())
+            } else if !state.initialized.load(Ordering::Acquire) {
+                // Envoy's answer until the first xDS configuration is in.
+                (503, text_ct, b"PRE_INITIALIZING\n".to_vec())
             } else {
                 (200, text_ct, b"LIVE\n".to_vec())
             }
@@ -144,7 +152,8 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             (200, json_ct, serde_json::to_vec_pretty(&body).unwrap_or_default())
         }
         ("GET", "/listeners") => {
-            let mut names: Vec<_> = state.listeners.iter().collect();
+            let listeners = state.listeners.load();
+            let mut names: Vec<_> = listeners.iter().collect();
             names.sort();
             if params.get("format") == Some(&"json") {
                 let list: Vec<Value> = names
@@ -314,6 +323,39 @@ fn config_dump(state: &AdminState) -> Value {
     for c in cluster_dump.iter_mut() {
         c["cluster"]["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
     }
+    let d = &snap.dynamic;
+    let any_json = |e: &crate::model::DumpEntry| -> Value {
+        let name = e.resource.type_url.rsplit('/').next().unwrap_or_default();
+        let mut v = to_json(name, e.resource.value.clone());
+        v["@type"] = json!(e.resource.type_url);
+        v
+    };
+    let state_json = |e: &crate::model::DumpEntry, key: &str| -> Value {
+        json!({"version_info": e.version.as_ref(), key: any_json(e), "last_updated": rfc3339(e.last_updated)})
+    };
+    let version_of = |kind: &str| -> String {
+        d.versions
+            .iter()
+            .find(|(k, _, _)| k.ends_with(kind))
+            .map(|(_, v, _)| v.to_string())
+            .unwrap_or_default()
+    };
+    let mut dynamic_listeners: Vec<Value> = d
+        .listeners
+        .iter()
+        .map(|e| json!({"name": e.name.as_ref(), "active_state": state_json(e, "listener")}))
+        .collect();
+    for e in &d.warming_listeners {
+        match dynamic_listeners
+            .iter_mut()
+            .find(|v| v["name"] == json!(e.name.as_ref()))
+        {
+            Some(v) => v["warming_state"] = state_json(e, "listener"),
+            None => dynamic_listeners
+                .push(json!({"name": e.name.as_ref(), "warming_state": state_json(e, "listener")})),
+        }
+    }
+    let (published, latency) = state.served.last_publish();
     json!({
         "configs": [
             {
@@ -323,17 +365,33 @@ fn config_dump(state: &AdminState) -> Value {
             },
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-                "version_info": snap.version.to_string(),
+                "version_info": version_of("Cluster"),
                 "static_clusters": cluster_dump,
+                "dynamic_active_clusters": d.clusters.iter().map(|e| state_json(e, "cluster")).collect::<Vec<_>>(),
+                "dynamic_warming_clusters": d.warming_clusters.iter().map(|e| state_json(e, "cluster")).collect::<Vec<_>>(),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+                "dynamic_endpoint_configs": d.endpoints.iter().map(|e| state_json(e, "endpoint_config")).collect::<Vec<_>>(),
             },
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-                "version_info": snap.version.to_string(),
+                "version_info": version_of("Listener"),
                 "static_listeners": listener_dump,
+                "dynamic_listeners": dynamic_listeners,
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+                "dynamic_route_configs": d.route_configs.iter().map(|e| state_json(e, "route_config")).collect::<Vec<_>>(),
             },
         ],
         "ringside": {
             "snapshot_version": snap.version,
+            "served_by_core": state.served.all(),
+            "last_publish": {
+                "version": published,
+                "received_to_all_cores_us": latency.map(|l| l.as_micros() as u64),
+            },
             "endpoints": snap.clusters.iter().map(|c| json!({
                 "cluster_name": c.name.as_ref(),
                 "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),

@@ -11,7 +11,7 @@ use monoio::buf::IoBuf;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::ctx::CoreCtx;
+use crate::ctx::{CoreCtx, DrainEvent};
 use crate::http::body::{forward_body, BodyError, Framing, Mode};
 use crate::http::error::HttpError;
 use crate::http::h1::{self, BodyKind, RequestHead, RequestRef, ResponseHead};
@@ -21,7 +21,9 @@ use crate::model::headers::HeaderMods;
 use crate::model::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
 };
-use crate::model::{HttpConnectionManager, LbPolicy, Snapshot, StripPort, UnderscoreAction};
+use crate::model::{
+    HttpConnectionManager, LbPolicy, RouteSource, Snapshot, StripPort, UnderscoreAction,
+};
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 use crate::upstream::Conn as UpstreamConn;
 
@@ -44,10 +46,12 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    drain: Rc<DrainEvent>,
 ) {
     let snapshot = ctx.snapshot();
     let mut conn = Connection {
         ctx,
+        drain,
         hcm,
         stream,
         peer,
@@ -75,6 +79,9 @@ pub async fn serve(
 pub(crate) struct Connection {
     pub(crate) ctx: Rc<CoreCtx>,
     pub(crate) hcm: Arc<HttpConnectionManager>,
+    /// Raised when this connection's listener drains (removed or updated by LDS, or the
+    /// process draining).
+    drain: Rc<DrainEvent>,
     stream: TcpStream,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
@@ -160,7 +167,7 @@ impl Connection {
                     .request_headers_timeout
                     .map(|t| t.saturating_sub(started.elapsed()))
             };
-            if idle && self.ctx.draining() && self.requests > 0 {
+            if idle && self.drain.raised() && self.requests > 0 {
                 self.stat(HttpStat::DownstreamCxDrainClose);
                 return Ok(false);
             }
@@ -177,7 +184,7 @@ impl Connection {
                             return Ok(false);
                         }
                     },
-                    _ = self.ctx.drain_event.wait() => {
+                    _ = self.drain.wait() => {
                         self.stat(HttpStat::DownstreamCxDrainClose);
                         return Ok(false);
                     }
@@ -236,7 +243,7 @@ impl Connection {
 
     fn must_close(&self) -> bool {
         self.head.close
-            || self.ctx.draining()
+            || self.drain.raised()
             || self
                 .hcm
                 .max_requests_per_connection
@@ -263,7 +270,15 @@ impl Connection {
         self.log.authority = authority.clone();
         self.log.path = path.clone();
         let hcm = self.hcm.clone();
-        let routes = hcm.routes.clone();
+        let routes = match &hcm.routes {
+            RouteSource::Static(t) => t.clone(),
+            // RDS: the route configuration of the current snapshot (absent only after the
+            // listener's initial fetch timeout, as an empty table in Envoy).
+            RouteSource::Rds(name) => match self.snapshot.route_configs.get(name) {
+                Some(t) => t.clone(),
+                None => return Err(HttpError::NoRoute),
+            },
+        };
         let req = RequestRef {
             buf: &self.buf,
             head: &self.head,

@@ -1,6 +1,7 @@
 //! Listening sockets: every core binds its own SO_REUSEPORT socket per listener and runs an
 //! accept loop that survives resource errors and stops on drain.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::ctx::CoreCtx;
+use crate::ctx::{CoreCtx, DrainEvent};
 use crate::io::bind_reuseport;
 use crate::model::{Listener, NetworkFilter, Snapshot};
 use crate::stats::{HttpStat, ListenerStat};
@@ -82,29 +83,9 @@ pub fn bind_all(snapshot: &Snapshot, cores: usize) -> io::Result<Bound> {
     let mut per_core: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
     let mut addresses = HashMap::new();
     for l in &snapshot.listeners {
-        let mut addr = l.address;
-        let (balancer, mut inboxes) = if l.exact_balance {
-            let (b, rx) = Balancer::new(cores);
-            (Some(b), rx.into_iter().map(Some).collect())
-        } else {
-            (None, (0..cores).map(|_| None).collect::<Vec<_>>())
-        };
-        for (k, sockets) in per_core.iter_mut().enumerate() {
-            let sock = bind_reuseport(addr, 1024).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("listener '{}': cannot bind {addr}: {e}", l.name),
-                )
-            })?;
-            if k == 0 {
-                addr = sock.local_addr()?;
-            }
-            let balance = balancer.clone().zip(inboxes[k].take());
-            sockets.push(CoreListener {
-                listener: l.clone(),
-                socket: sock,
-                balance,
-            });
+        let (sockets, addr) = bind_listener(l, cores)?;
+        for (k, s) in sockets.into_iter().enumerate() {
+            per_core[k].push(s);
         }
         addresses.insert(l.name.clone(), addr);
     }
@@ -114,28 +95,112 @@ pub fn bind_all(snapshot: &Snapshot, cores: usize) -> io::Result<Bound> {
     })
 }
 
+/// Binds one listener once per core (element k is core k's socket) and returns the
+/// address all of them share.
+pub fn bind_listener(
+    l: &Arc<Listener>,
+    cores: usize,
+) -> io::Result<(Vec<CoreListener>, SocketAddr)> {
+    let mut addr = l.address;
+    let (balancer, mut inboxes) = if l.exact_balance {
+        let (b, rx) = Balancer::new(cores);
+        (Some(b), rx.into_iter().map(Some).collect())
+    } else {
+        (None, (0..cores).map(|_| None).collect::<Vec<_>>())
+    };
+    let mut out = Vec::with_capacity(cores);
+    for (k, inbox) in inboxes.iter_mut().enumerate() {
+        let sock = bind_reuseport(addr, 1024).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listener '{}': cannot bind {addr}: {e}", l.name),
+            )
+        })?;
+        if k == 0 {
+            addr = sock.local_addr()?;
+        }
+        let balance = balancer.clone().zip(inbox.take());
+        out.push(CoreListener {
+            listener: l.clone(),
+            socket: sock,
+            balance,
+        });
+    }
+    Ok((out, addr))
+}
+
+/// One listener running on a core: its configuration for new connections, the drain
+/// event its current connections watch, and the stop event of its accept loop.
+pub struct Slot {
+    config: RefCell<Arc<Listener>>,
+    drain: RefCell<Rc<DrainEvent>>,
+    stop: DrainEvent,
+}
+
+impl Slot {
+    /// Stops accepting and drains every connection.
+    pub fn shut(&self) {
+        self.stop.raise();
+        self.drain.borrow().raise();
+    }
+}
+
+/// Stops a listener on this core: no more accepts, and its connections close at their
+/// next request boundary (Envoy drains a removed or replaced listener the same way).
+pub fn stop(ctx: &CoreCtx, name: &str) {
+    if let Some(slot) = ctx.listeners.borrow_mut().remove(name) {
+        slot.shut();
+    }
+}
+
+/// A listener updated in place (same socket): new connections get the new configuration,
+/// the connections of the old one drain.
+pub fn update(ctx: &CoreCtx, listener: Arc<Listener>) {
+    let slots = ctx.listeners.borrow();
+    let Some(slot) = slots.get(&listener.name) else {
+        return;
+    };
+    *slot.config.borrow_mut() = listener;
+    let old = slot.drain.replace(Rc::new(DrainEvent::default()));
+    old.raise();
+}
+
 /// Runs one core's side of a listener: its accept loop and, with exact balance, the inbox
 /// of connections other cores handed over.
+/// A listener of the same name already running on this core is stopped first.
 pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
+    stop(ctx, &l.listener.name);
+    let slot = Rc::new(Slot {
+        config: RefCell::new(l.listener.clone()),
+        drain: RefCell::new(Rc::new(DrainEvent::default())),
+        stop: DrainEvent::default(),
+    });
+    if ctx.draining() {
+        slot.shut();
+    }
+    ctx.listeners
+        .borrow_mut()
+        .insert(l.listener.name.clone(), slot.clone());
     let balancer = l.balance.as_ref().map(|(b, _)| b.clone());
     if let Some((b, rx)) = l.balance {
-        monoio::spawn(inbox_loop(ctx.clone(), l.listener.clone(), b, rx));
+        monoio::spawn(inbox_loop(ctx.clone(), b, rx, slot.clone()));
     }
-    monoio::spawn(accept_loop(ctx.clone(), l.listener, l.socket, balancer));
+    monoio::spawn(accept_loop(ctx.clone(), l.socket, balancer, slot));
 }
 
 async fn inbox_loop(
     ctx: Rc<CoreCtx>,
-    listener: Arc<Listener>,
     balancer: Arc<Balancer>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    slot: Rc<Slot>,
 ) {
-    let mut drain = ctx.drain.clone();
     loop {
         let handoff = monoio::select! {
             h = rx.recv() => h,
-            _ = drain.wait_for(|d| *d) => return,
+            _ = slot.stop.wait() => return,
         };
+        let listener = slot.config.borrow().clone();
+        let drain = slot.drain.borrow().clone();
         let Some(h) = handoff else { return };
         match monoio::net::TcpStream::from_std(h.stream) {
             Ok(stream) => {
@@ -147,6 +212,7 @@ async fn inbox_loop(
                     h.peer,
                     local,
                     Some(balancer.clone()),
+                    &drain,
                 );
             }
             Err(e) => {
@@ -157,26 +223,26 @@ async fn inbox_loop(
     }
 }
 
-/// Accepts on one core until draining starts.
+/// Accepts on one core until the listener drains.
 pub async fn accept_loop(
     ctx: Rc<CoreCtx>,
-    listener: Arc<Listener>,
     socket: std::net::TcpListener,
     balancer: Option<Arc<Balancer>>,
+    slot: Rc<Slot>,
 ) {
+    let name = slot.config.borrow().name.clone();
     let socket = match monoio::net::TcpListener::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(listener = %listener.name, "cannot register listener: {e}");
+            tracing::error!(listener = %name, "cannot register listener: {e}");
             return;
         }
     };
-    let mut drain = ctx.drain.clone();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = monoio::select! {
             r = socket.accept() => r,
-            _ = drain.wait_for(|d| *d) => return,
+            _ = slot.stop.wait() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -195,12 +261,22 @@ pub async fn accept_loop(
                         continue;
                     }
                 }
+                let listener = slot.config.borrow().clone();
+                let drain = slot.drain.borrow().clone();
                 let local = stream.local_addr().unwrap_or(listener.address);
-                spawn_connection(&ctx, &listener, stream, peer, local, balancer.clone());
+                spawn_connection(
+                    &ctx,
+                    &listener,
+                    stream,
+                    peer,
+                    local,
+                    balancer.clone(),
+                    &drain,
+                );
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS and friends: back off instead of spinning.
-                tracing::warn!(listener = %listener.name, "accept failed: {e}; retrying in {backoff:?}");
+                tracing::warn!(listener = %name, "accept failed: {e}; retrying in {backoff:?}");
                 monoio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -215,12 +291,20 @@ fn spawn_connection(
     peer: SocketAddr,
     local: SocketAddr,
     balancer: Option<Arc<Balancer>>,
+    drain: &Rc<DrainEvent>,
 ) {
     let guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
     match &listener.filter {
         NetworkFilter::Http(hcm) => {
             let hcm = hcm.clone();
-            let fut = crate::http::conn::serve(ctx.clone(), hcm.clone(), stream, peer, local);
+            let fut = crate::http::conn::serve(
+                ctx.clone(),
+                hcm.clone(),
+                stream,
+                peer,
+                local,
+                drain.clone(),
+            );
             monoio::spawn(async move {
                 let _guard = guard;
                 if CatchUnwind(Box::pin(fut)).await.is_err() {

@@ -30,10 +30,39 @@ pub struct Snapshot {
     /// Clusters in a stable order; routes refer to them by index.
     pub clusters: Vec<Arc<Cluster>>,
     pub cluster_index: HashMap<Arc<str>, usize>,
+    /// Route configurations delivered by RDS, by name.
+    pub route_configs: HashMap<Arc<str>, Arc<route::RouteTable>>,
     /// The admin listener's address, if any.
     pub admin: Option<SocketAddr>,
     /// The bootstrap as given (for `/config_dump`).
     pub bootstrap: Arc<crate::proto::envoy::config::bootstrap::v3::Bootstrap>,
+    /// The xDS resources behind this snapshot, as received (for `/config_dump`).
+    pub dynamic: Arc<DynamicDump>,
+}
+
+/// One resource received over xDS, as it arrived.
+#[derive(Clone, Debug)]
+pub struct DumpEntry {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+    pub last_updated: SystemTime,
+    pub resource: prost_types::Any,
+}
+
+/// The dynamic resources of a snapshot, by type, for `/config_dump`.
+#[derive(Clone, Debug, Default)]
+pub struct DynamicDump {
+    /// Listeners serving now.
+    pub listeners: Vec<DumpEntry>,
+    /// Listeners received but waiting for their route configurations.
+    pub warming_listeners: Vec<DumpEntry>,
+    pub clusters: Vec<DumpEntry>,
+    /// Clusters received but waiting for their endpoints.
+    pub warming_clusters: Vec<DumpEntry>,
+    pub route_configs: Vec<DumpEntry>,
+    pub endpoints: Vec<DumpEntry>,
+    /// The last accepted `version_info` per type URL.
+    pub versions: Vec<(&'static str, Arc<str>, SystemTime)>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -50,6 +79,36 @@ impl Snapshot {
     /// The cluster named `name`.
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.cluster_index.get(name).map(|&i| &self.clusters[i])
+    }
+
+    /// The route table a connection manager uses now: its inline one, or the RDS one it
+    /// names (`None` while that has not arrived).
+    pub fn routes_of<'a>(
+        &'a self,
+        hcm: &'a HttpConnectionManager,
+    ) -> Option<&'a Arc<route::RouteTable>> {
+        match &hcm.routes {
+            RouteSource::Static(t) => Some(t),
+            RouteSource::Rds(name) => self.route_configs.get(name),
+        }
+    }
+}
+
+/// Where a connection manager's routes come from.
+pub enum RouteSource {
+    /// `route_config`, inline.
+    Static(Arc<route::RouteTable>),
+    /// `rds.route_config_name`: looked up in the snapshot per request.
+    Rds(Arc<str>),
+}
+
+impl RouteSource {
+    /// The inline route table, if that is where the routes come from.
+    pub fn inline(&self) -> Option<&Arc<route::RouteTable>> {
+        match self {
+            RouteSource::Static(t) => Some(t),
+            RouteSource::Rds(_) => None,
+        }
     }
 }
 
@@ -69,7 +128,22 @@ pub struct Listener {
     pub bind_key: String,
 }
 
+impl Listener {
+    /// A copy bound elsewhere (a port-0 listener keeps the port it was given).
+    pub fn clone_with_address(&self, address: SocketAddr) -> Listener {
+        Listener {
+            name: self.name.clone(),
+            address,
+            stats: self.stats.clone(),
+            filter: self.filter.clone(),
+            exact_balance: self.exact_balance,
+            bind_key: self.bind_key.clone(),
+        }
+    }
+}
+
 /// The network filter that handles a listener's connections.
+#[derive(Clone)]
 pub enum NetworkFilter {
     Http(Arc<HttpConnectionManager>),
 }
@@ -111,7 +185,7 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub stats: Arc<Scope>,
     pub codec: Codec,
-    pub routes: Arc<route::RouteTable>,
+    pub routes: RouteSource,
     pub access_logs: Vec<AccessLog>,
     pub suppress_envoy_headers: bool,
     pub use_remote_address: bool,
@@ -165,6 +239,8 @@ pub enum Discovery {
     Static,
     StrictDns,
     LogicalDns,
+    /// Endpoints from EDS, under this service name.
+    Eds,
 }
 
 /// Address families a DNS cluster resolves.
@@ -182,6 +258,13 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub stats: Arc<Scope>,
     pub discovery: Discovery,
+    /// The EDS service name (`eds_cluster_config.service_name`, else the cluster name).
+    pub eds_service: Option<Arc<str>>,
+    /// The cluster asks for HTTP/2 upstream (not served by the data plane yet).
+    pub http2: bool,
+    /// Unix socket (`pipe`) endpoints: used by the control thread's own gRPC clients;
+    /// the data plane does not connect to them.
+    pub unix_endpoints: Arc<[std::path::PathBuf]>,
     pub lb: LbPolicy,
     pub connect_timeout: Duration,
     /// Idle pooled connections older than this are closed (`None`: never).
@@ -220,6 +303,9 @@ impl Cluster {
             name: self.name.clone(),
             stats: self.stats.clone(),
             discovery: self.discovery,
+            eds_service: self.eds_service.clone(),
+            http2: self.http2,
+            unix_endpoints: self.unix_endpoints.clone(),
             lb: self.lb,
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,

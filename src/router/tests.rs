@@ -55,6 +55,8 @@ fn snapshot(vhosts: &str) -> Snapshot {
 fn route_name(s: &Snapshot, r: &Req) -> Option<String> {
     let NetworkFilter::Http(h) = &s.listeners[0].filter;
     h.routes
+        .inline()
+        .unwrap()
         .find(r)
         .map(|m| format!("{}/{}", m.vhost.name, m.route.name))
 }
@@ -196,7 +198,7 @@ fn the_path_index_gives_the_same_first_match_as_a_scan() {
         routes.join(", ")
     ));
     let NetworkFilter::Http(h) = &s.listeners[0].filter;
-    let vh = &h.routes.virtual_hosts[0];
+    let vh = &h.routes.inline().unwrap().virtual_hosts[0];
     assert!(vh.index.is_some());
     for _ in 0..2000 {
         let path: &'static str = Box::leak(
@@ -216,7 +218,12 @@ fn the_path_index_gives_the_same_first_match_as_a_scan() {
         if rng.bool() {
             r.headers = vec![("x-h", "1")];
         }
-        let via_index = h.routes.find(&r).map(|m| m.route.name.to_string());
+        let via_index = h
+            .routes
+            .inline()
+            .unwrap()
+            .find(&r)
+            .map(|m| m.route.name.to_string());
         let (p, q) = match path.find('?') {
             Some(i) => (&path[..i], Some(&path.as_bytes()[i + 1..])),
             None => (path, None),

@@ -2,6 +2,7 @@
 //! pools and stats cells, from start to drain.
 
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,6 +38,81 @@ pub fn resolve_driver(requested: Driver) -> Result<Driver, String> {
     }
 }
 
+/// What the control thread asks of a core after start.
+pub enum CoreCommand {
+    /// Start serving a listener added or replaced by LDS (this core's socket).
+    Listen(crate::listener::CoreListener),
+    /// A listener changed but kept its address: same socket, new configuration.
+    Update(Arc<crate::model::Listener>),
+    /// Stop a listener removed by LDS and drain its connections.
+    Stop(Arc<str>),
+    /// A snapshot of this version was published: load it now and report it as served.
+    Snapshot(u64),
+}
+
+/// The snapshot version each core has loaded and when (for `/config_dump` and the publish
+/// latency measurement), one cache line per core, plus the last publish.
+pub struct Served {
+    cores: Box<[crate::stats::Padded<(AtomicU64, AtomicU64)>]>,
+    /// Version and start time (ns since [`Served::epoch`]) of the last publish.
+    published: (AtomicU64, AtomicU64),
+    epoch: Instant,
+}
+
+impl Served {
+    pub fn new(cores: usize) -> Arc<Served> {
+        Arc::new(Served {
+            cores: (0..cores)
+                .map(|_| crate::stats::Padded((AtomicU64::new(0), AtomicU64::new(0))))
+                .collect(),
+            published: (AtomicU64::new(0), AtomicU64::new(0)),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// The version core `k` serves.
+    pub fn get(&self, k: usize) -> u64 {
+        self.cores[k].0 .0.load(Ordering::Acquire)
+    }
+
+    /// Every core's version.
+    pub fn all(&self) -> Vec<u64> {
+        (0..self.cores.len()).map(|k| self.get(k)).collect()
+    }
+
+    fn set(&self, k: usize, v: u64) {
+        let at = self.ns(Instant::now());
+        self.cores[k].0 .1.store(at, Ordering::Relaxed);
+        self.cores[k].0 .0.store(v, Ordering::Release);
+    }
+
+    /// Records a publish of `version` whose work began at `started` (the response's
+    /// arrival).
+    pub fn published(&self, version: u64, started: Instant) {
+        self.published.1.store(self.ns(started), Ordering::Relaxed);
+        self.published.0.store(version, Ordering::Release);
+    }
+
+    /// The last published version and, once every core serves it, how long it took from
+    /// the response's arrival to the last core.
+    pub fn last_publish(&self) -> (u64, Option<Duration>) {
+        let v = self.published.0.load(Ordering::Acquire);
+        let start = self.published.1.load(Ordering::Relaxed);
+        let mut last = 0;
+        for c in self.cores.iter() {
+            if c.0 .0.load(Ordering::Acquire) < v {
+                return (v, None);
+            }
+            last = last.max(c.0 .1.load(Ordering::Relaxed));
+        }
+        (v, Some(Duration::from_nanos(last.saturating_sub(start))))
+    }
+}
+
 /// Everything one core starts with.
 pub struct CoreStart {
     pub core: usize,
@@ -47,6 +123,8 @@ pub struct CoreStart {
     pub drain_time: Duration,
     pub log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
+    pub commands: tokio::sync::mpsc::UnboundedReceiver<CoreCommand>,
+    pub served: Arc<Served>,
 }
 
 /// Starts a core thread.
@@ -109,6 +187,21 @@ async fn core_main(start: CoreStart) {
     for l in start.listeners {
         crate::listener::start(&ctx, l);
     }
+    start.served.set(ctx.core, ctx.snapshot().version);
+    let (cmd_ctx, served, mut commands) = (ctx.clone(), start.served.clone(), start.commands);
+    monoio::spawn(async move {
+        while let Some(cmd) = commands.recv().await {
+            match cmd {
+                CoreCommand::Listen(l) => crate::listener::start(&cmd_ctx, l),
+                CoreCommand::Update(l) => crate::listener::update(&cmd_ctx, l),
+                CoreCommand::Stop(name) => crate::listener::stop(&cmd_ctx, &name),
+                CoreCommand::Snapshot(_) => {
+                    let v = cmd_ctx.snapshot().version;
+                    served.set(cmd_ctx.core, v);
+                }
+            }
+        }
+    });
     let flusher = ctx.clone();
     monoio::spawn(async move {
         loop {
@@ -119,6 +212,9 @@ async fn core_main(start: CoreStart) {
     let mut drain = start.drain;
     let _ = drain.wait_for(|d| *d).await;
     ctx.drain_event.raise();
+    for slot in ctx.listeners.borrow().values() {
+        slot.shut();
+    }
     // Listeners stop accepting on their own; in-flight requests get until the deadline.
     let deadline = Instant::now() + start.drain_time;
     while ctx.active.get() > 0 && Instant::now() < deadline {

@@ -78,7 +78,7 @@ pub fn select_family(addrs: &[SocketAddr], family: DnsFamily) -> Vec<SocketAddr>
 pub async fn warm(snapshot: &mut Snapshot, core: usize) {
     for i in 0..snapshot.clusters.len() {
         let c = &snapshot.clusters[i];
-        if c.discovery == Discovery::Static {
+        if !matches!(c.discovery, Discovery::StrictDns | Discovery::LogicalDns) {
             continue;
         }
         let eps = resolve(c, core).await;
@@ -97,18 +97,19 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
         let period = current
             .clusters
             .iter()
-            .filter(|c| c.discovery != Discovery::Static)
+            .filter(|c| matches!(c.discovery, Discovery::StrictDns | Discovery::LogicalDns))
             .map(|c| c.dns_refresh)
             .min();
         let Some(period) = period else {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
+            // CDS may add DNS clusters at any time.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
         tokio::time::sleep(period).await;
-        let current = shared.load_full();
+        let before = shared.load_full();
         let mut changed = Vec::new();
-        for (i, c) in current.clusters.iter().enumerate() {
-            if c.discovery == Discovery::Static {
+        for c in before.clusters.iter() {
+            if !matches!(c.discovery, Discovery::StrictDns | Discovery::LogicalDns) {
                 continue;
             }
             let eps = resolve(c, core).await;
@@ -116,21 +117,36 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
                 continue; // keep the last good answer through a failed lookup
             }
             if eps.as_slice() != &*c.endpoints {
-                let stats = c.stats.core(core);
-                stats.inc(ClusterStat::UpdateSuccess as usize);
-                stats.add(
-                    ClusterStat::MembershipTotal as usize,
-                    (eps.len() as u64).wrapping_sub(c.endpoints.len() as u64),
-                );
-                changed.push((i, Arc::new(c.with_endpoints(eps.into()))));
+                changed.push((c.clone(), eps));
             }
         }
         if changed.is_empty() {
             continue;
         }
+        // xDS may have published while we awaited: apply the answers by name to what is
+        // current now, with no await between this load and the store.
+        let current = shared.load_full();
         let mut clusters = current.clusters.clone();
-        for (i, c) in changed {
-            clusters[i] = c;
+        let mut any = false;
+        for (old, eps) in changed {
+            let Some(&i) = current.cluster_index.get(&old.name) else {
+                continue;
+            };
+            let c = &current.clusters[i];
+            if c.dns_hosts != old.dns_hosts || eps.as_slice() == &*c.endpoints {
+                continue;
+            }
+            let stats = c.stats.core(core);
+            stats.inc(ClusterStat::UpdateSuccess as usize);
+            stats.add(
+                ClusterStat::MembershipTotal as usize,
+                (eps.len() as u64).wrapping_sub(c.endpoints.len() as u64),
+            );
+            clusters[i] = Arc::new(c.with_endpoints(eps.into()));
+            any = true;
+        }
+        if !any {
+            continue;
         }
         shared.store(Arc::new(Snapshot {
             version: current.version + 1,
@@ -138,6 +154,8 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
             listeners: current.listeners.clone(),
             clusters,
             cluster_index: current.cluster_index.clone(),
+            route_configs: current.route_configs.clone(),
+            dynamic: current.dynamic.clone(),
             admin: current.admin,
             bootstrap: current.bootstrap.clone(),
         }));

@@ -1,4 +1,8 @@
-//! The control thread's work besides admin: DNS for STRICT_DNS/LOGICAL_DNS clusters today
-//! (the ADS client joins here), always publishing whole snapshots.
+//! The control thread: the ADS client, its resource caches, publishing whole snapshots
+//! to the cores, and DNS for STRICT_DNS/LOGICAL_DNS clusters.
 
+pub mod ads;
 pub mod dns;
+pub mod publish;
+pub mod state;
+pub mod unknown;

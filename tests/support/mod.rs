@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The io drivers a test runs on: legacy always, io_uring when this kernel allows it.
+pub mod ads;
+
 pub fn drivers() -> Vec<&'static str> {
     let mut d = vec!["legacy"];
     if io_uring_available() {
@@ -119,6 +121,45 @@ impl Proxy {
                 .insert(l["name"].as_str().unwrap().to_string(), addr);
         }
         proxy
+    }
+
+    /// The address of listener `name` once it is bound (LDS adds listeners later), within
+    /// 10 s.
+    pub async fn wait_listener(&self, name: &str) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = self.admin_get("/listeners?format=json").await.1;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for l in v["listener_statuses"].as_array().unwrap() {
+                if l["name"] == name {
+                    let sa = &l["local_address"]["socket_address"];
+                    return SocketAddr::new(
+                        sa["address"].as_str().unwrap().parse().unwrap(),
+                        sa["port_value"].as_u64().unwrap() as u16,
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} not bound: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `check` holds for the parsed `/config_dump`, within 10 s.
+    pub async fn wait_config(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_str(&self.admin_get("/config_dump").await.1).unwrap();
+            if check(&v) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {v:#}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The address of the only (or named) listener.

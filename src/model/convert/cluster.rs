@@ -8,7 +8,15 @@ use crate::proto::envoy::config::cluster::v3 as pb;
 use crate::proto::envoy::config::core::v3::HealthStatus;
 use crate::stats::ClusterStat;
 
-use super::{duration, err, host_port, socket_addr, timeout, ConvertError, Ctx};
+use crate::proto::envoy::config::core::v3::address::Address;
+use crate::proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use crate::proto::envoy::extensions::upstreams::http::v3 as http_opts;
+use http_opts::HttpProtocolOptions;
+
+use super::{
+    any_type, decode_any, duration, err, host_port, socket_addr, timeout, ConvertError, Ctx,
+};
 
 pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, ConvertError> {
     if c.name.is_empty() {
@@ -25,6 +33,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         Ok(T::Static) => Discovery::Static,
         Ok(T::StrictDns) => Discovery::StrictDns,
         Ok(T::LogicalDns) => Discovery::LogicalDns,
+        Ok(T::Eds) => Discovery::Eds,
         Ok(other) => {
             return Err(err(
                 res,
@@ -131,77 +140,33 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if dns_refresh < Duration::from_millis(1) {
         return Err(err(res, "dns_refresh_rate", "must be at least 1ms"));
     }
-    let mut endpoints = Vec::new();
-    let mut dns_hosts = Vec::new();
-    if let Some(la) = &c.load_assignment {
-        for (li, locality) in la.endpoints.iter().enumerate() {
-            if locality.priority != 0 {
-                return Err(err(
-                    res,
-                    format!("load_assignment.endpoints[{li}].priority"),
-                    "priorities other than 0 are not supported",
-                ));
-            }
-            for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
-                let path = format!("load_assignment.endpoints[{li}].lb_endpoints[{ei}]");
-                let Some(crate::proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(ep)) =
-                    &lb.host_identifier
-                else {
-                    return Err(err(res, format!("{path}.endpoint"), "endpoint is required"));
-                };
-                let Some(addr) = &ep.address else {
-                    return Err(err(
-                        res,
-                        format!("{path}.endpoint.address"),
-                        "address is required",
-                    ));
-                };
-                let weight = lb.load_balancing_weight.unwrap_or(1);
-                if weight == 0 {
-                    return Err(err(
-                        res,
-                        format!("{path}.load_balancing_weight"),
-                        "must be at least 1",
-                    ));
-                }
-                let healthy = !matches!(
-                    HealthStatus::try_from(lb.health_status),
-                    Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
-                );
-                match discovery {
-                    Discovery::Static => {
-                        let address = socket_addr(addr, res, &format!("{path}.endpoint.address"))?;
-                        let hostname: Arc<str> = if ep.hostname.is_empty() {
-                            address.to_string().into()
-                        } else {
-                            ep.hostname.as_str().into()
-                        };
-                        endpoints.push(Endpoint {
-                            address,
-                            hostname,
-                            weight,
-                            healthy,
-                        });
-                    }
-                    Discovery::StrictDns | Discovery::LogicalDns => {
-                        let (host, port) =
-                            host_port(addr, res, &format!("{path}.endpoint.address"))?;
-                        if host.is_empty() {
-                            return Err(err(
-                                res,
-                                format!("{path}.endpoint.address.socket_address.address"),
-                                "host name is required",
-                            ));
-                        }
-                        dns_hosts.push(DnsHost {
-                            host: host.to_string(),
-                            port,
-                            weight,
-                        });
-                    }
-                }
-            }
+    let (mut endpoints, mut dns_hosts, mut unix) = (Vec::new(), Vec::new(), Vec::new());
+    let mut eds_service = None;
+    if discovery == Discovery::Eds {
+        let eds = c.eds_cluster_config.as_ref();
+        super::config_source(
+            eds.and_then(|e| e.eds_config.as_ref()),
+            ctx.ads,
+            res,
+            "eds_cluster_config.eds_config",
+        )?;
+        if c.load_assignment.is_some() {
+            return Err(err(
+                res,
+                "load_assignment",
+                "EDS clusters take their endpoints from EDS, not load_assignment",
+            ));
         }
+        let service = eds
+            .map(|e| e.service_name.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&c.name);
+        eds_service = Some(Arc::<str>::from(service));
+    } else if c.eds_cluster_config.is_some() {
+        return Err(err(res, "eds_cluster_config", "only valid with type EDS"));
+    }
+    if let Some(la) = &c.load_assignment {
+        (endpoints, dns_hosts, unix) = self::endpoints(la, discovery, res, "load_assignment")?;
         if !la.cluster_name.is_empty() && la.cluster_name != c.name {
             return Err(err(
                 res,
@@ -210,6 +175,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             ));
         }
     }
+    let http2 = http2(c, res)?;
     if discovery == Discovery::LogicalDns && dns_hosts.len() != 1 {
         return Err(err(
             res,
@@ -229,6 +195,9 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         name: c.name.as_str().into(),
         stats,
         discovery,
+        eds_service,
+        http2,
+        unix_endpoints: unix.into(),
         lb,
         connect_timeout,
         idle_timeout,
@@ -239,3 +208,136 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         endpoints: endpoints.into(),
     })
 }
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Whether the cluster asks for HTTP/2 upstream: the legacy `http2_protocol_options` or
+/// `typed_extension_protocol_options` with an explicit HTTP/2 config.
+fn http2(c: &pb::Cluster, res: &str) -> Result<bool, ConvertError> {
+    let mut h2 = c.http2_protocol_options.is_some();
+    for (key, any) in &c.typed_extension_protocol_options {
+        let path = format!("typed_extension_protocol_options[\"{key}\"]");
+        if any_type(any) != HTTP_OPTIONS {
+            return Err(err(
+                res,
+                format!("{path}.typed_config"),
+                format!(
+                    "protocol options of type {} are not supported",
+                    any_type(any)
+                ),
+            ));
+        }
+        let o: HttpProtocolOptions = decode_any(any, HTTP_OPTIONS, res, &path)?;
+        use http_opts::http_protocol_options::UpstreamProtocolOptions as U;
+        match &o.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => {
+                use http_opts::http_protocol_options::explicit_http_config::ProtocolConfig as P;
+                h2 |= matches!(e.protocol_config, Some(P::Http2ProtocolOptions(_)));
+            }
+            None => {}
+        }
+        if o.common_http_protocol_options.is_some() {
+            return Err(err(
+                res,
+                format!("{path}.common_http_protocol_options"),
+                "set common_http_protocol_options on the cluster itself",
+            ));
+        }
+    }
+    Ok(h2)
+}
+
+/// Endpoints of a load assignment: IP endpoints (STATIC/EDS), DNS names (DNS types) and
+/// unix socket paths.
+pub(super) fn endpoints(
+    la: &ClusterLoadAssignment,
+    discovery: Discovery,
+    res: &str,
+    at: &str,
+) -> Result<Endpoints, ConvertError> {
+    let (mut endpoints, mut dns_hosts, mut unix) = (Vec::new(), Vec::new(), Vec::new());
+    let prefix = if at.is_empty() {
+        String::new()
+    } else {
+        format!("{at}.")
+    };
+    for (li, locality) in la.endpoints.iter().enumerate() {
+        if locality.priority != 0 {
+            return Err(err(
+                res,
+                format!("{prefix}endpoints[{li}].priority"),
+                "priorities other than 0 are not supported",
+            ));
+        }
+        for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
+            let path = format!("{prefix}endpoints[{li}].lb_endpoints[{ei}]");
+            let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
+                return Err(err(res, format!("{path}.endpoint"), "endpoint is required"));
+            };
+            let Some(addr) = &ep.address else {
+                return Err(err(
+                    res,
+                    format!("{path}.endpoint.address"),
+                    "address is required",
+                ));
+            };
+            let weight = lb.load_balancing_weight.unwrap_or(1);
+            if weight == 0 {
+                return Err(err(
+                    res,
+                    format!("{path}.load_balancing_weight"),
+                    "must be at least 1",
+                ));
+            }
+            let healthy = !matches!(
+                HealthStatus::try_from(lb.health_status),
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+            );
+            if let Some(Address::Pipe(pipe)) = &addr.address {
+                if discovery != Discovery::Static {
+                    return Err(err(
+                        res,
+                        format!("{path}.endpoint.address.pipe"),
+                        "unix socket endpoints need a STATIC cluster",
+                    ));
+                }
+                unix.push(std::path::PathBuf::from(&pipe.path));
+                continue;
+            }
+            match discovery {
+                Discovery::Static | Discovery::Eds => {
+                    let address = socket_addr(addr, res, &format!("{path}.endpoint.address"))?;
+                    let hostname: Arc<str> = if ep.hostname.is_empty() {
+                        address.to_string().into()
+                    } else {
+                        ep.hostname.as_str().into()
+                    };
+                    endpoints.push(Endpoint {
+                        address,
+                        hostname,
+                        weight,
+                        healthy,
+                    });
+                }
+                Discovery::StrictDns | Discovery::LogicalDns => {
+                    let (host, port) = host_port(addr, res, &format!("{path}.endpoint.address"))?;
+                    if host.is_empty() {
+                        return Err(err(
+                            res,
+                            format!("{path}.endpoint.address.socket_address.address"),
+                            "host name is required",
+                        ));
+                    }
+                    dns_hosts.push(DnsHost {
+                        host: host.to_string(),
+                        port,
+                        weight,
+                    });
+                }
+            }
+        }
+    }
+    Ok((endpoints, dns_hosts, unix))
+}
+
+type Endpoints = (Vec<Endpoint>, Vec<DnsHost>, Vec<std::path::PathBuf>);

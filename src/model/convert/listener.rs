@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::model::format::{Format, DEFAULT_ACCESS_LOG};
 use crate::model::{
-    AccessLog, Codec, HttpConnectionManager, Listener, LogSink, NetworkFilter, ServerHeader,
-    StripPort, UnderscoreAction,
+    AccessLog, Codec, HttpConnectionManager, Listener, LogSink, NetworkFilter, RouteSource,
+    ServerHeader, StripPort, UnderscoreAction,
 };
 use crate::proto::envoy::config::accesslog::v3::{access_log, AccessLog as PbAccessLog};
 use crate::proto::envoy::config::core::v3 as core;
@@ -117,7 +117,7 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
         stats,
         filter,
         exact_balance,
-        bind_key: address.to_string(),
+        bind_key: format!("{address} exact_balance={exact_balance}"),
     })
 }
 
@@ -184,10 +184,32 @@ fn connection_manager(
         }
     };
     let routes = match &m.route_specifier {
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            Arc::new(super::route::convert(rc, res, &p("route_config"), ctx)?)
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+            super::route::convert(rc, res, &p("route_config"), ctx)?,
+        )),
+        Some(RouteSpecifier::Rds(rds)) => {
+            if rds.route_config_name.is_empty() {
+                return Err(err(
+                    res,
+                    p("rds.route_config_name"),
+                    "route_config_name is required",
+                ));
+            }
+            super::config_source(
+                rds.config_source.as_ref(),
+                ctx.ads,
+                res,
+                &p("rds.config_source"),
+            )?;
+            RouteSource::Rds(rds.route_config_name.as_str().into())
         }
-        None => return Err(err(res, p("route_config"), "route_config is required")),
+        None => {
+            return Err(err(
+                res,
+                p("route_config"),
+                "route_config or rds is required",
+            ))
+        }
     };
     // HTTP filters: exactly the router, last.
     let mut suppress_envoy_headers = false;

@@ -33,6 +33,122 @@ pub struct Ctx<'a> {
     /// Paths of fields that were set but are ignorable knobs (README table).
     pub ignored: Vec<String>,
     cluster_index: HashMap<Arc<str>, usize>,
+    /// Converting xDS resources (not the bootstrap): routes are not validated against
+    /// clusters by default, as in Envoy.
+    dynamic: bool,
+    /// The bootstrap configures an ADS stream (`ads: {}` config sources are valid).
+    ads: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for resources that arrive over xDS.
+    pub fn dynamic(stats: &'a Store) -> Self {
+        Ctx {
+            stats,
+            ignored: Vec::new(),
+            cluster_index: HashMap::new(),
+            dynamic: true,
+            ads: true,
+        }
+    }
+}
+
+/// Converts one CDS cluster.
+pub fn cluster_resource(
+    c: &crate::proto::envoy::config::cluster::v3::Cluster,
+    ctx: &mut Ctx<'_>,
+) -> Result<super::Cluster, ConvertError> {
+    cluster::convert(c, ctx)
+}
+
+/// Converts one LDS listener.
+pub fn listener_resource(
+    l: &crate::proto::envoy::config::listener::v3::Listener,
+    ctx: &mut Ctx<'_>,
+) -> Result<super::Listener, ConvertError> {
+    listener::convert(l, ctx)
+}
+
+/// Converts one RDS route configuration.
+pub fn route_resource(
+    rc: &crate::proto::envoy::config::route::v3::RouteConfiguration,
+    ctx: &mut Ctx<'_>,
+) -> Result<super::route::RouteTable, ConvertError> {
+    let res = format!("route configuration '{}'", rc.name);
+    if rc.name.is_empty() {
+        return Err(err(&res, "name", "name is required"));
+    }
+    let mut t = route::convert(rc, &res, "", ctx)?;
+    t.name = rc.name.as_str().into();
+    Ok(t)
+}
+
+/// Converts one EDS ClusterLoadAssignment into endpoints.
+pub fn endpoints_resource(
+    cla: &crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> Result<Vec<super::Endpoint>, ConvertError> {
+    let res = format!("cluster load assignment '{}'", cla.cluster_name);
+    if cla.cluster_name.is_empty() {
+        return Err(err(&res, "cluster_name", "cluster_name is required"));
+    }
+    let (endpoints, _, unix) = cluster::endpoints(cla, super::Discovery::Static, &res, "")?;
+    if let Some(p) = unix.first() {
+        return Err(err(
+            &res,
+            "endpoints",
+            format!(
+                "unix socket endpoint {} is not supported in EDS",
+                p.display()
+            ),
+        ));
+    }
+    Ok(endpoints)
+}
+
+/// Checks a config source: only `ads: {}` is supported, and only when the bootstrap
+/// configures ADS.
+pub(crate) fn config_source(
+    cs: Option<&core::ConfigSource>,
+    ads: bool,
+    resource: &str,
+    path: &str,
+) -> Result<Option<Duration>, ConvertError> {
+    use core::config_source::ConfigSourceSpecifier as S;
+    let Some(cs) = cs else {
+        return Err(err(resource, path, "config_source is required"));
+    };
+    match &cs.config_source_specifier {
+        Some(S::Ads(_)) => {}
+        Some(S::ApiConfigSource(_)) => {
+            return Err(err(
+                resource,
+                format!("{path}.api_config_source"),
+                "only ADS config sources (ads: {}) are supported",
+            ))
+        }
+        None => return Err(err(resource, path, "ads: {} is required")),
+    }
+    if !ads {
+        return Err(err(
+            resource,
+            format!("{path}.ads"),
+            "the bootstrap has no dynamic_resources.ads_config",
+        ));
+    }
+    if cs.resource_api_version == core::ApiVersion::V2 as i32 {
+        return Err(err(
+            resource,
+            format!("{path}.resource_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    // Envoy's default initial fetch timeout is 15 s; 0 waits for ever.
+    timeout(
+        cs.initial_fetch_timeout.as_ref(),
+        Some(Duration::from_secs(15)),
+        resource,
+        &format!("{path}.initial_fetch_timeout"),
+    )
 }
 
 /// Builds the error for `resource` at `path`.
@@ -58,7 +174,13 @@ pub fn bootstrap_snapshot(
         stats,
         ignored: Vec::new(),
         cluster_index: HashMap::new(),
+        dynamic: false,
+        ads: false,
     };
+    if let Some(dr) = &bootstrap.dynamic_resources {
+        validate_dynamic_resources(dr)?;
+        ctx.ads = dr.ads_config.is_some();
+    }
     let admin = match &bootstrap.admin {
         Some(admin) => {
             if !admin.access_log.is_empty() {
@@ -117,10 +239,131 @@ pub fn bootstrap_snapshot(
         listeners,
         clusters,
         cluster_index: ctx.cluster_index,
+        route_configs: HashMap::new(),
         admin,
         bootstrap: Arc::new(bootstrap.clone()),
+        dynamic: Default::default(),
     };
     Ok((snapshot, ctx.ignored))
+}
+
+/// How Ringside reaches its control plane, from `dynamic_resources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsConfig {
+    /// Incremental (`DELTA_GRPC`) or state of the world (`GRPC`).
+    pub delta: bool,
+    /// The static cluster that leads to the server.
+    pub cluster: String,
+    pub set_node_on_first_message_only: bool,
+    /// `initial_metadata` sent with the stream.
+    pub metadata: Vec<(String, String)>,
+    /// Initial fetch timeouts of LDS and CDS (`None`: wait for ever).
+    pub lds_timeout: Option<Duration>,
+    pub cds_timeout: Option<Duration>,
+    pub lds: bool,
+    pub cds: bool,
+}
+
+const DR: &str = "dynamic_resources";
+
+/// Validates `dynamic_resources`; the parts Ringside runs are returned by [`ads_config`].
+fn validate_dynamic_resources(
+    dr: &crate::proto::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+) -> Result<(), ConvertError> {
+    ads_config(dr).map(|_| ())
+}
+
+/// The ADS client's configuration, if the bootstrap has one.
+pub fn ads_config(
+    dr: &crate::proto::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+) -> Result<Option<AdsConfig>, ConvertError> {
+    use core::api_config_source::ApiType;
+    let Some(ads) = &dr.ads_config else {
+        if dr.lds_config.is_some() || dr.cds_config.is_some() {
+            return Err(err(
+                DR,
+                format!("{DR}.ads_config"),
+                "lds_config/cds_config need ads_config: only ADS is supported",
+            ));
+        }
+        return Ok(None);
+    };
+    let p = format!("{DR}.ads_config");
+    let delta = match ApiType::try_from(ads.api_type) {
+        Ok(ApiType::Grpc) => false,
+        Ok(ApiType::DeltaGrpc) => true,
+        _ => {
+            return Err(err(
+                DR,
+                format!("{p}.api_type"),
+                "only GRPC and DELTA_GRPC are supported",
+            ))
+        }
+    };
+    if ads.transport_api_version == core::ApiVersion::V2 as i32 {
+        return Err(err(
+            DR,
+            format!("{p}.transport_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    let svc = match ads.grpc_services.as_slice() {
+        [svc] => svc,
+        _ => {
+            return Err(err(
+                DR,
+                format!("{p}.grpc_services"),
+                "exactly one grpc service is required",
+            ))
+        }
+    };
+    let Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(eg)) = &svc.target_specifier else {
+        return Err(err(
+            DR,
+            format!("{p}.grpc_services[0].envoy_grpc"),
+            "envoy_grpc is required",
+        ));
+    };
+    if eg.cluster_name.is_empty() {
+        return Err(err(
+            DR,
+            format!("{p}.grpc_services[0].envoy_grpc.cluster_name"),
+            "cluster_name is required",
+        ));
+    }
+    let metadata = svc
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    let lds_timeout = match &dr.lds_config {
+        Some(_) => config_source(
+            dr.lds_config.as_ref(),
+            true,
+            DR,
+            &format!("{DR}.lds_config"),
+        )?,
+        None => None,
+    };
+    let cds_timeout = match &dr.cds_config {
+        Some(_) => config_source(
+            dr.cds_config.as_ref(),
+            true,
+            DR,
+            &format!("{DR}.cds_config"),
+        )?,
+        None => None,
+    };
+    Ok(Some(AdsConfig {
+        delta,
+        cluster: eg.cluster_name.clone(),
+        set_node_on_first_message_only: ads.set_node_on_first_message_only,
+        metadata,
+        lds_timeout,
+        cds_timeout,
+        lds: dr.lds_config.is_some(),
+        cds: dr.cds_config.is_some(),
+    }))
 }
 
 fn join(a: &str, b: &str) -> String {

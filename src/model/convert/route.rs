@@ -15,14 +15,15 @@ use crate::proto::envoy::r#type::matcher::v3 as matcher;
 
 use super::{data_source, err, timeout, ConvertError, Ctx};
 
-pub(super) fn convert(
+pub(crate) fn convert(
     rc: &pb::RouteConfiguration,
     res: &str,
     path: &str,
     ctx: &mut Ctx<'_>,
 ) -> Result<RouteTable, ConvertError> {
     let p = |f: &str| format!("{path}.{f}");
-    let validate_clusters = rc.validate_clusters.unwrap_or(true);
+    // Envoy: validated by default only when the configuration is static (bootstrap).
+    let validate_clusters = rc.validate_clusters.unwrap_or(!ctx.dynamic);
     let max_body = rc.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
     let mut table = RouteTable {
         name: rc.name.as_str().into(),

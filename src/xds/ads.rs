@@ -1,0 +1,587 @@
+//! The ADS client: one gRPC stream to the control plane (TCP, or a Unix socket as
+//! pilot-agent serves it), state of the world (`GRPC`) or incremental (`DELTA_GRPC`),
+//! following Envoy's xDS protocol: ACK with the accepted version and the nonce, NACK with
+//! the previous version, the nonce and the error; reconnect with jittered exponential
+//! backoff while the last good snapshot keeps serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::model::convert::AdsConfig;
+use crate::proto::envoy::config::core::v3::Node;
+use crate::proto::envoy::service::discovery::v3 as pb;
+use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient as Client;
+use crate::proto::google::rpc::Status;
+use crate::stats::{ClusterStat, ControlPlaneStat, Scope, Store, XdsStat};
+
+use super::publish::Publisher;
+use super::state::{Incoming, Kind, Resources, Static, Update};
+
+/// gRPC status code INVALID_ARGUMENT, carried by NACKs.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Everything the control thread's xDS side owns.
+pub struct Control {
+    pub publisher: Publisher,
+    pub resources: Resources,
+    pub statics: Static,
+    pub stats: Arc<Store>,
+    /// The stats block the control thread writes.
+    pub core: usize,
+    /// Set once the first CDS and LDS responses were applied (`/ready`).
+    pub initialized: Arc<AtomicBool>,
+    cp: Arc<Scope>,
+    seen: BTreeSet<Kind>,
+}
+
+impl Control {
+    pub fn new(
+        publisher: Publisher,
+        statics: Static,
+        stats: Arc<Store>,
+        initialized: Arc<AtomicBool>,
+    ) -> Control {
+        let cp = stats.scope::<ControlPlaneStat>("control_plane.");
+        Control {
+            publisher,
+            resources: Resources::default(),
+            statics,
+            core: stats.control_core(),
+            stats,
+            initialized,
+            cp,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    fn scopes(&self, update: &Update) -> Vec<Arc<Scope>> {
+        match update.kind {
+            Kind::Cluster => vec![self.stats.scope::<XdsStat>("cluster_manager.cds.")],
+            Kind::Listener => vec![self.stats.scope::<XdsStat>("listener_manager.lds.")],
+            Kind::Route => {
+                let mut prefixes = BTreeSet::new();
+                for inc in &update.resources {
+                    let name = if inc.name.is_empty() {
+                        route_name(&inc.resource)
+                    } else {
+                        inc.name.clone()
+                    };
+                    for p in self.resources.rds_stat_prefixes(&name, &self.statics) {
+                        prefixes.insert(format!("http.{p}.rds.{name}."));
+                    }
+                }
+                prefixes
+                    .iter()
+                    .map(|p| self.stats.scope::<XdsStat>(p))
+                    .collect()
+            }
+            Kind::Endpoint => Vec::new(),
+        }
+    }
+
+    /// Applies one response: convert, assemble, bind, publish. `Err` is the NACK text.
+    pub fn apply(&mut self, update: &Update) -> Result<u64, String> {
+        let started = Instant::now();
+        let scopes = self.scopes(update);
+        let eds: Vec<Arc<Scope>> = if update.kind == Kind::Endpoint {
+            let names: BTreeSet<String> = update
+                .resources
+                .iter()
+                .map(|i| {
+                    if i.name.is_empty() {
+                        cla_name(&i.resource)
+                    } else {
+                        i.name.clone()
+                    }
+                })
+                .collect();
+            names
+                .iter()
+                .map(|n| self.stats.scope::<ClusterStat>(&format!("cluster.{n}.")))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bump = |x: XdsStat, c: ClusterStat| {
+            for s in &scopes {
+                s.core(self.core).inc(x as usize);
+            }
+            for s in &eds {
+                s.core(self.core).inc(c as usize);
+            }
+        };
+        bump(XdsStat::UpdateAttempt, ClusterStat::UpdateAttempt);
+        let mut staged = self.resources.clone();
+        let result = staged
+            .apply(update, &self.statics, &self.stats)
+            .and_then(|ignored| {
+                for path in ignored {
+                    tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
+                }
+                staged.prune(&self.statics);
+                let current = self.publisher.shared.load_full();
+                let snap = staged.assemble(&self.statics, &current);
+                self.publisher.publish(snap, started)
+            });
+        match result {
+            Ok(v) => {
+                self.resources = staged;
+                bump(XdsStat::UpdateSuccess, ClusterStat::UpdateSuccess);
+                if update.resources.is_empty() && update.removed.is_empty() {
+                    bump(XdsStat::UpdateEmpty, ClusterStat::UpdateEmpty);
+                }
+                self.seen.insert(update.kind);
+                if self.seen.contains(&Kind::Cluster) && self.seen.contains(&Kind::Listener) {
+                    self.initialized.store(true, Ordering::Release);
+                }
+                tracing::info!(
+                    kind = update.kind.short(),
+                    version = %update.version_info,
+                    resources = update.resources.len(),
+                    removed = update.removed.len(),
+                    snapshot = v,
+                    "xDS update applied"
+                );
+                Ok(v)
+            }
+            Err(e) => {
+                bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);
+                tracing::warn!(kind = update.kind.short(), version = %update.version_info, "xDS update rejected: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-assembles after a warming deadline passed (initial fetch timeout).
+    fn on_deadline(&mut self) {
+        let current = self.publisher.shared.load_full();
+        let snap = self.resources.assemble(&self.statics, &current);
+        let s = self.stats.scope::<XdsStat>("listener_manager.lds.");
+        s.core(self.core).inc(XdsStat::InitFetchTimeout as usize);
+        if let Err(e) = self.publisher.publish(snap, Instant::now()) {
+            tracing::warn!("publishing after an initial fetch timeout failed: {e}");
+        }
+    }
+}
+
+fn route_name(any: &prost_types::Any) -> String {
+    use prost::Message;
+    crate::proto::envoy::config::route::v3::RouteConfiguration::decode(any.value.as_slice())
+        .map(|r| r.name)
+        .unwrap_or_default()
+}
+
+fn cla_name(any: &prost_types::Any) -> String {
+    use prost::Message;
+    crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(any.value.as_slice())
+        .map(|r| r.cluster_name)
+        .unwrap_or_default()
+}
+
+/// Where the ADS server is.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+/// The ADS server's address, from the static cluster the bootstrap names.
+pub fn target(cfg: &AdsConfig, statics: &Static) -> Result<(Target, Duration), String> {
+    let path = "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name";
+    let Some(c) = statics.clusters.iter().find(|c| *c.name == *cfg.cluster) else {
+        return Err(format!("{path}: '{}' is not a static cluster", cfg.cluster));
+    };
+    if let Some(p) = c.unix_endpoints.first() {
+        return Ok((Target::Unix(p.clone()), c.connect_timeout));
+    }
+    if let Some(e) = c.endpoints.first() {
+        return Ok((Target::Tcp(e.address), c.connect_timeout));
+    }
+    Err(format!(
+        "{path}: cluster '{}' has no endpoint to reach the control plane",
+        cfg.cluster
+    ))
+}
+
+async fn connect(
+    target: &Target,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use tonic::transport::Endpoint;
+    match target {
+        Target::Tcp(addr) => {
+            Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(timeout)
+                .tcp_nodelay(true)
+                .connect()
+                .await
+        }
+        Target::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                    let path = path.clone();
+                    async move {
+                        let s = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                    }
+                }))
+                .await
+        }
+    }
+}
+
+/// Jittered exponential backoff: 500 ms doubling to 30 s, each wait drawn from
+/// [base/2, base] (Envoy's default retry policy for xDS streams is 500 ms to 30 s).
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const BASE: Duration = Duration::from_millis(500);
+    pub const MAX: Duration = Duration::from_secs(30);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Self::BASE }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::BASE;
+    }
+
+    pub fn wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs the ADS client for ever (the process's drain ends it).
+pub async fn run(cfg: AdsConfig, node: Node, mut control: Control) {
+    let (target, timeout) = match target(&cfg, &control.statics) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("ADS disabled: {e}");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        let got_response = match connect(&target, timeout).await {
+            Ok(channel) => {
+                control
+                    .cp
+                    .core(control.core)
+                    .inc(ControlPlaneStat::StreamsOpened as usize);
+                let r = if cfg.delta {
+                    delta_stream(&cfg, &node, &mut control, channel).await
+                } else {
+                    sotw_stream(&cfg, &node, &mut control, channel).await
+                };
+                set_connected(&control, false);
+                control
+                    .cp
+                    .core(control.core)
+                    .inc(ControlPlaneStat::StreamsClosed as usize);
+                match r {
+                    Ok(got) => {
+                        tracing::warn!(?target, "ADS stream closed by the server");
+                        got
+                    }
+                    Err((got, status)) => {
+                        tracing::warn!(?target, "ADS stream failed: {status}");
+                        got
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(?target, "cannot reach the control plane: {e}");
+                false
+            }
+        };
+        if got_response {
+            backoff.reset();
+        }
+        tokio::time::sleep(backoff.wait()).await;
+    }
+}
+
+fn set_connected(control: &Control, up: bool) {
+    let c = control.cp.core(control.core);
+    let now = control
+        .cp
+        .on_core(control.core, ControlPlaneStat::ConnectedState as usize);
+    match (now, up) {
+        (0, true) => c.inc(ControlPlaneStat::ConnectedState as usize),
+        (1, false) => c.dec(ControlPlaneStat::ConnectedState as usize),
+        _ => {}
+    }
+}
+
+type StreamEnd = Result<bool, (bool, tonic::Status)>;
+
+fn with_metadata<T>(cfg: &AdsConfig, msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    for (k, v) in &cfg.metadata {
+        if let (Ok(k), Ok(v)) = (
+            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse(),
+        ) {
+            req.metadata_mut().insert(k, v);
+        }
+    }
+    req
+}
+
+/// The types this bootstrap subscribes to, in Envoy's order.
+fn kinds(cfg: &AdsConfig) -> Vec<Kind> {
+    Kind::ALL
+        .into_iter()
+        .filter(|k| match k {
+            Kind::Cluster => cfg.cds,
+            Kind::Listener => cfg.lds,
+            _ => true,
+        })
+        .collect()
+}
+
+/// Waits for the next warming deadline, or for ever.
+async fn deadline(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Default)]
+struct SotwType {
+    version: String,
+    nonce: String,
+    names: BTreeSet<String>,
+    sent: bool,
+}
+
+async fn sotw_stream(
+    cfg: &AdsConfig,
+    node: &Node,
+    control: &mut Control,
+    channel: tonic::transport::Channel,
+) -> StreamEnd {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::DiscoveryRequest>();
+    let mut node_sent = false;
+    let mut types: BTreeMap<Kind, SotwType> = BTreeMap::new();
+    let send = |tx: &UnboundedSender<pb::DiscoveryRequest>,
+                node_sent: &mut bool,
+                kind: Kind,
+                t: &SotwType,
+                error: Option<String>| {
+        let node = (!*node_sent || !cfg.set_node_on_first_message_only).then(|| node.clone());
+        *node_sent = true;
+        let _ = tx.send(pb::DiscoveryRequest {
+            version_info: t.version.clone(),
+            node,
+            resource_names: t.names.iter().cloned().collect(),
+            type_url: kind.type_url().into(),
+            response_nonce: t.nonce.clone(),
+            error_detail: error.map(|message| Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }),
+        });
+    };
+    // Initial requests, carrying the versions this client already has (reconnects).
+    for kind in kinds(cfg) {
+        let names = control.resources.wanted(kind, &control.statics);
+        if !kind.wildcard() && names.is_empty() {
+            continue;
+        }
+        let t = types.entry(kind).or_default();
+        t.version = control.resources.version(kind);
+        t.names = names;
+        t.sent = true;
+        send(&tx, &mut node_sent, kind, t, None);
+    }
+    let mut client = Client::new(channel).max_decoding_message_size(usize::MAX);
+    let mut inbound = match client
+        .stream_aggregated_resources(with_metadata(cfg, UnboundedReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err((false, s)),
+    };
+    set_connected(control, true);
+    let mut got = false;
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = deadline(control.resources.next_deadline()) => {
+                control.on_deadline();
+                continue;
+            }
+        };
+        let resp = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(got),
+            Err(s) => return Err((got, s)),
+        };
+        got = true;
+        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type Ringside does not subscribe to");
+            continue;
+        };
+        let update = Update {
+            kind,
+            version_info: resp.version_info.clone(),
+            resources: resp
+                .resources
+                .into_iter()
+                .map(|resource| Incoming {
+                    name: String::new(),
+                    version: resp.version_info.clone(),
+                    resource,
+                })
+                .collect(),
+            removed: Vec::new(),
+            full_state: kind.wildcard(),
+        };
+        let result = control.apply(&update);
+        let t = types.entry(kind).or_default();
+        t.nonce = resp.nonce;
+        let error = match result {
+            Ok(_) => {
+                t.version = resp.version_info;
+                None
+            }
+            Err(e) => Some(e),
+        };
+        send(&tx, &mut node_sent, kind, t, error);
+        // EDS and RDS follow what CDS and LDS reference.
+        for k in [Kind::Endpoint, Kind::Route] {
+            let wanted = control.resources.wanted(k, &control.statics);
+            let t = types.entry(k).or_default();
+            if wanted != t.names || (!t.sent && !wanted.is_empty()) {
+                t.names = wanted;
+                t.sent = true;
+                send(&tx, &mut node_sent, k, t, None);
+            }
+        }
+    }
+}
+
+async fn delta_stream(
+    cfg: &AdsConfig,
+    node: &Node,
+    control: &mut Control,
+    channel: tonic::transport::Channel,
+) -> StreamEnd {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::DeltaDiscoveryRequest>();
+    let mut node_sent = false;
+    let node_for = |node_sent: &mut bool| {
+        let n = (!*node_sent || !cfg.set_node_on_first_message_only).then(|| node.clone());
+        *node_sent = true;
+        n
+    };
+    let mut subscribed: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+    for kind in kinds(cfg) {
+        let names = control.resources.wanted(kind, &control.statics);
+        if !kind.wildcard() && names.is_empty() {
+            continue;
+        }
+        let _ = tx.send(pb::DeltaDiscoveryRequest {
+            node: node_for(&mut node_sent),
+            type_url: kind.type_url().into(),
+            resource_names_subscribe: names.iter().cloned().collect(),
+            resource_names_unsubscribe: Vec::new(),
+            initial_resource_versions: control.resources.versions_of(kind),
+            response_nonce: String::new(),
+            error_detail: None,
+        });
+        subscribed.insert(kind, names);
+    }
+    let mut client = Client::new(channel).max_decoding_message_size(usize::MAX);
+    let mut inbound = match client
+        .delta_aggregated_resources(with_metadata(cfg, UnboundedReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err((false, s)),
+    };
+    set_connected(control, true);
+    let mut got = false;
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = deadline(control.resources.next_deadline()) => {
+                control.on_deadline();
+                continue;
+            }
+        };
+        let resp = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(got),
+            Err(s) => return Err((got, s)),
+        };
+        got = true;
+        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type Ringside does not subscribe to");
+            continue;
+        };
+        let update = Update {
+            kind,
+            version_info: resp.system_version_info.clone(),
+            resources: resp
+                .resources
+                .into_iter()
+                .filter_map(|r| {
+                    r.resource.map(|resource| Incoming {
+                        name: r.name,
+                        version: r.version,
+                        resource,
+                    })
+                })
+                .collect(),
+            removed: resp.removed_resources,
+            full_state: false,
+        };
+        let error = control.apply(&update).err();
+        let _ = tx.send(pb::DeltaDiscoveryRequest {
+            node: node_for(&mut node_sent),
+            type_url: resp.type_url,
+            response_nonce: resp.nonce,
+            error_detail: error.map(|message| Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        });
+        for k in [Kind::Endpoint, Kind::Route] {
+            let wanted = control.resources.wanted(k, &control.statics);
+            let have = subscribed.entry(k).or_default();
+            if wanted != *have {
+                let _ = tx.send(pb::DeltaDiscoveryRequest {
+                    node: node_for(&mut node_sent),
+                    type_url: k.type_url().into(),
+                    resource_names_subscribe: wanted.difference(have).cloned().collect(),
+                    resource_names_unsubscribe: have.difference(&wanted).cloned().collect(),
+                    ..Default::default()
+                });
+                *have = wanted;
+            }
+        }
+    }
+}

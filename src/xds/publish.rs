@@ -1,0 +1,113 @@
+//! Publishing a snapshot: bind what it adds, swap it in whole, tell the cores.
+//!
+//! Listener sockets are bound here, on the control thread, before the swap: a listener
+//! that cannot bind fails the update (NACK) instead of half-applying it. A listener whose
+//! address is unchanged keeps its sockets; the cores serve new connections with the new
+//! configuration and drain the old ones, as Envoy does on a listener update.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::listener::bind_listener;
+use crate::model::{SharedSnapshot, Snapshot};
+use crate::worker::{CoreCommand, Served};
+
+/// The control thread's handle on the cores.
+pub struct Publisher {
+    pub shared: SharedSnapshot,
+    cores: Vec<UnboundedSender<CoreCommand>>,
+    pub served: Arc<Served>,
+    /// Listener name → the address it is bound to (for admin).
+    pub addresses: Arc<ArcSwap<HashMap<Arc<str>, SocketAddr>>>,
+}
+
+impl Publisher {
+    pub fn new(
+        shared: SharedSnapshot,
+        cores: Vec<UnboundedSender<CoreCommand>>,
+        served: Arc<Served>,
+        addresses: HashMap<Arc<str>, SocketAddr>,
+    ) -> Publisher {
+        Publisher {
+            shared,
+            cores,
+            served,
+            addresses: Arc::new(ArcSwap::from_pointee(addresses)),
+        }
+    }
+
+    /// Binds the listeners `next` adds or moves, swaps it in and tells every core. On a
+    /// bind error nothing changes.
+    pub fn publish(&mut self, mut next: Snapshot, started: Instant) -> Result<u64, String> {
+        let current = self.shared.load_full();
+        next.version = current.version + 1;
+        let old: HashMap<&str, _> = current.listeners.iter().map(|l| (&*l.name, l)).collect();
+        let mut addresses = (**self.addresses.load()).clone();
+        let mut commands: Vec<Vec<CoreCommand>> = self.cores.iter().map(|_| Vec::new()).collect();
+        let mut bound_now = Vec::new();
+        for l in &next.listeners {
+            match old.get(&*l.name) {
+                Some(o) if Arc::ptr_eq(o, l) => {}
+                Some(o) if o.bind_key == l.bind_key => {
+                    for c in commands.iter_mut() {
+                        c.push(CoreCommand::Update(l.clone()));
+                    }
+                }
+                _ => {
+                    // Port 0 listeners keep the port they got, as long as they exist.
+                    let mut want = l.clone();
+                    if l.address.port() == 0 {
+                        if let Some(a) = addresses.get(&l.name) {
+                            if a.ip() == l.address.ip() && old.contains_key(&*l.name) {
+                                let mut copy = (**l).clone_with_address(*a);
+                                copy.bind_key.clone_from(&l.bind_key);
+                                want = Arc::new(copy);
+                            }
+                        }
+                    }
+                    let (sockets, addr) =
+                        bind_listener(&want, self.cores.len()).map_err(|e| e.to_string())?;
+                    bound_now.push((l.name.clone(), addr));
+                    for (k, s) in sockets.into_iter().enumerate() {
+                        commands[k].push(CoreCommand::Listen(s));
+                    }
+                }
+            }
+        }
+        let keep: std::collections::HashSet<&str> =
+            next.listeners.iter().map(|l| &*l.name).collect();
+        for name in old.keys().filter(|n| !keep.contains(*n)) {
+            addresses.remove(*name);
+            for c in commands.iter_mut() {
+                c.push(CoreCommand::Stop((*name).into()));
+            }
+        }
+        for (n, a) in bound_now {
+            addresses.insert(n, a);
+        }
+        let version = next.version;
+        self.served.published(version, started);
+        self.shared.store(Arc::new(next));
+        self.addresses.store(Arc::new(addresses));
+        for (k, cmds) in commands.into_iter().enumerate() {
+            for c in cmds {
+                let _ = self.cores[k].send(c);
+            }
+            let _ = self.cores[k].send(CoreCommand::Snapshot(version));
+        }
+        Ok(version)
+    }
+
+    /// Tells the cores to load the current snapshot (after a DNS-only change).
+    pub fn notify(&self) {
+        let v = self.shared.load().version;
+        for c in &self.cores {
+            let _ = c.send(CoreCommand::Snapshot(v));
+        }
+    }
+}

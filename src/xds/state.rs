@@ -1,0 +1,594 @@
+//! The control thread's xDS resource caches and how they become a [`Snapshot`].
+//!
+//! An update is converted whole into a copy of the caches; only when every resource in it
+//! converted does the copy replace the caches (the caller publishes and ACKs), otherwise
+//! the error is NACKed and nothing changes. Warming follows Envoy: a CDS cluster of type
+//! EDS is not used until its ClusterLoadAssignment arrives, and an LDS listener that names
+//! RDS route configurations is not served until they arrived (the previous version of the
+//! listener keeps serving meanwhile), each until its config source's
+//! `initial_fetch_timeout`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+
+use crate::model::convert::{self, ConvertError, Ctx};
+use crate::model::route::RouteTable;
+use crate::model::{
+    Cluster, Discovery, DumpEntry, DynamicDump, Endpoint, Listener, NetworkFilter, RouteSource,
+    Snapshot,
+};
+use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
+use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use crate::proto::envoy::config::listener::v3::Listener as PbListener;
+use crate::proto::envoy::config::route::v3::RouteConfiguration;
+use crate::stats::Store;
+
+/// The four resource types, in the order Envoy subscribes to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    /// The message's full name.
+    pub fn message(self) -> &'static str {
+        match self {
+            Kind::Cluster => "envoy.config.cluster.v3.Cluster",
+            Kind::Endpoint => "envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "envoy.config.listener.v3.Listener",
+            Kind::Route => "envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    /// The type URL on the wire.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// `lds`, `cds`, `rds`, `eds`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cds",
+            Kind::Endpoint => "eds",
+            Kind::Listener => "lds",
+            Kind::Route => "rds",
+        }
+    }
+
+    /// LDS and CDS are wildcard subscriptions; EDS and RDS name their resources.
+    pub fn wildcard(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+}
+
+/// One resource of a response.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The name given by the envelope (delta), or empty (state of the world).
+    pub name: String,
+    pub version: String,
+    pub resource: prost_types::Any,
+}
+
+/// A response, reduced to what the caches need.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub kind: Kind,
+    /// `version_info` (state of the world) or `system_version_info` (delta).
+    pub version_info: String,
+    pub resources: Vec<Incoming>,
+    /// Names removed (delta).
+    pub removed: Vec<String>,
+    /// State of the world for LDS/CDS: resources not listed are removed.
+    pub full_state: bool,
+}
+
+/// A cached resource: as received, converted, and since when (for warming).
+#[derive(Clone)]
+struct Held<M> {
+    entry: DumpEntry,
+    model: M,
+    since: Instant,
+    /// How long it may warm before it is used anyway (`None`: for ever).
+    fetch_timeout: Option<Duration>,
+}
+
+impl<M> Held<M> {
+    fn timed_out(&self, now: Instant) -> bool {
+        self.fetch_timeout
+            .is_some_and(|t| now.duration_since(self.since) >= t)
+    }
+}
+
+/// What the bootstrap contributes to every snapshot.
+pub struct Static {
+    pub listeners: Vec<Arc<Listener>>,
+    pub clusters: Vec<Arc<Cluster>>,
+    pub admin: Option<std::net::SocketAddr>,
+    pub bootstrap: Arc<crate::proto::envoy::config::bootstrap::v3::Bootstrap>,
+}
+
+impl Static {
+    pub fn from_snapshot(s: &Snapshot) -> Static {
+        Static {
+            listeners: s.listeners.clone(),
+            clusters: s.clusters.clone(),
+            admin: s.admin,
+            bootstrap: s.bootstrap.clone(),
+        }
+    }
+}
+
+/// The xDS caches.
+#[derive(Clone, Default)]
+pub struct Resources {
+    clusters: BTreeMap<Arc<str>, Held<Arc<Cluster>>>,
+    /// The latest version of every listener.
+    listeners: BTreeMap<Arc<str>, Held<Arc<Listener>>>,
+    /// The version of every listener that is serving (warm).
+    active: BTreeMap<Arc<str>, Held<Arc<Listener>>>,
+    routes: BTreeMap<Arc<str>, Held<Arc<RouteTable>>>,
+    endpoints: BTreeMap<Arc<str>, Held<Arc<[Endpoint]>>>,
+    versions: BTreeMap<Kind, (Arc<str>, SystemTime)>,
+}
+
+/// Why an update was refused: the text of the NACK's `error_detail`.
+pub type Rejection = String;
+
+impl Resources {
+    /// Converts `update` whole and applies it, or changes nothing and says why.
+    pub fn apply(
+        &mut self,
+        update: &Update,
+        statics: &Static,
+        stats: &Store,
+    ) -> Result<Vec<String>, Rejection> {
+        let now = (Instant::now(), SystemTime::now());
+        let mut ctx = Ctx::dynamic(stats);
+        let mut seen = BTreeSet::new();
+        let mut staged = self.clone();
+        for inc in &update.resources {
+            let (name, held) =
+                convert_one(update.kind, inc, &mut ctx, now).map_err(|e| format!("{e}"))?;
+            if !seen.insert(name.clone()) {
+                return Err(format!(
+                    "{} '{name}' appears twice in one response",
+                    update.kind.short()
+                ));
+            }
+            if !inc.name.is_empty() && *inc.name != *name {
+                return Err(format!(
+                    "resource '{}' carries a {} named '{name}'",
+                    inc.name,
+                    update.kind.message()
+                ));
+            }
+            staged.insert(update.kind, name, held, statics)?;
+        }
+        if update.full_state {
+            staged.retain(update.kind, |n| seen.contains(n));
+        }
+        for name in &update.removed {
+            staged.retain(update.kind, |n| **n != **name);
+        }
+        staged
+            .versions
+            .insert(update.kind, (update.version_info.as_str().into(), now.1));
+        *self = staged;
+        Ok(ctx.ignored)
+    }
+
+    fn insert(
+        &mut self,
+        kind: Kind,
+        name: Arc<str>,
+        held: AnyHeld,
+        statics: &Static,
+    ) -> Result<(), Rejection> {
+        match held {
+            AnyHeld::Cluster(h) => {
+                if statics.clusters.iter().any(|c| c.name == name) {
+                    return Err(format!(
+                        "cluster '{name}': a static cluster of that name exists and cannot be replaced by CDS"
+                    ));
+                }
+                self.clusters.insert(name, h);
+            }
+            AnyHeld::Listener(h) => {
+                if statics.listeners.iter().any(|l| l.name == name) {
+                    return Err(format!(
+                        "listener '{name}': a static listener of that name exists and cannot be replaced by LDS"
+                    ));
+                }
+                self.listeners.insert(name, h);
+            }
+            AnyHeld::Route(h) => {
+                self.routes.insert(name, h);
+            }
+            AnyHeld::Endpoint(h) => {
+                self.endpoints.insert(name, h);
+            }
+        }
+        debug_assert!(matches!(
+            kind,
+            Kind::Cluster | Kind::Endpoint | Kind::Listener | Kind::Route
+        ));
+        Ok(())
+    }
+
+    fn retain(&mut self, kind: Kind, keep: impl Fn(&Arc<str>) -> bool) {
+        match kind {
+            Kind::Cluster => self.clusters.retain(|n, _| keep(n)),
+            Kind::Listener => {
+                self.listeners.retain(|n, _| keep(n));
+                self.active.retain(|n, _| keep(n));
+            }
+            Kind::Route => self.routes.retain(|n, _| keep(n)),
+            Kind::Endpoint => self.endpoints.retain(|n, _| keep(n)),
+        }
+    }
+
+    /// The names a type's subscription should hold now: EDS service names of EDS
+    /// clusters, RDS names of connection managers (wildcard types: empty).
+    pub fn wanted(&self, kind: Kind, statics: &Static) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        match kind {
+            Kind::Endpoint => {
+                let all = statics
+                    .clusters
+                    .iter()
+                    .chain(self.clusters.values().map(|h| &h.model));
+                for c in all {
+                    if let Some(s) = &c.eds_service {
+                        out.insert(s.to_string());
+                    }
+                }
+            }
+            Kind::Route => {
+                let all = statics
+                    .listeners
+                    .iter()
+                    .chain(self.listeners.values().map(|h| &h.model))
+                    .chain(self.active.values().map(|h| &h.model));
+                for l in all {
+                    let NetworkFilter::Http(hcm) = &l.filter;
+                    if let RouteSource::Rds(n) = &hcm.routes {
+                        out.insert(n.to_string());
+                    }
+                }
+            }
+            Kind::Cluster | Kind::Listener => {}
+        }
+        out
+    }
+
+    /// Drops EDS/RDS resources nothing refers to any more (their subscription ended).
+    pub fn prune(&mut self, statics: &Static) {
+        let eds = self.wanted(Kind::Endpoint, statics);
+        self.endpoints.retain(|n, _| eds.contains(&**n));
+        let rds = self.wanted(Kind::Route, statics);
+        self.routes.retain(|n, _| rds.contains(&**n));
+    }
+
+    /// The version of every cached resource of a type (delta reconnects send them).
+    pub fn versions_of(&self, kind: Kind) -> HashMap<String, String> {
+        fn v<M>(m: &BTreeMap<Arc<str>, Held<M>>) -> HashMap<String, String> {
+            m.iter()
+                .map(|(n, h)| (n.to_string(), h.entry.version.to_string()))
+                .collect()
+        }
+        match kind {
+            Kind::Cluster => v(&self.clusters),
+            Kind::Listener => v(&self.listeners),
+            Kind::Route => v(&self.routes),
+            Kind::Endpoint => v(&self.endpoints),
+        }
+    }
+
+    /// The last accepted version of a type.
+    pub fn version(&self, kind: Kind) -> String {
+        self.versions
+            .get(&kind)
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Promotes listeners whose routes arrived (or whose fetch timeout passed). Returns
+    /// the listeners and clusters that timed out warming, for stats.
+    fn promote(&mut self, now: Instant) {
+        for (name, h) in &self.listeners {
+            let NetworkFilter::Http(hcm) = &h.model.filter;
+            let warm = match &hcm.routes {
+                RouteSource::Static(_) => true,
+                RouteSource::Rds(r) => self.routes.contains_key(r) || h.timed_out(now),
+            };
+            let current = self
+                .active
+                .get(name)
+                .is_some_and(|a| Arc::ptr_eq(&a.model, &h.model));
+            if warm && !current {
+                self.active.insert(name.clone(), h.clone());
+            }
+        }
+    }
+
+    /// The earliest instant at which something warming times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let listeners = self.listeners.iter().filter_map(|(n, h)| {
+            let active = self
+                .active
+                .get(n)
+                .is_some_and(|a| Arc::ptr_eq(&a.model, &h.model));
+            (!active)
+                .then_some(h)
+                .and_then(|h| h.fetch_timeout.map(|t| h.since + t))
+        });
+        let clusters = self.clusters.values().filter_map(|h| {
+            let waiting = h
+                .model
+                .eds_service
+                .as_ref()
+                .is_some_and(|s| !self.endpoints.contains_key(s));
+            waiting
+                .then_some(h)
+                .and_then(|h| h.fetch_timeout.map(|t| h.since + t))
+        });
+        listeners.chain(clusters).min()
+    }
+
+    /// Builds the snapshot the caches describe. `current` supplies endpoints that DNS
+    /// resolved since (static and dynamic DNS clusters).
+    pub fn assemble(&mut self, statics: &Static, current: &Snapshot) -> Snapshot {
+        let now = Instant::now();
+        self.promote(now);
+        let mut dump = DynamicDump::default();
+        let endpoints_of = |c: &Arc<Cluster>| -> Option<Arc<Cluster>> {
+            match c.discovery {
+                Discovery::Eds => {
+                    let service = c.eds_service.as_deref().unwrap_or(&c.name);
+                    self.endpoints
+                        .get(service)
+                        .map(|e| Arc::new(c.with_endpoints(e.model.clone())))
+                }
+                Discovery::StrictDns | Discovery::LogicalDns => {
+                    // Keep what DNS resolved for the same hosts.
+                    Some(match current.cluster(&c.name) {
+                        Some(cur) if cur.dns_hosts == c.dns_hosts && !Arc::ptr_eq(cur, c) => {
+                            Arc::new(c.with_endpoints(cur.endpoints.clone()))
+                        }
+                        _ => c.clone(),
+                    })
+                }
+                Discovery::Static => Some(c.clone()),
+            }
+        };
+        let mut clusters = Vec::with_capacity(statics.clusters.len() + self.clusters.len());
+        for c in &statics.clusters {
+            clusters.push(endpoints_of(c).unwrap_or_else(|| c.clone()));
+        }
+        for h in self.clusters.values() {
+            match endpoints_of(&h.model) {
+                Some(c) => {
+                    clusters.push(c);
+                    dump.clusters.push(h.entry.clone());
+                }
+                None if h.timed_out(now) => {
+                    clusters.push(h.model.clone());
+                    dump.clusters.push(h.entry.clone());
+                }
+                None => dump.warming_clusters.push(h.entry.clone()),
+            }
+        }
+        let cluster_index = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let mut listeners = statics.listeners.clone();
+        for h in self.active.values() {
+            listeners.push(h.model.clone());
+            dump.listeners.push(h.entry.clone());
+        }
+        for (n, h) in &self.listeners {
+            if !self
+                .active
+                .get(n)
+                .is_some_and(|a| Arc::ptr_eq(&a.model, &h.model))
+            {
+                dump.warming_listeners.push(h.entry.clone());
+            }
+        }
+        let mut route_configs = HashMap::with_capacity(self.routes.len());
+        for (n, h) in &self.routes {
+            route_configs.insert(n.clone(), h.model.clone());
+            dump.route_configs.push(h.entry.clone());
+        }
+        dump.endpoints = self.endpoints.values().map(|h| h.entry.clone()).collect();
+        dump.versions = self
+            .versions
+            .iter()
+            .map(|(k, (v, t))| (k.type_url(), v.clone(), *t))
+            .collect();
+        Snapshot {
+            version: current.version + 1,
+            built_at: SystemTime::now(),
+            listeners,
+            clusters,
+            cluster_index,
+            route_configs,
+            admin: statics.admin,
+            bootstrap: statics.bootstrap.clone(),
+            dynamic: Arc::new(dump),
+        }
+    }
+
+    /// Names of RDS resources whose connection managers' stat prefixes the `rds` stats
+    /// go under.
+    pub fn rds_stat_prefixes(&self, route: &str, statics: &Static) -> BTreeSet<String> {
+        let all = statics
+            .listeners
+            .iter()
+            .chain(self.listeners.values().map(|h| &h.model));
+        let mut out = BTreeSet::new();
+        for l in all {
+            let NetworkFilter::Http(hcm) = &l.filter;
+            if matches!(&hcm.routes, RouteSource::Rds(n) if **n == *route) {
+                out.insert(hcm.stat_prefix.clone());
+            }
+        }
+        out
+    }
+}
+
+enum AnyHeld {
+    Cluster(Held<Arc<Cluster>>),
+    Listener(Held<Arc<Listener>>),
+    Route(Held<Arc<RouteTable>>),
+    Endpoint(Held<Arc<[Endpoint]>>),
+}
+
+/// Decodes, checks for fields Ringside does not implement, and converts one resource.
+fn convert_one(
+    kind: Kind,
+    inc: &Incoming,
+    ctx: &mut Ctx<'_>,
+    (now, wall): (Instant, SystemTime),
+) -> Result<(Arc<str>, AnyHeld), ConvertError> {
+    let what = if inc.name.is_empty() {
+        kind.short().to_string()
+    } else {
+        format!("{} '{}'", kind.short(), inc.name)
+    };
+    if inc.resource.type_url != kind.type_url() {
+        return Err(convert::err(
+            &what,
+            "",
+            format!(
+                "resource of type {} in a {} response",
+                inc.resource.type_url,
+                kind.type_url()
+            ),
+        ));
+    }
+    let bytes = inc.resource.value.as_slice();
+    let decode_err = |e: prost::DecodeError| {
+        convert::err(&what, "", format!("cannot decode {}: {e}", kind.message()))
+    };
+    super::unknown::check(kind.message(), bytes)
+        .map_err(|(path, reason)| convert::err(&what, path, reason))?;
+    let entry = |name: &str| DumpEntry {
+        name: name.into(),
+        version: inc.version.as_str().into(),
+        last_updated: wall,
+        resource: inc.resource.clone(),
+    };
+    let held = |entry: DumpEntry, fetch_timeout| (now, entry, fetch_timeout);
+    let (name, out): (Arc<str>, AnyHeld) = match kind {
+        Kind::Cluster => {
+            let pb = PbCluster::decode(bytes).map_err(decode_err)?;
+            let fetch_timeout = pb
+                .eds_cluster_config
+                .as_ref()
+                .and_then(|e| e.eds_config.as_ref())
+                .and_then(fetch_timeout);
+            let c = Arc::new(convert::cluster_resource(&pb, ctx)?);
+            let (since, entry, fetch_timeout) = held(entry(&pb.name), fetch_timeout);
+            (
+                c.name.clone(),
+                AnyHeld::Cluster(Held {
+                    entry,
+                    model: c,
+                    since,
+                    fetch_timeout,
+                }),
+            )
+        }
+        Kind::Listener => {
+            let pb = PbListener::decode(bytes).map_err(decode_err)?;
+            let l = Arc::new(convert::listener_resource(&pb, ctx)?);
+            // The RDS config source's initial fetch timeout, 15 s by default.
+            let fetch_timeout = rds_fetch_timeout(&pb);
+            let (since, entry, fetch_timeout) = held(entry(&pb.name), fetch_timeout);
+            (
+                l.name.clone(),
+                AnyHeld::Listener(Held {
+                    entry,
+                    model: l,
+                    since,
+                    fetch_timeout,
+                }),
+            )
+        }
+        Kind::Route => {
+            let pb = RouteConfiguration::decode(bytes).map_err(decode_err)?;
+            let t = Arc::new(convert::route_resource(&pb, ctx)?);
+            let (since, entry, fetch_timeout) = held(entry(&pb.name), None);
+            (
+                pb.name.as_str().into(),
+                AnyHeld::Route(Held {
+                    entry,
+                    model: t,
+                    since,
+                    fetch_timeout,
+                }),
+            )
+        }
+        Kind::Endpoint => {
+            let pb = ClusterLoadAssignment::decode(bytes).map_err(decode_err)?;
+            let eps: Arc<[Endpoint]> = convert::endpoints_resource(&pb)?.into();
+            let (since, entry, fetch_timeout) = held(entry(&pb.cluster_name), None);
+            (
+                pb.cluster_name.as_str().into(),
+                AnyHeld::Endpoint(Held {
+                    entry,
+                    model: eps,
+                    since,
+                    fetch_timeout,
+                }),
+            )
+        }
+    };
+    Ok((name, out))
+}
+
+fn fetch_timeout(cs: &crate::proto::envoy::config::core::v3::ConfigSource) -> Option<Duration> {
+    match &cs.initial_fetch_timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.seconds <= 0 && d.nanos <= 0 => None,
+        Some(d) => Some(Duration::new(d.seconds as u64, d.nanos.max(0) as u32)),
+    }
+}
+
+fn rds_fetch_timeout(l: &PbListener) -> Option<Duration> {
+    use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::RouteSpecifier, HttpConnectionManager,
+    };
+    let f = l.filter_chains.first()?.filters.first()?;
+    let crate::proto::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any) =
+        f.config_type.as_ref()?;
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).ok()?;
+    match hcm.route_specifier? {
+        RouteSpecifier::Rds(rds) => rds.config_source.as_ref().and_then(fetch_timeout),
+        RouteSpecifier::RouteConfig(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
