@@ -102,7 +102,8 @@ SUBSET = {
     "envoy.config.route.v3.VirtualHost": ["name", "domains", "routes", "request_headers_to_add",
                                           "request_headers_to_remove", "response_headers_to_add",
                                           "response_headers_to_remove", "require_tls"],
-    "envoy.config.route.v3.Route": ["name", "match", "route", "redirect", "direct_response",
+    "envoy.config.route.v3.Decorator": ["operation", "propagate"],
+    "envoy.config.route.v3.Route": ["name", "match", "route", "redirect", "direct_response", "decorator",
                                     "request_headers_to_add", "request_headers_to_remove",
                                     "response_headers_to_add", "response_headers_to_remove"],
     "envoy.config.route.v3.RouteMatch": ["prefix", "path", "safe_regex", "path_separated_prefix",
@@ -143,7 +144,10 @@ SUBSET = {
                                                      "load_balancing_weight", "priority"],
     "envoy.config.endpoint.v3.LbEndpoint": ["endpoint", "health_status", "metadata",
                                             "load_balancing_weight"],
-    "envoy.config.endpoint.v3.Endpoint": ["address", "hostname"],
+    "envoy.config.endpoint.v3.Endpoint": ["address", "hostname", "health_check_config"],
+    # Only used by active health checking, which is not implemented (health_checks is
+    # refused): an empty one, as istiod sends, is accepted; any field set in it is not.
+    "envoy.config.endpoint.v3.Endpoint.HealthCheckConfig": [],
 }
 
 MODULES = [

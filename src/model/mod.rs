@@ -46,7 +46,7 @@ pub struct DumpEntry {
     pub name: Arc<str>,
     pub version: Arc<str>,
     pub last_updated: SystemTime,
-    pub resource: prost_types::Any,
+    pub resource: Arc<prost_types::Any>,
 }
 
 /// The dynamic resources of a snapshot, by type, for `/config_dump`.

@@ -116,17 +116,23 @@ impl Control {
             }
         };
         bump(XdsStat::UpdateAttempt, ClusterStat::UpdateAttempt);
+        // Applied to a copy (cheap: shared maps) so that a bind failure also changes nothing.
         let mut staged = self.resources.clone();
+        let mut phases = [Duration::ZERO; 3];
         let result = staged
             .apply(update, &self.statics, &self.stats)
             .and_then(|ignored| {
                 for path in ignored {
                     tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
                 }
+                phases[0] = started.elapsed();
                 staged.prune(&self.statics);
                 let current = self.publisher.shared.load_full();
                 let snap = staged.assemble(&self.statics, &current);
-                self.publisher.publish(snap, started)
+                phases[1] = started.elapsed();
+                let v = self.publisher.publish(snap, started);
+                phases[2] = started.elapsed();
+                v
             });
         match result {
             Ok(v) => {
@@ -145,6 +151,9 @@ impl Control {
                     resources = update.resources.len(),
                     removed = update.removed.len(),
                     snapshot = v,
+                    converted_us = phases[0].as_micros() as u64,
+                    assembled_us = phases[1].as_micros() as u64,
+                    published_us = phases[2].as_micros() as u64,
                     "xDS update applied"
                 );
                 Ok(v)

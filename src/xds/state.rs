@@ -136,24 +136,40 @@ impl Static {
     }
 }
 
-/// The xDS caches.
+type Map<M> = Arc<BTreeMap<Arc<str>, Held<M>>>;
+
+/// The xDS caches. Each map sits behind an `Arc`, so the copy an update is staged in
+/// costs five reference counts, and only the map the update touches is cloned.
 #[derive(Clone, Default)]
 pub struct Resources {
-    clusters: BTreeMap<Arc<str>, Held<Arc<Cluster>>>,
+    clusters: Map<Arc<Cluster>>,
     /// The latest version of every listener.
-    listeners: BTreeMap<Arc<str>, Held<Arc<Listener>>>,
+    listeners: Map<Arc<Listener>>,
     /// The version of every listener that is serving (warm).
-    active: BTreeMap<Arc<str>, Held<Arc<Listener>>>,
-    routes: BTreeMap<Arc<str>, Held<Arc<RouteTable>>>,
-    endpoints: BTreeMap<Arc<str>, Held<Arc<[Endpoint]>>>,
+    active: Map<Arc<Listener>>,
+    routes: Map<Arc<RouteTable>>,
+    endpoints: Map<Arc<[Endpoint]>>,
     versions: BTreeMap<Kind, (Arc<str>, SystemTime)>,
+    /// Identity of the cluster and endpoint maps the last snapshot was assembled from:
+    /// while both are unchanged (and nothing is warming against a deadline), the clusters
+    /// of the current snapshot are reused instead of rebuilt.
+    assembled_from: Option<(usize, usize)>,
+}
+
+/// Removes the entries `keep` refuses, cloning the map only if there are any.
+fn retain_in<M: Clone>(map: &mut Map<M>, keep: impl Fn(&Arc<str>) -> bool) {
+    if map.keys().all(&keep) {
+        return;
+    }
+    Arc::make_mut(map).retain(|k, _| keep(k));
 }
 
 /// Why an update was refused: the text of the NACK's `error_detail`.
 pub type Rejection = String;
 
 impl Resources {
-    /// Converts `update` whole and applies it, or changes nothing and says why.
+    /// Converts `update` whole and applies it, or changes nothing and says why (the
+    /// update is staged in a copy, which is cheap: see [`Resources`]).
     pub fn apply(
         &mut self,
         update: &Update,
@@ -209,7 +225,7 @@ impl Resources {
                         "cluster '{name}': a static cluster of that name exists and cannot be replaced by CDS"
                     ));
                 }
-                self.clusters.insert(name, h);
+                Arc::make_mut(&mut self.clusters).insert(name, h);
             }
             AnyHeld::Listener(h) => {
                 if statics.listeners.iter().any(|l| l.name == name) {
@@ -217,13 +233,13 @@ impl Resources {
                         "listener '{name}': a static listener of that name exists and cannot be replaced by LDS"
                     ));
                 }
-                self.listeners.insert(name, h);
+                Arc::make_mut(&mut self.listeners).insert(name, h);
             }
             AnyHeld::Route(h) => {
-                self.routes.insert(name, h);
+                Arc::make_mut(&mut self.routes).insert(name, h);
             }
             AnyHeld::Endpoint(h) => {
-                self.endpoints.insert(name, h);
+                Arc::make_mut(&mut self.endpoints).insert(name, h);
             }
         }
         debug_assert!(matches!(
@@ -235,13 +251,13 @@ impl Resources {
 
     fn retain(&mut self, kind: Kind, keep: impl Fn(&Arc<str>) -> bool) {
         match kind {
-            Kind::Cluster => self.clusters.retain(|n, _| keep(n)),
+            Kind::Cluster => retain_in(&mut self.clusters, keep),
             Kind::Listener => {
-                self.listeners.retain(|n, _| keep(n));
-                self.active.retain(|n, _| keep(n));
+                retain_in(&mut self.listeners, &keep);
+                retain_in(&mut self.active, &keep);
             }
-            Kind::Route => self.routes.retain(|n, _| keep(n)),
-            Kind::Endpoint => self.endpoints.retain(|n, _| keep(n)),
+            Kind::Route => retain_in(&mut self.routes, keep),
+            Kind::Endpoint => retain_in(&mut self.endpoints, keep),
         }
     }
 
@@ -282,14 +298,14 @@ impl Resources {
     /// Drops EDS/RDS resources nothing refers to any more (their subscription ended).
     pub fn prune(&mut self, statics: &Static) {
         let eds = self.wanted(Kind::Endpoint, statics);
-        self.endpoints.retain(|n, _| eds.contains(&**n));
+        retain_in(&mut self.endpoints, |n| eds.contains(&**n));
         let rds = self.wanted(Kind::Route, statics);
-        self.routes.retain(|n, _| rds.contains(&**n));
+        retain_in(&mut self.routes, |n| rds.contains(&**n));
     }
 
     /// The version of every cached resource of a type (delta reconnects send them).
     pub fn versions_of(&self, kind: Kind) -> HashMap<String, String> {
-        fn v<M>(m: &BTreeMap<Arc<str>, Held<M>>) -> HashMap<String, String> {
+        fn v<M>(m: &Map<M>) -> HashMap<String, String> {
             m.iter()
                 .map(|(n, h)| (n.to_string(), h.entry.version.to_string()))
                 .collect()
@@ -313,7 +329,8 @@ impl Resources {
     /// Promotes listeners whose routes arrived (or whose fetch timeout passed). Returns
     /// the listeners and clusters that timed out warming, for stats.
     fn promote(&mut self, now: Instant) {
-        for (name, h) in &self.listeners {
+        let mut warm_now = Vec::new();
+        for (name, h) in self.listeners.iter() {
             let NetworkFilter::Http(hcm) = &h.model.filter;
             let warm = match &hcm.routes {
                 RouteSource::Static(_) => true,
@@ -324,8 +341,11 @@ impl Resources {
                 .get(name)
                 .is_some_and(|a| Arc::ptr_eq(&a.model, &h.model));
             if warm && !current {
-                self.active.insert(name.clone(), h.clone());
+                warm_now.push((name.clone(), h.clone()));
             }
+        }
+        if !warm_now.is_empty() {
+            Arc::make_mut(&mut self.active).extend(warm_now);
         }
     }
 
@@ -359,6 +379,19 @@ impl Resources {
         let now = Instant::now();
         self.promote(now);
         let mut dump = DynamicDump::default();
+        let key = (
+            Arc::as_ptr(&self.clusters) as *const () as usize,
+            Arc::as_ptr(&self.endpoints) as *const () as usize,
+        );
+        let waiting = self.clusters.values().any(|h| {
+            h.fetch_timeout.is_some()
+                && h.model
+                    .eds_service
+                    .as_ref()
+                    .is_some_and(|s| !self.endpoints.contains_key(s))
+        });
+        let reuse = self.assembled_from == Some(key) && !waiting;
+        self.assembled_from = Some(key);
         let endpoints_of = |c: &Arc<Cluster>| -> Option<Arc<Cluster>> {
             match c.discovery {
                 Discovery::Eds => {
@@ -379,34 +412,44 @@ impl Resources {
                 Discovery::Static => Some(c.clone()),
             }
         };
-        let mut clusters = Vec::with_capacity(statics.clusters.len() + self.clusters.len());
-        for c in &statics.clusters {
-            clusters.push(endpoints_of(c).unwrap_or_else(|| c.clone()));
-        }
-        for h in self.clusters.values() {
-            match endpoints_of(&h.model) {
-                Some(c) => {
-                    clusters.push(c);
-                    dump.clusters.push(h.entry.clone());
-                }
-                None if h.timed_out(now) => {
-                    clusters.push(h.model.clone());
-                    dump.clusters.push(h.entry.clone());
-                }
-                None => dump.warming_clusters.push(h.entry.clone()),
+        let (clusters, cluster_index) = if reuse {
+            dump.clusters.clone_from(&current.dynamic.clusters);
+            dump.warming_clusters
+                .clone_from(&current.dynamic.warming_clusters);
+            dump.endpoints.clone_from(&current.dynamic.endpoints);
+            (current.clusters.clone(), current.cluster_index.clone())
+        } else {
+            let mut clusters = Vec::with_capacity(statics.clusters.len() + self.clusters.len());
+            for c in &statics.clusters {
+                clusters.push(endpoints_of(c).unwrap_or_else(|| c.clone()));
             }
-        }
-        let cluster_index = clusters
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
-            .collect();
+            for h in self.clusters.values() {
+                match endpoints_of(&h.model) {
+                    Some(c) => {
+                        clusters.push(c);
+                        dump.clusters.push(h.entry.clone());
+                    }
+                    None if h.timed_out(now) => {
+                        clusters.push(h.model.clone());
+                        dump.clusters.push(h.entry.clone());
+                    }
+                    None => dump.warming_clusters.push(h.entry.clone()),
+                }
+            }
+            let index = clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), i))
+                .collect();
+            dump.endpoints = self.endpoints.values().map(|h| h.entry.clone()).collect();
+            (clusters, index)
+        };
         let mut listeners = statics.listeners.clone();
         for h in self.active.values() {
             listeners.push(h.model.clone());
             dump.listeners.push(h.entry.clone());
         }
-        for (n, h) in &self.listeners {
+        for (n, h) in self.listeners.iter() {
             if !self
                 .active
                 .get(n)
@@ -416,11 +459,10 @@ impl Resources {
             }
         }
         let mut route_configs = HashMap::with_capacity(self.routes.len());
-        for (n, h) in &self.routes {
+        for (n, h) in self.routes.iter() {
             route_configs.insert(n.clone(), h.model.clone());
             dump.route_configs.push(h.entry.clone());
         }
-        dump.endpoints = self.endpoints.values().map(|h| h.entry.clone()).collect();
         dump.versions = self
             .versions
             .iter()
@@ -497,7 +539,7 @@ fn convert_one(
         name: name.into(),
         version: inc.version.as_str().into(),
         last_updated: wall,
-        resource: inc.resource.clone(),
+        resource: Arc::new(inc.resource.clone()),
     };
     let held = |entry: DumpEntry, fetch_timeout| (now, entry, fetch_timeout);
     let (name, out): (Arc<str>, AnyHeld) = match kind {

@@ -1,12 +1,13 @@
 //! Fail closed on the wire: prost drops fields that `proto/` does not declare, so every
-//! xDS resource is also decoded through the descriptor pool, which keeps them as unknown
-//! fields, and any such field is an error naming it. `Any` values whose type Ringside
-//! knows are checked the same way, recursively.
+//! xDS resource is also scanned against the descriptor pool, and any field the pool does
+//! not know is an error naming it. `Any` values whose type Ringside knows are scanned the
+//! same way, recursively. The scan reads the wire format directly (no allocation, no
+//! decoded copy): it runs on every resource of every update.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{Kind, MessageDescriptor};
 
 /// Upstream names of the fields `proto/` leaves out, by (message, number).
 fn omitted() -> &'static HashMap<(&'static str, u32), &'static str> {
@@ -28,81 +29,159 @@ pub fn check(full_name: &str, bytes: &[u8]) -> Result<(), (String, String)> {
     let Some(desc) = crate::proto::pool().get_message_by_name(full_name) else {
         return Ok(());
     };
-    let msg = DynamicMessage::decode(desc, bytes)
-        .map_err(|e| (String::new(), format!("cannot decode {full_name}: {e}")))?;
-    walk(&msg, "")
+    scan(&desc, bytes).map_err(|f| {
+        // Segments were pushed innermost first, on the way out.
+        let mut path = String::new();
+        for seg in f.segments.iter().rev() {
+            if !path.is_empty() && !seg.starts_with('[') {
+                path.push('.');
+            }
+            path.push_str(seg);
+        }
+        (path, f.reason)
+    })
 }
 
-fn walk(msg: &DynamicMessage, path: &str) -> Result<(), (String, String)> {
-    let desc = msg.descriptor();
-    if let Some(u) = msg.unknown_fields().next() {
-        let n = u.number();
-        let name = omitted()
-            .get(&(desc.full_name(), n))
-            .map(|f| format!("'{f}' (field {n})"))
-            .unwrap_or_else(|| format!("field {n}"));
-        return Err((
-            path.to_string(),
-            format!(
+/// An unknown field, and the path to it, built only once one is found.
+struct Found {
+    segments: Vec<String>,
+    reason: String,
+}
+
+impl Found {
+    fn new(reason: String) -> Found {
+        Found {
+            segments: Vec::new(),
+            reason,
+        }
+    }
+}
+
+fn varint(buf: &mut &[u8]) -> Result<u64, Found> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some((&b, rest)) = buf.split_first() else {
+            break;
+        };
+        *buf = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(Found::new("malformed varint".into()))
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: u64) -> Result<&'a [u8], Found> {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n > buf.len() {
+        return Err(Found::new("truncated field".into()));
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(head)
+}
+
+/// One field of a message: its number, wire type and (for length-delimited) its bytes.
+fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, &'a [u8]), Found> {
+    let key = varint(buf)?;
+    let number = (key >> 3) as u32;
+    let data: &[u8] = match key & 7 {
+        0 => {
+            varint(buf)?;
+            &[]
+        }
+        1 => take(buf, 8)?,
+        5 => take(buf, 4)?,
+        2 => {
+            let len = varint(buf)?;
+            take(buf, len)?
+        }
+        w => return Err(Found::new(format!("unsupported wire type {w}"))),
+    };
+    Ok((number, data))
+}
+
+fn scan(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Found> {
+    let mut buf = bytes;
+    while !buf.is_empty() {
+        let start = bytes.len() - buf.len();
+        let (number, data) = next_field(&mut buf)?;
+        let Some(field) = desc.get_field(number) else {
+            let name = omitted()
+                .get(&(desc.full_name(), number))
+                .map(|f| format!("'{f}' (field {number})"))
+                .unwrap_or_else(|| format!("field {number}"));
+            return Err(Found::new(format!(
                 "{name} of {} is not implemented by Ringside",
                 desc.full_name()
-            ),
-        ));
-    }
-    if desc.full_name() == "google.protobuf.Any" {
-        return walk_any(msg, path);
-    }
-    for (field, value) in msg.fields() {
-        let p = if path.is_empty() {
-            field.name().to_string()
-        } else {
-            format!("{path}.{}", field.name())
+            )));
         };
-        walk_value(value, &p)?;
+        let Kind::Message(m) = field.kind() else {
+            continue;
+        };
+        let inner = if m.full_name() == "google.protobuf.Any" {
+            scan_any(data)
+        } else {
+            scan(&m, data)
+        };
+        if let Err(mut f) = inner {
+            if field.is_map() {
+                f.segments.pop(); // the entry's own "value"
+                f.segments.push(format!("[\"{}\"]", map_key(data)));
+            } else if field.is_list() {
+                f.segments
+                    .push(format!("[{}]", occurrences(&bytes[..start], number)));
+            }
+            f.segments.push(field.name().to_string());
+            return Err(f);
+        }
     }
     Ok(())
 }
 
-fn walk_value(value: &Value, path: &str) -> Result<(), (String, String)> {
-    match value {
-        Value::Message(m) => walk(m, path),
-        Value::List(items) => {
-            for (i, v) in items.iter().enumerate() {
-                walk_value(v, &format!("{path}[{i}]"))?;
-            }
-            Ok(())
+/// How many times field `number` occurs in `bytes` (the index of the next occurrence).
+fn occurrences(mut bytes: &[u8], number: u32) -> usize {
+    let mut n = 0;
+    while let Ok((k, _)) = next_field(&mut bytes) {
+        n += usize::from(k == number);
+        if bytes.is_empty() {
+            break;
         }
-        Value::Map(map) => {
-            for (k, v) in map {
-                let key = match k {
-                    prost_reflect::MapKey::String(s) => s.clone(),
-                    other => format!("{other:?}"),
-                };
-                walk_value(v, &format!("{path}[\"{key}\"]"))?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
     }
+    n
 }
 
-/// An `Any` of a known type is checked too; unknown types are left to conversion, which
+/// The (string) key of a map entry.
+fn map_key(mut entry: &[u8]) -> String {
+    while let Ok((k, data)) = next_field(&mut entry) {
+        if k == 1 {
+            return String::from_utf8_lossy(data).into_owned();
+        }
+        if entry.is_empty() {
+            break;
+        }
+    }
+    String::new()
+}
+
+/// An `Any` of a known type is scanned too; unknown types are left to conversion, which
 /// refuses them by type URL.
-fn walk_any(any: &DynamicMessage, path: &str) -> Result<(), (String, String)> {
-    let url = match any.get_field_by_name("type_url").as_deref() {
-        Some(Value::String(s)) => s.clone(),
-        _ => return Ok(()),
-    };
-    let bytes = match any.get_field_by_name("value").as_deref() {
-        Some(Value::Bytes(b)) => b.clone(),
-        _ => return Ok(()),
-    };
+fn scan_any(mut bytes: &[u8]) -> Result<(), Found> {
+    let (mut url, mut value): (&[u8], &[u8]) = (&[], &[]);
+    while !bytes.is_empty() {
+        match next_field(&mut bytes)? {
+            (1, d) => url = d,
+            (2, d) => value = d,
+            _ => {}
+        }
+    }
+    let url = String::from_utf8_lossy(url);
     let name = url.rsplit('/').next().unwrap_or(&url);
-    let desc: Option<MessageDescriptor> = crate::proto::pool().get_message_by_name(name);
-    let Some(desc) = desc else { return Ok(()) };
-    let inner = DynamicMessage::decode(desc, bytes.as_ref())
-        .map_err(|e| (path.to_string(), format!("cannot decode {name}: {e}")))?;
-    walk(&inner, path)
+    match crate::proto::pool().get_message_by_name(name) {
+        Some(desc) => scan(&desc, value),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -139,6 +139,10 @@ fn route(
     let Some(m) = &r.r#match else {
         return Err(err(res, format!("{rp}.match"), "match is required"));
     };
+    if r.decorator.is_some() {
+        // Names tracing spans; Ringside does not trace.
+        ctx.ignored.push(format!("{res}.{rp}.decorator"));
+    }
     use pb::route_match::PathSpecifier as PS;
     let path =
         match &m.path_specifier {
