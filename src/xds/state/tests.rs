@@ -1,1 +1,236 @@
+use std::time::Duration;
 
+use prost::Message;
+use serde_json::json;
+
+use super::*;
+use crate::config::{parse_bootstrap, Source};
+
+fn any(kind: Kind, v: serde_json::Value) -> prost_types::Any {
+    let desc = crate::proto::pool().get_message_by_name(kind.message()).unwrap();
+    let msg = prost_reflect::DynamicMessage::deserialize(desc, v).unwrap();
+    prost_types::Any {
+        type_url: kind.type_url().into(),
+        value: msg.encode_to_vec(),
+    }
+}
+
+fn eds_cluster(name: &str, fetch_timeout: &str) -> prost_types::Any {
+    any(
+        Kind::Cluster,
+        json!({"name": name, "type": "EDS", "connect_timeout": "1s",
+               "eds_cluster_config": {"eds_config": {"ads": {}, "initial_fetch_timeout": fetch_timeout}}}),
+    )
+}
+
+fn cla(name: &str, port: u16) -> prost_types::Any {
+    any(
+        Kind::Endpoint,
+        json!({"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}),
+    )
+}
+
+fn rds_listener(name: &str, route: &str) -> prost_types::Any {
+    any(
+        Kind::Listener,
+        json!({"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+               "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                   "stat_prefix": name,
+                   "rds": {"route_config_name": route, "config_source": {"ads": {}, "initial_fetch_timeout": "0s"}},
+                   "http_filters": [{"name": "r", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}),
+    )
+}
+
+fn route(name: &str, cluster: &str) -> prost_types::Any {
+    any(
+        Kind::Route,
+        json!({"name": name, "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]}),
+    )
+}
+
+fn sotw(kind: Kind, version: &str, resources: Vec<prost_types::Any>) -> Update {
+    Update {
+        kind,
+        version_info: version.into(),
+        resources: resources
+            .into_iter()
+            .map(|resource| Incoming {
+                name: String::new(),
+                version: version.into(),
+                resource,
+            })
+            .collect(),
+        removed: vec![],
+        full_state: kind.wildcard(),
+    }
+}
+
+struct Fixture {
+    statics: Static,
+    store: Arc<Store>,
+    base: Snapshot,
+    res: Resources,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let yaml = "static_resources:\n  clusters: [{name: fixed, connect_timeout: 1s}]\n";
+        let b = parse_bootstrap(yaml, &Source::Inline).unwrap();
+        let store = Store::new(1);
+        let base = convert::bootstrap_snapshot(&b, &store, 1).unwrap().0;
+        Fixture {
+            statics: Static::from_snapshot(&base),
+            store,
+            base,
+            res: Resources::default(),
+        }
+    }
+
+    fn apply(&mut self, u: Update) -> Result<(), String> {
+        self.res.apply(&u, &self.statics, &self.store).map(|_| ())
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let s = self.res.assemble(&self.statics, &self.base);
+        self.base = Snapshot {
+            version: s.version,
+            built_at: s.built_at,
+            listeners: s.listeners.clone(),
+            clusters: s.clusters.clone(),
+            cluster_index: s.cluster_index.clone(),
+            route_configs: s.route_configs.clone(),
+            admin: s.admin,
+            bootstrap: s.bootstrap.clone(),
+            dynamic: s.dynamic.clone(),
+        };
+        s
+    }
+}
+
+fn names(s: &Snapshot) -> Vec<String> {
+    s.clusters.iter().map(|c| c.name.to_string()).collect()
+}
+
+#[test]
+fn an_eds_cluster_warms_until_its_endpoints_arrive() {
+    let mut f = Fixture::new();
+    f.apply(sotw(Kind::Cluster, "1", vec![eds_cluster("a", "0s")]))
+        .unwrap();
+    assert_eq!(
+        f.res.wanted(Kind::Endpoint, &f.statics),
+        BTreeSet::from(["a".to_string()])
+    );
+    let s = f.snapshot();
+    assert_eq!(names(&s), ["fixed"], "a is warming");
+    assert_eq!(&*s.dynamic.warming_clusters[0].name, "a");
+    f.apply(sotw(Kind::Endpoint, "1", vec![cla("a", 8080)]))
+        .unwrap();
+    let s = f.snapshot();
+    assert_eq!(names(&s), ["fixed", "a"]);
+    assert_eq!(s.cluster("a").unwrap().endpoints[0].address.port(), 8080);
+    assert!(s.dynamic.warming_clusters.is_empty());
+}
+
+#[test]
+fn a_warming_cluster_is_used_without_endpoints_after_its_fetch_timeout() {
+    let mut f = Fixture::new();
+    f.apply(sotw(Kind::Cluster, "1", vec![eds_cluster("a", "0.05s")]))
+        .unwrap();
+    assert!(f.res.next_deadline().is_some());
+    assert_eq!(names(&f.snapshot()), ["fixed"]);
+    std::thread::sleep(Duration::from_millis(60));
+    let s = f.snapshot();
+    assert_eq!(names(&s), ["fixed", "a"]);
+    assert!(s.cluster("a").unwrap().endpoints.is_empty());
+}
+
+#[test]
+fn a_listener_serves_only_once_its_routes_arrive_and_its_old_version_serves_meanwhile() {
+    let mut f = Fixture::new();
+    f.apply(sotw(Kind::Listener, "1", vec![rds_listener("l", "r1")]))
+        .unwrap();
+    assert!(f.snapshot().listeners.is_empty(), "warming");
+    f.apply(sotw(Kind::Route, "1", vec![route("r1", "fixed")]))
+        .unwrap();
+    let s = f.snapshot();
+    assert_eq!(s.listeners.len(), 1);
+    let first = s.listeners[0].clone();
+    // A new version that needs other routes: the old one keeps serving.
+    f.apply(sotw(Kind::Listener, "2", vec![rds_listener("l", "r2")]))
+        .unwrap();
+    assert_eq!(
+        f.res.wanted(Kind::Route, &f.statics),
+        BTreeSet::from(["r1".to_string(), "r2".to_string()])
+    );
+    let s = f.snapshot();
+    assert!(Arc::ptr_eq(&s.listeners[0], &first));
+    assert_eq!(&*s.dynamic.warming_listeners[0].version, "2");
+    f.apply(sotw(Kind::Route, "2", vec![route("r2", "fixed")]))
+        .unwrap();
+    let s = f.snapshot();
+    assert!(!Arc::ptr_eq(&s.listeners[0], &first));
+    assert!(s.route_configs.contains_key("r2"));
+}
+
+#[test]
+fn removal_follows_each_protocol() {
+    let mut f = Fixture::new();
+    f.apply(sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "0s"), eds_cluster("b", "0s")],
+    ))
+    .unwrap();
+    f.apply(sotw(Kind::Endpoint, "1", vec![cla("a", 1), cla("b", 2)]))
+        .unwrap();
+    // SotW EDS lists only what changed: b stays.
+    f.apply(sotw(Kind::Endpoint, "2", vec![cla("a", 3)]))
+        .unwrap();
+    assert_eq!(names(&f.snapshot()), ["fixed", "a", "b"]);
+    // SotW CDS is the full state: b goes, and its endpoints with it.
+    f.apply(sotw(Kind::Cluster, "2", vec![eds_cluster("a", "0s")]))
+        .unwrap();
+    f.res.prune(&f.statics);
+    assert_eq!(names(&f.snapshot()), ["fixed", "a"]);
+    assert_eq!(
+        f.res.versions_of(Kind::Endpoint).keys().collect::<Vec<_>>(),
+        ["a"]
+    );
+    // Delta removes by name.
+    let mut u = sotw(Kind::Cluster, "3", vec![]);
+    u.full_state = false;
+    u.removed = vec!["a".into()];
+    f.apply(u).unwrap();
+    assert_eq!(names(&f.snapshot()), ["fixed"]);
+    assert_eq!(f.res.version(Kind::Cluster), "3");
+}
+
+#[test]
+fn a_bad_resource_changes_nothing() {
+    let mut f = Fixture::new();
+    f.apply(sotw(Kind::Cluster, "1", vec![eds_cluster("a", "0s")]))
+        .unwrap();
+    let bad = any(
+        Kind::Cluster,
+        json!({"name": "b", "type": "EDS", "connect_timeout": "-1s"}),
+    );
+    let err = f
+        .apply(sotw(Kind::Cluster, "2", vec![eds_cluster("c", "0s"), bad]))
+        .unwrap_err();
+    assert!(err.contains("cluster 'b'"), "{err}");
+    assert_eq!(f.res.version(Kind::Cluster), "1");
+    assert_eq!(
+        f.res.versions_of(Kind::Cluster).keys().collect::<Vec<_>>(),
+        ["a"]
+    );
+    // Static resources cannot be replaced, and a type mismatch is refused.
+    let err = f
+        .apply(sotw(Kind::Cluster, "3", vec![eds_cluster("fixed", "0s")]))
+        .unwrap_err();
+    assert!(err.contains("static cluster"), "{err}");
+    let err = f
+        .apply(sotw(Kind::Cluster, "4", vec![cla("x", 1)]))
+        .unwrap_err();
+    assert!(err.contains("ClusterLoadAssignment in a"), "{err}");
+}
