@@ -38,8 +38,94 @@ pub fn check(full_name: &str, bytes: &[u8]) -> Result<(), (String, String)> {
             }
             path.push_str(seg);
         }
-        (path, f.reason)
+        // Name every other unimplemented field too, so one NACK shows the whole gap.
+        let mut all = Vec::new();
+        collect(&desc, bytes, "", &mut all);
+        let others: Vec<String> = all
+            .into_iter()
+            .filter(|(_, r)| *r != f.reason)
+            .map(|(p, r)| if p.is_empty() { r } else { format!("{p}: {r}") })
+            .collect();
+        let mut reason = f.reason;
+        if !others.is_empty() {
+            reason.push_str("; also ");
+            reason.push_str(&others.join("; "));
+        }
+        (path, reason)
     })
+}
+
+/// Every unknown field under `bytes` as (path, reason): the slow path, run only once the
+/// fast scan found one.
+fn collect(desc: &MessageDescriptor, bytes: &[u8], path: &str, out: &mut Vec<(String, String)>) {
+    let mut buf = bytes;
+    let mut seen: HashMap<u32, usize> = HashMap::new();
+    while !buf.is_empty() {
+        let Ok((number, data)) = next_field(&mut buf) else {
+            return;
+        };
+        let Some(field) = desc.get_field(number) else {
+            let name = omitted()
+                .get(&(desc.full_name(), number))
+                .map(|f| format!("'{f}' (field {number})"))
+                .unwrap_or_else(|| format!("field {number}"));
+            let reason = format!(
+                "{name} of {} is not implemented by Ringside",
+                desc.full_name()
+            );
+            // Each unimplemented field once, at its first path.
+            if !out.iter().any(|(_, r)| *r == reason) {
+                out.push((path.to_string(), reason));
+            }
+            continue;
+        };
+        let Kind::Message(m) = field.kind() else {
+            continue;
+        };
+        let sep = if path.is_empty() { "" } else { "." };
+        let mut p = format!("{path}{sep}{}", field.name());
+        if field.is_list() {
+            let i = seen.entry(number).or_insert(0);
+            p.push_str(&format!("[{i}]"));
+            *i += 1;
+        } else if field.is_map() {
+            p.push_str(&format!("[\"{}\"]", map_key(data)));
+        }
+        if m.full_name() == "google.protobuf.Any" {
+            let (mut url, mut value): (&[u8], &[u8]) = (&[], &[]);
+            let mut d = data;
+            while let Ok((k, v)) = next_field(&mut d) {
+                match k {
+                    1 => url = v,
+                    2 => value = v,
+                    _ => {}
+                }
+                if d.is_empty() {
+                    break;
+                }
+            }
+            let url = String::from_utf8_lossy(url);
+            let name = url.rsplit('/').next().unwrap_or(&url);
+            if let Some(inner) = crate::proto::pool().get_message_by_name(name) {
+                collect(&inner, value, &p, out);
+            }
+        } else if field.is_map() {
+            // The entry's value (field 2) when it is a message.
+            if let Some(Kind::Message(v)) = m.get_field(2).map(|f| f.kind()) {
+                let mut d = data;
+                while let Ok((k, v_bytes)) = next_field(&mut d) {
+                    if k == 2 {
+                        collect(&v, v_bytes, &p, out);
+                    }
+                    if d.is_empty() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            collect(&m, data, &p, out);
+        }
+    }
 }
 
 /// An unknown field, and the path to it, built only once one is found.

@@ -409,6 +409,15 @@ REASON = re.compile(r"(type \S+ is not implemented|'[a-z_0-9]+' \(field \d+\) of
                     r"|of type \S+ is not supported|[^:]*not supported[^:]*$)")
 
 
+def features(msg):
+    """Every unsupported feature a NACK names, for the gap table."""
+    found = [f"field {m}.{f}" for f, m in re.findall(
+        r"'([a-z_0-9]+)' \(field \d+\) of (\S+) is not implemented", msg)]
+    found += [f"type {t}" for t in re.findall(r"type (\S+) is not implemented", msg)]
+    found += [f"type {t}" for t in re.findall(r"of type (\S+) is not supported", msg)]
+    return found or [normalise(msg)]
+
+
 def normalise(msg):
     """The feature a NACK names, for the gap table."""
     m = re.search(r"'([a-z_0-9]+)' \(field \d+\) of (\S+) is not implemented", msg)
@@ -434,6 +443,7 @@ def corpus(binary):
     rs = Ringside(binary, port)
     version = 0
     accepted, nacked, bad = collections.Counter(), collections.Counter(), []
+    blockers = collections.Counter()
     per_kind = collections.Counter()
     try:
         ads.next(CLUSTER)
@@ -460,7 +470,9 @@ def corpus(binary):
                     text = r.error_detail.message
                     if not REASON.search(text):
                         bad.append((os.path.basename(path), kind, text))
-                    nacked[normalise(text)] += 1
+                    blockers[normalise(text)] += 1
+                    for feat in features(text):
+                        nacked[feat] += 1
                 else:
                     accepted[kind] += 1
                 # Clear LDS/CDS between resources so each is judged alone.
@@ -473,8 +485,8 @@ def corpus(binary):
         server.stop(0)
     total = sum(per_kind.values())
     print(f"corpus: {total} resources served over ADS ({dict(per_kind)}); "
-          f"{sum(accepted.values())} accepted ({dict(accepted)}), {sum(nacked.values())} NACKed")
-    print("| NACKs | unsupported feature named by the NACK |")
+          f"{sum(accepted.values())} accepted ({dict(accepted)}), {sum(blockers.values())} NACKed")
+    print("| resources | unsupported feature named by their NACKs |")
     print("|---:|---|")
     for reason, n in nacked.most_common():
         print(f"| {n} | {reason} |")

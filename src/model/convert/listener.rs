@@ -61,8 +61,28 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
             ))
         }
     };
-    let filter = match chain.filters.as_slice() {
-        [f] => network_filter(f, res, "filter_chains[0].filters[0]", ctx)?,
+    // Istio's telemetry network filters may precede the connection manager (documented
+    // no-ops: see `istio_noop`).
+    let mut filters = chain.filters.as_slice();
+    let mut skipped = 0;
+    while let [f, _, ..] = filters {
+        let path = format!("filter_chains[0].filters[{skipped}]");
+        match f
+            .config_type
+            .as_ref()
+            .map(|pb::filter::ConfigType::TypedConfig(a)| a)
+        {
+            Some(any) if istio_noop(&f.name, any, true).is_some() => {
+                let why = istio_noop(&f.name, any, true).unwrap_or_default();
+                ctx.ignored.push(format!("{res}.{path} ({why})"));
+                filters = &filters[1..];
+                skipped += 1;
+            }
+            _ => break,
+        }
+    }
+    let filter = match filters {
+        [f] => network_filter(f, res, &format!("filter_chains[0].filters[{skipped}]"), ctx)?,
         [] => {
             return Err(err(
                 res,
@@ -70,7 +90,15 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
                 "a network filter is required",
             ))
         }
-        [_, f, ..] => {
+        [first, f, ..] => {
+            // Name the filter that is not supported: the first, unless it is the
+            // connection manager, in which case whatever follows it.
+            network_filter(
+                first,
+                res,
+                &format!("filter_chains[0].filters[{skipped}]"),
+                ctx,
+            )?;
             let t = f
                 .config_type
                 .as_ref()
@@ -78,7 +106,7 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
                 .unwrap_or_default();
             return Err(err(
                 res,
-                "filter_chains[0].filters[1]",
+                format!("filter_chains[0].filters[{}]", skipped + 1),
                 format!(
                     "network filter '{}' ({t}) is not supported after the connection manager",
                     f.name
@@ -161,6 +189,48 @@ fn network_filter(
     }
 }
 
+const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
+
+/// The `type_url` inside a TypedStruct (its `value` Struct is not needed to decide).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStructUrl {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
+/// Istio's own extension filters, each decided deliberately (README, "Istio extension
+/// filters"): the telemetry ones are accepted as no-ops, since they enforce nothing —
+/// `istio.stats` (istio_* metrics), `istio.metadata_exchange` (peer labels for those
+/// metrics) — and `istio.alpn`, which only sets the ALPN of upstream TLS, which Ringside
+/// does not originate yet (a cluster with a transport socket is refused). Everything
+/// else, RBAC, JWT, ext_authz and authn included, is refused by type as usual.
+/// Returns why it is a no-op, or `None` if the filter is not one of them.
+fn istio_noop(name: &str, any: &prost_types::Any, network: bool) -> Option<&'static str> {
+    let mut t = any_type(any).to_string();
+    if TYPED_STRUCTS.contains(&t.as_str()) {
+        use prost::Message;
+        let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
+        t = inner.type_url.rsplit('/').next()?.to_string();
+    }
+    match (t.as_str(), network) {
+        ("stats.PluginConfig", _) => Some("istio.stats: Istio telemetry, a documented no-op"),
+        ("envoy.tcp.metadataexchange.config.MetadataExchange", true) => {
+            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
+        }
+        // The HTTP metadata exchange is Istio's built-in ("null VM") Wasm plugin; only that
+        // name is accepted, never a Wasm filter in general.
+        ("envoy.extensions.filters.http.wasm.v3.Wasm", false)
+            if name == "istio.metadata_exchange" =>
+        {
+            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
+        }
+        ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
+            Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")
+        }
+        _ => None,
+    }
+}
+
 fn connection_manager(
     m: &hcm::HttpConnectionManager,
     res: &str,
@@ -213,6 +283,7 @@ fn connection_manager(
     };
     // HTTP filters: exactly the router, last.
     let mut suppress_envoy_headers = false;
+    let mut saw_router = false;
     match m.http_filters.as_slice() {
         [] => return Err(err(res, p("http_filters"), "the router filter is required")),
         filters => {
@@ -226,6 +297,10 @@ fn connection_manager(
                     ));
                 };
                 let t = any_type(any);
+                if let Some(why) = istio_noop(&f.name, any, false) {
+                    ctx.ignored.push(format!("{res}.{fp} ({why})"));
+                    continue;
+                }
                 if t != ROUTER {
                     return Err(err(
                         res,
@@ -237,6 +312,7 @@ fn connection_manager(
                     return Err(err(res, fp, "the router must be the last HTTP filter"));
                 }
                 let r: Router = decode_any(any, ROUTER, res, &fp)?;
+                saw_router = true;
                 suppress_envoy_headers = r.suppress_envoy_headers;
                 if r.dynamic_stats.is_some() || r.start_child_span {
                     ctx.ignored
@@ -244,6 +320,9 @@ fn connection_manager(
                 }
             }
         }
+    }
+    if !saw_router {
+        return Err(err(res, p("http_filters"), "the router filter is required"));
     }
     let mut access_logs = Vec::new();
     for (i, al) in m.access_log.iter().enumerate() {

@@ -7,7 +7,9 @@ use super::*;
 use crate::config::{parse_bootstrap, Source};
 
 fn any(kind: Kind, v: serde_json::Value) -> prost_types::Any {
-    let desc = crate::proto::pool().get_message_by_name(kind.message()).unwrap();
+    let desc = crate::proto::pool()
+        .get_message_by_name(kind.message())
+        .unwrap();
     let msg = prost_reflect::DynamicMessage::deserialize(desc, v).unwrap();
     prost_types::Any {
         type_url: kind.type_url().into(),
@@ -139,6 +141,7 @@ fn a_warming_cluster_is_used_without_endpoints_after_its_fetch_timeout() {
         .unwrap();
     assert!(f.res.next_deadline().is_some());
     assert_eq!(names(&f.snapshot()), ["fixed"]);
+    #[allow(clippy::disallowed_methods)] // a unit test on the test thread, not a core
     std::thread::sleep(Duration::from_millis(60));
     let s = f.snapshot();
     assert_eq!(names(&s), ["fixed", "a"]);
@@ -233,4 +236,164 @@ fn a_bad_resource_changes_nothing() {
         .apply(sotw(Kind::Cluster, "4", vec![cla("x", 1)]))
         .unwrap_err();
     assert!(err.contains("ClusterLoadAssignment in a"), "{err}");
+}
+
+/// A listener built with prost (Istio's own types are not in the descriptor pool, so
+/// they can only arrive over xDS, as bytes).
+fn istio_listener(network: &[(&str, &str)], http: &[(&str, &str)]) -> prost_types::Any {
+    use crate::proto::envoy::config::listener::v3 as l;
+    use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as h;
+    let any = |t: &str, value: Vec<u8>| prost_types::Any {
+        type_url: format!("type.googleapis.com/{t}"),
+        value,
+    };
+    let mut http_filters: Vec<h::HttpFilter> = http
+        .iter()
+        .map(|(name, t)| h::HttpFilter {
+            name: name.to_string(),
+            config_type: Some(h::http_filter::ConfigType::TypedConfig(any(t, vec![]))),
+        })
+        .collect();
+    http_filters.push(h::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(h::http_filter::ConfigType::TypedConfig(any(
+            "envoy.extensions.filters.http.router.v3.Router",
+            vec![],
+        ))),
+    });
+    let hcm = h::HttpConnectionManager {
+        stat_prefix: "in".into(),
+        route_specifier: Some(h::http_connection_manager::RouteSpecifier::Rds(h::Rds {
+            route_config_name: "r".into(),
+            config_source: Some(crate::proto::envoy::config::core::v3::ConfigSource {
+                config_source_specifier: Some(
+                    crate::proto::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(
+                        Default::default(),
+                    ),
+                ),
+                ..Default::default()
+            }),
+        })),
+        http_filters,
+        ..Default::default()
+    };
+    let mut filters: Vec<l::Filter> = network
+        .iter()
+        .map(|(name, t)| {
+            // The waypoint form wraps the config in a TypedStruct: field 1 is its type URL.
+            let (t, value) = match t.strip_prefix("typed:") {
+                Some(inner) => {
+                    let url = format!("type.googleapis.com/{inner}");
+                    let mut v = vec![0x0a, url.len() as u8];
+                    v.extend_from_slice(url.as_bytes());
+                    ("udpa.type.v1.TypedStruct", v)
+                }
+                None => (*t, vec![]),
+            };
+            l::Filter {
+                name: name.to_string(),
+                config_type: Some(l::filter::ConfigType::TypedConfig(any(t, value))),
+            }
+        })
+        .collect();
+    filters.push(l::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(l::filter::ConfigType::TypedConfig(any(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            hcm.encode_to_vec(),
+        ))),
+    });
+    let listener = l::Listener {
+        name: "virtualInbound".into(),
+        address: Some(crate::proto::envoy::config::core::v3::Address {
+            address: Some(
+                crate::proto::envoy::config::core::v3::address::Address::SocketAddress(
+                    crate::proto::envoy::config::core::v3::SocketAddress {
+                        address: "127.0.0.1".into(),
+                        ..Default::default()
+                    },
+                ),
+            ),
+        }),
+        filter_chains: vec![l::FilterChain {
+            filters,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    prost_types::Any {
+        type_url: Kind::Listener.type_url().into(),
+        value: listener.encode_to_vec(),
+    }
+}
+
+#[test]
+fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused() {
+    let mut f = Fixture::new();
+    let ok = istio_listener(
+        &[
+            (
+                "istio.metadata_exchange",
+                "envoy.tcp.metadataexchange.config.MetadataExchange",
+            ),
+            ("istio.stats", "typed:stats.PluginConfig"),
+        ],
+        &[
+            (
+                "istio.metadata_exchange",
+                "envoy.extensions.filters.http.wasm.v3.Wasm",
+            ),
+            (
+                "istio.alpn",
+                "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+            ),
+            ("istio.stats", "stats.PluginConfig"),
+        ],
+    );
+    let ignored = f
+        .res
+        .apply(&sotw(Kind::Listener, "1", vec![ok]), &f.statics, &f.store)
+        .unwrap();
+    assert_eq!(ignored.len(), 5, "each no-op is reported: {ignored:?}");
+    assert!(ignored.iter().any(|i| i.contains("istio.alpn")));
+    for (name, t) in [
+        (
+            "envoy.filters.http.rbac",
+            "envoy.extensions.filters.http.rbac.v3.RBAC",
+        ),
+        (
+            "envoy.filters.http.jwt_authn",
+            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        ),
+        ("my.plugin", "envoy.extensions.filters.http.wasm.v3.Wasm"),
+    ] {
+        let err = f
+            .apply(sotw(
+                Kind::Listener,
+                "2",
+                vec![istio_listener(&[], &[(name, t)])],
+            ))
+            .unwrap_err();
+        assert!(
+            err.contains(&format!("of type {t} is not supported")),
+            "{err}"
+        );
+    }
+    let err = f
+        .apply(sotw(
+            Kind::Listener,
+            "3",
+            vec![istio_listener(
+                &[(
+                    "envoy.filters.network.rbac",
+                    "envoy.extensions.filters.network.rbac.v3.RBAC",
+                )],
+                &[],
+            )],
+        ))
+        .unwrap_err();
+    assert!(
+        err.contains("envoy.extensions.filters.network.rbac.v3.RBAC"),
+        "{err}"
+    );
 }
