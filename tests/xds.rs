@@ -409,3 +409,39 @@ async fn delta_over_a_unix_socket_with_endpoint_churn_and_a_control_plane_restar
     wait_body(addr, "/d", 503, "").await;
     assert!(ads.streams() >= 1);
 }
+
+#[tokio::test]
+async fn a_route_to_an_http2_only_cluster_is_refused_not_sent_http1() {
+    // xds-grpc asks for HTTP/2 (the control plane's own cluster); the data plane does not
+    // speak HTTP/2 upstream yet, so it answers 503 naming why instead of sending HTTP/1.1.
+    let mut ads = AdsServer::tcp(0).await;
+    let proxy = Proxy::start(&bootstrap(&ads.addr, false), &[]).await;
+    ads.next_sotw(CLUSTER).await;
+    ads.next_sotw(LISTENER).await;
+    ads.push(LISTENER, "1", vec![rds_listener("l1", 0, "r1")]);
+    ads.next_sotw(LISTENER).await;
+    ads.next_sotw(ROUTE).await;
+    ads.push(ROUTE, "1", vec![route_to("r1", "xds-grpc")]);
+    ads.next_sotw(ROUTE).await;
+    let addr = proxy.wait_listener("l1").await;
+    let (status, body) = body_of(addr, "/").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("HTTP/2"), "{body}");
+}
+
+#[test]
+fn the_istio_style_example_bootstrap_validates() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/istio-sidecar-xds.yaml"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -624,6 +624,9 @@ impl Connection {
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }
+        if cluster.http2 {
+            return Err(HttpError::UpstreamHttp2Unsupported);
+        }
         let core = self.ctx.core;
         let cstats = cluster.stats.core(core);
         let picked = self.ctx.upstreams.borrow_mut().pick(cluster);

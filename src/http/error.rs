@@ -35,6 +35,10 @@ pub enum HttpError {
     // Upstream.
     #[error("no healthy upstream")]
     NoHealthyUpstream,
+    /// The cluster asks for HTTP/2 upstream, which the data plane does not speak yet:
+    /// refused rather than sending it HTTP/1.1.
+    #[error("cluster requires HTTP/2 upstream, which Ringside does not support yet")]
+    UpstreamHttp2Unsupported,
     #[error("upstream connect error or disconnect/reset before headers. reset reason: {0}")]
     Connect(ConnectError),
     #[error("upstream connect error or disconnect/reset before headers. reset reason: connection termination")]
