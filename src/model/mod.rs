@@ -4,7 +4,6 @@
 //! through [`SharedSnapshot`]. Parts sit behind `Arc` so that a DNS refresh or a single
 //! resource change rebuilds pointers, not tables.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,9 +28,10 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<Listener>>,
     /// Clusters in a stable order; routes refer to them by index.
     pub clusters: Vec<Arc<Cluster>>,
-    pub cluster_index: HashMap<Arc<str>, usize>,
+    /// Name → index in `clusters` (Fx: looked up per request for RDS routes).
+    pub cluster_index: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// Route configurations delivered by RDS, by name.
-    pub route_configs: HashMap<Arc<str>, Arc<route::RouteTable>>,
+    pub route_configs: rustc_hash::FxHashMap<Arc<str>, Arc<route::RouteTable>>,
     /// The admin listener's address, if any.
     pub admin: Option<SocketAddr>,
     /// The bootstrap as given (for `/config_dump`).

@@ -458,7 +458,7 @@ impl Resources {
                 dump.warming_listeners.push(h.entry.clone());
             }
         }
-        let mut route_configs = HashMap::with_capacity(self.routes.len());
+        let mut route_configs = rustc_hash::FxHashMap::default();
         for (n, h) in self.routes.iter() {
             route_configs.insert(n.clone(), h.model.clone());
             dump.route_configs.push(h.entry.clone());

@@ -1,7 +1,6 @@
 //! Protos → validated model. One file per resource type; every error names the resource
 //! and the field path. A batch is converted whole before anything is published.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -32,7 +31,7 @@ pub struct Ctx<'a> {
     pub stats: &'a Store,
     /// Paths of fields that were set but are ignorable knobs (README table).
     pub ignored: Vec<String>,
-    cluster_index: HashMap<Arc<str>, usize>,
+    cluster_index: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// Converting xDS resources (not the bootstrap): routes are not validated against
     /// clusters by default, as in Envoy.
     dynamic: bool,
@@ -46,7 +45,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             stats,
             ignored: Vec::new(),
-            cluster_index: HashMap::new(),
+            cluster_index: Default::default(),
             dynamic: true,
             ads: true,
         }
@@ -173,7 +172,7 @@ pub fn bootstrap_snapshot(
     let mut ctx = Ctx {
         stats,
         ignored: Vec::new(),
-        cluster_index: HashMap::new(),
+        cluster_index: Default::default(),
         dynamic: false,
         ads: false,
     };
@@ -239,7 +238,7 @@ pub fn bootstrap_snapshot(
         listeners,
         clusters,
         cluster_index: ctx.cluster_index,
-        route_configs: HashMap::new(),
+        route_configs: Default::default(),
         admin,
         bootstrap: Arc::new(bootstrap.clone()),
         dynamic: Default::default(),
