@@ -63,7 +63,7 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.nonce = 0
         self.pending = []
 
-    def _serve(self, request_iterator, out):
+    def _serve(self, request_iterator, out, context):
         self.out = out
 
         def pump():
@@ -73,17 +73,22 @@ class Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             except Exception:
                 pass
         threading.Thread(target=pump, daemon=True).start()
-        while True:
-            item = out.get()
+        # Poll so that the handler thread ends with its stream (server.stop, the proxy gone):
+        # a thread parked in a queue would keep the interpreter from exiting.
+        while context.is_active():
+            try:
+                item = out.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             yield item
 
     def StreamAggregatedResources(self, request_iterator, context):
-        yield from self._serve(request_iterator, queue.Queue())
+        yield from self._serve(request_iterator, queue.Queue(), context)
 
     def DeltaAggregatedResources(self, request_iterator, context):
-        yield from self._serve(request_iterator, queue.Queue())
+        yield from self._serve(request_iterator, queue.Queue(), context)
 
     def next(self, type_url, timeout=20):
         for i, r in enumerate(self.pending):
@@ -557,6 +562,7 @@ def main():
         print("| routes = clusters | CDS push→ACK ms | EDS push→ACK ms | RDS push→ACK ms | RDS change: received→all cores ms |")
         print("|---:|---:|---:|---:|---:|")
     {"scenario": scenario, "corpus": corpus, "latency": latency}[sys.argv[2]](binary)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
