@@ -375,6 +375,28 @@ async fn deadline(at: Option<Instant>) {
     }
 }
 
+/// The next response of the stream; warming deadlines that pass meanwhile re-assemble.
+async fn next_response<T>(
+    inbound: &mut tonic::Streaming<T>,
+    control: &mut Control,
+) -> Result<Option<T>, tonic::Status> {
+    loop {
+        tokio::select! {
+            m = inbound.message() => return m,
+            _ = deadline(control.resources.next_deadline()) => control.on_deadline(),
+        }
+    }
+}
+
+/// The resource type of a response, or `None` (with a warning) for types never asked for.
+fn subscribed_kind(type_url: &str) -> Option<Kind> {
+    let kind = Kind::from_type_url(type_url);
+    if kind.is_none() {
+        tracing::warn!(%type_url, "ignoring a response of a type Ringside does not subscribe to");
+    }
+    kind
+}
+
 #[derive(Default)]
 struct SotwType {
     version: String,
@@ -435,21 +457,13 @@ async fn sotw_stream(
     set_connected(control, true);
     let mut got = false;
     loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = deadline(control.resources.next_deadline()) => {
-                control.on_deadline();
-                continue;
-            }
-        };
-        let resp = match msg {
+        let resp = match next_response(&mut inbound, control).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(got),
             Err(s) => return Err((got, s)),
         };
         got = true;
-        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
-            tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type Ringside does not subscribe to");
+        let Some(kind) = subscribed_kind(&resp.type_url) else {
             continue;
         };
         let update = Update {
@@ -532,21 +546,13 @@ async fn delta_stream(
     set_connected(control, true);
     let mut got = false;
     loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            _ = deadline(control.resources.next_deadline()) => {
-                control.on_deadline();
-                continue;
-            }
-        };
-        let resp = match msg {
+        let resp = match next_response(&mut inbound, control).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(got),
             Err(s) => return Err((got, s)),
         };
         got = true;
-        let Some(kind) = Kind::from_type_url(&resp.type_url) else {
-            tracing::warn!(type_url = %resp.type_url, "ignoring a response of a type Ringside does not subscribe to");
+        let Some(kind) = subscribed_kind(&resp.type_url) else {
             continue;
         };
         let update = Update {
