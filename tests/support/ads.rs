@@ -53,34 +53,37 @@ impl AggregatedDiscoveryService for Svc {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.streams.fetch_add(1, Ordering::SeqCst);
-        let mut inbound = req.into_inner();
-        let (tx, rx) = unbounded_channel();
-        *self.sotw.lock().unwrap() = Some(tx);
-        let requests = self.requests.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(r)) = inbound.message().await {
-                let _ = requests.send(Req::Sotw(r));
-            }
-        });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(self.open(req, &self.sotw, Req::Sotw))
     }
 
     async fn delta_aggregated_resources(
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(self.open(req, &self.delta, Req::Delta))
+    }
+}
+
+impl Svc {
+    /// Opens a stream of either protocol: its requests go to the test as `wrap(r)`, its
+    /// responses come from the sender left in `out`.
+    fn open<I: Send + 'static, O: Send + 'static>(
+        &self,
+        req: Request<Streaming<I>>,
+        out: &Out<O>,
+        wrap: fn(I) -> Req,
+    ) -> Response<BoxStream<O>> {
         self.streams.fetch_add(1, Ordering::SeqCst);
         let mut inbound = req.into_inner();
         let (tx, rx) = unbounded_channel();
-        *self.delta.lock().unwrap() = Some(tx);
+        *out.lock().unwrap() = Some(tx);
         let requests = self.requests.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = inbound.message().await {
-                let _ = requests.send(Req::Delta(r));
+                let _ = requests.send(wrap(r));
             }
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Response::new(Box::pin(UnboundedReceiverStream::new(rx)))
     }
 }
 
