@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use ringside::model::NetworkFilter;
 use ringside::router::RequestView;
 
 mod support;
@@ -34,7 +33,10 @@ fn routing(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_match_last_of_n");
     for n in [10usize, 1_000, 10_000] {
         let snap = support::snapshot(n, 10);
-        let NetworkFilter::Http(hcm) = &snap.listeners[0].filter;
+        let hcm = snap.listeners[0]
+            .hcms()
+            .next()
+            .expect("a connection manager");
         let table = hcm.routes.inline().expect("inline routes").clone();
         let req = Req(format!("/svc/{}/items/42?x=1", n - 1));
         assert!(table.find(&req).is_some());

@@ -9,7 +9,7 @@ use prost::Message;
 use ringside::model::convert::{route_resource, Ctx};
 use ringside::proto::envoy::config::route::v3::RouteConfiguration;
 use ringside::stats::Store;
-use ringside::xds::state::{Incoming, Kind, Resources, Static, Update};
+use ringside::xds::state::{Kind, Resources, Static, Update};
 
 mod support;
 
@@ -32,23 +32,6 @@ fn route_config(n: usize, version: usize) -> prost_types::Any {
         "envoy.config.route.v3.RouteConfiguration",
         serde_json::json!({"name": "r1", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}),
     )
-}
-
-fn update(kind: Kind, version: &str, resources: Vec<prost_types::Any>) -> Update {
-    Update {
-        kind,
-        version_info: version.into(),
-        resources: resources
-            .into_iter()
-            .map(|resource| Incoming {
-                name: String::new(),
-                version: version.into(),
-                resource,
-            })
-            .collect(),
-        removed: vec![],
-        full_state: kind.wildcard(),
-    }
 }
 
 fn xds(c: &mut Criterion) {
@@ -74,15 +57,19 @@ fn xds(c: &mut Criterion) {
         let clusters = (0..n)
             .map(|i| any("envoy.config.cluster.v3.Cluster", serde_json::json!({"name": format!("x{i}"), "type": "EDS", "connect_timeout": "1s", "eds_cluster_config": {"eds_config": {"ads": {}}}})))
             .collect();
-        res.apply(&update(Kind::Cluster, "c", clusters), &statics, &store)
-            .unwrap();
+        res.apply(
+            &Update::sotw(Kind::Cluster, "c", clusters),
+            &statics,
+            &store,
+        )
+        .unwrap();
         let clas = (0..n)
             .map(|i| any("envoy.config.endpoint.v3.ClusterLoadAssignment", serde_json::json!({"cluster_name": format!("x{i}"), "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000 + i % 50000}}}}]}]})))
             .collect();
-        res.apply(&update(Kind::Endpoint, "e", clas), &statics, &store)
+        res.apply(&Update::sotw(Kind::Endpoint, "e", clas), &statics, &store)
             .unwrap();
         let mut current = res.assemble(&statics, &base);
-        let rds = update(Kind::Route, "r", vec![rc]);
+        let rds = Update::sotw(Kind::Route, "r", vec![rc]);
         g.bench_with_input(
             BenchmarkId::new("rds_update_to_snapshot", n),
             &rds,

@@ -232,3 +232,24 @@ mod tests {
         });
     }
 }
+
+/// Where a downstream connection came from and was going.
+#[derive(Debug, Clone, Copy)]
+pub struct Downstream {
+    pub peer: std::net::SocketAddr,
+    /// The destination: the original one when restored, else the local address.
+    pub dst: std::net::SocketAddr,
+    /// Whether `dst` was restored from SO_ORIGINAL_DST (REDIRECT interception).
+    pub restored: bool,
+    /// The address of the listener whose socket accepted it (before any hand-over).
+    pub via: std::net::SocketAddr,
+}
+
+impl Downstream {
+    /// Whether connecting to the destination (an ORIGINAL_DST cluster) would come back to
+    /// the socket that accepted this connection: a loop.
+    pub fn loops_back(&self) -> bool {
+        let (d, v) = (self.dst, self.via);
+        d.port() == v.port() && (d.ip() == v.ip() || v.ip().is_unspecified())
+    }
+}

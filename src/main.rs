@@ -24,8 +24,10 @@ enum Mode {
 
 /// A thread-per-core sidecar proxy that runs Envoy's configuration.
 #[derive(Debug, Parser)]
-#[command(name = "ringside", version)]
+#[command(name = "ringside", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Bootstrap file (Envoy v3 YAML or JSON). Without it (and without --config-yaml) the
     /// embedded default configuration runs.
     #[arg(short = 'c', long = "config-path")]
@@ -53,9 +55,28 @@ struct Cli {
     admin_address_path: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print (--dry-run), apply or remove (--cleanup) the pod's traffic capture rules, with
+    /// istio-iptables' flags.
+    Iptables(ringside::iptables::Options),
+}
+
 fn main() -> ExitCode {
     ringside::io::tune_allocator();
     let cli = Cli::parse();
+    if let Some(Command::Iptables(o)) = &cli.command {
+        return match ringside::iptables::execute(o) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let level = match cli.log_level.to_ascii_lowercase().as_str() {
         "warning" => "warn".to_string(),
         "critical" => "error".to_string(),

@@ -216,7 +216,25 @@ stat_family! {
         DownstreamCxDestroy = "downstream_cx_destroy",
         DownstreamCxOverflow = "downstream_cx_overflow",
         NoFilterChainMatch = "no_filter_chain_match",
-    } gauges [DownstreamCxActive]
+        DownstreamPreCxTimeout = "downstream_pre_cx_timeout",
+        DownstreamPreCxActive = "downstream_pre_cx_active",
+        OriginalDstRestored = "original_dst_restored",
+        OriginalDstMissing = "original_dst_missing",
+    } gauges [DownstreamCxActive, DownstreamPreCxActive]
+}
+
+stat_family! {
+    /// `tcp.<stat_prefix>.` stats of a TCP proxy.
+    pub enum TcpStat {
+        DownstreamCxTotal = "downstream_cx_total",
+        DownstreamCxNoRoute = "downstream_cx_no_route",
+        DownstreamCxRxBytesTotal = "downstream_cx_rx_bytes_total",
+        DownstreamCxTxBytesTotal = "downstream_cx_tx_bytes_total",
+        IdleTimeout = "idle_timeout",
+        MaxDownstreamConnectionDurationReached = "max_downstream_connection_duration",
+        UpstreamFlushTotal = "upstream_flush_total",
+        UpstreamConnectAttemptsExceeded = "upstream_connect_attempts_exceeded",
+    } gauges []
 }
 
 stat_family! {
@@ -251,7 +269,9 @@ stat_family! {
         RqRedirect = "rq_redirect",
         RqUpgradeRequired = "downstream_rq_http10_rejected",
         PanicsCaught = "downstream_cx_panic",
-    } gauges [DownstreamCxActive, DownstreamRqActive]
+        DownstreamCxUpgradesTotal = "downstream_cx_upgrades_total",
+        DownstreamCxUpgradesActive = "downstream_cx_upgrades_active",
+    } gauges [DownstreamCxActive, DownstreamRqActive, DownstreamCxUpgradesActive]
 }
 
 stat_family! {

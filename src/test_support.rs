@@ -24,3 +24,13 @@ static_resources:
 "#
     )
 }
+
+/// A network filter for tests that need one but never run it.
+pub fn any_network_filter() -> crate::model::NetworkFilter {
+    use crate::config::{parse_bootstrap, Source};
+    let b = parse_bootstrap(&http_bootstrap("[]", "[]"), &Source::Inline).unwrap();
+    let s = crate::model::convert::bootstrap_snapshot(&b, &crate::stats::Store::new(1), 1)
+        .unwrap()
+        .0;
+    s.listeners[0].chains.chains[0].filter.clone()
+}

@@ -167,6 +167,63 @@ async fn expect_continue_head_204_and_304() {
     }
 }
 
+/// Heads and bodies that arrive in several reads, on both sides (a slow client, headers
+/// across TCP segments, a chunk header split from its data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_and_bodies_split_across_reads() {
+    // An upstream that answers in pieces.
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Request head plus the body, forwarded chunked as it came.
+                while !seen.ends_with(b"0\r\n\r\n") {
+                    use tokio::io::AsyncReadExt;
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let seen = String::from_utf8_lossy(&seen);
+                let body = seen.contains("\r\nabcd\r\n") && seen.contains("\r\nefg\r\n");
+                let answer = if body { "yes" } else { "no!" };
+                for piece in [
+                    "HTTP/1.1 200 OK\r\nContent-",
+                    "Length: 3\r\nX-Up: 1\r",
+                    &format!("\n\r\n{answer}"),
+                ] {
+                    s.write_all(piece.as_bytes()).await.unwrap();
+                    s.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                }
+            });
+        }
+    });
+    for driver in drivers() {
+        let p = proxy_to("", "up", up_addr, &args(driver)).await;
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        for piece in [
+            &b"POST /split HTTP/1.1\r\nHo"[..],
+            b"st: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n",
+            b"\r\n4\r",
+            b"\nab",
+            b"cd\r\n3\r\nefg\r\n0\r\n",
+            b"\r\n",
+        ] {
+            s.write_all(piece).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        let out = String::from_utf8(read_all(&mut s, Duration::from_secs(3)).await).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{driver}: {out}");
+        assert!(out.contains("x-up: 1\r\n"), "{driver}: {out}");
+        assert!(out.ends_with("\r\n\r\nyes"), "{driver}: {out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_both_ways() {
     for driver in drivers() {
@@ -571,15 +628,7 @@ async fn a_pooled_connection_the_upstream_closed_is_retried_transparently() {
         }
     });
     for driver in drivers() {
-        let p = Proxy::start(
-            &config(
-                "",
-                &all_to("a"),
-                &format!("[{}]", cluster("a", &[addr], "")),
-            ),
-            &args(driver),
-        )
-        .await;
+        let p = proxy_to("", "a", addr, &args(driver)).await;
         for i in 0..5 {
             let (s, _, body) = http_get(p.addr(), "/", &[]).await;
             assert_eq!(

@@ -223,17 +223,19 @@ fn validate_mode_names_file_line_and_field() {
         "{err}"
     );
 
-    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy-demo.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
-        .args(["--mode", "validate", "-c", good])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for good in ["envoy-demo.yaml", "sidecar-capture.yaml"] {
+        let good = format!("{}/examples/{good}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .args(["--mode", "validate", "-c", &good])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{good}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
         .args(["--mode", "validate"])
         .output()

@@ -51,16 +51,23 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
 async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let (method, target, len) = loop {
+        let (method, target, len, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
+                    // `Connection: close` or HTTP/1.0: answer, then close.
+                    let close = req.version == Some(0)
+                        || req.headers.iter().any(|h| {
+                            h.name.eq_ignore_ascii_case("connection")
+                                && h.value.eq_ignore_ascii_case(b"close")
+                        });
                     break (
                         req.method.unwrap_or("").to_string(),
                         req.path.unwrap_or("/").to_string(),
                         n,
-                    )
+                        close,
+                    );
                 }
                 Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
                 _ => {
@@ -78,12 +85,16 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
         buf.drain(..len);
         let (status, content_type, body) = handle(state, &method, &target);
         let head = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n{}\r\n",
             crate::http::local_reply::reason(status),
-            body.len()
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
         );
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
+        if close {
+            return stream.shutdown().await;
+        }
     }
 }
 

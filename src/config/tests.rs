@@ -96,6 +96,7 @@ static_resources:
 #[test]
 fn inline_yaml_merges_over_file() {
     let dir = std::env::temp_dir().join(format!("ringside-cfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("b.yaml");
     std::fs::write(

@@ -205,7 +205,7 @@ pub async fn forward_body<S: AsyncReadRent, D: AsyncWriteRent>(
             (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
             (None, None) => None,
         };
-        let read = src.read(std::mem::take(pending));
+        let read = crate::io::read_more(src, std::mem::take(pending));
         let (res, buf) = match limit {
             None => read.await,
             Some(t) => monoio::time::timeout(t, read)

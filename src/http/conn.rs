@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
-use crate::ctx::{CoreCtx, DrainEvent};
+use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{forward_body, BodyError, Framing, Mode};
 use crate::http::error::HttpError;
 use crate::http::h1::{self, BodyKind, RequestHead, RequestRef, ResponseHead};
@@ -22,7 +22,8 @@ use crate::model::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
 };
 use crate::model::{
-    HttpConnectionManager, LbPolicy, RouteSource, Snapshot, StripPort, UnderscoreAction,
+    Discovery, Endpoint, HttpConnectionManager, LbPolicy, RouteSource, Snapshot, StripPort,
+    UnderscoreAction,
 };
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 use crate::upstream::Conn as UpstreamConn;
@@ -44,11 +45,15 @@ pub async fn serve(
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
     stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    down: Downstream,
     drain: Rc<DrainEvent>,
+    prefix: Vec<u8>,
 ) {
+    let (peer, local) = (down.peer, down.dst);
     let snapshot = ctx.snapshot();
+    // Bytes the listener filters read come first.
+    let mut buf = prefix;
+    buf.reserve(BUF);
     let mut conn = Connection {
         ctx,
         drain,
@@ -56,7 +61,9 @@ pub async fn serve(
         stream,
         peer,
         local,
-        buf: Vec::with_capacity(BUF),
+        down,
+        upgrade: None,
+        buf,
         out: Vec::with_capacity(BUF),
         pending: Vec::new(),
         synth: Vec::new(),
@@ -85,6 +92,11 @@ pub(crate) struct Connection {
     stream: TcpStream,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
+    /// Where the connection was accepted and going (ORIGINAL_DST loop guard).
+    down: Downstream,
+    /// The `Upgrade` header value of a request whose upgrade the connection manager
+    /// allows (`upgrade_configs`): forwarded, and on a 101 the connection is tunnelled.
+    pub(crate) upgrade: Option<std::ops::Range<usize>>,
     /// Downstream bytes: the current head at the front, then anything read after it.
     pub(crate) buf: Vec<u8>,
     out: Vec<u8>,
@@ -173,7 +185,7 @@ impl Connection {
             }
             self.buf.reserve(BUF);
             let buf = std::mem::take(&mut self.buf);
-            let read = self.stream.read(buf);
+            let read = crate::io::read_more(&mut self.stream, buf);
             let (res, buf) = if idle && self.requests > 0 {
                 // An idle keep-alive connection also wakes for the drain signal.
                 monoio::select! {
@@ -258,8 +270,25 @@ impl Connection {
         if self.head.minor == 0 && !self.hcm.accept_http_10 {
             return Err(HttpError::Http10Rejected);
         }
+        self.upgrade = None;
         if self.head.upgrade {
-            return Err(HttpError::UpgradeRejected);
+            let value = self
+                .head
+                .headers
+                .iter()
+                .find(|(n, _)| self.buf[n.clone()].eq_ignore_ascii_case(b"upgrade"))
+                .map(|(_, v)| v.clone());
+            let allowed = value.as_ref().is_some_and(|v| {
+                let v = &self.buf[v.clone()];
+                self.hcm
+                    .upgrades
+                    .iter()
+                    .any(|u| u.as_bytes().eq_ignore_ascii_case(v))
+            });
+            if !allowed {
+                return Err(HttpError::UpgradeRejected);
+            }
+            self.upgrade = value;
         }
         if self.head.underscore
             && self.hcm.headers_with_underscores == UnderscoreAction::RejectRequest
@@ -629,10 +658,23 @@ impl Connection {
         }
         let core = self.ctx.core;
         let cstats = cluster.stats.core(core);
-        let picked = self.ctx.upstreams.borrow_mut().pick(cluster);
-        let Some(ep) = picked else {
-            cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-            return Err(HttpError::NoHealthyUpstream);
+        let original;
+        let ep = if cluster.discovery == Discovery::OriginalDst {
+            // Not redirected: the destination is this listener itself (a loop).
+            if self.down.loops_back() {
+                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+                return Err(HttpError::NoHealthyUpstream);
+            }
+            // The connection's destination (restored from the capture) is the upstream.
+            original = Endpoint::at(self.local);
+            &original
+        } else {
+            let picked = self.ctx.upstreams.borrow_mut().pick(cluster);
+            let Some(ep) = picked else {
+                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+                return Err(HttpError::NoHealthyUpstream);
+            };
+            ep
         };
         self.log.upstream = Some(ep.address);
         let replayable_head = !matches!(self.head.body, BodyKind::Length(n) if n > (self.buf.len() - self.head.len.min(self.buf.len())) as u64)
@@ -903,6 +945,10 @@ impl Connection {
             self.log.flags = "DC";
             return Ok(Next::Close);
         }
+        if resp.status == 101 && self.upgrade.is_some() {
+            self.resp_head = resp;
+            return Ok(self.tunnel(up, cluster, stream_idle).await);
+        }
         if !resp_body.done() {
             self.upstreams_started(cluster, ep);
             let r = forward_body(
@@ -953,6 +999,53 @@ impl Connection {
             self.ctx.upstreams.borrow_mut().checkin(up);
         }
         Ok(if close { Next::Close } else { Next::KeepAlive })
+    }
+
+    /// After a 101 to an allowed upgrade (WebSocket): bytes either side already read go
+    /// across, then the two sockets are spliced together until both close (or stay quiet
+    /// for the stream idle timeout). The connection is not reused afterwards.
+    async fn tunnel(
+        &mut self,
+        mut up: UpstreamConn,
+        cluster: &crate::model::Cluster,
+        idle: Option<Duration>,
+    ) -> Next {
+        let core = self.ctx.core;
+        let hs = self.hcm.stats.core(core);
+        let cs = cluster.stats.core(core);
+        let early = self.buf.split_off(self.head.len.min(self.buf.len()));
+        if !early.is_empty() {
+            let (res, _) = up.stream.write_all(early).await;
+            if res.is_err() {
+                return Next::Close;
+            }
+        }
+        let ahead = std::mem::take(&mut up.buf);
+        if !ahead.is_empty() {
+            let (res, _) = self.stream.write_all(ahead).await;
+            if res.is_err() {
+                return Next::Close;
+            }
+        }
+        hs.inc(HttpStat::DownstreamCxUpgradesTotal as usize);
+        hs.inc(HttpStat::DownstreamCxUpgradesActive as usize);
+        crate::io::splice_both_ways(
+            (&self.stream, &up.stream),
+            idle,
+            None,
+            |n| {
+                hs.add(HttpStat::DownstreamCxRxBytesTotal as usize, n);
+                cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
+            },
+            |n| {
+                hs.add(HttpStat::DownstreamCxTxBytesTotal as usize, n);
+                cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
+            },
+        )
+        .await;
+        hs.dec(HttpStat::DownstreamCxUpgradesActive as usize);
+        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
+        Next::Close
     }
 
     /// An error after the request body began to flow: answer if nothing was sent yet and
@@ -1074,7 +1167,7 @@ async fn read_response_head(
         }
         up.buf.reserve(BUF);
         let buf = std::mem::take(&mut up.buf);
-        let read = up.stream.read(buf);
+        let read = crate::io::read_more(&mut up.stream, buf);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let (limit, is_deadline) = match (remaining, idle) {
             (Some(r), Some(i)) if r <= i => (Some(r), true),

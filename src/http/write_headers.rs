@@ -173,6 +173,11 @@ pub(crate) fn request_head(
     if head.body == crate::http::h1::BodyKind::Chunked {
         header(out, b"transfer-encoding", b"chunked");
     }
+    // A configured upgrade keeps its hop-by-hop headers for the next hop.
+    if let Some(u) = &conn.upgrade {
+        header(out, b"connection", b"upgrade");
+        header(out, b"upgrade", &buf[u.clone()]);
+    }
     if edge && !hcm.skip_xff_append && !xff_written {
         out.extend_from_slice(b"x-forwarded-for: ");
         let _ = write!(out, "{}", conn.peer.ip());
@@ -282,7 +287,18 @@ pub(crate) fn response_head(
             .any(|(n, _)| up[n.clone()].eq_ignore_ascii_case(name))
     };
     write_adds(out, mods, conn, &present);
-    if close {
+    let switching = resp.status == 101 && conn.upgrade.is_some();
+    if switching {
+        // The upstream accepted the upgrade: its Upgrade header goes back with it.
+        header(out, b"connection", b"upgrade");
+        if let Some((_, v)) = resp
+            .headers
+            .iter()
+            .find(|(n, _)| up[n.clone()].eq_ignore_ascii_case(b"upgrade"))
+        {
+            header(out, b"upgrade", &up[v.clone()]);
+        }
+    } else if close {
         header(out, b"connection", b"close");
     } else if conn.head.minor == 0 {
         header(out, b"connection", b"keep-alive");

@@ -14,10 +14,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::ctx::{CoreCtx, DrainEvent};
-use crate::io::bind_reuseport;
+use crate::ctx::{CoreCtx, Downstream, DrainEvent};
+use crate::io::bind_listener_socket;
+use crate::model::chain::{Choice, ConnInfo, Sniffed};
 use crate::model::{Listener, NetworkFilter, Snapshot};
-use crate::stats::{HttpStat, ListenerStat};
+use crate::stats::{HttpStat, ListenerStat, TcpStat};
+
+pub mod sniff;
 
 /// A connection accepted by one core for another (exact balance).
 pub struct Handoff {
@@ -62,10 +65,12 @@ impl Balancer {
     }
 }
 
-/// A core's listening socket, with its balancer when the listener asks for one.
+/// A core's listening socket, with its balancer when the listener asks for one. A
+/// `bind_to_port: false` listener has no socket: it serves connections other listeners
+/// hand over by original destination.
 pub struct CoreListener {
     pub listener: Arc<Listener>,
-    pub socket: std::net::TcpListener,
+    pub socket: Option<std::net::TcpListener>,
     pub balance: Option<(Arc<Balancer>, tokio::sync::mpsc::UnboundedReceiver<Handoff>)>,
 }
 
@@ -102,6 +107,16 @@ pub fn bind_listener(
     cores: usize,
 ) -> io::Result<(Vec<CoreListener>, SocketAddr)> {
     let mut addr = l.address;
+    if !l.bind_to_port {
+        let out = (0..cores)
+            .map(|_| CoreListener {
+                listener: l.clone(),
+                socket: None,
+                balance: None,
+            })
+            .collect();
+        return Ok((out, addr));
+    }
     let (balancer, mut inboxes) = if l.exact_balance {
         let (b, rx) = Balancer::new(cores);
         (Some(b), rx.into_iter().map(Some).collect())
@@ -110,7 +125,7 @@ pub fn bind_listener(
     };
     let mut out = Vec::with_capacity(cores);
     for (k, inbox) in inboxes.iter_mut().enumerate() {
-        let sock = bind_reuseport(addr, 1024).map_err(|e| {
+        let sock = bind_listener_socket(addr, 1024, l.transparent).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("listener '{}': cannot bind {addr}: {e}", l.name),
@@ -122,7 +137,7 @@ pub fn bind_listener(
         let balance = balancer.clone().zip(inbox.take());
         out.push(CoreListener {
             listener: l.clone(),
-            socket: sock,
+            socket: Some(sock),
             balance,
         });
     }
@@ -135,6 +150,8 @@ pub struct Slot {
     config: RefCell<Arc<Listener>>,
     drain: RefCell<Rc<DrainEvent>>,
     stop: DrainEvent,
+    /// The address the socket is bound to (port 0 resolved): the accepting address.
+    bound: SocketAddr,
 }
 
 impl Slot {
@@ -174,6 +191,11 @@ pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
         config: RefCell::new(l.listener.clone()),
         drain: RefCell::new(Rc::new(DrainEvent::default())),
         stop: DrainEvent::default(),
+        bound: l
+            .socket
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(l.listener.address),
     });
     if ctx.draining() {
         slot.shut();
@@ -185,7 +207,9 @@ pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
     if let Some((b, rx)) = l.balance {
         monoio::spawn(inbox_loop(ctx.clone(), b, rx, slot.clone()));
     }
-    monoio::spawn(accept_loop(ctx.clone(), l.socket, balancer, slot));
+    if let Some(socket) = l.socket {
+        monoio::spawn(accept_loop(ctx.clone(), socket, balancer, slot));
+    }
 }
 
 async fn inbox_loop(
@@ -209,8 +233,7 @@ async fn inbox_loop(
                     &ctx,
                     &listener,
                     stream,
-                    h.peer,
-                    local,
+                    (h.peer, local, slot.bound),
                     Some(balancer.clone()),
                     &drain,
                 );
@@ -268,8 +291,7 @@ pub async fn accept_loop(
                     &ctx,
                     &listener,
                     stream,
-                    peer,
-                    local,
+                    (peer, local, slot.bound),
                     balancer.clone(),
                     &drain,
                 );
@@ -288,34 +310,141 @@ fn spawn_connection(
     ctx: &Rc<CoreCtx>,
     listener: &Arc<Listener>,
     stream: monoio::net::TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
+    (peer, local, bound): (SocketAddr, SocketAddr, SocketAddr),
     balancer: Option<Arc<Balancer>>,
     drain: &Rc<DrainEvent>,
 ) {
     let guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
-    match &listener.filter {
-        NetworkFilter::Http(hcm) => {
-            let hcm = hcm.clone();
-            let fut = crate::http::conn::serve(
-                ctx.clone(),
-                hcm.clone(),
-                stream,
-                peer,
-                local,
-                drain.clone(),
-            );
-            monoio::spawn(async move {
-                let _guard = guard;
-                if CatchUnwind(Box::pin(fut)).await.is_err() {
-                    hcm.stats
-                        .core(_guard.ctx.core)
-                        .inc(HttpStat::PanicsCaught as usize);
-                    tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
-                }
-            });
+    let fut = handle(guard, stream, peer, (local, bound), drain.clone());
+    monoio::spawn(async move {
+        if CatchUnwind(Box::pin(fut)).await.is_err() {
+            tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
+        }
+    });
+}
+
+/// One accepted connection: restore its original destination (and move to the listener
+/// that owns it), choose the filter chain — inspecting the first bytes only if the choice
+/// depends on them — and run the chain's network filter.
+async fn handle(
+    mut guard: ActiveGuard,
+    mut stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+    // The connection's local address, and the address of the socket that accepted it:
+    // what a connection to ORIGINAL_DST must not loop back to.
+    (local, accepted_on): (SocketAddr, SocketAddr),
+    mut drain: Rc<DrainEvent>,
+) {
+    let ctx = guard.ctx.clone();
+    let mut listener = guard.listener.clone();
+    let mut dst = local;
+    let mut restored = false;
+    if listener.restore_dst {
+        match crate::io::original_dst(&stream, local) {
+            Ok(Some(a)) => {
+                dst = a;
+                restored = a != local;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(%peer, "SO_ORIGINAL_DST: {e}"),
+        }
+        let c = listener.stats.core(ctx.core);
+        c.inc(if restored {
+            ListenerStat::OriginalDstRestored as usize
+        } else {
+            ListenerStat::OriginalDstMissing as usize
+        });
+        let target = if listener.use_original_dst {
+            ctx.snapshot().listener_for(dst).cloned()
+        } else {
+            None
+        };
+        if let Some(t) = target {
+            // The listener's current version on this core and its drain event.
+            let slot = ctx.listeners.borrow().get(&t.name).cloned();
+            let (t, d) = match slot {
+                Some(s) => (s.config.borrow().clone(), s.drain.borrow().clone()),
+                None => (t, drain.clone()),
+            };
+            guard.move_to(t.clone());
+            listener = t;
+            drain = d;
         }
     }
+    let mut prefix = Vec::new();
+    let port = dst.port();
+    let unsniffed = Sniffed::RAW;
+    let raw = (!listener.inspectors.any_for(port)).then_some(&unsniffed);
+    let mut info = ConnInfo {
+        local: dst,
+        peer,
+        sniffed: raw,
+    };
+    let mut choice = listener.chains.choose(&info);
+    let sniffed;
+    if choice == Choice::NeedSniff {
+        let ins = &listener.inspectors;
+        let c = listener.stats.core(ctx.core);
+        c.inc(ListenerStat::DownstreamPreCxActive as usize);
+        let found = sniff::sniff(
+            &mut stream,
+            ins.tls_for(port),
+            ins.http_for(port),
+            ins.timeout,
+            ins.continue_on_timeout,
+        )
+        .await;
+        c.dec(ListenerStat::DownstreamPreCxActive as usize);
+        match found {
+            Ok((s, bytes)) => {
+                sniffed = s;
+                prefix = bytes;
+            }
+            Err(e) => {
+                if e == sniff::SniffError::Timeout {
+                    c.inc(ListenerStat::DownstreamPreCxTimeout as usize);
+                }
+                tracing::debug!(listener = %listener.name, %peer, "listener filters: {e:?}");
+                return;
+            }
+        }
+        info.sniffed = Some(&sniffed);
+        choice = listener.chains.choose(&info);
+    }
+    let Choice::Chain(i) = choice else {
+        listener
+            .stats
+            .core(ctx.core)
+            .inc(ListenerStat::NoFilterChainMatch as usize);
+        tracing::debug!(listener = %listener.name, %peer, %dst, "no filter chain matches");
+        return;
+    };
+    let filter = listener.chains.chains[i].filter.clone();
+    let down = Downstream {
+        peer,
+        dst,
+        restored,
+        via: accepted_on,
+    };
+    match filter {
+        NetworkFilter::Http(hcm) => {
+            let fut =
+                crate::http::conn::serve(ctx.clone(), hcm.clone(), stream, down, drain, prefix);
+            if CatchUnwind(Box::pin(fut)).await.is_err() {
+                hcm.stats
+                    .core(ctx.core)
+                    .inc(HttpStat::PanicsCaught as usize);
+                tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
+            }
+        }
+        NetworkFilter::Tcp(tp) => {
+            tp.stats
+                .core(ctx.core)
+                .inc(TcpStat::DownstreamCxTotal as usize);
+            crate::tcp::serve(ctx.clone(), tp, stream, down, drain, prefix).await;
+        }
+    }
+    drop(guard);
 }
 
 /// Counts a connection as active on its core and listener for as long as it lives.
@@ -327,6 +456,16 @@ struct ActiveGuard {
 }
 
 impl ActiveGuard {
+    /// The connection now belongs to another listener (original destination handoff).
+    fn move_to(&mut self, listener: Arc<Listener>) {
+        let old = self.listener.stats.core(self.ctx.core);
+        old.dec(ListenerStat::DownstreamCxActive as usize);
+        let c = listener.stats.core(self.ctx.core);
+        c.inc(ListenerStat::DownstreamCxTotal as usize);
+        c.inc(ListenerStat::DownstreamCxActive as usize);
+        self.listener = listener;
+    }
+
     fn new(ctx: Rc<CoreCtx>, listener: Arc<Listener>, balancer: Option<Arc<Balancer>>) -> Self {
         ctx.active.set(ctx.active.get() + 1);
         let c = listener.stats.core(ctx.core);

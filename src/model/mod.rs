@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+pub mod chain;
 pub mod convert;
 pub mod format;
 pub mod headers;
@@ -38,6 +39,22 @@ pub struct Snapshot {
     pub bootstrap: Arc<crate::proto::envoy::config::bootstrap::v3::Bootstrap>,
     /// The xDS resources behind this snapshot, as received (for `/config_dump`).
     pub dynamic: Arc<DynamicDump>,
+    /// Listeners that do not bind (`bind_to_port: false`), by address: where a
+    /// `use_original_dst` listener hands its connections.
+    pub virtual_listeners: Arc<rustc_hash::FxHashMap<SocketAddr, Arc<Listener>>>,
+}
+
+/// The `bind_to_port: false` listeners of `listeners`, by address.
+pub fn virtual_index(
+    listeners: &[Arc<Listener>],
+) -> Arc<rustc_hash::FxHashMap<SocketAddr, Arc<Listener>>> {
+    Arc::new(
+        listeners
+            .iter()
+            .filter(|l| !l.bind_to_port)
+            .map(|l| (l.address, l.clone()))
+            .collect(),
+    )
 }
 
 /// One resource received over xDS, as it arrived.
@@ -81,6 +98,22 @@ impl Snapshot {
         self.cluster_index.get(name).map(|&i| &self.clusters[i])
     }
 
+    /// The listener that takes over a connection restored to `dst`: an exact address
+    /// match first, then one on the wildcard address of `dst`'s family and port.
+    pub fn listener_for(&self, dst: SocketAddr) -> Option<&Arc<Listener>> {
+        if self.virtual_listeners.is_empty() {
+            return None;
+        }
+        self.virtual_listeners.get(&dst).or_else(|| {
+            let any: std::net::IpAddr = match dst {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            self.virtual_listeners
+                .get(&SocketAddr::new(any, dst.port()))
+        })
+    }
+
     /// The route table a connection manager uses now: its inline one, or the RDS one it
     /// names (`None` while that has not arrived).
     pub fn routes_of<'a>(
@@ -115,12 +148,26 @@ impl RouteSource {
 /// The current snapshot, swapped whole.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
-/// A listener: one address, one network filter chain.
+/// A listener: an address, its listener filters and its filter chains.
 pub struct Listener {
     pub name: Arc<str>,
     pub address: SocketAddr,
     pub stats: Arc<Scope>,
-    pub filter: NetworkFilter,
+    pub chains: chain::Chains,
+    /// `bind_to_port` (default true): false for the listeners a `use_original_dst`
+    /// listener hands connections to.
+    pub bind_to_port: bool,
+    /// `use_original_dst` or the `original_dst` listener filter: recover the destination
+    /// iptables redirected from (SO_ORIGINAL_DST); chains match on it.
+    pub restore_dst: bool,
+    /// `use_original_dst`: also hand the connection to the listener bound (or not bound)
+    /// to that destination. The `original_dst` listener filter alone does not: Istio's
+    /// virtualInbound restores the destination but must never pass inbound traffic to an
+    /// outbound `0.0.0.0_PORT` listener.
+    pub use_original_dst: bool,
+    /// `transparent`: IP_TRANSPARENT, for TPROXY interception.
+    pub transparent: bool,
+    pub inspectors: Inspectors,
     /// `connection_balance_config.exact_balance`: accepted connections go to the core with
     /// the fewest.
     pub exact_balance: bool,
@@ -135,17 +182,115 @@ impl Listener {
             name: self.name.clone(),
             address,
             stats: self.stats.clone(),
-            filter: self.filter.clone(),
+            chains: self.chains.clone(),
+            bind_to_port: self.bind_to_port,
+            restore_dst: self.restore_dst,
+            use_original_dst: self.use_original_dst,
+            transparent: self.transparent,
+            inspectors: self.inspectors.clone(),
             exact_balance: self.exact_balance,
             bind_key: self.bind_key.clone(),
         }
     }
 }
 
-/// The network filter that handles a listener's connections.
+impl Listener {
+    /// The connection managers of every chain.
+    pub fn hcms(&self) -> impl Iterator<Item = &Arc<HttpConnectionManager>> {
+        self.chains.filters().filter_map(|f| match f {
+            NetworkFilter::Http(h) => Some(h),
+            NetworkFilter::Tcp(_) => None,
+        })
+    }
+}
+
+/// Listener filters that read a connection's first bytes (`tls_inspector`,
+/// `http_inspector`), each with the destination ports it is disabled for.
+#[derive(Clone, Debug, Default)]
+pub struct Inspectors {
+    pub tls: Option<PortPredicate>,
+    pub http: Option<PortPredicate>,
+    /// `listener_filters_timeout` (`None`: wait as long as the client takes; Envoy's 0s).
+    pub timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: on timeout, choose with what is known.
+    pub continue_on_timeout: bool,
+}
+
+impl Inspectors {
+    /// Whether any inspector runs for a connection to `port`.
+    pub fn any_for(&self, port: u16) -> bool {
+        self.tls_for(port) || self.http_for(port)
+    }
+    pub fn tls_for(&self, port: u16) -> bool {
+        self.tls.as_ref().is_some_and(|p| !p.matches(port))
+    }
+    pub fn http_for(&self, port: u16) -> bool {
+        self.http.as_ref().is_some_and(|p| !p.matches(port))
+    }
+}
+
+/// `ListenerFilterChainMatchPredicate` (`filter_disabled`) on the destination port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortPredicate {
+    Never,
+    Any,
+    /// `[start, end)`.
+    Range(u16, u32),
+    Or(Vec<PortPredicate>),
+    And(Vec<PortPredicate>),
+    Not(Box<PortPredicate>),
+}
+
+impl PortPredicate {
+    pub fn matches(&self, port: u16) -> bool {
+        match self {
+            PortPredicate::Never => false,
+            PortPredicate::Any => true,
+            PortPredicate::Range(s, e) => port >= *s && u32::from(port) < *e,
+            PortPredicate::Or(v) => v.iter().any(|p| p.matches(port)),
+            PortPredicate::And(v) => v.iter().all(|p| p.matches(port)),
+            PortPredicate::Not(p) => !p.matches(port),
+        }
+    }
+}
+
+/// The network filter that handles a chain's connections.
 #[derive(Clone)]
 pub enum NetworkFilter {
     Http(Arc<HttpConnectionManager>),
+    Tcp(Arc<TcpProxy>),
+}
+
+/// `envoy.filters.network.tcp_proxy`, validated.
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub stats: Arc<Scope>,
+    /// Cluster names with weights (one entry with weight 1 for `cluster`).
+    pub clusters: Vec<(Arc<str>, u32)>,
+    /// Both directions quiet this long closes the connection (`None`: never). Envoy's
+    /// default is one hour.
+    pub idle_timeout: Option<Duration>,
+    /// Connect attempts before giving up (`max_connect_attempts`, default 1).
+    pub max_connect_attempts: u32,
+    pub max_downstream_connection_duration: Option<Duration>,
+}
+
+impl TcpProxy {
+    /// The cluster for one connection.
+    pub fn pick(&self, r: u32) -> &Arc<str> {
+        if let [(c, _)] = self.clusters.as_slice() {
+            return c;
+        }
+        let total: u64 = self.clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut x = u64::from(r) % total.max(1);
+        for (c, w) in &self.clusters {
+            if x < u64::from(*w) {
+                return c;
+            }
+            x -= u64::from(*w);
+        }
+        &self.clusters[0].0
+    }
 }
 
 /// Codec selection of a connection manager.
@@ -210,6 +355,8 @@ pub struct HttpConnectionManager {
     pub max_request_headers_bytes: usize,
     pub max_headers_count: usize,
     pub headers_with_underscores: UnderscoreAction,
+    /// `upgrade_configs`: the enabled upgrade types, lower-cased (`websocket`).
+    pub upgrades: Vec<Box<str>>,
 }
 
 /// Where an access log line goes.
@@ -241,6 +388,8 @@ pub enum Discovery {
     LogicalDns,
     /// Endpoints from EDS, under this service name.
     Eds,
+    /// `ORIGINAL_DST`: the connection's original destination is the endpoint.
+    OriginalDst,
 }
 
 /// Address families a DNS cluster resolves.
@@ -266,6 +415,9 @@ pub struct Cluster {
     /// the data plane does not connect to them.
     pub unix_endpoints: Arc<[std::path::PathBuf]>,
     pub lb: LbPolicy,
+    /// `upstream_bind_config.source_address`: connections leave from here (Istio's
+    /// inbound passthrough uses 127.0.0.6).
+    pub bind_source: Option<SocketAddr>,
     pub connect_timeout: Duration,
     /// Idle pooled connections older than this are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -296,6 +448,18 @@ pub struct Endpoint {
     pub healthy: bool,
 }
 
+impl Endpoint {
+    /// An endpoint at `address` (an original destination).
+    pub fn at(address: SocketAddr) -> Endpoint {
+        Endpoint {
+            address,
+            hostname: address.to_string().into(),
+            weight: 1,
+            healthy: true,
+        }
+    }
+}
+
 impl Cluster {
     /// A copy of this cluster with other endpoints (a DNS refresh).
     pub fn with_endpoints(&self, endpoints: Arc<[Endpoint]>) -> Cluster {
@@ -307,6 +471,7 @@ impl Cluster {
             http2: self.http2,
             unix_endpoints: self.unix_endpoints.clone(),
             lb: self.lb,
+            bind_source: self.bind_source,
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,

@@ -3,7 +3,7 @@ use std::borrow::Cow;
 use super::*;
 use crate::config::{parse_bootstrap, Source};
 use crate::model::convert::bootstrap_snapshot;
-use crate::model::{NetworkFilter, Snapshot};
+use crate::model::Snapshot;
 use crate::stats::Store;
 
 struct Req {
@@ -53,7 +53,7 @@ fn snapshot(vhosts: &str) -> Snapshot {
 }
 
 fn route_name(s: &Snapshot, r: &Req) -> Option<String> {
-    let NetworkFilter::Http(h) = &s.listeners[0].filter;
+    let h = s.listeners[0].hcms().next().unwrap();
     h.routes
         .inline()
         .unwrap()
@@ -197,7 +197,7 @@ fn the_path_index_gives_the_same_first_match_as_a_scan() {
         "[{{name: v, domains: ['*'], routes: [{}]}}]",
         routes.join(", ")
     ));
-    let NetworkFilter::Http(h) = &s.listeners[0].filter;
+    let h = s.listeners[0].hcms().next().unwrap();
     let vh = &h.routes.inline().unwrap().virtual_hosts[0];
     assert!(vh.index.is_some());
     for _ in 0..2000 {

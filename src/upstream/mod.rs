@@ -189,11 +189,24 @@ impl Upstreams {
     }
 }
 
+/// Connects to `addr`, from `source` when given.
+pub async fn connect_stream(addr: SocketAddr, source: Option<SocketAddr>) -> io::Result<TcpStream> {
+    let Some(src) = source else {
+        return TcpStream::connect_addr(addr).await;
+    };
+    let stream = TcpStream::from_std(crate::io::start_connect(addr, Some(src))?)?;
+    stream.writable(false).await?;
+    match crate::io::take_error(&stream)? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
+}
+
 /// Opens a new connection from core `core` to `ep` within the cluster's connect timeout.
 pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Conn, ConnectError> {
     {
         let stats = cluster.stats.core(core);
-        let connect = TcpStream::connect_addr(ep.address);
+        let connect = connect_stream(ep.address, cluster.bind_source);
         let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -238,6 +251,7 @@ mod tests {
             eds_service: None,
             http2: false,
             unix_endpoints: Arc::new([]),
+            bind_source: None,
             lb,
             connect_timeout: Duration::from_secs(1),
             idle_timeout: None,

@@ -152,6 +152,7 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
             version: current.version + 1,
             built_at: SystemTime::now(),
             listeners: current.listeners.clone(),
+            virtual_listeners: current.virtual_listeners.clone(),
             clusters,
             cluster_index: current.cluster_index.clone(),
             route_configs: current.route_configs.clone(),

@@ -17,8 +17,7 @@ use prost::Message;
 use crate::model::convert::{self, ConvertError, Ctx};
 use crate::model::route::RouteTable;
 use crate::model::{
-    Cluster, Discovery, DumpEntry, DynamicDump, Endpoint, Listener, NetworkFilter, RouteSource,
-    Snapshot,
+    Cluster, Discovery, DumpEntry, DynamicDump, Endpoint, Listener, RouteSource, Snapshot,
 };
 use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
 use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -98,6 +97,27 @@ pub struct Update {
     pub removed: Vec<String>,
     /// State of the world for LDS/CDS: resources not listed are removed.
     pub full_state: bool,
+}
+
+impl Update {
+    /// A state-of-the-world response carrying `resources` at `version` (names are read
+    /// from the resources).
+    pub fn sotw(kind: Kind, version: &str, resources: Vec<prost_types::Any>) -> Update {
+        Update {
+            kind,
+            version_info: version.into(),
+            resources: resources
+                .into_iter()
+                .map(|resource| Incoming {
+                    name: String::new(),
+                    version: version.into(),
+                    resource,
+                })
+                .collect(),
+            removed: vec![],
+            full_state: kind.wildcard(),
+        }
+    }
 }
 
 /// A cached resource: as received, converted, and since when (for warming).
@@ -283,8 +303,7 @@ impl Resources {
                     .iter()
                     .chain(self.listeners.values().map(|h| &h.model))
                     .chain(self.active.values().map(|h| &h.model));
-                for l in all {
-                    let NetworkFilter::Http(hcm) = &l.filter;
+                for hcm in all.flat_map(|l| l.hcms()) {
                     if let RouteSource::Rds(n) = &hcm.routes {
                         out.insert(n.to_string());
                     }
@@ -331,11 +350,10 @@ impl Resources {
     fn promote(&mut self, now: Instant) {
         let mut warm_now = Vec::new();
         for (name, h) in self.listeners.iter() {
-            let NetworkFilter::Http(hcm) = &h.model.filter;
-            let warm = match &hcm.routes {
+            let warm = h.model.hcms().all(|hcm| match &hcm.routes {
                 RouteSource::Static(_) => true,
                 RouteSource::Rds(r) => self.routes.contains_key(r) || h.timed_out(now),
-            };
+            });
             let current = self
                 .active
                 .get(name)
@@ -409,7 +427,7 @@ impl Resources {
                         _ => c.clone(),
                     })
                 }
-                Discovery::Static => Some(c.clone()),
+                Discovery::Static | Discovery::OriginalDst => Some(c.clone()),
             }
         };
         let (clusters, cluster_index) = if reuse {
@@ -471,6 +489,7 @@ impl Resources {
         Snapshot {
             version: current.version + 1,
             built_at: SystemTime::now(),
+            virtual_listeners: crate::model::virtual_index(&listeners),
             listeners,
             clusters,
             cluster_index,
@@ -489,8 +508,7 @@ impl Resources {
             .iter()
             .chain(self.listeners.values().map(|h| &h.model));
         let mut out = BTreeSet::new();
-        for l in all {
-            let NetworkFilter::Http(hcm) = &l.filter;
+        for hcm in all.flat_map(|l| l.hcms()) {
             if matches!(&hcm.routes, RouteSource::Rds(n) if **n == *route) {
                 out.insert(hcm.stat_prefix.clone());
             }

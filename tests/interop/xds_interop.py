@@ -358,6 +358,24 @@ def scenario(binary):
 
 # ---------------------------------------------------------------- corpus
 
+def import_package_of(name):
+    """Imports every generated module of the message's package from xds-protos (the
+    official protos), so its real descriptor is used rather than an empty stand-in."""
+    import importlib
+    pkg = name.rpartition(".")[0]
+    try:
+        root = importlib.import_module(pkg.split(".")[0])
+    except ImportError:
+        return
+    for base in getattr(root, "__path__", []):
+        d = os.path.join(os.path.dirname(base), *pkg.split("."))
+        for f in glob.glob(os.path.join(d, "*_pb2.py")):
+            try:
+                importlib.import_module(pkg + "." + os.path.basename(f)[:-3])
+            except Exception:
+                pass
+
+
 def ensure_types(node, pool):
     """Registers an empty message for every `@type` the official protos do not have
     (Istio's own extensions), so the dump parses; their Any carries the original type
@@ -366,6 +384,10 @@ def ensure_types(node, pool):
         t = node.get("@type")
         if t:
             name = t.rsplit("/", 1)[-1]
+            try:
+                pool.FindMessageTypeByName(name)
+            except KeyError:
+                import_package_of(name)
             try:
                 pool.FindMessageTypeByName(name)
             except KeyError:

@@ -49,12 +49,17 @@ pub struct Proxy {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// A fresh, empty directory for one test. Process ids repeat across runs (a CI container
+/// starts its pids from the same place), so whatever an earlier run left under the same name
+/// is removed first: a stale `admin` address file would otherwise send the test to a port
+/// nobody listens on.
 pub fn temp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "ringside-test-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -230,6 +235,10 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Kept when the test failed, for its config and the proxy's stderr.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -277,6 +286,16 @@ pub struct Backend {
 impl Backend {
     pub async fn start(name: &'static str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::serve(name, listener)
+    }
+
+    /// A backend on a socket bound elsewhere (another network namespace).
+    pub fn start_on(name: &'static str, socket: std::net::TcpListener) -> Backend {
+        socket.set_nonblocking(true).unwrap();
+        Backend::serve(name, TcpListener::from_std(socket).unwrap())
+    }
+
+    fn serve(name: &'static str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let s = seen.clone();
@@ -502,6 +521,31 @@ pub fn all_to(cluster: &str) -> String {
     format!("[{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: {cluster}}}}}]}}]")
 }
 
+/// Arguments for one worker core on `driver`, with a short drain.
+pub fn one_core(driver: &str) -> Vec<&str> {
+    vec![
+        "--concurrency",
+        "1",
+        "--io-driver",
+        driver,
+        "--drain-time-s",
+        "1",
+    ]
+}
+
+/// A proxy routing everything to one cluster `name` at `addr`.
+pub async fn proxy_to(hcm_extra: &str, name: &str, addr: SocketAddr, args: &[&str]) -> Proxy {
+    Proxy::start(
+        &config(
+            hcm_extra,
+            &all_to(name),
+            &format!("[{}]", cluster(name, &[addr], "")),
+        ),
+        args,
+    )
+    .await
+}
+
 /// The most common set-up: one backend `a` and a proxy routing everything to it.
 pub async fn proxy_to_one_backend(hcm_extra: &str, args: &[&str]) -> (Backend, Proxy) {
     let b = Backend::start("a").await;
@@ -515,4 +559,88 @@ pub async fn proxy_to_one_backend(hcm_extra: &str, args: &[&str]) -> (Backend, P
     )
     .await;
     (b, p)
+}
+
+/// A TCP server that echoes what it reads, then (after the client half-closes) writes
+/// `bye` and closes. Returns its address and a count of connections.
+pub fn echo_server(socket: std::net::TcpListener) -> (SocketAddr, Arc<AtomicUsize>) {
+    socket.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(socket).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = s.write_all(b"bye").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A server-speaks-first TCP server: greets every connection at once (like MySQL or
+/// SMTP), then echoes.
+pub fn greeting_server(socket: std::net::TcpListener, greeting: &'static [u8]) -> SocketAddr {
+    socket.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(socket).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(greeting).await.is_err() {
+                    return;
+                }
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP server that records the first bytes of each connection and closes it.
+pub fn capture_server(socket: std::net::TcpListener) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    socket.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(socket).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+                {
+                    seen.lock().unwrap().push(buf[..n].to_vec());
+                }
+            });
+        }
+    });
+    (addr, out)
+}
+
+/// A std listener on loopback, port 0.
+pub fn local_socket() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
 }

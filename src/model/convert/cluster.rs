@@ -34,13 +34,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         Ok(T::StrictDns) => Discovery::StrictDns,
         Ok(T::LogicalDns) => Discovery::LogicalDns,
         Ok(T::Eds) => Discovery::Eds,
-        Ok(other) => {
-            return Err(err(
-                res,
-                "type",
-                format!("cluster type {} is not supported", other.as_str_name()),
-            ))
-        }
+        Ok(T::OriginalDst) => Discovery::OriginalDst,
         Err(_) => {
             return Err(err(
                 res,
@@ -50,7 +44,24 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         }
     };
     use pb::cluster::LbPolicy as P;
-    let lb = match P::try_from(c.lb_policy) {
+    let lb_policy = P::try_from(c.lb_policy);
+    if (discovery == Discovery::OriginalDst) != matches!(lb_policy, Ok(P::ClusterProvided)) {
+        return Err(err(
+            res,
+            "lb_policy",
+            "ORIGINAL_DST clusters, and only they, take lb_policy CLUSTER_PROVIDED",
+        ));
+    }
+    if discovery == Discovery::OriginalDst && c.load_assignment.is_some() {
+        return Err(err(
+            res,
+            "load_assignment",
+            "ORIGINAL_DST clusters connect to the original destination, not to endpoints",
+        ));
+    }
+    let lb = match lb_policy {
+        // ORIGINAL_DST: the destination is the endpoint; there is nothing to balance.
+        Ok(P::ClusterProvided) => LbPolicy::RoundRobin,
         Ok(P::RoundRobin) => LbPolicy::RoundRobin,
         Ok(P::Random) => LbPolicy::Random,
         Ok(P::LeastRequest) => {
@@ -191,9 +202,26 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             &c.alt_stat_name
         }
     ));
+    let bind_source = match &c.upstream_bind_config {
+        Some(b) => {
+            let Some(sa) = &b.source_address else {
+                return Err(err(
+                    res,
+                    "upstream_bind_config.source_address",
+                    "source_address is required",
+                ));
+            };
+            let a = crate::proto::envoy::config::core::v3::Address {
+                address: Some(Address::SocketAddress(sa.clone())),
+            };
+            Some(socket_addr(&a, res, "upstream_bind_config")?)
+        }
+        None => None,
+    };
     Ok(Cluster {
         name: c.name.as_str().into(),
         stats,
+        bind_source,
         discovery,
         eds_service,
         http2,
@@ -305,7 +333,7 @@ pub(super) fn endpoints(
                 continue;
             }
             match discovery {
-                Discovery::Static | Discovery::Eds => {
+                Discovery::Static | Discovery::Eds | Discovery::OriginalDst => {
                     let address = socket_addr(addr, res, &format!("{path}.endpoint.address"))?;
                     let hostname: Arc<str> = if ep.hostname.is_empty() {
                         address.to_string().into()

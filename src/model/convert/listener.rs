@@ -44,76 +44,20 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     if l.enable_reuse_port.is_some() {
         ctx.ignored.push(format!("{res}.enable_reuse_port"));
     }
-    let chain = match l.filter_chains.as_slice() {
-        [c] => c,
-        [] => {
-            return Err(err(
-                res,
-                "filter_chains",
-                "at least one filter chain is required",
-            ))
-        }
-        _ => {
-            return Err(err(
-                res,
-                "filter_chains[1]",
-                "several filter chains need filter_chain_match, which is not supported yet",
-            ))
-        }
-    };
-    // Istio's telemetry network filters may precede the connection manager (documented
-    // no-ops: see `istio_noop`).
-    let mut filters = chain.filters.as_slice();
-    let mut skipped = 0;
-    while let [f, _, ..] = filters {
-        let path = format!("filter_chains[0].filters[{skipped}]");
-        match f
-            .config_type
-            .as_ref()
-            .map(|pb::filter::ConfigType::TypedConfig(a)| a)
-        {
-            Some(any) if istio_noop(&f.name, any, true).is_some() => {
-                let why = istio_noop(&f.name, any, true).unwrap_or_default();
-                ctx.ignored.push(format!("{res}.{path} ({why})"));
-                filters = &filters[1..];
-                skipped += 1;
-            }
-            _ => break,
-        }
+    let chains = super::chain::chains(l, res, ctx)?;
+    let inspectors = super::chain::listener_filters(l, res, ctx)?;
+    let use_original_dst = l.use_original_dst.unwrap_or(false);
+    let restore_dst = use_original_dst || inspectors.1;
+    let inspectors = inspectors.0;
+    let bind_to_port = l.bind_to_port.unwrap_or(true);
+    let transparent = l.transparent.unwrap_or(false);
+    if !bind_to_port && (use_original_dst || transparent) {
+        return Err(err(
+            res,
+            "bind_to_port",
+            "a listener that does not bind cannot restore original destinations or be transparent",
+        ));
     }
-    let filter = match filters {
-        [f] => network_filter(f, res, &format!("filter_chains[0].filters[{skipped}]"), ctx)?,
-        [] => {
-            return Err(err(
-                res,
-                "filter_chains[0].filters",
-                "a network filter is required",
-            ))
-        }
-        [first, f, ..] => {
-            // Name the filter that is not supported: the first, unless it is the
-            // connection manager, in which case whatever follows it.
-            network_filter(
-                first,
-                res,
-                &format!("filter_chains[0].filters[{skipped}]"),
-                ctx,
-            )?;
-            let t = f
-                .config_type
-                .as_ref()
-                .map(|pb::filter::ConfigType::TypedConfig(a)| any_type(a).to_string())
-                .unwrap_or_default();
-            return Err(err(
-                res,
-                format!("filter_chains[0].filters[{}]", skipped + 1),
-                format!(
-                    "network filter '{}' ({t}) is not supported after the connection manager",
-                    f.name
-                ),
-            ));
-        }
-    };
     let stat_prefix = if l.stat_prefix.is_empty() {
         listener_stat_name(&address)
     } else {
@@ -143,9 +87,16 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
         name: l.name.as_str().into(),
         address,
         stats,
-        filter,
+        chains,
+        bind_to_port,
+        restore_dst,
+        use_original_dst,
+        transparent,
+        inspectors,
         exact_balance,
-        bind_key: format!("{address} exact_balance={exact_balance}"),
+        bind_key: format!(
+            "{address} exact_balance={exact_balance} bind={bind_to_port} transparent={transparent}"
+        ),
     })
 }
 
@@ -154,6 +105,62 @@ pub fn listener_stat_name(a: &std::net::SocketAddr) -> String {
     match a {
         std::net::SocketAddr::V4(v4) => format!("{}_{}", v4.ip(), v4.port()),
         std::net::SocketAddr::V6(v6) => format!("[{}]_{}", v6.ip(), v6.port()),
+    }
+}
+
+/// The network filters of one chain: Istio's telemetry no-ops, then exactly one
+/// terminal filter (the connection manager or the TCP proxy).
+pub(super) fn chain_filter(
+    chain: &pb::FilterChain,
+    res: &str,
+    cpath: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<NetworkFilter, ConvertError> {
+    // Istio's telemetry network filters may precede the terminal one (documented no-ops:
+    // see `istio_noop`).
+    let mut filters = chain.filters.as_slice();
+    let mut skipped = 0;
+    while let [f, _, ..] = filters {
+        let path = format!("{cpath}.filters[{skipped}]");
+        match f
+            .config_type
+            .as_ref()
+            .map(|pb::filter::ConfigType::TypedConfig(a)| a)
+        {
+            Some(any) if istio_noop(&f.name, any, true).is_some() => {
+                let why = istio_noop(&f.name, any, true).unwrap_or_default();
+                ctx.ignored.push(format!("{res}.{path} ({why})"));
+                filters = &filters[1..];
+                skipped += 1;
+            }
+            _ => break,
+        }
+    }
+    match filters {
+        [f] => network_filter(f, res, &format!("{cpath}.filters[{skipped}]"), ctx),
+        [] => Err(err(
+            res,
+            format!("{cpath}.filters"),
+            "a network filter is required",
+        )),
+        [first, f, ..] => {
+            // Name the filter that is not supported: the first, unless it is a terminal
+            // filter, in which case whatever follows it.
+            network_filter(first, res, &format!("{cpath}.filters[{skipped}]"), ctx)?;
+            let t = f
+                .config_type
+                .as_ref()
+                .map(|pb::filter::ConfigType::TypedConfig(a)| any_type(a).to_string())
+                .unwrap_or_default();
+            Err(err(
+                res,
+                format!("{cpath}.filters[{}]", skipped + 1),
+                format!(
+                    "network filter '{}' ({t}) is not supported after a terminal filter",
+                    f.name
+                ),
+            ))
+        }
     }
 }
 
@@ -178,6 +185,9 @@ fn network_filter(
                 &m, res, &path, ctx,
             )?)))
         }
+        super::tcp::TCP_PROXY => Ok(NetworkFilter::Tcp(Arc::new(super::tcp::convert(
+            any, res, path, ctx,
+        )?))),
         other => Err(err(
             res,
             format!("{path}.typed_config"),
@@ -393,7 +403,28 @@ fn connection_manager(
     let stats = ctx
         .stats
         .scope::<HttpStat>(&format!("http.{}.", m.stat_prefix));
+    let mut upgrades = Vec::new();
+    for (i, u) in m.upgrade_configs.iter().enumerate() {
+        if u.upgrade_type.is_empty() {
+            return Err(err(
+                res,
+                p(&format!("upgrade_configs[{i}].upgrade_type")),
+                "upgrade_type is required",
+            ));
+        }
+        if u.upgrade_type.eq_ignore_ascii_case("connect") {
+            return Err(err(
+                res,
+                p(&format!("upgrade_configs[{i}].upgrade_type")),
+                "CONNECT tunnelling is not supported yet",
+            ));
+        }
+        if u.enabled.unwrap_or(true) {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase().into_boxed_str());
+        }
+    }
     Ok(HttpConnectionManager {
+        upgrades,
         stat_prefix: m.stat_prefix.clone(),
         stats,
         codec,

@@ -13,9 +13,11 @@ use crate::stats::Store;
 
 use super::Snapshot;
 
+mod chain;
 mod cluster;
 mod listener;
 mod route;
+mod tcp;
 
 /// A configuration error: which resource, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,7 +234,9 @@ pub fn bootstrap_snapshot(
         }
         listeners.push(Arc::new(listener));
     }
+    let virtual_listeners = crate::model::virtual_index(&listeners);
     let snapshot = Snapshot {
+        virtual_listeners,
         version,
         built_at: SystemTime::now(),
         listeners,

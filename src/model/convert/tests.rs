@@ -72,3 +72,164 @@ fn envoy_demo_without_tls_converts() {
     assert_eq!(s.clusters[0].discovery, crate::model::Discovery::LogicalDns);
     assert_eq!(s.clusters[0].dns_hosts[0].port, 8080);
 }
+
+const TCP: &str = r#"[{name: tcp, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}}]"#;
+
+/// A bootstrap with one listener: `listener` is the YAML after `address`.
+fn one_listener(listener: &str, clusters: &str) -> String {
+    format!(
+        "static_resources:\n  clusters: {clusters}\n  listeners:\n  - name: l\n    address: {{socket_address: {{address: 0.0.0.0, port_value: 15006}}}}\n{listener}"
+    )
+}
+
+/// The error for a listener, its path relative to the listener.
+fn err_of(listener: &str) -> ConvertError {
+    let mut e = build(&one_listener(listener, "[]")).unwrap_err();
+    e.path = e
+        .path
+        .trim_start_matches("static_resources.listeners[0].")
+        .to_string();
+    e
+}
+
+#[test]
+fn filter_chain_mistakes_are_named() {
+    let e = err_of(&format!(
+        "    filter_chains: [{{filter_chain_match: {{destination_port: 80}}, filters: {TCP}}}, {{filter_chain_match: {{destination_port: 80}}, filters: {TCP}}}]\n"
+    ));
+    assert_eq!(
+        (e.path.as_str(), e.reason.as_str()),
+        (
+            "filter_chains[1].filter_chain_match",
+            "the same match as filter_chains[0]"
+        )
+    );
+    let e = err_of(&format!(
+        "    filter_chains: [{{filter_chain_match: {{transport_protocol: quic}}, filters: {TCP}}}]\n"
+    ));
+    assert_eq!(
+        e.path,
+        "filter_chains[0].filter_chain_match.transport_protocol"
+    );
+    let e = err_of(&format!(
+        "    filter_chains: [{{filter_chain_match: {{server_names: ['a.*.com']}}, filters: {TCP}}}]\n"
+    ));
+    assert_eq!(
+        e.path,
+        "filter_chains[0].filter_chain_match.server_names[0]"
+    );
+    let e = err_of(&format!(
+        "    filter_chains: [{{filter_chain_match: {{prefix_ranges: [{{address_prefix: 10.0.0.0, prefix_len: 33}}]}}, filters: {TCP}}}]\n"
+    ));
+    assert_eq!(
+        e.path,
+        "filter_chains[0].filter_chain_match.prefix_ranges[0].prefix_len"
+    );
+    let e = err_of("    filter_chains: []\n");
+    assert_eq!(e.reason, "at least one filter chain is required");
+}
+
+#[test]
+fn listener_filters_and_their_predicates() {
+    let s = build(&one_listener(
+        &format!(
+            r#"    listener_filters:
+    - {{name: od, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}}}
+    - {{name: tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}, filter_disabled: {{destination_port_range: {{start: 15006, end: 15007}}}}}}
+    - {{name: http, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}, filter_disabled: {{or_match: {{rules: [{{destination_port_range: {{start: 80, end: 81}}}}, {{not_match: {{destination_port_range: {{start: 1, end: 60000}}}}}}]}}}}}}
+    listener_filters_timeout: 0s
+    filter_chains: [{{filters: {TCP}}}]
+"#
+        ),
+        "[]",
+    ))
+    .unwrap();
+    let l = &s.listeners[0];
+    assert!(
+        l.restore_dst && !l.use_original_dst,
+        "the filter restores, never hands over"
+    );
+    assert_eq!(l.inspectors.timeout, None, "0s disables the timeout");
+    assert!(!l.inspectors.tls_for(15006) && l.inspectors.tls_for(80));
+    assert!(!l.inspectors.http_for(80) && !l.inspectors.http_for(60001));
+    assert!(l.inspectors.http_for(8080) && l.inspectors.tls_for(8080));
+    // A listener filter Ringside does not have: refused by type when parsed.
+    let yaml = one_listener(
+        &format!(
+            r#"    listener_filters: [{{name: proxy_protocol, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol}}}}]
+    filter_chains: [{{filters: {TCP}}}]
+"#
+        ),
+        "[]",
+    );
+    let e = parse_bootstrap(&yaml, &Source::Inline)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listener_filters[0].typed_config") && e.contains("is not implemented"),
+        "{e}"
+    );
+    let e = err_of(&format!(
+        r#"    listener_filters: [{{name: http, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector}}, filter_disabled: {{destination_port_range: {{start: 90, end: 80}}}}}}]
+    filter_chains: [{{filters: {TCP}}}]
+"#
+    ));
+    assert_eq!(
+        e.path,
+        "listener_filters[0].filter_disabled.destination_port_range"
+    );
+    let e = err_of(&format!("    bind_to_port: false\n    use_original_dst: true\n    filter_chains: [{{filters: {TCP}}}]\n"));
+    assert_eq!(e.path, "bind_to_port");
+}
+
+#[test]
+fn filter_chain_matcher_actions_must_name_chains() {
+    let matcher = |action: &str| {
+        format!(
+            r#"    filter_chains: [{{name: a, filters: {TCP}}}]
+    filter_chain_matcher:
+      matcher_tree:
+        input: {{name: port, typed_config: {{"@type": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput}}}}
+        exact_match_map: {{map: {{"8000": {{action: {{name: x, typed_config: {{"@type": type.googleapis.com/google.protobuf.StringValue, value: {action}}}}}}}}}}}
+"#
+        )
+    };
+    build(&one_listener(&matcher("a"), "[]")).unwrap();
+    let e = err_of(&matcher("b"));
+    assert_eq!(
+        e.path,
+        "filter_chain_matcher.matcher_tree.exact_match_map.map[8000].action.typed_config.value"
+    );
+    assert_eq!(e.reason, "no filter chain is named 'b'");
+}
+
+#[test]
+fn original_dst_clusters_and_tcp_proxy_fields() {
+    let ok = build(&one_listener(
+        &format!("    filter_chains: [{{filters: {TCP}}}]\n"),
+        "[{name: c, type: ORIGINAL_DST, lb_policy: CLUSTER_PROVIDED, upstream_bind_config: {source_address: {address: 127.0.0.6, port_value: 0}}}]",
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.clusters[0].discovery,
+        crate::model::Discovery::OriginalDst
+    );
+    assert_eq!(
+        ok.clusters[0].bind_source,
+        Some("127.0.0.6:0".parse().unwrap())
+    );
+    let e = build(&one_listener(
+        &format!("    filter_chains: [{{filters: {TCP}}}]\n"),
+        "[{name: c, type: ORIGINAL_DST}]",
+    ))
+    .unwrap_err();
+    assert_eq!(e.path, "static_resources.clusters[0].lb_policy");
+    let e = err_of(
+        r#"    filter_chains: [{filters: [{name: tcp, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, cluster: c}}]}]
+"#,
+    );
+    assert_eq!(
+        e.path,
+        "filter_chains[0].filters[0].typed_config.stat_prefix"
+    );
+}

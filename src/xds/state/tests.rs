@@ -51,23 +51,6 @@ fn route(name: &str, cluster: &str) -> prost_types::Any {
     )
 }
 
-fn sotw(kind: Kind, version: &str, resources: Vec<prost_types::Any>) -> Update {
-    Update {
-        kind,
-        version_info: version.into(),
-        resources: resources
-            .into_iter()
-            .map(|resource| Incoming {
-                name: String::new(),
-                version: version.into(),
-                resource,
-            })
-            .collect(),
-        removed: vec![],
-        full_state: kind.wildcard(),
-    }
-}
-
 struct Fixture {
     statics: Static,
     store: Arc<Store>,
@@ -105,6 +88,7 @@ impl Fixture {
             admin: s.admin,
             bootstrap: s.bootstrap.clone(),
             dynamic: s.dynamic.clone(),
+            virtual_listeners: s.virtual_listeners.clone(),
         };
         s
     }
@@ -117,8 +101,12 @@ fn names(s: &Snapshot) -> Vec<String> {
 #[test]
 fn an_eds_cluster_warms_until_its_endpoints_arrive() {
     let mut f = Fixture::new();
-    f.apply(sotw(Kind::Cluster, "1", vec![eds_cluster("a", "0s")]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "0s")],
+    ))
+    .unwrap();
     assert_eq!(
         f.res.wanted(Kind::Endpoint, &f.statics),
         BTreeSet::from(["a".to_string()])
@@ -126,7 +114,7 @@ fn an_eds_cluster_warms_until_its_endpoints_arrive() {
     let s = f.snapshot();
     assert_eq!(names(&s), ["fixed"], "a is warming");
     assert_eq!(&*s.dynamic.warming_clusters[0].name, "a");
-    f.apply(sotw(Kind::Endpoint, "1", vec![cla("a", 8080)]))
+    f.apply(Update::sotw(Kind::Endpoint, "1", vec![cla("a", 8080)]))
         .unwrap();
     let s = f.snapshot();
     assert_eq!(names(&s), ["fixed", "a"]);
@@ -137,8 +125,12 @@ fn an_eds_cluster_warms_until_its_endpoints_arrive() {
 #[test]
 fn a_warming_cluster_is_used_without_endpoints_after_its_fetch_timeout() {
     let mut f = Fixture::new();
-    f.apply(sotw(Kind::Cluster, "1", vec![eds_cluster("a", "0.05s")]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "0.05s")],
+    ))
+    .unwrap();
     assert!(f.res.next_deadline().is_some());
     assert_eq!(names(&f.snapshot()), ["fixed"]);
     #[allow(clippy::disallowed_methods)] // a unit test on the test thread, not a core
@@ -151,17 +143,25 @@ fn a_warming_cluster_is_used_without_endpoints_after_its_fetch_timeout() {
 #[test]
 fn a_listener_serves_only_once_its_routes_arrive_and_its_old_version_serves_meanwhile() {
     let mut f = Fixture::new();
-    f.apply(sotw(Kind::Listener, "1", vec![rds_listener("l", "r1")]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Listener,
+        "1",
+        vec![rds_listener("l", "r1")],
+    ))
+    .unwrap();
     assert!(f.snapshot().listeners.is_empty(), "warming");
-    f.apply(sotw(Kind::Route, "1", vec![route("r1", "fixed")]))
+    f.apply(Update::sotw(Kind::Route, "1", vec![route("r1", "fixed")]))
         .unwrap();
     let s = f.snapshot();
     assert_eq!(s.listeners.len(), 1);
     let first = s.listeners[0].clone();
     // A new version that needs other routes: the old one keeps serving.
-    f.apply(sotw(Kind::Listener, "2", vec![rds_listener("l", "r2")]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Listener,
+        "2",
+        vec![rds_listener("l", "r2")],
+    ))
+    .unwrap();
     assert_eq!(
         f.res.wanted(Kind::Route, &f.statics),
         BTreeSet::from(["r1".to_string(), "r2".to_string()])
@@ -169,7 +169,7 @@ fn a_listener_serves_only_once_its_routes_arrive_and_its_old_version_serves_mean
     let s = f.snapshot();
     assert!(Arc::ptr_eq(&s.listeners[0], &first));
     assert_eq!(&*s.dynamic.warming_listeners[0].version, "2");
-    f.apply(sotw(Kind::Route, "2", vec![route("r2", "fixed")]))
+    f.apply(Update::sotw(Kind::Route, "2", vec![route("r2", "fixed")]))
         .unwrap();
     let s = f.snapshot();
     assert!(!Arc::ptr_eq(&s.listeners[0], &first));
@@ -179,21 +179,29 @@ fn a_listener_serves_only_once_its_routes_arrive_and_its_old_version_serves_mean
 #[test]
 fn removal_follows_each_protocol() {
     let mut f = Fixture::new();
-    f.apply(sotw(
+    f.apply(Update::sotw(
         Kind::Cluster,
         "1",
         vec![eds_cluster("a", "0s"), eds_cluster("b", "0s")],
     ))
     .unwrap();
-    f.apply(sotw(Kind::Endpoint, "1", vec![cla("a", 1), cla("b", 2)]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Endpoint,
+        "1",
+        vec![cla("a", 1), cla("b", 2)],
+    ))
+    .unwrap();
     // SotW EDS lists only what changed: b stays.
-    f.apply(sotw(Kind::Endpoint, "2", vec![cla("a", 3)]))
+    f.apply(Update::sotw(Kind::Endpoint, "2", vec![cla("a", 3)]))
         .unwrap();
     assert_eq!(names(&f.snapshot()), ["fixed", "a", "b"]);
     // SotW CDS is the full state: b goes, and its endpoints with it.
-    f.apply(sotw(Kind::Cluster, "2", vec![eds_cluster("a", "0s")]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "2",
+        vec![eds_cluster("a", "0s")],
+    ))
+    .unwrap();
     f.res.prune(&f.statics);
     assert_eq!(names(&f.snapshot()), ["fixed", "a"]);
     assert_eq!(
@@ -201,7 +209,7 @@ fn removal_follows_each_protocol() {
         ["a"]
     );
     // Delta removes by name.
-    let mut u = sotw(Kind::Cluster, "3", vec![]);
+    let mut u = Update::sotw(Kind::Cluster, "3", vec![]);
     u.full_state = false;
     u.removed = vec!["a".into()];
     f.apply(u).unwrap();
@@ -212,14 +220,22 @@ fn removal_follows_each_protocol() {
 #[test]
 fn a_bad_resource_changes_nothing() {
     let mut f = Fixture::new();
-    f.apply(sotw(Kind::Cluster, "1", vec![eds_cluster("a", "0s")]))
-        .unwrap();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "0s")],
+    ))
+    .unwrap();
     let bad = any(
         Kind::Cluster,
         json!({"name": "b", "type": "EDS", "connect_timeout": "-1s"}),
     );
     let err = f
-        .apply(sotw(Kind::Cluster, "2", vec![eds_cluster("c", "0s"), bad]))
+        .apply(Update::sotw(
+            Kind::Cluster,
+            "2",
+            vec![eds_cluster("c", "0s"), bad],
+        ))
         .unwrap_err();
     assert!(err.contains("cluster 'b'"), "{err}");
     assert_eq!(f.res.version(Kind::Cluster), "1");
@@ -229,11 +245,15 @@ fn a_bad_resource_changes_nothing() {
     );
     // Static resources cannot be replaced, and a type mismatch is refused.
     let err = f
-        .apply(sotw(Kind::Cluster, "3", vec![eds_cluster("fixed", "0s")]))
+        .apply(Update::sotw(
+            Kind::Cluster,
+            "3",
+            vec![eds_cluster("fixed", "0s")],
+        ))
         .unwrap_err();
     assert!(err.contains("static cluster"), "{err}");
     let err = f
-        .apply(sotw(Kind::Cluster, "4", vec![cla("x", 1)]))
+        .apply(Update::sotw(Kind::Cluster, "4", vec![cla("x", 1)]))
         .unwrap_err();
     assert!(err.contains("ClusterLoadAssignment in a"), "{err}");
 }
@@ -352,7 +372,11 @@ fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused(
     );
     let ignored = f
         .res
-        .apply(&sotw(Kind::Listener, "1", vec![ok]), &f.statics, &f.store)
+        .apply(
+            &Update::sotw(Kind::Listener, "1", vec![ok]),
+            &f.statics,
+            &f.store,
+        )
         .unwrap();
     assert_eq!(ignored.len(), 5, "each no-op is reported: {ignored:?}");
     assert!(ignored.iter().any(|i| i.contains("istio.alpn")));
@@ -368,7 +392,7 @@ fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused(
         ("my.plugin", "envoy.extensions.filters.http.wasm.v3.Wasm"),
     ] {
         let err = f
-            .apply(sotw(
+            .apply(Update::sotw(
                 Kind::Listener,
                 "2",
                 vec![istio_listener(&[], &[(name, t)])],
@@ -380,7 +404,7 @@ fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused(
         );
     }
     let err = f
-        .apply(sotw(
+        .apply(Update::sotw(
             Kind::Listener,
             "3",
             vec![istio_listener(

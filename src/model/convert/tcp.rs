@@ -1,0 +1,84 @@
+//! `envoy.filters.network.tcp_proxy` → [`TcpProxy`].
+
+use std::time::Duration;
+
+use crate::model::TcpProxy;
+use crate::proto::envoy::extensions::filters::network::tcp_proxy::v3 as pb;
+use crate::stats::TcpStat;
+
+use super::{decode_any, err, timeout, ConvertError, Ctx};
+
+pub(super) const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+
+pub(super) fn convert(
+    any: &prost_types::Any,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<TcpProxy, ConvertError> {
+    let t: pb::TcpProxy = decode_any(any, TCP_PROXY, res, path)?;
+    let p = |f: &str| format!("{path}.typed_config.{f}");
+    if t.stat_prefix.is_empty() {
+        return Err(err(res, p("stat_prefix"), "stat_prefix is required"));
+    }
+    use pb::tcp_proxy::ClusterSpecifier;
+    let clusters = match &t.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => vec![(c.as_str().into(), 1)],
+        Some(ClusterSpecifier::WeightedClusters(w)) => {
+            let mut out = Vec::with_capacity(w.clusters.len());
+            for (i, c) in w.clusters.iter().enumerate() {
+                if c.name.is_empty() {
+                    return Err(err(
+                        res,
+                        p(&format!("weighted_clusters.clusters[{i}].name")),
+                        "a cluster name is required",
+                    ));
+                }
+                if c.weight > 0 {
+                    out.push((c.name.as_str().into(), c.weight));
+                }
+            }
+            if out.is_empty() {
+                return Err(err(
+                    res,
+                    p("weighted_clusters"),
+                    "at least one cluster with a weight above 0 is required",
+                ));
+            }
+            out
+        }
+        _ => {
+            return Err(err(
+                res,
+                p("cluster"),
+                "cluster or weighted_clusters is required",
+            ))
+        }
+    };
+    let max_connect_attempts = match t.max_connect_attempts {
+        None => 1,
+        Some(v) if v >= 1 => v,
+        Some(_) => return Err(err(res, p("max_connect_attempts"), "must be at least 1")),
+    };
+    let stats = ctx
+        .stats
+        .scope::<TcpStat>(&format!("tcp.{}.", t.stat_prefix));
+    Ok(TcpProxy {
+        stat_prefix: t.stat_prefix.clone(),
+        stats,
+        clusters,
+        idle_timeout: timeout(
+            t.idle_timeout.as_ref(),
+            Some(Duration::from_secs(3600)),
+            res,
+            &p("idle_timeout"),
+        )?,
+        max_connect_attempts,
+        max_downstream_connection_duration: timeout(
+            t.max_downstream_connection_duration.as_ref(),
+            None,
+            res,
+            &p("max_downstream_connection_duration"),
+        )?,
+    })
+}
