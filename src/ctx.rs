@@ -253,3 +253,20 @@ impl Downstream {
         d.port() == v.port() && (d.ip() == v.ip() || v.ip().is_unspecified())
     }
 }
+
+/// Runs a future, turning a panic inside it into `Err(())` so that one connection's bug
+/// cannot take the whole core down.
+pub struct CatchUnwind<F>(pub Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

@@ -131,7 +131,8 @@ SUBSET = {
         "preserve_external_request_id", "always_set_request_id_in_response", "server_name",
         "server_header_transformation", "stream_idle_timeout", "request_timeout",
         "request_headers_timeout", "drain_timeout", "max_request_headers_kb",
-        "strip_matching_host_port", "strip_any_host_port", "rds", "upgrade_configs"],
+        "strip_matching_host_port", "strip_any_host_port", "rds", "upgrade_configs",
+        "http2_protocol_options"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": [
         "upgrade_type", "enabled"],
     "envoy.extensions.filters.network.http_connection_manager.v3.Rds": ["config_source",

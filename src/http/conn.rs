@@ -22,7 +22,7 @@ use crate::model::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
 };
 use crate::model::{
-    Discovery, Endpoint, HttpConnectionManager, LbPolicy, RouteSource, Snapshot, StripPort,
+    Codec, Discovery, Endpoint, HttpConnectionManager, LbPolicy, RouteSource, Snapshot, StripPort,
     UnderscoreAction,
 };
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
@@ -44,11 +44,26 @@ const BUF: usize = 16 * 1024;
 pub async fn serve(
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     down: Downstream,
     drain: Rc<DrainEvent>,
-    prefix: Vec<u8>,
+    mut prefix: Vec<u8>,
 ) {
+    match hcm.codec {
+        Codec::Http2 => {
+            return crate::http::h2::server::serve(ctx, hcm, stream, down, drain, prefix).await
+        }
+        Codec::Auto => {
+            // HTTP/2 when the first bytes are its preface (prior knowledge, h2c).
+            if !sniff_preface(&mut stream, &mut prefix, hcm.idle_timeout).await {
+                return;
+            }
+            if prefix.starts_with(crate::http::h2::PREFACE) {
+                return crate::http::h2::server::serve(ctx, hcm, stream, down, drain, prefix).await;
+            }
+        }
+        Codec::Http1 => {}
+    }
     let (peer, local) = (down.peer, down.dst);
     let snapshot = ctx.snapshot();
     // Bytes the listener filters read come first.
@@ -112,6 +127,43 @@ pub(crate) struct Connection {
     pub(crate) log: log::Entry,
 }
 
+impl crate::http::exchange::Exchange for Connection {
+    fn hcm(&self) -> &HttpConnectionManager {
+        &self.hcm
+    }
+    fn buf(&self) -> &[u8] {
+        &self.buf
+    }
+    fn head(&self) -> &RequestHead {
+        &self.head
+    }
+    fn bytes(&self, r: &std::ops::Range<usize>) -> &[u8] {
+        Connection::bytes(self, r)
+    }
+    fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+    fn local(&self) -> SocketAddr {
+        self.local
+    }
+    fn log(&self) -> &log::Entry {
+        &self.log
+    }
+    fn hostname(&self) -> &str {
+        &self.ctx.hostname
+    }
+    fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
+        self.upgrade.as_ref()
+    }
+    fn protocol(&self) -> &'static [u8] {
+        if self.head.minor == 0 {
+            b"HTTP/1.0"
+        } else {
+            b"HTTP/1.1"
+        }
+    }
+}
+
 /// How a request ended, for the connection loop.
 enum Next {
     KeepAlive,
@@ -133,7 +185,7 @@ impl Connection {
                         self.log.start(!self.hcm.access_logs.is_empty());
                         self.stat(HttpStat::DownstreamRqTotal);
                         let _ = self.local_reply(&e, true).await;
-                        log::write(self);
+                        log::write(&self.ctx, self);
                     }
                     return;
                 }
@@ -236,7 +288,7 @@ impl Connection {
                 }
             }
         };
-        log::write(self);
+        log::write(&self.ctx, self);
         // Drop the head (and the body bytes the exchange consumed) before the next one.
         let consumed = self.head.len.min(self.buf.len());
         self.buf.drain(..consumed);
@@ -432,37 +484,12 @@ impl Connection {
 
     /// Applies `strip_matching_host_port` / `strip_any_host_port` to an authority range.
     fn strip_port(&self, authority: std::ops::Range<usize>) -> std::ops::Range<usize> {
-        if self.hcm.strip_port == StripPort::None {
-            return authority;
-        }
-        let a = self.bytes(&authority);
-        let Some(colon) = a.iter().rposition(|&b| b == b':') else {
-            return authority;
-        };
-        let port = &a[colon + 1..];
-        let is_port = !port.is_empty() && port.iter().all(u8::is_ascii_digit);
-        let bracketed = a.first() == Some(&b'[');
-        if !is_port
-            || (!bracketed && a[..colon].contains(&b':'))
-            || (bracketed && a[colon - 1] != b']')
-        {
-            return authority;
-        }
-        let strip = match self.hcm.strip_port {
-            StripPort::Any => true,
-            StripPort::Matching => {
-                std::str::from_utf8(port)
-                    .ok()
-                    .and_then(|p| p.parse::<u16>().ok())
-                    == Some(self.local.port())
-            }
-            StripPort::None => false,
-        };
-        if strip {
-            authority.start..authority.start + colon
-        } else {
-            authority
-        }
+        let keep = kept_authority(
+            self.hcm.strip_port,
+            self.local.port(),
+            self.bytes(&authority),
+        );
+        authority.start..authority.start + keep
     }
 
     fn is_internal(&self) -> bool {
@@ -476,53 +503,16 @@ impl Connection {
         path: std::ops::Range<usize>,
         mods: &[&HeaderMods],
     ) -> Result<Next, HttpError> {
-        let mut location = Vec::with_capacity(128);
-        location.extend_from_slice(r.scheme.as_deref().unwrap_or("http").as_bytes());
-        location.extend_from_slice(b"://");
-        let auth = self.bytes(&authority);
-        let host_only = strip_port(auth);
-        match (&r.host, r.port) {
-            (Some(h), Some(p)) => location.extend_from_slice(format!("{h}:{p}").as_bytes()),
-            (Some(h), None) => location.extend_from_slice(h.as_bytes()),
-            (None, Some(p)) => {
-                location.extend_from_slice(host_only);
-                location.extend_from_slice(format!(":{p}").as_bytes());
-            }
-            // A scheme change drops the (old scheme's) port, as Envoy does.
-            (None, None) if r.scheme.is_some() => location.extend_from_slice(host_only),
-            (None, None) => location.extend_from_slice(auth),
-        }
-        let full = self.bytes(&path);
-        let (p, q) = match full.iter().position(|&b| b == b'?') {
-            Some(i) => (&full[..i], &full[i..]),
-            None => (full, &b""[..]),
-        };
-        match &r.path {
-            RedirectPath::Keep => location.extend_from_slice(p),
-            RedirectPath::Replace(np) => location.extend_from_slice(np.as_bytes()),
-            RedirectPath::Prefix(np) => {
-                let routed_prefix = self.route_prefix_len(p);
-                location.extend_from_slice(np.as_bytes());
-                location.extend_from_slice(&p[routed_prefix..]);
-            }
-            RedirectPath::Regex(re, sub) => {
-                let s = String::from_utf8_lossy(p);
-                location.extend_from_slice(re.replace_all(&s, sub.as_str()).as_bytes());
-            }
-        }
-        let path_has_query = matches!(&r.path, RedirectPath::Replace(np) if np.contains('?'));
-        if !r.strip_query && !path_has_query {
-            location.extend_from_slice(q);
-        }
+        let location = redirect_location(
+            r,
+            self.bytes(&authority),
+            self.bytes(&path),
+            self.log.route_prefix_len,
+        );
         let close = self.must_close();
         self.write_simple(r.status, b"", Some(&location), mods, close)
             .await?;
         self.finish_or_close(close).await
-    }
-
-    /// Length of the matched route's prefix (for prefix rewrites).
-    fn route_prefix_len(&self, path: &[u8]) -> usize {
-        self.log.route_prefix_len.min(path.len())
     }
 
     /// After a local answer: skip any request body so the connection can be reused.
@@ -634,48 +624,18 @@ impl Connection {
         req_mods: [&HeaderMods; 3],
         resp_mods: [&HeaderMods; 3],
     ) -> Result<Next, HttpError> {
-        // Cluster and endpoint.
-        let weighted = f.target.pick(fastrand::u32(..));
-        let cref = match (&f.target, weighted) {
-            (_, Some(w)) => &w.cluster,
-            (Target::Cluster(c), None) => c,
-            (Target::Weighted { .. }, None) => {
-                return Err(HttpError::ClusterNotFound(f.cluster_not_found_status))
-            }
-        };
         let snapshot = self.snapshot.clone();
-        let cluster = cref
-            .index
-            .and_then(|i| snapshot.clusters.get(i))
-            .filter(|c| c.name == cref.name)
-            .or_else(|| snapshot.cluster(&cref.name))
-            .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
+        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, &self.down)?;
+        let ep: &Endpoint = &ep;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }
-        if cluster.http2 {
+        if cluster.http2.is_some() {
+            // HTTP/1.1 clients reach HTTP/2 clusters through an HTTP/2 listener only so far.
             return Err(HttpError::UpstreamHttp2Unsupported);
         }
         let core = self.ctx.core;
         let cstats = cluster.stats.core(core);
-        let original;
-        let ep = if cluster.discovery == Discovery::OriginalDst {
-            // Not redirected: the destination is this listener itself (a loop).
-            if self.down.loops_back() {
-                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-                return Err(HttpError::NoHealthyUpstream);
-            }
-            // The connection's destination (restored from the capture) is the upstream.
-            original = Endpoint::at(self.local);
-            &original
-        } else {
-            let picked = self.ctx.upstreams.borrow_mut().pick(cluster);
-            let Some(ep) = picked else {
-                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-                return Err(HttpError::NoHealthyUpstream);
-            };
-            ep
-        };
         self.log.upstream = Some(ep.address);
         let replayable_head = !matches!(self.head.body, BodyKind::Length(n) if n > (self.buf.len() - self.head.len.min(self.buf.len())) as u64)
             && self.head.body != BodyKind::Chunked;
@@ -1102,44 +1062,203 @@ impl Connection {
         prefix_len: Option<usize>,
         path: &std::ops::Range<usize>,
     ) -> Option<Vec<u8>> {
-        let full = self.bytes(path);
-        let q = full.iter().position(|&b| b == b'?').unwrap_or(full.len());
-        if let (Some(new), Some(len)) = (&f.prefix_rewrite, prefix_len) {
-            let mut out = Vec::with_capacity(full.len() + new.len());
-            out.extend_from_slice(new.as_bytes());
-            out.extend_from_slice(&full[len.min(q)..]);
-            return Some(out);
-        }
-        if let Some((re, sub)) = &f.regex_rewrite {
-            let p = String::from_utf8_lossy(&full[..q]);
-            let mut out = re.replace_all(&p, sub.as_str()).into_owned().into_bytes();
-            out.extend_from_slice(&full[q..]);
-            return Some(out);
-        }
-        None
+        rewrite_path(f, prefix_len, self.bytes(path))
     }
 
     /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).
     fn request_id(&mut self) -> Option<[u8; 36]> {
-        if !self.hcm.generate_request_id {
-            return None;
-        }
-        let present = self.head.request_id.is_some();
-        let regenerate = !present
-            || (self.hcm.use_remote_address
-                && !self.is_internal()
-                && !self.hcm.preserve_external_request_id);
-        if !regenerate {
-            return None;
-        }
-        let id = uuid4();
+        let id = new_request_id(&self.hcm, self.head.request_id.is_some(), self.peer.ip())?;
         self.log.request_id = Some(id);
         Some(id)
     }
 }
 
+/// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.
+pub(crate) fn rewrite_path(f: &Forward, prefix_len: Option<usize>, full: &[u8]) -> Option<Vec<u8>> {
+    let q = full.iter().position(|&b| b == b'?').unwrap_or(full.len());
+    if let (Some(new), Some(len)) = (&f.prefix_rewrite, prefix_len) {
+        let mut out = Vec::with_capacity(full.len() + new.len());
+        out.extend_from_slice(new.as_bytes());
+        out.extend_from_slice(&full[len.min(q)..]);
+        return Some(out);
+    }
+    if let Some((re, sub)) = &f.regex_rewrite {
+        let p = String::from_utf8_lossy(&full[..q]);
+        let mut out = re.replace_all(&p, sub.as_str()).into_owned().into_bytes();
+        out.extend_from_slice(&full[q..]);
+        return Some(out);
+    }
+    None
+}
+
+/// A new x-request-id when the proxy sets one (Envoy's rules): none present, or an
+/// external request's at the edge unless it is preserved.
+pub(crate) fn new_request_id(
+    hcm: &HttpConnectionManager,
+    present: bool,
+    peer: IpAddr,
+) -> Option<[u8; 36]> {
+    if !hcm.generate_request_id {
+        return None;
+    }
+    let regenerate = !present
+        || (hcm.use_remote_address && !is_internal(peer) && !hcm.preserve_external_request_id);
+    regenerate.then(uuid4)
+}
+
+/// The route's cluster (and weighted entry) and the endpoint to send to: this core's load
+/// balancer, or the connection's original destination for an ORIGINAL_DST cluster.
+pub(crate) fn pick_upstream<'s>(
+    ctx: &CoreCtx,
+    snapshot: &'s Snapshot,
+    f: &'s Forward,
+    down: &Downstream,
+) -> Result<
+    (
+        Option<&'s crate::model::route::WeightedTarget>,
+        &'s crate::model::Cluster,
+        std::borrow::Cow<'s, Endpoint>,
+    ),
+    HttpError,
+> {
+    let weighted = f.target.pick(fastrand::u32(..));
+    let cref = match (&f.target, weighted) {
+        (_, Some(w)) => &w.cluster,
+        (Target::Cluster(c), None) => c,
+        (Target::Weighted { .. }, None) => {
+            return Err(HttpError::ClusterNotFound(f.cluster_not_found_status))
+        }
+    };
+    let cluster = cref
+        .index
+        .and_then(|i| snapshot.clusters.get(i))
+        .filter(|c| c.name == cref.name)
+        .or_else(|| snapshot.cluster(&cref.name))
+        .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
+    let none_healthy = || {
+        cluster
+            .stats
+            .core(ctx.core)
+            .inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+        HttpError::NoHealthyUpstream
+    };
+    let ep = if cluster.discovery == Discovery::OriginalDst {
+        // Not redirected: the destination is this listener itself (a loop).
+        if down.loops_back() {
+            return Err(none_healthy());
+        }
+        // The connection's destination (restored from the capture) is the upstream.
+        std::borrow::Cow::Owned(Endpoint::at(down.dst))
+    } else {
+        let picked = ctx.upstreams.borrow_mut().pick(cluster);
+        std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)
+    };
+    Ok((weighted, cluster, ep))
+}
+
+/// The `Location` of a redirect for a request to `auth` + `full` (path and query).
+pub(crate) fn redirect_location(
+    r: &Redirect,
+    auth: &[u8],
+    full: &[u8],
+    route_prefix_len: usize,
+) -> Vec<u8> {
+    let mut location = Vec::with_capacity(128);
+    location.extend_from_slice(r.scheme.as_deref().unwrap_or("http").as_bytes());
+    location.extend_from_slice(b"://");
+    let host_only = strip_port(auth);
+    match (&r.host, r.port) {
+        (Some(h), Some(p)) => location.extend_from_slice(format!("{h}:{p}").as_bytes()),
+        (Some(h), None) => location.extend_from_slice(h.as_bytes()),
+        (None, Some(p)) => {
+            location.extend_from_slice(host_only);
+            location.extend_from_slice(format!(":{p}").as_bytes());
+        }
+        // A scheme change drops the (old scheme's) port, as Envoy does.
+        (None, None) if r.scheme.is_some() => location.extend_from_slice(host_only),
+        (None, None) => location.extend_from_slice(auth),
+    }
+    let (p, q) = match full.iter().position(|&b| b == b'?') {
+        Some(i) => (&full[..i], &full[i..]),
+        None => (full, &b""[..]),
+    };
+    match &r.path {
+        RedirectPath::Keep => location.extend_from_slice(p),
+        RedirectPath::Replace(np) => location.extend_from_slice(np.as_bytes()),
+        RedirectPath::Prefix(np) => {
+            let routed_prefix = route_prefix_len.min(p.len());
+            location.extend_from_slice(np.as_bytes());
+            location.extend_from_slice(&p[routed_prefix..]);
+        }
+        RedirectPath::Regex(re, sub) => {
+            let s = String::from_utf8_lossy(p);
+            location.extend_from_slice(re.replace_all(&s, sub.as_str()).as_bytes());
+        }
+    }
+    let path_has_query = matches!(&r.path, RedirectPath::Replace(np) if np.contains('?'));
+    if !r.strip_query && !path_has_query {
+        location.extend_from_slice(q);
+    }
+    location
+}
+
+/// How many bytes of an authority are kept after `strip_matching_host_port` /
+/// `strip_any_host_port` (a port equal to the listener's, or any port).
+pub(crate) fn kept_authority(mode: StripPort, local_port: u16, a: &[u8]) -> usize {
+    if mode == StripPort::None {
+        return a.len();
+    }
+    let Some(colon) = a.iter().rposition(|&b| b == b':') else {
+        return a.len();
+    };
+    let port = &a[colon + 1..];
+    let is_port = !port.is_empty() && port.iter().all(u8::is_ascii_digit);
+    let bracketed = a.first() == Some(&b'[');
+    if !is_port || (!bracketed && a[..colon].contains(&b':')) || (bracketed && a[colon - 1] != b']')
+    {
+        return a.len();
+    }
+    let strip = match mode {
+        StripPort::Any => true,
+        StripPort::Matching => {
+            std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                == Some(local_port)
+        }
+        StripPort::None => false,
+    };
+    if strip {
+        colon
+    } else {
+        a.len()
+    }
+}
+
+/// Reads until `buf` holds the HTTP/2 preface or bytes that cannot begin it. False: the
+/// client closed (or timed out) before sending enough to tell.
+async fn sniff_preface(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Option<Duration>) -> bool {
+    let preface = crate::http::h2::PREFACE;
+    loop {
+        let n = buf.len().min(preface.len());
+        if buf[..n] != preface[..n] || n == preface.len() {
+            return true;
+        }
+        buf.reserve(BUF);
+        let taken = std::mem::take(buf);
+        let Some((res, b)) = with_timeout(limit, crate::io::read_more(stream, taken)).await else {
+            return false;
+        };
+        *buf = b;
+        match res {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Why no response head arrived.
-enum RespError {
+pub(crate) enum RespError {
     Closed,
     Malformed,
     Timeout,
@@ -1147,7 +1266,7 @@ enum RespError {
 }
 
 /// Reads the upstream response head, skipping 1xx interim responses.
-async fn read_response_head(
+pub(crate) async fn read_response_head(
     up: &mut UpstreamConn,
     resp: &mut ResponseHead,
     deadline: Option<Instant>,
@@ -1227,7 +1346,10 @@ impl monoio::io::AsyncWriteRent for Discard {
     }
 }
 
-async fn with_timeout<F: std::future::Future>(limit: Option<Duration>, f: F) -> Option<F::Output> {
+pub(crate) async fn with_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    f: F,
+) -> Option<F::Output> {
     match limit {
         None => Some(f.await),
         Some(d) => monoio::time::timeout(d, f).await.ok(),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::http::conn::Connection;
+use crate::http::exchange::Exchange;
 use crate::http::h1::header_value;
 use crate::model::format::{write_start_time, Command, Context};
 
@@ -64,17 +64,17 @@ impl Entry {
     }
 }
 
-struct LogCtx<'a>(&'a Connection);
+struct LogCtx<'a, E: ?Sized>(&'a E);
 
-impl Context for LogCtx<'_> {
+impl<E: Exchange + ?Sized> Context for LogCtx<'_, E> {
     fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
         write_command(self.0, cmd, out)
     }
 }
 
 /// Writes the value of `cmd` for the connection's current request.
-pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) -> bool {
-    let e = &c.log;
+pub(crate) fn write_command<E: Exchange + ?Sized>(c: &E, cmd: &Command, out: &mut Vec<u8>) -> bool {
+    let e = c.log();
     let num = |out: &mut Vec<u8>, n: u64| {
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         true
@@ -90,11 +90,7 @@ pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) ->
             _ => false,
         },
         Command::Protocol => {
-            out.extend_from_slice(if c.head.minor == 0 {
-                b"HTTP/1.0"
-            } else {
-                b"HTTP/1.1"
-            });
+            out.extend_from_slice(c.protocol());
             true
         }
         Command::ResponseCode => num(out, u64::from(e.status)),
@@ -125,44 +121,45 @@ pub(crate) fn write_command(c: &Connection, cmd: &Command, out: &mut Vec<u8>) ->
             !n.is_empty()
         }),
         Command::DownstreamRemoteAddress => {
-            let _ = write!(out, "{}", c.peer);
+            let _ = write!(out, "{}", c.peer());
             true
         }
         Command::DownstreamRemoteAddressWithoutPort => {
-            let _ = write!(out, "{}", c.peer.ip());
+            let _ = write!(out, "{}", c.peer().ip());
             true
         }
         Command::DownstreamLocalAddress => {
-            let _ = write!(out, "{}", c.local);
+            let _ = write!(out, "{}", c.local());
             true
         }
         Command::DownstreamLocalAddressWithoutPort => {
-            let _ = write!(out, "{}", c.local.ip());
+            let _ = write!(out, "{}", c.local().ip());
             true
         }
         Command::Hostname => {
-            out.extend_from_slice(c.ctx.hostname.as_bytes());
+            out.extend_from_slice(c.hostname().as_bytes());
             true
         }
     }
 }
 
-fn req(c: &Connection, name: &str, out: &mut Vec<u8>) -> bool {
-    let buf = &c.buf;
+fn req<E: Exchange + ?Sized>(c: &E, name: &str, out: &mut Vec<u8>) -> bool {
+    let buf = c.buf();
+    let (head, log) = (c.head(), c.log());
     let range = |r: &std::ops::Range<usize>| buf.get(r.clone()).filter(|s| !s.is_empty());
     let v: Option<&[u8]> = match name {
-        ":method" => range(&c.head.method),
-        ":path" => Some(c.bytes(&c.log.path))
+        ":method" => range(&head.method),
+        ":path" => Some(c.bytes(&log.path))
             .filter(|p| !p.is_empty())
-            .or_else(|| range(&c.head.target)),
-        ":authority" => Some(c.bytes(&c.log.authority)).filter(|a| !a.is_empty()),
+            .or_else(|| range(&head.target)),
+        ":authority" => Some(c.bytes(&log.authority)).filter(|a| !a.is_empty()),
         ":scheme" => Some(b"http"),
-        "x-request-id" if c.log.request_id.is_some() => {
-            out.extend_from_slice(c.log.request_id.as_ref().map_or(&[][..], |r| &r[..]));
+        "x-request-id" if log.request_id.is_some() => {
+            out.extend_from_slice(log.request_id.as_ref().map_or(&[][..], |r| &r[..]));
             return true;
         }
         _ => {
-            return match header_value(buf, &c.head.headers, name.as_bytes()) {
+            return match header_value(buf, &head.headers, name.as_bytes()) {
                 Some(v) => {
                     out.extend_from_slice(&v);
                     true
@@ -178,9 +175,8 @@ fn req(c: &Connection, name: &str, out: &mut Vec<u8>) -> bool {
 }
 
 /// Writes the request's line to every configured access log.
-pub(crate) fn write(c: &Connection) {
-    for log in &c.hcm.access_logs {
-        c.ctx
-            .log_line(log.sink, |out| log.format.write(&LogCtx(c), b"-", out));
+pub(crate) fn write<E: Exchange + ?Sized>(ctx: &crate::ctx::CoreCtx, c: &E) {
+    for log in &c.hcm().access_logs {
+        ctx.log_line(log.sink, |out| log.format.write(&LogCtx(c), b"-", out));
     }
 }

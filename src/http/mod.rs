@@ -4,7 +4,9 @@
 pub mod body;
 pub mod conn;
 pub mod error;
+pub(crate) mod exchange;
 pub mod h1;
+pub mod h2;
 pub mod local_reply;
 pub mod log;
 pub mod write_headers;

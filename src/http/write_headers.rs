@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::ops::Range;
 
-use crate::http::conn::Connection;
+use crate::http::exchange::Exchange;
 use crate::http::h1::ResponseHead;
 use crate::model::format::{Command, Context};
 use crate::model::headers::{is_hop_by_hop, AppendAction, HeaderMods};
@@ -38,9 +38,9 @@ fn nominated(buf: &[u8], headers: &[(Range<usize>, Range<usize>)], name: &[u8]) 
 }
 
 /// Request-side values for `%...%` in header values.
-struct ReqCtx<'a>(&'a Connection);
+struct ReqCtx<'a, E: ?Sized>(&'a E);
 
-impl Context for ReqCtx<'_> {
+impl<E: Exchange + ?Sized> Context for ReqCtx<'_, E> {
     fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
         crate::http::log::write_command(self.0, cmd, out)
     }
@@ -52,10 +52,10 @@ fn dropped_by(mods: &[&HeaderMods], name: &[u8]) -> bool {
 
 /// Writes the additions of `mods` (most specific first); `present` tells whether the
 /// message already carried a header.
-fn write_adds(
+fn write_adds<E: Exchange + ?Sized>(
     out: &mut Vec<u8>,
     mods: &[&HeaderMods],
-    conn: &Connection,
+    conn: &E,
     present: &dyn Fn(&[u8]) -> bool,
 ) {
     let ctx = ReqCtx(conn);
@@ -99,9 +99,9 @@ fn write_adds(
 
 /// The request head sent upstream.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn request_head(
+pub(crate) fn request_head<E: Exchange + ?Sized>(
     out: &mut Vec<u8>,
-    conn: &Connection,
+    conn: &E,
     f: &Forward,
     authority: Range<usize>,
     path: &[u8],
@@ -110,9 +110,10 @@ pub(crate) fn request_head(
     mods: &[&HeaderMods],
     request_id: Option<&[u8]>,
 ) {
-    let buf = &conn.buf;
-    let head = &conn.head;
-    let hcm = &conn.hcm;
+    let buf = conn.buf();
+    let head = conn.head();
+    let hcm = conn.hcm();
+    let peer = conn.peer();
     out.extend_from_slice(&buf[head.method.clone()]);
     out.push(b' ');
     out.extend_from_slice(path);
@@ -163,7 +164,7 @@ pub(crate) fn request_head(
             out.extend_from_slice(b"x-forwarded-for: ");
             out.extend_from_slice(value);
             out.extend_from_slice(b", ");
-            let _ = write!(out, "{}", conn.peer.ip());
+            let _ = write!(out, "{}", peer.ip());
             out.extend_from_slice(b"\r\n");
             xff_written = true;
             continue;
@@ -174,19 +175,19 @@ pub(crate) fn request_head(
         header(out, b"transfer-encoding", b"chunked");
     }
     // A configured upgrade keeps its hop-by-hop headers for the next hop.
-    if let Some(u) = &conn.upgrade {
+    if let Some(u) = conn.upgrade() {
         header(out, b"connection", b"upgrade");
         header(out, b"upgrade", &buf[u.clone()]);
     }
     if edge && !hcm.skip_xff_append && !xff_written {
         out.extend_from_slice(b"x-forwarded-for: ");
-        let _ = write!(out, "{}", conn.peer.ip());
+        let _ = write!(out, "{}", peer.ip());
         out.extend_from_slice(b"\r\n");
     }
     if !have_xfp {
         header(out, b"x-forwarded-proto", b"http");
     }
-    if edge && crate::http::conn::is_internal(conn.peer.ip()) {
+    if edge && crate::http::conn::is_internal(peer.ip()) {
         header(out, b"x-envoy-internal", b"true");
     }
     if let Some(id) = request_id {
@@ -216,9 +217,9 @@ pub(crate) fn request_head(
 
 /// The response head sent downstream for an upstream response.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn response_head(
+pub(crate) fn response_head<E: Exchange + ?Sized>(
     out: &mut Vec<u8>,
-    conn: &Connection,
+    conn: &E,
     up: &[u8],
     resp: &ResponseHead,
     mods: &[&HeaderMods],
@@ -227,7 +228,7 @@ pub(crate) fn response_head(
     service_time_ms: Option<u64>,
     request_id: Option<&[u8]>,
 ) {
-    let hcm = &conn.hcm;
+    let hcm = conn.hcm();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
     out.push(b' ');
@@ -287,7 +288,7 @@ pub(crate) fn response_head(
             .any(|(n, _)| up[n.clone()].eq_ignore_ascii_case(name))
     };
     write_adds(out, mods, conn, &present);
-    let switching = resp.status == 101 && conn.upgrade.is_some();
+    let switching = resp.status == 101 && conn.upgrade().is_some();
     if switching {
         // The upstream accepted the upgrade: its Upgrade header goes back with it.
         header(out, b"connection", b"upgrade");
@@ -300,13 +301,17 @@ pub(crate) fn response_head(
         }
     } else if close {
         header(out, b"connection", b"close");
-    } else if conn.head.minor == 0 {
+    } else if conn.head().minor == 0 {
         header(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
 }
 
 /// Header additions on a locally generated response.
-pub(crate) fn response_mods(out: &mut Vec<u8>, mods: &[&HeaderMods], conn: &Connection) {
+pub(crate) fn response_mods<E: Exchange + ?Sized>(
+    out: &mut Vec<u8>,
+    mods: &[&HeaderMods],
+    conn: &E,
+) {
     write_adds(out, mods, conn, &|_| false);
 }

@@ -296,8 +296,31 @@ impl TcpProxy {
 /// Codec selection of a connection manager.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
+    /// HTTP/2 when the connection opens with its preface, HTTP/1.1 otherwise.
     Auto,
     Http1,
+    Http2,
+}
+
+/// `http2_protocol_options` of a connection manager or a cluster, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_stream_window_size: u32,
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Settings {
+    /// Envoy's defaults are 2^31-1 streams and 256 MiB windows; these bound what one
+    /// connection can make the proxy buffer (1 MiB per stream, 4 MiB per connection) and
+    /// how many streams one client holds open.
+    fn default() -> Self {
+        Http2Settings {
+            max_concurrent_streams: 1024,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 4 << 20,
+        }
+    }
 }
 
 /// What to do with header names containing underscores.
@@ -330,6 +353,7 @@ pub struct HttpConnectionManager {
     pub stat_prefix: String,
     pub stats: Arc<Scope>,
     pub codec: Codec,
+    pub http2: Http2Settings,
     pub routes: RouteSource,
     pub access_logs: Vec<AccessLog>,
     pub suppress_envoy_headers: bool,
@@ -409,8 +433,8 @@ pub struct Cluster {
     pub discovery: Discovery,
     /// The EDS service name (`eds_cluster_config.service_name`, else the cluster name).
     pub eds_service: Option<Arc<str>>,
-    /// The cluster asks for HTTP/2 upstream (not served by the data plane yet).
-    pub http2: bool,
+    /// The cluster asks for HTTP/2 upstream, with these settings.
+    pub http2: Option<Http2Settings>,
     /// Unix socket (`pipe`) endpoints: used by the control thread's own gRPC clients;
     /// the data plane does not connect to them.
     pub unix_endpoints: Arc<[std::path::PathBuf]>,

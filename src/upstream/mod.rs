@@ -13,6 +13,8 @@ use crate::io::{idle_state, IdleState};
 use crate::model::{Cluster, Endpoint, LbPolicy};
 use crate::stats::{ClusterStat, Scope};
 
+pub mod h2pool;
+
 /// An upstream HTTP/1.1 connection with its read buffer.
 pub struct Conn {
     pub stream: TcpStream,
@@ -55,6 +57,8 @@ pub struct Upstreams {
     core: usize,
     pools: FxHashMap<SocketAddr, Vec<Conn>>,
     lb: FxHashMap<Arc<str>, LbState>,
+    /// HTTP/2 connections, shared by concurrent streams.
+    pub h2: h2pool::H2Pool,
     /// Idle connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
 }
@@ -65,6 +69,7 @@ impl Upstreams {
             core,
             pools: FxHashMap::default(),
             lb: FxHashMap::default(),
+            h2: h2pool::H2Pool::default(),
             max_idle_per_endpoint: 1024,
         }
     }
@@ -202,38 +207,92 @@ pub async fn connect_stream(addr: SocketAddr, source: Option<SocketAddr>) -> io:
     }
 }
 
-/// Opens a new connection from core `core` to `ep` within the cluster's connect timeout.
+/// Opens a TCP connection from core `core` to `ep` within the cluster's connect timeout,
+/// counted in `upstream_cx_total` and `upstream_cx_active` (the caller releases the latter).
+async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream, ConnectError> {
+    let stats = cluster.stats.core(core);
+    let connect = connect_stream(ep.address, cluster.bind_source);
+    let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "connect failed: {e}");
+            stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+            return Err(ConnectError::Failed(e));
+        }
+        Err(_) => {
+            stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+            stats.inc(ClusterStat::UpstreamCxConnectTimeout as usize);
+            return Err(ConnectError::Timeout);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    stats.inc(ClusterStat::UpstreamCxTotal as usize);
+    stats.inc(ClusterStat::UpstreamCxActive as usize);
+    Ok(stream)
+}
+
+/// Opens a new HTTP/1.1 connection from core `core` to `ep`.
 pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Conn, ConnectError> {
-    {
-        let stats = cluster.stats.core(core);
-        let connect = connect_stream(ep.address, cluster.bind_source);
-        let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "connect failed: {e}");
-                stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
-                return Err(ConnectError::Failed(e));
-            }
-            Err(_) => {
-                stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
-                stats.inc(ClusterStat::UpstreamCxConnectTimeout as usize);
-                return Err(ConnectError::Timeout);
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        stats.inc(ClusterStat::UpstreamCxTotal as usize);
-        stats.inc(ClusterStat::UpstreamCxHttp1Total as usize);
-        stats.inc(ClusterStat::UpstreamCxActive as usize);
-        Ok(Conn {
-            stream,
-            addr: ep.address,
-            buf: Vec::with_capacity(16 * 1024),
-            requests: 0,
-            stats: cluster.stats.clone(),
-            core,
-            idle_since: Instant::now(),
-        })
-    }
+    let stream = open(core, cluster, ep).await?;
+    cluster
+        .stats
+        .core(core)
+        .inc(ClusterStat::UpstreamCxHttp1Total as usize);
+    Ok(Conn {
+        stream,
+        addr: ep.address,
+        buf: Vec::with_capacity(16 * 1024),
+        requests: 0,
+        stats: cluster.stats.clone(),
+        core,
+        idle_since: Instant::now(),
+    })
+}
+
+/// Opens a new HTTP/2 connection from core `core` to `ep` and starts driving it on this
+/// core; it joins the core's HTTP/2 pool.
+pub async fn connect_h2(
+    core: usize,
+    cluster: &Cluster,
+    ep: &Endpoint,
+    settings: crate::model::Http2Settings,
+) -> Result<h2pool::H2Conn, ConnectError> {
+    let stream = open(core, cluster, ep).await?;
+    let stats = cluster.stats.core(core);
+    stats.inc(ClusterStat::UpstreamCxHttp2Total as usize);
+    let guard = h2pool::CxGuard {
+        stats: cluster.stats.clone(),
+        core,
+    };
+    let io = stream
+        .try_into_poll_io()
+        .map_err(|(e, _)| ConnectError::Failed(e))?;
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(settings.initial_stream_window_size)
+        .initial_connection_window_size(settings.initial_connection_window_size)
+        .max_header_list_size(1 << 20)
+        .handshake::<_, bytes::Bytes>(io);
+    let (send, connection) = match monoio::time::timeout(cluster.connect_timeout, handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "HTTP/2 handshake failed: {e}");
+            return Err(ConnectError::Failed(io::Error::other(e)));
+        }
+        Err(_) => {
+            stats.inc(ClusterStat::UpstreamCxConnectTimeout as usize);
+            return Err(ConnectError::Timeout);
+        }
+    };
+    let conn = h2pool::H2Conn::new(send, ep.address);
+    let state = conn.state.clone();
+    monoio::spawn(async move {
+        let _guard = guard;
+        if let Err(e) = connection.await {
+            tracing::debug!("upstream HTTP/2 connection ended: {e}");
+        }
+        state.closed.set(true);
+    });
+    Ok(conn)
 }
 
 #[cfg(test)]
@@ -249,7 +308,7 @@ mod tests {
             stats: store.scope::<ClusterStat>("cluster.c."),
             discovery: Discovery::Static,
             eds_service: None,
-            http2: false,
+            http2: None,
             unix_endpoints: Arc::new([]),
             bind_source: None,
             lb,

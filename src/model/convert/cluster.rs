@@ -239,10 +239,14 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-/// Whether the cluster asks for HTTP/2 upstream: the legacy `http2_protocol_options` or
-/// `typed_extension_protocol_options` with an explicit HTTP/2 config.
-fn http2(c: &pb::Cluster, res: &str) -> Result<bool, ConvertError> {
-    let mut h2 = c.http2_protocol_options.is_some();
+/// The cluster's HTTP/2 settings when it asks for HTTP/2 upstream: the legacy
+/// `http2_protocol_options` or `typed_extension_protocol_options` with an explicit HTTP/2
+/// config.
+fn http2(c: &pb::Cluster, res: &str) -> Result<Option<crate::model::Http2Settings>, ConvertError> {
+    let mut h2 = match &c.http2_protocol_options {
+        Some(o) => Some(super::http2_settings(o, res, "http2_protocol_options")?),
+        None => None,
+    };
     for (key, any) in &c.typed_extension_protocol_options {
         let path = format!("typed_extension_protocol_options[\"{key}\"]");
         if any_type(any) != HTTP_OPTIONS {
@@ -260,7 +264,10 @@ fn http2(c: &pb::Cluster, res: &str) -> Result<bool, ConvertError> {
         match &o.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => {
                 use http_opts::http_protocol_options::explicit_http_config::ProtocolConfig as P;
-                h2 |= matches!(e.protocol_config, Some(P::Http2ProtocolOptions(_)));
+                if let Some(P::Http2ProtocolOptions(o)) = &e.protocol_config {
+                    let at = format!("{path}.explicit_http_config.http2_protocol_options");
+                    h2 = Some(super::http2_settings(o, res, &at)?);
+                }
             }
             None => {}
         }

@@ -255,13 +255,18 @@ fn connection_manager(
     let codec = match CodecType::try_from(m.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
         Ok(CodecType::Http1) => Codec::Http1,
+        Ok(CodecType::Http2) => Codec::Http2,
         _ => {
             return Err(err(
                 res,
                 p("codec_type"),
-                "only AUTO and HTTP1 codecs are supported",
+                "only the AUTO, HTTP1 and HTTP2 codecs are supported",
             ))
         }
+    };
+    let http2 = match &m.http2_protocol_options {
+        Some(o) => super::http2_settings(o, res, &p("http2_protocol_options"))?,
+        None => Default::default(),
     };
     let routes = match &m.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
@@ -428,6 +433,7 @@ fn connection_manager(
         stat_prefix: m.stat_prefix.clone(),
         stats,
         codec,
+        http2,
         routes,
         access_logs,
         suppress_envoy_headers,

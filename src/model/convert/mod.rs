@@ -519,3 +519,43 @@ pub(crate) fn any_type(any: &prost_types::Any) -> &str {
 
 #[cfg(test)]
 mod tests;
+
+/// `Http2ProtocolOptions`, with Envoy's bounds (streams 1..2^31-1, windows 65535..2^31-1)
+/// and Ringside's defaults for what is unset.
+pub(crate) fn http2_settings(
+    o: &core::Http2ProtocolOptions,
+    resource: &str,
+    path: &str,
+) -> Result<super::Http2Settings, ConvertError> {
+    const MAX: u32 = (1 << 31) - 1;
+    let d = super::Http2Settings::default();
+    let field = |v: Option<u32>, name: &str, min: u32, default: u32| match v {
+        None => Ok(default),
+        Some(v) if (min..=MAX).contains(&v) => Ok(v),
+        Some(v) => Err(err(
+            resource,
+            format!("{path}.{name}"),
+            format!("{v} is outside {min}..={MAX}"),
+        )),
+    };
+    Ok(super::Http2Settings {
+        max_concurrent_streams: field(
+            o.max_concurrent_streams,
+            "max_concurrent_streams",
+            1,
+            d.max_concurrent_streams,
+        )?,
+        initial_stream_window_size: field(
+            o.initial_stream_window_size,
+            "initial_stream_window_size",
+            65535,
+            d.initial_stream_window_size,
+        )?,
+        initial_connection_window_size: field(
+            o.initial_connection_window_size,
+            "initial_connection_window_size",
+            65535,
+            d.initial_connection_window_size,
+        )?,
+    })
+}

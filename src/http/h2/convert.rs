@@ -1,0 +1,204 @@
+//! Heads between HTTP/2 (`http` types) and the HTTP/1 form the request path works on.
+//! Requests are routed and rewritten as HTTP/1 heads whatever their codec, so every
+//! header rule has one implementation; these functions are the codec edges.
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+
+use crate::model::headers::is_hop_by_hop;
+
+/// Writes an HTTP/2 request's head in HTTP/1.1 form: `:authority` becomes Host, split
+/// `cookie` headers are joined (RFC 9113 8.2.3), and a body of unknown length is marked
+/// chunked so an HTTP/1 upstream gets valid framing.
+pub fn request_to_h1(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(if path.is_empty() {
+        b"/"
+    } else {
+        path.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let authority = parts.uri.authority();
+    if let Some(a) = authority {
+        line(out, b"host", a.as_str().as_bytes());
+    }
+    let mut cookies: Option<Vec<u8>> = None;
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        let n = name.as_str().as_bytes();
+        if n == b"host" && authority.is_some() {
+            continue;
+        }
+        if n == b"cookie" {
+            let c = cookies.get_or_insert_with(Vec::new);
+            if !c.is_empty() {
+                c.extend_from_slice(b"; ");
+            }
+            c.extend_from_slice(value.as_bytes());
+            continue;
+        }
+        if n == b"transfer-encoding" {
+            continue;
+        }
+        has_length |= n == b"content-length";
+        line(out, n, value.as_bytes());
+    }
+    if let Some(c) = cookies {
+        line(out, b"cookie", &c);
+    }
+    if !end_stream && !has_length {
+        line(out, b"transfer-encoding", b"chunked");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes an HTTP/2 response's head in HTTP/1.1 form (for `h1::parse_response`): without a
+/// length, a body that follows is marked chunked and an empty one gets `content-length: 0`.
+pub fn response_to_h1(parts: &http::response::Parts, end_stream: bool, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        let n = name.as_str().as_bytes();
+        if is_hop_by_hop(n) {
+            continue;
+        }
+        has_length |= n == b"content-length";
+        line(out, n, value.as_bytes());
+    }
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    if !has_length && !bodiless {
+        if end_stream {
+            line(out, b"content-length", b"0");
+        } else {
+            line(out, b"transfer-encoding", b"chunked");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Why an HTTP/1 head could not be expressed in HTTP/2.
+#[derive(Debug)]
+pub struct Unrepresentable;
+
+/// The HTTP/2 request for an HTTP/1.1 request head the proxy wrote (Host becomes
+/// `:authority`; connection-specific headers are dropped, `te: trailers` kept).
+pub fn h1_to_request(head: &[u8]) -> Result<Request<()>, Unrepresentable> {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut slots);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Unrepresentable),
+    }
+    let method = http::Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
+        .map_err(|_| Unrepresentable)?;
+    let path = req.path.unwrap_or("/");
+    let host = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value);
+    let mut uri = Uri::builder().scheme("http").path_and_query(path);
+    if let Some(h) = host {
+        uri = uri.authority(h);
+    }
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(uri.build().map_err(|_| Unrepresentable)?)
+        .version(http::Version::HTTP_2);
+    let headers = builder.headers_mut().ok_or(Unrepresentable)?;
+    copy_headers(req.headers, headers, true)?;
+    builder.body(()).map_err(|_| Unrepresentable)
+}
+
+/// The HTTP/2 response for an HTTP/1.1 response head the proxy wrote.
+pub fn h1_to_response(head: &[u8]) -> Result<Response<()>, Unrepresentable> {
+    let mut slots = [httparse::EMPTY_HEADER; 256];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Unrepresentable),
+    }
+    let status = StatusCode::from_u16(resp.code.unwrap_or(502)).map_err(|_| Unrepresentable)?;
+    let mut builder = Response::builder().status(status);
+    let headers = builder.headers_mut().ok_or(Unrepresentable)?;
+    copy_headers(resp.headers, headers, false)?;
+    builder.body(()).map_err(|_| Unrepresentable)
+}
+
+fn copy_headers(
+    from: &[httparse::Header<'_>],
+    to: &mut HeaderMap,
+    request: bool,
+) -> Result<(), Unrepresentable> {
+    for h in from {
+        if h.name.is_empty() {
+            continue;
+        }
+        let n = h.name.as_bytes();
+        let te_trailers = n.eq_ignore_ascii_case(b"te") && h.value == b"trailers";
+        if (is_hop_by_hop(n) && !te_trailers) || (request && n.eq_ignore_ascii_case(b"host")) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(n).map_err(|_| Unrepresentable)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| Unrepresentable)?;
+        to.append(name, value);
+    }
+    Ok(())
+}
+
+/// Trailers as the last chunk of a chunked HTTP/1.1 body.
+pub fn trailers_to_h1(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a request is gRPC (its content type is `application/grpc[+proto|;...]`).
+pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|c| {
+        c.starts_with(b"application/grpc") && matches!(c.get(16), None | Some(b'+') | Some(b';'))
+    })
+}
+
+/// Envoy's mapping from an HTTP status to a gRPC status (`Grpc::Utility::httpToGrpcStatus`).
+pub fn grpc_status_for(http_status: u16) -> u32 {
+    match http_status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// An empty body chunk that ends a stream.
+pub fn end() -> Bytes {
+    Bytes::new()
+}

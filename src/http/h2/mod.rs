@@ -1,0 +1,109 @@
+//! HTTP/2 with the `h2` crate over monoio's poll-io bridge: downstream connections
+//! (`server`), upstream connections from the core's pool, flow-controlled body pumps and
+//! the head conversions to and from the HTTP/1 form the request path works on.
+
+pub mod convert;
+pub mod server;
+
+use std::future::poll_fn;
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+
+use crate::ctx::CoreCtx;
+use crate::http::error::HttpError;
+use crate::model::{Cluster, Endpoint, Http2Settings};
+use crate::upstream::h2pool::H2Conn;
+
+/// The HTTP/2 connection preface a client opens with (RFC 9113 3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection to `ep` from the core's HTTP/2 pool with room for one more stream, or a
+/// new one.
+pub(crate) async fn upstream(
+    ctx: &CoreCtx,
+    cluster: &Cluster,
+    ep: &Endpoint,
+    settings: Http2Settings,
+) -> Result<H2Conn, HttpError> {
+    if let Some(c) = ctx.upstreams.borrow_mut().h2.get(ep.address) {
+        return Ok(c);
+    }
+    let conn = crate::upstream::connect_h2(ctx.core, cluster, ep, settings)
+        .await
+        .map_err(HttpError::Connect)?;
+    ctx.upstreams.borrow_mut().h2.add(conn.clone());
+    Ok(conn)
+}
+
+/// Sends `data` as flow control allows: never more than the peer granted, so what the
+/// proxy holds for a stream stays within its window.
+pub(crate) async fn send_all(
+    to: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return to.send_data(data, end);
+    }
+    while !data.is_empty() {
+        to.reserve_capacity(data.len());
+        let mut n = to.capacity();
+        if n == 0 {
+            n = match poll_fn(|cx| to.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return Err(e),
+                None => return Err(h2::Reason::CANCEL.into()),
+            };
+        }
+        if n == 0 {
+            continue;
+        }
+        let chunk = data.split_to(n.min(data.len()));
+        to.send_data(chunk, end && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// Why a pump stopped.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    /// The source stream failed or was reset.
+    Recv(h2::Error),
+    /// The sink stream failed or was reset.
+    Send,
+}
+
+/// Moves a stream's body and trailers from `from` to `to`, returning window to the sender
+/// only once the bytes went on: a slow reader slows the writer instead of filling memory.
+/// Returns the body bytes moved.
+pub(crate) async fn pump(
+    from: &mut RecvStream,
+    to: &mut SendStream<Bytes>,
+) -> Result<u64, PumpError> {
+    let mut moved = 0u64;
+    while let Some(chunk) = from.data().await {
+        let chunk = chunk.map_err(PumpError::Recv)?;
+        let n = chunk.len();
+        if n == 0 {
+            continue;
+        }
+        send_all(to, chunk, false)
+            .await
+            .map_err(|_| PumpError::Send)?;
+        moved += n as u64;
+        let _ = from.flow_control().release_capacity(n);
+    }
+    match from.trailers().await.map_err(PumpError::Recv)? {
+        Some(t) => to.send_trailers(t).map_err(|_| PumpError::Send)?,
+        None => to
+            .send_data(Bytes::new(), true)
+            .map_err(|_| PumpError::Send)?,
+    }
+    Ok(moved)
+}
+
+/// The reset to pass on for a pump that stopped on `e`.
+pub(crate) fn reason(e: &h2::Error) -> h2::Reason {
+    e.reason().unwrap_or(h2::Reason::CANCEL)
+}

@@ -1,0 +1,939 @@
+//! One downstream HTTP/2 connection: the `h2` server drives the socket on this core and
+//! every stream runs as its own task on the same core. A stream is routed and rewritten in
+//! the HTTP/1 form (see `convert`), then forwarded over HTTP/2 (streams multiplexed on the
+//! core's pooled connections, trailers intact) or HTTP/1.1 (the core's keep-alive pool).
+
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Request;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::convert;
+use super::{pump, reason, send_all, PumpError};
+use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
+use crate::http::body::{Framing, Mode};
+use crate::http::conn::{
+    kept_authority, new_request_id, pick_upstream, read_response_head, redirect_location,
+    rewrite_path, with_timeout, RespError,
+};
+use crate::http::error::HttpError;
+use crate::http::exchange::Exchange;
+use crate::http::h1::{self, BodyKind, HeadError, RequestHead, RequestRef, ResponseHead};
+use crate::http::local_reply::reply_for;
+use crate::http::log::{self, Entry};
+use crate::http::write_headers;
+use crate::model::headers::HeaderMods;
+use crate::model::route::{Action, Forward, HostRewrite, PathMatch, TlsRequirement};
+use crate::model::{
+    Cluster, Endpoint, HttpConnectionManager, RouteSource, Snapshot, UnderscoreAction,
+};
+use crate::stats::{status_class_index, ClusterStat, HttpStat};
+
+static NO_MODS: HeaderMods = HeaderMods {
+    add: Vec::new(),
+    remove: Vec::new(),
+};
+
+/// Serves one downstream HTTP/2 connection until it closes. `prefix` holds bytes already
+/// read from the socket (the preface, when the codec was sniffed).
+pub async fn serve(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    stream: TcpStream,
+    down: Downstream,
+    drain: Rc<DrainEvent>,
+    prefix: Vec<u8>,
+) {
+    let stats = hcm.stats.clone();
+    let c = stats.core(ctx.core);
+    c.inc(HttpStat::DownstreamCxTotal as usize);
+    c.inc(HttpStat::DownstreamCxHttp2Total as usize);
+    c.inc(HttpStat::DownstreamCxActive as usize);
+    run(ctx.clone(), hcm, stream, down, drain, prefix).await;
+    c.dec(HttpStat::DownstreamCxActive as usize);
+}
+
+async fn run(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    stream: TcpStream,
+    down: Downstream,
+    drain: Rc<DrainEvent>,
+    prefix: Vec<u8>,
+) {
+    let Ok(io) = stream.try_into_poll_io() else {
+        return;
+    };
+    let io = Rewind {
+        prefix,
+        pos: 0,
+        inner: io,
+    };
+    let s = hcm.http2;
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .initial_window_size(s.initial_stream_window_size)
+        .initial_connection_window_size(s.initial_connection_window_size)
+        .max_header_list_size(hcm.max_request_headers_bytes as u32)
+        .max_send_buffer_size(64 * 1024)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets before they
+        // are served are bounded, and so are those the proxy has to reset.
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(256))
+        .handshake::<_, Bytes>(io);
+    let mut conn =
+        match with_timeout(hcm.request_headers_timeout.or(hcm.idle_timeout), handshake).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                tracing::debug!(peer = %down.peer, "HTTP/2 handshake failed: {e}");
+                stat(&ctx, &hcm, HttpStat::DownstreamCxProtocolError);
+                return;
+            }
+            None => return,
+        };
+    let mut draining = false;
+    loop {
+        let next = if draining {
+            conn.accept().await
+        } else {
+            monoio::select! {
+                n = conn.accept() => n,
+                _ = drain.wait() => {
+                    // GOAWAY: streams already open finish, no new ones start.
+                    conn.graceful_shutdown();
+                    stat(&ctx, &hcm, HttpStat::DownstreamCxDrainClose);
+                    draining = true;
+                    continue;
+                }
+            }
+        };
+        match next {
+            Some(Ok((req, respond))) => {
+                let task = stream_task(ctx.clone(), hcm.clone(), down, req, respond);
+                let (ctx, hcm) = (ctx.clone(), hcm.clone());
+                monoio::spawn(async move {
+                    if CatchUnwind(Box::pin(task)).await.is_err() {
+                        stat(&ctx, &hcm, HttpStat::PanicsCaught);
+                        tracing::error!("a bug panicked while serving an HTTP/2 stream; it was reset and the core keeps serving");
+                    }
+                });
+            }
+            Some(Err(e)) => {
+                if e.is_io() || e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) {
+                    break;
+                }
+                tracing::debug!(peer = %down.peer, "HTTP/2 connection error: {e}");
+                stat(&ctx, &hcm, HttpStat::DownstreamCxProtocolError);
+                break;
+            }
+            None => break,
+        }
+    }
+}
+
+fn stat(ctx: &CoreCtx, hcm: &HttpConnectionManager, s: HttpStat) {
+    hcm.stats.core(ctx.core).inc(s as usize);
+}
+
+async fn stream_task(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    down: Downstream,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let snapshot = ctx.snapshot();
+    let mut s = Stream {
+        ctx,
+        hcm,
+        down,
+        buf: Vec::new(),
+        head: RequestHead::default(),
+        log: Entry::default(),
+        snapshot,
+        grpc: false,
+        responded: false,
+    };
+    s.run(req, &mut respond).await;
+}
+
+/// One HTTP/2 stream, with its head in HTTP/1 form.
+struct Stream {
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    down: Downstream,
+    buf: Vec<u8>,
+    head: RequestHead,
+    log: Entry,
+    snapshot: Arc<Snapshot>,
+    /// A gRPC request: the proxy's own answers are gRPC-shaped.
+    grpc: bool,
+    /// Response headers went out: errors now reset the stream.
+    responded: bool,
+}
+
+impl Exchange for Stream {
+    fn hcm(&self) -> &HttpConnectionManager {
+        &self.hcm
+    }
+    fn buf(&self) -> &[u8] {
+        &self.buf
+    }
+    fn head(&self) -> &RequestHead {
+        &self.head
+    }
+    fn bytes(&self, r: &std::ops::Range<usize>) -> &[u8] {
+        &self.buf[r.clone()]
+    }
+    fn peer(&self) -> SocketAddr {
+        self.down.peer
+    }
+    fn local(&self) -> SocketAddr {
+        self.down.dst
+    }
+    fn log(&self) -> &Entry {
+        &self.log
+    }
+    fn hostname(&self) -> &str {
+        &self.ctx.hostname
+    }
+    fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
+        None
+    }
+    fn protocol(&self) -> &'static [u8] {
+        b"HTTP/2"
+    }
+}
+
+impl Stream {
+    fn stat(&self, s: HttpStat) {
+        stat(&self.ctx, &self.hcm, s);
+    }
+
+    async fn run(&mut self, req: Request<RecvStream>, respond: &mut SendResponse<Bytes>) {
+        self.log.start(!self.hcm.access_logs.is_empty());
+        self.stat(HttpStat::DownstreamRqTotal);
+        self.stat(HttpStat::DownstreamRqHttp2Total);
+        let cells = self.hcm.stats.clone();
+        let c = cells.core(self.ctx.core);
+        c.inc(HttpStat::DownstreamRqActive as usize);
+        let (parts, body) = req.into_parts();
+        self.grpc = convert::is_grpc(
+            parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+        );
+        if let Err(e) = self.handle(parts, body, respond).await {
+            if self.responded {
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            } else {
+                self.local_reply(respond, &e);
+            }
+        }
+        log::write(&self.ctx, self);
+        c.dec(HttpStat::DownstreamRqActive as usize);
+        c.inc(HttpStat::DownstreamRqCompleted as usize);
+    }
+
+    async fn handle(
+        &mut self,
+        parts: http::request::Parts,
+        body: RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<(), HttpError> {
+        if parts.method == http::Method::CONNECT {
+            return Err(HttpError::UpgradeRejected);
+        }
+        convert::request_to_h1(&parts, body.is_end_stream(), &mut self.buf);
+        let limit = self.hcm.max_request_headers_bytes + 1024;
+        match h1::parse_request(&self.buf, self.hcm.max_headers_count, limit, &mut self.head) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(HttpError::BadHead(HeadError::TooLarge)),
+            Err(e) => return Err(HttpError::BadHead(e)),
+        }
+        if self.head.underscore
+            && self.hcm.headers_with_underscores == UnderscoreAction::RejectRequest
+        {
+            return Err(HttpError::UnderscoreHeader);
+        }
+        let Some(host) = self.head.host else {
+            return Err(HttpError::MissingHost);
+        };
+        let authority = self.head.headers[host].1.clone();
+        let keep = kept_authority(
+            self.hcm.strip_port,
+            self.down.dst.port(),
+            &self.buf[authority.clone()],
+        );
+        let authority = authority.start..authority.start + keep;
+        let path = self.head.target.clone();
+        self.log.authority = authority.clone();
+        self.log.path = path.clone();
+        let hcm = self.hcm.clone();
+        let snapshot = self.snapshot.clone();
+        let routes = match &hcm.routes {
+            RouteSource::Static(t) => t.clone(),
+            RouteSource::Rds(name) => match snapshot.route_configs.get(name) {
+                Some(t) => t.clone(),
+                None => return Err(HttpError::NoRoute),
+            },
+        };
+        let req = RequestRef {
+            buf: &self.buf,
+            head: &self.head,
+            authority: &self.buf[authority.clone()],
+            path: &self.buf[path.clone()],
+        };
+        let Some(m) = routes.find(&req) else {
+            return Err(HttpError::NoRoute);
+        };
+        if !hcm.access_logs.is_empty() {
+            self.log.route = Some(m.route.name.clone());
+        }
+        let prefix_len = match &m.route.path {
+            PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
+            _ => None,
+        };
+        self.log.route_prefix_len = prefix_len.unwrap_or(0);
+        let mods: [&HeaderMods; 3] = [
+            &m.route.response_headers,
+            &m.vhost.response_headers,
+            &routes.response_headers,
+        ];
+        if m.vhost.require_tls != TlsRequirement::None
+            && (m.vhost.require_tls == TlsRequirement::All
+                || !crate::http::conn::is_internal(self.down.peer.ip()))
+        {
+            let r = crate::model::route::Redirect {
+                scheme: Some("https".into()),
+                host: None,
+                port: None,
+                path: crate::model::route::RedirectPath::Keep,
+                status: 301,
+                strip_query: false,
+            };
+            let location = redirect_location(&r, &self.buf[authority], &self.buf[path], 0);
+            self.simple(respond, 301, b"", Some(&location), &[]);
+            return Ok(());
+        }
+        match &m.route.action {
+            Action::Direct(d) => {
+                self.stat(HttpStat::RqDirectResponse);
+                self.simple(respond, d.status, &d.body, None, &mods);
+                Ok(())
+            }
+            Action::Redirect(r) => {
+                self.stat(HttpStat::RqRedirect);
+                let location = redirect_location(
+                    r,
+                    &self.buf[authority],
+                    &self.buf[path],
+                    self.log.route_prefix_len,
+                );
+                self.simple(respond, r.status, b"", Some(&location), &mods);
+                Ok(())
+            }
+            Action::Forward(f) => {
+                let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
+                self.forward(
+                    f, prefix_len, authority, path, req_mods, mods, body, respond,
+                )
+                .await
+            }
+        }
+    }
+
+    /// A response the proxy makes itself, with a text body.
+    fn simple(
+        &mut self,
+        respond: &mut SendResponse<Bytes>,
+        status: u16,
+        body: &[u8],
+        location: Option<&[u8]>,
+        mods: &[&HeaderMods],
+    ) {
+        let mut out = Vec::with_capacity(256);
+        crate::http::local_reply::status_line(&mut out, status);
+        if let Some(l) = location {
+            write_headers::header(&mut out, b"location", l);
+        }
+        if !body.is_empty() {
+            write_headers::header(&mut out, b"content-type", b"text/plain");
+        }
+        write_headers::header(
+            &mut out,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
+        write_headers::header(&mut out, b"server", self.hcm.server_name.as_bytes());
+        write_headers::response_mods(&mut out, mods, self);
+        out.extend_from_slice(b"\r\n");
+        self.log.status = status;
+        self.log.bytes_sent = body.len() as u64;
+        self.count_status(status);
+        let Ok(resp) = convert::h1_to_response(&out) else {
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            return;
+        };
+        let head = self.head.method.clone();
+        let no_body = body.is_empty() || self.buf[head].eq_ignore_ascii_case(b"HEAD");
+        self.responded = true;
+        if let Ok(mut tx) = respond.send_response(resp, no_body) {
+            if !no_body {
+                // Local bodies are small: within the initial window.
+                let _ = tx.send_data(Bytes::copy_from_slice(body), true);
+            }
+        }
+    }
+
+    /// The proxy's answer to an error, gRPC-shaped for gRPC requests (HTTP 200 with
+    /// `grpc-status` and `grpc-message`, as Envoy sends them).
+    fn local_reply(&mut self, respond: &mut SendResponse<Bytes>, e: &HttpError) {
+        let reply = reply_for(e);
+        if let Some(s) = reply.stat {
+            self.stat(s);
+        }
+        self.log.flags = reply.flag;
+        self.log.details = reply.details;
+        if !self.grpc {
+            self.simple(respond, reply.status, reply.body.as_bytes(), None, &[]);
+            return;
+        }
+        let code = match e {
+            HttpError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            _ => convert::grpc_status_for(reply.status),
+        };
+        self.log.status = 200;
+        self.count_status(200);
+        let mut resp = http::Response::new(());
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", http::HeaderValue::from(code));
+        if let Ok(v) = http::HeaderValue::from_str(&grpc_message(&reply.body)) {
+            h.insert("grpc-message", v);
+        }
+        if let Ok(v) = http::HeaderValue::from_bytes(self.hcm.server_name.as_bytes()) {
+            h.insert(http::header::SERVER, v);
+        }
+        self.responded = true;
+        let _ = respond.send_response(resp, true);
+    }
+
+    fn count_status(&self, status: u16) {
+        self.hcm.stats.core(self.ctx.core).inc(status_class_index(
+            status,
+            HttpStat::DownstreamRq1xx as usize,
+        ));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &mut self,
+        f: &Forward,
+        prefix_len: Option<usize>,
+        authority: std::ops::Range<usize>,
+        path: std::ops::Range<usize>,
+        req_mods: [&HeaderMods; 3],
+        resp_mods: [&HeaderMods; 3],
+        body: RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<(), HttpError> {
+        let snapshot = self.snapshot.clone();
+        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, &self.down)?;
+        if !self.hcm.access_logs.is_empty() {
+            self.log.cluster = Some(cluster.name.clone());
+        }
+        self.log.upstream = Some(ep.address);
+        let rewritten = rewrite_path(f, prefix_len, &self.buf[path.clone()]);
+        let request_id = new_request_id(
+            &self.hcm,
+            self.head.request_id.is_some(),
+            self.down.peer.ip(),
+        );
+        self.log.request_id = request_id;
+        let mods: [&HeaderMods; 4] = [
+            weighted.map_or(&NO_MODS, |w| &w.request_headers),
+            req_mods[0],
+            req_mods[1],
+            req_mods[2],
+        ];
+        let host_rewrite: Option<&[u8]> = match (
+            weighted.and_then(|w| w.host_rewrite.as_deref()),
+            &f.host_rewrite,
+        ) {
+            (Some(h), _) => Some(h.as_bytes()),
+            (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),
+            (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes()),
+            (None, HostRewrite::None) => None,
+        };
+        let mut out = Vec::with_capacity(1024);
+        let path_bytes: &[u8] = match &rewritten {
+            Some(p) => p,
+            None => &self.buf[path.clone()],
+        };
+        write_headers::request_head(
+            &mut out,
+            self,
+            f,
+            authority,
+            path_bytes,
+            rewritten.is_some(),
+            host_rewrite,
+            &mods,
+            request_id.as_ref().map(|r| &r[..]),
+        );
+        let resp_mods: [&HeaderMods; 4] = [
+            weighted.map_or(&NO_MODS, |w| &w.response_headers),
+            resp_mods[0],
+            resp_mods[1],
+            resp_mods[2],
+        ];
+        let up = Upstream {
+            f,
+            cluster,
+            ep: &ep,
+            resp_mods: &resp_mods,
+            request_id: request_id.as_ref().map(|r| &r[..]),
+        };
+        match cluster.http2 {
+            Some(settings) => self.over_h2(up, settings, out, body, respond).await,
+            None => self.over_h1(up, out, body, respond).await,
+        }
+    }
+
+    /// Forwards over the core's HTTP/2 pool: the request body flows in its own task, so
+    /// both directions stream at once (gRPC bidirectional calls).
+    async fn over_h2(
+        &mut self,
+        up: Upstream<'_>,
+        settings: crate::model::Http2Settings,
+        head: Vec<u8>,
+        mut body: RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<(), HttpError> {
+        let cstats = up.cluster.stats.clone();
+        let cs = cstats.core(self.ctx.core);
+        let conn = super::upstream(&self.ctx, up.cluster, up.ep, settings).await?;
+        let _slot = conn.stream();
+        let req = convert::h1_to_request(&head).map_err(|_| HttpError::UpstreamProtocol)?;
+        let mut send = conn
+            .send
+            .clone()
+            .ready()
+            .await
+            .map_err(|_| HttpError::UpstreamReset)?;
+        let end = body.is_end_stream();
+        cs.inc(ClusterStat::UpstreamRqTotal as usize);
+        cs.inc(ClusterStat::UpstreamRqActive as usize);
+        let _active = Dec(&cstats, self.ctx.core, ClusterStat::UpstreamRqActive);
+        let (resp_fut, mut up_tx) = send
+            .send_request(req, end)
+            .map_err(|_| HttpError::UpstreamReset)?;
+        if !end {
+            let (hstats, core) = (self.hcm.stats.clone(), self.ctx.core);
+            monoio::spawn(async move {
+                match pump(&mut body, &mut up_tx).await {
+                    Ok(_) | Err(PumpError::Send) => {}
+                    Err(PumpError::Recv(e)) => {
+                        // The client reset its stream: so does the proxy, upstream.
+                        hstats
+                            .core(core)
+                            .inc(HttpStat::DownstreamRqRxReset as usize);
+                        up_tx.send_reset(reason(&e));
+                    }
+                }
+            });
+        }
+        let sent = Instant::now();
+        let resp = monoio::select! {
+            r = with_timeout(up.f.timeout, resp_fut) => match r {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    tracing::debug!("upstream HTTP/2 stream failed: {e}");
+                    cs.inc(ClusterStat::UpstreamRqRxReset as usize);
+                    return Err(HttpError::UpstreamReset);
+                }
+                None => {
+                    cs.inc(ClusterStat::UpstreamRqTimeout as usize);
+                    self.stat(HttpStat::DownstreamRqTimeout);
+                    return Err(HttpError::UpstreamTimeout);
+                }
+            },
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => {
+                // The client gave up: dropping the response future cancels upstream.
+                self.stat(HttpStat::DownstreamRqRxReset);
+                self.log.flags = "DC";
+                self.responded = true;
+                return Ok(());
+            }
+        };
+        let (parts, mut up_rx) = resp.into_parts();
+        let up_end = up_rx.is_end_stream();
+        let mut resp_buf = Vec::with_capacity(512);
+        convert::response_to_h1(&parts, up_end, &mut resp_buf);
+        let mut rh = ResponseHead::default();
+        match h1::parse_response(&resp_buf, 1 << 20, &mut rh) {
+            Ok(Some(())) => {}
+            _ => return Err(HttpError::UpstreamProtocol),
+        }
+        cs.inc(status_class_index(
+            rh.status,
+            ClusterStat::UpstreamRq1xx as usize,
+        ));
+        let Some(mut tx) = self.send_head(respond, &up, &resp_buf, &rh, sent, up_end)? else {
+            return Ok(());
+        };
+        if !up_end {
+            match pump(&mut up_rx, &mut tx).await {
+                Ok(n) => self.log.bytes_sent = n,
+                Err(PumpError::Recv(e)) => {
+                    tx.send_reset(reason(&e));
+                    cs.inc(ClusterStat::UpstreamRqRxReset as usize);
+                    self.log.flags = "UR";
+                    return Ok(());
+                }
+                Err(PumpError::Send) => {
+                    self.stat(HttpStat::DownstreamRqRxReset);
+                    self.log.flags = "DC";
+                    return Ok(());
+                }
+            }
+        }
+        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
+        Ok(())
+    }
+
+    /// Sends the response head for an upstream response (`head` in HTTP/1 form), with
+    /// Envoy's response headers and the route's mutations. `None`: the client is gone.
+    fn send_head(
+        &mut self,
+        respond: &mut SendResponse<Bytes>,
+        up: &Upstream<'_>,
+        head: &[u8],
+        rh: &ResponseHead,
+        sent: Instant,
+        end: bool,
+    ) -> Result<Option<h2::SendStream<Bytes>>, HttpError> {
+        let service_time = sent.elapsed().as_millis() as u64;
+        self.log.service_time_ms = (!self.hcm.suppress_envoy_headers).then_some(service_time);
+        let mut out = Vec::with_capacity(512);
+        write_headers::response_head(
+            &mut out,
+            self,
+            head,
+            rh,
+            up.resp_mods,
+            false,
+            false,
+            self.log.service_time_ms,
+            up.request_id
+                .filter(|_| self.hcm.always_set_request_id_in_response),
+        );
+        let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
+        self.log.status = rh.status;
+        self.count_status(rh.status);
+        self.responded = true;
+        match respond.send_response(resp, end) {
+            Ok(tx) => Ok(Some(tx)),
+            Err(_) => {
+                self.log.flags = "DC";
+                Ok(None)
+            }
+        }
+    }
+
+    /// Forwards over an HTTP/1.1 connection from the core's keep-alive pool; a body of
+    /// unknown length goes chunked.
+    async fn over_h1(
+        &mut self,
+        up: Upstream<'_>,
+        head: Vec<u8>,
+        mut body: RecvStream,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Result<(), HttpError> {
+        let core = self.ctx.core;
+        let cstats = up.cluster.stats.clone();
+        let cs = cstats.core(core);
+        let end = body.is_end_stream();
+        let pooled =
+            self.ctx
+                .upstreams
+                .borrow_mut()
+                .checkout(up.ep.address, up.cluster.idle_timeout, !end);
+        let mut reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => crate::upstream::connect(core, up.cluster, up.ep)
+                .await
+                .map_err(HttpError::Connect)?,
+        };
+        let chunked = self.head.body == BodyKind::Chunked;
+        let mut resp = ResponseHead::default();
+        let idle = up.f.idle_timeout.or(self.hcm.stream_idle_timeout);
+        let sent = loop {
+            conn.requests += 1;
+            cs.inc(ClusterStat::UpstreamRqTotal as usize);
+            let (res, _) = conn.stream.write_all(head.clone()).await;
+            if res.is_ok() && !end {
+                self.h1_body(&mut conn, &mut body, chunked).await?;
+            }
+            let sent = Instant::now();
+            let r = match res {
+                Ok(_) => {
+                    let deadline = up.f.timeout.map(|t| sent + t);
+                    read_response_head(&mut conn, &mut resp, deadline, idle).await
+                }
+                Err(_) => Err(RespError::Closed),
+            };
+            match r {
+                Ok(()) => break sent,
+                // A pooled connection the upstream had closed: once more on a new one,
+                // when the request had no body to replay.
+                Err(RespError::Closed) if reused && end => {
+                    cs.inc(ClusterStat::UpstreamRqRetry as usize);
+                    reused = false;
+                    conn = crate::upstream::connect(core, up.cluster, up.ep)
+                        .await
+                        .map_err(HttpError::Connect)?;
+                }
+                Err(RespError::Closed) => return Err(HttpError::UpstreamReset),
+                Err(RespError::Malformed) => return Err(HttpError::UpstreamProtocol),
+                Err(RespError::Timeout) => {
+                    cs.inc(ClusterStat::UpstreamRqTimeout as usize);
+                    self.stat(HttpStat::DownstreamRqTimeout);
+                    return Err(HttpError::UpstreamTimeout);
+                }
+                Err(RespError::Idle) => return Err(HttpError::StreamIdleTimeout),
+            }
+        };
+        cs.inc(status_class_index(
+            resp.status,
+            ClusterStat::UpstreamRq1xx as usize,
+        ));
+        let head_request = self.buf[self.head.method.clone()].eq_ignore_ascii_case(b"HEAD");
+        let kind = resp.body(head_request);
+        let up_buf = std::mem::take(&mut conn.buf);
+        let tx = self.send_head(
+            respond,
+            &up,
+            &up_buf[..resp.len],
+            &resp,
+            sent,
+            kind == BodyKind::None,
+        );
+        conn.buf = up_buf;
+        let Some(mut tx) = tx? else {
+            return Ok(());
+        };
+        let mode = if kind == BodyKind::Chunked {
+            Mode::ChunkDecode
+        } else {
+            Mode::Raw
+        };
+        let mut framing = Framing::new(kind, mode);
+        let mut at = resp.len;
+        while !framing.done() {
+            let mut chunk = Vec::new();
+            let n = match framing.consume_into(&conn.buf[at..], &mut chunk) {
+                Ok(n) => n,
+                Err(_) => {
+                    tx.send_reset(h2::Reason::PROTOCOL_ERROR);
+                    self.log.flags = "UPE";
+                    return Ok(());
+                }
+            };
+            at += n;
+            let done = framing.done();
+            if (!chunk.is_empty() || done) && send_all(&mut tx, chunk.into(), done).await.is_err() {
+                self.stat(HttpStat::DownstreamRqRxReset);
+                self.log.flags = "DC";
+                return Ok(());
+            }
+            if done {
+                break;
+            }
+            conn.buf.drain(..at);
+            at = 0;
+            conn.buf.reserve(16 * 1024);
+            let buf = std::mem::take(&mut conn.buf);
+            let Some((res, buf)) =
+                with_timeout(idle, crate::io::read_more(&mut conn.stream, buf)).await
+            else {
+                tx.send_reset(h2::Reason::CANCEL);
+                self.log.flags = "UT";
+                return Ok(());
+            };
+            conn.buf = buf;
+            match res {
+                Ok(0) | Err(_) if kind == BodyKind::UntilClose => {
+                    let _ = tx.send_data(Bytes::new(), true);
+                    break;
+                }
+                Ok(0) | Err(_) => {
+                    tx.send_reset(h2::Reason::CANCEL);
+                    cs.inc(ClusterStat::UpstreamRqRxReset as usize);
+                    self.log.flags = "UR";
+                    return Ok(());
+                }
+                Ok(_) => {}
+            }
+        }
+        self.log.bytes_sent = framing.bytes;
+        conn.buf.drain(..at.min(conn.buf.len()));
+        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
+        let reusable = kind != BodyKind::UntilClose
+            && !resp.close
+            && conn.buf.is_empty()
+            && up
+                .cluster
+                .max_requests_per_connection
+                .is_none_or(|m| conn.requests < m);
+        if reusable {
+            self.ctx.upstreams.borrow_mut().checkin(conn);
+        }
+        Ok(())
+    }
+
+    /// The request body onto an HTTP/1.1 connection, chunk-encoded when its length is
+    /// unknown; window goes back to the client only once the bytes were written.
+    async fn h1_body(
+        &mut self,
+        conn: &mut crate::upstream::Conn,
+        body: &mut RecvStream,
+        chunked: bool,
+    ) -> Result<(), HttpError> {
+        let mut frame = Vec::with_capacity(16 * 1024);
+        while let Some(data) = body.data().await {
+            let Ok(data) = data else {
+                self.stat(HttpStat::DownstreamRqRxReset);
+                self.log.flags = "DC";
+                return Err(HttpError::UpstreamReset);
+            };
+            let n = data.len();
+            if n == 0 {
+                // An empty DATA frame (often the one carrying END_STREAM): as a chunk it
+                // would read as the last one.
+                continue;
+            }
+            frame.clear();
+            if chunked {
+                frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+            }
+            frame.extend_from_slice(&data);
+            if chunked {
+                frame.extend_from_slice(b"\r\n");
+            }
+            self.log.bytes_received += n as u64;
+            let (res, f) = conn.stream.write_all(frame).await;
+            frame = f;
+            res.map_err(|_| HttpError::UpstreamReset)?;
+            let _ = body.flow_control().release_capacity(n);
+        }
+        if chunked {
+            let (res, _) = conn.stream.write_all(&b"0\r\n\r\n"[..]).await;
+            res.map_err(|_| HttpError::UpstreamReset)?;
+        }
+        Ok(())
+    }
+}
+
+/// What forwarding one request needs besides the stream.
+struct Upstream<'a> {
+    f: &'a Forward,
+    cluster: &'a Cluster,
+    ep: &'a Endpoint,
+    resp_mods: &'a [&'a HeaderMods; 4],
+    request_id: Option<&'a [u8]>,
+}
+
+/// Decrements a gauge when dropped.
+struct Dec<'a>(&'a crate::stats::Scope, usize, ClusterStat);
+
+impl Drop for Dec<'_> {
+    fn drop(&mut self) {
+        self.0.core(self.1).dec(self.2 as usize);
+    }
+}
+
+/// `grpc-message`: percent-encoded outside printable ASCII (gRPC over HTTP/2 spec).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Bytes already read from the socket (the sniffed preface), then the socket itself.
+struct Rewind<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,102 @@
+//! One core's HTTP/2 upstream connections: many streams share a connection, up to the
+//! peer's `SETTINGS_MAX_CONCURRENT_STREAMS`; a full or closed connection makes room for a
+//! new one. Nothing here is shared with other cores.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use rustc_hash::FxHashMap;
+
+use crate::stats::{ClusterStat, Scope};
+
+/// Shared between the pool, the streams using a connection and its driver task.
+#[derive(Default)]
+pub struct H2State {
+    /// Streams open on the connection.
+    pub active: Cell<u32>,
+    /// The connection ended (GOAWAY, error or close): no new streams.
+    pub closed: Cell<bool>,
+}
+
+/// One upstream HTTP/2 connection.
+#[derive(Clone)]
+pub struct H2Conn {
+    pub send: SendRequest<Bytes>,
+    pub addr: SocketAddr,
+    pub state: Rc<H2State>,
+}
+
+impl H2Conn {
+    pub fn new(send: SendRequest<Bytes>, addr: SocketAddr) -> Self {
+        H2Conn {
+            send,
+            addr,
+            state: Rc::default(),
+        }
+    }
+
+    /// Whether another stream fits within the peer's limit.
+    fn has_room(&self) -> bool {
+        !self.state.closed.get()
+            && (self.state.active.get() as usize) < self.send.current_max_send_streams()
+    }
+
+    /// Counts one stream on the connection until the guard drops.
+    pub fn stream(&self) -> StreamGuard {
+        self.state.active.set(self.state.active.get() + 1);
+        StreamGuard(self.state.clone())
+    }
+}
+
+/// Releases a connection's stream slot.
+pub struct StreamGuard(Rc<H2State>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+    }
+}
+
+/// Keeps `upstream_cx_active` right for as long as a connection's driver runs.
+pub struct CxGuard {
+    pub stats: Arc<Scope>,
+    pub core: usize,
+}
+
+impl Drop for CxGuard {
+    fn drop(&mut self) {
+        let c = self.stats.core(self.core);
+        c.dec(ClusterStat::UpstreamCxActive as usize);
+        c.inc(ClusterStat::UpstreamCxDestroy as usize);
+    }
+}
+
+/// HTTP/2 connections by endpoint.
+#[derive(Default)]
+pub struct H2Pool {
+    conns: FxHashMap<SocketAddr, Vec<H2Conn>>,
+}
+
+impl H2Pool {
+    /// A connection to `addr` with room for one more stream; closed ones are dropped.
+    pub fn get(&mut self, addr: SocketAddr) -> Option<H2Conn> {
+        let list = self.conns.get_mut(&addr)?;
+        list.retain(|c| !c.state.closed.get());
+        list.iter().find(|c| c.has_room()).cloned()
+    }
+
+    pub fn add(&mut self, conn: H2Conn) {
+        self.conns.entry(conn.addr).or_default().push(conn);
+    }
+
+    /// Open connections to `addr`.
+    pub fn connections(&self, addr: SocketAddr) -> usize {
+        self.conns
+            .get(&addr)
+            .map_or(0, |l| l.iter().filter(|c| !c.state.closed.get()).count())
+    }
+}

@@ -1,0 +1,266 @@
+//! HTTP/2 through the proxy with the `h2` crate as the real client and upstream: h2c with
+//! prior knowledge on an AUTO listener, HTTP/2 to an HTTP/1.1 upstream, HTTP/2 end to end
+//! with full-duplex streaming and trailers, multiplexing on one upstream connection, and
+//! gRPC-shaped answers the proxy makes itself.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::{Request, Response};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+/// An h2c client with prior knowledge.
+async fn h2_client(addr: SocketAddr) -> SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+async fn body_of(mut body: h2::RecvStream) -> (Vec<u8>, Option<http::HeaderMap>) {
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (out, body.trailers().await.unwrap())
+}
+
+/// An HTTP/2 upstream: echoes each request body back chunk by chunk as it arrives, then
+/// ends with trailers `grpc-status: 0` and `x-seen-path`; `/slow/...` waits 2 s before
+/// its headers. Counts connections.
+async fn h2_echo_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let path = req.uri().path().to_string();
+                        let authority = req.uri().authority().map(|a| a.to_string());
+                        let mut body = req.into_body();
+                        if path.starts_with("/slow/") {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        let resp = Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .header("x-authority", authority.unwrap_or_default())
+                            .body(())
+                            .unwrap();
+                        let mut tx = respond.send_response(resp, false).unwrap();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let n = chunk.len();
+                            tx.reserve_capacity(n);
+                            if tx.send_data(chunk, false).is_err() {
+                                return;
+                            }
+                            let _ = body.flow_control().release_capacity(n);
+                        }
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("x-seen-path", path.parse().unwrap());
+                        let _ = tx.send_trailers(trailers);
+                    });
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn h2c_client_reaches_an_http1_upstream() {
+    for driver in drivers() {
+        let (backend, proxy) = proxy_to_one_backend("", &one_core(driver)).await;
+        let mut client = h2_client(proxy.addr()).await;
+
+        let req = Request::get(format!("http://example.com:{}/hello", proxy.addr().port()))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
+        let (body, _) = body_of(resp.into_body()).await;
+        assert_eq!(body, b"upstream a /hello", "{driver}");
+        assert_eq!(
+            backend.seen.header("host").as_deref(),
+            Some(format!("example.com:{}", proxy.addr().port()).as_str())
+        );
+        assert_eq!(
+            backend.seen.header("x-forwarded-proto").as_deref(),
+            Some("http")
+        );
+
+        // A body of unknown length goes to the HTTP/1.1 upstream chunked, in pieces.
+        let req = Request::post("http://example.com/count").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        for _ in 0..10 {
+            tx.send_data(Bytes::from(vec![b'x'; 10_000]), false)
+                .unwrap();
+        }
+        tx.send_data(Bytes::new(), true).unwrap();
+        let resp = resp.await.unwrap();
+        let status = resp.status();
+        let (body, _) = body_of(resp.into_body()).await;
+        assert_eq!(status, 200, "{driver}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(String::from_utf8_lossy(&body), "100000", "{driver}");
+
+        // Any authority matches the catch-all virtual host.
+        let req = Request::get("http://nothing.example/x").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        let status = resp.status();
+        let (body, _) = body_of(resp.into_body()).await;
+        assert_eq!(status, 200, "{driver}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(body, b"upstream a /x");
+
+        assert_eq!(
+            proxy.stat("http.ingress.downstream_cx_http2_total").await,
+            1
+        );
+        assert_eq!(
+            proxy.stat("http.ingress.downstream_rq_http2_total").await,
+            3
+        );
+        assert_eq!(
+            proxy.stat("http.ingress.downstream_cx_http1_total").await,
+            0
+        );
+    }
+}
+
+#[tokio::test]
+async fn h2_end_to_end_streams_both_ways_with_trailers_on_one_upstream_connection() {
+    for driver in drivers() {
+        let (up, conns) = h2_echo_upstream().await;
+        let dead = local_socket().local_addr().unwrap(); // bound, never listening: refused
+        let clusters = format!(
+            "[{}, {}]",
+            cluster("grpc", &[up], "http2_protocol_options: {},"),
+            cluster("gone", &[dead], "http2_protocol_options: {},")
+        );
+        let vhosts = "[{name: all, domains: ['*'], routes: [
+            {match: {prefix: /gone/}, route: {cluster: gone}},
+            {match: {prefix: /slow/}, route: {cluster: grpc, timeout: 0.2s}},
+            {match: {prefix: /}, route: {cluster: grpc}}]}]";
+        let proxy = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+        let mut client = h2_client(proxy.addr()).await;
+
+        // Full duplex: each message comes back before the next is sent.
+        let req = Request::post("http://svc.local/echo.Echo/Chat")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"ping-0"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        assert_eq!(resp.headers()["x-authority"], "svc.local");
+        let mut rx = resp.into_body();
+        for i in 0..5 {
+            let mut got = Vec::new();
+            while got.len() < 6 {
+                let chunk = rx.data().await.unwrap().unwrap();
+                let _ = rx.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+            assert_eq!(got, format!("ping-{i}").as_bytes(), "{driver}");
+            let end = i == 4;
+            let next = if end {
+                Bytes::new()
+            } else {
+                Bytes::from(format!("ping-{}", i + 1))
+            };
+            tx.send_data(next, end).unwrap();
+        }
+        let (rest, trailers) = body_of(rx).await;
+        assert!(rest.is_empty());
+        let trailers = trailers.expect("trailers arrive");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-seen-path"], "/echo.Echo/Chat");
+
+        // Concurrent streams share one upstream connection.
+        let mut calls = Vec::new();
+        for i in 0..8 {
+            let mut c = client.clone();
+            calls.push(tokio::spawn(async move {
+                let req = Request::post(format!("http://svc.local/echo.Echo/Unary{i}"))
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap();
+                let (resp, mut tx) = c.send_request(req, false).unwrap();
+                tx.send_data(Bytes::from(vec![b'a' + i as u8; 300_000]), true)
+                    .unwrap();
+                let (body, trailers) = body_of(resp.await.unwrap().into_body()).await;
+                assert_eq!(body.len(), 300_000);
+                assert!(body.iter().all(|&b| b == b'a' + i as u8));
+                assert_eq!(trailers.unwrap()["grpc-status"], "0");
+            }));
+        }
+        for c in calls {
+            c.await.unwrap();
+        }
+        assert_eq!(
+            conns.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{driver}"
+        );
+        assert_eq!(proxy.stat("cluster.grpc.upstream_cx_http2_total").await, 1);
+        assert_eq!(proxy.stat("cluster.grpc.upstream_rq_total").await, 9);
+
+        // The proxy's own errors to a gRPC client are gRPC-shaped: HTTP 200 with
+        // grpc-status 14 (UNAVAILABLE) when the upstream cannot be reached...
+        let req = Request::post("http://svc.local/gone/x")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("14"),
+            "{driver} {:?}",
+            resp.headers()
+        );
+        assert!(resp.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .starts_with("upstream connect error"));
+
+        // ... and 4 (DEADLINE_EXCEEDED) when the route timeout passes.
+        let req = Request::post("http://svc.local/slow/x")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (resp, _tx) = client.send_request(req, false).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["grpc-status"], "4", "{driver}");
+        assert_eq!(proxy.stat("cluster.grpc.upstream_rq_timeout").await, 1);
+    }
+}
