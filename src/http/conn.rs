@@ -663,15 +663,7 @@ impl Connection {
             req_mods[1],
             req_mods[2],
         ];
-        let host_rewrite: Option<&[u8]> = match (
-            weighted.and_then(|w| w.host_rewrite.as_deref()),
-            &f.host_rewrite,
-        ) {
-            (Some(h), _) => Some(h.as_bytes()),
-            (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),
-            (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes()),
-            (None, HostRewrite::None) => None,
-        };
+        let host_rewrite = host_rewrite(weighted, f, ep);
         // 100-continue is answered by the proxy, as Envoy does by default.
         if self.head.expect_continue && self.head.body != BodyKind::None {
             let (res, _) = self
@@ -1254,6 +1246,24 @@ async fn sniff_preface(stream: &mut TcpStream, buf: &mut Vec<u8>, limit: Option<
             Ok(0) | Err(_) => return false,
             Ok(_) => {}
         }
+    }
+}
+
+/// The Host sent upstream when the route rewrites it (the weighted entry's literal first,
+/// then the route's literal or the endpoint's hostname); `None` keeps the client's.
+pub(crate) fn host_rewrite<'a>(
+    weighted: Option<&'a crate::model::route::WeightedTarget>,
+    f: &'a Forward,
+    ep: &'a Endpoint,
+) -> Option<&'a [u8]> {
+    match (
+        weighted.and_then(|w| w.host_rewrite.as_deref()),
+        &f.host_rewrite,
+    ) {
+        (Some(h), _) => Some(h.as_bytes()),
+        (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),
+        (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes()),
+        (None, HostRewrite::None) => None,
     }
 }
 

@@ -25,8 +25,8 @@ use super::{pump, reason, send_all, PumpError};
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{Framing, Mode};
 use crate::http::conn::{
-    kept_authority, new_request_id, pick_upstream, read_response_head, redirect_location,
-    rewrite_path, with_timeout, RespError,
+    host_rewrite, kept_authority, new_request_id, pick_upstream, read_response_head,
+    redirect_location, rewrite_path, with_timeout, RespError,
 };
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
@@ -35,7 +35,7 @@ use crate::http::local_reply::reply_for;
 use crate::http::log::{self, Entry};
 use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
-use crate::model::route::{Action, Forward, HostRewrite, PathMatch, TlsRequirement};
+use crate::model::route::{Action, Forward, PathMatch, TlsRequirement};
 use crate::model::{
     Cluster, Endpoint, HttpConnectionManager, RouteSource, Snapshot, UnderscoreAction,
 };
@@ -473,15 +473,7 @@ impl Stream {
             req_mods[1],
             req_mods[2],
         ];
-        let host_rewrite: Option<&[u8]> = match (
-            weighted.and_then(|w| w.host_rewrite.as_deref()),
-            &f.host_rewrite,
-        ) {
-            (Some(h), _) => Some(h.as_bytes()),
-            (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),
-            (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes()),
-            (None, HostRewrite::None) => None,
-        };
+        let host_rewrite = host_rewrite(weighted, f, &ep);
         let mut out = Vec::with_capacity(1024);
         let path_bytes: &[u8] = match &rewritten {
             Some(p) => p,
