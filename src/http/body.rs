@@ -154,7 +154,7 @@ impl Framing {
     }
 }
 
-fn chunk_header(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 

@@ -15,7 +15,7 @@ use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{forward_body, BodyError, Framing, Mode};
 use crate::http::error::HttpError;
 use crate::http::h1::{self, BodyKind, RequestHead, RequestRef, ResponseHead};
-use crate::http::local_reply::{reply_for, status_line};
+use crate::http::local_reply::reply_for;
 use crate::http::{log, write_headers};
 use crate::model::headers::HeaderMods;
 use crate::model::route::{
@@ -574,20 +574,7 @@ impl Connection {
         let head_request = self.is_head_request();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        status_line(&mut out, status);
-        if let Some(l) = location {
-            write_headers::header(&mut out, b"location", l);
-        }
-        if !body.is_empty() {
-            write_headers::header(&mut out, b"content-type", b"text/plain");
-        }
-        write_headers::header(
-            &mut out,
-            b"content-length",
-            itoa::Buffer::new().format(body.len()).as_bytes(),
-        );
-        write_headers::header(&mut out, b"server", self.hcm.server_name.as_bytes());
-        write_headers::response_mods(&mut out, mods, self);
+        write_headers::local_head(&mut out, self, status, body.len(), location, mods);
         if close {
             write_headers::header(&mut out, b"connection", b"close");
         }
@@ -856,14 +843,6 @@ impl Connection {
             resp_mods[2],
         ];
         out.clear();
-        let response_request_id = if self.hcm.always_set_request_id_in_response {
-            self.log.request_id.map(|r| r.to_vec()).or_else(|| {
-                h1::header_value(&self.buf, &self.head.headers, b"x-request-id")
-                    .map(|v| v.into_owned())
-            })
-        } else {
-            None
-        };
         write_headers::response_head(
             &mut out,
             self,
@@ -873,7 +852,6 @@ impl Connection {
             (mode == Mode::ChunkEncode) || (kind == BodyKind::Chunked && mode == Mode::Raw),
             close,
             self.log.service_time_ms,
-            response_request_id.as_deref(),
         );
         self.log.status = resp.status;
         self.count_status(resp.status);

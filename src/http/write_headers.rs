@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::ops::Range;
 
 use crate::http::exchange::Exchange;
-use crate::http::h1::ResponseHead;
+use crate::http::h1::{header_value, ResponseHead};
 use crate::model::format::{Command, Context};
 use crate::model::headers::{is_hop_by_hop, AppendAction, HeaderMods};
 use crate::model::route::Forward;
@@ -226,9 +226,21 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
     chunked_out: bool,
     close: bool,
     service_time_ms: Option<u64>,
-    request_id: Option<&[u8]>,
 ) {
     let hcm = conn.hcm();
+    // `always_set_request_id_in_response`: the id the proxy generated, else the client's.
+    let echoed;
+    let request_id: Option<&[u8]> = if hcm.always_set_request_id_in_response {
+        match &conn.log().request_id {
+            Some(id) => Some(&id[..]),
+            None => {
+                echoed = header_value(conn.buf(), &conn.head().headers, b"x-request-id");
+                echoed.as_deref()
+            }
+        }
+    } else {
+        None
+    };
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
     out.push(b' ');
@@ -307,11 +319,29 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Header additions on a locally generated response.
-pub(crate) fn response_mods<E: Exchange + ?Sized>(
+/// The head of a response the proxy makes itself (a text body of `body_len` bytes, a
+/// redirect's `location`), up to but not including the blank line: the codec adds its own
+/// connection headers.
+pub(crate) fn local_head<E: Exchange + ?Sized>(
     out: &mut Vec<u8>,
-    mods: &[&HeaderMods],
     conn: &E,
+    status: u16,
+    body_len: usize,
+    location: Option<&[u8]>,
+    mods: &[&HeaderMods],
 ) {
+    crate::http::local_reply::status_line(out, status);
+    if let Some(l) = location {
+        header(out, b"location", l);
+    }
+    if body_len > 0 {
+        header(out, b"content-type", b"text/plain");
+    }
+    header(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(body_len).as_bytes(),
+    );
+    header(out, b"server", conn.hcm().server_name.as_bytes());
     write_adds(out, mods, conn, &|_| false);
 }

@@ -92,11 +92,4 @@ impl H2Pool {
     pub fn add(&mut self, conn: H2Conn) {
         self.conns.entry(conn.addr).or_default().push(conn);
     }
-
-    /// Open connections to `addr`.
-    pub fn connections(&self, addr: SocketAddr) -> usize {
-        self.conns
-            .get(&addr)
-            .map_or(0, |l| l.iter().filter(|c| !c.state.closed.get()).count())
-    }
 }

@@ -2,7 +2,6 @@
 //! Requests are routed and rewritten as HTTP/1 heads whatever their codec, so every
 //! header rule has one implementation; these functions are the codec edges.
 
-use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 
@@ -196,9 +195,4 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// An empty body chunk that ends a stream.
-pub fn end() -> Bytes {
-    Bytes::new()
 }

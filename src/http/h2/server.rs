@@ -366,20 +366,7 @@ impl Stream {
         mods: &[&HeaderMods],
     ) {
         let mut out = Vec::with_capacity(256);
-        crate::http::local_reply::status_line(&mut out, status);
-        if let Some(l) = location {
-            write_headers::header(&mut out, b"location", l);
-        }
-        if !body.is_empty() {
-            write_headers::header(&mut out, b"content-type", b"text/plain");
-        }
-        write_headers::header(
-            &mut out,
-            b"content-length",
-            itoa::Buffer::new().format(body.len()).as_bytes(),
-        );
-        write_headers::header(&mut out, b"server", self.hcm.server_name.as_bytes());
-        write_headers::response_mods(&mut out, mods, self);
+        write_headers::local_head(&mut out, self, status, body.len(), location, mods);
         out.extend_from_slice(b"\r\n");
         self.log.status = status;
         self.log.bytes_sent = body.len() as u64;
@@ -501,7 +488,6 @@ impl Stream {
             cluster,
             ep: &ep,
             resp_mods: &resp_mods,
-            request_id: request_id.as_ref().map(|r| &r[..]),
         };
         match cluster.http2 {
             Some(settings) => self.over_h2(up, settings, out, body, respond).await,
@@ -634,8 +620,6 @@ impl Stream {
             false,
             false,
             self.log.service_time_ms,
-            up.request_id
-                .filter(|_| self.hcm.always_set_request_id_in_response),
         );
         let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
         self.log.status = rh.status;
@@ -678,10 +662,12 @@ impl Stream {
         let chunked = self.head.body == BodyKind::Chunked;
         let mut resp = ResponseHead::default();
         let idle = up.f.idle_timeout.or(self.hcm.stream_idle_timeout);
+        let mut head = head;
         let sent = loop {
             conn.requests += 1;
             cs.inc(ClusterStat::UpstreamRqTotal as usize);
-            let (res, _) = conn.stream.write_all(head.clone()).await;
+            let (res, h) = conn.stream.write_all(head).await;
+            head = h;
             if res.is_ok() && !end {
                 self.h1_body(&mut conn, &mut body, chunked).await?;
             }
@@ -825,7 +811,7 @@ impl Stream {
             }
             frame.clear();
             if chunked {
-                frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                crate::http::body::chunk_header(&mut frame, n);
             }
             frame.extend_from_slice(&data);
             if chunked {
@@ -851,7 +837,6 @@ struct Upstream<'a> {
     cluster: &'a Cluster,
     ep: &'a Endpoint,
     resp_mods: &'a [&'a HeaderMods; 4],
-    request_id: Option<&'a [u8]>,
 }
 
 /// Decrements a gauge when dropped.
