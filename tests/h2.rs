@@ -264,3 +264,31 @@ async fn h2_end_to_end_streams_both_ways_with_trailers_on_one_upstream_connectio
         assert_eq!(proxy.stat("cluster.grpc.upstream_rq_timeout").await, 1);
     }
 }
+
+#[tokio::test]
+async fn codec_http2_serves_only_http2() {
+    let (_backend, proxy) =
+        proxy_to_one_backend("          codec_type: HTTP2", &one_core("legacy")).await;
+    let mut client = h2_client(proxy.addr()).await;
+    let req = Request::get("http://svc.local/x").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    // An HTTP/1.1 request is not answered in HTTP/1.1: the HTTP/2 server refuses the
+    // preface (it may send a GOAWAY frame) and closes.
+    let got = raw(
+        proxy.addr(),
+        b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(
+        proxy.stat("http.ingress.downstream_cx_http1_total").await,
+        0
+    );
+    assert_eq!(proxy.stat("http.ingress.downstream_rq_total").await, 1);
+}

@@ -233,3 +233,61 @@ fn original_dst_clusters_and_tcp_proxy_fields() {
         "filter_chains[0].filters[0].typed_config.stat_prefix"
     );
 }
+
+/// A bootstrap whose connection manager has `hcm` added and whose cluster has `cluster`.
+fn with_http2(hcm: &str, cluster: &str) -> String {
+    with_routes(r#"[{match: {prefix: "/"}, route: {cluster: backend}}]"#)
+        .replace(
+            "stat_prefix: t",
+            &format!("stat_prefix: t\n          {hcm}"),
+        )
+        .replace("[{name: backend,", &format!("[{{name: backend, {cluster}"))
+}
+
+#[test]
+fn http2_codec_and_settings() {
+    let s = build(&with_http2(
+        "codec_type: HTTP2\n          http2_protocol_options: {max_concurrent_streams: 7}",
+        "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {initial_stream_window_size: 70000}}}},",
+    ))
+    .unwrap();
+    let h = s.listeners[0]
+        .hcms()
+        .next()
+        .expect("an HTTP connection manager");
+    assert_eq!(h.codec, crate::model::Codec::Http2);
+    let d = crate::model::Http2Settings::default();
+    assert_eq!(h.http2.max_concurrent_streams, 7);
+    assert_eq!(
+        h.http2.initial_stream_window_size,
+        d.initial_stream_window_size
+    );
+    let up = s.clusters[0].http2.expect("the cluster speaks HTTP/2");
+    assert_eq!(up.initial_stream_window_size, 70000);
+    assert_eq!(up.max_concurrent_streams, d.max_concurrent_streams);
+
+    // Envoy's bounds, with the field named.
+    let e = build(&with_http2(
+        "http2_protocol_options: {initial_connection_window_size: 1000}",
+        "",
+    ))
+    .unwrap_err();
+    assert!(
+        e.path
+            .ends_with("http2_protocol_options.initial_connection_window_size"),
+        "{}",
+        e.path
+    );
+    assert!(e.reason.contains("1000 is outside 65535"), "{}", e.reason);
+    let e = build(&with_http2(
+        "",
+        "http2_protocol_options: {max_concurrent_streams: 0},",
+    ))
+    .unwrap_err();
+    assert!(
+        e.path
+            .ends_with("http2_protocol_options.max_concurrent_streams"),
+        "{}",
+        e.path
+    );
+}
