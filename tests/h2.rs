@@ -292,3 +292,123 @@ async fn codec_http2_serves_only_http2() {
     );
     assert_eq!(proxy.stat("http.ingress.downstream_rq_total").await, 1);
 }
+
+#[tokio::test]
+async fn http1_clients_reach_an_http2_upstream() {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+    use hyper_util::rt::TokioIo;
+    for driver in drivers() {
+        let (up, conns) = h2_echo_upstream().await;
+        let clusters = format!(
+            "[{}]",
+            cluster("grpc", &[up], "http2_protocol_options: {},")
+        );
+        let proxy = Proxy::start(
+            &config(
+                "          upgrade_configs: [{upgrade_type: websocket}]",
+                &all_to("grpc"),
+                &clusters,
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+
+        // A Content-Length body crosses as DATA frames and comes back; the upstream's
+        // response has no length, so the HTTP/1.1 client gets it chunked.
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let req = hyper::Request::post("/echo.Echo/Unary")
+            .header("host", "svc.local")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let resp = h1.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        assert_eq!(resp.headers()["x-authority"], "svc.local", "{driver}");
+        assert_eq!(resp.headers()["transfer-encoding"], "chunked");
+        assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), body.len(), "{driver}");
+        assert!(got[..] == body[..], "{driver}: body changed on the way");
+
+        // A chunked body (unknown length) on the same keep-alive connection.
+        let parts: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..20)
+            .map(|i| Ok(Frame::data(Bytes::from(format!("part-{i:02};")))))
+            .collect();
+        let req = hyper::Request::post("/echo.Echo/Stream")
+            .header("host", "svc.local")
+            .body(StreamBody::new(futures_util::stream::iter(parts)))
+            .unwrap();
+        let (mut h1b, conn) = hyper::client::conn::http1::handshake(TokioIo::new(
+            TcpStream::connect(proxy.addr()).await.unwrap(),
+        ))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let resp = h1b.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        let want: String = (0..20).map(|i| format!("part-{i:02};")).collect();
+        assert_eq!(String::from_utf8_lossy(&got), want, "{driver}");
+
+        // A bodiless GET, still on the first connection.
+        let req = hyper::Request::get("/ping")
+            .header("host", "other.local")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = h1.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        assert_eq!(resp.headers()["x-authority"], "other.local");
+        assert!(resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+
+        // Pipelined requests on a raw connection are answered in order.
+        let got = raw(
+            proxy.addr(),
+            b"GET /a HTTP/1.1\r\nhost: one\r\n\r\nPOST /b HTTP/1.1\r\nhost: two\r\ncontent-length: 5\r\n\r\nhelloGET /c HTTP/1.1\r\nhost: three\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        let one = text.find("x-authority: one").expect("first answered");
+        let two = text.find("x-authority: two").expect("second answered");
+        let three = text.find("x-authority: three").expect("third answered");
+        assert!(one < two && two < three, "{text}");
+        assert!(text.contains("5\r\nhello\r\n0\r\n\r\n"), "{text}");
+
+        // An upgrade cannot ride an HTTP/2 upstream stream: refused, not downgraded.
+        let got = raw(
+            proxy.addr(),
+            b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(
+            text.contains("cannot be forwarded to an HTTP/2 cluster"),
+            "{text}"
+        );
+
+        // Every HTTP/1.1 connection's streams shared one upstream HTTP/2 connection.
+        assert_eq!(
+            conns.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{driver}"
+        );
+        assert_eq!(proxy.stat("cluster.grpc.upstream_rq_total").await, 6);
+        assert_eq!(proxy.stat("cluster.grpc.upstream_rq_completed").await, 6);
+        assert_eq!(proxy.stat("cluster.grpc.upstream_rq_active").await, 0);
+        assert_eq!(proxy.stat("cluster.grpc.upstream_cx_http2_total").await, 1);
+    }
+}

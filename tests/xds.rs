@@ -6,6 +6,7 @@
 
 mod support;
 
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -410,9 +411,10 @@ async fn delta_over_a_unix_socket_with_endpoint_churn_and_a_control_plane_restar
 }
 
 #[tokio::test]
-async fn a_route_to_an_http2_only_cluster_is_refused_not_sent_http1() {
-    // xds-grpc asks for HTTP/2 (the control plane's own cluster); the data plane does not
-    // speak HTTP/2 upstream yet, so it answers 503 naming why instead of sending HTTP/1.1.
+async fn an_http1_request_routed_to_the_http2_control_plane_cluster_speaks_http2_to_it() {
+    // xds-grpc asks for HTTP/2 (the control plane's own cluster, a tonic server here): an
+    // HTTP/1.1 request routed to it is translated, and tonic's own answer for an unknown
+    // method (grpc-status 12 UNIMPLEMENTED, in headers) comes back.
     let mut ads = AdsServer::tcp(0).await;
     let proxy = Proxy::start(&bootstrap(&ads.addr, false), &[]).await;
     ads.next_sotw(CLUSTER).await;
@@ -423,9 +425,20 @@ async fn a_route_to_an_http2_only_cluster_is_refused_not_sent_http1() {
     ads.push(ROUTE, "1", vec![route_to("r1", "xds-grpc")]);
     ads.next_sotw(ROUTE).await;
     let addr = proxy.wait_listener("l1").await;
-    let (status, body) = body_of(addr, "/").await;
-    assert_eq!(status, 503);
-    assert!(body.contains("HTTP/2"), "{body}");
+    let (status, headers, _) = request(
+        addr,
+        "POST",
+        "/no.such.Service/Method",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "grpc-status"), Some("12"), "{headers:?}");
+    assert_eq!(
+        proxy.stat("cluster.xds-grpc.upstream_rq_completed").await,
+        1
+    );
 }
 
 #[test]

@@ -28,6 +28,8 @@ use crate::model::{
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 use crate::upstream::Conn as UpstreamConn;
 
+mod to_h2;
+
 /// Header mutations of a level that has none.
 static NO_MODS: HeaderMods = HeaderMods {
     add: Vec::new(),
@@ -617,9 +619,19 @@ impl Connection {
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }
-        if cluster.http2.is_some() {
-            // HTTP/1.1 clients reach HTTP/2 clusters through an HTTP/2 listener only so far.
-            return Err(HttpError::UpstreamHttp2Unsupported);
+        if let Some(settings) = cluster.http2 {
+            let hop = to_h2::Hop {
+                f,
+                prefix_len,
+                authority,
+                path,
+                weighted,
+                cluster,
+                ep,
+                req_mods,
+                resp_mods,
+            };
+            return self.forward_h2(hop, settings).await;
         }
         let core = self.ctx.core;
         let cstats = cluster.stats.core(core);
@@ -641,46 +653,15 @@ impl Connection {
 
         // From here the request body starts to be consumed: errors close the connection
         // unless the whole body went through.
-        let rewritten = self.rewrite_path(f, prefix_len, &path);
-        let request_id = self.request_id();
-        // Most specific first: weighted cluster, route, virtual host, route configuration.
-        let mods: [&HeaderMods; 4] = [
-            weighted.map_or(&NO_MODS, |w| &w.request_headers),
-            req_mods[0],
-            req_mods[1],
-            req_mods[2],
-        ];
-        let host_rewrite = host_rewrite(weighted, f, ep);
-        // 100-continue is answered by the proxy, as Envoy does by default.
-        if self.head.expect_continue && self.head.body != BodyKind::None {
-            let (res, _) = self
-                .stream
-                .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
-                .await;
-            if res.is_err() {
-                return Ok(Next::Close);
-            }
-        }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        {
-            let path_bytes: &[u8] = match &rewritten {
-                Some(p) => p,
-                None => self.bytes(&path),
-            };
-            write_headers::request_head(
-                &mut out,
-                self,
-                f,
-                authority,
-                path_bytes,
-                rewritten.is_some(),
-                host_rewrite,
-                &mods,
-                request_id.as_ref().map(|r| &r[..]),
-            );
+        self.upstream_head(
+            &mut out, f, prefix_len, authority, &path, weighted, req_mods, ep,
+        );
+        if !self.continue_100().await {
+            self.out = out;
+            return Ok(Next::Close);
         }
-        let head_len = out.len();
         // Body bytes that arrived with the head go out in the same write.
         let mut pending = self.take_after_head();
         let mut req_body = Framing::new(self.head.body, Mode::Raw);
@@ -816,7 +797,6 @@ impl Connection {
             }
             return self.fail_after_body(out, pending, req_body.done(), HttpError::UpstreamReset);
         };
-        let _ = head_len;
         // The request body is done: what follows in `pending` is the next request.
         self.buf.extend_from_slice(&pending);
         self.pending = pending;
@@ -929,6 +909,60 @@ impl Connection {
             self.ctx.upstreams.borrow_mut().checkin(up);
         }
         Ok(if close { Next::Close } else { Next::KeepAlive })
+    }
+
+    /// Writes the upstream request head (HTTP/1 form) into `out`: path rewrites, the
+    /// request id, header mutations (most specific first: weighted cluster, route, virtual
+    /// host, route configuration) and the host rewrite.
+    #[allow(clippy::too_many_arguments)]
+    fn upstream_head(
+        &mut self,
+        out: &mut Vec<u8>,
+        f: &Forward,
+        prefix_len: Option<usize>,
+        authority: std::ops::Range<usize>,
+        path: &std::ops::Range<usize>,
+        weighted: Option<&crate::model::route::WeightedTarget>,
+        req_mods: [&HeaderMods; 3],
+        ep: &Endpoint,
+    ) {
+        let rewritten = self.rewrite_path(f, prefix_len, path);
+        let request_id = self.request_id();
+        let mods: [&HeaderMods; 4] = [
+            weighted.map_or(&NO_MODS, |w| &w.request_headers),
+            req_mods[0],
+            req_mods[1],
+            req_mods[2],
+        ];
+        let host_rewrite = host_rewrite(weighted, f, ep);
+        let path_bytes: &[u8] = match &rewritten {
+            Some(p) => p,
+            None => self.bytes(path),
+        };
+        write_headers::request_head(
+            out,
+            self,
+            f,
+            authority,
+            path_bytes,
+            rewritten.is_some(),
+            host_rewrite,
+            &mods,
+            request_id.as_ref().map(|r| &r[..]),
+        );
+    }
+
+    /// Answers `Expect: 100-continue` itself, as Envoy does by default. False when the
+    /// client is gone.
+    async fn continue_100(&mut self) -> bool {
+        if !self.head.expect_continue || self.head.body == BodyKind::None {
+            return true;
+        }
+        let (res, _) = self
+            .stream
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+            .await;
+        res.is_ok()
     }
 
     /// After a 101 to an allowed upgrade (WebSocket): bytes either side already read go

@@ -35,10 +35,11 @@ pub enum HttpError {
     // Upstream.
     #[error("no healthy upstream")]
     NoHealthyUpstream,
-    /// The cluster asks for HTTP/2 upstream, which the data plane does not speak yet:
-    /// refused rather than sending it HTTP/1.1.
-    #[error("cluster requires HTTP/2 upstream, which Ringside does not support yet")]
-    UpstreamHttp2Unsupported,
+    /// An HTTP/1.1 upgrade (WebSocket) routed to an HTTP/2 cluster: that needs extended
+    /// CONNECT (RFC 8441) upstream, which Ringside does not send; refused rather than
+    /// forwarding the request without its upgrade.
+    #[error("upgrade requests cannot be forwarded to an HTTP/2 cluster")]
+    UpgradeToHttp2Unsupported,
     #[error("upstream connect error or disconnect/reset before headers. reset reason: {0}")]
     Connect(ConnectError),
     #[error("upstream connect error or disconnect/reset before headers. reset reason: connection termination")]

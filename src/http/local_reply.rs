@@ -98,7 +98,9 @@ pub fn reply_for(e: &HttpError) -> Reply {
         HttpError::NoRoute => r(404, Some(HttpStat::Rq404NoRoute), "NR", "route_not_found"),
         HttpError::ClusterNotFound(s) => r(*s, None, "NC", "cluster_not_found"),
         HttpError::NoHealthyUpstream => r(503, None, "UH", "no_healthy_upstream"),
-        HttpError::UpstreamHttp2Unsupported => r(503, None, "UPE", "upstream_http2_not_supported"),
+        HttpError::UpgradeToHttp2Unsupported => {
+            r(503, None, "UPE", "upgrade_to_http2_upstream_not_supported")
+        }
         HttpError::Connect(_) => r(
             503,
             None,
