@@ -23,6 +23,15 @@ fn main() {
         .build_transport(false)
         .compile_fds(fds)
         .expect("generating Rust from proto/");
+
+    // The integration tests' gRPC service (client and server), included by tests/grpc.rs.
+    println!("cargo:rerun-if-changed=tests/proto");
+    let test_fds = protox::compile(["tests/proto/echo.proto"], ["tests/proto"])
+        .expect("compiling tests/proto/echo.proto");
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .compile_fds(test_fds)
+        .expect("generating Rust from tests/proto/");
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) {

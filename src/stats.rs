@@ -261,6 +261,7 @@ stat_family! {
         DownstreamRq5xx = "downstream_rq_5xx",
         DownstreamRqCompleted = "downstream_rq_completed",
         DownstreamRqTimeout = "downstream_rq_timeout",
+        DownstreamRqMaxDurationReached = "downstream_rq_max_duration_reached",
         DownstreamRqHeaderTimeout = "downstream_rq_header_timeout",
         DownstreamRqIdleTimeout = "downstream_rq_idle_timeout",
         DownstreamRqTooLarge = "downstream_rq_too_large",

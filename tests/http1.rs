@@ -741,3 +741,26 @@ async fn synthesized_host_and_path_do_not_leak_into_pipelined_requests() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_stream_duration_bounds_http1_exchanges() {
+    let backend = Backend::start("web").await;
+    for driver in drivers() {
+        let clusters = format!("[{}]", cluster("web", &[backend.addr], ""));
+        let vhosts = "[{name: all, domains: ['*'], routes: [
+            {match: {prefix: /}, route: {cluster: web, timeout: 0.05s, max_stream_duration: {max_stream_duration: 0.3s}}}]}]";
+        let p = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+        // The 50 ms route timeout no longer applies (Envoy's new timeouts) ...
+        let (status, _, body) = http_get(p.addr(), "/sleep/100", &[]).await;
+        assert_eq!(status, 200, "{driver}: {}", String::from_utf8_lossy(&body));
+        // ... the stream's 300 ms limit does: 504 with Envoy's text, and the stat.
+        let (status, _, body) = http_get(p.addr(), "/sleep/2000", &[]).await;
+        assert_eq!(status, 504, "{driver}");
+        assert_eq!(body, b"downstream duration timeout");
+        assert_eq!(
+            p.stat("http.ingress.downstream_rq_max_duration_reached")
+                .await,
+            1
+        );
+    }
+}

@@ -325,21 +325,33 @@ impl Connection {
             return Err(HttpError::Http10Rejected);
         }
         self.upgrade = None;
-        if self.head.upgrade {
-            let value = self
-                .head
-                .headers
-                .iter()
-                .find(|(n, _)| self.buf[n.clone()].eq_ignore_ascii_case(b"upgrade"))
-                .map(|(_, v)| v.clone());
-            let allowed = value.as_ref().is_some_and(|v| {
-                let v = &self.buf[v.clone()];
-                self.hcm
-                    .upgrades
+        // Whether the connection manager allows the request's upgrade (or CONNECT); a
+        // forwarding route may override it with its own upgrade_configs.
+        let connect = self.buf[self.head.method.clone()] == *b"CONNECT";
+        // None: the connection manager does not list it (no route can enable it).
+        let mut hcm_allows = Some(true);
+        if self.head.upgrade || connect {
+            let value = if connect {
+                None
+            } else {
+                self.head
+                    .headers
                     .iter()
-                    .any(|u| u.as_bytes().eq_ignore_ascii_case(v))
-            });
-            if !allowed {
+                    .find(|(n, _)| self.buf[n.clone()].eq_ignore_ascii_case(b"upgrade"))
+                    .map(|(_, v)| v.clone())
+            };
+            let kind: &[u8] = match &value {
+                Some(v) => &self.buf[v.clone()],
+                None if connect => b"connect",
+                None => b"",
+            };
+            hcm_allows = self
+                .hcm
+                .upgrades
+                .iter()
+                .find(|(u, _)| u.as_bytes().eq_ignore_ascii_case(kind))
+                .map(|(_, enabled)| *enabled);
+            if !connect && value.is_none() {
                 return Err(HttpError::UpgradeRejected);
             }
             self.upgrade = value;
@@ -398,6 +410,10 @@ impl Connection {
             &m.vhost.response_headers,
             &routes.response_headers,
         ];
+        let upgrading = self.upgrade.is_some() || connect;
+        if upgrading && !matches!(m.route.action, Action::Forward(_)) && hcm_allows != Some(true) {
+            return Err(HttpError::UpgradeRejected);
+        }
         match &m.route.action {
             Action::Direct(d) => {
                 self.stat(HttpStat::RqDirectResponse);
@@ -411,9 +427,31 @@ impl Connection {
                 self.redirect(r, authority, path, &mods).await
             }
             Action::Forward(f) => {
+                if upgrading {
+                    let kind = match &self.upgrade {
+                        Some(v) => &self.buf[v.clone()],
+                        None => &b"connect"[..],
+                    };
+                    if !f.upgrade_allowed(kind, hcm_allows) {
+                        return Err(HttpError::UpgradeRejected);
+                    }
+                }
+                if connect {
+                    if !f.terminates_connect() {
+                        return Err(HttpError::ConnectNotTerminated);
+                    }
+                    return self.terminate_connect(f).await;
+                }
                 let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
-                self.forward(f, prefix_len, authority, path, req_mods, mods)
-                    .await
+                let limit = crate::http::h2::server::stream_limit(f, &self.buf, &self.head);
+                let forward = self.forward(f, prefix_len, authority, path, req_mods, mods);
+                match limit {
+                    None => forward.await,
+                    Some(d) => match monoio::time::timeout(d, forward).await {
+                        Ok(r) => r,
+                        Err(_) => self.max_duration_reached(),
+                    },
+                }
             }
         }
     }
@@ -424,6 +462,14 @@ impl Connection {
     ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), HttpError> {
         let target = self.head.target.clone();
         let t = &self.buf[target.clone()];
+        if self.buf[self.head.method.clone()] == *b"CONNECT" {
+            // Authority form (`host:port`): the authority is the target; there is no path.
+            if t.is_empty() || t.first() == Some(&b'/') {
+                return Err(HttpError::InvalidPath);
+            }
+            let path = self.synthesize(b"");
+            return Ok((target, path));
+        }
         let host = self.head.host.map(|i| self.head.headers[i].1.clone());
         if t.first() == Some(&b'/') {
             let authority = match host.map(|h| self.strip_port(h)) {
@@ -963,6 +1009,48 @@ impl Connection {
             .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
             .await;
         res.is_ok()
+    }
+
+    /// The stream outlived its route's limit mid-exchange: answered if nothing was sent
+    /// yet, and the connection closes either way (the exchange stopped part-way).
+    fn max_duration_reached(&mut self) -> Result<Next, HttpError> {
+        self.head.close = true;
+        if self.log.status == 0 {
+            let request_complete = self.head.body == BodyKind::None;
+            self.head.body = BodyKind::None;
+            return Err(HttpError::MaxDurationReached { request_complete });
+        }
+        self.stat(HttpStat::DownstreamRqMaxDurationReached);
+        self.log.flags = "DT";
+        Ok(Next::Close)
+    }
+
+    /// CONNECT on a route with `connect_config`: the proxy opens a TCP connection to the
+    /// route's upstream, answers 200 itself (no Content-Length or Transfer-Encoding, RFC
+    /// 9110 9.3.6) and tunnels the bytes both ways until either side closes.
+    async fn terminate_connect(&mut self, f: &Forward) -> Result<Next, HttpError> {
+        let snapshot = self.snapshot.clone();
+        let (_, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, &self.down)?;
+        if !self.hcm.access_logs.is_empty() {
+            self.log.cluster = Some(cluster.name.clone());
+        }
+        self.log.upstream = Some(ep.address);
+        let up = crate::upstream::connect(self.ctx.core, cluster, &ep)
+            .await
+            .map_err(HttpError::Connect)?;
+        cluster
+            .stats
+            .core(self.ctx.core)
+            .inc(ClusterStat::UpstreamRqTotal as usize);
+        let (res, _) = self.stream.write_all(&b"HTTP/1.1 200 OK\r\n\r\n"[..]).await;
+        if res.is_err() {
+            self.log.flags = "DC";
+            return Ok(Next::Close);
+        }
+        self.log.status = 200;
+        self.count_status(200);
+        let idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
+        Ok(self.tunnel(up, cluster, idle).await)
     }
 
     /// After a 101 to an allowed upgrade (WebSocket): bytes either side already read go

@@ -35,6 +35,15 @@ pub enum HttpError {
     // Upstream.
     #[error("no healthy upstream")]
     NoHealthyUpstream,
+    /// The route's `max_stream_duration` (or the request's `grpc-timeout`) passed.
+    /// `request_complete`: the whole request had arrived (504) or not (408).
+    #[error("downstream duration timeout")]
+    MaxDurationReached { request_complete: bool },
+    /// CONNECT routed to a route that does not terminate it (`connect_config`).
+    #[error(
+        "CONNECT is only served on routes that terminate it (upgrade_configs with connect_config)"
+    )]
+    ConnectNotTerminated,
     /// An HTTP/1.1 upgrade (WebSocket) routed to an HTTP/2 cluster: that needs extended
     /// CONNECT (RFC 8441) upstream, which Ringside does not send; refused rather than
     /// forwarding the request without its upgrade.
@@ -68,6 +77,7 @@ impl HttpError {
                 | HttpError::RequestHeadersTimeout
                 | HttpError::BadBody(_)
                 | HttpError::UpgradeRejected
+                | HttpError::MaxDurationReached { .. }
         )
     }
 }

@@ -98,6 +98,13 @@ pub fn reply_for(e: &HttpError) -> Reply {
         HttpError::NoRoute => r(404, Some(HttpStat::Rq404NoRoute), "NR", "route_not_found"),
         HttpError::ClusterNotFound(s) => r(*s, None, "NC", "cluster_not_found"),
         HttpError::NoHealthyUpstream => r(503, None, "UH", "no_healthy_upstream"),
+        HttpError::MaxDurationReached { request_complete } => r(
+            if *request_complete { 504 } else { 408 },
+            Some(HttpStat::DownstreamRqMaxDurationReached),
+            "DT",
+            "max_duration_timeout",
+        ),
+        HttpError::ConnectNotTerminated => r(403, None, "-", "upgrade_failed"),
         HttpError::UpgradeToHttp2Unsupported => {
             r(503, None, "UPE", "upgrade_to_http2_upstream_not_supported")
         }

@@ -379,8 +379,9 @@ pub struct HttpConnectionManager {
     pub max_request_headers_bytes: usize,
     pub max_headers_count: usize,
     pub headers_with_underscores: UnderscoreAction,
-    /// `upgrade_configs`: the enabled upgrade types, lower-cased (`websocket`).
-    pub upgrades: Vec<Box<str>>,
+    /// `upgrade_configs`: the listed upgrade types, lower-cased (`websocket`, `connect`),
+    /// and whether each is enabled by default (a route may override that).
+    pub upgrades: Vec<(Box<str>, bool)>,
 }
 
 /// Where an access log line goes.

@@ -62,6 +62,8 @@ pub enum PathMatch {
     /// `path_separated_prefix`: the prefix, then end of path or `/`.
     Separated(String),
     Regex(Regex),
+    /// `connect_matcher`: CONNECT requests only.
+    Connect,
 }
 
 /// A string matcher (Envoy's `StringMatcher`).
@@ -148,9 +150,105 @@ pub struct Forward {
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Regex, String)>,
     pub host_rewrite: HostRewrite,
-    /// `None`: no route timeout.
+    /// `None`: no route timeout (also when `max_stream_duration` is set: Envoy's "new
+    /// timeouts" replace the route timeout with the stream's duration limit).
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// `max_stream_duration`: a limit on the whole stream, from its start.
+    pub stream_duration: Option<StreamDuration>,
+    /// `upgrade_configs`: per-route overrides of the connection manager's upgrades.
+    pub upgrades: Vec<RouteUpgrade>,
+}
+
+/// One `RouteAction.upgrade_configs` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteUpgrade {
+    /// Lower-cased (`websocket`, `connect`).
+    pub kind: Box<str>,
+    pub enabled: bool,
+    /// CONNECT with `connect_config`: the proxy answers 200 itself and tunnels the bytes
+    /// to the upstream over TCP.
+    pub terminate_connect: bool,
+}
+
+impl Forward {
+    /// Whether an upgrade (or CONNECT, as `connect`) is allowed on this route. As in Envoy,
+    /// the connection manager must list the type (`hcm`: `None` when it does not, else its
+    /// `enabled`); the route's own entry, when it has one, overrides `enabled`.
+    pub fn upgrade_allowed(&self, kind: &[u8], hcm: Option<bool>) -> bool {
+        let Some(hcm_allows) = hcm else {
+            return false;
+        };
+        match self
+            .upgrades
+            .iter()
+            .find(|u| u.kind.as_bytes().eq_ignore_ascii_case(kind))
+        {
+            Some(u) => u.enabled,
+            None => hcm_allows,
+        }
+    }
+
+    /// Whether this route terminates CONNECT itself.
+    pub fn terminates_connect(&self) -> bool {
+        self.upgrades
+            .iter()
+            .any(|u| u.enabled && u.terminate_connect)
+    }
+}
+
+/// `RouteAction.max_stream_duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamDuration {
+    /// `max_stream_duration`; `None` when unset or 0 (no limit).
+    pub max: Option<Duration>,
+    /// `grpc_timeout_header_max`: `None` ignores `grpc-timeout`; `Some(ZERO)` honours it
+    /// without a cap.
+    pub grpc_header_max: Option<Duration>,
+    /// `grpc_timeout_header_offset`, taken off a `grpc-timeout`.
+    pub grpc_header_offset: Option<Duration>,
+}
+
+impl StreamDuration {
+    /// How long a stream may last given its `grpc-timeout` header, as Envoy works it out
+    /// (`refreshDurationTimeout`): the header (capped, less the offset) when the route
+    /// honours it, else `max_stream_duration`. `None`: no limit.
+    pub fn limit(&self, grpc_timeout: Option<&[u8]>) -> Option<Duration> {
+        let header = grpc_timeout.and_then(parse_grpc_timeout);
+        match (header, self.grpc_header_max) {
+            (Some(mut t), Some(cap)) => {
+                if !cap.is_zero() && t > cap {
+                    t = cap;
+                }
+                if let Some(offset) = self.grpc_header_offset {
+                    if !t.is_zero() {
+                        t = t.saturating_sub(offset);
+                    }
+                }
+                Some(t)
+            }
+            _ => self.max,
+        }
+    }
+}
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (H, M, S, m, u, n), per the gRPC over
+/// HTTP/2 spec. Anything else is ignored, as Envoy ignores it.
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// `redirect:` action.
@@ -227,7 +325,7 @@ impl PathIndex {
                     idx.nodes[node].routes.push(i);
                 }
                 PathMatch::Exact(p) => idx.exact.entry(p.as_bytes().into()).or_default().push(i),
-                PathMatch::Regex(_) => idx.always.push(i),
+                PathMatch::Regex(_) | PathMatch::Connect => idx.always.push(i),
             }
         }
         idx

@@ -100,6 +100,7 @@ fn route_matches<R: RequestView + ?Sized>(
                 && (path.len() == p.len() || path[p.len()] == b'/')
         }
         PathMatch::Regex(re) => std::str::from_utf8(path).is_ok_and(|s| re.is_match(s)),
+        PathMatch::Connect => req.method() == b"CONNECT",
     };
     path_ok
         && r.headers.iter().all(|h| header_matches(h, req))

@@ -238,6 +238,10 @@ impl Stream {
         );
         if let Err(e) = self.handle(parts, body, respond).await {
             if self.responded {
+                if let HttpError::MaxDurationReached { .. } = e {
+                    self.stat(HttpStat::DownstreamRqMaxDurationReached);
+                    self.log.flags = "DT";
+                }
                 respond.send_reset(h2::Reason::INTERNAL_ERROR);
             } else {
                 self.local_reply(respond, &e);
@@ -254,6 +258,7 @@ impl Stream {
         body: RecvStream,
         respond: &mut SendResponse<Bytes>,
     ) -> Result<(), HttpError> {
+        let started = Instant::now();
         if parts.method == http::Method::CONNECT {
             return Err(HttpError::UpgradeRejected);
         }
@@ -348,10 +353,25 @@ impl Stream {
             }
             Action::Forward(f) => {
                 let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
-                self.forward(
+                let limit = stream_limit(f, &self.buf, &self.head);
+                let end = body.is_end_stream();
+                let forward = self.forward(
                     f, prefix_len, authority, path, req_mods, mods, body, respond,
-                )
-                .await
+                );
+                match limit {
+                    None => forward.await,
+                    Some(d) => {
+                        let left = d.saturating_sub(started.elapsed());
+                        match monoio::time::timeout(left, forward).await {
+                            Ok(r) => r,
+                            // Dropping the exchange resets its upstream stream or closes
+                            // its upstream connection.
+                            Err(_) => Err(HttpError::MaxDurationReached {
+                                request_complete: end,
+                            }),
+                        }
+                    }
+                }
             }
         }
     }
@@ -400,7 +420,7 @@ impl Stream {
             return;
         }
         let code = match e {
-            HttpError::UpstreamTimeout => 4, // DEADLINE_EXCEEDED
+            HttpError::UpstreamTimeout | HttpError::MaxDurationReached { .. } => 4, // DEADLINE_EXCEEDED
             _ => convert::grpc_status_for(reply.status),
         };
         self.log.status = 200;
@@ -846,6 +866,18 @@ impl Drop for Dec<'_> {
     fn drop(&mut self) {
         self.0.core(self.1).dec(self.2 as usize);
     }
+}
+
+/// How long a stream routed by `f` may last, if the route limits it (`max_stream_duration`,
+/// or the request's `grpc-timeout` where the route honours it).
+pub(crate) fn stream_limit(
+    f: &Forward,
+    buf: &[u8],
+    head: &RequestHead,
+) -> Option<std::time::Duration> {
+    let sd = f.stream_duration.as_ref()?;
+    let grpc_timeout = h1::header_value(buf, &head.headers, b"grpc-timeout");
+    sd.limit(grpc_timeout.as_deref())
 }
 
 /// `grpc-message`: percent-encoded outside printable ASCII (gRPC over HTTP/2 spec).

@@ -417,16 +417,10 @@ fn connection_manager(
                 "upgrade_type is required",
             ));
         }
-        if u.upgrade_type.eq_ignore_ascii_case("connect") {
-            return Err(err(
-                res,
-                p(&format!("upgrade_configs[{i}].upgrade_type")),
-                "CONNECT tunnelling is not supported yet",
-            ));
-        }
-        if u.enabled.unwrap_or(true) {
-            upgrades.push(u.upgrade_type.to_ascii_lowercase().into_boxed_str());
-        }
+        upgrades.push((
+            u.upgrade_type.to_ascii_lowercase().into_boxed_str(),
+            u.enabled.unwrap_or(true),
+        ));
     }
     Ok(HttpConnectionManager {
         upgrades,

@@ -13,7 +13,7 @@ use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::config::route::v3 as pb;
 use crate::proto::envoy::r#type::matcher::v3 as matcher;
 
-use super::{data_source, err, timeout, ConvertError, Ctx};
+use super::{data_source, duration, err, timeout, ConvertError, Ctx};
 
 pub(crate) fn convert(
     rc: &pb::RouteConfiguration,
@@ -164,10 +164,11 @@ fn route(
                 &format!("{rp}.match.safe_regex"),
                 !m.case_sensitive.unwrap_or(true),
             )?),
+            Some(PS::ConnectMatcher(_)) => PathMatch::Connect,
             None => return Err(err(
                 res,
                 format!("{rp}.match"),
-                "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required",
+                "a path specifier (prefix, path, safe_regex, path_separated_prefix, connect_matcher) is required",
             )),
         };
     let mut headers = Vec::with_capacity(m.headers.len());
@@ -371,24 +372,85 @@ fn forward(
         Some(H::AutoHostRewrite(true)) => HostRewrite::Auto,
         Some(H::AutoHostRewrite(false)) | None => HostRewrite::None,
     };
+    let stream_duration = match &ra.max_stream_duration {
+        None => None,
+        Some(m) => {
+            let mp = format!("{fp}.max_stream_duration");
+            let opt = |d: Option<&prost_types::Duration>, field: &str| {
+                d.map(|d| duration(d, res, &format!("{mp}.{field}")))
+                    .transpose()
+            };
+            Some(StreamDuration {
+                max: opt(m.max_stream_duration.as_ref(), "max_stream_duration")?
+                    .filter(|d| !d.is_zero()),
+                grpc_header_max: opt(
+                    m.grpc_timeout_header_max.as_ref(),
+                    "grpc_timeout_header_max",
+                )?,
+                grpc_header_offset: opt(
+                    m.grpc_timeout_header_offset.as_ref(),
+                    "grpc_timeout_header_offset",
+                )?,
+            })
+        }
+    };
+    let mut upgrades = Vec::with_capacity(ra.upgrade_configs.len());
+    for (i, u) in ra.upgrade_configs.iter().enumerate() {
+        let up = format!("{fp}.upgrade_configs[{i}]");
+        if u.upgrade_type.is_empty() {
+            return Err(err(
+                res,
+                format!("{up}.upgrade_type"),
+                "upgrade_type is required",
+            ));
+        }
+        let connect = u.upgrade_type.eq_ignore_ascii_case("connect");
+        if !connect && u.connect_config.is_some() {
+            return Err(err(
+                res,
+                format!("{up}.connect_config"),
+                "only a CONNECT upgrade takes connect_config",
+            ));
+        }
+        if connect && u.connect_config.is_none() && u.enabled.unwrap_or(true) {
+            return Err(err(
+                res,
+                format!("{up}.connect_config"),
+                "CONNECT is only terminated by the proxy (set connect_config: {}); forwarding CONNECT to an upstream proxy is not supported",
+            ));
+        }
+        upgrades.push(RouteUpgrade {
+            kind: u.upgrade_type.to_ascii_lowercase().into_boxed_str(),
+            enabled: u.enabled.unwrap_or(true),
+            terminate_connect: connect && u.connect_config.is_some(),
+        });
+    }
+    // With max_stream_duration set, Envoy uses its "new timeouts": no route timeout.
+    let route_timeout = if stream_duration.is_some() {
+        None
+    } else {
+        timeout(
+            ra.timeout.as_ref(),
+            Some(Duration::from_secs(15)),
+            res,
+            &format!("{fp}.timeout"),
+        )?
+    };
     Ok(Forward {
         target,
         cluster_not_found_status,
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,
-        timeout: timeout(
-            ra.timeout.as_ref(),
-            Some(Duration::from_secs(15)),
-            res,
-            &format!("{fp}.timeout"),
-        )?,
+        timeout: route_timeout,
         idle_timeout: timeout(
             ra.idle_timeout.as_ref(),
             None,
             res,
             &format!("{fp}.idle_timeout"),
         )?,
+        stream_duration,
+        upgrades,
     })
 }
 

@@ -291,3 +291,143 @@ fn http2_codec_and_settings() {
         e.path
     );
 }
+
+/// The forwarding action of the first route of the first listener's connection manager.
+fn first_forward(s: &Snapshot) -> std::sync::Arc<crate::model::route::Forward> {
+    let h = s.listeners[0].hcms().next().expect("a connection manager");
+    let crate::model::RouteSource::Static(t) = &h.routes else {
+        panic!("inline routes")
+    };
+    match &t.virtual_hosts[0].routes[0].action {
+        crate::model::route::Action::Forward(f) => f.clone(),
+        _ => panic!("a forwarding route"),
+    }
+}
+
+#[test]
+fn max_stream_duration_replaces_the_route_timeout_and_honours_grpc_timeout() {
+    use crate::model::route::parse_grpc_timeout;
+    // Istio's shape: both 0.
+    let s = build(&with_routes(
+        r#"[{match: {prefix: "/"}, route: {cluster: backend, timeout: 3s, max_stream_duration: {max_stream_duration: 0s, grpc_timeout_header_max: 0s}}}]"#,
+    ))
+    .unwrap();
+    let f = first_forward(&s);
+    assert_eq!(
+        f.timeout, None,
+        "Envoy's new timeouts drop the route timeout"
+    );
+    let sd = f.stream_duration.expect("set");
+    assert_eq!(sd.limit(None), None, "0 is no limit");
+    assert_eq!(sd.limit(Some(b"250m")), Some(Duration::from_millis(250)));
+    assert_eq!(
+        sd.limit(Some(b"2H")),
+        Some(Duration::from_secs(7200)),
+        "uncapped"
+    );
+    assert_eq!(
+        sd.limit(Some(b"bogus")),
+        None,
+        "an unparsable header is ignored"
+    );
+
+    // A cap, an offset and a plain duration.
+    let s = build(&with_routes(
+        r#"[{match: {prefix: "/"}, route: {cluster: backend, max_stream_duration: {max_stream_duration: 9s, grpc_timeout_header_max: 1s, grpc_timeout_header_offset: 0.1s}}}]"#,
+    ))
+    .unwrap();
+    let sd = first_forward(&s).stream_duration.unwrap();
+    assert_eq!(sd.limit(None), Some(Duration::from_secs(9)));
+    assert_eq!(sd.limit(Some(b"5S")), Some(Duration::from_millis(900)));
+    assert_eq!(sd.limit(Some(b"500m")), Some(Duration::from_millis(400)));
+
+    // Without grpc_timeout_header_max, grpc-timeout is not read.
+    let s = build(&with_routes(
+        r#"[{match: {prefix: "/"}, route: {cluster: backend, max_stream_duration: {max_stream_duration: 2s}}}]"#,
+    ))
+    .unwrap();
+    let sd = first_forward(&s).stream_duration.unwrap();
+    assert_eq!(sd.limit(Some(b"1m")), Some(Duration::from_secs(2)));
+
+    // Without max_stream_duration, the route timeout (15 s by default) stays.
+    let s = build(&with_routes(
+        r#"[{match: {prefix: "/"}, route: {cluster: backend}}]"#,
+    ))
+    .unwrap();
+    assert_eq!(first_forward(&s).timeout, Some(Duration::from_secs(15)));
+
+    // The gRPC spec's grammar: at most 8 digits and a known unit.
+    assert_eq!(parse_grpc_timeout(b"1n"), Some(Duration::from_nanos(1)));
+    assert_eq!(parse_grpc_timeout(b"3u"), Some(Duration::from_micros(3)));
+    assert_eq!(
+        parse_grpc_timeout(b"99999999M"),
+        Some(Duration::from_secs(99999999 * 60))
+    );
+    for bad in [
+        &b""[..],
+        b"S",
+        b"123456789S",
+        b"10",
+        b"10x",
+        b"-1S",
+        b"1.5S",
+    ] {
+        assert_eq!(
+            parse_grpc_timeout(bad),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn route_upgrade_configs_and_connect() {
+    let s = build(&with_routes(
+        r#"[{match: {connect_matcher: {}}, route: {cluster: backend, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}, {upgrade_type: websocket, enabled: false}]}}]"#,
+    ))
+    .unwrap();
+    let f = first_forward(&s);
+    assert!(f.terminates_connect());
+    assert!(
+        !f.upgrade_allowed(b"WebSocket", Some(true)),
+        "the route disables it"
+    );
+    assert!(
+        f.upgrade_allowed(b"connect", Some(false)),
+        "the route enables it"
+    );
+    assert!(
+        !f.upgrade_allowed(b"connect", None),
+        "the manager must list it"
+    );
+    assert!(
+        f.upgrade_allowed(b"h2c", Some(true)),
+        "no route entry: the manager decides"
+    );
+
+    // Forwarding CONNECT to an upstream proxy is refused by name, as is connect_config on
+    // another upgrade type.
+    let e = build(&with_routes(
+        r#"[{match: {connect_matcher: {}}, route: {cluster: backend, upgrade_configs: [{upgrade_type: CONNECT}]}}]"#,
+    ))
+    .unwrap_err();
+    assert!(
+        e.path.ends_with("route.upgrade_configs[0].connect_config"),
+        "{}",
+        e.path
+    );
+    let e = build(&with_routes(
+        r#"[{match: {prefix: "/"}, route: {cluster: backend, upgrade_configs: [{upgrade_type: websocket, connect_config: {}}]}}]"#,
+    ))
+    .unwrap_err();
+    assert!(e.reason.contains("only a CONNECT upgrade"), "{}", e.reason);
+    // Fields of ConnectConfig that are not implemented are refused, not ignored.
+    let b = parse_bootstrap(
+        &with_routes(
+            r#"[{match: {connect_matcher: {}}, route: {cluster: backend, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {allow_post: true}}]}}]"#,
+        ),
+        &Source::Inline,
+    );
+    assert!(b.is_err(), "allow_post must not be silently dropped");
+}

@@ -1,0 +1,298 @@
+//! gRPC through the real binary with tonic as both the client and the server: the four
+//! call kinds, status and metadata in trailers, the proxy's own gRPC-shaped errors, and
+//! `grpc-timeout` honoured through `max_stream_duration.grpc_timeout_header_max`.
+
+mod support;
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::*;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+pub mod echo {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/ringside.test.echo.rs"));
+}
+
+use echo::echo_client::EchoClient;
+use echo::echo_server::{Echo, EchoServer};
+use echo::Msg;
+
+type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
+
+struct Svc;
+
+#[tonic::async_trait]
+impl Echo for Svc {
+    async fn unary(&self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
+        let msg = req.into_inner();
+        if msg.text == "fail" {
+            return Err(Status::invalid_argument("text must not be 'fail'"));
+        }
+        if let Some(ms) = msg.text.strip_prefix("sleep:") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        }
+        let mut resp = Response::new(Msg {
+            text: format!("echo {}", msg.text),
+            count: msg.count,
+        });
+        resp.metadata_mut()
+            .insert("x-served-by", "tonic".parse().unwrap());
+        Ok(resp)
+    }
+
+    type ServerStreamStream = MsgStream;
+
+    async fn server_stream(
+        &self,
+        req: Request<Msg>,
+    ) -> Result<Response<Self::ServerStreamStream>, Status> {
+        let msg = req.into_inner();
+        // "slowly": one message every 200 ms.
+        let gap = if msg.text == "slowly" { 200 } else { 0 };
+        let items = (0..msg.count).map(move |i| {
+            Ok(Msg {
+                text: format!("{}-{i}", msg.text),
+                count: i,
+            })
+        });
+        let stream = tokio_stream::iter(items);
+        if gap == 0 {
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::throttle(
+            stream,
+            Duration::from_millis(gap),
+        ))))
+    }
+
+    async fn client_stream(&self, req: Request<Streaming<Msg>>) -> Result<Response<Msg>, Status> {
+        let mut stream = req.into_inner();
+        let mut text = String::new();
+        let mut count = 0;
+        while let Some(m) = stream.next().await {
+            text.push_str(&m?.text);
+            count += 1;
+        }
+        Ok(Response::new(Msg { text, count }))
+    }
+
+    type BidiStream = MsgStream;
+
+    async fn bidi(
+        &self,
+        req: Request<Streaming<Msg>>,
+    ) -> Result<Response<Self::BidiStream>, Status> {
+        let stream = req.into_inner();
+        Ok(Response::new(Box::pin(stream.map(|m| {
+            m.map(|m| Msg {
+                text: format!("re: {}", m.text),
+                count: m.count,
+            })
+        }))))
+    }
+}
+
+/// A tonic server on an ephemeral port.
+async fn grpc_server() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(EchoServer::new(Svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+async fn client(proxy: &Proxy) -> EchoClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    EchoClient::new(channel)
+}
+
+fn msg(text: &str, count: u32) -> Msg {
+    Msg {
+        text: text.into(),
+        count,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_four_call_kinds_pass_through_with_status_and_metadata() {
+    let upstream = grpc_server().await;
+    for driver in drivers() {
+        let clusters = format!(
+            "[{}]",
+            cluster("echo", &[upstream], "http2_protocol_options: {},")
+        );
+        let proxy = Proxy::start(&config("", &all_to("echo"), &clusters), &one_core(driver)).await;
+        let mut c = client(&proxy).await;
+
+        // Unary, with response metadata.
+        let resp = c.unary(msg("hello", 7)).await.unwrap();
+        assert_eq!(
+            resp.metadata().get("x-served-by").unwrap(),
+            "tonic",
+            "{driver}"
+        );
+        assert!(resp
+            .metadata()
+            .contains_key("x-envoy-upstream-service-time"));
+        assert_eq!(resp.into_inner(), msg("echo hello", 7));
+
+        // A status the upstream sets crosses intact (trailers-only response).
+        let err = c.unary(msg("fail", 0)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{driver}: {err:?}");
+        assert_eq!(err.message(), "text must not be 'fail'");
+
+        // Server streaming: 500 messages, in order, then OK in the trailers.
+        let mut stream = c
+            .server_stream(msg("item", 500))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(m) = stream.message().await.unwrap() {
+            assert_eq!(m.text, format!("item-{n}"));
+            n += 1;
+        }
+        assert_eq!(n, 500, "{driver}");
+
+        // Client streaming.
+        let parts: Vec<Msg> = (0..300).map(|i| msg(&format!("{i},"), i)).collect();
+        let want: String = (0..300).map(|i| format!("{i},")).collect();
+        let resp = c
+            .client_stream(tokio_stream::iter(parts))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.count, 300, "{driver}");
+        assert_eq!(resp.text, want);
+
+        // Bidirectional: each answer arrives before the next message is sent.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let mut answers = c
+            .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        for i in 0..20 {
+            tx.send(msg(&format!("ping {i}"), i)).await.unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(5), answers.message())
+                .await
+                .expect("answer before the next message")
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.text, format!("re: ping {i}"), "{driver}");
+        }
+        drop(tx);
+        assert!(answers.message().await.unwrap().is_none());
+
+        // Many concurrent calls on one client connection.
+        let calls: Vec<_> = (0..50)
+            .map(|i| {
+                let mut c = c.clone();
+                tokio::spawn(async move { c.unary(msg(&format!("c{i}"), i)).await })
+            })
+            .collect();
+        for (i, call) in calls.into_iter().enumerate() {
+            let m = call.await.unwrap().unwrap().into_inner();
+            assert_eq!(m.text, format!("echo c{i}"));
+        }
+        assert_eq!(proxy.stat("cluster.echo.upstream_rq_total").await, 55);
+        assert_eq!(proxy.stat("cluster.echo.upstream_rq_completed").await, 55);
+        assert_eq!(proxy.stat("http.ingress.downstream_rq_active").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_errors_and_deadlines_are_grpc_statuses() {
+    let upstream = grpc_server().await;
+    let dead = local_socket().local_addr().unwrap(); // bound, never listening: refused
+    for driver in drivers() {
+        let clusters = format!(
+            "[{}, {}]",
+            cluster("echo", &[upstream], "http2_protocol_options: {},"),
+            cluster("gone", &[dead], "http2_protocol_options: {},")
+        );
+        // Routes by gRPC method path. /Unary honours grpc-timeout, capped at 100 ms;
+        // /ServerStream has a 300 ms stream limit; /Bidi goes to
+        // a dead cluster.
+        let vhosts = "[{name: all, domains: ['*'], routes: [
+            {match: {prefix: /ringside.test.echo.Echo/Unary},
+             route: {cluster: echo, timeout: 0s,
+                     max_stream_duration: {max_stream_duration: 0s, grpc_timeout_header_max: 0.1s}}},
+            {match: {prefix: /ringside.test.echo.Echo/ServerStream},
+             route: {cluster: echo, max_stream_duration: {max_stream_duration: 0.3s}}},
+            {match: {prefix: /}, route: {cluster: gone}}]}]";
+        let proxy = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+        let mut c = client(&proxy).await;
+
+        // UNAVAILABLE when the upstream cannot be reached.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let err = c
+            .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{driver}: {err:?}");
+        assert!(
+            err.message().starts_with("upstream connect error"),
+            "{err:?}"
+        );
+
+        // grpc-timeout (2 s) is honoured by the proxy, capped by the route at 100 ms (the
+        // client would only give up at 2 s, the upstream would take 3 s).
+        let mut req = Request::new(msg("sleep:3000", 0));
+        req.set_timeout(Duration::from_secs(2));
+        let t = Instant::now();
+        let err = c.unary(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{driver}: {err:?}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // Without grpc-timeout the same route has no limit at all.
+        let resp = c.unary(msg("sleep:500", 1)).await.unwrap().into_inner();
+        assert_eq!(resp.text, "echo sleep:500");
+
+        // max_stream_duration ends a stream that outlives it, even mid-response: the
+        // client sees the stream end with an error, not a clean OK.
+        let mut stream = c
+            .server_stream(msg("slowly", 10))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = 0;
+        let outcome = loop {
+            match stream.message().await {
+                Ok(Some(_)) => got += 1,
+                Ok(None) => break Ok(got),
+                Err(e) => break Err(e),
+            }
+        };
+        assert!(outcome.is_err(), "{driver}: {outcome:?}");
+        assert!(got < 10, "{driver}: {got}");
+        // A short stream on the same route finishes within the limit.
+        let mut stream = c.server_stream(msg("quick", 3)).await.unwrap().into_inner();
+        let mut got = 0;
+        while stream.message().await.unwrap().is_some() {
+            got += 1;
+        }
+        assert_eq!(got, 3, "{driver}");
+
+        assert_eq!(
+            proxy
+                .stat("http.ingress.downstream_rq_max_duration_reached")
+                .await,
+            2,
+            "{driver}"
+        );
+        assert_eq!(proxy.stat("http.ingress.downstream_rq_active").await, 0);
+    }
+}
