@@ -17,7 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// An h2c client with prior knowledge.
 async fn h2_client(addr: SocketAddr) -> SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake(tcp)
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -34,23 +39,54 @@ async fn body_of(mut body: h2::RecvStream) -> (Vec<u8>, Option<http::HeaderMap>)
     (out, body.trailers().await.unwrap())
 }
 
+/// Sends `data` within the peer's flow-control window, waiting for more as needed.
+async fn send_flow(tx: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), h2::Error> {
+    while !data.is_empty() {
+        tx.reserve_capacity(data.len());
+        let cap = match std::future::poll_fn(|cx| tx.poll_capacity(cx)).await {
+            Some(c) => c?,
+            None => return Err(h2::Reason::CANCEL.into()),
+        };
+        let chunk = data.split_to(cap.min(data.len()));
+        tx.send_data(chunk, false)?;
+    }
+    Ok(())
+}
+
+type Counter = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
 /// An HTTP/2 upstream: echoes each request body back chunk by chunk as it arrives, then
 /// ends with trailers `grpc-status: 0` and `x-seen-path`; `/slow/...` waits 2 s before
-/// its headers. Counts connections.
-async fn h2_echo_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// its headers; `/reset/...` resets its stream after the first echoed chunk. Counts
+/// connections and the request streams it saw reset.
+async fn h2_echo_upstream() -> (SocketAddr, Counter) {
+    let (addr, conns, _) = h2_echo_upstream_counting().await;
+    (addr, conns)
+}
+
+async fn h2_echo_upstream_counting() -> (SocketAddr, Counter, Counter) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let resets = std::sync::Arc::new(AtomicUsize::new(0));
     let c = conns.clone();
+    let r = resets.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
             tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .initial_window_size(1 << 20)
+                    .initial_connection_window_size(4 << 20)
+                    .handshake(tcp)
+                    .await
+                else {
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let r = r.clone();
                     tokio::spawn(async move {
                         let path = req.uri().path().to_string();
                         let authority = req.uri().authority().map(|a| a.to_string());
@@ -65,13 +101,22 @@ async fn h2_echo_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::At
                             .body(())
                             .unwrap();
                         let mut tx = respond.send_response(resp, false).unwrap();
-                        while let Some(Ok(chunk)) = body.data().await {
+                        while let Some(chunk) = body.data().await {
+                            let Ok(chunk) = chunk else {
+                                r.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            };
                             let n = chunk.len();
-                            tx.reserve_capacity(n);
-                            if tx.send_data(chunk, false).is_err() {
+                            if send_flow(&mut tx, chunk).await.is_err() {
                                 return;
                             }
                             let _ = body.flow_control().release_capacity(n);
+                            if path.starts_with("/reset/") {
+                                // Let the head and the chunk go out first.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                tx.send_reset(h2::Reason::INTERNAL_ERROR);
+                                return;
+                            }
                         }
                         let mut trailers = http::HeaderMap::new();
                         trailers.insert("grpc-status", "0".parse().unwrap());
@@ -82,7 +127,7 @@ async fn h2_echo_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::At
             });
         }
     });
-    (addr, conns)
+    (addr, conns, resets)
 }
 
 #[tokio::test]
@@ -249,12 +294,13 @@ async fn h2_end_to_end_streams_both_ways_with_trailers_on_one_upstream_connectio
             .unwrap()
             .starts_with("upstream connect error"));
 
-        // ... and 4 (DEADLINE_EXCEEDED) when the route timeout passes.
+        // ... and 4 (DEADLINE_EXCEEDED) when the route timeout passes (it starts once the
+        // request has ended, as in Envoy).
         let req = Request::post("http://svc.local/slow/x")
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
-        let (resp, _tx) = client.send_request(req, false).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(5), resp)
             .await
             .unwrap()
@@ -410,5 +456,154 @@ async fn http1_clients_reach_an_http2_upstream() {
         assert_eq!(proxy.stat("cluster.grpc.upstream_rq_completed").await, 6);
         assert_eq!(proxy.stat("cluster.grpc.upstream_rq_active").await, 0);
         assert_eq!(proxy.stat("cluster.grpc.upstream_cx_http2_total").await, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_each_way_over_http2_with_bounded_memory_and_resets_both_ways() {
+    use std::sync::atomic::Ordering;
+    const GIB: usize = 1 << 30;
+    let (up, _, resets) = h2_echo_upstream_counting().await;
+    for driver in drivers() {
+        let clusters = format!(
+            "[{}]",
+            cluster("echo", &[up], "http2_protocol_options: {},")
+        );
+        let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: echo, timeout: 0s}}]}]";
+        let proxy = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+        let mut client = h2_client(proxy.addr()).await;
+        let before = proxy.rss_kib();
+
+        // 1 GiB up while the echo of it comes down, both under flow control.
+        let req = Request::post("http://svc/echo/big").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        let writer = tokio::spawn(async move {
+            let block = Bytes::from(vec![b'z'; 1 << 20]);
+            for _ in 0..(GIB >> 20) {
+                send_flow(&mut tx, block.clone()).await.unwrap();
+            }
+            tx.send_data(Bytes::new(), true).unwrap();
+        });
+        let mut rx = resp.await.unwrap().into_body();
+        let mut got = 0usize;
+        let mut peak = 0;
+        let mut next_sample = 0;
+        while let Some(chunk) = rx.data().await {
+            let chunk = chunk.unwrap();
+            let _ = rx.flow_control().release_capacity(chunk.len());
+            got += chunk.len();
+            if got >= next_sample {
+                peak = peak.max(proxy.rss_kib());
+                next_sample += 64 << 20;
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got, GIB, "{driver}");
+        assert_eq!(rx.trailers().await.unwrap().unwrap()["grpc-status"], "0");
+        eprintln!("{driver}: RSS before {before} KiB, peak {peak} KiB");
+        assert!(
+            peak < before + 24 * 1024,
+            "{driver}: HTTP/2 streaming must not buffer: RSS {before} -> {peak} KiB"
+        );
+
+        // The client resets its stream: the upstream stream is reset too.
+        let seen = resets.load(Ordering::SeqCst);
+        let req = Request::post("http://svc/echo/abandoned").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"first"), false).unwrap();
+        let mut rx = resp.await.unwrap().into_body();
+        assert_eq!(&rx.data().await.unwrap().unwrap()[..], b"first");
+        tx.send_reset(h2::Reason::CANCEL);
+        let t = std::time::Instant::now();
+        while resets.load(Ordering::SeqCst) == seen {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{driver}: upstream never saw the reset"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // The upstream resets its stream: the client's stream is reset, not ended cleanly.
+        let req = Request::post("http://svc/reset/x").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"only"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        let mut rx = resp.into_body();
+        let mut outcome = Ok(());
+        while let Some(chunk) = rx.data().await {
+            if let Err(e) = chunk {
+                outcome = Err(e);
+                break;
+            }
+        }
+        let e = outcome.expect_err(&format!(
+            "{driver}: the reset must reach the client, stats: {}",
+            proxy.admin_get("/stats").await.1
+        ));
+        assert!(e.is_reset(), "{driver}: {e:?}");
+        assert!(proxy.stat("cluster.echo.upstream_rq_rx_reset").await >= 1);
+        assert!(proxy.stat("http.ingress.downstream_rq_rx_reset").await >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_timeouts_follow_envoy() {
+    let (up, _) = h2_echo_upstream().await;
+    let clusters = format!(
+        "[{}]",
+        cluster("echo", &[up], "http2_protocol_options: {},")
+    );
+    let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: echo, timeout: 0.3s}}]}]";
+    let hcm = "          stream_idle_timeout: 0.4s\n          common_http_protocol_options: {idle_timeout: 0.6s}";
+    for driver in drivers() {
+        let proxy = Proxy::start(&config(hcm, vhosts, &clusters), &one_core(driver)).await;
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+
+        // A client still streaming after 1 s is not cut by the 0.3 s route timeout: it
+        // starts when the request ends.
+        let req = Request::post("http://svc/stream").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"0"), false).unwrap();
+        let mut rx = resp.await.unwrap().into_body();
+        for i in 1..=10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send_data(Bytes::from(i.to_string()), i == 10).unwrap();
+        }
+        let (body, trailers) = body_of(rx).await;
+        assert_eq!(body, b"012345678910", "{driver}");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+
+        // A stream where nothing moves for the stream idle timeout is reset.
+        let req = Request::post("http://svc/quiet").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"hello"), false).unwrap();
+        rx = resp.await.unwrap().into_body();
+        let t = std::time::Instant::now();
+        let mut failed = false;
+        while let Some(chunk) = rx.data().await {
+            if chunk.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "{driver}: an idle stream must be reset");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert!(proxy.stat("http.ingress.downstream_rq_idle_timeout").await >= 1);
+        drop(tx);
+
+        // With no stream for the connection idle timeout, the proxy says GOAWAY and the
+        // connection ends.
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the idle connection is closed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            proxy.stat("http.ingress.downstream_cx_idle_timeout").await,
+            1
+        );
     }
 }

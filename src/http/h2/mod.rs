@@ -5,12 +5,16 @@
 pub mod convert;
 pub mod server;
 
+use std::cell::Cell;
 use std::future::poll_fn;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
 use crate::ctx::CoreCtx;
+use crate::http::conn::with_timeout;
 use crate::http::error::HttpError;
 use crate::model::{Cluster, Endpoint, Http2Settings};
 use crate::upstream::h2pool::H2Conn;
@@ -72,17 +76,29 @@ pub(crate) enum PumpError {
     Recv(h2::Error),
     /// The sink stream failed or was reset.
     Send,
+    /// Nothing arrived for the stream idle timeout, or the route's deadline passed.
+    Timeout,
 }
 
 /// Moves a stream's body and trailers from `from` to `to`, returning window to the sender
 /// only once the bytes went on: a slow reader slows the writer instead of filling memory.
-/// Returns the body bytes moved.
+/// `idle` bounds each wait for the source, `deadline` the whole body. Returns the body
+/// bytes moved.
 pub(crate) async fn pump(
     from: &mut RecvStream,
     to: &mut SendStream<Bytes>,
+    idle: Option<Duration>,
+    deadline: Option<&RouteDeadline>,
 ) -> Result<u64, PumpError> {
     let mut moved = 0u64;
-    while let Some(chunk) = from.data().await {
+    loop {
+        let next = monoio::select! {
+            n = with_timeout(idle, from.data()) => n.ok_or(PumpError::Timeout)?,
+            _ = RouteDeadline::passed(deadline) => return Err(PumpError::Timeout),
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(PumpError::Recv)?;
         let n = chunk.len();
         if n == 0 {
@@ -94,13 +110,68 @@ pub(crate) async fn pump(
         moved += n as u64;
         let _ = from.flow_control().release_capacity(n);
     }
-    match from.trailers().await.map_err(PumpError::Recv)? {
+    let trailers = monoio::select! {
+        t = with_timeout(idle, from.trailers()) => t.ok_or(PumpError::Timeout)?,
+        _ = RouteDeadline::passed(deadline) => return Err(PumpError::Timeout),
+    };
+    match trailers.map_err(PumpError::Recv)? {
         Some(t) => to.send_trailers(t).map_err(|_| PumpError::Send)?,
         None => to
             .send_data(Bytes::new(), true)
             .map_err(|_| PumpError::Send)?,
     }
     Ok(moved)
+}
+
+/// A stream's route timeout. As in Envoy it starts once the request has fully arrived, so
+/// a client still streaming (gRPC client or bidirectional streaming) is not cut off; the
+/// request side marks that moment, the response side waits on it.
+#[derive(Clone)]
+pub(crate) struct RouteDeadline {
+    timeout: Option<Duration>,
+    request_done: Rc<Cell<Option<Instant>>>,
+}
+
+impl RouteDeadline {
+    pub(crate) fn new(timeout: Option<Duration>, request_done: bool) -> Self {
+        RouteDeadline {
+            timeout,
+            request_done: Rc::new(Cell::new(request_done.then(Instant::now))),
+        }
+    }
+
+    /// The request's last byte arrived.
+    pub(crate) fn request_done(&self) {
+        if self.request_done.get().is_none() {
+            self.request_done.set(Some(Instant::now()));
+        }
+    }
+
+    /// When the timeout passes, once it is known.
+    fn at(&self) -> Option<Instant> {
+        Some(self.request_done.get()? + self.timeout?)
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        self.at().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Resolves when the deadline passes; never without a timeout.
+    pub(crate) async fn passed(this: Option<&Self>) {
+        let Some((d, t)) = this.and_then(|d| Some((d, d.timeout?))) else {
+            return std::future::pending().await;
+        };
+        loop {
+            match d.at() {
+                Some(at) => {
+                    monoio::time::sleep(at.saturating_duration_since(Instant::now())).await;
+                    return;
+                }
+                // Still receiving the request: look again later.
+                None => monoio::time::sleep(t).await,
+            }
+        }
+    }
 }
 
 /// The reset to pass on for a pump that stopped on `e`.

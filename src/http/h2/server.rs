@@ -3,6 +3,7 @@
 //! the HTTP/1 form (see `convert`), then forwarded over HTTP/2 (streams multiplexed on the
 //! core's pooled connections, trailers intact) or HTTP/1.1 (the core's keep-alive pool).
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::convert;
-use super::{pump, reason, send_all, PumpError};
+use super::{pump, reason, send_all, PumpError, RouteDeadline};
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{Framing, Mode};
 use crate::http::conn::{
@@ -104,6 +105,10 @@ async fn run(
             None => return,
         };
     let mut draining = false;
+    let streams = Rc::new(Streams {
+        open: Cell::new(0),
+        last: Cell::new(Instant::now()),
+    });
     loop {
         let next = if draining {
             conn.accept().await
@@ -117,13 +122,22 @@ async fn run(
                     draining = true;
                     continue;
                 }
+                _ = streams.idle_for(hcm.idle_timeout) => {
+                    // No stream for the connection idle timeout: GOAWAY, as Envoy does.
+                    conn.graceful_shutdown();
+                    stat(&ctx, &hcm, HttpStat::DownstreamCxIdleTimeout);
+                    draining = true;
+                    continue;
+                }
             }
         };
         match next {
             Some(Ok((req, respond))) => {
                 let task = stream_task(ctx.clone(), hcm.clone(), down, req, respond);
                 let (ctx, hcm) = (ctx.clone(), hcm.clone());
+                let open = OpenStream::new(&streams);
                 monoio::spawn(async move {
+                    let _open = open;
                     if CatchUnwind(Box::pin(task)).await.is_err() {
                         stat(&ctx, &hcm, HttpStat::PanicsCaught);
                         tracing::error!("a bug panicked while serving an HTTP/2 stream; it was reset and the core keeps serving");
@@ -140,6 +154,49 @@ async fn run(
             }
             None => break,
         }
+    }
+}
+
+/// A connection's open streams and when the last one ended (for its idle timeout).
+struct Streams {
+    open: Cell<u32>,
+    last: Cell<Instant>,
+}
+
+impl Streams {
+    /// Resolves once the connection has had no stream for `idle` (never without one).
+    async fn idle_for(&self, idle: Option<std::time::Duration>) {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let wait = if self.open.get() > 0 {
+                idle
+            } else {
+                idle.saturating_sub(self.last.get().elapsed())
+            };
+            if wait.is_zero() && self.open.get() == 0 {
+                return;
+            }
+            monoio::time::sleep(wait.max(std::time::Duration::from_millis(1))).await;
+        }
+    }
+}
+
+/// Counts a stream as open until dropped.
+struct OpenStream(Rc<Streams>);
+
+impl OpenStream {
+    fn new(s: &Rc<Streams>) -> Self {
+        s.open.set(s.open.get() + 1);
+        OpenStream(s.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get() - 1);
+        self.0.last.set(Instant::now());
     }
 }
 
@@ -543,11 +600,23 @@ impl Stream {
         let (resp_fut, mut up_tx) = send
             .send_request(req, end)
             .map_err(|_| HttpError::UpstreamReset)?;
+        let idle = up.f.idle_timeout.or(self.hcm.stream_idle_timeout);
+        let deadline = RouteDeadline::new(up.f.timeout, end);
         if !end {
             let (hstats, core) = (self.hcm.stats.clone(), self.ctx.core);
+            let done = deadline.clone();
             monoio::spawn(async move {
-                match pump(&mut body, &mut up_tx).await {
-                    Ok(_) | Err(PumpError::Send) => {}
+                match pump(&mut body, &mut up_tx, idle, None).await {
+                    Ok(_) => done.request_done(),
+                    Err(PumpError::Send) => {}
+                    Err(PumpError::Timeout) => {
+                        // The client went quiet mid-body: the upstream stream is reset,
+                        // which ends the exchange on the response side too.
+                        hstats
+                            .core(core)
+                            .inc(HttpStat::DownstreamRqIdleTimeout as usize);
+                        up_tx.send_reset(h2::Reason::CANCEL);
+                    }
                     Err(PumpError::Recv(e)) => {
                         // The client reset its stream: so does the proxy, upstream.
                         hstats
@@ -560,18 +629,18 @@ impl Stream {
         }
         let sent = Instant::now();
         let resp = monoio::select! {
-            r = with_timeout(up.f.timeout, resp_fut) => match r {
-                Some(Ok(r)) => r,
-                Some(Err(e)) => {
+            r = resp_fut => match r {
+                Ok(r) => r,
+                Err(e) => {
                     tracing::debug!("upstream HTTP/2 stream failed: {e}");
                     cs.inc(ClusterStat::UpstreamRqRxReset as usize);
                     return Err(HttpError::UpstreamReset);
                 }
-                None => {
-                    cs.inc(ClusterStat::UpstreamRqTimeout as usize);
-                    self.stat(HttpStat::DownstreamRqTimeout);
-                    return Err(HttpError::UpstreamTimeout);
-                }
+            },
+            _ = RouteDeadline::passed(Some(&deadline)) => {
+                cs.inc(ClusterStat::UpstreamRqTimeout as usize);
+                self.stat(HttpStat::DownstreamRqTimeout);
+                return Err(HttpError::UpstreamTimeout);
             },
             _ = poll_fn(|cx| respond.poll_reset(cx)) => {
                 // The client gave up: dropping the response future cancels upstream.
@@ -598,8 +667,21 @@ impl Stream {
             return Ok(());
         };
         if !up_end {
-            match pump(&mut up_rx, &mut tx).await {
+            // The route timeout covers the whole response, as in Envoy.
+            match pump(&mut up_rx, &mut tx, idle, Some(&deadline)).await {
                 Ok(n) => self.log.bytes_sent = n,
+                Err(PumpError::Timeout) => {
+                    // Dropping the upstream stream resets it; the client's is reset here.
+                    tx.send_reset(h2::Reason::CANCEL);
+                    if deadline.expired() {
+                        cs.inc(ClusterStat::UpstreamRqTimeout as usize);
+                        self.log.flags = "UT";
+                    } else {
+                        self.stat(HttpStat::DownstreamRqIdleTimeout);
+                        self.log.flags = "SI";
+                    }
+                    return Ok(());
+                }
                 Err(PumpError::Recv(e)) => {
                     tx.send_reset(reason(&e));
                     cs.inc(ClusterStat::UpstreamRqRxReset as usize);
@@ -746,6 +828,8 @@ impl Stream {
         };
         let mut framing = Framing::new(kind, mode);
         let mut at = resp.len;
+        // The route timeout covers the whole response, as in Envoy.
+        let deadline = up.f.timeout.map(|t| sent + t);
         while !framing.done() {
             let mut chunk = Vec::new();
             let n = match framing.consume_into(&conn.buf[at..], &mut chunk) {
@@ -770,8 +854,13 @@ impl Stream {
             at = 0;
             conn.buf.reserve(16 * 1024);
             let buf = std::mem::take(&mut conn.buf);
+            let limit = match (idle, deadline) {
+                (Some(i), Some(d)) => Some(i.min(d.saturating_duration_since(Instant::now()))),
+                (i, None) => i,
+                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+            };
             let Some((res, buf)) =
-                with_timeout(idle, crate::io::read_more(&mut conn.stream, buf)).await
+                with_timeout(limit, crate::io::read_more(&mut conn.stream, buf)).await
             else {
                 tx.send_reset(h2::Reason::CANCEL);
                 self.log.flags = "UT";
