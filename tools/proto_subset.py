@@ -60,7 +60,10 @@ SUBSET = {
     "google.rpc.Status": ["code", "message", "details"],
     # upstream protocol options
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": ["common_http_protocol_options",
-                                                              "explicit_http_config"],
+                                                              "explicit_http_config",
+                                                              "use_downstream_protocol_config"],
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig": [
+        "http_protocol_options", "http2_protocol_options"],
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig": [
         "http_protocol_options", "http2_protocol_options"],
     "envoy.config.core.v3.Http2ProtocolOptions": ["max_concurrent_streams",

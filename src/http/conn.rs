@@ -665,7 +665,7 @@ impl Connection {
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }
-        if let Some(settings) = cluster.http2 {
+        if let Some(settings) = cluster.http2.filter(|_| !cluster.http2_follows_downstream) {
             let hop = to_h2::Hop {
                 f,
                 prefix_len,

@@ -436,6 +436,9 @@ pub struct Cluster {
     pub eds_service: Option<Arc<str>>,
     /// The cluster asks for HTTP/2 upstream, with these settings.
     pub http2: Option<Http2Settings>,
+    /// `use_downstream_protocol_config`: HTTP/2 only for HTTP/2 clients; HTTP/1.1 clients
+    /// are forwarded over HTTP/1.1.
+    pub http2_follows_downstream: bool,
     /// Unix socket (`pipe`) endpoints: used by the control thread's own gRPC clients;
     /// the data plane does not connect to them.
     pub unix_endpoints: Arc<[std::path::PathBuf]>,
@@ -494,6 +497,7 @@ impl Cluster {
             discovery: self.discovery,
             eds_service: self.eds_service.clone(),
             http2: self.http2,
+            http2_follows_downstream: self.http2_follows_downstream,
             unix_endpoints: self.unix_endpoints.clone(),
             lb: self.lb,
             bind_source: self.bind_source,

@@ -309,6 +309,7 @@ mod tests {
             discovery: Discovery::Static,
             eds_service: None,
             http2: None,
+            http2_follows_downstream: false,
             unix_endpoints: Arc::new([]),
             bind_source: None,
             lb,

@@ -186,7 +186,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             ));
         }
     }
-    let http2 = http2(c, res)?;
+    let (http2, http2_follows_downstream) = http2(c, res)?;
     if discovery == Discovery::LogicalDns && dns_hosts.len() != 1 {
         return Err(err(
             res,
@@ -225,6 +225,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         discovery,
         eds_service,
         http2,
+        http2_follows_downstream,
         unix_endpoints: unix.into(),
         lb,
         connect_timeout,
@@ -241,8 +242,12 @@ const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptio
 
 /// The cluster's HTTP/2 settings when it asks for HTTP/2 upstream: the legacy
 /// `http2_protocol_options` or `typed_extension_protocol_options` with an explicit HTTP/2
-/// config.
-fn http2(c: &pb::Cluster, res: &str) -> Result<Option<crate::model::Http2Settings>, ConvertError> {
+/// config, or `use_downstream_protocol_config` (the bool: HTTP/2 only for HTTP/2 clients).
+fn http2(
+    c: &pb::Cluster,
+    res: &str,
+) -> Result<(Option<crate::model::Http2Settings>, bool), ConvertError> {
+    let mut follows_downstream = false;
     let mut h2 = match &c.http2_protocol_options {
         Some(o) => Some(super::http2_settings(o, res, "http2_protocol_options")?),
         None => None,
@@ -269,6 +274,14 @@ fn http2(c: &pb::Cluster, res: &str) -> Result<Option<crate::model::Http2Setting
                     h2 = Some(super::http2_settings(o, res, &at)?);
                 }
             }
+            Some(U::UseDownstreamProtocolConfig(u)) => {
+                let at = format!("{path}.use_downstream_protocol_config.http2_protocol_options");
+                h2 = Some(match &u.http2_protocol_options {
+                    Some(o) => super::http2_settings(o, res, &at)?,
+                    None => crate::model::Http2Settings::default(),
+                });
+                follows_downstream = true;
+            }
             None => {}
         }
         if o.common_http_protocol_options.is_some() {
@@ -279,7 +292,7 @@ fn http2(c: &pb::Cluster, res: &str) -> Result<Option<crate::model::Http2Setting
             ));
         }
     }
-    Ok(h2)
+    Ok((h2, follows_downstream))
 }
 
 /// Endpoints of a load assignment: IP endpoints (STATIC/EDS), DNS names (DNS types) and

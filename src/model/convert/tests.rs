@@ -264,6 +264,15 @@ fn http2_codec_and_settings() {
     );
     let up = s.clusters[0].http2.expect("the cluster speaks HTTP/2");
     assert_eq!(up.initial_stream_window_size, 70000);
+    assert!(!s.clusters[0].http2_follows_downstream);
+    // use_downstream_protocol_config: HTTP/2 for HTTP/2 clients only.
+    let s = build(&with_http2(
+        "",
+        "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, use_downstream_protocol_config: {http2_protocol_options: {max_concurrent_streams: 9}}}},",
+    ))
+    .unwrap();
+    assert!(s.clusters[0].http2_follows_downstream);
+    assert_eq!(s.clusters[0].http2.unwrap().max_concurrent_streams, 9);
     assert_eq!(up.max_concurrent_streams, d.max_concurrent_streams);
 
     // Envoy's bounds, with the field named.
