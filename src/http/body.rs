@@ -158,6 +158,18 @@ pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 
+/// Replaces `out` with `data` as one chunk of a chunked body, or as is when not `chunked`.
+pub(crate) fn frame_into(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    out.clear();
+    if chunked {
+        chunk_header(out, data.len());
+    }
+    out.extend_from_slice(data);
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Copies the rest of a body from `src` to `dst`. `pending` holds bytes already read from
 /// `src`; on return it holds what `src` sent after the body (the next message).
 pub async fn forward_body<S: AsyncReadRent, D: AsyncWriteRent>(

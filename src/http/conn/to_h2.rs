@@ -11,7 +11,7 @@ use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
 use super::{Connection, Next, NO_MODS};
-use crate::http::body::{chunk_header, Framing, Mode, CHUNK};
+use crate::http::body::{frame_into, Framing, Mode, CHUNK};
 use crate::http::conn::with_timeout;
 use crate::http::error::HttpError;
 use crate::http::h1::{self, BodyKind};
@@ -220,14 +220,7 @@ impl Connection {
                 if n == 0 {
                     continue;
                 }
-                out.clear();
-                if chunked_out {
-                    chunk_header(&mut out, n);
-                }
-                out.extend_from_slice(&data);
-                if chunked_out {
-                    out.extend_from_slice(b"\r\n");
-                }
+                frame_into(&mut out, &data, chunked_out);
                 let (res, o) = self.stream.write_all(out).await;
                 out = o;
                 if res.is_err() {

@@ -918,14 +918,7 @@ impl Stream {
                 // would read as the last one.
                 continue;
             }
-            frame.clear();
-            if chunked {
-                crate::http::body::chunk_header(&mut frame, n);
-            }
-            frame.extend_from_slice(&data);
-            if chunked {
-                frame.extend_from_slice(b"\r\n");
-            }
+            crate::http::body::frame_into(&mut frame, &data, chunked);
             self.log.bytes_received += n as u64;
             let (res, f) = conn.stream.write_all(frame).await;
             frame = f;
