@@ -158,6 +158,15 @@ pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
     let _ = write!(out, "{len:x}\r\n");
 }
 
+/// How long the next wait may last: the idle timeout, cut short by the deadline.
+pub(crate) fn wait_limit(idle: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match (idle, left) {
+        (Some(i), Some(l)) => Some(i.min(l)),
+        (i, l) => i.or(l),
+    }
+}
+
 /// Replaces `out` with `data` as one chunk of a chunked body, or as is when not `chunked`.
 pub(crate) fn frame_into(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
     out.clear();
@@ -211,12 +220,7 @@ pub async fn forward_body<S: AsyncReadRent, D: AsyncWriteRent>(
         if pending.capacity() - pending.len() < CHUNK / 4 {
             pending.reserve(CHUNK - pending.len());
         }
-        let limit = match (idle, deadline) {
-            (Some(i), Some(d)) => Some(i.min(d.saturating_duration_since(Instant::now()))),
-            (Some(i), None) => Some(i),
-            (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
-            (None, None) => None,
-        };
+        let limit = wait_limit(idle, deadline);
         let read = crate::io::read_more(src, std::mem::take(pending));
         let (res, buf) = match limit {
             None => read.await,

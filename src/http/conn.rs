@@ -972,28 +972,19 @@ impl Connection {
         req_mods: [&HeaderMods; 3],
         ep: &Endpoint,
     ) {
-        let rewritten = self.rewrite_path(f, prefix_len, path);
         let request_id = self.request_id();
-        let mods: [&HeaderMods; 4] = [
-            weighted.map_or(&NO_MODS, |w| &w.request_headers),
-            req_mods[0],
-            req_mods[1],
-            req_mods[2],
-        ];
-        let host_rewrite = host_rewrite(weighted, f, ep);
-        let path_bytes: &[u8] = match &rewritten {
-            Some(p) => p,
-            None => self.bytes(path),
-        };
-        write_headers::request_head(
+        upstream_head(
             out,
             self,
-            f,
-            authority,
-            path_bytes,
-            rewritten.is_some(),
-            host_rewrite,
-            &mods,
+            HeadParts {
+                f,
+                prefix_len,
+                authority,
+                path,
+                weighted,
+                req_mods,
+                ep,
+            },
             request_id.as_ref().map(|r| &r[..]),
         );
     }
@@ -1147,22 +1138,53 @@ impl Connection {
         }
     }
 
-    /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.
-    fn rewrite_path(
-        &self,
-        f: &Forward,
-        prefix_len: Option<usize>,
-        path: &std::ops::Range<usize>,
-    ) -> Option<Vec<u8>> {
-        rewrite_path(f, prefix_len, self.bytes(path))
-    }
-
     /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).
     fn request_id(&mut self) -> Option<[u8; 36]> {
         let id = new_request_id(&self.hcm, self.head.request_id.is_some(), self.peer.ip())?;
         self.log.request_id = Some(id);
         Some(id)
     }
+}
+
+/// What a forwarded request's upstream head is made from.
+pub(crate) struct HeadParts<'a> {
+    pub f: &'a Forward,
+    pub prefix_len: Option<usize>,
+    pub authority: std::ops::Range<usize>,
+    pub path: &'a std::ops::Range<usize>,
+    pub weighted: Option<&'a crate::model::route::WeightedTarget>,
+    pub req_mods: [&'a HeaderMods; 3],
+    pub ep: &'a Endpoint,
+}
+
+/// Writes the upstream request head (HTTP/1 form) for either codec: path rewrites, header
+/// mutations (most specific first: weighted cluster, route, virtual host, route
+/// configuration), the host rewrite and the request id.
+pub(crate) fn upstream_head<E: crate::http::exchange::Exchange + ?Sized>(
+    out: &mut Vec<u8>,
+    conn: &E,
+    hop: HeadParts<'_>,
+    request_id: Option<&[u8]>,
+) {
+    let full = conn.bytes(hop.path);
+    let rewritten = rewrite_path(hop.f, hop.prefix_len, full);
+    let mods: [&HeaderMods; 4] = [
+        hop.weighted.map_or(&NO_MODS, |w| &w.request_headers),
+        hop.req_mods[0],
+        hop.req_mods[1],
+        hop.req_mods[2],
+    ];
+    write_headers::request_head(
+        out,
+        conn,
+        hop.f,
+        hop.authority,
+        rewritten.as_deref().unwrap_or(full),
+        rewritten.is_some(),
+        host_rewrite(hop.weighted, hop.f, hop.ep),
+        &mods,
+        request_id,
+    );
 }
 
 /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use monoio::io::AsyncWriteRentExt;
 
 use super::{Connection, Next, NO_MODS};
-use crate::http::body::{frame_into, Framing, Mode, CHUNK};
+use crate::http::body::{frame_into, wait_limit, Framing, Mode, CHUNK};
 use crate::http::conn::with_timeout;
 use crate::http::error::HttpError;
 use crate::http::h1::{self, BodyKind};
@@ -191,11 +191,7 @@ impl Connection {
         if !up_end && kind != BodyKind::None {
             let deadline = hop.f.timeout.map(|t| sent + t);
             loop {
-                let limit = match (idle, deadline) {
-                    (Some(i), Some(d)) => Some(i.min(d.saturating_duration_since(Instant::now()))),
-                    (i, None) => i,
-                    (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
-                };
+                let limit = wait_limit(idle, deadline);
                 let data = match with_timeout(limit, rx.data()).await {
                     Some(Some(Ok(d))) => d,
                     Some(None) => break,

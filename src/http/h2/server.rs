@@ -26,8 +26,8 @@ use super::{pump, reason, send_all, PumpError, RouteDeadline};
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{Framing, Mode};
 use crate::http::conn::{
-    host_rewrite, kept_authority, new_request_id, pick_upstream, read_response_head,
-    redirect_location, rewrite_path, with_timeout, RespError,
+    kept_authority, new_request_id, pick_upstream, read_response_head, redirect_location,
+    upstream_head, with_timeout, HeadParts, RespError,
 };
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
@@ -524,34 +524,25 @@ impl Stream {
             self.log.cluster = Some(cluster.name.clone());
         }
         self.log.upstream = Some(ep.address);
-        let rewritten = rewrite_path(f, prefix_len, &self.buf[path.clone()]);
         let request_id = new_request_id(
             &self.hcm,
             self.head.request_id.is_some(),
             self.down.peer.ip(),
         );
         self.log.request_id = request_id;
-        let mods: [&HeaderMods; 4] = [
-            weighted.map_or(&NO_MODS, |w| &w.request_headers),
-            req_mods[0],
-            req_mods[1],
-            req_mods[2],
-        ];
-        let host_rewrite = host_rewrite(weighted, f, &ep);
         let mut out = Vec::with_capacity(1024);
-        let path_bytes: &[u8] = match &rewritten {
-            Some(p) => p,
-            None => &self.buf[path.clone()],
-        };
-        write_headers::request_head(
+        upstream_head(
             &mut out,
             self,
-            f,
-            authority,
-            path_bytes,
-            rewritten.is_some(),
-            host_rewrite,
-            &mods,
+            HeadParts {
+                f,
+                prefix_len,
+                authority,
+                path: &path,
+                weighted,
+                req_mods,
+                ep: &ep,
+            },
             request_id.as_ref().map(|r| &r[..]),
         );
         let resp_mods: [&HeaderMods; 4] = [
@@ -854,11 +845,7 @@ impl Stream {
             at = 0;
             conn.buf.reserve(16 * 1024);
             let buf = std::mem::take(&mut conn.buf);
-            let limit = match (idle, deadline) {
-                (Some(i), Some(d)) => Some(i.min(d.saturating_duration_since(Instant::now()))),
-                (i, None) => i,
-                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
-            };
+            let limit = crate::http::body::wait_limit(idle, deadline);
             let Some((res, buf)) =
                 with_timeout(limit, crate::io::read_more(&mut conn.stream, buf)).await
             else {
