@@ -264,6 +264,7 @@ stat_family! {
         DownstreamRqMaxDurationReached = "downstream_rq_max_duration_reached",
         DownstreamRqHeaderTimeout = "downstream_rq_header_timeout",
         DownstreamRqIdleTimeout = "downstream_rq_idle_timeout",
+        DownstreamRqTooManyPrematureResets = "downstream_rq_too_many_premature_resets",
         DownstreamRqTooLarge = "downstream_rq_too_large",
         DownstreamRqWsOnNonWsRoute = "downstream_rq_ws_on_non_ws_route",
         DownstreamRqNonRelativePath = "downstream_rq_non_relative_path",

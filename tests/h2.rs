@@ -100,7 +100,11 @@ async fn h2_echo_upstream_counting() -> (SocketAddr, Counter, Counter) {
                             .header("x-authority", authority.unwrap_or_default())
                             .body(())
                             .unwrap();
-                        let mut tx = respond.send_response(resp, false).unwrap();
+                        let Ok(mut tx) = respond.send_response(resp, false) else {
+                            // Reset by the proxy while this peer held its headers.
+                            r.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        };
                         while let Some(chunk) = body.data().await {
                             let Ok(chunk) = chunk else {
                                 r.fetch_add(1, Ordering::SeqCst);
@@ -605,5 +609,154 @@ async fn http2_timeouts_follow_envoy() {
             proxy.stat("http.ingress.downstream_cx_idle_timeout").await,
             1
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_on_drain_lets_in_flight_streams_finish_and_refuses_new_ones() {
+    let (up, _) = h2_echo_upstream().await;
+    let clusters = format!(
+        "[{}]",
+        cluster("echo", &[up], "http2_protocol_options: {},")
+    );
+    for driver in drivers() {
+        let args = [
+            "--concurrency",
+            "1",
+            "--io-driver",
+            driver,
+            "--drain-time-s",
+            "10",
+        ];
+        let mut proxy = Proxy::start(&config("", &all_to("echo"), &clusters), &args).await;
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+
+        // In flight when the drain starts: the upstream holds its headers for 2 s.
+        let req = Request::post("http://svc/slow/in-flight").body(()).unwrap();
+        let (resp, mut tx) = client.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"still here"), true)
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.terminate();
+
+        // The GOAWAY reaches the client: a stream opened after it is refused. h2 refuses
+        // locally once it has seen GOAWAY, or the proxy refuses a stream above the last id.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let refused = loop {
+            let req = Request::get("http://svc/after-goaway").body(()).unwrap();
+            match client.clone().ready().await {
+                Err(e) => break e,
+                Ok(mut c) => match c.send_request(req, true) {
+                    Err(e) => break e,
+                    Ok((resp, _)) => {
+                        if let Err(e) = resp.await {
+                            break e;
+                        }
+                    }
+                },
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{driver}: new streams are still accepted after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            refused.is_go_away() || refused.reason() == Some(h2::Reason::REFUSED_STREAM),
+            "{driver}: {refused:?}"
+        );
+
+        // The stream that was in flight finishes whole.
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("the in-flight stream is answered")
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{driver}");
+        let (body, trailers) = body_of(resp.into_body()).await;
+        assert_eq!(body, b"still here", "{driver}");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+
+        // Then the connection ends cleanly and the proxy exits 0 long before the drain time.
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the drained connection is closed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            proxy.wait_exit(Duration::from_secs(5)),
+            Some(0),
+            "{driver}: {}",
+            proxy.stderr()
+        );
+    }
+}
+
+/// Rapid reset (CVE-2023-44487): a client that opens streams only to reset them at once
+/// loses its connection, as with Envoy's premature-reset rule, and other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_flood_closes_the_connection() {
+    use std::sync::atomic::Ordering;
+    let (up, _, upstream_resets) = h2_echo_upstream_counting().await;
+    let clusters = format!(
+        "[{}]",
+        cluster("echo", &[up], "http2_protocol_options: {},")
+    );
+    for driver in drivers() {
+        let proxy = Proxy::start(&config("", &all_to("echo"), &clusters), &one_core(driver)).await;
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let before = upstream_resets.load(Ordering::SeqCst);
+        let mut opened = 0;
+        for i in 0..2000 {
+            let Ok(mut c) = client.clone().ready().await else {
+                break;
+            };
+            let req = Request::post(format!("http://svc/slow/{i}"))
+                .body(())
+                .unwrap();
+            let Ok((resp, tx)) = c.send_request(req, false) else {
+                break;
+            };
+            opened += 1;
+            // Long enough for the proxy to accept and forward the stream; then both
+            // handles go, and h2 sends RST_STREAM(CANCEL).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            drop((resp, tx));
+        }
+        let end = tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the flooding connection is closed by the proxy")
+            .unwrap();
+        assert!(
+            opened < 2000,
+            "{driver}: all {opened} streams were accepted ({end:?})"
+        );
+        assert_eq!(
+            proxy
+                .stat("http.ingress.downstream_rq_too_many_premature_resets")
+                .await,
+            1,
+            "{driver}"
+        );
+        // The resets reached the upstream (it reads the body after its 2 s pause), so
+        // nothing is left running there for the flood.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while upstream_resets.load(Ordering::SeqCst) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{driver}: no reset upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        // A well-behaved client on another connection is served.
+        let mut other = h2_client(proxy.addr()).await;
+        let (resp, _) = other
+            .send_request(Request::get("http://svc/fine").body(()).unwrap(), true)
+            .unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200, "{driver}");
     }
 }

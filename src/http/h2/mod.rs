@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod server;
+mod streams;
 
 use std::cell::Cell;
 use std::future::poll_fn;

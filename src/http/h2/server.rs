@@ -3,7 +3,6 @@
 //! the HTTP/1 form (see `convert`), then forwarded over HTTP/2 (streams multiplexed on the
 //! core's pooled connections, trailers intact) or HTTP/1.1 (the core's keep-alive pool).
 
-use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -22,6 +21,7 @@ use monoio::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::convert;
+use super::streams::{OpenStream, Streams};
 use super::{pump, reason, send_all, PumpError, RouteDeadline};
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{Framing, Mode};
@@ -105,10 +105,7 @@ async fn run(
             None => return,
         };
     let mut draining = false;
-    let streams = Rc::new(Streams {
-        open: Cell::new(0),
-        last: Cell::new(Instant::now()),
-    });
+    let streams = Rc::new(Streams::new());
     loop {
         let next = if draining {
             conn.accept().await
@@ -129,6 +126,13 @@ async fn run(
                     draining = true;
                     continue;
                 }
+                _ = streams.abusive() => {
+                    // Rapid reset: the client opens streams only to reset them. As Envoy
+                    // does, the connection is closed at once, not drained.
+                    stat(&ctx, &hcm, HttpStat::DownstreamRqTooManyPrematureResets);
+                    tracing::debug!(peer = %down.peer, "HTTP/2 connection closed: too many premature stream resets");
+                    break;
+                }
             }
         };
         match next {
@@ -137,10 +141,13 @@ async fn run(
                 let (ctx, hcm) = (ctx.clone(), hcm.clone());
                 let open = OpenStream::new(&streams);
                 monoio::spawn(async move {
-                    let _open = open;
-                    if CatchUnwind(Box::pin(task)).await.is_err() {
-                        stat(&ctx, &hcm, HttpStat::PanicsCaught);
-                        tracing::error!("a bug panicked while serving an HTTP/2 stream; it was reset and the core keeps serving");
+                    match CatchUnwind(Box::pin(task)).await {
+                        Ok(client_reset) => open.ended(client_reset),
+                        Err(_) => {
+                            drop(open);
+                            stat(&ctx, &hcm, HttpStat::PanicsCaught);
+                            tracing::error!("a bug panicked while serving an HTTP/2 stream; it was reset and the core keeps serving");
+                        }
                     }
                 });
             }
@@ -157,49 +164,6 @@ async fn run(
     }
 }
 
-/// A connection's open streams and when the last one ended (for its idle timeout).
-struct Streams {
-    open: Cell<u32>,
-    last: Cell<Instant>,
-}
-
-impl Streams {
-    /// Resolves once the connection has had no stream for `idle` (never without one).
-    async fn idle_for(&self, idle: Option<std::time::Duration>) {
-        let Some(idle) = idle else {
-            return std::future::pending().await;
-        };
-        loop {
-            let wait = if self.open.get() > 0 {
-                idle
-            } else {
-                idle.saturating_sub(self.last.get().elapsed())
-            };
-            if wait.is_zero() && self.open.get() == 0 {
-                return;
-            }
-            monoio::time::sleep(wait.max(std::time::Duration::from_millis(1))).await;
-        }
-    }
-}
-
-/// Counts a stream as open until dropped.
-struct OpenStream(Rc<Streams>);
-
-impl OpenStream {
-    fn new(s: &Rc<Streams>) -> Self {
-        s.open.set(s.open.get() + 1);
-        OpenStream(s.clone())
-    }
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-        self.0.last.set(Instant::now());
-    }
-}
-
 fn stat(ctx: &CoreCtx, hcm: &HttpConnectionManager, s: HttpStat) {
     hcm.stats.core(ctx.core).inc(s as usize);
 }
@@ -210,7 +174,7 @@ async fn stream_task(
     down: Downstream,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
+) -> bool {
     let snapshot = ctx.snapshot();
     let mut s = Stream {
         ctx,
@@ -222,8 +186,10 @@ async fn stream_task(
         snapshot,
         grpc: false,
         responded: false,
+        client_reset: false,
     };
     s.run(req, &mut respond).await;
+    s.client_reset
 }
 
 /// One HTTP/2 stream, with its head in HTTP/1 form.
@@ -239,6 +205,8 @@ struct Stream {
     grpc: bool,
     /// Response headers went out: errors now reset the stream.
     responded: bool,
+    /// The client reset the stream (counted by the rapid-reset guard).
+    client_reset: bool,
 }
 
 impl Exchange for Stream {
@@ -277,6 +245,13 @@ impl Exchange for Stream {
 impl Stream {
     fn stat(&self, s: HttpStat) {
         stat(&self.ctx, &self.hcm, s);
+    }
+
+    /// The client reset its stream (or the connection went away under it).
+    fn client_reset(&mut self) {
+        self.stat(HttpStat::DownstreamRqRxReset);
+        self.log.flags = "DC";
+        self.client_reset = true;
     }
 
     async fn run(&mut self, req: Request<RecvStream>, respond: &mut SendResponse<Bytes>) {
@@ -635,8 +610,7 @@ impl Stream {
             },
             _ = poll_fn(|cx| respond.poll_reset(cx)) => {
                 // The client gave up: dropping the response future cancels upstream.
-                self.stat(HttpStat::DownstreamRqRxReset);
-                self.log.flags = "DC";
+                self.client_reset();
                 self.responded = true;
                 return Ok(());
             }
@@ -680,8 +654,7 @@ impl Stream {
                     return Ok(());
                 }
                 Err(PumpError::Send) => {
-                    self.stat(HttpStat::DownstreamRqRxReset);
-                    self.log.flags = "DC";
+                    self.client_reset();
                     return Ok(());
                 }
             }
@@ -721,7 +694,7 @@ impl Stream {
         match respond.send_response(resp, end) {
             Ok(tx) => Ok(Some(tx)),
             Err(_) => {
-                self.log.flags = "DC";
+                self.client_reset();
                 Ok(None)
             }
         }
@@ -834,8 +807,7 @@ impl Stream {
             at += n;
             let done = framing.done();
             if (!chunk.is_empty() || done) && send_all(&mut tx, chunk.into(), done).await.is_err() {
-                self.stat(HttpStat::DownstreamRqRxReset);
-                self.log.flags = "DC";
+                self.client_reset();
                 return Ok(());
             }
             if done {
@@ -895,8 +867,7 @@ impl Stream {
         let mut frame = Vec::with_capacity(16 * 1024);
         while let Some(data) = body.data().await {
             let Ok(data) = data else {
-                self.stat(HttpStat::DownstreamRqRxReset);
-                self.log.flags = "DC";
+                self.client_reset();
                 return Err(HttpError::UpstreamReset);
             };
             let n = data.len();
