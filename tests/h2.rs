@@ -760,3 +760,103 @@ async fn rapid_reset_flood_closes_the_connection() {
         assert_eq!(resp.await.unwrap().status(), 200, "{driver}");
     }
 }
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The types of the frames in `bytes`, in order.
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    types
+}
+
+/// One raw HTTP/2 frame: length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Writes `frames` over and over until `total` bytes went or the proxy stops reading
+/// (backpressure) or closes; true when it closed the connection.
+async fn flood(s: &mut TcpStream, frames: &[u8], total: usize) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let mut sent = 0;
+    while sent < total {
+        match tokio::time::timeout(Duration::from_secs(2), s.write_all(frames)).await {
+            Err(_) => return false, // not read any more: held back, not buffered
+            Ok(Err(_)) => return true,
+            Ok(Ok(())) => sent += frames.len(),
+        }
+    }
+    false
+}
+
+/// CONTINUATION, SETTINGS and PING floods cost the proxy bounded memory: the header list
+/// is capped (the connection is closed), and ACKs are not queued without bound for a
+/// client that does not read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_settings_and_ping_floods_are_bounded() {
+    for driver in drivers() {
+        let (_b, proxy) = proxy_to_one_backend("", &one_core(driver)).await;
+        let before = proxy.rss_kib();
+
+        // HEADERS without END_HEADERS, then CONTINUATION after CONTINUATION: literal
+        // header fields ("x-a: aaaaa") that never end.
+        let mut block = Vec::new();
+        while block.len() < 16_000 {
+            block.extend_from_slice(b"\x00\x03x-a\x05aaaaa");
+        }
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut start = PREFACE.to_vec();
+        start.extend(frame(4, 0, 0, &[]));
+        start.extend(frame(1, 0, 1, &block));
+        use tokio::io::AsyncWriteExt;
+        s.write_all(&start).await.unwrap();
+        flood(&mut s, &frame(9, 0, 1, &block), 64 << 20).await;
+        let answer = read_all(&mut s, Duration::from_secs(2)).await;
+        // The proxy says GOAWAY (h2 counts CONTINUATION frames against the header list
+        // limit) and closes: read_all returned because the stream ended or went quiet.
+        assert!(
+            frame_types(&answer).contains(&7),
+            "{driver}: no GOAWAY for a CONTINUATION flood: frames {:?}",
+            frame_types(&answer)
+        );
+        drop(s);
+
+        // SETTINGS and PING frames whose ACKs are never read.
+        for f in [frame(4, 0, 0, &[]), frame(6, 0, 0, &[0; 8])] {
+            let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+            let mut start = PREFACE.to_vec();
+            start.extend(frame(4, 0, 0, &[]));
+            s.write_all(&start).await.unwrap();
+            let many: Vec<u8> = f.iter().copied().cycle().take(f.len() * 4096).collect();
+            flood(&mut s, &many, 64 << 20).await;
+            let now = proxy.rss_kib();
+            assert!(
+                now < before + 16 * 1024,
+                "{driver}: RSS {before} -> {now} KiB under a flood of frame type {}",
+                f[3]
+            );
+        }
+        assert!(
+            proxy.rss_kib() < before + 16 * 1024,
+            "{driver}: RSS {before} -> {} KiB",
+            proxy.rss_kib()
+        );
+
+        // The core still serves.
+        let mut c = h2_client(proxy.addr()).await;
+        let (resp, _) = c
+            .send_request(Request::get("http://svc/x").body(()).unwrap(), true)
+            .unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200, "{driver}");
+    }
+}
