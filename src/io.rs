@@ -7,11 +7,12 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Liveness of an idle pooled connection, learned without blocking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -449,4 +450,249 @@ async fn both(
         Poll::Pending
     })
     .await
+}
+
+// ---- Poll-style streams (TLS, h2) beside the owned-buffer ones ----
+
+/// Bytes already read from the socket (what the listener filters sniffed), then the
+/// socket itself: a TLS handshake or an h2 connection starts from the first byte.
+pub struct Rewind<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Rewind {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A poll-style stream (tokio's `AsyncRead`/`AsyncWrite`: a TLS stream over monoio's
+/// poll-io bridge) seen through monoio's owned-buffer traits, so the HTTP/1.1 path runs
+/// over it unchanged. The buffer is owned by the call for its whole duration, so it cannot
+/// move or be freed while the poll writes into it.
+pub struct RentIo<T>(pub T);
+
+impl<T: tokio::io::AsyncRead + Unpin> monoio::io::AsyncReadRent for RentIo<T> {
+    async fn read<B: monoio::buf::IoBufMut>(&mut self, mut buf: B) -> monoio::BufResult<usize, B> {
+        let ptr = buf.write_ptr();
+        let len = buf.bytes_total();
+        // SAFETY: `write_ptr` points at `bytes_total` writable bytes of a buffer this call
+        // owns until it returns; the slice lives only inside this call and is viewed as
+        // uninitialised, so nothing reads bytes the poll did not write.
+        let slice =
+            unsafe { std::slice::from_raw_parts_mut(ptr.cast::<std::mem::MaybeUninit<u8>>(), len) };
+        let mut rb = tokio::io::ReadBuf::uninit(slice);
+        let res =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_read(cx, &mut rb)).await;
+        let n = rb.filled().len();
+        // SAFETY: the poll initialised the first `n` bytes (ReadBuf's filled part).
+        unsafe { buf.set_init(n) };
+        (res.map(|()| n), buf)
+    }
+
+    async fn readv<B: monoio::buf::IoVecBufMut>(
+        &mut self,
+        mut buf: B,
+    ) -> monoio::BufResult<usize, B> {
+        // SAFETY: the iovecs come from a buffer this call owns until it returns.
+        let Some(raw) = (unsafe { monoio::buf::RawBuf::new_from_iovec_mut(&mut buf) }) else {
+            return (Ok(0), buf);
+        };
+        let (res, _) = self.read(raw).await;
+        if let Ok(n) = res {
+            // SAFETY: `n` bytes were written at the start of the first iovec.
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> monoio::io::AsyncWriteRent for RentIo<T> {
+    async fn write<B: monoio::buf::IoBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        // SAFETY: `read_ptr` points at `bytes_init` initialised bytes of a buffer this
+        // call owns until it returns.
+        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let res = std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_write(cx, data)).await;
+        // The owned-buffer callers never flush: what TLS buffered goes to the socket now,
+        // so a response is never left sitting in the record layer.
+        if res.is_ok() {
+            if let Err(e) = std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_flush(cx)).await {
+                return (Err(e), buf);
+            }
+        }
+        (res, buf)
+    }
+
+    async fn writev<B: monoio::buf::IoVecBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        // SAFETY: the iovecs come from a buffer this call owns until it returns.
+        let Some(raw) = (unsafe { monoio::buf::RawBuf::new_from_iovec(&buf) }) else {
+            return (Ok(0), buf);
+        };
+        let (res, _) = self.write(raw).await;
+        (res, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_flush(cx)).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_shutdown(cx)).await
+    }
+}
+
+/// A downstream connection as the HTTP/1.1 path reads and writes it: a plain socket with
+/// owned-buffer I/O (io_uring where it runs), or a TLS stream (`T`) through [`RentIo`].
+pub enum MaybeTls<P, T> {
+    Plain(P),
+    Tls(Box<RentIo<T>>),
+}
+
+impl<P, T> monoio::io::AsyncReadRent for MaybeTls<P, T>
+where
+    P: monoio::io::AsyncReadRent,
+    T: AsyncRead + Unpin,
+{
+    async fn read<B: monoio::buf::IoBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.read(buf).await,
+            MaybeTls::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn readv<B: monoio::buf::IoVecBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.readv(buf).await,
+            MaybeTls::Tls(t) => t.readv(buf).await,
+        }
+    }
+}
+
+impl<P, T> monoio::io::AsyncWriteRent for MaybeTls<P, T>
+where
+    P: monoio::io::AsyncWriteRent,
+    T: AsyncWrite + Unpin,
+{
+    async fn write<B: monoio::buf::IoBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.write(buf).await,
+            MaybeTls::Tls(t) => t.write(buf).await,
+        }
+    }
+
+    async fn writev<B: monoio::buf::IoVecBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.writev(buf).await,
+            MaybeTls::Tls(t) => t.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(p) => p.flush().await,
+            MaybeTls::Tls(t) => t.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(p) => p.shutdown().await,
+            MaybeTls::Tls(t) => t.shutdown().await,
+        }
+    }
+}
+
+/// Copies both ways between two poll-style streams (a TLS stream and a plain one) until
+/// both directions closed, either failed, or `limit` passed; for tunnels that cannot
+/// splice because one side is encrypted in user space. Returns the bytes moved each way.
+pub async fn copy_both_ways<A, B>(
+    a: &mut A,
+    b: &mut B,
+    limit: Option<Duration>,
+) -> (Tunnel, u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let copy = tokio::io::copy_bidirectional(a, b);
+    let res = match limit {
+        Some(t) => match monoio::time::timeout(t, copy).await {
+            Ok(r) => r,
+            Err(_) => return (Tunnel::MaxDuration, 0, 0),
+        },
+        None => copy.await,
+    };
+    match res {
+        Ok((ab, ba)) => (Tunnel::Done, ab, ba),
+        Err(_) => (Tunnel::Error, 0, 0),
+    }
+}
+
+/// A poll-style handle on the same socket as `s` (a duplicated descriptor), for a tunnel
+/// that copies through user space because its other side is TLS. `s` stays open and
+/// owned by its pool entry; the socket closes once both are dropped.
+pub fn poll_twin(
+    s: &monoio::net::TcpStream,
+) -> io::Result<monoio::net::tcp::stream_poll::TcpStreamPoll> {
+    // SAFETY: `s` is a live socket for this whole call (it is borrowed), and the borrowed
+    // descriptor is only duplicated, never closed.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(s.as_raw_fd()) };
+    let std = std::net::TcpStream::from(fd.try_clone_to_owned()?);
+    std.set_nonblocking(true)?;
+    monoio::net::TcpStream::from_std(std)?
+        .try_into_poll_io()
+        .map_err(|(e, _)| e)
 }

@@ -14,6 +14,7 @@ pub mod proto;
 pub mod router;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 pub mod xds;

@@ -220,6 +220,14 @@ stat_family! {
         DownstreamPreCxActive = "downstream_pre_cx_active",
         OriginalDstRestored = "original_dst_restored",
         OriginalDstMissing = "original_dst_missing",
+        DownstreamCxTransportSocketConnectTimeout = "downstream_cx_transport_socket_connect_timeout",
+        SslHandshake = "ssl.handshake",
+        SslConnectionError = "ssl.connection_error",
+        SslFailVerifyNoCert = "ssl.fail_verify_no_cert",
+        SslFailVerifyError = "ssl.fail_verify_error",
+        SslFailVerifySan = "ssl.fail_verify_san",
+        SslNoCertificate = "ssl.no_certificate",
+        SslSessionReused = "ssl.session_reused",
     } gauges [DownstreamCxActive, DownstreamPreCxActive]
 }
 

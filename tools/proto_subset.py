@@ -81,7 +81,9 @@ SUBSET = {
                                           "default_filter_chain", "filter_chain_matcher"],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig": ["exact_balance"],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance": [],
-    "envoy.config.listener.v3.FilterChain": ["filters", "name", "filter_chain_match"],
+    "envoy.config.listener.v3.FilterChain": ["filters", "name", "filter_chain_match",
+                                             "transport_socket",
+                                             "transport_socket_connect_timeout"],
     "envoy.config.listener.v3.FilterChainMatch": [
         "destination_port", "prefix_ranges", "direct_source_prefix_ranges", "source_type",
         "source_prefix_ranges", "source_ports", "server_names", "transport_protocol",
@@ -193,7 +195,35 @@ SUBSET = {
                                         "load_assignment", "dns_refresh_rate", "respect_dns_ttl",
                                         "dns_lookup_family", "common_http_protocol_options", "least_request_lb_config",
                                         "eds_cluster_config", "typed_extension_protocol_options",
-                                        "http2_protocol_options", "upstream_bind_config"],
+                                        "http2_protocol_options", "upstream_bind_config",
+                                        "transport_socket", "transport_socket_matches"],
+    "envoy.config.cluster.v3.Cluster.TransportSocketMatch": ["name", "match", "transport_socket"],
+    # TLS (transport_sockets.tls): what Istio's sidecars and gateways are sent.
+    "envoy.config.core.v3.TransportSocket": ["name", "typed_config"],
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext": [
+        "common_tls_context", "require_client_certificate", "require_sni",
+        "disable_stateless_session_resumption", "disable_stateful_session_resumption",
+        "session_timeout"],
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext": [
+        "common_tls_context", "sni", "auto_host_sni", "allow_renegotiation", "max_session_keys"],
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext": [
+        "tls_params", "tls_certificates", "tls_certificate_sds_secret_configs",
+        "validation_context", "validation_context_sds_secret_config",
+        "combined_validation_context", "alpn_protocols"],
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext.CombinedCertificateValidationContext": [
+        "default_validation_context", "validation_context_sds_secret_config"],
+    "envoy.extensions.transport_sockets.tls.v3.TlsParameters": [
+        "tls_minimum_protocol_version", "tls_maximum_protocol_version", "cipher_suites",
+        "ecdh_curves"],
+    "envoy.extensions.transport_sockets.tls.v3.TlsCertificate": ["certificate_chain",
+                                                                  "private_key"],
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext": [
+        "trusted_ca", "match_typed_subject_alt_names", "match_subject_alt_names",
+        "allow_expired_certificate", "trust_chain_verification"],
+    "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher": ["san_type", "matcher"],
+    "envoy.extensions.transport_sockets.tls.v3.SdsSecretConfig": ["name", "sds_config"],
+    "envoy.extensions.transport_sockets.tls.v3.Secret": ["name", "tls_certificate",
+                                                         "validation_context"],
     "envoy.config.core.v3.BindConfig": ["source_address"],
     "envoy.config.cluster.v3.Cluster.EdsClusterConfig": ["eds_config", "service_name"],
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig": ["choice_count"],
@@ -232,6 +262,9 @@ MODULES = [
     "xds.core.v3.cidr_pb2",
     "envoy.extensions.matching.common_inputs.network.v3.network_inputs_pb2",
     "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.common_pb2",
+    "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
 ]
 
 # Services written out whole (tonic generates the ADS client and the test server from them).

@@ -11,6 +11,9 @@ use monoio::buf::IoBuf;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
+use crate::io::MaybeTls;
+use crate::tls::DownIo;
+
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{forward_body, BodyError, Framing, Mode};
 use crate::http::error::HttpError;
@@ -66,6 +69,45 @@ pub async fn serve(
         }
         Codec::Http1 => {}
     }
+    serve_h1(ctx, hcm, MaybeTls::Plain(stream), down, drain, prefix).await
+}
+
+/// Serves one downstream connection after its TLS handshake: HTTP/2 when ALPN chose `h2`
+/// (or the connection manager speaks nothing else), HTTP/1.1 otherwise.
+pub async fn serve_tls(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    stream: crate::tls::ServerStream,
+    down: Downstream,
+    drain: Rc<DrainEvent>,
+) {
+    let h2 = match hcm.codec {
+        Codec::Http2 => true,
+        Codec::Http1 => false,
+        Codec::Auto => crate::tls::alpn(&stream) == Some(b"h2"),
+    };
+    if h2 {
+        return crate::http::h2::server::serve_io(ctx, hcm, stream, down, drain).await;
+    }
+    serve_h1(
+        ctx,
+        hcm,
+        crate::tls::down_io(stream),
+        down,
+        drain,
+        Vec::new(),
+    )
+    .await
+}
+
+async fn serve_h1(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    stream: DownIo,
+    down: Downstream,
+    drain: Rc<DrainEvent>,
+    prefix: Vec<u8>,
+) {
     let (peer, local) = (down.peer, down.dst);
     let snapshot = ctx.snapshot();
     // Bytes the listener filters read come first.
@@ -97,6 +139,10 @@ pub async fn serve(
     c.inc(HttpStat::DownstreamCxHttp1Total as usize);
     c.inc(HttpStat::DownstreamCxActive as usize);
     conn.run().await;
+    if let MaybeTls::Tls(t) = &mut conn.stream {
+        // TLS ends with close_notify, so the client can tell an end from a truncation.
+        let _ = monoio::io::AsyncWriteRent::shutdown(t.as_mut()).await;
+    }
     c.dec(HttpStat::DownstreamCxActive as usize);
 }
 
@@ -106,7 +152,7 @@ pub(crate) struct Connection {
     /// Raised when this connection's listener drains (removed or updated by LDS, or the
     /// process draining).
     drain: Rc<DrainEvent>,
-    stream: TcpStream,
+    stream: DownIo,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     /// Where the connection was accepted and going (ORIGINAL_DST loop guard).
@@ -1072,20 +1118,29 @@ impl Connection {
         }
         hs.inc(HttpStat::DownstreamCxUpgradesTotal as usize);
         hs.inc(HttpStat::DownstreamCxUpgradesActive as usize);
-        crate::io::splice_both_ways(
-            (&self.stream, &up.stream),
-            idle,
-            None,
-            |n| {
-                hs.add(HttpStat::DownstreamCxRxBytesTotal as usize, n);
-                cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
-            },
-            |n| {
-                hs.add(HttpStat::DownstreamCxTxBytesTotal as usize, n);
-                cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
-            },
-        )
-        .await;
+        let rx = |n| {
+            hs.add(HttpStat::DownstreamCxRxBytesTotal as usize, n);
+            cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
+        };
+        let tx = |n| {
+            hs.add(HttpStat::DownstreamCxTxBytesTotal as usize, n);
+            cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
+        };
+        match &mut self.stream {
+            MaybeTls::Plain(down) => {
+                crate::io::splice_both_ways((down, &up.stream), idle, None, rx, tx).await;
+            }
+            MaybeTls::Tls(down) => {
+                // Decrypted bytes cannot be spliced: they are copied through user space.
+                // The stream idle timeout does not bound TLS tunnels (yet).
+                if let Ok(mut upstream) = crate::io::poll_twin(&up.stream) {
+                    let (_, a, b) =
+                        crate::io::copy_both_ways(&mut down.0, &mut upstream, None).await;
+                    rx(a);
+                    tx(b);
+                }
+            }
+        }
         hs.dec(HttpStat::DownstreamCxUpgradesActive as usize);
         cs.inc(ClusterStat::UpstreamRqCompleted as usize);
         Next::Close

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::io::bind_listener_socket;
+use crate::io::MaybeTls;
 use crate::model::chain::{Choice, ConnInfo, Sniffed};
 use crate::model::{Listener, NetworkFilter, Snapshot};
 use crate::stats::{HttpStat, ListenerStat, TcpStat};
@@ -415,15 +416,48 @@ async fn handle(
         tracing::debug!(listener = %listener.name, %peer, %dst, "no filter chain matches");
         return;
     };
-    let filter = listener.chains.chains[i].filter.clone();
+    let chain = &listener.chains.chains[i];
+    let filter = chain.filter.clone();
     let down = Downstream {
         peer,
         dst,
         restored,
         via: accepted_on,
     };
+    let mut stream = MaybeTls::Plain(stream);
+    if let Some(tls) = chain.tls.clone() {
+        // The handshake runs here, on the core that owns the connection.
+        let MaybeTls::Plain(plain) = stream else {
+            return;
+        };
+        let cells = listener.stats.core(ctx.core);
+        match crate::tls::accept(&tls, plain, std::mem::take(&mut prefix), cells).await {
+            Ok(s) => {
+                if let NetworkFilter::Http(hcm) = &filter {
+                    let fut =
+                        crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
+                    if CatchUnwind(Box::pin(fut)).await.is_err() {
+                        hcm.stats
+                            .core(ctx.core)
+                            .inc(HttpStat::PanicsCaught as usize);
+                        tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
+                    }
+                    drop(guard);
+                    return;
+                }
+                stream = crate::tls::down_io(s);
+            }
+            Err(why) => {
+                tracing::debug!(listener = %listener.name, %peer, chain = %chain.name, "TLS handshake refused: {why:?}");
+                return;
+            }
+        }
+    }
     match filter {
         NetworkFilter::Http(hcm) => {
+            let MaybeTls::Plain(stream) = stream else {
+                return;
+            };
             let fut =
                 crate::http::conn::serve(ctx.clone(), hcm.clone(), stream, down, drain, prefix);
             if CatchUnwind(Box::pin(fut)).await.is_err() {

@@ -20,6 +20,8 @@ use super::NetworkFilter;
 pub struct FilterChain {
     pub name: Arc<str>,
     pub filter: NetworkFilter,
+    /// `transport_socket` TLS: the handshake runs before the filter sees a byte.
+    pub tls: Option<Arc<super::tls::DownstreamTls>>,
 }
 
 /// A listener's filter chains and how one is chosen.

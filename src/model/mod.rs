@@ -15,6 +15,7 @@ pub mod convert;
 pub mod format;
 pub mod headers;
 pub mod route;
+pub mod tls;
 
 pub use convert::ConvertError;
 

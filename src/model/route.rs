@@ -81,6 +81,31 @@ pub struct StringMatcher {
     pub ignore_case: bool,
 }
 
+impl StringMatcher {
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &[u8]) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if self.ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match &self.pattern {
+            StringMatch::Exact(s) => eq(value, s.as_bytes()),
+            StringMatch::Prefix(s) => value.len() >= s.len() && eq(&value[..s.len()], s.as_bytes()),
+            StringMatch::Suffix(s) => {
+                value.len() >= s.len() && eq(&value[value.len() - s.len()..], s.as_bytes())
+            }
+            StringMatch::Contains(s) => {
+                let n = s.len();
+                n == 0 || value.windows(n).any(|w| eq(w, s.as_bytes()))
+            }
+            StringMatch::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
+        }
+    }
+}
+
 /// A header condition.
 pub struct HeaderMatch {
     /// Lower-cased; `:method`, `:path`, `:authority`, `:scheme` for pseudo-headers.

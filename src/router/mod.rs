@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 
 use crate::model::route::{
-    HeaderMatch, HeaderMatchKind, PathMatch, QueryMatch, Route, RouteTable, StringMatch,
-    StringMatcher, Target, VirtualHost, WeightedTarget,
+    HeaderMatch, HeaderMatchKind, PathMatch, QueryMatch, Route, RouteTable, StringMatcher, Target,
+    VirtualHost, WeightedTarget,
 };
 
 /// What routing needs to see of a request.
@@ -155,25 +155,7 @@ fn query_matches(q: &QueryMatch, query: Option<&[u8]>) -> bool {
 
 /// Applies an Envoy `StringMatcher` to `value`.
 pub fn string_matches(m: &StringMatcher, value: &[u8]) -> bool {
-    let eq = |a: &[u8], b: &[u8]| {
-        if m.ignore_case {
-            a.eq_ignore_ascii_case(b)
-        } else {
-            a == b
-        }
-    };
-    match &m.pattern {
-        StringMatch::Exact(s) => eq(value, s.as_bytes()),
-        StringMatch::Prefix(s) => value.len() >= s.len() && eq(&value[..s.len()], s.as_bytes()),
-        StringMatch::Suffix(s) => {
-            value.len() >= s.len() && eq(&value[value.len() - s.len()..], s.as_bytes())
-        }
-        StringMatch::Contains(s) => {
-            let n = s.len();
-            n == 0 || value.windows(n).any(|w| eq(w, s.as_bytes()))
-        }
-        StringMatch::Regex(re) => std::str::from_utf8(value).is_ok_and(|v| re.is_match(v)),
-    }
+    m.matches(value)
 }
 
 impl Target {

@@ -20,7 +20,7 @@ use crate::stats::{ClusterStat, TcpStat};
 pub async fn serve(
     ctx: Rc<CoreCtx>,
     tp: Arc<TcpProxy>,
-    down: TcpStream,
+    down: crate::tls::DownIo,
     conn: Downstream,
     drain: Rc<DrainEvent>,
     prefix: Vec<u8>,
@@ -48,20 +48,43 @@ pub async fn serve(
         stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, n);
         cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
     }
-    let ended = crate::io::splice_both_ways(
-        (&down, &up),
-        tp.idle_timeout,
-        tp.max_downstream_connection_duration,
-        |n| {
-            stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, n);
-            cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
-        },
-        |n| {
-            stats.add(TcpStat::DownstreamCxTxBytesTotal as usize, n);
-            cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
-        },
-    )
-    .await;
+    let rx = |n| {
+        stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, n);
+        cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
+    };
+    let tx = |n| {
+        stats.add(TcpStat::DownstreamCxTxBytesTotal as usize, n);
+        cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
+    };
+    let ended = match down {
+        crate::io::MaybeTls::Plain(down) => {
+            crate::io::splice_both_ways(
+                (&down, &up),
+                tp.idle_timeout,
+                tp.max_downstream_connection_duration,
+                rx,
+                tx,
+            )
+            .await
+        }
+        crate::io::MaybeTls::Tls(mut down) => {
+            // TLS terminated here: the plaintext is copied through user space (no
+            // splice), bounded by the connection's lifetime limit; the idle timeout
+            // does not apply to it yet.
+            let Ok(mut upstream) = up.try_into_poll_io().map_err(|(e, _)| e) else {
+                return;
+            };
+            let (ended, a, b) = crate::io::copy_both_ways(
+                &mut down.0,
+                &mut upstream,
+                tp.max_downstream_connection_duration,
+            )
+            .await;
+            rx(a);
+            tx(b);
+            ended
+        }
+    };
     match ended {
         Tunnel::Done | Tunnel::Error => {}
         Tunnel::Idle => stats.inc(TcpStat::IdleTimeout as usize),

@@ -4,12 +4,9 @@
 //! core's pooled connections, trailers intact) or HTTP/1.1 (the core's keep-alive pool).
 
 use std::future::poll_fn;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,7 +15,6 @@ use h2::RecvStream;
 use http::Request;
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::convert;
 use super::streams::{OpenStream, Streams};
@@ -35,6 +31,7 @@ use crate::http::h1::{self, BodyKind, HeadError, RequestHead, RequestRef, Respon
 use crate::http::local_reply::reply_for;
 use crate::http::log::{self, Entry};
 use crate::http::write_headers;
+use crate::io::Rewind;
 use crate::model::headers::HeaderMods;
 use crate::model::route::{Action, Forward, PathMatch, TlsRequirement};
 use crate::model::{
@@ -57,31 +54,41 @@ pub async fn serve(
     drain: Rc<DrainEvent>,
     prefix: Vec<u8>,
 ) {
+    let Ok(io) = stream.try_into_poll_io() else {
+        return;
+    };
+    serve_io(ctx, hcm, Rewind::new(prefix, io), down, drain).await;
+}
+
+/// Serves one downstream HTTP/2 connection over any poll-style stream (plain TCP through
+/// monoio's poll-io bridge, or TLS above it) until it closes.
+pub async fn serve_io<IO>(
+    ctx: Rc<CoreCtx>,
+    hcm: Arc<HttpConnectionManager>,
+    io: IO,
+    down: Downstream,
+    drain: Rc<DrainEvent>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let stats = hcm.stats.clone();
     let c = stats.core(ctx.core);
     c.inc(HttpStat::DownstreamCxTotal as usize);
     c.inc(HttpStat::DownstreamCxHttp2Total as usize);
     c.inc(HttpStat::DownstreamCxActive as usize);
-    run(ctx.clone(), hcm, stream, down, drain, prefix).await;
+    run(ctx.clone(), hcm, io, down, drain).await;
     c.dec(HttpStat::DownstreamCxActive as usize);
 }
 
-async fn run(
+async fn run<IO>(
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
-    stream: TcpStream,
+    io: IO,
     down: Downstream,
     drain: Rc<DrainEvent>,
-    prefix: Vec<u8>,
-) {
-    let Ok(io) = stream.try_into_poll_io() else {
-        return;
-    };
-    let io = Rewind {
-        prefix,
-        pos: 0,
-        inner: io,
-    };
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let s = hcm.http2;
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(s.max_concurrent_streams)
@@ -931,58 +938,4 @@ fn grpc_message(text: &str) -> String {
         }
     }
     out
-}
-
-/// Bytes already read from the socket (the sniffed preface), then the socket itself.
-struct Rewind<T> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

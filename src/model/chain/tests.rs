@@ -8,12 +8,14 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
         .map(|i| FilterChain {
             name: format!("c{i}").into(),
             filter: filter.clone(),
+            tls: None,
         })
         .collect();
     let default = default.then(|| {
         chains.push(FilterChain {
             name: "default".into(),
             filter: filter.clone(),
+            tls: None,
         });
         matches.push(ChainMatch::default());
         chains.len() - 1

@@ -48,7 +48,14 @@ pub(super) fn chains(
         } else {
             c.name.as_str().into()
         };
-        chains.push(FilterChain { name, filter });
+        let tls = super::tls::downstream(
+            c.transport_socket.as_ref(),
+            c.transport_socket_connect_timeout.as_ref(),
+            res,
+            &path,
+            ctx,
+        )?;
+        chains.push(FilterChain { name, filter, tls });
         let m = match &c.filter_chain_match {
             Some(m) => chain_match(m, res, &format!("{path}.filter_chain_match"))?,
             None => ChainMatch::default(),
@@ -70,7 +77,14 @@ pub(super) fn chains(
             } else {
                 c.name.as_str().into()
             };
-            chains.push(FilterChain { name, filter });
+            let tls = super::tls::downstream(
+                c.transport_socket.as_ref(),
+                c.transport_socket_connect_timeout.as_ref(),
+                res,
+                "default_filter_chain",
+                ctx,
+            )?;
+            chains.push(FilterChain { name, filter, tls });
             matches.push(ChainMatch::default());
             Some(chains.len() - 1)
         }

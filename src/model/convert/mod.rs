@@ -18,6 +18,7 @@ mod cluster;
 mod listener;
 mod route;
 mod tcp;
+mod tls;
 
 /// A configuration error: which resource, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

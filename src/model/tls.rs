@@ -1,0 +1,162 @@
+//! TLS as the snapshot holds it: validated rustls configurations, built once per
+//! configuration change (a bad key, chain or CA is a conversion error, so it NACKs), and
+//! the peer-certificate checks Envoy's `CertificateValidationContext` asks for beyond the
+//! chain: subject alternative name matchers (SPIFFE URIs in a mesh).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use super::route::StringMatcher;
+
+/// A filter chain's `DownstreamTlsContext`, ready for handshakes.
+pub struct DownstreamTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// `transport_socket_connect_timeout`: the handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// `require_sni`: a client that names no server is refused.
+    pub require_sni: bool,
+}
+
+/// Which subject alternative names a matcher looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanType {
+    Dns,
+    Uri,
+    Email,
+    IpAddress,
+}
+
+/// One of `match_typed_subject_alt_names` (or the untyped `match_subject_alt_names`, which
+/// Envoy applies to DNS, URI, email and IP names alike).
+pub struct SanMatcher {
+    pub types: &'static [SanType],
+    pub matcher: StringMatcher,
+}
+
+impl fmt::Debug for SanMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SanMatcher")
+            .field("types", &self.types)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subject alternative names of a DER certificate as (type, text); IP addresses in
+/// their usual text form. `None` when the certificate cannot be parsed.
+pub fn subject_alt_names(der: &[u8]) -> Option<Vec<(SanType, String)>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let mut out = Vec::new();
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Some(out);
+    };
+    for name in &ext.value.general_names {
+        match name {
+            GeneralName::DNSName(s) => out.push((SanType::Dns, s.to_string())),
+            GeneralName::URI(s) => out.push((SanType::Uri, s.to_string())),
+            GeneralName::RFC822Name(s) => out.push((SanType::Email, s.to_string())),
+            GeneralName::IPAddress(b) => {
+                let ip = match b.len() {
+                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?),
+                    16 => std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?),
+                    _ => continue,
+                };
+                out.push((SanType::IpAddress, ip.to_string()));
+            }
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Whether a certificate satisfies the matchers: any one matcher matching any name of
+/// its types is enough (Envoy's rule); no matchers accept every certificate.
+pub fn sans_match(der: &[u8], matchers: &[SanMatcher]) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    let Some(names) = subject_alt_names(der) else {
+        return false;
+    };
+    matchers.iter().any(|m| {
+        names
+            .iter()
+            .any(|(t, n)| m.types.contains(t) && m.matcher.matches(n.as_bytes()))
+    })
+}
+
+/// Checks client certificates as Envoy does: the chain against the trusted CA (webpki),
+/// then the subject alternative names. A SAN mismatch fails the handshake with
+/// `ApplicationVerificationFailure`, so the listener can count it apart
+/// (`ssl.fail_verify_san`).
+pub struct ClientVerifier {
+    pub chain: Arc<dyn ClientCertVerifier>,
+    pub sans: Arc<[SanMatcher]>,
+}
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("sans", &self.sans)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.chain.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.chain.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !sans_match(end_entity, &self.sans) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}

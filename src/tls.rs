@@ -1,0 +1,119 @@
+//! TLS handshakes on the core that owns the connection: rustls through tokio-rustls over
+//! monoio's poll-io bridge, bounded by the chain's handshake timeout, each failure counted
+//! as Envoy counts it (`listener.<address>.ssl.*`). Nothing falls back to plaintext: a
+//! failed handshake closes the connection.
+
+use std::io;
+
+use monoio::net::tcp::stream_poll::TcpStreamPoll;
+use monoio::net::TcpStream;
+use rustls::{CertificateError, Error as TlsError};
+
+use crate::io::{MaybeTls, Rewind};
+use crate::model::tls::DownstreamTls;
+use crate::stats::{CoreCells, ListenerStat};
+
+/// A downstream TLS stream, after the handshake.
+pub type ServerStream = tokio_rustls::server::TlsStream<Rewind<TcpStreamPoll>>;
+
+/// A downstream connection, plaintext or TLS, for the HTTP/1.1 path and `tcp_proxy`.
+pub type DownIo = MaybeTls<TcpStream, ServerStream>;
+
+/// Why a handshake did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not done within `transport_socket_connect_timeout`.
+    Timeout,
+    /// A client certificate was required and none was sent.
+    NoCertificate,
+    /// The client's chain did not verify (unknown CA, expired, bad signature).
+    Untrusted,
+    /// The chain verified but no subject alternative name matched.
+    SanMismatch,
+    /// `require_sni` and the client named no server.
+    NoSni,
+    /// Anything else: not TLS, no shared version or cipher, the peer went away.
+    Failed,
+}
+
+impl Refused {
+    /// The listener stat Envoy counts it in.
+    pub fn stat(self) -> ListenerStat {
+        match self {
+            Refused::Timeout => ListenerStat::DownstreamCxTransportSocketConnectTimeout,
+            Refused::NoCertificate => ListenerStat::SslFailVerifyNoCert,
+            Refused::Untrusted => ListenerStat::SslFailVerifyError,
+            Refused::SanMismatch => ListenerStat::SslFailVerifySan,
+            Refused::NoSni | Refused::Failed => ListenerStat::SslConnectionError,
+        }
+    }
+
+    fn of(e: &io::Error) -> Refused {
+        match e.get_ref().and_then(|i| i.downcast_ref::<TlsError>()) {
+            Some(TlsError::NoCertificatesPresented) => Refused::NoCertificate,
+            Some(TlsError::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            )) => Refused::SanMismatch,
+            Some(TlsError::InvalidCertificate(_)) => Refused::Untrusted,
+            _ => Refused::Failed,
+        }
+    }
+}
+
+/// Runs the server handshake on `stream`, replaying `prefix` (bytes the TLS inspector
+/// read) first, and counts the outcome in `stats`.
+pub async fn accept(
+    tls: &DownstreamTls,
+    stream: TcpStream,
+    prefix: Vec<u8>,
+    stats: &CoreCells,
+) -> Result<ServerStream, Refused> {
+    let result = handshake(tls, stream, prefix).await;
+    match &result {
+        Ok(s) => {
+            let conn = s.get_ref().1;
+            stats.inc(ListenerStat::SslHandshake as usize);
+            if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.inc(ListenerStat::SslSessionReused as usize);
+            }
+            if conn.peer_certificates().is_none() {
+                stats.inc(ListenerStat::SslNoCertificate as usize);
+            }
+        }
+        Err(r) => stats.inc(r.stat() as usize),
+    }
+    result
+}
+
+async fn handshake(
+    tls: &DownstreamTls,
+    stream: TcpStream,
+    prefix: Vec<u8>,
+) -> Result<ServerStream, Refused> {
+    let io = stream.try_into_poll_io().map_err(|_| Refused::Failed)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let s = match monoio::time::timeout(
+        tls.handshake_timeout,
+        acceptor.accept(Rewind::new(prefix, io)),
+    )
+    .await
+    {
+        Err(_) => return Err(Refused::Timeout),
+        Ok(Err(e)) => return Err(Refused::of(&e)),
+        Ok(Ok(s)) => s,
+    };
+    if tls.require_sni && s.get_ref().1.server_name().is_none() {
+        return Err(Refused::NoSni);
+    }
+    Ok(s)
+}
+
+/// The protocol ALPN settled on, when it did.
+pub fn alpn(s: &ServerStream) -> Option<&[u8]> {
+    s.get_ref().1.alpn_protocol()
+}
+
+/// Wraps a finished handshake for the owned-buffer paths.
+pub fn down_io(s: ServerStream) -> DownIo {
+    MaybeTls::Tls(Box::new(crate::io::RentIo(s)))
+}

@@ -1,0 +1,469 @@
+//! Downstream TLS and Istio-style mutual TLS through the real binary: certificates made at
+//! test time with rcgen (a mesh CA, SPIFFE workload identities), tokio-rustls and h2 as
+//! the clients, a hyper upstream. Covers mTLS with SAN checks, each kind of refusal with
+//! its stat, ALPN picking HTTP/2, PERMISSIVE (plaintext and mTLS on one port), session
+//! resumption and the handshake timeout.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A CA and what it signed, as PEM.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+struct Identity {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Ca {
+    fn new(org: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::OrganizationName, org);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A workload certificate with DNS name `dns` and SPIFFE identity `spiffe` (if any).
+    fn issue(&self, dns: &str, spiffe: Option<&str>, expired: bool) -> Identity {
+        let mut p = CertificateParams::new(vec![dns.to_string()]).unwrap();
+        if let Some(uri) = spiffe {
+            p.subject_alt_names
+                .push(SanType::URI(uri.try_into().unwrap()));
+        }
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// A `transport_socket` YAML block (at the filter chain's indentation) for a
+/// DownstreamTlsContext with the server identity in files.
+fn tls_socket(dir: &Path, server: &Identity, ca: &Ca, extra_common: &str, extra: &str) -> String {
+    let cert = write(dir, "server.pem", &server.cert_pem);
+    let key = write(dir, "server.key", &server.key_pem);
+    let ca = write(dir, "root.pem", &ca.pem());
+    format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+            validation_context:
+              trusted_ca: {{filename: {ca}}}
+              match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: "spiffe://cluster.local/ns/default/sa/client"}}}}]
+            alpn_protocols: [h2, http/1.1]
+{extra_common}
+{extra}"#
+    )
+}
+
+const HCM: &str = r#"      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config: {name: local, virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: backend}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]"#;
+
+/// A bootstrap whose one listener has the given filter chains (YAML list items).
+fn bootstrap(listener_filters: &str, chains: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+{listener_filters}
+    filter_chains:
+{chains}
+  clusters: [{}]
+"#,
+        cluster("backend", &[backend], "")
+    )
+}
+
+fn mtls_chain(socket: &str) -> String {
+    format!("    - filters:\n{HCM}\n{socket}")
+}
+
+fn client_config(ca: &Ca, me: Option<&Identity>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut c = match me {
+        Some(id) => {
+            let chain = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
+            b.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    c
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let mut s = connector
+        .connect(ServerName::try_from("svc.local").unwrap(), tcp)
+        .await?;
+    // With TLS 1.3 a client learns of a rejected certificate only on its first read.
+    s.write_all(b"").await?;
+    Ok(s)
+}
+
+/// One HTTP/1.1 request over an established TLS stream; the response, whole.
+async fn get(s: &mut TlsStream<TcpStream>, path: &str) -> std::io::Result<String> {
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: svc.local\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 5 s"))??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Whether a request over a fresh TLS connection with `config` is answered 200.
+async fn served(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
+    match tls_connect(addr, config).await {
+        Ok(mut s) => get(&mut s, "/x")
+            .await
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+        Err(_) => false,
+    }
+}
+
+const SSL: &str = "listener.127.0.0.1_0.ssl";
+
+/// Stat `name` once it reaches `want` (the proxy counts a failed handshake just after
+/// the client sees it fail), or its value after 3 s.
+async fn stat_reaching(proxy: &Proxy, name: &str, want: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let v = proxy.stat(name).await;
+        if v >= want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_spiffe_identities() {
+    let mesh = Ca::new("cluster.local");
+    let other = Ca::new("elsewhere");
+    let server = mesh.issue(
+        "svc.local",
+        Some("spiffe://cluster.local/ns/default/sa/server"),
+        false,
+    );
+    let client = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    );
+    let wrong_sa = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/intruder"),
+        false,
+    );
+    let foreign = other.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    );
+    let expired = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        true,
+    );
+    let backend = Backend::start("b").await;
+    for driver in drivers() {
+        let before = backend.seen.requests.load(SeqCst);
+        let dir = temp_dir();
+        let socket = tls_socket(
+            &dir,
+            &server,
+            &mesh,
+            "",
+            "          require_client_certificate: true",
+        );
+        let yaml = bootstrap("", &mtls_chain(&socket), backend.addr);
+        let proxy = Proxy::start(&yaml, &one_core(driver)).await;
+        let addr = proxy.addr();
+
+        // The right identity is served, over HTTP/1.1 when ALPN offers only that.
+        let good = Arc::new(client_config(&mesh, Some(&client), &[b"http/1.1"]));
+        let mut s = tls_connect(addr, good.clone())
+            .await
+            .expect("mTLS handshake");
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let resp = get(&mut s, "/hello").await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{driver}: {resp}");
+        assert_eq!(proxy.stat(&format!("{SSL}.handshake")).await, 1);
+
+        // Each refusal is specific, counted, and never falls back to plaintext.
+        let cases: [(&str, Option<&Identity>, &str); 4] = [
+            ("no client certificate", None, "fail_verify_no_cert"),
+            (
+                "a SPIFFE identity the chain does not allow",
+                Some(&wrong_sa),
+                "fail_verify_san",
+            ),
+            (
+                "a certificate from another CA",
+                Some(&foreign),
+                "fail_verify_error",
+            ),
+            (
+                "an expired certificate",
+                Some(&expired),
+                "fail_verify_error",
+            ),
+        ];
+        let mut expect_error = 0;
+        for (what, id, stat) in cases {
+            let before = proxy.stat(&format!("{SSL}.{stat}")).await;
+            let c = Arc::new(client_config(&mesh, id, &[b"http/1.1"]));
+            assert!(!served(addr, c).await, "{driver}: {what} was served");
+            assert_eq!(
+                stat_reaching(&proxy, &format!("{SSL}.{stat}"), before + 1).await,
+                before + 1,
+                "{driver}: {what}"
+            );
+            if stat == "fail_verify_error" {
+                expect_error += 1;
+            }
+        }
+        assert_eq!(
+            proxy.stat(&format!("{SSL}.fail_verify_error")).await,
+            expect_error
+        );
+        // Plaintext to a TLS-only chain is not answered in plaintext.
+        let reply = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            !reply.starts_with(b"HTTP/"),
+            "{driver}: plaintext was answered"
+        );
+        assert!(stat_reaching(&proxy, &format!("{SSL}.connection_error"), 1).await >= 1);
+        // Only the authenticated request reached the upstream.
+        assert_eq!(backend.seen.requests.load(SeqCst), before + 1, "{driver}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_h2_serves_http2_over_tls() {
+    let mesh = Ca::new("cluster.local");
+    let server = mesh.issue("svc.local", None, false);
+    let client = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    );
+    let backend = Backend::start("b").await;
+    for driver in drivers() {
+        let dir = temp_dir();
+        let socket = tls_socket(
+            &dir,
+            &server,
+            &mesh,
+            "",
+            "          require_client_certificate: true",
+        );
+        let proxy = Proxy::start(
+            &bootstrap("", &mtls_chain(&socket), backend.addr),
+            &one_core(driver),
+        )
+        .await;
+        let c = Arc::new(client_config(&mesh, Some(&client), &[b"h2", b"http/1.1"]));
+        let tls = tls_connect(proxy.addr(), c).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        for i in 0..3 {
+            let req = http::Request::get(format!("https://svc.local/h2/{i}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = send.send_request(req, true).unwrap();
+            let resp = resp.await.unwrap();
+            assert_eq!(resp.status(), 200, "{driver}");
+        }
+        assert_eq!(
+            proxy.stat("http.ingress.downstream_cx_http2_total").await,
+            1
+        );
+        assert_eq!(proxy.stat("http.ingress.downstream_rq_total").await, 3);
+        assert_eq!(backend.seen.last_uri.lock().unwrap().as_str(), "/h2/2");
+    }
+}
+
+/// Istio's PERMISSIVE mode: the TLS inspector sends mTLS clients to the TLS chain and
+/// plaintext clients to the other, on one port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_serves_plaintext_and_mtls_on_one_port() {
+    let mesh = Ca::new("cluster.local");
+    let server = mesh.issue("svc.local", None, false);
+    let client = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    );
+    let backend = Backend::start("b").await;
+    for driver in drivers() {
+        let dir = temp_dir();
+        let socket = tls_socket(
+            &dir,
+            &server,
+            &mesh,
+            "",
+            "          require_client_certificate: true",
+        );
+        let chains = format!(
+            "    - filter_chain_match: {{transport_protocol: tls}}\n      filters:\n{HCM}\n{socket}\n    - filter_chain_match: {{transport_protocol: raw_buffer}}\n      filters:\n{HCM}"
+        );
+        let inspector = "    listener_filters:\n    - {name: envoy.filters.listener.tls_inspector, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}}";
+        let proxy = Proxy::start(
+            &bootstrap(inspector, &chains, backend.addr),
+            &one_core(driver),
+        )
+        .await;
+        let addr = proxy.addr();
+        let plain = raw(
+            addr,
+            b"GET /plain HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            plain.starts_with(b"HTTP/1.1 200"),
+            "{driver}: {}",
+            String::from_utf8_lossy(&plain)
+        );
+        let c = Arc::new(client_config(&mesh, Some(&client), &[b"http/1.1"]));
+        assert!(
+            served(addr, c).await,
+            "{driver}: mTLS on the PERMISSIVE port"
+        );
+        assert_eq!(proxy.stat(&format!("{SSL}.handshake")).await, 1);
+        // A TLS client without a certificate is refused, not downgraded.
+        let anon = Arc::new(client_config(&mesh, None, &[b"http/1.1"]));
+        assert!(!served(addr, anon).await, "{driver}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_and_slow_handshakes_time_out() {
+    let mesh = Ca::new("cluster.local");
+    let server = mesh.issue("svc.local", None, false);
+    let backend = Backend::start("b").await;
+    for driver in drivers() {
+        let dir = temp_dir();
+        // Server-side TLS only (no client certificate asked for), as at an edge.
+        let cert = write(&dir, "s.pem", &server.cert_pem);
+        let key = write(&dir, "s.key", &server.key_pem);
+        let socket = format!(
+            r#"      transport_socket_connect_timeout: 0.3s
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]"#
+        );
+        let proxy = Proxy::start(
+            &bootstrap("", &mtls_chain(&socket), backend.addr),
+            &one_core(driver),
+        )
+        .await;
+        let addr = proxy.addr();
+        let c = Arc::new(client_config(&mesh, None, &[]));
+        for _ in 0..2 {
+            let mut s = tls_connect(addr, c.clone()).await.unwrap();
+            let resp = get(&mut s, "/r").await.unwrap();
+            assert!(resp.starts_with("HTTP/1.1 200"), "{driver}: {resp}");
+        }
+        // The second connection resumed the first one's session (a TLS 1.3 ticket).
+        let mut s = tls_connect(addr, c.clone()).await.unwrap();
+        assert_eq!(
+            s.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{driver}"
+        );
+        let _ = get(&mut s, "/r").await;
+        assert!(stat_reaching(&proxy, &format!("{SSL}.session_reused"), 1).await >= 1);
+        assert!(stat_reaching(&proxy, &format!("{SSL}.no_certificate"), 3).await >= 3);
+
+        // A client that opens a connection and never says hello is cut at 0.3 s.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf))
+            .await
+            .expect("the proxy closes a silent handshake")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{driver}");
+        assert_eq!(
+            stat_reaching(
+                &proxy,
+                "listener.127.0.0.1_0.downstream_cx_transport_socket_connect_timeout",
+                1
+            )
+            .await,
+            1,
+            "{driver}"
+        );
+    }
+}
