@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# TLS interop with real clients: openssl makes a CA, a server and a SPIFFE client identity;
+# curl (HTTP/1.1 and HTTP/2 by ALPN) and openssl s_client talk to a Ringside listener that
+# requires client certificates. Checks mTLS, refusals, protocol floor and resumption.
+set -euo pipefail
+bin=$(realpath "${1:-target/debug/ringside}")
+dir=$(mktemp -d)
+cd "$dir"
+mkdir -p www && echo "hello over tls" > www/index.html
+ossl() { openssl "$@" >/dev/null 2>&1; }
+ossl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /O=cluster.local -keyout ca.key -out ca.pem
+issue() { # name san
+  ossl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" -keyout "$1.key" -out "$1.csr"
+  printf 'subjectAltName=%s\n' "$2" > "$1.ext"
+  ossl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile "$1.ext" -out "$1.pem"
+}
+issue server "DNS:svc.local"
+issue client "URI:spiffe://cluster.local/ns/default/sa/client"
+issue intruder "URI:spiffe://cluster.local/ns/default/sa/intruder"
+python3 -u -m http.server 0 --bind 127.0.0.1 --directory www >backend.log 2>&1 &
+backend=$!
+trap 'kill $backend ${proxy:-} 2>/dev/null || true' EXIT
+for _ in $(seq 100); do port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' backend.log | head -1); [ -n "$port" ] && break; sleep 0.1; done
+cat > ringside.yaml <<YAML
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+static_resources:
+  listeners:
+  - name: tls
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: www}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_params: {tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3}
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates: [{certificate_chain: {filename: $dir/server.pem}, private_key: {filename: $dir/server.key}}]
+            validation_context:
+              trusted_ca: {filename: $dir/ca.pem}
+              match_typed_subject_alt_names: [{san_type: URI, matcher: {prefix: "spiffe://cluster.local/ns/default/sa/client"}}]
+  clusters:
+  - {name: www, connect_timeout: 1s, load_assignment: {cluster_name: www, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $port}}}}]}]}}
+YAML
+"$bin" -c ringside.yaml --concurrency 1 -l warn --admin-address-path admin.addr >/dev/null 2>ringside.log &
+proxy=$!
+for _ in $(seq 100); do [ -s admin.addr ] && break; sleep 0.1; done
+admin=$(cat admin.addr)
+listener=$(curl -s "http://$admin/listeners?format=json" | python3 -c 'import json,sys; a=json.load(sys.stdin)["listener_statuses"][0]["local_address"]["socket_address"]; print(a["port_value"])')
+url="https://svc.local:$listener/index.html"
+pin=(--resolve "svc.local:$listener:127.0.0.1" --cacert ca.pem)
+passed=0 failed=0
+check() { if eval "$2"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $1"; fi; }
+stat() { curl -s "http://$admin/stats" | sed -n "s/^listener.127.0.0.1_0.ssl.$1: //p"; }
+check "curl HTTP/1.1 with the client identity" '[ "$(curl -s --http1.1 "${pin[@]}" --cert client.pem --key client.key "$url")" = "hello over tls" ]'
+check "curl picks HTTP/2 by ALPN" '[ "$(curl -s -o /dev/null -w "%{http_version}" --http2 "${pin[@]}" --cert client.pem --key client.key "$url")" = "2" ]'
+check "curl without a certificate is refused" '! curl -s -o /dev/null "${pin[@]}" "$url"'
+check "curl with the wrong SPIFFE identity is refused" '! curl -s -o /dev/null "${pin[@]}" --cert intruder.pem --key intruder.key "$url"'
+check "the refusals are counted" '[ "$(stat fail_verify_san)" = 1 ] && [ "$(stat fail_verify_no_cert)" -ge 1 ]'
+check "openssl s_client verifies the server (TLS 1.3)" 'echo | openssl s_client -connect "127.0.0.1:$listener" -servername svc.local -CAfile ca.pem -cert client.pem -key client.key -tls1_3 2>/dev/null | grep -q "Verify return code: 0 (ok)"'
+check "openssl s_client TLS 1.2 with ECDHE" 'echo | openssl s_client -connect "127.0.0.1:$listener" -CAfile ca.pem -cert client.pem -key client.key -tls1_2 2>/dev/null | grep -q "Cipher is ECDHE-"'
+check "TLS 1.1 is refused" '! (echo | openssl s_client -connect "127.0.0.1:$listener" -cert client.pem -key client.key -tls1_1 2>/dev/null | grep -q "Cipher is ECDHE")'
+check "openssl s_client resumes a TLS 1.2 session" 'echo | openssl s_client -connect "127.0.0.1:$listener" -CAfile ca.pem -cert client.pem -key client.key -tls1_2 -reconnect 2>/dev/null | grep -q "^Reused"'
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
