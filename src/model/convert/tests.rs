@@ -440,3 +440,22 @@ fn route_upgrade_configs_and_connect() {
     );
     assert!(b.is_err(), "allow_post must not be silently dropped");
 }
+
+#[test]
+fn upstream_tls_is_refused_not_sent_in_plaintext() {
+    let tls = r#"transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: svc}}"#;
+    let yaml = |extra: &str| {
+        crate::test_support::http_bootstrap(
+            "[{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: backend}}]}]",
+            &format!("[{{name: backend, {extra}, load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}}}}}]}}]}}}}]"),
+        )
+    };
+    let e = build(&yaml(tls)).unwrap_err();
+    assert!(e.path.ends_with("transport_socket"), "{e:?}");
+    assert!(e.reason.contains("upstream TLS"), "{e:?}");
+    let e = build(&yaml(
+        "transport_socket_matches: [{name: tlsMode-istio, match: {tlsMode: istio}}]",
+    ))
+    .unwrap_err();
+    assert!(e.path.ends_with("transport_socket_matches"), "{e:?}");
+}
