@@ -424,37 +424,36 @@ async fn handle(
         restored,
         via: accepted_on,
     };
-    let mut stream = MaybeTls::Plain(stream);
-    if let Some(tls) = chain.tls.clone() {
-        // The handshake runs here, on the core that owns the connection.
-        let MaybeTls::Plain(plain) = stream else {
-            return;
-        };
-        let cells = listener.stats.core(ctx.core);
-        match crate::tls::accept(&tls, plain, std::mem::take(&mut prefix), cells).await {
-            Ok(s) => {
-                if let NetworkFilter::Http(hcm) = &filter {
-                    let fut =
-                        crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
-                    if CatchUnwind(Box::pin(fut)).await.is_err() {
-                        hcm.stats
-                            .core(ctx.core)
-                            .inc(HttpStat::PanicsCaught as usize);
-                        tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
-                    }
-                    drop(guard);
+    let stream = match chain.tls.clone() {
+        None => MaybeTls::Plain(stream),
+        Some(tls) => {
+            // The handshake runs here, on the core that owns the connection.
+            let cells = listener.stats.core(ctx.core);
+            let prefix = std::mem::take(&mut prefix);
+            let s = match crate::tls::accept(&tls, stream, prefix, cells).await {
+                Ok(s) => s,
+                Err(why) => {
+                    tracing::debug!(listener = %listener.name, %peer, chain = %chain.name, "TLS handshake refused: {why:?}");
                     return;
                 }
-                stream = crate::tls::down_io(s);
-            }
-            Err(why) => {
-                tracing::debug!(listener = %listener.name, %peer, chain = %chain.name, "TLS handshake refused: {why:?}");
+            };
+            if let NetworkFilter::Http(hcm) = &filter {
+                let fut = crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
+                if CatchUnwind(Box::pin(fut)).await.is_err() {
+                    hcm.stats
+                        .core(ctx.core)
+                        .inc(HttpStat::PanicsCaught as usize);
+                    tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
+                }
+                drop(guard);
                 return;
             }
+            crate::tls::down_io(s)
         }
-    }
+    };
     match filter {
         NetworkFilter::Http(hcm) => {
+            // TLS connections to an HTTP chain were served above.
             let MaybeTls::Plain(stream) = stream else {
                 return;
             };
