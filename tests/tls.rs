@@ -73,7 +73,7 @@ fn write(dir: &Path, name: &str, body: &str) -> String {
 
 /// A `transport_socket` YAML block (at the filter chain's indentation) for a
 /// DownstreamTlsContext with the server identity in files.
-fn tls_socket(dir: &Path, server: &Identity, ca: &Ca, extra_common: &str, extra: &str) -> String {
+fn tls_socket(dir: &Path, server: &Identity, ca: &Ca, extra: &str) -> String {
     let cert = write(dir, "server.pem", &server.cert_pem);
     let key = write(dir, "server.key", &server.key_pem);
     let ca = write(dir, "root.pem", &ca.pem());
@@ -88,7 +88,6 @@ fn tls_socket(dir: &Path, server: &Identity, ca: &Ca, extra_common: &str, extra:
               trusted_ca: {{filename: {ca}}}
               match_typed_subject_alt_names: [{{san_type: URI, matcher: {{exact: "spiffe://cluster.local/ns/default/sa/client"}}}}]
             alpn_protocols: [h2, http/1.1]
-{extra_common}
 {extra}"#
     )
 }
@@ -182,6 +181,43 @@ async fn served(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
     }
 }
 
+/// The set-up the mTLS tests share: a mesh CA, the server's identity, a client with the
+/// SPIFFE identity the listener allows, and the upstream.
+struct Mesh {
+    ca: Ca,
+    server: Identity,
+    client: Identity,
+    backend: Backend,
+}
+
+impl Mesh {
+    async fn new() -> Mesh {
+        let ca = Ca::new("cluster.local");
+        let server = ca.issue("svc.local", None, false);
+        let client = ca.issue(
+            "client",
+            Some("spiffe://cluster.local/ns/default/sa/client"),
+            false,
+        );
+        Mesh {
+            ca,
+            server,
+            client,
+            backend: Backend::start("b").await,
+        }
+    }
+}
+
+/// A transport socket requiring a client certificate, its files in a new directory.
+fn mtls_socket(server: &Identity, ca: &Ca) -> String {
+    tls_socket(
+        &temp_dir(),
+        server,
+        ca,
+        "          require_client_certificate: true",
+    )
+}
+
 const SSL: &str = "listener.127.0.0.1_0.ssl";
 
 /// Stat `name` once it reaches `want` (the proxy counts a failed handshake just after
@@ -199,18 +235,13 @@ async fn stat_reaching(proxy: &Proxy, name: &str, want: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_spiffe_identities() {
-    let mesh = Ca::new("cluster.local");
+    let Mesh {
+        ca: mesh,
+        server,
+        client,
+        backend,
+    } = Mesh::new().await;
     let other = Ca::new("elsewhere");
-    let server = mesh.issue(
-        "svc.local",
-        Some("spiffe://cluster.local/ns/default/sa/server"),
-        false,
-    );
-    let client = mesh.issue(
-        "client",
-        Some("spiffe://cluster.local/ns/default/sa/client"),
-        false,
-    );
     let wrong_sa = mesh.issue(
         "client",
         Some("spiffe://cluster.local/ns/default/sa/intruder"),
@@ -226,17 +257,9 @@ async fn mutual_tls_with_spiffe_identities() {
         Some("spiffe://cluster.local/ns/default/sa/client"),
         true,
     );
-    let backend = Backend::start("b").await;
     for driver in drivers() {
         let before = backend.seen.requests.load(SeqCst);
-        let dir = temp_dir();
-        let socket = tls_socket(
-            &dir,
-            &server,
-            &mesh,
-            "",
-            "          require_client_certificate: true",
-        );
+        let socket = mtls_socket(&server, &mesh);
         let yaml = bootstrap("", &mtls_chain(&socket), backend.addr);
         let proxy = Proxy::start(&yaml, &one_core(driver)).await;
         let addr = proxy.addr();
@@ -307,23 +330,14 @@ async fn mutual_tls_with_spiffe_identities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alpn_h2_serves_http2_over_tls() {
-    let mesh = Ca::new("cluster.local");
-    let server = mesh.issue("svc.local", None, false);
-    let client = mesh.issue(
-        "client",
-        Some("spiffe://cluster.local/ns/default/sa/client"),
-        false,
-    );
-    let backend = Backend::start("b").await;
+    let Mesh {
+        ca: mesh,
+        server,
+        client,
+        backend,
+    } = Mesh::new().await;
     for driver in drivers() {
-        let dir = temp_dir();
-        let socket = tls_socket(
-            &dir,
-            &server,
-            &mesh,
-            "",
-            "          require_client_certificate: true",
-        );
+        let socket = mtls_socket(&server, &mesh);
         let proxy = Proxy::start(
             &bootstrap("", &mtls_chain(&socket), backend.addr),
             &one_core(driver),
@@ -355,23 +369,14 @@ async fn alpn_h2_serves_http2_over_tls() {
 /// plaintext clients to the other, on one port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_serves_plaintext_and_mtls_on_one_port() {
-    let mesh = Ca::new("cluster.local");
-    let server = mesh.issue("svc.local", None, false);
-    let client = mesh.issue(
-        "client",
-        Some("spiffe://cluster.local/ns/default/sa/client"),
-        false,
-    );
-    let backend = Backend::start("b").await;
+    let Mesh {
+        ca: mesh,
+        server,
+        client,
+        backend,
+    } = Mesh::new().await;
     for driver in drivers() {
-        let dir = temp_dir();
-        let socket = tls_socket(
-            &dir,
-            &server,
-            &mesh,
-            "",
-            "          require_client_certificate: true",
-        );
+        let socket = mtls_socket(&server, &mesh);
         let chains = format!(
             "    - filter_chain_match: {{transport_protocol: tls}}\n      filters:\n{HCM}\n{socket}\n    - filter_chain_match: {{transport_protocol: raw_buffer}}\n      filters:\n{HCM}"
         );
