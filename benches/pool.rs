@@ -34,13 +34,13 @@ fn pool(c: &mut Criterion) {
     let idle = Some(Duration::from_secs(3600));
     c.bench_function("pool_checkout_checkin", |b| {
         b.iter(|| {
-            let conn = ups.checkout(addr, idle, false).unwrap();
+            let conn = ups.checkout(addr, 0, idle, false).unwrap();
             ups.checkin(conn);
         })
     });
     c.bench_function("pool_checkout_checkin_with_peek", |b| {
         b.iter(|| {
-            let conn = ups.checkout(addr, idle, true).unwrap();
+            let conn = ups.checkout(addr, 0, idle, true).unwrap();
             ups.checkin(conn);
         })
     });

@@ -655,29 +655,119 @@ where
     }
 }
 
-/// Copies both ways between two poll-style streams (a TLS stream and a plain one) until
-/// both directions closed, either failed, or `limit` passed; for tunnels that cannot
-/// splice because one side is encrypted in user space. Returns the bytes moved each way.
-pub async fn copy_both_ways<A, B>(
-    a: &mut A,
-    b: &mut B,
+/// Copies both ways between two connections of which at least one is TLS (decrypted
+/// bytes cannot be spliced), through user space, until both directions closed, either
+/// failed, both were quiet for `idle`, or `limit` passed. A plaintext side is reached
+/// through a poll-style twin of its socket. Returns the bytes moved each way.
+pub async fn copy_tls_tunnel<A, B>(
+    a: &mut MaybeTls<monoio::net::TcpStream, A>,
+    b: &mut MaybeTls<monoio::net::TcpStream, B>,
+    idle: Option<Duration>,
     limit: Option<Duration>,
 ) -> (Tunnel, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let copy = tokio::io::copy_bidirectional(a, b);
-    let res = match limit {
-        Some(t) => match monoio::time::timeout(t, copy).await {
-            Ok(r) => r,
-            Err(_) => return (Tunnel::MaxDuration, 0, 0),
+    let last = Cell::new(Instant::now());
+    let (mut ta, mut tb);
+    let x: &mut (dyn Pollable + Unpin) = match a {
+        MaybeTls::Plain(p) => match poll_twin(p) {
+            Ok(t) => {
+                ta = t;
+                &mut ta
+            }
+            Err(_) => return (Tunnel::Error, 0, 0),
         },
-        None => copy.await,
+        MaybeTls::Tls(t) => &mut t.0,
     };
-    match res {
-        Ok((ab, ba)) => (Tunnel::Done, ab, ba),
-        Err(_) => (Tunnel::Error, 0, 0),
+    let y: &mut (dyn Pollable + Unpin) = match b {
+        MaybeTls::Plain(p) => match poll_twin(p) {
+            Ok(t) => {
+                tb = t;
+                &mut tb
+            }
+            Err(_) => return (Tunnel::Error, 0, 0),
+        },
+        MaybeTls::Tls(t) => &mut t.0,
+    };
+    let mut x = Active {
+        inner: x,
+        last: &last,
+    };
+    let mut y = Active {
+        inner: y,
+        last: &last,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut x, &mut y);
+    let quiet = async {
+        let Some(t) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let since = last.get().elapsed();
+            if since >= t {
+                return;
+            }
+            monoio::time::sleep(t - since).await;
+        }
+    };
+    let limit = async {
+        match limit {
+            Some(t) => monoio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    monoio::select! {
+        r = copy => match r {
+            Ok((ab, ba)) => (Tunnel::Done, ab, ba),
+            Err(_) => (Tunnel::Error, 0, 0),
+        },
+        () = quiet => (Tunnel::Idle, 0, 0),
+        () = limit => (Tunnel::MaxDuration, 0, 0),
+    }
+}
+
+/// A poll-style stream, as a trait object (a TLS stream or a plain socket's twin).
+trait Pollable: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> Pollable for T {}
+
+/// A stream that notes when bytes last moved through it (a tunnel's idle timeout).
+struct Active<'a, S: ?Sized> {
+    inner: &'a mut S,
+    last: &'a Cell<Instant>,
+}
+
+impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.set(Instant::now());
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Active<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

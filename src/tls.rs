@@ -10,14 +10,21 @@ use monoio::net::TcpStream;
 use rustls::{CertificateError, Error as TlsError};
 
 use crate::io::{MaybeTls, Rewind};
-use crate::model::tls::DownstreamTls;
-use crate::stats::{CoreCells, ListenerStat};
+use crate::model::tls::{DownstreamTls, UpstreamTls};
+use crate::model::Endpoint;
+use crate::stats::{ClusterStat, CoreCells, ListenerStat};
 
 /// A downstream TLS stream, after the handshake.
 pub type ServerStream = tokio_rustls::server::TlsStream<Rewind<TcpStreamPoll>>;
 
 /// A downstream connection, plaintext or TLS, for the HTTP/1.1 path and `tcp_proxy`.
 pub type DownIo = MaybeTls<TcpStream, ServerStream>;
+
+/// An upstream TLS stream, after the handshake.
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStreamPoll>;
+
+/// An upstream connection, plaintext or TLS, for the HTTP/1.1 pool and `tcp_proxy`.
+pub type UpIo = MaybeTls<TcpStream, ClientStream>;
 
 /// Why a handshake did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +52,17 @@ impl Refused {
             Refused::Untrusted => ListenerStat::SslFailVerifyError,
             Refused::SanMismatch => ListenerStat::SslFailVerifySan,
             Refused::NoSni | Refused::Failed => ListenerStat::SslConnectionError,
+        }
+    }
+
+    /// The cluster stat Envoy counts it in (an upstream handshake).
+    pub fn cluster_stat(self) -> ClusterStat {
+        match self {
+            Refused::Timeout => ClusterStat::UpstreamCxConnectTimeout,
+            Refused::NoCertificate => ClusterStat::SslFailVerifyNoCert,
+            Refused::Untrusted => ClusterStat::SslFailVerifyError,
+            Refused::SanMismatch => ClusterStat::SslFailVerifySan,
+            Refused::NoSni | Refused::Failed => ClusterStat::SslConnectionError,
         }
     }
 
@@ -116,4 +134,54 @@ pub fn alpn(s: &ServerStream) -> Option<&[u8]> {
 /// Wraps a finished handshake for the owned-buffer paths.
 pub fn down_io(s: ServerStream) -> DownIo {
     MaybeTls::Tls(Box::new(crate::io::RentIo(s)))
+}
+
+/// Runs the client handshake to `ep` on `stream` within `timeout`, with ALPN for HTTP/2
+/// when `h2`, and counts the outcome in the cluster's `stats`. The server's chain and
+/// SPIFFE identity are checked by the context's verifier; a failure closes the
+/// connection, never falls back to plaintext.
+pub async fn connect(
+    tls: &UpstreamTls,
+    h2: bool,
+    stream: TcpStream,
+    ep: &Endpoint,
+    timeout: std::time::Duration,
+    stats: &CoreCells,
+) -> Result<ClientStream, Refused> {
+    let result = client_handshake(tls, h2, stream, ep, timeout).await;
+    match &result {
+        Ok(s) => {
+            stats.inc(ClusterStat::SslHandshake as usize);
+            if s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.inc(ClusterStat::SslSessionReused as usize);
+            }
+        }
+        Err(r) => {
+            tracing::debug!(endpoint = %ep.address, "upstream TLS handshake failed: {r:?}");
+            stats.inc(r.cluster_stat() as usize);
+        }
+    }
+    result
+}
+
+async fn client_handshake(
+    tls: &UpstreamTls,
+    h2: bool,
+    stream: TcpStream,
+    ep: &Endpoint,
+    timeout: std::time::Duration,
+) -> Result<ClientStream, Refused> {
+    if let Some(name) = &tls.missing_secret {
+        tracing::warn!(endpoint = %ep.address, "upstream TLS: SDS secret '{name}' has not arrived");
+        return Err(Refused::Failed);
+    }
+    let io = stream.try_into_poll_io().map_err(|_| Refused::Failed)?;
+    let config = if h2 { &tls.h2 } else { &tls.h1 };
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let name = tls.server_name(&ep.hostname, ep.address.ip());
+    match monoio::time::timeout(timeout, connector.connect(name, io)).await {
+        Err(_) => Err(Refused::Timeout),
+        Ok(Err(e)) => Err(Refused::of(&e)),
+        Ok(Ok(s)) => Ok(s),
+    }
 }

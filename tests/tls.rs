@@ -472,3 +472,360 @@ async fn sessions_resume_and_slow_handshakes_time_out() {
         );
     }
 }
+
+/// What a TLS upstream learned of one connection.
+#[derive(Debug, Clone, Default)]
+struct PeerView {
+    sni: String,
+    alpn: String,
+    /// The client certificate's URI SANs (its SPIFFE identity).
+    spiffe: String,
+}
+
+/// A TLS upstream as a mesh workload runs one: its certificate from `ca`, client
+/// certificates required and checked against `ca`, ALPN `h2`, `http/1.1`, `istio`. It
+/// serves HTTP/2 when ALPN picked `h2`, else HTTP/1.1, answering every request with
+/// `tls <sni> <alpn> <client SPIFFE id>`.
+struct TlsUpstream {
+    addr: SocketAddr,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsUpstream {
+    async fn start(ca: &Ca, me: &Identity) -> TlsUpstream {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain = CertificateDer::pem_slice_iter(me.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(me.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"istio".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (hs, rq) = (handshakes.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, hs, rq) = (acceptor.clone(), hs.clone(), rq.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    hs.fetch_add(1, SeqCst);
+                    let c = tls.get_ref().1;
+                    let view = PeerView {
+                        sni: c.server_name().unwrap_or("-").to_string(),
+                        alpn: c
+                            .alpn_protocol()
+                            .map_or("-".into(), |p| String::from_utf8_lossy(p).into_owned()),
+                        spiffe: c
+                            .peer_certificates()
+                            .and_then(|certs| ringside::model::tls::subject_alt_names(&certs[0]))
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|(t, _)| *t == ringside::model::tls::SanType::Uri)
+                            .map(|(_, n)| n)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    };
+                    let body = format!("tls {} {} {}", view.sni, view.alpn, view.spiffe);
+                    if view.alpn == "h2" {
+                        serve_h2(tls, body, rq).await;
+                    } else {
+                        serve_h1(tls, body, rq).await;
+                    }
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            handshakes,
+            requests,
+        }
+    }
+}
+
+async fn serve_h1(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    body: String,
+    rq: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let svc = hyper::service::service_fn(move |_req| {
+        rq.fetch_add(1, SeqCst);
+        let b = body.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from(b),
+            )))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+        .await;
+}
+
+async fn serve_h2(
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    body: String,
+    rq: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let Ok(mut conn) = h2::server::handshake(tls).await else {
+        return;
+    };
+    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+        rq.fetch_add(1, SeqCst);
+        let resp = http::Response::builder().status(200).body(()).unwrap();
+        if let Ok(mut send) = respond.send_response(resp, false) {
+            let _ = send.send_data(bytes::Bytes::from(body.clone()), true);
+        }
+    }
+}
+
+/// An UpstreamTlsContext (YAML flow) presenting `me` from files, trusting `ca`, requiring
+/// the server to be `server_san`, offering `alpn`, with `extra` fields.
+fn upstream_tls(
+    dir: &Path,
+    (me, ca): (&Identity, &Ca),
+    server_san: &str,
+    alpn: &str,
+    extra: &str,
+) -> String {
+    let cert = write(dir, "client.pem", &me.cert_pem);
+    let key = write(dir, "client.key", &me.key_pem);
+    let ca = write(dir, "root.pem", &ca.pem());
+    format!(
+        r#"{{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {extra} common_tls_context: {{alpn_protocols: [{alpn}], tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}], validation_context: {{trusted_ca: {{filename: {ca}}}, match_subject_alt_names: [{{exact: "{server_san}"}}]}}}}}}}}"#
+    )
+}
+
+/// An HTTP listener routing `/wrong/` and `/h2/` to their clusters and the rest to
+/// `backend`.
+fn routed(clusters: &[String]) -> String {
+    config(
+        "",
+        "[{name: all, domains: ['*'], routes: [{match: {prefix: /wrong/}, route: {cluster: wrong}}, {match: {prefix: /h2/}, route: {cluster: h2}}, {match: {prefix: /}, route: {cluster: backend}}]}]",
+        &format!("[{}]", clusters.join(", ")),
+    )
+}
+
+const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+
+/// Istio's outbound cluster shape: endpoints labelled `tlsMode: istio` get mutual TLS with
+/// the SPIFFE checks and Istio's SNI, the others plaintext; connections are pooled per
+/// TLS identity; a wrong server identity is refused and counted; HTTP/2 clusters ask for
+/// `h2` by ALPN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mutual_tls_per_endpoint_with_istio_sni() {
+    let mesh = Ca::new("cluster.local");
+    let reviews = mesh.issue("reviews", Some(REVIEWS), false);
+    let me = mesh.issue("productpage", Some(PRODUCTPAGE), false);
+    let tls_up = TlsUpstream::start(&mesh, &reviews).await;
+    let plain = Backend::start("plain").await;
+    let sni = "outbound_.9080_._.reviews.default.svc.cluster.local";
+    for driver in drivers() {
+        let dir = temp_dir();
+        let hs_before = tls_up.handshakes.load(SeqCst);
+        let istio = upstream_tls(
+            &dir,
+            (&me, &mesh),
+            REVIEWS,
+            "istio-peer-exchange, istio",
+            &format!("sni: \"{sni}\","),
+        );
+        let eps = format!(
+            "[{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}, metadata: {{filter_metadata: {{envoy.transport_socket_match: {{tlsMode: istio}}}}}}}}, {{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]",
+            tls_up.addr.port(),
+            plain.addr.port()
+        );
+        let backend = format!(
+            "{{name: backend, connect_timeout: 1s, transport_socket_matches: [{{name: tlsMode-istio, match: {{tlsMode: istio}}, transport_socket: {istio}}}, {{name: tlsMode-disabled, match: {{}}, transport_socket: {{name: envoy.transport_sockets.raw_buffer}}}}], load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: {eps}}}]}}}}"
+        );
+        let wrong = cluster(
+            "wrong",
+            &[tls_up.addr],
+            &format!(
+                "transport_socket: {},",
+                upstream_tls(
+                    &dir,
+                    (&me, &mesh),
+                    "spiffe://cluster.local/ns/default/sa/ratings",
+                    "",
+                    ""
+                )
+            ),
+        );
+        let h2c = cluster(
+            "h2",
+            &[tls_up.addr],
+            &format!(
+                "http2_protocol_options: {{}}, transport_socket: {},",
+                upstream_tls(&dir, (&me, &mesh), REVIEWS, "", "")
+            ),
+        );
+        let proxy = Proxy::start(&routed(&[backend, wrong, h2c]), &one_core(driver)).await;
+        let addr = proxy.addr();
+
+        // Round robin alternates the two endpoints: mTLS to the labelled one, plaintext to
+        // the other, over keep-alive connections.
+        let mut bodies = Vec::new();
+        for i in 0..4 {
+            let (status, _, body) = http_get(addr, &format!("/r/{i}"), &[]).await;
+            let body = String::from_utf8_lossy(&body).into_owned();
+            assert_eq!(status, 200, "{driver}: {body}");
+            bodies.push(body);
+        }
+        let tls_answers: Vec<_> = bodies.iter().filter(|b| b.starts_with("tls ")).collect();
+        assert_eq!(tls_answers.len(), 2, "{driver}: {bodies:?}");
+        for b in &tls_answers {
+            assert_eq!(
+                b.as_str(),
+                format!("tls {sni} istio {PRODUCTPAGE}"),
+                "{driver}: the upstream sees Istio's SNI, ALPN and our SPIFFE identity"
+            );
+        }
+        assert_eq!(
+            bodies
+                .iter()
+                .filter(|b| b.starts_with("upstream plain"))
+                .count(),
+            2,
+            "{driver}: {bodies:?}"
+        );
+        assert_eq!(
+            tls_up.handshakes.load(SeqCst) - hs_before,
+            1,
+            "{driver}: the TLS connection is pooled and reused"
+        );
+        assert_eq!(proxy.stat("cluster.backend.ssl.handshake").await, 1);
+
+        // A server whose SPIFFE identity the cluster does not expect is refused.
+        let requests_before = tls_up.requests.load(SeqCst);
+        let (status, _, body) = http_get(addr, "/wrong/x", &[]).await;
+        assert_eq!(status, 503, "{driver}: {body:?}");
+        assert_eq!(proxy.stat("cluster.wrong.ssl.fail_verify_san").await, 1);
+        assert_eq!(
+            tls_up.requests.load(SeqCst),
+            requests_before,
+            "{driver}: nothing was sent to the unverified server"
+        );
+
+        // HTTP/2 over TLS: ALPN h2 when the context names no protocol.
+        let (status, _, body) = http_get(addr, "/h2/x", &[]).await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{driver}: {body}");
+        assert_eq!(body, format!("tls - h2 {PRODUCTPAGE}"), "{driver}");
+        assert_eq!(proxy.stat("cluster.h2.upstream_cx_http2_total").await, 1);
+    }
+}
+
+/// `tcp_proxy` with TLS at either end: a TLS listener in front of a plaintext echo server
+/// (bytes both ways, then the idle timeout closes the quiet connection), and a plaintext
+/// listener whose cluster originates mutual TLS (Envoy's double-proxy shape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_terminates_and_originates_tls() {
+    let mesh = Ca::new("cluster.local");
+    let server = mesh.issue("svc.local", None, false);
+    let reviews = mesh.issue("reviews", Some(REVIEWS), false);
+    let me = mesh.issue("productpage", Some(PRODUCTPAGE), false);
+    let tls_up = TlsUpstream::start(&mesh, &reviews).await;
+    let (echo, _) = echo_server(local_socket());
+    for driver in drivers() {
+        let dir = temp_dir();
+        let cert = write(&dir, "s.pem", &server.cert_pem);
+        let key = write(&dir, "s.key", &server.key_pem);
+        let tcp = |prefix: &str, cluster: &str, extra: &str| {
+            format!(
+                r#"[{{name: envoy.filters.network.tcp_proxy, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {prefix}, cluster: {cluster} {extra}}}}}]"#
+            )
+        };
+        let yaml = format!(
+            r#"static_resources:
+  listeners:
+  - name: terminate
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters: {}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]
+  - name: originate
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters: {}
+  clusters: [{}, {}]
+"#,
+            tcp("terminate", "echo", ", idle_timeout: 0.5s"),
+            tcp("originate", "mtls", ""),
+            cluster("echo", &[echo], ""),
+            cluster(
+                "mtls",
+                &[tls_up.addr],
+                &format!(
+                    "transport_socket: {},",
+                    upstream_tls(&dir, (&me, &mesh), REVIEWS, "", "")
+                )
+            ),
+        );
+        let proxy = Proxy::start(&yaml, &one_core(driver)).await;
+
+        let terminate = proxy.wait_listener("terminate").await;
+        let c = Arc::new(client_config(&mesh, None, &[]));
+        let mut s = tls_connect(terminate, c).await.expect("TLS to tcp_proxy");
+        s.write_all(b"ping over tls").await.unwrap();
+        let mut buf = [0u8; 13];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+            .await
+            .expect("echo within 3 s")
+            .unwrap();
+        assert_eq!(&buf, b"ping over tls", "{driver}");
+        // Quiet for longer than idle_timeout: the proxy closes it (TLS close_notify or FIN).
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "{driver}: the idle TLS tunnel was not closed"
+        );
+        assert_eq!(
+            stat_reaching(&proxy, "tcp.terminate.idle_timeout", 1).await,
+            1,
+            "{driver}"
+        );
+
+        let originate = proxy.wait_listener("originate").await;
+        let reply = raw(
+            originate,
+            b"GET /over-mtls HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(2),
+        )
+        .await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{driver}: {reply}");
+        assert!(
+            reply.ends_with(&format!("tls - - {PRODUCTPAGE}")),
+            "{driver}: {reply}"
+        );
+        assert_eq!(proxy.stat("cluster.mtls.ssl.handshake").await, 1);
+    }
+}

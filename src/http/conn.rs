@@ -732,6 +732,7 @@ impl Connection {
             && self.head.body != BodyKind::Chunked;
         let pooled = self.ctx.upstreams.borrow_mut().checkout(
             ep.address,
+            cluster.tls_key(ep),
             cluster.idle_timeout,
             !replayable_head,
         );
@@ -1126,19 +1127,15 @@ impl Connection {
             hs.add(HttpStat::DownstreamCxTxBytesTotal as usize, n);
             cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
         };
-        match &mut self.stream {
-            MaybeTls::Plain(down) => {
-                crate::io::splice_both_ways((down, &up.stream), idle, None, rx, tx).await;
+        match (&mut self.stream, &mut up.stream) {
+            (MaybeTls::Plain(down), MaybeTls::Plain(upstream)) => {
+                crate::io::splice_both_ways((down, &*upstream), idle, None, rx, tx).await;
             }
-            MaybeTls::Tls(down) => {
+            (down, upstream) => {
                 // Decrypted bytes cannot be spliced: they are copied through user space.
-                // The stream idle timeout does not bound TLS tunnels (yet).
-                if let Ok(mut upstream) = crate::io::poll_twin(&up.stream) {
-                    let (_, a, b) =
-                        crate::io::copy_both_ways(&mut down.0, &mut upstream, None).await;
-                    rx(a);
-                    tx(b);
-                }
+                let (_, a, b) = crate::io::copy_tls_tunnel(down, upstream, idle, None).await;
+                rx(a);
+                tx(b);
             }
         }
         hs.dec(HttpStat::DownstreamCxUpgradesActive as usize);

@@ -457,7 +457,18 @@ pub struct Cluster {
     pub dns_hosts: Arc<[DnsHost]>,
     /// The endpoints in use now.
     pub endpoints: Arc<[Endpoint]>,
+    /// `transport_socket`: TLS to every endpoint (`None`: plaintext), unless a
+    /// `transport_socket_matches` entry picks another for an endpoint.
+    pub tls: Option<Arc<tls::UpstreamTls>>,
+    /// `transport_socket_matches`, in order (Istio's `tlsMode-istio`, `tlsMode-disabled`).
+    pub tls_matches: Arc<[tls::TlsMatch]>,
 }
+
+/// One metadata field as `transport_socket_matches` compare it: (key, value as text).
+pub type Label = (Box<str>, Box<str>);
+
+/// An endpoint's `envoy.transport_socket_match` metadata (Istio: `tlsMode: istio`).
+pub type SocketLabels = Arc<[Label]>;
 
 /// A configured DNS name of a STRICT_DNS/LOGICAL_DNS cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +476,7 @@ pub struct DnsHost {
     pub host: String,
     pub port: u16,
     pub weight: u32,
+    pub labels: SocketLabels,
 }
 
 /// One upstream host.
@@ -475,6 +487,8 @@ pub struct Endpoint {
     pub hostname: Arc<str>,
     pub weight: u32,
     pub healthy: bool,
+    /// Its `envoy.transport_socket_match` metadata, for `transport_socket_matches`.
+    pub labels: SocketLabels,
 }
 
 impl Endpoint {
@@ -485,6 +499,7 @@ impl Endpoint {
             hostname: address.to_string().into(),
             weight: 1,
             healthy: true,
+            labels: Arc::new([]),
         }
     }
 }
@@ -509,6 +524,22 @@ impl Cluster {
             dns_refresh: self.dns_refresh,
             dns_hosts: self.dns_hosts.clone(),
             endpoints,
+            tls: self.tls.clone(),
+            tls_matches: self.tls_matches.clone(),
         }
+    }
+
+    /// The TLS settings for connections to `ep` (`None`: plaintext): the first
+    /// `transport_socket_matches` entry its labels satisfy, else `transport_socket`.
+    pub fn tls_for(&self, ep: &Endpoint) -> Option<&Arc<tls::UpstreamTls>> {
+        match self.tls_matches.iter().find(|m| m.matches(&ep.labels)) {
+            Some(m) => m.tls.as_ref(),
+            None => self.tls.as_ref(),
+        }
+    }
+
+    /// The pool identity of connections to `ep`: 0 for plaintext, else the TLS settings'.
+    pub fn tls_key(&self, ep: &Endpoint) -> u64 {
+        self.tls_for(ep).map_or(0, |t| t.key)
     }
 }

@@ -3,18 +3,19 @@
 //! copy bytes both ways on the owning core. A half-close is passed on (the other
 //! direction keeps flowing until it closes too); an error on either side closes both;
 //! the connection closes when both directions are quiet for `idle_timeout`. Payload
-//! bytes are spliced (kernel to kernel), never copied through user space.
+//! bytes are spliced (kernel to kernel), never copied through user space, unless TLS ends
+//! or begins here.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
-use crate::io::Tunnel;
+use crate::io::{MaybeTls, Tunnel};
 use crate::model::{Cluster, Discovery, TcpProxy};
 use crate::stats::{ClusterStat, TcpStat};
+use crate::tls::UpIo;
 
 /// Serves one downstream connection; `prefix` holds bytes the listener filters read.
 pub async fn serve(
@@ -56,10 +57,11 @@ pub async fn serve(
         stats.add(TcpStat::DownstreamCxTxBytesTotal as usize, n);
         cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
     };
-    let ended = match down {
-        crate::io::MaybeTls::Plain(down) => {
+    let mut down = down;
+    let ended = match (&mut down, &mut up) {
+        (MaybeTls::Plain(down), MaybeTls::Plain(up)) => {
             crate::io::splice_both_ways(
-                (&down, &up),
+                (down, up),
                 tp.idle_timeout,
                 tp.max_downstream_connection_duration,
                 rx,
@@ -67,16 +69,13 @@ pub async fn serve(
             )
             .await
         }
-        crate::io::MaybeTls::Tls(mut down) => {
-            // TLS terminated here: the plaintext is copied through user space (no
-            // splice), bounded by the connection's lifetime limit; the idle timeout
-            // does not apply to it yet.
-            let Ok(mut upstream) = up.try_into_poll_io().map_err(|(e, _)| e) else {
-                return;
-            };
-            let (ended, a, b) = crate::io::copy_both_ways(
-                &mut down.0,
-                &mut upstream,
+        (down, up) => {
+            // TLS terminated or originated here: the plaintext is copied through user
+            // space (no splice), under the same idle and lifetime limits.
+            let (ended, a, b) = crate::io::copy_tls_tunnel(
+                down,
+                up,
+                tp.idle_timeout,
                 tp.max_downstream_connection_duration,
             )
             .await;
@@ -105,16 +104,17 @@ impl Drop for UpstreamActive<'_> {
     }
 }
 
-/// Connects to the cluster, trying up to `max_connect_attempts` times.
+/// Connects to the cluster (TLS when its transport socket for the endpoint says so),
+/// trying up to `max_connect_attempts` times.
 async fn connect(
     ctx: &Rc<CoreCtx>,
     tp: &TcpProxy,
     cluster: &Cluster,
     conn: &Downstream,
-) -> Option<TcpStream> {
+) -> Option<UpIo> {
     let cstats = cluster.stats.core(ctx.core);
     for attempt in 0..tp.max_connect_attempts {
-        let addr = if cluster.discovery == Discovery::OriginalDst {
+        let ep = if cluster.discovery == Discovery::OriginalDst {
             // A connection that was not redirected would be sent back to this listener:
             // a loop, refused (Istio adds a blackhole chain for the same reason).
             if conn.loops_back() {
@@ -122,30 +122,19 @@ async fn connect(
                 tracing::debug!(peer = %conn.peer, dst = %conn.dst, "original destination is this listener: refused");
                 return None;
             }
-            conn.dst
+            crate::model::Endpoint::at(conn.dst)
         } else {
-            let picked = ctx.upstreams.borrow_mut().pick(cluster).map(|e| e.address);
-            let Some(a) = picked else {
+            let picked = ctx.upstreams.borrow_mut().pick(cluster).cloned();
+            let Some(e) = picked else {
                 cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
                 return None;
             };
-            a
+            e
         };
-        let connecting = crate::upstream::connect_stream(addr, cluster.bind_source);
-        match monoio::time::timeout(cluster.connect_timeout, connecting).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                cstats.inc(ClusterStat::UpstreamCxTotal as usize);
-                cstats.inc(ClusterStat::UpstreamCxActive as usize);
-                return Some(s);
-            }
-            Ok(Err(e)) => {
-                cstats.inc(ClusterStat::UpstreamCxConnectFail as usize);
-                tracing::debug!(cluster = %cluster.name, %addr, attempt, "connect failed: {e}");
-            }
-            Err(_) => {
-                cstats.inc(ClusterStat::UpstreamCxConnectFail as usize);
-                cstats.inc(ClusterStat::UpstreamCxConnectTimeout as usize);
+        match crate::upstream::open_io(ctx.core, cluster, &ep).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name, addr = %ep.address, attempt, "connect failed: {e}")
             }
         }
     }

@@ -27,6 +27,8 @@ pub struct H2State {
 pub struct H2Conn {
     pub send: SendRequest<Bytes>,
     pub addr: SocketAddr,
+    /// Its TLS identity (0: plaintext), part of the pool key.
+    pub tls_key: u64,
     pub state: Rc<H2State>,
 }
 
@@ -35,6 +37,7 @@ impl H2Conn {
         H2Conn {
             send,
             addr,
+            tls_key: 0,
             state: Rc::default(),
         }
     }
@@ -75,21 +78,25 @@ impl Drop for CxGuard {
     }
 }
 
-/// HTTP/2 connections by endpoint.
+/// HTTP/2 connections by endpoint and TLS identity.
 #[derive(Default)]
 pub struct H2Pool {
-    conns: FxHashMap<SocketAddr, Vec<H2Conn>>,
+    conns: FxHashMap<(SocketAddr, u64), Vec<H2Conn>>,
 }
 
 impl H2Pool {
-    /// A connection to `addr` with room for one more stream; closed ones are dropped.
-    pub fn get(&mut self, addr: SocketAddr) -> Option<H2Conn> {
-        let list = self.conns.get_mut(&addr)?;
+    /// A connection to `addr` with TLS identity `tls_key` and room for one more stream;
+    /// closed ones are dropped.
+    pub fn get(&mut self, addr: SocketAddr, tls_key: u64) -> Option<H2Conn> {
+        let list = self.conns.get_mut(&(addr, tls_key))?;
         list.retain(|c| !c.state.closed.get());
         list.iter().find(|c| c.has_room()).cloned()
     }
 
     pub fn add(&mut self, conn: H2Conn) {
-        self.conns.entry(conn.addr).or_default().push(conn);
+        self.conns
+            .entry((conn.addr, conn.tls_key))
+            .or_default()
+            .push(conn);
     }
 }

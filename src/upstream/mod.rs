@@ -9,16 +9,20 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
-use crate::io::{idle_state, IdleState};
+use crate::io::{idle_state, IdleState, MaybeTls};
 use crate::model::{Cluster, Endpoint, LbPolicy};
 use crate::stats::{ClusterStat, Scope};
+use crate::tls::UpIo;
 
 pub mod h2pool;
 
 /// An upstream HTTP/1.1 connection with its read buffer.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: UpIo,
     pub addr: SocketAddr,
+    /// Its TLS identity ([`Cluster::tls_key`]; 0: plaintext): the pool never hands a
+    /// connection to a request that asks for other TLS settings.
+    pub tls_key: u64,
     pub buf: Vec<u8>,
     pub requests: u32,
     pub stats: Arc<Scope>,
@@ -42,6 +46,9 @@ pub enum ConnectError {
     Failed(io::Error),
     #[error("connection timeout")]
     Timeout,
+    /// The TLS handshake failed (Envoy's wording for a transport failure).
+    #[error("TLS error: handshake failed")]
+    Tls(crate::tls::Refused),
 }
 
 /// Per-cluster load-balancer state on one core.
@@ -55,7 +62,7 @@ struct LbState {
 /// Upstream state of one core.
 pub struct Upstreams {
     core: usize,
-    pools: FxHashMap<SocketAddr, Vec<Conn>>,
+    pools: FxHashMap<(SocketAddr, u64), Vec<Conn>>,
     lb: FxHashMap<Arc<str>, LbState>,
     /// HTTP/2 connections, shared by concurrent streams.
     pub h2: h2pool::H2Pool,
@@ -146,16 +153,18 @@ impl Upstreams {
         }
     }
 
-    /// An idle connection to `addr`, if the pool has one. With `verify`, one non-blocking
-    /// peek makes sure the upstream has not closed it (for requests that cannot be retried
-    /// on a fresh connection); otherwise a stale connection is caught by the retry.
+    /// An idle connection to `addr` with TLS identity `tls_key`, if the pool has one.
+    /// With `verify`, one non-blocking peek makes sure the upstream has not closed it (for
+    /// requests that cannot be retried on a fresh connection); otherwise a stale
+    /// connection is caught by the retry.
     pub fn checkout(
         &mut self,
         addr: SocketAddr,
+        tls_key: u64,
         idle_timeout: Option<Duration>,
         verify: bool,
     ) -> Option<Conn> {
-        let pool = self.pools.get_mut(&addr)?;
+        let pool = self.pools.get_mut(&(addr, tls_key))?;
         while let Some(conn) = pool.pop() {
             let expired = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() >= t);
             if expired {
@@ -164,7 +173,7 @@ impl Upstreams {
                     .inc(ClusterStat::UpstreamCxIdleTimeout as usize);
                 continue;
             }
-            if !verify || idle_state(&conn.stream) == IdleState::Open {
+            if !verify || conn.idle_state() == IdleState::Open {
                 return Some(conn);
             }
             conn.stats
@@ -178,7 +187,7 @@ impl Upstreams {
     pub fn checkin(&mut self, mut conn: Conn) {
         conn.idle_since = Instant::now();
         conn.buf.clear();
-        let pool = self.pools.entry(conn.addr).or_default();
+        let pool = self.pools.entry((conn.addr, conn.tls_key)).or_default();
         if pool.len() < self.max_idle_per_endpoint {
             pool.push(conn);
         } else {
@@ -188,9 +197,24 @@ impl Upstreams {
         }
     }
 
-    /// Idle connections held for `addr` (tests and admin).
+    /// Idle connections held for `addr`, of any TLS identity (tests and admin).
     pub fn idle(&self, addr: SocketAddr) -> usize {
-        self.pools.get(&addr).map_or(0, Vec::len)
+        self.pools
+            .iter()
+            .filter(|((a, _), _)| *a == addr)
+            .map(|(_, v)| v.len())
+            .sum()
+    }
+}
+
+impl Conn {
+    /// Whether the idle connection is still usable: one peek at its socket. Over TLS a
+    /// readable byte is a close_notify or a record nobody asked for: not reusable either.
+    fn idle_state(&self) -> IdleState {
+        match &self.stream {
+            MaybeTls::Plain(s) => idle_state(s),
+            MaybeTls::Tls(t) => idle_state(t.0.get_ref().0),
+        }
     }
 }
 
@@ -231,15 +255,35 @@ async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream
     Ok(stream)
 }
 
+/// Opens a connection to `ep` for HTTP/1.1 or opaque bytes: TCP, then TLS when the
+/// cluster's transport socket for `ep` asks for it. Counted as [`open`] counts; a failed
+/// handshake releases `upstream_cx_active` again.
+pub async fn open_io(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<UpIo, ConnectError> {
+    let stream = open(core, cluster, ep).await?;
+    let Some(tls) = cluster.tls_for(ep) else {
+        return Ok(MaybeTls::Plain(stream));
+    };
+    let stats = cluster.stats.core(core);
+    match crate::tls::connect(tls, false, stream, ep, cluster.connect_timeout, stats).await {
+        Ok(s) => Ok(MaybeTls::Tls(Box::new(crate::io::RentIo(s)))),
+        Err(r) => {
+            stats.dec(ClusterStat::UpstreamCxActive as usize);
+            stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+            Err(ConnectError::Tls(r))
+        }
+    }
+}
+
 /// Opens a new HTTP/1.1 connection from core `core` to `ep`.
 pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Conn, ConnectError> {
-    let stream = open(core, cluster, ep).await?;
+    let stream = open_io(core, cluster, ep).await?;
     cluster
         .stats
         .core(core)
         .inc(ClusterStat::UpstreamCxHttp1Total as usize);
     Ok(Conn {
         stream,
+        tls_key: cluster.tls_key(ep),
         addr: ep.address,
         buf: Vec::with_capacity(16 * 1024),
         requests: 0,
@@ -264,9 +308,38 @@ pub async fn connect_h2(
         stats: cluster.stats.clone(),
         core,
     };
-    let io = stream
-        .try_into_poll_io()
-        .map_err(|(e, _)| ConnectError::Failed(e))?;
+    let tls_key = cluster.tls_key(ep);
+    let conn = match cluster.tls_for(ep) {
+        None => {
+            let io = stream
+                .try_into_poll_io()
+                .map_err(|(e, _)| ConnectError::Failed(e))?;
+            h2_handshake(cluster, ep, settings, io, guard).await?
+        }
+        Some(tls) => {
+            let hs = crate::tls::connect(tls, true, stream, ep, cluster.connect_timeout, stats);
+            match hs.await {
+                Ok(io) => h2_handshake(cluster, ep, settings, io, guard).await?,
+                Err(r) => return Err(ConnectError::Tls(r)),
+            }
+        }
+    };
+    Ok(h2pool::H2Conn { tls_key, ..conn })
+}
+
+/// The HTTP/2 preface and settings exchange over `io`, then the connection's driver task
+/// on this core (it holds `guard` until the connection ends).
+async fn h2_handshake<IO>(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    settings: crate::model::Http2Settings,
+    io: IO,
+    guard: h2pool::CxGuard,
+) -> Result<h2pool::H2Conn, ConnectError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let stats = cluster.stats.core(guard.core);
     let handshake = h2::client::Builder::new()
         .initial_window_size(settings.initial_stream_window_size)
         .initial_connection_window_size(settings.initial_connection_window_size)
@@ -319,6 +392,8 @@ mod tests {
             dns_family: DnsFamily::Auto,
             dns_refresh: Duration::from_secs(5),
             dns_hosts: Arc::from(vec![]),
+            tls: None,
+            tls_matches: Arc::new([]),
             endpoints: weights
                 .iter()
                 .enumerate()
@@ -327,6 +402,7 @@ mod tests {
                     hostname: "h".into(),
                     weight: w,
                     healthy: true,
+                    labels: Arc::new([]),
                 })
                 .collect(),
         }

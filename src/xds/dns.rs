@@ -43,6 +43,7 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 hostname: h.host.as_str().into(),
                 weight: h.weight,
                 healthy: true,
+                labels: h.labels.clone(),
             });
         }
     }

@@ -31,7 +31,12 @@ pub(crate) async fn upstream(
     ep: &Endpoint,
     settings: Http2Settings,
 ) -> Result<H2Conn, HttpError> {
-    if let Some(c) = ctx.upstreams.borrow_mut().h2.get(ep.address) {
+    if let Some(c) = ctx
+        .upstreams
+        .borrow_mut()
+        .h2
+        .get(ep.address, cluster.tls_key(ep))
+    {
         return Ok(c);
     }
     let conn = crate::upstream::connect_h2(ctx.core, cluster, ep, settings)

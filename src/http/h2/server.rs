@@ -720,11 +720,12 @@ impl Stream {
         let cstats = up.cluster.stats.clone();
         let cs = cstats.core(core);
         let end = body.is_end_stream();
-        let pooled =
-            self.ctx
-                .upstreams
-                .borrow_mut()
-                .checkout(up.ep.address, up.cluster.idle_timeout, !end);
+        let pooled = self.ctx.upstreams.borrow_mut().checkout(
+            up.ep.address,
+            up.cluster.tls_key(up.ep),
+            up.cluster.idle_timeout,
+            !end,
+        );
         let mut reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,

@@ -24,29 +24,31 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     }
     let res = format!("cluster '{}'", c.name);
     let res = res.as_str();
-    // Upstream TLS is not implemented: a cluster that asks for it is refused rather than
-    // connected in plaintext (fail closed). A raw_buffer socket is plaintext anyway.
-    if let Some(ts) = &c.transport_socket {
-        let raw = match &ts.config_type {
-            Some(
-                crate::proto::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(a),
-            ) => any_type(a) == "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
-            None => ts.name == "envoy.transport_sockets.raw_buffer",
-        };
-        if !raw {
+    let tls = match &c.transport_socket {
+        Some(ts) => super::tls::upstream(ts, res, "transport_socket", ctx)?,
+        None => None,
+    };
+    let mut tls_matches = Vec::with_capacity(c.transport_socket_matches.len());
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let at = format!("transport_socket_matches[{i}]");
+        let Some(ts) = &m.transport_socket else {
             return Err(err(
                 res,
-                "transport_socket",
-                "upstream TLS (UpstreamTlsContext) is not implemented yet",
+                format!("{at}.transport_socket"),
+                "a transport socket is required",
             ));
-        }
-    }
-    if !c.transport_socket_matches.is_empty() {
-        return Err(err(
-            res,
-            "transport_socket_matches",
-            "per-endpoint transport sockets (upstream TLS) are not implemented yet",
-        ));
+        };
+        let labels = m
+            .r#match
+            .as_ref()
+            .map(|s| struct_labels(s, res, &format!("{at}.match")))
+            .transpose()?
+            .unwrap_or_default();
+        tls_matches.push(crate::model::tls::TlsMatch {
+            name: m.name.as_str().into(),
+            labels,
+            tls: super::tls::upstream(ts, res, &format!("{at}.transport_socket"), ctx)?,
+        });
     }
     use pb::cluster::DiscoveryType as T;
     let type_value = match c.cluster_discovery_type {
@@ -259,6 +261,8 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         dns_refresh,
         dns_hosts: dns_hosts.into(),
         endpoints: endpoints.into(),
+        tls,
+        tls_matches: tls_matches.into(),
     })
 }
 
@@ -365,6 +369,18 @@ pub(super) fn endpoints(
                 HealthStatus::try_from(lb.health_status),
                 Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
             );
+            let labels = match lb
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(SOCKET_MATCH))
+            {
+                Some(st) => struct_labels(
+                    st,
+                    res,
+                    &format!("{path}.metadata.filter_metadata[\"{SOCKET_MATCH}\"]"),
+                )?,
+                None => Vec::new(),
+            };
             if let Some(Address::Pipe(pipe)) = &addr.address {
                 if discovery != Discovery::Static {
                     return Err(err(
@@ -389,6 +405,7 @@ pub(super) fn endpoints(
                         hostname,
                         weight,
                         healthy,
+                        labels: labels.into(),
                     });
                 }
                 Discovery::StrictDns | Discovery::LogicalDns => {
@@ -404,12 +421,43 @@ pub(super) fn endpoints(
                         host: host.to_string(),
                         port,
                         weight,
+                        labels: labels.into(),
                     });
                 }
             }
         }
     }
     Ok((endpoints, dns_hosts, unix))
+}
+
+/// The metadata namespace `transport_socket_matches` compare against.
+const SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// The scalar fields of a metadata struct as (key, text) pairs, sorted by key.
+fn struct_labels(
+    st: &prost_types::Struct,
+    res: &str,
+    at: &str,
+) -> Result<Vec<crate::model::Label>, ConvertError> {
+    use prost_types::value::Kind as V;
+    let mut out = Vec::with_capacity(st.fields.len());
+    for (k, v) in &st.fields {
+        let text = match &v.kind {
+            Some(V::StringValue(s)) => s.clone(),
+            Some(V::BoolValue(b)) => b.to_string(),
+            Some(V::NumberValue(n)) => n.to_string(),
+            _ => {
+                return Err(err(
+                    res,
+                    format!("{at}.{k}"),
+                    "only string, number and bool values can be matched",
+                ))
+            }
+        };
+        out.push((k.as_str().into(), text.into()));
+    }
+    out.sort();
+    Ok(out)
 }
 
 type Endpoints = (Vec<Endpoint>, Vec<DnsHost>, Vec<std::path::PathBuf>);

@@ -40,7 +40,28 @@ pub struct Ctx<'a> {
     dynamic: bool,
     /// The bootstrap configures an ADS stream (`ads: {}` config sources are valid).
     ads: bool,
+    /// SDS secrets known now, by name.
+    pub secrets: Arc<SecretMap>,
+    /// The SDS secrets the converted resources name, and where each comes from.
+    pub secret_refs: std::collections::BTreeSet<(Arc<str>, SdsSource)>,
 }
+
+/// SDS secrets by name, as received (each validated by [`check_secret`]).
+pub type SecretMap = std::collections::BTreeMap<
+    Arc<str>,
+    Arc<crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret>,
+>;
+
+/// Where an SDS secret is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SdsSource {
+    /// The ADS stream (`sds_config: {ads: {}}`).
+    Ads,
+    /// A separate SDS stream to this static cluster (Istio: `sds-grpc`).
+    Grpc(Arc<str>),
+}
+
+pub use tls::check_secret;
 
 impl<'a> Ctx<'a> {
     /// A context for resources that arrive over xDS.
@@ -51,6 +72,8 @@ impl<'a> Ctx<'a> {
             cluster_index: Default::default(),
             dynamic: true,
             ads: true,
+            secrets: Arc::default(),
+            secret_refs: Default::default(),
         }
     }
 }
@@ -178,6 +201,8 @@ pub fn bootstrap_snapshot(
         cluster_index: Default::default(),
         dynamic: false,
         ads: false,
+        secrets: Arc::default(),
+        secret_refs: Default::default(),
     };
     if let Some(dr) = &bootstrap.dynamic_resources {
         validate_dynamic_resources(dr)?;

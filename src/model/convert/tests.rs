@@ -442,20 +442,71 @@ fn route_upgrade_configs_and_connect() {
 }
 
 #[test]
-fn upstream_tls_is_refused_not_sent_in_plaintext() {
-    let tls = r#"transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: svc}}"#;
-    let yaml = |extra: &str| {
-        crate::test_support::http_bootstrap(
-            "[{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: backend}}]}]",
-            &format!("[{{name: backend, {extra}, load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}}}}}]}}]}}}}]"),
+fn upstream_tls_and_transport_socket_matches_convert() {
+    let tls = |sni: &str| {
+        format!(
+            r#"{{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, sni: "{sni}"}}}}"#
         )
     };
-    let e = build(&yaml(tls)).unwrap_err();
-    assert!(e.path.ends_with("transport_socket"), "{e:?}");
-    assert!(e.reason.contains("upstream TLS"), "{e:?}");
+    let yaml = |extra: &str, metadata: &str| {
+        crate::test_support::http_bootstrap(
+            "[{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: backend}}]}]",
+            &format!("[{{name: backend, {extra}, load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}}}{metadata}}}, {{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 8081}}}}}}}}]}}]}}}}]"),
+        )
+    };
+    let istio =
+        r#", metadata: {filter_metadata: {envoy.transport_socket_match: {tlsMode: istio}}}"#;
+    let sni = "outbound_.9080_._.reviews.default.svc.cluster.local";
+    let matches = format!(
+        "transport_socket_matches: [{{name: tlsMode-istio, match: {{tlsMode: istio}}, transport_socket: {}}}, {{name: tlsMode-disabled, match: {{}}, transport_socket: {{name: envoy.transport_sockets.raw_buffer}}}}]",
+        tls(sni)
+    );
+    let snap = build(&yaml(&matches, istio)).unwrap();
+    let c = snap.cluster("backend").unwrap();
+    let (labelled, plain) = (&c.endpoints[0], &c.endpoints[1]);
+    let t = c.tls_for(labelled).expect("tlsMode: istio picks mTLS");
+    assert_eq!(
+        t.sni.as_ref().map(|s| s.to_str().to_string()),
+        Some(sni.to_string())
+    );
+    assert!(
+        c.tls_for(plain).is_none(),
+        "unlabelled endpoints stay plaintext"
+    );
+    assert_eq!(c.tls_key(plain), 0);
+    // The pool identity is the configuration's, so a new snapshot keeps warm connections
+    // and different settings never share one.
+    let again = build(&yaml(&matches, istio)).unwrap();
+    let again = again.cluster("backend").unwrap();
+    assert_eq!(again.tls_key(&again.endpoints[0]), c.tls_key(labelled));
+    let other = build(&yaml(&format!("transport_socket: {}", tls("other")), "")).unwrap();
+    let other = other.cluster("backend").unwrap();
+    assert_ne!(other.tls_key(&other.endpoints[0]), c.tls_key(labelled));
+    assert!(
+        other.tls_for(&other.endpoints[1]).is_some(),
+        "transport_socket applies to all"
+    );
+    // Refusals name the field.
     let e = build(&yaml(
         "transport_socket_matches: [{name: tlsMode-istio, match: {tlsMode: istio}}]",
+        "",
     ))
     .unwrap_err();
-    assert!(e.path.ends_with("transport_socket_matches"), "{e:?}");
+    assert!(
+        e.path
+            .ends_with("transport_socket_matches[0].transport_socket"),
+        "{e:?}"
+    );
+    let e = build(&yaml(
+        r#"transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, allow_renegotiation: true}}"#,
+        "",
+    ))
+    .unwrap_err();
+    assert!(e.path.ends_with("allow_renegotiation"), "{e:?}");
+    let e = build(&yaml(
+        r#"transport_socket: {name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {validation_context: {trusted_ca: {inline_string: "not pem"}}}}}"#,
+        "",
+    ))
+    .unwrap_err();
+    assert!(e.path.ends_with("validation_context.trusted_ca"), "{e:?}");
 }

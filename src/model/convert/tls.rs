@@ -1,6 +1,8 @@
-//! `transport_socket` with `envoy.transport_sockets.tls` → [`DownstreamTls`]: the
+//! `transport_socket` with `envoy.transport_sockets.tls` → [`DownstreamTls`] (listeners)
+//! and [`UpstreamTls`] (clusters): the
 //! certificate, the trusted CA and SAN matchers, protocol versions, cipher suites, curves,
-//! ALPN and session resumption, built into one rustls `ServerConfig`.
+//! ALPN and session resumption, built into one rustls `ServerConfig` or `ClientConfig`,
+//! with certificates and trust bundles from files, inline, or SDS secrets.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,13 +13,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, SupportedCipherSuite, SupportedProtocolVersion};
 
-use crate::model::tls::{ClientVerifier, DownstreamTls, SanMatcher, SanType};
+use crate::model::tls::{
+    ClientVerifier, DownstreamTls, SanMatcher, SanType, ServerVerifier, UpstreamTls,
+};
 use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::extensions::transport_sockets::tls::v3 as pb;
 
-use super::{any_type, data_source, decode_any, err, timeout, ConvertError, Ctx};
+use super::{any_type, data_source, decode_any, err, timeout, ConvertError, Ctx, SdsSource};
 
 const DOWNSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// The handshake bound when `transport_socket_connect_timeout` is unset. Envoy has none;
@@ -83,47 +88,16 @@ fn server_config(
 ) -> Result<rustls::ServerConfig, ConvertError> {
     let cpath = format!("{path}.common_tls_context");
     let common = tc.common_tls_context.clone().unwrap_or_default();
-    let params = tls_params(
-        common.tls_params.as_ref(),
-        res,
-        &format!("{cpath}.tls_params"),
-        ctx,
-    )?;
-    if !common.tls_certificate_sds_secret_configs.is_empty() {
-        return Err(err(
-            res,
-            format!("{cpath}.tls_certificate_sds_secret_configs"),
-            "certificates over SDS are not implemented yet: give tls_certificates (files or inline)",
-        ));
-    }
-    let (chain, key) = match common.tls_certificates.as_slice() {
-        [one] => certificate(one, res, &format!("{cpath}.tls_certificates[0]"))?,
-        [] => {
-            return Err(err(
-                res,
-                format!("{cpath}.tls_certificates"),
-                "a TLS listener needs a certificate",
-            ))
-        }
-        _ => {
-            return Err(err(
-                res,
-                format!("{cpath}.tls_certificates[1]"),
-                "only one certificate per context is implemented",
-            ))
-        }
-    };
-    let validation = validation_context(&common, res, &cpath)?;
+    let c = resolve(&common, res, &cpath, ctx)?;
     let require = tc.require_client_certificate.unwrap_or(false);
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(params.provider.clone()))
-        .with_protocol_versions(&params.versions)
+    let provider = Arc::new(c.params.provider.clone());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&c.params.versions)
         .map_err(|e| err(res, format!("{cpath}.tls_params"), e.to_string()))?;
-    let builder = match validation {
+    let builder = match c.validation {
         Some((roots, sans)) => {
-            let mut chain_check = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                Arc::new(params.provider.clone()),
-            );
+            let mut chain_check =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             if !require {
                 // Envoy asks for a certificate and checks one that is sent, but lets a
                 // client without one through.
@@ -137,7 +111,7 @@ fn server_config(
                 sans: sans.into(),
             }))
         }
-        None if require => {
+        None if require && c.missing.is_none() => {
             return Err(err(
                 res,
                 format!("{path}.require_client_certificate"),
@@ -146,14 +120,22 @@ fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| err(res, format!("{cpath}.tls_certificates[0]"), e.to_string()))?;
-    config.alpn_protocols = common
-        .alpn_protocols
-        .iter()
-        .map(|p| p.as_bytes().to_vec())
-        .collect();
+    let mut config = match c.cert {
+        Some((chain, key)) => builder
+            .with_single_cert(chain, key)
+            .map_err(|e| err(res, c.cert_path, e.to_string()))?,
+        // An SDS secret has not arrived: the listener warms until it does, and would
+        // refuse every handshake if it served.
+        None if c.missing.is_some() => builder.with_cert_resolver(Arc::new(NoCertYet)),
+        None => {
+            return Err(err(
+                res,
+                format!("{cpath}.tls_certificates"),
+                "a TLS listener needs a certificate (tls_certificates or tls_certificate_sds_secret_configs)",
+            ))
+        }
+    };
+    config.alpn_protocols = c.alpn;
     // Resumption both ways by default, as in Envoy: stateless tickets and a session cache.
     let stateless = !matches!(
         tc.session_ticket_keys_type,
@@ -179,6 +161,272 @@ fn server_config(
         ));
     }
     Ok(config)
+}
+
+/// Answers no handshake: the certificate of a listener whose SDS secret is still missing.
+#[derive(Debug)]
+struct NoCertYet;
+
+impl rustls::server::ResolvesServerCert for NoCertYet {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        None
+    }
+}
+
+/// A cluster's transport socket: `None` for plaintext (none, or `raw_buffer`).
+pub(super) fn upstream(
+    ts: &core::TransportSocket,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<Option<Arc<UpstreamTls>>, ConvertError> {
+    let Some(core::transport_socket::ConfigType::TypedConfig(any)) = &ts.config_type else {
+        return match ts.name.as_str() {
+            "envoy.transport_sockets.raw_buffer" | "raw_buffer" => Ok(None),
+            other => Err(err(
+                res,
+                format!("{path}.typed_config"),
+                format!("transport socket '{other}' needs a typed_config"),
+            )),
+        };
+    };
+    let tpath = format!("{path}.typed_config");
+    match any_type(any) {
+        RAW_BUFFER => Ok(None),
+        UPSTREAM => {
+            let tc: pb::UpstreamTlsContext = decode_any(any, UPSTREAM, res, &tpath)?;
+            client_config(&tc, any, res, &tpath, ctx).map(|t| Some(Arc::new(t)))
+        }
+        other => Err(err(
+            res,
+            tpath,
+            format!("transport socket type '{other}' is not implemented (UpstreamTlsContext, RawBuffer)"),
+        )),
+    }
+}
+
+fn client_config(
+    tc: &pb::UpstreamTlsContext,
+    any: &prost_types::Any,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<UpstreamTls, ConvertError> {
+    let cpath = format!("{path}.common_tls_context");
+    let common = tc.common_tls_context.clone().unwrap_or_default();
+    let c = resolve(&common, res, &cpath, ctx)?;
+    if tc.allow_renegotiation {
+        return Err(err(
+            res,
+            format!("{path}.allow_renegotiation"),
+            "TLS renegotiation is not implemented (rustls refuses it)",
+        ));
+    }
+    let provider = Arc::new(c.params.provider.clone());
+    let verifier = ServerVerifier {
+        roots: c.validation.as_ref().map(|(r, _)| Arc::new(r.clone())),
+        sans: c.validation.map(|(_, s)| s).unwrap_or_default().into(),
+        provider: provider.clone(),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&c.params.versions)
+        .map_err(|e| err(res, format!("{cpath}.tls_params"), e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match c.cert {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| err(res, c.cert_path, e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    if let Some(n) = tc.max_session_keys {
+        config.resumption = rustls::client::Resumption::in_memory_sessions(n.max(1) as usize);
+        if n == 0 {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+    }
+    config.alpn_protocols.clone_from(&c.alpn);
+    let mut h2 = config.clone();
+    if h2.alpn_protocols.is_empty() {
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    let sni = if tc.sni.is_empty() {
+        None
+    } else {
+        Some(
+            rustls::pki_types::ServerName::try_from(tc.sni.clone())
+                .map_err(|e| err(res, format!("{path}.sni"), format!("'{}': {e}", tc.sni)))?,
+        )
+    };
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    any.value.hash(&mut h);
+    c.secrets_used.hash(&mut h);
+    Ok(UpstreamTls {
+        h1: Arc::new(config),
+        h2: Arc::new(h2),
+        sni,
+        auto_host_sni: tc.auto_host_sni,
+        key: h.finish() | 1,
+        missing_secret: c.missing,
+    })
+}
+
+/// A `CommonTlsContext` with its SDS secrets looked up: what both directions build from.
+struct Common {
+    params: Params,
+    cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    /// Where the certificate came from, for errors.
+    cert_path: String,
+    validation: Option<(RootCertStore, Vec<SanMatcher>)>,
+    alpn: Vec<Vec<u8>>,
+    /// An SDS secret it names that has not arrived.
+    missing: Option<Arc<str>>,
+    /// The encoded secrets it used (part of an upstream pool's identity).
+    secrets_used: Vec<Vec<u8>>,
+}
+
+fn resolve(
+    common: &pb::CommonTlsContext,
+    res: &str,
+    cpath: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<Common, ConvertError> {
+    let params = tls_params(
+        common.tls_params.as_ref(),
+        res,
+        &format!("{cpath}.tls_params"),
+        ctx,
+    )?;
+    let mut out = Common {
+        params,
+        cert: None,
+        cert_path: String::new(),
+        validation: None,
+        alpn: common
+            .alpn_protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect(),
+        missing: None,
+        secrets_used: Vec::new(),
+    };
+    match (
+        common.tls_certificates.as_slice(),
+        common.tls_certificate_sds_secret_configs.as_slice(),
+    ) {
+        ([], []) => {}
+        ([one], []) => {
+            out.cert_path = format!("{cpath}.tls_certificates[0]");
+            out.cert = Some(certificate(one, res, &out.cert_path)?);
+        }
+        ([], [sds]) => {
+            let at = format!("{cpath}.tls_certificate_sds_secret_configs[0]");
+            if let Some(secret) = secret(sds, res, &at, ctx, &mut out)? {
+                let Some(pb::secret::Type::TlsCertificate(tc)) = &secret.r#type else {
+                    return Err(err(
+                        res,
+                        at,
+                        format!("secret '{}' is not a tls_certificate", sds.name),
+                    ));
+                };
+                out.cert_path = format!("secret '{}'.tls_certificate", sds.name);
+                out.cert = Some(certificate(tc, res, &out.cert_path)?);
+            }
+        }
+        ([_, ..], [_, ..]) => {
+            return Err(err(
+                res,
+                format!("{cpath}.tls_certificate_sds_secret_configs"),
+                "give tls_certificates or tls_certificate_sds_secret_configs, not both",
+            ))
+        }
+        ([_, _, ..], _) => {
+            return Err(err(
+                res,
+                format!("{cpath}.tls_certificates[1]"),
+                "only one certificate per context is implemented",
+            ))
+        }
+        (_, [_, _, ..]) => {
+            return Err(err(
+                res,
+                format!("{cpath}.tls_certificate_sds_secret_configs[1]"),
+                "only one certificate per context is implemented",
+            ))
+        }
+    }
+    use pb::common_tls_context::ValidationContextType as V;
+    out.validation = match &common.validation_context_type {
+        None => None,
+        Some(V::ValidationContext(vc)) => {
+            validation_context(vc, res, &format!("{cpath}.validation_context"))?
+        }
+        Some(V::ValidationContextSdsSecretConfig(sds)) => {
+            let at = format!("{cpath}.validation_context_sds_secret_config");
+            match secret(sds, res, &at, ctx, &mut out)? {
+                Some(secret) => {
+                    let vc = secret_validation(&secret, res, &at)?;
+                    validation_context(
+                        vc,
+                        res,
+                        &format!("secret '{}'.validation_context", sds.name),
+                    )?
+                }
+                None => None,
+            }
+        }
+        Some(V::CombinedValidationContext(cv)) => {
+            let at = format!("{cpath}.combined_validation_context");
+            let Some(sds) = &cv.validation_context_sds_secret_config else {
+                return Err(err(
+                    res,
+                    format!("{at}.validation_context_sds_secret_config"),
+                    "a combined validation context needs its SDS secret",
+                ));
+            };
+            let sat = format!("{at}.validation_context_sds_secret_config");
+            match secret(sds, res, &sat, ctx, &mut out)? {
+                Some(secret) => {
+                    // The secret brings the trust bundle; the default context adds its
+                    // SAN matchers (Envoy merges the two the same way).
+                    let from_sds = secret_validation(&secret, res, &sat)?;
+                    let mut merged = cv.default_validation_context.clone().unwrap_or_default();
+                    if merged.trusted_ca.is_none() {
+                        merged.trusted_ca.clone_from(&from_sds.trusted_ca);
+                    }
+                    merged
+                        .match_subject_alt_names
+                        .extend(from_sds.match_subject_alt_names.iter().cloned());
+                    merged
+                        .match_typed_subject_alt_names
+                        .extend(from_sds.match_typed_subject_alt_names.iter().cloned());
+                    validation_context(&merged, res, &at)?
+                }
+                None => None,
+            }
+        }
+    };
+    Ok(out)
+}
+
+/// The validation context a trust-bundle secret (Istio's `ROOTCA`) carries.
+fn secret_validation<'s>(
+    secret: &'s pb::Secret,
+    res: &str,
+    at: &str,
+) -> Result<&'s pb::CertificateValidationContext, ConvertError> {
+    match &secret.r#type {
+        Some(pb::secret::Type::ValidationContext(vc)) => Ok(vc),
+        _ => Err(err(
+            res,
+            at,
+            format!("secret '{}' is not a validation_context", secret.name),
+        )),
+    }
 }
 
 /// A certificate chain and its key from PEM data sources.
@@ -216,27 +464,12 @@ fn certificate(
     Ok((chain, key))
 }
 
-/// The trusted CA and SAN matchers, when the context has a validation context.
+/// The trusted CA and SAN matchers of a validation context.
 fn validation_context(
-    common: &pb::CommonTlsContext,
+    vc: &pb::CertificateValidationContext,
     res: &str,
-    cpath: &str,
+    vpath: &str,
 ) -> Result<Option<(RootCertStore, Vec<SanMatcher>)>, ConvertError> {
-    use pb::common_tls_context::ValidationContextType as V;
-    let (vc, vpath) = match &common.validation_context_type {
-        None => return Ok(None),
-        Some(V::ValidationContext(vc)) => (vc, format!("{cpath}.validation_context")),
-        Some(V::ValidationContextSdsSecretConfig(_)) => return Err(err(
-            res,
-            format!("{cpath}.validation_context_sds_secret_config"),
-            "trust bundles over SDS are not implemented yet: give validation_context.trusted_ca",
-        )),
-        Some(V::CombinedValidationContext(_)) => return Err(err(
-            res,
-            format!("{cpath}.combined_validation_context"),
-            "trust bundles over SDS are not implemented yet: give validation_context.trusted_ca",
-        )),
-    };
     if vc.allow_expired_certificate {
         return Err(err(
             res,
@@ -474,4 +707,132 @@ fn cipher_suite(name: &str) -> Suite {
         _ => return Suite::Unknown,
     };
     s.map_or(Suite::Unknown, Suite::Rustls)
+}
+
+/// Looks up the SDS secret `sds` names, recording the reference (so the control thread
+/// subscribes to it and re-converts the resource when it changes). `None` while it has
+/// not arrived.
+fn secret(
+    sds: &pb::SdsSecretConfig,
+    res: &str,
+    at: &str,
+    ctx: &mut Ctx<'_>,
+    out: &mut Common,
+) -> Result<Option<Arc<pb::Secret>>, ConvertError> {
+    if sds.name.is_empty() {
+        return Err(err(res, format!("{at}.name"), "a secret name is required"));
+    }
+    let source = sds_source(
+        sds.sds_config.as_ref(),
+        res,
+        &format!("{at}.sds_config"),
+        ctx,
+    )?;
+    let name: Arc<str> = sds.name.as_str().into();
+    ctx.secret_refs.insert((name.clone(), source));
+    match ctx.secrets.get(&name) {
+        Some(s) => {
+            use prost::Message;
+            out.secrets_used.push(s.encode_to_vec());
+            Ok(Some(s.clone()))
+        }
+        None => {
+            out.missing.get_or_insert(name);
+            Ok(None)
+        }
+    }
+}
+
+/// An SDS config source: `ads: {}`, or a gRPC `api_config_source` naming a static cluster
+/// (Istio's `sds-grpc`, pilot-agent's Unix socket).
+fn sds_source(
+    cs: Option<&core::ConfigSource>,
+    res: &str,
+    at: &str,
+    ctx: &Ctx<'_>,
+) -> Result<SdsSource, ConvertError> {
+    use core::api_config_source::ApiType;
+    use core::config_source::ConfigSourceSpecifier as S;
+    let Some(cs) = cs else {
+        return Err(err(
+            res,
+            at,
+            "sds_config is required (secrets in static_resources are not implemented)",
+        ));
+    };
+    match &cs.config_source_specifier {
+        Some(S::Ads(_)) => {
+            if !ctx.ads {
+                return Err(err(
+                    res,
+                    format!("{at}.ads"),
+                    "the bootstrap has no dynamic_resources.ads_config",
+                ));
+            }
+            Ok(SdsSource::Ads)
+        }
+        Some(S::ApiConfigSource(api)) => {
+            if api.api_type != ApiType::Grpc as i32 {
+                return Err(err(
+                    res,
+                    format!("{at}.api_config_source.api_type"),
+                    "SDS servers are reached over GRPC (state of the world), as pilot-agent serves them",
+                ));
+            }
+            let cluster = match api.grpc_services.as_slice() {
+                [one] => match &one.target_specifier {
+                    Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(g)) => {
+                        g.cluster_name.clone()
+                    }
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            if cluster.is_empty() {
+                return Err(err(
+                    res,
+                    format!("{at}.api_config_source.grpc_services"),
+                    "exactly one grpc_services entry with envoy_grpc.cluster_name is required",
+                ));
+            }
+            Ok(SdsSource::Grpc(cluster.as_str().into()))
+        }
+        None => Err(err(res, at, "ads or api_config_source is required")),
+    }
+}
+
+/// Validates a secret as it arrives over SDS (so a bad one is NACKed before anything uses
+/// it): a certificate chain with its key, or a trust bundle.
+pub fn check_secret(secret: &pb::Secret) -> Result<(), ConvertError> {
+    let res = format!("secret '{}'", secret.name);
+    if secret.name.is_empty() {
+        return Err(err("secret ''", "name", "a secret name is required"));
+    }
+    match &secret.r#type {
+        Some(pb::secret::Type::TlsCertificate(tc)) => {
+            let (chain, key) = certificate(tc, &res, "tls_certificate")?;
+            let provider = provider::default_provider();
+            let signing = provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| err(&res, "tls_certificate.private_key", e.to_string()))?;
+            rustls::sign::CertifiedKey::new(chain, signing)
+                .keys_match()
+                .map_err(|e| {
+                    err(
+                        &res,
+                        "tls_certificate",
+                        format!("the private key does not belong to the certificate: {e}"),
+                    )
+                })
+        }
+        Some(pb::secret::Type::ValidationContext(vc)) => {
+            validation_context(vc, &res, "validation_context").map(|_| ())
+        }
+        None => Err(err(
+            &res,
+            "type",
+            "tls_certificate or validation_context is required",
+        )),
+    }
 }
