@@ -152,7 +152,9 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         command_line: opts.command_line.clone(),
         driver: format!("{driver:?}"),
     });
-    let code = rt.block_on(async {
+    // The control thread's tasks share its xDS state (ADS and SDS streams): a LocalSet.
+    let local = tokio::task::LocalSet::new();
+    let code = local.block_on(&rt, async {
         if let Some(addr) = admin_addr {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let local = listener.local_addr()?;
@@ -166,7 +168,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         if let Some(cfg) = ads {
             let node = bootstrap.node.clone().unwrap_or_default();
             let ctl = crate::xds::ads::Control::new(publisher, statics, stats.clone(), initialized);
-            tokio::spawn(crate::xds::ads::run(cfg, node, ctl));
+            tokio::task::spawn_local(crate::xds::ads::run(cfg, node, ctl));
         }
         let mut drain = state.drain.subscribe();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

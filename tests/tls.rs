@@ -829,3 +829,273 @@ async fn tcp_proxy_terminates_and_originates_tls() {
         assert_eq!(proxy.stat("cluster.mtls.ssl.handshake").await, 1);
     }
 }
+
+/// A `Secret` resource: Istio's `default` (workload chain and key) or `ROOTCA`.
+fn cert_secret(name: &str, id: &Identity) -> prost_types::Any {
+    let chain = serde_json::to_string(&id.cert_pem).unwrap();
+    let key = serde_json::to_string(&id.key_pem).unwrap();
+    support::ads::any(
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &format!("{{name: {name}, tls_certificate: {{certificate_chain: {{inline_string: {chain}}}, private_key: {{inline_string: {key}}}}}}}"),
+    )
+}
+
+fn root_secret(ca: &Ca) -> prost_types::Any {
+    let pem = serde_json::to_string(&ca.pem()).unwrap();
+    support::ads::any(
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        &format!("{{name: ROOTCA, validation_context: {{trusted_ca: {{inline_string: {pem}}}}}}}"),
+    )
+}
+
+/// The TLS context fields Istio generates: `default` and `ROOTCA` from `sds_config`, with
+/// the SPIFFE identity `san` required of the peer.
+fn istio_sds_context(sds_config: &str, san: &str) -> String {
+    format!(
+        "common_tls_context: {{tls_certificate_sds_secret_configs: [{{name: default, sds_config: {sds_config}}}], combined_validation_context: {{default_validation_context: {{match_subject_alt_names: [{{exact: '{san}'}}]}}, validation_context_sds_secret_config: {{name: ROOTCA, sds_config: {sds_config}}}}}}}"
+    )
+}
+
+const PILOT_AGENT_SDS: &str = "{api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}], set_node_on_first_message_only: true}, initial_fetch_timeout: 0s, resource_api_version: V3}";
+
+/// An inbound mTLS listener and an outbound mTLS cluster, both with SDS certificates.
+fn sds_resources(
+    port: u16,
+    upstream: SocketAddr,
+    sds_config: &str,
+) -> (prost_types::Any, prost_types::Any) {
+    let cluster = support::ads::cluster_any(&format!(
+        r#"{{name: backend, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: backend, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]}}, transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {}}}}}}}"#,
+        upstream.port(),
+        istio_sds_context(sds_config, REVIEWS)
+    ));
+    let listener = support::ads::listener_any(&format!(
+        r#"
+name: inbound
+address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: inbound
+      route_config: {{name: local, virtual_hosts: [{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: backend}}}}]}}]}}
+      http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+      require_client_certificate: true
+      {}
+"#,
+        istio_sds_context(sds_config, "spiffe://cluster.local/ns/default/sa/client")
+    ));
+    (cluster, listener)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The leaf certificate a TLS stream's peer presented, as DER.
+fn peer_leaf(s: &TlsStream<TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_der(id: &Identity) -> Vec<u8> {
+    CertificateDer::from_pem_slice(id.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Istio's shape end to end: CDS and LDS from one server on a Unix socket (istiod through
+/// pilot-agent), the workload certificate `default` and the trust bundle `ROOTCA` from
+/// another on its own Unix socket (pilot-agent's SDS, cluster `sds-grpc`). The listener
+/// warms until its secrets arrive; a rotated certificate is used by new handshakes while
+/// an established connection keeps serving and no request fails; a bad secret is NACKed
+/// and the old one keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_from_pilot_agent_socket_rotates_mid_traffic_and_nacks_bad_secrets() {
+    use support::ads::{AdsServer, CLUSTER, LISTENER, SECRET};
+    let mesh = Ca::new("cluster.local");
+    let v1 = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    let v2 = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    let client = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    );
+    let reviews = mesh.issue("reviews", Some(REVIEWS), false);
+    let tls_up = TlsUpstream::start(&mesh, &reviews).await;
+    let dir = temp_dir();
+    let mut xds = AdsServer::unix(dir.join("XDS")).await;
+    let mut sds = AdsServer::unix(dir.join("socket")).await;
+    let bootstrap = format!(
+        "{}  - name: sds-grpc\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment: {{cluster_name: sds-grpc, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: '{}'}}}}}}}}]}}]}}\n",
+        support::ads::bootstrap(&xds.addr, false),
+        dir.join("socket").display()
+    );
+    let proxy = Proxy::start(&bootstrap, &[]).await;
+    let port = free_port();
+    let (cluster, listener) = sds_resources(port, tls_up.addr, PILOT_AGENT_SDS);
+
+    xds.next_sotw(CLUSTER).await;
+    xds.push(CLUSTER, "c1", vec![cluster]);
+    assert!(xds.next_sotw(CLUSTER).await.error_detail.is_none());
+    xds.next_sotw(LISTENER).await;
+    xds.push(LISTENER, "l1", vec![listener]);
+    assert!(xds.next_sotw(LISTENER).await.error_detail.is_none());
+    // The SDS stream asks pilot-agent for exactly the two secrets, with the node.
+    let first = sds.next_sotw(SECRET).await;
+    assert!(
+        first.node.is_some(),
+        "the first SDS request carries the node"
+    );
+    assert_eq!(first.resource_names, ["ROOTCA", "default"]);
+    // Without its certificate the listener is not served.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "a listener waiting for its secrets must not accept"
+    );
+
+    let nonce = sds.push(
+        SECRET,
+        "s1",
+        vec![cert_secret("default", &v1), root_secret(&mesh)],
+    );
+    let ack = sds.next_sotw(SECRET).await;
+    assert_eq!(
+        (ack.response_nonce.as_str(), ack.version_info.as_str()),
+        (nonce.as_str(), "s1")
+    );
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let addr = proxy.wait_listener("inbound").await;
+    let config = Arc::new(client_config(&mesh, Some(&client), &[b"http/1.1"]));
+    let mut early = tls_connect(addr, config.clone()).await.unwrap();
+    assert_eq!(peer_leaf(&early), leaf_der(&v1));
+
+    // Mid-traffic rotation: a loop of fresh mTLS connections runs throughout.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, config) = (stop.clone(), config.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(SeqCst) {
+                match tls_connect(addr, config.clone()).await {
+                    Ok(mut s) => match get(&mut s, "/during").await {
+                        Ok(r) if r.starts_with("HTTP/1.1 200") => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    },
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sds.push(
+        SECRET,
+        "s2",
+        vec![cert_secret("default", &v2), root_secret(&mesh)],
+    );
+    assert!(sds.next_sotw(SECRET).await.error_detail.is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = tls_connect(addr, config.clone()).await.unwrap();
+        if peer_leaf(&s) == leaf_der(&v2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new handshakes never got the rotated certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, SeqCst);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "requests failed during rotation: {failed:?}"
+    );
+    assert!(ok > 0);
+    // The connection made before the rotation is still served, on its old certificate.
+    let resp = get(&mut early, "/after").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.contains(&format!("tls - - {PRODUCTPAGE}")),
+        "outbound mTLS used the SDS identity: {resp}"
+    );
+
+    // A secret whose key is not the certificate's is NACKed; v2 keeps serving.
+    let mut bad = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    bad.key_pem = client.key_pem.clone();
+    let nonce = sds.push(
+        SECRET,
+        "s3",
+        vec![cert_secret("default", &bad), root_secret(&mesh)],
+    );
+    let nack = sds.next_sotw(SECRET).await;
+    assert_eq!(nack.response_nonce, nonce);
+    assert_eq!(
+        nack.version_info, "s2",
+        "a NACK carries the last accepted version"
+    );
+    let detail = nack.error_detail.expect("NACK").message;
+    assert!(detail.contains("secret 'default'"), "{detail}");
+    let s = tls_connect(addr, config.clone()).await.unwrap();
+    assert_eq!(peer_leaf(&s), leaf_der(&v2));
+    assert!(proxy.stat("sds.default.update_rejected").await >= 1);
+}
+
+/// Secrets over the ADS stream itself (`sds_config: {ads: {}}`), incremental xDS as Istio's
+/// bootstrap uses it: the Secret subscription follows what LDS and CDS name, and both
+/// directions are served once the secrets arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_over_delta_ads() {
+    use support::ads::{AdsServer, CLUSTER, LISTENER, SECRET};
+    let mesh = Ca::new("cluster.local");
+    let me = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    let client = mesh.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    );
+    let reviews = mesh.issue("reviews", Some(REVIEWS), false);
+    let tls_up = TlsUpstream::start(&mesh, &reviews).await;
+    let mut xds = AdsServer::unix(temp_dir().join("XDS")).await;
+    let proxy = Proxy::start(&support::ads::bootstrap(&xds.addr, true), &[]).await;
+    let port = free_port();
+    let (cluster, listener) =
+        sds_resources(port, tls_up.addr, "{ads: {}, resource_api_version: V3}");
+    xds.next_delta(CLUSTER).await;
+    xds.next_delta(LISTENER).await;
+    xds.push_delta(CLUSTER, vec![("backend", "c1", cluster)], &[]);
+    xds.next_delta(CLUSTER).await;
+    let sub = xds.next_delta(SECRET).await;
+    assert_eq!(sub.resource_names_subscribe, ["ROOTCA", "default"]);
+    xds.push_delta(LISTENER, vec![("inbound", "l1", listener)], &[]);
+    xds.next_delta(LISTENER).await;
+    xds.push_delta(
+        SECRET,
+        vec![
+            ("default", "s1", cert_secret("default", &me)),
+            ("ROOTCA", "s1", root_secret(&mesh)),
+        ],
+        &[],
+    );
+    let ack = xds.next_delta(SECRET).await;
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    let addr = proxy.wait_listener("inbound").await;
+    let config = Arc::new(client_config(&mesh, Some(&client), &[b"http/1.1"]));
+    let mut s = tls_connect(addr, config).await.unwrap();
+    assert_eq!(peer_leaf(&s), leaf_der(&me));
+    let resp = get(&mut s, "/ads").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with(&format!("tls - - {PRODUCTPAGE}")), "{resp}");
+}

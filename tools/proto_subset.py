@@ -268,7 +268,7 @@ MODULES = [
 ]
 
 # Services written out whole (tonic generates the ADS client and the test server from them).
-SERVICES = ["envoy.service.discovery.v3.ads_pb2"]
+SERVICES = ["envoy.service.discovery.v3.ads_pb2", "envoy.service.secret.v3.sds_pb2"]
 
 SCALARS = {
     d.FieldDescriptor.TYPE_DOUBLE: "double", d.FieldDescriptor.TYPE_FLOAT: "float",

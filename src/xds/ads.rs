@@ -4,7 +4,9 @@
 //! the previous version, the nonce and the error; reconnect with jittered exponential
 //! backoff while the last good snapshot keeps serving.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use super::publish::Publisher;
 use super::state::{Incoming, Kind, Resources, Static, Update};
 
 /// gRPC status code INVALID_ARGUMENT, carried by NACKs.
-const INVALID_ARGUMENT: i32 = 3;
+pub(super) const INVALID_ARGUMENT: i32 = 3;
 
 /// Everything the control thread's xDS side owns.
 pub struct Control {
@@ -37,6 +39,9 @@ pub struct Control {
     pub initialized: Arc<AtomicBool>,
     cp: Arc<Scope>,
     seen: BTreeSet<Kind>,
+    /// Bumped after every applied update: SDS streams re-read what they should
+    /// subscribe to.
+    pub changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Control {
@@ -56,7 +61,13 @@ impl Control {
             initialized,
             cp,
             seen: BTreeSet::new(),
+            changed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// The names a type's subscription should hold now (see [`Resources::wanted`]).
+    pub fn wanted(&self, kind: Kind) -> BTreeSet<String> {
+        self.resources.wanted(kind, &self.statics)
     }
 
     fn scopes(&self, update: &Update) -> Vec<Arc<Scope>> {
@@ -81,6 +92,18 @@ impl Control {
                     .collect()
             }
             Kind::Endpoint => Vec::new(),
+            Kind::Secret => update
+                .resources
+                .iter()
+                .map(|i| {
+                    let name = if i.name.is_empty() {
+                        secret_name(&i.resource)
+                    } else {
+                        i.name.clone()
+                    };
+                    self.stats.scope::<XdsStat>(&format!("sds.{name}."))
+                })
+                .collect(),
         }
     }
 
@@ -142,6 +165,7 @@ impl Control {
                     bump(XdsStat::UpdateEmpty, ClusterStat::UpdateEmpty);
                 }
                 self.seen.insert(update.kind);
+                self.changed.send_modify(|v| *v += 1);
                 if self.seen.contains(&Kind::Cluster) && self.seen.contains(&Kind::Listener) {
                     self.initialized.store(true, Ordering::Release);
                 }
@@ -185,6 +209,15 @@ fn route_name(any: &prost_types::Any) -> String {
         .unwrap_or_default()
 }
 
+fn secret_name(any: &prost_types::Any) -> String {
+    use prost::Message;
+    crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+        any.value.as_slice(),
+    )
+    .map(|s| s.name)
+    .unwrap_or_default()
+}
+
 fn cla_name(any: &prost_types::Any) -> String {
     use prost::Message;
     crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(any.value.as_slice())
@@ -201,9 +234,21 @@ pub enum Target {
 
 /// The ADS server's address, from the static cluster the bootstrap names.
 pub fn target(cfg: &AdsConfig, statics: &Static) -> Result<(Target, Duration), String> {
-    let path = "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name";
-    let Some(c) = statics.clusters.iter().find(|c| *c.name == *cfg.cluster) else {
-        return Err(format!("{path}: '{}' is not a static cluster", cfg.cluster));
+    target_of(
+        &cfg.cluster,
+        statics,
+        "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+    )
+}
+
+/// The address of a control-plane server (ADS, SDS) behind static cluster `cluster`.
+pub fn target_of(
+    cluster: &str,
+    statics: &Static,
+    path: &str,
+) -> Result<(Target, Duration), String> {
+    let Some(c) = statics.clusters.iter().find(|c| *c.name == *cluster) else {
+        return Err(format!("{path}: '{cluster}' is not a static cluster"));
     };
     if let Some(p) = c.unix_endpoints.first() {
         return Ok((Target::Unix(p.clone()), c.connect_timeout));
@@ -212,12 +257,11 @@ pub fn target(cfg: &AdsConfig, statics: &Static) -> Result<(Target, Duration), S
         return Ok((Target::Tcp(e.address), c.connect_timeout));
     }
     Err(format!(
-        "{path}: cluster '{}' has no endpoint to reach the control plane",
-        cfg.cluster
+        "{path}: cluster '{cluster}' has no endpoint to reach the control plane"
     ))
 }
 
-async fn connect(
+pub(super) async fn connect(
     target: &Target,
     timeout: Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
@@ -278,9 +322,15 @@ impl Default for Backoff {
     }
 }
 
-/// Runs the ADS client for ever (the process's drain ends it).
-pub async fn run(cfg: AdsConfig, node: Node, mut control: Control) {
-    let (target, timeout) = match target(&cfg, &control.statics) {
+/// Runs the ADS client for ever (the process's drain ends it), and the SDS streams the
+/// resources it receives ask for. Needs a `LocalSet`: the streams share `control` on
+/// this thread.
+pub async fn run(cfg: AdsConfig, node: Node, control: Control) {
+    let control = Rc::new(RefCell::new(control));
+    tokio::task::spawn_local(super::sds::supervise(node.clone(), control.clone()));
+    let control = &*control;
+    let target = target(&cfg, &control.borrow().statics);
+    let (target, timeout) = match target {
         Ok(t) => t,
         Err(e) => {
             tracing::error!("ADS disabled: {e}");
@@ -291,20 +341,14 @@ pub async fn run(cfg: AdsConfig, node: Node, mut control: Control) {
     loop {
         let got_response = match connect(&target, timeout).await {
             Ok(channel) => {
-                control
-                    .cp
-                    .core(control.core)
-                    .inc(ControlPlaneStat::StreamsOpened as usize);
+                control.borrow().count(ControlPlaneStat::StreamsOpened);
                 let r = if cfg.delta {
-                    delta_stream(&cfg, &node, &mut control, channel).await
+                    delta_stream(&cfg, &node, control, channel).await
                 } else {
-                    sotw_stream(&cfg, &node, &mut control, channel).await
+                    sotw_stream(&cfg, &node, control, channel).await
                 };
-                set_connected(&control, false);
-                control
-                    .cp
-                    .core(control.core)
-                    .inc(ControlPlaneStat::StreamsClosed as usize);
+                set_connected(&control.borrow(), false);
+                control.borrow().count(ControlPlaneStat::StreamsClosed);
                 match r {
                     Ok(got) => {
                         tracing::warn!(?target, "ADS stream closed by the server");
@@ -328,7 +372,14 @@ pub async fn run(cfg: AdsConfig, node: Node, mut control: Control) {
     }
 }
 
-fn set_connected(control: &Control, up: bool) {
+impl Control {
+    /// Counts a stream event (ADS or SDS) in the control-plane stats.
+    pub(super) fn count(&self, stat: ControlPlaneStat) {
+        self.cp.core(self.core).inc(stat as usize);
+    }
+}
+
+pub(super) fn set_connected(control: &Control, up: bool) {
     let c = control.cp.core(control.core);
     let now = control
         .cp
@@ -340,9 +391,9 @@ fn set_connected(control: &Control, up: bool) {
     }
 }
 
-type StreamEnd = Result<bool, (bool, tonic::Status)>;
+pub(super) type StreamEnd = Result<bool, (bool, tonic::Status)>;
 
-fn with_metadata<T>(cfg: &AdsConfig, msg: T) -> tonic::Request<T> {
+pub(super) fn with_metadata<T>(cfg: &AdsConfig, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     for (k, v) in &cfg.metadata {
         if let (Ok(k), Ok(v)) = (
@@ -378,12 +429,13 @@ async fn deadline(at: Option<Instant>) {
 /// The next response of the stream; warming deadlines that pass meanwhile re-assemble.
 async fn next_response<T>(
     inbound: &mut tonic::Streaming<T>,
-    control: &mut Control,
+    control: &RefCell<Control>,
 ) -> Result<Option<T>, tonic::Status> {
     loop {
+        let at = control.borrow().resources.next_deadline();
         tokio::select! {
             m = inbound.message() => return m,
-            _ = deadline(control.resources.next_deadline()) => control.on_deadline(),
+            _ = deadline(at) => control.borrow_mut().on_deadline(),
         }
     }
 }
@@ -408,7 +460,7 @@ struct SotwType {
 async fn sotw_stream(
     cfg: &AdsConfig,
     node: &Node,
-    control: &mut Control,
+    control: &RefCell<Control>,
     channel: tonic::transport::Channel,
 ) -> StreamEnd {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::DiscoveryRequest>();
@@ -436,12 +488,12 @@ async fn sotw_stream(
     };
     // Initial requests, carrying the versions this client already has (reconnects).
     for kind in kinds(cfg) {
-        let names = control.resources.wanted(kind, &control.statics);
+        let names = control.borrow().wanted(kind);
         if !kind.wildcard() && names.is_empty() {
             continue;
         }
         let t = types.entry(kind).or_default();
-        t.version = control.resources.version(kind);
+        t.version = control.borrow().resources.version(kind);
         t.names = names;
         t.sent = true;
         send(&tx, &mut node_sent, kind, t, None);
@@ -454,7 +506,7 @@ async fn sotw_stream(
         Ok(r) => r.into_inner(),
         Err(s) => return Err((false, s)),
     };
-    set_connected(control, true);
+    set_connected(&control.borrow(), true);
     let mut got = false;
     loop {
         let resp = match next_response(&mut inbound, control).await {
@@ -481,7 +533,7 @@ async fn sotw_stream(
             removed: Vec::new(),
             full_state: kind.wildcard(),
         };
-        let result = control.apply(&update);
+        let result = control.borrow_mut().apply(&update);
         let t = types.entry(kind).or_default();
         t.nonce = resp.nonce;
         let error = match result {
@@ -492,9 +544,9 @@ async fn sotw_stream(
             Err(e) => Some(e),
         };
         send(&tx, &mut node_sent, kind, t, error);
-        // EDS and RDS follow what CDS and LDS reference.
-        for k in [Kind::Endpoint, Kind::Route] {
-            let wanted = control.resources.wanted(k, &control.statics);
+        // EDS, RDS and SDS over ADS follow what CDS and LDS reference.
+        for k in [Kind::Endpoint, Kind::Route, Kind::Secret] {
+            let wanted = control.borrow().wanted(k);
             let t = types.entry(k).or_default();
             if wanted != t.names || (!t.sent && !wanted.is_empty()) {
                 t.names = wanted;
@@ -508,7 +560,7 @@ async fn sotw_stream(
 async fn delta_stream(
     cfg: &AdsConfig,
     node: &Node,
-    control: &mut Control,
+    control: &RefCell<Control>,
     channel: tonic::transport::Channel,
 ) -> StreamEnd {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::DeltaDiscoveryRequest>();
@@ -520,7 +572,7 @@ async fn delta_stream(
     };
     let mut subscribed: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
     for kind in kinds(cfg) {
-        let names = control.resources.wanted(kind, &control.statics);
+        let names = control.borrow().wanted(kind);
         if !kind.wildcard() && names.is_empty() {
             continue;
         }
@@ -529,7 +581,7 @@ async fn delta_stream(
             type_url: kind.type_url().into(),
             resource_names_subscribe: names.iter().cloned().collect(),
             resource_names_unsubscribe: Vec::new(),
-            initial_resource_versions: control.resources.versions_of(kind),
+            initial_resource_versions: control.borrow().resources.versions_of(kind),
             response_nonce: String::new(),
             error_detail: None,
         });
@@ -543,7 +595,7 @@ async fn delta_stream(
         Ok(r) => r.into_inner(),
         Err(s) => return Err((false, s)),
     };
-    set_connected(control, true);
+    set_connected(&control.borrow(), true);
     let mut got = false;
     loop {
         let resp = match next_response(&mut inbound, control).await {
@@ -572,7 +624,7 @@ async fn delta_stream(
             removed: resp.removed_resources,
             full_state: false,
         };
-        let error = control.apply(&update).err();
+        let error = control.borrow_mut().apply(&update).err();
         let _ = tx.send(pb::DeltaDiscoveryRequest {
             node: node_for(&mut node_sent),
             type_url: resp.type_url,
@@ -584,8 +636,8 @@ async fn delta_stream(
             }),
             ..Default::default()
         });
-        for k in [Kind::Endpoint, Kind::Route] {
-            let wanted = control.resources.wanted(k, &control.statics);
+        for k in [Kind::Endpoint, Kind::Route, Kind::Secret] {
+            let wanted = control.borrow().wanted(k);
             let have = subscribed.entry(k).or_default();
             if wanted != *have {
                 let _ = tx.send(pb::DeltaDiscoveryRequest {

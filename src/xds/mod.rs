@@ -4,5 +4,6 @@
 pub mod ads;
 pub mod dns;
 pub mod publish;
+pub mod sds;
 pub mod state;
 pub mod unknown;

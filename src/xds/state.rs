@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 
-use crate::model::convert::{self, ConvertError, Ctx};
+use crate::model::convert::{self, ConvertError, Ctx, SdsSource};
 use crate::model::route::RouteTable;
 use crate::model::{
     Cluster, Discovery, DumpEntry, DynamicDump, Endpoint, Listener, RouteSource, Snapshot,
@@ -23,6 +23,7 @@ use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
 use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use crate::proto::envoy::config::listener::v3::Listener as PbListener;
 use crate::proto::envoy::config::route::v3::RouteConfiguration;
+use crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
 use crate::stats::Store;
 
 /// The four resource types, in the order Envoy subscribes to them.
@@ -32,10 +33,18 @@ pub enum Kind {
     Endpoint,
     Listener,
     Route,
+    /// SDS: certificates and trust bundles (over ADS, or a stream of their own).
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+    pub const ALL: [Kind; 5] = [
+        Kind::Cluster,
+        Kind::Endpoint,
+        Kind::Listener,
+        Kind::Route,
+        Kind::Secret,
+    ];
 
     /// The message's full name.
     pub fn message(self) -> &'static str {
@@ -44,6 +53,7 @@ impl Kind {
             Kind::Endpoint => "envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "envoy.config.listener.v3.Listener",
             Kind::Route => "envoy.config.route.v3.RouteConfiguration",
+            Kind::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -54,6 +64,7 @@ impl Kind {
             Kind::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
             Kind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             Kind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            Kind::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -61,13 +72,14 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.type_url() == url)
     }
 
-    /// `lds`, `cds`, `rds`, `eds`.
+    /// `lds`, `cds`, `rds`, `eds`, `sds`.
     pub fn short(self) -> &'static str {
         match self {
             Kind::Cluster => "cds",
             Kind::Endpoint => "eds",
             Kind::Listener => "lds",
             Kind::Route => "rds",
+            Kind::Secret => "sds",
         }
     }
 
@@ -128,9 +140,37 @@ struct Held<M> {
     since: Instant,
     /// How long it may warm before it is used anyway (`None`: for ever).
     fetch_timeout: Option<Duration>,
+    /// The SDS secrets its TLS contexts name, and where each comes from.
+    secret_refs: Arc<[SecretRef]>,
+    /// One of them has not arrived: it warms until it does (no timeout: serving a TLS
+    /// context without its certificate would refuse every handshake).
+    waiting_secret: bool,
 }
 
+/// An SDS secret a listener or cluster names.
+pub type SecretRef = (Arc<str>, SdsSource);
+
 impl<M> Held<M> {
+    /// A resource as converted now; the SDS secrets the conversion found named (taken
+    /// from `ctx`) go with it.
+    fn new(
+        entry: DumpEntry,
+        model: M,
+        since: Instant,
+        fetch_timeout: Option<Duration>,
+        ctx: &mut Ctx<'_>,
+    ) -> Held<M> {
+        let refs: Arc<[SecretRef]> = std::mem::take(&mut ctx.secret_refs).into_iter().collect();
+        Held {
+            entry,
+            model,
+            since,
+            fetch_timeout,
+            waiting_secret: refs.iter().any(|(n, _)| !ctx.secrets.contains_key(n)),
+            secret_refs: refs,
+        }
+    }
+
     fn timed_out(&self, now: Instant) -> bool {
         self.fetch_timeout
             .is_some_and(|t| now.duration_since(self.since) >= t)
@@ -169,6 +209,8 @@ pub struct Resources {
     active: Map<Arc<Listener>>,
     routes: Map<Arc<RouteTable>>,
     endpoints: Map<Arc<[Endpoint]>>,
+    /// SDS secrets, validated, by name.
+    secrets: Map<Arc<PbSecret>>,
     versions: BTreeMap<Kind, (Arc<str>, SystemTime)>,
     /// Identity of the cluster and endpoint maps the last snapshot was assembled from:
     /// while both are unchanged (and nothing is warming against a deadline), the clusters
@@ -198,6 +240,7 @@ impl Resources {
     ) -> Result<Vec<String>, Rejection> {
         let now = (Instant::now(), SystemTime::now());
         let mut ctx = Ctx::dynamic(stats);
+        ctx.secrets = Arc::new(self.secret_map());
         let mut seen = BTreeSet::new();
         let mut staged = self.clone();
         for inc in &update.resources {
@@ -223,6 +266,18 @@ impl Resources {
         }
         for name in &update.removed {
             staged.retain(update.kind, |n| **n != **name);
+        }
+        if update.kind == Kind::Secret {
+            // New certificates and trust bundles: the listeners and clusters that use them
+            // are converted again (new handshakes get the new rustls configs; established
+            // connections keep theirs). If one of them fails, the secret is NACKed.
+            let changed: BTreeSet<Arc<str>> = seen
+                .iter()
+                .cloned()
+                .chain(update.removed.iter().map(|n| Arc::from(n.as_str())))
+                .collect();
+            let ignored = staged.reconvert(&changed, stats)?;
+            ctx.ignored.extend(ignored);
         }
         staged
             .versions
@@ -261,11 +316,11 @@ impl Resources {
             AnyHeld::Endpoint(h) => {
                 Arc::make_mut(&mut self.endpoints).insert(name, h);
             }
+            AnyHeld::Secret(h) => {
+                Arc::make_mut(&mut self.secrets).insert(name, h);
+            }
         }
-        debug_assert!(matches!(
-            kind,
-            Kind::Cluster | Kind::Endpoint | Kind::Listener | Kind::Route
-        ));
+        let _ = kind;
         Ok(())
     }
 
@@ -278,6 +333,7 @@ impl Resources {
             }
             Kind::Route => retain_in(&mut self.routes, keep),
             Kind::Endpoint => retain_in(&mut self.endpoints, keep),
+            Kind::Secret => retain_in(&mut self.secrets, keep),
         }
     }
 
@@ -309,6 +365,7 @@ impl Resources {
                     }
                 }
             }
+            Kind::Secret => return self.wanted_secrets(&SdsSource::Ads),
             Kind::Cluster | Kind::Listener => {}
         }
         out
@@ -320,6 +377,8 @@ impl Resources {
         retain_in(&mut self.endpoints, |n| eds.contains(&**n));
         let rds = self.wanted(Kind::Route, statics);
         retain_in(&mut self.routes, |n| rds.contains(&**n));
+        let sds = self.all_secret_refs();
+        retain_in(&mut self.secrets, |n| sds.contains(n));
     }
 
     /// The version of every cached resource of a type (delta reconnects send them).
@@ -334,6 +393,7 @@ impl Resources {
             Kind::Listener => v(&self.listeners),
             Kind::Route => v(&self.routes),
             Kind::Endpoint => v(&self.endpoints),
+            Kind::Secret => v(&self.secrets),
         }
     }
 
@@ -350,10 +410,11 @@ impl Resources {
     fn promote(&mut self, now: Instant) {
         let mut warm_now = Vec::new();
         for (name, h) in self.listeners.iter() {
-            let warm = h.model.hcms().all(|hcm| match &hcm.routes {
-                RouteSource::Static(_) => true,
-                RouteSource::Rds(r) => self.routes.contains_key(r) || h.timed_out(now),
-            });
+            let warm = !h.waiting_secret
+                && h.model.hcms().all(|hcm| match &hcm.routes {
+                    RouteSource::Static(_) => true,
+                    RouteSource::Rds(r) => self.routes.contains_key(r) || h.timed_out(now),
+                });
             let current = self
                 .active
                 .get(name)
@@ -442,6 +503,10 @@ impl Resources {
                 clusters.push(endpoints_of(c).unwrap_or_else(|| c.clone()));
             }
             for h in self.clusters.values() {
+                if h.waiting_secret {
+                    dump.warming_clusters.push(h.entry.clone());
+                    continue;
+                }
                 match endpoints_of(&h.model) {
                     Some(c) => {
                         clusters.push(c);
@@ -522,6 +587,7 @@ enum AnyHeld {
     Listener(Held<Arc<Listener>>),
     Route(Held<Arc<RouteTable>>),
     Endpoint(Held<Arc<[Endpoint]>>),
+    Secret(Held<Arc<PbSecret>>),
 }
 
 /// Decodes, checks for fields Ringside does not implement, and converts one resource.
@@ -559,7 +625,6 @@ fn convert_one(
         last_updated: wall,
         resource: Arc::new(inc.resource.clone()),
     };
-    let held = |entry: DumpEntry, fetch_timeout| (now, entry, fetch_timeout);
     let (name, out): (Arc<str>, AnyHeld) = match kind {
         Kind::Cluster => {
             let pb = PbCluster::decode(bytes).map_err(decode_err)?;
@@ -569,60 +634,37 @@ fn convert_one(
                 .and_then(|e| e.eds_config.as_ref())
                 .and_then(fetch_timeout);
             let c = Arc::new(convert::cluster_resource(&pb, ctx)?);
-            let (since, entry, fetch_timeout) = held(entry(&pb.name), fetch_timeout);
-            (
-                c.name.clone(),
-                AnyHeld::Cluster(Held {
-                    entry,
-                    model: c,
-                    since,
-                    fetch_timeout,
-                }),
-            )
+            let name = c.name.clone();
+            let h = Held::new(entry(&pb.name), c, now, fetch_timeout, ctx);
+            (name, AnyHeld::Cluster(h))
         }
         Kind::Listener => {
             let pb = PbListener::decode(bytes).map_err(decode_err)?;
             let l = Arc::new(convert::listener_resource(&pb, ctx)?);
             // The RDS config source's initial fetch timeout, 15 s by default.
             let fetch_timeout = rds_fetch_timeout(&pb);
-            let (since, entry, fetch_timeout) = held(entry(&pb.name), fetch_timeout);
-            (
-                l.name.clone(),
-                AnyHeld::Listener(Held {
-                    entry,
-                    model: l,
-                    since,
-                    fetch_timeout,
-                }),
-            )
+            let name = l.name.clone();
+            let h = Held::new(entry(&pb.name), l, now, fetch_timeout, ctx);
+            (name, AnyHeld::Listener(h))
         }
         Kind::Route => {
             let pb = RouteConfiguration::decode(bytes).map_err(decode_err)?;
             let t = Arc::new(convert::route_resource(&pb, ctx)?);
-            let (since, entry, fetch_timeout) = held(entry(&pb.name), None);
-            (
-                pb.name.as_str().into(),
-                AnyHeld::Route(Held {
-                    entry,
-                    model: t,
-                    since,
-                    fetch_timeout,
-                }),
-            )
+            let h = Held::new(entry(&pb.name), t, now, None, ctx);
+            (pb.name.as_str().into(), AnyHeld::Route(h))
         }
         Kind::Endpoint => {
             let pb = ClusterLoadAssignment::decode(bytes).map_err(decode_err)?;
             let eps: Arc<[Endpoint]> = convert::endpoints_resource(&pb)?.into();
-            let (since, entry, fetch_timeout) = held(entry(&pb.cluster_name), None);
-            (
-                pb.cluster_name.as_str().into(),
-                AnyHeld::Endpoint(Held {
-                    entry,
-                    model: eps,
-                    since,
-                    fetch_timeout,
-                }),
-            )
+            let h = Held::new(entry(&pb.cluster_name), eps, now, None, ctx);
+            (pb.cluster_name.as_str().into(), AnyHeld::Endpoint(h))
+        }
+        Kind::Secret => {
+            let pb = PbSecret::decode(bytes).map_err(decode_err)?;
+            convert::check_secret(&pb)?;
+            let name: Arc<str> = pb.name.as_str().into();
+            let h = Held::new(entry(&pb.name), Arc::new(pb), now, None, ctx);
+            (name, AnyHeld::Secret(h))
         }
     };
     Ok((name, out))
@@ -650,5 +692,6 @@ fn rds_fetch_timeout(l: &PbListener) -> Option<Duration> {
     }
 }
 
+mod secrets;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,9 @@ use ringside::proto::envoy::service::discovery::v3::aggregated_discovery_service
 use ringside::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
+use ringside::proto::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,6 +27,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// What a client sent, either protocol.
 #[derive(Debug, Clone)]
@@ -61,6 +65,35 @@ impl AggregatedDiscoveryService for Svc {
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         Ok(self.open(req, &self.delta, Req::Delta))
+    }
+}
+
+/// pilot-agent's SDS service: its streams are scripted like the ADS ones (a server serves
+/// both, so one test server can stand for istiod and another for pilot-agent's SDS).
+#[tonic::async_trait]
+impl SecretDiscoveryService for Svc {
+    type StreamSecretsStream = BoxStream<DiscoveryResponse>;
+    type DeltaSecretsStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        Ok(self.open(req, &self.sotw, Req::Sotw))
+    }
+
+    async fn delta_secrets(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        Ok(self.open(req, &self.delta, Req::Delta))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        _req: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented("the test SDS server streams only"))
     }
 }
 
@@ -146,9 +179,11 @@ impl AdsServer {
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = AggregatedDiscoveryServiceServer::new(svc.clone());
+        let sds = SecretDiscoveryServiceServer::new(svc.clone());
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(server)
+                .add_service(sds)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 })

@@ -130,6 +130,19 @@ pub fn endpoints_resource(
     Ok(endpoints)
 }
 
+/// Static resources are built once, at start: an SDS secret they name would never be
+/// applied to them, so they are refused with the name.
+fn static_sds(ctx: &mut Ctx<'_>, path: &str, res: &str) -> Result<(), ConvertError> {
+    match std::mem::take(&mut ctx.secret_refs).into_iter().next() {
+        None => Ok(()),
+        Some((name, _)) => Err(err(
+            res,
+            path,
+            format!("SDS secret '{name}': static listeners and clusters take certificates from files or inline; SDS is for LDS/CDS resources"),
+        )),
+    }
+}
+
 /// Checks a config source: only `ads: {}` is supported, and only when the bootstrap
 /// configures ADS.
 pub(crate) fn config_source(
@@ -234,6 +247,7 @@ pub fn bootstrap_snapshot(
             e.path = join(&path, &e.path);
             e
         })?;
+        static_sds(&mut ctx, &path, &format!("cluster '{}'", cluster.name))?;
         if ctx.cluster_index.insert(cluster.name.clone(), i).is_some() {
             return Err(err(
                 &format!("cluster '{}'", cluster.name),
@@ -251,6 +265,7 @@ pub fn bootstrap_snapshot(
             e.path = join(&path, &e.path);
             e
         })?;
+        static_sds(&mut ctx, &path, &format!("listener '{}'", listener.name))?;
         if !names.insert(listener.name.clone()) {
             return Err(err(
                 &format!("listener '{}'", listener.name),

@@ -1,0 +1,209 @@
+//! SDS streams of their own: secrets whose `sds_config` names a static cluster (Istio's
+//! `sds-grpc`, pilot-agent's Unix socket at `./var/run/secrets/workload-spiffe-uds/socket`)
+//! come over `SecretDiscoveryService.StreamSecrets`, state of the world, one stream per
+//! cluster. Each stream subscribes to the names the cached listeners and clusters use,
+//! follows them as LDS and CDS change, and ACKs or NACKs what it applies through the same
+//! [`Control`] as ADS (a bad secret is NACKed and the old one keeps serving).
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::model::convert::SdsSource;
+use crate::proto::envoy::config::core::v3::Node;
+use crate::proto::envoy::service::discovery::v3 as pb;
+use crate::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient as Client;
+use crate::proto::google::rpc::Status;
+use crate::stats::ControlPlaneStat;
+
+use super::ads::{connect, set_connected, Backoff, Control, StreamEnd, INVALID_ARGUMENT};
+use super::state::{Incoming, Kind, Update};
+
+/// Starts one SDS stream for every cluster the resources name as an SDS source, as they
+/// appear. Runs for ever on the control thread's `LocalSet`.
+pub async fn supervise(node: Node, control: Rc<RefCell<Control>>) {
+    let mut changed = control.borrow().changed.subscribe();
+    let mut running: BTreeSet<Arc<str>> = BTreeSet::new();
+    loop {
+        let clusters = control.borrow().resources.sds_clusters();
+        for c in clusters {
+            if running.insert(c.clone()) {
+                tokio::task::spawn_local(run(c, node.clone(), control.clone()));
+            }
+        }
+        if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One cluster's SDS stream, reconnecting with backoff while it has names to ask for.
+async fn run(cluster: Arc<str>, node: Node, control: Rc<RefCell<Control>>) {
+    let source = SdsSource::Grpc(cluster.clone());
+    let path = format!(
+        "sds_config.api_config_source.grpc_services[0].envoy_grpc.cluster_name '{cluster}'"
+    );
+    let mut changed = control.borrow().changed.subscribe();
+    let mut backoff = Backoff::new();
+    loop {
+        if control
+            .borrow()
+            .resources
+            .wanted_secrets(&source)
+            .is_empty()
+        {
+            if changed.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let target = super::ads::target_of(&cluster, &control.borrow().statics, &path);
+        let (target, timeout) = match target {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("SDS disabled for this source: {e}");
+                return;
+            }
+        };
+        let got = match connect(&target, timeout).await {
+            Ok(channel) => {
+                let r = stream(&node, &control, &source, channel).await;
+                set_connected(&control.borrow(), false);
+                match r {
+                    Ok(got) => {
+                        tracing::warn!(?target, "SDS stream closed by the server");
+                        got
+                    }
+                    Err((got, status)) => {
+                        tracing::warn!(?target, "SDS stream failed: {status}");
+                        got
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(?target, "cannot reach the SDS server: {e}");
+                false
+            }
+        };
+        if got {
+            backoff.reset();
+        }
+        tokio::time::sleep(backoff.wait()).await;
+    }
+}
+
+/// What was last accepted and asked for on the stream.
+#[derive(Default)]
+struct Sent {
+    version: String,
+    nonce: String,
+    names: BTreeSet<String>,
+}
+
+async fn stream(
+    node: &Node,
+    control: &RefCell<Control>,
+    source: &SdsSource,
+    channel: tonic::transport::Channel,
+) -> StreamEnd {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::DiscoveryRequest>();
+    let mut node_sent = false;
+    let send = |tx: &UnboundedSender<pb::DiscoveryRequest>,
+                node_sent: &mut bool,
+                s: &Sent,
+                error: Option<String>| {
+        // pilot-agent reads the node from the first request only.
+        let node = (!*node_sent).then(|| node.clone());
+        *node_sent = true;
+        let _ = tx.send(pb::DiscoveryRequest {
+            version_info: s.version.clone(),
+            node,
+            resource_names: s.names.iter().cloned().collect(),
+            type_url: Kind::Secret.type_url().into(),
+            response_nonce: s.nonce.clone(),
+            error_detail: error.map(|message| Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            }),
+        });
+    };
+    let mut sent = Sent {
+        names: control.borrow().resources.wanted_secrets(source),
+        ..Sent::default()
+    };
+    send(&tx, &mut node_sent, &sent, None);
+    let mut client = Client::new(channel).max_decoding_message_size(usize::MAX);
+    let mut inbound = match client
+        .stream_secrets(tonic::Request::new(UnboundedReceiverStream::new(rx)))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Err((false, s)),
+    };
+    control.borrow().count(ControlPlaneStat::StreamsOpened);
+    set_connected(&control.borrow(), true);
+    let mut changed = control.borrow().changed.subscribe();
+    let mut got = false;
+    loop {
+        let resp = tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(got),
+                Err(s) => return Err((got, s)),
+            },
+            c = changed.changed() => {
+                if c.is_err() {
+                    return Ok(got);
+                }
+                let names = control.borrow().resources.wanted_secrets(source);
+                if names != sent.names {
+                    sent.names = names;
+                    send(&tx, &mut node_sent, &sent, None);
+                }
+                continue;
+            }
+        };
+        got = true;
+        if resp.type_url != Kind::Secret.type_url() {
+            tracing::warn!(type_url = %resp.type_url, "ignoring a non-secret response on an SDS stream");
+            continue;
+        }
+        let update = Update {
+            kind: Kind::Secret,
+            version_info: resp.version_info.clone(),
+            resources: resp
+                .resources
+                .into_iter()
+                .map(|resource| Incoming {
+                    name: String::new(),
+                    version: resp.version_info.clone(),
+                    resource,
+                })
+                .collect(),
+            removed: Vec::new(),
+            full_state: false,
+        };
+        let result = control.borrow_mut().apply(&update);
+        sent.nonce = resp.nonce;
+        let error = match result {
+            Ok(_) => {
+                sent.version = resp.version_info;
+                None
+            }
+            Err(e) => Some(e),
+        };
+        send(&tx, &mut node_sent, &sent, error);
+        // Skip the change notice our own update raised, unless the names moved.
+        changed.borrow_and_update();
+        let names = control.borrow().resources.wanted_secrets(source);
+        if names != sent.names {
+            sent.names = names;
+            send(&tx, &mut node_sent, &sent, None);
+        }
+    }
+}
