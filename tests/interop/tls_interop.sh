@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # TLS interop with real clients: openssl makes a CA, a server and a SPIFFE client identity;
 # curl (HTTP/1.1 and HTTP/2 by ALPN) and openssl s_client talk to a Ringside listener that
-# requires client certificates. Checks mTLS, refusals, protocol floor and resumption.
+# requires client certificates. Checks mTLS, refusals, protocol floor and resumption;
+# then sslyze (PyPI) scans protocols, cipher suites and known attacks.
 set -euo pipefail
 bin=$(realpath "${1:-target/debug/ringside}")
 dir=$(mktemp -d)
@@ -69,5 +70,37 @@ check "openssl s_client verifies the server (TLS 1.3)" 'echo | openssl s_client 
 check "openssl s_client TLS 1.2 with ECDHE" 'echo | openssl s_client -connect "127.0.0.1:$listener" -CAfile ca.pem -cert client.pem -key client.key -tls1_2 2>/dev/null | grep -q "Cipher is ECDHE-"'
 check "TLS 1.1 is refused" '! (echo | openssl s_client -connect "127.0.0.1:$listener" -cert client.pem -key client.key -tls1_1 2>/dev/null | grep -q "Cipher is ECDHE")'
 check "openssl s_client resumes a TLS 1.2 session" 'echo | openssl s_client -connect "127.0.0.1:$listener" -CAfile ca.pem -cert client.pem -key client.key -tls1_2 -reconnect 2>/dev/null | grep -q "^Reused"'
+# sslyze (PyPI), presenting the client identity: protocol and cipher sanity.
+if python3 -c 'import sslyze' 2>/dev/null; then
+  timeout 180 python3 -m sslyze --quiet --cert client.pem --key client.key --json_out=sslyze.json \
+    --sslv2 --sslv3 --tlsv1 --tlsv1_1 --tlsv1_2 --tlsv1_3 --heartbleed --robot --openssl_ccs \
+    --fallback --reneg --compression --resum --elliptic_curves "127.0.0.1:$listener" >sslyze.log 2>&1 || true
+  sslyze_check() { python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open("sslyze.json"))["server_scan_results"][0]["scan_result"]
+res = lambda k: r[k]["result"]
+suites = lambda k: [c["cipher_suite"]["name"] for c in res(k)["accepted_cipher_suites"]]
+checks = {
+    "legacy": all(not suites(k) for k in ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites")),
+    "tls12": bool(suites("tls_1_2_cipher_suites")) and all(n.startswith("TLS_ECDHE_") and ("_GCM_" in n or "CHACHA20" in n) for n in suites("tls_1_2_cipher_suites")),
+    "tls13": len(suites("tls_1_3_cipher_suites")) >= 2,
+    "attacks": not res("heartbleed")["is_vulnerable_to_heartbleed"] and not res("openssl_ccs_injection")["is_vulnerable_to_ccs_injection"] and res("robot")["robot_result"].startswith("NOT_VULNERABLE") and not res("tls_compression")["supports_compression"] and res("tls_fallback_scsv")["supports_fallback_scsv"],
+    "reneg": not res("session_renegotiation")["is_vulnerable_to_client_renegotiation_dos"],
+    "resumption": res("session_resumption")["session_id_resumption_result"] in ("FULLY_SUPPORTED", "PARTIALLY_SUPPORTED") or res("session_resumption")["tls_ticket_resumption_result"] == "SUCCEEDED",
+    "curves": {"X25519", "secp256r1"} <= {c["name"] for c in res("elliptic_curves")["supported_curves"]},
+}
+sys.exit(0 if checks[sys.argv[1]] else 1)
+PY
+  }
+  check "sslyze: no SSL 2/3, TLS 1.0 or 1.1 suite is accepted" 'sslyze_check legacy'
+  check "sslyze: TLS 1.2 accepts only ECDHE with AEAD" 'sslyze_check tls12'
+  check "sslyze: TLS 1.3 is served" 'sslyze_check tls13'
+  check "sslyze: not vulnerable (Heartbleed, CCS, ROBOT, compression; fallback SCSV)" 'sslyze_check attacks'
+  check "sslyze: no client-initiated renegotiation" 'sslyze_check reneg'
+  check "sslyze: sessions resume" 'sslyze_check resumption'
+  check "sslyze: X25519 and P-256 key exchange" 'sslyze_check curves'
+else
+  echo "FAILED: sslyze is not installed (pip install sslyze)"; failed=$((failed + 1))
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
