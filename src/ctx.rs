@@ -26,6 +26,8 @@ pub struct CoreCtx {
     pub core: usize,
     cache: RefCell<Cache<SharedSnapshot, Arc<Snapshot>>>,
     pub upstreams: RefCell<Upstreams>,
+    /// This core's copies of the listeners' TLS configs (own session caches).
+    pub tls: crate::tls::CoreConfigs,
     /// Becomes true when the process starts draining (from the control thread; watched by
     /// one task per core, which then raises `drain_event`).
     pub drain: tokio::sync::watch::Receiver<bool>,
@@ -57,6 +59,7 @@ impl CoreCtx {
             core,
             cache: RefCell::new(Cache::new(shared)),
             upstreams: RefCell::new(Upstreams::new(core)),
+            tls: crate::tls::CoreConfigs::default(),
             drain,
             drain_event: DrainEvent::default(),
             active: Cell::new(0),

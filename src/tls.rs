@@ -4,6 +4,7 @@
 //! failed handshake closes the connection.
 
 use std::io;
+use std::sync::Arc;
 
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
@@ -78,15 +79,48 @@ impl Refused {
     }
 }
 
-/// Runs the server handshake on `stream`, replaying `prefix` (bytes the TLS inspector
-/// read) first, and counts the outcome in `stats`.
+/// One core's copies of the listeners' rustls configs, each with a session cache of its
+/// own, so a handshake touches no cache another core uses (rustls's cache locks inside).
+/// Session tickets stay shared: the ticketer's keys must open a ticket whichever core the
+/// client's next connection lands on (a read lock, never held across I/O). Entries whose
+/// configuration left the snapshot are dropped on the next miss.
+#[derive(Default)]
+pub struct CoreConfigs(std::cell::RefCell<rustc_hash::FxHashMap<usize, CoreConfig>>);
+
+/// A listener's TLS settings (held, so its address is not reused while the entry lives)
+/// and this core's rustls config for them.
+type CoreConfig = (Arc<DownstreamTls>, Arc<rustls::ServerConfig>);
+
+impl CoreConfigs {
+    /// This core's config for `tls`.
+    pub fn get(&self, tls: &Arc<DownstreamTls>) -> Arc<rustls::ServerConfig> {
+        let key = Arc::as_ptr(tls) as usize;
+        let mut map = self.0.borrow_mut();
+        if let Some((_, c)) = map.get(&key) {
+            return c.clone();
+        }
+        map.retain(|_, (t, _)| Arc::strong_count(t) > 1);
+        let mut config = (*tls.config).clone();
+        if tls.session_cache > 0 {
+            config.session_storage =
+                rustls::server::ServerSessionMemoryCache::new(tls.session_cache);
+        }
+        let config = Arc::new(config);
+        map.insert(key, (tls.clone(), config.clone()));
+        config
+    }
+}
+
+/// Runs the server handshake on `stream` with this core's copy of the config, replaying
+/// `prefix` (bytes the TLS inspector read) first, and counts the outcome in `stats`.
 pub async fn accept(
-    tls: &DownstreamTls,
+    tls: &Arc<DownstreamTls>,
+    core: &CoreConfigs,
     stream: TcpStream,
     prefix: Vec<u8>,
     stats: &CoreCells,
 ) -> Result<ServerStream, Refused> {
-    let result = handshake(tls, stream, prefix).await;
+    let result = handshake(tls, core.get(tls), stream, prefix).await;
     match &result {
         Ok(s) => {
             let conn = s.get_ref().1;
@@ -105,11 +139,12 @@ pub async fn accept(
 
 async fn handshake(
     tls: &DownstreamTls,
+    config: Arc<rustls::ServerConfig>,
     stream: TcpStream,
     prefix: Vec<u8>,
 ) -> Result<ServerStream, Refused> {
     let io = stream.try_into_poll_io().map_err(|_| Refused::Failed)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let s = match monoio::time::timeout(
         tls.handshake_timeout,
         acceptor.accept(Rewind::new(prefix, io)),

@@ -1099,3 +1099,40 @@ async fn sds_over_delta_ads() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.ends_with(&format!("tls - - {PRODUCTPAGE}")), "{resp}");
 }
+
+/// Each core keeps its own session cache, but TLS 1.3 tickets open on any core: with two
+/// cores (SO_REUSEPORT spreads the connections), every reconnect resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_resume_across_cores() {
+    let mesh = Ca::new("cluster.local");
+    let server = mesh.issue("svc.local", None, false);
+    let backend = Backend::start("b").await;
+    let dir = temp_dir();
+    let cert = write(&dir, "s.pem", &server.cert_pem);
+    let key = write(&dir, "s.key", &server.key_pem);
+    let socket = format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]"#
+    );
+    let proxy = Proxy::start(
+        &bootstrap("", &mtls_chain(&socket), backend.addr),
+        &["--concurrency", "2"],
+    )
+    .await;
+    let c = Arc::new(client_config(&mesh, None, &[]));
+    let mut first = tls_connect(proxy.addr(), c.clone()).await.unwrap();
+    assert!(get(&mut first, "/t").await.unwrap().starts_with("HTTP/1.1 200"));
+    for i in 0..12 {
+        let mut s = tls_connect(proxy.addr(), c.clone()).await.unwrap();
+        assert_eq!(
+            s.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "connection {i}"
+        );
+        assert!(get(&mut s, "/t").await.unwrap().starts_with("HTTP/1.1 200"));
+    }
+}

@@ -430,7 +430,7 @@ async fn handle(
             // The handshake runs here, on the core that owns the connection.
             let cells = listener.stats.core(ctx.core);
             let prefix = std::mem::take(&mut prefix);
-            let s = match crate::tls::accept(&tls, stream, prefix, cells).await {
+            let s = match crate::tls::accept(&tls, &ctx.tls, stream, prefix, cells).await {
                 Ok(s) => s,
                 Err(why) => {
                     tracing::debug!(listener = %listener.name, %peer, chain = %chain.name, "TLS handshake refused: {why:?}");

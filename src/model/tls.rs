@@ -21,6 +21,8 @@ pub struct DownstreamTls {
     pub handshake_timeout: Duration,
     /// `require_sni`: a client that names no server is refused.
     pub require_sni: bool,
+    /// Sessions each core's cache keeps for stateful resumption (0: disabled).
+    pub session_cache: usize,
 }
 
 /// Which subject alternative names a matcher looks at.

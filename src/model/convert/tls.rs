@@ -22,6 +22,9 @@ use crate::proto::envoy::extensions::transport_sockets::tls::v3 as pb;
 use super::{any_type, data_source, decode_any, err, timeout, ConvertError, Ctx, SdsSource};
 
 const DOWNSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+/// Sessions per core for stateful (session ID) resumption: rustls's default size.
+const SESSION_CACHE: usize = 256;
+
 const UPSTREAM: &str = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 const RAW_BUFFER: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
@@ -70,6 +73,11 @@ pub(super) fn downstream(
                 config: Arc::new(config),
                 handshake_timeout,
                 require_sni: tc.require_sni.unwrap_or(false),
+                session_cache: if tc.disable_stateful_session_resumption {
+                    0
+                } else {
+                    SESSION_CACHE
+                },
             })))
         }
         other => Err(err(
