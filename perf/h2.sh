@@ -12,14 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
 RUNS=${2:-3}
-need_apt=()
-command -v h2load >/dev/null || need_apt+=(nghttp2-client)
-command -v nghttpd >/dev/null || need_apt+=(nghttp2-server)
-command -v nginx >/dev/null || need_apt+=(nginx-light)
-command -v taskset >/dev/null || need_apt+=(util-linux)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+. perf/lib.sh
+need h2load:nghttp2-client nghttpd:nghttp2-server nginx:nginx-light taskset:util-linux
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q
 BIN=target/release/ringside
 TMP=$(mktemp -d)
@@ -32,37 +26,14 @@ head -c 1024 /dev/zero | tr '\0' 'x' >"$TMP/www/1k"
 # One gRPC message: 5-byte prefix (uncompressed, length 1019) and 1019 payload bytes.
 python3 -c "import sys; sys.stdout.buffer.write(b'\x00' + (1019).to_bytes(4,'big') + b'y'*1019)" >"$TMP/msg"
 
-cat >"$TMP/backend.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/backend.pid;
-error_log $TMP/backend.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$H1; root $TMP/www; }
-}
-CONF
-cat >"$TMP/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-
-    upstream h1 { server 127.0.0.1:$H1; keepalive 128; keepalive_requests 1000000; }
+nginx_conf "$TMP/backend.conf" backend "    server { listen 127.0.0.1:$H1; root $TMP/www; }"
+nginx_conf "$TMP/nginx.conf" nginx "    upstream h1 { server 127.0.0.1:$H1; keepalive 128; keepalive_requests 1000000; }
     upstream h2 { server 127.0.0.1:$H2; keepalive 128; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$PROXY http2;
         location /grpc/ { grpc_pass grpc://h2; }
-        location / { proxy_pass http://h1; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-CONF
+        location / { proxy_pass http://h1; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
 cat >"$TMP/ringside.yaml" <<CONF
 static_resources:
   listeners:
@@ -98,8 +69,6 @@ taskset -c 1 nghttpd --no-tls --echo-upload -d "$TMP/www" $H2 >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
 
-HZ=$(getconf CLK_TCK)
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 # One h2load run; prints requests/s, or ERR when any request failed.
 load() {
   local url=$1

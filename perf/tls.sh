@@ -13,14 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}
 RUNS=${2:-3}
-need_apt=()
-command -v wrk >/dev/null || need_apt+=(wrk)
-command -v nginx >/dev/null || need_apt+=(nginx-light)
-command -v openssl >/dev/null || need_apt+=(openssl)
-command -v taskset >/dev/null || need_apt+=(util-linux)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+. perf/lib.sh
+need wrk:wrk nginx:nginx-light openssl:openssl taskset:util-linux
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q
 BIN=target/release/ringside
 TMP=$(mktemp -d)
@@ -33,28 +27,8 @@ head -c 1024 /dev/zero | tr '\0' 'x' >"$TMP/www/1k"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.local \
   -addext subjectAltName=DNS:bench.local -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1
 
-cat >"$TMP/backend.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/backend.pid;
-error_log $TMP/backend.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; root $TMP/www; }
-}
-CONF
-cat >"$TMP/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
+nginx_conf "$TMP/backend.conf" backend "    server { listen 127.0.0.1:$UP; root $TMP/www; }"
+nginx_conf "$TMP/nginx.conf" nginx "    upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$PROXY ssl;
         ssl_certificate $TMP/cert.pem;
@@ -62,10 +36,8 @@ http {
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         ssl_session_tickets on;
-        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-CONF
+        location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+    }"
 cat >"$TMP/ringside.yaml" <<CONF
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: $ADMIN}}}
 static_resources:
@@ -95,8 +67,6 @@ taskset -c 1 nginx -c "$TMP/backend.conf" -p "$TMP" &
 pids+=($!)
 sleep 0.5
 
-HZ=$(getconf CLK_TCK)
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 # One run of a case; prints "operations seconds" (operations: handshakes or requests).
 run_case() {
   local c=$1

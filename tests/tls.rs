@@ -92,6 +92,21 @@ fn tls_socket(dir: &Path, server: &Identity, ca: &Ca, extra: &str) -> String {
     )
 }
 
+/// Server-side TLS only (no client certificate asked for), as at an edge; `chain_extra`
+/// goes before it in the filter chain.
+fn edge_socket(dir: &Path, server: &Identity, chain_extra: &str) -> String {
+    let cert = write(dir, "s.pem", &server.cert_pem);
+    let key = write(dir, "s.key", &server.key_pem);
+    format!(
+        r#"{chain_extra}      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]"#
+    )
+}
+
 const HCM: &str = r#"      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -417,17 +432,10 @@ async fn sessions_resume_and_slow_handshakes_time_out() {
     let backend = Backend::start("b").await;
     for driver in drivers() {
         let dir = temp_dir();
-        // Server-side TLS only (no client certificate asked for), as at an edge.
-        let cert = write(&dir, "s.pem", &server.cert_pem);
-        let key = write(&dir, "s.key", &server.key_pem);
-        let socket = format!(
-            r#"      transport_socket_connect_timeout: 0.3s
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]"#
+        let socket = edge_socket(
+            &dir,
+            &server,
+            "      transport_socket_connect_timeout: 0.3s\n",
         );
         let proxy = Proxy::start(
             &bootstrap("", &mtls_chain(&socket), backend.addr),
@@ -1107,17 +1115,7 @@ async fn tickets_resume_across_cores() {
     let mesh = Ca::new("cluster.local");
     let server = mesh.issue("svc.local", None, false);
     let backend = Backend::start("b").await;
-    let dir = temp_dir();
-    let cert = write(&dir, "s.pem", &server.cert_pem);
-    let key = write(&dir, "s.key", &server.key_pem);
-    let socket = format!(
-        r#"      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          common_tls_context:
-            tls_certificates: [{{certificate_chain: {{filename: {cert}}}, private_key: {{filename: {key}}}}}]"#
-    );
+    let socket = edge_socket(&temp_dir(), &server, "");
     let proxy = Proxy::start(
         &bootstrap("", &mtls_chain(&socket), backend.addr),
         &["--concurrency", "2"],
@@ -1125,7 +1123,10 @@ async fn tickets_resume_across_cores() {
     .await;
     let c = Arc::new(client_config(&mesh, None, &[]));
     let mut first = tls_connect(proxy.addr(), c.clone()).await.unwrap();
-    assert!(get(&mut first, "/t").await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(get(&mut first, "/t")
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
     for i in 0..12 {
         let mut s = tls_connect(proxy.addr(), c.clone()).await.unwrap();
         assert_eq!(

@@ -261,7 +261,7 @@ pub fn target_of(
     ))
 }
 
-pub(super) async fn connect(
+async fn connect(
     target: &Target,
     timeout: Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
@@ -339,36 +339,55 @@ pub async fn run(cfg: AdsConfig, node: Node, control: Control) {
     };
     let mut backoff = Backoff::new();
     loop {
-        let got_response = match connect(&target, timeout).await {
-            Ok(channel) => {
-                control.borrow().count(ControlPlaneStat::StreamsOpened);
-                let r = if cfg.delta {
-                    delta_stream(&cfg, &node, control, channel).await
-                } else {
-                    sotw_stream(&cfg, &node, control, channel).await
-                };
-                set_connected(&control.borrow(), false);
-                control.borrow().count(ControlPlaneStat::StreamsClosed);
-                match r {
-                    Ok(got) => {
-                        tracing::warn!(?target, "ADS stream closed by the server");
-                        got
-                    }
-                    Err((got, status)) => {
-                        tracing::warn!(?target, "ADS stream failed: {status}");
-                        got
-                    }
-                }
+        let got_response = session("ADS", &target, timeout, control, |channel| async {
+            if cfg.delta {
+                delta_stream(&cfg, &node, control, channel).await
+            } else {
+                sotw_stream(&cfg, &node, control, channel).await
             }
-            Err(e) => {
-                tracing::warn!(?target, "cannot reach the control plane: {e}");
-                false
-            }
-        };
+        })
+        .await;
         if got_response {
             backoff.reset();
         }
         tokio::time::sleep(backoff.wait()).await;
+    }
+}
+
+/// One connection to an xDS server (`what`: ADS or SDS) and the stream run over it,
+/// counted in the control-plane stats. True if any response came (the backoff resets).
+pub(super) async fn session<F, Fut>(
+    what: &str,
+    target: &Target,
+    timeout: Duration,
+    control: &RefCell<Control>,
+    stream: F,
+) -> bool
+where
+    F: FnOnce(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = StreamEnd>,
+{
+    match connect(target, timeout).await {
+        Ok(channel) => {
+            control.borrow().count(ControlPlaneStat::StreamsOpened);
+            let r = stream(channel).await;
+            set_connected(&control.borrow(), false);
+            control.borrow().count(ControlPlaneStat::StreamsClosed);
+            match r {
+                Ok(got) => {
+                    tracing::warn!(?target, "{what} stream closed by the server");
+                    got
+                }
+                Err((got, status)) => {
+                    tracing::warn!(?target, "{what} stream failed: {status}");
+                    got
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(?target, "cannot reach the {what} server: {e}");
+            false
+        }
     }
 }
 

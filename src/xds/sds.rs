@@ -18,9 +18,8 @@ use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::envoy::service::discovery::v3 as pb;
 use crate::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient as Client;
 use crate::proto::google::rpc::Status;
-use crate::stats::ControlPlaneStat;
 
-use super::ads::{connect, set_connected, Backoff, Control, StreamEnd, INVALID_ARGUMENT};
+use super::ads::{session, set_connected, Backoff, Control, StreamEnd, INVALID_ARGUMENT};
 use super::state::{Incoming, Kind, Update};
 
 /// Starts one SDS stream for every cluster the resources name as an SDS source, as they
@@ -69,26 +68,10 @@ async fn run(cluster: Arc<str>, node: Node, control: Rc<RefCell<Control>>) {
                 return;
             }
         };
-        let got = match connect(&target, timeout).await {
-            Ok(channel) => {
-                let r = stream(&node, &control, &source, channel).await;
-                set_connected(&control.borrow(), false);
-                match r {
-                    Ok(got) => {
-                        tracing::warn!(?target, "SDS stream closed by the server");
-                        got
-                    }
-                    Err((got, status)) => {
-                        tracing::warn!(?target, "SDS stream failed: {status}");
-                        got
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(?target, "cannot reach the SDS server: {e}");
-                false
-            }
-        };
+        let got = session("SDS", &target, timeout, &control, |channel| {
+            stream(&node, &control, &source, channel)
+        })
+        .await;
         if got {
             backoff.reset();
         }
@@ -145,7 +128,6 @@ async fn stream(
         Ok(r) => r.into_inner(),
         Err(s) => return Err((false, s)),
     };
-    control.borrow().count(ControlPlaneStat::StreamsOpened);
     set_connected(&control.borrow(), true);
     let mut changed = control.borrow().changed.subscribe();
     let mut got = false;
