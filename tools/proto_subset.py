@@ -41,7 +41,9 @@ SUBSET = {
                                                              "ads_config"],
     # xDS sources
     "envoy.config.core.v3.ConfigSource": ["ads", "api_config_source", "initial_fetch_timeout",
-                                          "resource_api_version"],
+                                          "resource_api_version", "path", "path_config_source"],
+    "envoy.config.core.v3.PathConfigSource": ["path", "watched_directory"],
+    "envoy.config.core.v3.WatchedDirectory": ["path"],
     "envoy.config.core.v3.AggregatedConfigSource": [],
     "envoy.config.core.v3.ApiConfigSource": ["api_type", "transport_api_version", "grpc_services",
                                              "set_node_on_first_message_only"],

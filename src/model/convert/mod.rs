@@ -164,6 +164,13 @@ pub(crate) fn config_source(
                 "only ADS config sources (ads: {}) are supported",
             ))
         }
+        Some(S::Path(_) | S::PathConfigSource(_)) => {
+            return Err(err(
+                resource,
+                format!("{path}.path_config_source"),
+                "file config sources are not supported: only ADS (ads: {})",
+            ))
+        }
         None => return Err(err(resource, path, "ads: {} is required")),
     }
     if !ads {

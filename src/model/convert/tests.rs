@@ -509,4 +509,19 @@ fn upstream_tls_and_transport_socket_matches_convert() {
     ))
     .unwrap_err();
     assert!(e.path.ends_with("validation_context.trusted_ca"), "{e:?}");
+    // SDS from a file is refused by name, and SDS in a static cluster too.
+    let sds = |source: &str| {
+        format!(
+            r#"transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {{tls_certificate_sds_secret_configs: [{{name: default, sds_config: {source}}}]}}}}}}"#
+        )
+    };
+    let e = build(&yaml(
+        &sds("{path_config_source: {path: /etc/sds.yaml}}"),
+        "",
+    ))
+    .unwrap_err();
+    assert!(e.path.ends_with("path_config_source"), "{e:?}");
+    let grpc = "{api_config_source: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}}";
+    let e = build(&yaml(&sds(grpc), "")).unwrap_err();
+    assert!(e.reason.contains("SDS secret 'default'"), "{e:?}");
 }

@@ -805,6 +805,11 @@ fn sds_source(
             }
             Ok(SdsSource::Grpc(cluster.as_str().into()))
         }
+        Some(S::Path(_) | S::PathConfigSource(_)) => Err(err(
+            res,
+            format!("{at}.path_config_source"),
+            "SDS from files is not implemented: give tls_certificates/trusted_ca files, or an SDS server (ads or api_config_source)",
+        )),
         None => Err(err(res, at, "ads or api_config_source is required")),
     }
 }
