@@ -970,6 +970,25 @@ async fn sds_from_pilot_agent_socket_rotates_mid_traffic_and_nacks_bad_secrets()
         TcpStream::connect(("127.0.0.1", port)).await.is_err(),
         "a listener waiting for its secrets must not accept"
     );
+    let secrets_dump = || async {
+        let body = proxy.admin_get("/config_dump").await.1;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.SecretsConfigDump")
+            .cloned()
+            .expect("a SecretsConfigDump")
+    };
+    let warming = secrets_dump().await["dynamic_warming_secrets"].clone();
+    let names: Vec<_> = warming
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, ["ROOTCA", "default"], "{warming}");
 
     let nonce = sds.push(
         SECRET,
@@ -983,6 +1002,22 @@ async fn sds_from_pilot_agent_socket_rotates_mid_traffic_and_nacks_bad_secrets()
     );
     assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
     let addr = proxy.wait_listener("inbound").await;
+    // /config_dump shows the secrets as Envoy does (istioctl reads it), the key redacted.
+    let dump = secrets_dump().await;
+    let active = dump["dynamic_active_secrets"].as_array().unwrap();
+    let default = active
+        .iter()
+        .find(|s| s["name"] == "default")
+        .expect("default");
+    assert_eq!(
+        default["secret"]["tls_certificate"]["private_key"]["inline_bytes"], "W3JlZGFjdGVkXQ==",
+        "the private key is redacted"
+    );
+    assert!(
+        !dump.to_string().contains("PRIVATE KEY"),
+        "no key material in the dump"
+    );
+    assert_eq!(dump["dynamic_warming_secrets"].as_array().unwrap().len(), 0);
     let config = Arc::new(client_config(&mesh, Some(&client), &[b"http/1.1"]));
     let mut early = tls_connect(addr, config.clone()).await.unwrap();
     assert_eq!(peer_leaf(&early), leaf_der(&v1));

@@ -301,6 +301,31 @@ fn prometheus_name(stat: &str) -> (String, String) {
     (format!("envoy_{}", sanitize(&rest)), labels)
 }
 
+/// A secret as Envoy dumps it: the private key replaced by `[redacted]`.
+fn redacted_secret(e: &crate::model::DumpEntry, to_json: &dyn Fn(&str, Vec<u8>) -> Value) -> Value {
+    use crate::proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    let Ok(mut s) = Secret::decode(e.resource.value.as_slice()) else {
+        return Value::Null;
+    };
+    if let Some(secret::Type::TlsCertificate(tc)) = &mut s.r#type {
+        if tc.private_key.is_some() {
+            tc.private_key = Some(crate::proto::envoy::config::core::v3::DataSource {
+                specifier: Some(
+                    crate::proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(
+                        b"[redacted]".to_vec(),
+                    ),
+                ),
+            });
+        }
+    }
+    let mut v = to_json(
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        s.encode_to_vec(),
+    );
+    v["@type"] = json!(e.resource.type_url);
+    v
+}
+
 /// `/config_dump` in Envoy's shape: bootstrap, static listeners, clusters and routes.
 fn config_dump(state: &AdminState) -> Value {
     let snap = state.snapshot.load();
@@ -310,8 +335,12 @@ fn config_dump(state: &AdminState) -> Value {
         let desc = crate::proto::pool()
             .get_message_by_name(name)
             .expect("type in proto/");
+        // Envoy dumps proto field names (snake_case), not the JSON mapping's camelCase.
+        let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
         match prost_reflect::DynamicMessage::decode(desc, bytes.as_slice()) {
-            Ok(m) => serde_json::to_value(&m).unwrap_or(Value::Null),
+            Ok(m) => m
+                .serialize_with_options(serde_json::value::Serializer, &options)
+                .unwrap_or(Value::Null),
             Err(_) => Value::Null,
         }
     };
@@ -394,6 +423,20 @@ fn config_dump(state: &AdminState) -> Value {
             {
                 "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
                 "dynamic_route_configs": d.route_configs.iter().map(|e| state_json(e, "route_config")).collect::<Vec<_>>(),
+            },
+            {
+                "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+                "dynamic_active_secrets": d.secrets.iter().map(|e| json!({
+                    "name": e.name.as_ref(),
+                    "version_info": e.version.as_ref(),
+                    "last_updated": rfc3339(e.last_updated),
+                    "secret": redacted_secret(e, &to_json),
+                })).collect::<Vec<_>>(),
+                "dynamic_warming_secrets": d.warming_secrets.iter().map(|n| json!({
+                    "name": n.as_ref(),
+                    "version_info": "uninitialized",
+                    "secret": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", "name": n.as_ref()},
+                })).collect::<Vec<_>>(),
             },
         ],
         "ringside": {

@@ -79,6 +79,10 @@ pub struct DynamicDump {
     pub warming_clusters: Vec<DumpEntry>,
     pub route_configs: Vec<DumpEntry>,
     pub endpoints: Vec<DumpEntry>,
+    /// SDS secrets received (private keys are redacted when dumped).
+    pub secrets: Vec<DumpEntry>,
+    /// Secrets named by listeners or clusters that have not arrived.
+    pub warming_secrets: Vec<Arc<str>>,
     /// The last accepted `version_info` per type URL.
     pub versions: Vec<(&'static str, Arc<str>, SystemTime)>,
 }

@@ -546,6 +546,12 @@ impl Resources {
             route_configs.insert(n.clone(), h.model.clone());
             dump.route_configs.push(h.entry.clone());
         }
+        dump.secrets = self.secrets.values().map(|h| h.entry.clone()).collect();
+        dump.warming_secrets = self
+            .all_secret_refs()
+            .into_iter()
+            .filter(|n| !self.secrets.contains_key(n))
+            .collect();
         dump.versions = self
             .versions
             .iter()
