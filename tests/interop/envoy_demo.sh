@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs examples/envoy-demo.yaml (Envoy's getting-started config, cluster pointed at a local
-# backend on localhost:8080, upstream TLS removed) and checks with curl that it proxies.
+# backend on localhost:8080, upstream TLS removed) and checks with curl that it proxies;
+# then examples/envoy-demo-tls.yaml (the same config with its upstream TLS block, pointed at
+# openssl s_server on localhost:8443, which refuses any SNI but www.envoyproxy.io).
 set -euo pipefail
 bin=${1:-target/debug/ringside}
 dir=$(mktemp -d)
@@ -21,5 +23,17 @@ kill -TERM $proxy
 for _ in $(seq 100); do kill -0 $proxy 2>/dev/null || break; sleep 0.1; done
 check "SIGTERM exits" '! kill -0 $proxy 2>/dev/null'
 check "access log lines on stdout" 'grep -q "\"GET /index.html HTTP/1.1\" 200" "$dir/access.log"'
+# The unmodified TLS block: upstream TLS with SNI www.envoyproxy.io, as Envoy ships it.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=www.envoyproxy.io \
+  -keyout "$dir/k.pem" -out "$dir/c.pem" >/dev/null 2>&1
+openssl s_server -accept 8443 -cert "$dir/c.pem" -key "$dir/k.pem" -cert2 "$dir/c.pem" -key2 "$dir/k.pem" \
+  -servername www.envoyproxy.io -servername_fatal -www -quiet >"$dir/s_server.log" 2>&1 &
+tls_backend=$!
+"$bin" -c examples/envoy-demo-tls.yaml --concurrency 1 -l warn >/dev/null 2>"$dir/ringside-tls.log" &
+proxy=$!
+trap 'kill $backend $tls_backend $proxy 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:9901/ready && break; sleep 0.1; done
+check "upstream TLS with the demo's SNI (the TLS block unmodified)" 'curl -s http://127.0.0.1:10000/ | grep -q "Ciphers supported in s_server"'
+check "counted as one upstream handshake" '[ "$(curl -s http://127.0.0.1:9901/stats | sed -n "s/^cluster.service_envoyproxy_io.ssl.handshake: //p")" = 1 ]'
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
