@@ -952,6 +952,23 @@ async fn sds_from_pilot_agent_socket_rotates_mid_traffic_and_nacks_bad_secrets()
     let (cluster, listener) = sds_resources(port, tls_up.addr, PILOT_AGENT_SDS);
 
     xds.next_sotw(CLUSTER).await;
+    // An SDS source that is not a static cluster is refused, not left warming for ever.
+    let (stray, _) = sds_resources(
+        port,
+        tls_up.addr,
+        &PILOT_AGENT_SDS.replace("sds-grpc", "nope"),
+    );
+    xds.push(CLUSTER, "c0", vec![stray]);
+    let nack = xds
+        .next_sotw(CLUSTER)
+        .await
+        .error_detail
+        .expect("NACK")
+        .message;
+    assert!(
+        nack.contains("'nope', which is not a static cluster"),
+        "{nack}"
+    );
     xds.push(CLUSTER, "c1", vec![cluster]);
     assert!(xds.next_sotw(CLUSTER).await.error_detail.is_none());
     xds.next_sotw(LISTENER).await;

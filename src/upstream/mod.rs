@@ -320,7 +320,10 @@ pub async fn connect_h2(
             let hs = crate::tls::connect(tls, true, stream, ep, cluster.connect_timeout, stats);
             match hs.await {
                 Ok(io) => h2_handshake(cluster, ep, settings, io, guard).await?,
-                Err(r) => return Err(ConnectError::Tls(r)),
+                Err(r) => {
+                    stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+                    return Err(ConnectError::Tls(r));
+                }
             }
         }
     };

@@ -300,6 +300,7 @@ impl Resources {
                         "cluster '{name}': a static cluster of that name exists and cannot be replaced by CDS"
                     ));
                 }
+                sds_clusters_exist(&format!("cluster '{name}'"), &h.secret_refs, statics)?;
                 Arc::make_mut(&mut self.clusters).insert(name, h);
             }
             AnyHeld::Listener(h) => {
@@ -308,6 +309,7 @@ impl Resources {
                         "listener '{name}': a static listener of that name exists and cannot be replaced by LDS"
                     ));
                 }
+                sds_clusters_exist(&format!("listener '{name}'"), &h.secret_refs, statics)?;
                 Arc::make_mut(&mut self.listeners).insert(name, h);
             }
             AnyHeld::Route(h) => {
@@ -586,6 +588,21 @@ impl Resources {
         }
         out
     }
+}
+
+/// An SDS server is reached through a static cluster (as Envoy requires of gRPC services):
+/// naming any other is refused, rather than warming for ever.
+fn sds_clusters_exist(res: &str, refs: &[SecretRef], statics: &Static) -> Result<(), Rejection> {
+    for (secret, source) in refs {
+        if let SdsSource::Grpc(c) = source {
+            if !statics.clusters.iter().any(|s| s.name == *c) {
+                return Err(format!(
+                    "{res}: SDS secret '{secret}': sds_config names cluster '{c}', which is not a static cluster"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 enum AnyHeld {
