@@ -65,6 +65,15 @@ impl Ca {
     }
 }
 
+/// The client identity the listeners in these tests allow.
+fn client_of(ca: &Ca) -> Identity {
+    ca.issue(
+        "client",
+        Some("spiffe://cluster.local/ns/default/sa/client"),
+        false,
+    )
+}
+
 fn write(dir: &Path, name: &str, body: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
@@ -209,11 +218,7 @@ impl Mesh {
     async fn new() -> Mesh {
         let ca = Ca::new("cluster.local");
         let server = ca.issue("svc.local", None, false);
-        let client = ca.issue(
-            "client",
-            Some("spiffe://cluster.local/ns/default/sa/client"),
-            false,
-        );
+        let client = client_of(&ca);
         Mesh {
             ca,
             server,
@@ -932,11 +937,7 @@ async fn sds_from_pilot_agent_socket_rotates_mid_traffic_and_nacks_bad_secrets()
     let mesh = Ca::new("cluster.local");
     let v1 = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
     let v2 = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
-    let client = mesh.issue(
-        "client",
-        Some("spiffe://cluster.local/ns/default/sa/client"),
-        false,
-    );
+    let client = client_of(&mesh);
     let reviews = mesh.issue("reviews", Some(REVIEWS), false);
     let tls_up = TlsUpstream::start(&mesh, &reviews).await;
     let dir = temp_dir();
@@ -1121,11 +1122,7 @@ async fn sds_over_delta_ads() {
     use support::ads::{AdsServer, CLUSTER, LISTENER, SECRET};
     let mesh = Ca::new("cluster.local");
     let me = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
-    let client = mesh.issue(
-        "client",
-        Some("spiffe://cluster.local/ns/default/sa/client"),
-        false,
-    );
+    let client = client_of(&mesh);
     let reviews = mesh.issue("reviews", Some(REVIEWS), false);
     let tls_up = TlsUpstream::start(&mesh, &reviews).await;
     let mut xds = AdsServer::unix(temp_dir().join("XDS")).await;

@@ -537,21 +537,7 @@ async fn sotw_stream(
         let Some(kind) = subscribed_kind(&resp.type_url) else {
             continue;
         };
-        let update = Update {
-            kind,
-            version_info: resp.version_info.clone(),
-            resources: resp
-                .resources
-                .into_iter()
-                .map(|resource| Incoming {
-                    name: String::new(),
-                    version: resp.version_info.clone(),
-                    resource,
-                })
-                .collect(),
-            removed: Vec::new(),
-            full_state: kind.wildcard(),
-        };
+        let update = Update::sotw(kind, &resp.version_info, resp.resources);
         let result = control.borrow_mut().apply(&update);
         let t = types.entry(kind).or_default();
         t.nonce = resp.nonce;

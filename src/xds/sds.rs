@@ -20,7 +20,7 @@ use crate::proto::envoy::service::secret::v3::secret_discovery_service_client::S
 use crate::proto::google::rpc::Status;
 
 use super::ads::{session, set_connected, Backoff, Control, StreamEnd, INVALID_ARGUMENT};
-use super::state::{Incoming, Kind, Update};
+use super::state::{Kind, Update};
 
 /// Starts one SDS stream for every cluster the resources name as an SDS source, as they
 /// appear. Runs for ever on the control thread's `LocalSet`.
@@ -155,21 +155,7 @@ async fn stream(
             tracing::warn!(type_url = %resp.type_url, "ignoring a non-secret response on an SDS stream");
             continue;
         }
-        let update = Update {
-            kind: Kind::Secret,
-            version_info: resp.version_info.clone(),
-            resources: resp
-                .resources
-                .into_iter()
-                .map(|resource| Incoming {
-                    name: String::new(),
-                    version: resp.version_info.clone(),
-                    resource,
-                })
-                .collect(),
-            removed: Vec::new(),
-            full_state: false,
-        };
+        let update = Update::sotw(Kind::Secret, &resp.version_info, resp.resources);
         let result = control.borrow_mut().apply(&update);
         sent.nonce = resp.nonce;
         let error = match result {
