@@ -54,11 +54,12 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let stats = Store::new(concurrency);
     let control = stats.control_core();
-    let (mut snapshot, ignored) =
-        convert::bootstrap_snapshot(bootstrap, &stats, 1).map_err(|err| StartError::Convert {
-            location: loaded.locate(&err.path),
-            err,
-        })?;
+    let (mut snapshot, ignored, sds_files) =
+        convert::bootstrap_snapshot_with(bootstrap, &stats, 1, Some(config::read_sds_file))
+            .map_err(|err| StartError::Convert {
+                location: loaded.locate(&err.path),
+                err,
+            })?;
     let server = stats.scope::<ServerStat>("server.");
     for path in &ignored {
         tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
@@ -83,7 +84,8 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         })?,
         None => None,
     };
-    let statics = crate::xds::state::Static::from_snapshot(&snapshot);
+    let mut statics = crate::xds::state::Static::from_snapshot(&snapshot);
+    statics.sds_files = sds_files;
     if let Some(cfg) = &ads {
         crate::xds::ads::target(cfg, &statics)
             .map_err(|e| StartError::Driver(format!("{origin}: {e}")))?;
@@ -165,10 +167,16 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             tokio::spawn(crate::admin::serve(listener, state.clone()));
         }
         tokio::spawn(crate::xds::dns::refresh_loop(shared.clone(), control));
-        if let Some(cfg) = ads {
-            let node = bootstrap.node.clone().unwrap_or_default();
+        // The control thread's xDS side: ADS when configured, and the watch on SDS files
+        // (which also rotates the certificates of static listeners and clusters).
+        if ads.is_some() || !statics.sds_files.is_empty() {
             let ctl = crate::xds::ads::Control::new(publisher, statics, stats.clone(), initialized);
-            tokio::task::spawn_local(crate::xds::ads::run(cfg, node, ctl));
+            let ctl = std::rc::Rc::new(std::cell::RefCell::new(ctl));
+            tokio::task::spawn_local(crate::xds::sds::watch_files(ctl.clone()));
+            if let Some(cfg) = ads {
+                let node = bootstrap.node.clone().unwrap_or_default();
+                tokio::task::spawn_local(crate::xds::ads::run(cfg, node, ctl));
+            }
         }
         let mut drain = state.drain.subscribe();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

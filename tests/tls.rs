@@ -1186,3 +1186,123 @@ async fn tickets_resume_across_cores() {
         assert!(get(&mut s, "/t").await.unwrap().starts_with("HTTP/1.1 200"));
     }
 }
+
+/// An SDS file as Envoy reads one (`path_config_source`): a DiscoveryResponse of secrets.
+fn sds_file(path: &Path, secrets: &[prost_types::Any]) {
+    let items: Vec<String> = secrets
+        .iter()
+        .map(|any| {
+            use prost::Message;
+            let s = ringside::proto::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+                any.value.as_slice(),
+            )
+            .unwrap();
+            let (chain, key) = match &s.r#type {
+                Some(ringside::proto::envoy::extensions::transport_sockets::tls::v3::secret::Type::TlsCertificate(t)) => (t.certificate_chain.clone(), t.private_key.clone()),
+                _ => (None, None),
+            };
+            let inline = |d: Option<ringside::proto::envoy::config::core::v3::DataSource>| match d.and_then(|d| d.specifier) {
+                Some(ringside::proto::envoy::config::core::v3::data_source::Specifier::InlineString(s)) => serde_json::to_string(&s).unwrap(),
+                _ => "\"\"".into(),
+            };
+            match &s.r#type {
+                Some(ringside::proto::envoy::extensions::transport_sockets::tls::v3::secret::Type::ValidationContext(v)) => format!(
+                    r#"{{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret, name: {}, validation_context: {{trusted_ca: {{inline_string: {}}}}}}}"#,
+                    s.name,
+                    inline(v.trusted_ca.clone())
+                ),
+                _ => format!(
+                    r#"{{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret, name: {}, tls_certificate: {{certificate_chain: {{inline_string: {}}}, private_key: {{inline_string: {}}}}}}}"#,
+                    s.name,
+                    inline(chain),
+                    inline(key)
+                ),
+            }
+        })
+        .collect();
+    // Replaced by a rename, as Kubernetes secret volumes and cert-manager do.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("resources: [{}]\n", items.join(", "))).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Certificates from an SDS file on a static listener (no control plane at all): read at
+/// start, rotated when the file is replaced (new handshakes get the new certificate, an
+/// established connection keeps serving), a bad replacement is refused and the old one
+/// keeps serving, and a missing file is a start-up error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_file_rotates_a_static_listener_certificate() {
+    let mesh = Ca::new("cluster.local");
+    let v1 = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    let v2 = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    let client = client_of(&mesh);
+    let backend = Backend::start("b").await;
+    let dir = temp_dir();
+    let file = dir.join("sds.yaml");
+    sds_file(&file, &[cert_secret("default", &v1), root_secret(&mesh)]);
+    let source = format!(
+        "{{path_config_source: {{path: '{}', watched_directory: {{path: '{}'}}}}, resource_api_version: V3}}",
+        file.display(),
+        dir.display()
+    );
+    let socket = format!(
+        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          require_client_certificate: true\n          {}",
+        istio_sds_context(&source, "spiffe://cluster.local/ns/default/sa/client")
+    );
+    let yaml = bootstrap("", &mtls_chain(&socket), backend.addr);
+    let proxy = Proxy::start(&yaml, &one_core("auto")).await;
+    let addr = proxy.addr();
+    let config = Arc::new(client_config(&mesh, Some(&client), &[b"http/1.1"]));
+    let mut early = tls_connect(addr, config.clone()).await.unwrap();
+    assert_eq!(peer_leaf(&early), leaf_der(&v1));
+
+    sds_file(&file, &[cert_secret("default", &v2), root_secret(&mesh)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = tls_connect(addr, config.clone()).await.unwrap();
+        if peer_leaf(&s) == leaf_der(&v2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated file was never used: {}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = get(&mut early, "/after").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    // A key that is not the certificate's: refused, v2 keeps serving.
+    let mut bad = mesh.issue("svc.local", Some(PRODUCTPAGE), false);
+    bad.key_pem = client.key_pem.clone();
+    sds_file(&file, &[cert_secret("default", &bad), root_secret(&mesh)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !proxy.stderr().contains("SDS file change rejected") {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = tls_connect(addr, config.clone()).await.unwrap();
+    assert_eq!(peer_leaf(&s), leaf_der(&v2));
+
+    // A missing file stops the start with its name.
+    let missing = dir.join("missing.yaml");
+    let cfg = dir.join("missing-config.yaml");
+    std::fs::write(
+        &cfg,
+        yaml.replace(&*file.to_string_lossy(), &missing.to_string_lossy()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&*missing.to_string_lossy())
+            && err.contains("tls_certificate_sds_secret_configs[0].sds_config"),
+        "{err}"
+    );
+}

@@ -213,3 +213,36 @@ fn strip_location(msg: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Reads an SDS file as Envoy's `path_config_source` does: a `DiscoveryResponse` (YAML or
+/// JSON) whose resources are `Secret`s. The error names the file, and the line and field
+/// when the text does not parse.
+pub fn read_sds_file(
+    path: &Path,
+) -> Result<Vec<crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret>, String> {
+    use crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret;
+    const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let source = Source::File(path.display().to_string());
+    let resp: crate::proto::envoy::service::discovery::v3::DiscoveryResponse = parse_message(
+        &text,
+        &source,
+        "envoy.service.discovery.v3.DiscoveryResponse",
+    )
+    .map_err(|e| e.to_string())?;
+    resp.resources
+        .iter()
+        .enumerate()
+        .map(|(i, any)| {
+            if any.type_url != SECRET {
+                return Err(format!(
+                    "{}: resources[{i}] is a {}, not a Secret",
+                    path.display(),
+                    any.type_url
+                ));
+            }
+            Secret::decode(any.value.as_slice())
+                .map_err(|e| format!("{}: resources[{i}]: {e}", path.display()))
+        })
+        .collect()
+}

@@ -190,6 +190,55 @@ impl Control {
         }
     }
 
+    /// SDS files changed: the static resources that read them are converted again from
+    /// the bootstrap, the dynamic ones from what was received, and the result is published.
+    /// If any of it fails (a half-written file, a key that does not match), nothing
+    /// changes and the old certificates keep serving until the next change.
+    pub fn reload_sds_files(&mut self, changed: &BTreeSet<std::path::PathBuf>) {
+        let started = Instant::now();
+        let mut statics = None;
+        if self.statics.sds_files.iter().any(|f| changed.contains(f)) {
+            let read = Some(crate::config::read_sds_file as crate::model::convert::SdsFileReader);
+            match crate::model::convert::bootstrap_snapshot_with(
+                &self.statics.bootstrap,
+                &self.stats,
+                0,
+                read,
+            ) {
+                Ok((snap, _, files)) => {
+                    let mut s = Static::from_snapshot(&snap);
+                    s.sds_files = files;
+                    statics = Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "SDS file change rejected, the old certificates keep serving: {e}"
+                    );
+                    return;
+                }
+            }
+        }
+        let mut staged = self.resources.clone();
+        let reread = |(_, s): &(Arc<str>, crate::model::convert::SdsSource)| matches!(s, crate::model::convert::SdsSource::File(f) if changed.contains(std::path::Path::new(&**f)));
+        if let Err(e) = staged.reconvert(reread, &self.stats) {
+            tracing::warn!("SDS file change rejected, the old certificates keep serving: {e}");
+            return;
+        }
+        let current = self.publisher.shared.load_full();
+        let snap = staged.assemble(statics.as_ref().unwrap_or(&self.statics), &current);
+        match self.publisher.publish(snap, started) {
+            Ok(v) => {
+                tracing::info!(files = ?changed, snapshot = v, "SDS files reloaded");
+                if let Some(s) = statics {
+                    self.statics = s;
+                }
+                self.resources = staged;
+                self.changed.send_modify(|v| *v += 1);
+            }
+            Err(e) => tracing::warn!("publishing after an SDS file change failed: {e}"),
+        }
+    }
+
     /// Re-assembles after a warming deadline passed (initial fetch timeout).
     fn on_deadline(&mut self) {
         let current = self.publisher.shared.load_full();
@@ -325,8 +374,7 @@ impl Default for Backoff {
 /// Runs the ADS client for ever (the process's drain ends it), and the SDS streams the
 /// resources it receives ask for. Needs a `LocalSet`: the streams share `control` on
 /// this thread.
-pub async fn run(cfg: AdsConfig, node: Node, control: Control) {
-    let control = Rc::new(RefCell::new(control));
+pub async fn run(cfg: AdsConfig, node: Node, control: Rc<RefCell<Control>>) {
     tokio::task::spawn_local(super::sds::supervise(node.clone(), control.clone()));
     let control = &*control;
     let target = target(&cfg, &control.borrow().statics);

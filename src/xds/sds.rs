@@ -175,3 +175,52 @@ async fn stream(
         }
     }
 }
+
+/// What a file looked like when last polled: modification time, size, inode.
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// Watches the SDS files (`path_config_source`) that static and dynamic resources read,
+/// once a second; when one changes (written in place, or replaced by a rename as
+/// cert-manager and Kubernetes secret volumes do), everything that reads it is converted
+/// again and published. A file a new LDS/CDS resource names counts as unchanged when
+/// first seen: it was just read by the conversion that named it.
+pub async fn watch_files(control: Rc<RefCell<Control>>) {
+    // The static resources' files were read at start: they are stamped now, so a change
+    // within the first poll interval is not taken for their first sight.
+    let mut seen: std::collections::BTreeMap<std::path::PathBuf, Stamp> = control
+        .borrow()
+        .statics
+        .sds_files
+        .iter()
+        .map(|f| (f.clone(), stamp(f)))
+        .collect();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let files: BTreeSet<std::path::PathBuf> = {
+            let c = control.borrow();
+            let mut f = c.resources.sds_files();
+            f.extend(c.statics.sds_files.iter().cloned());
+            f
+        };
+        let mut changed = BTreeSet::new();
+        for f in &files {
+            let now = stamp(f);
+            if seen
+                .insert(f.clone(), now)
+                .is_some_and(|before| before != now)
+            {
+                changed.insert(f.clone());
+            }
+        }
+        seen.retain(|f, _| files.contains(f));
+        if !changed.is_empty() {
+            control.borrow_mut().reload_sds_files(&changed);
+        }
+    }
+}

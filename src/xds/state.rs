@@ -183,6 +183,8 @@ pub struct Static {
     pub clusters: Vec<Arc<Cluster>>,
     pub admin: Option<std::net::SocketAddr>,
     pub bootstrap: Arc<crate::proto::envoy::config::bootstrap::v3::Bootstrap>,
+    /// SDS files the static listeners and clusters read (watched for rotation).
+    pub sds_files: BTreeSet<std::path::PathBuf>,
 }
 
 impl Static {
@@ -192,6 +194,7 @@ impl Static {
             clusters: s.clusters.clone(),
             admin: s.admin,
             bootstrap: s.bootstrap.clone(),
+            sds_files: BTreeSet::new(),
         }
     }
 }
@@ -241,6 +244,7 @@ impl Resources {
         let now = (Instant::now(), SystemTime::now());
         let mut ctx = Ctx::dynamic(stats);
         ctx.secrets = Arc::new(self.secret_map());
+        ctx.sds_files = Some(crate::config::read_sds_file);
         let mut seen = BTreeSet::new();
         let mut staged = self.clone();
         for inc in &update.resources {
@@ -276,7 +280,7 @@ impl Resources {
                 .cloned()
                 .chain(update.removed.iter().map(|n| Arc::from(n.as_str())))
                 .collect();
-            let ignored = staged.reconvert(&changed, stats)?;
+            let ignored = staged.reconvert(|(n, _)| changed.contains(n), stats)?;
             ctx.ignored.extend(ignored);
         }
         staged

@@ -44,7 +44,16 @@ pub struct Ctx<'a> {
     pub secrets: Arc<SecretMap>,
     /// The SDS secrets the converted resources name, and where each comes from.
     pub secret_refs: std::collections::BTreeSet<(Arc<str>, SdsSource)>,
+    /// Reads SDS files (`path_config_source`); `None`: they are refused.
+    pub sds_files: Option<SdsFileReader>,
 }
+
+/// Reads the secrets of an SDS file (the control thread passes `config::read_sds_file`).
+pub type SdsFileReader =
+    fn(
+        &std::path::Path,
+    )
+        -> Result<Vec<crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret>, String>;
 
 /// SDS secrets by name, as received (each validated by [`check_secret`]).
 pub type SecretMap = std::collections::BTreeMap<
@@ -59,6 +68,9 @@ pub enum SdsSource {
     Ads,
     /// A separate SDS stream to this static cluster (Istio: `sds-grpc`).
     Grpc(Arc<str>),
+    /// A file (`path_config_source`) holding a `DiscoveryResponse` of secrets, read at
+    /// conversion and watched for rotation.
+    File(Arc<str>),
 }
 
 pub use tls::check_secret;
@@ -74,6 +86,7 @@ impl<'a> Ctx<'a> {
             ads: true,
             secrets: Arc::default(),
             secret_refs: Default::default(),
+            sds_files: None,
         }
     }
 }
@@ -132,15 +145,27 @@ pub fn endpoints_resource(
 
 /// Static resources are built once, at start: an SDS secret they name would never be
 /// applied to them, so they are refused with the name.
-fn static_sds(ctx: &mut Ctx<'_>, path: &str, res: &str) -> Result<(), ConvertError> {
-    match std::mem::take(&mut ctx.secret_refs).into_iter().next() {
-        None => Ok(()),
-        Some((name, _)) => Err(err(
-            res,
-            path,
-            format!("SDS secret '{name}': static listeners and clusters take certificates from files or inline; SDS is for LDS/CDS resources"),
-        )),
+/// SDS files (`path_config_source`) are read at conversion and watched afterwards; they
+/// are collected in `files`.
+fn static_sds(
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    res: &str,
+    files: &mut std::collections::BTreeSet<std::path::PathBuf>,
+) -> Result<(), ConvertError> {
+    for (name, source) in std::mem::take(&mut ctx.secret_refs) {
+        match source {
+            SdsSource::File(f) => {
+                files.insert(std::path::PathBuf::from(&*f));
+            }
+            SdsSource::Ads | SdsSource::Grpc(_) => return Err(err(
+                res,
+                path,
+                format!("SDS secret '{name}': static listeners and clusters take certificates from files, inline, or SDS files (path_config_source); SDS servers are for LDS/CDS resources"),
+            )),
+        }
     }
+    Ok(())
 }
 
 /// Checks a config source: only `ads: {}` is supported, and only when the bootstrap
@@ -168,7 +193,7 @@ pub(crate) fn config_source(
             return Err(err(
                 resource,
                 format!("{path}.path_config_source"),
-                "file config sources are not supported: only ADS (ads: {})",
+                "file config sources are supported for SDS only: use ADS (ads: {})",
             ))
         }
         None => return Err(err(resource, path, "ads: {} is required")),
@@ -209,13 +234,34 @@ pub(crate) fn err(
     }
 }
 
-/// Converts a bootstrap into the first snapshot.
+/// Converts a bootstrap into the first snapshot (SDS files cannot be read: see
+/// [`bootstrap_snapshot_with`]).
 pub fn bootstrap_snapshot(
     bootstrap: &Bootstrap,
     stats: &Store,
     version: u64,
 ) -> Result<(Snapshot, Vec<String>), ConvertError> {
+    bootstrap_snapshot_with(bootstrap, stats, version, None).map(|(s, ignored, _)| (s, ignored))
+}
+
+/// Converts a bootstrap into a snapshot, reading SDS files with `sds_files`; also returns
+/// the ignored fields and the SDS files the static resources use (to watch them).
+pub fn bootstrap_snapshot_with(
+    bootstrap: &Bootstrap,
+    stats: &Store,
+    version: u64,
+    sds_files: Option<SdsFileReader>,
+) -> Result<
+    (
+        Snapshot,
+        Vec<String>,
+        std::collections::BTreeSet<std::path::PathBuf>,
+    ),
+    ConvertError,
+> {
+    let mut files = std::collections::BTreeSet::new();
     let mut ctx = Ctx {
+        sds_files,
         stats,
         ignored: Vec::new(),
         cluster_index: Default::default(),
@@ -254,7 +300,12 @@ pub fn bootstrap_snapshot(
             e.path = join(&path, &e.path);
             e
         })?;
-        static_sds(&mut ctx, &path, &format!("cluster '{}'", cluster.name))?;
+        static_sds(
+            &mut ctx,
+            &path,
+            &format!("cluster '{}'", cluster.name),
+            &mut files,
+        )?;
         if ctx.cluster_index.insert(cluster.name.clone(), i).is_some() {
             return Err(err(
                 &format!("cluster '{}'", cluster.name),
@@ -272,7 +323,12 @@ pub fn bootstrap_snapshot(
             e.path = join(&path, &e.path);
             e
         })?;
-        static_sds(&mut ctx, &path, &format!("listener '{}'", listener.name))?;
+        static_sds(
+            &mut ctx,
+            &path,
+            &format!("listener '{}'", listener.name),
+            &mut files,
+        )?;
         if !names.insert(listener.name.clone()) {
             return Err(err(
                 &format!("listener '{}'", listener.name),
@@ -295,7 +351,7 @@ pub fn bootstrap_snapshot(
         bootstrap: Arc::new(bootstrap.clone()),
         dynamic: Default::default(),
     };
-    Ok((snapshot, ctx.ignored))
+    Ok((snapshot, ctx.ignored, files))
 }
 
 /// How Ringside reaches its control plane, from `dynamic_resources`.

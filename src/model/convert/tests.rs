@@ -509,18 +509,33 @@ fn upstream_tls_and_transport_socket_matches_convert() {
     ))
     .unwrap_err();
     assert!(e.path.ends_with("validation_context.trusted_ca"), "{e:?}");
-    // SDS from a file is refused by name, and SDS in a static cluster too.
+    // SDS files are read at conversion: a missing one, or one without the secret, is an
+    // error naming the file; an SDS server in a static cluster is refused.
     let sds = |source: &str| {
         format!(
             r#"transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, common_tls_context: {{tls_certificate_sds_secret_configs: [{{name: default, sds_config: {source}}}]}}}}}}"#
         )
     };
-    let e = build(&yaml(
-        &sds("{path_config_source: {path: /etc/sds.yaml}}"),
-        "",
-    ))
-    .unwrap_err();
-    assert!(e.path.ends_with("path_config_source"), "{e:?}");
+    let dir = std::env::temp_dir().join(format!("ringside-sds-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_files = |text: &str| {
+        let b = crate::config::parse_bootstrap(text, &crate::config::Source::Inline).unwrap();
+        super::bootstrap_snapshot_with(&b, &Store::new(1), 1, Some(crate::config::read_sds_file))
+    };
+    let missing = dir.join("missing.yaml");
+    let at = format!("{{path_config_source: {{path: '{}'}}}}", missing.display());
+    let e = with_files(&yaml(&sds(&at), "")).unwrap_err();
+    assert!(
+        e.path.ends_with("sds_config") && e.reason.contains("missing.yaml"),
+        "{e:?}"
+    );
+    let other = dir.join("other.yaml");
+    std::fs::write(&other, "resources: [{'@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret, name: ROOTCA, validation_context: {trusted_ca: {inline_string: x}}}]").unwrap();
+    let e = with_files(&yaml(&sds(&format!("{{path: '{}'}}", other.display())), "")).unwrap_err();
+    assert!(
+        e.reason.contains("holds no secret named 'default'"),
+        "{e:?}"
+    );
     let grpc = "{api_config_source: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}}";
     let e = build(&yaml(&sds(grpc), "")).unwrap_err();
     assert!(e.reason.contains("SDS secret 'default'"), "{e:?}");

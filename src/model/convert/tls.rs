@@ -737,7 +737,10 @@ fn secret(
         ctx,
     )?;
     let name: Arc<str> = sds.name.as_str().into();
-    ctx.secret_refs.insert((name.clone(), source));
+    ctx.secret_refs.insert((name.clone(), source.clone()));
+    if let SdsSource::File(file) = &source {
+        return file_secret(file, &name, res, &format!("{at}.sds_config"), ctx, out).map(Some);
+    }
     match ctx.secrets.get(&name) {
         Some(s) => {
             use prost::Message;
@@ -751,8 +754,36 @@ fn secret(
     }
 }
 
-/// An SDS config source: `ads: {}`, or a gRPC `api_config_source` naming a static cluster
-/// (Istio's `sds-grpc`, pilot-agent's Unix socket).
+/// Secret `name` from SDS file `file`, read now (the control thread watches the file and
+/// converts again when it changes); a missing file, a bad secret or one the file lacks is
+/// an error naming the file.
+fn file_secret(
+    file: &str,
+    name: &str,
+    res: &str,
+    at: &str,
+    ctx: &Ctx<'_>,
+    out: &mut Common,
+) -> Result<Arc<pb::Secret>, ConvertError> {
+    use prost::Message;
+    let Some(read) = ctx.sds_files else {
+        return Err(err(res, at, "SDS files cannot be read here"));
+    };
+    let secrets = read(std::path::Path::new(file)).map_err(|e| err(res, at, e))?;
+    let Some(secret) = secrets.into_iter().find(|s| s.name == name) else {
+        return Err(err(
+            res,
+            at,
+            format!("{file} holds no secret named '{name}'"),
+        ));
+    };
+    check_secret(&secret).map_err(|e| err(res, at, format!("{file}: {e}")))?;
+    out.secrets_used.push(secret.encode_to_vec());
+    Ok(Arc::new(secret))
+}
+
+/// An SDS config source: `ads: {}`, a gRPC `api_config_source` naming a static cluster
+/// (Istio's `sds-grpc`, pilot-agent's Unix socket), or a file (`path_config_source`).
 fn sds_source(
     cs: Option<&core::ConfigSource>,
     res: &str,
@@ -805,10 +836,16 @@ fn sds_source(
             }
             Ok(SdsSource::Grpc(cluster.as_str().into()))
         }
+        // Envoy reloads when a file is moved into `watched_directory`; Ringside watches
+        // the file itself, which sees those moves and in-place writes alike.
+        Some(S::PathConfigSource(p)) if !p.path.is_empty() => {
+            Ok(SdsSource::File(p.path.as_str().into()))
+        }
+        Some(S::Path(p)) if !p.is_empty() => Ok(SdsSource::File(p.as_str().into())),
         Some(S::Path(_) | S::PathConfigSource(_)) => Err(err(
             res,
-            format!("{at}.path_config_source"),
-            "SDS from files is not implemented: give tls_certificates/trusted_ca files, or an SDS server (ads or api_config_source)",
+            format!("{at}.path_config_source.path"),
+            "a file path is required",
         )),
         None => Err(err(res, at, "ads or api_config_source is required")),
     }

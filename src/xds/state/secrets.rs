@@ -49,21 +49,33 @@ impl Resources {
         self.refs()
             .filter_map(|(_, s)| match s {
                 SdsSource::Grpc(c) => Some(c.clone()),
-                SdsSource::Ads => None,
+                SdsSource::Ads | SdsSource::File(_) => None,
             })
             .collect()
     }
 
-    /// Converts again every cluster and listener that names a secret in `changed`, with
-    /// the secrets as they are now. Any failure rejects the whole update.
-    pub(super) fn reconvert(
+    /// The SDS files the cached listeners and clusters read.
+    pub fn sds_files(&self) -> BTreeSet<std::path::PathBuf> {
+        self.refs()
+            .filter_map(|(_, s)| match s {
+                SdsSource::File(f) => Some(std::path::PathBuf::from(&**f)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Converts again every cluster and listener with a secret reference `changed`
+    /// accepts, with the secrets (and SDS files) as they are now. Any failure rejects the
+    /// whole update.
+    pub fn reconvert(
         &mut self,
-        changed: &BTreeSet<Arc<str>>,
+        changed: impl Fn(&(Arc<str>, SdsSource)) -> bool,
         stats: &Store,
     ) -> Result<Vec<String>, Rejection> {
         let mut ctx = Ctx::dynamic(stats);
         ctx.secrets = Arc::new(self.secret_map());
-        let uses = |h: &[(Arc<str>, SdsSource)]| h.iter().any(|(n, _)| changed.contains(n));
+        ctx.sds_files = Some(crate::config::read_sds_file);
+        let uses = |h: &[(Arc<str>, SdsSource)]| h.iter().any(&changed);
         let clusters: Vec<Arc<str>> = self
             .clusters
             .iter()
