@@ -919,6 +919,23 @@ fn peer_leaf(s: &TlsStream<TcpStream>) -> Vec<u8> {
     s.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// Whether new handshakes present `id`'s certificate within 5 s (a rotation took effect).
+async fn presents_within(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    id: &Identity,
+) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let s = tls_connect(addr, config.clone()).await.unwrap();
+        if peer_leaf(&s) == leaf_der(id) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 fn leaf_der(id: &Identity) -> Vec<u8> {
     CertificateDer::from_pem_slice(id.cert_pem.as_bytes())
         .unwrap()
@@ -1065,18 +1082,10 @@ async fn sds_from_pilot_agent_socket_rotates_mid_traffic_and_nacks_bad_secrets()
         vec![cert_secret("default", &v2), root_secret(&mesh)],
     );
     assert!(sds.next_sotw(SECRET).await.error_detail.is_none());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = tls_connect(addr, config.clone()).await.unwrap();
-        if peer_leaf(&s) == leaf_der(&v2) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "new handshakes never got the rotated certificate"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        presents_within(addr, &config, &v2).await,
+        "new handshakes never got the rotated certificate"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, SeqCst);
     let (ok, failed) = traffic.await.unwrap();
@@ -1257,19 +1266,11 @@ async fn sds_file_rotates_a_static_listener_certificate() {
     assert_eq!(peer_leaf(&early), leaf_der(&v1));
 
     sds_file(&file, &[cert_secret("default", &v2), root_secret(&mesh)]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = tls_connect(addr, config.clone()).await.unwrap();
-        if peer_leaf(&s) == leaf_der(&v2) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the rotated file was never used: {}",
-            proxy.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        presents_within(addr, &config, &v2).await,
+        "the rotated file was never used: {}",
+        proxy.stderr()
+    );
     let resp = get(&mut early, "/after").await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
