@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use prost::Message;
 
-use super::{Held, Rejection, Resources, SdsSource};
+use super::{Held, Map, Rejection, Resources, SdsSource};
 use crate::model::convert::{self, Ctx, SecretMap};
 use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
 use crate::proto::envoy::config::listener::v3::Listener as PbListener;
@@ -75,40 +75,44 @@ impl Resources {
         let mut ctx = Ctx::dynamic(stats);
         ctx.secrets = Arc::new(self.secret_map());
         ctx.sds_files = Some(crate::config::read_sds_file);
-        let uses = |h: &[(Arc<str>, SdsSource)]| h.iter().any(&changed);
-        let clusters: Vec<Arc<str>> = self
-            .clusters
-            .iter()
-            .filter(|(_, h)| uses(&h.secret_refs))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in clusters {
-            let old = &self.clusters[&name];
-            let pb = PbCluster::decode(old.entry.resource.value.as_slice())
-                .map_err(|e| format!("cluster '{name}': {e}"))?;
-            let model = convert::cluster_resource(&pb, &mut ctx).map_err(|e| e.to_string())?;
-            let new = again(old, Arc::new(model), &mut ctx);
-            Arc::make_mut(&mut self.clusters).insert(name, new);
-        }
-        let listeners: Vec<Arc<str>> = self
-            .listeners
-            .iter()
-            .filter(|(_, h)| uses(&h.secret_refs))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in listeners {
-            let old = &self.listeners[&name];
-            let pb = PbListener::decode(old.entry.resource.value.as_slice())
-                .map_err(|e| format!("listener '{name}': {e}"))?;
-            let model = convert::listener_resource(&pb, &mut ctx).map_err(|e| e.to_string())?;
-            let new = again(old, Arc::new(model), &mut ctx);
-            Arc::make_mut(&mut self.listeners).insert(name, new);
-        }
+        let uses = |h: &Held<_>| h.secret_refs.iter().any(&changed);
+        reconvert_in(&mut self.clusters, &uses, &mut ctx, |bytes, ctx| {
+            let pb = PbCluster::decode(bytes).map_err(|e| e.to_string())?;
+            convert::cluster_resource(&pb, ctx).map_err(|e| e.to_string())
+        })?;
+        let uses = |h: &Held<_>| h.secret_refs.iter().any(&changed);
+        reconvert_in(&mut self.listeners, &uses, &mut ctx, |bytes, ctx| {
+            let pb = PbListener::decode(bytes).map_err(|e| e.to_string())?;
+            convert::listener_resource(&pb, ctx).map_err(|e| e.to_string())
+        })?;
         Ok(ctx.ignored)
     }
 }
 
-/// `old` with a model converted again and the secret references that conversion found.
-fn again<M>(old: &Held<M>, model: M, ctx: &mut Ctx<'_>) -> Held<M> {
-    Held::new(old.entry.clone(), model, old.since, old.fetch_timeout, ctx)
+/// Converts again, from what was received, every entry of `map` that `uses` selects.
+fn reconvert_in<M>(
+    map: &mut Map<Arc<M>>,
+    uses: &dyn Fn(&Held<Arc<M>>) -> bool,
+    ctx: &mut Ctx<'_>,
+    convert: impl Fn(&[u8], &mut Ctx<'_>) -> Result<M, String>,
+) -> Result<(), Rejection> {
+    let names: Vec<Arc<str>> = map
+        .iter()
+        .filter(|(_, h)| uses(h))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in names {
+        let old = &map[&name];
+        // Conversion errors name the resource; the bytes decoded when they arrived.
+        let model = convert(old.entry.resource.value.as_slice(), ctx)?;
+        let new = Held::new(
+            old.entry.clone(),
+            Arc::new(model),
+            old.since,
+            old.fetch_timeout,
+            ctx,
+        );
+        Arc::make_mut(map).insert(name, new);
+    }
+    Ok(())
 }
