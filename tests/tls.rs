@@ -240,19 +240,6 @@ fn mtls_socket(server: &Identity, ca: &Ca) -> String {
 
 const SSL: &str = "listener.127.0.0.1_0.ssl";
 
-/// Stat `name` once it reaches `want` (the proxy counts a failed handshake just after
-/// the client sees it fail), or its value after 3 s.
-async fn stat_reaching(proxy: &Proxy, name: &str, want: i64) -> i64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let v = proxy.stat(name).await;
-        if v >= want || std::time::Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_spiffe_identities() {
     let Mesh {
@@ -319,7 +306,9 @@ async fn mutual_tls_with_spiffe_identities() {
             let c = Arc::new(client_config(&mesh, id, &[b"http/1.1"]));
             assert!(!served(addr, c).await, "{driver}: {what} was served");
             assert_eq!(
-                stat_reaching(&proxy, &format!("{SSL}.{stat}"), before + 1).await,
+                proxy
+                    .stat_reaching(&format!("{SSL}.{stat}"), before + 1)
+                    .await,
                 before + 1,
                 "{driver}: {what}"
             );
@@ -342,7 +331,12 @@ async fn mutual_tls_with_spiffe_identities() {
             !reply.starts_with(b"HTTP/"),
             "{driver}: plaintext was answered"
         );
-        assert!(stat_reaching(&proxy, &format!("{SSL}.connection_error"), 1).await >= 1);
+        assert!(
+            proxy
+                .stat_reaching(&format!("{SSL}.connection_error"), 1)
+                .await
+                >= 1
+        );
         // Only the authenticated request reached the upstream.
         assert_eq!(backend.seen.requests.load(SeqCst), before + 1, "{driver}");
     }
@@ -462,8 +456,18 @@ async fn sessions_resume_and_slow_handshakes_time_out() {
             "{driver}"
         );
         let _ = get(&mut s, "/r").await;
-        assert!(stat_reaching(&proxy, &format!("{SSL}.session_reused"), 1).await >= 1);
-        assert!(stat_reaching(&proxy, &format!("{SSL}.no_certificate"), 3).await >= 3);
+        assert!(
+            proxy
+                .stat_reaching(&format!("{SSL}.session_reused"), 1)
+                .await
+                >= 1
+        );
+        assert!(
+            proxy
+                .stat_reaching(&format!("{SSL}.no_certificate"), 3)
+                .await
+                >= 3
+        );
 
         // A client that opens a connection and never says hello is cut at 0.3 s.
         let mut idle = TcpStream::connect(addr).await.unwrap();
@@ -474,12 +478,12 @@ async fn sessions_resume_and_slow_handshakes_time_out() {
             .unwrap_or(0);
         assert_eq!(n, 0, "{driver}");
         assert_eq!(
-            stat_reaching(
-                &proxy,
-                "listener.127.0.0.1_0.downstream_cx_transport_socket_connect_timeout",
-                1
-            )
-            .await,
+            proxy
+                .stat_reaching(
+                    "listener.127.0.0.1_0.downstream_cx_transport_socket_connect_timeout",
+                    1
+                )
+                .await,
             1,
             "{driver}"
         );
@@ -821,7 +825,7 @@ async fn tcp_proxy_terminates_and_originates_tls() {
             "{driver}: the idle TLS tunnel was not closed"
         );
         assert_eq!(
-            stat_reaching(&proxy, "tcp.terminate.idle_timeout", 1).await,
+            proxy.stat_reaching("tcp.terminate.idle_timeout", 1).await,
             1,
             "{driver}"
         );

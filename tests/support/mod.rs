@@ -178,6 +178,20 @@ impl Proxy {
     }
 
     /// A stat by exact name (0 when absent).
+    /// Stat `name` once it reaches `want` (the proxy counts some events just after the
+    /// client sees their effect: a failed handshake, a completed exchange), or its value
+    /// after 3 s.
+    pub async fn stat_reaching(&self, name: &str, want: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let v = self.stat(name).await;
+            if v >= want || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stat(&self, name: &str) -> i64 {
         let (_, body) = self.admin_get("/stats").await;
         body.lines()
