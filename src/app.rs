@@ -46,7 +46,7 @@ pub enum StartError {
 
 /// Runs Ringside; returns the process exit code.
 pub fn run(opts: Options) -> Result<i32, StartError> {
-    let loaded = config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref())?;
+    let loaded = load_compact(&opts)?;
     let (bootstrap, origin) = (&loaded.bootstrap, &loaded.source);
     let concurrency = opts
         .concurrency
@@ -120,7 +120,9 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             driver,
         )?);
     }
-    // Configuration parsing is over: give its memory back.
+    // Configuration parsing is over: give its memory back, the descriptor pool included
+    // (xDS, SDS and /config_dump decode it again when they need it).
+    crate::proto::release_idle_pool(Duration::ZERO);
     crate::io::release_free_memory();
     crate::io::page_out_startup_code();
     server
@@ -167,6 +169,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             tokio::spawn(crate::admin::serve(listener, state.clone()));
         }
         tokio::spawn(crate::xds::dns::refresh_loop(shared.clone(), control));
+        tokio::spawn(release_idle_memory());
         // The control thread's xDS side: ADS when configured, and the watch on SDS files
         // (which also rotates the certificates of static listeners and clusters).
         if ads.is_some() || !statics.sds_files.is_empty() {
@@ -203,6 +206,40 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     }
     tracing::info!("ringside stopped");
     Ok(code)
+}
+
+/// Loads the bootstrap on a short-lived thread and keeps a copy made here.
+///
+/// Parsing goes through the descriptor pool and a dynamic message: megabytes of heap that
+/// live only while it runs. Allocated on this thread they would share allocator pages with
+/// what lives on, and pages that keep one live object stay resident: the parse's garbage
+/// would stay part of the idle resident set. On its own thread it leaves behind only pages
+/// that are wholly free once the parsed copy is dropped, and the allocator returns them.
+fn load_compact(opts: &Options) -> Result<config::Loaded, config::ConfigError> {
+    // prost-reflect's global pool (the well-known types, which decoding our pool consults
+    // for options) lives for the whole process: built first, its pages hold nothing else.
+    let _ = prost_reflect::DescriptorPool::global();
+    let parsed = std::thread::scope(|s| {
+        let t = s.spawn(|| {
+            let loaded = config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref());
+            crate::proto::release_idle_pool(Duration::ZERO);
+            loaded
+        });
+        t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })?;
+    Ok(parsed.clone())
+}
+
+/// Drops the descriptor pool once xDS updates and admin dumps have stopped asking for it
+/// for a while, and returns the control thread's freed memory to the OS.
+async fn release_idle_memory() {
+    const IDLE: Duration = Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(IDLE / 3).await;
+        if crate::proto::release_idle_pool(IDLE) {
+            crate::io::release_free_memory();
+        }
+    }
 }
 
 /// The access-log writer thread: cores hand it whole batches, so no core ever blocks on

@@ -5,20 +5,66 @@
 
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prost_reflect::DescriptorPool;
 
 /// The encoded `FileDescriptorSet` of everything in `proto/`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 
-/// The descriptor pool of `proto/`, built once.
-pub fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("proto/ descriptors are valid")
-    })
+/// The decoded pool and when it was last handed out.
+static POOL: Mutex<Option<(DescriptorPool, Instant)>> = Mutex::new(None);
+
+/// The descriptor pool of `proto/` (a cheap handle: clones share one decoded pool).
+///
+/// Decoded on first use and kept while it is in use; [`release_idle_pool`] drops it once
+/// it has not been asked for a while. Decoded it is about 2 MB of heap, a third of an idle
+/// core's resident set, needed only while configuration is parsed, checked or dumped —
+/// never on the request path.
+pub fn pool() -> DescriptorPool {
+    let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let (pool, used) = cached.get_or_insert_with(|| {
+        tracing::debug!("decoding the descriptor pool");
+        let pool =
+            DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("proto/ descriptors are valid");
+        (pool, Instant::now())
+    });
+    *used = Instant::now();
+    pool.clone()
+}
+
+/// Drops the cached pool if nothing asked for it within `idle` (handles still held keep
+/// their copy alive until they go). Returns whether it was dropped.
+pub fn release_idle_pool(idle: Duration) -> bool {
+    let mut cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cached {
+        Some((_, used)) if used.elapsed() >= idle => {
+            *cached = None;
+            tracing::debug!("dropped the descriptor pool");
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Type URL prefix used by `Any`.
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_dropped_when_idle_and_decoded_again_on_demand() {
+        let name = "envoy.config.bootstrap.v3.Bootstrap";
+        assert!(pool().get_message_by_name(name).is_some());
+        // Just used: a long idle window keeps it.
+        assert!(!release_idle_pool(Duration::from_secs(3600)));
+        let held = pool();
+        assert!(release_idle_pool(Duration::ZERO));
+        // A handle taken before keeps working, and the next use decodes a fresh pool.
+        assert!(held.get_message_by_name(name).is_some());
+        assert!(pool().get_message_by_name(name).is_some());
+    }
+}

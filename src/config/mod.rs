@@ -63,7 +63,7 @@ fn line_col(line: Option<usize>, column: Option<usize>) -> String {
 }
 
 /// A bootstrap as loaded, with the texts it came from (to locate errors).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub bootstrap: Bootstrap,
     pub source: Source,
