@@ -486,7 +486,8 @@ impl Connection {
                     if !f.terminates_connect() {
                         return Err(HttpError::ConnectNotTerminated);
                     }
-                    return self.terminate_connect(f).await;
+                    // Boxed, like the other cold paths below: see `forward`.
+                    return Box::pin(self.terminate_connect(f)).await;
                 }
                 let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
                 let limit = crate::http::h2::server::stream_limit(f, &self.buf, &self.head);
@@ -723,7 +724,10 @@ impl Connection {
                 req_mods,
                 resp_mods,
             };
-            return self.forward_h2(hop, settings).await;
+            // Cold paths' futures are boxed. Every request moves this future (and the
+            // ones that await it) by value, so its size, the largest of what it awaits, is
+            // copied a few times per request: inline, the HTTP/2 hop made it 8 KB.
+            return Box::pin(self.forward_h2(hop, settings)).await;
         }
         let core = self.ctx.core;
         let cstats = cluster.stats.core(core);
@@ -739,7 +743,7 @@ impl Connection {
         let mut reused = pooled.is_some();
         let mut up = match pooled {
             Some(c) => c,
-            None => crate::upstream::connect(core, cluster, ep)
+            None => Box::pin(crate::upstream::connect(core, cluster, ep))
                 .await
                 .map_err(HttpError::Connect)?,
         };
@@ -872,7 +876,7 @@ impl Connection {
             if reused && replayable {
                 cstats.inc(ClusterStat::UpstreamRqRetry as usize);
                 reused = false;
-                up = match crate::upstream::connect(core, cluster, ep).await {
+                up = match Box::pin(crate::upstream::connect(core, cluster, ep)).await {
                     Ok(c) => c,
                     Err(e) => {
                         return self.fail_after_body(
@@ -950,7 +954,7 @@ impl Connection {
         }
         if resp.status == 101 && self.upgrade.is_some() {
             self.resp_head = resp;
-            return Ok(self.tunnel(up, cluster, stream_idle).await);
+            return Ok(Box::pin(self.tunnel(up, cluster, stream_idle)).await);
         }
         if !resp_body.done() {
             self.upstreams_started(cluster, ep);
