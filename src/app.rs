@@ -230,10 +230,17 @@ fn load_compact(opts: &Options) -> Result<config::Loaded, config::ConfigError> {
     Ok(parsed.clone())
 }
 
-/// Drops the descriptor pool once xDS updates and admin dumps have stopped asking for it
-/// for a while, and returns the control thread's freed memory to the OS.
+/// Pages out start-up code once start-up has settled; later drops the descriptor pool once
+/// xDS updates and admin dumps have stopped asking for it for a while, and returns the
+/// control thread's freed memory to the OS.
 async fn release_idle_memory() {
     const IDLE: Duration = Duration::from_secs(30);
+    // Start-up goes on after the first page-out (the cores open their listeners, this
+    // thread binds the admin listener and installs signal handlers) and faults code back
+    // in; once that has settled, page out what it touched again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    crate::io::release_free_memory();
+    crate::io::page_out_startup_code();
     loop {
         tokio::time::sleep(IDLE / 3).await;
         if crate::proto::release_idle_pool(IDLE) {
