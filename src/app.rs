@@ -215,17 +215,21 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
 /// what lives on, and pages that keep one live object stay resident: the parse's garbage
 /// would stay part of the idle resident set. On its own thread it leaves behind only pages
 /// that are wholly free once the parsed copy is dropped, and the allocator returns them.
-fn load_compact(opts: &Options) -> Result<config::Loaded, config::ConfigError> {
+fn load_compact(opts: &Options) -> Result<config::Loaded, StartError> {
     // prost-reflect's global pool (the well-known types, which decoding our pool consults
     // for options) lives for the whole process: built first, its pages hold nothing else.
     let _ = prost_reflect::DescriptorPool::global();
     let parsed = std::thread::scope(|s| {
-        let t = s.spawn(|| {
-            let loaded = config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref());
-            crate::proto::release_idle_pool(Duration::ZERO);
-            loaded
-        });
-        t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        let t = std::thread::Builder::new()
+            .name("ringside-config".into())
+            // The main thread's stack size: deeply nested YAML must parse as it did there.
+            .stack_size(8 << 20)
+            .spawn_scoped(s, || {
+                let loaded = config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref());
+                crate::proto::release_idle_pool(Duration::ZERO);
+                loaded
+            })?;
+        Ok::<_, StartError>(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?)
     })?;
     Ok(parsed.clone())
 }
