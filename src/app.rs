@@ -120,11 +120,6 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             driver,
         )?);
     }
-    // Configuration parsing is over: give its memory back, the descriptor pool included
-    // (xDS, SDS and /config_dump decode it again when they need it).
-    crate::proto::release_idle_pool(Duration::ZERO);
-    crate::io::release_free_memory();
-    crate::io::page_out_startup_code();
     server
         .core(control)
         .add(ServerStat::ConcurrencyWorkers as usize, concurrency as u64);
@@ -234,15 +229,17 @@ fn load_compact(opts: &Options) -> Result<config::Loaded, StartError> {
     Ok(parsed.clone())
 }
 
-/// Pages out start-up code once start-up has settled; later drops the descriptor pool once
+/// Releases start-up's memory once start-up has settled; later drops the descriptor pool once
 /// xDS updates and admin dumps have stopped asking for it for a while, and returns the
 /// control thread's freed memory to the OS.
 async fn release_idle_memory() {
     const IDLE: Duration = Duration::from_secs(30);
-    // Start-up goes on after the first page-out (the cores open their listeners, this
-    // thread binds the admin listener and installs signal handlers) and faults code back
-    // in; once that has settled, page out what it touched again.
+    // Once start-up has settled (the cores have opened their listeners, this thread has
+    // bound the admin listener and installed its signal handlers), give its memory back:
+    // the descriptor pool (xDS, SDS and /config_dump decode it again when they need it),
+    // freed heap, and the code only start-up ran.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    crate::proto::release_idle_pool(Duration::ZERO);
     crate::io::release_free_memory();
     crate::io::page_out_startup_code();
     loop {
