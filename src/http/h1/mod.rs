@@ -5,6 +5,7 @@
 //! upstream. "Need more bytes" is `Ok(None)`, not an error.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::router::RequestView;
@@ -88,16 +89,23 @@ pub fn parse_request(
     max_bytes: usize,
     head: &mut RequestHead,
 ) -> Result<Option<()>, HeadError> {
-    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut heap;
-    let slots: &mut [httparse::Header<'_>] = if max_headers <= STACK_HEADERS {
+    // Uninitialised slots: httparse writes only those it fills, so a parse does not
+    // first clear 4 KB of slots (callgrind: ~400 instructions per head).
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap: Vec<httparse::Header<'_>>;
+    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADERS {
         &mut stack[..max_headers]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; max_headers];
-        &mut heap
+        heap = Vec::with_capacity(max_headers);
+        &mut heap.spare_capacity_mut()[..max_headers]
     };
-    let mut req = httparse::Request::new(slots);
-    let Some(len) = head_len(req.parse(buf), buf.len(), max_bytes)? else {
+    let mut req = httparse::Request::new(&mut []);
+    let Some(len) = head_len(
+        req.parse_with_uninit_headers(buf, slots),
+        buf.len(),
+        max_bytes,
+    )?
+    else {
         return Ok(None);
     };
     if len > max_bytes {
@@ -176,9 +184,11 @@ pub fn parse_response(
     max_bytes: usize,
     head: &mut ResponseHead,
 ) -> Result<Option<()>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; STACK_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let Some(len) = head_len(resp.parse(buf), buf.len(), max_bytes)? else {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let Some(len) = head_len(parsed, buf.len(), max_bytes)? else {
         return Ok(None);
     };
     head.status = resp.code.unwrap_or(0);

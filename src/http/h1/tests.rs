@@ -62,6 +62,21 @@ fn limits() {
         parse_request(text.as_bytes(), 4, 1000, &mut head).unwrap_err(),
         HeadError::TooManyHeaders
     );
+    // Above the on-stack slot count the slots come from the heap: the limit still holds
+    // exactly, and every header parsed is kept.
+    let many: String = (0..300).map(|i| format!("h{i}: v{i}\r\n")).collect();
+    let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+    parse_request(text.as_bytes(), 300, 1 << 20, &mut head)
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.headers.len(), 300);
+    let (n, v) = head.headers[299].clone();
+    assert_eq!(&text.as_bytes()[n], b"h299");
+    assert_eq!(&text.as_bytes()[v], b"v299");
+    assert_eq!(
+        parse_request(text.as_bytes(), 299, 1 << 20, &mut head).unwrap_err(),
+        HeadError::TooManyHeaders
+    );
 }
 
 #[test]
