@@ -764,3 +764,69 @@ async fn max_stream_duration_bounds_http1_exchanges() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_timeout_runs_from_the_heads_first_byte() {
+    for driver in drivers() {
+        let extra = "          request_headers_timeout: 0.4s";
+        let (_b, p) = proxy_to_one_backend(extra, &args(driver)).await;
+        // A connection that stays silent longer than the timeout is not cut by it (Envoy
+        // arms it at the first byte of a head), and a request after a keep-alive gap longer
+        // than the timeout goes through.
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        s.write_all(b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_millis(300)).await).unwrap();
+        assert!(out.ends_with("upstream a /one"), "{driver}: {out}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // A head that trickles in and never ends: 408 with Envoy's text, then close.
+        s.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
+        let started = std::time::Instant::now();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_secs(3)).await).unwrap();
+        assert!(out.starts_with("HTTP/1.1 408"), "{driver}: {out}");
+        assert!(
+            out.ends_with("\r\n\r\nrequest header timeout"),
+            "{driver}: {out}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(350) && waited < Duration::from_millis(2500),
+            "{driver}: 408 after {waited:?}"
+        );
+        assert_eq!(
+            p.stat("http.ingress.downstream_rq_header_timeout").await,
+            1,
+            "{driver}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_head_after_a_good_request_gets_400_not_the_previous_heads_view() {
+    for driver in drivers() {
+        let (_b, p) = proxy_to_one_backend("", &args(driver)).await;
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        s.write_all(b"HEAD /one HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_millis(300)).await).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{driver}: {out}");
+        // One byte that cannot start a request: the answer is a 400 with its body (the
+        // previous request was a HEAD; this one is not).
+        s.write_all(b"\x01").await.unwrap();
+        let out = String::from_utf8(read_all(&mut s, Duration::from_secs(2)).await).unwrap();
+        assert!(out.starts_with("HTTP/1.1 400"), "{driver}: {out}");
+        assert!(out.contains("connection: close"), "{driver}: {out}");
+        assert!(
+            !out.ends_with("\r\n\r\n"),
+            "{driver}: a body follows: {out}"
+        );
+        assert_eq!(
+            p.stat("http.ingress.downstream_rq_4xx").await,
+            1,
+            "{driver}"
+        );
+    }
+}

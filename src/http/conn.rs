@@ -229,7 +229,12 @@ impl Connection {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
-                    if !self.buf.is_empty() || matches!(e, HttpError::BadHead(_)) {
+                    // A timed-out read drops the buffer it held, so a head that never
+                    // finished is answered by the error, not by what is buffered.
+                    if !self.buf.is_empty()
+                        || matches!(e, HttpError::BadHead(_) | HttpError::RequestHeadersTimeout)
+                    {
+                        self.head.forget();
                         self.log.start(!self.hcm.access_logs.is_empty());
                         self.stat(HttpStat::DownstreamRqTotal);
                         let _ = self.local_reply(&e, true).await;
@@ -256,7 +261,9 @@ impl Connection {
     /// Reads until a full head is buffered. `Ok(false)`: the client closed cleanly between
     /// requests (or the connection was idle while draining).
     async fn read_head(&mut self) -> Result<bool, HttpError> {
-        let started = Instant::now();
+        // Envoy starts request_headers_timeout at the head's first byte; the clock is
+        // read only then, and only when that timeout is set.
+        let mut started: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
                 let parsed = h1::parse_request(
@@ -277,7 +284,7 @@ impl Connection {
             } else {
                 self.hcm
                     .request_headers_timeout
-                    .map(|t| t.saturating_sub(started.elapsed()))
+                    .map(|t| t.saturating_sub(started.get_or_insert_with(Instant::now).elapsed()))
             };
             if idle && self.drain.raised() && self.requests > 0 {
                 self.stat(HttpStat::DownstreamCxDrainClose);

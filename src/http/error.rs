@@ -21,7 +21,7 @@ pub enum HttpError {
     InvalidPath,
     #[error("request timeout")]
     RequestTimeout,
-    #[error("request headers timeout")]
+    #[error("request header timeout")]
     RequestHeadersTimeout,
     #[error("Bad Request")]
     BadBody(ChunkError),

@@ -60,6 +60,21 @@ pub struct RequestHead {
     pub request_id: Option<usize>,
 }
 
+impl RequestHead {
+    /// Forgets the last parsed head (keeping the header list's capacity): what answers a
+    /// head that never parsed must not read the previous request's ranges, which point
+    /// into bytes that are gone.
+    pub fn forget(&mut self) {
+        let mut headers = std::mem::take(&mut self.headers);
+        headers.clear();
+        *self = RequestHead {
+            minor: 1,
+            headers,
+            ..RequestHead::default()
+        };
+    }
+}
+
 /// A parsed response head.
 #[derive(Debug, Default)]
 pub struct ResponseHead {
