@@ -200,7 +200,10 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         header(
             out,
             b"x-envoy-expected-rq-timeout-ms",
-            itoa::Buffer::new().format(t.as_millis()).as_bytes(),
+            // u64: itoa's u128 path divides in 128 bits.
+            itoa::Buffer::new()
+                .format(t.as_millis().min(u64::MAX as u128) as u64)
+                .as_bytes(),
         );
     }
     if let Some(via) = &hcm.via {
