@@ -830,3 +830,41 @@ async fn a_bad_head_after_a_good_request_gets_400_not_the_previous_heads_view() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_earlier_of_route_timeout_and_stream_idle_timeout_ends_a_slow_response() {
+    let backend = Backend::start("web").await;
+    for driver in drivers() {
+        let clusters = format!("[{}]", cluster("web", &[backend.addr], ""));
+        // Idle limit first: 300 ms of silence from the upstream, long before the 5 s route
+        // timeout.
+        let vhosts = "[{name: all, domains: ['*'], routes: [
+            {match: {prefix: /}, route: {cluster: web, timeout: 5s}}]}]";
+        let p = Proxy::start(
+            &config("          stream_idle_timeout: 0.3s", vhosts, &clusters),
+            &one_core(driver),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let (status, _, body) = http_get(p.addr(), "/sleep/2000", &[]).await;
+        assert_eq!(status, 504, "{driver}");
+        assert_eq!(body, b"stream timeout", "{driver}");
+        assert!(started.elapsed() < Duration::from_millis(1500), "{driver}");
+        assert_eq!(p.stat("http.ingress.downstream_rq_idle_timeout").await, 1);
+        drop(p);
+        // Route timeout first: 200 ms, with a 5 s idle limit.
+        let vhosts = "[{name: all, domains: ['*'], routes: [
+            {match: {prefix: /}, route: {cluster: web, timeout: 0.2s}}]}]";
+        let p = Proxy::start(
+            &config("          stream_idle_timeout: 5s", vhosts, &clusters),
+            &one_core(driver),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let (status, _, body) = http_get(p.addr(), "/sleep/2000", &[]).await;
+        assert_eq!(status, 504, "{driver}");
+        assert_eq!(body, b"upstream request timeout", "{driver}");
+        assert!(started.elapsed() < Duration::from_millis(1500), "{driver}");
+        assert_eq!(p.stat("cluster.web.upstream_rq_timeout").await, 1);
+    }
+}

@@ -1482,20 +1482,24 @@ pub(crate) async fn read_response_head(
         up.buf.reserve(BUF);
         let buf = std::mem::take(&mut up.buf);
         let read = crate::io::read_more(&mut up.stream, buf);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let (limit, is_deadline) = match (remaining, idle) {
-            (Some(r), Some(i)) if r <= i => (Some(r), true),
+        // Whichever comes first, the route's deadline or the idle limit; as an instant, so
+        // the clock is read once (a Duration timeout reads it again).
+        let idle_at = idle.and_then(|i| Instant::now().checked_add(i));
+        let (at, is_deadline) = match (deadline, idle_at) {
+            (Some(d), Some(i)) if d <= i => (Some(d), true),
             (Some(_), Some(i)) => (Some(i), false),
-            (Some(r), None) => (Some(r), true),
+            (Some(d), None) => (Some(d), true),
             (None, i) => (i, false),
         };
-        let (res, buf) = match limit {
+        let (res, buf) = match at {
             None => read.await,
-            Some(t) => match monoio::time::timeout(t, read).await {
-                Ok(r) => r,
-                Err(_) if is_deadline => return Err(RespError::Timeout),
-                Err(_) => return Err(RespError::Idle),
-            },
+            Some(at) => {
+                match monoio::time::timeout_at(monoio::time::Instant::from_std(at), read).await {
+                    Ok(r) => r,
+                    Err(_) if is_deadline => return Err(RespError::Timeout),
+                    Err(_) => return Err(RespError::Idle),
+                }
+            }
         };
         up.buf = buf;
         match res {
