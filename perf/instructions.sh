@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by callgrind: repeatable for the
+# same binary whatever else the machine is doing, so it can show a change the noisy
+# wall-clock columns of compare.sh cannot. Ringside runs under valgrind with one core,
+# the nginx backend answers 1 KiB, wrk (-c4) warms it up, the counters are zeroed, wrk runs
+# again, and the count is dumped and divided by wrk's request count.
+# Usage: perf/instructions.sh [ringside binary] [seconds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. perf/lib.sh
+need valgrind:valgrind wrk:wrk nginx:nginx-light curl:curl
+bin=${1:-}
+secs=${2:-8}
+if [ -z "$bin" ]; then
+  cargo build --release -q
+  bin=target/release/ringside
+fi
+TMP=$(mktemp -d)
+port_of() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+backend=$(port_of); proxy=$(port_of); admin=$(port_of)
+body=$(python3 -c "print('a'*1024)")
+sed "s|__DIR__|$TMP|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$TMP/backend.conf"
+sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$TMP/ringside.yaml"
+nginx -c "$TMP/backend.conf" -p "$TMP" >/dev/null 2>&1 &
+nginx_pid=$!
+valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.out" "$bin" -c "$TMP/ringside.yaml" \
+  --concurrency 1 -l warn >"$TMP/ringside.log" 2>&1 &
+proxy_pid=$!
+trap 'kill -9 $proxy_pid 2>/dev/null; kill $nginx_pid 2>/dev/null; true' EXIT
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$proxy/" && break; sleep 0.2; done
+wrk -t1 -c4 -d3s "http://127.0.0.1:$proxy/" >/dev/null
+sleep 1
+callgrind_control -z "$proxy_pid" >/dev/null
+wrk -t1 -c4 -d"${secs}s" "http://127.0.0.1:$proxy/" >"$TMP/wrk.txt"
+callgrind_control -d "$proxy_pid" >/dev/null
+sleep 1
+reqs=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")
+dump=$(ls -t "$TMP"/cg.out.* | head -1)
+ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+echo "requests: $reqs, instructions: $ir, per request: $((ir / reqs))"
+mkdir -p perf/out
+cp "$dump" perf/out/callgrind.out
+echo "profile: perf/out/callgrind.out (callgrind_annotate --inclusive=yes perf/out/callgrind.out)"
