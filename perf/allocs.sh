@@ -4,14 +4,11 @@
 # connections; server.heap_allocations and downstream_rq_total are read around the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 cargo build --release -q --features count-allocs --target-dir target/count-allocs
 bin=target/count-allocs/release/ringside
 dir=$(mktemp -d)
-port_of() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-backend=$(port_of); proxy=$(port_of); admin=$(port_of)
-body=$(python3 -c "print('a'*1024)")
-sed "s|__DIR__|$dir|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$dir/backend.conf"
-sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$dir/ringside.yaml"
+one_route_setup "$dir"
 nginx -c "$dir/backend.conf" -p "$dir" >/dev/null 2>&1 &
 nginx_pid=$!
 "$bin" -c "$dir/ringside.yaml" --concurrency 1 -l warn >"$dir/ringside.log" 2>&1 &

@@ -4,6 +4,7 @@
 # Usage: perf/flamegraph.sh [seconds] [extra ringside args, e.g. --io-driver legacy]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. perf/lib.sh
 secs=${1:-5}; shift || true
 command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -12,11 +13,7 @@ PATH="$PATH:$HOME/.cargo/bin:/tmp/tools/bin"
 command -v inferno-flamegraph >/dev/null || cargo install -q --locked inferno
 cargo build --release -q
 dir=$(mktemp -d)
-port_of() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-backend=$(port_of); proxy=$(port_of); admin=$(port_of)
-body=$(python3 -c "print('a'*1024)")
-sed "s|__DIR__|$dir|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$dir/backend.conf"
-sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$dir/ringside.yaml"
+one_route_setup "$dir"
 taskset -c 1 nginx -c "$dir/backend.conf" -p "$dir" >/dev/null 2>&1 &
 nginx_pid=$!
 taskset -c 0 target/release/ringside -c "$dir/ringside.yaml" --concurrency 1 -l warn "$@" >"$dir/ringside.log" 2>&1 &

@@ -16,11 +16,7 @@ if [ -z "$bin" ]; then
   bin=target/release/ringside
 fi
 TMP=$(mktemp -d)
-port_of() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-backend=$(port_of); proxy=$(port_of); admin=$(port_of)
-body=$(python3 -c "print('a'*1024)")
-sed "s|__DIR__|$TMP|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$TMP/backend.conf"
-sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$TMP/ringside.yaml"
+one_route_setup "$TMP"
 nginx -c "$TMP/backend.conf" -p "$TMP" >/dev/null 2>&1 &
 nginx_pid=$!
 valgrind --tool=callgrind --callgrind-out-file="$TMP/cg.out" "$bin" -c "$TMP/ringside.yaml" \

@@ -28,3 +28,17 @@ CONF
 HZ=$(getconf CLK_TCK)
 # ticks PID...: utime+stime of the processes, in clock ticks.
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+
+# free_port: a TCP port nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# one_route_setup DIR: picks ports (sets backend, proxy, admin) and renders the 1 KiB nginx
+# backend (DIR/backend.conf) and the one-route Ringside config (DIR/ringside.yaml) that
+# compare.py measures.
+one_route_setup() {
+  local dir=$1 body
+  backend=$(free_port); proxy=$(free_port); admin=$(free_port)
+  body=$(python3 -c "print('a'*1024)")
+  sed "s|__DIR__|$dir|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$dir/backend.conf"
+  sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$dir/ringside.yaml"
+}
