@@ -229,17 +229,13 @@ impl Connection {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
-                    // A timed-out read drops the buffer it held, so a head that never
-                    // finished is answered by the error, not by what is buffered.
-                    if !self.buf.is_empty()
-                        || matches!(e, HttpError::BadHead(_) | HttpError::RequestHeadersTimeout)
-                    {
-                        self.head.forget();
-                        self.log.start(!self.hcm.access_logs.is_empty());
-                        self.stat(HttpStat::DownstreamRqTotal);
-                        let _ = self.local_reply(&e, true).await;
-                        log::write(&self.ctx, self);
-                    }
+                    // A bad head or one that timed out (whose read took the buffer with it):
+                    // answered from the error alone, never from the previous head's ranges.
+                    self.head.forget();
+                    self.log.start(!self.hcm.access_logs.is_empty());
+                    self.stat(HttpStat::DownstreamRqTotal);
+                    let _ = self.local_reply(&e, true).await;
+                    log::write(&self.ctx, self);
                     return;
                 }
             }
