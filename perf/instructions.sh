@@ -3,8 +3,9 @@
 # same binary whatever else the machine is doing, so it can show a change the noisy
 # wall-clock columns of compare.sh cannot. Ringside runs under valgrind with one core,
 # the nginx backend answers 1 KiB, wrk (-c4) warms it up, the counters are zeroed, wrk runs
-# again, and the count is dumped and divided by wrk's request count.
-# Usage: perf/instructions.sh [ringside binary] [seconds]
+# again (-c$CONNS, default 4; CONNS=1 measures one request at a time, the fixed-rate path),
+# and the count is dumped and divided by wrk's request count.
+# Usage: [CONNS=N] perf/instructions.sh [ringside binary] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -27,7 +28,7 @@ for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$proxy/" && break
 wrk -t1 -c4 -d3s "http://127.0.0.1:$proxy/" >/dev/null
 sleep 1
 callgrind_control -z "$proxy_pid" >/dev/null
-wrk -t1 -c4 -d"${secs}s" "http://127.0.0.1:$proxy/" >"$TMP/wrk.txt"
+wrk -t1 -c"${CONNS:-4}" -d"${secs}s" "http://127.0.0.1:$proxy/" >"$TMP/wrk.txt"
 callgrind_control -d "$proxy_pid" >/dev/null
 sleep 1
 reqs=$(awk '/requests in/ {print $1}' "$TMP/wrk.txt")

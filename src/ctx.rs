@@ -36,6 +36,9 @@ pub struct CoreCtx {
     pub drain_event: DrainEvent,
     /// Connections open on this core.
     pub active: Cell<usize>,
+    /// HTTP/1.1 requests in progress on this core: with one, its writes go out at once
+    /// (see [`crate::io::MaybeTls::write_all_now`]).
+    pub requests: Cell<usize>,
     /// Every listener running on this core, by name.
     pub listeners: RefCell<std::collections::HashMap<Arc<str>, std::rc::Rc<crate::listener::Slot>>>,
     pub stdout_log: RefCell<Vec<u8>>,
@@ -63,6 +66,7 @@ impl CoreCtx {
             drain,
             drain_event: DrainEvent::default(),
             active: Cell::new(0),
+            requests: Cell::new(0),
             listeners: RefCell::new(std::collections::HashMap::new()),
             stdout_log: RefCell::new(Vec::new()),
             stderr_log: RefCell::new(Vec::new()),

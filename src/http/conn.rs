@@ -223,6 +223,12 @@ impl Connection {
         self.hcm.stats.core(self.ctx.core).inc(s as usize);
     }
 
+    /// Whether this is the only HTTP/1.1 request in progress on the core: then no other
+    /// task adds to the driver's next submission, and a write goes out at once.
+    fn alone(&self) -> bool {
+        self.ctx.requests.get() <= 1
+    }
+
     async fn run(&mut self) {
         loop {
             match self.read_head().await {
@@ -245,7 +251,9 @@ impl Connection {
             self.stat(HttpStat::DownstreamRqHttp1Total);
             let active = HttpStat::DownstreamRqActive as usize;
             self.hcm.stats.core(self.ctx.core).inc(active);
+            self.ctx.requests.set(self.ctx.requests.get() + 1);
             let next = self.request().await;
+            self.ctx.requests.set(self.ctx.requests.get() - 1);
             self.hcm.stats.core(self.ctx.core).dec(active);
             self.stat(HttpStat::DownstreamRqCompleted);
             if matches!(next, Next::Close) {
@@ -785,7 +793,8 @@ impl Connection {
         let (mut up, sent_at) = loop {
             up.requests += 1;
             cstats.inc(ClusterStat::UpstreamRqTotal as usize);
-            let (res, o) = up.stream.write_all(out).await;
+            let alone = self.alone();
+            let (res, o) = up.stream.write_all_now(out, alone).await;
             out = o;
             // Whether the upstream closed the connection after taking the whole request.
             let closed_after_request = if res.is_err() {
@@ -948,7 +957,8 @@ impl Connection {
             }
         };
         up.buf.drain(..resp.len + n);
-        let (res, o) = self.stream.write_all(out).await;
+        let alone = self.alone();
+        let (res, o) = self.stream.write_all_now(out, alone).await;
         out = o;
         self.out = out;
         if res.is_err() {
