@@ -4,8 +4,9 @@
 Each proxy runs one worker pinned to CPU 0; the load generator and the backend (nginx
 answering 1 KiB) share CPU 1. For every target, in one run:
   * throughput: wrk, keep-alive, fixed connections, median of N short runs;
-  * proxy CPU per request from the process's utime+stime (/proc), as requests per
-    proxy CPU-second;
+  * proxy CPU per request from the process's utime+stime (/proc: the scheduler's
+    nanosecond count per thread where the kernel keeps it, else clock ticks), as
+    requests per proxy CPU-second;
   * fixed-rate latency: oha -q RATE --latency-correction -c 4: p50/p90/p99, the latency
     added over direct, and proxy CPU per request at that rate;
   * proxy RSS idle and after load.
@@ -78,6 +79,19 @@ def pids_of(proc):
 
 
 def cpu_seconds(pids):
+    """utime+stime of the processes. The scheduler's own count (schedstat, nanoseconds,
+    summed over threads) is the same time at a finer grain than /proc/PID/stat's clock
+    ticks: at 1,000 req/s a 5-second run spends only ~50 ticks, so one tick was 2%."""
+    try:
+        total = 0
+        for pid in pids:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        if total:
+            return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     total = 0
     for pid in pids:
         try:
@@ -152,27 +166,35 @@ def measure_round(t, args, row):
     rps = wrk(url, args.seconds, args.connections)
     c1 = cpu_seconds(pids)
     row["rps"].append(rps)
-    if pids and c1 > c0:
-        row["rps_per_cpu"].append(rps * args.seconds / (c1 - c0))
+    row["rps_per_cpu"].append(rps * args.seconds / (c1 - c0) if pids and c1 > c0 else None)
     c0 = cpu_seconds(pids)
     lat = oha(url, args.rate, args.latency_seconds)
     c1 = cpu_seconds(pids)
     for k in ("p50", "p90", "p99"):
         row[k].append(lat[k])
-    if pids and lat["ok"]:
-        row["cpu_us_at_rate"].append((c1 - c0) / lat["ok"] * 1e6)
+    row["cpu_us_at_rate"].append((c1 - c0) / lat["ok"] * 1e6 if pids and lat["ok"] else None)
 
 
 def median(values):
+    values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
+
+
+def paired_ratio(values, base):
+    """The median over rounds of value / base in the same round. Host noise here moves
+    whole minutes together (±30% between identical runs a minute apart), and the targets
+    of one round run within about a minute of each other, so each round's ratio is read
+    under one condition; a ratio of medians mixes conditions."""
+    pairs = [v / b for v, b in zip(values, base) if v is not None and b]
+    return median(pairs)
 
 
 def fmt(v, spec="{:.0f}"):
     return "–" if v is None else spec.format(v)
 
 
-def ratio(v, base):
-    return "–" if v is None or not base else f"{v / base:.2f}×"
+def ratio(v):
+    return "–" if v is None else f"{v:.2f}×"
 
 
 def main():
@@ -240,7 +262,8 @@ def main():
         targets.append(Target("envoy", [tool("envoy"), "-c", cfg, "--concurrency", "1", "-l", "error",
                                         "--base-id", str(os.getpid() % 50000), "--disable-hot-restart"], port))
     # All targets run side by side (idle ones cost nothing) and are measured in interleaved
-    # rounds, so that a noisy neighbour hits every target alike; medians are reported.
+    # rounds, so that a noisy neighbour hits every target alike; medians are reported, and
+    # ratios are taken round by round (paired_ratio).
     rows = {t.name: {"name": t.name, "rps": [], "rps_per_cpu": [], "p50": [], "p90": [], "p99": [],
                      "cpu_us_at_rate": []} for t in targets}
     try:
@@ -250,7 +273,9 @@ def main():
         for t in targets:
             wrk(f"http://127.0.0.1:{t.port}/", 1, args.connections)  # warm-up: pools, caches
         for rnd in range(args.runs):
-            for t in targets:
+            # Every other round runs the targets in reverse, so none is always measured
+            # right after the same neighbour or at the same point of a round.
+            for t in (targets if rnd % 2 == 0 else targets[::-1]):
                 print(f"round {rnd + 1}/{args.runs}: {t.name} ...", file=sys.stderr, flush=True)
                 measure_round(t, args, rows[t.name])
         for t in targets:
@@ -259,30 +284,54 @@ def main():
         for t in targets:
             t.stop()
         os.killpg(backend.pid, signal.SIGKILL)
-    rows = [{k: (median(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows.values()]
-
-    by = {r["name"]: r for r in rows}
-    direct, nginx = by.get("direct", {}), by.get("nginx", {})
+    raw = rows
+    for r in raw.values():
+        if "direct" in raw and r["name"] != "direct":
+            r["added"] = [v - d for v, d in zip(r["p99"], raw["direct"]["p99"])]
+    base = raw.get("nginx", {})
+    for r in raw.values():
+        r["rpc_vs"] = paired_ratio(r["rps_per_cpu"], base.get("rps_per_cpu", []))
+        r["cpu_vs"] = paired_ratio(r["cpu_us_at_rate"], base.get("cpu_us_at_rate", []))
+        r["added_vs"] = paired_ratio(r.get("added", []), [a if a > 0 else None for a in base.get("added", [])])
+    peers = [raw[n] for n in ("nginx", "haproxy", "envoy") if n in raw and "added" in raw[n]]
+    for r in raw.values():
+        # The best peer's added p99 in each round: the lowest of nginx's, HAProxy's and Envoy's.
+        best = [min((p["added"][i] for p in peers), default=None) for i in range(len(r.get("added", [])))]
+        r["added_vs_best"] = paired_ratio(r.get("added", []), [b if b and b > 0 else None for b in best])
+        if "envoy" in raw:
+            r["rpc_vs_envoy"] = paired_ratio(r["rps_per_cpu"], raw["envoy"]["rps_per_cpu"])
+    rows = [{k: (median(v) if isinstance(v, list) else v) for k, v in r.items()} for r in raw.values()]
     lines = [
         f"| target | req/s (wrk, c={args.connections}) | req per proxy CPU-s | vs nginx | p50 µs | p90 µs | p99 µs "
         f"| added p99 µs vs direct | vs nginx | proxy CPU µs/req @ {args.rate}/s | vs nginx | RSS idle MB | RSS after MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        added = r["p99"] - direct["p99"] if direct and r["name"] != "direct" else None
-        added_nginx = (nginx["p99"] - direct["p99"]) if nginx and direct else None
         lines.append(
-            f"| {r['name']} | {fmt(r['rps'])} | {fmt(r['rps_per_cpu'])} | {ratio(r['rps_per_cpu'], nginx.get('rps_per_cpu'))} "
-            f"| {fmt(r['p50'])} | {fmt(r['p90'])} | {fmt(r['p99'])} | {fmt(added, '{:+.0f}')} | {ratio(added, added_nginx)} "
-            f"| {fmt(r['cpu_us_at_rate'], '{:.1f}')} | {ratio(r['cpu_us_at_rate'], nginx.get('cpu_us_at_rate'))} "
+            f"| {r['name']} | {fmt(r['rps'])} | {fmt(r['rps_per_cpu'])} | {ratio(r['rpc_vs'])} "
+            f"| {fmt(r['p50'])} | {fmt(r['p90'])} | {fmt(r['p99'])} | {fmt(r.get('added'), '{:+.0f}')} "
+            f"| {ratio(r['added_vs'])} | {fmt(r['cpu_us_at_rate'], '{:.1f}')} | {ratio(r['cpu_vs'])} "
             f"| {fmt(r['rss_idle'], '{:.1f}')} | {fmt(r['rss_after'], '{:.1f}')} |"
         )
     table = "\n".join(lines)
+    checks = []
+    for r in rows:
+        if not r["name"].startswith("ringside") or r["name"] == "ringside-epoll":
+            continue
+        checks.append(
+            f"- {r['name']}: req per proxy CPU-s {ratio(r['rpc_vs'])} nginx (target ≥ 1.20×), "
+            f"{ratio(r.get('rpc_vs_envoy'))} Envoy (≥ 2.50×); CPU per request at {args.rate}/s "
+            f"{ratio(r['cpu_vs'])} nginx (≤ 0.75×); added p99 {ratio(r.get('added_vs_best'))} the best peer's "
+            f"(≤ 0.80×); idle RSS {fmt(r['rss_idle'], '{:.1f}')} MB (≤ 6 MB)")
+    if checks:
+        table += "\n\nAgainst the targets (paired per round, as the ratio columns):\n" + "\n".join(checks)
     header = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs "
               f"({cpu_model()}), HTTP/1.1 keep-alive, 1 KiB responses, one proxy worker on CPU {PROXY_CPU}, "
-              f"load generator and backend on CPU {LOAD_CPU}; medians of {args.runs} interleaved rounds, each "
+              f"load generator and backend on CPU {LOAD_CPU}; medians of {args.runs} interleaved rounds (every "
+              f"other one in reverse order), each "
               f"wrk -c{args.connections} for {args.seconds}s and oha -q {args.rate} --latency-correction -c 4 "
-              f"for {args.latency_seconds}s.")
+              f"for {args.latency_seconds}s. Ratios are medians of each round's ratio to nginx in that round; "
+              f"added p99 is each round's p99 less direct's in the same round.")
     os.makedirs(os.path.join(HERE, "out"), exist_ok=True)
     with open(os.path.join(HERE, "out", "latest.md"), "w") as f:
         f.write(header + "\n\n" + table + "\n")
