@@ -47,6 +47,22 @@ pub struct CoreCtx {
     pub hostname: Arc<str>,
 }
 
+/// One request counted in [`CoreCtx::requests`] (see [`CoreCtx::request_started`]).
+pub struct RequestInProgress<'a>(&'a Cell<usize>);
+
+impl<'a> RequestInProgress<'a> {
+    fn enter(count: &'a Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        RequestInProgress(count)
+    }
+}
+
+impl Drop for RequestInProgress<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Flush an access-log buffer once it holds this much.
 const LOG_FLUSH_BYTES: usize = 16 * 1024;
 
@@ -76,6 +92,12 @@ impl CoreCtx {
     }
 
     /// The current snapshot. Cheap when unchanged: no refcount traffic unless it moved.
+    /// Counts an HTTP/1.1 request in `requests` for as long as the guard lives (also when
+    /// its connection's future is dropped mid-request or unwinds from a panic).
+    pub fn request_started(&self) -> RequestInProgress<'_> {
+        RequestInProgress::enter(&self.requests)
+    }
+
     pub fn refresh(&self, held: &mut Arc<Snapshot>) {
         let mut cache = self.cache.borrow_mut();
         let current = cache.load();
@@ -215,6 +237,39 @@ impl Drop for Raised<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The count of requests in progress comes back down however a request ends: returned,
+    /// dropped while waiting (a connection closed mid-request), or unwound by a panic.
+    #[test]
+    fn requests_in_progress_are_counted_until_their_future_ends() {
+        let count = Cell::new(0);
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let finished = async {
+                let _c = RequestInProgress::enter(&count);
+                assert_eq!(count.get(), 1);
+            };
+            finished.await;
+            assert_eq!(count.get(), 0);
+            let slow = async {
+                let _c = RequestInProgress::enter(&count);
+                monoio::time::sleep(std::time::Duration::from_secs(60)).await;
+            };
+            let cut = monoio::time::timeout(std::time::Duration::from_millis(1), slow).await;
+            assert!(cut.is_err());
+            assert_eq!(count.get(), 0);
+        });
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _c = RequestInProgress::enter(&count);
+            assert_eq!(count.get(), 1);
+            panic!("a request's task panics");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(count.get(), 0);
+    }
 
     #[test]
     fn waiters_wake_once_raised_and_slots_are_reused() {

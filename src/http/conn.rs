@@ -251,9 +251,10 @@ impl Connection {
             self.stat(HttpStat::DownstreamRqHttp1Total);
             let active = HttpStat::DownstreamRqActive as usize;
             self.hcm.stats.core(self.ctx.core).inc(active);
-            self.ctx.requests.set(self.ctx.requests.get() + 1);
+            let ctx = self.ctx.clone();
+            let counted = ctx.request_started();
             let next = self.request().await;
-            self.ctx.requests.set(self.ctx.requests.get() - 1);
+            drop(counted);
             self.hcm.stats.core(self.ctx.core).dec(active);
             self.stat(HttpStat::DownstreamRqCompleted);
             if matches!(next, Next::Close) {
