@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Heap allocations per proxied request on the steady-state keep-alive path: a release
 # build with the count-allocs feature, nginx as the backend, wrk with 8 keep-alive
-# connections; server.heap_allocations and downstream_rq_total are read around the run.
+# connections (CONNS=1: one request at a time, the direct-send path); server.heap_allocations
+# and downstream_rq_total are read around the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . perf/lib.sh
@@ -18,7 +19,7 @@ for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$proxy/" && break
 stat() { curl -s "http://127.0.0.1:$admin/stats" | sed -n "s/^$1: //p"; }
 wrk -t1 -c8 -d1s "http://127.0.0.1:$proxy/" >/dev/null   # warm: pools, buffers, timer wheel
 a0=$(stat server.heap_allocations); r0=$(stat http.perf.downstream_rq_total)
-wrk -t1 -c8 -d5s "http://127.0.0.1:$proxy/" >/dev/null
+wrk -t1 -c"${CONNS:-8}" -d5s "http://127.0.0.1:$proxy/" >/dev/null
 a1=$(stat server.heap_allocations); r1=$(stat http.perf.downstream_rq_total)
 # The admin request that reads the counter allocates too; measure and subtract it.
 a2=$(stat server.heap_allocations)
