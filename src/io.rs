@@ -918,6 +918,41 @@ mod tests {
         }
     }
 
+    /// On io_uring a driver write is only queued when first polled (the ring submits it at
+    /// the next park); with `now` the bytes are sent before the first poll returns.
+    #[test]
+    fn write_all_now_sends_before_the_first_poll_returns_on_io_uring() {
+        if !monoio::utils::detect_uring() {
+            eprintln!("io_uring unavailable here: nothing to compare");
+            return;
+        }
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut stream: Plain =
+                MaybeTls::Plain(monoio::net::TcpStream::from_std(std_stream).unwrap());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            for (now, first_poll_done) in [(true, true), (false, false)] {
+                let mut write = pin!(stream.write_all_now(b"ping".to_vec(), now));
+                let first = write.as_mut().poll(&mut cx);
+                assert_eq!(first.is_ready(), first_poll_done, "now = {now}");
+                let (res, _) = match first {
+                    Poll::Ready(done) => done,
+                    Poll::Pending => write.await,
+                };
+                assert_eq!(res.unwrap(), 4);
+                let mut got = [0u8; 4];
+                peer.read_exact(&mut got).unwrap();
+                assert_eq!(&got, b"ping");
+            }
+        });
+    }
+
     /// A write to a peer that has gone fails with the error, not a signal or a hang.
     #[test]
     fn a_direct_send_to_a_closed_peer_is_an_error() {
