@@ -852,8 +852,9 @@ mod tests {
     type Plain = MaybeTls<monoio::net::TcpStream, tokio::io::DuplexStream>;
 
     /// `write_all_now` into a socket that cannot take it all at once (the direct send is
-    /// partial, the driver sends the rest), then into one that is full (the direct send
-    /// finds no room): the reader gets every byte, in order, on either driver.
+    /// partial, the driver sends the rest), then into one that is full while its reader
+    /// is paused (the direct send finds no room, the write waits on the driver): the reader
+    /// gets every byte, in order, on either driver.
     async fn partial_and_full_sends_arrive_whole() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -888,8 +889,16 @@ mod tests {
         while let Some(r) = send_now(p, &chunk) {
             sent.extend_from_slice(&chunk[..r.unwrap()]);
         }
-        go_on.send(()).unwrap();
-        let (res, tail) = stream.write_all_now(b"tail".repeat(50_000), true).await;
+        // Its direct send finds no room and it waits through the driver; only then is the
+        // reader let go.
+        let (res, tail) = {
+            let mut write = pin!(stream.write_all_now(b"tail".repeat(50_000), true));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let first = write.as_mut().poll(&mut cx);
+            assert!(first.is_pending(), "a full socket took the write");
+            go_on.send(()).unwrap();
+            write.await
+        };
         assert_eq!(res.unwrap(), tail.len());
         sent.extend_from_slice(&tail);
         // The driver may close the descriptor only at its next park: end the stream now.
