@@ -78,21 +78,38 @@ def pids_of(proc):
     return pids
 
 
+def schedstat_kept():
+    """Whether this kernel keeps per-thread run time in schedstat (it reads zeros when off)."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[0]) > 0
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+SCHEDSTAT = schedstat_kept()
+
+
 def cpu_seconds(pids):
     """utime+stime of the processes. The scheduler's own count (schedstat, nanoseconds,
     summed over threads) is the same time at a finer grain than /proc/PID/stat's clock
     ticks: at 1,000 req/s a 5-second run spends only ~50 ticks, so one tick was 2%."""
-    try:
-        total = 0
-        for pid in pids:
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                    total += int(f.read().split()[0])
-        if total:
-            return total / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
     total = 0
+    if SCHEDSTAT:
+        # One source for every reading of a run: a fallback mid-run would mix counts that
+        # differ by the threads that already exited (stat keeps them, task/ does not).
+        for pid in pids:
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                        total += int(f.read().split()[0])
+                except OSError:
+                    pass  # the thread exited between the listing and the read
+        return total / 1e9
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -284,23 +301,22 @@ def main():
         for t in targets:
             t.stop()
         os.killpg(backend.pid, signal.SIGKILL)
-    raw = rows
-    for r in raw.values():
-        if "direct" in raw and r["name"] != "direct":
-            r["added"] = [v - d for v, d in zip(r["p99"], raw["direct"]["p99"])]
-    base = raw.get("nginx", {})
-    for r in raw.values():
+    # Per round: added p99 over direct, then each ratio against that round's nginx, and
+    # added p99 against the round's best peer (the lowest of nginx's, HAProxy's, Envoy's).
+    for r in rows.values():
+        if "direct" in rows and r["name"] != "direct":
+            r["added"] = [v - d for v, d in zip(r["p99"], rows["direct"]["p99"])]
+    positive = lambda xs: [x if x is not None and x > 0 else None for x in xs]
+    base = rows.get("nginx", {})
+    peers = [rows[n]["added"] for n in ("nginx", "haproxy", "envoy") if n in rows and "added" in rows[n]]
+    best = positive([min(round_) for round_ in zip(*peers)]) if peers else []
+    for r in rows.values():
         r["rpc_vs"] = paired_ratio(r["rps_per_cpu"], base.get("rps_per_cpu", []))
         r["cpu_vs"] = paired_ratio(r["cpu_us_at_rate"], base.get("cpu_us_at_rate", []))
-        r["added_vs"] = paired_ratio(r.get("added", []), [a if a > 0 else None for a in base.get("added", [])])
-    peers = [raw[n] for n in ("nginx", "haproxy", "envoy") if n in raw and "added" in raw[n]]
-    for r in raw.values():
-        # The best peer's added p99 in each round: the lowest of nginx's, HAProxy's and Envoy's.
-        best = [min((p["added"][i] for p in peers), default=None) for i in range(len(r.get("added", [])))]
-        r["added_vs_best"] = paired_ratio(r.get("added", []), [b if b and b > 0 else None for b in best])
-        if "envoy" in raw:
-            r["rpc_vs_envoy"] = paired_ratio(r["rps_per_cpu"], raw["envoy"]["rps_per_cpu"])
-    rows = [{k: (median(v) if isinstance(v, list) else v) for k, v in r.items()} for r in raw.values()]
+        r["added_vs"] = paired_ratio(r.get("added", []), positive(base.get("added", [])))
+        r["added_vs_best"] = paired_ratio(r.get("added", []), best)
+        r["rpc_vs_envoy"] = paired_ratio(r["rps_per_cpu"], rows["envoy"]["rps_per_cpu"]) if "envoy" in rows else None
+    rows = [{k: (median(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows.values()]
     lines = [
         f"| target | req/s (wrk, c={args.connections}) | req per proxy CPU-s | vs nginx | p50 µs | p90 µs | p99 µs "
         f"| added p99 µs vs direct | vs nginx | proxy CPU µs/req @ {args.rate}/s | vs nginx | RSS idle MB | RSS after MB |",
