@@ -102,6 +102,10 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     let log_tx = spawn_logger()?;
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let hostname: Arc<str> = hostname().into();
+    // Envoy's local address (`--local-address-ip-version`, v4 by default): what a loopback
+    // peer is recorded as in x-forwarded-for; loopback itself when the host has no other.
+    let local_ip = crate::io::host_address(false)
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     let mut workers = Vec::with_capacity(concurrency);
     for (core, listeners) in bound.per_core.into_iter().enumerate() {
         workers.push(worker::spawn(
@@ -114,6 +118,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
                 drain_time: opts.drain_time,
                 log_tx: Some(log_tx.clone()),
                 hostname: hostname.clone(),
+                local_ip,
                 commands: cmd_rx.next().expect("one command channel per core"),
                 served: served.clone(),
             },

@@ -45,6 +45,8 @@ pub struct CoreCtx {
     pub stderr_log: RefCell<Vec<u8>>,
     log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
+    /// The host's address, appended to `x-forwarded-for` for loopback peers.
+    pub local_ip: std::net::IpAddr,
 }
 
 /// One request counted in [`CoreCtx::requests`] (see [`CoreCtx::request_started`]).
@@ -73,6 +75,7 @@ impl CoreCtx {
         drain: tokio::sync::watch::Receiver<bool>,
         log_tx: Option<Sender<LogBatch>>,
         hostname: Arc<str>,
+        local_ip: std::net::IpAddr,
     ) -> Self {
         CoreCtx {
             core,
@@ -88,6 +91,7 @@ impl CoreCtx {
             stderr_log: RefCell::new(Vec::new()),
             log_tx,
             hostname,
+            local_ip,
         }
     }
 
@@ -305,6 +309,8 @@ pub struct Downstream {
     pub restored: bool,
     /// The address of the listener whose socket accepted it (before any hand-over).
     pub via: std::net::SocketAddr,
+    /// Whether the connection is TLS (`x-forwarded-proto: https`).
+    pub tls: bool,
 }
 
 impl Downstream {

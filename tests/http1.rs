@@ -179,16 +179,21 @@ async fn heads_and_bodies_split_across_reads() {
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
-                // Request head plus the body, forwarded chunked as it came.
-                while !seen.ends_with(b"0\r\n\r\n") {
+                // Request head plus the body, re-framed by the proxy: chunk boundaries are
+                // its own, the payload is the client's.
+                let body_at = loop {
                     use tokio::io::AsyncReadExt;
+                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if seen[end + 4..].ends_with(b"0\r\n\r\n") {
+                            break end + 4;
+                        }
+                    }
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
-                }
-                let seen = String::from_utf8_lossy(&seen);
-                let body = seen.contains("\r\nabcd\r\n") && seen.contains("\r\nefg\r\n");
+                };
+                let body = dechunk(&seen[body_at..]) == b"abcdefg";
                 let answer = if body { "yes" } else { "no!" };
                 for piece in [
                     "HTTP/1.1 200 OK\r\nContent-",
@@ -224,6 +229,22 @@ async fn heads_and_bodies_split_across_reads() {
     }
 }
 
+/// The payload of a chunked body (test-side, independent of the proxy's decoder).
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = b.windows(2).position(|w| w == b"\r\n").expect("size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap(), 16).unwrap();
+        b = &b[line + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        assert_eq!(&b[size..size + 2], b"\r\n");
+        b = &b[size + 2..];
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_both_ways() {
     for driver in drivers() {
@@ -246,7 +267,7 @@ async fn chunked_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn use_remote_address_appends_xff_and_request_id_is_kept_for_internal() {
+async fn use_remote_address_appends_xff_and_regenerates_an_external_request_id() {
     for driver in drivers() {
         let extra = "          use_remote_address: true\n          via: ringside-test";
         let (b, p) = proxy_to_one_backend(extra, &args(driver)).await;
@@ -261,23 +282,46 @@ async fn use_remote_address_appends_xff_and_request_id_is_kept_for_internal() {
         )
         .await;
         assert_eq!(s, 200);
+        // A loopback peer is recorded as the host's own address, as Envoy does.
+        let host = ringside::io::host_address(false)
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         assert_eq!(
-            b.seen.header("x-forwarded-for").as_deref(),
-            Some("10.0.0.9, 127.0.0.1")
+            b.seen.header("x-forwarded-for"),
+            Some(format!("10.0.0.9,{host}"))
         );
         assert_eq!(
             b.seen.header("x-forwarded-proto").as_deref(),
             Some("http"),
             "the edge overwrites x-forwarded-proto"
         );
-        assert_eq!(
+        assert_ne!(
             b.seen.header("x-request-id").as_deref(),
             Some("keep-me"),
-            "loopback is internal: its request id is kept"
+            "no address is internal by default: an edge request's id is regenerated"
         );
-        assert_eq!(b.seen.header("x-envoy-internal").as_deref(), Some("true"));
+        assert_eq!(b.seen.header("x-envoy-internal"), None);
+        assert_eq!(
+            b.seen.header("x-envoy-external-address").as_deref(),
+            Some("127.0.0.1")
+        );
         assert_eq!(b.seen.header("via").as_deref(), Some("ringside-test"));
         assert_eq!(header(&h, "via"), Some("ringside-test"));
+
+        // Listed in internal_address_config, loopback is internal: its id and its
+        // x-envoy-* headers are kept, and the upstream is told.
+        let extra = "          use_remote_address: true\n          internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]}";
+        let (b, p) = proxy_to_one_backend(extra, &args(driver)).await;
+        let (s, _, _) = http_get(
+            p.addr(),
+            "/",
+            &[("x-request-id", "keep-me"), ("x-envoy-max-retries", "2")],
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(b.seen.header("x-request-id").as_deref(), Some("keep-me"));
+        assert_eq!(b.seen.header("x-envoy-internal").as_deref(), Some("true"));
+        assert_eq!(b.seen.header("x-envoy-max-retries").as_deref(), Some("2"));
+        assert_eq!(b.seen.header("x-envoy-external-address"), None);
     }
 }
 

@@ -280,6 +280,11 @@ async fn mutual_tls_with_spiffe_identities() {
         let resp = get(&mut s, "/hello").await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{driver}: {resp}");
         assert_eq!(proxy.stat(&format!("{SSL}.handshake")).await, 1);
+        assert_eq!(
+            backend.seen.header("x-forwarded-proto").as_deref(),
+            Some("https"),
+            "{driver}: the scheme is the downstream transport's"
+        );
 
         // Each refusal is specific, counted, and never falls back to plaintext.
         let cases: [(&str, Option<&Identity>, &str); 4] = [
@@ -376,6 +381,11 @@ async fn alpn_h2_serves_http2_over_tls() {
         );
         assert_eq!(proxy.stat("http.ingress.downstream_rq_total").await, 3);
         assert_eq!(backend.seen.last_uri.lock().unwrap().as_str(), "/h2/2");
+        assert_eq!(
+            backend.seen.header("x-forwarded-proto").as_deref(),
+            Some("https"),
+            "{driver}"
+        );
     }
 }
 

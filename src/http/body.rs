@@ -20,6 +20,11 @@ pub enum Mode {
     ChunkEncode,
     /// Chunked in, close-delimited out (HTTP/1.0 client).
     ChunkDecode,
+    /// Chunked in, chunked out: decoded and written again by the proxy, so chunk
+    /// extensions, trailers and the client's chunk boundaries never reach the other side
+    /// (each read's payload goes out as one chunk). A chunked body asked for `Raw` gets
+    /// this mode: chunked bytes are never passed through as they came.
+    Rechunk,
 }
 
 /// The state of one body in flight.
@@ -51,6 +56,10 @@ pub enum BodyError {
 
 impl Framing {
     pub fn new(kind: BodyKind, mode: Mode) -> Self {
+        let mode = match (kind, mode) {
+            (BodyKind::Chunked, Mode::Raw) => Mode::Rechunk,
+            _ => mode,
+        };
         Framing {
             kind,
             remaining: match kind {
@@ -87,18 +96,24 @@ impl Framing {
             }
             BodyKind::Chunked => {
                 let mut payload = 0u64;
-                let n = if self.mode == Mode::ChunkDecode {
-                    self.chunked.feed(input, |d| {
-                        payload += d.len() as u64;
-                        out.extend_from_slice(d);
-                    })?
-                } else {
-                    let n = self.chunked.feed(input, |d| payload += d.len() as u64)?;
-                    out.extend_from_slice(&input[..n]);
-                    n
-                };
+                let mark = out.len();
+                let n = self.chunked.feed(input, |d| {
+                    payload += d.len() as u64;
+                    out.extend_from_slice(d);
+                })?;
                 self.bytes += payload;
                 self.done = self.chunked.done();
+                if self.mode == Mode::Rechunk {
+                    if payload > 0 {
+                        let mut size = Vec::with_capacity(20);
+                        chunk_header(&mut size, payload as usize);
+                        out.splice(mark..mark, size);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    if self.done {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
                 Ok(n)
             }
             BodyKind::UntilClose => {
@@ -125,13 +140,8 @@ impl Framing {
                 self.done = self.remaining == 0;
                 Ok(n)
             }
-            BodyKind::Chunked => {
-                let mut payload = 0u64;
-                let n = self.chunked.feed(input, |d| payload += d.len() as u64)?;
-                self.bytes += payload;
-                self.done = self.chunked.done();
-                Ok(n)
-            }
+            // Chunked bodies are always re-framed (`Framing::new`), never passed raw.
+            BodyKind::Chunked => Err(ChunkError),
             BodyKind::UntilClose => {
                 self.bytes += input.len() as u64;
                 Ok(input.len())

@@ -2,7 +2,7 @@
 //! read head → check → route → (direct reply | redirect | forward: pick upstream →
 //! send head and body → read response head → send it and the body) → log → next request.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,6 +200,15 @@ impl crate::http::exchange::Exchange for Connection {
     fn hostname(&self) -> &str {
         &self.ctx.hostname
     }
+    fn local_ip(&self) -> std::net::IpAddr {
+        self.ctx.local_ip
+    }
+    fn downstream_tls(&self) -> bool {
+        self.down.tls
+    }
+    fn internal(&self) -> bool {
+        crate::http::trust::is_internal(&self.hcm, self.peer.ip(), &self.buf, &self.head.headers)
+    }
     fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
         self.upgrade.as_ref()
     }
@@ -271,13 +280,29 @@ impl Connection {
         let mut started: Option<Instant> = None;
         loop {
             if !self.buf.is_empty() {
-                let parsed = h1::parse_request(
+                let mut parsed = h1::parse_request(
                     &self.buf,
                     self.hcm.max_headers_count,
                     self.hcm.max_request_headers_bytes,
                     &mut self.head,
-                )
-                .map_err(HttpError::BadHead)?;
+                );
+                // Obsolete line folding: unfolded to a space, as Envoy forwards it (the
+                // rare path: only a head that failed to parse is looked at again).
+                if parsed == Err(h1::HeadError::Malformed) && h1::unfold(&mut self.buf) {
+                    parsed = h1::parse_request(
+                        &self.buf,
+                        self.hcm.max_headers_count,
+                        self.hcm.max_request_headers_bytes,
+                        &mut self.head,
+                    );
+                }
+                let parsed = parsed.map_err(|e| match e {
+                    // HTTP/1.0 is refused before its framing is looked at, as in Envoy.
+                    h1::HeadError::TransferEncodingHttp10 if !self.hcm.accept_http_10 => {
+                        HttpError::Http10Rejected
+                    }
+                    e => HttpError::BadHead(e),
+                })?;
                 if parsed.is_some() {
                     self.log.start(!self.hcm.access_logs.is_empty());
                     return Ok(true);
@@ -450,9 +475,7 @@ impl Connection {
             _ => None,
         };
         self.log.route_prefix_len = prefix_len.unwrap_or(0);
-        if m.vhost.require_tls != TlsRequirement::None
-            && (m.vhost.require_tls == TlsRequirement::All || !self.is_internal())
-        {
+        if requires_tls_redirect(self, m.vhost.require_tls) {
             let redirect = Redirect {
                 scheme: Some("https".into()),
                 host: None,
@@ -560,6 +583,11 @@ impl Connection {
             .iter()
             .position(|&b| b == b'/')
             .map_or(target.end, |i| rest + i);
+        // Userinfo (`user:pass@`) is not part of the authority: dropped, as Envoy does.
+        let rest = self.buf[rest..slash]
+            .iter()
+            .rposition(|&b| b == b'@')
+            .map_or(rest, |at| rest + at + 1);
         if slash == rest {
             return Err(HttpError::InvalidPath);
         }
@@ -597,10 +625,6 @@ impl Connection {
             self.bytes(&authority),
         );
         authority.start..authority.start + keep
-    }
-
-    fn is_internal(&self) -> bool {
-        is_internal(self.peer.ip())
     }
 
     async fn redirect(
@@ -1210,7 +1234,8 @@ impl Connection {
 
     /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).
     fn request_id(&mut self) -> Option<[u8; 36]> {
-        let id = new_request_id(&self.hcm, self.head.request_id.is_some(), self.peer.ip())?;
+        let internal = crate::http::exchange::Exchange::internal(self);
+        let id = new_request_id(&self.hcm, self.head.request_id.is_some(), internal)?;
         self.log.request_id = Some(id);
         Some(id)
     }
@@ -1280,13 +1305,13 @@ pub(crate) fn rewrite_path(f: &Forward, prefix_len: Option<usize>, full: &[u8]) 
 pub(crate) fn new_request_id(
     hcm: &HttpConnectionManager,
     present: bool,
-    peer: IpAddr,
+    internal: bool,
 ) -> Option<[u8; 36]> {
     if !hcm.generate_request_id {
         return None;
     }
-    let regenerate = !present
-        || (hcm.use_remote_address && !is_internal(peer) && !hcm.preserve_external_request_id);
+    let regenerate =
+        !present || (hcm.use_remote_address && !internal && !hcm.preserve_external_request_id);
     regenerate.then(uuid4)
 }
 
@@ -1569,18 +1594,17 @@ pub(crate) async fn with_timeout<F: std::future::Future>(
     }
 }
 
-/// Loopback and private addresses count as internal, as in Envoy's classic default.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
-        }
+/// Whether `require_tls` sends this request to https: `ALL` for any request that is not
+/// already https, `EXTERNAL_ONLY` for external ones. The scheme is the downstream
+/// transport's, or at a non-edge hop the `x-forwarded-proto` the previous hop set.
+pub(crate) fn requires_tls_redirect<E: crate::http::exchange::Exchange + ?Sized>(
+    conn: &E,
+    require: TlsRequirement,
+) -> bool {
+    if require == TlsRequirement::None || write_headers::forwarded_proto(conn) == b"https" {
+        return false;
     }
+    require == TlsRequirement::All || !conn.internal()
 }
 
 fn strip_port(host: &[u8]) -> &[u8] {

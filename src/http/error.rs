@@ -86,6 +86,7 @@ fn head_error_text(e: &HeadError) -> &'static str {
     match e {
         HeadError::TooLarge | HeadError::TooManyHeaders => "Request Header Fields Too Large",
         HeadError::BadTransferEncoding => "Not Implemented",
+        HeadError::UnsupportedVersion => "Upgrade Required",
         _ => "Bad Request",
     }
 }

@@ -22,6 +22,13 @@ pub(crate) trait Exchange {
     fn local(&self) -> SocketAddr;
     fn log(&self) -> &Entry;
     fn hostname(&self) -> &str;
+    /// The host's address (`x-forwarded-for` for loopback peers).
+    fn local_ip(&self) -> std::net::IpAddr;
+    /// Whether the downstream connection is TLS.
+    fn downstream_tls(&self) -> bool;
+    /// Whether the request is internal (`internal_address_config`), decided once per
+    /// request.
+    fn internal(&self) -> bool;
     /// The `Upgrade` value of an allowed upgrade (HTTP/1 only).
     fn upgrade(&self) -> Option<&Range<usize>>;
     /// `%PROTOCOL%`.

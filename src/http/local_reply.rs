@@ -44,6 +44,9 @@ pub fn reply_for(e: &HttpError) -> Reply {
             "DPE",
             "http1.invalid_transfer_encoding",
         ),
+        HttpError::BadHead(HeadError::UnsupportedVersion) => {
+            r(426, Some(HttpStat::RqUpgradeRequired), "DPE", "low_version")
+        }
         HttpError::BadHead(_) => r(
             400,
             Some(HttpStat::DownstreamCxProtocolError),

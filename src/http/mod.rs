@@ -9,4 +9,5 @@ pub mod h1;
 pub mod h2;
 pub mod local_reply;
 pub mod log;
+pub mod trust;
 pub mod write_headers;

@@ -5,7 +5,8 @@ use std::io::Write as _;
 use std::ops::Range;
 
 use crate::http::exchange::Exchange;
-use crate::http::h1::{header_value, ResponseHead};
+use crate::http::h1::{bodyless_method, header_value, BodyKind, ResponseHead};
+use crate::http::trust;
 use crate::model::format::{Command, Context};
 use crate::model::headers::{is_hop_by_hop, AppendAction, HeaderMods};
 use crate::model::route::Forward;
@@ -97,7 +98,29 @@ fn write_adds<E: Exchange + ?Sized>(
     }
 }
 
-/// The request head sent upstream.
+/// The scheme of the request as the next hop is told it (`x-forwarded-proto`): the
+/// downstream transport's at the edge; at an inner hop the previous hop's word, if any.
+pub(crate) fn forwarded_proto<E: Exchange + ?Sized>(conn: &E) -> &[u8] {
+    let transport: &[u8] = if conn.downstream_tls() {
+        b"https"
+    } else {
+        b"http"
+    };
+    if conn.hcm().use_remote_address {
+        return transport;
+    }
+    let buf = conn.buf();
+    conn.head()
+        .headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"x-forwarded-proto"))
+        .map_or(transport, |(_, v)| &buf[v.clone()])
+}
+
+/// The request head sent upstream. Framing (`content-length`, `transfer-encoding`) is
+/// written from the parsed head's decision, never copied from the client's bytes, and a
+/// `Connection` nomination cannot remove it (nor `x-request-id`). The trust boundary is
+/// Envoy's: see [`crate::http::trust`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn request_head<E: Exchange + ?Sized>(
     out: &mut Vec<u8>,
@@ -114,7 +137,8 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     let head = conn.head();
     let hcm = conn.hcm();
     let peer = conn.peer();
-    out.extend_from_slice(&buf[head.method.clone()]);
+    let method = &buf[head.method.clone()];
+    out.extend_from_slice(method);
     out.push(b' ');
     out.extend_from_slice(path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
@@ -123,6 +147,9 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         header(out, b"x-envoy-original-host", conn.bytes(&authority));
     }
     let edge = hcm.use_remote_address;
+    let internal = conn.internal();
+    let append_xff = edge && !hcm.skip_xff_append;
+    let xff_hop = trust::forwarded_for_address(peer.ip(), conn.local_ip());
     let mut xff_written = false;
     let mut have_xfp = false;
     for (n, v) in &head.headers {
@@ -130,22 +157,27 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         let value = &buf[v.clone()];
         if is_hop_by_hop(name) {
             // `te: trailers` survives, as in Envoy.
-            if name.eq_ignore_ascii_case(b"te") && value.eq_ignore_ascii_case(b"trailers") {
+            if name.eq_ignore_ascii_case(b"te") && has_token(value, b"trailers") {
                 header(out, b"te", b"trailers");
             }
             continue;
         }
-        if name.eq_ignore_ascii_case(b"host")
+        if name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"expect") && head.expect_continue
             || name.eq_ignore_ascii_case(b"x-request-id") && request_id.is_some()
-            || (edge && name.eq_ignore_ascii_case(b"x-envoy-internal"))
+            // Set below for internal requests only.
+            || name.eq_ignore_ascii_case(b"x-envoy-internal")
+            || (!internal && trust::stripped_from_external(name, edge))
             || (edge && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
             || name.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
                 && f.timeout.is_some()
                 && !hcm.suppress_envoy_headers
             || name.eq_ignore_ascii_case(b"x-envoy-original-path") && rewritten
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
-            || (head.nominates && nominated(buf, &head.headers, name))
+            || (head.nominates
+                && !name.eq_ignore_ascii_case(b"x-request-id")
+                && nominated(buf, &head.headers, name))
             || (head.underscore
                 && hcm.headers_with_underscores == UnderscoreAction::DropHeader
                 && name.contains(&b'_'))
@@ -153,42 +185,63 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         {
             continue;
         }
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            // Every x-forwarded-for line as one list, then this hop at the edge.
+            if !xff_written {
+                out.extend_from_slice(b"x-forwarded-for: ");
+                let mut first = true;
+                for (n2, v2) in &head.headers {
+                    if buf[n2.clone()].eq_ignore_ascii_case(b"x-forwarded-for") {
+                        if !first {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(&buf[v2.clone()]);
+                        first = false;
+                    }
+                }
+                if append_xff {
+                    let _ = write!(out, ",{xff_hop}");
+                }
+                out.extend_from_slice(b"\r\n");
+                xff_written = true;
+            }
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
             have_xfp = true;
         }
-        if name.eq_ignore_ascii_case(b"x-forwarded-for")
-            && edge
-            && !hcm.skip_xff_append
-            && !xff_written
-        {
-            out.extend_from_slice(b"x-forwarded-for: ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b", ");
-            let _ = write!(out, "{}", peer.ip());
-            out.extend_from_slice(b"\r\n");
-            xff_written = true;
-            continue;
-        }
         header_lower(out, name, value);
     }
-    if head.body == crate::http::h1::BodyKind::Chunked {
-        header(out, b"transfer-encoding", b"chunked");
+    match head.body {
+        BodyKind::Length(n) => header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        BodyKind::Chunked => header(out, b"transfer-encoding", b"chunked"),
+        BodyKind::None
+            if conn.upgrade().is_none()
+                && (head.content_length.is_some() || !bodyless_method(method)) =>
+        {
+            header(out, b"content-length", b"0");
+        }
+        _ => {}
     }
     // A configured upgrade keeps its hop-by-hop headers for the next hop.
     if let Some(u) = conn.upgrade() {
         header(out, b"connection", b"upgrade");
         header(out, b"upgrade", &buf[u.clone()]);
     }
-    if edge && !hcm.skip_xff_append && !xff_written {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        let _ = write!(out, "{}", peer.ip());
-        out.extend_from_slice(b"\r\n");
+    if append_xff && !xff_written {
+        let _ = write!(out, "x-forwarded-for: {xff_hop}\r\n");
     }
     if !have_xfp {
-        header(out, b"x-forwarded-proto", b"http");
+        header(out, b"x-forwarded-proto", forwarded_proto(conn));
     }
-    if edge && crate::http::conn::is_internal(peer.ip()) {
+    if internal {
         header(out, b"x-envoy-internal", b"true");
+    } else if edge {
+        let _ = write!(out, "x-envoy-external-address: {}\r\n", peer.ip());
     }
     if let Some(id) = request_id {
         header(out, b"x-request-id", id);
@@ -216,6 +269,12 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     };
     write_adds(out, mods, conn, &present);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a comma list holds `token` (case-insensitive).
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The response head sent downstream for an upstream response.
@@ -258,6 +317,8 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
     for (n, v) in &resp.headers {
         let name = &up[n.clone()];
         if is_hop_by_hop(name)
+            // Framing is written below from the parsed head, never copied.
+            || name.eq_ignore_ascii_case(b"content-length")
             || dropped_by(mods, name)
             || (resp.nominates && nominated(up, &resp.headers, name))
         {
@@ -280,6 +341,12 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
     }
     if chunked_out {
         header(out, b"transfer-encoding", b"chunked");
+    } else if let Some(n) = resp.content_length {
+        header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
     }
     if hcm.server_header != ServerHeader::PassThrough && !has_server {
         header(out, b"server", hcm.server_name.as_bytes());

@@ -423,6 +423,7 @@ async fn handle(
         dst,
         restored,
         via: accepted_on,
+        tls: chain.tls.is_some(),
     };
     let stream = match chain.tls.clone() {
         None => MaybeTls::Plain(stream),

@@ -363,6 +363,9 @@ pub struct HttpConnectionManager {
     pub access_logs: Vec<AccessLog>,
     pub suppress_envoy_headers: bool,
     pub use_remote_address: bool,
+    /// `internal_address_config`: the addresses whose requests count as internal. Envoy
+    /// 1.40's default is none.
+    pub internal: Vec<crate::model::chain::Cidr>,
     pub xff_num_trusted_hops: u32,
     pub skip_xff_append: bool,
     pub via: Option<Arc<str>>,

@@ -123,6 +123,7 @@ pub struct CoreStart {
     pub drain_time: Duration,
     pub log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
+    pub local_ip: std::net::IpAddr,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<CoreCommand>,
     pub served: Arc<Served>,
 }
@@ -183,6 +184,7 @@ async fn core_main(start: CoreStart) {
         start.drain.clone(),
         start.log_tx,
         start.hostname,
+        start.local_ip,
     ));
     for l in start.listeners {
         crate::listener::start(&ctx, l);

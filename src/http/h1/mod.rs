@@ -25,6 +25,25 @@ pub enum HeadError {
     LengthAndChunked,
     #[error("unsupported transfer-encoding")]
     BadTransferEncoding,
+    /// Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1: faulty framing).
+    #[error("transfer-encoding in an HTTP/1.0 request")]
+    TransferEncodingHttp10,
+    /// `HTTP/x.y` other than 1.0 and 1.1.
+    #[error("unsupported HTTP version")]
+    UnsupportedVersion,
+    /// A method Envoy's HTTP/1 codec does not know (methods are case-sensitive).
+    #[error("invalid method")]
+    BadMethod,
+    /// A fragment or a byte outside ASCII in the request target.
+    #[error("invalid request target")]
+    BadTarget,
+    /// A Host value that is not a valid authority.
+    #[error("invalid host")]
+    BadHost,
+    /// `Connection` nominates a header the proxy must keep (Host, `x-forwarded-*`), or
+    /// too many headers.
+    #[error("invalid nominated headers in Connection")]
+    BadConnection,
 }
 
 /// How a message body is delimited.
@@ -49,6 +68,8 @@ pub struct RequestHead {
     pub len: usize,
     pub host: Option<usize>,
     pub body: BodyKind,
+    /// The request's Content-Length, when it had one (`body` is `None` for 0).
+    pub content_length: Option<u64>,
     /// `Connection: close` (1.1) or no `Connection: keep-alive` (1.0).
     pub close: bool,
     pub expect_continue: bool,
@@ -115,19 +136,26 @@ pub fn parse_request(
         &mut heap.spare_capacity_mut()[..max_headers]
     };
     let mut req = httparse::Request::new(&mut []);
-    let Some(len) = head_len(
-        req.parse_with_uninit_headers(buf, slots),
-        buf.len(),
-        max_bytes,
-    )?
-    else {
+    let parsed = req.parse_with_uninit_headers(buf, slots);
+    if parsed == Err(httparse::Error::Version) && other_version(buf) {
+        return Err(HeadError::UnsupportedVersion);
+    }
+    let Some(len) = head_len(parsed, buf.len(), max_bytes)? else {
         return Ok(None);
     };
     if len > max_bytes {
         return Err(HeadError::TooLarge);
     }
-    head.method = offset(buf, req.method.unwrap_or_default().as_bytes());
-    head.target = offset(buf, req.path.unwrap_or_default().as_bytes());
+    let method = req.method.unwrap_or_default().as_bytes();
+    let target = req.path.unwrap_or_default().as_bytes();
+    if !known_method(method) {
+        return Err(HeadError::BadMethod);
+    }
+    if !valid_target(target) {
+        return Err(HeadError::BadTarget);
+    }
+    head.method = offset(buf, method);
+    head.target = offset(buf, target);
     head.minor = req.version.unwrap_or(1);
     head.len = len;
     head.headers.clear();
@@ -141,6 +169,7 @@ pub fn parse_request(
     let mut content_length_seen: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
+    let mut nominated = 0usize;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -151,6 +180,9 @@ pub fn parse_request(
         if name.eq_ignore_ascii_case(b"host") {
             if head.host.is_some() {
                 return Err(HeadError::Malformed);
+            }
+            if !valid_authority(value) {
+                return Err(HeadError::BadHost);
             }
             head.host = Some(head.headers.len() - 1);
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -171,7 +203,11 @@ pub fn parse_request(
                     head.close = false;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
                     head.upgrade = true;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                } else if is_nomination(token) {
+                    if UNNOMINABLE.iter().any(|u| u.eq_ignore_ascii_case(token)) {
+                        return Err(HeadError::BadConnection);
+                    }
+                    nominated += 1;
                     head.nominates = true;
                 }
             }
@@ -182,8 +218,12 @@ pub fn parse_request(
         }
     }
     if te_seen && head.minor == 0 {
-        return Err(HeadError::BadTransferEncoding);
+        return Err(HeadError::TransferEncodingHttp10);
     }
+    if nominated > MAX_NOMINATED {
+        return Err(HeadError::BadConnection);
+    }
+    head.content_length = content_length_seen;
     head.body = match (content_length_seen, chunked) {
         (Some(_), true) => return Err(HeadError::LengthAndChunked),
         (_, true) => BodyKind::Chunked,
@@ -267,6 +307,27 @@ impl ResponseHead {
     }
 }
 
+/// Methods whose requests carry no body (RFC 9110 §9.3): an HTTP/1.1 request of any
+/// other method without one is sent with `content-length: 0`, as Envoy's codec does.
+pub fn bodyless_method(m: &[u8]) -> bool {
+    matches!(m, b"GET" | b"HEAD" | b"DELETE" | b"TRACE" | b"CONNECT")
+}
+
+/// Whether the first line ends in a well-formed `HTTP/d.d` other than 1.0 and 1.1 (Envoy
+/// answers those 426, a malformed version 400).
+fn other_version(buf: &[u8]) -> bool {
+    let line = find(buf, b"\r\n").map_or(buf, |e| &buf[..e]);
+    if line.split(|&b| b == b' ').count() != 3 {
+        return false;
+    }
+    let v = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    v.len() == 8
+        && v.starts_with(b"HTTP/")
+        && v[5].is_ascii_digit()
+        && v[6] == b'.'
+        && v[7].is_ascii_digit()
+}
+
 /// The head's length from an httparse result; `None` while more bytes are needed.
 fn head_len(
     parsed: httparse::Result<usize>,
@@ -282,16 +343,14 @@ fn head_len(
     }
 }
 
-/// Folds a Content-Length value (possibly a comma list) into `current`; differing values
-/// are an error (RFC 9112 §6.3).
+/// Reads a Content-Length value into `current`. As Envoy 1.40's codec: digits only, one
+/// value, one header; a list (`5, 5`), a repeated header (even with the same value), a
+/// sign, inner spaces or an overflow is an error, so no two readers can disagree on it.
 fn content_length(value: &[u8], current: &mut Option<u64>) -> Result<(), HeadError> {
-    for part in value.split(|&b| b == b',') {
-        let n = parse_u64(trim(part)).ok_or(HeadError::BadContentLength)?;
-        if current.is_some_and(|c| c != n) {
-            return Err(HeadError::BadContentLength);
-        }
-        *current = Some(n);
+    if current.is_some() {
+        return Err(HeadError::BadContentLength);
     }
+    *current = Some(parse_u64(value).ok_or(HeadError::BadContentLength)?);
     Ok(())
 }
 
@@ -308,12 +367,159 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 fn parse_u64(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
+    if v.is_empty() {
         return None;
     }
     v.iter().try_fold(0u64, |acc, &b| {
-        b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
     })
+}
+
+/// The methods Envoy 1.40's HTTP/1 codec accepts (its parser's list; case-sensitive).
+/// `PRI` only starts an HTTP/2 preface and `M-SEARCH` is refused there too.
+const METHODS: [&[u8]; 33] = [
+    b"GET",
+    b"POST",
+    b"PUT",
+    b"HEAD",
+    b"DELETE",
+    b"OPTIONS",
+    b"PATCH",
+    b"CONNECT",
+    b"TRACE",
+    b"COPY",
+    b"LOCK",
+    b"MKCOL",
+    b"MOVE",
+    b"PROPFIND",
+    b"PROPPATCH",
+    b"SEARCH",
+    b"UNLOCK",
+    b"BIND",
+    b"REBIND",
+    b"UNBIND",
+    b"ACL",
+    b"REPORT",
+    b"MKACTIVITY",
+    b"CHECKOUT",
+    b"MERGE",
+    b"NOTIFY",
+    b"SUBSCRIBE",
+    b"UNSUBSCRIBE",
+    b"PURGE",
+    b"MKCALENDAR",
+    b"LINK",
+    b"UNLINK",
+    b"SOURCE",
+];
+
+fn known_method(m: &[u8]) -> bool {
+    METHODS.contains(&m)
+}
+
+/// A request target Envoy would forward: no fragment, nothing outside ASCII (httparse
+/// has already refused controls and spaces).
+fn valid_target(t: &[u8]) -> bool {
+    !t.iter().any(|&b| b == b'#' || b >= 0x80)
+}
+
+/// An authority as Envoy checks Host: unreserved, sub-delims, `:`, `@`, `[`, `]` and `%`
+/// only (so no spaces, slashes, quotes or bytes outside ASCII). Empty is allowed.
+pub fn valid_authority(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+/// Headers a `Connection` header may not nominate: the proxy needs them to route and
+/// records the client's address and scheme in them. Envoy refuses such a request (400).
+const UNNOMINABLE: [&[u8]; 5] = [
+    b"host",
+    b":authority",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+];
+
+/// More nominated headers than this is refused, as Envoy does.
+const MAX_NOMINATED: usize = 9;
+
+/// Whether a `Connection` token nominates a header (rather than being an option).
+fn is_nomination(token: &[u8]) -> bool {
+    !token.is_empty()
+        && ![&b"close"[..], b"keep-alive", b"upgrade", b"http2-settings"]
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(token))
+}
+
+/// Rewrites obsolete line folding (a header line continued by one starting with a space or
+/// tab) in the head at the front of `buf` to a single space, as Envoy forwards it
+/// (RFC 9112 §5.2 allows either that or a 400). False when there is none to unfold, or the
+/// head's first field line is itself a continuation (nothing to continue: malformed).
+pub fn unfold(buf: &mut Vec<u8>) -> bool {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return false;
+    };
+    let Some(first) = find(&buf[..end], b"\r\n") else {
+        return false;
+    };
+    if matches!(buf.get(first + 2), Some(b' ' | b'\t')) {
+        return false;
+    }
+    let mut out = Vec::with_capacity(buf.len());
+    out.extend_from_slice(&buf[..first + 2]);
+    let mut i = first + 2;
+    let mut folded = false;
+    while i < end {
+        if buf[i] == b'\r' && buf[i + 1] == b'\n' && matches!(buf[i + 2], b' ' | b'\t') {
+            while out.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                out.pop();
+            }
+            out.push(b' ');
+            i += 2;
+            while matches!(buf[i], b' ' | b'\t') {
+                i += 1;
+            }
+            folded = true;
+        } else {
+            out.push(buf[i]);
+            i += 1;
+        }
+    }
+    if folded {
+        out.extend_from_slice(&buf[end..]);
+        *buf = out;
+    }
+    folded
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A request head seen together with its buffer, for routing.
@@ -367,8 +573,10 @@ pub fn header_value<'a>(
     found
 }
 
-/// Incremental chunked-body parser. It only finds chunk boundaries and the end; callers
-/// forward the consumed bytes unchanged or take just the data.
+/// Incremental chunked-body parser. It finds chunk boundaries, the payload and the end,
+/// and checks the trailer section as header fields (a line that is not `name: value`, a
+/// request line for instance, is malformed). Callers re-frame the payload themselves:
+/// extensions and trailers are never forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkedDecoder {
     state: ChunkState,
@@ -379,13 +587,19 @@ pub struct ChunkedDecoder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChunkState {
     Size,
+    /// Whitespace after the size (Envoy's codec allows it), before `;` or CR.
+    SizeWs,
     Ext,
     SizeLf,
     Data,
     DataCr,
     DataLf,
+    /// The first byte of a trailer line (or the CR of the blank line that ends them).
     TrailerStart,
-    TrailerLine,
+    /// Like `TrailerStart`, after at least one trailer field: a continuation may follow.
+    TrailerNext,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -406,6 +620,28 @@ impl Default for ChunkedDecoder {
     }
 }
 
+/// RFC 9110 `tchar`: what a header name is made of.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
 impl ChunkedDecoder {
     /// True once the terminating chunk and trailers were seen.
     pub fn done(&self) -> bool {
@@ -419,87 +655,70 @@ impl ChunkedDecoder {
         input: &[u8],
         mut on_data: impl FnMut(&[u8]),
     ) -> Result<usize, ChunkError> {
+        use ChunkState as S;
         let mut i = 0;
-        while i < input.len() && self.state != ChunkState::Done {
+        while i < input.len() && self.state != S::Done {
             let b = input[i];
-            match self.state {
-                ChunkState::Size => match b {
+            self.state = match self.state {
+                S::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if self.digits >= 15 {
-                            return Err(ChunkError);
-                        }
-                        self.size =
-                            self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
-                        self.digits += 1;
+                        let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(digit))
+                            .ok_or(ChunkError)?;
+                        self.digits = self.digits.saturating_add(1);
+                        S::Size
                     }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::Ext,
-                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
+                    b' ' | b'\t' if self.digits > 0 => S::SizeWs,
+                    b';' if self.digits > 0 => S::Ext,
+                    b'\r' if self.digits > 0 => S::SizeLf,
                     _ => return Err(ChunkError),
                 },
-                ChunkState::Ext => match b {
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    b'\n' => return Err(ChunkError),
-                    _ => {}
+                S::SizeWs => match b {
+                    b' ' | b'\t' => S::SizeWs,
+                    b';' => S::Ext,
+                    b'\r' => S::SizeLf,
+                    _ => return Err(ChunkError),
                 },
-                ChunkState::SizeLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = if self.size == 0 {
-                        ChunkState::TrailerStart
-                    } else {
-                        ChunkState::Data
-                    };
-                }
-                ChunkState::Data => {
+                S::Ext => match b {
+                    b'\r' => S::SizeLf,
+                    b'\n' => return Err(ChunkError),
+                    _ => S::Ext,
+                },
+                S::SizeLf if b == b'\n' && self.size == 0 => S::TrailerStart,
+                S::SizeLf if b == b'\n' => S::Data,
+                S::Data => {
                     let n = (input.len() - i).min(self.size.min(usize::MAX as u64) as usize);
                     on_data(&input[i..i + n]);
                     self.size -= n as u64;
                     i += n;
                     if self.size == 0 {
-                        self.state = ChunkState::DataCr;
+                        self.state = S::DataCr;
                     }
                     continue;
                 }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err(ChunkError);
-                    }
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = ChunkState::Size;
+                S::DataCr if b == b'\r' => S::DataLf,
+                S::DataLf if b == b'\n' => {
                     self.digits = 0;
+                    S::Size
                 }
-                ChunkState::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        ChunkState::EndLf
-                    } else {
-                        ChunkState::TrailerLine
-                    };
-                }
-                ChunkState::TrailerLine => {
-                    if b == b'\r' {
-                        self.state = ChunkState::TrailerLf;
-                    }
-                }
-                ChunkState::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = ChunkState::TrailerStart;
-                }
-                ChunkState::EndLf => {
-                    if b != b'\n' {
-                        return Err(ChunkError);
-                    }
-                    self.state = ChunkState::Done;
-                }
-                ChunkState::Done => unreachable!("loop condition"),
-            }
+                S::TrailerStart | S::TrailerNext if b == b'\r' => S::EndLf,
+                S::TrailerStart | S::TrailerNext if is_tchar(b) => S::TrailerName,
+                // obs-fold: continues the previous trailer field.
+                S::TrailerNext if b == b' ' || b == b'\t' => S::TrailerValue,
+                S::TrailerName if is_tchar(b) => S::TrailerName,
+                S::TrailerName if b == b':' => S::TrailerValue,
+                S::TrailerValue => match b {
+                    b'\r' => S::TrailerLf,
+                    b'\n' | 0 => return Err(ChunkError),
+                    _ => S::TrailerValue,
+                },
+                S::TrailerLf if b == b'\n' => S::TrailerNext,
+                S::EndLf if b == b'\n' => S::Done,
+                _ => return Err(ChunkError),
+            };
             i += 1;
         }
         Ok(i)

@@ -33,7 +33,7 @@ use crate::http::log::{self, Entry};
 use crate::http::write_headers;
 use crate::io::Rewind;
 use crate::model::headers::HeaderMods;
-use crate::model::route::{Action, Forward, PathMatch, TlsRequirement};
+use crate::model::route::{Action, Forward, PathMatch};
 use crate::model::{
     Cluster, Endpoint, HttpConnectionManager, RouteSource, Snapshot, UnderscoreAction,
 };
@@ -241,6 +241,20 @@ impl Exchange for Stream {
     fn hostname(&self) -> &str {
         &self.ctx.hostname
     }
+    fn local_ip(&self) -> std::net::IpAddr {
+        self.ctx.local_ip
+    }
+    fn downstream_tls(&self) -> bool {
+        self.down.tls
+    }
+    fn internal(&self) -> bool {
+        crate::http::trust::is_internal(
+            &self.hcm,
+            self.down.peer.ip(),
+            &self.buf,
+            &self.head.headers,
+        )
+    }
     fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
         None
     }
@@ -357,10 +371,7 @@ impl Stream {
             &m.vhost.response_headers,
             &routes.response_headers,
         ];
-        if m.vhost.require_tls != TlsRequirement::None
-            && (m.vhost.require_tls == TlsRequirement::All
-                || !crate::http::conn::is_internal(self.down.peer.ip()))
-        {
+        if crate::http::conn::requires_tls_redirect(self, m.vhost.require_tls) {
             let r = crate::model::route::Redirect {
                 scheme: Some("https".into()),
                 host: None,
@@ -506,11 +517,7 @@ impl Stream {
             self.log.cluster = Some(cluster.name.clone());
         }
         self.log.upstream = Some(ep.address);
-        let request_id = new_request_id(
-            &self.hcm,
-            self.head.request_id.is_some(),
-            self.down.peer.ip(),
-        );
+        let request_id = new_request_id(&self.hcm, self.head.request_id.is_some(), self.internal());
         self.log.request_id = request_id;
         let mut out = Vec::with_capacity(1024);
         upstream_head(

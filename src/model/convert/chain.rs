@@ -173,7 +173,11 @@ fn cidr(addr: &str, len: Option<u32>, res: &str, path: &str) -> Result<Cidr, Con
     })
 }
 
-fn cidrs(ranges: &[core::CidrRange], res: &str, path: &str) -> Result<Vec<Cidr>, ConvertError> {
+pub(crate) fn cidrs(
+    ranges: &[core::CidrRange],
+    res: &str,
+    path: &str,
+) -> Result<Vec<Cidr>, ConvertError> {
     ranges
         .iter()
         .enumerate()

@@ -422,7 +422,22 @@ fn connection_manager(
             u.enabled.unwrap_or(true),
         ));
     }
+    let internal = match &m.internal_address_config {
+        None => Vec::new(),
+        Some(c) => {
+            if c.unix_sockets {
+                // Ringside listens on IP sockets only: no request can come over one.
+                ctx.ignored.push(p("internal_address_config.unix_sockets"));
+            }
+            super::chain::cidrs(
+                &c.cidr_ranges,
+                res,
+                &p("internal_address_config.cidr_ranges"),
+            )?
+        }
+    };
     Ok(HttpConnectionManager {
+        internal,
         upgrades,
         stat_prefix: m.stat_prefix.clone(),
         stats,
