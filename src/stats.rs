@@ -288,6 +288,18 @@ stat_family! {
 }
 
 stat_family! {
+    /// `http2.` stats: Envoy keeps its HTTP/2 codec's counters at the root, for every
+    /// downstream connection manager together.
+    pub enum Http2Stat {
+        OutboundFlood = "outbound_flood",
+        OutboundControlFlood = "outbound_control_flood",
+        InboundEmptyFramesFlood = "inbound_empty_frames_flood",
+        InboundPriorityFramesFlood = "inbound_priority_frames_flood",
+        InboundWindowUpdateFramesFlood = "inbound_window_update_frames_flood",
+    } gauges []
+}
+
+stat_family! {
     /// `cluster.<name>.` stats.
     pub enum ClusterStat {
         UpstreamCxTotal = "upstream_cx_total",

@@ -831,14 +831,29 @@ async fn continuation_settings_and_ping_floods_are_bounded() {
         );
         drop(s);
 
-        // SETTINGS and PING frames whose ACKs are never read.
-        for f in [frame(4, 0, 0, &[]), frame(6, 0, 0, &[0; 8])] {
+        // SETTINGS and PING frames whose ACKs are never read: once more than Envoy's
+        // max_outbound_control_frames (1,000) ACKs wait, the connection is closed.
+        for (n, f) in [frame(4, 0, 0, &[]), frame(6, 0, 0, &[0; 8])]
+            .into_iter()
+            .enumerate()
+        {
             let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
             let mut start = PREFACE.to_vec();
             start.extend(frame(4, 0, 0, &[]));
             s.write_all(&start).await.unwrap();
             let many: Vec<u8> = f.iter().copied().cycle().take(f.len() * 4096).collect();
-            flood(&mut s, &many, 64 << 20).await;
+            assert!(
+                flood(&mut s, &many, 64 << 20).await,
+                "{driver}: a flood of frame type {} was held back, not closed",
+                f[3]
+            );
+            assert_eq!(
+                proxy
+                    .stat_reaching("http2.outbound_control_flood", n as i64 + 1)
+                    .await,
+                n as i64 + 1,
+                "{driver}"
+            );
             let now = proxy.rss_kib();
             assert!(
                 now < before + 16 * 1024,
@@ -858,5 +873,86 @@ async fn continuation_settings_and_ping_floods_are_bounded() {
             .send_request(Request::get("http://svc/x").body(()).unwrap(), true)
             .unwrap();
         assert_eq!(resp.await.unwrap().status(), 200, "{driver}");
+    }
+}
+
+/// Frames that cost the proxy work without carrying anything end the connection after
+/// Envoy's bounds: two empty DATA frames in a row, PRIORITY frames past 100 per stream,
+/// WINDOW_UPDATE frames past 5 + 2 x (streams + 10 x DATA frames sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_frame_floods_close_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let priority = frame(2, 0, 3, &[0, 0, 0, 0, 16]);
+    let window_update = frame(8, 0, 0, &[0, 0, 0, 1]);
+    // A HEADERS frame opening stream 1 (HPACK: :method GET, :scheme http, :path /,
+    // :authority h) without END_STREAM, so DATA frames on it are valid.
+    let headers = frame(1, 0x4, 1, &[0x82, 0x86, 0x84, 0x41, 0x01, b'h']);
+    let empty_data = frame(0, 0, 1, &[]);
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "empty DATA frames",
+            [
+                headers.clone(),
+                empty_data.clone(),
+                empty_data.clone(),
+                empty_data,
+            ]
+            .concat(),
+            "http2.inbound_empty_frames_flood",
+        ),
+        (
+            "PRIORITY frames",
+            priority
+                .iter()
+                .copied()
+                .cycle()
+                .take(priority.len() * 101)
+                .collect(),
+            "http2.inbound_priority_frames_flood",
+        ),
+        (
+            "WINDOW_UPDATE frames",
+            window_update
+                .iter()
+                .copied()
+                .cycle()
+                .take(window_update.len() * 6)
+                .collect(),
+            "http2.inbound_window_update_frames_flood",
+        ),
+    ];
+    for driver in drivers() {
+        let (_b, proxy) = proxy_to_one_backend("", &one_core(driver)).await;
+        for (what, frames, stat) in &cases {
+            let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+            let mut bytes = PREFACE.to_vec();
+            bytes.extend(frame(4, 0, 0, &[]));
+            bytes.extend_from_slice(frames);
+            s.write_all(&bytes).await.unwrap();
+            // Closed by the proxy: the read ends (EOF or reset), it does not go quiet.
+            let closed = tokio::time::timeout(Duration::from_secs(5), async {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            assert!(
+                closed.is_ok(),
+                "{driver}: {what}: the connection stayed open"
+            );
+            assert_eq!(proxy.stat_reaching(stat, 1).await, 1, "{driver}: {what}");
+        }
+        // One PRIORITY frame per stream, or a WINDOW_UPDATE now and then, is fine: a
+        // well-behaved client is served.
+        let mut c = h2_client(proxy.addr()).await;
+        let (resp, _) = c
+            .send_request(Request::get("http://svc/x").body(()).unwrap(), true)
+            .unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200, "{driver}");
+        assert_eq!(proxy.stat("http2.outbound_control_flood").await, 0);
     }
 }

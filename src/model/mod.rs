@@ -313,6 +313,30 @@ pub struct Http2Settings {
     pub max_concurrent_streams: u32,
     pub initial_stream_window_size: u32,
     pub initial_connection_window_size: u32,
+    pub flood: FloodLimits,
+}
+
+/// Envoy's HTTP/2 flood bounds (`Http2ProtocolOptions`), with its defaults; see
+/// `http::h2::flood`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodLimits {
+    pub max_outbound_frames: u32,
+    pub max_outbound_control_frames: u32,
+    pub max_consecutive_empty_frames: u32,
+    pub max_priority_frames_per_stream: u32,
+    pub max_window_updates_per_data_frame_sent: u32,
+}
+
+impl Default for FloodLimits {
+    fn default() -> Self {
+        FloodLimits {
+            max_outbound_frames: 10_000,
+            max_outbound_control_frames: 1_000,
+            max_consecutive_empty_frames: 1,
+            max_priority_frames_per_stream: 100,
+            max_window_updates_per_data_frame_sent: 10,
+        }
+    }
 }
 
 impl Default for Http2Settings {
@@ -324,6 +348,7 @@ impl Default for Http2Settings {
             max_concurrent_streams: 1024,
             initial_stream_window_size: 1 << 20,
             initial_connection_window_size: 4 << 20,
+            flood: FloodLimits::default(),
         }
     }
 }
@@ -362,6 +387,8 @@ pub struct HttpConnectionManager {
     pub routes: RouteSource,
     pub access_logs: Vec<AccessLog>,
     pub suppress_envoy_headers: bool,
+    /// `http2.` stats (flood protection), shared by every connection manager.
+    pub http2_stats: Arc<Scope>,
     pub use_remote_address: bool,
     /// `internal_address_config`: the addresses whose requests count as internal. Envoy
     /// 1.40's default is none.

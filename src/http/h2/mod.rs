@@ -3,6 +3,7 @@
 //! the head conversions to and from the HTTP/1 form the request path works on.
 
 pub mod convert;
+pub mod flood;
 pub mod server;
 mod streams;
 

@@ -28,6 +28,7 @@ use crate::http::conn::{
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
 use crate::http::h1::{self, BodyKind, HeadError, RequestHead, RequestRef, ResponseHead};
+use crate::http::h2::flood::FloodGuard;
 use crate::http::local_reply::reply_for;
 use crate::http::log::{self, Entry};
 use crate::http::write_headers;
@@ -90,6 +91,7 @@ async fn run<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let s = hcm.http2;
+    let (io, flood) = FloodGuard::server(io, s.flood);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(s.max_concurrent_streams)
         .initial_window_size(s.initial_stream_window_size)
@@ -159,6 +161,13 @@ async fn run<IO>(
                 });
             }
             Some(Err(e)) => {
+                if let Some(f) = flood.tripped() {
+                    // The peer floods the proxy with frames: closed at once, as Envoy does.
+                    hcm.http2_stats.core(ctx.core).inc(f.stat() as usize);
+                    stat(&ctx, &hcm, HttpStat::DownstreamCxProtocolError);
+                    tracing::debug!(peer = %down.peer, "HTTP/2 connection closed: {f:?} flood");
+                    break;
+                }
                 if e.is_io() || e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) {
                     break;
                 }

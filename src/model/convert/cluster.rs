@@ -277,7 +277,12 @@ fn http2(
 ) -> Result<(Option<crate::model::Http2Settings>, bool), ConvertError> {
     let mut follows_downstream = false;
     let mut h2 = match &c.http2_protocol_options {
-        Some(o) => Some(super::http2_settings(o, res, "http2_protocol_options")?),
+        Some(o) => Some(super::http2_settings(
+            o,
+            res,
+            "http2_protocol_options",
+            false,
+        )?),
         None => None,
     };
     for (key, any) in &c.typed_extension_protocol_options {
@@ -299,13 +304,13 @@ fn http2(
                 use http_opts::http_protocol_options::explicit_http_config::ProtocolConfig as P;
                 if let Some(P::Http2ProtocolOptions(o)) = &e.protocol_config {
                     let at = format!("{path}.explicit_http_config.http2_protocol_options");
-                    h2 = Some(super::http2_settings(o, res, &at)?);
+                    h2 = Some(super::http2_settings(o, res, &at, false)?);
                 }
             }
             Some(U::UseDownstreamProtocolConfig(u)) => {
                 let at = format!("{path}.use_downstream_protocol_config.http2_protocol_options");
                 h2 = Some(match &u.http2_protocol_options {
-                    Some(o) => super::http2_settings(o, res, &at)?,
+                    Some(o) => super::http2_settings(o, res, &at, false)?,
                     None => crate::model::Http2Settings::default(),
                 });
                 follows_downstream = true;

@@ -265,7 +265,7 @@ fn connection_manager(
         }
     };
     let http2 = match &m.http2_protocol_options {
-        Some(o) => super::http2_settings(o, res, &p("http2_protocol_options"))?,
+        Some(o) => super::http2_settings(o, res, &p("http2_protocol_options"), true)?,
         None => Default::default(),
     };
     let routes = match &m.route_specifier {
@@ -437,6 +437,7 @@ fn connection_manager(
         }
     };
     Ok(HttpConnectionManager {
+        http2_stats: ctx.stats.scope::<crate::stats::Http2Stat>("http2."),
         internal,
         upgrades,
         stat_prefix: m.stat_prefix.clone(),

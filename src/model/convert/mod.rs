@@ -630,8 +630,42 @@ pub(crate) fn http2_settings(
     o: &core::Http2ProtocolOptions,
     resource: &str,
     path: &str,
+    downstream: bool,
 ) -> Result<super::Http2Settings, ConvertError> {
     const MAX: u32 = (1 << 31) - 1;
+    if !downstream {
+        // Flood protection guards downstream connections only (http::h2::flood): on a
+        // cluster the bounds would be silently ignored, so they are refused.
+        for (set, name) in [
+            (o.max_outbound_frames.is_some(), "max_outbound_frames"),
+            (
+                o.max_outbound_control_frames.is_some(),
+                "max_outbound_control_frames",
+            ),
+            (
+                o.max_consecutive_inbound_frames_with_empty_payload
+                    .is_some(),
+                "max_consecutive_inbound_frames_with_empty_payload",
+            ),
+            (
+                o.max_inbound_priority_frames_per_stream.is_some(),
+                "max_inbound_priority_frames_per_stream",
+            ),
+            (
+                o.max_inbound_window_update_frames_per_data_frame_sent
+                    .is_some(),
+                "max_inbound_window_update_frames_per_data_frame_sent",
+            ),
+        ] {
+            if set {
+                return Err(err(
+                    resource,
+                    format!("{path}.{name}"),
+                    "HTTP/2 flood bounds are implemented for downstream connections only",
+                ));
+            }
+        }
+    }
     let d = super::Http2Settings::default();
     let field = |v: Option<u32>, name: &str, min: u32, default: u32| match v {
         None => Ok(default),
@@ -661,5 +695,37 @@ pub(crate) fn http2_settings(
             65535,
             d.initial_connection_window_size,
         )?,
+        flood: super::FloodLimits {
+            max_outbound_frames: field(
+                o.max_outbound_frames,
+                "max_outbound_frames",
+                1,
+                d.flood.max_outbound_frames,
+            )?,
+            max_outbound_control_frames: field(
+                o.max_outbound_control_frames,
+                "max_outbound_control_frames",
+                1,
+                d.flood.max_outbound_control_frames,
+            )?,
+            max_consecutive_empty_frames: field(
+                o.max_consecutive_inbound_frames_with_empty_payload,
+                "max_consecutive_inbound_frames_with_empty_payload",
+                0,
+                d.flood.max_consecutive_empty_frames,
+            )?,
+            max_priority_frames_per_stream: field(
+                o.max_inbound_priority_frames_per_stream,
+                "max_inbound_priority_frames_per_stream",
+                0,
+                d.flood.max_priority_frames_per_stream,
+            )?,
+            max_window_updates_per_data_frame_sent: field(
+                o.max_inbound_window_update_frames_per_data_frame_sent,
+                "max_inbound_window_update_frames_per_data_frame_sent",
+                1,
+                d.flood.max_window_updates_per_data_frame_sent,
+            )?,
+        },
     })
 }

@@ -245,6 +245,38 @@ fn with_http2(hcm: &str, cluster: &str) -> String {
 }
 
 #[test]
+fn http2_flood_bounds_downstream_and_refused_upstream() {
+    let s = build(&with_http2(
+        "http2_protocol_options: {max_outbound_control_frames: 50, max_inbound_priority_frames_per_stream: 0}",
+        "",
+    ))
+    .unwrap();
+    let h = s.listeners[0].hcms().next().unwrap();
+    let d = crate::model::FloodLimits::default();
+    assert_eq!(h.http2.flood.max_outbound_control_frames, 50);
+    assert_eq!(h.http2.flood.max_priority_frames_per_stream, 0);
+    assert_eq!(h.http2.flood.max_outbound_frames, d.max_outbound_frames);
+    assert_eq!(d.max_outbound_frames, 10_000);
+    assert_eq!(d.max_consecutive_empty_frames, 1);
+    let e = build(&with_http2(
+        "",
+        "http2_protocol_options: {max_outbound_frames: 5},",
+    ))
+    .unwrap_err();
+    assert!(
+        e.path
+            .ends_with("http2_protocol_options.max_outbound_frames"),
+        "{}",
+        e.path
+    );
+    assert!(
+        e.reason.contains("downstream connections only"),
+        "{}",
+        e.reason
+    );
+}
+
+#[test]
 fn http2_codec_and_settings() {
     let s = build(&with_http2(
         "codec_type: HTTP2\n          http2_protocol_options: {max_concurrent_streams: 7}",
