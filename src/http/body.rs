@@ -105,9 +105,11 @@ impl Framing {
                 self.done = self.chunked.done();
                 if self.mode == Mode::Rechunk {
                     if payload > 0 {
-                        let mut size = Vec::with_capacity(20);
-                        chunk_header(&mut size, payload as usize);
-                        out.splice(mark..mark, size);
+                        // The size line goes before the payload just written; built on
+                        // the stack, so a chunked body costs no allocation per read.
+                        let mut line = [0u8; 18];
+                        let n = hex_line(&mut line, payload);
+                        out.splice(mark..mark, line[..n].iter().copied());
                         out.extend_from_slice(b"\r\n");
                     }
                     if self.done {
@@ -162,6 +164,17 @@ impl Framing {
             false
         }
     }
+}
+
+/// Writes `n` in hex and CRLF into `line`; returns the length.
+fn hex_line(line: &mut [u8; 18], n: u64) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for (i, slot) in line[..digits].iter_mut().enumerate() {
+        *slot = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    }
+    line[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
 }
 
 pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
@@ -253,6 +266,18 @@ pub async fn forward_body<S: AsyncReadRent, D: AsyncWriteRent>(
             }
             Ok(_) => {}
             Err(e) => return Err(BodyError::Read(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_lines() {
+        for n in [1u64, 9, 10, 15, 16, 255, 256, 65_535, 1 << 40, u64::MAX] {
+            let mut line = [0u8; 18];
+            let len = super::hex_line(&mut line, n);
+            assert_eq!(&line[..len], format!("{n:x}\r\n").as_bytes(), "{n}");
         }
     }
 }
