@@ -289,23 +289,6 @@ async fn framing_is_decided_once_and_written_by_the_proxy() {
     }
 }
 
-/// The payload of a chunked body (test-side reading).
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line = find(b, b"\r\n").expect("size line");
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap(), 16).unwrap();
-        b = &b[line + 2..];
-        if size == 0 {
-            assert_eq!(b, b"\r\n");
-            return out;
-        }
-        out.extend_from_slice(&b[..size]);
-        assert_eq!(&b[size..size + 2], b"\r\n");
-        b = &b[size + 2..];
-    }
-}
-
 /// Input Envoy refuses: the same status, nothing reaches the upstream, and the connection
 /// ends with the reply, so no byte after it is read as a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,22 +229,6 @@ async fn heads_and_bodies_split_across_reads() {
     }
 }
 
-/// The payload of a chunked body (test-side, independent of the proxy's decoder).
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let line = b.windows(2).position(|w| w == b"\r\n").expect("size line");
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap(), 16).unwrap();
-        b = &b[line + 2..];
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[..size]);
-        assert_eq!(&b[size..size + 2], b"\r\n");
-        b = &b[size + 2..];
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_both_ways() {
     for driver in drivers() {

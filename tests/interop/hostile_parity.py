@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 
+from envoy_parity import free_port, start  # the same process start-up as the plain parity check
+
 CONFIG = """
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 0}}
@@ -443,27 +445,6 @@ def send(port, raw):
         closed = True
     s.close()
     return re.findall(rb"HTTP/1\.[01] (\d{3})", out), closed
-
-
-def start(cmd, port, log):
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{cmd[0]} did not start listening on {port}")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def main():

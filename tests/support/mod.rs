@@ -658,3 +658,21 @@ pub fn capture_server(socket: std::net::TcpListener) -> (SocketAddr, Arc<Mutex<V
 pub fn local_socket() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap()
 }
+
+/// The payload of a complete chunked body (a test-side reading, independent of the
+/// proxy's decoder): sizes, data and CRLFs must be exact, and nothing may follow.
+pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = b.windows(2).position(|w| w == b"\r\n").expect("size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line]).unwrap(), 16).unwrap();
+        b = &b[line + 2..];
+        if size == 0 {
+            assert_eq!(b, b"\r\n");
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        assert_eq!(&b[size..size + 2], b"\r\n");
+        b = &b[size + 2..];
+    }
+}
