@@ -593,6 +593,23 @@ async fn access_log_lines_use_envoys_default_format() {
             .ends_with(&format!("\"example.com\" \"{}\"", b.addr)),
         "{line}"
     );
+    // Response flags as Envoy prints them: a refused head is DPE.
+    raw(
+        p.addr(),
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\n",
+        Duration::from_secs(1),
+    )
+    .await;
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = p.stdout();
+        if log.lines().count() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = log.lines().nth(1).unwrap_or_default();
+    assert!(second.contains("\" 400 DPE "), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

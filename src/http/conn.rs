@@ -17,6 +17,7 @@ use crate::tls::DownIo;
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{forward_body, BodyError, Framing, Mode};
 use crate::http::error::HttpError;
+use crate::http::flags::ResponseFlags;
 use crate::http::h1::{self, BodyKind, RequestHead, RequestRef, ResponseHead};
 use crate::http::local_reply::reply_for;
 use crate::http::{log, write_headers};
@@ -689,7 +690,7 @@ impl Connection {
         if let Some(s) = reply.stat {
             self.stat(s);
         }
-        self.log.flags = reply.flag;
+        self.log.flags.set(reply.flag);
         self.log.details = reply.details;
         self.write_simple(reply.status, reply.body.as_bytes(), None, &[], close)
             .await
@@ -866,7 +867,9 @@ impl Connection {
                         Err(_) => {
                             // The client went away mid-body.
                             self.stat(HttpStat::DownstreamRqRxReset);
-                            self.log.flags = "DC";
+                            self.log
+                                .flags
+                                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
                             self.out = out;
                             return Ok(Next::Close);
                         }
@@ -988,7 +991,9 @@ impl Connection {
         out = o;
         self.out = out;
         if res.is_err() {
-            self.log.flags = "DC";
+            self.log
+                .flags
+                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
             return Ok(Next::Close);
         }
         if resp.status == 101 && self.upgrade.is_some() {
@@ -1011,18 +1016,20 @@ impl Connection {
             match r {
                 Ok(()) => {}
                 Err(BodyError::Write(_)) => {
-                    self.log.flags = "DC";
+                    self.log
+                        .flags
+                        .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
                     return Ok(Next::Close);
                 }
                 Err(BodyError::Timeout) => {
                     cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
-                    self.log.flags = "UT";
+                    self.log.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                     return Ok(Next::Close);
                 }
                 Err(_) => {
                     // Upstream reset mid-body: the client sees the connection close.
                     cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
-                    self.log.flags = "UR";
+                    self.log.flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
                     return Ok(Next::Close);
                 }
             }
@@ -1102,7 +1109,7 @@ impl Connection {
             return Err(HttpError::MaxDurationReached { request_complete });
         }
         self.stat(HttpStat::DownstreamRqMaxDurationReached);
-        self.log.flags = "DT";
+        self.log.flags.set(ResponseFlags::DURATION_TIMEOUT);
         Ok(Next::Close)
     }
 
@@ -1125,7 +1132,9 @@ impl Connection {
             .inc(ClusterStat::UpstreamRqTotal as usize);
         let (res, _) = self.stream.write_all(&b"HTTP/1.1 200 OK\r\n\r\n"[..]).await;
         if res.is_err() {
-            self.log.flags = "DC";
+            self.log
+                .flags
+                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
             return Ok(Next::Close);
         }
         self.log.status = 200;

@@ -1,6 +1,7 @@
 //! Proxy-generated responses: one `match` from error to status, body, stat and flag.
 
 use crate::http::error::HttpError;
+use crate::http::flags::ResponseFlags;
 use crate::http::h1::HeadError;
 use crate::stats::HttpStat;
 
@@ -11,7 +12,7 @@ pub struct Reply {
     /// The connection-manager counter to bump, if any.
     pub stat: Option<HttpStat>,
     /// Envoy's response flag for the access log.
-    pub flag: &'static str,
+    pub flag: ResponseFlags,
     /// Envoy's response code details.
     pub details: &'static str,
 }
@@ -29,111 +30,140 @@ pub fn reply_for(e: &HttpError) -> Reply {
         HttpError::BadHead(HeadError::TooLarge) => r(
             431,
             Some(HttpStat::DownstreamRqTooLarge),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "http1.headers_too_large",
         ),
         HttpError::BadHead(HeadError::TooManyHeaders) => r(
             431,
             Some(HttpStat::DownstreamRqTooLarge),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "http1.too_many_headers",
         ),
         HttpError::BadHead(HeadError::BadTransferEncoding) => r(
             501,
             Some(HttpStat::DownstreamCxProtocolError),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "http1.invalid_transfer_encoding",
         ),
-        HttpError::BadHead(HeadError::UnsupportedVersion) => {
-            r(426, Some(HttpStat::RqUpgradeRequired), "DPE", "low_version")
-        }
+        HttpError::BadHead(HeadError::UnsupportedVersion) => r(
+            426,
+            Some(HttpStat::RqUpgradeRequired),
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "low_version",
+        ),
         HttpError::BadHead(_) => r(
             400,
             Some(HttpStat::DownstreamCxProtocolError),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "http1.codec_error",
         ),
         HttpError::BadBody(_) => r(
             400,
             Some(HttpStat::DownstreamCxProtocolError),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "http1.codec_error",
         ),
-        HttpError::Http10Rejected => {
-            r(426, Some(HttpStat::RqUpgradeRequired), "DPE", "low_version")
-        }
+        HttpError::Http10Rejected => r(
+            426,
+            Some(HttpStat::RqUpgradeRequired),
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "low_version",
+        ),
         HttpError::MissingHost => r(
             400,
             Some(HttpStat::DownstreamCxProtocolError),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "missing_host_header",
         ),
         HttpError::UnderscoreHeader => r(
             400,
             Some(HttpStat::DownstreamCxProtocolError),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "http1.unexpected_underscore",
         ),
         HttpError::InvalidPath => r(
             400,
             Some(HttpStat::DownstreamRqNonRelativePath),
-            "DPE",
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "absolute_path_rejected",
         ),
         HttpError::RequestTimeout => r(
             408,
             Some(HttpStat::DownstreamRqTimeout),
-            "DT",
+            ResponseFlags::DURATION_TIMEOUT,
             "request_overall_timeout",
         ),
         HttpError::RequestHeadersTimeout => r(
             408,
             Some(HttpStat::DownstreamRqHeaderTimeout),
-            "DT",
+            ResponseFlags::DURATION_TIMEOUT,
             "request_header_timeout",
         ),
         HttpError::UpgradeRejected => r(
             403,
             Some(HttpStat::DownstreamRqWsOnNonWsRoute),
-            "-",
+            ResponseFlags::NONE,
             "upgrade_failed",
         ),
-        HttpError::NoRoute => r(404, Some(HttpStat::Rq404NoRoute), "NR", "route_not_found"),
-        HttpError::ClusterNotFound(s) => r(*s, None, "NC", "cluster_not_found"),
-        HttpError::NoHealthyUpstream => r(503, None, "UH", "no_healthy_upstream"),
+        HttpError::NoRoute => r(
+            404,
+            Some(HttpStat::Rq404NoRoute),
+            ResponseFlags::NO_ROUTE_FOUND,
+            "route_not_found",
+        ),
+        HttpError::ClusterNotFound(s) => r(
+            *s,
+            None,
+            ResponseFlags::NO_CLUSTER_FOUND,
+            "cluster_not_found",
+        ),
+        HttpError::NoHealthyUpstream => r(
+            503,
+            None,
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+            "no_healthy_upstream",
+        ),
         HttpError::MaxDurationReached { request_complete } => r(
             if *request_complete { 504 } else { 408 },
             Some(HttpStat::DownstreamRqMaxDurationReached),
-            "DT",
+            ResponseFlags::DURATION_TIMEOUT,
             "max_duration_timeout",
         ),
-        HttpError::ConnectNotTerminated => r(403, None, "-", "upgrade_failed"),
-        HttpError::UpgradeToHttp2Unsupported => {
-            r(503, None, "UPE", "upgrade_to_http2_upstream_not_supported")
-        }
+        HttpError::ConnectNotTerminated => r(403, None, ResponseFlags::NONE, "upgrade_failed"),
+        HttpError::UpgradeToHttp2Unsupported => r(
+            503,
+            None,
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
+            "upgrade_to_http2_upstream_not_supported",
+        ),
         HttpError::Connect(_) => r(
             503,
             None,
-            "UF",
+            ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             "upstream_reset_before_response_started{connection_failure}",
         ),
         HttpError::UpstreamReset => r(
             503,
             None,
-            "UC",
+            ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             "upstream_reset_before_response_started{connection_termination}",
         ),
         HttpError::UpstreamProtocol => r(
             503,
             None,
-            "UPE",
+            ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             "upstream_reset_before_response_started{protocol_error}",
         ),
-        HttpError::UpstreamTimeout => r(504, None, "UT", "upstream_response_timeout"),
+        HttpError::UpstreamTimeout => r(
+            504,
+            None,
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            "upstream_response_timeout",
+        ),
         HttpError::StreamIdleTimeout => r(
             504,
             Some(HttpStat::DownstreamRqIdleTimeout),
-            "SI",
+            ResponseFlags::STREAM_IDLE_TIMEOUT,
             "stream_idle_timeout",
         ),
     }

@@ -19,7 +19,7 @@ pub struct Entry {
     pub authority: std::ops::Range<usize>,
     pub path: std::ops::Range<usize>,
     pub status: u16,
-    pub flags: &'static str,
+    pub flags: crate::http::flags::ResponseFlags,
     pub details: &'static str,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -39,7 +39,7 @@ impl Default for Entry {
             authority: 0..0,
             path: 0..0,
             status: 0,
-            flags: "-",
+            flags: crate::http::flags::ResponseFlags::NONE,
             details: "via_upstream",
             bytes_received: 0,
             bytes_sent: 0,
@@ -99,7 +99,7 @@ pub(crate) fn write_command<E: Exchange + ?Sized>(c: &E, cmd: &Command, out: &mu
             true
         }
         Command::ResponseFlags => {
-            out.extend_from_slice(e.flags.as_bytes());
+            e.flags.write(out);
             true
         }
         Command::BytesReceived => num(out, e.bytes_received),

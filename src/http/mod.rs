@@ -5,6 +5,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub(crate) mod exchange;
+pub mod flags;
 pub mod h1;
 pub mod h2;
 pub mod local_reply;

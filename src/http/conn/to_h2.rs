@@ -14,6 +14,7 @@ use super::{Connection, Next, NO_MODS};
 use crate::http::body::{frame_into, wait_limit, Framing, Mode, CHUNK};
 use crate::http::conn::with_timeout;
 use crate::http::error::HttpError;
+use crate::http::flags::ResponseFlags;
 use crate::http::h1::{self, BodyKind};
 use crate::http::h2::{convert, send_all};
 use crate::http::write_headers;
@@ -112,7 +113,9 @@ impl Connection {
                     Some(e) => Err(e),
                     None => {
                         self.stat(HttpStat::DownstreamRqRxReset);
-                        self.log.flags = "DC";
+                        self.log
+                            .flags
+                            .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
                         Ok(Next::Close)
                     }
                 };
@@ -183,7 +186,9 @@ impl Connection {
         out = o;
         if res.is_err() {
             self.out = out;
-            self.log.flags = "DC";
+            self.log
+                .flags
+                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
             return Ok(Next::Close);
         }
 
@@ -198,7 +203,7 @@ impl Connection {
                     Some(Some(Err(e))) => {
                         tracing::debug!("upstream HTTP/2 stream reset mid-body: {e}");
                         cs.inc(ClusterStat::UpstreamRqRxReset as usize);
-                        self.log.flags = "UR";
+                        self.log.flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
                         self.out = out;
                         return Ok(Next::Close);
                     }
@@ -207,7 +212,7 @@ impl Connection {
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             cs.inc(ClusterStat::UpstreamRqTimeout as usize);
                         }
-                        self.log.flags = "UT";
+                        self.log.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                         self.out = out;
                         return Ok(Next::Close);
                     }
@@ -221,7 +226,9 @@ impl Connection {
                 out = o;
                 if res.is_err() {
                     self.stat(HttpStat::DownstreamRqRxReset);
-                    self.log.flags = "DC";
+                    self.log
+                        .flags
+                        .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
                     self.out = out;
                     return Ok(Next::Close);
                 }

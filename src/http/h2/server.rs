@@ -27,6 +27,7 @@ use crate::http::conn::{
 };
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
+use crate::http::flags::ResponseFlags;
 use crate::http::h1::{self, BodyKind, HeadError, RequestHead, RequestRef, ResponseHead};
 use crate::http::h2::flood::FloodGuard;
 use crate::http::local_reply::reply_for;
@@ -280,7 +281,9 @@ impl Stream {
     /// The client reset its stream (or the connection went away under it).
     fn client_reset(&mut self) {
         self.stat(HttpStat::DownstreamRqRxReset);
-        self.log.flags = "DC";
+        self.log
+            .flags
+            .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
         self.client_reset = true;
     }
 
@@ -302,7 +305,7 @@ impl Stream {
             if self.responded {
                 if let HttpError::MaxDurationReached { .. } = e {
                     self.stat(HttpStat::DownstreamRqMaxDurationReached);
-                    self.log.flags = "DT";
+                    self.log.flags.set(ResponseFlags::DURATION_TIMEOUT);
                 }
                 respond.send_reset(h2::Reason::INTERNAL_ERROR);
             } else {
@@ -472,7 +475,7 @@ impl Stream {
         if let Some(s) = reply.stat {
             self.stat(s);
         }
-        self.log.flags = reply.flag;
+        self.log.flags.set(reply.flag);
         self.log.details = reply.details;
         if !self.grpc {
             self.simple(respond, reply.status, reply.body.as_bytes(), None, &[]);
@@ -663,17 +666,17 @@ impl Stream {
                     tx.send_reset(h2::Reason::CANCEL);
                     if deadline.expired() {
                         cs.inc(ClusterStat::UpstreamRqTimeout as usize);
-                        self.log.flags = "UT";
+                        self.log.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                     } else {
                         self.stat(HttpStat::DownstreamRqIdleTimeout);
-                        self.log.flags = "SI";
+                        self.log.flags.set(ResponseFlags::STREAM_IDLE_TIMEOUT);
                     }
                     return Ok(());
                 }
                 Err(PumpError::Recv(e)) => {
                     tx.send_reset(reason(&e));
                     cs.inc(ClusterStat::UpstreamRqRxReset as usize);
-                    self.log.flags = "UR";
+                    self.log.flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
                     return Ok(());
                 }
                 Err(PumpError::Send) => {
@@ -824,7 +827,7 @@ impl Stream {
                 Ok(n) => n,
                 Err(_) => {
                     tx.send_reset(h2::Reason::PROTOCOL_ERROR);
-                    self.log.flags = "UPE";
+                    self.log.flags.set(ResponseFlags::UPSTREAM_PROTOCOL_ERROR);
                     return Ok(());
                 }
             };
@@ -846,7 +849,7 @@ impl Stream {
                 with_timeout(limit, crate::io::read_more(&mut conn.stream, buf)).await
             else {
                 tx.send_reset(h2::Reason::CANCEL);
-                self.log.flags = "UT";
+                self.log.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                 return Ok(());
             };
             conn.buf = buf;
@@ -858,7 +861,7 @@ impl Stream {
                 Ok(0) | Err(_) => {
                     tx.send_reset(h2::Reason::CANCEL);
                     cs.inc(ClusterStat::UpstreamRqRxReset as usize);
-                    self.log.flags = "UR";
+                    self.log.flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
                     return Ok(());
                 }
                 Ok(_) => {}
