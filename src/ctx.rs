@@ -49,6 +49,55 @@ pub struct CoreCtx {
     pub local_ip: std::net::IpAddr,
 }
 
+/// One request in flight to an upstream host: it counts in the cluster's
+/// `upstream_rq_active` and, for LEAST_REQUEST, in the host's load, from the moment the
+/// proxy starts sending it until the guard drops, however the exchange ends. Every codec
+/// pairing (HTTP/1.1 or HTTP/2 on either side) counts through it.
+pub struct UpstreamRequest<'c> {
+    ctx: &'c CoreCtx,
+    cluster: &'c crate::model::Cluster,
+    addr: std::net::SocketAddr,
+}
+
+impl CoreCtx {
+    /// Counts a request to `addr` of `cluster` as in flight (see [`UpstreamRequest`]).
+    pub fn upstream_request<'c>(
+        &'c self,
+        cluster: &'c crate::model::Cluster,
+        addr: std::net::SocketAddr,
+    ) -> UpstreamRequest<'c> {
+        cluster
+            .stats
+            .core(self.core)
+            .inc(crate::stats::ClusterStat::UpstreamRqActive as usize);
+        if matches!(cluster.lb, crate::model::LbPolicy::LeastRequest { .. }) {
+            self.upstreams
+                .borrow_mut()
+                .request_started(&cluster.name, addr);
+        }
+        UpstreamRequest {
+            ctx: self,
+            cluster,
+            addr,
+        }
+    }
+}
+
+impl Drop for UpstreamRequest<'_> {
+    fn drop(&mut self) {
+        let (ctx, cluster) = (self.ctx, self.cluster);
+        cluster
+            .stats
+            .core(ctx.core)
+            .dec(crate::stats::ClusterStat::UpstreamRqActive as usize);
+        if matches!(cluster.lb, crate::model::LbPolicy::LeastRequest { .. }) {
+            ctx.upstreams
+                .borrow_mut()
+                .request_finished(&cluster.name, self.addr);
+        }
+    }
+}
+
 /// One request counted in [`CoreCtx::requests`] (see [`CoreCtx::request_started`]).
 pub struct RequestInProgress<'a>(&'a Cell<usize>);
 

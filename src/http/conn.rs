@@ -26,7 +26,7 @@ use crate::model::route::{
     Action, Forward, HostRewrite, PathMatch, Redirect, RedirectPath, Target, TlsRequirement,
 };
 use crate::model::{
-    Codec, Discovery, Endpoint, HttpConnectionManager, LbPolicy, RouteSource, Snapshot, StripPort,
+    Codec, Discovery, Endpoint, HttpConnectionManager, RouteSource, Snapshot, StripPort,
     UnderscoreAction,
 };
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
@@ -786,6 +786,9 @@ impl Connection {
                 .map_err(HttpError::Connect)?,
         };
 
+        // In flight from here to the end of the exchange, whatever ends it.
+        let ctx = self.ctx.clone();
+        let _in_flight = ctx.upstream_request(cluster, ep.address);
         // From here the request body starts to be consumed: errors close the connection
         // unless the whole body went through.
         let mut out = std::mem::take(&mut self.out);
@@ -832,7 +835,6 @@ impl Connection {
                     out.len() as u64,
                 );
                 if !req_body.done() {
-                    self.upstreams_started(cluster, ep);
                     let r = forward_body(
                         &mut self.stream,
                         &mut up.stream,
@@ -842,7 +844,6 @@ impl Connection {
                         None,
                     )
                     .await;
-                    self.upstreams_finished(cluster, ep);
                     match r {
                         Ok(()) => {}
                         Err(BodyError::Write(_)) => {
@@ -877,10 +878,8 @@ impl Connection {
                 }
                 self.log.bytes_received = req_body.bytes;
                 let sent = Instant::now();
-                self.upstreams_started(cluster, ep);
                 let r =
                     read_response_head(&mut up, &mut resp, route_deadline(sent), stream_idle).await;
-                self.upstreams_finished(cluster, ep);
                 match r {
                     Ok(()) => break (up, sent),
                     Err(RespError::Closed) => true,
@@ -1001,7 +1000,6 @@ impl Connection {
             return Ok(Box::pin(self.tunnel(up, cluster, stream_idle)).await);
         }
         if !resp_body.done() {
-            self.upstreams_started(cluster, ep);
             let r = forward_body(
                 &mut up.stream,
                 &mut self.stream,
@@ -1011,7 +1009,6 @@ impl Connection {
                 route_deadline(sent_at),
             )
             .await;
-            self.upstreams_finished(cluster, ep);
             self.log.bytes_sent = resp_body.bytes;
             match r {
                 Ok(()) => {}
@@ -1214,32 +1211,6 @@ impl Connection {
             self.head.body = BodyKind::None;
         }
         Err(e)
-    }
-
-    fn upstreams_started(&self, cluster: &crate::model::Cluster, ep: &crate::model::Endpoint) {
-        cluster
-            .stats
-            .core(self.ctx.core)
-            .inc(ClusterStat::UpstreamRqActive as usize);
-        if matches!(cluster.lb, LbPolicy::LeastRequest { .. }) {
-            self.ctx
-                .upstreams
-                .borrow_mut()
-                .request_started(&cluster.name, ep.address);
-        }
-    }
-
-    fn upstreams_finished(&self, cluster: &crate::model::Cluster, ep: &crate::model::Endpoint) {
-        cluster
-            .stats
-            .core(self.ctx.core)
-            .dec(ClusterStat::UpstreamRqActive as usize);
-        if matches!(cluster.lb, LbPolicy::LeastRequest { .. }) {
-            self.ctx
-                .upstreams
-                .borrow_mut()
-                .request_finished(&cluster.name, ep.address);
-        }
     }
 
     /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).

@@ -36,18 +36,6 @@ pub(super) struct Hop<'a> {
     pub resp_mods: [&'a HeaderMods; 3],
 }
 
-/// Decrements `upstream_rq_active` when the exchange ends, however it ends.
-struct Active<'a>(&'a Cluster, usize);
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0
-            .stats
-            .core(self.1)
-            .dec(ClusterStat::UpstreamRqActive as usize);
-    }
-}
-
 impl Connection {
     pub(super) async fn forward_h2(
         &mut self,
@@ -90,8 +78,8 @@ impl Connection {
         }
         let end = self.head.body == BodyKind::None;
         cs.inc(ClusterStat::UpstreamRqTotal as usize);
-        cs.inc(ClusterStat::UpstreamRqActive as usize);
-        let _active = Active(cluster, core);
+        let ctx = self.ctx.clone();
+        let _in_flight = ctx.upstream_request(cluster, hop.ep.address);
         let (resp_fut, mut tx) = send
             .send_request(req, end)
             .map_err(|_| HttpError::UpstreamReset)?;

@@ -587,8 +587,8 @@ impl Stream {
             .map_err(|_| HttpError::UpstreamReset)?;
         let end = body.is_end_stream();
         cs.inc(ClusterStat::UpstreamRqTotal as usize);
-        cs.inc(ClusterStat::UpstreamRqActive as usize);
-        let _active = Dec(&cstats, self.ctx.core, ClusterStat::UpstreamRqActive);
+        let ctx = self.ctx.clone();
+        let _in_flight = ctx.upstream_request(up.cluster, up.ep.address);
         let (resp_fut, mut up_tx) = send
             .send_request(req, end)
             .map_err(|_| HttpError::UpstreamReset)?;
@@ -756,6 +756,8 @@ impl Stream {
         let mut resp = ResponseHead::default();
         let idle = up.f.idle_timeout.or(self.hcm.stream_idle_timeout);
         let mut head = head;
+        let ctx = self.ctx.clone();
+        let _in_flight = ctx.upstream_request(up.cluster, up.ep.address);
         let sent = loop {
             conn.requests += 1;
             cs.inc(ClusterStat::UpstreamRqTotal as usize);
@@ -924,15 +926,6 @@ struct Upstream<'a> {
     cluster: &'a Cluster,
     ep: &'a Endpoint,
     resp_mods: &'a [&'a HeaderMods; 4],
-}
-
-/// Decrements a gauge when dropped.
-struct Dec<'a>(&'a crate::stats::Scope, usize, ClusterStat);
-
-impl Drop for Dec<'_> {
-    fn drop(&mut self) {
-        self.0.core(self.1).dec(self.2 as usize);
-    }
 }
 
 /// How long a stream routed by `f` may last, if the route limits it (`max_stream_duration`,

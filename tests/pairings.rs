@@ -1,0 +1,130 @@
+//! The same requests over all four codec pairings (HTTP/1.1 or HTTP/2 downstream, each to
+//! an HTTP/1.1 and an HTTP/2 upstream) count the same: `upstream_rq_active` while a
+//! request is in flight, and the least-request load that steers the next requests away
+//! from a busy host.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+/// An HTTP/2 upstream answering `/sleep/N` after N ms; counts its requests.
+async fn h2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let ms: u64 = req
+                            .uri()
+                            .path()
+                            .strip_prefix("/sleep/")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        let resp = Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut tx) = respond.send_response(resp, false) {
+                            let _ = tx.send_data(Bytes::from_static(b"ok"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A GET over HTTP/2 (prior knowledge) on a new connection; the status.
+async fn h2_get(addr: SocketAddr, path: &str) -> u16 {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://svc{path}")).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    while let Some(chunk) = body.data().await {
+        let _ = chunk;
+    }
+    status
+}
+
+async fn get(addr: SocketAddr, path: String, h2: bool) -> u16 {
+    if h2 {
+        h2_get(addr, &path).await
+    } else {
+        http_get(addr, &path, &[]).await.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_pairing_counts_requests_in_flight_and_balances_on_them() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (c, c_seen) = h2_upstream().await;
+    let (d, d_seen) = h2_upstream().await;
+    let lr = "lb_policy: LEAST_REQUEST, least_request_lb_config: {choice_count: 20},";
+    let clusters = format!(
+        "[{}, {}]",
+        cluster("one", &[a.addr, b.addr], lr),
+        cluster(
+            "two",
+            &[c, d],
+            &format!("{lr} http2_protocol_options: {{}},")
+        ),
+    );
+    let vhosts = "[{name: all, domains: ['*'], routes: [
+        {match: {prefix: /h1/}, route: {cluster: one, prefix_rewrite: /}},
+        {match: {prefix: /h2/}, route: {cluster: two, prefix_rewrite: /}}]}]";
+    let h1_seen = |i: usize| [&a, &b][i].seen.requests.load(Ordering::SeqCst);
+    let h2_seen = |i: usize| [&c_seen, &d_seen][i].load(Ordering::SeqCst);
+    for driver in drivers() {
+        let p = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+        let addr = p.addr();
+        for (down_h2, up) in [(false, "h1"), (false, "h2"), (true, "h1"), (true, "h2")] {
+            let pairing = format!("{driver}: {} -> {up}", if down_h2 { "h2" } else { "h1" });
+            let cluster = if up == "h1" { "one" } else { "two" };
+            let seen = |i| if up == "h1" { h1_seen(i) } else { h2_seen(i) };
+            let before = [seen(0), seen(1)];
+            let active = format!("cluster.{cluster}.upstream_rq_active");
+            // One slow request holds a host; while it is in flight it is counted ...
+            let slow = tokio::spawn(get(addr, format!("/{up}/sleep/1500"), down_h2));
+            assert_eq!(p.stat_reaching(&active, 1).await, 1, "{pairing}");
+            let busy = (0..2)
+                .find(|&i| seen(i) > before[i])
+                .expect("the slow request reached a host");
+            // ... so least-request sends the next ones to the other host.
+            for _ in 0..5 {
+                assert_eq!(
+                    get(addr, format!("/{up}/x"), down_h2).await,
+                    200,
+                    "{pairing}"
+                );
+            }
+            assert_eq!(
+                seen(busy),
+                before[busy] + 1,
+                "{pairing}: sent to the busy host"
+            );
+            assert_eq!(seen(1 - busy), before[1 - busy] + 5, "{pairing}");
+            assert_eq!(slow.await.unwrap(), 200, "{pairing}");
+            assert_eq!(p.stat_reaching(&active, 0).await, 0, "{pairing}");
+        }
+    }
+}
