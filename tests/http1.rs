@@ -419,7 +419,7 @@ async fn errors_are_answered_as_envoy_does() {
         let addr = p.addr();
         let (s, _, body) = http_get(addr, "/", &[]).await;
         assert_eq!(s, 404, "{driver}: no virtual host for example.com");
-        assert_eq!(body, b"no route");
+        assert_eq!(body, b"", "{driver}: Envoy's 404 has no body");
         let (s, _, body) = request(
             addr,
             "GET",

@@ -19,9 +19,18 @@ pub struct Reply {
 
 /// The reply for `e`, as Envoy answers it.
 pub fn reply_for(e: &HttpError) -> Reply {
+    // Envoy answers these with no body: the status and the response code details (in the
+    // access log) say it all.
+    let silent = matches!(
+        e,
+        HttpError::NoRoute
+            | HttpError::ClusterNotFound(_)
+            | HttpError::MissingHost
+            | HttpError::UpgradeRejected
+    );
     let r = |status, stat, flag, details| Reply {
         status,
-        body: e.to_string(),
+        body: if silent { String::new() } else { e.to_string() },
         stat,
         flag,
         details,

@@ -67,10 +67,9 @@ CASES = {
     "content-length and chunked": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "status"),
     "redirect": (b"GET /redir?a=1 HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "direct response HEAD": (b"HEAD /direct HTTP/1.1\r\n" + H + b"\r\n", "all"),
-    # Envoy answers these with an empty body; Ringside names the reason.
-    "no route": (b"GET / HTTP/1.1\r\nHost: other\r\n\r\n", "status"),
-    "missing host": (b"GET / HTTP/1.1\r\n\r\n", "status"),
-    "upgrade without config": (b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "status"),
+    "no route": (b"GET / HTTP/1.1\r\nHost: other\r\n\r\n", "all"),
+    "missing host": (b"GET / HTTP/1.1\r\n\r\n", "all"),
+    "upgrade without config": (b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "all"),
 }
 VOLATILE = {"x-request-id", "date", "x-envoy-upstream-service-time"}
 
