@@ -501,7 +501,9 @@ impl Connection {
             Action::Direct(d) => {
                 self.stat(HttpStat::RqDirectResponse);
                 let close = self.must_close();
-                self.write_simple(d.status, &d.body, None, &mods, close)
+                let location =
+                    direct_location(self, d.status, self.bytes(&authority), self.bytes(&path));
+                self.write_simple(d.status, &d.body, location.as_deref(), &mods, close)
                     .await?;
                 self.finish_or_close(close).await
             }
@@ -1344,6 +1346,26 @@ pub(crate) fn pick_upstream<'s>(
         std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)
     };
     Ok((weighted, cluster, ep))
+}
+
+/// Envoy sets `location` on a direct response with a 3xx status: the request's own URL
+/// (its scheme as the next hop would be told it, authority, path and query).
+pub(crate) fn direct_location<E: crate::http::exchange::Exchange + ?Sized>(
+    conn: &E,
+    status: u16,
+    authority: &[u8],
+    path: &[u8],
+) -> Option<Vec<u8>> {
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    let scheme = write_headers::forwarded_proto(conn);
+    let mut l = Vec::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    l.extend_from_slice(scheme);
+    l.extend_from_slice(b"://");
+    l.extend_from_slice(authority);
+    l.extend_from_slice(path);
+    Some(l)
 }
 
 /// The `Location` of a redirect for a request to `auth` + `full` (path and query).

@@ -407,11 +407,14 @@ pub(crate) fn local_head<E: Exchange + ?Sized>(
     if body_len > 0 {
         header(out, b"content-type", b"text/plain");
     }
-    header(
-        out,
-        b"content-length",
-        itoa::Buffer::new().format(body_len).as_bytes(),
-    );
+    // RFC 9110 §8.6: no content-length on a 1xx or 204; Envoy sends none on a 304 either.
+    if status >= 200 && status != 204 && status != 304 {
+        header(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(body_len).as_bytes(),
+        );
+    }
     header(out, b"server", conn.hcm().server_name.as_bytes());
     write_adds(out, mods, conn, &|_| false);
 }

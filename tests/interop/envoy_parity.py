@@ -40,6 +40,9 @@ static_resources:
               - {match: {prefix: /sleep}, route: {cluster: up, timeout: 0.3s}}
               - {match: {prefix: /redir}, redirect: {path_redirect: /new}}
               - {match: {prefix: /direct}, direct_response: {status: 200, body: {inline_string: hi}}}
+              - {match: {prefix: /nobody}, direct_response: {status: 200}}
+              - {match: {prefix: /nocontent}, direct_response: {status: 204}}
+              - {match: {prefix: /notmod}, direct_response: {status: 304}}
               - {match: {prefix: /rw/}, route: {cluster: up, prefix_rewrite: /x/, host_rewrite_literal: other.host}}
               - {match: {prefix: /}, route: {cluster: up}}
           http_filters:
@@ -67,6 +70,9 @@ CASES = {
     "content-length and chunked": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "status"),
     "redirect": (b"GET /redir?a=1 HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "direct response HEAD": (b"HEAD /direct HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "direct response without body": (b"GET /nobody HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "direct 204": (b"GET /nocontent HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "direct 304 gets the request's URL as location": (b"GET /notmod?q=1 HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "no route": (b"GET / HTTP/1.1\r\nHost: other\r\n\r\n", "all"),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", "all"),
     "upgrade without config": (b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "all"),
@@ -141,11 +147,17 @@ def complete(out):
     return False
 
 
+# Response headers compared too (framing and redirects; the rest may differ in order).
+COMPARED = (b"content-length", b"transfer-encoding", b"location", b"content-type")
+
+
 def parse(out):
     head, _, body = out.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
-    return status, body
+    fields = sorted((k.strip().lower(), v.strip()) for k, _, v in (l.partition(b":") for l in lines[1:])
+                    if k.strip().lower() in COMPARED)
+    return status, body, tuple(fields)
 
 
 def start(cmd, port, log):

@@ -399,7 +399,13 @@ impl Stream {
         match &m.route.action {
             Action::Direct(d) => {
                 self.stat(HttpStat::RqDirectResponse);
-                self.simple(respond, d.status, &d.body, None, &mods);
+                let location = crate::http::conn::direct_location(
+                    self,
+                    d.status,
+                    &self.buf[authority],
+                    &self.buf[path],
+                );
+                self.simple(respond, d.status, &d.body, location.as_deref(), &mods);
                 Ok(())
             }
             Action::Redirect(r) => {
