@@ -1,0 +1,451 @@
+//! The request-path pieces the HTTP/1.1 connection and the HTTP/2 server share: the
+//! upstream head, path and host rewrites, request ids, upstream choice, redirects, the
+//! response-head reader, timeouts.
+
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBuf;
+use monoio::net::TcpStream;
+
+use crate::ctx::{CoreCtx, Downstream};
+use crate::http::error::HttpError;
+use crate::http::h1::{self, ResponseHead};
+use crate::http::write_headers;
+use crate::model::headers::HeaderMods;
+use crate::model::route::{Forward, HostRewrite, Redirect, RedirectPath, Target, TlsRequirement};
+use crate::model::{Discovery, Endpoint, HttpConnectionManager, Snapshot, StripPort};
+use crate::stats::ClusterStat;
+use crate::upstream::Conn as UpstreamConn;
+
+use super::*;
+
+/// What a forwarded request's upstream head is made from.
+pub(crate) struct HeadParts<'a> {
+    pub f: &'a Forward,
+    pub prefix_len: Option<usize>,
+    pub authority: std::ops::Range<usize>,
+    pub path: &'a std::ops::Range<usize>,
+    pub weighted: Option<&'a crate::model::route::WeightedTarget>,
+    pub req_mods: [&'a HeaderMods; 3],
+    pub ep: &'a Endpoint,
+}
+
+/// Writes the upstream request head (HTTP/1 form) for either codec: path rewrites, header
+/// mutations (most specific first: weighted cluster, route, virtual host, route
+/// configuration), the host rewrite and the request id.
+pub(crate) fn upstream_head<E: crate::http::exchange::Exchange + ?Sized>(
+    out: &mut Vec<u8>,
+    conn: &E,
+    hop: HeadParts<'_>,
+    request_id: Option<&[u8]>,
+) {
+    let full = conn.bytes(hop.path);
+    let rewritten = rewrite_path(hop.f, hop.prefix_len, full);
+    let mods: [&HeaderMods; 4] = [
+        hop.weighted.map_or(&NO_MODS, |w| &w.request_headers),
+        hop.req_mods[0],
+        hop.req_mods[1],
+        hop.req_mods[2],
+    ];
+    write_headers::request_head(
+        out,
+        conn,
+        hop.f,
+        hop.authority,
+        rewritten.as_deref().unwrap_or(full),
+        rewritten.is_some(),
+        host_rewrite(hop.weighted, hop.f, hop.ep),
+        &mods,
+        request_id,
+    );
+}
+
+/// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.
+pub(crate) fn rewrite_path(f: &Forward, prefix_len: Option<usize>, full: &[u8]) -> Option<Vec<u8>> {
+    let q = full.iter().position(|&b| b == b'?').unwrap_or(full.len());
+    if let (Some(new), Some(len)) = (&f.prefix_rewrite, prefix_len) {
+        let mut out = Vec::with_capacity(full.len() + new.len());
+        out.extend_from_slice(new.as_bytes());
+        out.extend_from_slice(&full[len.min(q)..]);
+        return Some(out);
+    }
+    if let Some((re, sub)) = &f.regex_rewrite {
+        let p = String::from_utf8_lossy(&full[..q]);
+        let mut out = re.replace_all(&p, sub.as_str()).into_owned().into_bytes();
+        out.extend_from_slice(&full[q..]);
+        return Some(out);
+    }
+    None
+}
+
+/// A new x-request-id when the proxy sets one (Envoy's rules): none present, or an
+/// external request's at the edge unless it is preserved.
+pub(crate) fn new_request_id(
+    hcm: &HttpConnectionManager,
+    present: bool,
+    internal: bool,
+) -> Option<[u8; 36]> {
+    if !hcm.generate_request_id {
+        return None;
+    }
+    let regenerate =
+        !present || (hcm.use_remote_address && !internal && !hcm.preserve_external_request_id);
+    regenerate.then(uuid4)
+}
+
+/// The route's cluster (and weighted entry) and the endpoint to send to: this core's load
+/// balancer, or the connection's original destination for an ORIGINAL_DST cluster.
+pub(crate) fn pick_upstream<'s>(
+    ctx: &CoreCtx,
+    snapshot: &'s Snapshot,
+    f: &'s Forward,
+    down: &Downstream,
+) -> Result<
+    (
+        Option<&'s crate::model::route::WeightedTarget>,
+        &'s crate::model::Cluster,
+        std::borrow::Cow<'s, Endpoint>,
+    ),
+    HttpError,
+> {
+    let weighted = f.target.pick(fastrand::u32(..));
+    let cref = match (&f.target, weighted) {
+        (_, Some(w)) => &w.cluster,
+        (Target::Cluster(c), None) => c,
+        (Target::Weighted { .. }, None) => {
+            return Err(HttpError::ClusterNotFound(f.cluster_not_found_status))
+        }
+    };
+    let cluster = cref
+        .index
+        .and_then(|i| snapshot.clusters.get(i))
+        .filter(|c| c.name == cref.name)
+        .or_else(|| snapshot.cluster(&cref.name))
+        .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
+    let none_healthy = || {
+        cluster
+            .stats
+            .core(ctx.core)
+            .inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+        HttpError::NoHealthyUpstream
+    };
+    let ep = if cluster.discovery == Discovery::OriginalDst {
+        // Not redirected: the destination is this listener itself (a loop).
+        if down.loops_back() {
+            return Err(none_healthy());
+        }
+        // The connection's destination (restored from the capture) is the upstream.
+        std::borrow::Cow::Owned(Endpoint::at(down.dst))
+    } else {
+        let picked = ctx.upstreams.borrow_mut().pick(cluster);
+        std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)
+    };
+    Ok((weighted, cluster, ep))
+}
+
+/// Envoy sets `location` on a direct response with a 3xx status: the request's own URL
+/// (its scheme as the next hop would be told it, authority, path and query).
+pub(crate) fn direct_location<E: crate::http::exchange::Exchange + ?Sized>(
+    conn: &E,
+    status: u16,
+    authority: &[u8],
+    path: &[u8],
+) -> Option<Vec<u8>> {
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    let scheme = write_headers::forwarded_proto(conn);
+    let mut l = Vec::with_capacity(scheme.len() + 3 + authority.len() + path.len());
+    l.extend_from_slice(scheme);
+    l.extend_from_slice(b"://");
+    l.extend_from_slice(authority);
+    l.extend_from_slice(path);
+    Some(l)
+}
+
+/// The `Location` of a redirect for a request to `auth` + `full` (path and query).
+pub(crate) fn redirect_location(
+    r: &Redirect,
+    auth: &[u8],
+    full: &[u8],
+    route_prefix_len: usize,
+) -> Vec<u8> {
+    let mut location = Vec::with_capacity(128);
+    location.extend_from_slice(r.scheme.as_deref().unwrap_or("http").as_bytes());
+    location.extend_from_slice(b"://");
+    let host_only = strip_port(auth);
+    match (&r.host, r.port) {
+        (Some(h), Some(p)) => location.extend_from_slice(format!("{h}:{p}").as_bytes()),
+        (Some(h), None) => location.extend_from_slice(h.as_bytes()),
+        (None, Some(p)) => {
+            location.extend_from_slice(host_only);
+            location.extend_from_slice(format!(":{p}").as_bytes());
+        }
+        // A scheme change drops the (old scheme's) port, as Envoy does.
+        (None, None) if r.scheme.is_some() => location.extend_from_slice(host_only),
+        (None, None) => location.extend_from_slice(auth),
+    }
+    let (p, q) = match full.iter().position(|&b| b == b'?') {
+        Some(i) => (&full[..i], &full[i..]),
+        None => (full, &b""[..]),
+    };
+    match &r.path {
+        RedirectPath::Keep => location.extend_from_slice(p),
+        RedirectPath::Replace(np) => location.extend_from_slice(np.as_bytes()),
+        RedirectPath::Prefix(np) => {
+            let routed_prefix = route_prefix_len.min(p.len());
+            location.extend_from_slice(np.as_bytes());
+            location.extend_from_slice(&p[routed_prefix..]);
+        }
+        RedirectPath::Regex(re, sub) => {
+            let s = String::from_utf8_lossy(p);
+            location.extend_from_slice(re.replace_all(&s, sub.as_str()).as_bytes());
+        }
+    }
+    let path_has_query = matches!(&r.path, RedirectPath::Replace(np) if np.contains('?'));
+    if !r.strip_query && !path_has_query {
+        location.extend_from_slice(q);
+    }
+    location
+}
+
+/// How many bytes of an authority are kept after `strip_matching_host_port` /
+/// `strip_any_host_port` (a port equal to the listener's, or any port).
+pub(crate) fn kept_authority(mode: StripPort, local_port: u16, a: &[u8]) -> usize {
+    if mode == StripPort::None {
+        return a.len();
+    }
+    let Some(colon) = a.iter().rposition(|&b| b == b':') else {
+        return a.len();
+    };
+    let port = &a[colon + 1..];
+    let is_port = !port.is_empty() && port.iter().all(u8::is_ascii_digit);
+    let bracketed = a.first() == Some(&b'[');
+    if !is_port || (!bracketed && a[..colon].contains(&b':')) || (bracketed && a[colon - 1] != b']')
+    {
+        return a.len();
+    }
+    let strip = match mode {
+        StripPort::Any => true,
+        StripPort::Matching => {
+            std::str::from_utf8(port)
+                .ok()
+                .and_then(|p| p.parse::<u16>().ok())
+                == Some(local_port)
+        }
+        StripPort::None => false,
+    };
+    if strip {
+        colon
+    } else {
+        a.len()
+    }
+}
+
+/// Reads until `buf` holds the HTTP/2 preface or bytes that cannot begin it. False: the
+/// client closed (or timed out) before sending enough to tell.
+pub(super) async fn sniff_preface(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limit: Option<Duration>,
+) -> bool {
+    let preface = crate::http::h2::PREFACE;
+    loop {
+        let n = buf.len().min(preface.len());
+        if buf[..n] != preface[..n] || n == preface.len() {
+            return true;
+        }
+        buf.reserve(BUF);
+        let taken = std::mem::take(buf);
+        let Some((res, b)) = with_timeout(limit, crate::io::read_more(stream, taken)).await else {
+            return false;
+        };
+        *buf = b;
+        match res {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The Host sent upstream when the route rewrites it (the weighted entry's literal first,
+/// then the route's literal or the endpoint's hostname); `None` keeps the client's.
+pub(crate) fn host_rewrite<'a>(
+    weighted: Option<&'a crate::model::route::WeightedTarget>,
+    f: &'a Forward,
+    ep: &'a Endpoint,
+) -> Option<&'a [u8]> {
+    match (
+        weighted.and_then(|w| w.host_rewrite.as_deref()),
+        &f.host_rewrite,
+    ) {
+        (Some(h), _) => Some(h.as_bytes()),
+        (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),
+        (None, HostRewrite::Auto) => Some(ep.hostname.as_bytes()),
+        (None, HostRewrite::None) => None,
+    }
+}
+
+/// Why no response head arrived.
+pub(crate) enum RespError {
+    Closed,
+    Malformed,
+    Timeout,
+    Idle,
+}
+
+/// Reads the upstream response head, skipping 1xx interim responses.
+pub(crate) async fn read_response_head(
+    up: &mut UpstreamConn,
+    resp: &mut ResponseHead,
+    deadline: Option<Instant>,
+    idle: Option<Duration>,
+) -> Result<(), RespError> {
+    loop {
+        if !up.buf.is_empty() {
+            match h1::parse_response(&up.buf, 64 * 1024, resp) {
+                Ok(Some(())) if (100..200).contains(&resp.status) && resp.status != 101 => {
+                    up.buf.drain(..resp.len);
+                    continue;
+                }
+                Ok(Some(())) => return Ok(()),
+                Ok(None) => {}
+                Err(_) => return Err(RespError::Malformed),
+            }
+        }
+        up.buf.reserve(BUF);
+        let buf = std::mem::take(&mut up.buf);
+        let read = crate::io::read_more(&mut up.stream, buf);
+        // Whichever comes first, the route's deadline or the idle limit; as an instant, so
+        // the clock is read once (a Duration timeout reads it again).
+        let idle_at = idle.and_then(|i| Instant::now().checked_add(i));
+        let (at, is_deadline) = match (deadline, idle_at) {
+            (Some(d), Some(i)) if d <= i => (Some(d), true),
+            (Some(_), Some(i)) => (Some(i), false),
+            (Some(d), None) => (Some(d), true),
+            (None, i) => (i, false),
+        };
+        let (res, buf) = match at {
+            None => read.await,
+            Some(at) => {
+                match monoio::time::timeout_at(monoio::time::Instant::from_std(at), read).await {
+                    Ok(r) => r,
+                    Err(_) if is_deadline => return Err(RespError::Timeout),
+                    Err(_) => return Err(RespError::Idle),
+                }
+            }
+        };
+        up.buf = buf;
+        match res {
+            Ok(0) | Err(_) => return Err(RespError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A random version-4 UUID in its text form.
+fn uuid4() -> [u8; 36] {
+    let mut bytes = fastrand::u128(..).to_be_bytes();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    // Hex digit pairs from a table, at fixed positions (8-4-4-4-12): no per-byte branch.
+    let mut out = [b'-'; 36];
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (b, at) in bytes.iter().zip(AT) {
+        out[at..at + 2].copy_from_slice(&HEX_PAIRS[*b as usize]);
+    }
+    out
+}
+
+/// Each byte's two lowercase hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
+pub(super) struct Discard;
+
+impl monoio::io::AsyncWriteRent for Discard {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(buf.bytes_init()), buf)
+    }
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(0), buf)
+    }
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) async fn with_timeout<F: std::future::Future>(
+    limit: Option<Duration>,
+    f: F,
+) -> Option<F::Output> {
+    match limit {
+        None => Some(f.await),
+        Some(d) => monoio::time::timeout(d, f).await.ok(),
+    }
+}
+
+/// Whether `require_tls` sends this request to https: `ALL` for any request that is not
+/// already https, `EXTERNAL_ONLY` for external ones. The scheme is the downstream
+/// transport's, or at a non-edge hop the `x-forwarded-proto` the previous hop set.
+pub(crate) fn requires_tls_redirect<E: crate::http::exchange::Exchange + ?Sized>(
+    conn: &E,
+    require: TlsRequirement,
+) -> bool {
+    if require == TlsRequirement::None || write_headers::forwarded_proto(conn) == b"https" {
+        return false;
+    }
+    require == TlsRequirement::All || !conn.internal()
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i)
+            if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].contains(&b':')
+                || host.first() == Some(&b'[') && i > 0 && host[i - 1] == b']' =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuid4_is_a_version_4_variant_1_uuid() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = super::uuid4();
+            let s = std::str::from_utf8(&id).unwrap();
+            let parts: Vec<&str> = s.split('-').collect();
+            assert_eq!(
+                parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{s}"
+            );
+            assert!(s
+                .bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            assert_eq!(&s[14..15], "4", "{s}");
+            assert!("89ab".contains(&s[19..20]), "{s}");
+            // Parsed back, the digits are the bytes: the same text round-trips.
+            let hex: String = parts.concat();
+            let n = u128::from_str_radix(&hex, 16).unwrap();
+            assert_eq!(format!("{n:032x}"), hex);
+            seen.insert(id);
+        }
+        assert_eq!(seen.len(), 1000);
+    }
+}
