@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Names of a family of stats; `N` is the number of stats in it.
 pub trait StatNames: 'static + Send + Sync {
@@ -21,7 +21,13 @@ pub trait StatNames: 'static + Send + Sync {
     const NAMES: &'static [&'static str];
     /// Which of them are gauges (may go down); all others are counters.
     const GAUGES: &'static [usize] = &[];
+    /// The name prefix of the family's per-status-code counters (`upstream_rq_` gives
+    /// `upstream_rq_200`, as Envoy names them), or empty when it has none.
+    const CODES: &'static str = "";
 }
+
+/// Status codes 100..=599 have a counter each.
+const CODES: usize = 500;
 
 /// A value on a cache line of its own.
 #[repr(align(64))]
@@ -31,12 +37,30 @@ pub struct Padded<T>(pub T);
 #[repr(align(64))]
 pub struct CoreCells {
     cells: Box<[AtomicU64]>,
+    /// Per-status-code counters, made on this core's first response for the scope (most
+    /// scopes never see traffic on most cores, so none pays 4 KB for nothing).
+    codes: OnceLock<Box<[AtomicU64]>>,
 }
 
 impl CoreCells {
     fn new(n: usize) -> Self {
         CoreCells {
             cells: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            codes: OnceLock::new(),
+        }
+    }
+
+    /// Counts a response with `status` in its class counter (the family's `…_1xx` is
+    /// at `base_1xx`) and in its own code's counter.
+    #[inline]
+    pub fn count_status(&self, status: u16, base_1xx: usize) {
+        self.inc(status_class_index(status, base_1xx));
+        if (100..600).contains(&status) {
+            let codes = self
+                .codes
+                .get_or_init(|| (0..CODES).map(|_| AtomicU64::new(0)).collect());
+            let c = &codes[usize::from(status) - 100];
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
     }
 
@@ -73,6 +97,8 @@ pub struct Scope {
     cores: Box<[CoreCells]>,
     /// Extra per-core cells named `<prefix>worker_<k>.<name>` (Envoy's per-worker listener stats).
     per_worker: &'static [usize],
+    /// `StatNames::CODES`.
+    codes: &'static str,
 }
 
 impl Scope {
@@ -151,6 +177,7 @@ impl Store {
                     gauges: S::GAUGES,
                     cores: (0..self.cores).map(|_| CoreCells::new(S::N)).collect(),
                     per_worker,
+                    codes: S::CODES,
                 })
             })
             .clone()
@@ -161,6 +188,25 @@ impl Store {
         let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for scope in scopes.values() {
+            // A code's counter exists once a response with it was counted, as in Envoy.
+            if !scope.codes.is_empty() {
+                let mut totals = [0u64; CODES];
+                for core in scope.cores.iter() {
+                    for (t, c) in totals
+                        .iter_mut()
+                        .zip(core.codes.get().into_iter().flatten())
+                    {
+                        *t += c.load(Ordering::Relaxed);
+                    }
+                }
+                for (i, &t) in totals.iter().enumerate().filter(|(_, &t)| t > 0) {
+                    out.push(StatValue {
+                        name: format!("{}{}{}", scope.prefix, scope.codes, i + 100),
+                        value: t as i64,
+                        gauge: false,
+                    });
+                }
+            }
             for (i, name) in scope.names.iter().enumerate() {
                 let gauge = scope.gauges.contains(&i);
                 out.push(StatValue {
@@ -195,7 +241,7 @@ impl Store {
 /// Declares a stat family: an enum of indices and its names.
 #[macro_export]
 macro_rules! stat_family {
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*]) => {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)?) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
@@ -204,6 +250,7 @@ macro_rules! stat_family {
             const N: usize = [$($s),+].len();
             const NAMES: &'static [&'static str] = &[$($s),+];
             const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
+            $(const CODES: &'static str = $c;)?
         }
     };
 }
@@ -340,7 +387,7 @@ stat_family! {
         UpdateFailure = "update_failure",
         UpdateRejected = "update_rejected",
         UpdateEmpty = "update_empty",
-    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
+    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal] codes "upstream_rq_"
 }
 
 stat_family! {

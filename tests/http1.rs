@@ -55,6 +55,20 @@ async fn proxies_get_and_sets_envoy_headers() {
         assert_eq!(seen.header("x-forwarded-for"), None);
         assert_eq!(p.stat("http.ingress.downstream_rq_2xx").await, 1);
         assert_eq!(p.stat("cluster.a.upstream_rq_total").await, 1);
+        // Per-code and per-class counters, and their Prometheus form, as Envoy's.
+        http_get(p.addr(), "/status/404", &[]).await;
+        assert_eq!(p.stat("cluster.a.upstream_rq_200").await, 1, "{driver}");
+        assert_eq!(p.stat_reaching("cluster.a.upstream_rq_404", 1).await, 1);
+        assert_eq!(p.stat("cluster.a.upstream_rq_4xx").await, 1);
+        let (_, prom) = p.admin_get("/stats/prometheus").await;
+        for line in [
+            "envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"a\"} 1",
+            "envoy_cluster_upstream_rq{envoy_response_code=\"404\",envoy_cluster_name=\"a\"} 1",
+            "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"a\"} 1",
+            "envoy_http_downstream_rq_xx{envoy_response_code_class=\"4\",envoy_http_conn_manager_prefix=\"ingress\"} 1",
+        ] {
+            assert!(prom.contains(line), "{driver}: no {line} in\n{prom}");
+        }
     }
 }
 

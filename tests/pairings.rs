@@ -1,7 +1,7 @@
 //! The same requests over all four codec pairings (HTTP/1.1 or HTTP/2 downstream, each to
 //! an HTTP/1.1 and an HTTP/2 upstream) count the same: `upstream_rq_active` while a
-//! request is in flight, and the least-request load that steers the next requests away
-//! from a busy host.
+//! request is in flight, the least-request load that steers the next requests away from a
+//! busy host, and the per-code counters.
 
 mod support;
 
@@ -102,13 +102,24 @@ async fn every_codec_pairing_counts_requests_in_flight_and_balances_on_them() {
             let cluster = if up == "h1" { "one" } else { "two" };
             let seen = |i| if up == "h1" { h1_seen(i) } else { h2_seen(i) };
             let before = [seen(0), seen(1)];
+            let ok = format!("cluster.{cluster}.upstream_rq_200");
+            let ok_before = p.stat(&ok).await;
             let active = format!("cluster.{cluster}.upstream_rq_active");
             // One slow request holds a host; while it is in flight it is counted ...
             let slow = tokio::spawn(get(addr, format!("/{up}/sleep/1500"), down_h2));
             assert_eq!(p.stat_reaching(&active, 1).await, 1, "{pairing}");
-            let busy = (0..2)
-                .find(|&i| seen(i) > before[i])
-                .expect("the slow request reached a host");
+            // The host counts the request once it has read it: a moment after the proxy.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let busy = loop {
+                if let Some(i) = (0..2).find(|&i| seen(i) > before[i]) {
+                    break i;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{pairing}: the slow request reached no host"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
             // ... so least-request sends the next ones to the other host.
             for _ in 0..5 {
                 assert_eq!(
@@ -125,6 +136,8 @@ async fn every_codec_pairing_counts_requests_in_flight_and_balances_on_them() {
             assert_eq!(seen(1 - busy), before[1 - busy] + 5, "{pairing}");
             assert_eq!(slow.await.unwrap(), 200, "{pairing}");
             assert_eq!(p.stat_reaching(&active, 0).await, 0, "{pairing}");
+            // Every pairing counts the response code.
+            assert_eq!(p.stat(&ok).await, ok_before + 6, "{pairing}");
         }
     }
 }

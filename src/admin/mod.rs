@@ -264,6 +264,28 @@ fn prometheus(stats: &[crate::stats::StatValue]) -> String {
     out
 }
 
+/// Envoy's response-code tag extractors: `upstream_rq_200` is `upstream_rq` with
+/// `envoy_response_code="200"`, `upstream_rq_2xx` (and `downstream_rq_2xx`) is `…_rq_xx`
+/// with `envoy_response_code_class="2"`; the label comes first, as Envoy prints it.
+fn response_code_tag<'a>(metric: &'a str, labels: &mut Vec<String>) -> std::borrow::Cow<'a, str> {
+    let Some((base, last)) = metric.rsplit_once('_') else {
+        return metric.into();
+    };
+    let b = last.as_bytes();
+    if !base.ends_with("_rq") {
+        return metric.into();
+    }
+    if b.len() == 3 && b.iter().all(u8::is_ascii_digit) && base == "upstream_rq" {
+        labels.push(format!("envoy_response_code=\"{last}\""));
+        return base.into();
+    }
+    if b.len() == 3 && b[0].is_ascii_digit() && &b[1..] == b"xx" {
+        labels.push(format!("envoy_response_code_class=\"{}\"", b[0] as char));
+        return format!("{base}_xx").into();
+    }
+    metric.into()
+}
+
 fn prometheus_name(stat: &str) -> (String, String) {
     let sanitize = |s: &str| {
         s.chars()
@@ -274,10 +296,12 @@ fn prometheus_name(stat: &str) -> (String, String) {
     let rest: String;
     if let Some(r) = stat.strip_prefix("cluster.") {
         let (name, metric) = r.rsplit_once('.').unwrap_or(("", r));
+        let metric = response_code_tag(metric, &mut labels);
         labels.push(format!("envoy_cluster_name=\"{name}\""));
         rest = format!("cluster_{metric}");
     } else if let Some(r) = stat.strip_prefix("http.") {
         let (prefix, metric) = r.split_once('.').unwrap_or(("", r));
+        let metric = response_code_tag(metric, &mut labels);
         labels.push(format!("envoy_http_conn_manager_prefix=\"{prefix}\""));
         rest = format!("http_{metric}");
     } else if let Some(r) = stat.strip_prefix("listener.") {

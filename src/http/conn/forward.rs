@@ -13,7 +13,7 @@ use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
 use crate::model::route::Forward;
 use crate::model::Endpoint;
-use crate::stats::{status_class_index, ClusterStat, HttpStat};
+use crate::stats::{ClusterStat, HttpStat};
 
 use super::*;
 
@@ -256,10 +256,7 @@ impl Connection {
         );
         self.log.status = resp.status;
         self.count_status(resp.status);
-        cstats.inc(status_class_index(
-            resp.status,
-            ClusterStat::UpstreamRq1xx as usize,
-        ));
+        cstats.count_status(resp.status, ClusterStat::UpstreamRq1xx as usize);
         let mut resp_body = Framing::new(kind, mode);
         let n = match resp_body.consume_into(&up.buf[resp.len..], &mut out) {
             Ok(n) => n,

@@ -21,7 +21,7 @@ use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
 use crate::model::route::{Forward, WeightedTarget};
 use crate::model::{Cluster, Endpoint, Http2Settings};
-use crate::stats::{status_class_index, ClusterStat, HttpStat};
+use crate::stats::{ClusterStat, HttpStat};
 
 /// Where a request goes and what its route asked for.
 pub(super) struct Hop<'a> {
@@ -139,10 +139,7 @@ impl Connection {
             self.resp_head = resp;
             return Err(HttpError::UpstreamProtocol);
         }
-        cs.inc(status_class_index(
-            resp.status,
-            ClusterStat::UpstreamRq1xx as usize,
-        ));
+        cs.count_status(resp.status, ClusterStat::UpstreamRq1xx as usize);
         let kind = resp.body(self.is_head_request());
         let downstream_10 = self.head.minor == 0;
         let chunked_out = kind == BodyKind::Chunked && !downstream_10;

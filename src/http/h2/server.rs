@@ -656,10 +656,7 @@ impl Stream {
             Ok(Some(())) => {}
             _ => return Err(HttpError::UpstreamProtocol),
         }
-        cs.inc(status_class_index(
-            rh.status,
-            ClusterStat::UpstreamRq1xx as usize,
-        ));
+        cs.count_status(rh.status, ClusterStat::UpstreamRq1xx as usize);
         let Some(mut tx) = self.send_head(respond, &up, &resp_buf, &rh, sent, up_end)? else {
             return Ok(());
         };
@@ -801,10 +798,7 @@ impl Stream {
                 Err(RespError::Idle) => return Err(HttpError::StreamIdleTimeout),
             }
         };
-        cs.inc(status_class_index(
-            resp.status,
-            ClusterStat::UpstreamRq1xx as usize,
-        ));
+        cs.count_status(resp.status, ClusterStat::UpstreamRq1xx as usize);
         let head_request = self.buf[self.head.method.clone()].eq_ignore_ascii_case(b"HEAD");
         let kind = resp.body(head_request);
         let up_buf = std::mem::take(&mut conn.buf);
