@@ -25,23 +25,13 @@ use crate::model::{Codec, HttpConnectionManager, RouteSource, Snapshot, Undersco
 use crate::stats::{status_class_index, HttpStat};
 
 mod forward;
-mod shared;
 mod to_h2;
 mod tunnel;
 
-pub(crate) use shared::*;
-
-/// Header mutations of a level that has none.
-static NO_MODS: HeaderMods = HeaderMods {
-    add: Vec::new(),
-    remove: Vec::new(),
-};
+use crate::http::forwarding::*;
 
 /// Ranges at or above this index point into `Connection::synth`, not `buf`.
 const SYNTH: usize = usize::MAX / 2;
-
-/// Read buffer size for each direction of a connection.
-const BUF: usize = 16 * 1024;
 
 /// Serves one downstream connection until it closes.
 pub async fn serve(

@@ -1,13 +1,14 @@
 //! What header serialisation and access logs read of one request, whatever its codec: an
 //! HTTP/1 connection's current request or one HTTP/2 stream. Both keep the request head in
 //! HTTP/1 form (ranges over a byte buffer), so routing, header rules and `%COMMAND%`
-//! values have one implementation.
+//! values have one implementation. [`Entry`] is what a request leaves for its log line.
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use crate::http::h1::RequestHead;
-use crate::http::log::Entry;
 use crate::model::HttpConnectionManager;
 
 pub(crate) trait Exchange {
@@ -33,4 +34,58 @@ pub(crate) trait Exchange {
     fn upgrade(&self) -> Option<&Range<usize>>;
     /// `%PROTOCOL%`.
     fn protocol(&self) -> &'static [u8];
+}
+
+/// What one request leaves for its log line.
+#[derive(Debug)]
+pub struct Entry {
+    pub start: SystemTime,
+    /// Set only when an access log will read it (clock reads are not free).
+    pub started: Option<Instant>,
+    pub authority: std::ops::Range<usize>,
+    pub path: std::ops::Range<usize>,
+    pub status: u16,
+    pub flags: crate::http::flags::ResponseFlags,
+    pub details: &'static str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub upstream: Option<SocketAddr>,
+    pub cluster: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub service_time_ms: Option<u64>,
+    pub request_id: Option<[u8; 36]>,
+    pub route_prefix_len: usize,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            start: SystemTime::UNIX_EPOCH,
+            started: None,
+            authority: 0..0,
+            path: 0..0,
+            status: 0,
+            flags: crate::http::flags::ResponseFlags::NONE,
+            details: "via_upstream",
+            bytes_received: 0,
+            bytes_sent: 0,
+            upstream: None,
+            cluster: None,
+            route: None,
+            service_time_ms: None,
+            request_id: None,
+            route_prefix_len: 0,
+        }
+    }
+}
+
+impl Entry {
+    /// Resets the entry for a new request; `timed` records when it started.
+    pub fn start(&mut self, timed: bool) {
+        *self = Entry::default();
+        if timed {
+            self.start = SystemTime::now();
+            self.started = Some(Instant::now());
+        }
+    }
 }

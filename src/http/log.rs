@@ -2,67 +2,11 @@
 //! the logger thread in batches (no file I/O on a core).
 
 use std::io::Write as _;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
+pub use crate::http::exchange::Entry;
 use crate::http::exchange::Exchange;
 use crate::http::h1::header_value;
 use crate::model::format::{write_start_time, Command, Context};
-
-/// What one request leaves for its log line.
-#[derive(Debug)]
-pub struct Entry {
-    pub start: SystemTime,
-    /// Set only when an access log will read it (clock reads are not free).
-    pub started: Option<Instant>,
-    pub authority: std::ops::Range<usize>,
-    pub path: std::ops::Range<usize>,
-    pub status: u16,
-    pub flags: crate::http::flags::ResponseFlags,
-    pub details: &'static str,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub upstream: Option<SocketAddr>,
-    pub cluster: Option<Arc<str>>,
-    pub route: Option<Arc<str>>,
-    pub service_time_ms: Option<u64>,
-    pub request_id: Option<[u8; 36]>,
-    pub route_prefix_len: usize,
-}
-
-impl Default for Entry {
-    fn default() -> Self {
-        Entry {
-            start: SystemTime::UNIX_EPOCH,
-            started: None,
-            authority: 0..0,
-            path: 0..0,
-            status: 0,
-            flags: crate::http::flags::ResponseFlags::NONE,
-            details: "via_upstream",
-            bytes_received: 0,
-            bytes_sent: 0,
-            upstream: None,
-            cluster: None,
-            route: None,
-            service_time_ms: None,
-            request_id: None,
-            route_prefix_len: 0,
-        }
-    }
-}
-
-impl Entry {
-    /// Resets the entry for a new request; `timed` records when it started.
-    pub fn start(&mut self, timed: bool) {
-        *self = Entry::default();
-        if timed {
-            self.start = SystemTime::now();
-            self.started = Some(Instant::now());
-        }
-    }
-}
 
 struct LogCtx<'a, E: ?Sized>(&'a E);
 

@@ -6,6 +6,7 @@ pub mod conn;
 pub mod error;
 pub(crate) mod exchange;
 pub mod flags;
+pub mod forwarding;
 pub mod h1;
 pub mod h2;
 pub mod local_reply;

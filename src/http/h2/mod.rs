@@ -16,8 +16,8 @@ use bytes::Bytes;
 use h2::{RecvStream, SendStream};
 
 use crate::ctx::CoreCtx;
-use crate::http::conn::with_timeout;
 use crate::http::error::HttpError;
+use crate::http::forwarding::with_timeout;
 use crate::model::{Cluster, Endpoint, Http2Settings};
 use crate::upstream::h2pool::H2Conn;
 

@@ -21,13 +21,13 @@ use super::streams::{OpenStream, Streams};
 use super::{pump, reason, send_all, PumpError, RouteDeadline};
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::body::{Framing, Mode};
-use crate::http::conn::{
-    kept_authority, new_request_id, pick_upstream, read_response_head, redirect_location,
-    upstream_head, with_timeout, HeadParts, RespError,
-};
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
 use crate::http::flags::ResponseFlags;
+use crate::http::forwarding::{
+    kept_authority, new_request_id, pick_upstream, read_response_head, redirect_location,
+    upstream_head, with_timeout, HeadParts, RespError,
+};
 use crate::http::h1::{self, BodyKind, HeadError, RequestHead, RequestRef, ResponseHead};
 use crate::http::h2::flood::FloodGuard;
 use crate::http::local_reply::reply_for;
@@ -383,7 +383,7 @@ impl Stream {
             &m.vhost.response_headers,
             &routes.response_headers,
         ];
-        if crate::http::conn::requires_tls_redirect(self, m.vhost.require_tls) {
+        if crate::http::forwarding::requires_tls_redirect(self, m.vhost.require_tls) {
             let r = crate::model::route::Redirect {
                 scheme: Some("https".into()),
                 host: None,
@@ -399,7 +399,7 @@ impl Stream {
         match &m.route.action {
             Action::Direct(d) => {
                 self.stat(HttpStat::RqDirectResponse);
-                let location = crate::http::conn::direct_location(
+                let location = crate::http::forwarding::direct_location(
                     self,
                     d.status,
                     &self.buf[authority],

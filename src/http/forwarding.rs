@@ -1,6 +1,7 @@
-//! The request-path pieces the HTTP/1.1 connection and the HTTP/2 server share: the
-//! upstream head, path and host rewrites, request ids, upstream choice, redirects, the
-//! response-head reader, timeouts.
+//! What forwarding a request needs whatever its codecs, shared by the HTTP/1.1 connection
+//! (`conn`) and the HTTP/2 server (`h2::server`): the upstream head, path and host
+//! rewrites, request ids, upstream choice, redirects, the HTTP/1 response-head reader,
+//! timeouts.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,14 @@ use crate::model::{Discovery, Endpoint, HttpConnectionManager, Snapshot, StripPo
 use crate::stats::ClusterStat;
 use crate::upstream::Conn as UpstreamConn;
 
-use super::*;
+/// Header mutations of a level that has none.
+pub(crate) static NO_MODS: HeaderMods = HeaderMods {
+    add: Vec::new(),
+    remove: Vec::new(),
+};
+
+/// Read buffer size for each direction of a connection.
+pub(crate) const BUF: usize = 16 * 1024;
 
 /// What a forwarded request's upstream head is made from.
 pub(crate) struct HeadParts<'a> {
