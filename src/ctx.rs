@@ -40,13 +40,31 @@ pub struct CoreCtx {
     /// (see [`crate::io::MaybeTls::write_all_now`]).
     pub requests: Cell<usize>,
     /// Every listener running on this core, by name.
-    pub listeners: RefCell<std::collections::HashMap<Arc<str>, std::rc::Rc<crate::listener::Slot>>>,
+    pub listeners: RefCell<std::collections::HashMap<Arc<str>, std::rc::Rc<Slot>>>,
     pub stdout_log: RefCell<Vec<u8>>,
     pub stderr_log: RefCell<Vec<u8>>,
     log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
     /// The host's address, appended to `x-forwarded-for` for loopback peers.
     pub local_ip: std::net::IpAddr,
+}
+
+/// One listener running on a core: its configuration for new connections, the drain
+/// event its current connections watch, and the stop event of its accept loop.
+pub struct Slot {
+    pub config: RefCell<Arc<crate::model::Listener>>,
+    pub drain: RefCell<std::rc::Rc<DrainEvent>>,
+    pub stop: DrainEvent,
+    /// The address the socket is bound to (port 0 resolved): the accepting address.
+    pub bound: std::net::SocketAddr,
+}
+
+impl Slot {
+    /// Stops accepting and drains every connection.
+    pub fn shut(&self) {
+        self.stop.raise();
+        self.drain.borrow().raise();
+    }
 }
 
 /// One request in flight to an upstream host: it counts in the cluster's

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ctx::{CoreCtx, Downstream, DrainEvent};
+use crate::ctx::{CoreCtx, Downstream, DrainEvent, Slot};
 use crate::io::bind_listener_socket;
 use crate::io::MaybeTls;
 use crate::model::chain::{Choice, ConnInfo, Sniffed};
@@ -139,24 +139,6 @@ pub fn bind_listener(
         });
     }
     Ok((out, addr))
-}
-
-/// One listener running on a core: its configuration for new connections, the drain
-/// event its current connections watch, and the stop event of its accept loop.
-pub struct Slot {
-    config: RefCell<Arc<Listener>>,
-    drain: RefCell<Rc<DrainEvent>>,
-    stop: DrainEvent,
-    /// The address the socket is bound to (port 0 resolved): the accepting address.
-    bound: SocketAddr,
-}
-
-impl Slot {
-    /// Stops accepting and drains every connection.
-    pub fn shut(&self) {
-        self.stop.raise();
-        self.drain.borrow().raise();
-    }
 }
 
 /// Stops a listener on this core: no more accepts, and its connections close at their
