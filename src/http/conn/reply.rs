@@ -1,0 +1,114 @@
+//! Answers the HTTP/1.1 connection makes itself: local replies, direct responses and
+//! redirects, and what lets the connection be reused after one (skipping a small body).
+
+use monoio::io::AsyncWriteRentExt;
+
+use crate::http::body::{forward_body, Framing, Mode};
+use crate::http::error::HttpError;
+use crate::http::h1::BodyKind;
+use crate::http::local_reply::reply_for;
+use crate::http::write_headers;
+use crate::model::headers::HeaderMods;
+use crate::model::route::Redirect;
+
+use super::*;
+
+impl Connection {
+    pub(super) async fn redirect(
+        &mut self,
+        r: &Redirect,
+        authority: std::ops::Range<usize>,
+        path: std::ops::Range<usize>,
+        mods: &[&HeaderMods],
+    ) -> Result<Next, HttpError> {
+        let location = redirect_location(
+            r,
+            self.bytes(&authority),
+            self.bytes(&path),
+            self.log.route_prefix_len,
+        );
+        let close = self.must_close();
+        self.write_simple(r.status, b"", Some(&location), mods, close)
+            .await?;
+        self.finish_or_close(close).await
+    }
+
+    /// After a local answer: skip any request body so the connection can be reused.
+    pub(super) async fn finish_or_close(&mut self, close: bool) -> Result<Next, HttpError> {
+        if close || !self.skip_request_body().await {
+            return Ok(Next::Close);
+        }
+        Ok(Next::KeepAlive)
+    }
+
+    /// Reads and discards the request body (bounded by Envoy's idea of a small body);
+    /// returns false when the connection cannot be reused.
+    pub(super) async fn skip_request_body(&mut self) -> bool {
+        match self.head.body {
+            BodyKind::None => true,
+            // A client waiting for 100-continue never sent its body.
+            _ if self.head.expect_continue => false,
+            BodyKind::Length(n) if n <= 64 * 1024 => {
+                let mut sink = Discard;
+                let mut pending = self.take_after_head();
+                let mut framing = Framing::new(self.head.body, Mode::Raw);
+                let r = forward_body(
+                    &mut self.stream,
+                    &mut sink,
+                    &mut pending,
+                    &mut framing,
+                    self.hcm.stream_idle_timeout,
+                    None,
+                )
+                .await;
+                self.buf.extend_from_slice(&pending);
+                self.pending = pending;
+                r.is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes a proxy-generated response with a text body.
+    pub(super) async fn local_reply(
+        &mut self,
+        e: &HttpError,
+        close: bool,
+    ) -> Result<(), HttpError> {
+        let reply = reply_for(e);
+        if let Some(s) = reply.stat {
+            self.stat(s);
+        }
+        self.log.flags.set(reply.flag);
+        self.log.details = reply.details;
+        self.write_simple(reply.status, reply.body.as_bytes(), None, &[], close)
+            .await
+    }
+
+    pub(super) async fn write_simple(
+        &mut self,
+        status: u16,
+        body: &[u8],
+        location: Option<&[u8]>,
+        mods: &[&HeaderMods],
+        close: bool,
+    ) -> Result<(), HttpError> {
+        let head_request = self.is_head_request();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        write_headers::local_head(&mut out, self, status, body.len(), location, mods);
+        if close {
+            write_headers::header(&mut out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_request {
+            out.extend_from_slice(body);
+        }
+        self.log.status = status;
+        self.log.bytes_sent += body.len() as u64;
+        self.count_status(status);
+        let (res, out) = self.stream.write_all(out).await;
+        self.out = out;
+        res.map(|_| ()).map_err(|_| HttpError::UpstreamReset)
+    }
+}
