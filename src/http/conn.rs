@@ -616,6 +616,19 @@ impl Connection {
         authority.start..authority.start + keep
     }
 
+    /// The client went away: the exchange ends with Envoy's DC flag.
+    fn client_gone(&mut self) {
+        self.log
+            .flags
+            .set(crate::http::flags::ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+    }
+
+    /// The client went away with its request unfinished: also `downstream_rq_rx_reset`.
+    fn client_reset_mid_request(&mut self) {
+        self.stat(HttpStat::DownstreamRqRxReset);
+        self.client_gone();
+    }
+
     fn count_status(&self, status: u16) {
         self.hcm.stats.core(self.ctx.core).inc(status_class_index(
             status,

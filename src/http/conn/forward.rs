@@ -151,10 +151,7 @@ impl Connection {
                         }
                         Err(_) => {
                             // The client went away mid-body.
-                            self.stat(HttpStat::DownstreamRqRxReset);
-                            self.log
-                                .flags
-                                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                            self.client_reset_mid_request();
                             self.out = out;
                             return Ok(Next::Close);
                         }
@@ -271,9 +268,7 @@ impl Connection {
         out = o;
         self.out = out;
         if res.is_err() {
-            self.log
-                .flags
-                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            self.client_gone();
             return Ok(Next::Close);
         }
         if resp.status == 101 && self.upgrade.is_some() {
@@ -294,9 +289,7 @@ impl Connection {
             match r {
                 Ok(()) => {}
                 Err(BodyError::Write(_)) => {
-                    self.log
-                        .flags
-                        .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                    self.client_gone();
                     return Ok(Next::Close);
                 }
                 Err(BodyError::Timeout) => {

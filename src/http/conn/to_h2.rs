@@ -100,10 +100,7 @@ impl Connection {
                 return match e {
                     Some(e) => Err(e),
                     None => {
-                        self.stat(HttpStat::DownstreamRqRxReset);
-                        self.log
-                            .flags
-                            .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                        self.client_reset_mid_request();
                         Ok(Next::Close)
                     }
                 };
@@ -171,9 +168,7 @@ impl Connection {
         out = o;
         if res.is_err() {
             self.out = out;
-            self.log
-                .flags
-                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            self.client_gone();
             return Ok(Next::Close);
         }
 
@@ -210,10 +205,7 @@ impl Connection {
                 let (res, o) = self.stream.write_all(out).await;
                 out = o;
                 if res.is_err() {
-                    self.stat(HttpStat::DownstreamRqRxReset);
-                    self.log
-                        .flags
-                        .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+                    self.client_reset_mid_request();
                     self.out = out;
                     return Ok(Next::Close);
                 }

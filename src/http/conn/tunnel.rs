@@ -7,7 +7,6 @@ use monoio::io::AsyncWriteRentExt;
 use crate::io::MaybeTls;
 
 use crate::http::error::HttpError;
-use crate::http::flags::ResponseFlags;
 use crate::model::route::Forward;
 use crate::stats::{ClusterStat, HttpStat};
 use crate::upstream::Conn as UpstreamConn;
@@ -34,9 +33,7 @@ impl Connection {
             .inc(ClusterStat::UpstreamRqTotal as usize);
         let (res, _) = self.stream.write_all(&b"HTTP/1.1 200 OK\r\n\r\n"[..]).await;
         if res.is_err() {
-            self.log
-                .flags
-                .set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            self.client_gone();
             return Ok(Next::Close);
         }
         self.log.status = 200;
