@@ -34,11 +34,29 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 # one_route_setup DIR: picks ports (sets backend, proxy, admin) and renders the 1 KiB nginx
 # backend (DIR/backend.conf) and the one-route Ringside config (DIR/ringside.yaml) that
-# compare.py measures.
+# compare.py measures. ISTIO_FILTERS=1 puts istiod's default HTTP filters (grpc_stats,
+# an empty fault filter, cors) before the router, as on every sidecar listener.
 one_route_setup() {
   local dir=$1 body
   backend=$(free_port); proxy=$(free_port); admin=$(free_port)
   body=$(python3 -c "print('a'*1024)")
   sed "s|__DIR__|$dir|g; s|__BACKEND_PORT__|$backend|; s|__BODY__|$body|" perf/backend-nginx.conf > "$dir/backend.conf"
   sed "s|__ADMIN_PORT__|$admin|; s|__PROXY_PORT__|$proxy|; s|__BACKEND_PORT__|$backend|" perf/ringside.yaml > "$dir/ringside.yaml"
+  if [ -n "${ISTIO_FILTERS:-}" ]; then
+    python3 - "$dir/ringside.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+router = "          - name: envoy.filters.http.router\n"
+istio = (
+    "          - name: envoy.filters.http.grpc_stats\n"
+    "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true, stats_for_all_methods: false}\n"
+    "          - name: envoy.filters.http.fault\n"
+    "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}\n"
+    "          - name: envoy.filters.http.cors\n"
+    "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}\n"
+)
+open(p, "w").write(s.replace(router, istio + router))
+PY
+  fi
 }

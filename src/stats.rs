@@ -21,6 +21,8 @@ pub trait StatNames: 'static + Send + Sync {
     const NAMES: &'static [&'static str];
     /// Which of them are gauges (may go down); all others are counters.
     const GAUGES: &'static [usize] = &[];
+    /// Whether a stat is listed only once it moved (Envoy creates such stats on first use).
+    const LAZY: bool = false;
     /// The name prefix of the family's per-status-code counters (`upstream_rq_` gives
     /// `upstream_rq_200`, as Envoy names them), or empty when it has none.
     const CODES: &'static str = "";
@@ -99,6 +101,8 @@ pub struct Scope {
     per_worker: &'static [usize],
     /// `StatNames::CODES`.
     codes: &'static str,
+    /// `StatNames::LAZY`.
+    lazy: bool,
 }
 
 impl Scope {
@@ -178,6 +182,7 @@ impl Store {
                     cores: (0..self.cores).map(|_| CoreCells::new(S::N)).collect(),
                     per_worker,
                     codes: S::CODES,
+                    lazy: S::LAZY,
                 })
             })
             .clone()
@@ -209,6 +214,9 @@ impl Store {
             }
             for (i, name) in scope.names.iter().enumerate() {
                 let gauge = scope.gauges.contains(&i);
+                if scope.lazy && scope.cores.iter().all(|c| c.get(i) == 0) {
+                    continue;
+                }
                 out.push(StatValue {
                     name: format!("{}{}", scope.prefix, name),
                     value: scope.total(i),
@@ -241,6 +249,18 @@ impl Store {
 /// Declares a stat family: an enum of indices and its names.
 #[macro_export]
 macro_rules! stat_family {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] lazy) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        $vis enum $name { $($var),+ }
+        impl $crate::stats::StatNames for $name {
+            const N: usize = [$($s),+].len();
+            const NAMES: &'static [&'static str] = &[$($s),+];
+            const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
+            const LAZY: bool = true;
+        }
+    };
     ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)?) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,6 +417,64 @@ stat_family! {
         Live = "live",
         IgnoredConfigFields = "ignored_config_fields",
     } gauges [ConcurrencyWorkers, Live]
+}
+
+stat_family! {
+    /// `cluster.<name>.grpc.` stats of the grpc_stats filter; each is listed once it moved.
+    pub enum GrpcStat {
+        Failure = "failure",
+        RequestMessageCount = "request_message_count",
+        ResponseMessageCount = "response_message_count",
+        Success = "success",
+        Total = "total",
+        Status0 = "0",
+        Status1 = "1",
+        Status2 = "2",
+        Status3 = "3",
+        Status4 = "4",
+        Status5 = "5",
+        Status6 = "6",
+        Status7 = "7",
+        Status8 = "8",
+        Status9 = "9",
+        Status10 = "10",
+        Status11 = "11",
+        Status12 = "12",
+        Status13 = "13",
+        Status14 = "14",
+        Status15 = "15",
+        Status16 = "16",
+    } gauges [] lazy
+}
+
+stat_family! {
+    /// `http.<prefix>.fault.` stats of the fault filter.
+    pub enum FaultStat {
+        ActiveFaults = "active_faults",
+        AbortsInjected = "aborts_injected",
+        DelaysInjected = "delays_injected",
+        FaultsOverflow = "faults_overflow",
+        ResponseRlInjected = "response_rl_injected",
+    } gauges [ActiveFaults]
+}
+
+stat_family! {
+    /// The CORS filter's stats, in the connection manager's `http.<prefix>.` scope.
+    pub enum CorsStat {
+        OriginInvalid = "cors.origin_invalid",
+        OriginValid = "cors.origin_valid",
+    } gauges []
+}
+
+stat_family! {
+    /// `<stat_prefix>.http_local_rate_limit.` stats of the local rate limit filter.
+    pub enum LocalRateLimitStat {
+        Enabled = "enabled",
+        Enforced = "enforced",
+        Ok = "ok",
+        RateLimited = "rate_limited",
+        ShadowMode = "shadow_mode",
+    } gauges []
 }
 
 /// Adds one to `HttpStat::DownstreamRqNxx` style families by status class.

@@ -296,3 +296,65 @@ async fn the_proxys_own_errors_and_deadlines_are_grpc_statuses() {
         assert_eq!(proxy.stat("http.ingress.downstream_rq_active").await, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_default_filters_count_grpc_calls_and_abort_with_a_grpc_status() {
+    let upstream = grpc_server().await;
+    // istiod's HTTP filter list for a sidecar (telemetry filters aside): grpc_stats as it
+    // sends it, an empty fault filter, cors; and a route whose fault aborts with
+    // UNAVAILABLE.
+    let filters = [
+        "          - name: envoy.filters.http.grpc_stats\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true, stats_for_all_methods: false}",
+        "          - name: envoy.filters.http.fault\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}",
+        "          - name: envoy.filters.http.cors\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}",
+    ]
+    .join("\n");
+    let vhosts = r#"[{name: all, domains: ['*'], routes: [
+  {match: {prefix: /ringside.test.echo.Echo/ServerStream}, route: {cluster: echo},
+   typed_per_filter_config: {envoy.filters.http.fault: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, abort: {grpc_status: 14, percentage: {numerator: 100}}}}},
+  {match: {prefix: /}, route: {cluster: echo}}]}]"#;
+    let clusters = format!(
+        "[{}]",
+        cluster("echo", &[upstream], "http2_protocol_options: {},")
+    );
+    for driver in drivers() {
+        let proxy = Proxy::start(
+            &config_with_filters("", &filters, vhosts, &clusters),
+            &one_core(driver),
+        )
+        .await;
+        let (_, stats) = proxy.admin_get("/stats").await;
+        assert!(
+            !stats.contains("cluster.echo.grpc."),
+            "listed before use: {stats}"
+        );
+        let mut c = client(&proxy).await;
+        assert_eq!(
+            c.unary(msg("a", 1)).await.unwrap().into_inner().text,
+            "echo a"
+        );
+        let err = c.unary(msg("fail", 0)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        // The fault filter's gRPC abort: a trailers-only UNAVAILABLE, no upstream call.
+        let err = c.server_stream(msg("x", 3)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{driver}: {err:?}");
+        assert_eq!(err.message(), "fault filter abort");
+        // Client streaming: three request messages, one response.
+        let parts: Vec<Msg> = (0..3).map(|i| msg("p", i)).collect();
+        c.client_stream(tokio_stream::iter(parts)).await.unwrap();
+
+        let stat = |name: &'static str| {
+            let proxy = &proxy;
+            async move { proxy.stat(&format!("cluster.echo.grpc.{name}")).await }
+        };
+        assert_eq!(proxy.stat_reaching("cluster.echo.grpc.total", 4).await, 4);
+        assert_eq!(stat("success").await, 2, "{driver}");
+        assert_eq!(stat("failure").await, 2);
+        assert_eq!(stat("0").await, 2);
+        assert_eq!(stat("3").await, 1);
+        assert_eq!(stat("14").await, 1);
+        assert_eq!(stat("request_message_count").await, 1 + 1 + 3);
+        assert_eq!(stat("response_message_count").await, 1 + 1);
+        assert_eq!(proxy.stat("http.ingress.fault.aborts_injected").await, 1);
+    }
+}

@@ -118,6 +118,7 @@ async fn serve_h1(
         opened: Instant::now(),
         snapshot,
         log: log::Entry::default(),
+        filters: Default::default(),
     };
     let cells = conn.hcm.stats.clone();
     let c = cells.core(conn.ctx.core);
@@ -159,6 +160,7 @@ pub(crate) struct Connection {
     opened: Instant,
     snapshot: Arc<Snapshot>,
     pub(crate) log: log::Entry,
+    filters: crate::http::filter::State,
 }
 
 impl crate::http::exchange::Exchange for Connection {
@@ -198,6 +200,9 @@ impl crate::http::exchange::Exchange for Connection {
     fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
         self.upgrade.as_ref()
     }
+    fn filter_state(&self) -> &crate::http::filter::State {
+        &self.filters
+    }
     fn protocol(&self) -> &'static [u8] {
         if self.head.minor == 0 {
             b"HTTP/1.0"
@@ -211,6 +216,24 @@ impl crate::http::exchange::Exchange for Connection {
 enum Next {
     KeepAlive,
     Close,
+}
+
+impl crate::http::filter::FilterHost for Connection {
+    fn filter_state_mut(&mut self) -> &mut crate::http::filter::State {
+        &mut self.filters
+    }
+    fn log_mut(&mut self) -> &mut log::Entry {
+        &mut self.log
+    }
+    fn core(&self) -> usize {
+        self.ctx.core
+    }
+    fn hcm_arc(&self) -> Arc<HttpConnectionManager> {
+        self.hcm.clone()
+    }
+    fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
 }
 
 impl Connection {
@@ -361,6 +384,7 @@ impl Connection {
             }
         };
         log::write(&self.ctx, self);
+        self.filters.clear();
         // Drop the head (and the body bytes the exchange consumed) before the next one.
         let consumed = self.head.len.min(self.buf.len());
         self.buf.drain(..consumed);
@@ -450,7 +474,25 @@ impl Connection {
             authority: self.bytes(&authority),
             path: self.bytes(&path),
         };
-        let Some(m) = routes.find(&req) else {
+        let m = routes.find(&req);
+        // A weighted cluster is chosen with the route, so its per-filter configuration
+        // is seen by the filters.
+        let weighted = forward_target(m.as_ref());
+        if !self.hcm.filters.is_empty() {
+            let routed = crate::http::filter::Routed {
+                table: &routes,
+                m: m.as_ref(),
+                weighted,
+            };
+            let mut from = None;
+            while let crate::http::filter::Step::Delay(d, resume) =
+                crate::http::filter::decode_headers(self, &routed, from)?
+            {
+                monoio::time::sleep(d).await;
+                from = Some(resume);
+            }
+        }
+        let Some(m) = m else {
             return Err(HttpError::NoRoute);
         };
         let logging = !self.hcm.access_logs.is_empty();
@@ -515,7 +557,8 @@ impl Connection {
                 }
                 let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
                 let limit = crate::http::h2::server::stream_limit(f, &self.buf, &self.head);
-                let forward = self.forward(f, prefix_len, authority, path, req_mods, mods);
+                let forward =
+                    self.forward(f, weighted, prefix_len, authority, path, req_mods, mods);
                 match limit {
                     None => forward.await,
                     Some(d) => match monoio::time::timeout(d, forward).await {

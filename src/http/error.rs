@@ -61,6 +61,23 @@ pub enum HttpError {
     UpstreamTimeout,
     #[error("stream timeout")]
     StreamIdleTimeout,
+    // Answers of HTTP filters.
+    /// The fault filter aborted the request: the HTTP status, or for a gRPC abort the
+    /// gRPC status (sent as a trailers-only response).
+    #[error("fault filter abort")]
+    FaultAbort {
+        status: u16,
+        grpc_status: Option<u32>,
+    },
+    /// The local rate limit filter refused the request.
+    #[error("local_rate_limited")]
+    LocalRateLimited {
+        status: u16,
+        resource_exhausted: bool,
+    },
+    /// A CORS preflight the CORS filter answers itself (200, headers from the policy).
+    #[error("")]
+    CorsPreflight,
 }
 
 impl HttpError {

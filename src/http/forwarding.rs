@@ -107,6 +107,7 @@ pub(crate) fn pick_upstream<'s>(
     ctx: &CoreCtx,
     snapshot: &'s Snapshot,
     f: &'s Forward,
+    weighted: Option<&'s crate::model::route::WeightedTarget>,
     down: &Downstream,
 ) -> Result<
     (
@@ -116,7 +117,6 @@ pub(crate) fn pick_upstream<'s>(
     ),
     HttpError,
 > {
-    let weighted = f.target.pick(fastrand::u32(..));
     let cref = match (&f.target, weighted) {
         (_, Some(w)) => &w.cluster,
         (Target::Cluster(c), None) => c,
@@ -149,6 +149,17 @@ pub(crate) fn pick_upstream<'s>(
         std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)
     };
     Ok((weighted, cluster, ep))
+}
+
+/// The weighted cluster a forwarding route sends this request to (drawn once, with the
+/// route), or `None` for a single-cluster route or another action.
+pub(crate) fn forward_target<'a>(
+    m: Option<&crate::router::Matched<'a>>,
+) -> Option<&'a crate::model::route::WeightedTarget> {
+    match &m?.route.action {
+        crate::model::route::Action::Forward(f) => f.target.pick(fastrand::u32(..)),
+        _ => None,
+    }
 }
 
 /// Envoy sets `location` on a direct response with a 3xx status: the request's own URL

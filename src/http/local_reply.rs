@@ -175,6 +175,19 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::STREAM_IDLE_TIMEOUT,
             "stream_idle_timeout",
         ),
+        HttpError::FaultAbort { status, .. } => r(
+            *status,
+            None,
+            ResponseFlags::FAULT_INJECTED,
+            "fault_filter_abort",
+        ),
+        HttpError::LocalRateLimited { status, .. } => r(
+            *status,
+            None,
+            ResponseFlags::RATE_LIMITED,
+            "local_rate_limited",
+        ),
+        HttpError::CorsPreflight => r(200, None, ResponseFlags::NONE, "cors_response"),
     }
 }
 

@@ -53,7 +53,7 @@ fn dropped_by(mods: &[&HeaderMods], name: &[u8]) -> bool {
 
 /// Writes the additions of `mods` (most specific first); `present` tells whether the
 /// message already carried a header.
-fn write_adds<E: Exchange + ?Sized>(
+pub(crate) fn write_adds<E: Exchange + ?Sized>(
     out: &mut Vec<u8>,
     mods: &[&HeaderMods],
     conn: &E,
@@ -313,10 +313,18 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
         out.extend_from_slice(reason.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    let filters = conn.filter_state();
+    let encodes = filters.encodes();
     let mut has_server = false;
     for (n, v) in &resp.headers {
         let name = &up[n.clone()];
+        if let Some(call) = &filters.grpc {
+            if name.eq_ignore_ascii_case(b"grpc-status") {
+                call.charge(&up[v.clone()]);
+            }
+        }
         if is_hop_by_hop(name)
+            || (encodes && crate::http::filter::overrides(conn, name))
             // Framing is written below from the parsed head, never copied.
             || name.eq_ignore_ascii_case(b"content-length")
             || dropped_by(mods, name)
@@ -370,6 +378,9 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
             .any(|(n, _)| up[n.clone()].eq_ignore_ascii_case(name))
     };
     write_adds(out, mods, conn, &present);
+    if encodes {
+        crate::http::filter::encode_headers(conn, out);
+    }
     let switching = resp.status == 101 && conn.upgrade().is_some();
     if switching {
         // The upstream accepted the upgrade: its Upgrade header goes back with it.
@@ -417,4 +428,7 @@ pub(crate) fn local_head<E: Exchange + ?Sized>(
     }
     header(out, b"server", conn.hcm().server_name.as_bytes());
     write_adds(out, mods, conn, &|_| false);
+    if conn.filter_state().encodes() {
+        crate::http::filter::encode_headers(conn, out);
+    }
 }

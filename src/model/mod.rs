@@ -12,8 +12,10 @@ use arc_swap::ArcSwap;
 
 pub mod chain;
 pub mod convert;
+pub mod filter;
 pub mod format;
 pub mod headers;
+pub mod ratelimit;
 pub mod route;
 pub mod tls;
 
@@ -385,6 +387,8 @@ pub struct HttpConnectionManager {
     pub codec: Codec,
     pub http2: Http2Settings,
     pub routes: RouteSource,
+    /// `http_filters` before the router.
+    pub filters: filter::HttpFilters,
     pub access_logs: Vec<AccessLog>,
     pub suppress_envoy_headers: bool,
     /// `http2.` stats (flood protection), shared by every connection manager.
@@ -466,6 +470,8 @@ pub enum DnsFamily {
 pub struct Cluster {
     pub name: Arc<str>,
     pub stats: Arc<Scope>,
+    /// `cluster.<name>.grpc.` (grpc_stats; each shown once it moved, as in Envoy).
+    pub grpc_stats: Arc<Scope>,
     pub discovery: Discovery,
     /// The EDS service name (`eds_cluster_config.service_name`, else the cluster name).
     pub eds_service: Option<Arc<str>>,
@@ -544,6 +550,7 @@ impl Cluster {
         Cluster {
             name: self.name.clone(),
             stats: self.stats.clone(),
+            grpc_stats: self.grpc_stats.clone(),
             discovery: self.discovery,
             eds_service: self.eds_service.clone(),
             http2: self.http2,

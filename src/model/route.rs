@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
+use super::filter::PerFilterConfigs;
 use super::headers::HeaderMods;
 
 /// A compiled `RouteConfiguration`.
@@ -22,6 +23,7 @@ pub struct RouteTable {
     pub default: Option<usize>,
     pub headers: HeaderMods,
     pub response_headers: HeaderMods,
+    pub per_filter: PerFilterConfigs,
 }
 
 /// How a virtual host treats plaintext requests.
@@ -41,6 +43,7 @@ pub struct VirtualHost {
     pub require_tls: TlsRequirement,
     pub headers: HeaderMods,
     pub response_headers: HeaderMods,
+    pub per_filter: PerFilterConfigs,
 }
 
 /// A compiled route.
@@ -53,6 +56,7 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMods,
     pub response_headers: HeaderMods,
+    pub per_filter: PerFilterConfigs,
 }
 
 /// How a route matches the path (query string excluded).
@@ -149,6 +153,7 @@ pub struct WeightedTarget {
     pub request_headers: HeaderMods,
     pub response_headers: HeaderMods,
     pub host_rewrite: Option<Arc<str>>,
+    pub per_filter: PerFilterConfigs,
 }
 
 /// Which cluster(s) a forwarding route uses.

@@ -116,7 +116,7 @@ fn starts_with(s: &[u8], prefix: &[u8], case_sensitive: bool) -> bool {
         }
 }
 
-fn header_matches<R: RequestView + ?Sized>(h: &HeaderMatch, req: &R) -> bool {
+pub fn header_matches<R: RequestView + ?Sized>(h: &HeaderMatch, req: &R) -> bool {
     let value: Option<Cow<'_, [u8]>> = match h.name.as_str() {
         ":method" => Some(Cow::Borrowed(req.method())),
         ":path" => Some(Cow::Borrowed(req.path())),

@@ -382,6 +382,7 @@ mod tests {
         Cluster {
             name: "c".into(),
             stats: store.scope::<ClusterStat>("cluster.c."),
+            grpc_stats: store.scope::<crate::stats::GrpcStat>("cluster.c.grpc."),
             discovery: Discovery::Static,
             eds_service: None,
             http2: None,

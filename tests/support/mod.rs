@@ -487,6 +487,12 @@ pub async fn read_all(s: &mut TcpStream, idle: Duration) -> Vec<u8> {
 
 /// A bootstrap with one HTTP listener and the given clusters/routes.
 pub fn config(hcm_extra: &str, vhosts: &str, clusters: &str) -> String {
+    config_with_filters(hcm_extra, "", vhosts, clusters)
+}
+
+/// As [`config`], with HTTP filters (YAML list items, indented for `http_filters`) before
+/// the router.
+pub fn config_with_filters(hcm_extra: &str, filters: &str, vhosts: &str, clusters: &str) -> String {
     // Flow collections spanning lines must sit deeper than their key.
     let vhosts = vhosts.replace('\n', "\n                ");
     format!(
@@ -505,6 +511,7 @@ pub fn config(hcm_extra: &str, vhosts: &str, clusters: &str) -> String {
             name: local
             virtual_hosts: {vhosts}
           http_filters:
+{filters}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
   clusters: {clusters}

@@ -19,9 +19,11 @@ use super::*;
 
 impl Connection {
     /// Proxies the request to the route's cluster.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward(
         &mut self,
         f: &Forward,
+        weighted: Option<&crate::model::route::WeightedTarget>,
         prefix_len: Option<usize>,
         authority: std::ops::Range<usize>,
         path: std::ops::Range<usize>,
@@ -29,7 +31,7 @@ impl Connection {
         resp_mods: [&HeaderMods; 3],
     ) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
-        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, &self.down)?;
+        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
         let ep: &Endpoint = &ep;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());

@@ -19,7 +19,13 @@ impl Connection {
     /// 9110 9.3.6) and tunnels the bytes both ways until either side closes.
     pub(super) async fn terminate_connect(&mut self, f: &Forward) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
-        let (_, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, &self.down)?;
+        let (_, cluster, ep) = pick_upstream(
+            &self.ctx,
+            &snapshot,
+            f,
+            f.target.pick(fastrand::u32(..)),
+            &self.down,
+        )?;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }

@@ -96,6 +96,7 @@ pub(crate) async fn pump(
     to: &mut SendStream<Bytes>,
     idle: Option<Duration>,
     deadline: Option<&RouteDeadline>,
+    mut grpc: Option<GrpcTap<'_>>,
 ) -> Result<u64, PumpError> {
     let mut moved = 0u64;
     loop {
@@ -111,6 +112,9 @@ pub(crate) async fn pump(
         if n == 0 {
             continue;
         }
+        if let Some(tap) = &mut grpc {
+            tap.frames.inspect(&chunk);
+        }
         send_all(to, chunk, false)
             .await
             .map_err(|_| PumpError::Send)?;
@@ -122,12 +126,29 @@ pub(crate) async fn pump(
         _ = RouteDeadline::passed(deadline) => return Err(PumpError::Timeout),
     };
     match trailers.map_err(PumpError::Recv)? {
-        Some(t) => to.send_trailers(t).map_err(|_| PumpError::Send)?,
+        Some(t) => {
+            if let Some(GrpcTap {
+                call: Some(call), ..
+            }) = &grpc
+            {
+                if let Some(v) = t.get("grpc-status") {
+                    call.charge(v.as_bytes());
+                }
+            }
+            to.send_trailers(t).map_err(|_| PumpError::Send)?
+        }
         None => to
             .send_data(Bytes::new(), true)
             .map_err(|_| PumpError::Send)?,
     }
     Ok(moved)
+}
+
+/// What grpc_stats sees of a body pumped between HTTP/2 streams: its messages, and (on the
+/// response side) the `grpc-status` of its trailers.
+pub(crate) struct GrpcTap<'a> {
+    pub frames: &'a mut crate::http::filter::grpc_stats::Frames,
+    pub call: Option<&'a crate::http::filter::grpc_stats::Call>,
 }
 
 /// A stream's route timeout. As in Envoy it starts once the request has fully arrived, so

@@ -192,6 +192,7 @@ async fn stream_task(
         grpc: false,
         responded: false,
         client_reset: false,
+        filters: Default::default(),
     };
     s.run(req, &mut respond).await;
     s.client_reset
@@ -212,6 +213,7 @@ struct Stream {
     responded: bool,
     /// The client reset the stream (counted by the rapid-reset guard).
     client_reset: bool,
+    filters: crate::http::filter::State,
 }
 
 impl Exchange for Stream {
@@ -256,8 +258,29 @@ impl Exchange for Stream {
     fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
         None
     }
+    fn filter_state(&self) -> &crate::http::filter::State {
+        &self.filters
+    }
     fn protocol(&self) -> &'static [u8] {
         b"HTTP/2"
+    }
+}
+
+impl crate::http::filter::FilterHost for Stream {
+    fn filter_state_mut(&mut self) -> &mut crate::http::filter::State {
+        &mut self.filters
+    }
+    fn log_mut(&mut self) -> &mut log::Entry {
+        &mut self.log
+    }
+    fn core(&self) -> usize {
+        self.ctx.core
+    }
+    fn hcm_arc(&self) -> Arc<HttpConnectionManager> {
+        self.hcm.clone()
+    }
+    fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 }
 
@@ -355,7 +378,23 @@ impl Stream {
             authority: &self.buf[authority.clone()],
             path: &self.buf[path.clone()],
         };
-        let Some(m) = routes.find(&req) else {
+        let m = routes.find(&req);
+        let weighted = crate::http::forwarding::forward_target(m.as_ref());
+        if !hcm.filters.is_empty() {
+            let routed = crate::http::filter::Routed {
+                table: &routes,
+                m: m.as_ref(),
+                weighted,
+            };
+            let mut from = None;
+            while let crate::http::filter::Step::Delay(d, resume) =
+                crate::http::filter::decode_headers(self, &routed, from)?
+            {
+                monoio::time::sleep(d).await;
+                from = Some(resume);
+            }
+        }
+        let Some(m) = m else {
             return Err(HttpError::NoRoute);
         };
         if !hcm.access_logs.is_empty() {
@@ -412,7 +451,7 @@ impl Stream {
                 let limit = stream_limit(f, &self.buf, &self.head);
                 let end = body.is_end_stream();
                 let forward = self.forward(
-                    f, prefix_len, authority, path, req_mods, mods, body, respond,
+                    f, weighted, prefix_len, authority, path, req_mods, mods, body, respond,
                 );
                 match limit {
                     None => forward.await,
@@ -476,11 +515,22 @@ impl Stream {
             return;
         }
         let code = match e {
+            HttpError::FaultAbort {
+                grpc_status: Some(c),
+                ..
+            } => *c,
+            HttpError::LocalRateLimited {
+                resource_exhausted: true,
+                ..
+            } => 8, // RESOURCE_EXHAUSTED
             HttpError::UpstreamTimeout | HttpError::MaxDurationReached { .. } => 4, // DEADLINE_EXCEEDED
             _ => convert::grpc_status_for(reply.status),
         };
         self.log.status = 200;
         self.count_status(200);
+        if let Some(call) = &self.filters.grpc {
+            call.charge(itoa::Buffer::new().format(code).as_bytes());
+        }
         let mut resp = http::Response::new(());
         let h = resp.headers_mut();
         h.insert(

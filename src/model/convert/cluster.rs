@@ -220,14 +220,17 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             "LOGICAL_DNS clusters must have exactly one endpoint",
         ));
     }
-    let stats = ctx.stats.scope::<ClusterStat>(&format!(
-        "cluster.{}.",
-        if c.alt_stat_name.is_empty() {
-            &c.name
-        } else {
-            &c.alt_stat_name
-        }
-    ));
+    let stat_name = if c.alt_stat_name.is_empty() {
+        &c.name
+    } else {
+        &c.alt_stat_name
+    };
+    let stats = ctx
+        .stats
+        .scope::<ClusterStat>(&format!("cluster.{stat_name}."));
+    let grpc_stats = ctx
+        .stats
+        .scope::<crate::stats::GrpcStat>(&format!("cluster.{stat_name}.grpc."));
     let bind_source = match &c.upstream_bind_config {
         Some(b) => {
             let Some(sa) = &b.source_address else {
@@ -247,6 +250,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     Ok(Cluster {
         name: c.name.as_str().into(),
         stats,
+        grpc_stats,
         bind_source,
         discovery,
         eds_service,

@@ -12,7 +12,6 @@ use crate::proto::envoy::config::accesslog::v3::{access_log, AccessLog as PbAcce
 use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::config::listener::v3 as pb;
 use crate::proto::envoy::extensions::access_loggers::stream::v3 as stream;
-use crate::proto::envoy::extensions::filters::http::router::v3::Router;
 use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::stats::{HttpStat, ListenerStat};
 
@@ -20,7 +19,6 @@ use super::{any_type, data_source, decode_any, err, socket_addr, timeout, Conver
 
 const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
 const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
@@ -296,49 +294,15 @@ fn connection_manager(
             ))
         }
     };
-    // HTTP filters: exactly the router, last.
-    let mut suppress_envoy_headers = false;
-    let mut saw_router = false;
-    match m.http_filters.as_slice() {
-        [] => return Err(err(res, p("http_filters"), "the router filter is required")),
-        filters => {
-            for (i, f) in filters.iter().enumerate() {
-                let fp = p(&format!("http_filters[{i}]"));
-                let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    return Err(err(
-                        res,
-                        format!("{fp}.typed_config"),
-                        "typed_config is required",
-                    ));
-                };
-                let t = any_type(any);
-                if let Some(why) = istio_noop(&f.name, any, false) {
-                    ctx.ignored.push(format!("{res}.{fp} ({why})"));
-                    continue;
-                }
-                if t != ROUTER {
-                    return Err(err(
-                        res,
-                        format!("{fp}.typed_config"),
-                        format!("HTTP filter '{}' of type {t} is not supported", f.name),
-                    ));
-                }
-                if i + 1 != filters.len() {
-                    return Err(err(res, fp, "the router must be the last HTTP filter"));
-                }
-                let r: Router = decode_any(any, ROUTER, res, &fp)?;
-                saw_router = true;
-                suppress_envoy_headers = r.suppress_envoy_headers;
-                if r.dynamic_stats.is_some() || r.start_child_span {
-                    ctx.ignored
-                        .push(format!("{fp}.typed_config.dynamic_stats/start_child_span"));
-                }
-            }
-        }
-    }
-    if !saw_router {
-        return Err(err(res, p("http_filters"), "the router filter is required"));
-    }
+    let (filters, router) = super::http_filter::http_filters(
+        &m.http_filters,
+        &m.stat_prefix,
+        res,
+        path,
+        ctx,
+        |name, any| istio_noop(name, any, false),
+    )?;
+    let suppress_envoy_headers = router.suppress_envoy_headers;
     let mut access_logs = Vec::new();
     for (i, al) in m.access_log.iter().enumerate() {
         access_logs.push(access_log(al, res, &p(&format!("access_log[{i}]")))?);
@@ -445,6 +409,7 @@ fn connection_manager(
         codec,
         http2,
         routes,
+        filters,
         access_logs,
         suppress_envoy_headers,
         use_remote_address: m.use_remote_address.unwrap_or(false),

@@ -15,6 +15,7 @@ use super::Snapshot;
 
 mod chain;
 mod cluster;
+mod http_filter;
 mod listener;
 mod route;
 mod tcp;

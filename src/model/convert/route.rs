@@ -32,6 +32,12 @@ pub(crate) fn convert(
         suffixes: Vec::new(),
         prefixes: Vec::new(),
         default: None,
+        per_filter: super::http_filter::per_filter_configs(
+            &rc.typed_per_filter_config,
+            res,
+            path,
+            ctx,
+        )?,
         headers: header_mods(
             &rc.request_headers_to_add,
             &rc.request_headers_to_remove,
@@ -102,11 +108,14 @@ pub(crate) fn convert(
             Err(_) => return Err(err(res, format!("{vp}.require_tls"), "unknown value")),
         };
         let index = (routes.len() >= PathIndex::MIN_ROUTES).then(|| PathIndex::build(&routes));
+        let per_filter =
+            super::http_filter::per_filter_configs(&vh.typed_per_filter_config, res, &vp, ctx)?;
         table.virtual_hosts.push(VirtualHost {
             name: vh.name.as_str().into(),
             routes,
             index,
             require_tls,
+            per_filter,
             headers: header_mods(
                 &vh.request_headers_to_add,
                 &vh.request_headers_to_remove,
@@ -242,6 +251,12 @@ fn route(
         }
     };
     Ok(Route {
+        per_filter: super::http_filter::per_filter_configs(
+            &r.typed_per_filter_config,
+            res,
+            rp,
+            ctx,
+        )?,
         name: r.name.as_str().into(),
         path,
         case_sensitive: m.case_sensitive.unwrap_or(true),
@@ -272,6 +287,20 @@ fn forward(
     validate_clusters: bool,
     ctx: &mut Ctx<'_>,
 ) -> Result<Forward, ConvertError> {
+    // Weighted clusters' per-filter configurations, before `cluster_ref` borrows `ctx`.
+    let mut weighted_per_filter = Vec::new();
+    if let Some(pb::route_action::ClusterSpecifier::WeightedClusters(wc)) = &ra.cluster_specifier {
+        for (i, cw) in wc.clusters.iter().enumerate() {
+            let wp = format!("{fp}.weighted_clusters.clusters[{i}]");
+            weighted_per_filter.push(super::http_filter::per_filter_configs(
+                &cw.typed_per_filter_config,
+                res,
+                &wp,
+                ctx,
+            )?);
+        }
+    }
+    let mut weighted_per_filter = weighted_per_filter.into_iter();
     let cluster_ref = |name: &str, path: String| -> Result<ClusterRef, ConvertError> {
         let index = ctx.cluster_index.get(name).copied();
         if index.is_none() && validate_clusters {
@@ -301,6 +330,7 @@ fn forward(
                     .ok_or_else(|| err(res, format!("{wp}.weight"), "total weight overflows"))?;
                 use pb::weighted_cluster::cluster_weight::HostRewriteSpecifier as H;
                 targets.push(WeightedTarget {
+                    per_filter: weighted_per_filter.next().unwrap_or_default(),
                     cluster: cluster_ref(&cw.name, format!("{wp}.name"))?,
                     weight,
                     request_headers: header_mods(
@@ -493,7 +523,11 @@ fn redirect(rd: &pb::RedirectAction, res: &str, rp: &str) -> Result<Redirect, Co
     })
 }
 
-fn header_match(h: &pb::HeaderMatcher, res: &str, hp: &str) -> Result<HeaderMatch, ConvertError> {
+pub(crate) fn header_match(
+    h: &pb::HeaderMatcher,
+    res: &str,
+    hp: &str,
+) -> Result<HeaderMatch, ConvertError> {
     if h.name.is_empty() {
         return Err(err(res, format!("{hp}.name"), "name is required"));
     }
@@ -596,7 +630,7 @@ fn regex_substitute(
     Ok((re, sub))
 }
 
-fn header_mods(
+pub(crate) fn header_mods(
     add: &[core::HeaderValueOption],
     remove: &[String],
     res: &str,

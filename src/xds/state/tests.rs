@@ -272,6 +272,7 @@ fn istio_listener(network: &[(&str, &str)], http: &[(&str, &str)]) -> prost_type
         .map(|(name, t)| h::HttpFilter {
             name: name.to_string(),
             config_type: Some(h::http_filter::ConfigType::TypedConfig(any(t, vec![]))),
+            ..Default::default()
         })
         .collect();
     http_filters.push(h::HttpFilter {
@@ -280,6 +281,7 @@ fn istio_listener(network: &[(&str, &str)], http: &[(&str, &str)]) -> prost_type
             "envoy.extensions.filters.http.router.v3.Router",
             vec![],
         ))),
+        ..Default::default()
     });
     let hcm = h::HttpConnectionManager {
         stat_prefix: "in".into(),
@@ -364,8 +366,21 @@ fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused(
                 "envoy.extensions.filters.http.wasm.v3.Wasm",
             ),
             (
+                "envoy.filters.http.grpc_stats",
+                "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+            ),
+            (
                 "istio.alpn",
                 "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig",
+            ),
+            // istiod's empty fault filter and CORS filter are implemented, not no-ops.
+            (
+                "envoy.filters.http.fault",
+                "envoy.extensions.filters.http.fault.v3.HTTPFault",
+            ),
+            (
+                "envoy.filters.http.cors",
+                "envoy.extensions.filters.http.cors.v3.Cors",
             ),
             ("istio.stats", "stats.PluginConfig"),
         ],

@@ -22,7 +22,7 @@ use crate::http::forwarding::{
     RespError,
 };
 use crate::http::h1::{self, BodyKind, ResponseHead};
-use crate::http::h2::{pump, reason, send_all, PumpError, RouteDeadline};
+use crate::http::h2::{pump, reason, send_all, GrpcTap, PumpError, RouteDeadline};
 use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
 use crate::model::route::Forward;
@@ -36,6 +36,7 @@ impl Stream {
     pub(super) async fn forward(
         &mut self,
         f: &Forward,
+        weighted: Option<&crate::model::route::WeightedTarget>,
         prefix_len: Option<usize>,
         authority: std::ops::Range<usize>,
         path: std::ops::Range<usize>,
@@ -45,7 +46,7 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
     ) -> Result<(), HttpError> {
         let snapshot = self.snapshot.clone();
-        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, &self.down)?;
+        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }
@@ -118,8 +119,10 @@ impl Stream {
         if !end {
             let (hstats, core) = (self.hcm.stats.clone(), self.ctx.core);
             let done = deadline.clone();
+            let mut frames = self.filters.grpc.as_ref().map(|c| c.frames(false));
             monoio::spawn(async move {
-                match pump(&mut body, &mut up_tx, idle, None).await {
+                let tap = frames.as_mut().map(|frames| GrpcTap { frames, call: None });
+                match pump(&mut body, &mut up_tx, idle, None, tap).await {
                     Ok(_) => done.request_done(),
                     Err(PumpError::Send) => {}
                     Err(PumpError::Timeout) => {
@@ -177,7 +180,10 @@ impl Stream {
         };
         if !up_end {
             // The route timeout covers the whole response, as in Envoy.
-            match pump(&mut up_rx, &mut tx, idle, Some(&deadline)).await {
+            let call = self.filters.grpc.as_ref().filter(|_| rh.status == 200);
+            let mut frames = call.map(|c| c.frames(true));
+            let tap = frames.as_mut().map(|frames| GrpcTap { frames, call });
+            match pump(&mut up_rx, &mut tx, idle, Some(&deadline), tap).await {
                 Ok(n) => self.log.bytes_sent = n,
                 Err(PumpError::Timeout) => {
                     // Dropping the upstream stream resets it; the client's is reset here.

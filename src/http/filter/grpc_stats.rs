@@ -1,0 +1,144 @@
+//! `envoy.filters.http.grpc_stats`: per-cluster gRPC outcome and message counters,
+//! `cluster.<name>.grpc.{success,failure,total,<grpc-status>,request_message_count,
+//! response_message_count}` as Envoy names them without per-method stats.
+
+use std::sync::Arc;
+
+use super::{FilterHost, Routed};
+use crate::http::exchange::Exchange;
+use crate::model::filter::GrpcStatsConfig;
+use crate::stats::{GrpcStat, Scope};
+
+/// A gRPC call being counted: its cluster's `grpc.` scope.
+pub(crate) struct Call {
+    pub stats: Arc<Scope>,
+    pub core: usize,
+}
+
+pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed: &Routed<'_>) {
+    if !is_grpc(x) || !resolves(x) {
+        return;
+    }
+    // Only requests with a cluster are counted (not direct responses or unrouted ones).
+    let Some(name) = routed.cluster() else { return };
+    let Some(cluster) = x.snapshot().cluster(name) else {
+        return;
+    };
+    let stats = cluster.grpc_stats.clone();
+    let core = x.core();
+    x.filter_state_mut().grpc = Some(Call { stats, core });
+}
+
+/// `content-type` is `application/grpc` or `application/grpc+…`.
+fn is_grpc<E: Exchange + ?Sized>(x: &E) -> bool {
+    let buf = x.buf();
+    x.head().headers.iter().any(|(n, v)| {
+        buf[n.clone()].eq_ignore_ascii_case(b"content-type") && {
+            let v = &buf[v.clone()];
+            v == b"application/grpc" || v.starts_with(b"application/grpc+")
+        }
+    })
+}
+
+/// The path is `/<service>/<method>` (query dropped, empty segments ignored).
+fn resolves<E: Exchange + ?Sized>(x: &E) -> bool {
+    let path = x.bytes(&x.head().target);
+    let path = path.split(|&b| b == b'?').next().unwrap_or(b"");
+    path.split(|&b| b == b'/').filter(|s| !s.is_empty()).count() == 2
+}
+
+impl Call {
+    /// Charges a `grpc-status` value seen in response headers or trailers.
+    pub(crate) fn charge(&self, status: &[u8]) {
+        let c = self.stats.core(self.core);
+        if let Some(i) = status_index(status) {
+            c.inc(i);
+        }
+        c.inc(if status == b"0" {
+            GrpcStat::Success
+        } else {
+            GrpcStat::Failure
+        } as usize);
+        c.inc(GrpcStat::Total as usize);
+    }
+
+    /// A frame counter for one direction of the call.
+    pub(crate) fn frames(&self, response: bool) -> Frames {
+        Frames {
+            stats: self.stats.clone(),
+            core: self.core,
+            stat: if response {
+                GrpcStat::ResponseMessageCount
+            } else {
+                GrpcStat::RequestMessageCount
+            },
+            state: FrameState::Flag,
+        }
+    }
+}
+
+/// The counter of grpc-status `0`..`16` (other values count only in success/failure/total).
+fn status_index(status: &[u8]) -> Option<usize> {
+    let n: usize = std::str::from_utf8(status).ok()?.parse().ok()?;
+    (n <= 16 && status.len() <= 2 && (status.len() == 1 || status[0] != b'0'))
+        .then_some(GrpcStat::Status0 as usize + n)
+}
+
+/// Counts gRPC messages in a body as it passes, chunk by chunk: a message counts when its
+/// flag byte is seen, as in Envoy.
+pub(crate) struct Frames {
+    stats: Arc<Scope>,
+    core: usize,
+    stat: GrpcStat,
+    state: FrameState,
+}
+
+#[derive(Clone, Copy)]
+enum FrameState {
+    /// Waiting for a frame's flag byte.
+    Flag,
+    /// Reading the 4-byte length: bytes read so far and the length so far.
+    Length(u8, u32),
+    /// Skipping this many payload bytes.
+    Payload(u64),
+}
+
+impl Frames {
+    pub(crate) fn inspect(&mut self, mut data: &[u8]) {
+        let mut delta = 0u64;
+        while !data.is_empty() {
+            match self.state {
+                FrameState::Flag => {
+                    delta += 1;
+                    data = &data[1..];
+                    self.state = FrameState::Length(0, 0);
+                }
+                FrameState::Length(got, len) => {
+                    let len = (len << 8) | u32::from(data[0]);
+                    data = &data[1..];
+                    self.state = if got == 3 {
+                        if len == 0 {
+                            FrameState::Flag
+                        } else {
+                            FrameState::Payload(u64::from(len))
+                        }
+                    } else {
+                        FrameState::Length(got + 1, len)
+                    };
+                }
+                FrameState::Payload(left) => {
+                    let n = (data.len() as u64).min(left);
+                    data = &data[n as usize..];
+                    self.state = if n == left {
+                        FrameState::Flag
+                    } else {
+                        FrameState::Payload(left - n)
+                    };
+                }
+            }
+        }
+        if delta > 0 {
+            self.stats.core(self.core).add(self.stat as usize, delta);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Envoy's HTTP filter chain: the connection manager's `http_filters` run in order on the
+//! request once it is routed, before the router acts on it (forward, redirect, direct
+//! response or no route), and in reverse order on the response head, whoever made it
+//! (the upstream or the proxy). A filter continues, stops the request for a while (a
+//! fault delay), or answers it locally — and a local answer goes through the encode
+//! phase too, as in Envoy.
+//!
+//! Filters are an enum (`model::filter::FilterKind`), one file each; what one decides for
+//! the encode phase and the access log is kept in the request's [`State`]. A connection
+//! manager without filters pays one branch.
+
+use std::sync::Arc;
+
+use crate::http::error::HttpError;
+use crate::http::exchange::{Entry, Exchange};
+use crate::model::filter::{FilterKind, PerRoute};
+use crate::model::route::{RouteTable, WeightedTarget};
+use crate::router::Matched;
+
+mod cors;
+mod fault;
+pub(crate) mod grpc_stats;
+mod ratelimit;
+
+/// What an exchange lends its filters: the request, its log entry and filter state.
+pub(crate) trait FilterHost: Exchange {
+    fn filter_state_mut(&mut self) -> &mut State;
+    fn log_mut(&mut self) -> &mut Entry;
+    fn core(&self) -> usize;
+    fn hcm_arc(&self) -> Arc<crate::model::HttpConnectionManager>;
+    fn snapshot(&self) -> &crate::model::Snapshot;
+}
+
+/// Where the decode phase stopped.
+pub(crate) enum Step {
+    /// Every filter continued.
+    Done,
+    /// A filter stopped the request for a while: wait, then resume with this.
+    Delay(std::time::Duration, Resume),
+}
+
+/// The filter to resume the decode phase at (after its delay).
+#[derive(Clone, Copy)]
+pub(crate) struct Resume(usize);
+
+/// What the filters decided for one request, read by the encode phase and the log.
+#[derive(Default)]
+pub(crate) struct State {
+    /// A CORS policy matched the request's origin: the response gets its headers.
+    pub cors: Option<cors::Answer>,
+    /// The local rate limit's response headers.
+    pub ratelimit: Option<ratelimit::Answer>,
+    /// A gRPC call grpc_stats counts when its status is known.
+    pub grpc: Option<grpc_stats::Call>,
+    /// A fault in progress (counted in `active_faults` until the request ends).
+    pub fault: Option<fault::Active>,
+}
+
+impl State {
+    /// Whether the encode phase has anything to do.
+    #[inline]
+    pub fn encodes(&self) -> bool {
+        self.cors.is_some() || self.ratelimit.is_some()
+    }
+
+    /// Ends the request's filter state (the next request on the connection starts empty).
+    #[inline]
+    pub fn clear(&mut self) {
+        if self.cors.is_some()
+            || self.ratelimit.is_some()
+            || self.grpc.is_some()
+            || self.fault.is_some()
+        {
+            *self = State::default();
+        }
+    }
+}
+
+/// Where the request was routed: per-route filter configuration is looked up here, most
+/// specific first (weighted cluster, route, virtual host, route configuration).
+pub(crate) struct Routed<'r> {
+    pub table: &'r RouteTable,
+    pub m: Option<&'r Matched<'r>>,
+    pub weighted: Option<&'r WeightedTarget>,
+}
+
+impl<'r> Routed<'r> {
+    pub fn per_route(&self, name: &str) -> Option<&'r PerRoute> {
+        if let Some(c) = self.weighted.and_then(|w| w.per_filter.get(name)) {
+            return Some(c);
+        }
+        if let Some(m) = self.m {
+            if let Some(c) = m.route.per_filter.get(name) {
+                return Some(c);
+            }
+            if let Some(c) = m.vhost.per_filter.get(name) {
+                return Some(c);
+            }
+        }
+        self.table.per_filter.get(name)
+    }
+
+    /// Every level's configuration for filter `name`, most specific first.
+    pub fn all_per_route(
+        &self,
+        name: &str,
+    ) -> std::iter::Flatten<std::array::IntoIter<Option<&'r PerRoute>, 4>> {
+        let w = self.weighted.and_then(|w| w.per_filter.get(name));
+        let r = self.m.and_then(|m| m.route.per_filter.get(name));
+        let v = self.m.and_then(|m| m.vhost.per_filter.get(name));
+        let t = self.table.per_filter.get(name);
+        [w, r, v, t].into_iter().flatten()
+    }
+
+    /// Whether the route forwards (not a direct response, redirect or no route).
+    pub fn forwards(&self) -> bool {
+        self.m
+            .is_some_and(|m| matches!(m.route.action, crate::model::route::Action::Forward(_)))
+    }
+
+    /// The cluster the request goes to, if it is forwarded to a named one.
+    pub fn cluster(&self) -> Option<&'r str> {
+        use crate::model::route::{Action, Target};
+        if let Some(w) = self.weighted {
+            return Some(&w.cluster.name);
+        }
+        match &self.m?.route.action {
+            Action::Forward(f) => match &f.target {
+                Target::Cluster(c) => Some(&c.name),
+                Target::Weighted { .. } => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Runs the decode phase of the filters on a routed request, from the start or from
+/// where a delay stopped it. `Err`: a filter answers the request itself (the answer then
+/// runs the encode phase like any other response). Synchronous, so a request no filter
+/// delays awaits nothing here: the caller sleeps for a `Step::Delay` and calls again.
+pub(crate) fn decode_headers<E: FilterHost>(
+    x: &mut E,
+    routed: &Routed<'_>,
+    from: Option<Resume>,
+) -> Result<Step, HttpError> {
+    let hcm = x.hcm_arc();
+    let start = from.map_or(0, |r| r.0);
+    for (i, f) in hcm.filters.list.iter().enumerate().skip(start) {
+        let per = routed.per_route(&f.name);
+        match per {
+            Some(PerRoute::Disabled) => continue,
+            None if f.disabled => continue,
+            _ => {}
+        }
+        let resumed = from.is_some() && i == start;
+        match &f.kind {
+            FilterKind::Fault(ff) => {
+                if let Some(d) = fault::decode(x, ff, per, routed, resumed)? {
+                    return Ok(Step::Delay(d, Resume(i)));
+                }
+            }
+            FilterKind::Cors(cf) => cors::decode(x, cf, per, routed, &f.name)?,
+            FilterKind::GrpcStats(g) => grpc_stats::decode(x, g, routed),
+            FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
+        }
+    }
+    Ok(Step::Done)
+}
+
+/// Whether the encode phase sets response header `name` itself (an upstream's copy is
+/// dropped).
+pub(crate) fn overrides<E: Exchange + ?Sized>(x: &E, name: &[u8]) -> bool {
+    let s = x.filter_state();
+    s.cors
+        .as_ref()
+        .is_some_and(|c| c.allowed() && cors::overrides(name))
+}
+
+/// The encode phase on a response head in HTTP/1 form (before its final CRLF): the
+/// headers filters add.
+pub(crate) fn encode_headers<E: Exchange + ?Sized>(x: &E, out: &mut Vec<u8>) {
+    let s = x.filter_state();
+    if let Some(r) = &s.ratelimit {
+        ratelimit::encode(r, x, out);
+    }
+    if let Some(c) = &s.cors {
+        cors::encode(c, x, out);
+    }
+}
+
+/// A random draw for percentages.
+fn draw() -> u64 {
+    fastrand::u64(..)
+}

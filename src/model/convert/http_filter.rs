@@ -1,0 +1,564 @@
+//! `http_filters` → [`HttpFilters`] and `typed_per_filter_config` → [`PerFilterConfigs`].
+//! A filter Ringside does not implement is refused by type URL; a field of one it does
+//! implement but not that field is refused by name (the wire scan in `xds::unknown`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::filter::*;
+use crate::model::ratelimit::TokenBucket;
+use crate::proto::envoy::config::core::v3 as core;
+use crate::proto::envoy::config::route::v3 as route_pb;
+use crate::proto::envoy::extensions::filters::common::fault::v3 as fault_common;
+use crate::proto::envoy::extensions::filters::http::cors::v3 as cors_pb;
+use crate::proto::envoy::extensions::filters::http::fault::v3 as fault_pb;
+use crate::proto::envoy::extensions::filters::http::grpc_stats::v3 as grpc_pb;
+use crate::proto::envoy::extensions::filters::http::local_ratelimit::v3 as rl_pb;
+use crate::proto::envoy::extensions::filters::http::router::v3::Router;
+use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use crate::proto::envoy::r#type::v3 as types;
+use crate::stats::{FaultStat, LocalRateLimitStat};
+
+use super::{any_type, decode_any, duration, err, ConvertError, Ctx};
+
+pub(super) const ROUTER: &str = "envoy.extensions.filters.http.router.v3.Router";
+const FAULT: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
+const CORS: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const GRPC_STATS: &str = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig";
+const LOCAL_RATELIMIT: &str = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+const FILTER_CONFIG: &str = "envoy.config.route.v3.FilterConfig";
+
+/// What the router filter configures.
+#[derive(Default)]
+pub(super) struct RouterConfig {
+    pub suppress_envoy_headers: bool,
+}
+
+/// The connection manager's `http_filters`: the built-in filters in order, then the router,
+/// which must be last. `noop` decides Istio's telemetry filters (accepted, recorded in
+/// `ctx.ignored`).
+pub(super) fn http_filters(
+    filters: &[hcm::HttpFilter],
+    stat_prefix: &str,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+    noop: impl Fn(&str, &prost_types::Any) -> Option<&'static str>,
+) -> Result<(HttpFilters, RouterConfig), ConvertError> {
+    let mut list = Vec::new();
+    let mut router = None;
+    if filters.is_empty() {
+        return Err(err(
+            res,
+            format!("{path}.http_filters"),
+            "the router filter is required",
+        ));
+    }
+    for (i, f) in filters.iter().enumerate() {
+        let fp = format!("{path}.http_filters[{i}]");
+        let Some(hcm::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+            return Err(err(
+                res,
+                format!("{fp}.typed_config"),
+                "typed_config is required",
+            ));
+        };
+        if f.name.is_empty() {
+            return Err(err(res, format!("{fp}.name"), "a filter name is required"));
+        }
+        if router.is_some() {
+            return Err(err(
+                res,
+                format!("{path}.http_filters[{}]", i - 1),
+                "the router must be the last HTTP filter",
+            ));
+        }
+        if let Some(why) = noop(&f.name, any) {
+            ctx.ignored.push(format!("{res}.{fp} ({why})"));
+            continue;
+        }
+        let t = any_type(any);
+        let kind = match t {
+            ROUTER => {
+                let r: Router = decode_any(any, ROUTER, res, &fp)?;
+                if r.dynamic_stats.is_some() || r.start_child_span {
+                    ctx.ignored
+                        .push(format!("{fp}.typed_config.dynamic_stats/start_child_span"));
+                }
+                if f.disabled {
+                    return Err(err(
+                        res,
+                        format!("{fp}.disabled"),
+                        "the router cannot be disabled",
+                    ));
+                }
+                router = Some(RouterConfig {
+                    suppress_envoy_headers: r.suppress_envoy_headers,
+                });
+                continue;
+            }
+            FAULT => {
+                let m: fault_pb::HttpFault = decode_any(any, FAULT, res, &fp)?;
+                let config = fault(&m, res, &format!("{fp}.typed_config"))?;
+                FilterKind::Fault(FaultFilter {
+                    // An empty configuration (istiod's) injects nothing: not even looked at.
+                    config: (!config.is_empty()).then(|| Arc::new(config)),
+                    stats: ctx
+                        .stats
+                        .scope::<FaultStat>(&format!("http.{stat_prefix}.fault.")),
+                    active: Arc::default(),
+                })
+            }
+            CORS => {
+                let _: cors_pb::Cors = decode_any(any, CORS, res, &fp)?;
+                FilterKind::Cors(CorsFilter {
+                    stats: ctx
+                        .stats
+                        .scope::<crate::stats::CorsStat>(&format!("http.{stat_prefix}.")),
+                })
+            }
+            GRPC_STATS => {
+                let m: grpc_pb::FilterConfig = decode_any(any, GRPC_STATS, res, &fp)?;
+                FilterKind::GrpcStats(grpc_stats(&m, res, &format!("{fp}.typed_config"))?)
+            }
+            LOCAL_RATELIMIT => {
+                let m: rl_pb::LocalRateLimit = decode_any(any, LOCAL_RATELIMIT, res, &fp)?;
+                FilterKind::LocalRateLimit(Arc::new(local_ratelimit(
+                    &m,
+                    res,
+                    &format!("{fp}.typed_config"),
+                    ctx,
+                    false,
+                )?))
+            }
+            _ if f.is_optional => {
+                // Envoy skips an optional filter it does not know.
+                ctx.ignored
+                    .push(format!("{res}.{fp} (optional filter of type {t} skipped)"));
+                continue;
+            }
+            _ => {
+                return Err(err(
+                    res,
+                    format!("{fp}.typed_config"),
+                    format!("HTTP filter '{}' of type {t} is not supported", f.name),
+                ))
+            }
+        };
+        if list.iter().any(|x: &HttpFilter| *x.name == *f.name) {
+            return Err(err(
+                res,
+                format!("{fp}.name"),
+                format!("the filter name '{}' is used twice", f.name),
+            ));
+        }
+        list.push(HttpFilter {
+            name: f.name.as_str().into(),
+            disabled: f.disabled,
+            kind,
+        });
+    }
+    let Some(router) = router else {
+        return Err(err(
+            res,
+            format!("{path}.http_filters"),
+            "the router filter is required (last)",
+        ));
+    };
+    Ok((
+        HttpFilters {
+            list: list.into_boxed_slice(),
+        },
+        router,
+    ))
+}
+
+/// A `FractionalPercent` (absent: `default`).
+fn fraction(
+    p: Option<&types::FractionalPercent>,
+    default: Fraction,
+    res: &str,
+    path: &str,
+) -> Result<Fraction, ConvertError> {
+    let Some(p) = p else { return Ok(default) };
+    use types::fractional_percent::DenominatorType as D;
+    let denominator = match D::try_from(p.denominator) {
+        Ok(D::Hundred) => 100,
+        Ok(D::TenThousand) => 10_000,
+        Ok(D::Million) => 1_000_000,
+        Err(_) => {
+            return Err(err(
+                res,
+                format!("{path}.denominator"),
+                format!("unknown denominator {}", p.denominator),
+            ))
+        }
+    };
+    Ok(Fraction {
+        numerator: p.numerator.min(denominator),
+        denominator,
+    })
+}
+
+/// A `RuntimeFractionalPercent`: Ringside has no runtime layer, so the default applies,
+/// as it does in Envoy while the runtime key is unset.
+fn runtime_fraction(
+    p: Option<&core::RuntimeFractionalPercent>,
+    default: Fraction,
+    res: &str,
+    path: &str,
+) -> Result<Fraction, ConvertError> {
+    match p {
+        None => Ok(default),
+        Some(r) => fraction(
+            r.default_value.as_ref(),
+            Fraction {
+                numerator: 0,
+                denominator: 100,
+            },
+            res,
+            &format!("{path}.default_value"),
+        ),
+    }
+}
+
+pub(super) fn fault(m: &fault_pb::HttpFault, res: &str, path: &str) -> Result<Fault, ConvertError> {
+    let p = |f: &str| format!("{path}.{f}");
+    let delay = match &m.delay {
+        None => None,
+        Some(d) => {
+            use fault_common::fault_delay::FaultDelaySecifier as S;
+            let kind = match &d.fault_delay_secifier {
+                Some(S::FixedDelay(t)) => {
+                    let t = duration(t, res, &p("delay.fixed_delay"))?;
+                    if t.is_zero() {
+                        return Err(err(res, p("delay.fixed_delay"), "must be greater than 0"));
+                    }
+                    DelayKind::Fixed(t)
+                }
+                Some(S::HeaderDelay(_)) => DelayKind::Header,
+                None => {
+                    return Err(err(
+                        res,
+                        p("delay"),
+                        "fixed_delay or header_delay is required",
+                    ))
+                }
+            };
+            Some(FaultDelay {
+                kind,
+                percentage: fraction(
+                    d.percentage.as_ref(),
+                    Fraction {
+                        numerator: 0,
+                        denominator: 100,
+                    },
+                    res,
+                    &p("delay.percentage"),
+                )?,
+            })
+        }
+    };
+    let abort = match &m.abort {
+        None => None,
+        Some(a) => {
+            use fault_pb::fault_abort::ErrorType as E;
+            let kind = match a.error_type {
+                Some(E::HttpStatus(s)) if (200..600).contains(&s) => AbortKind::Http(s as u16),
+                Some(E::HttpStatus(s)) => {
+                    return Err(err(
+                        res,
+                        p("abort.http_status"),
+                        format!("{s} is not in [200, 600)"),
+                    ))
+                }
+                Some(E::GrpcStatus(s)) => AbortKind::Grpc(s),
+                Some(E::HeaderAbort(_)) => AbortKind::Header,
+                None => {
+                    return Err(err(
+                        res,
+                        p("abort"),
+                        "http_status, grpc_status or header_abort is required",
+                    ))
+                }
+            };
+            Some(FaultAbort {
+                kind,
+                percentage: fraction(
+                    a.percentage.as_ref(),
+                    Fraction {
+                        numerator: 0,
+                        denominator: 100,
+                    },
+                    res,
+                    &p("abort.percentage"),
+                )?,
+            })
+        }
+    };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (i, h) in m.headers.iter().enumerate() {
+        headers.push(super::route::header_match(
+            h,
+            res,
+            &p(&format!("headers[{i}]")),
+        )?);
+    }
+    Ok(Fault {
+        delay,
+        abort,
+        upstream_cluster: (!m.upstream_cluster.is_empty())
+            .then(|| m.upstream_cluster.as_str().into()),
+        headers,
+        downstream_nodes: m
+            .downstream_nodes
+            .iter()
+            .map(|n| n.as_str().into())
+            .collect(),
+        max_active_faults: m.max_active_faults.map(u64::from),
+        disable_downstream_cluster_stats: m.disable_downstream_cluster_stats,
+    })
+}
+
+fn cors_policy(m: &cors_pb::CorsPolicy, res: &str, path: &str) -> Result<CorsPolicy, ConvertError> {
+    let p = |f: &str| format!("{path}.{f}");
+    let mut allow_origin = Vec::with_capacity(m.allow_origin_string_match.len());
+    for (i, s) in m.allow_origin_string_match.iter().enumerate() {
+        allow_origin.push(super::route::string_matcher(
+            s,
+            res,
+            &p(&format!("allow_origin_string_match[{i}]")),
+        )?);
+    }
+    let text = |s: &str| (!s.is_empty()).then(|| s.into());
+    let fraction_of = |f: Option<&core::RuntimeFractionalPercent>, field: &str| {
+        f.map(|f| runtime_fraction(Some(f), Fraction::ALL, res, &p(field)))
+            .transpose()
+    };
+    Ok(CorsPolicy {
+        allow_origin,
+        allow_methods: text(&m.allow_methods),
+        allow_headers: text(&m.allow_headers),
+        expose_headers: text(&m.expose_headers),
+        max_age: text(&m.max_age),
+        allow_credentials: m.allow_credentials,
+        allow_private_network_access: m.allow_private_network_access,
+        forward_not_matching_preflights: m.forward_not_matching_preflights,
+        enabled: fraction_of(m.filter_enabled.as_ref(), "filter_enabled")?,
+        shadow: fraction_of(m.shadow_enabled.as_ref(), "shadow_enabled")?,
+    })
+}
+
+fn grpc_stats(
+    m: &grpc_pb::FilterConfig,
+    res: &str,
+    path: &str,
+) -> Result<GrpcStatsConfig, ConvertError> {
+    use grpc_pb::filter_config::PerMethodStatSpecifier as S;
+    let per_method = match &m.per_method_stat_specifier {
+        None => PerMethod::None,
+        Some(S::StatsForAllMethods(v)) if !v => PerMethod::None,
+        Some(S::StatsForAllMethods(_)) => {
+            return Err(err(
+                res,
+                format!("{path}.stats_for_all_methods"),
+                "stats for every method name (unbounded stat names) are not supported; \
+                 use individual_method_stats_allowlist",
+            ))
+        }
+        Some(S::IndividualMethodStatsAllowlist(_)) => {
+            return Err(err(
+                res,
+                format!("{path}.individual_method_stats_allowlist"),
+                "per-method gRPC stats are not supported yet",
+            ))
+        }
+    };
+    if m.enable_upstream_stats {
+        return Err(err(
+            res,
+            format!("{path}.enable_upstream_stats"),
+            "upstream gRPC timing stats are not supported yet",
+        ));
+    }
+    Ok(GrpcStatsConfig {
+        emit_filter_state: m.emit_filter_state,
+        per_method,
+        enable_upstream_stats: false,
+        replace_dots_in_service_name: m.replace_dots_in_grpc_service_name,
+    })
+}
+
+fn local_ratelimit(
+    m: &rl_pb::LocalRateLimit,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+    per_route: bool,
+) -> Result<LocalRateLimit, ConvertError> {
+    let p = |f: &str| format!("{path}.{f}");
+    if m.stat_prefix.is_empty() {
+        return Err(err(res, p("stat_prefix"), "stat_prefix is required"));
+    }
+    if m.local_rate_limit_per_downstream_connection {
+        return Err(err(
+            res,
+            p("local_rate_limit_per_downstream_connection"),
+            "per-connection buckets are not supported",
+        ));
+    }
+    if !m.request_headers_to_add_when_not_enforced.is_empty() {
+        return Err(err(
+            res,
+            p("request_headers_to_add_when_not_enforced"),
+            "not supported yet",
+        ));
+    }
+    // Envoy answers a status below 400 with 429.
+    let status = match &m.status {
+        None => 429,
+        Some(s) if s.code == 0 => {
+            return Err(err(res, p("status.code"), "a status code is required"))
+        }
+        Some(s) if (400..600).contains(&s.code) => s.code as u16,
+        Some(_) => 429,
+    };
+    if per_route && m.token_bucket.is_none() {
+        return Err(err(
+            res,
+            p("token_bucket"),
+            "a per-route local rate limit needs its own token_bucket",
+        ));
+    }
+    let bucket = match &m.token_bucket {
+        None => None,
+        Some(b) => {
+            let fill = match &b.fill_interval {
+                Some(d) => duration(d, res, &p("token_bucket.fill_interval"))?,
+                None => {
+                    return Err(err(
+                        res,
+                        p("token_bucket.fill_interval"),
+                        "fill_interval is required",
+                    ))
+                }
+            };
+            if fill < Duration::from_millis(50) {
+                return Err(err(
+                    res,
+                    p("token_bucket.fill_interval"),
+                    "must be at least 50ms",
+                ));
+            }
+            let per_fill = b.tokens_per_fill.unwrap_or(1);
+            Some(Arc::new(TokenBucket::new(
+                u64::from(b.max_tokens),
+                u64::from(per_fill),
+                fill,
+            )))
+        }
+    };
+    let none = Fraction {
+        numerator: 0,
+        denominator: 100,
+    };
+    Ok(LocalRateLimit {
+        stats: ctx
+            .stats
+            .scope::<LocalRateLimitStat>(&format!("{}.http_local_rate_limit.", m.stat_prefix)),
+        status,
+        bucket,
+        enabled: runtime_fraction(m.filter_enabled.as_ref(), none, res, &p("filter_enabled"))?,
+        enforced: runtime_fraction(m.filter_enforced.as_ref(), none, res, &p("filter_enforced"))?,
+        response_headers: super::route::header_mods(
+            &m.response_headers_to_add,
+            &[],
+            res,
+            path,
+            "response",
+        )?,
+        x_ratelimit_headers: m.enable_x_ratelimit_headers != 0,
+        resource_exhausted: m.rate_limited_as_resource_exhausted,
+    })
+}
+
+/// A `typed_per_filter_config` map. Keys are filter names; the value is the filter's own
+/// configuration type, or a `FilterConfig` wrapping one (or only disabling the filter).
+pub(super) fn per_filter_configs(
+    map: &HashMap<String, prost_types::Any>,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<PerFilterConfigs, ConvertError> {
+    if map.is_empty() {
+        return Ok(PerFilterConfigs::default());
+    }
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let fp = format!("{path}.typed_per_filter_config['{name}']");
+        let any = &map[name];
+        let (any, optional, disabled, fp) = if any_type(any) == FILTER_CONFIG {
+            let fc: route_pb::FilterConfig = decode_any(any, FILTER_CONFIG, res, &fp)?;
+            match fc.config {
+                None if fc.disabled => {
+                    out.push((name.as_str().into(), PerRoute::Disabled));
+                    continue;
+                }
+                None => {
+                    out.push((name.as_str().into(), PerRoute::Enabled));
+                    continue;
+                }
+                Some(inner) => (inner, fc.is_optional, fc.disabled, format!("{fp}.config")),
+            }
+        } else {
+            (any.clone(), false, false, fp)
+        };
+        if disabled {
+            out.push((name.as_str().into(), PerRoute::Disabled));
+            continue;
+        }
+        let t = any_type(&any);
+        let config = match t {
+            FAULT => {
+                let m: fault_pb::HttpFault = decode_any(&any, FAULT, res, &fp)?;
+                PerRoute::Fault(Arc::new(fault(&m, res, &format!("{fp}.typed_config"))?))
+            }
+            CORS_POLICY => {
+                let m: cors_pb::CorsPolicy = decode_any(&any, CORS_POLICY, res, &fp)?;
+                PerRoute::Cors(Arc::new(cors_policy(
+                    &m,
+                    res,
+                    &format!("{fp}.typed_config"),
+                )?))
+            }
+            LOCAL_RATELIMIT => {
+                let m: rl_pb::LocalRateLimit = decode_any(&any, LOCAL_RATELIMIT, res, &fp)?;
+                PerRoute::LocalRateLimit(Arc::new(local_ratelimit(
+                    &m,
+                    res,
+                    &format!("{fp}.typed_config"),
+                    ctx,
+                    true,
+                )?))
+            }
+            _ if optional => {
+                ctx.ignored
+                    .push(format!("{res}.{fp} (optional config of type {t} skipped)"));
+                continue;
+            }
+            _ => {
+                return Err(err(
+                    res,
+                    fp,
+                    format!("per-route configuration of type {t} is not supported"),
+                ))
+            }
+        };
+        out.push((name.as_str().into(), config));
+    }
+    Ok(PerFilterConfigs(out.into_boxed_slice()))
+}

@@ -1,0 +1,214 @@
+//! A connection manager's HTTP filters and their per-route configuration, compiled. The
+//! filters run in `http::filter`; this is what they are configured with.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::headers::HeaderMods;
+use super::route::{HeaderMatch, StringMatcher};
+use crate::stats::Scope;
+
+/// The filters of one connection manager, in their configured order; the router, always
+/// last, is not among them (it is the forwarding every request path ends in).
+#[derive(Default)]
+pub struct HttpFilters {
+    pub list: Box<[HttpFilter]>,
+}
+
+impl HttpFilters {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// One configured HTTP filter.
+pub struct HttpFilter {
+    /// The name `typed_per_filter_config` refers to it by.
+    pub name: Arc<str>,
+    /// `disabled`: off unless a route's `FilterConfig` enables it.
+    pub disabled: bool,
+    pub kind: FilterKind,
+}
+
+/// The built-in filters: one enum, dispatched by `match`.
+pub enum FilterKind {
+    Fault(FaultFilter),
+    Cors(CorsFilter),
+    GrpcStats(GrpcStatsConfig),
+    LocalRateLimit(Arc<LocalRateLimit>),
+}
+
+/// A fraction with Envoy's `FractionalPercent` denominators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fraction {
+    pub numerator: u32,
+    /// 100, 10,000 or 1,000,000.
+    pub denominator: u32,
+}
+
+impl Fraction {
+    pub const ALL: Fraction = Fraction {
+        numerator: 100,
+        denominator: 100,
+    };
+
+    /// Whether a request is sampled in, drawn with `r` (any u64).
+    pub fn sample(&self, r: u64) -> bool {
+        if self.numerator >= self.denominator {
+            return true;
+        }
+        r % u64::from(self.denominator) < u64::from(self.numerator)
+    }
+}
+
+/// `envoy.filters.http.fault` on a connection manager: its listener-level configuration
+/// (absent when empty, as istiod sends it) and its stats, which per-route configurations
+/// share.
+pub struct FaultFilter {
+    pub config: Option<Arc<Fault>>,
+    /// `http.<prefix>.fault.`
+    pub stats: Arc<Scope>,
+    /// Faults in progress across every core, for `max_active_faults` (relaxed atomics:
+    /// the limit holds for the whole proxy, as in Envoy).
+    pub active: Arc<AtomicU64>,
+}
+
+/// An `HTTPFault` configuration.
+pub struct Fault {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    /// Only requests routed to this cluster get faults.
+    pub upstream_cluster: Option<Arc<str>>,
+    /// All must match.
+    pub headers: Vec<HeaderMatch>,
+    /// Only requests whose `x-envoy-downstream-service-node` is one of these.
+    pub downstream_nodes: Vec<Box<str>>,
+    pub max_active_faults: Option<u64>,
+    pub disable_downstream_cluster_stats: bool,
+}
+
+impl Fault {
+    /// Whether the configuration can inject nothing (istiod's empty filter).
+    pub fn is_empty(&self) -> bool {
+        self.delay.is_none() && self.abort.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub struct FaultDelay {
+    pub kind: DelayKind,
+    pub percentage: Fraction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayKind {
+    Fixed(Duration),
+    /// The delay comes from `x-envoy-fault-delay-request` (milliseconds).
+    Header,
+}
+
+#[derive(Debug)]
+pub struct FaultAbort {
+    pub kind: AbortKind,
+    pub percentage: Fraction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortKind {
+    Http(u16),
+    Grpc(u32),
+    /// The status comes from `x-envoy-fault-abort-request` or
+    /// `x-envoy-fault-abort-grpc-request`.
+    Header,
+}
+
+/// `envoy.filters.http.cors`: the policies are per route and virtual host.
+pub struct CorsFilter {
+    /// `http.<prefix>.` — Envoy counts `cors.origin_valid`/`cors.origin_invalid` in the
+    /// connection manager's scope.
+    pub stats: Arc<Scope>,
+}
+
+/// A `CorsPolicy`. Policies at several levels (weighted cluster, route, virtual host,
+/// route configuration) merge field by field, the most specific level that sets a field
+/// winning; `None` and empty mean unset.
+pub struct CorsPolicy {
+    pub allow_origin: Vec<StringMatcher>,
+    pub allow_methods: Option<Box<str>>,
+    pub allow_headers: Option<Box<str>>,
+    pub expose_headers: Option<Box<str>>,
+    pub max_age: Option<Box<str>>,
+    pub allow_credentials: Option<bool>,
+    pub allow_private_network_access: Option<bool>,
+    /// Whether a preflight whose origin does not match goes on to the upstream (default
+    /// true).
+    pub forward_not_matching_preflights: Option<bool>,
+    /// `filter_enabled`: the share of requests the policy is enforced on (unset: all).
+    /// Read from the most specific policy only, as in Envoy.
+    pub enabled: Option<Fraction>,
+    /// `shadow_enabled`: the share of requests whose origin is only checked and counted
+    /// (unset: none).
+    pub shadow: Option<Fraction>,
+}
+
+/// `envoy.filters.http.grpc_stats`.
+#[derive(Debug, Clone)]
+pub struct GrpcStatsConfig {
+    pub emit_filter_state: bool,
+    /// `stats_for_all_methods`: per service and method names, else one `grpc.` family.
+    pub per_method: PerMethod,
+    pub enable_upstream_stats: bool,
+    pub replace_dots_in_service_name: bool,
+}
+
+/// Which methods get stats of their own.
+#[derive(Debug, Clone)]
+pub enum PerMethod {
+    None,
+}
+
+/// A `LocalRateLimit` configuration and its bucket.
+pub struct LocalRateLimit {
+    /// `<stat_prefix>.http_local_rate_limit.`
+    pub stats: Arc<Scope>,
+    pub status: u16,
+    /// Absent: the filter only counts (a per-route configuration may add one).
+    pub bucket: Option<Arc<crate::model::ratelimit::TokenBucket>>,
+    pub enabled: Fraction,
+    pub enforced: Fraction,
+    pub response_headers: HeaderMods,
+    pub x_ratelimit_headers: bool,
+    pub resource_exhausted: bool,
+}
+
+/// Per-route configuration for one filter, from `typed_per_filter_config` (the most
+/// specific of weighted cluster, route, virtual host and route configuration wins).
+pub enum PerRoute {
+    Fault(Arc<Fault>),
+    Cors(Arc<CorsPolicy>),
+    LocalRateLimit(Arc<LocalRateLimit>),
+    /// `FilterConfig { disabled: true }`: the filter is skipped for this route.
+    Disabled,
+    /// `FilterConfig { disabled: false }` with no config: a filter disabled on the
+    /// connection manager runs for this route.
+    Enabled,
+}
+
+/// The `typed_per_filter_config` of one route, virtual host, route configuration or
+/// weighted cluster, keyed by filter name.
+#[derive(Default)]
+pub struct PerFilterConfigs(pub Box<[(Box<str>, PerRoute)]>);
+
+impl PerFilterConfigs {
+    pub fn get(&self, name: &str) -> Option<&PerRoute> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.as_ref() == name)
+            .map(|(_, c)| c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
