@@ -14,11 +14,11 @@ use crate::tls::DownIo;
 
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::http::error::HttpError;
-use crate::http::h1::{self, RequestHead, RequestRef, ResponseHead};
+use crate::http::h1::{self, RequestHead, ResponseHead};
 use crate::http::log;
-use crate::model::headers::HeaderMods;
-use crate::model::route::{Action, PathMatch, Redirect, RedirectPath};
-use crate::model::{Codec, HttpConnectionManager, RouteSource, Snapshot, UnderscoreAction};
+use crate::http::request::{route_table, Decision};
+use crate::model::route::Forward;
+use crate::model::{Codec, HttpConnectionManager, Snapshot, UnderscoreAction};
 use crate::stats::{status_class_index, HttpStat};
 
 mod forward;
@@ -456,89 +456,21 @@ impl Connection {
             return Err(HttpError::UnderscoreHeader);
         }
         let (authority, path) = self.authority_and_path()?;
-        self.log.authority = authority.clone();
-        self.log.path = path.clone();
-        let hcm = self.hcm.clone();
-        let routes = match &hcm.routes {
-            RouteSource::Static(t) => t.clone(),
-            // RDS: the route configuration of the current snapshot (absent only after the
-            // listener's initial fetch timeout, as an empty table in Envoy).
-            RouteSource::Rds(name) => match self.snapshot.route_configs.get(name) {
-                Some(t) => t.clone(),
-                None => return Err(HttpError::NoRoute),
-            },
-        };
-        let req = RequestRef {
-            buf: &self.buf,
-            head: &self.head,
-            authority: self.bytes(&authority),
-            path: self.bytes(&path),
-        };
-        let m = routes.find(&req);
-        // A weighted cluster is chosen with the route, so its per-filter configuration
-        // is seen by the filters.
-        let weighted = forward_target(m.as_ref());
-        if !self.hcm.filters.is_empty() {
-            let routed = crate::http::filter::Routed {
-                table: &routes,
-                m: m.as_ref(),
-                weighted,
-            };
-            let mut from = None;
-            while let crate::http::filter::Step::Delay(d, resume) =
-                crate::http::filter::decode_headers(self, &routed, from)?
-            {
-                monoio::time::sleep(d).await;
-                from = Some(resume);
-            }
-        }
-        let Some(m) = m else {
-            return Err(HttpError::NoRoute);
-        };
-        let logging = !self.hcm.access_logs.is_empty();
-        if logging {
-            self.log.route = Some(m.route.name.clone());
-        }
-        let prefix_len = match &m.route.path {
-            PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
-            _ => None,
-        };
-        self.log.route_prefix_len = prefix_len.unwrap_or(0);
-        if requires_tls_redirect(self, m.vhost.require_tls) {
-            let redirect = Redirect {
-                scheme: Some("https".into()),
-                host: None,
-                port: None,
-                path: RedirectPath::Keep,
-                status: 301,
-                strip_query: false,
-            };
-            return self.redirect(&redirect, authority, path, &[]).await;
-        }
-        let mods: [&HeaderMods; 3] = [
-            &m.route.response_headers,
-            &m.vhost.response_headers,
-            &routes.response_headers,
-        ];
+        let routes = route_table(&self.hcm, &self.snapshot)?;
+        let decision = crate::http::request::route(self, &routes, &authority, &path).await?;
         let upgrading = self.upgrade.is_some() || connect;
-        if upgrading && !matches!(m.route.action, Action::Forward(_)) && hcm_allows != Some(true) {
-            return Err(HttpError::UpgradeRejected);
-        }
-        match &m.route.action {
-            Action::Direct(d) => {
-                self.stat(HttpStat::RqDirectResponse);
+        match decision {
+            Decision::Answer(a) => {
+                if upgrading && !a.require_tls && hcm_allows != Some(true) {
+                    return Err(HttpError::UpgradeRejected);
+                }
                 let close = self.must_close();
-                let location =
-                    direct_location(self, d.status, self.bytes(&authority), self.bytes(&path));
-                self.write_simple(d.status, &d.body, location.as_deref(), &mods, close)
+                self.write_simple(a.status, a.body, a.location.as_deref(), &a.mods, close)
                     .await?;
                 self.finish_or_close(close).await
             }
-            Action::Redirect(r) => {
-                self.stat(HttpStat::RqRedirect);
-                self.redirect(r, authority, path, &mods).await
-            }
-            Action::Forward(f) => {
+            Decision::Forward(fw) => {
+                let f: &Forward = fw.f;
                 if upgrading {
                     let kind = match &self.upgrade {
                         Some(v) => &self.buf[v.clone()],
@@ -555,10 +487,16 @@ impl Connection {
                     // Boxed, like the other cold paths below: see `forward`.
                     return Box::pin(self.terminate_connect(f)).await;
                 }
-                let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
                 let limit = crate::http::h2::server::stream_limit(f, &self.buf, &self.head);
-                let forward =
-                    self.forward(f, weighted, prefix_len, authority, path, req_mods, mods);
+                let forward = self.forward(
+                    f,
+                    fw.weighted,
+                    fw.prefix_len,
+                    authority,
+                    path,
+                    fw.req_mods,
+                    fw.resp_mods,
+                );
                 match limit {
                     None => forward.await,
                     Some(d) => match monoio::time::timeout(d, forward).await {

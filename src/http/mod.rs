@@ -12,5 +12,6 @@ pub mod h1;
 pub mod h2;
 pub mod local_reply;
 pub mod log;
+pub(crate) mod request;
 pub mod trust;
 pub mod write_headers;

@@ -9,30 +9,10 @@ use crate::http::h1::BodyKind;
 use crate::http::local_reply::reply_for;
 use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
-use crate::model::route::Redirect;
 
 use super::*;
 
 impl Connection {
-    pub(super) async fn redirect(
-        &mut self,
-        r: &Redirect,
-        authority: std::ops::Range<usize>,
-        path: std::ops::Range<usize>,
-        mods: &[&HeaderMods],
-    ) -> Result<Next, HttpError> {
-        let location = redirect_location(
-            r,
-            self.bytes(&authority),
-            self.bytes(&path),
-            self.log.route_prefix_len,
-        );
-        let close = self.must_close();
-        self.write_simple(r.status, b"", Some(&location), mods, close)
-            .await?;
-        self.finish_or_close(close).await
-    }
-
     /// After a local answer: skip any request body so the connection can be reused.
     pub(super) async fn finish_or_close(&mut self, close: bool) -> Result<Next, HttpError> {
         if close || !self.skip_request_body().await {

@@ -22,16 +22,17 @@ use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
 use crate::http::flags::ResponseFlags;
-use crate::http::forwarding::{kept_authority, redirect_location, with_timeout};
-use crate::http::h1::{self, HeadError, RequestHead, RequestRef};
+use crate::http::forwarding::{kept_authority, with_timeout};
+use crate::http::h1::{self, HeadError, RequestHead};
 use crate::http::h2::flood::FloodGuard;
 use crate::http::local_reply::reply_for;
 use crate::http::log::{self, Entry};
+use crate::http::request::{route_table, Decision};
 use crate::http::write_headers;
 use crate::io::Rewind;
 use crate::model::headers::HeaderMods;
-use crate::model::route::{Action, Forward, PathMatch};
-use crate::model::{HttpConnectionManager, RouteSource, Snapshot, UnderscoreAction};
+use crate::model::route::Forward;
+use crate::model::{HttpConnectionManager, Snapshot, UnderscoreAction};
 use crate::stats::{status_class_index, HttpStat};
 
 /// Serves one downstream HTTP/2 connection until it closes. `prefix` holds bytes already
@@ -361,97 +362,26 @@ impl Stream {
         );
         let authority = authority.start..authority.start + keep;
         let path = self.head.target.clone();
-        self.log.authority = authority.clone();
-        self.log.path = path.clone();
-        let hcm = self.hcm.clone();
-        let snapshot = self.snapshot.clone();
-        let routes = match &hcm.routes {
-            RouteSource::Static(t) => t.clone(),
-            RouteSource::Rds(name) => match snapshot.route_configs.get(name) {
-                Some(t) => t.clone(),
-                None => return Err(HttpError::NoRoute),
-            },
-        };
-        let req = RequestRef {
-            buf: &self.buf,
-            head: &self.head,
-            authority: &self.buf[authority.clone()],
-            path: &self.buf[path.clone()],
-        };
-        let m = routes.find(&req);
-        let weighted = crate::http::forwarding::forward_target(m.as_ref());
-        if !hcm.filters.is_empty() {
-            let routed = crate::http::filter::Routed {
-                table: &routes,
-                m: m.as_ref(),
-                weighted,
-            };
-            let mut from = None;
-            while let crate::http::filter::Step::Delay(d, resume) =
-                crate::http::filter::decode_headers(self, &routed, from)?
-            {
-                monoio::time::sleep(d).await;
-                from = Some(resume);
-            }
-        }
-        let Some(m) = m else {
-            return Err(HttpError::NoRoute);
-        };
-        if !hcm.access_logs.is_empty() {
-            self.log.route = Some(m.route.name.clone());
-        }
-        let prefix_len = match &m.route.path {
-            PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
-            _ => None,
-        };
-        self.log.route_prefix_len = prefix_len.unwrap_or(0);
-        let mods: [&HeaderMods; 3] = [
-            &m.route.response_headers,
-            &m.vhost.response_headers,
-            &routes.response_headers,
-        ];
-        if crate::http::forwarding::requires_tls_redirect(self, m.vhost.require_tls) {
-            let r = crate::model::route::Redirect {
-                scheme: Some("https".into()),
-                host: None,
-                port: None,
-                path: crate::model::route::RedirectPath::Keep,
-                status: 301,
-                strip_query: false,
-            };
-            let location = redirect_location(&r, &self.buf[authority], &self.buf[path], 0);
-            self.simple(respond, 301, b"", Some(&location), &[]);
-            return Ok(());
-        }
-        match &m.route.action {
-            Action::Direct(d) => {
-                self.stat(HttpStat::RqDirectResponse);
-                let location = crate::http::forwarding::direct_location(
-                    self,
-                    d.status,
-                    &self.buf[authority],
-                    &self.buf[path],
-                );
-                self.simple(respond, d.status, &d.body, location.as_deref(), &mods);
+        let routes = route_table(&self.hcm, &self.snapshot)?;
+        match crate::http::request::route(self, &routes, &authority, &path).await? {
+            Decision::Answer(a) => {
+                self.simple(respond, a.status, a.body, a.location.as_deref(), &a.mods);
                 Ok(())
             }
-            Action::Redirect(r) => {
-                self.stat(HttpStat::RqRedirect);
-                let location = redirect_location(
-                    r,
-                    &self.buf[authority],
-                    &self.buf[path],
-                    self.log.route_prefix_len,
-                );
-                self.simple(respond, r.status, b"", Some(&location), &mods);
-                Ok(())
-            }
-            Action::Forward(f) => {
-                let req_mods = [&m.route.request_headers, &m.vhost.headers, &routes.headers];
+            Decision::Forward(fw) => {
+                let f: &Forward = fw.f;
                 let limit = stream_limit(f, &self.buf, &self.head);
                 let end = body.is_end_stream();
                 let forward = self.forward(
-                    f, weighted, prefix_len, authority, path, req_mods, mods, body, respond,
+                    f,
+                    fw.weighted,
+                    fw.prefix_len,
+                    authority,
+                    path,
+                    fw.req_mods,
+                    fw.resp_mods,
+                    body,
+                    respond,
                 );
                 match limit {
                     None => forward.await,
