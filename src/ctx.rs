@@ -101,6 +101,30 @@ impl CoreCtx {
     }
 }
 
+impl UpstreamRequest<'_> {
+    /// The response arrived whole: `upstream_rq_completed`, and `upstream_rq_time` since
+    /// the request was sent. Returns the time it read, for the downstream request's own
+    /// histogram (one clock read for both).
+    pub fn complete(&self, sent: std::time::Instant) -> std::time::Instant {
+        self.complete_at(sent, std::time::Instant::now())
+    }
+
+    /// As [`UpstreamRequest::complete`], the response having ended at `now`.
+    pub fn complete_at(
+        &self,
+        sent: std::time::Instant,
+        now: std::time::Instant,
+    ) -> std::time::Instant {
+        let cells = self.cluster.stats.core(self.ctx.core);
+        cells.inc(crate::stats::ClusterStat::UpstreamRqCompleted as usize);
+        cells.record(
+            crate::stats::ClusterHistogram::UpstreamRqTime as usize,
+            now.saturating_duration_since(sent).as_millis() as u64,
+        );
+        now
+    }
+}
+
 impl Drop for UpstreamRequest<'_> {
     fn drop(&mut self) {
         let (ctx, cluster) = (self.ctx, self.cluster);

@@ -10,6 +10,9 @@
 #![allow(clippy::disallowed_types)]
 
 use std::collections::BTreeMap;
+
+mod histogram;
+pub use histogram::{HistValue, BOUNDS as HISTOGRAM_BOUNDS, QUANTILES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -21,6 +24,8 @@ pub trait StatNames: 'static + Send + Sync {
     const NAMES: &'static [&'static str];
     /// Which of them are gauges (may go down); all others are counters.
     const GAUGES: &'static [usize] = &[];
+    /// The family's histograms (milliseconds), indexed as the family's histogram enum.
+    const HISTOGRAMS: &'static [&'static str] = &[];
     /// Whether a stat is listed only once it moved (Envoy creates such stats on first use).
     const LAZY: bool = false;
     /// The name prefix of the family's per-status-code counters (`upstream_rq_` gives
@@ -42,14 +47,28 @@ pub struct CoreCells {
     /// Per-status-code counters, made on this core's first response for the scope (most
     /// scopes never see traffic on most cores, so none pays 4 KB for nothing).
     codes: OnceLock<Box<[AtomicU64]>>,
+    /// Histogram cells, made on this core's first record for the scope.
+    hists: OnceLock<Box<[histogram::HistCells]>>,
+    n_hists: usize,
 }
 
 impl CoreCells {
-    fn new(n: usize) -> Self {
+    fn new(n: usize, n_hists: usize) -> Self {
         CoreCells {
             cells: (0..n).map(|_| AtomicU64::new(0)).collect(),
             codes: OnceLock::new(),
+            hists: OnceLock::new(),
+            n_hists,
         }
+    }
+
+    /// Records `ms` in histogram `idx` of the family.
+    #[inline]
+    pub fn record(&self, idx: usize, ms: u64) {
+        let hists = self
+            .hists
+            .get_or_init(|| (0..self.n_hists).map(|_| Default::default()).collect());
+        hists[idx].record(ms);
     }
 
     /// Counts a response with `status` in its class counter (the family's `…_1xx` is
@@ -103,6 +122,8 @@ pub struct Scope {
     codes: &'static str,
     /// `StatNames::LAZY`.
     lazy: bool,
+    /// `StatNames::HISTOGRAMS`.
+    histograms: &'static [&'static str],
 }
 
 impl Scope {
@@ -179,13 +200,34 @@ impl Store {
                     prefix: prefix.to_string(),
                     names: S::NAMES,
                     gauges: S::GAUGES,
-                    cores: (0..self.cores).map(|_| CoreCells::new(S::N)).collect(),
+                    cores: (0..self.cores)
+                        .map(|_| CoreCells::new(S::N, S::HISTOGRAMS.len()))
+                        .collect(),
                     per_worker,
                     codes: S::CODES,
                     lazy: S::LAZY,
+                    histograms: S::HISTOGRAMS,
                 })
             })
             .clone()
+    }
+
+    /// Every histogram, merged over cores, sorted by name.
+    pub fn histograms(&self) -> Vec<HistValue> {
+        let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for scope in scopes.values() {
+            for (i, name) in scope.histograms.iter().enumerate() {
+                let cells = scope
+                    .cores
+                    .iter()
+                    .filter_map(|c| c.hists.get())
+                    .map(|h| &h[i]);
+                out.push(HistValue::merge(format!("{}{}", scope.prefix, name), cells));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Every stat, sorted by name.
@@ -261,7 +303,7 @@ macro_rules! stat_family {
             const LAZY: bool = true;
         }
     };
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)?) => {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)? $(histograms [$($h:literal),*])?) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
@@ -271,6 +313,7 @@ macro_rules! stat_family {
             const NAMES: &'static [&'static str] = &[$($s),+];
             const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
             $(const CODES: &'static str = $c;)?
+            $(const HISTOGRAMS: &'static [&'static str] = &[$($h),*];)?
         }
     };
 }
@@ -352,6 +395,7 @@ stat_family! {
         DownstreamCxUpgradesTotal = "downstream_cx_upgrades_total",
         DownstreamCxUpgradesActive = "downstream_cx_upgrades_active",
     } gauges [DownstreamCxActive, DownstreamRqActive, DownstreamCxUpgradesActive]
+      histograms ["downstream_rq_time"]
 }
 
 stat_family! {
@@ -408,6 +452,7 @@ stat_family! {
         UpdateRejected = "update_rejected",
         UpdateEmpty = "update_empty",
     } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal] codes "upstream_rq_"
+      histograms ["upstream_rq_time", "upstream_cx_connect_ms"]
 }
 
 stat_family! {
@@ -477,6 +522,19 @@ stat_family! {
     } gauges []
 }
 
+/// Histograms of `ClusterStat` scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterHistogram {
+    UpstreamRqTime = 0,
+    UpstreamCxConnectMs = 1,
+}
+
+/// Histograms of `HttpStat` scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpHistogram {
+    DownstreamRqTime = 0,
+}
+
 /// Adds one to `HttpStat::DownstreamRqNxx` style families by status class.
 pub fn status_class_index(status: u16, base_1xx: usize) -> usize {
     base_1xx + (status / 100).clamp(1, 5) as usize - 1
@@ -485,6 +543,24 @@ pub fn status_class_index(status: u16, base_1xx: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_enums_index_their_names() {
+        let c = <ClusterStat as StatNames>::HISTOGRAMS;
+        assert_eq!(
+            c[ClusterHistogram::UpstreamRqTime as usize],
+            "upstream_rq_time"
+        );
+        assert_eq!(
+            c[ClusterHistogram::UpstreamCxConnectMs as usize],
+            "upstream_cx_connect_ms"
+        );
+        let h = <HttpStat as StatNames>::HISTOGRAMS;
+        assert_eq!(
+            h[HttpHistogram::DownstreamRqTime as usize],
+            "downstream_rq_time"
+        );
+    }
 
     #[test]
     fn cells_sum_across_cores_and_gauges_go_down() {

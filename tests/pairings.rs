@@ -141,3 +141,90 @@ async fn every_codec_pairing_counts_requests_in_flight_and_balances_on_them() {
         }
     }
 }
+
+/// The `_count` of a histogram in `/stats/prometheus`, for the sample with `labels`.
+async fn histogram_count(p: &Proxy, family: &str, labels: &str) -> u64 {
+    let (_, text) = p.admin_get("/stats/prometheus").await;
+    let line = format!("{family}_count{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_pairing_records_the_timing_histograms() {
+    let a = Backend::start("a").await;
+    let (c, _) = h2_upstream().await;
+    let clusters = format!(
+        "[{}, {}]",
+        cluster("one", &[a.addr], ""),
+        cluster("two", &[c], "http2_protocol_options: {},"),
+    );
+    let vhosts = "[{name: all, domains: ['*'], routes: [
+        {match: {prefix: /h1/}, route: {cluster: one, prefix_rewrite: /}},
+        {match: {prefix: /h2/}, route: {cluster: two, prefix_rewrite: /}}]}]";
+    let p = Proxy::start(&config("", vhosts, &clusters), &one_core("legacy")).await;
+    let addr = p.addr();
+    let (_, text) = p.admin_get("/stats").await;
+    assert!(
+        text.contains("cluster.one.upstream_rq_time: No recorded values"),
+        "{text}"
+    );
+    for (down_h2, up) in [(false, "h1"), (false, "h2"), (true, "h1"), (true, "h2")] {
+        assert_eq!(get(addr, format!("/{up}/sleep/30"), down_h2).await, 200);
+    }
+    let one = "envoy_cluster_name=\"one\"";
+    let two = "envoy_cluster_name=\"two\"";
+    assert_eq!(
+        histogram_count(&p, "envoy_cluster_upstream_rq_time", one).await,
+        2
+    );
+    assert_eq!(
+        histogram_count(&p, "envoy_cluster_upstream_rq_time", two).await,
+        2
+    );
+    // One HTTP/2 connection to `two`; `one` opened a connection per HTTP/1.1 request it
+    // could not reuse.
+    assert_eq!(
+        histogram_count(&p, "envoy_cluster_upstream_cx_connect_ms", two).await,
+        1
+    );
+    assert!(histogram_count(&p, "envoy_cluster_upstream_cx_connect_ms", one).await >= 1);
+    let ingress = "envoy_http_conn_manager_prefix=\"ingress\"";
+    assert_eq!(
+        histogram_count(&p, "envoy_http_downstream_rq_time", ingress).await,
+        4
+    );
+    // Every upstream request took the upstream's 30 ms: none is in the 25 ms bucket.
+    let (_, prom) = p.admin_get("/stats/prometheus").await;
+    assert!(
+        prom.contains(
+            "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"two\",le=\"25\"} 0"
+        ),
+        "{prom}"
+    );
+    assert!(prom.contains(
+        "envoy_cluster_upstream_rq_time_bucket{envoy_cluster_name=\"two\",le=\"+Inf\"} 2"
+    ));
+    // The text form: quantiles with the cumulative value, all at least 30 ms.
+    let (_, text) = p
+        .admin_get("/stats?filter=cluster.two.upstream_rq_time")
+        .await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cluster.two.upstream_rq_time: "))
+        .unwrap();
+    assert!(
+        line.starts_with("cluster.two.upstream_rq_time: P0(nan,"),
+        "{line}"
+    );
+    let p0: f64 = line["cluster.two.upstream_rq_time: P0(nan,".len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(p0 >= 30.0, "{line}");
+}

@@ -127,20 +127,34 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 .into_iter()
                 .filter(|s| filter.as_ref().is_none_or(|f| f.is_match(&s.name)))
                 .collect();
+            let hists: Vec<_> = state
+                .stats
+                .histograms()
+                .into_iter()
+                .filter(|h| filter.as_ref().is_none_or(|f| f.is_match(&h.name)))
+                .collect();
             if params.get("format") == Some(&"json") {
-                let list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value})).collect();
+                let mut list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value})).collect();
+                list.push(histograms_json(&hists));
                 (200, json_ct, serde_json::to_vec_pretty(&json!({ "stats": list })).unwrap_or_default())
             } else if params.get("format") == Some(&"prometheus") {
-                (200, "text/plain; version=0.0.4", prometheus(&stats).into_bytes())
+                (200, "text/plain; version=0.0.4", prometheus(&stats, &hists).into_bytes())
             } else {
                 let mut out = String::new();
                 for s in &stats {
                     let _ = writeln!(out, "{}: {}", s.name, s.value);
                 }
+                for h in &hists {
+                    let _ = writeln!(out, "{}: {}", h.name, quantiles_text(h));
+                }
                 (200, text_ct, out.into_bytes())
             }
         }
-        ("GET", "/stats/prometheus") => (200, "text/plain; version=0.0.4", prometheus(&state.stats.snapshot()).into_bytes()),
+        ("GET", "/stats/prometheus") => (
+            200,
+            "text/plain; version=0.0.4",
+            prometheus(&state.stats.snapshot(), &state.stats.histograms()).into_bytes(),
+        ),
         ("GET", "/config_dump") => (200, json_ct, serde_json::to_vec_pretty(&config_dump(state)).unwrap_or_default()),
         ("GET", "/server_info") => {
             let snap = state.snapshot.load();
@@ -241,8 +255,41 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A histogram as Envoy's `/stats` prints it: each quantile as `P<q>(interval,cumulative)`.
+/// Ringside keeps no flush intervals, so the interval value is `nan`, as Envoy prints it
+/// for an interval without samples.
+fn quantiles_text(h: &crate::stats::HistValue) -> String {
+    if h.count == 0 {
+        return "No recorded values".into();
+    }
+    let mut out = String::new();
+    for q in crate::stats::QUANTILES {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let v = h.quantile(q).unwrap_or(f64::NAN);
+        let _ = write!(out, "P{q}(nan,{v})");
+    }
+    out
+}
+
+/// Envoy's JSON form of histograms: an entry of the `stats` list.
+fn histograms_json(hists: &[crate::stats::HistValue]) -> Value {
+    let computed: Vec<Value> = hists
+        .iter()
+        .map(|h| {
+            let values: Vec<Value> = crate::stats::QUANTILES
+                .iter()
+                .map(|&q| json!({"interval": null, "cumulative": h.quantile(q)}))
+                .collect();
+            json!({"name": h.name, "values": values})
+        })
+        .collect();
+    json!({"histograms": {"supported_quantiles": crate::stats::QUANTILES, "computed_quantiles": computed}})
+}
+
 /// Envoy-style Prometheus names: the well-known scope names become labels.
-fn prometheus(stats: &[crate::stats::StatValue]) -> String {
+fn prometheus(stats: &[crate::stats::StatValue], hists: &[crate::stats::HistValue]) -> String {
     let mut families: std::collections::BTreeMap<String, (bool, Vec<(String, i64)>)> =
         Default::default();
     for s in stats {
@@ -259,6 +306,29 @@ fn prometheus(stats: &[crate::stats::StatValue]) -> String {
         );
         for (labels, v) in samples {
             let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    }
+    // Histograms: cumulative buckets at Envoy's bounds, then sum and count.
+    let mut families: std::collections::BTreeMap<String, Vec<(String, &crate::stats::HistValue)>> =
+        Default::default();
+    for h in hists {
+        let (name, labels) = prometheus_name(&h.name);
+        families.entry(name).or_default().push((labels, h));
+    }
+    for (name, samples) in families {
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (labels, h) in samples {
+            let inner = labels.trim_start_matches('{').trim_end_matches('}');
+            let sep = if inner.is_empty() { "" } else { "," };
+            for (i, c) in h.cumulative.iter().enumerate() {
+                let le = match crate::stats::HISTOGRAM_BOUNDS.get(i) {
+                    Some(b) => b.to_string(),
+                    None => "+Inf".into(),
+                };
+                let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"{le}\"}} {c}");
+            }
+            let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{labels} {}", h.count);
         }
     }
     out

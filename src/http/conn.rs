@@ -19,7 +19,7 @@ use crate::http::log;
 use crate::http::request::{route_table, Decision};
 use crate::model::route::Forward;
 use crate::model::{Codec, HttpConnectionManager, Snapshot, UnderscoreAction};
-use crate::stats::{status_class_index, HttpStat};
+use crate::stats::{status_class_index, HttpHistogram, HttpStat};
 
 mod forward;
 mod reply;
@@ -119,6 +119,7 @@ async fn serve_h1(
         snapshot,
         log: log::Entry::default(),
         filters: Default::default(),
+        finished: None,
     };
     let cells = conn.hcm.stats.clone();
     let c = cells.core(conn.ctx.core);
@@ -161,6 +162,8 @@ pub(crate) struct Connection {
     snapshot: Arc<Snapshot>,
     pub(crate) log: log::Entry,
     filters: crate::http::filter::State,
+    /// When the upstream response ended (read once for both timing histograms).
+    finished: Option<Instant>,
 }
 
 impl crate::http::exchange::Exchange for Connection {
@@ -264,6 +267,8 @@ impl Connection {
                 }
             }
             self.requests += 1;
+            // One clock read per request when no access log already took it.
+            let started = self.log.started.unwrap_or_else(Instant::now);
             self.ctx.refresh(&mut self.snapshot);
             self.stat(HttpStat::DownstreamRqTotal);
             self.stat(HttpStat::DownstreamRqHttp1Total);
@@ -273,7 +278,13 @@ impl Connection {
             let counted = ctx.request_started();
             let next = self.request().await;
             drop(counted);
-            self.hcm.stats.core(self.ctx.core).dec(active);
+            let cells = self.hcm.stats.core(self.ctx.core);
+            cells.dec(active);
+            let end = self.finished.take().unwrap_or_else(Instant::now);
+            cells.record(
+                HttpHistogram::DownstreamRqTime as usize,
+                end.saturating_duration_since(started).as_millis() as u64,
+            );
             self.stat(HttpStat::DownstreamRqCompleted);
             if matches!(next, Next::Close) {
                 return;

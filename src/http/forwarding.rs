@@ -317,9 +317,12 @@ pub(crate) enum RespError {
 pub(crate) async fn read_response_head(
     up: &mut UpstreamConn,
     resp: &mut ResponseHead,
+    now: Instant,
     deadline: Option<Instant>,
     idle: Option<Duration>,
 ) -> Result<(), RespError> {
+    // The caller's clock reading serves the first wait.
+    let mut now = Some(now);
     loop {
         if !up.buf.is_empty() {
             match h1::parse_response(&up.buf, 64 * 1024, resp) {
@@ -337,7 +340,7 @@ pub(crate) async fn read_response_head(
         let read = crate::io::read_more(&mut up.stream, buf);
         // Whichever comes first, the route's deadline or the idle limit; as an instant, so
         // the clock is read once (a Duration timeout reads it again).
-        let idle_at = idle.and_then(|i| Instant::now().checked_add(i));
+        let idle_at = idle.and_then(|i| now.take().unwrap_or_else(Instant::now).checked_add(i));
         let (at, is_deadline) = match (deadline, idle_at) {
             (Some(d), Some(i)) if d <= i => (Some(d), true),
             (Some(_), Some(i)) => (Some(i), false),

@@ -235,6 +235,7 @@ pub async fn connect_stream(addr: SocketAddr, source: Option<SocketAddr>) -> io:
 /// counted in `upstream_cx_total` and `upstream_cx_active` (the caller releases the latter).
 async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream, ConnectError> {
     let stats = cluster.stats.core(core);
+    let started = Instant::now();
     let connect = connect_stream(ep.address, cluster.bind_source);
     let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
@@ -250,6 +251,10 @@ async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream
         }
     };
     let _ = stream.set_nodelay(true);
+    stats.record(
+        crate::stats::ClusterHistogram::UpstreamCxConnectMs as usize,
+        started.elapsed().as_millis() as u64,
+    );
     stats.inc(ClusterStat::UpstreamCxTotal as usize);
     stats.inc(ClusterStat::UpstreamCxActive as usize);
     Ok(stream)

@@ -74,7 +74,7 @@ impl Connection {
 
         // In flight from here to the end of the exchange, whatever ends it.
         let ctx = self.ctx.clone();
-        let _in_flight = ctx.upstream_request(cluster, ep.address);
+        let in_flight = ctx.upstream_request(cluster, ep.address);
         // From here the request body starts to be consumed: errors close the connection
         // unless the whole body went through.
         let mut out = std::mem::take(&mut self.out);
@@ -162,7 +162,8 @@ impl Connection {
                 self.log.bytes_received = req_body.bytes;
                 let sent = Instant::now();
                 let r =
-                    read_response_head(&mut up, &mut resp, route_deadline(sent), stream_idle).await;
+                    read_response_head(&mut up, &mut resp, sent, route_deadline(sent), stream_idle)
+                        .await;
                 match r {
                     Ok(()) => break (up, sent),
                     Err(RespError::Closed) => true,
@@ -223,7 +224,8 @@ impl Connection {
         self.head.body = BodyKind::None;
 
         // Response head.
-        let service_time = sent_at.elapsed().as_millis() as u64;
+        let head_at = Instant::now();
+        let service_time = head_at.saturating_duration_since(sent_at).as_millis() as u64;
         self.log.service_time_ms = (!self.hcm.suppress_envoy_headers).then_some(service_time);
         let head_request = self.is_head_request();
         let kind = resp.body(head_request);
@@ -277,6 +279,8 @@ impl Connection {
             self.resp_head = resp;
             return Ok(Box::pin(self.tunnel(up, cluster, stream_idle)).await);
         }
+        // When the body came whole with the head, the upstream response ended then.
+        let body_with_head = resp_body.done();
         if !resp_body.done() {
             let r = forward_body(
                 &mut up.stream,
@@ -312,7 +316,11 @@ impl Connection {
             ClusterStat::UpstreamCxRxBytesTotal as usize,
             (resp.len as u64) + resp_body.bytes,
         );
-        cstats.inc(ClusterStat::UpstreamRqCompleted as usize);
+        self.finished = Some(if body_with_head {
+            in_flight.complete_at(sent_at, head_at)
+        } else {
+            in_flight.complete(sent_at)
+        });
         // Back to the pool when the exchange ended cleanly.
         let reusable = kind != BodyKind::UntilClose
             && !resp.close

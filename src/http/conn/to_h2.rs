@@ -79,7 +79,7 @@ impl Connection {
         let end = self.head.body == BodyKind::None;
         cs.inc(ClusterStat::UpstreamRqTotal as usize);
         let ctx = self.ctx.clone();
-        let _in_flight = ctx.upstream_request(cluster, hop.ep.address);
+        let in_flight = ctx.upstream_request(cluster, hop.ep.address);
         let (resp_fut, mut tx) = send
             .send_request(req, end)
             .map_err(|_| HttpError::UpstreamReset)?;
@@ -226,7 +226,7 @@ impl Connection {
             out = Vec::new();
         }
         self.out = out;
-        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
+        self.finished = Some(in_flight.complete(sent));
         Ok(if close { Next::Close } else { Next::KeepAlive })
     }
 

@@ -194,6 +194,7 @@ async fn stream_task(
         responded: false,
         client_reset: false,
         filters: Default::default(),
+        finished: None,
     };
     s.run(req, &mut respond).await;
     s.client_reset
@@ -215,6 +216,8 @@ struct Stream {
     /// The client reset the stream (counted by the rapid-reset guard).
     client_reset: bool,
     filters: crate::http::filter::State,
+    /// When the upstream response ended (read once for both timing histograms).
+    finished: Option<Instant>,
 }
 
 impl Exchange for Stream {
@@ -301,6 +304,7 @@ impl Stream {
 
     async fn run(&mut self, req: Request<RecvStream>, respond: &mut SendResponse<Bytes>) {
         self.log.start(!self.hcm.access_logs.is_empty());
+        let started = self.log.started.unwrap_or_else(Instant::now);
         self.stat(HttpStat::DownstreamRqTotal);
         self.stat(HttpStat::DownstreamRqHttp2Total);
         let cells = self.hcm.stats.clone();
@@ -326,6 +330,11 @@ impl Stream {
         }
         log::write(&self.ctx, self);
         c.dec(HttpStat::DownstreamRqActive as usize);
+        let end = self.finished.take().unwrap_or_else(Instant::now);
+        c.record(
+            crate::stats::HttpHistogram::DownstreamRqTime as usize,
+            end.saturating_duration_since(started).as_millis() as u64,
+        );
         c.inc(HttpStat::DownstreamRqCompleted as usize);
     }
 

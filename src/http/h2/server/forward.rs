@@ -110,7 +110,7 @@ impl Stream {
         let end = body.is_end_stream();
         cs.inc(ClusterStat::UpstreamRqTotal as usize);
         let ctx = self.ctx.clone();
-        let _in_flight = ctx.upstream_request(up.cluster, up.ep.address);
+        let in_flight = ctx.upstream_request(up.cluster, up.ep.address);
         let (resp_fut, mut up_tx) = send
             .send_request(req, end)
             .map_err(|_| HttpError::UpstreamReset)?;
@@ -209,7 +209,7 @@ impl Stream {
                 }
             }
         }
-        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
+        self.finished = Some(in_flight.complete(sent));
         Ok(())
     }
 
@@ -281,7 +281,7 @@ impl Stream {
         let idle = up.f.idle_timeout.or(self.hcm.stream_idle_timeout);
         let mut head = head;
         let ctx = self.ctx.clone();
-        let _in_flight = ctx.upstream_request(up.cluster, up.ep.address);
+        let in_flight = ctx.upstream_request(up.cluster, up.ep.address);
         let sent = loop {
             conn.requests += 1;
             cs.inc(ClusterStat::UpstreamRqTotal as usize);
@@ -294,7 +294,7 @@ impl Stream {
             let r = match res {
                 Ok(_) => {
                     let deadline = up.f.timeout.map(|t| sent + t);
-                    read_response_head(&mut conn, &mut resp, deadline, idle).await
+                    read_response_head(&mut conn, &mut resp, sent, deadline, idle).await
                 }
                 Err(_) => Err(RespError::Closed),
             };
@@ -392,7 +392,7 @@ impl Stream {
         }
         self.log.bytes_sent = framing.bytes;
         conn.buf.drain(..at.min(conn.buf.len()));
-        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
+        self.finished = Some(in_flight.complete(sent));
         let reusable = kind != BodyKind::UntilClose
             && !resp.close
             && conn.buf.is_empty()
