@@ -87,7 +87,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     let mut statics = crate::xds::state::Static::from_snapshot(&snapshot);
     statics.sds_files = sds_files;
     if let Some(cfg) = &ads {
-        crate::xds::ads::target(cfg, &statics)
+        crate::xds::transport::target(cfg, &statics)
             .map_err(|e| StartError::Driver(format!("{origin}: {e}")))?;
     }
     let bound = crate::listener::bind_all(&snapshot, concurrency)?;
@@ -173,12 +173,13 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         // The control thread's xDS side: ADS when configured, and the watch on SDS files
         // (which also rotates the certificates of static listeners and clusters).
         if ads.is_some() || !statics.sds_files.is_empty() {
-            let ctl = crate::xds::ads::Control::new(publisher, statics, stats.clone(), initialized);
+            let ctl =
+                crate::xds::control::Control::new(publisher, statics, stats.clone(), initialized);
             let ctl = std::rc::Rc::new(std::cell::RefCell::new(ctl));
             tokio::task::spawn_local(crate::xds::sds::watch_files(ctl.clone()));
             if let Some(cfg) = ads {
                 let node = bootstrap.node.clone().unwrap_or_default();
-                tokio::task::spawn_local(crate::xds::ads::run(cfg, node, ctl));
+                tokio::task::spawn_local(crate::xds::client::run(cfg, node, ctl));
             }
         }
         let mut drain = state.drain.subscribe();

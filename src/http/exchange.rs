@@ -34,8 +34,6 @@ pub(crate) trait Exchange {
     fn upgrade(&self) -> Option<&Range<usize>>;
     /// `%PROTOCOL%`.
     fn protocol(&self) -> &'static [u8];
-    /// What the request's HTTP filters decided (read by the encode phase).
-    fn filter_state(&self) -> &crate::http::filter::State;
 }
 
 /// What one request leaves for its log line.

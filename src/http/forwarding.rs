@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBuf;
-use monoio::net::TcpStream;
 
 use crate::ctx::{CoreCtx, Downstream};
 use crate::http::error::HttpError;
@@ -258,32 +257,6 @@ pub(crate) fn kept_authority(mode: StripPort, local_port: u16, a: &[u8]) -> usiz
         colon
     } else {
         a.len()
-    }
-}
-
-/// Reads until `buf` holds the HTTP/2 preface or bytes that cannot begin it. False: the
-/// client closed (or timed out) before sending enough to tell.
-pub(super) async fn sniff_preface(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    limit: Option<Duration>,
-) -> bool {
-    let preface = crate::http::h2::PREFACE;
-    loop {
-        let n = buf.len().min(preface.len());
-        if buf[..n] != preface[..n] || n == preface.len() {
-            return true;
-        }
-        buf.reserve(BUF);
-        let taken = std::mem::take(buf);
-        let Some((res, b)) = with_timeout(limit, crate::io::read_more(stream, taken)).await else {
-            return false;
-        };
-        *buf = b;
-        match res {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
     }
 }
 

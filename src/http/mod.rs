@@ -5,6 +5,7 @@ pub mod body;
 pub mod conn;
 pub mod error;
 pub(crate) mod exchange;
+pub(crate) mod fields;
 pub(crate) mod filter;
 pub mod flags;
 pub mod forwarding;

@@ -5,28 +5,13 @@ use std::io::Write as _;
 use std::ops::Range;
 
 use crate::http::exchange::Exchange;
+use crate::http::fields::{header, header_lower, write_adds};
+use crate::http::filter::FilterHost;
 use crate::http::h1::{bodyless_method, header_value, BodyKind, ResponseHead};
 use crate::http::trust;
-use crate::model::format::{Command, Context};
-use crate::model::headers::{is_hop_by_hop, AppendAction, HeaderMods};
+use crate::model::headers::{is_hop_by_hop, HeaderMods};
 use crate::model::route::Forward;
 use crate::model::{ServerHeader, UnderscoreAction};
-
-/// Appends `name: value\r\n`.
-pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Appends `name: value\r\n` with the name lower-cased, as Envoy's HTTP/1 codec writes it.
-pub fn header_lower(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend(name.iter().map(u8::to_ascii_lowercase));
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
 
 /// True when a `Connection` header of the message nominates `name` as hop-by-hop.
 fn nominated(buf: &[u8], headers: &[(Range<usize>, Range<usize>)], name: &[u8]) -> bool {
@@ -38,64 +23,8 @@ fn nominated(buf: &[u8], headers: &[(Range<usize>, Range<usize>)], name: &[u8]) 
     })
 }
 
-/// Request-side values for `%...%` in header values.
-struct ReqCtx<'a, E: ?Sized>(&'a E);
-
-impl<E: Exchange + ?Sized> Context for ReqCtx<'_, E> {
-    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
-        crate::http::log::write_command(self.0, cmd, out)
-    }
-}
-
 fn dropped_by(mods: &[&HeaderMods], name: &[u8]) -> bool {
     mods.iter().any(|m| m.drops(name))
-}
-
-/// Writes the additions of `mods` (most specific first); `present` tells whether the
-/// message already carried a header.
-pub(crate) fn write_adds<E: Exchange + ?Sized>(
-    out: &mut Vec<u8>,
-    mods: &[&HeaderMods],
-    conn: &E,
-    present: &dyn Fn(&[u8]) -> bool,
-) {
-    let ctx = ReqCtx(conn);
-    for (level, m) in mods.iter().enumerate() {
-        for add in &m.add {
-            let name = add.name.as_bytes();
-            // A less specific level that overwrites the same header wins (Envoy's default).
-            let overwritten_later = mods[level + 1..].iter().any(|l| {
-                l.add.iter().any(|a| {
-                    a.name == add.name
-                        && matches!(
-                            a.action,
-                            AppendAction::OverwriteIfExistsOrAdd | AppendAction::OverwriteIfExists
-                        )
-                })
-            });
-            if overwritten_later {
-                continue;
-            }
-            let write = match add.action {
-                AppendAction::AppendIfExistsOrAdd | AppendAction::OverwriteIfExistsOrAdd => true,
-                AppendAction::AddIfAbsent => !present(name),
-                AppendAction::OverwriteIfExists => present(name),
-            };
-            if !write {
-                continue;
-            }
-            let mark = out.len();
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            let value_start = out.len();
-            add.value.write(&ctx, b"", out);
-            if out.len() == value_start && !add.keep_empty {
-                out.truncate(mark);
-                continue;
-            }
-            out.extend_from_slice(b"\r\n");
-        }
-    }
 }
 
 /// The scheme of the request as the next hop is told it (`x-forwarded-proto`): the
@@ -279,7 +208,7 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 
 /// The response head sent downstream for an upstream response.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn response_head<E: Exchange + ?Sized>(
+pub(crate) fn response_head<E: FilterHost + ?Sized>(
     out: &mut Vec<u8>,
     conn: &E,
     up: &[u8],
@@ -403,7 +332,7 @@ pub(crate) fn response_head<E: Exchange + ?Sized>(
 /// The head of a response the proxy makes itself (a text body of `body_len` bytes, a
 /// redirect's `location`), up to but not including the blank line: the codec adds its own
 /// connection headers.
-pub(crate) fn local_head<E: Exchange + ?Sized>(
+pub(crate) fn local_head<E: FilterHost + ?Sized>(
     out: &mut Vec<u8>,
     conn: &E,
     status: u16,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::headers::HeaderMods;
-use super::route::{HeaderMatch, StringMatcher};
+use super::matcher::{HeaderMatch, StringMatcher};
 use crate::stats::Scope;
 
 /// The filters of one connection manager, in their configured order; the router, always

@@ -15,6 +15,7 @@ pub mod convert;
 pub mod filter;
 pub mod format;
 pub mod headers;
+pub mod matcher;
 pub mod ratelimit;
 pub mod route;
 pub mod tls;

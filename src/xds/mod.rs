@@ -2,8 +2,11 @@
 //! to the cores, and DNS for STRICT_DNS/LOGICAL_DNS clusters.
 
 pub mod ads;
+pub mod client;
+pub mod control;
 pub mod dns;
 pub mod publish;
 pub mod sds;
 pub mod state;
+pub mod transport;
 pub mod unknown;

@@ -19,8 +19,9 @@ use crate::proto::envoy::service::discovery::v3 as pb;
 use crate::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient as Client;
 use crate::proto::google::rpc::Status;
 
-use super::ads::{session, set_connected, Backoff, Control, StreamEnd, INVALID_ARGUMENT};
+use super::control::{set_connected, Control, INVALID_ARGUMENT};
 use super::state::{Kind, Update};
+use super::transport::{session, Backoff, StreamEnd};
 
 /// Starts one SDS stream for every cluster the resources name as an SDS source, as they
 /// appear. Runs for ever on the control thread's `LocalSet`.
@@ -60,7 +61,7 @@ async fn run(cluster: Arc<str>, node: Node, control: Rc<RefCell<Control>>) {
             }
             continue;
         }
-        let target = super::ads::target_of(&cluster, &control.borrow().statics, &path);
+        let target = super::transport::target_of(&cluster, &control.borrow().statics, &path);
         let (target, timeout) = match target {
             Ok(t) => t,
             Err(e) => {

@@ -457,141 +457,6 @@ impl Resources {
         });
         listeners.chain(clusters).min()
     }
-
-    /// Builds the snapshot the caches describe. `current` supplies endpoints that DNS
-    /// resolved since (static and dynamic DNS clusters).
-    pub fn assemble(&mut self, statics: &Static, current: &Snapshot) -> Snapshot {
-        let now = Instant::now();
-        self.promote(now);
-        let mut dump = DynamicDump::default();
-        let key = (
-            Arc::as_ptr(&self.clusters) as *const () as usize,
-            Arc::as_ptr(&self.endpoints) as *const () as usize,
-        );
-        let waiting = self.clusters.values().any(|h| {
-            h.fetch_timeout.is_some()
-                && h.model
-                    .eds_service
-                    .as_ref()
-                    .is_some_and(|s| !self.endpoints.contains_key(s))
-        });
-        let reuse = self.assembled_from == Some(key) && !waiting;
-        self.assembled_from = Some(key);
-        let endpoints_of = |c: &Arc<Cluster>| -> Option<Arc<Cluster>> {
-            match c.discovery {
-                Discovery::Eds => {
-                    let service = c.eds_service.as_deref().unwrap_or(&c.name);
-                    self.endpoints
-                        .get(service)
-                        .map(|e| Arc::new(c.with_endpoints(e.model.clone())))
-                }
-                Discovery::StrictDns | Discovery::LogicalDns => {
-                    // Keep what DNS resolved for the same hosts.
-                    Some(match current.cluster(&c.name) {
-                        Some(cur) if cur.dns_hosts == c.dns_hosts && !Arc::ptr_eq(cur, c) => {
-                            Arc::new(c.with_endpoints(cur.endpoints.clone()))
-                        }
-                        _ => c.clone(),
-                    })
-                }
-                Discovery::Static | Discovery::OriginalDst => Some(c.clone()),
-            }
-        };
-        let (clusters, cluster_index) = if reuse {
-            dump.clusters.clone_from(&current.dynamic.clusters);
-            dump.warming_clusters
-                .clone_from(&current.dynamic.warming_clusters);
-            dump.endpoints.clone_from(&current.dynamic.endpoints);
-            (current.clusters.clone(), current.cluster_index.clone())
-        } else {
-            let mut clusters = Vec::with_capacity(statics.clusters.len() + self.clusters.len());
-            for c in &statics.clusters {
-                clusters.push(endpoints_of(c).unwrap_or_else(|| c.clone()));
-            }
-            for h in self.clusters.values() {
-                if h.waiting_secret {
-                    dump.warming_clusters.push(h.entry.clone());
-                    continue;
-                }
-                match endpoints_of(&h.model) {
-                    Some(c) => {
-                        clusters.push(c);
-                        dump.clusters.push(h.entry.clone());
-                    }
-                    None if h.timed_out(now) => {
-                        clusters.push(h.model.clone());
-                        dump.clusters.push(h.entry.clone());
-                    }
-                    None => dump.warming_clusters.push(h.entry.clone()),
-                }
-            }
-            let index = clusters
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name.clone(), i))
-                .collect();
-            dump.endpoints = self.endpoints.values().map(|h| h.entry.clone()).collect();
-            (clusters, index)
-        };
-        let mut listeners = statics.listeners.clone();
-        for h in self.active.values() {
-            listeners.push(h.model.clone());
-            dump.listeners.push(h.entry.clone());
-        }
-        for (n, h) in self.listeners.iter() {
-            if !self
-                .active
-                .get(n)
-                .is_some_and(|a| Arc::ptr_eq(&a.model, &h.model))
-            {
-                dump.warming_listeners.push(h.entry.clone());
-            }
-        }
-        let mut route_configs = rustc_hash::FxHashMap::default();
-        for (n, h) in self.routes.iter() {
-            route_configs.insert(n.clone(), h.model.clone());
-            dump.route_configs.push(h.entry.clone());
-        }
-        dump.secrets = self.secrets.values().map(|h| h.entry.clone()).collect();
-        dump.warming_secrets = self
-            .all_secret_refs()
-            .into_iter()
-            .filter(|n| !self.secrets.contains_key(n))
-            .collect();
-        dump.versions = self
-            .versions
-            .iter()
-            .map(|(k, (v, t))| (k.type_url(), v.clone(), *t))
-            .collect();
-        Snapshot {
-            version: current.version + 1,
-            built_at: SystemTime::now(),
-            virtual_listeners: crate::model::virtual_index(&listeners),
-            listeners,
-            clusters,
-            cluster_index,
-            route_configs,
-            admin: statics.admin,
-            bootstrap: statics.bootstrap.clone(),
-            dynamic: Arc::new(dump),
-        }
-    }
-
-    /// Names of RDS resources whose connection managers' stat prefixes the `rds` stats
-    /// go under.
-    pub fn rds_stat_prefixes(&self, route: &str, statics: &Static) -> BTreeSet<String> {
-        let all = statics
-            .listeners
-            .iter()
-            .chain(self.listeners.values().map(|h| &h.model));
-        let mut out = BTreeSet::new();
-        for hcm in all.flat_map(|l| l.hcms()) {
-            if matches!(&hcm.routes, RouteSource::Rds(n) if **n == *route) {
-                out.insert(hcm.stat_prefix.clone());
-            }
-        }
-        out
-    }
 }
 
 /// An SDS server is reached through a static cluster (as Envoy requires of gRPC services):
@@ -719,6 +584,7 @@ fn rds_fetch_timeout(l: &PbListener) -> Option<Duration> {
     }
 }
 
+mod assemble;
 mod secrets;
 #[cfg(test)]
 mod tests;

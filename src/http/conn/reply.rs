@@ -78,7 +78,7 @@ impl Connection {
         out.clear();
         write_headers::local_head(&mut out, self, status, body.len(), location, mods);
         if close {
-            write_headers::header(&mut out, b"connection", b"close");
+            crate::http::fields::header(&mut out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
         if !head_request {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::{draw, FilterHost, Routed};
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
-use crate::http::write_headers::header;
+use crate::http::fields::header;
 use crate::model::filter::{CorsFilter, CorsPolicy, PerRoute};
 use crate::stats::CorsStat;
 

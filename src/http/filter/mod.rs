@@ -24,6 +24,8 @@ mod ratelimit;
 
 /// What an exchange lends its filters: the request, its log entry and filter state.
 pub(crate) trait FilterHost: Exchange {
+    /// What the request's HTTP filters decided (read by the encode phase).
+    fn filter_state(&self) -> &State;
     fn filter_state_mut(&mut self) -> &mut State;
     fn log_mut(&mut self) -> &mut Entry;
     fn core(&self) -> usize;
@@ -169,7 +171,7 @@ pub(crate) fn decode_headers<E: FilterHost>(
 
 /// Whether the encode phase sets response header `name` itself (an upstream's copy is
 /// dropped).
-pub(crate) fn overrides<E: Exchange + ?Sized>(x: &E, name: &[u8]) -> bool {
+pub(crate) fn overrides<E: FilterHost + ?Sized>(x: &E, name: &[u8]) -> bool {
     let s = x.filter_state();
     s.cors
         .as_ref()
@@ -178,7 +180,7 @@ pub(crate) fn overrides<E: Exchange + ?Sized>(x: &E, name: &[u8]) -> bool {
 
 /// The encode phase on a response head in HTTP/1 form (before its final CRLF): the
 /// headers filters add.
-pub(crate) fn encode_headers<E: Exchange + ?Sized>(x: &E, out: &mut Vec<u8>) {
+pub(crate) fn encode_headers<E: FilterHost + ?Sized>(x: &E, out: &mut Vec<u8>) {
     let s = x.filter_state();
     if let Some(r) = &s.ratelimit {
         ratelimit::encode(r, x, out);

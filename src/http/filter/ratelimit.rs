@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::{draw, FilterHost};
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
-use crate::http::write_headers::{header, write_adds};
+use crate::http::fields::{header, write_adds};
 use crate::model::filter::{LocalRateLimit, PerRoute};
 use crate::stats::LocalRateLimitStat;
 

@@ -262,15 +262,15 @@ impl Exchange for Stream {
     fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
         None
     }
-    fn filter_state(&self) -> &crate::http::filter::State {
-        &self.filters
-    }
     fn protocol(&self) -> &'static [u8] {
         b"HTTP/2"
     }
 }
 
 impl crate::http::filter::FilterHost for Stream {
+    fn filter_state(&self) -> &crate::http::filter::State {
+        &self.filters
+    }
     fn filter_state_mut(&mut self) -> &mut crate::http::filter::State {
         &mut self.filters
     }

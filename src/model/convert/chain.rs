@@ -1,21 +1,19 @@
 //! A listener's filter chains (`filter_chains`, `filter_chain_match`,
 //! `default_filter_chain`, `filter_chain_matcher`) and its listener filters.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
 
 use crate::model::chain::{
-    ChainMatch, Chains, Cidr, FilterChain, Input, IpRange, Matcher, OnMatch, Selector, SourceType,
-    Tree,
+    ChainMatch, Chains, FilterChain, Input, IpRange, Matcher, OnMatch, Selector, SourceType, Tree,
 };
 use crate::model::{Inspectors, PortPredicate};
-use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::config::listener::v3 as pb;
 use crate::proto::xds::r#type::matcher::v3 as xm;
 
+use super::cidr::{cidr, cidrs};
 use super::{any_type, err, timeout, ConvertError, Ctx};
 
 const ORIGINAL_DST: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
@@ -42,7 +40,7 @@ pub(super) fn chains(
     let mut matches = Vec::with_capacity(l.filter_chains.len() + 1);
     for (i, c) in l.filter_chains.iter().enumerate() {
         let path = format!("filter_chains[{i}]");
-        let filter = super::listener::chain_filter(c, res, &path, ctx)?;
+        let filter = super::hcm::chain_filter(c, res, &path, ctx)?;
         let name: Arc<str> = if c.name.is_empty() {
             format!("{}#{i}", l.name).into()
         } else {
@@ -64,7 +62,7 @@ pub(super) fn chains(
     }
     let default = match &l.default_filter_chain {
         Some(c) => {
-            let filter = super::listener::chain_filter(c, res, "default_filter_chain", ctx)?;
+            let filter = super::hcm::chain_filter(c, res, "default_filter_chain", ctx)?;
             if c.filter_chain_match.is_some() {
                 return Err(err(
                     res,
@@ -148,48 +146,6 @@ fn same_criteria(a: &ChainMatch, b: &ChainMatch) -> bool {
         && a.source_type == b.source_type
         && a.source_prefix_ranges == b.source_prefix_ranges
         && a.source_ports == b.source_ports
-}
-
-fn cidr(addr: &str, len: Option<u32>, res: &str, path: &str) -> Result<Cidr, ConvertError> {
-    let ip: IpAddr = addr.parse().map_err(|_| {
-        err(
-            res,
-            format!("{path}.address_prefix"),
-            format!("'{addr}' is not an IP address"),
-        )
-    })?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = len.unwrap_or(max);
-    if len > max {
-        return Err(err(
-            res,
-            format!("{path}.prefix_len"),
-            format!("{len} is longer than the address ({max} bits)"),
-        ));
-    }
-    Ok(Cidr {
-        addr: ip,
-        len: len as u8,
-    })
-}
-
-pub(crate) fn cidrs(
-    ranges: &[core::CidrRange],
-    res: &str,
-    path: &str,
-) -> Result<Vec<Cidr>, ConvertError> {
-    ranges
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            cidr(
-                &r.address_prefix,
-                r.prefix_len,
-                res,
-                &format!("{path}[{i}]"),
-            )
-        })
-        .collect()
 }
 
 fn port(v: u32, res: &str, path: &str) -> Result<u16, ConvertError> {

@@ -300,7 +300,7 @@ pub(super) fn fault(m: &fault_pb::HttpFault, res: &str, path: &str) -> Result<Fa
     };
     let mut headers = Vec::with_capacity(m.headers.len());
     for (i, h) in m.headers.iter().enumerate() {
-        headers.push(super::route::header_match(
+        headers.push(super::matchers::header_match(
             h,
             res,
             &p(&format!("headers[{i}]")),
@@ -326,7 +326,7 @@ fn cors_policy(m: &cors_pb::CorsPolicy, res: &str, path: &str) -> Result<CorsPol
     let p = |f: &str| format!("{path}.{f}");
     let mut allow_origin = Vec::with_capacity(m.allow_origin_string_match.len());
     for (i, s) in m.allow_origin_string_match.iter().enumerate() {
-        allow_origin.push(super::route::string_matcher(
+        allow_origin.push(super::matchers::string_matcher(
             s,
             res,
             &p(&format!("allow_origin_string_match[{i}]")),
@@ -472,7 +472,7 @@ fn local_ratelimit(
         bucket,
         enabled: runtime_fraction(m.filter_enabled.as_ref(), none, res, &p("filter_enabled"))?,
         enforced: runtime_fraction(m.filter_enforced.as_ref(), none, res, &p("filter_enforced"))?,
-        response_headers: super::route::header_mods(
+        response_headers: super::matchers::header_mods(
             &m.response_headers_to_add,
             &[],
             res,

@@ -1,0 +1,266 @@
+//! Poll-style streams (TLS, h2) beside monoio's owned-buffer ones: replaying sniffed
+//! bytes (`Rewind`), poll-style streams as owned-buffer IO (`RentIo`), and a plain-or-TLS
+//! stream (`MaybeTls`) that sends at once when it can.
+#![allow(unsafe_code)]
+
+use super::*;
+
+// ---- Poll-style streams (TLS, h2) beside the owned-buffer ones ----
+
+/// Bytes already read from the socket (what the listener filters sniffed), then the
+/// socket itself: a TLS handshake or an h2 connection starts from the first byte.
+pub struct Rewind<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Rewind {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A poll-style stream (tokio's `AsyncRead`/`AsyncWrite`: a TLS stream over monoio's
+/// poll-io bridge) seen through monoio's owned-buffer traits, so the HTTP/1.1 path runs
+/// over it unchanged. The buffer is owned by the call for its whole duration, so it cannot
+/// move or be freed while the poll writes into it.
+pub struct RentIo<T>(pub T);
+
+impl<T: tokio::io::AsyncRead + Unpin> monoio::io::AsyncReadRent for RentIo<T> {
+    async fn read<B: monoio::buf::IoBufMut>(&mut self, mut buf: B) -> monoio::BufResult<usize, B> {
+        let ptr = buf.write_ptr();
+        let len = buf.bytes_total();
+        // SAFETY: `write_ptr` points at `bytes_total` writable bytes of a buffer this call
+        // owns until it returns; the slice lives only inside this call and is viewed as
+        // uninitialised, so nothing reads bytes the poll did not write.
+        let slice =
+            unsafe { std::slice::from_raw_parts_mut(ptr.cast::<std::mem::MaybeUninit<u8>>(), len) };
+        let mut rb = tokio::io::ReadBuf::uninit(slice);
+        let res =
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_read(cx, &mut rb)).await;
+        let n = rb.filled().len();
+        // SAFETY: the poll initialised the first `n` bytes (ReadBuf's filled part).
+        unsafe { buf.set_init(n) };
+        (res.map(|()| n), buf)
+    }
+
+    async fn readv<B: monoio::buf::IoVecBufMut>(
+        &mut self,
+        mut buf: B,
+    ) -> monoio::BufResult<usize, B> {
+        // SAFETY: the iovecs come from a buffer this call owns until it returns.
+        let Some(raw) = (unsafe { monoio::buf::RawBuf::new_from_iovec_mut(&mut buf) }) else {
+            return (Ok(0), buf);
+        };
+        let (res, _) = self.read(raw).await;
+        if let Ok(n) = res {
+            // SAFETY: `n` bytes were written at the start of the first iovec.
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> monoio::io::AsyncWriteRent for RentIo<T> {
+    async fn write<B: monoio::buf::IoBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        // SAFETY: `read_ptr` points at `bytes_init` initialised bytes of a buffer this
+        // call owns until it returns.
+        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let res = std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_write(cx, data)).await;
+        // The owned-buffer callers never flush: what TLS buffered goes to the socket now,
+        // so a response is never left sitting in the record layer.
+        if res.is_ok() {
+            if let Err(e) = std::future::poll_fn(|cx| Pin::new(&mut self.0).poll_flush(cx)).await {
+                return (Err(e), buf);
+            }
+        }
+        (res, buf)
+    }
+
+    async fn writev<B: monoio::buf::IoVecBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        // SAFETY: the iovecs come from a buffer this call owns until it returns.
+        let Some(raw) = (unsafe { monoio::buf::RawBuf::new_from_iovec(&buf) }) else {
+            return (Ok(0), buf);
+        };
+        let (res, _) = self.write(raw).await;
+        (res, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_flush(cx)).await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut self.0).poll_shutdown(cx)).await
+    }
+}
+
+/// A downstream connection as the HTTP/1.1 path reads and writes it: a plain socket with
+/// owned-buffer I/O (io_uring where it runs), or a TLS stream (`T`) through [`RentIo`].
+pub enum MaybeTls<P, T> {
+    Plain(P),
+    Tls(Box<RentIo<T>>),
+}
+
+impl<P, T> monoio::io::AsyncReadRent for MaybeTls<P, T>
+where
+    P: monoio::io::AsyncReadRent,
+    T: AsyncRead + Unpin,
+{
+    async fn read<B: monoio::buf::IoBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.read(buf).await,
+            MaybeTls::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn readv<B: monoio::buf::IoVecBufMut>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.readv(buf).await,
+            MaybeTls::Tls(t) => t.readv(buf).await,
+        }
+    }
+}
+
+impl<P, T> MaybeTls<P, T>
+where
+    P: monoio::io::AsyncWriteRent + AsRawFd,
+    T: AsyncWrite + Unpin,
+{
+    /// Writes all of `buf`. With `now`, a plain socket first gets one non-blocking send(2)
+    /// from this thread, and only what it did not take goes through the driver.
+    ///
+    /// On io_uring a send op is submitted at the core's next park, and since it completes
+    /// at once its completion ends that park: a request alone on its core pays one
+    /// `io_uring_enter` for each of its two writes, plus the op's bookkeeping and a wake of
+    /// its task, before the enter that sleeps for the answer. A direct send costs the same
+    /// one syscall without the rest. Under load the driver's way wins (one enter submits
+    /// many connections' sends), so the caller asks for `now` only when nothing else runs.
+    pub async fn write_all_now(
+        &mut self,
+        buf: Vec<u8>,
+        now: bool,
+    ) -> monoio::BufResult<usize, Vec<u8>> {
+        use monoio::buf::IoBuf;
+        use monoio::io::AsyncWriteRentExt;
+        if let (MaybeTls::Plain(p), true) = (&mut *self, now) {
+            match send_now(p, &buf) {
+                Some(Ok(n)) if n == buf.len() => return (Ok(n), buf),
+                Some(Ok(n)) => {
+                    let (res, rest) = p.write_all(buf.slice(n..)).await;
+                    return (res.map(|m| n + m), rest.into_inner());
+                }
+                Some(Err(e)) => return (Err(e), buf),
+                None => {}
+            }
+        }
+        self.write_all(buf).await
+    }
+}
+
+/// One non-blocking send(2) of `buf`: `None` when the socket buffer is full (nothing
+/// was sent; the caller waits through the driver).
+pub(super) fn send_now(sock: &impl AsRawFd, buf: &[u8]) -> Option<io::Result<usize>> {
+    // SAFETY: the socket stays open for the call (borrowed), and `buf` is a valid slice of
+    // `buf.len()` initialised bytes. MSG_NOSIGNAL: a closed peer is an EPIPE error, not a
+    // signal.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n >= 0 {
+        return Some(Ok(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    (e.kind() != io::ErrorKind::WouldBlock).then_some(Err(e))
+}
+
+impl<P, T> monoio::io::AsyncWriteRent for MaybeTls<P, T>
+where
+    P: monoio::io::AsyncWriteRent,
+    T: AsyncWrite + Unpin,
+{
+    async fn write<B: monoio::buf::IoBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.write(buf).await,
+            MaybeTls::Tls(t) => t.write(buf).await,
+        }
+    }
+
+    async fn writev<B: monoio::buf::IoVecBuf>(&mut self, buf: B) -> monoio::BufResult<usize, B> {
+        match self {
+            MaybeTls::Plain(p) => p.writev(buf).await,
+            MaybeTls::Tls(t) => t.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(p) => p.flush().await,
+            MaybeTls::Tls(t) => t.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            MaybeTls::Plain(p) => p.shutdown().await,
+            MaybeTls::Tls(t) => t.shutdown().await,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The bootstrap → the first [`Snapshot`] (static resources, through the same conversion
+//! as xDS), and `dynamic_resources` → how the ADS client reaches its control plane.
+
+use super::*;
+
+/// Converts a bootstrap into the first snapshot (SDS files cannot be read: see
+/// [`bootstrap_snapshot_with`]).
+pub fn bootstrap_snapshot(
+    bootstrap: &Bootstrap,
+    stats: &Store,
+    version: u64,
+) -> Result<(Snapshot, Vec<String>), ConvertError> {
+    bootstrap_snapshot_with(bootstrap, stats, version, None).map(|(s, ignored, _)| (s, ignored))
+}
+
+/// Converts a bootstrap into a snapshot, reading SDS files with `sds_files`; also returns
+/// the ignored fields and the SDS files the static resources use (to watch them).
+pub fn bootstrap_snapshot_with(
+    bootstrap: &Bootstrap,
+    stats: &Store,
+    version: u64,
+    sds_files: Option<SdsFileReader>,
+) -> Result<
+    (
+        Snapshot,
+        Vec<String>,
+        std::collections::BTreeSet<std::path::PathBuf>,
+    ),
+    ConvertError,
+> {
+    let mut files = std::collections::BTreeSet::new();
+    let mut ctx = Ctx {
+        sds_files,
+        stats,
+        ignored: Vec::new(),
+        cluster_index: Default::default(),
+        dynamic: false,
+        ads: false,
+        secrets: Arc::default(),
+        secret_refs: Default::default(),
+    };
+    if let Some(dr) = &bootstrap.dynamic_resources {
+        validate_dynamic_resources(dr)?;
+        ctx.ads = dr.ads_config.is_some();
+    }
+    let admin = match &bootstrap.admin {
+        Some(admin) => {
+            if !admin.access_log.is_empty() {
+                ctx.ignored.push("admin.access_log".into());
+            }
+            match &admin.address {
+                Some(a) => Some(socket_addr(a, "admin", "admin.address")?),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    if let Some(node) = &bootstrap.node {
+        if !node.user_agent_name.is_empty() || node.user_agent_version_type.is_some() {
+            ctx.ignored.push("node.user_agent_*".into());
+        }
+    }
+    let empty = Default::default();
+    let sr = bootstrap.static_resources.as_ref().unwrap_or(&empty);
+    let mut clusters = Vec::with_capacity(sr.clusters.len());
+    for (i, c) in sr.clusters.iter().enumerate() {
+        let path = format!("static_resources.clusters[{i}]");
+        let cluster = cluster::convert(c, &mut ctx).map_err(|mut e| {
+            e.path = join(&path, &e.path);
+            e
+        })?;
+        static_sds(
+            &mut ctx,
+            &path,
+            &format!("cluster '{}'", cluster.name),
+            &mut files,
+        )?;
+        if ctx.cluster_index.insert(cluster.name.clone(), i).is_some() {
+            return Err(err(
+                &format!("cluster '{}'", cluster.name),
+                format!("{path}.name"),
+                "duplicate cluster name",
+            ));
+        }
+        clusters.push(Arc::new(cluster));
+    }
+    let mut listeners = Vec::with_capacity(sr.listeners.len());
+    let mut names = std::collections::HashSet::new();
+    for (i, l) in sr.listeners.iter().enumerate() {
+        let path = format!("static_resources.listeners[{i}]");
+        let listener = listener::convert(l, &mut ctx).map_err(|mut e| {
+            e.path = join(&path, &e.path);
+            e
+        })?;
+        static_sds(
+            &mut ctx,
+            &path,
+            &format!("listener '{}'", listener.name),
+            &mut files,
+        )?;
+        if !names.insert(listener.name.clone()) {
+            return Err(err(
+                &format!("listener '{}'", listener.name),
+                format!("{path}.name"),
+                "duplicate listener name",
+            ));
+        }
+        listeners.push(Arc::new(listener));
+    }
+    let virtual_listeners = crate::model::virtual_index(&listeners);
+    let snapshot = Snapshot {
+        virtual_listeners,
+        version,
+        built_at: SystemTime::now(),
+        listeners,
+        clusters,
+        cluster_index: ctx.cluster_index,
+        route_configs: Default::default(),
+        admin,
+        bootstrap: Arc::new(bootstrap.clone()),
+        dynamic: Default::default(),
+    };
+    Ok((snapshot, ctx.ignored, files))
+}
+
+/// How Ringside reaches its control plane, from `dynamic_resources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsConfig {
+    /// Incremental (`DELTA_GRPC`) or state of the world (`GRPC`).
+    pub delta: bool,
+    /// The static cluster that leads to the server.
+    pub cluster: String,
+    pub set_node_on_first_message_only: bool,
+    /// `initial_metadata` sent with the stream.
+    pub metadata: Vec<(String, String)>,
+    /// Initial fetch timeouts of LDS and CDS (`None`: wait for ever).
+    pub lds_timeout: Option<Duration>,
+    pub cds_timeout: Option<Duration>,
+    pub lds: bool,
+    pub cds: bool,
+}
+
+const DR: &str = "dynamic_resources";
+
+/// Validates `dynamic_resources`; the parts Ringside runs are returned by [`ads_config`].
+fn validate_dynamic_resources(
+    dr: &crate::proto::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+) -> Result<(), ConvertError> {
+    ads_config(dr).map(|_| ())
+}
+
+/// The ADS client's configuration, if the bootstrap has one.
+pub fn ads_config(
+    dr: &crate::proto::envoy::config::bootstrap::v3::bootstrap::DynamicResources,
+) -> Result<Option<AdsConfig>, ConvertError> {
+    use crate::proto::envoy::config::core::v3::api_config_source::ApiType;
+    let Some(ads) = &dr.ads_config else {
+        if dr.lds_config.is_some() || dr.cds_config.is_some() {
+            return Err(err(
+                DR,
+                format!("{DR}.ads_config"),
+                "lds_config/cds_config need ads_config: only ADS is supported",
+            ));
+        }
+        return Ok(None);
+    };
+    let p = format!("{DR}.ads_config");
+    let delta = match ApiType::try_from(ads.api_type) {
+        Ok(ApiType::Grpc) => false,
+        Ok(ApiType::DeltaGrpc) => true,
+        _ => {
+            return Err(err(
+                DR,
+                format!("{p}.api_type"),
+                "only GRPC and DELTA_GRPC are supported",
+            ))
+        }
+    };
+    if ads.transport_api_version == core::ApiVersion::V2 as i32 {
+        return Err(err(
+            DR,
+            format!("{p}.transport_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    let svc = match ads.grpc_services.as_slice() {
+        [svc] => svc,
+        _ => {
+            return Err(err(
+                DR,
+                format!("{p}.grpc_services"),
+                "exactly one grpc service is required",
+            ))
+        }
+    };
+    let Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(eg)) = &svc.target_specifier else {
+        return Err(err(
+            DR,
+            format!("{p}.grpc_services[0].envoy_grpc"),
+            "envoy_grpc is required",
+        ));
+    };
+    if eg.cluster_name.is_empty() {
+        return Err(err(
+            DR,
+            format!("{p}.grpc_services[0].envoy_grpc.cluster_name"),
+            "cluster_name is required",
+        ));
+    }
+    let metadata = svc
+        .initial_metadata
+        .iter()
+        .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
+        .collect();
+    let lds_timeout = match &dr.lds_config {
+        Some(_) => config_source(
+            dr.lds_config.as_ref(),
+            true,
+            DR,
+            &format!("{DR}.lds_config"),
+        )?,
+        None => None,
+    };
+    let cds_timeout = match &dr.cds_config {
+        Some(_) => config_source(
+            dr.cds_config.as_ref(),
+            true,
+            DR,
+            &format!("{DR}.cds_config"),
+        )?,
+        None => None,
+    };
+    Ok(Some(AdsConfig {
+        delta,
+        cluster: eg.cluster_name.clone(),
+        set_node_on_first_message_only: ads.set_node_on_first_message_only,
+        metadata,
+        lds_timeout,
+        cds_timeout,
+        lds: dr.lds_config.is_some(),
+        cds: dr.cds_config.is_some(),
+    }))
+}

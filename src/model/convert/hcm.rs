@@ -1,0 +1,433 @@
+//! A filter chain's network filters: Istio's telemetry no-ops, then the HTTP connection
+//! manager (its settings, access logs and HTTP filters) or the TCP proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::format::{Format, DEFAULT_ACCESS_LOG};
+use crate::model::{
+    AccessLog, Codec, HttpConnectionManager, LogSink, NetworkFilter, RouteSource, ServerHeader,
+    StripPort, UnderscoreAction,
+};
+use crate::proto::envoy::config::accesslog::v3::{access_log, AccessLog as PbAccessLog};
+use crate::proto::envoy::config::core::v3 as core;
+use crate::proto::envoy::config::listener::v3 as pb;
+use crate::proto::envoy::extensions::access_loggers::stream::v3 as stream;
+use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use crate::stats::HttpStat;
+
+use super::{any_type, data_source, decode_any, err, timeout, ConvertError, Ctx};
+
+const HCM: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+/// The network filters of one chain: Istio's telemetry no-ops, then exactly one
+/// terminal filter (the connection manager or the TCP proxy).
+pub(super) fn chain_filter(
+    chain: &pb::FilterChain,
+    res: &str,
+    cpath: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<NetworkFilter, ConvertError> {
+    // Istio's telemetry network filters may precede the terminal one (documented no-ops:
+    // see `istio_noop`).
+    let mut filters = chain.filters.as_slice();
+    let mut skipped = 0;
+    while let [f, _, ..] = filters {
+        let path = format!("{cpath}.filters[{skipped}]");
+        match f
+            .config_type
+            .as_ref()
+            .map(|pb::filter::ConfigType::TypedConfig(a)| a)
+        {
+            Some(any) if istio_noop(&f.name, any, true).is_some() => {
+                let why = istio_noop(&f.name, any, true).unwrap_or_default();
+                ctx.ignored.push(format!("{res}.{path} ({why})"));
+                filters = &filters[1..];
+                skipped += 1;
+            }
+            _ => break,
+        }
+    }
+    match filters {
+        [f] => network_filter(f, res, &format!("{cpath}.filters[{skipped}]"), ctx),
+        [] => Err(err(
+            res,
+            format!("{cpath}.filters"),
+            "a network filter is required",
+        )),
+        [first, f, ..] => {
+            // Name the filter that is not supported: the first, unless it is a terminal
+            // filter, in which case whatever follows it.
+            network_filter(first, res, &format!("{cpath}.filters[{skipped}]"), ctx)?;
+            let t = f
+                .config_type
+                .as_ref()
+                .map(|pb::filter::ConfigType::TypedConfig(a)| any_type(a).to_string())
+                .unwrap_or_default();
+            Err(err(
+                res,
+                format!("{cpath}.filters[{}]", skipped + 1),
+                format!(
+                    "network filter '{}' ({t}) is not supported after a terminal filter",
+                    f.name
+                ),
+            ))
+        }
+    }
+}
+
+fn network_filter(
+    f: &pb::Filter,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<NetworkFilter, ConvertError> {
+    let Some(pb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(err(
+            res,
+            format!("{path}.typed_config"),
+            "typed_config is required",
+        ));
+    };
+    match any_type(any) {
+        HCM => {
+            let m: hcm::HttpConnectionManager = decode_any(any, HCM, res, path)?;
+            let path = format!("{path}.typed_config");
+            Ok(NetworkFilter::Http(Arc::new(connection_manager(
+                &m, res, &path, ctx,
+            )?)))
+        }
+        super::tcp::TCP_PROXY => Ok(NetworkFilter::Tcp(Arc::new(super::tcp::convert(
+            any, res, path, ctx,
+        )?))),
+        other => Err(err(
+            res,
+            format!("{path}.typed_config"),
+            format!(
+                "network filter '{}' of type {other} is not supported",
+                f.name
+            ),
+        )),
+    }
+}
+
+const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
+
+/// The `type_url` inside a TypedStruct (its `value` Struct is not needed to decide).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStructUrl {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
+/// Istio's own extension filters, each decided deliberately (README, "Istio extension
+/// filters"): the telemetry ones are accepted as no-ops, since they enforce nothing —
+/// `istio.stats` (istio_* metrics), `istio.metadata_exchange` (peer labels for those
+/// metrics) — and `istio.alpn`, which only sets the ALPN of upstream TLS, which Ringside
+/// does not originate yet (a cluster with a transport socket is refused). Everything
+/// else, RBAC, JWT, ext_authz and authn included, is refused by type as usual.
+/// Returns why it is a no-op, or `None` if the filter is not one of them.
+fn istio_noop(name: &str, any: &prost_types::Any, network: bool) -> Option<&'static str> {
+    let mut t = any_type(any).to_string();
+    if TYPED_STRUCTS.contains(&t.as_str()) {
+        use prost::Message;
+        let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
+        t = inner.type_url.rsplit('/').next()?.to_string();
+    }
+    match (t.as_str(), network) {
+        ("stats.PluginConfig", _) => Some("istio.stats: Istio telemetry, a documented no-op"),
+        ("envoy.tcp.metadataexchange.config.MetadataExchange", true) => {
+            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
+        }
+        // The HTTP metadata exchange is Istio's built-in ("null VM") Wasm plugin; only that
+        // name is accepted, never a Wasm filter in general.
+        ("envoy.extensions.filters.http.wasm.v3.Wasm", false)
+            if name == "istio.metadata_exchange" =>
+        {
+            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
+        }
+        ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
+            Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")
+        }
+        _ => None,
+    }
+}
+
+fn connection_manager(
+    m: &hcm::HttpConnectionManager,
+    res: &str,
+    path: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<HttpConnectionManager, ConvertError> {
+    let p = |f: &str| format!("{path}.{f}");
+    if m.stat_prefix.is_empty() {
+        return Err(err(res, p("stat_prefix"), "stat_prefix is required"));
+    }
+    use hcm::http_connection_manager::{CodecType, RouteSpecifier, ServerHeaderTransformation};
+    let codec = match CodecType::try_from(m.codec_type) {
+        Ok(CodecType::Auto) => Codec::Auto,
+        Ok(CodecType::Http1) => Codec::Http1,
+        Ok(CodecType::Http2) => Codec::Http2,
+        _ => {
+            return Err(err(
+                res,
+                p("codec_type"),
+                "only the AUTO, HTTP1 and HTTP2 codecs are supported",
+            ))
+        }
+    };
+    let http2 = match &m.http2_protocol_options {
+        Some(o) => super::http2_settings(o, res, &p("http2_protocol_options"), true)?,
+        None => Default::default(),
+    };
+    let routes = match &m.route_specifier {
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
+            super::route::convert(rc, res, &p("route_config"), ctx)?,
+        )),
+        Some(RouteSpecifier::Rds(rds)) => {
+            if rds.route_config_name.is_empty() {
+                return Err(err(
+                    res,
+                    p("rds.route_config_name"),
+                    "route_config_name is required",
+                ));
+            }
+            super::config_source(
+                rds.config_source.as_ref(),
+                ctx.ads,
+                res,
+                &p("rds.config_source"),
+            )?;
+            RouteSource::Rds(rds.route_config_name.as_str().into())
+        }
+        None => {
+            return Err(err(
+                res,
+                p("route_config"),
+                "route_config or rds is required",
+            ))
+        }
+    };
+    let (filters, router) = super::http_filter::http_filters(
+        &m.http_filters,
+        &m.stat_prefix,
+        res,
+        path,
+        ctx,
+        |name, any| istio_noop(name, any, false),
+    )?;
+    let suppress_envoy_headers = router.suppress_envoy_headers;
+    let mut access_logs = Vec::new();
+    for (i, al) in m.access_log.iter().enumerate() {
+        access_logs.push(access_log(al, res, &p(&format!("access_log[{i}]")))?);
+    }
+    let common = m.common_http_protocol_options.unwrap_or_default();
+    let cp = |f: &str| p(&format!("common_http_protocol_options.{f}"));
+    let idle_timeout = timeout(
+        common.idle_timeout.as_ref(),
+        Some(Duration::from_secs(3600)),
+        res,
+        &cp("idle_timeout"),
+    )?;
+    let max_connection_duration = timeout(
+        common.max_connection_duration.as_ref(),
+        None,
+        res,
+        &cp("max_connection_duration"),
+    )?;
+    let max_headers_count = common.max_headers_count.unwrap_or(100) as usize;
+    if max_headers_count == 0 {
+        return Err(err(res, cp("max_headers_count"), "must be at least 1"));
+    }
+    use core::http_protocol_options::HeadersWithUnderscoresAction as U;
+    let headers_with_underscores = match U::try_from(common.headers_with_underscores_action) {
+        Ok(U::Allow) => UnderscoreAction::Allow,
+        Ok(U::RejectRequest) => UnderscoreAction::RejectRequest,
+        Ok(U::DropHeader) => UnderscoreAction::DropHeader,
+        Err(_) => {
+            return Err(err(
+                res,
+                cp("headers_with_underscores_action"),
+                "unknown value",
+            ))
+        }
+    };
+    let h1 = m.http_protocol_options.clone().unwrap_or_default();
+    let max_kb = m.max_request_headers_kb.unwrap_or(60);
+    if max_kb == 0 || max_kb > 8192 {
+        return Err(err(
+            res,
+            p("max_request_headers_kb"),
+            "must be between 1 and 8192",
+        ));
+    }
+    let server_header = match ServerHeaderTransformation::try_from(m.server_header_transformation) {
+        Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite,
+        Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+        Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => return Err(err(res, p("server_header_transformation"), "unknown value")),
+    };
+    use hcm::http_connection_manager::StripPortMode;
+    let strip_port = match (m.strip_matching_host_port, &m.strip_port_mode) {
+        (true, Some(StripPortMode::StripAnyHostPort(true))) => {
+            return Err(err(
+                res,
+                p("strip_any_host_port"),
+                "exclusive with strip_matching_host_port",
+            ))
+        }
+        (_, Some(StripPortMode::StripAnyHostPort(true))) => StripPort::Any,
+        (true, _) => StripPort::Matching,
+        _ => StripPort::None,
+    };
+    if m.drain_timeout.is_some() {
+        ctx.ignored.push(p("drain_timeout"));
+    }
+    let stats = ctx
+        .stats
+        .scope::<HttpStat>(&format!("http.{}.", m.stat_prefix));
+    let mut upgrades = Vec::new();
+    for (i, u) in m.upgrade_configs.iter().enumerate() {
+        if u.upgrade_type.is_empty() {
+            return Err(err(
+                res,
+                p(&format!("upgrade_configs[{i}].upgrade_type")),
+                "upgrade_type is required",
+            ));
+        }
+        upgrades.push((
+            u.upgrade_type.to_ascii_lowercase().into_boxed_str(),
+            u.enabled.unwrap_or(true),
+        ));
+    }
+    let internal = match &m.internal_address_config {
+        None => Vec::new(),
+        Some(c) => {
+            if c.unix_sockets {
+                // Ringside listens on IP sockets only: no request can come over one.
+                ctx.ignored.push(p("internal_address_config.unix_sockets"));
+            }
+            super::cidr::cidrs(
+                &c.cidr_ranges,
+                res,
+                &p("internal_address_config.cidr_ranges"),
+            )?
+        }
+    };
+    Ok(HttpConnectionManager {
+        http2_stats: ctx.stats.scope::<crate::stats::Http2Stat>("http2."),
+        internal,
+        upgrades,
+        stat_prefix: m.stat_prefix.clone(),
+        stats,
+        codec,
+        http2,
+        routes,
+        filters,
+        access_logs,
+        suppress_envoy_headers,
+        use_remote_address: m.use_remote_address.unwrap_or(false),
+        xff_num_trusted_hops: m.xff_num_trusted_hops,
+        skip_xff_append: m.skip_xff_append,
+        via: (!m.via.is_empty()).then(|| m.via.as_str().into()),
+        generate_request_id: m.generate_request_id.unwrap_or(true),
+        preserve_external_request_id: m.preserve_external_request_id,
+        always_set_request_id_in_response: m.always_set_request_id_in_response,
+        server_name: if m.server_name.is_empty() {
+            "envoy".into()
+        } else {
+            m.server_name.as_str().into()
+        },
+        server_header,
+        strip_port,
+        accept_http_10: h1.accept_http_10,
+        default_host_for_http_10: (!h1.default_host_for_http_10.is_empty())
+            .then(|| h1.default_host_for_http_10.as_str().into()),
+        idle_timeout,
+        stream_idle_timeout: timeout(
+            m.stream_idle_timeout.as_ref(),
+            Some(Duration::from_secs(300)),
+            res,
+            &p("stream_idle_timeout"),
+        )?,
+        request_timeout: timeout(m.request_timeout.as_ref(), None, res, &p("request_timeout"))?,
+        request_headers_timeout: timeout(
+            m.request_headers_timeout.as_ref(),
+            None,
+            res,
+            &p("request_headers_timeout"),
+        )?,
+        max_connection_duration,
+        max_requests_per_connection: common.max_requests_per_connection.filter(|&n| n > 0),
+        max_request_headers_bytes: max_kb as usize * 1024,
+        max_headers_count,
+        headers_with_underscores,
+    })
+}
+
+fn access_log(al: &PbAccessLog, res: &str, path: &str) -> Result<AccessLog, ConvertError> {
+    let Some(access_log::ConfigType::TypedConfig(any)) = &al.config_type else {
+        return Err(err(
+            res,
+            format!("{path}.typed_config"),
+            "typed_config is required",
+        ));
+    };
+    let (sink, format) = match any_type(any) {
+        STDOUT_LOG => {
+            let l: stream::StdoutAccessLog = decode_any(any, STDOUT_LOG, res, path)?;
+            (
+                LogSink::Stdout,
+                l.access_log_format
+                    .map(|stream::stdout_access_log::AccessLogFormat::LogFormat(f)| f),
+            )
+        }
+        STDERR_LOG => {
+            let l: stream::StderrAccessLog = decode_any(any, STDERR_LOG, res, path)?;
+            (
+                LogSink::Stderr,
+                l.access_log_format
+                    .map(|stream::stderr_access_log::AccessLogFormat::LogFormat(f)| f),
+            )
+        }
+        other => {
+            return Err(err(
+                res,
+                format!("{path}.typed_config"),
+                format!(
+                    "access logger '{}' of type {other} is not supported",
+                    al.name
+                ),
+            ))
+        }
+    };
+    let fpath = format!("{path}.typed_config.log_format");
+    let format = match format {
+        None => Format::parse(DEFAULT_ACCESS_LOG).expect("default format parses"),
+        Some(sfs) => {
+            let text = match &sfs.format {
+                Some(core::substitution_format_string::Format::TextFormatSource(ds)) => {
+                    let bytes = data_source(ds, res, &format!("{fpath}.text_format_source"))?;
+                    String::from_utf8(bytes.to_vec()).map_err(|_| {
+                        err(
+                            res,
+                            format!("{fpath}.text_format_source"),
+                            "format is not UTF-8",
+                        )
+                    })?
+                }
+                None => DEFAULT_ACCESS_LOG.to_string(),
+            };
+            let mut f = Format::parse(&text).map_err(|e| err(res, &fpath, e))?;
+            f.omit_empty = sfs.omit_empty_values;
+            f
+        }
+    };
+    Ok(AccessLog {
+        sink,
+        format: Arc::new(format),
+    })
+}

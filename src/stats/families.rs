@@ -1,0 +1,218 @@
+//! The stat families: each scope's counters, gauges and histograms, with Envoy's names.
+
+stat_family! {
+    /// `listener.<address>.` stats.
+    pub enum ListenerStat {
+        DownstreamCxTotal = "downstream_cx_total",
+        DownstreamCxActive = "downstream_cx_active",
+        DownstreamCxDestroy = "downstream_cx_destroy",
+        DownstreamCxOverflow = "downstream_cx_overflow",
+        NoFilterChainMatch = "no_filter_chain_match",
+        DownstreamPreCxTimeout = "downstream_pre_cx_timeout",
+        DownstreamPreCxActive = "downstream_pre_cx_active",
+        OriginalDstRestored = "original_dst_restored",
+        OriginalDstMissing = "original_dst_missing",
+        DownstreamCxTransportSocketConnectTimeout = "downstream_cx_transport_socket_connect_timeout",
+        SslHandshake = "ssl.handshake",
+        SslConnectionError = "ssl.connection_error",
+        SslFailVerifyNoCert = "ssl.fail_verify_no_cert",
+        SslFailVerifyError = "ssl.fail_verify_error",
+        SslFailVerifySan = "ssl.fail_verify_san",
+        SslNoCertificate = "ssl.no_certificate",
+        SslSessionReused = "ssl.session_reused",
+    } gauges [DownstreamCxActive, DownstreamPreCxActive]
+}
+
+stat_family! {
+    /// `tcp.<stat_prefix>.` stats of a TCP proxy.
+    pub enum TcpStat {
+        DownstreamCxTotal = "downstream_cx_total",
+        DownstreamCxNoRoute = "downstream_cx_no_route",
+        DownstreamCxRxBytesTotal = "downstream_cx_rx_bytes_total",
+        DownstreamCxTxBytesTotal = "downstream_cx_tx_bytes_total",
+        IdleTimeout = "idle_timeout",
+        MaxDownstreamConnectionDurationReached = "max_downstream_connection_duration",
+        UpstreamFlushTotal = "upstream_flush_total",
+        UpstreamConnectAttemptsExceeded = "upstream_connect_attempts_exceeded",
+    } gauges []
+}
+
+stat_family! {
+    /// `http.<stat_prefix>.` stats of a connection manager.
+    pub enum HttpStat {
+        DownstreamCxTotal = "downstream_cx_total",
+        DownstreamCxActive = "downstream_cx_active",
+        DownstreamCxHttp1Total = "downstream_cx_http1_total",
+        DownstreamCxHttp2Total = "downstream_cx_http2_total",
+        DownstreamCxProtocolError = "downstream_cx_protocol_error",
+        DownstreamCxIdleTimeout = "downstream_cx_idle_timeout",
+        DownstreamCxDrainClose = "downstream_cx_drain_close",
+        DownstreamCxRxBytesTotal = "downstream_cx_rx_bytes_total",
+        DownstreamCxTxBytesTotal = "downstream_cx_tx_bytes_total",
+        DownstreamRqTotal = "downstream_rq_total",
+        DownstreamRqActive = "downstream_rq_active",
+        DownstreamRqHttp1Total = "downstream_rq_http1_total",
+        DownstreamRqHttp2Total = "downstream_rq_http2_total",
+        DownstreamRqTxReset = "downstream_rq_tx_reset",
+        DownstreamRq1xx = "downstream_rq_1xx",
+        DownstreamRq2xx = "downstream_rq_2xx",
+        DownstreamRq3xx = "downstream_rq_3xx",
+        DownstreamRq4xx = "downstream_rq_4xx",
+        DownstreamRq5xx = "downstream_rq_5xx",
+        DownstreamRqCompleted = "downstream_rq_completed",
+        DownstreamRqTimeout = "downstream_rq_timeout",
+        DownstreamRqMaxDurationReached = "downstream_rq_max_duration_reached",
+        DownstreamRqHeaderTimeout = "downstream_rq_header_timeout",
+        DownstreamRqIdleTimeout = "downstream_rq_idle_timeout",
+        DownstreamRqTooManyPrematureResets = "downstream_rq_too_many_premature_resets",
+        DownstreamRqTooLarge = "downstream_rq_too_large",
+        DownstreamRqWsOnNonWsRoute = "downstream_rq_ws_on_non_ws_route",
+        DownstreamRqNonRelativePath = "downstream_rq_non_relative_path",
+        DownstreamRqRxReset = "downstream_rq_rx_reset",
+        Rq404NoRoute = "no_route",
+        RqDirectResponse = "rq_direct_response",
+        RqRedirect = "rq_redirect",
+        RqUpgradeRequired = "downstream_rq_http10_rejected",
+        PanicsCaught = "downstream_cx_panic",
+        DownstreamCxUpgradesTotal = "downstream_cx_upgrades_total",
+        DownstreamCxUpgradesActive = "downstream_cx_upgrades_active",
+    } gauges [DownstreamCxActive, DownstreamRqActive, DownstreamCxUpgradesActive]
+      histograms ["downstream_rq_time"]
+}
+
+stat_family! {
+    /// `http2.` stats: Envoy keeps its HTTP/2 codec's counters at the root, for every
+    /// downstream connection manager together.
+    pub enum Http2Stat {
+        OutboundFlood = "outbound_flood",
+        OutboundControlFlood = "outbound_control_flood",
+        InboundEmptyFramesFlood = "inbound_empty_frames_flood",
+        InboundPriorityFramesFlood = "inbound_priority_frames_flood",
+        InboundWindowUpdateFramesFlood = "inbound_window_update_frames_flood",
+    } gauges []
+}
+
+stat_family! {
+    /// `cluster.<name>.` stats.
+    pub enum ClusterStat {
+        UpstreamCxTotal = "upstream_cx_total",
+        UpstreamCxActive = "upstream_cx_active",
+        UpstreamCxHttp1Total = "upstream_cx_http1_total",
+        UpstreamCxHttp2Total = "upstream_cx_http2_total",
+        UpstreamCxConnectFail = "upstream_cx_connect_fail",
+        UpstreamCxConnectTimeout = "upstream_cx_connect_timeout",
+        UpstreamCxDestroy = "upstream_cx_destroy",
+        UpstreamCxDestroyRemote = "upstream_cx_destroy_remote",
+        UpstreamCxRxBytesTotal = "upstream_cx_rx_bytes_total",
+        UpstreamCxTxBytesTotal = "upstream_cx_tx_bytes_total",
+        UpstreamCxIdleTimeout = "upstream_cx_idle_timeout",
+        UpstreamCxPoolOverflow = "upstream_cx_pool_overflow",
+        UpstreamRqTotal = "upstream_rq_total",
+        UpstreamRqActive = "upstream_rq_active",
+        UpstreamRqCompleted = "upstream_rq_completed",
+        UpstreamRq1xx = "upstream_rq_1xx",
+        UpstreamRq2xx = "upstream_rq_2xx",
+        UpstreamRq3xx = "upstream_rq_3xx",
+        UpstreamRq4xx = "upstream_rq_4xx",
+        UpstreamRq5xx = "upstream_rq_5xx",
+        UpstreamRqTimeout = "upstream_rq_timeout",
+        UpstreamRqRetry = "upstream_rq_retry",
+        UpstreamRqPendingOverflow = "upstream_rq_pending_overflow",
+        UpstreamRqRxReset = "upstream_rq_rx_reset",
+        UpstreamRqTxReset = "upstream_rq_tx_reset",
+        UpstreamCxNoneHealthy = "upstream_cx_none_healthy",
+        SslHandshake = "ssl.handshake",
+        SslConnectionError = "ssl.connection_error",
+        SslFailVerifyError = "ssl.fail_verify_error",
+        SslFailVerifySan = "ssl.fail_verify_san",
+        SslFailVerifyNoCert = "ssl.fail_verify_no_cert",
+        SslSessionReused = "ssl.session_reused",
+        MembershipTotal = "membership_total",
+        UpdateAttempt = "update_attempt",
+        UpdateSuccess = "update_success",
+        UpdateFailure = "update_failure",
+        UpdateRejected = "update_rejected",
+        UpdateEmpty = "update_empty",
+    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal] codes "upstream_rq_"
+      histograms ["upstream_rq_time", "upstream_cx_connect_ms"]
+}
+
+stat_family! {
+    /// `server.` and `runtime.`-style process stats and the ignored-field counters.
+    pub enum ServerStat {
+        ConcurrencyWorkers = "concurrency",
+        Live = "live",
+        IgnoredConfigFields = "ignored_config_fields",
+    } gauges [ConcurrencyWorkers, Live]
+}
+
+stat_family! {
+    /// `cluster.<name>.grpc.` stats of the grpc_stats filter; each is listed once it moved.
+    pub enum GrpcStat {
+        Failure = "failure",
+        RequestMessageCount = "request_message_count",
+        ResponseMessageCount = "response_message_count",
+        Success = "success",
+        Total = "total",
+        Status0 = "0",
+        Status1 = "1",
+        Status2 = "2",
+        Status3 = "3",
+        Status4 = "4",
+        Status5 = "5",
+        Status6 = "6",
+        Status7 = "7",
+        Status8 = "8",
+        Status9 = "9",
+        Status10 = "10",
+        Status11 = "11",
+        Status12 = "12",
+        Status13 = "13",
+        Status14 = "14",
+        Status15 = "15",
+        Status16 = "16",
+    } gauges [] lazy
+}
+
+stat_family! {
+    /// `http.<prefix>.fault.` stats of the fault filter.
+    pub enum FaultStat {
+        ActiveFaults = "active_faults",
+        AbortsInjected = "aborts_injected",
+        DelaysInjected = "delays_injected",
+        FaultsOverflow = "faults_overflow",
+        ResponseRlInjected = "response_rl_injected",
+    } gauges [ActiveFaults]
+}
+
+stat_family! {
+    /// The CORS filter's stats, in the connection manager's `http.<prefix>.` scope.
+    pub enum CorsStat {
+        OriginInvalid = "cors.origin_invalid",
+        OriginValid = "cors.origin_valid",
+    } gauges []
+}
+
+stat_family! {
+    /// `<stat_prefix>.http_local_rate_limit.` stats of the local rate limit filter.
+    pub enum LocalRateLimitStat {
+        Enabled = "enabled",
+        Enforced = "enforced",
+        Ok = "ok",
+        RateLimited = "rate_limited",
+        ShadowMode = "shadow_mode",
+    } gauges []
+}
+
+/// Histograms of `ClusterStat` scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterHistogram {
+    UpstreamRqTime = 0,
+    UpstreamCxConnectMs = 1,
+}
+
+/// Histograms of `HttpStat` scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpHistogram {
+    DownstreamRqTime = 0,
+}

@@ -1,0 +1,284 @@
+//! The control plane's state machine, apart from its transports: what the control thread
+//! owns (resource caches, the publisher, stats), how a response is applied (converted and
+//! validated whole, then ACKed, or NACKed with the resource and field), and warming
+//! deadlines. The ADS streams (`ads`) and SDS streams (`sds`) carry responses in and
+//! ACKs/NACKs out; `transport` reaches the servers.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::stats::{ClusterStat, ControlPlaneStat, Scope, Store, XdsStat};
+
+use super::publish::Publisher;
+use super::state::{Kind, Resources, Static, Update};
+
+/// gRPC status code INVALID_ARGUMENT, carried by NACKs.
+pub(super) const INVALID_ARGUMENT: i32 = 3;
+
+/// Everything the control thread's xDS side owns.
+pub struct Control {
+    pub publisher: Publisher,
+    pub resources: Resources,
+    pub statics: Static,
+    pub stats: Arc<Store>,
+    /// The stats block the control thread writes.
+    pub core: usize,
+    /// Set once the first CDS and LDS responses were applied (`/ready`).
+    pub initialized: Arc<AtomicBool>,
+    cp: Arc<Scope>,
+    seen: BTreeSet<Kind>,
+    /// Bumped after every applied update: SDS streams re-read what they should
+    /// subscribe to.
+    pub changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Control {
+    pub fn new(
+        publisher: Publisher,
+        statics: Static,
+        stats: Arc<Store>,
+        initialized: Arc<AtomicBool>,
+    ) -> Control {
+        let cp = stats.scope::<ControlPlaneStat>("control_plane.");
+        Control {
+            publisher,
+            resources: Resources::default(),
+            statics,
+            core: stats.control_core(),
+            stats,
+            initialized,
+            cp,
+            seen: BTreeSet::new(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// The names a type's subscription should hold now (see [`Resources::wanted`]).
+    pub fn wanted(&self, kind: Kind) -> BTreeSet<String> {
+        self.resources.wanted(kind, &self.statics)
+    }
+
+    fn scopes(&self, update: &Update) -> Vec<Arc<Scope>> {
+        match update.kind {
+            Kind::Cluster => vec![self.stats.scope::<XdsStat>("cluster_manager.cds.")],
+            Kind::Listener => vec![self.stats.scope::<XdsStat>("listener_manager.lds.")],
+            Kind::Route => {
+                let mut prefixes = BTreeSet::new();
+                for inc in &update.resources {
+                    let name = if inc.name.is_empty() {
+                        route_name(&inc.resource)
+                    } else {
+                        inc.name.clone()
+                    };
+                    for p in self.resources.rds_stat_prefixes(&name, &self.statics) {
+                        prefixes.insert(format!("http.{p}.rds.{name}."));
+                    }
+                }
+                prefixes
+                    .iter()
+                    .map(|p| self.stats.scope::<XdsStat>(p))
+                    .collect()
+            }
+            Kind::Endpoint => Vec::new(),
+            Kind::Secret => update
+                .resources
+                .iter()
+                .map(|i| {
+                    let name = if i.name.is_empty() {
+                        secret_name(&i.resource)
+                    } else {
+                        i.name.clone()
+                    };
+                    self.stats.scope::<XdsStat>(&format!("sds.{name}."))
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies one response: convert, assemble, bind, publish. `Err` is the NACK text.
+    pub fn apply(&mut self, update: &Update) -> Result<u64, String> {
+        let started = Instant::now();
+        let scopes = self.scopes(update);
+        let eds: Vec<Arc<Scope>> = if update.kind == Kind::Endpoint {
+            let names: BTreeSet<String> = update
+                .resources
+                .iter()
+                .map(|i| {
+                    if i.name.is_empty() {
+                        cla_name(&i.resource)
+                    } else {
+                        i.name.clone()
+                    }
+                })
+                .collect();
+            names
+                .iter()
+                .map(|n| self.stats.scope::<ClusterStat>(&format!("cluster.{n}.")))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bump = |x: XdsStat, c: ClusterStat| {
+            for s in &scopes {
+                s.core(self.core).inc(x as usize);
+            }
+            for s in &eds {
+                s.core(self.core).inc(c as usize);
+            }
+        };
+        bump(XdsStat::UpdateAttempt, ClusterStat::UpdateAttempt);
+        // Applied to a copy (cheap: shared maps) so that a bind failure also changes nothing.
+        let mut staged = self.resources.clone();
+        let mut phases = [Duration::ZERO; 3];
+        let result = staged
+            .apply(update, &self.statics, &self.stats)
+            .and_then(|ignored| {
+                for path in ignored {
+                    tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
+                }
+                phases[0] = started.elapsed();
+                staged.prune(&self.statics);
+                let current = self.publisher.shared.load_full();
+                let snap = staged.assemble(&self.statics, &current);
+                phases[1] = started.elapsed();
+                let v = self.publisher.publish(snap, started);
+                phases[2] = started.elapsed();
+                v
+            });
+        match result {
+            Ok(v) => {
+                self.resources = staged;
+                bump(XdsStat::UpdateSuccess, ClusterStat::UpdateSuccess);
+                if update.resources.is_empty() && update.removed.is_empty() {
+                    bump(XdsStat::UpdateEmpty, ClusterStat::UpdateEmpty);
+                }
+                self.seen.insert(update.kind);
+                self.changed.send_modify(|v| *v += 1);
+                if self.seen.contains(&Kind::Cluster) && self.seen.contains(&Kind::Listener) {
+                    self.initialized.store(true, Ordering::Release);
+                }
+                tracing::info!(
+                    kind = update.kind.short(),
+                    version = %update.version_info,
+                    resources = update.resources.len(),
+                    removed = update.removed.len(),
+                    snapshot = v,
+                    converted_us = phases[0].as_micros() as u64,
+                    assembled_us = phases[1].as_micros() as u64,
+                    published_us = phases[2].as_micros() as u64,
+                    "xDS update applied"
+                );
+                Ok(v)
+            }
+            Err(e) => {
+                bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);
+                tracing::warn!(kind = update.kind.short(), version = %update.version_info, "xDS update rejected: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// SDS files changed: the static resources that read them are converted again from
+    /// the bootstrap, the dynamic ones from what was received, and the result is published.
+    /// If any of it fails (a half-written file, a key that does not match), nothing
+    /// changes and the old certificates keep serving until the next change.
+    pub fn reload_sds_files(&mut self, changed: &BTreeSet<std::path::PathBuf>) {
+        let started = Instant::now();
+        let mut statics = None;
+        if self.statics.sds_files.iter().any(|f| changed.contains(f)) {
+            let read = Some(crate::config::read_sds_file as crate::model::convert::SdsFileReader);
+            match crate::model::convert::bootstrap_snapshot_with(
+                &self.statics.bootstrap,
+                &self.stats,
+                0,
+                read,
+            ) {
+                Ok((snap, _, files)) => {
+                    let mut s = Static::from_snapshot(&snap);
+                    s.sds_files = files;
+                    statics = Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "SDS file change rejected, the old certificates keep serving: {e}"
+                    );
+                    return;
+                }
+            }
+        }
+        let mut staged = self.resources.clone();
+        let reread = |(_, s): &(Arc<str>, crate::model::convert::SdsSource)| matches!(s, crate::model::convert::SdsSource::File(f) if changed.contains(std::path::Path::new(&**f)));
+        if let Err(e) = staged.reconvert(reread, &self.stats) {
+            tracing::warn!("SDS file change rejected, the old certificates keep serving: {e}");
+            return;
+        }
+        let current = self.publisher.shared.load_full();
+        let snap = staged.assemble(statics.as_ref().unwrap_or(&self.statics), &current);
+        match self.publisher.publish(snap, started) {
+            Ok(v) => {
+                tracing::info!(files = ?changed, snapshot = v, "SDS files reloaded");
+                if let Some(s) = statics {
+                    self.statics = s;
+                }
+                self.resources = staged;
+                self.changed.send_modify(|v| *v += 1);
+            }
+            Err(e) => tracing::warn!("publishing after an SDS file change failed: {e}"),
+        }
+    }
+
+    /// Re-assembles after a warming deadline passed (initial fetch timeout).
+    pub(super) fn on_deadline(&mut self) {
+        let current = self.publisher.shared.load_full();
+        let snap = self.resources.assemble(&self.statics, &current);
+        let s = self.stats.scope::<XdsStat>("listener_manager.lds.");
+        s.core(self.core).inc(XdsStat::InitFetchTimeout as usize);
+        if let Err(e) = self.publisher.publish(snap, Instant::now()) {
+            tracing::warn!("publishing after an initial fetch timeout failed: {e}");
+        }
+    }
+}
+
+fn route_name(any: &prost_types::Any) -> String {
+    use prost::Message;
+    crate::proto::envoy::config::route::v3::RouteConfiguration::decode(any.value.as_slice())
+        .map(|r| r.name)
+        .unwrap_or_default()
+}
+
+fn secret_name(any: &prost_types::Any) -> String {
+    use prost::Message;
+    crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+        any.value.as_slice(),
+    )
+    .map(|s| s.name)
+    .unwrap_or_default()
+}
+
+fn cla_name(any: &prost_types::Any) -> String {
+    use prost::Message;
+    crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(any.value.as_slice())
+        .map(|r| r.cluster_name)
+        .unwrap_or_default()
+}
+
+impl Control {
+    /// Counts a stream event (ADS or SDS) in the control-plane stats.
+    pub(super) fn count(&self, stat: ControlPlaneStat) {
+        self.cp.core(self.core).inc(stat as usize);
+    }
+}
+
+pub(super) fn set_connected(control: &Control, up: bool) {
+    let c = control.cp.core(control.core);
+    let now = control
+        .cp
+        .on_core(control.core, ControlPlaneStat::ConnectedState as usize);
+    match (now, up) {
+        (0, true) => c.inc(ControlPlaneStat::ConnectedState as usize),
+        (1, false) => c.dec(ControlPlaneStat::ConnectedState as usize),
+        _ => {}
+    }
+}
