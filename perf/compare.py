@@ -120,6 +120,27 @@ def cpu_seconds(pids):
     return total / TICK
 
 
+ISTIO_FILTERS = (
+    "          - name: envoy.filters.http.grpc_stats\n"
+    "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, "
+    "emit_filter_state: true, stats_for_all_methods: false}\n"
+    "          - name: envoy.filters.http.fault\n"
+    "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault}\n"
+    "          - name: envoy.filters.http.cors\n"
+    "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}\n"
+)
+
+
+def istio_filters(path):
+    """istiod's default HTTP filters (grpc_stats, an empty fault filter, cors) before the router."""
+    with open(path) as f:
+        s = f.read()
+    router = "          - name: envoy.filters.http.router\n"
+    with open(path, "w") as f:
+        f.write(s.replace(router, ISTIO_FILTERS + router))
+    return path
+
+
 def rss_mb(pids):
     total = 0
     for pid in pids:
@@ -222,7 +243,8 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--latency-seconds", type=int, default=5)
     ap.add_argument("--only", default="direct,ringside,ringside-epoll,nginx,haproxy,envoy",
-                    help="comma-separated targets: direct, ringside, ringside-epoll, nginx, haproxy, envoy")
+                    help="comma-separated targets: direct, ringside, ringside-epoll, nginx, haproxy, envoy, "
+                         "ringside-istio and envoy-istio (istiod's default HTTP filters before the router)")
     ap.add_argument("--ringside-build", action="append", default=[], metavar="NAME=PATH",
                     help="also measure another Ringside binary (before/after comparisons)")
     args = ap.parse_args()
@@ -256,6 +278,13 @@ def main():
         shutil.copy(os.path.join(ROOT, "target/release/ringside"), epoll_bin)
         targets.append(Target("ringside-epoll", [epoll_bin, "-c", cfg,
                                                  "--concurrency", "1", "-l", "warn", "--io-driver", "legacy"], port))
+    if "ringside-istio" in only:
+        port = free_port()
+        cfg = istio_filters(render("ringside.yaml", os.path.join(workdir, "ringside-istio.yaml"),
+                                   ADMIN_PORT=free_port(), PROXY_PORT=port, BACKEND_PORT=backend_port))
+        istio_bin = os.path.join(workdir, "ringside-istio")
+        shutil.copy(os.path.join(ROOT, "target/release/ringside"), istio_bin)
+        targets.append(Target("ringside-istio", [istio_bin, "-c", cfg, "--concurrency", "1", "-l", "warn"], port))
     for extra in args.ringside_build:
         name, path = extra.split("=", 1)
         port = free_port()
@@ -278,6 +307,13 @@ def main():
                      PROXY_PORT=port, BACKEND_PORT=backend_port)
         targets.append(Target("envoy", [tool("envoy"), "-c", cfg, "--concurrency", "1", "-l", "error",
                                         "--base-id", str(os.getpid() % 50000), "--disable-hot-restart"], port))
+    if "envoy-istio" in only:
+        port = free_port()
+        cfg = istio_filters(render("ringside.yaml", os.path.join(workdir, "envoy-istio.yaml"),
+                                   ADMIN_PORT=free_port(), PROXY_PORT=port, BACKEND_PORT=backend_port))
+        targets.append(Target("envoy-istio", [tool("envoy"), "-c", cfg, "--concurrency", "1", "-l", "error",
+                                              "--base-id", str(os.getpid() % 50000 + 1), "--disable-hot-restart"],
+                              port))
     # All targets run side by side (idle ones cost nothing) and are measured in interleaved
     # rounds, so that a noisy neighbour hits every target alike; medians are reported, and
     # ratios are taken round by round (paired_ratio).

@@ -25,6 +25,9 @@ pub struct RouteTable {
     pub headers: HeaderMods,
     pub response_headers: HeaderMods,
     pub per_filter: PerFilterConfigs,
+    /// Whether any level of the table (itself, a virtual host, a route, a weighted
+    /// cluster) has a `typed_per_filter_config`: when none does, filters skip the lookup.
+    pub any_per_filter: bool,
 }
 
 /// How a virtual host treats plaintext requests.

@@ -43,8 +43,9 @@ pub(super) fn decode<E: FilterHost>(
     routed: &Routed<'_>,
     name: &str,
 ) -> Result<(), HttpError> {
-    // Only forwarding routes: not direct responses, redirects or unrouted requests.
-    if !routed.forwards() {
+    // Policies live in per-route configuration only; and only forwarding routes count
+    // (not direct responses, redirects or unrouted requests).
+    if !routed.table.any_per_filter || !routed.forwards() {
         return Ok(());
     }
     let mut policies: Policies = Default::default();

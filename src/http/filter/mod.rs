@@ -88,6 +88,9 @@ pub(crate) struct Routed<'r> {
 
 impl<'r> Routed<'r> {
     pub fn per_route(&self, name: &str) -> Option<&'r PerRoute> {
+        if !self.table.any_per_filter {
+            return None;
+        }
         if let Some(c) = self.weighted.and_then(|w| w.per_filter.get(name)) {
             return Some(c);
         }
@@ -107,6 +110,9 @@ impl<'r> Routed<'r> {
         &self,
         name: &str,
     ) -> std::iter::Flatten<std::array::IntoIter<Option<&'r PerRoute>, 4>> {
+        if !self.table.any_per_filter {
+            return [None, None, None, None].into_iter().flatten();
+        }
         let w = self.weighted.and_then(|w| w.per_filter.get(name));
         let r = self.m.and_then(|m| m.route.per_filter.get(name));
         let v = self.m.and_then(|m| m.vhost.per_filter.get(name));

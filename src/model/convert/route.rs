@@ -21,6 +21,7 @@ pub(crate) fn convert(
     let validate_clusters = rc.validate_clusters.unwrap_or(!ctx.dynamic);
     let max_body = rc.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
     let mut table = RouteTable {
+        any_per_filter: false,
         name: rc.name.as_str().into(),
         virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
         exact: HashMap::new(),
@@ -129,6 +130,17 @@ pub(crate) fn convert(
     }
     table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
     table.prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    table.any_per_filter = !table.per_filter.is_empty()
+        || table.virtual_hosts.iter().any(|v| {
+            !v.per_filter.is_empty()
+                || v.routes.iter().any(|r| {
+                    !r.per_filter.is_empty()
+                        || matches!(&r.action, Action::Forward(f) if matches!(
+                            &f.target,
+                            Target::Weighted { targets, .. } if targets.iter().any(|t| !t.per_filter.is_empty())
+                        ))
+                })
+        });
     Ok(table)
 }
 
