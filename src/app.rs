@@ -26,6 +26,39 @@ pub struct Options {
     pub driver: Driver,
     pub admin_address_path: Option<PathBuf>,
     pub command_line: Vec<String>,
+    /// `--drain-strategy gradual` (Envoy's default): connections are asked to close
+    /// spread over the drain time, not all at once.
+    pub gradual_drain: bool,
+    /// `--local-address-ip-version v6`.
+    pub local_address_v6: bool,
+    /// `--file-flush-interval-msec`: how often the cores hand access-log lines over.
+    pub log_flush_interval: Option<Duration>,
+    /// `--service-cluster`, `--service-node`, `--service-zone`: override the bootstrap's
+    /// node.
+    pub service_cluster: Option<String>,
+    pub service_node: Option<String>,
+    pub service_zone: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config_path: None,
+            config_yaml: None,
+            concurrency: None,
+            validate_only: false,
+            drain_time: Duration::from_secs(600),
+            driver: Driver::Auto,
+            admin_address_path: None,
+            command_line: Vec::new(),
+            gradual_drain: true,
+            local_address_v6: false,
+            log_flush_interval: None,
+            service_cluster: None,
+            service_node: None,
+            service_zone: None,
+        }
+    }
 }
 
 /// Why the process could not start.
@@ -46,7 +79,8 @@ pub enum StartError {
 
 /// Runs Ringside; returns the process exit code.
 pub fn run(opts: Options) -> Result<i32, StartError> {
-    let loaded = load_compact(&opts)?;
+    let mut loaded = load_compact(&opts)?;
+    override_node(&mut loaded.bootstrap, &opts);
     let (bootstrap, origin) = (&loaded.bootstrap, &loaded.source);
     let concurrency = opts
         .concurrency
@@ -104,8 +138,12 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     let hostname: Arc<str> = hostname().into();
     // Envoy's local address (`--local-address-ip-version`, v4 by default): what a loopback
     // peer is recorded as in x-forwarded-for; loopback itself when the host has no other.
-    let local_ip = crate::io::host_address(false)
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    let local_ip =
+        crate::io::host_address(opts.local_address_v6).unwrap_or(if opts.local_address_v6 {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        } else {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        });
     let mut workers = Vec::with_capacity(concurrency);
     for (core, listeners) in bound.per_core.into_iter().enumerate() {
         workers.push(worker::spawn(
@@ -116,6 +154,10 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
                 listeners,
                 drain: drain_rx.clone(),
                 drain_time: opts.drain_time,
+                gradual_drain: opts.gradual_drain,
+                log_flush_interval: opts
+                    .log_flush_interval
+                    .unwrap_or(Duration::from_millis(200)),
                 log_tx: Some(log_tx.clone()),
                 hostname: hostname.clone(),
                 local_ip,
@@ -207,6 +249,25 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     }
     tracing::info!("ringside stopped");
     Ok(code)
+}
+
+/// `--service-cluster`, `--service-node`, `--service-zone`: they override the bootstrap's
+/// node, as in Envoy.
+fn override_node(b: &mut crate::proto::envoy::config::bootstrap::v3::Bootstrap, opts: &Options) {
+    if opts.service_cluster.is_none() && opts.service_node.is_none() && opts.service_zone.is_none()
+    {
+        return;
+    }
+    let node = b.node.get_or_insert_with(Default::default);
+    if let Some(c) = &opts.service_cluster {
+        node.cluster = c.clone();
+    }
+    if let Some(n) = &opts.service_node {
+        node.id = n.clone();
+    }
+    if let Some(z) = &opts.service_zone {
+        node.locality.get_or_insert_with(Default::default).zone = z.clone();
+    }
 }
 
 /// Loads the bootstrap on a short-lived thread and keeps a copy made here.

@@ -65,6 +65,13 @@ impl Slot {
         self.stop.raise();
         self.drain.borrow().raise();
     }
+
+    /// Stops accepting and drains every connection with `--drain-strategy gradual`:
+    /// connections are asked to close spread over `window`.
+    pub fn shut_gradually(&self, window: std::time::Duration) {
+        self.stop.raise();
+        self.drain.borrow().raise_gradually(window);
+    }
 }
 
 /// One request in flight to an upstream host: it counts in the cluster's
@@ -252,6 +259,9 @@ impl CoreCtx {
 #[derive(Default)]
 pub struct DrainEvent {
     raised: Cell<bool>,
+    /// A gradual drain (Envoy's `--drain-strategy gradual`): when it began and over how
+    /// long connections are asked to close. `None`: all at once.
+    gradual: Cell<Option<(std::time::Instant, std::time::Duration)>>,
     waiters: RefCell<Vec<Option<Waker>>>,
     free: RefCell<Vec<usize>>,
 }
@@ -260,6 +270,46 @@ impl DrainEvent {
     /// True once raised.
     pub fn raised(&self) -> bool {
         self.raised.get()
+    }
+
+    /// Whether a connection should close now (Envoy's `drainClose()`): always once an
+    /// immediate drain is raised; during a gradual one, with a probability that grows
+    /// from 0 to 1 over the drain window.
+    pub fn should_close(&self) -> bool {
+        if !self.raised.get() {
+            return false;
+        }
+        match self.gradual.get() {
+            None => true,
+            Some((began, window)) => {
+                let elapsed = began.elapsed().as_secs_f64();
+                let window = window.as_secs_f64();
+                window <= 0.0 || fastrand::f64() * window < elapsed
+            }
+        }
+    }
+
+    /// Raises the event as a gradual drain over `window`.
+    pub fn raise_gradually(&self, window: std::time::Duration) {
+        if !self.raised.get() {
+            self.gradual.set(Some((std::time::Instant::now(), window)));
+        }
+        self.raise();
+    }
+
+    /// Completes when this connection's turn to close comes: at once for an immediate
+    /// drain, at a uniformly drawn moment of a gradual drain's window (so that by time
+    /// `t` a share `t / window` of idle connections have closed, as Envoy's gradual
+    /// strategy asks).
+    pub async fn turn(&self) {
+        self.wait().await;
+        if let Some((began, window)) = self.gradual.get() {
+            let at = began + window.mul_f64(fastrand::f64());
+            let left = at.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                monoio::time::sleep(left).await;
+            }
+        }
     }
 
     /// Raises the event and wakes every waiter.

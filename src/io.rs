@@ -188,6 +188,35 @@ pub fn host_address(v6: bool) -> Option<std::net::IpAddr> {
     found
 }
 
+/// The calling thread's kernel id (`%t` in log lines, as Envoy prints it).
+pub fn thread_id() -> i64 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    i64::from(unsafe { libc::gettid() })
+}
+
+/// Allows core dumps: the soft core-size limit raised to the hard one, and the process
+/// marked dumpable (`--enable-core-dump`).
+pub fn enable_core_dump() -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit, read above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn set_nonblocking(sock: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: as in `original_dst`: borrowed for this call only, never closed here.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };

@@ -9,6 +9,7 @@ pub mod http;
 pub mod io;
 pub mod iptables;
 pub mod listener;
+pub mod logging;
 pub mod model;
 pub mod proto;
 pub mod router;

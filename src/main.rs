@@ -53,6 +53,71 @@ struct Cli {
     /// Write the admin listener's address here once it is bound (as Envoy does).
     #[arg(long = "admin-address-path")]
     admin_address_path: Option<PathBuf>,
+    /// How connections are asked to close while draining: `gradual` (Envoy's default:
+    /// spread over the drain time) or `immediate` (all at once).
+    #[arg(long = "drain-strategy", value_enum, default_value = "gradual")]
+    drain_strategy: DrainStrategy,
+    /// The IP version of the server's own address (recorded in `x-forwarded-for` for
+    /// loopback peers).
+    #[arg(long = "local-address-ip-version", value_enum, default_value = "v4")]
+    local_address_ip_version: IpVersion,
+    /// How often the cores hand buffered access-log lines to the writer (Envoy's file
+    /// flush interval). Ringside's default is 200 ms.
+    #[arg(long = "file-flush-interval-msec")]
+    file_flush_interval_msec: Option<u64>,
+    /// Per-component log levels, `component:level,...`, with Envoy's component names.
+    #[arg(long = "component-log-level")]
+    component_log_level: Option<String>,
+    /// Log line format, with Envoy's (spdlog) flags: %Y %m %d %T %H %M %S %e %f %z %l %L
+    /// %n %v %t %P %g %s %# %! %_ %%.
+    #[arg(long = "log-format")]
+    log_format: Option<String>,
+    /// Write the application log to this file instead of standard error.
+    #[arg(long = "log-path")]
+    log_path: Option<PathBuf>,
+    /// Overrides the bootstrap's `node.cluster`.
+    #[arg(long = "service-cluster")]
+    service_cluster: Option<String>,
+    /// Overrides the bootstrap's `node.id`.
+    #[arg(long = "service-node")]
+    service_node: Option<String>,
+    /// Overrides the bootstrap's `node.locality.zone`.
+    #[arg(long = "service-zone")]
+    service_zone: Option<String>,
+    /// Allows core dumps (a core file on a crash, within the system's limits).
+    #[arg(long = "enable-core-dump")]
+    enable_core_dump: bool,
+    /// Envoy's hot restart is never used by Ringside: accepted, as Envoy accepts it.
+    #[arg(long = "disable-hot-restart")]
+    disable_hot_restart: bool,
+    /// Ringside logs no deprecation warnings: accepted.
+    #[arg(long = "skip-deprecated-logs")]
+    skip_deprecated_logs: bool,
+    /// Envoy ignores bootstrap fields outside its API with this flag. Ringside refuses
+    /// any field it does not know, by name, with or without it (see README).
+    #[arg(long = "allow-unknown-static-fields")]
+    allow_unknown_static_fields: bool,
+    /// Hot-restart base id (shared memory name): no hot restart in Ringside, accepted.
+    #[arg(long = "base-id")]
+    base_id: Option<u32>,
+    /// Hot-restart epoch: only 0 (the first process) is meaningful without hot restart.
+    #[arg(long = "restart-epoch", default_value_t = 0)]
+    restart_epoch: u32,
+    /// Hot-restart parent shutdown time: no hot restart in Ringside, accepted.
+    #[arg(long = "parent-shutdown-time-s")]
+    parent_shutdown_time_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DrainStrategy {
+    Gradual,
+    Immediate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IpVersion {
+    V4,
+    V6,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -77,17 +142,42 @@ fn main() -> ExitCode {
             }
         };
     }
-    let level = match cli.log_level.to_ascii_lowercase().as_str() {
-        "warning" => "warn".to_string(),
-        "critical" => "error".to_string(),
-        other => other.to_string(),
+    // Hot restart and deprecation logging do not exist in Ringside: these flags are accepted
+    // as Envoy accepts them, with nothing to do. `--allow-unknown-static-fields` changes
+    // nothing either: Ringside refuses every field it does not know (README).
+    let _ = (
+        cli.disable_hot_restart,
+        cli.skip_deprecated_logs,
+        cli.allow_unknown_static_fields,
+        cli.base_id,
+        cli.parent_shutdown_time_s,
+    );
+    if cli.restart_epoch != 0 {
+        eprintln!(
+            "error: --restart-epoch {}: Ringside has no hot restart; only epoch 0 runs",
+            cli.restart_epoch
+        );
+        return ExitCode::from(1);
+    }
+    let filter = match ringside::logging::filter(&cli.log_level, cli.component_log_level.as_deref())
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) =
+        ringside::logging::init(filter, cli.log_format.as_deref(), cli.log_path.as_deref())
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
+    if cli.enable_core_dump {
+        if let Err(e) = ringside::io::enable_core_dump() {
+            tracing::warn!("--enable-core-dump: {e}");
+        }
+    }
     let opts = Options {
         config_path: cli.config_path,
         config_yaml: cli.config_yaml,
@@ -97,6 +187,12 @@ fn main() -> ExitCode {
         driver: cli.io_driver,
         admin_address_path: cli.admin_address_path,
         command_line: std::env::args().collect(),
+        gradual_drain: cli.drain_strategy == DrainStrategy::Gradual,
+        local_address_v6: cli.local_address_ip_version == IpVersion::V6,
+        log_flush_interval: cli.file_flush_interval_msec.map(Duration::from_millis),
+        service_cluster: cli.service_cluster,
+        service_node: cli.service_node,
+        service_zone: cli.service_zone,
     };
     match app::run(opts) {
         Ok(code) => ExitCode::from(code as u8),

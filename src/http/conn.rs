@@ -364,7 +364,7 @@ impl Connection {
                     .request_headers_timeout
                     .map(|t| t.saturating_sub(started.get_or_insert_with(Instant::now).elapsed()))
             };
-            if idle && self.drain.raised() && self.requests > 0 {
+            if idle && self.drain.should_close() && self.requests > 0 {
                 self.stat(HttpStat::DownstreamCxDrainClose);
                 return Ok(false);
             }
@@ -381,7 +381,7 @@ impl Connection {
                             return Ok(false);
                         }
                     },
-                    _ = self.drain.wait() => {
+                    _ = self.drain.turn() => {
                         self.stat(HttpStat::DownstreamCxDrainClose);
                         return Ok(false);
                     }
@@ -441,7 +441,7 @@ impl Connection {
 
     fn must_close(&self) -> bool {
         self.head.close
-            || self.drain.raised()
+            || self.drain.should_close()
             || self
                 .hcm
                 .max_requests_per_connection

@@ -121,6 +121,10 @@ pub struct CoreStart {
     pub listeners: Vec<crate::listener::CoreListener>,
     pub drain: tokio::sync::watch::Receiver<bool>,
     pub drain_time: Duration,
+    /// `--drain-strategy gradual`.
+    pub gradual_drain: bool,
+    /// How often buffered access-log lines go to the writer.
+    pub log_flush_interval: Duration,
     pub log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
     pub local_ip: std::net::IpAddr,
@@ -205,9 +209,10 @@ async fn core_main(start: CoreStart) {
         }
     });
     let flusher = ctx.clone();
+    let flush_every = start.log_flush_interval;
     monoio::spawn(async move {
         loop {
-            monoio::time::sleep(Duration::from_millis(200)).await;
+            monoio::time::sleep(flush_every).await;
             flusher.flush_logs();
         }
     });
@@ -215,7 +220,11 @@ async fn core_main(start: CoreStart) {
     let _ = drain.wait_for(|d| *d).await;
     ctx.drain_event.raise();
     for slot in ctx.listeners.borrow().values() {
-        slot.shut();
+        if start.gradual_drain {
+            slot.shut_gradually(start.drain_time);
+        } else {
+            slot.shut();
+        }
     }
     // Listeners stop accepting on their own; in-flight requests get until the deadline.
     let deadline = Instant::now() + start.drain_time;

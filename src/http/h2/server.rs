@@ -111,7 +111,7 @@ async fn run<IO>(
         } else {
             monoio::select! {
                 n = conn.accept() => n,
-                _ = drain.wait() => {
+                _ = drain.turn() => {
                     // GOAWAY: streams already open finish, no new ones start.
                     conn.graceful_shutdown();
                     stat(&ctx, &hcm, HttpStat::DownstreamCxDrainClose);
