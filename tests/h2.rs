@@ -627,6 +627,9 @@ async fn goaway_on_drain_lets_in_flight_streams_finish_and_refuses_new_ones() {
             driver,
             "--drain-time-s",
             "10",
+            // GOAWAY at once (pilot-agent's choice); the gradual strategy: tests/cli.rs.
+            "--drain-strategy",
+            "immediate",
         ];
         let mut proxy = Proxy::start(&config("", &all_to("echo"), &clusters), &args).await;
         let tcp = TcpStream::connect(proxy.addr()).await.unwrap();

@@ -90,6 +90,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
                 driver,
                 "--drain-time-s",
                 "5",
+                // Closes asked for at once (pilot-agent's choice); gradual: tests/cli.rs.
+                "--drain-strategy",
+                "immediate",
             ],
         )
         .await;
