@@ -178,6 +178,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         "ringside started"
     );
 
+    let admin_cores = cmd_tx.clone();
     let publisher = crate::xds::publish::Publisher::new(
         shared.clone(),
         cmd_tx,
@@ -197,6 +198,10 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         failing: AtomicBool::new(false),
         command_line: opts.command_line.clone(),
         driver: format!("{driver:?}"),
+        cores: admin_cores,
+        drain_time: opts.drain_time,
+        gradual_drain: opts.gradual_drain,
+        draining: std::sync::atomic::AtomicU8::new(0),
     });
     // The control thread's tasks share its xDS state (ADS and SDS streams): a LocalSet.
     let local = tokio::task::LocalSet::new();

@@ -202,3 +202,102 @@ async fn gradual_drain_spreads_closes_over_the_drain_time_and_immediate_does_not
         );
     }
 }
+
+/// Two listeners, one marked INBOUND and one OUTBOUND, to `backend`.
+fn two_directions(backend: std::net::SocketAddr) -> String {
+    let listener = |name: &str, dir: &str| {
+        format!(
+            r#"  - name: {name}
+    traffic_direction: {dir}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: b}}}}]}}]}}
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+"#
+        )
+    };
+    format!(
+        "static_resources:\n  listeners:\n{}{}  clusters: [{}]\n",
+        listener("inbound", "INBOUND"),
+        listener("outbound", "OUTBOUND"),
+        cluster("b", &[backend], "")
+    )
+}
+
+async fn post(admin: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    String::from_utf8(read_all(&mut s, Duration::from_secs(2)).await).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_listeners_stops_inbound_listeners_as_pilot_agent_asks() {
+    let backend = Backend::start("b").await;
+    // A plain drain of the inbound listeners: they stop accepting at once; outbound serves.
+    let args = [
+        "--concurrency",
+        "1",
+        "--drain-time-s",
+        "1",
+        "--drain-strategy",
+        "immediate",
+    ];
+    let p = Proxy::start(&two_directions(backend.addr), &args).await;
+    let (inb, outb) = (p.listeners["inbound"], p.listeners["outbound"]);
+    assert_eq!(http_get(inb, "/", &[]).await.0, 200);
+    let out = post(p.admin, "/drain_listeners?inboundonly").await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("OK\n"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(inb).await.is_err(),
+        "inbound still accepts"
+    );
+    assert_eq!(http_get(outb, "/", &[]).await.0, 200);
+
+    // pilot-agent's graceful drain: the inbound listener keeps accepting for the drain time,
+    // its new connections are told to close, then it stops; outbound keeps serving.
+    let p = Proxy::start(&two_directions(backend.addr), &args).await;
+    let (inb, outb) = (p.listeners["inbound"], p.listeners["outbound"]);
+    let out = post(p.admin, "/drain_listeners?inboundonly&graceful").await;
+    assert!(out.ends_with("OK\n"), "{out}");
+    let (s, h, _) = http_get(inb, "/", &[]).await;
+    assert_eq!((s, header(&h, "connection")), (200, Some("close")));
+    // A second graceful drain of the same listeners changes nothing.
+    assert!(post(p.admin, "/drain_listeners?inboundonly&graceful")
+        .await
+        .ends_with("OK\n"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        TcpStream::connect(inb).await.is_err(),
+        "inbound accepts after the drain time"
+    );
+    let (s, h, _) = http_get(outb, "/", &[]).await;
+    assert_eq!((s, header(&h, "connection")), (200, None));
+
+    // pilot-agent's readiness probe reads only the stats that moved.
+    let (_, used) = p.admin_get("/stats?usedonly").await;
+    assert!(
+        used.contains("http.outbound.downstream_rq_total: "),
+        "{used}"
+    );
+    assert!(!used.lines().any(|l| l.ends_with(": 0")), "{used}");
+    assert!(
+        !used.contains("upstream_cx_connect_ms: No recorded values"),
+        "{used}"
+    );
+}

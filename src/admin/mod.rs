@@ -16,6 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
+mod stats;
+use stats::{histograms_json, prometheus, quantiles_text};
+
 /// What the admin handlers read.
 pub struct AdminState {
     pub snapshot: SharedSnapshot,
@@ -32,6 +35,13 @@ pub struct AdminState {
     pub failing: AtomicBool,
     pub command_line: Vec<String>,
     pub driver: String,
+    /// The cores, for `/drain_listeners`.
+    pub cores: Vec<tokio::sync::mpsc::UnboundedSender<crate::worker::CoreCommand>>,
+    /// `--drain-time-s` and `--drain-strategy`.
+    pub drain_time: std::time::Duration,
+    pub gradual_drain: bool,
+    /// Graceful admin drain under way: 1 inbound listeners, 2 all.
+    pub draining: std::sync::atomic::AtomicU8,
 }
 
 /// Serves admin requests until the process exits.
@@ -121,17 +131,22 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
         }
         ("GET", "/stats") => {
             let filter = params.get("filter").and_then(|f| regex::Regex::new(&decode(f)).ok());
+            // `usedonly`: stats that moved (a counter or gauge that is not 0, a histogram
+            // with samples); Envoy also lists a gauge that was set back to 0.
+            let used_only = params.contains_key("usedonly");
             let stats: Vec<_> = state
                 .stats
                 .snapshot()
                 .into_iter()
                 .filter(|s| filter.as_ref().is_none_or(|f| f.is_match(&s.name)))
+                .filter(|s| !used_only || s.value != 0)
                 .collect();
             let hists: Vec<_> = state
                 .stats
                 .histograms()
                 .into_iter()
                 .filter(|h| filter.as_ref().is_none_or(|f| f.is_match(&h.name)))
+                .filter(|h| !used_only || h.count > 0)
                 .collect();
             if params.get("format") == Some(&"json") {
                 let mut list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value})).collect();
@@ -150,6 +165,7 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 (200, text_ct, out.into_bytes())
             }
         }
+        ("POST", "/drain_listeners") => drain_listeners(state, &params),
         ("GET", "/stats/prometheus") => (
             200,
             "text/plain; version=0.0.4",
@@ -255,144 +271,39 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A histogram as Envoy's `/stats` prints it: each quantile as `P<q>(interval,cumulative)`.
-/// Ringside keeps no flush intervals, so the interval value is `nan`, as Envoy prints it
-/// for an interval without samples.
-fn quantiles_text(h: &crate::stats::HistValue) -> String {
-    if h.count == 0 {
-        return "No recorded values".into();
-    }
-    let mut out = String::new();
-    for q in crate::stats::QUANTILES {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        let v = h.quantile(q).unwrap_or(f64::NAN);
-        let _ = write!(out, "P{q}(nan,{v})");
-    }
-    out
-}
-
-/// Envoy's JSON form of histograms: an entry of the `stats` list.
-fn histograms_json(hists: &[crate::stats::HistValue]) -> Value {
-    let computed: Vec<Value> = hists
-        .iter()
-        .map(|h| {
-            let values: Vec<Value> = crate::stats::QUANTILES
-                .iter()
-                .map(|&q| json!({"interval": null, "cumulative": h.quantile(q)}))
-                .collect();
-            json!({"name": h.name, "values": values})
-        })
-        .collect();
-    json!({"histograms": {"supported_quantiles": crate::stats::QUANTILES, "computed_quantiles": computed}})
-}
-
-/// Envoy-style Prometheus names: the well-known scope names become labels.
-fn prometheus(stats: &[crate::stats::StatValue], hists: &[crate::stats::HistValue]) -> String {
-    let mut families: std::collections::BTreeMap<String, (bool, Vec<(String, i64)>)> =
-        Default::default();
-    for s in stats {
-        let (name, labels) = prometheus_name(&s.name);
-        let entry = families.entry(name).or_insert((s.gauge, Vec::new()));
-        entry.1.push((labels, s.value));
-    }
-    let mut out = String::new();
-    for (name, (gauge, samples)) in families {
-        let _ = writeln!(
-            out,
-            "# TYPE {name} {}",
-            if gauge { "gauge" } else { "counter" }
-        );
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
+/// `POST /drain_listeners[?inboundonly][&graceful][&skip_exit]`, as Envoy 1.40 answers it:
+/// the listeners' connections (all, or the inbound ones) are asked to close with the drain
+/// strategy over the drain time; a graceful drain keeps accepting for the drain time and
+/// then stops the listeners, a plain one stops them at once; `skip_exit` keeps them
+/// listening. A repeated graceful drain of the same scope answers OK and changes nothing.
+fn drain_listeners(
+    state: &AdminState,
+    params: &HashMap<&str, &str>,
+) -> (u16, &'static str, Vec<u8>) {
+    let inbound_only = params.contains_key("inboundonly");
+    let graceful = params.contains_key("graceful");
+    let skip_exit = params.contains_key("skip_exit");
+    let scope = if inbound_only { 1 } else { 2 };
+    if graceful {
+        let before = state.draining.fetch_max(scope, Ordering::AcqRel);
+        if before >= scope {
+            return (200, "text/plain; charset=UTF-8", b"OK\n".to_vec());
         }
     }
-    // Histograms: cumulative buckets at Envoy's bounds, then sum and count.
-    let mut families: std::collections::BTreeMap<String, Vec<(String, &crate::stats::HistValue)>> =
-        Default::default();
-    for h in hists {
-        let (name, labels) = prometheus_name(&h.name);
-        families.entry(name).or_default().push((labels, h));
-    }
-    for (name, samples) in families {
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (labels, h) in samples {
-            let inner = labels.trim_start_matches('{').trim_end_matches('}');
-            let sep = if inner.is_empty() { "" } else { "," };
-            for (i, c) in h.cumulative.iter().enumerate() {
-                let le = match crate::stats::HISTOGRAM_BOUNDS.get(i) {
-                    Some(b) => b.to_string(),
-                    None => "+Inf".into(),
-                };
-                let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"{le}\"}} {c}");
-            }
-            let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{labels} {}", h.count);
-        }
-    }
-    out
-}
-
-/// Envoy's response-code tag extractors: `upstream_rq_200` is `upstream_rq` with
-/// `envoy_response_code="200"`, `upstream_rq_2xx` (and `downstream_rq_2xx`) is `…_rq_xx`
-/// with `envoy_response_code_class="2"`; the label comes first, as Envoy prints it.
-fn response_code_tag<'a>(metric: &'a str, labels: &mut Vec<String>) -> std::borrow::Cow<'a, str> {
-    let Some((base, last)) = metric.rsplit_once('_') else {
-        return metric.into();
+    let stop_after = match (skip_exit, graceful) {
+        (true, _) => None,
+        (false, true) => Some(state.drain_time),
+        (false, false) => Some(std::time::Duration::ZERO),
     };
-    let b = last.as_bytes();
-    if !base.ends_with("_rq") {
-        return metric.into();
+    for core in &state.cores {
+        let _ = core.send(crate::worker::CoreCommand::Drain {
+            inbound_only,
+            window: state.drain_time,
+            gradual: state.gradual_drain,
+            stop_after,
+        });
     }
-    if b.len() == 3 && b.iter().all(u8::is_ascii_digit) && base == "upstream_rq" {
-        labels.push(format!("envoy_response_code=\"{last}\""));
-        return base.into();
-    }
-    if b.len() == 3 && b[0].is_ascii_digit() && &b[1..] == b"xx" {
-        labels.push(format!("envoy_response_code_class=\"{}\"", b[0] as char));
-        return format!("{base}_xx").into();
-    }
-    metric.into()
-}
-
-fn prometheus_name(stat: &str) -> (String, String) {
-    let sanitize = |s: &str| {
-        s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect::<String>()
-    };
-    let mut labels = Vec::new();
-    let rest: String;
-    if let Some(r) = stat.strip_prefix("cluster.") {
-        let (name, metric) = r.rsplit_once('.').unwrap_or(("", r));
-        let metric = response_code_tag(metric, &mut labels);
-        labels.push(format!("envoy_cluster_name=\"{name}\""));
-        rest = format!("cluster_{metric}");
-    } else if let Some(r) = stat.strip_prefix("http.") {
-        let (prefix, metric) = r.split_once('.').unwrap_or(("", r));
-        let metric = response_code_tag(metric, &mut labels);
-        labels.push(format!("envoy_http_conn_manager_prefix=\"{prefix}\""));
-        rest = format!("http_{metric}");
-    } else if let Some(r) = stat.strip_prefix("listener.") {
-        let (addr_and_worker, metric) = r.rsplit_once('.').unwrap_or(("", r));
-        match addr_and_worker.rsplit_once(".worker_") {
-            Some((addr, w)) => {
-                labels.push(format!("envoy_listener_address=\"{addr}\""));
-                labels.push(format!("envoy_worker_id=\"{w}\""));
-            }
-            None => labels.push(format!("envoy_listener_address=\"{addr_and_worker}\"")),
-        }
-        rest = format!("listener_{metric}");
-    } else {
-        rest = stat.to_string();
-    }
-    let labels = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", labels.join(","))
-    };
-    (format!("envoy_{}", sanitize(&rest)), labels)
+    (200, "text/plain; charset=UTF-8", b"OK\n".to_vec())
 }
 
 /// A secret as Envoy dumps it: the private key replaced by `[redacted]`.

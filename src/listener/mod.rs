@@ -149,6 +149,41 @@ pub fn stop(ctx: &CoreCtx, name: &str) {
     }
 }
 
+/// `/drain_listeners` on this core: the connections of every listener (or of the inbound
+/// ones) are asked to close with the drain strategy over `window`; the listeners stop
+/// accepting after `stop_after` (at once for a plain drain, after the window for a
+/// graceful one, never with `skip_exit`), as Envoy's admin drain does.
+pub fn drain(
+    ctx: &CoreCtx,
+    inbound_only: bool,
+    window: std::time::Duration,
+    gradual: bool,
+    stop_after: Option<std::time::Duration>,
+) {
+    for slot in ctx.listeners.borrow().values() {
+        if inbound_only && !slot.config.borrow().inbound {
+            continue;
+        }
+        let event = slot.drain.borrow().clone();
+        if gradual {
+            event.raise_gradually(window);
+        } else {
+            event.raise();
+        }
+        match stop_after {
+            None => {}
+            Some(d) if d.is_zero() => slot.stop.raise(),
+            Some(d) => {
+                let slot = slot.clone();
+                monoio::spawn(async move {
+                    monoio::time::sleep(d).await;
+                    slot.stop.raise();
+                });
+            }
+        }
+    }
+}
+
 /// A listener updated in place (same socket): new connections get the new configuration,
 /// the connections of the old one drain.
 pub fn update(ctx: &CoreCtx, listener: Arc<Listener>) {

@@ -160,6 +160,8 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 pub struct Listener {
     pub name: Arc<str>,
     pub address: SocketAddr,
+    /// `traffic_direction: INBOUND`: drained by `/drain_listeners?inboundonly`.
+    pub inbound: bool,
     pub stats: Arc<Scope>,
     pub chains: chain::Chains,
     /// `bind_to_port` (default true): false for the listeners a `use_original_dst`
@@ -189,6 +191,7 @@ impl Listener {
         Listener {
             name: self.name.clone(),
             address,
+            inbound: self.inbound,
             stats: self.stats.clone(),
             chains: self.chains.clone(),
             bind_to_port: self.bind_to_port,

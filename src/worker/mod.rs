@@ -48,6 +48,15 @@ pub enum CoreCommand {
     Stop(Arc<str>),
     /// A snapshot of this version was published: load it now and report it as served.
     Snapshot(u64),
+    /// `/drain_listeners`: drain the connections of every listener (or of the inbound
+    /// ones) with the drain strategy over `window`, and stop accepting after `stop_after`
+    /// (`None`: keep accepting, `skip_exit`).
+    Drain {
+        inbound_only: bool,
+        window: Duration,
+        gradual: bool,
+        stop_after: Option<Duration>,
+    },
 }
 
 /// The snapshot version each core has loaded and when (for `/config_dump` and the publish
@@ -201,6 +210,12 @@ async fn core_main(start: CoreStart) {
                 CoreCommand::Listen(l) => crate::listener::start(&cmd_ctx, l),
                 CoreCommand::Update(l) => crate::listener::update(&cmd_ctx, l),
                 CoreCommand::Stop(name) => crate::listener::stop(&cmd_ctx, &name),
+                CoreCommand::Drain {
+                    inbound_only,
+                    window,
+                    gradual,
+                    stop_after,
+                } => crate::listener::drain(&cmd_ctx, inbound_only, window, gradual, stop_after),
                 CoreCommand::Snapshot(_) => {
                     let v = cmd_ctx.snapshot().version;
                     served.set(cmd_ctx.core, v);

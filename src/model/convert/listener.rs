@@ -21,9 +21,6 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
         ctx.ignored
             .push(format!("{res}.per_connection_buffer_limit_bytes"));
     }
-    if l.traffic_direction != 0 {
-        ctx.ignored.push(format!("{res}.traffic_direction"));
-    }
     if l.enable_reuse_port.is_some() {
         ctx.ignored.push(format!("{res}.enable_reuse_port"));
     }
@@ -67,6 +64,8 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
         },
     };
     Ok(Listener {
+        // envoy.config.core.v3.TrafficDirection: UNSPECIFIED 0, INBOUND 1, OUTBOUND 2.
+        inbound: l.traffic_direction == 1,
         name: l.name.as_str().into(),
         address,
         stats,
