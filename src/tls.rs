@@ -88,12 +88,43 @@ impl Refused {
 pub struct CoreConfigs(std::cell::RefCell<rustc_hash::FxHashMap<usize, CoreConfig>>);
 
 /// A listener's TLS settings (held, so its address is not reused while the entry lives)
-/// and this core's rustls config for them.
-type CoreConfig = (Arc<DownstreamTls>, Arc<rustls::ServerConfig>);
+/// and this core's rustls configs for them.
+type CoreConfig = (Arc<DownstreamTls>, Configs);
+
+/// This core's rustls configs for one listener's TLS settings: as configured, and the same
+/// without ALPN, for clients that offer no protocol the listener lists.
+#[derive(Clone)]
+pub struct Configs {
+    pub main: Arc<rustls::ServerConfig>,
+    pub no_alpn: Arc<rustls::ServerConfig>,
+}
+
+impl Configs {
+    /// The config for a ClientHello offering `offered`: when the client offers ALPN and
+    /// none of it is ours, the handshake finishes without ALPN, as Envoy's does (rustls
+    /// would refuse it with `no_application_protocol`). Istio's client sidecars offer
+    /// `istio-peer-exchange`, `istio-h2`, … to servers that may list none of them.
+    pub fn for_hello<'a>(
+        &self,
+        offered: Option<impl Iterator<Item = &'a [u8]>>,
+    ) -> Arc<rustls::ServerConfig> {
+        let ours = &self.main.alpn_protocols;
+        match offered {
+            Some(mut offered) if !ours.is_empty() => {
+                if offered.any(|p| ours.iter().any(|o| o.as_slice() == p)) {
+                    self.main.clone()
+                } else {
+                    self.no_alpn.clone()
+                }
+            }
+            _ => self.main.clone(),
+        }
+    }
+}
 
 impl CoreConfigs {
-    /// This core's config for `tls`.
-    pub fn get(&self, tls: &Arc<DownstreamTls>) -> Arc<rustls::ServerConfig> {
+    /// This core's configs for `tls`.
+    pub fn get(&self, tls: &Arc<DownstreamTls>) -> Configs {
         let key = Arc::as_ptr(tls) as usize;
         let mut map = self.0.borrow_mut();
         if let Some((_, c)) = map.get(&key) {
@@ -105,9 +136,15 @@ impl CoreConfigs {
             config.session_storage =
                 rustls::server::ServerSessionMemoryCache::new(tls.session_cache);
         }
-        let config = Arc::new(config);
-        map.insert(key, (tls.clone(), config.clone()));
-        config
+        // The twin shares the session cache and ticketer (both behind `Arc`).
+        let mut no_alpn = config.clone();
+        no_alpn.alpn_protocols.clear();
+        let configs = Configs {
+            main: Arc::new(config),
+            no_alpn: Arc::new(no_alpn),
+        };
+        map.insert(key, (tls.clone(), configs.clone()));
+        configs
     }
 }
 
@@ -139,18 +176,22 @@ pub async fn accept(
 
 async fn handshake(
     tls: &DownstreamTls,
-    config: Arc<rustls::ServerConfig>,
+    configs: Configs,
     stream: TcpStream,
     prefix: Vec<u8>,
 ) -> Result<ServerStream, Refused> {
     let io = stream.try_into_poll_io().map_err(|_| Refused::Failed)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let s = match monoio::time::timeout(
-        tls.handshake_timeout,
-        acceptor.accept(Rewind::new(prefix, io)),
-    )
-    .await
-    {
+    // The ClientHello first, to pick the config by the ALPN it offers.
+    let accept = async {
+        let start = tokio_rustls::LazyConfigAcceptor::new(
+            rustls::server::Acceptor::default(),
+            Rewind::new(prefix, io),
+        )
+        .await?;
+        let config = configs.for_hello(start.client_hello().alpn());
+        start.into_stream(config).await
+    };
+    let s = match monoio::time::timeout(tls.handshake_timeout, accept).await {
         Err(_) => return Err(Refused::Timeout),
         Ok(Err(e)) => return Err(Refused::of(&e)),
         Ok(Ok(s)) => s,

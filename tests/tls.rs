@@ -280,6 +280,24 @@ async fn mutual_tls_with_spiffe_identities() {
         let resp = get(&mut s, "/hello").await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{driver}: {resp}");
         assert_eq!(proxy.stat(&format!("{SSL}.handshake")).await, 1);
+
+        // Istio's client sidecars offer only `istio-*` protocols: with none in common the
+        // handshake finishes without ALPN, as Envoy's does, and HTTP/1.1 is served.
+        let istio = Arc::new(client_config(
+            &mesh,
+            Some(&client),
+            &[b"istio-peer-exchange", b"istio-http/1.1", b"istio"],
+        ));
+        let mut s = tls_connect(addr, istio)
+            .await
+            .expect("a handshake with no ALPN in common");
+        assert_eq!(s.get_ref().1.alpn_protocol(), None, "{driver}");
+        let resp = get(&mut s, "/hello").await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{driver}: {resp}");
+        // A client offering no ALPN at all is served as before.
+        let plain = Arc::new(client_config(&mesh, Some(&client), &[]));
+        let mut s = tls_connect(addr, plain).await.expect("no ALPN offered");
+        assert!(get(&mut s, "/x").await.unwrap().starts_with("HTTP/1.1 200"));
         assert_eq!(
             backend.seen.header("x-forwarded-proto").as_deref(),
             Some("https"),
@@ -342,8 +360,9 @@ async fn mutual_tls_with_spiffe_identities() {
                 .await
                 >= 1
         );
-        // Only the authenticated request reached the upstream.
-        assert_eq!(backend.seen.requests.load(SeqCst), before + 1, "{driver}");
+        // Only the authenticated requests reached the upstream (three: with ALPN
+        // http/1.1, with only istio-* offered, with none offered).
+        assert_eq!(backend.seen.requests.load(SeqCst), before + 3, "{driver}");
     }
 }
 
