@@ -445,6 +445,18 @@ async fn local_rate_limit_is_one_bucket_for_every_core() {
     assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
     // Disabled on /free.
     assert_eq!(send(addr, false, "GET", "/free", &[]).await.0, 200);
+    // The connections did land on both cores (else this would not show sharing).
+    let (_, workers) = proxy
+        .admin_get("/stats?filter=worker_.\\.downstream_cx_total")
+        .await;
+    let per_core: Vec<i64> = workers
+        .lines()
+        .filter_map(|l| l.rsplit(": ").next()?.parse().ok())
+        .collect();
+    assert!(
+        per_core.len() == 2 && per_core.iter().all(|&n| n > 0),
+        "{workers}"
+    );
     assert_eq!(proxy.stat("rl.http_local_rate_limit.enabled").await, 12);
     assert_eq!(proxy.stat("rl.http_local_rate_limit.ok").await, 5);
     assert_eq!(proxy.stat("rl.http_local_rate_limit.rate_limited").await, 7);
