@@ -229,6 +229,21 @@ fn two_directions(backend: std::net::SocketAddr) -> String {
     )
 }
 
+/// Whether `addr` refuses connections within `within` (a core applies the drain when its
+/// command arrives).
+async fn refuses_within(addr: std::net::SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 async fn post(admin: std::net::SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(admin).await.unwrap();
     s.write_all(
@@ -262,9 +277,8 @@ async fn drain_listeners_stops_inbound_listeners_as_pilot_agent_asks() {
         out.starts_with("HTTP/1.1 200") && out.ends_with("OK\n"),
         "{out}"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        TcpStream::connect(inb).await.is_err(),
+        refuses_within(inb, Duration::from_secs(3)).await,
         "inbound still accepts"
     );
     assert_eq!(http_get(outb, "/", &[]).await.0, 200);
@@ -281,10 +295,16 @@ async fn drain_listeners_stops_inbound_listeners_as_pilot_agent_asks() {
     assert!(post(p.admin, "/drain_listeners?inboundonly&graceful")
         .await
         .ends_with("OK\n"));
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let t = Instant::now();
     assert!(
-        TcpStream::connect(inb).await.is_err(),
+        refuses_within(inb, Duration::from_secs(4)).await,
         "inbound accepts after the drain time"
+    );
+    // It stopped at the end of the drain time (1 s after the POST), not before.
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
     );
     let (s, h, _) = http_get(outb, "/", &[]).await;
     assert_eq!((s, header(&h, "connection")), (200, None));
