@@ -498,19 +498,7 @@ async fn filters_run_in_order_and_unknown_ones_are_refused_by_type() {
         "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
         "max_request_bytes: 1024",
     );
-    let dir = temp_dir();
-    let path = dir.join("bad.yaml");
-    std::fs::write(
-        &path,
-        config_with_filters("", &unknown, &all_to("b"), &clusters),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
-        .args(["-c", path.to_str().unwrap(), "--mode", "validate"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = refused(&config_with_filters("", &unknown, &all_to("b"), &clusters));
     assert!(
         err.contains("envoy.extensions.filters.http.buffer.v3.Buffer"),
         "{err}"
@@ -521,16 +509,18 @@ async fn filters_run_in_order_and_unknown_ones_are_refused_by_type() {
         FAULT,
         "response_rate_limit: {fixed_limit: {limit_kbps: 1}, percentage: {numerator: 100}}",
     );
-    std::fs::write(
-        &path,
-        config_with_filters("", &partial, &all_to("b"), &clusters),
-    )
-    .unwrap();
+    let err = refused(&config_with_filters("", &partial, &all_to("b"), &clusters));
+    assert!(err.contains("response_rate_limit"), "{err}");
+}
+
+/// `--mode validate` on `yaml`, which must fail: its error output.
+fn refused(yaml: &str) -> String {
+    let path = temp_dir().join("bad.yaml");
+    std::fs::write(&path, yaml).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
         .args(["-c", path.to_str().unwrap(), "--mode", "validate"])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("response_rate_limit"), "{err}");
+    assert!(!out.status.success(), "accepted:\n{yaml}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
