@@ -143,8 +143,11 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
+    // The first answer may be slow on a loaded machine; after it, 700 ms of silence means
+    // the proxy has said all it will (and kept the connection open).
     let closed = loop {
-        match tokio::time::timeout(Duration::from_millis(700), s.read(&mut buf)).await {
+        let wait = if out.is_empty() { 5000 } else { 700 };
+        match tokio::time::timeout(Duration::from_millis(wait), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break true,
             Err(_) => break false,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
