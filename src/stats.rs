@@ -291,19 +291,7 @@ impl Store {
 /// Declares a stat family: an enum of indices and its names.
 #[macro_export]
 macro_rules! stat_family {
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] lazy) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        #[repr(usize)]
-        $vis enum $name { $($var),+ }
-        impl $crate::stats::StatNames for $name {
-            const N: usize = [$($s),+].len();
-            const NAMES: &'static [&'static str] = &[$($s),+];
-            const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
-            const LAZY: bool = true;
-        }
-    };
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)? $(histograms [$($h:literal),*])?) => {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)? $(histograms [$($h:literal),*])? $(lazy $lazy:literal)?) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
@@ -314,6 +302,7 @@ macro_rules! stat_family {
             const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
             $(const CODES: &'static str = $c;)?
             $(const HISTOGRAMS: &'static [&'static str] = &[$($h),*];)?
+            const LAZY: bool = false $(|| $lazy)?;
         }
     };
 }

@@ -48,16 +48,7 @@ async fn h2_request(
     let (resp, _) = send.send_request(b.body(()).unwrap(), true).unwrap();
     let resp = resp.await.unwrap();
     let status = resp.status().as_u16();
-    let hdrs = resp
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let hdrs = header_list(resp.headers());
     let mut body = resp.into_body();
     let mut out = Vec::new();
     while let Some(chunk) = body.data().await {

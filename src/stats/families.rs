@@ -171,7 +171,7 @@ stat_family! {
         Status14 = "14",
         Status15 = "15",
         Status16 = "16",
-    } gauges [] lazy
+    } gauges [] lazy true
 }
 
 stat_family! {

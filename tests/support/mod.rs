@@ -440,16 +440,7 @@ pub async fn request(
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let hdrs = resp
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let hdrs = header_list(resp.headers());
     let body = resp
         .into_body()
         .collect()
@@ -458,6 +449,19 @@ pub async fn request(
         .to_bytes()
         .to_vec();
     (status, hdrs, body)
+}
+
+/// A header map as (name, value) pairs, values read lossily as text.
+pub fn header_list(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
