@@ -22,6 +22,17 @@ python3 -u -m http.server 0 --bind 127.0.0.1 --directory www >backend.log 2>&1 &
 backend=$!
 trap 'kill $backend ${proxy:-} 2>/dev/null || true' EXIT
 for _ in $(seq 100); do port=$(sed -n 's/.*port \([0-9]*\).*/\1/p' backend.log | head -1); [ -n "$port" ] && break; sleep 0.1; done
+# The connection-manager filter of a chain: stat prefix $1, everything routed to cluster $2.
+hcm() {
+  cat <<HCM
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: $1
+          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: $2}}]}]}
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+HCM
+}
 cat > ringside.yaml <<YAML
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
 static_resources:
@@ -30,12 +41,7 @@ static_resources:
     address: {socket_address: {address: 127.0.0.1, port_value: 0}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: www}}]}]}
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+$(hcm ingress www)
       transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
@@ -85,12 +91,7 @@ static_resources:
     address: {socket_address: {address: 127.0.0.1, port_value: $eport}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: ringside}}]}]}
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+$(hcm outbound ringside)
   clusters:
   - name: ringside
     connect_timeout: 1s
@@ -123,12 +124,7 @@ static_resources:
     address: {socket_address: {address: 127.0.0.1, port_value: $sport}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: inbound
-          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: www}}]}]}
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+$(hcm inbound www)
       transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
@@ -153,12 +149,7 @@ static_resources:
     address: {socket_address: {address: 127.0.0.1, port_value: $cport}}
     filter_chains:
     - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound
-          route_config: {virtual_hosts: [{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: envoy}}]}]}
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+$(hcm outbound envoy)
   clusters:
   - name: envoy
     connect_timeout: 1s
