@@ -10,9 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Request;
 use support::*;
-use tokio::net::TcpStream;
 
 const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const CORS: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
@@ -27,51 +25,6 @@ fn filter(name: &str, type_url: &str, body: &str) -> String {
     format!(
         "          - name: {name}\n            typed_config: {{\"@type\": {type_url}{sep}{body}}}"
     )
-}
-
-/// One request over HTTP/2 (prior knowledge): status, headers, body.
-async fn h2_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut b = Request::builder()
-        .method(method)
-        .uri(format!("http://example.com{path}"));
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    let (resp, _) = send.send_request(b.body(()).unwrap(), true).unwrap();
-    let resp = resp.await.unwrap();
-    let status = resp.status().as_u16();
-    let hdrs = header_list(resp.headers());
-    let mut body = resp.into_body();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        out.extend_from_slice(&chunk);
-    }
-    (status, hdrs, out)
-}
-
-/// The same request over HTTP/1.1 (hyper) or HTTP/2.
-async fn send(
-    addr: SocketAddr,
-    h2: bool,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    if h2 {
-        h2_request(addr, method, path, headers).await
-    } else {
-        request(addr, method, path, headers, Bytes::new()).await
-    }
 }
 
 fn hcm_auto() -> &'static str {

@@ -415,10 +415,7 @@ async fn routing_actions_and_header_mutations() {
 async fn errors_are_answered_as_envoy_does() {
     for driver in drivers() {
         let b = Backend::start("a").await;
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let (_refusing, closed) = refusing_addr();
         let vhosts = r#"[{name: v, domains: [known.host], routes: [
               {match: {prefix: /down}, route: {cluster: down}},
               {match: {prefix: /sleep}, route: {cluster: a, timeout: 0.2s}},

@@ -143,7 +143,8 @@ SUBSET = {
         "server_header_transformation", "stream_idle_timeout", "request_timeout",
         "request_headers_timeout", "drain_timeout", "max_request_headers_kb",
         "strip_matching_host_port", "strip_any_host_port", "rds", "upgrade_configs",
-        "http2_protocol_options"],
+        "http2_protocol_options", "normalize_path", "merge_slashes",
+        "path_with_escaped_slashes_action"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": [
         "upgrade_type", "enabled"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig": [

@@ -264,6 +264,9 @@ impl crate::http::filter::FilterHost for Connection {
     fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
+    fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
+        self.synthesize(path)
+    }
 }
 
 impl Connection {
@@ -493,9 +496,9 @@ impl Connection {
         {
             return Err(HttpError::UnderscoreHeader);
         }
-        let (authority, path) = self.authority_and_path()?;
+        let (authority, mut path) = self.authority_and_path()?;
         let routes = route_table(&self.hcm, &self.snapshot)?;
-        let decision = crate::http::request::route(self, &routes, &authority, &path).await?;
+        let decision = crate::http::request::route(self, &routes, &authority, &mut path).await?;
         let upgrading = self.upgrade.is_some() || connect;
         match decision {
             Decision::Answer(a) => {
@@ -503,8 +506,15 @@ impl Connection {
                     return Err(HttpError::UpgradeRejected);
                 }
                 let close = self.must_close();
-                self.write_simple(a.status, a.body, a.location.as_deref(), &a.mods, close)
-                    .await?;
+                self.write_simple(
+                    a.status,
+                    a.body,
+                    a.location.as_deref(),
+                    &a.mods,
+                    close,
+                    None,
+                )
+                .await?;
                 self.finish_or_close(close).await
             }
             Decision::Forward(fw) => {

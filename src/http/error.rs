@@ -19,6 +19,11 @@ pub enum HttpError {
     UnderscoreHeader,
     #[error("invalid request target")]
     InvalidPath,
+    /// The path has a fragment, `normalize_path` could not canonicalise it (an encoded
+    /// NUL), `path_with_escaped_slashes_action: REJECT_REQUEST` met `%2F` or `%5C`, or
+    /// `UNESCAPE_AND_REDIRECT` would redirect a gRPC request.
+    #[error("path normalization failed")]
+    PathNormalizationFailed,
     #[error("request timeout")]
     RequestTimeout,
     #[error("request header timeout")]
@@ -90,6 +95,7 @@ impl HttpError {
                 | HttpError::MissingHost
                 | HttpError::UnderscoreHeader
                 | HttpError::InvalidPath
+                | HttpError::PathNormalizationFailed
                 | HttpError::RequestTimeout
                 | HttpError::RequestHeadersTimeout
                 | HttpError::BadBody(_)

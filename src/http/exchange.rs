@@ -34,6 +34,15 @@ pub(crate) trait Exchange {
     fn upgrade(&self) -> Option<&Range<usize>>;
     /// `%PROTOCOL%`.
     fn protocol(&self) -> &'static [u8];
+    /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
+    /// gRPC-shaped.
+    fn grpc(&self) -> bool {
+        let buf = self.buf();
+        self.head().headers.iter().any(|(n, v)| {
+            buf[n.clone()].eq_ignore_ascii_case(b"content-type")
+                && crate::http::local_reply::is_grpc_content_type(&buf[v.clone()])
+        })
+    }
 }
 
 /// What one request leaves for its log line.

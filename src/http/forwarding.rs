@@ -60,7 +60,7 @@ pub(crate) fn upstream_head<E: crate::http::exchange::Exchange + ?Sized>(
         hop.f,
         hop.authority,
         rewritten.as_deref().unwrap_or(full),
-        rewritten.is_some(),
+        rewritten.is_some().then_some(full),
         host_rewrite(hop.weighted, hop.f, hop.ep),
         &mods,
         request_id,

@@ -27,6 +27,7 @@ pub fn reply_for(e: &HttpError) -> Reply {
             | HttpError::ClusterNotFound(_)
             | HttpError::MissingHost
             | HttpError::UpgradeRejected
+            | HttpError::PathNormalizationFailed
     );
     let r = |status, stat, flag, details| Reply {
         status,
@@ -95,6 +96,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             Some(HttpStat::DownstreamRqNonRelativePath),
             ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
             "absolute_path_rejected",
+        ),
+        HttpError::PathNormalizationFailed => r(
+            400,
+            Some(HttpStat::DownstreamRqFailedPathNormalization),
+            ResponseFlags::NONE,
+            "path_normalization_failed",
         ),
         HttpError::RequestTimeout => r(
             408,
@@ -189,6 +196,54 @@ pub fn reply_for(e: &HttpError) -> Reply {
         ),
         HttpError::CorsPreflight => r(200, None, ResponseFlags::NONE, "cors_response"),
     }
+}
+
+/// `content-type` says gRPC: `application/grpc` or `application/grpc+…` (Envoy's rule:
+/// `application/grpc-web` is not).
+pub fn is_grpc_content_type(v: &[u8]) -> bool {
+    v.starts_with(b"application/grpc") && matches!(v.get(16), None | Some(b'+'))
+}
+
+/// Envoy's mapping from an HTTP status to a gRPC status (`Grpc::Utility::httpToGrpcStatus`).
+pub fn grpc_status_for(http_status: u16) -> u32 {
+    match http_status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// The gRPC status a gRPC request gets for `e`: the code an answer chose itself, or the
+/// mapping of its HTTP status.
+pub fn grpc_status(e: &HttpError, http_status: u16) -> u32 {
+    match e {
+        HttpError::FaultAbort {
+            grpc_status: Some(c),
+            ..
+        } => *c,
+        HttpError::LocalRateLimited {
+            resource_exhausted: true,
+            ..
+        } => 8, // RESOURCE_EXHAUSTED
+        HttpError::UpstreamTimeout | HttpError::MaxDurationReached { .. } => 4, // DEADLINE_EXCEEDED
+        _ => grpc_status_for(http_status),
+    }
+}
+
+/// `grpc-message`: percent-encoded outside printable ASCII (gRPC over HTTP/2 spec).
+pub fn grpc_message(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The reason phrase for a status code.

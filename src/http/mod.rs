@@ -13,6 +13,7 @@ pub mod h1;
 pub mod h2;
 pub mod local_reply;
 pub mod log;
+pub mod path;
 pub(crate) mod request;
 pub mod trust;
 pub mod write_headers;

@@ -13,6 +13,7 @@ use crate::http::forwarding::{
     direct_location, forward_target, redirect_location, requires_tls_redirect,
 };
 use crate::http::h1::RequestRef;
+use crate::http::path::Outcome;
 use crate::model::headers::HeaderMods;
 use crate::model::route::{
     Action, Forward, PathMatch, Redirect, RedirectPath, RouteTable, WeightedTarget,
@@ -78,8 +79,40 @@ pub(crate) async fn route<'r, E: FilterHost>(
     x: &mut E,
     routes: &'r RouteTable,
     authority: &Range<usize>,
-    path: &Range<usize>,
+    path: &mut Range<usize>,
 ) -> Result<Decision<'r>, HttpError> {
+    // Envoy refuses a fragment whatever the normalisation settings.
+    if x.head().fragment {
+        return Err(HttpError::PathNormalizationFailed);
+    }
+    let norm = x.hcm().path_normalization;
+    if norm.any() && x.bytes(path).first() == Some(&b'/') {
+        match crate::http::path::normalize(&norm, x.bytes(path)) {
+            Outcome::Unchanged => {}
+            Outcome::Changed(p) => *path = x.replace_path(&p),
+            Outcome::Reject => return Err(HttpError::PathNormalizationFailed),
+            // A gRPC client cannot follow a redirect: Envoy refuses it (INTERNAL).
+            Outcome::Redirect(_) if x.grpc() => return Err(HttpError::PathNormalizationFailed),
+            Outcome::Redirect(p) => {
+                x.hcm()
+                    .stats
+                    .core(x.core())
+                    .inc(HttpStat::DownstreamRqRedirectedWithNormalizedPath as usize);
+                let log = x.log_mut();
+                log.authority = authority.clone();
+                log.path = path.clone();
+                log.details = "path_normalization_failed";
+                return Ok(Decision::Answer(Answer {
+                    status: 307,
+                    body: b"",
+                    location: Some(p),
+                    mods: [&NONE, &NONE, &NONE],
+                    require_tls: false,
+                }));
+            }
+        }
+    }
+    let path = &*path;
     {
         let log = x.log_mut();
         log.authority = authority.clone();

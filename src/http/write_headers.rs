@@ -57,7 +57,8 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     f: &Forward,
     authority: Range<usize>,
     path: &[u8],
-    rewritten: bool,
+    // The path before a route's rewrite, if it rewrote it (`x-envoy-original-path`).
+    original_path: Option<&[u8]>,
     host_rewrite: Option<&[u8]>,
     mods: &[&HeaderMods],
     request_id: Option<&[u8]>,
@@ -102,7 +103,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
             || name.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
                 && f.timeout.is_some()
                 && !hcm.suppress_envoy_headers
-            || name.eq_ignore_ascii_case(b"x-envoy-original-path") && rewritten
+            || name.eq_ignore_ascii_case(b"x-envoy-original-path") && original_path.is_some()
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
             || (head.nominates
                 && !name.eq_ignore_ascii_case(b"x-request-id")
@@ -175,8 +176,8 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     if let Some(id) = request_id {
         header(out, b"x-request-id", id);
     }
-    if rewritten && !hcm.suppress_envoy_headers {
-        header(out, b"x-envoy-original-path", &buf[head.target.clone()]);
+    if let Some(original) = original_path.filter(|_| !hcm.suppress_envoy_headers) {
+        header(out, b"x-envoy-original-path", original);
     }
     if let (Some(t), false) = (f.timeout, hcm.suppress_envoy_headers) {
         header(
@@ -329,9 +330,16 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// What the proxy answers a gRPC request instead of an HTTP status and body: HTTP 200,
+/// `grpc-status` and the body as `grpc-message` (Envoy's gRPC-shaped local reply).
+pub(crate) struct GrpcAnswer<'a> {
+    pub status: u32,
+    pub message: &'a [u8],
+}
+
 /// The head of a response the proxy makes itself (a text body of `body_len` bytes, a
 /// redirect's `location`), up to but not including the blank line: the codec adds its own
-/// connection headers.
+/// connection headers. With `grpc`, the answer is gRPC-shaped and has no body.
 pub(crate) fn local_head<E: FilterHost + ?Sized>(
     out: &mut Vec<u8>,
     conn: &E,
@@ -339,12 +347,29 @@ pub(crate) fn local_head<E: FilterHost + ?Sized>(
     body_len: usize,
     location: Option<&[u8]>,
     mods: &[&HeaderMods],
+    grpc: Option<GrpcAnswer<'_>>,
 ) {
+    let (status, body_len) = if grpc.is_some() {
+        (200, 0)
+    } else {
+        (status, body_len)
+    };
     crate::http::local_reply::status_line(out, status);
     if let Some(l) = location {
         header(out, b"location", l);
     }
-    if body_len > 0 {
+    if let Some(g) = grpc {
+        let code = itoa::Buffer::new().format(g.status).to_owned();
+        header(out, b"content-type", b"application/grpc");
+        header(out, b"grpc-status", code.as_bytes());
+        if !g.message.is_empty() {
+            let message = crate::http::local_reply::grpc_message(g.message);
+            header(out, b"grpc-message", message.as_bytes());
+        }
+        if let Some(call) = &conn.filter_state().grpc {
+            call.charge(code.as_bytes());
+        }
+    } else if body_len > 0 {
         header(out, b"content-type", b"text/plain");
     }
     // RFC 9110 §8.6: no content-length on a 1xx or 204; Envoy sends none on a 304 either.

@@ -16,6 +16,7 @@ pub mod filter;
 pub mod format;
 pub mod headers;
 pub mod matcher;
+pub mod path;
 pub mod ratelimit;
 pub mod route;
 pub mod tls;
@@ -425,6 +426,8 @@ pub struct HttpConnectionManager {
     /// `upgrade_configs`: the listed upgrade types, lower-cased (`websocket`, `connect`),
     /// and whether each is enabled by default (a route may override that).
     pub upgrades: Vec<(Box<str>, bool)>,
+    /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
+    pub path_normalization: path::Normalization,
 }
 
 /// Where an access log line goes.

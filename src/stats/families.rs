@@ -69,6 +69,8 @@ stat_family! {
         DownstreamRqWsOnNonWsRoute = "downstream_rq_ws_on_non_ws_route",
         DownstreamRqNonRelativePath = "downstream_rq_non_relative_path",
         DownstreamRqRxReset = "downstream_rq_rx_reset",
+        DownstreamRqFailedPathNormalization = "downstream_rq_failed_path_normalization",
+        DownstreamRqRedirectedWithNormalizedPath = "downstream_rq_redirected_with_normalized_path",
         Rq404NoRoute = "no_route",
         RqDirectResponse = "rq_direct_response",
         RqRedirect = "rq_redirect",

@@ -9,6 +9,7 @@ Usage: envoy_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -85,14 +86,38 @@ static_resources:
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: listener_rl}
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: norm
+    address: {socket_address: {address: 127.0.0.1, port_value: PORT_norm}}
+    filter_chains: [{filters: [NORM_HCM(norm, "normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: KEEP_UNCHANGED")]}]
+  - name: reject
+    address: {socket_address: {address: 127.0.0.1, port_value: PORT_reject}}
+    filter_chains: [{filters: [NORM_HCM(reject, "normalize_path: true, path_with_escaped_slashes_action: REJECT_REQUEST")]}]
+  - name: redirect
+    address: {socket_address: {address: 127.0.0.1, port_value: PORT_redirect}}
+    filter_chains: [{filters: [NORM_HCM(redirect, "normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT")]}]
+  - name: forward
+    address: {socket_address: {address: 127.0.0.1, port_value: PORT_forward}}
+    filter_chains: [{filters: [NORM_HCM(forward, "path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD")]}]
   clusters:
   - {name: up, connect_timeout: 1s, load_assignment: {cluster_name: up, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
   - {name: down, connect_timeout: 1s, load_assignment: {cluster_name: down, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: CLOSED}}}}]}]}}
 """
 
+# A connection manager with path normalisation settings: /admin is answered by the proxy, so
+# a path that normalises onto it must not reach the upstream.
+NORM_HCM_TEMPLATE = """{name: envoy.filters.network.http_connection_manager, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: STAT, SETTINGS, http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}], route_config: {virtual_hosts: [{name: vh, domains: ["*"], routes: [{match: {prefix: /admin}, direct_response: {status: 403, body: {inline_string: admin}}}, {match: {prefix: /rw/}, route: {cluster: up, prefix_rewrite: /x/}}, {match: {prefix: /}, route: {cluster: up}}]}]}}}"""
+LISTENERS = ("norm", "reject", "redirect", "forward")
+
+
+def norm_hcm(m):
+    stat, settings = m.group(1), m.group(2)
+    return NORM_HCM_TEMPLATE.replace("STAT", stat).replace("SETTINGS", settings)
+
+
 H = b"Host: known.host\r\n"
 F = b"Host: filters.host\r\n"
-# name -> (raw request, what must match: "all" = status, body and upstream view; "status" = status only)
+# name -> (raw request, what must match: "all" = status, body and upstream view; "status" =
+# status only[, the listener when not "main"])
 CASES = {
     "proxied GET": (b"GET /p?q=1 HTTP/1.1\r\n" + H + b"Connection: keep-alive, x-foo\r\nx-foo: 1\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nKeep-Alive: 5\r\n\r\n", "all"),
     "absolute form": (b"GET http://known.host/abs HTTP/1.1\r\n" + H + b"\r\n", "all"),
@@ -107,6 +132,9 @@ CASES = {
     "unsupported transfer-encoding": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", "all"),
     "content-length and chunked": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "status"),
     "redirect": (b"GET /redir?a=1 HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "redirect of a gRPC request": (b"POST /redir HTTP/1.1\r\n" + H + b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n", "all"),
+    "direct response to a gRPC request": (b"POST /direct HTTP/1.1\r\n" + H + b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n", "all"),
+    "fragment then a second request": (b"GET /a#b HTTP/1.1\r\n" + H + b"\r\nGET /second HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "direct response HEAD": (b"HEAD /direct HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "direct response without body": (b"GET /nobody HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "direct 204": (b"GET /nocontent HTTP/1.1\r\n" + H + b"\r\n", "all"),
@@ -132,6 +160,26 @@ CASES = {
     "cors on a direct response": (b"GET /direct HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
     "cors on a fault abort": (b"GET /abort HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
 }
+
+
+def normalization_cases():
+    """Paths through the normalising listeners: what reaches the upstream (or the answer)."""
+    norm = [b"/a/b/../c", b"/a/./b/.", b"/../../etc/passwd", b"/a/%2e%2E/b", b"/a/..b/c.",
+            b"/public/..%2fadmin", b"/public/%2e%2e/admin", b"/public/..\\admin", b"/%41%7a%2d%5F%7e",
+            b"/a%2fb%2Fc", b"/a%20b%22%3c", b"/caf\xc3\xa9", b"/50%", b"/%zz", b"/%4", b"/x?q=/../%41",
+            b"/a%00b", b"/%%30%30", b"/%%300", b"//a///b//?x=//y", b"//", b"/a//", b"/a/b/..?q",
+            b"/a%2e/b", b"/.%2e/x", b"/a/.../b", b"/rw/../rw/./a", b"/a/%5c../b", b"/%7Bx%7d",
+            b"/a;b/../c", b"/a/%2F%2F/b", b"/a#frag", b"/a/../#x"]
+    cases = {}
+    for listener in LISTENERS:
+        for p in norm:
+            cases[f"{listener} {p!r}"] = (b"GET " + p + b" HTTP/1.1\r\n" + H + b"\r\n", "all", listener)
+    cases["norm absolute form"] = (b"GET http://known.host/a/../admin HTTP/1.1\r\n" + H + b"\r\n", "all", "norm")
+    cases["redirect gRPC"] = (b"POST /a%2Fb HTTP/1.1\r\n" + H + b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n", "all", "redirect")
+    return cases
+
+
+CASES.update(normalization_cases())
 # Stats both must count the same after the cases.
 STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_injected",
          "http.ingress.fault.active_faults", "http.ingress.fault.faults_overflow",
@@ -140,7 +188,12 @@ STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_inject
          "rl.http_local_rate_limit.rate_limited", "rl.http_local_rate_limit.ok",
          "listener_rl.http_local_rate_limit.enabled", "listener_rl.http_local_rate_limit.ok",
          "http.ingress.downstream_rq_4xx", "http.ingress.downstream_rq_5xx",
-         "cluster.up.upstream_rq_total")
+         "cluster.up.upstream_rq_total",
+         "http.reject.downstream_rq_failed_path_normalization",
+         "http.norm.downstream_rq_failed_path_normalization",
+         "http.redirect.downstream_rq_redirected_with_normalized_path",
+         "http.redirect.downstream_rq_failed_path_normalization",
+         "http.ingress.downstream_rq_failed_path_normalization")
 VOLATILE = {"x-request-id", "date", "x-envoy-upstream-service-time"}
 
 
@@ -216,7 +269,7 @@ COMPARED = (b"content-length", b"transfer-encoding", b"location", b"content-type
             b"access-control-allow-origin", b"access-control-allow-credentials",
             b"access-control-allow-methods", b"access-control-allow-headers",
             b"access-control-max-age", b"access-control-expose-headers",
-            b"x-envoy-ratelimited", b"x-rl")
+            b"x-envoy-ratelimited", b"x-rl", b"grpc-status", b"grpc-message", b"connection")
 
 
 def parse(out):
@@ -276,17 +329,22 @@ def main():
         port = free_port()
         admins[name] = os.path.join(tmp, f"{name}.admin")
         cmd = cmd + ["--admin-address-path", admins[name]]
-        cfg = CONFIG.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
+        listener_ports = {l: free_port() for l in LISTENERS}
+        cfg = re.sub(r'NORM_HCM\((\w+), "([^"]*)"\)', norm_hcm, CONFIG)
+        for l, lp in listener_ports.items():
+            cfg = cfg.replace(f"PORT_{l}", str(lp))
+        cfg = cfg.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
         path = os.path.join(tmp, f"{name}.yaml")
         with open(path, "w") as f:
             f.write(cfg)
         procs.append(start(cmd + ["-c", path], port, log))
-        ports[name] = port
+        ports[name] = dict(listener_ports, main=port)
     passed = failed = 0
     try:
-        for case, (raw, what) in CASES.items():
-            e = send(ports["envoy"], raw)
-            r = send(ports["ringside"], raw)
+        for case, (raw, what, *listener) in CASES.items():
+            listener = listener[0] if listener else "main"
+            e = send(ports["envoy"][listener], raw)
+            r = send(ports["ringside"][listener], raw)
             same = e[0] == r[0] if what == "status" else e == r
             if same:
                 passed += 1

@@ -687,3 +687,59 @@ pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[size + 2..];
     }
 }
+
+/// One request over HTTP/2 (prior knowledge): status, headers, body.
+pub async fn h2_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://example.com{path}"));
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    let (resp, _) = send.send_request(b.body(()).unwrap(), true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let hdrs = header_list(resp.headers());
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, hdrs, out)
+}
+
+/// The same request over HTTP/1.1 (hyper) or HTTP/2.
+pub async fn send(
+    addr: SocketAddr,
+    h2: bool,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    if h2 {
+        h2_request(addr, method, path, headers).await
+    } else {
+        request(addr, method, path, headers, Bytes::new()).await
+    }
+}
+
+/// An address that refuses connections for as long as the returned socket lives: bound but
+/// never listening, so no other test can take the port meanwhile (a closed port can be
+/// reused by a parallel test's listener).
+pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    (s, addr)
+}

@@ -61,8 +61,16 @@ impl Connection {
         }
         self.log.flags.set(reply.flag);
         self.log.details = reply.details;
-        self.write_simple(reply.status, reply.body.as_bytes(), None, &[], close)
-            .await
+        let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
+        self.write_simple(
+            reply.status,
+            reply.body.as_bytes(),
+            None,
+            &[],
+            close,
+            Some(grpc_status),
+        )
+        .await
     }
 
     pub(super) async fn write_simple(
@@ -72,11 +80,24 @@ impl Connection {
         location: Option<&[u8]>,
         mods: &[&HeaderMods],
         close: bool,
+        grpc_status: Option<u32>,
     ) -> Result<(), HttpError> {
+        use crate::http::exchange::Exchange;
         let head_request = self.is_head_request();
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        write_headers::local_head(&mut out, self, status, body.len(), location, mods);
+        // A gRPC request gets a gRPC-shaped answer: HTTP 200, the body as grpc-message.
+        let grpc = self.grpc().then(|| write_headers::GrpcAnswer {
+            status: grpc_status
+                .unwrap_or_else(|| crate::http::local_reply::grpc_status_for(status)),
+            message: body,
+        });
+        let (status, body) = if grpc.is_some() {
+            (200, &b""[..])
+        } else {
+            (status, body)
+        };
+        write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         if close {
             crate::http::fields::header(&mut out, b"connection", b"close");
         }

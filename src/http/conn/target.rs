@@ -11,6 +11,7 @@ impl Connection {
     pub(super) fn authority_and_path(
         &mut self,
     ) -> Result<(std::ops::Range<usize>, std::ops::Range<usize>), HttpError> {
+        self.synth.clear();
         let target = self.head.target.clone();
         let t = &self.buf[target.clone()];
         if self.buf[self.head.method.clone()] == *b"CONNECT" {
@@ -72,9 +73,9 @@ impl Connection {
     /// range for them that [`Connection::bytes`] resolves. They must not go into `buf`,
     /// where they would land among body bytes and pipelined requests.
     pub(super) fn synthesize(&mut self, bytes: &[u8]) -> std::ops::Range<usize> {
-        self.synth.clear();
+        let start = SYNTH + self.synth.len();
         self.synth.extend_from_slice(bytes);
-        SYNTH..SYNTH + bytes.len()
+        start..start + bytes.len()
     }
 
     /// The bytes of a range over the request: `buf`, or `synth` for synthesized ranges.

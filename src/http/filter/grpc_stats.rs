@@ -16,7 +16,7 @@ pub(crate) struct Call {
 }
 
 pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed: &Routed<'_>) {
-    if !is_grpc(x) || !resolves(x) {
+    if !x.grpc() || !resolves(x) {
         return;
     }
     // Only requests with a cluster are counted (not direct responses or unrouted ones).
@@ -27,17 +27,6 @@ pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed
     let stats = cluster.grpc_stats.clone();
     let core = x.core();
     x.filter_state_mut().grpc = Some(Call { stats, core });
-}
-
-/// `content-type` is `application/grpc` or `application/grpc+…`.
-fn is_grpc<E: Exchange + ?Sized>(x: &E) -> bool {
-    let buf = x.buf();
-    x.head().headers.iter().any(|(n, v)| {
-        buf[n.clone()].eq_ignore_ascii_case(b"content-type") && {
-            let v = &buf[v.clone()];
-            v == b"application/grpc" || v.starts_with(b"application/grpc+")
-        }
-    })
 }
 
 /// The path is `/<service>/<method>` (query dropped, empty segments ignored).

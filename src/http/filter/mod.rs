@@ -31,6 +31,8 @@ pub(crate) trait FilterHost: Exchange {
     fn core(&self) -> usize;
     fn hcm_arc(&self) -> Arc<crate::model::HttpConnectionManager>;
     fn snapshot(&self) -> &crate::model::Snapshot;
+    /// Replaces the request's path (normalisation): the range of the new bytes.
+    fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize>;
 }
 
 /// Where the decode phase stopped.

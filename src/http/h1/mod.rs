@@ -43,7 +43,7 @@ pub enum HeadError {
     /// A method Envoy's HTTP/1 codec does not know (methods are case-sensitive).
     #[error("invalid method")]
     BadMethod,
-    /// A fragment or a byte outside ASCII in the request target.
+    /// A byte outside ASCII in the request target.
     #[error("invalid request target")]
     BadTarget,
     /// A Host value that is not a valid authority.
@@ -88,6 +88,8 @@ pub struct RequestHead {
     pub nominates: bool,
     /// Index of the `x-request-id` header.
     pub request_id: Option<usize>,
+    /// The target has a fragment (`#`): the connection manager refuses it.
+    pub fragment: bool,
 }
 
 impl RequestHead {
@@ -160,9 +162,10 @@ pub fn parse_request(
     if !known_method(method) {
         return Err(HeadError::BadMethod);
     }
-    if !valid_target(target) {
+    let Some(fragment) = valid_target(target) else {
         return Err(HeadError::BadTarget);
-    }
+    };
+    head.fragment = fragment;
     head.method = offset(buf, method);
     head.target = offset(buf, target);
     head.minor = req.version.unwrap_or(1);

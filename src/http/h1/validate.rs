@@ -81,10 +81,18 @@ pub(super) fn known_method(m: &[u8]) -> bool {
     METHODS.contains(&m)
 }
 
-/// A request target Envoy would forward: no fragment, nothing outside ASCII (httparse
-/// has already refused controls and spaces).
-pub(super) fn valid_target(t: &[u8]) -> bool {
-    !t.iter().any(|&b| b == b'#' || b >= 0x80)
+/// Whether Envoy's codec accepts a request target: nothing outside ASCII (httparse has
+/// already refused controls and spaces). `Some(true)`: it has a fragment, which passes the
+/// codec and is refused with the path normalisation (`request::route`), as in Envoy.
+pub(super) fn valid_target(t: &[u8]) -> Option<bool> {
+    let mut fragment = false;
+    for &b in t {
+        if b >= 0x80 {
+            return None;
+        }
+        fragment |= b == b'#';
+    }
+    Some(fragment)
 }
 
 /// An authority as Envoy checks Host: unreserved, sub-delims, `:`, `@`, `[`, `]` and `%`

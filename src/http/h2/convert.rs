@@ -173,21 +173,7 @@ pub fn trailers_to_h1(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
 
 /// Whether a request is gRPC (its content type is `application/grpc[+proto|;...]`).
 pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
-    content_type.is_some_and(|c| {
-        c.starts_with(b"application/grpc") && matches!(c.get(16), None | Some(b'+') | Some(b';'))
-    })
-}
-
-/// Envoy's mapping from an HTTP status to a gRPC status (`Grpc::Utility::httpToGrpcStatus`).
-pub fn grpc_status_for(http_status: u16) -> u32 {
-    match http_status {
-        400 => 13,                   // INTERNAL
-        401 => 16,                   // UNAUTHENTICATED
-        403 => 7,                    // PERMISSION_DENIED
-        404 => 12,                   // UNIMPLEMENTED
-        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-        _ => 2,                      // UNKNOWN
-    }
+    content_type.is_some_and(crate::http::local_reply::is_grpc_content_type)
 }
 
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

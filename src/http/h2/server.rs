@@ -286,6 +286,12 @@ impl crate::http::filter::FilterHost for Stream {
     fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
+    fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
+        // After the request head: its ranges stay valid.
+        let start = self.buf.len();
+        self.buf.extend_from_slice(path);
+        start..self.buf.len()
+    }
 }
 
 impl Stream {
@@ -370,11 +376,18 @@ impl Stream {
             &self.buf[authority.clone()],
         );
         let authority = authority.start..authority.start + keep;
-        let path = self.head.target.clone();
+        let mut path = self.head.target.clone();
         let routes = route_table(&self.hcm, &self.snapshot)?;
-        match crate::http::request::route(self, &routes, &authority, &path).await? {
+        match crate::http::request::route(self, &routes, &authority, &mut path).await? {
             Decision::Answer(a) => {
-                self.simple(respond, a.status, a.body, a.location.as_deref(), &a.mods);
+                self.simple(
+                    respond,
+                    a.status,
+                    a.body,
+                    a.location.as_deref(),
+                    &a.mods,
+                    None,
+                );
                 Ok(())
             }
             Decision::Forward(fw) => {
@@ -410,7 +423,9 @@ impl Stream {
         }
     }
 
-    /// A response the proxy makes itself, with a text body.
+    /// A response the proxy makes itself, with a text body; gRPC-shaped for a gRPC request
+    /// (`grpc_status`, or the mapping of `status`).
+    #[allow(clippy::too_many_arguments)]
     fn simple(
         &mut self,
         respond: &mut SendResponse<Bytes>,
@@ -418,9 +433,20 @@ impl Stream {
         body: &[u8],
         location: Option<&[u8]>,
         mods: &[&HeaderMods],
+        grpc_status: Option<u32>,
     ) {
+        let grpc = self.grpc.then(|| write_headers::GrpcAnswer {
+            status: grpc_status
+                .unwrap_or_else(|| crate::http::local_reply::grpc_status_for(status)),
+            message: body,
+        });
+        let (status, body) = if grpc.is_some() {
+            (200, &b""[..])
+        } else {
+            (status, body)
+        };
         let mut out = Vec::with_capacity(256);
-        write_headers::local_head(&mut out, self, status, body.len(), location, mods);
+        write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         out.extend_from_slice(b"\r\n");
         self.log.status = status;
         self.log.bytes_sent = body.len() as u64;
@@ -440,8 +466,7 @@ impl Stream {
         }
     }
 
-    /// The proxy's answer to an error, gRPC-shaped for gRPC requests (HTTP 200 with
-    /// `grpc-status` and `grpc-message`, as Envoy sends them).
+    /// The proxy's answer to an error (gRPC-shaped for gRPC requests, as Envoy sends it).
     fn local_reply(&mut self, respond: &mut SendResponse<Bytes>, e: &HttpError) {
         let reply = reply_for(e);
         if let Some(s) = reply.stat {
@@ -449,42 +474,15 @@ impl Stream {
         }
         self.log.flags.set(reply.flag);
         self.log.details = reply.details;
-        if !self.grpc {
-            self.simple(respond, reply.status, reply.body.as_bytes(), None, &[]);
-            return;
-        }
-        let code = match e {
-            HttpError::FaultAbort {
-                grpc_status: Some(c),
-                ..
-            } => *c,
-            HttpError::LocalRateLimited {
-                resource_exhausted: true,
-                ..
-            } => 8, // RESOURCE_EXHAUSTED
-            HttpError::UpstreamTimeout | HttpError::MaxDurationReached { .. } => 4, // DEADLINE_EXCEEDED
-            _ => convert::grpc_status_for(reply.status),
-        };
-        self.log.status = 200;
-        self.count_status(200);
-        if let Some(call) = &self.filters.grpc {
-            call.charge(itoa::Buffer::new().format(code).as_bytes());
-        }
-        let mut resp = http::Response::new(());
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
+        let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
+        self.simple(
+            respond,
+            reply.status,
+            reply.body.as_bytes(),
+            None,
+            &[],
+            Some(grpc_status),
         );
-        h.insert("grpc-status", http::HeaderValue::from(code));
-        if let Ok(v) = http::HeaderValue::from_str(&grpc_message(&reply.body)) {
-            h.insert("grpc-message", v);
-        }
-        if let Ok(v) = http::HeaderValue::from_bytes(self.hcm.server_name.as_bytes()) {
-            h.insert(http::header::SERVER, v);
-        }
-        self.responded = true;
-        let _ = respond.send_response(resp, true);
     }
 
     fn count_status(&self, status: u16) {
@@ -505,17 +503,4 @@ pub(crate) fn stream_limit(
     let sd = f.stream_duration.as_ref()?;
     let grpc_timeout = h1::header_value(buf, &head.headers, b"grpc-timeout");
     sd.limit(grpc_timeout.as_deref())
-}
-
-/// `grpc-message`: percent-encoded outside printable ASCII (gRPC over HTTP/2 spec).
-fn grpc_message(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

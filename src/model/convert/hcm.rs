@@ -317,7 +317,28 @@ fn connection_manager(
             )?
         }
     };
+    use crate::model::path::EscapedSlashes;
+    use hcm::http_connection_manager::PathWithEscapedSlashesAction as A;
+    let escaped_slashes = match A::try_from(m.path_with_escaped_slashes_action) {
+        Ok(A::ImplementationSpecificDefault | A::KeepUnchanged) => EscapedSlashes::Keep,
+        Ok(A::RejectRequest) => EscapedSlashes::Reject,
+        Ok(A::UnescapeAndRedirect) => EscapedSlashes::UnescapeAndRedirect,
+        Ok(A::UnescapeAndForward) => EscapedSlashes::UnescapeAndForward,
+        Err(_) => {
+            return Err(err(
+                res,
+                p("path_with_escaped_slashes_action"),
+                "unknown value",
+            ))
+        }
+    };
+    let path_normalization = crate::model::path::Normalization {
+        normalize: m.normalize_path.unwrap_or(false),
+        merge_slashes: m.merge_slashes,
+        escaped_slashes,
+    };
     Ok(HttpConnectionManager {
+        path_normalization,
         http2_stats: ctx.stats.scope::<crate::stats::Http2Stat>("http2."),
         internal,
         upgrades,
