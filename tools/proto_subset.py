@@ -144,7 +144,25 @@ SUBSET = {
         "request_headers_timeout", "drain_timeout", "max_request_headers_kb",
         "strip_matching_host_port", "strip_any_host_port", "rds", "upgrade_configs",
         "http2_protocol_options", "normalize_path", "merge_slashes",
-        "path_with_escaped_slashes_action"],
+        "path_with_escaped_slashes_action", "tracing", "request_id_extension"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing": [
+        "client_sampling", "random_sampling", "overall_sampling", "verbose", "max_path_tag_length",
+        "custom_tags", "spawn_upstream_span"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.RequestIDExtension": ["typed_config"],
+    "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig": ["*"],
+    "envoy.type.v3.Percent": ["*"],
+    "envoy.type.tracing.v3.CustomTag": ["*"],
+    "envoy.type.tracing.v3.CustomTag.Literal": ["*"],
+    "envoy.type.tracing.v3.CustomTag.Environment": ["*"],
+    "envoy.type.tracing.v3.CustomTag.Header": ["*"],
+    "envoy.type.tracing.v3.CustomTag.Metadata": ["*"],
+    "envoy.type.metadata.v3.MetadataKind": ["*"],
+    "envoy.type.metadata.v3.MetadataKind.Request": ["*"],
+    "envoy.type.metadata.v3.MetadataKind.Route": ["*"],
+    "envoy.type.metadata.v3.MetadataKind.Cluster": ["*"],
+    "envoy.type.metadata.v3.MetadataKind.Host": ["*"],
+    "envoy.type.metadata.v3.MetadataKey": ["*"],
+    "envoy.type.metadata.v3.MetadataKey.PathSegment": ["*"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig": [
         "upgrade_type", "enabled"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig": [
@@ -313,6 +331,8 @@ MODULES = [
     "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
     "envoy.extensions.transport_sockets.tls.v3.common_pb2",
     "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
+    "envoy.extensions.request_id.uuid.v3.uuid_pb2", "envoy.type.tracing.v3.custom_tag_pb2",
+    "envoy.type.metadata.v3.metadata_pb2",
 ]
 
 # Services written out whole (tonic generates the ADS client and the test server from them).

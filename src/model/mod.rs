@@ -20,6 +20,7 @@ pub mod path;
 pub mod ratelimit;
 pub mod route;
 pub mod tls;
+pub mod tracing;
 
 pub use convert::ConvertError;
 
@@ -428,6 +429,9 @@ pub struct HttpConnectionManager {
     pub upgrades: Vec<(Box<str>, bool)>,
     /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
     pub path_normalization: path::Normalization,
+    /// `tracing`: the sampling decision packed into `x-request-id` (no spans).
+    pub tracing: Option<tracing::Tracing>,
+    pub request_id: tracing::RequestIdConfig,
 }
 
 /// Where an access log line goes.

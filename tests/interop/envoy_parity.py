@@ -9,7 +9,6 @@ Usage: envoy_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on
 import http.server
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -86,18 +85,7 @@ static_resources:
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit, stat_prefix: listener_rl}
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  - name: norm
-    address: {socket_address: {address: 127.0.0.1, port_value: PORT_norm}}
-    filter_chains: [{filters: [NORM_HCM(norm, "normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: KEEP_UNCHANGED")]}]
-  - name: reject
-    address: {socket_address: {address: 127.0.0.1, port_value: PORT_reject}}
-    filter_chains: [{filters: [NORM_HCM(reject, "normalize_path: true, path_with_escaped_slashes_action: REJECT_REQUEST")]}]
-  - name: redirect
-    address: {socket_address: {address: 127.0.0.1, port_value: PORT_redirect}}
-    filter_chains: [{filters: [NORM_HCM(redirect, "normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT")]}]
-  - name: forward
-    address: {socket_address: {address: 127.0.0.1, port_value: PORT_forward}}
-    filter_chains: [{filters: [NORM_HCM(forward, "path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD")]}]
+EXTRA_LISTENERS
   clusters:
   - {name: up, connect_timeout: 1s, load_assignment: {cluster_name: up, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
   - {name: down, connect_timeout: 1s, load_assignment: {cluster_name: down, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: CLOSED}}}}]}]}}
@@ -106,12 +94,29 @@ static_resources:
 # A connection manager with path normalisation settings: /admin is answered by the proxy, so
 # a path that normalises onto it must not reach the upstream.
 NORM_HCM_TEMPLATE = """{name: envoy.filters.network.http_connection_manager, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager, stat_prefix: STAT, SETTINGS, http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}], route_config: {virtual_hosts: [{name: vh, domains: ["*"], routes: [{match: {prefix: /admin}, direct_response: {status: 403, body: {inline_string: admin}}}, {match: {prefix: /rw/}, route: {cluster: up, prefix_rewrite: /x/}}, {match: {prefix: /}, route: {cluster: up}}]}]}}}"""
-LISTENERS = ("norm", "reject", "redirect", "forward")
+# Listener (and stat prefix) -> connection manager settings.
+LISTENERS = {
+    "norm": "normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: KEEP_UNCHANGED",
+    "reject": "normalize_path: true, path_with_escaped_slashes_action: REJECT_REQUEST",
+    "redirect": "normalize_path: true, merge_slashes: true, path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
+    "forward": "path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD",
+    # Tracing without a provider: the sampling decision packed into x-request-id.
+    "trace": "tracing: {client_sampling: {value: 100}, random_sampling: {value: 50}, overall_sampling: {value: 100}, custom_tags: [{tag: t, literal: {value: v}}]}, request_id_extension: {typed_config: {'@type': type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig, use_request_id_for_trace_sampling: true}}",
+    "trace_overall": "tracing: {random_sampling: {value: 100}, overall_sampling: {value: 50}}",
+    "trace_nopack": "tracing: {random_sampling: {value: 100}}, request_id_extension: {typed_config: {'@type': type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig, pack_trace_reason: false}}",
+    "trace_nosampling": "tracing: {random_sampling: {value: 100}}, request_id_extension: {typed_config: {'@type': type.googleapis.com/envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig, use_request_id_for_trace_sampling: false}}",
+    "trace_internal": "use_remote_address: true, internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.1, prefix_len: 32}]}, tracing: {random_sampling: {value: 0}}",
+}
 
 
-def norm_hcm(m):
-    stat, settings = m.group(1), m.group(2)
-    return NORM_HCM_TEMPLATE.replace("STAT", stat).replace("SETTINGS", settings)
+def extra_listeners():
+    out = []
+    for name, settings in LISTENERS.items():
+        hcm = NORM_HCM_TEMPLATE.replace("STAT", name).replace("SETTINGS", settings)
+        out.append(f"""  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: PORT_{name}}}}}
+    filter_chains: [{{filters: [{hcm}]}}]""")
+    return "\n".join(out)
 
 
 H = b"Host: known.host\r\n"
@@ -171,7 +176,7 @@ def normalization_cases():
             b"/a%2e/b", b"/.%2e/x", b"/a/.../b", b"/rw/../rw/./a", b"/a/%5c../b", b"/%7Bx%7d",
             b"/a;b/../c", b"/a/%2F%2F/b", b"/a#frag", b"/a/../#x"]
     cases = {}
-    for listener in LISTENERS:
+    for listener in ("norm", "reject", "redirect", "forward"):
         for p in norm:
             cases[f"{listener} {p!r}"] = (b"GET " + p + b" HTTP/1.1\r\n" + H + b"\r\n", "all", listener)
     cases["norm absolute form"] = (b"GET http://known.host/a/../admin HTTP/1.1\r\n" + H + b"\r\n", "all", "norm")
@@ -179,7 +184,25 @@ def normalization_cases():
     return cases
 
 
+def tracing_cases():
+    """Request ids through the tracing listeners: the trace reason Envoy packs into them."""
+    ids = ["00000001-0000-4000-8000-000000000000", "ffffffff-0000-4000-8000-000000000000",
+           "00000001-0000-b000-8000-000000000000", "ffffffff-0000-9000-8000-000000000000",
+           "0000ffff-0000-a000-8000-000000000000", "abc", "zzzzzzzz-0000-4000-8000-000000000000",
+           "00000001-0000-4000-8000-00000000000", "ffff0000-0000-x000-8000-000000000000"]
+    cases = {}
+    for listener in ("trace", "trace_overall", "trace_nopack", "trace_nosampling", "trace_internal"):
+        for rid in ids:
+            for extra in (b"", b"x-client-trace-id: 7\r\n", b"x-envoy-force-trace: yes\r\n"):
+                raw = b"GET /t HTTP/1.1\r\n" + H + b"x-request-id: " + rid.encode() + b"\r\n" + extra + b"\r\n"
+                cases[f"{listener} {rid} {extra!r}"] = (raw, "all", listener)
+        if listener not in ("trace", "trace_overall"):  # a generated id's draw is random there
+            cases[f"{listener} generated"] = (b"GET /t HTTP/1.1\r\n" + H + b"\r\n", "all", listener)
+    return cases
+
+
 CASES.update(normalization_cases())
+CASES.update(tracing_cases())
 # Stats both must count the same after the cases.
 STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_injected",
          "http.ingress.fault.active_faults", "http.ingress.fault.faults_overflow",
@@ -195,6 +218,16 @@ STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_inject
          "http.redirect.downstream_rq_failed_path_normalization",
          "http.ingress.downstream_rq_failed_path_normalization")
 VOLATILE = {"x-request-id", "date", "x-envoy-upstream-service-time"}
+
+
+def masked(name, value):
+    """Volatile values compared only in what is deterministic: a generated request id's
+    trace reason (position 14); the test's own ids (starting 0000, ffff or zzzz) whole."""
+    if name == "x-request-id":
+        if value[:4] in ("0000", "ffff", "zzzz") or len(value) != 36:
+            return value
+        return "*" + value[14]
+    return "*" if name in VOLATILE else value
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -213,7 +246,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
                     break
                 body_in += self.rfile.read(size)
                 self.rfile.readline()
-        seen = sorted([k.lower(), v if k.lower() not in VOLATILE else "*"] for k, v in self.headers.items())
+        seen = sorted([k.lower(), masked(k.lower(), v)] for k, v in self.headers.items())
         body = json.dumps({"method": self.command, "path": self.path, "headers": seen, "body": body_in.decode()}).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
@@ -330,8 +363,8 @@ def main():
         admins[name] = os.path.join(tmp, f"{name}.admin")
         cmd = cmd + ["--admin-address-path", admins[name]]
         listener_ports = {l: free_port() for l in LISTENERS}
-        cfg = re.sub(r'NORM_HCM\((\w+), "([^"]*)"\)', norm_hcm, CONFIG)
-        for l, lp in listener_ports.items():
+        cfg = CONFIG.replace("EXTRA_LISTENERS", extra_listeners())
+        for l, lp in sorted(listener_ports.items(), key=lambda kv: -len(kv[0])):
             cfg = cfg.replace(f"PORT_{l}", str(lp))
         cfg = cfg.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
         path = os.path.join(tmp, f"{name}.yaml")

@@ -339,6 +339,7 @@ impl Connection {
     /// request id, header mutations (most specific first: weighted cluster, route, virtual
     /// host, route configuration) and the host rewrite.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(super) fn upstream_head(
         &mut self,
         out: &mut Vec<u8>,
@@ -416,9 +417,9 @@ impl Connection {
     }
 
     /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).
+    #[inline]
     pub(super) fn request_id(&mut self) -> Option<[u8; 36]> {
-        let internal = crate::http::exchange::Exchange::internal(self);
-        let id = new_request_id(&self.hcm, self.head.request_id.is_some(), internal)?;
+        let id = crate::http::forwarding::request_id(self)?;
         self.log.request_id = Some(id);
         Some(id)
     }

@@ -63,12 +63,14 @@ pub(super) fn chains(
     let default = match &l.default_filter_chain {
         Some(c) => {
             let filter = super::hcm::chain_filter(c, res, "default_filter_chain", ctx)?;
-            if c.filter_chain_match.is_some() {
-                return Err(err(
-                    res,
-                    "default_filter_chain.filter_chain_match",
-                    "the default filter chain cannot have a filter_chain_match",
-                ));
+            // Envoy ignores it ("the filter chain match is ignored in this field"); istiod
+            // sends an empty one. A non-empty one is counted as ignored.
+            if c.filter_chain_match
+                .as_ref()
+                .is_some_and(|m| *m != Default::default())
+            {
+                ctx.ignored
+                    .push(format!("{res}.default_filter_chain.filter_chain_match"));
             }
             let name: Arc<str> = if c.name.is_empty() {
                 format!("{}#default", l.name).into()

@@ -337,7 +337,19 @@ fn connection_manager(
         merge_slashes: m.merge_slashes,
         escaped_slashes,
     };
+    let tracing = m
+        .tracing
+        .as_ref()
+        .map(|t| super::tracing::tracing(t, res, &p("tracing"), ctx))
+        .transpose()?;
+    let request_id = super::tracing::request_id(
+        m.request_id_extension.as_ref(),
+        res,
+        &p("request_id_extension"),
+    )?;
     Ok(HttpConnectionManager {
+        tracing,
+        request_id,
         path_normalization,
         http2_stats: ctx.stats.scope::<crate::stats::Http2Stat>("http2."),
         internal,

@@ -24,6 +24,7 @@ mod matchers;
 mod route;
 mod tcp;
 mod tls;
+mod tracing;
 
 /// A configuration error: which resource, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,12 +14,10 @@ use crate::http::h2::convert;
 
 use crate::http::body::{Framing, Mode};
 use crate::http::error::HttpError;
-use crate::http::exchange::Exchange;
 use crate::http::flags::ResponseFlags;
 use crate::http::forwarding::NO_MODS;
 use crate::http::forwarding::{
-    new_request_id, pick_upstream, read_response_head, upstream_head, with_timeout, HeadParts,
-    RespError,
+    pick_upstream, read_response_head, upstream_head, with_timeout, HeadParts, RespError,
 };
 use crate::http::h1::{self, BodyKind, ResponseHead};
 use crate::http::h2::{pump, reason, send_all, GrpcTap, PumpError, RouteDeadline};
@@ -51,7 +49,7 @@ impl Stream {
             self.log.cluster = Some(cluster.name.clone());
         }
         self.log.upstream = Some(ep.address);
-        let request_id = new_request_id(&self.hcm, self.head.request_id.is_some(), self.internal());
+        let request_id = crate::http::forwarding::request_id(self);
         self.log.request_id = request_id;
         let mut out = Vec::with_capacity(1024);
         upstream_head(
