@@ -441,7 +441,7 @@ mod tests {
 }
 
 /// Where a downstream connection came from and was going.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Downstream {
     pub peer: std::net::SocketAddr,
     /// The destination: the original one when restored, else the local address.
@@ -452,6 +452,8 @@ pub struct Downstream {
     pub via: std::net::SocketAddr,
     /// Whether the connection is TLS (`x-forwarded-proto: https`).
     pub tls: bool,
+    /// The client's certificate, when it presented one (mutual TLS).
+    pub client_cert: Option<std::rc::Rc<crate::peer_cert::ClientCert>>,
 }
 
 impl Downstream {

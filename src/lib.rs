@@ -11,6 +11,7 @@ pub mod iptables;
 pub mod listener;
 pub mod logging;
 pub mod model;
+pub mod peer_cert;
 pub mod proto;
 pub mod router;
 pub mod stats;

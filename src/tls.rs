@@ -202,6 +202,21 @@ async fn handshake(
     Ok(s)
 }
 
+/// What the client's certificate (mutual TLS) means for this connection's requests: its
+/// `x-forwarded-client-cert` element, built once, when the connection manager writes one.
+pub fn client_cert(
+    s: &ServerStream,
+    tls: &DownstreamTls,
+    hcm: &crate::model::HttpConnectionManager,
+) -> Option<std::rc::Rc<crate::peer_cert::ClientCert>> {
+    let certs = s.get_ref().1.peer_certificates()?;
+    let element = hcm.xfcc.0.writes_details().then(|| {
+        let chain: Vec<&[u8]> = certs.iter().map(|c| c.as_ref()).collect();
+        crate::peer_cert::element(&chain, &tls.local_uri_sans, hcm.xfcc.1).into()
+    });
+    Some(std::rc::Rc::new(crate::peer_cert::ClientCert { element }))
+}
+
 /// The protocol ALPN settled on, when it did.
 pub fn alpn(s: &ServerStream) -> Option<&[u8]> {
     s.get_ref().1.alpn_protocol()

@@ -1340,3 +1340,66 @@ async fn sds_file_rotates_a_static_listener_certificate() {
         "{err}"
     );
 }
+
+/// `x-forwarded-client-cert` as Envoy writes it with `APPEND_FORWARD`: the verified client's
+/// element (our URI SAN as `By`, the SHA-256 of its certificate, its URI SAN) after what
+/// the client sent; a TLS client without a certificate cannot forward one at all.
+/// (`tests/interop/envoy_parity.py` compares every mode and detail with Envoy 1.40.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_client_cert_names_the_verified_client() {
+    let Mesh {
+        ca,
+        client,
+        backend,
+        ..
+    } = Mesh::new().await;
+    let server = ca.issue(
+        "svc.local",
+        Some("spiffe://cluster.local/ns/default/sa/server"),
+        false,
+    );
+    let hcm = HCM.replace(
+        "stat_prefix: ingress",
+        "stat_prefix: ingress\n          forward_client_cert_details: APPEND_FORWARD\n          set_current_client_cert_details: {uri: true}",
+    );
+    let socket = tls_socket(&temp_dir(), &server, &ca, "");
+    let yaml = bootstrap(
+        "",
+        &format!("    - filters:\n{hcm}\n{socket}"),
+        backend.addr,
+    );
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, &leaf_der(&client))
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let forwarded = |seen: &Seen| {
+        let h = seen.last_headers.lock().unwrap();
+        header(&h, "x-forwarded-client-cert").map(str::to_string)
+    };
+    for driver in drivers() {
+        let proxy = Proxy::start(&yaml, &one_core(driver)).await;
+        let addr = proxy.addr();
+        let request = b"GET / HTTP/1.1\r\nHost: svc.local\r\nx-forwarded-client-cert: By=spiffe://earlier\r\nConnection: close\r\n\r\n";
+        for (me, want) in [
+            (
+                Some(&client),
+                Some(format!(
+                    "By=spiffe://earlier,By=spiffe://cluster.local/ns/default/sa/server;Hash={hash};URI=spiffe://cluster.local/ns/default/sa/client"
+                )),
+            ),
+            (None, None),
+        ] {
+            let config = Arc::new(client_config(&ca, me, &[b"http/1.1"]));
+            let mut s = tls_connect(addr, config).await.expect("handshake");
+            s.write_all(request).await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(out.starts_with(b"HTTP/1.1 200"), "{driver}");
+            assert_eq!(forwarded(&backend.seen), want, "{driver}, client cert {}", me.is_some());
+        }
+    }
+}

@@ -144,7 +144,9 @@ SUBSET = {
         "request_headers_timeout", "drain_timeout", "max_request_headers_kb",
         "strip_matching_host_port", "strip_any_host_port", "rds", "upgrade_configs",
         "http2_protocol_options", "normalize_path", "merge_slashes",
-        "path_with_escaped_slashes_action", "tracing", "request_id_extension"],
+        "path_with_escaped_slashes_action", "tracing", "request_id_extension",
+        "forward_client_cert_details", "set_current_client_cert_details"],
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails": ["*"],
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing": [
         "client_sampling", "random_sampling", "overall_sampling", "verbose", "max_path_tag_length",
         "custom_tags", "spawn_upstream_span"],

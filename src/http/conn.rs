@@ -224,6 +224,9 @@ impl crate::http::exchange::Exchange for Connection {
     fn downstream_tls(&self) -> bool {
         self.down.tls
     }
+    fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
+        self.down.client_cert.as_deref()
+    }
     fn internal(&self) -> bool {
         crate::http::trust::is_internal(&self.hcm, self.peer.ip(), &self.buf, &self.head.headers)
     }

@@ -27,6 +27,8 @@ pub(crate) trait Exchange {
     fn local_ip(&self) -> std::net::IpAddr;
     /// Whether the downstream connection is TLS.
     fn downstream_tls(&self) -> bool;
+    /// The client's certificate, on a mutual TLS connection.
+    fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert>;
     /// Whether the request is internal (`internal_address_config`), decided once per
     /// request.
     fn internal(&self) -> bool;

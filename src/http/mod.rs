@@ -17,3 +17,4 @@ pub mod path;
 pub(crate) mod request;
 pub mod trust;
 pub mod write_headers;
+pub mod xfcc;

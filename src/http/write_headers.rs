@@ -9,6 +9,7 @@ use crate::http::fields::{header, header_lower, write_adds};
 use crate::http::filter::FilterHost;
 use crate::http::h1::{bodyless_method, header_value, BodyKind, ResponseHead};
 use crate::http::trust;
+use crate::http::xfcc::Action;
 use crate::model::headers::{is_hop_by_hop, HeaderMods};
 use crate::model::route::Forward;
 use crate::model::{ServerHeader, UnderscoreAction};
@@ -82,6 +83,8 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     let xff_hop = trust::forwarded_for_address(peer.ip(), conn.local_ip());
     let mut xff_written = false;
     let mut have_xfp = false;
+    let xfcc = crate::http::xfcc::action(hcm.xfcc.0, conn.client_cert());
+    let mut xfcc_written = false;
     for (n, v) in &head.headers {
         let name = &buf[n.clone()];
         let value = &buf[v.clone()];
@@ -113,6 +116,29 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
                 && name.contains(&b'_'))
             || dropped_by(mods, name)
         {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"x-forwarded-client-cert") {
+            // One line: the client's values (when kept) and this hop's element.
+            if !xfcc_written && matches!(xfcc, Action::Keep | Action::Append(_)) {
+                out.extend_from_slice(b"x-forwarded-client-cert: ");
+                let mut first = true;
+                for (n2, v2) in &head.headers {
+                    if buf[n2.clone()].eq_ignore_ascii_case(b"x-forwarded-client-cert") {
+                        if !first {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(&buf[v2.clone()]);
+                        first = false;
+                    }
+                }
+                if let Action::Append(e) = xfcc {
+                    out.push(b',');
+                    out.extend_from_slice(e.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            xfcc_written = true;
             continue;
         }
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -164,6 +190,11 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     }
     if append_xff && !xff_written {
         let _ = write!(out, "x-forwarded-for: {xff_hop}\r\n");
+    }
+    match xfcc {
+        Action::Set(e) => header(out, b"x-forwarded-client-cert", e.as_bytes()),
+        Action::Append(e) if !xfcc_written => header(out, b"x-forwarded-client-cert", e.as_bytes()),
+        _ => {}
     }
     if !have_xfp {
         header(out, b"x-forwarded-proto", forwarded_proto(conn));

@@ -435,12 +435,13 @@ async fn handle(
     };
     let chain = &listener.chains.chains[i];
     let filter = chain.filter.clone();
-    let down = Downstream {
+    let mut down = Downstream {
         peer,
         dst,
         restored,
         via: accepted_on,
         tls: chain.tls.is_some(),
+        client_cert: None,
     };
     let stream = match chain.tls.clone() {
         None => MaybeTls::Plain(stream),
@@ -456,6 +457,7 @@ async fn handle(
                 }
             };
             if let NetworkFilter::Http(hcm) = &filter {
+                down.client_cert = crate::tls::client_cert(&s, &tls, hcm);
                 let fut = crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
                 if CatchUnwind(Box::pin(fut)).await.is_err() {
                     hcm.stats

@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod route;
 pub mod tls;
 pub mod tracing;
+pub mod xfcc;
 
 pub use convert::ConvertError;
 
@@ -432,6 +433,8 @@ pub struct HttpConnectionManager {
     /// `tracing`: the sampling decision packed into `x-request-id` (no spans).
     pub tracing: Option<tracing::Tracing>,
     pub request_id: tracing::RequestIdConfig,
+    /// `forward_client_cert_details`, `set_current_client_cert_details`.
+    pub xfcc: (xfcc::ForwardClientCert, xfcc::CertDetails),
 }
 
 /// Where an access log line goes.

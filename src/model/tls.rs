@@ -23,6 +23,8 @@ pub struct DownstreamTls {
     pub require_sni: bool,
     /// Sessions each core's cache keeps for stateful resumption (0: disabled).
     pub session_cache: usize,
+    /// The URI SANs of the listener's own certificate (`By` in x-forwarded-client-cert).
+    pub local_uri_sans: Vec<String>,
 }
 
 /// Which subject alternative names a matcher looks at.

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -109,14 +110,43 @@ LISTENERS = {
 }
 
 
-def extra_listeners():
+# x-forwarded-client-cert: one mutual TLS listener per mode (certificates made by openssl in
+# CERTS, the client's subject and SANs chosen to exercise escaping and every detail).
+ALL_DETAILS = "set_current_client_cert_details: {subject: true, cert: true, chain: true, dns: true, uri: true}"
+XFCC_MODES = ("SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD", "SANITIZE_SET", "ALWAYS_FORWARD_ONLY")
+for mode in XFCC_MODES:
+    LISTENERS[f"xfcc_{mode.lower()}"] = (f"forward_client_cert_details: {mode}, {ALL_DETAILS}", True)
+LISTENERS["xfcc_uri_only"] = ("forward_client_cert_details: APPEND_FORWARD, set_current_client_cert_details: {uri: true}", True)
+TLS_SOCKET = """{name: envoy.transport_sockets.tls, typed_config: {"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: false, common_tls_context: {tls_certificates: [{certificate_chain: {filename: CERTS/server.pem}, private_key: {filename: CERTS/server.key}}], validation_context: {trusted_ca: {filename: CERTS/ca.pem}}}}}"""
+
+
+def extra_listeners(certs):
     out = []
     for name, settings in LISTENERS.items():
+        settings, tls = settings if isinstance(settings, tuple) else (settings, False)
         hcm = NORM_HCM_TEMPLATE.replace("STAT", name).replace("SETTINGS", settings)
+        socket_yaml = (", transport_socket: " + TLS_SOCKET.replace("CERTS", certs)) if tls else ""
         out.append(f"""  - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: PORT_{name}}}}}
-    filter_chains: [{{filters: [{hcm}]}}]""")
+    filter_chains: [{{filters: [{hcm}]{socket_yaml}}}]""")
     return "\n".join(out)
+
+
+def make_certs(d):
+    """A CA, a server certificate with a SPIFFE URI SAN, and a client certificate whose
+    subject needs RFC 2253 escaping and which has URI and DNS SANs."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=Parity CA", "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.pem")
+    for name, subj, sans in (("server", "/CN=server", "URI:spiffe://cluster.local/ns/default/sa/server,DNS:server.example"),
+                             ("client", "/C=US/O=Acme, Inc+OU=Dev/CN=client #1", "URI:spiffe://cluster.local/ns/default/sa/client,DNS:client.example,DNS:alt.example")):
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subj,
+            "-multivalue-rdn", "-keyout", f"{d}/{name}.key", "-out", f"{d}/{name}.csr")
+        with open(f"{d}/{name}.ext", "w") as f:
+            f.write(f"subjectAltName={sans}\n")
+        run("x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{d}/{name}.ext", "-out", f"{d}/{name}.pem")
 
 
 H = b"Host: known.host\r\n"
@@ -201,7 +231,21 @@ def tracing_cases():
     return cases
 
 
+def xfcc_cases():
+    """x-forwarded-client-cert through each mode, with and without a client certificate and a
+    client-sent header (plain text only on the main listener, where it must be removed)."""
+    cases = {"xfcc sanitized on plain text": (b"GET /x HTTP/1.1\r\n" + H + b"x-forwarded-client-cert: By=spiffe://forged\r\n\r\n", "all")}
+    for listener in [f"xfcc_{m.lower()}" for m in XFCC_MODES] + ["xfcc_uri_only"]:
+        for tls in ("mtls", "tls"):
+            for sent in (b"", b"x-forwarded-client-cert: By=spiffe://a;URI=spiffe://b\r\n",
+                         b"x-forwarded-client-cert: By=x\r\nx-forwarded-client-cert: By=y\r\n"):
+                raw = b"GET /x HTTP/1.1\r\n" + H + sent + b"\r\n"
+                cases[f"{listener} {tls} {sent!r}"] = (raw, "all", listener, tls)
+    return cases
+
+
 CASES.update(normalization_cases())
+CASES.update(xfcc_cases())
 CASES.update(tracing_cases())
 # Stats both must count the same after the cases.
 STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_injected",
@@ -267,8 +311,13 @@ def free_port():
     return p
 
 
-def send(port, raw):
+TLS_CLIENT = {}  # "mtls" / "tls" -> ssl.SSLContext, set up in main
+
+
+def send(port, raw, tls=None):
     s = socket.create_connection(("127.0.0.1", port))
+    if tls:
+        s = TLS_CLIENT[tls].wrap_socket(s, server_hostname="server.example")
     s.sendall(raw)
     s.settimeout(1.0)
     out = b""
@@ -353,6 +402,12 @@ def main():
     upstream = Server(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     tmp = tempfile.mkdtemp()
+    make_certs(tmp)
+    for kind in ("mtls", "tls"):
+        c = ssl.create_default_context(cafile=f"{tmp}/ca.pem")
+        if kind == "mtls":
+            c.load_cert_chain(f"{tmp}/client.pem", f"{tmp}/client.key")
+        TLS_CLIENT[kind] = c
     ports = {}
     procs = []
     log = open(os.path.join(tmp, "log"), "w")
@@ -363,7 +418,7 @@ def main():
         admins[name] = os.path.join(tmp, f"{name}.admin")
         cmd = cmd + ["--admin-address-path", admins[name]]
         listener_ports = {l: free_port() for l in LISTENERS}
-        cfg = CONFIG.replace("EXTRA_LISTENERS", extra_listeners())
+        cfg = CONFIG.replace("EXTRA_LISTENERS", extra_listeners(tmp))
         for l, lp in sorted(listener_ports.items(), key=lambda kv: -len(kv[0])):
             cfg = cfg.replace(f"PORT_{l}", str(lp))
         cfg = cfg.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
@@ -374,10 +429,11 @@ def main():
         ports[name] = dict(listener_ports, main=port)
     passed = failed = 0
     try:
-        for case, (raw, what, *listener) in CASES.items():
-            listener = listener[0] if listener else "main"
-            e = send(ports["envoy"][listener], raw)
-            r = send(ports["ringside"][listener], raw)
+        for case, (raw, what, *rest) in CASES.items():
+            listener = rest[0] if rest else "main"
+            tls = rest[1] if len(rest) > 1 else None
+            e = send(ports["envoy"][listener], raw, tls)
+            r = send(ports["ringside"][listener], raw, tls)
             same = e[0] == r[0] if what == "status" else e == r
             if same:
                 passed += 1

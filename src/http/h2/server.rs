@@ -136,7 +136,7 @@ async fn run<IO>(
         };
         match next {
             Some(Ok((req, respond))) => {
-                let task = stream_task(ctx.clone(), hcm.clone(), down, req, respond);
+                let task = stream_task(ctx.clone(), hcm.clone(), down.clone(), req, respond);
                 let (ctx, hcm) = (ctx.clone(), hcm.clone());
                 let open = OpenStream::new(&streams);
                 monoio::spawn(async move {
@@ -250,6 +250,9 @@ impl Exchange for Stream {
     }
     fn downstream_tls(&self) -> bool {
         self.down.tls
+    }
+    fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
+        self.down.client_cert.as_deref()
     }
     fn internal(&self) -> bool {
         crate::http::trust::is_internal(

@@ -347,7 +347,29 @@ fn connection_manager(
         res,
         &p("request_id_extension"),
     )?;
+    use crate::model::xfcc::{CertDetails, ForwardClientCert as F};
+    use hcm::http_connection_manager::ForwardClientCertDetails as X;
+    let forward_client_cert = match X::try_from(m.forward_client_cert_details) {
+        Ok(X::Sanitize) => F::Sanitize,
+        Ok(X::ForwardOnly) => F::ForwardOnly,
+        Ok(X::AppendForward) => F::AppendForward,
+        Ok(X::SanitizeSet) => F::SanitizeSet,
+        Ok(X::AlwaysForwardOnly) => F::AlwaysForwardOnly,
+        Err(_) => return Err(err(res, p("forward_client_cert_details"), "unknown value")),
+    };
+    let client_cert_details = m
+        .set_current_client_cert_details
+        .as_ref()
+        .map(|d| CertDetails {
+            subject: d.subject.unwrap_or(false),
+            cert: d.cert,
+            chain: d.chain,
+            dns: d.dns,
+            uri: d.uri,
+        })
+        .unwrap_or_default();
     Ok(HttpConnectionManager {
+        xfcc: (forward_client_cert, client_cert_details),
         tracing,
         request_id,
         path_normalization,

@@ -67,10 +67,11 @@ pub(super) fn downstream(
         DOWNSTREAM => {
             let tc: pb::DownstreamTlsContext =
                 decode_any(any, DOWNSTREAM, res, &format!("{tpath}.typed_config"))?;
-            let config =
+            let (config, local_uri_sans) =
                 server_config(&tc, res, &format!("{tpath}.typed_config"), ctx)?;
             Ok(Some(Arc::new(DownstreamTls {
                 config: Arc::new(config),
+                local_uri_sans,
                 handshake_timeout,
                 require_sni: tc.require_sni.unwrap_or(false),
                 session_cache: if tc.disable_stateful_session_resumption {
@@ -93,7 +94,7 @@ fn server_config(
     res: &str,
     path: &str,
     ctx: &mut Ctx<'_>,
-) -> Result<rustls::ServerConfig, ConvertError> {
+) -> Result<(rustls::ServerConfig, Vec<String>), ConvertError> {
     let cpath = format!("{path}.common_tls_context");
     let common = tc.common_tls_context.clone().unwrap_or_default();
     let c = resolve(&common, res, &cpath, ctx)?;
@@ -128,6 +129,16 @@ fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
+    let local_uri_sans: Vec<String> = c
+        .cert
+        .as_ref()
+        .and_then(|(chain, _)| chain.first())
+        .and_then(|leaf| crate::model::tls::subject_alt_names(leaf))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(t, _)| *t == crate::model::tls::SanType::Uri)
+        .map(|(_, n)| n)
+        .collect();
     let mut config = match c.cert {
         Some((chain, key)) => builder
             .with_single_cert(chain, key)
@@ -168,7 +179,7 @@ fn server_config(
             "{res}.{path}.session_timeout (tickets and cached sessions live as rustls keeps them)"
         ));
     }
-    Ok(config)
+    Ok((config, local_uri_sans))
 }
 
 /// Answers no handshake: the certificate of a listener whose SDS secret is still missing.
