@@ -108,6 +108,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
                 && !hcm.suppress_envoy_headers
             || name.eq_ignore_ascii_case(b"x-envoy-original-path") && original_path.is_some()
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
+            || f.attempt_count.0 && name.eq_ignore_ascii_case(b"x-envoy-attempt-count")
             || (head.nominates
                 && !name.eq_ignore_ascii_case(b"x-request-id")
                 && nominated(buf, &head.headers, name))
@@ -207,6 +208,10 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     if let Some(id) = request_id {
         header(out, b"x-request-id", id);
     }
+    if f.attempt_count.0 {
+        // The first attempt: there are no retries yet.
+        header(out, b"x-envoy-attempt-count", b"1");
+    }
     if let Some(original) = original_path.filter(|_| !hcm.suppress_envoy_headers) {
         header(out, b"x-envoy-original-path", original);
     }
@@ -249,6 +254,8 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     chunked_out: bool,
     close: bool,
     service_time_ms: Option<u64>,
+    // `include_attempt_count_in_response`: this was attempt 1 (there are no retries yet).
+    attempt_count: bool,
 ) {
     let hcm = conn.hcm();
     // `always_set_request_id_in_response`: the id the proxy generated, else the client's.
@@ -293,6 +300,9 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
         {
             continue;
         }
+        if attempt_count && name.eq_ignore_ascii_case(b"x-envoy-attempt-count") {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"server") {
             if hcm.server_header == ServerHeader::Overwrite {
                 continue;
@@ -326,6 +336,9 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
             b"x-envoy-upstream-service-time",
             itoa::Buffer::new().format(ms).as_bytes(),
         );
+    }
+    if attempt_count {
+        header(out, b"x-envoy-attempt-count", b"1");
     }
     if let Some(id) = request_id {
         header(out, b"x-request-id", id);

@@ -137,6 +137,10 @@ pub struct Forward {
     pub stream_duration: Option<StreamDuration>,
     /// `upgrade_configs`: per-route overrides of the connection manager's upgrades.
     pub upgrades: Vec<RouteUpgrade>,
+    /// The virtual host's `include_request_attempt_count` and
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the upstream
+    /// request and on the response.
+    pub attempt_count: (bool, bool),
 }
 
 /// One `RouteAction.upgrade_configs` entry.

@@ -48,6 +48,13 @@ static_resources:
               - {match: {prefix: /notmod}, direct_response: {status: 304}}
               - {match: {prefix: /rw/}, route: {cluster: up, prefix_rewrite: /x/, host_rewrite_literal: other.host}}
               - {match: {prefix: /}, route: {cluster: up}}
+            - name: attempts
+              domains: [attempts.host]
+              include_request_attempt_count: true
+              include_attempt_count_in_response: true
+              routes:
+              - {match: {prefix: /direct}, direct_response: {status: 200, body: {inline_string: direct}}}
+              - {match: {prefix: /}, route: {cluster: up}}
             - name: filters
               domains: [filters.host]
               typed_per_filter_config:
@@ -167,6 +174,9 @@ CASES = {
     "unsupported transfer-encoding": (b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: gzip\r\n\r\n", "all"),
     "content-length and chunked": (b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "status"),
     "redirect": (b"GET /redir?a=1 HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "attempt count on request and response": (b"GET /a HTTP/1.1\r\nHost: attempts.host\r\nx-envoy-attempt-count: 7\r\n\r\n", "all"),
+    "attempt count on a direct response": (b"GET /direct HTTP/1.1\r\nHost: attempts.host\r\n\r\n", "all"),
+    "client attempt count passes where not configured": (b"GET /a HTTP/1.1\r\n" + H + b"x-envoy-attempt-count: 7\r\n\r\n", "all"),
     "redirect of a gRPC request": (b"POST /redir HTTP/1.1\r\n" + H + b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n", "all"),
     "direct response to a gRPC request": (b"POST /direct HTTP/1.1\r\n" + H + b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n", "all"),
     "fragment then a second request": (b"GET /a#b HTTP/1.1\r\n" + H + b"\r\nGET /second HTTP/1.1\r\n" + H + b"\r\n", "all"),
@@ -351,7 +361,8 @@ COMPARED = (b"content-length", b"transfer-encoding", b"location", b"content-type
             b"access-control-allow-origin", b"access-control-allow-credentials",
             b"access-control-allow-methods", b"access-control-allow-headers",
             b"access-control-max-age", b"access-control-expose-headers",
-            b"x-envoy-ratelimited", b"x-rl", b"grpc-status", b"grpc-message", b"connection")
+            b"x-envoy-ratelimited", b"x-rl", b"grpc-status", b"grpc-message", b"connection",
+            b"x-envoy-attempt-count")
 
 
 def parse(out):

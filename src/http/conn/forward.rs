@@ -254,6 +254,7 @@ impl Connection {
             (mode == Mode::ChunkEncode) || (kind == BodyKind::Chunked && mode == Mode::Raw),
             close,
             self.log.service_time_ms,
+            f.attempt_count.1,
         );
         self.log.status = resp.status;
         self.count_status(resp.status);

@@ -160,6 +160,7 @@ impl Connection {
             chunked_out,
             close,
             self.log.service_time_ms,
+            hop.f.attempt_count.1,
         );
         self.log.status = resp.status;
         self.count_status(resp.status);

@@ -149,6 +149,11 @@ fn istio_noop(name: &str, any: &prost_types::Any, network: bool) -> Option<&'sta
         {
             Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
         }
+        // Current istiod's HTTP metadata exchange (a native filter in istio-proxy, sent as
+        // a TypedStruct): discovers peer labels for telemetry and enforces nothing.
+        ("io.istio.http.peer_metadata.Config", false) => {
+            Some("istio.metadata_exchange (peer_metadata): peer labels for telemetry, a documented no-op")
+        }
         ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
             Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")
         }

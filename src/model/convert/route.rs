@@ -94,7 +94,19 @@ pub(crate) fn convert(
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (ri, r) in vh.routes.iter().enumerate() {
             let rp = format!("{vp}.routes[{ri}]");
-            routes.push(route(r, res, &rp, validate_clusters, max_body, ctx)?);
+            let attempts = (
+                vh.include_request_attempt_count,
+                vh.include_attempt_count_in_response,
+            );
+            routes.push(route(
+                r,
+                res,
+                &rp,
+                validate_clusters,
+                max_body,
+                attempts,
+                ctx,
+            )?);
         }
         use pb::virtual_host::TlsRequirementType as T;
         let require_tls = match T::try_from(vh.require_tls) {
@@ -150,6 +162,7 @@ fn route(
     rp: &str,
     validate_clusters: bool,
     max_body: usize,
+    attempt_count: (bool, bool),
     ctx: &mut Ctx<'_>,
 ) -> Result<Route, ConvertError> {
     let Some(m) = &r.r#match else {
@@ -216,13 +229,11 @@ fn route(
     }
     use pb::route::Action as A;
     let action = match &r.action {
-        Some(A::Route(ra)) => Action::Forward(Arc::new(forward(
-            ra,
-            res,
-            &format!("{rp}.route"),
-            validate_clusters,
-            ctx,
-        )?)),
+        Some(A::Route(ra)) => {
+            let mut f = forward(ra, res, &format!("{rp}.route"), validate_clusters, ctx)?;
+            f.attempt_count = attempt_count;
+            Action::Forward(Arc::new(f))
+        }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd, res, &format!("{rp}.redirect"))?),
         Some(A::DirectResponse(dr)) => {
             let dp = format!("{rp}.direct_response");
@@ -488,6 +499,7 @@ fn forward(
         )?,
         stream_duration,
         upgrades,
+        attempt_count: (false, false),
     })
 }
 

@@ -234,6 +234,7 @@ impl Stream {
             false,
             false,
             self.log.service_time_ms,
+            up.f.attempt_count.1,
         );
         let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
         self.log.status = rh.status;
