@@ -76,3 +76,65 @@ async fn paths_are_normalised_before_routing_over_both_codecs() {
         );
     }
 }
+
+/// A fragment is refused (400) by default; Istio's bootstrap sets the runtime key
+/// `envoy.reloadable_features.http_reject_path_with_fragment: false`, and then the
+/// fragment is dropped and the request forwarded, as Envoy does. `/runtime` shows the
+/// layers and `/runtime_modify` changes the admin layer at once for new requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_decides_whether_a_fragment_is_refused_or_dropped() {
+    let backend = Backend::start("b").await;
+    let runtime = r#"layered_runtime:
+  layers:
+  - name: global config
+    static_layer: {"envoy.reloadable_features.http_reject_path_with_fragment": false, "a": {"b": 1}}
+  - name: admin
+    admin_layer: {}
+"#;
+    let clusters = format!("[{}]", cluster("b", &[backend.addr], ""));
+    let yaml = format!("{runtime}{}", config("", &all_to("b"), &clusters));
+    let key = "envoy.reloadable_features.http_reject_path_with_fragment";
+    for driver in drivers() {
+        let proxy = Proxy::start(&yaml, &one_core(driver)).await;
+        let addr = proxy.addr();
+        let get = |path: &'static str| async move {
+            let out = raw(
+                addr,
+                format!("GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes(),
+                std::time::Duration::from_millis(500),
+            )
+            .await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let out = get("/a/b#frag?x").await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{driver}: {out}");
+        assert!(out.ends_with("upstream b /a/b"), "{driver}: {out}");
+        let (s, body) = proxy.admin_get("/runtime").await;
+        assert_eq!(s, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["layers"], serde_json::json!(["global config", "admin"]));
+        assert_eq!(v["entries"][key]["final_value"], "false", "{body}");
+        assert_eq!(
+            v["entries"]["a.b"]["layer_values"],
+            serde_json::json!(["1", ""])
+        );
+        // The admin layer overrides the static one for the next requests.
+        let (s, _, _) = request(
+            proxy.admin,
+            "POST",
+            &format!("/runtime_modify?{key}=true"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let out = get("/a/b#frag").await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{driver}: {out}");
+        let (_, body) = proxy.admin_get("/runtime").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["entries"][key]["layer_values"],
+            serde_json::json!(["false", "true"])
+        );
+    }
+}

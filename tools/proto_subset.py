@@ -36,7 +36,12 @@ SUBSET = {
                                                       "omit_empty_values"],
     # bootstrap
     "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "dynamic_resources",
-                                            "admin"],
+                                            "admin", "layered_runtime"],
+    "envoy.config.bootstrap.v3.LayeredRuntime": ["*"],
+    "envoy.config.bootstrap.v3.RuntimeLayer": ["*"],
+    "envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer": [],
+    "envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer": [],
+    "envoy.config.bootstrap.v3.RuntimeLayer.RtdsLayer": [],
     "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": ["lds_config", "cds_config",
                                                              "ads_config"],
     # xDS sources

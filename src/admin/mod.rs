@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
+mod runtime;
 mod stats;
 use stats::{histograms_json, prometheus, quantiles_text};
 
@@ -166,6 +167,15 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             }
         }
         ("POST", "/drain_listeners") => drain_listeners(state, &params),
+        ("GET", "/runtime") => (
+            200,
+            json_ct,
+            serde_json::to_vec_pretty(&runtime::show(state)).unwrap_or_default(),
+        ),
+        ("POST", "/runtime_modify") => {
+            let (status, body) = runtime::modify(state, &params);
+            (status, text_ct, body)
+        }
         ("GET", "/stats/prometheus") => (
             200,
             "text/plain; version=0.0.4",
@@ -237,7 +247,7 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
         ("GET", "/") => (
             200,
             text_ct,
-            b"admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n".to_vec(),
+            b"admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /drain_listeners (POST)\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /runtime\n  /runtime_modify (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n".to_vec(),
         ),
         (_, "/quitquitquit" | "/healthcheck/fail" | "/healthcheck/ok") => (405, text_ct, b"This endpoint requires POST\n".to_vec()),
         _ => (404, text_ct, b"invalid path. admin commands are listed at /\n".to_vec()),

@@ -81,9 +81,16 @@ pub(crate) async fn route<'r, E: FilterHost>(
     authority: &Range<usize>,
     path: &mut Range<usize>,
 ) -> Result<Decision<'r>, HttpError> {
-    // Envoy refuses a fragment whatever the normalisation settings.
+    // Envoy refuses a fragment whatever the normalisation settings, unless the runtime
+    // says to drop it (Istio's bootstrap does).
     if x.head().fragment {
-        return Err(HttpError::PathNormalizationFailed);
+        if x.snapshot().runtime.reject_path_with_fragment {
+            return Err(HttpError::PathNormalizationFailed);
+        }
+        if let Some(at) = x.bytes(path).iter().position(|&b| b == b'#') {
+            let kept = x.bytes(path)[..at].to_vec();
+            *path = x.replace_path(&kept);
+        }
     }
     let norm = x.hcm().path_normalization;
     if norm.any() && x.bytes(path).first() == Some(&b'/') {

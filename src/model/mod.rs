@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 
 pub mod chain;
 pub mod convert;
+mod dump;
+pub use dump::{DumpEntry, DynamicDump};
 pub mod filter;
 pub mod format;
 pub mod headers;
@@ -19,6 +21,7 @@ pub mod matcher;
 pub mod path;
 pub mod ratelimit;
 pub mod route;
+pub mod runtime;
 pub mod tls;
 pub mod tracing;
 pub mod xfcc;
@@ -28,6 +31,7 @@ pub use convert::ConvertError;
 use crate::stats::Scope;
 
 /// Everything a core needs to serve, at one version.
+#[derive(Clone)]
 pub struct Snapshot {
     /// Bumped on every publish.
     pub version: u64,
@@ -49,6 +53,8 @@ pub struct Snapshot {
     /// Listeners that do not bind (`bind_to_port: false`), by address: where a
     /// `use_original_dst` listener hands its connections.
     pub virtual_listeners: Arc<rustc_hash::FxHashMap<SocketAddr, Arc<Listener>>>,
+    /// `layered_runtime`, with the admin layer's changes.
+    pub runtime: Arc<runtime::Runtime>,
 }
 
 /// The `bind_to_port: false` listeners of `listeners`, by address.
@@ -62,35 +68,6 @@ pub fn virtual_index(
             .map(|l| (l.address, l.clone()))
             .collect(),
     )
-}
-
-/// One resource received over xDS, as it arrived.
-#[derive(Clone, Debug)]
-pub struct DumpEntry {
-    pub name: Arc<str>,
-    pub version: Arc<str>,
-    pub last_updated: SystemTime,
-    pub resource: Arc<prost_types::Any>,
-}
-
-/// The dynamic resources of a snapshot, by type, for `/config_dump`.
-#[derive(Clone, Debug, Default)]
-pub struct DynamicDump {
-    /// Listeners serving now.
-    pub listeners: Vec<DumpEntry>,
-    /// Listeners received but waiting for their route configurations.
-    pub warming_listeners: Vec<DumpEntry>,
-    pub clusters: Vec<DumpEntry>,
-    /// Clusters received but waiting for their endpoints.
-    pub warming_clusters: Vec<DumpEntry>,
-    pub route_configs: Vec<DumpEntry>,
-    pub endpoints: Vec<DumpEntry>,
-    /// SDS secrets received (private keys are redacted when dumped).
-    pub secrets: Vec<DumpEntry>,
-    /// Secrets named by listeners or clusters that have not arrived.
-    pub warming_secrets: Vec<Arc<str>>,
-    /// The last accepted `version_info` per type URL.
-    pub versions: Vec<(&'static str, Arc<str>, SystemTime)>,
 }
 
 impl std::fmt::Debug for Snapshot {

@@ -160,6 +160,7 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
             dynamic: current.dynamic.clone(),
             admin: current.admin,
             bootstrap: current.bootstrap.clone(),
+            runtime: current.runtime.clone(),
         }));
     }
 }

@@ -90,9 +90,17 @@ impl Publisher {
         for (n, a) in bound_now {
             addresses.insert(n, a);
         }
-        let version = next.version;
+        // The admin layer of the runtime changes beside xDS (`/runtime_modify`): keep the
+        // one current at the moment of the swap.
+        let next = Arc::new(next);
+        let previous = self.shared.rcu(|cur| {
+            let mut s = (*next).clone();
+            s.runtime = cur.runtime.clone();
+            s.version = cur.version + 1;
+            s
+        });
+        let version = previous.version + 1;
         self.served.published(version, started);
-        self.shared.store(Arc::new(next));
         self.addresses.store(Arc::new(addresses));
         for (k, cmds) in commands.into_iter().enumerate() {
             for c in cmds {

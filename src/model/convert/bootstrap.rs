@@ -88,6 +88,14 @@ pub fn bootstrap_snapshot_with(
     let mut names = std::collections::HashSet::new();
     for (i, l) in sr.listeners.iter().enumerate() {
         let path = format!("static_resources.listeners[{i}]");
+        // A static listener may go unnamed: Envoy names it with a UUID.
+        let named;
+        let l = if l.name.is_empty() {
+            named = pb_listener_named(l);
+            &named
+        } else {
+            l
+        };
         let listener = listener::convert(l, &mut ctx).map_err(|mut e| {
             e.path = join(&path, &e.path);
             e
@@ -108,7 +116,10 @@ pub fn bootstrap_snapshot_with(
         listeners.push(Arc::new(listener));
     }
     let virtual_listeners = crate::model::virtual_index(&listeners);
+    let (runtime, unused) = super::runtime::runtime(bootstrap.layered_runtime.as_ref())?;
+    ctx.ignored.extend(unused);
     let snapshot = Snapshot {
+        runtime: Arc::new(runtime),
         virtual_listeners,
         version,
         built_at: SystemTime::now(),
@@ -121,6 +132,25 @@ pub fn bootstrap_snapshot_with(
         dynamic: Default::default(),
     };
     Ok((snapshot, ctx.ignored, files))
+}
+
+/// `l` named with a random UUID (version 4), as Envoy names an unnamed static listener.
+fn pb_listener_named(
+    l: &crate::proto::envoy::config::listener::v3::Listener,
+) -> crate::proto::envoy::config::listener::v3::Listener {
+    let r = fastrand::u128(..);
+    let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let h = format!("{r:032x}");
+    let mut named = l.clone();
+    named.name = format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    named
 }
 
 /// How Ringside reaches its control plane, from `dynamic_resources`.

@@ -22,6 +22,7 @@ mod http_filter;
 mod listener;
 mod matchers;
 mod route;
+pub(crate) mod runtime;
 mod tcp;
 mod tls;
 mod tracing;

@@ -142,7 +142,7 @@ fn server_config(
     let mut config = match c.cert {
         Some((chain, key)) => builder
             .with_single_cert(chain, key)
-            .map_err(|e| err(res, c.cert_path, e.to_string()))?,
+            .map_err(|e| err(res, c.cert_path, cert_error(&e)))?,
         // An SDS secret has not arrived: the listener warms until it does, and would
         // refuse every handshake if it served.
         None if c.missing.is_some() => builder.with_cert_resolver(Arc::new(NoCertYet)),
@@ -258,7 +258,7 @@ fn client_config(
     let mut config = match c.cert {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
-            .map_err(|e| err(res, c.cert_path, e.to_string()))?,
+            .map_err(|e| err(res, c.cert_path, cert_error(&e)))?,
         None => builder.with_no_client_auth(),
     };
     if let Some(n) = tc.max_session_keys {
@@ -572,3 +572,13 @@ mod secret;
 use params::{tls_params, Params};
 pub use secret::check_secret;
 use secret::secret;
+
+/// What is wrong with a configured certificate, in words: rustls (webpki) reads only X.509
+/// version 3 certificates, where BoringSSL also takes version 1.
+fn cert_error(e: &rustls::Error) -> String {
+    if format!("{e:?}").contains("UnsupportedCertVersion") {
+        "X.509 version 1 certificates are not supported (version 3 only)".into()
+    } else {
+        e.to_string()
+    }
+}

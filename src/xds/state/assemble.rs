@@ -124,6 +124,7 @@ impl Resources {
             admin: statics.admin,
             bootstrap: statics.bootstrap.clone(),
             dynamic: Arc::new(dump),
+            runtime: current.runtime.clone(),
         }
     }
 

@@ -89,6 +89,7 @@ impl Fixture {
             bootstrap: s.bootstrap.clone(),
             dynamic: s.dynamic.clone(),
             virtual_listeners: s.virtual_listeners.clone(),
+            runtime: s.runtime.clone(),
         };
         s
     }
