@@ -33,6 +33,8 @@ pub struct Options {
     pub local_address_v6: bool,
     /// `--file-flush-interval-msec`: how often the cores hand access-log lines over.
     pub log_flush_interval: Option<Duration>,
+    /// `--log-format` was given (exclusive with the bootstrap's `application_log_config`).
+    pub cli_log_format: bool,
     /// `--service-cluster`, `--service-node`, `--service-zone`: override the bootstrap's
     /// node.
     pub service_cluster: Option<String>,
@@ -54,6 +56,7 @@ impl Default for Options {
             gradual_drain: true,
             local_address_v6: false,
             log_flush_interval: None,
+            cli_log_format: false,
             service_cluster: None,
             service_node: None,
             service_zone: None,
@@ -75,6 +78,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Driver(String),
+    #[error("{0}")]
+    Logging(String),
 }
 
 /// Runs Ringside; returns the process exit code.
@@ -94,6 +99,19 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
                 location: loaded.locate(&err.path),
                 err,
             })?;
+    if let Some(alc) = &bootstrap.application_log_config {
+        use crate::proto::envoy::config::bootstrap::v3::bootstrap::application_log_config::log_format::LogFormat as F;
+        let (text, json) = match alc.log_format.as_ref().and_then(|f| f.log_format.as_ref()) {
+            Some(F::TextFormat(t)) => (Some(t.as_str()), None),
+            Some(F::JsonFormat(j)) => (None, Some(j)),
+            None => (None, None),
+        };
+        let format = crate::logging::bootstrap_format(text, json, opts.cli_log_format)
+            .map_err(StartError::Logging)?;
+        if let (Some(f), false) = (format, opts.validate_only) {
+            crate::logging::set_format(f);
+        }
+    }
     let server = stats.scope::<ServerStat>("server.");
     for path in &ignored {
         tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");

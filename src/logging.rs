@@ -96,12 +96,15 @@ pub fn filter(default: &str, components: Option<&str>) -> Result<EnvFilter, Stri
 }
 
 /// Installs the log: Envoy's `--log-format` pattern (or its default look), to
-/// `--log-path` (appended) or standard error.
+/// `--log-path` (appended) or standard error. The bootstrap's `application_log_config` may
+/// replace the format once it is read ([`set_format`]).
 pub fn init(filter: EnvFilter, format: Option<&str>, path: Option<&Path>) -> Result<(), String> {
-    let pattern = Pattern::parse(format.unwrap_or(DEFAULT_FORMAT));
+    set_format(LogFormat::Text(Pattern::parse(
+        format.unwrap_or(DEFAULT_FORMAT),
+    )));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(pattern);
+        .event_format(Current);
     match path {
         Some(p) => {
             let file = std::fs::OpenOptions::new()
@@ -115,6 +118,87 @@ pub fn init(filter: EnvFilter, format: Option<&str>, path: Option<&Path>) -> Res
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
+}
+
+/// How log lines look: a `--log-format` style pattern, or (`application_log_config`'s
+/// `json_format`) a JSON object whose values are patterns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormat {
+    Text(Pattern),
+    Json(Vec<(String, Pattern)>),
+}
+
+/// The format every line is written with (swapped once the bootstrap is read).
+static FORMAT: arc_swap::ArcSwapOption<LogFormat> = arc_swap::ArcSwapOption::const_empty();
+
+/// Makes `f` the format of the lines logged from now on.
+pub fn set_format(f: LogFormat) {
+    FORMAT.store(Some(std::sync::Arc::new(f)));
+}
+
+/// The bootstrap's `application_log_config.log_format`: `text_format` (a `--log-format`
+/// pattern) or `json_format` (string values only; `%v` and `%_` are refused there, as in
+/// Envoy, since they would break the JSON). Exclusive with `--log-format`, as in Envoy.
+pub fn bootstrap_format(
+    text: Option<&str>,
+    json: Option<&prost_types::Struct>,
+    cli_format: bool,
+) -> Result<Option<LogFormat>, String> {
+    if (text.is_some() || json.is_some()) && cli_format {
+        return Err(
+            "Only one of ApplicationLogConfig.log_format or CLI option --log-format can be specified."
+                .into(),
+        );
+    }
+    if let Some(t) = text {
+        return Ok(Some(LogFormat::Text(Pattern::parse(t))));
+    }
+    let Some(j) = json else {
+        return Ok(None);
+    };
+    let mut fields = Vec::new();
+    for (k, v) in &j.fields {
+        let Some(prost_types::value::Kind::StringValue(s)) = &v.kind else {
+            return Err(format!(
+                "application_log_config.log_format.json_format.{k}: only string values are supported"
+            ));
+        };
+        if s.contains("%v") || s.contains("%_") {
+            return Err(format!(
+                "application_log_config.log_format.json_format.{k}: %v and %_ are not supported in json_format (use %j)"
+            ));
+        }
+        fields.push((k.clone(), Pattern::parse(s)));
+    }
+    Ok(Some(LogFormat::Json(fields)))
+}
+
+impl LogFormat {
+    /// Renders one line (without the newline).
+    #[allow(clippy::too_many_arguments)]
+    pub fn render(
+        &self,
+        out: &mut String,
+        now: SystemTime,
+        lvl: Level,
+        component: &str,
+        file: &str,
+        line: u32,
+        message: &str,
+    ) {
+        match self {
+            LogFormat::Text(p) => p.render(out, now, lvl, component, file, line, message),
+            LogFormat::Json(fields) => {
+                let mut obj = serde_json::Map::new();
+                for (k, p) in fields {
+                    let mut v = String::new();
+                    p.render(&mut v, now, lvl, component, file, line, message);
+                    obj.insert(k.clone(), serde_json::Value::String(v));
+                }
+                out.push_str(&serde_json::Value::Object(obj).to_string());
+            }
+        }
+    }
 }
 
 /// Envoy's default log format.
@@ -265,7 +349,10 @@ impl tracing::field::Visit for Message {
     }
 }
 
-impl<S, N> FormatEvent<S, N> for Pattern
+/// The formatter installed by [`init`]: whatever [`FORMAT`] holds at each line.
+struct Current;
+
+impl<S, N> FormatEvent<S, N> for Current
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -280,7 +367,11 @@ where
         let mut msg = Message(String::new());
         event.record(&mut msg);
         let mut line = String::with_capacity(128);
-        self.render(
+        let format = FORMAT.load();
+        let Some(format) = format.as_deref() else {
+            return Ok(());
+        };
+        format.render(
             &mut line,
             SystemTime::now(),
             *meta.level(),

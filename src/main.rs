@@ -190,6 +190,7 @@ fn main() -> ExitCode {
         gradual_drain: cli.drain_strategy == DrainStrategy::Gradual,
         local_address_v6: cli.local_address_ip_version == IpVersion::V6,
         log_flush_interval: cli.file_flush_interval_msec.map(Duration::from_millis),
+        cli_log_format: cli.log_format.is_some(),
         service_cluster: cli.service_cluster,
         service_node: cli.service_node,
         service_zone: cli.service_zone,

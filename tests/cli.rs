@@ -321,3 +321,67 @@ async fn drain_listeners_stops_inbound_listeners_as_pilot_agent_asks() {
         "{used}"
     );
 }
+
+/// The bootstrap's `application_log_config` sets the log format as `--log-format` would
+/// (Istio's bootstrap carries it), or writes JSON lines with `json_format`; giving both it
+/// and `--log-format` is refused, as Envoy refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstraps_application_log_config_sets_the_log_format() {
+    let backend = Backend::start("b").await;
+    let clusters = format!("[{}]", cluster("b", &[backend.addr], ""));
+    let with_log = |log_format: &str| {
+        format!(
+            "application_log_config: {{log_format: {log_format}}}\n{}",
+            config("", &all_to("b"), &clusters)
+        )
+    };
+    let text = with_log(&format!(
+        "{{text_format: \"{}\"}}",
+        ISTIO_LOG_FORMAT.replace('\t', "\\t")
+    ));
+    let proxy = Proxy::start(&text, &["--concurrency", "1", "-l", "info"]).await;
+    assert_eq!(http_get(proxy.addr(), "/", &[]).await.0, 200);
+    let err = proxy.stderr();
+    let started = err
+        .lines()
+        .find(|l| l.contains("ringside started"))
+        .unwrap_or_else(|| panic!("no start line in:\n{err}"));
+    assert_eq!(started.split('\t').count(), 5, "{started}");
+    assert!(
+        started.contains("\tinfo\tenvoy main src/app.rs:"),
+        "{started}"
+    );
+    drop(proxy);
+
+    let json = with_log(r#"{json_format: {level: "%l", component: "%n", message: "%j"}}"#);
+    let proxy = Proxy::start(&json, &["--concurrency", "1", "-l", "info"]).await;
+    let err = proxy.stderr();
+    let started = err
+        .lines()
+        .find(|l| l.contains("ringside started"))
+        .unwrap_or_else(|| panic!("no start line in:\n{err}"));
+    let v: serde_json::Value = serde_json::from_str(started).expect("a JSON line");
+    assert_eq!(v["level"], "info", "{started}");
+    assert_eq!(v["component"], "main", "{started}");
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("ringside started"));
+    drop(proxy);
+
+    let dir = temp_dir();
+    let cfg = dir.join("both.yaml");
+    std::fs::write(&cfg, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .arg("-c")
+        .arg(&cfg)
+        .args(["--log-format", "%v", "--mode", "validate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Only one of ApplicationLogConfig.log_format or CLI option --log-format"),
+        "{err}"
+    );
+}

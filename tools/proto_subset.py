@@ -36,7 +36,15 @@ SUBSET = {
                                                       "omit_empty_values"],
     # bootstrap
     "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "dynamic_resources",
-                                            "admin", "layered_runtime"],
+                                            "admin", "layered_runtime", "application_log_config",
+                                            "cluster_manager", "deferred_stat_options"],
+    # Tuning knobs (README, ignored fields); what would change behaviour stays refused.
+    "envoy.config.bootstrap.v3.ClusterManager": ["outlier_detection",
+                                                 "enable_deferred_cluster_creation"],
+    "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection": ["event_log_path"],
+    "envoy.config.bootstrap.v3.Bootstrap.DeferredStatOptions": ["*"],
+    "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig": ["log_format"],
+    "envoy.config.bootstrap.v3.Bootstrap.ApplicationLogConfig.LogFormat": ["*"],
     "envoy.config.bootstrap.v3.LayeredRuntime": ["*"],
     "envoy.config.bootstrap.v3.RuntimeLayer": ["*"],
     "envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer": [],
@@ -81,7 +89,7 @@ SUBSET = {
                                                   "max_inbound_priority_frames_per_stream",
                                                   "max_inbound_window_update_frames_per_data_frame_sent"],
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ["listeners", "clusters"],
-    "envoy.config.bootstrap.v3.Admin": ["address", "access_log"],
+    "envoy.config.bootstrap.v3.Admin": ["address", "access_log", "profile_path"],
     # listener
     "envoy.config.listener.v3.Listener": ["name", "address", "filter_chains", "stat_prefix",
                                           "per_connection_buffer_limit_bytes", "enable_reuse_port",

@@ -43,10 +43,26 @@ pub fn bootstrap_snapshot_with(
         validate_dynamic_resources(dr)?;
         ctx.ads = dr.ads_config.is_some();
     }
+    if let Some(cm) = &bootstrap.cluster_manager {
+        if cm.outlier_detection.is_some() {
+            ctx.ignored
+                .push("cluster_manager.outlier_detection.event_log_path".into());
+        }
+        if cm.enable_deferred_cluster_creation {
+            ctx.ignored
+                .push("cluster_manager.enable_deferred_cluster_creation".into());
+        }
+    }
+    if bootstrap.deferred_stat_options.is_some() {
+        ctx.ignored.push("deferred_stat_options".into());
+    }
     let admin = match &bootstrap.admin {
         Some(admin) => {
             if !admin.access_log.is_empty() {
                 ctx.ignored.push("admin.access_log".into());
+            }
+            if !admin.profile_path.is_empty() {
+                ctx.ignored.push("admin.profile_path".into());
             }
             match &admin.address {
                 Some(a) => Some(socket_addr(a, "admin", "admin.address")?),
