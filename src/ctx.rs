@@ -213,6 +213,12 @@ impl CoreCtx {
         self.cache.borrow_mut().load().clone()
     }
 
+    /// The global downstream connection limit, if the bootstrap sets one (no snapshot
+    /// refcount traffic when it does not).
+    pub fn global_cx(&self) -> Option<Arc<crate::model::overload::GlobalConnLimit>> {
+        self.cache.borrow_mut().load().global_cx.clone()
+    }
+
     /// True once draining started on this core.
     pub fn draining(&self) -> bool {
         self.drain_event.raised()

@@ -263,3 +263,86 @@ async fn config_yaml_overrides_the_file() {
     let (_, _, body) = http_get(p.listeners["main"], "/", &[]).await;
     assert_eq!(body, b"upstream a /");
 }
+
+/// The overload manager's global downstream connection limit (Istio's bootstrap sets one):
+/// past it a new connection is closed without an answer and counted in the listener's
+/// `downstream_global_cx_overflow`; a listener with `ignore_global_conn_limit` (Istio's
+/// 15021 and 15090) keeps serving; a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_connection_limit_closes_connections_past_it() {
+    let backend = Backend::start("b").await;
+    let listener = |name: &str, extra: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+{extra}    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config: {{virtual_hosts: [{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: b}}}}]}}]}}
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+"#
+        )
+    };
+    let yaml = format!(
+        r#"overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 2
+static_resources:
+  listeners:
+{}{}  clusters: [{}]
+"#,
+        listener("main", ""),
+        listener(
+            "exempt",
+            "    ignore_global_conn_limit: true\n    bypass_overload_manager: true\n"
+        ),
+        cluster("b", &[backend.addr], "")
+    );
+    for driver in drivers() {
+        let proxy = Proxy::start(&yaml, &one_core(driver)).await;
+        let main = proxy.listeners["main"];
+        let request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let served = |mut s: TcpStream| async move {
+            s.write_all(request).await.unwrap();
+            let mut buf = [0u8; 512];
+            let n = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+            )
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+            (buf[..n].starts_with(b"HTTP/1.1 200"), s)
+        };
+        let (ok1, c1) = served(TcpStream::connect(main).await.unwrap()).await;
+        let (ok2, _c2) = served(TcpStream::connect(main).await.unwrap()).await;
+        assert!(ok1 && ok2, "{driver}: two connections fit");
+        let (ok3, _) = served(TcpStream::connect(main).await.unwrap()).await;
+        assert!(!ok3, "{driver}: the third is closed");
+        // Port-0 listeners keep their configured address in their stat names.
+        let stat = "listener.127.0.0.1_0.downstream_global_cx_overflow";
+        assert_eq!(proxy.stat_reaching(stat, 1).await, 1, "{driver}");
+        // The exempt listener is not counted.
+        assert_eq!(
+            http_get(proxy.listeners["exempt"], "/", &[]).await.0,
+            200,
+            "{driver}"
+        );
+        // A closed connection frees its place.
+        drop(c1);
+        let mut freed = false;
+        for _ in 0..50 {
+            if served(TcpStream::connect(main).await.unwrap()).await.0 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(freed, "{driver}: a place was freed");
+    }
+}

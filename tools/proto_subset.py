@@ -37,7 +37,12 @@ SUBSET = {
     # bootstrap
     "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "dynamic_resources",
                                             "admin", "layered_runtime", "application_log_config",
-                                            "cluster_manager", "deferred_stat_options"],
+                                            "cluster_manager", "deferred_stat_options",
+                                            "overload_manager"],
+    # Only the global connection limit monitor; overload actions are refused by name.
+    "envoy.config.overload.v3.OverloadManager": ["refresh_interval", "resource_monitors"],
+    "envoy.config.overload.v3.ResourceMonitor": ["name", "typed_config"],
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": ["*"],
     # Tuning knobs (README, ignored fields); what would change behaviour stays refused.
     "envoy.config.bootstrap.v3.ClusterManager": ["outlier_detection",
                                                  "enable_deferred_cluster_creation"],
@@ -97,7 +102,8 @@ SUBSET = {
                                           "listener_filters", "listener_filters_timeout",
                                           "continue_on_listener_filters_timeout",
                                           "use_original_dst", "bind_to_port", "transparent",
-                                          "default_filter_chain", "filter_chain_matcher"],
+                                          "default_filter_chain", "filter_chain_matcher", "ignore_global_conn_limit",
+                                          "bypass_overload_manager"],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig": ["exact_balance"],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance": [],
     "envoy.config.listener.v3.FilterChain": ["filters", "name", "filter_chain_match",
@@ -351,7 +357,8 @@ MODULES = [
     "envoy.extensions.transport_sockets.tls.v3.common_pb2",
     "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
     "envoy.extensions.request_id.uuid.v3.uuid_pb2", "envoy.type.tracing.v3.custom_tag_pb2",
-    "envoy.type.metadata.v3.metadata_pb2",
+    "envoy.type.metadata.v3.metadata_pb2", "envoy.config.overload.v3.overload_pb2",
+    "envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2",
 ]
 
 # Services written out whole (tonic generates the ADS client and the test server from them).

@@ -328,7 +328,26 @@ fn spawn_connection(
     balancer: Option<Arc<Balancer>>,
     drain: &Rc<DrainEvent>,
 ) {
-    let guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
+    // The overload manager's global connection limit, where configured.
+    let global = match ctx.global_cx() {
+        Some(g) if !listener.ignore_global_conn_limit => {
+            if !g.try_acquire() {
+                listener
+                    .stats
+                    .core(ctx.core)
+                    .inc(ListenerStat::DownstreamGlobalCxOverflow as usize);
+                tracing::debug!(listener = %listener.name, %peer, "global downstream connection limit reached: closed");
+                if let Some(b) = &balancer {
+                    b.release(ctx.core);
+                }
+                return;
+            }
+            Some(g)
+        }
+        _ => None,
+    };
+    let mut guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
+    guard.global = global;
     let fut = handle(guard, stream, peer, (local, bound), drain.clone());
     monoio::spawn(async move {
         if CatchUnwind(Box::pin(fut)).await.is_err() {
@@ -502,6 +521,8 @@ struct ActiveGuard {
     listener: Arc<Listener>,
     /// Already counted on this core by `Balancer::assign`; released on close.
     balancer: Option<Arc<Balancer>>,
+    /// Counted against the global connection limit; released on close.
+    global: Option<Arc<crate::model::overload::GlobalConnLimit>>,
 }
 
 impl ActiveGuard {
@@ -524,6 +545,7 @@ impl ActiveGuard {
             ctx,
             listener,
             balancer,
+            global: None,
         }
     }
 }
@@ -536,6 +558,9 @@ impl Drop for ActiveGuard {
         c.inc(ListenerStat::DownstreamCxDestroy as usize);
         if let Some(b) = &self.balancer {
             b.release(self.ctx.core);
+        }
+        if let Some(g) = &self.global {
+            g.release();
         }
     }
 }

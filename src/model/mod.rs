@@ -18,6 +18,7 @@ pub mod filter;
 pub mod format;
 pub mod headers;
 pub mod matcher;
+pub mod overload;
 pub mod path;
 pub mod ratelimit;
 pub mod route;
@@ -55,6 +56,8 @@ pub struct Snapshot {
     pub virtual_listeners: Arc<rustc_hash::FxHashMap<SocketAddr, Arc<Listener>>>,
     /// `layered_runtime`, with the admin layer's changes.
     pub runtime: Arc<runtime::Runtime>,
+    /// `overload_manager`'s global downstream connection limit (kept across snapshots).
+    pub global_cx: Option<Arc<overload::GlobalConnLimit>>,
 }
 
 /// The `bind_to_port: false` listeners of `listeners`, by address.
@@ -142,6 +145,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// `traffic_direction: INBOUND`: drained by `/drain_listeners?inboundonly`.
     pub inbound: bool,
+    /// `ignore_global_conn_limit`: not counted against the overload manager's limit.
+    pub ignore_global_conn_limit: bool,
     pub stats: Arc<Scope>,
     pub chains: chain::Chains,
     /// `bind_to_port` (default true): false for the listeners a `use_original_dst`
@@ -172,6 +177,7 @@ impl Listener {
             name: self.name.clone(),
             address,
             inbound: self.inbound,
+            ignore_global_conn_limit: self.ignore_global_conn_limit,
             stats: self.stats.clone(),
             chains: self.chains.clone(),
             bind_to_port: self.bind_to_port,

@@ -7,6 +7,7 @@ stat_family! {
         DownstreamCxActive = "downstream_cx_active",
         DownstreamCxDestroy = "downstream_cx_destroy",
         DownstreamCxOverflow = "downstream_cx_overflow",
+        DownstreamGlobalCxOverflow = "downstream_global_cx_overflow",
         NoFilterChainMatch = "no_filter_chain_match",
         DownstreamPreCxTimeout = "downstream_pre_cx_timeout",
         DownstreamPreCxActive = "downstream_pre_cx_active",

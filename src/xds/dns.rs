@@ -161,6 +161,7 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
             admin: current.admin,
             bootstrap: current.bootstrap.clone(),
             runtime: current.runtime.clone(),
+            global_cx: current.global_cx.clone(),
         }));
     }
 }

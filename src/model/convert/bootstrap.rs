@@ -134,7 +134,12 @@ pub fn bootstrap_snapshot_with(
     let virtual_listeners = crate::model::virtual_index(&listeners);
     let (runtime, unused) = super::runtime::runtime(bootstrap.layered_runtime.as_ref())?;
     ctx.ignored.extend(unused);
+    let global_cx = match &bootstrap.overload_manager {
+        Some(om) => overload(om, &mut ctx)?,
+        None => None,
+    };
     let snapshot = Snapshot {
+        global_cx,
         runtime: Arc::new(runtime),
         virtual_listeners,
         version,
@@ -167,6 +172,53 @@ fn pb_listener_named(
         &h[20..]
     );
     named
+}
+
+const DOWNSTREAM_CONNECTIONS: &str =
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
+
+/// `overload_manager`: the global downstream connection limit, the one resource monitor
+/// Ringside implements; any other monitor is refused by type, overload actions by name.
+fn overload(
+    om: &crate::proto::envoy::config::overload::v3::OverloadManager,
+    ctx: &mut Ctx<'_>,
+) -> Result<Option<Arc<crate::model::overload::GlobalConnLimit>>, ConvertError> {
+    use crate::proto::envoy::extensions::resource_monitors::downstream_connections::v3::DownstreamConnectionsConfig;
+    if om.refresh_interval.is_some() {
+        ctx.ignored.push("overload_manager.refresh_interval".into());
+    }
+    let mut limit = None;
+    for (i, m) in om.resource_monitors.iter().enumerate() {
+        let path = format!("overload_manager.resource_monitors[{i}].typed_config");
+        use crate::proto::envoy::config::overload::v3::resource_monitor::ConfigType;
+        let Some(ConfigType::TypedConfig(any)) = &m.config_type else {
+            return Err(err("bootstrap", path, "typed_config is required"));
+        };
+        if any_type(any) != DOWNSTREAM_CONNECTIONS {
+            return Err(err(
+                "bootstrap",
+                path,
+                format!(
+                    "resource monitor '{}' of type {} is not implemented (only envoy.resource_monitors.global_downstream_max_connections)",
+                    m.name,
+                    any_type(any)
+                ),
+            ));
+        }
+        let c: DownstreamConnectionsConfig =
+            decode_any(any, DOWNSTREAM_CONNECTIONS, "bootstrap", &path)?;
+        if c.max_active_downstream_connections <= 0 {
+            return Err(err(
+                "bootstrap",
+                format!("{path}.max_active_downstream_connections"),
+                "must be greater than 0",
+            ));
+        }
+        limit = Some(Arc::new(crate::model::overload::GlobalConnLimit::new(
+            c.max_active_downstream_connections as u64,
+        )));
+    }
+    Ok(limit)
 }
 
 /// How Ringside reaches its control plane, from `dynamic_resources`.

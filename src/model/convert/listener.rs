@@ -63,7 +63,12 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
             }
         },
     };
+    if l.bypass_overload_manager {
+        // No overload actions exist to bypass (the manager's actions are refused).
+        ctx.ignored.push(format!("{res}.bypass_overload_manager"));
+    }
     Ok(Listener {
+        ignore_global_conn_limit: l.ignore_global_conn_limit,
         // envoy.config.core.v3.TrafficDirection: UNSPECIFIED 0, INBOUND 1, OUTBOUND 2.
         inbound: l.traffic_direction == 1,
         name: l.name.as_str().into(),

@@ -125,6 +125,7 @@ impl Resources {
             bootstrap: statics.bootstrap.clone(),
             dynamic: Arc::new(dump),
             runtime: current.runtime.clone(),
+            global_cx: current.global_cx.clone(),
         }
     }
 

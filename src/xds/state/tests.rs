@@ -90,6 +90,7 @@ impl Fixture {
             dynamic: s.dynamic.clone(),
             virtual_listeners: s.virtual_listeners.clone(),
             runtime: s.runtime.clone(),
+            global_cx: s.global_cx.clone(),
         };
         s
     }
