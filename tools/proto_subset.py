@@ -38,7 +38,11 @@ SUBSET = {
     "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "dynamic_resources",
                                             "admin", "layered_runtime", "application_log_config",
                                             "cluster_manager", "deferred_stat_options",
-                                            "overload_manager"],
+                                            "overload_manager", "bootstrap_extensions"],
+    "envoy.config.core.v3.TypedExtensionConfig": ["name", "typed_config"],
+    # Istio wraps its own extensions' configurations in TypedStructs.
+    "udpa.type.v1.TypedStruct": ["*"],
+    "xds.type.v3.TypedStruct": ["*"],
     # Only the global connection limit monitor; overload actions are refused by name.
     "envoy.config.overload.v3.OverloadManager": ["refresh_interval", "resource_monitors"],
     "envoy.config.overload.v3.ResourceMonitor": ["name", "typed_config"],
@@ -358,6 +362,8 @@ MODULES = [
     "envoy.extensions.transport_sockets.tls.v3.secret_pb2",
     "envoy.extensions.request_id.uuid.v3.uuid_pb2", "envoy.type.tracing.v3.custom_tag_pb2",
     "envoy.type.metadata.v3.metadata_pb2", "envoy.config.overload.v3.overload_pb2",
+    "envoy.config.core.v3.extension_pb2", "udpa.type.v1.typed_struct_pb2",
+    "xds.type.v3.typed_struct_pb2",
     "envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2",
 ]
 

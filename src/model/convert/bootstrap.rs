@@ -134,6 +134,7 @@ pub fn bootstrap_snapshot_with(
     let virtual_listeners = crate::model::virtual_index(&listeners);
     let (runtime, unused) = super::runtime::runtime(bootstrap.layered_runtime.as_ref())?;
     ctx.ignored.extend(unused);
+    bootstrap_extensions(&bootstrap.bootstrap_extensions, &mut ctx)?;
     let global_cx = match &bootstrap.overload_manager {
         Some(om) => overload(om, &mut ctx)?,
         None => None,
@@ -172,6 +173,41 @@ fn pb_listener_named(
         &h[20..]
     );
     named
+}
+
+/// `bootstrap_extensions`: Istio's is the internal listener registry, accepted with no
+/// effect while internal listeners themselves are refused (a listener with
+/// `internal_listener` is NACKed by name); any other extension is refused by type.
+fn bootstrap_extensions(
+    exts: &[crate::proto::envoy::config::core::v3::TypedExtensionConfig],
+    ctx: &mut Ctx<'_>,
+) -> Result<(), ConvertError> {
+    const INTERNAL_LISTENER: &str =
+        "envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
+    for (i, e) in exts.iter().enumerate() {
+        let path = format!("bootstrap_extensions[{i}].typed_config");
+        let Some(any) = &e.typed_config else {
+            return Err(err("bootstrap", path, "typed_config is required"));
+        };
+        match super::hcm::config_type(any).as_deref() {
+            Some(INTERNAL_LISTENER) => ctx.ignored.push(format!(
+                "bootstrap_extensions[{i}] '{}' (internal listeners themselves are refused)",
+                e.name
+            )),
+            other => {
+                return Err(err(
+                    "bootstrap",
+                    path,
+                    format!(
+                        "bootstrap extension '{}' of type {} is not implemented",
+                        e.name,
+                        other.unwrap_or("?")
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 const DOWNSTREAM_CONNECTIONS: &str =
@@ -338,4 +374,62 @@ pub fn ads_config(
         lds: dr.lds_config.is_some(),
         cds: dr.cds_config.is_some(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_bootstrap, Source};
+
+    fn build(yaml: &str) -> Result<Snapshot, ConvertError> {
+        let b = parse_bootstrap(yaml, &Source::Inline).expect("parses");
+        bootstrap_snapshot(&b, &Store::new(1), 1).map(|(s, _)| s)
+    }
+
+    fn with_routes(_: &str) -> String {
+        "static_resources: {}".into()
+    }
+
+    #[test]
+    fn bootstrap_extensions_overload_and_runtime_of_istios_bootstrap() {
+        let ext = |type_url: &str| {
+            format!(
+                "bootstrap_extensions: [{{name: e, typed_config: {{'@type': type.googleapis.com/udpa.type.v1.TypedStruct, type_url: '{type_url}', value: {{buffer_size_kb: 64}}}}}}]\n{}",
+                with_routes("")
+            )
+        };
+        // Istio's internal listener registry is accepted (it has nothing to act on yet) ...
+        assert!(build(&ext(
+            "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+        ))
+        .is_ok());
+        // ... any other extension is refused by type.
+        let e = build(&ext("type.googleapis.com/some.Other")).unwrap_err();
+        assert!(e.to_string().contains("some.Other"), "{e}");
+        // Overload: only the global connection limit monitor, with a positive limit.
+        let om = |cfg: &str| {
+            format!(
+                "overload_manager: {{resource_monitors: [{{name: m, typed_config: {cfg}}}]}}\n{}",
+                with_routes("")
+            )
+        };
+        let s = build(&om("{'@type': type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig, max_active_downstream_connections: 5}")).unwrap();
+        assert_eq!(s.global_cx.as_ref().map(|g| g.max), Some(5));
+        let e = build(&om("{'@type': type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig, max_active_downstream_connections: 0}")).unwrap_err();
+        assert!(
+            e.to_string().contains("max_active_downstream_connections"),
+            "{e}"
+        );
+        // The runtime: Istio's fragment key; disk layers refused by name.
+        let rt = |layer: &str| {
+            format!(
+                "layered_runtime: {{layers: [{layer}]}}\n{}",
+                with_routes("")
+            )
+        };
+        let s = build(&rt("{name: g, static_layer: {envoy.reloadable_features.http_reject_path_with_fragment: false}}")).unwrap();
+        assert!(!s.runtime.reject_path_with_fragment);
+        let e = build(&rt("{name: d, disk_layer: {}}")).unwrap_err();
+        assert!(e.to_string().contains("disk_layer"), "{e}");
+    }
 }

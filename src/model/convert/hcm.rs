@@ -116,6 +116,18 @@ fn network_filter(
 
 const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
 
+/// The type of an extension's configuration: its own, or for a TypedStruct the one it
+/// wraps (the last segment of its `type_url`).
+pub(super) fn config_type(any: &prost_types::Any) -> Option<String> {
+    let t = any_type(any);
+    if !TYPED_STRUCTS.contains(&t) {
+        return Some(t.to_string());
+    }
+    use prost::Message;
+    let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
+    Some(inner.type_url.rsplit('/').next()?.to_string())
+}
+
 /// The `type_url` inside a TypedStruct (its `value` Struct is not needed to decide).
 #[derive(Clone, PartialEq, prost::Message)]
 struct TypedStructUrl {
