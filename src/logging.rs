@@ -175,30 +175,30 @@ pub fn bootstrap_format(
 
 impl LogFormat {
     /// Renders one line (without the newline).
-    #[allow(clippy::too_many_arguments)]
-    pub fn render(
-        &self,
-        out: &mut String,
-        now: SystemTime,
-        lvl: Level,
-        component: &str,
-        file: &str,
-        line: u32,
-        message: &str,
-    ) {
+    pub fn render(&self, out: &mut String, e: &LogEvent<'_>) {
         match self {
-            LogFormat::Text(p) => p.render(out, now, lvl, component, file, line, message),
+            LogFormat::Text(p) => p.render(out, e),
             LogFormat::Json(fields) => {
                 let mut obj = serde_json::Map::new();
                 for (k, p) in fields {
                     let mut v = String::new();
-                    p.render(&mut v, now, lvl, component, file, line, message);
+                    p.render(&mut v, e);
                     obj.insert(k.clone(), serde_json::Value::String(v));
                 }
                 out.push_str(&serde_json::Value::Object(obj).to_string());
             }
         }
     }
+}
+
+/// What one log line says.
+pub struct LogEvent<'a> {
+    pub now: SystemTime,
+    pub level: Level,
+    pub component: &'a str,
+    pub file: &'a str,
+    pub line: u32,
+    pub message: &'a str,
 }
 
 /// Envoy's default log format.
@@ -242,17 +242,15 @@ impl Pattern {
     }
 
     /// Renders one line (without the newline).
-    #[allow(clippy::too_many_arguments)]
-    pub fn render(
-        &self,
-        out: &mut String,
-        now: SystemTime,
-        lvl: Level,
-        component: &str,
-        file: &str,
-        line: u32,
-        message: &str,
-    ) {
+    pub fn render(&self, out: &mut String, e: &LogEvent<'_>) {
+        let LogEvent {
+            now,
+            level: lvl,
+            component,
+            file,
+            line,
+            message,
+        } = *e;
         let d = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -373,12 +371,14 @@ where
         };
         format.render(
             &mut line,
-            SystemTime::now(),
-            *meta.level(),
-            component(meta.target()),
-            meta.file().unwrap_or(""),
-            meta.line().unwrap_or(0),
-            &msg.0,
+            &LogEvent {
+                now: SystemTime::now(),
+                level: *meta.level(),
+                component: component(meta.target()),
+                file: meta.file().unwrap_or(""),
+                line: meta.line().unwrap_or(0),
+                message: &msg.0,
+            },
         );
         writeln!(w, "{line}")
     }
@@ -394,21 +394,31 @@ mod tests {
         let p = Pattern::parse("%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t");
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_733_390_000_123_456);
         let mut out = String::new();
+        let event = |level, component, file, line, message| LogEvent {
+            now: t,
+            level,
+            component,
+            file,
+            line,
+            message,
+        };
         p.render(
             &mut out,
-            t,
-            Level::WARN,
-            "upstream",
-            "src/upstream/mod.rs",
-            42,
-            "connect failed",
+            &event(
+                Level::WARN,
+                "upstream",
+                "src/upstream/mod.rs",
+                42,
+                "connect failed",
+            ),
         );
         assert!(
             out.starts_with("2024-12-05T09:13:20.123456Z\twarning\tenvoy upstream src/upstream/mod.rs:42\tconnect failed\tthread="),
             "{out}"
         );
         let mut out = String::new();
-        Pattern::parse("%L|%%|%s|%j").render(&mut out, t, Level::ERROR, "x", "a/b.rs", 1, "a\"b");
+        Pattern::parse("%L|%%|%s|%j")
+            .render(&mut out, &event(Level::ERROR, "x", "a/b.rs", 1, "a\"b"));
         assert_eq!(out, "E|%|b.rs|a\\\"b");
     }
 

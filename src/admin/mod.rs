@@ -254,6 +254,7 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
     }
 }
 
+/// Percent-decoding of a query component (`+` is a space, as in forms).
 fn decode(s: &str) -> String {
     let mut out = Vec::with_capacity(s.len());
     let b = s.as_bytes();

@@ -31,8 +31,10 @@ pub(super) fn show(state: &AdminState) -> Value {
 
 /// Sets (or, with an empty value, removes) the query's keys in the admin layer.
 pub(super) fn modify(state: &AdminState, params: &HashMap<&str, &str>) -> (u16, Vec<u8>) {
-    let changes: Vec<(String, String)> =
-        params.iter().map(|(k, v)| (decode(k), decode(v))).collect();
+    let changes: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (super::decode(k), super::decode(v)))
+        .collect();
     if changes.is_empty() {
         return (
             400,
@@ -57,30 +59,4 @@ pub(super) fn modify(state: &AdminState, params: &HashMap<&str, &str>) -> (u16, 
         tracing::info!(key = %k, value = %v, "runtime admin layer changed");
     }
     (200, b"OK\n".to_vec())
-}
-
-/// Percent-decoding of a query component (`+` is a space, as in forms).
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

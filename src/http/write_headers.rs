@@ -122,17 +122,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         if name.eq_ignore_ascii_case(b"x-forwarded-client-cert") {
             // One line: the client's values (when kept) and this hop's element.
             if !xfcc_written && matches!(xfcc, Action::Keep | Action::Append(_)) {
-                out.extend_from_slice(b"x-forwarded-client-cert: ");
-                let mut first = true;
-                for (n2, v2) in &head.headers {
-                    if buf[n2.clone()].eq_ignore_ascii_case(b"x-forwarded-client-cert") {
-                        if !first {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(&buf[v2.clone()]);
-                        first = false;
-                    }
-                }
+                joined_lines(out, buf, &head.headers, b"x-forwarded-client-cert");
                 if let Action::Append(e) = xfcc {
                     out.push(b',');
                     out.extend_from_slice(e.as_bytes());
@@ -145,17 +135,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             // Every x-forwarded-for line as one list, then this hop at the edge.
             if !xff_written {
-                out.extend_from_slice(b"x-forwarded-for: ");
-                let mut first = true;
-                for (n2, v2) in &head.headers {
-                    if buf[n2.clone()].eq_ignore_ascii_case(b"x-forwarded-for") {
-                        if !first {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(&buf[v2.clone()]);
-                        first = false;
-                    }
-                }
+                joined_lines(out, buf, &head.headers, b"x-forwarded-for");
                 if append_xff {
                     let _ = write!(out, ",{xff_hop}");
                 }
@@ -379,6 +359,47 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
 pub(crate) struct GrpcAnswer<'a> {
     pub status: u32,
     pub message: &'a [u8],
+}
+
+/// Writes `name: ` and the values of every `name` line, joined with commas (no line end:
+/// the caller may append to the list).
+fn joined_lines(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    headers: &[(Range<usize>, Range<usize>)],
+    name: &[u8],
+) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    let mut first = true;
+    for (n, v) in headers {
+        if buf[n.clone()].eq_ignore_ascii_case(name) {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(&buf[v.clone()]);
+            first = false;
+        }
+    }
+}
+
+/// What a local answer becomes: for a gRPC request, HTTP 200 with no body and a
+/// [`GrpcAnswer`] (`grpc_status`, or the mapping of `status`, with the body as message);
+/// otherwise the status and body as they are.
+pub(crate) fn local_answer<'a>(
+    grpc: bool,
+    status: u16,
+    body: &'a [u8],
+    grpc_status: Option<u32>,
+) -> (u16, &'a [u8], Option<GrpcAnswer<'a>>) {
+    if !grpc {
+        return (status, body, None);
+    }
+    let answer = GrpcAnswer {
+        status: grpc_status.unwrap_or_else(|| crate::http::local_reply::grpc_status_for(status)),
+        message: body,
+    };
+    (200, b"", Some(answer))
 }
 
 /// The head of a response the proxy makes itself (a text body of `body_len` bytes, a

@@ -87,16 +87,8 @@ impl Connection {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         // A gRPC request gets a gRPC-shaped answer: HTTP 200, the body as grpc-message.
-        let grpc = self.grpc().then(|| write_headers::GrpcAnswer {
-            status: grpc_status
-                .unwrap_or_else(|| crate::http::local_reply::grpc_status_for(status)),
-            message: body,
-        });
-        let (status, body) = if grpc.is_some() {
-            (200, &b""[..])
-        } else {
-            (status, body)
-        };
+        let (status, body, grpc) =
+            write_headers::local_answer(self.grpc(), status, body, grpc_status);
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         if close {
             crate::http::fields::header(&mut out, b"connection", b"close");

@@ -438,16 +438,8 @@ impl Stream {
         mods: &[&HeaderMods],
         grpc_status: Option<u32>,
     ) {
-        let grpc = self.grpc.then(|| write_headers::GrpcAnswer {
-            status: grpc_status
-                .unwrap_or_else(|| crate::http::local_reply::grpc_status_for(status)),
-            message: body,
-        });
-        let (status, body) = if grpc.is_some() {
-            (200, &b""[..])
-        } else {
-            (status, body)
-        };
+        let (status, body, grpc) =
+            write_headers::local_answer(self.grpc, status, body, grpc_status);
         let mut out = Vec::with_capacity(256);
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         out.extend_from_slice(b"\r\n");
