@@ -205,26 +205,10 @@ async fn gradual_drain_spreads_closes_over_the_drain_time_and_immediate_does_not
 
 /// Two listeners, one marked INBOUND and one OUTBOUND, to `backend`.
 fn two_directions(backend: std::net::SocketAddr) -> String {
-    let listener = |name: &str, dir: &str| {
-        format!(
-            r#"  - name: {name}
-    traffic_direction: {dir}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: b}}}}]}}]}}
-          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
-"#
-        )
-    };
     format!(
         "static_resources:\n  listeners:\n{}{}  clusters: [{}]\n",
-        listener("inbound", "INBOUND"),
-        listener("outbound", "OUTBOUND"),
+        http_listener("inbound", "    traffic_direction: INBOUND\n", "b"),
+        http_listener("outbound", "    traffic_direction: OUTBOUND\n", "b"),
         cluster("b", &[backend], "")
     )
 }

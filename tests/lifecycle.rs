@@ -271,21 +271,6 @@ async fn config_yaml_overrides_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_connection_limit_closes_connections_past_it() {
     let backend = Backend::start("b").await;
-    let listener = |name: &str, extra: &str| {
-        format!(
-            r#"  - name: {name}
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-{extra}    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          route_config: {{virtual_hosts: [{{name: all, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: b}}}}]}}]}}
-          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
-"#
-        )
-    };
     let yaml = format!(
         r#"overload_manager:
   resource_monitors:
@@ -297,10 +282,11 @@ static_resources:
   listeners:
 {}{}  clusters: [{}]
 "#,
-        listener("main", ""),
-        listener(
+        http_listener("main", "", "b"),
+        http_listener(
             "exempt",
-            "    ignore_global_conn_limit: true\n    bypass_overload_manager: true\n"
+            "    ignore_global_conn_limit: true\n    bypass_overload_manager: true\n",
+            "b"
         ),
         cluster("b", &[backend.addr], "")
     );

@@ -523,6 +523,25 @@ pub fn config_with_filters(hcm_extra: &str, filters: &str, vhosts: &str, cluster
     )
 }
 
+/// A listener list item (at `listeners:` indentation) on 127.0.0.1, port 0, whose
+/// connection manager (stat prefix = `name`) routes everything to `cluster`; `extra` holds
+/// more listener fields, each line indented by four spaces.
+pub fn http_listener(name: &str, extra: &str, cluster: &str) -> String {
+    format!(
+        r#"  - name: {name}
+{extra}    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: {cluster}}}}}]}}]}}
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+"#
+    )
+}
+
 /// A STATIC cluster YAML flow item.
 pub fn cluster(name: &str, addrs: &[SocketAddr], extra: &str) -> String {
     let eps: Vec<String> = addrs
