@@ -331,6 +331,13 @@ fn http2_codec_and_settings() {
         "{}",
         e.path
     );
+    // The HTTP/2 pool does not count streams per connection: refused, not ignored.
+    let e = build(&with_http2("", "http2_protocol_options: {}, common_http_protocol_options: {max_requests_per_connection: 3},")).unwrap_err();
+    assert!(
+        e.reason.contains("not implemented for HTTP/2"),
+        "{}",
+        e.reason
+    );
 }
 
 /// The forwarding action of the first route of the first listener's connection manager.
