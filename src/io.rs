@@ -237,6 +237,13 @@ pub fn take_error(sock: &impl AsRawFd) -> io::Result<Option<io::Error>> {
     socket2::SockRef::from(&fd).take_error()
 }
 
+/// Turns TCP keepalive on for a socket, with these probe settings.
+pub fn set_keepalive(sock: &impl AsRawFd, k: &socket2::TcpKeepalive) -> io::Result<()> {
+    // SAFETY: as in `take_error`: borrowed for this call only, never closed here.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    socket2::SockRef::from(&fd).set_tcp_keepalive(k)
+}
+
 /// A non-blocking listening socket with SO_REUSEPORT, so every core binds the same address.
 pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     bind_listener_socket(addr, backlog, false)

@@ -332,3 +332,47 @@ static_resources:
         assert!(freed, "{driver}: a place was freed");
     }
 }
+
+/// `upstream_connection_options.tcp_keepalive` (Istio sets it on its control-plane cluster;
+/// DestinationRules set it on service clusters): the proxy's upstream sockets carry TCP
+/// keepalive with the configured idle time, as `ss` sees them; without it they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_sockets_carry_the_configured_tcp_keepalive() {
+    if Command::new("ss").arg("-V").output().is_err() {
+        eprintln!("SKIPPED: ss (iproute2) is not installed");
+        return;
+    }
+    for (extra, want) in [
+        (
+            "upstream_connection_options: {tcp_keepalive: {keepalive_time: 77, keepalive_interval: 9, keepalive_probes: 3}},",
+            true,
+        ),
+        ("", false),
+    ] {
+        let backend = Backend::start("b").await;
+        let yaml = config(
+            "",
+            &all_to("b"),
+            &format!("[{}]", cluster("b", &[backend.addr], extra)),
+        );
+        let proxy = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+        // A keep-alive request leaves the upstream connection pooled and open.
+        assert_eq!(http_get(proxy.addr(), "/", &[]).await.0, 200);
+        let out = Command::new("ss")
+            .args(["-tno", "state", "established"])
+            .arg(format!("dport = :{}", backend.addr.port()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let timer = text.lines().find_map(|l| l.split("timer:(").nth(1));
+        match (want, timer) {
+            (true, Some(t)) => {
+                assert!(t.starts_with("keepalive,"), "{text}");
+                // The idle time counts down from 77 s: 1min1x sec.
+                assert!(t.contains("1min1"), "{text}");
+            }
+            (true, None) => panic!("no keepalive timer on the upstream socket:\n{text}"),
+            (false, t) => assert!(t.is_none_or(|t| !t.starts_with("keepalive")), "{text}"),
+        }
+    }
+}

@@ -282,7 +282,9 @@ SUBSET = {
                                         "eds_cluster_config", "typed_extension_protocol_options",
                                         "http2_protocol_options", "upstream_bind_config",
                                         "transport_socket", "transport_socket_matches",
-                                        "metadata", "common_lb_config"],
+                                        "metadata", "common_lb_config", "upstream_connection_options"],
+    "envoy.config.cluster.v3.UpstreamConnectionOptions": ["tcp_keepalive"],
+    "envoy.config.core.v3.TcpKeepalive": ["*"],
     # Accepted empty (istiod's); any field set in it is refused by name.
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": [],
     "envoy.config.cluster.v3.Cluster.TransportSocketMatch": ["name", "match", "transport_socket"],

@@ -488,6 +488,8 @@ pub struct Cluster {
     /// Idle pooled connections older than this are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     pub max_requests_per_connection: Option<u32>,
+    /// `upstream_connection_options.tcp_keepalive`: TCP keepalive on upstream sockets.
+    pub tcp_keepalive: Option<socket2::TcpKeepalive>,
     pub dns_family: DnsFamily,
     pub dns_refresh: Duration,
     /// Hosts to resolve (DNS clusters), as configured.
@@ -558,6 +560,7 @@ impl Cluster {
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,
+            tcp_keepalive: self.tcp_keepalive.clone(),
             dns_family: self.dns_family,
             dns_refresh: self.dns_refresh,
             dns_hosts: self.dns_hosts.clone(),

@@ -251,6 +251,11 @@ async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream
         }
     };
     let _ = stream.set_nodelay(true);
+    if let Some(k) = &cluster.tcp_keepalive {
+        if let Err(e) = crate::io::set_keepalive(&stream, k) {
+            tracing::debug!(cluster = %cluster.name, "tcp_keepalive: {e}");
+        }
+    }
     stats.record(
         crate::stats::ClusterHistogram::UpstreamCxConnectMs as usize,
         started.elapsed().as_millis() as u64,
@@ -398,6 +403,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: None,
             max_requests_per_connection: None,
+            tcp_keepalive: None,
             dns_family: DnsFamily::Auto,
             dns_refresh: Duration::from_secs(5),
             dns_hosts: Arc::from(vec![]),

@@ -270,6 +270,11 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         connect_timeout,
         idle_timeout,
         max_requests_per_connection,
+        tcp_keepalive: c
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref())
+            .map(keepalive),
         dns_family,
         dns_refresh,
         dns_hosts: dns_hosts.into(),
@@ -277,6 +282,22 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         tls,
         tls_matches: tls_matches.into(),
     })
+}
+
+/// `tcp_keepalive`: SO_KEEPALIVE, with the probe count, idle time and interval the message
+/// sets (the others keep the system's defaults, as in Envoy).
+fn keepalive(k: &crate::proto::envoy::config::core::v3::TcpKeepalive) -> socket2::TcpKeepalive {
+    let mut t = socket2::TcpKeepalive::new();
+    if let Some(s) = k.keepalive_time {
+        t = t.with_time(Duration::from_secs(u64::from(s)));
+    }
+    if let Some(s) = k.keepalive_interval {
+        t = t.with_interval(Duration::from_secs(u64::from(s)));
+    }
+    if let Some(n) = k.keepalive_probes {
+        t = t.with_retries(n);
+    }
+    t
 }
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
