@@ -92,6 +92,10 @@ impl Publisher {
         }
         // The admin layer of the runtime changes beside xDS (`/runtime_modify`): keep the
         // one current at the moment of the swap.
+        // Recorded before the swap, so no core can serve the version before its publish
+        // time is known (again after it, if a runtime change took the number meanwhile).
+        let expected = self.shared.load().version + 1;
+        self.served.published(expected, started);
         let next = Arc::new(next);
         let previous = self.shared.rcu(|cur| {
             let mut s = (*next).clone();
@@ -100,7 +104,9 @@ impl Publisher {
             s
         });
         let version = previous.version + 1;
-        self.served.published(version, started);
+        if version != expected {
+            self.served.published(version, started);
+        }
         self.addresses.store(Arc::new(addresses));
         for (k, cmds) in commands.into_iter().enumerate() {
             for c in cmds {
