@@ -33,6 +33,26 @@ hcm() {
           http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
 HCM
 }
+# A cluster list item: $1 on 127.0.0.1:$2, reached over mutual TLS as an Istio client sidecar
+# reaches a server sidecar (SNI svc.local, Istio's ALPN list, the server's DNS SAN checked).
+client_cluster() {
+  cat <<CLUSTER
+  - name: $1
+    connect_timeout: 1s
+    load_assignment: {cluster_name: $1, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $2}}}}]}]}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: svc.local
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio-http/1.1, istio]
+          tls_certificates: [{certificate_chain: {filename: $dir/client.pem}, private_key: {filename: $dir/client.key}}]
+          validation_context:
+            trusted_ca: {filename: $dir/ca.pem}
+            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: svc.local}}]
+CLUSTER
+}
 cat > ringside.yaml <<YAML
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
 static_resources:
@@ -93,20 +113,7 @@ static_resources:
     - filters:
 $(hcm outbound ringside)
   clusters:
-  - name: ringside
-    connect_timeout: 1s
-    load_assignment: {cluster_name: ringside, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $listener}}}}]}]}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: svc.local
-        common_tls_context:
-          alpn_protocols: [istio-peer-exchange, istio-http/1.1, istio]
-          tls_certificates: [{certificate_chain: {filename: $dir/client.pem}, private_key: {filename: $dir/client.key}}]
-          validation_context:
-            trusted_ca: {filename: $dir/ca.pem}
-            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: svc.local}}]
+$(client_cluster ringside $listener)
 YAML
   envoy -c envoy-client.yaml --concurrency 1 -l error --base-id $((RANDOM % 50000 + 1000)) >envoy.log 2>&1 &
   envoy_pid=$!
@@ -151,20 +158,7 @@ static_resources:
     - filters:
 $(hcm outbound envoy)
   clusters:
-  - name: envoy
-    connect_timeout: 1s
-    load_assignment: {cluster_name: envoy, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $sport}}}}]}]}
-    transport_socket:
-      name: envoy.transport_sockets.tls
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        sni: svc.local
-        common_tls_context:
-          alpn_protocols: [istio-peer-exchange, istio-http/1.1, istio]
-          tls_certificates: [{certificate_chain: {filename: $dir/client.pem}, private_key: {filename: $dir/client.key}}]
-          validation_context:
-            trusted_ca: {filename: $dir/ca.pem}
-            match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: svc.local}}]
+$(client_cluster envoy $sport)
 YAML
   "$bin" -c ringside-client.yaml --concurrency 1 -l warn >ringside-client.log 2>&1 &
   client_pid=$!
