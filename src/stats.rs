@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 mod histogram;
 pub use histogram::{HistValue, BOUNDS as HISTOGRAM_BOUNDS, QUANTILES};
+pub mod tags;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -24,10 +25,18 @@ pub trait StatNames: 'static + Send + Sync {
     const NAMES: &'static [&'static str];
     /// Which of them are gauges (may go down); all others are counters.
     const GAUGES: &'static [usize] = &[];
+    /// Gauges Envoy sets as it starts: `usedonly` lists them even at 0 (pilot-agent reads
+    /// `server.state: 0` that way).
+    const SET: &'static [usize] = &[];
     /// The family's histograms (milliseconds), indexed as the family's histogram enum.
     const HISTOGRAMS: &'static [&'static str] = &[];
     /// Whether a stat is listed only once it moved (Envoy creates such stats on first use).
     const LAZY: bool = false;
+    /// The stats listed only once they moved: those Envoy creates on first use (status
+    /// classes, TLS and xDS stats of a cluster that has none) and Ringside's own.
+    const LAZY_STATS: &'static [usize] = &[];
+    /// The histograms listed only once they have samples (`HISTOGRAMS` indices).
+    const LAZY_HISTOGRAMS: &'static [usize] = &[];
     /// The name prefix of the family's per-status-code counters (`upstream_rq_` gives
     /// `upstream_rq_200`, as Envoy names them), or empty when it has none.
     const CODES: &'static str = "";
@@ -98,6 +107,12 @@ impl CoreCells {
         c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
 
+    /// Sets a gauge that only this core writes.
+    #[inline]
+    pub fn set(&self, idx: usize, v: u64) {
+        self.cells[idx].store(v, Ordering::Relaxed);
+    }
+
     /// Subtracts one from a gauge.
     #[inline]
     pub fn dec(&self, idx: usize) {
@@ -115,6 +130,8 @@ pub struct Scope {
     prefix: String,
     names: &'static [&'static str],
     gauges: &'static [usize],
+    /// `StatNames::SET`.
+    set: &'static [usize],
     cores: Box<[CoreCells]>,
     /// Extra per-core cells named `<prefix>worker_<k>.<name>` (Envoy's per-worker listener stats).
     per_worker: &'static [usize],
@@ -122,6 +139,10 @@ pub struct Scope {
     codes: &'static str,
     /// `StatNames::LAZY`.
     lazy: bool,
+    /// `StatNames::LAZY_STATS`.
+    lazy_stats: &'static [usize],
+    /// `StatNames::LAZY_HISTOGRAMS`.
+    lazy_histograms: &'static [usize],
     /// `StatNames::HISTOGRAMS`.
     histograms: &'static [&'static str],
 }
@@ -155,6 +176,41 @@ impl Scope {
 pub struct Store {
     cores: usize,
     scopes: Mutex<BTreeMap<String, Arc<Scope>>>,
+    /// The bootstrap's `stats_config`; Envoy's defaults until one is set.
+    config: arc_swap::ArcSwapOption<StatsConfig>,
+    /// Tag extraction by stat name, computed on the first read of each name.
+    tagged: Mutex<std::collections::HashMap<String, Arc<tags::Tagged>>>,
+}
+
+/// The bootstrap's `stats_config`: which stats exist and how they are tagged.
+pub struct StatsConfig {
+    pub tags: tags::TagProducer,
+    pub matcher: StatsMatcher,
+}
+
+/// A test on a stat's full name.
+pub type NamePattern = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// `stats_matcher`: a rejected stat is in no admin output, as Envoy never creates it.
+pub enum StatsMatcher {
+    AcceptAll,
+    RejectAll,
+    /// Only the stats some pattern matches.
+    Include(Vec<NamePattern>),
+    /// Every stat no pattern matches.
+    Exclude(Vec<NamePattern>),
+}
+
+impl StatsMatcher {
+    /// Whether the stat named `name` exists.
+    pub fn accepts(&self, name: &str) -> bool {
+        match self {
+            StatsMatcher::AcceptAll => true,
+            StatsMatcher::RejectAll => false,
+            StatsMatcher::Include(p) => p.iter().any(|p| p(name)),
+            StatsMatcher::Exclude(p) => !p.iter().any(|p| p(name)),
+        }
+    }
 }
 
 /// One stat as read by admin.
@@ -163,6 +219,8 @@ pub struct StatValue {
     pub name: String,
     pub value: i64,
     pub gauge: bool,
+    /// Whether it moved or was set: what `usedonly` lists.
+    pub used: bool,
 }
 
 impl Store {
@@ -171,7 +229,43 @@ impl Store {
         Arc::new(Store {
             cores: cores + 1,
             scopes: Mutex::new(BTreeMap::new()),
+            config: Default::default(),
+            tagged: Default::default(),
         })
+    }
+
+    /// Installs the bootstrap's `stats_config`.
+    pub fn configure(&self, config: StatsConfig) {
+        self.config.store(Some(Arc::new(config)));
+        self.tagged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// `name`'s tag-extracted name and tags, as `/stats/prometheus` prints them.
+    pub fn tagged(&self, name: &str) -> Arc<tags::Tagged> {
+        static DEFAULTS: OnceLock<tags::TagProducer> = OnceLock::new();
+        let mut cache = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(name) {
+            return t.clone();
+        }
+        let config = self.config.load();
+        let producer = match config.as_deref() {
+            Some(c) => &c.tags,
+            None => DEFAULTS.get_or_init(tags::TagProducer::envoy_defaults),
+        };
+        let t = Arc::new(producer.produce(name));
+        cache.insert(name.to_string(), t.clone());
+        t
+    }
+
+    /// Keeps the stats `stats_matcher` accepts.
+    fn accepted<T>(&self, mut list: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
+        if let Some(c) = self.config.load().as_deref() {
+            list.retain(|v| c.matcher.accepts(name(v)));
+        }
+        list
     }
 
     /// Index of the block the control thread writes (admin's own listener, DNS, ...).
@@ -200,12 +294,15 @@ impl Store {
                     prefix: prefix.to_string(),
                     names: S::NAMES,
                     gauges: S::GAUGES,
+                    set: S::SET,
                     cores: (0..self.cores)
                         .map(|_| CoreCells::new(S::N, S::HISTOGRAMS.len()))
                         .collect(),
                     per_worker,
                     codes: S::CODES,
                     lazy: S::LAZY,
+                    lazy_stats: S::LAZY_STATS,
+                    lazy_histograms: S::LAZY_HISTOGRAMS,
                     histograms: S::HISTOGRAMS,
                 })
             })
@@ -223,11 +320,14 @@ impl Store {
                     .iter()
                     .filter_map(|c| c.hists.get())
                     .map(|h| &h[i]);
-                out.push(HistValue::merge(format!("{}{}", scope.prefix, name), cells));
+                let h = HistValue::merge(format!("{}{}", scope.prefix, name), cells);
+                if h.count > 0 || !scope.lazy_histograms.contains(&i) {
+                    out.push(h);
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.accepted(out, |h| &h.name)
     }
 
     /// Every stat, sorted by name.
@@ -251,25 +351,32 @@ impl Store {
                         name: format!("{}{}{}", scope.prefix, scope.codes, i + 100),
                         value: t as i64,
                         gauge: false,
+                        used: true,
                     });
                 }
             }
             for (i, name) in scope.names.iter().enumerate() {
                 let gauge = scope.gauges.contains(&i);
-                if scope.lazy && scope.cores.iter().all(|c| c.get(i) == 0) {
+                if (scope.lazy || scope.lazy_stats.contains(&i))
+                    && scope.cores.iter().all(|c| c.get(i) == 0)
+                {
                     continue;
                 }
+                let value = scope.total(i);
                 out.push(StatValue {
                     name: format!("{}{}", scope.prefix, name),
-                    value: scope.total(i),
+                    value,
                     gauge,
+                    used: value != 0 || scope.set.contains(&i),
                 });
                 if scope.per_worker.contains(&i) {
                     for k in 0..self.cores - 1 {
+                        let value = scope.on_core(k, i) as i64;
                         out.push(StatValue {
                             name: format!("{}worker_{k}.{name}", scope.prefix),
-                            value: scope.on_core(k, i) as i64,
+                            value,
                             gauge,
+                            used: value != 0,
                         });
                     }
                 }
@@ -281,17 +388,18 @@ impl Store {
                 value: crate::io::HEAP_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
                     as i64,
                 gauge: false,
+                used: true,
             });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.accepted(out, |s| &s.name)
     }
 }
 
 /// Declares a stat family: an enum of indices and its names.
 #[macro_export]
 macro_rules! stat_family {
-    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(codes $c:literal)? $(histograms [$($h:literal),*])? $(lazy $lazy:literal)?) => {
+    ($(#[$m:meta])* $vis:vis enum $name:ident { $($var:ident = $s:literal),+ $(,)? } gauges [$($g:ident),*] $(set [$($set:ident),*])? $(lazy_stats [$($ls:ident),*])? $(codes $c:literal)? $(histograms [$($h:literal),*])? $(lazy_histograms [$($lh:literal),*])? $(lazy $lazy:literal)?) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
@@ -300,6 +408,9 @@ macro_rules! stat_family {
             const N: usize = [$($s),+].len();
             const NAMES: &'static [&'static str] = &[$($s),+];
             const GAUGES: &'static [usize] = &[$($name::$g as usize),*];
+            $(const SET: &'static [usize] = &[$($name::$set as usize),*];)?
+            $(const LAZY_STATS: &'static [usize] = &[$($name::$ls as usize),*];)?
+            $(const LAZY_HISTOGRAMS: &'static [usize] = &[$($lh),*];)?
             $(const CODES: &'static str = $c;)?
             $(const HISTOGRAMS: &'static [&'static str] = &[$($h),*];)?
             const LAZY: bool = false $(|| $lazy)?;

@@ -293,13 +293,24 @@ async fn drain_listeners_stops_inbound_listeners_as_pilot_agent_asks() {
     let (s, h, _) = http_get(outb, "/", &[]).await;
     assert_eq!((s, header(&h, "connection")), (200, None));
 
-    // pilot-agent's readiness probe reads only the stats that moved.
+    // pilot-agent's readiness probe reads only the stats that moved, and the gauges Envoy
+    // sets as it starts: `server.state: 0` (LIVE) and `listener_manager.workers_started: 1`.
     let (_, used) = p.admin_get("/stats?usedonly").await;
     assert!(
         used.contains("http.outbound.downstream_rq_total: "),
         "{used}"
     );
-    assert!(!used.lines().any(|l| l.ends_with(": 0")), "{used}");
+    assert!(used.contains("\nserver.state: 0\n"), "{used}");
+    assert!(
+        used.contains("listener_manager.workers_started: 1\n"),
+        "{used}"
+    );
+    assert!(
+        !used
+            .lines()
+            .any(|l| l.ends_with(": 0") && l != "server.state: 0"),
+        "{used}"
+    );
     assert!(
         !used.contains("upstream_cx_connect_ms: No recorded values"),
         "{used}"
@@ -366,6 +377,69 @@ async fn the_bootstraps_application_log_config_sets_the_log_format() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("Only one of ApplicationLogConfig.log_format or CLI option --log-format"),
+        "{err}"
+    );
+}
+
+/// The bootstrap's `stats_config`: `stats_matcher` decides which stats exist in every admin
+/// output, `stats_tags` how `/stats/prometheus` names and labels them (Istio's regexes
+/// here, with `use_all_default_tags: false`), as Envoy does; a bad tag regex is refused
+/// with its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_config_limits_and_labels_the_stats() {
+    let a = Backend::start("a").await;
+    let stats_config = r#"stats_config:
+  use_all_default_tags: false
+  stats_tags:
+  - {tag_name: cluster_name, regex: '^cluster(\.(.+);)'}
+  - {tag_name: response_code, regex: '_rq(_(\d{3}))$'}
+  - {tag_name: fixed, fixed_value: v}
+  stats_matcher:
+    inclusion_list:
+      patterns: [{prefix: server}, {prefix: listener_manager}, {safe_regex: {regex: 'cluster\.a;\..*'}}]
+"#;
+    let clusters = format!("[{}]", cluster("a", &[a.addr], "alt_stat_name: 'a;',"));
+    let vhosts = "[{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]";
+    let yaml = format!("{stats_config}{}", config("", vhosts, &clusters));
+    let p = Proxy::start(&yaml, &one_core("legacy")).await;
+    assert_eq!(http_get(p.addr(), "/", &[]).await.0, 200);
+    assert_eq!(p.stat_reaching("cluster.a;.upstream_rq_200", 1).await, 1);
+    let (_, text) = p.admin_get("/stats").await;
+    assert!(text.contains("cluster.a;.upstream_rq_total: 1"), "{text}");
+    assert!(
+        !text.contains("http.ingress.") && !text.contains("listener.127"),
+        "{text}"
+    );
+    let (_, prom) = p.admin_get("/stats/prometheus").await;
+    for line in [
+        "# TYPE envoy_cluster_upstream_rq counter",
+        "envoy_cluster_upstream_rq{cluster_name=\"a\",response_code=\"200\",fixed=\"v\"} 1",
+        "envoy_cluster_upstream_rq_total{cluster_name=\"a\",fixed=\"v\"} 1",
+        "envoy_server_state{fixed=\"v\"} 0",
+    ] {
+        assert!(prom.contains(line), "no {line} in\n{prom}");
+    }
+    // An invalid filter is a 400 naming the error, as in Envoy.
+    let (s, body) = p.admin_get("/stats?filter=(").await;
+    assert_eq!(s, 400);
+    assert!(body.starts_with("Invalid re2 regex"), "{body}");
+
+    let dir = temp_dir();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "stats_config:\n  stats_tags:\n  - {tag_name: x, regex: '(unclosed'}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("stats_config.stats_tags[0].regex")
+            && err.contains("Invalid regex '(unclosed'"),
         "{err}"
     );
 }

@@ -38,7 +38,13 @@ SUBSET = {
     "envoy.config.bootstrap.v3.Bootstrap": ["node", "static_resources", "dynamic_resources",
                                             "admin", "layered_runtime", "application_log_config",
                                             "cluster_manager", "deferred_stat_options",
-                                            "overload_manager", "bootstrap_extensions"],
+                                            "overload_manager", "bootstrap_extensions",
+                                            "stats_config"],
+    # Which stats exist and how /stats/prometheus names and labels them.
+    "envoy.config.metrics.v3.StatsConfig": ["stats_tags", "use_all_default_tags", "stats_matcher"],
+    "envoy.config.metrics.v3.TagSpecifier": ["*"],
+    "envoy.config.metrics.v3.StatsMatcher": ["*"],
+    "envoy.type.matcher.v3.ListStringMatcher": ["patterns"],
     "envoy.config.core.v3.TypedExtensionConfig": ["name", "typed_config"],
     # Istio wraps its own extensions' configurations in TypedStructs.
     "udpa.type.v1.TypedStruct": ["*"],
@@ -365,7 +371,7 @@ MODULES = [
     "envoy.extensions.request_id.uuid.v3.uuid_pb2", "envoy.type.tracing.v3.custom_tag_pb2",
     "envoy.type.metadata.v3.metadata_pb2", "envoy.config.overload.v3.overload_pb2",
     "envoy.config.core.v3.extension_pb2", "udpa.type.v1.typed_struct_pb2",
-    "xds.type.v3.typed_struct_pb2",
+    "xds.type.v3.typed_struct_pb2", "envoy.config.metrics.v3.stats_pb2",
     "envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2",
 ]
 

@@ -109,6 +109,61 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
     }
 }
 
+/// Envoy's `ServerInfo.State` and its name: DRAINING once draining or failing health
+/// checks, PRE_INITIALIZING until the first xDS configuration is in, else LIVE.
+fn server_state(state: &AdminState) -> (u64, &'static str) {
+    if *state.drain.borrow() || state.failing.load(Ordering::Relaxed) {
+        (1, "DRAINING")
+    } else if !state.initialized.load(Ordering::Acquire) {
+        (2, "PRE_INITIALIZING")
+    } else {
+        (0, "LIVE")
+    }
+}
+
+/// `server.state` and `listener_manager.workers_started` as of now (Envoy sets them on
+/// its stats flush; reading them fresh is never staler).
+fn refresh_server_gauges(state: &AdminState) {
+    use crate::stats::{ListenerManagerStat, ServerStat};
+    let control = state.stats.control_core();
+    let server = state.stats.scope::<ServerStat>("server.");
+    server
+        .core(control)
+        .set(ServerStat::State as usize, server_state(state).0);
+    let lm = state
+        .stats
+        .scope::<ListenerManagerStat>("listener_manager.");
+    let started = state.initialized.load(Ordering::Acquire);
+    lm.core(control).set(
+        ListenerManagerStat::WorkersStarted as usize,
+        u64::from(started),
+    );
+}
+
+/// The stats `/stats` lists: `filter` (a regex on the full name; an invalid one is a 400,
+/// as in Envoy) and `usedonly` (stats that moved: a counter or gauge that is not 0, a
+/// histogram with samples; Envoy also lists a gauge that was set back to 0).
+#[allow(clippy::type_complexity)]
+fn selected_stats(
+    state: &AdminState,
+    params: &HashMap<&str, &str>,
+) -> Result<(Vec<crate::stats::StatValue>, Vec<crate::stats::HistValue>), String> {
+    let filter = match params.get("filter") {
+        Some(f) => {
+            Some(regex::Regex::new(&decode(f)).map_err(|e| format!("Invalid re2 regex: {e}"))?)
+        }
+        None => None,
+    };
+    let keep = |name: &str| filter.as_ref().is_none_or(|f| f.is_match(name));
+    let used_only = params.contains_key("usedonly");
+    refresh_server_gauges(state);
+    let mut stats = state.stats.snapshot();
+    stats.retain(|s| keep(&s.name) && (!used_only || s.used));
+    let mut hists = state.stats.histograms();
+    hists.retain(|h| keep(&h.name) && (!used_only || h.count > 0));
+    Ok((stats, hists))
+}
+
 /// Answers one admin request: (status, content type, body).
 pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static str, Vec<u8>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -130,31 +185,18 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 (200, text_ct, b"LIVE\n".to_vec())
             }
         }
-        ("GET", "/stats") => {
-            let filter = params.get("filter").and_then(|f| regex::Regex::new(&decode(f)).ok());
-            // `usedonly`: stats that moved (a counter or gauge that is not 0, a histogram
-            // with samples); Envoy also lists a gauge that was set back to 0.
-            let used_only = params.contains_key("usedonly");
-            let stats: Vec<_> = state
-                .stats
-                .snapshot()
-                .into_iter()
-                .filter(|s| filter.as_ref().is_none_or(|f| f.is_match(&s.name)))
-                .filter(|s| !used_only || s.value != 0)
-                .collect();
-            let hists: Vec<_> = state
-                .stats
-                .histograms()
-                .into_iter()
-                .filter(|h| filter.as_ref().is_none_or(|f| f.is_match(&h.name)))
-                .filter(|h| !used_only || h.count > 0)
-                .collect();
-            if params.get("format") == Some(&"json") {
+        ("GET", "/stats") | ("GET", "/stats/prometheus") => {
+            let (stats, hists) = match selected_stats(state, &params) {
+                Ok(v) => v,
+                Err(e) => return (400, text_ct, e.into_bytes()),
+            };
+            if path == "/stats/prometheus" || params.get("format") == Some(&"prometheus") {
+                let body = prometheus(&state.stats, &stats, &hists);
+                (200, "text/plain; version=0.0.4", body.into_bytes())
+            } else if params.get("format") == Some(&"json") {
                 let mut list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value})).collect();
                 list.push(histograms_json(&hists));
                 (200, json_ct, serde_json::to_vec_pretty(&json!({ "stats": list })).unwrap_or_default())
-            } else if params.get("format") == Some(&"prometheus") {
-                (200, "text/plain; version=0.0.4", prometheus(&stats, &hists).into_bytes())
             } else {
                 let mut out = String::new();
                 for s in &stats {
@@ -176,11 +218,6 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let (status, body) = runtime::modify(state, &params);
             (status, text_ct, body)
         }
-        ("GET", "/stats/prometheus") => (
-            200,
-            "text/plain; version=0.0.4",
-            prometheus(&state.stats.snapshot(), &state.stats.histograms()).into_bytes(),
-        ),
         ("GET", "/config_dump") => (200, json_ct, serde_json::to_vec_pretty(&config_dump(state)).unwrap_or_default()),
         ("GET", "/server_info") => {
             let snap = state.snapshot.load();
@@ -188,7 +225,7 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let uptime = state.started.elapsed().as_secs();
             let body = json!({
                 "version": format!("ringside/{}", env!("CARGO_PKG_VERSION")),
-                "state": if *state.drain.borrow() { "DRAINING" } else { "LIVE" },
+                "state": server_state(state).1,
                 "hot_restart_version": "disabled",
                 "command_line_options": {
                     "concurrency": state.concurrency,

@@ -38,112 +38,92 @@ pub(super) fn histograms_json(hists: &[crate::stats::HistValue]) -> Value {
     json!({"histograms": {"supported_quantiles": crate::stats::QUANTILES, "computed_quantiles": computed}})
 }
 
-/// Envoy-style Prometheus names: the well-known scope names become labels.
+/// The Prometheus exposition as Envoy prints it: counters, then gauges, then histograms;
+/// within each, one `# TYPE` per tag-extracted name (ordered token by token, as Envoy's
+/// symbol table orders them) and its stats by full name, each with its tags as labels.
 pub(super) fn prometheus(
+    store: &crate::stats::Store,
     stats: &[crate::stats::StatValue],
     hists: &[crate::stats::HistValue],
 ) -> String {
-    let mut families: std::collections::BTreeMap<String, (bool, Vec<(String, i64)>)> =
-        Default::default();
-    for s in stats {
-        let (name, labels) = prometheus_name(&s.name);
-        let entry = families.entry(name).or_insert((s.gauge, Vec::new()));
-        entry.1.push((labels, s.value));
-    }
     let mut out = String::new();
-    for (name, (gauge, samples)) in families {
-        let _ = writeln!(
-            out,
-            "# TYPE {name} {}",
-            if gauge { "gauge" } else { "counter" }
+    for gauges in [false, true] {
+        let group = stats
+            .iter()
+            .filter(|s| s.gauge == gauges)
+            .map(|s| (store.tagged(&s.name), s));
+        let kind = if gauges { "gauge" } else { "counter" };
+        for_each_family(
+            group,
+            |s| &s.name,
+            &mut out,
+            kind,
+            |out, name, labels, s| {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", s.value);
+            },
         );
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
     }
-    // Histograms: cumulative buckets at Envoy's bounds, then sum and count.
-    let mut families: std::collections::BTreeMap<String, Vec<(String, &crate::stats::HistValue)>> =
-        Default::default();
-    for h in hists {
-        let (name, labels) = prometheus_name(&h.name);
-        families.entry(name).or_default().push((labels, h));
-    }
-    for (name, samples) in families {
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (labels, h) in samples {
-            let inner = labels.trim_start_matches('{').trim_end_matches('}');
-            let sep = if inner.is_empty() { "" } else { "," };
+    let group = hists.iter().map(|h| (store.tagged(&h.name), h));
+    for_each_family(
+        group,
+        |h| &h.name,
+        &mut out,
+        "histogram",
+        |out, name, labels, h| {
+            let sep = if labels.is_empty() { "" } else { "," };
             for (i, c) in h.cumulative.iter().enumerate() {
                 let le = match crate::stats::HISTOGRAM_BOUNDS.get(i) {
                     Some(b) => b.to_string(),
                     None => "+Inf".into(),
                 };
-                let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"{le}\"}} {c}");
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}");
             }
-            let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{labels} {}", h.count);
-        }
-    }
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+        },
+    );
     out
 }
 
-/// Envoy's response-code tag extractors: `upstream_rq_200` is `upstream_rq` with
-/// `envoy_response_code="200"`, `upstream_rq_2xx` (and `downstream_rq_2xx`) is `…_rq_xx`
-/// with `envoy_response_code_class="2"`; the label comes first, as Envoy prints it.
-fn response_code_tag<'a>(metric: &'a str, labels: &mut Vec<String>) -> std::borrow::Cow<'a, str> {
-    let Some((base, last)) = metric.rsplit_once('_') else {
-        return metric.into();
-    };
-    let b = last.as_bytes();
-    if !base.ends_with("_rq") {
-        return metric.into();
+/// Sorts `items` into families by tag-extracted name and prints each under its `# TYPE`.
+fn for_each_family<'a, T: 'a>(
+    items: impl Iterator<Item = (std::sync::Arc<crate::stats::tags::Tagged>, &'a T)>,
+    full_name: impl Fn(&T) -> &str,
+    out: &mut String,
+    kind: &str,
+    mut print: impl FnMut(&mut String, &str, &str, &T),
+) {
+    let tokens = |s: &str| s.split('.').map(str::to_owned).collect::<Vec<_>>();
+    let mut items: Vec<_> = items
+        .map(|(t, v)| ((tokens(&t.name), tokens(full_name(v))), t, v))
+        .collect();
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut last: Option<&str> = None;
+    for (_, tagged, v) in &items {
+        let name = format!("envoy_{}", sanitize(&tagged.name));
+        if last != Some(tagged.name.as_str()) {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            last = Some(&tagged.name);
+        }
+        let labels: Vec<String> = tagged
+            .tags
+            .iter()
+            .map(|(k, v)| format!("{}=\"{}\"", sanitize(k), escape(v)))
+            .collect();
+        print(out, &name, &labels.join(","), v);
     }
-    if b.len() == 3 && b.iter().all(u8::is_ascii_digit) && base == "upstream_rq" {
-        labels.push(format!("envoy_response_code=\"{last}\""));
-        return base.into();
-    }
-    if b.len() == 3 && b[0].is_ascii_digit() && &b[1..] == b"xx" {
-        labels.push(format!("envoy_response_code_class=\"{}\"", b[0] as char));
-        return format!("{base}_xx").into();
-    }
-    metric.into()
 }
 
-fn prometheus_name(stat: &str) -> (String, String) {
-    let sanitize = |s: &str| {
-        s.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect::<String>()
-    };
-    let mut labels = Vec::new();
-    let rest: String;
-    if let Some(r) = stat.strip_prefix("cluster.") {
-        let (name, metric) = r.rsplit_once('.').unwrap_or(("", r));
-        let metric = response_code_tag(metric, &mut labels);
-        labels.push(format!("envoy_cluster_name=\"{name}\""));
-        rest = format!("cluster_{metric}");
-    } else if let Some(r) = stat.strip_prefix("http.") {
-        let (prefix, metric) = r.split_once('.').unwrap_or(("", r));
-        let metric = response_code_tag(metric, &mut labels);
-        labels.push(format!("envoy_http_conn_manager_prefix=\"{prefix}\""));
-        rest = format!("http_{metric}");
-    } else if let Some(r) = stat.strip_prefix("listener.") {
-        let (addr_and_worker, metric) = r.rsplit_once('.').unwrap_or(("", r));
-        match addr_and_worker.rsplit_once(".worker_") {
-            Some((addr, w)) => {
-                labels.push(format!("envoy_listener_address=\"{addr}\""));
-                labels.push(format!("envoy_worker_id=\"{w}\""));
-            }
-            None => labels.push(format!("envoy_listener_address=\"{addr_and_worker}\"")),
-        }
-        rest = format!("listener_{metric}");
-    } else {
-        rest = stat.to_string();
-    }
-    let labels = if labels.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", labels.join(","))
-    };
-    (format!("envoy_{}", sanitize(&rest)), labels)
+/// Envoy's Prometheus name rule: every character outside `[a-zA-Z0-9_]` becomes `_`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// A label value with `\`, newline and `"` escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('"', "\\\"")
 }

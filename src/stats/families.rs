@@ -22,6 +22,9 @@ stat_family! {
         SslNoCertificate = "ssl.no_certificate",
         SslSessionReused = "ssl.session_reused",
     } gauges [DownstreamCxActive, DownstreamPreCxActive]
+      lazy_stats [SslHandshake, SslConnectionError, SslFailVerifyNoCert, SslFailVerifyError,
+                  SslFailVerifySan, SslNoCertificate, SslSessionReused, OriginalDstRestored,
+                  OriginalDstMissing]
 }
 
 stat_family! {
@@ -35,7 +38,7 @@ stat_family! {
         MaxDownstreamConnectionDurationReached = "max_downstream_connection_duration",
         UpstreamFlushTotal = "upstream_flush_total",
         UpstreamConnectAttemptsExceeded = "upstream_connect_attempts_exceeded",
-    } gauges []
+    } gauges [] lazy_stats [UpstreamConnectAttemptsExceeded]
 }
 
 stat_family! {
@@ -80,6 +83,7 @@ stat_family! {
         DownstreamCxUpgradesTotal = "downstream_cx_upgrades_total",
         DownstreamCxUpgradesActive = "downstream_cx_upgrades_active",
     } gauges [DownstreamCxActive, DownstreamRqActive, DownstreamCxUpgradesActive]
+      lazy_stats [PanicsCaught, RqUpgradeRequired]
       histograms ["downstream_rq_time"]
 }
 
@@ -92,7 +96,7 @@ stat_family! {
         InboundEmptyFramesFlood = "inbound_empty_frames_flood",
         InboundPriorityFramesFlood = "inbound_priority_frames_flood",
         InboundWindowUpdateFramesFlood = "inbound_window_update_frames_flood",
-    } gauges []
+    } gauges [] lazy true
 }
 
 stat_family! {
@@ -136,17 +140,31 @@ stat_family! {
         UpdateFailure = "update_failure",
         UpdateRejected = "update_rejected",
         UpdateEmpty = "update_empty",
-    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal] codes "upstream_rq_"
-      histograms ["upstream_rq_time", "upstream_cx_connect_ms"]
+    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
+      lazy_stats [UpstreamRq1xx, UpstreamRq2xx, UpstreamRq3xx, UpstreamRq4xx, UpstreamRq5xx,
+                  SslHandshake, SslConnectionError, SslFailVerifyError, SslFailVerifySan,
+                  SslFailVerifyNoCert, SslSessionReused, UpdateRejected]
+      codes "upstream_rq_"
+      histograms ["upstream_rq_time", "upstream_cx_connect_ms"] lazy_histograms [0]
 }
 
 stat_family! {
-    /// `server.` and `runtime.`-style process stats and the ignored-field counters.
+    /// `server.` and `runtime.`-style process stats and the ignored-field counters;
+    /// `state` is Envoy's `ServerInfo.State` (0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING).
     pub enum ServerStat {
         ConcurrencyWorkers = "concurrency",
         Live = "live",
         IgnoredConfigFields = "ignored_config_fields",
-    } gauges [ConcurrencyWorkers, Live]
+        State = "state",
+    } gauges [ConcurrencyWorkers, Live, State] set [ConcurrencyWorkers, Live, State]
+      lazy_stats [IgnoredConfigFields]
+}
+
+stat_family! {
+    /// `listener_manager.`: whether the workers serve (pilot-agent's readiness reads it).
+    pub enum ListenerManagerStat {
+        WorkersStarted = "workers_started",
+    } gauges [WorkersStarted] set [WorkersStarted]
 }
 
 stat_family! {

@@ -132,6 +132,9 @@ pub fn bootstrap_snapshot_with(
         listeners.push(Arc::new(listener));
     }
     let virtual_listeners = crate::model::virtual_index(&listeners);
+    if let Some(sc) = &bootstrap.stats_config {
+        stats.configure(super::stats_config::stats_config(sc)?);
+    }
     let (runtime, unused) = super::runtime::runtime(bootstrap.layered_runtime.as_ref())?;
     ctx.ignored.extend(unused);
     bootstrap_extensions(&bootstrap.bootstrap_extensions, &mut ctx)?;

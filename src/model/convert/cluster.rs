@@ -203,14 +203,8 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         return Err(err(res, "eds_cluster_config", "only valid with type EDS"));
     }
     if let Some(la) = &c.load_assignment {
+        // Envoy ignores an inline assignment's `cluster_name`, whatever it says.
         (endpoints, dns_hosts, unix) = self::endpoints(la, discovery, res, "load_assignment")?;
-        if !la.cluster_name.is_empty() && la.cluster_name != c.name {
-            return Err(err(
-                res,
-                "load_assignment.cluster_name",
-                format!("'{}' does not match the cluster name", la.cluster_name),
-            ));
-        }
     }
     let (http2, http2_follows_downstream) = http2(c, res)?;
     if max_requests_per_connection.is_some() && (http2.is_some() || http2_follows_downstream) {

@@ -23,6 +23,7 @@ mod listener;
 mod matchers;
 mod route;
 pub(crate) mod runtime;
+mod stats_config;
 mod tcp;
 mod tls;
 mod tracing;
