@@ -220,6 +220,10 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         drain_time: opts.drain_time,
         gradual_drain: opts.gradual_drain,
         draining: std::sync::atomic::AtomicU8::new(0),
+        // Checked with the rest of the bootstrap above.
+        access_logs: convert::admin_access_logs(bootstrap).unwrap_or_default(),
+        log_tx: Some(log_tx.clone()),
+        hostname: hostname.clone(),
     });
     // The control thread's tasks share its xDS state (ADS and SDS streams): a LocalSet.
     let local = tokio::task::LocalSet::new();
@@ -341,17 +345,23 @@ async fn release_idle_memory() {
 }
 
 /// The access-log writer thread: cores hand it whole batches, so no core ever blocks on
-/// stdout.
+/// stdout or a file.
 fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
     let (tx, rx) = std::sync::mpsc::channel::<LogBatch>();
     std::thread::Builder::new()
         .name("ringside-log".into())
         .spawn(move || {
+            let mut files: std::collections::HashMap<u32, Option<std::fs::File>> =
+                Default::default();
             for msg in rx {
                 let (sink, batch) = match msg {
                     LogBatch::Lines(sink, batch) => (sink, batch),
                     LogBatch::Sync(ack) => {
                         let _ = ack.send(());
+                        continue;
+                    }
+                    LogBatch::Reopen => {
+                        files.clear();
                         continue;
                     }
                 };
@@ -361,10 +371,27 @@ fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
                         out.write_all(&batch).and_then(|_| out.flush())
                     }
                     LogSink::Stderr => std::io::stderr().lock().write_all(&batch),
+                    LogSink::File(id) => match files.entry(id).or_insert_with(|| open_log(id)) {
+                        Some(f) => f.write_all(&batch),
+                        None => Ok(()),
+                    },
                 };
             }
         })?;
     Ok(tx)
+}
+
+/// Opens access-log file `id`; a failure is logged once and its lines dropped until the
+/// next `/reopen_logs` (the file opened when the configuration was checked).
+fn open_log(id: u32) -> Option<std::fs::File> {
+    let path = crate::model::log_files::path(id)?;
+    match crate::model::log_files::open(&path) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open access log file");
+            None
+        }
+    }
 }
 
 fn hostname() -> String {

@@ -19,6 +19,8 @@ pub enum LogBatch {
     Lines(LogSink, Vec<u8>),
     /// Answer once everything sent before has been written.
     Sync(Sender<()>),
+    /// Close and reopen every log file (admin `/reopen_logs`, after a rotation).
+    Reopen,
 }
 
 /// Per-core context.
@@ -43,6 +45,8 @@ pub struct CoreCtx {
     pub listeners: RefCell<std::collections::HashMap<Arc<str>, std::rc::Rc<Slot>>>,
     pub stdout_log: RefCell<Vec<u8>>,
     pub stderr_log: RefCell<Vec<u8>>,
+    /// Lines for access-log files, by file id.
+    file_logs: RefCell<Vec<Vec<u8>>>,
     log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
     /// The host's address, appended to `x-forwarded-for` for loopback peers.
@@ -187,6 +191,7 @@ impl CoreCtx {
             listeners: RefCell::new(std::collections::HashMap::new()),
             stdout_log: RefCell::new(Vec::new()),
             stderr_log: RefCell::new(Vec::new()),
+            file_logs: RefCell::new(Vec::new()),
             log_tx,
             hostname,
             local_ip,
@@ -229,6 +234,7 @@ impl CoreCtx {
         let buf = match sink {
             LogSink::Stdout => &self.stdout_log,
             LogSink::Stderr => &self.stderr_log,
+            LogSink::File(id) => return self.file_line(id, write),
         };
         let mut b = buf.borrow_mut();
         write(&mut b);
@@ -236,6 +242,22 @@ impl CoreCtx {
             let batch = std::mem::replace(&mut *b, Vec::with_capacity(LOG_FLUSH_BYTES));
             drop(b);
             self.send_log(sink, batch);
+        }
+    }
+
+    #[cold]
+    fn file_line(&self, id: u32, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut files = self.file_logs.borrow_mut();
+        let i = id as usize;
+        if files.len() <= i {
+            files.resize_with(i + 1, Vec::new);
+        }
+        let b = &mut files[i];
+        write(b);
+        if b.len() >= LOG_FLUSH_BYTES {
+            let batch = std::mem::replace(b, Vec::with_capacity(LOG_FLUSH_BYTES));
+            drop(files);
+            self.send_log(LogSink::File(id), batch);
         }
     }
 
@@ -249,6 +271,17 @@ impl CoreCtx {
             if !batch.is_empty() {
                 self.send_log(sink, batch);
             }
+        }
+        let batches: Vec<(u32, Vec<u8>)> = self
+            .file_logs
+            .borrow_mut()
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(i, b)| (i as u32, std::mem::take(b)))
+            .collect();
+        for (id, batch) in batches {
+            self.send_log(LogSink::File(id), batch);
         }
     }
 

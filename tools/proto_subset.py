@@ -162,6 +162,7 @@ SUBSET = {
     # access log
     "envoy.config.accesslog.v3.AccessLog": ["name", "typed_config"],
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": ["log_format"],
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog": ["path", "log_format"],
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog": ["log_format"],
     # HTTP connection manager
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": [
@@ -341,6 +342,7 @@ MODULES = [
     "envoy.config.bootstrap.v3.bootstrap_pb2", "envoy.config.listener.v3.listener_pb2",
     "envoy.config.listener.v3.listener_components_pb2", "envoy.config.accesslog.v3.accesslog_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.access_loggers.file.v3.file_pb2",
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.config.route.v3.route_pb2", "envoy.config.route.v3.route_components_pb2",

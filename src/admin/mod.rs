@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
+mod log;
 mod runtime;
 mod stats;
 use stats::{histograms_json, prometheus, quantiles_text};
@@ -43,6 +44,10 @@ pub struct AdminState {
     pub gradual_drain: bool,
     /// Graceful admin drain under way: 1 inbound listeners, 2 all.
     pub draining: std::sync::atomic::AtomicU8,
+    /// `admin.access_log`, written through the access-log thread.
+    pub access_logs: Vec<crate::model::AccessLog>,
+    pub log_tx: Option<std::sync::mpsc::Sender<crate::ctx::LogBatch>>,
+    pub hostname: Arc<str>,
 }
 
 /// Serves admin requests until the process exits.
@@ -60,9 +65,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) {
 }
 
 async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?;
+    let local = stream.local_addr()?;
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let (method, target, len, close) = loop {
+        let (mut exchange, len, body, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
@@ -73,12 +80,36 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
                             h.name.eq_ignore_ascii_case("connection")
                                 && h.value.eq_ignore_ascii_case(b"close")
                         });
-                    break (
-                        req.method.unwrap_or("").to_string(),
-                        req.path.unwrap_or("/").to_string(),
-                        n,
-                        close,
-                    );
+                    let body = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()?
+                                .trim()
+                                .parse::<usize>()
+                                .ok()
+                        })
+                        .unwrap_or(0);
+                    let exchange = log::AdminExchange {
+                        start: std::time::SystemTime::now(),
+                        started: Instant::now(),
+                        method: req.method.unwrap_or("").to_string(),
+                        target: req.path.unwrap_or("/").to_string(),
+                        headers: req
+                            .headers
+                            .iter()
+                            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                            .collect(),
+                        peer,
+                        local,
+                        status: 0,
+                        bytes_received: body as u64,
+                        bytes_sent: 0,
+                        hostname: state.hostname.clone(),
+                    };
+                    break (exchange, n, body, close);
                 }
                 Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => {}
                 _ => {
@@ -93,8 +124,21 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        buf.drain(..len);
-        let (status, content_type, body) = handle(state, &method, &target);
+        // The body (admin takes its parameters from the query) is read and dropped.
+        if body > 1 << 20 {
+            stream.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await?;
+            return Ok(());
+        }
+        while buf.len() < len + body {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..len + body);
+        let (status, content_type, body) = handle(state, &exchange.method, &exchange.target);
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n{}\r\n",
             crate::http::local_reply::reason(status),
@@ -103,9 +147,22 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
         );
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;
+        exchange.status = status;
+        exchange.bytes_sent = body.len() as u64;
+        log_request(state, &exchange);
         if close {
             return stream.shutdown().await;
         }
+    }
+}
+
+/// Writes an admin request's line to every `admin.access_log`.
+fn log_request(state: &AdminState, exchange: &log::AdminExchange) {
+    let Some(tx) = &state.log_tx else { return };
+    for l in &state.access_logs {
+        let mut line = Vec::new();
+        l.format.write(exchange, b"-", &mut line);
+        let _ = tx.send(crate::ctx::LogBatch::Lines(l.sink, line));
     }
 }
 
@@ -209,6 +266,12 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             }
         }
         ("POST", "/drain_listeners") => drain_listeners(state, &params),
+        ("POST", "/reopen_logs") => {
+            if let Some(tx) = &state.log_tx {
+                let _ = tx.send(crate::ctx::LogBatch::Reopen);
+            }
+            (200, text_ct, b"OK\n".to_vec())
+        }
         ("GET", "/runtime") => (
             200,
             json_ct,
@@ -284,7 +347,7 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
         ("GET", "/") => (
             200,
             text_ct,
-            b"admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /drain_listeners (POST)\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /runtime\n  /runtime_modify (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n".to_vec(),
+            b"admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /drain_listeners (POST)\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /reopen_logs (POST)\n  /runtime\n  /runtime_modify (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n".to_vec(),
         ),
         (_, "/quitquitquit" | "/healthcheck/fail" | "/healthcheck/ok") => (405, text_ct, b"This endpoint requires POST\n".to_vec()),
         _ => (404, text_ct, b"invalid path. admin commands are listed at /\n".to_vec()),

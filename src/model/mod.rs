@@ -17,6 +17,7 @@ pub use dump::{DumpEntry, DynamicDump};
 pub mod filter;
 pub mod format;
 pub mod headers;
+pub mod log_files;
 pub mod matcher;
 pub mod overload;
 pub mod path;
@@ -425,6 +426,8 @@ pub struct HttpConnectionManager {
 pub enum LogSink {
     Stdout,
     Stderr,
+    /// A file, by its [`log_files`] id.
+    File(u32),
 }
 
 /// One configured access logger.

@@ -56,11 +56,9 @@ pub fn bootstrap_snapshot_with(
     if bootstrap.deferred_stat_options.is_some() {
         ctx.ignored.push("deferred_stat_options".into());
     }
+    admin_access_logs(bootstrap)?;
     let admin = match &bootstrap.admin {
         Some(admin) => {
-            if !admin.access_log.is_empty() {
-                ctx.ignored.push("admin.access_log".into());
-            }
             if !admin.profile_path.is_empty() {
                 ctx.ignored.push("admin.profile_path".into());
             }
@@ -157,6 +155,20 @@ pub fn bootstrap_snapshot_with(
         dynamic: Default::default(),
     };
     Ok((snapshot, ctx.ignored, files))
+}
+
+/// `admin.access_log`: one line per admin request (file, stdout and stderr loggers).
+pub fn admin_access_logs(
+    bootstrap: &Bootstrap,
+) -> Result<Vec<crate::model::AccessLog>, ConvertError> {
+    let logs = bootstrap
+        .admin
+        .as_ref()
+        .map_or(&[][..], |a| &a.access_log[..]);
+    logs.iter()
+        .enumerate()
+        .map(|(i, l)| super::hcm::access_log(l, "bootstrap", &format!("admin.access_log[{i}]")))
+        .collect()
 }
 
 /// `l` named with a random UUID (version 4), as Envoy names an unnamed static listener.

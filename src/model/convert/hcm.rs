@@ -22,6 +22,7 @@ const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 
 /// The network filters of one chain: Istio's telemetry no-ops, then exactly one
 /// terminal filter (the connection manager or the TCP proxy).
@@ -440,7 +441,32 @@ fn connection_manager(
     })
 }
 
-fn access_log(al: &PbAccessLog, res: &str, path: &str) -> Result<AccessLog, ConvertError> {
+/// A file logger's sink: `/dev/stdout` and `/dev/stderr` are the process's own streams;
+/// any other file must open for appending now (Envoy refuses a configuration whose log
+/// file it cannot open), and is then written by the logger thread.
+fn file_sink(path: &str, res: &str, field: &str) -> Result<LogSink, ConvertError> {
+    match path {
+        "" => Err(err(res, field, "path is required")),
+        "/dev/stdout" => Ok(LogSink::Stdout),
+        "/dev/stderr" => Ok(LogSink::Stderr),
+        _ => {
+            crate::model::log_files::open(std::path::Path::new(path)).map_err(|e| {
+                err(
+                    res,
+                    field,
+                    format!("cannot open access log file '{path}': {e}"),
+                )
+            })?;
+            Ok(LogSink::File(crate::model::log_files::intern(path)))
+        }
+    }
+}
+
+pub(super) fn access_log(
+    al: &PbAccessLog,
+    res: &str,
+    path: &str,
+) -> Result<AccessLog, ConvertError> {
     let Some(access_log::ConfigType::TypedConfig(any)) = &al.config_type else {
         return Err(err(
             res,
@@ -463,6 +489,16 @@ fn access_log(al: &PbAccessLog, res: &str, path: &str) -> Result<AccessLog, Conv
                 LogSink::Stderr,
                 l.access_log_format
                     .map(|stream::stderr_access_log::AccessLogFormat::LogFormat(f)| f),
+            )
+        }
+        FILE_LOG => {
+            let l: crate::proto::envoy::extensions::access_loggers::file::v3::FileAccessLog =
+                decode_any(any, FILE_LOG, res, path)?;
+            (
+                file_sink(&l.path, res, &format!("{path}.typed_config.path"))?,
+                l.access_log_format.map(
+                    |crate::proto::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat::LogFormat(f)| f,
+                ),
             )
         }
         other => {

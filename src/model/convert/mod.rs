@@ -81,7 +81,9 @@ pub enum SdsSource {
     File(Arc<str>),
 }
 
-pub use bootstrap::{ads_config, bootstrap_snapshot, bootstrap_snapshot_with, AdsConfig};
+pub use bootstrap::{
+    admin_access_logs, ads_config, bootstrap_snapshot, bootstrap_snapshot_with, AdsConfig,
+};
 pub use tls::check_secret;
 
 impl<'a> Ctx<'a> {
