@@ -36,6 +36,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # backend (DIR/backend.conf) and the one-route Ringside config (DIR/ringside.yaml) that
 # compare.py measures. ISTIO_FILTERS=1 puts istiod's default HTTP filters (grpc_stats,
 # an empty fault filter, cors) before the router, as on every sidecar listener.
+# ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
+# track_remaining), which Ringside does not count.
 one_route_setup() {
   local dir=$1 body
   backend=$(free_port); proxy=$(free_port); admin=$(free_port)
@@ -58,5 +60,8 @@ istio = (
 )
 open(p, "w").write(s.replace(router, istio + router))
 PY
+  fi
+  if [ -n "${ISTIO_BREAKERS:-}" ]; then
+    sed -i 's|^    connect_timeout: 1s$|    connect_timeout: 1s\n    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}]}|' "$dir/ringside.yaml"
   fi
 }

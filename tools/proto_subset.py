@@ -289,7 +289,14 @@ SUBSET = {
                                         "eds_cluster_config", "typed_extension_protocol_options",
                                         "http2_protocol_options", "upstream_bind_config",
                                         "transport_socket", "transport_socket_matches",
-                                        "metadata", "common_lb_config", "upstream_connection_options"],
+                                        "metadata", "common_lb_config", "upstream_connection_options",
+                                        "circuit_breakers"],
+    # Limits for the whole proxy; retry budgets and per-host limits are refused by name.
+    "envoy.config.cluster.v3.CircuitBreakers": ["thresholds", "per_host_thresholds"],
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds": [
+        "priority", "max_connections", "max_pending_requests", "max_requests", "max_retries",
+        "retry_budget", "track_remaining", "max_connection_pools"],
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget": ["*"],
     "envoy.config.cluster.v3.UpstreamConnectionOptions": ["tcp_keepalive"],
     "envoy.config.core.v3.TcpKeepalive": ["*"],
     # Accepted empty (istiod's); any field set in it is refused by name.

@@ -19,7 +19,7 @@ use crate::stats::Store;
 mod log;
 mod runtime;
 mod stats;
-use stats::{histograms_json, prometheus, quantiles_text};
+use stats::{histograms_json, prometheus, quantiles_text, selected_stats};
 
 /// What the admin handlers read.
 pub struct AdminState {
@@ -178,49 +178,6 @@ fn server_state(state: &AdminState) -> (u64, &'static str) {
     }
 }
 
-/// `server.state` and `listener_manager.workers_started` as of now (Envoy sets them on
-/// its stats flush; reading them fresh is never staler).
-fn refresh_server_gauges(state: &AdminState) {
-    use crate::stats::{ListenerManagerStat, ServerStat};
-    let control = state.stats.control_core();
-    let server = state.stats.scope::<ServerStat>("server.");
-    server
-        .core(control)
-        .set(ServerStat::State as usize, server_state(state).0);
-    let lm = state
-        .stats
-        .scope::<ListenerManagerStat>("listener_manager.");
-    let started = state.initialized.load(Ordering::Acquire);
-    lm.core(control).set(
-        ListenerManagerStat::WorkersStarted as usize,
-        u64::from(started),
-    );
-}
-
-/// The stats `/stats` lists: `filter` (a regex on the full name; an invalid one is a 400,
-/// as in Envoy) and `usedonly` (stats that moved: a counter or gauge that is not 0, a
-/// histogram with samples; Envoy also lists a gauge that was set back to 0).
-#[allow(clippy::type_complexity)]
-fn selected_stats(
-    state: &AdminState,
-    params: &HashMap<&str, &str>,
-) -> Result<(Vec<crate::stats::StatValue>, Vec<crate::stats::HistValue>), String> {
-    let filter = match params.get("filter") {
-        Some(f) => {
-            Some(regex::Regex::new(&decode(f)).map_err(|e| format!("Invalid re2 regex: {e}"))?)
-        }
-        None => None,
-    };
-    let keep = |name: &str| filter.as_ref().is_none_or(|f| f.is_match(name));
-    let used_only = params.contains_key("usedonly");
-    refresh_server_gauges(state);
-    let mut stats = state.stats.snapshot();
-    stats.retain(|s| keep(&s.name) && (!used_only || s.used));
-    let mut hists = state.stats.histograms();
-    hists.retain(|h| keep(&h.name) && (!used_only || h.count > 0));
-    Ok((stats, hists))
-}
-
 /// Answers one admin request: (status, content type, body).
 pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static str, Vec<u8>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -251,13 +208,14 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 let body = prometheus(&state.stats, &stats, &hists);
                 (200, "text/plain; version=0.0.4", body.into_bytes())
             } else if params.get("format") == Some(&"json") {
-                let mut list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value})).collect();
+                let mut list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value as u64})).collect();
                 list.push(histograms_json(&hists));
                 (200, json_ct, serde_json::to_vec_pretty(&json!({ "stats": list })).unwrap_or_default())
             } else {
                 let mut out = String::new();
                 for s in &stats {
-                    let _ = writeln!(out, "{}: {}", s.name, s.value);
+                    // Envoy's stats are unsigned (a `remaining_cx_pools` of 2^64−1).
+                    let _ = writeln!(out, "{}: {}", s.name, s.value as u64);
                 }
                 for h in &hists {
                     let _ = writeln!(out, "{}: {}", h.name, quantiles_text(h));

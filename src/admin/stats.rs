@@ -59,7 +59,7 @@ pub(super) fn prometheus(
             &mut out,
             kind,
             |out, name, labels, s| {
-                let _ = writeln!(out, "{name}{{{labels}}} {}", s.value);
+                let _ = writeln!(out, "{name}{{{labels}}} {}", s.value as u64);
             },
         );
     }
@@ -126,4 +126,93 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('\n', "\\n")
         .replace('"', "\\\"")
+}
+
+/// Each cluster's `circuit_breakers.<priority>.*` gauges as of now: open while a limited
+/// resource is in use up to its limit; `remaining_*` with `track_remaining`. Resources that
+/// are not counted read their use from the per-core `upstream_*_active` stats.
+fn refresh_breaker_gauges(state: &super::AdminState) {
+    use crate::model::breakers::Resource;
+    use crate::stats::{BreakerRemainingStat as R, BreakerStat as B, ClusterStat};
+    let control = state.stats.control_core();
+    let snapshot = state.snapshot.load();
+    for c in snapshot.clusters.iter() {
+        let b = &c.breakers;
+        let used = |i: ClusterStat| c.stats.total(i as usize).max(0) as u64;
+        let (cx, rq) = (
+            b.in_use(Resource::Connections, used(ClusterStat::UpstreamCxActive)),
+            b.in_use(Resource::Requests, used(ClusterStat::UpstreamRqActive)),
+        );
+        let pending = b.in_use(Resource::Pending, 0);
+        let open = |n: u64, limit: u64| u64::from(n > 0 && n >= limit);
+        let d = b.stats[0].core(control);
+        d.set(B::CxOpen as usize, open(cx, b.default.max_connections));
+        d.set(B::RqOpen as usize, open(rq, b.default.max_requests));
+        d.set(
+            B::RqPendingOpen as usize,
+            open(pending, b.default.max_pending_requests),
+        );
+        for (scope, th, (cx, pending, rq)) in [
+            (&b.remaining[0], &b.default, (cx, pending, rq)),
+            (&b.remaining[1], &b.high, (0, 0, 0)),
+        ] {
+            let Some(scope) = scope else { continue };
+            let r = scope.core(control);
+            r.set(
+                R::RemainingCx as usize,
+                th.max_connections.saturating_sub(cx),
+            );
+            r.set(
+                R::RemainingPending as usize,
+                th.max_pending_requests.saturating_sub(pending),
+            );
+            r.set(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
+            r.set(R::RemainingRetries as usize, th.max_retries);
+            r.set(R::RemainingCxPools as usize, u64::MAX);
+        }
+    }
+}
+
+/// `server.state` and `listener_manager.workers_started` as of now (Envoy sets them on
+/// its stats flush; reading them fresh is never staler).
+fn refresh_server_gauges(state: &super::AdminState) {
+    use crate::stats::{ListenerManagerStat, ServerStat};
+    let control = state.stats.control_core();
+    let server = state.stats.scope::<ServerStat>("server.");
+    server
+        .core(control)
+        .set(ServerStat::State as usize, super::server_state(state).0);
+    let lm = state
+        .stats
+        .scope::<ListenerManagerStat>("listener_manager.");
+    let started = state.initialized.load(std::sync::atomic::Ordering::Acquire);
+    lm.core(control).set(
+        ListenerManagerStat::WorkersStarted as usize,
+        u64::from(started),
+    );
+}
+
+/// The stats `/stats` lists: `filter` (a regex on the full name; an invalid one is a 400,
+/// as in Envoy) and `usedonly` (stats that moved: a counter or gauge that is not 0, a
+/// histogram with samples; Envoy also lists a gauge that was set back to 0).
+#[allow(clippy::type_complexity)]
+pub(super) fn selected_stats(
+    state: &super::AdminState,
+    params: &std::collections::HashMap<&str, &str>,
+) -> Result<(Vec<crate::stats::StatValue>, Vec<crate::stats::HistValue>), String> {
+    let filter = match params.get("filter") {
+        Some(f) => Some(
+            regex::Regex::new(&super::decode(f)).map_err(|e| format!("Invalid re2 regex: {e}"))?,
+        ),
+        None => None,
+    };
+    let keep = |name: &str| filter.as_ref().is_none_or(|f| f.is_match(name));
+    let used_only = params.contains_key("usedonly");
+    refresh_server_gauges(state);
+    refresh_breaker_gauges(state);
+    let mut stats = state.stats.snapshot();
+    stats.retain(|s| keep(&s.name) && (!used_only || s.used));
+    let mut hists = state.stats.histograms();
+    hists.retain(|h| keep(&h.name) && (!used_only || h.count > 0));
+    Ok((stats, hists))
 }

@@ -56,6 +56,9 @@ pub enum HttpError {
     UpgradeToHttp2Unsupported,
     #[error("upstream connect error or disconnect/reset before headers. reset reason: {0}")]
     Connect(ConnectError),
+    /// A circuit breaker of the cluster is open (answered with `x-envoy-overloaded: true`).
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    Overflow,
     #[error("upstream connect error or disconnect/reset before headers. reset reason: connection termination")]
     UpstreamReset,
     #[error(
@@ -86,6 +89,14 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// A failed connection attempt: a circuit breaker's refusal is an overflow.
+    pub fn connect(e: ConnectError) -> HttpError {
+        match e {
+            ConnectError::Overflow => HttpError::Overflow,
+            e => HttpError::Connect(e),
+        }
+    }
+
     /// Whether the downstream connection must close after the reply.
     pub fn closes_connection(&self) -> bool {
         matches!(

@@ -198,20 +198,15 @@ fn trace_decision(
 
 /// The route's cluster (and weighted entry) and the endpoint to send to: this core's load
 /// balancer, or the connection's original destination for an ORIGINAL_DST cluster.
+/// The permit holds the request's place under the cluster's `max_requests`: the caller
+/// keeps it until the exchange ends.
 pub(crate) fn pick_upstream<'s>(
     ctx: &CoreCtx,
     snapshot: &'s Snapshot,
     f: &'s Forward,
     weighted: Option<&'s crate::model::route::WeightedTarget>,
     down: &Downstream,
-) -> Result<
-    (
-        Option<&'s crate::model::route::WeightedTarget>,
-        &'s crate::model::Cluster,
-        std::borrow::Cow<'s, Endpoint>,
-    ),
-    HttpError,
-> {
+) -> Result<Picked<'s>, HttpError> {
     let cref = match (&f.target, weighted) {
         (_, Some(w)) => &w.cluster,
         (Target::Cluster(c), None) => c,
@@ -225,6 +220,17 @@ pub(crate) fn pick_upstream<'s>(
         .filter(|c| c.name == cref.name)
         .or_else(|| snapshot.cluster(&cref.name))
         .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
+    // The cluster's max_requests: held until the exchange ends (the caller keeps it).
+    let permit = cluster
+        .breakers
+        .acquire(crate::model::breakers::Resource::Requests)
+        .map_err(|()| {
+            cluster
+                .stats
+                .core(ctx.core)
+                .inc(ClusterStat::UpstreamRqActiveOverflow as usize);
+            HttpError::Overflow
+        })?;
     let none_healthy = || {
         cluster
             .stats
@@ -243,8 +249,17 @@ pub(crate) fn pick_upstream<'s>(
         let picked = ctx.upstreams.borrow_mut().pick(cluster);
         std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)
     };
-    Ok((weighted, cluster, ep))
+    Ok((weighted, cluster, ep, permit))
 }
+
+/// What [`pick_upstream`] chose: the weighted target, the cluster, the endpoint and the
+/// request's circuit-breaker permit.
+pub(crate) type Picked<'s> = (
+    Option<&'s crate::model::route::WeightedTarget>,
+    &'s crate::model::Cluster,
+    std::borrow::Cow<'s, Endpoint>,
+    Option<crate::model::breakers::Permit>,
+);
 
 /// The weighted cluster a forwarding route sends this request to (drawn once, with the
 /// route), or `None` for a single-cluster route or another action.

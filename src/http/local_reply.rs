@@ -158,6 +158,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
             "upstream_reset_before_response_started{connection_failure}",
         ),
+        HttpError::Overflow => r(
+            503,
+            None,
+            ResponseFlags::UPSTREAM_OVERFLOW,
+            "upstream_reset_before_response_started{overflow}",
+        ),
         HttpError::UpstreamReset => r(
             503,
             None,
@@ -196,6 +202,28 @@ pub fn reply_for(e: &HttpError) -> Reply {
         ),
         HttpError::CorsPreflight => r(200, None, ResponseFlags::NONE, "cors_response"),
     }
+}
+
+/// The header Envoy adds to an answer a circuit breaker gave: `x-envoy-overloaded: true`.
+pub fn overload_mods(e: &HttpError) -> &'static [&'static crate::model::headers::HeaderMods] {
+    static MODS: std::sync::OnceLock<crate::model::headers::HeaderMods> =
+        std::sync::OnceLock::new();
+    static LIST: std::sync::OnceLock<[&'static crate::model::headers::HeaderMods; 1]> =
+        std::sync::OnceLock::new();
+    if !matches!(e, HttpError::Overflow) {
+        return &[];
+    }
+    LIST.get_or_init(|| {
+        [MODS.get_or_init(|| crate::model::headers::HeaderMods {
+            add: vec![crate::model::headers::HeaderAdd {
+                name: "x-envoy-overloaded".into(),
+                value: crate::model::format::Format::parse("true").expect("a literal"),
+                action: crate::model::headers::AppendAction::OverwriteIfExistsOrAdd,
+                keep_empty: false,
+            }],
+            remove: Vec::new(),
+        })]
+    })
 }
 
 /// `content-type` says gRPC: `application/grpc` or `application/grpc+…` (Envoy's rule:

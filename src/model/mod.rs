@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+pub mod breakers;
 pub mod chain;
 pub mod convert;
 mod dump;
@@ -493,6 +494,9 @@ pub struct Cluster {
     pub max_requests_per_connection: Option<u32>,
     /// `upstream_connection_options.tcp_keepalive`: TCP keepalive on upstream sockets.
     pub tcp_keepalive: Option<socket2::TcpKeepalive>,
+    pub breakers: Arc<breakers::Breakers>,
+    /// A hash of the name: connection pools are per cluster, as Envoy's are.
+    pub pool_id: u64,
     pub dns_family: DnsFamily,
     pub dns_refresh: Duration,
     /// Hosts to resolve (DNS clusters), as configured.
@@ -564,6 +568,8 @@ impl Cluster {
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,
             tcp_keepalive: self.tcp_keepalive.clone(),
+            breakers: self.breakers.clone(),
+            pool_id: self.pool_id,
             dns_family: self.dns_family,
             dns_refresh: self.dns_refresh,
             dns_hosts: self.dns_hosts.clone(),
@@ -585,5 +591,12 @@ impl Cluster {
     /// The pool identity of connections to `ep`: 0 for plaintext, else the TLS settings'.
     pub fn tls_key(&self, ep: &Endpoint) -> u64 {
         self.tls_for(ep).map_or(0, |t| t.key)
+    }
+
+    /// Which pooled connections a request to `ep` may use: this cluster's, with the same
+    /// TLS identity (stable across snapshots, so a new one keeps warm connections).
+    #[inline]
+    pub fn pool_key(&self, ep: &Endpoint) -> u64 {
+        self.pool_id ^ self.tls_key(ep).rotate_left(17)
     }
 }

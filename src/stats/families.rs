@@ -140,6 +140,8 @@ stat_family! {
         UpdateFailure = "update_failure",
         UpdateRejected = "update_rejected",
         UpdateEmpty = "update_empty",
+        UpstreamCxOverflow = "upstream_cx_overflow",
+        UpstreamRqActiveOverflow = "upstream_rq_active_overflow",
     } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
       lazy_stats [UpstreamRq1xx, UpstreamRq2xx, UpstreamRq3xx, UpstreamRq4xx, UpstreamRq5xx,
                   SslHandshake, SslConnectionError, SslFailVerifyError, SslFailVerifySan,
@@ -165,6 +167,29 @@ stat_family! {
     pub enum ListenerManagerStat {
         WorkersStarted = "workers_started",
     } gauges [WorkersStarted] set [WorkersStarted]
+}
+
+stat_family! {
+    /// `cluster.<name>.circuit_breakers.<priority>.`: whether each breaker is open.
+    pub enum BreakerStat {
+        CxOpen = "cx_open",
+        CxPoolOpen = "cx_pool_open",
+        RqOpen = "rq_open",
+        RqPendingOpen = "rq_pending_open",
+        RqRetryOpen = "rq_retry_open",
+    } gauges [CxOpen, CxPoolOpen, RqOpen, RqPendingOpen, RqRetryOpen]
+}
+
+stat_family! {
+    /// `cluster.<name>.circuit_breakers.<priority>.remaining_*`, with `track_remaining`.
+    pub enum BreakerRemainingStat {
+        RemainingCx = "remaining_cx",
+        RemainingCxPools = "remaining_cx_pools",
+        RemainingPending = "remaining_pending",
+        RemainingRetries = "remaining_retries",
+        RemainingRq = "remaining_rq",
+    } gauges [RemainingCx, RemainingCxPools, RemainingPending, RemainingRetries, RemainingRq]
+      set [RemainingCx, RemainingCxPools, RemainingPending, RemainingRetries, RemainingRq]
 }
 
 stat_family! {

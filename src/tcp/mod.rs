@@ -35,7 +35,7 @@ pub async fn serve(
         tracing::debug!(cluster = %name, peer = %conn.peer, "tcp_proxy: no such cluster");
         return;
     };
-    let Some(mut up) = connect(&ctx, &tp, cluster, &conn).await else {
+    let Some((mut up, _permit)) = connect(&ctx, &tp, cluster, &conn).await else {
         return;
     };
     let cstats = cluster.stats.core(core);
@@ -111,7 +111,7 @@ async fn connect(
     tp: &TcpProxy,
     cluster: &Cluster,
     conn: &Downstream,
-) -> Option<UpIo> {
+) -> Option<(UpIo, Option<crate::model::breakers::Permit>)> {
     let cstats = cluster.stats.core(ctx.core);
     for attempt in 0..tp.max_connect_attempts {
         let ep = if cluster.discovery == Discovery::OriginalDst {
@@ -131,8 +131,9 @@ async fn connect(
             };
             e
         };
-        match crate::upstream::open_io(ctx.core, cluster, &ep).await {
+        match crate::upstream::open_io(ctx.core, cluster, &ep, false).await {
             Ok(s) => return Some(s),
+            Err(crate::upstream::ConnectError::Overflow) => return None,
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, addr = %ep.address, attempt, "connect failed: {e}")
             }

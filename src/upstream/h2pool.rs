@@ -68,6 +68,8 @@ impl Drop for StreamGuard {
 pub struct CxGuard {
     pub stats: Arc<Scope>,
     pub core: usize,
+    /// Its place under the cluster's `max_connections`.
+    pub _permit: Option<crate::model::breakers::Permit>,
 }
 
 impl Drop for CxGuard {

@@ -10,6 +10,7 @@ use monoio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
 use crate::io::{idle_state, IdleState, MaybeTls};
+use crate::model::breakers::{Permit, Resource};
 use crate::model::{Cluster, Endpoint, LbPolicy};
 use crate::stats::{ClusterStat, Scope};
 use crate::tls::UpIo;
@@ -20,14 +21,16 @@ pub mod h2pool;
 pub struct Conn {
     pub stream: UpIo,
     pub addr: SocketAddr,
-    /// Its TLS identity ([`Cluster::tls_key`]; 0: plaintext): the pool never hands a
-    /// connection to a request that asks for other TLS settings.
+    /// Its pool identity ([`Cluster::pool_key`]): the pool never hands a connection to a
+    /// request for another cluster or that asks for other TLS settings.
     pub tls_key: u64,
     pub buf: Vec<u8>,
     pub requests: u32,
     pub stats: Arc<Scope>,
     core: usize,
     idle_since: Instant,
+    /// Its place under the cluster's `max_connections`, when that is limited.
+    permit: Option<Permit>,
 }
 
 impl Drop for Conn {
@@ -49,6 +52,9 @@ pub enum ConnectError {
     /// The TLS handshake failed (Envoy's wording for a transport failure).
     #[error("TLS error: handshake failed")]
     Tls(crate::tls::Refused),
+    /// The cluster's circuit breakers allow no new connection (and no pending request).
+    #[error("overflow")]
+    Overflow,
 }
 
 /// Per-cluster load-balancer state on one core.
@@ -183,8 +189,13 @@ impl Upstreams {
         None
     }
 
-    /// Returns a connection whose last exchange ended cleanly.
+    /// Returns a connection whose last exchange ended cleanly. When requests wait for a
+    /// connection of its cluster (at `max_connections`), it is closed instead, which lets
+    /// one of them open its own on whichever core it waits.
     pub fn checkin(&mut self, mut conn: Conn) {
+        if conn.permit.as_ref().is_some_and(Permit::has_waiters) {
+            return;
+        }
         conn.idle_since = Instant::now();
         conn.buf.clear();
         let pool = self.pools.entry((conn.addr, conn.tls_key)).or_default();
@@ -231,9 +242,56 @@ pub async fn connect_stream(addr: SocketAddr, source: Option<SocketAddr>) -> io:
     }
 }
 
+/// A place under the cluster's `max_connections`. At the limit an HTTP request waits as a
+/// pending request (under `max_pending_requests`; `upstream_cx_overflow`) for a connection
+/// of the cluster to close, within the connect timeout; a TCP proxy (`wait` false) does
+/// not wait. Past either limit: [`ConnectError::Overflow`].
+async fn connection_permit(
+    core: usize,
+    cluster: &Cluster,
+    wait: bool,
+) -> Result<Option<Permit>, ConnectError> {
+    let b = &cluster.breakers;
+    if let Ok(p) = b.acquire(Resource::Connections) {
+        return Ok(p);
+    }
+    let stats = cluster.stats.core(core);
+    if !wait {
+        stats.inc(ClusterStat::UpstreamCxOverflow as usize);
+        return Err(ConnectError::Overflow);
+    }
+    let Ok(_pending) = b.acquire(Resource::Pending) else {
+        stats.inc(ClusterStat::UpstreamRqPendingOverflow as usize);
+        return Err(ConnectError::Overflow);
+    };
+    stats.inc(ClusterStat::UpstreamCxOverflow as usize);
+    let Some(counts) = b.counts.clone() else {
+        return Ok(None);
+    };
+    let deadline = Instant::now() + cluster.connect_timeout;
+    loop {
+        let released = counts.released.notified();
+        if let Ok(p) = b.acquire(Resource::Connections) {
+            return Ok(p);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if monoio::time::timeout(left, released).await.is_err() {
+            stats.inc(ClusterStat::UpstreamRqPendingOverflow as usize);
+            return Err(ConnectError::Overflow);
+        }
+    }
+}
+
 /// Opens a TCP connection from core `core` to `ep` within the cluster's connect timeout,
-/// counted in `upstream_cx_total` and `upstream_cx_active` (the caller releases the latter).
-async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream, ConnectError> {
+/// counted in `upstream_cx_total` and `upstream_cx_active` (the caller releases the latter)
+/// and under the cluster's `max_connections` (the returned permit).
+async fn open(
+    core: usize,
+    cluster: &Cluster,
+    ep: &Endpoint,
+    wait: bool,
+) -> Result<(TcpStream, Option<Permit>), ConnectError> {
+    let permit = connection_permit(core, cluster, wait).await?;
     let stats = cluster.stats.core(core);
     let started = Instant::now();
     let connect = connect_stream(ep.address, cluster.bind_source);
@@ -262,20 +320,25 @@ async fn open(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<TcpStream
     );
     stats.inc(ClusterStat::UpstreamCxTotal as usize);
     stats.inc(ClusterStat::UpstreamCxActive as usize);
-    Ok(stream)
+    Ok((stream, permit))
 }
 
 /// Opens a connection to `ep` for HTTP/1.1 or opaque bytes: TCP, then TLS when the
 /// cluster's transport socket for `ep` asks for it. Counted as [`open`] counts; a failed
 /// handshake releases `upstream_cx_active` again.
-pub async fn open_io(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<UpIo, ConnectError> {
-    let stream = open(core, cluster, ep).await?;
+pub async fn open_io(
+    core: usize,
+    cluster: &Cluster,
+    ep: &Endpoint,
+    wait: bool,
+) -> Result<(UpIo, Option<Permit>), ConnectError> {
+    let (stream, permit) = open(core, cluster, ep, wait).await?;
     let Some(tls) = cluster.tls_for(ep) else {
-        return Ok(MaybeTls::Plain(stream));
+        return Ok((MaybeTls::Plain(stream), permit));
     };
     let stats = cluster.stats.core(core);
     match crate::tls::connect(tls, false, stream, ep, cluster.connect_timeout, stats).await {
-        Ok(s) => Ok(MaybeTls::Tls(Box::new(crate::io::RentIo(s)))),
+        Ok(s) => Ok((MaybeTls::Tls(Box::new(crate::io::RentIo(s))), permit)),
         Err(r) => {
             stats.dec(ClusterStat::UpstreamCxActive as usize);
             stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
@@ -286,20 +349,21 @@ pub async fn open_io(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Up
 
 /// Opens a new HTTP/1.1 connection from core `core` to `ep`.
 pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Conn, ConnectError> {
-    let stream = open_io(core, cluster, ep).await?;
+    let (stream, permit) = open_io(core, cluster, ep, true).await?;
     cluster
         .stats
         .core(core)
         .inc(ClusterStat::UpstreamCxHttp1Total as usize);
     Ok(Conn {
         stream,
-        tls_key: cluster.tls_key(ep),
+        tls_key: cluster.pool_key(ep),
         addr: ep.address,
         buf: Vec::with_capacity(16 * 1024),
         requests: 0,
         stats: cluster.stats.clone(),
         core,
         idle_since: Instant::now(),
+        permit,
     })
 }
 
@@ -311,14 +375,15 @@ pub async fn connect_h2(
     ep: &Endpoint,
     settings: crate::model::Http2Settings,
 ) -> Result<h2pool::H2Conn, ConnectError> {
-    let stream = open(core, cluster, ep).await?;
+    let (stream, permit) = open(core, cluster, ep, true).await?;
     let stats = cluster.stats.core(core);
     stats.inc(ClusterStat::UpstreamCxHttp2Total as usize);
     let guard = h2pool::CxGuard {
         stats: cluster.stats.clone(),
         core,
+        _permit: permit,
     };
-    let tls_key = cluster.tls_key(ep);
+    let tls_key = cluster.pool_key(ep);
     let conn = match cluster.tls_for(ep) {
         None => {
             let io = stream
@@ -404,6 +469,17 @@ mod tests {
             idle_timeout: None,
             max_requests_per_connection: None,
             tcp_keepalive: None,
+            pool_id: 0,
+            breakers: Arc::new(crate::model::breakers::Breakers {
+                default: Default::default(),
+                high: Default::default(),
+                counts: None,
+                stats: [
+                    store.scope::<crate::stats::BreakerStat>("cluster.c.circuit_breakers.default."),
+                    store.scope::<crate::stats::BreakerStat>("cluster.c.circuit_breakers.high."),
+                ],
+                remaining: [None, None],
+            }),
             dns_family: DnsFamily::Auto,
             dns_refresh: Duration::from_secs(5),
             dns_hosts: Arc::from(vec![]),

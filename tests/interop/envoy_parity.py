@@ -40,6 +40,9 @@ static_resources:
               domains: [known.host]
               routes:
               - {match: {prefix: /down}, route: {cluster: down}}
+              - {match: {prefix: /cb-rq}, route: {cluster: rq0}}
+              - {match: {prefix: /cb-cx}, route: {cluster: cx0}}
+              - {match: {prefix: /cb-tr}, route: {cluster: tr}}
               - {match: {prefix: /sleep}, route: {cluster: up, timeout: 0.3s}}
               - {match: {prefix: /redir}, redirect: {path_redirect: /new}}
               - {match: {prefix: /direct}, direct_response: {status: 200, body: {inline_string: hi}}}
@@ -97,6 +100,9 @@ EXTRA_LISTENERS
   clusters:
   - {name: up, connect_timeout: 1s, load_assignment: {cluster_name: up, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
   - {name: down, connect_timeout: 1s, load_assignment: {cluster_name: down, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: CLOSED}}}}]}]}}
+  - {name: rq0, connect_timeout: 1s, circuit_breakers: {thresholds: [{max_requests: 0}]}, load_assignment: {cluster_name: rq0, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
+  - {name: cx0, connect_timeout: 1s, circuit_breakers: {thresholds: [{max_connections: 0, max_pending_requests: 0}]}, load_assignment: {cluster_name: cx0, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
+  - {name: tr, connect_timeout: 1s, circuit_breakers: {thresholds: [{max_connections: 5, max_pending_requests: 7, max_requests: 9, max_retries: 11, track_remaining: true}, {priority: HIGH, max_requests: 13, track_remaining: true}]}, load_assignment: {cluster_name: tr, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: UPSTREAM}}}}]}]}}
 """
 
 # A connection manager with path normalisation settings: /admin is answered by the proxy, so
@@ -167,6 +173,11 @@ CASES = {
     "POST content-length": (b"POST /post HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello", "all"),
     "POST chunked": (b"POST /chunk HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "all"),
     "connect failure": (b"GET /down HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    # Circuit breakers: max_requests 0, and max_connections 0 with no pending requests.
+    "request breaker": (b"GET /cb-rq HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "connection breaker": (b"GET /cb-cx HTTP/1.1\r\n" + H + b"\r\n", "all"),
+    "request breaker, gRPC": (b"POST /cb-rq HTTP/1.1\r\n" + H + b"content-type: application/grpc\r\ncontent-length: 0\r\n\r\n", "all"),
+    "breakers with room": (b"GET /cb-tr HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "route timeout": (b"GET /sleep HTTP/1.1\r\n" + H + b"\r\n", "all"),
     "bad content-length": (b"GET / HTTP/1.1\r\n" + H + b"Content-Length: x\r\n\r\n", "all"),
     "headers too large": (b"GET / HTTP/1.1\r\n" + H + b"x-big: " + b"a" * 4096 + b"\r\n\r\n", "all"),
@@ -266,6 +277,15 @@ STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_inject
          "listener_rl.http_local_rate_limit.enabled", "listener_rl.http_local_rate_limit.ok",
          "http.ingress.downstream_rq_4xx", "http.ingress.downstream_rq_5xx",
          "cluster.up.upstream_rq_total",
+         "cluster.rq0.upstream_rq_active_overflow", "cluster.rq0.upstream_rq_pending_overflow",
+         "cluster.cx0.upstream_rq_pending_overflow", "cluster.cx0.upstream_cx_overflow",
+         "cluster.cx0.upstream_cx_total", "cluster.rq0.upstream_rq_total",
+         "cluster.tr.circuit_breakers.default.remaining_cx",
+         "cluster.tr.circuit_breakers.default.remaining_rq",
+         "cluster.tr.circuit_breakers.default.remaining_pending",
+         "cluster.tr.circuit_breakers.default.remaining_retries",
+         "cluster.tr.circuit_breakers.default.rq_open", "cluster.tr.circuit_breakers.default.cx_open",
+         "cluster.tr.circuit_breakers.high.remaining_rq",
          "http.reject.downstream_rq_failed_path_normalization",
          "http.norm.downstream_rq_failed_path_normalization",
          "http.redirect.downstream_rq_redirected_with_normalized_path",
@@ -363,7 +383,7 @@ COMPARED = (b"content-length", b"transfer-encoding", b"location", b"content-type
             b"access-control-allow-methods", b"access-control-allow-headers",
             b"access-control-max-age", b"access-control-expose-headers",
             b"x-envoy-ratelimited", b"x-rl", b"grpc-status", b"grpc-message", b"connection",
-            b"x-envoy-attempt-count")
+            b"x-envoy-attempt-count", b"x-envoy-overloaded")
 
 
 def parse(out):

@@ -31,7 +31,8 @@ impl Connection {
         resp_mods: [&HeaderMods; 3],
     ) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
-        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
+        let (weighted, cluster, ep, _permit) =
+            pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
         let ep: &Endpoint = &ep;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
@@ -60,7 +61,7 @@ impl Connection {
             && self.head.body != BodyKind::Chunked;
         let pooled = self.ctx.upstreams.borrow_mut().checkout(
             ep.address,
-            cluster.tls_key(ep),
+            cluster.pool_key(ep),
             cluster.idle_timeout,
             !replayable_head,
         );
@@ -69,7 +70,7 @@ impl Connection {
             Some(c) => c,
             None => Box::pin(crate::upstream::connect(core, cluster, ep))
                 .await
-                .map_err(HttpError::Connect)?,
+                .map_err(HttpError::connect)?,
         };
 
         // In flight from here to the end of the exchange, whatever ends it.
@@ -207,7 +208,7 @@ impl Connection {
                             out,
                             pending,
                             replayable,
-                            HttpError::Connect(e),
+                            HttpError::connect(e),
                         )
                     }
                 };

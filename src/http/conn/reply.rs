@@ -66,7 +66,7 @@ impl Connection {
             reply.status,
             reply.body.as_bytes(),
             None,
-            &[],
+            crate::http::local_reply::overload_mods(e),
             close,
             Some(grpc_status),
         )

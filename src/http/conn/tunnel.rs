@@ -19,7 +19,7 @@ impl Connection {
     /// 9110 9.3.6) and tunnels the bytes both ways until either side closes.
     pub(super) async fn terminate_connect(&mut self, f: &Forward) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
-        let (_, cluster, ep) = pick_upstream(
+        let (_, cluster, ep, _permit) = pick_upstream(
             &self.ctx,
             &snapshot,
             f,
@@ -32,7 +32,7 @@ impl Connection {
         self.log.upstream = Some(ep.address);
         let up = crate::upstream::connect(self.ctx.core, cluster, &ep)
             .await
-            .map_err(HttpError::Connect)?;
+            .map_err(HttpError::connect)?;
         cluster
             .stats
             .core(self.ctx.core)

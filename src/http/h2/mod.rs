@@ -36,13 +36,13 @@ pub(crate) async fn upstream(
         .upstreams
         .borrow_mut()
         .h2
-        .get(ep.address, cluster.tls_key(ep))
+        .get(ep.address, cluster.pool_key(ep))
     {
         return Ok(c);
     }
     let conn = crate::upstream::connect_h2(ctx.core, cluster, ep, settings)
         .await
-        .map_err(HttpError::Connect)?;
+        .map_err(HttpError::connect)?;
     ctx.upstreams.borrow_mut().h2.add(conn.clone());
     Ok(conn)
 }

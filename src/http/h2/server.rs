@@ -475,7 +475,7 @@ impl Stream {
             reply.status,
             reply.body.as_bytes(),
             None,
-            &[],
+            crate::http::local_reply::overload_mods(e),
             Some(grpc_status),
         );
     }

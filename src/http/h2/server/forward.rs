@@ -44,7 +44,8 @@ impl Stream {
         respond: &mut SendResponse<Bytes>,
     ) -> Result<(), HttpError> {
         let snapshot = self.snapshot.clone();
-        let (weighted, cluster, ep) = pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
+        let (weighted, cluster, ep, _permit) =
+            pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());
         }
@@ -264,7 +265,7 @@ impl Stream {
         let end = body.is_end_stream();
         let pooled = self.ctx.upstreams.borrow_mut().checkout(
             up.ep.address,
-            up.cluster.tls_key(up.ep),
+            up.cluster.pool_key(up.ep),
             up.cluster.idle_timeout,
             !end,
         );
@@ -273,7 +274,7 @@ impl Stream {
             Some(c) => c,
             None => crate::upstream::connect(core, up.cluster, up.ep)
                 .await
-                .map_err(HttpError::Connect)?,
+                .map_err(HttpError::connect)?,
         };
         let chunked = self.head.body == BodyKind::Chunked;
         let mut resp = ResponseHead::default();
@@ -306,7 +307,7 @@ impl Stream {
                     reused = false;
                     conn = crate::upstream::connect(core, up.cluster, up.ep)
                         .await
-                        .map_err(HttpError::Connect)?;
+                        .map_err(HttpError::connect)?;
                 }
                 Err(RespError::Closed) => return Err(HttpError::UpstreamReset),
                 Err(RespError::Malformed) => return Err(HttpError::UpstreamProtocol),

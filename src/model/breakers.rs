@@ -1,0 +1,147 @@
+//! Circuit breakers (`Cluster.circuit_breakers`): limits on a cluster's connections,
+//! pending requests, active requests and retries that hold for the whole proxy, as in
+//! Envoy, not per core.
+//!
+//! Ownership: the counts of a limited resource are atomics shared by the cores (one
+//! `fetch_add` and one `fetch_sub` per use: no lock, but a cache line the cores share). A
+//! resource whose limit is 2^32−1 or more (istiod's default for every service cluster) is
+//! not counted at all, so it costs nothing; its `remaining_*` gauge is derived from the
+//! per-core `upstream_*_active` stats when read. A request waiting for a connection at a full
+//! `max_connections` is woken through a `tokio::sync::Notify`, whose wait list is locked
+//! only while such requests exist.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::stats::Scope;
+
+/// A limit this large is no limit (istiod writes 2^32−1).
+pub const UNLIMITED: u64 = u32::MAX as u64;
+
+/// One priority's thresholds; Envoy's defaults when unset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub max_connections: u64,
+    pub max_pending_requests: u64,
+    pub max_requests: u64,
+    pub max_retries: u64,
+    pub track_remaining: bool,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            track_remaining: false,
+        }
+    }
+}
+
+/// A counted resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Connections = 0,
+    Pending = 1,
+    Requests = 2,
+}
+
+/// The shared counts of the limited resources.
+#[derive(Default)]
+pub struct Counts {
+    open: [AtomicU64; 3],
+    /// Woken when a connection closes (pending requests wait for one).
+    pub released: tokio::sync::Notify,
+}
+
+impl Counts {
+    /// How many of `r` are in use.
+    pub fn current(&self, r: Resource) -> u64 {
+        self.open[r as usize].load(Ordering::SeqCst)
+    }
+}
+
+/// One use of a limited resource, given back on drop.
+pub struct Permit {
+    counts: Arc<Counts>,
+    resource: Resource,
+}
+
+impl Permit {
+    /// Whether requests wait for a connection of this cluster.
+    pub fn has_waiters(&self) -> bool {
+        self.counts.current(Resource::Pending) > 0
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.counts.open[self.resource as usize].fetch_sub(1, Ordering::SeqCst);
+        // The wakeup's wait list has a lock: touched only while requests wait at a full
+        // connection limit, never on the ordinary path.
+        if self.resource == Resource::Connections && self.counts.current(Resource::Pending) > 0 {
+            self.counts.released.notify_waiters();
+        }
+    }
+}
+
+/// A cluster's circuit breakers: its DEFAULT and HIGH thresholds (requests are DEFAULT
+/// priority: routes set no other), the counts and the gauge scopes.
+pub struct Breakers {
+    pub default: Thresholds,
+    pub high: Thresholds,
+    /// Counts, when a DEFAULT limit is below [`UNLIMITED`].
+    pub counts: Option<Arc<Counts>>,
+    /// `cluster.<name>.circuit_breakers.{default,high}.`.
+    pub stats: [Arc<Scope>; 2],
+    /// Their `remaining_*` gauges, for the priorities with `track_remaining`.
+    pub remaining: [Option<Arc<Scope>>; 2],
+}
+
+impl Breakers {
+    fn limit(&self, r: Resource) -> u64 {
+        match r {
+            Resource::Connections => self.default.max_connections,
+            Resource::Pending => self.default.max_pending_requests,
+            Resource::Requests => self.default.max_requests,
+        }
+    }
+
+    /// Takes one `r`: `Ok(None)` when `r` is not limited, `Err(())` when at its limit.
+    #[inline]
+    #[allow(clippy::result_unit_err)]
+    pub fn acquire(&self, r: Resource) -> Result<Option<Permit>, ()> {
+        let Some(counts) = &self.counts else {
+            return Ok(None);
+        };
+        let limit = self.limit(r);
+        if limit >= UNLIMITED {
+            return Ok(None);
+        }
+        let open = &counts.open[r as usize];
+        if open.fetch_add(1, Ordering::SeqCst) >= limit {
+            open.fetch_sub(1, Ordering::SeqCst);
+            return Err(());
+        }
+        Ok(Some(Permit {
+            counts: counts.clone(),
+            resource: r,
+        }))
+    }
+
+    /// In use of `r`: the shared count, or `untracked` (the per-core stats' sum) for a
+    /// resource that is not counted.
+    pub fn in_use(&self, r: Resource, untracked: u64) -> u64 {
+        match &self.counts {
+            Some(c) if self.limit(r) < UNLIMITED => c.current(r),
+            _ => untracked,
+        }
+    }
+
+    /// Whether `r` is at its DEFAULT limit (its `*_open` gauge).
+    pub fn is_open(&self, r: Resource, untracked: u64) -> bool {
+        self.in_use(r, untracked) >= self.limit(r)
+    }
+}

@@ -1,0 +1,124 @@
+//! Circuit breakers hold for the whole proxy: `max_requests` refuses the request past it,
+//! `max_connections` makes a request wait as pending (under `max_pending_requests`) until a
+//! connection of the cluster is free, and every refusal is Envoy's 503 with
+//! `x-envoy-overloaded: true` over either downstream codec.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+const OVERFLOW: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. reset reason: overflow";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_hold_across_cores_and_codecs() {
+    let a = Backend::start("a").await;
+    let clusters = format!(
+        "[{}, {}]",
+        cluster(
+            "rq",
+            &[a.addr],
+            "circuit_breakers: {thresholds: [{max_requests: 1}]},"
+        ),
+        cluster(
+            "cx",
+            &[a.addr],
+            "circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 1, track_remaining: true}]},"
+        ),
+    );
+    let vhosts = "[{name: all, domains: ['*'], routes: [
+        {match: {prefix: /rq/}, route: {cluster: rq, prefix_rewrite: /}},
+        {match: {prefix: /cx/}, route: {cluster: cx, prefix_rewrite: /}}]}]";
+    // Two cores: the limit is the proxy's, whichever core takes each connection.
+    let p = Proxy::start(
+        &config("", vhosts, &clusters),
+        &["--concurrency", "2", "--io-driver", "legacy"],
+    )
+    .await;
+    let addr = p.addr();
+
+    // max_requests 1: a second request while one is in flight is refused, on HTTP/1.1 and
+    // HTTP/2 alike.
+    let slow = tokio::spawn(async move { http_get(addr, "/rq/sleep/400", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, h, body) = http_get(addr, "/rq/x", &[]).await;
+    assert_eq!((s, header(&h, "x-envoy-overloaded")), (503, Some("true")));
+    assert_eq!(body, OVERFLOW);
+    let (s, h, _) = h2_request(addr, "GET", "/rq/x", &[]).await;
+    assert_eq!((s, header(&h, "x-envoy-overloaded")), (503, Some("true")));
+    assert_eq!(slow.await.unwrap().0, 200);
+    assert_eq!(p.stat("cluster.rq.upstream_rq_active_overflow").await, 2);
+    // Free again once the first is done.
+    assert_eq!(http_get(addr, "/rq/x", &[]).await.0, 200);
+
+    // max_connections 1, max_pending_requests 1: the second request waits for the only
+    // connection and is then served; a third, past the pending limit, is refused.
+    let first = tokio::spawn(async move { http_get(addr, "/cx/sleep/500", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(async move { http_get(addr, "/cx/sleep/10", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, remaining) = p
+        .admin_get("/stats?filter=cluster.cx.circuit_breakers")
+        .await;
+    assert!(
+        remaining.contains("cluster.cx.circuit_breakers.default.remaining_cx: 0")
+            && remaining.contains("cluster.cx.circuit_breakers.default.remaining_pending: 0")
+            && remaining.contains("cluster.cx.circuit_breakers.default.cx_open: 1"),
+        "{remaining}"
+    );
+    let (s, h, body) = h2_request(addr, "GET", "/cx/x", &[]).await;
+    assert_eq!((s, header(&h, "x-envoy-overloaded")), (503, Some("true")));
+    assert_eq!(body, OVERFLOW);
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(second.await.unwrap().0, 200);
+    assert_eq!(p.stat("cluster.cx.upstream_cx_overflow").await, 1);
+    assert_eq!(p.stat("cluster.cx.upstream_rq_pending_overflow").await, 1);
+    // Never more than one connection at a time.
+    assert!(p.stat("cluster.cx.upstream_cx_active").await <= 1);
+    // The connection stays pooled, so the cluster is still at its connection limit.
+    let (_, after) = p
+        .admin_get("/stats?filter=cluster.cx.circuit_breakers")
+        .await;
+    assert!(
+        after.contains("default.cx_open: 1") && after.contains("default.remaining_cx: 0"),
+        "{after}"
+    );
+}
+
+/// What is not implemented is refused by name, never ignored.
+#[test]
+fn retry_budgets_and_per_host_limits_are_refused_by_field() {
+    for (extra, field) in [
+        (
+            "circuit_breakers: {thresholds: [{retry_budget: {}}]}",
+            "circuit_breakers.thresholds[0].retry_budget: retry budgets are not implemented",
+        ),
+        (
+            "circuit_breakers: {per_host_thresholds: [{max_connections: 1}]}",
+            "circuit_breakers.per_host_thresholds: per-host circuit breakers are not implemented",
+        ),
+        (
+            "circuit_breakers: {thresholds: [{max_connection_pools: 1}]}",
+            "circuit_breakers.thresholds[0].max_connection_pools",
+        ),
+    ] {
+        let dir = temp_dir();
+        let cfg = dir.join("c.yaml");
+        std::fs::write(
+            &cfg,
+            format!("static_resources:\n  clusters:\n  - name: c\n    {extra}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .args(["--mode", "validate", "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(field), "{err}");
+    }
+}
