@@ -384,8 +384,8 @@ fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
 /// Opens access-log file `id`; a failure is logged once and its lines dropped until the
 /// next `/reopen_logs` (the file opened when the configuration was checked).
 fn open_log(id: u32) -> Option<std::fs::File> {
-    let path = crate::model::log_files::path(id)?;
-    match crate::model::log_files::open(&path) {
+    let path = crate::model::access_log::path(id)?;
+    match crate::model::access_log::open(&path) {
         Ok(f) => Some(f),
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot open access log file");

@@ -231,3 +231,33 @@ async fn every_codec_pairing_records_the_timing_histograms() {
         .unwrap();
     assert!(p0 >= 30.0, "{line}");
 }
+
+/// `max_requests_per_connection` counts HTTP/2 streams too: an upstream connection that
+/// served its share takes no new stream (and goes once its last one ends), so five
+/// requests need three connections at two per connection, from either downstream codec.
+/// The cluster-level (deprecated) field pilot-agent's bootstrap uses is the same setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstreams_serve_at_most_max_requests_per_connection_streams() {
+    let (c, seen) = h2_upstream().await;
+    let clusters = format!(
+        "[{}]",
+        cluster(
+            "two",
+            &[c],
+            "http2_protocol_options: {}, max_requests_per_connection: 2,"
+        )
+    );
+    let vhosts =
+        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: two}}]}]";
+    let p = Proxy::start(&config("", vhosts, &clusters), &one_core("legacy")).await;
+    for down_h2 in [false, true, false, true, false] {
+        assert_eq!(get(p.addr(), "/sleep/0".to_string(), down_h2).await, 200);
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 5);
+    assert_eq!(p.stat("cluster.two.upstream_cx_http2_total").await, 3);
+    // The two exhausted connections are closed; the third stays for more.
+    assert_eq!(
+        p.stat_reaching("cluster.two.upstream_cx_active", 1).await,
+        1
+    );
+}

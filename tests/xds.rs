@@ -239,9 +239,9 @@ async fn an_invalid_update_is_nacked_with_its_error_and_changes_nothing() {
     wait_body(addr, "/a", 200, "upstream one /a").await;
     assert_eq!(proxy.stat("http.l1.rds.r1.update_rejected").await, 1);
 
-    // A field our proto subset does not declare (Cluster.circuit_breakers = 10) is named.
+    // A field our proto subset does not declare (Cluster.health_checks = 8) is named.
     let mut c = eds_cluster("svc");
-    c.value.extend_from_slice(&[0x52, 0x00]);
+    c.value.extend_from_slice(&[0x42, 0x00]);
     let nonce = ads.push(CLUSTER, "c2", vec![c]);
     let nack = ads.next_sotw(CLUSTER).await;
     assert_eq!(
@@ -249,7 +249,7 @@ async fn an_invalid_update_is_nacked_with_its_error_and_changes_nothing() {
         ("c1", nonce.as_str())
     );
     let msg = nack.error_detail.unwrap().message;
-    assert!(msg.contains("'circuit_breakers' (field 10)"), "{msg}");
+    assert!(msg.contains("'health_checks' (field 8)"), "{msg}");
     assert_eq!(proxy.stat("cluster_manager.cds.update_rejected").await, 1);
 
     // A listener that cannot bind is refused, not half-applied.

@@ -290,7 +290,7 @@ SUBSET = {
                                         "http2_protocol_options", "upstream_bind_config",
                                         "transport_socket", "transport_socket_matches",
                                         "metadata", "common_lb_config", "upstream_connection_options",
-                                        "circuit_breakers"],
+                                        "circuit_breakers", "max_requests_per_connection"],
     # Limits for the whole proxy; retry budgets and per-host limits are refused by name.
     "envoy.config.cluster.v3.CircuitBreakers": ["thresholds", "per_host_thresholds"],
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": [

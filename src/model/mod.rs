@@ -15,10 +15,11 @@ pub mod chain;
 pub mod convert;
 mod dump;
 pub use dump::{DumpEntry, DynamicDump};
+pub mod access_log;
 pub mod filter;
 pub mod format;
 pub mod headers;
-pub mod log_files;
+pub use access_log::{AccessLog, LogSink};
 pub mod matcher;
 pub mod overload;
 pub mod path;
@@ -420,21 +421,6 @@ pub struct HttpConnectionManager {
     pub request_id: tracing::RequestIdConfig,
     /// `forward_client_cert_details`, `set_current_client_cert_details`.
     pub xfcc: (xfcc::ForwardClientCert, xfcc::CertDetails),
-}
-
-/// Where an access log line goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogSink {
-    Stdout,
-    Stderr,
-    /// A file, by its [`log_files`] id.
-    File(u32),
-}
-
-/// One configured access logger.
-pub struct AccessLog {
-    pub sink: LogSink,
-    pub format: Arc<format::Format>,
 }
 
 /// Load-balancing policy of a cluster.

@@ -20,6 +20,8 @@ pub struct H2State {
     pub active: Cell<u32>,
     /// The connection ended (GOAWAY, error or close): no new streams.
     pub closed: Cell<bool>,
+    /// Streams ever opened on it, for the cluster's `max_requests_per_connection`.
+    pub opened: Cell<u32>,
 }
 
 /// One upstream HTTP/2 connection.
@@ -30,6 +32,9 @@ pub struct H2Conn {
     /// Its TLS identity (0: plaintext), part of the pool key.
     pub tls_key: u64,
     pub state: Rc<H2State>,
+    /// The cluster's `max_requests_per_connection`: past it the connection takes no new
+    /// stream and goes once its last stream ends.
+    pub max_streams: Option<u32>,
 }
 
 impl H2Conn {
@@ -39,18 +44,27 @@ impl H2Conn {
             addr,
             tls_key: 0,
             state: Rc::default(),
+            max_streams: None,
         }
     }
 
-    /// Whether another stream fits within the peer's limit.
+    /// Whether it served all the streams the cluster allows a connection.
+    fn exhausted(&self) -> bool {
+        self.max_streams
+            .is_some_and(|m| self.state.opened.get() >= m)
+    }
+
+    /// Whether another stream fits within the peer's limit and the cluster's.
     fn has_room(&self) -> bool {
         !self.state.closed.get()
+            && !self.exhausted()
             && (self.state.active.get() as usize) < self.send.current_max_send_streams()
     }
 
     /// Counts one stream on the connection until the guard drops.
     pub fn stream(&self) -> StreamGuard {
         self.state.active.set(self.state.active.get() + 1);
+        self.state.opened.set(self.state.opened.get() + 1);
         StreamGuard(self.state.clone())
     }
 }
@@ -91,7 +105,8 @@ impl H2Pool {
     /// closed ones are dropped.
     pub fn get(&mut self, addr: SocketAddr, tls_key: u64) -> Option<H2Conn> {
         let list = self.conns.get_mut(&(addr, tls_key))?;
-        list.retain(|c| !c.state.closed.get());
+        // An exhausted connection is let go: it closes once its last stream ends.
+        list.retain(|c| !c.state.closed.get() && !c.exhausted());
         list.iter().find(|c| c.has_room()).cloned()
     }
 

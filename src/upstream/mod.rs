@@ -402,7 +402,11 @@ pub async fn connect_h2(
             }
         }
     };
-    Ok(h2pool::H2Conn { tls_key, ..conn })
+    Ok(h2pool::H2Conn {
+        tls_key,
+        max_streams: cluster.max_requests_per_connection,
+        ..conn
+    })
 }
 
 /// The HTTP/2 preface and settings exchange over `io`, then the connection's driver task

@@ -207,14 +207,17 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         (endpoints, dns_hosts, unix) = self::endpoints(la, discovery, res, "load_assignment")?;
     }
     let (http2, http2_follows_downstream) = http2(c, res)?;
-    if max_requests_per_connection.is_some() && (http2.is_some() || http2_follows_downstream) {
-        // The HTTP/2 pool multiplexes streams without counting them per connection:
-        // refused rather than silently unenforced.
-        return Err(err(
-            res,
-            "common_http_protocol_options.max_requests_per_connection",
-            "max_requests_per_connection is applied to HTTP/1.1 upstream connections only; it is not implemented for HTTP/2 clusters",
-        ));
+    // The deprecated cluster-level field (pilot-agent's bootstrap sets it); Envoy refuses
+    // both at once.
+    if let Some(n) = c.max_requests_per_connection {
+        if max_requests_per_connection.is_some() {
+            return Err(err(
+                res,
+                "max_requests_per_connection",
+                "Only one of max_requests_per_connection from Cluster or HttpProtocolOptions can be specified",
+            ));
+        }
+        max_requests_per_connection = Some(n).filter(|&n| n > 0);
     }
     if discovery == Discovery::LogicalDns && dns_hosts.len() != 1 {
         return Err(err(

@@ -450,14 +450,14 @@ fn file_sink(path: &str, res: &str, field: &str) -> Result<LogSink, ConvertError
         "/dev/stdout" => Ok(LogSink::Stdout),
         "/dev/stderr" => Ok(LogSink::Stderr),
         _ => {
-            crate::model::log_files::open(std::path::Path::new(path)).map_err(|e| {
+            crate::model::access_log::open(std::path::Path::new(path)).map_err(|e| {
                 err(
                     res,
                     field,
                     format!("cannot open access log file '{path}': {e}"),
                 )
             })?;
-            Ok(LogSink::File(crate::model::log_files::intern(path)))
+            Ok(LogSink::File(crate::model::access_log::intern(path)))
         }
     }
 }

@@ -331,13 +331,19 @@ fn http2_codec_and_settings() {
         "{}",
         e.path
     );
-    // The HTTP/2 pool does not count streams per connection: refused, not ignored.
-    let e = build(&with_http2("", "http2_protocol_options: {}, common_http_protocol_options: {max_requests_per_connection: 3},")).unwrap_err();
-    assert!(
-        e.reason.contains("not implemented for HTTP/2"),
-        "{}",
-        e.reason
+    // max_requests_per_connection counts HTTP/2 streams too; the deprecated cluster-level
+    // field is the same setting, and Envoy refuses both at once.
+    let s = build(&with_http2(
+        "",
+        "http2_protocol_options: {}, max_requests_per_connection: 3,",
+    ))
+    .unwrap();
+    assert_eq!(
+        s.cluster("backend").unwrap().max_requests_per_connection,
+        Some(3)
     );
+    let e = build(&with_http2("", "max_requests_per_connection: 3, common_http_protocol_options: {max_requests_per_connection: 3},")).unwrap_err();
+    assert!(e.reason.contains("Only one of"), "{}", e.reason);
 }
 
 /// The forwarding action of the first route of the first listener's connection manager.

@@ -1,11 +1,14 @@
-//! Access-log files by number: configurations name a file as `LogSink::File(id)`, cores
-//! buffer its lines under that id, and the logger thread opens the path once.
+//! Access logs: where a line goes ([`LogSink`]) and in what format, and the files by number:
+//! configurations name a file as `LogSink::File(id)`, cores buffer its lines under that id,
+//! and the logger thread opens the path once.
 // Taken only at configuration time (control thread) and by the logger thread on first use
 // of a file; never on a core.
 #![allow(clippy::disallowed_types)]
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use super::format;
 
 static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -37,4 +40,19 @@ pub fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .append(true)
         .create(true)
         .open(path)
+}
+
+/// Where an access log line goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogSink {
+    Stdout,
+    Stderr,
+    /// A file, by its id in this module's registry.
+    File(u32),
+}
+
+/// One configured access logger.
+pub struct AccessLog {
+    pub sink: LogSink,
+    pub format: Arc<format::Format>,
 }
