@@ -12,6 +12,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
+mod levels;
+pub use levels::admin as admin_logging;
+
 /// Envoy's logger components and the Ringside modules that log for each.
 const COMPONENTS: &[(&str, &[&str])] = &[
     ("admin", &["ringside::admin"]),
@@ -54,26 +57,13 @@ const COMPONENTS: &[(&str, &[&str])] = &[
     ("testing", &[]),
 ];
 
-/// A level as Envoy spells it, as a `tracing` directive level.
-fn level(s: &str) -> Result<&'static str, String> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "trace" => "trace",
-        "debug" => "debug",
-        "info" => "info",
-        "warn" | "warning" => "warn",
-        "error" | "err" | "critical" => "error",
-        "off" => "off",
-        _ => {
-            return Err(format!(
-                "invalid log level '{s}' (trace, debug, info, warning, error, critical, off)"
-            ))
-        }
-    })
-}
-
-/// The filter for `-l` and `--component-log-level`.
+/// The filter for `-l` and `--component-log-level` (recorded for admin's `/logging`).
 pub fn filter(default: &str, components: Option<&str>) -> Result<EnvFilter, String> {
-    let mut directives = level(default)?.to_string();
+    let bad_level = |s: &str| {
+        format!("invalid log level '{s}' (trace, debug, info, warning, error, critical, off)")
+    };
+    let default = levels::cli_name(default).ok_or_else(|| bad_level(default))?;
+    let mut per = Vec::new();
     for item in components
         .unwrap_or("")
         .split(',')
@@ -82,17 +72,15 @@ pub fn filter(default: &str, components: Option<&str>) -> Result<EnvFilter, Stri
         let (name, lvl) = item
             .split_once(':')
             .ok_or_else(|| format!("--component-log-level: '{item}' is not component:level"))?;
-        let lvl = level(lvl)?;
-        let Some((_, targets)) = COMPONENTS.iter().find(|(c, _)| *c == name) else {
+        let lvl = levels::cli_name(lvl).ok_or_else(|| bad_level(lvl))?;
+        let Some((name, _)) = COMPONENTS.iter().find(|(c, _)| *c == name) else {
             return Err(format!(
                 "--component-log-level: invalid component specified '{name}'"
             ));
         };
-        for t in targets.iter() {
-            let _ = write!(directives, ",{t}={lvl}");
-        }
+        per.push((*name, lvl));
     }
-    EnvFilter::try_new(&directives).map_err(|e| format!("log filter '{directives}': {e}"))
+    levels::start(default, per)
 }
 
 /// Installs the log: Envoy's `--log-format` pattern (or its default look), to
@@ -102,9 +90,6 @@ pub fn init(filter: EnvFilter, format: Option<&str>, path: Option<&Path>) -> Res
     set_format(LogFormat::Text(Pattern::parse(
         format.unwrap_or(DEFAULT_FORMAT),
     )));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .event_format(Current);
     match path {
         Some(p) => {
             let file = std::fs::OpenOptions::new()
@@ -113,11 +98,28 @@ pub fn init(filter: EnvFilter, format: Option<&str>, path: Option<&Path>) -> Res
                 .open(p)
                 .map_err(|e| format!("--log-path {}: {e}", p.display()))?;
             // Each line is formatted whole, then written with one append write: no lock.
-            builder.with_writer(std::sync::Arc::new(file)).init();
+            install(filter, std::sync::Arc::new(file));
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => install(filter, std::io::stderr),
     }
     Ok(())
+}
+
+/// The subscriber writing to `writer`, its filter swappable by admin's `/logging`.
+fn install<W>(filter: EnvFilter, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .event_format(Current)
+        .with_writer(writer)
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    let _ = levels::RELOAD.set(Box::new(move |f| {
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
+    builder.init();
 }
 
 /// How log lines look: a `--log-format` style pattern, or (`application_log_config`'s

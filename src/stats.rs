@@ -180,6 +180,9 @@ pub struct Store {
     config: arc_swap::ArcSwapOption<StatsConfig>,
     /// Tag extraction by stat name, computed on the first read of each name.
     tagged: Mutex<std::collections::HashMap<String, Arc<tags::Tagged>>>,
+    /// Counter values at admin's last `/reset_counters`, subtracted when read (the cells
+    /// belong to the cores: they are never written from here).
+    baselines: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// The bootstrap's `stats_config`: which stats exist and how they are tagged.
@@ -231,7 +234,18 @@ impl Store {
             scopes: Mutex::new(BTreeMap::new()),
             config: Default::default(),
             tagged: Default::default(),
+            baselines: Default::default(),
         })
+    }
+
+    /// Admin's `/reset_counters`: every counter reads 0 from now on (gauges and histograms
+    /// keep theirs, as in Envoy).
+    pub fn reset_counters(&self) {
+        let current = self.raw_snapshot();
+        let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+        for s in current.into_iter().filter(|s| !s.gauge) {
+            b.insert(s.name, s.value as u64);
+        }
     }
 
     /// Installs the bootstrap's `stats_config`.
@@ -330,8 +344,22 @@ impl Store {
         self.accepted(out, |h| &h.name)
     }
 
-    /// Every stat, sorted by name.
+    /// Every stat, sorted by name; counters since the last `/reset_counters`.
     pub fn snapshot(&self) -> Vec<StatValue> {
+        let mut out = self.raw_snapshot();
+        let b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
+        if !b.is_empty() {
+            for s in out.iter_mut().filter(|s| !s.gauge) {
+                if let Some(&base) = b.get(&s.name) {
+                    s.value = (s.value as u64).wrapping_sub(base) as i64;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every stat as its cells hold it, sorted by name.
+    fn raw_snapshot(&self) -> Vec<StatValue> {
         let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for scope in scopes.values() {

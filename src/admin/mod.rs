@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
+mod help;
 mod log;
 mod runtime;
 mod stats;
@@ -208,9 +209,16 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 let body = prometheus(&state.stats, &stats, &hists);
                 (200, "text/plain; version=0.0.4", body.into_bytes())
             } else if params.get("format") == Some(&"json") {
-                let mut list: Vec<Value> = stats.iter().map(|s| json!({"name": s.name, "value": s.value as u64})).collect();
+                let mut list: Vec<Value> = stats
+                    .iter()
+                    .map(|s| json!({"name": s.name, "value": s.value as u64}))
+                    .collect();
                 list.push(histograms_json(&hists));
-                (200, json_ct, serde_json::to_vec_pretty(&json!({ "stats": list })).unwrap_or_default())
+                (
+                    200,
+                    json_ct,
+                    serde_json::to_vec_pretty(&json!({ "stats": list })).unwrap_or_default(),
+                )
             } else {
                 let mut out = String::new();
                 for s in &stats {
@@ -224,6 +232,22 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             }
         }
         ("POST", "/drain_listeners") => drain_listeners(state, &params),
+        ("POST", "/logging") => {
+            let list: Vec<(String, String)> = query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .map(|(k, v)| (decode(k), decode(v)))
+                .collect();
+            let list: Vec<(&str, &str)> =
+                list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let (status, body) = crate::logging::admin_logging(&list);
+            (status, text_ct, body.into_bytes())
+        }
+        ("POST", "/reset_counters") => {
+            state.stats.reset_counters();
+            (200, text_ct, b"OK\n".to_vec())
+        }
         ("POST", "/reopen_logs") => {
             if let Some(tx) = &state.log_tx {
                 let _ = tx.send(crate::ctx::LogBatch::Reopen);
@@ -239,10 +263,19 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let (status, body) = runtime::modify(state, &params);
             (status, text_ct, body)
         }
-        ("GET", "/config_dump") => (200, json_ct, serde_json::to_vec_pretty(&config_dump(state)).unwrap_or_default()),
+        ("GET", "/config_dump") => (
+            200,
+            json_ct,
+            serde_json::to_vec_pretty(&config_dump(state)).unwrap_or_default(),
+        ),
         ("GET", "/server_info") => {
             let snap = state.snapshot.load();
-            let node = snap.bootstrap.node.as_ref().map(|n| json!({"id": n.id, "cluster": n.cluster})).unwrap_or(json!({}));
+            let node = snap
+                .bootstrap
+                .node
+                .as_ref()
+                .map(|n| json!({"id": n.id, "cluster": n.cluster}))
+                .unwrap_or(json!({}));
             let uptime = state.started.elapsed().as_secs();
             let body = json!({
                 "version": format!("ringside/{}", env!("CARGO_PKG_VERSION")),
@@ -258,7 +291,11 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 "uptime_all_epochs": format!("{uptime}s"),
                 "snapshot_version": snap.version,
             });
-            (200, json_ct, serde_json::to_vec_pretty(&body).unwrap_or_default())
+            (
+                200,
+                json_ct,
+                serde_json::to_vec_pretty(&body).unwrap_or_default(),
+            )
         }
         ("GET", "/listeners") => {
             let listeners = state.listeners.load();
@@ -269,7 +306,12 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                     .iter()
                     .map(|(n, a)| json!({"name": n.as_ref(), "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}))
                     .collect();
-                (200, json_ct, serde_json::to_vec_pretty(&json!({ "listener_statuses": list })).unwrap_or_default())
+                (
+                    200,
+                    json_ct,
+                    serde_json::to_vec_pretty(&json!({ "listener_statuses": list }))
+                        .unwrap_or_default(),
+                )
             } else {
                 let mut out = String::new();
                 for (n, a) in names {
@@ -283,7 +325,17 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let mut out = String::new();
             for c in &snap.clusters {
                 for e in c.endpoints.iter() {
-                    let _ = writeln!(out, "{}::{}::health_flags::{}", c.name, e.address, if e.healthy { "healthy" } else { "/failed_eds_health" });
+                    let _ = writeln!(
+                        out,
+                        "{}::{}::health_flags::{}",
+                        c.name,
+                        e.address,
+                        if e.healthy {
+                            "healthy"
+                        } else {
+                            "/failed_eds_health"
+                        }
+                    );
                     let _ = writeln!(out, "{}::{}::weight::{}", c.name, e.address, e.weight);
                     let _ = writeln!(out, "{}::{}::hostname::{}", c.name, e.address, e.hostname);
                 }
@@ -302,13 +354,21 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             state.failing.store(false, Ordering::Relaxed);
             (200, text_ct, b"OK\n".to_vec())
         }
-        ("GET", "/") => (
-            200,
+        ("GET", "/" | "/help") => (200, text_ct, help::HELP.as_bytes().to_vec()),
+        (
+            m,
+            "/quitquitquit" | "/healthcheck/fail" | "/healthcheck/ok" | "/drain_listeners"
+            | "/reopen_logs" | "/runtime_modify" | "/reset_counters" | "/logging",
+        ) => (
+            405,
             text_ct,
-            b"admin commands are:\n  /clusters\n  /config_dump\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /drain_listeners (POST)\n  /listeners\n  /quitquitquit (POST)\n  /ready\n  /reopen_logs (POST)\n  /runtime\n  /runtime_modify (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n".to_vec(),
+            format!("Method {m} not allowed, POST required.").into_bytes(),
         ),
-        (_, "/quitquitquit" | "/healthcheck/fail" | "/healthcheck/ok") => (405, text_ct, b"This endpoint requires POST\n".to_vec()),
-        _ => (404, text_ct, b"invalid path. admin commands are listed at /\n".to_vec()),
+        _ => (
+            404,
+            text_ct,
+            b"invalid path. admin commands are listed at /\n".to_vec(),
+        ),
     }
 }
 

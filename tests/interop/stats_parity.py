@@ -271,6 +271,45 @@ def compare(label, envoy, ringside):
     return passed, failed
 
 
+def post(addr, path):
+    req = urllib.request.Request(f"http://{addr}{path}", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def compare_admin(envoy_addr, ringside_addr):
+    """Admin answers pilot-agent and istioctl rely on: the POST-only rule, /logging's
+    errors (status, message and usage; the logger lists differ), /reset_counters."""
+    passed = failed = 0
+    checks = []
+    for path in ("/logging", "/reset_counters", "/quitquitquit", "/drain_listeners"):
+        checks.append((f"GET {path}", get(envoy_addr, path), get(ringside_addr, path)))
+    for q in ("nope=debug", "paths=http:loud", "level=info&http=debug", "group=http:debug", "level=LOUD"):
+        e, r = post(envoy_addr, f"/logging?{q}"), post(ringside_addr, f"/logging?{q}")
+        cut = lambda b: b.split("active loggers:")[0]
+        checks.append((f"POST /logging?{q}", (e[0], cut(e[1])), (r[0], cut(r[1]))))
+    for q in ("http=debug", "level=warning"):
+        e, r = post(envoy_addr, f"/logging?{q}"), post(ringside_addr, f"/logging?{q}")
+        line = lambda b: [l for l in b.splitlines() if l.startswith("  http:")]
+        checks.append((f"POST /logging?{q}", (e[0], line(e[1])), (r[0], line(r[1]))))
+    checks.append(("POST /reset_counters", post(envoy_addr, "/reset_counters"),
+                   post(ringside_addr, "/reset_counters")))
+    counter = "cluster.xds-grpc;.upstream_cx_total"
+    e = text_stats(get(envoy_addr, f"/stats?filter={counter}")[1]).get(counter)
+    r = text_stats(get(ringside_addr, f"/stats?filter={counter}")[1]).get(counter)
+    checks.append(("counter after /reset_counters", e, r))
+    for what, e, r in checks:
+        if e == r:
+            passed += 1
+        else:
+            failed += 1
+            print(f"MISMATCH admin {what}:\n  envoy:    {e!r}\n  ringside: {r!r}")
+    return passed, failed
+
+
 def main():
     ringside = sys.argv[1]
     envoy = shutil.which("envoy")
@@ -314,6 +353,8 @@ def main():
                     passed, failed = (passed + 1, failed) if ok else (passed, failed + 1)
                     if not ok:
                         print(f"MISMATCH readiness {query}:\n  envoy:    {e_body!r}\n  ringside: {r_body!r}")
+                p, f = compare_admin(ea[0], ra[0])
+                passed, failed = passed + p, failed + f
         finally:
             for p in procs:
                 p.kill()

@@ -1,0 +1,127 @@
+//! Admin paths Istio's tools call: `/logging` (istioctl proxy-config log), `/reset_counters`,
+//! `/help`, and the POST-only rule, as Envoy 1.40 answers them.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+async fn post(p: &Proxy, path: &str) -> (u16, String) {
+    let (s, _, body) = request(p.admin, "POST", path, &[], bytes::Bytes::new()).await;
+    (s, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_levels_change_at_run_time_and_counters_reset() {
+    let b = Backend::start("a").await;
+    let (_held, closed) = refusing_addr();
+    let clusters = format!(
+        "[{}, {}]",
+        cluster("a", &[b.addr], ""),
+        cluster("gone", &[closed], "")
+    );
+    let vhosts = "[{name: v, domains: ['*'], routes: [
+        {match: {prefix: /gone}, route: {cluster: gone}},
+        {match: {prefix: /}, route: {cluster: a}}]}]";
+    let p = Proxy::start(
+        &config("", vhosts, &clusters),
+        &[
+            "--concurrency",
+            "1",
+            "-l",
+            "info",
+            "--component-log-level",
+            "http:warning",
+        ],
+    )
+    .await;
+
+    // The loggers and their levels, as the command line set them.
+    let (s, list) = post(&p, "/logging").await;
+    assert_eq!(s, 200);
+    assert!(list.starts_with("active loggers:\n"), "{list}");
+    assert!(
+        list.contains("\n  http: warning\n") && list.contains("\n  upstream: info\n"),
+        "{list}"
+    );
+    assert!(list.ends_with("\n\n"), "{list}");
+
+    // A debug line of the upstream logger appears only once its level says so.
+    assert_eq!(http_get(p.addr(), "/gone", &[]).await.0, 503);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!p.stderr().contains("connect failed"), "{}", p.stderr());
+    let (s, list) = post(&p, "/logging?upstream=debug").await;
+    assert_eq!(s, 200);
+    assert!(list.contains("\n  upstream: debug\n"), "{list}");
+    assert_eq!(http_get(p.addr(), "/gone", &[]).await.0, 503);
+    let mut seen = false;
+    for _ in 0..50 {
+        if p.stderr().contains("connect failed") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen, "{}", p.stderr());
+    let (_, list) = post(&p, "/logging?paths=http:debug,router:error").await;
+    assert!(
+        list.contains("\n  http: debug\n") && list.contains("\n  router: error\n"),
+        "{list}"
+    );
+    let (_, list) = post(&p, "/logging?level=critical").await;
+    assert!(
+        list.contains("\n  http: critical\n") && list.contains("\n  upstream: critical\n"),
+        "{list}"
+    );
+
+    // Envoy's refusals.
+    for (q, e) in [
+        ("nope=debug", "error: unknown logger name\n\n"),
+        ("http=loud", "error: unknown logger level\n\n"),
+        (
+            "paths=http:debug,nope:info",
+            "error: unknown logger name\n\n",
+        ),
+        (
+            "level=info&http=debug",
+            "error: invalid number of parameters\n\n",
+        ),
+        (
+            "group=http:debug",
+            "error: group parameter requires fine-grain logging to be enabled\n\n",
+        ),
+    ] {
+        let (s, body) = post(&p, &format!("/logging?{q}")).await;
+        assert_eq!(s, 400, "{q}");
+        assert!(body.starts_with(e), "{q}: {body}");
+        assert!(
+            body.contains("usage: /logging?level=<level> (change all levels)\n"),
+            "{body}"
+        );
+    }
+    let (s, body) = p.admin_get("/logging").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (405, "Method GET not allowed, POST required.")
+    );
+
+    // /reset_counters: counters read 0 and count on from there; gauges keep their value.
+    http_get(p.addr(), "/x", &[]).await;
+    assert!(p.stat("cluster.a.upstream_rq_total").await >= 1);
+    let (s, body) = post(&p, "/reset_counters").await;
+    assert_eq!((s, body.as_str()), (200, "OK\n"));
+    assert_eq!(p.stat("cluster.a.upstream_rq_total").await, 0);
+    assert_eq!(p.stat("http.ingress.downstream_rq_total").await, 0);
+    assert_eq!(p.stat("server.concurrency").await, 1);
+    http_get(p.addr(), "/x", &[]).await;
+    assert_eq!(p.stat_reaching("cluster.a.upstream_rq_total", 1).await, 1);
+    let (s, _) = p.admin_get("/reset_counters").await;
+    assert_eq!(s, 405);
+
+    let (_, help) = p.admin_get("/help").await;
+    assert!(help.starts_with("admin commands are:\n"), "{help}");
+    assert!(
+        help.contains("  /reset_counters (POST): reset all counters to zero\n"),
+        "{help}"
+    );
+}
