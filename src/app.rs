@@ -114,7 +114,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     }
     let server = stats.scope::<ServerStat>("server.");
     for path in &ignored {
-        tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
+        tracing::info!("ignoring tuning knob {path} (see docs/configuration.md: ignored fields)");
         server
             .core(control)
             .inc(ServerStat::IgnoredConfigFields as usize);

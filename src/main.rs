@@ -94,7 +94,7 @@ struct Cli {
     #[arg(long = "skip-deprecated-logs")]
     skip_deprecated_logs: bool,
     /// Envoy ignores bootstrap fields outside its API with this flag. Ringside refuses
-    /// any field it does not know, by name, with or without it (see README).
+    /// any field it does not know, by name, with or without it (see docs/command-line.md).
     #[arg(long = "allow-unknown-static-fields")]
     allow_unknown_static_fields: bool,
     /// Hot-restart base id (shared memory name): no hot restart in Ringside, accepted.
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
     }
     // Hot restart and deprecation logging do not exist in Ringside: these flags are accepted
     // as Envoy accepts them, with nothing to do. `--allow-unknown-static-fields` changes
-    // nothing either: Ringside refuses every field it does not know (README).
+    // nothing either: Ringside refuses every field it does not know (docs/command-line.md).
     let _ = (
         cli.disable_hot_restart,
         cli.skip_deprecated_logs,

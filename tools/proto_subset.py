@@ -2,7 +2,7 @@
 """Writes proto/ : the subset of Envoy's v3 API that Ringside implements.
 
 The field list below is the hand-kept part: a field is listed only when Ringside
-implements it (or lists it in the README's table of ignorable knobs). Names,
+implements it (or lists it in docs/configuration.md's table of ignorable knobs). Names,
 numbers, types and packages are read from Envoy's official descriptors (PyPI's
 `xds-protos`), so the subset stays wire-compatible with real control planes.
 
@@ -53,7 +53,7 @@ SUBSET = {
     "envoy.config.overload.v3.OverloadManager": ["refresh_interval", "resource_monitors"],
     "envoy.config.overload.v3.ResourceMonitor": ["name", "typed_config"],
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig": ["*"],
-    # Tuning knobs (README, ignored fields); what would change behaviour stays refused.
+    # Tuning knobs (docs/configuration.md, ignored fields); what would change behaviour stays refused.
     "envoy.config.bootstrap.v3.ClusterManager": ["outlier_detection",
                                                  "enable_deferred_cluster_creation"],
     "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection": ["event_log_path"],

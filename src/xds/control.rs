@@ -136,7 +136,9 @@ impl Control {
             .apply(update, &self.statics, &self.stats)
             .and_then(|ignored| {
                 for path in ignored {
-                    tracing::info!("ignoring tuning knob {path} (see README: ignored fields)");
+                    tracing::info!(
+                        "ignoring tuning knob {path} (see docs/configuration.md: ignored fields)"
+                    );
                 }
                 phases[0] = started.elapsed();
                 staged.prune(&self.statics);

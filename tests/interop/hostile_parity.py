@@ -6,7 +6,7 @@ each request it can frame with the request target as the body).
 
 It fails on any case where Ringside forwards what Envoy refuses, forwards more requests
 upstream than Envoy, or answers the client with another status than Envoy's (unless the
-difference is listed in KNOWN_DIFFERENCES with its reason, as the README's table is).
+difference is listed in KNOWN_DIFFERENCES with its reason, as docs/configuration.md's table is).
 
 It also runs the public test corpus of the `http_desync_guardian` crate (a
 dev-dependency: its YAML files are read at test time from the crate's own directory, as
@@ -292,7 +292,7 @@ def guardian_request(case):
     return line + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n" + b"0\r\n\r\n"
 
 
-# Cases where Ringside answers the client differently on purpose (README: "answers
+# Cases where Ringside answers the client differently on purpose (docs/configuration.md: "answers
 # differently from Envoy"); forwarding must still never exceed Envoy's.
 KNOWN_DIFFERENCES = {
     "host twice": "two Host headers are a 400 (Envoy merges them into one comma list)",

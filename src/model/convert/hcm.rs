@@ -136,7 +136,7 @@ struct TypedStructUrl {
     type_url: String,
 }
 
-/// Istio's own extension filters, each decided deliberately (README, "Istio extension
+/// Istio's own extension filters, each decided deliberately (docs/xds.md, "Istio extension
 /// filters"): the telemetry ones are accepted as no-ops, since they enforce nothing —
 /// `istio.stats` (istio_* metrics), `istio.metadata_exchange` (peer labels for those
 /// metrics) — and `istio.alpn`, which only sets the ALPN of upstream TLS, which Ringside

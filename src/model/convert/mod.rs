@@ -40,7 +40,7 @@ pub struct ConvertError {
 /// State shared by one conversion batch.
 pub struct Ctx<'a> {
     pub stats: &'a Store,
-    /// Paths of fields that were set but are ignorable knobs (README table).
+    /// Paths of fields that were set but are ignorable knobs (docs/configuration.md table).
     pub ignored: Vec<String>,
     cluster_index: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// Converting xDS resources (not the bootstrap): routes are not validated against
