@@ -20,6 +20,8 @@ use crate::worker::{self, CoreStart, Driver};
 pub struct Options {
     pub config_path: Option<PathBuf>,
     pub config_yaml: Option<String>,
+    /// `--allow-unknown-static-fields`: drop bootstrap fields outside Envoy's API.
+    pub allow_unknown_static_fields: bool,
     pub concurrency: Option<usize>,
     pub validate_only: bool,
     pub drain_time: Duration,
@@ -47,6 +49,7 @@ impl Default for Options {
         Options {
             config_path: None,
             config_yaml: None,
+            allow_unknown_static_fields: false,
             concurrency: None,
             validate_only: false,
             drain_time: Duration::from_secs(600),
@@ -113,6 +116,14 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         }
     }
     let server = stats.scope::<ServerStat>("server.");
+    for path in &loaded.unknown_fields {
+        tracing::warn!(
+            "Unknown field in bootstrap, dropped (--allow-unknown-static-fields): {path}"
+        );
+        server
+            .core(control)
+            .inc(ServerStat::StaticUnknownFields as usize);
+    }
     for path in &ignored {
         tracing::info!("ignoring tuning knob {path} (see docs/configuration.md: ignored fields)");
         server
@@ -314,7 +325,11 @@ fn load_compact(opts: &Options) -> Result<config::Loaded, StartError> {
             // The main thread's stack size: deeply nested YAML must parse as it did there.
             .stack_size(8 << 20)
             .spawn_scoped(s, || {
-                let loaded = config::load(opts.config_path.as_deref(), opts.config_yaml.as_deref());
+                let loaded = config::load(
+                    opts.config_path.as_deref(),
+                    opts.config_yaml.as_deref(),
+                    opts.allow_unknown_static_fields,
+                );
                 crate::proto::release_idle_pool(Duration::ZERO);
                 loaded
             })?;

@@ -93,8 +93,8 @@ struct Cli {
     /// Ringside logs no deprecation warnings: accepted.
     #[arg(long = "skip-deprecated-logs")]
     skip_deprecated_logs: bool,
-    /// Envoy ignores bootstrap fields outside its API with this flag. Ringside refuses
-    /// any field it does not know, by name, with or without it (see docs/command-line.md).
+    /// Drop (with a warning) bootstrap fields that are not in Envoy's API at all, as Envoy
+    /// does; fields in Envoy's API that Ringside does not implement stay refused by name.
     #[arg(long = "allow-unknown-static-fields")]
     allow_unknown_static_fields: bool,
     /// Hot-restart base id (shared memory name): no hot restart in Ringside, accepted.
@@ -143,12 +143,10 @@ fn main() -> ExitCode {
         };
     }
     // Hot restart and deprecation logging do not exist in Ringside: these flags are accepted
-    // as Envoy accepts them, with nothing to do. `--allow-unknown-static-fields` changes
-    // nothing either: Ringside refuses every field it does not know (docs/command-line.md).
+    // as Envoy accepts them, with nothing to do.
     let _ = (
         cli.disable_hot_restart,
         cli.skip_deprecated_logs,
-        cli.allow_unknown_static_fields,
         cli.base_id,
         cli.parent_shutdown_time_s,
     );
@@ -181,6 +179,7 @@ fn main() -> ExitCode {
     let opts = Options {
         config_path: cli.config_path,
         config_yaml: cli.config_yaml,
+        allow_unknown_static_fields: cli.allow_unknown_static_fields,
         concurrency: cli.concurrency,
         validate_only: cli.mode == Mode::Validate,
         drain_time: Duration::from_secs(cli.drain_time_s),

@@ -443,3 +443,58 @@ async fn stats_config_limits_and_labels_the_stats() {
         "{err}"
     );
 }
+
+/// `--allow-unknown-static-fields`, as pilot-agent passes it: fields outside Envoy's API are
+/// dropped with a warning and counted; a field that is in Envoy's API but not implemented
+/// by Ringside stays refused by name; without the flag, both are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_static_fields_are_dropped_only_when_outside_envoys_api() {
+    let a = Backend::start("a").await;
+    let clusters = format!("[{}]", cluster("a", &[a.addr], "frobnicate_level: 3,"));
+    let vhosts = "[{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: a}}]}]";
+    let yaml = format!(
+        "future_top_level: {{x: 1}}\n{}",
+        config("          newFutureKnob: true", vhosts, &clusters)
+    );
+    let p = Proxy::start(
+        &yaml,
+        &["--concurrency", "1", "--allow-unknown-static-fields"],
+    )
+    .await;
+    assert_eq!(http_get(p.addr(), "/", &[]).await.0, 200);
+    assert_eq!(p.stat("server.static_unknown_fields").await, 3);
+    let log = p.stderr();
+    for field in [
+        "future_top_level",
+        "static_resources.clusters[0].frobnicate_level",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.newFutureKnob",
+    ] {
+        assert!(log.contains(field), "{field} not in {log}");
+    }
+
+    let dir = temp_dir();
+    let validate = |yaml: &str, flag: bool| {
+        let cfg = dir.join("c.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let mut args = vec!["--mode", "validate", "-c", cfg.to_str().unwrap()];
+        if flag {
+            args.push("--allow-unknown-static-fields");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Without the flag a field outside Envoy's API is refused by name.
+    let (ok, err) = validate("future_top_level: 1\n", false);
+    assert!(!ok && err.contains("future_top_level"), "{err}");
+    // In Envoy's API but not implemented: refused with or without the flag.
+    for flag in [false, true] {
+        let (ok, err) = validate("stats_flush_interval: 5s\n", flag);
+        assert!(!ok && err.contains("stats_flush_interval"), "{flag}: {err}");
+    }
+}

@@ -13,6 +13,7 @@ use prost_reflect::{DeserializeOptions, DynamicMessage};
 use crate::proto;
 
 pub mod locate;
+mod unknown;
 use crate::proto::envoy::config::bootstrap::v3::Bootstrap;
 
 /// Built-in configuration used when neither `-c` nor `--config-yaml` is given.
@@ -69,6 +70,8 @@ pub struct Loaded {
     pub source: Source,
     pub text: String,
     pub inline: Option<String>,
+    /// Fields dropped under `--allow-unknown-static-fields` (`source: path`).
+    pub unknown_fields: Vec<String>,
 }
 
 impl Loaded {
@@ -87,8 +90,23 @@ impl Loaded {
 }
 
 /// Reads the bootstrap the way Envoy does: the file (YAML or JSON), then `--config-yaml`
-/// merged over it with protobuf merge semantics (repeated fields append).
-pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<Loaded, ConfigError> {
+/// merged over it with protobuf merge semantics (repeated fields append). With
+/// `allow_unknown` (`--allow-unknown-static-fields`), fields outside Envoy's API are dropped
+/// and listed in [`Loaded::unknown_fields`].
+pub fn load(
+    path: Option<&Path>,
+    inline: Option<&str>,
+    allow_unknown: bool,
+) -> Result<Loaded, ConfigError> {
+    let mut unknown_fields = Vec::new();
+    let mut parse = |text: &str, source: &Source| -> Result<Bootstrap, ConfigError> {
+        if !allow_unknown {
+            return parse_bootstrap(text, source);
+        }
+        let (b, removed) = parse_bootstrap_lenient(text, source)?;
+        unknown_fields.extend(removed.into_iter().map(|p| format!("{source}: {p}")));
+        Ok(b)
+    };
     let (mut bootstrap, source, text) = match path {
         Some(p) => {
             let source = Source::File(p.display().to_string());
@@ -96,7 +114,7 @@ pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<Loaded, ConfigE
                 origin: source.clone(),
                 reason: e.to_string(),
             })?;
-            (parse_bootstrap(&text, &source)?, source, text)
+            (parse(&text, &source)?, source, text)
         }
         None if inline.is_some() => (Bootstrap::default(), Source::Inline, String::new()),
         None => (
@@ -106,7 +124,7 @@ pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<Loaded, ConfigE
         ),
     };
     if let Some(text) = inline {
-        let overlay = parse_bootstrap(text, &Source::Inline)?;
+        let overlay = parse(text, &Source::Inline)?;
         bootstrap
             .merge(overlay.encode_to_vec().as_slice())
             .expect("re-decoding our own encoding");
@@ -116,6 +134,7 @@ pub fn load(path: Option<&Path>, inline: Option<&str>) -> Result<Loaded, ConfigE
         source,
         text,
         inline: inline.map(str::to_string),
+        unknown_fields,
     })
 }
 
@@ -133,46 +152,90 @@ pub fn parse_message<M: Message + Default>(
     let desc = proto::pool()
         .get_message_by_name(message)
         .expect("message is in proto/");
-    let options = DeserializeOptions::new().deny_unknown_fields(true);
     let de = serde_yaml_ng::Deserializer::from_str(text);
-    let mut track = serde_path_to_error::Track::new();
-    let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
-    let dynamic =
-        DynamicMessage::deserialize_with_options(desc, tracked, &options).map_err(|e| {
-            let path = track.path().to_string();
-            let (line, column) = match e.location() {
-                Some(l) => (Some(l.line()), Some(l.column())),
-                None => (None, None),
-            };
-            let path = match path.as_str() {
-                "?" | "." => "(top level)".to_string(),
-                _ => path,
-            };
-            let mut reason = strip_location(&e.to_string());
-            if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
-                reason = rest.to_string();
-            }
-            if let Some(name) = reason
-                .strip_prefix("message '")
-                .and_then(|r| r.strip_suffix("' not found"))
-            {
-                reason = format!("type {name} is not implemented by Ringside");
-            }
-            let line = refine_line(text, line, &reason).or_else(|| locate::line_of(text, &path));
-            ConfigError::Parse {
-                origin: source.clone(),
-                line,
-                column: if line.is_some() { None } else { column },
-                path,
-                reason,
-            }
+    let dynamic = parse_dynamic(de, text, source, desc)?;
+    transcode(dynamic, source)
+}
+
+/// As [`parse_bootstrap`], with `--allow-unknown-static-fields`: fields that are not in
+/// Envoy's API at all are dropped (their paths returned, to be warned about); fields that
+/// are in it but not implemented are still refused.
+pub fn parse_bootstrap_lenient(
+    text: &str,
+    source: &Source,
+) -> Result<(Bootstrap, Vec<String>), ConfigError> {
+    let desc = proto::pool()
+        .get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
+        .expect("message is in proto/");
+    let mut value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: source.clone(),
+            line: e.location().map(|l| l.line()),
+            column: e.location().map(|l| l.column()),
+            path: "(top level)".into(),
+            reason: strip_location(&e.to_string()),
         })?;
+    let mut removed = Vec::new();
+    unknown::strip(&mut value, &desc, "", &mut removed);
+    let dynamic = parse_dynamic(value, text, source, desc)?;
+    Ok((transcode(dynamic, source)?, removed))
+}
+
+fn transcode<M: Message + Default>(
+    dynamic: DynamicMessage,
+    source: &Source,
+) -> Result<M, ConfigError> {
     dynamic.transcode_to::<M>().map_err(|e| ConfigError::Parse {
         origin: source.clone(),
         line: None,
         column: None,
         path: String::new(),
         reason: e.to_string(),
+    })
+}
+
+/// Deserializes `de` as a `desc` message, refusing unknown fields; errors name the field
+/// path and, from `text`, its line.
+fn parse_dynamic<'de, D>(
+    de: D,
+    text: &str,
+    source: &Source,
+    desc: prost_reflect::MessageDescriptor,
+) -> Result<DynamicMessage, ConfigError>
+where
+    D: serde::Deserializer<'de, Error = serde_yaml_ng::Error>,
+{
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(de, &mut track);
+    DynamicMessage::deserialize_with_options(desc, tracked, &options).map_err(|e| {
+        let path = track.path().to_string();
+        let (line, column) = match e.location() {
+            Some(l) => (Some(l.line()), Some(l.column())),
+            None => (None, None),
+        };
+        let path = match path.as_str() {
+            "?" | "." => "(top level)".to_string(),
+            _ => path,
+        };
+        let mut reason = strip_location(&e.to_string());
+        if let Some(rest) = reason.strip_prefix(&format!("{path}: ")) {
+            reason = rest.to_string();
+        }
+        if let Some(name) = reason
+            .strip_prefix("message '")
+            .and_then(|r| r.strip_suffix("' not found"))
+        {
+            reason = format!("type {name} is not implemented by Ringside");
+        }
+        let line = refine_line(text, line, &reason).or_else(|| locate::line_of(text, &path));
+        ConfigError::Parse {
+            origin: source.clone(),
+            line,
+            column: if line.is_some() { None } else { column },
+            path,
+            reason,
+        }
     })
 }
 

@@ -107,6 +107,7 @@ fn inline_yaml_merges_over_file() {
     let b = load(
         Some(&file),
         Some("admin: {address: {socket_address: {port_value: 2}}}"),
+        false,
     )
     .unwrap()
     .bootstrap;

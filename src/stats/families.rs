@@ -157,6 +157,7 @@ stat_family! {
         ConcurrencyWorkers = "concurrency",
         Live = "live",
         IgnoredConfigFields = "ignored_config_fields",
+        StaticUnknownFields = "static_unknown_fields",
         State = "state",
     } gauges [ConcurrencyWorkers, Live, State] set [ConcurrencyWorkers, Live, State]
       lazy_stats [IgnoredConfigFields]
