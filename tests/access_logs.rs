@@ -79,19 +79,12 @@ async fn file_loggers_write_requests_and_admin_calls_and_reopen_after_rotation()
 /// A log file that cannot be opened is refused with its field, as Envoy refuses it.
 #[test]
 fn an_unopenable_log_file_is_refused_by_field() {
-    let dir = temp_dir();
-    let cfg = dir.join("bad.yaml");
-    std::fs::write(
-        &cfg,
+    let (ok, err) = validate(
+        "bad.yaml",
         "admin:\n  access_log:\n  - name: f\n    typed_config: {'@type': type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: /nonexistent-dir/x.log}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
-        .args(["--mode", "validate", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+        &[],
+    );
+    assert!(!ok);
     assert!(
         err.contains("bad.yaml:4: bootstrap: admin.access_log[0].typed_config.path: cannot open access log file '/nonexistent-dir/x.log'"),
         "{err}"

@@ -107,18 +107,8 @@ fn retry_budgets_and_per_host_limits_are_refused_by_field() {
             "circuit_breakers.thresholds[0].max_connection_pools",
         ),
     ] {
-        let dir = temp_dir();
-        let cfg = dir.join("c.yaml");
-        std::fs::write(
-            &cfg,
-            format!("static_resources:\n  clusters:\n  - name: c\n    {extra}\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
-            .args(["--mode", "validate", "-c", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(field), "{err}");
+        let yaml = format!("static_resources:\n  clusters:\n  - name: c\n    {extra}\n");
+        let (ok, err) = validate("c.yaml", &yaml, &[]);
+        assert!(!ok && err.contains(field), "{err}");
     }
 }

@@ -424,19 +424,12 @@ async fn stats_config_limits_and_labels_the_stats() {
     assert_eq!(s, 400);
     assert!(body.starts_with("Invalid re2 regex"), "{body}");
 
-    let dir = temp_dir();
-    let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
+    let (ok, err) = validate(
+        "bad.yaml",
         "stats_config:\n  stats_tags:\n  - {tag_name: x, regex: '(unclosed'}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
-        .args(["--mode", "validate", "-c", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+        &[],
+    );
+    assert!(!ok);
     assert!(
         err.contains("stats_config.stats_tags[0].regex")
             && err.contains("Invalid regex '(unclosed'"),
@@ -472,29 +465,20 @@ async fn unknown_static_fields_are_dropped_only_when_outside_envoys_api() {
         assert!(log.contains(field), "{field} not in {log}");
     }
 
-    let dir = temp_dir();
-    let validate = |yaml: &str, flag: bool| {
-        let cfg = dir.join("c.yaml");
-        std::fs::write(&cfg, yaml).unwrap();
-        let mut args = vec!["--mode", "validate", "-c", cfg.to_str().unwrap()];
-        if flag {
-            args.push("--allow-unknown-static-fields");
-        }
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringside"))
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    let check = |yaml: &str, flag: bool| {
+        let args: &[&str] = if flag {
+            &["--allow-unknown-static-fields"]
+        } else {
+            &[]
+        };
+        validate("c.yaml", yaml, args)
     };
     // Without the flag a field outside Envoy's API is refused by name.
-    let (ok, err) = validate("future_top_level: 1\n", false);
+    let (ok, err) = check("future_top_level: 1\n", false);
     assert!(!ok && err.contains("future_top_level"), "{err}");
     // In Envoy's API but not implemented: refused with or without the flag.
     for flag in [false, true] {
-        let (ok, err) = validate("stats_flush_interval: 5s\n", flag);
+        let (ok, err) = check("stats_flush_interval: 5s\n", flag);
         assert!(!ok && err.contains("stats_flush_interval"), "{flag}: {err}");
     }
 }

@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.request
 
+from envoy_parity import free_port, start  # the same process start-up as the plain parity check
+
 CONFIG = """
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: 0}}
@@ -128,14 +130,6 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def get(addr, path):
     try:
         with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
@@ -191,19 +185,6 @@ def text_stats(body):
         if sep:
             out[k] = v
     return out
-
-
-def start(cmd, port, log):
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{cmd[0]} did not start listening on {port}")
 
 
 def run(name, cmd, tmp, stats_config, upstream, log):

@@ -49,6 +49,22 @@ pub struct Proxy {
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// Runs `ringside --mode validate` on `yaml` (written to a file named `name` in a new temp
+/// dir) with `args`: whether it passed, and its standard error.
+pub fn validate(name: &str, yaml: &str, args: &[&str]) -> (bool, String) {
+    let cfg = temp_dir().join(name);
+    std::fs::write(&cfg, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+        .args(["--mode", "validate", "-c", cfg.to_str().unwrap()])
+        .args(args)
+        .output()
+        .expect("ringside runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A fresh, empty directory for one test. Process ids repeat across runs (a CI container
 /// starts its pids from the same place), so whatever an earlier run left under the same name
 /// is removed first: a stale `admin` address file would otherwise send the test to a port
