@@ -153,6 +153,13 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         crate::xds::transport::target(cfg, &statics)
             .map_err(|e| StartError::Driver(format!("{origin}: {e}")))?;
     }
+    // With ADS, no listener (the bootstrap's included) binds before the first CDS and LDS
+    // responses are applied, as Envoy's init manager holds its workers: a connection
+    // before then is refused rather than served without configuration.
+    if ads.is_some() {
+        snapshot.listeners = Vec::new();
+        snapshot.virtual_listeners = crate::model::virtual_index(&snapshot.listeners);
+    }
     let bound = crate::listener::bind_all(&snapshot, concurrency)?;
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let served = worker::Served::new(concurrency);

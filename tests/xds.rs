@@ -419,6 +419,9 @@ async fn an_http1_request_routed_to_the_http2_control_plane_cluster_speaks_http2
     let proxy = Proxy::start(&bootstrap(&ads.addr, false), &[]).await;
     ads.next_sotw(CLUSTER).await;
     ads.next_sotw(LISTENER).await;
+    // Listeners serve once the first CDS and LDS responses are in, as in Envoy.
+    ads.push(CLUSTER, "1", vec![]);
+    ads.next_sotw(CLUSTER).await;
     ads.push(LISTENER, "1", vec![rds_listener("l1", 0, "r1")]);
     ads.next_sotw(LISTENER).await;
     ads.next_sotw(ROUTE).await;
@@ -458,4 +461,69 @@ fn the_istio_style_example_bootstrap_validates() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// As Envoy's init manager holds its workers: with ADS, no listener accepts — the
+/// bootstrap's static ones included — until the first CDS and LDS responses are applied,
+/// so nothing is served (and no pod is ready) without configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_listener_accepts_before_the_first_cds_and_lds_responses() {
+    let mut ads = AdsServer::tcp(0).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "{}  listeners:
+  - name: static
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: static
+          route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200, body: {{inline_string: hi}}}}}}]}}]}}
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+",
+        bootstrap(&ads.addr, false)
+    );
+    let proxy = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let refused = || async { tokio::net::TcpStream::connect(addr).await.is_err() };
+    ads.next_sotw(CLUSTER).await;
+    ads.next_sotw(LISTENER).await;
+    assert!(
+        refused().await,
+        "a static listener accepted before any xDS response"
+    );
+    assert_eq!(
+        proxy.admin_get("/ready").await,
+        (503, "PRE_INITIALIZING\n".to_string())
+    );
+    ads.push(CLUSTER, "1", vec![]);
+    ads.next_sotw(CLUSTER).await;
+    assert!(
+        refused().await,
+        "a static listener accepted before the first LDS response"
+    );
+    ads.push(LISTENER, "1", vec![]);
+    ads.next_sotw(LISTENER).await;
+    let mut served = false;
+    for _ in 0..100 {
+        if !refused().await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "{}", proxy.stderr());
+    let (status, _, body) = http_get(addr, "/", &[]).await;
+    assert_eq!((status, body.as_slice()), (200, &b"hi"[..]));
+    assert_eq!(proxy.admin_get("/ready").await.0, 200);
+    let (_, s) = proxy
+        .admin_get("/stats?usedonly&filter=^(server\\.state|listener_manager\\.workers_started)")
+        .await;
+    assert_eq!(s, "listener_manager.workers_started: 1\nserver.state: 0\n");
 }

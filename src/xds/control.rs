@@ -42,9 +42,11 @@ impl Control {
         initialized: Arc<AtomicBool>,
     ) -> Control {
         let cp = stats.scope::<ControlPlaneStat>("control_plane.");
+        let mut resources = Resources::default();
+        resources.serving = initialized.load(Ordering::Acquire);
         Control {
             publisher,
-            resources: Resources::default(),
+            resources,
             statics,
             core: stats.control_core(),
             stats,
@@ -141,6 +143,10 @@ impl Control {
                     );
                 }
                 phases[0] = started.elapsed();
+                staged.serving = self.initialized.load(Ordering::Acquire)
+                    || [Kind::Cluster, Kind::Listener]
+                        .iter()
+                        .all(|k| *k == update.kind || self.seen.contains(k));
                 staged.prune(&self.statics);
                 let current = self.publisher.shared.load_full();
                 let snap = staged.assemble(&self.statics, &current);

@@ -219,6 +219,10 @@ pub struct Resources {
     /// while both are unchanged (and nothing is warming against a deadline), the clusters
     /// of the current snapshot are reused instead of rebuilt.
     assembled_from: Option<(usize, usize)>,
+    /// Whether listeners serve: false until the first CDS and LDS responses are applied
+    /// (Envoy's init manager), so that no listener, the bootstrap's included, accepts
+    /// before the proxy has its configuration.
+    pub serving: bool,
 }
 
 /// Removes the entries `keep` refuses, cloning the map only if there are any.

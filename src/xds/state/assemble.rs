@@ -83,9 +83,15 @@ impl Resources {
             dump.endpoints = self.endpoints.values().map(|h| h.entry.clone()).collect();
             (clusters, index)
         };
-        let mut listeners = statics.listeners.clone();
+        let mut listeners = if self.serving {
+            statics.listeners.clone()
+        } else {
+            Vec::new()
+        };
         for h in self.active.values() {
-            listeners.push(h.model.clone());
+            if self.serving {
+                listeners.push(h.model.clone());
+            }
             dump.listeners.push(h.entry.clone());
         }
         for (n, h) in self.listeners.iter() {

@@ -68,7 +68,10 @@ impl Fixture {
             statics: Static::from_snapshot(&base),
             store,
             base,
-            res: Resources::default(),
+            res: Resources {
+                serving: true,
+                ..Default::default()
+            },
         }
     }
 
