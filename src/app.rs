@@ -264,6 +264,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
                 crate::xds::control::Control::new(publisher, statics, stats.clone(), initialized);
             let ctl = std::rc::Rc::new(std::cell::RefCell::new(ctl));
             tokio::task::spawn_local(crate::xds::sds::watch_files(ctl.clone()));
+            tokio::task::spawn_local(crate::xds::control::init_timer(ctl.clone()));
             if let Some(cfg) = ads {
                 let node = bootstrap.node.clone().unwrap_or_default();
                 tokio::task::spawn_local(crate::xds::client::run(cfg, node, ctl));

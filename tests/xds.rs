@@ -527,3 +527,28 @@ async fn no_listener_accepts_before_the_first_cds_and_lds_responses() {
         .await;
     assert_eq!(s, "listener_manager.workers_started: 1\nserver.state: 0\n");
 }
+
+/// A first CDS or LDS response that does not come within its `initial_fetch_timeout` is
+/// waited for no more, as Envoy's init manager: the listeners serve, `/ready` is LIVE and
+/// each subscription counts `init_fetch_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_serve_once_the_initial_fetch_timeout_passes() {
+    let ads = AdsServer::tcp(0).await;
+    let yaml = bootstrap(&ads.addr, false)
+        .replace("initial_fetch_timeout: 0s", "initial_fetch_timeout: 0.3s")
+        + "  listeners:\n"
+        + &http_listener("static", "", "xds-grpc");
+    let proxy = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+    assert_eq!(proxy.admin_get("/ready").await.0, 503);
+    let addr = proxy.wait_listener("static").await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    assert_eq!(proxy.admin_get("/ready").await.0, 200);
+    assert_eq!(
+        proxy.stat("cluster_manager.cds.init_fetch_timeout").await,
+        1
+    );
+    assert_eq!(
+        proxy.stat("listener_manager.lds.init_fetch_timeout").await,
+        1
+    );
+}

@@ -29,6 +29,9 @@ pub struct Control {
     pub initialized: Arc<AtomicBool>,
     cp: Arc<Scope>,
     seen: BTreeSet<Kind>,
+    /// When the first CDS and LDS responses stop being waited for (their config sources'
+    /// `initial_fetch_timeout`, 15 s by default; none for `0s`), as Envoy's init manager.
+    init_deadlines: Vec<(Kind, Instant)>,
     /// Bumped after every applied update: SDS streams re-read what they should
     /// subscribe to.
     pub changed: tokio::sync::watch::Sender<u64>,
@@ -44,6 +47,25 @@ impl Control {
         let cp = stats.scope::<ControlPlaneStat>("control_plane.");
         let mut resources = Resources::default();
         resources.serving = initialized.load(Ordering::Acquire);
+        let now = Instant::now();
+        let dr = statics.bootstrap.dynamic_resources.as_ref();
+        let init_deadlines = if resources.serving {
+            Vec::new()
+        } else {
+            [
+                (Kind::Cluster, dr.and_then(|d| d.cds_config.as_ref())),
+                (Kind::Listener, dr.and_then(|d| d.lds_config.as_ref())),
+            ]
+            .into_iter()
+            .filter_map(|(k, cs)| {
+                let t = match cs {
+                    Some(cs) => crate::xds::state::fetch_timeout(cs)?,
+                    None => Duration::from_secs(15),
+                };
+                Some((k, now + t))
+            })
+            .collect()
+        };
         Control {
             publisher,
             resources,
@@ -53,6 +75,7 @@ impl Control {
             initialized,
             cp,
             seen: BTreeSet::new(),
+            init_deadlines,
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -237,12 +260,62 @@ impl Control {
         }
     }
 
-    /// Re-assembles after a warming deadline passed (initial fetch timeout).
+    /// When the next first CDS or LDS response stops being waited for.
+    pub fn init_deadline(&self) -> Option<Instant> {
+        self.init_deadlines
+            .iter()
+            .filter(|(k, _)| !self.seen.contains(k))
+            .map(|(_, t)| *t)
+            .min()
+    }
+
+    /// The next instant something stops being waited for: a warming resource, or the
+    /// first CDS or LDS response.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let init = self.init_deadline();
+        match (init, self.resources.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Re-assembles after a deadline passed (initial fetch timeout). A first CDS or LDS
+    /// response that did not come in time is waited for no more: as Envoy's init manager,
+    /// the listeners serve once neither is awaited.
     pub(super) fn on_deadline(&mut self) {
+        let now = Instant::now();
+        let warming_passed = self.resources.next_deadline().is_some_and(|t| t <= now);
+        let mut init_passed = false;
+        for (kind, at) in &self.init_deadlines {
+            if *at <= now && self.seen.insert(*kind) {
+                init_passed = true;
+                let prefix = match kind {
+                    Kind::Cluster => "cluster_manager.cds.",
+                    _ => "listener_manager.lds.",
+                };
+                self.stats
+                    .scope::<XdsStat>(prefix)
+                    .core(self.core)
+                    .inc(XdsStat::InitFetchTimeout as usize);
+                tracing::warn!(
+                    "no first {} response in time: no longer waited for",
+                    kind.short()
+                );
+            }
+        }
+        if self.seen.contains(&Kind::Cluster) && self.seen.contains(&Kind::Listener) {
+            self.resources.serving = true;
+            self.initialized.store(true, Ordering::Release);
+        }
+        if !warming_passed && !init_passed {
+            return;
+        }
         let current = self.publisher.shared.load_full();
         let snap = self.resources.assemble(&self.statics, &current);
-        let s = self.stats.scope::<XdsStat>("listener_manager.lds.");
-        s.core(self.core).inc(XdsStat::InitFetchTimeout as usize);
+        if warming_passed {
+            let s = self.stats.scope::<XdsStat>("listener_manager.lds.");
+            s.core(self.core).inc(XdsStat::InitFetchTimeout as usize);
+        }
         if let Err(e) = self.publisher.publish(snap, Instant::now()) {
             tracing::warn!("publishing after an initial fetch timeout failed: {e}");
         }
@@ -288,5 +361,17 @@ pub(super) fn set_connected(control: &Control, up: bool) {
         (0, true) => c.inc(ControlPlaneStat::ConnectedState as usize),
         (1, false) => c.dec(ControlPlaneStat::ConnectedState as usize),
         _ => {}
+    }
+}
+
+/// Ends the wait for the first CDS and LDS responses at their `initial_fetch_timeout`,
+/// whether or not the control plane can be reached meanwhile.
+pub async fn init_timer(ctl: std::rc::Rc<std::cell::RefCell<Control>>) {
+    loop {
+        let Some(at) = ctl.borrow().init_deadline() else {
+            return;
+        };
+        tokio::time::sleep_until(at.into()).await;
+        ctl.borrow_mut().on_deadline();
     }
 }

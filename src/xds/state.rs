@@ -566,7 +566,10 @@ fn convert_one(
     Ok((name, out))
 }
 
-fn fetch_timeout(cs: &crate::proto::envoy::config::core::v3::ConfigSource) -> Option<Duration> {
+/// A config source's `initial_fetch_timeout`: 15 s when unset, none (wait for ever) for 0.
+pub(crate) fn fetch_timeout(
+    cs: &crate::proto::envoy::config::core::v3::ConfigSource,
+) -> Option<Duration> {
     match &cs.initial_fetch_timeout {
         None => Some(Duration::from_secs(15)),
         Some(d) if d.seconds <= 0 && d.nanos <= 0 => None,

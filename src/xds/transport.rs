@@ -174,7 +174,7 @@ pub(super) async fn next_response<T>(
     control: &RefCell<Control>,
 ) -> Result<Option<T>, tonic::Status> {
     loop {
-        let at = control.borrow().resources.next_deadline();
+        let at = control.borrow().next_deadline();
         tokio::select! {
             m = inbound.message() => return m,
             _ = deadline(at) => control.borrow_mut().on_deadline(),
