@@ -118,6 +118,30 @@ async fn logging_levels_change_at_run_time_and_counters_reset() {
     let (s, _) = p.admin_get("/reset_counters").await;
     assert_eq!(s, 405);
 
+    // /clusters?format=json, as istioctl proxy-config endpoints reads it.
+    let (_, clusters) = p.admin_get("/clusters?format=json").await;
+    let v: serde_json::Value = serde_json::from_str(&clusters).unwrap();
+    let a = v["cluster_statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "a")
+        .expect("cluster a");
+    let host = &a["host_statuses"][0];
+    assert_eq!(
+        host["address"]["socket_address"]["port_value"],
+        b.addr.port()
+    );
+    assert_eq!(host["health_status"]["eds_health_status"], "HEALTHY");
+    assert_eq!(a["circuit_breakers"]["thresholds"][0]["max_requests"], 1024);
+    assert_eq!(a["observability_name"], "a");
+    assert!(a.get("added_via_api").is_none(), "a static cluster: {a}");
+    let (_, text) = p.admin_get("/clusters").await;
+    assert!(
+        text.contains(&format!("a::{}::health_flags::healthy\n", b.addr)),
+        "{text}"
+    );
+
     let (_, help) = p.admin_get("/help").await;
     assert!(help.starts_with("admin commands are:\n"), "{help}");
     assert!(

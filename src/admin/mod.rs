@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
+mod clusters;
 mod help;
 mod log;
 mod runtime;
@@ -322,25 +323,15 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
         }
         ("GET", "/clusters") => {
             let snap = state.snapshot.load();
-            let mut out = String::new();
-            for c in &snap.clusters {
-                for e in c.endpoints.iter() {
-                    let _ = writeln!(
-                        out,
-                        "{}::{}::health_flags::{}",
-                        c.name,
-                        e.address,
-                        if e.healthy {
-                            "healthy"
-                        } else {
-                            "/failed_eds_health"
-                        }
-                    );
-                    let _ = writeln!(out, "{}::{}::weight::{}", c.name, e.address, e.weight);
-                    let _ = writeln!(out, "{}::{}::hostname::{}", c.name, e.address, e.hostname);
-                }
+            if params.get("format") == Some(&"json") {
+                (
+                    200,
+                    json_ct,
+                    serde_json::to_vec_pretty(&clusters::json(&snap)).unwrap_or_default(),
+                )
+            } else {
+                (200, text_ct, clusters::text(&snap).into_bytes())
             }
-            (200, text_ct, out.into_bytes())
         }
         ("POST", "/quitquitquit") => {
             let _ = state.drain.send(true);

@@ -187,13 +187,13 @@ def text_stats(body):
     return out
 
 
-def run(name, cmd, tmp, stats_config, upstream, log):
+def run(name, cmd, tmp, stats_config, upstream, log, closed):
     ports = {"HTTP": free_port(), "TCP": free_port()}
     admin_path = os.path.join(tmp, f"{name}.admin")
     cfg = CONFIG.replace("STATS_CONFIG", f"stats_config: {json.dumps(stats_config)}" if stats_config else "")
     for k, v in ports.items():
         cfg = cfg.replace(f"PORT_{k}", str(v))
-    cfg = cfg.replace("UPSTREAM", str(upstream)).replace("CLOSED", str(free_port()))
+    cfg = cfg.replace("UPSTREAM", str(upstream)).replace("CLOSED", str(closed))
     path = os.path.join(tmp, f"{name}.yaml")
     with open(path, "w") as f:
         f.write(cfg)
@@ -282,6 +282,24 @@ def compare_admin(envoy_addr, ringside_addr):
     e = text_stats(get(envoy_addr, f"/stats?filter={counter}")[1]).get(counter)
     r = text_stats(get(ringside_addr, f"/stats?filter={counter}")[1]).get(counter)
     checks.append(("counter after /reset_counters", e, r))
+    # /clusters: every line Ringside prints is one Envoy prints (Envoy adds per-host stats);
+    # the JSON's clusters agree on what istioctl proxy-config endpoints reads.
+    e_lines = set(get(envoy_addr, "/clusters")[1].splitlines())
+    r_lines = get(ringside_addr, "/clusters")[1].splitlines()
+    checks.append(("/clusters lines", [], [l for l in r_lines if l not in e_lines]))
+    checks.append(("/clusters line count > 0", True, len(r_lines) > 0))
+    def clusters_json(addr):
+        out = {}
+        for c in json.loads(get(addr, "/clusters?format=json")[1])["cluster_statuses"]:
+            hosts = [(h["address"]["socket_address"]["address"], h["address"]["socket_address"]["port_value"],
+                      h["health_status"].get("eds_health_status"), h.get("weight"), h.get("hostname"))
+                     for h in c.get("host_statuses", [])]
+            out[c["name"]] = (c.get("observability_name"), c.get("added_via_api", False),
+                              c.get("circuit_breakers"), hosts)
+        return out
+    e_json, r_json = clusters_json(envoy_addr), clusters_json(ringside_addr)
+    for name, r in r_json.items():
+        checks.append((f"/clusters?format=json {name}", e_json.get(name), r))
     for what, e, r in checks:
         if e == r:
             passed += 1
@@ -306,11 +324,13 @@ def main():
     for label, sc in (("default", None), ("istio", ISTIO_STATS_CONFIG), ("exclusion", EXCLUDING)):
         procs = []
         try:
+            closed = free_port()
             pe, ea = run("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id",
-                                   str(os.getpid() % 60000)], tmp, sc, upstream.server_address[1], log)
+                                   str(os.getpid() % 60000)], tmp, sc, upstream.server_address[1], log,
+                         closed)
             procs.append(pe)
             pr, ra = run("ringside", [ringside, "--concurrency", "1", "-l", "error"], tmp, sc,
-                         upstream.server_address[1], log)
+                         upstream.server_address[1], log, closed)
             procs.append(pr)
             p, f = compare(label, ea, ra)
             passed, failed = passed + p, failed + f
