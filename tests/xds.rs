@@ -175,7 +175,7 @@ async fn sotw_initial_config_then_a_route_change_under_load_fails_nothing() {
                 .all(|c| c == want)
         })
         .await;
-    let (_, dump) = proxy.admin_get("/config_dump").await;
+    let (_, dump) = proxy.admin_get("/config_dump?include_eds").await;
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(v["configs"][1]["version_info"], "c2");
     assert_eq!(

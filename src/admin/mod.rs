@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use prost::Message;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -17,6 +16,7 @@ use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
 mod clusters;
+mod config_dump;
 mod help;
 mod log;
 mod runtime;
@@ -264,11 +264,21 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let (status, body) = runtime::modify(state, &params);
             (status, text_ct, body)
         }
-        ("GET", "/config_dump") => (
-            200,
-            json_ct,
-            serde_json::to_vec_pretty(&config_dump(state)).unwrap_or_default(),
-        ),
+        ("GET", "/config_dump") => {
+            let resource = params.get("resource").map(|r| decode(r));
+            match config_dump::select(
+                config_dump::config_dump(state),
+                params.contains_key("include_eds"),
+                resource.as_deref(),
+            ) {
+                Ok(v) => (
+                    200,
+                    json_ct,
+                    serde_json::to_vec_pretty(&v).unwrap_or_default(),
+                ),
+                Err(e) => (404, "text/plain", e.into_bytes()),
+            }
+        }
         ("GET", "/server_info") => {
             let snap = state.snapshot.load();
             let node = snap
@@ -424,159 +434,6 @@ fn drain_listeners(
         });
     }
     (200, "text/plain; charset=UTF-8", b"OK\n".to_vec())
-}
-
-/// A secret as Envoy dumps it: the private key replaced by `[redacted]`.
-fn redacted_secret(e: &crate::model::DumpEntry, to_json: &dyn Fn(&str, Vec<u8>) -> Value) -> Value {
-    use crate::proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
-    let Ok(mut s) = Secret::decode(e.resource.value.as_slice()) else {
-        return Value::Null;
-    };
-    if let Some(secret::Type::TlsCertificate(tc)) = &mut s.r#type {
-        if tc.private_key.is_some() {
-            tc.private_key = Some(crate::proto::envoy::config::core::v3::DataSource {
-                specifier: Some(
-                    crate::proto::envoy::config::core::v3::data_source::Specifier::InlineBytes(
-                        b"[redacted]".to_vec(),
-                    ),
-                ),
-            });
-        }
-    }
-    let mut v = to_json(
-        "envoy.extensions.transport_sockets.tls.v3.Secret",
-        s.encode_to_vec(),
-    );
-    v["@type"] = json!(e.resource.type_url);
-    v
-}
-
-/// `/config_dump` in Envoy's shape: bootstrap, static listeners, clusters and routes.
-fn config_dump(state: &AdminState) -> Value {
-    let snap = state.snapshot.load();
-    let updated = rfc3339(snap.built_at);
-    let b = &snap.bootstrap;
-    let to_json = |name: &str, bytes: Vec<u8>| -> Value {
-        let desc = crate::proto::pool()
-            .get_message_by_name(name)
-            .expect("type in proto/");
-        // Envoy dumps proto field names (snake_case), not the JSON mapping's camelCase.
-        let options = prost_reflect::SerializeOptions::new().use_proto_field_name(true);
-        match prost_reflect::DynamicMessage::decode(desc, bytes.as_slice()) {
-            Ok(m) => m
-                .serialize_with_options(serde_json::value::Serializer, &options)
-                .unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    };
-    let sr = b.static_resources.clone().unwrap_or_default();
-    let listeners: Vec<Value> = sr
-        .listeners
-        .iter()
-        .map(|l| json!({"listener": to_json("envoy.config.listener.v3.Listener", l.encode_to_vec()), "last_updated": updated}))
-        .collect();
-    let clusters: Vec<Value> = sr
-        .clusters
-        .iter()
-        .map(|c| json!({"cluster": to_json("envoy.config.cluster.v3.Cluster", c.encode_to_vec()), "last_updated": updated}))
-        .collect();
-    let mut listener_dump = listeners;
-    for l in listener_dump.iter_mut() {
-        l["listener"]["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
-    }
-    let mut cluster_dump = clusters;
-    for c in cluster_dump.iter_mut() {
-        c["cluster"]["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
-    }
-    let d = &snap.dynamic;
-    let any_json = |e: &crate::model::DumpEntry| -> Value {
-        let name = e.resource.type_url.rsplit('/').next().unwrap_or_default();
-        let mut v = to_json(name, e.resource.value.clone());
-        v["@type"] = json!(e.resource.type_url);
-        v
-    };
-    let state_json = |e: &crate::model::DumpEntry, key: &str| -> Value {
-        json!({"version_info": e.version.as_ref(), key: any_json(e), "last_updated": rfc3339(e.last_updated)})
-    };
-    let version_of = |kind: &str| -> String {
-        d.versions
-            .iter()
-            .find(|(k, _, _)| k.ends_with(kind))
-            .map(|(_, v, _)| v.to_string())
-            .unwrap_or_default()
-    };
-    let mut dynamic_listeners: Vec<Value> = d
-        .listeners
-        .iter()
-        .map(|e| json!({"name": e.name.as_ref(), "active_state": state_json(e, "listener")}))
-        .collect();
-    for e in &d.warming_listeners {
-        match dynamic_listeners
-            .iter_mut()
-            .find(|v| v["name"] == json!(e.name.as_ref()))
-        {
-            Some(v) => v["warming_state"] = state_json(e, "listener"),
-            None => dynamic_listeners
-                .push(json!({"name": e.name.as_ref(), "warming_state": state_json(e, "listener")})),
-        }
-    }
-    let (published, latency) = state.served.last_publish();
-    json!({
-        "configs": [
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
-                "bootstrap": to_json("envoy.config.bootstrap.v3.Bootstrap", b.encode_to_vec()),
-                "last_updated": updated,
-            },
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
-                "version_info": version_of("Cluster"),
-                "static_clusters": cluster_dump,
-                "dynamic_active_clusters": d.clusters.iter().map(|e| state_json(e, "cluster")).collect::<Vec<_>>(),
-                "dynamic_warming_clusters": d.warming_clusters.iter().map(|e| state_json(e, "cluster")).collect::<Vec<_>>(),
-            },
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
-                "dynamic_endpoint_configs": d.endpoints.iter().map(|e| state_json(e, "endpoint_config")).collect::<Vec<_>>(),
-            },
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-                "version_info": version_of("Listener"),
-                "static_listeners": listener_dump,
-                "dynamic_listeners": dynamic_listeners,
-            },
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
-                "dynamic_route_configs": d.route_configs.iter().map(|e| state_json(e, "route_config")).collect::<Vec<_>>(),
-            },
-            {
-                "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
-                "dynamic_active_secrets": d.secrets.iter().map(|e| json!({
-                    "name": e.name.as_ref(),
-                    "version_info": e.version.as_ref(),
-                    "last_updated": rfc3339(e.last_updated),
-                    "secret": redacted_secret(e, &to_json),
-                })).collect::<Vec<_>>(),
-                "dynamic_warming_secrets": d.warming_secrets.iter().map(|n| json!({
-                    "name": n.as_ref(),
-                    "version_info": "uninitialized",
-                    "secret": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", "name": n.as_ref()},
-                })).collect::<Vec<_>>(),
-            },
-        ],
-        "ringside": {
-            "snapshot_version": snap.version,
-            "served_by_core": state.served.all(),
-            "last_publish": {
-                "version": published,
-                "received_to_all_cores_us": latency.map(|l| l.as_micros() as u64),
-            },
-            "endpoints": snap.clusters.iter().map(|c| json!({
-                "cluster_name": c.name.as_ref(),
-                "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }
-    })
 }
 
 fn rfc3339(t: SystemTime) -> String {

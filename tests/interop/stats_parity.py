@@ -297,6 +297,17 @@ def compare_admin(envoy_addr, ringside_addr):
             out[c["name"]] = (c.get("observability_name"), c.get("added_via_api", False),
                               c.get("circuit_breakers"), hosts)
         return out
+    # /config_dump's parameters: the sections with and without include_eds (Ringside has no
+    # scoped routes, so its list is Envoy's without them), one resource's elements, a 404.
+    for q in ("", "?include_eds"):
+        types = lambda a: [c["@type"] for c in json.loads(get(a, f"/config_dump{q}")[1])["configs"]]
+        e_types = [t for t in types(envoy_addr) if not t.endswith("ScopedRoutesConfigDump")]
+        checks.append((f"/config_dump{q} sections", e_types, types(ringside_addr)))
+    elems = lambda a: [(c["@type"], c["cluster"]["name"]) for c in
+                       json.loads(get(a, "/config_dump?resource=static_clusters")[1])["configs"]]
+    checks.append(("/config_dump?resource=static_clusters", elems(envoy_addr), elems(ringside_addr)))
+    checks.append(("/config_dump?resource=nope", get(envoy_addr, "/config_dump?resource=nope"),
+                   get(ringside_addr, "/config_dump?resource=nope")))
     e_json, r_json = clusters_json(envoy_addr), clusters_json(ringside_addr)
     for name, r in r_json.items():
         checks.append((f"/clusters?format=json {name}", e_json.get(name), r))

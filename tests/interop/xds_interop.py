@@ -567,7 +567,7 @@ def latency(binary):
             ads.next(ROUTE)
             deadline = time.time() + 30
             while True:
-                dump = json.loads(rs.get("/config_dump"))
+                dump = json.loads(rs.get("/config_dump?include_eds"))
                 lp = dump["ringside"]["last_publish"]
                 if lp["received_to_all_cores_us"] is not None and dump["configs"][4]["dynamic_route_configs"][0]["version_info"] == "r2":
                     break

@@ -174,7 +174,7 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let v: serde_json::Value =
-                serde_json::from_str(&self.admin_get("/config_dump").await.1).unwrap();
+                serde_json::from_str(&self.admin_get("/config_dump?include_eds").await.1).unwrap();
             if check(&v) {
                 return;
             }
