@@ -265,6 +265,16 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             (status, text_ct, body)
         }
         ("GET", "/config_dump") => {
+            if let Some(p) = ["mask", "name_regex"]
+                .into_iter()
+                .find(|p| params.contains_key(p))
+            {
+                return (
+                    400,
+                    text_ct,
+                    format!("/config_dump?{p} is not implemented by Ringside\n").into_bytes(),
+                );
+            }
             let resource = params.get("resource").map(|r| decode(r));
             match config_dump::select(
                 config_dump::config_dump(state),
