@@ -142,6 +142,13 @@ async fn logging_levels_change_at_run_time_and_counters_reset() {
         "{text}"
     );
 
+    // Dump filters not implemented are refused, never ignored.
+    let (s, body) = p.admin_get("/config_dump?mask=version_info").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (400, "/config_dump?mask is not implemented by Ringside\n")
+    );
+
     let (_, help) = p.admin_get("/help").await;
     assert!(help.starts_with("admin commands are:\n"), "{help}");
     assert!(
