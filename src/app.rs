@@ -156,7 +156,8 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     // With ADS, no listener (the bootstrap's included) binds before the first CDS and LDS
     // responses are applied, as Envoy's init manager holds its workers: a connection
     // before then is refused rather than served without configuration.
-    if ads.is_some() {
+    let awaits_xds = ads.as_ref().is_some_and(|a| a.cds || a.lds);
+    if awaits_xds {
         snapshot.listeners = Vec::new();
         snapshot.virtual_listeners = crate::model::virtual_index(&snapshot.listeners);
     }
@@ -221,7 +222,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         served.clone(),
         bound.addresses,
     );
-    let initialized = Arc::new(AtomicBool::new(ads.is_none()));
+    let initialized = Arc::new(AtomicBool::new(!awaits_xds));
     let state = Arc::new(crate::admin::AdminState {
         snapshot: shared.clone(),
         stats: stats.clone(),

@@ -46,6 +46,7 @@ pub trait StatNames: 'static + Send + Sync {
 const CODES: usize = 500;
 
 /// A value on a cache line of its own.
+#[derive(Default)]
 #[repr(align(64))]
 pub struct Padded<T>(pub T);
 
@@ -183,6 +184,9 @@ pub struct Store {
     /// Counter values at admin's last `/reset_counters`, subtracted when read (the cells
     /// belong to the cores: they are never written from here).
     baselines: Mutex<std::collections::HashMap<String, u64>>,
+    /// Values configurations share by key while any holds them (see [`Store::shared`]).
+    shared:
+        Mutex<std::collections::HashMap<String, std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// The bootstrap's `stats_config`: which stats exist and how they are tagged.
@@ -235,7 +239,27 @@ impl Store {
             config: Default::default(),
             tagged: Default::default(),
             baselines: Default::default(),
+            shared: Default::default(),
         })
+    }
+
+    /// The value every configuration naming `key` shares while any of them holds it: a
+    /// cluster's circuit-breaker counts survive its reconversion by a CDS push, as Envoy's
+    /// resource manager survives an update that does not change it. Configuration time only.
+    pub fn shared<T: Default + Send + Sync + 'static>(&self, key: &str) -> Arc<T> {
+        let mut m = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = m
+            .get(key)
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|a| a.downcast::<T>().ok())
+        {
+            return v;
+        }
+        m.retain(|_, w| w.strong_count() > 0);
+        let v = Arc::new(T::default());
+        let any: Arc<dyn std::any::Any + Send + Sync> = v.clone();
+        m.insert(key.to_string(), Arc::downgrade(&any));
+        v
     }
 
     /// Admin's `/reset_counters`: every counter reads 0 from now on (gauges and histograms
@@ -498,6 +522,22 @@ mod tests {
         // The same prefix gives the same cells.
         let again = store.scope::<ListenerStat>("listener.x.");
         assert_eq!(again.total(ListenerStat::DownstreamCxTotal as usize), 2);
+    }
+
+    #[test]
+    fn shared_values_live_as_long_as_someone_holds_them() {
+        let store = Store::new(1);
+        let a = store.shared::<AtomicU64>("k");
+        a.store(3, Ordering::Relaxed);
+        // A reconversion asks again while the old configuration still holds it: the same.
+        assert_eq!(store.shared::<AtomicU64>("k").load(Ordering::Relaxed), 3);
+        assert_eq!(
+            store.shared::<AtomicU64>("other").load(Ordering::Relaxed),
+            0
+        );
+        drop(a);
+        // Nobody holds it any more: a new one.
+        assert_eq!(store.shared::<AtomicU64>("k").load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ const OVERFLOW: &[u8] =
 async fn limits_hold_across_cores_and_codecs() {
     let a = Backend::start("a").await;
     let clusters = format!(
-        "[{}, {}]",
+        "[{}, {}, {}]",
         cluster(
             "rq",
             &[a.addr],
@@ -30,10 +30,16 @@ async fn limits_hold_across_cores_and_codecs() {
             &[a.addr],
             "circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 1, track_remaining: true}]},"
         ),
+        cluster(
+            "cxu",
+            &[a.addr],
+            "circuit_breakers: {thresholds: [{max_connections: 1, max_pending_requests: 4294967295}]},"
+        ),
     );
     let vhosts = "[{name: all, domains: ['*'], routes: [
         {match: {prefix: /rq/}, route: {cluster: rq, prefix_rewrite: /}},
-        {match: {prefix: /cx/}, route: {cluster: cx, prefix_rewrite: /}}]}]";
+        {match: {prefix: /cx/}, route: {cluster: cx, prefix_rewrite: /}},
+        {match: {prefix: /cxu/}, route: {cluster: cxu, prefix_rewrite: /}}]}]";
     // Two cores: the limit is the proxy's, whichever core takes each connection.
     let p = Proxy::start(
         &config("", vhosts, &clusters),
@@ -80,6 +86,15 @@ async fn limits_hold_across_cores_and_codecs() {
     assert_eq!(p.stat("cluster.cx.upstream_rq_pending_overflow").await, 1);
     // Never more than one connection at a time.
     assert!(p.stat("cluster.cx.upstream_cx_active").await <= 1);
+    // With pending requests unlimited (istiod's 2^32-1) a waiting request is still woken
+    // when the connection is free (not refused at the connect timeout).
+    let first = tokio::spawn(async move { http_get(addr, "/cxu/sleep/300", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, _, _) = http_get(addr, "/cxu/x", &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(first.await.unwrap().0, 200);
+    assert_eq!(p.stat("cluster.cxu.upstream_rq_pending_overflow").await, 0);
+
     // The connection stays pooled, so the cluster is still at its connection limit.
     let (_, after) = p
         .admin_get("/stats?filter=cluster.cx.circuit_breakers")

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::stats::Scope;
+use crate::stats::{Padded, Scope};
 
 /// A limit this large is no limit (istiod writes 2^32−1).
 pub const UNLIMITED: u64 = u32::MAX as u64;
@@ -48,10 +48,16 @@ pub enum Resource {
     Requests = 2,
 }
 
-/// The shared counts of the limited resources.
+/// The shared counts of the limited resources, each on a cache line of its own. They live
+/// as long as a permit or a configuration holds them, and a reconverted cluster with the
+/// same thresholds gets the same counts (see the store's `shared`), as Envoy keeps a
+/// cluster's resource manager across updates that do not change it.
 #[derive(Default)]
 pub struct Counts {
-    open: [AtomicU64; 3],
+    open: [Padded<AtomicU64>; 3],
+    /// Requests waiting for a connection at `max_connections` (whether or not pending
+    /// requests are limited).
+    waiting: Padded<AtomicU64>,
     /// Woken when a connection closes (pending requests wait for one).
     pub released: tokio::sync::Notify,
 }
@@ -59,7 +65,22 @@ pub struct Counts {
 impl Counts {
     /// How many of `r` are in use.
     pub fn current(&self, r: Resource) -> u64 {
-        self.open[r as usize].load(Ordering::SeqCst)
+        self.open[r as usize].0.load(Ordering::SeqCst)
+    }
+
+    /// Counts a request waiting for a connection until the guard drops.
+    pub fn wait(self: &Arc<Self>) -> Waiting {
+        self.waiting.0.fetch_add(1, Ordering::SeqCst);
+        Waiting(self.clone())
+    }
+}
+
+/// One request waiting for a connection (see [`Counts::wait`]).
+pub struct Waiting(Arc<Counts>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -72,16 +93,18 @@ pub struct Permit {
 impl Permit {
     /// Whether requests wait for a connection of this cluster.
     pub fn has_waiters(&self) -> bool {
-        self.counts.current(Resource::Pending) > 0
+        self.counts.waiting.0.load(Ordering::SeqCst) > 0
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.counts.open[self.resource as usize].fetch_sub(1, Ordering::SeqCst);
+        self.counts.open[self.resource as usize]
+            .0
+            .fetch_sub(1, Ordering::SeqCst);
         // The wakeup's wait list has a lock: touched only while requests wait at a full
         // connection limit, never on the ordinary path.
-        if self.resource == Resource::Connections && self.counts.current(Resource::Pending) > 0 {
+        if self.resource == Resource::Connections && self.has_waiters() {
             self.counts.released.notify_waiters();
         }
     }
@@ -120,11 +143,13 @@ impl Breakers {
         if limit >= UNLIMITED {
             return Ok(None);
         }
-        let open = &counts.open[r as usize];
-        if open.fetch_add(1, Ordering::SeqCst) >= limit {
-            open.fetch_sub(1, Ordering::SeqCst);
-            return Err(());
-        }
+        // Never above the limit, even for a moment: a refused taker must not make a
+        // concurrent one fail, nor hide a slot from a woken waiter.
+        let open = &counts.open[r as usize].0;
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .map_err(|_| ())?;
         Ok(Some(Permit {
             counts: counts.clone(),
             resource: r,

@@ -268,6 +268,7 @@ async fn connection_permit(
     let Some(counts) = b.counts.clone() else {
         return Ok(None);
     };
+    let _waiting = counts.wait();
     let deadline = Instant::now() + cluster.connect_timeout;
     loop {
         let released = counts.released.notified();

@@ -49,23 +49,26 @@ impl Control {
         resources.serving = initialized.load(Ordering::Acquire);
         let now = Instant::now();
         let dr = statics.bootstrap.dynamic_resources.as_ref();
-        let init_deadlines = if resources.serving {
-            Vec::new()
-        } else {
-            [
-                (Kind::Cluster, dr.and_then(|d| d.cds_config.as_ref())),
-                (Kind::Listener, dr.and_then(|d| d.lds_config.as_ref())),
-            ]
-            .into_iter()
-            .filter_map(|(k, cs)| {
-                let t = match cs {
-                    Some(cs) => crate::xds::state::fetch_timeout(cs)?,
-                    None => Duration::from_secs(15),
-                };
-                Some((k, now + t))
-            })
-            .collect()
-        };
+        // A type ADS does not subscribe to is not waited for; the others until their first
+        // response or their initial fetch timeout.
+        let mut seen = BTreeSet::new();
+        let mut init_deadlines = Vec::new();
+        for (k, cs) in [
+            (Kind::Cluster, dr.and_then(|d| d.cds_config.as_ref())),
+            (Kind::Listener, dr.and_then(|d| d.lds_config.as_ref())),
+        ] {
+            match cs {
+                None => {
+                    seen.insert(k);
+                }
+                Some(cs) if !resources.serving => {
+                    if let Some(t) = crate::xds::state::fetch_timeout(cs) {
+                        init_deadlines.push((k, now + t));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         Control {
             publisher,
             resources,
@@ -74,7 +77,7 @@ impl Control {
             stats,
             initialized,
             cp,
-            seen: BTreeSet::new(),
+            seen,
             init_deadlines,
             changed: tokio::sync::watch::channel(0).0,
         }

@@ -201,6 +201,9 @@ impl Connection {
             if reused && replayable {
                 cstats.inc(ClusterStat::UpstreamRqRetry as usize);
                 reused = false;
+                // The dead connection goes first: its place under max_connections is the
+                // one the new connection may need.
+                drop(up);
                 up = match Box::pin(crate::upstream::connect(core, cluster, ep)).await {
                     Ok(c) => c,
                     Err(e) => {

@@ -577,7 +577,14 @@ fn breakers(
     Ok(Breakers {
         default,
         high,
-        counts: limited.then(|| Arc::new(Counts::default())),
+        // The same counts for a reconversion with the same limits (every CDS push converts
+        // every cluster again): connections and requests in flight stay counted.
+        counts: limited.then(|| {
+            ctx.stats.shared::<Counts>(&format!(
+                "circuit_breakers/{}/{}/{}/{}",
+                c.name, default.max_connections, default.max_pending_requests, default.max_requests
+            ))
+        }),
         stats: [scope("default"), scope("high")],
         remaining: [remaining("default", &default), remaining("high", &high)],
     })

@@ -305,6 +305,8 @@ impl Stream {
                 Err(RespError::Closed) if reused && end => {
                     cs.inc(ClusterStat::UpstreamRqRetry as usize);
                     reused = false;
+                    // The dead connection goes first (its place under max_connections).
+                    drop(conn);
                     conn = crate::upstream::connect(core, up.cluster, up.ep)
                         .await
                         .map_err(HttpError::connect)?;
