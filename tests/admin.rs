@@ -149,6 +149,24 @@ async fn logging_levels_change_at_run_time_and_counters_reset() {
         (400, "/config_dump?mask is not implemented by Ringside\n")
     );
 
+    // A chunked body admin does not read: answered, then the connection closes, so its
+    // bytes are never taken for a next request.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(p.admin).await.unwrap();
+        c.write_all(b"POST /healthcheck/ok HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out))
+            .await
+            .expect("admin closes the connection")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    }
+
     let (_, help) = p.admin_get("/help").await;
     assert!(help.starts_with("admin commands are:\n"), "{help}");
     assert!(

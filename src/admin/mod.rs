@@ -76,11 +76,14 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    // `Connection: close` or HTTP/1.0: answer, then close.
+                    // `Connection: close` or HTTP/1.0; also a chunked body, which admin does
+                    // not read: answering then closing keeps its bytes from being taken for
+                    // the next request.
                     let close = req.version == Some(0)
                         || req.headers.iter().any(|h| {
-                            h.name.eq_ignore_ascii_case("connection")
-                                && h.value.eq_ignore_ascii_case(b"close")
+                            (h.name.eq_ignore_ascii_case("connection")
+                                && h.value.eq_ignore_ascii_case(b"close"))
+                                || h.name.eq_ignore_ascii_case("transfer-encoding")
                         });
                     let body = req
                         .headers
