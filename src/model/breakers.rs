@@ -110,6 +110,17 @@ impl Drop for Permit {
     }
 }
 
+/// A request's place under `max_requests` (see [`Breakers::acquire_request`]).
+pub struct RequestPermit<'a>(&'a Counts);
+
+impl Drop for RequestPermit<'_> {
+    fn drop(&mut self) {
+        self.0.open[Resource::Requests as usize]
+            .0
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A cluster's circuit breakers: its DEFAULT and HIGH thresholds (requests are DEFAULT
 /// priority: routes set no other), the counts and the gauge scopes.
 pub struct Breakers {
@@ -132,10 +143,9 @@ impl Breakers {
         }
     }
 
-    /// Takes one `r`: `Ok(None)` when `r` is not limited, `Err(())` when at its limit.
+    /// Counts one `r`: `Ok(None)` when `r` is not limited, `Err(())` when at its limit.
     #[inline]
-    #[allow(clippy::result_unit_err)]
-    pub fn acquire(&self, r: Resource) -> Result<Option<Permit>, ()> {
+    fn take(&self, r: Resource) -> Result<Option<&Arc<Counts>>, ()> {
         let Some(counts) = &self.counts else {
             return Ok(None);
         };
@@ -145,15 +155,31 @@ impl Breakers {
         }
         // Never above the limit, even for a moment: a refused taker must not make a
         // concurrent one fail, nor hide a slot from a woken waiter.
-        let open = &counts.open[r as usize].0;
-        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < limit).then_some(n + 1)
-        })
-        .map_err(|_| ())?;
-        Ok(Some(Permit {
+        counts.open[r as usize]
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| ())?;
+        Ok(Some(counts))
+    }
+
+    /// Takes one `r` for as long as the permit lives (a connection's outlives the
+    /// snapshot): `Ok(None)` when `r` is not limited, `Err(())` when at its limit.
+    #[allow(clippy::result_unit_err)]
+    pub fn acquire(&self, r: Resource) -> Result<Option<Permit>, ()> {
+        Ok(self.take(r)?.map(|counts| Permit {
             counts: counts.clone(),
             resource: r,
         }))
+    }
+
+    /// A request's place under `max_requests`, borrowed from the snapshot the request
+    /// holds: no reference count to touch per request.
+    #[inline]
+    #[allow(clippy::result_unit_err)]
+    pub fn acquire_request(&self) -> Result<Option<RequestPermit<'_>>, ()> {
+        Ok(self.take(Resource::Requests)?.map(|c| RequestPermit(c)))
     }
 
     /// In use of `r`: the shared count, or `untracked` (the per-core stats' sum) for a

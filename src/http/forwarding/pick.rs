@@ -32,16 +32,13 @@ pub(crate) fn pick_upstream<'s>(
         .or_else(|| snapshot.cluster(&cref.name))
         .ok_or(HttpError::ClusterNotFound(f.cluster_not_found_status))?;
     // The cluster's max_requests: held until the exchange ends (the caller keeps it).
-    let permit = cluster
-        .breakers
-        .acquire(crate::model::breakers::Resource::Requests)
-        .map_err(|()| {
-            cluster
-                .stats
-                .core(ctx.core)
-                .inc(ClusterStat::UpstreamRqActiveOverflow as usize);
-            HttpError::Overflow
-        })?;
+    let permit = cluster.breakers.acquire_request().map_err(|()| {
+        cluster
+            .stats
+            .core(ctx.core)
+            .inc(ClusterStat::UpstreamRqActiveOverflow as usize);
+        HttpError::Overflow
+    })?;
     let none_healthy = || {
         cluster
             .stats
@@ -69,7 +66,7 @@ pub(crate) type Picked<'s> = (
     Option<&'s crate::model::route::WeightedTarget>,
     &'s crate::model::Cluster,
     std::borrow::Cow<'s, Endpoint>,
-    Option<crate::model::breakers::Permit>,
+    Option<crate::model::breakers::RequestPermit<'s>>,
 );
 
 /// The weighted cluster a forwarding route sends this request to (drawn once, with the
