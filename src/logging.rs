@@ -31,7 +31,10 @@ const COMPONENTS: &[(&str, &[&str])] = &[
     ("hc", &[]),
     ("health_checker", &[]),
     ("http", &["ringside::http"]),
-    ("http2", &["ringside::http::h2"]),
+    (
+        "http2",
+        &["ringside::http::h2", "ringside::http::h2_server"],
+    ),
     ("init", &["ringside::xds::state"]),
     ("io", &["ringside::io"]),
     ("main", &["ringside::app", "ringside::worker"]),
@@ -433,7 +436,7 @@ mod tests {
             .unwrap_err()
             .contains("invalid log level"));
         assert_eq!(component("ringside::upstream::pool"), "upstream");
-        assert_eq!(component("ringside::http::h2::server"), "http2");
+        assert_eq!(component("ringside::http::h2_server"), "http2");
         assert_eq!(component("something::else"), "main");
     }
 }

@@ -132,8 +132,21 @@ impl Framing {
         }
     }
 
+    /// Whether the body is chunked (its payload is decoded from the framing).
+    pub(crate) fn is_chunked(&self) -> bool {
+        self.kind == BodyKind::Chunked
+    }
+
+    /// The connection closed: the end of a close-delimited body, else an error (false).
+    pub(crate) fn end_on_eof(&mut self) -> bool {
+        if self.kind == BodyKind::UntilClose {
+            self.done = true;
+        }
+        self.done
+    }
+
     /// Consumes without copying (raw mode); returns (body bytes, done).
-    fn consume_raw(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
+    pub(crate) fn consume_raw(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
         match self.kind {
             BodyKind::Length(_) => {
                 let n = (self.remaining.min(input.len() as u64)) as usize;

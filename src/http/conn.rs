@@ -24,7 +24,6 @@ use crate::stats::{status_class_index, HttpHistogram, HttpStat};
 mod forward;
 mod reply;
 mod target;
-mod to_h2;
 mod tunnel;
 
 use crate::http::forwarding::*;
@@ -69,7 +68,7 @@ pub async fn serve(
 ) {
     match hcm.codec {
         Codec::Http2 => {
-            return crate::http::h2::server::serve(ctx, hcm, stream, down, drain, prefix).await
+            return crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix).await
         }
         Codec::Auto => {
             // HTTP/2 when the first bytes are its preface (prior knowledge, h2c).
@@ -77,7 +76,7 @@ pub async fn serve(
                 return;
             }
             if prefix.starts_with(crate::http::h2::PREFACE) {
-                return crate::http::h2::server::serve(ctx, hcm, stream, down, drain, prefix).await;
+                return crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix).await;
             }
         }
         Codec::Http1 => {}
@@ -100,7 +99,7 @@ pub async fn serve_tls(
         Codec::Auto => crate::tls::alpn(&stream) == Some(b"h2"),
     };
     if h2 {
-        return crate::http::h2::server::serve_io(ctx, hcm, stream, down, drain).await;
+        return crate::http::h2_server::serve_io(ctx, hcm, stream, down, drain).await;
     }
     serve_h1(
         ctx,
@@ -147,6 +146,7 @@ async fn serve_h1(
         log: log::Entry::default(),
         filters: Default::default(),
         finished: None,
+        fwd: Default::default(),
     };
     let cells = conn.hcm.stats.clone();
     let c = cells.core(conn.ctx.core);
@@ -191,6 +191,8 @@ pub(crate) struct Connection {
     filters: crate::http::filter::State,
     /// When the upstream response ended (read once for both timing histograms).
     finished: Option<Instant>,
+    /// What forwarding the current request keeps.
+    fwd: forward::Body,
 }
 
 impl crate::http::exchange::Exchange for Connection {
@@ -538,16 +540,8 @@ impl Connection {
                     // Boxed, like the other cold paths below: see `forward`.
                     return Box::pin(self.terminate_connect(f)).await;
                 }
-                let limit = crate::http::h2::server::stream_limit(f, &self.buf, &self.head);
-                let forward = self.forward(
-                    f,
-                    fw.weighted,
-                    fw.prefix_len,
-                    authority,
-                    path,
-                    fw.req_mods,
-                    fw.resp_mods,
-                );
+                let limit = crate::http::h2_server::stream_limit(f, &self.buf, &self.head);
+                let forward = self.forward(&fw, authority, path);
                 match limit {
                     None => forward.await,
                     Some(d) => match monoio::time::timeout(d, forward).await {

@@ -86,6 +86,9 @@ pub enum HttpError {
     /// A CORS preflight the CORS filter answers itself (200, headers from the policy).
     #[error("")]
     CorsPreflight,
+    /// The client went away mid-exchange: nothing is answered.
+    #[error("downstream connection termination")]
+    ClientGone,
 }
 
 impl HttpError {
@@ -112,6 +115,7 @@ impl HttpError {
                 | HttpError::BadBody(_)
                 | HttpError::UpgradeRejected
                 | HttpError::MaxDurationReached { .. }
+                | HttpError::ClientGone
         )
     }
 }

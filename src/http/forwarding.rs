@@ -1,5 +1,5 @@
 //! What forwarding a request needs whatever its codecs, shared by the HTTP/1.1 connection
-//! (`conn`) and the HTTP/2 server (`h2::server`): the upstream head, path and host
+//! (`conn`) and the HTTP/2 server (`h2_server`): the upstream head, path and host
 //! rewrites, request ids, upstream choice, redirects, the HTTP/1 response-head reader,
 //! timeouts.
 

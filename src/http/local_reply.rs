@@ -201,6 +201,13 @@ pub fn reply_for(e: &HttpError) -> Reply {
             "local_rate_limited",
         ),
         HttpError::CorsPreflight => r(200, None, ResponseFlags::NONE, "cors_response"),
+        // Never sent: there is no one to send it to.
+        HttpError::ClientGone => r(
+            400,
+            None,
+            ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+            "downstream_remote_disconnect",
+        ),
     }
 }
 

@@ -1,381 +1,88 @@
-//! Forwarding an HTTP/1.1 request to an HTTP/1.1 upstream: pick the host, connect or
-//! reuse, send head and body, read the response head, send it and the body back.
+//! An HTTP/1.1 connection as the forwarding lifecycle's downstream (`proxy::Downstream`):
+//! the request body is read from the bytes after the head and then the socket, framing
+//! removed; the response is framed for the client (Content-Length as the upstream gave
+//! it, chunked otherwise, close-delimited for HTTP/1.0) and written when the proxy is
+//! about to wait, so a response whose body came with its head leaves in one write.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use monoio::io::AsyncWriteRentExt;
 
-use crate::http::body::{forward_body, BodyError, Framing, Mode};
+use crate::http::body::{chunk_header, Framing, Mode, CHUNK};
 use crate::http::error::HttpError;
 use crate::http::flags::ResponseFlags;
-use crate::http::h1::BodyKind;
+use crate::http::h1::{BodyKind, ResponseHead};
+use crate::http::proxy::{Chunk, DownError, Downstream};
+use crate::http::request::Forwarding;
 use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
-use crate::model::route::Forward;
-use crate::model::Endpoint;
-use crate::stats::{ClusterStat, HttpStat};
+use crate::model::Snapshot;
+use crate::stats::HttpStat;
 
 use super::*;
 
+/// What forwarding one request keeps on the connection.
+#[derive(Default)]
+pub(super) struct Body {
+    /// The request body started to be read: what follows the head moved to `pending`.
+    started: bool,
+    framing: Option<Framing>,
+    /// Decoded payload of a chunked request.
+    scratch: Vec<u8>,
+    /// Bytes of `pending` handed on as payload (dropped once passed).
+    passing: usize,
+    /// The buffer the upstream request is written in.
+    up_out: Vec<u8>,
+    /// The response goes chunked to the client.
+    chunked_out: bool,
+    /// The connection closes after this response.
+    close_after: bool,
+    /// The response stopped part-way (or the connection was tunnelled): close.
+    broken: bool,
+}
+
 impl Connection {
-    /// Proxies the request to the route's cluster.
-    #[allow(clippy::too_many_arguments)]
+    /// Proxies the request to the route's cluster (`proxy::forward`), then leaves the
+    /// connection at the next request, or closed when this one could not end cleanly.
     pub(super) async fn forward(
         &mut self,
-        f: &Forward,
-        weighted: Option<&crate::model::route::WeightedTarget>,
-        prefix_len: Option<usize>,
+        fw: &Forwarding<'_>,
         authority: std::ops::Range<usize>,
         path: std::ops::Range<usize>,
-        req_mods: [&HeaderMods; 3],
-        resp_mods: [&HeaderMods; 3],
     ) -> Result<Next, HttpError> {
-        let snapshot = self.snapshot.clone();
-        let (weighted, cluster, ep, _permit) =
-            pick_upstream(&self.ctx, &snapshot, f, weighted, &self.down)?;
-        let ep: &Endpoint = &ep;
-        if !self.hcm.access_logs.is_empty() {
-            self.log.cluster = Some(cluster.name.clone());
-        }
-        if let Some(settings) = cluster.http2.filter(|_| !cluster.http2_follows_downstream) {
-            let hop = to_h2::Hop {
-                f,
-                prefix_len,
-                authority,
-                path,
-                weighted,
-                cluster,
-                ep,
-                req_mods,
-                resp_mods,
-            };
-            // Cold paths' futures are boxed. Every request moves this future (and the
-            // ones that await it) by value, so its size, the largest of what it awaits, is
-            // copied a few times per request: inline, the HTTP/2 hop made it 8 KB.
-            return Box::pin(self.forward_h2(hop, settings)).await;
-        }
-        let core = self.ctx.core;
-        let cstats = cluster.stats.core(core);
-        self.log.upstream = Some(ep.address);
-        let replayable_head = !matches!(self.head.body, BodyKind::Length(n) if n > (self.buf.len() - self.head.len.min(self.buf.len())) as u64)
-            && self.head.body != BodyKind::Chunked;
-        let pooled = self.ctx.upstreams.borrow_mut().checkout(
-            ep.address,
-            cluster.pool_key(ep),
-            cluster.idle_timeout,
-            !replayable_head,
-        );
-        let mut reused = pooled.is_some();
-        let mut up = match pooled {
-            Some(c) => c,
-            None => Box::pin(crate::upstream::connect(core, cluster, ep))
-                .await
-                .map_err(HttpError::connect)?,
-        };
-
-        // In flight from here to the end of the exchange, whatever ends it.
-        let ctx = self.ctx.clone();
-        let in_flight = ctx.upstream_request(cluster, ep.address);
-        // From here the request body starts to be consumed: errors close the connection
-        // unless the whole body went through.
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        self.upstream_head(
-            &mut out, f, prefix_len, authority, &path, weighted, req_mods, ep,
-        );
-        if !self.continue_100().await {
-            self.out = out;
-            return Ok(Next::Close);
-        }
-        // Body bytes that arrived with the head go out in the same write.
-        let mut pending = self.take_after_head();
-        let mut req_body = Framing::new(self.head.body, Mode::Raw);
-        let n = req_body.consume_into(&pending, &mut out);
-        let n = match n {
-            Ok(n) => n,
-            Err(e) => {
+        let b = &mut self.fwd;
+        b.started = false;
+        b.broken = false;
+        b.close_after = false;
+        let r = crate::http::proxy::forward(self, fw, authority, &path).await;
+        if self.fwd.started {
+            let done = self.fwd.framing.as_ref().is_some_and(Framing::done);
+            if done {
+                // What follows the body is the next request.
+                let pending = std::mem::take(&mut self.pending);
                 self.buf.extend_from_slice(&pending);
                 self.pending = pending;
-                self.out = out;
-                return Err(HttpError::BadBody(e));
-            }
-        };
-        pending.drain(..n);
-        let replayable = req_body.done();
-        let route_deadline = |sent: Instant| f.timeout.map(|t| sent + t);
-        let stream_idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
-
-        // The response head's header list is reused from request to request.
-        let mut resp = std::mem::take(&mut self.resp_head);
-        let (mut up, sent_at) = loop {
-            up.requests += 1;
-            cstats.inc(ClusterStat::UpstreamRqTotal as usize);
-            let alone = self.alone();
-            let (res, o) = up.stream.write_all_now(out, alone).await;
-            out = o;
-            // Whether the upstream closed the connection after taking the whole request.
-            let closed_after_request = if res.is_err() {
-                false
             } else {
-                cstats.add(
-                    ClusterStat::UpstreamCxTxBytesTotal as usize,
-                    out.len() as u64,
-                );
-                if !req_body.done() {
-                    let r = forward_body(
-                        &mut self.stream,
-                        &mut up.stream,
-                        &mut pending,
-                        &mut req_body,
-                        stream_idle,
-                        None,
-                    )
-                    .await;
-                    match r {
-                        Ok(()) => {}
-                        Err(BodyError::Write(_)) => {
-                            return self.fail_after_body(
-                                out,
-                                pending,
-                                false,
-                                HttpError::UpstreamReset,
-                            )
-                        }
-                        Err(BodyError::Malformed(e)) => {
-                            return self.fail_after_body(out, pending, false, HttpError::BadBody(e))
-                        }
-                        Err(BodyError::Timeout) => {
-                            return self.fail_after_body(
-                                out,
-                                pending,
-                                false,
-                                HttpError::StreamIdleTimeout,
-                            )
-                        }
-                        Err(_) => {
-                            // The client went away mid-body.
-                            self.client_reset_mid_request();
-                            self.out = out;
-                            return Ok(Next::Close);
-                        }
-                    }
-                }
-                self.log.bytes_received = req_body.bytes;
-                let sent = Instant::now();
-                let r =
-                    read_response_head(&mut up, &mut resp, sent, route_deadline(sent), stream_idle)
-                        .await;
-                match r {
-                    Ok(()) => break (up, sent),
-                    Err(RespError::Closed) => true,
-                    Err(RespError::Malformed) => {
-                        return self.fail_after_body(
-                            out,
-                            pending,
-                            true,
-                            HttpError::UpstreamProtocol,
-                        )
-                    }
-                    Err(RespError::Timeout) => {
-                        cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
-                        self.stat(HttpStat::DownstreamRqTimeout);
-                        return self.fail_after_body(
-                            out,
-                            pending,
-                            true,
-                            HttpError::UpstreamTimeout,
-                        );
-                    }
-                    Err(RespError::Idle) => {
-                        return self.fail_after_body(
-                            out,
-                            pending,
-                            true,
-                            HttpError::StreamIdleTimeout,
-                        )
-                    }
-                }
-            };
-            // The connection died under the request: a pooled one the upstream had closed
-            // while idle is retried once on a new connection when the request can be replayed.
-            if reused && replayable {
-                cstats.inc(ClusterStat::UpstreamRqRetry as usize);
-                reused = false;
-                // The dead connection goes first: its place under max_connections is the
-                // one the new connection may need.
-                drop(up);
-                up = match Box::pin(crate::upstream::connect(core, cluster, ep)).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return self.fail_after_body(
-                            out,
-                            pending,
-                            replayable,
-                            HttpError::connect(e),
-                        )
-                    }
-                };
-                continue;
+                self.head.close = true;
             }
-            if closed_after_request {
-                cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
-            }
-            return self.fail_after_body(out, pending, req_body.done(), HttpError::UpstreamReset);
-        };
-        // The request body is done: what follows in `pending` is the next request.
-        self.buf.extend_from_slice(&pending);
-        self.pending = pending;
-        self.head.body = BodyKind::None;
-
-        // Response head.
-        let head_at = Instant::now();
-        let service_time = head_at.saturating_duration_since(sent_at).as_millis() as u64;
-        self.log.service_time_ms = (!self.hcm.suppress_envoy_headers).then_some(service_time);
-        let head_request = self.is_head_request();
-        let kind = resp.body(head_request);
-        let downstream_10 = self.head.minor == 0;
-        let mode = match kind {
-            BodyKind::Chunked if downstream_10 => Mode::ChunkDecode,
-            BodyKind::UntilClose if !downstream_10 => Mode::ChunkEncode,
-            _ => Mode::Raw,
-        };
-        let close = self.must_close()
-            || (kind == BodyKind::UntilClose && downstream_10)
-            || (kind == BodyKind::Chunked && downstream_10);
-        let resp_mods_all: [&HeaderMods; 4] = [
-            weighted.map_or(&NO_MODS, |w| &w.response_headers),
-            resp_mods[0],
-            resp_mods[1],
-            resp_mods[2],
-        ];
-        out.clear();
-        write_headers::response_head(
-            &mut out,
-            self,
-            &up.buf,
-            &resp,
-            &resp_mods_all,
-            (mode == Mode::ChunkEncode) || (kind == BodyKind::Chunked && mode == Mode::Raw),
-            close,
-            self.log.service_time_ms,
-            f.attempt_count.1,
-        );
-        self.log.status = resp.status;
-        self.count_status(resp.status);
-        cstats.count_status(resp.status, ClusterStat::UpstreamRq1xx as usize);
-        let mut resp_body = Framing::new(kind, mode);
-        let n = match resp_body.consume_into(&up.buf[resp.len..], &mut out) {
-            Ok(n) => n,
-            Err(_) => {
-                self.out = out;
-                return Err(HttpError::UpstreamProtocol);
-            }
-        };
-        up.buf.drain(..resp.len + n);
-        let alone = self.alone();
-        let (res, o) = self.stream.write_all_now(out, alone).await;
-        out = o;
-        self.out = out;
-        if res.is_err() {
-            self.client_gone();
-            return Ok(Next::Close);
+            self.head.body = BodyKind::None;
         }
-        if resp.status == 101 && self.upgrade.is_some() {
-            self.resp_head = resp;
-            return Ok(Box::pin(self.tunnel(up, cluster, stream_idle)).await);
+        // Don't keep oversized buffers from a large body for the connection's life.
+        if self.out.capacity() > 4 * CHUNK {
+            self.out = Vec::new();
         }
-        // When the body came whole with the head, the upstream response ended then.
-        let body_with_head = resp_body.done();
-        if !resp_body.done() {
-            let r = forward_body(
-                &mut up.stream,
-                &mut self.stream,
-                &mut up.buf,
-                &mut resp_body,
-                stream_idle,
-                route_deadline(sent_at),
-            )
-            .await;
-            self.log.bytes_sent = resp_body.bytes;
-            match r {
-                Ok(()) => {}
-                Err(BodyError::Write(_)) => {
-                    self.client_gone();
-                    return Ok(Next::Close);
-                }
-                Err(BodyError::Timeout) => {
-                    cstats.inc(ClusterStat::UpstreamRqTimeout as usize);
-                    self.log.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-                    return Ok(Next::Close);
-                }
-                Err(_) => {
-                    // Upstream reset mid-body: the client sees the connection close.
-                    cstats.inc(ClusterStat::UpstreamRqRxReset as usize);
-                    self.log.flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
-                    return Ok(Next::Close);
-                }
-            }
+        match r {
+            Err(HttpError::ClientGone) => Ok(Next::Close),
+            Err(e) => Err(e),
+            Ok(()) if self.fwd.broken || self.fwd.close_after => Ok(Next::Close),
+            Ok(()) => Ok(Next::KeepAlive),
         }
-        self.log.bytes_sent = resp_body.bytes;
-        cstats.add(
-            ClusterStat::UpstreamCxRxBytesTotal as usize,
-            (resp.len as u64) + resp_body.bytes,
-        );
-        self.finished = Some(if body_with_head {
-            in_flight.complete_at(sent_at, head_at)
-        } else {
-            in_flight.complete(sent_at)
-        });
-        // Back to the pool when the exchange ended cleanly.
-        let reusable = kind != BodyKind::UntilClose
-            && !resp.close
-            && up.buf.is_empty()
-            && cluster
-                .max_requests_per_connection
-                .is_none_or(|m| up.requests < m);
-        self.resp_head = resp;
-        if reusable {
-            self.ctx.upstreams.borrow_mut().checkin(up);
-        }
-        Ok(if close { Next::Close } else { Next::KeepAlive })
-    }
-
-    /// Writes the upstream request head (HTTP/1 form) into `out`: path rewrites, the
-    /// request id, header mutations (most specific first: weighted cluster, route, virtual
-    /// host, route configuration) and the host rewrite.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    pub(super) fn upstream_head(
-        &mut self,
-        out: &mut Vec<u8>,
-        f: &Forward,
-        prefix_len: Option<usize>,
-        authority: std::ops::Range<usize>,
-        path: &std::ops::Range<usize>,
-        weighted: Option<&crate::model::route::WeightedTarget>,
-        req_mods: [&HeaderMods; 3],
-        ep: &Endpoint,
-    ) {
-        let request_id = self.request_id();
-        upstream_head(
-            out,
-            self,
-            HeadParts {
-                f,
-                prefix_len,
-                authority,
-                path,
-                weighted,
-                req_mods,
-                ep,
-            },
-            request_id.as_ref().map(|r| &r[..]),
-        );
     }
 
     /// Answers `Expect: 100-continue` itself, as Envoy does by default. False when the
     /// client is gone.
-    pub(super) async fn continue_100(&mut self) -> bool {
+    pub(super) async fn send_100_continue(&mut self) -> bool {
         if !self.head.expect_continue || self.head.body == BodyKind::None {
             return true;
         }
@@ -400,32 +107,217 @@ impl Connection {
         Ok(Next::Close)
     }
 
-    /// An error after the request body began to flow: answer if nothing was sent yet and
-    /// close unless the body had fully arrived.
-    pub(super) fn fail_after_body(
-        &mut self,
-        out: Vec<u8>,
-        pending: Vec<u8>,
-        body_done: bool,
-        e: HttpError,
-    ) -> Result<Next, HttpError> {
-        self.out = out;
-        if body_done {
-            self.buf.extend_from_slice(&pending);
-            self.pending = pending;
-            self.head.body = BodyKind::None;
-        } else {
-            self.head.close = true;
-            self.head.body = BodyKind::None;
+    fn start_body(&mut self) {
+        if !self.fwd.started {
+            self.fwd.started = true;
+            self.pending = self.take_after_head();
+            self.fwd.framing = Some(Framing::new(self.head.body, Mode::ChunkDecode));
+            self.fwd.passing = 0;
         }
-        Err(e)
+    }
+}
+
+impl Downstream for Connection {
+    fn ctx(&self) -> &std::rc::Rc<CoreCtx> {
+        &self.ctx
+    }
+    fn snapshot_arc(&self) -> Arc<Snapshot> {
+        self.snapshot.clone()
+    }
+    fn downstream(&self) -> &crate::ctx::Downstream {
+        &self.down
+    }
+    fn is_h2(&self) -> bool {
+        false
+    }
+    fn request_done(&self) -> bool {
+        match &self.fwd.framing {
+            Some(f) if self.fwd.started => f.done(),
+            _ => matches!(self.head.body, BodyKind::None | BodyKind::Length(0)),
+        }
+    }
+    fn request_in_hand(&self) -> bool {
+        let after_head = self.buf.len().saturating_sub(self.head.len) as u64;
+        match self.head.body {
+            BodyKind::None => true,
+            BodyKind::Length(n) => n <= after_head,
+            _ => false,
+        }
+    }
+    fn take_up_buf(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.fwd.up_out)
+    }
+    fn put_up_buf(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= 4 * CHUNK {
+            self.fwd.up_out = buf;
+        }
+    }
+    fn take_resp_head(&mut self) -> ResponseHead {
+        std::mem::take(&mut self.resp_head)
+    }
+    fn put_resp_head(&mut self, head: ResponseHead) {
+        self.resp_head = head;
     }
 
-    /// The x-request-id to send upstream, when the proxy sets one (Envoy's rules).
-    #[inline]
-    pub(super) fn request_id(&mut self) -> Option<[u8; 36]> {
-        let id = crate::http::forwarding::request_id(self)?;
-        self.log.request_id = Some(id);
-        Some(id)
+    fn expects_continue(&self) -> bool {
+        self.head.expect_continue && self.head.body != BodyKind::None
+    }
+
+    async fn continue_100(&mut self) -> bool {
+        self.send_100_continue().await
+    }
+
+    fn buffered_body(&mut self) -> Result<Option<Chunk<'_>>, HttpError> {
+        if self.head.body == BodyKind::None {
+            return Ok(None);
+        }
+        self.start_body();
+        let Some(framing) = &mut self.fwd.framing else {
+            return Ok(None);
+        };
+        if framing.done() || self.pending.is_empty() {
+            return Ok(None);
+        }
+        if framing.is_chunked() {
+            self.fwd.scratch.clear();
+            let n = framing
+                .consume_into(&self.pending, &mut self.fwd.scratch)
+                .map_err(HttpError::BadBody)?;
+            self.pending.drain(..n);
+            if self.fwd.scratch.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(Chunk::Slice(&self.fwd.scratch)));
+        }
+        let n = framing
+            .consume_raw(&self.pending)
+            .map_err(HttpError::BadBody)?;
+        self.fwd.passing = n;
+        Ok((n > 0).then(|| Chunk::Slice(&self.pending[..n])))
+    }
+
+    fn body_passed(&mut self, _n: usize) {
+        let n = std::mem::take(&mut self.fwd.passing);
+        self.pending.drain(..n);
+    }
+
+    async fn read_body(&mut self, idle: Option<Duration>) -> Result<(), DownError> {
+        self.start_body();
+        if self.pending.capacity() - self.pending.len() < CHUNK / 4 {
+            self.pending.reserve(CHUNK - self.pending.len());
+        }
+        let read = crate::io::read_more(&mut self.stream, std::mem::take(&mut self.pending));
+        let Some((res, buf)) = with_timeout(idle, read).await else {
+            return Err(DownError::Idle);
+        };
+        self.pending = buf;
+        match res {
+            Ok(0) | Err(_) => {
+                self.client_reset_mid_request();
+                Err(DownError::Gone)
+            }
+            Ok(n) => {
+                self.hcm
+                    .stats
+                    .core(self.ctx.core)
+                    .add(HttpStat::DownstreamCxRxBytesTotal as usize, n as u64);
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_head(
+        &mut self,
+        up: &[u8],
+        resp: &ResponseHead,
+        kind: BodyKind,
+        mods: &[&HeaderMods; 4],
+        attempt_count: bool,
+        _end: bool,
+    ) -> Result<bool, HttpError> {
+        let unframed = matches!(kind, BodyKind::Chunked | BodyKind::UntilClose);
+        let downstream_10 = self.head.minor == 0;
+        let chunked_out = unframed && !downstream_10;
+        let close = self.must_close() || (unframed && downstream_10);
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        write_headers::response_head(
+            &mut out,
+            self,
+            up,
+            resp,
+            mods,
+            chunked_out,
+            close,
+            self.log.service_time_ms,
+            attempt_count,
+        );
+        self.out = out;
+        self.fwd.chunked_out = chunked_out;
+        self.fwd.close_after = close;
+        Ok(true)
+    }
+
+    async fn send_body(&mut self, chunk: Chunk<'_>, _last: bool) -> bool {
+        let data = chunk.as_slice();
+        if self.fwd.chunked_out {
+            chunk_header(&mut self.out, data.len());
+            self.out.extend_from_slice(data);
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.out.extend_from_slice(data);
+        }
+        self.out.len() < CHUNK || self.flush().await
+    }
+
+    async fn end_body(&mut self, _trailers: Option<http::HeaderMap>) -> bool {
+        // Trailers are not sent to an HTTP/1.1 client, as in Envoy by default.
+        if self.fwd.chunked_out {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        true
+    }
+
+    async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let alone = self.alone();
+        let out = std::mem::take(&mut self.out);
+        let (res, mut out) = self.stream.write_all_now(out, alone).await;
+        out.clear();
+        self.out = out;
+        res.is_ok()
+    }
+
+    fn abort(&mut self, _reason: h2::Reason) {
+        self.fwd.broken = true;
+    }
+
+    fn client_gone(&mut self) {
+        self.fwd.broken = true;
+        Connection::client_gone(self);
+    }
+
+    fn upgrading(&self) -> bool {
+        self.upgrade.is_some()
+    }
+
+    async fn tunnel(
+        &mut self,
+        conn: crate::upstream::Conn,
+        cluster: &crate::model::Cluster,
+        idle: Option<Duration>,
+    ) {
+        self.fwd.broken = true;
+        Connection::tunnel(self, conn, cluster, idle).await;
+    }
+
+    fn alone(&self) -> bool {
+        Connection::alone(self)
+    }
+
+    fn set_finished(&mut self, at: Instant) {
+        self.finished = Some(at);
     }
 }

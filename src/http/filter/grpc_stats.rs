@@ -10,6 +10,7 @@ use crate::model::filter::GrpcStatsConfig;
 use crate::stats::{GrpcStat, Scope};
 
 /// A gRPC call being counted: its cluster's `grpc.` scope.
+#[derive(Clone)]
 pub(crate) struct Call {
     pub stats: Arc<Scope>,
     pub core: usize,

@@ -4,8 +4,7 @@
 
 pub mod convert;
 pub mod flood;
-pub mod server;
-mod streams;
+pub(crate) mod streams;
 
 use std::cell::Cell;
 use std::future::poll_fn;
@@ -176,12 +175,8 @@ impl RouteDeadline {
     }
 
     /// When the timeout passes, once it is known.
-    fn at(&self) -> Option<Instant> {
+    pub(crate) fn at(&self) -> Option<Instant> {
         Some(self.request_done.get()? + self.timeout?)
-    }
-
-    pub(crate) fn expired(&self) -> bool {
-        self.at().is_some_and(|d| Instant::now() >= d)
     }
 
     /// Resolves when the deadline passes; never without a timeout.

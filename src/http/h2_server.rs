@@ -14,17 +14,17 @@ use h2::RecvStream;
 use http::Request;
 use monoio::net::TcpStream;
 
-mod forward;
+mod down;
 
-use super::convert;
-use super::streams::{OpenStream, Streams};
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::error::HttpError;
 use crate::http::exchange::Exchange;
 use crate::http::flags::ResponseFlags;
 use crate::http::forwarding::{kept_authority, with_timeout};
 use crate::http::h1::{self, HeadError, RequestHead};
+use crate::http::h2::convert;
 use crate::http::h2::flood::FloodGuard;
+use crate::http::h2::streams::{OpenStream, Streams};
 use crate::http::local_reply::reply_for;
 use crate::http::log::{self, Entry};
 use crate::http::request::{route_table, Decision};
@@ -179,10 +179,16 @@ async fn stream_task(
     hcm: Arc<HttpConnectionManager>,
     down: Downstream,
     req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
 ) -> bool {
     let snapshot = ctx.snapshot();
     let mut s = Stream {
+        respond,
+        body: None,
+        tx: None,
+        req_pending: None,
+        req_done: false,
+        resp_ended: false,
         ctx,
         hcm,
         down,
@@ -196,12 +202,23 @@ async fn stream_task(
         filters: Default::default(),
         finished: None,
     };
-    s.run(req, &mut respond).await;
+    s.run(req).await;
     s.client_reset
 }
 
 /// One HTTP/2 stream, with its head in HTTP/1 form.
 struct Stream {
+    respond: SendResponse<Bytes>,
+    /// The request body, until it ends (or moves to its own task).
+    body: Option<RecvStream>,
+    /// The response body's stream, once its head went.
+    tx: Option<h2::SendStream<Bytes>>,
+    /// A DATA frame of the request not yet passed on.
+    req_pending: Option<Bytes>,
+    /// The request body ended.
+    req_done: bool,
+    /// END_STREAM went out on the response.
+    resp_ended: bool,
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
     down: Downstream,
@@ -311,7 +328,7 @@ impl Stream {
         self.client_reset = true;
     }
 
-    async fn run(&mut self, req: Request<RecvStream>, respond: &mut SendResponse<Bytes>) {
+    async fn run(&mut self, req: Request<RecvStream>) {
         self.log.start(!self.hcm.access_logs.is_empty());
         let started = self.log.started.unwrap_or_else(Instant::now);
         self.stat(HttpStat::DownstreamRqTotal);
@@ -326,16 +343,16 @@ impl Stream {
                 .get(http::header::CONTENT_TYPE)
                 .map(|v| v.as_bytes()),
         );
-        if let Err(e) = self.handle(parts, body, respond).await {
-            if self.responded {
+        match self.handle(parts, body).await {
+            Ok(()) | Err(HttpError::ClientGone) => {}
+            Err(e) if self.responded => {
                 if let HttpError::MaxDurationReached { .. } = e {
                     self.stat(HttpStat::DownstreamRqMaxDurationReached);
                     self.log.flags.set(ResponseFlags::DURATION_TIMEOUT);
                 }
-                respond.send_reset(h2::Reason::INTERNAL_ERROR);
-            } else {
-                self.local_reply(respond, &e);
+                self.reset_stream(h2::Reason::INTERNAL_ERROR);
             }
+            Err(e) => self.local_reply(&e),
         }
         log::write(&self.ctx, self);
         c.dec(HttpStat::DownstreamRqActive as usize);
@@ -351,7 +368,6 @@ impl Stream {
         &mut self,
         parts: http::request::Parts,
         body: RecvStream,
-        respond: &mut SendResponse<Bytes>,
     ) -> Result<(), HttpError> {
         let started = Instant::now();
         if parts.method == http::Method::CONNECT {
@@ -383,31 +399,16 @@ impl Stream {
         let routes = route_table(&self.hcm, &self.snapshot)?;
         match crate::http::request::route(self, &routes, &authority, &mut path).await? {
             Decision::Answer(a) => {
-                self.simple(
-                    respond,
-                    a.status,
-                    a.body,
-                    a.location.as_deref(),
-                    &a.mods,
-                    None,
-                );
+                self.simple(a.status, a.body, a.location.as_deref(), &a.mods, None);
                 Ok(())
             }
             Decision::Forward(fw) => {
                 let f: &Forward = fw.f;
                 let limit = stream_limit(f, &self.buf, &self.head);
                 let end = body.is_end_stream();
-                let forward = self.forward(
-                    f,
-                    fw.weighted,
-                    fw.prefix_len,
-                    authority,
-                    path,
-                    fw.req_mods,
-                    fw.resp_mods,
-                    body,
-                    respond,
-                );
+                self.req_done = end;
+                self.body = (!end).then_some(body);
+                let forward = crate::http::proxy::forward(self, &fw, authority, &path);
                 match limit {
                     None => forward.await,
                     Some(d) => {
@@ -431,7 +432,6 @@ impl Stream {
     #[allow(clippy::too_many_arguments)]
     fn simple(
         &mut self,
-        respond: &mut SendResponse<Bytes>,
         status: u16,
         body: &[u8],
         location: Option<&[u8]>,
@@ -447,13 +447,13 @@ impl Stream {
         self.log.bytes_sent = body.len() as u64;
         self.count_status(status);
         let Ok(resp) = convert::h1_to_response(&out) else {
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            self.respond.send_reset(h2::Reason::INTERNAL_ERROR);
             return;
         };
         let head = self.head.method.clone();
         let no_body = body.is_empty() || self.buf[head].eq_ignore_ascii_case(b"HEAD");
         self.responded = true;
-        if let Ok(mut tx) = respond.send_response(resp, no_body) {
+        if let Ok(mut tx) = self.respond.send_response(resp, no_body) {
             if !no_body {
                 // Local bodies are small: within the initial window.
                 let _ = tx.send_data(Bytes::copy_from_slice(body), true);
@@ -462,7 +462,7 @@ impl Stream {
     }
 
     /// The proxy's answer to an error (gRPC-shaped for gRPC requests, as Envoy sends it).
-    fn local_reply(&mut self, respond: &mut SendResponse<Bytes>, e: &HttpError) {
+    fn local_reply(&mut self, e: &HttpError) {
         let reply = reply_for(e);
         if let Some(s) = reply.stat {
             self.stat(s);
@@ -471,7 +471,6 @@ impl Stream {
         self.log.details = reply.details;
         let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
         self.simple(
-            respond,
             reply.status,
             reply.body.as_bytes(),
             None,
