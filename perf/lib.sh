@@ -37,7 +37,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # compare.py measures. ISTIO_FILTERS=1 puts istiod's default HTTP filters (grpc_stats,
 # an empty fault filter, cors) before the router, as on every sidecar listener.
 # ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
-# track_remaining), which Ringside does not count.
+# track_remaining), which Ringside does not count. ISTIO_RETRY=1 gives the route istiod's
+# default retry policy (and max_grpc_timeout), as on every outbound route.
 one_route_setup() {
   local dir=$1 body
   backend=$(free_port); proxy=$(free_port); admin=$(free_port)
@@ -63,5 +64,8 @@ PY
   fi
   if [ -n "${ISTIO_BREAKERS:-}" ]; then
     sed -i 's|^    connect_timeout: 1s$|    connect_timeout: 1s\n    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}]}|' "$dir/ringside.yaml"
+  fi
+  if [ -n "${ISTIO_RETRY:-}" ]; then
+    sed -i "s|route: {cluster: backend}|route: {cluster: backend, max_grpc_timeout: 0s, retry_policy: {retry_on: 'connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes', num_retries: 2, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}], host_selection_retry_max_attempts: 5, retriable_status_codes: [503]}}|" "$dir/ringside.yaml"
   fi
 }

@@ -144,6 +144,7 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
             b.in_use(Resource::Requests, used(ClusterStat::UpstreamRqActive)),
         );
         let pending = b.in_use(Resource::Pending, 0);
+        let retries = b.in_use(Resource::Retries, 0);
         let open = |n: u64, limit: u64| u64::from(n > 0 && n >= limit);
         let d = b.stats[0].core(control);
         d.set(B::CxOpen as usize, open(cx, b.default.max_connections));
@@ -152,9 +153,13 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
             B::RqPendingOpen as usize,
             open(pending, b.default.max_pending_requests),
         );
-        for (scope, th, (cx, pending, rq)) in [
-            (&b.remaining[0], &b.default, (cx, pending, rq)),
-            (&b.remaining[1], &b.high, (0, 0, 0)),
+        d.set(
+            B::RqRetryOpen as usize,
+            open(retries, b.default.max_retries),
+        );
+        for (scope, th, (cx, pending, rq, retries)) in [
+            (&b.remaining[0], &b.default, (cx, pending, rq, retries)),
+            (&b.remaining[1], &b.high, (0, 0, 0, 0)),
         ] {
             let Some(scope) = scope else { continue };
             let r = scope.core(control);
@@ -167,7 +172,10 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
                 th.max_pending_requests.saturating_sub(pending),
             );
             r.set(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
-            r.set(R::RemainingRetries as usize, th.max_retries);
+            r.set(
+                R::RemainingRetries as usize,
+                th.max_retries.saturating_sub(retries),
+            );
             r.set(R::RemainingCxPools as usize, u64::MAX);
         }
     }

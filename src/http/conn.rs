@@ -541,13 +541,17 @@ impl Connection {
                     return Box::pin(self.terminate_connect(f)).await;
                 }
                 let limit = crate::http::h2_server::stream_limit(f, &self.buf, &self.head);
-                let forward = self.forward(&fw, authority, path);
+                // Each branch builds its own future where it is awaited: a future held in a
+                // local first is copied whole (kilobytes) on every request.
                 match limit {
-                    None => forward.await,
-                    Some(d) => match monoio::time::timeout(d, forward).await {
-                        Ok(r) => r,
-                        Err(_) => self.max_duration_reached(),
-                    },
+                    None => self.forward(&fw, authority, path).await,
+                    Some(d) => {
+                        let forward = self.forward(&fw, authority, path);
+                        match Box::pin(monoio::time::timeout(d, forward)).await {
+                            Ok(r) => r,
+                            Err(_) => self.max_duration_reached(),
+                        }
+                    }
                 }
             }
         }

@@ -67,6 +67,12 @@ pub enum HttpError {
     UpstreamProtocol,
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// An attempt's `per_try_timeout` passed (and it was not retried).
+    #[error("upstream request timeout")]
+    UpstreamPerTryTimeout,
+    /// The upstream refused the HTTP/2 stream (REFUSED_STREAM).
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset")]
+    UpstreamRefusedStream,
     #[error("stream timeout")]
     StreamIdleTimeout,
     // Answers of HTTP filters.

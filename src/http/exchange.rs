@@ -66,6 +66,8 @@ pub struct Entry {
     pub service_time_ms: Option<u64>,
     pub request_id: Option<[u8; 36]>,
     pub route_prefix_len: usize,
+    /// Upstream attempts made (0 before the first).
+    pub attempts: u32,
 }
 
 impl Default for Entry {
@@ -86,6 +88,7 @@ impl Default for Entry {
             service_time_ms: None,
             request_id: None,
             route_prefix_len: 0,
+            attempts: 0,
         }
     }
 }

@@ -35,6 +35,10 @@ pub(crate) struct HeadParts<'a> {
     pub weighted: Option<&'a crate::model::route::WeightedTarget>,
     pub req_mods: [&'a HeaderMods; 3],
     pub ep: &'a Endpoint,
+    /// The attempt (`x-envoy-attempt-count`), from 1.
+    pub attempt: u32,
+    /// The route timeout (`x-envoy-expected-rq-timeout-ms`).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Writes the upstream request head (HTTP/1 form) for either codec: path rewrites, header
@@ -64,6 +68,7 @@ pub(crate) fn upstream_head<E: crate::http::exchange::Exchange + ?Sized>(
         host_rewrite(hop.weighted, hop.f, hop.ep),
         &mods,
         request_id,
+        (hop.attempt, hop.timeout),
     );
 }
 

@@ -463,7 +463,8 @@ impl Stream {
 
     /// The proxy's answer to an error (gRPC-shaped for gRPC requests, as Envoy sends it).
     fn local_reply(&mut self, e: &HttpError) {
-        let reply = reply_for(e);
+        let mut reply = reply_for(e);
+        crate::http::local_reply::after_retries(&mut reply, self.log.attempts);
         if let Some(s) = reply.stat {
             self.stat(s);
         }

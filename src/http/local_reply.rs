@@ -182,6 +182,18 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             "upstream_response_timeout",
         ),
+        HttpError::UpstreamPerTryTimeout => r(
+            504,
+            None,
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            "upstream_per_try_timeout",
+        ),
+        HttpError::UpstreamRefusedStream => r(
+            503,
+            None,
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            "upstream_reset_before_response_started{remote_refused_stream_reset}",
+        ),
         HttpError::StreamIdleTimeout => r(
             504,
             Some(HttpStat::DownstreamRqIdleTimeout),
@@ -208,6 +220,17 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
             "downstream_remote_disconnect",
         ),
+    }
+}
+
+/// After retries, Envoy's reset answers say so: "... retried and the latest reset
+/// reason: ...".
+pub fn after_retries(reply: &mut Reply, attempts: u32) {
+    const PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
+    if attempts > 1 && reply.body.starts_with(PREFIX) {
+        reply
+            .body
+            .insert_str(PREFIX.len(), "retried and the latest ");
     }
 }
 

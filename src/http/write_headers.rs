@@ -63,6 +63,8 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     host_rewrite: Option<&[u8]>,
     mods: &[&HeaderMods],
     request_id: Option<&[u8]>,
+    // The attempt (from 1) and the route timeout.
+    (attempt, timeout): (u32, Option<std::time::Duration>),
 ) {
     let buf = conn.buf();
     let head = conn.head();
@@ -104,8 +106,10 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
             || (!internal && trust::stripped_from_external(name, edge))
             || (edge && name.eq_ignore_ascii_case(b"x-forwarded-proto"))
             || name.eq_ignore_ascii_case(b"x-envoy-expected-rq-timeout-ms")
-                && f.timeout.is_some()
+                && timeout.is_some()
                 && !hcm.suppress_envoy_headers
+            // The router consumes these (Envoy's `RetryStateImpl::create`, `finalTimeout`).
+            || consumed_by_router(name)
             || name.eq_ignore_ascii_case(b"x-envoy-original-path") && original_path.is_some()
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
             || f.attempt_count.0 && name.eq_ignore_ascii_case(b"x-envoy-attempt-count")
@@ -189,13 +193,16 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         header(out, b"x-request-id", id);
     }
     if f.attempt_count.0 {
-        // The first attempt: there are no retries yet.
-        header(out, b"x-envoy-attempt-count", b"1");
+        header(
+            out,
+            b"x-envoy-attempt-count",
+            itoa::Buffer::new().format(attempt).as_bytes(),
+        );
     }
     if let Some(original) = original_path.filter(|_| !hcm.suppress_envoy_headers) {
         header(out, b"x-envoy-original-path", original);
     }
-    if let (Some(t), false) = (f.timeout, hcm.suppress_envoy_headers) {
+    if let (Some(t), false) = (timeout, hcm.suppress_envoy_headers) {
         header(
             out,
             b"x-envoy-expected-rq-timeout-ms",
@@ -217,6 +224,23 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Request headers the router acts on and never forwards.
+fn consumed_by_router(name: &[u8]) -> bool {
+    name.len() > 9
+        && name[..9].eq_ignore_ascii_case(b"x-envoy-r")
+        && [
+            &b"x-envoy-retry-on"[..],
+            b"x-envoy-retry-grpc-on",
+            b"x-envoy-max-retries",
+            b"x-envoy-retriable-status-codes",
+            b"x-envoy-retriable-header-names",
+        ]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+        || name.eq_ignore_ascii_case(b"x-envoy-upstream-rq-timeout-ms")
+        || name.eq_ignore_ascii_case(b"x-envoy-upstream-rq-per-try-timeout-ms")
+}
+
 /// Whether a comma list holds `token` (case-insensitive).
 fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
@@ -234,8 +258,8 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     chunked_out: bool,
     close: bool,
     service_time_ms: Option<u64>,
-    // `include_attempt_count_in_response`: this was attempt 1 (there are no retries yet).
-    attempt_count: bool,
+    // `include_attempt_count_in_response`: the attempts made.
+    attempt_count: Option<u32>,
 ) {
     let hcm = conn.hcm();
     // `always_set_request_id_in_response`: the id the proxy generated, else the client's.
@@ -280,7 +304,7 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
         {
             continue;
         }
-        if attempt_count && name.eq_ignore_ascii_case(b"x-envoy-attempt-count") {
+        if attempt_count.is_some() && name.eq_ignore_ascii_case(b"x-envoy-attempt-count") {
             continue;
         }
         if name.eq_ignore_ascii_case(b"server") {
@@ -317,8 +341,12 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
             itoa::Buffer::new().format(ms).as_bytes(),
         );
     }
-    if attempt_count {
-        header(out, b"x-envoy-attempt-count", b"1");
+    if let Some(n) = attempt_count {
+        header(
+            out,
+            b"x-envoy-attempt-count",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
     }
     if let Some(id) = request_id {
         header(out, b"x-request-id", id);

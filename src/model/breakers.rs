@@ -46,6 +46,8 @@ pub enum Resource {
     Connections = 0,
     Pending = 1,
     Requests = 2,
+    /// Retries outstanding (`max_retries`).
+    Retries = 3,
 }
 
 /// The shared counts of the limited resources, each on a cache line of its own. They live
@@ -54,7 +56,7 @@ pub enum Resource {
 /// cluster's resource manager across updates that do not change it.
 #[derive(Default)]
 pub struct Counts {
-    open: [Padded<AtomicU64>; 3],
+    open: [Padded<AtomicU64>; 4],
     /// Requests waiting for a connection at `max_connections` (whether or not pending
     /// requests are limited).
     waiting: Padded<AtomicU64>,
@@ -140,6 +142,7 @@ impl Breakers {
             Resource::Connections => self.default.max_connections,
             Resource::Pending => self.default.max_pending_requests,
             Resource::Requests => self.default.max_requests,
+            Resource::Retries => self.default.max_retries,
         }
     }
 

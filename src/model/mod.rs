@@ -24,6 +24,7 @@ pub mod matcher;
 pub mod overload;
 pub mod path;
 pub mod ratelimit;
+pub mod retry;
 pub mod route;
 pub mod runtime;
 pub mod tls;

@@ -141,6 +141,13 @@ pub struct Forward {
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the upstream
     /// request and on the response.
     pub attempt_count: (bool, bool),
+    /// The route's retry policy, else its virtual host's.
+    pub retry: Option<Arc<crate::model::retry::RetryPolicy>>,
+    /// `max_grpc_timeout`: a gRPC request's `grpc-timeout` is its route timeout, capped
+    /// by this (zero: not capped).
+    pub max_grpc_timeout: Option<Duration>,
+    /// `grpc_timeout_offset`: taken off the `grpc-timeout` when that leaves some time.
+    pub grpc_timeout_offset: Option<Duration>,
 }
 
 /// One `RouteAction.upgrade_configs` entry.

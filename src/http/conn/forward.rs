@@ -232,7 +232,7 @@ impl Downstream for Connection {
         resp: &ResponseHead,
         kind: BodyKind,
         mods: &[&HeaderMods; 4],
-        attempt_count: bool,
+        attempt_count: Option<u32>,
         _end: bool,
     ) -> Result<bool, HttpError> {
         let unframed = matches!(kind, BodyKind::Chunked | BodyKind::UntilClose);

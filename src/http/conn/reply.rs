@@ -55,7 +55,8 @@ impl Connection {
         e: &HttpError,
         close: bool,
     ) -> Result<(), HttpError> {
-        let reply = reply_for(e);
+        let mut reply = reply_for(e);
+        crate::http::local_reply::after_retries(&mut reply, self.log.attempts);
         if let Some(s) = reply.stat {
             self.stat(s);
         }

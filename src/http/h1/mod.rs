@@ -90,6 +90,8 @@ pub struct RequestHead {
     pub request_id: Option<usize>,
     /// The target has a fragment (`#`): the connection manager refuses it.
     pub fragment: bool,
+    /// Some header is named `x-envoy-*` (the router's own request headers may be there).
+    pub envoy: bool,
 }
 
 impl RequestHead {
@@ -178,6 +180,7 @@ pub fn parse_request(
     head.underscore = false;
     head.nominates = false;
     head.request_id = None;
+    head.envoy = false;
     let mut content_length_seen: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -190,6 +193,7 @@ pub fn parse_request(
         if name.contains(&b'_') {
             head.underscore = true;
         }
+        head.envoy |= name.len() > 8 && name[..8].eq_ignore_ascii_case(b"x-envoy-");
         if name.eq_ignore_ascii_case(b"host") {
             if head.host.is_some() {
                 return Err(HeadError::Malformed);

@@ -75,6 +75,9 @@ pub(crate) async fn send_all(
     Ok(())
 }
 
+/// What sees each chunk a pump moves.
+pub(crate) type Record<'a> = Option<&'a dyn Fn(&[u8])>;
+
 /// Why a pump stopped.
 #[derive(Debug)]
 pub(crate) enum PumpError {
@@ -96,6 +99,8 @@ pub(crate) async fn pump(
     idle: Option<Duration>,
     deadline: Option<&RouteDeadline>,
     mut grpc: Option<GrpcTap<'_>>,
+    // Sees each chunk as it goes (a request body kept for retries).
+    record: Record<'_>,
 ) -> Result<u64, PumpError> {
     let mut moved = 0u64;
     loop {
@@ -113,6 +118,9 @@ pub(crate) async fn pump(
         }
         if let Some(tap) = &mut grpc {
             tap.frames.inspect(&chunk);
+        }
+        if let Some(record) = record {
+            record(&chunk);
         }
         send_all(to, chunk, false)
             .await
@@ -175,6 +183,10 @@ impl RouteDeadline {
     }
 
     /// When the timeout passes, once it is known.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     pub(crate) fn at(&self) -> Option<Instant> {
         Some(self.request_done.get()? + self.timeout?)
     }

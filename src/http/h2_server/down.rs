@@ -125,7 +125,7 @@ impl Downstream for Stream {
         resp: &ResponseHead,
         _kind: BodyKind,
         mods: &[&HeaderMods; 4],
-        attempt_count: bool,
+        attempt_count: Option<u32>,
         end: bool,
     ) -> Result<bool, HttpError> {
         let mut out = Vec::with_capacity(512);

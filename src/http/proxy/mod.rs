@@ -10,28 +10,34 @@
 //! an HTTP/1.1 peer are buffered and flushed only before the proxy waits, so a response
 //! whose body came with its head leaves in one write.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::ctx::CoreCtx;
+use crate::ctx::{CoreCtx, UpstreamRequest};
 use crate::http::body::{wait_limit, Framing, Mode};
 use crate::http::error::HttpError;
 use crate::http::filter::FilterHost;
 use crate::http::flags::ResponseFlags;
 use crate::http::forwarding::{pick_upstream, upstream_head, HeadParts, NO_MODS};
 use crate::http::h1::{BodyKind, ResponseHead};
-use crate::http::h2::RouteDeadline;
 use crate::http::request::Forwarding;
 use crate::model::headers::HeaderMods;
-use crate::model::{Cluster, Snapshot};
+use crate::model::{Cluster, Discovery, Snapshot};
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 
+mod attempt;
+mod retry;
 mod send;
 pub(crate) mod up;
 
+pub(crate) use attempt::Deadline;
+use attempt::{failure, pick_again, Body, Replay};
+use retry::{Retry, Verdict};
+use send::{exchange_h1, Attempt};
 use up::{RecvError, Up};
 
 /// A piece of a body's payload: borrowed from a read buffer, or an HTTP/2 DATA frame's.
@@ -123,7 +129,7 @@ pub(crate) trait Downstream: FilterHost {
         resp: &ResponseHead,
         kind: BodyKind,
         mods: &[&HeaderMods; 4],
-        attempt_count: bool,
+        attempt_count: Option<u32>,
         end: bool,
     ) -> Result<bool, HttpError>;
     /// Sends (or buffers) response payload. False: the client is gone.
@@ -161,43 +167,11 @@ pub(crate) trait Downstream: FilterHost {
     }
 }
 
-/// The route timeout of a forwarded request. As in Envoy it starts once the request has
-/// fully gone upstream, and covers the response's head and body.
-pub(crate) enum Deadline {
-    /// Known once the request is sent (`None` until then, or without a timeout).
-    At(Option<Duration>, Option<Instant>),
-    /// The request body streams in its own task, which marks its end.
-    Shared(RouteDeadline),
-}
-
-impl Deadline {
-    fn started(&mut self, at: Instant) {
-        match self {
-            Deadline::At(t, d) => *d = t.map(|t| at + t),
-            Deadline::Shared(r) => r.request_done(),
-        }
-    }
-
-    pub fn at(&self) -> Option<Instant> {
-        match self {
-            Deadline::At(_, d) => *d,
-            Deadline::Shared(r) => r.at(),
-        }
-    }
-
-    fn expired(&self) -> bool {
-        self.at().is_some_and(|d| Instant::now() >= d)
-    }
-
-    async fn passed(&self) {
-        match self {
-            Deadline::At(_, None) => std::future::pending().await,
-            Deadline::At(_, Some(at)) => {
-                monoio::time::sleep(at.saturating_duration_since(Instant::now())).await
-            }
-            Deadline::Shared(r) => RouteDeadline::passed(Some(r)).await,
-        }
-    }
+/// The response head of the attempt whose outcome stands.
+struct Outcome<'c> {
+    pub up: Up,
+    pub sent: Instant,
+    pub in_flight: UpstreamRequest<'c>,
 }
 
 /// Forwards a routed request to its cluster and its response back. `Err`: answered with
@@ -226,25 +200,8 @@ pub(crate) async fn forward<D: Downstream>(
     let core = ctx.core;
     let cs = cluster.stats.core(core);
 
-    // The upstream head, in HTTP/1 form.
     let request_id = crate::http::forwarding::request_id(d);
     d.log_mut().request_id = request_id;
-    let mut head = d.take_up_buf();
-    head.clear();
-    upstream_head(
-        &mut head,
-        d,
-        HeadParts {
-            f,
-            prefix_len: fw.prefix_len,
-            authority,
-            path,
-            weighted,
-            req_mods: fw.req_mods,
-            ep: &ep,
-        },
-        request_id.as_ref().map(|r| &r[..]),
-    );
     let resp_mods: [&HeaderMods; 4] = [
         weighted.map_or(&NO_MODS, |w| &w.response_headers),
         fw.resp_mods[0],
@@ -252,37 +209,170 @@ pub(crate) async fn forward<D: Downstream>(
         fw.resp_mods[2],
     ];
     let idle = f.idle_timeout.or(d.hcm().stream_idle_timeout);
-
-    let verify = !d.request_in_hand();
-    let pooled = match h2 {
-        None => Up::pooled(&ctx, cluster, &ep, verify),
-        Some(_) => None,
-    };
-    let mut up = match pooled {
-        Some(up) => up,
-        None => match Up::open(&ctx, cluster, &ep, h2).await {
-            Ok(u) => u,
-            Err(e) => {
-                d.put_up_buf(head);
-                return Err(e);
-            }
-        },
-    };
-    // In flight from here to the end of the exchange, whatever ends it.
-    let in_flight = ctx.upstream_request(cluster, ep.address);
-    if d.expects_continue() && !Box::pin(d.continue_100()).await {
-        d.put_up_buf(head);
-        d.client_gone();
-        return Ok(());
-    }
-
-    let mut deadline = Deadline::At(f.timeout, None);
+    let mut deadline = Deadline::At(attempt::route_timeout(d, fw), None);
     let mut resp = d.take_resp_head();
-    let sent = up
-        .exchange(d, cluster, &ep, head, &mut resp, &mut deadline, idle)
-        .await;
-    let sent = match sent {
-        Ok(s) => s,
+    let fw_here = Forwarding {
+        f,
+        weighted,
+        prefix_len: fw.prefix_len,
+        req_mods: fw.req_mods,
+        resp_mods: fw.resp_mods,
+    };
+    // The attempts (inline, not a function of its own: every future level is copied on
+    // every request), until one's outcome stands: its response head, or its error.
+    let outcome: Result<Outcome<'_>, HttpError> = 'attempts: {
+        let ctx: &CoreCtx = &ctx;
+        let fw = &fw_here;
+        let first = ep;
+        let resp = &mut resp;
+        let deadline = &mut deadline;
+        let f = fw.f;
+        let mut per_try = f.retry.as_ref().and_then(|p| p.per_try_timeout);
+        let mut retry = Retry::new(f.retry.as_deref(), d, &mut per_try);
+        let per_try_idle = f.retry.as_ref().and_then(|p| p.per_try_idle_timeout);
+        let replay = match &retry {
+            Some(_) if !d.request_done() => Some(Rc::new(RefCell::new(Replay::default()))),
+            _ => None,
+        };
+        let mut ep = first;
+        let mut attempt = 1u32;
+        loop {
+            let mut head = d.take_up_buf();
+            head.clear();
+            upstream_head(
+                &mut head,
+                d,
+                HeadParts {
+                    f,
+                    prefix_len: fw.prefix_len,
+                    authority: authority.clone(),
+                    path,
+                    weighted: fw.weighted,
+                    req_mods: fw.req_mods,
+                    ep: &ep,
+                    attempt,
+                    timeout: deadline.timeout(),
+                },
+                request_id.as_ref().map(|r| &r[..]),
+            );
+            d.log_mut().upstream = Some(ep.address);
+            let from_replay = replay.as_ref().is_some_and(|r| r.borrow().touched);
+            let body = Body {
+                replay: replay.as_ref(),
+                from_replay,
+            };
+            let mut sent_any = false;
+            // One attempt: connect or reuse, send, and wait for the response head (inline,
+            // not a function of its own: each future level is copied on every request).
+            let verify = !d.request_in_hand();
+            let pooled = match h2 {
+                None => Up::pooled(ctx, cluster, &ep, verify),
+                Some(_) => None,
+            };
+            let opened = match pooled {
+                Some(up) => Ok(up),
+                None => Up::open(ctx, cluster, &ep, h2).await,
+            };
+            let outcome = match opened {
+                Err(e) => {
+                    d.put_up_buf(head);
+                    Err(e)
+                }
+                Ok(mut up) => {
+                    // In flight from here to the end of the exchange, whatever ends it.
+                    let in_flight = ctx.upstream_request(cluster, ep.address);
+                    if d.expects_continue() && !Box::pin(d.continue_100()).await {
+                        d.put_up_buf(head);
+                        break 'attempts Err(HttpError::ClientGone);
+                    }
+                    let a = Attempt {
+                        cluster,
+                        deadline: &mut *deadline,
+                        idle,
+                        per_try: (per_try, per_try_idle),
+                        body,
+                        sent_any: &mut sent_any,
+                    };
+                    let sent = match &mut up {
+                        Up::H1 { conn, reused, .. } => {
+                            exchange_h1(conn, reused, d, &ep, head, resp, a).await
+                        }
+                        // Boxed: the keep-alive path's future would otherwise carry it.
+                        Up::H2(_) => Box::pin(up.exchange_h2(d, head, resp, a)).await,
+                    };
+                    sent.map(|sent| Outcome {
+                        up,
+                        sent,
+                        in_flight,
+                    })
+                }
+            };
+            let Some(rs) = retry.as_mut() else {
+                break 'attempts outcome;
+            };
+            rs.sent |= sent_any;
+            if replay.as_ref().is_some_and(|r| !r.borrow().replayable()) {
+                break 'attempts outcome;
+            }
+            let verdict = match &outcome {
+                Ok(o) => rs.on_response(resp, o.up.head_bytes(resp), cluster, ctx.core),
+                Err(e) => match failure(e) {
+                    Some(kind) => rs.on_failure(kind, cluster, ctx.core),
+                    None => break 'attempts outcome,
+                },
+            };
+            let backoff = match verdict {
+                Verdict::Done => break 'attempts outcome,
+                Verdict::LimitExceeded => {
+                    d.log_mut()
+                        .flags
+                        .set(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                    break 'attempts outcome;
+                }
+                Verdict::Overflow => {
+                    d.log_mut().flags.set(ResponseFlags::UPSTREAM_OVERFLOW);
+                    break 'attempts outcome;
+                }
+                Verdict::Retry(b) => b,
+            };
+            rs.tried(ep.address);
+            // The attempt is given up: its connection closes (HTTP/1.1) or its stream is
+            // reset (HTTP/2).
+            drop(outcome);
+            // The route timeout bounds the back-off too.
+            if let Some(at) = deadline.at() {
+                if Instant::now() + backoff >= at {
+                    monoio::time::sleep(at.saturating_duration_since(Instant::now())).await;
+                    cluster
+                        .stats
+                        .core(ctx.core)
+                        .inc(ClusterStat::UpstreamRqTimeout as usize);
+                    d.hcm()
+                        .stats
+                        .core(ctx.core)
+                        .inc(HttpStat::DownstreamRqTimeout as usize);
+                    break 'attempts Err(HttpError::UpstreamTimeout);
+                }
+            }
+            monoio::time::sleep(backoff).await;
+            attempt += 1;
+            d.log_mut().attempts = attempt;
+            if cluster.discovery != Discovery::OriginalDst {
+                ep = pick_again(ctx, cluster, rs).unwrap_or(ep);
+            }
+        }
+    };
+    let Outcome {
+        mut up,
+        sent,
+        in_flight,
+    } = match outcome {
+        Ok(o) => o,
+        Err(HttpError::ClientGone) => {
+            d.put_resp_head(resp);
+            d.client_gone();
+            return Ok(());
+        }
         Err(e) => {
             d.put_resp_head(resp);
             return Err(e);
@@ -306,13 +396,14 @@ pub(crate) async fn forward<D: Downstream>(
         HttpStat::DownstreamRq1xx as usize,
     ));
     let end = kind == BodyKind::None;
+    let d_attempts = d.log().attempts.max(1);
     let ok = d
         .send_head(
             up.head_bytes(&resp),
             &resp,
             kind,
             &resp_mods,
-            f.attempt_count.1,
+            f.attempt_count.1.then_some(d_attempts),
             end,
         )
         .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::RecvStream;
 
-use super::send::{exchange_h1, exchange_h2};
+use super::send::{exchange_h2, Attempt};
 use super::{Chunk, Deadline, Downstream};
 use crate::ctx::CoreCtx;
 use crate::http::body::Framing;
@@ -28,7 +28,9 @@ pub(crate) enum RecvError {
     Reset(h2::Reason),
 }
 
-/// An upstream for one request.
+/// An upstream for one request. The HTTP/1.1 connection is inline: the keep-alive path
+/// must not allocate per request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Up {
     H1 {
         conn: Conn,
@@ -41,21 +43,26 @@ pub(crate) enum Up {
         /// Bytes of `scratch` handed on (drained on the next call).
         scratch_used: bool,
     },
-    H2 {
-        conn: H2Conn,
-        _slot: Option<StreamGuard>,
-        /// The response head in HTTP/1 form.
-        head: Vec<u8>,
-        rx: Option<RecvStream>,
-        /// The response ended with its head.
-        ended: bool,
-        /// The DATA frame received and not yet passed on.
-        pending: Option<Bytes>,
-        /// Window to give back once what was passed on went out.
-        release: usize,
-        /// The stream ended (no more DATA).
-        done: bool,
-    },
+    /// Boxed: an HTTP/2 stream's state is larger, and every request's future would
+    /// carry its size.
+    H2(Box<H2Up>),
+}
+
+/// A stream on an upstream HTTP/2 connection.
+pub(crate) struct H2Up {
+    conn: H2Conn,
+    _slot: Option<StreamGuard>,
+    /// The response head in HTTP/1 form.
+    head: Vec<u8>,
+    rx: Option<RecvStream>,
+    /// The response ended with its head.
+    ended: bool,
+    /// The DATA frame received and not yet passed on.
+    pending: Option<Bytes>,
+    /// Window to give back once what was passed on went out.
+    release: usize,
+    /// The stream ended (no more DATA).
+    done: bool,
 }
 
 impl Up {
@@ -69,7 +76,7 @@ impl Up {
     ) -> Result<Up, HttpError> {
         if let Some(settings) = h2 {
             let conn = Box::pin(crate::http::h2::upstream(ctx, cluster, ep, settings)).await?;
-            return Ok(Up::H2 {
+            return Ok(Up::H2(Box::new(H2Up {
                 conn,
                 _slot: None,
                 head: Vec::new(),
@@ -78,7 +85,7 @@ impl Up {
                 pending: None,
                 release: 0,
                 done: false,
-            });
+            })));
         }
         let conn = Box::pin(crate::upstream::connect(ctx.core, cluster, ep))
             .await
@@ -114,67 +121,59 @@ impl Up {
         }
     }
 
-    /// Sends the request (`head` in HTTP/1 form, then the body) and reads the response
-    /// head into `resp`. Returns when the request was sent (the route timeout's start).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn exchange<D: Downstream>(
+    /// Sends the request on an HTTP/2 stream and reads the response head into `resp`.
+    /// Returns when the request was sent. (An HTTP/1.1 connection's exchange is
+    /// `send::exchange_h1`, called directly: one future level less on the keep-alive path.)
+    pub(crate) async fn exchange_h2<D: Downstream>(
         &mut self,
         d: &mut D,
-        cluster: &Cluster,
-        ep: &Endpoint,
         head: Vec<u8>,
         resp: &mut ResponseHead,
-        deadline: &mut Deadline,
-        idle: Option<Duration>,
+        a: Attempt<'_>,
     ) -> Result<Instant, HttpError> {
-        match self {
-            Up::H1 { conn, reused, .. } => {
-                exchange_h1(conn, reused, d, cluster, ep, head, resp, deadline, idle).await
-            }
-            Up::H2 {
-                conn,
-                _slot,
-                head: resp_head,
-                rx,
-                ended,
-                ..
-            } => {
-                *_slot = Some(conn.stream());
-                // Boxed: the request futures are moved by value, so the larger HTTP/2
-                // one would make every HTTP/1.1 request copy more.
-                let r = Box::pin(exchange_h2(conn, d, cluster, &head, deadline, idle)).await;
-                d.put_up_buf(head);
-                let (parts, body, sent) = r?;
-                *ended = body.is_end_stream();
-                convert::response_to_h1(&parts, *ended, resp_head);
-                *rx = Some(body);
-                match h1::parse_response(resp_head, 1 << 20, resp) {
-                    Ok(Some(())) => Ok(sent),
-                    _ => Err(HttpError::UpstreamProtocol),
-                }
-            }
+        let Up::H2(h) = self else {
+            unreachable!("exchange_h2 on an HTTP/1.1 connection");
+        };
+        let H2Up {
+            conn,
+            _slot,
+            head: resp_head,
+            rx,
+            ended,
+            ..
+        } = &mut **h;
+        *_slot = Some(conn.stream());
+        let r = exchange_h2(conn, d, &head, a).await;
+        d.put_up_buf(head);
+        let (parts, body, sent) = r?;
+        *ended = body.is_end_stream();
+        convert::response_to_h1(&parts, *ended, resp_head);
+        *rx = Some(body);
+        match h1::parse_response(resp_head, 1 << 20, resp) {
+            Ok(Some(())) => Ok(sent),
+            _ => Err(HttpError::UpstreamProtocol),
         }
     }
 
     /// The response has no body to read (a HEAD request's, a 204's): an HTTP/2 stream's
     /// remains are not waited for.
     pub(crate) fn no_body(&mut self) {
-        if let Up::H2 { rx, done, .. } = self {
-            *rx = None;
-            *done = true;
+        if let Up::H2(h) = self {
+            h.rx = None;
+            h.done = true;
         }
     }
 
     /// The response ended with its head (HTTP/2 END_STREAM on HEADERS).
     pub(crate) fn ended(&self) -> bool {
-        matches!(self, Up::H2 { ended: true, .. })
+        matches!(self, Up::H2(h) if h.ended)
     }
 
     /// The response head in HTTP/1 form.
     pub(crate) fn head_bytes<'a>(&'a self, resp: &ResponseHead) -> &'a [u8] {
         match self {
             Up::H1 { conn, .. } => &conn.buf[..resp.len],
-            Up::H2 { head, .. } => head,
+            Up::H2(h) => &h.head,
         }
     }
 
@@ -218,32 +217,24 @@ impl Up {
                     Ok((n > 0).then(|| Chunk::Slice(&conn.buf[start..start + n])))
                 }
             }
-            Up::H2 { pending, .. } => Ok(pending.take().map(Chunk::Bytes)),
+            Up::H2(h) => Ok(h.pending.take().map(Chunk::Bytes)),
         }
     }
 
     /// `n` payload bytes went on downstream: HTTP/2 window goes back to the upstream.
     pub(crate) fn passed(&mut self, n: usize) {
-        if let Up::H2 {
-            rx: Some(rx),
-            release,
-            ..
-        } = self
-        {
-            let _ = rx.flow_control().release_capacity(n.min(*release));
-            *release = 0;
+        if let Up::H2(h) = self {
+            if let Some(rx) = &mut h.rx {
+                let _ = rx.flow_control().release_capacity(n.min(h.release));
+            }
+            h.release = 0;
         }
     }
 
     pub(crate) fn body_done(&self, framing: &Framing) -> bool {
         match self {
             Up::H1 { .. } => framing.done(),
-            Up::H2 {
-                done,
-                ended,
-                pending,
-                ..
-            } => (*done || *ended) && pending.is_none(),
+            Up::H2(h) => (h.done || h.ended) && h.pending.is_none(),
         }
     }
 
@@ -272,13 +263,18 @@ impl Up {
                     Ok(_) => Ok(()),
                 }
             }
-            Up::H2 {
-                rx: Some(rx),
-                pending,
-                release,
-                done,
-                ..
-            } => loop {
+            Up::H2(h) => loop {
+                let H2Up {
+                    rx,
+                    pending,
+                    release,
+                    done,
+                    ..
+                } = &mut **h;
+                let Some(rx) = rx else {
+                    *done = true;
+                    return Ok(());
+                };
                 match with_timeout(limit, rx.data()).await {
                     None => return Err(RecvError::Timeout),
                     Some(None) => {
@@ -297,10 +293,6 @@ impl Up {
                     }
                 }
             },
-            Up::H2 { rx: None, done, .. } => {
-                *done = true;
-                Ok(())
-            }
         }
     }
 
@@ -311,11 +303,8 @@ impl Up {
         deadline: &Deadline,
     ) -> Result<Option<http::HeaderMap>, RecvError> {
         match self {
-            Up::H2 {
-                rx: Some(rx),
-                ended: false,
-                ..
-            } => {
+            Up::H2(h) if !h.ended && h.rx.is_some() => {
+                let Some(rx) = &mut h.rx else { return Ok(None) };
                 let t = monoio::select! {
                     t = with_timeout(idle, rx.trailers()) => t.ok_or(RecvError::Timeout)?,
                     _ = deadline.passed() => return Err(RecvError::Timeout),

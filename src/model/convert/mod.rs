@@ -21,6 +21,7 @@ mod hcm;
 mod http_filter;
 mod listener;
 mod matchers;
+mod retry;
 mod route;
 pub(crate) mod runtime;
 mod stats_config;

@@ -91,6 +91,14 @@ pub(crate) fn convert(
                 return Err(dup());
             }
         }
+        let vh_retry = match &vh.retry_policy {
+            Some(p) => Some(Arc::new(super::retry::retry_policy(
+                p,
+                res,
+                &format!("{vp}.retry_policy"),
+            )?)),
+            None => None,
+        };
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (ri, r) in vh.routes.iter().enumerate() {
             let rp = format!("{vp}.routes[{ri}]");
@@ -104,7 +112,10 @@ pub(crate) fn convert(
                 &rp,
                 validate_clusters,
                 max_body,
-                attempts,
+                VhostDefaults {
+                    attempt_count: attempts,
+                    retry: vh_retry.as_ref(),
+                },
                 ctx,
             )?);
         }
@@ -156,15 +167,26 @@ pub(crate) fn convert(
     Ok(table)
 }
 
+/// What a virtual host gives its routes' forwarding.
+struct VhostDefaults<'a> {
+    /// `include_request_attempt_count`, `include_attempt_count_in_response`.
+    attempt_count: (bool, bool),
+    retry: Option<&'a Arc<crate::model::retry::RetryPolicy>>,
+}
+
 fn route(
     r: &pb::Route,
     res: &str,
     rp: &str,
     validate_clusters: bool,
     max_body: usize,
-    attempt_count: (bool, bool),
+    vh: VhostDefaults<'_>,
     ctx: &mut Ctx<'_>,
 ) -> Result<Route, ConvertError> {
+    let VhostDefaults {
+        attempt_count,
+        retry: vh_retry,
+    } = vh;
     let Some(m) = &r.r#match else {
         return Err(err(res, format!("{rp}.match"), "match is required"));
     };
@@ -232,6 +254,10 @@ fn route(
         Some(A::Route(ra)) => {
             let mut f = forward(ra, res, &format!("{rp}.route"), validate_clusters, ctx)?;
             f.attempt_count = attempt_count;
+            // A route's own policy replaces its virtual host's whole, as in Envoy.
+            if f.retry.is_none() {
+                f.retry = vh_retry.cloned();
+            }
             Action::Forward(Arc::new(f))
         }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(rd, res, &format!("{rp}.redirect"))?),
@@ -500,6 +526,24 @@ fn forward(
         stream_duration,
         upgrades,
         attempt_count: (false, false),
+        retry: match &ra.retry_policy {
+            Some(p) => Some(Arc::new(super::retry::retry_policy(
+                p,
+                res,
+                &format!("{fp}.retry_policy"),
+            )?)),
+            None => None,
+        },
+        max_grpc_timeout: ra
+            .max_grpc_timeout
+            .as_ref()
+            .map(|d| duration(d, res, &format!("{fp}.max_grpc_timeout")))
+            .transpose()?,
+        grpc_timeout_offset: ra
+            .grpc_timeout_offset
+            .as_ref()
+            .map(|d| duration(d, res, &format!("{fp}.grpc_timeout_offset")))
+            .transpose()?,
     })
 }
 
