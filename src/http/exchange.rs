@@ -68,6 +68,9 @@ pub struct Entry {
     pub route_prefix_len: usize,
     /// Upstream attempts made (0 before the first).
     pub attempts: u32,
+    /// The route's `include_attempt_count_in_response` (local replies after attempts
+    /// carry the count too).
+    pub attempt_count_in_response: bool,
 }
 
 impl Default for Entry {
@@ -89,6 +92,7 @@ impl Default for Entry {
             request_id: None,
             route_prefix_len: 0,
             attempts: 0,
+            attempt_count_in_response: false,
         }
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct HeadParts<'a> {
     pub attempt: u32,
     /// The route timeout (`x-envoy-expected-rq-timeout-ms`).
     pub timeout: Option<std::time::Duration>,
+    /// A gRPC request's `grpc-timeout` becomes this (routes with `max_grpc_timeout`).
+    pub grpc_timeout: Option<std::time::Duration>,
 }
 
 /// Writes the upstream request head (HTTP/1 form) for either codec: path rewrites, header
@@ -68,7 +70,7 @@ pub(crate) fn upstream_head<E: crate::http::exchange::Exchange + ?Sized>(
         host_rewrite(hop.weighted, hop.f, hop.ep),
         &mods,
         request_id,
-        (hop.attempt, hop.timeout),
+        (hop.attempt, hop.timeout, hop.grpc_timeout),
     );
 }
 

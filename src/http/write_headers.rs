@@ -63,8 +63,12 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     host_rewrite: Option<&[u8]>,
     mods: &[&HeaderMods],
     request_id: Option<&[u8]>,
-    // The attempt (from 1) and the route timeout.
-    (attempt, timeout): (u32, Option<std::time::Duration>),
+    // The attempt (from 1), the route timeout and the `grpc-timeout` to send.
+    (attempt, timeout, grpc_timeout): (
+        u32,
+        Option<std::time::Duration>,
+        Option<std::time::Duration>,
+    ),
 ) {
     let buf = conn.buf();
     let head = conn.head();
@@ -110,6 +114,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
                 && !hcm.suppress_envoy_headers
             // The router consumes these (Envoy's `RetryStateImpl::create`, `finalTimeout`).
             || consumed_by_router(name)
+            || grpc_timeout.is_some() && name.eq_ignore_ascii_case(b"grpc-timeout")
             || name.eq_ignore_ascii_case(b"x-envoy-original-path") && original_path.is_some()
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
             || f.attempt_count.0 && name.eq_ignore_ascii_case(b"x-envoy-attempt-count")
@@ -212,6 +217,9 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
                 .as_bytes(),
         );
     }
+    if let Some(t) = grpc_timeout {
+        grpc_timeout_header(out, t);
+    }
     if let Some(via) = &hcm.via {
         header(out, b"via", via.as_bytes());
     }
@@ -222,6 +230,25 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
     };
     write_adds(out, mods, conn, &present);
     out.extend_from_slice(b"\r\n");
+}
+
+/// `grpc-timeout` as Envoy writes it (`toGrpcTimeout`): milliseconds, or the first larger
+/// unit that fits eight digits.
+fn grpc_timeout_header(out: &mut Vec<u8>, t: std::time::Duration) {
+    let ms = t.as_millis().min(u64::MAX as u128) as u64;
+    const MAX: u64 = 99_999_999;
+    let (n, unit) = if ms <= MAX {
+        (ms, b'm')
+    } else if ms / 1000 <= MAX {
+        (ms / 1000, b'S')
+    } else if ms / 60_000 <= MAX {
+        (ms / 60_000, b'M')
+    } else {
+        ((ms / 3_600_000).min(MAX), b'H')
+    };
+    let mut v = itoa::Buffer::new().format(n).as_bytes().to_vec();
+    v.push(unit);
+    header(out, b"grpc-timeout", &v);
 }
 
 /// Request headers the router acts on and never forwards.
@@ -471,6 +498,14 @@ pub(crate) fn local_head<E: FilterHost + ?Sized>(
             out,
             b"content-length",
             itoa::Buffer::new().format(body_len).as_bytes(),
+        );
+    }
+    let log = conn.log();
+    if log.attempt_count_in_response && log.attempts > 0 {
+        header(
+            out,
+            b"x-envoy-attempt-count",
+            itoa::Buffer::new().format(log.attempts).as_bytes(),
         );
     }
     header(out, b"server", conn.hcm().server_name.as_bytes());

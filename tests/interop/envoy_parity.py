@@ -58,6 +58,18 @@ static_resources:
               routes:
               - {match: {prefix: /direct}, direct_response: {status: 200, body: {inline_string: direct}}}
               - {match: {prefix: /}, route: {cluster: up}}
+            - name: retries
+              domains: [retries.host]
+              include_request_attempt_count: true
+              include_attempt_count_in_response: true
+              retry_policy: {retry_on: "5xx,bogus-token", num_retries: 1, retry_back_off: {base_interval: 0.001s}}
+              routes:
+              - {match: {prefix: /r503}, route: {cluster: up, retry_policy: {retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 2, retry_back_off: {base_interval: 0.001s}}}}
+              - {match: {prefix: /always503}, route: {cluster: up, retry_policy: {retry_on: "gateway-error", num_retries: 2, retry_back_off: {base_interval: 0.001s}}}}
+              - {match: {prefix: /rdown}, route: {cluster: down, retry_policy: {retry_on: connect-failure, num_retries: 1, retry_back_off: {base_interval: 0.001s}}}}
+              - {match: {prefix: /rgrpc}, route: {cluster: up, max_grpc_timeout: 0s, retry_policy: {retry_on: "unavailable,cancelled", num_retries: 2, retry_back_off: {base_interval: 0.001s}}}}
+              - {match: {prefix: /r409}, route: {cluster: up, retry_policy: {retry_on: retriable-4xx, num_retries: 1, retry_back_off: {base_interval: 0.001s}}}}
+              - {match: {prefix: /}, route: {cluster: up}}
             - name: filters
               domains: [filters.host]
               typed_per_filter_config:
@@ -163,6 +175,7 @@ def make_certs(d):
 
 
 H = b"Host: known.host\r\n"
+R = b"Host: retries.host\r\n"
 F = b"Host: filters.host\r\n"
 # name -> (raw request, what must match: "all" = status, body and upstream view; "status" =
 # status only[, the listener when not "main"])
@@ -215,6 +228,16 @@ CASES = {
     "cors OPTIONS without request method": (b"OPTIONS /api HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
     "cors on a direct response": (b"GET /direct HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
     "cors on a fault abort": (b"GET /abort HTTP/1.1\r\n" + F + b"Origin: https://a.com\r\n\r\n", "all"),
+    # Retries (the upstream fails an attempt numbered 1, or always).
+    "retried 503": (b"GET /r503 HTTP/1.1\r\n" + R + b"\r\n", "all"),
+    "retried 503 with a body": (b"POST /r503 HTTP/1.1\r\n" + R + b"Content-Length: 5\r\n\r\nhello", "all"),
+    "retried 503 with a chunked body": (b"POST /r503 HTTP/1.1\r\n" + R + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "all"),
+    "retries exhausted": (b"GET /always503 HTTP/1.1\r\n" + R + b"\r\n", "all"),
+    "retried connect failure": (b"GET /rdown HTTP/1.1\r\n" + R + b"\r\n", "all"),
+    "retried gRPC unavailable": (b"POST /rgrpc HTTP/1.1\r\n" + R + b"content-type: application/grpc\r\ngrpc-timeout: 5S\r\ncontent-length: 0\r\n\r\n", "all"),
+    "retried 409": (b"GET /r409 HTTP/1.1\r\n" + R + b"\r\n", "all"),
+    "virtual host policy": (b"GET /vh503 HTTP/1.1\r\n" + R + b"\r\n", "all"),
+    "retry header from an external client": (b"GET /r409x HTTP/1.1\r\n" + H + b"x-envoy-retry-on: 5xx\r\nx-envoy-max-retries: 3\r\n\r\n", "all"),
 }
 
 
@@ -276,7 +299,11 @@ STATS = ("http.ingress.fault.aborts_injected", "http.ingress.fault.delays_inject
          "rl.http_local_rate_limit.rate_limited", "rl.http_local_rate_limit.ok",
          "listener_rl.http_local_rate_limit.enabled", "listener_rl.http_local_rate_limit.ok",
          "http.ingress.downstream_rq_4xx", "http.ingress.downstream_rq_5xx",
-         "cluster.up.upstream_rq_total",
+         "cluster.up.upstream_rq_total", "cluster.up.upstream_rq_retry",
+         "cluster.up.upstream_rq_retry_success", "cluster.up.upstream_rq_retry_limit_exceeded",
+         "cluster.up.upstream_rq_retry_overflow", "cluster.up.upstream_rq_retry_backoff_exponential",
+         "cluster.down.upstream_rq_retry", "cluster.down.upstream_rq_retry_limit_exceeded",
+         "cluster.down.upstream_cx_connect_fail",
          "cluster.rq0.upstream_rq_active_overflow", "cluster.rq0.upstream_rq_pending_overflow",
          "cluster.cx0.upstream_rq_pending_overflow", "cluster.cx0.upstream_cx_overflow",
          "cluster.cx0.upstream_cx_total", "cluster.rq0.upstream_rq_total",
@@ -311,6 +338,16 @@ class Upstream(http.server.BaseHTTPRequestHandler):
     def answer(self):
         if self.path.startswith("/sleep"):
             time.sleep(1.5)
+        first = self.headers.get("x-envoy-attempt-count", "1") == "1"
+        fail = None
+        if self.path.startswith("/r503") and first or self.path.startswith("/always503"):
+            fail = (503, [])
+        elif self.path.startswith("/vh503") and first:
+            fail = (500, [])
+        elif self.path.startswith("/r409"):
+            fail = (409, [])
+        elif self.path.startswith("/rgrpc") and first:
+            fail = (200, [("content-type", "application/grpc"), ("grpc-status", "14")])
         n = int(self.headers.get("content-length") or 0)
         body_in = self.rfile.read(n) if n else b""
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -321,6 +358,14 @@ class Upstream(http.server.BaseHTTPRequestHandler):
                     break
                 body_in += self.rfile.read(size)
                 self.rfile.readline()
+        if fail:
+            self.send_response(fail[0])
+            for k, v in fail[1]:
+                self.send_header(k, v)
+            self.send_header("content-length", "6")
+            self.end_headers()
+            self.wfile.write(b"failed")
+            return
         seen = sorted([k.lower(), masked(k.lower(), v)] for k, v in self.headers.items())
         body = json.dumps({"method": self.command, "path": self.path, "headers": seen, "body": body_in.decode()}).encode()
         self.send_response(200)

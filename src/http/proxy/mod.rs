@@ -209,7 +209,14 @@ pub(crate) async fn forward<D: Downstream>(
         fw.resp_mods[2],
     ];
     let idle = f.idle_timeout.or(d.hcm().stream_idle_timeout);
-    let mut deadline = Deadline::At(attempt::route_timeout(d, fw), None);
+    let timeout = attempt::route_timeout(d, fw);
+    // With max_grpc_timeout, the gRPC request's timeout goes upstream as its grpc-timeout.
+    let grpc_timeout = f.max_grpc_timeout.is_some() && f.stream_duration.is_none() && d.grpc();
+    let grpc_timeout = timeout.filter(|_| grpc_timeout);
+    let mut deadline = Deadline::At(timeout, None);
+    if f.attempt_count.1 {
+        d.log_mut().attempt_count_in_response = true;
+    }
     let mut resp = d.take_resp_head();
     let fw_here = Forwarding {
         f,
@@ -236,6 +243,7 @@ pub(crate) async fn forward<D: Downstream>(
         };
         let mut ep = first;
         let mut attempt = 1u32;
+        d.log_mut().attempts = 1;
         loop {
             let mut head = d.take_up_buf();
             head.clear();
@@ -252,6 +260,7 @@ pub(crate) async fn forward<D: Downstream>(
                     ep: &ep,
                     attempt,
                     timeout: deadline.timeout(),
+                    grpc_timeout,
                 },
                 request_id.as_ref().map(|r| &r[..]),
             );
