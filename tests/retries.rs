@@ -448,3 +448,68 @@ fn retry_policies_are_validated_as_envoy_validates_them() {
         assert!(err.contains(want), "{policy}: {err}");
     }
 }
+
+/// An HTTP/2 upstream that grants no flow-control window and refuses every stream, so a
+/// request body can never be sent; it records the paths it was asked for.
+async fn refusing_h2() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let paths = Arc::new(Mutex::new(Vec::new()));
+    let seen = paths.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, Bytes>(tcp)
+                    .await
+                else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    seen.lock().unwrap().push(req.uri().path().to_string());
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, paths)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_could_not_be_sent_is_never_read_as_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, paths) = refusing_h2().await;
+    let p = proxy(&[addr], true, "{retry_on: connect-failure}").await;
+    // The body looks like a request; a real one follows it on the same connection.
+    let inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut raw = format!(
+        "POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        inner.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(inner);
+    raw.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(&raw).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    // Two requests, two answers: the body was not taken for a third.
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+    let paths = paths.lock().unwrap().clone();
+    assert!(!paths.iter().any(|p| p == "/smuggled"), "{paths:?}");
+    assert!(
+        paths.iter().all(|p| p == "/first" || p == "/second"),
+        "{paths:?}"
+    );
+}

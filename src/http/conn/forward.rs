@@ -56,6 +56,10 @@ impl Connection {
         b.broken = false;
         b.close_after = false;
         let r = crate::http::proxy::forward(self, fw, authority, &path).await;
+        // Payload handed on but not yet dropped (a send that failed): it is consumed,
+        // never the start of a next request.
+        let passing = std::mem::take(&mut self.fwd.passing);
+        self.pending.drain(..passing.min(self.pending.len()));
         if self.fwd.started {
             let done = self.fwd.framing.as_ref().is_some_and(Framing::done);
             if done {

@@ -183,6 +183,14 @@ impl RouteDeadline {
     }
 
     /// When the timeout passes, once it is known.
+    /// The same request's end with another timeout (an attempt's own).
+    pub(crate) fn with_timeout(&self, timeout: Duration) -> RouteDeadline {
+        RouteDeadline {
+            timeout: Some(timeout),
+            request_done: self.request_done.clone(),
+        }
+    }
+
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.timeout
     }

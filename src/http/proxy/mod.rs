@@ -237,6 +237,11 @@ pub(crate) async fn forward<D: Downstream>(
         let mut per_try = f.retry.as_ref().and_then(|p| p.per_try_timeout);
         let mut retry = Retry::new(f.retry.as_deref(), d, &mut per_try);
         let per_try_idle = f.retry.as_ref().and_then(|p| p.per_try_idle_timeout);
+        // With retries, the route timeout starts when the request is complete (as in
+        // Envoy), so it bounds failed connects and their back-off too.
+        if retry.is_some() && d.request_done() {
+            deadline.started(Instant::now());
+        }
         let replay = match &retry {
             Some(_) if !d.request_done() => Some(Rc::new(RefCell::new(Replay::default()))),
             _ => None,
@@ -290,7 +295,7 @@ pub(crate) async fn forward<D: Downstream>(
                 Ok(mut up) => {
                     // In flight from here to the end of the exchange, whatever ends it.
                     let in_flight = ctx.upstream_request(cluster, ep.address);
-                    if d.expects_continue() && !Box::pin(d.continue_100()).await {
+                    if attempt == 1 && d.expects_continue() && !Box::pin(d.continue_100()).await {
                         d.put_up_buf(head);
                         break 'attempts Err(HttpError::ClientGone);
                     }

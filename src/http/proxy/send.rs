@@ -38,19 +38,40 @@ pub(crate) struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// How long the response head may take: the route deadline, the attempt's own
-    /// timeout, and the idle limit. The flag: the attempt's timeout comes first.
+    /// timeout, and the idle limit. The flag: the attempt's timeout comes first. The
+    /// per-try timeout of a request whose body still streams (in its own task) starts
+    /// when the body ends, as in Envoy: it is not in `at` then (see `per_try_passed`).
     fn head_limits(&self, sent: Instant) -> (Option<Instant>, bool, Option<Duration>) {
-        let per_try = self.per_try.0.map(|t| sent + t);
+        let per_try = match self.deadline {
+            Deadline::Shared(_) => None,
+            Deadline::At(..) => self.per_try.0.map(|t| sent + t),
+        };
         let (at, per) = match (self.deadline.at(), per_try) {
             (Some(d), Some(p)) if p < d => (Some(p), true),
             (Some(d), _) => (Some(d), false),
             (None, p) => (p, p.is_some()),
         };
-        let idle = match (self.idle, self.per_try.1) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        (at, per, idle)
+        (at, per, self.idle_limit().0)
+    }
+
+    /// The idle limit on the response head, and whether it is the attempt's own
+    /// (`per_try_idle_timeout`, shorter than the stream's).
+    fn idle_limit(&self) -> (Option<Duration>, bool) {
+        match (self.idle, self.per_try.1) {
+            (Some(a), Some(b)) if b < a => (Some(b), true),
+            (Some(a), Some(_)) => (Some(a), false),
+            (None, Some(b)) => (Some(b), true),
+            (a, None) => (a, false),
+        }
+    }
+
+    /// Resolves when the per-try timeout of a request whose body streams in its own task
+    /// passes (counted from the body's end).
+    async fn per_try_passed(&self) {
+        match (&*self.deadline, self.per_try.0) {
+            (Deadline::Shared(r), Some(t)) => RouteDeadline::passed(Some(&r.with_timeout(t))).await,
+            _ => std::future::pending().await,
+        }
     }
 
     fn record(&self, chunk: &[u8]) {
@@ -225,7 +246,7 @@ pub(super) async fn exchange_h1<D: Downstream>(
                             HttpError::UpstreamPerTryTimeout
                         }
                         RespError::Timeout => global_timeout(d, cluster),
-                        _ if a.per_try.1.is_some() => {
+                        _ if a.idle_limit().1 => {
                             cs.inc(ClusterStat::UpstreamRqPerTryIdleTimeout as usize);
                             HttpError::UpstreamPerTryTimeout
                         }
@@ -349,11 +370,16 @@ pub(super) async fn exchange_h2<D: Downstream>(
     let r = monoio::select! {
         r = crate::http::forwarding::with_timeout(limit, resp_fut) => r,
         _ = a.deadline.passed() => None,
+        _ = a.per_try_passed() => {
+            cs.inc(ClusterStat::UpstreamRqPerTryTimeout as usize);
+            return Err(HttpError::UpstreamPerTryTimeout);
+        }
         _ = d.reset() => {
             // The client gave up: dropping the response future cancels upstream.
             return Err(HttpError::ClientGone);
         }
     };
+    let now = Instant::now();
     match r {
         Some(Ok(r)) => {
             let (parts, body) = r.into_parts();
@@ -367,14 +393,12 @@ pub(super) async fn exchange_h2<D: Downstream>(
             }
             Err(HttpError::UpstreamReset)
         }
-        None if a.deadline.at().is_some_and(|d| Instant::now() >= d) => {
-            Err(global_timeout(d, a.cluster))
-        }
-        None if per_try_first => {
+        None if a.deadline.at().is_some_and(|d| now >= d) => Err(global_timeout(d, a.cluster)),
+        None if per_try_first && at.is_some_and(|at| now >= at) => {
             cs.inc(ClusterStat::UpstreamRqPerTryTimeout as usize);
             Err(HttpError::UpstreamPerTryTimeout)
         }
-        None if a.per_try.1.is_some() => {
+        None if a.idle_limit().1 => {
             cs.inc(ClusterStat::UpstreamRqPerTryIdleTimeout as usize);
             Err(HttpError::UpstreamPerTryTimeout)
         }
