@@ -513,3 +513,26 @@ async fn a_body_that_could_not_be_sent_is_never_read_as_the_next_request() {
         "{paths:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_trailers_is_not_sent_again() {
+    // Trailers are not kept for another attempt, so such a request is not retried.
+    let policy = "{retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 2, retry_back_off: {base_interval: 0.001s}}";
+    let (addr, script) = scripted(true, 1, Fail::Status(503)).await;
+    let p = proxy(&[addr], true, policy).await;
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://example.com/r")
+        .body(())
+        .unwrap();
+    let (resp, mut tx) = send.send_request(req, false).unwrap();
+    tx.send_data(Bytes::from_static(b"abc"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "1".parse().unwrap());
+    tx.send_trailers(trailers).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(script.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(p.stat("cluster.up.upstream_rq_retry").await, 0);
+}

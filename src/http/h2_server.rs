@@ -408,12 +408,13 @@ impl Stream {
                 let end = body.is_end_stream();
                 self.req_done = end;
                 self.body = (!end).then_some(body);
-                let forward = crate::http::proxy::forward(self, &fw, authority, &path);
+                // Built where it is awaited: a future held in a local first is copied whole.
                 match limit {
-                    None => forward.await,
+                    None => crate::http::proxy::forward(self, &fw, authority, &path).await,
                     Some(d) => {
                         let left = d.saturating_sub(started.elapsed());
-                        match monoio::time::timeout(left, forward).await {
+                        let forward = crate::http::proxy::forward(self, &fw, authority, &path);
+                        match Box::pin(monoio::time::timeout(left, forward)).await {
                             Ok(r) => r,
                             // Dropping the exchange resets its upstream stream or closes
                             // its upstream connection.

@@ -68,6 +68,7 @@ static_resources:
               - {match: {prefix: /always503}, route: {cluster: up, retry_policy: {retry_on: "gateway-error", num_retries: 2, retry_back_off: {base_interval: 0.001s}}}}
               - {match: {prefix: /rdown}, route: {cluster: down, retry_policy: {retry_on: connect-failure, num_retries: 1, retry_back_off: {base_interval: 0.001s}}}}
               - {match: {prefix: /rgrpc}, route: {cluster: up, max_grpc_timeout: 0s, retry_policy: {retry_on: "unavailable,cancelled", num_retries: 2, retry_back_off: {base_interval: 0.001s}}}}
+              - {match: {prefix: /rpertry}, route: {cluster: up, retry_policy: {retry_on: 5xx, per_try_timeout: 2s}}}
               - {match: {prefix: /r409}, route: {cluster: up, retry_policy: {retry_on: retriable-4xx, num_retries: 1, retry_back_off: {base_interval: 0.001s}}}}
               - {match: {prefix: /}, route: {cluster: up}}
             - name: filters
@@ -235,6 +236,7 @@ CASES = {
     "retries exhausted": (b"GET /always503 HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retried connect failure": (b"GET /rdown HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retried gRPC unavailable": (b"POST /rgrpc HTTP/1.1\r\n" + R + b"content-type: application/grpc\r\ngrpc-timeout: 5S\r\ncontent-length: 0\r\n\r\n", "all"),
+    "per-try timeout sets the expected timeout": (b"GET /rpertry HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retried 409": (b"GET /r409 HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "virtual host policy": (b"GET /vh503 HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retry header from an external client": (b"GET /r409x HTTP/1.1\r\n" + H + b"x-envoy-retry-on: 5xx\r\nx-envoy-max-retries: 3\r\n\r\n", "all"),
@@ -367,6 +369,10 @@ class Upstream(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"failed")
             return
         seen = sorted([k.lower(), masked(k.lower(), v)] for k, v in self.headers.items())
+        # On a retry the expected timeout is what is left of the route's: compared to the
+        # second, as the milliseconds depend on the back-off drawn.
+        if not first:
+            seen = [[k, f"{round(int(v) / 1000)}s" if k == "x-envoy-expected-rq-timeout-ms" else v] for k, v in seen]
         body = json.dumps({"method": self.command, "path": self.path, "headers": seen, "body": body_in.decode()}).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))

@@ -75,8 +75,8 @@ pub(crate) async fn send_all(
     Ok(())
 }
 
-/// What sees each chunk a pump moves.
-pub(crate) type Record<'a> = Option<&'a dyn Fn(&[u8])>;
+/// What sees each chunk a pump moves (`None`: the body ended with trailers).
+pub(crate) type Record<'a> = Option<&'a dyn Fn(Option<&[u8]>)>;
 
 /// Why a pump stopped.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ pub(crate) async fn pump(
             tap.frames.inspect(&chunk);
         }
         if let Some(record) = record {
-            record(&chunk);
+            record(Some(&chunk));
         }
         send_all(to, chunk, false)
             .await
@@ -134,6 +134,9 @@ pub(crate) async fn pump(
     };
     match trailers.map_err(PumpError::Recv)? {
         Some(t) => {
+            if let Some(record) = record {
+                record(None);
+            }
             if let Some(GrpcTap {
                 call: Some(call), ..
             }) = &grpc

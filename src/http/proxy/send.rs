@@ -427,10 +427,14 @@ fn spawn_pump<D: Downstream>(
     }
     monoio::spawn(async move {
         let tap = frames.as_mut().map(|frames| GrpcTap { frames, call: None });
-        let record = replay
-            .as_ref()
-            .map(|r| move |c: &[u8]| r.borrow_mut().record(c));
-        let record = record.as_ref().map(|f| f as &dyn Fn(&[u8]));
+        let record = replay.as_ref().map(|r| {
+            move |c: Option<&[u8]>| match c {
+                Some(c) => r.borrow_mut().record(c),
+                // Trailers are not kept: such a request is not sent again.
+                None => r.borrow_mut().overflow = true,
+            }
+        });
+        let record = record.as_ref().map(|f| f as &dyn Fn(Option<&[u8]>));
         match pump(&mut body, &mut tx, idle, None, tap, record).await {
             Ok(_) => {
                 if let Some(r) = &replay {
