@@ -204,6 +204,11 @@ async fn post(
 /// A proxy with one route to cluster `up` (HTTP/2 when `h2_up`) at `addrs`, whose route
 /// has `policy` as its `retry_policy` (YAML flow mapping).
 async fn proxy(addrs: &[SocketAddr], h2_up: bool, policy: &str) -> Proxy {
+    proxy_on(addrs, h2_up, policy, "legacy").await
+}
+
+/// As [`proxy`], on io driver `driver`.
+async fn proxy_on(addrs: &[SocketAddr], h2_up: bool, policy: &str, driver: &str) -> Proxy {
     let extra = if h2_up {
         "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}},"
     } else {
@@ -213,7 +218,7 @@ async fn proxy(addrs: &[SocketAddr], h2_up: bool, policy: &str) -> Proxy {
         "[{{name: all, domains: ['*'], include_request_attempt_count: true, include_attempt_count_in_response: true, routes: [{{match: {{prefix: /}}, route: {{cluster: up, retry_policy: {policy}}}}}]}}]"
     );
     let clusters = format!("[{}]", cluster("up", addrs, extra));
-    Proxy::start(&config("", &vhosts, &clusters), &["--concurrency", "1"]).await
+    Proxy::start(&config("", &vhosts, &clusters), &one_core(driver)).await
 }
 
 const PAIRINGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
@@ -221,12 +226,12 @@ const PAIRINGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retriable_status_is_retried_with_the_body_on_every_codec_pairing() {
     let policy = "{retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 2, retry_back_off: {base_interval: 0.001s}}";
-    for (h2_down, h2_up) in PAIRINGS {
+    for (driver, (h2_down, h2_up)) in drivers().into_iter().flat_map(|d| PAIRINGS.map(|p| (d, p))) {
         let (addr, script) = scripted(h2_up, 1, Fail::Status(503)).await;
-        let p = proxy(&[addr], h2_up, policy).await;
+        let p = proxy_on(&[addr], h2_up, policy, driver).await;
         let body = Bytes::from(vec![b'b'; 5000]);
         let (status, headers, got) = post(p.addr(), h2_down, &[], body).await;
-        let case = format!("client h2 {h2_down}, upstream h2 {h2_up}");
+        let case = format!("{driver}: client h2 {h2_down}, upstream h2 {h2_up}");
         assert_eq!(status, 200, "{case}");
         assert_eq!(got, b"ok 5000", "{case}: the body was sent again whole");
         assert_eq!(
