@@ -340,10 +340,12 @@ pub(super) async fn exchange_h2<D: Downstream>(
                 let n = c.len();
                 let bytes = c.into_bytes();
                 a.record(&bytes);
-                if send_all(&mut tx, bytes, false).await.is_err() {
+                let sent = send_all(&mut tx, bytes, false).await;
+                // Consumed whatever became of the send: never read as the next request.
+                d.body_passed(n);
+                if sent.is_err() {
                     return Err(HttpError::UpstreamReset);
                 }
-                d.body_passed(n);
                 received += n as u64;
             }
             if d.request_done() {
