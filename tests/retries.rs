@@ -541,3 +541,63 @@ async fn a_request_with_trailers_is_not_sent_again() {
     assert_eq!(script.requests.load(Ordering::SeqCst), 1);
     assert_eq!(p.stat("cluster.up.upstream_rq_retry").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_gets_one_100_continue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let policy = "{retry_on: 5xx, num_retries: 2, retry_back_off: {base_interval: 0.001s}}";
+    let (addr, script) = scripted(false, 1, Fail::Status(503)).await;
+    let p = proxy(&[addr], false, policy).await;
+    let mut s = TcpStream::connect(p.addr()).await.unwrap();
+    s.write_all(
+        b"POST /r HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"));
+    s.write_all(b"hello").await.unwrap();
+    let mut got = buf[..n].to_vec();
+    while !String::from_utf8_lossy(&got).contains("ok 5") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("100 Continue").count(), 1, "{text}");
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    assert_eq!(script.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_try_timeout_of_a_streaming_request_starts_at_its_end() {
+    // HTTP/2 on both sides: the body streams in its own task. The client takes longer than
+    // the per-try timeout to send it; the attempt's clock starts only once it has ended.
+    let policy = "{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.3s}";
+    let (addr, script) = scripted(true, 0, Fail::Status(503)).await;
+    let p = proxy(&[addr], true, policy).await;
+    let tcp = TcpStream::connect(p.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://example.com/r")
+        .body(())
+        .unwrap();
+    let (resp, mut tx) = send.send_request(req, false).unwrap();
+    tx.send_data(Bytes::from_static(b"ab"), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tx.send_data(Bytes::from_static(b"c"), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    while let Some(Ok(d)) = body.data().await {
+        got.extend_from_slice(&d);
+    }
+    assert_eq!(got, b"ok 3");
+    assert_eq!(script.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(p.stat("cluster.up.upstream_rq_per_try_timeout").await, 0);
+}
