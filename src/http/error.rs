@@ -67,6 +67,10 @@ pub enum HttpError {
     UpstreamProtocol,
     #[error("upstream request timeout")]
     UpstreamTimeout,
+    /// The route timeout passed on an internal request that asked for 204 instead
+    /// (`x-envoy-upstream-rq-timeout-alt-response`).
+    #[error("")]
+    UpstreamTimeoutAlt,
     /// An attempt's `per_try_timeout` passed (and it was not retried).
     #[error("upstream request timeout")]
     UpstreamPerTryTimeout,

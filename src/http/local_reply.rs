@@ -182,6 +182,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             "upstream_response_timeout",
         ),
+        HttpError::UpstreamTimeoutAlt => r(
+            204,
+            None,
+            ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
+            "upstream_response_timeout",
+        ),
         HttpError::UpstreamPerTryTimeout => r(
             504,
             None,

@@ -265,6 +265,7 @@ fn consumed_by_router(name: &[u8]) -> bool {
         .iter()
         .any(|h| name.eq_ignore_ascii_case(h))
         || name.eq_ignore_ascii_case(b"x-envoy-upstream-rq-timeout-ms")
+        || name.eq_ignore_ascii_case(b"x-envoy-upstream-rq-timeout-alt-response")
         || name.eq_ignore_ascii_case(b"x-envoy-upstream-rq-per-try-timeout-ms")
 }
 

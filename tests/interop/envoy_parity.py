@@ -236,6 +236,8 @@ CASES = {
     "retries exhausted": (b"GET /always503 HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retried connect failure": (b"GET /rdown HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retried gRPC unavailable": (b"POST /rgrpc HTTP/1.1\r\n" + R + b"content-type: application/grpc\r\ngrpc-timeout: 5S\r\ncontent-length: 0\r\n\r\n", "all"),
+    "upstream timeout header from an internal client": (b"GET /sleep HTTP/1.1\r\nHost: x\r\nx-envoy-upstream-rq-timeout-ms: 100\r\n\r\n", "all", "trace_internal"),
+    "upstream timeout alt response": (b"GET /sleep HTTP/1.1\r\nHost: x\r\nx-envoy-upstream-rq-timeout-ms: 100\r\nx-envoy-upstream-rq-timeout-alt-response: 1\r\n\r\n", "all", "trace_internal"),
     "per-try timeout sets the expected timeout": (b"GET /rpertry HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "retried 409": (b"GET /r409 HTTP/1.1\r\n" + R + b"\r\n", "all"),
     "virtual host policy": (b"GET /vh503 HTTP/1.1\r\n" + R + b"\r\n", "all"),

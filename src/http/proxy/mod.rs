@@ -174,27 +174,6 @@ struct Outcome<'c> {
     pub in_flight: UpstreamRequest<'c>,
 }
 
-/// `x-envoy-expected-rq-timeout-ms` for an attempt, as Envoy sets it: the per-try timeout
-/// where it is the shorter, else the route timeout; on a retry never more than what is left
-/// of the route timeout (Envoy 1.40 sends 14999 on a second attempt 1 ms in).
-fn expected_timeout(
-    deadline: &Deadline,
-    per_try: Option<Duration>,
-    attempt: u32,
-) -> Option<Duration> {
-    let route = deadline.timeout();
-    let t = match per_try {
-        Some(p) if route.is_none_or(|g| p < g) => Some(p),
-        _ => route,
-    };
-    match (t, deadline.at()) {
-        (Some(t), Some(at)) if attempt > 1 => {
-            Some(t.min(at.saturating_duration_since(Instant::now())))
-        }
-        (t, _) => t,
-    }
-}
-
 /// Forwards a routed request to its cluster and its response back. `Err`: answered with
 /// the error's local reply (nothing was sent downstream yet).
 pub(crate) async fn forward<D: Downstream>(
@@ -285,7 +264,7 @@ pub(crate) async fn forward<D: Downstream>(
                     req_mods: fw.req_mods,
                     ep: &ep,
                     attempt,
-                    timeout: expected_timeout(deadline, per_try, attempt),
+                    timeout: attempt::expected_timeout(deadline, per_try, attempt),
                     grpc_timeout,
                 },
                 request_id.as_ref().map(|r| &r[..]),
@@ -407,6 +386,10 @@ pub(crate) async fn forward<D: Downstream>(
             d.put_resp_head(resp);
             d.client_gone();
             return Ok(());
+        }
+        Err(HttpError::UpstreamTimeout) if attempt::alt_timeout_response(d) => {
+            d.put_resp_head(resp);
+            return Err(HttpError::UpstreamTimeoutAlt);
         }
         Err(e) => {
             d.put_resp_head(resp);
