@@ -159,6 +159,25 @@ async fn serve_h2(tcp: TcpStream, s: Arc<Script>, fails: usize, how: Fail) {
     }
 }
 
+/// Opens a POST to `/r` over a new HTTP/2 connection (prior knowledge): the response to
+/// come and the request body's stream (already ended when `end`).
+async fn h2_post(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri("http://example.com/r");
+    for (n, v) in headers {
+        b = b.header(*n, *v);
+    }
+    send.send_request(b.body(()).unwrap(), end).unwrap()
+}
+
 /// A POST with `body` over HTTP/2 (prior knowledge) or HTTP/1.1: status, headers, body.
 async fn post(
     addr: SocketAddr,
@@ -169,18 +188,7 @@ async fn post(
     if !h2 {
         return request(addr, "POST", "/r", headers, body).await;
     }
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut b = http::Request::builder()
-        .method("POST")
-        .uri("http://example.com/r");
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    let (resp, mut tx) = send
-        .send_request(b.body(()).unwrap(), body.is_empty())
-        .unwrap();
+    let (resp, mut tx) = h2_post(addr, headers, body.is_empty()).await;
     if !body.is_empty() {
         tx.reserve_capacity(body.len());
         tx.send_data(body, true).unwrap();
@@ -525,13 +533,7 @@ async fn a_request_with_trailers_is_not_sent_again() {
     let policy = "{retry_on: retriable-status-codes, retriable_status_codes: [503], num_retries: 2, retry_back_off: {base_interval: 0.001s}}";
     let (addr, script) = scripted(true, 1, Fail::Status(503)).await;
     let p = proxy(&[addr], true, policy).await;
-    let tcp = TcpStream::connect(p.addr()).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::post("http://example.com/r")
-        .body(())
-        .unwrap();
-    let (resp, mut tx) = send.send_request(req, false).unwrap();
+    let (resp, mut tx) = h2_post(p.addr(), &[], false).await;
     tx.send_data(Bytes::from_static(b"abc"), false).unwrap();
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "1".parse().unwrap());
@@ -580,13 +582,7 @@ async fn the_per_try_timeout_of_a_streaming_request_starts_at_its_end() {
     let policy = "{retry_on: 5xx, num_retries: 1, per_try_timeout: 0.3s}";
     let (addr, script) = scripted(true, 0, Fail::Status(503)).await;
     let p = proxy(&[addr], true, policy).await;
-    let tcp = TcpStream::connect(p.addr()).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::post("http://example.com/r")
-        .body(())
-        .unwrap();
-    let (resp, mut tx) = send.send_request(req, false).unwrap();
+    let (resp, mut tx) = h2_post(p.addr(), &[], false).await;
     tx.send_data(Bytes::from_static(b"ab"), false).unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     tx.send_data(Bytes::from_static(b"c"), true).unwrap();

@@ -64,11 +64,15 @@ pub(crate) struct Body<'a> {
 /// route's, or for a gRPC request on a route with `max_grpc_timeout` its `grpc-timeout`
 /// (less `grpc_timeout_offset`, capped, zero meaning none); then, on internal requests,
 /// `x-envoy-upstream-rq-timeout-ms`.
-pub(crate) fn route_timeout<D: Downstream>(d: &D, fw: &Forwarding<'_>) -> Option<Duration> {
+/// The flag: the timeout came from `max_grpc_timeout` (it then goes upstream as the
+/// request's `grpc-timeout`).
+pub(crate) fn route_timeout<D: Downstream>(d: &D, fw: &Forwarding<'_>) -> (Option<Duration>, bool) {
     let f = fw.f;
     let mut t = f.timeout;
+    let mut from_grpc = false;
     if let (Some(max), None) = (f.max_grpc_timeout, &f.stream_duration) {
         if d.grpc() {
+            from_grpc = true;
             let header = crate::http::h1::header_value(d.buf(), &d.head().headers, b"grpc-timeout");
             let mut g = header
                 .and_then(|v| crate::model::route::parse_grpc_timeout(&v))
@@ -95,7 +99,7 @@ pub(crate) fn route_timeout<D: Downstream>(d: &D, fw: &Forwarding<'_>) -> Option
             t = (ms > 0).then(|| Duration::from_millis(ms));
         }
     }
-    t
+    (t, from_grpc)
 }
 
 /// The failure an attempt's error is, for the retry policy; `None`: final whatever the

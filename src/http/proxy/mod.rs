@@ -209,10 +209,9 @@ pub(crate) async fn forward<D: Downstream>(
         fw.resp_mods[2],
     ];
     let idle = f.idle_timeout.or(d.hcm().stream_idle_timeout);
-    let timeout = attempt::route_timeout(d, fw);
+    let (timeout, from_grpc) = attempt::route_timeout(d, fw);
     // With max_grpc_timeout, the gRPC request's timeout goes upstream as its grpc-timeout.
-    let grpc_timeout = f.max_grpc_timeout.is_some() && f.stream_duration.is_none() && d.grpc();
-    let grpc_timeout = timeout.filter(|_| grpc_timeout);
+    let grpc_timeout = timeout.filter(|_| from_grpc);
     let mut deadline = Deadline::At(timeout, None);
     if f.attempt_count.1 {
         d.log_mut().attempt_count_in_response = true;
