@@ -225,6 +225,19 @@ SUBSET = {
         "request_headers_to_add_when_not_enforced", "response_headers_to_add",
         "local_rate_limit_per_downstream_connection", "enable_x_ratelimit_headers",
         "rate_limited_as_resource_exhausted"],
+    # envoy.filters.http.compressor and its three libraries (the deprecated top-level fields
+    # of Compressor are read as Envoy reads them: when the direction config leaves them unset).
+    "envoy.extensions.filters.http.compressor.v3.Compressor": ["*"],
+    "envoy.extensions.filters.http.compressor.v3.Compressor.CommonDirectionConfig": ["*"],
+    "envoy.extensions.filters.http.compressor.v3.Compressor.RequestDirectionConfig": ["*"],
+    "envoy.extensions.filters.http.compressor.v3.Compressor.ResponseDirectionConfig": ["*"],
+    "envoy.extensions.filters.http.compressor.v3.ResponseDirectionOverrides": ["*"],
+    "envoy.extensions.filters.http.compressor.v3.CompressorOverrides": ["*"],
+    "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute": ["*"],
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip": ["*"],
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli": ["*"],
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd": ["*"],
+    "envoy.config.core.v3.RuntimeFeatureFlag": ["*"],
     "envoy.type.v3.TokenBucket": ["*"],
     "envoy.type.v3.HttpStatus": ["*"],
     "envoy.type.v3.FractionalPercent": ["*"],
@@ -380,6 +393,10 @@ MODULES = [
     "envoy.extensions.filters.http.cors.v3.cors_pb2",
     "envoy.extensions.filters.http.grpc_stats.v3.config_pb2",
     "envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2",
+    "envoy.extensions.filters.http.compressor.v3.compressor_pb2",
+    "envoy.extensions.compression.gzip.compressor.v3.gzip_pb2",
+    "envoy.extensions.compression.brotli.compressor.v3.brotli_pb2",
+    "envoy.extensions.compression.zstd.compressor.v3.zstd_pb2",
     "envoy.config.core.v3.grpc_method_list_pb2",
     "envoy.extensions.filters.listener.original_dst.v3.original_dst_pb2",
     "envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2",
@@ -572,6 +589,8 @@ def render_service(svc, imports):
 def render_enum(e, depth):
     ind = "  " * depth
     out = [f"{ind}enum {e.name} {{"]
+    if len({v.number for v in e.values}) < len(e.values):
+        out.append(f"{ind}  option allow_alias = true;")
     for v in e.values:
         out.append(f"{ind}  {v.name} = {v.number};")
     out.append(f"{ind}}}")

@@ -229,6 +229,12 @@ impl crate::http::exchange::Exchange for Connection {
     fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
         self.down.client_cert.as_deref()
     }
+    fn accept_encoding_removed(&self) -> bool {
+        self.filters
+            .compression
+            .as_ref()
+            .is_some_and(|c| c.accept_encoding_removed)
+    }
     fn internal(&self) -> bool {
         crate::http::trust::is_internal(&self.hcm, self.peer.ip(), &self.buf, &self.head.headers)
     }
@@ -424,7 +430,9 @@ impl Connection {
             Err(e) => {
                 let close = e.closes_connection() || self.must_close();
                 match self.local_reply(&e, close).await {
-                    Ok(()) if !close && self.skip_request_body().await => Next::KeepAlive,
+                    Ok(()) if !close && !self.head.close && self.skip_request_body().await => {
+                        Next::KeepAlive
+                    }
                     _ => Next::Close,
                 }
             }
@@ -520,7 +528,7 @@ impl Connection {
                     None,
                 )
                 .await?;
-                self.finish_or_close(close).await
+                self.finish_or_close(close || self.head.close).await
             }
             Decision::Forward(fw) => {
                 let f: &Forward = fw.f;

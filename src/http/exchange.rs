@@ -38,6 +38,10 @@ pub(crate) trait Exchange {
     fn protocol(&self) -> &'static [u8];
     /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
     /// gRPC-shaped.
+    /// Whether a compressor filter removed the request's Accept-Encoding.
+    fn accept_encoding_removed(&self) -> bool {
+        false
+    }
     fn grpc(&self) -> bool {
         let buf = self.buf();
         self.head().headers.iter().any(|(n, v)| {

@@ -271,6 +271,12 @@ impl Exchange for Stream {
     fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
         self.down.client_cert.as_deref()
     }
+    fn accept_encoding_removed(&self) -> bool {
+        self.filters
+            .compression
+            .as_ref()
+            .is_some_and(|c| c.accept_encoding_removed)
+    }
     fn internal(&self) -> bool {
         crate::http::trust::is_internal(
             &self.hcm,
@@ -441,6 +447,10 @@ impl Stream {
     ) {
         let (status, body, grpc) =
             write_headers::local_answer(self.grpc, status, body, grpc_status);
+        let head_request = self.buf[self.head.method.clone()].eq_ignore_ascii_case(b"HEAD");
+        let compressed =
+            crate::http::filter::compress::local_body(self, status, body, self.grpc, head_request);
+        let body = compressed.as_deref().unwrap_or(body);
         let mut out = Vec::with_capacity(256);
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         out.extend_from_slice(b"\r\n");

@@ -170,8 +170,10 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             "upstream_reset_before_response_started{connection_termination}",
         ),
+        // Envoy answers an upstream's protocol error with 502 (the runtime guard
+        // return_502_for_upstream_protocol_errors, on by default).
         HttpError::UpstreamProtocol => r(
-            503,
+            502,
             None,
             ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             "upstream_reset_before_response_started{protocol_error}",

@@ -114,6 +114,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
                 && !hcm.suppress_envoy_headers
             // The router consumes these (Envoy's `RetryStateImpl::create`, `finalTimeout`).
             || consumed_by_router(name)
+            || (conn.accept_encoding_removed() && name.eq_ignore_ascii_case(b"accept-encoding"))
             || grpc_timeout.is_some() && name.eq_ignore_ascii_case(b"grpc-timeout")
             || name.eq_ignore_ascii_case(b"x-envoy-original-path") && original_path.is_some()
             || name.eq_ignore_ascii_case(b"x-envoy-original-host") && host_rewrite.is_some()
@@ -352,7 +353,7 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     }
     if chunked_out {
         header(out, b"transfer-encoding", b"chunked");
-    } else if let Some(n) = resp.content_length {
+    } else if let Some(n) = resp.content_length.filter(|_| !filters.compressing()) {
         header(
             out,
             b"content-length",
@@ -494,7 +495,8 @@ pub(crate) fn local_head<E: FilterHost + ?Sized>(
         header(out, b"content-type", b"text/plain");
     }
     // RFC 9110 §8.6: no content-length on a 1xx or 204; Envoy sends none on a 304 either.
-    if status >= 200 && status != 204 && status != 304 {
+    // A compressed body's length is not known in advance (the codec frames it).
+    if status >= 200 && status != 204 && status != 304 && !conn.filter_state().compressing() {
         header(
             out,
             b"content-length",

@@ -37,6 +37,7 @@ pub enum FilterKind {
     Cors(CorsFilter),
     GrpcStats(GrpcStatsConfig),
     LocalRateLimit(Arc<LocalRateLimit>),
+    Compressor(Arc<super::compressor::Compressor>),
 }
 
 /// A fraction with Envoy's `FractionalPercent` denominators.
@@ -188,6 +189,7 @@ pub enum PerRoute {
     Fault(Arc<Fault>),
     Cors(Arc<CorsPolicy>),
     LocalRateLimit(Arc<LocalRateLimit>),
+    Compressor(Arc<super::compressor::CompressorPerRoute>),
     /// `FilterConfig { disabled: true }`: the filter is skipped for this route.
     Disabled,
     /// `FilterConfig { disabled: false }` with no config: a filter disabled on the

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 pub mod breakers;
 pub mod chain;
+pub mod compressor;
 pub mod convert;
 mod dump;
 pub use dump::{DumpEntry, DynamicDump};

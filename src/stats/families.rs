@@ -248,6 +248,33 @@ stat_family! {
 }
 
 stat_family! {
+    /// One direction's stats of a compressor filter:
+    /// `http.<prefix>.compressor.<library name>.<library>.{request.,response.,}` (the
+    /// response's without `response.` when the filter has no `response_direction_config`).
+    pub enum CompressorStat {
+        Compressed = "compressed",
+        NotCompressed = "not_compressed",
+        TotalUncompressedBytes = "total_uncompressed_bytes",
+        TotalCompressedBytes = "total_compressed_bytes",
+        ContentLengthTooSmall = "content_length_too_small",
+    } gauges []
+}
+
+stat_family! {
+    /// A compressor filter's Accept-Encoding and ETag stats, always in
+    /// `http.<prefix>.compressor.<library name>.<library>.`.
+    pub enum CompressorHeaderStat {
+        NoAcceptHeader = "no_accept_header",
+        HeaderIdentity = "header_identity",
+        HeaderCompressorUsed = "header_compressor_used",
+        HeaderCompressorOvershadowed = "header_compressor_overshadowed",
+        HeaderWildcard = "header_wildcard",
+        HeaderNotValid = "header_not_valid",
+        NotCompressedEtag = "not_compressed_etag",
+    } gauges []
+}
+
+stat_family! {
     /// `<stat_prefix>.http_local_rate_limit.` stats of the local rate limit filter.
     pub enum LocalRateLimitStat {
         Enabled = "enabled",

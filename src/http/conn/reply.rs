@@ -88,14 +88,31 @@ impl Connection {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         // A gRPC request gets a gRPC-shaped answer: HTTP 200, the body as grpc-message.
-        let (status, body, grpc) =
-            write_headers::local_answer(self.grpc(), status, body, grpc_status);
+        let is_grpc = self.grpc();
+        let (status, body, grpc) = write_headers::local_answer(is_grpc, status, body, grpc_status);
+        // The encode phase may compress the body: it is then sent chunked.
+        let compressed =
+            crate::http::filter::compress::local_body(self, status, body, is_grpc, head_request);
+        let body = compressed.as_deref().unwrap_or(body);
+        let chunked = compressed.is_some() && self.head.minor > 0;
+        if compressed.is_some() && !chunked {
+            // An HTTP/1.0 client reads a body of unknown length to the connection's close.
+            self.head.close = true;
+        }
+        let close = close || self.head.close;
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
+        if chunked {
+            crate::http::fields::header(&mut out, b"transfer-encoding", b"chunked");
+        }
         if close {
             crate::http::fields::header(&mut out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        if !head_request {
+        if chunked {
+            crate::http::body::chunk_header(&mut out, body.len());
+            out.extend_from_slice(body);
+            out.extend_from_slice(b"\r\n0\r\n\r\n");
+        } else if !head_request {
             out.extend_from_slice(body);
         }
         self.log.status = status;

@@ -17,6 +17,7 @@ use crate::model::filter::{FilterKind, PerRoute};
 use crate::model::route::{RouteTable, WeightedTarget};
 use crate::router::Matched;
 
+pub(crate) mod compress;
 mod cors;
 mod fault;
 pub(crate) mod grpc_stats;
@@ -58,13 +59,23 @@ pub(crate) struct State {
     pub grpc: Option<grpc_stats::Call>,
     /// A fault in progress (counted in `active_faults` until the request ends).
     pub fault: Option<fault::Active>,
+    /// The compressor filters' Accept-Encoding, decision and response stream.
+    pub compression: Option<Box<compress::Compression>>,
 }
 
 impl State {
     /// Whether the encode phase has anything to do.
     #[inline]
     pub fn encodes(&self) -> bool {
-        self.cors.is_some() || self.ratelimit.is_some()
+        self.cors.is_some() || self.ratelimit.is_some() || self.compression.is_some()
+    }
+
+    /// Whether the response body is compressed (its length is then unknown).
+    #[inline]
+    pub fn compressing(&self) -> bool {
+        self.compression
+            .as_ref()
+            .is_some_and(|c| c.head.compressing)
     }
 
     /// Ends the request's filter state (the next request on the connection starts empty).
@@ -74,6 +85,7 @@ impl State {
             || self.ratelimit.is_some()
             || self.grpc.is_some()
             || self.fault.is_some()
+            || self.compression.is_some()
         {
             *self = State::default();
         }
@@ -172,6 +184,7 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::Cors(cf) => cors::decode(x, cf, per, routed, &f.name)?,
             FilterKind::GrpcStats(g) => grpc_stats::decode(x, g, routed),
             FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
+            FilterKind::Compressor(c) => compress::decode(x, c, per),
         }
     }
     Ok(Step::Done)
@@ -184,6 +197,11 @@ pub(crate) fn overrides<E: FilterHost + ?Sized>(x: &E, name: &[u8]) -> bool {
     s.cors
         .as_ref()
         .is_some_and(|c| c.allowed() && cors::overrides(name))
+        || s.compression.as_ref().is_some_and(|c| {
+            (c.head.vary.is_some() && name.eq_ignore_ascii_case(b"vary"))
+                || (c.head.drop_etag && name.eq_ignore_ascii_case(b"etag"))
+                || (c.head.compressing && name.eq_ignore_ascii_case(b"content-encoding"))
+        })
 }
 
 /// The encode phase on a response head in HTTP/1 form (before its final CRLF): the
@@ -195,6 +213,18 @@ pub(crate) fn encode_headers<E: FilterHost + ?Sized>(x: &E, out: &mut Vec<u8>) {
     }
     if let Some(c) = &s.cors {
         cors::encode(c, x, out);
+    }
+    if let Some(c) = &s.compression {
+        let h = &c.head;
+        if let Some(e) = h.content_encoding {
+            crate::http::fields::header(out, b"content-encoding", e.as_bytes());
+        }
+        if let Some(v) = &h.vary {
+            crate::http::fields::header(out, b"vary", v);
+        }
+        for v in &h.status {
+            crate::http::fields::header(out, b"x-envoy-compression-status", v.as_bytes());
+        }
     }
 }
 

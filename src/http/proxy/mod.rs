@@ -30,12 +30,14 @@ use crate::model::{Cluster, Discovery, Snapshot};
 use crate::stats::{status_class_index, ClusterStat, HttpStat};
 
 mod attempt;
+mod body;
 mod retry;
 mod send;
 pub(crate) mod up;
 
 pub(crate) use attempt::Deadline;
 use attempt::{failure, pick_again, Body, Replay};
+use body::{body_failed, compress_head};
 use retry::{Retry, Verdict};
 use send::{exchange_h1, Attempt};
 use up::{RecvError, Up};
@@ -413,12 +415,21 @@ pub(crate) async fn forward<D: Downstream>(
         HttpStat::DownstreamRq1xx as usize,
     ));
     let end = kind == BodyKind::None;
+    // The compressor filters decide on the head; a compressed body's length is unknown.
+    let mut z = match d.filter_state().compression.is_some() {
+        true => compress_head(d, up.head_bytes(&resp), &resp, end),
+        false => None,
+    };
+    let down_kind = match (&z, kind) {
+        (Some(_), BodyKind::Length(_)) => BodyKind::Chunked,
+        _ => kind,
+    };
     let d_attempts = d.log().attempts.max(1);
     let ok = d
         .send_head(
             up.head_bytes(&resp),
             &resp,
-            kind,
+            down_kind,
             &resp_mods,
             f.attempt_count.1.then_some(d_attempts),
             end,
@@ -459,9 +470,15 @@ pub(crate) async fn forward<D: Downstream>(
     let mut bytes = 0u64;
     loop {
         loop {
-            let chunk = match up.buffered(&mut framing) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
+            // With a compressor, the body's end is one more (empty) piece that finishes it.
+            let (chunk, finish) = match up.buffered(&mut framing) {
+                Ok(Some(c)) => (c, false),
+                Ok(None) => match &z {
+                    Some(zs) if !zs.finished() && up.body_done(&framing) => {
+                        (Chunk::Slice(&[]), true)
+                    }
+                    _ => break,
+                },
                 Err(()) => {
                     d.log_mut()
                         .flags
@@ -476,12 +493,30 @@ pub(crate) async fn forward<D: Downstream>(
             }
             // An HTTP/1.1 body's end is known with its last bytes.
             let last = h1_up && framing.done();
-            if !d.send_body(chunk, last).await {
+            let compressing = z.is_some();
+            // One call sends either (a second would keep `send_body` out of line).
+            let (piece, last) = match &mut z {
+                None => (chunk, last),
+                Some(zs) => {
+                    // As Envoy: each piece flushed, the end finished on its own.
+                    if zs.compress(chunk.as_slice(), finish).is_err() {
+                        d.abort(h2::Reason::INTERNAL_ERROR);
+                        return Ok(());
+                    }
+                    (Chunk::Slice(&zs.out), false)
+                }
+            };
+            let sent = piece.len();
+            // Nothing yet (zstd holds its output until the end): nothing to send.
+            if (sent > 0 || !compressing) && !d.send_body(piece, last).await {
                 d.log_mut().bytes_sent = bytes;
                 d.client_gone();
                 return Ok(());
             }
-            bytes += n as u64;
+            if let Some(zs) = &mut z {
+                zs.out.clear();
+            }
+            bytes += sent as u64;
             up.passed(n);
         }
         if up.body_done(&framing) {
@@ -546,36 +581,4 @@ pub(crate) async fn forward<D: Downstream>(
     });
     up.finish(&ctx, cluster, kind, resp_close);
     Ok(())
-}
-
-/// The upstream response stopped part-way through its body.
-fn body_failed<D: Downstream>(
-    d: &mut D,
-    cs: &crate::stats::CoreCells,
-    e: RecvError,
-    deadline: &Deadline,
-) {
-    match e {
-        RecvError::Timeout if deadline.expired() => {
-            cs.inc(ClusterStat::UpstreamRqTimeout as usize);
-            d.log_mut()
-                .flags
-                .set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-            d.abort(h2::Reason::CANCEL);
-        }
-        RecvError::Timeout => {
-            let core = d.core();
-            d.hcm()
-                .stats
-                .core(core)
-                .inc(HttpStat::DownstreamRqIdleTimeout as usize);
-            d.log_mut().flags.set(ResponseFlags::STREAM_IDLE_TIMEOUT);
-            d.abort(h2::Reason::CANCEL);
-        }
-        RecvError::Reset(reason) => {
-            cs.inc(ClusterStat::UpstreamRqRxReset as usize);
-            d.log_mut().flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
-            d.abort(reason);
-        }
-    }
 }

@@ -133,6 +133,16 @@ pub(super) fn http_filters(
                     false,
                 )?))
             }
+            super::compressor::COMPRESSOR => {
+                let m = decode_any(any, super::compressor::COMPRESSOR, res, &fp)?;
+                FilterKind::Compressor(Arc::new(super::compressor::compressor(
+                    &m,
+                    stat_prefix,
+                    res,
+                    &format!("{fp}.typed_config"),
+                    ctx,
+                )?))
+            }
             _ if f.is_optional => {
                 // Envoy skips an optional filter it does not know.
                 ctx.ignored
@@ -543,6 +553,14 @@ pub(super) fn per_filter_configs(
                     &format!("{fp}.typed_config"),
                     ctx,
                     true,
+                )?))
+            }
+            super::compressor::PER_ROUTE => {
+                let m = decode_any(&any, super::compressor::PER_ROUTE, res, &fp)?;
+                PerRoute::Compressor(Arc::new(super::compressor::per_route(
+                    &m,
+                    res,
+                    &format!("{fp}.typed_config"),
                 )?))
             }
             _ if optional => {

@@ -17,6 +17,7 @@ mod bootstrap;
 mod chain;
 mod cidr;
 mod cluster;
+mod compressor;
 mod hcm;
 mod http_filter;
 mod listener;

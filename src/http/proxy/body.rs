@@ -1,0 +1,71 @@
+//! The response body's side of forwarding: the compressor filters' encode phase on the
+//! upstream head and body, and what a body that stops part-way becomes.
+
+use super::up::RecvError;
+use super::{Deadline, Downstream};
+use crate::http::flags::ResponseFlags;
+use crate::http::h1::ResponseHead;
+use crate::stats::{ClusterStat, HttpStat};
+
+/// Runs the compressor filters' encode phase on an upstream response head: the body's
+/// compression stream if one of them compresses it.
+pub(super) fn compress_head<D: Downstream>(
+    d: &mut D,
+    up: &[u8],
+    resp: &ResponseHead,
+    end: bool,
+) -> Option<Box<crate::http::filter::compress::Active>> {
+    use crate::http::filter::compress::{encode_head, Head};
+    let find = |name: &[u8]| {
+        resp.headers
+            .iter()
+            .find(|(n, _)| up[n.clone()].eq_ignore_ascii_case(name))
+            .map(|(_, v)| &up[v.clone()])
+    };
+    let head = Head {
+        status: resp.status,
+        content_type: find(b"content-type"),
+        content_length: resp.content_length,
+        content_encoding: find(b"content-encoding"),
+        cache_control: find(b"cache-control"),
+        etag: find(b"etag"),
+        vary: find(b"vary"),
+        upgrade: resp.status == 101,
+    };
+    if !encode_head(d, &head, end) {
+        return None;
+    }
+    d.filter_state_mut().compression.as_mut()?.stream.take()
+}
+
+/// The upstream response stopped part-way through its body.
+pub(super) fn body_failed<D: Downstream>(
+    d: &mut D,
+    cs: &crate::stats::CoreCells,
+    e: RecvError,
+    deadline: &Deadline,
+) {
+    match e {
+        RecvError::Timeout if deadline.expired() => {
+            cs.inc(ClusterStat::UpstreamRqTimeout as usize);
+            d.log_mut()
+                .flags
+                .set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+            d.abort(h2::Reason::CANCEL);
+        }
+        RecvError::Timeout => {
+            let core = d.core();
+            d.hcm()
+                .stats
+                .core(core)
+                .inc(HttpStat::DownstreamRqIdleTimeout as usize);
+            d.log_mut().flags.set(ResponseFlags::STREAM_IDLE_TIMEOUT);
+            d.abort(h2::Reason::CANCEL);
+        }
+        RecvError::Reset(reason) => {
+            cs.inc(ClusterStat::UpstreamRqRxReset as usize);
+            d.log_mut().flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
+            d.abort(reason);
+        }
+    }
+}
