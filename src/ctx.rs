@@ -493,6 +493,8 @@ pub struct Downstream {
     pub tls: bool,
     /// The client's certificate, when it presented one (mutual TLS).
     pub client_cert: Option<std::rc::Rc<crate::peer_cert::ClientCert>>,
+    /// SNI and identities, on TLS chains whose RBAC or `istio_authn` read them.
+    pub authn: Option<std::rc::Rc<crate::rbac::Authn>>,
 }
 
 impl Downstream {

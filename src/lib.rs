@@ -13,6 +13,7 @@ pub mod logging;
 pub mod model;
 pub mod peer_cert;
 pub mod proto;
+pub mod rbac;
 pub mod router;
 pub mod stats;
 pub mod tcp;

@@ -90,7 +90,7 @@ fn url_encoded_pem(chain: &[&[u8]]) -> String {
 /// A distinguished name as OpenSSL prints it with `XN_FLAG_RFC2253` (what Envoy uses): the
 /// last RDN first, `,` between RDNs and `+` inside one, short attribute names, RFC 2253
 /// escapes, bytes outside printable ASCII as `\XX`, unknown attributes as `OID=#DER`.
-fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
+pub(crate) fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
     // OpenSSL reverses the flat list of attributes (so inside a multi-valued RDN too), and
     // joins neighbours of the same RDN with `+`.
     let flat: Vec<(usize, _)> = name

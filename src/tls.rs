@@ -217,6 +217,24 @@ pub fn client_cert(
     Some(std::rc::Rc::new(crate::peer_cert::ClientCert { element }))
 }
 
+/// The SNI and identities RBAC and `istio_authn` read, after the handshake.
+pub fn authn(s: &ServerStream, tls: &DownstreamTls) -> crate::rbac::Authn {
+    let conn = &s.get_ref().1;
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| crate::rbac::PeerIdentity::of(leaf.as_ref()));
+    crate::rbac::Authn {
+        sni: conn.server_name().unwrap_or("").into(),
+        peer,
+        local_principal: tls
+            .local_uri_sans
+            .iter()
+            .find(|u| u.starts_with("spiffe://"))
+            .map(|u| u.as_str().into()),
+    }
+}
+
 /// The protocol ALPN settled on, when it did.
 pub fn alpn(s: &ServerStream) -> Option<&[u8]> {
     s.get_ref().1.alpn_protocol()

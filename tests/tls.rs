@@ -12,58 +12,13 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::pki::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// A CA and what it signed, as PEM.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-struct Identity {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Ca {
-    fn new(org: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::OrganizationName, org);
-        let key = KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    fn pem(&self) -> String {
-        self.cert.pem()
-    }
-
-    /// A workload certificate with DNS name `dns` and SPIFFE identity `spiffe` (if any).
-    fn issue(&self, dns: &str, spiffe: Option<&str>, expired: bool) -> Identity {
-        let mut p = CertificateParams::new(vec![dns.to_string()]).unwrap();
-        if let Some(uri) = spiffe {
-            p.subject_alt_names
-                .push(SanType::URI(uri.try_into().unwrap()));
-        }
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2020, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-}
 
 /// The client identity the listeners in these tests allow.
 fn client_of(ca: &Ca) -> Identity {
@@ -72,12 +27,6 @@ fn client_of(ca: &Ca) -> Identity {
         Some("spiffe://cluster.local/ns/default/sa/client"),
         false,
     )
-}
-
-fn write(dir: &Path, name: &str, body: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, body).unwrap();
-    p.to_str().unwrap().to_string()
 }
 
 /// A `transport_socket` YAML block (at the filter chain's indentation) for a
@@ -141,31 +90,6 @@ fn bootstrap(listener_filters: &str, chains: &str, backend: SocketAddr) -> Strin
 
 fn mtls_chain(socket: &str) -> String {
     format!("    - filters:\n{HCM}\n{socket}")
-}
-
-fn client_config(ca: &Ca, me: Option<&Identity>, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut c = match me {
-        Some(id) => {
-            let chain = CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => b.with_no_client_auth(),
-    };
-    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    c
 }
 
 async fn tls_connect(

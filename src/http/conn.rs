@@ -229,6 +229,9 @@ impl crate::http::exchange::Exchange for Connection {
     fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
         self.down.client_cert.as_deref()
     }
+    fn authn(&self) -> Option<&crate::rbac::Authn> {
+        self.down.authn.as_deref()
+    }
     fn accept_encoding_removed(&self) -> bool {
         self.filters
             .compression

@@ -87,6 +87,9 @@ pub enum HttpError {
         status: u16,
         grpc_status: Option<u32>,
     },
+    /// The RBAC filter denied the request (the policy that decided, or `none`).
+    #[error("RBAC: access denied")]
+    RbacDenied(Box<str>),
     /// The local rate limit filter refused the request.
     #[error("local_rate_limited")]
     LocalRateLimited {

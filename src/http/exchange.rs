@@ -3,12 +3,13 @@
 //! HTTP/1 form (ranges over a byte buffer), so routing, header rules and `%COMMAND%`
 //! values have one implementation. [`Entry`] is what a request leaves for its log line.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::http::h1::RequestHead;
+use crate::http::h1::{header_value, RequestHead};
 use crate::model::HttpConnectionManager;
 
 pub(crate) trait Exchange {
@@ -38,6 +39,10 @@ pub(crate) trait Exchange {
     fn protocol(&self) -> &'static [u8];
     /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
     /// gRPC-shaped.
+    /// SNI and identities, on TLS chains whose RBAC or `istio_authn` read them.
+    fn authn(&self) -> Option<&crate::rbac::Authn> {
+        None
+    }
     /// Whether a compressor filter removed the request's Accept-Encoding.
     fn accept_encoding_removed(&self) -> bool {
         false
@@ -62,6 +67,8 @@ pub struct Entry {
     pub status: u16,
     pub flags: crate::http::flags::ResponseFlags,
     pub details: &'static str,
+    /// Written in brackets after `details` (the RBAC policy that denied).
+    pub details_arg: Option<Box<str>>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub upstream: Option<SocketAddr>,
@@ -87,6 +94,7 @@ impl Default for Entry {
             status: 0,
             flags: crate::http::flags::ResponseFlags::NONE,
             details: "via_upstream",
+            details_arg: None,
             bytes_received: 0,
             bytes_sent: 0,
             upstream: None,
@@ -110,4 +118,46 @@ impl Entry {
             self.started = Some(Instant::now());
         }
     }
+}
+
+/// A request's headers as the matchers read them (pseudo-headers included).
+pub(crate) struct RequestHeaders<'a, E: ?Sized>(pub &'a E);
+
+impl<E: Exchange + ?Sized> crate::router::RequestView for RequestHeaders<'_, E> {
+    fn method(&self) -> &[u8] {
+        &self.0.buf()[self.0.head().method.clone()]
+    }
+    fn path(&self) -> &[u8] {
+        &self.0.buf()[self.0.head().target.clone()]
+    }
+    fn authority(&self) -> &[u8] {
+        self.0.head().host.map_or(&b""[..], |h| {
+            &self.0.buf()[self.0.head().headers[h].1.clone()]
+        })
+    }
+    fn scheme(&self) -> &[u8] {
+        forwarded_proto(self.0)
+    }
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        header_value(self.0.buf(), &self.0.head().headers, name.as_bytes())
+    }
+}
+
+/// The scheme of the request as the next hop is told it (`x-forwarded-proto`): the
+/// downstream transport's at the edge; at an inner hop the previous hop's word, if any.
+pub(crate) fn forwarded_proto<E: Exchange + ?Sized>(conn: &E) -> &[u8] {
+    let transport: &[u8] = if conn.downstream_tls() {
+        b"https"
+    } else {
+        b"http"
+    };
+    if conn.hcm().use_remote_address {
+        return transport;
+    }
+    let buf = conn.buf();
+    conn.head()
+        .headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"x-forwarded-proto"))
+        .map_or(transport, |(_, v)| &buf[v.clone()])
 }

@@ -271,6 +271,9 @@ impl Exchange for Stream {
     fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
         self.down.client_cert.as_deref()
     }
+    fn authn(&self) -> Option<&crate::rbac::Authn> {
+        self.down.authn.as_deref()
+    }
     fn accept_encoding_removed(&self) -> bool {
         self.filters
             .compression
@@ -481,6 +484,7 @@ impl Stream {
         }
         self.log.flags.set(reply.flag);
         self.log.details = reply.details;
+        self.log.details_arg = crate::http::local_reply::details_arg(e);
         let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
         self.simple(
             reply.status,

@@ -17,6 +17,14 @@ pub struct Reply {
     pub details: &'static str,
 }
 
+/// What the response code details carry in brackets after `Reply::details`, if anything.
+pub fn details_arg(e: &HttpError) -> Option<Box<str>> {
+    match e {
+        HttpError::RbacDenied(policy) => Some(policy.clone()),
+        _ => None,
+    }
+}
+
 /// The reply for `e`, as Envoy answers it.
 pub fn reply_for(e: &HttpError) -> Reply {
     // Envoy answers these with no body: the status and the response code details (in the
@@ -221,6 +229,14 @@ pub fn reply_for(e: &HttpError) -> Reply {
             "local_rate_limited",
         ),
         HttpError::CorsPreflight => r(200, None, ResponseFlags::NONE, "cors_response"),
+        // The details name the policy: `rbac_access_denied_matched_policy[<policy>]` (see
+        // `details_arg`). Envoy sets no response flag.
+        HttpError::RbacDenied(_) => r(
+            403,
+            None,
+            ResponseFlags::NONE,
+            "rbac_access_denied_matched_policy",
+        ),
         // Never sent: there is no one to send it to.
         HttpError::ClientGone => r(
             400,

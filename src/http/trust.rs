@@ -43,6 +43,22 @@ const EDGE_STRIPPED: [&[u8]; 6] = [
     b"x-envoy-external-address",
 ];
 
+/// The client's address as Envoy's connection manager settles it: the peer at the edge
+/// (`use_remote_address`), else the last `x-forwarded-for` entry (or the peer without one).
+pub fn downstream_remote(
+    hcm: &HttpConnectionManager,
+    peer: IpAddr,
+    buf: &[u8],
+    headers: &[(Range<usize>, Range<usize>)],
+) -> IpAddr {
+    if hcm.use_remote_address {
+        return peer;
+    }
+    last_forwarded_for(buf, headers)
+        .and_then(|last| std::str::from_utf8(last).ok()?.parse().ok())
+        .unwrap_or(peer)
+}
+
 /// Whether a request from `peer` (with these request headers) is internal.
 pub fn is_internal(
     hcm: &HttpConnectionManager,

@@ -28,24 +28,7 @@ fn dropped_by(mods: &[&HeaderMods], name: &[u8]) -> bool {
     mods.iter().any(|m| m.drops(name))
 }
 
-/// The scheme of the request as the next hop is told it (`x-forwarded-proto`): the
-/// downstream transport's at the edge; at an inner hop the previous hop's word, if any.
-pub(crate) fn forwarded_proto<E: Exchange + ?Sized>(conn: &E) -> &[u8] {
-    let transport: &[u8] = if conn.downstream_tls() {
-        b"https"
-    } else {
-        b"http"
-    };
-    if conn.hcm().use_remote_address {
-        return transport;
-    }
-    let buf = conn.buf();
-    conn.head()
-        .headers
-        .iter()
-        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"x-forwarded-proto"))
-        .map_or(transport, |(_, v)| &buf[v.clone()])
-}
+pub(crate) use crate::http::exchange::forwarded_proto;
 
 /// The request head sent upstream. Framing (`content-length`, `transfer-encoding`) is
 /// written from the parsed head's decision, never copied from the client's bytes, and a

@@ -17,6 +17,9 @@ use crate::model::chain::{Choice, ConnInfo, Sniffed};
 use crate::model::{Listener, NetworkFilter, Snapshot};
 use crate::stats::{HttpStat, ListenerStat, TcpStat};
 
+mod guard;
+mod rbac;
+use guard::ActiveGuard;
 pub mod sniff;
 
 /// A connection accepted by one core for another (exact balance).
@@ -461,6 +464,7 @@ async fn handle(
         via: accepted_on,
         tls: chain.tls.is_some(),
         client_cert: None,
+        authn: None,
     };
     let stream = match chain.tls.clone() {
         None => MaybeTls::Plain(stream),
@@ -475,6 +479,12 @@ async fn handle(
                     return;
                 }
             };
+            if chain.reads_identity() {
+                down.authn = Some(std::rc::Rc::new(crate::tls::authn(&s, &tls)));
+            }
+            if !rbac::allows(chain, &down, ctx.core) {
+                return;
+            }
             if let NetworkFilter::Http(hcm) = &filter {
                 down.client_cert = crate::tls::client_cert(&s, &tls, hcm);
                 let fut = crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
@@ -490,6 +500,10 @@ async fn handle(
             crate::tls::down_io(s)
         }
     };
+    // Network RBAC decides before the terminal filter sees a byte (TLS chains: above).
+    if chain.tls.is_none() && !rbac::allows(chain, &down, ctx.core) {
+        return;
+    }
     match filter {
         NetworkFilter::Http(hcm) => {
             // TLS connections to an HTTP chain were served above.
@@ -513,56 +527,6 @@ async fn handle(
         }
     }
     drop(guard);
-}
-
-/// Counts a connection as active on its core and listener for as long as it lives.
-struct ActiveGuard {
-    ctx: Rc<CoreCtx>,
-    listener: Arc<Listener>,
-    /// Already counted on this core by `Balancer::assign`; released on close.
-    balancer: Option<Arc<Balancer>>,
-    /// Counted against the global connection limit; released on close.
-    global: Option<Arc<crate::model::overload::GlobalConnLimit>>,
-}
-
-impl ActiveGuard {
-    /// The connection now belongs to another listener (original destination handoff).
-    fn move_to(&mut self, listener: Arc<Listener>) {
-        let old = self.listener.stats.core(self.ctx.core);
-        old.dec(ListenerStat::DownstreamCxActive as usize);
-        let c = listener.stats.core(self.ctx.core);
-        c.inc(ListenerStat::DownstreamCxTotal as usize);
-        c.inc(ListenerStat::DownstreamCxActive as usize);
-        self.listener = listener;
-    }
-
-    fn new(ctx: Rc<CoreCtx>, listener: Arc<Listener>, balancer: Option<Arc<Balancer>>) -> Self {
-        ctx.active.set(ctx.active.get() + 1);
-        let c = listener.stats.core(ctx.core);
-        c.inc(ListenerStat::DownstreamCxTotal as usize);
-        c.inc(ListenerStat::DownstreamCxActive as usize);
-        ActiveGuard {
-            ctx,
-            listener,
-            balancer,
-            global: None,
-        }
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.ctx.active.set(self.ctx.active.get() - 1);
-        let c = self.listener.stats.core(self.ctx.core);
-        c.dec(ListenerStat::DownstreamCxActive as usize);
-        c.inc(ListenerStat::DownstreamCxDestroy as usize);
-        if let Some(b) = &self.balancer {
-            b.release(self.ctx.core);
-        }
-        if let Some(g) = &self.global {
-            g.release();
-        }
-    }
 }
 
 pub use crate::ctx::CatchUnwind;

@@ -22,6 +22,20 @@ pub struct FilterChain {
     pub filter: NetworkFilter,
     /// `transport_socket` TLS: the handshake runs before the filter sees a byte.
     pub tls: Option<Arc<super::tls::DownstreamTls>>,
+    /// `envoy.filters.network.rbac` filters before the terminal one, in order.
+    pub rbac: Box<[Arc<super::rbac::RbacFilter>]>,
+    /// Istio's `istio_authn` runs on the chain: the peer's SPIFFE identity is the filter
+    /// state `io.istio.peer_principal`.
+    pub istio_authn: bool,
+}
+
+impl FilterChain {
+    /// Whether the peer certificate's identity is read (RBAC or `istio_authn` need it).
+    pub fn reads_identity(&self) -> bool {
+        self.istio_authn
+            || !self.rbac.is_empty()
+            || matches!(&self.filter, super::NetworkFilter::Http(h) if h.reads_identity)
+    }
 }
 
 /// A listener's filter chains and how one is chosen.
@@ -43,35 +57,7 @@ pub enum Selector {
     Matcher(Arc<Matcher>),
 }
 
-/// An IP prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub len: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is inside (IPv4-mapped IPv6 addresses match IPv4 prefixes).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(p), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(p) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(p), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(p) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
+pub use super::cidr::Cidr;
 
 /// `FilterChainMatch`, validated. Empty criteria match anything.
 #[derive(Debug, Clone, Default)]

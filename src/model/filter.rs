@@ -38,6 +38,7 @@ pub enum FilterKind {
     GrpcStats(GrpcStatsConfig),
     LocalRateLimit(Arc<LocalRateLimit>),
     Compressor(Arc<super::compressor::Compressor>),
+    Rbac(Arc<super::rbac::RbacFilter>),
 }
 
 /// A fraction with Envoy's `FractionalPercent` denominators.
@@ -190,6 +191,7 @@ pub enum PerRoute {
     Cors(Arc<CorsPolicy>),
     LocalRateLimit(Arc<LocalRateLimit>),
     Compressor(Arc<super::compressor::CompressorPerRoute>),
+    Rbac(Arc<super::rbac::RbacPerRoute>),
     /// `FilterConfig { disabled: true }`: the filter is skipped for this route.
     Disabled,
     /// `FilterConfig { disabled: false }` with no config: a filter disabled on the

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 pub mod breakers;
 pub mod chain;
+pub mod cidr;
 pub mod compressor;
 pub mod convert;
 mod dump;
@@ -25,6 +26,7 @@ pub mod matcher;
 pub mod overload;
 pub mod path;
 pub mod ratelimit;
+pub mod rbac;
 pub mod retry;
 pub mod route;
 pub mod runtime;
@@ -377,6 +379,10 @@ pub enum ServerHeader {
 
 /// `envoy.filters.network.http_connection_manager`, validated.
 pub struct HttpConnectionManager {
+    /// Istio's `istio_authn` runs on the chain (`io.istio.peer_principal` is set).
+    pub istio_authn: bool,
+    /// An RBAC filter reads the peer certificate's identity.
+    pub reads_identity: bool,
     pub stat_prefix: String,
     pub stats: Arc<Scope>,
     pub codec: Codec,

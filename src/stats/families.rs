@@ -248,6 +248,22 @@ stat_family! {
 }
 
 stat_family! {
+    /// The RBAC filters' enforced verdicts: `<prefix>rbac.<rules_stat_prefix>`.
+    pub enum RbacStat {
+        Allowed = "allowed",
+        Denied = "denied",
+    } gauges []
+}
+
+stat_family! {
+    /// The RBAC filters' shadow verdicts: `<prefix>rbac.<shadow_rules_stat_prefix>`.
+    pub enum RbacShadowStat {
+        ShadowAllowed = "shadow_allowed",
+        ShadowDenied = "shadow_denied",
+    } gauges []
+}
+
+stat_family! {
     /// One direction's stats of a compressor filter:
     /// `http.<prefix>.compressor.<library name>.<library>.{request.,response.,}` (the
     /// response's without `response.` when the filter has no `response_direction_config`).

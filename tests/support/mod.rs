@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The io drivers a test runs on: legacy always, io_uring when this kernel allows it.
 pub mod ads;
+pub mod pki;
 
 pub fn drivers() -> Vec<&'static str> {
     let mut d = vec!["legacy"];

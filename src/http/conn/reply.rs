@@ -62,6 +62,7 @@ impl Connection {
         }
         self.log.flags.set(reply.flag);
         self.log.details = reply.details;
+        self.log.details_arg = crate::http::local_reply::details_arg(e);
         let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
         self.write_simple(
             reply.status,

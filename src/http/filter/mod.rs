@@ -22,6 +22,7 @@ mod cors;
 mod fault;
 pub(crate) mod grpc_stats;
 mod ratelimit;
+mod rbac;
 
 /// What an exchange lends its filters: the request, its log entry and filter state.
 pub(crate) trait FilterHost: Exchange {
@@ -185,6 +186,7 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::GrpcStats(g) => grpc_stats::decode(x, g, routed),
             FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
             FilterKind::Compressor(c) => compress::decode(x, c, per),
+            FilterKind::Rbac(r) => rbac::decode(x, r, per)?,
         }
     }
     Ok(Step::Done)

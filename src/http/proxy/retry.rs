@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::http::exchange::Exchange;
+use crate::http::exchange::{Exchange, RequestHeaders};
 use crate::http::h1::{header_value, ResponseHead};
 use crate::model::breakers::{Permit, Resource};
 use crate::model::retry::{ResetFormat, RetryOn, RetryPolicy};
@@ -296,29 +296,6 @@ fn reset_backoff(
         return Some(d);
     }
     None
-}
-
-/// A request's headers for `retriable_request_headers`.
-struct RequestHeaders<'a, E: ?Sized>(&'a E);
-
-impl<E: Exchange + ?Sized> RequestView for RequestHeaders<'_, E> {
-    fn method(&self) -> &[u8] {
-        &self.0.buf()[self.0.head().method.clone()]
-    }
-    fn path(&self) -> &[u8] {
-        &self.0.buf()[self.0.head().target.clone()]
-    }
-    fn authority(&self) -> &[u8] {
-        self.0.head().host.map_or(&b""[..], |h| {
-            &self.0.buf()[self.0.head().headers[h].1.clone()]
-        })
-    }
-    fn scheme(&self) -> &[u8] {
-        crate::http::write_headers::forwarded_proto(self.0)
-    }
-    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
-        header_value(self.0.buf(), &self.0.head().headers, name.as_bytes())
-    }
 }
 
 /// A response head for `retriable_headers`.

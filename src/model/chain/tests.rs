@@ -9,6 +9,8 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
             name: format!("c{i}").into(),
             filter: filter.clone(),
             tls: None,
+            rbac: Box::default(),
+            istio_authn: false,
         })
         .collect();
     let default = default.then(|| {
@@ -16,6 +18,8 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
             name: "default".into(),
             filter: filter.clone(),
             tls: None,
+            rbac: Box::default(),
+            istio_authn: false,
         });
         matches.push(ChainMatch::default());
         chains.len() - 1

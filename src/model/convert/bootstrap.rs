@@ -204,7 +204,7 @@ fn bootstrap_extensions(
         let Some(any) = &e.typed_config else {
             return Err(err("bootstrap", path, "typed_config is required"));
         };
-        match super::hcm::config_type(any).as_deref() {
+        match super::istio::config_type(any).as_deref() {
             Some(INTERNAL_LISTENER) => ctx.ignored.push(format!(
                 "bootstrap_extensions[{i}] '{}' (internal listeners themselves are refused)",
                 e.name

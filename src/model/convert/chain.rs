@@ -40,7 +40,7 @@ pub(super) fn chains(
     let mut matches = Vec::with_capacity(l.filter_chains.len() + 1);
     for (i, c) in l.filter_chains.iter().enumerate() {
         let path = format!("filter_chains[{i}]");
-        let filter = super::hcm::chain_filter(c, res, &path, ctx)?;
+        let (filter, rbac, istio_authn) = super::hcm::chain_filter(c, res, &path, ctx)?;
         let name: Arc<str> = if c.name.is_empty() {
             format!("{}#{i}", l.name).into()
         } else {
@@ -53,7 +53,13 @@ pub(super) fn chains(
             &path,
             ctx,
         )?;
-        chains.push(FilterChain { name, filter, tls });
+        chains.push(FilterChain {
+            name,
+            filter,
+            tls,
+            rbac,
+            istio_authn,
+        });
         let m = match &c.filter_chain_match {
             Some(m) => chain_match(m, res, &format!("{path}.filter_chain_match"))?,
             None => ChainMatch::default(),
@@ -62,7 +68,8 @@ pub(super) fn chains(
     }
     let default = match &l.default_filter_chain {
         Some(c) => {
-            let filter = super::hcm::chain_filter(c, res, "default_filter_chain", ctx)?;
+            let (filter, rbac, istio_authn) =
+                super::hcm::chain_filter(c, res, "default_filter_chain", ctx)?;
             // Envoy ignores it ("the filter chain match is ignored in this field"); istiod
             // sends an empty one. A non-empty one is counted as ignored.
             if c.filter_chain_match
@@ -84,7 +91,13 @@ pub(super) fn chains(
                 "default_filter_chain",
                 ctx,
             )?;
-            chains.push(FilterChain { name, filter, tls });
+            chains.push(FilterChain {
+                name,
+                filter,
+                tls,
+                rbac,
+                istio_authn,
+            });
             matches.push(ChainMatch::default());
             Some(chains.len() - 1)
         }

@@ -16,6 +16,7 @@ use crate::proto::envoy::extensions::access_loggers::stream::v3 as stream;
 use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::stats::HttpStat;
 
+use super::istio::{authn_config, config_type, istio_noop, ISTIO_AUTHN};
 use super::{any_type, data_source, decode_any, err, timeout, ConvertError, Ctx};
 
 const HCM: &str =
@@ -31,11 +32,13 @@ pub(super) fn chain_filter(
     res: &str,
     cpath: &str,
     ctx: &mut Ctx<'_>,
-) -> Result<NetworkFilter, ConvertError> {
-    // Istio's telemetry network filters may precede the terminal one (documented no-ops:
-    // see `istio_noop`).
+) -> Result<ChainFilters, ConvertError> {
+    // Before the terminal filter: Istio's telemetry filters (documented no-ops: see
+    // `istio_noop`), `istio_authn` (the peer principal for RBAC) and network RBAC.
     let mut filters = chain.filters.as_slice();
     let mut skipped = 0;
+    let mut rbac = Vec::new();
+    let mut istio_authn = false;
     while let [f, _, ..] = filters {
         let path = format!("{cpath}.filters[{skipped}]");
         match f
@@ -46,14 +49,35 @@ pub(super) fn chain_filter(
             Some(any) if istio_noop(&f.name, any, true).is_some() => {
                 let why = istio_noop(&f.name, any, true).unwrap_or_default();
                 ctx.ignored.push(format!("{res}.{path} ({why})"));
-                filters = &filters[1..];
-                skipped += 1;
+            }
+            Some(any) if config_type(any).as_deref() == Some(ISTIO_AUTHN) => {
+                authn_config(any, res, &path)?;
+                istio_authn = true;
+            }
+            Some(any) if any_type(any) == super::rbac::NETWORK => {
+                let m = decode_any(any, super::rbac::NETWORK, res, &path)?;
+                rbac.push(Arc::new(super::rbac::network(
+                    &m,
+                    res,
+                    &format!("{path}.typed_config"),
+                    ctx,
+                )?));
             }
             _ => break,
         }
+        filters = &filters[1..];
+        skipped += 1;
     }
+    let with = |f: NetworkFilter| (f, rbac.into_boxed_slice(), istio_authn);
     match filters {
-        [f] => network_filter(f, res, &format!("{cpath}.filters[{skipped}]"), ctx),
+        [f] => network_filter(
+            f,
+            res,
+            &format!("{cpath}.filters[{skipped}]"),
+            ctx,
+            istio_authn,
+        )
+        .map(with),
         [] => Err(err(
             res,
             format!("{cpath}.filters"),
@@ -62,7 +86,13 @@ pub(super) fn chain_filter(
         [first, f, ..] => {
             // Name the filter that is not supported: the first, unless it is a terminal
             // filter, in which case whatever follows it.
-            network_filter(first, res, &format!("{cpath}.filters[{skipped}]"), ctx)?;
+            network_filter(
+                first,
+                res,
+                &format!("{cpath}.filters[{skipped}]"),
+                ctx,
+                istio_authn,
+            )?;
             let t = f
                 .config_type
                 .as_ref()
@@ -80,11 +110,19 @@ pub(super) fn chain_filter(
     }
 }
 
+/// A chain's terminal filter, its network RBAC filters and whether `istio_authn` runs.
+pub(super) type ChainFilters = (
+    NetworkFilter,
+    Box<[Arc<crate::model::rbac::RbacFilter>]>,
+    bool,
+);
+
 fn network_filter(
     f: &pb::Filter,
     res: &str,
     path: &str,
     ctx: &mut Ctx<'_>,
+    istio_authn: bool,
 ) -> Result<NetworkFilter, ConvertError> {
     let Some(pb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Err(err(
@@ -97,9 +135,9 @@ fn network_filter(
         HCM => {
             let m: hcm::HttpConnectionManager = decode_any(any, HCM, res, path)?;
             let path = format!("{path}.typed_config");
-            Ok(NetworkFilter::Http(Arc::new(connection_manager(
-                &m, res, &path, ctx,
-            )?)))
+            let mut hcm = connection_manager(&m, res, &path, ctx)?;
+            hcm.istio_authn = istio_authn;
+            Ok(NetworkFilter::Http(Arc::new(hcm)))
         }
         super::tcp::TCP_PROXY => Ok(NetworkFilter::Tcp(Arc::new(super::tcp::convert(
             any, res, path, ctx,
@@ -112,65 +150,6 @@ fn network_filter(
                 f.name
             ),
         )),
-    }
-}
-
-const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
-
-/// The type of an extension's configuration: its own, or for a TypedStruct the one it
-/// wraps (the last segment of its `type_url`).
-pub(super) fn config_type(any: &prost_types::Any) -> Option<String> {
-    let t = any_type(any);
-    if !TYPED_STRUCTS.contains(&t) {
-        return Some(t.to_string());
-    }
-    use prost::Message;
-    let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
-    Some(inner.type_url.rsplit('/').next()?.to_string())
-}
-
-/// The `type_url` inside a TypedStruct (its `value` Struct is not needed to decide).
-#[derive(Clone, PartialEq, prost::Message)]
-struct TypedStructUrl {
-    #[prost(string, tag = "1")]
-    type_url: String,
-}
-
-/// Istio's own extension filters, each decided deliberately (docs/xds.md, "Istio extension
-/// filters"): the telemetry ones are accepted as no-ops, since they enforce nothing —
-/// `istio.stats` (istio_* metrics), `istio.metadata_exchange` (peer labels for those
-/// metrics) — and `istio.alpn`, which only sets the ALPN of upstream TLS, which Ringside
-/// does not originate yet (a cluster with a transport socket is refused). Everything
-/// else, RBAC, JWT, ext_authz and authn included, is refused by type as usual.
-/// Returns why it is a no-op, or `None` if the filter is not one of them.
-fn istio_noop(name: &str, any: &prost_types::Any, network: bool) -> Option<&'static str> {
-    let mut t = any_type(any).to_string();
-    if TYPED_STRUCTS.contains(&t.as_str()) {
-        use prost::Message;
-        let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
-        t = inner.type_url.rsplit('/').next()?.to_string();
-    }
-    match (t.as_str(), network) {
-        ("stats.PluginConfig", _) => Some("istio.stats: Istio telemetry, a documented no-op"),
-        ("envoy.tcp.metadataexchange.config.MetadataExchange", true) => {
-            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
-        }
-        // The HTTP metadata exchange is Istio's built-in ("null VM") Wasm plugin; only that
-        // name is accepted, never a Wasm filter in general.
-        ("envoy.extensions.filters.http.wasm.v3.Wasm", false)
-            if name == "istio.metadata_exchange" =>
-        {
-            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
-        }
-        // Current istiod's HTTP metadata exchange (a native filter in istio-proxy, sent as
-        // a TypedStruct): discovers peer labels for telemetry and enforces nothing.
-        ("io.istio.http.peer_metadata.Config", false) => {
-            Some("istio.metadata_exchange (peer_metadata): peer labels for telemetry, a documented no-op")
-        }
-        ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
-            Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")
-        }
-        _ => None,
     }
 }
 
@@ -386,7 +365,13 @@ fn connection_manager(
             uri: d.uri,
         })
         .unwrap_or_default();
+    let reads_identity = filters
+        .list
+        .iter()
+        .any(|f| matches!(f.kind, crate::model::filter::FilterKind::Rbac(_)));
     Ok(HttpConnectionManager {
+        istio_authn: false,
+        reads_identity,
         xfcc: (forward_client_cert, client_cert_details),
         tracing,
         request_id,

@@ -143,6 +143,16 @@ pub(super) fn http_filters(
                     ctx,
                 )?))
             }
+            super::rbac::HTTP => {
+                let m = decode_any(any, super::rbac::HTTP, res, &fp)?;
+                FilterKind::Rbac(Arc::new(super::rbac::http(
+                    &m,
+                    stat_prefix,
+                    res,
+                    &format!("{fp}.typed_config"),
+                    ctx,
+                )?))
+            }
             _ if f.is_optional => {
                 // Envoy skips an optional filter it does not know.
                 ctx.ignored
@@ -157,13 +167,8 @@ pub(super) fn http_filters(
                 ))
             }
         };
-        if list.iter().any(|x: &HttpFilter| *x.name == *f.name) {
-            return Err(err(
-                res,
-                format!("{fp}.name"),
-                format!("the filter name '{}' is used twice", f.name),
-            ));
-        }
+        // Two filters may share a name, as in Envoy (istiod names both of its RBAC filters
+        // `envoy.filters.http.rbac`); a route's per-filter configuration then reaches both.
         list.push(HttpFilter {
             name: f.name.as_str().into(),
             disabled: f.disabled,
@@ -558,6 +563,14 @@ pub(super) fn per_filter_configs(
             super::compressor::PER_ROUTE => {
                 let m = decode_any(&any, super::compressor::PER_ROUTE, res, &fp)?;
                 PerRoute::Compressor(Arc::new(super::compressor::per_route(
+                    &m,
+                    res,
+                    &format!("{fp}.typed_config"),
+                )?))
+            }
+            super::rbac::PER_ROUTE => {
+                let m = decode_any(&any, super::rbac::PER_ROUTE, res, &fp)?;
+                PerRoute::Rbac(Arc::new(super::rbac::per_route(
                     &m,
                     res,
                     &format!("{fp}.typed_config"),

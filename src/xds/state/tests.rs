@@ -355,7 +355,7 @@ fn istio_listener(network: &[(&str, &str)], http: &[(&str, &str)]) -> prost_type
 }
 
 #[test]
-fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused() {
+fn istio_telemetry_filters_are_documented_no_ops_and_unimplemented_policy_filters_are_refused() {
     let mut f = Fixture::new();
     let ok = istio_listener(
         &[
@@ -402,8 +402,8 @@ fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused(
     assert!(ignored.iter().any(|i| i.contains("istio.alpn")));
     for (name, t) in [
         (
-            "envoy.filters.http.rbac",
-            "envoy.extensions.filters.http.rbac.v3.RBAC",
+            "envoy.filters.http.ext_authz",
+            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         ),
         (
             "envoy.filters.http.jwt_authn",
@@ -436,8 +436,6 @@ fn istio_telemetry_filters_are_documented_no_ops_and_policy_filters_are_refused(
             )],
         ))
         .unwrap_err();
-    assert!(
-        err.contains("envoy.extensions.filters.network.rbac.v3.RBAC"),
-        "{err}"
-    );
+    // Network RBAC is implemented: an empty one lacks its required stat_prefix.
+    assert!(err.contains("stat_prefix: is required"), "{err}");
 }

@@ -85,6 +85,8 @@ pub(crate) struct Head<'a> {
 }
 
 /// The decode phase of one compressor filter.
+// Out of line: `decode_headers`, inlined on every request, stays small.
+#[inline(never)]
 pub(super) fn decode<E: FilterHost>(x: &mut E, config: &Arc<Compressor>, per: Option<&PerRoute>) {
     let per = match per {
         Some(PerRoute::Compressor(p)) => Some(&**p),

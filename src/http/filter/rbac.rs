@@ -1,0 +1,107 @@
+//! `envoy.filters.http.rbac`: the shadow engine is evaluated and counted, then the
+//! enforced one; a denied request is answered 403 `RBAC: access denied`, its response code
+//! details naming the policy that decided (`rbac_access_denied_matched_policy[...]`), as
+//! Envoy 1.40 does. A route's `RBACPerRoute` replaces the filter's engines.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::FilterHost;
+use crate::http::error::HttpError;
+use crate::http::exchange::RequestHeaders;
+use crate::model::filter::PerRoute;
+use crate::model::matcher::{HeaderMatch, HeaderMatchKind};
+use crate::model::rbac::RbacFilter;
+use crate::rbac::{evaluate, Input, PeerIdentity};
+use crate::stats::{RbacShadowStat, RbacStat};
+
+// Out of line: `decode_headers`, inlined on every request, stays small.
+#[inline(never)]
+pub(super) fn decode<E: FilterHost>(
+    x: &mut E,
+    f: &RbacFilter,
+    per: Option<&PerRoute>,
+) -> Result<(), HttpError> {
+    let (rules, shadow) = match per {
+        Some(PerRoute::Rbac(p)) => (p.rules.as_deref(), p.shadow.as_deref()),
+        _ => (f.rules.as_deref(), f.shadow.as_deref()),
+    };
+    let core = x.core();
+    let input = Request(x);
+    if let Some(e) = shadow {
+        let v = evaluate(e, &input);
+        f.shadow_stats.core(core).inc(if v.allowed {
+            RbacShadowStat::ShadowAllowed
+        } else {
+            RbacShadowStat::ShadowDenied
+        } as usize);
+    }
+    let Some(e) = rules else { return Ok(()) };
+    let v = evaluate(e, &input);
+    let c = f.stats.core(core);
+    if v.allowed {
+        c.inc(RbacStat::Allowed as usize);
+        return Ok(());
+    }
+    c.inc(RbacStat::Denied as usize);
+    // Whitespace in the policy name would break the access log's fields.
+    let policy = v.policy.unwrap_or("none").replace(char::is_whitespace, "_");
+    Err(HttpError::RbacDenied(policy.into()))
+}
+
+/// A request as RBAC reads it.
+struct Request<'a, E>(&'a E);
+
+impl<E: FilterHost> Input for Request<'_, E> {
+    fn header(&self, h: &HeaderMatch) -> bool {
+        // A header sent more than once matches when one of its values does (Envoy 1.40
+        // matches each value, not the joined list).
+        if let (HeaderMatchKind::String(m), false) = (&h.kind, h.name.starts_with(':')) {
+            let buf = self.0.buf();
+            let mut values = self
+                .0
+                .head()
+                .headers
+                .iter()
+                .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(h.name.as_bytes()))
+                .peekable();
+            if values.peek().is_some() {
+                return values.any(|(_, v)| m.matches(&buf[v.clone()])) != h.invert;
+            }
+        }
+        crate::router::header_matches(h, &RequestHeaders(self.0))
+    }
+    fn url_path(&self) -> Option<&[u8]> {
+        let target = self.0.bytes(&self.0.head().target);
+        let end = target
+            .iter()
+            .position(|&b| b == b'?' || b == b'#')
+            .unwrap_or(target.len());
+        Some(&target[..end])
+    }
+    fn local(&self) -> SocketAddr {
+        self.0.local()
+    }
+    fn direct_remote(&self) -> IpAddr {
+        self.0.peer().ip()
+    }
+    fn remote(&self) -> IpAddr {
+        crate::http::trust::downstream_remote(
+            self.0.hcm(),
+            self.0.peer().ip(),
+            self.0.buf(),
+            &self.0.head().headers,
+        )
+    }
+    fn sni(&self) -> &str {
+        self.0.authn().map_or("", |a| &a.sni)
+    }
+    fn tls(&self) -> bool {
+        self.0.downstream_tls()
+    }
+    fn peer(&self) -> Option<&PeerIdentity> {
+        self.0.authn()?.peer.as_ref()
+    }
+    fn filter_state(&self, key: &str) -> Option<&str> {
+        self.0.authn()?.filter_state(key, self.0.hcm().istio_authn)
+    }
+}

@@ -1,0 +1,61 @@
+//! `envoy.filters.network.rbac` on a connection, before its terminal filter sees a byte.
+
+use crate::ctx::Downstream;
+use crate::model::chain::FilterChain;
+
+/// The chain's network RBAC filters, in order, on a new connection: false when one denies
+/// it (the connection is then closed). Envoy evaluates on the first byte the client sends;
+/// Ringside decides before any byte flows either way (and before connecting upstream),
+/// with the same verdict, since nothing the rules read changes in between.
+pub(super) fn allows(chain: &FilterChain, down: &Downstream, core: usize) -> bool {
+    use crate::stats::{RbacShadowStat, RbacStat};
+    if chain.rbac.is_empty() {
+        return true;
+    }
+    let input = ConnInput(down, chain.istio_authn);
+    for f in chain.rbac.iter() {
+        if let Some(e) = &f.shadow {
+            let v = crate::rbac::evaluate(e, &input);
+            f.shadow_stats.core(core).inc(if v.allowed {
+                RbacShadowStat::ShadowAllowed
+            } else {
+                RbacShadowStat::ShadowDenied
+            } as usize);
+        }
+        let Some(e) = &f.rules else { continue };
+        let v = crate::rbac::evaluate(e, &input);
+        if v.allowed {
+            f.stats.core(core).inc(RbacStat::Allowed as usize);
+        } else {
+            f.stats.core(core).inc(RbacStat::Denied as usize);
+            tracing::debug!(peer = %down.peer, chain = %chain.name, policy = v.policy.unwrap_or("none"), "RBAC denied the connection");
+            return false;
+        }
+    }
+    true
+}
+
+/// A connection as the network RBAC filter reads it (no headers, no path).
+struct ConnInput<'a>(&'a Downstream, bool);
+
+impl crate::rbac::Input for ConnInput<'_> {
+    fn local(&self) -> std::net::SocketAddr {
+        self.0.dst
+    }
+    fn direct_remote(&self) -> std::net::IpAddr {
+        self.0.peer.ip()
+    }
+    fn sni(&self) -> &str {
+        self.0.authn.as_deref().map_or("", |a| &a.sni)
+    }
+    fn tls(&self) -> bool {
+        self.0.tls
+    }
+    fn peer(&self) -> Option<&crate::rbac::PeerIdentity> {
+        self.0.authn.as_deref()?.peer.as_ref()
+    }
+    fn filter_state(&self, key: &str) -> Option<&str> {
+        // Only `istio_authn` sets these, on chains where it runs.
+        self.0.authn.as_deref()?.filter_state(key, self.1)
+    }
+}

@@ -1,0 +1,99 @@
+//! Istio's own extensions in a filter chain, each decided deliberately: the telemetry
+//! filters Ringside accepts as documented no-ops, `istio_authn` (the peer principal RBAC
+//! reads), and the TypedStruct wrapping istiod sends them in.
+
+use super::{any_type, err, ConvertError};
+
+const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
+
+/// The type of an extension's configuration: its own, or for a TypedStruct the one it
+/// wraps (the last segment of its `type_url`).
+pub(super) fn config_type(any: &prost_types::Any) -> Option<String> {
+    let t = any_type(any);
+    if !TYPED_STRUCTS.contains(&t) {
+        return Some(t.to_string());
+    }
+    use prost::Message;
+    let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
+    Some(inner.type_url.rsplit('/').next()?.to_string())
+}
+
+/// The `type_url` inside a TypedStruct (its `value` Struct is not needed to decide).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TypedStructUrl {
+    #[prost(string, tag = "1")]
+    type_url: String,
+}
+
+/// Istio's own extension filters, each decided deliberately (docs/xds.md, "Istio extension
+/// filters"): the telemetry ones are accepted as no-ops, since they enforce nothing —
+/// `istio.stats` (istio_* metrics), `istio.metadata_exchange` (peer labels for those
+/// metrics) — and `istio.alpn`, which only sets the ALPN of upstream TLS, which Ringside
+/// does not originate yet (a cluster with a transport socket is refused). Everything
+/// else (JWT, ext_authz, Wasm) is refused by type as usual; `istio_authn` and RBAC are
+/// implemented.
+/// Returns why it is a no-op, or `None` if the filter is not one of them.
+pub(super) fn istio_noop(
+    name: &str,
+    any: &prost_types::Any,
+    network: bool,
+) -> Option<&'static str> {
+    let mut t = any_type(any).to_string();
+    if TYPED_STRUCTS.contains(&t.as_str()) {
+        use prost::Message;
+        let inner = TypedStructUrl::decode(any.value.as_slice()).ok()?;
+        t = inner.type_url.rsplit('/').next()?.to_string();
+    }
+    match (t.as_str(), network) {
+        ("stats.PluginConfig", _) => Some("istio.stats: Istio telemetry, a documented no-op"),
+        ("envoy.tcp.metadataexchange.config.MetadataExchange", true) => {
+            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
+        }
+        // The HTTP metadata exchange is Istio's built-in ("null VM") Wasm plugin; only that
+        // name is accepted, never a Wasm filter in general.
+        ("envoy.extensions.filters.http.wasm.v3.Wasm", false)
+            if name == "istio.metadata_exchange" =>
+        {
+            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
+        }
+        // Current istiod's HTTP metadata exchange (a native filter in istio-proxy, sent as
+        // a TypedStruct): discovers peer labels for telemetry and enforces nothing.
+        ("io.istio.http.peer_metadata.Config", false) => {
+            Some("istio.metadata_exchange (peer_metadata): peer labels for telemetry, a documented no-op")
+        }
+        ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
+            Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")
+        }
+        _ => None,
+    }
+}
+
+/// Istio's `istio_authn` network filter (`io.istio.network.authn.Config`, usually in a
+/// TypedStruct).
+pub(super) const ISTIO_AUTHN: &str = "io.istio.network.authn.Config";
+
+/// `io.istio.network.authn.Config` has no fields: a TypedStruct whose value sets any is
+/// refused by name.
+pub(super) fn authn_config(
+    any: &prost_types::Any,
+    res: &str,
+    path: &str,
+) -> Result<(), ConvertError> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WithValue {
+        #[prost(message, optional, tag = "2")]
+        value: Option<prost_types::Struct>,
+    }
+    if TYPED_STRUCTS.contains(&any_type(any)) {
+        use prost::Message;
+        let v = WithValue::decode(any.value.as_slice()).unwrap_or_default();
+        if let Some(field) = v.value.and_then(|s| s.fields.into_keys().next()) {
+            return Err(err(
+                res,
+                format!("{path}.typed_config.value.{field}"),
+                "io.istio.network.authn.Config has no such field",
+            ));
+        }
+    }
+    Ok(())
+}
