@@ -54,3 +54,37 @@ fn corpus_bootstraps_are_accepted_or_refused_precisely() {
     }
     assert!(checked >= 7, "only {checked} corpus files found");
 }
+
+/// istiod's outbound clusters carry Istio's TCP metadata exchange as an upstream filter:
+/// accepted as a documented no-op (telemetry only). Any other upstream network filter is
+/// refused by type.
+#[test]
+fn cluster_filters_accept_only_istio_metadata_exchange() {
+    let dir = std::env::temp_dir().join(format!("ringside-compat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (filter, ok) in [
+        ("{name: istio.metadata_exchange, typed_config: {\"@type\": type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange, protocol: istio-peer-exchange}}", true),
+        ("{name: x, typed_config: {\"@type\": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange}}", true),
+        ("{name: envoy.filters.network.rbac, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, stat_prefix: x}}", false),
+    ] {
+        let cfg = dir.join("c.yaml");
+        std::fs::write(
+            &cfg,
+            format!("static_resources:\n  clusters:\n  - name: c\n    filters: [{filter}]\n"),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
+            .args(["--mode", "validate", "-c"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{filter}: {err}");
+        if !ok {
+            assert!(
+                err.contains("filters[0].typed_config: upstream network filter 'envoy.filters.network.rbac' of type envoy.extensions.filters.network.rbac.v3.RBAC is not supported"),
+                "{err}"
+            );
+        }
+    }
+}

@@ -349,7 +349,10 @@ SUBSET = {
                                         "http2_protocol_options", "upstream_bind_config",
                                         "transport_socket", "transport_socket_matches",
                                         "metadata", "common_lb_config", "upstream_connection_options",
-                                        "circuit_breakers", "max_requests_per_connection"],
+                                        "circuit_breakers", "max_requests_per_connection",
+                                        "filters"],
+    # Upstream network filters: only Istio's metadata exchange, a documented no-op.
+    "envoy.config.cluster.v3.Filter": ["name", "typed_config"],
     # Limits for the whole proxy; retry budgets and per-host limits are refused by name.
     "envoy.config.cluster.v3.CircuitBreakers": ["thresholds", "per_host_thresholds"],
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": [
@@ -414,7 +417,7 @@ MODULES = [
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
     "envoy.config.route.v3.route_pb2", "envoy.config.route.v3.route_components_pb2",
     "envoy.type.matcher.v3.string_pb2", "envoy.type.matcher.v3.regex_pb2",
-    "envoy.config.cluster.v3.cluster_pb2", "envoy.config.cluster.v3.circuit_breaker_pb2",
+    "envoy.config.cluster.v3.cluster_pb2", "envoy.config.cluster.v3.filter_pb2", "envoy.config.cluster.v3.circuit_breaker_pb2",
     "envoy.config.endpoint.v3.endpoint_pb2", "envoy.config.endpoint.v3.endpoint_components_pb2",
     "envoy.config.core.v3.config_source_pb2", "envoy.config.core.v3.grpc_service_pb2",
     "envoy.service.discovery.v3.discovery_pb2", "envoy.service.discovery.v3.ads_pb2",

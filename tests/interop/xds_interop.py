@@ -156,6 +156,15 @@ static_resources:
     load_assignment:
       cluster_name: xds-grpc
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT}}}}]}]
+  # As pilot-agent's bootstrap has it: the SDS server on a unix socket (nobody serves it
+  # here; resources that name it are still converted and acknowledged).
+  - name: sds-grpc
+    type: STATIC
+    connect_timeout: 1s
+    http2_protocol_options: {}
+    load_assignment:
+      cluster_name: sds-grpc
+      endpoints: [{lb_endpoints: [{endpoint: {address: {pipe: {path: SDSPATH}}}}]}]
 """
 
 
@@ -165,6 +174,7 @@ class Ringside:
         cfg = os.path.join(self.dir, "bootstrap.yaml")
         with open(cfg, "w") as f:
             f.write(BOOTSTRAP.replace("PORT", str(ads_port))
+                    .replace("SDSPATH", os.path.join(self.dir, "SDS"))
                     .replace("API", "DELTA_GRPC" if delta else "GRPC"))
         self.admin_path = os.path.join(self.dir, "admin")
         self.log = open(os.path.join(self.dir, "stderr"), "w")

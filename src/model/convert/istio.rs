@@ -4,6 +4,9 @@
 
 use super::{any_type, err, ConvertError};
 
+/// Istio's TCP metadata exchange (network filter downstream, cluster filter upstream).
+pub(super) const METADATA_EXCHANGE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
+
 const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
 
 /// The type of an extension's configuration: its own, or for a TypedStruct the one it
@@ -46,7 +49,7 @@ pub(super) fn istio_noop(
     }
     match (t.as_str(), network) {
         ("stats.PluginConfig", _) => Some("istio.stats: Istio telemetry, a documented no-op"),
-        ("envoy.tcp.metadataexchange.config.MetadataExchange", true) => {
+        (METADATA_EXCHANGE, true) => {
             Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
         }
         // The HTTP metadata exchange is Istio's built-in ("null VM") Wasm plugin; only that
