@@ -105,7 +105,8 @@ pub trait Input {
 /// header rules on an empty header map).
 pub fn missing_header(h: &HeaderMatch) -> bool {
     match &h.kind {
-        HeaderMatchKind::Present(want) => *want == h.invert,
+        // A missing header treated as empty is present.
+        HeaderMatchKind::Present(want) => (h.treat_missing_as_empty == *want) != h.invert,
         HeaderMatchKind::String(m) if h.treat_missing_as_empty => m.matches(b"") != h.invert,
         HeaderMatchKind::String(_) => false,
     }

@@ -253,3 +253,51 @@ async fn network_rbac_closes_connections_the_policy_refuses() {
         assert_eq!(p.stat("tcp.tp.downstream_cx_total").await, 1, "{driver}");
     }
 }
+
+/// What Envoy refuses is refused (an empty `and_ids` would otherwise match everyone), by
+/// field; what Ringside does not evaluate is refused by name.
+#[test]
+fn empty_sets_and_unimplemented_fields_are_refused() {
+    let filter = |rules: &str| {
+        format!(
+            r#"static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: s
+          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200}}}}]}}]}}
+          http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC, rules: {rules}}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        )
+    };
+    for (rules, want) in [
+        (
+            "{policies: {p: {permissions: [{any: true}], principals: [{and_ids: {ids: []}}]}}}",
+            "principals[0].and_ids.ids: at least one id is required",
+        ),
+        (
+            "{policies: {p: {permissions: [{and_rules: {rules: []}}], principals: [{any: true}]}}}",
+            "permissions[0].and_rules.rules: at least one rule is required",
+        ),
+        (
+            "{policies: {p: {permissions: [], principals: [{any: true}]}}}",
+            "policies['p'].permissions: at least one is required",
+        ),
+        (
+            "{policies: {p: {permissions: [{any: true}], principals: [{any: true}], condition: {}}}}",
+            "condition",
+        ),
+    ] {
+        let (ok, err) = validate("r.yaml", &filter(rules), &[]);
+        assert!(!ok && err.contains(want), "{rules}: {err}");
+    }
+}

@@ -43,19 +43,32 @@ const EDGE_STRIPPED: [&[u8]; 6] = [
     b"x-envoy-external-address",
 ];
 
-/// The client's address as Envoy's connection manager settles it: the peer at the edge
-/// (`use_remote_address`), else the last `x-forwarded-for` entry (or the peer without one).
+/// The client's address as Envoy's connection manager settles it: at the edge
+/// (`use_remote_address`) the peer, or with `xff_num_trusted_hops` N > 0 the Nth
+/// `x-forwarded-for` entry from the right; elsewhere the (N+1)th from the right. Without
+/// that many entries, the peer.
 pub fn downstream_remote(
     hcm: &HttpConnectionManager,
     peer: IpAddr,
     buf: &[u8],
     headers: &[(Range<usize>, Range<usize>)],
 ) -> IpAddr {
-    if hcm.use_remote_address {
-        return peer;
+    let skip = match (hcm.use_remote_address, hcm.xff_num_trusted_hops) {
+        (true, 0) => return peer,
+        (true, n) => n - 1,
+        (false, n) => n,
+    };
+    // Every x-forwarded-for line, as one list.
+    let mut entries: Vec<&[u8]> = Vec::new();
+    for (n, v) in headers {
+        if buf[n.clone()].eq_ignore_ascii_case(b"x-forwarded-for") {
+            entries.extend(buf[v.clone()].split(|&b| b == b',').map(<[u8]>::trim_ascii));
+        }
     }
-    last_forwarded_for(buf, headers)
-        .and_then(|last| std::str::from_utf8(last).ok()?.parse().ok())
+    entries
+        .len()
+        .checked_sub(1 + skip as usize)
+        .and_then(|i| std::str::from_utf8(entries[i]).ok()?.parse().ok())
         .unwrap_or(peer)
 }
 

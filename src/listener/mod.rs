@@ -482,7 +482,7 @@ async fn handle(
             if chain.reads_identity() {
                 down.authn = Some(std::rc::Rc::new(crate::tls::authn(&s, &tls)));
             }
-            if !rbac::allows(chain, &down, ctx.core) {
+            if !rbac::allows(chain, &down, None, ctx.core) {
                 return;
             }
             if let NetworkFilter::Http(hcm) = &filter {
@@ -501,7 +501,8 @@ async fn handle(
         }
     };
     // Network RBAC decides before the terminal filter sees a byte (TLS chains: above).
-    if chain.tls.is_none() && !rbac::allows(chain, &down, ctx.core) {
+    let sni = info.sniffed.and_then(|s| s.server_name.as_deref());
+    if chain.tls.is_none() && !rbac::allows(chain, &down, sni, ctx.core) {
         return;
     }
     match filter {

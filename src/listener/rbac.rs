@@ -7,12 +7,18 @@ use crate::model::chain::FilterChain;
 /// it (the connection is then closed). Envoy evaluates on the first byte the client sends;
 /// Ringside decides before any byte flows either way (and before connecting upstream),
 /// with the same verdict, since nothing the rules read changes in between.
-pub(super) fn allows(chain: &FilterChain, down: &Downstream, core: usize) -> bool {
+/// `sni`: what the TLS inspector read on a chain that does not terminate TLS.
+pub(super) fn allows(
+    chain: &FilterChain,
+    down: &Downstream,
+    sni: Option<&str>,
+    core: usize,
+) -> bool {
     use crate::stats::{RbacShadowStat, RbacStat};
     if chain.rbac.is_empty() {
         return true;
     }
-    let input = ConnInput(down, chain.istio_authn);
+    let input = ConnInput(down, chain.istio_authn, sni);
     for f in chain.rbac.iter() {
         if let Some(e) = &f.shadow {
             let v = crate::rbac::evaluate(e, &input);
@@ -36,7 +42,7 @@ pub(super) fn allows(chain: &FilterChain, down: &Downstream, core: usize) -> boo
 }
 
 /// A connection as the network RBAC filter reads it (no headers, no path).
-struct ConnInput<'a>(&'a Downstream, bool);
+struct ConnInput<'a>(&'a Downstream, bool, Option<&'a str>);
 
 impl crate::rbac::Input for ConnInput<'_> {
     fn local(&self) -> std::net::SocketAddr {
@@ -46,7 +52,10 @@ impl crate::rbac::Input for ConnInput<'_> {
         self.0.peer.ip()
     }
     fn sni(&self) -> &str {
-        self.0.authn.as_deref().map_or("", |a| &a.sni)
+        match self.0.authn.as_deref() {
+            Some(a) => &a.sni,
+            None => self.2.unwrap_or(""),
+        }
     }
     fn tls(&self) -> bool {
         self.0.tls

@@ -61,12 +61,12 @@ def policies(table):
     return "{" + ", ".join(f"'{n}': {{permissions: {p}, principals: {q}}}" for n, (p, q) in table.items()) + "}"
 
 
-def hcm(prefix, filters, routes, log):
+def hcm(prefix, filters, routes, log, extra=""):
     return f"""      - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: {prefix}
-          access_log: [{{name: envoy.access_loggers.file, typed_config: {{"@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {log}, log_format: {{text_format_source: {{inline_string: "{prefix} %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS%\\n"}}}}}}}}]
+{extra}          access_log: [{{name: envoy.access_loggers.file, typed_config: {{"@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: {log}, log_format: {{text_format_source: {{inline_string: "{prefix} %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS%\\n"}}}}}}}}]
           route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: {routes}}}]}}
           http_filters: [{", ".join(filters + [ROUTER])}]
 """
@@ -80,6 +80,10 @@ def listener(name, filters):
 {filters}"""
 
 
+NORM = "          normalize_path: true\n          merge_slashes: true\n"
+XFF = "          use_remote_address: true\n          xff_num_trusted_hops: 1\n"
+
+
 def config(log):
     to_up = "{cluster: up}"
     routes = ("[{match: {prefix: /perroute-deny}, route: " + to_up + ", typed_per_filter_config: {envoy.filters.http.rbac: {'@type': type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute, rbac: {rules: {action: DENY, policies: {all: {permissions: [{any: true}], principals: [{any: true}]}}}}}}}, "
@@ -91,6 +95,8 @@ def config(log):
     allow = f"{{name: envoy.filters.http.rbac, typed_config: {{'@type': {RBAC}, rules: {{action: ALLOW, policies: {policies(ALLOW_POLICIES)}}}}}}}"
     deny = f"{{name: envoy.filters.http.rbac, typed_config: {{'@type': {RBAC}, rules_stat_prefix: pfx_, rules: {{action: DENY, policies: {{'deny-evil': {{permissions: [{{any: true}}], principals: [{{header: {{name: x-evil, present_match: true}}}}]}}, 'a-deny-admin': {{permissions: [{path('prefix', '/admin')}], principals: [{{any: true}}]}}}}}}}}}}"
     log_rbac = f"{{name: envoy.filters.http.rbac, typed_config: {{'@type': {RBAC}, rules: {{action: LOG, policies: {{'log-all': {{permissions: [{{any: true}}], principals: [{{any: true}}]}}}}}}}}}}"
+    norm_deny = f"{{name: envoy.filters.http.rbac, typed_config: {{'@type': {RBAC}, rules: {{action: DENY, policies: {{'deny-admin': {{permissions: [{path('prefix', '/admin')}], principals: [{{any: true}}]}}, 'deny-path-header': {{permissions: [{{header: {{name: ':path', prefix_match: /secret}}}}], principals: [{{any: true}}]}}, 'deny-evil-host': {{permissions: [{{header: {{name: ':authority', exact_match: evil.host}}}}], principals: [{{any: true}}]}}, 'deny-internal-claim': {{permissions: [{path('prefix', '/internal')}], principals: [{{not_id: {{header: {{name: x-envoy-internal, present_match: true}}}}}}]}}}}}}}}}}"
+    xff_allow = f"{{name: envoy.filters.http.rbac, typed_config: {{'@type': {RBAC}, rules: {{action: ALLOW, policies: {{'corp': {{permissions: [{{any: true}}], principals: [{{remote_ip: {{address_prefix: 10.0.0.0, prefix_len: 8}}}}]}}}}}}}}}}"
     empty = f"{{name: envoy.filters.http.rbac, typed_config: {{'@type': {RBAC}, rules: {{}}}}}}"
     tcp = lambda prefix, rules: f"""      - name: envoy.filters.network.rbac
         typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, stat_prefix: "{prefix}", shadow_rules_stat_prefix: istio_dry_run_allow_, {rules}}}
@@ -105,6 +111,8 @@ static_resources:
 {listener("deny", hcm("deny", [deny], plain, log))}
 {listener("log", hcm("logged", [log_rbac], plain, log))}
 {listener("empty", hcm("empty", [empty], plain, log))}
+{listener("norm", hcm("norm", [norm_deny], plain, log, NORM))}
+{listener("xff", hcm("xff", [xff_allow], plain, log, XFF))}
 {listener("tcp", tcp("tcp.", "rules: {policies: {local: {permissions: [{destination_port_range: {start: 1, end: 65535}}], principals: [{direct_remote_ip: {address_prefix: 127.0.0.1, prefix_len: 8}}]}}}, shadow_rules: {}"))}
 {listener("tcpdeny", tcp("tcpd", "rules: {}"))}
   clusters:
@@ -112,7 +120,7 @@ static_resources:
 """
 
 
-LISTENERS = ("allow", "deny", "log", "empty", "tcp", "tcpdeny")
+LISTENERS = ("allow", "deny", "log", "empty", "norm", "xff", "tcp", "tcpdeny")
 
 
 def req(method, target, headers=b"", listener="allow", host=b"x"):
@@ -171,6 +179,19 @@ CASES = {
     "deny action passes": req("GET", "/x", b"", "deny"),
     "log action": req("GET", "/x", b"", "log"),
     "empty rules deny all": req("GET", "/x", b"", "empty"),
+    "normalised path denied": req("GET", "/x/../admin", b"", "norm"),
+    "merged slashes denied": req("GET", "//admin", b"", "norm"),
+    "encoded dots denied": req("GET", "/x/%2e%2e/admin", b"", "norm"),
+    "absolute form denied": req("GET", "http://h/admin", b"", "norm"),
+    "absolute form path header": req("GET", "http://h/secret/x", b"", "norm"),
+    "normalised path header": req("GET", "/a/../secret", b"", "norm"),
+    "absolute form authority": req("GET", "http://evil.host/x", b"", "norm"),
+    "host header authority": req("GET", "/x", b"", "norm", b"evil.host"),
+    "allowed path": req("GET", "/ok", b"", "norm"),
+    "forged internal header": req("GET", "/internal", b"x-envoy-internal: true\r\n", "norm"),
+    "trusted hop: client from xff": req("GET", "/x", b"x-forwarded-for: 10.1.1.1\r\n", "xff"),
+    "trusted hop: outside client": req("GET", "/x", b"x-forwarded-for: 10.1.1.1, 192.168.0.1\r\n", "xff"),
+    "trusted hop: no xff": req("GET", "/x", b"", "xff"),
     "network rbac allows": req("GET", "/x", b"", "tcp"),
     "network rbac denies": req("GET", "/x", b"", "tcpdeny"),
 }

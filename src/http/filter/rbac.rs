@@ -3,15 +3,17 @@
 //! details naming the policy that decided (`rbac_access_denied_matched_policy[...]`), as
 //! Envoy 1.40 does. A route's `RBACPerRoute` replaces the filter's engines.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use super::FilterHost;
 use crate::http::error::HttpError;
-use crate::http::exchange::RequestHeaders;
+use crate::http::h1::header_value;
 use crate::model::filter::PerRoute;
 use crate::model::matcher::{HeaderMatch, HeaderMatchKind};
 use crate::model::rbac::RbacFilter;
-use crate::rbac::{evaluate, Input, PeerIdentity};
+use crate::rbac::{evaluate, missing_header, Input, PeerIdentity};
+use crate::router::RequestView;
 use crate::stats::{RbacShadowStat, RbacStat};
 
 // Out of line: `decode_headers`, inlined on every request, stays small.
@@ -48,14 +50,64 @@ pub(super) fn decode<E: FilterHost>(
     Err(HttpError::RbacDenied(policy.into()))
 }
 
-/// A request as RBAC reads it.
+/// A request as RBAC reads it: the path and authority the router matched (normalised,
+/// from an absolute URL when the client sent one), and headers as Envoy's connection
+/// manager has them before any filter runs (what it strips from external requests, and a
+/// sanitised `x-forwarded-client-cert`, are not there).
 struct Request<'a, E>(&'a E);
+
+impl<E: FilterHost> Request<'_, E> {
+    fn connect(&self) -> bool {
+        self.0.bytes(&self.0.head().method) == b"CONNECT"
+    }
+
+    /// Whether the connection manager removed the client's header `name` before the
+    /// filters.
+    fn removed(&self, name: &[u8]) -> bool {
+        let x = self.0;
+        (!x.internal()
+            && crate::http::trust::stripped_from_external(name, x.hcm().use_remote_address))
+            || (name.eq_ignore_ascii_case(b"x-forwarded-client-cert")
+                && matches!(
+                    crate::http::xfcc::action(x.hcm().xfcc.0, x.client_cert()),
+                    crate::http::xfcc::Action::Remove | crate::http::xfcc::Action::Set(_)
+                ))
+    }
+}
+
+impl<E: FilterHost> RequestView for Request<'_, E> {
+    fn method(&self) -> &[u8] {
+        self.0.bytes(&self.0.head().method)
+    }
+    fn path(&self) -> &[u8] {
+        self.0.bytes(&self.0.log().path)
+    }
+    fn authority(&self) -> &[u8] {
+        self.0.bytes(&self.0.log().authority)
+    }
+    fn scheme(&self) -> &[u8] {
+        crate::http::exchange::forwarded_proto(self.0)
+    }
+    fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        if self.removed(name.as_bytes()) {
+            return None;
+        }
+        header_value(self.0.buf(), &self.0.head().headers, name.as_bytes())
+    }
+}
 
 impl<E: FilterHost> Input for Request<'_, E> {
     fn header(&self, h: &HeaderMatch) -> bool {
+        // A CONNECT request has no `:path`.
+        if h.name == ":path" && self.connect() {
+            return missing_header(h);
+        }
         // A header sent more than once matches when one of its values does (Envoy 1.40
         // matches each value, not the joined list).
         if let (HeaderMatchKind::String(m), false) = (&h.kind, h.name.starts_with(':')) {
+            if self.removed(h.name.as_bytes()) {
+                return missing_header(h);
+            }
             let buf = self.0.buf();
             let mut values = self
                 .0
@@ -68,15 +120,18 @@ impl<E: FilterHost> Input for Request<'_, E> {
                 return values.any(|(_, v)| m.matches(&buf[v.clone()])) != h.invert;
             }
         }
-        crate::router::header_matches(h, &RequestHeaders(self.0))
+        crate::router::header_matches(h, self)
     }
     fn url_path(&self) -> Option<&[u8]> {
-        let target = self.0.bytes(&self.0.head().target);
-        let end = target
+        if self.connect() {
+            return None;
+        }
+        let path = RequestView::path(self);
+        let end = path
             .iter()
             .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(target.len());
-        Some(&target[..end])
+            .unwrap_or(path.len());
+        Some(&path[..end])
     }
     fn local(&self) -> SocketAddr {
         self.0.local()

@@ -161,27 +161,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if c.respect_dns_ttl {
         ctx.ignored.push(format!("{res}.respect_dns_ttl"));
     }
-    for (i, f) in c.filters.iter().enumerate() {
-        let path = format!("filters[{i}]");
-        match f.typed_config.as_ref().and_then(super::istio::config_type) {
-            // istiod's outbound clusters: Istio's peer metadata exchange over TCP (ALPN
-            // istio-peer-exchange), labels for telemetry only.
-            Some(t) if t == super::istio::METADATA_EXCHANGE => ctx.ignored.push(format!(
-                "{res}.{path} (istio.metadata_exchange upstream: peer metadata for telemetry, a documented no-op)"
-            )),
-            t => {
-                return Err(err(
-                    res,
-                    format!("{path}.typed_config"),
-                    format!(
-                        "upstream network filter '{}' of type {} is not supported",
-                        f.name,
-                        t.unwrap_or_default()
-                    ),
-                ))
-            }
-        }
-    }
+    super::istio::cluster_filters(&c.filters, res, ctx)?;
     use pb::cluster::DnsLookupFamily as F;
     let dns_family = match F::try_from(c.dns_lookup_family) {
         Ok(F::Auto) => DnsFamily::Auto,

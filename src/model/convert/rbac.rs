@@ -146,6 +146,18 @@ fn engine(
     for name in names {
         let p = &m.policies[name];
         let pp = format!("{path}.policies['{name}']");
+        if p.permissions.is_empty() || p.principals.is_empty() {
+            let field = if p.permissions.is_empty() {
+                "permissions"
+            } else {
+                "principals"
+            };
+            return Err(err(
+                res,
+                format!("{pp}.{field}"),
+                "at least one is required",
+            ));
+        }
         let permissions = p
             .permissions
             .iter()
@@ -183,6 +195,13 @@ fn permission(
         return Err(err(res, path, "rules nest too deep"));
     }
     let set = |rules: &[pb::Permission], field: &str| -> Result<Box<[Permission]>, ConvertError> {
+        if rules.is_empty() {
+            return Err(err(
+                res,
+                format!("{path}.{field}.rules"),
+                "at least one rule is required",
+            ));
+        }
         rules
             .iter()
             .enumerate()
@@ -248,6 +267,13 @@ fn principal(
         return Err(err(res, path, "identifiers nest too deep"));
     }
     let set = |ids: &[pb::Principal], field: &str| -> Result<Box<[Principal]>, ConvertError> {
+        if ids.is_empty() {
+            return Err(err(
+                res,
+                format!("{path}.{field}.ids"),
+                "at least one id is required",
+            ));
+        }
         ids.iter()
             .enumerate()
             .map(|(i, r)| principal(r, res, &format!("{path}.{field}.ids[{i}]"), depth + 1))
