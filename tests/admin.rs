@@ -142,12 +142,48 @@ async fn logging_levels_change_at_run_time_and_counters_reset() {
         "{text}"
     );
 
-    // Dump filters not implemented are refused, never ignored.
-    let (s, body) = p.admin_get("/config_dump?mask=version_info").await;
+    // /config_dump's name_regex (whole names) and mask, as Envoy applies them.
+    let proxy = &p;
+    let dump = |q: &'static str| async move {
+        let (s, body) = proxy.admin_get(q).await;
+        (
+            s,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+            body,
+        )
+    };
+    let (s, v, _) = dump("/config_dump?resource=static_clusters&name_regex=a").await;
+    let names: Vec<_> = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cluster"]["name"].clone())
+        .collect();
+    assert_eq!((s, names), (200, vec![serde_json::json!("a")]));
+    let (_, v, _) = dump("/config_dump?resource=static_clusters&mask=cluster.name").await;
+    for c in v["configs"].as_array().unwrap() {
+        let keys: Vec<_> = c["cluster"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["@type", "name"], "{c}");
+        assert!(c.get("last_updated").is_none(), "{c}");
+    }
+    let (_, v, _) = dump("/config_dump?mask=static_clusters").await;
+    let types: Vec<_> = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["@type"].clone())
+        .collect();
     assert_eq!(
-        (s, body.as_str()),
-        (400, "/config_dump?mask is not implemented by Ringside\n")
+        types,
+        [serde_json::json!(
+            "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+        )]
     );
+    let (s, _, body) = dump("/config_dump?mask=static_clusters.cluster.name").await;
+    assert_eq!(s, 400, "a path through a repeated field: {body}");
+    assert!(body.contains("could not be successfully applied to any configs"));
+    let (s, _, body) = dump("/config_dump?name_regex=(").await;
+    assert!(s == 400 && body.contains("name_regex"), "{body}");
 
     // A chunked body admin does not read: answered, then the connection closes, so its
     // bytes are never taken for a next request.

@@ -1,7 +1,8 @@
 //! `/config_dump`: the bootstrap and every xDS resource in Envoy's `ConfigDump` form
 //! (each `@type` resolvable with Envoy's protos), and its parameters as Envoy applies them:
 //! `include_eds` (the `EndpointsConfigDump`, left out otherwise) and `resource` (one
-//! repeated field's entries across the dump, each typed as its element message).
+//! repeated field's entries across the dump, each typed as its element message);
+//! `name_regex` and `mask` are `dump_filter`'s.
 
 use prost::Message;
 use serde_json::{json, Value};
@@ -197,6 +198,11 @@ const ELEMENTS: &[(&str, &str)] = &[
         "EndpointsConfigDump.DynamicEndpointConfig",
     ),
 ];
+
+/// Whether `resource` names one of the dump's repeated fields.
+pub(super) fn is_element(resource: Option<&str>) -> bool {
+    resource.is_some_and(|r| ELEMENTS.iter().any(|(f, _)| *f == r))
+}
 
 const ENDPOINTS: &str = "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump";
 

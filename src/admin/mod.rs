@@ -17,6 +17,7 @@ use crate::stats::Store;
 
 mod clusters;
 mod config_dump;
+mod dump_filter;
 mod help;
 mod log;
 mod runtime;
@@ -268,28 +269,44 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             (status, text_ct, body)
         }
         ("GET", "/config_dump") => {
-            if let Some(p) = ["mask", "name_regex"]
-                .into_iter()
-                .find(|p| params.contains_key(p))
-            {
-                return (
-                    400,
-                    text_ct,
-                    format!("/config_dump?{p} is not implemented by Ringside\n").into_bytes(),
-                );
+            let mut dump = config_dump::config_dump(state);
+            let regex = params.get("name_regex").map(|r| decode(r));
+            if let Some(r) = &regex {
+                match dump_filter::name_regex(r) {
+                    Ok(re) => dump_filter::keep_named(&mut dump, &re),
+                    Err(e) => return (400, text_ct, e.into_bytes()),
+                }
             }
             let resource = params.get("resource").map(|r| decode(r));
-            match config_dump::select(
-                config_dump::config_dump(state),
+            let selected = match config_dump::select(
+                dump,
                 params.contains_key("include_eds"),
                 resource.as_deref(),
             ) {
-                Ok(v) => (
-                    200,
-                    json_ct,
-                    serde_json::to_vec_pretty(&v).unwrap_or_default(),
-                ),
-                Err(e) => (404, "text/plain", e.into_bytes()),
+                Ok(v) => Ok(v),
+                // Every resource the regex left out: an empty dump, as Envoy prints it.
+                Err(_) if regex.is_some() && config_dump::is_element(resource.as_deref()) => {
+                    Ok(serde_json::json!({}))
+                }
+                Err(e) => return (404, "text/plain", e.into_bytes()),
+            };
+            let masked = match (selected, params.get("mask").map(|m| decode(m))) {
+                (Ok(v), None) => Ok(v),
+                (Ok(v), Some(m)) if resource.is_some() => dump_filter::mask_elements(v, &m),
+                (Ok(v), Some(m)) => dump_filter::mask_configs(v, &m),
+                (Err(e), _) => Err(e),
+            };
+            match masked {
+                Ok(v) => {
+                    let empty = v["configs"].as_array().is_some_and(|c| c.is_empty());
+                    let v = if empty { serde_json::json!({}) } else { v };
+                    (
+                        200,
+                        json_ct,
+                        serde_json::to_vec_pretty(&v).unwrap_or_default(),
+                    )
+                }
+                Err(e) => (400, text_ct, e.into_bytes()),
             }
         }
         ("GET", "/server_info") => {
