@@ -141,6 +141,9 @@ impl<E: Exchange + ?Sized> crate::router::RequestView for RequestHeaders<'_, E> 
     fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         header_value(self.0.buf(), &self.0.head().headers, name.as_bytes())
     }
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        crate::router::any_header_value(self.0.buf(), &self.0.head().headers, name.as_bytes(), f)
+    }
 }
 
 /// The scheme of the request as the next hop is told it (`x-forwarded-proto`): the

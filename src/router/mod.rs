@@ -17,6 +17,30 @@ pub trait RequestView {
     fn scheme(&self) -> &[u8];
     /// All values of header `name` (lower-case), joined with `,` as Envoy does.
     fn header(&self, name: &str) -> Option<Cow<'_, [u8]>>;
+    /// Whether one value of header `name` satisfies `f` (`None`: no such header). Envoy
+    /// 1.40 matches a header sent more than once value by value, not the joined list.
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        self.header(name).map(|v| f(&v))
+    }
+}
+
+/// [`RequestView::header_any`] over a parsed head's header lines.
+pub fn any_header_value(
+    buf: &[u8],
+    headers: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
+    name: &[u8],
+    f: &mut dyn FnMut(&[u8]) -> bool,
+) -> Option<bool> {
+    let mut seen = false;
+    for (n, v) in headers {
+        if buf[n.clone()].eq_ignore_ascii_case(name) {
+            seen = true;
+            if f(&buf[v.clone()]) {
+                return Some(true);
+            }
+        }
+    }
+    seen.then_some(false)
 }
 
 /// The result of routing: the virtual host and route that matched.
@@ -117,6 +141,12 @@ fn starts_with(s: &[u8], prefix: &[u8], case_sensitive: bool) -> bool {
 }
 
 pub fn header_matches<R: RequestView + ?Sized>(h: &HeaderMatch, req: &R) -> bool {
+    // A string matcher on a regular header: any of its values (Envoy 1.40).
+    if let (HeaderMatchKind::String(m), false) = (&h.kind, h.name.starts_with(':')) {
+        if let Some(any) = req.header_any(&h.name, &mut |v| string_matches(m, v)) {
+            return any != h.invert;
+        }
+    }
     let value: Option<Cow<'_, [u8]>> = match h.name.as_str() {
         ":method" => Some(Cow::Borrowed(req.method())),
         ":path" => Some(Cow::Borrowed(req.path())),

@@ -35,6 +35,11 @@ impl RequestView for Req {
             .collect();
         (!vals.is_empty()).then(|| Cow::Owned(vals.join(",").into_bytes()))
     }
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        let mut vals = self.headers.iter().filter(|(n, _)| *n == name).peekable();
+        vals.peek()?;
+        Some(vals.any(|(_, v)| f(v.as_bytes())))
+    }
 }
 
 fn req(host: &'static str, path: &'static str) -> Req {

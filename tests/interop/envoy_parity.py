@@ -71,6 +71,14 @@ static_resources:
               - {match: {prefix: /rpertry}, route: {cluster: up, retry_policy: {retry_on: 5xx, per_try_timeout: 2s}}}
               - {match: {prefix: /r409}, route: {cluster: up, retry_policy: {retry_on: retriable-4xx, num_retries: 1, retry_back_off: {base_interval: 0.001s}}}}
               - {match: {prefix: /}, route: {cluster: up}}
+            - name: headers
+              domains: [headers.host]
+              routes:
+              - {match: {prefix: /, headers: [{name: x-tier, string_match: {exact: gold}}]}, direct_response: {status: 200, body: {inline_string: gold}}}
+              - {match: {prefix: /, headers: [{name: x-j, string_match: {exact: "a,b"}}]}, direct_response: {status: 200, body: {inline_string: joined}}}
+              - {match: {prefix: /, headers: [{name: x-inv, string_match: {exact: "no"}, invert_match: true}]}, direct_response: {status: 200, body: {inline_string: inverted}}}
+              - {match: {prefix: /, headers: [{name: x-p, present_match: true}]}, direct_response: {status: 200, body: {inline_string: present}}}
+              - {match: {prefix: /}, direct_response: {status: 404, body: {inline_string: none}}}
             - name: filters
               domains: [filters.host]
               typed_per_filter_config:
@@ -212,6 +220,14 @@ CASES = {
     "no route": (b"GET / HTTP/1.1\r\nHost: other\r\n\r\n", "all"),
     "missing host": (b"GET / HTTP/1.1\r\n\r\n", "all"),
     "upgrade without config": (b"GET / HTTP/1.1\r\n" + H + b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "all"),
+    # Header matchers on a header sent more than once: value by value, as Envoy 1.40.
+    "header matched by its second value": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-tier: bronze\r\nx-tier: gold\r\n\r\n", "all"),
+    "header matched by its first value": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-tier: gold\r\nx-tier: bronze\r\n\r\n", "all"),
+    "header values are not joined": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-j: a\r\nx-j: b\r\n\r\n", "all"),
+    "joined value in one line": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-j: a,b\r\n\r\n", "all"),
+    "inverted matcher, one value matches": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-inv: no\r\nx-inv: yes\r\n\r\n", "all"),
+    "inverted matcher, no value matches": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-inv: yes\r\nx-inv: maybe\r\n\r\n", "all"),
+    "present twice": (b"GET / HTTP/1.1\r\nHost: headers.host\r\nx-p: 1\r\nx-p: 2\r\n\r\n", "all"),
     # HTTP filters.
     "fault abort per route": (b"GET /abort HTTP/1.1\r\n" + F + b"\r\n", "all"),
     "fault abort by header": (b"GET /header-fault HTTP/1.1\r\n" + F + b"x-envoy-fault-abort-request: 429\r\n\r\n", "all"),

@@ -10,7 +10,7 @@ use super::FilterHost;
 use crate::http::error::HttpError;
 use crate::http::h1::header_value;
 use crate::model::filter::PerRoute;
-use crate::model::matcher::{HeaderMatch, HeaderMatchKind};
+use crate::model::matcher::HeaderMatch;
 use crate::model::rbac::RbacFilter;
 use crate::rbac::{evaluate, missing_header, Input, PeerIdentity};
 use crate::router::RequestView;
@@ -94,6 +94,12 @@ impl<E: FilterHost> RequestView for Request<'_, E> {
         }
         header_value(self.0.buf(), &self.0.head().headers, name.as_bytes())
     }
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        if self.removed(name.as_bytes()) {
+            return None;
+        }
+        crate::router::any_header_value(self.0.buf(), &self.0.head().headers, name.as_bytes(), f)
+    }
 }
 
 impl<E: FilterHost> Input for Request<'_, E> {
@@ -101,24 +107,6 @@ impl<E: FilterHost> Input for Request<'_, E> {
         // A CONNECT request has no `:path`.
         if h.name == ":path" && self.connect() {
             return missing_header(h);
-        }
-        // A header sent more than once matches when one of its values does (Envoy 1.40
-        // matches each value, not the joined list).
-        if let (HeaderMatchKind::String(m), false) = (&h.kind, h.name.starts_with(':')) {
-            if self.removed(h.name.as_bytes()) {
-                return missing_header(h);
-            }
-            let buf = self.0.buf();
-            let mut values = self
-                .0
-                .head()
-                .headers
-                .iter()
-                .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(h.name.as_bytes()))
-                .peekable();
-            if values.peek().is_some() {
-                return values.any(|(_, v)| m.matches(&buf[v.clone()])) != h.invert;
-            }
         }
         crate::router::header_matches(h, self)
     }

@@ -402,6 +402,9 @@ impl RequestView for RequestRef<'_> {
     fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
         header_value(self.buf, &self.head.headers, name.as_bytes())
     }
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        crate::router::any_header_value(self.buf, &self.head.headers, name.as_bytes(), f)
+    }
 }
 
 /// All values of header `name`, joined by `,` when there are several.

@@ -327,4 +327,10 @@ impl RequestView for ResponseHeaders<'_> {
         }
         header_value(self.head, &self.resp.headers, name.as_bytes())
     }
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        if name == ":status" {
+            return self.header(name).map(|v| f(&v));
+        }
+        crate::router::any_header_value(self.head, &self.resp.headers, name.as_bytes(), f)
+    }
 }
