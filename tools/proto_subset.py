@@ -130,7 +130,8 @@ SUBSET = {
     "envoy.config.listener.v3.ListenerFilterChainMatchPredicate.MatchSet": ["rules"],
     "envoy.type.v3.Int32Range": ["start", "end"],
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": [],
-    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": [],
+    # initial_read_buffer_size is a tuning knob (docs/configuration.md, ignored fields).
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": ["initial_read_buffer_size"],
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": [],
     # filter_chain_matcher (the unified matcher on network inputs)
     "xds.type.matcher.v3.Matcher": ["matcher_tree", "on_no_match"],
@@ -280,6 +281,7 @@ SUBSET = {
                                                        "start_child_span"],
     # routes
     "envoy.config.route.v3.RouteConfiguration": ["name", "virtual_hosts", "response_headers_to_add",
+                                                 "ignore_port_in_host_matching",
                                                  "response_headers_to_remove",
                                                  "request_headers_to_add", "request_headers_to_remove",
                                                  "validate_clusters", "max_direct_response_body_size_bytes",
@@ -344,6 +346,7 @@ SUBSET = {
     "envoy.config.cluster.v3.Cluster": ["name", "alt_stat_name", "type", "connect_timeout",
                                         "per_connection_buffer_limit_bytes", "lb_policy",
                                         "load_assignment", "dns_refresh_rate", "respect_dns_ttl",
+                                        "dns_jitter",
                                         "dns_lookup_family", "common_http_protocol_options", "least_request_lb_config",
                                         "eds_cluster_config", "typed_extension_protocol_options",
                                         "http2_protocol_options", "upstream_bind_config",

@@ -233,7 +233,7 @@ pub(crate) fn redirect_location(
     let mut location = Vec::with_capacity(128);
     location.extend_from_slice(r.scheme.as_deref().unwrap_or("http").as_bytes());
     location.extend_from_slice(b"://");
-    let host_only = strip_port(auth);
+    let host_only = crate::router::strip_port(auth);
     match (&r.host, r.port) {
         (Some(h), Some(p)) => location.extend_from_slice(format!("{h}:{p}").as_bytes()),
         (Some(h), None) => location.extend_from_slice(h.as_bytes()),
@@ -444,18 +444,6 @@ pub(crate) fn requires_tls_redirect<E: crate::http::exchange::Exchange + ?Sized>
         return false;
     }
     require == TlsRequirement::All || !conn.internal()
-}
-
-fn strip_port(host: &[u8]) -> &[u8] {
-    match host.iter().rposition(|&b| b == b':') {
-        Some(i)
-            if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].contains(&b':')
-                || host.first() == Some(&b'[') && i > 0 && host[i - 1] == b']' =>
-        {
-            &host[..i]
-        }
-        _ => host,
-    }
 }
 
 #[cfg(test)]

@@ -493,6 +493,8 @@ pub struct Cluster {
     pub pool_id: u64,
     pub dns_family: DnsFamily,
     pub dns_refresh: Duration,
+    /// `dns_jitter`: up to this much is added at random to each refresh.
+    pub dns_jitter: Duration,
     /// Hosts to resolve (DNS clusters), as configured.
     pub dns_hosts: Arc<[DnsHost]>,
     /// The endpoints in use now.
@@ -566,6 +568,7 @@ impl Cluster {
             pool_id: self.pool_id,
             dns_family: self.dns_family,
             dns_refresh: self.dns_refresh,
+            dns_jitter: self.dns_jitter,
             dns_hosts: self.dns_hosts.clone(),
             endpoints,
             tls: self.tls.clone(),

@@ -22,6 +22,8 @@ pub struct RouteTable {
     pub prefixes: Vec<(String, usize)>,
     /// The `*` virtual host.
     pub default: Option<usize>,
+    /// `ignore_port_in_host_matching`: virtual hosts are chosen by the host alone.
+    pub ignore_port: bool,
     pub headers: HeaderMods,
     pub response_headers: HeaderMods,
     pub per_filter: PerFilterConfigs,

@@ -75,6 +75,12 @@ impl RouteTable {
     /// connection manager strips ports first when configured to): exact, then `*.suffix`
     /// (longest), then `prefix*` (longest), then `*`.
     pub fn vhost_index(&self, authority: &[u8]) -> Option<usize> {
+        // `ignore_port_in_host_matching`: the port plays no part in choosing.
+        let authority = if self.ignore_port {
+            strip_port(authority)
+        } else {
+            authority
+        };
         let mut buf = [0u8; 256];
         let Some(host) = lower(authority, &mut buf) else {
             return self.default;
@@ -94,6 +100,19 @@ impl RouteTable {
             }
         }
         self.default
+    }
+}
+
+/// A host without its port (`host:80`, `[::1]:80`; a bare IPv6 address keeps its colons).
+pub fn strip_port(host: &[u8]) -> &[u8] {
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i)
+            if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].contains(&b':')
+                || host.first() == Some(&b'[') && i > 0 && host[i - 1] == b']' =>
+        {
+            &host[..i]
+        }
+        _ => host,
     }
 }
 

@@ -241,3 +241,41 @@ fn the_path_index_gives_the_same_first_match_as_a_scan() {
         assert_eq!(via_index, via_scan, "path {path}");
     }
 }
+
+#[test]
+fn ignore_port_in_host_matching_chooses_by_host_alone() {
+    let vhosts = format!(
+        "[{{name: api, domains: [api.example.com], routes: [{}]}}, {{name: v6, domains: ['[::1]'], routes: [{}]}}]",
+        direct("a"),
+        direct("6")
+    );
+    let hosts = [
+        "api.example.com:8080",
+        "api.example.com",
+        "[::1]:80",
+        "API.example.com:1",
+    ];
+    let names = |s: &Snapshot| -> Vec<Option<String>> {
+        hosts.iter().map(|h| route_name(s, &req(h, "/"))).collect()
+    };
+    // By default the port is part of the host.
+    assert_eq!(
+        names(&snapshot(&vhosts)),
+        [None, Some("api/a".into()), None, None]
+    );
+    let yaml = crate::test_support::http_bootstrap(&vhosts, "[]").replace(
+        "            virtual_hosts:",
+        "            ignore_port_in_host_matching: true\n            virtual_hosts:",
+    );
+    let b = parse_bootstrap(&yaml, &Source::Inline).unwrap();
+    let s = bootstrap_snapshot(&b, &Store::new(1), 1).unwrap().0;
+    assert_eq!(
+        names(&s),
+        [
+            Some("api/a".into()),
+            Some("api/a".into()),
+            Some("v6/6".into()),
+            Some("api/a".into())
+        ]
+    );
+}

@@ -487,6 +487,7 @@ mod tests {
             }),
             dns_family: DnsFamily::Auto,
             dns_refresh: Duration::from_secs(5),
+            dns_jitter: Duration::ZERO,
             dns_hosts: Arc::from(vec![]),
             tls: None,
             tls_matches: Arc::new([]),

@@ -95,12 +95,20 @@ pub async fn warm(snapshot: &mut Snapshot, core: usize) {
 pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
     loop {
         let current = shared.load_full();
-        let period = current
-            .clusters
-            .iter()
-            .filter(|c| matches!(c.discovery, Discovery::StrictDns | Discovery::LogicalDns))
-            .map(|c| c.dns_refresh)
-            .min();
+        // The shortest refresh, plus up to the largest `dns_jitter` at random (all DNS
+        // clusters are resolved together).
+        let dns = || {
+            current
+                .clusters
+                .iter()
+                .filter(|c| matches!(c.discovery, Discovery::StrictDns | Discovery::LogicalDns))
+        };
+        let jitter = dns().map(|c| c.dns_jitter).max().unwrap_or_default();
+        let period = dns().map(|c| c.dns_refresh).min().map(|p| {
+            p + Duration::from_nanos(fastrand::u64(
+                ..=jitter.as_nanos().min(u64::MAX as u128) as u64,
+            ))
+        });
         let Some(period) = period else {
             // CDS may add DNS clusters at any time.
             tokio::time::sleep(Duration::from_secs(1)).await;

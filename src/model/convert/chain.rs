@@ -444,10 +444,16 @@ pub(super) fn listener_filters(
                 original_dst = true;
             }
             TLS_INSPECTOR => {
-                // Its fields (fingerprinting, buffer sizes) are refused by the field scan
-                // if set; the message itself is empty as Istio sends it.
-                let _: crate::proto::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector =
+                // Fingerprinting and the ClientHello size limit are refused by the field scan
+                // if set; istiod's `initial_read_buffer_size` is a tuning knob (Ringside
+                // reads what the ClientHello needs).
+                let m: crate::proto::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector =
                     super::decode_any(any, TLS_INSPECTOR, res, &path)?;
+                if m.initial_read_buffer_size.is_some() {
+                    ctx.ignored.push(format!(
+                        "{res}.{path}.typed_config.initial_read_buffer_size"
+                    ));
+                }
                 out.tls = Some(disabled);
             }
             HTTP_INSPECTOR => out.http = Some(disabled),

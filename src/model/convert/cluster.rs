@@ -178,6 +178,10 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if dns_refresh < Duration::from_millis(1) {
         return Err(err(res, "dns_refresh_rate", "must be at least 1ms"));
     }
+    let dns_jitter = match &c.dns_jitter {
+        Some(d) => duration(d, res, "dns_jitter")?,
+        None => Duration::ZERO,
+    };
     let (mut endpoints, mut dns_hosts, mut unix) = (Vec::new(), Vec::new(), Vec::new());
     let mut eds_service = None;
     if discovery == Discovery::Eds {
@@ -283,6 +287,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             .map(keepalive),
         dns_family,
         dns_refresh,
+        dns_jitter,
         dns_hosts: dns_hosts.into(),
         endpoints: endpoints.into(),
         tls,

@@ -28,6 +28,7 @@ pub(crate) fn convert(
         suffixes: Vec::new(),
         prefixes: Vec::new(),
         default: None,
+        ignore_port: rc.ignore_port_in_host_matching,
         per_filter: super::http_filter::per_filter_configs(
             &rc.typed_per_filter_config,
             res,
