@@ -17,17 +17,15 @@ import http.server
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 import zlib
 
 import brotli
 import zstandard
+
+from envoy_parity import free_port, start, stats  # the same start-up and /stats reading
 
 TYPES = "content_type: [text/plain, application/json, text/html]"
 CONFIG = """
@@ -343,36 +341,7 @@ def close_enough(stat, e, r):
             and abs(e - r) <= max(e, r) // 4)
 
 
-def stats(admin_path):
-    addr = open(admin_path).read().strip()
-    body = urllib.request.urlopen(f"http://{addr}/stats", timeout=5).read().decode(errors="replace")
-    values = {}
-    for line in body.splitlines():
-        k, sep, v = line.partition(": ")
-        if sep and ".compressor." in k and v.strip().lstrip("-").isdigit():
-            values[k] = int(v)
-    return values
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def start(cmd, port, log):
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{cmd[0]} did not start listening on {port}")
 
 
 def main():
@@ -412,7 +381,7 @@ def main():
             else:
                 failed += 1
                 print(f"MISMATCH {name}:\n  envoy:    {e}\n  ringside: {r}")
-        values = {n: stats(p) for n, p in admins.items()}
+        values = {n: stats(p, lambda name: ".compressor." in name) for n, p in admins.items()}
         for stat in sorted(set(values["envoy"]) | set(values["ringside"])):
             e, r = values["envoy"].get(stat), values["ringside"].get(stat)
             if verbose:

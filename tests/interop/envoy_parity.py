@@ -464,14 +464,14 @@ def parse(out):
     return status, body, tuple(fields)
 
 
-def stats(admin_path):
-    """The admin's /stats as a dict (counters and gauges)."""
+def stats(admin_path, keep=lambda name: True):
+    """The admin's /stats as a dict (counters and gauges), the names `keep` accepts."""
     addr = open(admin_path).read().strip()
     body = urllib.request.urlopen(f"http://{addr}/stats", timeout=5).read().decode(errors="replace")
     values = {}
     for line in body.splitlines():
         k, sep, v = line.partition(": ")
-        if sep and v.strip().lstrip("-").isdigit():
+        if sep and keep(k) and v.strip().lstrip("-").isdigit():
             values[k] = int(v)
     return values
 

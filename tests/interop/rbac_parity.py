@@ -12,12 +12,12 @@ import http.server
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
+
+from envoy_parity import free_port, start, stats  # the same start-up and /stats reading
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 ROUTER = '{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}'
@@ -240,36 +240,7 @@ def send(port, raw):
     return head.split(b"\r\n")[0].decode(), body.decode(errors="replace")
 
 
-def stats(admin_path):
-    addr = open(admin_path).read().strip()
-    body = urllib.request.urlopen(f"http://{addr}/stats", timeout=5).read().decode(errors="replace")
-    values = {}
-    for line in body.splitlines():
-        k, sep, v = line.partition(": ")
-        if sep and "rbac." in k and v.strip().isdigit():
-            values[k] = int(v)
-    return values
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def start(cmd, port, log):
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{cmd[0]} did not start listening on {port}")
 
 
 def main():
@@ -321,7 +292,7 @@ def main():
         if len(lines["envoy"]) != len(lines["ringside"]):
             failed += 1
             print(f"MISMATCH access log lines: envoy {len(lines['envoy'])}, ringside {len(lines['ringside'])}")
-        values = {n: stats(p) for n, p in admins.items()}
+        values = {n: stats(p, lambda name: "rbac." in name) for n, p in admins.items()}
         for stat in sorted(set(values["envoy"]) | set(values["ringside"])):
             e, r = values["envoy"].get(stat), values["ringside"].get(stat)
             if verbose:
