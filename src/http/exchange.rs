@@ -26,10 +26,16 @@ pub(crate) trait Exchange {
     fn hostname(&self) -> &str;
     /// The host's address (`x-forwarded-for` for loopback peers).
     fn local_ip(&self) -> std::net::IpAddr;
+    /// The downstream connection: its addresses, TLS, the client's identity.
+    fn down(&self) -> &crate::ctx::Downstream;
     /// Whether the downstream connection is TLS.
-    fn downstream_tls(&self) -> bool;
+    fn downstream_tls(&self) -> bool {
+        self.down().tls
+    }
     /// The client's certificate, on a mutual TLS connection.
-    fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert>;
+    fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
+        self.down().client_cert.as_deref()
+    }
     /// Whether the request is internal (`internal_address_config`), decided once per
     /// request.
     fn internal(&self) -> bool;
@@ -37,16 +43,14 @@ pub(crate) trait Exchange {
     fn upgrade(&self) -> Option<&Range<usize>>;
     /// `%PROTOCOL%`.
     fn protocol(&self) -> &'static [u8];
-    /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
-    /// gRPC-shaped.
     /// SNI and identities, on TLS chains whose RBAC or `istio_authn` read them.
     fn authn(&self) -> Option<&crate::rbac::Authn> {
-        None
+        self.down().authn.as_deref()
     }
     /// Whether a compressor filter removed the request's Accept-Encoding.
-    fn accept_encoding_removed(&self) -> bool {
-        false
-    }
+    fn accept_encoding_removed(&self) -> bool;
+    /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
+    /// gRPC-shaped.
     fn grpc(&self) -> bool {
         let buf = self.buf();
         self.head().headers.iter().any(|(n, v)| {

@@ -265,14 +265,8 @@ impl Exchange for Stream {
     fn local_ip(&self) -> std::net::IpAddr {
         self.ctx.local_ip
     }
-    fn downstream_tls(&self) -> bool {
-        self.down.tls
-    }
-    fn client_cert(&self) -> Option<&crate::peer_cert::ClientCert> {
-        self.down.client_cert.as_deref()
-    }
-    fn authn(&self) -> Option<&crate::rbac::Authn> {
-        self.down.authn.as_deref()
+    fn down(&self) -> &crate::ctx::Downstream {
+        &self.down
     }
     fn accept_encoding_removed(&self) -> bool {
         self.filters
