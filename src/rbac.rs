@@ -195,3 +195,27 @@ fn metadata(m: &MetadataMatcher) -> bool {
     let _ = (&m.filter, &m.path, &m.value);
     m.invert
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PeerIdentity;
+
+    #[test]
+    fn a_certificate_s_sans_and_subject_or_none() {
+        let mut p = rcgen::CertificateParams::new(vec!["svc.local".to_string()]).unwrap();
+        p.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/a/sa/b".try_into().unwrap(),
+        ));
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "workload");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let id = PeerIdentity::of(cert.der()).expect("parses");
+        assert_eq!(id.uri_sans, ["spiffe://cluster.local/ns/a/sa/b"]);
+        assert_eq!(id.dns_sans, ["svc.local"]);
+        assert_eq!(id.subject, "CN=workload");
+        assert_eq!(id.spiffe(), Some("spiffe://cluster.local/ns/a/sa/b"));
+        // What cannot be read gives no identity (the listener then refuses the connection).
+        assert!(PeerIdentity::of(b"not a certificate").is_none());
+    }
+}

@@ -218,13 +218,17 @@ pub fn client_cert(
 }
 
 /// The SNI and identities RBAC and `istio_authn` read, after the handshake.
-pub fn authn(s: &ServerStream, tls: &DownstreamTls) -> crate::rbac::Authn {
+///
+/// `None`: the client's certificate passed verification but its SANs or subject cannot be
+/// read, so no policy could judge the identity; the connection is refused rather than
+/// judged without it (Envoy reads them with BoringSSL).
+pub fn authn(s: &ServerStream, tls: &DownstreamTls) -> Option<crate::rbac::Authn> {
     let conn = &s.get_ref().1;
-    let peer = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|leaf| crate::rbac::PeerIdentity::of(leaf.as_ref()));
-    crate::rbac::Authn {
+    let peer = match conn.peer_certificates().and_then(|c| c.first()) {
+        Some(leaf) => Some(crate::rbac::PeerIdentity::of(leaf.as_ref())?),
+        None => None,
+    };
+    Some(crate::rbac::Authn {
         sni: conn.server_name().unwrap_or("").into(),
         peer,
         local_principal: tls
@@ -232,7 +236,7 @@ pub fn authn(s: &ServerStream, tls: &DownstreamTls) -> crate::rbac::Authn {
             .iter()
             .find(|u| u.starts_with("spiffe://"))
             .map(|u| u.as_str().into()),
-    }
+    })
 }
 
 /// The protocol ALPN settled on, when it did.

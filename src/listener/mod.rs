@@ -480,7 +480,11 @@ async fn handle(
                 }
             };
             if chain.reads_identity() {
-                down.authn = Some(std::rc::Rc::new(crate::tls::authn(&s, &tls)));
+                let Some(a) = crate::tls::authn(&s, &tls) else {
+                    tracing::debug!(listener = %listener.name, %peer, "client certificate unreadable for RBAC: refused");
+                    return;
+                };
+                down.authn = Some(std::rc::Rc::new(a));
             }
             if !rbac::allows(chain, &down, None, ctx.core) {
                 return;
