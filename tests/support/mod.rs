@@ -209,6 +209,19 @@ impl Proxy {
         }
     }
 
+    /// Stat `name` once it has fallen to `want` (a gauge the proxy lowers just after the
+    /// client sees the response), or its value after 3 s.
+    pub async fn stat_falling_to(&self, name: &str, want: i64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let v = self.stat(name).await;
+            if v <= want || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn stat(&self, name: &str) -> i64 {
         let (_, body) = self.admin_get("/stats").await;
         body.lines()
