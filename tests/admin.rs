@@ -209,4 +209,11 @@ async fn logging_levels_change_at_run_time_and_counters_reset() {
         help.contains("  /reset_counters (POST): reset all counters to zero\n"),
         "{help}"
     );
+    // Every /config_dump parameter Ringside serves is listed under it, as Envoy lists them.
+    for param in ["resource", "mask", "name_regex", "include_eds"] {
+        assert!(
+            help.contains(&format!("\n      {param}: ")),
+            "{param}: {help}"
+        );
+    }
 }
