@@ -25,7 +25,7 @@ import zlib
 import brotli
 import zstandard
 
-from envoy_parity import free_port, start, stats  # the same start-up and /stats reading
+from envoy_parity import compare_stats, free_port, start, stats  # shared with the plain parity check
 
 TYPES = "content_type: [text/plain, application/json, text/html]"
 CONFIG = """
@@ -382,15 +382,8 @@ def main():
                 failed += 1
                 print(f"MISMATCH {name}:\n  envoy:    {e}\n  ringside: {r}")
         values = {n: stats(p, lambda name: ".compressor." in name) for n, p in admins.items()}
-        for stat in sorted(set(values["envoy"]) | set(values["ringside"])):
-            e, r = values["envoy"].get(stat), values["ringside"].get(stat)
-            if verbose:
-                print(f"stat {stat}: envoy {e}, ringside {r}")
-            if e == r or close_enough(stat, e, r):
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH stat {stat}: envoy {e}, ringside {r}")
+        ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])), lambda stat, e, r: e == r or close_enough(stat, e, r))
+        passed, failed = passed + ok, failed + bad
     finally:
         for p in procs:
             p.kill()

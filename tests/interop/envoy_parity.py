@@ -476,6 +476,22 @@ def stats(admin_path, keep=lambda name: True):
     return values
 
 
+def compare_stats(values, names, same=lambda stat, e, r: e == r):
+    """Compares each stat in `names` between values["envoy"] and values["ringside"],
+    printing mismatches (and every pair with VERBOSE): (passed, failed)."""
+    passed = failed = 0
+    for stat in names:
+        e, r = values["envoy"].get(stat), values["ringside"].get(stat)
+        if os.environ.get("VERBOSE"):
+            print(f"stat {stat}: envoy {e}, ringside {r}")
+        if same(stat, e, r):
+            passed += 1
+        else:
+            failed += 1
+            print(f"MISMATCH stat {stat}: envoy {e}, ringside {r}")
+    return passed, failed
+
+
 def start(cmd, port, log):
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     deadline = time.time() + 30
@@ -542,15 +558,8 @@ def main():
                 failed += 1
                 print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
         values = {name: stats(path) for name, path in admins.items()}
-        for stat in STATS:
-            e, r = values["envoy"].get(stat), values["ringside"].get(stat)
-            if os.environ.get("VERBOSE"):
-                print(f"stat {stat}: envoy {e}, ringside {r}")
-            if e == r:
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH stat {stat}: envoy {e}, ringside {r}")
+        ok, bad = compare_stats(values, STATS)
+        passed, failed = passed + ok, failed + bad
     finally:
         for p in procs:
             p.kill()

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from envoy_parity import free_port, start, stats  # the same start-up and /stats reading
+from envoy_parity import compare_stats, free_port, start, stats  # shared with the plain parity check
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 ROUTER = '{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}'
@@ -293,15 +293,8 @@ def main():
             failed += 1
             print(f"MISMATCH access log lines: envoy {len(lines['envoy'])}, ringside {len(lines['ringside'])}")
         values = {n: stats(p, lambda name: "rbac." in name) for n, p in admins.items()}
-        for stat in sorted(set(values["envoy"]) | set(values["ringside"])):
-            e, r = values["envoy"].get(stat), values["ringside"].get(stat)
-            if verbose:
-                print(f"stat {stat}: envoy {e}, ringside {r}")
-            if e == r:
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH stat {stat}: envoy {e}, ringside {r}")
+        ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
+        passed, failed = passed + ok, failed + bad
     finally:
         for p in procs:
             p.kill()
