@@ -257,6 +257,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             tokio::spawn(crate::admin::serve(listener, state.clone()));
         }
         tokio::spawn(crate::xds::dns::refresh_loop(shared.clone(), control));
+        crate::xds::jwks::serve(shared.clone(), control);
         tokio::spawn(release_idle_memory());
         // The control thread's xDS side: ADS when configured, and the watch on SDS files
         // (which also rotates the certificates of static listeners and clusters).

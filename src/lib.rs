@@ -8,6 +8,7 @@ pub mod ctx;
 pub mod http;
 pub mod io;
 pub mod iptables;
+pub mod jwt;
 pub mod listener;
 pub mod logging;
 pub mod model;

@@ -99,6 +99,10 @@ pub trait Input {
     fn peer(&self) -> Option<&PeerIdentity>;
     /// A filter state object's string form (`io.istio.peer_principal`, ...).
     fn filter_state(&self, key: &str) -> Option<&str>;
+    /// The dynamic metadata of namespace `filter` (what jwt_authn wrote), if any.
+    fn metadata(&self, _filter: &str) -> Option<&serde_json::Value> {
+        None
+    }
 }
 
 /// A header matcher against a header that is not there (Envoy's network filter evaluates
@@ -151,7 +155,7 @@ fn permission<I: Input + ?Sized>(p: &Permission, input: &I) -> bool {
             let port = i64::from(input.local().port());
             *start <= port && port < *end
         }
-        Permission::Metadata(m) => metadata(m),
+        Permission::Metadata(m) => metadata(m, input),
         Permission::RequestedServerName(m) => m.matches(input.sni().as_bytes()),
     }
 }
@@ -181,19 +185,40 @@ fn principal<I: Input + ?Sized>(p: &Principal, input: &I) -> bool {
         Principal::RemoteIp(c) => c.contains(input.remote()),
         Principal::Header(h) => input.header(h),
         Principal::UrlPath(m) => input.url_path().is_some_and(|p| m.matches(p)),
-        Principal::Metadata(m) => metadata(m),
+        Principal::Metadata(m) => metadata(m, input),
         Principal::FilterState(key, m) => input
             .filter_state(key)
             .is_some_and(|v| m.matches(v.as_bytes())),
     }
 }
 
-/// A dynamic metadata matcher. No filter Ringside runs writes dynamic metadata yet (JWT
-/// authentication would), so every path is absent; an absent value matches no value
-/// matcher (not even `present_match: false`, as in Envoy), and `invert` turns that over.
-fn metadata(m: &MetadataMatcher) -> bool {
-    let _ = (&m.filter, &m.path, &m.value);
-    m.invert
+/// A dynamic metadata matcher: the value at `path` in namespace `filter`. An absent
+/// value matches no value matcher (not even `present_match: false`, as in Envoy), and
+/// `invert` turns the result over.
+fn metadata<I: Input + ?Sized>(m: &MetadataMatcher, input: &I) -> bool {
+    let mut v = input.metadata(&m.filter);
+    for key in m.path.iter() {
+        v = v.and_then(|v| v.as_object()).and_then(|o| o.get(&**key));
+    }
+    v.is_some_and(|v| value_matches(&m.value, v)) != m.invert
+}
+
+fn value_matches(m: &ValueMatcher, v: &serde_json::Value) -> bool {
+    use serde_json::Value as V;
+    match m {
+        ValueMatcher::Null => v.is_null(),
+        ValueMatcher::Double(d) => v.as_f64().is_some_and(|x| match d {
+            DoubleMatch::Range(start, end) => *start <= x && x < *end,
+            DoubleMatch::Exact(e) => x == *e,
+        }),
+        ValueMatcher::String(s) => matches!(v, V::String(t) if s.matches(t.as_bytes())),
+        ValueMatcher::Bool(b) => v.as_bool() == Some(*b),
+        ValueMatcher::Present(b) => *b,
+        ValueMatcher::List(inner) => {
+            matches!(v, V::Array(list) if list.iter().any(|e| value_matches(inner, e)))
+        }
+        ValueMatcher::Or(list) => list.iter().any(|x| value_matches(x, v)),
+    }
 }
 
 #[cfg(test)]

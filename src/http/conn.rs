@@ -226,6 +226,9 @@ impl crate::http::exchange::Exchange for Connection {
     fn down(&self) -> &crate::ctx::Downstream {
         &self.down
     }
+    fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
+        self.filters.added_headers()
+    }
     fn accept_encoding_removed(&self) -> bool {
         self.filters
             .compression
@@ -271,6 +274,9 @@ impl crate::http::filter::FilterHost for Connection {
     }
     fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+    fn remove_request_header(&mut self, name: &[u8]) {
+        self.head.remove(&self.buf, name);
     }
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
         self.synthesize(path)

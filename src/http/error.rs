@@ -90,6 +90,14 @@ pub enum HttpError {
     /// The RBAC filter denied the request (the policy that decided, or `none`).
     #[error("RBAC: access denied")]
     RbacDenied(Box<str>),
+    /// jwt_authn refused the request: 401 or 403, jwt_verify_lib's words (empty with
+    /// `strip_failure_response`), and the details' bracketed part.
+    #[error("{body}")]
+    JwtDenied {
+        status: u16,
+        body: Box<str>,
+        details: Box<str>,
+    },
     /// The local rate limit filter refused the request.
     #[error("local_rate_limited")]
     LocalRateLimited {

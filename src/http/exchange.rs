@@ -49,6 +49,10 @@ pub(crate) trait Exchange {
     }
     /// Whether a compressor filter removed the request's Accept-Encoding.
     fn accept_encoding_removed(&self) -> bool;
+    /// Headers the HTTP filters add to the upstream request (jwt_authn's).
+    fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
+        &[]
+    }
     /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
     /// gRPC-shaped.
     fn grpc(&self) -> bool {
@@ -71,7 +75,8 @@ pub struct Entry {
     pub status: u16,
     pub flags: crate::http::flags::ResponseFlags,
     pub details: &'static str,
-    /// Written in brackets after `details` (the RBAC policy that denied).
+    /// Written after `details`, brackets included (the RBAC policy that denied,
+    /// jwt_authn's reason).
     pub details_arg: Option<Box<str>>,
     pub bytes_received: u64,
     pub bytes_sent: u64,

@@ -268,6 +268,9 @@ impl Exchange for Stream {
     fn down(&self) -> &crate::ctx::Downstream {
         &self.down
     }
+    fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
+        self.filters.added_headers()
+    }
     fn accept_encoding_removed(&self) -> bool {
         self.filters
             .compression
@@ -308,6 +311,9 @@ impl crate::http::filter::FilterHost for Stream {
     }
     fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+    fn remove_request_header(&mut self, name: &[u8]) {
+        self.head.remove(&self.buf, name);
     }
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
         // After the request head: its ranges stay valid.

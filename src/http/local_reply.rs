@@ -20,7 +20,8 @@ pub struct Reply {
 /// What the response code details carry in brackets after `Reply::details`, if anything.
 pub fn details_arg(e: &HttpError) -> Option<Box<str>> {
     match e {
-        HttpError::RbacDenied(policy) => Some(policy.clone()),
+        HttpError::RbacDenied(policy) => Some(format!("[{policy}]").into()),
+        HttpError::JwtDenied { details, .. } => Some(details.clone()),
         _ => None,
     }
 }
@@ -236,6 +237,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             None,
             ResponseFlags::NONE,
             "rbac_access_denied_matched_policy",
+        ),
+        HttpError::JwtDenied { status, .. } => r(
+            *status,
+            None,
+            ResponseFlags::NONE,
+            "jwt_authn_access_denied",
         ),
         // Never sent: there is no one to send it to.
         HttpError::ClientGone => r(

@@ -41,9 +41,7 @@ pub(crate) fn write_command<E: Exchange + ?Sized>(c: &E, cmd: &Command, out: &mu
         Command::ResponseCodeDetails => {
             out.extend_from_slice(e.details.as_bytes());
             if let Some(arg) = &e.details_arg {
-                out.push(b'[');
                 out.extend_from_slice(arg.as_bytes());
-                out.push(b']');
             }
             true
         }

@@ -119,7 +119,6 @@ pub(crate) async fn route<'r, E: FilterHost>(
             }
         }
     }
-    let path = &*path;
     {
         let log = x.log_mut();
         log.authority = authority.clone();
@@ -129,12 +128,12 @@ pub(crate) async fn route<'r, E: FilterHost>(
         buf: x.buf(),
         head: x.head(),
         authority: x.bytes(authority),
-        path: x.bytes(path),
+        path: x.bytes(&*path),
     };
-    let m = routes.find(&req);
+    let mut m = routes.find(&req);
     // A weighted cluster is drawn with the route, so the filters see its per-filter
     // configuration.
-    let weighted = forward_target(m.as_ref());
+    let mut weighted = forward_target(m.as_ref());
     if !x.hcm().filters.is_empty() {
         let routed = Routed {
             table: routes,
@@ -142,11 +141,40 @@ pub(crate) async fn route<'r, E: FilterHost>(
             weighted,
         };
         let mut from = None;
-        while let Step::Delay(d, resume) = filter::decode_headers(x, &routed, from)? {
-            monoio::time::sleep(d).await;
-            from = Some(resume);
+        loop {
+            match filter::decode_headers(x, &routed, from)? {
+                Step::Done => break,
+                Step::Delay(d, resume) => {
+                    monoio::time::sleep(d).await;
+                    from = Some(resume);
+                }
+                Step::Wait(w, resume) => {
+                    w.await;
+                    from = Some(resume);
+                }
+            }
+        }
+        // A filter rewrote the path (jwt_authn took its token parameter out).
+        if let Some(p) = x.filter_state_mut().path.take() {
+            x.log_mut().path = p.clone();
+            *path = p;
+        }
+        // A filter cleared the route cache: route again, with the headers it added.
+        if x.filter_state().reroute {
+            let view = Rerouted {
+                req: RequestRef {
+                    buf: x.buf(),
+                    head: x.head(),
+                    authority: x.bytes(authority),
+                    path: x.bytes(&*path),
+                },
+                added: x.filter_state().added_headers(),
+            };
+            m = routes.find(&view);
+            weighted = forward_target(m.as_ref());
         }
     }
+    let path = &*path;
     let Some(m) = m else {
         return Err(HttpError::NoRoute);
     };
@@ -182,6 +210,10 @@ pub(crate) async fn route<'r, E: FilterHost>(
         &routes.response_headers,
     ];
     let stat = |x: &E, s: HttpStat| x.hcm().stats.core(x.core()).inc(s as usize);
+    if matches!(m.route.action, Action::Direct(_) | Action::Redirect(_)) {
+        // Envoy's router answers both from its direct response entry.
+        x.log_mut().details = "direct_response";
+    }
     match &m.route.action {
         Action::Direct(d) => {
             stat(x, HttpStat::RqDirectResponse);
@@ -217,5 +249,48 @@ pub(crate) async fn route<'r, E: FilterHost>(
             req_mods: [&m.route.request_headers, &m.vhost.headers, &routes.headers],
             resp_mods: mods,
         })),
+    }
+}
+
+/// A request as routed again after a filter cleared the route cache: the headers filters
+/// added come first (they replaced the client's of the same name).
+struct Rerouted<'a> {
+    req: RequestRef<'a>,
+    added: &'a [(Box<str>, Vec<u8>)],
+}
+
+impl Rerouted<'_> {
+    fn added(&self, name: &str) -> Option<&[u8]> {
+        self.added
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
+    }
+}
+
+impl crate::router::RequestView for Rerouted<'_> {
+    fn method(&self) -> &[u8] {
+        self.req.method()
+    }
+    fn path(&self) -> &[u8] {
+        self.req.path()
+    }
+    fn authority(&self) -> &[u8] {
+        self.req.authority()
+    }
+    fn scheme(&self) -> &[u8] {
+        self.req.scheme()
+    }
+    fn header(&self, name: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        match self.added(name) {
+            Some(v) => Some(std::borrow::Cow::Borrowed(v)),
+            None => self.req.header(name),
+        }
+    }
+    fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        match self.added(name) {
+            Some(v) => Some(f(v)),
+            None => self.req.header_any(name, f),
+        }
     }
 }

@@ -212,6 +212,11 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
             .iter()
             .any(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
     };
+    for (name, value) in conn.added_headers() {
+        if !dropped_by(mods, name.as_bytes()) {
+            header(out, name.as_bytes(), value);
+        }
+    }
     write_adds(out, mods, conn, &present);
     out.extend_from_slice(b"\r\n");
 }

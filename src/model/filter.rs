@@ -39,6 +39,7 @@ pub enum FilterKind {
     LocalRateLimit(Arc<LocalRateLimit>),
     Compressor(Arc<super::compressor::Compressor>),
     Rbac(Arc<super::rbac::RbacFilter>),
+    JwtAuthn(Arc<super::jwt::JwtAuthn>),
 }
 
 /// A fraction with Envoy's `FractionalPercent` denominators.
@@ -192,6 +193,7 @@ pub enum PerRoute {
     LocalRateLimit(Arc<LocalRateLimit>),
     Compressor(Arc<super::compressor::CompressorPerRoute>),
     Rbac(Arc<super::rbac::RbacPerRoute>),
+    Jwt(Arc<super::jwt::JwtPerRoute>),
     /// `FilterConfig { disabled: true }`: the filter is skipped for this route.
     Disabled,
     /// `FilterConfig { disabled: false }` with no config: a filter disabled on the

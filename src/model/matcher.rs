@@ -57,3 +57,21 @@ pub enum HeaderMatchKind {
     Present(bool),
     String(StringMatcher),
 }
+
+/// How a route matches the path (query string excluded).
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    /// `path_separated_prefix`: the prefix, then end of path or `/`.
+    Separated(String),
+    Regex(Regex),
+    /// `connect_matcher`: CONNECT requests only.
+    Connect,
+}
+
+/// A query parameter condition.
+pub struct QueryMatch {
+    pub name: String,
+    /// `None`: the parameter must be present.
+    pub value: Option<StringMatcher>,
+}

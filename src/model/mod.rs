@@ -21,6 +21,7 @@ pub mod access_log;
 pub mod filter;
 pub mod format;
 pub mod headers;
+pub mod jwt;
 pub use access_log::{AccessLog, LogSink};
 pub mod matcher;
 pub mod overload;

@@ -8,7 +8,9 @@ use regex::Regex;
 
 use super::filter::PerFilterConfigs;
 use super::headers::HeaderMods;
-pub use super::matcher::{HeaderMatch, HeaderMatchKind, StringMatch, StringMatcher};
+pub use super::matcher::{
+    HeaderMatch, HeaderMatchKind, PathMatch, QueryMatch, StringMatch, StringMatcher,
+};
 
 /// A compiled `RouteConfiguration`.
 pub struct RouteTable {
@@ -63,24 +65,6 @@ pub struct Route {
     pub request_headers: HeaderMods,
     pub response_headers: HeaderMods,
     pub per_filter: PerFilterConfigs,
-}
-
-/// How a route matches the path (query string excluded).
-pub enum PathMatch {
-    Prefix(String),
-    Exact(String),
-    /// `path_separated_prefix`: the prefix, then end of path or `/`.
-    Separated(String),
-    Regex(Regex),
-    /// `connect_matcher`: CONNECT requests only.
-    Connect,
-}
-
-/// A query parameter condition.
-pub struct QueryMatch {
-    pub name: String,
-    /// `None`: the parameter must be present.
-    pub value: Option<StringMatcher>,
 }
 
 /// What a matched route does.

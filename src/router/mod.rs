@@ -133,21 +133,42 @@ fn route_matches<R: RequestView + ?Sized>(
     path: &[u8],
     query: Option<&[u8]>,
 ) -> bool {
-    let path_ok = match &r.path {
-        PathMatch::Prefix(p) => starts_with(path, p.as_bytes(), r.case_sensitive),
+    conditions_match(
+        (&r.path, r.case_sensitive, &r.headers, &r.query),
+        req,
+        path,
+        query,
+    )
+}
+
+/// Whether a request meets a `RouteMatch`'s conditions (routes, `jwt_authn`'s rules);
+/// `path` without its query, `query` after the `?`.
+pub fn conditions_match<R: RequestView + ?Sized>(
+    (path_match, case_sensitive, headers, queries): (
+        &PathMatch,
+        bool,
+        &[HeaderMatch],
+        &[QueryMatch],
+    ),
+    req: &R,
+    path: &[u8],
+    query: Option<&[u8]>,
+) -> bool {
+    let path_ok = match path_match {
+        PathMatch::Prefix(p) => starts_with(path, p.as_bytes(), case_sensitive),
         PathMatch::Exact(p) => {
-            path.len() == p.len() && starts_with(path, p.as_bytes(), r.case_sensitive)
+            path.len() == p.len() && starts_with(path, p.as_bytes(), case_sensitive)
         }
         PathMatch::Separated(p) => {
-            starts_with(path, p.as_bytes(), r.case_sensitive)
+            starts_with(path, p.as_bytes(), case_sensitive)
                 && (path.len() == p.len() || path[p.len()] == b'/')
         }
         PathMatch::Regex(re) => std::str::from_utf8(path).is_ok_and(|s| re.is_match(s)),
         PathMatch::Connect => req.method() == b"CONNECT",
     };
     path_ok
-        && r.headers.iter().all(|h| header_matches(h, req))
-        && r.query.iter().all(|q| query_matches(q, query))
+        && headers.iter().all(|h| header_matches(h, req))
+        && queries.iter().all(|q| query_matches(q, query))
 }
 
 fn starts_with(s: &[u8], prefix: &[u8], case_sensitive: bool) -> bool {

@@ -313,3 +313,16 @@ pub enum ClusterHistogram {
 pub enum HttpHistogram {
     DownstreamRqTime = 0,
 }
+
+stat_family! {
+    /// `envoy.filters.http.jwt_authn`: `http.<prefix>.jwt_authn.<stat_prefix>`.
+    pub enum JwtAuthnStat {
+        Allowed = "allowed",
+        CorsPreflightBypassed = "cors_preflight_bypassed",
+        Denied = "denied",
+        JwksFetchSuccess = "jwks_fetch_success",
+        JwksFetchFailed = "jwks_fetch_failed",
+        JwtCacheHit = "jwt_cache_hit",
+        JwtCacheMiss = "jwt_cache_miss",
+    } gauges []
+}

@@ -5,6 +5,7 @@ pub mod ads;
 pub mod client;
 pub mod control;
 pub mod dns;
+pub mod jwks;
 pub mod publish;
 pub mod sds;
 pub mod state;

@@ -21,6 +21,7 @@ pub(crate) mod compress;
 mod cors;
 mod fault;
 pub(crate) mod grpc_stats;
+pub(crate) mod jwt;
 mod ratelimit;
 mod rbac;
 
@@ -35,6 +36,8 @@ pub(crate) trait FilterHost: Exchange {
     fn snapshot(&self) -> &crate::model::Snapshot;
     /// Replaces the request's path (normalisation): the range of the new bytes.
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize>;
+    /// Removes every request header named `name` (filters that consume a header).
+    fn remove_request_header(&mut self, name: &[u8]);
 }
 
 /// Where the decode phase stopped.
@@ -43,6 +46,8 @@ pub(crate) enum Step {
     Done,
     /// A filter stopped the request for a while: wait, then resume with this.
     Delay(std::time::Duration, Resume),
+    /// A filter waits for something (a key set being fetched), then resumes with this.
+    Wait(jwt::Wait, Resume),
 }
 
 /// The filter to resume the decode phase at (after its delay).
@@ -62,13 +67,31 @@ pub(crate) struct State {
     pub fault: Option<fault::Active>,
     /// The compressor filters' Accept-Encoding, decision and response stream.
     pub compression: Option<Box<compress::Compression>>,
+    /// What jwt_authn adds to the request, or its challenge.
+    pub jwt: Option<Box<jwt::JwtState>>,
+    /// Dynamic metadata, by namespace (what jwt_authn writes and RBAC reads).
+    pub metadata: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    /// A path a filter rewrote (jwt_authn removing its token parameter).
+    pub path: Option<std::ops::Range<usize>>,
+    /// A filter cleared the route cache: the request is routed again after the decode
+    /// phase (jwt_authn's `clear_route_cache`, with the headers it added).
+    pub reroute: bool,
 }
 
 impl State {
     /// Whether the encode phase has anything to do.
     #[inline]
     pub fn encodes(&self) -> bool {
-        self.cors.is_some() || self.ratelimit.is_some() || self.compression.is_some()
+        self.cors.is_some()
+            || self.ratelimit.is_some()
+            || self.compression.is_some()
+            || self.jwt.as_ref().is_some_and(|j| j.challenge.is_some())
+    }
+
+    /// The headers filters add to the upstream request.
+    #[inline]
+    pub fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
+        self.jwt.as_ref().map_or(&[], |j| &j.add[..])
     }
 
     /// Whether the response body is compressed (its length is then unknown).
@@ -87,6 +110,10 @@ impl State {
             || self.grpc.is_some()
             || self.fault.is_some()
             || self.compression.is_some()
+            || self.jwt.is_some()
+            || self.metadata.is_some()
+            || self.path.is_some()
+            || self.reroute
         {
             *self = State::default();
         }
@@ -187,6 +214,11 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
             FilterKind::Compressor(c) => compress::decode(x, c, per),
             FilterKind::Rbac(r) => rbac::decode(x, r, per)?,
+            FilterKind::JwtAuthn(j) => {
+                if let Some(w) = jwt::decode(x, j, per)? {
+                    return Ok(Step::Wait(w, Resume(i)));
+                }
+            }
         }
     }
     Ok(Step::Done)
@@ -215,6 +247,9 @@ pub(crate) fn encode_headers<E: FilterHost + ?Sized>(x: &E, out: &mut Vec<u8>) {
     }
     if let Some(c) = &s.cors {
         cors::encode(c, x, out);
+    }
+    if let Some(c) = s.jwt.as_ref().and_then(|j| j.challenge.as_ref()) {
+        crate::http::fields::header(out, b"www-authenticate", c);
     }
     if let Some(c) = &s.compression {
         let h = &c.head;

@@ -54,11 +54,20 @@ pub(super) fn decode<E: FilterHost>(
 /// from an absolute URL when the client sent one), and headers as Envoy's connection
 /// manager has them before any filter runs (what it strips from external requests, and a
 /// sanitised `x-forwarded-client-cert`, are not there).
-struct Request<'a, E>(&'a E);
+pub(super) struct Request<'a, E>(pub &'a E);
 
 impl<E: FilterHost> Request<'_, E> {
     fn connect(&self) -> bool {
         self.0.bytes(&self.0.head().method) == b"CONNECT"
+    }
+
+    /// A header an earlier filter added (jwt_authn's claims and payload).
+    fn added(&self, name: &str) -> Option<&(Box<str>, Vec<u8>)> {
+        self.0
+            .filter_state()
+            .added_headers()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// Whether the connection manager removed the client's header `name` before the
@@ -89,12 +98,18 @@ impl<E: FilterHost> RequestView for Request<'_, E> {
         crate::http::exchange::forwarded_proto(self.0)
     }
     fn header(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        if let Some((_, v)) = self.added(name) {
+            return Some(Cow::Borrowed(&v[..]));
+        }
         if self.removed(name.as_bytes()) {
             return None;
         }
         header_value(self.0.buf(), &self.0.head().headers, name.as_bytes())
     }
     fn header_any(&self, name: &str, f: &mut dyn FnMut(&[u8]) -> bool) -> Option<bool> {
+        if let Some((_, v)) = self.added(name) {
+            return Some(f(v));
+        }
         if self.removed(name.as_bytes()) {
             return None;
         }
@@ -146,5 +161,8 @@ impl<E: FilterHost> Input for Request<'_, E> {
     }
     fn filter_state(&self, key: &str) -> Option<&str> {
         self.0.authn()?.filter_state(key, self.0.hcm().istio_authn)
+    }
+    fn metadata(&self, filter: &str) -> Option<&serde_json::Value> {
+        self.0.filter_state().metadata.as_ref()?.get(filter)
     }
 }

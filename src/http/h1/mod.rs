@@ -95,6 +95,27 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// Removes every header named `name` (case-insensitive), keeping the indices of
+    /// `host` and `x-request-id` right.
+    pub fn remove(&mut self, buf: &[u8], name: &[u8]) {
+        let mut i = 0;
+        while i < self.headers.len() {
+            let (n, _) = &self.headers[i];
+            if !buf[n.clone()].eq_ignore_ascii_case(name) {
+                i += 1;
+                continue;
+            }
+            self.headers.remove(i);
+            for at in [&mut self.host, &mut self.request_id] {
+                *at = match *at {
+                    Some(j) if j == i => None,
+                    Some(j) if j > i => Some(j - 1),
+                    other => other,
+                };
+            }
+        }
+    }
+
     /// Forgets the last parsed head (keeping the header list's capacity): what answers a
     /// head that never parsed must not read the previous request's ranges, which point
     /// into bytes that are gone.

@@ -201,3 +201,76 @@ pub(crate) fn header_mods(
     }
     Ok(mods)
 }
+
+/// A `RouteMatch`'s conditions: path, case sensitivity, headers and query parameters
+/// (routes, and `jwt_authn`'s rules).
+pub(super) fn request_match(
+    m: &pb::RouteMatch,
+    res: &str,
+    rp: &str,
+) -> Result<
+    (
+        PathMatch,
+        bool,
+        Vec<crate::model::matcher::HeaderMatch>,
+        Vec<QueryMatch>,
+    ),
+    ConvertError,
+> {
+    use pb::route_match::PathSpecifier as PS;
+    let path =
+        match &m.path_specifier {
+            Some(PS::Prefix(s)) => PathMatch::Prefix(s.clone()),
+            Some(PS::Path(s)) => PathMatch::Exact(s.clone()),
+            Some(PS::PathSeparatedPrefix(s)) => {
+                if s.contains(['?', '#']) || s.ends_with('/') {
+                    return Err(err(
+                        res,
+                        format!("{rp}.match.path_separated_prefix"),
+                        "must not contain ? or # nor end with /",
+                    ));
+                }
+                PathMatch::Separated(s.clone())
+            }
+            Some(PS::SafeRegex(re)) => PathMatch::Regex(regex(
+                re,
+                res,
+                &format!("{rp}.match.safe_regex"),
+                !m.case_sensitive.unwrap_or(true),
+            )?),
+            Some(PS::ConnectMatcher(_)) => PathMatch::Connect,
+            None => return Err(err(
+                res,
+                format!("{rp}.match"),
+                "a path specifier (prefix, path, safe_regex, path_separated_prefix, connect_matcher) is required",
+            )),
+        };
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (hi, h) in m.headers.iter().enumerate() {
+        headers.push(header_match(h, res, &format!("{rp}.match.headers[{hi}]"))?);
+    }
+    let mut query = Vec::with_capacity(m.query_parameters.len());
+    for (qi, q) in m.query_parameters.iter().enumerate() {
+        let qp = format!("{rp}.match.query_parameters[{qi}]");
+        use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+        let value = match &q.query_parameter_match_specifier {
+            Some(Q::StringMatch(s)) => Some(string_matcher(s, res, &format!("{qp}.string_match"))?),
+            Some(Q::PresentMatch(true)) | None => None,
+            Some(Q::PresentMatch(false)) => {
+                return Err(err(
+                    res,
+                    format!("{qp}.present_match"),
+                    "present_match: false is not supported",
+                ))
+            }
+        };
+        if q.name.is_empty() {
+            return Err(err(res, format!("{qp}.name"), "name is required"));
+        }
+        query.push(QueryMatch {
+            name: q.name.clone(),
+            value,
+        });
+    }
+    Ok((path, m.case_sensitive.unwrap_or(true), headers, query))
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::model::route::*;
 use crate::proto::envoy::config::route::v3 as pb;
 
-use super::matchers::{header_match, header_mods, regex, regex_substitute, string_matcher};
+use super::matchers::{header_mods, regex_substitute, request_match};
 use super::{data_source, duration, err, timeout, ConvertError, Ctx};
 
 pub(crate) fn convert(
@@ -195,61 +195,7 @@ fn route(
         // Names tracing spans; Ringside does not trace.
         ctx.ignored.push(format!("{res}.{rp}.decorator"));
     }
-    use pb::route_match::PathSpecifier as PS;
-    let path =
-        match &m.path_specifier {
-            Some(PS::Prefix(s)) => PathMatch::Prefix(s.clone()),
-            Some(PS::Path(s)) => PathMatch::Exact(s.clone()),
-            Some(PS::PathSeparatedPrefix(s)) => {
-                if s.contains(['?', '#']) || s.ends_with('/') {
-                    return Err(err(
-                        res,
-                        format!("{rp}.match.path_separated_prefix"),
-                        "must not contain ? or # nor end with /",
-                    ));
-                }
-                PathMatch::Separated(s.clone())
-            }
-            Some(PS::SafeRegex(re)) => PathMatch::Regex(regex(
-                re,
-                res,
-                &format!("{rp}.match.safe_regex"),
-                !m.case_sensitive.unwrap_or(true),
-            )?),
-            Some(PS::ConnectMatcher(_)) => PathMatch::Connect,
-            None => return Err(err(
-                res,
-                format!("{rp}.match"),
-                "a path specifier (prefix, path, safe_regex, path_separated_prefix, connect_matcher) is required",
-            )),
-        };
-    let mut headers = Vec::with_capacity(m.headers.len());
-    for (hi, h) in m.headers.iter().enumerate() {
-        headers.push(header_match(h, res, &format!("{rp}.match.headers[{hi}]"))?);
-    }
-    let mut query = Vec::with_capacity(m.query_parameters.len());
-    for (qi, q) in m.query_parameters.iter().enumerate() {
-        let qp = format!("{rp}.match.query_parameters[{qi}]");
-        use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
-        let value = match &q.query_parameter_match_specifier {
-            Some(Q::StringMatch(s)) => Some(string_matcher(s, res, &format!("{qp}.string_match"))?),
-            Some(Q::PresentMatch(true)) | None => None,
-            Some(Q::PresentMatch(false)) => {
-                return Err(err(
-                    res,
-                    format!("{qp}.present_match"),
-                    "present_match: false is not supported",
-                ))
-            }
-        };
-        if q.name.is_empty() {
-            return Err(err(res, format!("{qp}.name"), "name is required"));
-        }
-        query.push(QueryMatch {
-            name: q.name.clone(),
-            value,
-        });
-    }
+    let (path, case_sensitive, headers, query) = request_match(m, res, rp)?;
     use pb::route::Action as A;
     let action = match &r.action {
         Some(A::Route(ra)) => {
@@ -304,7 +250,7 @@ fn route(
         )?,
         name: r.name.as_str().into(),
         path,
-        case_sensitive: m.case_sensitive.unwrap_or(true),
+        case_sensitive,
         headers,
         query,
         action,

@@ -406,8 +406,8 @@ fn istio_telemetry_filters_are_documented_no_ops_and_unimplemented_policy_filter
             "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         ),
         (
-            "envoy.filters.http.jwt_authn",
-            "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "envoy.filters.http.ext_proc",
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         ),
         ("my.plugin", "envoy.extensions.filters.http.wasm.v3.Wasm"),
     ] {
