@@ -97,6 +97,10 @@ pub struct RbacFilter {
     /// `<prefix>rbac.<shadow_rules_stat_prefix>{shadow_allowed,shadow_denied}`.
     pub stats: Arc<Scope>,
     pub shadow_stats: Arc<Scope>,
+    /// `shadow_rules_stat_prefix`: it also prefixes the dynamic metadata the shadow
+    /// verdict is written to (`<prefix>shadow_engine_result`,
+    /// `<prefix>shadow_effective_policy_id`).
+    pub shadow_prefix: Box<str>,
     /// The network filter: evaluated once (on the connection) or on every read; the same
     /// verdict either way, as nothing it reads changes.
     pub continuous: bool,

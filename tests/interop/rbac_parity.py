@@ -53,6 +53,8 @@ ALLOW_POLICIES = {
     "or-ids": (f"[{path('prefix', '/or')}]", "[{or_ids: {ids: [{header: {name: x-a, present_match: true}}, {header: {name: x-b, exact_match: '1'}}]}}]"),
     "and-ids": (f"[{path('prefix', '/and')}]", "[{and_ids: {ids: [{header: {name: x-a, present_match: true}}, {header: {name: x-b, exact_match: '1'}}]}}]"),
     "invert-header": (f"[{path('prefix', '/inv')}]", "[{header: {name: x-c, exact_match: 'no', invert_match: true}}]"),
+    "shadow-result": (f"[{path('prefix', '/shadowmd')}]", "[{metadata: {filter: envoy.filters.http.rbac, path: [{key: istio_dry_run_shadow_engine_result}], value: {string_match: {exact: allowed}}}}]"),
+    "shadow-policy": (f"[{path('prefix', '/shadowpid')}]", "[{metadata: {filter: envoy.filters.http.rbac, path: [{key: istio_dry_run_shadow_effective_policy_id}], value: {string_match: {exact: shadow-deny-post}}}}]"),
     "with space": (f"[{path('prefix', '/space')}]", "[{header: {name: x-never, present_match: true}}]"),
 }
 
@@ -168,6 +170,10 @@ CASES = {
     "inverted header missing": req("GET", "/inv"),
     "inverted header other": req("GET", "/inv", b"x-c: yes\r\n"),
     "inverted header equal": req("GET", "/inv", b"x-c: no\r\n"),
+    "shadow verdict in metadata: allowed": req("GET", "/shadowmd"),
+    "shadow verdict in metadata: denied": req("POST", "/shadowmd"),
+    "shadow policy id in metadata": req("POST", "/shadowpid"),
+    "no shadow policy id": req("GET", "/shadowpid"),
     "policy name with a space": req("GET", "/space", b"x-never: 1\r\n"),
     "nothing matches": req("GET", "/nothing"),
     "direct response still checked": req("GET", "/direct"),

@@ -265,6 +265,26 @@ pub(crate) fn encode_headers<E: FilterHost + ?Sized>(x: &E, out: &mut Vec<u8>) {
     }
 }
 
+/// Merges `fields` into the request's dynamic metadata namespace `ns` (Envoy's
+/// `setDynamicMetadata`: fields of the same name are replaced).
+pub(crate) fn set_metadata<E: FilterHost + ?Sized>(
+    x: &mut E,
+    ns: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) {
+    let md = x
+        .filter_state_mut()
+        .metadata
+        .get_or_insert_with(Default::default);
+    match md
+        .entry(ns.to_string())
+        .or_insert_with(|| serde_json::Value::Object(Default::default()))
+    {
+        serde_json::Value::Object(o) => o.extend(fields),
+        other => *other = serde_json::Value::Object(fields),
+    }
+}
+
 /// A random draw for percentages.
 fn draw() -> u64 {
     fastrand::u64(..)

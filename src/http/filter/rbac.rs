@@ -29,6 +29,7 @@ pub(super) fn decode<E: FilterHost>(
     };
     let core = x.core();
     let input = Request(x);
+    let mut shadow_verdict = None;
     if let Some(e) = shadow {
         let v = evaluate(e, &input);
         f.shadow_stats.core(core).inc(if v.allowed {
@@ -36,9 +37,27 @@ pub(super) fn decode<E: FilterHost>(
         } else {
             RbacShadowStat::ShadowDenied
         } as usize);
+        shadow_verdict = Some((v.allowed, v.policy));
     }
-    let Some(e) = rules else { return Ok(()) };
-    let v = evaluate(e, &input);
+    let verdict = rules.map(|e| evaluate(e, &input));
+    if let Some((allowed, policy)) = shadow_verdict {
+        // The shadow verdict in dynamic metadata, where ext_authz's
+        // `filter_enabled_metadata` (Istio's CUSTOM action) and access logs read it.
+        let mut m = serde_json::Map::new();
+        let result = if allowed { "allowed" } else { "denied" };
+        m.insert(
+            format!("{}shadow_engine_result", f.shadow_prefix),
+            result.into(),
+        );
+        if let Some(p) = policy {
+            m.insert(
+                format!("{}shadow_effective_policy_id", f.shadow_prefix),
+                p.into(),
+            );
+        }
+        super::set_metadata(x, "envoy.filters.http.rbac", m);
+    }
+    let Some(v) = verdict else { return Ok(()) };
     let c = f.stats.core(core);
     if v.allowed {
         c.inc(RbacStat::Allowed as usize);

@@ -43,6 +43,7 @@ pub(super) fn http(
         shadow_stats: ctx
             .stats
             .scope::<RbacShadowStat>(&join(&base, &m.shadow_rules_stat_prefix)),
+        shadow_prefix: m.shadow_rules_stat_prefix.as_str().into(),
         continuous: false,
     })
 }
@@ -108,6 +109,7 @@ pub(super) fn network(
         shadow_stats: ctx
             .stats
             .scope::<RbacShadowStat>(&join(&base, &m.shadow_rules_stat_prefix)),
+        shadow_prefix: m.shadow_rules_stat_prefix.as_str().into(),
         continuous,
     })
 }

@@ -254,14 +254,11 @@ fn finish<E: FilterHost>(
         let r = x.replace_path(&p);
         x.filter_state_mut().path = Some(r);
     }
+    if !meta.is_empty() {
+        super::set_metadata(x, NAMESPACE, meta);
+    }
     let state = x.filter_state_mut();
     state.reroute |= reroute;
-    if !meta.is_empty() {
-        state
-            .metadata
-            .get_or_insert_with(Default::default)
-            .insert(NAMESPACE.into(), Value::Object(meta));
-    }
     if !add.is_empty() {
         state.jwt.get_or_insert_with(Default::default).add = add;
     }
