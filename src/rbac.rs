@@ -203,6 +203,19 @@ fn metadata<I: Input + ?Sized>(m: &MetadataMatcher, input: &I) -> bool {
     v.is_some_and(|v| value_matches(&m.value, v)) != m.invert
 }
 
+/// A metadata matcher against a request's dynamic metadata (by namespace), outside RBAC
+/// (ext_authz's `filter_enabled_metadata`).
+pub fn metadata_matches(
+    m: &MetadataMatcher,
+    md: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> bool {
+    let mut v = md.and_then(|md| md.get(&*m.filter));
+    for key in m.path.iter() {
+        v = v.and_then(|v| v.as_object()).and_then(|o| o.get(&**key));
+    }
+    v.is_some_and(|v| value_matches(&m.value, v)) != m.invert
+}
+
 fn value_matches(m: &ValueMatcher, v: &serde_json::Value) -> bool {
     use serde_json::Value as V;
     match m {

@@ -260,6 +260,26 @@ SUBSET = {
     "envoy.extensions.filters.network.rbac.v3.RBAC": ["rules", "shadow_rules",
                                                       "shadow_rules_stat_prefix", "stat_prefix",
                                                       "enforcement_type"],
+    # External authorization (Istio's CUSTOM action) over gRPC. The HTTP service,
+    # request body buffering and the rarer knobs are left out, so they are refused by name.
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": [
+        "grpc_service", "transport_api_version", "failure_mode_allow",
+        "failure_mode_allow_header_add", "status_on_error", "filter_enabled",
+        "filter_enabled_metadata", "include_peer_certificate", "stat_prefix",
+        "allowed_headers", "disallowed_headers", "include_tls_session"],
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": ["disabled", "check_settings"],
+    "envoy.extensions.filters.http.ext_authz.v3.CheckSettings": ["context_extensions"],
+    "envoy.service.auth.v3.CheckRequest": ["*"],
+    "envoy.service.auth.v3.CheckResponse": ["*"],
+    "envoy.service.auth.v3.DeniedHttpResponse": ["*"],
+    "envoy.service.auth.v3.OkHttpResponse": ["*"],
+    "envoy.service.auth.v3.AttributeContext": ["*"],
+    "envoy.service.auth.v3.AttributeContext.Peer": ["*"],
+    "envoy.service.auth.v3.AttributeContext.Request": ["*"],
+    "envoy.service.auth.v3.AttributeContext.HttpRequest": ["*"],
+    "envoy.service.auth.v3.AttributeContext.TLSSession": ["*"],
+    "envoy.config.core.v3.HeaderMap": ["*"],
+    "envoy.config.core.v3.QueryParameter": ["*"],
     # JWT authentication (RequestAuthentication). `filter_state_rules` is left out, so it
     # is refused by name; the JWKS fetch's retry policy keeps what Envoy's fetcher reads.
     "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication": [
@@ -458,6 +478,8 @@ MODULES = [
     "envoy.type.matcher.v3.value_pb2", "envoy.type.matcher.v3.number_pb2",
     "envoy.type.matcher.v3.path_pb2", "envoy.type.matcher.v3.filter_state_pb2",
     "envoy.extensions.filters.http.compressor.v3.compressor_pb2",
+    "envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2",
+    "envoy.service.auth.v3.external_auth_pb2", "envoy.service.auth.v3.attribute_context_pb2",
     "envoy.extensions.filters.http.jwt_authn.v3.config_pb2", "envoy.config.core.v3.http_uri_pb2",
     "envoy.config.core.v3.backoff_pb2",
     "envoy.extensions.compression.gzip.compressor.v3.gzip_pb2",
@@ -482,7 +504,8 @@ MODULES = [
 ]
 
 # Services written out whole (tonic generates the ADS client and the test server from them).
-SERVICES = ["envoy.service.discovery.v3.ads_pb2", "envoy.service.secret.v3.sds_pb2"]
+SERVICES = ["envoy.service.discovery.v3.ads_pb2", "envoy.service.secret.v3.sds_pb2",
+            "envoy.service.auth.v3.external_auth_pb2"]
 
 SCALARS = {
     d.FieldDescriptor.TYPE_DOUBLE: "double", d.FieldDescriptor.TYPE_FLOAT: "float",

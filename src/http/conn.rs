@@ -22,6 +22,7 @@ use crate::model::{Codec, HttpConnectionManager, Snapshot, UnderscoreAction};
 use crate::stats::{status_class_index, HttpHistogram, HttpStat};
 
 mod forward;
+mod host;
 mod reply;
 mod target;
 mod tunnel;
@@ -254,33 +255,6 @@ impl crate::http::exchange::Exchange for Connection {
 enum Next {
     KeepAlive,
     Close,
-}
-
-impl crate::http::filter::FilterHost for Connection {
-    fn filter_state(&self) -> &crate::http::filter::State {
-        &self.filters
-    }
-    fn filter_state_mut(&mut self) -> &mut crate::http::filter::State {
-        &mut self.filters
-    }
-    fn log_mut(&mut self) -> &mut log::Entry {
-        &mut self.log
-    }
-    fn core(&self) -> usize {
-        self.ctx.core
-    }
-    fn hcm_arc(&self) -> Arc<HttpConnectionManager> {
-        self.hcm.clone()
-    }
-    fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
-    }
-    fn remove_request_header(&mut self, name: &[u8]) {
-        self.head.remove(&self.buf, name);
-    }
-    fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
-        self.synthesize(path)
-    }
 }
 
 impl Connection {

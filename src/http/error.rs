@@ -98,6 +98,12 @@ pub enum HttpError {
         body: Box<str>,
         details: Box<str>,
     },
+    /// The external authorization service denied the request (its status and body).
+    #[error("{body}")]
+    ExtAuthzDenied { status: u16, body: Box<str> },
+    /// The external authorization service could not be asked (`status_on_error`).
+    #[error("")]
+    ExtAuthzError { status: u16 },
     /// The local rate limit filter refused the request.
     #[error("local_rate_limited")]
     LocalRateLimited {

@@ -315,6 +315,21 @@ impl crate::http::filter::FilterHost for Stream {
     fn remove_request_header(&mut self, name: &[u8]) {
         self.head.remove(&self.buf, name);
     }
+    fn decide_request_id(&mut self) {
+        if self.log.request_id.is_none() {
+            self.log.request_id = crate::http::forwarding::request_id(&*self);
+        }
+    }
+    fn grpc_unary(
+        &self,
+        call: crate::http::filter::GrpcCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::http::filter::GrpcAnswer>>> {
+        Box::pin(crate::http::grpc_call::unary(
+            self.ctx.clone(),
+            self.snapshot.clone(),
+            call,
+        ))
+    }
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
         // After the request head: its ranges stay valid.
         let start = self.buf.len();

@@ -244,6 +244,18 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::NONE,
             "jwt_authn_access_denied",
         ),
+        HttpError::ExtAuthzDenied { status, .. } => r(
+            *status,
+            None,
+            ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            "ext_authz_denied",
+        ),
+        HttpError::ExtAuthzError { status } => r(
+            *status,
+            None,
+            ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            "ext_authz_error",
+        ),
         // Never sent: there is no one to send it to.
         HttpError::ClientGone => r(
             400,

@@ -9,6 +9,7 @@ pub(crate) mod fields;
 pub(crate) mod filter;
 pub mod flags;
 pub mod forwarding;
+pub(crate) mod grpc_call;
 pub mod h1;
 pub mod h2;
 pub mod h2_server;

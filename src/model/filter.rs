@@ -40,6 +40,7 @@ pub enum FilterKind {
     Compressor(Arc<super::compressor::Compressor>),
     Rbac(Arc<super::rbac::RbacFilter>),
     JwtAuthn(Arc<super::jwt::JwtAuthn>),
+    ExtAuthz(Arc<ExtAuthz>),
 }
 
 /// A fraction with Envoy's `FractionalPercent` denominators.
@@ -194,6 +195,7 @@ pub enum PerRoute {
     Compressor(Arc<super::compressor::CompressorPerRoute>),
     Rbac(Arc<super::rbac::RbacPerRoute>),
     Jwt(Arc<super::jwt::JwtPerRoute>),
+    ExtAuthz(Arc<ExtAuthzPerRoute>),
     /// `FilterConfig { disabled: true }`: the filter is skipped for this route.
     Disabled,
     /// `FilterConfig { disabled: false }` with no config: a filter disabled on the
@@ -217,4 +219,38 @@ impl PerFilterConfigs {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// `envoy.filters.http.ext_authz` with a gRPC authorization service
+/// (`envoy.service.auth.v3.Authorization/Check`), called from the request's core over
+/// that core's HTTP/2 pool.
+pub struct ExtAuthz {
+    pub cluster: Arc<str>,
+    /// `:authority` of the call (the cluster name when unset).
+    pub authority: Box<str>,
+    /// The call's deadline (`grpc_service.timeout`; none: no limit).
+    pub timeout: Option<Duration>,
+    /// `grpc_service.initial_metadata`: headers of the call.
+    pub initial_metadata: Vec<(Box<str>, Box<str>)>,
+    pub failure_mode_allow: bool,
+    pub failure_mode_allow_header_add: bool,
+    /// The status of a request when the service cannot be asked (default 403).
+    pub status_on_error: u16,
+    /// `filter_enabled` (absent: every request).
+    pub filter_enabled: Option<Fraction>,
+    /// `filter_enabled_metadata`: only requests whose dynamic metadata matches.
+    pub filter_enabled_metadata: Option<super::rbac::MetadataMatcher>,
+    pub include_tls_session: bool,
+    /// `allowed_headers` / `disallowed_headers`: which request headers the check carries.
+    pub allowed_headers: Vec<StringMatcher>,
+    pub disallowed_headers: Vec<StringMatcher>,
+    /// `http.<prefix>.ext_authz.[<stat_prefix>.]`.
+    pub stats: Arc<Scope>,
+}
+
+/// `ExtAuthzPerRoute`.
+pub enum ExtAuthzPerRoute {
+    Disabled,
+    /// `check_settings.context_extensions`, sent with the check.
+    Check(Vec<(String, String)>),
 }

@@ -326,3 +326,23 @@ stat_family! {
         JwtCacheMiss = "jwt_cache_miss",
     } gauges []
 }
+
+stat_family! {
+    /// `envoy.filters.http.ext_authz`: `http.<prefix>.ext_authz.[<stat_prefix>.]`.
+    pub enum ExtAuthzStat {
+        Ok = "ok",
+        Denied = "denied",
+        Error = "error",
+        Disabled = "disabled",
+        FailureModeAllowed = "failure_mode_allowed",
+        // Envoy's, for features Ringside refuses or does not have: they stay 0.
+        FilterStateNameCollision = "filter_state_name_collision",
+        IgnoredDynamicMetadata = "ignored_dynamic_metadata",
+        Invalid = "invalid",
+        OmittedResponseHeaders = "omitted_response_headers",
+        RequestHeaderLimitsReached = "request_header_limits_reached",
+        ResponseHeaderLimitsReached = "response_header_limits_reached",
+        ShadowDenied = "shadow_denied",
+        ShadowError = "shadow_error",
+    } gauges []
+}

@@ -9,6 +9,8 @@
 //! the encode phase and the access log is kept in the request's [`State`]. A connection
 //! manager without filters pays one branch.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::http::error::HttpError;
@@ -19,6 +21,7 @@ use crate::router::Matched;
 
 pub(crate) mod compress;
 mod cors;
+mod ext_authz;
 mod fault;
 pub(crate) mod grpc_stats;
 pub(crate) mod jwt;
@@ -38,7 +41,27 @@ pub(crate) trait FilterHost: Exchange {
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize>;
     /// Removes every request header named `name` (filters that consume a header).
     fn remove_request_header(&mut self, name: &[u8]);
+    /// Decides the request's `x-request-id` now (Envoy's connection manager sets it
+    /// before the filters): a filter that shows it to someone (ext_authz) calls this.
+    fn decide_request_id(&mut self);
+    /// A unary gRPC call from this core (its HTTP/2 pool): the answer's message bytes.
+    fn grpc_unary(&self, call: GrpcCall) -> Pin<Box<dyn Future<Output = GrpcAnswer>>>;
 }
+
+/// A unary gRPC call a filter makes (ext_authz's `Check`).
+pub(crate) struct GrpcCall {
+    pub cluster: Arc<str>,
+    pub authority: Box<str>,
+    pub path: &'static str,
+    /// Headers of the call.
+    pub metadata: Vec<(Box<str>, Box<str>)>,
+    /// Sent as `grpc-timeout`.
+    pub timeout: Option<std::time::Duration>,
+    pub message: Vec<u8>,
+}
+
+/// The answer's message, or why there is none.
+pub(crate) type GrpcAnswer = Result<Vec<u8>, String>;
 
 /// Where the decode phase stopped.
 pub(crate) enum Step {
@@ -67,8 +90,15 @@ pub(crate) struct State {
     pub fault: Option<fault::Active>,
     /// The compressor filters' Accept-Encoding, decision and response stream.
     pub compression: Option<Box<compress::Compression>>,
-    /// What jwt_authn adds to the request, or its challenge.
+    /// What jwt_authn needs across a wait, or its challenge.
     pub jwt: Option<Box<jwt::JwtState>>,
+    /// Headers filters add to the upstream request (their names were removed from the
+    /// client's): jwt_authn's claims and payload, ext_authz's.
+    pub added: Vec<(Box<str>, Vec<u8>)>,
+    /// Headers filters add to the response, whoever makes it (ext_authz's).
+    pub response_added: Vec<(Box<str>, Vec<u8>)>,
+    /// An ext_authz check in flight, or its answer.
+    pub ext_authz: Option<ext_authz::Pending>,
     /// Dynamic metadata, by namespace (what jwt_authn writes and RBAC reads).
     pub metadata: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     /// A path a filter rewrote (jwt_authn removing its token parameter).
@@ -86,12 +116,13 @@ impl State {
             || self.ratelimit.is_some()
             || self.compression.is_some()
             || self.jwt.as_ref().is_some_and(|j| j.challenge.is_some())
+            || !self.response_added.is_empty()
     }
 
     /// The headers filters add to the upstream request.
     #[inline]
     pub fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
-        self.jwt.as_ref().map_or(&[], |j| &j.add[..])
+        &self.added
     }
 
     /// Whether the response body is compressed (its length is then unknown).
@@ -111,6 +142,9 @@ impl State {
             || self.fault.is_some()
             || self.compression.is_some()
             || self.jwt.is_some()
+            || !self.added.is_empty()
+            || !self.response_added.is_empty()
+            || self.ext_authz.is_some()
             || self.metadata.is_some()
             || self.path.is_some()
             || self.reroute
@@ -214,6 +248,11 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
             FilterKind::Compressor(c) => compress::decode(x, c, per),
             FilterKind::Rbac(r) => rbac::decode(x, r, per)?,
+            FilterKind::ExtAuthz(a) => {
+                if let Some(w) = ext_authz::decode(x, a, per, resumed)? {
+                    return Ok(Step::Wait(w, Resume(i)));
+                }
+            }
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
                     return Ok(Step::Wait(w, Resume(i)));
@@ -247,6 +286,9 @@ pub(crate) fn encode_headers<E: FilterHost + ?Sized>(x: &E, out: &mut Vec<u8>) {
     }
     if let Some(c) = &s.cors {
         cors::encode(c, x, out);
+    }
+    for (n, v) in &s.response_added {
+        crate::http::fields::header(out, n.as_bytes(), v);
     }
     if let Some(c) = s.jwt.as_ref().and_then(|j| j.challenge.as_ref()) {
         crate::http::fields::header(out, b"www-authenticate", c);

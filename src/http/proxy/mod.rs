@@ -202,7 +202,11 @@ pub(crate) async fn forward<D: Downstream>(
     let core = ctx.core;
     let cs = cluster.stats.core(core);
 
-    let request_id = crate::http::forwarding::request_id(d);
+    // A filter may have set the id already (ext_authz sends it with its check).
+    let request_id = match d.log().request_id {
+        Some(id) => Some(id),
+        None => crate::http::forwarding::request_id(d),
+    };
     d.log_mut().request_id = request_id;
     let resp_mods: [&HeaderMods; 4] = [
         weighted.map_or(&NO_MODS, |w| &w.response_headers),

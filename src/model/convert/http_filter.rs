@@ -152,6 +152,16 @@ pub(super) fn http_filters(
                     ctx,
                 )?))
             }
+            super::ext_authz::EXT_AUTHZ => {
+                let m = decode_any(any, super::ext_authz::EXT_AUTHZ, res, &fp)?;
+                FilterKind::ExtAuthz(Arc::new(super::ext_authz::ext_authz(
+                    &m,
+                    stat_prefix,
+                    res,
+                    &format!("{fp}.typed_config"),
+                    ctx,
+                )?))
+            }
             super::jwt::JWT_AUTHN => {
                 let m = decode_any(any, super::jwt::JWT_AUTHN, res, &fp)?;
                 FilterKind::JwtAuthn(Arc::new(super::jwt::jwt_authn(
@@ -433,6 +443,14 @@ pub(super) fn per_filter_configs(
             super::rbac::PER_ROUTE => {
                 let m = decode_any(&any, super::rbac::PER_ROUTE, res, &fp)?;
                 PerRoute::Rbac(Arc::new(super::rbac::per_route(
+                    &m,
+                    res,
+                    &format!("{fp}.typed_config"),
+                )?))
+            }
+            super::ext_authz::PER_ROUTE => {
+                let m = decode_any(&any, super::ext_authz::PER_ROUTE, res, &fp)?;
+                PerRoute::ExtAuthz(Arc::new(super::ext_authz::per_route(
                     &m,
                     res,
                     &format!("{fp}.typed_config"),

@@ -18,6 +18,7 @@ mod chain;
 mod cidr;
 mod cluster;
 mod compressor;
+mod ext_authz;
 mod fault;
 mod hcm;
 mod http_filter;

@@ -359,7 +359,7 @@ fn path_matcher(
     }
 }
 
-fn metadata(
+pub(super) fn metadata(
     m: &matcher::MetadataMatcher,
     res: &str,
     path: &str,

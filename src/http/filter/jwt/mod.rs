@@ -35,8 +35,6 @@ pub(crate) const NAMESPACE: &str = "envoy.filters.http.jwt_authn";
 /// What the filter decided for a request, for the upstream request and the reply.
 #[derive(Default)]
 pub(crate) struct JwtState {
-    /// Headers for the upstream request (their names were removed from the client's).
-    pub add: Vec<(Box<str>, Vec<u8>)>,
     /// `www-authenticate` on the filter's own answer.
     pub challenge: Option<Vec<u8>>,
     /// Providers whose remote key set was fetched for this request.
@@ -259,9 +257,7 @@ fn finish<E: FilterHost>(
     }
     let state = x.filter_state_mut();
     state.reroute |= reroute;
-    if !add.is_empty() {
-        state.jwt.get_or_insert_with(Default::default).add = add;
-    }
+    state.added.extend(add);
     Ok(None)
 }
 
