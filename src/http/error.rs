@@ -98,6 +98,9 @@ pub enum HttpError {
         body: Box<str>,
         details: Box<str>,
     },
+    /// A filter set a request header to a value no header may carry.
+    #[error("invalid header value for: {0}")]
+    InvalidFilterHeader(Box<str>),
     /// The external authorization service denied the request (its status and body).
     #[error("{body}")]
     ExtAuthzDenied { status: u16, body: Box<str> },

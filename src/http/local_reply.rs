@@ -22,6 +22,9 @@ pub fn details_arg(e: &HttpError) -> Option<Box<str>> {
     match e {
         HttpError::RbacDenied(policy) => Some(format!("[{policy}]").into()),
         HttpError::JwtDenied { details, .. } => Some(details.clone()),
+        HttpError::InvalidFilterHeader(h) => {
+            Some(format!("{{invalid_header_value_for:_{h}}}").into())
+        }
         _ => None,
     }
 }
@@ -243,6 +246,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             None,
             ResponseFlags::NONE,
             "jwt_authn_access_denied",
+        ),
+        HttpError::InvalidFilterHeader(_) => r(
+            503,
+            None,
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "filter_removed_required_request_headers",
         ),
         HttpError::ExtAuthzDenied { status, .. } => r(
             *status,

@@ -135,13 +135,13 @@ pub(crate) async fn route<'r, E: FilterHost>(
     // configuration.
     let mut weighted = forward_target(m.as_ref());
     if !x.hcm().filters.is_empty() {
-        let routed = Routed {
-            table: routes,
-            m: m.as_ref(),
-            weighted,
-        };
         let mut from = None;
         loop {
+            let routed = Routed {
+                table: routes,
+                m: m.as_ref(),
+                weighted,
+            };
             match filter::decode_headers(x, &routed, from)? {
                 Step::Done => break,
                 Step::Delay(d, resume) => {
@@ -152,26 +152,32 @@ pub(crate) async fn route<'r, E: FilterHost>(
                     w.await;
                     from = Some(resume);
                 }
+                Step::Reroute(resume) => {
+                    // Route again, with the headers filters added, before the next filter
+                    // (it reads the new route's per-filter configuration).
+                    if let Some(p) = x.filter_state_mut().path.take() {
+                        x.log_mut().path = p.clone();
+                        *path = p;
+                    }
+                    let view = Rerouted {
+                        req: RequestRef {
+                            buf: x.buf(),
+                            head: x.head(),
+                            authority: x.bytes(authority),
+                            path: x.bytes(&*path),
+                        },
+                        added: x.filter_state().added_headers(),
+                    };
+                    m = routes.find(&view);
+                    weighted = forward_target(m.as_ref());
+                    from = Some(resume);
+                }
             }
         }
         // A filter rewrote the path (jwt_authn took its token parameter out).
         if let Some(p) = x.filter_state_mut().path.take() {
             x.log_mut().path = p.clone();
             *path = p;
-        }
-        // A filter cleared the route cache: route again, with the headers it added.
-        if x.filter_state().reroute {
-            let view = Rerouted {
-                req: RequestRef {
-                    buf: x.buf(),
-                    head: x.head(),
-                    authority: x.bytes(authority),
-                    path: x.bytes(&*path),
-                },
-                added: x.filter_state().added_headers(),
-            };
-            m = routes.find(&view);
-            weighted = forward_target(m.as_ref());
         }
     }
     let path = &*path;
@@ -241,6 +247,11 @@ pub(crate) async fn route<'r, E: FilterHost>(
                 mods,
                 require_tls: false,
             }))
+        }
+        Action::Forward(_) if x.filter_state().invalid_header.is_some() => {
+            Err(HttpError::InvalidFilterHeader(
+                x.filter_state().invalid_header.clone().unwrap_or_default(),
+            ))
         }
         Action::Forward(f) => Ok(Decision::Forward(Forwarding {
             f,

@@ -213,7 +213,9 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
             .any(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
     };
     for (name, value) in conn.added_headers() {
-        if !dropped_by(mods, name.as_bytes()) {
+        // Never a value that would end the header line (filters check too).
+        let safe = !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+        if safe && !dropped_by(mods, name.as_bytes()) {
             header(out, name.as_bytes(), value);
         }
     }

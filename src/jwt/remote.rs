@@ -139,9 +139,12 @@ impl RemoteJwks {
         if !self.request() {
             return;
         }
-        let attempts = self.retries + 1;
-        let limit =
-            self.timeout * attempts + self.backoff.1 * self.retries + Duration::from_secs(1);
+        let attempts = self.retries.saturating_add(1);
+        let limit = self
+            .timeout
+            .saturating_mul(attempts)
+            .saturating_add(self.backoff.1.saturating_mul(self.retries))
+            .saturating_add(Duration::from_secs(1));
         let _ = monoio::time::timeout(limit, done).await;
     }
 

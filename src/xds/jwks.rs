@@ -17,7 +17,10 @@ pub fn serve(snapshot: SharedSnapshot, control: usize) {
         while let Some(r) = rx.recv().await {
             let snapshot = snapshot.clone();
             tokio::spawn(async move {
+                // Whatever ends this task, the waiting requests are released.
+                let mut guard = Unfinished(Some(r.clone()), control);
                 let jwks = fetch_with_retries(&r, &snapshot).await;
+                guard.0 = None;
                 let ok = jwks.is_some();
                 r.finish(jwks, control);
                 if let Some(a) = r.async_fetch {
@@ -40,6 +43,17 @@ pub fn serve(snapshot: SharedSnapshot, control: usize) {
         }
     });
     crate::jwt::remote::register(tx);
+}
+
+/// Ends a fetch as failed if its task ends without finishing it (a panic).
+struct Unfinished(Option<Arc<RemoteJwks>>, usize);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.finish(None, self.1);
+        }
+    }
 }
 
 async fn fetch_with_retries(r: &Arc<RemoteJwks>, snapshot: &SharedSnapshot) -> Option<Jwks> {

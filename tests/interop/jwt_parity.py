@@ -144,6 +144,7 @@ def config(jwks, log):
         rule("/broken", p("broken")),
         rule("/failed-ok", {"allow_missing_or_failed": {}}),
         rule("/missing-ok", {"allow_missing": {}}),
+        rule("/only-missing", any_({"allow_missing": {}}, {"allow_missing": {}})),
         {"match": {"prefix": "/named"}, "requirement_name": "rsreq"},
         rule("/open"),
         {"match": {"prefix": "/hdr", "headers": [{"name": "x-check", "present_match": True}]}, "requires": p("es")},
@@ -293,6 +294,13 @@ def cases(k):
     r("allow_missing, bad", "/missing-ok", bearer("a.b.c"))
     r("allow_missing, good es", "/missing-ok", f"x-token: {es}\r\n".encode())
     r("allow_missing, unknown issuer", "/missing-ok", bearer(k.sign("RS256", "rs1", claims(iss="who"))))
+    r("x-token twice, forged then valid", "/missing-ok", f"x-token: {es[:-4]}AAAA\r\nx-token: {es}\r\n".encode())
+    r("x-token twice, valid twice", "/any", f"x-token: {es}\r\nx-token: {es}\r\n".encode())
+    r("cookie in a second Cookie line", "/ed", f"cookie: a=b\r\ncookie: session={ed}\r\n".encode())
+    r("requires_any of allow_missing only, none", "/only-missing")
+    r("requires_any of allow_missing only, bad", "/only-missing", f"x-token: {es[:-4]}AAAA\r\n".encode())
+    r("requires_any of allow_missing only, good", "/only-missing", f"x-token: {es}\r\n".encode())
+    r("claim with a line break", "/x", bearer(k.sign("RS256", "rs1", claims(sub="x\r\nx-injected: 1"))))
     r("requirement_name rule", "/named")
     r("rule without requirement", "/open")
     r("rule with a header condition", "/hdr", b"x-check: 1\r\n")

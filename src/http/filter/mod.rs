@@ -71,11 +71,14 @@ pub(crate) enum Step {
     Delay(std::time::Duration, Resume),
     /// A filter waits for something (a key set being fetched), then resumes with this.
     Wait(jwt::Wait, Resume),
+    /// A filter cleared the route cache (jwt_authn's `clear_route_cache`): route the
+    /// request again, then go on with the next filter.
+    Reroute(Resume),
 }
 
 /// The filter to resume the decode phase at (after its delay).
 #[derive(Clone, Copy)]
-pub(crate) struct Resume(usize);
+pub(crate) struct Resume(usize, bool);
 
 /// What the filters decided for one request, read by the encode phase and the log.
 #[derive(Default)]
@@ -106,6 +109,9 @@ pub(crate) struct State {
     /// A filter cleared the route cache: the request is routed again after the decode
     /// phase (jwt_authn's `clear_route_cache`, with the headers it added).
     pub reroute: bool,
+    /// A header a filter set with a value no header may carry: the request is answered
+    /// 503 once the filters are done (Envoy refuses to send it).
+    pub invalid_header: Option<Box<str>>,
 }
 
 impl State {
@@ -148,6 +154,7 @@ impl State {
             || self.metadata.is_some()
             || self.path.is_some()
             || self.reroute
+            || self.invalid_header.is_some()
         {
             *self = State::default();
         }
@@ -236,11 +243,11 @@ pub(crate) fn decode_headers<E: FilterHost>(
             None if f.disabled => continue,
             _ => {}
         }
-        let resumed = from.is_some() && i == start;
+        let resumed = from.is_some_and(|r| r.1) && i == start;
         match &f.kind {
             FilterKind::Fault(ff) => {
                 if let Some(d) = fault::decode(x, ff, per, routed, resumed)? {
-                    return Ok(Step::Delay(d, Resume(i)));
+                    return Ok(Step::Delay(d, Resume(i, true)));
                 }
             }
             FilterKind::Cors(cf) => cors::decode(x, cf, per, routed, &f.name)?,
@@ -250,12 +257,16 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::Rbac(r) => rbac::decode(x, r, per)?,
             FilterKind::ExtAuthz(a) => {
                 if let Some(w) = ext_authz::decode(x, a, per, resumed)? {
-                    return Ok(Step::Wait(w, Resume(i)));
+                    return Ok(Step::Wait(w, Resume(i, true)));
                 }
             }
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
-                    return Ok(Step::Wait(w, Resume(i)));
+                    return Ok(Step::Wait(w, Resume(i, true)));
+                }
+                if x.filter_state().reroute {
+                    x.filter_state_mut().reroute = false;
+                    return Ok(Step::Reroute(Resume(i + 1, false)));
                 }
             }
         }

@@ -34,6 +34,13 @@ pub(super) fn jwt_authn(
         .scope::<JwtAuthnStat>(&format!("http.{stat_prefix}.jwt_authn.{extra}"));
     let mut names: Vec<&String> = m.providers.keys().collect();
     names.sort();
+    if names.len() > 63 {
+        return Err(err(
+            res,
+            format!("{path}.providers"),
+            format!("{} providers; at most 63 are supported", names.len()),
+        ));
+    }
     let mut providers = Vec::with_capacity(names.len());
     let mut index = HashMap::new();
     for (i, name) in names.iter().enumerate() {
@@ -175,14 +182,8 @@ fn provider(
     let mut claim_to_headers = Vec::with_capacity(p.claim_to_headers.len());
     for (i, c) in p.claim_to_headers.iter().enumerate() {
         let cp = f(&format!("claim_to_headers[{i}]"));
-        if c.header_name.is_empty()
-            || http::HeaderName::from_bytes(c.header_name.as_bytes()).is_err()
-        {
-            return Err(err(
-                res,
-                format!("{cp}.header_name"),
-                "must be a valid header name",
-            ));
+        if !writable(&c.header_name) {
+            return Err(err(res, format!("{cp}.header_name"), NOT_WRITABLE));
         }
         if c.claim_name.is_empty() {
             return Err(err(res, format!("{cp}.claim_name"), "must not be empty"));
@@ -192,15 +193,11 @@ fn provider(
             c.claim_name.as_str().into(),
         ));
     }
-    let forward_payload_header = (!p.forward_payload_header.is_empty())
+    let forward_payload_header: Option<Box<str>> = (!p.forward_payload_header.is_empty())
         .then(|| p.forward_payload_header.to_ascii_lowercase().into());
     if let Some(h) = &forward_payload_header {
-        if http::HeaderName::from_bytes(<Box<str> as AsRef<str>>::as_ref(h).as_bytes()).is_err() {
-            return Err(err(
-                res,
-                f("forward_payload_header"),
-                "must be a valid header name",
-            ));
+        if !writable(h) {
+            return Err(err(res, f("forward_payload_header"), NOT_WRITABLE));
         }
     }
     let subjects = match &p.subjects {
@@ -321,7 +318,7 @@ fn remote(
                 .and_then(|b| b.max_interval.as_ref())
             {
                 Some(d) => duration(d, res, &f("retry_policy.retry_back_off.max_interval"))?,
-                None => base * 10,
+                None => base.saturating_mul(10),
             };
             if max < base {
                 return Err(err(
@@ -330,7 +327,15 @@ fn remote(
                     "must be at least base_interval",
                 ));
             }
-            (rp.num_retries.unwrap_or(1), (base, max))
+            let retries = rp.num_retries.unwrap_or(1);
+            if retries > 10 {
+                return Err(err(
+                    res,
+                    f("retry_policy.num_retries"),
+                    "at most 10 retries are supported",
+                ));
+            }
+            (retries, (base, max))
         }
     };
     Ok(RemoteJwks::new(
@@ -411,4 +416,18 @@ pub(super) fn per_route(
         }
         _ => Err(err(res, path, "disabled or requirement_name is required")),
     }
+}
+
+const NOT_WRITABLE: &str =
+    "must be a header the filter may write (not a pseudo-header, host, framing or hop-by-hop)";
+
+/// A name the filter may set on the request: valid, and none the proxy frames the
+/// request with or owns.
+fn writable(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !n.is_empty()
+        && !n.starts_with(':')
+        && http::HeaderName::from_bytes(n.as_bytes()).is_ok()
+        && !matches!(n.as_str(), "host" | "content-length" | "transfer-encoding")
+        && !crate::model::headers::is_hop_by_hop(n.as_bytes())
 }

@@ -401,7 +401,10 @@ fn istio_telemetry_filters_are_documented_no_ops_and_unimplemented_policy_filter
     assert_eq!(ignored.len(), 5, "each no-op is reported: {ignored:?}");
     assert!(ignored.iter().any(|i| i.contains("istio.alpn")));
     for (name, t) in [
-        ("envoy.filters.http.lua", "envoy.extensions.filters.http.lua.v3.Lua"),
+        (
+            "envoy.filters.http.lua",
+            "envoy.extensions.filters.http.lua.v3.Lua",
+        ),
         (
             "envoy.filters.http.ext_proc",
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",

@@ -110,6 +110,20 @@ pub(super) fn decode<E: FilterHost>(
             }
         }
     };
+    // The names the filter writes are never taken from the client: removed for every
+    // provider the requirement names, whatever the verdict.
+    let named = verify::providers_of(&requirement, f.providers.len());
+    for (i, p) in f.providers.iter().enumerate() {
+        if named & bit(i) == 0 {
+            continue;
+        }
+        if let Some(h) = &p.forward_payload_header {
+            x.remove_request_header(h.as_bytes());
+        }
+        for (h, _) in &p.claim_to_headers {
+            x.remove_request_header(h.as_bytes());
+        }
+    }
     let fetched = x.filter_state().jwt.as_ref().map_or(0, |j| j.fetched);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -133,13 +147,12 @@ pub(super) fn decode<E: FilterHost>(
             return Ok(Some(Box::pin(remote.fetch())));
         }
     };
-    let touched = eval.touched;
     if eval.lookups > 0 {
         f.stats
             .core(core)
             .add(JwtAuthnStat::JwtCacheMiss as usize, eval.lookups);
     }
-    finish(x, f, verdict, touched)
+    finish(x, f, verdict)
 }
 
 fn details(words: &str) -> Box<str> {
@@ -151,21 +164,8 @@ fn finish<E: FilterHost>(
     x: &mut E,
     f: &JwtAuthn,
     verdict: verify::Verdict,
-    touched: u64,
 ) -> Result<Option<Wait>, HttpError> {
     let core = x.core();
-    // The names the filter writes are never taken from the client.
-    for (i, p) in f.providers.iter().enumerate() {
-        if touched & bit(i) == 0 {
-            continue;
-        }
-        if let Some(h) = &p.forward_payload_header {
-            x.remove_request_header(h.as_bytes());
-        }
-        for (h, _) in &p.claim_to_headers {
-            x.remove_request_header(h.as_bytes());
-        }
-    }
     let status = verdict.status();
     if status != Status::Ok {
         f.stats.core(core).inc(JwtAuthnStat::Denied as usize);
@@ -196,6 +196,7 @@ fn finish<E: FilterHost>(
     let mut meta = serde_json::Map::new();
     let mut new_path = None;
     let mut reroute = false;
+    let mut invalid = None;
     for g in &verdict.good {
         let p = &f.providers[g.provider];
         if !p.forward {
@@ -222,6 +223,11 @@ fn finish<E: FilterHost>(
         }
         for (h, claim) in &p.claim_to_headers {
             if let Some(v) = verify::claim_header(&g.jwt.payload, claim) {
+                if http::HeaderValue::from_bytes(v.as_bytes()).is_err() {
+                    // Envoy sends such a request nowhere: 503 once the filters are done.
+                    invalid.get_or_insert_with(|| h.clone());
+                    continue;
+                }
                 add.push((h.clone(), v.into_bytes()));
             }
         }
@@ -257,6 +263,9 @@ fn finish<E: FilterHost>(
     }
     let state = x.filter_state_mut();
     state.reroute |= reroute;
+    if invalid.is_some() {
+        state.invalid_header = invalid;
+    }
     state.added.extend(add);
     Ok(None)
 }
@@ -338,16 +347,14 @@ impl<E: FilterHost> Tokens for Request<'_, E> {
                 }
             }
         }
-        // Envoy checks cookies, then parameters, then headers (each kind sorted).
+        // Envoy lists headers, then parameters, then cookies (each kind sorted by name),
+        // and checks the list from its end: the order is built so, then reversed.
         let rank = |l: &Location| match l {
-            Location::Cookie(n) => (0, n.to_string()),
+            Location::Header(n, p) => (0, format!("{n}{p}")),
             Location::Param(n) => (1, n.to_string()),
-            Location::Header(n, p) => (2, format!("{n}{p}")),
+            Location::Cookie(n) => (2, n.to_string()),
         };
-        locations.sort_by(|a, b| {
-            let (ka, kb) = (rank(a.0), rank(b.0));
-            ka.0.cmp(&kb.0).then(kb.1.cmp(&ka.1))
-        });
+        locations.sort_by_key(|a| rank(a.0));
         let x = self.0;
         let buf = x.buf();
         let path = x.bytes(&x.log().path);
@@ -369,6 +376,8 @@ impl<E: FilterHost> Tokens for Request<'_, E> {
                         }
                     }
                 }
+                // Other headers: each line is a token of its own, as Envoy finds them
+                // (compared in jwt_parity.py).
                 Location::Header(name, prefix) => {
                     for (n, v) in &x.head().headers {
                         if !buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()) {
@@ -393,8 +402,14 @@ impl<E: FilterHost> Tokens for Request<'_, E> {
                     }
                 }
                 Location::Cookie(name) => {
-                    let value = header_value(buf, &x.head().headers, b"cookie");
-                    let hit = value.as_deref().and_then(|c| {
+                    // Each Cookie line on its own (Envoy's `parseCookies`).
+                    let mut lines = x
+                        .head()
+                        .headers
+                        .iter()
+                        .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"cookie"));
+                    let hit = lines.find_map(|(_, v)| {
+                        let c = &buf[v.clone()];
                         c.split(|&b| b == b';').find_map(|kv| {
                             let kv = kv.trim_ascii();
                             let i = kv.iter().position(|&b| b == b'=')?;
@@ -413,6 +428,7 @@ impl<E: FilterHost> Tokens for Request<'_, E> {
                 }
             }
         }
+        out.reverse();
         out
     }
 }

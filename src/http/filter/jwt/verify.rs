@@ -35,9 +35,8 @@ pub(super) struct Good {
 }
 
 /// The end of an evaluation.
-#[derive(Default)]
 pub(super) struct Verdict {
-    pub status: Option<Status>,
+    pub status: Status,
     pub good: Vec<Good>,
     /// The last token that failed and its provider (`failed_status_in_metadata`).
     pub failed: Option<(usize, Status)>,
@@ -46,20 +45,20 @@ pub(super) struct Verdict {
 impl Verdict {
     fn ok(good: Vec<Good>) -> Verdict {
         Verdict {
-            status: Some(Status::Ok),
+            status: Status::Ok,
             good,
             failed: None,
         }
     }
     fn fail(s: Status, failed: Option<(usize, Status)>) -> Verdict {
         Verdict {
-            status: Some(s),
+            status: s,
             good: Vec::new(),
             failed,
         }
     }
     pub fn status(&self) -> Status {
-        self.status.unwrap_or(Status::Ok)
+        self.status
     }
 }
 
@@ -84,6 +83,25 @@ pub(super) struct Eval<'a, T: Tokens> {
     pub lookups: u64,
 }
 
+/// The providers a requirement can read tokens for (all of them for the bare
+/// allow-missing forms): their output headers are taken from the client before it runs.
+pub(super) fn providers_of(r: &Requirement, n: usize) -> u64 {
+    match r {
+        Requirement::Provider(i, _) => bit(*i),
+        Requirement::Any(l) | Requirement::All(l) => {
+            l.iter().fold(0, |m, q| m | providers_of(q, n))
+        }
+        Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+            if n >= 64 {
+                u64::MAX
+            } else {
+                bit(n) - 1
+            }
+        }
+        Requirement::Empty => 0,
+    }
+}
+
 pub(super) fn bit(i: usize) -> u64 {
     1u64 << i.min(63)
 }
@@ -103,6 +121,21 @@ impl<T: Tokens> Eval<'_, T> {
                     good.extend(v.good);
                 }
                 Ok(Verdict::ok(good))
+            }
+            // Only allow_missing(_or_failed) entries: Envoy checks every provider's
+            // tokens as the bare requirement would.
+            Requirement::Any(list)
+                if list.iter().all(|q| {
+                    matches!(
+                        q,
+                        Requirement::AllowMissing | Requirement::AllowMissingOrFailed
+                    )
+                }) =>
+            {
+                let or_failed = list
+                    .iter()
+                    .any(|q| matches!(q, Requirement::AllowMissingOrFailed));
+                self.any_provider(or_failed)
             }
             Requirement::Any(list) => {
                 let mut status = Status::JwtMissed;
@@ -133,7 +166,7 @@ impl<T: Tokens> Eval<'_, T> {
                 }
                 if allow_failed || (allow_missing && status == Status::JwtMissed) {
                     return Ok(Verdict {
-                        status: Some(Status::Ok),
+                        status: Status::Ok,
                         good: Vec::new(),
                         failed,
                     });
@@ -215,7 +248,7 @@ impl<T: Tokens> Eval<'_, T> {
         }
         let status = if or_failed { Status::Ok } else { last };
         Ok(Verdict {
-            status: Some(status),
+            status,
             good: if status == Status::Ok {
                 good
             } else {
