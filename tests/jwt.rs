@@ -84,6 +84,8 @@ fn claims(iss: &str, sub: &str) -> serde_json::Value {
 struct JwksServer {
     doc: Arc<Mutex<(u16, String, Duration)>>,
     hits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Answers 503 while this is above 0 (counting down).
+    failures: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl JwksServer {
@@ -109,7 +111,18 @@ impl JwksServer {
                         }
                     }
                     s.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let (status, body, delay) = s.doc.lock().unwrap().clone();
+                    let (mut status, body, delay) = s.doc.lock().unwrap().clone();
+                    let failing = s
+                        .failures
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok();
+                    if failing {
+                        status = 503;
+                    }
                     tokio::time::sleep(delay).await;
                     let resp = format!(
                         "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -351,6 +364,53 @@ async fn remote_key_sets_are_fetched_cached_and_rotated() {
             3,
             "{driver}: one fetch per cache period, and the failed one"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_fetch_gets_the_keys_before_any_request_retrying_as_configured() {
+    let key = Key::es256("k");
+    let (jwks_server, jwks_addr) = JwksServer::start(jwks(&[&key])).await;
+    let backend = Backend::start("b").await;
+    for driver in drivers() {
+        jwks_server
+            .failures
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        let hits = jwks_server.hits.load(std::sync::atomic::Ordering::SeqCst);
+        let yaml = bootstrap(&jwks(&[&Key::es256("local")]), jwks_addr, backend.addr, "300s")
+            .replace(
+                "cache_duration: 300s",
+                "cache_duration: 300s\n                    async_fetch: {}\n                    retry_policy: {num_retries: 3, retry_back_off: {base_interval: 0.05s, max_interval: 0.1s}}",
+            );
+        let p = Proxy::start(&yaml, &one_core(driver)).await;
+        // Fetched at start, after two failed attempts, with no request asking.
+        assert_eq!(
+            p.stat_reaching("http.inbound.jwt_authn.jwks_fetch_success", 1)
+                .await,
+            1,
+            "{driver}"
+        );
+        assert_eq!(
+            jwks_server.hits.load(std::sync::atomic::Ordering::SeqCst) - hits,
+            3,
+            "{driver}: two refused attempts, then the keys"
+        );
+        let token = key.sign(&claims("https://remote.example", "a"));
+        let (s, _, _) = send(
+            p.addr(),
+            false,
+            "GET",
+            "/remote",
+            &[("x-remote-token", &token)],
+        )
+        .await;
+        assert_eq!(s, 200, "{driver}");
+        assert_eq!(
+            jwks_server.hits.load(std::sync::atomic::Ordering::SeqCst) - hits,
+            3,
+            "{driver}: the request did not fetch"
+        );
+        assert_eq!(p.stat("http.inbound.jwt_authn.jwks_fetch_failed").await, 0);
     }
 }
 
