@@ -67,6 +67,15 @@ impl Authorization for Service {
                 })),
                 ..Default::default()
             },
+            "deny-204" => CheckResponse {
+                status: status(7),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(ringside::proto::envoy::r#type::v3::HttpStatus { code: 204 }),
+                    body: "a body a 204 cannot carry".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
             "slow" => {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 CheckResponse::default()
@@ -184,12 +193,17 @@ async fn the_authorization_service_decides_and_changes_headers() {
                 "{case}"
             );
             assert_eq!(header(&headers, "x-why"), Some("teapot"), "{case}");
+            // A 204 denial carries no body (Envoy sends one, which a keep-alive client would
+            // read as its next response).
+            let (status, _, body) =
+                send(checked, h2, "GET", "/x", &[("x-verdict", "deny-204")]).await;
+            assert_eq!((status, body.len()), (204, 0), "{case}");
             // Too slow for the call's timeout: status_on_error's default, 403.
             let (status, _, body) = send(checked, h2, "GET", "/x", &[("x-verdict", "slow")]).await;
             assert_eq!((status, body.len()), (403, 0), "{case}");
         }
         assert_eq!(p.stat("http.checked.ext_authz.ok").await, 2);
-        assert_eq!(p.stat("http.checked.ext_authz.denied").await, 2);
+        assert_eq!(p.stat("http.checked.ext_authz.denied").await, 4);
         assert_eq!(p.stat("http.checked.ext_authz.error").await, 2);
         // An unreachable service: through with failure_mode_allow, else status_on_error.
         let open = p.wait_listener("failopen").await;

@@ -104,6 +104,9 @@ pub enum HttpError {
     /// The external authorization service denied the request (its status and body).
     #[error("{body}")]
     ExtAuthzDenied { status: u16, body: Box<str> },
+    /// The external authorization service's answer cannot be applied.
+    #[error("")]
+    ExtAuthzInvalid,
     /// The external authorization service could not be asked (`status_on_error`).
     #[error("")]
     ExtAuthzError { status: u16 },

@@ -32,7 +32,14 @@ pub(crate) async fn unary(ctx: Rc<CoreCtx>, snapshot: Arc<Snapshot>, f: GrpcCall
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     if let Some(t) = f.timeout {
-        req = req.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+        // Envoy's form: milliseconds, or the first larger unit within eight digits.
+        let ms = t.as_millis().max(1);
+        let v = if ms <= 99_999_999 {
+            format!("{ms}m")
+        } else {
+            format!("{}S", (ms / 1000).min(99_999_999))
+        };
+        req = req.header("grpc-timeout", v);
     }
     for (k, v) in &f.metadata {
         req = req.header(&**k, &**v);
@@ -49,8 +56,14 @@ pub(crate) async fn unary(ctx: Rc<CoreCtx>, snapshot: Arc<Snapshot>, f: GrpcCall
     if resp.status() != http::StatusCode::OK {
         return Err(format!("HTTP status {}", resp.status().as_u16()));
     }
-    let trailers_only = resp.headers().get("grpc-status").cloned();
+    let head_status = resp.headers().get("grpc-status").cloned();
     let mut rx = resp.into_body();
+    // grpc-status in the head counts only for a trailers-only answer (no body at all).
+    let trailers_only = if rx.is_end_stream() {
+        head_status
+    } else {
+        None
+    };
     let mut data = Vec::new();
     while let Some(chunk) = rx.data().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
@@ -79,8 +92,9 @@ pub(crate) async fn unary(ctx: Rc<CoreCtx>, snapshot: Arc<Snapshot>, f: GrpcCall
     }
     b.advance(1);
     let len = b.get_u32() as usize;
-    if b.len() < len {
-        return Err("truncated gRPC message".into());
+    if b.len() != len {
+        // Truncated, or more than the one message a unary answer has.
+        return Err("not exactly one gRPC message".into());
     }
-    Ok(b[..len].to_vec())
+    Ok(b.to_vec())
 }

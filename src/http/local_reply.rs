@@ -259,6 +259,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
             "ext_authz_denied",
         ),
+        HttpError::ExtAuthzInvalid => r(
+            500,
+            None,
+            ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
+            "ext_authz_invalid",
+        ),
         HttpError::ExtAuthzError { status } => r(
             *status,
             None,

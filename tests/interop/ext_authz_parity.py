@@ -47,7 +47,7 @@ def check(request, context):
     proxy, case = hs.get("x-proxy", "?"), hs.get("x-case", "?")
     SEEN[(proxy, case)] = {
         "method": http_req.method, "path": http_req.path, "host": http_req.host,
-        "headers": {k: v for k, v in sorted(hs.items()) if k.startswith("x-") and k not in ("x-proxy", "x-request-id")},
+        "headers": {k: v for k, v in sorted(hs.items()) if (k.startswith("x-") or k in ("connection", "te")) and k not in ("x-proxy", "x-request-id")},
         "request id": len(hs.get("x-request-id", "")) == 36, "stream id": http_req.id.isdigit(),
         "pseudo": sorted(k for k in hs if k.startswith(":")),
         "context": dict(sorted(request.attributes.context_extensions.items())),
@@ -65,6 +65,28 @@ def check(request, context):
                                          body="denied by the test service",
                                          headers=[header("x-denied", "yes")])
         return auth.CheckResponse(status=status_pb2.Status(code=7), denied_response=denied)
+    if verdict == "path":
+        return auth.CheckResponse(status=status_pb2.Status(code=0), ok_response=auth.OkHttpResponse(
+            headers=[header(":path", "/rewritten?k=v")]))
+    if verdict == "query":
+        return auth.CheckResponse(status=status_pb2.Status(code=0), ok_response=auth.OkHttpResponse(
+            query_parameters_to_set=[base_pb2.QueryParameter(key="added", value="1"), base_pb2.QueryParameter(key="keep", value="new")],
+            query_parameters_to_remove=["drop"]))
+    if verdict == "bad-value":
+        return auth.CheckResponse(status=status_pb2.Status(code=0), ok_response=auth.OkHttpResponse(
+            headers=[header("x-bad", "a\r\nx-injected: 1")]))
+    if verdict == "framing":
+        return auth.CheckResponse(status=status_pb2.Status(code=0), ok_response=auth.OkHttpResponse(
+            headers=[header("transfer-encoding", "chunked")]))
+    if verdict == "deny-204":
+        return auth.CheckResponse(status=status_pb2.Status(code=7), denied_response=auth.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=204), body="should not be sent"))
+    if verdict == "add-if-absent":
+        h = header("x-authz-set", "from-service")
+        h.append_action = base_pb2.HeaderValueOption.ADD_IF_ABSENT
+        h2 = header("x-new", "added")
+        h2.append_action = base_pb2.HeaderValueOption.ADD_IF_ABSENT
+        return auth.CheckResponse(status=status_pb2.Status(code=0), ok_response=auth.OkHttpResponse(headers=[h, h2]))
     if verdict == "deny-plain":
         return auth.CheckResponse(status=status_pb2.Status(code=7))
     if verdict == "unavailable":
@@ -110,10 +132,10 @@ def config(log):
             "@type": EXT, "transport_api_version": "V3",
             "grpc_service": {"envoy_grpc": {"cluster_name": cluster, "authority": "authz.local"}, "timeout": "0.5s"}, **kw}}
 
-    def hcm(prefix, filters, routes=None):
+    def hcm(prefix, filters, routes=None, edge=False):
         return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": prefix,
+            "stat_prefix": prefix, "use_remote_address": edge,
             "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": log,
                 "log_format": {"text_format_source": {"inline_string": prefix + " %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS%\n"}}}}],
@@ -133,6 +155,7 @@ def config(log):
                                           "value": {"string_match": {"prefix": "istio-ext-authz"}}})
     listeners = {
         "main": hcm("main", [ext()], main_routes),
+        "edge": hcm("edge", [ext()], None, True),
         "failopen": hcm("failopen", [ext("dead", failure_mode_allow=True, failure_mode_allow_header_add=True)]),
         "failclosed": hcm("failclosed", [ext("dead", status_on_error={"code": 503})]),
         "allowed": hcm("allowed", [ext(allowed_headers={"patterns": [{"exact": "x-ext-authz"}, {"exact": "x-case"}, {"exact": "x-proxy"}, {"prefix": "x-keep"}]})]),
@@ -164,6 +187,12 @@ CASES = [
     ("per-route disabled", "main", "/noauth", b"x-ext-authz: deny\r\n"),
     ("context extensions", "main", "/ctx/x", b"x-ext-authz: allow\r\n"),
     ("repeated header", "main", "/a", b"x-ext-authz: allow\r\nx-multi: 1\r\nx-multi: 2\r\n"),
+    ("service rewrites :path", "main", "/orig?a=1", b"x-ext-authz: path\r\n"),
+    ("service sets query parameters", "main", "/q?drop=1&keep=old&z=2", b"x-ext-authz: query\r\n"),
+    ("service sends a value with a line break", "main", "/a", b"x-ext-authz: bad-value\r\n"),
+    ("service sets transfer-encoding", "main", "/a", b"x-ext-authz: framing\r\n"),
+    ("add if absent", "main", "/a", b"x-ext-authz: add-if-absent\r\nx-authz-set: client\r\n"),
+    ("edge: forged headers", "edge", "/a", b"x-ext-authz: allow\r\nx-forwarded-proto: https\r\nx-envoy-external-address: 10.9.9.9\r\nx-envoy-internal: true\r\nx-forwarded-for: 10.1.1.1\r\nx-envoy-retry-on: 5xx\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n"),
     ("failure mode allow", "failopen", "/a", b""),
     ("status on error", "failclosed", "/a", b""),
     ("allowed headers", "allowed", "/a", b"x-ext-authz: allow\r\nx-keep-this: 1\r\nx-drop-this: 1\r\n"),

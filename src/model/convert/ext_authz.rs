@@ -49,10 +49,30 @@ pub(super) fn ext_authz(
             "is not supported (the peer's certificate is not kept)",
         ));
     }
+    // Envoy's gRPC clients wait 200 ms when no timeout is set; 0 waits for ever.
     let timeout = match &g.timeout {
         Some(t) => Some(duration(t, res, &f("grpc_service.timeout"))?).filter(|t| !t.is_zero()),
-        None => None,
+        None => Some(std::time::Duration::from_millis(200)),
     };
+    for (i, h) in g.initial_metadata.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.key.as_bytes()).is_err()
+            || h.key.starts_with(':')
+            || http::HeaderValue::from_str(&h.value).is_err()
+        {
+            return Err(err(
+                res,
+                f(&format!("grpc_service.initial_metadata[{i}]")),
+                "not a valid header",
+            ));
+        }
+    }
+    if !eg.authority.is_empty() && http::uri::Authority::try_from(eg.authority.as_str()).is_err() {
+        return Err(err(
+            res,
+            f("grpc_service.envoy_grpc.authority"),
+            "not a valid authority",
+        ));
+    }
     let status_on_error = match &m.status_on_error {
         None => 403,
         Some(s) if (200..600).contains(&s.code) => s.code as u16,
