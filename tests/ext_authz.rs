@@ -264,3 +264,38 @@ fn what_is_not_implemented_is_refused_by_name() {
         assert!(out.contains(field), "{field}: {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_resets_its_stream_ends_the_check() {
+    let (_svc, authz) = start_service().await;
+    let backend = Backend::start("b").await;
+    let (_dead_socket, dead) = refusing_addr();
+    for driver in drivers() {
+        let yaml = bootstrap(backend.addr, authz, dead).replace("timeout: 0.5s", "timeout: 10s");
+        let p = Proxy::start(&yaml, &one_core(driver)).await;
+        let checked = p.wait_listener("checked").await;
+        let tcp = tokio::net::TcpStream::connect(checked).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("http://example.com/x")
+            .header("x-verdict", "slow")
+            .body(())
+            .unwrap();
+        let (_resp, mut stream) = client.send_request(req, true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        // Seen at once, not when the (2 s) check would have answered.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            p.stat_reaching("http.checked.downstream_rq_rx_reset", 1)
+                .await,
+            1,
+            "{driver}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(1500), "{driver}");
+        // The abandoned check is never counted as answered.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(p.stat("http.checked.ext_authz.ok").await, 0, "{driver}");
+        assert_eq!(p.stat("http.checked.ext_authz.error").await, 0, "{driver}");
+    }
+}

@@ -315,6 +315,16 @@ impl crate::http::filter::FilterHost for Stream {
     fn remove_request_header(&mut self, name: &[u8]) {
         self.head.remove(&self.buf, name);
     }
+    fn reset_while_waiting(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        Box::pin(async move {
+            let respond = &mut self.respond;
+            let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+            self.client_reset();
+            self.responded = true;
+        })
+    }
     fn decide_request_id(&mut self) {
         if self.log.request_id.is_none() {
             self.log.request_id = crate::http::forwarding::request_id(&*self);

@@ -149,7 +149,15 @@ pub(crate) async fn route<'r, E: FilterHost>(
                     from = Some(resume);
                 }
                 Step::Wait(w, resume) => {
-                    w.await;
+                    // A client that resets its stream meanwhile ends the wait (and the
+                    // call behind it) at once.
+                    let gone = monoio::select! {
+                        _ = w => false,
+                        _ = x.reset_while_waiting() => true,
+                    };
+                    if gone {
+                        return Err(HttpError::ClientGone);
+                    }
                     from = Some(resume);
                 }
                 Step::Reroute(resume) => {

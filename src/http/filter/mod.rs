@@ -46,6 +46,11 @@ pub(crate) trait FilterHost: Exchange {
     fn decide_request_id(&mut self);
     /// A unary gRPC call from this core (its HTTP/2 pool): the answer's message bytes.
     fn grpc_unary(&self, call: GrpcCall) -> Pin<Box<dyn Future<Output = GrpcAnswer>>>;
+    /// Resolves when the client gives up on the request (an HTTP/2 stream reset) while a
+    /// filter waits; never, where that cannot be seen.
+    fn reset_while_waiting(&mut self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// A unary gRPC call a filter makes (ext_authz's `Check`).
