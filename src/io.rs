@@ -314,6 +314,29 @@ pub fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// The process's memory as mimalloc sees it: (bytes committed now, the most committed,
+/// resident bytes). For admin's `/memory`.
+pub fn memory_info() -> (usize, usize, usize) {
+    let (mut elapsed, mut user, mut system) = (0usize, 0usize, 0usize);
+    let (mut rss, mut peak_rss, mut commit, mut peak_commit, mut faults) =
+        (0usize, 0usize, 0usize, 0usize, 0usize);
+    // SAFETY: mi_process_info only writes the eight counters it is given pointers to,
+    // all valid locals here.
+    unsafe {
+        libmimalloc_sys::mi_process_info(
+            &mut elapsed,
+            &mut user,
+            &mut system,
+            &mut rss,
+            &mut peak_rss,
+            &mut commit,
+            &mut peak_commit,
+            &mut faults,
+        )
+    };
+    (commit, peak_commit, rss)
+}
+
 /// Drops the executable's pages that start-up touched from this process's resident set
 /// (MADV_PAGEOUT on its own file-backed mappings). They stay in the page cache; the
 /// request path faults back in the few it uses. Start-up code (configuration parsing,
@@ -537,3 +560,4 @@ mod tests {
         );
     }
 }
+

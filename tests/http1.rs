@@ -566,6 +566,17 @@ async fn admin_endpoints() {
         prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a\"} 0"),
         "{prom}"
     );
+    // Envoy's /memory keys (from mimalloc here) and its /init_dump answer.
+    let (s, mem) = p.admin_get("/memory").await;
+    assert_eq!(s, 200);
+    let mem: serde_json::Value = serde_json::from_str(&mem).unwrap();
+    let n = |k: &str| mem[k].as_str().unwrap().parse::<u64>().unwrap();
+    assert!(
+        n("allocated") > 0 && n("heap_size") >= n("allocated"),
+        "{mem}"
+    );
+    assert!(n("total_physical_bytes") > 1 << 20, "{mem}");
+    assert_eq!(p.admin_get("/init_dump").await, (200, "{}".to_string()));
     let (s, _) = p.admin_get("/nope").await;
     assert_eq!(s, 404);
 }

@@ -16,11 +16,13 @@ pub(super) const HELP: &str = "admin commands are:
   /healthcheck/fail (POST): cause the server to fail health checks
   /healthcheck/ok (POST): cause the server to pass health checks
   /help: print out list of admin commands
+  /init_dump: dump current Envoy init manager information (experimental)
   /listeners: print listener info
       format: File format to use; One of (text, json)
   /logging (POST): query/change logging levels
       paths: Change multiple logging levels by setting to <logger_name1>:<desired_level1>,<logger_name2>:<desired_level2>.
       level: desired logging level, this will change all loggers's level; One of (, trace, debug, info, warning, error, critical, off)
+  /memory: print current allocation/heap usage
   /quitquitquit (POST): exit the server
   /ready: print server state, return 200 if LIVE, otherwise return 503
   /reopen_logs (POST): reopen access logs

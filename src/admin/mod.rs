@@ -309,6 +309,27 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 Err(e) => (400, text_ct, e.into_bytes()),
             }
         }
+        // Envoy's keys, from mimalloc (Envoy's come from tcmalloc): `allocated` is what the
+        // allocator holds committed, `heap_size` the most it has, `total_physical_bytes`
+        // the resident set; mimalloc has no page heap or thread caches to report.
+        ("GET", "/memory") => {
+            let (commit, peak, rss) = crate::io::memory_info();
+            let v = json!({
+                "allocated": commit.to_string(),
+                "heap_size": peak.to_string(),
+                "pageheap_unmapped": "0",
+                "pageheap_free": "0",
+                "total_thread_cache": "0",
+                "total_physical_bytes": rss.to_string(),
+            });
+            (
+                200,
+                json_ct,
+                serde_json::to_vec_pretty(&v).unwrap_or_default(),
+            )
+        }
+        // Envoy answers `{}` whatever its init state (no unready targets are listed).
+        ("GET", "/init_dump") => (200, json_ct, b"{}".to_vec()),
         ("GET", "/server_info") => {
             let snap = state.snapshot.load();
             let node = snap
