@@ -492,6 +492,23 @@ def compare_stats(values, names, same=lambda stat, e, r: e == r):
     return passed, failed
 
 
+def compare_logs(logs):
+    """Compares the access log files logs["envoy"] and logs["ringside"] line by line,
+    printing mismatches: (passed, failed)."""
+    lines = {n: open(p).read().splitlines() if os.path.exists(p) else [] for n, p in logs.items()}
+    passed = failed = 0
+    for i, (e, r) in enumerate(zip(lines["envoy"], lines["ringside"])):
+        if e == r:
+            passed += 1
+        else:
+            failed += 1
+            print(f"MISMATCH access log line {i}: envoy {e!r}, ringside {r!r}")
+    if len(lines["envoy"]) != len(lines["ringside"]):
+        failed += 1
+        print(f"MISMATCH access log lines: envoy {len(lines['envoy'])}, ringside {len(lines['ringside'])}")
+    return passed, failed
+
+
 def start(cmd, port, log):
     proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     deadline = time.time() + 30

@@ -29,7 +29,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
-from envoy_parity import compare_stats, free_port, start, stats
+from envoy_parity import compare_logs, compare_stats, free_port, start, stats
 
 SEEN = {}  # (proxy, case) -> what the service was asked
 
@@ -280,16 +280,8 @@ def main():
                     failed += 1
                     print(f"MISMATCH {case} ({what}):\n  envoy:    {a}\n  ringside: {b}")
         time.sleep(1.5)
-        lines = {n: open(p).read().splitlines() if os.path.exists(p) else [] for n, p in logs.items()}
-        for i, (e, r) in enumerate(zip(lines["envoy"], lines["ringside"])):
-            if e == r:
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH access log line {i}: envoy {e!r}, ringside {r!r}")
-        if len(lines["envoy"]) != len(lines["ringside"]):
-            failed += 1
-            print(f"MISMATCH access log lines: envoy {len(lines['envoy'])}, ringside {len(lines['ringside'])}")
+        ok, bad = compare_logs(logs)
+        passed, failed = passed + ok, failed + bad
         values = {n: stats(p, lambda name: "ext_authz." in name and name.startswith("http.")) for n, p in admins.items()}
         ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
         passed, failed = passed + ok, failed + bad

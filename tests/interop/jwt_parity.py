@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 import hmac
 import hashlib
 
-from envoy_parity import compare_stats, free_port, start, stats
+from envoy_parity import compare_logs, compare_stats, free_port, start, stats
 
 NOW = int(time.time())
 
@@ -402,16 +402,8 @@ def main():
                 failed += 1
                 print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
         time.sleep(1.5)
-        lines = {n: open(p).read().splitlines() if os.path.exists(p) else [] for n, p in logs.items()}
-        for i, (e, r) in enumerate(zip(lines["envoy"], lines["ringside"])):
-            if e == r:
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH access log line {i}: envoy {e!r}, ringside {r!r}")
-        if len(lines["envoy"]) != len(lines["ringside"]):
-            failed += 1
-            print(f"MISMATCH access log lines: envoy {len(lines['envoy'])}, ringside {len(lines['ringside'])}")
+        ok, bad = compare_logs(logs)
+        passed, failed = passed + ok, failed + bad
         values = {n: stats(p, lambda name: "jwt_authn." in name or "rbac." in name) for n, p in admins.items()}
         ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
         passed, failed = passed + ok, failed + bad

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from envoy_parity import compare_stats, free_port, start, stats  # shared with the plain parity check
+from envoy_parity import compare_logs, compare_stats, free_port, start, stats  # shared with the plain parity check
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 ROUTER = '{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}'
@@ -288,16 +288,8 @@ def main():
                 failed += 1
                 print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
         time.sleep(1.5)
-        lines = {n: open(p).read().splitlines() if os.path.exists(p) else [] for n, p in logs.items()}
-        for i, (e, r) in enumerate(zip(lines["envoy"], lines["ringside"])):
-            if e == r:
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH access log line {i}: envoy {e!r}, ringside {r!r}")
-        if len(lines["envoy"]) != len(lines["ringside"]):
-            failed += 1
-            print(f"MISMATCH access log lines: envoy {len(lines['envoy'])}, ringside {len(lines['ringside'])}")
+        ok, bad = compare_logs(logs)
+        passed, failed = passed + ok, failed + bad
         values = {n: stats(p, lambda name: "rbac." in name) for n, p in admins.items()}
         ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
         passed, failed = passed + ok, failed + bad
