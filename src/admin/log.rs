@@ -70,7 +70,8 @@ impl Context for AdminExchange {
             Command::Resp(..)
             | Command::UpstreamHost
             | Command::UpstreamCluster
-            | Command::RouteName => false,
+            | Command::RouteName
+            | Command::DynamicMetadata(..) => false,
             Command::Protocol => text("HTTP/1.1"),
             Command::ResponseCode => text(&self.status.to_string()),
             Command::ResponseCodeDetails => text("admin_filter_response"),

@@ -49,6 +49,10 @@ pub(crate) trait Exchange {
     }
     /// Whether a compressor filter removed the request's Accept-Encoding.
     fn accept_encoding_removed(&self) -> bool;
+    /// The request's dynamic metadata, by namespace (what its HTTP filters wrote).
+    fn dynamic_metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        None
+    }
     /// Headers the HTTP filters add to the upstream request (jwt_authn's).
     fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
         &[]

@@ -24,6 +24,23 @@ pub(crate) fn write_command<E: Exchange + ?Sized>(c: &E, cmd: &Command, out: &mu
         true
     };
     match cmd {
+        Command::DynamicMetadata(ns, path) => {
+            let mut v = c.dynamic_metadata().and_then(|m| m.get(ns));
+            for k in path {
+                v = v.and_then(|v| v.as_object()).and_then(|o| o.get(k));
+            }
+            match v {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::String(s)) => {
+                    out.extend_from_slice(s.as_bytes());
+                    true
+                }
+                Some(v) => {
+                    metadata_json(v, out);
+                    true
+                }
+            }
+        }
         Command::StartTime => {
             write_start_time(e.start, out);
             true
@@ -125,5 +142,44 @@ fn req<E: Exchange + ?Sized>(c: &E, name: &str, out: &mut Vec<u8>) -> bool {
 pub(crate) fn write<E: Exchange + ?Sized>(ctx: &crate::ctx::CoreCtx, c: &E) {
     for log in &c.hcm().access_logs {
         ctx.log_line(log.sink, |out| log.format.write(&LogCtx(c), b"-", out));
+    }
+}
+
+/// A metadata value as Envoy prints it (protobuf JSON, compact): whole numbers without a
+/// fraction, strings quoted inside structures.
+fn metadata_json(v: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value as V;
+    match v {
+        V::Null => out.extend_from_slice(b"null"),
+        V::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        V::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                out.extend_from_slice((f as i64).to_string().as_bytes())
+            }
+            _ => out.extend_from_slice(n.to_string().as_bytes()),
+        },
+        V::String(s) => out.extend_from_slice(V::String(s.clone()).to_string().as_bytes()),
+        V::Array(a) => {
+            out.push(b'[');
+            for (i, e) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                metadata_json(e, out);
+            }
+            out.push(b']');
+        }
+        V::Object(o) => {
+            out.push(b'{');
+            for (i, (k, e)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(V::String(k.clone()).to_string().as_bytes());
+                out.push(b':');
+                metadata_json(e, out);
+            }
+            out.push(b'}');
+        }
     }
 }

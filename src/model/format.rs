@@ -48,6 +48,9 @@ pub enum Command {
     DownstreamLocalAddressWithoutPort,
     RouteName,
     Hostname,
+    /// `DYNAMIC_METADATA(NAMESPACE:KEY:...)`: a value a filter wrote (jwt_authn's payload,
+    /// RBAC's shadow verdict).
+    DynamicMetadata(String, Vec<String>),
 }
 
 /// What a format is evaluated against.
@@ -154,6 +157,16 @@ fn parse_command(spec: &str) -> Result<Part, String> {
     let cmd = if let Some(inner) = head.strip_prefix("REQ(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
         Command::Req(a, b)
+    } else if let Some(inner) = head
+        .strip_prefix("DYNAMIC_METADATA(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        let mut parts = inner.split(':').map(str::to_string);
+        let ns = parts
+            .next()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("`%{spec}%`: DYNAMIC_METADATA needs a namespace"))?;
+        Command::DynamicMetadata(ns, parts.collect())
     } else if let Some(inner) = head.strip_prefix("RESP(").and_then(|s| s.strip_suffix(')')) {
         let (a, b) = header_args(inner);
         Command::Resp(a, b)

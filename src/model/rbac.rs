@@ -101,6 +101,9 @@ pub struct RbacFilter {
     /// verdict is written to (`<prefix>shadow_engine_result`,
     /// `<prefix>shadow_effective_policy_id`).
     pub shadow_prefix: Box<str>,
+    /// `rules_stat_prefix`: it prefixes the enforced verdict's dynamic metadata
+    /// (`<prefix>enforced_engine_result`, `<prefix>enforced_effective_policy_id`).
+    pub rules_prefix: Box<str>,
     /// The network filter: evaluated once (on the connection) or on every read; the same
     /// verdict either way, as nothing it reads changes.
     pub continuous: bool,

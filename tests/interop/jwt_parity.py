@@ -170,7 +170,10 @@ def config(jwks, log):
          "direct_response": {"status": 200, "body": {"inline_string": "alice-route"}}},
         {"match": {"prefix": "/"}, "route": up},
     ]
-    fmt = "%RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS%\n"
+    fmt = ("%RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS% sub=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:sub)% "
+           "num=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:num)% scope=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:scope)% "
+           "nested=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:nested)% ok=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:ok)% "
+           "flt=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:flt)% none=%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:absent)%\n")
     hcm = {"stat_prefix": "jwt", "codec_type": "AUTO",
            "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",

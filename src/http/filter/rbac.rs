@@ -58,6 +58,22 @@ pub(super) fn decode<E: FilterHost>(
         super::set_metadata(x, "envoy.filters.http.rbac", m);
     }
     let Some(v) = verdict else { return Ok(()) };
+    {
+        // The enforced verdict in dynamic metadata too, as Envoy 1.40 writes it.
+        let mut m = serde_json::Map::new();
+        let result = if v.allowed { "allowed" } else { "denied" };
+        m.insert(
+            format!("{}enforced_engine_result", f.rules_prefix),
+            result.into(),
+        );
+        if let Some(p) = v.policy {
+            m.insert(
+                format!("{}enforced_effective_policy_id", f.rules_prefix),
+                p.into(),
+            );
+        }
+        super::set_metadata(x, "envoy.filters.http.rbac", m);
+    }
     let c = f.stats.core(core);
     if v.allowed {
         c.inc(RbacStat::Allowed as usize);

@@ -44,6 +44,7 @@ pub(super) fn http(
             .stats
             .scope::<RbacShadowStat>(&join(&base, &m.shadow_rules_stat_prefix)),
         shadow_prefix: m.shadow_rules_stat_prefix.as_str().into(),
+        rules_prefix: m.rules_stat_prefix.as_str().into(),
         continuous: false,
     })
 }
@@ -110,6 +111,7 @@ pub(super) fn network(
             .stats
             .scope::<RbacShadowStat>(&join(&base, &m.shadow_rules_stat_prefix)),
         shadow_prefix: m.shadow_rules_stat_prefix.as_str().into(),
+        rules_prefix: "".into(),
         continuous,
     })
 }

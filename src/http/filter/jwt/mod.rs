@@ -136,6 +136,7 @@ pub(super) fn decode<E: FilterHost>(
         fetched,
         touched: 0,
         lookups: 0,
+        metadata: serde_json::Map::new(),
     };
     let verdict = match eval.requirement(&requirement) {
         Ok(v) => v,
@@ -152,7 +153,8 @@ pub(super) fn decode<E: FilterHost>(
             .core(core)
             .add(JwtAuthnStat::JwtCacheMiss as usize, eval.lookups);
     }
-    finish(x, f, verdict)
+    let meta = std::mem::take(&mut eval.metadata);
+    finish(x, f, verdict, meta)
 }
 
 fn details(words: &str) -> Box<str> {
@@ -164,11 +166,16 @@ fn finish<E: FilterHost>(
     x: &mut E,
     f: &JwtAuthn,
     verdict: verify::Verdict,
+    mut meta: serde_json::Map<String, Value>,
 ) -> Result<Option<Wait>, HttpError> {
     let core = x.core();
     let status = verdict.status();
     if status != Status::Ok {
         f.stats.core(core).inc(JwtAuthnStat::Denied as usize);
+        // What passed is in the metadata all the same (Envoy writes it at the end).
+        if !meta.is_empty() {
+            super::set_metadata(x, NAMESPACE, meta);
+        }
         let words = status.text();
         let (body, challenge) = if f.strip_failure_response {
             (String::new(), None)
@@ -193,7 +200,6 @@ fn finish<E: FilterHost>(
     }
     f.stats.core(core).inc(JwtAuthnStat::Allowed as usize);
     let mut add = Vec::new();
-    let mut meta = serde_json::Map::new();
     let mut new_path = None;
     let mut reroute = false;
     let mut invalid = None;
@@ -235,15 +241,6 @@ fn finish<E: FilterHost>(
             && (!p.claim_to_headers.is_empty() || p.payload_in_metadata.is_some())
         {
             reroute = true;
-        }
-        if let Some(k) = &p.payload_in_metadata {
-            meta.insert(
-                k.to_string(),
-                verify::metadata_payload(&g.jwt.payload, &p.space_delimited_claims),
-            );
-        }
-        if let Some(k) = &p.header_in_metadata {
-            meta.insert(k.to_string(), verify::metadata_payload(&g.jwt.header, &[]));
         }
     }
     if let Some((i, s)) = verdict.failed {

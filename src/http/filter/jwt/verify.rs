@@ -81,6 +81,9 @@ pub(super) struct Eval<'a, T: Tokens> {
     pub touched: u64,
     /// Tokens looked up in Envoy's JWT cache (`jwt_cache_miss`: Ringside keeps none).
     pub lookups: u64,
+    /// The metadata of every token that passed, in the order they did (Envoy writes it
+    /// whatever the requirement's end).
+    pub metadata: serde_json::Map<String, Value>,
 }
 
 /// The providers a requirement can read tokens for (all of them for the bare
@@ -200,11 +203,11 @@ impl<T: Tokens> Eval<'_, T> {
                 return Ok(Verdict::fail(s, Some((i, s))));
             }
             match self.check(i, p, &jwt, auds)? {
-                Status::Ok => good.push(Good {
+                Status::Ok => good.push(self.passed(Good {
                     provider: i,
                     location: t.location,
                     jwt,
-                }),
+                })),
                 s => return Ok(Verdict::fail(s, Some((i, s)))),
             }
         }
@@ -232,11 +235,11 @@ impl<T: Tokens> Eval<'_, T> {
                     Some(i) => {
                         let s = self.check(i, &self.f.providers[i], &jwt, None)?;
                         if s == Status::Ok {
-                            good.push(Good {
+                            good.push(self.passed(Good {
                                 provider: i,
                                 location: t.location,
                                 jwt,
-                            });
+                            }));
                         } else {
                             failed = Some((i, s));
                         }
@@ -256,6 +259,22 @@ impl<T: Tokens> Eval<'_, T> {
             },
             failed,
         })
+    }
+
+    /// Records a token that passed: its payload (and header) in the metadata.
+    fn passed(&mut self, g: Good) -> Good {
+        let p = &self.f.providers[g.provider];
+        if let Some(k) = &p.payload_in_metadata {
+            self.metadata.insert(
+                k.to_string(),
+                metadata_payload(&g.jwt.payload, &p.space_delimited_claims),
+            );
+        }
+        if let Some(k) = &p.header_in_metadata {
+            self.metadata
+                .insert(k.to_string(), metadata_payload(&g.jwt.header, &[]));
+        }
+        g
     }
 
     /// The provider for issuer `iss`: the one with that issuer, else the first without
