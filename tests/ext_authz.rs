@@ -83,7 +83,20 @@ impl Authorization for Service {
             _ => CheckResponse {
                 status: status(0),
                 http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: vec![hv("x-user", "checked")],
+                    headers: vec![
+                        hv("x-user", "checked"),
+                        hv(
+                            "x-seen-body",
+                            &format!(
+                                "{}:{}",
+                                http.body,
+                                http.headers
+                                    .get("x-envoy-auth-partial-body")
+                                    .cloned()
+                                    .unwrap_or_default()
+                            ),
+                        ),
+                    ],
                     headers_to_remove: vec!["x-secret".into()],
                     response_headers_to_add: vec![hv("x-authz", "ok")],
                     ..Default::default()
@@ -144,8 +157,15 @@ fn bootstrap(backend: SocketAddr, authz: SocketAddr, dead: SocketAddr) -> String
         ", filter_enabled_metadata: {filter: envoy.filters.http.rbac, path: [{key: istio_ext_authz_shadow_effective_policy_id}], value: {string_match: {prefix: istio-ext-authz}}}",
     );
     format!(
-        "static_resources:\n  listeners:\n{}{}{}{}  clusters: [{}, {}, {}]\n",
+        "static_resources:\n  listeners:\n{}{}{}{}{}  clusters: [{}, {}, {}]\n",
         listener("checked", &ext("authz", "")),
+        listener(
+            "body",
+            &ext(
+                "authz",
+                ", with_request_body: {max_request_bytes: 4, allow_partial_message: true}"
+            )
+        ),
         listener(
             "failopen",
             &ext(
@@ -245,10 +265,6 @@ fn what_is_not_implemented_is_refused_by_name() {
     assert!(validate("authz-ok", &good, &[]).0);
     for (field, extra) in [
         (
-            "with_request_body",
-            "with_request_body: {max_request_bytes: 10}",
-        ),
-        (
             "http_service",
             "http_service: {server_uri: {uri: 'http://a', cluster: authz, timeout: 1s}}",
         ),
@@ -298,4 +314,59 @@ async fn a_client_that_resets_its_stream_ends_the_check() {
         assert_eq!(p.stat("http.checked.ext_authz.ok").await, 0, "{driver}");
         assert_eq!(p.stat("http.checked.ext_authz.error").await, 0, "{driver}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_request_body_the_check_carries_the_body_s_start_and_the_upstream_all_of_it() {
+    let (_svc, authz) = start_service().await;
+    let backend = Backend::start("b").await;
+    let (_dead_socket, dead) = refusing_addr();
+    for driver in drivers() {
+        let p = Proxy::start(&bootstrap(backend.addr, authz, dead), &one_core(driver)).await;
+        let addr = p.wait_listener("body").await;
+        for h2 in [false, true] {
+            let case = format!("{driver}, HTTP/2 {h2}");
+            let body = bytes::Bytes::from_static(b"hello world");
+            let (status, _, answer) = if h2 {
+                h2_post(addr, "/count", body.clone()).await
+            } else {
+                request(addr, "POST", "/count", &[], body.clone()).await
+            };
+            assert_eq!(status, 200, "{case}");
+            // The upstream got the whole body; the service its first 4 bytes, partial.
+            assert_eq!(String::from_utf8_lossy(&answer), "11", "{case}");
+            assert_eq!(
+                backend.seen.header("x-seen-body").as_deref(),
+                Some("hell:true"),
+                "{case}"
+            );
+        }
+    }
+}
+
+/// A POST over HTTP/2 with `body`: status, headers, answer.
+async fn h2_post(
+    addr: SocketAddr,
+    path: &str,
+    body: bytes::Bytes,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://example.com{path}"))
+        .body(())
+        .unwrap();
+    let (resp, mut tx) = send.send_request(req, false).unwrap();
+    tx.send_data(body, true).unwrap();
+    let resp = resp.await.unwrap();
+    let status = resp.status().as_u16();
+    let hdrs = header_list(resp.headers());
+    let mut rx = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = rx.data().await {
+        let chunk = chunk.unwrap();
+        let _ = rx.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, hdrs, out)
 }

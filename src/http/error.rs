@@ -104,6 +104,10 @@ pub enum HttpError {
     /// The external authorization service denied the request (its status and body).
     #[error("{body}")]
     ExtAuthzDenied { status: u16, body: Box<str> },
+    /// A body a filter must read whole is longer than it may (ext_authz's
+    /// `with_request_body` without `allow_partial_message`).
+    #[error("Payload Too Large")]
+    PayloadTooLarge,
     /// The external authorization service's answer cannot be applied.
     #[error("")]
     ExtAuthzInvalid,

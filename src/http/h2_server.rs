@@ -328,6 +328,46 @@ impl crate::http::filter::FilterHost for Stream {
             self.responded = true;
         })
     }
+    fn buffer_request_body(
+        &mut self,
+        max: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + '_>> {
+        Box::pin(async move {
+            let idle = self.hcm.stream_idle_timeout;
+            let mut data = Vec::new();
+            let mut complete = true;
+            if let Some(body) = &mut self.body {
+                complete = body.is_end_stream();
+                while !complete && data.len() <= max {
+                    match with_timeout(idle, body.data()).await {
+                        None => return Err(HttpError::StreamIdleTimeout),
+                        Some(None) => complete = true,
+                        Some(Some(Err(_))) => {
+                            self.client_reset();
+                            return Err(HttpError::ClientGone);
+                        }
+                        Some(Some(Ok(d))) => {
+                            self.log.bytes_received += d.len() as u64;
+                            data.extend_from_slice(&d);
+                            complete = body.is_end_stream();
+                        }
+                    }
+                }
+            }
+            // Sent first by the forwarding (its window goes back once it went on).
+            if !data.is_empty() {
+                self.req_pending = Some(Bytes::copy_from_slice(&data));
+            }
+            if complete {
+                self.req_done = true;
+            }
+            self.filters.request_body = Some(Box::new(crate::http::filter::BufferedBody {
+                data,
+                complete,
+            }));
+            Ok(())
+        })
+    }
     fn decide_request_id(&mut self) {
         if self.log.request_id.is_none() {
             self.log.request_id = crate::http::forwarding::request_id(&*self);
@@ -434,6 +474,10 @@ impl Stream {
         let authority = authority.start..authority.start + keep;
         let mut path = self.head.target.clone();
         let routes = route_table(&self.hcm, &self.snapshot)?;
+        // The body is the stream's before the filters run: one may read its start.
+        let end = body.is_end_stream();
+        self.req_done = end;
+        self.body = (!end).then_some(body);
         match crate::http::request::route(self, &routes, &authority, &mut path).await? {
             Decision::Answer(a) => {
                 self.simple(a.status, a.body, a.location.as_deref(), &a.mods, None);
@@ -442,9 +486,6 @@ impl Stream {
             Decision::Forward(fw) => {
                 let f: &Forward = fw.f;
                 let limit = stream_limit(f, &self.buf, &self.head);
-                let end = body.is_end_stream();
-                self.req_done = end;
-                self.body = (!end).then_some(body);
                 // Built where it is awaited: a future held in a local first is copied whole.
                 match limit {
                     None => crate::http::proxy::forward(self, &fw, authority, &path).await,

@@ -259,6 +259,9 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UNAUTHORIZED_EXTERNAL_SERVICE,
             "ext_authz_denied",
         ),
+        HttpError::PayloadTooLarge => {
+            r(413, None, ResponseFlags::NONE, "request_payload_too_large")
+        }
         HttpError::ExtAuthzInvalid => r(
             500,
             None,

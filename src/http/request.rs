@@ -160,6 +160,10 @@ pub(crate) async fn route<'r, E: FilterHost>(
                     }
                     from = Some(resume);
                 }
+                Step::BufferBody(max, resume) => {
+                    x.buffer_request_body(max).await?;
+                    from = Some(resume);
+                }
                 Step::Reroute(resume) => {
                     // Route again, with the headers filters added, before the next filter
                     // (it reads the new route's per-filter configuration).

@@ -244,8 +244,20 @@ pub struct ExtAuthz {
     /// `allowed_headers` / `disallowed_headers`: which request headers the check carries.
     pub allowed_headers: Vec<StringMatcher>,
     pub disallowed_headers: Vec<StringMatcher>,
+    /// `with_request_body`: the check carries the body's start.
+    pub with_body: Option<BodySettings>,
     /// `http.<prefix>.ext_authz.[<stat_prefix>.]`.
     pub stats: Arc<Scope>,
+}
+
+/// ext_authz's `BufferSettings`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodySettings {
+    pub max_bytes: usize,
+    /// A longer body is cut at `max_bytes` (else the request is a 413).
+    pub allow_partial: bool,
+    /// Sent as `raw_body` (bytes) instead of `body` (text).
+    pub pack_as_bytes: bool,
 }
 
 /// `ExtAuthzPerRoute`.

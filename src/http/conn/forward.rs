@@ -52,7 +52,10 @@ impl Connection {
         path: std::ops::Range<usize>,
     ) -> Result<Next, HttpError> {
         let b = &mut self.fwd;
-        b.started = false;
+        // A filter that read the body's start (ext_authz) started it: keep what it read.
+        if self.filters.request_body.is_none() {
+            b.started = false;
+        }
         b.broken = false;
         b.close_after = false;
         let r = crate::http::proxy::forward(self, fw, authority, &path).await;
@@ -111,7 +114,7 @@ impl Connection {
         Ok(Next::Close)
     }
 
-    fn start_body(&mut self) {
+    pub(super) fn start_body(&mut self) {
         if !self.fwd.started {
             self.fwd.started = true;
             self.pending = self.take_after_head();

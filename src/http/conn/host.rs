@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::Connection;
+use crate::http::error::HttpError;
 use crate::http::exchange as log;
 use crate::model::{HttpConnectionManager, Snapshot};
 
@@ -27,6 +28,51 @@ impl crate::http::filter::FilterHost for Connection {
     }
     fn remove_request_header(&mut self, name: &[u8]) {
         self.head.remove(&self.buf, name);
+    }
+    fn buffer_request_body(
+        &mut self,
+        max: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HttpError>> + '_>> {
+        Box::pin(async move {
+            use crate::http::body::{Framing, Mode};
+            use crate::http::h1::BodyKind;
+            use crate::http::proxy::{DownError, Downstream as _};
+            let mut data = Vec::new();
+            let mut complete = self.head.body == BodyKind::None;
+            if !complete {
+                // The client waits for this before it sends the body.
+                if !self.send_100_continue().await {
+                    return Err(HttpError::ClientGone);
+                }
+                self.head.expect_continue = false;
+                self.start_body();
+                loop {
+                    // Decoded afresh each time: the forwarding consumes the raw bytes later.
+                    let mut framing = Framing::new(self.head.body, Mode::ChunkDecode);
+                    data.clear();
+                    framing
+                        .consume_into(&self.pending, &mut data)
+                        .map_err(HttpError::BadBody)?;
+                    if framing.done() {
+                        complete = true;
+                        break;
+                    }
+                    if data.len() > max {
+                        break;
+                    }
+                    match self.read_body(self.hcm.stream_idle_timeout).await {
+                        Ok(()) => {}
+                        Err(DownError::Gone) => return Err(HttpError::ClientGone),
+                        Err(DownError::Idle) => return Err(HttpError::StreamIdleTimeout),
+                    }
+                }
+            }
+            self.filters.request_body = Some(Box::new(crate::http::filter::BufferedBody {
+                data,
+                complete,
+            }));
+            Ok(())
+        })
     }
     fn decide_request_id(&mut self) {
         if self.log.request_id.is_none() {

@@ -46,11 +46,26 @@ pub(crate) trait FilterHost: Exchange {
     fn decide_request_id(&mut self);
     /// A unary gRPC call from this core (its HTTP/2 pool): the answer's message bytes.
     fn grpc_unary(&self, call: GrpcCall) -> Pin<Box<dyn Future<Output = GrpcAnswer>>>;
+    /// Reads the request's body until it ends or `max + 1` bytes are in hand, without
+    /// consuming it (the forwarding still sends all of it), into
+    /// [`State::request_body`]. `Err`: the client went away or stalled.
+    fn buffer_request_body(
+        &mut self,
+        max: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<(), HttpError>> + '_>>;
     /// Resolves when the client gives up on the request (an HTTP/2 stream reset) while a
     /// filter waits; never, where that cannot be seen.
     fn reset_while_waiting(&mut self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
         Box::pin(std::future::pending())
     }
+}
+
+/// The start of a request body a filter asked for.
+pub(crate) struct BufferedBody {
+    /// The body's bytes (decoded from chunked framing), at most the limit asked plus one.
+    pub data: Vec<u8>,
+    /// Whether `data` is the whole body.
+    pub complete: bool,
 }
 
 /// A unary gRPC call a filter makes (ext_authz's `Check`).
@@ -79,6 +94,9 @@ pub(crate) enum Step {
     /// A filter cleared the route cache (jwt_authn's `clear_route_cache`): route the
     /// request again, then go on with the next filter.
     Reroute(Resume),
+    /// A filter needs the request's body (up to this many bytes, one more to tell a
+    /// longer one): read it into [`State::request_body`], then run that filter again.
+    BufferBody(usize, Resume),
 }
 
 /// The filter to resume the decode phase at (after its delay).
@@ -117,6 +135,9 @@ pub(crate) struct State {
     /// A header a filter set with a value no header may carry: the request is answered
     /// 503 once the filters are done (Envoy refuses to send it).
     pub invalid_header: Option<Box<str>>,
+    /// The start of the request's body, read before forwarding (ext_authz's
+    /// `with_request_body`); the forwarding still sends all of it.
+    pub request_body: Option<Box<BufferedBody>>,
 }
 
 impl State {
@@ -160,6 +181,7 @@ impl State {
             || self.path.is_some()
             || self.reroute
             || self.invalid_header.is_some()
+            || self.request_body.is_some()
         {
             *self = State::default();
         }
@@ -260,11 +282,13 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
             FilterKind::Compressor(c) => compress::decode(x, c, per),
             FilterKind::Rbac(r) => rbac::decode(x, r, per)?,
-            FilterKind::ExtAuthz(a) => {
-                if let Some(w) = ext_authz::decode(x, a, per, resumed)? {
-                    return Ok(Step::Wait(w, Resume(i, true)));
+            FilterKind::ExtAuthz(a) => match ext_authz::decode(x, a, per, resumed)? {
+                None => {}
+                Some(ext_authz::Pause::Wait(w)) => return Ok(Step::Wait(w, Resume(i, true))),
+                Some(ext_authz::Pause::Body(max)) => {
+                    return Ok(Step::BufferBody(max, Resume(i, false)))
                 }
-            }
+            },
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
                     return Ok(Step::Wait(w, Resume(i, true)));

@@ -103,6 +103,10 @@ impl Downstream for Stream {
     }
 
     fn take_body_stream(&mut self) -> Option<h2::RecvStream> {
+        // A body a filter read in part goes through the read loop, its start first.
+        if self.req_pending.is_some() {
+            return None;
+        }
         let body = self.body.take()?;
         self.req_done = true;
         Some(body)

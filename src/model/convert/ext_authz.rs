@@ -140,6 +140,11 @@ pub(super) fn ext_authz(
         include_tls_session: m.include_tls_session,
         allowed_headers: list(&m.allowed_headers, "allowed_headers")?,
         disallowed_headers: list(&m.disallowed_headers, "disallowed_headers")?,
+        with_body: m.with_request_body.as_ref().map(|b| BodySettings {
+            max_bytes: b.max_request_bytes as usize,
+            allow_partial: b.allow_partial_message,
+            pack_as_bytes: b.pack_as_bytes,
+        }),
         stats: ctx
             .stats
             .scope::<ExtAuthzStat>(&format!("http.{stat_prefix}.ext_authz.{extra}")),

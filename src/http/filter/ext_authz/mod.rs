@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use prost::Message;
 
+mod check;
+
 use super::jwt::Wait;
 use super::FilterHost;
 use crate::http::error::HttpError;
@@ -27,6 +29,15 @@ use crate::model::filter::{ExtAuthz, ExtAuthzPerRoute, PerRoute};
 use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::service::auth::v3 as auth;
 use crate::stats::ExtAuthzStat;
+use check::check_request;
+
+/// Why the filter stops the decode phase for a while.
+pub(super) enum Pause {
+    /// The check is in flight.
+    Wait(Wait),
+    /// The check needs the body's start first (this many bytes).
+    Body(usize),
+}
 
 /// A check in flight: the call fills the slot, the resumed filter reads it.
 pub(crate) struct Pending(Rc<RefCell<Option<Result<auth::CheckResponse, String>>>>);
@@ -36,7 +47,7 @@ pub(super) fn decode<E: FilterHost>(
     f: &Arc<ExtAuthz>,
     per: Option<&PerRoute>,
     resumed: bool,
-) -> Result<Option<Wait>, HttpError> {
+) -> Result<Option<Pause>, HttpError> {
     if resumed {
         let answer = x
             .filter_state_mut()
@@ -65,7 +76,29 @@ pub(super) fn decode<E: FilterHost>(
     // The id the upstream will get, decided now: the check carries it (Envoy's
     // connection manager sets it before any filter runs).
     x.decide_request_id();
-    let check = check_request(x, f, extensions).encode_to_vec();
+    // with_request_body: the body's start first (Envoy buffers it the same way).
+    let mut body = None;
+    if let Some(b) = f.with_body {
+        if x.head()
+            .content_length
+            .is_some_and(|n| n > b.max_bytes as u64)
+            && !b.allow_partial
+        {
+            return Err(HttpError::PayloadTooLarge);
+        }
+        match &x.filter_state().request_body {
+            None => return Ok(Some(Pause::Body(b.max_bytes))),
+            Some(buffered) => {
+                let longer = buffered.data.len() > b.max_bytes;
+                if longer && !b.allow_partial {
+                    return Err(HttpError::PayloadTooLarge);
+                }
+                let data = buffered.data[..buffered.data.len().min(b.max_bytes)].to_vec();
+                body = Some((data, longer || !buffered.complete, b.pack_as_bytes));
+            }
+        }
+    }
+    let check = check_request(x, f, extensions, body).encode_to_vec();
     let slot = Rc::new(RefCell::new(None));
     x.filter_state_mut().ext_authz = Some(Pending(slot.clone()));
     let call = x.grpc_unary(super::GrpcCall {
@@ -77,7 +110,7 @@ pub(super) fn decode<E: FilterHost>(
         message: check,
     });
     let timeout = f.timeout;
-    Ok(Some(Box::pin(async move {
+    Ok(Some(Pause::Wait(Box::pin(async move {
         let answer = match timeout {
             Some(t) => monoio::time::timeout(t, call)
                 .await
@@ -87,7 +120,7 @@ pub(super) fn decode<E: FilterHost>(
         let answer =
             answer.and_then(|m| auth::CheckResponse::decode(&m[..]).map_err(|e| e.to_string()));
         *slot.borrow_mut() = Some(answer);
-    })))
+    }))))
 }
 
 /// Acts on the service's answer (or its absence).
@@ -305,7 +338,7 @@ fn set_request_header<E: FilterHost>(x: &mut E, name: &str, value: Option<Vec<u8
 }
 
 /// The path the upstream would get now (a filter may have rewritten it).
-fn current_path<E: FilterHost>(x: &E) -> &[u8] {
+pub(super) fn current_path<E: FilterHost>(x: &E) -> &[u8] {
     match &x.filter_state().path {
         Some(r) => x.bytes(r),
         None => x.bytes(&x.log().path),
@@ -342,21 +375,6 @@ fn with_query(path: &[u8], ok: &auth::OkHttpResponse) -> Vec<u8> {
     out
 }
 
-/// Whether a `Connection` header names `name` (a hop-by-hop header Envoy removes before
-/// the filters).
-fn nominated(
-    buf: &[u8],
-    headers: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
-    name: &[u8],
-) -> bool {
-    headers.iter().any(|(n, v)| {
-        buf[n.clone()].eq_ignore_ascii_case(b"connection")
-            && buf[v.clone()]
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
-}
-
 /// A response header the service may add: not one the proxy frames the response with.
 fn response_settable(name: &str) -> bool {
     settable(name) && !matches!(name, "grpc-status" | "grpc-message" | "server" | "date")
@@ -386,186 +404,4 @@ fn header_value(h: &core::HeaderValue) -> Option<Vec<u8>> {
     (http::HeaderValue::from_bytes(&v).is_ok()
         && http::HeaderName::from_bytes(h.key.as_bytes()).is_ok())
     .then_some(v)
-}
-
-/// The `CheckRequest` describing the request, as Envoy's `CheckRequestUtils` fills it.
-fn check_request<E: FilterHost>(
-    x: &E,
-    f: &ExtAuthz,
-    extensions: &[(String, String)],
-) -> auth::CheckRequest {
-    use auth::attribute_context::{HttpRequest, Peer, Request, TlsSession};
-    let buf = x.buf();
-    let method = String::from_utf8_lossy(x.bytes(&x.head().method)).into_owned();
-    let path = String::from_utf8_lossy(current_path(x)).into_owned();
-    let host = String::from_utf8_lossy(x.bytes(&x.log().authority)).into_owned();
-    let scheme = String::from_utf8_lossy(crate::http::exchange::forwarded_proto(x)).into_owned();
-    let keep = |name: &str| {
-        (f.allowed_headers.is_empty()
-            || f.allowed_headers.iter().any(|m| m.matches(name.as_bytes())))
-            && !f
-                .disallowed_headers
-                .iter()
-                .any(|m| m.matches(name.as_bytes()))
-    };
-    let mut headers = std::collections::HashMap::new();
-    for (name, value) in [
-        (":authority", &host),
-        (":method", &method),
-        (":path", &path),
-        (":scheme", &scheme),
-    ] {
-        if keep(name) {
-            headers.insert(name.to_string(), value.clone());
-        }
-    }
-    // The request's headers as Envoy's connection manager leaves them for the filters:
-    // hop-by-hop headers gone, what it strips from external requests gone, and what it
-    // writes itself (x-forwarded-*, x-envoy-internal / -external-address, x-request-id).
-    let hcm = x.hcm();
-    let internal = x.internal();
-    let edge = hcm.use_remote_address;
-    let xfcc = crate::http::xfcc::action(hcm.xfcc.0, x.client_cert());
-    for (n, v) in &x.head().headers {
-        let raw = &buf[n.clone()];
-        let name = String::from_utf8_lossy(raw).to_ascii_lowercase();
-        let dropped = name == "host"
-            || crate::model::headers::is_hop_by_hop(raw)
-            || (x.head().nominates && nominated(buf, &x.head().headers, raw))
-            || (!internal && crate::http::trust::stripped_from_external(raw, edge))
-            || name == "x-envoy-internal"
-            || (edge && (name == "x-forwarded-proto" || name == "x-envoy-external-address"))
-            || (name == "x-forwarded-client-cert"
-                && matches!(
-                    xfcc,
-                    crate::http::xfcc::Action::Remove | crate::http::xfcc::Action::Set(_)
-                ))
-            || (name == "x-request-id" && x.log().request_id.is_some());
-        if dropped || !keep(&name) {
-            continue;
-        }
-        let value = String::from_utf8_lossy(&buf[v.clone()]);
-        headers
-            .entry(name)
-            .and_modify(|e: &mut String| {
-                e.push(',');
-                e.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
-    }
-    let hcm_sets =
-        |headers: &mut std::collections::HashMap<String, String>, name: &str, value: String| {
-            if keep(name) {
-                headers.insert(name.to_string(), value);
-            }
-        };
-    if edge {
-        hcm_sets(&mut headers, "x-forwarded-proto", scheme.clone());
-        if !hcm.skip_xff_append {
-            let hop = crate::http::trust::forwarded_for_address(x.peer().ip(), x.local_ip());
-            let xff = match headers.get("x-forwarded-for") {
-                Some(v) => format!("{v},{hop}"),
-                None => hop.to_string(),
-            };
-            hcm_sets(&mut headers, "x-forwarded-for", xff);
-        }
-        if !internal {
-            hcm_sets(
-                &mut headers,
-                "x-envoy-external-address",
-                x.peer().ip().to_string(),
-            );
-        }
-    } else if !headers.contains_key("x-forwarded-proto") {
-        hcm_sets(&mut headers, "x-forwarded-proto", scheme.clone());
-    }
-    if internal {
-        hcm_sets(&mut headers, "x-envoy-internal", "true".into());
-    }
-    match xfcc {
-        crate::http::xfcc::Action::Set(e) => {
-            hcm_sets(&mut headers, "x-forwarded-client-cert", e.to_string())
-        }
-        crate::http::xfcc::Action::Append(e) => {
-            let v = match headers.get("x-forwarded-client-cert") {
-                Some(v) => format!("{v},{e}"),
-                None => e.to_string(),
-            };
-            hcm_sets(&mut headers, "x-forwarded-client-cert", v);
-        }
-        _ => {}
-    }
-    if let Some(id) = &x.log().request_id {
-        hcm_sets(
-            &mut headers,
-            "x-request-id",
-            String::from_utf8_lossy(id).into_owned(),
-        );
-    }
-    for (n, v) in x.filter_state().added_headers() {
-        if keep(n) {
-            headers.insert(n.to_string(), String::from_utf8_lossy(v).into_owned());
-        }
-    }
-    let addr = |a: std::net::SocketAddr| core::Address {
-        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
-            address: a.ip().to_string(),
-            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(
-                a.port(),
-            ))),
-            ..Default::default()
-        })),
-    };
-    let authn = x.authn();
-    let principal = authn.and_then(|a| a.peer.as_ref()).map(|p| {
-        p.uri_sans
-            .first()
-            .or(p.dns_sans.first())
-            .cloned()
-            .unwrap_or_else(|| p.subject.clone())
-    });
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let http = HttpRequest {
-        // Envoy's stream id (a random number), not the x-request-id.
-        id: fastrand::u64(..).to_string(),
-        method,
-        headers,
-        path,
-        host,
-        scheme,
-        size: x.head().content_length.map_or(-1, |n| n as i64),
-        protocol: String::from_utf8_lossy(x.protocol()).into_owned(),
-        ..Default::default()
-    };
-    auth::CheckRequest {
-        attributes: Some(auth::AttributeContext {
-            source: Some(Peer {
-                address: Some(addr(x.peer())),
-                principal: principal.unwrap_or_default(),
-                ..Default::default()
-            }),
-            destination: Some(Peer {
-                address: Some(addr(x.local())),
-                principal: authn
-                    .and_then(|a| a.local_principal.as_deref())
-                    .unwrap_or_default()
-                    .to_string(),
-                ..Default::default()
-            }),
-            request: Some(Request {
-                time: Some(prost_types::Timestamp {
-                    seconds: now.as_secs() as i64,
-                    nanos: now.subsec_nanos() as i32,
-                }),
-                http: Some(http),
-            }),
-            context_extensions: extensions.iter().cloned().collect(),
-            tls_session: (f.include_tls_session && x.downstream_tls()).then(|| TlsSession {
-                sni: authn.map(|a| a.sni.to_string()).unwrap_or_default(),
-            }),
-            ..Default::default()
-        }),
-    }
 }
