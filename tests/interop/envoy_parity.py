@@ -492,6 +492,45 @@ def compare_stats(values, names, same=lambda stat, e, r: e == r):
     return passed, failed
 
 
+def exchange(port, raw, head_only=False, timeout=5):
+    """Sends `raw` on a new connection and reads one response: until its Content-Length
+    is in (or just the head when `head_only`), the peer closes, or `timeout`. Returns
+    (status text, head lines after the status line, body bytes); ("", [], b"") when
+    nothing came."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(timeout)
+    out = b""
+    try:
+        s.sendall(raw)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+            head, sep, body = out.partition(b"\r\n\r\n")
+            if sep:
+                lower = head.lower()
+                if head_only:
+                    break
+                if b"content-length:" in lower:
+                    n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+                    if len(body) >= n:
+                        break
+    except (socket.timeout, ConnectionResetError):
+        pass
+    s.close()
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n") if head else []
+    status = lines[0].split(b" ")[1].decode() if lines and len(lines[0].split(b" ")) > 1 else ""
+    return status, lines[1:], body
+
+
+def header_fields(lines, keep):
+    """The head's fields named in `keep` (lower-case bytes), sorted, for comparison."""
+    return tuple(sorted((k.strip().lower(), v.strip()) for k, _, v in (l.partition(b":") for l in lines)
+                        if k.strip().lower() in keep))
+
+
 def compare_logs(logs):
     """Compares the access log files logs["envoy"] and logs["ringside"] line by line,
     printing mismatches: (passed, failed)."""

@@ -29,7 +29,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
-from envoy_parity import compare_logs, compare_stats, free_port, start, stats
+from envoy_parity import compare_logs, compare_stats, exchange, free_port, header_fields, start, stats
 
 SEEN = {}  # (proxy, case) -> what the service was asked
 
@@ -223,30 +223,9 @@ def send(port, target, headers, proxy, case):
     raw = (f"{method} {target} HTTP/1.1\r\nHost: authz.test\r\nx-proxy: {proxy}\r\nx-case: {case}\r\n").encode() + headers
     if b"\r\n\r\n" not in headers:
         raw += b"\r\n"
-    s = socket.create_connection(("127.0.0.1", port))
-    s.settimeout(5)
-    out = b""
-    try:
-        s.sendall(raw)
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
-            head, sep, body = out.partition(b"\r\n\r\n")
-            if sep and b"content-length:" in head.lower():
-                n = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                if len(body) >= n:
-                    break
-    except (socket.timeout, ConnectionResetError):
-        pass
-    s.close()
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
+    status, lines, body = exchange(port, raw)
     keep = (b"x-authz-resp", b"x-denied", b"content-type", b"content-length", b"x-envoy-auth-failure-mode-allowed")
-    fields = sorted((k.strip().lower(), v.strip()) for k, _, v in (l.partition(b":") for l in lines[1:]) if k.strip().lower() in keep)
-    status = lines[0].split(b" ")[1].decode() if lines and len(lines[0].split(b" ")) > 1 else ""
-    return status, tuple(fields), body.decode(errors="replace")
+    return status, header_fields(lines, keep), body.decode(errors="replace")
 
 
 def main():

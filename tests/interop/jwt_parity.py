@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 import hmac
 import hashlib
 
-from envoy_parity import compare_logs, compare_stats, free_port, start, stats
+from envoy_parity import compare_logs, compare_stats, exchange, free_port, header_fields, start, stats
 
 NOW = int(time.time())
 
@@ -330,37 +330,10 @@ def cases(k):
 
 
 def send(port, method, target, headers):
-    import socket
     raw = f"{method} {target} HTTP/1.1\r\nHost: jwt.test\r\n".encode() + headers + b"Content-Length: 0\r\n\r\n"
-    s = socket.create_connection(("127.0.0.1", port))
-    s.settimeout(5)
-    out = b""
-    try:
-        s.sendall(raw)
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            out += d
-            head, sep, body = out.partition(b"\r\n\r\n")
-            if sep:
-                lower = head.lower()
-                if method == "HEAD" or b"content-length: 0" in lower and not body:
-                    break
-                if b"content-length:" in lower:
-                    n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
-                    if len(body) >= n:
-                        break
-    except (socket.timeout, ConnectionResetError):
-        pass
-    s.close()
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
+    status, lines, body = exchange(port, raw, head_only=method == "HEAD")
     keep = (b"www-authenticate", b"content-type", b"content-length", b"grpc-status", b"grpc-message")
-    fields = sorted((k.strip().lower(), v.strip()) for k, _, v in (l.partition(b":") for l in lines[1:])
-                    if k.strip().lower() in keep)
-    status = lines[0].split(b" ")[1] if lines and len(lines[0].split(b" ")) > 1 else b""
-    return status.decode(), tuple(fields), body.decode(errors="replace")
+    return status, header_fields(lines, keep), body.decode(errors="replace")
 
 
 def main():
