@@ -65,6 +65,11 @@ static FETCHER: OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<RemoteJwks>>> = 
 // fetcher runs) and that fetcher's start take it.
 #[allow(clippy::disallowed_types)]
 static EARLY: std::sync::Mutex<Vec<Weak<RemoteJwks>>> = std::sync::Mutex::new(Vec::new());
+/// The key sets configured now, by everything that configures them: a listener converted
+/// again (every LDS push that touches it) with the same provider keeps its keys and its
+/// fetch in flight instead of starting cold. Configuration-time only, like `EARLY`.
+#[allow(clippy::disallowed_types)]
+static LIVE: std::sync::Mutex<Vec<(String, Weak<RemoteJwks>)>> = std::sync::Mutex::new(Vec::new());
 
 impl RemoteJwks {
     #[allow(clippy::too_many_arguments)]
@@ -79,6 +84,20 @@ impl RemoteJwks {
         backoff: (Duration, Duration),
         stats: Arc<Scope>,
     ) -> Arc<RemoteJwks> {
+        let key = format!(
+            "{uri}\n{cluster}\n{timeout:?}\n{cache_duration:?}\n{:?}\n{retries}\n{backoff:?}\n{:p}",
+            async_fetch.map(|a| a.failed_refetch),
+            Arc::as_ptr(&stats),
+        );
+        let mut live = LIVE.lock().expect("not poisoned");
+        live.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(r) = live
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return r;
+        }
         let r = Arc::new(RemoteJwks {
             uri: uri.into(),
             scheme: scheme.into(),
@@ -95,6 +114,8 @@ impl RemoteJwks {
             in_flight: AtomicBool::new(false),
             done: tokio::sync::Notify::new(),
         });
+        live.push((key, Arc::downgrade(&r)));
+        drop(live);
         if r.async_fetch.is_some() {
             match FETCHER.get() {
                 Some(_) => {
@@ -182,5 +203,42 @@ pub fn register(tx: tokio::sync::mpsc::UnboundedSender<Arc<RemoteJwks>>) {
     let early = std::mem::take(&mut *EARLY.lock().expect("not poisoned"));
     for r in early.iter().filter_map(Weak::upgrade) {
         r.request();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn make(uri: &str, cache: u64, stats: &Arc<Scope>) -> Arc<RemoteJwks> {
+        RemoteJwks::new(
+            uri,
+            ("http", "jwks.example", "/keys"),
+            "jwks",
+            Duration::from_secs(1),
+            Duration::from_secs(cache),
+            None,
+            0,
+            (Duration::ZERO, Duration::ZERO),
+            stats.clone(),
+        )
+    }
+
+    #[test]
+    fn the_same_provider_converted_again_keeps_its_key_set() {
+        let store = crate::stats::Store::new(1);
+        let stats = store.scope::<JwtAuthnStat>("http.t.jwt_authn.");
+        let a = make("http://jwks.example/keys", 60, &stats);
+        let b = make("http://jwks.example/keys", 60, &stats);
+        assert!(Arc::ptr_eq(&a, &b), "one key set, one cache");
+        let c = make("http://jwks.example/keys", 61, &stats);
+        assert!(
+            !Arc::ptr_eq(&a, &c),
+            "another cache duration is another key set"
+        );
+        drop((a, b));
+        // Once no configuration holds it, a new one starts afresh.
+        let d = make("http://jwks.example/keys", 60, &stats);
+        assert_eq!(Arc::strong_count(&d), 1);
     }
 }
