@@ -264,10 +264,7 @@ fn what_is_not_implemented_is_refused_by_name() {
     let good = bootstrap(addr, addr, addr);
     assert!(validate("authz-ok", &good, &[]).0);
     for (field, extra) in [
-        (
-            "http_service",
-            "http_service: {server_uri: {uri: 'http://a', cluster: authz, timeout: 1s}}",
-        ),
+        ("clear_route_cache", "clear_route_cache: true"),
         ("include_peer_certificate", "include_peer_certificate: true"),
     ] {
         let yaml = good.replacen(

@@ -260,14 +260,18 @@ SUBSET = {
     "envoy.extensions.filters.network.rbac.v3.RBAC": ["rules", "shadow_rules",
                                                       "shadow_rules_stat_prefix", "stat_prefix",
                                                       "enforcement_type"],
-    # External authorization (Istio's CUSTOM action) over gRPC. The HTTP service,
-    # request body buffering and the rarer knobs are left out, so they are refused by name.
+    # External authorization (Istio's CUSTOM action) over gRPC or HTTP. The HTTP service's
+    # retry policy and the rarer knobs are left out, so they are refused by name.
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": [
-        "grpc_service", "transport_api_version", "failure_mode_allow",
+        "grpc_service", "http_service", "transport_api_version", "failure_mode_allow",
         "failure_mode_allow_header_add", "status_on_error", "filter_enabled",
         "filter_enabled_metadata", "include_peer_certificate", "stat_prefix",
         "allowed_headers", "disallowed_headers", "include_tls_session", "with_request_body"],
     "envoy.extensions.filters.http.ext_authz.v3.BufferSettings": ["*"],
+    "envoy.extensions.filters.http.ext_authz.v3.HttpService": [
+        "server_uri", "path_prefix", "authorization_request", "authorization_response"],
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest": ["*"],
+    "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse": ["*"],
     "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute": ["disabled", "check_settings"],
     "envoy.extensions.filters.http.ext_authz.v3.CheckSettings": ["context_extensions"],
     "envoy.service.auth.v3.CheckRequest": ["*"],

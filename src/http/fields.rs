@@ -76,3 +76,13 @@ pub(crate) fn write_adds<E: Exchange + ?Sized>(
         }
     }
 }
+
+/// Appends the value of a header format (`%COMMAND%`s of the request; missing ones
+/// empty).
+pub(crate) fn format_value<E: Exchange + ?Sized>(
+    conn: &E,
+    format: &crate::model::format::Format,
+    out: &mut Vec<u8>,
+) {
+    format.write(&ReqCtx(conn), b"", out);
+}

@@ -383,6 +383,13 @@ impl crate::http::filter::FilterHost for Stream {
             call,
         ))
     }
+    fn http_call(
+        &self,
+        call: crate::http::filter::HttpCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::http::filter::HttpAnswer>>> {
+        let (ctx, snapshot) = (self.ctx.clone(), self.snapshot.clone());
+        Box::pin(crate::http::http_call::call(ctx, snapshot, call))
+    }
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
         // After the request head: its ranges stay valid.
         let start = self.buf.len();

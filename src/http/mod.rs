@@ -13,6 +13,7 @@ pub(crate) mod grpc_call;
 pub mod h1;
 pub mod h2;
 pub mod h2_server;
+pub(crate) mod http_call;
 pub mod local_reply;
 pub mod log;
 pub mod path;

@@ -481,7 +481,7 @@ pub(crate) fn local_head<E: FilterHost + ?Sized>(
         if let Some(call) = &conn.filter_state().grpc {
             call.charge(code.as_bytes());
         }
-    } else if body_len > 0 {
+    } else if body_len > 0 && !crate::http::filter::replaces(conn, b"content-type") {
         header(out, b"content-type", b"text/plain");
     }
     // RFC 9110 §8.6: no content-length on a 1xx or 204; Envoy sends none on a 304 either.

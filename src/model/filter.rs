@@ -221,17 +221,14 @@ impl PerFilterConfigs {
     }
 }
 
-/// `envoy.filters.http.ext_authz` with a gRPC authorization service
-/// (`envoy.service.auth.v3.Authorization/Check`), called from the request's core over
-/// that core's HTTP/2 pool.
+/// `envoy.filters.http.ext_authz`: a gRPC authorization service
+/// (`envoy.service.auth.v3.Authorization/Check`) or an HTTP one, called from the
+/// request's core over that core's pools.
 pub struct ExtAuthz {
     pub cluster: Arc<str>,
-    /// `:authority` of the call (the cluster name when unset).
-    pub authority: Box<str>,
-    /// The call's deadline (`grpc_service.timeout`; none: no limit).
+    pub service: AuthzService,
+    /// The call's deadline (`grpc_service.timeout`, `server_uri.timeout`; none: no limit).
     pub timeout: Option<Duration>,
-    /// `grpc_service.initial_metadata`: headers of the call.
-    pub initial_metadata: Vec<(Box<str>, Box<str>)>,
     pub failure_mode_allow: bool,
     pub failure_mode_allow_header_add: bool,
     /// The status of a request when the service cannot be asked (default 403).
@@ -248,6 +245,38 @@ pub struct ExtAuthz {
     pub with_body: Option<BodySettings>,
     /// `http.<prefix>.ext_authz.[<stat_prefix>.]`.
     pub stats: Arc<Scope>,
+}
+
+/// How ext_authz asks its service.
+pub enum AuthzService {
+    Grpc {
+        /// `:authority` of the call (the cluster name when unset).
+        authority: Box<str>,
+        /// `grpc_service.initial_metadata`: headers of the call.
+        initial_metadata: Vec<(Box<str>, Box<str>)>,
+    },
+    Http(Box<HttpAuthz>),
+}
+
+/// ext_authz's `http_service`: the request's method, `path_prefix` + path, host, the
+/// headers the check carries and the body's start go to the service; a 200 allows, a
+/// 5xx or no answer is an error, any other status denies with the service's answer.
+pub struct HttpAuthz {
+    pub path_prefix: Box<str>,
+    /// `authorization_request.headers_to_add` (set, with `%COMMAND%` values).
+    pub headers_to_add: Vec<(Arc<str>, super::format::Format)>,
+    /// `allowed_upstream_headers`: the service's headers set on the allowed request.
+    pub upstream: Vec<StringMatcher>,
+    /// `allowed_upstream_headers_to_append`: the service's headers added to it.
+    pub upstream_append: Vec<StringMatcher>,
+    /// `allowed_client_headers`: the service's headers on a denial (none configured:
+    /// every header but `host`).
+    pub client: Option<Vec<StringMatcher>>,
+    /// `allowed_client_headers_on_success`: the service's headers put on the response of
+    /// an allowed request.
+    pub client_on_success: Vec<StringMatcher>,
+    /// `dynamic_metadata_from_headers`.
+    pub metadata: Vec<StringMatcher>,
 }
 
 /// ext_authz's `BufferSettings`.

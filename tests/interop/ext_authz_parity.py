@@ -27,6 +27,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2 as auth
 from envoy.config.core.v3 import base_pb2
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from envoy_parity import compare_logs, compare_stats, exchange, free_port, header_fields, start, stats
@@ -88,6 +89,11 @@ def check(request, context):
         h2 = header("x-new", "added")
         h2.append_action = base_pb2.HeaderValueOption.ADD_IF_ABSENT
         return auth.CheckResponse(status=status_pb2.Status(code=0), ok_response=auth.OkHttpResponse(headers=[h, h2]))
+    if verdict in ("metadata", "deny-metadata"):
+        md = struct_pb2.Struct()
+        md.update({"k": "v", "n": 2, "f": 1.5, "nested": {"a": True}})
+        code = 0 if verdict == "metadata" else 7
+        return auth.CheckResponse(status=status_pb2.Status(code=code), dynamic_metadata=md)
     if verdict == "deny-plain":
         return auth.CheckResponse(status=status_pb2.Status(code=7))
     if verdict == "unavailable":
@@ -146,7 +152,9 @@ def config(log):
             "stat_prefix": prefix, "use_remote_address": edge,
             "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": log,
-                "log_format": {"text_format_source": {"inline_string": prefix + " %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS%\n"}}}}],
+                "log_format": {"text_format_source": {"inline_string": prefix + " %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %RESPONSE_FLAGS% %DYNAMIC_METADATA(envoy.filters.http.ext_authz:k)%"
+                                               " %DYNAMIC_METADATA(envoy.filters.http.ext_authz:n)% %DYNAMIC_METADATA(envoy.filters.http.ext_authz:f)%"
+                                               " %DYNAMIC_METADATA(envoy.filters.http.ext_authz:nested)%\n"}}}}],
             "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes or [{"match": {"prefix": "/"}, "route": up}]}]},
             "http_filters": filters + [router]}}
 
@@ -191,18 +199,22 @@ CASES = [
     ("allowed", "main", "/a?q=1", b"x-ext-authz: allow\r\nx-authz-set: client\r\nx-authz-appended: one\r\nx-remove-me: 1\r\n"),
     ("denied with a response", "main", "/a", b"x-ext-authz: deny\r\n"),
     ("denied plainly", "main", "/a", b"x-ext-authz: deny-plain\r\n"),
+    ("dynamic metadata", "main", "/a", b"x-ext-authz: metadata\r\n"),
+    ("dynamic metadata of a denial", "main", "/a", b"x-ext-authz: deny-metadata\r\n"),
     ("unauthenticated", "main", "/a", b"x-ext-authz: other\r\n"),
     ("gRPC error", "main", "/a", b"x-ext-authz: unavailable\r\n"),
     ("timeout", "main", "/a", b"x-ext-authz: slow\r\n"),
     ("per-route disabled", "main", "/noauth", b"x-ext-authz: deny\r\n"),
     ("context extensions", "main", "/ctx/x", b"x-ext-authz: allow\r\n"),
     ("repeated header", "main", "/a", b"x-ext-authz: allow\r\nx-multi: 1\r\nx-multi: 2\r\n"),
+    ("bytes that are not UTF-8", "main", "/caf\xe9", b"x-ext-authz: allow\r\nx-bin: caf\xe9 \xe2\x82x\r\n"),
     ("service rewrites :path", "main", "/orig?a=1", b"x-ext-authz: path\r\n"),
     ("service sets query parameters", "main", "/q?drop=1&keep=old&z=2", b"x-ext-authz: query\r\n"),
     ("service sends a value with a line break", "main", "/a", b"x-ext-authz: bad-value\r\n"),
     ("add if absent", "main", "/a", b"x-ext-authz: add-if-absent\r\nx-authz-set: client\r\n"),
     ("edge: forged headers", "edge", "/a", b"x-ext-authz: allow\r\nx-forwarded-proto: https\r\nx-envoy-external-address: 10.9.9.9\r\nx-envoy-internal: true\r\nx-forwarded-for: 10.1.1.1\r\nx-envoy-retry-on: 5xx\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n"),
     ("body sent with the check", "body", "/a", b"x-ext-authz: allow\r\ncontent-length: 5\r\n\r\nhello"),
+    ("a body that is not UTF-8", "body", "/a", b"x-ext-authz: allow\r\ncontent-length: 5\r\n\r\nh\xffllo"),
     ("chunked body sent with the check", "body", "/a", b"x-ext-authz: allow\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"),
     ("body too long", "body", "/a", b"x-ext-authz: allow\r\ncontent-length: 20\r\n\r\n01234567890123456789"),
     ("chunked body too long", "body", "/a", b"x-ext-authz: allow\r\ntransfer-encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n"),
@@ -278,6 +290,8 @@ def main():
                     failed += 1
                     print(f"MISMATCH {case} ({what}):\n  envoy:    {a}\n  ringside: {b}")
         time.sleep(1.5)
+        if verbose:
+            print(open(logs["ringside"]).read())
         ok, bad = compare_logs(logs)
         passed, failed = passed + ok, failed + bad
         values = {n: stats(p, lambda name: "ext_authz." in name and name.startswith("http.")) for n, p in admins.items()}

@@ -89,6 +89,16 @@ impl crate::http::filter::FilterHost for Connection {
             call,
         ))
     }
+    fn http_call(
+        &self,
+        call: crate::http::filter::HttpCall,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = crate::http::filter::HttpAnswer>>> {
+        Box::pin(crate::http::http_call::call(
+            self.ctx.clone(),
+            self.snapshot.clone(),
+            call,
+        ))
+    }
     fn replace_path(&mut self, path: &[u8]) -> std::ops::Range<usize> {
         self.synthesize(path)
     }

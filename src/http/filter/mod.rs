@@ -46,6 +46,8 @@ pub(crate) trait FilterHost: Exchange {
     fn decide_request_id(&mut self);
     /// A unary gRPC call from this core (its HTTP/2 pool): the answer's message bytes.
     fn grpc_unary(&self, call: GrpcCall) -> Pin<Box<dyn Future<Output = GrpcAnswer>>>;
+    /// An HTTP call from this core (its pools): the whole answer.
+    fn http_call(&self, call: HttpCall) -> Pin<Box<dyn Future<Output = HttpAnswer>>>;
     /// Reads the request's body until it ends or `max + 1` bytes are in hand, without
     /// consuming it (the forwarding still sends all of it), into
     /// [`State::request_body`]. `Err`: the client went away or stalled.
@@ -82,6 +84,28 @@ pub(crate) struct GrpcCall {
 
 /// The answer's message, or why there is none.
 pub(crate) type GrpcAnswer = Result<Vec<u8>, String>;
+
+/// An HTTP call a filter makes (ext_authz's HTTP service).
+pub(crate) struct HttpCall {
+    pub cluster: Arc<str>,
+    /// The request head in HTTP/1.1 form (`Host` for the authority), ending with its
+    /// empty line; its `content-length` is the body's.
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+    /// A HEAD request: its answer has no body, whatever its head says.
+    pub head_request: bool,
+}
+
+/// What an HTTP call got back.
+pub(crate) struct HttpReply {
+    pub status: u16,
+    /// Lower-cased names, in the answer's order.
+    pub headers: Vec<(Box<str>, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// The answer, or why there is none.
+pub(crate) type HttpAnswer = Result<HttpReply, String>;
 
 /// Where the decode phase stopped.
 pub(crate) enum Step {
@@ -123,6 +147,9 @@ pub(crate) struct State {
     pub added: Vec<(Box<str>, Vec<u8>)>,
     /// Headers filters add to the response, whoever makes it (ext_authz's).
     pub response_added: Vec<(Box<str>, Vec<u8>)>,
+    /// `response_added` replaces the local reply's own headers of the same names (an
+    /// ext_authz denial's headers), rather than adding to them.
+    pub replaces_reply: bool,
     /// An ext_authz check in flight, or its answer.
     pub ext_authz: Option<ext_authz::Pending>,
     /// Dynamic metadata, by namespace (what jwt_authn writes and RBAC reads).
@@ -176,6 +203,7 @@ impl State {
             || self.jwt.is_some()
             || !self.added.is_empty()
             || !self.response_added.is_empty()
+            || self.replaces_reply
             || self.ext_authz.is_some()
             || self.metadata.is_some()
             || self.path.is_some()
@@ -315,6 +343,15 @@ pub(crate) fn overrides<E: FilterHost + ?Sized>(x: &E, name: &[u8]) -> bool {
                 || (c.head.drop_etag && name.eq_ignore_ascii_case(b"etag"))
                 || (c.head.compressing && name.eq_ignore_ascii_case(b"content-encoding"))
         })
+}
+
+/// Whether a filter's header replaces the local reply's own header `name`.
+pub(crate) fn replaces<E: FilterHost + ?Sized>(x: &E, name: &[u8]) -> bool {
+    let s = x.filter_state();
+    s.replaces_reply
+        && s.response_added
+            .iter()
+            .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// The encode phase on a response head in HTTP/1 form (before its final CRLF): the

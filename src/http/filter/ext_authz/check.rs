@@ -16,9 +16,9 @@ pub(super) fn check_request<E: FilterHost>(
 ) -> auth::CheckRequest {
     use auth::attribute_context::{HttpRequest, Peer, Request, TlsSession};
     let buf = x.buf();
-    let method = String::from_utf8_lossy(x.bytes(&x.head().method)).into_owned();
-    let path = String::from_utf8_lossy(current_path(x)).into_owned();
-    let host = String::from_utf8_lossy(x.bytes(&x.log().authority)).into_owned();
+    let method = sanitize(x.bytes(&x.head().method));
+    let path = sanitize(current_path(x));
+    let host = sanitize(x.bytes(&x.log().authority));
     let scheme = String::from_utf8_lossy(crate::http::exchange::forwarded_proto(x)).into_owned();
     let keep = |name: &str| {
         (f.allowed_headers.is_empty()
@@ -64,14 +64,14 @@ pub(super) fn check_request<E: FilterHost>(
         if dropped || !keep(&name) {
             continue;
         }
-        let value = String::from_utf8_lossy(&buf[v.clone()]);
+        let value = sanitize(&buf[v.clone()]);
         headers
             .entry(name)
             .and_modify(|e: &mut String| {
                 e.push(',');
                 e.push_str(&value);
             })
-            .or_insert_with(|| value.into_owned());
+            .or_insert_with(|| value);
     }
     let hcm_sets =
         |headers: &mut std::collections::HashMap<String, String>, name: &str, value: String| {
@@ -116,15 +116,11 @@ pub(super) fn check_request<E: FilterHost>(
         _ => {}
     }
     if let Some(id) = &x.log().request_id {
-        hcm_sets(
-            &mut headers,
-            "x-request-id",
-            String::from_utf8_lossy(id).into_owned(),
-        );
+        hcm_sets(&mut headers, "x-request-id", sanitize(id));
     }
     for (n, v) in x.filter_state().added_headers() {
         if keep(n) {
-            headers.insert(n.to_string(), String::from_utf8_lossy(v).into_owned());
+            headers.insert(n.to_string(), sanitize(v));
         }
     }
     let addr = |a: std::net::SocketAddr| core::Address {
@@ -156,7 +152,7 @@ pub(super) fn check_request<E: FilterHost>(
     }
     let (text, raw) = match body {
         Some((data, _, true)) => (String::new(), data),
-        Some((data, _, false)) => (String::from_utf8_lossy(&data).into_owned(), Vec::new()),
+        Some((data, _, false)) => (sanitize(&data), Vec::new()),
         None => (String::new(), Vec::new()),
     };
     let http = HttpRequest {
@@ -201,6 +197,28 @@ pub(super) fn check_request<E: FilterHost>(
             }),
             ..Default::default()
         }),
+    }
+}
+
+/// `bytes` as text the way Envoy's `sanitizeUtf8String` makes it: each byte of an
+/// invalid sequence becomes `!`, so the length stays the same.
+pub(super) fn sanitize(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                let n = e.error_len().unwrap_or(bad.len());
+                out.extend(std::iter::repeat_n('!', n));
+                rest = &bad[n..];
+            }
+        }
     }
 }
 

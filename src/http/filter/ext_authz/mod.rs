@@ -1,8 +1,8 @@
-//! `envoy.filters.http.ext_authz` with a gRPC service (Istio's CUSTOM action): the request
-//! is described in a `CheckRequest` (peer addresses and principals, method, path, host,
-//! headers) and sent to `envoy.service.auth.v3.Authorization/Check` over an HTTP/2
-//! connection of the request's own core (its pool, as the router's), while the request
-//! waits. Then, as Envoy does:
+//! `envoy.filters.http.ext_authz` (Istio's CUSTOM action): the request is described in a
+//! `CheckRequest` (peer addresses and principals, method, path, host, headers) and sent to
+//! `envoy.service.auth.v3.Authorization/Check` over an HTTP/2 connection of the request's
+//! own core (its pool, as the router's), or to an HTTP service as a request of its own
+//! (`http`), while the request waits. Then, for the gRPC service, as Envoy does:
 //! - OK: the service's headers are set on (or appended to) the upstream request, its
 //!   `headers_to_remove` removed, its `response_headers_to_add` put on the response;
 //! - denied: its status (403 when unset), body and headers answer the request (`UAEX`,
@@ -21,11 +21,12 @@ use std::sync::Arc;
 use prost::Message;
 
 mod check;
+mod http_service;
 
 use super::jwt::Wait;
 use super::FilterHost;
 use crate::http::error::HttpError;
-use crate::model::filter::{ExtAuthz, ExtAuthzPerRoute, PerRoute};
+use crate::model::filter::{AuthzService, ExtAuthz, ExtAuthzPerRoute, PerRoute};
 use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::service::auth::v3 as auth;
 use crate::stats::ExtAuthzStat;
@@ -40,7 +41,19 @@ pub(super) enum Pause {
 }
 
 /// A check in flight: the call fills the slot, the resumed filter reads it.
-pub(crate) struct Pending(Rc<RefCell<Option<Result<auth::CheckResponse, String>>>>);
+pub(crate) struct Pending {
+    slot: Rc<RefCell<Option<Result<Answer, String>>>>,
+    started: std::time::Instant,
+}
+
+/// What the service said.
+enum Answer {
+    Grpc(auth::CheckResponse),
+    Http(super::HttpReply),
+}
+
+/// Where ext_authz writes dynamic metadata.
+const NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
 pub(super) fn decode<E: FilterHost>(
     x: &mut E,
@@ -49,13 +62,12 @@ pub(super) fn decode<E: FilterHost>(
     resumed: bool,
 ) -> Result<Option<Pause>, HttpError> {
     if resumed {
-        let answer = x
-            .filter_state_mut()
-            .ext_authz
-            .take()
-            .and_then(|p| p.0.borrow_mut().take())
+        let pending = x.filter_state_mut().ext_authz.take();
+        let started = pending.as_ref().map(|p| p.started);
+        let answer = pending
+            .and_then(|p| p.slot.borrow_mut().take())
             .unwrap_or_else(|| Err("no answer".into()));
-        return apply(x, f, answer).map(|()| None);
+        return apply(x, f, answer, started).map(|()| None);
     }
     let extensions = match per {
         Some(PerRoute::ExtAuthz(p)) => match &**p {
@@ -98,17 +110,46 @@ pub(super) fn decode<E: FilterHost>(
             }
         }
     }
-    let check = check_request(x, f, extensions, body).encode_to_vec();
+    // The HTTP service gets the body's start as it came (the check's copy is text).
+    let raw = match (&f.service, &body) {
+        (AuthzService::Http(_), Some((data, _, _))) if !data.is_empty() => Some(data.clone()),
+        _ => None,
+    };
+    let check = check_request(x, f, extensions, body);
     let slot = Rc::new(RefCell::new(None));
-    x.filter_state_mut().ext_authz = Some(Pending(slot.clone()));
-    let call = x.grpc_unary(super::GrpcCall {
-        cluster: f.cluster.clone(),
-        authority: f.authority.clone(),
-        path: "/envoy.service.auth.v3.Authorization/Check",
-        metadata: f.initial_metadata.clone(),
-        timeout: f.timeout,
-        message: check,
+    x.filter_state_mut().ext_authz = Some(Pending {
+        slot: slot.clone(),
+        started: std::time::Instant::now(),
     });
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, String>>>>;
+    let call: Call = match &f.service {
+        AuthzService::Grpc {
+            authority,
+            initial_metadata,
+        } => {
+            let call = x.grpc_unary(super::GrpcCall {
+                cluster: f.cluster.clone(),
+                authority: authority.clone(),
+                path: "/envoy.service.auth.v3.Authorization/Check",
+                metadata: initial_metadata.clone(),
+                timeout: f.timeout,
+                message: check.encode_to_vec(),
+            });
+            Box::pin(async move {
+                let m = call.await?;
+                auth::CheckResponse::decode(&m[..])
+                    .map(Answer::Grpc)
+                    .map_err(|e| e.to_string())
+            })
+        }
+        AuthzService::Http(h) => match http_service::call(x, f, h, &check, raw) {
+            Ok(call) => {
+                let call = x.http_call(call);
+                Box::pin(async move { call.await.map(Answer::Http) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        },
+    };
     let timeout = f.timeout;
     Ok(Some(Pause::Wait(Box::pin(async move {
         let answer = match timeout {
@@ -117,8 +158,6 @@ pub(super) fn decode<E: FilterHost>(
                 .unwrap_or_else(|_| Err("timed out".into())),
             None => call.await,
         };
-        let answer =
-            answer.and_then(|m| auth::CheckResponse::decode(&m[..]).map_err(|e| e.to_string()));
         *slot.borrow_mut() = Some(answer);
     }))))
 }
@@ -127,30 +166,87 @@ pub(super) fn decode<E: FilterHost>(
 fn apply<E: FilterHost>(
     x: &mut E,
     f: &ExtAuthz,
-    answer: Result<auth::CheckResponse, String>,
+    answer: Result<Answer, String>,
+    started: Option<std::time::Instant>,
 ) -> Result<(), HttpError> {
+    let answer = match answer {
+        Err(e) => return failed(x, f, &e),
+        Ok(a) => a,
+    };
+    let mut metadata = serde_json::Map::new();
+    let (result, allowed) = match (answer, &f.service) {
+        (Answer::Grpc(r), _) => {
+            if let Some(s) = &r.dynamic_metadata {
+                metadata.extend(json_fields(s));
+            }
+            let allowed = r.status.as_ref().is_none_or(|s| s.code == 0);
+            (grpc(x, f, r), allowed)
+        }
+        (Answer::Http(reply), AuthzService::Http(h)) => {
+            let allowed = reply.status == 200;
+            match http_service::apply(x, f, h, reply, &mut metadata) {
+                Ok(true) => (Ok(()), allowed),
+                Ok(false) => return failed(x, f, "the service answered with a 5xx"),
+                Err(e) => (Err(e), allowed),
+            }
+        }
+        (Answer::Http(_), _) => return failed(x, f, "an HTTP answer to a gRPC check"),
+    };
+    // Envoy adds how long an allowing check took to the metadata the service gave.
+    if !metadata.is_empty() {
+        if let Some(t) = started.filter(|_| allowed) {
+            let ms = t.elapsed().as_millis() as u64;
+            metadata.insert("ext_authz_duration".into(), ms.into());
+        }
+        super::set_metadata(x, NAMESPACE, metadata);
+    }
+    result
+}
+
+/// A protobuf `Struct`'s fields as JSON (whole numbers as integers, as Envoy prints them).
+fn json_fields(s: &prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    s.fields.iter().map(|(k, v)| (k.clone(), json(v))).collect()
+}
+
+fn json(v: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => (*n as i64).into(),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::StructValue(s)) => serde_json::Value::Object(json_fields(s)),
+        Some(Kind::ListValue(l)) => l.values.iter().map(json).collect(),
+    }
+}
+
+/// Envoy's answer when the service could not be asked (or answered with an error).
+fn failed<E: FilterHost>(x: &mut E, f: &ExtAuthz, why: &str) -> Result<(), HttpError> {
     let core = x.core();
     let stat = |s: ExtAuthzStat| f.stats.core(core).inc(s as usize);
-    let r = match answer {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!("ext_authz: the check to {} failed: {e}", f.cluster);
-            stat(ExtAuthzStat::Error);
-            if f.failure_mode_allow {
-                stat(ExtAuthzStat::FailureModeAllowed);
-                if f.failure_mode_allow_header_add {
-                    x.remove_request_header(b"x-envoy-auth-failure-mode-allowed");
-                    x.filter_state_mut()
-                        .added
-                        .push(("x-envoy-auth-failure-mode-allowed".into(), b"true".to_vec()));
-                }
-                return Ok(());
-            }
-            return Err(HttpError::ExtAuthzError {
-                status: f.status_on_error,
-            });
+    tracing::debug!("ext_authz: the check to {} failed: {why}", f.cluster);
+    stat(ExtAuthzStat::Error);
+    if f.failure_mode_allow {
+        stat(ExtAuthzStat::FailureModeAllowed);
+        if f.failure_mode_allow_header_add {
+            x.remove_request_header(b"x-envoy-auth-failure-mode-allowed");
+            x.filter_state_mut()
+                .added
+                .push(("x-envoy-auth-failure-mode-allowed".into(), b"true".to_vec()));
         }
-    };
+        return Ok(());
+    }
+    Err(HttpError::ExtAuthzError {
+        status: f.status_on_error,
+    })
+}
+
+/// Acts on the gRPC service's answer.
+fn grpc<E: FilterHost>(x: &mut E, f: &ExtAuthz, r: auth::CheckResponse) -> Result<(), HttpError> {
+    let core = x.core();
+    let stat = |s: ExtAuthzStat| f.stats.core(core).inc(s as usize);
     use auth::check_response::HttpResponse;
     let code = r.status.as_ref().map_or(0, |s| s.code);
     if code != 0 {
@@ -171,6 +267,7 @@ fn apply<E: FilterHost>(
         } else {
             body
         };
+        x.filter_state_mut().replaces_reply = true;
         let added = &mut x.filter_state_mut().response_added;
         for h in headers.iter().filter_map(|o| o.header.as_ref()) {
             if !response_settable(&h.key.to_ascii_lowercase()) {
