@@ -149,10 +149,16 @@ stat_family! {
         UpdateEmpty = "update_empty",
         UpstreamCxOverflow = "upstream_cx_overflow",
         UpstreamRqActiveOverflow = "upstream_rq_active_overflow",
+        // What ext_authz decided for requests routed to the cluster.
+        ExtAuthzOk = "ext_authz.ok",
+        ExtAuthzDenied = "ext_authz.denied",
+        ExtAuthzError = "ext_authz.error",
+        ExtAuthzFailureModeAllowed = "ext_authz.failure_mode_allowed",
     } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
       lazy_stats [UpstreamRq1xx, UpstreamRq2xx, UpstreamRq3xx, UpstreamRq4xx, UpstreamRq5xx,
                   SslHandshake, SslConnectionError, SslFailVerifyError, SslFailVerifySan,
-                  SslFailVerifyNoCert, SslSessionReused, UpdateRejected]
+                  SslFailVerifyNoCert, SslSessionReused, UpdateRejected, ExtAuthzOk,
+                  ExtAuthzDenied, ExtAuthzError, ExtAuthzFailureModeAllowed]
       codes "upstream_rq_"
       histograms ["upstream_rq_time", "upstream_cx_connect_ms"] lazy_histograms [0]
 }

@@ -19,6 +19,7 @@ failure). With RINGSIDE_BINARY '-', only Envoy runs (VERBOSE=1 prints what it do
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -241,6 +242,13 @@ def send(port, target, headers, proxy):
     return status, header_fields(lines, keep), body.decode(errors="replace").replace(f"/{proxy}/", "/PROXY/")
 
 
+def counted(name):
+    """The stats compared: the filter's, and what it charges to the routed cluster (its
+    decisions, and a denial's status as if the cluster had answered)."""
+    return ((name.startswith("http.") and ".ext_authz." in name) or name.startswith("cluster.up.ext_authz.")
+            or re.fullmatch(r"cluster\.up\.upstream_rq_([0-9]xx|[0-9]+|completed)", name) is not None)
+
+
 def main():
     ringside = sys.argv[1]
     envoy = shutil.which("envoy")
@@ -308,7 +316,7 @@ def main():
             return 0
         ok, bad = compare_logs(logs)
         passed, failed = passed + ok, failed + bad
-        values = {n: stats(p, lambda name: "ext_authz." in name and name.startswith("http.")) for n, p in admins.items()}
+        values = {n: stats(p, counted) for n, p in admins.items()}
         ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
         passed, failed = passed + ok, failed + bad
     finally:

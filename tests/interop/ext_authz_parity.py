@@ -15,6 +15,7 @@ Usage: ext_authz_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -240,6 +241,13 @@ def send(port, target, headers, proxy, case):
     return status, header_fields(lines, keep), body.decode(errors="replace")
 
 
+def counted(name):
+    """The stats compared: the filter's, and what it charges to the routed cluster (its
+    decisions, and a denial's status as if the cluster had answered)."""
+    return ((name.startswith("http.") and ".ext_authz." in name) or name.startswith("cluster.up.ext_authz.")
+            or re.fullmatch(r"cluster\.up\.upstream_rq_([0-9]xx|[0-9]+|completed)", name) is not None)
+
+
 def main():
     ringside = sys.argv[1]
     envoy = shutil.which("envoy")
@@ -294,7 +302,7 @@ def main():
             print(open(logs["ringside"]).read())
         ok, bad = compare_logs(logs)
         passed, failed = passed + ok, failed + bad
-        values = {n: stats(p, lambda name: "ext_authz." in name and name.startswith("http.")) for n, p in admins.items()}
+        values = {n: stats(p, counted) for n, p in admins.items()}
         ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
         passed, failed = passed + ok, failed + bad
     finally:

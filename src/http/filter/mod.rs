@@ -310,13 +310,15 @@ pub(crate) fn decode_headers<E: FilterHost>(
             FilterKind::LocalRateLimit(l) => ratelimit::decode(x, l, per)?,
             FilterKind::Compressor(c) => compress::decode(x, c, per),
             FilterKind::Rbac(r) => rbac::decode(x, r, per)?,
-            FilterKind::ExtAuthz(a) => match ext_authz::decode(x, a, per, resumed)? {
-                None => {}
-                Some(ext_authz::Pause::Wait(w)) => return Ok(Step::Wait(w, Resume(i, true))),
-                Some(ext_authz::Pause::Body(max)) => {
-                    return Ok(Step::BufferBody(max, Resume(i, false)))
+            FilterKind::ExtAuthz(a) => {
+                match ext_authz::decode(x, a, per, routed.cluster(), resumed)? {
+                    None => {}
+                    Some(ext_authz::Pause::Wait(w)) => return Ok(Step::Wait(w, Resume(i, true))),
+                    Some(ext_authz::Pause::Body(max)) => {
+                        return Ok(Step::BufferBody(max, Resume(i, false)))
+                    }
                 }
-            },
+            }
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
                     return Ok(Step::Wait(w, Resume(i, true)));

@@ -55,10 +55,12 @@ enum Answer {
 /// Where ext_authz writes dynamic metadata.
 const NAMESPACE: &str = "envoy.filters.http.ext_authz";
 
+/// `cluster`: where the request is routed (its stats count the decisions too).
 pub(super) fn decode<E: FilterHost>(
     x: &mut E,
     f: &Arc<ExtAuthz>,
     per: Option<&PerRoute>,
+    cluster: Option<&str>,
     resumed: bool,
 ) -> Result<Option<Pause>, HttpError> {
     if resumed {
@@ -67,7 +69,9 @@ pub(super) fn decode<E: FilterHost>(
         let answer = pending
             .and_then(|p| p.slot.borrow_mut().take())
             .unwrap_or_else(|| Err("no answer".into()));
-        return apply(x, f, answer, started).map(|()| None);
+        let result = apply(x, f, answer, started);
+        charge(x, cluster, &result);
+        return result.map(|_| None);
     }
     let extensions = match per {
         Some(PerRoute::ExtAuthz(p)) => match &**p {
@@ -168,7 +172,7 @@ fn apply<E: FilterHost>(
     f: &ExtAuthz,
     answer: Result<Answer, String>,
     started: Option<std::time::Instant>,
-) -> Result<(), HttpError> {
+) -> Result<Verdict, HttpError> {
     let answer = match answer {
         Err(e) => return failed(x, f, &e),
         Ok(a) => a,
@@ -180,12 +184,12 @@ fn apply<E: FilterHost>(
                 metadata.extend(json_fields(s));
             }
             let allowed = r.status.as_ref().is_none_or(|s| s.code == 0);
-            (grpc(x, f, r), allowed)
+            (grpc(x, f, r).map(|()| Verdict::Allowed), allowed)
         }
         (Answer::Http(reply), AuthzService::Http(h)) => {
             let allowed = reply.status == 200;
             match http_service::apply(x, f, h, reply, &mut metadata) {
-                Ok(true) => (Ok(()), allowed),
+                Ok(true) => (Ok(Verdict::Allowed), allowed),
                 Ok(false) => return failed(x, f, "the service answered with a 5xx"),
                 Err(e) => (Err(e), allowed),
             }
@@ -201,6 +205,37 @@ fn apply<E: FilterHost>(
         super::set_metadata(x, NAMESPACE, metadata);
     }
     result
+}
+
+/// Counts the decision on the routed cluster, as Envoy does: `ext_authz.*`, and for a
+/// denial the answer's status as if the cluster had answered.
+fn charge<E: FilterHost>(x: &E, cluster: Option<&str>, result: &Result<Verdict, HttpError>) {
+    use crate::stats::ClusterStat as C;
+    let Some(c) = cluster.and_then(|n| x.snapshot().cluster(n)) else {
+        return;
+    };
+    let cs = c.stats.core(x.core());
+    match result {
+        Ok(Verdict::FailedOpen) => {
+            cs.inc(C::ExtAuthzError as usize);
+            cs.inc(C::ExtAuthzFailureModeAllowed as usize);
+        }
+        Ok(Verdict::Allowed) => cs.inc(C::ExtAuthzOk as usize),
+        Err(HttpError::ExtAuthzDenied { status, .. }) => {
+            cs.inc(C::ExtAuthzDenied as usize);
+            cs.count_status(*status, C::UpstreamRq1xx as usize);
+            cs.inc(C::UpstreamRqCompleted as usize);
+        }
+        Err(HttpError::ExtAuthzError { .. }) => cs.inc(C::ExtAuthzError as usize),
+        Err(_) => {}
+    }
+}
+
+/// Why a request goes on.
+enum Verdict {
+    Allowed,
+    /// The service could not be asked and `failure_mode_allow` lets the request through.
+    FailedOpen,
 }
 
 /// A protobuf `Struct`'s fields as JSON (whole numbers as integers, as Envoy prints them).
@@ -223,7 +258,7 @@ fn json(v: &prost_types::Value) -> serde_json::Value {
 }
 
 /// Envoy's answer when the service could not be asked (or answered with an error).
-fn failed<E: FilterHost>(x: &mut E, f: &ExtAuthz, why: &str) -> Result<(), HttpError> {
+fn failed<E: FilterHost>(x: &mut E, f: &ExtAuthz, why: &str) -> Result<Verdict, HttpError> {
     let core = x.core();
     let stat = |s: ExtAuthzStat| f.stats.core(core).inc(s as usize);
     tracing::debug!("ext_authz: the check to {} failed: {why}", f.cluster);
@@ -236,7 +271,7 @@ fn failed<E: FilterHost>(x: &mut E, f: &ExtAuthz, why: &str) -> Result<(), HttpE
                 .added
                 .push(("x-envoy-auth-failure-mode-allowed".into(), b"true".to_vec()));
         }
-        return Ok(());
+        return Ok(Verdict::FailedOpen);
     }
     Err(HttpError::ExtAuthzError {
         status: f.status_on_error,
