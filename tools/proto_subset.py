@@ -355,7 +355,15 @@ SUBSET = {
                                           "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
                                           "auto_host_rewrite", "timeout", "idle_timeout",
                                           "upgrade_configs", "max_stream_duration", "retry_policy",
-                                          "max_grpc_timeout", "grpc_timeout_offset"],
+                                          "max_grpc_timeout", "grpc_timeout_offset", "hash_policy"],
+    # Consistent hashing's request keys; a cookie Envoy would generate (ttl), a header
+    # rewrite and filter state are refused by name.
+    "envoy.config.route.v3.RouteAction.HashPolicy": ["header", "cookie", "connection_properties",
+                                                     "query_parameter", "terminal"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header": ["header_name"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": ["name"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties": ["source_ip"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": ["name"],
     # Retries; retry_priority and retry_options_predicates are refused by name.
     "envoy.config.route.v3.RetryPolicy": ["retry_on", "num_retries", "per_try_timeout",
                                           "per_try_idle_timeout", "retry_host_predicate",
@@ -394,12 +402,15 @@ SUBSET = {
                                         "load_assignment", "dns_refresh_rate", "respect_dns_ttl",
                                         "dns_jitter",
                                         "dns_lookup_family", "common_http_protocol_options", "least_request_lb_config",
+                                        "ring_hash_lb_config", "maglev_lb_config",
                                         "eds_cluster_config", "typed_extension_protocol_options",
                                         "http2_protocol_options", "upstream_bind_config",
                                         "transport_socket", "transport_socket_matches",
                                         "metadata", "common_lb_config", "upstream_connection_options",
                                         "circuit_breakers", "max_requests_per_connection",
                                         "filters"],
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig": ["*"],
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig": ["*"],
     # Upstream network filters: only Istio's metadata exchange, a documented no-op.
     "envoy.config.cluster.v3.Filter": ["name", "typed_config"],
     # Limits for the whole proxy; retry budgets and per-host limits are refused by name.

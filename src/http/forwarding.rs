@@ -15,7 +15,7 @@ use crate::model::{Endpoint, HttpConnectionManager, StripPort};
 use crate::upstream::Conn as UpstreamConn;
 
 mod pick;
-pub(crate) use pick::{forward_target, pick_upstream};
+pub(crate) use pick::{forward_target, pick_upstream, request_hash};
 
 /// Header mutations of a level that has none.
 pub(crate) static NO_MODS: HeaderMods = HeaderMods {

@@ -437,7 +437,25 @@ pub struct HttpConnectionManager {
 pub enum LbPolicy {
     RoundRobin,
     Random,
-    LeastRequest { choice_count: u32 },
+    LeastRequest {
+        choice_count: u32,
+    },
+    /// `RING_HASH` (xxHash), with its ring's minimum and maximum sizes.
+    RingHash {
+        min: u64,
+        max: u64,
+    },
+    /// `MAGLEV`, with its table's size (a prime).
+    Maglev {
+        table_size: u64,
+    },
+}
+
+impl LbPolicy {
+    /// Whether the policy picks by the request's hash.
+    pub fn hashes(&self) -> bool {
+        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
+    }
 }
 
 /// How a cluster finds its endpoints.

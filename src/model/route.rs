@@ -134,6 +134,30 @@ pub struct Forward {
     pub max_grpc_timeout: Option<Duration>,
     /// `grpc_timeout_offset`: taken off the `grpc-timeout` when that leaves some time.
     pub grpc_timeout_offset: Option<Duration>,
+    /// `hash_policy`: the request's key for a consistent-hash cluster (ring hash,
+    /// Maglev); empty: none (such a cluster then picks at random).
+    pub hash_policy: Box<[HashPolicy]>,
+}
+
+/// One `RouteAction.hash_policy` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    /// Once a hash is made, the policies after this one are not looked at.
+    pub terminal: bool,
+}
+
+/// What a hash policy hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header's values (lower-case name; `:authority`, `:path`, `:method` too).
+    Header(Box<str>),
+    /// A cookie's value, when the request has it.
+    Cookie(Box<str>),
+    /// The downstream address's IP.
+    SourceIp,
+    /// A query parameter's first value.
+    QueryParameter(Box<str>),
 }
 
 /// One `RouteAction.upgrade_configs` entry.

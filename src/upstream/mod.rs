@@ -16,6 +16,7 @@ use crate::stats::{ClusterStat, Scope};
 use crate::tls::UpIo;
 
 pub mod h2pool;
+pub mod hash;
 
 /// An upstream HTTP/1.1 connection with its read buffer.
 pub struct Conn {
@@ -63,6 +64,8 @@ struct LbState {
     next: u64,
     /// Requests in flight per endpoint (least request).
     active: FxHashMap<SocketAddr, u32>,
+    /// The ring or Maglev table of a consistent-hash cluster, for its current endpoints.
+    table: Option<hash::HashTable>,
 }
 
 /// Upstream state of one core.
@@ -87,8 +90,18 @@ impl Upstreams {
         }
     }
 
-    /// Picks a healthy endpoint of `cluster` by its load-balancing policy.
+    /// Picks a healthy endpoint of `cluster` by its load-balancing policy (a
+    /// consistent-hash policy picks at random, as for a request without a key).
     pub fn pick<'c>(&mut self, cluster: &'c Cluster) -> Option<&'c Endpoint> {
+        self.pick_hashed(cluster, None)
+    }
+
+    /// As [`Upstreams::pick`], with the request's key for a consistent-hash policy.
+    pub fn pick_hashed<'c>(
+        &mut self,
+        cluster: &'c Cluster,
+        key: Option<u64>,
+    ) -> Option<&'c Endpoint> {
         let eps = &cluster.endpoints;
         let healthy = eps.iter().filter(|e| e.healthy).count();
         if healthy == 0 {
@@ -124,6 +137,19 @@ impl Upstreams {
                 None
             }
             LbPolicy::Random => nth_healthy(fastrand::usize(..healthy)),
+            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
+                let stale = state
+                    .table
+                    .as_ref()
+                    .is_none_or(|t| !Arc::ptr_eq(&t.endpoints, &cluster.endpoints));
+                if stale {
+                    state.table = Some(hash::HashTable::build(cluster.lb, &cluster.endpoints));
+                }
+                let table = state.table.as_ref()?;
+                // No key: a random one, as Envoy does.
+                let i = table.choose(key.unwrap_or_else(|| fastrand::u64(..)))?;
+                eps.get(i)
+            }
             LbPolicy::LeastRequest { choice_count } => {
                 let mut best: Option<(&Endpoint, u32)> = None;
                 for _ in 0..choice_count {

@@ -19,12 +19,14 @@ impl Connection {
     /// 9110 9.3.6) and tunnels the bytes both ways until either side closes.
     pub(super) async fn terminate_connect(&mut self, f: &Forward) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
+        let key = crate::http::forwarding::request_hash(&*self, &f.hash_policy);
         let (_, cluster, ep, _permit) = pick_upstream(
             &self.ctx,
             &snapshot,
             f,
             f.target.pick(fastrand::u32(..)),
             &self.down,
+            key,
         )?;
         if !self.hcm.access_logs.is_empty() {
             self.log.cluster = Some(cluster.name.clone());

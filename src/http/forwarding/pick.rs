@@ -11,12 +11,14 @@ use crate::stats::ClusterStat;
 /// balancer, or the connection's original destination for an ORIGINAL_DST cluster.
 /// The permit holds the request's place under the cluster's `max_requests`: the caller
 /// keeps it until the exchange ends.
+/// `key`: the request's hash for a consistent-hash cluster ([`request_hash`]).
 pub(crate) fn pick_upstream<'s>(
     ctx: &CoreCtx,
     snapshot: &'s Snapshot,
     f: &'s Forward,
     weighted: Option<&'s crate::model::route::WeightedTarget>,
     down: &Downstream,
+    key: Option<u64>,
 ) -> Result<Picked<'s>, HttpError> {
     let cref = match (&f.target, weighted) {
         (_, Some(w)) => &w.cluster,
@@ -54,7 +56,7 @@ pub(crate) fn pick_upstream<'s>(
         // The connection's destination (restored from the capture) is the upstream.
         std::borrow::Cow::Owned(Endpoint::at(down.dst))
     } else {
-        let picked = ctx.upstreams.borrow_mut().pick(cluster);
+        let picked = ctx.upstreams.borrow_mut().pick_hashed(cluster, key);
         std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)
     };
     Ok((weighted, cluster, ep, permit))
@@ -78,4 +80,103 @@ pub(crate) fn forward_target<'a>(
         crate::model::route::Action::Forward(f) => f.target.pick(fastrand::u32(..)),
         _ => None,
     }
+}
+
+/// The request's key under the route's `hash_policy`, as Envoy's `HashPolicyImpl` makes
+/// it: each policy that finds its value hashes it (xxHash64) into the key; a terminal one
+/// that found one ends the list. `None`: no policy found a value.
+pub(crate) fn request_hash<E: crate::http::exchange::Exchange + ?Sized>(
+    x: &E,
+    policies: &[crate::model::route::HashPolicy],
+) -> Option<u64> {
+    use crate::model::route::HashKey;
+    use crate::upstream::hash::{combine, xxh64_parts};
+    let mut key = None;
+    for p in policies {
+        let h = match &p.key {
+            HashKey::Header(name) => header_hash(x, name),
+            HashKey::Cookie(name) => cookie(x, name).map(|v| xxh64_parts(&[v])),
+            HashKey::SourceIp => Some(xxh64_parts(&[x.peer().ip().to_string().as_bytes()])),
+            HashKey::QueryParameter(name) => {
+                query(x.bytes(&x.log().path), name.as_bytes()).map(|v| xxh64_parts(&[v]))
+            }
+        };
+        if let Some(h) = h {
+            key = Some(combine(key, h));
+        }
+        if p.terminal && key.is_some() {
+            break;
+        }
+    }
+    key
+}
+
+/// A header's values, sorted, hashed together (pseudo-headers as the router sees them).
+fn header_hash<E: crate::http::exchange::Exchange + ?Sized>(x: &E, name: &str) -> Option<u64> {
+    use crate::upstream::hash::xxh64_parts;
+    let one = |v: &[u8]| Some(xxh64_parts(&[v]));
+    match name {
+        ":authority" | "host" => return one(x.bytes(&x.log().authority)),
+        ":path" => return one(x.bytes(&x.log().path)),
+        ":method" => return one(x.bytes(&x.head().method)),
+        _ => {}
+    }
+    let buf = x.buf();
+    let mut values: Vec<&[u8]> = x
+        .head()
+        .headers
+        .iter()
+        .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| &buf[v.clone()])
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    Some(xxh64_parts(&values))
+}
+
+/// The first value of cookie `name` in the request's `cookie` headers, without the
+/// double quotes around it (Envoy's `parseCookieValue`); an empty value is none.
+fn cookie<'a, E: crate::http::exchange::Exchange + ?Sized>(
+    x: &'a E,
+    name: &str,
+) -> Option<&'a [u8]> {
+    let buf = x.buf();
+    for (n, v) in &x.head().headers {
+        if !buf[n.clone()].eq_ignore_ascii_case(b"cookie") {
+            continue;
+        }
+        for pair in buf[v.clone()].split(|&b| b == b';') {
+            let pair = pair.trim_ascii_start();
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if &pair[..eq] == name.as_bytes() {
+                let mut value = &pair[eq + 1..];
+                if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+                    value = &value[1..value.len() - 1];
+                }
+                if value.is_empty() {
+                    return None;
+                }
+                return Some(value);
+            }
+        }
+    }
+    None
+}
+
+/// The first value of query parameter `name` in `path`, as sent (not decoded).
+fn query<'a>(path: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let q = path.iter().position(|&b| b == b'?')?;
+    let query = &path[q + 1..];
+    let query = query.split(|&b| b == b'#').next().unwrap_or_default();
+    query.split(|&b| b == b'&').find_map(|p| {
+        let (k, v) = match p.iter().position(|&b| b == b'=') {
+            Some(i) => (&p[..i], &p[i + 1..]),
+            None => (p, &p[p.len()..]),
+        };
+        (k == name).then_some(v)
+    })
 }

@@ -187,8 +187,13 @@ pub(crate) async fn forward<D: Downstream>(
     let f = fw.f;
     let ctx = d.ctx().clone();
     let snapshot = d.snapshot_arc();
+    let key = if f.hash_policy.is_empty() {
+        None
+    } else {
+        crate::http::forwarding::request_hash(&*d, &f.hash_policy)
+    };
     let (weighted, cluster, ep, _permit) =
-        pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream())?;
+        pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream(), key)?;
     if !d.hcm().access_logs.is_empty() {
         d.log_mut().cluster = Some(cluster.name.clone());
     }

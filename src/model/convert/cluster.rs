@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::{Cluster, Discovery, DnsFamily, DnsHost, Endpoint, LbPolicy};
+use crate::model::{Cluster, Discovery, DnsFamily, DnsHost, Endpoint};
 use crate::proto::envoy::config::cluster::v3 as pb;
 use crate::proto::envoy::config::core::v3::HealthStatus;
 use crate::stats::ClusterStat;
@@ -85,47 +85,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             "ORIGINAL_DST clusters connect to the original destination, not to endpoints",
         ));
     }
-    let lb = match lb_policy {
-        // ORIGINAL_DST: the destination is the endpoint; there is nothing to balance.
-        Ok(P::ClusterProvided) => LbPolicy::RoundRobin,
-        Ok(P::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(P::Random) => LbPolicy::Random,
-        Ok(P::LeastRequest) => {
-            let choice_count = match &c.lb_config {
-                Some(pb::cluster::LbConfig::LeastRequestLbConfig(l)) => l.choice_count.unwrap_or(2),
-                None => 2,
-            };
-            if choice_count < 2 {
-                return Err(err(
-                    res,
-                    "least_request_lb_config.choice_count",
-                    "must be at least 2",
-                ));
-            }
-            LbPolicy::LeastRequest { choice_count }
-        }
-        Ok(other) => {
-            return Err(err(
-                res,
-                "lb_policy",
-                format!("lb_policy {} is not supported", other.as_str_name()),
-            ))
-        }
-        Err(_) => {
-            return Err(err(
-                res,
-                "lb_policy",
-                format!("unknown lb_policy {}", c.lb_policy),
-            ))
-        }
-    };
-    if c.lb_config.is_some() && !matches!(lb, LbPolicy::LeastRequest { .. }) {
-        return Err(err(
-            res,
-            "least_request_lb_config",
-            "only valid with lb_policy LEAST_REQUEST",
-        ));
-    }
+    let lb = super::lb::lb_policy(c, lb_policy, res)?;
     let connect_timeout = match &c.connect_timeout {
         Some(d) => duration(d, res, "connect_timeout")?,
         None => Duration::from_secs(5),

