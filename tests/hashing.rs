@@ -88,6 +88,44 @@ async fn the_same_key_reaches_the_same_backend() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_cookie_is_made_up_once_and_leads_back() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(Backend::start(name).await);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let policy = "{cookie: {name: sticky, ttl: 60s, path: /}}";
+    for driver in drivers() {
+        let p = Proxy::start(
+            &bootstrap(&addrs, policy, "lb_policy: MAGLEV,"),
+            &one_core(driver),
+        )
+        .await;
+        let addr = p.wait_listener("main").await;
+        for h2 in [false, true] {
+            let (status, headers, body) = send(addr, h2, "GET", "/x", &[]).await;
+            assert_eq!(status, 200, "{driver}");
+            let set = header(&headers, "set-cookie")
+                .expect("a set-cookie")
+                .to_string();
+            assert!(set.starts_with("sticky=\""), "{set}");
+            assert!(set.ends_with("\"; Max-Age=60; Path=/; HttpOnly"), "{set}");
+            let value = set.split('"').nth(1).unwrap().to_string();
+            assert_eq!(value.len(), 16, "{set}");
+            // The client sends it back: the same backend, no new cookie.
+            for _ in 0..3 {
+                let cookie = format!("sticky={value}");
+                let (status, headers, again) =
+                    send(addr, h2, "GET", "/x", &[("cookie", cookie.as_str())]).await;
+                assert_eq!(status, 200);
+                assert_eq!(again, body, "{driver}, HTTP/2 {h2}");
+                assert!(header(&headers, "set-cookie").is_none());
+            }
+        }
+    }
+}
+
 #[test]
 fn what_consistent_hashing_cannot_do_is_refused_by_name() {
     let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -101,7 +139,8 @@ fn what_consistent_hashing_cannot_do_is_refused_by_name() {
         .0
     );
     for (field, policy, lb) in [
-        ("ttl", "{cookie: {name: s, ttl: 10s}}", "lb_policy: RING_HASH,"),
+        ("ttl", "{cookie: {name: s, ttl: -10s}}", "lb_policy: RING_HASH,"),
+        ("cookie.path", "{cookie: {name: s, ttl: 10s, path: 'a;b'}}", "lb_policy: RING_HASH,"),
         ("regex_rewrite", "{header: {header_name: x, regex_rewrite: {pattern: {regex: a}, substitution: b}}}", "lb_policy: RING_HASH,"),
         ("filter_state", "{filter_state: {key: k}}", "lb_policy: RING_HASH,"),
         ("hash_function", header, "lb_policy: RING_HASH, ring_hash_lb_config: {hash_function: MURMUR_HASH_2},"),

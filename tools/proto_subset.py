@@ -356,12 +356,13 @@ SUBSET = {
                                           "auto_host_rewrite", "timeout", "idle_timeout",
                                           "upgrade_configs", "max_stream_duration", "retry_policy",
                                           "max_grpc_timeout", "grpc_timeout_offset", "hash_policy"],
-    # Consistent hashing's request keys; a cookie Envoy would generate (ttl), a header
-    # rewrite and filter state are refused by name.
+    # Consistent hashing's request keys; a header rewrite and filter state are refused by
+    # name.
     "envoy.config.route.v3.RouteAction.HashPolicy": ["header", "cookie", "connection_properties",
                                                      "query_parameter", "terminal"],
     "envoy.config.route.v3.RouteAction.HashPolicy.Header": ["header_name"],
-    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": ["name"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": ["name", "ttl", "path", "attributes"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": ["name", "value"],
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties": ["source_ip"],
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": ["name"],
     # Retries; retry_priority and retry_options_predicates are refused by name.

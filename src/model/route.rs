@@ -139,6 +139,16 @@ pub struct Forward {
     pub hash_policy: Box<[HashPolicy]>,
 }
 
+/// How a hash cookie is made when the request has none (`ttl` set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieGen {
+    /// `Max-Age` (0: a session cookie, without one).
+    pub ttl_secs: u64,
+    pub path: Box<str>,
+    /// `attributes`: `name` or `name=value`, in order.
+    pub attributes: Box<[(Box<str>, Box<str>)]>,
+}
+
 /// One `RouteAction.hash_policy` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashPolicy {
@@ -152,8 +162,12 @@ pub struct HashPolicy {
 pub enum HashKey {
     /// A request header's values (lower-case name; `:authority`, `:path`, `:method` too).
     Header(Box<str>),
-    /// A cookie's value, when the request has it.
-    Cookie(Box<str>),
+    /// A cookie's value, when the request has it; else, with `generate`, a value the
+    /// proxy makes up and sets on the response (Envoy's sticky-session cookie).
+    Cookie {
+        name: Box<str>,
+        generate: Option<Box<CookieGen>>,
+    },
     /// The downstream address's IP.
     SourceIp,
     /// A query parameter's first value.

@@ -47,6 +47,9 @@ POLICIES = {
     "two": [{"header": {"header_name": "x-user"}}, {"query_parameter": {"name": "q"}}],
     "terminal": [{"header": {"header_name": "x-user"}, "terminal": True}, {"query_parameter": {"name": "q"}}],
     "authority": [{"header": {"header_name": ":authority"}}],
+    "sticky": [{"cookie": {"name": "sticky", "ttl": "3600s", "path": "/app",
+                           "attributes": [{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}]}}],
+    "session": [{"cookie": {"name": "sticky", "ttl": "0s"}}],
 }
 
 CLUSTERS = {
@@ -145,6 +148,23 @@ def main():
                 else:
                     failed += 1
                     print(f"MISMATCH {path} {extra!r}: envoy {e}, ringside {r}")
+            # A cookie the proxy makes up (ttl): the same Set-Cookie but for its value (made
+            # from the connection's addresses), and the value leads back to the backend
+            # that answered.
+            for policy in ("sticky", "session"):
+                got = {}
+                for proxy in ("envoy", "ringside"):
+                    status, lines, body = exchange(listen[proxy], f"GET /{cname}/{policy}/x HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+                    sets = [l.split(b":", 1)[1].strip().decode() for l in lines if l.lower().startswith(b"set-cookie:")]
+                    value = sets[0].split('"')[1] if sets and '"' in sets[0] else ""
+                    masked = [c.replace(value, "VALUE") for c in sets]
+                    again = send(listen[proxy], f"/{cname}/{policy}/x", f"cookie: sticky={value}\r\n")
+                    got[proxy] = (status, masked, len(value), again[1] == body.decode())
+                if got["envoy"] == got["ringside"] and got["envoy"][3]:
+                    passed += 1
+                else:
+                    failed += 1
+                    print(f"MISMATCH {cname} {policy}: envoy {got['envoy']}, ringside {got['ringside']}")
             # No key: any backend, and an answer.
             r = send(listen["ringside"], f"/{cname}/header/none", "")
             if r[0] == "200" and r[1] in names:

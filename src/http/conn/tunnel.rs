@@ -19,7 +19,7 @@ impl Connection {
     /// 9110 9.3.6) and tunnels the bytes both ways until either side closes.
     pub(super) async fn terminate_connect(&mut self, f: &Forward) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
-        let key = crate::http::forwarding::request_hash(&*self, &f.hash_policy);
+        let key = crate::http::forwarding::request_hash(self, &f.hash_policy);
         let (_, cluster, ep, _permit) = pick_upstream(
             &self.ctx,
             &snapshot,

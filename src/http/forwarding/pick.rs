@@ -84,9 +84,11 @@ pub(crate) fn forward_target<'a>(
 
 /// The request's key under the route's `hash_policy`, as Envoy's `HashPolicyImpl` makes
 /// it: each policy that finds its value hashes it (xxHash64) into the key; a terminal one
-/// that found one ends the list. `None`: no policy found a value.
-pub(crate) fn request_hash<E: crate::http::exchange::Exchange + ?Sized>(
-    x: &E,
+/// that found one ends the list. `None`: no policy found a value. A cookie policy with a
+/// `ttl` makes up the value when the request has none: its `Set-Cookie` goes on the
+/// response.
+pub(crate) fn request_hash<E: crate::http::filter::FilterHost + ?Sized>(
+    x: &mut E,
     policies: &[crate::model::route::HashPolicy],
 ) -> Option<u64> {
     use crate::model::route::HashKey;
@@ -95,7 +97,16 @@ pub(crate) fn request_hash<E: crate::http::exchange::Exchange + ?Sized>(
     for p in policies {
         let h = match &p.key {
             HashKey::Header(name) => header_hash(x, name),
-            HashKey::Cookie(name) => cookie(x, name).map(|v| xxh64_parts(&[v])),
+            HashKey::Cookie { name, generate } => match cookie(x, name) {
+                Some(v) => Some(xxh64_parts(&[v])),
+                None => generate.as_ref().map(|g| {
+                    let (value, set) = new_cookie(&*x, name, g);
+                    x.filter_state_mut()
+                        .response_added
+                        .push(("set-cookie".into(), set));
+                    xxh64_parts(&[value.as_bytes()])
+                }),
+            },
             HashKey::SourceIp => Some(xxh64_parts(&[x.peer().ip().to_string().as_bytes()])),
             HashKey::QueryParameter(name) => {
                 query(x.bytes(&x.log().path), name.as_bytes()).map(|v| xxh64_parts(&[v]))
@@ -109,6 +120,36 @@ pub(crate) fn request_hash<E: crate::http::exchange::Exchange + ?Sized>(
         }
     }
     key
+}
+
+/// A sticky-session cookie as Envoy's router makes one: the value is the hex of the
+/// xxHash64 of the connection's remote and local addresses (the same for every request
+/// of the connection), and its `Set-Cookie` line (`Max-Age`, `Path`, attributes,
+/// `HttpOnly`).
+fn new_cookie<E: crate::http::exchange::Exchange + ?Sized>(
+    x: &E,
+    name: &str,
+    g: &crate::model::route::CookieGen,
+) -> (String, Vec<u8>) {
+    use std::fmt::Write as _;
+    let addrs = format!("{}{}", x.peer(), x.local());
+    let value = format!("{:016x}", xxhash_rust::xxh64::xxh64(addrs.as_bytes(), 0));
+    let mut set = format!("{name}=\"{value}\"");
+    if g.ttl_secs > 0 {
+        let _ = write!(set, "; Max-Age={}", g.ttl_secs);
+    }
+    if !g.path.is_empty() {
+        let _ = write!(set, "; Path={}", g.path);
+    }
+    for (n, v) in g.attributes.iter() {
+        if v.is_empty() {
+            let _ = write!(set, "; {n}");
+        } else {
+            let _ = write!(set, "; {n}={v}");
+        }
+    }
+    set.push_str("; HttpOnly");
+    (value, set.into_bytes())
 }
 
 /// A header's values, sorted, hashed together (pseudo-headers as the router sees them).

@@ -190,7 +190,7 @@ pub(crate) async fn forward<D: Downstream>(
     let key = if f.hash_policy.is_empty() {
         None
     } else {
-        crate::http::forwarding::request_hash(&*d, &f.hash_policy)
+        crate::http::forwarding::request_hash(d, &f.hash_policy)
     };
     let (weighted, cluster, ep, _permit) =
         pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream(), key)?;

@@ -2,7 +2,7 @@
 //! Maglev) with its `lb_config`, and a route's `hash_policy` (the request's key for the
 //! consistent-hash policies).
 
-use crate::model::route::{HashKey, HashPolicy};
+use crate::model::route::{CookieGen, HashKey, HashPolicy};
 use crate::model::LbPolicy;
 use crate::proto::envoy::config::cluster::v3 as pb;
 use crate::proto::envoy::config::route::v3 as route;
@@ -137,10 +137,40 @@ pub(super) fn hash_policy(
                 HashKey::Header(name.into())
             }
             Some(S::Cookie(c)) => {
-                if c.name.is_empty() {
-                    return Err(err(res, at("cookie.name"), "is required"));
+                let token = |v: &str| http::HeaderName::from_bytes(v.as_bytes()).is_ok();
+                let value_ok = |v: &str| !v.bytes().any(|b| b < b' ' || b == 0x7f || b == b';');
+                if c.name.is_empty() || !token(&c.name) {
+                    return Err(err(res, at("cookie.name"), "not a cookie name"));
                 }
-                HashKey::Cookie(c.name.as_str().into())
+                if !value_ok(&c.path) {
+                    return Err(err(res, at("cookie.path"), "not a cookie path"));
+                }
+                let mut attributes = Vec::new();
+                for (j, a) in c.attributes.iter().enumerate() {
+                    if a.name.is_empty() || !token(&a.name) || !value_ok(&a.value) {
+                        return Err(err(
+                            res,
+                            at(&format!("cookie.attributes[{j}]")),
+                            "not a cookie attribute",
+                        ));
+                    }
+                    attributes.push((a.name.as_str().into(), a.value.as_str().into()));
+                }
+                let generate = match &c.ttl {
+                    Some(t) if t.seconds < 0 || t.nanos < 0 => {
+                        return Err(err(res, at("cookie.ttl"), "must not be negative"))
+                    }
+                    Some(t) => Some(Box::new(CookieGen {
+                        ttl_secs: t.seconds as u64,
+                        path: c.path.as_str().into(),
+                        attributes: attributes.into(),
+                    })),
+                    None => None,
+                };
+                HashKey::Cookie {
+                    name: c.name.as_str().into(),
+                    generate,
+                }
             }
             Some(S::ConnectionProperties(p)) if p.source_ip => HashKey::SourceIp,
             // Hashes nothing (as in Envoy, where it makes no hash).
