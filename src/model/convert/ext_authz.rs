@@ -119,19 +119,15 @@ pub(super) fn ext_authz(
     })
 }
 
+/// A service's cluster, how it is called and the call's deadline.
+type Service = (
+    std::sync::Arc<str>,
+    AuthzService,
+    Option<std::time::Duration>,
+);
+
 /// `grpc_service`: its cluster, how it is called and its deadline.
-fn grpc_service(
-    g: &core::GrpcService,
-    res: &str,
-    path: &str,
-) -> Result<
-    (
-        std::sync::Arc<str>,
-        AuthzService,
-        Option<std::time::Duration>,
-    ),
-    ConvertError,
-> {
+fn grpc_service(g: &core::GrpcService, res: &str, path: &str) -> Result<Service, ConvertError> {
     let f = |field: &str| format!("{path}.grpc_service.{field}");
     let Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(eg)) = &g.target_specifier else {
         return Err(err(
@@ -180,18 +176,7 @@ fn grpc_service(
 
 /// `http_service`: its cluster, what the call carries and which of the answer's headers
 /// go where, and its deadline (`server_uri.timeout`; 0: none).
-fn http_service(
-    h: &pb::HttpService,
-    res: &str,
-    path: &str,
-) -> Result<
-    (
-        std::sync::Arc<str>,
-        AuthzService,
-        Option<std::time::Duration>,
-    ),
-    ConvertError,
-> {
+fn http_service(h: &pb::HttpService, res: &str, path: &str) -> Result<Service, ConvertError> {
     let f = |field: &str| format!("{path}.http_service.{field}");
     let Some(uri) = &h.server_uri else {
         return Err(err(res, f("server_uri"), "is required"));

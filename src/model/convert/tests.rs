@@ -58,8 +58,10 @@ fn bad_regex_and_missing_action_are_rejected() {
 
 #[test]
 fn unsupported_lb_policy_fails_closed() {
-    let y = with_routes(r#"[{match: {prefix: "/"}, route: {cluster: backend}}]"#)
-        .replace("{name: backend,", "{name: backend, lb_policy: MAGLEV,");
+    let y = with_routes(r#"[{match: {prefix: "/"}, route: {cluster: backend}}]"#).replace(
+        "{name: backend,",
+        "{name: backend, lb_policy: LOAD_BALANCING_POLICY_CONFIG,",
+    );
     let e = build(&y).unwrap_err();
     assert_eq!(e.path, "static_resources.clusters[0].lb_policy");
 }
