@@ -22,7 +22,9 @@ pub mod filter;
 pub mod format;
 pub mod headers;
 pub mod jwt;
+mod lb;
 pub use access_log::{AccessLog, LogSink};
+pub use lb::LbPolicy;
 pub mod matcher;
 pub mod overload;
 pub mod path;
@@ -430,32 +432,6 @@ pub struct HttpConnectionManager {
     pub request_id: tracing::RequestIdConfig,
     /// `forward_client_cert_details`, `set_current_client_cert_details`.
     pub xfcc: (xfcc::ForwardClientCert, xfcc::CertDetails),
-}
-
-/// Load-balancing policy of a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    RoundRobin,
-    Random,
-    LeastRequest {
-        choice_count: u32,
-    },
-    /// `RING_HASH` (xxHash), with its ring's minimum and maximum sizes.
-    RingHash {
-        min: u64,
-        max: u64,
-    },
-    /// `MAGLEV`, with its table's size (a prime).
-    Maglev {
-        table_size: u64,
-    },
-}
-
-impl LbPolicy {
-    /// Whether the policy picks by the request's hash.
-    pub fn hashes(&self) -> bool {
-        matches!(self, LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. })
-    }
 }
 
 /// How a cluster finds its endpoints.
