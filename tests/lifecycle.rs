@@ -209,7 +209,7 @@ fn validate_mode_names_file_line_and_field() {
     let semantic = dir.join("semantic.yaml");
     std::fs::write(
         &semantic,
-        "static_resources:\n  clusters:\n  - name: c\n    lb_policy: MAGLEV\n",
+        "static_resources:\n  clusters:\n  - name: c\n    lb_policy: LOAD_BALANCING_POLICY_CONFIG\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ringside"))
@@ -222,7 +222,7 @@ fn validate_mode_names_file_line_and_field() {
     assert!(
         err.contains(&format!("{}:4: ", semantic.display()))
             && err.contains("static_resources.clusters[0].lb_policy")
-            && err.contains("MAGLEV"),
+            && err.contains("LOAD_BALANCING_POLICY_CONFIG"),
         "{err}"
     );
 
