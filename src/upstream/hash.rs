@@ -138,11 +138,17 @@ fn maglev(hosts: &[(u32, &Endpoint)], size: u64) -> Vec<u32> {
         target: f64,
         next: u64,
     }
-    let mut entries: Vec<Entry> = hosts
+    // Filled in the order of the hosts' addresses, whatever order they came in.
+    let mut order: Vec<(String, usize)> = hosts
         .iter()
-        .zip(&weights)
-        .map(|((index, e), &weight)| {
-            let key = e.address.to_string();
+        .enumerate()
+        .map(|(i, (_, e))| (e.address.to_string(), i))
+        .collect();
+    order.sort();
+    let mut entries: Vec<Entry> = order
+        .iter()
+        .map(|(key, i)| {
+            let (index, weight) = (&hosts[*i].0, weights[*i]);
             Entry {
                 index: *index,
                 offset: xxhash_rust::xxh64::xxh64(key.as_bytes(), 0) % size,
