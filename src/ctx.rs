@@ -51,6 +51,8 @@ pub struct CoreCtx {
     pub hostname: Arc<str>,
     /// The host's address, appended to `x-forwarded-for` for loopback peers.
     pub local_ip: std::net::IpAddr,
+    /// Istio's decoded peers and `istio_*` series on this core.
+    pub istio: crate::model::istio::IstioCore,
 }
 
 /// One listener running on a core: its configuration for new connections, the drain
@@ -195,6 +197,7 @@ impl CoreCtx {
             log_tx,
             hostname,
             local_ip,
+            istio: Default::default(),
         }
     }
 

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 mod histogram;
 pub use histogram::{HistValue, BOUNDS as HISTOGRAM_BOUNDS, QUANTILES};
+pub mod istio;
+pub mod labeled;
 pub mod tags;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -187,6 +189,8 @@ pub struct Store {
     /// Values configurations share by key while any holds them (see [`Store::shared`]).
     shared:
         Mutex<std::collections::HashMap<String, std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    /// Istio's `istio_*` series (`istio.stats`).
+    pub istio: istio::Istio,
 }
 
 /// The bootstrap's `stats_config`: which stats exist and how they are tagged.
@@ -240,6 +244,7 @@ impl Store {
             tagged: Default::default(),
             baselines: Default::default(),
             shared: Default::default(),
+            istio: istio::Istio::new(cores + 1),
         })
     }
 
@@ -364,6 +369,7 @@ impl Store {
                 }
             }
         }
+        out.extend(self.istio_stats().1);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         self.accepted(out, |h| &h.name)
     }
@@ -443,6 +449,7 @@ impl Store {
                 used: true,
             });
         }
+        out.extend(self.istio_stats().0);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         self.accepted(out, |s| &s.name)
     }

@@ -100,7 +100,16 @@ fn for_each_family<'a, T: 'a>(
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let mut last: Option<&str> = None;
     for (_, tagged, v) in &items {
-        let name = format!("envoy_{}", sanitize(&tagged.name));
+        // A custom namespace's stats (Istio's `istiocustom`) are printed without it and
+        // without `envoy_`, as Envoy does.
+        let name = match tagged
+            .name
+            .strip_prefix(crate::stats::istio::NAMESPACE)
+            .and_then(|n| n.strip_prefix('.'))
+        {
+            Some(n) => sanitize(n),
+            None => format!("envoy_{}", sanitize(&tagged.name)),
+        };
         if last != Some(tagged.name.as_str()) {
             let _ = writeln!(out, "# TYPE {name} {kind}");
             last = Some(&tagged.name);

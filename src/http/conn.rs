@@ -280,10 +280,10 @@ impl Connection {
                     // A bad head or one that timed out (whose read took the buffer with it):
                     // answered from the error alone, never from the previous head's ranges.
                     self.head.forget();
-                    self.log.start(!self.hcm.access_logs.is_empty());
+                    self.log.start(self.hcm.timed());
                     self.stat(HttpStat::DownstreamRqTotal);
                     let _ = self.local_reply(&e, true).await;
-                    log::write(&self.ctx, self);
+                    crate::http::filter::done(&self.ctx, self);
                     return;
                 }
             }
@@ -346,7 +346,7 @@ impl Connection {
                     e => HttpError::BadHead(e),
                 })?;
                 if parsed.is_some() {
-                    self.log.start(!self.hcm.access_logs.is_empty());
+                    self.log.start(self.hcm.timed());
                     return Ok(true);
                 }
             }
@@ -417,7 +417,7 @@ impl Connection {
                 }
             }
         };
-        log::write(&self.ctx, self);
+        crate::http::filter::done(&self.ctx, self);
         self.filters.clear();
         // Drop the head (and the body bytes the exchange consumed) before the next one.
         let consumed = self.head.len.min(self.buf.len());

@@ -84,6 +84,8 @@ pub struct Entry {
     pub details_arg: Option<Box<str>>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// The response head's size (HTTP/1 form), for `istio.stats`' response bytes.
+    pub head_bytes_sent: u64,
     pub upstream: Option<SocketAddr>,
     pub cluster: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
@@ -110,6 +112,7 @@ impl Default for Entry {
             details_arg: None,
             bytes_received: 0,
             bytes_sent: 0,
+            head_bytes_sent: 0,
             upstream: None,
             cluster: None,
             route: None,

@@ -306,6 +306,9 @@ impl crate::http::filter::FilterHost for Stream {
     fn log_mut(&mut self) -> &mut log::Entry {
         &mut self.log
     }
+    fn core_ctx(&self) -> &crate::ctx::CoreCtx {
+        &self.ctx
+    }
     fn core(&self) -> usize {
         self.ctx.core
     }
@@ -413,7 +416,7 @@ impl Stream {
     }
 
     async fn run(&mut self, req: Request<RecvStream>) {
-        self.log.start(!self.hcm.access_logs.is_empty());
+        self.log.start(self.hcm.timed());
         let started = self.log.started.unwrap_or_else(Instant::now);
         self.stat(HttpStat::DownstreamRqTotal);
         self.stat(HttpStat::DownstreamRqHttp2Total);
@@ -438,7 +441,7 @@ impl Stream {
             }
             Err(e) => self.local_reply(&e),
         }
-        log::write(&self.ctx, self);
+        crate::http::filter::done(&self.ctx, self);
         c.dec(HttpStat::DownstreamRqActive as usize);
         let end = self.finished.take().unwrap_or_else(Instant::now);
         c.record(
@@ -533,6 +536,7 @@ impl Stream {
         let mut out = Vec::with_capacity(256);
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         out.extend_from_slice(b"\r\n");
+        self.log.head_bytes_sent = out.len() as u64;
         self.log.status = status;
         self.log.bytes_sent = body.len() as u64;
         self.count_status(status);

@@ -196,7 +196,7 @@ pub(crate) async fn route<'r, E: FilterHost>(
     let Some(m) = m else {
         return Err(HttpError::NoRoute);
     };
-    if !x.hcm().access_logs.is_empty() {
+    if x.hcm().timed() {
         x.log_mut().route = Some(m.route.name.clone());
     }
     let prefix_len = match &m.route.path {

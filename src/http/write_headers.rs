@@ -306,12 +306,20 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     out.extend_from_slice(b"\r\n");
     let filters = conn.filter_state();
     let encodes = filters.encodes();
+    // Istio's metadata exchange reads (and drops) the upstream's peer headers.
+    let discovers = filters.istio.as_deref().filter(|t| t.upstream_discovery);
     let mut has_server = false;
     for (n, v) in &resp.headers {
         let name = &up[n.clone()];
         if let Some(call) = &filters.grpc {
             if name.eq_ignore_ascii_case(b"grpc-status") {
                 call.charge(&up[v.clone()]);
+            }
+        }
+        if let Some(t) = discovers {
+            let core = &conn.core_ctx().istio;
+            if crate::http::filter::istio::upstream_header(t, core, name, &up[v.clone()]) {
+                continue;
             }
         }
         if is_hop_by_hop(name)

@@ -14,11 +14,22 @@ use crate::stats::Scope;
 #[derive(Default)]
 pub struct HttpFilters {
     pub list: Box<[HttpFilter]>,
+    /// `istio.stats` is among them: every request is timed.
+    pub istio_stats: bool,
 }
 
 impl HttpFilters {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+}
+
+impl super::HttpConnectionManager {
+    /// Whether a request's start time is taken (an access log or `istio.stats` reads it;
+    /// clock reads are not free).
+    #[inline]
+    pub fn timed(&self) -> bool {
+        !self.access_logs.is_empty() || self.filters.istio_stats
     }
 }
 
@@ -41,6 +52,10 @@ pub enum FilterKind {
     Rbac(Arc<super::rbac::RbacFilter>),
     JwtAuthn(Arc<super::jwt::JwtAuthn>),
     ExtAuthz(Arc<ExtAuthz>),
+    /// `istio.stats`.
+    IstioStats(Arc<super::istio::IstioStats>),
+    /// `istio.metadata_exchange` (HTTP).
+    PeerMetadata(Arc<super::istio::PeerMetadata>),
 }
 
 /// A fraction with Envoy's `FractionalPercent` denominators.

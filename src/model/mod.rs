@@ -21,6 +21,7 @@ pub mod access_log;
 pub mod filter;
 pub mod format;
 pub mod headers;
+pub mod istio;
 pub mod jwt;
 mod lb;
 pub use access_log::{AccessLog, LogSink};
@@ -499,6 +500,8 @@ pub struct Cluster {
     pub tls: Option<Arc<tls::UpstreamTls>>,
     /// `transport_socket_matches`, in order (Istio's `tlsMode-istio`, `tlsMode-disabled`).
     pub tls_matches: Arc<[tls::TlsMatch]>,
+    /// The service it serves (`filter_metadata.istio.services[0]`), for `istio.stats`.
+    pub istio_service: Option<Arc<istio::IstioService>>,
 }
 
 /// One metadata field as `transport_socket_matches` compare it: (key, value as text).
@@ -568,6 +571,7 @@ impl Cluster {
             endpoints,
             tls: self.tls.clone(),
             tls_matches: self.tls_matches.clone(),
+            istio_service: self.istio_service.clone(),
         }
     }
 

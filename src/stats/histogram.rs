@@ -112,6 +112,31 @@ impl HistValue {
         }
     }
 
+    /// Several merged histograms as one (series of one metric that share their labels).
+    pub(super) fn sum(list: Vec<HistValue>) -> HistValue {
+        let mut out = HistValue {
+            name: String::new(),
+            cumulative: vec![0; BOUNDS.len() + 1],
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        };
+        for h in list.into_iter().filter(|h| h.count > 0) {
+            for (a, b) in out.cumulative.iter_mut().zip(&h.cumulative) {
+                *a += b;
+            }
+            out.count += h.count;
+            out.sum += h.sum;
+            out.min = out.min.min(h.min);
+            out.max = out.max.max(h.max);
+        }
+        if out.count == 0 {
+            out.min = 0;
+        }
+        out
+    }
+
     /// The value at quantile `q` (percent), interpolated within its bucket and kept within
     /// the recorded minimum and maximum. `None` when nothing was recorded.
     pub fn quantile(&self, q: f64) -> Option<f64> {

@@ -517,6 +517,7 @@ mod tests {
             dns_hosts: Arc::from(vec![]),
             tls: None,
             tls_matches: Arc::new([]),
+            istio_service: None,
             endpoints: weights
                 .iter()
                 .enumerate()

@@ -259,6 +259,7 @@ impl Downstream for Connection {
             self.log.service_time_ms,
             attempt_count,
         );
+        self.log.head_bytes_sent = out.len() as u64;
         self.out = out;
         self.fwd.chunked_out = chunked_out;
         self.fwd.close_after = close;

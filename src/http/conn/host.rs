@@ -17,6 +17,9 @@ impl crate::http::filter::FilterHost for Connection {
     fn log_mut(&mut self) -> &mut log::Entry {
         &mut self.log
     }
+    fn core_ctx(&self) -> &crate::ctx::CoreCtx {
+        &self.ctx
+    }
     fn core(&self) -> usize {
         self.ctx.core
     }

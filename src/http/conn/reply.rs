@@ -109,6 +109,7 @@ impl Connection {
             crate::http::fields::header(&mut out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
+        self.log.head_bytes_sent = out.len() as u64;
         if chunked {
             crate::http::body::chunk_header(&mut out, body.len());
             out.extend_from_slice(body);

@@ -28,7 +28,7 @@ impl Connection {
             &self.down,
             key,
         )?;
-        if !self.hcm.access_logs.is_empty() {
+        if self.hcm.timed() {
             self.log.cluster = Some(cluster.name.clone());
         }
         self.log.upstream = Some(ep.address);

@@ -9,11 +9,22 @@ use crate::http::exchange::Exchange;
 use crate::model::filter::GrpcStatsConfig;
 use crate::stats::{GrpcStat, Scope};
 
-/// A gRPC call being counted: its cluster's `grpc.` scope.
+/// A gRPC call being counted: its cluster's `grpc.` scope (grpc_stats), and what
+/// `istio.stats` reads of it.
 #[derive(Clone)]
 pub(crate) struct Call {
-    pub stats: Arc<Scope>,
+    pub stats: Option<Arc<Scope>>,
     pub core: usize,
+    pub istio: Option<std::rc::Rc<Seen>>,
+}
+
+/// What a gRPC call showed, for `istio.stats`: its `grpc-status` (trailers win over
+/// headers, as they come later) and its messages each way.
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub status: std::cell::Cell<Option<i32>>,
+    /// Request messages, response messages.
+    pub messages: [std::cell::Cell<u64>; 2],
 }
 
 pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed: &Routed<'_>) {
@@ -27,7 +38,12 @@ pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed
     };
     let stats = cluster.grpc_stats.clone();
     let core = x.core();
-    x.filter_state_mut().grpc = Some(Call { stats, core });
+    let call = x.filter_state_mut().grpc.get_or_insert(Call {
+        stats: None,
+        core,
+        istio: None,
+    });
+    call.stats = Some(stats);
 }
 
 /// The path is `/<service>/<method>` (query dropped, empty segments ignored).
@@ -40,7 +56,17 @@ fn resolves<E: Exchange + ?Sized>(x: &E) -> bool {
 impl Call {
     /// Charges a `grpc-status` value seen in response headers or trailers.
     pub(crate) fn charge(&self, status: &[u8]) {
-        let c = self.stats.core(self.core);
+        if let Some(seen) = &self.istio {
+            // Envoy's reading: a code above 16 or not a number is -1 (InvalidCode).
+            let code = std::str::from_utf8(status)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+                .filter(|&n| n <= 16)
+                .map_or(-1, |n| n as i32);
+            seen.status.set(Some(code));
+        }
+        let Some(stats) = &self.stats else { return };
+        let c = stats.core(self.core);
         if let Some(i) = status_index(status) {
             c.inc(i);
         }
@@ -56,6 +82,7 @@ impl Call {
     pub(crate) fn frames(&self, response: bool) -> Frames {
         Frames {
             stats: self.stats.clone(),
+            istio: self.istio.clone(),
             core: self.core,
             stat: if response {
                 GrpcStat::ResponseMessageCount
@@ -77,7 +104,8 @@ fn status_index(status: &[u8]) -> Option<usize> {
 /// Counts gRPC messages in a body as it passes, chunk by chunk: a message counts when its
 /// flag byte is seen, as in Envoy.
 pub(crate) struct Frames {
-    stats: Arc<Scope>,
+    stats: Option<Arc<Scope>>,
+    istio: Option<std::rc::Rc<Seen>>,
     core: usize,
     stat: GrpcStat,
     state: FrameState,
@@ -128,7 +156,13 @@ impl Frames {
             }
         }
         if delta > 0 {
-            self.stats.core(self.core).add(self.stat as usize, delta);
+            if let Some(stats) = &self.stats {
+                stats.core(self.core).add(self.stat as usize, delta);
+            }
+            if let Some(seen) = &self.istio {
+                let m = &seen.messages[usize::from(self.stat == GrpcStat::ResponseMessageCount)];
+                m.set(m.get() + delta);
+            }
         }
     }
 }

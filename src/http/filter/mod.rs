@@ -24,6 +24,7 @@ mod cors;
 mod ext_authz;
 mod fault;
 pub(crate) mod grpc_stats;
+pub(crate) mod istio;
 pub(crate) mod jwt;
 mod ratelimit;
 mod rbac;
@@ -35,6 +36,8 @@ pub(crate) trait FilterHost: Exchange {
     fn filter_state_mut(&mut self) -> &mut State;
     fn log_mut(&mut self) -> &mut Entry;
     fn core(&self) -> usize;
+    /// The core's own state (caches filters keep per core).
+    fn core_ctx(&self) -> &crate::ctx::CoreCtx;
     fn hcm_arc(&self) -> Arc<crate::model::HttpConnectionManager>;
     fn snapshot(&self) -> &crate::model::Snapshot;
     /// Replaces the request's path (normalisation): the range of the new bytes.
@@ -165,6 +168,8 @@ pub(crate) struct State {
     /// The start of the request's body, read before forwarding (ext_authz's
     /// `with_request_body`); the forwarding still sends all of it.
     pub request_body: Option<Box<BufferedBody>>,
+    /// Istio's metadata exchange and `istio.stats`.
+    pub istio: Option<Box<istio::Telemetry>>,
 }
 
 impl State {
@@ -210,6 +215,7 @@ impl State {
             || self.reroute
             || self.invalid_header.is_some()
             || self.request_body.is_some()
+            || self.istio.is_some()
         {
             *self = State::default();
         }
@@ -319,6 +325,8 @@ pub(crate) fn decode_headers<E: FilterHost>(
                     }
                 }
             }
+            FilterKind::PeerMetadata(p) => istio::exchange(x, p, routed.cluster()),
+            FilterKind::IstioStats(s) => istio::stats(x, s),
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
                     return Ok(Step::Wait(w, Resume(i, true)));
@@ -403,6 +411,14 @@ pub(crate) fn set_metadata<E: FilterHost + ?Sized>(
     {
         serde_json::Value::Object(o) => o.extend(fields),
         other => *other = serde_json::Value::Object(fields),
+    }
+}
+
+/// A request is done: its access log lines are written and `istio.stats` reports it.
+pub(crate) fn done<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
+    crate::http::log::write(ctx, x);
+    if x.filter_state().istio.is_some() {
+        istio::report(ctx, x);
     }
 }
 

@@ -144,6 +144,7 @@ impl Downstream for Stream {
             self.log.service_time_ms,
             attempt_count,
         );
+        self.log.head_bytes_sent = out.len() as u64;
         let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
         self.responded = true;
         match self.respond.send_response(resp, end) {

@@ -194,7 +194,7 @@ pub(crate) async fn forward<D: Downstream>(
     };
     let (weighted, cluster, ep, _permit) =
         pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream(), key)?;
-    if !d.hcm().access_logs.is_empty() {
+    if d.hcm().timed() {
         d.log_mut().cluster = Some(cluster.name.clone());
     }
     d.log_mut().upstream = Some(ep.address);

@@ -38,6 +38,7 @@ pub fn bootstrap_snapshot_with(
         ads: false,
         secrets: Arc::default(),
         secret_refs: Default::default(),
+        inbound: false,
     };
     if let Some(dr) = &bootstrap.dynamic_resources {
         validate_dynamic_resources(dr)?;
@@ -70,6 +71,10 @@ pub fn bootstrap_snapshot_with(
         None => None,
     };
     if let Some(node) = &bootstrap.node {
+        // This workload, for Istio's metrics and metadata exchange (before any filter is
+        // converted: they capture it).
+        let local = crate::model::istio::local_node(&node.id, node.metadata.as_ref());
+        ctx.stats.istio.node.store(Arc::new(local));
         if !node.user_agent_name.is_empty() || node.user_agent_version_type.is_some() {
             ctx.ignored.push("node.user_agent_*".into());
         }

@@ -252,6 +252,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         endpoints: endpoints.into(),
         tls,
         tls_matches: tls_matches.into(),
+        istio_service: super::telemetry::istio_service(c.metadata.as_ref()),
     })
 }
 

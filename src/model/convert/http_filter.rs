@@ -48,6 +48,7 @@ pub(super) fn http_filters(
 ) -> Result<(HttpFilters, RouterConfig), ConvertError> {
     let mut list = Vec::new();
     let mut router = None;
+    let mut istio_stats = false;
     if filters.is_empty() {
         return Err(err(
             res,
@@ -73,6 +74,15 @@ pub(super) fn http_filters(
                 format!("{path}.http_filters[{}]", i - 1),
                 "the router must be the last HTTP filter",
             ));
+        }
+        if let Some(kind) = super::telemetry::http_filter(&f.name, any, res, &fp, ctx)? {
+            istio_stats |= matches!(kind, FilterKind::IstioStats(_));
+            list.push(HttpFilter {
+                name: f.name.as_str().into(),
+                disabled: f.disabled,
+                kind,
+            });
+            continue;
         }
         if let Some(why) = noop(&f.name, any) {
             ctx.ignored.push(format!("{res}.{fp} ({why})"));
@@ -204,6 +214,7 @@ pub(super) fn http_filters(
     Ok((
         HttpFilters {
             list: list.into_boxed_slice(),
+            istio_stats,
         },
         router,
     ))

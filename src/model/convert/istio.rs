@@ -1,13 +1,14 @@
-//! Istio's own extensions in a filter chain, each decided deliberately: the telemetry
+//! Istio's own extensions in a filter chain, each decided deliberately: the TCP telemetry
 //! filters Ringside accepts as documented no-ops, `istio_authn` (the peer principal RBAC
-//! reads), and the TypedStruct wrapping istiod sends them in.
+//! reads), and the TypedStruct wrapping istiod sends them in. The HTTP telemetry filters
+//! are in `telemetry.rs`.
 
 use super::{any_type, err, ConvertError};
 
 /// Istio's TCP metadata exchange (network filter downstream, cluster filter upstream).
 pub(super) const METADATA_EXCHANGE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
 
-const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
+pub(super) const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
 
 /// The type of an extension's configuration: its own, or for a TypedStruct the one it
 /// wraps (the last segment of its `type_url`).
@@ -28,16 +29,15 @@ struct TypedStructUrl {
     type_url: String,
 }
 
-/// Istio's own extension filters, each decided deliberately (docs/xds.md, "Istio extension
-/// filters"): the telemetry ones are accepted as no-ops, since they enforce nothing —
-/// `istio.stats` (istio_* metrics), `istio.metadata_exchange` (peer labels for those
-/// metrics) — and `istio.alpn`, which only sets the ALPN of upstream TLS, which Ringside
-/// does not originate yet (a cluster with a transport socket is refused). Everything
-/// else (JWT, ext_authz, Wasm) is refused by type as usual; `istio_authn` and RBAC are
-/// implemented.
+/// Istio's own extension filters that are accepted as documented no-ops (docs/xds.md,
+/// "Istio's extension filters"), since they enforce nothing: the TCP telemetry ones —
+/// network `istio.stats` (istio_tcp_* metrics) and `istio.metadata_exchange` (peer labels
+/// for them) — and `istio.alpn`, which only overrides the ALPN of upstream TLS. The HTTP
+/// telemetry filters are implemented (`telemetry.rs`), as are `istio_authn` and RBAC;
+/// anything else (Wasm in general) is refused by type as usual.
 /// Returns why it is a no-op, or `None` if the filter is not one of them.
 pub(super) fn istio_noop(
-    name: &str,
+    _name: &str,
     any: &prost_types::Any,
     network: bool,
 ) -> Option<&'static str> {
@@ -48,21 +48,11 @@ pub(super) fn istio_noop(
         t = inner.type_url.rsplit('/').next()?.to_string();
     }
     match (t.as_str(), network) {
-        ("stats.PluginConfig", _) => Some("istio.stats: Istio telemetry, a documented no-op"),
+        ("stats.PluginConfig", true) => {
+            Some("istio.stats (TCP): Istio's TCP telemetry, not reported yet")
+        }
         (METADATA_EXCHANGE, true) => {
             Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
-        }
-        // The HTTP metadata exchange is Istio's built-in ("null VM") Wasm plugin; only that
-        // name is accepted, never a Wasm filter in general.
-        ("envoy.extensions.filters.http.wasm.v3.Wasm", false)
-            if name == "istio.metadata_exchange" =>
-        {
-            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
-        }
-        // Current istiod's HTTP metadata exchange (a native filter in istio-proxy, sent as
-        // a TypedStruct): discovers peer labels for telemetry and enforces nothing.
-        ("io.istio.http.peer_metadata.Config", false) => {
-            Some("istio.metadata_exchange (peer_metadata): peer labels for telemetry, a documented no-op")
         }
         ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
             Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")

@@ -24,7 +24,11 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     if l.enable_reuse_port.is_some() {
         ctx.ignored.push(format!("{res}.enable_reuse_port"));
     }
-    let chains = super::chain::chains(l, res, ctx)?;
+    // envoy.config.core.v3.TrafficDirection: UNSPECIFIED 0, INBOUND 1, OUTBOUND 2.
+    ctx.inbound = l.traffic_direction == 1;
+    let chains = super::chain::chains(l, res, ctx);
+    ctx.inbound = false;
+    let chains = chains?;
     let inspectors = super::chain::listener_filters(l, res, ctx)?;
     let use_original_dst = l.use_original_dst.unwrap_or(false);
     let restore_dst = use_original_dst || inspectors.1;
@@ -69,7 +73,6 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     }
     Ok(Listener {
         ignore_global_conn_limit: l.ignore_global_conn_limit,
-        // envoy.config.core.v3.TrafficDirection: UNSPECIFIED 0, INBOUND 1, OUTBOUND 2.
         inbound: l.traffic_direction == 1,
         name: l.name.as_str().into(),
         address,

@@ -33,6 +33,7 @@ mod route;
 pub(crate) mod runtime;
 mod stats_config;
 mod tcp;
+mod telemetry;
 mod tls;
 mod tracing;
 
@@ -62,6 +63,8 @@ pub struct Ctx<'a> {
     pub secret_refs: std::collections::BTreeSet<(Arc<str>, SdsSource)>,
     /// Reads SDS files (`path_config_source`); `None`: they are refused.
     pub sds_files: Option<SdsFileReader>,
+    /// The listener being converted is INBOUND (`istio.stats` reports `destination`).
+    pub inbound: bool,
 }
 
 /// Reads the secrets of an SDS file (the control thread passes `config::read_sds_file`).
@@ -106,6 +109,7 @@ impl<'a> Ctx<'a> {
             secrets: Arc::default(),
             secret_refs: Default::default(),
             sds_files: None,
+            inbound: false,
         }
     }
 }

@@ -1,0 +1,361 @@
+//! Istio's telemetry filters on the request path: the HTTP peer metadata exchange
+//! (`x-envoy-peer-metadata` and `-id`, read and removed where the peer's are discovered,
+//! this workload's written where they are propagated) and `istio.stats`, which reports
+//! each request once it is done into the series of its labels (`stats::istio`).
+//!
+//! A core decodes a peer's header once and keeps the answer (up to [`PEER_CACHE`]
+//! values); the labels of a request are written into one reused buffer and its series
+//! found in the core's own map, so a request that repeats a known series allocates
+//! nothing.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::grpc_stats::{Call, Seen};
+use super::FilterHost;
+use crate::model::istio::{IstioStats, Peer, PeerMetadata, Reporter};
+use crate::stats::istio::HttpMetric;
+use crate::stats::labeled::KeyBuilder;
+
+pub(crate) use crate::model::istio::IstioCore;
+
+const HEADER: &[u8] = b"x-envoy-peer-metadata";
+const HEADER_ID: &[u8] = b"x-envoy-peer-metadata-id";
+
+/// What a request's Istio filters keep until it is done.
+#[derive(Default)]
+pub(crate) struct Telemetry {
+    pub stats: Option<Arc<IstioStats>>,
+    /// The client's workload, from its request headers.
+    pub downstream_peer: Option<Arc<Peer>>,
+    /// The upstream's workload, from its response headers.
+    pub upstream_peer: RefCell<Option<Arc<Peer>>>,
+    /// The upstream response's peer headers are read and removed.
+    pub upstream_discovery: bool,
+    /// The request is gRPC: what its call showed.
+    pub grpc: Option<Rc<Seen>>,
+    /// Set once the request has been reported (a request is counted once).
+    reported: Cell<bool>,
+}
+
+fn telemetry<E: FilterHost>(x: &mut E) -> &mut Telemetry {
+    x.filter_state_mut()
+        .istio
+        .get_or_insert_with(Default::default)
+}
+
+/// `istio.metadata_exchange` on the request.
+pub(super) fn exchange<E: FilterHost>(x: &mut E, f: &PeerMetadata, cluster: Option<&str>) {
+    let buf = x.buf();
+    let head = x.head();
+    let find = |name: &[u8]| {
+        head.headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let (value, id) = (find(HEADER), find(HEADER_ID));
+    let peer = match (&value, f.downstream_discovery) {
+        (Some(v), true) => x.core_ctx().istio.peer(&buf[v.clone()]),
+        _ => None,
+    };
+    if f.downstream_discovery {
+        if value.is_some() {
+            x.remove_request_header(HEADER);
+        }
+        if id.is_some() {
+            x.remove_request_header(HEADER_ID);
+        }
+        if let Some(p) = peer {
+            telemetry(x).downstream_peer.get_or_insert(p);
+        }
+    }
+    let node = &f.node;
+    if f.downstream_propagation {
+        // Answered in kind: each header only if the client sent it.
+        let s = x.filter_state_mut();
+        if value.is_some() {
+            s.response_added
+                .push((as_str(HEADER), node.exchange.as_bytes().to_vec()));
+        }
+        if id.is_some() {
+            s.response_added
+                .push((as_str(HEADER_ID), node.id.as_bytes().to_vec()));
+        }
+    }
+    let external = cluster.is_some_and(|c| c == "PassthroughCluster");
+    if f.upstream_propagation && !(f.skip_external && external) {
+        if value.is_some() && !f.downstream_discovery {
+            x.remove_request_header(HEADER);
+        }
+        if id.is_some() && !f.downstream_discovery {
+            x.remove_request_header(HEADER_ID);
+        }
+        let s = x.filter_state_mut();
+        s.added
+            .push((as_str(HEADER), node.exchange.as_bytes().to_vec()));
+        s.added
+            .push((as_str(HEADER_ID), node.id.as_bytes().to_vec()));
+    }
+    if f.upstream_discovery {
+        telemetry(x).upstream_discovery = true;
+    }
+}
+
+fn as_str(b: &'static [u8]) -> Box<str> {
+    std::str::from_utf8(b).unwrap_or_default().into()
+}
+
+/// `istio.stats` on the request: remembered until it is done.
+pub(super) fn stats<E: FilterHost>(x: &mut E, f: &Arc<IstioStats>) {
+    let grpc = is_grpc(x);
+    let core = x.core();
+    let t = telemetry(x);
+    t.stats.get_or_insert_with(|| f.clone());
+    if grpc && t.grpc.is_none() {
+        let seen = Rc::new(Seen::default());
+        t.grpc = Some(seen.clone());
+        let call = x.filter_state_mut().grpc.get_or_insert(Call {
+            stats: None,
+            core,
+            istio: None,
+        });
+        call.istio = Some(seen);
+    }
+}
+
+/// Whether the request is gRPC as Envoy tells it: `application/grpc`, or
+/// `application/grpc+<codec>` (not grpc-web).
+fn is_grpc<E: FilterHost>(x: &E) -> bool {
+    let buf = x.buf();
+    x.head().headers.iter().any(|(n, v)| {
+        buf[n.clone()].eq_ignore_ascii_case(b"content-type") && {
+            let v = &buf[v.clone()];
+            v.eq_ignore_ascii_case(b"application/grpc")
+                || (v.len() > 17 && v[..17].eq_ignore_ascii_case(b"application/grpc+"))
+        }
+    })
+}
+
+/// An upstream response header the exchange consumes: `true` when it is dropped.
+pub(crate) fn upstream_header(t: &Telemetry, core: &IstioCore, name: &[u8], value: &[u8]) -> bool {
+    if name.eq_ignore_ascii_case(HEADER) {
+        let mut p = t.upstream_peer.borrow_mut();
+        if p.is_none() {
+            *p = core.peer(value);
+        }
+        return true;
+    }
+    name.eq_ignore_ascii_case(HEADER_ID)
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC one (when the call gave none).
+fn http_to_grpc(status: u16) -> i32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// The namespace in a SPIFFE identity (`.../ns/<namespace>/...`).
+fn spiffe_namespace(id: &str) -> &str {
+    id.split_once("/ns/")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""))
+}
+
+fn or<'a>(v: &'a str, fallback: &'a str) -> &'a str {
+    if v.is_empty() {
+        fallback
+    } else {
+        v
+    }
+}
+
+/// Istio's passthrough clusters: `destination_service_name` is the cluster's name.
+const PASSTHROUGH: [&str; 5] = [
+    "BlackHoleCluster",
+    "PassthroughCluster",
+    "InboundPassthroughCluster",
+    "InboundPassthroughClusterIpv4",
+    "InboundPassthroughClusterIpv6",
+];
+
+/// Reports a finished request into its series (once).
+pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
+    let Some(t) = x.filter_state().istio.as_deref() else {
+        return;
+    };
+    let Some(f) = t.stats.as_deref() else { return };
+    if t.reported.replace(true) {
+        return;
+    }
+    let log = x.log();
+    let node = &*f.node;
+    // Principals: istio_authn's filter state, else the certificates' first URI SANs.
+    let (mut peer_san, mut local_san) = ("", "");
+    if f.reporter != Reporter::Source {
+        if let Some(a) = x.authn() {
+            let istio_authn = x.hcm().istio_authn;
+            peer_san = a
+                .filter_state("io.istio.peer_principal", istio_authn)
+                .unwrap_or("");
+            local_san = a
+                .filter_state("io.istio.local_principal", istio_authn)
+                .unwrap_or("");
+            if peer_san.is_empty() && local_san.is_empty() {
+                peer_san = a
+                    .peer
+                    .as_ref()
+                    .and_then(|p| p.uri_sans.first())
+                    .map_or("", |s| s.as_str());
+                local_san = a.local_principal.as_deref().unwrap_or("");
+            }
+        }
+    }
+    let up = t.upstream_peer.borrow();
+    let peer: Option<&Peer> = match f.reporter {
+        Reporter::Source => up.as_deref(),
+        _ => t.downstream_peer.as_deref(),
+    };
+    let empty = Peer::default();
+    let peer = peer.unwrap_or(&empty);
+    let peer_namespace = or(spiffe_namespace(peer_san), &peer.namespace);
+    // The destination service: the Host header (unless disabled), Istio's passthrough
+    // routes and clusters by name, else the cluster's `istio.services[0]`.
+    let authority = x.bytes(&log.authority);
+    let authority = std::str::from_utf8(authority).unwrap_or("");
+    let (mut service_host, mut service_name, mut service_namespace) = ("", "", "");
+    if f.host_header_fallback {
+        (service_host, service_name) = (authority, authority);
+    }
+    let snapshot = x.snapshot();
+    let route = log.route.as_deref().unwrap_or("");
+    let cluster = log.cluster.as_deref().unwrap_or("");
+    if route == "block_all" {
+        service_name = "BlackHoleCluster";
+    } else if route == "allow_any" {
+        service_name = "PassthroughCluster";
+    } else if let Some(p) = PASSTHROUGH.iter().find(|p| **p == cluster) {
+        service_name = p;
+    } else if let Some(s) = snapshot
+        .cluster(cluster)
+        .and_then(|c| c.istio_service.as_deref())
+    {
+        service_host = &s.host;
+        service_namespace = &s.namespace;
+        service_name = &s.name;
+    }
+    const UNKNOWN: &str = "unknown";
+    let mut key = ctx.istio.series.scratch.borrow_mut();
+    key.clear();
+    let mut k = KeyBuilder(&mut key);
+    let mut push = |v: &str| k.push(v.as_bytes());
+    push(f.reporter.label());
+    let client_side = f.reporter == Reporter::Source;
+    if client_side {
+        push(&node.workload);
+        push(&node.canonical_service);
+        push(&node.canonical_revision);
+        push(&node.namespace);
+        push(or(local_san, UNKNOWN));
+        push(&node.app);
+        push(&node.version);
+        push(&node.cluster);
+    } else {
+        push(or(&peer.workload, UNKNOWN));
+        push(or(&peer.canonical_service, UNKNOWN));
+        push(or(&peer.canonical_revision, "latest"));
+        push(or(peer_namespace, UNKNOWN));
+        push(or(peer_san, UNKNOWN));
+        push(or(&peer.app, UNKNOWN));
+        push(or(&peer.version, UNKNOWN));
+        push(or(&peer.cluster, UNKNOWN));
+    }
+    if f.reporter == Reporter::Destination {
+        push(&node.workload);
+        push(&node.namespace);
+        push(or(local_san, UNKNOWN));
+        push(&node.app);
+        push(&node.version);
+        push(or(service_host, &node.canonical_service));
+        push(&node.canonical_service);
+        push(&node.canonical_revision);
+        push(or(service_name, &node.canonical_service));
+        push(&node.namespace);
+        push(&node.cluster);
+    } else {
+        // The client's sidecar and a waypoint: the upstream peer's workload.
+        let up_peer = match f.reporter {
+            Reporter::Waypoint => up.as_deref().unwrap_or(&empty),
+            _ => peer,
+        };
+        let up_namespace = if client_side {
+            peer_namespace
+        } else {
+            &up_peer.namespace
+        };
+        push(or(&up_peer.workload, UNKNOWN));
+        push(or(up_namespace, UNKNOWN));
+        push(if client_side {
+            or(peer_san, UNKNOWN)
+        } else {
+            UNKNOWN
+        });
+        push(or(&up_peer.app, UNKNOWN));
+        push(or(&up_peer.version, UNKNOWN));
+        push(or(service_host, UNKNOWN));
+        push(or(&up_peer.canonical_service, UNKNOWN));
+        let revision = if client_side { "latest" } else { UNKNOWN };
+        push(or(&up_peer.canonical_revision, revision));
+        push(or(service_name, UNKNOWN));
+        push(or(or(service_namespace, up_namespace), UNKNOWN));
+        push(or(&up_peer.cluster, UNKNOWN));
+    }
+    push(if t.grpc.is_some() { "grpc" } else { "http" });
+    push(itoa::Buffer::new().format(log.status));
+    let mut code = itoa::Buffer::new();
+    push(match &t.grpc {
+        None => "",
+        Some(g) => match g.status.get() {
+            Some(s) => code.format(s),
+            None if log.status != 0 => code.format(http_to_grpc(log.status)),
+            None => "",
+        },
+    });
+    let mut flags = Vec::new();
+    log.flags.write(&mut flags);
+    push(std::str::from_utf8(&flags).unwrap_or("-"));
+    push(match f.reporter {
+        Reporter::Source => UNKNOWN,
+        _ if !peer_san.is_empty() && !local_san.is_empty() => "mutual_tls",
+        _ => "none",
+    });
+    push(itoa::Buffer::new().format(f.shape));
+    let series = f.series.series(x.core(), &ctx.istio.series, &key);
+    drop(key);
+    series.add(HttpMetric::RequestsTotal as usize, 1);
+    if let Some(g) = &t.grpc {
+        series.add(HttpMetric::RequestMessages as usize, g.messages[0].get());
+        series.add(HttpMetric::ResponseMessages as usize, g.messages[1].get());
+    }
+    let c = HttpMetric::COUNTERS;
+    if let Some(start) = log.started {
+        let ms = start.elapsed().as_millis() as u64;
+        series.record(HttpMetric::Duration as usize - c, ms);
+    }
+    // Wire bytes: the head as received (in HTTP/1 form for HTTP/2) and the body.
+    let head = x.head().len as u64;
+    series.record(
+        HttpMetric::RequestBytes as usize - c,
+        head + log.bytes_received,
+    );
+    series.record(
+        HttpMetric::ResponseBytes as usize - c,
+        log.head_bytes_sent + log.bytes_sent,
+    );
+}

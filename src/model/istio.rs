@@ -1,0 +1,301 @@
+//! Istio's telemetry extensions, validated: `istio.stats` (the `istio_*` metrics) and the
+//! HTTP peer metadata exchange (`istio.metadata_exchange`), with the workload metadata
+//! peers exchange, encoded and decoded as istio-proxy does (base64 of a deterministic
+//! `google.protobuf.Struct`).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use prost::Message;
+use prost_types::value::Kind;
+use prost_types::{Struct, Value};
+
+pub use crate::stats::istio::LocalNode;
+
+/// Which side of a request a proxy reports (`stats.PluginConfig.reporter` and the
+/// listener's direction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reporter {
+    /// An outbound listener: the client's sidecar (`reporter="source"`).
+    Source,
+    /// An inbound listener: the server's sidecar (`reporter="destination"`).
+    Destination,
+    /// `SERVER_GATEWAY` (a waypoint): `reporter="waypoint"`.
+    Waypoint,
+}
+
+impl Reporter {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+            Reporter::Waypoint => "waypoint",
+        }
+    }
+}
+
+/// `istio.stats` on a connection manager.
+pub struct IstioStats {
+    pub reporter: Reporter,
+    /// Whether `destination_service` may come from the Host header when the cluster
+    /// names no service.
+    pub host_header_fallback: bool,
+    /// The metric shape's id in [`crate::stats::istio::Istio`].
+    pub shape: u8,
+    pub node: Arc<LocalNode>,
+    pub series: Arc<crate::stats::labeled::Registry<3, 3>>,
+}
+
+/// `istio.metadata_exchange` over HTTP: which way peers' metadata is discovered and
+/// propagated (`io.istio.http.peer_metadata.Config`).
+#[derive(Debug, Clone)]
+pub struct PeerMetadata {
+    /// Read (and remove) the client's `x-envoy-peer-metadata` headers.
+    pub downstream_discovery: bool,
+    /// Read (and remove) the upstream response's.
+    pub upstream_discovery: bool,
+    /// Answer a client that sent them with this workload's.
+    pub downstream_propagation: bool,
+    /// Send this workload's on upstream requests.
+    pub upstream_propagation: bool,
+    /// `istio_headers.skip_external_clusters`: no propagation to `PassthroughCluster`.
+    pub skip_external: bool,
+    pub node: Arc<LocalNode>,
+}
+
+/// The service an Istio cluster serves (`metadata.filter_metadata.istio.services[0]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstioService {
+    pub host: Box<str>,
+    /// `name`, else the host up to its first dot.
+    pub name: Box<str>,
+    pub namespace: Box<str>,
+}
+
+/// A peer's workload, as metadata exchange told it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub workload: Box<str>,
+    pub namespace: Box<str>,
+    pub canonical_service: Box<str>,
+    pub canonical_revision: Box<str>,
+    pub app: Box<str>,
+    pub version: Box<str>,
+    pub cluster: Box<str>,
+}
+
+fn text(s: &Struct, key: &str) -> Box<str> {
+    match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(v)) => v.as_str().into(),
+        _ => "".into(),
+    }
+}
+
+fn labels(s: &Struct) -> Option<&Struct> {
+    match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(l)) => Some(l),
+        _ => None,
+    }
+}
+
+/// The first of `keys` that a label set has.
+fn label(l: Option<&Struct>, keys: &[&str]) -> Box<str> {
+    let Some(l) = l else { return "".into() };
+    keys.iter()
+        .map(|k| text(l, k))
+        .find(|v| !v.is_empty())
+        .unwrap_or_default()
+}
+
+impl Peer {
+    /// Decodes an `x-envoy-peer-metadata` value; `None` when it is not one.
+    pub fn decode(value: &[u8]) -> Option<Peer> {
+        use base64::Engine;
+        let trimmed = value.strip_suffix(b"==").or(value.strip_suffix(b"="));
+        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(trimmed.unwrap_or(value))
+            .ok()?;
+        let s = Struct::decode(raw.as_slice()).ok()?;
+        Some(Peer::of(&s))
+    }
+
+    /// The workload a metadata struct describes (unknown keys ignored).
+    pub fn of(s: &Struct) -> Peer {
+        let l = labels(s);
+        Peer {
+            workload: text(s, "WORKLOAD_NAME"),
+            namespace: text(s, "NAMESPACE"),
+            canonical_service: label(l, &["service.istio.io/canonical-name"]),
+            canonical_revision: label(l, &["service.istio.io/canonical-revision"]),
+            app: label(l, &["app.kubernetes.io/name", "app"]),
+            version: label(l, &["app.kubernetes.io/version", "version"]),
+            cluster: text(s, "CLUSTER_ID"),
+        }
+    }
+}
+
+fn string(v: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    }
+}
+
+/// This workload's node, from the bootstrap's `node`: its labels for the metrics and its
+/// `x-envoy-peer-metadata` value (`NAME`, `NAMESPACE`, `WORKLOAD_NAME`, `CLUSTER_ID`, the
+/// four `LABELS` Istio exchanges and `OWNER`, each only when set; `LABELS` always).
+pub fn local_node(id: &str, metadata: Option<&Struct>) -> LocalNode {
+    let empty = Struct::default();
+    let md = metadata.unwrap_or(&empty);
+    let l = labels(md);
+    let app = label(l, &["app.kubernetes.io/name", "app"]);
+    let version = label(l, &["app.kubernetes.io/version", "version"]);
+    let canonical_service = label(l, &["service.istio.io/canonical-name"]);
+    let canonical_revision = label(l, &["service.istio.io/canonical-revision"]);
+    let mut out = Struct::default();
+    for key in ["NAME", "NAMESPACE", "WORKLOAD_NAME", "CLUSTER_ID", "OWNER"] {
+        let v = text(md, key);
+        if !v.is_empty() {
+            out.fields.insert(key.into(), string(&v));
+        }
+    }
+    let mut ls = Struct::default();
+    for (k, v) in [
+        ("service.istio.io/canonical-name", &canonical_service),
+        ("service.istio.io/canonical-revision", &canonical_revision),
+        ("app", &app),
+        ("version", &version),
+    ] {
+        if !v.is_empty() {
+            ls.fields.insert(k.into(), string(v));
+        }
+    }
+    out.fields.insert(
+        "LABELS".into(),
+        Value {
+            kind: Some(Kind::StructValue(ls)),
+        },
+    );
+    use base64::Engine;
+    // prost writes a map's entries in key order: the deterministic form istio-proxy sends.
+    let exchange = base64::engine::general_purpose::STANDARD.encode(out.encode_to_vec());
+    LocalNode {
+        id: id.into(),
+        workload: text(md, "WORKLOAD_NAME"),
+        namespace: text(md, "NAMESPACE"),
+        canonical_service,
+        canonical_revision,
+        app,
+        version,
+        cluster: text(md, "CLUSTER_ID"),
+        exchange: exchange.into(),
+    }
+}
+
+/// How many peer header values a core keeps decoded (istio-proxy keeps 500 per thread).
+const PEER_CACHE: usize = 500;
+
+/// Decoded peers by header value (`None`: the value describes none).
+type PeerCache = rustc_hash::FxHashMap<Box<[u8]>, Option<Arc<Peer>>>;
+
+/// A core's decoded peers and Istio series.
+#[derive(Default)]
+pub struct IstioCore {
+    peers: RefCell<PeerCache>,
+    pub series: crate::stats::istio::HttpCoreMap,
+}
+
+impl IstioCore {
+    /// The peer an `x-envoy-peer-metadata` value describes (decoded once per core).
+    pub fn peer(&self, value: &[u8]) -> Option<Arc<Peer>> {
+        if let Some(p) = self.peers.borrow().get(value) {
+            return p.clone();
+        }
+        let p = Peer::decode(value).map(Arc::new);
+        let mut peers = self.peers.borrow_mut();
+        if peers.len() >= PEER_CACHE {
+            peers.clear();
+        }
+        peers.insert(value.into(), p.clone());
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_md() -> Struct {
+        let mut l = Struct::default();
+        for (k, v) in [
+            ("app", "reviews"),
+            ("version", "v2"),
+            ("service.istio.io/canonical-name", "reviews"),
+            ("service.istio.io/canonical-revision", "v2"),
+            ("pod-template-hash", "abc"),
+        ] {
+            l.fields.insert(k.into(), string(v));
+        }
+        let mut md = Struct::default();
+        for (k, v) in [
+            ("NAME", "reviews-v2-1"),
+            ("NAMESPACE", "default"),
+            ("WORKLOAD_NAME", "reviews-v2"),
+            ("CLUSTER_ID", "Kubernetes"),
+            ("ISTIO_VERSION", "1.24.0"),
+        ] {
+            md.fields.insert(k.into(), string(v));
+        }
+        md.fields.insert(
+            "LABELS".into(),
+            Value {
+                kind: Some(Kind::StructValue(l)),
+            },
+        );
+        md
+    }
+
+    #[test]
+    fn a_node_round_trips_through_its_exchange_header() {
+        let n = local_node(
+            "sidecar~10.0.0.1~reviews-v2-1.default~default.svc.cluster.local",
+            Some(&node_md()),
+        );
+        assert_eq!(&*n.workload, "reviews-v2");
+        assert_eq!(&*n.app, "reviews");
+        let p = Peer::decode(n.exchange.as_bytes()).unwrap();
+        assert_eq!(&*p.workload, "reviews-v2");
+        assert_eq!(&*p.namespace, "default");
+        assert_eq!(&*p.canonical_service, "reviews");
+        assert_eq!(&*p.canonical_revision, "v2");
+        assert_eq!(
+            (&*p.app, &*p.version, &*p.cluster),
+            ("reviews", "v2", "Kubernetes")
+        );
+        // Only the keys Istio exchanges: no ISTIO_VERSION, no other labels.
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(n.exchange.as_bytes())
+            .unwrap();
+        let s = Struct::decode(raw.as_slice()).unwrap();
+        let keys: Vec<&str> = s.fields.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["CLUSTER_ID", "LABELS", "NAME", "NAMESPACE", "WORKLOAD_NAME"]
+        );
+        assert_eq!(labels(&s).unwrap().fields.len(), 4);
+        // Deterministic: map entries in key order, so the bytes start with CLUSTER_ID.
+        assert_eq!(&raw[..4], b"\x0a\x1a\x0a\x0a");
+        // Without padding, as some peers send it; garbage is no peer.
+        let unpadded = n.exchange.trim_end_matches('=');
+        assert_eq!(Peer::decode(unpadded.as_bytes()), Some(p));
+        assert_eq!(Peer::decode(b"not base64!"), None);
+    }
+
+    #[test]
+    fn a_node_without_metadata_has_empty_labels() {
+        let n = local_node("x", None);
+        assert_eq!(&*n.workload, "");
+        let p = Peer::decode(n.exchange.as_bytes()).unwrap();
+        assert_eq!(p, Peer::default());
+    }
+}

@@ -1,0 +1,265 @@
+//! Istio's standard metrics (`istio.stats`): `istio_requests_total`, the request duration
+//! and size histograms and the gRPC message counters, each series named by Istio's labels
+//! in Istio's order. They live in the custom stat namespace `istiocustom`, as istio-proxy
+//! registers it: `/stats` prints a series as `istiocustom.<metric>.<label>.<value>...`
+//! (Envoy's tagged-name join), and `/stats/prometheus` as `<metric>{<label>="<value>",...}`
+//! with no `envoy_` prefix.
+// The mask list's Mutex is taken at configuration time and on admin reads only.
+#![allow(clippy::disallowed_types)]
+
+use std::sync::{Arc, Mutex};
+
+use super::labeled::{CoreMap, Registry};
+use super::{HistValue, StatValue, Store};
+
+/// The custom stat namespace.
+pub const NAMESPACE: &str = "istiocustom";
+
+/// The labels of an HTTP series, in Istio's order (`reporter`, the peers, then what the
+/// request ended with).
+pub const LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// How many of [`LABELS`] the gRPC message counters carry: istio-proxy reports them
+/// before it adds the last five.
+const PEER_LABELS: usize = 20;
+
+/// Istio's HTTP metrics, indexed as [`HttpMetric`]: counters, then histograms.
+pub const METRICS: [&str; 6] = [
+    "istio_requests_total",
+    "istio_request_messages_total",
+    "istio_response_messages_total",
+    "istio_request_duration_milliseconds",
+    "istio_request_bytes",
+    "istio_response_bytes",
+];
+
+/// An HTTP metric; its discriminant indexes [`METRICS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMetric {
+    RequestsTotal,
+    RequestMessages,
+    ResponseMessages,
+    Duration,
+    RequestBytes,
+    ResponseBytes,
+}
+
+impl HttpMetric {
+    /// Counters first: a counter's index is its discriminant, a histogram's is its
+    /// discriminant less the counters.
+    pub const COUNTERS: usize = 3;
+
+    /// The metric by its name in `stats.PluginConfig` (without `istio_`).
+    pub fn by_config_name(name: &str) -> Option<HttpMetric> {
+        use HttpMetric::*;
+        Some(match name {
+            "requests_total" => RequestsTotal,
+            "request_messages_total" => RequestMessages,
+            "response_messages_total" => ResponseMessages,
+            "request_duration_milliseconds" => Duration,
+            "request_bytes" => RequestBytes,
+            "response_bytes" => ResponseBytes,
+            _ => return None,
+        })
+    }
+}
+
+/// Which metrics a filter reports and which labels each drops (`stats.PluginConfig`'s
+/// metric overrides): per metric, a bit per label of [`LABELS`] that is removed; a
+/// dropped metric is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shape {
+    pub removed: [Option<u32>; 6],
+}
+
+impl Shape {
+    /// Every metric with every label.
+    pub const STANDARD: Shape = Shape {
+        removed: [Some(0); 6],
+    };
+}
+
+/// The HTTP series: three counters, three histograms.
+pub type HttpSeries = super::labeled::Series<3, 3>;
+/// A core's HTTP series by key.
+pub type HttpCoreMap = CoreMap<3, 3>;
+
+/// Istio's metrics of one proxy: every core's series and the shapes their keys name.
+pub struct Istio {
+    pub http: Arc<Registry<3, 3>>,
+    /// Shapes by id (a series key ends with its shape's id).
+    shapes: Mutex<Vec<Shape>>,
+    /// This proxy's workload (set from the bootstrap before anything is converted).
+    pub node: arc_swap::ArcSwap<LocalNode>,
+}
+
+impl Istio {
+    pub fn new(cores: usize) -> Self {
+        Istio {
+            http: Arc::new(Registry::new(cores)),
+            shapes: Mutex::new(vec![Shape::STANDARD]),
+            node: Default::default(),
+        }
+    }
+
+    /// The id of `shape` (configuration time only).
+    pub fn shape_id(&self, shape: Shape) -> u8 {
+        let mut s = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match s.iter().position(|x| *x == shape) {
+            Some(i) => i,
+            None => {
+                s.push(shape);
+                s.len() - 1
+            }
+        };
+        u8::try_from(i).unwrap_or(u8::MAX)
+    }
+}
+
+/// The name `/stats` prints for a series: Envoy joins a tagged stat's name and its tags
+/// with dots.
+fn joined(metric: &str, tags: &[(String, String)]) -> String {
+    let mut s = format!("{NAMESPACE}.{metric}");
+    for (k, v) in tags {
+        s.push('.');
+        s.push_str(k);
+        s.push('.');
+        s.push_str(v);
+    }
+    s
+}
+
+impl Store {
+    /// Istio's series as stats and histograms (merged over cores, series of the same
+    /// metric and labels summed), with their tags recorded for the Prometheus form.
+    pub(super) fn istio_stats(&self) -> (Vec<StatValue>, Vec<HistValue>) {
+        let shapes = self
+            .istio
+            .shapes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        type Values = (Vec<u64>, Vec<HistValue>);
+        let mut by_name = std::collections::BTreeMap::<String, (usize, Values)>::new();
+        let mut tagged = Vec::new();
+        for (key, m) in self.istio.http.merged() {
+            let values: Vec<&str> = super::labeled::key_values(&key).collect();
+            let Some(shape) = values
+                .get(LABELS.len())
+                .and_then(|id| id.parse::<usize>().ok())
+                .and_then(|id| shapes.get(id))
+            else {
+                continue;
+            };
+            for (i, metric) in METRICS.iter().enumerate() {
+                let Some(removed) = shape.removed[i] else {
+                    continue;
+                };
+                let n = if matches!(i, 1 | 2) {
+                    PEER_LABELS
+                } else {
+                    LABELS.len()
+                };
+                let tags: Vec<(String, String)> = (0..n)
+                    .filter(|&l| removed & (1 << l) == 0)
+                    .map(|l| (LABELS[l].to_string(), values[l].to_string()))
+                    .collect();
+                let name = joined(metric, &tags);
+                let e = by_name.entry(name.clone()).or_insert_with(|| {
+                    tagged.push((name, metric, tags));
+                    (i, (Vec::new(), Vec::new()))
+                });
+                if i < HttpMetric::COUNTERS {
+                    e.1 .0.push(m.counters[i]);
+                } else {
+                    e.1 .1.push(m.hists[i - HttpMetric::COUNTERS].clone());
+                }
+            }
+        }
+        {
+            let mut cache = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, metric, tags) in tagged {
+                cache.entry(name).or_insert_with(|| {
+                    Arc::new(super::tags::Tagged {
+                        name: format!("{NAMESPACE}.{metric}"),
+                        tags,
+                    })
+                });
+            }
+        }
+        let (mut stats, mut hists) = (Vec::new(), Vec::new());
+        for (name, (i, (counters, hs))) in by_name {
+            if i < HttpMetric::COUNTERS {
+                let value = counters.iter().fold(0u64, |a, c| a.wrapping_add(*c));
+                // The message counters exist for gRPC requests only.
+                if i > 0 && value == 0 {
+                    continue;
+                }
+                stats.push(StatValue {
+                    name,
+                    value: value as i64,
+                    gauge: false,
+                    used: true,
+                });
+            } else {
+                let mut h = HistValue::sum(hs);
+                if h.count == 0 {
+                    continue;
+                }
+                h.name = name;
+                hists.push(h);
+            }
+        }
+        (stats, hists)
+    }
+}
+
+/// What this proxy's own workload is, from the bootstrap's `node.metadata` (pilot-agent's
+/// keys): its side of every series, and what metadata exchange tells peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNode {
+    /// `node.id` (`x-envoy-peer-metadata-id`).
+    pub id: Box<str>,
+    /// `WORKLOAD_NAME`.
+    pub workload: Box<str>,
+    /// `NAMESPACE`.
+    pub namespace: Box<str>,
+    /// `LABELS["service.istio.io/canonical-name"]`.
+    pub canonical_service: Box<str>,
+    /// `LABELS["service.istio.io/canonical-revision"]`.
+    pub canonical_revision: Box<str>,
+    /// `LABELS["app"]`.
+    pub app: Box<str>,
+    /// `LABELS["version"]`.
+    pub version: Box<str>,
+    /// `CLUSTER_ID`.
+    pub cluster: Box<str>,
+    /// `x-envoy-peer-metadata`: this workload's metadata as istio-proxy encodes it.
+    pub exchange: Box<str>,
+}

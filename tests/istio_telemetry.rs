@@ -1,0 +1,521 @@
+//! Istio's telemetry between two sidecars, configured as istiod configures them: the
+//! client's (an OUTBOUND listener) and the server's (INBOUND) exchange their workloads'
+//! metadata in `x-envoy-peer-metadata` headers, which neither the application nor the
+//! client ever sees, and each reports `istio_requests_total` and its histograms with
+//! Istio's labels — the peer's workload from the exchange, the service from the cluster's
+//! `istio` metadata or the Host header — in `/stats` and `/stats/prometheus`.
+
+mod support;
+
+use support::*;
+
+/// A node as pilot-agent describes a pod.
+fn node(id: &str, workload: &str, app: &str, version: &str) -> String {
+    format!(
+        r#"node:
+  id: {id}
+  cluster: {app}.default
+  metadata:
+    NAME: {workload}-abc12
+    NAMESPACE: default
+    WORKLOAD_NAME: {workload}
+    CLUSTER_ID: Kubernetes
+    ISTIO_VERSION: 1.24.0
+    LABELS:
+      app: {app}
+      version: {version}
+      pod-template-hash: abc12
+      service.istio.io/canonical-name: {app}
+      service.istio.io/canonical-revision: {version}
+"#
+    )
+}
+
+/// istiod's HTTP metadata exchange for an inbound or outbound listener.
+fn exchange(inbound: bool) -> String {
+    let side = if inbound { "downstream" } else { "upstream" };
+    format!(
+        r#"          - name: istio.metadata_exchange
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
+              value:
+                {side}_discovery: [{{istio_headers: {{}}}}, {{workload_discovery: {{}}}}]
+                {side}_propagation: [{{istio_headers: {{}}}}]
+"#
+    )
+}
+
+fn sidecar(
+    node: &str,
+    direction: &str,
+    filters: &str,
+    stats: &str,
+    routes: &str,
+    cluster: &str,
+    upstream: std::net::SocketAddr,
+) -> String {
+    sidecar_tls(
+        node,
+        direction,
+        filters,
+        stats,
+        routes,
+        cluster,
+        upstream,
+        ("", "", ""),
+    )
+}
+
+/// A sidecar whose filter chain has `tls.0` (network filters) before its connection
+/// manager and `tls.1` after it (a transport socket), and whose cluster has `tls.2`.
+#[allow(clippy::too_many_arguments)]
+fn sidecar_tls(
+    node: &str,
+    direction: &str,
+    filters: &str,
+    stats: &str,
+    routes: &str,
+    cluster: &str,
+    upstream: std::net::SocketAddr,
+    tls: (&str, &str, &str),
+) -> String {
+    let (before, after, cluster_tls) = tls;
+    format!(
+        r#"{node}static_resources:
+  listeners:
+  - name: {direction}
+    traffic_direction: {direction}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+{before}      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {direction}
+          route_config:
+            name: r
+            virtual_hosts: [{{name: all, domains: ['*'], routes: {routes}}}]
+          http_filters:
+{filters}          - name: istio.stats
+            typed_config:
+              "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+              type_url: type.googleapis.com/stats.PluginConfig
+              value: {stats}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+{after}  clusters:
+  - name: '{cluster}'
+    connect_timeout: 1s
+{cluster_tls}
+    metadata:
+      filter_metadata:
+        istio:
+          services: [{{host: reviews.default.svc.cluster.local, name: reviews, namespace: default}}]
+    load_assignment:
+      cluster_name: '{cluster}'
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]
+"#,
+        upstream.ip(),
+        upstream.port()
+    )
+}
+
+/// The Prometheus line of `metric` whose labels are exactly `labels`, and its value.
+fn sample(prom: &str, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let head = format!("{metric}{{{}}} ", want.join(","));
+    prom.lines()
+        .find_map(|l| l.strip_prefix(&head))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Istio's 25 labels with these values, in Istio's order.
+fn labels(v: [&str; 25]) -> Vec<(&'static str, &str)> {
+    const NAMES: [&str; 25] = [
+        "reporter",
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_workload",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_service",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_service_name",
+        "destination_service_namespace",
+        "destination_cluster",
+        "request_protocol",
+        "response_code",
+        "grpc_response_status",
+        "response_flags",
+        "connection_security_policy",
+    ];
+    NAMES.into_iter().zip(v).collect()
+}
+
+async fn prometheus(p: &Proxy, metric: &str, want: u64) -> String {
+    // A request is reported once its stream is done, just after the client has its answer.
+    for _ in 0..100 {
+        let (status, body) = p.admin_get("/stats/prometheus").await;
+        assert_eq!(status, 200);
+        let total: u64 = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        if total >= want {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{metric} never reached {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
+    for driver in drivers() {
+        let app = Backend::start("app").await;
+        let server = Proxy::start(
+            &sidecar(
+                &node(
+                    "sidecar~10.0.0.2~reviews-v2-abc12.default~default.svc.cluster.local",
+                    "reviews-v2",
+                    "reviews",
+                    "v2",
+                ),
+                "INBOUND",
+                &exchange(true),
+                // istiod's inbound form; response_flags dropped from the count, request
+                // sizes not reported at all.
+                "{disable_host_header_fallback: true, metrics: [{name: requests_total, tags_to_remove: [response_flags]}, {name: request_bytes, drop: true}]}",
+                "[{match: {prefix: /}, name: default, route: {cluster: 'inbound|9080||'}}]",
+                "inbound|9080||",
+                app.addr,
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let server_addr = server.wait_listener("INBOUND").await;
+        let client = Proxy::start(
+            &sidecar(
+                &node(
+                    "sidecar~10.0.0.1~productpage-v1-abc12.default~default.svc.cluster.local",
+                    "productpage-v1",
+                    "productpage",
+                    "v1",
+                ),
+                "OUTBOUND",
+                &exchange(false),
+                "{}",
+                "[{match: {prefix: /x}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}, {match: {prefix: /status}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
+                "outbound|9080||reviews.default.svc.cluster.local",
+                server_addr,
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let addr = client.wait_listener("OUTBOUND").await;
+        for i in 0..4 {
+            let (status, headers, _) = send(addr, i % 2 == 1, "GET", "/x", &[]).await;
+            assert_eq!(status, 200, "{driver}");
+            // The exchange stays between the sidecars.
+            assert!(
+                !headers
+                    .iter()
+                    .any(|(n, _)| n.starts_with("x-envoy-peer-metadata")),
+                "{driver}: {headers:?}"
+            );
+            assert_eq!(app.seen.header("x-envoy-peer-metadata"), None, "{driver}");
+            assert_eq!(app.seen.header("x-envoy-peer-metadata-id"), None);
+        }
+        let (status, _, _) = send(addr, false, "GET", "/status/503", &[]).await;
+        assert_eq!(status, 503);
+        // A gRPC call no route matches: the client's sidecar answers it (grpc-status 12).
+        let (status, headers, _) = send(
+            addr,
+            true,
+            "POST",
+            "/pkg.Svc/Method",
+            &[("content-type", "application/grpc")],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "grpc-status"), Some("12"), "{headers:?}");
+
+        let prom = prometheus(&client, "istio_requests_total", 6).await;
+        let source = |code: &'static str| {
+            labels([
+                "source",
+                "productpage-v1",
+                "productpage",
+                "v1",
+                "default",
+                "unknown",
+                "productpage",
+                "v1",
+                "Kubernetes",
+                "reviews-v2",
+                "default",
+                "unknown",
+                "reviews",
+                "v2",
+                "reviews.default.svc.cluster.local",
+                "reviews",
+                "v2",
+                "reviews",
+                "default",
+                "Kubernetes",
+                "http",
+                code,
+                "",
+                "-",
+                "unknown",
+            ])
+        };
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &source("200")),
+            Some(4),
+            "{driver}:\n{prom}"
+        );
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &source("503")),
+            Some(1),
+            "{driver}:\n{prom}"
+        );
+        // No route, no peer: the Host header names the service (outbound keeps the
+        // fallback), the peer is unknown.
+        let nr = labels([
+            "source",
+            "productpage-v1",
+            "productpage",
+            "v1",
+            "default",
+            "unknown",
+            "productpage",
+            "v1",
+            "Kubernetes",
+            "unknown",
+            "unknown",
+            "unknown",
+            "unknown",
+            "unknown",
+            "example.com",
+            "unknown",
+            "latest",
+            "example.com",
+            "unknown",
+            "unknown",
+            "grpc",
+            "200",
+            "12",
+            "NR",
+            "unknown",
+        ]);
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &nr),
+            Some(1),
+            "{driver}:\n{prom}"
+        );
+        let mut ok = source("200");
+        ok.push(("le", "+Inf"));
+        assert_eq!(
+            sample(&prom, "istio_request_duration_milliseconds_bucket", &ok),
+            Some(4),
+            "{driver}:\n{prom}"
+        );
+        assert!(prom.contains("# TYPE istio_requests_total counter\n"));
+        assert!(prom.contains("# TYPE istio_request_bytes histogram\n"));
+        assert!(!prom.contains("envoy_istio"), "{prom}");
+
+        // The server's side: the client's workload from the exchange, the service from
+        // the inbound cluster's metadata (the Host header is not used), plaintext.
+        let prom = prometheus(&server, "istio_requests_total", 5).await;
+        let mut dest = labels([
+            "destination",
+            "productpage-v1",
+            "productpage",
+            "v1",
+            "default",
+            "unknown",
+            "productpage",
+            "v1",
+            "Kubernetes",
+            "reviews-v2",
+            "default",
+            "unknown",
+            "reviews",
+            "v2",
+            "reviews.default.svc.cluster.local",
+            "reviews",
+            "v2",
+            "reviews",
+            "default",
+            "Kubernetes",
+            "http",
+            "200",
+            "",
+            "-",
+            "none",
+        ]);
+        dest.retain(|(k, _)| *k != "response_flags");
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &dest),
+            Some(4),
+            "{driver}:\n{prom}"
+        );
+        // The other metrics keep every label; request sizes are dropped.
+        assert!(
+            prom.lines().any(|l| l
+                .starts_with("istio_response_bytes_count{reporter=\"destination\"")
+                && l.contains("response_flags=\"-\"")),
+            "{prom}"
+        );
+        assert!(!prom.contains("istio_request_bytes"), "{prom}");
+        // `/stats` joins the name and its tags with dots, in Istio's namespace.
+        let (_, text) = server.admin_get("/stats?filter=istio_requests_total").await;
+        assert!(
+            text.lines().any(|l| l.starts_with(
+                "istiocustom.istio_requests_total.reporter.destination.source_workload.productpage-v1.source_canonical_service.productpage."
+            ) && l.ends_with(": 4")),
+            "{driver}: {text}"
+        );
+    }
+}
+
+const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_the_server_reports_both_principals() {
+    use support::pki::*;
+    let ca = Ca::new("mesh");
+    let server_id = ca.issue("reviews", Some(REVIEWS), false);
+    let client_id = ca.issue("productpage", Some(PRODUCTPAGE), false);
+    let dir = temp_dir();
+    let root = write(&dir, "root.pem", &ca.pem());
+    let (scert, skey) = (
+        write(&dir, "server.pem", &server_id.cert_pem),
+        write(&dir, "server.key", &server_id.key_pem),
+    );
+    let (ccert, ckey) = (
+        write(&dir, "client.pem", &client_id.cert_pem),
+        write(&dir, "client.key", &client_id.key_pem),
+    );
+    // istiod's inbound chain: istio_authn, then mutual TLS offering Istio's ALPN.
+    let authn = r#"      - name: istio_authn
+        typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/io.istio.network.authn.Config}
+"#;
+    let downstream = format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {scert}}}, private_key: {{filename: {skey}}}}}]
+            validation_context: {{trusted_ca: {{filename: {root}}}}}
+            alpn_protocols: [h2, http/1.1]
+"#
+    );
+    let upstream = format!(
+        r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.9080_._.reviews.default.svc.cluster.local
+        common_tls_context:
+          alpn_protocols: [istio-http/1.1, istio]
+          tls_certificates: [{{certificate_chain: {{filename: {ccert}}}, private_key: {{filename: {ckey}}}}}]
+          validation_context: {{trusted_ca: {{filename: {root}}}, match_subject_alt_names: [{{exact: "{REVIEWS}"}}]}}
+"#
+    );
+    for driver in drivers() {
+        let app = Backend::start("app").await;
+        let server = Proxy::start(
+            &sidecar_tls(
+                &node("sidecar~10.0.0.2~reviews", "reviews-v2", "reviews", "v2"),
+                "INBOUND",
+                &exchange(true),
+                "{disable_host_header_fallback: true}",
+                "[{match: {prefix: /}, route: {cluster: 'inbound|9080||'}}]",
+                "inbound|9080||",
+                app.addr,
+                (authn, &downstream, ""),
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let server_addr = server.wait_listener("INBOUND").await;
+        let client = Proxy::start(
+            &sidecar_tls(
+                &node("sidecar~10.0.0.1~productpage", "productpage-v1", "productpage", "v1"),
+                "OUTBOUND",
+                &exchange(false),
+                "{}",
+                "[{match: {prefix: /}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
+                "outbound|9080||reviews.default.svc.cluster.local",
+                server_addr,
+                ("", "", &upstream),
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let addr = client.wait_listener("OUTBOUND").await;
+        for i in 0..3 {
+            let (status, _, _) = send(addr, i % 2 == 0, "GET", "/x", &[]).await;
+            assert_eq!(status, 200, "{driver}");
+        }
+        let prom = prometheus(&server, "istio_requests_total", 3).await;
+        let dest = labels([
+            "destination",
+            "productpage-v1",
+            "productpage",
+            "v1",
+            "default",
+            PRODUCTPAGE,
+            "productpage",
+            "v1",
+            "Kubernetes",
+            "reviews-v2",
+            "default",
+            REVIEWS,
+            "reviews",
+            "v2",
+            "reviews.default.svc.cluster.local",
+            "reviews",
+            "v2",
+            "reviews",
+            "default",
+            "Kubernetes",
+            "http",
+            "200",
+            "",
+            "-",
+            "mutual_tls",
+        ]);
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &dest),
+            Some(3),
+            "{driver}:\n{prom}"
+        );
+        // The client's side learnt the server's workload over the same connection.
+        let prom = prometheus(&client, "istio_requests_total", 3).await;
+        assert!(
+            prom.lines().any(
+                |l| l.starts_with("istio_requests_total{reporter=\"source\"")
+                    && l.contains("destination_workload=\"reviews-v2\"")
+                    && l.ends_with(" 3")
+            ),
+            "{driver}:\n{prom}"
+        );
+    }
+}
