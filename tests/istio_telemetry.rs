@@ -519,3 +519,73 @@ async fn over_mutual_tls_the_server_reports_both_principals() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_peer_headers_the_client_reads_the_endpoints_workload() {
+    // istiod's endpoint metadata names the workload behind an address; an upstream that
+    // answers without the exchange (no sidecar) is labelled from it.
+    let app = Backend::start("plain").await;
+    let yaml = sidecar(
+        &node("sidecar~10.0.0.1~productpage", "productpage-v1", "productpage", "v1"),
+        "OUTBOUND",
+        &exchange(false),
+        "{}",
+        "[{match: {prefix: /}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
+        "outbound|9080||reviews.default.svc.cluster.local",
+        app.addr,
+    )
+    .replace(
+        "{lb_endpoints: [{endpoint:",
+        "{lb_endpoints: [{metadata: {filter_metadata: {istio: {workload: 'reviews-v3;default;reviews;v3;Kubernetes'}}}, endpoint:",
+    );
+    let client = Proxy::start(&yaml, &one_core("legacy")).await;
+    let addr = client.wait_listener("OUTBOUND").await;
+    let (status, _, _) = send(addr, false, "GET", "/x", &[]).await;
+    assert_eq!(status, 200);
+    // The application behind it got the client's metadata, as a sidecar would have.
+    assert!(app.seen.header("x-envoy-peer-metadata").is_some());
+    let prom = prometheus(&client, "istio_requests_total", 1).await;
+    let want = labels([
+        "source",
+        "productpage-v1",
+        "productpage",
+        "v1",
+        "default",
+        "unknown",
+        "productpage",
+        "v1",
+        "Kubernetes",
+        "reviews-v3",
+        "default",
+        "unknown",
+        "unknown",
+        "unknown",
+        "reviews.default.svc.cluster.local",
+        "reviews",
+        "v3",
+        "reviews",
+        "default",
+        "Kubernetes",
+        "http",
+        "200",
+        "",
+        "-",
+        "unknown",
+    ]);
+    assert_eq!(
+        sample(&prom, "istio_requests_total", &want),
+        Some(1),
+        "{prom}"
+    );
+    // istio-proxy's build gauge, from the node's ISTIO_VERSION.
+    assert_eq!(
+        sample(
+            &prom,
+            "istio_build",
+            &[("component", "proxy"), ("tag", "1.24.0")]
+        ),
+        Some(1),
+        "{prom}"
+    );
+    assert!(prom.contains("# TYPE istio_build gauge\n"), "{prom}");
+}

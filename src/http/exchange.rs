@@ -87,6 +87,8 @@ pub struct Entry {
     /// The response head's size (HTTP/1 form), for `istio.stats`' response bytes.
     pub head_bytes_sent: u64,
     pub upstream: Option<SocketAddr>,
+    /// The upstream endpoint's workload (istiod's `istio.workload` metadata), if any.
+    pub upstream_workload: Option<Arc<crate::model::istio::Peer>>,
     pub cluster: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     pub service_time_ms: Option<u64>,
@@ -114,6 +116,7 @@ impl Default for Entry {
             bytes_sent: 0,
             head_bytes_sent: 0,
             upstream: None,
+            upstream_workload: None,
             cluster: None,
             route: None,
             service_time_ms: None,

@@ -188,6 +188,7 @@ pub fn local_node(id: &str, metadata: Option<&Struct>) -> LocalNode {
         version,
         cluster: text(md, "CLUSTER_ID"),
         exchange: exchange.into(),
+        istio_version: text(md, "ISTIO_VERSION"),
     }
 }
 

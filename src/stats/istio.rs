@@ -117,6 +117,9 @@ pub struct Istio {
     shapes: Mutex<Vec<Shape>>,
     /// This proxy's workload (set from the bootstrap before anything is converted).
     pub node: arc_swap::ArcSwap<LocalNode>,
+    /// `istio_build`'s `tag`, once an `istio.stats` filter is configured (istio-proxy
+    /// sets the gauge as its filter is created).
+    pub build: std::sync::OnceLock<Box<str>>,
 }
 
 impl Istio {
@@ -125,6 +128,7 @@ impl Istio {
             http: Arc::new(Registry::new(cores)),
             shapes: Mutex::new(vec![Shape::STANDARD]),
             node: Default::default(),
+            build: Default::default(),
         }
     }
 
@@ -214,6 +218,29 @@ impl Store {
             }
         }
         let (mut stats, mut hists) = (Vec::new(), Vec::new());
+        if let Some(tag) = self.istio.build.get() {
+            let tags = vec![
+                ("component".to_string(), "proxy".to_string()),
+                ("tag".to_string(), tag.to_string()),
+            ];
+            let name = joined("istio_build", &tags);
+            self.tagged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(super::tags::Tagged {
+                        name: format!("{NAMESPACE}.istio_build"),
+                        tags,
+                    })
+                });
+            stats.push(StatValue {
+                name,
+                value: 1,
+                gauge: true,
+                used: true,
+            });
+        }
         for (name, (i, (counters, hs))) in by_name {
             if i < HttpMetric::COUNTERS {
                 let value = counters.iter().fold(0u64, |a, c| a.wrapping_add(*c));
@@ -262,4 +289,6 @@ pub struct LocalNode {
     pub cluster: Box<str>,
     /// `x-envoy-peer-metadata`: this workload's metadata as istio-proxy encodes it.
     pub exchange: Box<str>,
+    /// `ISTIO_VERSION` (`istio_build`'s tag).
+    pub istio_version: Box<str>,
 }

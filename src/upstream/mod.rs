@@ -527,6 +527,7 @@ mod tests {
                     weight: w,
                     healthy: true,
                     labels: Arc::new([]),
+                    workload: None,
                 })
                 .collect(),
         }

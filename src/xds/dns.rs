@@ -44,6 +44,7 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 weight: h.weight,
                 healthy: true,
                 labels: h.labels.clone(),
+                workload: None,
             });
         }
     }

@@ -219,7 +219,8 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     }
     let up = t.upstream_peer.borrow();
     let peer: Option<&Peer> = match f.reporter {
-        Reporter::Source => up.as_deref(),
+        // Without the upstream's headers, its endpoint's `istio.workload` metadata.
+        Reporter::Source => up.as_deref().or(log.upstream_workload.as_deref()),
         _ => t.downstream_peer.as_deref(),
     };
     let empty = Peer::default();

@@ -198,6 +198,9 @@ pub(crate) async fn forward<D: Downstream>(
         d.log_mut().cluster = Some(cluster.name.clone());
     }
     d.log_mut().upstream = Some(ep.address);
+    if let Some(w) = &ep.workload {
+        d.log_mut().upstream_workload = Some(w.clone());
+    }
     let h2 = cluster
         .http2
         .filter(|_| d.is_h2() || !cluster.http2_follows_downstream);

@@ -343,6 +343,7 @@ pub(super) fn endpoints(
     at: &str,
 ) -> Result<Endpoints, ConvertError> {
     let (mut endpoints, mut dns_hosts, mut unix) = (Vec::new(), Vec::new(), Vec::new());
+    let mut workloads = std::collections::HashMap::new();
     let prefix = if at.is_empty() {
         String::new()
     } else {
@@ -411,12 +412,15 @@ pub(super) fn endpoints(
                     } else {
                         ep.hostname.as_str().into()
                     };
+                    let workload =
+                        super::telemetry::endpoint_workload(lb.metadata.as_ref(), &mut workloads);
                     endpoints.push(Endpoint {
                         address,
                         hostname,
                         weight,
                         healthy,
                         labels: labels.into(),
+                        workload,
                     });
                 }
                 Discovery::StrictDns | Discovery::LogicalDns => {

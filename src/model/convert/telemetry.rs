@@ -176,6 +176,14 @@ fn stats(
         1 => Reporter::Waypoint,
         r => return Err(err(res, p("reporter"), format!("unknown reporter {r}"))),
     };
+    let node = ctx.stats.istio.node.load_full();
+    ctx.stats
+        .istio
+        .build
+        .get_or_init(|| match &*node.istio_version {
+            "" => "unknown".into(),
+            v => v.into(),
+        });
     Ok(IstioStats {
         reporter,
         host_header_fallback: !c.disable_host_header_fallback,
@@ -418,4 +426,35 @@ pub(super) fn istio_service(
         name: name.into(),
         namespace: text("namespace").into(),
     }))
+}
+
+/// An endpoint's workload as istiod describes it in `filter_metadata.istio.workload`:
+/// `<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>` (istio-proxy
+/// ignores a value of fewer parts). Endpoints of one workload share one value (`seen`).
+pub(super) fn endpoint_workload(
+    md: Option<&crate::proto::envoy::config::core::v3::Metadata>,
+    seen: &mut std::collections::HashMap<String, Arc<crate::model::istio::Peer>>,
+) -> Option<Arc<crate::model::istio::Peer>> {
+    let istio = md?.filter_metadata.get("istio")?;
+    let Some(Kind::StringValue(w)) = istio.fields.get("workload").and_then(kind) else {
+        return None;
+    };
+    if let Some(p) = seen.get(w) {
+        return Some(p.clone());
+    }
+    let parts: Vec<&str> = w.split(';').collect();
+    if parts.len() < 5 {
+        return None;
+    }
+    let peer = Arc::new(crate::model::istio::Peer {
+        workload: parts[0].into(),
+        namespace: parts[1].into(),
+        canonical_service: parts[2].into(),
+        canonical_revision: parts[3].into(),
+        app: "".into(),
+        version: "".into(),
+        cluster: parts[4].into(),
+    });
+    seen.insert(w.clone(), peer.clone());
+    Some(peer)
 }

@@ -1,0 +1,38 @@
+//! `envoy.filters.network.tcp_proxy`, validated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::stats::Scope;
+
+/// `envoy.filters.network.tcp_proxy`, validated.
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub stats: Arc<Scope>,
+    /// Cluster names with weights (one entry with weight 1 for `cluster`).
+    pub clusters: Vec<(Arc<str>, u32)>,
+    /// Both directions quiet this long closes the connection (`None`: never). Envoy's
+    /// default is one hour.
+    pub idle_timeout: Option<Duration>,
+    /// Connect attempts before giving up (`max_connect_attempts`, default 1).
+    pub max_connect_attempts: u32,
+    pub max_downstream_connection_duration: Option<Duration>,
+}
+
+impl TcpProxy {
+    /// The cluster for one connection.
+    pub fn pick(&self, r: u32) -> &Arc<str> {
+        if let [(c, _)] = self.clusters.as_slice() {
+            return c;
+        }
+        let total: u64 = self.clusters.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut x = u64::from(r) % total.max(1);
+        for (c, w) in &self.clusters {
+            if x < u64::from(*w) {
+                return c;
+            }
+            x -= u64::from(*w);
+        }
+        &self.clusters[0].0
+    }
+}
