@@ -31,6 +31,13 @@ fn node(id: &str, workload: &str, app: &str, version: &str) -> String {
     )
 }
 
+/// An RBAC filter (before istio.stats, as istiod orders them) denying `/denied`.
+const DENY_DENIED: &str = r#"          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules: {action: DENY, policies: {deny: {permissions: [{url_path: {path: {prefix: /denied}}}], principals: [{any: true}]}}}
+"#;
+
 /// istiod's HTTP metadata exchange for an inbound or outbound listener.
 fn exchange(inbound: bool) -> String {
     let side = if inbound { "downstream" } else { "upstream" };
@@ -193,7 +200,7 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
                     "v2",
                 ),
                 "INBOUND",
-                &exchange(true),
+                &format!("{}{DENY_DENIED}", exchange(true)),
                 // istiod's inbound form; response_flags dropped from the count, request
                 // sizes not reported at all.
                 "{disable_host_header_fallback: true, metrics: [{name: requests_total, tags_to_remove: [response_flags]}, {name: request_bytes, drop: true}]}",
@@ -216,7 +223,7 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
                 "OUTBOUND",
                 &exchange(false),
                 "{}",
-                "[{match: {prefix: /x}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}, {match: {prefix: /status}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
+                "[{match: {prefix: /x}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}, {match: {prefix: /status}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}, {match: {prefix: /denied}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
                 "outbound|9080||reviews.default.svc.cluster.local",
                 server_addr,
             ),
@@ -239,6 +246,9 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
         }
         let (status, _, _) = send(addr, false, "GET", "/status/503", &[]).await;
         assert_eq!(status, 503);
+        // Denied by RBAC before istio.stats runs: reported all the same.
+        let (status, _, _) = send(addr, false, "GET", "/denied", &[]).await;
+        assert_eq!(status, 403);
         // A gRPC call no route matches: the client's sidecar answers it (grpc-status 12).
         let (status, headers, _) = send(
             addr,
@@ -251,7 +261,7 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
         assert_eq!(status, 200);
         assert_eq!(header(&headers, "grpc-status"), Some("12"), "{headers:?}");
 
-        let prom = prometheus(&client, "istio_requests_total", 6).await;
+        let prom = prometheus(&client, "istio_requests_total", 7).await;
         let source = |code: &'static str| {
             labels([
                 "source",
@@ -288,6 +298,11 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
         );
         assert_eq!(
             sample(&prom, "istio_requests_total", &source("503")),
+            Some(1),
+            "{driver}:\n{prom}"
+        );
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &source("403")),
             Some(1),
             "{driver}:\n{prom}"
         );
@@ -338,7 +353,7 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
 
         // The server's side: the client's workload from the exchange, the service from
         // the inbound cluster's metadata (the Host header is not used), plaintext.
-        let prom = prometheus(&server, "istio_requests_total", 5).await;
+        let prom = prometheus(&server, "istio_requests_total", 6).await;
         let mut dest = labels([
             "destination",
             "productpage-v1",
@@ -371,6 +386,20 @@ async fn two_sidecars_report_istio_requests_with_each_others_workloads() {
             sample(&prom, "istio_requests_total", &dest),
             Some(4),
             "{driver}:\n{prom}"
+        );
+        dest.iter_mut()
+            .find(|(k, _)| *k == "response_code")
+            .unwrap()
+            .1 = "403";
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &dest),
+            Some(1),
+            "{driver}: the RBAC denial\n{prom}"
+        );
+        assert_eq!(
+            sample(&prom, "istio_requests_total", &source("403")),
+            None,
+            "a server's series is not a client's"
         );
         // The other metrics keep every label; request sizes are dropped.
         assert!(

@@ -307,7 +307,10 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     let filters = conn.filter_state();
     let encodes = filters.encodes();
     // Istio's metadata exchange reads (and drops) the upstream's peer headers.
-    let discovers = filters.istio.as_deref().filter(|t| t.upstream_discovery);
+    let discovers = filters
+        .istio
+        .as_deref()
+        .filter(|t| t.upstream_discovery || t.propagated_down);
     let mut has_server = false;
     for (n, v) in &resp.headers {
         let name = &up[n.clone()];

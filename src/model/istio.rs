@@ -70,6 +70,10 @@ pub struct IstioService {
     /// `name`, else the host up to its first dot.
     pub name: Box<str>,
     pub namespace: Box<str>,
+    /// `istio.external: true` (a MESH_EXTERNAL ServiceEntry).
+    pub external: bool,
+    /// `istio.disable_mx: true`: no metadata exchange headers to it.
+    pub disable_mx: bool,
 }
 
 /// A peer's workload, as metadata exchange told it.
@@ -195,6 +199,10 @@ pub fn local_node(id: &str, metadata: Option<&Struct>) -> LocalNode {
 /// How many peer header values a core keeps decoded (istio-proxy keeps 500 per thread).
 const PEER_CACHE: usize = 500;
 
+/// Values longer than this are decoded each time, never kept (a real workload's is a few
+/// hundred bytes).
+const MAX_CACHED: usize = 4096;
+
 /// Decoded peers by header value (`None`: the value describes none).
 type PeerCache = rustc_hash::FxHashMap<Box<[u8]>, Option<Arc<Peer>>>;
 
@@ -212,6 +220,9 @@ impl IstioCore {
             return p.clone();
         }
         let p = Peer::decode(value).map(Arc::new);
+        if value.len() > MAX_CACHED {
+            return p;
+        }
         let mut peers = self.peers.borrow_mut();
         if peers.len() >= PEER_CACHE {
             peers.clear();

@@ -132,8 +132,8 @@ impl Istio {
         }
     }
 
-    /// The id of `shape` (configuration time only).
-    pub fn shape_id(&self, shape: Shape) -> u8 {
+    /// The id of `shape` (configuration time only); `None` past 256 distinct shapes.
+    pub fn shape_id(&self, shape: Shape) -> Option<u8> {
         let mut s = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
         let i = match s.iter().position(|x| *x == shape) {
             Some(i) => i,
@@ -142,7 +142,7 @@ impl Istio {
                 s.len() - 1
             }
         };
-        u8::try_from(i).unwrap_or(u8::MAX)
+        u8::try_from(i).ok()
     }
 }
 

@@ -11,6 +11,13 @@ use arc_swap::ArcSwapOption;
 
 use super::histogram::{HistCells, HistValue};
 
+/// The longest label value kept (longer ones are cut).
+pub const MAX_VALUE: usize = 256;
+
+/// The most series one core makes in one registry: past it, a new set of values is not
+/// reported (and said so once), so peers cannot grow memory without bound.
+pub const MAX_SERIES: usize = 20_000;
+
 /// The separator between label values in a series' key (a value never holds it: it is
 /// replaced by `_` when the key is built).
 pub const SEP: u8 = 0x1f;
@@ -62,15 +69,23 @@ pub fn key_values(key: &[u8]) -> impl Iterator<Item = &str> {
 pub struct KeyBuilder<'a>(pub &'a mut Vec<u8>);
 
 impl KeyBuilder<'_> {
-    /// Appends one value (bytes that are not UTF-8 or are the separator become `_`).
+    /// Appends one value: at most [`MAX_VALUE`] bytes of it (cut at a character
+    /// boundary); control characters (the separator among them) become `_`, invalid
+    /// UTF-8 the replacement character. Values may come from peers: none can forge a
+    /// line of `/stats` or hold unbounded memory.
     #[inline]
     pub fn push(&mut self, v: &[u8]) {
-        if std::str::from_utf8(v).is_ok() && !v.contains(&SEP) {
+        let plain = |b: &u8| *b >= 0x20 && *b != 0x7f;
+        if v.len() <= MAX_VALUE && v.iter().all(plain) && std::str::from_utf8(v).is_ok() {
             self.0.extend_from_slice(v);
         } else {
             let s = String::from_utf8_lossy(v);
+            let mut end = s.len().min(MAX_VALUE);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
             self.0
-                .extend(s.bytes().map(|b| if b == SEP { b'_' } else { b }));
+                .extend(s[..end].bytes().map(|b| if plain(&b) { b } else { b'_' }));
         }
         self.0.push(SEP);
     }
@@ -91,6 +106,8 @@ pub struct CoreMap<const N: usize, const H: usize> {
     map: std::cell::RefCell<rustc_hash::FxHashMap<Box<[u8]>, Arc<Series<N, H>>>>,
     /// The key being built for the request at hand (reused).
     pub scratch: std::cell::RefCell<Vec<u8>>,
+    /// [`MAX_SERIES`] was reached (warned once).
+    full: std::cell::Cell<bool>,
 }
 
 impl<const N: usize, const H: usize> Default for CoreMap<N, H> {
@@ -98,6 +115,7 @@ impl<const N: usize, const H: usize> Default for CoreMap<N, H> {
         CoreMap {
             map: Default::default(),
             scratch: Default::default(),
+            full: Default::default(),
         }
     }
 }
@@ -109,10 +127,24 @@ impl<const N: usize, const H: usize> Registry<N, H> {
         }
     }
 
-    /// Core `core`'s series for `key`, made and published on first use.
-    pub fn series(&self, core: usize, map: &CoreMap<N, H>, key: &[u8]) -> Arc<Series<N, H>> {
+    /// Core `core`'s series for `key`, made and published on first use; `None` once the
+    /// core has [`MAX_SERIES`] of them.
+    pub fn series(
+        &self,
+        core: usize,
+        map: &CoreMap<N, H>,
+        key: &[u8],
+    ) -> Option<Arc<Series<N, H>>> {
         if let Some(s) = map.map.borrow().get(key) {
-            return s.clone();
+            return Some(s.clone());
+        }
+        if map.map.borrow().len() >= MAX_SERIES {
+            if !map.full.replace(true) {
+                tracing::warn!(
+                    "core {core}: {MAX_SERIES} istio_* series made; requests with new label values are no longer reported"
+                );
+            }
+            return None;
         }
         let series = Arc::new(Series::new(key.into()));
         map.map.borrow_mut().insert(key.into(), series.clone());
@@ -123,7 +155,7 @@ impl<const N: usize, const H: usize> Registry<N, H> {
             series: series.clone(),
             next,
         })));
-        series
+        Some(series)
     }
 
     /// Every series with its counters and histograms merged over cores, by key.
@@ -183,11 +215,11 @@ mod tests {
         };
         let a = key(&[b"x", b"200"]);
         let b = key(&[b"x", b"503"]);
-        r.series(0, &m0, &a).add(0, 1);
-        r.series(0, &m0, &a).add(0, 1);
-        r.series(1, &m1, &a).add(0, 5);
-        r.series(1, &m1, &a).record(0, 7);
-        r.series(1, &m1, &b).add(1, 3);
+        r.series(0, &m0, &a).unwrap().add(0, 1);
+        r.series(0, &m0, &a).unwrap().add(0, 1);
+        r.series(1, &m1, &a).unwrap().add(0, 5);
+        r.series(1, &m1, &a).unwrap().record(0, 7);
+        r.series(1, &m1, &b).unwrap().add(1, 3);
         let m = r.merged();
         assert_eq!(m.len(), 2);
         assert_eq!(m[&a[..]].counters, vec![7, 0]);

@@ -73,7 +73,10 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: out
           route_config:
-            virtual_hosts: [{name: a, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: "outbound|9080||reviews.default.svc.cluster.local"}}]}]
+            virtual_hosts: [{name: a, domains: ['*'], routes: [
+              {match: {prefix: /external}, route: {cluster: "outbound|443||api.example.com"}},
+              {match: {prefix: /nomx}, route: {cluster: "outbound|9090||nomx.default.svc.cluster.local"}},
+              {match: {prefix: /}, route: {cluster: "outbound|9080||reviews.default.svc.cluster.local"}}]}]
           http_filters:
           - name: istio.metadata_exchange
             typed_config:
@@ -81,7 +84,7 @@ static_resources:
               type_url: type.googleapis.com/io.istio.http.peer_metadata.Config
               value:
                 upstream_discovery: [{istio_headers: {}}, {workload_discovery: {}}]
-                upstream_propagation: [{istio_headers: {}}]
+                upstream_propagation: [{istio_headers: {skip_external_clusters: true}}]
           - name: istio.stats
             typed_config:
               "@type": type.googleapis.com/stats.PluginConfig
@@ -119,6 +122,18 @@ static_resources:
     metadata: {filter_metadata: {istio: {services: [{host: reviews.default.svc.cluster.local, name: reviews, namespace: default}]}}}
     load_assignment:
       cluster_name: out
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT_PEER}}}}]}]
+  - name: "outbound|443||api.example.com"
+    connect_timeout: 1s
+    metadata: {filter_metadata: {istio: {external: true, services: [{host: api.example.com, name: api.example.com, namespace: default}]}}}
+    load_assignment:
+      cluster_name: ext
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT_PEER}}}}]}]
+  - name: "outbound|9090||nomx.default.svc.cluster.local"
+    connect_timeout: 1s
+    metadata: {filter_metadata: {istio: {disable_mx: true}}}
+    load_assignment:
+      cluster_name: nomx
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: PORT_PEER}}}}]}]
   - name: "inbound|9080||"
     connect_timeout: 1s
@@ -160,7 +175,9 @@ class Peer(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         SEEN.append({k.lower(): v for k, v in self.headers.items()})
         self.send_response(200)
-        if self.headers.get("x-envoy-peer-metadata") and self.path.startswith("/as-peer"):
+        # (`/as-peer-always`: an application that sends such headers itself.)
+        if self.path.startswith("/as-peer") and (
+                self.headers.get("x-envoy-peer-metadata") or self.path.startswith("/as-peer-always")):
             self.send_header("x-envoy-peer-metadata", encode(REVIEWS))
             self.send_header("x-envoy-peer-metadata-id", "sidecar~10.0.0.2~reviews-v2-xyz.default~default.svc.cluster.local")
         self.send_header("content-length", "2")
@@ -175,7 +192,12 @@ def get(port, path, headers=()):
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=dict(headers))
     with urllib.request.urlopen(req, timeout=5) as r:
         r.read()
-        return r.status, {k.lower(): v for k, v in r.headers.items()}
+        # Repeated headers are joined, so a second copy shows.
+        out = {}
+        for k, v in r.headers.items():
+            k = k.lower()
+            out[k] = f"{out[k]}, {v}" if k in out else v
+        return r.status, out
 
 
 def prometheus(admin):
@@ -241,6 +263,13 @@ def main():
         check("app's copies replaced", SEEN[-1].get("x-envoy-peer-metadata") == value
               and SEEN[-1].get("x-envoy-peer-metadata-id") == NODE_ID, SEEN[-1])
 
+        # No exchange towards external services (skip_external_clusters) or clusters that
+        # disable it; an application's own copies are still not sent as the proxy's.
+        for path in ("/external", "/nomx"):
+            get(out, path)
+            check(f"no exchange to {path}",
+                  not any(k.startswith("x-envoy-peer-metadata") for k in SEEN[-1]), SEEN[-1])
+
         # The server's sidecar: a client's metadata (encoded here) is consumed.
         status, headers = get(inn, "/hello", [("x-envoy-peer-metadata", encode(RATINGS)),
                                               ("x-envoy-peer-metadata-id", "sidecar~10.0.0.3~ratings")])
@@ -248,6 +277,11 @@ def main():
         check("the app never sees the exchange",
               not any(k.startswith("x-envoy-peer-metadata") for k in SEEN[-1]), SEEN[-1])
         check("inbound answers in kind", headers.get("x-envoy-peer-metadata") == value
+              and headers.get("x-envoy-peer-metadata-id") == NODE_ID, headers)
+        # The application's own copies are replaced by the sidecar's, never passed along.
+        status, headers = get(inn, "/as-peer-always", [("x-envoy-peer-metadata", encode(RATINGS)),
+                                                ("x-envoy-peer-metadata-id", "sidecar~10.0.0.3~ratings")])
+        check("the app cannot speak for the sidecar", headers.get("x-envoy-peer-metadata") == value
               and headers.get("x-envoy-peer-metadata-id") == NODE_ID, headers)
         # Only what the client sent is answered.
         status, headers = get(inn, "/hello", [("x-envoy-peer-metadata-id", "sidecar~10.0.0.3~ratings")])
@@ -294,7 +328,7 @@ def main():
                 ("response_code", "200"), ("grpc_response_status", ""), ("response_flags", "-"),
                 ("connection_security_policy", "none")]
         n = sample(prom, "istio_requests_total", server_side("ratings-v1", "bookinfo", "ratings", "v1", "Kubernetes", "v1"))
-        check("the server's sidecar reports its client", n == 2, f"{n}\n{prom}")
+        check("the server's sidecar reports its client", n == 3, f"{n}\n{prom}")
         n = sample(prom, "istio_requests_total", server_side("unknown", "unknown", "unknown", "unknown", "unknown", "latest"))
         check("no or bad metadata: an unknown client", n == 3, f"{n}\n{prom}")
     finally:

@@ -33,6 +33,10 @@ pub(crate) struct Telemetry {
     pub upstream_peer: RefCell<Option<Arc<Peer>>>,
     /// The upstream response's peer headers are read and removed.
     pub upstream_discovery: bool,
+    /// This workload's headers were added to the response: the upstream's copies go.
+    pub propagated_down: bool,
+    /// The cluster the request was routed to.
+    pub cluster: Option<Arc<crate::model::Cluster>>,
     /// The request is gRPC: what its call showed.
     pub grpc: Option<Rc<Seen>>,
     /// Set once the request has been reported (a request is counted once).
@@ -43,6 +47,12 @@ fn telemetry<E: FilterHost>(x: &mut E) -> &mut Telemetry {
     x.filter_state_mut()
         .istio
         .get_or_insert_with(Default::default)
+}
+
+/// The request is routed (before the decode phase): `istio.stats` keeps its cluster.
+pub(super) fn routed<E: FilterHost>(x: &mut E, cluster: Option<&str>) {
+    let c = cluster.and_then(|n| x.snapshot().cluster(n)).cloned();
+    telemetry(x).cluster = c;
 }
 
 /// `istio.metadata_exchange` on the request.
@@ -72,7 +82,16 @@ pub(super) fn exchange<E: FilterHost>(x: &mut E, f: &PeerMetadata, cluster: Opti
         }
     }
     let node = &f.node;
-    if f.downstream_propagation {
+    // istio-proxy's `skipMXHeaders`: never to a cluster that disables the exchange, and
+    // with `skip_external_clusters` not to external ones.
+    let service = cluster
+        .and_then(|c| x.snapshot().cluster(c))
+        .and_then(|c| c.istio_service.clone());
+    let external =
+        cluster == Some("PassthroughCluster") || service.as_ref().is_some_and(|s| s.external);
+    let skip = service.as_ref().is_some_and(|s| s.disable_mx) || (f.skip_external && external);
+    if f.downstream_propagation && !skip && (value.is_some() || id.is_some()) {
+        telemetry(x).propagated_down = true;
         // Answered in kind: each header only if the client sent it.
         let s = x.filter_state_mut();
         if value.is_some() {
@@ -84,8 +103,7 @@ pub(super) fn exchange<E: FilterHost>(x: &mut E, f: &PeerMetadata, cluster: Opti
                 .push((as_str(HEADER_ID), node.id.as_bytes().to_vec()));
         }
     }
-    let external = cluster.is_some_and(|c| c == "PassthroughCluster");
-    if f.upstream_propagation && !(f.skip_external && external) {
+    if f.upstream_propagation && !skip {
         if value.is_some() && !f.downstream_discovery {
             x.remove_request_header(HEADER);
         }
@@ -132,18 +150,21 @@ fn is_grpc<E: FilterHost>(x: &E) -> bool {
     x.head().headers.iter().any(|(n, v)| {
         buf[n.clone()].eq_ignore_ascii_case(b"content-type") && {
             let v = &buf[v.clone()];
-            v.eq_ignore_ascii_case(b"application/grpc")
-                || (v.len() > 17 && v[..17].eq_ignore_ascii_case(b"application/grpc+"))
+            // Envoy compares exactly (case-sensitive), as its gRPC codec does.
+            v == b"application/grpc" || v.starts_with(b"application/grpc+")
         }
     })
 }
 
-/// An upstream response header the exchange consumes: `true` when it is dropped.
+/// An upstream response header the exchange consumes (discovered, or replaced by this
+/// workload's): `true` when it is dropped.
 pub(crate) fn upstream_header(t: &Telemetry, core: &IstioCore, name: &[u8], value: &[u8]) -> bool {
     if name.eq_ignore_ascii_case(HEADER) {
-        let mut p = t.upstream_peer.borrow_mut();
-        if p.is_none() {
-            *p = core.peer(value);
+        if t.upstream_discovery {
+            let mut p = t.upstream_peer.borrow_mut();
+            if p.is_none() {
+                *p = core.peer(value);
+            }
         }
         return true;
     }
@@ -186,11 +207,22 @@ const PASSTHROUGH: [&str; 5] = [
 ];
 
 /// Reports a finished request into its series (once).
+///
+/// A request answered before `istio.stats` ran (an RBAC denial, a JWT challenge, a fault
+/// abort) is reported too, by the connection manager's first enabled `istio.stats`:
+/// istio-proxy reports every stream from its access-log hook.
 pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
-    let Some(t) = x.filter_state().istio.as_deref() else {
+    let none = Telemetry::default();
+    let t = x.filter_state().istio.as_deref().unwrap_or(&none);
+    let hcm = x.hcm();
+    let Some(f) = t.stats.as_deref().or_else(|| {
+        hcm.filters.list.iter().find_map(|f| match &f.kind {
+            crate::model::filter::FilterKind::IstioStats(s) if !f.disabled => Some(&**s),
+            _ => None,
+        })
+    }) else {
         return;
     };
-    let Some(f) = t.stats.as_deref() else { return };
     if t.reported.replace(true) {
         return;
     }
@@ -236,17 +268,20 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     }
     let snapshot = x.snapshot();
     let route = log.route.as_deref().unwrap_or("");
-    let cluster = log.cluster.as_deref().unwrap_or("");
+    // The cluster the route chose, also when a filter answered before forwarding (Envoy
+    // knows the upstream cluster once the route is resolved).
+    let routed = t
+        .cluster
+        .as_ref()
+        .or_else(|| snapshot.cluster(log.cluster.as_deref()?));
+    let cluster = routed.map_or("", |c| &*c.name);
     if route == "block_all" {
         service_name = "BlackHoleCluster";
     } else if route == "allow_any" {
         service_name = "PassthroughCluster";
     } else if let Some(p) = PASSTHROUGH.iter().find(|p| **p == cluster) {
         service_name = p;
-    } else if let Some(s) = snapshot
-        .cluster(cluster)
-        .and_then(|c| c.istio_service.as_deref())
-    {
+    } else if let Some(s) = routed.and_then(|c| c.istio_service.as_deref()) {
         service_host = &s.host;
         service_namespace = &s.namespace;
         service_name = &s.name;
@@ -339,6 +374,7 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     push(itoa::Buffer::new().format(f.shape));
     let series = f.series.series(x.core(), &ctx.istio.series, &key);
     drop(key);
+    let Some(series) = series else { return };
     series.add(HttpMetric::RequestsTotal as usize, 1);
     if let Some(g) = &t.grpc {
         series.add(HttpMetric::RequestMessages as usize, g.messages[0].get());

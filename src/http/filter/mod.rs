@@ -297,6 +297,9 @@ pub(crate) fn decode_headers<E: FilterHost>(
 ) -> Result<Step, HttpError> {
     let hcm = x.hcm_arc();
     let start = from.map_or(0, |r| r.0);
+    if hcm.filters.istio_stats {
+        istio::routed(x, routed.cluster());
+    }
     for (i, f) in hcm.filters.list.iter().enumerate().skip(start) {
         let per = routed.per_route(&f.name);
         match per {
@@ -417,7 +420,7 @@ pub(crate) fn set_metadata<E: FilterHost + ?Sized>(
 /// A request is done: its access log lines are written and `istio.stats` reports it.
 pub(crate) fn done<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     crate::http::log::write(ctx, x);
-    if x.filter_state().istio.is_some() {
+    if x.hcm().filters.istio_stats {
         istio::report(ctx, x);
     }
 }

@@ -187,7 +187,13 @@ fn stats(
     Ok(IstioStats {
         reporter,
         host_header_fallback: !c.disable_host_header_fallback,
-        shape: ctx.stats.istio.shape_id(shape),
+        shape: ctx.stats.istio.shape_id(shape).ok_or_else(|| {
+            err(
+                res,
+                p("metrics"),
+                "more than 256 distinct metric overrides in this proxy",
+            )
+        })?,
         node: ctx.stats.istio.node.load_full(),
         series: ctx.stats.istio.http.clone(),
     })
@@ -406,11 +412,21 @@ pub(super) fn istio_service(
     md: Option<&crate::proto::envoy::config::core::v3::Metadata>,
 ) -> Option<Arc<IstioService>> {
     let istio = md?.filter_metadata.get("istio")?;
-    let Some(Kind::ListValue(l)) = istio.fields.get("services").and_then(kind) else {
-        return None;
+    let flag = |k: &str| {
+        matches!(
+            istio.fields.get(k).and_then(kind),
+            Some(Kind::BoolValue(true))
+        )
     };
-    let Some(Kind::StructValue(s)) = l.values.first().and_then(kind) else {
-        return None;
+    let (external, disable_mx) = (flag("external"), flag("disable_mx"));
+    let empty = Struct::default();
+    let s = match istio.fields.get("services").and_then(kind) {
+        Some(Kind::ListValue(l)) => match l.values.first().and_then(kind) {
+            Some(Kind::StructValue(s)) => s,
+            _ => &empty,
+        },
+        _ if external || disable_mx => &empty,
+        _ => return None,
     };
     let text = |k: &str| match s.fields.get(k).and_then(kind) {
         Some(Kind::StringValue(v)) => v.as_str(),
@@ -425,6 +441,8 @@ pub(super) fn istio_service(
         host: host.into(),
         name: name.into(),
         namespace: text("namespace").into(),
+        external,
+        disable_mx,
     }))
 }
 
