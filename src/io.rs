@@ -405,6 +405,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 }
 
 mod adapters;
+pub mod exchange;
 mod tunnel;
 
 pub use adapters::*;

@@ -60,6 +60,21 @@ pub struct Authn {
 }
 
 impl Authn {
+    /// The peer's and this side's principals as `istio.stats` reads them: `istio_authn`'s
+    /// filter state, else the certificates' first URI SANs (empty where none).
+    pub fn istio_principals(&self, istio_authn: bool) -> (&str, &str) {
+        let peer = self.filter_state("io.istio.peer_principal", istio_authn);
+        let local = self.filter_state("io.istio.local_principal", istio_authn);
+        if peer.is_none() && local.is_none() {
+            let peer = self.peer.as_ref().and_then(|p| p.uri_sans.first());
+            return (
+                peer.map_or("", |s| s.as_str()),
+                self.local_principal.as_deref().unwrap_or(""),
+            );
+        }
+        (peer.unwrap_or(""), local.unwrap_or(""))
+    }
+
     /// Filter state as `istio_authn` sets it (only on chains where it runs), by key.
     pub fn filter_state(&self, key: &str, istio_authn: bool) -> Option<&str> {
         if !istio_authn || self.peer.is_none() {

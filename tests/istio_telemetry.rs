@@ -618,3 +618,203 @@ async fn without_peer_headers_the_client_reads_the_endpoints_workload() {
     );
     assert!(prom.contains("# TYPE istio_build gauge\n"), "{prom}");
 }
+
+/// A TCP sidecar: `filters` (network, YAML list items) then tcp_proxy to `cluster`.
+fn tcp_sidecar(
+    node: &str,
+    direction: &str,
+    filters: &str,
+    transport: &str,
+    cluster: &str,
+    cluster_extra: &str,
+    upstream: std::net::SocketAddr,
+) -> String {
+    format!(
+        r#"{node}static_resources:
+  listeners:
+  - name: {direction}
+    traffic_direction: {direction}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+{filters}      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: {direction}
+          cluster: '{cluster}'
+{transport}  clusters:
+  - name: '{cluster}'
+    connect_timeout: 1s
+    metadata: {{filter_metadata: {{istio: {{services: [{{host: db.default.svc.cluster.local, name: db, namespace: default}}]}}}}}}
+{cluster_extra}    load_assignment:
+      cluster_name: '{cluster}'
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {}, port_value: {}}}}}}}}}]}}]
+"#,
+        upstream.ip(),
+        upstream.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_sidecars_exchange_metadata_in_band_and_report_istio_tcp_metrics() {
+    use support::pki::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DB: &str = "spiffe://cluster.local/ns/default/sa/db";
+    let ca = Ca::new("mesh");
+    let server_id = ca.issue("db", Some(DB), false);
+    let client_id = ca.issue("productpage", Some(PRODUCTPAGE), false);
+    let dir = temp_dir();
+    let root = write(&dir, "root.pem", &ca.pem());
+    let (scert, skey) = (
+        write(&dir, "server.pem", &server_id.cert_pem),
+        write(&dir, "server.key", &server_id.key_pem),
+    );
+    let (ccert, ckey) = (
+        write(&dir, "client.pem", &client_id.cert_pem),
+        write(&dir, "client.key", &client_id.key_pem),
+    );
+    // istiod's inbound TCP chain and outbound TCP cluster, as in the corpus.
+    let inbound_filters = r#"      - name: istio_authn
+        typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/io.istio.network.authn.Config}
+      - name: istio.metadata_exchange
+        typed_config: {"@type": type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange, protocol: istio-peer-exchange}
+      - name: istio.stats
+        typed_config: {"@type": type.googleapis.com/stats.PluginConfig}
+"#;
+    let downstream = format!(
+        r#"      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates: [{{certificate_chain: {{filename: {scert}}}, private_key: {{filename: {skey}}}}}]
+            validation_context: {{trusted_ca: {{filename: {root}}}}}
+            alpn_protocols: [istio-peer-exchange, h2, http/1.1]
+"#
+    );
+    let outbound_filters = r#"      - name: istio.stats
+        typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/stats.PluginConfig, value: {}}
+"#;
+    let upstream = format!(
+        r#"    filters:
+    - name: istio.metadata_exchange
+      typed_config: {{"@type": type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange, protocol: istio-peer-exchange}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.5432_._.db.default.svc.cluster.local
+        common_tls_context:
+          alpn_protocols: [istio-peer-exchange, istio]
+          tls_certificates: [{{certificate_chain: {{filename: {ccert}}}, private_key: {{filename: {ckey}}}}}]
+          validation_context: {{trusted_ca: {{filename: {root}}}, match_subject_alt_names: [{{exact: "{DB}"}}]}}
+"#
+    );
+    for driver in drivers() {
+        let (echo, _) = echo_server(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let server = Proxy::start(
+            &tcp_sidecar(
+                &node("sidecar~10.0.0.2~db", "db-v1", "db", "v1"),
+                "INBOUND",
+                inbound_filters,
+                &downstream,
+                "inbound|5432||",
+                "",
+                echo,
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let server_addr = server.wait_listener("INBOUND").await;
+        let client = Proxy::start(
+            &tcp_sidecar(
+                &node(
+                    "sidecar~10.0.0.1~productpage",
+                    "productpage-v1",
+                    "productpage",
+                    "v1",
+                ),
+                "OUTBOUND",
+                outbound_filters,
+                "",
+                "outbound|5432||db.default.svc.cluster.local",
+                &upstream,
+                server_addr,
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let addr = client.wait_listener("OUTBOUND").await;
+        // The application's bytes come back exactly: both frames were taken off.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"hello over the mesh").await.unwrap();
+        let mut got = vec![0u8; 19];
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("echo within 5 s")
+            .unwrap();
+        assert_eq!(&got, b"hello over the mesh", "{driver}");
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert_eq!(rest, b"bye", "{driver}");
+        drop(s);
+
+        let prom = prometheus(&server, "istio_tcp_connections_closed_total", 1).await;
+        let dest: Vec<(&str, &str)> = labels([
+            "destination",
+            "productpage-v1",
+            "productpage",
+            "v1",
+            "default",
+            PRODUCTPAGE,
+            "productpage",
+            "v1",
+            "Kubernetes",
+            "db-v1",
+            "default",
+            DB,
+            "db",
+            "v1",
+            "db.default.svc.cluster.local",
+            "db",
+            "v1",
+            "db",
+            "default",
+            "Kubernetes",
+            "tcp",
+            "",
+            "",
+            "-",
+            "mutual_tls",
+        ])
+        .into_iter()
+        .filter(|(k, _)| *k != "response_code" && *k != "grpc_response_status")
+        .collect();
+        for (metric, want) in [
+            ("istio_tcp_connections_opened_total", 1),
+            ("istio_tcp_connections_closed_total", 1),
+            ("istio_tcp_received_bytes_total", 19),
+            ("istio_tcp_sent_bytes_total", 22),
+        ] {
+            assert_eq!(
+                sample(&prom, metric, &dest),
+                Some(want),
+                "{driver} {metric}:\n{prom}"
+            );
+        }
+        // The client's side learnt the server's workload in band.
+        let prom = prometheus(&client, "istio_tcp_connections_closed_total", 1).await;
+        assert!(
+            prom.lines().any(|l| l.starts_with(
+                "istio_tcp_sent_bytes_total{reporter=\"source\",source_workload=\"productpage-v1\""
+            ) && l.contains("destination_workload=\"db-v1\"")
+                && l.contains("destination_service=\"db.default.svc.cluster.local\"")
+                && l.contains("request_protocol=\"tcp\"")
+                && l.ends_with(" 22")),
+            "{driver}:\n{prom}"
+        );
+    }
+}

@@ -166,6 +166,23 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    copy_tls_tunnel_mx(a, b, idle, limit, [None, None]).await
+}
+
+/// [`copy_tls_tunnel`] with Istio's TCP metadata exchange on either side (`mx[0]` for
+/// `a`, `mx[1]` for `b`): the peers' frames are taken off the stream, this side's put on.
+pub async fn copy_tls_tunnel_mx<A, B>(
+    a: &mut MaybeTls<monoio::net::TcpStream, A>,
+    b: &mut MaybeTls<monoio::net::TcpStream, B>,
+    idle: Option<Duration>,
+    limit: Option<Duration>,
+    mx: [Option<super::exchange::MxSide>; 2],
+) -> (Tunnel, u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let [mx_a, mx_b] = mx;
     let last = Cell::new(Instant::now());
     let (mut ta, mut tb);
     let x: &mut (dyn Pollable + Unpin) = match a {
@@ -187,6 +204,21 @@ where
             Err(_) => return (Tunnel::Error, 0, 0),
         },
         MaybeTls::Tls(t) => &mut t.0,
+    };
+    let (mut xa, mut yb);
+    let x: &mut (dyn Pollable + Unpin) = match mx_a {
+        Some(side) => {
+            xa = super::exchange::Mx::new(x, side);
+            &mut xa
+        }
+        None => x,
+    };
+    let y: &mut (dyn Pollable + Unpin) = match mx_b {
+        Some(side) => {
+            yb = super::exchange::Mx::new(y, side);
+            &mut yb
+        }
+        None => y,
     };
     let mut x = Active {
         inner: x,

@@ -35,6 +35,7 @@ impl FilterChain {
         self.istio_authn
             || !self.rbac.is_empty()
             || matches!(&self.filter, super::NetworkFilter::Http(h) if h.reads_identity)
+            || matches!(&self.filter, super::NetworkFilter::Tcp(t) if t.istio.is_some())
     }
 }
 

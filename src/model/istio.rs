@@ -44,6 +44,7 @@ pub struct IstioStats {
     pub shape: u8,
     pub node: Arc<LocalNode>,
     pub series: Arc<crate::stats::labeled::Registry<3, 3>>,
+    pub tcp_series: Arc<crate::stats::labeled::Registry<4, 0>>,
 }
 
 /// `istio.metadata_exchange` over HTTP: which way peers' metadata is discovered and
@@ -61,6 +62,78 @@ pub struct PeerMetadata {
     /// `istio_headers.skip_external_clusters`: no propagation to `PassthroughCluster`.
     pub skip_external: bool,
     pub node: Arc<LocalNode>,
+}
+
+/// Istio's TCP metadata exchange (`envoy.tcp.metadataexchange.config.MetadataExchange`) on
+/// a listener's chain (downstream) or a cluster (upstream): it runs when TLS settled on
+/// `protocol` by ALPN.
+#[derive(Debug)]
+pub struct TcpExchange {
+    pub protocol: Box<[u8]>,
+    /// This workload's frame, ready to send.
+    pub frame: Arc<[u8]>,
+}
+
+impl TcpExchange {
+    pub fn new(protocol: &str, node: &LocalNode) -> TcpExchange {
+        TcpExchange {
+            protocol: protocol.as_bytes().into(),
+            frame: frame(&tcp_payload(node)).into(),
+        }
+    }
+}
+
+const STRUCT_URL: &str = "type.googleapis.com/google.protobuf.Struct";
+
+/// The exchange frame's magic number (`crate::io::exchange` reads it).
+pub const MX_MAGIC: u32 = 0x3D23_0467;
+
+/// Frames `payload` for the wire: magic, length (both big-endian), payload.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + payload.len());
+    f.extend_from_slice(&MX_MAGIC.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The TCP frame's payload: an `Any` of a Struct holding this workload's metadata (as the
+/// HTTP header carries it) and its node id, under the HTTP headers' names.
+fn tcp_payload(node: &LocalNode) -> Vec<u8> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(node.exchange.as_bytes())
+        .unwrap_or_default();
+    let md = Struct::decode(raw.as_slice()).unwrap_or_default();
+    let mut s = Struct::default();
+    s.fields.insert(
+        "x-envoy-peer-metadata".into(),
+        Value {
+            kind: Some(Kind::StructValue(md)),
+        },
+    );
+    s.fields
+        .insert("x-envoy-peer-metadata-id".into(), string(&node.id));
+    prost_types::Any {
+        type_url: STRUCT_URL.into(),
+        value: s.encode_to_vec(),
+    }
+    .encode_to_vec()
+}
+
+impl Peer {
+    /// The workload a TCP exchange frame's payload describes; `None` when it is not one.
+    pub fn from_frame(payload: &[u8]) -> Option<Peer> {
+        let any = prost_types::Any::decode(payload).ok()?;
+        if any.type_url != STRUCT_URL {
+            return None;
+        }
+        let s = Struct::decode(any.value.as_slice()).ok()?;
+        match s.fields.get("x-envoy-peer-metadata")?.kind.as_ref()? {
+            Kind::StructValue(md) => Some(Peer::of(md)),
+            _ => None,
+        }
+    }
 }
 
 /// The service an Istio cluster serves (`metadata.filter_metadata.istio.services[0]`).
@@ -196,6 +269,112 @@ pub fn local_node(id: &str, metadata: Option<&Struct>) -> LocalNode {
     }
 }
 
+/// Istio's passthrough clusters: `destination_service_name` is the cluster's name.
+pub const PASSTHROUGH: [&str; 5] = [
+    "BlackHoleCluster",
+    "PassthroughCluster",
+    "InboundPassthroughCluster",
+    "InboundPassthroughClusterIpv4",
+    "InboundPassthroughClusterIpv6",
+];
+
+/// Where the peer labels of a series come from.
+pub struct PeerLabels<'a> {
+    pub reporter: Reporter,
+    pub node: &'a LocalNode,
+    /// The peer: the client (a server's sidecar, a waypoint) or the upstream (a client's).
+    pub peer: &'a Peer,
+    /// A waypoint's upstream (else the same as `peer`).
+    pub up_peer: &'a Peer,
+    pub peer_san: &'a str,
+    pub local_san: &'a str,
+    /// The destination service's host, name and namespace (empty where unknown).
+    pub service: (&'a str, &'a str, &'a str),
+}
+
+/// `v`, or `fallback` when it is empty.
+pub fn or<'a>(v: &'a str, fallback: &'a str) -> &'a str {
+    if v.is_empty() {
+        fallback
+    } else {
+        v
+    }
+}
+
+/// The namespace in a SPIFFE identity (`.../ns/<namespace>/...`).
+fn spiffe_namespace(id: &str) -> &str {
+    id.split_once("/ns/")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""))
+}
+
+/// Pushes `reporter` and the 19 peer labels of a series (HTTP and TCP alike), filled as
+/// istio-proxy fills them.
+pub fn push_peer_labels(k: &mut crate::stats::labeled::KeyBuilder<'_>, l: &PeerLabels<'_>) {
+    const UNKNOWN: &str = "unknown";
+    let (node, peer, up_peer) = (l.node, l.peer, l.up_peer);
+    let (peer_san, local_san) = (l.peer_san, l.local_san);
+    let (service_host, service_name, service_namespace) = l.service;
+    let peer_namespace = or(spiffe_namespace(peer_san), &peer.namespace);
+    let mut push = |v: &str| k.push(v.as_bytes());
+    push(l.reporter.label());
+    let client_side = l.reporter == Reporter::Source;
+    if client_side {
+        push(&node.workload);
+        push(&node.canonical_service);
+        push(&node.canonical_revision);
+        push(&node.namespace);
+        push(or(local_san, UNKNOWN));
+        push(&node.app);
+        push(&node.version);
+        push(&node.cluster);
+    } else {
+        push(or(&peer.workload, UNKNOWN));
+        push(or(&peer.canonical_service, UNKNOWN));
+        push(or(&peer.canonical_revision, "latest"));
+        push(or(peer_namespace, UNKNOWN));
+        push(or(peer_san, UNKNOWN));
+        push(or(&peer.app, UNKNOWN));
+        push(or(&peer.version, UNKNOWN));
+        push(or(&peer.cluster, UNKNOWN));
+    }
+    if l.reporter == Reporter::Destination {
+        push(&node.workload);
+        push(&node.namespace);
+        push(or(local_san, UNKNOWN));
+        push(&node.app);
+        push(&node.version);
+        push(or(service_host, &node.canonical_service));
+        push(&node.canonical_service);
+        push(&node.canonical_revision);
+        push(or(service_name, &node.canonical_service));
+        push(&node.namespace);
+        push(&node.cluster);
+    } else {
+        // The client's sidecar and a waypoint: the upstream peer's workload.
+        let up_namespace = if client_side {
+            peer_namespace
+        } else {
+            &up_peer.namespace
+        };
+        push(or(&up_peer.workload, UNKNOWN));
+        push(or(up_namespace, UNKNOWN));
+        push(if client_side {
+            or(peer_san, UNKNOWN)
+        } else {
+            UNKNOWN
+        });
+        push(or(&up_peer.app, UNKNOWN));
+        push(or(&up_peer.version, UNKNOWN));
+        push(or(service_host, UNKNOWN));
+        push(or(&up_peer.canonical_service, UNKNOWN));
+        let revision = if client_side { "latest" } else { UNKNOWN };
+        push(or(&up_peer.canonical_revision, revision));
+        push(or(service_name, UNKNOWN));
+        push(or(or(service_namespace, up_namespace), UNKNOWN));
+        push(or(&up_peer.cluster, UNKNOWN));
+    }
+}
+
 /// How many peer header values a core keeps decoded (istio-proxy keeps 500 per thread).
 const PEER_CACHE: usize = 500;
 
@@ -211,6 +390,7 @@ type PeerCache = rustc_hash::FxHashMap<Box<[u8]>, Option<Arc<Peer>>>;
 pub struct IstioCore {
     peers: RefCell<PeerCache>,
     pub series: crate::stats::istio::HttpCoreMap,
+    pub tcp: crate::stats::istio::TcpCoreMap,
 }
 
 impl IstioCore {

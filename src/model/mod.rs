@@ -472,6 +472,8 @@ pub struct Cluster {
     pub tls_matches: Arc<[tls::TlsMatch]>,
     /// The service it serves (`filter_metadata.istio.services[0]`), for `istio.stats`.
     pub istio_service: Option<Arc<istio::IstioService>>,
+    /// Istio's TCP metadata exchange as a cluster filter (upstream side).
+    pub tcp_exchange: Option<Arc<istio::TcpExchange>>,
 }
 
 /// One metadata field as `transport_socket_matches` compare it: (key, value as text).
@@ -545,6 +547,7 @@ impl Cluster {
             tls: self.tls.clone(),
             tls_matches: self.tls_matches.clone(),
             istio_service: self.istio_service.clone(),
+            tcp_exchange: self.tcp_exchange.clone(),
         }
     }
 

@@ -17,6 +17,12 @@ pub struct TcpProxy {
     /// Connect attempts before giving up (`max_connect_attempts`, default 1).
     pub max_connect_attempts: u32,
     pub max_downstream_connection_duration: Option<Duration>,
+    /// Istio's TCP metadata exchange before it on the chain.
+    pub exchange: Option<Arc<super::istio::TcpExchange>>,
+    /// Istio's network `istio.stats` before it on the chain (`istio_tcp_*`).
+    pub istio: Option<Arc<super::istio::IstioStats>>,
+    /// `istio_authn` runs on the chain.
+    pub istio_authn: bool,
 }
 
 impl TcpProxy {

@@ -59,6 +59,32 @@ pub const METRICS: [&str; 6] = [
     "istio_response_bytes",
 ];
 
+/// Istio's TCP metrics (counters), indexed as [`TcpMetric`]; a TCP metric's overrides are
+/// at `METRICS.len()` plus its index in [`Shape`].
+pub const TCP_METRICS: [&str; 4] = [
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_received_bytes_total",
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+];
+
+/// A TCP metric; its discriminant indexes [`TCP_METRICS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpMetric {
+    /// Bytes sent to the client.
+    Sent,
+    /// Bytes received from the client.
+    Received,
+    Opened,
+    Closed,
+}
+
+/// The labels of a TCP series, as indices into [`LABELS`]: the peers, then
+/// `request_protocol` (`tcp`), `response_flags`, `connection_security_policy`.
+pub const TCP_LABELS: [usize; 23] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 23, 24,
+];
+
 /// An HTTP metric; its discriminant indexes [`METRICS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpMetric {
@@ -75,18 +101,14 @@ impl HttpMetric {
     /// discriminant less the counters.
     pub const COUNTERS: usize = 3;
 
-    /// The metric by its name in `stats.PluginConfig` (without `istio_`).
-    pub fn by_config_name(name: &str) -> Option<HttpMetric> {
-        use HttpMetric::*;
-        Some(match name {
-            "requests_total" => RequestsTotal,
-            "request_messages_total" => RequestMessages,
-            "response_messages_total" => ResponseMessages,
-            "request_duration_milliseconds" => Duration,
-            "request_bytes" => RequestBytes,
-            "response_bytes" => ResponseBytes,
-            _ => return None,
-        })
+    /// The index in [`Shape`] of a metric by its name in `stats.PluginConfig` (without
+    /// `istio_`): HTTP metrics first, then TCP ones.
+    pub fn by_config_name(name: &str) -> Option<usize> {
+        let full = format!("istio_{name}");
+        METRICS
+            .iter()
+            .chain(TCP_METRICS.iter())
+            .position(|m| *m == full)
     }
 }
 
@@ -95,13 +117,13 @@ impl HttpMetric {
 /// dropped metric is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
-    pub removed: [Option<u32>; 6],
+    pub removed: [Option<u32>; 10],
 }
 
 impl Shape {
     /// Every metric with every label.
     pub const STANDARD: Shape = Shape {
-        removed: [Some(0); 6],
+        removed: [Some(0); 10],
     };
 }
 
@@ -109,10 +131,15 @@ impl Shape {
 pub type HttpSeries = super::labeled::Series<3, 3>;
 /// A core's HTTP series by key.
 pub type HttpCoreMap = CoreMap<3, 3>;
+/// The TCP series: four counters.
+pub type TcpSeries = super::labeled::Series<4, 0>;
+/// A core's TCP series by key.
+pub type TcpCoreMap = CoreMap<4, 0>;
 
 /// Istio's metrics of one proxy: every core's series and the shapes their keys name.
 pub struct Istio {
     pub http: Arc<Registry<3, 3>>,
+    pub tcp: Arc<Registry<4, 0>>,
     /// Shapes by id (a series key ends with its shape's id).
     shapes: Mutex<Vec<Shape>>,
     /// This proxy's workload (set from the bootstrap before anything is converted).
@@ -126,6 +153,7 @@ impl Istio {
     pub fn new(cores: usize) -> Self {
         Istio {
             http: Arc::new(Registry::new(cores)),
+            tcp: Arc::new(Registry::new(cores)),
             shapes: Mutex::new(vec![Shape::STANDARD]),
             node: Default::default(),
             build: Default::default(),
@@ -145,6 +173,9 @@ impl Istio {
         u8::try_from(i).ok()
     }
 }
+
+/// The family index of TCP counters while series are merged.
+const TCP: usize = 100;
 
 /// The name `/stats` prints for a series: Envoy joins a tagged stat's name and its tags
 /// with dots.
@@ -206,6 +237,33 @@ impl Store {
                 }
             }
         }
+        for (key, m) in self.istio.tcp.merged() {
+            let values: Vec<&str> = super::labeled::key_values(&key).collect();
+            let Some(shape) = values
+                .get(TCP_LABELS.len())
+                .and_then(|id| id.parse::<usize>().ok())
+                .and_then(|id| shapes.get(id))
+            else {
+                continue;
+            };
+            for (i, metric) in TCP_METRICS.iter().enumerate() {
+                let Some(removed) = shape.removed[METRICS.len() + i] else {
+                    continue;
+                };
+                let tags: Vec<(String, String)> = TCP_LABELS
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &l)| removed & (1 << l) == 0)
+                    .map(|(v, &l)| (LABELS[l].to_string(), values[v].to_string()))
+                    .collect();
+                let name = joined(metric, &tags);
+                let e = by_name.entry(name.clone()).or_insert_with(|| {
+                    tagged.push((name, metric, tags));
+                    (TCP, (Vec::new(), Vec::new()))
+                });
+                e.1 .0.push(m.counters[i]);
+            }
+        }
         {
             let mut cache = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
             for (name, metric, tags) in tagged {
@@ -242,10 +300,10 @@ impl Store {
             });
         }
         for (name, (i, (counters, hs))) in by_name {
-            if i < HttpMetric::COUNTERS {
+            if i < HttpMetric::COUNTERS || i == TCP {
                 let value = counters.iter().fold(0u64, |a, c| a.wrapping_add(*c));
                 // The message counters exist for gRPC requests only.
-                if i > 0 && value == 0 {
+                if (i == 1 || i == 2) && value == 0 {
                     continue;
                 }
                 stats.push(StatValue {

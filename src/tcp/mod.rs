@@ -17,6 +17,8 @@ use crate::model::{Cluster, Discovery, TcpProxy};
 use crate::stats::{ClusterStat, TcpStat};
 use crate::tls::UpIo;
 
+mod telemetry;
+
 /// Serves one downstream connection; `prefix` holds bytes the listener filters read.
 pub async fn serve(
     ctx: Rc<CoreCtx>,
@@ -26,6 +28,55 @@ pub async fn serve(
     drain: Rc<DrainEvent>,
     prefix: Vec<u8>,
 ) {
+    let mut outcome = Outcome::default();
+    proxy(&ctx, &tp, down, &conn, prefix, &mut outcome).await;
+    // A drained listener's TCP connections run until they end or the process's drain
+    // time is over (as Envoy's do); nothing to do with `drain` here.
+    drop(drain);
+    if let Some(f) = &tp.istio {
+        telemetry::report(&ctx, f, &tp, &conn, &outcome);
+    }
+}
+
+/// What one connection did, for `istio.stats`.
+#[derive(Default)]
+pub(crate) struct Outcome {
+    /// Envoy's response flag (`-` when none).
+    pub flags: &'static str,
+    /// Bytes from the client, and to it.
+    pub received: u64,
+    pub sent: u64,
+    pub cluster: Option<Arc<Cluster>>,
+    /// The upstream endpoint's workload (istiod's `istio.workload` metadata).
+    pub workload: Option<Arc<crate::model::istio::Peer>>,
+    /// The peers' metadata exchange frames (client's, upstream's), when they sent one.
+    pub down_frame: Option<Vec<u8>>,
+    pub up_frame: Option<Vec<u8>>,
+}
+
+/// The exchange on a TLS side whose ALPN settled on its protocol.
+fn exchange_side(
+    x: Option<&Arc<crate::model::istio::TcpExchange>>,
+    alpn: Option<&[u8]>,
+    server: bool,
+) -> Option<crate::io::exchange::MxSide> {
+    let x = x?;
+    (alpn? == &*x.protocol).then(|| crate::io::exchange::MxSide {
+        frame: x.frame.clone(),
+        server,
+        found: Default::default(),
+    })
+}
+
+async fn proxy(
+    ctx: &Rc<CoreCtx>,
+    tp: &Arc<TcpProxy>,
+    down: crate::tls::DownIo,
+    conn: &Downstream,
+    prefix: Vec<u8>,
+    out: &mut Outcome,
+) {
+    out.flags = "-";
     let core = ctx.core;
     let stats = tp.stats.core(core);
     let snapshot = ctx.snapshot();
@@ -33,11 +84,18 @@ pub async fn serve(
     let Some(cluster) = snapshot.cluster(name) else {
         stats.inc(TcpStat::DownstreamCxNoRoute as usize);
         tracing::debug!(cluster = %name, peer = %conn.peer, "tcp_proxy: no such cluster");
+        out.flags = "NR";
         return;
     };
-    let Some((mut up, _permit)) = connect(&ctx, &tp, cluster, &conn).await else {
-        return;
+    out.cluster = Some(cluster.clone());
+    let (mut up, _permit, workload) = match connect(ctx, tp, cluster, conn).await {
+        Ok(c) => c,
+        Err(flag) => {
+            out.flags = flag;
+            return;
+        }
     };
+    out.workload = workload;
     let cstats = cluster.stats.core(core);
     let _active = UpstreamActive(cstats);
     if !prefix.is_empty() {
@@ -46,18 +104,42 @@ pub async fn serve(
         if res.is_err() {
             return;
         }
+        out.received += n;
         stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, n);
         cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
     }
+    let received = std::cell::Cell::new(0u64);
+    let sent = std::cell::Cell::new(0u64);
     let rx = |n| {
+        received.set(received.get() + n);
         stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, n);
         cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
     };
     let tx = |n| {
+        sent.set(sent.get() + n);
         stats.add(TcpStat::DownstreamCxTxBytesTotal as usize, n);
         cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
     };
     let mut down = down;
+    // Istio's TCP metadata exchange, where TLS settled on its protocol.
+    let mx_down = match &down {
+        MaybeTls::Tls(t) => {
+            exchange_side(tp.exchange.as_ref(), t.0.get_ref().1.alpn_protocol(), true)
+        }
+        MaybeTls::Plain(_) => None,
+    };
+    let mx_up = match &up {
+        MaybeTls::Tls(t) => exchange_side(
+            cluster.tcp_exchange.as_ref(),
+            t.0.get_ref().1.alpn_protocol(),
+            false,
+        ),
+        MaybeTls::Plain(_) => None,
+    };
+    let found = (
+        mx_down.as_ref().map(|m| m.found.clone()),
+        mx_up.as_ref().map(|m| m.found.clone()),
+    );
     let ended = match (&mut down, &mut up) {
         (MaybeTls::Plain(down), MaybeTls::Plain(up)) => {
             crate::io::splice_both_ways(
@@ -72,11 +154,12 @@ pub async fn serve(
         (down, up) => {
             // TLS terminated or originated here: the plaintext is copied through user
             // space (no splice), under the same idle and lifetime limits.
-            let (ended, a, b) = crate::io::copy_tls_tunnel(
+            let (ended, a, b) = crate::io::copy_tls_tunnel_mx(
                 down,
                 up,
                 tp.idle_timeout,
                 tp.max_downstream_connection_duration,
+                [mx_down, mx_up],
             )
             .await;
             rx(a);
@@ -84,14 +167,15 @@ pub async fn serve(
             ended
         }
     };
+    out.received += received.get();
+    out.sent += sent.get();
+    out.down_frame = found.0.and_then(|f| f.borrow_mut().take());
+    out.up_frame = found.1.and_then(|f| f.borrow_mut().take());
     match ended {
         Tunnel::Done | Tunnel::Error => {}
         Tunnel::Idle => stats.inc(TcpStat::IdleTimeout as usize),
         Tunnel::MaxDuration => stats.inc(TcpStat::MaxDownstreamConnectionDurationReached as usize),
     }
-    // A drained listener's TCP connections run until they end or the process's drain
-    // time is over (as Envoy's do); nothing to do with `drain` here.
-    drop(drain);
 }
 
 /// Counts an upstream connection as active until dropped.
@@ -106,12 +190,22 @@ impl Drop for UpstreamActive<'_> {
 
 /// Connects to the cluster (TLS when its transport socket for the endpoint says so),
 /// trying up to `max_connect_attempts` times.
+/// `Err`: the response flag Envoy sets (`UH` no healthy upstream, `UO` overflow, `UF`
+/// connect failure).
+#[allow(clippy::type_complexity)]
 async fn connect(
     ctx: &Rc<CoreCtx>,
     tp: &TcpProxy,
     cluster: &Cluster,
     conn: &Downstream,
-) -> Option<(UpIo, Option<crate::model::breakers::Permit>)> {
+) -> Result<
+    (
+        UpIo,
+        Option<crate::model::breakers::Permit>,
+        Option<Arc<crate::model::istio::Peer>>,
+    ),
+    &'static str,
+> {
     let cstats = cluster.stats.core(ctx.core);
     for attempt in 0..tp.max_connect_attempts {
         let ep = if cluster.discovery == Discovery::OriginalDst {
@@ -120,20 +214,20 @@ async fn connect(
             if conn.loops_back() {
                 cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
                 tracing::debug!(peer = %conn.peer, dst = %conn.dst, "original destination is this listener: refused");
-                return None;
+                return Err("UH");
             }
             crate::model::Endpoint::at(conn.dst)
         } else {
             let picked = ctx.upstreams.borrow_mut().pick(cluster).cloned();
             let Some(e) = picked else {
                 cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-                return None;
+                return Err("UH");
             };
             e
         };
         match crate::upstream::open_io(ctx.core, cluster, &ep, false).await {
-            Ok(s) => return Some(s),
-            Err(crate::upstream::ConnectError::Overflow) => return None,
+            Ok((s, permit)) => return Ok((s, permit, ep.workload.clone())),
+            Err(crate::upstream::ConnectError::Overflow) => return Err("UO"),
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, addr = %ep.address, attempt, "connect failed: {e}")
             }
@@ -144,5 +238,5 @@ async fn connect(
             .core(ctx.core)
             .inc(TcpStat::UpstreamConnectAttemptsExceeded as usize);
     }
-    None
+    Err("UF")
 }

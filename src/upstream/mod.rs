@@ -518,6 +518,7 @@ mod tests {
             tls: None,
             tls_matches: Arc::new([]),
             istio_service: None,
+            tcp_exchange: None,
             endpoints: weights
                 .iter()
                 .enumerate()

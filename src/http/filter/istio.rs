@@ -183,29 +183,6 @@ fn http_to_grpc(status: u16) -> i32 {
     }
 }
 
-/// The namespace in a SPIFFE identity (`.../ns/<namespace>/...`).
-fn spiffe_namespace(id: &str) -> &str {
-    id.split_once("/ns/")
-        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""))
-}
-
-fn or<'a>(v: &'a str, fallback: &'a str) -> &'a str {
-    if v.is_empty() {
-        fallback
-    } else {
-        v
-    }
-}
-
-/// Istio's passthrough clusters: `destination_service_name` is the cluster's name.
-const PASSTHROUGH: [&str; 5] = [
-    "BlackHoleCluster",
-    "PassthroughCluster",
-    "InboundPassthroughCluster",
-    "InboundPassthroughClusterIpv4",
-    "InboundPassthroughClusterIpv6",
-];
-
 /// Reports a finished request into its series (once).
 ///
 /// A request answered before `istio.stats` ran (an RBAC denial, a JWT challenge, a fault
@@ -229,26 +206,10 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     let log = x.log();
     let node = &*f.node;
     // Principals: istio_authn's filter state, else the certificates' first URI SANs.
-    let (mut peer_san, mut local_san) = ("", "");
-    if f.reporter != Reporter::Source {
-        if let Some(a) = x.authn() {
-            let istio_authn = x.hcm().istio_authn;
-            peer_san = a
-                .filter_state("io.istio.peer_principal", istio_authn)
-                .unwrap_or("");
-            local_san = a
-                .filter_state("io.istio.local_principal", istio_authn)
-                .unwrap_or("");
-            if peer_san.is_empty() && local_san.is_empty() {
-                peer_san = a
-                    .peer
-                    .as_ref()
-                    .and_then(|p| p.uri_sans.first())
-                    .map_or("", |s| s.as_str());
-                local_san = a.local_principal.as_deref().unwrap_or("");
-            }
-        }
-    }
+    let (peer_san, local_san) = match x.authn() {
+        Some(a) if f.reporter != Reporter::Source => a.istio_principals(x.hcm().istio_authn),
+        _ => ("", ""),
+    };
     let up = t.upstream_peer.borrow();
     let peer: Option<&Peer> = match f.reporter {
         // Without the upstream's headers, its endpoint's `istio.workload` metadata.
@@ -257,7 +218,6 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     };
     let empty = Peer::default();
     let peer = peer.unwrap_or(&empty);
-    let peer_namespace = or(spiffe_namespace(peer_san), &peer.namespace);
     // The destination service: the Host header (unless disabled), Istio's passthrough
     // routes and clusters by name, else the cluster's `istio.services[0]`.
     let authority = x.bytes(&log.authority);
@@ -279,7 +239,10 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
         service_name = "BlackHoleCluster";
     } else if route == "allow_any" {
         service_name = "PassthroughCluster";
-    } else if let Some(p) = PASSTHROUGH.iter().find(|p| **p == cluster) {
+    } else if let Some(p) = crate::model::istio::PASSTHROUGH
+        .iter()
+        .find(|p| **p == cluster)
+    {
         service_name = p;
     } else if let Some(s) = routed.and_then(|c| c.istio_service.as_deref()) {
         service_host = &s.host;
@@ -290,68 +253,23 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     let mut key = ctx.istio.series.scratch.borrow_mut();
     key.clear();
     let mut k = KeyBuilder(&mut key);
+    let up_peer = match f.reporter {
+        Reporter::Waypoint => up.as_deref().unwrap_or(&empty),
+        _ => peer,
+    };
+    crate::model::istio::push_peer_labels(
+        &mut k,
+        &crate::model::istio::PeerLabels {
+            reporter: f.reporter,
+            node,
+            peer,
+            up_peer,
+            peer_san,
+            local_san,
+            service: (service_host, service_name, service_namespace),
+        },
+    );
     let mut push = |v: &str| k.push(v.as_bytes());
-    push(f.reporter.label());
-    let client_side = f.reporter == Reporter::Source;
-    if client_side {
-        push(&node.workload);
-        push(&node.canonical_service);
-        push(&node.canonical_revision);
-        push(&node.namespace);
-        push(or(local_san, UNKNOWN));
-        push(&node.app);
-        push(&node.version);
-        push(&node.cluster);
-    } else {
-        push(or(&peer.workload, UNKNOWN));
-        push(or(&peer.canonical_service, UNKNOWN));
-        push(or(&peer.canonical_revision, "latest"));
-        push(or(peer_namespace, UNKNOWN));
-        push(or(peer_san, UNKNOWN));
-        push(or(&peer.app, UNKNOWN));
-        push(or(&peer.version, UNKNOWN));
-        push(or(&peer.cluster, UNKNOWN));
-    }
-    if f.reporter == Reporter::Destination {
-        push(&node.workload);
-        push(&node.namespace);
-        push(or(local_san, UNKNOWN));
-        push(&node.app);
-        push(&node.version);
-        push(or(service_host, &node.canonical_service));
-        push(&node.canonical_service);
-        push(&node.canonical_revision);
-        push(or(service_name, &node.canonical_service));
-        push(&node.namespace);
-        push(&node.cluster);
-    } else {
-        // The client's sidecar and a waypoint: the upstream peer's workload.
-        let up_peer = match f.reporter {
-            Reporter::Waypoint => up.as_deref().unwrap_or(&empty),
-            _ => peer,
-        };
-        let up_namespace = if client_side {
-            peer_namespace
-        } else {
-            &up_peer.namespace
-        };
-        push(or(&up_peer.workload, UNKNOWN));
-        push(or(up_namespace, UNKNOWN));
-        push(if client_side {
-            or(peer_san, UNKNOWN)
-        } else {
-            UNKNOWN
-        });
-        push(or(&up_peer.app, UNKNOWN));
-        push(or(&up_peer.version, UNKNOWN));
-        push(or(service_host, UNKNOWN));
-        push(or(&up_peer.canonical_service, UNKNOWN));
-        let revision = if client_side { "latest" } else { UNKNOWN };
-        push(or(&up_peer.canonical_revision, revision));
-        push(or(service_name, UNKNOWN));
-        push(or(or(service_namespace, up_namespace), UNKNOWN));
-        push(or(&up_peer.cluster, UNKNOWN));
-    }
     push(if t.grpc.is_some() { "grpc" } else { "http" });
     push(itoa::Buffer::new().format(log.status));
     let mut code = itoa::Buffer::new();

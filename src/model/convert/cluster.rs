@@ -121,7 +121,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if c.respect_dns_ttl {
         ctx.ignored.push(format!("{res}.respect_dns_ttl"));
     }
-    super::istio::cluster_filters(&c.filters, res, ctx)?;
+    let tcp_exchange = super::telemetry::cluster_filters(&c.filters, res, ctx)?;
     use pb::cluster::DnsLookupFamily as F;
     let dns_family = match F::try_from(c.dns_lookup_family) {
         Ok(F::Auto) => DnsFamily::Auto,
@@ -253,6 +253,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         tls,
         tls_matches: tls_matches.into(),
         istio_service: super::telemetry::istio_service(c.metadata.as_ref()),
+        tcp_exchange,
     })
 }
 

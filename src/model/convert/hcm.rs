@@ -39,6 +39,7 @@ pub(super) fn chain_filter(
     let mut skipped = 0;
     let mut rbac = Vec::new();
     let mut istio_authn = false;
+    let mut tcp: TcpTelemetry = (None, None);
     while let [f, _, ..] = filters {
         let path = format!("{cpath}.filters[{skipped}]");
         match f
@@ -46,6 +47,14 @@ pub(super) fn chain_filter(
             .as_ref()
             .map(|pb::filter::ConfigType::TypedConfig(a)| a)
         {
+            Some(any) if config_type(any).as_deref() == Some(super::istio::METADATA_EXCHANGE) => {
+                let at = format!("{path}.typed_config");
+                tcp.0 = super::telemetry::tcp_exchange(any, res, &at, ctx)?;
+            }
+            Some(any) if config_type(any).as_deref() == Some("stats.PluginConfig") => {
+                let at = format!("{path}.typed_config");
+                tcp.1 = Some(super::telemetry::network_stats(any, res, &at, ctx)?);
+            }
             Some(any) if istio_noop(&f.name, any, true).is_some() => {
                 let why = istio_noop(&f.name, any, true).unwrap_or_default();
                 ctx.ignored.push(format!("{res}.{path} ({why})"));
@@ -76,6 +85,7 @@ pub(super) fn chain_filter(
             &format!("{cpath}.filters[{skipped}]"),
             ctx,
             istio_authn,
+            tcp,
         )
         .map(with),
         [] => Err(err(
@@ -92,6 +102,7 @@ pub(super) fn chain_filter(
                 &format!("{cpath}.filters[{skipped}]"),
                 ctx,
                 istio_authn,
+                (None, None),
             )?;
             let t = f
                 .config_type
@@ -117,12 +128,19 @@ pub(super) type ChainFilters = (
     bool,
 );
 
+/// Istio's TCP metadata exchange and network `istio.stats` before a chain's terminal filter.
+type TcpTelemetry = (
+    Option<Arc<crate::model::istio::TcpExchange>>,
+    Option<Arc<crate::model::istio::IstioStats>>,
+);
+
 fn network_filter(
     f: &pb::Filter,
     res: &str,
     path: &str,
     ctx: &mut Ctx<'_>,
     istio_authn: bool,
+    tcp: TcpTelemetry,
 ) -> Result<NetworkFilter, ConvertError> {
     let Some(pb::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
         return Err(err(
@@ -137,11 +155,21 @@ fn network_filter(
             let path = format!("{path}.typed_config");
             let mut hcm = connection_manager(&m, res, &path, ctx)?;
             hcm.istio_authn = istio_authn;
+            if tcp.0.is_some() || tcp.1.is_some() {
+                // istiod's inbound HTTP chains: their TLS never settles on the exchange's
+                // protocol, and the HTTP filters report the requests.
+                ctx.ignored.push(format!(
+                    "{res}.{path} (Istio's TCP exchange and TCP stats before a connection manager: no effect)"
+                ));
+            }
             Ok(NetworkFilter::Http(Arc::new(hcm)))
         }
-        super::tcp::TCP_PROXY => Ok(NetworkFilter::Tcp(Arc::new(super::tcp::convert(
-            any, res, path, ctx,
-        )?))),
+        super::tcp::TCP_PROXY => {
+            let mut tp = super::tcp::convert(any, res, path, ctx)?;
+            (tp.exchange, tp.istio) = tcp;
+            tp.istio_authn = istio_authn;
+            Ok(NetworkFilter::Tcp(Arc::new(tp)))
+        }
         other => Err(err(
             res,
             format!("{path}.typed_config"),

@@ -6,7 +6,7 @@
 use super::{any_type, err, ConvertError};
 
 /// Istio's TCP metadata exchange (network filter downstream, cluster filter upstream).
-pub(super) const METADATA_EXCHANGE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
+pub(crate) const METADATA_EXCHANGE: &str = "envoy.tcp.metadataexchange.config.MetadataExchange";
 
 pub(super) const TYPED_STRUCTS: [&str; 2] = ["udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"];
 
@@ -87,37 +87,6 @@ pub(super) fn authn_config(
                 "io.istio.network.authn.Config has no such field",
             ));
         }
-    }
-    Ok(())
-}
-
-/// A cluster's `filters` (upstream network filters): istiod's outbound clusters carry
-/// Istio's TCP metadata exchange, a documented no-op; anything else is refused by type.
-pub(super) fn cluster_filters(
-    filters: &[crate::proto::envoy::config::cluster::v3::Filter],
-    res: &str,
-    ctx: &mut super::Ctx<'_>,
-) -> Result<(), ConvertError> {
-    for (i, f) in filters.iter().enumerate() {
-        let path = format!("filters[{i}]");
-        match f.typed_config.as_ref().and_then(config_type) {
-        // istiod's outbound clusters: Istio's peer metadata exchange over TCP (ALPN
-        // istio-peer-exchange), labels for telemetry only.
-        Some(t) if t == METADATA_EXCHANGE => ctx.ignored.push(format!(
-            "{res}.{path} (istio.metadata_exchange upstream: peer metadata for telemetry, a documented no-op)"
-        )),
-        t => {
-            return Err(err(
-                res,
-                format!("{path}.typed_config"),
-                format!(
-                    "upstream network filter '{}' of type {} is not supported",
-                    f.name,
-                    t.unwrap_or_default()
-                ),
-            ))
-        }
-    }
     }
     Ok(())
 }

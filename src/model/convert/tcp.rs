@@ -80,5 +80,8 @@ pub(super) fn convert(
             res,
             &p("max_downstream_connection_duration"),
         )?,
+        exchange: None,
+        istio: None,
+        istio_authn: false,
     })
 }

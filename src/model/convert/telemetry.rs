@@ -125,9 +125,7 @@ fn stats(
             (0..shape.removed.len()).collect()
         } else {
             match HttpMetric::by_config_name(&m.name) {
-                Some(h) => vec![h as usize],
-                // TCP metrics' overrides concern the network filter.
-                None if TCP_METRICS.contains(&m.name.as_str()) => Vec::new(),
+                Some(k) => vec![k],
                 None => {
                     return Err(err(
                         res,
@@ -196,15 +194,9 @@ fn stats(
         })?,
         node: ctx.stats.istio.node.load_full(),
         series: ctx.stats.istio.http.clone(),
+        tcp_series: ctx.stats.istio.tcp.clone(),
     })
 }
-
-const TCP_METRICS: [&str; 4] = [
-    "tcp_sent_bytes_total",
-    "tcp_received_bytes_total",
-    "tcp_connections_opened_total",
-    "tcp_connections_closed_total",
-];
 
 fn kind(v: &Value) -> Option<&Kind> {
     v.kind.as_ref()
@@ -475,4 +467,109 @@ pub(super) fn endpoint_workload(
     });
     seen.insert(w.clone(), peer.clone());
     Some(peer)
+}
+
+/// Istio's TCP metadata exchange (`envoy.tcp.metadataexchange.config.MetadataExchange`,
+/// packed or as a TypedStruct); `None` when it names no protocol (it never runs).
+pub(super) fn tcp_exchange(
+    any: &prost_types::Any,
+    res: &str,
+    at: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<Option<Arc<crate::model::istio::TcpExchange>>, ConvertError> {
+    use crate::proto::envoy::tcp::metadataexchange::config::MetadataExchange;
+    let m = if super::istio::TYPED_STRUCTS.contains(&any_type(any)) {
+        let t = TypedStruct::decode(any.value.as_slice())
+            .map_err(|e| err(res, at, format!("invalid TypedStruct: {e}")))?;
+        let mut m = MetadataExchange::default();
+        for (k, v) in &t.value.unwrap_or_default().fields {
+            let fp = format!("{at}.value.{k}");
+            if k == "protocol" {
+                m.protocol = as_str(v, res, &fp)?.to_string();
+            } else if is(k, "enable_discovery") {
+                m.enable_discovery = as_bool(v, res, &fp)?;
+            } else if is(k, "additional_labels") {
+                m.additional_labels = vec![String::new(); as_list(v, res, &fp)?.len()];
+            } else {
+                return Err(err(res, fp, "MetadataExchange has no such field"));
+            }
+        }
+        m
+    } else {
+        MetadataExchange::decode(any.value.as_slice())
+            .map_err(|e| err(res, at, format!("invalid MetadataExchange: {e}")))?
+    };
+    if !m.additional_labels.is_empty() {
+        return Err(err(
+            res,
+            format!("{at}.additional_labels"),
+            "additional labels are not implemented",
+        ));
+    }
+    if m.enable_discovery {
+        // Workload discovery needs the metadata discovery extension: nothing to find.
+        ctx.ignored.push(format!(
+            "{res}.{at}.enable_discovery (no workload discovery source)"
+        ));
+    }
+    if m.protocol.is_empty() {
+        return Ok(None);
+    }
+    let node = ctx.stats.istio.node.load_full();
+    Ok(Some(Arc::new(crate::model::istio::TcpExchange::new(
+        &m.protocol,
+        &node,
+    ))))
+}
+
+/// The network `istio.stats` (`istio_tcp_*`).
+pub(super) fn network_stats(
+    any: &prost_types::Any,
+    res: &str,
+    at: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<Arc<IstioStats>, ConvertError> {
+    let config = if super::istio::TYPED_STRUCTS.contains(&any_type(any)) {
+        let t = TypedStruct::decode(any.value.as_slice())
+            .map_err(|e| err(res, at, format!("invalid TypedStruct: {e}")))?;
+        plugin_from_struct(&t.value.unwrap_or_default(), res, &format!("{at}.value"))?
+    } else {
+        PluginConfig::decode(any.value.as_slice())
+            .map_err(|e| err(res, at, format!("invalid stats.PluginConfig: {e}")))?
+    };
+    Ok(Arc::new(stats(&config, res, at, ctx)?))
+}
+
+/// A cluster's `filters` (upstream network filters): istiod's outbound clusters carry
+/// Istio's TCP metadata exchange (its upstream side, returned); anything else is refused
+/// by type.
+pub(super) fn cluster_filters(
+    filters: &[crate::proto::envoy::config::cluster::v3::Filter],
+    res: &str,
+    ctx: &mut super::Ctx<'_>,
+) -> Result<Option<std::sync::Arc<crate::model::istio::TcpExchange>>, ConvertError> {
+    let mut exchange = None;
+    for (i, f) in filters.iter().enumerate() {
+        let path = format!("filters[{i}]");
+        match f.typed_config.as_ref().and_then(super::istio::config_type) {
+            // istiod's outbound clusters: Istio's peer metadata exchange over TCP (ALPN
+            // istio-peer-exchange).
+            Some(t) if t == super::istio::METADATA_EXCHANGE => {
+                let any = f.typed_config.as_ref().expect("typed");
+                exchange = tcp_exchange(any, res, &format!("{path}.typed_config"), ctx)?;
+            }
+            t => {
+                return Err(err(
+                    res,
+                    format!("{path}.typed_config"),
+                    format!(
+                        "upstream network filter '{}' of type {} is not supported",
+                        f.name,
+                        t.unwrap_or_default()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(exchange)
 }
