@@ -4,9 +4,9 @@
 //! stream that does not start with the magic is passed through untouched (the peer does
 //! not exchange).
 //!
-//! When a side sends follows istio-proxy: the client (the upstream side) before its first
-//! write; the server (the downstream side) once the client's first bytes arrived, and
-//! never after it wrote bytes of its own first (a server-speaks-first protocol).
+//! When a side sends follows istio-proxy, whose filter both reads and writes: before its
+//! first write, or as the peer's first bytes arrive, whichever comes first — the same for
+//! the client (the upstream side) and the server (the downstream side).
 
 use std::cell::RefCell;
 use std::io;
@@ -21,14 +21,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const MAGIC: u32 = 0x3D23_0467;
 
 /// The largest frame accepted (a workload's metadata is a few hundred bytes).
-pub const MAX_FRAME: u32 = 1 << 20;
+pub const MAX_FRAME: u32 = 64 * 1024;
 
 /// One side's part in an exchange.
 pub struct MxSide {
     /// This side's whole frame (header included).
     pub frame: Arc<[u8]>,
-    /// The downstream side (sends after the peer's first bytes).
-    pub server: bool,
+    /// The frame was already written (before bytes the listener sniffed).
+    pub sent: bool,
     /// The peer's frame payload, once read.
     pub found: Rc<RefCell<Option<Vec<u8>>>>,
 }
@@ -37,8 +37,9 @@ pub struct MxSide {
 enum Send {
     NotYet,
     Sending(usize),
+    /// Written; flushed next (rustls holds the ciphertext until then).
+    Flushing,
     Done,
-    Never,
 }
 
 enum Read {
@@ -63,30 +64,37 @@ pub struct Mx<'a, S: ?Sized> {
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin + ?Sized> Mx<'a, S> {
     pub fn new(inner: &'a mut S, side: MxSide) -> Self {
+        let send = if side.sent { Send::Done } else { Send::NotYet };
         Mx {
             inner,
             side,
-            send: Send::NotYet,
+            send,
             read: Read::Header(Vec::new()),
             pending: Vec::new(),
             pos: 0,
         }
     }
 
-    /// Sends what is left of this side's frame; `Ready` once it is all written.
+    /// Sends (and flushes) what is left of this side's frame; `Ready` once it is out.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Send::Sending(n) = self.send {
-            if n == self.side.frame.len() {
-                self.send = Send::Done;
-                return Pin::new(&mut *self.inner).poll_flush(cx);
-            }
-            match ready!(Pin::new(&mut *self.inner).poll_write(cx, &self.side.frame[n..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(k) => self.send = Send::Sending(n + k),
-                Err(e) => return Poll::Ready(Err(e)),
+        loop {
+            match self.send {
+                Send::NotYet | Send::Done => return Poll::Ready(Ok(())),
+                Send::Sending(n) if n == self.side.frame.len() => self.send = Send::Flushing,
+                Send::Sending(n) => {
+                    let rest = &self.side.frame[n..];
+                    match ready!(Pin::new(&mut *self.inner).poll_write(cx, rest)) {
+                        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Ok(k) => self.send = Send::Sending(n + k),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                Send::Flushing => {
+                    ready!(Pin::new(&mut *self.inner).poll_flush(cx))?;
+                    self.send = Send::Done;
+                }
             }
         }
-        Poll::Ready(Ok(()))
     }
 
     /// Takes in bytes read while the frame is being looked for.
@@ -111,15 +119,17 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin + ?Sized> Mx<'a, S> {
                     ));
                 }
                 let rest = h.split_off(8);
-                self.read = Read::Payload(len as usize, Vec::new());
+                self.read = Read::Payload(len as usize, Vec::with_capacity(len as usize));
                 self.absorb(&rest)
             }
             Read::Payload(need, got) => {
-                got.extend_from_slice(data);
-                if got.len() >= *need {
-                    let rest = got.split_off(*need);
-                    *self.side.found.borrow_mut() = Some(std::mem::take(got));
-                    self.pending = rest;
+                let take = (*need - got.len()).min(data.len());
+                got.extend_from_slice(&data[..take]);
+                if got.len() == *need {
+                    let mut frame = std::mem::take(got);
+                    frame.shrink_to_fit();
+                    *self.side.found.borrow_mut() = Some(frame);
+                    self.pending.extend_from_slice(&data[take..]);
                     self.read = Read::Done;
                 }
                 Ok(())
@@ -139,6 +149,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ?Sized> AsyncRead for Mx<'_, S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // A frame started as the peer's first bytes came goes on whenever it can.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
         loop {
             if this.pos < this.pending.len() {
                 let n = buf.remaining().min(this.pending.len() - this.pos);
@@ -168,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ?Sized> AsyncRead for Mx<'_, S> {
                 }
                 continue;
             }
-            if this.side.server && this.send == Send::NotYet {
+            if this.send == Send::NotYet {
                 this.send = Send::Sending(0);
             }
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
@@ -187,11 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + ?Sized> AsyncWrite for Mx<'_, S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.send == Send::NotYet {
-            this.send = if this.side.server {
-                Send::Never
-            } else {
-                Send::Sending(0)
-            };
+            this.send = Send::Sending(0);
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut *this.inner).poll_write(cx, buf)

@@ -220,13 +220,18 @@ where
         }
         None => y,
     };
+    // Bytes read from each side, counted as they pass: an error or a limit still knows
+    // how much moved.
+    let (read_a, read_b) = (Cell::new(0u64), Cell::new(0u64));
     let mut x = Active {
         inner: x,
         last: &last,
+        read: &read_a,
     };
     let mut y = Active {
         inner: y,
         last: &last,
+        read: &read_b,
     };
     let copy = tokio::io::copy_bidirectional(&mut x, &mut y);
     let quiet = async {
@@ -247,14 +252,15 @@ where
             None => std::future::pending().await,
         }
     };
-    monoio::select! {
+    let ended = monoio::select! {
         r = copy => match r {
-            Ok((ab, ba)) => (Tunnel::Done, ab, ba),
-            Err(_) => (Tunnel::Error, 0, 0),
+            Ok(_) => Tunnel::Done,
+            Err(_) => Tunnel::Error,
         },
-        () = quiet => (Tunnel::Idle, 0, 0),
-        () = limit => (Tunnel::MaxDuration, 0, 0),
-    }
+        () = quiet => Tunnel::Idle,
+        () = limit => Tunnel::MaxDuration,
+    };
+    (ended, read_a.get(), read_b.get())
 }
 
 /// A poll-style stream, as a trait object (a TLS stream or a plain socket's twin).
@@ -265,6 +271,8 @@ impl<T: AsyncRead + AsyncWrite> Pollable for T {}
 struct Active<'a, S: ?Sized> {
     inner: &'a mut S,
     last: &'a Cell<Instant>,
+    /// Bytes read from it so far.
+    read: &'a Cell<u64>,
 }
 
 impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
@@ -275,8 +283,10 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let n = buf.filled().len() - before;
+        if n > 0 {
             self.last.set(Instant::now());
+            self.read.set(self.read.get() + n as u64);
         }
         r
     }

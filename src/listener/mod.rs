@@ -485,6 +485,9 @@ async fn handle(
                     return;
                 };
                 down.authn = Some(std::rc::Rc::new(a));
+            } else if chain.reports_identity() {
+                // Telemetry only: an unreadable certificate leaves the principals unknown.
+                down.authn = crate::tls::authn(&s, &tls).map(std::rc::Rc::new);
             }
             if !rbac::allows(chain, &down, None, ctx.core) {
                 return;

@@ -35,7 +35,15 @@ impl FilterChain {
         self.istio_authn
             || !self.rbac.is_empty()
             || matches!(&self.filter, super::NetworkFilter::Http(h) if h.reads_identity)
-            || matches!(&self.filter, super::NetworkFilter::Tcp(t) if t.istio.is_some())
+    }
+
+    /// Whether `istio.stats` reports the peer's identity (read when it can be; never a
+    /// reason to refuse the connection).
+    pub fn reports_identity(&self) -> bool {
+        match &self.filter {
+            super::NetworkFilter::Tcp(t) => t.istio.is_some(),
+            super::NetworkFilter::Http(h) => h.filters.istio_stats,
+        }
     }
 }
 

@@ -58,12 +58,11 @@ pub(crate) struct Outcome {
 fn exchange_side(
     x: Option<&Arc<crate::model::istio::TcpExchange>>,
     alpn: Option<&[u8]>,
-    server: bool,
 ) -> Option<crate::io::exchange::MxSide> {
     let x = x?;
     (alpn? == &*x.protocol).then(|| crate::io::exchange::MxSide {
         frame: x.frame.clone(),
-        server,
+        sent: false,
         found: Default::default(),
     })
 }
@@ -84,7 +83,8 @@ async fn proxy(
     let Some(cluster) = snapshot.cluster(name) else {
         stats.inc(TcpStat::DownstreamCxNoRoute as usize);
         tracing::debug!(cluster = %name, peer = %conn.peer, "tcp_proxy: no such cluster");
-        out.flags = "NR";
+        // Envoy's NoClusterFound.
+        out.flags = "NC";
         return;
     };
     out.cluster = Some(cluster.clone());
@@ -98,8 +98,27 @@ async fn proxy(
     out.workload = workload;
     let cstats = cluster.stats.core(core);
     let _active = UpstreamActive(cstats);
+    // Istio's TCP metadata exchange, where TLS settled on its protocol.
+    let mut mx_up = match &up {
+        MaybeTls::Tls(t) => exchange_side(
+            cluster.tcp_exchange.as_ref(),
+            t.0.get_ref().1.alpn_protocol(),
+        ),
+        MaybeTls::Plain(_) => None,
+    };
     if !prefix.is_empty() {
         let n = prefix.len() as u64;
+        // The bytes the listener sniffed are the client's first: this side's frame goes
+        // before them.
+        let prefix = match &mut mx_up {
+            Some(side) => {
+                side.sent = true;
+                let mut framed = side.frame.to_vec();
+                framed.extend_from_slice(&prefix);
+                framed
+            }
+            None => prefix,
+        };
         let (res, _) = up.write_all(prefix).await;
         if res.is_err() {
             return;
@@ -121,19 +140,8 @@ async fn proxy(
         cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
     };
     let mut down = down;
-    // Istio's TCP metadata exchange, where TLS settled on its protocol.
     let mx_down = match &down {
-        MaybeTls::Tls(t) => {
-            exchange_side(tp.exchange.as_ref(), t.0.get_ref().1.alpn_protocol(), true)
-        }
-        MaybeTls::Plain(_) => None,
-    };
-    let mx_up = match &up {
-        MaybeTls::Tls(t) => exchange_side(
-            cluster.tcp_exchange.as_ref(),
-            t.0.get_ref().1.alpn_protocol(),
-            false,
-        ),
+        MaybeTls::Tls(t) => exchange_side(tp.exchange.as_ref(), t.0.get_ref().1.alpn_protocol()),
         MaybeTls::Plain(_) => None,
     };
     let found = (
@@ -238,5 +246,6 @@ async fn connect(
             .core(ctx.core)
             .inc(TcpStat::UpstreamConnectAttemptsExceeded as usize);
     }
-    Err("UF")
+    // The connect failed and the attempts are spent (Envoy sets both).
+    Err("UF,URX")
 }

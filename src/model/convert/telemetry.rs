@@ -153,19 +153,25 @@ fn stats(
             };
         }
     }
-    for (f, set) in [
-        ("tcp_reporting_duration", c.tcp_reporting_duration.is_some()),
-        ("rotation_interval", c.rotation_interval.is_some()),
+    for (f, set, why) in [
+        (
+            "tcp_reporting_duration",
+            c.tcp_reporting_duration.is_some(),
+            "TCP connections are reported when they close",
+        ),
+        (
+            "rotation_interval",
+            c.rotation_interval.is_some(),
+            "series are never rotated out",
+        ),
         (
             "graceful_deletion_interval",
             c.graceful_deletion_interval.is_some(),
+            "series are never rotated out",
         ),
     ] {
         if set {
-            ctx.ignored.push(format!(
-                "{res}.{} (HTTP series are never rotated out)",
-                p(f)
-            ));
+            ctx.ignored.push(format!("{res}.{} ({why})", p(f)));
         }
     }
     let reporter = match c.reporter {
