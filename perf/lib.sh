@@ -36,7 +36,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # backend (DIR/backend.conf) and the one-route Ringside config (DIR/ringside.yaml) that
 # compare.py measures. ISTIO_FILTERS=1 puts istiod's default HTTP filters (grpc_stats,
 # an empty fault filter, cors) before the router, as on every sidecar listener.
-# ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
+# ISTIO_TELEMETRY=1 adds istiod's outbound telemetry filters (the HTTP metadata exchange and
+# istio.stats) with a pod's node metadata. ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
 # track_remaining), which Ringside does not count. ISTIO_RETRY=1 gives the route istiod's
 # default retry policy (and max_grpc_timeout), as on every outbound route.
 one_route_setup() {
@@ -60,6 +61,30 @@ istio = (
     "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}\n"
 )
 open(p, "w").write(s.replace(router, istio + router))
+PY
+  fi
+  if [ -n "${ISTIO_TELEMETRY:-}" ]; then
+    # istiod's telemetry on an outbound listener: the HTTP metadata exchange and
+    # istio.stats, a node as pilot-agent describes a pod, the cluster's service metadata.
+    python3 - "$dir/ringside.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+router = "          - name: envoy.filters.http.router\n"
+telemetry = (
+    "          - name: istio.metadata_exchange\n"
+    "            typed_config: {\"@type\": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/io.istio.http.peer_metadata.Config, value: {upstream_discovery: [{istio_headers: {}}, {workload_discovery: {}}], upstream_propagation: [{istio_headers: {}}]}}\n"
+    "          - name: istio.stats\n"
+    "            typed_config: {\"@type\": type.googleapis.com/stats.PluginConfig}\n"
+)
+s = s.replace(router, telemetry + router)
+s = s.replace("  - name: perf\n", "  - name: perf\n    traffic_direction: OUTBOUND\n")
+s = s.replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n    metadata: {filter_metadata: {istio: {services: [{host: backend.default.svc.cluster.local, name: backend, namespace: default}]}}}\n", 1)
+node = ("node:\n  id: sidecar~10.0.0.1~perf-abc12.default~default.svc.cluster.local\n  metadata:\n"
+        "    NAME: perf-abc12\n    NAMESPACE: default\n    WORKLOAD_NAME: perf\n    CLUSTER_ID: Kubernetes\n"
+        "    LABELS: {app: perf, version: v1, service.istio.io/canonical-name: perf, service.istio.io/canonical-revision: v1}\n")
+s = s.replace("static_resources:\n", node + "static_resources:\n", 1)
+open(p, "w").write(s)
 PY
   fi
   if [ -n "${ISTIO_BREAKERS:-}" ]; then

@@ -358,3 +358,79 @@ async fn istio_default_filters_count_grpc_calls_and_abort_with_a_grpc_status() {
         assert_eq!(proxy.stat("http.ingress.fault.aborts_injected").await, 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_stats_reports_grpc_statuses_and_messages() {
+    // istio.stats on an outbound listener, with and without grpc_stats beside it: each
+    // call's grpc-status (trailers, or trailers-only) and its messages each way.
+    let upstream = grpc_server().await;
+    let stats = "          - name: istio.stats\n            typed_config: {\"@type\": type.googleapis.com/stats.PluginConfig}";
+    let grpc_stats = "          - name: envoy.filters.http.grpc_stats\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true}";
+    let clusters = format!(
+        "[{}]",
+        cluster("echo", &[upstream], "http2_protocol_options: {},")
+    );
+    for filters in [stats.to_string(), format!("{grpc_stats}\n{stats}")] {
+        let yaml = config_with_filters("", &filters, &all_to("echo"), &clusters).replace(
+            "  - name: main\n",
+            "  - name: main\n    traffic_direction: OUTBOUND\n",
+        );
+        let proxy = Proxy::start(&yaml, &one_core("legacy")).await;
+        let mut c = client(&proxy).await;
+        c.unary(msg("a", 1)).await.unwrap();
+        assert_eq!(
+            c.unary(msg("fail", 0)).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let parts: Vec<Msg> = (0..3).map(|i| msg("p", i)).collect();
+        c.client_stream(tokio_stream::iter(parts)).await.unwrap();
+        let mut s = c.server_stream(msg("s", 4)).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(m) = s.next().await {
+            m.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        let mut prom = String::new();
+        for _ in 0..100 {
+            prom = proxy.admin_get("/stats/prometheus").await.1;
+            if prom.contains("grpc_response_status=\"3\"")
+                && prom.matches("grpc_response_status=\"0\"").count() > 0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let value = |metric: &str, has: &[&str]| -> Vec<u64> {
+            prom.lines()
+                .filter(|l| l.starts_with(&format!("{metric}{{")))
+                .filter(|l| has.iter().all(|h| l.contains(h)))
+                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                .collect()
+        };
+        let ok = [
+            "request_protocol=\"grpc\"",
+            "response_code=\"200\"",
+            "grpc_response_status=\"0\"",
+        ];
+        assert_eq!(
+            value("istio_requests_total", &ok),
+            vec![3],
+            "{filters}\n{prom}"
+        );
+        let failed = ["request_protocol=\"grpc\"", "grpc_response_status=\"3\""];
+        assert_eq!(value("istio_requests_total", &failed), vec![1], "{prom}");
+        // The message counters carry the first 20 labels only (no request_protocol).
+        let reqs = value("istio_request_messages_total", &["reporter=\"source\""]);
+        assert_eq!(reqs, vec![1 + 1 + 3 + 1], "{prom}");
+        let resps = value("istio_response_messages_total", &["reporter=\"source\""]);
+        assert_eq!(resps, vec![1 + 1 + 4], "{prom}");
+        assert!(
+            !prom
+                .lines()
+                .any(|l| l.starts_with("istio_request_messages_total{")
+                    && l.contains("request_protocol")),
+            "{prom}"
+        );
+    }
+}

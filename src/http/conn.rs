@@ -230,6 +230,9 @@ impl crate::http::exchange::Exchange for Connection {
     fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
         self.filters.added_headers()
     }
+    fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
+        self.filters.istio.as_deref()?.propagate_up.as_deref()
+    }
     fn dynamic_metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
         self.filters.metadata.as_deref()
     }

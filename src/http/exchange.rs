@@ -57,6 +57,10 @@ pub(crate) trait Exchange {
     fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
         &[]
     }
+    /// This workload, when Istio's metadata exchange sends it on the upstream request.
+    fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
+        None
+    }
     /// Whether the request is gRPC (its `content-type`): the proxy's own answers are then
     /// gRPC-shaped.
     fn grpc(&self) -> bool {

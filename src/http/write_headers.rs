@@ -212,6 +212,10 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
             .iter()
             .any(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
     };
+    if let Some(node) = conn.peer_exchange() {
+        header(out, b"x-envoy-peer-metadata", node.exchange.as_bytes());
+        header(out, b"x-envoy-peer-metadata-id", node.id.as_bytes());
+    }
     for (name, value) in conn.added_headers() {
         // Never a value that would end the header line (filters check too).
         let safe = !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);

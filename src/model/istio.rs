@@ -161,9 +161,11 @@ pub struct Peer {
     pub cluster: Box<str>,
 }
 
+/// A string field, cleaned for use as a label value (peers' values are decoded once per
+/// core; the request path then appends them unchecked).
 fn text(s: &Struct, key: &str) -> Box<str> {
     match s.fields.get(key).and_then(|v| v.kind.as_ref()) {
-        Some(Kind::StringValue(v)) => v.as_str().into(),
+        Some(Kind::StringValue(v)) => crate::stats::labeled::clean(v),
         _ => "".into(),
     }
 }
@@ -312,10 +314,16 @@ fn spiffe_namespace(id: &str) -> &str {
 pub fn push_peer_labels(k: &mut crate::stats::labeled::KeyBuilder<'_>, l: &PeerLabels<'_>) {
     const UNKNOWN: &str = "unknown";
     let (node, peer, up_peer) = (l.node, l.peer, l.up_peer);
-    let (peer_san, local_san) = (l.peer_san, l.local_san);
-    let (service_host, service_name, service_namespace) = l.service;
+    // Node, peer and endpoint values were cleaned when kept; the principals and the
+    // service (it may be the Host header) are checked here.
+    let safe = crate::stats::labeled::safe;
+    let (peer_san, local_san) = (safe(l.peer_san), safe(l.local_san));
+    let (peer_san, local_san) = (&*peer_san, &*local_san);
+    let (host, name, namespace) = l.service;
+    let (host, name, namespace) = (safe(host), safe(name), safe(namespace));
+    let (service_host, service_name, service_namespace) = (&*host, &*name, &*namespace);
     let peer_namespace = or(spiffe_namespace(peer_san), &peer.namespace);
-    let mut push = |v: &str| k.push(v.as_bytes());
+    let mut push = |v: &str| k.push_clean(v);
     push(l.reporter.label());
     let client_side = l.reporter == Reporter::Source;
     if client_side {

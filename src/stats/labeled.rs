@@ -65,10 +65,42 @@ pub fn key_values(key: &[u8]) -> impl Iterator<Item = &str> {
         .map(|v| std::str::from_utf8(v).unwrap_or(""))
 }
 
+/// `v` as a label value: at most [`MAX_VALUE`] bytes (cut at a character boundary),
+/// control characters (the separator among them) as `_`. Values kept in configuration or
+/// caches are cleaned once, so the request path appends them as they are.
+pub fn clean(v: &str) -> Box<str> {
+    let mut end = v.len().min(MAX_VALUE);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    v[..end]
+        .chars()
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect::<String>()
+        .into()
+}
+
+/// `v` itself when it is a safe label value already, else [`clean`]ed.
+pub fn safe(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.len() <= MAX_VALUE && !v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        std::borrow::Cow::Borrowed(v)
+    } else {
+        std::borrow::Cow::Owned(clean(v).into())
+    }
+}
+
 /// Appends label values to a key.
 pub struct KeyBuilder<'a>(pub &'a mut Vec<u8>);
 
 impl KeyBuilder<'_> {
+    /// Appends a value already made safe by [`clean`] (or a constant).
+    #[inline]
+    pub fn push_clean(&mut self, v: &str) {
+        debug_assert!(v.len() <= MAX_VALUE && !v.bytes().any(|b| b < 0x20 || b == 0x7f));
+        self.0.extend_from_slice(v.as_bytes());
+        self.0.push(SEP);
+    }
+
     /// Appends one value: at most [`MAX_VALUE`] bytes of it (cut at a character
     /// boundary); control characters (the separator among them) become `_`, invalid
     /// UTF-8 the replacement character. Values may come from peers: none can forge a

@@ -62,14 +62,14 @@ pub(super) fn report(
             service,
         },
     );
-    k.push(b"tcp");
-    k.push(o.flags.as_bytes());
-    k.push(match f.reporter {
-        Reporter::Source => b"unknown".as_slice(),
-        _ if !peer_san.is_empty() && !local_san.is_empty() => b"mutual_tls",
-        _ => b"none",
+    k.push_clean("tcp");
+    k.push_clean(o.flags);
+    k.push_clean(match f.reporter {
+        Reporter::Source => "unknown",
+        _ if !peer_san.is_empty() && !local_san.is_empty() => "mutual_tls",
+        _ => "none",
     });
-    k.push(itoa::Buffer::new().format(f.shape).as_bytes());
+    k.push_clean(itoa::Buffer::new().format(f.shape));
     let series = f.tcp_series.series(ctx.core, &ctx.istio.tcp, &key);
     drop(key);
     let Some(series) = series else { return };

@@ -297,6 +297,21 @@ def main():
 
         time.sleep(0.3)
         prom = prometheus(admin)
+        # The whole exposition through Prometheus' own parser (prometheus_client), as a
+        # scraper reads it: Istio's families with their types and samples.
+        from prometheus_client.parser import text_string_to_metric_families
+        families = {f.name: f for f in text_string_to_metric_families(prom)}
+        fam = families.get("istio_requests")  # the parser drops a counter's _total
+        check("Prometheus parses istio_requests_total as a counter",
+              fam is not None and fam.type == "counter", sorted(families)[:20])
+        hist = families.get("istio_request_duration_milliseconds")
+        check("Prometheus parses the duration histogram",
+              hist is not None and hist.type == "histogram"
+              and any(s.name.endswith("_bucket") and s.labels.get("le") == "+Inf" for s in hist.samples))
+        parsed = [s for s in fam.samples if s.labels.get("reporter") == "source"] if fam else []
+        check("parsed labels are Istio's, in its order",
+              bool(parsed) and list(parsed[0].labels)[:3] == ["reporter", "source_workload", "source_canonical_service"],
+              parsed[:1])
         client_side = [
             ("reporter", "source"), ("source_workload", "productpage-v1"),
             ("source_canonical_service", "productpage"), ("source_canonical_revision", "v1"),

@@ -37,6 +37,11 @@ pub(crate) struct Telemetry {
     pub propagated_down: bool,
     /// The cluster the request was routed to.
     pub cluster: Option<Arc<crate::model::Cluster>>,
+    /// This workload's headers go on the upstream request (written with the head).
+    pub propagate_up: Option<Arc<crate::model::istio::LocalNode>>,
+    /// Which of this workload's headers go on the response (`node`'s).
+    pub propagate_down: (bool, bool),
+    pub node: Option<Arc<crate::model::istio::LocalNode>>,
     /// The request is gRPC: what its call showed.
     pub grpc: Option<Rc<Seen>>,
     /// Set once the request has been reported (a request is counted once).
@@ -91,17 +96,12 @@ pub(super) fn exchange<E: FilterHost>(x: &mut E, f: &PeerMetadata, cluster: Opti
         cluster == Some("PassthroughCluster") || service.as_ref().is_some_and(|s| s.external);
     let skip = service.as_ref().is_some_and(|s| s.disable_mx) || (f.skip_external && external);
     if f.downstream_propagation && !skip && (value.is_some() || id.is_some()) {
-        telemetry(x).propagated_down = true;
-        // Answered in kind: each header only if the client sent it.
-        let s = x.filter_state_mut();
-        if value.is_some() {
-            s.response_added
-                .push((as_str(HEADER), node.exchange.as_bytes().to_vec()));
-        }
-        if id.is_some() {
-            s.response_added
-                .push((as_str(HEADER_ID), node.id.as_bytes().to_vec()));
-        }
+        // Answered in kind: each header only if the client sent it (written with the
+        // response head, whoever makes it).
+        let t = telemetry(x);
+        t.propagated_down = true;
+        t.propagate_down = (value.is_some(), id.is_some());
+        t.node = Some(node.clone());
     }
     if f.upstream_propagation && !skip {
         if value.is_some() && !f.downstream_discovery {
@@ -110,19 +110,11 @@ pub(super) fn exchange<E: FilterHost>(x: &mut E, f: &PeerMetadata, cluster: Opti
         if id.is_some() && !f.downstream_discovery {
             x.remove_request_header(HEADER_ID);
         }
-        let s = x.filter_state_mut();
-        s.added
-            .push((as_str(HEADER), node.exchange.as_bytes().to_vec()));
-        s.added
-            .push((as_str(HEADER_ID), node.id.as_bytes().to_vec()));
+        telemetry(x).propagate_up = Some(node.clone());
     }
     if f.upstream_discovery {
         telemetry(x).upstream_discovery = true;
     }
-}
-
-fn as_str(b: &'static [u8]) -> Box<str> {
-    std::str::from_utf8(b).unwrap_or_default().into()
 }
 
 /// `istio.stats` on the request: remembered until it is done.
@@ -269,7 +261,8 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
             service: (service_host, service_name, service_namespace),
         },
     );
-    let mut push = |v: &str| k.push(v.as_bytes());
+    // Constants, numbers and flag names: safe as they are.
+    let mut push = |v: &str| k.push_clean(v);
     push(if t.grpc.is_some() { "grpc" } else { "http" });
     push(itoa::Buffer::new().format(log.status));
     let mut code = itoa::Buffer::new();
@@ -281,9 +274,10 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
             None => "",
         },
     });
-    let mut flags = Vec::new();
-    log.flags.write(&mut flags);
-    push(std::str::from_utf8(&flags).unwrap_or("-"));
+    // The flags' short names go straight into the key.
+    log.flags.write(k.0);
+    k.0.push(crate::stats::labeled::SEP);
+    let mut push = |v: &str| k.push_clean(v);
     push(match f.reporter {
         Reporter::Source => UNKNOWN,
         _ if !peer_san.is_empty() && !local_san.is_empty() => "mutual_tls",
@@ -313,4 +307,15 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
         HttpMetric::ResponseBytes as usize - c,
         log.head_bytes_sent + log.bytes_sent,
     );
+}
+
+/// The encode phase: this workload's headers on the response (downstream propagation).
+pub(super) fn encode(t: &Telemetry, out: &mut Vec<u8>) {
+    let Some(node) = &t.node else { return };
+    if t.propagate_down.0 {
+        crate::http::fields::header(out, HEADER, node.exchange.as_bytes());
+    }
+    if t.propagate_down.1 {
+        crate::http::fields::header(out, HEADER_ID, node.id.as_bytes());
+    }
 }

@@ -181,6 +181,7 @@ impl State {
             || self.compression.is_some()
             || self.jwt.as_ref().is_some_and(|j| j.challenge.is_some())
             || !self.response_added.is_empty()
+            || self.istio.as_ref().is_some_and(|t| t.propagated_down)
     }
 
     /// The headers filters add to the upstream request.
@@ -379,6 +380,9 @@ pub(crate) fn encode_headers<E: FilterHost + ?Sized>(x: &E, out: &mut Vec<u8>) {
     }
     for (n, v) in &s.response_added {
         crate::http::fields::header(out, n.as_bytes(), v);
+    }
+    if let Some(t) = &s.istio {
+        istio::encode(t, out);
     }
     if let Some(c) = s.jwt.as_ref().and_then(|j| j.challenge.as_ref()) {
         crate::http::fields::header(out, b"www-authenticate", c);

@@ -462,14 +462,15 @@ pub(super) fn endpoint_workload(
     if parts.len() < 5 {
         return None;
     }
+    let clean = crate::stats::labeled::clean;
     let peer = Arc::new(crate::model::istio::Peer {
-        workload: parts[0].into(),
-        namespace: parts[1].into(),
-        canonical_service: parts[2].into(),
-        canonical_revision: parts[3].into(),
+        workload: clean(parts[0]),
+        namespace: clean(parts[1]),
+        canonical_service: clean(parts[2]),
+        canonical_revision: clean(parts[3]),
         app: "".into(),
         version: "".into(),
-        cluster: parts[4].into(),
+        cluster: clean(parts[4]),
     });
     seen.insert(w.clone(), peer.clone());
     Some(peer)
