@@ -298,3 +298,25 @@ async fn client_handshake(
         Ok(Ok(s)) => Ok(s),
     }
 }
+
+/// The identities of an upstream TLS connection for `istio.stats`: the server
+/// certificate's first URI SAN and this side's (from its configuration).
+pub fn upstream_principals(
+    conn: &rustls::ClientConnection,
+    tls: &crate::model::tls::UpstreamTls,
+) -> Option<Arc<crate::model::tls::UpstreamPrincipals>> {
+    let peer = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| crate::rbac::PeerIdentity::of(leaf.as_ref()))
+        .and_then(|p| p.uri_sans.into_iter().next())
+        .map(|s| crate::stats::labeled::clean(&s))
+        .unwrap_or_default();
+    let local = tls
+        .local_uri_san
+        .as_deref()
+        .map(crate::stats::labeled::clean)
+        .unwrap_or_default();
+    (!peer.is_empty() || !local.is_empty())
+        .then(|| Arc::new(crate::model::tls::UpstreamPrincipals { peer, local }))
+}

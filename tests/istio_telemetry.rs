@@ -542,6 +542,9 @@ async fn over_mutual_tls_the_server_reports_both_principals() {
             prom.lines().any(
                 |l| l.starts_with("istio_requests_total{reporter=\"source\"")
                     && l.contains("destination_workload=\"reviews-v2\"")
+                    // Both principals from the upstream connection's certificates.
+                    && l.contains(&format!("source_principal=\"{PRODUCTPAGE}\""))
+                    && l.contains(&format!("destination_principal=\"{REVIEWS}\""))
                     && l.ends_with(" 3")
             ),
             "{driver}:\n{prom}"
@@ -811,6 +814,8 @@ async fn tcp_sidecars_exchange_metadata_in_band_and_report_istio_tcp_metrics() {
             prom.lines().any(|l| l.starts_with(
                 "istio_tcp_sent_bytes_total{reporter=\"source\",source_workload=\"productpage-v1\""
             ) && l.contains("destination_workload=\"db-v1\"")
+                && l.contains(&format!("source_principal=\"{PRODUCTPAGE}\""))
+                && l.contains(&format!("destination_principal=\"{DB}\""))
                 && l.contains("destination_service=\"db.default.svc.cluster.local\"")
                 && l.contains("request_protocol=\"tcp\"")
                 && l.ends_with(" 22")),

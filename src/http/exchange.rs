@@ -93,6 +93,8 @@ pub struct Entry {
     pub upstream: Option<SocketAddr>,
     /// The upstream endpoint's workload (istiod's `istio.workload` metadata), if any.
     pub upstream_workload: Option<Arc<crate::model::istio::Peer>>,
+    /// The upstream TLS connection's identities (set for `istio.stats` only).
+    pub upstream_principals: Option<Arc<crate::model::tls::UpstreamPrincipals>>,
     pub cluster: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
     pub service_time_ms: Option<u64>,
@@ -121,6 +123,7 @@ impl Default for Entry {
             head_bytes_sent: 0,
             upstream: None,
             upstream_workload: None,
+            upstream_principals: None,
             cluster: None,
             route: None,
             service_time_ms: None,

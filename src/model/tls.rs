@@ -184,6 +184,16 @@ pub struct UpstreamTls {
     /// `Some(name)` while an SDS secret it needs has not arrived: every handshake fails
     /// (the cluster is kept warming meanwhile, so this is a safety net, not a path).
     pub missing_secret: Option<Arc<str>>,
+    /// The client certificate's first URI SAN (Istio's `source_principal`).
+    pub local_uri_san: Option<Arc<str>>,
+}
+
+/// Both ends' identities on an upstream TLS connection (first URI SANs), as `istio.stats`
+/// reports them on the client's side.
+#[derive(Debug, Default)]
+pub struct UpstreamPrincipals {
+    pub peer: Box<str>,
+    pub local: Box<str>,
 }
 
 impl fmt::Debug for UpstreamTls {

@@ -49,6 +49,8 @@ pub(crate) struct Outcome {
     pub cluster: Option<Arc<Cluster>>,
     /// The upstream endpoint's workload (istiod's `istio.workload` metadata).
     pub workload: Option<Arc<crate::model::istio::Peer>>,
+    /// The upstream TLS connection's identities.
+    pub principals: Option<Arc<crate::model::tls::UpstreamPrincipals>>,
     /// The peers' metadata exchange frames (client's, upstream's), when they sent one.
     pub down_frame: Option<Vec<u8>>,
     pub up_frame: Option<Vec<u8>>,
@@ -88,14 +90,17 @@ async fn proxy(
         return;
     };
     out.cluster = Some(cluster.clone());
-    let (mut up, _permit, workload) = match connect(ctx, tp, cluster, conn).await {
+    let (mut up, _permit, ep) = match connect(ctx, tp, cluster, conn).await {
         Ok(c) => c,
         Err(flag) => {
             out.flags = flag;
             return;
         }
     };
-    out.workload = workload;
+    out.workload = ep.workload.clone();
+    if let (Some(_), MaybeTls::Tls(s), Some(tls)) = (&tp.istio, &up, cluster.tls_for(&ep)) {
+        out.principals = crate::tls::upstream_principals(s.0.get_ref().1, tls);
+    }
     let cstats = cluster.stats.core(core);
     let _active = UpstreamActive(cstats);
     // Istio's TCP metadata exchange, where TLS settled on its protocol.
@@ -210,7 +215,7 @@ async fn connect(
     (
         UpIo,
         Option<crate::model::breakers::Permit>,
-        Option<Arc<crate::model::istio::Peer>>,
+        crate::model::Endpoint,
     ),
     &'static str,
 > {
@@ -234,7 +239,7 @@ async fn connect(
             e
         };
         match crate::upstream::open_io(ctx.core, cluster, &ep, false).await {
-            Ok((s, permit)) => return Ok((s, permit, ep.workload.clone())),
+            Ok((s, permit)) => return Ok((s, permit, ep)),
             Err(crate::upstream::ConnectError::Overflow) => return Err("UO"),
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name, addr = %ep.address, attempt, "connect failed: {e}")

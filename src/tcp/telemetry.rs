@@ -16,8 +16,10 @@ pub(super) fn report(
     conn: &Downstream,
     o: &super::Outcome,
 ) {
-    let (peer_san, local_san) = match &conn.authn {
-        Some(a) if f.reporter != Reporter::Source => a.istio_principals(tp.istio_authn),
+    let (peer_san, local_san) = match (f.reporter, &conn.authn, &o.principals) {
+        (Reporter::Source, _, Some(p)) => (&*p.peer, &*p.local),
+        (Reporter::Source, _, None) => ("", ""),
+        (_, Some(a), _) => a.istio_principals(tp.istio_authn),
         _ => ("", ""),
     };
     let down_peer = o.down_frame.as_deref().and_then(Peer::from_frame);

@@ -35,6 +35,8 @@ pub struct H2Conn {
     /// The cluster's `max_requests_per_connection`: past it the connection takes no new
     /// stream and goes once its last stream ends.
     pub max_streams: Option<u32>,
+    /// Both ends' identities, on a TLS connection (`istio.stats`).
+    pub principals: Option<std::sync::Arc<crate::model::tls::UpstreamPrincipals>>,
 }
 
 impl H2Conn {
@@ -45,6 +47,7 @@ impl H2Conn {
             tls_key: 0,
             state: Rc::default(),
             max_streams: None,
+            principals: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Conn {
     idle_since: Instant,
     /// Its place under the cluster's `max_connections`, when that is limited.
     permit: Option<Permit>,
+    /// Both ends' identities, on a TLS connection (`istio.stats`).
+    pub principals: Option<Arc<crate::model::tls::UpstreamPrincipals>>,
 }
 
 impl Drop for Conn {
@@ -381,7 +383,12 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         .stats
         .core(core)
         .inc(ClusterStat::UpstreamCxHttp1Total as usize);
+    let principals = match (&stream, cluster.tls_for(ep)) {
+        (MaybeTls::Tls(s), Some(tls)) => crate::tls::upstream_principals(s.0.get_ref().1, tls),
+        _ => None,
+    };
     Ok(Conn {
+        principals,
         stream,
         tls_key: cluster.pool_key(ep),
         addr: ep.address,
@@ -421,7 +428,13 @@ pub async fn connect_h2(
         Some(tls) => {
             let hs = crate::tls::connect(tls, true, stream, ep, cluster.connect_timeout, stats);
             match hs.await {
-                Ok(io) => h2_handshake(cluster, ep, settings, io, guard).await?,
+                Ok(io) => {
+                    let principals = crate::tls::upstream_principals(io.get_ref().1, tls);
+                    h2pool::H2Conn {
+                        principals,
+                        ..h2_handshake(cluster, ep, settings, io, guard).await?
+                    }
+                }
                 Err(r) => {
                     stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
                     return Err(ConnectError::Tls(r));

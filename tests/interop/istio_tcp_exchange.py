@@ -343,10 +343,10 @@ def main():
         source = [
             ("reporter", "source"), ("source_workload", "productpage-v1"),
             ("source_canonical_service", "productpage"), ("source_canonical_revision", "v1"),
-            ("source_workload_namespace", "default"), ("source_principal", "unknown"),
+            ("source_workload_namespace", "default"), ("source_principal", PRODUCTPAGE),
             ("source_app", "productpage"), ("source_version", "v1"), ("source_cluster", "Kubernetes"),
             ("destination_workload", "db-v1"), ("destination_workload_namespace", "default"),
-            ("destination_principal", "unknown"), ("destination_app", "db"),
+            ("destination_principal", DB), ("destination_app", "db"),
             ("destination_version", "v1"), ("destination_service", "db.default.svc.cluster.local"),
             ("destination_canonical_service", "db"), ("destination_canonical_revision", "v1"),
             ("destination_service_name", "db"), ("destination_service_namespace", "default"),

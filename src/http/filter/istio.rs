@@ -198,8 +198,11 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     let log = x.log();
     let node = &*f.node;
     // Principals: istio_authn's filter state, else the certificates' first URI SANs.
-    let (peer_san, local_san) = match x.authn() {
-        Some(a) if f.reporter != Reporter::Source => a.istio_principals(x.hcm().istio_authn),
+    // The client's side: the upstream TLS connection's certificates.
+    let (peer_san, local_san) = match (f.reporter, x.authn(), &log.upstream_principals) {
+        (Reporter::Source, _, Some(p)) => (&*p.peer, &*p.local),
+        (Reporter::Source, _, None) => ("", ""),
+        (_, Some(a), _) => a.istio_principals(x.hcm().istio_authn),
         _ => ("", ""),
     };
     let up = t.upstream_peer.borrow();

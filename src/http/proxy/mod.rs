@@ -306,6 +306,9 @@ pub(crate) async fn forward<D: Downstream>(
                     Err(e)
                 }
                 Ok(mut up) => {
+                    if d.hcm().filters.istio_stats {
+                        d.log_mut().upstream_principals = up.principals().cloned();
+                    }
                     // In flight from here to the end of the exchange, whatever ends it.
                     let in_flight = ctx.upstream_request(cluster, ep.address);
                     if attempt == 1 && d.expects_continue() && !Box::pin(d.continue_100()).await {

@@ -111,6 +111,16 @@ impl Up {
         Some(Up::h1(conn, true))
     }
 
+    /// Both ends' identities, on a TLS connection.
+    pub(crate) fn principals(
+        &self,
+    ) -> Option<&std::sync::Arc<crate::model::tls::UpstreamPrincipals>> {
+        match self {
+            Up::H1 { conn, .. } => conn.principals.as_ref(),
+            Up::H2(h) => h.conn.principals.as_ref(),
+        }
+    }
+
     fn h1(conn: Conn, reused: bool) -> Up {
         Up::H1 {
             conn,

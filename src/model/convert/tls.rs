@@ -255,6 +255,15 @@ fn client_config(
         .map_err(|e| err(res, format!("{cpath}.tls_params"), e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
+    let local_uri_san = c
+        .cert
+        .as_ref()
+        .and_then(|(chain, _)| chain.first())
+        .and_then(|leaf| crate::model::tls::subject_alt_names(leaf))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(t, _)| *t == crate::model::tls::SanType::Uri)
+        .map(|(_, n)| n.as_str().into());
     let mut config = match c.cert {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
@@ -291,6 +300,7 @@ fn client_config(
         auto_host_sni: tc.auto_host_sni,
         key: h.finish() | 1,
         missing_secret: c.missing,
+        local_uri_san,
     })
 }
 
