@@ -823,3 +823,75 @@ async fn tcp_sidecars_exchange_metadata_in_band_and_report_istio_tcp_metrics() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tcp_connection_is_reported_every_tcp_reporting_duration() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A plaintext inbound TCP chain with istio.stats reporting every 200 ms: a long-lived
+    // connection's bytes show while it is open, counted opened once and closed at the end.
+    let (echo, _) = echo_server(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let filters = r#"      - name: istio.stats
+        typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/stats.PluginConfig, value: {tcp_reporting_duration: 0.2s}}
+"#;
+    for driver in drivers() {
+        let server = Proxy::start(
+            &tcp_sidecar(
+                &node("sidecar~10.0.0.2~db", "db-v1", "db", "v1"),
+                "INBOUND",
+                filters,
+                "",
+                "inbound|5432||",
+                "",
+                echo,
+            ),
+            &one_core(driver),
+        )
+        .await;
+        let addr = server.wait_listener("INBOUND").await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"12345").await.unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await.unwrap();
+        let total = |prom: &str, metric: &str| -> u64 {
+            prom.lines()
+                .filter(|l| l.starts_with(&format!("{metric}{{")))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum()
+        };
+        // Still open: the periodic report shows it.
+        let prom = prometheus(&server, "istio_tcp_received_bytes_total", 5).await;
+        assert_eq!(
+            total(&prom, "istio_tcp_connections_opened_total"),
+            1,
+            "{driver}\n{prom}"
+        );
+        assert_eq!(
+            total(&prom, "istio_tcp_connections_closed_total"),
+            0,
+            "{prom}"
+        );
+        assert_eq!(total(&prom, "istio_tcp_sent_bytes_total"), 5, "{prom}");
+        s.write_all(b"678").await.unwrap();
+        let mut got = [0u8; 3];
+        s.read_exact(&mut got).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        let prom = prometheus(&server, "istio_tcp_connections_closed_total", 1).await;
+        // The same series all along: one opened, one closed, every byte once.
+        assert_eq!(
+            total(&prom, "istio_tcp_connections_opened_total"),
+            1,
+            "{prom}"
+        );
+        assert_eq!(total(&prom, "istio_tcp_received_bytes_total"), 8, "{prom}");
+        assert_eq!(total(&prom, "istio_tcp_sent_bytes_total"), 8 + 3, "{prom}");
+        assert_eq!(
+            prom.lines()
+                .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+                .count(),
+            1,
+            "{prom}"
+        );
+    }
+}

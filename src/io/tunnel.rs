@@ -166,17 +166,21 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    copy_tls_tunnel_mx(a, b, idle, limit, [None, None]).await
+    let (ra, rb) = (Cell::new(0), Cell::new(0));
+    copy_tls_tunnel_mx(a, b, idle, limit, [None, None], [&ra, &rb]).await
 }
 
 /// [`copy_tls_tunnel`] with Istio's TCP metadata exchange on either side (`mx[0]` for
 /// `a`, `mx[1]` for `b`): the peers' frames are taken off the stream, this side's put on.
+/// `read` counts the bytes read from each side as they pass (others may look at them
+/// meanwhile: Istio's periodic TCP reports).
 pub async fn copy_tls_tunnel_mx<A, B>(
     a: &mut MaybeTls<monoio::net::TcpStream, A>,
     b: &mut MaybeTls<monoio::net::TcpStream, B>,
     idle: Option<Duration>,
     limit: Option<Duration>,
     mx: [Option<super::exchange::MxSide>; 2],
+    read: [&Cell<u64>; 2],
 ) -> (Tunnel, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -222,16 +226,16 @@ where
     };
     // Bytes read from each side, counted as they pass: an error or a limit still knows
     // how much moved.
-    let (read_a, read_b) = (Cell::new(0u64), Cell::new(0u64));
+    let [read_a, read_b] = read;
     let mut x = Active {
         inner: x,
         last: &last,
-        read: &read_a,
+        read: read_a,
     };
     let mut y = Active {
         inner: y,
         last: &last,
-        read: &read_b,
+        read: read_b,
     };
     let copy = tokio::io::copy_bidirectional(&mut x, &mut y);
     let quiet = async {

@@ -45,6 +45,9 @@ pub struct IstioStats {
     pub node: Arc<LocalNode>,
     pub series: Arc<crate::stats::labeled::Registry<3, 3>>,
     pub tcp_series: Arc<crate::stats::labeled::Registry<4, 0>>,
+    /// `tcp_reporting_duration` (5 s by default, as in istio-proxy; `None` for 0): how
+    /// often an open TCP connection's bytes are reported.
+    pub tcp_report_every: Option<std::time::Duration>,
 }
 
 /// `istio.metadata_exchange` over HTTP: which way peers' metadata is discovered and

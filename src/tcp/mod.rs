@@ -51,6 +51,8 @@ pub(crate) struct Outcome {
     pub workload: Option<Arc<crate::model::istio::Peer>>,
     /// The upstream TLS connection's identities.
     pub principals: Option<Arc<crate::model::tls::UpstreamPrincipals>>,
+    /// The series periodic reports made while it was open, and the bytes they reported.
+    pub ticked: Option<(Arc<crate::stats::istio::TcpSeries>, (u64, u64))>,
     /// The peers' metadata exchange frames (client's, upstream's), when they sent one.
     pub down_frame: Option<Vec<u8>>,
     pub up_frame: Option<Vec<u8>>,
@@ -153,33 +155,64 @@ async fn proxy(
         mx_down.as_ref().map(|m| m.found.clone()),
         mx_up.as_ref().map(|m| m.found.clone()),
     );
-    let ended = match (&mut down, &mut up) {
-        (MaybeTls::Plain(down), MaybeTls::Plain(up)) => {
-            crate::io::splice_both_ways(
-                (down, up),
-                tp.idle_timeout,
-                tp.max_downstream_connection_duration,
-                rx,
-                tx,
-            )
-            .await
-        }
-        (down, up) => {
-            // TLS terminated or originated here: the plaintext is copied through user
-            // space (no splice), under the same idle and lifetime limits.
-            let (ended, a, b) = crate::io::copy_tls_tunnel_mx(
-                down,
-                up,
-                tp.idle_timeout,
-                tp.max_downstream_connection_duration,
-                [mx_down, mx_up],
-            )
-            .await;
-            rx(a);
-            tx(b);
-            ended
+    // The user-space copy's live counts (the splice path counts through `rx`/`tx`).
+    let (live_rx, live_tx) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let tunnel = async {
+        match (&mut down, &mut up) {
+            (MaybeTls::Plain(down), MaybeTls::Plain(up)) => {
+                crate::io::splice_both_ways(
+                    (down, up),
+                    tp.idle_timeout,
+                    tp.max_downstream_connection_duration,
+                    rx,
+                    tx,
+                )
+                .await
+            }
+            (down, up) => {
+                // TLS terminated or originated here: the plaintext is copied through user
+                // space (no splice), under the same idle and lifetime limits.
+                let (ended, a, b) = crate::io::copy_tls_tunnel_mx(
+                    down,
+                    up,
+                    tp.idle_timeout,
+                    tp.max_downstream_connection_duration,
+                    [mx_down, mx_up],
+                    [&live_rx, &live_tx],
+                )
+                .await;
+                rx(a);
+                tx(b);
+                ended
+            }
         }
     };
+    // istio.stats reports an open connection every `tcp_reporting_duration`, once its
+    // peer is known (the exchange's frame read, where the exchange runs).
+    let ticks = telemetry::Ticks::default();
+    let ticking = async {
+        let Some((f, every)) = tp
+            .istio
+            .as_ref()
+            .and_then(|f| Some((f, f.tcp_report_every?)))
+        else {
+            return std::future::pending().await;
+        };
+        loop {
+            monoio::time::sleep(every).await;
+            let frame = |c: &Option<Rc<std::cell::RefCell<Option<Vec<u8>>>>>| {
+                c.as_ref().map(|c| c.borrow().clone())
+            };
+            let frames = (frame(&found.0), frame(&found.1));
+            let bytes = (received.get() + live_rx.get(), sent.get() + live_tx.get());
+            telemetry::tick(ctx, f, tp, conn, &*out, frames, &ticks, bytes);
+        }
+    };
+    let ended = monoio::select! {
+        e = tunnel => e,
+        () = ticking => unreachable!("the ticker never ends"),
+    };
+    out.ticked = ticks.into_inner();
     out.received += received.get();
     out.sent += sent.get();
     out.down_frame = found.0.and_then(|f| f.borrow_mut().take());
@@ -187,7 +220,10 @@ async fn proxy(
     match ended {
         Tunnel::Done | Tunnel::Error => {}
         Tunnel::Idle => stats.inc(TcpStat::IdleTimeout as usize),
-        Tunnel::MaxDuration => stats.inc(TcpStat::MaxDownstreamConnectionDurationReached as usize),
+        Tunnel::MaxDuration => {
+            stats.inc(TcpStat::MaxDownstreamConnectionDurationReached as usize);
+            out.flags = "DT";
+        }
     }
 }
 

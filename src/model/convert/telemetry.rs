@@ -155,11 +155,6 @@ fn stats(
     }
     for (f, set, why) in [
         (
-            "tcp_reporting_duration",
-            c.tcp_reporting_duration.is_some(),
-            "TCP connections are reported when they close",
-        ),
-        (
             "rotation_interval",
             c.rotation_interval.is_some(),
             "series are never rotated out",
@@ -201,6 +196,13 @@ fn stats(
         node: ctx.stats.istio.node.load_full(),
         series: ctx.stats.istio.http.clone(),
         tcp_series: ctx.stats.istio.tcp.clone(),
+        tcp_report_every: match &c.tcp_reporting_duration {
+            None => Some(std::time::Duration::from_secs(5)),
+            Some(d) => {
+                let ms = d.seconds.max(0) as u64 * 1000 + (d.nanos.max(0) as u64) / 1_000_000;
+                (ms > 0).then(|| std::time::Duration::from_millis(ms))
+            }
+        },
     })
 }
 
