@@ -15,6 +15,7 @@ use crate::proto;
 pub mod locate;
 mod unknown;
 use crate::proto::envoy::config::bootstrap::v3::Bootstrap;
+pub(crate) use unknown::camel;
 
 /// Built-in configuration used when neither `-c` nor `--config-yaml` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../examples/default.yaml");

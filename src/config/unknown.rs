@@ -25,7 +25,7 @@ fn omitted() -> &'static HashSet<(String, String)> {
 }
 
 /// A proto field name in its JSON (lowerCamel) spelling.
-fn camel(name: &str) -> String {
+pub(crate) fn camel(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut up = false;
     for c in name.chars() {

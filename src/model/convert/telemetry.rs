@@ -240,23 +240,7 @@ fn as_bool(v: &Value, res: &str, at: &str) -> Result<bool, ConvertError> {
 
 /// The protobuf JSON names of a field (`snake_case` and `lowerCamelCase`).
 fn is(key: &str, field: &str) -> bool {
-    key == field || key == camel(field)
-}
-
-fn camel(s: &str) -> String {
-    let mut out = String::new();
-    let mut up = false;
-    for c in s.chars() {
-        if c == '_' {
-            up = true;
-        } else if up {
-            out.extend(c.to_uppercase());
-            up = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    key == field || key == crate::config::camel(field)
 }
 
 fn duration_text(v: &Value, res: &str, at: &str) -> Result<prost_types::Duration, ConvertError> {
