@@ -10,7 +10,7 @@ use prost::Message;
 use prost_types::value::Kind;
 use prost_types::{Struct, Value};
 
-pub use crate::stats::istio::LocalNode;
+pub use crate::stats::istio::{LocalNode, Peer};
 
 /// Which side of a request a proxy reports (`stats.PluginConfig.reporter` and the
 /// listener's direction).
@@ -152,18 +152,6 @@ pub struct IstioService {
     pub disable_mx: bool,
 }
 
-/// A peer's workload, as metadata exchange told it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Peer {
-    pub workload: Box<str>,
-    pub namespace: Box<str>,
-    pub canonical_service: Box<str>,
-    pub canonical_revision: Box<str>,
-    pub app: Box<str>,
-    pub version: Box<str>,
-    pub cluster: Box<str>,
-}
-
 /// A string field, cleaned for use as a label value (peers' values are decoded once per
 /// core; the request path then appends them unchecked).
 fn text(s: &Struct, key: &str) -> Box<str> {
@@ -262,13 +250,15 @@ pub fn local_node(id: &str, metadata: Option<&Struct>) -> LocalNode {
     let exchange = base64::engine::general_purpose::STANDARD.encode(out.encode_to_vec());
     LocalNode {
         id: id.into(),
-        workload: text(md, "WORKLOAD_NAME"),
-        namespace: text(md, "NAMESPACE"),
-        canonical_service,
-        canonical_revision,
-        app,
-        version,
-        cluster: text(md, "CLUSTER_ID"),
+        me: Peer {
+            workload: text(md, "WORKLOAD_NAME"),
+            namespace: text(md, "NAMESPACE"),
+            canonical_service,
+            canonical_revision,
+            app,
+            version,
+            cluster: text(md, "CLUSTER_ID"),
+        },
         exchange: exchange.into(),
         istio_version: text(md, "ISTIO_VERSION"),
     }

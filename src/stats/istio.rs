@@ -325,12 +325,10 @@ impl Store {
     }
 }
 
-/// What this proxy's own workload is, from the bootstrap's `node.metadata` (pilot-agent's
-/// keys): its side of every series, and what metadata exchange tells peers.
+/// A workload as Istio's labels describe it: this proxy's own, or a peer's as metadata
+/// exchange (or an endpoint's metadata) told it. Values are cleaned label values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalNode {
-    /// `node.id` (`x-envoy-peer-metadata-id`).
-    pub id: Box<str>,
+pub struct Peer {
     /// `WORKLOAD_NAME`.
     pub workload: Box<str>,
     /// `NAMESPACE`.
@@ -339,14 +337,32 @@ pub struct LocalNode {
     pub canonical_service: Box<str>,
     /// `LABELS["service.istio.io/canonical-revision"]`.
     pub canonical_revision: Box<str>,
-    /// `LABELS["app"]`.
+    /// `LABELS["app.kubernetes.io/name"]`, else `LABELS["app"]`.
     pub app: Box<str>,
-    /// `LABELS["version"]`.
+    /// `LABELS["app.kubernetes.io/version"]`, else `LABELS["version"]`.
     pub version: Box<str>,
     /// `CLUSTER_ID`.
     pub cluster: Box<str>,
+}
+
+/// What this proxy's own workload is, from the bootstrap's `node.metadata` (pilot-agent's
+/// keys): its side of every series (its [`Peer`] fields, through `Deref`), and what
+/// metadata exchange tells peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNode {
+    /// `node.id` (`x-envoy-peer-metadata-id`).
+    pub id: Box<str>,
+    /// This workload's labels.
+    pub me: Peer,
     /// `x-envoy-peer-metadata`: this workload's metadata as istio-proxy encodes it.
     pub exchange: Box<str>,
     /// `ISTIO_VERSION` (`istio_build`'s tag).
     pub istio_version: Box<str>,
+}
+
+impl std::ops::Deref for LocalNode {
+    type Target = Peer;
+    fn deref(&self) -> &Peer {
+        &self.me
+    }
 }
