@@ -29,11 +29,9 @@ struct TypedStructUrl {
     type_url: String,
 }
 
-/// Istio's own extension filters that are accepted as documented no-ops (docs/xds.md,
-/// "Istio's extension filters"), since they enforce nothing: the TCP telemetry ones —
-/// network `istio.stats` (istio_tcp_* metrics) and `istio.metadata_exchange` (peer labels
-/// for them) — and `istio.alpn`, which only overrides the ALPN of upstream TLS. The HTTP
-/// telemetry filters are implemented (`telemetry.rs`), as are `istio_authn` and RBAC;
+/// Istio's own extension filters accepted as documented no-ops (docs/xds.md, "Istio's
+/// extension filters"): `istio.alpn`, which only overrides the ALPN of upstream TLS.
+/// The telemetry filters are implemented (`telemetry.rs`), as are `istio_authn` and RBAC;
 /// anything else (Wasm in general) is refused by type as usual.
 /// Returns why it is a no-op, or `None` if the filter is not one of them.
 pub(super) fn istio_noop(
@@ -48,12 +46,6 @@ pub(super) fn istio_noop(
         t = inner.type_url.rsplit('/').next()?.to_string();
     }
     match (t.as_str(), network) {
-        ("stats.PluginConfig", true) => {
-            Some("istio.stats (TCP): Istio's TCP telemetry, not reported yet")
-        }
-        (METADATA_EXCHANGE, true) => {
-            Some("istio.metadata_exchange: peer metadata for telemetry, a documented no-op")
-        }
         ("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", false) => {
             Some("istio.alpn: upstream TLS ALPN override; no upstream TLS yet, a documented no-op")
         }
