@@ -88,13 +88,10 @@ impl TcpExchange {
 
 const STRUCT_URL: &str = "type.googleapis.com/google.protobuf.Struct";
 
-/// The exchange frame's magic number (`crate::io::exchange` reads it).
-pub const MX_MAGIC: u32 = 0x3D23_0467;
-
 /// Frames `payload` for the wire: magic, length (both big-endian), payload.
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(8 + payload.len());
-    f.extend_from_slice(&MX_MAGIC.to_be_bytes());
+    f.extend_from_slice(&crate::io::exchange::MAGIC.to_be_bytes());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     f.extend_from_slice(payload);
     f
