@@ -39,7 +39,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # ISTIO_TELEMETRY=1 adds istiod's outbound telemetry filters (the HTTP metadata exchange and
 # istio.stats) with a pod's node metadata. ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
 # track_remaining), which Ringside does not count. ISTIO_RETRY=1 gives the route istiod's
-# default retry policy (and max_grpc_timeout), as on every outbound route.
+# default retry policy (and max_grpc_timeout), as on every outbound route. ACCESS_LOG=istio
+# or ACCESS_LOG=default adds a file access log (istiod's format, or Envoy's default).
 one_route_setup() {
   local dir=$1 body
   backend=$(free_port); proxy=$(free_port); admin=$(free_port)
@@ -84,6 +85,28 @@ node = ("node:\n  id: sidecar~10.0.0.1~perf-abc12.default~default.svc.cluster.lo
         "    NAME: perf-abc12\n    NAMESPACE: default\n    WORKLOAD_NAME: perf\n    CLUSTER_ID: Kubernetes\n"
         "    LABELS: {app: perf, version: v1, service.istio.io/canonical-name: perf, service.istio.io/canonical-revision: v1}\n")
 s = s.replace("static_resources:\n", node + "static_resources:\n", 1)
+open(p, "w").write(s)
+PY
+  fi
+  if [ -n "${ACCESS_LOG:-}" ]; then
+    # A file access log on the connection manager: ACCESS_LOG=istio writes istiod's text
+    # format (as with meshConfig.accessLogFile), ACCESS_LOG=default Envoy's default one.
+    python3 - "$dir/ringside.yaml" "$dir/access.log" "$ACCESS_LOG" <<'PY'
+import json, sys
+p, path, kind = sys.argv[1:4]
+istio = ('[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+         '%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% '
+         '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+         '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+         '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER_RAW% '
+         '%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% '
+         '%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n')
+cfg = {"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog", "path": path}
+if kind == "istio":
+    cfg["log_format"] = {"text_format_source": {"inline_string": istio}}
+log = "          access_log: [{name: envoy.access_loggers.file, typed_config: %s}]\n" % json.dumps(cfg)
+s = open(p).read()
+s = s.replace("          http_filters:\n", log + "          http_filters:\n", 1)
 open(p, "w").write(s)
 PY
   fi

@@ -115,3 +115,167 @@ async fn admin_post(admin: std::net::SocketAddr, path: &str, body: &[u8]) -> (u1
         .to_string();
     (status, body)
 }
+
+const FILE_LOG: &str =
+    "\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+
+/// A file logger's YAML (for `access_log:`), with a log_format and an optional filter.
+fn logger(path: &std::path::Path, log_format: &str, filter: &str) -> String {
+    let filter = if filter.is_empty() {
+        String::new()
+    } else {
+        format!("\n            filter: {filter}")
+    };
+    format!(
+        "          - name: envoy.access_loggers.file{filter}\n            typed_config: {{{FILE_LOG}, path: \"{}\", log_format: {log_format}}}",
+        path.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_filters_and_the_runtime_decide_what_is_written() {
+    let b = Backend::start("a").await;
+    let dir = temp_dir();
+    let json = dir.join("json.log");
+    let errors = dir.join("errors.log");
+    let sampled = dir.join("sampled.log");
+    let logs = [
+        logger(
+            &json,
+            "{json_format: {code: '%RESPONSE_CODE%', path: '%REQ(:PATH)%', up: '%RESP(X-NOPE?CONTENT-LENGTH)%', missing: '%REQ(X-NOPE)%', flags: '%RESPONSE_FLAGS%', n: [1, '%BYTES_SENT%']}, omit_empty_values: true}",
+            "",
+        ),
+        logger(
+            &errors,
+            "{text_format: \"%RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}",
+            "{status_code_filter: {comparison: {op: GE, value: {default_value: 400, runtime_key: log.min}}}}",
+        ),
+        logger(
+            &sampled,
+            "{text_format: \"%REQ(:PATH)%\\n\"}",
+            "{runtime_filter: {runtime_key: log.sampled, percent_sampled: {numerator: 0}}}",
+        ),
+    ];
+    let extra = format!("          access_log:\n{}", logs.join("\n"));
+    let vhosts =
+        r#"[{name: all, domains: ["*"], routes: [{match: {prefix: "/a"}, route: {cluster: a}}]}]"#;
+    let runtime = "layered_runtime:\n  layers:\n  - name: admin\n    admin_layer: {}\n";
+    let yaml = format!(
+        "{runtime}{}",
+        config(
+            &extra,
+            vhosts,
+            &format!("[{}]", cluster("a", &[b.addr], ""))
+        )
+    );
+    let p = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+    http_get(p.addr(), "/a/1", &[]).await;
+    http_get(p.addr(), "/nope", &[]).await;
+    let lines = lines(&json, 2).await;
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Typed values, keys sorted, the missing one left out (omit_empty_values).
+    assert_eq!(
+        lines[0], r#"{"code":200,"flags":"-","n":[1,15],"path":"/a/1","up":"15"}"#,
+        "{lines:?}"
+    );
+    assert_eq!(parsed[1]["code"], 404);
+    assert_eq!(parsed[1]["flags"], "NR");
+    assert!(parsed[1].get("up").is_some() && parsed[1].get("missing").is_none());
+    assert_eq!(self::lines(&errors, 1).await, ["404 NR"]);
+
+    // The runtime's values replace the configured ones, for the next requests.
+    for kv in ["log.min=200", "log.sampled=100"] {
+        let (s, _) = admin_post(p.admin, &format!("/runtime_modify?{kv}"), b"").await;
+        assert_eq!(s, 200);
+    }
+    http_get(p.addr(), "/a/2", &[]).await;
+    assert_eq!(self::lines(&errors, 2).await, ["404 NR", "200 -"]);
+    assert_eq!(self::lines(&sampled, 1).await, ["/a/2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_proxy_logs_each_connection_when_it_ends() {
+    let b = Backend::start("a").await;
+    let dir = temp_dir();
+    let log = dir.join("tcp.log");
+    let yaml = format!(
+        r#"static_resources:
+  listeners:
+  - name: tcp
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: a
+          access_log:
+{}
+  clusters: [{}]
+"#,
+        logger(
+            &log,
+            "{json_format: {code: '%RESPONSE_CODE%', flags: '%RESPONSE_FLAGS%', proto: '%PROTOCOL%', rx: '%BYTES_RECEIVED%', cluster: '%UPSTREAM_CLUSTER%', up: '%UPSTREAM_HOST%', local: '%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%'}}",
+            "{log_type_filter: {types: [TcpConnectionEnd]}}",
+        ),
+        cluster("a", &[b.addr], "")
+    );
+    let p = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+    let request = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let out = raw(p.addr(), request, Duration::from_secs(2)).await;
+    assert!(out.starts_with(b"HTTP/1.1 200"));
+    let lines = lines(&log, 1).await;
+    let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(v["code"], 0);
+    assert_eq!(v["flags"], "-");
+    assert_eq!(v["proto"], serde_json::Value::Null);
+    assert_eq!(v["rx"], request.len());
+    assert_eq!(v["cluster"], "a");
+    assert_eq!(v["up"], b.addr.to_string());
+    assert_eq!(v["local"], "127.0.0.1");
+}
+
+/// Formats and filters Ringside does not implement are refused by name.
+#[test]
+fn unsupported_formats_and_filters_are_refused_by_field() {
+    let base = |logger: &str| {
+        format!(
+            "admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}\nstatic_resources:\n  listeners:\n  - name: l\n    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}\n    filter_chains:\n    - filters:\n      - name: hcm\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          stat_prefix: x\n          route_config: {{}}\n          http_filters: [{{name: r, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]\n          access_log:\n          - name: f\n{logger}\n"
+        )
+    };
+    let cases = [
+        (
+            "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: {json_format: {a: {b: '%NOPE%'}}}}",
+            "access_log[0].typed_config.log_format.json_format: a.b: unsupported format command `%NOPE%`",
+        ),
+        (
+            "            filter: {metadata_filter: {}}\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}",
+            "access_log[0].filter.metadata_filter: the metadata access log filter is not supported",
+        ),
+        (
+            "            filter: {response_flag_filter: {flags: [UF, XX]}}\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}",
+            "access_log[0].filter.response_flag_filter.flags[1]: unknown response flag 'XX'",
+        ),
+        (
+            "            filter: {and_filter: {filters: [{not_health_check_filter: {}}]}}\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}",
+            "access_log[0].filter.and_filter.filters: at least two filters are required",
+        ),
+        (
+            "            filter: {extension_filter: {name: envoy.access_loggers.extension_filters.cel, typed_config: {\"@type\": type.googleapis.com/xds.type.v3.TypedStruct, type_url: x}}}\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog}",
+            "access log filter 'envoy.access_loggers.extension_filters.cel' (xds.type.v3.TypedStruct) is not supported",
+        ),
+        (
+            "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: {text_format: \"%START_TIME(%Q)%\"}}",
+            "the conversion `%Q` is not supported",
+        ),
+    ];
+    for (logger, want) in cases {
+        let (ok, err) = validate("log.yaml", &base(logger), &[]);
+        assert!(!ok, "{logger}");
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+}

@@ -434,3 +434,78 @@ async fn istio_stats_reports_grpc_statuses_and_messages() {
         );
     }
 }
+
+/// Waits until `path` holds at least `n` lines.
+async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    text.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_read_grpc_statuses_and_filter_on_them() {
+    // %GRPC_STATUS% in its three forms: from trailers, from a trailers-only answer, and
+    // from the proxy's own gRPC answer (no route); grpc_status_filter keeps the failures.
+    let upstream = grpc_server().await;
+    let dir = temp_dir();
+    let all = dir.join("all.log");
+    let failed = dir.join("failed.log");
+    let fmt = "%REQ(:PATH)% %GRPC_STATUS% %GRPC_STATUS(NUMBER)% %GRPC_STATUS(SNAKE_STRING)% %RESP(CONTENT-TYPE)%\n";
+    let file =
+        "\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog";
+    let extra = format!(
+        r#"          access_log:
+          - name: all
+            typed_config: {{{file}, path: "{}", log_format: {{text_format_source: {{inline_string: "{}"}}}}}}
+          - name: failed
+            filter: {{grpc_status_filter: {{statuses: [OK, UNIMPLEMENTED], exclude: true}}}}
+            typed_config: {{{file}, path: "{}", log_format: {{text_format_source: {{inline_string: "%REQ(:PATH)% %GRPC_STATUS%\n"}}}}}}"#,
+        all.display(),
+        fmt.replace('\n', "\\n"),
+        failed.display()
+    );
+    let vhosts = r#"[{name: all, domains: ["*"], routes: [{match: {prefix: "/ringside.test.echo.Echo/Unary"}, route: {cluster: echo}}, {match: {prefix: "/ringside.test.echo.Echo/ServerStream"}, route: {cluster: echo}}]}]"#;
+    let clusters = format!(
+        "[{}]",
+        cluster("echo", &[upstream], "http2_protocol_options: {},")
+    );
+    let proxy = Proxy::start(&config(&extra, vhosts, &clusters), &one_core("legacy")).await;
+    let mut c = client(&proxy).await;
+    c.unary(msg("a", 1)).await.unwrap();
+    assert_eq!(
+        c.unary(msg("fail", 0)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut s = c.server_stream(msg("s", 2)).await.unwrap().into_inner();
+    while let Some(m) = s.next().await {
+        m.unwrap();
+    }
+    // No route: the proxy answers with gRPC's UNIMPLEMENTED itself.
+    assert_eq!(
+        c.bidi(tokio_stream::iter(vec![msg("x", 0)]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+    let lines = log_lines(&all, 4).await;
+    assert_eq!(
+        lines,
+        [
+            "/ringside.test.echo.Echo/Unary OK 0 OK application/grpc",
+            "/ringside.test.echo.Echo/Unary InvalidArgument 3 INVALID_ARGUMENT application/grpc",
+            "/ringside.test.echo.Echo/ServerStream OK 0 OK application/grpc",
+            "/ringside.test.echo.Echo/Bidi Unimplemented 12 UNIMPLEMENTED application/grpc",
+        ]
+    );
+    assert_eq!(
+        log_lines(&failed, 1).await,
+        ["/ringside.test.echo.Echo/Unary InvalidArgument"]
+    );
+}

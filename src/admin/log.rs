@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-use crate::model::format::{write_start_time, Command, Context};
+use crate::model::format::{write_start_time, Command, Context, Val};
 
 /// What one admin exchange leaves for the log.
 pub(super) struct AdminExchange {
@@ -54,36 +54,54 @@ impl AdminExchange {
 }
 
 impl Context for AdminExchange {
-    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
+    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> Val {
         let mut text = |s: &str| {
             out.extend_from_slice(s.as_bytes());
-            true
+            Val::Str
         };
         match cmd {
-            Command::StartTime => {
+            Command::StartTime(None) => {
                 write_start_time(self.start, out);
-                true
+                Val::Str
+            }
+            Command::StartTime(Some(f)) => {
+                f.write(self.start, out);
+                Val::Str
             }
             Command::Req(a, b) => {
-                self.req(a, out) || b.as_deref().is_some_and(|b| self.req(b, out))
+                (self.req(a, out) || b.as_deref().is_some_and(|b| self.req(b, out))).into()
             }
-            Command::Resp(..)
-            | Command::UpstreamHost
-            | Command::UpstreamCluster
-            | Command::RouteName
-            | Command::DynamicMetadata(..) => false,
             Command::Protocol => text("HTTP/1.1"),
-            Command::ResponseCode => text(&self.status.to_string()),
+            Command::ResponseCode => {
+                text(&self.status.to_string());
+                Val::Json
+            }
             Command::ResponseCodeDetails => text("admin_filter_response"),
             Command::ResponseFlags => text("-"),
-            Command::BytesReceived => text(&self.bytes_received.to_string()),
-            Command::BytesSent => text(&self.bytes_sent.to_string()),
-            Command::Duration => text(&self.started.elapsed().as_millis().to_string()),
-            Command::DownstreamRemoteAddress => text(&self.peer.to_string()),
-            Command::DownstreamRemoteAddressWithoutPort => text(&self.peer.ip().to_string()),
-            Command::DownstreamLocalAddress => text(&self.local.to_string()),
-            Command::DownstreamLocalAddressWithoutPort => text(&self.local.ip().to_string()),
+            Command::BytesReceived => {
+                text(&self.bytes_received.to_string());
+                Val::Json
+            }
+            Command::BytesSent => {
+                text(&self.bytes_sent.to_string());
+                Val::Json
+            }
+            Command::Duration => {
+                text(&self.started.elapsed().as_millis().to_string());
+                Val::Json
+            }
+            Command::DownstreamRemote(how) | Command::DownstreamDirectRemote(how) => {
+                crate::http::log::write_addr(self.peer, *how, out)
+            }
+            Command::DownstreamLocal(how) => crate::http::log::write_addr(self.local, *how, out),
             Command::Hostname => text(&self.hostname),
+            Command::Const(v) => text(v.as_deref().unwrap_or("-")),
+            Command::UpstreamRequestAttemptCount => {
+                text("0");
+                Val::Json
+            }
+            // No upstream, no TLS, no filters on the admin listener.
+            _ => Val::None,
         }
     }
 }

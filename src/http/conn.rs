@@ -230,6 +230,9 @@ impl crate::http::exchange::Exchange for Connection {
     fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
         self.filters.added_headers()
     }
+    fn grpc_status_seen(&self) -> Option<i32> {
+        self.filters.grpc.as_ref()?.seen.as_ref()?.status.get()
+    }
     fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
         self.filters.istio.as_deref()?.propagate_up.as_deref()
     }
@@ -283,7 +286,8 @@ impl Connection {
                     // A bad head or one that timed out (whose read took the buffer with it):
                     // answered from the error alone, never from the previous head's ranges.
                     self.head.forget();
-                    self.log.start(self.hcm.timed());
+                    self.log
+                        .start(self.hcm.timed(), !self.hcm.access_logs.is_empty());
                     self.stat(HttpStat::DownstreamRqTotal);
                     let _ = self.local_reply(&e, true).await;
                     crate::http::filter::done(&self.ctx, self);
@@ -349,7 +353,8 @@ impl Connection {
                     e => HttpError::BadHead(e),
                 })?;
                 if parsed.is_some() {
-                    self.log.start(self.hcm.timed());
+                    self.log
+                        .start(self.hcm.timed(), !self.hcm.access_logs.is_empty());
                     return Ok(true);
                 }
             }

@@ -57,6 +57,11 @@ pub(crate) trait Exchange {
     fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
         &[]
     }
+    /// The `grpc-status` a gRPC call's response carried (trailers over headers), where
+    /// the request path watched for it.
+    fn grpc_status_seen(&self) -> Option<i32> {
+        None
+    }
     /// This workload, when Istio's metadata exchange sends it on the upstream request.
     fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
         None
@@ -91,6 +96,9 @@ pub struct Entry {
     /// The response head's size (HTTP/1 form), for `istio.stats`' response bytes.
     pub head_bytes_sent: u64,
     pub upstream: Option<SocketAddr>,
+    /// What only access logs read: kept (and reused from request to request) only where
+    /// the connection manager has access logs.
+    pub extra: Option<Box<LogExtra>>,
     /// The upstream endpoint's workload (istiod's `istio.workload` metadata), if any.
     pub upstream_workload: Option<Arc<crate::model::istio::Peer>>,
     /// The upstream TLS connection's identities (set for `istio.stats` only).
@@ -105,6 +113,29 @@ pub struct Entry {
     /// The route's `include_attempt_count_in_response` (local replies after attempts
     /// carry the count too).
     pub attempt_count_in_response: bool,
+}
+
+/// What a request leaves only for its access log lines.
+#[derive(Debug, Default)]
+pub struct LogExtra {
+    /// This side's address on the upstream connection, once connected.
+    pub upstream_local: Option<SocketAddr>,
+    /// Why the upstream connection failed (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub transport_failure: Option<Box<str>>,
+    /// The response head as written (HTTP/1 form), kept only when a format reads a
+    /// response header.
+    pub response_head: Vec<u8>,
+}
+
+impl LogExtra {
+    /// `old` cleared for the next request (no allocation), or a new one.
+    fn reused(old: Option<Box<LogExtra>>) -> Box<LogExtra> {
+        let mut x = old.unwrap_or_default();
+        x.upstream_local = None;
+        x.transport_failure = None;
+        x.response_head.clear();
+        x
+    }
 }
 
 impl Default for Entry {
@@ -122,6 +153,7 @@ impl Default for Entry {
             bytes_sent: 0,
             head_bytes_sent: 0,
             upstream: None,
+            extra: None,
             upstream_workload: None,
             upstream_principals: None,
             cluster: None,
@@ -137,11 +169,47 @@ impl Default for Entry {
 
 impl Entry {
     /// Resets the entry for a new request; `timed` records when it started.
-    pub fn start(&mut self, timed: bool) {
+    #[inline]
+    pub fn start(&mut self, timed: bool, logged: bool) {
+        let extra = self.extra.take();
         *self = Entry::default();
+        if logged {
+            self.extra = Some(LogExtra::reused(extra));
+        }
         if timed {
             self.start = SystemTime::now();
             self.started = Some(Instant::now());
+        }
+    }
+}
+
+impl Entry {
+    /// Notes the response head as written: its size, and the head itself where a format
+    /// reads response headers.
+    #[inline]
+    pub fn sent_head(&mut self, head: &[u8], keep: bool) {
+        self.head_bytes_sent = head.len() as u64;
+        if let (true, Some(x)) = (keep, &mut self.extra) {
+            x.response_head.clear();
+            x.response_head.extend_from_slice(head);
+        }
+    }
+
+    /// Notes what the details carry after the reply's own words, and the upstream
+    /// transport failure reason, for a request answered with `e`.
+    pub fn note_error(&mut self, e: &crate::http::error::HttpError) {
+        let (arg, why) = crate::http::local_reply::details_arg(e);
+        self.details_arg = arg;
+        if let Some(x) = &mut self.extra {
+            x.transport_failure = why;
+        }
+    }
+
+    /// Notes this side's address on the upstream connection (`None`: not connected).
+    #[inline]
+    pub fn set_upstream_local(&mut self, a: Option<SocketAddr>) {
+        if let Some(x) = &mut self.extra {
+            x.upstream_local = a;
         }
     }
 }

@@ -2,7 +2,7 @@
 //! mutations (with `%COMMAND%` values). A leaf: the head writers and the filters use it.
 
 use crate::http::exchange::Exchange;
-use crate::model::format::{Command, Context};
+use crate::model::format::{Command, Context, Val};
 use crate::model::headers::{AppendAction, HeaderMods};
 
 /// Appends `name: value\r\n`.
@@ -25,7 +25,7 @@ pub fn header_lower(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 struct ReqCtx<'a, E: ?Sized>(&'a E);
 
 impl<E: Exchange + ?Sized> Context for ReqCtx<'_, E> {
-    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> bool {
+    fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> Val {
         crate::http::log::write_command(self.0, cmd, out)
     }
 }

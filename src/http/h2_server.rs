@@ -3,7 +3,6 @@
 //! the HTTP/1 form (see `convert`), then forwarded over HTTP/2 (streams multiplexed on the
 //! core's pooled connections, trailers intact) or HTTP/1.1 (the core's keep-alive pool).
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,10 +14,10 @@ use http::Request;
 use monoio::net::TcpStream;
 
 mod down;
+mod exchange;
 
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::error::HttpError;
-use crate::http::exchange::Exchange;
 use crate::http::flags::ResponseFlags;
 use crate::http::forwarding::{kept_authority, with_timeout};
 use crate::http::h1::{self, HeadError, RequestHead};
@@ -237,68 +236,6 @@ struct Stream {
     finished: Option<Instant>,
 }
 
-impl Exchange for Stream {
-    fn hcm(&self) -> &HttpConnectionManager {
-        &self.hcm
-    }
-    fn buf(&self) -> &[u8] {
-        &self.buf
-    }
-    fn head(&self) -> &RequestHead {
-        &self.head
-    }
-    fn bytes(&self, r: &std::ops::Range<usize>) -> &[u8] {
-        &self.buf[r.clone()]
-    }
-    fn peer(&self) -> SocketAddr {
-        self.down.peer
-    }
-    fn local(&self) -> SocketAddr {
-        self.down.dst
-    }
-    fn log(&self) -> &Entry {
-        &self.log
-    }
-    fn hostname(&self) -> &str {
-        &self.ctx.hostname
-    }
-    fn local_ip(&self) -> std::net::IpAddr {
-        self.ctx.local_ip
-    }
-    fn down(&self) -> &crate::ctx::Downstream {
-        &self.down
-    }
-    fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
-        self.filters.added_headers()
-    }
-    fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
-        self.filters.istio.as_deref()?.propagate_up.as_deref()
-    }
-    fn dynamic_metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        self.filters.metadata.as_deref()
-    }
-    fn accept_encoding_removed(&self) -> bool {
-        self.filters
-            .compression
-            .as_ref()
-            .is_some_and(|c| c.accept_encoding_removed)
-    }
-    fn internal(&self) -> bool {
-        crate::http::trust::is_internal(
-            &self.hcm,
-            self.down.peer.ip(),
-            &self.buf,
-            &self.head.headers,
-        )
-    }
-    fn upgrade(&self) -> Option<&std::ops::Range<usize>> {
-        None
-    }
-    fn protocol(&self) -> &'static [u8] {
-        b"HTTP/2"
-    }
-}
-
 impl crate::http::filter::FilterHost for Stream {
     fn filter_state(&self) -> &crate::http::filter::State {
         &self.filters
@@ -419,7 +356,8 @@ impl Stream {
     }
 
     async fn run(&mut self, req: Request<RecvStream>) {
-        self.log.start(self.hcm.timed());
+        self.log
+            .start(self.hcm.timed(), !self.hcm.access_logs.is_empty());
         let started = self.log.started.unwrap_or_else(Instant::now);
         self.stat(HttpStat::DownstreamRqTotal);
         self.stat(HttpStat::DownstreamRqHttp2Total);
@@ -539,7 +477,7 @@ impl Stream {
         let mut out = Vec::with_capacity(256);
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);
         out.extend_from_slice(b"\r\n");
-        self.log.head_bytes_sent = out.len() as u64;
+        self.log.sent_head(&out, self.hcm.log_needs.response_head);
         self.log.status = status;
         self.log.bytes_sent = body.len() as u64;
         self.count_status(status);
@@ -567,7 +505,7 @@ impl Stream {
         }
         self.log.flags.set(reply.flag);
         self.log.details = reply.details;
-        self.log.details_arg = crate::http::local_reply::details_arg(e);
+        self.log.note_error(e);
         let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
         self.simple(
             reply.status,

@@ -17,15 +17,26 @@ pub struct Reply {
     pub details: &'static str,
 }
 
-/// What the response code details carry in brackets after `Reply::details`, if anything.
-pub fn details_arg(e: &HttpError) -> Option<Box<str>> {
+/// What the response code details carry in brackets after `Reply::details`, if anything,
+/// and the upstream transport failure reason (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+pub fn details_arg(e: &HttpError) -> (Option<Box<str>>, Option<Box<str>>) {
+    let arg = |s: String| (Some(s.into_boxed_str()), None);
     match e {
-        HttpError::RbacDenied(policy) => Some(format!("[{policy}]").into()),
-        HttpError::JwtDenied { details, .. } => Some(details.clone()),
-        HttpError::InvalidFilterHeader(h) => {
-            Some(format!("{{invalid_header_value_for:_{h}}}").into())
-        }
-        _ => None,
+        HttpError::RbacDenied(policy) => arg(format!("[{policy}]")),
+        HttpError::JwtDenied { details, .. } => (Some(details.clone()), None),
+        HttpError::InvalidFilterHeader(h) => arg(format!("{{invalid_header_value_for:_{h}}}")),
+        // Envoy 1.40: `{remote_connection_failure|delayed_connect_error:_Connection_refused}`.
+        HttpError::Connect(c) => match crate::upstream::transport_failure(c) {
+            Some(why) => (
+                Some(format!("{{remote_connection_failure|{why}}}").into()),
+                Some(why.into()),
+            ),
+            None if matches!(c, crate::upstream::ConnectError::Timeout) => {
+                arg("{connection_timeout}".into())
+            }
+            None => arg("{remote_connection_failure}".into()),
+        },
+        _ => (None, None),
     }
 }
 
@@ -168,7 +179,7 @@ pub fn reply_for(e: &HttpError) -> Reply {
             503,
             None,
             ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
-            "upstream_reset_before_response_started{connection_failure}",
+            "upstream_reset_before_response_started",
         ),
         HttpError::Overflow => r(
             503,

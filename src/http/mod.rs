@@ -7,7 +7,7 @@ pub mod error;
 pub(crate) mod exchange;
 pub(crate) mod fields;
 pub(crate) mod filter;
-pub mod flags;
+pub use crate::model::flags;
 pub mod forwarding;
 pub(crate) mod grpc_call;
 pub mod h1;

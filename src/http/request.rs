@@ -134,6 +134,9 @@ pub(crate) async fn route<'r, E: FilterHost>(
     // A weighted cluster is drawn with the route, so the filters see its per-filter
     // configuration.
     let mut weighted = forward_target(m.as_ref());
+    if x.hcm().log_needs.grpc && x.grpc() {
+        filter::observe_grpc(x);
+    }
     if !x.hcm().filters.is_empty() {
         let mut from = None;
         loop {

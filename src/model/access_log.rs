@@ -55,4 +55,172 @@ pub enum LogSink {
 pub struct AccessLog {
     pub sink: LogSink,
     pub format: Arc<format::Format>,
+    /// `filter`: the line is written only when it holds.
+    pub filter: Option<LogFilter>,
+}
+
+/// A comparison of `ComparisonFilter`: the value, or the runtime's value of `runtime_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub op: CmpOp,
+    pub value: u32,
+    pub runtime_key: Option<Box<str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ge,
+    Le,
+    Ne,
+}
+
+impl Comparison {
+    /// Whether `v` passes, against the runtime's value where it has one.
+    pub fn holds(&self, v: u64, runtime: &super::runtime::Runtime) -> bool {
+        let want = self
+            .runtime_key
+            .as_deref()
+            .and_then(|k| runtime.get_u64(k))
+            .unwrap_or(u64::from(self.value));
+        match self.op {
+            CmpOp::Eq => v == want,
+            CmpOp::Ge => v >= want,
+            CmpOp::Le => v <= want,
+            CmpOp::Ne => v != want,
+        }
+    }
+}
+
+/// Envoy's `AccessLogFilter`s that Ringside evaluates.
+pub enum LogFilter {
+    StatusCode(Comparison),
+    /// On the request's duration in milliseconds.
+    Duration(Comparison),
+    /// Ringside has no health-check filter, so no request is a health check: always true.
+    NotHealthCheck,
+    /// The request's trace decision (packed into its `x-request-id`) says traced.
+    Traceable,
+    /// `runtime_key`'s numerator (default `numerator`) out of `denominator`, drawn from the
+    /// request id unless `independent`.
+    Runtime {
+        key: Box<str>,
+        numerator: u32,
+        denominator: u32,
+        independent: bool,
+    },
+    And(Vec<LogFilter>),
+    Or(Vec<LogFilter>),
+    Header(super::matcher::HeaderMatch),
+    /// Any of these flags (empty: any flag at all).
+    ResponseFlag(super::flags::ResponseFlags),
+    GrpcStatus {
+        statuses: Vec<i32>,
+        exclude: bool,
+    },
+    /// The log types (Envoy's `AccessLogType` numbers) that pass.
+    LogType {
+        types: Vec<i32>,
+        exclude: bool,
+    },
+}
+
+/// Envoy's `AccessLogType`s Ringside writes: at a request's end, at a TCP connection's.
+pub const DOWNSTREAM_END: i32 = 6;
+pub const TCP_CONNECTION_END: i32 = 3;
+
+/// What the access logs of a connection manager or TCP proxy need the request path to keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogNeeds {
+    /// SNI and certificate identities.
+    pub tls: bool,
+    /// The response head (`%RESP(...)%`, `%GRPC_STATUS%`).
+    pub response_head: bool,
+    /// The gRPC status of a gRPC request (`%GRPC_STATUS%`, `grpc_status_filter`).
+    pub grpc: bool,
+}
+
+impl LogNeeds {
+    pub fn of(logs: &[AccessLog]) -> LogNeeds {
+        let mut n = LogNeeds::default();
+        for l in logs {
+            l.format.for_each_command(&mut |c| {
+                n.tls |= c.reads_tls();
+                // The upstream service time alone is read from the request's entry.
+                n.response_head |= match c {
+                    format::Command::Resp(a, b) => {
+                        a != "x-envoy-upstream-service-time" || b.is_some()
+                    }
+                    format::Command::GrpcStatus(_) => true,
+                    _ => false,
+                };
+                n.grpc |= matches!(c, format::Command::GrpcStatus(_));
+            });
+            if let Some(f) = &l.filter {
+                n.grpc |= f.reads_grpc();
+                n.response_head |= f.reads_grpc();
+            }
+        }
+        n
+    }
+}
+
+/// What the access log filters read of a finished request or connection.
+pub trait LogFacts {
+    /// The response code (0 for a TCP connection).
+    fn status(&self) -> u16;
+    fn duration_ms(&self) -> u64;
+    fn flags(&self) -> super::flags::ResponseFlags;
+    fn header(&self, h: &super::matcher::HeaderMatch) -> bool;
+    /// Whether the request is traced (its trace decision).
+    fn traced(&self) -> bool;
+    /// The request id as Envoy's `toInteger` reads it, if there is one.
+    fn id_integer(&self) -> Option<u64>;
+    /// The gRPC status of a gRPC request.
+    fn grpc_status(&self) -> Option<i32>;
+    /// Envoy's `AccessLogType` of this line.
+    fn log_type(&self) -> i32;
+}
+
+impl LogFilter {
+    /// Whether the line is written.
+    pub fn passes(&self, f: &dyn LogFacts, runtime: &super::runtime::Runtime) -> bool {
+        match self {
+            LogFilter::StatusCode(cmp) => cmp.holds(u64::from(f.status()), runtime),
+            LogFilter::Duration(cmp) => cmp.holds(f.duration_ms(), runtime),
+            LogFilter::NotHealthCheck => true,
+            LogFilter::Traceable => f.traced(),
+            LogFilter::Runtime {
+                key,
+                numerator,
+                denominator,
+                independent,
+            } => {
+                let numerator = runtime.get_u64(key).unwrap_or(u64::from(*numerator));
+                let draw = match f.id_integer() {
+                    Some(n) if !*independent => n,
+                    _ => fastrand::u64(..),
+                };
+                draw % u64::from(*denominator) < numerator
+            }
+            LogFilter::And(all) => all.iter().all(|g| g.passes(f, runtime)),
+            LogFilter::Or(any) => any.iter().any(|g| g.passes(f, runtime)),
+            LogFilter::Header(h) => f.header(h),
+            LogFilter::ResponseFlag(set) if set.is_empty() => !f.flags().is_empty(),
+            LogFilter::ResponseFlag(set) => f.flags().intersects(*set),
+            // Not gRPC (or no status): Envoy's filter does not match, excluding or not.
+            LogFilter::GrpcStatus { statuses, exclude } => f
+                .grpc_status()
+                .is_some_and(|s| statuses.contains(&s) != *exclude),
+            LogFilter::LogType { types, exclude } => types.contains(&f.log_type()) != *exclude,
+        }
+    }
+
+    fn reads_grpc(&self) -> bool {
+        match self {
+            LogFilter::GrpcStatus { .. } => true,
+            LogFilter::And(v) | LogFilter::Or(v) => v.iter().any(LogFilter::reads_grpc),
+            _ => false,
+        }
+    }
 }

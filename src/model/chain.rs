@@ -37,12 +37,12 @@ impl FilterChain {
             || matches!(&self.filter, super::NetworkFilter::Http(h) if h.reads_identity)
     }
 
-    /// Whether `istio.stats` reports the peer's identity (read when it can be; never a
-    /// reason to refuse the connection).
+    /// Whether `istio.stats` or an access log reports the peer's identity (read when it
+    /// can be; never a reason to refuse the connection).
     pub fn reports_identity(&self) -> bool {
         match &self.filter {
-            super::NetworkFilter::Tcp(t) => t.istio.is_some(),
-            super::NetworkFilter::Http(h) => h.filters.istio_stats,
+            super::NetworkFilter::Tcp(t) => t.istio.is_some() || t.log_needs.tls,
+            super::NetworkFilter::Http(h) => h.filters.istio_stats || h.log_needs.tls,
         }
     }
 }

@@ -19,6 +19,7 @@ mod dump;
 pub use dump::{DumpEntry, DynamicDump};
 pub mod access_log;
 pub mod filter;
+pub mod flags;
 pub mod format;
 pub mod headers;
 pub mod istio;
@@ -365,6 +366,8 @@ pub struct HttpConnectionManager {
     /// `http_filters` before the router.
     pub filters: filter::HttpFilters,
     pub access_logs: Vec<AccessLog>,
+    /// What the access logs read that the request path keeps only for them.
+    pub log_needs: access_log::LogNeeds,
     pub suppress_envoy_headers: bool,
     /// `http2.` stats (flood protection), shared by every connection manager.
     pub http2_stats: Arc<Scope>,

@@ -54,6 +54,11 @@ impl Runtime {
             .map(String::as_str)
     }
 
+    /// `key`'s value as a whole number (Envoy's `getInteger`), if it has one.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        self.get(key)?.trim().parse().ok()
+    }
+
     /// Every key of every layer.
     pub fn keys(&self) -> std::collections::BTreeSet<&str> {
         self.layers

@@ -23,6 +23,9 @@ pub struct TcpProxy {
     pub istio: Option<Arc<super::istio::IstioStats>>,
     /// `istio_authn` runs on the chain.
     pub istio_authn: bool,
+    /// One line per connection, when it ends.
+    pub access_logs: Vec<super::AccessLog>,
+    pub log_needs: super::access_log::LogNeeds,
 }
 
 impl TcpProxy {

@@ -17,6 +17,7 @@ use crate::model::{Cluster, Discovery, TcpProxy};
 use crate::stats::{ClusterStat, TcpStat};
 use crate::tls::UpIo;
 
+mod log;
 mod telemetry;
 
 /// Serves one downstream connection; `prefix` holds bytes the listener filters read.
@@ -29,6 +30,9 @@ pub async fn serve(
     prefix: Vec<u8>,
 ) {
     let mut outcome = Outcome::default();
+    if !tp.access_logs.is_empty() {
+        outcome.start = Some((std::time::SystemTime::now(), std::time::Instant::now()));
+    }
     proxy(&ctx, &tp, down, &conn, prefix, &mut outcome).await;
     // A drained listener's TCP connections run until they end or the process's drain
     // time is over (as Envoy's do); nothing to do with `drain` here.
@@ -36,11 +40,21 @@ pub async fn serve(
     if let Some(f) = &tp.istio {
         telemetry::report(&ctx, f, &tp, &conn, &outcome);
     }
+    if !tp.access_logs.is_empty() {
+        log::write(&ctx, &tp, &conn, &outcome);
+    }
 }
 
-/// What one connection did, for `istio.stats`.
+/// What one connection did, for `istio.stats` and the access log.
 #[derive(Default)]
 pub(crate) struct Outcome {
+    /// When it started (kept only for an access log).
+    pub start: Option<(std::time::SystemTime, std::time::Instant)>,
+    /// The upstream endpoint chosen, and this side's address once connected.
+    pub upstream: Option<std::net::SocketAddr>,
+    pub upstream_local: Option<std::net::SocketAddr>,
+    /// Why connecting upstream failed (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub transport_failure: Option<String>,
     /// Envoy's response flag (`-` when none).
     pub flags: &'static str,
     /// Bytes from the client, and to it.
@@ -94,12 +108,19 @@ async fn proxy(
     out.cluster = Some(cluster.clone());
     let (mut up, _permit, ep) = match connect(ctx, tp, cluster, conn).await {
         Ok(c) => c,
-        Err(flag) => {
-            out.flags = flag;
+        Err(f) => {
+            out.flags = f.flags;
+            out.upstream = f.host;
+            out.transport_failure = f.why;
             return;
         }
     };
     out.workload = ep.workload.clone();
+    out.upstream = Some(ep.address);
+    out.upstream_local = match &up {
+        MaybeTls::Plain(s) => s.local_addr().ok(),
+        MaybeTls::Tls(t) => t.0.get_ref().0.local_addr().ok(),
+    };
     if let (Some(_), MaybeTls::Tls(s), Some(tls)) = (&tp.istio, &up, cluster.tls_for(&ep)) {
         out.principals = crate::tls::upstream_principals(s.0.get_ref().1, tls);
     }
@@ -237,10 +258,28 @@ impl Drop for UpstreamActive<'_> {
     }
 }
 
+/// Why no upstream connection was made.
+struct Failed {
+    /// The response flags Envoy sets (`UH` no healthy upstream, `UO` overflow, `UF,URX`
+    /// connect failure).
+    flags: &'static str,
+    /// The endpoint last tried.
+    host: Option<std::net::SocketAddr>,
+    why: Option<String>,
+}
+
+impl From<&'static str> for Failed {
+    fn from(flags: &'static str) -> Failed {
+        Failed {
+            flags,
+            host: None,
+            why: None,
+        }
+    }
+}
+
 /// Connects to the cluster (TLS when its transport socket for the endpoint says so),
 /// trying up to `max_connect_attempts` times.
-/// `Err`: the response flag Envoy sets (`UH` no healthy upstream, `UO` overflow, `UF`
-/// connect failure).
 #[allow(clippy::type_complexity)]
 async fn connect(
     ctx: &Rc<CoreCtx>,
@@ -253,9 +292,10 @@ async fn connect(
         Option<crate::model::breakers::Permit>,
         crate::model::Endpoint,
     ),
-    &'static str,
+    Failed,
 > {
     let cstats = cluster.stats.core(ctx.core);
+    let mut last = (None, None);
     for attempt in 0..tp.max_connect_attempts {
         let ep = if cluster.discovery == Discovery::OriginalDst {
             // A connection that was not redirected would be sent back to this listener:
@@ -263,22 +303,23 @@ async fn connect(
             if conn.loops_back() {
                 cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
                 tracing::debug!(peer = %conn.peer, dst = %conn.dst, "original destination is this listener: refused");
-                return Err("UH");
+                return Err("UH".into());
             }
             crate::model::Endpoint::at(conn.dst)
         } else {
             let picked = ctx.upstreams.borrow_mut().pick(cluster).cloned();
             let Some(e) = picked else {
                 cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-                return Err("UH");
+                return Err("UH".into());
             };
             e
         };
         match crate::upstream::open_io(ctx.core, cluster, &ep, false).await {
             Ok((s, permit)) => return Ok((s, permit, ep)),
-            Err(crate::upstream::ConnectError::Overflow) => return Err("UO"),
+            Err(crate::upstream::ConnectError::Overflow) => return Err("UO".into()),
             Err(e) => {
-                tracing::debug!(cluster = %cluster.name, addr = %ep.address, attempt, "connect failed: {e}")
+                tracing::debug!(cluster = %cluster.name, addr = %ep.address, attempt, "connect failed: {e}");
+                last = (Some(ep.address), crate::upstream::transport_failure(&e));
             }
         }
     }
@@ -288,5 +329,9 @@ async fn connect(
             .inc(TcpStat::UpstreamConnectAttemptsExceeded as usize);
     }
     // The connect failed and the attempts are spent (Envoy sets both).
-    Err("UF,URX")
+    Err(Failed {
+        flags: "UF,URX",
+        host: last.0,
+        why: last.1,
+    })
 }

@@ -29,6 +29,9 @@ pub struct H2State {
 pub struct H2Conn {
     pub send: SendRequest<Bytes>,
     pub addr: SocketAddr,
+    /// This side's address (`%UPSTREAM_LOCAL_ADDRESS%`), shared by the connection's
+    /// handles.
+    pub local: Option<std::rc::Rc<SocketAddr>>,
     /// Its TLS identity (0: plaintext), part of the pool key.
     pub tls_key: u64,
     pub state: Rc<H2State>,
@@ -44,6 +47,7 @@ impl H2Conn {
         H2Conn {
             send,
             addr,
+            local: None,
             tls_key: 0,
             state: Rc::default(),
             max_streams: None,

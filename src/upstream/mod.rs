@@ -15,6 +15,9 @@ use crate::model::{Cluster, Endpoint, LbPolicy};
 use crate::stats::{ClusterStat, Scope};
 use crate::tls::UpIo;
 
+pub use error::{transport_failure, ConnectError};
+
+mod error;
 pub mod h2pool;
 pub mod hash;
 
@@ -22,6 +25,9 @@ pub mod hash;
 pub struct Conn {
     pub stream: UpIo,
     pub addr: SocketAddr,
+    /// This side's address (`%UPSTREAM_LOCAL_ADDRESS%`), boxed: a connection is moved
+    /// several times per request, so it stays small.
+    pub local: Option<Box<SocketAddr>>,
     /// Its pool identity ([`Cluster::pool_key`]): the pool never hands a connection to a
     /// request for another cluster or that asks for other TLS settings.
     pub tls_key: u64,
@@ -42,22 +48,6 @@ impl Drop for Conn {
         c.dec(ClusterStat::UpstreamCxActive as usize);
         c.inc(ClusterStat::UpstreamCxDestroy as usize);
     }
-}
-
-/// Why no upstream connection could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// Envoy's wording; the OS error is logged at debug level.
-    #[error("remote connection failure")]
-    Failed(io::Error),
-    #[error("connection timeout")]
-    Timeout,
-    /// The TLS handshake failed (Envoy's wording for a transport failure).
-    #[error("TLS error: handshake failed")]
-    Tls(crate::tls::Refused),
-    /// The cluster's circuit breakers allow no new connection (and no pending request).
-    #[error("overflow")]
-    Overflow,
 }
 
 /// Per-cluster load-balancer state on one core.
@@ -387,8 +377,14 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         (MaybeTls::Tls(s), Some(tls)) => crate::tls::upstream_principals(s.0.get_ref().1, tls),
         _ => None,
     };
+    let local = match &stream {
+        MaybeTls::Plain(s) => s.local_addr().ok(),
+        MaybeTls::Tls(t) => t.0.get_ref().0.local_addr().ok(),
+    }
+    .map(Box::new);
     Ok(Conn {
         principals,
+        local,
         stream,
         tls_key: cluster.pool_key(ep),
         addr: ep.address,
@@ -418,6 +414,7 @@ pub async fn connect_h2(
         _permit: permit,
     };
     let tls_key = cluster.pool_key(ep);
+    let local = stream.local_addr().ok().map(std::rc::Rc::new);
     let conn = match cluster.tls_for(ep) {
         None => {
             let io = stream
@@ -444,6 +441,7 @@ pub async fn connect_h2(
     };
     Ok(h2pool::H2Conn {
         tls_key,
+        local,
         max_streams: cluster.max_requests_per_connection,
         ..conn
     })

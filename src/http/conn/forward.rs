@@ -259,7 +259,7 @@ impl Downstream for Connection {
             self.log.service_time_ms,
             attempt_count,
         );
-        self.log.head_bytes_sent = out.len() as u64;
+        self.log.sent_head(&out, self.hcm.log_needs.response_head);
         self.out = out;
         self.fwd.chunked_out = chunked_out;
         self.fwd.close_after = close;

@@ -62,7 +62,7 @@ impl Connection {
         }
         self.log.flags.set(reply.flag);
         self.log.details = reply.details;
-        self.log.details_arg = crate::http::local_reply::details_arg(e);
+        self.log.note_error(e);
         let grpc_status = crate::http::local_reply::grpc_status(e, reply.status);
         self.write_simple(
             reply.status,
@@ -109,7 +109,7 @@ impl Connection {
             crate::http::fields::header(&mut out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        self.log.head_bytes_sent = out.len() as u64;
+        self.log.sent_head(&out, self.hcm.log_needs.response_head);
         if chunked {
             crate::http::body::chunk_header(&mut out, body.len());
             out.extend_from_slice(body);

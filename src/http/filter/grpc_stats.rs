@@ -15,10 +15,23 @@ use crate::stats::{GrpcStat, Scope};
 pub(crate) struct Call {
     pub stats: Option<Arc<Scope>>,
     pub core: usize,
-    pub istio: Option<std::rc::Rc<Seen>>,
+    /// What `istio.stats` and the access log read of the call.
+    pub seen: Option<std::rc::Rc<Seen>>,
 }
 
-/// What a gRPC call showed, for `istio.stats`: its `grpc-status` (trailers win over
+/// Watches a gRPC request's call (its status and messages) for `istio.stats` and the
+/// access log.
+pub(super) fn observe<E: FilterHost>(x: &mut E) -> std::rc::Rc<Seen> {
+    let core = x.core();
+    let call = x.filter_state_mut().grpc.get_or_insert(Call {
+        stats: None,
+        core,
+        seen: None,
+    });
+    call.seen.get_or_insert_with(Default::default).clone()
+}
+
+/// What a gRPC call showed, for `istio.stats` and the access log: its `grpc-status` (trailers win over
 /// headers, as they come later) and its messages each way.
 #[derive(Default)]
 pub(crate) struct Seen {
@@ -41,7 +54,7 @@ pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed
     let call = x.filter_state_mut().grpc.get_or_insert(Call {
         stats: None,
         core,
-        istio: None,
+        seen: None,
     });
     call.stats = Some(stats);
 }
@@ -56,7 +69,7 @@ fn resolves<E: Exchange + ?Sized>(x: &E) -> bool {
 impl Call {
     /// Charges a `grpc-status` value seen in response headers or trailers.
     pub(crate) fn charge(&self, status: &[u8]) {
-        if let Some(seen) = &self.istio {
+        if let Some(seen) = &self.seen {
             // Envoy's reading: a code above 16 or not a number is -1 (InvalidCode).
             let code = std::str::from_utf8(status)
                 .ok()
@@ -82,7 +95,7 @@ impl Call {
     pub(crate) fn frames(&self, response: bool) -> Frames {
         Frames {
             stats: self.stats.clone(),
-            istio: self.istio.clone(),
+            seen: self.seen.clone(),
             core: self.core,
             stat: if response {
                 GrpcStat::ResponseMessageCount
@@ -105,7 +118,7 @@ fn status_index(status: &[u8]) -> Option<usize> {
 /// flag byte is seen, as in Envoy.
 pub(crate) struct Frames {
     stats: Option<Arc<Scope>>,
-    istio: Option<std::rc::Rc<Seen>>,
+    seen: Option<std::rc::Rc<Seen>>,
     core: usize,
     stat: GrpcStat,
     state: FrameState,
@@ -159,7 +172,7 @@ impl Frames {
             if let Some(stats) = &self.stats {
                 stats.core(self.core).add(self.stat as usize, delta);
             }
-            if let Some(seen) = &self.istio {
+            if let Some(seen) = &self.seen {
                 let m = &seen.messages[usize::from(self.stat == GrpcStat::ResponseMessageCount)];
                 m.set(m.get() + delta);
             }

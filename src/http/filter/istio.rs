@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::grpc_stats::{Call, Seen};
+use super::grpc_stats::Seen;
 use super::FilterHost;
 use crate::model::istio::{IstioStats, Peer, PeerMetadata, Reporter};
 use crate::stats::istio::HttpMetric;
@@ -120,18 +120,11 @@ pub(super) fn exchange<E: FilterHost>(x: &mut E, f: &PeerMetadata, cluster: Opti
 /// `istio.stats` on the request: remembered until it is done.
 pub(super) fn stats<E: FilterHost>(x: &mut E, f: &Arc<IstioStats>) {
     let grpc = is_grpc(x);
-    let core = x.core();
     let t = telemetry(x);
     t.stats.get_or_insert_with(|| f.clone());
     if grpc && t.grpc.is_none() {
-        let seen = Rc::new(Seen::default());
-        t.grpc = Some(seen.clone());
-        let call = x.filter_state_mut().grpc.get_or_insert(Call {
-            stats: None,
-            core,
-            istio: None,
-        });
-        call.istio = Some(seen);
+        let seen = super::grpc_stats::observe(x);
+        telemetry(x).grpc = Some(seen);
     }
 }
 
@@ -165,14 +158,7 @@ pub(crate) fn upstream_header(t: &Telemetry, core: &IstioCore, name: &[u8], valu
 
 /// Envoy's mapping of an HTTP status to a gRPC one (when the call gave none).
 fn http_to_grpc(status: u16) -> i32 {
-    match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    }
+    crate::http::local_reply::grpc_status_for(status) as i32
 }
 
 /// Reports a finished request into its series (once).

@@ -423,10 +423,15 @@ pub(crate) fn set_metadata<E: FilterHost + ?Sized>(
 
 /// A request is done: its access log lines are written and `istio.stats` reports it.
 pub(crate) fn done<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
-    crate::http::log::write(ctx, x);
+    crate::http::log::write(ctx, x, &x.snapshot().runtime);
     if x.hcm().filters.istio_stats {
         istio::report(ctx, x);
     }
+}
+
+/// Watches a gRPC request's status for the access log (`%GRPC_STATUS%`).
+pub(crate) fn observe_grpc<E: FilterHost>(x: &mut E) {
+    grpc_stats::observe(x);
 }
 
 /// A random draw for percentages.

@@ -144,7 +144,7 @@ impl Downstream for Stream {
             self.log.service_time_ms,
             attempt_count,
         );
-        self.log.head_bytes_sent = out.len() as u64;
+        self.log.sent_head(&out, self.hcm.log_needs.response_head);
         let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
         self.responded = true;
         match self.respond.send_response(resp, end) {

@@ -82,8 +82,7 @@ pub(crate) trait Downstream: FilterHost {
     fn ctx(&self) -> &Rc<CoreCtx>;
     fn snapshot_arc(&self) -> Arc<Snapshot>;
     fn downstream(&self) -> &crate::ctx::Downstream;
-    /// Whether the client speaks HTTP/2 (a cluster that follows the downstream protocol
-    /// then uses HTTP/2 too).
+    /// Whether the client speaks HTTP/2 (so does a cluster that follows the downstream).
     fn is_h2(&self) -> bool;
     /// Whether the whole request body (if any) has been read.
     fn request_done(&self) -> bool;
@@ -300,6 +299,8 @@ pub(crate) async fn forward<D: Downstream>(
                 Some(up) => Ok(up),
                 None => Up::open(ctx, cluster, &ep, h2).await,
             };
+            let local = opened.as_ref().ok().and_then(Up::local);
+            d.log_mut().set_upstream_local(local);
             let outcome = match opened {
                 Err(e) => {
                     d.put_up_buf(head);

@@ -111,6 +111,14 @@ impl Up {
         Some(Up::h1(conn, true))
     }
 
+    /// This side's address on the connection.
+    pub(crate) fn local(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Up::H1 { conn, .. } => conn.local.as_deref().copied(),
+            Up::H2(h) => h.conn.local.as_deref().copied(),
+        }
+    }
+
     /// Both ends' identities, on a TLS connection.
     pub(crate) fn principals(
         &self,

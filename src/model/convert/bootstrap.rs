@@ -172,7 +172,17 @@ pub fn admin_access_logs(
         .map_or(&[][..], |a| &a.access_log[..]);
     logs.iter()
         .enumerate()
-        .map(|(i, l)| super::hcm::access_log(l, "bootstrap", &format!("admin.access_log[{i}]")))
+        .map(|(i, l)| {
+            let at = format!("admin.access_log[{i}]");
+            if l.filter.is_some() {
+                return Err(super::err(
+                    "bootstrap",
+                    format!("{at}.filter"),
+                    "access log filters are not supported on the admin listener",
+                ));
+            }
+            super::access_log::access_log(l, "bootstrap", &at)
+        })
         .collect()
 }
 

@@ -4,26 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::model::format::{Format, DEFAULT_ACCESS_LOG};
 use crate::model::{
-    AccessLog, Codec, HttpConnectionManager, LogSink, NetworkFilter, RouteSource, ServerHeader,
-    StripPort, UnderscoreAction,
+    Codec, HttpConnectionManager, NetworkFilter, RouteSource, ServerHeader, StripPort,
+    UnderscoreAction,
 };
-use crate::proto::envoy::config::accesslog::v3::{access_log, AccessLog as PbAccessLog};
 use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::config::listener::v3 as pb;
-use crate::proto::envoy::extensions::access_loggers::stream::v3 as stream;
 use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use crate::stats::HttpStat;
 
 use super::istio::{authn_config, config_type, istio_noop, ISTIO_AUTHN};
-use super::{any_type, data_source, decode_any, err, timeout, ConvertError, Ctx};
+use super::{any_type, decode_any, err, timeout, ConvertError, Ctx};
 
 const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
-const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
-const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 
 /// The network filters of one chain: Istio's telemetry no-ops, then exactly one
 /// terminal filter (the connection manager or the TCP proxy).
@@ -247,7 +241,11 @@ fn connection_manager(
     let suppress_envoy_headers = router.suppress_envoy_headers;
     let mut access_logs = Vec::new();
     for (i, al) in m.access_log.iter().enumerate() {
-        access_logs.push(access_log(al, res, &p(&format!("access_log[{i}]")))?);
+        access_logs.push(super::access_log::access_log(
+            al,
+            res,
+            &p(&format!("access_log[{i}]")),
+        )?);
     }
     let common = m.common_http_protocol_options.unwrap_or_default();
     let cp = |f: &str| p(&format!("common_http_protocol_options.{f}"));
@@ -413,6 +411,7 @@ fn connection_manager(
         http2,
         routes,
         filters,
+        log_needs: crate::model::access_log::LogNeeds::of(&access_logs),
         access_logs,
         suppress_envoy_headers,
         use_remote_address: m.use_remote_address.unwrap_or(false),
@@ -451,104 +450,5 @@ fn connection_manager(
         max_request_headers_bytes: max_kb as usize * 1024,
         max_headers_count,
         headers_with_underscores,
-    })
-}
-
-/// A file logger's sink: `/dev/stdout` and `/dev/stderr` are the process's own streams;
-/// any other file must open for appending now (Envoy refuses a configuration whose log
-/// file it cannot open), and is then written by the logger thread.
-fn file_sink(path: &str, res: &str, field: &str) -> Result<LogSink, ConvertError> {
-    match path {
-        "" => Err(err(res, field, "path is required")),
-        "/dev/stdout" => Ok(LogSink::Stdout),
-        "/dev/stderr" => Ok(LogSink::Stderr),
-        _ => {
-            crate::model::access_log::open(std::path::Path::new(path)).map_err(|e| {
-                err(
-                    res,
-                    field,
-                    format!("cannot open access log file '{path}': {e}"),
-                )
-            })?;
-            Ok(LogSink::File(crate::model::access_log::intern(path)))
-        }
-    }
-}
-
-pub(super) fn access_log(
-    al: &PbAccessLog,
-    res: &str,
-    path: &str,
-) -> Result<AccessLog, ConvertError> {
-    let Some(access_log::ConfigType::TypedConfig(any)) = &al.config_type else {
-        return Err(err(
-            res,
-            format!("{path}.typed_config"),
-            "typed_config is required",
-        ));
-    };
-    let (sink, format) = match any_type(any) {
-        STDOUT_LOG => {
-            let l: stream::StdoutAccessLog = decode_any(any, STDOUT_LOG, res, path)?;
-            (
-                LogSink::Stdout,
-                l.access_log_format
-                    .map(|stream::stdout_access_log::AccessLogFormat::LogFormat(f)| f),
-            )
-        }
-        STDERR_LOG => {
-            let l: stream::StderrAccessLog = decode_any(any, STDERR_LOG, res, path)?;
-            (
-                LogSink::Stderr,
-                l.access_log_format
-                    .map(|stream::stderr_access_log::AccessLogFormat::LogFormat(f)| f),
-            )
-        }
-        FILE_LOG => {
-            let l: crate::proto::envoy::extensions::access_loggers::file::v3::FileAccessLog =
-                decode_any(any, FILE_LOG, res, path)?;
-            (
-                file_sink(&l.path, res, &format!("{path}.typed_config.path"))?,
-                l.access_log_format.map(
-                    |crate::proto::envoy::extensions::access_loggers::file::v3::file_access_log::AccessLogFormat::LogFormat(f)| f,
-                ),
-            )
-        }
-        other => {
-            return Err(err(
-                res,
-                format!("{path}.typed_config"),
-                format!(
-                    "access logger '{}' of type {other} is not supported",
-                    al.name
-                ),
-            ))
-        }
-    };
-    let fpath = format!("{path}.typed_config.log_format");
-    let format = match format {
-        None => Format::parse(DEFAULT_ACCESS_LOG).expect("default format parses"),
-        Some(sfs) => {
-            let text = match &sfs.format {
-                Some(core::substitution_format_string::Format::TextFormatSource(ds)) => {
-                    let bytes = data_source(ds, res, &format!("{fpath}.text_format_source"))?;
-                    String::from_utf8(bytes.to_vec()).map_err(|_| {
-                        err(
-                            res,
-                            format!("{fpath}.text_format_source"),
-                            "format is not UTF-8",
-                        )
-                    })?
-                }
-                None => DEFAULT_ACCESS_LOG.to_string(),
-            };
-            let mut f = Format::parse(&text).map_err(|e| err(res, &fpath, e))?;
-            f.omit_empty = sfs.omit_empty_values;
-            f
-        }
-    };
-    Ok(AccessLog {
-        sink,
-        format: Arc::new(format),
     })
 }

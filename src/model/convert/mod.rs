@@ -13,6 +13,7 @@ use crate::stats::Store;
 
 use super::Snapshot;
 
+mod access_log;
 mod bootstrap;
 mod chain;
 mod cidr;

@@ -63,7 +63,15 @@ pub(super) fn convert(
     let stats = ctx
         .stats
         .scope::<TcpStat>(&format!("tcp.{}.", t.stat_prefix));
+    let access_logs = t
+        .access_log
+        .iter()
+        .enumerate()
+        .map(|(i, al)| super::access_log::access_log(al, res, &p(&format!("access_log[{i}]"))))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(TcpProxy {
+        log_needs: crate::model::access_log::LogNeeds::of(&access_logs),
+        access_logs,
         stat_prefix: t.stat_prefix.clone(),
         stats,
         clusters,

@@ -74,6 +74,19 @@ impl ResponseFlags {
         self.0 == 0
     }
 
+    /// The flag Envoy names `short` (`UF`, `URX`…).
+    pub fn from_name(short: &str) -> Option<ResponseFlags> {
+        NAMES
+            .iter()
+            .position(|n| *n == short)
+            .map(|bit| ResponseFlags(1 << bit))
+    }
+
+    /// Whether the two sets share a flag.
+    pub fn intersects(self, other: ResponseFlags) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Appends the flags as `%RESPONSE_FLAGS%` prints them: `-` for none, else their short
     /// names in Envoy's order, comma-separated.
     pub fn write(self, out: &mut Vec<u8>) {
