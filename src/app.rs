@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -390,7 +390,7 @@ fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
                         continue;
                     }
                 };
-                let _ = match sink {
+                let written = match sink {
                     LogSink::Stdout => {
                         let mut out = std::io::stdout().lock();
                         out.write_all(&batch).and_then(|_| out.flush())
@@ -398,9 +398,18 @@ fn spawn_logger() -> std::io::Result<std::sync::mpsc::Sender<LogBatch>> {
                     LogSink::Stderr => std::io::stderr().lock().write_all(&batch),
                     LogSink::File(id) => match files.entry(id).or_insert_with(|| open_log(id)) {
                         Some(f) => f.write_all(&batch),
-                        None => Ok(()),
+                        None => Err(std::io::ErrorKind::NotFound.into()),
                     },
                 };
+                let q = &crate::ctx::LOG_QUEUE;
+                let done = if written.is_ok() {
+                    &q.written
+                } else {
+                    &q.failed
+                };
+                done.fetch_add(1, Ordering::Relaxed);
+                q.queued_bytes
+                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
             }
         })?;
     Ok(tx)

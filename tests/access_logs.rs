@@ -279,3 +279,77 @@ fn unsupported_formats_and_filters_are_refused_by_field() {
         assert!(err.contains(want), "{want}\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_stops_reading_never_blocks_a_core_lines_are_dropped_and_counted() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("a").await;
+    let dir = temp_dir();
+    // A FIFO whose reader never reads: the access-log thread blocks on its first write
+    // once the pipe's buffer is full, as behind a stalled disk or log collector.
+    let fifo = dir.join("stalled.fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o4000) // O_NONBLOCK: opening does not wait for a writer
+        .open(&fifo)
+        .unwrap();
+    let extra = format!(
+        "          access_log:\n{}",
+        logger(&fifo, "{text_format: \"%REQ(X-BIG)%\\n\"}", "")
+    );
+    let p = Proxy::start(
+        &config(
+            &extra,
+            &all_to("a"),
+            &format!("[{}]", cluster("a", &[b.addr], "")),
+        ),
+        &["--concurrency", "1", "--file-flush-interval-msec", "10"],
+    )
+    .await;
+    // 48 KiB lines: past 64 MiB waiting, the cores drop batches instead of queueing them.
+    let big = "x".repeat(48 * 1024);
+    let mut s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nhost: h\r\nx-big: {big}\r\n\r\n");
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = std::time::Instant::now();
+    for i in 0..1600 {
+        s.write_all(req.as_bytes()).await.unwrap();
+        // Each answer is small: read until its body ("upstream a /") is in.
+        let mut got = Vec::new();
+        while !got.ends_with(b"upstream a /") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("request {i} got no answer: a core is blocked"))
+                .unwrap();
+            assert!(n > 0, "request {i}: connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // Every line is either queued or dropped (the last ones once the core's buffer is
+    // handed over, at the next flush).
+    let (mut queued_lines, mut dropped) = (0, 0);
+    for _ in 0..100 {
+        queued_lines = p.stat("access_log_file.write_buffered").await;
+        dropped = p.stat("access_log_file.dropped_lines").await;
+        if queued_lines + dropped == 1600 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        queued_lines + dropped,
+        1600,
+        "{queued_lines} queued, {dropped} dropped"
+    );
+    assert!(dropped > 0, "no line was dropped");
+    let queued = p.stat("access_log_file.write_total_buffered").await;
+    assert!(queued <= 64 << 20, "{queued} bytes queued");
+    assert!(queued > 60 << 20, "{queued} bytes queued");
+}

@@ -168,7 +168,7 @@ fn log_request(state: &AdminState, exchange: &log::AdminExchange) {
     for l in &state.access_logs {
         let mut line = Vec::new();
         l.format.write(exchange, b"-", &mut line);
-        let _ = tx.send(crate::ctx::LogBatch::Lines(l.sink, line));
+        crate::ctx::queue_log(tx, l.sink, line);
     }
 }
 

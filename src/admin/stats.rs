@@ -199,6 +199,21 @@ fn refresh_server_gauges(state: &super::AdminState) {
     server
         .core(control)
         .set(ServerStat::State as usize, super::server_state(state).0);
+    let log = state
+        .stats
+        .scope::<crate::stats::AccessLogFileStat>("access_log_file.");
+    let q = &crate::ctx::LOG_QUEUE;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    use crate::stats::AccessLogFileStat as A;
+    for (stat, v) in [
+        (A::WriteBuffered, load(&q.lines)),
+        (A::WriteCompleted, load(&q.written)),
+        (A::WriteFailed, load(&q.failed)),
+        (A::WriteTotalBuffered, load(&q.queued_bytes)),
+        (A::DroppedLines, load(&q.dropped_lines)),
+    ] {
+        log.core(control).set(stat as usize, v);
+    }
     let lm = state
         .stats
         .scope::<ListenerManagerStat>("listener_manager.");

@@ -177,6 +177,19 @@ stat_family! {
 }
 
 stat_family! {
+    /// `access_log_file.`: the access-log thread's work as Envoy names it (lines handed
+    /// over, writes done and failed, bytes waiting), and Ringside's own `dropped_lines`:
+    /// lines dropped because the thread fell too far behind (a core never waits for it).
+    pub enum AccessLogFileStat {
+        WriteBuffered = "write_buffered",
+        WriteCompleted = "write_completed",
+        WriteFailed = "write_failed",
+        WriteTotalBuffered = "write_total_buffered",
+        DroppedLines = "dropped_lines",
+    } gauges [WriteTotalBuffered]
+}
+
+stat_family! {
     /// `listener_manager.`: whether the workers serve (pilot-agent's readiness reads it).
     pub enum ListenerManagerStat {
         WorkersStarted = "workers_started",
