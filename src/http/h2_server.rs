@@ -468,6 +468,11 @@ impl Stream {
         mods: &[&HeaderMods],
         grpc_status: Option<u32>,
     ) {
+        // Envoy's connection manager decides the id before routing: a logged local answer
+        // shows it (generated, or carrying the trace decision).
+        if !self.hcm.access_logs.is_empty() {
+            crate::http::filter::FilterHost::decide_request_id(self);
+        }
         let (status, body, grpc) =
             write_headers::local_answer(self.grpc, status, body, grpc_status);
         let head_request = self.buf[self.head.method.clone()].eq_ignore_ascii_case(b"HEAD");

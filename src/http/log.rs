@@ -147,15 +147,11 @@ pub(crate) fn write_command<E: Exchange + ?Sized>(c: &E, cmd: &Command, out: &mu
         Command::RouteName => opt(out, e.route.as_deref()),
         Command::DownstreamDirectRemote(how) => write_addr(c.peer(), *how, out),
         Command::DownstreamRemote(how) => {
-            let peer = c.peer();
             let head = c.head();
-            let ip =
-                crate::http::trust::downstream_remote(c.hcm(), peer.ip(), c.buf(), &head.headers);
             // An address from x-forwarded-for has no port (Envoy writes 0).
-            let a = if ip == peer.ip() {
-                peer
-            } else {
-                SocketAddr::new(ip, 0)
+            let a = match crate::http::trust::forwarded_remote(c.hcm(), c.buf(), &head.headers) {
+                Some(ip) => SocketAddr::new(ip, 0),
+                None => c.peer(),
             };
             write_addr(a, *how, out)
         }
@@ -191,6 +187,11 @@ fn grpc_status<E: Exchange + ?Sized>(c: &E) -> Option<i32> {
     if !c.grpc() {
         return None;
     }
+    call_status(c)
+}
+
+/// [`grpc_status`] without asking whether the request is gRPC (Envoy's filter does not).
+fn call_status<E: Exchange + ?Sized>(c: &E) -> Option<i32> {
     let e = c.log();
     if let Some(s) = c.grpc_status_seen() {
         return Some(s);
@@ -260,10 +261,13 @@ fn write_grpc_status(code: i32, form: GrpcForm, out: &mut Vec<u8>) -> Val {
     }
 }
 
-/// The value of header `name` (lower-case) in an HTTP/1-form response head; several
-/// lines of it joined with `,`.
+/// The first value of header `name` (lower-case) in an HTTP/1-form response head, as
+/// Envoy's formatter reads it; `:status` is the status line's code.
 fn response_header(head: &[u8], name: &str) -> Option<Vec<u8>> {
-    let mut found: Option<Vec<u8>> = None;
+    if name == ":status" {
+        let line = head.split(|&b| b == b'\n').next()?;
+        return line.split(|&b| b == b' ').nth(1).map(<[u8]>::to_vec);
+    }
     for line in head.split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -272,16 +276,9 @@ fn response_header(head: &[u8], name: &str) -> Option<Vec<u8>> {
         if !line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
             continue;
         }
-        let v = line[colon + 1..].trim_ascii();
-        match &mut found {
-            Some(f) => {
-                f.push(b',');
-                f.extend_from_slice(v);
-            }
-            None => found = Some(v.to_vec()),
-        }
+        return Some(line[colon + 1..].trim_ascii().to_vec());
     }
-    found
+    None
 }
 
 /// A dynamic metadata value: strings as they are, anything else as JSON.
@@ -370,8 +367,8 @@ impl<E: Exchange + ?Sized> LogFacts for Facts<'_, E> {
     fn id_integer(&self) -> Option<u64> {
         id_integer(&request_id(self.0)?)
     }
-    fn grpc_status(&self) -> Option<i32> {
-        grpc_status(self.0)
+    fn grpc_status(&self) -> i32 {
+        call_status(self.0).unwrap_or(2)
     }
     fn log_type(&self) -> i32 {
         crate::model::access_log::DOWNSTREAM_END
@@ -392,10 +389,10 @@ fn id_integer(id: &[u8]) -> Option<u64> {
     u64::from_str_radix(prefix, 16).ok()
 }
 
-/// Whether a UUID request id carries a "traced" decision (sampled, forced or client).
+/// Whether a UUID request id carries the "forced" trace decision (`x-envoy-force-trace`),
+/// the only one Envoy's traceable filter passes.
 fn traced(id: Option<&[u8]>) -> bool {
-    id.and_then(|id| id.get(14))
-        .is_some_and(|b| matches!(b, b'9' | b'a' | b'b'))
+    id.and_then(|id| id.get(14)).is_some_and(|&b| b == b'a')
 }
 
 /// A metadata value as Envoy prints it (protobuf JSON, compact): whole numbers without a

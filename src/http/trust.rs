@@ -53,8 +53,17 @@ pub fn downstream_remote(
     buf: &[u8],
     headers: &[(Range<usize>, Range<usize>)],
 ) -> IpAddr {
+    forwarded_remote(hcm, buf, headers).unwrap_or(peer)
+}
+
+/// [`downstream_remote`] when it comes from `x-forwarded-for` (not the peer).
+pub fn forwarded_remote(
+    hcm: &HttpConnectionManager,
+    buf: &[u8],
+    headers: &[(Range<usize>, Range<usize>)],
+) -> Option<IpAddr> {
     let skip = match (hcm.use_remote_address, hcm.xff_num_trusted_hops) {
-        (true, 0) => return peer,
+        (true, 0) => return None,
         (true, n) => n - 1,
         (false, n) => n,
     };
@@ -65,11 +74,8 @@ pub fn downstream_remote(
             entries.extend(buf[v.clone()].split(|&b| b == b',').map(<[u8]>::trim_ascii));
         }
     }
-    entries
-        .len()
-        .checked_sub(1 + skip as usize)
-        .and_then(|i| std::str::from_utf8(entries[i]).ok()?.parse().ok())
-        .unwrap_or(peer)
+    let i = entries.len().checked_sub(1 + skip as usize)?;
+    std::str::from_utf8(entries[i]).ok()?.parse().ok()
 }
 
 /// Whether a request from `peer` (with these request headers) is internal.

@@ -417,8 +417,19 @@ async fn handle(
         sniffed: raw,
     };
     let mut choice = listener.chains.choose(&info);
+    // A TCP chain whose access log shows the SNI needs the TLS inspector even when the
+    // chain was chosen without it (Envoy always runs the inspector it is given).
+    let logs_sni = |c: &Choice| match c {
+        Choice::Chain(i) => {
+            let ch = &listener.chains.chains[*i];
+            ch.tls.is_none()
+                && matches!(&ch.filter, NetworkFilter::Tcp(t) if t.log_needs.tls)
+                && listener.inspectors.tls_for(port)
+        }
+        _ => false,
+    };
     let sniffed;
-    if choice == Choice::NeedSniff {
+    if choice == Choice::NeedSniff || (raw.is_none() && logs_sni(&choice)) {
         let ins = &listener.inspectors;
         let c = listener.stats.core(ctx.core);
         c.inc(ListenerStat::DownstreamPreCxActive as usize);
@@ -528,6 +539,14 @@ async fn handle(
             }
         }
         NetworkFilter::Tcp(tp) => {
+            if let (true, None, Some(sni)) = (tp.log_needs.tls, &down.authn, sni) {
+                // TLS passed through: the access log's server name is the sniffed SNI.
+                down.authn = Some(std::rc::Rc::new(crate::rbac::Authn {
+                    sni: sni.into(),
+                    peer: None,
+                    local_principal: None,
+                }));
+            }
             tp.stats
                 .core(ctx.core)
                 .inc(TcpStat::DownstreamCxTotal as usize);

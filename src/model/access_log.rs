@@ -99,7 +99,9 @@ pub enum LogFilter {
     Duration(Comparison),
     /// Ringside has no health-check filter, so no request is a health check: always true.
     NotHealthCheck,
-    /// The request's trace decision (packed into its `x-request-id`) says traced.
+    /// The request was traced because it asked to be (`x-envoy-force-trace`): Envoy's
+    /// `traced && reason == ServiceForced`, read from the decision packed into its
+    /// `x-request-id`.
     Traceable,
     /// `runtime_key`'s numerator (default `numerator`) out of `denominator`, drawn from the
     /// request id unless `independent`.
@@ -176,8 +178,9 @@ pub trait LogFacts {
     fn traced(&self) -> bool;
     /// The request id as Envoy's `toInteger` reads it, if there is one.
     fn id_integer(&self) -> Option<u64>;
-    /// The gRPC status of a gRPC request.
-    fn grpc_status(&self) -> Option<i32>;
+    /// The gRPC status as Envoy's filter reads it, gRPC request or not: trailers, then
+    /// headers, then the mapping of the HTTP status, else UNKNOWN (2).
+    fn grpc_status(&self) -> i32;
     /// Envoy's `AccessLogType` of this line.
     fn log_type(&self) -> i32;
 }
@@ -208,10 +211,9 @@ impl LogFilter {
             LogFilter::Header(h) => f.header(h),
             LogFilter::ResponseFlag(set) if set.is_empty() => !f.flags().is_empty(),
             LogFilter::ResponseFlag(set) => f.flags().intersects(*set),
-            // Not gRPC (or no status): Envoy's filter does not match, excluding or not.
-            LogFilter::GrpcStatus { statuses, exclude } => f
-                .grpc_status()
-                .is_some_and(|s| statuses.contains(&s) != *exclude),
+            LogFilter::GrpcStatus { statuses, exclude } => {
+                statuses.contains(&f.grpc_status()) != *exclude
+            }
             LogFilter::LogType { types, exclude } => types.contains(&f.log_type()) != *exclude,
         }
     }

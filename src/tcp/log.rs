@@ -141,8 +141,8 @@ impl LogFacts for Line<'_> {
     fn id_integer(&self) -> Option<u64> {
         None
     }
-    fn grpc_status(&self) -> Option<i32> {
-        None
+    fn grpc_status(&self) -> i32 {
+        2
     }
     fn log_type(&self) -> i32 {
         TCP_CONNECTION_END

@@ -81,10 +81,15 @@ MORE_JSON = {
     "cluster": "%UPSTREAM_CLUSTER%",
     "fs": "%FILTER_STATE(io.istio.peer_principal:PLAIN)%",
     "dm": "%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_engine_result)%",
+    "bin": "%REQ(X-BIN)%",
+    "status": "%RESP(:STATUS)%",
+    "dup": "%RESP(X-DUP)%",
 }
 OMIT_JSON = {"code": "%RESPONSE_CODE%", "missing": "%REQ(X-NOPE)%", "mixed": "a=%REQ(X-NOPE)%",
              "method": "%REQ(:METHOD)%"}
 SHORT = "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\n"
+# A length limit beside other commands, the status and a repeated response header.
+LIMITS = "[%REQ(USER-AGENT):3%] [%REQ(:METHOD)%]%RESPONSE_CODE%:(%RESP(:STATUS)%) %RESP(X-DUP)%\n"
 
 # name -> AccessLogFilter: only the requests it passes are written.
 FILTERS = {
@@ -102,6 +107,10 @@ FILTERS = {
     "end": {"log_type_filter": {"types": ["DownstreamEnd"]}},
     "not_end": {"log_type_filter": {"types": ["DownstreamEnd"], "exclude": True}},
     "grpc_ok": {"grpc_status_filter": {"statuses": ["OK"]}},
+    # Not gRPC: the HTTP status's mapping (UNKNOWN for a 200), so every request passes.
+    "grpc_not_ok": {"grpc_status_filter": {"statuses": ["OK"], "exclude": True}},
+    # Only a forced trace passes (tracing samples every request here).
+    "traceable": {"traceable_filter": {}},
 }
 
 
@@ -122,7 +131,7 @@ def http_logs(base):
     logs = [file_log(f"{base}.text", ISTIO_TEXT), file_log(f"{base}.json", json_fmt=ISTIO_JSON),
             file_log(f"{base}.more", json_fmt=MORE_JSON),
             file_log(f"{base}.omit", json_fmt=OMIT_JSON, omit=True),
-            file_log(f"{base}.default")]
+            file_log(f"{base}.default"), file_log(f"{base}.limits", LIMITS)]
     logs += [file_log(f"{base}.{n}", SHORT, filt=f) for n, f in FILTERS.items()]
     return logs
 
@@ -134,6 +143,7 @@ def render(base, ports, backend, dead):
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "main",
         "access_log": http_logs(base),
+        "tracing": {},
         "route_config": {"validate_clusters": False, "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
             {"match": {"prefix": "/direct"}, "direct_response": {"status": 202, "body": {"inline_string": "hi"}}, "name": "direct"},
             {"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
@@ -143,14 +153,19 @@ def render(base, ports, backend, dead):
         "http_filters": [router],
     }
 
-    def tcp(name, cluster):
-        return {"name": name,
+    def tcp(name, cluster, inspect=False):
+        listener = {"name": name,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[name]}},
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                     "stat_prefix": name, "cluster": cluster,
                     "access_log": [file_log(f"{base}.{name}", ISTIO_TEXT),
-                                   file_log(f"{base}.{name}.json", json_fmt=ISTIO_JSON)]}}]}]}
+                                   file_log(f"{base}.{name}.json", json_fmt=ISTIO_JSON),
+                                   file_log(f"{base}.{name}.grpc", SHORT, filt=FILTERS["grpc_not_ok"])]}}]}]}
+        if inspect:
+            listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+        return listener
 
     def cluster(name, port):
         return {"name": name, "connect_timeout": "1s", "type": "STATIC",
@@ -165,6 +180,7 @@ def render(base, ports, backend, dead):
                  "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]},
                 tcp("tcp", "backend"),
                 tcp("tcpdead", "dead"),
+                tcp("tcptls", "backend", inspect=True),
             ],
             "clusters": [cluster("backend", backend), cluster("dead", dead)],
         }}
@@ -182,6 +198,8 @@ class Backend(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("x-up", "upstream-value")
+        self.send_header("x-dup", "one")
+        self.send_header("x-dup", "two")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -209,9 +227,13 @@ CASES = [
     ("GET", "/gone", b"", b""),
     ("GET", "/nowhere", b"", b""),
     ("GET", "/up/q?x=1", b"x-envoy-original-path: /orig\r\n", b""),
+    # The client's address from x-forwarded-for (port 0, even when it is the peer's),
+    # and a header that is not UTF-8 in JSON.
+    ("GET", "/up/xff", b"x-forwarded-for: 127.0.0.1\r\nx-bin: h\xc3(<>\xff\tz\"\r\n", b""),
 ]
 
-ADDR = re.compile(r"127\.0\.0\.1:\d+")
+# Listener and client ports differ between the two proxies (port 0 is kept: it is a value).
+ADDR = re.compile(r"127\.0\.0\.1:[1-9]\d*")
 
 
 def mask_text(line):
@@ -221,6 +243,14 @@ def mask_text(line):
     if len(tokens) > 10:
         tokens[9] = "D"
         tokens[10] = "S" if tokens[10].isdigit() else tokens[10]
+    return tokens
+
+
+def mask_tls(line):
+    """A TLS hello's line: its size depends on the client's library, not the proxy."""
+    tokens = mask_text(line)
+    if len(tokens) > 8:
+        tokens[7] = "B"
     return tokens
 
 
@@ -274,6 +304,21 @@ def compare(name, e_lines, r_lines, mask):
     return passed, failed
 
 
+def tls_hello(port):
+    """A TLS client naming a server, through a TCP proxy to a plaintext backend: the
+    handshake fails, the line carries the SNI the listener's TLS inspector read."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with ctx.wrap_socket(raw, server_hostname="svc.example.com"):
+                pass
+    except (OSError, ssl.SSLError):
+        pass
+
+
 def tcp_exchange(port):
     s = socket.create_connection(("127.0.0.1", port))
     s.settimeout(3)
@@ -293,7 +338,7 @@ def main():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     backend, dead = srv.server_address[1], free_port()
     pair = start_pair(ringside, 15, lambda log, ports: render(log, ports, backend, dead),
-                      ("main", "tcp", "tcpdead"), ext="json")
+                      ("main", "tcp", "tcpdead", "tcptls"), ext="json")
     if pair is None:
         return 1
     try:
@@ -302,6 +347,7 @@ def main():
                 request(ports["main"], method, path, extra, body)
             tcp_exchange(ports["tcp"])
             tcp_exchange(ports["tcpdead"])
+            tls_hello(ports["tcptls"])
         time.sleep(1.5)
     finally:
         pair.stop()
@@ -310,7 +356,8 @@ def main():
                                  if os.path.exists(f"{base}.{suffix}") else [])
     files = [("text", mask_text), ("json", mask_json), ("more", mask_json), ("omit", mask_json),
              ("default", mask_default), ("tcp", mask_text), ("tcpdead", mask_text),
-             ("tcp.json", mask_json), ("tcpdead.json", mask_json)]
+             ("tcp.json", mask_json), ("tcpdead.json", mask_json), ("limits", lambda l: [l]),
+             ("tcptls", mask_tls), ("tcp.grpc", lambda l: [l]), ("tcpdead.grpc", lambda l: [l])]
     files += [(n, lambda l: l.split()) for n in FILTERS]
     for suffix, mask in files:
         e = read(pair.logs["envoy"], suffix)

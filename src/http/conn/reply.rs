@@ -85,6 +85,11 @@ impl Connection {
         grpc_status: Option<u32>,
     ) -> Result<(), HttpError> {
         use crate::http::exchange::Exchange;
+        // Envoy's connection manager decides the id before routing: a logged local answer
+        // shows it (generated, or carrying the trace decision).
+        if !self.hcm.access_logs.is_empty() {
+            crate::http::filter::FilterHost::decide_request_id(self);
+        }
         let head_request = self.is_head_request();
         let mut out = std::mem::take(&mut self.out);
         out.clear();

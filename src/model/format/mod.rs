@@ -267,20 +267,24 @@ fn parse_parts(text: &str) -> Result<Vec<Part>, String> {
             rest = r;
             continue;
         }
-        // A command's argument may itself hold `%` (START_TIME's format): it ends at the
-        // first `%` after the closing parenthesis.
+        // Envoy's grammar: `NAME(ARGS)` with no `)` in ARGS (which may hold `%`, as
+        // START_TIME's format does), an optional `:LENGTH`, then `%`.
         let end = match rest.find('(') {
             Some(open)
-                if rest[..open]
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b == b'_') =>
+                if open > 0
+                    && rest[..open]
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
             {
-                let close = rest[open..]
-                    .find(")%")
-                    .or_else(|| rest[open..].find("):"))
-                    .map(|c| open + c + 1)
-                    .ok_or_else(|| format!("unterminated command in format string at `%{rest}`"))?;
-                rest[close..].find('%').map(|e| close + e)
+                let close = open
+                    + rest[open..].find(')').ok_or_else(|| {
+                        format!("unterminated command in format string at `%{rest}`")
+                    })?;
+                let mut k = close + 1;
+                if let Some(r) = rest[k..].strip_prefix(':') {
+                    k += 1 + r.bytes().take_while(u8::is_ascii_digit).count();
+                }
+                rest[k..].starts_with('%').then_some(k)
             }
             _ => rest.find('%'),
         }
@@ -456,6 +460,21 @@ mod tests {
     fn refuses_unknown_commands() {
         assert!(Format::parse("%NOPE%").unwrap_err().contains("NOPE"));
         assert!(Format::parse("%REQ(x").is_err());
+    }
+
+    /// Found by review: a length limit must not run on to the next command.
+    #[test]
+    fn length_limits_and_neighbouring_commands_split_as_envoy_splits_them() {
+        let f = Format::parse("[%REQ(:METHOD):2%] [%REQ(:METHOD)%]%RESPONSE_CODE%%REQ(X-Q)%:(x)")
+            .unwrap();
+        let mut out = Vec::new();
+        f.write(&Ctx, b"-", &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "[GE] [GET]200a\"b\\c\n:(x)"
+        );
+        assert!(Format::parse("%REQ(X):3x%").is_err());
+        assert!(Format::parse("%REQ(X%").is_err());
     }
 
     #[test]
