@@ -895,3 +895,55 @@ async fn an_open_tcp_connection_is_reported_every_tcp_reporting_duration() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_network_rbac_denies_is_still_reported() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // istiod's inbound TCP chain with an AuthorizationPolicy that allows nothing: the
+    // connection is closed, and istio.stats still counts it opened and closed, as
+    // istio-proxy's filter does for every connection it saw.
+    let (echo, _) = echo_server(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let filters = r#"      - name: envoy.filters.network.rbac
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, stat_prefix: tcp., rules: {}}
+      - name: istio.stats
+        typed_config: {"@type": type.googleapis.com/stats.PluginConfig}
+"#;
+    let server = Proxy::start(
+        &tcp_sidecar(
+            &node("sidecar~10.0.0.2~db", "db-v1", "db", "v1"),
+            "INBOUND",
+            filters,
+            "",
+            "inbound|5432||",
+            "",
+            echo,
+        ),
+        &one_core("legacy"),
+    )
+    .await;
+    let addr = server.wait_listener("INBOUND").await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(b"12345").await;
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "a denied connection got bytes back");
+    let prom = prometheus(&server, "istio_tcp_connections_closed_total", 1).await;
+    let line = |metric: &str| {
+        prom.lines()
+            .find(|l| l.starts_with(&format!("{metric}{{")))
+            .unwrap_or_else(|| panic!("no {metric}\n{prom}"))
+            .to_string()
+    };
+    let opened = line("istio_tcp_connections_opened_total");
+    for label in [
+        "reporter=\"destination\"",
+        "destination_workload=\"db-v1\"",
+        "destination_service=\"db.default.svc.cluster.local\"",
+        "response_flags=\"-\"",
+    ] {
+        assert!(opened.contains(label), "{label}: {opened}");
+    }
+    assert!(opened.ends_with("} 1"), "{opened}");
+    assert!(line("istio_tcp_received_bytes_total").ends_with("} 0"));
+    assert_eq!(server.stat("tcp.rbac.denied").await, 1);
+}

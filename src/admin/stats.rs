@@ -199,20 +199,22 @@ fn refresh_server_gauges(state: &super::AdminState) {
     server
         .core(control)
         .set(ServerStat::State as usize, super::server_state(state).0);
-    let log = state
-        .stats
-        .scope::<crate::stats::AccessLogFileStat>("access_log_file.");
+    // `access_log_file.*` exist once access logs were written, as Envoy's exist only with a
+    // file logger.
     let q = &crate::ctx::LOG_QUEUE;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-    use crate::stats::AccessLogFileStat as A;
-    for (stat, v) in [
-        (A::WriteBuffered, load(&q.lines)),
-        (A::WriteCompleted, load(&q.written)),
-        (A::WriteFailed, load(&q.failed)),
-        (A::WriteTotalBuffered, load(&q.queued_bytes)),
-        (A::DroppedLines, load(&q.dropped_lines)),
-    ] {
-        log.core(control).set(stat as usize, v);
+    if load(&q.lines) + load(&q.dropped_lines) > 0 {
+        use crate::stats::AccessLogFileStat as A;
+        let log = state.stats.scope::<A>("access_log_file.");
+        for (stat, v) in [
+            (A::WriteBuffered, load(&q.lines)),
+            (A::WriteCompleted, load(&q.written)),
+            (A::WriteFailed, load(&q.failed)),
+            (A::WriteTotalBuffered, load(&q.queued_bytes)),
+            (A::DroppedLines, load(&q.dropped_lines)),
+        ] {
+            log.core(control).set(stat as usize, v);
+        }
     }
     let lm = state
         .stats

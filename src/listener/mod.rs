@@ -500,8 +500,8 @@ async fn handle(
                 // Telemetry only: an unreadable certificate leaves the principals unknown.
                 down.authn = crate::tls::authn(&s, &tls).map(std::rc::Rc::new);
             }
-            if !rbac::allows(chain, &down, None, ctx.core) {
-                return;
+            if let Err(why) = rbac::allows(chain, &down, None, ctx.core) {
+                return denied(&ctx, &filter, &down, why);
             }
             if let NetworkFilter::Http(hcm) = &filter {
                 down.client_cert = crate::tls::client_cert(&s, &tls, hcm);
@@ -520,8 +520,10 @@ async fn handle(
     };
     // Network RBAC decides before the terminal filter sees a byte (TLS chains: above).
     let sni = info.sniffed.and_then(|s| s.server_name.as_deref());
-    if chain.tls.is_none() && !rbac::allows(chain, &down, sni, ctx.core) {
-        return;
+    if chain.tls.is_none() {
+        if let Err(why) = rbac::allows(chain, &down, sni, ctx.core) {
+            return denied(&ctx, &filter, &down, why);
+        }
     }
     match filter {
         NetworkFilter::Http(hcm) => {
@@ -554,6 +556,14 @@ async fn handle(
         }
     }
     drop(guard);
+}
+
+/// A connection network RBAC refused: a TCP proxy still reports and logs it, as Envoy's
+/// does (its filter was made for the connection before the RBAC filter closed it).
+fn denied(ctx: &Rc<CoreCtx>, filter: &NetworkFilter, down: &Downstream, why: String) {
+    if let NetworkFilter::Tcp(tp) = filter {
+        crate::tcp::denied(ctx, tp, down, why);
+    }
 }
 
 pub use crate::ctx::CatchUnwind;

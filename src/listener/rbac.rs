@@ -3,8 +3,8 @@
 use crate::ctx::Downstream;
 use crate::model::chain::FilterChain;
 
-/// The chain's network RBAC filters, in order, on a new connection: false when one denies
-/// it (the connection is then closed). Envoy evaluates on the first byte the client sends;
+/// The chain's network RBAC filters, in order, on a new connection: `Err` with Envoy's
+/// connection termination details when one denies it (the connection is then closed). Envoy evaluates on the first byte the client sends;
 /// Ringside decides before any byte flows either way (and before connecting upstream),
 /// with the same verdict, since nothing the rules read changes in between.
 /// `sni`: what the TLS inspector read on a chain that does not terminate TLS.
@@ -13,10 +13,10 @@ pub(super) fn allows(
     down: &Downstream,
     sni: Option<&str>,
     core: usize,
-) -> bool {
+) -> Result<(), String> {
     use crate::stats::{RbacShadowStat, RbacStat};
     if chain.rbac.is_empty() {
-        return true;
+        return Ok(());
     }
     let input = ConnInput(down, chain.istio_authn, sni);
     for f in chain.rbac.iter() {
@@ -34,11 +34,12 @@ pub(super) fn allows(
             f.stats.core(core).inc(RbacStat::Allowed as usize);
         } else {
             f.stats.core(core).inc(RbacStat::Denied as usize);
-            tracing::debug!(peer = %down.peer, chain = %chain.name, policy = v.policy.unwrap_or("none"), "RBAC denied the connection");
-            return false;
+            let policy = v.policy.unwrap_or("none");
+            tracing::debug!(peer = %down.peer, chain = %chain.name, policy, "RBAC denied the connection");
+            return Err(format!("rbac_access_denied_matched_policy[{policy}]"));
         }
     }
-    true
+    Ok(())
 }
 
 /// A connection as the network RBAC filter reads it (no headers, no path).

@@ -100,13 +100,15 @@ impl Context for Line<'_> {
                 }
             }
             Command::Hostname => text(out, self.hostname),
+            Command::ConnectionTerminationDetails => {
+                text(out, o.termination.as_deref().unwrap_or(""))
+            }
             Command::Const(v) => text(out, v.as_deref().unwrap_or("-")),
             // No request on a TCP connection.
             Command::Req(..)
             | Command::Resp(..)
             | Command::Protocol
             | Command::ResponseCodeDetails
-            | Command::ConnectionTerminationDetails
             | Command::RouteName
             | Command::UpstreamRequestAttemptCount
             | Command::GrpcStatus(_)

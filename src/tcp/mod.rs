@@ -45,6 +45,28 @@ pub async fn serve(
     }
 }
 
+/// Reports and logs a connection network RBAC closed before it was proxied (`why`:
+/// Envoy's termination details). Envoy's TCP proxy had picked its cluster by then.
+pub fn denied(ctx: &Rc<CoreCtx>, tp: &Arc<TcpProxy>, conn: &Downstream, why: String) {
+    if tp.istio.is_none() && tp.access_logs.is_empty() {
+        return;
+    }
+    let now = (std::time::SystemTime::now(), std::time::Instant::now());
+    let outcome = Outcome {
+        start: Some(now),
+        flags: "-",
+        cluster: ctx.snapshot().cluster(tp.pick(fastrand::u32(..))).cloned(),
+        termination: Some(why),
+        ..Outcome::default()
+    };
+    if let Some(f) = &tp.istio {
+        telemetry::report(ctx, f, tp, conn, &outcome);
+    }
+    if !tp.access_logs.is_empty() {
+        log::write(ctx, tp, conn, &outcome);
+    }
+}
+
 /// What one connection did, for `istio.stats` and the access log.
 #[derive(Default)]
 pub(crate) struct Outcome {
@@ -55,6 +77,8 @@ pub(crate) struct Outcome {
     pub upstream_local: Option<std::net::SocketAddr>,
     /// Why connecting upstream failed (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
     pub transport_failure: Option<String>,
+    /// Why a network filter closed the connection (`%CONNECTION_TERMINATION_DETAILS%`).
+    pub termination: Option<String>,
     /// Envoy's response flag (`-` when none).
     pub flags: &'static str,
     /// Bytes from the client, and to it.

@@ -153,7 +153,7 @@ def render(base, ports, backend, dead):
         "http_filters": [router],
     }
 
-    def tcp(name, cluster, inspect=False):
+    def tcp(name, cluster, inspect=False, deny=False):
         listener = {"name": name,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[name]}},
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
@@ -162,6 +162,11 @@ def render(base, ports, backend, dead):
                     "access_log": [file_log(f"{base}.{name}", ISTIO_TEXT),
                                    file_log(f"{base}.{name}.json", json_fmt=ISTIO_JSON),
                                    file_log(f"{base}.{name}.grpc", SHORT, filt=FILTERS["grpc_not_ok"])]}}]}]}
+        if deny:
+            # Network RBAC with no policy allows nothing: the connection is closed.
+            listener["filter_chains"][0]["filters"].insert(0, {"name": "envoy.filters.network.rbac", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+                "stat_prefix": "deny", "rules": {}}})
         if inspect:
             listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
@@ -181,6 +186,7 @@ def render(base, ports, backend, dead):
                 tcp("tcp", "backend"),
                 tcp("tcpdead", "dead"),
                 tcp("tcptls", "backend", inspect=True),
+                tcp("tcpdeny", "backend", deny=True),
             ],
             "clusters": [cluster("backend", backend), cluster("dead", dead)],
         }}
@@ -247,11 +253,29 @@ def mask_text(line):
 
 
 def mask_tls(line):
-    """A TLS hello's line: its size depends on the client's library, not the proxy."""
+    """A TLS hello's line: the sizes depend on the hello's random bytes (the backend's
+    error page quotes them), not on the proxy."""
     tokens = mask_text(line)
     if len(tokens) > 8:
-        tokens[7] = "B"
+        tokens[7] = tokens[8] = "B"
     return tokens
+
+
+# Ringside's network RBAC decides before any byte flows and before connecting upstream;
+# Envoy reads the client's first bytes and has connected upstream by then. The verdict and
+# the line are the same but for what was read and the upstream connection.
+def mask_deny(line):
+    tokens = mask_text(line)
+    for i in (7, 15, 17):
+        tokens[i] = "X"
+    return tokens
+
+
+def mask_deny_json(line):
+    d = mask_json(line)
+    for k in ("bytes_received", "upstream_host", "upstream_local_address"):
+        d[k] = "X"
+    return d
 
 
 def mask_json(line):
@@ -338,7 +362,7 @@ def main():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     backend, dead = srv.server_address[1], free_port()
     pair = start_pair(ringside, 15, lambda log, ports: render(log, ports, backend, dead),
-                      ("main", "tcp", "tcpdead", "tcptls"), ext="json")
+                      ("main", "tcp", "tcpdead", "tcptls", "tcpdeny"), ext="json")
     if pair is None:
         return 1
     try:
@@ -348,6 +372,7 @@ def main():
             tcp_exchange(ports["tcp"])
             tcp_exchange(ports["tcpdead"])
             tls_hello(ports["tcptls"])
+            tcp_exchange(ports["tcpdeny"])
         time.sleep(1.5)
     finally:
         pair.stop()
@@ -357,7 +382,7 @@ def main():
     files = [("text", mask_text), ("json", mask_json), ("more", mask_json), ("omit", mask_json),
              ("default", mask_default), ("tcp", mask_text), ("tcpdead", mask_text),
              ("tcp.json", mask_json), ("tcpdead.json", mask_json), ("limits", lambda l: [l]),
-             ("tcptls", mask_tls), ("tcp.grpc", lambda l: [l]), ("tcpdead.grpc", lambda l: [l])]
+             ("tcptls", mask_tls), ("tcpdeny", mask_deny), ("tcpdeny.json", mask_deny_json), ("tcp.grpc", lambda l: [l]), ("tcpdead.grpc", lambda l: [l])]
     files += [(n, lambda l: l.split()) for n in FILTERS]
     for suffix, mask in files:
         e = read(pair.logs["envoy"], suffix)
