@@ -3,6 +3,7 @@
 
 pub(super) const HELP: &str = "admin commands are:
   /: Admin home page
+  /certs: print certs on machine
   /clusters: upstream cluster status
   /config_dump: dump current Envoy configs
       resource: The resource to dump

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::model::SharedSnapshot;
 use crate::stats::Store;
 
+mod certs;
 mod clusters;
 mod config_dump;
 mod dump_filter;
@@ -268,6 +269,7 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let (status, body) = runtime::modify(state, &params);
             (status, text_ct, body)
         }
+        ("GET", "/certs") => (200, json_ct, certs::certs(&state.snapshot.load())),
         ("GET", "/config_dump") => {
             let mut dump = config_dump::config_dump(state);
             let regex = params.get("name_regex").map(|r| decode(r));

@@ -14,6 +14,27 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use super::route::StringMatcher;
 
+/// A certificate as the admin's `/certs` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertDetails {
+    /// The file it came from, or `<inline>` (inline data, SDS).
+    pub path: Arc<str>,
+    /// Lower-case hex, no leading zero bytes.
+    pub serial: String,
+    pub sans: Vec<(SanType, String)>,
+    /// Seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// A TLS context's certificates for `/certs`: its trusted CA (the first of the bundle) and
+/// its own certificate (the leaf), as Envoy lists them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsCerts {
+    pub ca: Option<CertDetails>,
+    pub chain: Option<CertDetails>,
+}
+
 /// A filter chain's `DownstreamTlsContext`, ready for handshakes.
 pub struct DownstreamTls {
     pub config: Arc<rustls::ServerConfig>,
@@ -25,6 +46,7 @@ pub struct DownstreamTls {
     pub session_cache: usize,
     /// The URI SANs of the listener's own certificate (`By` in x-forwarded-client-cert).
     pub local_uri_sans: Vec<String>,
+    pub certs: TlsCerts,
 }
 
 /// Which subject alternative names a matcher looks at.
@@ -186,6 +208,7 @@ pub struct UpstreamTls {
     pub missing_secret: Option<Arc<str>>,
     /// The client certificate's first URI SAN (Istio's `source_principal`).
     pub local_uri_san: Option<Arc<str>>,
+    pub certs: TlsCerts,
 }
 
 /// Both ends' identities on an upstream TLS connection (first URI SANs), as `istio.stats`

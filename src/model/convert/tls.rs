@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, SupportedCipherSuite, SupportedProtocolVersion};
 
 use crate::model::tls::{
-    ClientVerifier, DownstreamTls, SanMatcher, SanType, ServerVerifier, UpstreamTls,
+    ClientVerifier, DownstreamTls, SanMatcher, ServerVerifier, TlsCerts, UpstreamTls,
 };
 use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::extensions::transport_sockets::tls::v3 as pb;
@@ -67,9 +67,10 @@ pub(super) fn downstream(
         DOWNSTREAM => {
             let tc: pb::DownstreamTlsContext =
                 decode_any(any, DOWNSTREAM, res, &format!("{tpath}.typed_config"))?;
-            let (config, local_uri_sans) =
+            let (config, local_uri_sans, certs) =
                 server_config(&tc, res, &format!("{tpath}.typed_config"), ctx)?;
             Ok(Some(Arc::new(DownstreamTls {
+                certs,
                 config: Arc::new(config),
                 local_uri_sans,
                 handshake_timeout,
@@ -94,7 +95,7 @@ fn server_config(
     res: &str,
     path: &str,
     ctx: &mut Ctx<'_>,
-) -> Result<(rustls::ServerConfig, Vec<String>), ConvertError> {
+) -> Result<(rustls::ServerConfig, Vec<String>, TlsCerts), ConvertError> {
     let cpath = format!("{path}.common_tls_context");
     let common = tc.common_tls_context.clone().unwrap_or_default();
     let c = resolve(&common, res, &cpath, ctx)?;
@@ -179,7 +180,7 @@ fn server_config(
             "{res}.{path}.session_timeout (tickets and cached sessions live as rustls keeps them)"
         ));
     }
-    Ok((config, local_uri_sans))
+    Ok((config, local_uri_sans, c.certs))
 }
 
 /// Answers no handshake: the certificate of a listener whose SDS secret is still missing.
@@ -294,6 +295,7 @@ fn client_config(
     any.value.hash(&mut h);
     c.secrets_used.hash(&mut h);
     Ok(UpstreamTls {
+        certs: c.certs,
         h1: Arc::new(config),
         h2: Arc::new(h2),
         sni,
@@ -316,6 +318,7 @@ struct Common {
     missing: Option<Arc<str>>,
     /// The encoded secrets it used (part of an upstream pool's identity).
     secrets_used: Vec<Vec<u8>>,
+    certs: TlsCerts,
 }
 
 fn resolve(
@@ -342,6 +345,7 @@ fn resolve(
             .collect(),
         missing: None,
         secrets_used: Vec::new(),
+        certs: TlsCerts::default(),
     };
     match (
         common.tls_certificates.as_slice(),
@@ -351,6 +355,7 @@ fn resolve(
         ([one], []) => {
             out.cert_path = format!("{cpath}.tls_certificates[0]");
             out.cert = Some(certificate(one, res, &out.cert_path)?);
+            out.certs.chain = certs::leaf(one, out.cert.as_ref());
         }
         ([], [sds]) => {
             let at = format!("{cpath}.tls_certificate_sds_secret_configs[0]");
@@ -364,6 +369,7 @@ fn resolve(
                 };
                 out.cert_path = format!("secret '{}'.tls_certificate", sds.name);
                 out.cert = Some(certificate(tc, res, &out.cert_path)?);
+                out.certs.chain = certs::leaf(tc, out.cert.as_ref());
             }
         }
         ([_, ..], [_, ..]) => {
@@ -392,6 +398,7 @@ fn resolve(
     out.validation = match &common.validation_context_type {
         None => None,
         Some(V::ValidationContext(vc)) => {
+            out.certs.ca = certs::ca(vc);
             validation_context(vc, res, &format!("{cpath}.validation_context"))?
         }
         Some(V::ValidationContextSdsSecretConfig(sds)) => {
@@ -399,6 +406,7 @@ fn resolve(
             match secret(sds, res, &at, ctx, &mut out)? {
                 Some(secret) => {
                     let vc = secret_validation(&secret, res, &at)?;
+                    out.certs.ca = certs::ca(vc);
                     validation_context(
                         vc,
                         res,
@@ -433,6 +441,7 @@ fn resolve(
                     merged
                         .match_typed_subject_alt_names
                         .extend(from_sds.match_typed_subject_alt_names.iter().cloned());
+                    out.certs.ca = certs::ca(&merged);
                     validation_context(&merged, res, &at)?
                 }
                 None => None,
@@ -493,91 +502,11 @@ fn certificate(
     Ok((chain, key))
 }
 
-/// The trusted CA and SAN matchers of a validation context.
-fn validation_context(
-    vc: &pb::CertificateValidationContext,
-    res: &str,
-    vpath: &str,
-) -> Result<Option<(RootCertStore, Vec<SanMatcher>)>, ConvertError> {
-    if vc.allow_expired_certificate {
-        return Err(err(
-            res,
-            format!("{vpath}.allow_expired_certificate"),
-            "accepting expired certificates is not implemented",
-        ));
-    }
-    if vc.trust_chain_verification != 0 {
-        return Err(err(
-            res,
-            format!("{vpath}.trust_chain_verification"),
-            "only VERIFY_TRUST_CHAIN is implemented",
-        ));
-    }
-    let Some(ca) = &vc.trusted_ca else {
-        return Err(err(
-            res,
-            format!("{vpath}.trusted_ca"),
-            "peer certificates can only be checked against a trusted_ca",
-        ));
-    };
-    let tp = format!("{vpath}.trusted_ca");
-    let pem = data_source(ca, res, &tp)?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| err(res, &tp, format!("not a PEM certificate: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| err(res, &tp, format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(err(res, tp, "no CA certificate in the PEM data"));
-    }
-    let mut sans = Vec::new();
-    const ALL: &[SanType] = &[
-        SanType::Dns,
-        SanType::Uri,
-        SanType::Email,
-        SanType::IpAddress,
-    ];
-    for (i, m) in vc.match_subject_alt_names.iter().enumerate() {
-        let matcher = super::matchers::string_matcher(
-            m,
-            res,
-            &format!("{vpath}.match_subject_alt_names[{i}]"),
-        )?;
-        sans.push(SanMatcher {
-            types: ALL,
-            matcher,
-        });
-    }
-    for (i, m) in vc.match_typed_subject_alt_names.iter().enumerate() {
-        let mp = format!("{vpath}.match_typed_subject_alt_names[{i}]");
-        use pb::subject_alt_name_matcher::SanType as T;
-        let types: &'static [SanType] = match T::try_from(m.san_type) {
-            Ok(T::Dns) => &[SanType::Dns],
-            Ok(T::Uri) => &[SanType::Uri],
-            Ok(T::Email) => &[SanType::Email],
-            Ok(T::IpAddress) => &[SanType::IpAddress],
-            Ok(T::OtherName) => {
-                return Err(err(
-                    res,
-                    format!("{mp}.san_type"),
-                    "OTHER_NAME is not implemented",
-                ))
-            }
-            _ => return Err(err(res, format!("{mp}.san_type"), "a SAN type is required")),
-        };
-        let Some(sm) = &m.matcher else {
-            return Err(err(res, format!("{mp}.matcher"), "a matcher is required"));
-        };
-        let matcher = super::matchers::string_matcher(sm, res, &format!("{mp}.matcher"))?;
-        sans.push(SanMatcher { types, matcher });
-    }
-    Ok(Some((roots, sans)))
-}
-
+mod certs;
 mod params;
 mod secret;
+
+use certs::validation_context;
 
 use params::{tls_params, Params};
 pub use secret::check_secret;
