@@ -4,7 +4,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -14,29 +13,8 @@ use arc_swap::Cache;
 use crate::model::{LogSink, SharedSnapshot, Snapshot};
 use crate::upstream::Upstreams;
 
-/// The access-log thread's queue, as every core and the thread see it: how much waits,
-/// and what was done and dropped (shown as `access_log_file.*`).
-#[derive(Default)]
-pub struct LogQueue {
-    pub queued_bytes: AtomicU64,
-    pub lines: AtomicU64,
-    pub written: AtomicU64,
-    pub failed: AtomicU64,
-    pub dropped_lines: AtomicU64,
-}
-
-/// The process's access-log queue.
-pub static LOG_QUEUE: LogQueue = LogQueue {
-    queued_bytes: AtomicU64::new(0),
-    lines: AtomicU64::new(0),
-    written: AtomicU64::new(0),
-    failed: AtomicU64::new(0),
-    dropped_lines: AtomicU64::new(0),
-};
-
-/// Past this many bytes waiting for the access-log thread, cores drop new batches (and
-/// count their lines) rather than grow without bound behind a slow sink.
-pub const LOG_QUEUE_LIMIT: u64 = 64 << 20;
+mod logs;
+pub use logs::*;
 
 /// What cores and the app send to the logger thread.
 pub enum LogBatch {
@@ -72,6 +50,8 @@ pub struct CoreCtx {
     pub stderr_log: RefCell<Vec<u8>>,
     /// Lines for access-log files, by file id.
     file_logs: RefCell<Vec<Vec<u8>>>,
+    /// OpenTelemetry access-log records, by logger id.
+    pub otel_logs: RefCell<Vec<OtelBatch>>,
     log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
     /// The host's address, appended to `x-forwarded-for` for loopback peers.
@@ -219,6 +199,7 @@ impl CoreCtx {
             stdout_log: RefCell::new(Vec::new()),
             stderr_log: RefCell::new(Vec::new()),
             file_logs: RefCell::new(Vec::new()),
+            otel_logs: RefCell::new(Vec::new()),
             log_tx,
             hostname,
             local_ip,
@@ -319,23 +300,6 @@ impl CoreCtx {
         if let Some(tx) = &self.log_tx {
             queue_log(tx, sink, batch);
         }
-    }
-}
-
-/// Hands `batch` to the access-log thread through `tx`, unless more than
-/// [`LOG_QUEUE_LIMIT`] bytes already wait: its lines are then dropped and counted.
-pub fn queue_log(tx: &Sender<LogBatch>, sink: LogSink, batch: Vec<u8>) {
-    let q = &LOG_QUEUE;
-    let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
-    let len = batch.len() as u64;
-    if q.queued_bytes.load(Ordering::Relaxed) + len > LOG_QUEUE_LIMIT {
-        q.dropped_lines.fetch_add(lines, Ordering::Relaxed);
-        return;
-    }
-    q.queued_bytes.fetch_add(len, Ordering::Relaxed);
-    q.lines.fetch_add(lines, Ordering::Relaxed);
-    if tx.send(LogBatch::Lines(sink, batch)).is_err() {
-        q.queued_bytes.fetch_sub(len, Ordering::Relaxed);
     }
 }
 

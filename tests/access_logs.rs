@@ -272,6 +272,14 @@ fn unsupported_formats_and_filters_are_refused_by_field() {
             "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog, log_format: {text_format: \"%START_TIME(%Q)%\"}}",
             "the conversion `%Q` is not supported",
         ),
+        (
+            "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig, common_config: {log_name: x, transport_api_version: V3, grpc_service: {envoy_grpc: {cluster_name: otel}}}, attributes: {values: [{key: n, value: {int_value: 7}}]}}",
+            "access_log[0].typed_config.attributes.n: Only string values, nested key value lists and array values are supported",
+        ),
+        (
+            "            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig, common_config: {log_name: x, grpc_service: {envoy_grpc: {cluster_name: otel}}}}",
+            "common_config.transport_api_version: only V3 is supported",
+        ),
     ];
     for (logger, want) in cases {
         let (ok, err) = validate("log.yaml", &base(logger), &[]);

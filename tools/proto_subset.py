@@ -181,6 +181,20 @@ SUBSET = {
     "envoy.config.accesslog.v3.LogTypeFilter": ["*"],
     "envoy.config.accesslog.v3.ExtensionFilter": ["name", "typed_config"],
     "envoy.config.core.v3.RuntimeUInt32": ["*"],
+    "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig": [
+        "common_config", "disable_builtin_labels", "resource_attributes", "body", "attributes",
+        "stat_prefix"],
+    "envoy.extensions.access_loggers.grpc.v3.CommonGrpcAccessLogConfig": [
+        "log_name", "grpc_service", "transport_api_version", "buffer_flush_interval",
+        "buffer_size_bytes", "filter_state_objects_to_log"],
+    # OTLP's common types (unchanged since OTLP 0.x); logs.proto and the collector service
+    # are hand-written in proto/opentelemetry with today's names (the PyPI descriptors are
+    # older).
+    "opentelemetry.proto.common.v1.AnyValue": ["*"],
+    "opentelemetry.proto.common.v1.ArrayValue": ["*"],
+    "opentelemetry.proto.common.v1.KeyValueList": ["*"],
+    "opentelemetry.proto.common.v1.KeyValue": ["*"],
+    "opentelemetry.proto.resource.v1.Resource": ["*"],
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog": ["log_format"],
     "envoy.extensions.access_loggers.file.v3.FileAccessLog": ["path", "log_format", "format",
                                                               "json_format", "typed_json_format"],
@@ -493,6 +507,9 @@ MODULES = [
     "envoy.config.listener.v3.listener_components_pb2", "envoy.config.accesslog.v3.accesslog_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
     "envoy.extensions.access_loggers.file.v3.file_pb2",
+    "envoy.extensions.access_loggers.open_telemetry.v3.logs_service_pb2",
+    "envoy.extensions.access_loggers.grpc.v3.als_pb2",
+    "opentelemetry.proto.common.v1.common_pb2", "opentelemetry.proto.resource.v1.resource_pb2",
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",

@@ -338,6 +338,10 @@ pub(crate) fn write<E: Exchange + ?Sized>(
         {
             continue;
         }
+        if let Some(otel) = &log.otel {
+            ctx.otel_record(otel, &otel.record(&LogCtx(c), c.log().start));
+            continue;
+        }
         ctx.log_line(log.sink, |out| log.format.write(&LogCtx(c), b"-", out));
     }
 }

@@ -16,6 +16,7 @@ pub mod h2_server;
 pub(crate) mod http_call;
 pub mod local_reply;
 pub mod log;
+pub(crate) mod otel;
 pub mod path;
 pub(crate) mod proxy;
 pub(crate) mod request;

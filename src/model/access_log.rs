@@ -57,6 +57,19 @@ pub struct AccessLog {
     pub format: Arc<format::Format>,
     /// `filter`: the line is written only when it holds.
     pub filter: Option<LogFilter>,
+    /// An OpenTelemetry logger: the request becomes a record sent to its collector
+    /// (`sink` and `format` are then unused).
+    pub otel: Option<Arc<super::otel_log::OtelLog>>,
+}
+
+impl AccessLog {
+    /// Every command the logger reads.
+    pub fn for_each_command(&self, f: &mut dyn FnMut(&format::Command)) {
+        match &self.otel {
+            Some(o) => o.for_each_command(f),
+            None => self.format.for_each_command(f),
+        }
+    }
 }
 
 /// A comparison of `ComparisonFilter`: the value, or the runtime's value of `runtime_key`.
@@ -146,7 +159,7 @@ impl LogNeeds {
     pub fn of(logs: &[AccessLog]) -> LogNeeds {
         let mut n = LogNeeds::default();
         for l in logs {
-            l.format.for_each_command(&mut |c| {
+            l.for_each_command(&mut |c| {
                 n.tls |= c.reads_tls();
                 // The upstream service time alone is read from the request's entry.
                 n.response_head |= match c {

@@ -258,6 +258,7 @@ pub fn local_node(id: &str, metadata: Option<&Struct>) -> LocalNode {
         },
         exchange: exchange.into(),
         istio_version: text(md, "ISTIO_VERSION"),
+        ..LocalNode::default()
     }
 }
 

@@ -28,6 +28,7 @@ mod lb;
 pub use access_log::{AccessLog, LogSink};
 pub use lb::LbPolicy;
 pub mod matcher;
+pub mod otel_log;
 pub mod overload;
 pub mod path;
 pub mod ratelimit;

@@ -358,6 +358,10 @@ pub struct LocalNode {
     pub exchange: Box<str>,
     /// `ISTIO_VERSION` (`istio_build`'s tag).
     pub istio_version: Box<str>,
+    /// `node.cluster` and `node.locality.zone` (the OpenTelemetry access log's built-in
+    /// labels).
+    pub node_cluster: Box<str>,
+    pub node_zone: Box<str>,
 }
 
 impl std::ops::Deref for LocalNode {

@@ -168,6 +168,11 @@ pub(super) fn write(ctx: &CoreCtx, tp: &TcpProxy, conn: &Downstream, out: &Outco
         {
             continue;
         }
+        if let Some(otel) = &log.otel {
+            let start = out.start.map_or(std::time::SystemTime::now(), |(t, _)| t);
+            ctx.otel_record(otel, &otel.record(&line, start));
+            continue;
+        }
         ctx.log_line(log.sink, |buf| log.format.write(&line, b"-", buf));
     }
 }

@@ -229,6 +229,7 @@ async fn core_main(start: CoreStart) {
         loop {
             monoio::time::sleep(flush_every).await;
             flusher.flush_logs();
+            crate::http::otel::flush(&flusher, false);
         }
     });
     let mut drain = start.drain;

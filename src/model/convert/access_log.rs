@@ -12,11 +12,147 @@ use crate::proto::envoy::config::core::v3 as core;
 use crate::proto::envoy::extensions::access_loggers::file::v3 as file;
 use crate::proto::envoy::extensions::access_loggers::stream::v3 as stream;
 
+use crate::model::otel_log::{OtelLog, OtelValue};
+use crate::proto::envoy::extensions::access_loggers::open_telemetry::v3 as otel_pb;
+use crate::proto::opentelemetry::proto::common::v1 as otlp;
+
 use super::{any_type, data_source, decode_any, err, ConvertError};
+
+/// `OpenTelemetryAccessLogConfig`: the collector (an `envoy_grpc` cluster), the body and
+/// attributes (formats), the resource (built-in labels unless disabled, then
+/// `resource_attributes`) and the batching.
+fn otel_log(
+    l: &otel_pb::OpenTelemetryAccessLogConfig,
+    res: &str,
+    path: &str,
+    ctx: &mut super::Ctx<'_>,
+) -> Result<OtelLog, ConvertError> {
+    let cpath = format!("{path}.common_config");
+    let Some(common) = &l.common_config else {
+        return Err(err(res, cpath, "is required"));
+    };
+    if common.transport_api_version != 2 {
+        return Err(err(
+            res,
+            format!("{cpath}.transport_api_version"),
+            "only V3 is supported",
+        ));
+    }
+    let Some(g) = &common.grpc_service else {
+        return Err(err(
+            res,
+            format!("{cpath}.grpc_service"),
+            "is required (http_service is not supported)",
+        ));
+    };
+    let (cluster, service, timeout) = super::ext_authz::grpc_service(g, res, &cpath)?;
+    let crate::model::filter::AuthzService::Grpc {
+        authority,
+        initial_metadata,
+    } = service
+    else {
+        return Err(err(
+            res,
+            format!("{cpath}.grpc_service"),
+            "envoy_grpc is required",
+        ));
+    };
+    if !common.filter_state_objects_to_log.is_empty() {
+        // Istio sets it; Envoy's OpenTelemetry logger does not read it either.
+        ctx.ignored.push(format!("{res}: {cpath}.filter_state_objects_to_log (the OpenTelemetry logger does not read it, as in Envoy)"));
+    }
+    let flush_every = match &common.buffer_flush_interval {
+        Some(d) => super::duration(d, res, &format!("{cpath}.buffer_flush_interval"))?,
+        None => std::time::Duration::from_secs(1),
+    }
+    .max(std::time::Duration::from_millis(1));
+    let flush_bytes = common.buffer_size_bytes.unwrap_or(16_384) as usize;
+    let value = |v: &otlp::AnyValue, at: &str| otel_value(v, res, at);
+    let body = l
+        .body
+        .as_ref()
+        .map(|b| value(b, &format!("{path}.body")))
+        .transpose()?;
+    let attributes = l.attributes.as_ref().map_or(Ok(Vec::new()), |kv| {
+        kv_values(&kv.values, res, &format!("{path}.attributes"))
+    })?;
+    let mut resource = Vec::new();
+    if !l.disable_builtin_labels {
+        let node = ctx.stats.istio.node.load();
+        for (k, v) in [
+            ("log_name", &*common.log_name),
+            ("zone_name", &*node.node_zone),
+            ("cluster_name", &*node.node_cluster),
+            ("node_name", &*node.id),
+        ] {
+            resource.push(otlp::KeyValue {
+                key: k.into(),
+                value: Some(otlp::AnyValue {
+                    value: Some(otlp::any_value::Value::StringValue(v.into())),
+                }),
+            });
+        }
+    }
+    if let Some(kv) = &l.resource_attributes {
+        resource.extend(kv.values.iter().cloned());
+    }
+    Ok(OtelLog {
+        id: crate::model::otel_log::intern(&format!("{cluster}\n{}", common.log_name)),
+        cluster,
+        authority,
+        timeout,
+        metadata: initial_metadata,
+        body,
+        attributes,
+        resource: crate::model::otel_log::resource(resource),
+        flush_every,
+        flush_bytes,
+    })
+}
+
+fn kv_values(
+    kv: &[otlp::KeyValue],
+    res: &str,
+    at: &str,
+) -> Result<Vec<(String, OtelValue)>, ConvertError> {
+    kv.iter()
+        .map(|e| {
+            let p = format!("{at}.{}", e.key);
+            let v = e
+                .value
+                .as_ref()
+                .ok_or_else(|| err(res, &p, "a value is required"))?;
+            Ok((e.key.clone(), otel_value(v, res, &p)?))
+        })
+        .collect()
+}
+
+/// An `AnyValue` whose strings are formats.
+fn otel_value(v: &otlp::AnyValue, res: &str, at: &str) -> Result<OtelValue, ConvertError> {
+    use otlp::any_value::Value as V;
+    Ok(match &v.value {
+        None => OtelValue::Text(Format::parse("").map_err(|e| err(res, at, e))?),
+        Some(V::StringValue(s)) => OtelValue::Text(Format::parse(s).map_err(|e| err(res, at, e))?),
+        // Envoy 1.40 refuses the others, in these words.
+        Some(V::BoolValue(_) | V::IntValue(_) | V::DoubleValue(_) | V::BytesValue(_)) => {
+            return Err(err(res, at, "Only string values, nested key value lists and array values are supported in OpenTelemetry access log format."))
+        }
+        Some(V::ArrayValue(a)) => OtelValue::List(
+            a.values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| otel_value(v, res, &format!("{at}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(V::KvlistValue(kv)) => OtelValue::Kv(kv_values(&kv.values, res, at)?),
+    })
+}
 
 const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
 const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 const FILE_LOG: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+const OTEL_LOG: &str =
+    "envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig";
 
 /// A file logger's sink: `/dev/stdout` and `/dev/stderr` are the process's own streams;
 /// any other file must open for appending now (Envoy refuses a configuration whose log
@@ -47,10 +183,12 @@ enum Given {
     Sfs(core::SubstitutionFormatString),
 }
 
+/// `ctx`: `None` for the admin listener's loggers (no OpenTelemetry logger there).
 pub(super) fn access_log(
     al: &pb::AccessLog,
     res: &str,
     path: &str,
+    ctx: Option<&mut super::Ctx<'_>>,
 ) -> Result<AccessLog, ConvertError> {
     let Some(pb::access_log::ConfigType::TypedConfig(any)) = &al.config_type else {
         return Err(err(
@@ -60,7 +198,21 @@ pub(super) fn access_log(
         ));
     };
     let sfs = |f: Option<core::SubstitutionFormatString>| f.map_or(Given::Default, Given::Sfs);
+    let mut otel = None;
     let (sink, given) = match any_type(any) {
+        OTEL_LOG => {
+            let tpath = format!("{path}.typed_config");
+            let Some(ctx) = ctx else {
+                return Err(err(
+                    res,
+                    tpath,
+                    "the OpenTelemetry access logger is not supported on the admin listener",
+                ));
+            };
+            let l: otel_pb::OpenTelemetryAccessLogConfig = decode_any(any, OTEL_LOG, res, path)?;
+            otel = Some(Arc::new(otel_log(&l, res, &tpath, ctx)?));
+            (LogSink::Stdout, Given::Default)
+        }
         STDOUT_LOG => {
             let l: stream::StdoutAccessLog = decode_any(any, STDOUT_LOG, res, path)?;
             use stream::stdout_access_log::AccessLogFormat::LogFormat;
@@ -135,6 +287,7 @@ pub(super) fn access_log(
         sink,
         format: Arc::new(format),
         filter,
+        otel,
     })
 }
 

@@ -73,7 +73,9 @@ pub fn bootstrap_snapshot_with(
     if let Some(node) = &bootstrap.node {
         // This workload, for Istio's metrics and metadata exchange (before any filter is
         // converted: they capture it).
-        let local = crate::model::istio::local_node(&node.id, node.metadata.as_ref());
+        let mut local = crate::model::istio::local_node(&node.id, node.metadata.as_ref());
+        local.node_cluster = node.cluster.as_str().into();
+        local.node_zone = node.locality.as_ref().map_or("", |l| &l.zone).into();
         ctx.stats.istio.node.store(Arc::new(local));
         if !node.user_agent_name.is_empty() || node.user_agent_version_type.is_some() {
             ctx.ignored.push("node.user_agent_*".into());
@@ -181,7 +183,7 @@ pub fn admin_access_logs(
                     "access log filters are not supported on the admin listener",
                 ));
             }
-            super::access_log::access_log(l, "bootstrap", &at)
+            super::access_log::access_log(l, "bootstrap", &at, None)
         })
         .collect()
 }

@@ -120,14 +120,18 @@ pub(super) fn ext_authz(
 }
 
 /// A service's cluster, how it is called and the call's deadline.
-type Service = (
+pub(super) type Service = (
     std::sync::Arc<str>,
     AuthzService,
     Option<std::time::Duration>,
 );
 
 /// `grpc_service`: its cluster, how it is called and its deadline.
-fn grpc_service(g: &core::GrpcService, res: &str, path: &str) -> Result<Service, ConvertError> {
+pub(super) fn grpc_service(
+    g: &core::GrpcService,
+    res: &str,
+    path: &str,
+) -> Result<Service, ConvertError> {
     let f = |field: &str| format!("{path}.grpc_service.{field}");
     let Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(eg)) = &g.target_specifier else {
         return Err(err(

@@ -245,6 +245,7 @@ fn connection_manager(
             al,
             res,
             &p(&format!("access_log[{i}]")),
+            Some(&mut *ctx),
         )?);
     }
     let common = m.common_http_protocol_options.unwrap_or_default();

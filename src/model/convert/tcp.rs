@@ -63,12 +63,16 @@ pub(super) fn convert(
     let stats = ctx
         .stats
         .scope::<TcpStat>(&format!("tcp.{}.", t.stat_prefix));
-    let access_logs = t
-        .access_log
-        .iter()
-        .enumerate()
-        .map(|(i, al)| super::access_log::access_log(al, res, &p(&format!("access_log[{i}]"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut access_logs = Vec::new();
+    for (i, al) in t.access_log.iter().enumerate() {
+        let at = p(&format!("access_log[{i}]"));
+        access_logs.push(super::access_log::access_log(
+            al,
+            res,
+            &at,
+            Some(&mut *ctx),
+        )?);
+    }
     Ok(TcpProxy {
         log_needs: crate::model::access_log::LogNeeds::of(&access_logs),
         access_logs,
