@@ -81,7 +81,7 @@ impl CoreCtx {
 /// [`LOG_QUEUE_LIMIT`] bytes already wait: its lines are then dropped and counted.
 pub fn queue_log(tx: &Sender<LogBatch>, sink: LogSink, batch: Vec<u8>) {
     let q = &LOG_QUEUE;
-    let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+    let lines = memchr::memchr_iter(b'\n', &batch).count() as u64;
     let len = batch.len() as u64;
     if q.queued_bytes.load(Ordering::Relaxed) + len > LOG_QUEUE_LIMIT {
         q.dropped_lines.fetch_add(lines, Ordering::Relaxed);
