@@ -6,19 +6,6 @@ mod support;
 use std::time::Duration;
 use support::*;
 
-/// Waits until `path` holds at least `n` lines.
-async fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.lines().count() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    text.lines().map(str::to_owned).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_loggers_write_requests_and_admin_calls_and_reopen_after_rotation() {
     let b = Backend::start("a").await;
@@ -45,13 +32,13 @@ async fn file_loggers_write_requests_and_admin_calls_and_reopen_after_rotation()
     )
     .await;
     http_get(p.addr(), "/one", &[("user-agent", "ua-1")]).await;
-    assert_eq!(lines(&http_log, 1).await, ["/one 200 ua-1"]);
+    assert_eq!(wait_lines(&http_log, 1).await, ["/one 200 ua-1"]);
     // Admin calls, a POST body read and counted.
     let (s, _, _) = http_get(p.admin, "/ready", &[("x-forwarded-for", "1.2.3.4")]).await;
     assert_eq!(s, 200);
     let (s, _) = admin_post(p.admin, "/healthcheck/ok", b"abc").await;
     assert_eq!(s, 200);
-    let admin_lines = lines(&admin_log, 3).await;
+    let admin_lines = wait_lines(&admin_log, 3).await;
     assert!(
         admin_lines.contains(
             &"admin_filter_response|HTTP/1.1|GET /ready|200|0|1.2.3.4,127.0.0.1|http|-".to_string()
@@ -72,8 +59,8 @@ async fn file_loggers_write_requests_and_admin_calls_and_reopen_after_rotation()
     let (s, body) = admin_post(p.admin, "/reopen_logs", b"").await;
     assert_eq!((s, body.as_str()), (200, "OK\n"));
     http_get(p.addr(), "/two", &[("user-agent", "ua-2")]).await;
-    assert_eq!(lines(&http_log, 1).await, ["/two 200 ua-2"]);
-    assert_eq!(lines(&rotated, 1).await, ["/one 200 ua-1"]);
+    assert_eq!(wait_lines(&http_log, 1).await, ["/two 200 ua-2"]);
+    assert_eq!(wait_lines(&rotated, 1).await, ["/one 200 ua-1"]);
 }
 
 /// A log file that cannot be opened is refused with its field, as Envoy refuses it.
@@ -171,7 +158,7 @@ async fn json_lines_filters_and_the_runtime_decide_what_is_written() {
     let p = Proxy::start(&yaml, &["--concurrency", "1"]).await;
     http_get(p.addr(), "/a/1", &[]).await;
     http_get(p.addr(), "/nope", &[]).await;
-    let lines = lines(&json, 2).await;
+    let lines = wait_lines(&json, 2).await;
     let parsed: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -184,7 +171,7 @@ async fn json_lines_filters_and_the_runtime_decide_what_is_written() {
     assert_eq!(parsed[1]["code"], 404);
     assert_eq!(parsed[1]["flags"], "NR");
     assert!(parsed[1].get("up").is_some() && parsed[1].get("missing").is_none());
-    assert_eq!(self::lines(&errors, 1).await, ["404 NR"]);
+    assert_eq!(wait_lines(&errors, 1).await, ["404 NR"]);
 
     // The runtime's values replace the configured ones, for the next requests.
     for kv in ["log.min=200", "log.sampled=100"] {
@@ -192,8 +179,8 @@ async fn json_lines_filters_and_the_runtime_decide_what_is_written() {
         assert_eq!(s, 200);
     }
     http_get(p.addr(), "/a/2", &[]).await;
-    assert_eq!(self::lines(&errors, 2).await, ["404 NR", "200 -"]);
-    assert_eq!(self::lines(&sampled, 1).await, ["/a/2"]);
+    assert_eq!(wait_lines(&errors, 2).await, ["404 NR", "200 -"]);
+    assert_eq!(wait_lines(&sampled, 1).await, ["/a/2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +215,7 @@ async fn a_tcp_proxy_logs_each_connection_when_it_ends() {
     let request = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
     let out = raw(p.addr(), request, Duration::from_secs(2)).await;
     assert!(out.starts_with(b"HTTP/1.1 200"));
-    let lines = lines(&log, 1).await;
+    let lines = wait_lines(&log, 1).await;
     let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(v["code"], 0);
     assert_eq!(v["flags"], "-");

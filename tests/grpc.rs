@@ -435,19 +435,6 @@ async fn istio_stats_reports_grpc_statuses_and_messages() {
     }
 }
 
-/// Waits until `path` holds at least `n` lines.
-async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.lines().count() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    text.lines().map(str::to_owned).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_logs_read_grpc_statuses_and_filter_on_them() {
     // %GRPC_STATUS% in its three forms: from trailers, from a trailers-only answer, and
@@ -494,7 +481,7 @@ async fn access_logs_read_grpc_statuses_and_filter_on_them() {
             .code(),
         Code::Unimplemented
     );
-    let lines = log_lines(&all, 4).await;
+    let lines = wait_lines(&all, 4).await;
     assert_eq!(
         lines,
         [
@@ -505,7 +492,7 @@ async fn access_logs_read_grpc_statuses_and_filter_on_them() {
         ]
     );
     assert_eq!(
-        log_lines(&failed, 1).await,
+        wait_lines(&failed, 1).await,
         ["/ringside.test.echo.Echo/Unary InvalidArgument"]
     );
 }

@@ -66,6 +66,19 @@ pub fn validate(name: &str, yaml: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Waits (up to 5 s) until the file at `path` holds at least `n` lines; its lines.
+pub async fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    text.lines().map(str::to_owned).collect()
+}
+
 /// A fresh, empty directory for one test. Process ids repeat across runs (a CI container
 /// starts its pids from the same place), so whatever an earlier run left under the same name
 /// is removed first: a stale `admin` address file would otherwise send the test to a port
