@@ -47,10 +47,6 @@ pub struct OtelBatch {
 /// (a collector that does not answer never grows a core without bound).
 pub const OTEL_BATCH_LIMIT: usize = 4 << 20;
 
-/// OpenTelemetry records dropped for a full batch, and exports that failed.
-pub static OTEL_DROPPED: AtomicU64 = AtomicU64::new(0);
-pub static OTEL_FAILED: AtomicU64 = AtomicU64::new(0);
-
 impl CoreCtx {
     /// Adds one OpenTelemetry record to its logger's batch on this core (exported by the
     /// periodic flush, off the request path).
@@ -65,10 +61,16 @@ impl CoreCtx {
             all.resize_with(i + 1, OtelBatch::default);
         }
         let b = &mut all[i];
+        use crate::stats::OtelLogStat;
         if b.records.len() >= OTEL_BATCH_LIMIT {
-            OTEL_DROPPED.fetch_add(1, Ordering::Relaxed);
+            log.stats
+                .core(self.core)
+                .inc(OtelLogStat::LogsDropped as usize);
             return;
         }
+        log.stats
+            .core(self.core)
+            .inc(OtelLogStat::LogsWritten as usize);
         if b.records.is_empty() {
             b.since = Some(std::time::Instant::now());
             b.log = Some(log.clone());

@@ -24,10 +24,11 @@ pub fn flush(ctx: &std::rc::Rc<crate::ctx::CoreCtx>, force: bool) {
             timeout: log.timeout,
             message: log.export(&records),
         };
-        let (c, snapshot) = (ctx.clone(), ctx.snapshot());
+        let (c, snapshot, c_core) = (ctx.clone(), ctx.snapshot(), ctx.core);
         monoio::spawn(async move {
             if let Err(e) = crate::http::grpc_call::unary(c, snapshot, call).await {
-                crate::ctx::OTEL_FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let failed = crate::stats::OtelLogStat::GrpcEntriesFlushFailed as usize;
+                log.stats.core(c_core).inc(failed);
                 tracing::debug!(cluster = %log.cluster, "OpenTelemetry access log export failed: {e}");
             }
         });

@@ -29,6 +29,8 @@ pub struct OtelLog {
     /// `buffer_flush_interval` (1 s) and `buffer_size_bytes` (16 KiB).
     pub flush_every: Duration,
     pub flush_bytes: usize,
+    /// `access_logs.open_telemetry_access_log.<stat_prefix>`.
+    pub stats: Arc<crate::stats::Scope>,
 }
 
 /// An OTLP value whose strings are formats.

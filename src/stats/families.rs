@@ -177,6 +177,19 @@ stat_family! {
 }
 
 stat_family! {
+    /// `access_logs.open_telemetry_access_log.<stat_prefix>`: records written to a batch
+    /// and dropped (a batch too full), and exports that failed, as Envoy 1.40 names them
+    /// (`grpc_entries_flushed` counts Envoy's critical buffered entries, which this logger
+    /// does not use: 0 in both).
+    pub enum OtelLogStat {
+        LogsWritten = "logs_written",
+        LogsDropped = "logs_dropped",
+        GrpcEntriesFlushed = "grpc_entries_flushed",
+        GrpcEntriesFlushFailed = "grpc_entries_flush_failed",
+    } gauges []
+}
+
+stat_family! {
     /// `access_log_file.`: the access-log thread's work as Envoy names it (lines handed
     /// over, writes done and failed, bytes waiting), and Ringside's own `dropped_lines`:
     /// lines dropped because the thread fell too far behind (a core never waits for it).

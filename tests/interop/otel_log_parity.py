@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as svc
 
 from access_log_parity import Backend, ISTIO_TEXT, request
-from envoy_parity import start_pair
+from envoy_parity import compare_stats, start_pair, stats
 import http.server
 
 
@@ -150,9 +150,16 @@ def main():
         deadline = time.time() + 10
         while time.time() < deadline and any(len(c.records()) < 3 for c in collectors.values()):
             time.sleep(0.1)
+        counted = {n: stats(p, lambda k: k.startswith("access_logs.")) for n, p in pair.admins.items()}
     finally:
         pair.stop()
     passed = failed = 0
+    # Envoy's stats of the logger: records written and dropped, exports failed.
+    ok, bad = compare_stats(counted, sorted(set(counted["envoy"]) | set(counted["ringside"])))
+    passed, failed = passed + ok, failed + bad
+    if counted["ringside"].get("access_logs.open_telemetry_access_log.logs_written") != 3:
+        failed += 1
+        print(f"MISMATCH logs_written: {counted['ringside']}")
     got = {n: c.records() for n, c in collectors.items()}
     for n, recs in got.items():
         if len(recs) != 3:

@@ -107,6 +107,10 @@ fn otel_log(
         resource: crate::model::otel_log::resource(resource),
         flush_every,
         flush_bytes,
+        stats: ctx.stats.scope::<crate::stats::OtelLogStat>(&format!(
+            "access_logs.open_telemetry_access_log.{}",
+            l.stat_prefix
+        )),
     })
 }
 
