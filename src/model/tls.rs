@@ -35,6 +35,17 @@ pub struct TlsCerts {
     pub chain: Option<CertDetails>,
 }
 
+impl TlsCerts {
+    /// The URI SANs of the context's own certificate, in order.
+    pub fn uri_sans(&self) -> impl Iterator<Item = &str> {
+        self.chain
+            .iter()
+            .flat_map(|c| &c.sans)
+            .filter(|(t, _)| *t == SanType::Uri)
+            .map(|(_, n)| n.as_str())
+    }
+}
+
 /// A filter chain's `DownstreamTlsContext`, ready for handshakes.
 pub struct DownstreamTls {
     pub config: Arc<rustls::ServerConfig>,

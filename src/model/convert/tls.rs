@@ -130,16 +130,7 @@ fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let local_uri_sans: Vec<String> = c
-        .cert
-        .as_ref()
-        .and_then(|(chain, _)| chain.first())
-        .and_then(|leaf| crate::model::tls::subject_alt_names(leaf))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(t, _)| *t == crate::model::tls::SanType::Uri)
-        .map(|(_, n)| n)
-        .collect();
+    let local_uri_sans: Vec<String> = c.certs.uri_sans().map(str::to_string).collect();
     let mut config = match c.cert {
         Some((chain, key)) => builder
             .with_single_cert(chain, key)
@@ -256,15 +247,7 @@ fn client_config(
         .map_err(|e| err(res, format!("{cpath}.tls_params"), e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
-    let local_uri_san = c
-        .cert
-        .as_ref()
-        .and_then(|(chain, _)| chain.first())
-        .and_then(|leaf| crate::model::tls::subject_alt_names(leaf))
-        .unwrap_or_default()
-        .into_iter()
-        .find(|(t, _)| *t == crate::model::tls::SanType::Uri)
-        .map(|(_, n)| n.as_str().into());
+    let local_uri_san = c.certs.uri_sans().next().map(Into::into);
     let mut config = match c.cert {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
