@@ -110,6 +110,26 @@ s = s.replace("          http_filters:\n", log + "          http_filters:\n", 1)
 open(p, "w").write(s)
 PY
   fi
+  if [ -n "${TRACING:-}" ]; then
+    # The connection manager's tracing as istiod writes it (1% sampling, client 100%,
+    # a route decorator): TRACING=istio decides only (no provider, the default mesh);
+    # TRACING=zipkin adds Istio's Zipkin provider (spans to the backend, which refuses
+    # them: the exports still cost what they cost).
+    python3 - "$dir/ringside.yaml" "$TRACING" "$backend" <<'PY'
+import re, sys
+p, kind, backend = sys.argv[1:4]
+s = open(p).read()
+tracing = "          tracing: {client_sampling: {value: 100}, random_sampling: {value: 1}, overall_sampling: {value: 100}"
+if kind == "zipkin":
+    tracing += (", provider: {name: envoy.tracers.zipkin, typed_config: {'@type': type.googleapis.com/envoy.config.trace.v3.ZipkinConfig,"
+                " collector_cluster: zipkin, collector_endpoint: /api/v2/spans, collector_endpoint_version: HTTP_JSON, trace_id_128bit: true, shared_span_context: false}}")
+s = s.replace("          http_filters:\n", tracing + "}\n          http_filters:\n", 1)
+s = re.sub(r"(?m)^( *)route: \{cluster: backend\}$", r"\g<0>\n\1decorator: {operation: 'backend.default.svc.cluster.local:80/*'}", s)
+if kind == "zipkin":
+    s = s.replace("  clusters:\n", "  clusters:\n  - name: zipkin\n    connect_timeout: 1s\n    load_assignment: {cluster_name: zipkin, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %s}}}}]}]}\n" % backend, 1)
+open(p, "w").write(s)
+PY
+  fi
   if [ -n "${ISTIO_BREAKERS:-}" ]; then
     sed -i 's|^    connect_timeout: 1s$|    connect_timeout: 1s\n    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}]}|' "$dir/ringside.yaml"
   fi

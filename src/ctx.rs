@@ -52,6 +52,8 @@ pub struct CoreCtx {
     file_logs: RefCell<Vec<Vec<u8>>>,
     /// OpenTelemetry access-log records, by logger id.
     pub otel_logs: RefCell<Vec<OtelBatch>>,
+    /// Finished spans waiting for their export, by tracer id.
+    pub traces: RefCell<Vec<logs::TraceBatch>>,
     log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
     /// The host's address, appended to `x-forwarded-for` for loopback peers.
@@ -200,6 +202,7 @@ impl CoreCtx {
             stderr_log: RefCell::new(Vec::new()),
             file_logs: RefCell::new(Vec::new()),
             otel_logs: RefCell::new(Vec::new()),
+            traces: RefCell::new(Vec::new()),
             log_tx,
             hostname,
             local_ip,

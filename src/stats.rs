@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 mod histogram;
 pub use histogram::{HistValue, BOUNDS as HISTOGRAM_BOUNDS, QUANTILES};
 pub mod istio;
+mod kept;
 pub mod labeled;
 pub mod tags;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -191,6 +192,8 @@ pub struct Store {
         Mutex<std::collections::HashMap<String, std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
     /// Istio's `istio_*` series (`istio.stats`).
     pub istio: istio::Istio,
+    /// What the bootstrap's conversion leaves for later ones (xDS), by key.
+    held: Mutex<std::collections::HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// The bootstrap's `stats_config`: which stats exist and how they are tagged.
@@ -245,26 +248,8 @@ impl Store {
             baselines: Default::default(),
             shared: Default::default(),
             istio: istio::Istio::new(cores + 1),
+            held: Default::default(),
         })
-    }
-
-    /// The value every configuration naming `key` shares while any of them holds it: a
-    /// cluster's circuit-breaker counts survive its reconversion by a CDS push, as Envoy's
-    /// resource manager survives an update that does not change it. Configuration time only.
-    pub fn shared<T: Default + Send + Sync + 'static>(&self, key: &str) -> Arc<T> {
-        let mut m = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = m
-            .get(key)
-            .and_then(std::sync::Weak::upgrade)
-            .and_then(|a| a.downcast::<T>().ok())
-        {
-            return v;
-        }
-        m.retain(|_, w| w.strong_count() > 0);
-        let v = Arc::new(T::default());
-        let any: Arc<dyn std::any::Any + Send + Sync> = v.clone();
-        m.insert(key.to_string(), Arc::downgrade(&any));
-        v
     }
 
     /// Admin's `/reset_counters`: every counter reads 0 from now on (gauges and histograms

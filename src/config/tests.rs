@@ -66,12 +66,15 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: x
-          tracing: {provider: {name: envoy.tracers.zipkin}}
+          tracing: {operation: "%REQ(:path)%"}
 "#;
     let msg = parse_bootstrap(yaml, &Source::Inline)
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("tracing") && msg.contains("provider"), "{msg}");
+    assert!(
+        msg.contains("tracing") && msg.contains("operation"),
+        "{msg}"
+    );
     assert!(msg.contains("typed_config"), "{msg}");
 }
 

@@ -43,6 +43,16 @@ pub struct OtelBatch {
     pub log: Option<Arc<crate::model::otel_log::OtelLog>>,
 }
 
+/// One tracer's finished spans on a core, waiting for their export.
+#[derive(Default)]
+pub struct TraceBatch {
+    /// Zipkin: JSON span objects, comma-separated. OpenTelemetry: encoded
+    /// `ScopeSpans.spans` entries.
+    pub spans: Vec<u8>,
+    pub count: usize,
+    pub tracer: Option<Arc<crate::model::tracing::Tracer>>,
+}
+
 /// Past this much waiting for its export, a core drops an OpenTelemetry logger's records
 /// (a collector that does not answer never grows a core without bound).
 pub const OTEL_BATCH_LIMIT: usize = 4 << 20;

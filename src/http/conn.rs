@@ -291,6 +291,7 @@ impl Connection {
                     self.stat(HttpStat::DownstreamRqTotal);
                     let _ = self.local_reply(&e, true).await;
                     crate::http::filter::done(&self.ctx, self);
+                    crate::http::span::finish(&self.ctx, self);
                     return;
                 }
             }
@@ -426,6 +427,7 @@ impl Connection {
             }
         };
         crate::http::filter::done(&self.ctx, self);
+        crate::http::span::finish(&self.ctx, self);
         self.filters.clear();
         // Drop the head (and the body bytes the exchange consumed) before the next one.
         let consumed = self.head.len.min(self.buf.len());

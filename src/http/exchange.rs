@@ -107,6 +107,12 @@ pub struct Entry {
     pub route: Option<Arc<str>>,
     pub service_time_ms: Option<u64>,
     pub request_id: Option<[u8; 36]>,
+    /// The request's span, where the connection manager exports spans.
+    pub span: Option<crate::model::tracing::SpanCtx>,
+    /// The tracing decision has been made (and counted) for this request.
+    pub trace_begun: bool,
+    /// The matched route's `decorator`, where the connection manager traces.
+    pub decorator: Option<Arc<crate::model::route::Decorator>>,
     pub route_prefix_len: usize,
     /// Upstream attempts made (0 before the first).
     pub attempts: u32,
@@ -160,6 +166,9 @@ impl Default for Entry {
             route: None,
             service_time_ms: None,
             request_id: None,
+            span: None,
+            trace_begun: false,
+            decorator: None,
             route_prefix_len: 0,
             attempts: 0,
             attempt_count_in_response: false,

@@ -15,7 +15,7 @@ use crate::model::{Endpoint, HttpConnectionManager, StripPort};
 use crate::upstream::Conn as UpstreamConn;
 
 mod pick;
-pub(crate) use pick::{forward_target, pick_upstream, request_hash};
+pub(crate) use pick::{chosen_cluster, forward_target, pick_upstream, request_hash};
 
 /// Header mutations of a level that has none.
 pub(crate) static NO_MODS: HeaderMods = HeaderMods {
@@ -478,11 +478,7 @@ mod tests {
     fn the_trace_decision_is_packed_into_the_request_id_as_envoy_packs_it() {
         use super::{trace_decision, Asked};
         use crate::model::tracing::{RequestIdConfig, Tracing};
-        let half = Tracing {
-            client: 10_000,
-            random: 5_000,
-            overall: 10_000,
-        };
+        let half = Tracing::rates(10_000, 5_000, 10_000);
         let cfg = RequestIdConfig::default();
         let none = Asked {
             client: false,
@@ -512,7 +508,7 @@ mod tests {
         assert_eq!(reason(&half, &cfg, traced, none), Some('b'));
         let capped = Tracing {
             overall: 5_000,
-            ..half
+            ..half.clone()
         };
         assert_eq!(reason(&capped, &cfg, traced, none), Some('4'));
         // Not packed when asked not to; ids that are not UUIDs are left alone.

@@ -315,6 +315,7 @@ impl crate::http::filter::FilterHost for Stream {
         if self.log.request_id.is_none() {
             self.log.request_id = crate::http::forwarding::request_id(&*self);
         }
+        crate::http::filter::begin_trace(self.ctx.core, self);
     }
     fn grpc_unary(
         &self,
@@ -383,6 +384,7 @@ impl Stream {
             Err(e) => self.local_reply(&e),
         }
         crate::http::filter::done(&self.ctx, self);
+        crate::http::span::finish(&self.ctx, self);
         c.dec(HttpStat::DownstreamRqActive as usize);
         let end = self.finished.take().unwrap_or_else(Instant::now);
         c.record(
@@ -470,7 +472,7 @@ impl Stream {
     ) {
         // Envoy's connection manager decides the id before routing: a logged local answer
         // shows it (generated, or carrying the trace decision).
-        if !self.hcm.access_logs.is_empty() {
+        if !self.hcm.access_logs.is_empty() || self.hcm.tracing.is_some() {
             crate::http::filter::FilterHost::decide_request_id(self);
         }
         let (status, body, grpc) =

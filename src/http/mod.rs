@@ -20,6 +20,8 @@ pub(crate) mod otel;
 pub mod path;
 pub(crate) mod proxy;
 pub(crate) mod request;
+pub(crate) mod span;
+pub(crate) mod trace;
 pub mod trust;
 pub mod write_headers;
 pub mod xfcc;

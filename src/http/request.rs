@@ -202,6 +202,9 @@ pub(crate) async fn route<'r, E: FilterHost>(
     if x.hcm().timed() {
         x.log_mut().route = Some(m.route.name.clone());
     }
+    if x.hcm().tracing.is_some() {
+        x.log_mut().decorator = m.route.decorator.clone();
+    }
     let prefix_len = match &m.route.path {
         PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),
         _ => None,

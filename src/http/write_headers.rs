@@ -109,6 +109,7 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
                 && hcm.headers_with_underscores == UnderscoreAction::DropHeader
                 && name.contains(&b'_'))
             || dropped_by(mods, name)
+            || crate::http::trace::replaces(conn, name)
         {
             continue;
         }
@@ -224,6 +225,9 @@ pub(crate) fn request_head<E: Exchange + ?Sized>(
         }
     }
     write_adds(out, mods, conn, &present);
+    if hcm.tracing.is_some() {
+        crate::http::trace::write_upstream(conn, out);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -388,6 +392,9 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
     if let Some(via) = &hcm.via {
         header(out, b"via", via.as_bytes());
     }
+    if let Some(op) = crate::http::trace::response_decorator(conn) {
+        header(out, b"x-envoy-decorator-operation", op);
+    }
     let present = |name: &[u8]| {
         resp.headers
             .iter()
@@ -517,6 +524,9 @@ pub(crate) fn local_head<E: FilterHost + ?Sized>(
         );
     }
     header(out, b"server", conn.hcm().server_name.as_bytes());
+    if let Some(op) = crate::http::trace::response_decorator(conn) {
+        header(out, b"x-envoy-decorator-operation", op);
+    }
     write_adds(out, mods, conn, &|_| false);
     if conn.filter_state().encodes() {
         crate::http::filter::encode_headers(conn, out);

@@ -29,7 +29,9 @@ impl super::HttpConnectionManager {
     /// clock reads are not free).
     #[inline]
     pub fn timed(&self) -> bool {
-        !self.access_logs.is_empty() || self.filters.istio_stats
+        !self.access_logs.is_empty()
+            || self.filters.istio_stats
+            || self.tracing.as_ref().is_some_and(|t| t.tracer.is_some())
     }
 }
 

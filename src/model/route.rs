@@ -65,6 +65,17 @@ pub struct Route {
     pub request_headers: HeaderMods,
     pub response_headers: HeaderMods,
     pub per_filter: PerFilterConfigs,
+    /// `decorator`: the span's name, and whether it goes to the next hop
+    /// (`x-envoy-decorator-operation`).
+    pub decorator: Option<Arc<Decorator>>,
+}
+
+/// A route's `decorator`.
+#[derive(Debug)]
+pub struct Decorator {
+    pub operation: Box<str>,
+    /// `propagate` (default true).
+    pub propagate: bool,
 }
 
 /// What a matched route does.

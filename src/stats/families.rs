@@ -82,6 +82,11 @@ stat_family! {
         PanicsCaught = "downstream_cx_panic",
         DownstreamCxUpgradesTotal = "downstream_cx_upgrades_total",
         DownstreamCxUpgradesActive = "downstream_cx_upgrades_active",
+        TracingRandomSampling = "tracing.random_sampling",
+        TracingServiceForced = "tracing.service_forced",
+        TracingClientEnabled = "tracing.client_enabled",
+        TracingNotTraceable = "tracing.not_traceable",
+        TracingHealthCheck = "tracing.health_check",
     } gauges [DownstreamCxActive, DownstreamRqActive, DownstreamCxUpgradesActive]
       lazy_stats [PanicsCaught, RqUpgradeRequired]
       histograms ["downstream_rq_time"]
@@ -186,6 +191,28 @@ stat_family! {
         LogsDropped = "logs_dropped",
         GrpcEntriesFlushed = "grpc_entries_flushed",
         GrpcEntriesFlushFailed = "grpc_entries_flush_failed",
+    } gauges []
+}
+
+stat_family! {
+    /// `tracing.zipkin.`: the Zipkin tracer's exports, for every connection manager that
+    /// uses it (Envoy's names: a report is one POST; only a 202 answer counts as sent).
+    pub enum ZipkinStat {
+        ReportsSkippedNoCluster = "reports_skipped_no_cluster",
+        ReportsSent = "reports_sent",
+        ReportsDropped = "reports_dropped",
+        ReportsFailed = "reports_failed",
+        SpansSent = "spans_sent",
+        TimerFlushed = "timer_flushed",
+    } gauges []
+}
+
+stat_family! {
+    /// `tracing.opentelemetry.`: the OpenTelemetry tracer's exports (Envoy's names).
+    pub enum OtelTraceStat {
+        SpansSent = "spans_sent",
+        SpansDropped = "spans_dropped",
+        TimerFlushed = "timer_flushed",
     } gauges []
 }
 

@@ -223,6 +223,7 @@ async fn core_main(start: CoreStart) {
             }
         }
     });
+    monoio::spawn(crate::http::span::export::timer(ctx.clone()));
     let flusher = ctx.clone();
     let flush_every = start.log_flush_interval;
     monoio::spawn(async move {

@@ -81,6 +81,7 @@ impl crate::http::filter::FilterHost for Connection {
         if self.log.request_id.is_none() {
             self.log.request_id = crate::http::forwarding::request_id(&*self);
         }
+        crate::http::filter::begin_trace(self.ctx.core, self);
     }
     fn grpc_unary(
         &self,

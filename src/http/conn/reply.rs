@@ -87,7 +87,7 @@ impl Connection {
         use crate::http::exchange::Exchange;
         // Envoy's connection manager decides the id before routing: a logged local answer
         // shows it (generated, or carrying the trace decision).
-        if !self.hcm.access_logs.is_empty() {
+        if !self.hcm.access_logs.is_empty() || self.hcm.tracing.is_some() {
             crate::http::filter::FilterHost::decide_request_id(self);
         }
         let head_request = self.is_head_request();

@@ -421,6 +421,19 @@ pub(crate) fn set_metadata<E: FilterHost + ?Sized>(
     }
 }
 
+/// The connection manager's tracing decision for the request, once its id is decided:
+/// counted by reason, and with a provider the request's span begins.
+pub(crate) fn begin_trace<E: FilterHost + ?Sized>(core: usize, x: &mut E) {
+    if x.log().trace_begun || x.hcm().tracing.is_none() {
+        return;
+    }
+    let (stat, span) = crate::http::trace::decide(x);
+    x.hcm().stats.core(core).inc(stat as usize);
+    let log = x.log_mut();
+    log.trace_begun = true;
+    log.span = span;
+}
+
 /// A request is done: its access log lines are written and `istio.stats` reports it.
 pub(crate) fn done<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     crate::http::log::write(ctx, x, &x.snapshot().runtime);

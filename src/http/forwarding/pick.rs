@@ -12,6 +12,21 @@ use crate::stats::ClusterStat;
 /// The permit holds the request's place under the cluster's `max_requests`: the caller
 /// keeps it until the exchange ends.
 /// `key`: the request's hash for a consistent-hash cluster ([`request_hash`]).
+/// The cluster a route sends to (its weighted pick, if any), where it exists: logs and
+/// spans name it also when its endpoints failed.
+pub(crate) fn chosen_cluster(
+    snapshot: &Snapshot,
+    f: &Forward,
+    weighted: Option<&crate::model::route::WeightedTarget>,
+) -> Option<std::sync::Arc<str>> {
+    let name = match (&f.target, weighted) {
+        (_, Some(w)) => &w.cluster.name,
+        (Target::Cluster(c), None) => &c.name,
+        (Target::Weighted { .. }, None) => return None,
+    };
+    snapshot.cluster(name).map(|c| c.name.clone())
+}
+
 pub(crate) fn pick_upstream<'s>(
     ctx: &CoreCtx,
     snapshot: &'s Snapshot,

@@ -191,11 +191,14 @@ pub(crate) async fn forward<D: Downstream>(
     } else {
         crate::http::forwarding::request_hash(d, &f.hash_policy)
     };
-    let (weighted, cluster, ep, _permit) =
-        pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream(), key)?;
+    let picked = pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream(), key);
     if d.hcm().timed() {
-        d.log_mut().cluster = Some(cluster.name.clone());
+        let chosen = || crate::http::forwarding::chosen_cluster(&snapshot, f, fw.weighted);
+        d.log_mut().cluster = picked
+            .as_ref()
+            .map_or_else(|_| chosen(), |p| Some(p.1.name.clone()));
     }
+    let (weighted, cluster, ep, _permit) = picked?;
     d.log_mut().upstream = Some(ep.address);
     if let Some(w) = &ep.workload {
         d.log_mut().upstream_workload = Some(w.clone());
@@ -209,12 +212,9 @@ pub(crate) async fn forward<D: Downstream>(
     let core = ctx.core;
     let cs = cluster.stats.core(core);
 
-    // A filter may have set the id already (ext_authz sends it with its check).
-    let request_id = match d.log().request_id {
-        Some(id) => Some(id),
-        None => crate::http::forwarding::request_id(d),
-    };
-    d.log_mut().request_id = request_id;
+    // The id (unless a filter set it: ext_authz sends it) and the tracing decision.
+    d.decide_request_id();
+    let request_id = d.log().request_id;
     let resp_mods: [&HeaderMods; 4] = [
         weighted.map_or(&NO_MODS, |w| &w.response_headers),
         fw.resp_mods[0],

@@ -39,6 +39,7 @@ pub fn bootstrap_snapshot_with(
         secrets: Arc::default(),
         secret_refs: Default::default(),
         inbound: false,
+        outbound: false,
     };
     if let Some(dr) = &bootstrap.dynamic_resources {
         validate_dynamic_resources(dr)?;
@@ -105,6 +106,8 @@ pub fn bootstrap_snapshot_with(
         }
         clusters.push(Arc::new(cluster));
     }
+    // Before the listeners: their connection managers take it as their provider.
+    super::tracing::bootstrap_tracing(bootstrap.tracing.as_ref(), &mut ctx)?;
     let mut listeners = Vec::with_capacity(sr.listeners.len());
     let mut names = std::collections::HashSet::new();
     for (i, l) in sr.listeners.iter().enumerate() {

@@ -366,6 +366,7 @@ fn connection_manager(
         .as_ref()
         .map(|t| super::tracing::tracing(t, res, &p("tracing"), ctx))
         .transpose()?;
+    let traces = tracing.as_ref().is_some_and(|t| t.tracer.is_some());
     let request_id = super::tracing::request_id(
         m.request_id_extension.as_ref(),
         res,
@@ -412,7 +413,12 @@ fn connection_manager(
         http2,
         routes,
         filters,
-        log_needs: crate::model::access_log::LogNeeds::of(&access_logs),
+        log_needs: {
+            let mut needs = crate::model::access_log::LogNeeds::of(&access_logs);
+            // A span reads a gRPC call's status.
+            needs.grpc |= traces;
+            needs
+        },
         access_logs,
         suppress_envoy_headers,
         use_remote_address: m.use_remote_address.unwrap_or(false),

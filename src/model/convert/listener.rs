@@ -26,8 +26,10 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     }
     // envoy.config.core.v3.TrafficDirection: UNSPECIFIED 0, INBOUND 1, OUTBOUND 2.
     ctx.inbound = l.traffic_direction == 1;
+    ctx.outbound = l.traffic_direction == 2;
     let chains = super::chain::chains(l, res, ctx);
     ctx.inbound = false;
+    ctx.outbound = false;
     let chains = chains?;
     let inspectors = super::chain::listener_filters(l, res, ctx)?;
     let use_original_dst = l.use_original_dst.unwrap_or(false);

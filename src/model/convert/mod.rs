@@ -66,6 +66,8 @@ pub struct Ctx<'a> {
     pub sds_files: Option<SdsFileReader>,
     /// The listener being converted is INBOUND (`istio.stats` reports `destination`).
     pub inbound: bool,
+    /// The listener being converted is OUTBOUND (Envoy's `egress` tracing operation).
+    pub outbound: bool,
 }
 
 /// Reads the secrets of an SDS file (the control thread passes `config::read_sds_file`).
@@ -111,6 +113,7 @@ impl<'a> Ctx<'a> {
             secret_refs: Default::default(),
             sds_files: None,
             inbound: false,
+            outbound: false,
         }
     }
 }

@@ -191,10 +191,20 @@ fn route(
     let Some(m) = &r.r#match else {
         return Err(err(res, format!("{rp}.match"), "match is required"));
     };
-    if r.decorator.is_some() {
-        // Names tracing spans; Ringside does not trace.
-        ctx.ignored.push(format!("{res}.{rp}.decorator"));
-    }
+    let decorator = match &r.decorator {
+        Some(d) if d.operation.is_empty() => {
+            return Err(err(
+                res,
+                format!("{rp}.decorator.operation"),
+                "must not be empty",
+            ))
+        }
+        Some(d) => Some(Arc::new(crate::model::route::Decorator {
+            operation: d.operation.as_str().into(),
+            propagate: d.propagate.unwrap_or(true),
+        })),
+        None => None,
+    };
     let (path, case_sensitive, headers, query) = request_match(m, res, rp)?;
     use pb::route::Action as A;
     let action = match &r.action {
@@ -242,6 +252,7 @@ fn route(
         }
     };
     Ok(Route {
+        decorator,
         per_filter: super::http_filter::per_filter_configs(
             &r.typed_per_filter_config,
             res,

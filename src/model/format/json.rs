@@ -138,7 +138,7 @@ fn quoted(s: &[u8]) -> String {
 
 /// Appends `s` as a JSON string. A string that is not UTF-8 is written as Envoy writes
 /// it: every byte outside printable ASCII as `\u00XX`.
-fn escape(s: &[u8], out: &mut Vec<u8>) {
+pub(super) fn escape(s: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     let Ok(text) = std::str::from_utf8(s) else {
         for &b in s {

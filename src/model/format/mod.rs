@@ -6,6 +6,11 @@ mod time;
 
 pub use time::{civil_from_days, write_start_time, TimeFormat};
 
+/// Appends `s` as a JSON string (as the JSON log formats write strings).
+pub fn json_string(s: &[u8], out: &mut Vec<u8>) {
+    json::escape(s, out);
+}
+
 /// Envoy's default access log format.
 pub const DEFAULT_ACCESS_LOG: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
 
