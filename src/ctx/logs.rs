@@ -51,6 +51,8 @@ pub struct TraceBatch {
     pub spans: Vec<u8>,
     pub count: usize,
     pub tracer: Option<Arc<crate::model::tracing::Tracer>>,
+    /// Exports of this batch's tracer under way from this core.
+    pub in_flight: usize,
 }
 
 /// Past this much waiting for its export, a core drops an OpenTelemetry logger's records

@@ -111,6 +111,10 @@ pub struct Entry {
     pub span: Option<crate::model::tracing::SpanCtx>,
     /// The tracing decision has been made (and counted) for this request.
     pub trace_begun: bool,
+    /// On ingress, the caller named the operation (`x-envoy-decorator-operation`).
+    pub operation_asked: bool,
+    /// On egress, the operation the upstream's response named (the span's name).
+    pub operation: Option<Box<str>>,
     /// The matched route's `decorator`, where the connection manager traces.
     pub decorator: Option<Arc<crate::model::route::Decorator>>,
     pub route_prefix_len: usize,
@@ -168,6 +172,8 @@ impl Default for Entry {
             request_id: None,
             span: None,
             trace_begun: false,
+            operation_asked: false,
+            operation: None,
             decorator: None,
             route_prefix_len: 0,
             attempts: 0,

@@ -345,6 +345,9 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
         if attempt_count.is_some() && name.eq_ignore_ascii_case(b"x-envoy-attempt-count") {
             continue;
         }
+        if crate::http::trace::drops_response_header(conn, name) {
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"server") {
             if hcm.server_header == ServerHeader::Overwrite {
                 continue;

@@ -46,6 +46,9 @@ class Backend(http.server.BaseHTTPRequestHandler):
         body = json.dumps(seen, sort_keys=True).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
+        if "opresp" in self.path:
+            # An upstream naming the operation for the caller's span.
+            self.send_header("x-envoy-decorator-operation", "upstream-op")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -244,6 +247,13 @@ CASES = [
     ("oin", "/nowhere", ""),
     ("oout", "/up/ad", f"traceparent: {TP}\r\n"),
     ("oout", "/decorated/ae", ""),
+    ("oout", "/up/opresp", ""),
+    ("zout", "/decorated/opresp", ""),
+    ("zin", "/up/opresp", ""),
+    ("zin", "/decorated/opresp", ""),
+    ("oin", "/up/ts", f"traceparent: {TP}\r\ntracestate: a=1\r\ntracestate: b=2\r\n"),
+    ("plainout", "/up/opresp", ""),
+    ("plain", "/decorated/opresp", ""),
     ("plain", "/decorated/af", "x-b3-sampled: 1\r\n"),
     ("plain", "/up/ag", "x-envoy-decorator-operation: from-header-op\r\n"),
     ("plainout", "/decorated/ah", "x-envoy-decorator-operation: from-header-op\r\n"),

@@ -260,6 +260,7 @@ impl Downstream for Connection {
             attempt_count,
         );
         self.log.sent_head(&out, self.hcm.log_needs.response_head);
+        crate::http::trace::note_response_operation(&mut self.log, &self.hcm, up, resp);
         self.out = out;
         self.fwd.chunked_out = chunked_out;
         self.fwd.close_after = close;

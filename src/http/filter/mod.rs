@@ -424,14 +424,16 @@ pub(crate) fn set_metadata<E: FilterHost + ?Sized>(
 /// The connection manager's tracing decision for the request, once its id is decided:
 /// counted by reason, and with a provider the request's span begins.
 pub(crate) fn begin_trace<E: FilterHost + ?Sized>(core: usize, x: &mut E) {
-    if x.log().trace_begun || x.hcm().tracing.is_none() {
+    // A head that could not be read is answered before Envoy's connection manager traces.
+    if x.log().trace_begun || x.hcm().tracing.is_none() || x.head().method.is_empty() {
         return;
     }
-    let (stat, span) = crate::http::trace::decide(x);
-    x.hcm().stats.core(core).inc(stat as usize);
+    let d = crate::http::trace::decide(x);
+    x.hcm().stats.core(core).inc(d.stat as usize);
     let log = x.log_mut();
     log.trace_begun = true;
-    log.span = span;
+    log.span = d.span;
+    log.operation_asked = d.operation_asked;
 }
 
 /// A request is done: its access log lines are written and `istio.stats` reports it.

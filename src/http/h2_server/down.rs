@@ -145,6 +145,7 @@ impl Downstream for Stream {
             attempt_count,
         );
         self.log.sent_head(&out, self.hcm.log_needs.response_head);
+        crate::http::trace::note_response_operation(&mut self.log, &self.hcm, up, resp);
         let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
         self.responded = true;
         match self.respond.send_response(resp, end) {

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::io::Write as _;
 
 use crate::http::exchange::Exchange;
-use crate::http::trace::{request_header, request_id, DECORATOR};
+use crate::http::trace::{request_header, request_id};
 use crate::model::tracing::{SpanCtx, TagValue, Tracer, Tracing};
 
 /// One finished span, ready to encode.
@@ -70,15 +70,19 @@ impl Done {
         } else {
             authority
         };
-        // The name: the route's decorator, or (ingress) the caller's; else Zipkin names
-        // the span by host, OpenTelemetry by direction.
-        let asked = request_header(x, DECORATOR).filter(|v| !v.is_empty() && !t.egress);
-        let name = match (asked, &log.decorator) {
-            (Some(op), _) => text(op),
-            (None, Some(d)) => d.operation.to_string(),
-            (None, None) if zipkin => text(authority),
-            (None, None) if t.egress => format!("egress {}", String::from_utf8_lossy(authority)),
-            (None, None) => "ingress".into(),
+        // The name: the operation the caller (ingress) or the upstream's answer (egress)
+        // named, else the route's decorator; else Zipkin names the span by host,
+        // OpenTelemetry by direction.
+        let asked = crate::http::trace::asked_operation(x);
+        let name = match (asked, &log.operation, &log.decorator) {
+            (Some(op), _, _) => text(op),
+            (None, Some(op), _) => op.to_string(),
+            (None, None, Some(d)) => d.operation.to_string(),
+            (None, None, None) if zipkin => text(authority),
+            (None, None, None) if t.egress => {
+                format!("egress {}", String::from_utf8_lossy(authority))
+            }
+            (None, None, None) => "ingress".into(),
         };
         let server = match &tracer.kind {
             crate::model::tracing::TracerKind::Zipkin(z) => z.split_spans || !t.egress,
@@ -99,9 +103,9 @@ impl Done {
             service_cluster: tracer.service_cluster.clone(),
         };
         if !zipkin && s.parent.is_some() {
-            d.trace_state = request_header(x, b"tracestate")
+            d.trace_state = crate::http::trace::tracestate(x)
                 .filter(|v| !v.is_empty())
-                .map(text);
+                .map(|v| text(&v));
         }
         for (k, v) in [("node_id", &tracer.node_id), ("zone", &tracer.zone)] {
             if !v.is_empty() {
@@ -168,7 +172,8 @@ impl Done {
             d.tag("error", "true".into());
         }
         for c in t.custom_tags.iter() {
-            if let Some(v) = custom_value(x, &c.value) {
+            // Envoy's custom tags never set an empty value.
+            if let Some(v) = custom_value(x, &c.value).filter(|v| !v.is_empty()) {
                 d.tag(Cow::Owned(c.tag.to_string()), v);
             }
         }

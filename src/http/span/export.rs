@@ -16,8 +16,12 @@ use crate::stats::{OtelTraceStat, ZipkinStat};
 /// OpenTelemetry's `max_cache_size` default: past it a span is dropped (and the batch
 /// exported at once).
 const OTEL_MAX_CACHE: usize = 1024;
-/// Zipkin's batches are bounded too (its flush threshold may be raised at runtime).
+/// Zipkin's batches are bounded too (its flush threshold may be raised at runtime): a
+/// batch that reaches this goes at once.
 const ZIPKIN_MAX_SPANS: usize = 1024;
+/// Exports in flight per tracer and core: past this (a collector that does not answer),
+/// a batch due is dropped and counted, never queued behind the others.
+const MAX_IN_FLIGHT: usize = 4;
 
 fn runtime_u64(ctx: &CoreCtx, key: &str, default: u64) -> u64 {
     ctx.snapshot().runtime.get_u64(key).unwrap_or(default)
@@ -53,19 +57,12 @@ pub(crate) fn add(ctx: &Rc<CoreCtx>, tracer: &Arc<Tracer>, span: &Done) {
         b.tracer = Some(tracer.clone());
         match &tracer.kind {
             TracerKind::Zipkin(z) => {
-                if b.count >= ZIPKIN_MAX_SPANS {
-                    // Counted as a report that could not be made.
-                    z.stats
-                        .core(ctx.core)
-                        .inc(ZipkinStat::ReportsDropped as usize);
-                    return;
-                }
                 if b.count > 0 {
                     b.spans.push(b',');
                 }
                 span.zipkin_json(z.shared_span_context, &mut b.spans);
                 b.count += 1;
-                b.count >= min_flush(ctx, true)
+                b.count >= min_flush(ctx, true) || b.count >= ZIPKIN_MAX_SPANS
             }
             TracerKind::OpenTelemetry(o) => {
                 if b.count >= OTEL_MAX_CACHE {
@@ -86,7 +83,8 @@ pub(crate) fn add(ctx: &Rc<CoreCtx>, tracer: &Arc<Tracer>, span: &Done) {
     }
 }
 
-/// Sends one tracer's batch on this core, if it has spans.
+/// Sends one tracer's batch on this core, if it has spans (or drops it, counted, when
+/// its exports in flight are at their bound).
 fn flush_one(ctx: &Rc<CoreCtx>, i: usize) {
     let (tracer, spans, count) = {
         let mut all = ctx.traces.borrow_mut();
@@ -96,16 +94,33 @@ fn flush_one(ctx: &Rc<CoreCtx>, i: usize) {
         }
         let Some(t) = b.tracer.clone() else { return };
         let count = std::mem::take(&mut b.count);
-        (t, std::mem::take(&mut b.spans), count)
+        let spans = std::mem::take(&mut b.spans);
+        if b.in_flight >= MAX_IN_FLIGHT {
+            match &t.kind {
+                TracerKind::Zipkin(z) => z
+                    .stats
+                    .core(ctx.core)
+                    .inc(ZipkinStat::ReportsDropped as usize),
+                TracerKind::OpenTelemetry(o) => o
+                    .stats
+                    .core(ctx.core)
+                    .add(OtelTraceStat::SpansDropped as usize, count as u64),
+            }
+            return;
+        }
+        b.in_flight += 1;
+        (t, spans, count)
     };
-    match &tracer.kind {
-        TracerKind::Zipkin(_) => {
-            monoio::spawn(zipkin_report(ctx.clone(), tracer, spans, count));
+    let c = ctx.clone();
+    monoio::spawn(async move {
+        match &tracer.kind {
+            TracerKind::Zipkin(_) => zipkin_report(c.clone(), tracer, spans, count).await,
+            TracerKind::OpenTelemetry(_) => otel_export(c.clone(), tracer, spans, count).await,
         }
-        TracerKind::OpenTelemetry(_) => {
-            monoio::spawn(otel_export(ctx.clone(), tracer, spans, count));
+        if let Some(b) = c.traces.borrow_mut().get_mut(i) {
+            b.in_flight -= 1;
         }
-    }
+    });
 }
 
 /// The flush timer of a core's tracers: each kind ticks at its runtime interval, counts

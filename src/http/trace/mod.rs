@@ -5,6 +5,8 @@
 //! and its export are `http::span`'s.
 
 mod context;
+mod decision;
+pub(crate) use decision::traced_request_id;
 
 use crate::http::exchange::Exchange;
 use crate::http::fields::header;
@@ -32,24 +34,70 @@ pub(crate) fn request_id<E: Exchange + ?Sized>(x: &E) -> Option<&[u8]> {
 }
 
 /// The connection manager's tracing decision for a request whose id is decided (its
-/// connection manager traces): the stat that counts its reason, and with a provider the
-/// request's span (`None`: Envoy's null span, or no provider).
-pub(crate) fn decide<E: Exchange + ?Sized>(x: &E) -> (HttpStat, Option<SpanCtx>) {
+/// connection manager traces).
+pub(crate) struct Decided {
+    /// The stat that counts its reason.
+    pub stat: HttpStat,
+    /// With a provider, the request's span (`None`: Envoy's null span, or no provider).
+    pub span: Option<SpanCtx>,
+    /// On ingress, the caller named the operation (`x-envoy-decorator-operation`, where it
+    /// survives): the span takes that name and the response does not carry the decorator's.
+    pub operation_asked: bool,
+}
+
+/// Whether the caller's `x-envoy-decorator-operation` survives to the connection manager's
+/// tracing (an external request's is stripped at the edge).
+fn decorator_survives<E: Exchange + ?Sized>(x: &E) -> bool {
+    x.internal()
+        || !crate::http::trust::stripped_from_external(DECORATOR, x.hcm().use_remote_address)
+}
+
+/// The caller's operation name, on ingress, where it survives and is not empty.
+pub(crate) fn asked_operation<E: Exchange + ?Sized>(x: &E) -> Option<&[u8]> {
+    let t = x.hcm().tracing.as_ref()?;
+    if t.egress || !decorator_survives(x) {
+        return None;
+    }
+    request_header(x, DECORATOR).filter(|v| !v.is_empty())
+}
+
+pub(crate) fn decide<E: Exchange + ?Sized>(x: &E) -> Decided {
     let Some(t) = &x.hcm().tracing else {
-        return (HttpStat::TracingNotTraceable, None);
+        return Decided {
+            stat: HttpStat::TracingNotTraceable,
+            span: None,
+            operation_asked: false,
+        };
     };
-    // The decision is the reason the id carries (Envoy's UUID extension).
-    let (stat, traced) = match request_id(x).and_then(|id| (id.len() == 36).then(|| id[14])) {
+    // The decision is the reason the id carries (Envoy's UUID extension), or would carry.
+    let id = request_id(x);
+    let ids = &x.hcm().request_id;
+    let reason = if ids.pack_trace_reason && ids.use_for_sampling {
+        id.and_then(|id| (id.len() == 36).then(|| id[14]))
+    } else {
+        decision::unpacked_reason(x, id)
+    };
+    let (stat, traced) = match reason {
         Some(b'9') => (HttpStat::TracingRandomSampling, true),
         Some(b'a') => (HttpStat::TracingServiceForced, true),
         Some(b'b') => (HttpStat::TracingClientEnabled, true),
         _ => (HttpStat::TracingNotTraceable, false),
     };
-    let span = t.tracer.as_ref().and_then(|tracer| {
-        let mut h = context::Incoming::default();
+    // One pass over the headers: the caller's operation and span context.
+    let mut h = context::Incoming::default();
+    let mut operation = false;
+    let (with_span, ingress) = (t.tracer.is_some(), !t.egress);
+    if with_span || ingress {
         let buf = x.buf();
         for (n, v) in &x.head().headers {
             let name = &buf[n.clone()];
+            if ingress && name.eq_ignore_ascii_case(DECORATOR) {
+                operation |= !v.is_empty();
+                continue;
+            }
+            if !with_span {
+                continue;
+            }
             let slot = match name.len() {
                 2 if name.eq_ignore_ascii_case(b"b3") => &mut h.b3,
                 11 if name.eq_ignore_ascii_case(b"traceparent") => &mut h.traceparent,
@@ -61,12 +109,16 @@ pub(crate) fn decide<E: Exchange + ?Sized>(x: &E) -> (HttpStat, Option<SpanCtx>)
             };
             slot.get_or_insert(&buf[v.clone()]);
         }
-        match &tracer.kind {
-            TracerKind::Zipkin(z) => context::zipkin(z, t.egress, &h, traced),
-            TracerKind::OpenTelemetry(_) => context::otel(&h, traced),
-        }
+    }
+    let span = t.tracer.as_ref().and_then(|tracer| match &tracer.kind {
+        TracerKind::Zipkin(z) => context::zipkin(z, t.egress, &h, traced),
+        TracerKind::OpenTelemetry(_) => context::otel(&h, traced),
     });
-    (stat, span)
+    Decided {
+        stat,
+        span,
+        operation_asked: operation && decorator_survives(x),
+    }
 }
 
 /// Whether an incoming request header is replaced on the way upstream by what tracing
@@ -179,24 +231,58 @@ pub(crate) fn write_upstream<E: Exchange + ?Sized>(x: &E, out: &mut Vec<u8>) {
             w3c(out);
             // The caller's state goes on with its context; a new trace starts with none.
             let state = match s.parent {
-                Some(_) => request_header(x, b"tracestate").unwrap_or_default(),
-                None => b"",
+                Some(_) => tracestate(x),
+                None => None,
             };
-            header(out, b"tracestate", state);
+            header(out, b"tracestate", state.as_deref().unwrap_or_default());
         }
     }
+}
+
+/// The caller's `tracestate`, every line joined with commas.
+pub(crate) fn tracestate<E: Exchange + ?Sized>(x: &E) -> Option<std::borrow::Cow<'_, [u8]>> {
+    crate::http::h1::header_value(x.buf(), &x.head().headers, b"tracestate")
 }
 
 /// The `x-envoy-decorator-operation` an ingress response carries: the route decorator's
 /// operation (propagated), unless the request named the operation itself.
 pub(crate) fn response_decorator<E: Exchange + ?Sized>(x: &E) -> Option<&[u8]> {
     let t = x.hcm().tracing.as_ref()?;
-    if t.egress {
+    let log = x.log();
+    if t.egress || log.operation_asked {
         return None;
     }
-    let d = x.log().decorator.as_ref().filter(|d| d.propagate)?;
-    if request_header(x, DECORATOR).is_some_and(|v| !v.is_empty()) {
-        return None;
-    }
+    let d = log.decorator.as_ref().filter(|d| d.propagate)?;
     Some(d.operation.as_bytes())
+}
+
+/// Whether the upstream response's `x-envoy-decorator-operation` stays out of the
+/// response: on egress tracing consumes it (it names the span), on ingress the route's
+/// decorator replaces it.
+#[inline]
+pub(crate) fn drops_response_header<E: Exchange + ?Sized>(x: &E, name: &[u8]) -> bool {
+    let Some(t) = &x.hcm().tracing else {
+        return false;
+    };
+    name.eq_ignore_ascii_case(DECORATOR) && (t.egress || response_decorator(x).is_some())
+}
+
+/// On egress, the upstream's `x-envoy-decorator-operation` names the span: noted from the
+/// response head before it is written.
+pub(crate) fn note_response_operation(
+    log: &mut crate::http::exchange::Entry,
+    hcm: &crate::model::HttpConnectionManager,
+    up: &[u8],
+    resp: &crate::http::h1::ResponseHead,
+) {
+    if log.span.is_none() || !hcm.tracing.as_ref().is_some_and(|t| t.egress) {
+        return;
+    }
+    if let Some((_, v)) = resp
+        .headers
+        .iter()
+        .find(|(n, v)| up[n.clone()].eq_ignore_ascii_case(DECORATOR) && !v.is_empty())
+    {
+        log.operation = Some(String::from_utf8_lossy(&up[v.clone()]).into());
+    }
 }
