@@ -16,6 +16,7 @@ pub mod peer_cert;
 pub mod proto;
 pub mod rbac;
 pub mod router;
+pub mod sampler;
 pub mod stats;
 pub mod tcp;
 pub mod tls;

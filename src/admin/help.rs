@@ -10,6 +10,12 @@ pub(super) const HELP: &str = "admin commands are:
       mask: The mask to apply. When both resource and mask are specified, the mask is applied to every element in the desired repeated field so that only a subset of fields are returned. The mask is parsed as a Protobuf::FieldMask
       name_regex: Dump only the currently loaded configurations whose names match the specified regex. Can be used with both resource and mask query parameters.
       include_eds: Dump currently loaded configuration including EDS. See the response definition for more information
+  /debug/pprof/flamegraph: sample every core's CPU for a while and return a flame graph (SVG)
+      seconds: How long to sample, 1 to 60 (default 10)
+      hz: Samples per second of CPU time, 1 to 1000 (default 99)
+  /debug/pprof/profile: sample every core's CPU for a while and return the profile in pprof's format
+      seconds: How long to sample, 1 to 60 (default 10)
+      hz: Samples per second of CPU time, 1 to 1000 (default 99)
   /drain_listeners (POST): drain listeners
       graceful: When draining listeners, enter a graceful drain period prior to closing listeners. This behaviour and duration is configurable via server options or CLI
       skip_exit: When draining listeners, drain the connections but never stop the listeners. The graceful parameter has no effect when this is set, since the drain period only delays stopping the listeners

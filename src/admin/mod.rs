@@ -21,8 +21,10 @@ mod config_dump;
 mod dump_filter;
 mod help;
 mod log;
+mod profile;
 mod runtime;
 mod stats;
+mod symbols;
 use stats::{histograms_json, prometheus, quantiles_text, selected_stats};
 
 /// What the admin handlers read.
@@ -145,7 +147,20 @@ async fn connection(mut stream: tokio::net::TcpStream, state: &AdminState) -> st
             buf.extend_from_slice(&chunk[..n]);
         }
         buf.drain(..len + body);
-        let (status, content_type, body) = handle(state, &exchange.method, &exchange.target);
+        let (path, query) = exchange
+            .target
+            .split_once('?')
+            .unwrap_or((&exchange.target, ""));
+        let format = match (exchange.method.as_str(), path) {
+            ("GET", "/debug/pprof/profile") => Some(profile::Format::Pprof),
+            ("GET", "/debug/pprof/flamegraph") => Some(profile::Format::Flamegraph),
+            _ => None,
+        };
+        let (status, content_type, body) = match format {
+            // Sampling takes its time: awaited here, not in `handle`.
+            Some(f) => profile::take(&query_params(query), f).await,
+            None => handle(state, &exchange.method, &exchange.target),
+        };
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n{}\r\n",
             crate::http::local_reply::reason(status),
@@ -185,14 +200,19 @@ fn server_state(state: &AdminState) -> (u64, &'static str) {
     }
 }
 
-/// Answers one admin request: (status, content type, body).
-pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static str, Vec<u8>) {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let params: HashMap<&str, &str> = query
+/// A query string's parameters (undecoded).
+fn query_params(query: &str) -> HashMap<&str, &str> {
+    query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect();
+        .collect()
+}
+
+/// Answers one admin request: (status, content type, body).
+pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static str, Vec<u8>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let params = query_params(query);
     let json_ct = "application/json";
     let text_ct = "text/plain; charset=UTF-8";
     match (method, path) {
