@@ -78,14 +78,19 @@ pub fn sample(duration: Duration, hz: u32, max_samples: usize) -> Result<Taken, 
         std::thread::sleep(duration);
     }
     // Stop: no new timer signals, handlers that start now return at once, and the buffer
-    // is read (and freed) only once no handler is inside.
+    // is read (and freed) only once no handler is inside. The flag and the count are a
+    // two-variable handshake (this side stores one and loads the other, the handler the
+    // reverse): sequentially consistent on both sides, or a store could pass a load.
     let _ = timer(0);
-    ACTIVE.store(false, Ordering::Release);
-    while IN_HANDLER.load(Ordering::Acquire) != 0 {
+    ACTIVE.store(false, Ordering::SeqCst);
+    while IN_HANDLER.load(Ordering::SeqCst) != 0 {
         std::hint::spin_loop();
     }
-    // A SIGPROF still pending somewhere must not take its default action (termination).
+    // A SIGPROF still pending must not take its default action (termination): ignoring
+    // the signal discards it. Then the default again, which programs this process starts
+    // (iptables) inherit.
     let _ = install(libc::SIG_IGN);
+    let _ = install(libc::SIG_DFL);
     SLOTS.store(std::ptr::null_mut(), Ordering::Relaxed);
     CAPACITY.store(0, Ordering::Relaxed);
     // SAFETY: the descriptors are this profile's pipe, no longer used by any handler.
@@ -133,8 +138,8 @@ fn timer(hz: u32) -> Result<(), String> {
         (1_000_000 / hz.max(1)).max(1) as i64
     };
     let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: usec as libc::suseconds_t,
+        tv_sec: (usec / 1_000_000) as libc::time_t,
+        tv_usec: (usec % 1_000_000) as libc::suseconds_t,
     };
     let it = libc::itimerval {
         it_interval: tv,
@@ -166,55 +171,63 @@ fn readable(addr: usize, len: usize) -> bool {
     true
 }
 
-/// The interrupted instruction and frame pointer.
+/// The interrupted instruction, frame pointer and stack pointer.
 #[cfg(target_arch = "x86_64")]
-fn registers(uc: *const libc::ucontext_t) -> (usize, usize) {
+fn registers(uc: *const libc::ucontext_t) -> (usize, usize, usize) {
     // SAFETY: the kernel passes the interrupted context to a SA_SIGINFO handler.
     unsafe {
         let g = &(*uc).uc_mcontext.gregs;
         (
             g[libc::REG_RIP as usize] as usize,
             g[libc::REG_RBP as usize] as usize,
+            g[libc::REG_RSP as usize] as usize,
         )
     }
 }
 
 #[cfg(target_arch = "aarch64")]
-fn registers(uc: *const libc::ucontext_t) -> (usize, usize) {
+fn registers(uc: *const libc::ucontext_t) -> (usize, usize, usize) {
     // SAFETY: the kernel passes the interrupted context to a SA_SIGINFO handler.
     unsafe {
-        (
-            (*uc).uc_mcontext.pc as usize,
-            (*uc).uc_mcontext.regs[29] as usize,
-        )
+        let m = &(*uc).uc_mcontext;
+        (m.pc as usize, m.regs[29] as usize, m.sp as usize)
     }
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn registers(_: *const libc::ucontext_t) -> (usize, usize) {
-    (0, 0)
+fn registers(_: *const libc::ucontext_t) -> (usize, usize, usize) {
+    (0, 0, 0)
 }
+
+/// How far above the interrupted stack pointer a frame record may be: one outside the
+/// thread's own stack (code without frame pointers leaves anything in the register) is
+/// not followed.
+const STACK_SPAN: usize = 8 << 20;
 
 extern "C" fn handler(_: libc::c_int, _: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     if !ACTIVE.load(Ordering::Acquire) {
         return;
     }
-    IN_HANDLER.fetch_add(1, Ordering::AcqRel);
+    // The other half of the stop handshake (see `sample`): count in, then look again.
+    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
     // SAFETY: errno is this thread's; it is put back as it was.
     let errno = unsafe { *libc::__errno_location() };
-    let slots = SLOTS.load(Ordering::Acquire);
-    if ACTIVE.load(Ordering::Acquire) && !slots.is_null() && !uc.is_null() {
+    if ACTIVE.load(Ordering::SeqCst) && !uc.is_null() {
+        let slots = SLOTS.load(Ordering::Acquire);
         let i = NEXT.fetch_add(1, Ordering::Relaxed);
-        if i < CAPACITY.load(Ordering::Relaxed) {
+        if !slots.is_null() && i < CAPACITY.load(Ordering::Relaxed) {
             // SAFETY: slot `i` is this handler's alone (claimed by the atomic add) and the
             // buffer outlives every handler (freed only once IN_HANDLER is 0).
             let slot = unsafe { &mut *slots.add(i) };
-            let (pc, mut fp) = registers(uc as *const libc::ucontext_t);
+            let (pc, mut fp, sp) = registers(uc as *const libc::ucontext_t);
             slot.ips[0] = pc;
             let mut len = 1;
-            // Each frame: [fp] = the caller's fp, [fp + 8] = the return address.
-            while len < DEPTH && fp != 0 && fp % 8 == 0 && readable(fp, 16) {
-                // SAFETY: the 16 bytes at fp were just found readable.
+            // Each frame record, 16-byte aligned on the thread's stack above the stack
+            // pointer: [fp] = the caller's fp, [fp + 8] = the return address.
+            let on_stack = |fp: usize| fp >= sp && fp - sp < STACK_SPAN && fp % 16 == 0;
+            while len < DEPTH && on_stack(fp) && readable(fp, 16) {
+                // SAFETY: the 16 bytes at fp are on this thread's stack and were just
+                // found readable.
                 let (next, ret) = unsafe { (*(fp as *const usize), *((fp + 8) as *const usize)) };
                 if ret == 0 {
                     break;

@@ -133,4 +133,10 @@ async fn a_flame_graph_one_profile_at_a_time_and_bounds() {
     let (s, _, body) = http_get(p.admin, "/debug/pprof/profile?seconds=1", &[]).await;
     assert_eq!(s, 200);
     assert!(Profile::decode(&body[..]).is_ok());
+    // The slowest rate: one sample a second of CPU time (a whole-second timer interval).
+    let (s, _, body) = http_get(p.admin, "/debug/pprof/profile?seconds=1&hz=1", &[]).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    // The proxy goes on serving, SIGPROF back to its default.
+    let (s, _, _) = http_get(p.addr(), "/", &[]).await;
+    assert_eq!(s, 200);
 }

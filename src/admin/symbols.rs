@@ -54,8 +54,9 @@ fn mappings() -> Vec<Mapping> {
 struct Executable<'a> {
     file: object::File<'a, &'a object::ReadCache<std::fs::File>>,
     bias: usize,
-    /// (address, size, symbol index).
-    functions: Vec<(u64, u64, object::SymbolIndex)>,
+    /// (address, size, index in the symbol table) — or, for a stripped executable, in the
+    /// dynamic symbol table, whose names are kept (few).
+    functions: Vec<(u64, u64, Option<object::SymbolIndex>, Option<String>)>,
 }
 
 impl<'a> Executable<'a> {
@@ -79,10 +80,23 @@ impl<'a> Executable<'a> {
         };
         let mut functions: Vec<_> = file
             .symbols()
-            .chain(file.dynamic_symbols())
             .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
-            .map(|s| (s.address(), s.size(), s.index()))
+            .map(|s| (s.address(), s.size(), Some(s.index()), None))
             .collect();
+        if functions.is_empty() {
+            functions = file
+                .dynamic_symbols()
+                .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+                .map(|s| {
+                    (
+                        s.address(),
+                        s.size(),
+                        None,
+                        s.name().ok().map(str::to_string),
+                    )
+                })
+                .collect();
+        }
         functions.sort_unstable_by_key(|f| f.0);
         Some(Executable {
             file,
@@ -97,11 +111,15 @@ impl<'a> Executable<'a> {
             .functions
             .partition_point(|f| f.0 <= vaddr)
             .checked_sub(1)?;
-        let (start, size, index) = self.functions[i];
-        if size != 0 && vaddr >= start + size {
+        let (start, size, index, name) = &self.functions[i];
+        if *size != 0 && vaddr >= start.saturating_add(*size) {
             return None;
         }
-        let name = self.file.symbol_by_index(index).ok()?.name().ok()?;
+        let name = match (index, name) {
+            (Some(index), _) => self.file.symbol_by_index(*index).ok()?.name().ok()?,
+            (None, Some(name)) => name.as_str(),
+            (None, None) => return None,
+        };
         Some(format!("{:#}", rustc_demangle::demangle(name)))
     }
 }
@@ -129,7 +147,7 @@ impl Namer<'_> {
         let name = match self.executable.as_ref().filter(|_| in_exe) {
             Some(e) => e
                 .name(ip)
-                .unwrap_or_else(|| format!("[{}+{:#x}]", short(exe), ip - e.bias)),
+                .unwrap_or_else(|| format!("[{}+{:#x}]", short(exe), ip.wrapping_sub(e.bias))),
             None => match self.maps.iter().find(|m| (m.start..m.end).contains(&ip)) {
                 Some(m) if !m.path.is_empty() => format!("[{}]", short(&m.path)),
                 _ => "[unknown]".to_string(),
@@ -150,9 +168,12 @@ impl Namer<'_> {
 /// stacks.
 pub fn resolve(stacks: &[crate::sampler::Stack]) -> Resolved {
     let maps = mappings();
+    // A binary replaced on disk reads "<path> (deleted)" here, and its maps lines (split on
+    // whitespace) "<path>".
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
     // The running executable (a binary replaced on disk is a new file: this one's inode
     // stays as it was).
     let data = std::fs::File::open("/proc/self/exe")
