@@ -54,6 +54,9 @@ pub struct CoreCtx {
     pub otel_logs: RefCell<Vec<OtelBatch>>,
     /// Finished spans waiting for their export, by tracer id.
     pub traces: RefCell<Vec<logs::TraceBatch>>,
+    /// Exports (spans, OpenTelemetry records) under way from this core: a core that stops
+    /// waits for them, briefly.
+    pub exports: Cell<usize>,
     log_tx: Option<Sender<LogBatch>>,
     pub hostname: Arc<str>,
     /// The host's address, appended to `x-forwarded-for` for loopback peers.
@@ -203,6 +206,7 @@ impl CoreCtx {
             file_logs: RefCell::new(Vec::new()),
             otel_logs: RefCell::new(Vec::new()),
             traces: RefCell::new(Vec::new()),
+            exports: Cell::new(0),
             log_tx,
             hostname,
             local_ip,

@@ -440,3 +440,36 @@ async fn the_bootstraps_provider_and_refusals() {
         assert!(err.contains(want), "{field}: {err}");
     }
 }
+
+/// Spans still batched when the proxy stops are exported before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_batched_at_exit_are_sent() {
+    let b = Backend::start("a").await;
+    let (collector, spans) = zipkin(202).await;
+    let extra = format!(
+        "          tracing: {{random_sampling: {{value: 100}}, provider: {}}}",
+        provider(true)
+    );
+    let clusters = format!(
+        "[{}, {}]",
+        cluster("a", &[b.addr], ""),
+        cluster("collector", &[collector], "")
+    );
+    // Batches that neither fill nor time out while the proxy runs.
+    let runtime = r#"{layered_runtime: {layers: [{name: s, static_layer: {tracing.zipkin.min_flush_spans: 100, tracing.zipkin.flush_interval_ms: 600000}}]}}"#;
+    let mut args = one_core("legacy");
+    args.extend(["--config-yaml", runtime]);
+    let mut p = Proxy::start(&config(&extra, &all_to("a"), &clusters), &args).await;
+    for _ in 0..3 {
+        let (s, _, _) = http_get(p.addr(), "/up", &[]).await;
+        assert_eq!(s, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(spans.lock().unwrap().is_empty(), "nothing is due yet");
+    p.terminate();
+    assert_eq!(
+        tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10))),
+        Some(0)
+    );
+    assert_eq!(wait_for(&spans, 3).await.len(), 3);
+}

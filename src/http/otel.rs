@@ -25,12 +25,14 @@ pub fn flush(ctx: &std::rc::Rc<crate::ctx::CoreCtx>, force: bool) {
             message: log.export(&records),
         };
         let (c, snapshot, c_core) = (ctx.clone(), ctx.snapshot(), ctx.core);
+        ctx.exports.set(ctx.exports.get() + 1);
         monoio::spawn(async move {
-            if let Err(e) = crate::http::grpc_call::unary(c, snapshot, call).await {
+            if let Err(e) = crate::http::grpc_call::unary(c.clone(), snapshot, call).await {
                 let failed = crate::stats::OtelLogStat::GrpcEntriesFlushFailed as usize;
                 log.stats.core(c_core).inc(failed);
                 tracing::debug!(cluster = %log.cluster, "OpenTelemetry access log export failed: {e}");
             }
+            c.exports.set(c.exports.get() - 1);
         });
     }
 }

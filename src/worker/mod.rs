@@ -256,4 +256,15 @@ async fn core_main(start: CoreStart) {
         );
     }
     ctx.flush_logs();
+    // Spans and OpenTelemetry records still batched go now; the core waits for their
+    // exports a little while (a collector that does not answer does not hold the exit).
+    crate::http::otel::flush(&ctx, true);
+    crate::http::span::export::flush_all(&ctx);
+    let deadline = Instant::now() + EXPORT_GRACE;
+    while ctx.exports.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
+
+/// How long a stopping core waits for its last exports.
+const EXPORT_GRACE: Duration = Duration::from_secs(2);

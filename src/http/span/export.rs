@@ -112,6 +112,7 @@ fn flush_one(ctx: &Rc<CoreCtx>, i: usize) {
         (t, spans, count)
     };
     let c = ctx.clone();
+    ctx.exports.set(ctx.exports.get() + 1);
     monoio::spawn(async move {
         match &tracer.kind {
             TracerKind::Zipkin(_) => zipkin_report(c.clone(), tracer, spans, count).await,
@@ -120,7 +121,16 @@ fn flush_one(ctx: &Rc<CoreCtx>, i: usize) {
         if let Some(b) = c.traces.borrow_mut().get_mut(i) {
             b.in_flight -= 1;
         }
+        c.exports.set(c.exports.get() - 1);
     });
+}
+
+/// Sends every batch of this core now (the core is stopping).
+pub(crate) fn flush_all(ctx: &Rc<CoreCtx>) {
+    let n = ctx.traces.borrow().len();
+    for i in 0..n {
+        flush_one(ctx, i);
+    }
 }
 
 /// The flush timer of a core's tracers: each kind ticks at its runtime interval, counts
