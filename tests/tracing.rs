@@ -134,6 +134,17 @@ async fn traced_proxy(
     collector: SocketAddr,
     driver: &str,
 ) -> Proxy {
+    traced_proxy_with(zipkin, backend, collector, driver, FLUSH_AT_ONCE).await
+}
+
+/// [`traced_proxy`] with another bootstrap (`--config-yaml`).
+async fn traced_proxy_with(
+    zipkin: bool,
+    backend: SocketAddr,
+    collector: SocketAddr,
+    driver: &str,
+    bootstrap: &str,
+) -> Proxy {
     let extra = format!(
         "          tracing: {{random_sampling: {{value: 100}}, custom_tags: [{{tag: team, literal: {{value: payments}}}}, {{tag: caller, request_header: {{name: x-caller, default_value: nobody}}}}], provider: {}}}",
         provider(zipkin)
@@ -145,7 +156,7 @@ async fn traced_proxy(
     );
     let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /named}, route: {cluster: a}, decorator: {operation: named-op}}, {match: {prefix: /}, route: {cluster: a}}]}]";
     let mut args = one_core(driver);
-    args.extend(["--config-yaml", FLUSH_AT_ONCE]);
+    args.extend(["--config-yaml", bootstrap]);
     Proxy::start(&config(&extra, vhosts, &clusters), &args).await
 }
 
@@ -446,20 +457,9 @@ async fn the_bootstraps_provider_and_refusals() {
 async fn spans_batched_at_exit_are_sent() {
     let b = Backend::start("a").await;
     let (collector, spans) = zipkin(202).await;
-    let extra = format!(
-        "          tracing: {{random_sampling: {{value: 100}}, provider: {}}}",
-        provider(true)
-    );
-    let clusters = format!(
-        "[{}, {}]",
-        cluster("a", &[b.addr], ""),
-        cluster("collector", &[collector], "")
-    );
     // Batches that neither fill nor time out while the proxy runs.
     let runtime = r#"{layered_runtime: {layers: [{name: s, static_layer: {tracing.zipkin.min_flush_spans: 100, tracing.zipkin.flush_interval_ms: 600000}}]}}"#;
-    let mut args = one_core("legacy");
-    args.extend(["--config-yaml", runtime]);
-    let mut p = Proxy::start(&config(&extra, &all_to("a"), &clusters), &args).await;
+    let mut p = traced_proxy_with(true, b.addr, collector, "legacy", runtime).await;
     for _ in 0..3 {
         let (s, _, _) = http_get(p.addr(), "/up", &[]).await;
         assert_eq!(s, 200);

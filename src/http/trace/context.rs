@@ -25,6 +25,17 @@ struct Caller {
     parent: Option<u64>,
 }
 
+impl Caller {
+    fn new((hi, lo): (u64, u64), span: u64, parent: Option<u64>) -> Caller {
+        Caller {
+            hi,
+            lo,
+            span,
+            parent,
+        }
+    }
+}
+
 /// Hex as Envoy's B3 extractor reads it: any length whose value fits 64 bits (leading
 /// zeros allowed), upper or lower case.
 fn hex64(s: &[u8]) -> Option<u64> {
@@ -88,15 +99,7 @@ fn b3_single(v: &[u8]) -> B3 {
     if parts.next().is_some() {
         return Err(());
     }
-    Ok((
-        Some(Caller {
-            hi,
-            lo,
-            span,
-            parent,
-        }),
-        sampled,
-    ))
+    Ok((Some(Caller::new((hi, lo), span, parent)), sampled))
 }
 
 /// The `x-b3-*` headers: a context needs both ids; `x-b3-sampled` is `1` or `true` for
@@ -114,15 +117,7 @@ fn b3_multi(h: &Incoming<'_>) -> B3 {
         Some(p) => Some(hex64(p).ok_or(())?),
         None => None,
     };
-    Ok((
-        Some(Caller {
-            hi,
-            lo,
-            span,
-            parent,
-        }),
-        sampled,
-    ))
+    Ok((Some(Caller::new((hi, lo), span, parent)), sampled))
 }
 
 /// W3C `traceparent`: 55 characters, `{version:2}-{trace:32}-{parent:16}-{flags:2}`, all
@@ -168,12 +163,7 @@ pub(crate) fn zipkin(z: &Zipkin, egress: bool, h: &Incoming<'_>, traced: bool) -
         // W3C is read only where no B3 header came at all.
         if !b3_present {
             if let Some((hi, lo, span, s)) = h.traceparent.and_then(traceparent) {
-                caller = Some(Caller {
-                    hi,
-                    lo,
-                    span,
-                    parent: None,
-                });
+                caller = Some(Caller::new((hi, lo), span, None));
                 sampled = Some(s);
             }
         }

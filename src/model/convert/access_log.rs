@@ -38,25 +38,12 @@ fn otel_log(
             "only V3 is supported",
         ));
     }
-    let Some(g) = &common.grpc_service else {
-        return Err(err(
-            res,
-            format!("{cpath}.grpc_service"),
-            "is required (http_service is not supported)",
-        ));
-    };
-    let (cluster, service, timeout) = super::ext_authz::grpc_service(g, res, &cpath)?;
-    let crate::model::filter::AuthzService::Grpc {
+    let super::ext_authz::Exporter {
+        cluster,
         authority,
-        initial_metadata,
-    } = service
-    else {
-        return Err(err(
-            res,
-            format!("{cpath}.grpc_service"),
-            "envoy_grpc is required",
-        ));
-    };
+        metadata: initial_metadata,
+        timeout,
+    } = super::ext_authz::exporter(common.grpc_service.as_ref(), res, &cpath)?;
     if !common.filter_state_objects_to_log.is_empty() {
         // Istio sets it; Envoy's OpenTelemetry logger does not read it either.
         ctx.ignored.push(format!("{res}: {cpath}.filter_state_objects_to_log (the OpenTelemetry logger does not read it, as in Envoy)"));

@@ -126,6 +126,47 @@ pub(super) type Service = (
     Option<std::time::Duration>,
 );
 
+/// A telemetry exporter's `grpc_service` (OpenTelemetry's loggers and tracer): required,
+/// and `envoy_grpc` only.
+pub(super) struct Exporter {
+    pub cluster: std::sync::Arc<str>,
+    pub authority: Box<str>,
+    pub metadata: Vec<(Box<str>, Box<str>)>,
+    pub timeout: Option<std::time::Duration>,
+}
+
+pub(super) fn exporter(
+    g: Option<&core::GrpcService>,
+    res: &str,
+    path: &str,
+) -> Result<Exporter, ConvertError> {
+    let Some(g) = g else {
+        return Err(err(
+            res,
+            format!("{path}.grpc_service"),
+            "is required (http_service is not supported)",
+        ));
+    };
+    let (cluster, service, timeout) = grpc_service(g, res, path)?;
+    let AuthzService::Grpc {
+        authority,
+        initial_metadata,
+    } = service
+    else {
+        return Err(err(
+            res,
+            format!("{path}.grpc_service"),
+            "envoy_grpc is required",
+        ));
+    };
+    Ok(Exporter {
+        cluster,
+        authority,
+        metadata: initial_metadata,
+        timeout,
+    })
+}
+
 /// `grpc_service`: its cluster, how it is called and its deadline.
 pub(super) fn grpc_service(
     g: &core::GrpcService,

@@ -232,25 +232,12 @@ fn otel(
     path: &str,
     ctx: &mut Ctx<'_>,
 ) -> Result<OtelTracer, ConvertError> {
-    let Some(g) = &o.grpc_service else {
-        return Err(err(
-            res,
-            format!("{path}.grpc_service"),
-            "is required (http_service is not supported)",
-        ));
-    };
-    let (cluster, service, timeout) = super::ext_authz::grpc_service(g, res, path)?;
-    let crate::model::filter::AuthzService::Grpc {
+    let super::ext_authz::Exporter {
+        cluster,
         authority,
-        initial_metadata,
-    } = service
-    else {
-        return Err(err(
-            res,
-            format!("{path}.grpc_service"),
-            "envoy_grpc is required",
-        ));
-    };
+        metadata,
+        timeout,
+    } = super::ext_authz::exporter(o.grpc_service.as_ref(), res, path)?;
     check_cluster(
         &cluster,
         "envoy.tracers.opentelemetry",
@@ -262,7 +249,7 @@ fn otel(
         cluster,
         authority,
         timeout,
-        metadata: initial_metadata,
+        metadata,
         service_name: if o.service_name.is_empty() {
             "unknown_service:envoy".into()
         } else {
