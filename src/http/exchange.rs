@@ -62,6 +62,10 @@ pub(crate) trait Exchange {
     fn grpc_status_seen(&self) -> Option<i32> {
         None
     }
+    /// The `grpc-message` that came with it, if any.
+    fn grpc_message_seen(&self) -> Option<Box<str>> {
+        None
+    }
     /// This workload, when Istio's metadata exchange sends it on the upstream request.
     fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
         None

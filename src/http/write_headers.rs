@@ -325,6 +325,8 @@ pub(crate) fn response_head<E: FilterHost + ?Sized>(
         if let Some(call) = &filters.grpc {
             if name.eq_ignore_ascii_case(b"grpc-status") {
                 call.charge(&up[v.clone()]);
+            } else if name.eq_ignore_ascii_case(b"grpc-message") {
+                call.note_message(&up[v.clone()]);
             }
         }
         if let Some(t) = discovers {
@@ -499,12 +501,16 @@ pub(crate) fn local_head<E: FilterHost + ?Sized>(
         let code = itoa::Buffer::new().format(g.status).to_owned();
         header(out, b"content-type", b"application/grpc");
         header(out, b"grpc-status", code.as_bytes());
-        if !g.message.is_empty() {
-            let message = crate::http::local_reply::grpc_message(g.message);
-            header(out, b"grpc-message", message.as_bytes());
+        let message =
+            (!g.message.is_empty()).then(|| crate::http::local_reply::grpc_message(g.message));
+        if let Some(m) = &message {
+            header(out, b"grpc-message", m.as_bytes());
         }
         if let Some(call) = &conn.filter_state().grpc {
             call.charge(code.as_bytes());
+            if let Some(m) = &message {
+                call.note_message(m.as_bytes());
+            }
         }
     } else if body_len > 0 && !crate::http::filter::replaces(conn, b"content-type") {
         header(out, b"content-type", b"text/plain");

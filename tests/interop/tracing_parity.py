@@ -44,6 +44,16 @@ class Backend(http.server.BaseHTTPRequestHandler):
             if k.lower() in TRACE_HEADERS:
                 seen.setdefault(k.lower(), v)
         body = json.dumps(seen, sort_keys=True).encode()
+        if "grpc" in self.path:
+            # A gRPC answer in headers only: its status and message.
+            self.send_response(200)
+            self.send_header("content-type", "application/grpc")
+            self.send_header("grpc-status", "14" if "fail" in self.path else "0")
+            if "fail" in self.path:
+                self.send_header("grpc-message", "backend%20down")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("content-type", "application/json")
         if "opresp" in self.path:
@@ -254,6 +264,9 @@ CASES = [
     ("oin", "/up/ts", f"traceparent: {TP}\r\ntracestate: a=1\r\ntracestate: b=2\r\n"),
     ("plainout", "/up/opresp", ""),
     ("plain", "/decorated/opresp", ""),
+    ("zin", "/up/grpc/fail", "content-type: application/grpc\r\ngrpc-timeout: 5S\r\n"),
+    ("oin", "/up/grpc/fail", "content-type: application/grpc\r\n"),
+    ("oin", "/up/grpc/ok", "content-type: application/grpc\r\n"),
     ("plain", "/decorated/af", "x-b3-sampled: 1\r\n"),
     ("plain", "/up/ag", "x-envoy-decorator-operation: from-header-op\r\n"),
     ("plainout", "/decorated/ah", "x-envoy-decorator-operation: from-header-op\r\n"),

@@ -36,6 +36,8 @@ pub(super) fn observe<E: FilterHost>(x: &mut E) -> std::rc::Rc<Seen> {
 #[derive(Default)]
 pub(crate) struct Seen {
     pub status: std::cell::Cell<Option<i32>>,
+    /// The `grpc-message` that came with it (a span's `grpc.message`).
+    pub message: std::cell::RefCell<Option<Box<str>>>,
     /// Request messages, response messages.
     pub messages: [std::cell::Cell<u64>; 2],
 }
@@ -67,6 +69,23 @@ fn resolves<E: Exchange + ?Sized>(x: &E) -> bool {
 }
 
 impl Call {
+    /// Charges the `grpc-status` of response trailers, and notes their `grpc-message`.
+    pub(crate) fn trailers(&self, t: &http::HeaderMap) {
+        if let Some(v) = t.get("grpc-status") {
+            self.charge(v.as_bytes());
+        }
+        if let Some(v) = t.get("grpc-message") {
+            self.note_message(v.as_bytes());
+        }
+    }
+
+    /// Notes a `grpc-message` seen in response headers or trailers, where it is watched.
+    pub(crate) fn note_message(&self, message: &[u8]) {
+        if let Some(seen) = &self.seen {
+            *seen.message.borrow_mut() = Some(String::from_utf8_lossy(message).into());
+        }
+    }
+
     /// Charges a `grpc-status` value seen in response headers or trailers.
     pub(crate) fn charge(&self, status: &[u8]) {
         if let Some(seen) = &self.seen {

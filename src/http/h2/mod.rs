@@ -141,9 +141,7 @@ pub(crate) async fn pump(
                 call: Some(call), ..
             }) = &grpc
             {
-                if let Some(v) = t.get("grpc-status") {
-                    call.charge(v.as_bytes());
-                }
+                call.trailers(&t);
             }
             to.send_trailers(t).map_err(|_| PumpError::Send)?
         }

@@ -45,6 +45,16 @@ impl Exchange for Stream {
     fn grpc_status_seen(&self) -> Option<i32> {
         self.filters.grpc.as_ref()?.seen.as_ref()?.status.get()
     }
+    fn grpc_message_seen(&self) -> Option<Box<str>> {
+        self.filters
+            .grpc
+            .as_ref()?
+            .seen
+            .as_ref()?
+            .message
+            .borrow()
+            .clone()
+    }
     fn peer_exchange(&self) -> Option<&crate::model::istio::LocalNode> {
         self.filters.istio.as_deref()?.propagate_up.as_deref()
     }

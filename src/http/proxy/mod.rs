@@ -575,9 +575,7 @@ pub(crate) async fn forward<D: Downstream>(
         }
     };
     if let (Some(t), Some(call)) = (&trailers, grpc) {
-        if let Some(v) = t.get("grpc-status") {
-            call.charge(v.as_bytes());
-        }
+        call.trailers(t);
     }
     if !(d.end_body(trailers).await && d.flush().await) {
         d.client_gone();

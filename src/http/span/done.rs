@@ -180,6 +180,9 @@ impl Done {
         if let Some(code) = x.grpc_status_seen() {
             d.grpc_status = Some(code);
             d.tag("grpc.status_code", code.to_string());
+            if let Some(message) = x.grpc_message_seen() {
+                d.tag("grpc.message", message.into());
+            }
             if grpc_error(code) {
                 d.tag("error", "true".into());
             }
