@@ -1,6 +1,6 @@
 //! The control plane's state machine, apart from its transports: what the control thread
-//! owns (resource caches, the publisher, stats), how a response is applied (converted and
-//! validated whole, then ACKed, or NACKed with the resource and field), and warming
+//! owns (resource caches, the publisher, stats), how a response is applied (each resource converted
+//! and validated, then ACKed, or NACKed naming each resource refused and its field), and warming
 //! deadlines. The ADS streams (`ads`) and SDS streams (`sds`) carry responses in and
 //! ACKs/NACKs out; `transport` reaches the servers.
 
@@ -160,10 +160,12 @@ impl Control {
         // Applied to a copy (cheap: shared maps) so that a bind failure also changes nothing.
         let mut staged = self.resources.clone();
         let mut phases = [Duration::ZERO; 3];
+        let mut refused = Vec::new();
         let result = staged
             .apply(update, &self.statics, &self.stats)
-            .and_then(|ignored| {
-                for path in ignored {
+            .and_then(|applied| {
+                refused = applied.refused;
+                for path in applied.ignored {
                     tracing::info!(
                         "ignoring tuning knob {path} (see docs/configuration.md: ignored fields)"
                     );
@@ -184,10 +186,16 @@ impl Control {
         match result {
             Ok(v) => {
                 self.resources = staged;
-                bump(XdsStat::UpdateSuccess, ClusterStat::UpdateSuccess);
+                if refused.is_empty() {
+                    bump(XdsStat::UpdateSuccess, ClusterStat::UpdateSuccess);
+                } else {
+                    bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);
+                }
                 if update.resources.is_empty() && update.removed.is_empty() {
                     bump(XdsStat::UpdateEmpty, ClusterStat::UpdateEmpty);
                 }
+                // As Envoy's init manager: a response counts as received even when some
+                // of its resources were refused.
                 self.seen.insert(update.kind);
                 self.changed.send_modify(|v| *v += 1);
                 if self.seen.contains(&Kind::Cluster) && self.seen.contains(&Kind::Listener) {
@@ -204,7 +212,13 @@ impl Control {
                     published_us = phases[2].as_micros() as u64,
                     "xDS update applied"
                 );
-                Ok(v)
+                if refused.is_empty() {
+                    return Ok(v);
+                }
+                // The others were applied; the NACK names each one refused.
+                let e = refused.join("\n");
+                tracing::warn!(kind = update.kind.short(), version = %update.version_info, refused = refused.len(), "xDS update partly rejected: {e}");
+                Err(e)
             }
             Err(e) => {
                 bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);

@@ -1,8 +1,9 @@
 //! The control thread's xDS resource caches and how they become a [`Snapshot`].
 //!
-//! An update is converted whole into a copy of the caches; only when every resource in it
-//! converted does the copy replace the caches (the caller publishes and ACKs), otherwise
-//! the error is NACKed and nothing changes. Warming follows Envoy: a CDS cluster of type
+//! An update is converted into a copy of the caches resource by resource, as Envoy applies
+//! LDS and CDS: what converts replaces the caches (the caller publishes, then ACKs, or NACKs
+//! naming each resource refused; a refused resource keeps its previous version). Two
+//! resources of one name, or a failing secret, refuse the response whole. Warming follows Envoy: a CDS cluster of type
 //! EDS is not used until its ClusterLoadAssignment arrives, and an LDS listener that names
 //! RDS route configurations is not served until they arrived (the previous version of the
 //! listener keeps serving meanwhile), each until its config source's
@@ -12,17 +13,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use prost::Message;
-
-use crate::model::convert::{self, ConvertError, Ctx, SdsSource};
+use crate::model::convert::{Ctx, SdsSource};
 use crate::model::route::RouteTable;
 use crate::model::{
     Cluster, Discovery, DumpEntry, DynamicDump, Endpoint, Listener, RouteSource, Snapshot,
 };
-use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
-use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use crate::proto::envoy::config::listener::v3::Listener as PbListener;
-use crate::proto::envoy::config::route::v3::RouteConfiguration;
 use crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
 use crate::stats::Store;
 
@@ -80,6 +75,17 @@ impl Kind {
             Kind::Listener => "lds",
             Kind::Route => "rds",
             Kind::Secret => "sds",
+        }
+    }
+
+    /// What one resource is called in errors: `listener 'x'`.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Cluster => "cluster",
+            Kind::Endpoint => "cluster load assignment",
+            Kind::Listener => "listener",
+            Kind::Route => "route configuration",
+            Kind::Secret => "secret",
         }
     }
 
@@ -236,38 +242,64 @@ fn retain_in<M: Clone>(map: &mut Map<M>, keep: impl Fn(&Arc<str>) -> bool) {
 /// Why an update was refused: the text of the NACK's `error_detail`.
 pub type Rejection = String;
 
+/// What [`Resources::apply`] did with an update that was not refused whole.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Tuning knobs ignored (logged).
+    pub ignored: Vec<String>,
+    /// One error per resource refused; the others were applied.
+    pub refused: Vec<Rejection>,
+}
+
 impl Resources {
-    /// Converts `update` whole and applies it, or changes nothing and says why (the
-    /// update is staged in a copy, which is cheap: see [`Resources`]).
+    /// Converts each resource of `update` and applies those that convert, as Envoy does:
+    /// a refused listener or cluster leaves the others, and its own previous version, in
+    /// place. `Ok` carries the tuning knobs ignored and the resources refused (then the
+    /// update is NACKed with their errors and its version is not taken); `Err` means the
+    /// response was refused whole and nothing changed (two resources of one name, or any
+    /// secret that fails: a secret's change reconverts what uses it, all or nothing). The
+    /// update is staged in a copy, which is cheap: see [`Resources`].
     pub fn apply(
         &mut self,
         update: &Update,
         statics: &Static,
         stats: &Store,
-    ) -> Result<Vec<String>, Rejection> {
+    ) -> Result<Applied, Rejection> {
         let now = (Instant::now(), SystemTime::now());
         let mut ctx = Ctx::dynamic(stats);
         ctx.secrets = Arc::new(self.secret_map());
         ctx.sds_files = Some(crate::config::read_sds_file);
-        let mut seen = BTreeSet::new();
-        let mut staged = self.clone();
-        for inc in &update.resources {
-            let (name, held) =
-                convert_one(update.kind, inc, &mut ctx, now).map_err(|e| format!("{e}"))?;
+        let mut seen: BTreeSet<Arc<str>> = BTreeSet::new();
+        let names: Vec<Option<Arc<str>>> = update.resources.iter().map(resource_name).collect();
+        for name in names.iter().flatten() {
             if !seen.insert(name.clone()) {
                 return Err(format!(
                     "{} '{name}' appears twice in one response",
-                    update.kind.short()
+                    update.kind.noun()
                 ));
             }
-            if !inc.name.is_empty() && *inc.name != *name {
-                return Err(format!(
-                    "resource '{}' carries a {} named '{name}'",
-                    inc.name,
-                    update.kind.message()
-                ));
+        }
+        let whole = update.kind == Kind::Secret;
+        let mut staged = self.clone();
+        let mut refused = Vec::new();
+        for (inc, name) in update.resources.iter().zip(&names) {
+            let one = convert_one(update.kind, inc, name.as_deref(), &mut ctx, now)
+                .map_err(|e| format!("{e}"))
+                .and_then(|(name, held)| {
+                    if !inc.name.is_empty() && *inc.name != *name {
+                        return Err(format!(
+                            "resource '{}' carries a {} named '{name}'",
+                            inc.name,
+                            update.kind.message()
+                        ));
+                    }
+                    staged.insert(update.kind, name, held, statics)
+                });
+            match one {
+                Ok(()) => {}
+                Err(e) if whole => return Err(e),
+                Err(e) => refused.push(e),
             }
-            staged.insert(update.kind, name, held, statics)?;
         }
         if update.full_state {
             staged.retain(update.kind, |n| seen.contains(n));
@@ -287,11 +319,16 @@ impl Resources {
             let ignored = staged.reconvert(|(n, _)| changed.contains(n), stats)?;
             ctx.ignored.extend(ignored);
         }
-        staged
-            .versions
-            .insert(update.kind, (update.version_info.as_str().into(), now.1));
+        if refused.is_empty() {
+            staged
+                .versions
+                .insert(update.kind, (update.version_info.as_str().into(), now.1));
+        }
         *self = staged;
-        Ok(ctx.ignored)
+        Ok(Applied {
+            ignored: ctx.ignored,
+            refused,
+        })
     }
 
     fn insert(
@@ -478,120 +515,11 @@ fn sds_clusters_exist(res: &str, refs: &[SecretRef], statics: &Static) -> Result
     Ok(())
 }
 
-enum AnyHeld {
-    Cluster(Held<Arc<Cluster>>),
-    Listener(Held<Arc<Listener>>),
-    Route(Held<Arc<RouteTable>>),
-    Endpoint(Held<Arc<[Endpoint]>>),
-    Secret(Held<Arc<PbSecret>>),
-}
-
-/// Decodes, checks for fields Ringside does not implement, and converts one resource.
-fn convert_one(
-    kind: Kind,
-    inc: &Incoming,
-    ctx: &mut Ctx<'_>,
-    (now, wall): (Instant, SystemTime),
-) -> Result<(Arc<str>, AnyHeld), ConvertError> {
-    let what = if inc.name.is_empty() {
-        kind.short().to_string()
-    } else {
-        format!("{} '{}'", kind.short(), inc.name)
-    };
-    if inc.resource.type_url != kind.type_url() {
-        return Err(convert::err(
-            &what,
-            "",
-            format!(
-                "resource of type {} in a {} response",
-                inc.resource.type_url,
-                kind.type_url()
-            ),
-        ));
-    }
-    let bytes = inc.resource.value.as_slice();
-    let decode_err = |e: prost::DecodeError| {
-        convert::err(&what, "", format!("cannot decode {}: {e}", kind.message()))
-    };
-    super::unknown::check(kind.message(), bytes)
-        .map_err(|(path, reason)| convert::err(&what, path, reason))?;
-    let entry = |name: &str| DumpEntry {
-        name: name.into(),
-        version: inc.version.as_str().into(),
-        last_updated: wall,
-        resource: Arc::new(inc.resource.clone()),
-    };
-    let (name, out): (Arc<str>, AnyHeld) = match kind {
-        Kind::Cluster => {
-            let pb = PbCluster::decode(bytes).map_err(decode_err)?;
-            let fetch_timeout = pb
-                .eds_cluster_config
-                .as_ref()
-                .and_then(|e| e.eds_config.as_ref())
-                .and_then(fetch_timeout);
-            let c = Arc::new(convert::cluster_resource(&pb, ctx)?);
-            let name = c.name.clone();
-            let h = Held::new(entry(&pb.name), c, now, fetch_timeout, ctx);
-            (name, AnyHeld::Cluster(h))
-        }
-        Kind::Listener => {
-            let pb = PbListener::decode(bytes).map_err(decode_err)?;
-            let l = Arc::new(convert::listener_resource(&pb, ctx)?);
-            // The RDS config source's initial fetch timeout, 15 s by default.
-            let fetch_timeout = rds_fetch_timeout(&pb);
-            let name = l.name.clone();
-            let h = Held::new(entry(&pb.name), l, now, fetch_timeout, ctx);
-            (name, AnyHeld::Listener(h))
-        }
-        Kind::Route => {
-            let pb = RouteConfiguration::decode(bytes).map_err(decode_err)?;
-            let t = Arc::new(convert::route_resource(&pb, ctx)?);
-            let h = Held::new(entry(&pb.name), t, now, None, ctx);
-            (pb.name.as_str().into(), AnyHeld::Route(h))
-        }
-        Kind::Endpoint => {
-            let pb = ClusterLoadAssignment::decode(bytes).map_err(decode_err)?;
-            let eps: Arc<[Endpoint]> = convert::endpoints_resource(&pb)?.into();
-            let h = Held::new(entry(&pb.cluster_name), eps, now, None, ctx);
-            (pb.cluster_name.as_str().into(), AnyHeld::Endpoint(h))
-        }
-        Kind::Secret => {
-            let pb = PbSecret::decode(bytes).map_err(decode_err)?;
-            convert::check_secret(&pb)?;
-            let name: Arc<str> = pb.name.as_str().into();
-            let h = Held::new(entry(&pb.name), Arc::new(pb), now, None, ctx);
-            (name, AnyHeld::Secret(h))
-        }
-    };
-    Ok((name, out))
-}
-
-/// A config source's `initial_fetch_timeout`: 15 s when unset, none (wait for ever) for 0.
-pub(crate) fn fetch_timeout(
-    cs: &crate::proto::envoy::config::core::v3::ConfigSource,
-) -> Option<Duration> {
-    match &cs.initial_fetch_timeout {
-        None => Some(Duration::from_secs(15)),
-        Some(d) if d.seconds <= 0 && d.nanos <= 0 => None,
-        Some(d) => Some(Duration::new(d.seconds as u64, d.nanos.max(0) as u32)),
-    }
-}
-
-fn rds_fetch_timeout(l: &PbListener) -> Option<Duration> {
-    use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3::{
-        http_connection_manager::RouteSpecifier, HttpConnectionManager,
-    };
-    let f = l.filter_chains.first()?.filters.first()?;
-    let crate::proto::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any) =
-        f.config_type.as_ref()?;
-    let hcm = HttpConnectionManager::decode(any.value.as_slice()).ok()?;
-    match hcm.route_specifier? {
-        RouteSpecifier::Rds(rds) => rds.config_source.as_ref().and_then(fetch_timeout),
-        RouteSpecifier::RouteConfig(_) => None,
-    }
-}
-
 mod assemble;
+mod convert_one;
 mod secrets;
+
+pub(crate) use convert_one::fetch_timeout;
+use convert_one::{convert_one, resource_name, AnyHeld};
 #[cfg(test)]
 mod tests;

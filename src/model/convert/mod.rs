@@ -40,11 +40,19 @@ mod tracing;
 
 /// A configuration error: which resource, which field, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{resource}: {path}: {reason}")]
+#[error("{resource}: {}{reason}", at(.path))]
 pub struct ConvertError {
     pub resource: String,
     pub path: String,
     pub reason: String,
+}
+
+/// `path: `, or nothing for an error about the resource as a whole.
+fn at(path: &str) -> String {
+    match path {
+        "" => String::new(),
+        p => format!("{p}: "),
+    }
 }
 
 /// State shared by one conversion batch.

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::config::{parse_bootstrap, Source};
+use crate::model::convert;
 
 fn any(kind: Kind, v: serde_json::Value) -> prost_types::Any {
     let desc = crate::proto::pool()
@@ -76,7 +77,12 @@ impl Fixture {
     }
 
     fn apply(&mut self, u: Update) -> Result<(), String> {
-        self.res.apply(&u, &self.statics, &self.store).map(|_| ())
+        // Refused resources fail the call here; the others were applied all the same.
+        let a = self.res.apply(&u, &self.statics, &self.store)?;
+        match a.refused.is_empty() {
+            true => Ok(()),
+            false => Err(a.refused.join("\n")),
+        }
     }
 
     fn snapshot(&mut self) -> Snapshot {
@@ -242,12 +248,41 @@ fn a_bad_resource_changes_nothing() {
             vec![eds_cluster("c", "0s"), bad],
         ))
         .unwrap_err();
+    // As Envoy: the refused cluster is named, the good one is applied, and the state of
+    // the world removes what the response no longer lists; the version is not taken.
     assert!(err.contains("cluster 'b'"), "{err}");
     assert_eq!(f.res.version(Kind::Cluster), "1");
     assert_eq!(
         f.res.versions_of(Kind::Cluster).keys().collect::<Vec<_>>(),
-        ["a"]
+        ["c"]
     );
+    // A refused update of a cluster that exists keeps its previous version serving.
+    let bad_c = any(
+        Kind::Cluster,
+        json!({"name": "c", "type": "EDS", "connect_timeout": "-1s"}),
+    );
+    let err = f
+        .apply(Update::sotw(
+            Kind::Cluster,
+            "2b",
+            vec![bad_c, eds_cluster("d", "0s")],
+        ))
+        .unwrap_err();
+    assert!(err.contains("cluster 'c'"), "{err}");
+    let mut names: Vec<_> = f.res.versions_of(Kind::Cluster).into_keys().collect();
+    names.sort();
+    assert_eq!(names, ["c", "d"]);
+    assert_eq!(f.res.versions_of(Kind::Cluster)["c"], "2");
+    // Two resources of one name: the response is refused whole.
+    let err = f
+        .apply(Update::sotw(
+            Kind::Cluster,
+            "2c",
+            vec![eds_cluster("e", "0s"), eds_cluster("e", "0s")],
+        ))
+        .unwrap_err();
+    assert!(err.contains("'e' appears twice"), "{err}");
+    assert!(!f.res.versions_of(Kind::Cluster).contains_key("e"));
     // Static resources cannot be replaced, and a type mismatch is refused.
     let err = f
         .apply(Update::sotw(
@@ -398,7 +433,8 @@ fn istio_telemetry_before_a_connection_manager_is_a_documented_no_op_and_policy_
             &f.statics,
             &f.store,
         )
-        .unwrap();
+        .unwrap()
+        .ignored;
     // The HTTP metadata exchange and istio.stats run (implemented); the network ones
     // before a connection manager (no effect there) and istio.alpn are reported.
     assert_eq!(ignored.len(), 2, "each no-op is reported: {ignored:?}");

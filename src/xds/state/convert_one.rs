@@ -1,0 +1,148 @@
+//! One resource of a response: decoded, checked for fields Ringside does not implement,
+//! and converted into what the caches hold.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prost::Message;
+
+use super::{Held, Incoming, Kind};
+use crate::model::convert::{self, ConvertError, Ctx};
+use crate::model::route::RouteTable;
+use crate::model::{Cluster, DumpEntry, Endpoint, Listener};
+use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
+use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use crate::proto::envoy::config::listener::v3::Listener as PbListener;
+use crate::proto::envoy::config::route::v3::RouteConfiguration;
+use crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
+
+/// Every resource type has its name in field 1 (`ClusterLoadAssignment.cluster_name`
+/// included): read alone, before conversion, to find duplicates and to keep a refused
+/// resource's previous version.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Named {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// The resource's name: the delta envelope's, or field 1 of the resource itself.
+pub(super) fn resource_name(inc: &Incoming) -> Option<Arc<str>> {
+    if !inc.name.is_empty() {
+        return Some(inc.name.as_str().into());
+    }
+    let n = Named::decode(inc.resource.value.as_slice()).ok()?;
+    (!n.name.is_empty()).then(|| n.name.as_str().into())
+}
+
+pub(super) enum AnyHeld {
+    Cluster(Held<Arc<Cluster>>),
+    Listener(Held<Arc<Listener>>),
+    Route(Held<Arc<RouteTable>>),
+    Endpoint(Held<Arc<[Endpoint]>>),
+    Secret(Held<Arc<PbSecret>>),
+}
+
+/// Decodes, checks for fields Ringside does not implement, and converts one resource.
+pub(super) fn convert_one(
+    kind: Kind,
+    inc: &Incoming,
+    name: Option<&str>,
+    ctx: &mut Ctx<'_>,
+    (now, wall): (Instant, SystemTime),
+) -> Result<(Arc<str>, AnyHeld), ConvertError> {
+    let what = match name {
+        None => kind.short().to_string(),
+        Some(n) => format!("{} '{n}'", kind.noun()),
+    };
+    if inc.resource.type_url != kind.type_url() {
+        return Err(convert::err(
+            &what,
+            "",
+            format!(
+                "resource of type {} in a {} response",
+                inc.resource.type_url,
+                kind.type_url()
+            ),
+        ));
+    }
+    let bytes = inc.resource.value.as_slice();
+    let decode_err = |e: prost::DecodeError| {
+        convert::err(&what, "", format!("cannot decode {}: {e}", kind.message()))
+    };
+    crate::xds::unknown::check(kind.message(), bytes)
+        .map_err(|(path, reason)| convert::err(&what, path, reason))?;
+    let entry = |name: &str| DumpEntry {
+        name: name.into(),
+        version: inc.version.as_str().into(),
+        last_updated: wall,
+        resource: Arc::new(inc.resource.clone()),
+    };
+    let (name, out): (Arc<str>, AnyHeld) = match kind {
+        Kind::Cluster => {
+            let pb = PbCluster::decode(bytes).map_err(decode_err)?;
+            let fetch_timeout = pb
+                .eds_cluster_config
+                .as_ref()
+                .and_then(|e| e.eds_config.as_ref())
+                .and_then(fetch_timeout);
+            let c = Arc::new(convert::cluster_resource(&pb, ctx)?);
+            let name = c.name.clone();
+            let h = Held::new(entry(&pb.name), c, now, fetch_timeout, ctx);
+            (name, AnyHeld::Cluster(h))
+        }
+        Kind::Listener => {
+            let pb = PbListener::decode(bytes).map_err(decode_err)?;
+            let l = Arc::new(convert::listener_resource(&pb, ctx)?);
+            // The RDS config source's initial fetch timeout, 15 s by default.
+            let fetch_timeout = rds_fetch_timeout(&pb);
+            let name = l.name.clone();
+            let h = Held::new(entry(&pb.name), l, now, fetch_timeout, ctx);
+            (name, AnyHeld::Listener(h))
+        }
+        Kind::Route => {
+            let pb = RouteConfiguration::decode(bytes).map_err(decode_err)?;
+            let t = Arc::new(convert::route_resource(&pb, ctx)?);
+            let h = Held::new(entry(&pb.name), t, now, None, ctx);
+            (pb.name.as_str().into(), AnyHeld::Route(h))
+        }
+        Kind::Endpoint => {
+            let pb = ClusterLoadAssignment::decode(bytes).map_err(decode_err)?;
+            let eps: Arc<[Endpoint]> = convert::endpoints_resource(&pb)?.into();
+            let h = Held::new(entry(&pb.cluster_name), eps, now, None, ctx);
+            (pb.cluster_name.as_str().into(), AnyHeld::Endpoint(h))
+        }
+        Kind::Secret => {
+            let pb = PbSecret::decode(bytes).map_err(decode_err)?;
+            convert::check_secret(&pb)?;
+            let name: Arc<str> = pb.name.as_str().into();
+            let h = Held::new(entry(&pb.name), Arc::new(pb), now, None, ctx);
+            (name, AnyHeld::Secret(h))
+        }
+    };
+    Ok((name, out))
+}
+
+/// A config source's `initial_fetch_timeout`: 15 s when unset, none (wait for ever) for 0.
+pub(crate) fn fetch_timeout(
+    cs: &crate::proto::envoy::config::core::v3::ConfigSource,
+) -> Option<Duration> {
+    match &cs.initial_fetch_timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.seconds <= 0 && d.nanos <= 0 => None,
+        Some(d) => Some(Duration::new(d.seconds as u64, d.nanos.max(0) as u32)),
+    }
+}
+
+fn rds_fetch_timeout(l: &PbListener) -> Option<Duration> {
+    use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::RouteSpecifier, HttpConnectionManager,
+    };
+    let f = l.filter_chains.first()?.filters.first()?;
+    let crate::proto::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any) =
+        f.config_type.as_ref()?;
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).ok()?;
+    match hcm.route_specifier? {
+        RouteSpecifier::Rds(rds) => rds.config_source.as_ref().and_then(fetch_timeout),
+        RouteSpecifier::RouteConfig(_) => None,
+    }
+}
