@@ -451,7 +451,7 @@ SUBSET = {
                                         "transport_socket", "transport_socket_matches",
                                         "metadata", "common_lb_config", "upstream_connection_options",
                                         "circuit_breakers", "max_requests_per_connection",
-                                        "filters"],
+                                        "filters", "cleanup_interval"],
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig": ["*"],
     "envoy.config.cluster.v3.Cluster.MaglevLbConfig": ["*"],
     # Upstream network filters: only Istio's metadata exchange, a documented no-op.

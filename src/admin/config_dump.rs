@@ -109,7 +109,6 @@ pub(super) fn config_dump(state: &AdminState) -> Value {
                 .push(json!({"name": e.name.as_ref(), "warming_state": state_json(e, "listener")})),
         }
     }
-    let (published, latency) = state.served.last_publish();
     json!({
         "configs": [
             {
@@ -153,18 +152,27 @@ pub(super) fn config_dump(state: &AdminState) -> Value {
                 })).collect::<Vec<_>>(),
             },
         ],
-        "ringside": {
-            "snapshot_version": snap.version,
-            "served_by_core": state.served.all(),
-            "last_publish": {
-                "version": published,
-                "received_to_all_cores_us": latency.map(|l| l.as_micros() as u64),
-            },
-            "endpoints": snap.clusters.iter().map(|c| json!({
-                "cluster_name": c.name.as_ref(),
-                "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }
+    })
+}
+
+/// `/snapshot`: Ringside's own view of what serves, kept out of `/config_dump` so that the
+/// dump decodes with Envoy's `envoy.admin.v3.ConfigDump` and nothing else: the snapshot
+/// version, the version each core serves, how long the last update took from arrival to
+/// the last core, and each cluster's endpoints as the cores use them.
+pub(super) fn snapshot(state: &AdminState) -> Value {
+    let snap = state.snapshot.load();
+    let (published, latency) = state.served.last_publish();
+    json!({
+        "snapshot_version": snap.version,
+        "served_by_core": state.served.all(),
+        "last_publish": {
+            "version": published,
+            "received_to_all_cores_us": latency.map(|l| l.as_micros() as u64),
+        },
+        "endpoints": snap.clusters.iter().map(|c| json!({
+            "cluster_name": c.name.as_ref(),
+            "endpoints": c.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -37,6 +37,7 @@ pub(super) const HELP: &str = "admin commands are:
   /runtime: print runtime values
   /runtime_modify (POST): Adds or modifies runtime values as passed in query parameters. To delete a previously added key, use an empty string as the value. Note that deletion only applies to overrides added via this endpoint; values loaded from disk can be modified via override but not deleted. E.g. ?key1=value1&key2=value2...
   /server_info: print server version/status information
+  /snapshot: Ringside's own: the configuration snapshot each core serves, the last publish's latency, each cluster's endpoints
   /stats: print server stats
       usedonly: Only include stats that have been written by system since restart
       filter: Regular expression (Google re2) for filtering stats

@@ -289,6 +289,11 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             let (status, body) = runtime::modify(state, &params);
             (status, text_ct, body)
         }
+        ("GET", "/snapshot") => (
+            200,
+            json_ct,
+            serde_json::to_vec_pretty(&config_dump::snapshot(state)).unwrap_or_default(),
+        ),
         ("GET", "/certs") => (200, json_ct, certs::certs(&state.snapshot.load())),
         ("GET", "/config_dump") => {
             let mut dump = config_dump::config_dump(state);

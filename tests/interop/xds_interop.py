@@ -623,7 +623,7 @@ def latency(binary):
             deadline = time.time() + 30
             while True:
                 dump = json.loads(rs.get("/config_dump?include_eds"))
-                lp = dump["ringside"]["last_publish"]
+                lp = json.loads(rs.get("/snapshot"))["last_publish"]
                 if lp["received_to_all_cores_us"] is not None and dump["configs"][4]["dynamic_route_configs"][0]["version_info"] == "r2":
                     break
                 check(time.time() < deadline, "publish never completed")

@@ -185,10 +185,20 @@ impl Proxy {
 
     /// Waits until `check` holds for the parsed `/config_dump`, within 10 s.
     pub async fn wait_config(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        self.wait_json("/config_dump?include_eds", what, check)
+            .await
+    }
+
+    /// Waits until `check` holds for the JSON the admin `path` answers, within 10 s.
+    pub async fn wait_json(
+        &self,
+        path: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v: serde_json::Value =
-                serde_json::from_str(&self.admin_get("/config_dump?include_eds").await.1).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&self.admin_get(path).await.1).unwrap();
             if check(&v) {
                 return;
             }

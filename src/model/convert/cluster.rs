@@ -121,6 +121,9 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if c.respect_dns_ttl {
         ctx.ignored.push(format!("{res}.respect_dns_ttl"));
     }
+    if c.cleanup_interval.is_some() {
+        ctx.ignored.push(format!("{res}.cleanup_interval"));
+    }
     let tcp_exchange = super::telemetry::cluster_filters(&c.filters, res, ctx)?;
     use pb::cluster::DnsLookupFamily as F;
     let dns_family = match F::try_from(c.dns_lookup_family) {
