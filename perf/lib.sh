@@ -41,6 +41,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # track_remaining), which Ringside does not count. ISTIO_RETRY=1 gives the route istiod's
 # default retry policy (and max_grpc_timeout), as on every outbound route. ACCESS_LOG=istio
 # or ACCESS_LOG=default adds a file access log (istiod's format, or Envoy's default).
+# OUTLIER=1 gives the cluster what istiod makes of a DestinationRule's outlierDetection
+# (consecutive 5xx and gateway errors enforced, panic threshold 0).
 one_route_setup() {
   local dir=$1 body
   backend=$(free_port); proxy=$(free_port); admin=$(free_port)
@@ -132,6 +134,9 @@ PY
   fi
   if [ -n "${ISTIO_BREAKERS:-}" ]; then
     sed -i 's|^    connect_timeout: 1s$|    connect_timeout: 1s\n    circuit_breakers: {thresholds: [{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, track_remaining: true}]}|' "$dir/ringside.yaml"
+  fi
+  if [ -n "${OUTLIER:-}" ]; then
+    sed -i 's|^    connect_timeout: 1s$|    connect_timeout: 1s\n    outlier_detection: {consecutive_5xx: 5, consecutive_gateway_failure: 5, enforcing_consecutive_gateway_failure: 100, enforcing_success_rate: 0, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 100}\n    common_lb_config: {healthy_panic_threshold: {value: 0}}|' "$dir/ringside.yaml"
   fi
   if [ -n "${ISTIO_RETRY:-}" ]; then
     sed -i "s|route: {cluster: backend}|route: {cluster: backend, max_grpc_timeout: 0s, retry_policy: {retry_on: 'connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes', num_retries: 2, retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}], host_selection_retry_max_attempts: 5, retriable_status_codes: [503]}}|" "$dir/ringside.yaml"

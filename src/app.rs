@@ -216,6 +216,26 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
     );
 
     let admin_cores = cmd_tx.clone();
+    // Outlier detection's decisions, on this thread; the cores report to it.
+    let (outlier_tx, outlier_rx) = tokio::sync::mpsc::unbounded_channel();
+    crate::outlier::register(outlier_tx);
+    let outlier_cores = cmd_tx.clone();
+    let mut detector = crate::outlier::detector::Detector::new(
+        control,
+        concurrency,
+        Box::new(move |k, cmd| {
+            let _ = outlier_cores[k].send(worker::CoreCommand::Outlier(cmd));
+        }),
+    );
+    if let Some(path) = bootstrap
+        .cluster_manager
+        .as_ref()
+        .and_then(|cm| cm.outlier_detection.as_ref())
+        .map(|o| o.event_log_path.as_str())
+        .filter(|p| !p.is_empty())
+    {
+        detector.log_events_to(path);
+    }
     let publisher = crate::xds::publish::Publisher::new(
         shared.clone(),
         cmd_tx,
@@ -243,6 +263,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         access_logs: convert::admin_access_logs(bootstrap).unwrap_or_default(),
         log_tx: Some(log_tx.clone()),
         hostname: hostname.clone(),
+        outliers: detector.views.clone(),
     });
     // The control thread's tasks share its xDS state (ADS and SDS streams): a LocalSet.
     let local = tokio::task::LocalSet::new();
@@ -257,6 +278,11 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             tokio::spawn(crate::admin::serve(listener, state.clone()));
         }
         tokio::spawn(crate::xds::dns::refresh_loop(shared.clone(), control));
+        tokio::task::spawn_local(crate::outlier::detector::run(
+            shared.clone(),
+            outlier_rx,
+            detector,
+        ));
         crate::xds::jwks::serve(shared.clone(), control);
         tokio::spawn(release_idle_memory());
         // The control thread's xDS side: ADS when configured, and the watch on SDS files

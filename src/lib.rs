@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod listener;
 pub mod logging;
 pub mod model;
+pub mod outlier;
 pub mod peer_cert;
 pub mod proto;
 pub mod rbac;

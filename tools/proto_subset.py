@@ -451,7 +451,19 @@ SUBSET = {
                                         "transport_socket", "transport_socket_matches",
                                         "metadata", "common_lb_config", "upstream_connection_options",
                                         "circuit_breakers", "max_requests_per_connection",
-                                        "filters", "cleanup_interval"],
+                                        "filters", "cleanup_interval", "outlier_detection"],
+    # Every field but `monitors` (Envoy does not implement it either).
+    "envoy.config.cluster.v3.OutlierDetection": [
+        "consecutive_5xx", "interval", "base_ejection_time", "max_ejection_percent",
+        "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
+        "success_rate_request_volume", "success_rate_stdev_factor", "consecutive_gateway_failure",
+        "enforcing_consecutive_gateway_failure", "split_external_local_origin_errors",
+        "consecutive_local_origin_failure", "enforcing_consecutive_local_origin_failure",
+        "enforcing_local_origin_success_rate", "failure_percentage_threshold",
+        "enforcing_failure_percentage", "enforcing_failure_percentage_local_origin",
+        "failure_percentage_minimum_hosts", "failure_percentage_request_volume",
+        "max_ejection_time", "max_ejection_time_jitter",
+        "successful_active_health_check_uneject_host", "always_eject_one_host"],
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig": ["*"],
     "envoy.config.cluster.v3.Cluster.MaglevLbConfig": ["*"],
     # Upstream network filters: only Istio's metadata exchange, a documented no-op.
@@ -465,7 +477,7 @@ SUBSET = {
     "envoy.config.cluster.v3.UpstreamConnectionOptions": ["tcp_keepalive"],
     "envoy.config.core.v3.TcpKeepalive": ["*"],
     # Accepted empty (istiod's); any field set in it is refused by name.
-    "envoy.config.cluster.v3.Cluster.CommonLbConfig": [],
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig": ["healthy_panic_threshold"],
     "envoy.config.cluster.v3.Cluster.TransportSocketMatch": ["name", "match", "transport_socket"],
     # TLS (transport_sockets.tls): what Istio's sidecars and gateways are sent.
     "envoy.config.core.v3.TransportSocket": ["name", "typed_config"],
@@ -524,6 +536,7 @@ MODULES = [
     "envoy.config.route.v3.route_pb2", "envoy.config.route.v3.route_components_pb2",
     "envoy.type.matcher.v3.string_pb2", "envoy.type.matcher.v3.regex_pb2",
     "envoy.config.cluster.v3.cluster_pb2", "envoy.config.cluster.v3.filter_pb2", "envoy.config.cluster.v3.circuit_breaker_pb2",
+    "envoy.config.cluster.v3.outlier_detection_pb2",
     "envoy.config.endpoint.v3.endpoint_pb2", "envoy.config.endpoint.v3.endpoint_components_pb2",
     "envoy.config.core.v3.config_source_pb2", "envoy.config.core.v3.grpc_service_pb2",
     "envoy.service.discovery.v3.discovery_pb2", "envoy.service.discovery.v3.ads_pb2",

@@ -1,6 +1,7 @@
 //! `/clusters`, text and `?format=json`, as Envoy prints them (istioctl proxy-config
 //! endpoints reads the JSON): each cluster's observability name, circuit-breaker thresholds
-//! and whether it came over xDS, and each endpoint's address, health, weight and hostname.
+//! and whether it came over xDS, its outlier detector's success-rate figures, and each
+//! endpoint's address, health (EDS, outlier ejection), weight, hostname and success rates.
 //! Ringside keeps no per-endpoint counters, so Envoy's per-host stats are not printed.
 
 use std::fmt::Write as _;
@@ -8,7 +9,25 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use crate::model::breakers::Thresholds;
-use crate::model::{Cluster, Snapshot};
+use crate::model::{Cluster, Endpoint, Snapshot};
+use crate::outlier::detector::{ClusterView, Views};
+
+/// The cluster's detector view, when it has a detector.
+fn view(views: &Views, c: &Cluster) -> Option<std::sync::Arc<ClusterView>> {
+    c.outlier.as_ref()?;
+    Some(views.load().get(&c.name).cloned().unwrap_or_default())
+}
+
+/// Whether the detector has the endpoint out.
+fn ejected(v: Option<&ClusterView>, e: &Endpoint) -> bool {
+    v.is_some_and(|v| v.ejected.contains(&e.address))
+}
+
+/// The endpoint's success rates of the last interval (external, local origin; -1: none).
+fn rates(v: Option<&ClusterView>, e: &Endpoint) -> [f64; 2] {
+    v.and_then(|v| v.success_rate.get(&e.address).copied())
+        .unwrap_or([-1.0; 2])
+}
 
 fn observability_name(c: &Cluster) -> &str {
     c.stats
@@ -49,11 +68,13 @@ fn thresholds_json(t: &Thresholds, high: bool) -> Value {
 }
 
 /// `/clusters?format=json`.
-pub(super) fn json(snapshot: &Snapshot) -> Value {
+pub(super) fn json(snapshot: &Snapshot, views: &Views) -> Value {
     let statuses: Vec<Value> = snapshot
         .clusters
         .iter()
         .map(|c| {
+            let v = view(views, c);
+            let v = v.as_deref();
             let hosts: Vec<Value> = c
                 .endpoints
                 .iter()
@@ -71,6 +92,16 @@ pub(super) fn json(snapshot: &Snapshot) -> Value {
                     if !hostname(e).is_empty() {
                         h["hostname"] = json!(hostname(e));
                     }
+                    if ejected(v, e) {
+                        h["health_status"]["failed_outlier_check"] = json!(true);
+                    }
+                    let [sr, local] = rates(v, e);
+                    if sr >= 0.0 {
+                        h["success_rate"] = json!({"value": sr});
+                    }
+                    if local >= 0.0 {
+                        h["local_origin_success_rate"] = json!({"value": local});
+                    }
                     h
                 })
                 .collect();
@@ -86,6 +117,18 @@ pub(super) fn json(snapshot: &Snapshot) -> Value {
             if added_via_api(snapshot, c) {
                 v["added_via_api"] = json!(true);
             }
+            let o = view(views, c);
+            for (i, key) in [
+                "success_rate_ejection_threshold",
+                "local_origin_success_rate_ejection_threshold",
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if let Some(t) = o.as_ref().map(|o| o.threshold[i]).filter(|t| *t >= 0.0) {
+                    v[key] = json!({"value": t});
+                }
+            }
             v
         })
         .collect();
@@ -93,11 +136,27 @@ pub(super) fn json(snapshot: &Snapshot) -> Value {
 }
 
 /// `/clusters` as text.
-pub(super) fn text(snapshot: &Snapshot) -> String {
+pub(super) fn text(snapshot: &Snapshot, views: &Views) -> String {
     let mut out = String::new();
     for c in &snapshot.clusters {
         let n = &c.name;
         let _ = writeln!(out, "{n}::observability_name::{}", observability_name(c));
+        let v = view(views, c);
+        let v = v.as_deref();
+        if let Some(o) = v {
+            for (i, what) in ["", "local_origin_"].into_iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{n}::outlier::{what}success_rate_average::{}",
+                    o.average[i]
+                );
+                let _ = writeln!(
+                    out,
+                    "{n}::outlier::{what}success_rate_ejection_threshold::{}",
+                    o.threshold[i]
+                );
+            }
+        }
         for (p, t) in [
             ("default_priority", &c.breakers.default),
             ("high_priority", &c.breakers.high),
@@ -115,13 +174,18 @@ pub(super) fn text(snapshot: &Snapshot) -> String {
         for e in c.endpoints.iter() {
             let a = e.address;
             let _ = writeln!(out, "{n}::{a}::hostname::{}", hostname(e));
-            let flags = if e.healthy {
-                "healthy"
-            } else {
-                "/failed_eds_health"
+            // Envoy's order of flags: the outlier check before EDS health.
+            let flags = match (ejected(v, e), e.healthy) {
+                (false, true) => "healthy",
+                (false, false) => "/failed_eds_health",
+                (true, true) => "/failed_outlier_check",
+                (true, false) => "/failed_outlier_check/failed_eds_health",
             };
             let _ = writeln!(out, "{n}::{a}::health_flags::{flags}");
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
+            let [sr, local] = rates(v, e);
+            let _ = writeln!(out, "{n}::{a}::success_rate::{sr}");
+            let _ = writeln!(out, "{n}::{a}::local_origin_success_rate::{local}");
         }
     }
     out

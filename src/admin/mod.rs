@@ -54,6 +54,8 @@ pub struct AdminState {
     pub access_logs: Vec<crate::model::AccessLog>,
     pub log_tx: Option<std::sync::mpsc::Sender<crate::ctx::LogBatch>>,
     pub hostname: Arc<str>,
+    /// The outlier detector's view of each cluster that has one (`/clusters`).
+    pub outliers: Arc<crate::outlier::detector::Views>,
 }
 
 /// Serves admin requests until the process exits.
@@ -415,10 +417,15 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 (
                     200,
                     json_ct,
-                    serde_json::to_vec_pretty(&clusters::json(&snap)).unwrap_or_default(),
+                    serde_json::to_vec_pretty(&clusters::json(&snap, &state.outliers))
+                        .unwrap_or_default(),
                 )
             } else {
-                (200, text_ct, clusters::text(&snap).into_bytes())
+                (
+                    200,
+                    text_ct,
+                    clusters::text(&snap, &state.outliers).into_bytes(),
+                )
             }
         }
         ("POST", "/quitquitquit") => {

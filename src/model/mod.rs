@@ -29,6 +29,7 @@ pub use access_log::{AccessLog, LogSink};
 pub use lb::LbPolicy;
 pub mod matcher;
 pub mod otel_log;
+pub mod outlier;
 pub mod overload;
 pub mod path;
 pub mod ratelimit;
@@ -478,6 +479,11 @@ pub struct Cluster {
     pub istio_service: Option<Arc<istio::IstioService>>,
     /// Istio's TCP metadata exchange as a cluster filter (upstream side).
     pub tcp_exchange: Option<Arc<istio::TcpExchange>>,
+    /// `outlier_detection` (`None`: no detector, as in Envoy).
+    pub outlier: Option<Arc<outlier::OutlierConfig>>,
+    /// `common_lb_config.healthy_panic_threshold` (percent, 50 unset): below this share
+    /// of healthy endpoints, all of them take traffic.
+    pub panic_threshold: f64,
 }
 
 /// One metadata field as `transport_socket_matches` compare it: (key, value as text).
@@ -552,6 +558,8 @@ impl Cluster {
             tls_matches: self.tls_matches.clone(),
             istio_service: self.istio_service.clone(),
             tcp_exchange: self.tcp_exchange.clone(),
+            outlier: self.outlier.clone(),
+            panic_threshold: self.panic_threshold,
         }
     }
 

@@ -140,6 +140,7 @@ stat_family! {
         UpstreamRqRxReset = "upstream_rq_rx_reset",
         UpstreamRqTxReset = "upstream_rq_tx_reset",
         UpstreamCxNoneHealthy = "upstream_cx_none_healthy",
+        LbHealthyPanic = "lb_healthy_panic",
         SslHandshake = "ssl.handshake",
         SslConnectionError = "ssl.connection_error",
         SslFailVerifyError = "ssl.fail_verify_error",
@@ -166,6 +167,37 @@ stat_family! {
                   ExtAuthzDenied, ExtAuthzError, ExtAuthzFailureModeAllowed]
       codes "upstream_rq_"
       histograms ["upstream_rq_time", "upstream_cx_connect_ms"] lazy_histograms [0]
+}
+
+stat_family! {
+    /// `cluster.<name>.outlier_detection.`: outliers detected and ejected, by kind, as
+    /// Envoy 1.40 names them (`ejections_total`, `ejections_consecutive_5xx` and
+    /// `ejections_success_rate` are Envoy's deprecated ones, still counted as it does).
+    pub enum OutlierStat {
+        EjectionsActive = "ejections_active",
+        EjectionsOverflow = "ejections_overflow",
+        EjectionsEnforcedTotal = "ejections_enforced_total",
+        EjectionsTotal = "ejections_total",
+        EjectionsConsecutive5xx = "ejections_consecutive_5xx",
+        EjectionsSuccessRate = "ejections_success_rate",
+        DetectedConsecutive5xx = "ejections_detected_consecutive_5xx",
+        EnforcedConsecutive5xx = "ejections_enforced_consecutive_5xx",
+        DetectedConsecutiveGateway = "ejections_detected_consecutive_gateway_failure",
+        EnforcedConsecutiveGateway = "ejections_enforced_consecutive_gateway_failure",
+        DetectedConsecutiveLocal = "ejections_detected_consecutive_local_origin_failure",
+        EnforcedConsecutiveLocal = "ejections_enforced_consecutive_local_origin_failure",
+        DetectedSuccessRate = "ejections_detected_success_rate",
+        EnforcedSuccessRate = "ejections_enforced_success_rate",
+        DetectedLocalSuccessRate = "ejections_detected_local_origin_success_rate",
+        EnforcedLocalSuccessRate = "ejections_enforced_local_origin_success_rate",
+        DetectedFailurePercentage = "ejections_detected_failure_percentage",
+        EnforcedFailurePercentage = "ejections_enforced_failure_percentage",
+        DetectedLocalFailurePercentage = "ejections_detected_local_origin_failure_percentage",
+        EnforcedLocalFailurePercentage = "ejections_enforced_local_origin_failure_percentage",
+        // Envoy's degraded-host detection (not implemented: always 0, as in Envoy without
+        // `detect_degraded_hosts`).
+        DetectedDegradation = "ejections_detected_degradation",
+    } gauges [EjectionsActive]
 }
 
 stat_family! {

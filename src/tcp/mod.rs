@@ -338,7 +338,23 @@ async fn connect(
             };
             e
         };
-        match crate::upstream::open_io(ctx.core, cluster, &ep, false).await {
+        let r = crate::upstream::open_io(ctx.core, cluster, &ep, false).await;
+        if let Some(cfg) = &cluster.outlier {
+            // As Envoy's TCP proxy tells the detector: a connection made or not.
+            let o = match &r {
+                Ok(_) => Some(crate::model::outlier::Outcome::Connected),
+                Err(crate::upstream::ConnectError::Overflow) => None,
+                Err(crate::upstream::ConnectError::Timeout) => {
+                    Some(crate::model::outlier::Outcome::Timeout)
+                }
+                Err(_) => Some(crate::model::outlier::Outcome::ConnectFailed),
+            };
+            if let Some(o) = o {
+                let mut u = ctx.upstreams.borrow_mut();
+                u.outlier.put(&cluster.name, cfg, ep.address, o);
+            }
+        }
+        match r {
             Ok((s, permit)) => return Ok((s, permit, ep)),
             Err(crate::upstream::ConnectError::Overflow) => return Err("UO".into()),
             Err(e) => {

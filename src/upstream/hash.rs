@@ -23,12 +23,16 @@ enum Table {
 }
 
 impl HashTable {
-    /// The table of `policy` over the healthy endpoints of `endpoints`.
-    pub fn build(policy: LbPolicy, endpoints: &Arc<[Endpoint]>) -> HashTable {
+    /// The table of `policy` over the endpoints of `endpoints` that may take traffic.
+    pub fn build(
+        policy: LbPolicy,
+        endpoints: &Arc<[Endpoint]>,
+        usable: impl Fn(&Endpoint) -> bool,
+    ) -> HashTable {
         let hosts: Vec<(u32, &Endpoint)> = endpoints
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.healthy)
+            .filter(|(_, e)| usable(e))
             .map(|(i, e)| (i as u32, e))
             .collect();
         let kind = if hosts.is_empty() {
@@ -221,6 +225,7 @@ mod tests {
                 max: 8 << 20,
             },
             &e,
+            |e| e.healthy,
         );
         let Table::Ring(r) = &t.kind else { panic!() };
         // 1/3 each: ceil(1024/3) = 342 entries per host.
@@ -235,7 +240,7 @@ mod tests {
     #[test]
     fn maglev_fills_the_table_evenly() {
         let e = eps(3);
-        let t = HashTable::build(LbPolicy::Maglev { table_size: 65537 }, &e);
+        let t = HashTable::build(LbPolicy::Maglev { table_size: 65537 }, &e, |e| e.healthy);
         let Table::Maglev(m) = &t.kind else { panic!() };
         let mut counts = [0usize; 3];
         for &i in m {

@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use crate::io::{idle_state, IdleState, MaybeTls};
 use crate::model::breakers::{Permit, Resource};
-use crate::model::{Cluster, Endpoint, LbPolicy};
+use crate::model::{Cluster, Endpoint};
 use crate::stats::{ClusterStat, Scope};
 use crate::tls::UpIo;
 
@@ -20,6 +20,10 @@ pub use error::{transport_failure, ConnectError};
 mod error;
 pub mod h2pool;
 pub mod hash;
+pub mod outlier;
+mod pick;
+
+use pick::LbState;
 
 /// An upstream HTTP/1.1 connection with its read buffer.
 pub struct Conn {
@@ -50,16 +54,6 @@ impl Drop for Conn {
     }
 }
 
-/// Per-cluster load-balancer state on one core.
-#[derive(Default)]
-struct LbState {
-    next: u64,
-    /// Requests in flight per endpoint (least request).
-    active: FxHashMap<SocketAddr, u32>,
-    /// The ring or Maglev table of a consistent-hash cluster, for its current endpoints.
-    table: Option<hash::HashTable>,
-}
-
 /// Upstream state of one core.
 pub struct Upstreams {
     core: usize,
@@ -69,6 +63,8 @@ pub struct Upstreams {
     pub h2: h2pool::H2Pool,
     /// Idle connections kept per endpoint.
     pub max_idle_per_endpoint: usize,
+    /// Outlier detection's counts and the ejected hosts, as this core knows them.
+    pub outlier: outlier::CoreOutlier,
 }
 
 impl Upstreams {
@@ -79,83 +75,7 @@ impl Upstreams {
             lb: FxHashMap::default(),
             h2: h2pool::H2Pool::default(),
             max_idle_per_endpoint: 1024,
-        }
-    }
-
-    /// Picks a healthy endpoint of `cluster` by its load-balancing policy (a
-    /// consistent-hash policy picks at random, as for a request without a key).
-    pub fn pick<'c>(&mut self, cluster: &'c Cluster) -> Option<&'c Endpoint> {
-        self.pick_hashed(cluster, None)
-    }
-
-    /// As [`Upstreams::pick`], with the request's key for a consistent-hash policy.
-    pub fn pick_hashed<'c>(
-        &mut self,
-        cluster: &'c Cluster,
-        key: Option<u64>,
-    ) -> Option<&'c Endpoint> {
-        let eps = &cluster.endpoints;
-        let healthy = eps.iter().filter(|e| e.healthy).count();
-        if healthy == 0 {
-            return None;
-        }
-        if !self.lb.contains_key(&*cluster.name) {
-            self.lb.insert(cluster.name.clone(), LbState::default());
-        }
-        let state = self.lb.get_mut(&*cluster.name).expect("inserted above");
-        let nth_healthy = |n: usize| eps.iter().filter(|e| e.healthy).nth(n);
-        match cluster.lb {
-            LbPolicy::RoundRobin => {
-                let total: u64 = eps
-                    .iter()
-                    .filter(|e| e.healthy)
-                    .map(|e| u64::from(e.weight))
-                    .sum();
-                let all_equal = eps
-                    .iter()
-                    .filter(|e| e.healthy)
-                    .all(|e| e.weight == eps[0].weight);
-                state.next = state.next.wrapping_add(1);
-                if all_equal {
-                    return nth_healthy((state.next % healthy as u64) as usize);
-                }
-                let mut x = state.next % total.max(1);
-                for e in eps.iter().filter(|e| e.healthy) {
-                    if x < u64::from(e.weight) {
-                        return Some(e);
-                    }
-                    x -= u64::from(e.weight);
-                }
-                None
-            }
-            LbPolicy::Random => nth_healthy(fastrand::usize(..healthy)),
-            LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } => {
-                let stale = state
-                    .table
-                    .as_ref()
-                    .is_none_or(|t| !Arc::ptr_eq(&t.endpoints, &cluster.endpoints));
-                if stale {
-                    state.table = Some(hash::HashTable::build(cluster.lb, &cluster.endpoints));
-                }
-                let table = state.table.as_ref()?;
-                // No key: a random one, as Envoy does.
-                let i = table.choose(key.unwrap_or_else(|| fastrand::u64(..)))?;
-                eps.get(i)
-            }
-            LbPolicy::LeastRequest { choice_count } => {
-                let mut best: Option<(&Endpoint, u32)> = None;
-                for _ in 0..choice_count {
-                    let e = nth_healthy(fastrand::usize(..healthy))?;
-                    let load = state.active.get(&e.address).copied().unwrap_or(0);
-                    // Weighted: compare load scaled by the other's weight.
-                    if best.is_none_or(|(b, bl)| {
-                        u64::from(load) * u64::from(b.weight) < u64::from(bl) * u64::from(e.weight)
-                    }) {
-                        best = Some((e, load));
-                    }
-                }
-                best.map(|(e, _)| e)
-            }
+            outlier: outlier::CoreOutlier::default(),
         }
     }
 
@@ -491,7 +411,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Discovery, DnsFamily};
+    use crate::model::{Discovery, DnsFamily, LbPolicy};
     use crate::stats::Store;
 
     fn cluster(lb: LbPolicy, weights: &[u32]) -> Cluster {
@@ -530,6 +450,8 @@ mod tests {
             tls_matches: Arc::new([]),
             istio_service: None,
             tcp_exchange: None,
+            outlier: None,
+            panic_threshold: 50.0,
             endpoints: weights
                 .iter()
                 .enumerate()
@@ -590,6 +512,10 @@ mod tests {
         eps = c.endpoints.to_vec();
         eps[1].healthy = false;
         c.endpoints = eps.into();
+        // None healthy: Envoy's panic mode (below 50%) uses them all.
+        assert_eq!(counts(&mut u, &c, 50).iter().sum::<usize>(), 50);
+        // Without panic mode, nothing can be picked.
+        c.panic_threshold = 0.0;
         assert!(u.pick(&c).is_none());
     }
 }

@@ -48,6 +48,8 @@ pub enum CoreCommand {
     Stop(Arc<str>),
     /// A snapshot of this version was published: load it now and report it as served.
     Snapshot(u64),
+    /// From the outlier detector: ejected hosts, or a request for volumes.
+    Outlier(crate::outlier::ToCore),
     /// `/drain_listeners`: drain the connections of every listener (or of the inbound
     /// ones) with the drain strategy over `window`, and stop accepting after `stop_after`
     /// (`None`: keep accepting, `skip_exit`).
@@ -216,8 +218,17 @@ async fn core_main(start: CoreStart) {
                     gradual,
                     stop_after,
                 } => crate::listener::drain(&cmd_ctx, inbound_only, window, gradual, stop_after),
+                CoreCommand::Outlier(cmd) => {
+                    cmd_ctx
+                        .upstreams
+                        .borrow_mut()
+                        .outlier
+                        .apply(cmd, cmd_ctx.core);
+                }
                 CoreCommand::Snapshot(_) => {
-                    let v = cmd_ctx.snapshot().version;
+                    let snap = cmd_ctx.snapshot();
+                    cmd_ctx.upstreams.borrow_mut().outlier.prune(&snap);
+                    let v = snap.version;
                     served.set(cmd_ctx.core, v);
                 }
             }

@@ -222,7 +222,12 @@ impl Proxy {
     /// client sees their effect: a failed handshake, a completed exchange), or its value
     /// after 3 s.
     pub async fn stat_reaching(&self, name: &str, want: i64) -> i64 {
-        let deadline = Instant::now() + Duration::from_secs(3);
+        self.stat_reaching_within(name, want, 3).await
+    }
+
+    /// As [`Proxy::stat_reaching`], waiting up to `secs`.
+    pub async fn stat_reaching_within(&self, name: &str, want: i64, secs: u64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.stat(name).await;
             if v >= want || Instant::now() > deadline {
@@ -235,7 +240,12 @@ impl Proxy {
     /// Stat `name` once it has fallen to `want` (a gauge the proxy lowers just after the
     /// client sees the response), or its value after 3 s.
     pub async fn stat_falling_to(&self, name: &str, want: i64) -> i64 {
-        let deadline = Instant::now() + Duration::from_secs(3);
+        self.stat_falling_to_within(name, want, 3).await
+    }
+
+    /// As [`Proxy::stat_falling_to`], waiting up to `secs`.
+    pub async fn stat_falling_to_within(&self, name: &str, want: i64, secs: u64) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.stat(name).await;
             if v <= want || Instant::now() > deadline {

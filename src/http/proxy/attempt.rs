@@ -215,3 +215,53 @@ pub(super) fn expected_timeout(
         (t, _) => t,
     }
 }
+
+/// Tells the cluster's outlier detection what an attempt came to, as Envoy's router does:
+/// the response's status (a `grpc-status` in its head mapped to HTTP's), a connection that
+/// failed or broke, or a timeout. An overflow or a client gone says nothing of the host.
+pub(super) fn to_detector(
+    ctx: &CoreCtx,
+    cluster: &Cluster,
+    addr: std::net::SocketAddr,
+    outcome: &Result<super::Outcome<'_>, HttpError>,
+    resp: &crate::http::h1::ResponseHead,
+) {
+    use crate::model::outlier::Outcome as O;
+    let Some(cfg) = &cluster.outlier else { return };
+    let o = match outcome {
+        Ok(o) => {
+            let head = o.up.head_bytes(resp);
+            let grpc = crate::http::h1::header_value(head, &resp.headers, b"grpc-status")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok());
+            O::Status(grpc.map_or(resp.status, grpc_to_http))
+        }
+        Err(HttpError::Connect(_))
+        | Err(HttpError::UpstreamReset)
+        | Err(HttpError::UpstreamProtocol)
+        | Err(HttpError::UpstreamRefusedStream) => O::ConnectFailed,
+        Err(HttpError::UpstreamPerTryTimeout) | Err(HttpError::UpstreamTimeout) => O::Timeout,
+        Err(_) => return,
+    };
+    ctx.upstreams
+        .borrow_mut()
+        .outlier
+        .put(&cluster.name, cfg, addr, o);
+}
+
+/// Envoy's `grpcToHttpStatus`.
+fn grpc_to_http(status: u32) -> u16 {
+    match status {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}

@@ -69,3 +69,20 @@ pub(super) fn body_failed<D: Downstream>(
         }
     }
 }
+
+/// After a 101 to an upgrade, the connection becomes the tunnel: what the upstream sent
+/// after the 101 (`head_len` bytes) belongs to it.
+pub(super) async fn upgraded<D: Downstream>(
+    d: &mut D,
+    mut conn: crate::upstream::Conn,
+    cluster: &crate::model::Cluster,
+    idle: Option<std::time::Duration>,
+    head_len: usize,
+) {
+    conn.buf.drain(..head_len);
+    if !d.flush().await {
+        d.client_gone();
+        return;
+    }
+    d.tunnel(conn, cluster, idle).await;
+}

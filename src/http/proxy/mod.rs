@@ -338,6 +338,9 @@ pub(crate) async fn forward<D: Downstream>(
                     })
                 }
             };
+            if cluster.outlier.is_some() {
+                attempt::to_detector(ctx, cluster, ep.address, &outcome, resp);
+            }
             let Some(rs) = retry.as_mut() else {
                 break 'attempts outcome;
             };
@@ -460,15 +463,9 @@ pub(crate) async fn forward<D: Downstream>(
         return Ok(());
     }
     if status == 101 && d.upgrading() {
-        if let Up::H1 { mut conn, .. } = up {
-            // What the upstream sent after the 101 belongs to the tunnel.
-            conn.buf.drain(..resp_len);
-            if !d.flush().await {
-                d.client_gone();
-                return Ok(());
-            }
+        if let Up::H1 { conn, .. } = up {
             // Boxed, as every cold path here: see `forward`'s note on future sizes.
-            Box::pin(d.tunnel(conn, cluster, idle)).await;
+            Box::pin(body::upgraded(d, conn, cluster, idle, resp_len)).await;
             return Ok(());
         }
     }

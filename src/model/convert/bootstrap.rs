@@ -46,10 +46,6 @@ pub fn bootstrap_snapshot_with(
         ctx.ads = dr.ads_config.is_some();
     }
     if let Some(cm) = &bootstrap.cluster_manager {
-        if cm.outlier_detection.is_some() {
-            ctx.ignored
-                .push("cluster_manager.outlier_detection.event_log_path".into());
-        }
         if cm.enable_deferred_cluster_creation {
             ctx.ignored
                 .push("cluster_manager.enable_deferred_cluster_creation".into());

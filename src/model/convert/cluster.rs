@@ -257,6 +257,8 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         tls_matches: tls_matches.into(),
         istio_service: super::telemetry::istio_service(c.metadata.as_ref()),
         tcp_exchange,
+        outlier: super::outlier::outlier(c, stat_name, ctx, res)?,
+        panic_threshold: super::outlier::panic_threshold(c, res)?,
     })
 }
 

@@ -4,7 +4,7 @@
 mod json;
 mod time;
 
-pub use time::{civil_from_days, write_start_time, TimeFormat};
+pub use time::{civil_from_days, write_rfc3339_nanos, write_start_time, TimeFormat};
 
 /// Appends `s` as a JSON string (as the JSON log formats write strings).
 pub fn json_string(s: &[u8], out: &mut Vec<u8>) {

@@ -150,6 +150,30 @@ pub fn write_start_time(t: SystemTime, out: &mut Vec<u8>) {
     );
 }
 
+/// `t` as protobuf's JSON writes a `Timestamp`: UTC, with 3, 6 or 9 fractional digits (as
+/// few as the nanoseconds need), none when they are 0.
+pub fn write_rfc3339_nanos(t: SystemTime, out: &mut Vec<u8>) {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, m, day) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let frac = match d.subsec_nanos() {
+        0 => String::new(),
+        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
+        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
+        n => format!(".{n:09}"),
+    };
+    let _ = std::io::Write::write_fmt(
+        out,
+        format_args!(
+            "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}{frac}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60,
+        ),
+    );
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -1,0 +1,587 @@
+//! The control thread's outlier detector: Envoy 1.40's ejection rules, driven by what the
+//! cores report (see [`crate::outlier`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::event_log::event_line;
+use super::{Event, ToCore};
+use crate::model::outlier::{Kind, OutlierConfig, OutlierStat};
+use crate::model::{SharedSnapshot, Snapshot};
+
+/// What `/clusters` shows of one cluster's detector.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    pub ejected: Vec<SocketAddr>,
+    /// Per host, the success rates of the last interval (external, local origin; -1: not
+    /// computed).
+    pub success_rate: HashMap<SocketAddr, [f64; 2]>,
+    /// The cluster's average success rate and ejection threshold (external, local origin).
+    pub average: [f64; 2],
+    pub threshold: [f64; 2],
+}
+
+/// Every detector's view, by cluster name (clusters with `outlier_detection` only).
+pub type Views = ArcSwap<HashMap<Arc<str>, Arc<ClusterView>>>;
+
+/// How long the detector waits for the cores' volumes before evaluating without the
+/// missing ones.
+const SWEEP_WAIT: Duration = Duration::from_millis(200);
+
+#[derive(Debug)]
+struct Host {
+    ejected: bool,
+    ejected_at: Instant,
+    /// Envoy's ejection-time multiplier.
+    backoff: u32,
+    jitter: Duration,
+    last_unejected: Option<Instant>,
+    /// Ejections so far (the event log's `num_ejections`).
+    num_ejections: u32,
+    success_rate: [f64; 2],
+}
+
+impl Host {
+    fn new(now: Instant) -> Host {
+        Host {
+            ejected: false,
+            ejected_at: now,
+            backoff: 0,
+            jitter: Duration::ZERO,
+            last_unejected: None,
+            num_ejections: 0,
+            success_rate: [-1.0; 2],
+        }
+    }
+}
+
+struct State {
+    cfg: Arc<OutlierConfig>,
+    hosts: HashMap<SocketAddr, Host>,
+    active: u32,
+    next_tick: Instant,
+    average: [f64; 2],
+    threshold: [f64; 2],
+}
+
+/// A sweep in progress: the clusters whose volumes were asked for, and what came back.
+struct Sweep {
+    clusters: Vec<Arc<str>>,
+    answers: usize,
+    until: Instant,
+    volumes: HashMap<(Arc<str>, SocketAddr), [u64; 4]>,
+}
+
+pub struct Detector {
+    clusters: HashMap<Arc<str>, State>,
+    /// The stats block the control thread writes.
+    core: usize,
+    cores: usize,
+    to_core: Box<dyn Fn(usize, ToCore)>,
+    pub views: Arc<Views>,
+    version: Option<u64>,
+    sweep: Option<Sweep>,
+    /// `cluster_manager.outlier_detection.event_log_path`, open.
+    event_log: Option<std::fs::File>,
+}
+
+impl Detector {
+    pub fn new(core: usize, cores: usize, to_core: Box<dyn Fn(usize, ToCore)>) -> Detector {
+        Detector {
+            clusters: HashMap::new(),
+            core,
+            cores,
+            to_core,
+            views: Arc::new(ArcSwap::from_pointee(HashMap::new())),
+            version: None,
+            sweep: None,
+            event_log: None,
+        }
+    }
+
+    /// Writes each ejection and unejection to `path` as Envoy's `OutlierDetectionEvent`
+    /// JSON lines (Istio's bootstrap names /dev/stdout).
+    pub fn log_events_to(&mut self, path: &str) {
+        match std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            Ok(f) => self.event_log = Some(f),
+            Err(e) => tracing::warn!("outlier detection event log {path}: {e}"),
+        }
+    }
+
+    fn log_event(&mut self, line: String) {
+        if let Some(f) = &mut self.event_log {
+            use std::io::Write as _;
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    fn stat(&self, cfg: &OutlierConfig, s: OutlierStat) {
+        cfg.stats.core(self.core).inc(s as usize);
+    }
+
+    fn broadcast(&self, cluster: &Arc<str>, hosts: Arc<[SocketAddr]>) {
+        for k in 0..self.cores {
+            (self.to_core)(
+                k,
+                ToCore::Ejected {
+                    cluster: cluster.clone(),
+                    hosts: hosts.clone(),
+                },
+            );
+        }
+    }
+
+    /// Follows the configuration: clusters and hosts added keep nothing, removed ones are
+    /// forgotten (an ejected host removed no longer counts as active).
+    pub fn sync(&mut self, snap: &Snapshot, now: Instant) {
+        if self.version == Some(snap.version) {
+            return;
+        }
+        self.version = Some(snap.version);
+        let mut seen = std::collections::HashSet::new();
+        let mut changed = Vec::new();
+        for c in snap.clusters.iter() {
+            let Some(cfg) = &c.outlier else { continue };
+            seen.insert(c.name.clone());
+            let st = self
+                .clusters
+                .entry(c.name.clone())
+                .or_insert_with(|| State {
+                    cfg: cfg.clone(),
+                    hosts: HashMap::new(),
+                    active: 0,
+                    next_tick: now + cfg.interval,
+                    average: [-1.0; 2],
+                    threshold: [-1.0; 2],
+                });
+            if !Arc::ptr_eq(&st.cfg, cfg) {
+                // The same cluster converted again (every CDS push): ejections stay, the
+                // new settings apply from the next interval.
+                if st.cfg.interval != cfg.interval {
+                    st.next_tick = now + cfg.interval;
+                }
+                st.cfg = cfg.clone();
+            }
+            let live: std::collections::HashSet<SocketAddr> =
+                c.endpoints.iter().map(|e| e.address).collect();
+            let before = st.active;
+            st.hosts.retain(|a, h| {
+                let keep = live.contains(a);
+                if !keep && h.ejected {
+                    st.active -= 1;
+                    st.cfg
+                        .stats
+                        .core(self.core)
+                        .dec(OutlierStat::EjectionsActive as usize);
+                }
+                keep
+            });
+            for a in live {
+                st.hosts.entry(a).or_insert_with(|| Host::new(now));
+            }
+            if st.active != before {
+                changed.push(c.name.clone());
+            }
+        }
+        let gone: Vec<Arc<str>> = self
+            .clusters
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(st) = self.clusters.remove(&name) {
+                for _ in 0..st.active {
+                    st.cfg
+                        .stats
+                        .core(self.core)
+                        .dec(OutlierStat::EjectionsActive as usize);
+                }
+                self.broadcast(&name, Arc::new([]));
+            }
+        }
+        for name in changed {
+            self.publish(&name);
+        }
+        self.store_views();
+    }
+
+    /// Tells the cores the cluster's ejected hosts.
+    fn publish(&self, name: &Arc<str>) {
+        if let Some(st) = self.clusters.get(name) {
+            let hosts: Arc<[SocketAddr]> = st
+                .hosts
+                .iter()
+                .filter(|(_, h)| h.ejected)
+                .map(|(a, _)| *a)
+                .collect();
+            self.broadcast(name, hosts);
+        }
+    }
+
+    fn store_views(&self) {
+        let views = self
+            .clusters
+            .iter()
+            .map(|(n, st)| {
+                let mut ejected: Vec<SocketAddr> = st
+                    .hosts
+                    .iter()
+                    .filter(|(_, h)| h.ejected)
+                    .map(|(a, _)| *a)
+                    .collect();
+                ejected.sort();
+                let v = ClusterView {
+                    ejected,
+                    success_rate: st.hosts.iter().map(|(a, h)| (*a, h.success_rate)).collect(),
+                    average: st.average,
+                    threshold: st.threshold,
+                };
+                (n.clone(), Arc::new(v))
+            })
+            .collect();
+        self.views.store(Arc::new(views));
+    }
+
+    /// A core's report.
+    pub fn event(&mut self, e: Event, now: Instant) {
+        match e {
+            Event::Consecutive {
+                cluster,
+                addr,
+                kind,
+            } => {
+                let Some(st) = self.clusters.get(&cluster) else {
+                    return;
+                };
+                // A host the configuration no longer has, or one already out: nothing.
+                if st.hosts.get(&addr).is_none_or(|h| h.ejected) {
+                    return;
+                }
+                let cfg = st.cfg.clone();
+                let (_, detected, _) = cfg.of(kind);
+                self.stat(&cfg, detected);
+                let ejected = self.eject(&cluster, addr, kind, now);
+                if kind == Kind::Consecutive5xx {
+                    self.stat(&cfg, OutlierStat::EjectionsConsecutive5xx);
+                }
+                if ejected {
+                    self.publish(&cluster);
+                    self.store_views();
+                }
+            }
+            Event::Volumes { hosts, .. } => {
+                let Some(sw) = self.sweep.as_mut() else {
+                    return;
+                };
+                sw.answers += 1;
+                for (c, a, v) in hosts {
+                    let e = sw.volumes.entry((c, a)).or_default();
+                    for i in 0..4 {
+                        e[i] += v[i];
+                    }
+                }
+                if sw.answers >= self.cores {
+                    self.evaluate(now);
+                }
+            }
+        }
+    }
+
+    /// Envoy's `ejectHost`: the max-ejection-percent rule, then the enforcing roll.
+    fn eject(&mut self, cluster: &Arc<str>, addr: SocketAddr, kind: Kind, now: Instant) -> bool {
+        let core = self.core;
+        let Some(st) = self.clusters.get_mut(cluster) else {
+            return false;
+        };
+        let cfg = st.cfg.clone();
+        let stat = |s: OutlierStat| cfg.stats.core(core).inc(s as usize);
+        let ejected_percent = 100.0 * f64::from(st.active + 1) / st.hosts.len().max(1) as f64;
+        let allowed = ejected_percent <= f64::from(cfg.max_ejection_percent)
+            || (cfg.always_eject_one && st.active == 0);
+        if !allowed {
+            stat(OutlierStat::EjectionsOverflow);
+            return false;
+        }
+        if matches!(kind, Kind::Consecutive5xx | Kind::SuccessRate) {
+            stat(OutlierStat::EjectionsTotal);
+        }
+        let (enforcing, _, enforced) = cfg.of(kind);
+        let m = usize::from(matches!(
+            kind,
+            Kind::LocalSuccessRate | Kind::LocalFailurePercentage
+        ));
+        let (average, threshold) = (st.average[m], st.threshold[m]);
+        let Some(h) = st.hosts.get_mut(&addr) else {
+            return false;
+        };
+        let enforce = fastrand::u32(..100) < enforcing;
+        let detail = match kind {
+            Kind::SuccessRate | Kind::LocalSuccessRate => format!(
+                "\"eject_success_rate_event\":{{\"host_success_rate\":{},\"cluster_average_success_rate\":{},\"cluster_success_rate_ejection_threshold\":{}}}",
+                h.success_rate[m].max(0.0) as u32,
+                average.max(0.0) as u32,
+                threshold.max(0.0) as u32
+            ),
+            Kind::FailurePercentage | Kind::LocalFailurePercentage => format!(
+                "\"eject_failure_percentage_event\":{{\"host_success_rate\":{}}}",
+                h.success_rate[m].max(0.0) as u32
+            ),
+            _ => "\"eject_consecutive_event\":{}".into(),
+        };
+        let num = h.num_ejections + u32::from(enforce);
+        let line = event_line(
+            cluster,
+            addr,
+            kind,
+            true,
+            h.last_unejected,
+            now,
+            num,
+            enforce,
+            &detail,
+        );
+        if enforce {
+            h.num_ejections += 1;
+        }
+        self.log_event(line);
+        if !enforce {
+            return false;
+        }
+        let Some(st) = self.clusters.get_mut(cluster) else {
+            return false;
+        };
+        let Some(h) = st.hosts.get_mut(&addr) else {
+            return false;
+        };
+        h.ejected = true;
+        h.ejected_at = now;
+        let jitter_ms = cfg.jitter.as_millis().min(u64::MAX as u128) as u64;
+        h.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
+        if cfg.base_ejection * h.backoff < cfg.max_ejection + cfg.base_ejection {
+            h.backoff += 1;
+        }
+        st.active += 1;
+        cfg.stats
+            .core(core)
+            .inc(OutlierStat::EjectionsActive as usize);
+        stat(OutlierStat::EjectionsEnforcedTotal);
+        stat(enforced);
+        tracing::info!(cluster = %cluster, host = %addr, ?kind, "outlier ejected");
+        true
+    }
+
+    /// The earliest moment something is due: a cluster's interval, or a sweep's deadline.
+    pub fn next_due(&self, now: Instant) -> Instant {
+        let ticks = self.clusters.values().map(|s| s.next_tick);
+        let sweep = self.sweep.as_ref().map(|s| s.until);
+        ticks
+            .chain(sweep)
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+    }
+
+    /// Runs what is due: each cluster's interval (unejections, the multiplier's decay, a
+    /// sweep for its volumes), and the evaluation of a sweep whose answers did not all come.
+    pub fn due(&mut self, now: Instant) {
+        if self.sweep.as_ref().is_some_and(|s| now >= s.until) {
+            self.evaluate(now);
+        }
+        let mut changed = Vec::new();
+        let mut sweep = Vec::new();
+        let mut unejected = Vec::new();
+        for (name, st) in self.clusters.iter_mut() {
+            if now < st.next_tick {
+                continue;
+            }
+            st.next_tick = now + st.cfg.interval;
+            let cfg = st.cfg.clone();
+            for (a, h) in st.hosts.iter_mut() {
+                if h.ejected {
+                    let out_for = (cfg.base_ejection * h.backoff).min(cfg.max_ejection) + h.jitter;
+                    if now.saturating_duration_since(h.ejected_at) >= out_for {
+                        h.ejected = false;
+                        h.last_unejected = Some(now);
+                        st.active -= 1;
+                        cfg.stats
+                            .core(self.core)
+                            .dec(OutlierStat::EjectionsActive as usize);
+                        if !changed.contains(name) {
+                            changed.push(name.clone());
+                        }
+                        unejected.push(event_line(
+                            name,
+                            *a,
+                            Kind::Consecutive5xx,
+                            false,
+                            Some(h.ejected_at),
+                            now,
+                            h.num_ejections,
+                            false,
+                            "",
+                        ));
+                        tracing::info!(cluster = %name, "outlier unejected");
+                    }
+                } else if h.backoff > 0
+                    && h.last_unejected
+                        .is_some_and(|t| now.saturating_duration_since(t) >= cfg.interval)
+                {
+                    h.backoff -= 1;
+                }
+                h.success_rate = [-1.0; 2];
+            }
+            st.average = [-1.0; 2];
+            st.threshold = [-1.0; 2];
+            if cfg.evaluates(st.hosts.len()) {
+                sweep.push(name.clone());
+            }
+        }
+        for line in unejected {
+            self.log_event(line);
+        }
+        for name in &changed {
+            self.publish(name);
+        }
+        if !sweep.is_empty() {
+            if self.sweep.is_some() {
+                self.evaluate(now);
+            }
+            let list: Arc<[Arc<str>]> = sweep.clone().into();
+            for k in 0..self.cores {
+                (self.to_core)(k, ToCore::Sweep(list.clone()));
+            }
+            self.sweep = Some(Sweep {
+                clusters: sweep,
+                answers: 0,
+                until: now + SWEEP_WAIT,
+                volumes: HashMap::new(),
+            });
+        }
+        if !changed.is_empty() {
+            self.store_views();
+        }
+    }
+
+    /// Envoy's success-rate and failure-percentage ejections over a sweep's volumes: the
+    /// external results, then the local-origin ones.
+    fn evaluate(&mut self, now: Instant) {
+        let Some(sw) = self.sweep.take() else { return };
+        let mut any = Vec::new();
+        for name in &sw.clusters {
+            let mut outliers = Vec::new();
+            let Some(st) = self.clusters.get_mut(name) else {
+                continue;
+            };
+            let cfg = st.cfg.clone();
+            let n = st.hosts.len();
+            for (m, (sr_kind, fp_kind)) in [
+                (Kind::SuccessRate, Kind::FailurePercentage),
+                (Kind::LocalSuccessRate, Kind::LocalFailurePercentage),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let (sr, fp) = (cfg.success_rate, cfg.failure_percentage);
+                if n < sr.minimum_hosts as usize && n < fp.minimum_hosts as usize {
+                    continue;
+                }
+                let mut valid_sr = Vec::new();
+                let mut valid_fp = Vec::new();
+                for (a, h) in st.hosts.iter_mut().filter(|(_, h)| !h.ejected) {
+                    let v = sw
+                        .volumes
+                        .get(&(name.clone(), *a))
+                        .copied()
+                        .unwrap_or_default();
+                    let (ok, total) = (v[2 * m], v[2 * m + 1]);
+                    if total == 0 {
+                        continue;
+                    }
+                    let rate = ok as f64 * 100.0 / total as f64;
+                    if total >= u64::from(sr.request_volume.min(fp.request_volume)) {
+                        h.success_rate[m] = rate;
+                    }
+                    if total >= u64::from(sr.request_volume) {
+                        valid_sr.push((*a, rate));
+                    }
+                    if total >= u64::from(fp.request_volume) {
+                        valid_fp.push((*a, rate));
+                    }
+                }
+                if !valid_sr.is_empty() && valid_sr.len() >= sr.minimum_hosts as usize {
+                    let k = valid_sr.len() as f64;
+                    let mean = valid_sr.iter().map(|(_, r)| r).sum::<f64>() / k;
+                    let var = valid_sr
+                        .iter()
+                        .map(|(_, r)| (r - mean).powi(2))
+                        .sum::<f64>()
+                        / k;
+                    let threshold = mean - cfg.stdev_factor * var.sqrt();
+                    st.average[m] = mean;
+                    st.threshold[m] = threshold;
+                    for (a, r) in &valid_sr {
+                        if *r < threshold {
+                            outliers.push((*a, sr_kind));
+                        }
+                    }
+                }
+                if !valid_fp.is_empty() && valid_fp.len() >= fp.minimum_hosts as usize {
+                    for (a, r) in &valid_fp {
+                        if 100.0 - r >= f64::from(cfg.failure_threshold) {
+                            outliers.push((*a, fp_kind));
+                        }
+                    }
+                }
+            }
+            for (a, kind) in outliers {
+                let st = &self.clusters[name];
+                // One ejection per host per interval (Envoy would try it twice).
+                if st.hosts.get(&a).is_none_or(|h| h.ejected) {
+                    continue;
+                }
+                let (_, detected, _) = cfg.of(kind);
+                self.stat(&cfg, detected);
+                if matches!(kind, Kind::SuccessRate | Kind::LocalSuccessRate) {
+                    self.stat(&cfg, OutlierStat::EjectionsSuccessRate);
+                }
+                if self.eject(name, a, kind, now) && !any.contains(name) {
+                    any.push(name.clone());
+                }
+            }
+        }
+        for name in &any {
+            self.publish(name);
+        }
+        self.store_views();
+    }
+}
+
+/// Runs the detector for as long as the process does.
+pub async fn run(shared: SharedSnapshot, mut events: UnboundedReceiver<Event>, mut d: Detector) {
+    loop {
+        let now = Instant::now();
+        d.sync(&shared.load(), now);
+        let due = d.next_due(now);
+        tokio::select! {
+            e = events.recv() => match e {
+                Some(e) => {
+                    // The event may be about a cluster published meanwhile.
+                    d.sync(&shared.load(), Instant::now());
+                    d.event(e, Instant::now());
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep_until(due.into()) => {}
+        }
+        d.due(Instant::now());
+    }
+}
