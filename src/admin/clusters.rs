@@ -95,6 +95,22 @@ pub(super) fn json(snapshot: &Snapshot, views: &Views) -> Value {
                     if ejected(v, e) {
                         h["health_status"]["failed_outlier_check"] = json!(true);
                     }
+                    if let Some(l) = &e.locality {
+                        let mut loc = serde_json::Map::new();
+                        for (k, v) in [
+                            ("region", &l.region),
+                            ("zone", &l.zone),
+                            ("sub_zone", &l.sub_zone),
+                        ] {
+                            if !v.is_empty() {
+                                loc.insert(k.into(), json!(&**v));
+                            }
+                        }
+                        h["locality"] = Value::Object(loc);
+                    }
+                    if e.priority > 0 {
+                        h["priority"] = json!(e.priority);
+                    }
                     let [sr, local] = rates(v, e);
                     if sr >= 0.0 {
                         h["success_rate"] = json!({"value": sr});
@@ -183,6 +199,12 @@ pub(super) fn text(snapshot: &Snapshot, views: &Views) -> String {
             };
             let _ = writeln!(out, "{n}::{a}::health_flags::{flags}");
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
+            let l = e.locality.as_deref().cloned().unwrap_or_default();
+            let _ = writeln!(out, "{n}::{a}::region::{}", l.region);
+            let _ = writeln!(out, "{n}::{a}::zone::{}", l.zone);
+            let _ = writeln!(out, "{n}::{a}::sub_zone::{}", l.sub_zone);
+            let _ = writeln!(out, "{n}::{a}::canary::false");
+            let _ = writeln!(out, "{n}::{a}::priority::{}", e.priority);
             let [sr, local] = rates(v, e);
             let _ = writeln!(out, "{n}::{a}::success_rate::{sr}");
             let _ = writeln!(out, "{n}::{a}::local_origin_success_rate::{local}");

@@ -18,3 +18,15 @@ pub enum LbPolicy {
         table_size: u64,
     },
 }
+
+/// An endpoint's locality (`/clusters` prints it; Istio's failover put it in a priority).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Locality {
+    pub region: Box<str>,
+    pub zone: Box<str>,
+    pub sub_zone: Box<str>,
+}
+
+/// Envoy's default `overprovisioning_factor` (percent): a priority whose healthy share
+/// times 1.4 reaches 100% takes all the load it is given.
+pub const DEFAULT_OVERPROVISIONING: u32 = 140;

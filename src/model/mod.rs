@@ -26,7 +26,7 @@ pub mod istio;
 pub mod jwt;
 mod lb;
 pub use access_log::{AccessLog, LogSink};
-pub use lb::LbPolicy;
+pub use lb::{LbPolicy, Locality, DEFAULT_OVERPROVISIONING};
 pub mod matcher;
 pub mod otel_log;
 pub mod outlier;
@@ -513,6 +513,11 @@ pub struct Endpoint {
     pub labels: SocketLabels,
     /// The workload istiod describes in its `istio.workload` metadata (telemetry).
     pub workload: Option<Arc<istio::Peer>>,
+    /// Its priority (0 the highest); a cluster's endpoints are sorted by it.
+    pub priority: u32,
+    pub locality: Option<Arc<Locality>>,
+    /// Its assignment's `policy.overprovisioning_factor` (the same for the whole cluster).
+    pub overprovisioning: u32,
 }
 
 impl Endpoint {
@@ -525,6 +530,9 @@ impl Endpoint {
             healthy: true,
             labels: Arc::new([]),
             workload: None,
+            priority: 0,
+            locality: None,
+            overprovisioning: DEFAULT_OVERPROVISIONING,
         }
     }
 }

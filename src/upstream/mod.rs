@@ -65,6 +65,8 @@ pub struct Upstreams {
     pub max_idle_per_endpoint: usize,
     /// Outlier detection's counts and the ejected hosts, as this core knows them.
     pub outlier: outlier::CoreOutlier,
+    /// Scratch for a pick over several priorities (no allocation per pick).
+    runs: Vec<pick::Run>,
 }
 
 impl Upstreams {
@@ -76,6 +78,7 @@ impl Upstreams {
             h2: h2pool::H2Pool::default(),
             max_idle_per_endpoint: 1024,
             outlier: outlier::CoreOutlier::default(),
+            runs: Vec::new(),
         }
     }
 
@@ -462,6 +465,9 @@ mod tests {
                     healthy: true,
                     labels: Arc::new([]),
                     workload: None,
+                    priority: 0,
+                    locality: None,
+                    overprovisioning: crate::model::DEFAULT_OVERPROVISIONING,
                 })
                 .collect(),
         }

@@ -45,6 +45,9 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 healthy: true,
                 labels: h.labels.clone(),
                 workload: None,
+                priority: 0,
+                locality: None,
+                overprovisioning: crate::model::DEFAULT_OVERPROVISIONING,
             });
         }
     }

@@ -53,9 +53,17 @@ def backend(status):
 
 
 def config(log, ports, hosts, cluster_extra):
-    eps = ", ".join(
-        f"{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}{h}}}"
-        for p, h in hosts)
+    """`hosts`: [(port, extra fields)] in one locality, or {priority: [(port, extra)]}."""
+    def eps_of(hs):
+        return ", ".join(
+            f"{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}{h}}}"
+            for p, h in hs)
+    if isinstance(hosts, dict):
+        localities = ", ".join(
+            f"{{priority: {prio}, locality: {{region: r, zone: z{prio}}}, lb_endpoints: [{eps_of(hs)}]}}"
+            for prio, hs in sorted(hosts.items()))
+    else:
+        localities = f"{{lb_endpoints: [{eps_of(hosts)}]}}"
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 cluster_manager: {{outlier_detection: {{event_log_path: {log}}}}}
@@ -72,7 +80,7 @@ static_resources:
           route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: c}}}}]}}]}}
           http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
   clusters:
-  - {{name: c, connect_timeout: 1s, {cluster_extra} load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{eps}]}}]}}}}
+  - {{name: c, connect_timeout: 1s, {cluster_extra} load_assignment: {{cluster_name: c, endpoints: [{localities}]}}}}
 """
 
 
@@ -196,6 +204,28 @@ def main():
     scenario(ringside, "panic", unhealthy, "", simple("panic mode (all unhealthy)", 4), 107)
     scenario(ringside, "no-panic", unhealthy, "common_lb_config: {healthy_panic_threshold: {value: 0}},",
              simple("healthy_panic_threshold 0", 4), 108)
+    # Priorities: failover when P0 is down, and an ejection failing over (Istio's
+    # locality failover with outlier detection). /clusters' priority and locality lines
+    # must be Envoy's.
+    def clusters_lines(name):
+        def run(pair):
+            simple(name, 8)(pair)
+            lines = {n: set(admin(pair, n, "/clusters").splitlines()) for n in ("envoy", "ringside")}
+            extra = sorted(l for l in lines["ringside"] if l not in lines["envoy"])
+            check(not extra, f"{name}: /clusters lines Envoy does not print: {extra}")
+            hosts = {n: [(h["address"]["socket_address"]["port_value"], h.get("priority"), h.get("locality"))
+                         for c in json.loads(admin(pair, n, "/clusters?format=json"))["cluster_statuses"]
+                         for h in c.get("host_statuses", [])] for n in ("envoy", "ringside")}
+            same(f"{name}: /clusters?format=json priorities and localities", hosts["envoy"], hosts["ringside"])
+        return run
+
+    scenario(ringside, "failover", {0: [(good1, ", health_status: UNHEALTHY")], 1: [(good2, "")]}, "",
+             clusters_lines("P0 unhealthy: all to P1"), 109)
+    scenario(ringside, "outlier-failover", {0: [(bad503, "")], 1: [(good1, "")]},
+             "outlier_detection: {consecutive_5xx: 2, interval: 0.5s, base_ejection_time: 30s, max_ejection_percent: 100}, common_lb_config: {healthy_panic_threshold: {value: 0}},",
+             simple("an ejection fails over to P1", 10), 110)
+    scenario(ringside, "total-panic", {0: [(good1, ", health_status: UNHEALTHY")], 1: [(good2, ", health_status: UNHEALTHY")]},
+             "", simple("total panic over two priorities", 6), 111)
     print(f"{PASSED[0]} passed, {len(FAILS)} failed")
     return 1 if FAILS else 0
 

@@ -355,14 +355,33 @@ pub(super) fn endpoints(
     } else {
         format!("{at}.")
     };
+    let overprovisioning = match la.policy.as_ref().and_then(|p| p.overprovisioning_factor) {
+        Some(0) => {
+            return Err(err(
+                res,
+                format!("{prefix}policy.overprovisioning_factor"),
+                "must be greater than 0",
+            ))
+        }
+        Some(f) => f,
+        None => crate::model::DEFAULT_OVERPROVISIONING,
+    };
     for (li, locality) in la.endpoints.iter().enumerate() {
-        if locality.priority != 0 {
+        let dns = matches!(discovery, Discovery::StrictDns | Discovery::LogicalDns);
+        if locality.priority != 0 && dns {
             return Err(err(
                 res,
                 format!("{prefix}endpoints[{li}].priority"),
-                "priorities other than 0 are not supported",
+                "priorities other than 0 are supported for STATIC and EDS clusters only",
             ));
         }
+        let place = locality.locality.as_ref().map(|l| {
+            Arc::new(crate::model::Locality {
+                region: l.region.as_str().into(),
+                zone: l.zone.as_str().into(),
+                sub_zone: l.sub_zone.as_str().into(),
+            })
+        });
         for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
             let path = format!("{prefix}endpoints[{li}].lb_endpoints[{ei}]");
             let Some(HostIdentifier::Endpoint(ep)) = &lb.host_identifier else {
@@ -427,6 +446,9 @@ pub(super) fn endpoints(
                         healthy,
                         labels: labels.into(),
                         workload,
+                        priority: locality.priority,
+                        locality: place.clone(),
+                        overprovisioning,
                     });
                 }
                 Discovery::StrictDns | Discovery::LogicalDns => {
@@ -448,6 +470,9 @@ pub(super) fn endpoints(
             }
         }
     }
+    // By priority (a stable sort: each priority's endpoints keep their order), as Envoy
+    // keeps one host set per priority; the pick finds each priority's run.
+    endpoints.sort_by_key(|e| e.priority);
     Ok((endpoints, dns_hosts, unix))
 }
 
