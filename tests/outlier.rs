@@ -63,6 +63,16 @@ async fn proxy(addrs: &[SocketAddr], extra: &str) -> Proxy {
     proxy_logging(addrs, extra, None).await
 }
 
+/// As [`proxy`], on two cores (each counts its own attempts; the detector adds them up).
+async fn proxy_two_cores(addrs: &[SocketAddr], extra: &str) -> Proxy {
+    let yaml = config(
+        "",
+        &all_to("c"),
+        &format!("[{}]", cluster("c", addrs, extra)),
+    );
+    Proxy::start(&yaml, &["--concurrency", "2"]).await
+}
+
 /// As [`proxy`], writing outlier events to `log`.
 async fn proxy_logging(addrs: &[SocketAddr], extra: &str, log: Option<&std::path::Path>) -> Proxy {
     let mut yaml = config(
@@ -290,15 +300,17 @@ async fn success_rate_and_failure_percentage() {
     let (bad, _) = fixed(500, false).await;
     addrs.push(bad);
     // Consecutive 5xx not enforced: only the interval's statistics can eject. Rates 100,
-    // 100, 100, 100 and 0: mean 80, deviation 40, threshold 80 − 1.0 × 40 = 40.
-    let p = proxy(
+    // 100, 100, 100 and 0: mean 80, deviation 40, threshold 80 − 1.0 × 40 = 40. Two cores:
+    // each reports its share of the volumes. 100 requests well within the 3 s interval:
+    // whichever way an interval's end splits them, one side has 10 per host.
+    let p = proxy_two_cores(
         &addrs,
-        "outlier_detection: {enforcing_consecutive_5xx: 0, success_rate_request_volume: 10, success_rate_stdev_factor: 1000, interval: 1s, max_ejection_percent: 100},",
+        "outlier_detection: {enforcing_consecutive_5xx: 0, success_rate_request_volume: 10, success_rate_stdev_factor: 1000, interval: 3s, max_ejection_percent: 100},",
     )
     .await;
-    send_n(&p, 60).await;
+    send_n(&p, 100).await;
     assert_eq!(
-        p.stat_reaching_within(&format!("{OD}.ejections_enforced_success_rate"), 1, 5)
+        p.stat_reaching_within(&format!("{OD}.ejections_enforced_success_rate"), 1, 8)
             .await,
         1,
         "{}",
@@ -309,20 +321,20 @@ async fn success_rate_and_failure_percentage() {
     drop(p);
     let p = proxy(
         &addrs,
-        "outlier_detection: {enforcing_consecutive_5xx: 0, enforcing_success_rate: 0, enforcing_failure_percentage: 100, failure_percentage_request_volume: 10, interval: 1s, max_ejection_percent: 100},",
+        "outlier_detection: {enforcing_consecutive_5xx: 0, enforcing_success_rate: 0, enforcing_failure_percentage: 100, failure_percentage_request_volume: 10, interval: 3s, max_ejection_percent: 100},",
     )
     .await;
-    send_n(&p, 60).await;
+    send_n(&p, 100).await;
     assert_eq!(
-        p.stat_reaching_within(&format!("{OD}.ejections_enforced_failure_percentage"), 1, 5)
+        p.stat_reaching_within(&format!("{OD}.ejections_enforced_failure_percentage"), 1, 8)
             .await,
         1
     );
-    // The success rate was still computed (detected, not enforced).
-    assert!(
+    // The success rate is not judged: its default volume is 100 requests a host.
+    assert_eq!(
         p.stat(&format!("{OD}.ejections_detected_success_rate"))
-            .await
-            <= 1
+            .await,
+        0
     );
     assert_eq!(send_n(&p, 8).await.get(&200), Some(&8));
 }
@@ -398,5 +410,56 @@ fn invalid_settings_are_refused_by_name() {
     assert!(
         !ok && err.contains("outlier_detection.max_ejection_percent"),
         "{err}"
+    );
+}
+
+/// An upstream that accepts, reads the request, and closes without answering.
+async fn resetting() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn failures_after_connecting_count_as_envoy_counts_them() {
+    let (good, _) = fixed(200, false).await;
+    let reset = resetting().await;
+    // Split: a connection made counts as a local success before its reset, so such a
+    // host never has two local failures in a row (as in Envoy).
+    let p = proxy(
+        &[good, reset],
+        "outlier_detection: {split_external_local_origin_errors: true, consecutive_local_origin_failure: 2, interval: 0.2s, max_ejection_percent: 100},",
+    )
+    .await;
+    send_n(&p, 8).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        p.stat(&format!(
+            "{OD}.ejections_detected_consecutive_local_origin_failure"
+        ))
+        .await,
+        0
+    );
+    drop(p);
+    // Not split: a reset is a 503, and three make a run.
+    let p = proxy(
+        &[good, reset],
+        "outlier_detection: {consecutive_5xx: 3, interval: 0.2s, max_ejection_percent: 100},",
+    )
+    .await;
+    send_n(&p, 6).await;
+    assert_eq!(
+        p.stat_reaching(&format!("{OD}.ejections_enforced_consecutive_5xx"), 1)
+            .await,
+        1
     );
 }

@@ -141,7 +141,7 @@ pub(super) fn json(snapshot: &Snapshot, views: &Views) -> Value {
             .into_iter()
             .enumerate()
             {
-                if let Some(t) = o.as_ref().map(|o| o.threshold[i]).filter(|t| *t >= 0.0) {
+                if let Some(t) = o.as_ref().map(|o| o.threshold[i]).filter(|t| *t > 0.0) {
                     v[key] = json!({"value": t});
                 }
             }
@@ -164,12 +164,12 @@ pub(super) fn text(snapshot: &Snapshot, views: &Views) -> String {
                 let _ = writeln!(
                     out,
                     "{n}::outlier::{what}success_rate_average::{}",
-                    o.average[i]
+                    crate::outlier::rates::g(o.average[i])
                 );
                 let _ = writeln!(
                     out,
                     "{n}::outlier::{what}success_rate_ejection_threshold::{}",
-                    o.threshold[i]
+                    crate::outlier::rates::g(o.threshold[i])
                 );
             }
         }

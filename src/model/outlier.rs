@@ -12,10 +12,16 @@ use crate::stats::Scope;
 pub enum Outcome {
     /// A response head from the host, with its status (gRPC statuses already mapped).
     Status(u16),
-    /// No connection could be made (refused, reset, TLS failure, connect timeout), or the
-    /// connection broke before a response: Envoy's `LocalOriginConnectFailed`.
+    /// No connection could be made (refused, TLS failure, an HTTP connect timeout):
+    /// Envoy's `LocalOriginConnectFailed`.
     ConnectFailed,
-    /// A per-try or route timeout with no response: `LocalOriginTimeout`.
+    /// The TCP proxy's connect timed out: `LocalOriginTimeout`.
+    ConnectTimeout,
+    /// The connection was made (Envoy's `LocalOriginConnectSuccess`), then reset or broke
+    /// before a response: `LocalOriginConnectFailed`.
+    Reset,
+    /// The connection was made, then a per-try or route timeout passed with no response:
+    /// `LocalOriginTimeout`.
     Timeout,
     /// A connection was made (TCP proxy): `LocalOriginConnectSuccessFinal`.
     Connected,
@@ -75,6 +81,36 @@ pub enum Kind {
 }
 
 impl OutlierConfig {
+    /// Whether `other` configures the same detector (a cluster converted again with the
+    /// same settings keeps its state; different settings start afresh, as Envoy rebuilds
+    /// a changed cluster).
+    pub fn same_settings(&self, o: &OutlierConfig) -> bool {
+        let e = (&self.enforcing, &o.enforcing);
+        self.consecutive_5xx == o.consecutive_5xx
+            && self.consecutive_gateway == o.consecutive_gateway
+            && self.consecutive_local == o.consecutive_local
+            && self.interval == o.interval
+            && self.base_ejection == o.base_ejection
+            && self.max_ejection == o.max_ejection
+            && self.jitter == o.jitter
+            && self.max_ejection_percent == o.max_ejection_percent
+            && self.split_local == o.split_local
+            && self.always_eject_one == o.always_eject_one
+            && e.0.consecutive_5xx == e.1.consecutive_5xx
+            && e.0.consecutive_gateway == e.1.consecutive_gateway
+            && e.0.consecutive_local == e.1.consecutive_local
+            && e.0.success_rate == e.1.success_rate
+            && e.0.local_success_rate == e.1.local_success_rate
+            && e.0.failure_percentage == e.1.failure_percentage
+            && e.0.local_failure_percentage == e.1.local_failure_percentage
+            && self.success_rate.minimum_hosts == o.success_rate.minimum_hosts
+            && self.success_rate.request_volume == o.success_rate.request_volume
+            && self.stdev_factor == o.stdev_factor
+            && self.failure_percentage.minimum_hosts == o.failure_percentage.minimum_hosts
+            && self.failure_percentage.request_volume == o.failure_percentage.request_volume
+            && self.failure_threshold == o.failure_threshold
+    }
+
     /// The enforcing percentage and the detected/enforced stats of `kind`.
     pub fn of(&self, kind: Kind) -> (u32, OutlierStat, OutlierStat) {
         use OutlierStat as S;

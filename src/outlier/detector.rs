@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::event_log::event_line;
+use super::rates::Host;
 use super::{Event, ToCore};
 use crate::model::outlier::{Kind, OutlierConfig, OutlierStat};
 use crate::model::{SharedSnapshot, Snapshot};
@@ -33,33 +34,6 @@ pub type Views = ArcSwap<HashMap<Arc<str>, Arc<ClusterView>>>;
 /// missing ones.
 const SWEEP_WAIT: Duration = Duration::from_millis(200);
 
-#[derive(Debug)]
-struct Host {
-    ejected: bool,
-    ejected_at: Instant,
-    /// Envoy's ejection-time multiplier.
-    backoff: u32,
-    jitter: Duration,
-    last_unejected: Option<Instant>,
-    /// Ejections so far (the event log's `num_ejections`).
-    num_ejections: u32,
-    success_rate: [f64; 2],
-}
-
-impl Host {
-    fn new(now: Instant) -> Host {
-        Host {
-            ejected: false,
-            ejected_at: now,
-            backoff: 0,
-            jitter: Duration::ZERO,
-            last_unejected: None,
-            num_ejections: 0,
-            success_rate: [-1.0; 2],
-        }
-    }
-}
-
 struct State {
     cfg: Arc<OutlierConfig>,
     hosts: HashMap<SocketAddr, Host>,
@@ -69,12 +43,19 @@ struct State {
     threshold: [f64; 2],
 }
 
-/// A sweep in progress: the clusters whose volumes were asked for, and what came back.
+/// A sweep in progress: the clusters whose volumes were asked for, and how many cores
+/// answered it.
 struct Sweep {
+    id: u64,
     clusters: Vec<Arc<str>>,
     answers: usize,
     until: Instant,
-    volumes: HashMap<(Arc<str>, SocketAddr), [u64; 4]>,
+}
+
+/// `now + d`, or far ahead when that cannot be represented.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 pub struct Detector {
@@ -86,6 +67,12 @@ pub struct Detector {
     pub views: Arc<Views>,
     version: Option<u64>,
     sweep: Option<Sweep>,
+    next_sweep: u64,
+    /// Clusters whose interval came while a sweep was out: the next sweep's.
+    queued: Vec<Arc<str>>,
+    /// The cores' volumes since each cluster's last evaluation (an answer that comes late
+    /// counts in the next one: nothing a core reported is lost).
+    volumes: HashMap<Arc<str>, HashMap<SocketAddr, [u64; 4]>>,
     /// `cluster_manager.outlier_detection.event_log_path`, open.
     event_log: Option<std::fs::File>,
 }
@@ -100,6 +87,9 @@ impl Detector {
             views: Arc::new(ArcSwap::from_pointee(HashMap::new())),
             version: None,
             sweep: None,
+            next_sweep: 0,
+            queued: Vec::new(),
+            volumes: HashMap::new(),
             event_log: None,
         }
     }
@@ -152,24 +142,33 @@ impl Detector {
         for c in snap.clusters.iter() {
             let Some(cfg) = &c.outlier else { continue };
             seen.insert(c.name.clone());
-            let st = self
-                .clusters
-                .entry(c.name.clone())
-                .or_insert_with(|| State {
-                    cfg: cfg.clone(),
-                    hosts: HashMap::new(),
-                    active: 0,
-                    next_tick: now + cfg.interval,
-                    average: [-1.0; 2],
-                    threshold: [-1.0; 2],
-                });
+            let fresh = || State {
+                cfg: cfg.clone(),
+                hosts: HashMap::new(),
+                active: 0,
+                next_tick: later(now, cfg.interval),
+                average: [-1.0; 2],
+                threshold: [-1.0; 2],
+            };
+            let st = self.clusters.entry(c.name.clone()).or_insert_with(fresh);
             if !Arc::ptr_eq(&st.cfg, cfg) {
-                // The same cluster converted again (every CDS push): ejections stay, the
-                // new settings apply from the next interval.
-                if st.cfg.interval != cfg.interval {
-                    st.next_tick = now + cfg.interval;
+                if st.cfg.same_settings(cfg) {
+                    // The same cluster converted again (every CDS push): its state stays.
+                    st.cfg = cfg.clone();
+                } else {
+                    // Other settings: a new detector, as Envoy builds for a changed
+                    // cluster (its ejections end).
+                    for _ in 0..st.active {
+                        st.cfg
+                            .stats
+                            .core(self.core)
+                            .dec(OutlierStat::EjectionsActive as usize);
+                    }
+                    if st.active > 0 {
+                        changed.push(c.name.clone());
+                    }
+                    *st = fresh();
                 }
-                st.cfg = cfg.clone();
             }
             let live: std::collections::HashSet<SocketAddr> =
                 c.endpoints.iter().map(|e| e.address).collect();
@@ -188,7 +187,7 @@ impl Detector {
             for a in live {
                 st.hosts.entry(a).or_insert_with(|| Host::new(now));
             }
-            if st.active != before {
+            if st.active != before && !changed.contains(&c.name) {
                 changed.push(c.name.clone());
             }
         }
@@ -218,13 +217,15 @@ impl Detector {
     /// Tells the cores the cluster's ejected hosts.
     fn publish(&self, name: &Arc<str>) {
         if let Some(st) = self.clusters.get(name) {
-            let hosts: Arc<[SocketAddr]> = st
+            let mut hosts: Vec<SocketAddr> = st
                 .hosts
                 .iter()
                 .filter(|(_, h)| h.ejected)
                 .map(|(a, _)| *a)
                 .collect();
-            self.broadcast(name, hosts);
+            // Sorted: the cores look hosts up by binary search.
+            hosts.sort();
+            self.broadcast(name, hosts.into());
         }
     }
 
@@ -279,19 +280,19 @@ impl Detector {
                     self.store_views();
                 }
             }
-            Event::Volumes { hosts, .. } => {
-                let Some(sw) = self.sweep.as_mut() else {
-                    return;
-                };
-                sw.answers += 1;
+            Event::Volumes { id, hosts, .. } => {
                 for (c, a, v) in hosts {
-                    let e = sw.volumes.entry((c, a)).or_default();
+                    let e = self.volumes.entry(c).or_default().entry(a).or_default();
                     for i in 0..4 {
                         e[i] += v[i];
                     }
                 }
+                let Some(sw) = self.sweep.as_mut().filter(|s| s.id == id) else {
+                    return;
+                };
+                sw.answers += 1;
                 if sw.answers >= self.cores {
-                    self.evaluate(now);
+                    self.finish_sweep(now);
                 }
             }
         }
@@ -367,7 +368,9 @@ impl Detector {
         h.ejected_at = now;
         let jitter_ms = cfg.jitter.as_millis().min(u64::MAX as u128) as u64;
         h.jitter = Duration::from_millis(fastrand::u64(..=jitter_ms));
-        if cfg.base_ejection * h.backoff < cfg.max_ejection + cfg.base_ejection {
+        if cfg.base_ejection.saturating_mul(h.backoff)
+            < cfg.max_ejection.saturating_add(cfg.base_ejection)
+        {
             h.backoff += 1;
         }
         st.active += 1;
@@ -394,7 +397,7 @@ impl Detector {
     /// sweep for its volumes), and the evaluation of a sweep whose answers did not all come.
     pub fn due(&mut self, now: Instant) {
         if self.sweep.as_ref().is_some_and(|s| now >= s.until) {
-            self.evaluate(now);
+            self.finish_sweep(now);
         }
         let mut changed = Vec::new();
         let mut sweep = Vec::new();
@@ -403,11 +406,15 @@ impl Detector {
             if now < st.next_tick {
                 continue;
             }
-            st.next_tick = now + st.cfg.interval;
+            st.next_tick = later(now, st.cfg.interval);
             let cfg = st.cfg.clone();
             for (a, h) in st.hosts.iter_mut() {
                 if h.ejected {
-                    let out_for = (cfg.base_ejection * h.backoff).min(cfg.max_ejection) + h.jitter;
+                    let out_for = cfg
+                        .base_ejection
+                        .saturating_mul(h.backoff)
+                        .min(cfg.max_ejection)
+                        .saturating_add(h.jitter);
                     if now.saturating_duration_since(h.ejected_at) >= out_for {
                         h.ejected = false;
                         h.last_unejected = Some(now);
@@ -441,9 +448,9 @@ impl Detector {
             }
             st.average = [-1.0; 2];
             st.threshold = [-1.0; 2];
-            if cfg.evaluates(st.hosts.len()) {
-                sweep.push(name.clone());
-            }
+            // Every cluster's volumes are collected each interval (only the last
+            // interval's count is judged, as in Envoy), whether or not it has enough hosts.
+            sweep.push(name.clone());
         }
         for line in unejected {
             self.log_event(line);
@@ -453,108 +460,78 @@ impl Detector {
         }
         if !sweep.is_empty() {
             if self.sweep.is_some() {
-                self.evaluate(now);
+                self.queued.extend(sweep);
+            } else {
+                self.start_sweep(sweep, now);
             }
-            let list: Arc<[Arc<str>]> = sweep.clone().into();
-            for k in 0..self.cores {
-                (self.to_core)(k, ToCore::Sweep(list.clone()));
-            }
-            self.sweep = Some(Sweep {
-                clusters: sweep,
-                answers: 0,
-                until: now + SWEEP_WAIT,
-                volumes: HashMap::new(),
-            });
         }
         if !changed.is_empty() {
             self.store_views();
         }
     }
 
-    /// Envoy's success-rate and failure-percentage ejections over a sweep's volumes: the
-    /// external results, then the local-origin ones.
-    fn evaluate(&mut self, now: Instant) {
+    /// Asks every core for the volumes of `clusters`.
+    fn start_sweep(&mut self, clusters: Vec<Arc<str>>, now: Instant) {
+        self.next_sweep += 1;
+        let id = self.next_sweep;
+        let list: Arc<[Arc<str>]> = clusters.clone().into();
+        for k in 0..self.cores {
+            (self.to_core)(
+                k,
+                ToCore::Sweep {
+                    id,
+                    clusters: list.clone(),
+                },
+            );
+        }
+        self.sweep = Some(Sweep {
+            id,
+            clusters,
+            answers: 0,
+            until: now + SWEEP_WAIT,
+        });
+    }
+
+    /// Every core answered the sweep, or its wait is over: its clusters are judged, then
+    /// the clusters that came due meanwhile are swept.
+    fn finish_sweep(&mut self, now: Instant) {
         let Some(sw) = self.sweep.take() else { return };
+        self.evaluate(&sw.clusters, now);
+        if !self.queued.is_empty() {
+            let next = std::mem::take(&mut self.queued);
+            self.start_sweep(next, now);
+        }
+    }
+
+    /// Envoy's success-rate and failure-percentage ejections over the volumes since each
+    /// cluster's last evaluation: the external results first (their outliers ejected
+    /// before the next pass), then the local-origin ones.
+    fn evaluate(&mut self, clusters: &[Arc<str>], now: Instant) {
         let mut any = Vec::new();
-        for name in &sw.clusters {
-            let mut outliers = Vec::new();
-            let Some(st) = self.clusters.get_mut(name) else {
-                continue;
-            };
-            let cfg = st.cfg.clone();
-            let n = st.hosts.len();
-            for (m, (sr_kind, fp_kind)) in [
-                (Kind::SuccessRate, Kind::FailurePercentage),
-                (Kind::LocalSuccessRate, Kind::LocalFailurePercentage),
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                let (sr, fp) = (cfg.success_rate, cfg.failure_percentage);
-                if n < sr.minimum_hosts as usize && n < fp.minimum_hosts as usize {
-                    continue;
-                }
-                let mut valid_sr = Vec::new();
-                let mut valid_fp = Vec::new();
-                for (a, h) in st.hosts.iter_mut().filter(|(_, h)| !h.ejected) {
-                    let v = sw
-                        .volumes
-                        .get(&(name.clone(), *a))
-                        .copied()
-                        .unwrap_or_default();
-                    let (ok, total) = (v[2 * m], v[2 * m + 1]);
-                    if total == 0 {
+        for name in clusters {
+            let volumes = self.volumes.remove(name).unwrap_or_default();
+            for m in 0..2 {
+                let Some(st) = self.clusters.get_mut(name) else {
+                    break;
+                };
+                let cfg = st.cfg.clone();
+                let (found, average, threshold) =
+                    super::rates::outliers(&cfg, &mut st.hosts, &volumes, m);
+                st.average[m] = average;
+                st.threshold[m] = threshold;
+                for (a, kind) in found {
+                    // One ejection per host per interval (Envoy would try it twice).
+                    if self.clusters[name].hosts.get(&a).is_none_or(|h| h.ejected) {
                         continue;
                     }
-                    let rate = ok as f64 * 100.0 / total as f64;
-                    if total >= u64::from(sr.request_volume.min(fp.request_volume)) {
-                        h.success_rate[m] = rate;
+                    let (_, detected, _) = cfg.of(kind);
+                    self.stat(&cfg, detected);
+                    if matches!(kind, Kind::SuccessRate | Kind::LocalSuccessRate) {
+                        self.stat(&cfg, OutlierStat::EjectionsSuccessRate);
                     }
-                    if total >= u64::from(sr.request_volume) {
-                        valid_sr.push((*a, rate));
+                    if self.eject(name, a, kind, now) && !any.contains(name) {
+                        any.push(name.clone());
                     }
-                    if total >= u64::from(fp.request_volume) {
-                        valid_fp.push((*a, rate));
-                    }
-                }
-                if !valid_sr.is_empty() && valid_sr.len() >= sr.minimum_hosts as usize {
-                    let k = valid_sr.len() as f64;
-                    let mean = valid_sr.iter().map(|(_, r)| r).sum::<f64>() / k;
-                    let var = valid_sr
-                        .iter()
-                        .map(|(_, r)| (r - mean).powi(2))
-                        .sum::<f64>()
-                        / k;
-                    let threshold = mean - cfg.stdev_factor * var.sqrt();
-                    st.average[m] = mean;
-                    st.threshold[m] = threshold;
-                    for (a, r) in &valid_sr {
-                        if *r < threshold {
-                            outliers.push((*a, sr_kind));
-                        }
-                    }
-                }
-                if !valid_fp.is_empty() && valid_fp.len() >= fp.minimum_hosts as usize {
-                    for (a, r) in &valid_fp {
-                        if 100.0 - r >= f64::from(cfg.failure_threshold) {
-                            outliers.push((*a, fp_kind));
-                        }
-                    }
-                }
-            }
-            for (a, kind) in outliers {
-                let st = &self.clusters[name];
-                // One ejection per host per interval (Envoy would try it twice).
-                if st.hosts.get(&a).is_none_or(|h| h.ejected) {
-                    continue;
-                }
-                let (_, detected, _) = cfg.of(kind);
-                self.stat(&cfg, detected);
-                if matches!(kind, Kind::SuccessRate | Kind::LocalSuccessRate) {
-                    self.stat(&cfg, OutlierStat::EjectionsSuccessRate);
-                }
-                if self.eject(name, a, kind, now) && !any.contains(name) {
-                    any.push(name.clone());
                 }
             }
         }

@@ -19,6 +19,7 @@ pub use crate::model::outlier::Kind;
 
 pub mod detector;
 mod event_log;
+pub mod rates;
 
 /// What a core tells the control thread.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub enum Event {
     /// The answer to [`ToCore::Sweep`]: per host, the attempts since the last sweep
     /// (external: successes, total; local origin: successes, total).
     Volumes {
+        /// The sweep answered.
+        id: u64,
         core: usize,
         hosts: Vec<(Arc<str>, SocketAddr, [u64; 4])>,
     },
@@ -40,13 +43,13 @@ pub enum Event {
 /// What the control thread tells a core.
 #[derive(Debug, Clone)]
 pub enum ToCore {
-    /// These hosts of `cluster` are ejected now (the whole set).
+    /// These hosts of `cluster` are ejected now (the whole set, sorted).
     Ejected {
         cluster: Arc<str>,
         hosts: Arc<[SocketAddr]>,
     },
-    /// Report (and restart) the volumes of these clusters' hosts.
-    Sweep(Arc<[Arc<str>]>),
+    /// Report (and restart) the volumes of these clusters' hosts; `id` names the sweep.
+    Sweep { id: u64, clusters: Arc<[Arc<str>]> },
 }
 
 static EVENTS: OnceLock<UnboundedSender<Event>> = OnceLock::new();

@@ -345,7 +345,7 @@ async fn connect(
                 Ok(_) => Some(crate::model::outlier::Outcome::Connected),
                 Err(crate::upstream::ConnectError::Overflow) => None,
                 Err(crate::upstream::ConnectError::Timeout) => {
-                    Some(crate::model::outlier::Outcome::Timeout)
+                    Some(crate::model::outlier::Outcome::ConnectTimeout)
                 }
                 Err(_) => Some(crate::model::outlier::Outcome::ConnectFailed),
             };

@@ -57,16 +57,33 @@ impl CoreOutlier {
                     status(t, cfg, code, &mut fired);
                 }
                 Outcome::Connected => local(t, cfg, true, &mut fired),
-                Outcome::ConnectFailed | Outcome::Timeout => local(t, cfg, false, &mut fired),
+                Outcome::ConnectFailed | Outcome::ConnectTimeout => {
+                    local(t, cfg, false, &mut fired)
+                }
+                // Made, then lost: a success and a failure, as Envoy's router reports them
+                // (so such failures never run past one).
+                Outcome::Reset | Outcome::Timeout => {
+                    local(t, cfg, true, &mut fired);
+                    local(t, cfg, false, &mut fired);
+                }
             }
         } else {
             let code = match o {
                 Outcome::Status(code) => code,
                 Outcome::Connected => 200,
-                Outcome::ConnectFailed => 503,
-                Outcome::Timeout => 504,
+                Outcome::ConnectFailed | Outcome::Reset => 503,
+                Outcome::ConnectTimeout | Outcome::Timeout => 504,
             };
             status(t, cfg, code, &mut fired);
+        }
+        // A host this core knows to be out (panic mode still sends it traffic) is not
+        // reported again, as Envoy does not detect an ejected host.
+        let out = self
+            .ejected
+            .get(&**cluster)
+            .is_some_and(|e| e.hosts.binary_search(&addr).is_ok());
+        if out {
+            return;
         }
         for kind in fired {
             crate::outlier::send(Event::Consecutive {
@@ -106,7 +123,7 @@ impl CoreOutlier {
                     );
                 }
             }
-            ToCore::Sweep(clusters) => {
+            ToCore::Sweep { id, clusters } => {
                 let mut out = Vec::new();
                 for c in clusters.iter() {
                     if let Some(tracks) = self.hosts.get_mut(c) {
@@ -117,7 +134,11 @@ impl CoreOutlier {
                         }
                     }
                 }
-                crate::outlier::send(Event::Volumes { core, hosts: out });
+                crate::outlier::send(Event::Volumes {
+                    id,
+                    core,
+                    hosts: out,
+                });
             }
         }
     }

@@ -113,7 +113,8 @@ impl Upstreams {
             Some(e) => (&*e.hosts, e.epoch),
             None => (&[][..], 0),
         };
-        let up = |e: &Endpoint| e.healthy && !out.contains(&e.address);
+        // The ejected hosts come sorted.
+        let up = |e: &Endpoint| e.healthy && out.binary_search(&e.address).is_err();
         let opf = eps.first().map_or(0, |e| e.overprovisioning);
         let threshold = cluster.panic_threshold;
         // One priority (the common case): no runs to find.

@@ -130,7 +130,7 @@ pub(super) fn stats<E: FilterHost>(x: &mut E, f: &Arc<IstioStats>) {
 
 /// Whether the request is gRPC as Envoy tells it: `application/grpc`, or
 /// `application/grpc+<codec>` (not grpc-web).
-fn is_grpc<E: FilterHost>(x: &E) -> bool {
+pub(crate) fn is_grpc<E: FilterHost>(x: &E) -> bool {
     let buf = x.buf();
     x.head().headers.iter().any(|(n, v)| {
         buf[n.clone()].eq_ignore_ascii_case(b"content-type") && {

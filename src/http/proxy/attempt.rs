@@ -225,20 +225,32 @@ pub(super) fn to_detector(
     addr: std::net::SocketAddr,
     outcome: &Result<super::Outcome<'_>, HttpError>,
     resp: &crate::http::h1::ResponseHead,
+    grpc: bool,
 ) {
     use crate::model::outlier::Outcome as O;
     let Some(cfg) = &cluster.outlier else { return };
     let o = match outcome {
         Ok(o) => {
+            // A gRPC call's `grpc-status` in the head counts as its HTTP equivalent (one
+            // that is not a number as 500, Envoy's InvalidCode).
             let head = o.up.head_bytes(resp);
-            let grpc = crate::http::h1::header_value(head, &resp.headers, b"grpc-status")
-                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok());
-            O::Status(grpc.map_or(resp.status, grpc_to_http))
+            let status = match grpc {
+                true => {
+                    crate::http::h1::header_value(head, &resp.headers, b"grpc-status").map(|v| {
+                        std::str::from_utf8(&v)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u32>().ok())
+                            .map_or(500, grpc_to_http)
+                    })
+                }
+                false => None,
+            };
+            O::Status(status.unwrap_or(resp.status))
         }
-        Err(HttpError::Connect(_))
-        | Err(HttpError::UpstreamReset)
+        Err(HttpError::Connect(_)) => O::ConnectFailed,
+        Err(HttpError::UpstreamReset)
         | Err(HttpError::UpstreamProtocol)
-        | Err(HttpError::UpstreamRefusedStream) => O::ConnectFailed,
+        | Err(HttpError::UpstreamRefusedStream) => O::Reset,
         Err(HttpError::UpstreamPerTryTimeout) | Err(HttpError::UpstreamTimeout) => O::Timeout,
         Err(_) => return,
     };

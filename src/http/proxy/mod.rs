@@ -339,7 +339,8 @@ pub(crate) async fn forward<D: Downstream>(
                 }
             };
             if cluster.outlier.is_some() {
-                attempt::to_detector(ctx, cluster, ep.address, &outcome, resp);
+                let grpc = crate::http::filter::istio::is_grpc(d);
+                attempt::to_detector(ctx, cluster, ep.address, &outcome, resp, grpc);
             }
             let Some(rs) = retry.as_mut() else {
                 break 'attempts outcome;

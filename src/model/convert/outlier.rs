@@ -123,13 +123,13 @@ pub(super) fn outlier(
 }
 
 /// `common_lb_config.healthy_panic_threshold`: 50 when unset, as in Envoy; 0 turns panic
-/// mode off.
+/// mode off. Envoy rounds it to a whole percent.
 pub(super) fn panic_threshold(c: &pb::Cluster, res: &str) -> Result<f64, ConvertError> {
     let p = c
         .common_lb_config
         .as_ref()
         .and_then(|l| l.healthy_panic_threshold.as_ref())
-        .map_or(50.0, |p| p.value);
+        .map_or(50.0, |p| p.value.round());
     if !(0.0..=100.0).contains(&p) || p.is_nan() {
         return Err(err(
             res,
