@@ -463,3 +463,53 @@ async fn failures_after_connecting_count_as_envoy_counts_them() {
         1
     );
 }
+
+/// An upstream that answers a head promising 100 bytes, sends 10 and closes.
+async fn truncating() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_reset_after_the_response_head_counts_too() {
+    let (good, _) = fixed(200, false).await;
+    let bad = truncating().await;
+    // The head counts as a 200, the reset after it as a 503 (Envoy's router reports both):
+    // a threshold of one run ejects it.
+    let p = proxy(
+        &[good, bad],
+        "outlier_detection: {consecutive_5xx: 1, interval: 0.2s, max_ejection_percent: 100},",
+    )
+    .await;
+    for _ in 0..4 {
+        raw(
+            p.addr(),
+            b"GET / HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n",
+            std::time::Duration::from_secs(2),
+        )
+        .await;
+    }
+    assert_eq!(
+        p.stat_reaching(&format!("{OD}.ejections_enforced_consecutive_5xx"), 1)
+            .await,
+        1
+    );
+    let (_, text) = p.admin_get("/clusters").await;
+    assert!(
+        text.contains(&format!("c::{bad}::health_flags::/failed_outlier_check")),
+        "{text}"
+    );
+}

@@ -41,12 +41,23 @@ pub(super) fn compress_head<D: Downstream>(
 /// The upstream response stopped part-way through its body.
 pub(super) fn body_failed<D: Downstream>(
     d: &mut D,
-    cs: &crate::stats::CoreCells,
+    cluster: &crate::model::Cluster,
     e: RecvError,
     deadline: &Deadline,
 ) {
+    let cs = cluster.stats.core(d.core());
+    // The host's outlier detection hears of it, as Envoy's router reports a reset or the
+    // route timeout after the response head (the connection was counted with the head,
+    // so only the failure: 503 or 504, a local-origin failure when split).
+    let late = |d: &D, o| {
+        if let (Some(cfg), Some(addr)) = (&cluster.outlier, d.log().upstream) {
+            let mut u = d.ctx().upstreams.borrow_mut();
+            u.outlier.put(&cluster.name, cfg, addr, o);
+        }
+    };
     match e {
         RecvError::Timeout if deadline.expired() => {
+            late(d, crate::model::outlier::Outcome::ConnectTimeout);
             cs.inc(ClusterStat::UpstreamRqTimeout as usize);
             d.log_mut()
                 .flags
@@ -63,6 +74,7 @@ pub(super) fn body_failed<D: Downstream>(
             d.abort(h2::Reason::CANCEL);
         }
         RecvError::Reset(reason) => {
+            late(d, crate::model::outlier::Outcome::ConnectFailed);
             cs.inc(ClusterStat::UpstreamRqRxReset as usize);
             d.log_mut().flags.set(ResponseFlags::UPSTREAM_REMOTE_RESET);
             d.abort(reason);

@@ -555,7 +555,7 @@ pub(crate) async fn forward<D: Downstream>(
             Ok(()) => {}
             Err(e) => {
                 d.log_mut().bytes_sent = bytes;
-                body_failed(d, cs, e, &deadline);
+                body_failed(d, cluster, e, &deadline);
                 return Ok(());
             }
         }
@@ -568,7 +568,7 @@ pub(crate) async fn forward<D: Downstream>(
     let trailers = match trailers {
         Ok(t) => t,
         Err(e) => {
-            body_failed(d, cs, e, &deadline);
+            body_failed(d, cluster, e, &deadline);
             return Ok(());
         }
     };
