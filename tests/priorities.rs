@@ -195,4 +195,15 @@ fn priorities_are_refused_where_not_supported() {
         &[],
     );
     assert!(!ok && err.contains("endpoints[0].priority"), "{err}");
+    // Envoy's bound: at most 128.
+    let (ok, err) = validate(
+        "priority-129",
+        &config(
+            "",
+            &all_to("c"),
+            "[{name: c, connect_timeout: 1s, load_assignment: {cluster_name: c, endpoints: [{priority: 129, lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}}]",
+        ),
+        &[],
+    );
+    assert!(!ok && err.contains("must be at most 128"), "{err}");
 }

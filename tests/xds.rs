@@ -604,3 +604,53 @@ async fn listeners_serve_once_the_initial_fetch_timeout_passes() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_first_lds_response_refused_whole_still_starts_serving() {
+    // As Envoy's init manager: a refused first response counts as received (Istio's
+    // bootstrap waits for ever otherwise: initial_fetch_timeout 0s).
+    let mut ads = AdsServer::tcp(0).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "{}  listeners:
+  - name: static
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: static
+          route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200, body: {{inline_string: hi}}}}}}]}}]}}
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+",
+        bootstrap(&ads.addr, false)
+    );
+    let proxy = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    ads.next_sotw(CLUSTER).await;
+    ads.next_sotw(LISTENER).await;
+    ads.push(CLUSTER, "1", vec![]);
+    ads.next_sotw(CLUSTER).await;
+    // Two listeners of one name: refused whole.
+    let l = rds_listener("dup", 0, "r");
+    ads.push(LISTENER, "1", vec![l.clone(), l]);
+    let nack = ads.next_sotw(LISTENER).await;
+    let msg = nack.error_detail.expect("a NACK").message;
+    assert!(msg.contains("listener 'dup' appears twice"), "{msg}");
+    let mut served = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "{}", proxy.stderr());
+    assert_eq!(proxy.admin_get("/ready").await.0, 200);
+    assert_eq!(proxy.stat("listener_manager.lds.update_rejected").await, 1);
+}

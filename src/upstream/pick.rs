@@ -40,7 +40,11 @@ pub(super) struct Run {
 /// times the overprovisioning factor) is not whole and its healthy share is below the
 /// threshold.
 fn in_panic(healthy: usize, total: usize, threshold: f64, whole: bool) -> bool {
-    !whole && (total == 0 || (healthy as f64) * 100.0 / (total as f64) < threshold)
+    let share = match total {
+        0 => 0.0,
+        t => (healthy as f64) * 100.0 / (t as f64),
+    };
+    !whole && share < threshold
 }
 
 /// Envoy's priority choice (`recalculatePerPriorityState`, `choosePriority`): each
@@ -143,7 +147,13 @@ impl Upstreams {
                     healthy,
                 });
             }
-            let draw = key.unwrap_or_else(|| fastrand::u64(..));
+            // The request's hash picks the priority for the consistent-hash policies only;
+            // the others draw at random, as Envoy's do.
+            let hashed = matches!(
+                cluster.lb,
+                LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }
+            );
+            let draw = key.filter(|_| hashed).unwrap_or_else(|| fastrand::u64(..));
             choose_priority(&self.runs, opf, threshold, draw)?
         };
         if panic {

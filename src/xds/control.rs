@@ -216,15 +216,38 @@ impl Control {
                     return Ok(v);
                 }
                 // The others were applied; the NACK names each one refused.
-                let e = refused.join("\n");
+                let e = truncate(refused.join("\n"));
                 tracing::warn!(kind = update.kind.short(), version = %update.version_info, refused = refused.len(), "xDS update partly rejected: {e}");
                 Err(e)
             }
             Err(e) => {
                 bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);
                 tracing::warn!(kind = update.kind.short(), version = %update.version_info, "xDS update rejected: {e}");
-                Err(e)
+                // As Envoy's init manager: a first CDS or LDS response refused whole still
+                // counts as received (else, with Istio's `initial_fetch_timeout: 0s`,
+                // nothing would ever serve).
+                if matches!(update.kind, Kind::Cluster | Kind::Listener)
+                    && self.seen.insert(update.kind)
+                {
+                    self.serve_if_initialized();
+                }
+                Err(truncate(e))
             }
+        }
+    }
+
+    /// Once the first CDS and LDS responses were received, the listeners serve.
+    fn serve_if_initialized(&mut self) {
+        let both = self.seen.contains(&Kind::Cluster) && self.seen.contains(&Kind::Listener);
+        if !both || self.initialized.load(Ordering::Acquire) {
+            return;
+        }
+        self.resources.serving = true;
+        self.initialized.store(true, Ordering::Release);
+        let current = self.publisher.shared.load_full();
+        let snap = self.resources.assemble(&self.statics, &current);
+        if let Err(e) = self.publisher.publish(snap, Instant::now()) {
+            tracing::warn!("publishing once initialized failed: {e}");
         }
     }
 
@@ -337,6 +360,20 @@ impl Control {
             tracing::warn!("publishing after an initial fetch timeout failed: {e}");
         }
     }
+}
+
+/// A NACK's message, at most 4 KiB as Envoy sends it (`truncateGrpcStatusMessage`).
+fn truncate(mut e: String) -> String {
+    const MAX: usize = 4096;
+    if e.len() > MAX {
+        let mut at = MAX;
+        while !e.is_char_boundary(at) {
+            at -= 1;
+        }
+        e.truncate(at);
+        e.push_str("...(truncated)");
+    }
+    e
 }
 
 fn route_name(any: &prost_types::Any) -> String {

@@ -271,6 +271,14 @@ impl Resources {
         ctx.sds_files = Some(crate::config::read_sds_file);
         let mut seen: BTreeSet<Arc<str>> = BTreeSet::new();
         let names: Vec<Option<Arc<str>>> = update.resources.iter().map(resource_name).collect();
+        // A resource whose name cannot be read cannot keep its previous version: the
+        // response is refused whole (as Envoy's mux refuses one it cannot decode).
+        if let Some(i) = names.iter().position(Option::is_none) {
+            return Err(format!(
+                "{} #{i} of the response: its name cannot be read",
+                update.kind.noun()
+            ));
+        }
         for name in names.iter().flatten() {
             if !seen.insert(name.clone()) {
                 return Err(format!(
@@ -283,6 +291,8 @@ impl Resources {
         let mut staged = self.clone();
         let mut refused = Vec::new();
         for (inc, name) in update.resources.iter().zip(&names) {
+            // What a refused resource named must not pass to the next one.
+            ctx.secret_refs.clear();
             let one = convert_one(update.kind, inc, name.as_deref(), &mut ctx, now)
                 .map_err(|e| format!("{e}"))
                 .and_then(|(name, held)| {

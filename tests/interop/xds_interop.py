@@ -343,14 +343,14 @@ def scenario(binary):
             wait_get(addr, "/x", 200, "one /x")
             # A field Ringside does not implement, set with the official protos: NACK names it.
             bad = eds_cluster("svc")
-            bad.outlier_detection.consecutive_5xx.value = 3
+            bad.health_checks.add().timeout.seconds = 1
             if delta:
                 n = ads.push_delta(CLUSTER, [("svc", "2", bad)])
             else:
                 n = ads.push(CLUSTER, "c2", [bad])
             nack = ads.next(CLUSTER)
-            check(nack.response_nonce == n and "outlier_detection" in nack.error_detail.message,
-                  f"{kind}: NACK names outlier_detection: {nack}")
+            check(nack.response_nonce == n and "'health_checks' (field 8)" in nack.error_detail.message,
+                  f"{kind}: NACK names health_checks: {nack}")
             if not delta:
                 check(nack.version_info == "c1", f"{kind}: NACK keeps the version")
             # Endpoint churn reaches the data plane.

@@ -368,12 +368,16 @@ pub(super) fn endpoints(
     };
     for (li, locality) in la.endpoints.iter().enumerate() {
         let dns = matches!(discovery, Discovery::StrictDns | Discovery::LogicalDns);
-        if locality.priority != 0 && dns {
-            return Err(err(
-                res,
-                format!("{prefix}endpoints[{li}].priority"),
-                "priorities other than 0 are supported for STATIC and EDS clusters only",
-            ));
+        // Envoy's bound (its proto validation) is 128.
+        let why = match locality.priority {
+            p if p > 128 => "must be at most 128",
+            p if p != 0 && dns => {
+                "priorities other than 0 are supported for STATIC and EDS clusters only"
+            }
+            _ => "",
+        };
+        if !why.is_empty() {
+            return Err(err(res, format!("{prefix}endpoints[{li}].priority"), why));
         }
         let place = locality.locality.as_ref().map(|l| {
             Arc::new(crate::model::Locality {

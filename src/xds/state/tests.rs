@@ -487,3 +487,45 @@ fn istio_telemetry_before_a_connection_manager_is_a_documented_no_op_and_policy_
     // Network RBAC is implemented: an empty one lacks its required stat_prefix.
     assert!(err.contains("stat_prefix: is required"), "{err}");
 }
+
+#[test]
+fn a_refused_resource_leaves_nothing_to_the_next() {
+    let mut f = Fixture::new();
+    // A cluster that takes an SDS secret over ADS, then fails on a later field: the good
+    // cluster after it must not wait for that secret.
+    let bad = any(
+        Kind::Cluster,
+        json!({"name": "bad", "type": "EDS", "connect_timeout": "-1s",
+               "eds_cluster_config": {"eds_config": {"ads": {}}},
+               "transport_socket": {"name": "tls", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                   "common_tls_context": {"tls_certificate_sds_secret_configs": [{"name": "only-bad", "sds_config": {"ads": {}}}]}}}}),
+    );
+    let err = f
+        .apply(Update::sotw(
+            Kind::Cluster,
+            "1",
+            vec![bad, eds_cluster("good", "0s")],
+        ))
+        .unwrap_err();
+    assert!(err.contains("cluster 'bad'"), "{err}");
+    assert!(
+        !f.res.wanted(Kind::Secret, &f.statics).contains("only-bad"),
+        "the refused cluster's secret is not asked for"
+    );
+    // A resource whose name cannot be read refuses the response whole.
+    let mut broken = eds_cluster("x", "0s");
+    broken.value = vec![0x08, 0x01]; // field 1 as a varint: no name
+    let err = f
+        .apply(Update::sotw(
+            Kind::Cluster,
+            "2",
+            vec![eds_cluster("y", "0s"), broken],
+        ))
+        .unwrap_err();
+    assert!(err.contains("its name cannot be read"), "{err}");
+    assert!(
+        f.res.versions_of(Kind::Cluster).contains_key("good"),
+        "nothing changed"
+    );
+}
