@@ -515,12 +515,9 @@ fn the_istio_style_example_bootstrap_validates() {
     );
 }
 
-/// As Envoy's init manager holds its workers: with ADS, no listener accepts — the
-/// bootstrap's static ones included — until the first CDS and LDS responses are applied,
-/// so nothing is served (and no pod is ready) without configuration.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_listener_accepts_before_the_first_cds_and_lds_responses() {
-    let mut ads = AdsServer::tcp(0).await;
+/// A proxy on ADS `ads` whose bootstrap also has a static listener answering "hi" on a
+/// free port: (the proxy, that listener's address).
+async fn proxy_with_a_static_listener(ads: &AdsServer) -> (Proxy, std::net::SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -543,6 +540,16 @@ async fn no_listener_accepts_before_the_first_cds_and_lds_responses() {
     );
     let proxy = Proxy::start(&yaml, &["--concurrency", "1"]).await;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    (proxy, addr)
+}
+
+/// As Envoy's init manager holds its workers: with ADS, no listener accepts — the
+/// bootstrap's static ones included — until the first CDS and LDS responses are applied,
+/// so nothing is served (and no pod is ready) without configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_listener_accepts_before_the_first_cds_and_lds_responses() {
+    let mut ads = AdsServer::tcp(0).await;
+    let (proxy, addr) = proxy_with_a_static_listener(&ads).await;
     let refused = || async { tokio::net::TcpStream::connect(addr).await.is_err() };
     ads.next_sotw(CLUSTER).await;
     ads.next_sotw(LISTENER).await;
@@ -610,28 +617,7 @@ async fn a_first_lds_response_refused_whole_still_starts_serving() {
     // As Envoy's init manager: a refused first response counts as received (Istio's
     // bootstrap waits for ever otherwise: initial_fetch_timeout 0s).
     let mut ads = AdsServer::tcp(0).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let yaml = format!(
-        "{}  listeners:
-  - name: static
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          '@type': type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: static
-          route_config: {{virtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{prefix: /}}, direct_response: {{status: 200, body: {{inline_string: hi}}}}}}]}}]}}
-          http_filters: [{{name: envoy.filters.http.router, typed_config: {{'@type': type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
-",
-        bootstrap(&ads.addr, false)
-    );
-    let proxy = Proxy::start(&yaml, &["--concurrency", "1"]).await;
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let (proxy, addr) = proxy_with_a_static_listener(&ads).await;
     ads.next_sotw(CLUSTER).await;
     ads.next_sotw(LISTENER).await;
     ads.push(CLUSTER, "1", vec![]);
