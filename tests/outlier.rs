@@ -513,3 +513,30 @@ async fn a_reset_after_the_response_head_counts_too() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_ejection_reaches_every_core() {
+    let (good, _) = fixed(200, false).await;
+    let (bad, nbad) = fixed(503, false).await;
+    let p = proxy_two_cores(
+        &[good, bad],
+        "outlier_detection: {consecutive_5xx: 2, interval: 0.2s, base_ejection_time: 30s, max_ejection_percent: 100},",
+    )
+    .await;
+    // Each request on its own connection: the kernel spreads them over both cores, and
+    // one core's run of two reaches the threshold.
+    for _ in 0..40 {
+        send_n(&p, 1).await;
+        if p.stat(&format!("{OD}.ejections_active")).await == 1 {
+            break;
+        }
+    }
+    assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 1);
+    // The stat moves as the control thread decides; each core applies the decision from
+    // its command channel a moment later.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let before = nbad.load(Ordering::SeqCst);
+    // Whichever core takes them, no request reaches the ejected host.
+    assert_eq!(send_n(&p, 30).await.get(&200), Some(&30));
+    assert_eq!(nbad.load(Ordering::SeqCst), before);
+}
