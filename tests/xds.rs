@@ -268,13 +268,18 @@ async fn an_invalid_update_is_nacked_with_its_error_and_changes_nothing() {
     assert!(msg.contains("'health_checks' (field 8)"), "{msg}");
     assert_eq!(proxy.stat("cluster_manager.cds.update_rejected").await, 1);
 
-    // A listener that cannot bind is refused, not half-applied.
+    // A listener that cannot bind is refused on its own, as in Envoy (whose listeners
+    // bind as they are added): the others of the response are applied.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let nonce = ads.push(
         LISTENER,
         "l2",
-        vec![rds_listener("l1", 0, "r1"), rds_listener("l2", port, "r1")],
+        vec![
+            rds_listener("l1", 0, "r1"),
+            rds_listener("l2", port, "r1"),
+            rds_listener("l3", 0, "r1"),
+        ],
     );
     let nack = ads.next_sotw(LISTENER).await;
     assert_eq!(
@@ -284,6 +289,15 @@ async fn an_invalid_update_is_nacked_with_its_error_and_changes_nothing() {
     let msg = nack.error_detail.unwrap().message;
     assert!(msg.contains("listener 'l2': cannot bind"), "{msg}");
     wait_body(addr, "/a", 200, "upstream one /a").await;
+    wait_body(
+        proxy.wait_listener("l3").await,
+        "/a",
+        200,
+        "upstream one /a",
+    )
+    .await;
+    let (_, listeners) = proxy.admin_get("/listeners").await;
+    assert!(!listeners.contains("l2::"), "{listeners}");
 
     // And a valid update is accepted again.
     ads.push(ROUTE, "r1v3", vec![route_any(

@@ -176,12 +176,33 @@ impl Control {
                         .iter()
                         .all(|k| *k == update.kind || self.seen.contains(k));
                 staged.prune(&self.statics);
-                let current = self.publisher.shared.load_full();
-                let snap = staged.assemble(&self.statics, &current);
-                phases[1] = started.elapsed();
-                let v = self.publisher.publish(snap, started);
-                phases[2] = started.elapsed();
-                v
+                // As Envoy, whose listeners bind as they are added: a listener of this
+                // response that cannot bind is refused on its own (its previous version,
+                // if any, stays); the others are published.
+                let mut bind_failures = 0;
+                loop {
+                    let current = self.publisher.shared.load_full();
+                    let snap = staged.assemble(&self.statics, &current);
+                    phases[1] = started.elapsed();
+                    match self.publisher.publish(snap, started) {
+                        Ok(v) => {
+                            phases[2] = started.elapsed();
+                            break Ok(v);
+                        }
+                        Err(e)
+                            if update.kind == Kind::Listener
+                                && bind_failures < update.resources.len()
+                                && update.resources.iter().any(|i| {
+                                    super::state::resource_name(i).as_deref() == Some(&*e.listener)
+                                }) =>
+                        {
+                            bind_failures += 1;
+                            staged.revert_listener(&e.listener, &self.resources);
+                            refused.push(e.message);
+                        }
+                        Err(e) => break Err(e.message),
+                    }
+                }
             });
         match result {
             Ok(v) => {

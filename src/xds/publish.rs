@@ -1,7 +1,8 @@
 //! Publishing a snapshot: bind what it adds, swap it in whole, tell the cores.
 //!
 //! Listener sockets are bound here, on the control thread, before the swap: a listener
-//! that cannot bind fails the update (NACK) instead of half-applying it. A listener whose
+//! that cannot bind fails the publish, naming the listener, and nothing changes (the
+//! caller refuses that listener and publishes the rest, as Envoy does). A listener whose
 //! address is unchanged keeps its sockets; the cores serve new connections with the new
 //! configuration and drain the old ones, as Envoy does on a listener update.
 
@@ -16,6 +17,19 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::listener::bind_listener;
 use crate::model::{SharedSnapshot, Snapshot};
 use crate::worker::{CoreCommand, Served};
+
+/// A listener that could not bind: which, and the error.
+#[derive(Debug)]
+pub struct BindError {
+    pub listener: Arc<str>,
+    pub message: String,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 /// The control thread's handle on the cores.
 pub struct Publisher {
@@ -43,7 +57,7 @@ impl Publisher {
 
     /// Binds the listeners `next` adds or moves, swaps it in and tells every core. On a
     /// bind error nothing changes.
-    pub fn publish(&mut self, mut next: Snapshot, started: Instant) -> Result<u64, String> {
+    pub fn publish(&mut self, mut next: Snapshot, started: Instant) -> Result<u64, BindError> {
         let current = self.shared.load_full();
         next.version = current.version + 1;
         let old: HashMap<&str, _> = current.listeners.iter().map(|l| (&*l.name, l)).collect();
@@ -71,7 +85,10 @@ impl Publisher {
                         }
                     }
                     let (sockets, addr) =
-                        bind_listener(&want, self.cores.len()).map_err(|e| e.to_string())?;
+                        bind_listener(&want, self.cores.len()).map_err(|e| BindError {
+                            listener: l.name.clone(),
+                            message: e.to_string(),
+                        })?;
                     bound_now.push((l.name.clone(), addr));
                     for (k, s) in sockets.into_iter().enumerate() {
                         commands[k].push(CoreCommand::Listen(s));

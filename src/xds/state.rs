@@ -381,6 +381,22 @@ impl Resources {
         Ok(())
     }
 
+    /// Puts listener `name` back as `previous` has it (or removes it): a new version of it
+    /// that cannot bind is refused on its own.
+    pub fn revert_listener(&mut self, name: &str, previous: &Resources) {
+        for (mine, theirs) in [
+            (&mut self.listeners, &previous.listeners),
+            (&mut self.active, &previous.active),
+        ] {
+            match theirs.get(name) {
+                Some(h) => {
+                    Arc::make_mut(mine).insert(name.into(), h.clone());
+                }
+                None => retain_in(mine, |n| **n != *name),
+            }
+        }
+    }
+
     fn retain(&mut self, kind: Kind, keep: impl Fn(&Arc<str>) -> bool) {
         match kind {
             Kind::Cluster => retain_in(&mut self.clusters, keep),
@@ -529,7 +545,7 @@ mod assemble;
 mod convert_one;
 mod secrets;
 
-pub(crate) use convert_one::fetch_timeout;
-use convert_one::{convert_one, resource_name, AnyHeld};
+use convert_one::{convert_one, AnyHeld};
+pub(crate) use convert_one::{fetch_timeout, resource_name};
 #[cfg(test)]
 mod tests;

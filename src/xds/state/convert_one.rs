@@ -26,7 +26,7 @@ struct Named {
 }
 
 /// The resource's name: the delta envelope's, or field 1 of the resource itself.
-pub(super) fn resource_name(inc: &Incoming) -> Option<Arc<str>> {
+pub(crate) fn resource_name(inc: &Incoming) -> Option<Arc<str>> {
     if !inc.name.is_empty() {
         return Some(inc.name.as_str().into());
     }
