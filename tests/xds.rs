@@ -370,6 +370,13 @@ filter_chains:
         msg.contains("listener 'c'") && msg.contains("internal_listener"),
         "{msg}"
     );
+    // `/config_dump` shows the partly applied response's version (Envoy's
+    // system_version_info), while the NACK above carries the last one accepted whole.
+    proxy
+        .wait_config("LDS version 3 shown", |v| {
+            v["configs"][3]["version_info"] == "3"
+        })
+        .await;
     let d = proxy.wait_listener("d").await;
     wait_body(d, "/", 200, "d1").await;
     // `a` was not listed: the state of the world removed it.

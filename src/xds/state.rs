@@ -221,6 +221,10 @@ pub struct Resources {
     /// SDS secrets, validated, by name.
     secrets: Map<Arc<PbSecret>>,
     versions: BTreeMap<Kind, (Arc<str>, SystemTime)>,
+    /// The version `/config_dump` shows per type: that of the last response any of whose
+    /// resources was applied (Envoy's `system_version_info`), which a partly refused
+    /// response sets while the ACKed version above stays.
+    shown: BTreeMap<Kind, (Arc<str>, SystemTime)>,
     /// Identity of the cluster and endpoint maps the last snapshot was assembled from:
     /// while both are unchanged (and nothing is warming against a deadline), the clusters
     /// of the current snapshot are reused instead of rebuilt.
@@ -329,10 +333,13 @@ impl Resources {
             let ignored = staged.reconvert(|(n, _)| changed.contains(n), stats)?;
             ctx.ignored.extend(ignored);
         }
+        let version = (update.version_info.as_str().into(), now.1);
+        let applied_any = update.resources.len() > refused.len() || !update.removed.is_empty();
+        if refused.is_empty() || applied_any {
+            staged.shown.insert(update.kind, version.clone());
+        }
         if refused.is_empty() {
-            staged
-                .versions
-                .insert(update.kind, (update.version_info.as_str().into(), now.1));
+            staged.versions.insert(update.kind, version);
         }
         *self = staged;
         Ok(Applied {

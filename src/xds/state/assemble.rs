@@ -115,7 +115,7 @@ impl Resources {
             .filter(|n| !self.secrets.contains_key(n))
             .collect();
         dump.versions = self
-            .versions
+            .shown
             .iter()
             .map(|(k, (v, t))| (k.type_url(), v.clone(), *t))
             .collect();
