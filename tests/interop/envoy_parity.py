@@ -637,6 +637,12 @@ def main():
     ports = {}
     procs = []
     log = open(os.path.join(tmp, "log"), "w")
+    # The `down` cluster's port: bound but never listening, and held for the whole run, so
+    # connections to it are refused and no listener started later can take it (a port
+    # only free at the time could become the other proxy's listener).
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
     admins = {}
     for name, cmd in (("envoy", [envoy, "--concurrency", "1", "-l", "error", "--base-id", str(os.getpid() % 60000)]),
                       ("ringside", [ringside, "--concurrency", "1", "-l", "error"])):
@@ -647,7 +653,7 @@ def main():
         cfg = CONFIG.replace("EXTRA_LISTENERS", extra_listeners(tmp))
         for l, lp in sorted(listener_ports.items(), key=lambda kv: -len(kv[0])):
             cfg = cfg.replace(f"PORT_{l}", str(lp))
-        cfg = cfg.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(free_port())).replace("PORT", str(port))
+        cfg = cfg.replace("UPSTREAM", str(upstream.server_address[1])).replace("CLOSED", str(closed_port)).replace("PORT", str(port))
         path = os.path.join(tmp, f"{name}.yaml")
         with open(path, "w") as f:
             f.write(cfg)
