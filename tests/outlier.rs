@@ -99,7 +99,10 @@ async fn send_n(p: &Proxy, n: usize) -> std::collections::BTreeMap<u16, usize> {
     out
 }
 
-const OD: &str = "cluster.c.outlier_detection";
+/// The name of cluster `c`'s outlier stat `name`.
+fn od(name: &str) -> String {
+    format!("cluster.c.outlier_detection.{name}")
+}
 
 #[tokio::test]
 async fn consecutive_5xx_ejects_a_host_until_its_time_is_up() {
@@ -125,19 +128,15 @@ async fn consecutive_5xx_ejects_a_host_until_its_time_is_up() {
         // ejects it.
         send_n(&p, 9).await;
         assert_eq!(
-            p.stat_reaching(&format!("{OD}.ejections_enforced_consecutive_5xx"), 1)
+            p.stat_reaching(&od("ejections_enforced_consecutive_5xx"), 1)
                 .await,
             1,
             "h2 {h2}: {}",
             p.stderr()
         );
-        assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 1);
-        assert_eq!(
-            p.stat(&format!("{OD}.ejections_detected_consecutive_5xx"))
-                .await,
-            1
-        );
-        assert_eq!(p.stat(&format!("{OD}.ejections_enforced_total")).await, 1);
+        assert_eq!(p.stat(&od("ejections_active")).await, 1);
+        assert_eq!(p.stat(&od("ejections_detected_consecutive_5xx")).await, 1);
+        assert_eq!(p.stat(&od("ejections_enforced_total")).await, 1);
         let (_, text) = p.admin_get("/clusters").await;
         assert!(
             text.contains(&format!("c::{bad}::health_flags::/failed_outlier_check")),
@@ -159,16 +158,12 @@ async fn consecutive_5xx_ejects_a_host_until_its_time_is_up() {
         // After the base ejection time (and the next interval) it is back, fails again,
         // and is ejected a second time (for twice as long).
         assert_eq!(
-            p.stat_falling_to_within(&format!("{OD}.ejections_active"), 0, 5)
+            p.stat_falling_to_within(&od("ejections_active"), 0, 5)
                 .await,
             0
         );
         send_n(&p, 9).await;
-        assert_eq!(
-            p.stat_reaching(&format!("{OD}.ejections_enforced_total"), 2)
-                .await,
-            2
-        );
+        assert_eq!(p.stat_reaching(&od("ejections_enforced_total"), 2).await, 2);
         assert!(nbad.load(Ordering::SeqCst) > before);
         // The event log: Envoy's OutlierDetectionEvent, one JSON line per action.
         let lines = wait_lines(&log, 3).await;
@@ -206,13 +201,9 @@ async fn max_ejection_percent_counts_an_overflow_instead() {
     )
     .await;
     send_n(&p, 6).await;
-    assert!(
-        p.stat_reaching(&format!("{OD}.ejections_overflow"), 1)
-            .await
-            >= 1
-    );
-    assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 0);
-    assert_eq!(p.stat(&format!("{OD}.ejections_enforced_total")).await, 0);
+    assert!(p.stat_reaching(&od("ejections_overflow"), 1).await >= 1);
+    assert_eq!(p.stat(&od("ejections_active")).await, 0);
+    assert_eq!(p.stat(&od("ejections_enforced_total")).await, 0);
     let before = nbad.load(Ordering::SeqCst);
     send_n(&p, 3).await;
     assert_eq!(nbad.load(Ordering::SeqCst), before + 1, "still in rotation");
@@ -231,14 +222,11 @@ async fn gateway_failures_and_their_enforcement() {
     .await;
     send_n(&p, 4).await;
     assert_eq!(
-        p.stat_reaching(
-            &format!("{OD}.ejections_detected_consecutive_gateway_failure"),
-            1
-        )
-        .await,
+        p.stat_reaching(&od("ejections_detected_consecutive_gateway_failure"), 1)
+            .await,
         1
     );
-    assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 0);
+    assert_eq!(p.stat(&od("ejections_active")).await, 0);
     drop(p);
     let p = proxy(
         &[good1, bad],
@@ -247,19 +235,12 @@ async fn gateway_failures_and_their_enforcement() {
     .await;
     send_n(&p, 4).await;
     assert_eq!(
-        p.stat_reaching(
-            &format!("{OD}.ejections_enforced_consecutive_gateway_failure"),
-            1
-        )
-        .await,
+        p.stat_reaching(&od("ejections_enforced_consecutive_gateway_failure"), 1)
+            .await,
         1
     );
-    assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 1);
-    assert_eq!(
-        p.stat(&format!("{OD}.ejections_detected_consecutive_5xx"))
-            .await,
-        0
-    );
+    assert_eq!(p.stat(&od("ejections_active")).await, 1);
+    assert_eq!(p.stat(&od("ejections_detected_consecutive_5xx")).await, 0);
     assert_eq!(send_n(&p, 6).await.get(&200), Some(&6));
 }
 
@@ -276,18 +257,14 @@ async fn local_origin_failures_counted_apart() {
     assert_eq!(seen.get(&503), Some(&2), "{seen:?}");
     assert_eq!(
         p.stat_reaching(
-            &format!("{OD}.ejections_enforced_consecutive_local_origin_failure"),
+            &od("ejections_enforced_consecutive_local_origin_failure"),
             1
         )
         .await,
         1
     );
     // Split: connection failures are not 5xx responses.
-    assert_eq!(
-        p.stat(&format!("{OD}.ejections_detected_consecutive_5xx"))
-            .await,
-        0
-    );
+    assert_eq!(p.stat(&od("ejections_detected_consecutive_5xx")).await, 0);
     assert_eq!(send_n(&p, 6).await.get(&200), Some(&6));
 }
 
@@ -310,14 +287,14 @@ async fn success_rate_and_failure_percentage() {
     .await;
     send_n(&p, 100).await;
     assert_eq!(
-        p.stat_reaching_within(&format!("{OD}.ejections_enforced_success_rate"), 1, 8)
+        p.stat_reaching_within(&od("ejections_enforced_success_rate"), 1, 8)
             .await,
         1,
         "{}",
         p.stderr()
     );
-    assert_eq!(p.stat(&format!("{OD}.ejections_success_rate")).await, 1);
-    assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 1);
+    assert_eq!(p.stat(&od("ejections_success_rate")).await, 1);
+    assert_eq!(p.stat(&od("ejections_active")).await, 1);
     drop(p);
     let p = proxy(
         &addrs,
@@ -326,16 +303,12 @@ async fn success_rate_and_failure_percentage() {
     .await;
     send_n(&p, 100).await;
     assert_eq!(
-        p.stat_reaching_within(&format!("{OD}.ejections_enforced_failure_percentage"), 1, 8)
+        p.stat_reaching_within(&od("ejections_enforced_failure_percentage"), 1, 8)
             .await,
         1
     );
     // The success rate is not judged: its default volume is 100 requests a host.
-    assert_eq!(
-        p.stat(&format!("{OD}.ejections_detected_success_rate"))
-            .await,
-        0
-    );
+    assert_eq!(p.stat(&od("ejections_detected_success_rate")).await, 0);
     assert_eq!(send_n(&p, 8).await.get(&200), Some(&8));
 }
 
@@ -443,10 +416,8 @@ async fn failures_after_connecting_count_as_envoy_counts_them() {
     send_n(&p, 8).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
-        p.stat(&format!(
-            "{OD}.ejections_detected_consecutive_local_origin_failure"
-        ))
-        .await,
+        p.stat(&od("ejections_detected_consecutive_local_origin_failure"))
+            .await,
         0
     );
     drop(p);
@@ -458,7 +429,7 @@ async fn failures_after_connecting_count_as_envoy_counts_them() {
     .await;
     send_n(&p, 6).await;
     assert_eq!(
-        p.stat_reaching(&format!("{OD}.ejections_enforced_consecutive_5xx"), 1)
+        p.stat_reaching(&od("ejections_enforced_consecutive_5xx"), 1)
             .await,
         1
     );
@@ -503,7 +474,7 @@ async fn a_reset_after_the_response_head_counts_too() {
         .await;
     }
     assert_eq!(
-        p.stat_reaching(&format!("{OD}.ejections_enforced_consecutive_5xx"), 1)
+        p.stat_reaching(&od("ejections_enforced_consecutive_5xx"), 1)
             .await,
         1
     );
@@ -527,11 +498,11 @@ async fn an_ejection_reaches_every_core() {
     // one core's run of two reaches the threshold.
     for _ in 0..40 {
         send_n(&p, 1).await;
-        if p.stat(&format!("{OD}.ejections_active")).await == 1 {
+        if p.stat(&od("ejections_active")).await == 1 {
             break;
         }
     }
-    assert_eq!(p.stat(&format!("{OD}.ejections_active")).await, 1);
+    assert_eq!(p.stat(&od("ejections_active")).await, 1);
     // The stat moves as the control thread decides; each core applies the decision from
     // its command channel a moment later.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
