@@ -148,6 +148,34 @@ pub struct Forward {
     /// `hash_policy`: the request's key for a consistent-hash cluster (ring hash,
     /// Maglev); empty: none (such a cluster then picks at random).
     pub hash_policy: Box<[HashPolicy]>,
+    /// `request_mirror_policies`: the route's own, else its virtual host's, else its route
+    /// configuration's (Envoy's inheritance); empty: no mirroring.
+    pub mirrors: Arc<[Mirror]>,
+}
+
+/// One `RequestMirrorPolicy`: a copy of the request goes to another cluster, fire and
+/// forget.
+#[derive(Debug)]
+pub struct Mirror {
+    pub cluster: MirrorCluster,
+    /// `runtime_fraction`'s default (100% when unset). Every policy of a request draws
+    /// with the same number, as Envoy draws with the stream id.
+    pub fraction: super::filter::Fraction,
+    /// `trace_sampled`: the mirror's sampling decision; unset, the request's.
+    pub trace_sampled: Option<bool>,
+    /// `-shadow` is appended to the host (unless `disable_shadow_host_suffix_append`).
+    pub suffix: bool,
+    /// `host_rewrite_literal`: the mirror's host.
+    pub host: Option<Box<str>>,
+}
+
+/// Where a mirror goes.
+#[derive(Debug)]
+pub enum MirrorCluster {
+    Named(ClusterRef),
+    /// `cluster_header`: the cluster named by this request header (lower case); no mirror
+    /// when the request lacks it.
+    Header(Box<str>),
 }
 
 /// How a hash cookie is made when the request has none (`ttl` set).

@@ -131,6 +131,7 @@ stat_family! {
         UpstreamRqRetry = "upstream_rq_retry",
         UpstreamRqRetrySuccess = "upstream_rq_retry_success",
         UpstreamRqRetryOverflow = "upstream_rq_retry_overflow",
+        RetryOrShadowAbandoned = "retry_or_shadow_abandoned",
         UpstreamRqRetryLimitExceeded = "upstream_rq_retry_limit_exceeded",
         UpstreamRqRetryBackoffExponential = "upstream_rq_retry_backoff_exponential",
         UpstreamRqRetryBackoffRatelimited = "upstream_rq_retry_backoff_ratelimited",

@@ -58,6 +58,8 @@ pub(crate) struct Body<'a> {
     pub replay: Option<&'a Rc<RefCell<Replay>>>,
     /// This attempt sends the kept body rather than the client's.
     pub from_replay: bool,
+    /// The request's mirrors, fed what is read of the client's body.
+    pub mirrors: Option<&'a Rc<super::mirror::Mirrors>>,
 }
 
 /// A route's timeout for this request, as Envoy works it out (`finalTimeout`): the

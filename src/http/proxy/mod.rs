@@ -31,6 +31,7 @@ use crate::stats::{status_class_index, ClusterStat, HttpStat};
 
 mod attempt;
 mod body;
+mod mirror;
 mod retry;
 mod send;
 pub(crate) mod up;
@@ -260,6 +261,7 @@ pub(crate) async fn forward<D: Downstream>(
         };
         let mut ep = first;
         let mut attempt = 1u32;
+        let mut mirrors = None;
         d.log_mut().attempts = 1;
         loop {
             let mut head = d.take_up_buf();
@@ -281,11 +283,15 @@ pub(crate) async fn forward<D: Downstream>(
                 },
                 request_id.as_ref().map(|r| &r[..]),
             );
+            if attempt == 1 && !f.mirrors.is_empty() {
+                mirrors = mirror::start(d, f, cluster, &head, deadline.timeout());
+            }
             d.log_mut().upstream = Some(ep.address);
             let from_replay = replay.as_ref().is_some_and(|r| r.borrow().touched);
             let body = Body {
                 replay: replay.as_ref(),
                 from_replay,
+                mirrors: mirrors.as_ref(),
             };
             let mut sent_any = false;
             // One attempt: connect or reuse, send, and wait for the response head (inline,
@@ -375,19 +381,9 @@ pub(crate) async fn forward<D: Downstream>(
             // reset (HTTP/2).
             drop(outcome);
             // The route timeout bounds the back-off too.
-            if let Some(at) = deadline.at() {
-                if Instant::now() + backoff >= at {
-                    monoio::time::sleep(at.saturating_duration_since(Instant::now())).await;
-                    cluster
-                        .stats
-                        .core(ctx.core)
-                        .inc(ClusterStat::UpstreamRqTimeout as usize);
-                    d.hcm()
-                        .stats
-                        .core(ctx.core)
-                        .inc(HttpStat::DownstreamRqTimeout as usize);
-                    break 'attempts Err(HttpError::UpstreamTimeout);
-                }
+            if let Some(at) = deadline.at().filter(|at| Instant::now() + backoff >= *at) {
+                monoio::time::sleep(at.saturating_duration_since(Instant::now())).await;
+                break 'attempts Err(send::global_timeout(d, cluster));
             }
             monoio::time::sleep(backoff).await;
             attempt += 1;

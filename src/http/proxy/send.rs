@@ -78,11 +78,17 @@ impl Attempt<'_> {
         if let Some(r) = self.body.replay {
             r.borrow_mut().record(chunk);
         }
+        if let Some(m) = self.body.mirrors {
+            m.push(chunk);
+        }
     }
 
     fn body_complete(&self) {
         if let Some(r) = self.body.replay {
             r.borrow_mut().complete = true;
+        }
+        if let Some(m) = self.body.mirrors {
+            m.end();
         }
     }
 }
@@ -282,7 +288,7 @@ pub(super) async fn exchange_h1<D: Downstream>(
 }
 
 /// The route timeout passed before the response head: counted, and answered 504.
-fn global_timeout<D: Downstream>(d: &D, cluster: &Cluster) -> HttpError {
+pub(super) fn global_timeout<D: Downstream>(d: &D, cluster: &Cluster) -> HttpError {
     let core = d.core();
     cluster
         .stats
@@ -427,13 +433,22 @@ fn spawn_pump<D: Downstream>(
     if let Some(r) = &replay {
         r.borrow_mut().touched = true;
     }
+    let mirrors = a.body.mirrors.cloned();
     monoio::spawn(async move {
         let tap = frames.as_mut().map(|frames| GrpcTap { frames, call: None });
-        let record = replay.as_ref().map(|r| {
-            move |c: Option<&[u8]>| match c {
-                Some(c) => r.borrow_mut().record(c),
-                // Trailers are not kept: such a request is not sent again.
-                None => r.borrow_mut().overflow = true,
+        let keep = replay.is_some() || mirrors.is_some();
+        let record = keep.then_some({
+            |c: Option<&[u8]>| {
+                if let Some(m) = &mirrors {
+                    m.push(c.unwrap_or_default());
+                }
+                if let Some(r) = &replay {
+                    match c {
+                        Some(c) => r.borrow_mut().record(c),
+                        // Trailers are not kept: such a request is not sent again.
+                        None => r.borrow_mut().overflow = true,
+                    }
+                }
             }
         });
         let record = record.as_ref().map(|f| f as &dyn Fn(Option<&[u8]>));
@@ -441,6 +456,9 @@ fn spawn_pump<D: Downstream>(
             Ok(_) => {
                 if let Some(r) = &replay {
                     r.borrow_mut().complete = true;
+                }
+                if let Some(m) = &mirrors {
+                    m.end();
                 }
                 shared.request_done();
             }

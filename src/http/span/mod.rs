@@ -2,7 +2,8 @@
 //! for its tracer (Zipkin JSON v2, OTLP), queued on the request's core and exported off
 //! the request path ([`export`]).
 
-mod done;
+pub(crate) mod done;
+pub(crate) use done::Done;
 pub(crate) mod export;
 
 /// The request is done: its span, if sampled, joins its tracer's batch on this core.

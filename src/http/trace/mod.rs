@@ -181,6 +181,11 @@ pub(crate) fn write_upstream<E: Exchange + ?Sized>(x: &E, out: &mut Vec<u8>) {
         }
     }
     let Some(s) = &x.log().span else { return };
+    write_context(x, s, out);
+}
+
+/// Span context `s` as the request's propagation format writes it upstream.
+pub(crate) fn write_context<E: Exchange + ?Sized>(x: &E, s: &SpanCtx, out: &mut Vec<u8>) {
     let sampled: &[u8] = if s.sampled { b"1" } else { b"0" };
     let multi = |out: &mut Vec<u8>| {
         out.extend_from_slice(b"x-b3-traceid: ");

@@ -28,6 +28,7 @@ mod jwt;
 mod lb;
 mod listener;
 mod matchers;
+mod mirror;
 mod outlier;
 mod rbac;
 mod retry;

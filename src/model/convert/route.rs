@@ -50,6 +50,13 @@ pub(crate) fn convert(
             "response",
         )?,
     };
+    let rc_mirrors = super::mirror::policies(
+        &rc.request_mirror_policies,
+        res,
+        &p("request_mirror_policies"),
+        validate_clusters,
+        ctx,
+    )?;
     for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
         let vp = p(&format!("virtual_hosts[{vi}]"));
         if vh.domains.is_empty() {
@@ -100,6 +107,16 @@ pub(crate) fn convert(
             )?)),
             None => None,
         };
+        let vh_mirrors = match vh.request_mirror_policies.is_empty() {
+            true => rc_mirrors.clone(),
+            false => super::mirror::policies(
+                &vh.request_mirror_policies,
+                res,
+                &format!("{vp}.request_mirror_policies"),
+                validate_clusters,
+                ctx,
+            )?,
+        };
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (ri, r) in vh.routes.iter().enumerate() {
             let rp = format!("{vp}.routes[{ri}]");
@@ -116,6 +133,7 @@ pub(crate) fn convert(
                 VhostDefaults {
                     attempt_count: attempts,
                     retry: vh_retry.as_ref(),
+                    mirrors: &vh_mirrors,
                 },
                 ctx,
             )?);
@@ -173,6 +191,7 @@ struct VhostDefaults<'a> {
     /// `include_request_attempt_count`, `include_attempt_count_in_response`.
     attempt_count: (bool, bool),
     retry: Option<&'a Arc<crate::model::retry::RetryPolicy>>,
+    mirrors: &'a Arc<[Mirror]>,
 }
 
 fn route(
@@ -187,6 +206,7 @@ fn route(
     let VhostDefaults {
         attempt_count,
         retry: vh_retry,
+        mirrors,
     } = vh;
     let Some(m) = &r.r#match else {
         return Err(err(res, format!("{rp}.match"), "match is required"));
@@ -214,6 +234,9 @@ fn route(
             // A route's own policy replaces its virtual host's whole, as in Envoy.
             if f.retry.is_none() {
                 f.retry = vh_retry.cloned();
+            }
+            if f.mirrors.is_empty() {
+                f.mirrors = mirrors.clone();
             }
             Action::Forward(Arc::new(f))
         }
@@ -503,6 +526,13 @@ fn forward(
             .map(|d| duration(d, res, &format!("{fp}.grpc_timeout_offset")))
             .transpose()?,
         hash_policy: super::lb::hash_policy(&ra.hash_policy, res, &format!("{fp}.hash_policy"))?,
+        mirrors: super::mirror::policies(
+            &ra.request_mirror_policies,
+            res,
+            &format!("{fp}.request_mirror_policies"),
+            validate_clusters,
+            ctx,
+        )?,
     })
 }
 
