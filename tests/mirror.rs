@@ -426,14 +426,20 @@ async fn policies_are_inherited() {
 async fn a_stalled_mirror_is_given_up() {
     let driver = drivers()[0];
     let primary = Backend::start("primary").await;
-    // Accepts and never reads.
+    // Reads the head and 64 KiB, then nothing more.
     let stall = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stall_addr = stall.local_addr().unwrap();
     let held = Arc::new(Mutex::new(Vec::new()));
     let h = held.clone();
     tokio::spawn(async move {
-        while let Ok((tcp, _)) = stall.accept().await {
-            h.lock().unwrap().push(tcp);
+        while let Ok((mut tcp, _)) = stall.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 64 << 10];
+                let _ = tcp.read_exact(&mut buf).await;
+                h.lock().unwrap().push(tcp);
+            });
         }
     });
     let p = proxy(
@@ -490,4 +496,60 @@ fn bad_policies_are_refused_by_name() {
         assert!(!ok, "{policies} accepted");
         assert!(out.contains(want), "{policies}: {out}");
     }
+}
+
+/// A mirror whose upstream never answers times out with the route timeout, counted as the
+/// mirror cluster's `upstream_rq_timeout`; the primary answered long before.
+#[tokio::test]
+async fn a_mirror_times_out_with_the_route() {
+    let driver = drivers()[0];
+    let primary = Backend::start("primary").await;
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = silent.accept().await {
+            h.lock().unwrap().push(tcp);
+        }
+    });
+    let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: primary, timeout: 0.5s, request_mirror_policies: [{cluster: m}]}}]}]";
+    let clusters = format!(
+        "[{}, {}]",
+        cluster("primary", &[primary.addr], ""),
+        cluster("m", &[silent_addr], "")
+    );
+    let p = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+    let (status, _, _) = http_get(p.addr(), "/x", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(p.stat_reaching("cluster.m.upstream_rq_timeout", 1).await, 1);
+    assert_eq!(
+        p.stat_falling_to("cluster.m.upstream_rq_active", 0).await,
+        0
+    );
+}
+
+/// `auto_host_rewrite` happens once the primary has its endpoint: the mirror gets the
+/// request's own host, as Envoy's copy does.
+#[tokio::test]
+async fn a_mirror_keeps_the_host_auto_rewrite_gives_the_primary() {
+    let driver = drivers()[0];
+    let primary = Backend::start("primary").await;
+    let m = Recorder::start(false, None).await;
+    let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: primary, auto_host_rewrite: true, request_mirror_policies: [{cluster: m}]}}]}]";
+    let primary_cluster = format!(
+        "{{name: primary, connect_timeout: 1s, load_assignment: {{cluster_name: primary, endpoints: [{{lb_endpoints: [{{endpoint: {{hostname: primary.internal, address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]}}}}",
+        primary.addr.port()
+    );
+    let clusters = format!("[{primary_cluster}, {}]", cluster("m", &[m.addr], ""));
+    let p = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+    let (status, _, _) = http_get(p.addr(), "/x", &[("host", "svc.example")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        primary.seen.header("host").as_deref(),
+        Some("primary.internal")
+    );
+    let got = &m.wait(1).await[0];
+    assert_eq!(got.header("host"), Some("svc.example-shadow"));
+    assert_eq!(got.header("x-envoy-original-host"), None);
 }

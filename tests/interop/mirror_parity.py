@@ -79,7 +79,7 @@ def config(ports, up):
     """`up`: this proxy's upstream ports by cluster name."""
     clusters = "\n".join(
         f"  - {{name: {c}, connect_timeout: 1s, load_assignment: {{cluster_name: {c}, endpoints: "
-        f"[{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}]}}]}}}}"
+        f"[{{lb_endpoints: [{{endpoint: {{hostname: {c}.internal, address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}]}}]}}}}"
         for c, p in up.items())
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
@@ -112,6 +112,8 @@ static_resources:
               - match: {{prefix: /rewritten}}
                 route: {{cluster: primary, host_rewrite_literal: up.example, prefix_rewrite: /r/, request_mirror_policies: [{{cluster: m1}}]}}
                 request_headers_to_add: [{{header: {{key: x-route, value: r}}}}]
+              - match: {{prefix: /auto}}
+                route: {{cluster: primary, auto_host_rewrite: true, request_mirror_policies: [{{cluster: m1}}]}}
               - match: {{prefix: /inherited}}
                 route: {{cluster: primary}}
           http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
@@ -201,6 +203,7 @@ def main():
             b"GET /some/y HTTP/1.1\r\nhost: s\r\nx-mirror-to: nowhere\r\nconnection: close\r\n\r\n",
             b"GET /some/z HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n",
             b"GET /rewritten/q HTTP/1.1\r\nhost: s\r\nx-envoy-internal: false\r\nconnection: close\r\n\r\n",
+            b"GET /auto/a HTTP/1.1\r\nhost: svc.example\r\nconnection: close\r\n\r\n",
             b"GET /inherited/i HTTP/1.1\r\nhost: i.example\r\nconnection: close\r\n\r\n",
             b"HEAD /plain/head HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
         ]

@@ -33,17 +33,20 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    pub fn record(&mut self, chunk: &[u8]) {
+    /// Keeps `chunk`; true when the body just outgrew the limit (the request is then not
+    /// retried: Envoy counts it in `retry_or_shadow_abandoned`).
+    pub fn record(&mut self, chunk: &[u8]) -> bool {
         self.touched = true;
         if self.overflow {
-            return;
+            return false;
         }
         if self.data.len() + chunk.len() > REPLAY_LIMIT {
             self.overflow = true;
             self.data = Vec::new();
-            return;
+            return true;
         }
         self.data.extend_from_slice(chunk);
+        false
     }
 
     /// Whether another attempt can carry the request.

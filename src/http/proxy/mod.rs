@@ -284,7 +284,8 @@ pub(crate) async fn forward<D: Downstream>(
                 request_id.as_ref().map(|r| &r[..]),
             );
             if attempt == 1 && !f.mirrors.is_empty() {
-                mirrors = mirror::start(d, f, cluster, &head, deadline.timeout());
+                let t = deadline.timeout();
+                mirrors = mirror::start(d, fw, cluster, &head, &authority, t);
             }
             d.log_mut().upstream = Some(ep.address);
             let from_replay = replay.as_ref().is_some_and(|r| r.borrow().touched);
@@ -324,6 +325,7 @@ pub(crate) async fn forward<D: Downstream>(
                     }
                     let a = Attempt {
                         cluster,
+                        core: ctx.core,
                         deadline: &mut *deadline,
                         idle,
                         per_try: (per_try, per_try_idle),

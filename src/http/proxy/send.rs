@@ -27,6 +27,7 @@ use crate::upstream::Conn;
 /// What one attempt carries besides its codecs.
 pub(crate) struct Attempt<'a> {
     pub cluster: &'a Cluster,
+    pub core: usize,
     pub deadline: &'a mut Deadline,
     pub idle: Option<Duration>,
     /// `per_try_timeout` and `per_try_idle_timeout`.
@@ -76,7 +77,10 @@ impl Attempt<'_> {
 
     fn record(&self, chunk: &[u8]) {
         if let Some(r) = self.body.replay {
-            r.borrow_mut().record(chunk);
+            if r.borrow_mut().record(chunk) {
+                let cs = self.cluster.stats.core(self.core);
+                cs.inc(ClusterStat::RetryOrShadowAbandoned as usize);
+            }
         }
         if let Some(m) = self.body.mirrors {
             m.push(chunk);
@@ -434,6 +438,7 @@ fn spawn_pump<D: Downstream>(
         r.borrow_mut().touched = true;
     }
     let mirrors = a.body.mirrors.cloned();
+    let cluster_stats = a.cluster.stats.clone();
     monoio::spawn(async move {
         let tap = frames.as_mut().map(|frames| GrpcTap { frames, call: None });
         let keep = replay.is_some() || mirrors.is_some();
@@ -444,7 +449,10 @@ fn spawn_pump<D: Downstream>(
                 }
                 if let Some(r) = &replay {
                     match c {
-                        Some(c) => r.borrow_mut().record(c),
+                        Some(c) if r.borrow_mut().record(c) => cluster_stats
+                            .core(core)
+                            .inc(ClusterStat::RetryOrShadowAbandoned as usize),
+                        Some(_) => {}
                         // Trailers are not kept: such a request is not sent again.
                         None => r.borrow_mut().overflow = true,
                     }

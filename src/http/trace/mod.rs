@@ -181,11 +181,17 @@ pub(crate) fn write_upstream<E: Exchange + ?Sized>(x: &E, out: &mut Vec<u8>) {
         }
     }
     let Some(s) = &x.log().span else { return };
-    write_context(x, s, out);
+    write_context(x, s, s.parent.is_some(), out);
 }
 
-/// Span context `s` as the request's propagation format writes it upstream.
-pub(crate) fn write_context<E: Exchange + ?Sized>(x: &E, s: &SpanCtx, out: &mut Vec<u8>) {
+/// Span context `s` as the request's propagation format writes it upstream; `caller`:
+/// the trace came from the caller (its `tracestate` then goes on).
+pub(crate) fn write_context<E: Exchange + ?Sized>(
+    x: &E,
+    s: &SpanCtx,
+    caller: bool,
+    out: &mut Vec<u8>,
+) {
     let sampled: &[u8] = if s.sampled { b"1" } else { b"0" };
     let multi = |out: &mut Vec<u8>| {
         out.extend_from_slice(b"x-b3-traceid: ");
@@ -235,9 +241,9 @@ pub(crate) fn write_context<E: Exchange + ?Sized>(x: &E, s: &SpanCtx, out: &mut 
         Propagation::W3c => {
             w3c(out);
             // The caller's state goes on with its context; a new trace starts with none.
-            let state = match s.parent {
-                Some(_) => tracestate(x),
-                None => None,
+            let state = match caller {
+                true => tracestate(x),
+                false => None,
             };
             header(out, b"tracestate", state.as_deref().unwrap_or_default());
         }

@@ -12,7 +12,7 @@ use monoio::io::AsyncWriteRentExt as _;
 use super::{next, Piece, State, Tee};
 use crate::ctx::CoreCtx;
 use crate::http::body::{frame_into, Framing, Mode};
-use crate::http::forwarding::{read_response_head, with_timeout};
+use crate::http::forwarding::read_response_head;
 use crate::http::h1::ResponseHead;
 use crate::http::proxy::{RecvError, Up};
 use crate::model::outlier::Outcome;
@@ -34,15 +34,34 @@ pub(super) struct Job {
 }
 
 /// How a mirror's exchange ended, short of a whole response.
-enum Failed {
+pub(super) enum Failed {
     Connect,
+    /// The cluster's `max_connections` (no fault of the host).
+    Overflow,
+    /// The head cannot go over HTTP/2 (nothing was sent).
+    Invalid,
     Reset,
     Timeout,
     /// The primary request gave the mirror up.
     Cancelled,
 }
 
+fn connect_failed(e: crate::http::error::HttpError) -> Failed {
+    match e {
+        crate::http::error::HttpError::Overflow => Failed::Overflow,
+        _ => Failed::Connect,
+    }
+}
+
 impl Job {
+    /// `f`, unless the mirror is given up or times out first.
+    async fn guarded<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, Failed> {
+        monoio::select! {
+            r = f => Ok(r),
+            why = super::halted(&self.tee, self.timeout) => Err(why),
+        }
+    }
+
     pub(super) async fn run(mut self) {
         let Some(cluster) = self.snapshot.cluster(&self.cluster) else {
             return;
@@ -76,6 +95,8 @@ impl Job {
             let (status, flags) = match &r {
                 Ok((status, _)) => (*status, "-"),
                 Err(Failed::Connect) => (0, "UF"),
+                Err(Failed::Overflow) => (0, "UO"),
+                Err(Failed::Invalid) => (0, "-"),
                 Err(Failed::Reset) => (0, "UR"),
                 Err(Failed::Timeout) => (0, "UT"),
                 Err(Failed::Cancelled) => (0, "DC"),
@@ -87,7 +108,7 @@ impl Job {
                 in_flight.complete(sent);
                 Outcome::Status(status)
             }
-            Err(Failed::Cancelled) => return,
+            Err(Failed::Cancelled | Failed::Overflow | Failed::Invalid) => return,
             Err(Failed::Connect) => Outcome::ConnectFailed,
             Err(Failed::Reset) => {
                 cs.inc(ClusterStat::UpstreamRqRxReset as usize);
@@ -113,9 +134,10 @@ impl Job {
         let cs = cluster.stats.core(ctx.core);
         let up = match Up::pooled(ctx, cluster, ep, true) {
             Some(up) => up,
-            None => Up::open(ctx, cluster, ep, None)
-                .await
-                .map_err(|_| Failed::Connect)?,
+            None => self
+                .guarded(Up::open(ctx, cluster, ep, None))
+                .await?
+                .map_err(connect_failed)?,
         };
         let Up::H1 { mut conn, .. } = up else {
             return Err(Failed::Connect);
@@ -155,7 +177,7 @@ impl Job {
                 out.extend_from_slice(b"0\r\n\r\n");
             }
             if !out.is_empty() {
-                let (res, o) = conn.stream.write_all(out).await;
+                let (res, o) = self.guarded(conn.stream.write_all(out)).await?;
                 out = o;
                 res.map_err(|_| Failed::Reset)?;
                 cs.add(
@@ -176,18 +198,20 @@ impl Job {
                     if self.chunked {
                         out.extend_from_slice(b"0\r\n\r\n");
                     }
-                    let (res, _) = conn.stream.write_all(std::mem::take(&mut out)).await;
+                    let n = out.len() as u64;
+                    let (res, _) = self.guarded(conn.stream.write_all(out)).await?;
                     res.map_err(|_| Failed::Reset)?;
+                    cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
                     break;
                 }
                 Piece::Cancelled => return Err(Failed::Cancelled),
             }
         }
         let sent = Instant::now();
-        let at = self.timeout.map(|t| sent + t);
         let mut resp = ResponseHead::default();
-        read_response_head(&mut conn, &mut resp, sent, at, None)
-            .await
+        // The timeout (from the request's end) is `guarded`'s.
+        self.guarded(read_response_head(&mut conn, &mut resp, sent, None, None))
+            .await?
             .map_err(|e| match e {
                 crate::http::forwarding::RespError::Timeout => Failed::Timeout,
                 _ => Failed::Reset,
@@ -215,9 +239,8 @@ impl Job {
             if up.body_done(&framing) {
                 break;
             }
-            let limit = at.map(|at| at.saturating_duration_since(Instant::now()));
-            up.read_body(&mut framing, limit)
-                .await
+            self.guarded(up.read_body(&mut framing, None))
+                .await?
                 .map_err(|e| match e {
                     RecvError::Timeout => Failed::Timeout,
                     RecvError::Reset(_) => Failed::Reset,
@@ -236,12 +259,17 @@ impl Job {
     ) -> Result<(u16, Instant), Failed> {
         let ctx = &*self.ctx;
         let cs = cluster.stats.core(ctx.core);
-        let req = crate::http::h2::convert::h1_to_request(&self.head).map_err(|_| Failed::Reset)?;
-        let conn = crate::http::h2::upstream(ctx, cluster, ep, settings)
-            .await
-            .map_err(|_| Failed::Connect)?;
+        let req =
+            crate::http::h2::convert::h1_to_request(&self.head).map_err(|_| Failed::Invalid)?;
+        let conn = self
+            .guarded(crate::http::h2::upstream(ctx, cluster, ep, settings))
+            .await?
+            .map_err(connect_failed)?;
         let _slot = conn.stream();
-        let mut send = conn.send.clone().ready().await.map_err(|_| Failed::Reset)?;
+        let mut send = self
+            .guarded(conn.send.clone().ready())
+            .await?
+            .map_err(|_| Failed::Reset)?;
         let end = {
             let t = self.tee.borrow();
             t.state == State::Ended && t.chunks.is_empty()
@@ -252,7 +280,8 @@ impl Job {
             loop {
                 match next(&self.tee).await {
                     Piece::Data(b) => {
-                        if crate::http::h2::send_all(&mut tx, b, false).await.is_err() {
+                        let sent = self.guarded(crate::http::h2::send_all(&mut tx, b, false));
+                        if sent.await?.is_err() {
                             return Err(Failed::Reset);
                         }
                     }
@@ -269,25 +298,17 @@ impl Job {
             }
         }
         let sent = Instant::now();
-        let left = || {
-            self.timeout
-                .map(|t| (sent + t).saturating_duration_since(Instant::now()))
-        };
-        let resp = match with_timeout(left(), resp).await {
-            None => return Err(Failed::Timeout),
-            Some(r) => r.map_err(|_| Failed::Reset)?,
-        };
+        let resp = self.guarded(resp).await?.map_err(|_| Failed::Reset)?;
         let status = resp.status().as_u16();
         cs.count_status(status, ClusterStat::UpstreamRq1xx as usize);
         let mut rx = resp.into_body();
         loop {
-            match with_timeout(left(), rx.data()).await {
-                None => return Err(Failed::Timeout),
-                Some(None) => break,
-                Some(Some(Ok(data))) => {
+            match self.guarded(rx.data()).await? {
+                None => break,
+                Some(Ok(data)) => {
                     let _ = rx.flow_control().release_capacity(data.len());
                 }
-                Some(Some(Err(_))) => return Err(Failed::Reset),
+                Some(Err(_)) => return Err(Failed::Reset),
             }
         }
         Ok((status, sent))

@@ -27,7 +27,7 @@ use job::{Job, Span};
 
 use super::Downstream;
 use crate::http::h1::BodyKind;
-use crate::model::route::{Forward, Mirror, MirrorCluster};
+use crate::model::route::{Mirror, MirrorCluster};
 use crate::model::Cluster;
 use crate::stats::{ClusterStat, Scope};
 
@@ -49,6 +49,8 @@ struct Tee {
     chunks: VecDeque<Bytes>,
     queued: usize,
     state: State,
+    /// When the request ended (the mirror's timeout runs from then, as Envoy's).
+    ended_at: Option<std::time::Instant>,
     waker: Option<Waker>,
 }
 
@@ -56,6 +58,9 @@ impl Tee {
     fn set(&mut self, state: State) {
         if self.state == State::Open {
             self.state = state;
+            if state == State::Ended {
+                self.ended_at = Some(std::time::Instant::now());
+            }
             if state == State::Cancelled {
                 self.chunks.clear();
                 self.queued = 0;
@@ -71,6 +76,32 @@ enum Piece {
     Data(Bytes),
     End,
     Cancelled,
+}
+
+/// Resolves when the mirror must stop whatever it is waiting on: the primary request gave
+/// it up, or its timeout (from the request's end) passed.
+async fn halted(tee: &RefCell<Tee>, timeout: Option<Duration>) -> job::Failed {
+    let ended = std::future::poll_fn(|cx| {
+        let mut t = tee.borrow_mut();
+        match t.state {
+            State::Cancelled => Poll::Ready(None),
+            State::Ended => Poll::Ready(t.ended_at),
+            State::Open => {
+                t.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await;
+    match (ended, timeout) {
+        (None, _) => job::Failed::Cancelled,
+        (Some(at), Some(t)) => {
+            monoio::time::sleep((at + t).saturating_duration_since(std::time::Instant::now()))
+                .await;
+            job::Failed::Timeout
+        }
+        (Some(_), None) => std::future::pending().await,
+    }
 }
 
 /// The next piece of the mirror's body, waiting for the primary request to read it.
@@ -97,9 +128,10 @@ async fn next(tee: &RefCell<Tee>) -> Piece {
 /// before [`Mirrors::end`], it cancels those still open.
 pub(crate) struct Mirrors {
     tees: Vec<Rc<RefCell<Tee>>>,
-    /// The primary cluster's stats (`retry_or_shadow_abandoned`).
+    /// The primary cluster's stats (`retry_or_shadow_abandoned`, once per request).
     primary: Arc<Scope>,
     core: usize,
+    abandoned: std::cell::Cell<bool>,
 }
 
 impl Mirrors {
@@ -114,12 +146,16 @@ impl Mirrors {
             if t.state != State::Open {
                 continue;
             }
-            if t.queued + s.len() > LIMIT {
+            // A body a filter buffered whole may come as one piece: it is bounded by
+            // that filter; only a backlog counts.
+            if t.queued > 0 && t.queued + s.len() > LIMIT {
                 tracing::debug!("a mirror's upstream fell {LIMIT} bytes behind: mirror given up");
                 t.set(State::Cancelled);
-                self.primary
-                    .core(self.core)
-                    .inc(ClusterStat::RetryOrShadowAbandoned as usize);
+                if !self.abandoned.replace(true) {
+                    self.primary
+                        .core(self.core)
+                        .inc(ClusterStat::RetryOrShadowAbandoned as usize);
+                }
                 continue;
             }
             let b = copy
@@ -154,11 +190,13 @@ impl Drop for Mirrors {
 /// CONNECT or an upgrade, which Envoy does not mirror).
 pub(crate) fn start<D: Downstream>(
     d: &D,
-    f: &Forward,
+    fw: &crate::http::request::Forwarding<'_>,
     primary: &Cluster,
     head: &[u8],
+    authority: &std::ops::Range<usize>,
     timeout: Option<Duration>,
 ) -> Option<Rc<Mirrors>> {
+    let f = fw.f;
     if d.upgrading() || head.starts_with(b"CONNECT ") {
         return None;
     }
@@ -189,9 +227,14 @@ pub(crate) fn start<D: Downstream>(
         };
         let tee = Rc::new(RefCell::new(Tee::default()));
         if d.request_done() {
-            tee.borrow_mut().state = State::Ended;
+            tee.borrow_mut().set(State::Ended);
         }
-        let (head, span) = shadow_head(d, m, head);
+        // `auto_host_rewrite` applies once the primary has its endpoint: Envoy's copy
+        // was taken before, with the request's own host.
+        let auto = fw.weighted.is_none_or(|w| w.host_rewrite.is_none())
+            && matches!(f.host_rewrite, crate::model::route::HostRewrite::Auto);
+        let own_host = auto.then(|| d.bytes(authority));
+        let (head, span) = shadow_head(d, m, head, own_host);
         let job = Job {
             ctx: d.ctx().clone(),
             snapshot: snapshot.clone(),
@@ -211,6 +254,7 @@ pub(crate) fn start<D: Downstream>(
             tees,
             primary: primary.stats.clone(),
             core: d.core(),
+            abandoned: std::cell::Cell::new(false),
         })
     })
 }
@@ -218,12 +262,17 @@ pub(crate) fn start<D: Downstream>(
 /// The mirror's head: the primary's, with its host, `x-envoy-internal`,
 /// `x-forwarded-for` and trace context as Envoy's shadow writer and async client set them;
 /// and the mirror's own span, when the request is traced and the mirror sampled.
-fn shadow_head<D: Downstream>(d: &D, m: &Mirror, primary: &[u8]) -> (Vec<u8>, Option<Span>) {
+fn shadow_head<D: Downstream>(
+    d: &D,
+    m: &Mirror,
+    primary: &[u8],
+    own_host: Option<&[u8]>,
+) -> (Vec<u8>, Option<Span>) {
     // The trace context the primary's head carries is replaced by a child span's.
     let span = d.log().span.as_ref().filter(|_| d.hcm().tracing.is_some());
     let mut injected = Vec::new();
     if let Some(s) = span {
-        crate::http::trace::write_context(d, s, &mut injected);
+        crate::http::trace::write_context(d, s, s.parent.is_some(), &mut injected);
     }
     let injected_names: Vec<&[u8]> = lines(&injected).filter_map(|l| name_of(l)).collect();
     let mut out = Vec::with_capacity(primary.len() + 128);
@@ -239,9 +288,10 @@ fn shadow_head<D: Downstream>(d: &D, m: &Mirror, primary: &[u8]) -> (Vec<u8>, Op
         let value = line[name.len() + 1..].trim_ascii();
         if name.eq_ignore_ascii_case(b"host") {
             out.extend_from_slice(b"host: ");
-            match &m.host {
-                Some(h) => out.extend_from_slice(h.as_bytes()),
-                None => out.extend_from_slice(value),
+            match (&m.host, own_host) {
+                (Some(h), _) => out.extend_from_slice(h.as_bytes()),
+                (None, Some(h)) => out.extend_from_slice(h),
+                (None, None) => out.extend_from_slice(value),
             }
             if m.suffix {
                 shadow_suffix(&mut out);
@@ -255,6 +305,7 @@ fn shadow_head<D: Downstream>(d: &D, m: &Mirror, primary: &[u8]) -> (Vec<u8>, Op
             out.extend_from_slice(b"\r\n");
             xff = true;
         } else if name.eq_ignore_ascii_case(b"x-envoy-internal")
+            || (own_host.is_some() && name.eq_ignore_ascii_case(b"x-envoy-original-host"))
             || injected_names.iter().any(|n| n.eq_ignore_ascii_case(name))
         {
         } else {
@@ -277,7 +328,7 @@ fn shadow_head<D: Downstream>(d: &D, m: &Mirror, primary: &[u8]) -> (Vec<u8>, Op
             shared: false,
             ..*s
         };
-        crate::http::trace::write_context(d, &child, &mut out);
+        crate::http::trace::write_context(d, &child, s.parent.is_some(), &mut out);
         let tracer = d.hcm().tracing.as_ref().and_then(|t| t.tracer.clone());
         own = tracer.filter(|_| child.sampled).map(|tracer| Span {
             ctx: child,
