@@ -26,7 +26,7 @@ pub mod istio;
 pub mod jwt;
 mod lb;
 pub use access_log::{AccessLog, LogSink};
-pub use lb::{LbPolicy, Locality, DEFAULT_OVERPROVISIONING};
+pub use lb::{Endpoint, LbPolicy, LbTuning, Locality, SlowStart, DEFAULT_OVERPROVISIONING};
 pub mod matcher;
 pub mod otel_log;
 pub mod outlier;
@@ -450,6 +450,8 @@ pub struct Cluster {
     /// the data plane does not connect to them.
     pub unix_endpoints: Arc<[std::path::PathBuf]>,
     pub lb: LbPolicy,
+    /// Slow start, the least-request bias and locality weighting.
+    pub lb_tuning: LbTuning,
     /// `upstream_bind_config.source_address`: connections leave from here (Istio's
     /// inbound passthrough uses 127.0.0.6).
     pub bind_source: Option<SocketAddr>,
@@ -501,42 +503,6 @@ pub struct DnsHost {
     pub labels: SocketLabels,
 }
 
-/// One upstream host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    /// The name it was resolved from (for `auto_host_rewrite`), or its address.
-    pub hostname: Arc<str>,
-    pub weight: u32,
-    pub healthy: bool,
-    /// Its `envoy.transport_socket_match` metadata, for `transport_socket_matches`.
-    pub labels: SocketLabels,
-    /// The workload istiod describes in its `istio.workload` metadata (telemetry).
-    pub workload: Option<Arc<istio::Peer>>,
-    /// Its priority (0 the highest); a cluster's endpoints are sorted by it.
-    pub priority: u32,
-    pub locality: Option<Arc<Locality>>,
-    /// Its assignment's `policy.overprovisioning_factor` (the same for the whole cluster).
-    pub overprovisioning: u32,
-}
-
-impl Endpoint {
-    /// An endpoint at `address` (an original destination).
-    pub fn at(address: SocketAddr) -> Endpoint {
-        Endpoint {
-            address,
-            hostname: address.to_string().into(),
-            weight: 1,
-            healthy: true,
-            labels: Arc::new([]),
-            workload: None,
-            priority: 0,
-            locality: None,
-            overprovisioning: DEFAULT_OVERPROVISIONING,
-        }
-    }
-}
-
 impl Cluster {
     /// A copy of this cluster with other endpoints (a DNS refresh).
     pub fn with_endpoints(&self, endpoints: Arc<[Endpoint]>) -> Cluster {
@@ -568,6 +534,7 @@ impl Cluster {
             tcp_exchange: self.tcp_exchange.clone(),
             outlier: self.outlier.clone(),
             panic_threshold: self.panic_threshold,
+            lb_tuning: self.lb_tuning,
         }
     }
 

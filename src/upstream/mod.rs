@@ -67,6 +67,8 @@ pub struct Upstreams {
     pub outlier: outlier::CoreOutlier,
     /// Scratch for a pick over several priorities (no allocation per pick).
     runs: Vec<pick::Run>,
+    /// Scratch for locality weighting: the chosen priority's localities.
+    groups: Vec<pick::Group>,
 }
 
 impl Upstreams {
@@ -79,6 +81,7 @@ impl Upstreams {
             max_idle_per_endpoint: 1024,
             outlier: outlier::CoreOutlier::default(),
             runs: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -455,6 +458,7 @@ mod tests {
             tcp_exchange: None,
             outlier: None,
             panic_threshold: 50.0,
+            lb_tuning: Default::default(),
             endpoints: weights
                 .iter()
                 .enumerate()
@@ -468,6 +472,8 @@ mod tests {
                     priority: 0,
                     locality: None,
                     overprovisioning: crate::model::DEFAULT_OVERPROVISIONING,
+                    group: 0,
+                    locality_weight: 0,
                 })
                 .collect(),
         }

@@ -4,11 +4,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
 use super::{hash, Upstreams};
-use crate::model::{Cluster, Endpoint, LbPolicy};
+use crate::model::{Cluster, Endpoint, LbPolicy, SlowStart};
 use crate::stats::ClusterStat;
 
 /// Per-cluster load-balancer state on one core.
@@ -18,6 +19,11 @@ pub(super) struct LbState {
     levels: Vec<Level>,
     /// Requests in flight per endpoint (least request).
     pub(super) active: FxHashMap<SocketAddr, u32>,
+    /// Slow start: when each endpoint was first seen, for the endpoint list `seen_for`
+    /// (its address), and the latest of those times.
+    seen: FxHashMap<SocketAddr, Instant>,
+    seen_for: usize,
+    latest: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -26,6 +32,131 @@ struct Level {
     /// The ring or Maglev table for the current endpoints, and the ejection epoch and panic
     /// state it was built for.
     table: Option<(hash::HashTable, u64, bool)>,
+    /// Locality weighting, per locality (`group`): the smooth weighted round robin's
+    /// current weight and the round-robin position among its endpoints.
+    localities: Vec<(u32, f64, u64)>,
+}
+
+/// One locality's endpoints within a priority's run, and its effective weight.
+pub(super) struct Group {
+    start: usize,
+    end: usize,
+    healthy: usize,
+    weight: f64,
+}
+
+/// Picks a locality of `slice` by smooth weighted round robin over each locality's
+/// weight times its availability (min(1, overprovisioning × healthy / hosts)), as Envoy's
+/// locality scheduler weighs them. `None`: no locality has weight (every host is then a
+/// candidate, as in Envoy). Returns the locality's range in `slice`, its slot in
+/// `level.localities` and its healthy endpoints.
+fn choose_locality(
+    level: &mut Level,
+    slice: &[Endpoint],
+    up: impl Fn(&Endpoint) -> bool,
+    groups: &mut Vec<Group>,
+) -> Option<(usize, usize, usize, usize)> {
+    groups.clear();
+    let mut i = 0;
+    while i < slice.len() {
+        let (start, g) = (i, slice[i].group);
+        while i < slice.len() && slice[i].group == g {
+            i += 1;
+        }
+        let healthy = slice[start..i].iter().filter(|e| up(e)).count();
+        let opf = f64::from(slice[start].overprovisioning) / 100.0;
+        let availability = (opf * healthy as f64 / (i - start) as f64).min(1.0);
+        let weight = f64::from(slice[start].locality_weight) * availability;
+        groups.push(Group {
+            start,
+            end: i,
+            healthy,
+            weight,
+        });
+    }
+    let total: f64 = groups.iter().map(|g| g.weight).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut best: Option<(usize, f64)> = None;
+    for (k, g) in groups.iter().enumerate() {
+        if g.weight <= 0.0 {
+            continue;
+        }
+        let id = slice[g.start].group;
+        let slot = match level.localities.iter().position(|l| l.0 == id) {
+            Some(p) => p,
+            None => {
+                level.localities.push((id, 0.0, 0));
+                level.localities.len() - 1
+            }
+        };
+        level.localities[slot].1 += g.weight;
+        let cur = level.localities[slot].1;
+        if best.is_none_or(|(_, b)| cur > b) {
+            best = Some((k, cur));
+        }
+    }
+    let (k, _) = best?;
+    let g = &groups[k];
+    let id = slice[g.start].group;
+    let slot = level.localities.iter().position(|l| l.0 == id)?;
+    level.localities[slot].1 -= total;
+    Some((g.start, g.end, slot, g.healthy))
+}
+
+/// A weighted random choice among the usable endpoints of `slice`.
+fn weighted_random(
+    slice: &[Endpoint],
+    usable: impl Fn(&Endpoint) -> bool,
+    weight: impl Fn(&Endpoint) -> f64,
+) -> Option<&Endpoint> {
+    let total: f64 = slice.iter().filter(|e| usable(e)).map(&weight).sum();
+    let mut x = fastrand::f64() * total;
+    let mut last = None;
+    for e in slice.iter().filter(|e| usable(e)) {
+        let w = weight(e);
+        if x < w {
+            return Some(e);
+        }
+        x -= w;
+        last = Some(e);
+    }
+    last
+}
+
+/// Envoy's slow-start factor for an endpoint seen `age` ago: (age / window)^(1/aggression),
+/// at least `min_weight`; 1 once the window has passed.
+fn slow_factor(s: &SlowStart, age: std::time::Duration) -> f64 {
+    if age >= s.window {
+        return 1.0;
+    }
+    let t = age.as_millis().max(1) as f64 / s.window.as_millis().max(1) as f64;
+    let f = if s.aggression == 1.0 {
+        t
+    } else {
+        t.powf(1.0 / s.aggression)
+    };
+    f.max(s.min_weight)
+}
+
+impl LbState {
+    /// Slow start: notes the endpoints first seen now; whether any is still in its window.
+    fn slow_start(&mut self, eps: &Arc<[Endpoint]>, s: &SlowStart, now: Instant) -> bool {
+        let id = Arc::as_ptr(eps) as *const u8 as usize;
+        if self.seen_for != id {
+            self.seen_for = id;
+            self.seen.retain(|a, _| eps.iter().any(|e| e.address == *a));
+            for e in eps.iter().filter(|e| e.healthy) {
+                let at = *self.seen.entry(e.address).or_insert(now);
+                if self.latest.is_none_or(|l| at > l) {
+                    self.latest = Some(at);
+                }
+            }
+        }
+        self.latest
+            .is_some_and(|l| now.saturating_duration_since(l) <= s.window)
+    }
 }
 
 /// One priority's endpoints (a run of the sorted list) and how many may take traffic.
@@ -178,24 +309,58 @@ impl Upstreams {
                 .levels
                 .resize_with(priority as usize + 1, Level::default);
         }
+        let tuning = &cluster.lb_tuning;
+        // Slow start: each endpoint's weight grows over its window (Envoy weighs every
+        // pick while any endpoint is in its window).
+        let now = tuning.slow_start.map(|_| Instant::now());
+        let slow = match (&tuning.slow_start, now) {
+            (Some(s), Some(now)) if state.slow_start(&cluster.endpoints, s, now) => Some((s, now)),
+            _ => None,
+        };
+        let seen = &state.seen;
+        let factor = |e: &Endpoint| match slow {
+            Some((s, now)) => seen
+                .get(&e.address)
+                .map_or(1.0, |at| slow_factor(s, now.saturating_duration_since(*at))),
+            None => 1.0,
+        };
         let (level, active) = (&mut state.levels[priority as usize], &state.active);
+        // Locality weighting: a locality first (not in panic, as in Envoy), then an
+        // endpoint of it.
+        let (slice, n, rr) = match tuning.locality_weighted && !panic {
+            true => match choose_locality(level, slice, up, &mut self.groups) {
+                Some((start, end, slot, healthy)) => {
+                    (&slice[start..end], healthy, &mut level.localities[slot].2)
+                }
+                None => (slice, n, &mut level.next),
+            },
+            false => (slice, n, &mut level.next),
+        };
+        if n == 0 {
+            return None;
+        }
         let nth = |i: usize| slice.iter().filter(|e| usable(e)).nth(i);
+        let equal = || {
+            slice
+                .iter()
+                .filter(|e| usable(e))
+                .all(|e| e.weight == slice[0].weight)
+        };
         match cluster.lb {
+            LbPolicy::RoundRobin if slow.is_some() => {
+                weighted_random(slice, usable, |e| f64::from(e.weight) * factor(e))
+            }
             LbPolicy::RoundRobin => {
                 let total: u64 = slice
                     .iter()
                     .filter(|e| usable(e))
                     .map(|e| u64::from(e.weight))
                     .sum();
-                let all_equal = slice
-                    .iter()
-                    .filter(|e| usable(e))
-                    .all(|e| e.weight == slice[0].weight);
-                level.next = level.next.wrapping_add(1);
-                if all_equal {
-                    return nth((level.next % n as u64) as usize);
+                *rr = rr.wrapping_add(1);
+                if equal() {
+                    return nth((*rr % n as u64) as usize);
                 }
-                let mut x = level.next % total.max(1);
+                let mut x = *rr % total.max(1);
                 for e in slice.iter().filter(|e| usable(e)) {
                     if x < u64::from(e.weight) {
                         return Some(e);
@@ -221,19 +386,56 @@ impl Upstreams {
                 eps.get(i)
             }
             LbPolicy::LeastRequest { choice_count } => {
+                let load = |e: &Endpoint| active.get(&e.address).copied().unwrap_or(0);
+                if slow.is_some() || !equal() {
+                    // Envoy's weights for least request: weight / (active + 1)^bias.
+                    let bias = tuning.bias;
+                    return weighted_random(slice, usable, |e| {
+                        let a = f64::from(load(e)) + 1.0;
+                        let w = match bias {
+                            1.0 => f64::from(e.weight) / a,
+                            0.0 => f64::from(e.weight),
+                            b => f64::from(e.weight) / a.powf(b),
+                        };
+                        w * factor(e)
+                    });
+                }
+                // Envoy's N choices, drawn with replacement (also when there are no more
+                // hosts than choices); the first drawn keeps a tie.
                 let mut best: Option<(&Endpoint, u32)> = None;
                 for _ in 0..choice_count {
                     let e = nth(fastrand::usize(..n))?;
-                    let load = active.get(&e.address).copied().unwrap_or(0);
-                    // Weighted: compare load scaled by the other's weight.
-                    if best.is_none_or(|(b, bl)| {
-                        u64::from(load) * u64::from(b.weight) < u64::from(bl) * u64::from(e.weight)
-                    }) {
-                        best = Some((e, load));
+                    let l = load(e);
+                    if best.is_none_or(|(_, bl)| l < bl) {
+                        best = Some((e, l));
                     }
                 }
                 best.map(|(e, _)| e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn slow_start_factor_is_envoys() {
+        let s = |aggression, min_weight| SlowStart {
+            window: Duration::from_secs(10),
+            aggression,
+            min_weight,
+        };
+        let f = |s: &SlowStart, ms| slow_factor(s, Duration::from_millis(ms));
+        // Linear with aggression 1, floored at min_weight, whole after the window.
+        assert_eq!(f(&s(1.0, 0.1), 5_000), 0.5);
+        assert_eq!(f(&s(1.0, 0.1), 200), 0.1);
+        assert_eq!(f(&s(1.0, 0.0), 0), 0.0001);
+        assert_eq!(f(&s(1.0, 0.1), 10_000), 1.0);
+        // (t / window)^(1 / aggression).
+        assert!((f(&s(2.0, 0.0), 2_500) - 0.5).abs() < 1e-9);
+        assert!((f(&s(0.5, 0.0), 5_000) - 0.25).abs() < 1e-9);
     }
 }

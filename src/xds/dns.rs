@@ -48,6 +48,8 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 priority: 0,
                 locality: None,
                 overprovisioning: crate::model::DEFAULT_OVERPROVISIONING,
+                group: 0,
+                locality_weight: 0,
             });
         }
     }

@@ -259,6 +259,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         tcp_exchange,
         outlier: super::outlier::outlier(c, stat_name, ctx, res)?,
         panic_threshold: super::outlier::panic_threshold(c, res)?,
+        lb_tuning: super::lb::lb_tuning(c, lb, discovery, res)?,
     })
 }
 
@@ -453,6 +454,8 @@ pub(super) fn endpoints(
                         priority: locality.priority,
                         locality: place.clone(),
                         overprovisioning,
+                        group: li as u32,
+                        locality_weight: locality.load_balancing_weight.unwrap_or(0),
                     });
                 }
                 Discovery::StrictDns | Discovery::LogicalDns => {

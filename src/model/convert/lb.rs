@@ -3,7 +3,7 @@
 //! consistent-hash policies).
 
 use crate::model::route::{CookieGen, HashKey, HashPolicy};
-use crate::model::LbPolicy;
+use crate::model::{LbPolicy, LbTuning, SlowStart};
 use crate::proto::envoy::config::cluster::v3 as pb;
 use crate::proto::envoy::config::route::v3 as route;
 
@@ -100,6 +100,8 @@ pub(super) fn lb_policy(
         (Some(C::LeastRequestLbConfig(_)), LbPolicy::LeastRequest { .. }) => None,
         (Some(C::RingHashLbConfig(_)), LbPolicy::RingHash { .. }) => None,
         (Some(C::MaglevLbConfig(_)), LbPolicy::Maglev { .. }) => None,
+        (Some(C::RoundRobinLbConfig(_)), LbPolicy::RoundRobin) => None,
+        (Some(C::RoundRobinLbConfig(_)), _) => Some(("round_robin_lb_config", "ROUND_ROBIN")),
         (Some(C::LeastRequestLbConfig(_)), _) => Some(("least_request_lb_config", "LEAST_REQUEST")),
         (Some(C::RingHashLbConfig(_)), _) => Some(("ring_hash_lb_config", "RING_HASH")),
         (Some(C::MaglevLbConfig(_)), _) => Some(("maglev_lb_config", "MAGLEV")),
@@ -112,6 +114,85 @@ pub(super) fn lb_policy(
         ));
     }
     Ok(lb)
+}
+
+/// The cluster's `slow_start_config`, `active_request_bias` and
+/// `common_lb_config.locality_weighted_lb_config`.
+pub(super) fn lb_tuning(
+    c: &pb::Cluster,
+    lb: LbPolicy,
+    discovery: crate::model::Discovery,
+    res: &str,
+) -> Result<LbTuning, ConvertError> {
+    use pb::cluster::LbConfig as C;
+    let mut t = LbTuning::default();
+    let (slow, path) = match &c.lb_config {
+        Some(C::RoundRobinLbConfig(r)) => (r.slow_start_config.as_ref(), "round_robin_lb_config"),
+        Some(C::LeastRequestLbConfig(l)) => {
+            // Envoy takes a negative bias as 1.0 (with a warning).
+            if let Some(b) = &l.active_request_bias {
+                t.bias = match b.default_value {
+                    v if v >= 0.0 => v,
+                    v => {
+                        tracing::warn!(
+                            "{res}: active_request_bias {v} is negative: 1.0 instead, as Envoy"
+                        );
+                        1.0
+                    }
+                };
+            }
+            (l.slow_start_config.as_ref(), "least_request_lb_config")
+        }
+        _ => (None, ""),
+    };
+    if let Some(s) = slow {
+        let at = |f: &str| format!("{path}.slow_start_config.{f}");
+        let window = match &s.slow_start_window {
+            Some(d) => super::duration(d, res, &at("slow_start_window"))?,
+            None => std::time::Duration::ZERO,
+        };
+        // Envoy: an aggression of 0 or less (or none) is 1.0.
+        let aggression = s
+            .aggression
+            .as_ref()
+            .map(|a| a.default_value)
+            .filter(|a| *a > 0.0)
+            .unwrap_or(1.0);
+        let min = s.min_weight_percent.as_ref().map_or(10.0, |p| p.value);
+        if !(0.0..=100.0).contains(&min) {
+            return Err(err(
+                res,
+                at("min_weight_percent"),
+                "must be between 0 and 100",
+            ));
+        }
+        // Without a window, slow start is off (Envoy's isSlowStartEnabled).
+        t.slow_start = (!window.is_zero()).then_some(SlowStart {
+            window,
+            aggression,
+            min_weight: min / 100.0,
+        });
+    }
+    if let Some(cl) = &c.common_lb_config {
+        if cl.locality_config_specifier.is_some() {
+            let why = match (lb, discovery) {
+                (LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. }, _) => {
+                    "is not implemented with RING_HASH or MAGLEV"
+                }
+                (_, crate::model::Discovery::Static | crate::model::Discovery::Eds) => "",
+                _ => "is implemented for STATIC and EDS clusters only",
+            };
+            if !why.is_empty() {
+                return Err(err(
+                    res,
+                    "common_lb_config.locality_weighted_lb_config",
+                    why,
+                ));
+            }
+            t.locality_weighted = true;
+        }
+    }
+    Ok(t)
 }
 
 fn is_prime(n: u64) -> bool {
