@@ -227,6 +227,15 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             let _ = outlier_cores[k].send(worker::CoreCommand::Outlier(cmd));
         }),
     );
+    // Active health checks, on this thread too.
+    let health_cores = cmd_tx.clone();
+    let checker = crate::health::Checker::new(
+        control,
+        concurrency,
+        Box::new(move |k, cmd| {
+            let _ = health_cores[k].send(worker::CoreCommand::Outlier(cmd));
+        }),
+    );
     if let Some(path) = bootstrap
         .cluster_manager
         .as_ref()
@@ -264,6 +273,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         log_tx: Some(log_tx.clone()),
         hostname: hostname.clone(),
         outliers: detector.views.clone(),
+        health: checker.views.clone(),
     });
     // The control thread's tasks share its xDS state (ADS and SDS streams): a LocalSet.
     let local = tokio::task::LocalSet::new();
@@ -283,6 +293,7 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
             outlier_rx,
             detector,
         ));
+        tokio::task::spawn_local(crate::health::run(shared.clone(), checker));
         crate::xds::jwks::serve(shared.clone(), control);
         tokio::spawn(release_idle_memory());
         // The control thread's xDS side: ADS when configured, and the watch on SDS files

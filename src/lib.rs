@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod ctx;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod iptables;

@@ -23,6 +23,40 @@ fn ejected(v: Option<&ClusterView>, e: &Endpoint) -> bool {
     v.is_some_and(|v| v.ejected.contains(&e.address))
 }
 
+/// Active health checking's word on the endpoint: failing, not checked yet, out by an
+/// immediate failure, last check timed out.
+fn checked(h: &crate::health::Views, c: &Cluster, e: &Endpoint) -> [bool; 4] {
+    match h.load().get(&c.name) {
+        Some(v) => {
+            let a = &e.address;
+            let (f, p) = (v.failed.contains(a), v.pending.contains(a));
+            [f, p, v.immediate.contains(a), v.timed_out.contains(a)]
+        }
+        None => [false; 4],
+    }
+}
+
+/// Envoy's health flags, in its order; "healthy" when none.
+fn flags(hc: [bool; 4], outlier: bool, eds_healthy: bool) -> String {
+    let mut f = String::new();
+    for (on, name) in [
+        (hc[0], "/failed_active_hc"),
+        (outlier, "/failed_outlier_check"),
+        (!eds_healthy, "/failed_eds_health"),
+        (hc[1], "/pending_active_hc"),
+        (hc[2], "/excluded_via_immediate_hc_fail"),
+        (hc[3], "/active_hc_timeout"),
+    ] {
+        if on {
+            f.push_str(name);
+        }
+    }
+    if f.is_empty() {
+        f.push_str("healthy");
+    }
+    f
+}
+
 /// The endpoint's success rates of the last interval (external, local origin; -1: none).
 fn rates(v: Option<&ClusterView>, e: &Endpoint) -> [f64; 2] {
     v.and_then(|v| v.success_rate.get(&e.address).copied())
@@ -68,7 +102,7 @@ fn thresholds_json(t: &Thresholds, high: bool) -> Value {
 }
 
 /// `/clusters?format=json`.
-pub(super) fn json(snapshot: &Snapshot, views: &Views) -> Value {
+pub(super) fn json(snapshot: &Snapshot, views: &Views, health: &crate::health::Views) -> Value {
     let statuses: Vec<Value> = snapshot
         .clusters
         .iter()
@@ -94,6 +128,17 @@ pub(super) fn json(snapshot: &Snapshot, views: &Views) -> Value {
                     }
                     if ejected(v, e) {
                         h["health_status"]["failed_outlier_check"] = json!(true);
+                    }
+                    let hc = checked(health, c, e);
+                    for (on, key) in [
+                        (hc[0], "failed_active_health_check"),
+                        (hc[1], "pending_active_hc"),
+                        (hc[2], "excluded_via_immediate_hc_fail"),
+                        (hc[3], "active_hc_timeout"),
+                    ] {
+                        if on {
+                            h["health_status"][key] = json!(true);
+                        }
                     }
                     if let Some(l) = &e.locality {
                         let mut loc = serde_json::Map::new();
@@ -152,7 +197,7 @@ pub(super) fn json(snapshot: &Snapshot, views: &Views) -> Value {
 }
 
 /// `/clusters` as text.
-pub(super) fn text(snapshot: &Snapshot, views: &Views) -> String {
+pub(super) fn text(snapshot: &Snapshot, views: &Views, health: &crate::health::Views) -> String {
     let mut out = String::new();
     for c in &snapshot.clusters {
         let n = &c.name;
@@ -190,13 +235,7 @@ pub(super) fn text(snapshot: &Snapshot, views: &Views) -> String {
         for e in c.endpoints.iter() {
             let a = e.address;
             let _ = writeln!(out, "{n}::{a}::hostname::{}", hostname(e));
-            // Envoy's order of flags: the outlier check before EDS health.
-            let flags = match (ejected(v, e), e.healthy) {
-                (false, true) => "healthy",
-                (false, false) => "/failed_eds_health",
-                (true, true) => "/failed_outlier_check",
-                (true, false) => "/failed_outlier_check/failed_eds_health",
-            };
+            let flags = flags(checked(health, c, e), ejected(v, e), e.healthy);
             let _ = writeln!(out, "{n}::{a}::health_flags::{flags}");
             let _ = writeln!(out, "{n}::{a}::weight::{}", e.weight);
             let l = e.locality.as_deref().cloned().unwrap_or_default();

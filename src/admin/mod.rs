@@ -56,6 +56,8 @@ pub struct AdminState {
     pub hostname: Arc<str>,
     /// The outlier detector's view of each cluster that has one (`/clusters`).
     pub outliers: Arc<crate::outlier::detector::Views>,
+    /// What active health checking says of each cluster that has it (`/clusters`).
+    pub health: Arc<crate::health::Views>,
 }
 
 /// Serves admin requests until the process exits.
@@ -417,14 +419,18 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
                 (
                     200,
                     json_ct,
-                    serde_json::to_vec_pretty(&clusters::json(&snap, &state.outliers))
-                        .unwrap_or_default(),
+                    serde_json::to_vec_pretty(&clusters::json(
+                        &snap,
+                        &state.outliers,
+                        &state.health,
+                    ))
+                    .unwrap_or_default(),
                 )
             } else {
                 (
                     200,
                     text_ct,
-                    clusters::text(&snap, &state.outliers).into_bytes(),
+                    clusters::text(&snap, &state.outliers, &state.health).into_bytes(),
                 )
             }
         }

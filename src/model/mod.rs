@@ -22,6 +22,7 @@ pub mod filter;
 pub mod flags;
 pub mod format;
 pub mod headers;
+pub mod health;
 pub mod istio;
 pub mod jwt;
 mod lb;
@@ -452,6 +453,8 @@ pub struct Cluster {
     pub lb: LbPolicy,
     /// Slow start, the least-request bias and locality weighting.
     pub lb_tuning: LbTuning,
+    /// `health_checks`: run by the control thread's health checker.
+    pub health: Option<Arc<health::HealthCheck>>,
     /// `upstream_bind_config.source_address`: connections leave from here (Istio's
     /// inbound passthrough uses 127.0.0.6).
     pub bind_source: Option<SocketAddr>,
@@ -535,6 +538,7 @@ impl Cluster {
             outlier: self.outlier.clone(),
             panic_threshold: self.panic_threshold,
             lb_tuning: self.lb_tuning,
+            health: self.health.clone(),
         }
     }
 

@@ -40,6 +40,9 @@ pub struct OutlierConfig {
     pub max_ejection_percent: u32,
     pub split_local: bool,
     pub always_eject_one: bool,
+    /// `successful_active_health_check_uneject_host` (true by default): a host that passes
+    /// its active health check is let back at once.
+    pub uneject_on_health_check: bool,
     pub enforcing: Enforcing,
     pub success_rate: Volume,
     /// `success_rate_stdev_factor` / 1000.

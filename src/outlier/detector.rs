@@ -280,6 +280,39 @@ impl Detector {
                     self.store_views();
                 }
             }
+            Event::HealthCheckPassed { cluster, addr } => {
+                let Some(st) = self.clusters.get_mut(&cluster) else {
+                    return;
+                };
+                let cfg = st.cfg.clone();
+                let Some(h) = st.hosts.get_mut(&addr).filter(|h| h.ejected) else {
+                    return;
+                };
+                if !cfg.uneject_on_health_check {
+                    return;
+                }
+                h.ejected = false;
+                h.last_unejected = Some(now);
+                let (at, n) = (h.ejected_at, h.num_ejections);
+                st.active -= 1;
+                cfg.stats
+                    .core(self.core)
+                    .dec(OutlierStat::EjectionsActive as usize);
+                let line = event_line(
+                    &cluster,
+                    addr,
+                    Kind::Consecutive5xx,
+                    false,
+                    Some(at),
+                    now,
+                    n,
+                    false,
+                    "",
+                );
+                self.log_event(line);
+                self.publish(&cluster);
+                self.store_views();
+            }
             Event::Volumes { id, hosts, .. } => {
                 for (c, a, v) in hosts {
                     let e = self.volumes.entry(c).or_default().entry(a).or_default();

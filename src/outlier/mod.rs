@@ -30,6 +30,9 @@ pub enum Event {
         addr: SocketAddr,
         kind: Kind,
     },
+    /// A host passed its active health check (from the health checker): with
+    /// `successful_active_health_check_uneject_host`, an ejected host is let back.
+    HealthCheckPassed { cluster: Arc<str>, addr: SocketAddr },
     /// The answer to [`ToCore::Sweep`]: per host, the attempts since the last sweep
     /// (external: successes, total; local origin: successes, total).
     Volumes {
@@ -45,6 +48,12 @@ pub enum Event {
 pub enum ToCore {
     /// These hosts of `cluster` are ejected now (the whole set, sorted).
     Ejected {
+        cluster: Arc<str>,
+        hosts: Arc<[SocketAddr]>,
+    },
+    /// These hosts of `cluster` fail their active health check, or have not passed it yet
+    /// (the whole set, sorted; from the health checker).
+    Unhealthy {
         cluster: Arc<str>,
         hosts: Arc<[SocketAddr]>,
     },

@@ -171,6 +171,20 @@ stat_family! {
 }
 
 stat_family! {
+    /// `cluster.<name>.health_check.`: active health checking, as Envoy names it.
+    pub enum HealthStat {
+        Attempt = "attempt",
+        Success = "success",
+        Failure = "failure",
+        PassiveFailure = "passive_failure",
+        NetworkFailure = "network_failure",
+        VerifyCluster = "verify_cluster",
+        Healthy = "healthy",
+        Degraded = "degraded",
+    } gauges [Healthy, Degraded]
+}
+
+stat_family! {
     /// `cluster.<name>.outlier_detection.`: outliers detected and ejected, by kind, as
     /// Envoy 1.40 names them (`ejections_total`, `ejections_consecutive_5xx` and
     /// `ejections_success_rate` are Envoy's deprecated ones, still counted as it does).

@@ -459,6 +459,7 @@ mod tests {
             outlier: None,
             panic_threshold: 50.0,
             lb_tuning: Default::default(),
+            health: None,
             endpoints: weights
                 .iter()
                 .enumerate()

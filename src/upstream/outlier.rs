@@ -30,13 +30,44 @@ pub struct Ejected {
 pub struct CoreOutlier {
     hosts: FxHashMap<Arc<str>, FxHashMap<SocketAddr, Track>>,
     ejected: FxHashMap<Arc<str>, Ejected>,
+    /// The hosts failing (or not yet past) their active health check, per cluster.
+    unhealthy: FxHashMap<Arc<str>, Arc<[SocketAddr]>>,
+    /// Both sets, merged: the hosts the load balancer leaves out.
+    out: FxHashMap<Arc<str>, Ejected>,
     epoch: u64,
 }
 
 impl CoreOutlier {
-    /// The ejected hosts of `cluster`, if any.
+    /// The hosts of `cluster` that take no traffic (ejected by outlier detection, or
+    /// failing their active health check), if any.
     pub fn ejected(&self, cluster: &str) -> Option<&Ejected> {
-        self.ejected.get(cluster)
+        self.out.get(cluster)
+    }
+
+    /// Rebuilds `cluster`'s merged set after either part changed.
+    fn merge(&mut self, cluster: Arc<str>) {
+        self.epoch += 1;
+        let a = self
+            .ejected
+            .get(&cluster)
+            .map(|e| &e.hosts[..])
+            .unwrap_or(&[]);
+        let b = self.unhealthy.get(&cluster).map(|h| &h[..]).unwrap_or(&[]);
+        if a.is_empty() && b.is_empty() {
+            self.out.remove(&cluster);
+            return;
+        }
+        let mut all: Vec<SocketAddr> = a.iter().chain(b).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let epoch = self.epoch;
+        self.out.insert(
+            cluster,
+            Ejected {
+                hosts: all.into(),
+                epoch,
+            },
+        );
     }
 
     /// Records what an attempt to `addr` came to, as Envoy's detector counts it, and tells
@@ -110,18 +141,22 @@ impl CoreOutlier {
                         }
                     }
                 }
-                self.epoch += 1;
                 if hosts.is_empty() {
                     self.ejected.remove(&cluster);
                 } else {
-                    self.ejected.insert(
-                        cluster,
-                        Ejected {
-                            hosts,
-                            epoch: self.epoch,
-                        },
-                    );
+                    let epoch = self.epoch;
+                    self.ejected
+                        .insert(cluster.clone(), Ejected { hosts, epoch });
                 }
+                self.merge(cluster);
+            }
+            ToCore::Unhealthy { cluster, hosts } => {
+                if hosts.is_empty() {
+                    self.unhealthy.remove(&cluster);
+                } else {
+                    self.unhealthy.insert(cluster.clone(), hosts);
+                }
+                self.merge(cluster);
             }
             ToCore::Sweep { id, clusters } => {
                 let mut out = Vec::new();

@@ -240,9 +240,9 @@ impl Upstreams {
         key: Option<u64>,
     ) -> Option<&'c Endpoint> {
         let eps = &cluster.endpoints;
-        let ejected = match cluster.outlier {
-            Some(_) => self.outlier.ejected(&cluster.name),
-            None => None,
+        let ejected = match cluster.outlier.is_some() || cluster.health.is_some() {
+            true => self.outlier.ejected(&cluster.name),
+            false => None,
         };
         let (out, epoch) = match ejected {
             Some(e) => (&*e.hosts, e.epoch),

@@ -22,8 +22,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if c.name.is_empty() {
         return Err(err("cluster ''", "name", "cluster name is required"));
     }
-    let res = format!("cluster '{}'", c.name);
-    let res = res.as_str();
+    let res = &*format!("cluster '{}'", c.name);
     let tls = match &c.transport_socket {
         Some(ts) => super::tls::upstream(ts, res, "transport_socket", ctx)?,
         None => None,
@@ -258,6 +257,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         istio_service: super::telemetry::istio_service(c.metadata.as_ref()),
         tcp_exchange,
         outlier: super::outlier::outlier(c, stat_name, ctx, res)?,
+        health: super::health::health(c, stat_name, ctx, res)?,
         panic_threshold: super::outlier::panic_threshold(c, res)?,
         lb_tuning: super::lb::lb_tuning(c, lb, discovery, res)?,
     })

@@ -22,6 +22,7 @@ mod compressor;
 mod ext_authz;
 mod fault;
 mod hcm;
+mod health;
 mod http_filter;
 mod istio;
 mod jwt;

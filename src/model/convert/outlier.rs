@@ -69,6 +69,9 @@ pub(super) fn outlier(
         max_ejection_percent: pct(o.max_ejection_percent, 10, "max_ejection_percent")?,
         split_local: o.split_external_local_origin_errors,
         always_eject_one: o.always_eject_one_host.unwrap_or(false),
+        uneject_on_health_check: o
+            .successful_active_health_check_uneject_host
+            .unwrap_or(true),
         enforcing: Enforcing {
             consecutive_5xx: pct(
                 o.enforcing_consecutive_5xx,
