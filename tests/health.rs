@@ -358,7 +358,14 @@ async fn grpc_and_h2c_checks() {
             true,
         ),
     ] {
-        let p = proxy(&[one, two], check, "1").await;
+        let h2 = "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}},";
+        let extra = format!("{h2} health_checks: [{{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 2, healthy_threshold: 2, {check}}}],");
+        let yaml = config(
+            "",
+            &all_to("c"),
+            &format!("[{}]", cluster("c", &[one, two], &extra)),
+        );
+        let p = Proxy::start(&yaml, &["--concurrency", "1"]).await;
         if healthy {
             assert_eq!(
                 p.stat_reaching("cluster.c.health_check.healthy", 2).await,
@@ -398,6 +405,10 @@ fn bad_health_checks_are_refused_by_name() {
         ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, request_headers_to_add: [{header: {key: x, value: '%HOSTNAME%'}}]}}],", "formatters"),
         ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}, {timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}],", "only one health check"),
         ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}, event_log_path: /tmp/x}],", "event_log_path"),
+        ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, grpc_health_check: {}}],", "must speak HTTP/2 for gRPC"),
+        ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: 'no slash'}}],", "http_health_check.path: must be a path"),
+        ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 0, healthy_threshold: 1, tcp_health_check: {}}],", "unhealthy_threshold: must be at least 1"),
+        ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, host: 'a b'}}],", "not a valid authority"),
     ] {
         let yaml = config("", &all_to("c"), &format!("[{}]", cluster("c", &[a], extra)));
         let (ok, out) = validate("hc", &yaml, &[]);

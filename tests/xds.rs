@@ -255,9 +255,9 @@ async fn an_invalid_update_is_nacked_with_its_error_and_changes_nothing() {
     wait_body(addr, "/a", 200, "upstream one /a").await;
     assert_eq!(proxy.stat("http.l1.rds.r1.update_rejected").await, 2);
 
-    // A field our proto subset does not declare (Cluster.health_checks = 8) is named.
+    // A field our proto subset does not declare (Cluster.lb_subset_config = 22) is named.
     let mut c = eds_cluster("svc");
-    c.value.extend_from_slice(&[0x42, 0x00]);
+    c.value.extend_from_slice(&[0xb2, 0x01, 0x00]);
     let nonce = ads.push(CLUSTER, "c2", vec![c]);
     let nack = ads.next_sotw(CLUSTER).await;
     assert_eq!(
@@ -265,7 +265,7 @@ async fn an_invalid_update_is_nacked_with_its_error_and_changes_nothing() {
         ("c1", nonce.as_str())
     );
     let msg = nack.error_detail.unwrap().message;
-    assert!(msg.contains("'health_checks' (field 8)"), "{msg}");
+    assert!(msg.contains("'lb_subset_config' (field 22)"), "{msg}");
     assert_eq!(proxy.stat("cluster_manager.cds.update_rejected").await, 1);
 
     // A listener that cannot bind is refused on its own, as in Envoy (whose listeners

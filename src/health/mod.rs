@@ -56,6 +56,20 @@ struct Host {
     conn: Option<Conn>,
 }
 
+/// Sends a check's result when the check's task ends, however it ends.
+struct Report {
+    tx: mpsc::UnboundedSender<Done>,
+    done: Option<Done>,
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(d) = self.done.take() {
+            let _ = self.tx.send(d);
+        }
+    }
+}
+
 /// A check result, from its task.
 struct Done {
     key: Key,
@@ -112,8 +126,21 @@ impl Checker {
             .filter(|k| !live.contains_key(*k))
             .map(|k| k.0.clone())
             .collect();
-        self.hosts
-            .retain(|k, h| live.get(k).is_some_and(|c| Arc::ptr_eq(c, &h.cfg)));
+        // A cluster sent again unchanged (every CDS push converts it anew) keeps its hosts'
+        // state, as Envoy ignores an unchanged cluster.
+        let control = self.control;
+        self.hosts.retain(|k, h| match live.get(k) {
+            Some(c) if c.same(&h.cfg) => {
+                h.cfg = c.clone();
+                true
+            }
+            _ => {
+                if h.healthy {
+                    h.cfg.stats.core(control).dec(HealthStat::Healthy as usize);
+                }
+                false
+            }
+        });
         for (key, cfg) in live {
             if self.hosts.contains_key(&key) {
                 continue;
@@ -146,7 +173,7 @@ impl Checker {
             );
         }
         for c in changed {
-            self.publish(&c, snap);
+            self.publish(&c, true);
         }
     }
 
@@ -174,13 +201,23 @@ impl Checker {
                 .inc(HealthStat::Attempt as usize);
             let (cfg, conn, tx) = (h.cfg.clone(), h.conn.take(), tx.clone());
             tokio::task::spawn_local(async move {
-                let (verdict, conn) = probe::check(&cfg, key.1, conn).await;
-                let _ = tx.send(Done {
-                    key,
-                    generation,
-                    verdict,
-                    conn,
-                });
+                // Should the check panic, its host is still rescheduled (as a network
+                // failure): the guard reports when dropped without a result.
+                let addr = key.1;
+                let mut guard = Report {
+                    tx,
+                    done: Some(Done {
+                        key,
+                        generation,
+                        verdict: Verdict::Network,
+                        conn: None,
+                    }),
+                };
+                let (verdict, conn) = probe::check(&cfg, addr, conn).await;
+                if let Some(d) = guard.done.as_mut() {
+                    d.verdict = verdict;
+                    d.conn = conn;
+                }
             });
         }
         now + Duration::from_secs(3600)
@@ -199,18 +236,19 @@ impl Checker {
         h.conn = d.conn;
         let stats = h.cfg.stats.core(self.control);
         let was = (h.healthy, h.pending, h.timed_out, h.immediate);
-        h.timed_out = d.verdict == Verdict::Timeout;
         // Whether a change of state waits for more results in a row (the edge intervals).
         let pending_change;
         if d.verdict == Verdict::Healthy {
             stats.inc(HealthStat::Success as usize);
             h.failures = 0;
-            h.immediate = false;
             if !h.healthy {
                 h.successes += 1;
                 if h.pending || h.successes >= h.cfg.healthy_threshold {
                     h.healthy = true;
                     h.successes = 0;
+                    // Envoy clears these flags when the host turns healthy.
+                    h.immediate = false;
+                    h.timed_out = false;
                 }
             }
             pending_change = !h.healthy;
@@ -243,6 +281,10 @@ impl Checker {
             pending_change = h.healthy;
         }
         h.pending = false;
+        // Envoy flags a timeout on a host left failing; a failure that is no timeout clears it.
+        if d.verdict != Verdict::Healthy {
+            h.timed_out = d.verdict == Verdict::Timeout && !h.healthy;
+        }
         match (was.0, h.healthy) {
             (false, true) => stats.add(HealthStat::Healthy as usize, 1),
             (true, false) => stats.dec(HealthStat::Healthy as usize),
@@ -253,8 +295,8 @@ impl Checker {
             .cluster(&d.key.0)
             .is_some_and(|c| c.stats.total(ClusterStat::UpstreamCxTotal as usize) > 0);
         let base = match (traffic, d.verdict == Verdict::Healthy, pending_change) {
-            (false, _, _) if h.healthy => cfg.no_traffic_healthy_interval,
-            (false, _, _) => cfg.no_traffic_interval,
+            (false, true, _) => cfg.no_traffic_healthy_interval,
+            (false, false, _) => cfg.no_traffic_interval,
             (true, true, true) => cfg.healthy_edge_interval,
             (true, true, false) => cfg.interval,
             (true, false, true) => cfg.unhealthy_edge_interval,
@@ -263,13 +305,15 @@ impl Checker {
         let next = now + probe::with_jitter(&cfg, base);
         self.due
             .push(std::cmp::Reverse((next, d.generation, d.key.clone())));
-        if was != (h.healthy, h.pending, h.timed_out, h.immediate) {
-            self.publish(&d.key.0, snap);
+        let state = (h.healthy, h.pending, h.timed_out, h.immediate);
+        if was != state {
+            // The cores hear only when who is out changes; /clusters, of any flag.
+            self.publish(&d.key.0, was.0 != state.0 || was.1 != state.1);
         }
     }
 
-    /// Tells every core, and `/clusters`, which hosts of `cluster` are out.
-    fn publish(&self, cluster: &Arc<str>, _snap: &Arc<Snapshot>) {
+    /// Tells `/clusters` (and, with `cores`, every core) which hosts of `cluster` are out.
+    fn publish(&self, cluster: &Arc<str>, cores: bool) {
         let mut out: Vec<SocketAddr> = Vec::new();
         let mut view = View::default();
         for ((c, a), h) in self.hosts.iter() {
@@ -292,7 +336,7 @@ impl Checker {
         }
         out.sort_unstable();
         let hosts: Arc<[SocketAddr]> = out.into();
-        for k in 0..self.cores {
+        for k in (0..self.cores).filter(|_| cores) {
             (self.send)(
                 k,
                 ToCore::Unhealthy {
@@ -311,6 +355,14 @@ impl Checker {
     }
 }
 
+/// Wakes the checker (a configuration was published: its new hosts must be marked
+/// pending before they take traffic).
+pub fn wake() {
+    WAKE.notify_one();
+}
+
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// The checker's loop on the control thread: follows the configuration, starts the checks
 /// that are due, takes their results.
 pub async fn run(shared: crate::model::SharedSnapshot, mut c: Checker) {
@@ -324,6 +376,7 @@ pub async fn run(shared: crate::model::SharedSnapshot, mut c: Checker) {
         let wake = next.min(now + Duration::from_secs(1));
         tokio::select! {
             Some(d) = rx.recv() => c.done(d, &snap, Instant::now()),
+            _ = WAKE.notified() => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }

@@ -176,9 +176,13 @@ async fn http1(
     addr: SocketAddr,
     conn: Option<Conn>,
 ) -> Res<(Verdict, Option<Conn>)> {
-    let mut sender = match conn {
-        Some(Conn::H1(s)) if !s.is_closed() => s,
-        _ => {
+    let kept = match conn {
+        Some(Conn::H1(mut s)) if !s.is_closed() => s.ready().await.ok().map(|_| s),
+        _ => None,
+    };
+    let mut sender = match kept {
+        Some(s) => s,
+        None => {
             let io = hyper_util::rt::TokioIo::new(connect(addr).await?);
             let (s, c) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(async move {
@@ -213,21 +217,32 @@ async fn over_h2(
     addr: SocketAddr,
     conn: Option<Conn>,
 ) -> Res<(Verdict, Option<Conn>)> {
-    let send = match conn {
-        Some(Conn::H2(s)) => s,
-        _ => {
+    let (parts, body) = request(hc, true).into_parts();
+    let end = body.is_empty();
+    // A kept connection the peer closed (or sent GOAWAY on) meanwhile is given up for a
+    // new one before anything is sent, as Envoy reconnects.
+    let kept = match conn {
+        Some(Conn::H2(s)) => match s.ready().await {
+            Ok(mut s) => match s.send_request(http::Request::from_parts(parts.clone(), ()), end) {
+                Ok(sent) => Some((s, sent)),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let (send, (resp, mut tx)) = match kept {
+        Some(k) => k,
+        None => {
             let (s, c) = h2::client::handshake(connect(addr).await?).await?;
             tokio::spawn(async move {
                 let _ = c.await;
             });
-            s
+            let mut s = s.ready().await?;
+            let sent = s.send_request(http::Request::from_parts(parts, ()), end)?;
+            (s, sent)
         }
     };
-    let mut send = send.ready().await?;
-    let req = request(hc, true);
-    let (parts, body) = req.into_parts();
-    let end = body.is_empty();
-    let (resp, mut tx) = send.send_request(http::Request::from_parts(parts, ()), end)?;
     if !end {
         tx.send_data(body, true)?;
     }

@@ -27,8 +27,40 @@ pub struct HealthCheck {
     pub stats: Arc<Scope>,
 }
 
+impl HealthCheck {
+    /// The same check (the stats scope aside): a cluster sent again unchanged keeps its
+    /// hosts' state.
+    pub fn same(&self, o: &HealthCheck) -> bool {
+        let times = |h: &HealthCheck| {
+            [
+                h.timeout,
+                h.interval,
+                h.initial_jitter,
+                h.interval_jitter,
+                h.no_traffic_interval,
+                h.no_traffic_healthy_interval,
+                h.unhealthy_interval,
+                h.unhealthy_edge_interval,
+                h.healthy_edge_interval,
+            ]
+        };
+        let counts = |h: &HealthCheck| {
+            (
+                h.interval_jitter_percent,
+                h.unhealthy_threshold,
+                h.healthy_threshold,
+                h.reuse_connection,
+            )
+        };
+        self.kind == o.kind
+            && times(self) == times(o)
+            && counts(self) == counts(o)
+            && self.stats.prefix() == o.stats.prefix()
+    }
+}
+
 /// What a check sends and expects.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Kind {
     Http {
         /// `:authority` (the cluster's name when unset).

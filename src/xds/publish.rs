@@ -125,6 +125,7 @@ impl Publisher {
             self.served.published(version, started);
         }
         self.addresses.store(Arc::new(addresses));
+        crate::health::wake();
         for (k, cmds) in commands.into_iter().enumerate() {
             for c in cmds {
                 let _ = self.cores[k].send(c);

@@ -277,16 +277,16 @@ mod tests {
 
     #[test]
     fn an_undeclared_field_is_named() {
-        // Cluster.health_checks (8) is not in proto/: encode it by hand after a name.
+        // Cluster.lb_subset_config (22) is not in proto/: encode it by hand after a name.
         let mut bytes = crate::proto::envoy::config::cluster::v3::Cluster {
             name: "c".into(),
             ..Default::default()
         }
         .encode_to_vec();
-        bytes.extend_from_slice(&[0x42, 0x00]); // field 8, length-delimited, empty
+        bytes.extend_from_slice(&[0xb2, 0x01, 0x00]); // field 22, length-delimited, empty
         let (path, reason) = check("envoy.config.cluster.v3.Cluster", &bytes).unwrap_err();
         assert_eq!(path, "");
-        assert!(reason.contains("'health_checks' (field 8)"), "{reason}");
+        assert!(reason.contains("'lb_subset_config' (field 22)"), "{reason}");
     }
 
     #[test]

@@ -343,14 +343,14 @@ def scenario(binary):
             wait_get(addr, "/x", 200, "one /x")
             # A field Ringside does not implement, set with the official protos: NACK names it.
             bad = eds_cluster("svc")
-            bad.health_checks.add().timeout.seconds = 1
+            bad.lb_subset_config.fallback_policy = 1
             if delta:
                 n = ads.push_delta(CLUSTER, [("svc", "2", bad)])
             else:
                 n = ads.push(CLUSTER, "c2", [bad])
             nack = ads.next(CLUSTER)
-            check(nack.response_nonce == n and "'health_checks' (field 8)" in nack.error_detail.message,
-                  f"{kind}: NACK names health_checks: {nack}")
+            check(nack.response_nonce == n and "'lb_subset_config' (field 22)" in nack.error_detail.message,
+                  f"{kind}: NACK names lb_subset_config: {nack}")
             if not delta:
                 check(nack.version_info == "c1", f"{kind}: NACK keeps the version")
             # Endpoint churn reaches the data plane.

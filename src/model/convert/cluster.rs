@@ -257,7 +257,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         istio_service: super::telemetry::istio_service(c.metadata.as_ref()),
         tcp_exchange,
         outlier: super::outlier::outlier(c, stat_name, ctx, res)?,
-        health: super::health::health(c, stat_name, ctx, res)?,
+        health: super::health::health(c, (stat_name, http2.is_some()), ctx, res)?,
         panic_threshold: super::outlier::panic_threshold(c, res)?,
         lb_tuning: super::lb::lb_tuning(c, lb, discovery, res)?,
     })

@@ -13,7 +13,7 @@ use super::{duration, err, ConvertError, Ctx};
 
 pub(super) fn health(
     c: &pb::Cluster,
-    stat_name: &str,
+    (stat_name, h2_cluster): (&str, bool),
     ctx: &Ctx<'_>,
     res: &str,
 ) -> Result<Option<Arc<HealthCheck>>, ConvertError> {
@@ -40,8 +40,8 @@ pub(super) fn health(
             None => Err(err(res, at(f), "is required")),
             Some(d) => {
                 let d = duration(d, res, &at(f))?;
-                match d.is_zero() {
-                    true => Err(err(res, at(f), "must be greater than 0")),
+                match d < Duration::from_millis(1) {
+                    true => Err(err(res, at(f), "must be at least 1ms")),
                     false => Ok(d),
                 }
             }
@@ -50,11 +50,21 @@ pub(super) fn health(
     let optional = |d: &Option<prost_types::Duration>, f: &str, default: Duration| match d {
         None => Ok(default),
         Some(d) => match duration(d, res, &at(f))? {
-            d if d.is_zero() => Err(err(res, at(f), "must be greater than 0")),
+            d if d < Duration::from_millis(1) => Err(err(res, at(f), "must be at least 1ms")),
             d => Ok(d),
         },
     };
-    let threshold = |v: Option<u32>, f: &str| v.ok_or_else(|| err(res, at(f), "is required"));
+    let threshold = |v: Option<u32>, f: &str| match v {
+        None => Err(err(res, at(f), "is required")),
+        // Envoy would never move such a host; refused rather than kept as is.
+        Some(0) => Err(err(res, at(f), "must be at least 1")),
+        Some(n) => Ok(n),
+    };
+    // The values go into the check's request: refused here, never a failure there.
+    let authority = |v: &str, f: &str| match v.parse::<http::uri::Authority>() {
+        Ok(_) => Ok(v.into()),
+        Err(_) => Err(err(res, at(f), format!("'{v}' is not a valid authority"))),
+    };
     let timeout = required(&h.timeout, "timeout")?;
     let interval = required(&h.interval, "interval")?;
     let no_traffic = optional(
@@ -72,8 +82,22 @@ pub(super) fn health(
             ))
         }
         Some(HealthChecker::HttpHealthCheck(x)) => {
-            if x.path.is_empty() {
-                return Err(err(res, at("http_health_check.path"), "is required"));
+            if !x.path.starts_with('/') || x.path.parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(err(
+                    res,
+                    at("http_health_check.path"),
+                    "must be a path starting with '/'",
+                ));
+            }
+            if x.request_headers_to_remove
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("host") || h.starts_with(':'))
+            {
+                return Err(err(
+                    res,
+                    at("http_health_check.request_headers_to_remove"),
+                    "cannot remove the host or a pseudo-header",
+                ));
             }
             let h2 = match x.codec_client_type {
                 0 => false,
@@ -111,6 +135,9 @@ pub(super) fn health(
                 let Some(hv) = &o.header else {
                     return Err(err(res, format!("{p}.header"), "is required"));
                 };
+                if o.append.is_some() || o.append_action != 0 || o.keep_empty_value {
+                    return Err(err(res, p.clone(), "append, append_action and keep_empty_value are not implemented for health checks"));
+                }
                 let value = match (hv.value.as_str(), hv.raw_value.is_empty()) {
                     (v, true) => v.to_string(),
                     ("", false) => String::from_utf8_lossy(&hv.raw_value).into_owned(),
@@ -155,8 +182,8 @@ pub(super) fn health(
             }
             Kind::Http {
                 host: match x.host.as_str() {
-                    "" => c.name.as_str().into(),
-                    h => h.into(),
+                    "" => authority(&c.name, "http_health_check.host (the cluster's name)")?,
+                    h => authority(h, "http_health_check.host")?,
                 },
                 path: x.path.as_str().into(),
                 method: method.into(),
@@ -175,6 +202,9 @@ pub(super) fn health(
                            f: &str| {
                 use crate::proto::envoy::config::core::v3::health_check::payload::Payload as P;
                 match &p.payload {
+                    Some(P::Text(hex)) if hex.is_empty() => {
+                        Err(err(res, at(f), "text must not be empty"))
+                    }
                     Some(P::Text(hex)) => {
                         decode_hex(hex).ok_or_else(|| err(res, at(f), "text must be hex"))
                     }
@@ -192,11 +222,18 @@ pub(super) fn health(
             }
             Kind::Tcp { send, receive }
         }
+        Some(HealthChecker::GrpcHealthCheck(_)) if !h2_cluster => {
+            return Err(err(
+                res,
+                at("grpc_health_check"),
+                "the cluster must speak HTTP/2 for gRPC health checks (as in Envoy)",
+            ))
+        }
         Some(HealthChecker::GrpcHealthCheck(g)) => Kind::Grpc {
             service: g.service_name.as_str().into(),
             authority: match g.authority.as_str() {
-                "" => c.name.as_str().into(),
-                a => a.into(),
+                "" => authority(&c.name, "grpc_health_check.authority (the cluster's name)")?,
+                a => authority(a, "grpc_health_check.authority")?,
             },
         },
     };
