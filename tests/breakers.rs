@@ -107,12 +107,8 @@ async fn limits_hold_across_cores_and_codecs() {
 
 /// What is not implemented is refused by name, never ignored.
 #[test]
-fn retry_budgets_and_per_host_limits_are_refused_by_field() {
+fn per_host_and_pool_limits_are_refused_by_field() {
     for (extra, field) in [
-        (
-            "circuit_breakers: {thresholds: [{retry_budget: {}}]}",
-            "circuit_breakers.thresholds[0].retry_budget: retry budgets are not implemented",
-        ),
         (
             "circuit_breakers: {per_host_thresholds: [{max_connections: 1}]}",
             "circuit_breakers.per_host_thresholds: per-host circuit breakers are not implemented",

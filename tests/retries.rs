@@ -401,6 +401,42 @@ async fn the_retry_budget_of_the_circuit_breaker_is_respected() {
     assert_eq!(p.stat("cluster.up.upstream_rq_retry").await, 0);
 }
 
+/// `retry_budget`: retries outstanding may be a share of the requests in flight, at least
+/// `min_retry_concurrency`; it replaces `max_retries` (0 here, which would refuse all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_budget_replaces_max_retries() {
+    for (budget, retried) in [
+        (
+            "{budget_percent: {value: 0}, min_retry_concurrency: 0}",
+            false,
+        ),
+        (
+            "{budget_percent: {value: 0}, min_retry_concurrency: 1}",
+            true,
+        ),
+        (
+            "{budget_percent: {value: 100}, min_retry_concurrency: 0}",
+            true,
+        ),
+    ] {
+        let (addr, script) = scripted(false, 1, Fail::Status(503)).await;
+        let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: up, retry_policy: {retry_on: 5xx, num_retries: 2}}}]}]";
+        let extra = format!(
+            "circuit_breakers: {{thresholds: [{{max_retries: 0, max_requests: 4294967295, retry_budget: {budget}}}]}},"
+        );
+        let clusters = format!("[{}]", cluster("up", &[addr], &extra));
+        let p = Proxy::start(&config("", vhosts, &clusters), &["--concurrency", "1"]).await;
+        let (status, _, _) = post(p.addr(), false, &[], Bytes::new()).await;
+        assert_eq!(status, if retried { 200 } else { 503 }, "{budget}");
+        let overflow = p.stat("cluster.up.upstream_rq_retry_overflow").await;
+        assert_eq!(
+            (overflow, script.requests.load(Ordering::SeqCst)),
+            if retried { (0, 2) } else { (1, 1) },
+            "{budget}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_headers_count_only_on_internal_requests_and_never_go_upstream() {
     let (addr, script) = scripted(false, 1, Fail::Status(503)).await;

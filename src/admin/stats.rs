@@ -162,10 +162,8 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
             B::RqPendingOpen as usize,
             open(pending, b.default.max_pending_requests),
         );
-        d.set(
-            B::RqRetryOpen as usize,
-            open(retries, b.default.max_retries),
-        );
+        let retry_limit = b.retry_limit(|| used(ClusterStat::UpstreamRqActive));
+        d.set(B::RqRetryOpen as usize, open(retries, retry_limit));
         for (scope, th, (cx, pending, rq, retries)) in [
             (&b.remaining[0], &b.default, (cx, pending, rq, retries)),
             (&b.remaining[1], &b.high, (0, 0, 0, 0)),
@@ -183,7 +181,10 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
             r.set(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
             r.set(
                 R::RemainingRetries as usize,
-                th.max_retries.saturating_sub(retries),
+                match th.retry_budget {
+                    Some(_) => retry_limit.saturating_sub(retries),
+                    None => th.max_retries.saturating_sub(retries),
+                },
             );
             r.set(R::RemainingCxPools as usize, u64::MAX);
         }

@@ -26,6 +26,17 @@ pub struct Thresholds {
     pub max_requests: u64,
     pub max_retries: u64,
     pub track_remaining: bool,
+    /// `retry_budget`: retries outstanding may be `percent_milli`/100,000 of the active
+    /// and pending requests, at least `min_concurrency`; it replaces `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `Thresholds.retry_budget` (Envoy's defaults: 20%, at least 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Thousandths of a percent.
+    pub percent_milli: u64,
+    pub min_concurrency: u64,
 }
 
 impl Default for Thresholds {
@@ -36,6 +47,7 @@ impl Default for Thresholds {
             max_requests: 1024,
             max_retries: 3,
             track_remaining: false,
+            retry_budget: None,
         }
     }
 }
@@ -172,6 +184,44 @@ impl Breakers {
     #[allow(clippy::result_unit_err)]
     pub fn acquire(&self, r: Resource) -> Result<Option<Permit>, ()> {
         Ok(self.take(r)?.map(|counts| Permit {
+            counts: counts.clone(),
+            resource: r,
+        }))
+    }
+
+    /// The most retries that may be outstanding now: `max_retries`, or with a retry budget
+    /// its share of the requests active and pending (`active` reads the per-core stats
+    /// when requests are not counted), as Envoy's budget computes it.
+    pub fn retry_limit(&self, active: impl Fn() -> u64) -> u64 {
+        match self.default.retry_budget {
+            None => self.default.max_retries,
+            Some(b) => {
+                let load =
+                    self.in_use(Resource::Requests, active()) + self.in_use(Resource::Pending, 0);
+                (b.percent_milli * load / 100_000).max(b.min_concurrency)
+            }
+        }
+    }
+
+    /// A retry's place under `max_retries` or the retry budget: `Ok(None)` when retries
+    /// are not limited, `Err(())` when at the limit.
+    #[allow(clippy::result_unit_err)]
+    pub fn acquire_retry(&self, active: impl Fn() -> u64) -> Result<Option<Permit>, ()> {
+        let Some(counts) = &self.counts else {
+            return Ok(None);
+        };
+        let limit = self.retry_limit(active);
+        if limit >= UNLIMITED {
+            return Ok(None);
+        }
+        let r = Resource::Retries;
+        counts.open[r as usize]
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .map_err(|_| ())?;
+        Ok(Some(Permit {
             counts: counts.clone(),
             resource: r,
         }))

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::exchange::{Exchange, RequestHeaders};
 use crate::http::h1::{header_value, ResponseHead};
-use crate::model::breakers::{Permit, Resource};
+use crate::model::breakers::Permit;
 use crate::model::retry::{ResetFormat, RetryOn, RetryPolicy};
 use crate::model::Cluster;
 use crate::router::{header_matches, RequestView};
@@ -213,7 +213,11 @@ impl<'p> Retry<'p> {
             return Verdict::LimitExceeded;
         }
         self.remaining -= 1;
-        match cluster.breakers.acquire(Resource::Retries) {
+        let active = || {
+            let n = cluster.stats.total(ClusterStat::UpstreamRqActive as usize);
+            n.max(0) as u64
+        };
+        match cluster.breakers.acquire_retry(active) {
             Ok(p) => self.permit = p,
             Err(()) => {
                 cs.inc(ClusterStat::UpstreamRqRetryOverflow as usize);

@@ -516,8 +516,8 @@ fn struct_labels(
 type Endpoints = (Vec<Endpoint>, Vec<DnsHost>, Vec<std::path::PathBuf>);
 
 /// `circuit_breakers`: thresholds per priority (Envoy's defaults where unset); the counts
-/// exist only when a DEFAULT limit is below 2^32−1. Retry budgets, connection-pool limits
-/// and per-host thresholds are refused by name.
+/// exist only when a DEFAULT limit is below 2^32−1 (or a retry budget is set).
+/// Connection-pool limits and per-host thresholds are refused by name.
 fn breakers(
     c: &crate::proto::envoy::config::cluster::v3::Cluster,
     stat_name: &str,
@@ -536,13 +536,6 @@ fn breakers(
         }
         for (i, th) in cb.thresholds.iter().enumerate() {
             let p = |f: &str| format!("circuit_breakers.thresholds[{i}].{f}");
-            if th.retry_budget.is_some() {
-                return Err(err(
-                    res,
-                    p("retry_budget"),
-                    "retry budgets are not implemented",
-                ));
-            }
             if th.max_connection_pools.is_some() {
                 return Err(err(
                     res,
@@ -563,13 +556,24 @@ fn breakers(
                 max_requests: v(th.max_requests, d.max_requests),
                 max_retries: v(th.max_retries, d.max_retries),
                 track_remaining: th.track_remaining,
+                retry_budget: th.retry_budget.as_ref().map(|b| {
+                    crate::model::breakers::RetryBudget {
+                        percent_milli: b
+                            .budget_percent
+                            .as_ref()
+                            .map_or(20_000, |p| (p.value * 1000.0) as u64),
+                        min_concurrency: b.min_retry_concurrency.map_or(3, u64::from),
+                    }
+                }),
             };
         }
     }
     let [default, high] = t;
     let limited = default.max_connections < UNLIMITED
         || default.max_pending_requests < UNLIMITED
-        || default.max_requests < UNLIMITED;
+        || default.max_requests < UNLIMITED
+        || default.max_retries < UNLIMITED
+        || default.retry_budget.is_some();
     let scope = |p: &str| {
         ctx.stats.scope::<crate::stats::BreakerStat>(&format!(
             "cluster.{stat_name}.circuit_breakers.{p}."
@@ -590,8 +594,13 @@ fn breakers(
         // every cluster again): connections and requests in flight stay counted.
         counts: limited.then(|| {
             ctx.stats.shared::<Counts>(&format!(
-                "circuit_breakers/{}/{}/{}/{}",
-                c.name, default.max_connections, default.max_pending_requests, default.max_requests
+                "circuit_breakers/{}/{}/{}/{}/{}/{:?}",
+                c.name,
+                default.max_connections,
+                default.max_pending_requests,
+                default.max_requests,
+                default.max_retries,
+                default.retry_budget
             ))
         }),
         stats: [scope("default"), scope("high")],
