@@ -204,7 +204,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     let grpc_stats = ctx
         .stats
         .scope::<crate::stats::GrpcStat>(&format!("cluster.{stat_name}.grpc."));
-    let breakers = Arc::new(breakers(c, stat_name, ctx, res)?);
+    let breakers = Arc::new(super::breakers::breakers(c, stat_name, ctx, res)?);
     let bind_source = match &c.upstream_bind_config {
         Some(b) => {
             let Some(sa) = &b.source_address else {
@@ -514,96 +514,3 @@ fn struct_labels(
 }
 
 type Endpoints = (Vec<Endpoint>, Vec<DnsHost>, Vec<std::path::PathBuf>);
-
-/// `circuit_breakers`: thresholds per priority (Envoy's defaults where unset); the counts
-/// exist only when a DEFAULT limit is below 2^32−1 (or a retry budget is set).
-/// Connection-pool limits and per-host thresholds are refused by name.
-fn breakers(
-    c: &crate::proto::envoy::config::cluster::v3::Cluster,
-    stat_name: &str,
-    ctx: &mut Ctx<'_>,
-    res: &str,
-) -> Result<crate::model::breakers::Breakers, ConvertError> {
-    use crate::model::breakers::{Breakers, Counts, Thresholds, UNLIMITED};
-    let mut t = [Thresholds::default(); 2];
-    if let Some(cb) = &c.circuit_breakers {
-        if !cb.per_host_thresholds.is_empty() {
-            return Err(err(
-                res,
-                "circuit_breakers.per_host_thresholds",
-                "per-host circuit breakers are not implemented",
-            ));
-        }
-        for (i, th) in cb.thresholds.iter().enumerate() {
-            let p = |f: &str| format!("circuit_breakers.thresholds[{i}].{f}");
-            if th.max_connection_pools.is_some() {
-                return Err(err(
-                    res,
-                    p("max_connection_pools"),
-                    "a limit on connection pools is not implemented",
-                ));
-            }
-            let slot = match th.priority {
-                0 => 0,
-                1 => 1,
-                _ => return Err(err(res, p("priority"), "unknown priority")),
-            };
-            let d = Thresholds::default();
-            let v = |w: Option<u32>, dflt: u64| w.map_or(dflt, u64::from);
-            t[slot] = Thresholds {
-                max_connections: v(th.max_connections, d.max_connections),
-                max_pending_requests: v(th.max_pending_requests, d.max_pending_requests),
-                max_requests: v(th.max_requests, d.max_requests),
-                max_retries: v(th.max_retries, d.max_retries),
-                track_remaining: th.track_remaining,
-                retry_budget: th.retry_budget.as_ref().map(|b| {
-                    crate::model::breakers::RetryBudget {
-                        percent_milli: b
-                            .budget_percent
-                            .as_ref()
-                            .map_or(20_000, |p| (p.value * 1000.0) as u64),
-                        min_concurrency: b.min_retry_concurrency.map_or(3, u64::from),
-                    }
-                }),
-            };
-        }
-    }
-    let [default, high] = t;
-    let limited = default.max_connections < UNLIMITED
-        || default.max_pending_requests < UNLIMITED
-        || default.max_requests < UNLIMITED
-        || default.max_retries < UNLIMITED
-        || default.retry_budget.is_some();
-    let scope = |p: &str| {
-        ctx.stats.scope::<crate::stats::BreakerStat>(&format!(
-            "cluster.{stat_name}.circuit_breakers.{p}."
-        ))
-    };
-    let remaining = |p: &str, th: &Thresholds| {
-        th.track_remaining.then(|| {
-            ctx.stats
-                .scope::<crate::stats::BreakerRemainingStat>(&format!(
-                    "cluster.{stat_name}.circuit_breakers.{p}."
-                ))
-        })
-    };
-    Ok(Breakers {
-        default,
-        high,
-        // The same counts for a reconversion with the same limits (every CDS push converts
-        // every cluster again): connections and requests in flight stay counted.
-        counts: limited.then(|| {
-            ctx.stats.shared::<Counts>(&format!(
-                "circuit_breakers/{}/{}/{}/{}/{}/{:?}",
-                c.name,
-                default.max_connections,
-                default.max_pending_requests,
-                default.max_requests,
-                default.max_retries,
-                default.retry_budget
-            ))
-        }),
-        stats: [scope("default"), scope("high")],
-        remaining: [remaining("default", &default), remaining("high", &high)],
-    })
-}

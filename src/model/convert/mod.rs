@@ -15,6 +15,7 @@ use super::Snapshot;
 
 mod access_log;
 mod bootstrap;
+mod breakers;
 mod chain;
 mod cidr;
 mod cluster;
