@@ -110,8 +110,8 @@ async fn limits_hold_across_cores_and_codecs() {
 fn per_host_and_pool_limits_are_refused_by_field() {
     for (extra, field) in [
         (
-            "circuit_breakers: {per_host_thresholds: [{max_connections: 1}]}",
-            "circuit_breakers.per_host_thresholds: per-host circuit breakers are not implemented",
+            "circuit_breakers: {per_host_thresholds: [{max_connections: 1, max_requests: 2}]}",
+            "circuit_breakers.per_host_thresholds[0].max_requests: only max_connections applies per host",
         ),
         (
             "circuit_breakers: {thresholds: [{max_connection_pools: 1}]}",
@@ -122,4 +122,34 @@ fn per_host_and_pool_limits_are_refused_by_field() {
         let (ok, err) = validate("c.yaml", &yaml, &[]);
         assert!(!ok && err.contains(field), "{err}");
     }
+}
+
+/// `per_host_thresholds.max_connections`: a request that would open a second connection to
+/// a host at its limit waits, as a pending request, for the host's first to close, then
+/// goes through (`upstream_cx_overflow` counts the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_host_connection_limit_makes_requests_wait() {
+    let b = Backend::start("b").await;
+    let clusters = format!(
+        "[{}]",
+        cluster(
+            "c",
+            &[b.addr],
+            "circuit_breakers: {per_host_thresholds: [{max_connections: 1}]},"
+        )
+    );
+    let p = Proxy::start(
+        &config("", &all_to("c"), &clusters),
+        &["--concurrency", "1"],
+    )
+    .await;
+    let addr = p.addr();
+    let slow = tokio::spawn(async move { http_get(addr, "/sleep/300", &[]).await.0 });
+    // The first request holds the host's one connection.
+    p.stat_reaching("cluster.c.upstream_rq_active", 1).await;
+    let (status, _, _) = http_get(addr, "/x", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(p.stat("cluster.c.upstream_cx_overflow").await, 1);
+    assert_eq!(p.stat("cluster.c.upstream_rq_pending_overflow").await, 0);
 }

@@ -98,28 +98,125 @@ impl Drop for Waiting {
     }
 }
 
-/// One use of a limited resource, given back on drop.
+/// `per_host_thresholds.max_connections`: each host's connections, counted across the
+/// cores (a host's count is made the first time a connection to it is opened).
+#[derive(Default)]
+pub struct HostLimits {
+    hosts: arc_swap::ArcSwap<rustc_hash::FxHashMap<std::net::SocketAddr, Arc<HostCount>>>,
+}
+
+/// One host's connections, and the requests waiting for one of them to close.
+#[derive(Default)]
+pub struct HostCount {
+    open: Padded<AtomicU64>,
+    waiting: AtomicU64,
+    pub released: tokio::sync::Notify,
+}
+
+impl HostCount {
+    /// Counts a request waiting for one of the host's connections to close.
+    pub fn wait(self: &Arc<Self>) -> HostWaiting {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        HostWaiting(self.clone())
+    }
+}
+
+/// See [`HostCount::wait`].
+pub struct HostWaiting(Arc<HostCount>);
+
+impl Drop for HostWaiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl HostLimits {
+    fn count(&self, addr: std::net::SocketAddr) -> Arc<HostCount> {
+        if let Some(c) = self.hosts.load().get(&addr) {
+            return c.clone();
+        }
+        self.hosts.rcu(|m| {
+            let mut m = (**m).clone();
+            m.entry(addr).or_default();
+            m
+        });
+        self.hosts.load()[&addr].clone()
+    }
+
+    /// A place for one more connection to `addr`, or (at the limit) the host's count to
+    /// wait on.
+    pub fn take(
+        &self,
+        addr: std::net::SocketAddr,
+        limit: u64,
+    ) -> Result<Arc<HostCount>, Arc<HostCount>> {
+        let c = self.count(addr);
+        match c
+            .open
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            }) {
+            Ok(_) => Ok(c),
+            Err(_) => Err(c),
+        }
+    }
+}
+
+/// One use of a limited resource, given back on drop: the cluster's, and for a connection
+/// to a host under `per_host_thresholds`, the host's.
 pub struct Permit {
-    counts: Arc<Counts>,
+    counts: Option<Arc<Counts>>,
     resource: Resource,
+    host: Option<Arc<HostCount>>,
 }
 
 impl Permit {
-    /// Whether requests wait for a connection of this cluster.
+    /// Whether requests wait for a connection of this cluster (or of this host).
     pub fn has_waiters(&self) -> bool {
-        self.counts.waiting.0.load(Ordering::SeqCst) > 0
+        self.counts
+            .as_ref()
+            .is_some_and(|c| c.waiting.0.load(Ordering::SeqCst) > 0)
+            || self
+                .host
+                .as_ref()
+                .is_some_and(|h| h.waiting.load(Ordering::SeqCst) > 0)
+    }
+
+    /// Adds a place under `addr`'s own connection limit.
+    pub fn with_host(p: Option<Permit>, host: Arc<HostCount>) -> Permit {
+        match p {
+            Some(mut p) => {
+                p.host = Some(host);
+                p
+            }
+            None => Permit {
+                counts: None,
+                resource: Resource::Connections,
+                host: Some(host),
+            },
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.counts.open[self.resource as usize]
-            .0
-            .fetch_sub(1, Ordering::SeqCst);
-        // The wakeup's wait list has a lock: touched only while requests wait at a full
-        // connection limit, never on the ordinary path.
-        if self.resource == Resource::Connections && self.has_waiters() {
-            self.counts.released.notify_waiters();
+        if let Some(counts) = &self.counts {
+            counts.open[self.resource as usize]
+                .0
+                .fetch_sub(1, Ordering::SeqCst);
+            // The wakeup's wait list has a lock: touched only while requests wait at a
+            // full connection limit, never on the ordinary path.
+            if self.resource == Resource::Connections && counts.waiting.0.load(Ordering::SeqCst) > 0
+            {
+                counts.released.notify_waiters();
+            }
+        }
+        if let Some(h) = &self.host {
+            h.open.0.fetch_sub(1, Ordering::SeqCst);
+            if h.waiting.load(Ordering::SeqCst) > 0 {
+                h.released.notify_waiters();
+            }
         }
     }
 }
@@ -146,6 +243,9 @@ pub struct Breakers {
     pub stats: [Arc<Scope>; 2],
     /// Their `remaining_*` gauges, for the priorities with `track_remaining`.
     pub remaining: [Option<Arc<Scope>>; 2],
+    /// `per_host_thresholds`: the DEFAULT priority's `max_connections` per host, and the
+    /// hosts' counts.
+    pub per_host: Option<(u64, Arc<HostLimits>)>,
 }
 
 impl Breakers {
@@ -184,8 +284,9 @@ impl Breakers {
     #[allow(clippy::result_unit_err)]
     pub fn acquire(&self, r: Resource) -> Result<Option<Permit>, ()> {
         Ok(self.take(r)?.map(|counts| Permit {
-            counts: counts.clone(),
+            counts: Some(counts.clone()),
             resource: r,
+            host: None,
         }))
     }
 
@@ -222,8 +323,9 @@ impl Breakers {
             })
             .map_err(|_| ())?;
         Ok(Some(Permit {
-            counts: counts.clone(),
+            counts: Some(counts.clone()),
             resource: r,
+            host: None,
         }))
     }
 

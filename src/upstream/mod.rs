@@ -186,6 +186,62 @@ pub async fn connect_stream(addr: SocketAddr, source: Option<SocketAddr>) -> io:
     }
 }
 
+/// A place under the cluster's `max_connections` and, with `per_host_thresholds`, under
+/// `ep`'s own: at the host's limit an HTTP request waits as a pending request for one of
+/// the host's connections to close (the cluster's place given back meanwhile), within the
+/// connect timeout, as at the cluster's; a TCP proxy does not wait.
+async fn host_permit(
+    core: usize,
+    cluster: &Cluster,
+    ep: &Endpoint,
+    wait: bool,
+) -> Result<Option<Permit>, ConnectError> {
+    let Some((limit, limits)) = &cluster.breakers.per_host else {
+        return connection_permit(core, cluster, wait).await;
+    };
+    let stats = cluster.stats.core(core);
+    let deadline = Instant::now() + cluster.connect_timeout;
+    let mut pending = None;
+    loop {
+        let p = connection_permit(core, cluster, wait).await?;
+        let count = match limits.take(ep.address, *limit) {
+            Ok(h) => return Ok(Some(Permit::with_host(p, h))),
+            Err(count) => count,
+        };
+        drop(p);
+        if pending.is_none() {
+            stats.inc(ClusterStat::UpstreamCxOverflow as usize);
+            if !wait {
+                return Err(ConnectError::Overflow);
+            }
+            match cluster.breakers.acquire(Resource::Pending) {
+                Ok(p) => pending = Some(p),
+                Err(()) => {
+                    stats.inc(ClusterStat::UpstreamRqPendingOverflow as usize);
+                    return Err(ConnectError::Overflow);
+                }
+            }
+        }
+        let _waiting = count.wait();
+        let released = count.released.notified();
+        if let Ok(h) = limits.take(ep.address, *limit) {
+            // Freed meanwhile: the cluster's place is taken again at the loop's top.
+            drop(h_back(h));
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if monoio::time::timeout(left, released).await.is_err() {
+            stats.inc(ClusterStat::UpstreamRqPendingOverflow as usize);
+            return Err(ConnectError::Overflow);
+        }
+    }
+}
+
+/// Gives back a host place taken only to test for room.
+fn h_back(h: std::sync::Arc<crate::model::breakers::HostCount>) -> Permit {
+    Permit::with_host(None, h)
+}
+
 /// A place under the cluster's `max_connections`. At the limit an HTTP request waits as a
 /// pending request (under `max_pending_requests`; `upstream_cx_overflow`) for a connection
 /// of the cluster to close, within the connect timeout; a TCP proxy (`wait` false) does
@@ -236,7 +292,7 @@ async fn open(
     ep: &Endpoint,
     wait: bool,
 ) -> Result<(TcpStream, Option<Permit>), ConnectError> {
-    let permit = connection_permit(core, cluster, wait).await?;
+    let permit = host_permit(core, cluster, ep, wait).await?;
     let stats = cluster.stats.core(core);
     let started = Instant::now();
     let connect = connect_stream(ep.address, cluster.bind_source);
@@ -447,6 +503,7 @@ mod tests {
                     store.scope::<crate::stats::BreakerStat>("cluster.c.circuit_breakers.high."),
                 ],
                 remaining: [None, None],
+                per_host: None,
             }),
             dns_family: DnsFamily::Auto,
             dns_refresh: Duration::from_secs(5),

@@ -13,13 +13,32 @@ pub(super) fn breakers(
 ) -> Result<crate::model::breakers::Breakers, ConvertError> {
     use crate::model::breakers::{Breakers, Counts, Thresholds, UNLIMITED};
     let mut t = [Thresholds::default(); 2];
+    let mut per_host = None;
     if let Some(cb) = &c.circuit_breakers {
-        if !cb.per_host_thresholds.is_empty() {
-            return Err(err(
-                res,
-                "circuit_breakers.per_host_thresholds",
-                "per-host circuit breakers are not implemented",
-            ));
+        // Envoy applies only `max_connections` per host; anything else set is refused.
+        for (i, th) in cb.per_host_thresholds.iter().enumerate() {
+            let p = |f: &str| format!("circuit_breakers.per_host_thresholds[{i}].{f}");
+            for (set, f) in [
+                (th.max_pending_requests.is_some(), "max_pending_requests"),
+                (th.max_requests.is_some(), "max_requests"),
+                (th.max_retries.is_some(), "max_retries"),
+                (th.retry_budget.is_some(), "retry_budget"),
+                (th.track_remaining, "track_remaining"),
+                (th.max_connection_pools.is_some(), "max_connection_pools"),
+            ] {
+                if set {
+                    return Err(err(
+                        res,
+                        p(f),
+                        "only max_connections applies per host (as in Envoy)",
+                    ));
+                }
+            }
+            match (th.priority, th.max_connections) {
+                (0, Some(m)) if u64::from(m) < UNLIMITED => per_host = Some(u64::from(m)),
+                (0 | 1, _) => {}
+                _ => return Err(err(res, p("priority"), "unknown priority")),
+            }
         }
         for (i, th) in cb.thresholds.iter().enumerate() {
             let p = |f: &str| format!("circuit_breakers.thresholds[{i}].{f}");
@@ -92,5 +111,13 @@ pub(super) fn breakers(
         }),
         stats: [scope("default"), scope("high")],
         remaining: [remaining("default", &default), remaining("high", &high)],
+        // Shared by a reconversion with the same limit, as the cluster's counts are.
+        per_host: per_host.map(|m| {
+            let key = format!("circuit_breakers/{}/per_host/{m}", c.name);
+            (
+                m,
+                ctx.stats.shared::<crate::model::breakers::HostLimits>(&key),
+            )
+        }),
     })
 }
