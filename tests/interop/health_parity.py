@@ -16,23 +16,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tally import FAILS, check, report, same  # noqa: E402
 from envoy_parity import start_pair, stats  # noqa: E402
-
-FAILS = []
-PASSED = [0]
-
-
-def check(ok, what):
-    if ok:
-        PASSED[0] += 1
-    else:
-        FAILS.append(what)
-        print("MISMATCH", what)
-
-
-def same(label, e, r):
-    check(e == r, f"{label}:\n  envoy:    {e}\n  ringside: {r}")
-
 
 def http_upstream(name, health_status, immediate=False):
     class H(http.server.BaseHTTPRequestHandler):
@@ -177,8 +162,7 @@ def main():
              lambda p: [tcp_upstream(b"pong"), tcp_upstream(b"")])
     scenario(ringside, 144, "TCP: connect only", "tcp_health_check: {}",
              lambda p: [tcp_upstream(b""), closed_port()])
-    print(f"{PASSED[0]} passed, {len(FAILS)} failed")
-    return 1 if FAILS else 0
+    return report()
 
 
 def closed_port():

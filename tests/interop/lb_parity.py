@@ -16,19 +16,8 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tally import FAILS, check, report  # noqa: E402
 from envoy_parity import start_pair  # noqa: E402
-
-FAILS = []
-PASSED = [0]
-
-
-def check(ok, what):
-    if ok:
-        PASSED[0] += 1
-    else:
-        FAILS.append(what)
-        print("MISMATCH", what)
-
 
 def named(name):
     class H(http.server.BaseHTTPRequestHandler):
@@ -154,8 +143,7 @@ def main():
     scenario(ringside, 138, "round robin with slow start (every host new together)", 120, 10,
              lambda p: cluster("round_robin_lb_config: {slow_start_config: {slow_start_window: 60s}},",
                                localities([(None, [ep(p["a"]), ep(p["b"]), ep(p["a2"])])])))
-    print(f"{PASSED[0]} passed, {len(FAILS)} failed")
-    return 1 if FAILS else 0
+    return report()
 
 
 if __name__ == "__main__":

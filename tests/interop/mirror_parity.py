@@ -17,23 +17,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tally import check, report, same  # noqa: E402
 from envoy_parity import start_pair, stats  # noqa: E402
-
-FAILS = []
-PASSED = [0]
-
-
-def check(ok, what):
-    if ok:
-        PASSED[0] += 1
-    else:
-        FAILS.append(what)
-        print("MISMATCH", what)
-
-
-def same(label, e, r):
-    check(e == r, f"{label}:\n  envoy:    {e}\n  ringside: {r}")
-
 
 def recorder(name):
     """An HTTP/1.1 upstream recording (method, path, headers, body) of each request."""
@@ -269,8 +254,7 @@ def main():
         same("cluster request stats", values["envoy"], values["ringside"])
     finally:
         pair.stop()
-    print(f"{PASSED[0]} passed, {len(FAILS)} failed")
-    return 1 if FAILS else 0
+    return report()
 
 
 if __name__ == "__main__":

@@ -19,19 +19,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tally import FAILS, check, report, same  # noqa: E402
 from envoy_parity import free_port, start_pair, stats  # noqa: E402
-
-FAILS = []
-PASSED = [0]
-
-
-def check(ok, what):
-    if ok:
-        PASSED[0] += 1
-    else:
-        FAILS.append(what)
-        print("MISMATCH", what)
-
 
 def backend(status):
     class H(http.server.BaseHTTPRequestHandler):
@@ -138,10 +127,6 @@ def scenario(ringside, label, hosts, extra, steps, base):
         pair.stop()
 
 
-def same(label, e, r):
-    check(e == r, f"{label}:\n  envoy:    {e}\n  ringside: {r}")
-
-
 def main():
     ringside = sys.argv[1]
     good1, good2, good3, good4 = (backend(200) for _ in range(4))
@@ -226,8 +211,7 @@ def main():
              simple("an ejection fails over to P1", 10), 110)
     scenario(ringside, "total-panic", {0: [(good1, ", health_status: UNHEALTHY")], 1: [(good2, ", health_status: UNHEALTHY")]},
              "", simple("total panic over two priorities", 6), 111)
-    print(f"{PASSED[0]} passed, {len(FAILS)} failed")
-    return 1 if FAILS else 0
+    return report()
 
 
 if __name__ == "__main__":
