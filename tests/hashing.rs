@@ -155,3 +155,31 @@ fn what_consistent_hashing_cannot_do_is_refused_by_name() {
         assert!(out.contains(field), "{field}: {out}");
     }
 }
+
+/// The TCP proxy's `hash_policy`: `source_ip` (compared with Envoy in
+/// tests/interop/hash_parity.py); a filter-state key is refused by name, as are two.
+#[test]
+fn tcp_proxy_hash_policies_are_checked() {
+    for (policy, want) in [
+        ("[{filter_state: {key: x}}]", "filter_state"),
+        (
+            "[{source_ip: {}}, {source_ip: {}}]",
+            "at most one hash policy",
+        ),
+    ] {
+        let yaml = format!(
+            r#"static_resources:
+  listeners:
+  - name: t
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c, hash_policy: {policy}}}
+  clusters: [{{name: c, connect_timeout: 1s, lb_policy: RING_HASH, load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9}}}}}}}}]}}]}}}}]
+"#
+        );
+        let (ok, out) = validate("t.yaml", &yaml, &[]);
+        assert!(!ok && out.contains(want), "{policy}: {out}");
+    }
+}

@@ -158,7 +158,11 @@ SUBSET = {
     # TCP proxy
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": [
         "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
-        "max_downstream_connection_duration", "access_log"],
+        "max_downstream_connection_duration", "access_log", "hash_policy"],
+    # The TCP proxy's consistent-hash key: the source IP (Istio's useSourceIp); filter
+    # state is refused by name.
+    "envoy.type.v3.HashPolicy": ["source_ip"],
+    "envoy.type.v3.HashPolicy.SourceIp": [],
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": ["clusters"],
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": [
         "name", "weight"],
@@ -575,7 +579,7 @@ MODULES = [
     "envoy.config.core.v3.config_source_pb2", "envoy.config.core.v3.grpc_service_pb2",
     "envoy.service.discovery.v3.discovery_pb2", "envoy.service.discovery.v3.ads_pb2",
     "google.rpc.status_pb2", "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
-    "envoy.type.v3.range_pb2", "envoy.type.v3.percent_pb2", "envoy.type.v3.token_bucket_pb2",
+    "envoy.type.v3.range_pb2", "envoy.type.v3.percent_pb2", "envoy.type.v3.hash_policy_pb2", "envoy.type.v3.token_bucket_pb2",
     "envoy.type.v3.http_status_pb2",
     "envoy.extensions.filters.http.fault.v3.fault_pb2",
     "envoy.extensions.filters.common.fault.v3.fault_pb2",

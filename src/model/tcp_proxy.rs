@@ -26,6 +26,9 @@ pub struct TcpProxy {
     /// One line per connection, when it ends.
     pub access_logs: Vec<super::AccessLog>,
     pub log_needs: super::access_log::LogNeeds,
+    /// `hash_policy` `source_ip`: a consistent-hash cluster's key is the client's address
+    /// (Istio's `useSourceIp` for TCP services).
+    pub hash_source_ip: bool,
 }
 
 impl TcpProxy {

@@ -331,7 +331,15 @@ async fn connect(
             }
             crate::model::Endpoint::at(conn.dst)
         } else {
-            let picked = ctx.upstreams.borrow_mut().pick(cluster).cloned();
+            // Envoy's SourceIp hash: xxHash64 of the client's address as text.
+            let key = tp.hash_source_ip.then(|| {
+                crate::upstream::hash::xxh64_parts(&[conn.peer.ip().to_string().as_bytes()])
+            });
+            let picked = ctx
+                .upstreams
+                .borrow_mut()
+                .pick_hashed(cluster, key)
+                .cloned();
             let Some(e) = picked else {
                 cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
                 return Err("UH".into());

@@ -78,7 +78,13 @@ def config(ports):
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{"name": "hash", "address": {"socket_address": {"address": "127.0.0.1", "port_value": "PORT"}},
-                           "filter_chains": [{"filters": [hcm]}]}],
+                           "filter_chains": [{"filters": [hcm]}]}] + [
+                # The TCP proxy's hash_policy: the client's address is the key.
+                {"name": f"t_{cname}", "address": {"socket_address": {"address": "127.0.0.1", "port_value": f"PORT_t_{cname}"}},
+                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                     "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                     "stat_prefix": f"t_{cname}", "cluster": cname, "hash_policy": [{"source_ip": {}}]}}]}]}
+                for cname in CLUSTERS],
             "clusters": clusters,
         },
     }
@@ -115,7 +121,14 @@ def main():
     ringside = sys.argv[1]
     names = ["a", "b", "c"]
     ports = [backend(n) for n in names]
-    pair = start_pair(ringside, 13, lambda _log, p: json.dumps(config(ports)).replace('"PORT"', str(p["main"])))
+    def render(_log, p):
+        text = json.dumps(config(ports))
+        for cname in CLUSTERS:
+            text = text.replace(f'"PORT_t_{cname}"', str(p[f"t_{cname}"]))
+        return text.replace('"PORT"', str(p["main"]))
+
+    tcp = tuple(f"t_{c}" for c in CLUSTERS)
+    pair = start_pair(ringside, 13, render, listeners=("main",) + tcp)
     if pair is None:
         return 1
     listen = {name: p["main"] for name, p in pair.ports.items()}
@@ -157,6 +170,18 @@ def main():
             else:
                 failed += 1
                 print(f"MISMATCH {cname} without a key: ringside {r}")
+        # Through the TCP proxy with hash_policy source_ip: each connection (all from
+        # 127.0.0.1) goes to the backend Envoy's picks, every time.
+        for cname in CLUSTERS:
+            got = {}
+            for proxy in ("envoy", "ringside"):
+                got[proxy] = {exchange(pair.ports[proxy][f"t_{cname}"], b"GET / HTTP/1.1\r\nHost: t\r\nconnection: close\r\n\r\n")[2].decode()
+                              for _ in range(6)}
+            if got["envoy"] == got["ringside"] and len(got["envoy"]) == 1:
+                passed += 1
+            else:
+                failed += 1
+                print(f"MISMATCH tcp_proxy source_ip to {cname}: envoy {got['envoy']}, ringside {got['ringside']}")
         # The keys spread over every backend (a comparison of one backend would prove little).
         for cname, seen in spread.items():
             if seen == set(names):

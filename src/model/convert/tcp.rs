@@ -55,6 +55,19 @@ pub(super) fn convert(
             ))
         }
     };
+    // Envoy takes at most one; a filter-state key (not in proto/) is refused by name.
+    if t.hash_policy.len() > 1 {
+        return Err(err(
+            res,
+            p("hash_policy"),
+            "at most one hash policy (as in Envoy)",
+        ));
+    }
+    let hash_source_ip = match t.hash_policy.first() {
+        None => false,
+        Some(h) if h.policy_specifier.is_some() => true,
+        Some(_) => return Err(err(res, p("hash_policy[0]"), "source_ip is required")),
+    };
     let max_connect_attempts = match t.max_connect_attempts {
         None => 1,
         Some(v) if v >= 1 => v,
@@ -95,5 +108,6 @@ pub(super) fn convert(
         exchange: None,
         istio: None,
         istio_authn: false,
+        hash_source_ip,
     })
 }
