@@ -143,7 +143,7 @@ fn what_consistent_hashing_cannot_do_is_refused_by_name() {
     for (field, policy, lb) in [
         ("ttl", "{cookie: {name: s, ttl: -10s}}", "lb_policy: RING_HASH,"),
         ("cookie.path", "{cookie: {name: s, ttl: 10s, path: 'a;b'}}", "lb_policy: RING_HASH,"),
-        ("regex_rewrite", "{header: {header_name: x, regex_rewrite: {pattern: {regex: a}, substitution: b}}}", "lb_policy: RING_HASH,"),
+        ("regex_rewrite.pattern", "{header: {header_name: x, regex_rewrite: {pattern: {regex: '('}, substitution: b}}}", "lb_policy: RING_HASH,"),
         ("filter_state", "{filter_state: {key: k}}", "lb_policy: RING_HASH,"),
         ("hash_function", header, "lb_policy: RING_HASH, ring_hash_lb_config: {hash_function: MURMUR_HASH_2},"),
         ("table_size", header, "lb_policy: MAGLEV, maglev_lb_config: {table_size: 100},"),

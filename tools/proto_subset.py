@@ -414,7 +414,7 @@ SUBSET = {
     # name.
     "envoy.config.route.v3.RouteAction.HashPolicy": ["header", "cookie", "connection_properties",
                                                      "query_parameter", "terminal"],
-    "envoy.config.route.v3.RouteAction.HashPolicy.Header": ["header_name"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header": ["header_name", "regex_rewrite"],
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": ["name", "ttl", "path", "attributes"],
     "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": ["name", "value"],
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties": ["source_ip"],

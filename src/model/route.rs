@@ -188,6 +188,19 @@ pub struct CookieGen {
     pub attributes: Box<[(Box<str>, Box<str>)]>,
 }
 
+/// A hash key's `regex_rewrite`: the pattern and Envoy's substitution (as the regex
+/// crate writes it). Equal when written the same.
+#[derive(Debug, Clone)]
+pub struct HashRewrite(pub Arc<(Regex, String)>);
+
+impl PartialEq for HashRewrite {
+    fn eq(&self, o: &HashRewrite) -> bool {
+        self.0 .0.as_str() == o.0 .0.as_str() && self.0 .1 == o.0 .1
+    }
+}
+
+impl Eq for HashRewrite {}
+
 /// One `RouteAction.hash_policy` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HashPolicy {
@@ -201,6 +214,8 @@ pub struct HashPolicy {
 pub enum HashKey {
     /// A request header's values (lower-case name; `:authority`, `:path`, `:method` too).
     Header(Box<str>),
+    /// As `Header`, each value rewritten first (`regex_rewrite`).
+    HeaderRewritten(Box<str>, HashRewrite),
     /// A cookie's value, when the request has it; else, with `generate`, a value the
     /// proxy makes up and sets on the response (Envoy's sticky-session cookie).
     Cookie {

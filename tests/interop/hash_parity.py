@@ -44,6 +44,11 @@ POLICIES = {
     "two": [{"header": {"header_name": "x-user"}}, {"query_parameter": {"name": "q"}}],
     "terminal": [{"header": {"header_name": "x-user"}, "terminal": True}, {"query_parameter": {"name": "q"}}],
     "authority": [{"header": {"header_name": ":authority"}}],
+    # regex_rewrite: each value rewritten, then sorted (user-7-x and user-7-y hash alike).
+    "rewrite": [{"header": {"header_name": "x-user", "regex_rewrite": {
+        "pattern": {"regex": "^user-([0-9]+)-.*$"}, "substitution": "id\\1"}}}],
+    "rewrite_authority": [{"header": {"header_name": ":authority", "regex_rewrite": {
+        "pattern": {"regex": "\\.example$"}, "substitution": ""}}}],
     "sticky": [{"cookie": {"name": "sticky", "ttl": "3600s", "path": "/app",
                            "attributes": [{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}]}}],
     "session": [{"cookie": {"name": "sticky", "ttl": "0s"}}],
@@ -105,6 +110,9 @@ def requests():
         out.append(("header", "", f"x-user: a{i}\r\nx-user: b{i}\r\n"))
         out.append(("terminal", f"?q=only{i}", ""))
         out.append(("authority", "", f"@host{i}.example"))
+        out.append(("rewrite", "", f"x-user: user-{i}-x\r\n"))
+        out.append(("rewrite", "", f"x-user: user-{i}-y\r\nx-user: other{i}\r\n"))
+        out.append(("rewrite_authority", "", f"@host{i}.example"))
     out.append(("ip", "", ""))
     return out
 

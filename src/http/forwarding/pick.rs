@@ -111,7 +111,8 @@ pub(crate) fn request_hash<E: crate::http::filter::FilterHost + ?Sized>(
     let mut key = None;
     for p in policies {
         let h = match &p.key {
-            HashKey::Header(name) => header_hash(x, name),
+            HashKey::Header(name) => header_hash(x, name, None),
+            HashKey::HeaderRewritten(name, rw) => header_hash(x, name, Some(&rw.0)),
             HashKey::Cookie { name, generate } => match cookie(x, name) {
                 Some(v) => Some(xxh64_parts(&[v])),
                 None => generate.as_ref().map(|g| {
@@ -168,25 +169,39 @@ fn new_cookie<E: crate::http::exchange::Exchange + ?Sized>(
 }
 
 /// A header's values, sorted, hashed together (pseudo-headers as the router sees them).
-fn header_hash<E: crate::http::exchange::Exchange + ?Sized>(x: &E, name: &str) -> Option<u64> {
+fn header_hash<E: crate::http::exchange::Exchange + ?Sized>(
+    x: &E,
+    name: &str,
+    rewrite: Option<&(regex::Regex, String)>,
+) -> Option<u64> {
     use crate::upstream::hash::xxh64_parts;
-    let one = |v: &[u8]| Some(xxh64_parts(&[v]));
-    match name {
-        ":authority" | "host" => return one(x.bytes(&x.log().authority)),
-        ":path" => return one(x.bytes(&x.log().path)),
-        ":method" => return one(x.bytes(&x.head().method)),
-        _ => {}
-    }
     let buf = x.buf();
-    let mut values: Vec<&[u8]> = x
-        .head()
-        .headers
-        .iter()
-        .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-        .map(|(_, v)| &buf[v.clone()])
-        .collect();
+    let mut values: Vec<&[u8]> = match name {
+        ":authority" | "host" => vec![x.bytes(&x.log().authority)],
+        ":path" => vec![x.bytes(&x.log().path)],
+        ":method" => vec![x.bytes(&x.head().method)],
+        _ => x
+            .head()
+            .headers
+            .iter()
+            .filter(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &buf[v.clone()])
+            .collect(),
+    };
     if values.is_empty() {
         return None;
+    }
+    // `regex_rewrite` applies to each value, before they are sorted (Envoy's order).
+    let rewritten: Vec<Vec<u8>>;
+    if let Some((re, sub)) = rewrite {
+        rewritten = values
+            .iter()
+            .map(|v| {
+                let v = String::from_utf8_lossy(v);
+                re.replace_all(&v, sub.as_str()).into_owned().into_bytes()
+            })
+            .collect();
+        values = rewritten.iter().map(|v| &v[..]).collect();
     }
     values.sort_unstable();
     Some(xxh64_parts(&values))

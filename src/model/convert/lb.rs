@@ -215,7 +215,20 @@ pub(super) fn hash_policy(
                 if http::HeaderName::from_bytes(name.trim_start_matches(':').as_bytes()).is_err() {
                     return Err(err(res, at("header.header_name"), "not a header name"));
                 }
-                HashKey::Header(name.into())
+                match &h.regex_rewrite {
+                    None => HashKey::Header(name.into()),
+                    Some(rr) => {
+                        let rw = super::matchers::regex_substitute(
+                            rr,
+                            res,
+                            &at("header.regex_rewrite"),
+                        )?;
+                        HashKey::HeaderRewritten(
+                            name.into(),
+                            crate::model::route::HashRewrite(std::sync::Arc::new(rw)),
+                        )
+                    }
+                }
             }
             Some(S::Cookie(c)) => {
                 let token = |v: &str| http::HeaderName::from_bytes(v.as_bytes()).is_ok();
