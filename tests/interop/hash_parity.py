@@ -190,9 +190,12 @@ def main():
             else:
                 failed += 1
                 print(f"MISMATCH tcp_proxy source_ip to {cname}: envoy {got['envoy']}, ringside {got['ringside']}")
-        # The keys spread over every backend (a comparison of one backend would prove little).
+        # The keys spread over the backends (a comparison of one backend would prove little).
+        # The small ring has five entries placed by the backends' random ports: its
+        # one-entry backends may own too little of the ring for any key, so two will do.
         for cname, seen in spread.items():
-            if seen == set(names):
+            want = 2 if cname == "ring_small" else len(names)
+            if len(seen) >= want:
                 passed += 1
             else:
                 failed += 1
