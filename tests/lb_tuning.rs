@@ -8,51 +8,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::ads::*;
 use support::*;
-
-/// An upstream answering 200 to everything, counting requests; with `hold`, it never
-/// answers (each request stays in flight).
-async fn counted(hold: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let c = c.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 4096];
-                let mut have = Vec::new();
-                loop {
-                    let Ok(n) = tcp.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    have.extend_from_slice(&buf[..n]);
-                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                        have.drain(..end + 4);
-                        c.fetch_add(1, Ordering::SeqCst);
-                        if hold {
-                            continue;
-                        }
-                        let resp = "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx";
-                        if tcp.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, count)
-}
 
 fn ep(a: SocketAddr, healthy: bool) -> String {
     let status = if healthy { "HEALTHY" } else { "UNHEALTHY" };
@@ -103,9 +62,9 @@ fn load(c: &AtomicUsize) -> usize {
 
 #[tokio::test]
 async fn localities_take_their_weight_of_the_load() {
-    let (a, ca) = counted(false).await;
-    let (b, cb) = counted(false).await;
-    let (z, cz) = counted(false).await;
+    let (a, ca) = counting_upstream(200, false).await;
+    let (b, cb) = counting_upstream(200, false).await;
+    let (z, cz) = counting_upstream(200, false).await;
     // A weighs 1, B 3; Z has no weight: no traffic under locality weighting.
     let c = weighted_cluster(
         &[
@@ -131,9 +90,9 @@ async fn localities_take_their_weight_of_the_load() {
 /// at most 1): half its hosts healthy makes 0.7 of its weight.
 #[tokio::test]
 async fn a_locality_with_unhealthy_hosts_takes_less() {
-    let (a1, ca) = counted(false).await;
-    let (a2, _) = counted(false).await;
-    let (b, cb) = counted(false).await;
+    let (a1, ca) = counting_upstream(200, false).await;
+    let (a2, _) = counting_upstream(200, false).await;
+    let (b, cb) = counting_upstream(200, false).await;
     let c = weighted_cluster(
         &[
             (Some(1), vec![ep(a1, true), ep(a2, false)]),
@@ -156,8 +115,8 @@ async fn a_locality_with_unhealthy_hosts_takes_less() {
 /// share, as in Envoy.
 #[tokio::test]
 async fn panic_ignores_localities() {
-    let (a, ca) = counted(false).await;
-    let (b, cb) = counted(false).await;
+    let (a, ca) = counting_upstream(200, false).await;
+    let (b, cb) = counting_upstream(200, false).await;
     let c = weighted_cluster(
         &[
             (Some(1), vec![ep(a, false)]),
@@ -205,8 +164,8 @@ fn locality_weighting_is_refused_where_not_implemented() {
 async fn active_request_bias_steers_away_from_busy_hosts() {
     let mut held = Vec::new();
     for (bias, range) in [("1.0", 0..=14), ("0.0", 16..=80)] {
-        let (slow, cs) = counted(true).await;
-        let (fast, _) = counted(false).await;
+        let (slow, cs) = counting_upstream(200, true).await;
+        let (fast, _) = counting_upstream(200, false).await;
         let c = format!(
             "{{name: c, connect_timeout: 1s, lb_policy: LEAST_REQUEST, least_request_lb_config: {{active_request_bias: {{default_value: {bias}}}}}, load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}, load_balancing_weight: 1}}, {{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}, load_balancing_weight: 2}}]}}]}}}}",
             slow.port(),
@@ -254,8 +213,8 @@ async fn active_request_bias_steers_away_from_busy_hosts() {
 /// window; the endpoints already there are out of theirs.
 #[tokio::test]
 async fn a_new_endpoint_warms_up() {
-    let (a, ca) = counted(false).await;
-    let (b, cb) = counted(false).await;
+    let (a, ca) = counting_upstream(200, false).await;
+    let (b, cb) = counting_upstream(200, false).await;
     let mut ads = AdsServer::tcp(0).await;
     let boot = bootstrap(&ads.addr, false);
     let proxy = Proxy::start(&boot, &one_core("legacy")).await;

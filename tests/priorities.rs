@@ -6,46 +6,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use support::*;
-
-/// An upstream answering `status` to everything, counting requests.
-async fn counted(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let c = c.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 4096];
-                let mut have = Vec::new();
-                loop {
-                    let Ok(n) = tcp.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    have.extend_from_slice(&buf[..n]);
-                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                        have.drain(..end + 4);
-                        c.fetch_add(1, Ordering::SeqCst);
-                        let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 1\r\n\r\nx");
-                        if tcp.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, count)
-}
 
 /// A STATIC cluster `c` whose localities are (priority, [(address, healthy)]).
 fn cluster_with(levels: &[(u32, Vec<(SocketAddr, bool)>)], extra: &str) -> String {
@@ -95,9 +58,9 @@ async fn send_n(p: &Proxy, n: usize) -> usize {
 
 #[tokio::test]
 async fn the_highest_priority_takes_what_its_health_allows() {
-    let (a, na) = counted(200).await;
-    let (b, nb) = counted(200).await;
-    let (c, nc) = counted(200).await;
+    let (a, na) = counting_upstream(200, false).await;
+    let (b, nb) = counting_upstream(200, false).await;
+    let (c, nc) = counting_upstream(200, false).await;
     // All healthy: P1 takes nothing.
     let p = proxy(&[(0, vec![(a, true), (b, true)]), (1, vec![(c, true)])], "").await;
     assert_eq!(send_n(&p, 20).await, 20);
@@ -143,8 +106,8 @@ async fn the_highest_priority_takes_what_its_health_allows() {
 
 #[tokio::test]
 async fn total_panic_splits_by_host_count() {
-    let (a, na) = counted(200).await;
-    let (c, nc) = counted(200).await;
+    let (a, na) = counting_upstream(200, false).await;
+    let (c, nc) = counting_upstream(200, false).await;
     let p = proxy(&[(0, vec![(a, false)]), (1, vec![(c, false)])], "").await;
     assert_eq!(send_n(&p, 200).await, 200);
     let (ta, tc) = (na.load(Ordering::SeqCst), nc.load(Ordering::SeqCst));
@@ -165,8 +128,8 @@ async fn total_panic_splits_by_host_count() {
 async fn an_ejected_host_fails_over_to_the_next_priority() {
     // Istio's locality failover: DestinationRule outlier detection, the local zone's
     // endpoints at P0, the next at P1.
-    let (bad, nbad) = counted(503).await;
-    let (good, ngood) = counted(200).await;
+    let (bad, nbad) = counting_upstream(503, false).await;
+    let (good, ngood) = counting_upstream(200, false).await;
     let p = proxy(
         &[(0, vec![(bad, true)]), (1, vec![(good, true)])],
         "outlier_detection: {consecutive_5xx: 2, interval: 0.2s, base_ejection_time: 30s, max_ejection_percent: 100}, common_lb_config: {healthy_panic_threshold: {value: 0}},",

@@ -825,3 +825,43 @@ pub fn refusing_addr() -> (socket2::Socket, SocketAddr) {
     let addr = s.local_addr().unwrap().as_socket().unwrap();
     (s, addr)
 }
+
+/// A raw HTTP/1.1 upstream that answers every request `status` with a one-byte body and
+/// counts the requests; with `hold`, it counts them and never answers (each stays in
+/// flight).
+pub async fn counting_upstream(status: u16, hold: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut have = Vec::new();
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    have.extend_from_slice(&buf[..n]);
+                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                        have.drain(..end + 4);
+                        c.fetch_add(1, Ordering::SeqCst);
+                        if hold {
+                            continue;
+                        }
+                        let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 1\r\n\r\nx");
+                        if tcp.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
