@@ -181,8 +181,9 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
             r.set(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
             r.set(
                 R::RemainingRetries as usize,
+                // Envoy clears the gauge under a retry budget (its remaining is meaningless).
                 match th.retry_budget {
-                    Some(_) => retry_limit.saturating_sub(retries),
+                    Some(_) => 0,
                     None => th.max_retries.saturating_sub(retries),
                 },
             );
