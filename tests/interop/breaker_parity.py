@@ -7,13 +7,12 @@ upstreams), the same requests, and the same answers and counters.
 """
 import http.server
 import os
-import socket
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tally import check, report, same  # noqa: E402
+from tally import check, fetch, report, same  # noqa: E402
 from envoy_parity import start_pair, stats  # noqa: E402
 
 
@@ -80,19 +79,7 @@ static_resources:
 
 
 def get(port, path):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".encode())
-    s.settimeout(5)
-    data = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-    except socket.timeout:
-        pass
-    s.close()
+    data = fetch(port, f"GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".encode())
     return data.split(b"\r\n")[0].decode()
 
 

@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tally import FAILS, check, report, same  # noqa: E402
+from tally import FAILS, check, fetch, report, same  # noqa: E402
 from envoy_parity import start_pair, stats  # noqa: E402
 
 def http_upstream(name, health_status, immediate=False):
@@ -103,19 +103,7 @@ def flags(pair, name, ports):
 def reached(port, n):
     got = {}
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET /x HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
-        s.settimeout(5)
-        data = b""
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                data += d
-        except socket.timeout:
-            pass
-        s.close()
+        data = fetch(port, b"GET /x HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
         body = data.partition(b"\r\n\r\n")[2].decode()
         got[body.split("-")[-1]] = got.get(body.split("-")[-1], 0) + 1
     return sorted(got)

@@ -11,12 +11,11 @@ Ringside's weighted picks for least request are random draws).
 """
 import http.server
 import os
-import socket
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tally import FAILS, check, report  # noqa: E402
+from tally import FAILS, check, fetch, report  # noqa: E402
 from envoy_parity import start_pair  # noqa: E402
 
 def named(name):
@@ -76,19 +75,7 @@ def localities(ls):
 def counts(port, n):
     got = {}
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET / HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
-        s.settimeout(5)
-        data = b""
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                data += d
-        except socket.timeout:
-            pass
-        s.close()
+        data = fetch(port, b"GET / HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
         name = data.partition(b"\r\n\r\n")[2].decode() or data.split(b"\r\n")[0].decode()
         got[name] = got.get(name, 0) + 1
     return got

@@ -12,14 +12,13 @@ ejected (every line Ringside prints must be one Envoy prints), and the outlier e
 import http.server
 import json
 import os
-import socket
 import sys
 import threading
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tally import FAILS, check, report, same  # noqa: E402
+from tally import FAILS, check, fetch, report, same  # noqa: E402
 from envoy_parity import free_port, start_pair, stats  # noqa: E402
 
 def backend(status):
@@ -77,19 +76,7 @@ def get(port, n):
     """`n` requests, one connection each; the statuses in order."""
     out = []
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"GET /x HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
-        s.settimeout(5)
-        data = b""
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                data += d
-        except socket.timeout:
-            pass
-        s.close()
+        data = fetch(port, b"GET /x HTTP/1.1\r\nhost: c\r\nconnection: close\r\n\r\n")
         out.append(int(data.split(b" ")[1]) if data.count(b" ") else 0)
     return out
 

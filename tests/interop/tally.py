@@ -1,6 +1,7 @@
-"""The pass/fail tally the parity scripts share: `check` a condition, compare Envoy's and
-Ringside's values with `same`, and `report` at the end ('N passed, M failed'; the exit
-status)."""
+"""What the parity scripts share: the pass/fail tally (`check` a condition, compare
+Envoy's and Ringside's values with `same`, `report` at the end: 'N passed, M failed' and
+the exit status), and `fetch`, one request on a connection of its own."""
+import socket
 
 FAILS = []
 PASSED = [0]
@@ -21,3 +22,22 @@ def same(label, e, r):
 def report():
     print(f"{PASSED[0]} passed, {len(FAILS)} failed")
     return 1 if FAILS else 0
+
+
+def fetch(port, raw, timeout=5):
+    """Sends `raw` on a new connection to 127.0.0.1:`port`; all that comes back until the
+    peer closes (or `timeout` seconds pass quietly)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(raw)
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+    except socket.timeout:
+        pass
+    s.close()
+    return data
