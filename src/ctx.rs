@@ -513,9 +513,24 @@ pub struct Downstream {
     pub client_cert: Option<std::rc::Rc<crate::peer_cert::ClientCert>>,
     /// SNI and identities, on TLS chains whose RBAC or `istio_authn` read them.
     pub authn: Option<std::rc::Rc<crate::rbac::Authn>>,
+    /// The connection's filter state objects (the network `set_filter_state`'s).
+    pub objects: Option<std::rc::Rc<[crate::model::filter_state::Object]>>,
 }
 
 impl Downstream {
+    /// The connection's filter state object `key`: `set_filter_state`'s, else
+    /// `istio_authn`'s principals (on chains where it runs).
+    pub fn filter_object(
+        &self,
+        key: &str,
+        istio_authn: bool,
+    ) -> Option<crate::model::filter_state::Found<'_>> {
+        self.objects
+            .as_deref()
+            .and_then(|o| crate::model::filter_state::find(o, key))
+            .or_else(|| self.authn.as_deref()?.filter_object(key, istio_authn))
+    }
+
     /// Whether connecting to the destination (an ORIGINAL_DST cluster) would come back to
     /// the socket that accepted this connection: a loop.
     pub fn loops_back(&self) -> bool {

@@ -75,6 +75,20 @@ impl Authn {
         (peer.unwrap_or(""), local.unwrap_or(""))
     }
 
+    /// A filter state object `istio_authn` sets, by key: Istio's principals hash (its
+    /// `Principal` objects are `Hashable`).
+    pub fn filter_object(
+        &self,
+        key: &str,
+        istio_authn: bool,
+    ) -> Option<crate::model::filter_state::Found<'_>> {
+        self.filter_state(key, istio_authn)
+            .map(|value| crate::model::filter_state::Found {
+                value,
+                hashable: true,
+            })
+    }
+
     /// Filter state as `istio_authn` sets it (only on chains where it runs), by key.
     pub fn filter_state(&self, key: &str, istio_authn: bool) -> Option<&str> {
         if !istio_authn || self.peer.is_none() {

@@ -144,7 +144,7 @@ fn what_consistent_hashing_cannot_do_is_refused_by_name() {
         ("ttl", "{cookie: {name: s, ttl: -10s}}", "lb_policy: RING_HASH,"),
         ("cookie.path", "{cookie: {name: s, ttl: 10s, path: 'a;b'}}", "lb_policy: RING_HASH,"),
         ("regex_rewrite.pattern", "{header: {header_name: x, regex_rewrite: {pattern: {regex: '('}, substitution: b}}}", "lb_policy: RING_HASH,"),
-        ("filter_state", "{filter_state: {key: k}}", "lb_policy: RING_HASH,"),
+        ("filter_state.key", "{filter_state: {key: ''}}", "lb_policy: RING_HASH,"),
         ("hash_function", header, "lb_policy: RING_HASH, ring_hash_lb_config: {hash_function: MURMUR_HASH_2},"),
         ("table_size", header, "lb_policy: MAGLEV, maglev_lb_config: {table_size: 100},"),
         ("maglev_lb_config", header, "lb_policy: RING_HASH, maglev_lb_config: {table_size: 7},"),
@@ -156,12 +156,12 @@ fn what_consistent_hashing_cannot_do_is_refused_by_name() {
     }
 }
 
-/// The TCP proxy's `hash_policy`: `source_ip` (compared with Envoy in
-/// tests/interop/hash_parity.py); a filter-state key is refused by name, as are two.
+/// The TCP proxy's `hash_policy`: `source_ip` and `filter_state` (compared with Envoy in
+/// tests/interop/hash_parity.py); an empty filter-state key is refused by name, as are two.
 #[test]
 fn tcp_proxy_hash_policies_are_checked() {
     for (policy, want) in [
-        ("[{filter_state: {key: x}}]", "filter_state"),
+        ("[{filter_state: {key: ''}}]", "filter_state.key"),
         (
             "[{source_ip: {}}, {source_ip: {}}]",
             "at most one hash policy",

@@ -159,10 +159,11 @@ SUBSET = {
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": [
         "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
         "max_downstream_connection_duration", "access_log", "hash_policy"],
-    # The TCP proxy's consistent-hash key: the source IP (Istio's useSourceIp); filter
-    # state is refused by name.
-    "envoy.type.v3.HashPolicy": ["source_ip"],
+    # The TCP proxy's consistent-hash key: the source IP (Istio's useSourceIp) or a
+    # hashable filter state object.
+    "envoy.type.v3.HashPolicy": ["source_ip", "filter_state"],
     "envoy.type.v3.HashPolicy.SourceIp": [],
+    "envoy.type.v3.HashPolicy.FilterState": ["key"],
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": ["clusters"],
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": [
         "name", "weight"],
@@ -410,15 +411,20 @@ SUBSET = {
                                                               "runtime_fraction", "trace_sampled",
                                                               "disable_shadow_host_suffix_append",
                                                               "host_rewrite_literal"],
-    # Consistent hashing's request keys; a header rewrite and filter state are refused by
-    # name.
+    # Consistent hashing's request keys.
     "envoy.config.route.v3.RouteAction.HashPolicy": ["header", "cookie", "connection_properties",
-                                                     "query_parameter", "terminal"],
+                                                     "query_parameter", "filter_state",
+                                                     "terminal"],
+    "envoy.config.route.v3.RouteAction.HashPolicy.FilterState": ["key"],
     "envoy.config.route.v3.RouteAction.HashPolicy.Header": ["header_name", "regex_rewrite"],
     "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": ["name", "ttl", "path", "attributes"],
     "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": ["name", "value"],
     "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties": ["source_ip"],
     "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": ["name"],
+    # Filter state objects set from a format string (HTTP and network filters).
+    "envoy.extensions.filters.common.set_filter_state.v3.FilterStateValue": ["*"],
+    "envoy.extensions.filters.http.set_filter_state.v3.Config": ["on_request_headers"],
+    "envoy.extensions.filters.network.set_filter_state.v3.Config": ["on_new_connection"],
     # Retries; retry_priority and retry_options_predicates are refused by name.
     "envoy.config.route.v3.RetryPolicy": ["retry_on", "num_retries", "per_try_timeout",
                                           "per_try_idle_timeout", "retry_host_predicate",
@@ -606,6 +612,9 @@ MODULES = [
     "xds.core.v3.cidr_pb2",
     "envoy.extensions.matching.common_inputs.network.v3.network_inputs_pb2",
     "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.filters.common.set_filter_state.v3.value_pb2",
+    "envoy.extensions.filters.http.set_filter_state.v3.set_filter_state_pb2",
+    "envoy.extensions.filters.network.set_filter_state.v3.set_filter_state_pb2",
     "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
     "envoy.extensions.transport_sockets.tls.v3.common_pb2",
     "envoy.extensions.transport_sockets.tls.v3.secret_pb2",

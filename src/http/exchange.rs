@@ -57,6 +57,16 @@ pub(crate) trait Exchange {
     fn added_headers(&self) -> &[(Box<str>, Vec<u8>)] {
         &[]
     }
+    /// The filter state objects the request's filters set.
+    fn filter_objects(&self) -> &[crate::model::filter_state::Object] {
+        &[]
+    }
+    /// The filter state object `key`: the request's own, else the connection's
+    /// (`istio_authn`'s principals).
+    fn filter_object(&self, key: &str) -> Option<crate::model::filter_state::Found<'_>> {
+        crate::model::filter_state::find(self.filter_objects(), key)
+            .or_else(|| self.down().filter_object(key, self.hcm().istio_authn))
+    }
     /// The `grpc-status` a gRPC call's response carried (trailers over headers), where
     /// the request path watched for it.
     fn grpc_status_seen(&self) -> Option<i32> {

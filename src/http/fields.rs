@@ -86,3 +86,13 @@ pub(crate) fn format_value<E: Exchange + ?Sized>(
 ) {
     format.write(&ReqCtx(conn), b"", out);
 }
+
+/// Appends the text of `format` over the request, missing values written as `missing`.
+pub(crate) fn format_text<E: Exchange + ?Sized>(
+    conn: &E,
+    format: &crate::model::format::Format,
+    missing: &[u8],
+    out: &mut Vec<u8>,
+) {
+    format.write(&ReqCtx(conn), missing, out);
+}

@@ -63,9 +63,7 @@ pub(crate) fn write_command<E: Exchange + ?Sized>(c: &E, cmd: &Command, out: &mu
             metadata_value(v, out)
         }
         Command::FilterState(key, plain) => {
-            let v = c
-                .authn()
-                .and_then(|a| a.filter_state(key, c.hcm().istio_authn));
+            let v = c.filter_object(key).map(|f| f.value);
             match (v, plain) {
                 (None, _) => Val::None,
                 (Some(v), true) => text(out, v.as_bytes()),

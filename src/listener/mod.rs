@@ -476,6 +476,7 @@ async fn handle(
         tls: chain.tls.is_some(),
         client_cert: None,
         authn: None,
+        objects: None,
     };
     let stream = match chain.tls.clone() {
         None => MaybeTls::Plain(stream),
@@ -500,6 +501,7 @@ async fn handle(
                 // Telemetry only: an unreadable certificate leaves the principals unknown.
                 down.authn = crate::tls::authn(&s, &tls).map(std::rc::Rc::new);
             }
+            rbac::set_objects(chain, &mut down, None, &ctx.hostname);
             if let Err(why) = rbac::allows(chain, &down, None, ctx.core) {
                 return denied(&ctx, &filter, &down, why);
             }
@@ -521,6 +523,7 @@ async fn handle(
     // Network RBAC decides before the terminal filter sees a byte (TLS chains: above).
     let sni = info.sniffed.and_then(|s| s.server_name.as_deref());
     if chain.tls.is_none() {
+        rbac::set_objects(chain, &mut down, sni, &ctx.hostname);
         if let Err(why) = rbac::allows(chain, &down, sni, ctx.core) {
             return denied(&ctx, &filter, &down, why);
         }

@@ -1,7 +1,36 @@
-//! `envoy.filters.network.rbac` on a connection, before its terminal filter sees a byte.
+//! What a chain's filters before its terminal one do to a new connection: the network
+//! `set_filter_state`'s objects, then `envoy.filters.network.rbac`, before the terminal
+//! filter sees a byte.
 
 use crate::ctx::Downstream;
 use crate::model::chain::FilterChain;
+
+/// The network `set_filter_state`'s objects, set as the connection opens (before RBAC
+/// reads them). `sni`: what the TLS inspector read on a chain that does not terminate TLS.
+pub(super) fn set_objects(
+    chain: &FilterChain,
+    down: &mut Downstream,
+    sni: Option<&str>,
+    hostname: &str,
+) {
+    let Some(values) = &chain.objects else {
+        return;
+    };
+    if let (None, Some(sni)) = (&down.authn, sni) {
+        // TLS passed through: the values' server name is the sniffed SNI.
+        down.authn = Some(std::rc::Rc::new(crate::rbac::Authn {
+            sni: sni.into(),
+            peer: None,
+            local_principal: None,
+        }));
+    }
+    down.objects = Some(crate::tcp::log::connection_objects(
+        values,
+        down,
+        chain.istio_authn,
+        hostname,
+    ));
+}
 
 /// The chain's network RBAC filters, in order, on a new connection: `Err` with Envoy's
 /// connection termination details when one denies it (the connection is then closed). Envoy evaluates on the first byte the client sends;
@@ -65,7 +94,6 @@ impl crate::rbac::Input for ConnInput<'_> {
         self.0.authn.as_deref()?.peer.as_ref()
     }
     fn filter_state(&self, key: &str) -> Option<&str> {
-        // Only `istio_authn` sets these, on chains where it runs.
-        self.0.authn.as_deref()?.filter_state(key, self.1)
+        self.0.filter_object(key, self.1).map(|f| f.value)
     }
 }

@@ -27,6 +27,8 @@ pub struct FilterChain {
     /// Istio's `istio_authn` runs on the chain: the peer's SPIFFE identity is the filter
     /// state `io.istio.peer_principal`.
     pub istio_authn: bool,
+    /// `set_filter_state` on the connection: its objects, set when it opens.
+    pub objects: Option<Arc<[super::filter_state::SetValue]>>,
 }
 
 impl FilterChain {

@@ -53,6 +53,8 @@ pub enum FilterKind {
     Compressor(Arc<super::compressor::Compressor>),
     Rbac(Arc<super::rbac::RbacFilter>),
     JwtAuthn(Arc<super::jwt::JwtAuthn>),
+    /// `set_filter_state`: objects set from the request's headers.
+    SetFilterState(Arc<[super::filter_state::SetValue]>),
     ExtAuthz(Arc<ExtAuthz>),
     /// `istio.stats`.
     IstioStats(Arc<super::istio::IstioStats>),

@@ -19,6 +19,7 @@ mod dump;
 pub use dump::{DumpEntry, DynamicDump};
 pub mod access_log;
 pub mod filter;
+pub mod filter_state;
 pub mod flags;
 pub mod format;
 pub mod headers;
@@ -41,7 +42,7 @@ pub mod runtime;
 mod tcp_proxy;
 pub mod tls;
 pub mod tracing;
-pub use tcp_proxy::TcpProxy;
+pub use tcp_proxy::{TcpHash, TcpProxy};
 pub mod xfcc;
 
 pub use convert::ConvertError;

@@ -226,6 +226,8 @@ pub enum HashKey {
     SourceIp,
     /// A query parameter's first value.
     QueryParameter(Box<str>),
+    /// A filter state object's hash, when the object is hashable.
+    FilterState(Box<str>),
 }
 
 /// One `RouteAction.upgrade_configs` entry.

@@ -26,9 +26,17 @@ pub struct TcpProxy {
     /// One line per connection, when it ends.
     pub access_logs: Vec<super::AccessLog>,
     pub log_needs: super::access_log::LogNeeds,
-    /// `hash_policy` `source_ip`: a consistent-hash cluster's key is the client's address
-    /// (Istio's `useSourceIp` for TCP services).
-    pub hash_source_ip: bool,
+    /// `hash_policy`: a consistent-hash cluster's key.
+    pub hash: Option<TcpHash>,
+}
+
+/// What the TCP proxy's `hash_policy` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpHash {
+    /// The client's address (Istio's `useSourceIp` for TCP services).
+    SourceIp,
+    /// The connection's filter state object, when it is hashable.
+    FilterState(Box<str>),
 }
 
 impl TcpProxy {

@@ -12,7 +12,7 @@ use crate::model::TcpProxy;
 use super::Outcome;
 
 struct Line<'a> {
-    tp: &'a TcpProxy,
+    istio_authn: bool,
     conn: &'a Downstream,
     out: &'a Outcome,
     hostname: &'a str,
@@ -90,7 +90,11 @@ impl Context for Line<'_> {
                     .unwrap_or(""),
             ),
             Command::FilterState(key, plain) => {
-                match authn.and_then(|a| a.filter_state(key, self.tp.istio_authn)) {
+                match self
+                    .conn
+                    .filter_object(key, self.istio_authn)
+                    .map(|f| f.value)
+                {
                     None => Val::None,
                     Some(v) if *plain => text(out, v),
                     Some(v) => {
@@ -155,7 +159,7 @@ impl LogFacts for Line<'_> {
 pub(super) fn write(ctx: &CoreCtx, tp: &TcpProxy, conn: &Downstream, out: &Outcome) {
     let snapshot = ctx.snapshot();
     let line = Line {
-        tp,
+        istio_authn: tp.istio_authn,
         conn,
         out,
         hostname: &ctx.hostname,
@@ -175,4 +179,36 @@ pub(super) fn write(ctx: &CoreCtx, tp: &TcpProxy, conn: &Downstream, out: &Outco
         }
         ctx.log_line(log.sink, |buf| log.format.write(&line, b"-", buf));
     }
+}
+
+/// The network `set_filter_state`'s objects for a new connection, each value formatted
+/// over it (a missing value is `-`, as in Envoy's formatter).
+pub(crate) fn connection_objects(
+    values: &[crate::model::filter_state::SetValue],
+    conn: &Downstream,
+    istio_authn: bool,
+    hostname: &str,
+) -> std::rc::Rc<[crate::model::filter_state::Object]> {
+    let out = Outcome {
+        start: Some((std::time::SystemTime::now(), std::time::Instant::now())),
+        flags: "-",
+        ..Outcome::default()
+    };
+    let mut objects = Vec::with_capacity(values.len());
+    let mut buf = Vec::new();
+    for v in values {
+        // Each value sees those set before it.
+        let mut c = conn.clone();
+        c.objects = Some(objects.clone().into());
+        let line = Line {
+            istio_authn,
+            conn: &c,
+            out: &out,
+            hostname,
+        };
+        buf.clear();
+        v.format.write(&line, b"-", &mut buf);
+        crate::model::filter_state::put(&mut objects, v, &buf);
+    }
+    objects.into()
 }

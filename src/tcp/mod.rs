@@ -13,11 +13,11 @@ use monoio::io::AsyncWriteRentExt;
 
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
 use crate::io::{MaybeTls, Tunnel};
-use crate::model::{Cluster, Discovery, TcpProxy};
+use crate::model::{Cluster, Discovery, TcpHash, TcpProxy};
 use crate::stats::{ClusterStat, TcpStat};
 use crate::tls::UpIo;
 
-mod log;
+pub(crate) mod log;
 mod telemetry;
 
 /// Serves one downstream connection; `prefix` holds bytes the listener filters read.
@@ -331,10 +331,18 @@ async fn connect(
             }
             crate::model::Endpoint::at(conn.dst)
         } else {
-            // Envoy's SourceIp hash: xxHash64 of the client's address as text.
-            let key = tp.hash_source_ip.then(|| {
-                crate::upstream::hash::xxh64_parts(&[conn.peer.ip().to_string().as_bytes()])
-            });
+            let key = match &tp.hash {
+                None => None,
+                // Envoy's SourceIp hash: xxHash64 of the client's address as text.
+                Some(TcpHash::SourceIp) => Some(crate::upstream::hash::xxh64_parts(&[conn
+                    .peer
+                    .ip()
+                    .to_string()
+                    .as_bytes()])),
+                Some(TcpHash::FilterState(k)) => {
+                    conn.filter_object(k, tp.istio_authn).and_then(|f| f.hash())
+                }
+            };
             let picked = ctx
                 .upstreams
                 .borrow_mut()

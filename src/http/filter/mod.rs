@@ -170,6 +170,8 @@ pub(crate) struct State {
     pub request_body: Option<Box<BufferedBody>>,
     /// Istio's metadata exchange and `istio.stats`.
     pub istio: Option<Box<istio::Telemetry>>,
+    /// Filter state objects (`set_filter_state`'s).
+    pub objects: Vec<crate::model::filter_state::Object>,
 }
 
 impl State {
@@ -217,6 +219,7 @@ impl State {
             || self.invalid_header.is_some()
             || self.request_body.is_some()
             || self.istio.is_some()
+            || !self.objects.is_empty()
         {
             *self = State::default();
         }
@@ -330,6 +333,7 @@ pub(crate) fn decode_headers<E: FilterHost>(
                 }
             }
             FilterKind::PeerMetadata(p) => istio::exchange(x, p, routed.cluster()),
+            FilterKind::SetFilterState(values) => set_filter_state(x, values),
             FilterKind::IstioStats(s) => istio::stats(x, s),
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
@@ -343,6 +347,17 @@ pub(crate) fn decode_headers<E: FilterHost>(
         }
     }
     Ok(Step::Done)
+}
+
+/// `set_filter_state`: each value formatted over the request (a missing one is `-`, as in
+/// Envoy's formatter), in order, so a later value reads an earlier one.
+fn set_filter_state<E: FilterHost>(x: &mut E, values: &[crate::model::filter_state::SetValue]) {
+    let mut buf = Vec::new();
+    for v in values {
+        buf.clear();
+        crate::http::fields::format_text(&*x, &v.format, b"-", &mut buf);
+        crate::model::filter_state::put(&mut x.filter_state_mut().objects, v, &buf);
+    }
 }
 
 /// Whether the encode phase sets response header `name` itself (an upstream's copy is

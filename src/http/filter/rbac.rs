@@ -195,7 +195,7 @@ impl<E: FilterHost> Input for Request<'_, E> {
         self.0.authn()?.peer.as_ref()
     }
     fn filter_state(&self, key: &str) -> Option<&str> {
-        self.0.authn()?.filter_state(key, self.0.hcm().istio_authn)
+        self.0.filter_object(key).map(|f| f.value)
     }
     fn metadata(&self, filter: &str) -> Option<&serde_json::Value> {
         self.0.filter_state().metadata.as_ref()?.get(filter)

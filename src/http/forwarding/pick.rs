@@ -127,6 +127,7 @@ pub(crate) fn request_hash<E: crate::http::filter::FilterHost + ?Sized>(
             HashKey::QueryParameter(name) => {
                 query(x.bytes(&x.log().path), name.as_bytes()).map(|v| xxh64_parts(&[v]))
             }
+            HashKey::FilterState(key) => x.filter_object(key).and_then(|f| f.hash()),
         };
         if let Some(h) = h {
             key = Some(combine(key, h));

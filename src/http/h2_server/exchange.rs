@@ -61,6 +61,9 @@ impl Exchange for Stream {
     fn dynamic_metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
         self.filters.metadata.as_deref()
     }
+    fn filter_objects(&self) -> &[crate::model::filter_state::Object] {
+        &self.filters.objects
+    }
     fn accept_encoding_removed(&self) -> bool {
         self.filters
             .compression

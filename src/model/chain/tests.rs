@@ -11,6 +11,7 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
             tls: None,
             rbac: Box::default(),
             istio_authn: false,
+            objects: None,
         })
         .collect();
     let default = default.then(|| {
@@ -20,6 +21,7 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
             tls: None,
             rbac: Box::default(),
             istio_authn: false,
+            objects: None,
         });
         matches.push(ChainMatch::default());
         chains.len() - 1

@@ -251,23 +251,7 @@ pub(super) fn access_log(
         Given::Default => text(DEFAULT_ACCESS_LOG, &fpath)?,
         Given::Text(t) => text(&t, &format!("{path}.typed_config.format"))?,
         Given::Json(j) => json(&j, &format!("{path}.typed_config.json_format"))?,
-        Given::Sfs(sfs) => {
-            use core::substitution_format_string::Format as F;
-            let mut f = match &sfs.format {
-                Some(F::TextFormatSource(ds)) => {
-                    let at = format!("{fpath}.text_format_source");
-                    let bytes = data_source(ds, res, &at)?;
-                    let t = String::from_utf8(bytes.to_vec())
-                        .map_err(|_| err(res, &at, "format is not UTF-8"))?;
-                    text(&t, &at)?
-                }
-                Some(F::TextFormat(t)) => text(t, &format!("{fpath}.text_format"))?,
-                Some(F::JsonFormat(j)) => json(j, &format!("{fpath}.json_format"))?,
-                None => text(DEFAULT_ACCESS_LOG, &fpath)?,
-            };
-            f.omit_empty = sfs.omit_empty_values;
-            f
-        }
+        Given::Sfs(sfs) => substitution_format(&sfs, DEFAULT_ACCESS_LOG, res, &fpath)?,
     };
     let filter = al
         .filter
@@ -280,6 +264,32 @@ pub(super) fn access_log(
         filter,
         otel,
     })
+}
+
+/// A `SubstitutionFormatString` (`default` when it names no format).
+pub(super) fn substitution_format(
+    sfs: &core::SubstitutionFormatString,
+    default: &str,
+    res: &str,
+    fpath: &str,
+) -> Result<Format, ConvertError> {
+    use core::substitution_format_string::Format as F;
+    let text = |t: &str, at: &str| Format::parse(t).map_err(|e| err(res, at, e));
+    let json = |j: &prost_types::Struct, at: &str| Format::json(j).map_err(|e| err(res, at, e));
+    let mut f = match &sfs.format {
+        Some(F::TextFormatSource(ds)) => {
+            let at = format!("{fpath}.text_format_source");
+            let bytes = data_source(ds, res, &at)?;
+            let t = String::from_utf8(bytes.to_vec())
+                .map_err(|_| err(res, &at, "format is not UTF-8"))?;
+            text(&t, &at)?
+        }
+        Some(F::TextFormat(t)) => text(t, &format!("{fpath}.text_format"))?,
+        Some(F::JsonFormat(j)) => json(j, &format!("{fpath}.json_format"))?,
+        None => text(default, fpath)?,
+    };
+    f.omit_empty = sfs.omit_empty_values;
+    Ok(f)
 }
 
 fn comparison(

@@ -40,7 +40,7 @@ pub(super) fn chains(
     let mut matches = Vec::with_capacity(l.filter_chains.len() + 1);
     for (i, c) in l.filter_chains.iter().enumerate() {
         let path = format!("filter_chains[{i}]");
-        let (filter, rbac, istio_authn) = super::hcm::chain_filter(c, res, &path, ctx)?;
+        let (filter, rbac, istio_authn, objects) = super::hcm::chain_filter(c, res, &path, ctx)?;
         let name: Arc<str> = if c.name.is_empty() {
             format!("{}#{i}", l.name).into()
         } else {
@@ -59,6 +59,7 @@ pub(super) fn chains(
             tls,
             rbac,
             istio_authn,
+            objects,
         });
         let m = match &c.filter_chain_match {
             Some(m) => chain_match(m, res, &format!("{path}.filter_chain_match"))?,
@@ -68,7 +69,7 @@ pub(super) fn chains(
     }
     let default = match &l.default_filter_chain {
         Some(c) => {
-            let (filter, rbac, istio_authn) =
+            let (filter, rbac, istio_authn, objects) =
                 super::hcm::chain_filter(c, res, "default_filter_chain", ctx)?;
             // Envoy ignores it ("the filter chain match is ignored in this field"); istiod
             // sends an empty one. A non-empty one is counted as ignored.
@@ -97,6 +98,7 @@ pub(super) fn chains(
                 tls,
                 rbac,
                 istio_authn,
+                objects,
             });
             matches.push(ChainMatch::default());
             Some(chains.len() - 1)

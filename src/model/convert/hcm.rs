@@ -33,6 +33,7 @@ pub(super) fn chain_filter(
     let mut skipped = 0;
     let mut rbac = Vec::new();
     let mut istio_authn = false;
+    let mut objects: Option<Arc<[crate::model::filter_state::SetValue]>> = None;
     let mut tcp: TcpTelemetry = (None, None);
     while let [f, _, ..] = filters {
         let path = format!("{cpath}.filters[{skipped}]");
@@ -57,6 +58,17 @@ pub(super) fn chain_filter(
                 authn_config(any, res, &path)?;
                 istio_authn = true;
             }
+            Some(any) if any_type(any) == super::filter_state::NETWORK => {
+                use crate::proto::envoy::extensions::filters::network::set_filter_state::v3 as sfs;
+                let m: sfs::Config = decode_any(any, super::filter_state::NETWORK, res, &path)?;
+                let at = format!("{path}.typed_config.on_new_connection");
+                let values = super::filter_state::values(&m.on_new_connection, res, &at)?;
+                // Two filters set one list, in order.
+                objects = Some(match objects.take() {
+                    None => values.into(),
+                    Some(o) => o.iter().cloned().chain(values.into_vec()).collect(),
+                });
+            }
             Some(any) if any_type(any) == super::rbac::NETWORK => {
                 let m = decode_any(any, super::rbac::NETWORK, res, &path)?;
                 rbac.push(Arc::new(super::rbac::network(
@@ -71,7 +83,7 @@ pub(super) fn chain_filter(
         filters = &filters[1..];
         skipped += 1;
     }
-    let with = |f: NetworkFilter| (f, rbac.into_boxed_slice(), istio_authn);
+    let with = |f: NetworkFilter| (f, rbac.into_boxed_slice(), istio_authn, objects);
     match filters {
         [f] => network_filter(
             f,
@@ -115,11 +127,13 @@ pub(super) fn chain_filter(
     }
 }
 
-/// A chain's terminal filter, its network RBAC filters and whether `istio_authn` runs.
+/// A chain's terminal filter, its network RBAC filters, whether `istio_authn` runs and
+/// the connection's `set_filter_state` values.
 pub(super) type ChainFilters = (
     NetworkFilter,
     Box<[Arc<crate::model::rbac::RbacFilter>]>,
     bool,
+    Option<Arc<[crate::model::filter_state::SetValue]>>,
 );
 
 /// Istio's TCP metadata exchange and network `istio.stats` before a chain's terminal filter.

@@ -182,6 +182,14 @@ pub(super) fn http_filters(
                     ctx,
                 )?))
             }
+            super::filter_state::HTTP => {
+                use crate::proto::envoy::extensions::filters::http::set_filter_state::v3 as sfs;
+                let m: sfs::Config = decode_any(any, super::filter_state::HTTP, res, &fp)?;
+                let at = format!("{fp}.typed_config.on_request_headers");
+                FilterKind::SetFilterState(
+                    super::filter_state::values(&m.on_request_headers, res, &at)?.into(),
+                )
+            }
             _ if f.is_optional => {
                 // Envoy skips an optional filter it does not know.
                 ctx.ignored

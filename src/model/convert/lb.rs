@@ -275,11 +275,18 @@ pub(super) fn hash_policy(
                 }
                 HashKey::QueryParameter(q.name.as_str().into())
             }
+            Some(S::FilterState(f)) => {
+                if f.key.is_empty() {
+                    return Err(err(res, at("filter_state.key"), "is required"));
+                }
+                HashKey::FilterState(f.key.as_str().into())
+            }
             None => {
                 return Err(err(
                     res,
                     at("policy_specifier"),
-                    "header, cookie, connection_properties or query_parameter is required",
+                    "header, cookie, connection_properties, query_parameter or filter_state is \
+                     required",
                 ))
             }
         };

@@ -22,6 +22,7 @@ mod cluster;
 mod compressor;
 mod ext_authz;
 mod fault;
+mod filter_state;
 mod hcm;
 mod health;
 mod http_filter;

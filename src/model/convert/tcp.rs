@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::model::TcpProxy;
+use crate::model::{TcpHash, TcpProxy};
 use crate::proto::envoy::extensions::filters::network::tcp_proxy::v3 as pb;
 use crate::stats::TcpStat;
 
@@ -55,7 +55,7 @@ pub(super) fn convert(
             ))
         }
     };
-    // Envoy takes at most one; a filter-state key (not in proto/) is refused by name.
+    // Envoy takes at most one.
     if t.hash_policy.len() > 1 {
         return Err(err(
             res,
@@ -63,10 +63,27 @@ pub(super) fn convert(
             "at most one hash policy (as in Envoy)",
         ));
     }
-    let hash_source_ip = match t.hash_policy.first() {
-        None => false,
-        Some(h) if h.policy_specifier.is_some() => true,
-        Some(_) => return Err(err(res, p("hash_policy[0]"), "source_ip is required")),
+    let hash = {
+        use crate::proto::envoy::r#type::v3::hash_policy::PolicySpecifier as S;
+        match t.hash_policy.first().map(|h| &h.policy_specifier) {
+            None => None,
+            Some(Some(S::SourceIp(_))) => Some(TcpHash::SourceIp),
+            Some(Some(S::FilterState(f))) if f.key.is_empty() => {
+                return Err(err(
+                    res,
+                    p("hash_policy[0].filter_state.key"),
+                    "is required",
+                ))
+            }
+            Some(Some(S::FilterState(f))) => Some(TcpHash::FilterState(f.key.as_str().into())),
+            Some(None) => {
+                return Err(err(
+                    res,
+                    p("hash_policy[0]"),
+                    "source_ip or filter_state is required",
+                ))
+            }
+        }
     };
     let max_connect_attempts = match t.max_connect_attempts {
         None => 1,
@@ -108,6 +125,6 @@ pub(super) fn convert(
         exchange: None,
         istio: None,
         istio_authn: false,
-        hash_source_ip,
+        hash,
     })
 }
