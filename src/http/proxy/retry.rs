@@ -166,10 +166,10 @@ impl<'p> Retry<'p> {
         core: usize,
     ) -> Verdict {
         let view = ResponseHeaders { resp, head };
-        let value = |name: &[u8]| header_value(head, &resp.headers, name);
         let on = self.on;
         let status = resp.status;
-        let would = if value(b"x-envoy-ratelimited").is_some() {
+        let (rate_limited_header, grpc_status) = retry_headers(head, &resp.headers);
+        let would = if rate_limited_header {
             on.has(RetryOn::ENVOY_RATE_LIMITED)
         } else {
             (on.has(RetryOn::FIVE_XX) && (500..600).contains(&status))
@@ -181,9 +181,7 @@ impl<'p> Retry<'p> {
                 || (on.has(RetryOn::RETRIABLE_HEADERS)
                     && (self.policy.headers.iter().any(|h| header_matches(h, &view))
                         || self.extra_headers.iter().any(|n| view.header(n).is_some())))
-                || value(b"grpc-status")
-                    .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
-                    .is_some_and(|g| on.grpc_status(g))
+                || grpc_status.is_some_and(|g| on.grpc_status(g))
         };
         let rate_limited = match (&self.policy.rate_limited, would) {
             (Some(r), true) => reset_backoff(r, head, &resp.headers),
@@ -337,4 +335,37 @@ impl RequestView for ResponseHeaders<'_> {
         }
         crate::router::any_header_value(self.head, &self.resp.headers, name.as_bytes(), f)
     }
+}
+
+/// The response's `x-envoy-ratelimited` (whether present) and `grpc-status` (its number,
+/// when it is sent once and reads as one), in one pass over the headers: every response of
+/// a route with a retry policy is looked at, so this is on the request path.
+fn retry_headers(
+    head: &[u8],
+    headers: &[(std::ops::Range<usize>, std::ops::Range<usize>)],
+) -> (bool, Option<u32>) {
+    const LIMITED: &[u8] = b"x-envoy-ratelimited";
+    const GRPC: &[u8] = b"grpc-status";
+    let mut limited = false;
+    // None: absent; Some(None): repeated or unreadable.
+    let mut grpc: Option<Option<u32>> = None;
+    for (n, v) in headers {
+        let len = n.end - n.start;
+        if len == LIMITED.len() && head[n.clone()].eq_ignore_ascii_case(LIMITED) {
+            limited = true;
+        } else if len == GRPC.len() && head[n.clone()].eq_ignore_ascii_case(GRPC) {
+            let parse = || {
+                std::str::from_utf8(&head[v.clone()])
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            grpc = Some(match grpc {
+                None => parse(),
+                Some(_) => None,
+            });
+        }
+    }
+    (limited, grpc.flatten())
 }
