@@ -240,6 +240,52 @@ async fn a_wrong_answer_takes_a_host_out_at_once() {
     );
 }
 
+/// A status in `retriable_statuses` is a failure that counts towards
+/// `unhealthy_threshold` (Envoy's retriable active failure): the host stays in until that
+/// many come in a row, and they are not network failures.
+#[tokio::test]
+async fn a_retriable_status_counts_towards_the_threshold() {
+    for threshold in [1000, 3] {
+        let ok = Arc::new(AtomicBool::new(true));
+        let (a, _) = upstream(ok.clone(), false).await;
+        let (b, _) = upstream(Arc::new(AtomicBool::new(true)), false).await;
+        let check =
+            "http_health_check: {path: /healthz, retriable_statuses: [{start: 500, end: 504}]}";
+        let yaml = config(
+            "",
+            &all_to("c"),
+            &format!(
+                "[{}]",
+                cluster(
+                    "c",
+                    &[a, b],
+                    &format!("health_checks: [{{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: {threshold}, healthy_threshold: 1, {check}}}],")
+                )
+            ),
+        );
+        let p = Proxy::start(&yaml, &["--concurrency", "1"]).await;
+        assert_eq!(
+            p.stat_reaching("cluster.c.health_check.healthy", 2).await,
+            2
+        );
+        let before = p.stat("cluster.c.health_check.failure").await;
+        ok.store(false, Ordering::SeqCst);
+        if threshold == 1000 {
+            // Several 503s in a row, and the host is still in.
+            p.stat_reaching("cluster.c.health_check.failure", before + 4)
+                .await;
+            assert_eq!(p.stat("cluster.c.health_check.healthy").await, 2);
+        } else {
+            assert_eq!(
+                p.stat_falling_to("cluster.c.health_check.healthy", 1).await,
+                1
+            );
+            assert!(p.stat("cluster.c.health_check.failure").await - before >= 3);
+        }
+        assert_eq!(p.stat("cluster.c.health_check.network_failure").await, 0);
+    }
+}
+
 /// TCP: connect, send the hex payload, find each expected payload in order; a host that
 /// does not answer fails on the timeout (a network failure).
 #[tokio::test]
@@ -409,6 +455,7 @@ fn bad_health_checks_are_refused_by_name() {
         ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: 'no slash'}}],", "http_health_check.path: must be a path"),
         ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 0, healthy_threshold: 1, tcp_health_check: {}}],", "unhealthy_threshold: must be at least 1"),
         ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, host: 'a b'}}],", "not a valid authority"),
+        ("health_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, retriable_statuses: [{start: 503, end: 503}]}}],", "http_health_check.retriable_statuses[0]: must be a range"),
     ] {
         let yaml = config("", &all_to("c"), &format!("[{}]", cluster("c", &[a], extra)));
         let (ok, out) = validate("hc", &yaml, &[]);

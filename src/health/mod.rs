@@ -264,16 +264,22 @@ impl Checker {
             if matches!(d.verdict, Verdict::Network | Verdict::Timeout) {
                 stats.inc(HealthStat::NetworkFailure as usize);
             }
-            if d.verdict == Verdict::FailedNow {
+            if matches!(
+                d.verdict,
+                Verdict::FailedNow | Verdict::Retriable { now: true }
+            ) {
                 h.immediate = true;
             }
             h.successes = 0;
             // A host that answered wrongly is out at once; `unhealthy_threshold` counts
-            // network failures (Envoy's handleFailure).
-            let network = matches!(d.verdict, Verdict::Network | Verdict::Timeout);
+            // network failures and retriable statuses (Envoy's setUnhealthy).
+            let counted = matches!(
+                d.verdict,
+                Verdict::Network | Verdict::Timeout | Verdict::Retriable { .. }
+            );
             if h.healthy {
                 h.failures += 1;
-                if !network || h.failures >= h.cfg.unhealthy_threshold {
+                if !counted || h.failures >= h.cfg.unhealthy_threshold {
                     h.healthy = false;
                     h.failures = 0;
                 }
@@ -346,7 +352,11 @@ impl Checker {
             );
         }
         let mut all = HashMap::clone(&self.views.load());
-        if view.failed.is_empty() && view.pending.is_empty() && view.timed_out.is_empty() {
+        if view.failed.is_empty()
+            && view.pending.is_empty()
+            && view.timed_out.is_empty()
+            && view.immediate.is_empty()
+        {
             all.remove(cluster);
         } else {
             all.insert(cluster.clone(), Arc::new(view));

@@ -27,6 +27,12 @@ pub enum Verdict {
     /// As `Failed`, the answer carrying `x-envoy-immediate-health-check-fail` (the host is
     /// then flagged as excluded by it).
     FailedNow,
+    /// The host answered with a status in `retriable_statuses`: a failure that counts
+    /// towards `unhealthy_threshold` (`now`: it carried
+    /// `x-envoy-immediate-health-check-fail`).
+    Retriable {
+        now: bool,
+    },
     /// No connection or a reset (Envoy's network failure).
     Network,
     /// No answer within the timeout (a network failure too, flagged `active_hc_timeout`).
@@ -109,6 +115,25 @@ fn expected(hc: &HealthCheck, status: u16) -> bool {
 
 fn immediate(h: &http::HeaderMap) -> bool {
     h.contains_key("x-envoy-immediate-health-check-fail")
+}
+
+/// An HTTP check's answer: an expected status is healthy; else a retriable one counts
+/// towards the threshold, any other fails the host at once. The immediate-fail header
+/// counts only on a status that fails, as in Envoy.
+fn http_verdict(hc: &HealthCheck, status: u16, headers: &http::HeaderMap) -> Verdict {
+    if expected(hc, status) {
+        return Verdict::Healthy;
+    }
+    let now = immediate(headers);
+    match &hc.kind {
+        Kind::Http { retriable, .. }
+            if retriable.iter().any(|(a, b)| (*a..*b).contains(&status)) =>
+        {
+            Verdict::Retriable { now }
+        }
+        _ if now => Verdict::FailedNow,
+        _ => Verdict::Failed,
+    }
 }
 
 /// The request an HTTP check sends (path, host, method, `user-agent: Envoy/HC`, the
@@ -201,14 +226,7 @@ async fn http1(
         .get("connection")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
     // The header counts only on a status that fails, as in Envoy.
-    let v = match (
-        expected(hc, parts.status.as_u16()),
-        immediate(&parts.headers),
-    ) {
-        (true, _) => Verdict::Healthy,
-        (false, true) => Verdict::FailedNow,
-        (false, false) => Verdict::Failed,
-    };
+    let v = http_verdict(hc, parts.status.as_u16(), &parts.headers);
     Ok((v, keep.then_some(Conn::H1(sender))))
 }
 
@@ -257,14 +275,7 @@ async fn over_h2(
     let trailers = rx.trailers().await?;
     let grpc = matches!(hc.kind, Kind::Grpc { .. });
     let v = if !grpc {
-        match (
-            expected(hc, parts.status.as_u16()),
-            immediate(&parts.headers),
-        ) {
-            (true, _) => Verdict::Healthy,
-            (false, true) => Verdict::FailedNow,
-            (false, false) => Verdict::Failed,
-        }
+        http_verdict(hc, parts.status.as_u16(), &parts.headers)
     } else {
         let status = trailers
             .as_ref()

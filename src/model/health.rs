@@ -73,6 +73,9 @@ pub enum Kind {
         remove: Box<[Box<str>]>,
         /// `[start, end)` ranges; a status in one is healthy (200 only, unset).
         expected: Box<[(u16, u16)]>,
+        /// `retriable_statuses`: a status in one (and not expected) counts towards
+        /// `unhealthy_threshold` rather than failing the host at once.
+        retriable: Box<[(u16, u16)]>,
         /// `codec_client_type: HTTP2` (h2c).
         h2: bool,
     },

@@ -19,15 +19,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tally import FAILS, check, fetch, report, same  # noqa: E402
 from envoy_parity import start_pair, stats  # noqa: E402
 
-def http_upstream(name, health_status, immediate=False):
+def http_upstream(name, health_status, immediate=False, healthy_first=0):
+    """`/healthz` answers `health_status` (200 for its first `healthy_first` checks)."""
+    checks = [0]
+
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            status = health_status if self.path == "/healthz" else 200
+            status = 200
+            if self.path == "/healthz":
+                checks[0] += 1
+                status = 200 if checks[0] <= healthy_first else health_status
             body = name.encode()
             self.send_response(status)
-            if immediate and self.path == "/healthz":
+            if immediate and self.path == "/healthz" and checks[0] > healthy_first:
                 self.send_header("x-envoy-immediate-health-check-fail", "true")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -65,7 +71,7 @@ def tcp_upstream(reply):
     return s.getsockname()[1]
 
 
-def config(ports, ups, hc):
+def config(ports, ups, hc, threshold=2):
     eps = ", ".join(
         f"{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}" for p in ups)
     return f"""
@@ -85,7 +91,7 @@ static_resources:
   clusters:
   - name: c
     connect_timeout: 1s
-    health_checks: [{{timeout: 0.5s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: 2, healthy_threshold: 2, {hc}}}]
+    health_checks: [{{timeout: 0.5s, interval: 0.2s, no_traffic_interval: 0.2s, unhealthy_threshold: {threshold}, healthy_threshold: 2, {hc}}}]
     load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{eps}]}}]}}
 """
 
@@ -109,11 +115,11 @@ def reached(port, n):
     return sorted(got)
 
 
-def scenario(ringside, base, label, hc, make):
+def scenario(ringside, base, label, hc, make, threshold=2):
     """`make(proxy)` starts that proxy's upstreams and returns their ports."""
     ups = {p: make(p) for p in ("envoy", "ringside")}
     it = iter(("envoy", "ringside"))
-    pair = start_pair(ringside, base, lambda log, lp: config(lp, ups[next(it)], hc), ext="yaml")
+    pair = start_pair(ringside, base, lambda log, lp: config(lp, ups[next(it)], hc, threshold), ext="yaml")
     if pair is None:
         FAILS.append("envoy")
         return
@@ -146,6 +152,22 @@ def main():
              lambda p: [http_upstream(f"{p}-ok", 200), http_upstream(f"{p}-bad", 200, immediate=True)])
     scenario(ringside, 146, "HTTP: x-envoy-immediate-health-check-fail on a 503", "http_health_check: {path: /healthz}",
              lambda p: [http_upstream(f"{p}-ok", 200), http_upstream(f"{p}-bad", 503, immediate=True)])
+    # retriable_statuses: a host that was healthy and then answers a retriable 503 stays
+    # in below unhealthy_threshold (100), and goes out at once on a status that is not
+    # retriable; the immediate-fail header on a retriable status.
+    retriable = "http_health_check: {path: /healthz, retriable_statuses: [{start: 500, end: 504}]}"
+    scenario(ringside, 147, "HTTP: retriable 503s below the threshold", retriable,
+             lambda p: [http_upstream(f"{p}-ok", 200), http_upstream(f"{p}-flaky", 503, healthy_first=2)],
+             threshold=100)
+    scenario(ringside, 148, "HTTP: retriable 503s reach the threshold", retriable,
+             lambda p: [http_upstream(f"{p}-ok", 200), http_upstream(f"{p}-flaky", 503, healthy_first=2)],
+             threshold=3)
+    scenario(ringside, 149, "HTTP: a 404 that is not retriable", retriable,
+             lambda p: [http_upstream(f"{p}-ok", 200), http_upstream(f"{p}-bad", 404, healthy_first=2)],
+             threshold=100)
+    scenario(ringside, 150, "HTTP: retriable 503 with x-envoy-immediate-health-check-fail", retriable,
+             lambda p: [http_upstream(f"{p}-ok", 200), http_upstream(f"{p}-flaky", 503, immediate=True, healthy_first=2)],
+             threshold=100)
     scenario(ringside, 143, "TCP: send and receive", "tcp_health_check: {send: {text: 70696e67}, receive: [{text: 706f6e67}]}",
              lambda p: [tcp_upstream(b"pong"), tcp_upstream(b"")])
     scenario(ringside, 144, "TCP: connect only", "tcp_health_check: {}",

@@ -163,20 +163,25 @@ pub(super) fn health(
                 }
                 headers.push((hv.key.to_ascii_lowercase().into(), value.into()));
             }
-            let mut expected = Vec::new();
-            for (i, r) in x.expected_statuses.iter().enumerate() {
-                if !(100..=599).contains(&r.start)
-                    || !(101..=600).contains(&r.end)
-                    || r.start >= r.end
-                {
-                    return Err(err(
-                        res,
-                        at(&format!("http_health_check.expected_statuses[{i}]")),
-                        "must be a range within [100, 600)",
-                    ));
+            let ranges = |list: &[crate::proto::envoy::r#type::v3::Int64Range], field: &str| {
+                let mut out = Vec::new();
+                for (i, r) in list.iter().enumerate() {
+                    if !(100..=599).contains(&r.start)
+                        || !(101..=600).contains(&r.end)
+                        || r.start >= r.end
+                    {
+                        return Err(err(
+                            res,
+                            at(&format!("http_health_check.{field}[{i}]")),
+                            "must be a range within [100, 600)",
+                        ));
+                    }
+                    out.push((r.start as u16, r.end as u16));
                 }
-                expected.push((r.start as u16, r.end as u16));
-            }
+                Ok(out)
+            };
+            let mut expected = ranges(&x.expected_statuses, "expected_statuses")?;
+            let retriable = ranges(&x.retriable_statuses, "retriable_statuses")?;
             if expected.is_empty() {
                 expected.push((200, 201));
             }
@@ -194,6 +199,7 @@ pub(super) fn health(
                     .map(|r| r.to_ascii_lowercase().into())
                     .collect(),
                 expected: expected.into(),
+                retriable: retriable.into(),
                 h2,
             }
         }
