@@ -268,7 +268,6 @@ pub(crate) async fn read_response_head(
         }
         up.buf.reserve(BUF);
         let buf = std::mem::take(&mut up.buf);
-        let read = crate::io::read_more(&mut up.stream, buf);
         // Whichever comes first, the route's deadline or the idle limit; as an instant, so
         // the clock is read once (a Duration timeout reads it again).
         let idle_at = idle.and_then(|i| now.take().unwrap_or_else(Instant::now).checked_add(i));
@@ -278,15 +277,11 @@ pub(crate) async fn read_response_head(
             (Some(d), None) => (Some(d), true),
             (None, i) => (i, false),
         };
-        let (res, buf) = match at {
-            None => read.await,
-            Some(at) => {
-                match monoio::time::timeout_at(monoio::time::Instant::from_std(at), read).await {
-                    Ok(r) => r,
-                    Err(_) if is_deadline => return Err(RespError::Timeout),
-                    Err(_) => return Err(RespError::Idle),
-                }
-            }
+        let read = with_deadline(at, crate::io::read_more(&mut up.stream, buf));
+        let (res, buf) = match read.await {
+            Some(r) => r,
+            None if is_deadline => return Err(RespError::Timeout),
+            None => return Err(RespError::Idle),
         };
         up.buf = buf;
         match res {
@@ -339,13 +334,54 @@ impl monoio::io::AsyncWriteRent for Discard {
     }
 }
 
-pub(crate) async fn with_timeout<F: std::future::Future>(
+/// `f`, or `None` once `limit` passes first (no limit: never).
+pub(crate) fn with_timeout<F: std::future::Future>(
     limit: Option<Duration>,
     f: F,
-) -> Option<F::Output> {
-    match limit {
-        None => Some(f.await),
-        Some(d) => monoio::time::timeout(d, f).await.ok(),
+) -> WithTimeout<F> {
+    WithTimeout {
+        f,
+        sleep: limit.map(monoio::time::sleep),
+    }
+}
+
+/// `f`, or `None` once `at` passes first (none: never).
+pub(crate) fn with_deadline<F: std::future::Future>(at: Option<Instant>, f: F) -> WithTimeout<F> {
+    WithTimeout {
+        f,
+        sleep: at.map(|at| monoio::time::sleep_until(monoio::time::Instant::from_std(at))),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future bounded by an optional timer, polled where it lies: `f` is moved once, into
+    /// this, where an async wrapper around `monoio::time::timeout` moved it twice (each
+    /// read's future is about a hundred bytes, on every request).
+    pub(crate) struct WithTimeout<F> {
+        #[pin]
+        f: F,
+        #[pin]
+        sleep: Option<monoio::time::Sleep>,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for WithTimeout<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = self.project();
+        // The future first, as monoio's Timeout: what is ready wins over the timer.
+        if let Poll::Ready(v) = this.f.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match this.sleep.as_pin_mut() {
+            Some(s) => s.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
     }
 }
 
