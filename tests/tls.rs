@@ -305,24 +305,31 @@ async fn alpn_h2_serves_http2_over_tls() {
             &one_core(driver),
         )
         .await;
-        let c = Arc::new(client_config(&mesh, Some(&client), &[b"h2", b"http/1.1"]));
-        let tls = tls_connect(proxy.addr(), c).await.unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(conn);
-        for i in 0..3 {
-            let req = http::Request::get(format!("https://svc.local/h2/{i}"))
-                .body(())
-                .unwrap();
-            let (resp, _) = send.send_request(req, true).unwrap();
-            let resp = resp.await.unwrap();
-            assert_eq!(resp.status(), 200, "{driver}");
+        // By ALPN; then as Istio's client sidecars speak HTTP/2 to a server sidecar: they
+        // offer only `istio-h2` and `istio`, no protocol is agreed, and the preface tells
+        // (Envoy's AUTO codec).
+        let offers: [&[&[u8]]; 2] = [&[b"h2", b"http/1.1"], &[b"istio-h2", b"istio"]];
+        for (n, alpn) in offers.into_iter().enumerate() {
+            let c = Arc::new(client_config(&mesh, Some(&client), alpn));
+            let tls = tls_connect(proxy.addr(), c).await.unwrap();
+            let agreed = (n == 0).then_some(&b"h2"[..]);
+            assert_eq!(tls.get_ref().1.alpn_protocol(), agreed, "{driver}");
+            let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+            tokio::spawn(conn);
+            for i in 0..3 {
+                let req = http::Request::get(format!("https://svc.local/h2/{i}"))
+                    .body(())
+                    .unwrap();
+                let (resp, _) = send.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                assert_eq!(resp.status(), 200, "{driver} {alpn:?}");
+            }
         }
         assert_eq!(
             proxy.stat("http.ingress.downstream_cx_http2_total").await,
-            1
+            2
         );
-        assert_eq!(proxy.stat("http.ingress.downstream_rq_total").await, 3);
+        assert_eq!(proxy.stat("http.ingress.downstream_rq_total").await, 6);
         assert_eq!(backend.seen.last_uri.lock().unwrap().as_str(), "/h2/2");
         assert_eq!(
             backend.seen.header("x-forwarded-proto").as_deref(),

@@ -86,31 +86,57 @@ pub async fn serve(
 }
 
 /// Serves one downstream connection after its TLS handshake: HTTP/2 when ALPN chose `h2`
-/// (or the connection manager speaks nothing else), HTTP/1.1 otherwise.
+/// (or the connection manager speaks nothing else), HTTP/1.1 when it chose another
+/// protocol. Without ALPN the first bytes decide, as in Envoy's `AUTO` codec: Istio's
+/// client sidecars offer only `istio-*` protocols, so between sidecars no protocol is
+/// agreed and an HTTP/2 client is known by its preface.
 pub async fn serve_tls(
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
-    stream: crate::tls::ServerStream,
+    mut stream: crate::tls::ServerStream,
     down: Downstream,
     drain: Rc<DrainEvent>,
 ) {
+    let mut prefix = Vec::new();
     let h2 = match hcm.codec {
         Codec::Http2 => true,
         Codec::Http1 => false,
-        Codec::Auto => crate::tls::alpn(&stream) == Some(b"h2"),
+        Codec::Auto => match crate::tls::alpn(&stream) {
+            Some(p) => p == b"h2",
+            None => {
+                if !sniff_tls_preface(&mut stream, &mut prefix, hcm.idle_timeout).await {
+                    return;
+                }
+                prefix.starts_with(crate::http::h2::PREFACE)
+            }
+        },
     };
     if h2 {
-        return crate::http::h2_server::serve_io(ctx, hcm, stream, down, drain).await;
+        let io = crate::io::Rewind::new(prefix, stream);
+        return crate::http::h2_server::serve_io(ctx, hcm, io, down, drain).await;
     }
-    serve_h1(
-        ctx,
-        hcm,
-        crate::tls::down_io(stream),
-        down,
-        drain,
-        Vec::new(),
-    )
-    .await
+    serve_h1(ctx, hcm, crate::tls::down_io(stream), down, drain, prefix).await
+}
+
+/// As [`sniff_preface`], over TLS.
+async fn sniff_tls_preface(
+    stream: &mut crate::tls::ServerStream,
+    buf: &mut Vec<u8>,
+    limit: Option<std::time::Duration>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let preface = crate::http::h2::PREFACE;
+    loop {
+        let n = buf.len().min(preface.len());
+        if buf[..n] != preface[..n] || n == preface.len() {
+            return true;
+        }
+        let mut chunk = [0u8; 64];
+        match with_timeout(limit, stream.read(&mut chunk)).await {
+            Some(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
 }
 
 async fn serve_h1(

@@ -34,11 +34,13 @@ hcm() {
 HCM
 }
 # A cluster list item: $1 on 127.0.0.1:$2, reached over mutual TLS as an Istio client sidecar
-# reaches a server sidecar (SNI svc.local, Istio's ALPN list, the server's DNS SAN checked).
+# reaches a server sidecar (SNI svc.local, Istio's ALPN list, the server's DNS SAN checked);
+# $3 (optional) the HTTP protocol's ALPN (istio-http/1.1 unless given), $4 more fields.
 client_cluster() {
   cat <<CLUSTER
   - name: $1
     connect_timeout: 1s
+${4:-}
     load_assignment: {cluster_name: $1, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $2}}}}]}]}
     transport_socket:
       name: envoy.transport_sockets.tls
@@ -46,7 +48,7 @@ client_cluster() {
         "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
         sni: svc.local
         common_tls_context:
-          alpn_protocols: [istio-peer-exchange, istio-http/1.1, istio]
+          alpn_protocols: [istio-peer-exchange, ${3:-istio-http/1.1}, istio]
           tls_certificates: [{certificate_chain: {filename: $dir/client.pem}, private_key: {filename: $dir/client.key}}]
           validation_context:
             trusted_ca: {filename: $dir/ca.pem}
@@ -104,6 +106,7 @@ check "openssl s_client offering only Istio's ALPN completes without ALPN" 'out=
 # Ringside server sidecar.
 if command -v envoy >/dev/null; then
   eport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  eport2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   cat > envoy-client.yaml <<YAML
 static_resources:
   listeners:
@@ -112,14 +115,24 @@ static_resources:
     filter_chains:
     - filters:
 $(hcm outbound ringside)
+  - name: outbound_h2
+    address: {socket_address: {address: 127.0.0.1, port_value: $eport2}}
+    filter_chains:
+    - filters:
+$(hcm outbound_h2 ringside_h2)
   clusters:
 $(client_cluster ringside $listener)
+$(client_cluster ringside_h2 $listener istio-h2 '    typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {"@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, explicit_http_config: {http2_protocol_options: {}}}}')
 YAML
   envoy -c envoy-client.yaml --concurrency 1 -l error --base-id $((RANDOM % 50000 + 1000)) >envoy.log 2>&1 &
   envoy_pid=$!
   trap 'kill $backend ${proxy:-} ${envoy_pid:-} 2>/dev/null || true' EXIT
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$eport/" && break; sleep 0.1; done
   check "an Envoy 1.40 client sidecar (Istio ALPN, SNI, SPIFFE identity) reaches Ringside over mTLS" '[ "$(curl -s "http://127.0.0.1:$eport/index.html")" = "hello over tls" ]'
+  # HTTP/2 between the sidecars: Envoy offers istio-h2, no protocol is agreed, and
+  # Ringside knows HTTP/2 by its preface, as Envoy's server sidecar does.
+  h2_before=$(curl -s "http://$admin/stats" | sed -n 's/^http.ingress.downstream_cx_http2_total: //p')
+  check "an Envoy 1.40 client sidecar speaking HTTP/2 (ALPN istio-h2) reaches Ringside over mTLS" '[ "$(curl -s "http://127.0.0.1:$eport2/index.html")" = "hello over tls" ] && [ "$(curl -s "http://$admin/stats" | sed -n "s/^http.ingress.downstream_cx_http2_total: //p")" -gt "${h2_before:-0}" ]'
   kill $envoy_pid 2>/dev/null || true
   # The reverse: a Ringside client sidecar in front of an Envoy 1.40 server sidecar that
   # requires the client's SPIFFE identity and lists [h2, http/1.1].
