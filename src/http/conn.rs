@@ -7,8 +7,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
-
 use crate::io::MaybeTls;
 use crate::tls::DownIo;
 
@@ -18,9 +16,10 @@ use crate::http::h1::{self, RequestHead, ResponseHead};
 use crate::http::log;
 use crate::http::request::{route_table, Decision};
 use crate::model::route::Forward;
-use crate::model::{Codec, HttpConnectionManager, Snapshot, UnderscoreAction};
+use crate::model::{HttpConnectionManager, Snapshot, UnderscoreAction};
 use crate::stats::{status_class_index, HttpHistogram, HttpStat};
 
+mod accept;
 mod forward;
 mod host;
 mod reply;
@@ -28,116 +27,10 @@ mod target;
 mod tunnel;
 
 use crate::http::forwarding::*;
-
-/// Reads until `buf` holds the HTTP/2 preface or bytes that cannot begin it. False: the
-/// client closed (or timed out) before sending enough to tell.
-async fn sniff_preface(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    limit: Option<std::time::Duration>,
-) -> bool {
-    let preface = crate::http::h2::PREFACE;
-    loop {
-        let n = buf.len().min(preface.len());
-        if buf[..n] != preface[..n] || n == preface.len() {
-            return true;
-        }
-        buf.reserve(BUF);
-        let taken = std::mem::take(buf);
-        let Some((res, b)) = with_timeout(limit, crate::io::read_more(stream, taken)).await else {
-            return false;
-        };
-        *buf = b;
-        match res {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-    }
-}
+pub use accept::{serve, serve_tls};
 
 /// Ranges at or above this index point into `Connection::synth`, not `buf`.
 const SYNTH: usize = usize::MAX / 2;
-
-/// Serves one downstream connection until it closes.
-pub async fn serve(
-    ctx: Rc<CoreCtx>,
-    hcm: Arc<HttpConnectionManager>,
-    mut stream: TcpStream,
-    down: Downstream,
-    drain: Rc<DrainEvent>,
-    mut prefix: Vec<u8>,
-) {
-    match hcm.codec {
-        Codec::Http2 => {
-            return crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix).await
-        }
-        Codec::Auto => {
-            // HTTP/2 when the first bytes are its preface (prior knowledge, h2c).
-            if !sniff_preface(&mut stream, &mut prefix, hcm.idle_timeout).await {
-                return;
-            }
-            if prefix.starts_with(crate::http::h2::PREFACE) {
-                return crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix).await;
-            }
-        }
-        Codec::Http1 => {}
-    }
-    serve_h1(ctx, hcm, MaybeTls::Plain(stream), down, drain, prefix).await
-}
-
-/// Serves one downstream connection after its TLS handshake: HTTP/2 when ALPN chose `h2`
-/// (or the connection manager speaks nothing else), HTTP/1.1 when it chose another
-/// protocol. Without ALPN the first bytes decide, as in Envoy's `AUTO` codec: Istio's
-/// client sidecars offer only `istio-*` protocols, so between sidecars no protocol is
-/// agreed and an HTTP/2 client is known by its preface.
-pub async fn serve_tls(
-    ctx: Rc<CoreCtx>,
-    hcm: Arc<HttpConnectionManager>,
-    mut stream: crate::tls::ServerStream,
-    down: Downstream,
-    drain: Rc<DrainEvent>,
-) {
-    let mut prefix = Vec::new();
-    let h2 = match hcm.codec {
-        Codec::Http2 => true,
-        Codec::Http1 => false,
-        Codec::Auto => match crate::tls::alpn(&stream) {
-            Some(p) => p == b"h2",
-            None => {
-                if !sniff_tls_preface(&mut stream, &mut prefix, hcm.idle_timeout).await {
-                    return;
-                }
-                prefix.starts_with(crate::http::h2::PREFACE)
-            }
-        },
-    };
-    if h2 {
-        let io = crate::io::Rewind::new(prefix, stream);
-        return crate::http::h2_server::serve_io(ctx, hcm, io, down, drain).await;
-    }
-    serve_h1(ctx, hcm, crate::tls::down_io(stream), down, drain, prefix).await
-}
-
-/// As [`sniff_preface`], over TLS.
-async fn sniff_tls_preface(
-    stream: &mut crate::tls::ServerStream,
-    buf: &mut Vec<u8>,
-    limit: Option<std::time::Duration>,
-) -> bool {
-    use tokio::io::AsyncReadExt;
-    let preface = crate::http::h2::PREFACE;
-    loop {
-        let n = buf.len().min(preface.len());
-        if buf[..n] != preface[..n] || n == preface.len() {
-            return true;
-        }
-        let mut chunk = [0u8; 64];
-        match with_timeout(limit, stream.read(&mut chunk)).await {
-            Some(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return false,
-        }
-    }
-}
 
 async fn serve_h1(
     ctx: Rc<CoreCtx>,
