@@ -135,11 +135,20 @@ async fn run<IO>(
         };
         match next {
             Some(Ok((req, respond))) => {
-                let task = stream_task(ctx.clone(), hcm.clone(), down.clone(), req, respond);
+                // Boxed before it is spawned: the spawned task then holds a pointer, not the
+                // stream's whole future (copied into the task, then again into a box at its
+                // first poll: two large allocations and copies per stream).
+                let task = Box::pin(stream_task(
+                    ctx.clone(),
+                    hcm.clone(),
+                    down.clone(),
+                    req,
+                    respond,
+                ));
                 let (ctx, hcm) = (ctx.clone(), hcm.clone());
                 let open = OpenStream::new(&streams);
                 monoio::spawn(async move {
-                    match CatchUnwind(Box::pin(task)).await {
+                    match CatchUnwind(task).await {
                         Ok(client_reset) => open.ended(client_reset),
                         Err(_) => {
                             drop(open);
