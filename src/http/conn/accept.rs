@@ -79,18 +79,14 @@ async fn sniff_tls_preface(
     limit: Option<std::time::Duration>,
 ) -> bool {
     use tokio::io::AsyncReadExt;
-    let preface = crate::http::h2::PREFACE;
-    loop {
-        let n = buf.len().min(preface.len());
-        if buf[..n] != preface[..n] || n == preface.len() {
-            return true;
-        }
+    while !preface_told(buf) {
         let mut chunk = [0u8; 64];
         match with_timeout(limit, stream.read(&mut chunk)).await {
             Some(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
             _ => return false,
         }
     }
+    true
 }
 
 /// Reads until `buf` holds the HTTP/2 preface or bytes that cannot begin it. False: the
@@ -100,12 +96,7 @@ async fn sniff_preface(
     buf: &mut Vec<u8>,
     limit: Option<std::time::Duration>,
 ) -> bool {
-    let preface = crate::http::h2::PREFACE;
-    loop {
-        let n = buf.len().min(preface.len());
-        if buf[..n] != preface[..n] || n == preface.len() {
-            return true;
-        }
+    while !preface_told(buf) {
         buf.reserve(BUF);
         let taken = std::mem::take(buf);
         let Some((res, b)) = with_timeout(limit, crate::io::read_more(stream, taken)).await else {
@@ -117,4 +108,12 @@ async fn sniff_preface(
             Ok(_) => {}
         }
     }
+    true
+}
+
+/// Whether `buf` holds the whole HTTP/2 preface or bytes that cannot begin it.
+fn preface_told(buf: &[u8]) -> bool {
+    let preface = crate::http::h2::PREFACE;
+    let n = buf.len().min(preface.len());
+    buf[..n] != preface[..n] || n == preface.len()
 }
