@@ -201,13 +201,16 @@ async fn a_healthy_host_goes_out_after_the_unhealthy_threshold() {
     assert!(p.stat("cluster.c.health_check.network_failure").await - before >= 3);
 }
 
-/// An answer that is not the expected one takes a host out at once, whatever
-/// `unhealthy_threshold` (Envoy's rule); with `x-envoy-immediate-health-check-fail` it is
-/// flagged as excluded by it.
-#[tokio::test]
-async fn a_wrong_answer_takes_a_host_out_at_once() {
-    let ok = Arc::new(AtomicBool::new(true));
-    let (a, _) = upstream(ok.clone(), true).await;
+/// Cluster `c` of two HTTP upstreams (`a`'s checks follow `ok` and `immediate`, the
+/// other's always pass) under `check` with `unhealthy_threshold`; returns the proxy and
+/// `a` once both hosts are healthy.
+async fn two_healthy_hosts(
+    ok: Arc<AtomicBool>,
+    immediate: bool,
+    check: &str,
+    unhealthy_threshold: u32,
+) -> (Proxy, SocketAddr) {
+    let (a, _) = upstream(ok, immediate).await;
     let (b, _) = upstream(Arc::new(AtomicBool::new(true)), false).await;
     let yaml = config(
         "",
@@ -217,7 +220,7 @@ async fn a_wrong_answer_takes_a_host_out_at_once() {
             cluster(
                 "c",
                 &[a, b],
-                &format!("health_checks: [{{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: 1000, healthy_threshold: 1, {HTTP}}}],")
+                &format!("health_checks: [{{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: {unhealthy_threshold}, healthy_threshold: 1, {check}}}],")
             )
         ),
     );
@@ -226,6 +229,16 @@ async fn a_wrong_answer_takes_a_host_out_at_once() {
         p.stat_reaching("cluster.c.health_check.healthy", 2).await,
         2
     );
+    (p, a)
+}
+
+/// An answer that is not the expected one takes a host out at once, whatever
+/// `unhealthy_threshold` (Envoy's rule); with `x-envoy-immediate-health-check-fail` it is
+/// flagged as excluded by it.
+#[tokio::test]
+async fn a_wrong_answer_takes_a_host_out_at_once() {
+    let ok = Arc::new(AtomicBool::new(true));
+    let (p, a) = two_healthy_hosts(ok.clone(), true, HTTP, 1000).await;
     ok.store(false, Ordering::SeqCst);
     assert_eq!(
         p.stat_falling_to("cluster.c.health_check.healthy", 1).await,
@@ -247,27 +260,9 @@ async fn a_wrong_answer_takes_a_host_out_at_once() {
 async fn a_retriable_status_counts_towards_the_threshold() {
     for threshold in [1000, 3] {
         let ok = Arc::new(AtomicBool::new(true));
-        let (a, _) = upstream(ok.clone(), false).await;
-        let (b, _) = upstream(Arc::new(AtomicBool::new(true)), false).await;
         let check =
             "http_health_check: {path: /healthz, retriable_statuses: [{start: 500, end: 504}]}";
-        let yaml = config(
-            "",
-            &all_to("c"),
-            &format!(
-                "[{}]",
-                cluster(
-                    "c",
-                    &[a, b],
-                    &format!("health_checks: [{{timeout: 1s, interval: 0.1s, no_traffic_interval: 0.1s, unhealthy_threshold: {threshold}, healthy_threshold: 1, {check}}}],")
-                )
-            ),
-        );
-        let p = Proxy::start(&yaml, &["--concurrency", "1"]).await;
-        assert_eq!(
-            p.stat_reaching("cluster.c.health_check.healthy", 2).await,
-            2
-        );
+        let (p, _) = two_healthy_hosts(ok.clone(), false, check, threshold).await;
         let before = p.stat("cluster.c.health_check.failure").await;
         ok.store(false, Ordering::SeqCst);
         if threshold == 1000 {
