@@ -240,26 +240,30 @@ async fn every_codec_pairing_records_the_timing_histograms() {
 /// The cluster-level (deprecated) field pilot-agent's bootstrap uses is the same setting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_upstreams_serve_at_most_max_requests_per_connection_streams() {
-    let (c, seen) = h2_upstream().await;
-    let clusters = format!(
-        "[{}]",
-        cluster(
-            "two",
-            &[c],
-            "http2_protocol_options: {}, max_requests_per_connection: 2,"
-        )
-    );
-    let vhosts =
-        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: two}}]}]";
-    let p = Proxy::start(&config("", vhosts, &clusters), &one_core("legacy")).await;
-    for down_h2 in [false, true, false, true, false] {
-        assert_eq!(get(p.addr(), "/sleep/0".to_string(), down_h2).await, 200);
+    // The deprecated cluster fields, then the typed HttpProtocolOptions istiod writes.
+    let typed = "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, common_http_protocol_options: {max_requests_per_connection: 2, idle_timeout: 30s}, explicit_http_config: {http2_protocol_options: {}}}},";
+    for options in [
+        "http2_protocol_options: {}, max_requests_per_connection: 2,",
+        typed,
+    ] {
+        let (c, seen) = h2_upstream().await;
+        let clusters = format!("[{}]", cluster("two", &[c], options));
+        let vhosts =
+            "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: two}}]}]";
+        let p = Proxy::start(&config("", vhosts, &clusters), &one_core("legacy")).await;
+        for down_h2 in [false, true, false, true, false] {
+            assert_eq!(get(p.addr(), "/sleep/0".to_string(), down_h2).await, 200);
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 5, "{options}");
+        assert_eq!(
+            p.stat("cluster.two.upstream_cx_http2_total").await,
+            3,
+            "{options}"
+        );
+        // The two exhausted connections are closed; the third stays for more.
+        assert_eq!(
+            p.stat_reaching("cluster.two.upstream_cx_active", 1).await,
+            1
+        );
     }
-    assert_eq!(seen.load(Ordering::SeqCst), 5);
-    assert_eq!(p.stat("cluster.two.upstream_cx_http2_total").await, 3);
-    // The two exhausted connections are closed; the third stays for more.
-    assert_eq!(
-        p.stat_reaching("cluster.two.upstream_cx_active", 1).await,
-        1
-    );
 }

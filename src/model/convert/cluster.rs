@@ -92,23 +92,47 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     if connect_timeout.is_zero() {
         return Err(err(res, "connect_timeout", "must be greater than 0"));
     }
+    let (http2, http2_follows_downstream, typed_common) = http2(c, res)?;
+    // istiod sets these in the typed HttpProtocolOptions (a DestinationRule's
+    // connectionPool.http idleTimeout and maxRequestsPerConnection); older bootstraps on
+    // the cluster itself. One place or the other, as Envoy requires.
+    let common = match (&c.common_http_protocol_options, &typed_common) {
+        (Some(_), Some((_, at))) => {
+            return Err(err(
+                res,
+                at.as_str(),
+                "common_http_protocol_options is set on the cluster too: set it in one place",
+            ))
+        }
+        (Some(o), None) => Some((o, "common_http_protocol_options".to_string())),
+        (None, Some((o, at))) => Some((o, at.clone())),
+        (None, None) => None,
+    };
     let mut idle_timeout = Some(Duration::from_secs(3600));
     let mut max_requests_per_connection = None;
-    if let Some(o) = &c.common_http_protocol_options {
+    if let Some((o, at)) = common {
         idle_timeout = timeout(
             o.idle_timeout.as_ref(),
             idle_timeout,
             res,
-            "common_http_protocol_options.idle_timeout",
+            &format!("{at}.idle_timeout"),
         )?;
         max_requests_per_connection = o.max_requests_per_connection.filter(|&n| n > 0);
-        if o.max_connection_duration.is_some()
-            || o.max_headers_count.is_some()
-            || o.headers_with_underscores_action != 0
-        {
+        let unsupported = [
+            (
+                "max_connection_duration",
+                o.max_connection_duration.is_some(),
+            ),
+            ("max_headers_count", o.max_headers_count.is_some()),
+            (
+                "headers_with_underscores_action",
+                o.headers_with_underscores_action != 0,
+            ),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
             return Err(err(
                 res,
-                "common_http_protocol_options",
+                format!("{at}.{field}"),
                 "only idle_timeout and max_requests_per_connection are supported on clusters",
             ));
         }
@@ -173,7 +197,6 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         // Envoy ignores an inline assignment's `cluster_name`, whatever it says.
         (endpoints, dns_hosts, unix) = self::endpoints(la, discovery, res, "load_assignment")?;
     }
-    let (http2, http2_follows_downstream) = http2(c, res)?;
     // The deprecated cluster-level field (pilot-agent's bootstrap sets it); Envoy refuses
     // both at once.
     if let Some(n) = c.max_requests_per_connection {
@@ -284,11 +307,10 @@ const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptio
 /// The cluster's HTTP/2 settings when it asks for HTTP/2 upstream: the legacy
 /// `http2_protocol_options` or `typed_extension_protocol_options` with an explicit HTTP/2
 /// config, or `use_downstream_protocol_config` (the bool: HTTP/2 only for HTTP/2 clients).
-fn http2(
-    c: &pb::Cluster,
-    res: &str,
-) -> Result<(Option<crate::model::Http2Settings>, bool), ConvertError> {
+/// Also the typed options' `common_http_protocol_options`, with its path.
+fn http2(c: &pb::Cluster, res: &str) -> Result<HttpOptions, ConvertError> {
     let mut follows_downstream = false;
+    let mut common = None;
     let mut h2 = match &c.http2_protocol_options {
         Some(o) => Some(super::http2_settings(
             o,
@@ -330,16 +352,23 @@ fn http2(
             }
             None => {}
         }
-        if o.common_http_protocol_options.is_some() {
-            return Err(err(
-                res,
-                format!("{path}.common_http_protocol_options"),
-                "set common_http_protocol_options on the cluster itself",
-            ));
+        if let Some(c) = o.common_http_protocol_options {
+            common = Some((c, format!("{path}.common_http_protocol_options")));
         }
     }
-    Ok((h2, follows_downstream))
+    Ok((h2, follows_downstream, common))
 }
+
+/// A cluster's HTTP/2 settings, whether HTTP/2 follows the client's protocol, and the
+/// typed options' common HTTP options with their path.
+type HttpOptions = (
+    Option<crate::model::Http2Settings>,
+    bool,
+    Option<(
+        crate::proto::envoy::config::core::v3::HttpProtocolOptions,
+        String,
+    )>,
+);
 
 /// Endpoints of a load assignment: IP endpoints (STATIC/EDS), DNS names (DNS types) and
 /// unix socket paths.

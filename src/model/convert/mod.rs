@@ -423,6 +423,8 @@ pub(crate) fn any_type(any: &prost_types::Any) -> &str {
 }
 
 #[cfg(test)]
+mod http2_tests;
+#[cfg(test)]
 mod tests;
 
 /// `Http2ProtocolOptions`, with Envoy's bounds (streams 1..2^31-1, windows 65535..2^31-1)
