@@ -20,7 +20,7 @@ fn heads(c: &mut Criterion) {
     let mut resp = ResponseHead::default();
     g.throughput(Throughput::Bytes(RESPONSE.len() as u64));
     g.bench_function("response", |b| {
-        b.iter(|| parse_response(black_box(RESPONSE), 65536, &mut resp).unwrap())
+        b.iter(|| parse_response(black_box(RESPONSE), 65536, 100, &mut resp).unwrap())
     });
     g.finish();
 }

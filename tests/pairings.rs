@@ -260,6 +260,7 @@ async fn http2_upstreams_serve_at_most_max_requests_per_connection_streams() {
             3,
             "{options}"
         );
+        assert_eq!(p.stat("cluster.two.upstream_cx_max_requests").await, 2);
         // The two exhausted connections are closed; the third stays for more.
         assert_eq!(
             p.stat_reaching("cluster.two.upstream_cx_active", 1).await,

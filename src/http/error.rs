@@ -74,6 +74,13 @@ pub enum HttpError {
     /// An attempt's `per_try_timeout` passed (and it was not retried).
     #[error("upstream request timeout")]
     UpstreamPerTryTimeout,
+    /// The upstream reset the HTTP/2 stream before its response head (or sent a head
+    /// with more headers than the cluster's `max_headers_count`, which Envoy's codec
+    /// reports the same way).
+    #[error(
+        "upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+    )]
+    UpstreamRemoteReset,
     /// The upstream refused the HTTP/2 stream (REFUSED_STREAM).
     #[error("upstream connect error or disconnect/reset before headers. reset reason: remote refused stream reset")]
     UpstreamRefusedStream,

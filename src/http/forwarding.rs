@@ -12,6 +12,7 @@ use crate::http::write_headers;
 use crate::model::headers::HeaderMods;
 use crate::model::route::{Forward, HostRewrite, Redirect, RedirectPath, TlsRequirement};
 use crate::model::{Endpoint, HttpConnectionManager, StripPort};
+use crate::stats::ClusterStat;
 use crate::upstream::Conn as UpstreamConn;
 
 mod pick;
@@ -248,6 +249,7 @@ pub(crate) enum RespError {
 pub(crate) async fn read_response_head(
     up: &mut UpstreamConn,
     resp: &mut ResponseHead,
+    max_headers: usize,
     now: Instant,
     deadline: Option<Instant>,
     idle: Option<Duration>,
@@ -256,14 +258,17 @@ pub(crate) async fn read_response_head(
     let mut now = Some(now);
     loop {
         if !up.buf.is_empty() {
-            match h1::parse_response(&up.buf, 64 * 1024, resp) {
+            match h1::parse_response(&up.buf, 64 * 1024, max_headers, resp) {
                 Ok(Some(())) if (100..200).contains(&resp.status) && resp.status != 101 => {
                     up.buf.drain(..resp.len);
                     continue;
                 }
                 Ok(Some(())) => return Ok(()),
                 Ok(None) => {}
-                Err(_) => return Err(RespError::Malformed),
+                Err(_) => {
+                    up.count(ClusterStat::UpstreamCxProtocolError);
+                    return Err(RespError::Malformed);
+                }
             }
         }
         up.buf.reserve(BUF);

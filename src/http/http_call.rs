@@ -54,12 +54,10 @@ async fn over_h1(
 ) -> Result<HttpReply, String> {
     let mut out = call.head;
     out.extend_from_slice(&call.body);
-    let mut pooled = ctx.upstreams.borrow_mut().checkout(
-        ep.address,
-        cluster.pool_key(ep),
-        cluster.idle_timeout,
-        true,
-    );
+    let mut pooled = ctx
+        .upstreams
+        .borrow_mut()
+        .checkout(ep.address, cluster.pool_key(ep), true);
     loop {
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
@@ -72,12 +70,22 @@ async fn over_h1(
         out = back;
         let mut head = ResponseHead::default();
         let read = match res {
-            Ok(_) => read_response_head(&mut conn, &mut head, Instant::now(), None, None).await,
+            Ok(_) => {
+                read_response_head(
+                    &mut conn,
+                    &mut head,
+                    cluster.max_headers_count,
+                    Instant::now(),
+                    None,
+                    None,
+                )
+                .await
+            }
             Err(_) => Err(RespError::Closed),
         };
         match read {
             Ok(()) => {
-                conn.requests += 1;
+                conn.count_request(cluster.max_requests_per_connection);
                 return answer(ctx, cluster, conn, head, call.head_request).await;
             }
             Err(RespError::Closed) if reused && conn.buf.is_empty() => continue,

@@ -219,6 +219,12 @@ pub fn reply_for(e: &HttpError) -> Reply {
             ResponseFlags::UPSTREAM_REQUEST_TIMEOUT,
             "upstream_per_try_timeout",
         ),
+        HttpError::UpstreamRemoteReset => r(
+            503,
+            None,
+            ResponseFlags::UPSTREAM_REMOTE_RESET,
+            "upstream_reset_before_response_started{remote_reset}",
+        ),
         HttpError::UpstreamRefusedStream => r(
             503,
             None,
@@ -296,6 +302,32 @@ pub fn reply_for(e: &HttpError) -> Reply {
 }
 
 /// After retries, Envoy's reset answers say so: "... retried and the latest reset
+/// Charges an upstream failure's local reply to the cluster, as Envoy's router does
+/// (`chargeUpstreamAbort`): its status in `upstream_rq_<code>` and the class, and
+/// `upstream_rq_completed`. Only the request's final outcome is charged, never a retried
+/// attempt; errors of the client's own or of filters are not the upstream's.
+pub fn charge_abort(cells: &crate::stats::CoreCells, e: &HttpError) {
+    use crate::stats::ClusterStat;
+    let upstream = matches!(
+        e,
+        HttpError::NoHealthyUpstream
+            | HttpError::Overflow
+            | HttpError::Connect(_)
+            | HttpError::UpstreamReset
+            | HttpError::UpstreamRemoteReset
+            | HttpError::UpstreamRefusedStream
+            | HttpError::UpstreamProtocol
+            | HttpError::UpstreamTimeout
+            | HttpError::UpstreamTimeoutAlt
+            | HttpError::UpstreamPerTryTimeout
+    );
+    if upstream {
+        let status = reply_for(e).status;
+        cells.count_status(status, ClusterStat::UpstreamRq1xx as usize);
+        cells.inc(ClusterStat::UpstreamRqCompleted as usize);
+    }
+}
+
 /// reason: ...".
 pub fn after_retries(reply: &mut Reply, attempts: u32) {
     const PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";

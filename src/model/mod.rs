@@ -463,6 +463,12 @@ pub struct Cluster {
     /// Idle pooled connections older than this are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     pub max_requests_per_connection: Option<u32>,
+    /// `max_connection_duration`: a connection this old takes no new request and closes
+    /// once idle (`upstream_cx_max_duration_reached`).
+    pub max_connection_duration: Option<Duration>,
+    /// `max_headers_count`: a response head with more headers is the upstream's protocol
+    /// error.
+    pub max_headers_count: usize,
     /// `upstream_connection_options.tcp_keepalive`: TCP keepalive on upstream sockets.
     pub tcp_keepalive: Option<socket2::TcpKeepalive>,
     pub breakers: Arc<breakers::Breakers>,
@@ -524,6 +530,8 @@ impl Cluster {
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,
+            max_connection_duration: self.max_connection_duration,
+            max_headers_count: self.max_headers_count,
             tcp_keepalive: self.tcp_keepalive.clone(),
             breakers: self.breakers.clone(),
             pool_id: self.pool_id,

@@ -126,8 +126,10 @@ async fn connection_permit(
 }
 
 /// Opens a TCP connection from core `core` to `ep` within the cluster's connect timeout,
-/// counted in `upstream_cx_total` and `upstream_cx_active` (the caller releases the latter)
-/// and under the cluster's `max_connections` (the returned permit).
+/// under the cluster's `max_connections` (the returned permit). Counted in
+/// `upstream_cx_total` once the attempt starts, whatever becomes of it (as Envoy counts a
+/// connection it creates), and in `upstream_cx_active` once made (the caller releases
+/// that).
 async fn open(
     core: usize,
     cluster: &Cluster,
@@ -136,6 +138,7 @@ async fn open(
 ) -> Result<(TcpStream, Option<Permit>), ConnectError> {
     let permit = host_permit(core, cluster, ep, wait).await?;
     let stats = cluster.stats.core(core);
+    stats.inc(ClusterStat::UpstreamCxTotal as usize);
     let started = Instant::now();
     let connect = connect_stream(ep.address, cluster.bind_source);
     let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
@@ -161,7 +164,6 @@ async fn open(
         crate::stats::ClusterHistogram::UpstreamCxConnectMs as usize,
         started.elapsed().as_millis() as u64,
     );
-    stats.inc(ClusterStat::UpstreamCxTotal as usize);
     stats.inc(ClusterStat::UpstreamCxActive as usize);
     Ok((stream, permit))
 }
@@ -198,9 +200,13 @@ pub async fn connect_h2(
     ep: &Endpoint,
     settings: crate::model::Http2Settings,
 ) -> Result<h2pool::H2Conn, ConnectError> {
-    let (stream, permit) = open(core, cluster, ep, true).await?;
+    let opened = open(core, cluster, ep, true).await;
     let stats = cluster.stats.core(core);
-    stats.inc(ClusterStat::UpstreamCxHttp2Total as usize);
+    // Counted with the attempt, as upstream_cx_total is; not when a breaker refused it.
+    if !matches!(opened, Err(ConnectError::Overflow)) {
+        stats.inc(ClusterStat::UpstreamCxHttp2Total as usize);
+    }
+    let (stream, permit) = opened?;
     let guard = h2pool::CxGuard {
         stats: cluster.stats.clone(),
         core,
@@ -236,6 +242,7 @@ pub async fn connect_h2(
         tls_key,
         local,
         max_streams: cluster.max_requests_per_connection,
+        max_concurrent: settings.max_concurrent_streams,
         ..conn
     })
 }
@@ -269,7 +276,12 @@ where
             return Err(ConnectError::Timeout);
         }
     };
-    let conn = h2pool::H2Conn::new(send, ep.address);
+    let mut conn = h2pool::H2Conn::new(send, ep.address);
+    conn.state = std::rc::Rc::new(h2pool::H2State::new(
+        cluster.stats.clone(),
+        cluster.max_connection_duration,
+        cluster.idle_timeout,
+    ));
     let state = conn.state.clone();
     monoio::spawn(async move {
         let _guard = guard;

@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -22,6 +23,58 @@ pub struct H2State {
     pub closed: Cell<bool>,
     /// Streams ever opened on it, for the cluster's `max_requests_per_connection`.
     pub opened: Cell<u32>,
+    /// When the cluster's `max_connection_duration` ends its use.
+    pub expires: Option<Instant>,
+    /// The cluster's `idle_timeout`: with no stream open this long, it closes.
+    pub idle_timeout: Option<Duration>,
+    /// The cluster's stats, for what the pool counts.
+    stats: Option<Arc<Scope>>,
+    /// What the sweep last saw: `opened` then, and since when the connection has been
+    /// seen without streams (no clock is read on the request path for this).
+    swept_opened: Cell<u32>,
+    idle_seen: Cell<Option<Instant>>,
+}
+
+impl H2State {
+    /// A connection's state, under the cluster's limits, opened now.
+    pub fn new(
+        stats: Arc<Scope>,
+        expires_after: Option<Duration>,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        H2State {
+            expires: expires_after.map(|d| Instant::now() + d),
+            idle_timeout,
+            stats: Some(stats),
+            ..H2State::default()
+        }
+    }
+
+    fn count(&self, core: usize, stat: ClusterStat) {
+        if let Some(s) = &self.stats {
+            s.core(core).inc(stat as usize);
+        }
+    }
+
+    /// Whether its idle time is up at `now`; notes what the sweep saw.
+    fn idle_expired(&self, now: Instant) -> bool {
+        let Some(limit) = self.idle_timeout else {
+            return false;
+        };
+        let opened = self.opened.get();
+        if self.active.get() > 0 || opened != self.swept_opened.get() {
+            self.swept_opened.set(opened);
+            self.idle_seen.set(None);
+            return false;
+        }
+        match self.idle_seen.get() {
+            Some(since) => now.saturating_duration_since(since) >= limit,
+            None => {
+                self.idle_seen.set(Some(now));
+                false
+            }
+        }
+    }
 }
 
 /// One upstream HTTP/2 connection.
@@ -38,6 +91,9 @@ pub struct H2Conn {
     /// The cluster's `max_requests_per_connection`: past it the connection takes no new
     /// stream and goes once its last stream ends.
     pub max_streams: Option<u32>,
+    /// The cluster's `http2_protocol_options.max_concurrent_streams` (a DestinationRule's
+    /// `maxConcurrentStreams`): streams open at once, whatever more the peer allows.
+    pub max_concurrent: u32,
     /// Both ends' identities, on a TLS connection (`istio.stats`).
     pub principals: Option<std::sync::Arc<crate::model::tls::UpstreamPrincipals>>,
 }
@@ -51,6 +107,7 @@ impl H2Conn {
             tls_key: 0,
             state: Rc::default(),
             max_streams: None,
+            max_concurrent: u32::MAX,
             principals: None,
         }
     }
@@ -63,9 +120,11 @@ impl H2Conn {
 
     /// Whether another stream fits within the peer's limit and the cluster's.
     fn has_room(&self) -> bool {
+        let active = self.state.active.get();
         !self.state.closed.get()
             && !self.exhausted()
-            && (self.state.active.get() as usize) < self.send.current_max_send_streams()
+            && active < self.max_concurrent
+            && (active as usize) < self.send.current_max_send_streams()
     }
 
     /// Counts one stream on the connection until the guard drops.
@@ -109,12 +168,49 @@ pub struct H2Pool {
 
 impl H2Pool {
     /// A connection to `addr` with TLS identity `tls_key` and room for one more stream;
-    /// closed ones are dropped.
-    pub fn get(&mut self, addr: SocketAddr, tls_key: u64) -> Option<H2Conn> {
+    /// closed ones are dropped. A connection that served its last stream or outlived the
+    /// cluster's `max_connection_duration` is let go: it takes no new stream and closes
+    /// once its last one ends (the `h2` client closes a connection nobody holds).
+    pub fn get(&mut self, core: usize, addr: SocketAddr, tls_key: u64) -> Option<H2Conn> {
         let list = self.conns.get_mut(&(addr, tls_key))?;
-        // An exhausted connection is let go: it closes once its last stream ends.
-        list.retain(|c| !c.state.closed.get() && !c.exhausted());
+        let mut now = None;
+        list.retain(|c| {
+            if c.state.closed.get() || c.exhausted() {
+                return false;
+            }
+            let Some(e) = c.state.expires else {
+                return true;
+            };
+            if *now.get_or_insert_with(Instant::now) < e {
+                return true;
+            }
+            c.state
+                .count(core, ClusterStat::UpstreamCxMaxDurationReached);
+            false
+        });
         list.iter().find(|c| c.has_room()).cloned()
+    }
+
+    /// The sweep's tick: lets go of connections past their duration or idle time.
+    pub fn sweep(&mut self, core: usize, now: Instant) {
+        self.conns.retain(|_, list| {
+            list.retain(|c| {
+                if c.state.closed.get() || c.exhausted() {
+                    return false;
+                }
+                if c.state.expires.is_some_and(|e| now >= e) {
+                    c.state
+                        .count(core, ClusterStat::UpstreamCxMaxDurationReached);
+                    return false;
+                }
+                if c.state.idle_expired(now) {
+                    c.state.count(core, ClusterStat::UpstreamCxIdleTimeout);
+                    return false;
+                }
+                true
+            });
+            !list.is_empty()
+        });
     }
 
     pub fn add(&mut self, conn: H2Conn) {

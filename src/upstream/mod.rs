@@ -96,6 +96,8 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: None,
             max_requests_per_connection: None,
+            max_connection_duration: None,
+            max_headers_count: 100,
             tcp_keepalive: None,
             pool_id: 0,
             breakers: Arc::new(crate::model::breakers::Breakers {

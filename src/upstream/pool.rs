@@ -28,10 +28,21 @@ pub struct Conn {
     pub stats: Arc<Scope>,
     core: usize,
     idle_since: Instant,
+    /// How long it may serve, boxed: read only at checkout and check-in, while the
+    /// connection itself is moved several times per request.
+    limits: Box<Limits>,
     /// Its place under the cluster's `max_connections`, when that is limited.
     permit: Option<Permit>,
     /// Both ends' identities, on a TLS connection (`istio.stats`).
     pub principals: Option<Arc<crate::model::tls::UpstreamPrincipals>>,
+}
+
+/// A connection's limits, from its cluster as it was when the connection opened.
+struct Limits {
+    /// `idle_timeout`.
+    idle_timeout: Option<Duration>,
+    /// When `max_connection_duration` ends its use.
+    expires: Option<Instant>,
 }
 
 impl Drop for Conn {
@@ -47,20 +58,15 @@ impl Upstreams {
     /// With `verify`, one non-blocking peek makes sure the upstream has not closed it (for
     /// requests that cannot be retried on a fresh connection); otherwise a stale
     /// connection is caught by the retry.
-    pub fn checkout(
-        &mut self,
-        addr: SocketAddr,
-        tls_key: u64,
-        idle_timeout: Option<Duration>,
-        verify: bool,
-    ) -> Option<Conn> {
+    pub fn checkout(&mut self, addr: SocketAddr, tls_key: u64, verify: bool) -> Option<Conn> {
         let pool = self.pools.get_mut(&(addr, tls_key))?;
+        if pool.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
         while let Some(conn) = pool.pop() {
-            let expired = idle_timeout.is_some_and(|t| conn.idle_since.elapsed() >= t);
-            if expired {
-                conn.stats
-                    .core(self.core)
-                    .inc(ClusterStat::UpstreamCxIdleTimeout as usize);
+            if let Some(why) = conn.spent(now) {
+                conn.stats.core(self.core).inc(why as usize);
                 continue;
             }
             if !verify || conn.idle_state() == IdleState::Open {
@@ -81,6 +87,12 @@ impl Upstreams {
             return;
         }
         conn.idle_since = Instant::now();
+        if conn.limits.expires.is_some_and(|e| conn.idle_since >= e) {
+            conn.stats
+                .core(self.core)
+                .inc(ClusterStat::UpstreamCxMaxDurationReached as usize);
+            return;
+        }
         conn.buf.clear();
         let pool = self.pools.entry((conn.addr, conn.tls_key)).or_default();
         if pool.len() < self.max_idle_per_endpoint {
@@ -90,6 +102,25 @@ impl Upstreams {
                 .core(self.core)
                 .inc(ClusterStat::UpstreamCxPoolOverflow as usize);
         }
+    }
+
+    /// Closes the idle connections past their cluster's `idle_timeout` or
+    /// `max_connection_duration`, and lets go of HTTP/2 connections likewise: what the
+    /// core's sweep does each tick, so that a connection no request asks for again still
+    /// closes in time (within one tick; a checkout checks exactly).
+    pub fn sweep(&mut self, now: Instant) {
+        let core = self.core;
+        self.pools.retain(|_, pool| {
+            pool.retain(|conn| match conn.spent(now) {
+                Some(why) => {
+                    conn.stats.core(core).inc(why as usize);
+                    false
+                }
+                None => true,
+            });
+            !pool.is_empty()
+        });
+        self.h2.sweep(core, now);
     }
 
     /// Idle connections held for `addr`, of any TLS identity (tests and admin).
@@ -103,6 +134,39 @@ impl Upstreams {
 }
 
 impl Conn {
+    /// Counts `stat` in the connection's cluster, on its core.
+    pub fn count(&self, stat: ClusterStat) {
+        self.stats.core(self.core).inc(stat as usize);
+    }
+
+    /// Counts a request sent on the connection; the one that uses up the cluster's
+    /// `max_requests_per_connection` is counted in `upstream_cx_max_requests`, as Envoy
+    /// counts it when the request is attached.
+    pub fn count_request(&mut self, max: Option<u32>) {
+        self.requests += 1;
+        if max == Some(self.requests) {
+            self.stats
+                .core(self.core)
+                .inc(ClusterStat::UpstreamCxMaxRequests as usize);
+        }
+    }
+
+    /// Why an idle connection may not serve again at `now`: it outlived its cluster's
+    /// `max_connection_duration` or sat idle past its `idle_timeout` (the stat to count).
+    fn spent(&self, now: Instant) -> Option<ClusterStat> {
+        if self.limits.expires.is_some_and(|e| now >= e) {
+            Some(ClusterStat::UpstreamCxMaxDurationReached)
+        } else if self
+            .limits
+            .idle_timeout
+            .is_some_and(|t| now.saturating_duration_since(self.idle_since) >= t)
+        {
+            Some(ClusterStat::UpstreamCxIdleTimeout)
+        } else {
+            None
+        }
+    }
+
     /// Whether the idle connection is still usable: one peek at its socket. Over TLS a
     /// readable byte is a close_notify or a record nobody asked for: not reusable either.
     fn idle_state(&self) -> IdleState {
@@ -115,11 +179,15 @@ impl Conn {
 
 /// Opens a new HTTP/1.1 connection from core `core` to `ep`.
 pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Conn, ConnectError> {
-    let (stream, permit) = open_io(core, cluster, ep, true).await?;
-    cluster
-        .stats
-        .core(core)
-        .inc(ClusterStat::UpstreamCxHttp1Total as usize);
+    let opened = open_io(core, cluster, ep, true).await;
+    // Counted with the attempt, as upstream_cx_total is; not when a breaker refused it.
+    if !matches!(opened, Err(ConnectError::Overflow)) {
+        cluster
+            .stats
+            .core(core)
+            .inc(ClusterStat::UpstreamCxHttp1Total as usize);
+    }
+    let (stream, permit) = opened?;
     let principals = match (&stream, cluster.tls_for(ep)) {
         (MaybeTls::Tls(s), Some(tls)) => crate::tls::upstream_principals(s.0.get_ref().1, tls),
         _ => None,
@@ -129,6 +197,8 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         MaybeTls::Tls(t) => t.0.get_ref().0.local_addr().ok(),
     }
     .map(Box::new);
+    // Its age counts from here, once connected (Envoy's from the connect attempt).
+    let now = Instant::now();
     Ok(Conn {
         principals,
         local,
@@ -139,7 +209,11 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         requests: 0,
         stats: cluster.stats.clone(),
         core,
-        idle_since: Instant::now(),
+        idle_since: now,
+        limits: Box::new(Limits {
+            idle_timeout: cluster.idle_timeout,
+            expires: cluster.max_connection_duration.map(|d| now + d),
+        }),
         permit,
     })
 }

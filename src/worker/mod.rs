@@ -192,6 +192,9 @@ fn uring_runtime(
     })
 }
 
+/// How often a core closes its spent idle upstream connections.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
+
 async fn core_main(start: CoreStart) {
     let ctx = Rc::new(CoreCtx::new(
         start.core,
@@ -235,6 +238,15 @@ async fn core_main(start: CoreStart) {
         }
     });
     monoio::spawn(crate::http::span::export::timer(ctx.clone()));
+    // Idle upstream connections past their idle time or duration close within a tick,
+    // even when no request asks for their endpoint again.
+    let sweeper = ctx.clone();
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(POOL_SWEEP).await;
+            sweeper.upstreams.borrow_mut().sweep(Instant::now());
+        }
+    });
     let flusher = ctx.clone();
     let flush_every = start.log_flush_interval;
     monoio::spawn(async move {

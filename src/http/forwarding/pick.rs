@@ -54,14 +54,16 @@ pub(crate) fn pick_upstream<'s>(
             .stats
             .core(ctx.core)
             .inc(ClusterStat::UpstreamRqActiveOverflow as usize);
-        HttpError::Overflow
+        let e = HttpError::Overflow;
+        crate::http::local_reply::charge_abort(cluster.stats.core(ctx.core), &e);
+        e
     })?;
     let none_healthy = || {
-        cluster
-            .stats
-            .core(ctx.core)
-            .inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-        HttpError::NoHealthyUpstream
+        let cells = cluster.stats.core(ctx.core);
+        cells.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+        let e = HttpError::NoHealthyUpstream;
+        crate::http::local_reply::charge_abort(cells, &e);
+        e
     };
     let ep = if cluster.discovery == Discovery::OriginalDst {
         // Not redirected: the destination is this listener itself (a loop).

@@ -275,15 +275,25 @@ pub fn parse_request(
 }
 
 /// Parses a response head from the start of `buf`.
+/// More than `max_headers` header lines is an error, as in Envoy's codec
+/// (`max_headers_count`).
 pub fn parse_response(
     buf: &[u8],
     max_bytes: usize,
+    max_headers: usize,
     head: &mut ResponseHead,
 ) -> Result<Option<()>, HeadError> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap: Vec<httparse::Header<'_>>;
+    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADERS {
+        &mut stack[..max_headers]
+    } else {
+        heap = Vec::with_capacity(max_headers);
+        &mut heap.spare_capacity_mut()[..max_headers]
+    };
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots);
     let Some(len) = head_len(parsed, buf.len(), max_bytes)? else {
         return Ok(None);
     };

@@ -96,28 +96,46 @@ fn response_framing() {
     parse_response(
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
         1000,
+        100,
         &mut head,
     )
     .unwrap()
     .unwrap();
     assert_eq!(head.body(false), BodyKind::Length(5));
     assert_eq!(head.body(true), BodyKind::None);
-    parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 1000, &mut head)
+    parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", 1000, 100, &mut head)
         .unwrap()
         .unwrap();
     assert_eq!(head.body(false), BodyKind::None);
-    parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 1000, &mut head)
+    parse_response(b"HTTP/1.1 200 OK\r\n\r\n", 1000, 100, &mut head)
         .unwrap()
         .unwrap();
     assert_eq!(head.body(false), BodyKind::UntilClose);
     parse_response(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
         1000,
+        100,
         &mut head,
     )
     .unwrap()
     .unwrap();
     assert_eq!(head.body(false), BodyKind::Chunked);
+}
+
+/// More header lines than `max_headers` is an error, on the stack's slots and past them.
+#[test]
+fn response_header_count_is_bounded() {
+    let mut head = ResponseHead::default();
+    let with = |n: usize| {
+        let lines: String = (0..n).map(|i| format!("x-{i}: v\r\n")).collect();
+        format!("HTTP/1.1 200 OK\r\n{lines}\r\n").into_bytes()
+    };
+    assert!(parse_response(&with(3), 1 << 16, 3, &mut head).is_ok());
+    assert_eq!(head.headers.len(), 3);
+    assert!(parse_response(&with(4), 1 << 16, 3, &mut head).is_err());
+    assert!(parse_response(&with(300), 1 << 16, 300, &mut head).is_ok());
+    assert_eq!(head.headers.len(), 300);
+    assert!(parse_response(&with(301), 1 << 16, 300, &mut head).is_err());
 }
 
 #[test]
@@ -179,7 +197,7 @@ fn arbitrary_bytes_never_panic() {
             v
         };
         let _ = parse_request(&input, 16, 1024, &mut head);
-        let _ = parse_response(&input, 1024, &mut resp);
+        let _ = parse_response(&input, 1024, 100, &mut resp);
         let mut d = ChunkedDecoder::default();
         let _ = d.feed(&input, |_| {});
     }

@@ -35,7 +35,7 @@ pub(crate) async fn upstream(
         .upstreams
         .borrow_mut()
         .h2
-        .get(ep.address, cluster.pool_key(ep))
+        .get(ctx.core, ep.address, cluster.pool_key(ep))
     {
         return Ok(c);
     }

@@ -113,7 +113,9 @@ pub(super) fn failure(e: &HttpError) -> Option<Failure> {
     Some(match e {
         HttpError::Connect(_) => Failure::Connect,
         HttpError::Overflow => Failure::Overflow,
-        HttpError::UpstreamReset | HttpError::UpstreamProtocol => Failure::Reset,
+        HttpError::UpstreamReset | HttpError::UpstreamRemoteReset | HttpError::UpstreamProtocol => {
+            Failure::Reset
+        }
         HttpError::UpstreamRefusedStream => Failure::Refused,
         HttpError::UpstreamPerTryTimeout => Failure::PerTryTimeout,
         _ => return None,
@@ -254,6 +256,7 @@ pub(super) fn to_detector(
         }
         Err(HttpError::Connect(_)) => O::ConnectFailed,
         Err(HttpError::UpstreamReset)
+        | Err(HttpError::UpstreamRemoteReset)
         | Err(HttpError::UpstreamProtocol)
         | Err(HttpError::UpstreamRefusedStream) => O::Reset,
         Err(HttpError::UpstreamPerTryTimeout) | Err(HttpError::UpstreamTimeout) => O::Timeout,

@@ -412,6 +412,7 @@ pub(crate) async fn forward<D: Downstream>(
         }
         Err(e) => {
             d.put_resp_head(resp);
+            crate::http::local_reply::charge_abort(cs, &e);
             return Err(e);
         }
     };

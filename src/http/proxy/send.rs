@@ -182,7 +182,7 @@ pub(super) async fn exchange_h1<D: Downstream>(
     let mut received = append_body(d, &a, &mut out, chunked, &mut frame)?;
     let replayable = !more_from_client(d, &a);
     loop {
-        conn.requests += 1;
+        conn.count_request(cluster.max_requests_per_connection);
         cs.inc(ClusterStat::UpstreamRqTotal as usize);
         let alone = d.alone();
         let (res, o) = conn.stream.write_all_now(out, alone).await;
@@ -229,7 +229,7 @@ pub(super) async fn exchange_h1<D: Downstream>(
             let sent = Instant::now();
             a.deadline.started(sent);
             let (at, per_try_first, idle) = a.head_limits(sent);
-            let read = read_response_head(conn, resp, sent, at, idle);
+            let read = read_response_head(conn, resp, cluster.max_headers_count, sent, at, idle);
             let r = if d.resets() {
                 monoio::select! {
                     r = read => r,
@@ -402,6 +402,9 @@ pub(super) async fn exchange_h2<D: Downstream>(
             cs.inc(ClusterStat::UpstreamRqRxReset as usize);
             if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
                 return Err(HttpError::UpstreamRefusedStream);
+            }
+            if e.is_reset() && e.is_remote() {
+                return Err(HttpError::UpstreamRemoteReset);
             }
             Err(HttpError::UpstreamReset)
         }

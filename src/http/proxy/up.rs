@@ -17,6 +17,7 @@ use crate::http::forwarding::with_timeout;
 use crate::http::h1::{self, BodyKind, ResponseHead};
 use crate::http::h2::{convert, reason};
 use crate::model::{Cluster, Endpoint, Http2Settings};
+use crate::stats::ClusterStat;
 use crate::upstream::h2pool::{H2Conn, StreamGuard};
 use crate::upstream::Conn;
 
@@ -102,12 +103,10 @@ impl Up {
         ep: &Endpoint,
         verify: bool,
     ) -> Option<Up> {
-        let conn = ctx.upstreams.borrow_mut().checkout(
-            ep.address,
-            cluster.pool_key(ep),
-            cluster.idle_timeout,
-            verify,
-        )?;
+        let conn = ctx
+            .upstreams
+            .borrow_mut()
+            .checkout(ep.address, cluster.pool_key(ep), verify)?;
         Some(Up::h1(conn, true))
     }
 
@@ -161,13 +160,28 @@ impl Up {
             ..
         } = &mut **h;
         *_slot = Some(conn.stream());
+        let (cluster, core) = (a.cluster, d.core());
+        if conn.max_streams == Some(conn.state.opened.get()) {
+            cluster
+                .stats
+                .core(core)
+                .inc(ClusterStat::UpstreamCxMaxRequests as usize);
+        }
         let r = exchange_h2(conn, d, &head, a).await;
         d.put_up_buf(head);
         let (parts, body, sent) = r?;
+        // Envoy's codec counts `:status` among the headers; past the cluster's
+        // `max_headers_count` it resets the stream and reports a remote reset.
+        if parts.headers.len() + 1 > cluster.max_headers_count {
+            drop(body);
+            let cs = cluster.stats.core(core);
+            cs.inc(ClusterStat::UpstreamRqRxReset as usize);
+            return Err(HttpError::UpstreamRemoteReset);
+        }
         *ended = body.is_end_stream();
         convert::response_to_h1(&parts, *ended, resp_head);
         *rx = Some(body);
-        match h1::parse_response(resp_head, 1 << 20, resp) {
+        match h1::parse_response(resp_head, 1 << 20, cluster.max_headers_count, resp) {
             Ok(Some(())) => Ok(sent),
             _ => Err(HttpError::UpstreamProtocol),
         }

@@ -110,6 +110,8 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     };
     let mut idle_timeout = Some(Duration::from_secs(3600));
     let mut max_requests_per_connection = None;
+    let mut max_connection_duration = None;
+    let mut max_headers_count = 100;
     if let Some((o, at)) = common {
         idle_timeout = timeout(
             o.idle_timeout.as_ref(),
@@ -118,24 +120,24 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             &format!("{at}.idle_timeout"),
         )?;
         max_requests_per_connection = o.max_requests_per_connection.filter(|&n| n > 0);
-        let unsupported = [
-            (
-                "max_connection_duration",
-                o.max_connection_duration.is_some(),
-            ),
-            ("max_headers_count", o.max_headers_count.is_some()),
-            (
-                "headers_with_underscores_action",
-                o.headers_with_underscores_action != 0,
-            ),
-        ];
-        if let Some((field, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return Err(err(
-                res,
-                format!("{at}.{field}"),
-                "only idle_timeout and max_requests_per_connection are supported on clusters",
-            ));
+        max_connection_duration = timeout(
+            o.max_connection_duration.as_ref(),
+            None,
+            res,
+            &format!("{at}.max_connection_duration"),
+        )?;
+        if let Some(n) = o.max_headers_count {
+            if n == 0 {
+                return Err(err(
+                    res,
+                    format!("{at}.max_headers_count"),
+                    "must be at least 1",
+                ));
+            }
+            max_headers_count = n as usize;
         }
+        // headers_with_underscores_action: Envoy's upstream codecs take no action on
+        // response headers (the field's documentation says so), so it changes nothing.
     }
     if c.per_connection_buffer_limit_bytes.is_some() {
         ctx.ignored
@@ -265,6 +267,8 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         connect_timeout,
         idle_timeout,
         max_requests_per_connection,
+        max_connection_duration,
+        max_headers_count,
         tcp_keepalive: c
             .upstream_connection_options
             .as_ref()

@@ -136,10 +136,21 @@ fn http2_codec_and_settings() {
         e.path
     );
     assert!(e.reason.contains("one place"), "{}", e.reason);
-    let e = build(&with_http2("", &typed("max_connection_duration: 5s"))).unwrap_err();
+    let s = build(&with_http2(
+        "",
+        &typed("max_connection_duration: 5s, max_headers_count: 7"),
+    ))
+    .unwrap();
+    let c = s.cluster("backend").unwrap();
+    assert_eq!(
+        c.max_connection_duration,
+        Some(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(c.max_headers_count, 7);
+    let e = build(&with_http2("", &typed("max_headers_count: 0"))).unwrap_err();
     assert!(
         e.path
-            .ends_with("common_http_protocol_options.max_connection_duration"),
+            .ends_with("common_http_protocol_options.max_headers_count"),
         "{}",
         e.path
     );

@@ -142,7 +142,7 @@ impl Job {
         let Up::H1 { mut conn, .. } = up else {
             return Err(Failed::Connect);
         };
-        conn.requests += 1;
+        conn.count_request(cluster.max_requests_per_connection);
         cs.inc(ClusterStat::UpstreamRqTotal as usize);
         let mut out = self.head.clone();
         let mut frame = Vec::new();
@@ -210,12 +210,19 @@ impl Job {
         let sent = Instant::now();
         let mut resp = ResponseHead::default();
         // The timeout (from the request's end) is `guarded`'s.
-        self.guarded(read_response_head(&mut conn, &mut resp, sent, None, None))
-            .await?
-            .map_err(|e| match e {
-                crate::http::forwarding::RespError::Timeout => Failed::Timeout,
-                _ => Failed::Reset,
-            })?;
+        self.guarded(read_response_head(
+            &mut conn,
+            &mut resp,
+            cluster.max_headers_count,
+            sent,
+            None,
+            None,
+        ))
+        .await?
+        .map_err(|e| match e {
+            crate::http::forwarding::RespError::Timeout => Failed::Timeout,
+            _ => Failed::Reset,
+        })?;
         cs.count_status(resp.status, ClusterStat::UpstreamRq1xx as usize);
         let kind = resp.body(self.head.starts_with(b"HEAD "));
         let mut up = Up::H1 {
