@@ -164,10 +164,17 @@ async fn http1_upstream_connections_retire_at_max_connection_duration() {
 /// next request opens another) while its streams in flight finish; then it closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_upstream_connections_take_no_streams_past_max_connection_duration() {
+    for driver in drivers() {
+        http2_upstream_connections_take_no_streams_past_max_connection_duration_on(driver).await;
+    }
+}
+
+async fn http2_upstream_connections_take_no_streams_past_max_connection_duration_on(driver: &str) {
+    eprintln!("on the {driver} driver");
     let (up, opened, closed) = h2_upstream().await;
     let opts = options("max_connection_duration: 1s", true);
     let clusters = format!("[{}]", cluster("aged", &[up], &opts));
-    let p = Proxy::start(&config("", &all_to("aged"), &clusters), &one_core("legacy")).await;
+    let p = Proxy::start(&config("", &all_to("aged"), &clusters), &one_core(driver)).await;
     assert_eq!(get(p.addr(), "/x", true).await.0, 200);
     assert_eq!(get(p.addr(), "/x", false).await.0, 200);
     assert_eq!(opened.load(Ordering::SeqCst), 1);
@@ -203,10 +210,17 @@ async fn http2_upstream_connections_take_no_streams_past_max_connection_duration
 /// as Envoy's do (`upstream_cx_idle_timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_upstream_connections_close_after_idle_timeout() {
+    for driver in drivers() {
+        idle_http2_upstream_connections_close_after_idle_timeout_on(driver).await;
+    }
+}
+
+async fn idle_http2_upstream_connections_close_after_idle_timeout_on(driver: &str) {
+    eprintln!("on the {driver} driver");
     let (up, opened, closed) = h2_upstream().await;
     let opts = options("idle_timeout: 1s", true);
     let clusters = format!("[{}]", cluster("idle", &[up], &opts));
-    let p = Proxy::start(&config("", &all_to("idle"), &clusters), &one_core("legacy")).await;
+    let p = Proxy::start(&config("", &all_to("idle"), &clusters), &one_core(driver)).await;
     assert_eq!(get(p.addr(), "/x", true).await.0, 200);
     assert_eq!(
         p.stat_reaching("cluster.idle.upstream_cx_idle_timeout", 1)
@@ -229,6 +243,13 @@ async fn idle_http2_upstream_connections_close_after_idle_timeout() {
 /// (503, "remote reset"). The default is 100.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_heads_with_more_than_max_headers_count_headers_are_refused() {
+    for driver in drivers() {
+        response_heads_with_more_than_max_headers_count_headers_are_refused_on(driver).await;
+    }
+}
+
+async fn response_heads_with_more_than_max_headers_count_headers_are_refused_on(driver: &str) {
+    eprintln!("on the {driver} driver");
     let h1 = h1_headers_upstream().await;
     let (h2, _, _) = h2_upstream().await;
     let clusters = format!(
@@ -243,7 +264,7 @@ async fn response_heads_with_more_than_max_headers_count_headers_are_refused() {
         {match: {prefix: /h2/}, route: {cluster: h2}},
         {match: {prefix: /default/}, route: {cluster: h1default}},
         {match: {prefix: /wide/}, route: {cluster: h1wide}}]}]";
-    let p = Proxy::start(&config("", vhosts, &clusters), &one_core("legacy")).await;
+    let p = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
     for down_h2 in [false, true] {
         assert_eq!(get(p.addr(), "/h1/headers/3", down_h2).await.0, 200);
         let (status, body) = get(p.addr(), "/h1/headers/4", down_h2).await;
@@ -312,10 +333,17 @@ async fn http1_upstream_connections_serve_at_most_max_requests_per_connection() 
 /// connection; once both are done, the next requests share one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_upstream_connections_carry_at_most_max_concurrent_streams() {
+    for driver in drivers() {
+        http2_upstream_connections_carry_at_most_max_concurrent_streams_on(driver).await;
+    }
+}
+
+async fn http2_upstream_connections_carry_at_most_max_concurrent_streams_on(driver: &str) {
+    eprintln!("on the {driver} driver");
     let (up, opened, _) = h2_upstream().await;
     let opts = "http2_protocol_options: {max_concurrent_streams: 1},";
     let clusters = format!("[{}]", cluster("one", &[up], opts));
-    let p = Proxy::start(&config("", &all_to("one"), &clusters), &one_core("legacy")).await;
+    let p = Proxy::start(&config("", &all_to("one"), &clusters), &one_core(driver)).await;
     let addr = p.addr();
     let slow = tokio::spawn(async move { get(addr, "/sleep/800", true).await });
     assert_eq!(
