@@ -296,16 +296,35 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         tokio::task::spawn_local(crate::health::run(shared.clone(), checker));
         crate::xds::jwks::serve(shared.clone(), control);
         tokio::spawn(release_idle_memory());
-        // The control thread's xDS side: ADS when configured, and the watch on SDS files
-        // (which also rotates the certificates of static listeners and clusters).
-        if ads.is_some() || !statics.sds_files.is_empty() {
+        // Checked with the bootstrap before the cores started.
+        if let Ok(sinks) = convert::stats_sinks(bootstrap) {
+            if !sinks.is_empty() {
+                let node = bootstrap.node.clone().unwrap_or_default();
+                tokio::spawn(crate::stat_sinks::run(
+                    stats.clone(),
+                    sinks,
+                    node,
+                    shared.clone(),
+                ));
+            }
+        }
+        // The control thread's xDS side: ADS when configured, the SDS streams, and the
+        // watch on SDS files (which also rotates the certificates of static listeners and
+        // clusters). Static clusters an SDS server feeds were left out of the first
+        // snapshot: the control thread holds them until their secrets arrive.
+        let fed = bootstrap
+            .static_resources
+            .as_ref()
+            .is_some_and(|sr| sr.clusters.len() > statics.clusters.len());
+        if ads.is_some() || !statics.sds_files.is_empty() || fed {
             let ctl =
                 crate::xds::control::Control::new(publisher, statics, stats.clone(), initialized);
             let ctl = std::rc::Rc::new(std::cell::RefCell::new(ctl));
+            let node = bootstrap.node.clone().unwrap_or_default();
+            tokio::task::spawn_local(crate::xds::sds::supervise(node.clone(), ctl.clone()));
             tokio::task::spawn_local(crate::xds::sds::watch_files(ctl.clone()));
             tokio::task::spawn_local(crate::xds::control::init_timer(ctl.clone()));
             if let Some(cfg) = ads {
-                let node = bootstrap.node.clone().unwrap_or_default();
                 tokio::task::spawn_local(crate::xds::client::run(cfg, node, ctl));
             }
         }

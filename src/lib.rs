@@ -19,6 +19,7 @@ pub mod proto;
 pub mod rbac;
 pub mod router;
 pub mod sampler;
+pub mod stat_sinks;
 pub mod stats;
 pub mod tcp;
 pub mod tls;

@@ -16,6 +16,7 @@ pub use histogram::{HistValue, BOUNDS as HISTOGRAM_BOUNDS, QUANTILES};
 pub mod istio;
 mod kept;
 pub mod labeled;
+pub mod sink;
 pub mod tags;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

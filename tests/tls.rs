@@ -1130,6 +1130,225 @@ async fn sds_over_delta_ads() {
     assert!(resp.ends_with(&format!("tls - - {PRODUCTPAGE}")), "{resp}");
 }
 
+/// The all-options bootstrap's shape: a static cluster (Istio's `envoy_metrics_service`)
+/// whose certificate and trust bundle come from pilot-agent's SDS (`sds-grpc`), with no
+/// ADS at all. The SDS stream asks for them; until they arrive the cluster is not served;
+/// then requests reach the upstream over mutual TLS with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_cluster_takes_its_certificates_from_an_sds_server() {
+    use support::ads::{AdsServer, SECRET};
+    let mesh = Ca::new("cluster.local");
+    let reviews = mesh.issue("reviews", Some(REVIEWS), false);
+    let me = mesh.issue("productpage", Some(PRODUCTPAGE), false);
+    let tls_up = TlsUpstream::start(&mesh, &reviews).await;
+    let dir = temp_dir();
+    let mut sds = AdsServer::unix(dir.join("socket")).await;
+    let fed = format!(
+        r#"{{name: fed, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: fed, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]}}, transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {}}}}}}}"#,
+        tls_up.addr.port(),
+        istio_sds_context(PILOT_AGENT_SDS, REVIEWS)
+    );
+    let sds_grpc = format!(
+        "{{name: sds-grpc, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: sds-grpc, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: '{}'}}}}}}}}]}}]}}}}",
+        dir.join("socket").display()
+    );
+    let yaml = config("", &all_to("fed"), &format!("[{fed}, {sds_grpc}]"));
+    let proxy = Proxy::start(&yaml, &[]).await;
+    let first = sds.next_sotw(SECRET).await;
+    assert!(first.node.is_some());
+    assert_eq!(first.resource_names, ["ROOTCA", "default"]);
+    assert_eq!(http_get(proxy.addr(), "/", &[]).await.0, 503);
+    assert_eq!(tls_up.handshakes.load(SeqCst), 0);
+    sds.push(
+        SECRET,
+        "s1",
+        vec![cert_secret("default", &me), root_secret(&mesh)],
+    );
+    assert!(sds.next_sotw(SECRET).await.error_detail.is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = http_get(proxy.addr(), "/", &[]).await;
+        if status == 200 {
+            assert!(!body.is_empty());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tls_up.handshakes.load(SeqCst) >= 1);
+    assert_eq!(proxy.stat("cluster.fed.ssl.handshake").await, 1);
+}
+
+/// A TLS stream tonic's server can serve (the test's own TLS acceptor in front).
+struct Served(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for Served {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for Served {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Served {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A MetricsService collector behind mutual TLS (it requires a client certificate of
+/// `ca`): the node id of each stream's first message.
+struct Collector(tokio::sync::mpsc::UnboundedSender<String>);
+
+#[tonic::async_trait]
+impl ringside::proto::envoy::service::metrics::v3::metrics_service_server::MetricsService
+    for Collector
+{
+    async fn stream_metrics(
+        &self,
+        req: tonic::Request<
+            tonic::Streaming<ringside::proto::envoy::service::metrics::v3::StreamMetricsMessage>,
+        >,
+    ) -> Result<
+        tonic::Response<ringside::proto::envoy::service::metrics::v3::StreamMetricsResponse>,
+        tonic::Status,
+    > {
+        let mut s = req.into_inner();
+        while let Some(m) = s.message().await? {
+            if let Some(node) = m.identifier.and_then(|i| i.node) {
+                let _ = self.0.send(node.id);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// The all-options bootstrap's metrics service, end to end: its sink streams to a static
+/// cluster whose client certificate and trust bundle come from pilot-agent's SDS, over
+/// mutual TLS with the collector's identity checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_service_sink_streams_over_sds_fed_mutual_tls() {
+    use support::ads::{AdsServer, SECRET};
+    let mesh = Ca::new("cluster.local");
+    let collector_id = mesh.issue("reviews", Some(REVIEWS), false);
+    let me = mesh.issue("productpage", Some(PRODUCTPAGE), false);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(mesh.pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = CertificateDer::pem_slice_iter(collector_id.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(collector_id.key_pem.as_bytes()).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ms = listener.local_addr().unwrap();
+    let (tx, mut nodes) = tokio::sync::mpsc::unbounded_channel();
+    let incoming = async_stream_of(listener, acceptor);
+    tokio::spawn(async move {
+        let svc = ringside::proto::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer::new(Collector(tx));
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    let dir = temp_dir();
+    let mut sds = AdsServer::unix(dir.join("socket")).await;
+    let ms_cluster = format!(
+        r#"{{name: ms, type: STATIC, connect_timeout: 1s, http2_protocol_options: {{}}, load_assignment: {{cluster_name: ms, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]}}, transport_socket: {{name: envoy.transport_sockets.tls, typed_config: {{"@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {}}}}}}}"#,
+        ms.port(),
+        istio_sds_context(PILOT_AGENT_SDS, REVIEWS)
+    );
+    let sds_grpc = format!(
+        "{{name: sds-grpc, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: sds-grpc, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: '{}'}}}}}}}}]}}]}}}}",
+        dir.join("socket").display()
+    );
+    let b = Backend::start("a").await;
+    let yaml = config(
+        "",
+        &all_to("a"),
+        &format!("[{}, {ms_cluster}, {sds_grpc}]", cluster("a", &[b.addr], "")),
+    ) + "node: {id: sidecar~10.0.0.2~pp.ns~ns.svc.cluster.local}\nstats_flush_interval: 0.2s\nstats_sinks: [{name: envoy.stat_sinks.metrics_service, typed_config: {\"@type\": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V3, grpc_service: {envoy_grpc: {cluster_name: ms}}}}]\n";
+    let _proxy = Proxy::start(&yaml, &[]).await;
+    assert_eq!(
+        sds.next_sotw(SECRET).await.resource_names,
+        ["ROOTCA", "default"]
+    );
+    // Nothing can reach the collector without the certificates.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), nodes.recv())
+            .await
+            .is_err(),
+        "metrics before the certificates"
+    );
+    sds.push(
+        SECRET,
+        "s1",
+        vec![cert_secret("default", &me), root_secret(&mesh)],
+    );
+    let id = tokio::time::timeout(Duration::from_secs(5), nodes.recv())
+        .await
+        .expect("metrics over mutual TLS")
+        .unwrap();
+    assert_eq!(id, "sidecar~10.0.0.2~pp.ns~ns.svc.cluster.local");
+}
+
+/// The TLS connections `acceptor` makes of what `listener` accepts, for tonic.
+fn async_stream_of(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Served>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let _ = tx.send(Ok(Served(tls)));
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+}
+
 /// Each core keeps its own session cache, but TLS 1.3 tickets open on any core: with two
 /// cores (SO_REUSEPORT spreads the connections), every reconnect resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,10 +42,17 @@ SUBSET = {
                                             "admin", "layered_runtime", "application_log_config",
                                             "cluster_manager", "deferred_stat_options",
                                             "overload_manager", "bootstrap_extensions",
-                                            "stats_config", "tracing"],
+                                            "stats_config", "tracing", "stats_sinks",
+                                            "stats_flush_interval", "stats_flush_on_admin"],
     # Which stats exist and how /stats/prometheus names and labels them.
     "envoy.config.metrics.v3.StatsConfig": ["stats_tags", "use_all_default_tags", "stats_matcher"],
     "envoy.config.metrics.v3.TagSpecifier": ["*"],
+    # Stat sinks: statsd over UDP; the others are refused by name.
+    "envoy.config.metrics.v3.StatsSink": ["name", "typed_config"],
+    "envoy.config.metrics.v3.StatsdSink": ["address", "tcp_cluster_name", "prefix"],
+    # The metrics service sink; the service and Prometheus' model are hand-written in
+    # proto/envoy/service/metrics and proto/io/prometheus (xds-protos leaves them out).
+    "envoy.config.metrics.v3.MetricsServiceConfig": ["*"],
     "envoy.config.metrics.v3.StatsMatcher": ["*"],
     "envoy.type.matcher.v3.ListStringMatcher": ["patterns"],
     "envoy.config.core.v3.TypedExtensionConfig": ["name", "typed_config"],
@@ -623,7 +630,7 @@ MODULES = [
     "envoy.config.trace.v3.opentelemetry_pb2", "envoy.type.tracing.v3.custom_tag_pb2",
     "envoy.type.metadata.v3.metadata_pb2", "envoy.config.overload.v3.overload_pb2",
     "envoy.config.core.v3.extension_pb2", "udpa.type.v1.typed_struct_pb2",
-    "xds.type.v3.typed_struct_pb2", "envoy.config.metrics.v3.stats_pb2",
+    "xds.type.v3.typed_struct_pb2", "envoy.config.metrics.v3.stats_pb2", "envoy.config.metrics.v3.metrics_service_pb2",
     "envoy.extensions.resource_monitors.downstream_connections.v3.downstream_connections_pb2",
 ]
 

@@ -112,6 +112,24 @@ impl HistValue {
         }
     }
 
+    /// What was recorded since `prev`, an earlier reading of the same histogram (the
+    /// interval a sink reports). Its minimum and maximum stay those of the whole run.
+    pub fn since(&self, prev: &HistValue) -> HistValue {
+        HistValue {
+            name: self.name.clone(),
+            cumulative: self
+                .cumulative
+                .iter()
+                .zip(&prev.cumulative)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            count: self.count.saturating_sub(prev.count),
+            sum: self.sum.saturating_sub(prev.sum),
+            min: self.min,
+            max: self.max,
+        }
+    }
+
     /// Several merged histograms as one (series of one metric that share their labels).
     pub(super) fn sum(list: Vec<HistValue>) -> HistValue {
         let mut out = HistValue {

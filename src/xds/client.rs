@@ -11,11 +11,9 @@ use super::ads::{delta_stream, sotw_stream};
 use super::control::Control;
 use super::transport::{session, target, Backoff};
 
-/// Runs the ADS client for ever (the process's drain ends it), and the SDS streams the
-/// resources it receives ask for. Needs a `LocalSet`: the streams share `control` on
-/// this thread.
+/// Runs the ADS client for ever (the process's drain ends it). Needs a `LocalSet`: the
+/// ADS and SDS streams share `control` on this thread.
 pub async fn run(cfg: AdsConfig, node: Node, control: Rc<RefCell<Control>>) {
-    tokio::task::spawn_local(super::sds::supervise(node.clone(), control.clone()));
     let control = &*control;
     let target = target(&cfg, &control.borrow().statics);
     let (target, timeout) = match target {

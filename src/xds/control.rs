@@ -47,6 +47,10 @@ impl Control {
         let cp = stats.scope::<ControlPlaneStat>("control_plane.");
         let mut resources = Resources::default();
         resources.serving = initialized.load(Ordering::Acquire);
+        // The bootstrap was checked whole before this; a failure here is not expected.
+        if let Err(e) = resources.hold_bootstrap_clusters(&statics, &stats) {
+            tracing::error!("static clusters fed by SDS: {e}");
+        }
         let now = Instant::now();
         let dr = statics.bootstrap.dynamic_resources.as_ref();
         // A type ADS does not subscribe to is not waited for; the others until their first

@@ -220,6 +220,9 @@ pub struct Resources {
     endpoints: Map<Arc<[Endpoint]>>,
     /// SDS secrets, validated, by name.
     secrets: Map<Arc<PbSecret>>,
+    /// The bootstrap's static clusters whose certificates come from an SDS server: held
+    /// like CDS clusters until their secrets arrive, never replaced or removed by CDS.
+    boot: Map<Arc<Cluster>>,
     versions: BTreeMap<Kind, (Arc<str>, SystemTime)>,
     /// The version `/config_dump` shows per type: that of the last response any of whose
     /// resources was applied (Envoy's `system_version_info`), which a partly refused
@@ -228,7 +231,7 @@ pub struct Resources {
     /// Identity of the cluster and endpoint maps the last snapshot was assembled from:
     /// while both are unchanged (and nothing is warming against a deadline), the clusters
     /// of the current snapshot are reused instead of rebuilt.
-    assembled_from: Option<(usize, usize)>,
+    assembled_from: Option<(usize, usize, usize)>,
     /// Whether listeners serve: false until the first CDS and LDS responses are applied
     /// (Envoy's init manager), so that no listener, the bootstrap's included, accepts
     /// before the proxy has its configuration.
@@ -357,7 +360,8 @@ impl Resources {
     ) -> Result<(), Rejection> {
         match held {
             AnyHeld::Cluster(h) => {
-                if statics.clusters.iter().any(|c| c.name == name) {
+                if statics.clusters.iter().any(|c| c.name == name) || self.boot.contains_key(&name)
+                {
                     return Err(format!(
                         "cluster '{name}': a static cluster of that name exists and cannot be replaced by CDS"
                     ));

@@ -87,20 +87,36 @@ pub fn bootstrap_snapshot_with(
             e.path = join(&path, &e.path);
             e
         })?;
-        static_sds(
-            &mut ctx,
-            &path,
-            &format!("cluster '{}'", cluster.name),
-            &mut files,
-        )?;
-        if ctx.cluster_index.insert(cluster.name.clone(), i).is_some() {
+        // An SDS server sends its certificates (Istio's `envoy_metrics_service`, fed by
+        // `sds-grpc`): the control thread holds it until they arrive and adds it then
+        // (`Resources::hold_bootstrap_clusters`), as Envoy's static clusters warm on
+        // SDS. Its name is known meanwhile, so routes may name it.
+        let fed = ctx
+            .secret_refs
+            .iter()
+            .any(|(_, s)| !matches!(s, SdsSource::File(_)));
+        let at = if fed {
+            ctx.secret_refs.clear();
+            usize::MAX
+        } else {
+            static_sds(
+                &mut ctx,
+                &path,
+                &format!("cluster '{}'", cluster.name),
+                &mut files,
+            )?;
+            clusters.len()
+        };
+        if ctx.cluster_index.insert(cluster.name.clone(), at).is_some() {
             return Err(err(
                 &format!("cluster '{}'", cluster.name),
                 format!("{path}.name"),
                 "duplicate cluster name",
             ));
         }
-        clusters.push(Arc::new(cluster));
+        if !fed {
+            clusters.push(Arc::new(cluster));
+        }
     }
     // Before the listeners: their connection managers take it as their provider.
     super::tracing::bootstrap_tracing(bootstrap.tracing.as_ref(), &mut ctx)?;
@@ -139,6 +155,8 @@ pub fn bootstrap_snapshot_with(
     if let Some(sc) = &bootstrap.stats_config {
         stats.configure(super::stats_config::stats_config(sc)?);
     }
+    // Checked here with the rest; the control thread runs them (`stats::sink`).
+    super::stats_sinks::stats_sinks(bootstrap)?;
     let (runtime, unused) = super::runtime::runtime(bootstrap.layered_runtime.as_ref())?;
     ctx.ignored.extend(unused);
     bootstrap_extensions(&bootstrap.bootstrap_extensions, &mut ctx)?;
@@ -146,6 +164,8 @@ pub fn bootstrap_snapshot_with(
         Some(om) => overload(om, &mut ctx)?,
         None => None,
     };
+    let mut cluster_index = ctx.cluster_index;
+    cluster_index.retain(|_, &mut i| i != usize::MAX);
     let snapshot = Snapshot {
         global_cx,
         runtime: Arc::new(runtime),
@@ -154,7 +174,7 @@ pub fn bootstrap_snapshot_with(
         built_at: SystemTime::now(),
         listeners,
         clusters,
-        cluster_index: ctx.cluster_index,
+        cluster_index,
         route_configs: Default::default(),
         admin,
         bootstrap: Arc::new(bootstrap.clone()),

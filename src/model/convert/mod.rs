@@ -38,6 +38,7 @@ mod retry;
 mod route;
 pub(crate) mod runtime;
 mod stats_config;
+mod stats_sinks;
 mod tcp;
 mod telemetry;
 mod tls;
@@ -111,6 +112,7 @@ pub enum SdsSource {
 pub use bootstrap::{
     admin_access_logs, ads_config, bootstrap_snapshot, bootstrap_snapshot_with, AdsConfig,
 };
+pub use stats_sinks::stats_sinks;
 pub use tls::check_secret;
 
 impl<'a> Ctx<'a> {
@@ -183,8 +185,9 @@ pub fn endpoints_resource(
     Ok(endpoints)
 }
 
-/// Static resources are built once, at start: an SDS secret they name would never be
-/// applied to them, so they are refused with the name.
+/// Static listeners are built once, at start: an SDS server's secret they name would
+/// never be applied to them, so they are refused with the name (static clusters fed by an
+/// SDS server are held by the control thread instead: see `bootstrap_snapshot_with`).
 /// SDS files (`path_config_source`) are read at conversion and watched afterwards; they
 /// are collected in `files`.
 fn static_sds(
@@ -201,7 +204,7 @@ fn static_sds(
             SdsSource::Ads | SdsSource::Grpc(_) => return Err(err(
                 res,
                 path,
-                format!("SDS secret '{name}': static listeners and clusters take certificates from files, inline, or SDS files (path_config_source); SDS servers are for LDS/CDS resources"),
+                format!("SDS secret '{name}': static listeners take certificates from files, inline, or SDS files (path_config_source); SDS servers are for LDS/CDS resources and static clusters"),
             )),
         }
     }

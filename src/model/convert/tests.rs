@@ -473,6 +473,8 @@ fn upstream_tls_and_transport_socket_matches_convert() {
         "{e:?}"
     );
     let grpc = "{api_config_source: {api_type: GRPC, grpc_services: [{envoy_grpc: {cluster_name: sds-grpc}}]}}";
-    let e = build(&yaml(&sds(grpc), "")).unwrap_err();
-    assert!(e.reason.contains("SDS secret 'default'"), "{e:?}");
+    // A static cluster an SDS server feeds is left to the control thread, which adds it
+    // once its secrets arrive; its name stays known to routes.
+    let s = build(&yaml(&sds(grpc), "")).unwrap();
+    assert!(s.cluster("backend").is_none(), "{s:?}");
 }

@@ -17,6 +17,7 @@ impl Resources {
         let key = (
             Arc::as_ptr(&self.clusters) as *const () as usize,
             Arc::as_ptr(&self.endpoints) as *const () as usize,
+            Arc::as_ptr(&self.boot) as *const () as usize,
         );
         let waiting = self.clusters.values().any(|h| {
             h.fetch_timeout.is_some()
@@ -57,6 +58,11 @@ impl Resources {
             let mut clusters = Vec::with_capacity(statics.clusters.len() + self.clusters.len());
             for c in &statics.clusters {
                 clusters.push(endpoints_of(c).unwrap_or_else(|| c.clone()));
+            }
+            // The bootstrap's SDS-fed clusters, once their secrets are here (the static
+            // part of the config dump shows them from the bootstrap).
+            for h in self.boot.values().filter(|h| !h.waiting_secret) {
+                clusters.push(endpoints_of(&h.model).unwrap_or_else(|| h.model.clone()));
             }
             for h in self.clusters.values() {
                 if h.waiting_secret {

@@ -33,7 +33,8 @@ impl Resources {
         let c = self.clusters.values().flat_map(|h| h.secret_refs.iter());
         let l = self.listeners.values().flat_map(|h| h.secret_refs.iter());
         let a = self.active.values().flat_map(|h| h.secret_refs.iter());
-        c.chain(l).chain(a)
+        let b = self.boot.values().flat_map(|h| h.secret_refs.iter());
+        c.chain(l).chain(a).chain(b)
     }
 
     /// The secret names to subscribe to from `source`.
@@ -80,12 +81,60 @@ impl Resources {
             let pb = PbCluster::decode(bytes).map_err(|e| e.to_string())?;
             convert::cluster_resource(&pb, ctx).map_err(|e| e.to_string())
         })?;
+        reconvert_in(&mut self.boot, &uses, &mut ctx, |bytes, ctx| {
+            let pb = PbCluster::decode(bytes).map_err(|e| e.to_string())?;
+            convert::cluster_resource(&pb, ctx).map_err(|e| e.to_string())
+        })?;
         let uses = |h: &Held<_>| h.secret_refs.iter().any(&changed);
         reconvert_in(&mut self.listeners, &uses, &mut ctx, |bytes, ctx| {
             let pb = PbListener::decode(bytes).map_err(|e| e.to_string())?;
             convert::listener_resource(&pb, ctx).map_err(|e| e.to_string())
         })?;
         Ok(ctx.ignored)
+    }
+}
+
+impl Resources {
+    /// Holds the bootstrap's static clusters that take certificates from an SDS server
+    /// (the bootstrap's conversion left them out of the static ones): each is converted
+    /// again as its secrets arrive and served once it has them.
+    pub fn hold_bootstrap_clusters(
+        &mut self,
+        statics: &super::Static,
+        stats: &Store,
+    ) -> Result<(), Rejection> {
+        let Some(sr) = statics.bootstrap.static_resources.as_ref() else {
+            return Ok(());
+        };
+        let mut ctx = Ctx::dynamic(stats);
+        ctx.sds_files = Some(crate::config::read_sds_file);
+        let now = std::time::Instant::now();
+        for pb in &sr.clusters {
+            let model = convert::cluster_resource(pb, &mut ctx).map_err(|e| e.to_string())?;
+            let fed = ctx
+                .secret_refs
+                .iter()
+                .any(|(_, s)| !matches!(s, SdsSource::File(_)));
+            if !fed {
+                ctx.secret_refs.clear();
+                continue;
+            }
+            let res = format!("cluster '{}'", pb.name);
+            let refs: Vec<_> = ctx.secret_refs.iter().cloned().collect();
+            super::sds_clusters_exist(&res, &refs, statics)?;
+            let entry = crate::model::DumpEntry {
+                name: pb.name.as_str().into(),
+                version: "".into(),
+                last_updated: std::time::SystemTime::now(),
+                resource: Arc::new(prost_types::Any {
+                    type_url: super::Kind::Cluster.type_url().into(),
+                    value: pb.encode_to_vec(),
+                }),
+            };
+            let held = Held::new(entry, Arc::new(model), now, None, &mut ctx);
+            Arc::make_mut(&mut self.boot).insert(pb.name.as_str().into(), held);
+        }
+        Ok(())
     }
 }
 
