@@ -13,12 +13,29 @@ use crate::tls::UpIo;
 
 use super::{open_io, ConnectError, Upstreams};
 
-/// An upstream HTTP/1.1 connection with its read buffer.
-pub struct Conn {
+/// An upstream HTTP/1.1 connection with its read buffer, boxed: a connection is moved
+/// several times per request (out of the pool, through the request's futures, back in),
+/// and moving a pointer costs nothing where moving the state was a `memcpy` each time.
+pub struct Conn(Box<ConnState>);
+
+impl std::ops::Deref for Conn {
+    type Target = ConnState;
+    fn deref(&self) -> &ConnState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut ConnState {
+        &mut self.0
+    }
+}
+
+/// What an upstream HTTP/1.1 connection holds.
+pub struct ConnState {
     pub stream: UpIo,
     pub addr: SocketAddr,
-    /// This side's address (`%UPSTREAM_LOCAL_ADDRESS%`), boxed: a connection is moved
-    /// several times per request, so it stays small.
+    /// This side's address (`%UPSTREAM_LOCAL_ADDRESS%`).
     pub local: Option<Box<SocketAddr>>,
     /// Its pool identity ([`Cluster::pool_key`]): the pool never hands a connection to a
     /// request for another cluster or that asks for other TLS settings.
@@ -28,9 +45,8 @@ pub struct Conn {
     pub stats: Arc<Scope>,
     core: usize,
     idle_since: Instant,
-    /// How long it may serve, boxed: read only at checkout and check-in, while the
-    /// connection itself is moved several times per request.
-    limits: Box<Limits>,
+    /// How long it may serve.
+    limits: Limits,
     /// Its place under the cluster's `max_connections`, when that is limited.
     permit: Option<Permit>,
     /// Both ends' identities, on a TLS connection (`istio.stats`).
@@ -45,7 +61,7 @@ struct Limits {
     expires: Option<Instant>,
 }
 
-impl Drop for Conn {
+impl Drop for ConnState {
     fn drop(&mut self) {
         let c = self.stats.core(self.core);
         c.dec(ClusterStat::UpstreamCxActive as usize);
@@ -199,7 +215,7 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
     .map(Box::new);
     // Its age counts from here, once connected (Envoy's from the connect attempt).
     let now = Instant::now();
-    Ok(Conn {
+    Ok(Conn(Box::new(ConnState {
         principals,
         local,
         stream,
@@ -210,10 +226,10 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         stats: cluster.stats.clone(),
         core,
         idle_since: now,
-        limits: Box::new(Limits {
+        limits: Limits {
             idle_timeout: cluster.idle_timeout,
             expires: cluster.max_connection_duration.map(|d| now + d),
-        }),
+        },
         permit,
-    })
+    })))
 }
