@@ -305,11 +305,11 @@ impl Connection {
             }
             self.buf.reserve(BUF);
             let buf = std::mem::take(&mut self.buf);
-            let read = crate::io::read_more(&mut self.stream, buf);
+            // The read is made where it is awaited: a future bound first is copied again.
             let (res, buf) = if idle && self.requests > 0 {
                 // An idle keep-alive connection also wakes for the drain signal.
                 monoio::select! {
-                    r = with_timeout(limit, read) => match r {
+                    r = with_timeout(limit, crate::io::read_more(&mut self.stream, buf)) => match r {
                         Some(r) => r,
                         None => {
                             self.stat(HttpStat::DownstreamCxIdleTimeout);
@@ -322,7 +322,7 @@ impl Connection {
                     }
                 }
             } else {
-                match with_timeout(limit, read).await {
+                match with_timeout(limit, crate::io::read_more(&mut self.stream, buf)).await {
                     Some(r) => r,
                     None if idle => {
                         self.stat(HttpStat::DownstreamCxIdleTimeout);

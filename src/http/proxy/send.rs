@@ -229,17 +229,18 @@ pub(super) async fn exchange_h1<D: Downstream>(
             let sent = Instant::now();
             a.deadline.started(sent);
             let (at, per_try_first, idle) = a.head_limits(sent);
-            let read = read_response_head(conn, resp, cluster.max_headers_count, sent, at, idle);
+            let max = cluster.max_headers_count;
+            // Made where it is awaited: a future bound first is copied again on `.await`.
             let r = if d.resets() {
                 monoio::select! {
-                    r = read => r,
+                    r = read_response_head(conn, resp, max, sent, at, idle) => r,
                     _ = d.reset() => {
                         d.put_up_buf(out);
                         return Err(HttpError::ClientGone);
                     }
                 }
             } else {
-                read.await
+                read_response_head(conn, resp, max, sent, at, idle).await
             };
             match r {
                 Ok(()) => {
