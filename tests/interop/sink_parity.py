@@ -25,7 +25,7 @@ from envoy.config.core.v3 import base_pb2  # noqa: F401  (registers Node)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tally import check, fetch, report, same  # noqa: E402
-from envoy_parity import free_port, start_pair  # noqa: E402
+from envoy_parity import start_pair, static_http_listener  # noqa: E402
 
 NODE = "sidecar~10.0.0.9~app.ns~ns.svc.cluster.local"
 REQUESTS = 4
@@ -145,18 +145,7 @@ stats_sinks:
   typed_config: {{"@type": type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig, transport_api_version: V3, grpc_service: {{envoy_grpc: {{cluster_name: ms}}}}}}
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['main']}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{prefix: /}}, route: {{cluster: up}}}}]}}]}}
-          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
-  clusters:
+{static_http_listener(ports['main'], "{match: {prefix: /}, route: {cluster: up}}")}  clusters:
   - {{name: up, connect_timeout: 1s, load_assignment: {{cluster_name: up, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up}}}}}}}}}]}}]}}}}
   - {{name: ms, connect_timeout: 1s, http2_protocol_options: {{}}, load_assignment: {{cluster_name: ms, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {c.grpc_port}}}}}}}}}]}}]}}}}
 """
