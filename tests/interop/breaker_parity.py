@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tally import check, fetch, report, same  # noqa: E402
-from envoy_parity import start_pair, stats  # noqa: E402
+from envoy_parity import start_pair, static_http_listener, stats  # noqa: E402
 
 
 def upstream():
@@ -62,18 +62,7 @@ def config(ports, up):
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
 static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['main']}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: main
-          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{routes}]}}]}}
-          http_filters: [{{name: envoy.filters.http.router, typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}}}]
-  clusters:
+{static_http_listener(ports['main'], routes)}  clusters:
 {clusters}
 """
 
