@@ -513,8 +513,11 @@ pub struct Downstream {
     pub client_cert: Option<std::rc::Rc<crate::peer_cert::ClientCert>>,
     /// SNI and identities, on TLS chains whose RBAC or `istio_authn` read them.
     pub authn: Option<std::rc::Rc<crate::rbac::Authn>>,
-    /// The connection's filter state objects (the network `set_filter_state`'s).
+    /// The connection's filter state objects (the network `set_filter_state`'s, and on an
+    /// internal connection those its opener shared).
     pub objects: Option<std::rc::Rc<[crate::model::filter_state::Object]>>,
+    /// An internal connection: what it was handed (its dynamic metadata).
+    pub internal: Option<std::rc::Rc<crate::model::internal::Hello>>,
 }
 
 impl Downstream {
@@ -536,6 +539,43 @@ impl Downstream {
     pub fn loops_back(&self) -> bool {
         let (d, v) = (self.dst, self.via);
         d.port() == v.port() && (d.ip() == v.ip() || v.ip().is_unspecified())
+    }
+
+    /// The filter state objects this connection hands an internal connection it opens:
+    /// those shared with the upstream (`istio_authn`'s principals among them where it
+    /// shares them).
+    pub fn shared_objects(&self) -> Vec<crate::model::filter_state::Object> {
+        self.objects
+            .as_deref()
+            .map(|o| crate::model::filter_state::shared(o).collect())
+            .unwrap_or_default()
+    }
+
+    /// Where an ORIGINAL_DST cluster connects this connection's traffic, as Envoy's
+    /// chooses: the filter state `envoy.network.transport_socket.original_dst_address`
+    /// (Istio's HBONE sets it), else the cluster's `metadata_key` in the connection's
+    /// dynamic metadata, else the (restored) destination; then the cluster's
+    /// `upstream_port_override`.
+    pub fn original_dst_target(&self, c: &crate::model::OriginalDstConfig) -> std::net::SocketAddr {
+        use crate::model::internal::DESTINATION_ADDRESS;
+        let from_state = self
+            .objects
+            .as_deref()
+            .and_then(|o| crate::model::filter_state::find(o, DESTINATION_ADDRESS))
+            .and_then(|f| f.value.parse().ok());
+        let from_metadata = || {
+            let (ns, key) = c.metadata_key.as_ref()?;
+            self.internal
+                .as_deref()?
+                .metadata_str(ns, key)?
+                .parse()
+                .ok()
+        };
+        let mut a = from_state.or_else(from_metadata).unwrap_or(self.dst);
+        if let Some(p) = c.port_override {
+            a.set_port(p);
+        }
+        a
     }
 }
 

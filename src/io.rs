@@ -105,6 +105,33 @@ pub fn start_connect(
     Ok(socket.into())
 }
 
+/// A connected pair of stream sockets for an internal connection (both ends on the calling
+/// core): AF_UNIX, non-blocking, close-on-exec, carried as `TcpStream`s so that every
+/// path serving TCP serves it unchanged (reads, writes, half-closes, splice, TLS). It has
+/// no IP addresses: ask [`ip_local_addr`], never monoio's `local_addr`/`peer_addr`
+/// (which expect an IP socket).
+pub fn socket_pair() -> io::Result<(std::net::TcpStream, std::net::TcpStream)> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let (a, b) = Socket::pair(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    // SAFETY: each descriptor is an open stream socket that `Socket` owned and gives up
+    // here (into_raw_fd), so the new owner is its only one; `TcpStream` only issues
+    // stream-socket calls on it (read, write, shutdown, splice), which AF_UNIX supports.
+    Ok(unsafe {
+        (
+            std::net::TcpStream::from_raw_fd(a.into_raw_fd()),
+            std::net::TcpStream::from_raw_fd(b.into_raw_fd()),
+        )
+    })
+}
+
+/// The local IP address of a socket; `None` for an internal connection's socket pair.
+pub fn ip_local_addr(sock: &impl AsRawFd) -> Option<SocketAddr> {
+    // SAFETY: the caller's socket stays open for this whole call (it is borrowed), and
+    // neither BorrowedFd nor SockRef closes the descriptor.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+}
+
 /// A pipe for splice(2): (read end, write end), non-blocking.
 pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;

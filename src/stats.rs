@@ -338,6 +338,26 @@ impl Store {
             .clone()
     }
 
+    /// Cells as [`Store::scope`]'s that no stats output shows (Envoy keeps no stats for
+    /// what they count, e.g. internal listeners).
+    pub fn detached_scope<S: StatNames>(&self) -> Arc<Scope> {
+        Arc::new(Scope {
+            prefix: String::new(),
+            names: S::NAMES,
+            gauges: S::GAUGES,
+            set: S::SET,
+            cores: (0..self.cores)
+                .map(|_| CoreCells::new(S::N, S::HISTOGRAMS.len()))
+                .collect(),
+            per_worker: &[],
+            codes: S::CODES,
+            lazy: S::LAZY,
+            lazy_stats: S::LAZY_STATS,
+            lazy_histograms: S::LAZY_HISTOGRAMS,
+            histograms: S::HISTOGRAMS,
+        })
+    }
+
     /// Every histogram, merged over cores, sorted by name.
     pub fn histograms(&self) -> Vec<HistValue> {
         let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());

@@ -193,7 +193,6 @@ fn what_set_filter_state_cannot_do_is_refused_by_name() {
         ("{object_key: k, factory_key: envoy.tcp_proxy.cluster, format_string: {text_format: x}}", "factory_key"),
         ("{object_key: my.key, format_string: {text_format: x}}", "object_key"),
         ("{factory_key: envoy.string, format_string: {text_format: x}}", "object_key"),
-        ("{object_key: k, factory_key: envoy.string, shared_with_upstream: ONCE, format_string: {text_format: x}}", "shared_with_upstream"),
         ("{object_key: k, factory_key: envoy.string}", "format_string"),
         ("{object_key: k, factory_key: envoy.string, format_string: {}}", "format_string"),
         ("{object_key: k, factory_key: envoy.string, format_string: {text_format: '%BOGUS%'}}", "format_string.text_format"),

@@ -19,7 +19,8 @@ SUBSET = {
     # core
     "envoy.config.core.v3.SocketAddress": ["protocol", "address", "port_value", "ipv4_compat"],
     "envoy.config.core.v3.Pipe": ["path", "mode"],
-    "envoy.config.core.v3.Address": ["socket_address", "pipe"],
+    "envoy.config.core.v3.Address": ["socket_address", "pipe", "envoy_internal_address"],
+    "envoy.config.core.v3.EnvoyInternalAddress": ["server_listener_name", "endpoint_id"],
     "envoy.config.core.v3.Locality": ["*"],
     "envoy.config.core.v3.Node": ["id", "cluster", "metadata", "locality", "user_agent_name",
                                   "user_agent_version"],
@@ -112,7 +113,8 @@ SUBSET = {
                                                   "max_outbound_frames", "max_outbound_control_frames",
                                                   "max_consecutive_inbound_frames_with_empty_payload",
                                                   "max_inbound_priority_frames_per_stream",
-                                                  "max_inbound_window_update_frames_per_data_frame_sent"],
+                                                  "max_inbound_window_update_frames_per_data_frame_sent",
+                                                  "allow_connect"],
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": ["listeners", "clusters"],
     "envoy.config.bootstrap.v3.Admin": ["address", "access_log", "profile_path"],
     # listener
@@ -123,7 +125,8 @@ SUBSET = {
                                           "continue_on_listener_filters_timeout",
                                           "use_original_dst", "bind_to_port", "transparent",
                                           "default_filter_chain", "filter_chain_matcher", "ignore_global_conn_limit",
-                                          "bypass_overload_manager"],
+                                          "bypass_overload_manager", "internal_listener"],
+    "envoy.config.listener.v3.Listener.InternalListenerConfig": [],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig": ["exact_balance"],
     "envoy.config.listener.v3.Listener.ConnectionBalanceConfig.ExactBalance": [],
     "envoy.config.listener.v3.FilterChain": ["filters", "name", "filter_chain_match",
@@ -165,7 +168,21 @@ SUBSET = {
     # TCP proxy
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": [
         "stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "max_connect_attempts",
-        "max_downstream_connection_duration", "access_log", "hash_policy"],
+        "max_downstream_connection_duration", "access_log", "hash_policy",
+        "tunneling_config"],
+    # HBONE: the TCP proxy's HTTP CONNECT (or POST) tunnel.
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.TunnelingConfig": [
+        "hostname", "use_post", "headers_to_add", "post_path"],
+    "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer": [],
+    # The bootstrap extension that enables internal listeners (its buffer size is a
+    # tuning knob: an internal connection is a socket pair with the kernel's buffers).
+    "envoy.extensions.bootstrap.internal_listener.v3.InternalListener": ["buffer_size_kb"],
+    # The internal upstream transport: an internal endpoint's metadata passed to the
+    # internal listener's connection, around a plaintext socket.
+    "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport": [
+        "passthrough_metadata", "transport_socket"],
+    "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport.MetadataValueSource": [
+        "kind", "name"],
     # The TCP proxy's consistent-hash key: the source IP (Istio's useSourceIp) or a
     # hashable filter state object.
     "envoy.type.v3.HashPolicy": ["source_ip", "filter_state"],
@@ -477,7 +494,10 @@ SUBSET = {
                                         "metadata", "common_lb_config", "upstream_connection_options",
                                         "circuit_breakers", "max_requests_per_connection",
                                         "filters", "cleanup_interval", "outlier_detection",
-                                        "health_checks"],
+                                        "health_checks", "original_dst_lb_config"],
+    # HBONE's `connect_originate`: the destination's port replaced by 15008, or a
+    # waypoint's address from the connection's metadata.
+    "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig": ["upstream_port_override", "metadata_key"],
     # Active health checks (HTTP, TCP, gRPC); the rest is refused by name.
     "envoy.config.core.v3.HealthCheck": ["timeout", "interval", "initial_jitter", "interval_jitter",
                                          "interval_jitter_percent", "unhealthy_threshold",
@@ -619,6 +639,9 @@ MODULES = [
     "xds.core.v3.cidr_pb2",
     "envoy.extensions.matching.common_inputs.network.v3.network_inputs_pb2",
     "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+    "envoy.extensions.transport_sockets.internal_upstream.v3.internal_upstream_pb2",
+    "envoy.extensions.bootstrap.internal_listener.v3.internal_listener_pb2",
+    "envoy.extensions.transport_sockets.raw_buffer.v3.raw_buffer_pb2",
     "envoy.extensions.filters.common.set_filter_state.v3.value_pb2",
     "envoy.extensions.filters.http.set_filter_state.v3.set_filter_state_pb2",
     "envoy.extensions.filters.network.set_filter_state.v3.set_filter_state_pb2",

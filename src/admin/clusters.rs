@@ -81,7 +81,7 @@ fn added_via_api(snapshot: &Snapshot, c: &Cluster) -> bool {
 
 /// The hostname Envoy shows: the one configured or resolved from, none for an address.
 fn hostname(e: &crate::model::Endpoint) -> &str {
-    if *e.hostname == *e.address.to_string() {
+    if e.internal.is_some() || *e.hostname == *e.address.to_string() {
         ""
     } else {
         &e.hostname
@@ -113,11 +113,18 @@ pub(super) fn json(snapshot: &Snapshot, views: &Views, health: &crate::health::V
                 .endpoints
                 .iter()
                 .map(|e| {
-                    let mut h = json!({
-                        "address": {"socket_address": {
+                    let address = match &e.internal {
+                        Some(i) => json!({"envoy_internal_address": {
+                            "server_listener_name": &*i.listener,
+                            "endpoint_id": &*i.endpoint_id,
+                        }}),
+                        None => json!({"socket_address": {
                             "address": e.address.ip().to_string(),
                             "port_value": e.address.port(),
-                        }},
+                        }}),
+                    };
+                    let mut h = json!({
+                        "address": address,
                         "health_status": {
                             "eds_health_status": if e.healthy { "HEALTHY" } else { "UNHEALTHY" },
                         },
@@ -233,7 +240,10 @@ pub(super) fn text(snapshot: &Snapshot, views: &Views, health: &crate::health::V
         }
         let _ = writeln!(out, "{n}::added_via_api::{}", added_via_api(snapshot, c));
         for e in c.endpoints.iter() {
-            let a = e.address;
+            let a: &dyn std::fmt::Display = match &e.internal {
+                Some(i) => &i.display,
+                None => &e.address,
+            };
             let _ = writeln!(out, "{n}::{a}::hostname::{}", hostname(e));
             let flags = flags(checked(health, c, e), ejected(v, e), e.healthy);
             let _ = writeln!(out, "{n}::{a}::health_flags::{flags}");

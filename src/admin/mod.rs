@@ -397,7 +397,10 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             if params.get("format") == Some(&"json") {
                 let list: Vec<Value> = names
                     .iter()
-                    .map(|(n, a)| json!({"name": n.as_ref(), "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}))
+                    .map(|(n, a)| match crate::model::internal::is_synthetic(a) {
+                        true => json!({"name": n.as_ref(), "local_address": {"envoy_internal_address": {"server_listener_name": n.as_ref()}}}),
+                        false => json!({"name": n.as_ref(), "local_address": {"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}}}),
+                    })
                     .collect();
                 (
                     200,
@@ -408,7 +411,11 @@ pub fn handle(state: &AdminState, method: &str, target: &str) -> (u16, &'static 
             } else {
                 let mut out = String::new();
                 for (n, a) in names {
-                    let _ = writeln!(out, "{n}::{a}");
+                    match crate::model::internal::is_synthetic(a) {
+                        true => writeln!(out, "{n}::envoy://{n}/"),
+                        false => writeln!(out, "{n}::{a}"),
+                    }
+                    .ok();
                 }
                 (200, text_ct, out.into_bytes())
             }

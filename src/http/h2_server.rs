@@ -13,6 +13,7 @@ use h2::RecvStream;
 use http::Request;
 use monoio::net::TcpStream;
 
+mod connect;
 mod down;
 mod exchange;
 
@@ -409,7 +410,9 @@ impl Stream {
         body: RecvStream,
     ) -> Result<(), HttpError> {
         let started = Instant::now();
-        if parts.method == http::Method::CONNECT {
+        let connect = parts.method == http::Method::CONNECT;
+        if connect && parts.extensions.get::<h2::ext::Protocol>().is_some() {
+            // Extended CONNECT (RFC 8441) is not offered (no SETTINGS_ENABLE_CONNECT_PROTOCOL).
             return Err(HttpError::UpgradeRejected);
         }
         convert::request_to_h1(&parts, body.is_end_stream(), &mut self.buf);
@@ -442,8 +445,27 @@ impl Stream {
         self.body = (!end).then_some(body);
         match crate::http::request::route(self, &routes, &authority, &mut path).await? {
             Decision::Answer(a) => {
+                if connect && !a.require_tls {
+                    return Err(HttpError::UpgradeRejected);
+                }
                 self.simple(a.status, a.body, a.location.as_deref(), &a.mods, None);
                 Ok(())
+            }
+            Decision::Forward(fw) if connect => {
+                let f: &Forward = fw.f;
+                let hcm_allows = self
+                    .hcm
+                    .upgrades
+                    .iter()
+                    .find(|(u, _)| u.eq_ignore_ascii_case("connect"))
+                    .map(|(_, enabled)| *enabled);
+                if !f.upgrade_allowed(b"connect", hcm_allows) {
+                    return Err(HttpError::UpgradeRejected);
+                }
+                if !f.terminates_connect() {
+                    return Err(HttpError::ConnectNotTerminated);
+                }
+                Box::pin(self.terminate_connect(f)).await
             }
             Decision::Forward(fw) => {
                 let f: &Forward = fw.f;

@@ -22,6 +22,10 @@ impl<E: Exchange + ?Sized> Context for LogCtx<'_, E> {
 
 /// Appends `a` in the form `how` names.
 pub(crate) fn write_addr(a: SocketAddr, how: Addr, out: &mut Vec<u8>) -> Val {
+    if crate::model::internal::is_synthetic(&a) && a == crate::model::internal::client_address() {
+        // An internal connection's client (Envoy prints no IP for it).
+        return text(out, crate::model::internal::CLIENT_ADDRESS.as_bytes());
+    }
     match how {
         Addr::Full => {
             let _ = write!(out, "{a}");

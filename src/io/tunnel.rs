@@ -187,7 +187,6 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let [mx_a, mx_b] = mx;
-    let last = Cell::new(Instant::now());
     let (mut ta, mut tb);
     let x: &mut (dyn Pollable + Unpin) = match a {
         MaybeTls::Plain(p) => match poll_twin(p) {
@@ -224,6 +223,44 @@ where
         }
         None => y,
     };
+    copy_pollables(x, y, idle, limit, read).await
+}
+
+/// Copies both ways between a connection and any poll-style stream (an HTTP/2 stream
+/// carrying a tunnel), as [`copy_tls_tunnel`] does. `read[0]` counts the bytes read from
+/// `a`, `read[1]` those from `b`.
+pub async fn copy_to_stream<A>(
+    a: &mut MaybeTls<monoio::net::TcpStream, A>,
+    b: &mut (dyn Pollable + Unpin),
+    idle: Option<Duration>,
+    limit: Option<Duration>,
+    read: [&Cell<u64>; 2],
+) -> (Tunnel, u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ta;
+    let x: &mut (dyn Pollable + Unpin) = match a {
+        MaybeTls::Plain(p) => match poll_twin(p) {
+            Ok(t) => {
+                ta = t;
+                &mut ta
+            }
+            Err(_) => return (Tunnel::Error, 0, 0),
+        },
+        MaybeTls::Tls(t) => &mut t.0,
+    };
+    copy_pollables(x, b, idle, limit, read).await
+}
+
+async fn copy_pollables(
+    x: &mut (dyn Pollable + Unpin),
+    y: &mut (dyn Pollable + Unpin),
+    idle: Option<Duration>,
+    limit: Option<Duration>,
+    read: [&Cell<u64>; 2],
+) -> (Tunnel, u64, u64) {
+    let last = Cell::new(Instant::now());
     // Bytes read from each side, counted as they pass: an error or a limit still knows
     // how much moved.
     let [read_a, read_b] = read;
@@ -267,8 +304,9 @@ where
     (ended, read_a.get(), read_b.get())
 }
 
-/// A poll-style stream, as a trait object (a TLS stream or a plain socket's twin).
-trait Pollable: AsyncRead + AsyncWrite {}
+/// A poll-style stream, as a trait object (a TLS stream, a plain socket's twin, an
+/// HTTP/2 stream).
+pub trait Pollable: AsyncRead + AsyncWrite {}
 impl<T: AsyncRead + AsyncWrite> Pollable for T {}
 
 /// A stream that notes when bytes last moved through it (a tunnel's idle timeout).

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,53 +16,13 @@ use crate::model::chain::{Choice, ConnInfo, Sniffed};
 use crate::model::{Listener, NetworkFilter, Snapshot};
 use crate::stats::{HttpStat, ListenerStat, TcpStat};
 
+mod balance;
 mod guard;
 mod rbac;
+use balance::inbox_loop;
+pub use balance::{Balancer, Handoff};
 use guard::ActiveGuard;
 pub mod sniff;
-
-/// A connection accepted by one core for another (exact balance).
-pub struct Handoff {
-    pub stream: std::net::TcpStream,
-    pub peer: SocketAddr,
-}
-
-/// Envoy's `exact_balance` for one listener: every accepted connection goes to the core
-/// with the fewest open connections. The counters and inboxes are touched once per
-/// connection (accept and close), never per request.
-pub struct Balancer {
-    load: Box<[AtomicUsize]>,
-    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
-}
-
-impl Balancer {
-    /// A balancer over `cores` cores and each core's inbox receiver.
-    pub fn new(
-        cores: usize,
-    ) -> (
-        Arc<Balancer>,
-        Vec<tokio::sync::mpsc::UnboundedReceiver<Handoff>>,
-    ) {
-        let (tx, rx): (Vec<_>, Vec<_>) = (0..cores)
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
-        let load = (0..cores).map(|_| AtomicUsize::new(0)).collect();
-        (Arc::new(Balancer { load, inboxes: tx }), rx)
-    }
-
-    /// Chooses the least-loaded core and counts the connection there.
-    fn assign(&self) -> usize {
-        let target = (0..self.load.len())
-            .min_by_key(|&k| self.load[k].load(Ordering::Relaxed))
-            .unwrap_or(0);
-        self.load[target].fetch_add(1, Ordering::Relaxed);
-        target
-    }
-
-    fn release(&self, core: usize) {
-        self.load[core].fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// A core's listening socket, with its balancer when the listener asks for one. A
 /// `bind_to_port: false` listener has no socket: it serves connections other listeners
@@ -229,40 +188,6 @@ pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
     }
 }
 
-async fn inbox_loop(
-    ctx: Rc<CoreCtx>,
-    balancer: Arc<Balancer>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
-    slot: Rc<Slot>,
-) {
-    loop {
-        let handoff = monoio::select! {
-            h = rx.recv() => h,
-            _ = slot.stop.wait() => return,
-        };
-        let listener = slot.config.borrow().clone();
-        let drain = slot.drain.borrow().clone();
-        let Some(h) = handoff else { return };
-        match monoio::net::TcpStream::from_std(h.stream) {
-            Ok(stream) => {
-                let local = stream.local_addr().unwrap_or(listener.address);
-                spawn_connection(
-                    &ctx,
-                    &listener,
-                    stream,
-                    (h.peer, local, slot.bound),
-                    Some(balancer.clone()),
-                    &drain,
-                );
-            }
-            Err(e) => {
-                balancer.release(ctx.core);
-                tracing::warn!(listener = %listener.name, "cannot adopt a handed-over connection: {e}");
-            }
-        }
-    }
-}
-
 /// Accepts on one core until the listener drains.
 pub async fn accept_loop(
     ctx: Rc<CoreCtx>,
@@ -323,6 +248,42 @@ pub async fn accept_loop(
     }
 }
 
+/// Serves an internal connection on the internal listener it names (this core's);
+/// gives it back when there is none, or it stopped accepting.
+pub fn accept_internal(
+    ctx: &Rc<CoreCtx>,
+    a: Box<crate::upstream::internal::Accepted>,
+) -> Result<(), Box<crate::upstream::internal::Accepted>> {
+    let slot = ctx.listeners.borrow().get(&a.listener).cloned();
+    let Some(slot) = slot else {
+        return Err(a);
+    };
+    let listener = slot.config.borrow().clone();
+    if listener.internal.is_none() || slot.stop.raised() {
+        return Err(a);
+    }
+    let drain = slot.drain.borrow().clone();
+    // Its addresses are internal ones (Envoy's `envoy://...`): placeholders here, until a
+    // listener filter restores an IP destination.
+    let peer = crate::model::internal::client_address();
+    let guard = ActiveGuard::new(ctx.clone(), listener.clone(), None);
+    let a = *a;
+    let fut = handle(
+        guard,
+        a.stream,
+        peer,
+        (listener.address, listener.address),
+        drain,
+        Some(a.hello),
+    );
+    monoio::spawn(async move {
+        if CatchUnwind(Box::pin(fut)).await.is_err() {
+            tracing::error!("a bug panicked while serving an internal connection; it was closed and the core keeps serving");
+        }
+    });
+    Ok(())
+}
+
 fn spawn_connection(
     ctx: &Rc<CoreCtx>,
     listener: &Arc<Listener>,
@@ -351,7 +312,7 @@ fn spawn_connection(
     };
     let mut guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
     guard.global = global;
-    let fut = handle(guard, stream, peer, (local, bound), drain.clone());
+    let fut = handle(guard, stream, peer, (local, bound), drain.clone(), None);
     monoio::spawn(async move {
         if CatchUnwind(Box::pin(fut)).await.is_err() {
             tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
@@ -370,11 +331,39 @@ async fn handle(
     // what a connection to ORIGINAL_DST must not loop back to.
     (local, accepted_on): (SocketAddr, SocketAddr),
     mut drain: Rc<DrainEvent>,
+    // An internal connection: what its opener handed it.
+    hello: Option<crate::model::internal::Hello>,
 ) {
     let ctx = guard.ctx.clone();
     let mut listener = guard.listener.clone();
     let mut dst = local;
+    let mut peer = peer;
     let mut restored = false;
+    let (mut objects, mut internal) = (None, None);
+    if let Some(hello) = hello {
+        let r = listener.internal.unwrap_or_default().apply(&hello);
+        if let Some(l) = r.local {
+            dst = l;
+            restored = true;
+        }
+        if let Some(p) = r.remote {
+            peer = p;
+        }
+        let mut o = hello.objects.clone();
+        if let Some(a) = r.original_dst {
+            use crate::model::filter_state::{Object, Shared};
+            o.retain(|x| &*x.key != crate::model::internal::DESTINATION_ADDRESS);
+            o.push(Object {
+                key: crate::model::internal::DESTINATION_ADDRESS.into(),
+                value: a.to_string().into(),
+                hashable: false,
+                read_only: true,
+                shared: Shared::None,
+            });
+        }
+        objects = (!o.is_empty()).then(|| o.into());
+        internal = Some(Rc::new(hello));
+    }
     if listener.restore_dst {
         match crate::io::original_dst(&stream, local) {
             Ok(Some(a)) => {
@@ -476,7 +465,8 @@ async fn handle(
         tls: chain.tls.is_some(),
         client_cert: None,
         authn: None,
-        objects: None,
+        objects,
+        internal,
     };
     let stream = match chain.tls.clone() {
         None => MaybeTls::Plain(stream),
@@ -502,6 +492,9 @@ async fn handle(
                 down.authn = crate::tls::authn(&s, &tls).map(std::rc::Rc::new);
             }
             rbac::set_objects(chain, &mut down, None, &ctx.hostname);
+            if chain.istio_authn == crate::model::chain::IstioAuthn::Shared {
+                rbac::share_principals(&mut down);
+            }
             if let Err(why) = rbac::allows(chain, &down, None, ctx.core) {
                 return denied(&ctx, &filter, &down, why);
             }

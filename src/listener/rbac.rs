@@ -27,9 +27,37 @@ pub(super) fn set_objects(
     down.objects = Some(crate::tcp::log::connection_objects(
         values,
         down,
-        chain.istio_authn,
+        chain.istio_authn.on(),
         hostname,
     ));
+}
+
+/// `istio_authn` with `shared: true`: its principals go, as filter state, to every
+/// upstream (internal) connection this connection's requests open, and on from there
+/// (HBONE's `connect_terminate` hands them to `main_internal`).
+pub(super) fn share_principals(down: &mut Downstream) {
+    use crate::model::filter_state::{Object, Shared};
+    let Some(authn) = down.authn.clone() else {
+        return;
+    };
+    let mut objects: Vec<Object> = down
+        .objects
+        .as_deref()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    for key in ["io.istio.peer_principal", "io.istio.local_principal"] {
+        if let Some(v) = authn.filter_state(key, true) {
+            objects.retain(|o| &*o.key != key);
+            objects.push(Object {
+                key: key.into(),
+                value: v.into(),
+                hashable: true,
+                read_only: true,
+                shared: Shared::Transitive,
+            });
+        }
+    }
+    down.objects = Some(objects.into());
 }
 
 /// The chain's network RBAC filters, in order, on a new connection: `Err` with Envoy's
@@ -47,7 +75,7 @@ pub(super) fn allows(
     if chain.rbac.is_empty() {
         return Ok(());
     }
-    let input = ConnInput(down, chain.istio_authn, sni);
+    let input = ConnInput(down, chain.istio_authn.on(), sni);
     for f in chain.rbac.iter() {
         if let Some(e) = &f.shadow {
             let v = crate::rbac::evaluate(e, &input);

@@ -26,15 +26,31 @@ pub struct FilterChain {
     pub rbac: Box<[Arc<super::rbac::RbacFilter>]>,
     /// Istio's `istio_authn` runs on the chain: the peer's SPIFFE identity is the filter
     /// state `io.istio.peer_principal`.
-    pub istio_authn: bool,
+    pub istio_authn: IstioAuthn,
     /// `set_filter_state` on the connection: its objects, set when it opens.
     pub objects: Option<Arc<[super::filter_state::SetValue]>>,
+}
+
+/// Whether `istio_authn` runs on a chain, and whether its principals are shared with the
+/// upstream connections the chain opens (`shared: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IstioAuthn {
+    #[default]
+    Off,
+    On,
+    Shared,
+}
+
+impl IstioAuthn {
+    pub fn on(self) -> bool {
+        self != IstioAuthn::Off
+    }
 }
 
 impl FilterChain {
     /// Whether the peer certificate's identity is read (RBAC or `istio_authn` need it).
     pub fn reads_identity(&self) -> bool {
-        self.istio_authn
+        self.istio_authn.on()
             || !self.rbac.is_empty()
             || matches!(&self.filter, super::NetworkFilter::Http(h) if h.reads_identity)
     }
@@ -185,6 +201,7 @@ impl Chains {
                 Eval::Chain(i) => Ok(Some(i)),
                 Eval::NoMatch => Ok(None),
                 Eval::NeedSniff => Err(()),
+                Eval::Missing => return Choice::NoMatch,
             },
         };
         match found {
@@ -354,18 +371,23 @@ pub enum OnMatch {
     Matcher(Box<Matcher>),
     /// A filter chain, by index.
     Chain(usize),
+    /// A chain name the listener does not have: Envoy accepts it and serves the
+    /// connection no chain, not even the default.
+    Missing,
 }
 
 enum Eval {
     Chain(usize),
     NoMatch,
     NeedSniff,
+    Missing,
 }
 
 impl OnMatch {
     fn eval(&self, c: &ConnInfo<'_>) -> Eval {
         match self {
             OnMatch::Chain(i) => Eval::Chain(*i),
+            OnMatch::Missing => Eval::Missing,
             OnMatch::Matcher(m) => m.eval(c),
         }
     }

@@ -60,6 +60,14 @@ pub enum FilterKind {
     IstioStats(Arc<super::istio::IstioStats>),
     /// `istio.metadata_exchange` (HTTP).
     PeerMetadata(Arc<super::istio::PeerMetadata>),
+    /// Istio's `connect_authority` (HBONE's `connect_terminate`): on a route that enables
+    /// it, the CONNECT's authority becomes the filter state object
+    /// `istio.set_internal_dst_address`, shared with the upstream (internal) connection,
+    /// where `main_internal`'s listener filter restores the destination from it.
+    ConnectAuthority,
+    /// Istio's `connect_baggage`: the CONNECT's `baggage` header describes the client's
+    /// workload, which the upstream (internal) connection's `istio.stats` reports.
+    ConnectBaggage,
 }
 
 /// A fraction with Envoy's `FractionalPercent` denominators.
@@ -215,6 +223,11 @@ pub enum PerRoute {
     Rbac(Arc<super::rbac::RbacPerRoute>),
     Jwt(Arc<super::jwt::JwtPerRoute>),
     ExtAuthz(Arc<ExtAuthzPerRoute>),
+    /// Istio's `connect_authority` per route: enabled, with the port the destination
+    /// takes (0: the authority's own).
+    ConnectAuthority {
+        port: u16,
+    },
     /// `FilterConfig { disabled: true }`: the filter is skipped for this route.
     Disabled,
     /// `FilterConfig { disabled: false }` with no config: a filter disabled on the

@@ -8,6 +8,11 @@ use std::sync::Arc;
 
 use super::format::Format;
 
+/// The address objects an internal listener's `original_dst` restores its connection's
+/// destination and peer from.
+pub const LOCAL_IP: &str = "envoy.filters.listener.original_dst.local_ip";
+pub const REMOTE_IP: &str = "envoy.filters.listener.original_dst.remote_ip";
+
 /// One value `set_filter_state` sets.
 #[derive(Debug, Clone)]
 pub struct SetValue {
@@ -21,6 +26,34 @@ pub struct SetValue {
     pub read_only: bool,
     /// An empty value sets nothing.
     pub skip_if_empty: bool,
+    /// `shared_with_upstream`.
+    pub shared: Shared,
+}
+
+/// Whether an object goes to the upstream connection its request or connection opens:
+/// only internal connections receive objects (Envoy's `internal_upstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shared {
+    #[default]
+    None,
+    /// To the next connection only (it arrives there unshared).
+    Once,
+    /// To the next connection, and on from there.
+    Transitive,
+}
+
+/// The objects of `objects` an upstream connection receives, as it receives them.
+pub fn shared(objects: &[Object]) -> impl Iterator<Item = Object> + '_ {
+    objects
+        .iter()
+        .filter(|o| o.shared != Shared::None)
+        .map(|o| {
+            let mut o = o.clone();
+            if o.shared == Shared::Once {
+                o.shared = Shared::None;
+            }
+            o
+        })
 }
 
 /// A filter state object, as set.
@@ -30,6 +63,7 @@ pub struct Object {
     pub value: Box<str>,
     pub hashable: bool,
     pub read_only: bool,
+    pub shared: Shared,
 }
 
 /// What a lookup finds: the object's string form and whether it hashes.
@@ -54,11 +88,21 @@ pub fn put(objects: &mut Vec<Object>, v: &SetValue, value: &[u8]) {
     if v.skip_if_empty && value.is_empty() {
         return;
     }
+    // Envoy's address objects: a value that is not ip:port makes no object.
+    if matches!(&*v.key, LOCAL_IP | REMOTE_IP)
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse::<std::net::SocketAddr>().ok())
+            .is_none()
+    {
+        return;
+    }
     let object = Object {
         key: v.key.clone(),
         value: String::from_utf8_lossy(value).into(),
         hashable: v.hashable,
         read_only: v.read_only,
+        shared: v.shared,
     };
     match objects.iter_mut().find(|o| o.key == v.key) {
         Some(o) if o.read_only => {

@@ -89,6 +89,9 @@ pub struct Endpoint {
     /// entry's `load_balancing_weight` (0 unset: no traffic under locality weighting).
     pub group: u32,
     pub locality_weight: u32,
+    /// An `envoy_internal_address` endpoint: `address` is then a placeholder
+    /// ([`super::internal::synthetic_address`]).
+    pub internal: Option<Arc<super::internal::InternalEndpoint>>,
 }
 
 impl Endpoint {
@@ -106,6 +109,7 @@ impl Endpoint {
             overprovisioning: DEFAULT_OVERPROVISIONING,
             group: 0,
             locality_weight: 0,
+            internal: None,
         }
     }
 }

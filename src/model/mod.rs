@@ -24,6 +24,7 @@ pub mod flags;
 pub mod format;
 pub mod headers;
 pub mod health;
+pub mod internal;
 pub mod istio;
 pub mod jwt;
 mod lb;
@@ -42,7 +43,8 @@ pub mod runtime;
 mod tcp_proxy;
 pub mod tls;
 pub mod tracing;
-pub use tcp_proxy::{TcpHash, TcpProxy};
+pub use internal::OriginalDstConfig;
+pub use tcp_proxy::{TcpHash, TcpProxy, Tunneling};
 pub mod xfcc;
 
 pub use convert::ConvertError;
@@ -78,14 +80,15 @@ pub struct Snapshot {
     pub global_cx: Option<Arc<overload::GlobalConnLimit>>,
 }
 
-/// The `bind_to_port: false` listeners of `listeners`, by address.
+/// The `bind_to_port: false` listeners of `listeners`, by address (internal listeners
+/// have no address to be found by).
 pub fn virtual_index(
     listeners: &[Arc<Listener>],
 ) -> Arc<rustc_hash::FxHashMap<SocketAddr, Arc<Listener>>> {
     Arc::new(
         listeners
             .iter()
-            .filter(|l| !l.bind_to_port)
+            .filter(|l| !l.bind_to_port && l.internal.is_none())
             .map(|l| (l.address, l.clone()))
             .collect(),
     )
@@ -186,6 +189,9 @@ pub struct Listener {
     pub exact_balance: bool,
     /// A hash of everything that needs a rebind when it changes.
     pub bind_key: String,
+    /// `internal_listener`: reached only by this proxy's internal endpoints, never bound
+    /// (its `address` is a placeholder), with what its listener filters restore.
+    pub internal: Option<internal::Restore>,
 }
 
 impl Listener {
@@ -205,6 +211,7 @@ impl Listener {
             inspectors: self.inspectors.clone(),
             exact_balance: self.exact_balance,
             bind_key: self.bind_key.clone(),
+            internal: self.internal,
         }
     }
 }
@@ -459,6 +466,8 @@ pub struct Cluster {
     /// `upstream_bind_config.source_address`: connections leave from here (Istio's
     /// inbound passthrough uses 127.0.0.6).
     pub bind_source: Option<SocketAddr>,
+    /// `original_dst_lb_config` of an ORIGINAL_DST cluster.
+    pub original_dst: OriginalDstConfig,
     pub connect_timeout: Duration,
     /// Idle pooled connections older than this are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
@@ -485,6 +494,9 @@ pub struct Cluster {
     /// `transport_socket`: TLS to every endpoint (`None`: plaintext), unless a
     /// `transport_socket_matches` entry picks another for an endpoint.
     pub tls: Option<Arc<tls::UpstreamTls>>,
+    /// Its transport socket is `internal_upstream`, which passes this to internal
+    /// endpoints' connections.
+    pub passthrough: Option<Arc<internal::Passthrough>>,
     /// `transport_socket_matches`, in order (Istio's `tlsMode-istio`, `tlsMode-disabled`).
     pub tls_matches: Arc<[tls::TlsMatch]>,
     /// The service it serves (`filter_metadata.istio.services[0]`), for `istio.stats`.
@@ -527,6 +539,7 @@ impl Cluster {
             unix_endpoints: self.unix_endpoints.clone(),
             lb: self.lb,
             bind_source: self.bind_source,
+            original_dst: self.original_dst.clone(),
             connect_timeout: self.connect_timeout,
             idle_timeout: self.idle_timeout,
             max_requests_per_connection: self.max_requests_per_connection,
@@ -542,6 +555,7 @@ impl Cluster {
             endpoints,
             tls: self.tls.clone(),
             tls_matches: self.tls_matches.clone(),
+            passthrough: self.passthrough.clone(),
             istio_service: self.istio_service.clone(),
             tcp_exchange: self.tcp_exchange.clone(),
             outlier: self.outlier.clone(),
@@ -553,6 +567,14 @@ impl Cluster {
 
     /// The TLS settings for connections to `ep` (`None`: plaintext): the first
     /// `transport_socket_matches` entry its labels satisfy, else `transport_socket`.
+    /// The `internal_upstream` passthrough of the transport socket `ep` is reached with.
+    pub fn passthrough_for(&self, ep: &Endpoint) -> Option<&Arc<internal::Passthrough>> {
+        match self.tls_matches.iter().find(|m| m.matches(&ep.labels)) {
+            Some(m) => m.passthrough.as_ref(),
+            None => self.passthrough.as_ref(),
+        }
+    }
+
     pub fn tls_for(&self, ep: &Endpoint) -> Option<&Arc<tls::UpstreamTls>> {
         match self.tls_matches.iter().find(|m| m.matches(&ep.labels)) {
             Some(m) => m.tls.as_ref(),

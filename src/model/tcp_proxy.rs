@@ -28,6 +28,20 @@ pub struct TcpProxy {
     pub log_needs: super::access_log::LogNeeds,
     /// `hash_policy`: a consistent-hash cluster's key.
     pub hash: Option<TcpHash>,
+    /// `tunneling_config`: the bytes go inside an HTTP CONNECT (or POST) stream to the
+    /// cluster's endpoint (Istio's HBONE), not on a connection of their own.
+    pub tunneling: Option<Arc<Tunneling>>,
+}
+
+/// How the TCP proxy tunnels over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunneling {
+    /// The request's authority, formatted over the connection.
+    pub hostname: super::format::Format,
+    /// `use_post`: POST to `post_path` instead of CONNECT.
+    pub post_path: Option<Box<str>>,
+    /// `headers_to_add`, formatted over the connection.
+    pub headers: super::headers::HeaderMods,
 }
 
 /// What the TCP proxy's `hash_policy` hashes.

@@ -267,6 +267,8 @@ pub struct TlsMatch {
     pub name: Arc<str>,
     pub labels: Vec<super::Label>,
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Inside `internal_upstream`: what an internal endpoint's connection is handed.
+    pub passthrough: Option<Arc<super::internal::Passthrough>>,
 }
 
 impl TlsMatch {

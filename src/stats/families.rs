@@ -164,11 +164,14 @@ stat_family! {
         ExtAuthzDenied = "ext_authz.denied",
         ExtAuthzError = "ext_authz.error",
         ExtAuthzFailureModeAllowed = "ext_authz.failure_mode_allowed",
+        // Passthrough metadata an internal endpoint's connection did not get.
+        InternalUpstreamNoMetadata = "internal_upstream.no_metadata",
     } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
       lazy_stats [UpstreamRq1xx, UpstreamRq2xx, UpstreamRq3xx, UpstreamRq4xx, UpstreamRq5xx,
                   SslHandshake, SslConnectionError, SslFailVerifyError, SslFailVerifySan,
                   SslFailVerifyNoCert, SslSessionReused, UpdateRejected, ExtAuthzOk,
-                  ExtAuthzDenied, ExtAuthzError, ExtAuthzFailureModeAllowed]
+                  ExtAuthzDenied, ExtAuthzError, ExtAuthzFailureModeAllowed,
+                  InternalUpstreamNoMetadata]
       codes "upstream_rq_"
       histograms ["upstream_rq_time", "upstream_cx_connect_ms"] lazy_histograms [0]
 }

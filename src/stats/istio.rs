@@ -345,6 +345,37 @@ pub struct Peer {
     pub cluster: Box<str>,
 }
 
+impl Peer {
+    /// The workload a W3C `baggage` header describes, with istio-proxy's keys
+    /// (`WorkloadMetadataObject::fromBaggage`): `k8s.namespace.name`, `k8s.cluster.name`,
+    /// `k8s.<kind>.name` (the workload), `service.name`/`service.version` (canonical
+    /// service and revision), `app.name`/`app.version`.
+    pub fn from_baggage(baggage: &str) -> Peer {
+        let mut p = Peer::default();
+        for member in baggage.split(',') {
+            let Some((k, v)) = member.split_once('=') else {
+                continue;
+            };
+            // Properties after ';' are not part of the value.
+            let v = v.split(';').next().unwrap_or("").trim();
+            let v: Box<str> = v.into();
+            match k.trim() {
+                "k8s.namespace.name" => p.namespace = v,
+                "k8s.cluster.name" => p.cluster = v,
+                "service.name" => p.canonical_service = v,
+                "service.version" => p.canonical_revision = v,
+                "app.name" => p.app = v,
+                "app.version" => p.version = v,
+                k if k.starts_with("k8s.") && k.ends_with(".name") && k != "k8s.node.name" => {
+                    p.workload = v
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
 /// What this proxy's own workload is, from the bootstrap's `node.metadata` (pilot-agent's
 /// keys): its side of every series (its [`Peer`] fields, through `Deref`), and what
 /// metadata exchange tells peers.

@@ -194,7 +194,12 @@ pub(crate) fn connection_objects(
         flags: "-",
         ..Outcome::default()
     };
-    let mut objects = Vec::with_capacity(values.len());
+    // An internal connection's objects (its opener's) come first.
+    let mut objects: Vec<_> = conn
+        .objects
+        .as_deref()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
     let mut buf = Vec::new();
     for v in values {
         // Each value sees those set before it.
@@ -211,4 +216,28 @@ pub(crate) fn connection_objects(
         crate::model::filter_state::put(&mut objects, v, &buf);
     }
     objects.into()
+}
+
+/// `f` formatted over a connection that is opening (Envoy's formatter with no request:
+/// the TCP proxy's tunneling hostname and headers).
+pub(crate) fn format_over(
+    f: &crate::model::format::Format,
+    conn: &Downstream,
+    istio_authn: bool,
+    hostname: &str,
+) -> Vec<u8> {
+    let out = Outcome {
+        start: Some((std::time::SystemTime::now(), std::time::Instant::now())),
+        flags: "-",
+        ..Outcome::default()
+    };
+    let line = Line {
+        istio_authn,
+        conn,
+        out: &out,
+        hostname,
+    };
+    let mut buf = Vec::new();
+    f.write(&line, b"-", &mut buf);
+    buf
 }

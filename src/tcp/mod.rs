@@ -19,6 +19,7 @@ use crate::tls::UpIo;
 
 pub(crate) mod log;
 mod telemetry;
+mod tunnel;
 
 /// Serves one downstream connection; `prefix` holds bytes the listener filters read.
 pub async fn serve(
@@ -130,6 +131,9 @@ async fn proxy(
         return;
     };
     out.cluster = Some(cluster.clone());
+    if tp.tunneling.is_some() {
+        return tunnel::proxy(ctx, tp, cluster, down, conn, prefix, out).await;
+    }
     let (mut up, _permit, ep) = match connect(ctx, tp, cluster, conn).await {
         Ok(c) => c,
         Err(f) => {
@@ -142,8 +146,8 @@ async fn proxy(
     out.workload = ep.workload.clone();
     out.upstream = Some(ep.address);
     out.upstream_local = match &up {
-        MaybeTls::Plain(s) => s.local_addr().ok(),
-        MaybeTls::Tls(t) => t.0.get_ref().0.local_addr().ok(),
+        MaybeTls::Plain(s) => crate::io::ip_local_addr(s),
+        MaybeTls::Tls(t) => crate::io::ip_local_addr(t.0.get_ref().0),
     };
     if let (Some(_), MaybeTls::Tls(s), Some(tls)) = (&tp.istio, &up, cluster.tls_for(&ep)) {
         out.principals = crate::tls::upstream_principals(s.0.get_ref().1, tls);
@@ -318,43 +322,12 @@ async fn connect(
     ),
     Failed,
 > {
-    let cstats = cluster.stats.core(ctx.core);
     let mut last = (None, None);
     for attempt in 0..tp.max_connect_attempts {
-        let ep = if cluster.discovery == Discovery::OriginalDst {
-            // A connection that was not redirected would be sent back to this listener:
-            // a loop, refused (Istio adds a blackhole chain for the same reason).
-            if conn.loops_back() {
-                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-                tracing::debug!(peer = %conn.peer, dst = %conn.dst, "original destination is this listener: refused");
-                return Err("UH".into());
-            }
-            crate::model::Endpoint::at(conn.dst)
-        } else {
-            let key = match &tp.hash {
-                None => None,
-                // Envoy's SourceIp hash: xxHash64 of the client's address as text.
-                Some(TcpHash::SourceIp) => Some(crate::upstream::hash::xxh64_parts(&[conn
-                    .peer
-                    .ip()
-                    .to_string()
-                    .as_bytes()])),
-                Some(TcpHash::FilterState(k)) => {
-                    conn.filter_object(k, tp.istio_authn).and_then(|f| f.hash())
-                }
-            };
-            let picked = ctx
-                .upstreams
-                .borrow_mut()
-                .pick_hashed(cluster, key)
-                .cloned();
-            let Some(e) = picked else {
-                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
-                return Err("UH".into());
-            };
-            e
-        };
-        let r = crate::upstream::open_io(ctx.core, cluster, &ep, false).await;
+        let ep = pick_endpoint(ctx, tp, cluster, conn)?;
+        let r =
+            crate::upstream::open_io_sharing(ctx.core, cluster, &ep, false, conn.shared_objects())
+                .await;
         if let Some(cfg) = &cluster.outlier {
             // As Envoy's TCP proxy tells the detector: a connection made or not.
             let o = match &r {
@@ -390,4 +363,51 @@ async fn connect(
         host: last.0,
         why: last.1,
     })
+}
+
+/// The endpoint a new upstream connection goes to.
+fn pick_endpoint(
+    ctx: &Rc<CoreCtx>,
+    tp: &TcpProxy,
+    cluster: &Cluster,
+    conn: &Downstream,
+) -> Result<crate::model::Endpoint, Failed> {
+    let cstats = cluster.stats.core(ctx.core);
+    {
+        let ep = if cluster.discovery == Discovery::OriginalDst {
+            // A connection that was not redirected would be sent back to this listener:
+            // a loop, refused (Istio adds a blackhole chain for the same reason).
+            let target = conn.original_dst_target(&cluster.original_dst);
+            if conn.loops_back() && target == conn.dst {
+                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+                tracing::debug!(peer = %conn.peer, dst = %conn.dst, "original destination is this listener: refused");
+                return Err("UH".into());
+            }
+            crate::model::Endpoint::at(target)
+        } else {
+            let key = match &tp.hash {
+                None => None,
+                // Envoy's SourceIp hash: xxHash64 of the client's address as text.
+                Some(TcpHash::SourceIp) => Some(crate::upstream::hash::xxh64_parts(&[conn
+                    .peer
+                    .ip()
+                    .to_string()
+                    .as_bytes()])),
+                Some(TcpHash::FilterState(k)) => {
+                    conn.filter_object(k, tp.istio_authn).and_then(|f| f.hash())
+                }
+            };
+            let picked = ctx
+                .upstreams
+                .borrow_mut()
+                .pick_hashed(cluster, key)
+                .cloned();
+            let Some(e) = picked else {
+                cstats.inc(ClusterStat::UpstreamCxNoneHealthy as usize);
+                return Err("UH".into());
+            };
+            e
+        };
+        Ok(ep)
+    }
 }

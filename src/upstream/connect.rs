@@ -135,11 +135,29 @@ async fn open(
     cluster: &Cluster,
     ep: &Endpoint,
     wait: bool,
+    objects: Vec<crate::model::filter_state::Object>,
 ) -> Result<(TcpStream, Option<Permit>), ConnectError> {
     let permit = host_permit(core, cluster, ep, wait).await?;
     let stats = cluster.stats.core(core);
     stats.inc(ClusterStat::UpstreamCxTotal as usize);
     let started = Instant::now();
+    if ep.internal.is_some() {
+        // An internal listener on this core: made at once, or refused.
+        return match super::internal::connect(core, cluster, ep, objects) {
+            Ok(s) => {
+                stats.record(
+                    crate::stats::ClusterHistogram::UpstreamCxConnectMs as usize,
+                    0,
+                );
+                stats.inc(ClusterStat::UpstreamCxActive as usize);
+                Ok((s, permit))
+            }
+            Err(e) => {
+                stats.inc(ClusterStat::UpstreamCxConnectFail as usize);
+                Err(ConnectError::Failed(e))
+            }
+        };
+    }
     let connect = connect_stream(ep.address, cluster.bind_source);
     let stream = match monoio::time::timeout(cluster.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
@@ -177,7 +195,19 @@ pub async fn open_io(
     ep: &Endpoint,
     wait: bool,
 ) -> Result<(UpIo, Option<Permit>), ConnectError> {
-    let (stream, permit) = open(core, cluster, ep, wait).await?;
+    open_io_sharing(core, cluster, ep, wait, Vec::new()).await
+}
+
+/// As [`open_io`], handing an internal endpoint's connection the filter state objects the
+/// opener shares with it (`objects`; nothing reaches any other kind of endpoint).
+pub async fn open_io_sharing(
+    core: usize,
+    cluster: &Cluster,
+    ep: &Endpoint,
+    wait: bool,
+    objects: Vec<crate::model::filter_state::Object>,
+) -> Result<(UpIo, Option<Permit>), ConnectError> {
+    let (stream, permit) = open(core, cluster, ep, wait, objects).await?;
     let Some(tls) = cluster.tls_for(ep) else {
         return Ok((MaybeTls::Plain(stream), permit));
     };
@@ -200,7 +230,7 @@ pub async fn connect_h2(
     ep: &Endpoint,
     settings: crate::model::Http2Settings,
 ) -> Result<h2pool::H2Conn, ConnectError> {
-    let opened = open(core, cluster, ep, true).await;
+    let opened = open(core, cluster, ep, true, Vec::new()).await;
     let stats = cluster.stats.core(core);
     // Counted with the attempt, as upstream_cx_total is; not when a breaker refused it.
     if !matches!(opened, Err(ConnectError::Overflow)) {
@@ -213,7 +243,7 @@ pub async fn connect_h2(
         _permit: permit,
     };
     let tls_key = cluster.pool_key(ep);
-    let local = stream.local_addr().ok().map(std::rc::Rc::new);
+    let local = crate::io::ip_local_addr(&stream).map(std::rc::Rc::new);
     let conn = match cluster.tls_for(ep) {
         None => {
             let io = stream

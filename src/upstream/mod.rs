@@ -12,11 +12,12 @@ mod connect;
 mod error;
 pub mod h2pool;
 pub mod hash;
+pub mod internal;
 pub mod outlier;
 mod pick;
 mod pool;
 
-pub use connect::{connect_h2, connect_stream, open_io};
+pub use connect::{connect_h2, connect_stream, open_io, open_io_sharing};
 pub use pool::{connect, Conn};
 
 use pick::LbState;
@@ -116,6 +117,8 @@ mod tests {
             dns_jitter: Duration::ZERO,
             dns_hosts: Arc::from(vec![]),
             tls: None,
+            passthrough: None,
+            original_dst: Default::default(),
             tls_matches: Arc::new([]),
             istio_service: None,
             tcp_exchange: None,
@@ -138,6 +141,7 @@ mod tests {
                     overprovisioning: crate::model::DEFAULT_OVERPROVISIONING,
                     group: 0,
                     locality_weight: 0,
+                    internal: None,
                 })
                 .collect(),
         }

@@ -209,8 +209,8 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         _ => None,
     };
     let local = match &stream {
-        MaybeTls::Plain(s) => s.local_addr().ok(),
-        MaybeTls::Tls(t) => t.0.get_ref().0.local_addr().ok(),
+        MaybeTls::Plain(s) => crate::io::ip_local_addr(s),
+        MaybeTls::Tls(t) => crate::io::ip_local_addr(t.0.get_ref().0),
     }
     .map(Box::new);
     // Its age counts from here, once connected (Envoy's from the connect attempt).

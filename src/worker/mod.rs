@@ -204,6 +204,12 @@ async fn core_main(start: CoreStart) {
         start.hostname,
         start.local_ip,
     ));
+    // Internal connections this core opens are served by its own internal listeners.
+    let weak = Rc::downgrade(&ctx);
+    crate::upstream::internal::set_acceptor(Box::new(move |a| match weak.upgrade() {
+        Some(ctx) => crate::listener::accept_internal(&ctx, a),
+        None => Err(a),
+    }));
     for l in start.listeners {
         crate::listener::start(&ctx, l);
     }

@@ -50,6 +50,7 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 overprovisioning: crate::model::DEFAULT_OVERPROVISIONING,
                 group: 0,
                 locality_weight: 0,
+                internal: None,
             });
         }
     }

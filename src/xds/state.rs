@@ -236,6 +236,8 @@ pub struct Resources {
     /// (Envoy's init manager), so that no listener, the bootstrap's included, accepts
     /// before the proxy has its configuration.
     pub serving: bool,
+    /// The bootstrap enables internal listeners (set by each update from the statics).
+    internal_listeners: bool,
 }
 
 /// Removes the entries `keep` refuses, cloning the map only if there are any.
@@ -273,7 +275,10 @@ impl Resources {
         stats: &Store,
     ) -> Result<Applied, Rejection> {
         let now = (Instant::now(), SystemTime::now());
+        self.internal_listeners =
+            crate::model::convert::internal_listeners_enabled(&statics.bootstrap);
         let mut ctx = Ctx::dynamic(stats);
+        ctx.internal_listeners = self.internal_listeners;
         ctx.secrets = Arc::new(self.secret_map());
         ctx.sds_files = Some(crate::config::read_sds_file);
         let mut seen: BTreeSet<Arc<str>> = BTreeSet::new();

@@ -140,6 +140,13 @@ def start_ads():
 BOOTSTRAP = """
 node: {id: "sidecar~10.0.0.9~interop-1.default~default.svc.cluster.local", cluster: interop}
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+# As pilot-agent's bootstrap has it: internal listeners (Istio's HBONE) are enabled.
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+    type_url: type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
+    value: {buffer_size_kb: 64}
 dynamic_resources:
   lds_config: {ads: {}, initial_fetch_timeout: 0s, resource_api_version: V3}
   cds_config: {ads: {}, initial_fetch_timeout: 0s, resource_api_version: V3}

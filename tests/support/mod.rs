@@ -142,6 +142,10 @@ impl Proxy {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         for l in v["listener_statuses"].as_array().unwrap() {
             let sa = &l["local_address"]["socket_address"];
+            if sa.is_null() {
+                // An internal listener: no address.
+                continue;
+            }
             let addr = SocketAddr::new(
                 sa["address"].as_str().unwrap().parse().unwrap(),
                 sa["port_value"].as_u64().unwrap() as u16,

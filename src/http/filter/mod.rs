@@ -334,6 +334,8 @@ pub(crate) fn decode_headers<E: FilterHost>(
             }
             FilterKind::PeerMetadata(p) => istio::exchange(x, p, routed.cluster()),
             FilterKind::SetFilterState(values) => set_filter_state(x, values),
+            FilterKind::ConnectAuthority => connect_authority(x, per),
+            FilterKind::ConnectBaggage => connect_baggage(x),
             FilterKind::IstioStats(s) => istio::stats(x, s),
             FilterKind::JwtAuthn(j) => {
                 if let Some(w) = jwt::decode(x, j, per)? {
@@ -358,6 +360,55 @@ fn set_filter_state<E: FilterHost>(x: &mut E, values: &[crate::model::filter_sta
         crate::http::fields::format_text(&*x, &v.format, b"-", &mut buf);
         crate::model::filter_state::put(&mut x.filter_state_mut().objects, v, &buf);
     }
+}
+
+/// Istio's `connect_authority`: where the route enables it, the request's authority (and
+/// the port the route names) becomes `istio.set_internal_dst_address`, for the internal
+/// connection this request opens.
+fn connect_authority<E: FilterHost>(x: &mut E, per: Option<&PerRoute>) {
+    use crate::router::RequestView;
+    let Some(PerRoute::ConnectAuthority { port }) = per else {
+        return;
+    };
+    let view = crate::http::exchange::RequestHeaders(&*x);
+    let mut value = String::from_utf8_lossy(view.authority()).into_owned();
+    if *port > 0 {
+        value.push('|');
+        value.push_str(itoa::Buffer::new().format(*port));
+    }
+    put_object(x, crate::model::internal::ISTIO_AUTHORITY, value, true);
+}
+
+/// The key under which `connect_baggage` hands the client's `baggage` to the internal
+/// connection (istio-proxy's `wasm.downstream_peer`, there in its own encoding).
+pub(crate) const DOWNSTREAM_PEER: &str = "wasm.downstream_peer";
+
+/// Istio's `connect_baggage`: the CONNECT's `baggage` header, for the internal
+/// connection's `istio.stats` (its client's workload).
+fn connect_baggage<E: FilterHost>(x: &mut E) {
+    use crate::router::RequestView;
+    let view = crate::http::exchange::RequestHeaders(&*x);
+    let Some(value) = view
+        .header("baggage")
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+    else {
+        return;
+    };
+    put_object(x, DOWNSTREAM_PEER, value, false);
+}
+
+/// Sets a filter state object shared once with the upstream connection.
+fn put_object<E: FilterHost>(x: &mut E, key: &str, value: String, hashable: bool) {
+    use crate::model::filter_state::{Object, Shared};
+    let objects = &mut x.filter_state_mut().objects;
+    objects.retain(|o| &*o.key != key);
+    objects.push(Object {
+        key: key.into(),
+        value: value.into(),
+        hashable,
+        read_only: false,
+        shared: Shared::Once,
+    });
 }
 
 /// Whether the encode phase sets response header `name` itself (an upstream's copy is

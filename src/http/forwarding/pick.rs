@@ -66,12 +66,13 @@ pub(crate) fn pick_upstream<'s>(
         e
     };
     let ep = if cluster.discovery == Discovery::OriginalDst {
+        // The connection's destination (restored from the capture) is the upstream.
+        let target = down.original_dst_target(&cluster.original_dst);
         // Not redirected: the destination is this listener itself (a loop).
-        if down.loops_back() {
+        if down.loops_back() && target == down.dst {
             return Err(none_healthy());
         }
-        // The connection's destination (restored from the capture) is the upstream.
-        std::borrow::Cow::Owned(Endpoint::at(down.dst))
+        std::borrow::Cow::Owned(Endpoint::at(target))
     } else {
         let picked = ctx.upstreams.borrow_mut().pick_hashed(cluster, key);
         std::borrow::Cow::Borrowed(picked.ok_or_else(none_healthy)?)

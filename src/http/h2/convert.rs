@@ -14,12 +14,14 @@ pub fn request_to_h1(parts: &http::request::Parts, end_stream: bool, out: &mut V
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
+    let connect = parts.method == http::Method::CONNECT;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(if path.is_empty() {
-        b"/"
-    } else {
-        path.as_bytes()
-    });
+    match parts.uri.authority() {
+        // CONNECT's target is its authority (RFC 9110 9.3.6); it has no path.
+        Some(a) if connect => out.extend_from_slice(a.as_str().as_bytes()),
+        _ if path.is_empty() => out.push(b'/'),
+        _ => out.extend_from_slice(path.as_bytes()),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let authority = parts.uri.authority();
     if let Some(a) = authority {
@@ -49,7 +51,8 @@ pub fn request_to_h1(parts: &http::request::Parts, end_stream: bool, out: &mut V
     if let Some(c) = cookies {
         line(out, b"cookie", &c);
     }
-    if !end_stream && !has_length {
+    // A CONNECT's stream is a tunnel, not a body.
+    if !end_stream && !has_length && !connect {
         line(out, b"transfer-encoding", b"chunked");
     }
     out.extend_from_slice(b"\r\n");

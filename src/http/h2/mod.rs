@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod flood;
 pub(crate) mod streams;
+pub(crate) mod tunnel;
 
 use std::cell::Cell;
 use std::future::poll_fn;

@@ -10,7 +10,7 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
             filter: filter.clone(),
             tls: None,
             rbac: Box::default(),
-            istio_authn: false,
+            istio_authn: Default::default(),
             objects: None,
         })
         .collect();
@@ -20,7 +20,7 @@ fn chains(matches: Vec<ChainMatch>, default: bool) -> Chains {
             filter: filter.clone(),
             tls: None,
             rbac: Box::default(),
-            istio_authn: false,
+            istio_authn: Default::default(),
             objects: None,
         });
         matches.push(ChainMatch::default());

@@ -40,6 +40,7 @@ pub fn bootstrap_snapshot_with(
         secret_refs: Default::default(),
         inbound: false,
         outbound: false,
+        internal_listeners: internal_listeners_enabled(bootstrap),
     };
     if let Some(dr) = &bootstrap.dynamic_resources {
         validate_dynamic_resources(dr)?;
@@ -159,7 +160,7 @@ pub fn bootstrap_snapshot_with(
     super::stats_sinks::stats_sinks(bootstrap)?;
     let (runtime, unused) = super::runtime::runtime(bootstrap.layered_runtime.as_ref())?;
     ctx.ignored.extend(unused);
-    bootstrap_extensions(&bootstrap.bootstrap_extensions, &mut ctx)?;
+    bootstrap_extensions(&bootstrap.bootstrap_extensions)?;
     let global_cx = match &bootstrap.overload_manager {
         Some(om) => overload(om, &mut ctx)?,
         None => None,
@@ -226,25 +227,34 @@ fn pb_listener_named(
     named
 }
 
-/// `bootstrap_extensions`: Istio's is the internal listener registry, accepted with no
-/// effect while internal listeners themselves are refused (a listener with
-/// `internal_listener` is NACKed by name); any other extension is refused by type.
+/// Whether the bootstrap enables internal listeners (Istio's always does).
+pub fn internal_listeners_enabled(
+    b: &crate::proto::envoy::config::bootstrap::v3::Bootstrap,
+) -> bool {
+    b.bootstrap_extensions.iter().any(|e| {
+        e.typed_config
+            .as_ref()
+            .and_then(super::istio::config_type)
+            .as_deref()
+            == Some(INTERNAL_LISTENER)
+    })
+}
+
+const INTERNAL_LISTENER: &str = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
+
+/// `bootstrap_extensions`: Istio's is the internal listener registry, which enables
+/// internal listeners (its `buffer_size_kb` is a tuning knob: an internal connection is a
+/// socket pair with the kernel's buffers); any other extension is refused by type.
 fn bootstrap_extensions(
     exts: &[crate::proto::envoy::config::core::v3::TypedExtensionConfig],
-    ctx: &mut Ctx<'_>,
 ) -> Result<(), ConvertError> {
-    const INTERNAL_LISTENER: &str =
-        "envoy.extensions.bootstrap.internal_listener.v3.InternalListener";
     for (i, e) in exts.iter().enumerate() {
         let path = format!("bootstrap_extensions[{i}].typed_config");
         let Some(any) = &e.typed_config else {
             return Err(err("bootstrap", path, "typed_config is required"));
         };
         match super::istio::config_type(any).as_deref() {
-            Some(INTERNAL_LISTENER) => ctx.ignored.push(format!(
-                "bootstrap_extensions[{i}] '{}' (internal listeners themselves are refused)",
-                e.name
-            )),
+            Some(INTERNAL_LISTENER) => {}
             other => {
                 return Err(err(
                     "bootstrap",

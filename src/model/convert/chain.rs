@@ -391,25 +391,25 @@ fn on_match(
             }
             let name = String::decode(any.value.as_slice())
                 .map_err(|e| err(res, &ap, format!("cannot decode StringValue: {e}")))?;
-            let i = chains.iter().position(|c| *c == name).ok_or_else(|| {
-                err(
-                    res,
-                    format!("{ap}.value"),
-                    format!("no filter chain is named '{name}'"),
-                )
-            })?;
-            Ok(OnMatch::Chain(i))
+            // A name no chain has is accepted, as Envoy accepts it: it matches, and the
+            // connection is closed with no chain (`no_filter_chain_match`).
+            Ok(match chains.iter().position(|c| *c == name) {
+                Some(i) => OnMatch::Chain(i),
+                None => OnMatch::Missing,
+            })
         }
         None => Err(err(res, path, "a matcher or an action is required")),
     }
 }
 
 /// The listener filters: returns the inspectors and whether `original_dst` is present.
+/// A listener's inspectors, whether `original_dst` runs on it, and whether Istio's
+/// `istio.set_internal_dst_address` does (internal listeners only).
 pub(super) fn listener_filters(
     l: &pb::Listener,
     res: &str,
     ctx: &mut Ctx<'_>,
-) -> Result<(Inspectors, bool), ConvertError> {
+) -> Result<(Inspectors, bool, bool), ConvertError> {
     let mut out = Inspectors {
         timeout: timeout(
             l.listener_filters_timeout.as_ref(),
@@ -421,6 +421,7 @@ pub(super) fn listener_filters(
         ..Inspectors::default()
     };
     let mut original_dst = false;
+    let mut istio_tunnel = false;
     for (i, f) in l.listener_filters.iter().enumerate() {
         let path = format!("listener_filters[{i}]");
         let Some(pb::listener_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
@@ -459,6 +460,16 @@ pub(super) fn listener_filters(
                 out.tls = Some(disabled);
             }
             HTTP_INSPECTOR => out.http = Some(disabled),
+            _ if super::istio::config_type(any).as_deref() == Some(SET_INTERNAL_DST) => {
+                if !is_internal(l) {
+                    return Err(err(
+                        res,
+                        format!("{path}.typed_config"),
+                        "istio.set_internal_dst_address reads what an internal connection was handed: it runs on internal listeners only",
+                    ));
+                }
+                istio_tunnel = true;
+            }
             other => {
                 return Err(err(
                     res,
@@ -476,8 +487,11 @@ pub(super) fn listener_filters(
             "{res}.listener_filters_timeout (no listener filters)"
         ));
     }
-    Ok((out, original_dst))
+    Ok((out, original_dst, istio_tunnel))
 }
+
+/// Istio's listener filter that restores an internal connection's destination (HBONE).
+const SET_INTERNAL_DST: &str = "istio.set_internal_dst_address.v1.Config";
 
 fn predicate(
     p: &pb::ListenerFilterChainMatchPredicate,
@@ -521,4 +535,12 @@ fn predicate(
             PortPredicate::Range(r.start as u16, r.end as u32)
         }
     })
+}
+
+/// The listener has `internal_listener` set.
+pub(super) fn is_internal(l: &pb::Listener) -> bool {
+    matches!(
+        l.listener_specifier,
+        Some(pb::listener::ListenerSpecifier::InternalListener(_))
+    )
 }

@@ -9,6 +9,7 @@ use crate::proto::envoy::config::core::v3::HealthStatus;
 use crate::stats::ClusterStat;
 
 use crate::proto::envoy::config::core::v3::address::Address;
+use crate::proto::envoy::config::core::v3::envoy_internal_address::AddressNameSpecifier as Server;
 use crate::proto::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use crate::proto::envoy::extensions::upstreams::http::v3 as http_opts;
@@ -23,9 +24,9 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         return Err(err("cluster ''", "name", "cluster name is required"));
     }
     let res = &*format!("cluster '{}'", c.name);
-    let tls = match &c.transport_socket {
-        Some(ts) => super::tls::upstream(ts, res, "transport_socket", ctx)?,
-        None => None,
+    let (tls, passthrough) = match &c.transport_socket {
+        Some(ts) => super::internal::socket(ts, c, res, "transport_socket", ctx)?,
+        None => (None, None),
     };
     let mut tls_matches = Vec::with_capacity(c.transport_socket_matches.len());
     for (i, m) in c.transport_socket_matches.iter().enumerate() {
@@ -43,10 +44,13 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             .map(|s| struct_labels(s, res, &format!("{at}.match")))
             .transpose()?
             .unwrap_or_default();
+        let (tls, passthrough) =
+            super::internal::socket(ts, c, res, &format!("{at}.transport_socket"), ctx)?;
         tls_matches.push(crate::model::tls::TlsMatch {
             name: m.name.as_str().into(),
             labels,
-            tls: super::tls::upstream(ts, res, &format!("{at}.transport_socket"), ctx)?,
+            tls,
+            passthrough,
         });
     }
     use pb::cluster::DiscoveryType as T;
@@ -84,6 +88,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
             "ORIGINAL_DST clusters connect to the original destination, not to endpoints",
         ));
     }
+    let original_dst = super::internal::original_dst_config(c, discovery, res)?;
     let lb = super::lb::lb_policy(c, lb_policy, res)?;
     let connect_timeout = match &c.connect_timeout {
         Some(d) => duration(d, res, "connect_timeout")?,
@@ -280,6 +285,8 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         dns_hosts: dns_hosts.into(),
         endpoints: endpoints.into(),
         tls,
+        passthrough,
+        original_dst,
         tls_matches: tls_matches.into(),
         istio_service: super::telemetry::istio_service(c.metadata.as_ref()),
         tcp_exchange,
@@ -467,6 +474,38 @@ pub(super) fn endpoints(
                 unix.push(std::path::PathBuf::from(&pipe.path));
                 continue;
             }
+            if let Some(Address::EnvoyInternalAddress(ia)) = &addr.address {
+                let at = format!("{path}.endpoint.address.envoy_internal_address");
+                if !matches!(discovery, Discovery::Static | Discovery::Eds) {
+                    return Err(err(
+                        res,
+                        at,
+                        "internal endpoints need a STATIC or EDS cluster",
+                    ));
+                }
+                let Some(Server::ServerListenerName(listener)) = &ia.address_name_specifier else {
+                    return Err(err(res, at, "server_listener_name is required"));
+                };
+                let workload =
+                    super::telemetry::endpoint_workload(lb.metadata.as_ref(), &mut workloads);
+                let internal =
+                    super::internal::endpoint(listener, &ia.endpoint_id, lb.metadata.as_ref());
+                endpoints.push(Endpoint {
+                    address: crate::model::internal::synthetic_address(listener, &ia.endpoint_id),
+                    hostname: internal.display.clone(),
+                    weight,
+                    healthy,
+                    labels: labels.into(),
+                    workload,
+                    priority: locality.priority,
+                    locality: place.clone(),
+                    overprovisioning,
+                    group: li as u32,
+                    locality_weight: locality.load_balancing_weight.unwrap_or(0),
+                    internal: Some(Arc::new(internal)),
+                });
+                continue;
+            }
             match discovery {
                 Discovery::Static | Discovery::Eds | Discovery::OriginalDst => {
                     let address = socket_addr(addr, res, &format!("{path}.endpoint.address"))?;
@@ -489,6 +528,7 @@ pub(super) fn endpoints(
                         overprovisioning,
                         group: li as u32,
                         locality_weight: locality.load_balancing_weight.unwrap_or(0),
+                        internal: None,
                     });
                 }
                 Discovery::StrictDns | Discovery::LogicalDns => {

@@ -17,6 +17,9 @@ pub(super) const NETWORK: &str = "envoy.extensions.filters.network.set_filter_st
 fn factory(name: &str) -> Option<bool> {
     match name {
         "envoy.string" | "io.istio.peer_principal" | "io.istio.local_principal" => Some(false),
+        // Addresses an internal listener's `original_dst` restores (Istio's HBONE
+        // `connect_authority`); a value that is not ip:port is not set.
+        crate::model::internal::LOCAL_IP | crate::model::internal::REMOTE_IP => Some(false),
         "envoy.hashable_string" | "istio.hashable_string" => Some(true),
         _ => None,
     }
@@ -56,16 +59,13 @@ pub(super) fn values(
                 ),
             ));
         };
-        match SharedWithUpstream::try_from(v.shared_with_upstream) {
-            Ok(SharedWithUpstream::None) => {}
-            _ => {
-                return Err(err(
-                    res,
-                    at("shared_with_upstream"),
-                    "sharing filter state with upstream connections is not supported",
-                ))
-            }
-        }
+        use crate::model::filter_state::Shared;
+        let shared = match SharedWithUpstream::try_from(v.shared_with_upstream) {
+            Ok(SharedWithUpstream::None) => Shared::None,
+            Ok(SharedWithUpstream::Once) => Shared::Once,
+            Ok(SharedWithUpstream::Transitive) => Shared::Transitive,
+            Err(_) => return Err(err(res, at("shared_with_upstream"), "unknown value")),
+        };
         let Some(Value::FormatString(sfs)) = &v.value else {
             return Err(err(res, at("format_string"), "is required"));
         };
@@ -83,6 +83,7 @@ pub(super) fn values(
             format: Arc::new(format),
             read_only: v.read_only,
             skip_if_empty: v.skip_if_empty,
+            shared,
         });
     }
     Ok(out.into())

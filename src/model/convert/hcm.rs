@@ -32,7 +32,7 @@ pub(super) fn chain_filter(
     let mut filters = chain.filters.as_slice();
     let mut skipped = 0;
     let mut rbac = Vec::new();
-    let mut istio_authn = false;
+    let mut istio_authn = crate::model::chain::IstioAuthn::Off;
     let mut objects: Option<Arc<[crate::model::filter_state::SetValue]>> = None;
     let mut tcp: TcpTelemetry = (None, None);
     while let [f, _, ..] = filters {
@@ -55,8 +55,11 @@ pub(super) fn chain_filter(
                 ctx.ignored.push(format!("{res}.{path} ({why})"));
             }
             Some(any) if config_type(any).as_deref() == Some(ISTIO_AUTHN) => {
-                authn_config(any, res, &path)?;
-                istio_authn = true;
+                istio_authn = if authn_config(any, res, &path)? {
+                    crate::model::chain::IstioAuthn::Shared
+                } else {
+                    crate::model::chain::IstioAuthn::On
+                };
             }
             Some(any) if any_type(any) == super::filter_state::NETWORK => {
                 use crate::proto::envoy::extensions::filters::network::set_filter_state::v3 as sfs;
@@ -90,7 +93,7 @@ pub(super) fn chain_filter(
             res,
             &format!("{cpath}.filters[{skipped}]"),
             ctx,
-            istio_authn,
+            istio_authn.on(),
             tcp,
         )
         .map(with),
@@ -107,7 +110,7 @@ pub(super) fn chain_filter(
                 res,
                 &format!("{cpath}.filters[{skipped}]"),
                 ctx,
-                istio_authn,
+                istio_authn.on(),
                 (None, None),
             )?;
             let t = f
@@ -132,7 +135,7 @@ pub(super) fn chain_filter(
 pub(super) type ChainFilters = (
     NetworkFilter,
     Box<[Arc<crate::model::rbac::RbacFilter>]>,
-    bool,
+    crate::model::chain::IstioAuthn,
     Option<Arc<[crate::model::filter_state::SetValue]>>,
 );
 
@@ -407,10 +410,21 @@ fn connection_manager(
             uri: d.uri,
         })
         .unwrap_or_default();
-    let reads_identity = filters
-        .list
-        .iter()
-        .any(|f| matches!(f.kind, crate::model::filter::FilterKind::Rbac(_)));
+    // RBAC, and `set_filter_state` values naming the peer's certificate (HBONE's
+    // `connect_authority` shares the client's principal), read the TLS identity.
+    let reads_identity = filters.list.iter().any(|f| match &f.kind {
+        crate::model::filter::FilterKind::Rbac(_) => true,
+        crate::model::filter::FilterKind::SetFilterState(values) => values.iter().any(|v| {
+            v.format.any_command(|c| {
+                matches!(
+                    c,
+                    crate::model::format::Command::DownstreamPeerUriSan
+                        | crate::model::format::Command::DownstreamLocalUriSan
+                )
+            })
+        }),
+        _ => false,
+    });
     Ok(HttpConnectionManager {
         istio_authn: false,
         reads_identity,

@@ -88,6 +88,29 @@ pub(super) fn http_filters(
             ctx.ignored.push(format!("{res}.{fp} ({why})"));
             continue;
         }
+        if let Some((t, v)) = super::istio::typed_struct(any) {
+            let at = format!("{fp}.typed_config");
+            let kind = match t.as_str() {
+                // Only the per-route configuration enables it (as in istio-proxy).
+                super::istio::CONNECT_AUTHORITY => {
+                    super::istio::connect_authority(&v, res, &at)?;
+                    Some(FilterKind::ConnectAuthority)
+                }
+                super::istio::CONNECT_BAGGAGE => {
+                    super::istio::connect_baggage(&v, res, &at)?;
+                    Some(FilterKind::ConnectBaggage)
+                }
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                list.push(HttpFilter {
+                    name: f.name.as_str().into(),
+                    disabled: f.disabled,
+                    kind,
+                });
+                continue;
+            }
+        }
         let t = any_type(any);
         let kind = match t {
             ROUTER => {
@@ -426,6 +449,14 @@ pub(super) fn per_filter_configs(
         if disabled {
             out.push((name.as_str().into(), PerRoute::Disabled));
             continue;
+        }
+        if let Some((ts, v)) = super::istio::typed_struct(&any) {
+            if ts == super::istio::CONNECT_AUTHORITY {
+                if let Some(port) = super::istio::connect_authority(&v, res, &fp)? {
+                    out.push((name.as_str().into(), PerRoute::ConnectAuthority { port }));
+                }
+                continue;
+            }
         }
         let t = any_type(&any);
         let config = match t {

@@ -105,6 +105,8 @@ pub(super) fn lb_policy(
         (Some(C::LeastRequestLbConfig(_)), _) => Some(("least_request_lb_config", "LEAST_REQUEST")),
         (Some(C::RingHashLbConfig(_)), _) => Some(("ring_hash_lb_config", "RING_HASH")),
         (Some(C::MaglevLbConfig(_)), _) => Some(("maglev_lb_config", "MAGLEV")),
+        // Checked with the cluster's type (ORIGINAL_DST only).
+        (Some(C::OriginalDstLbConfig(_)), _) => None,
     };
     if let Some((field, policy)) = fits {
         return Err(err(

@@ -13,10 +13,11 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     if l.name.is_empty() {
         return Err(err(res, "name", "listener name is required"));
     }
-    let Some(addr) = &l.address else {
-        return Err(err(res, "address", "address is required"));
+    let address = match (super::chain::is_internal(l), &l.address) {
+        (true, a) => internal_address(l, a.as_ref(), res, ctx)?,
+        (false, None) => return Err(err(res, "address", "address is required")),
+        (false, Some(a)) => socket_addr(a, res, "address")?,
     };
-    let address = socket_addr(addr, res, "address")?;
     if l.per_connection_buffer_limit_bytes.is_some() {
         ctx.ignored
             .push(format!("{res}.per_connection_buffer_limit_bytes"));
@@ -31,11 +32,20 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     ctx.inbound = false;
     ctx.outbound = false;
     let chains = chains?;
-    let inspectors = super::chain::listener_filters(l, res, ctx)?;
+    let (inspectors, original_dst, istio_tunnel) = super::chain::listener_filters(l, res, ctx)?;
     let use_original_dst = l.use_original_dst.unwrap_or(false);
-    let restore_dst = use_original_dst || inspectors.1;
-    let inspectors = inspectors.0;
-    let bind_to_port = l.bind_to_port.unwrap_or(true);
+    let internal = super::chain::is_internal(l).then(|| {
+        use crate::model::internal::Restore;
+        match (istio_tunnel, original_dst) {
+            (true, _) => Restore::IstioTunnel,
+            (false, true) => Restore::OriginalDst,
+            (false, false) => Restore::None,
+        }
+    });
+    // An internal connection's destination comes from what it was handed, never from
+    // SO_ORIGINAL_DST.
+    let restore_dst = internal.is_none() && (use_original_dst || original_dst);
+    let bind_to_port = internal.is_none() && l.bind_to_port.unwrap_or(true);
     let transparent = l.transparent.unwrap_or(false);
     if !bind_to_port && (use_original_dst || transparent) {
         return Err(err(
@@ -49,13 +59,18 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
     } else {
         l.stat_prefix.clone()
     };
-    let stats = ctx.stats.scope_with_workers::<ListenerStat>(
-        &format!("listener.{stat_prefix}."),
-        &[
-            ListenerStat::DownstreamCxTotal as usize,
-            ListenerStat::DownstreamCxActive as usize,
-        ],
-    );
+    // Envoy keeps no listener stats for internal listeners: theirs are nowhere shown.
+    let stats = if internal.is_some() {
+        ctx.stats.detached_scope::<ListenerStat>()
+    } else {
+        ctx.stats.scope_with_workers::<ListenerStat>(
+            &format!("listener.{stat_prefix}."),
+            &[
+                ListenerStat::DownstreamCxTotal as usize,
+                ListenerStat::DownstreamCxActive as usize,
+            ],
+        )
+    };
     let exact_balance = match &l.connection_balance_config {
         None => false,
         Some(c) => match c.balance_type {
@@ -89,7 +104,55 @@ pub(super) fn convert(l: &pb::Listener, ctx: &mut Ctx<'_>) -> Result<Listener, C
         bind_key: format!(
             "{address} exact_balance={exact_balance} bind={bind_to_port} transparent={transparent}"
         ),
+        internal,
     })
+}
+
+/// An internal listener's placeholder address. Envoy needs its bootstrap extension for
+/// internal listeners, and an address, if one is given, that names the listener itself.
+fn internal_address(
+    l: &pb::Listener,
+    a: Option<&crate::proto::envoy::config::core::v3::Address>,
+    res: &str,
+    ctx: &Ctx<'_>,
+) -> Result<std::net::SocketAddr, ConvertError> {
+    use crate::proto::envoy::config::core::v3::address::Address as A;
+    use crate::proto::envoy::config::core::v3::envoy_internal_address::AddressNameSpecifier as N;
+    if !ctx.internal_listeners {
+        return Err(err(
+            res,
+            "internal_listener",
+            "internal listeners need the bootstrap extension envoy.bootstrap.internal_listener (InternalListener)",
+        ));
+    }
+    match a.and_then(|a| a.address.as_ref()) {
+        None => {}
+        Some(A::EnvoyInternalAddress(ia))
+            if matches!(&ia.address_name_specifier, Some(N::ServerListenerName(n)) if *n == l.name) => {}
+        Some(_) => {
+            return Err(err(
+                res,
+                "address",
+                "an internal listener's address, when set, is an envoy_internal_address naming the listener itself",
+            ))
+        }
+    }
+    let refused = [
+        (l.use_original_dst.unwrap_or(false), "use_original_dst"),
+        (l.transparent.unwrap_or(false), "transparent"),
+        (
+            l.connection_balance_config.is_some(),
+            "connection_balance_config",
+        ),
+    ];
+    if let Some((_, field)) = refused.iter().find(|(set, _)| *set) {
+        return Err(err(
+            res,
+            *field,
+            "not applicable to an internal listener (it has no socket)",
+        ));
+    }
+    Ok(crate::model::internal::synthetic_address(&l.name, ""))
 }
 
 /// Envoy's listener stat name: the address with `:` replaced by `_`.

@@ -128,7 +128,10 @@ pub(crate) fn header_mods(
 ) -> Result<HeaderMods, ConvertError> {
     let mut mods = HeaderMods::default();
     for (i, hvo) in add.iter().enumerate() {
-        let hp = format!("{path}.{side}_headers_to_add[{i}]");
+        let hp = match side {
+            "" => format!("{path}.headers_to_add[{i}]"),
+            _ => format!("{path}.{side}_headers_to_add[{i}]"),
+        };
         let Some(h) = &hvo.header else {
             return Err(err(res, format!("{hp}.header"), "header is required"));
         };

@@ -26,6 +26,7 @@ mod filter_state;
 mod hcm;
 mod health;
 mod http_filter;
+mod internal;
 mod istio;
 mod jwt;
 mod lb;
@@ -82,6 +83,8 @@ pub struct Ctx<'a> {
     pub inbound: bool,
     /// The listener being converted is OUTBOUND (Envoy's `egress` tracing operation).
     pub outbound: bool,
+    /// The bootstrap enables internal listeners (`envoy.bootstrap.internal_listener`).
+    pub internal_listeners: bool,
 }
 
 /// Reads the secrets of an SDS file (the control thread passes `config::read_sds_file`).
@@ -110,7 +113,8 @@ pub enum SdsSource {
 }
 
 pub use bootstrap::{
-    admin_access_logs, ads_config, bootstrap_snapshot, bootstrap_snapshot_with, AdsConfig,
+    admin_access_logs, ads_config, bootstrap_snapshot, bootstrap_snapshot_with,
+    internal_listeners_enabled, AdsConfig,
 };
 pub use stats_sinks::stats_sinks;
 pub use tls::check_secret;
@@ -129,6 +133,7 @@ impl<'a> Ctx<'a> {
             sds_files: None,
             inbound: false,
             outbound: false,
+            internal_listeners: false,
         }
     }
 }
@@ -347,6 +352,13 @@ pub(crate) fn host_port<'a>(
                 "unix socket (pipe) addresses are not supported here",
             ))
         }
+        Some(A::EnvoyInternalAddress(_)) => {
+            return Err(err(
+                resource,
+                format!("{path}.envoy_internal_address"),
+                "internal addresses are supported only as cluster endpoints",
+            ))
+        }
         None => return Err(err(resource, path, "address is required")),
     };
     if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
@@ -428,6 +440,8 @@ pub(crate) fn any_type(any: &prost_types::Any) -> &str {
 #[cfg(test)]
 mod http2_tests;
 #[cfg(test)]
+mod internal_tests;
+#[cfg(test)]
 mod tests;
 
 /// `Http2ProtocolOptions`, with Envoy's bounds (streams 1..2^31-1, windows 65535..2^31-1)
@@ -472,6 +486,11 @@ pub(crate) fn http2_settings(
             }
         }
     }
+    // `allow_connect` enables extended CONNECT (RFC 8441: WebSocket over HTTP/2), which
+    // Ringside does not advertise, so clients upgrade over HTTP/1.1; plain CONNECT (Istio's
+    // HBONE, which sets it) needs no setting. Listed in docs/configuration.md's ignored
+    // table.
+    let _ = o.allow_connect;
     let d = super::Http2Settings::default();
     let field = |v: Option<u32>, name: &str, min: u32, default: u32| match v {
         None => Ok(default),

@@ -126,5 +126,42 @@ pub(super) fn convert(
         istio: None,
         istio_authn: false,
         hash,
+        tunneling: t
+            .tunneling_config
+            .as_ref()
+            .map(|c| tunneling(c, res, &p("tunneling_config")))
+            .transpose()?
+            .map(std::sync::Arc::new),
+    })
+}
+
+fn tunneling(
+    c: &pb::tcp_proxy::TunnelingConfig,
+    res: &str,
+    path: &str,
+) -> Result<crate::model::Tunneling, ConvertError> {
+    if c.hostname.is_empty() {
+        return Err(err(res, format!("{path}.hostname"), "is required"));
+    }
+    let hostname = crate::model::format::Format::parse(&c.hostname)
+        .map_err(|e| err(res, format!("{path}.hostname"), e))?;
+    let post_path = match (c.use_post, c.post_path.as_str()) {
+        (false, "") => None,
+        (false, _) => {
+            return Err(err(
+                res,
+                format!("{path}.post_path"),
+                "can be set only with use_post",
+            ))
+        }
+        (true, "") => Some("/".into()),
+        (true, p) if p.starts_with('/') => Some(p.into()),
+        (true, _) => return Err(err(res, format!("{path}.post_path"), "must start with '/'")),
+    };
+    let headers = super::matchers::header_mods(&c.headers_to_add, &[], res, path, "")?;
+    Ok(crate::model::Tunneling {
+        hostname,
+        post_path,
+        headers,
     })
 }

@@ -197,12 +197,17 @@ fn filter_chain_matcher_actions_must_name_chains() {
         )
     };
     build(&one_listener(&matcher("a"), "[]")).unwrap();
-    let e = err_of(&matcher("b"));
+    // A chain name the listener lacks is accepted (Envoy's no-op action: no chain).
+    let s = build(&one_listener(&matcher("b"), "[]")).unwrap();
+    let info = crate::model::chain::ConnInfo {
+        local: "10.0.0.1:8000".parse().unwrap(),
+        peer: "10.0.0.2:1234".parse().unwrap(),
+        sniffed: None,
+    };
     assert_eq!(
-        e.path,
-        "filter_chain_matcher.matcher_tree.exact_match_map.map[8000].action.typed_config.value"
+        s.listeners[0].chains.choose(&info),
+        crate::model::chain::Choice::NoMatch
     );
-    assert_eq!(e.reason, "no filter chain is named 'b'");
 }
 
 #[test]

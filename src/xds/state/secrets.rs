@@ -74,6 +74,7 @@ impl Resources {
         stats: &Store,
     ) -> Result<Vec<String>, Rejection> {
         let mut ctx = Ctx::dynamic(stats);
+        ctx.internal_listeners = self.internal_listeners;
         ctx.secrets = Arc::new(self.secret_map());
         ctx.sds_files = Some(crate::config::read_sds_file);
         let uses = |h: &Held<_>| h.secret_refs.iter().any(&changed);
