@@ -286,7 +286,9 @@ CLIENT_STATS = ["cluster.connect_originate.upstream_cx_http2_total", "cluster.co
                 "http.outbound_http.downstream_rq_2xx", "http.outbound_http.downstream_rq_4xx"]
 SERVER_STATS = ["http.connect_terminate.downstream_rq_total", "http.connect_terminate.downstream_rq_2xx",
                 "http.connect_terminate.downstream_cx_upgrades_total", "http.connect_terminate.downstream_cx_http2_total",
-                "cluster.main_internal.upstream_cx_total", "http.inbound_http.downstream_rq_2xx",
+                "cluster.main_internal.upstream_cx_total", "cluster.main_internal.upstream_rq_200",
+                "cluster.main_internal.upstream_rq_2xx", "cluster.main_internal.upstream_rq_completed",
+                "http.inbound_http.downstream_rq_2xx",
                 "http.inbound_http.downstream_rq_4xx", "http.inbound_http.rbac.allowed", "http.inbound_http.rbac.denied",
                 "tcp.inbound_tcp.downstream_cx_total", "cluster.app.upstream_rq_total"]
 

@@ -64,6 +64,10 @@ impl Stream {
         self.responded = true;
         self.log.status = 200;
         self.count_status(200);
+        // The upstream's answer, as Envoy's TCP upstream synthesises it, charged as Envoy's
+        // router charges response headers (the request counts as completed then).
+        cs.count_status(200, ClusterStat::UpstreamRq1xx as usize);
+        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
         let Some(body) = self.body.take() else {
             // The client ended its side with the CONNECT itself: nothing to carry.
             let mut tx = tx;
@@ -86,7 +90,6 @@ impl Stream {
         self.log.bytes_sent = to_client;
         cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, from_client);
         cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, to_client);
-        cs.inc(ClusterStat::UpstreamRqCompleted as usize);
         self.resp_ended = true;
         Ok(())
     }
