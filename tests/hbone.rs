@@ -81,7 +81,8 @@ fn server_config(
             "",
             r#"{name: connect_authority, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config, on_request_headers: [
                 {object_key: envoy.filters.listener.original_dst.local_ip, format_string: {text_format_source: {inline_string: "%REQ(:AUTHORITY)%"}}, shared_with_upstream: ONCE},
-                {object_key: io.istio.peer_principal, factory_key: envoy.string, format_string: {text_format_source: {inline_string: "%DOWNSTREAM_PEER_URI_SAN%"}}, shared_with_upstream: ONCE}]}},"#,
+                {object_key: io.istio.peer_principal, factory_key: envoy.string, format_string: {text_format_source: {inline_string: "%DOWNSTREAM_PEER_URI_SAN%"}}, shared_with_upstream: ONCE},
+                {object_key: io.istio.local_principal, factory_key: envoy.string, format_string: {text_format_source: {inline_string: "%DOWNSTREAM_LOCAL_URI_SAN%"}}, shared_with_upstream: ONCE}]}},"#,
             "",
         ),
     };
@@ -148,6 +149,7 @@ fn server_config(
                   allow-client:
                     permissions: [{{any: true}}]
                     principals: [{{filter_state: {{key: io.istio.peer_principal, string_match: {{exact: "{allowed}"}}}}}}]
+          - {{name: istio.stats, typed_config: {{"@type": type.googleapis.com/stats.PluginConfig}}}}
           - {ROUTER}
     - filter_chain_match: {{destination_port: {echo_port}}}
       filters:
@@ -377,6 +379,38 @@ async fn http_and_tcp_cross_two_sidecars_over_hbone() {
                     .await,
                 0
             );
+            // The server's istio.stats (reporter destination) sees the client through the
+            // tunnel: its principal, mutual TLS, and (where connect_baggage runs) its
+            // workload from the CONNECT's baggage.
+            let prom = m.server.admin_get("/stats/prometheus").await.1;
+            let series: Vec<&str> = prom
+                .lines()
+                .filter(|l| {
+                    l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"")
+                })
+                .collect();
+            assert_eq!(series.len(), 1, "{driver}: {prom}");
+            let s = series[0];
+            assert!(s.ends_with(" 3"), "{driver}: {s}");
+            for label in [
+                format!("source_principal=\"{CLIENT_ID}\""),
+                format!("destination_principal=\"{SERVER_ID}\""),
+                "connection_security_policy=\"mutual_tls\"".to_string(),
+                "reporter=\"destination\"".to_string(),
+            ] {
+                assert!(s.contains(&label), "{driver}: {label} in {s}");
+            }
+            if form == Form::Sidecar {
+                assert!(s.contains("source_workload=\"client\""), "{driver}: {s}");
+                assert!(
+                    s.contains("source_workload_namespace=\"default\""),
+                    "{driver}: {s}"
+                );
+                assert!(
+                    s.contains("source_canonical_service=\"client\""),
+                    "{driver}: {s}"
+                );
+            }
         }
     }
 }

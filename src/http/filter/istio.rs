@@ -185,17 +185,30 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
     let node = &*f.node;
     // Principals: istio_authn's filter state, else the certificates' first URI SANs.
     // The client's side: the upstream TLS connection's certificates.
+    // On an internal connection (HBONE's `main_internal`) the principals and the client's
+    // baggage are what the tunnel's server side shared with it.
+    let shared = |k: &str| {
+        let o = x.down().objects.as_deref()?;
+        crate::model::filter_state::find(o, k).map(|f| f.value)
+    };
     let (peer_san, local_san) = match (f.reporter, x.authn(), &log.upstream_principals) {
         (Reporter::Source, _, Some(p)) => (&*p.peer, &*p.local),
         (Reporter::Source, _, None) => ("", ""),
         (_, Some(a), _) => a.istio_principals(x.hcm().istio_authn),
-        _ => ("", ""),
+        (_, None, _) => (
+            shared("io.istio.peer_principal").unwrap_or(""),
+            shared("io.istio.local_principal").unwrap_or(""),
+        ),
     };
     let up = t.upstream_peer.borrow();
+    let baggage_peer = match (f.reporter, &t.downstream_peer) {
+        (Reporter::Source, _) | (_, Some(_)) => None,
+        _ => shared(super::DOWNSTREAM_PEER).map(Peer::from_baggage),
+    };
     let peer: Option<&Peer> = match f.reporter {
         // Without the upstream's headers, its endpoint's `istio.workload` metadata.
         Reporter::Source => up.as_deref().or(log.upstream_workload.as_deref()),
-        _ => t.downstream_peer.as_deref(),
+        _ => t.downstream_peer.as_deref().or(baggage_peer.as_ref()),
     };
     let empty = Peer::default();
     let peer = peer.unwrap_or(&empty);
