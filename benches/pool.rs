@@ -31,18 +31,18 @@ fn pool(c: &mut Criterion) {
         let mut ep = cluster.endpoints[0].clone();
         ep.address = addr;
         let conn = connect(0, cluster, &ep).await.unwrap();
-        ups.checkin(conn);
+        ups.checkin(conn, std::time::Instant::now());
     });
     c.bench_function("pool_checkout_checkin", |b| {
         b.iter(|| {
-            let conn = ups.checkout(addr, 0, false).unwrap();
-            ups.checkin(conn);
+            let conn = ups.checkout(addr, 0, false, None).unwrap();
+            ups.checkin(conn, std::time::Instant::now());
         })
     });
     c.bench_function("pool_checkout_checkin_with_peek", |b| {
         b.iter(|| {
-            let conn = ups.checkout(addr, 0, true).unwrap();
-            ups.checkin(conn);
+            let conn = ups.checkout(addr, 0, true, None).unwrap();
+            ups.checkin(conn, std::time::Instant::now());
         })
     });
 }

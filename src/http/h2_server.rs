@@ -510,7 +510,7 @@ impl Stream {
             write_headers::local_answer(self.grpc, status, body, grpc_status);
         let head_request = self.buf[self.head.method.clone()].eq_ignore_ascii_case(b"HEAD");
         let compressed =
-            crate::http::filter::compress::local_body(self, status, body, self.grpc, head_request);
+            crate::http::filter::encode::local_body(self, status, body, self.grpc, head_request);
         let body = compressed.as_deref().unwrap_or(body);
         let mut out = Vec::with_capacity(256);
         write_headers::local_head(&mut out, self, status, body.len(), location, mods, grpc);

@@ -54,10 +54,10 @@ async fn over_h1(
 ) -> Result<HttpReply, String> {
     let mut out = call.head;
     out.extend_from_slice(&call.body);
-    let mut pooled = ctx
-        .upstreams
-        .borrow_mut()
-        .checkout(ep.address, cluster.pool_key(ep), true);
+    let mut pooled =
+        ctx.upstreams
+            .borrow_mut()
+            .checkout(ep.address, cluster.pool_key(ep), true, None);
     loop {
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
@@ -158,7 +158,9 @@ async fn answer(
             .is_none_or(|m| conn.requests < m);
     if reusable {
         conn.buf.clear();
-        ctx.upstreams.borrow_mut().checkin(conn);
+        ctx.upstreams
+            .borrow_mut()
+            .checkin(conn, std::time::Instant::now());
     }
     Ok(HttpReply {
         status: head.status,

@@ -44,7 +44,9 @@ pub struct ConnState {
     pub requests: u32,
     pub stats: Arc<Scope>,
     core: usize,
-    idle_since: Instant,
+    /// When its idle time runs out (its cluster's `idle_timeout` after it went back to the
+    /// pool; computed then, so a checkout compares instants only).
+    idle_until: Option<Instant>,
     /// How long it may serve.
     limits: Limits,
     /// Its place under the cluster's `max_connections`, when that is limited.
@@ -74,12 +76,20 @@ impl Upstreams {
     /// With `verify`, one non-blocking peek makes sure the upstream has not closed it (for
     /// requests that cannot be retried on a fresh connection); otherwise a stale
     /// connection is caught by the retry.
-    pub fn checkout(&mut self, addr: SocketAddr, tls_key: u64, verify: bool) -> Option<Conn> {
+    /// `now`: a recent instant (the request's start, where it was read), for the idle
+    /// and age limits; none reads the clock.
+    pub fn checkout(
+        &mut self,
+        addr: SocketAddr,
+        tls_key: u64,
+        verify: bool,
+        now: Option<Instant>,
+    ) -> Option<Conn> {
         let pool = self.pools.get_mut(&(addr, tls_key))?;
         if pool.is_empty() {
             return None;
         }
-        let now = Instant::now();
+        let now = now.unwrap_or_else(Instant::now);
         while let Some(conn) = pool.pop() {
             if let Some(why) = conn.spent(now) {
                 conn.stats.core(self.core).inc(why as usize);
@@ -98,12 +108,13 @@ impl Upstreams {
     /// Returns a connection whose last exchange ended cleanly. When requests wait for a
     /// connection of its cluster (at `max_connections`), it is closed instead, which lets
     /// one of them open its own on whichever core it waits.
-    pub fn checkin(&mut self, mut conn: Conn) {
+    /// `now`: when its exchange ended.
+    pub fn checkin(&mut self, mut conn: Conn, now: Instant) {
         if conn.permit.as_ref().is_some_and(Permit::has_waiters) {
             return;
         }
-        conn.idle_since = Instant::now();
-        if conn.limits.expires.is_some_and(|e| conn.idle_since >= e) {
+        conn.idle_until = conn.limits.idle_timeout.and_then(|t| now.checked_add(t));
+        if conn.limits.expires.is_some_and(|e| now >= e) {
             conn.stats
                 .core(self.core)
                 .inc(ClusterStat::UpstreamCxMaxDurationReached as usize);
@@ -172,11 +183,7 @@ impl Conn {
     fn spent(&self, now: Instant) -> Option<ClusterStat> {
         if self.limits.expires.is_some_and(|e| now >= e) {
             Some(ClusterStat::UpstreamCxMaxDurationReached)
-        } else if self
-            .limits
-            .idle_timeout
-            .is_some_and(|t| now.saturating_duration_since(self.idle_since) >= t)
-        {
+        } else if self.idle_until.is_some_and(|u| now >= u) {
             Some(ClusterStat::UpstreamCxIdleTimeout)
         } else {
             None
@@ -225,7 +232,7 @@ pub async fn connect(core: usize, cluster: &Cluster, ep: &Endpoint) -> Result<Co
         requests: 0,
         stats: cluster.stats.clone(),
         core,
-        idle_since: now,
+        idle_until: cluster.idle_timeout.and_then(|t| now.checked_add(t)),
         limits: Limits {
             idle_timeout: cluster.idle_timeout,
             expires: cluster.max_connection_duration.map(|d| now + d),

@@ -98,7 +98,7 @@ impl Connection {
         let (status, body, grpc) = write_headers::local_answer(is_grpc, status, body, grpc_status);
         // The encode phase may compress the body: it is then sent chunked.
         let compressed =
-            crate::http::filter::compress::local_body(self, status, body, is_grpc, head_request);
+            crate::http::filter::encode::local_body(self, status, body, is_grpc, head_request);
         let body = compressed.as_deref().unwrap_or(body);
         let chunked = compressed.is_some() && self.head.minor > 0;
         if compressed.is_some() && !chunked {

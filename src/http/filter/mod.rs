@@ -21,6 +21,7 @@ use crate::router::Matched;
 
 pub(crate) mod compress;
 mod cors;
+pub(crate) mod encode;
 mod ext_authz;
 mod fault;
 pub(crate) mod grpc_stats;
@@ -175,6 +176,12 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Whether a filter may act on the response body (the encode-data phase).
+    #[inline]
+    pub fn encodes_body(&self) -> bool {
+        self.compression.is_some()
+    }
+
     /// Whether the encode phase has anything to do.
     #[inline]
     pub fn encodes(&self) -> bool {

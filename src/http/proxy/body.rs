@@ -1,5 +1,5 @@
-//! The response body's side of forwarding: the compressor filters' encode phase on the
-//! upstream head and body, and what a body that stops part-way becomes.
+//! The response body's side of forwarding: the filters' encode phase on the upstream head
+//! (which starts their encode-data phase), and what a body that stops part-way becomes.
 
 use super::up::RecvError;
 use super::{Deadline, Downstream};
@@ -7,15 +7,15 @@ use crate::http::flags::ResponseFlags;
 use crate::http::h1::ResponseHead;
 use crate::stats::{ClusterStat, HttpStat};
 
-/// Runs the compressor filters' encode phase on an upstream response head: the body's
-/// compression stream if one of them compresses it.
-pub(super) fn compress_head<D: Downstream>(
+/// Runs the encode phase on an upstream response head: the data phase its body goes
+/// through, if a filter acts on it.
+pub(super) fn encode_head<D: Downstream>(
     d: &mut D,
     up: &[u8],
     resp: &ResponseHead,
     end: bool,
-) -> Option<Box<crate::http::filter::compress::Active>> {
-    use crate::http::filter::compress::{encode_head, Head};
+) -> Option<crate::http::filter::encode::EncodeData> {
+    use crate::http::filter::encode::{begin, Head};
     let find = |name: &[u8]| {
         resp.headers
             .iter()
@@ -32,10 +32,7 @@ pub(super) fn compress_head<D: Downstream>(
         vary: find(b"vary"),
         upgrade: resp.status == 101,
     };
-    if !encode_head(d, &head, end) {
-        return None;
-    }
-    d.filter_state_mut().compression.as_mut()?.stream.take()
+    begin(d, &head, end)
 }
 
 /// The upstream response stopped part-way through its body.

@@ -38,7 +38,7 @@ pub(crate) mod up;
 
 pub(crate) use attempt::Deadline;
 use attempt::{failure, pick_again, Body, Replay};
-use body::{body_failed, compress_head};
+use body::{body_failed, encode_head};
 use retry::{Retry, Verdict};
 use send::{exchange_h1, Attempt};
 use up::{RecvError, Up};
@@ -299,7 +299,9 @@ pub(crate) async fn forward<D: Downstream>(
             // not a function of its own: each future level is copied on every request).
             let verify = !d.request_in_hand();
             let pooled = match h2 {
-                None => Up::pooled(ctx, cluster, &ep, verify),
+                // The request's start, where it was read, is recent enough for the
+                // pool's idle limits (no clock read on the keep-alive path).
+                None => Up::pooled(ctx, cluster, &ep, verify, d.log().started),
                 Some(_) => None,
             };
             let opened = match pooled {
@@ -434,9 +436,9 @@ pub(crate) async fn forward<D: Downstream>(
         HttpStat::DownstreamRq1xx as usize,
     ));
     let end = kind == BodyKind::None;
-    // The compressor filters decide on the head; a compressed body's length is unknown.
-    let mut z = match d.filter_state().compression.is_some() {
-        true => compress_head(d, up.head_bytes(&resp), &resp, end),
+    // The filters decide on the head; a body a filter changes has no known length.
+    let mut z = match d.filter_state().encodes_body() {
+        true => encode_head(d, up.head_bytes(&resp), &resp, end),
         false => None,
     };
     let down_kind = match (&z, kind) {
@@ -483,7 +485,7 @@ pub(crate) async fn forward<D: Downstream>(
     let mut bytes = 0u64;
     loop {
         loop {
-            // With a compressor, the body's end is one more (empty) piece that finishes it.
+            // With body filters, the body's end is one more (empty) piece that finishes it.
             let (chunk, finish) = match up.buffered(&mut framing) {
                 Ok(Some(c)) => (c, false),
                 Ok(None) => match &z {
@@ -506,28 +508,29 @@ pub(crate) async fn forward<D: Downstream>(
             }
             // An HTTP/1.1 body's end is known with its last bytes.
             let last = h1_up && framing.done();
-            let compressing = z.is_some();
+            let encoding = z.is_some();
             // One call sends either (a second would keep `send_body` out of line).
             let (piece, last) = match &mut z {
                 None => (chunk, last),
-                Some(zs) => {
-                    // As Envoy: each piece flushed, the end finished on its own.
-                    if zs.compress(chunk.as_slice(), finish).is_err() {
+                // The encode-data phase: as Envoy, each piece flushed, the end finished
+                // on its own.
+                Some(zs) => match zs.data(chunk.as_slice(), finish) {
+                    Ok(out) => (Chunk::Slice(out), false),
+                    Err(()) => {
                         d.abort(h2::Reason::INTERNAL_ERROR);
                         return Ok(());
                     }
-                    (Chunk::Slice(&zs.out), false)
-                }
+                },
             };
             let sent = piece.len();
             // Nothing yet (zstd holds its output until the end): nothing to send.
-            if (sent > 0 || !compressing) && !d.send_body(piece, last).await {
+            if (sent > 0 || !encoding) && !d.send_body(piece, last).await {
                 d.log_mut().bytes_sent = bytes;
                 d.client_gone();
                 return Ok(());
             }
             if let Some(zs) = &mut z {
-                zs.out.clear();
+                zs.sent();
             }
             bytes += sent as u64;
             up.passed(n);
@@ -585,11 +588,12 @@ pub(crate) async fn forward<D: Downstream>(
         );
     }
     // When the body came whole with the head, the response ended then.
-    d.set_finished(if waited {
+    let ended = if waited {
         in_flight.complete(sent)
     } else {
         in_flight.complete_at(sent, head_at)
-    });
-    up.finish(&ctx, cluster, kind, resp_close);
+    };
+    d.set_finished(ended);
+    up.finish(&ctx, cluster, kind, resp_close, ended);
     Ok(())
 }

@@ -102,11 +102,12 @@ impl Up {
         cluster: &Cluster,
         ep: &Endpoint,
         verify: bool,
+        now: Option<std::time::Instant>,
     ) -> Option<Up> {
-        let conn = ctx
-            .upstreams
-            .borrow_mut()
-            .checkout(ep.address, cluster.pool_key(ep), verify)?;
+        let conn =
+            ctx.upstreams
+                .borrow_mut()
+                .checkout(ep.address, cluster.pool_key(ep), verify, now)?;
         Some(Up::h1(conn, true))
     }
 
@@ -349,7 +350,15 @@ impl Up {
 
     /// The exchange ended cleanly: an HTTP/1.1 connection goes back to the pool when it
     /// can serve another request.
-    pub(crate) fn finish(self, ctx: &CoreCtx, cluster: &Cluster, kind: BodyKind, close: bool) {
+    /// `ended`: when the response ended.
+    pub(crate) fn finish(
+        self,
+        ctx: &CoreCtx,
+        cluster: &Cluster,
+        kind: BodyKind,
+        close: bool,
+        ended: std::time::Instant,
+    ) {
         if let Up::H1 { mut conn, at, .. } = self {
             let reusable = kind != BodyKind::UntilClose
                 && !close
@@ -359,7 +368,7 @@ impl Up {
                     .is_none_or(|m| conn.requests < m);
             if reusable {
                 conn.buf.clear();
-                ctx.upstreams.borrow_mut().checkin(conn);
+                ctx.upstreams.borrow_mut().checkin(conn, ended);
             }
         }
     }

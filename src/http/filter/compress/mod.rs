@@ -459,43 +459,10 @@ impl Active {
     }
 }
 
-/// A local reply's body through the encode phase: compressed whole when a filter chooses
-/// to (the head edits are then in the filter state).
-pub(crate) fn local_body<E: FilterHost + ?Sized>(
-    x: &mut E,
-    status: u16,
-    body: &[u8],
-    grpc: bool,
-    head_request: bool,
-) -> Option<Vec<u8>> {
-    x.filter_state().compression.as_ref()?;
-    let content_type: Option<&[u8]> = if grpc {
-        Some(b"application/grpc")
-    } else if !body.is_empty() {
-        Some(b"text/plain")
-    } else {
-        None
-    };
-    let head = Head {
-        status,
-        content_type,
-        content_length: (status >= 200 && status != 204 && status != 304)
-            .then_some(body.len() as u64),
-        content_encoding: None,
-        cache_control: None,
-        etag: None,
-        vary: None,
-        upgrade: false,
-    };
-    if !encode_head(x, &head, body.is_empty() || head_request) {
-        return None;
-    }
-    let c = x.filter_state_mut().compression.as_mut()?;
-    let mut active = c.stream.take()?;
-    if active.compress(body, true).is_err() {
-        // Sent as it is, without the edits that announced it compressed.
+/// A body that failed to compress goes as it is: the head edits that announced it
+/// compressed are dropped.
+pub(crate) fn forget_head<E: FilterHost + ?Sized>(x: &mut E) {
+    if let Some(c) = x.filter_state_mut().compression.as_mut() {
         c.head = HeadEdits::default();
-        return None;
     }
-    Some(std::mem::take(&mut active.out))
 }

@@ -132,7 +132,7 @@ impl Job {
     async fn over_h1(&self, cluster: &Cluster, ep: &Endpoint) -> Result<(u16, Instant), Failed> {
         let ctx = &*self.ctx;
         let cs = cluster.stats.core(ctx.core);
-        let up = match Up::pooled(ctx, cluster, ep, true) {
+        let up = match Up::pooled(ctx, cluster, ep, true, None) {
             Some(up) => up,
             None => self
                 .guarded(Up::open(ctx, cluster, ep, None))
@@ -253,7 +253,7 @@ impl Job {
                     RecvError::Reset(_) => Failed::Reset,
                 })?;
         }
-        up.finish(ctx, cluster, kind, resp.close);
+        up.finish(ctx, cluster, kind, resp.close, std::time::Instant::now());
         Ok((resp.status, sent))
     }
 
