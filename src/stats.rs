@@ -318,44 +318,32 @@ impl Store {
         let key = format!("{prefix}\u{0}{}", S::NAMES[0]);
         scopes
             .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Scope {
-                    prefix: prefix.to_string(),
-                    names: S::NAMES,
-                    gauges: S::GAUGES,
-                    set: S::SET,
-                    cores: (0..self.cores)
-                        .map(|_| CoreCells::new(S::N, S::HISTOGRAMS.len()))
-                        .collect(),
-                    per_worker,
-                    codes: S::CODES,
-                    lazy: S::LAZY,
-                    lazy_stats: S::LAZY_STATS,
-                    lazy_histograms: S::LAZY_HISTOGRAMS,
-                    histograms: S::HISTOGRAMS,
-                })
-            })
+            .or_insert_with(|| Arc::new(self.new_scope::<S>(prefix, per_worker)))
             .clone()
     }
 
     /// Cells as [`Store::scope`]'s that no stats output shows (Envoy keeps no stats for
     /// what they count, e.g. internal listeners).
     pub fn detached_scope<S: StatNames>(&self) -> Arc<Scope> {
-        Arc::new(Scope {
-            prefix: String::new(),
+        Arc::new(self.new_scope::<S>("", &[]))
+    }
+
+    fn new_scope<S: StatNames>(&self, prefix: &str, per_worker: &'static [usize]) -> Scope {
+        Scope {
+            prefix: prefix.to_string(),
             names: S::NAMES,
             gauges: S::GAUGES,
             set: S::SET,
             cores: (0..self.cores)
                 .map(|_| CoreCells::new(S::N, S::HISTOGRAMS.len()))
                 .collect(),
-            per_worker: &[],
+            per_worker,
             codes: S::CODES,
             lazy: S::LAZY,
             lazy_stats: S::LAZY_STATS,
             lazy_histograms: S::LAZY_HISTOGRAMS,
             histograms: S::HISTOGRAMS,
-        })
+        }
     }
 
     /// Every histogram, merged over cores, sorted by name.

@@ -41,6 +41,18 @@ enum Form {
     Current,
 }
 
+/// The listener filter that restores an internal connection's destination.
+fn restore_filter(form: Form) -> &'static str {
+    match form {
+        Form::Sidecar => {
+            r#"{name: set_dst_address, typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/istio.set_internal_dst_address.v1.Config}}"#
+        }
+        Form::Current => {
+            r#"{name: envoy.filters.listener.original_dst, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}"#
+        }
+    }
+}
+
 fn tls_files(dir: &Path, ca: &Ca, id: &Identity, name: &str) -> (String, String, String) {
     (
         write(dir, &format!("{name}.pem"), &id.cert_pem),
@@ -62,14 +74,7 @@ fn server_config(
 ) -> String {
     let id = ca.issue("server", Some(SERVER_ID), false);
     let (cert, key, root) = tls_files(dir, ca, &id, "server");
-    let restore = match form {
-        Form::Sidecar => {
-            r#"{name: set_dst_address, typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/istio.set_internal_dst_address.v1.Config}}"#
-        }
-        Form::Current => {
-            r#"{name: envoy.filters.listener.original_dst, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}"#
-        }
-    };
+    let restore = restore_filter(form);
     let (authn, filters, per_route) = match form {
         Form::Sidecar => (
             "      - {name: istio_authn, typed_config: {\"@type\": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/io.istio.network.authn.Config, value: {shared: true}}}\n",
@@ -210,15 +215,10 @@ fn client_config(
             ep = endpoint(dst)
         )
     };
-    let (restore, lb) = match form {
-        Form::Sidecar => (
-            r#"{name: set_dst_address, typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/istio.set_internal_dst_address.v1.Config}}"#,
-            "",
-        ),
-        Form::Current => (
-            r#"{name: envoy.filters.listener.original_dst, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}}"#,
-            "original_dst_lb_config: {metadata_key: {key: envoy.filters.listener.original_dst, path: [{key: waypoint}]}}",
-        ),
+    let restore = restore_filter(form);
+    let lb = match form {
+        Form::Sidecar => "",
+        Form::Current => "original_dst_lb_config: {metadata_key: {key: envoy.filters.listener.original_dst, path: [{key: waypoint}]}}",
     };
     format!(
         r#"{EXT}static_resources:

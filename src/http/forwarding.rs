@@ -16,7 +16,9 @@ use crate::stats::ClusterStat;
 use crate::upstream::Conn as UpstreamConn;
 
 mod pick;
-pub(crate) use pick::{chosen_cluster, forward_target, pick_upstream, request_hash};
+pub(crate) use pick::{
+    chosen_cluster, connect_target, forward_target, pick_upstream, request_hash,
+};
 
 /// Header mutations of a level that has none.
 pub(crate) static NO_MODS: HeaderMods = HeaderMods {

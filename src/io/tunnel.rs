@@ -187,26 +187,9 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let [mx_a, mx_b] = mx;
-    let (mut ta, mut tb);
-    let x: &mut (dyn Pollable + Unpin) = match a {
-        MaybeTls::Plain(p) => match poll_twin(p) {
-            Ok(t) => {
-                ta = t;
-                &mut ta
-            }
-            Err(_) => return (Tunnel::Error, 0, 0),
-        },
-        MaybeTls::Tls(t) => &mut t.0,
-    };
-    let y: &mut (dyn Pollable + Unpin) = match b {
-        MaybeTls::Plain(p) => match poll_twin(p) {
-            Ok(t) => {
-                tb = t;
-                &mut tb
-            }
-            Err(_) => return (Tunnel::Error, 0, 0),
-        },
-        MaybeTls::Tls(t) => &mut t.0,
+    let (mut ta, mut tb) = (None, None);
+    let (Some(x), Some(y)) = (pollable(a, &mut ta), pollable(b, &mut tb)) else {
+        return (Tunnel::Error, 0, 0);
     };
     let (mut xa, mut yb);
     let x: &mut (dyn Pollable + Unpin) = match mx_a {
@@ -239,18 +222,23 @@ pub async fn copy_to_stream<A>(
 where
     A: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ta;
-    let x: &mut (dyn Pollable + Unpin) = match a {
-        MaybeTls::Plain(p) => match poll_twin(p) {
-            Ok(t) => {
-                ta = t;
-                &mut ta
-            }
-            Err(_) => return (Tunnel::Error, 0, 0),
-        },
-        MaybeTls::Tls(t) => &mut t.0,
+    let mut ta = None;
+    let Some(x) = pollable(a, &mut ta) else {
+        return (Tunnel::Error, 0, 0);
     };
     copy_pollables(x, b, idle, limit, read).await
+}
+
+/// A connection as a poll-style stream: a TLS stream as it is, a plaintext socket through
+/// its twin (kept in `twin`); `None` when the twin cannot be made.
+fn pollable<'a, A: AsyncRead + AsyncWrite + Unpin + 'a>(
+    a: &'a mut MaybeTls<monoio::net::TcpStream, A>,
+    twin: &'a mut Option<monoio::net::tcp::stream_poll::TcpStreamPoll>,
+) -> Option<&'a mut (dyn Pollable + Unpin + 'a)> {
+    match a {
+        MaybeTls::Plain(p) => Some(twin.insert(poll_twin(p).ok()?)),
+        MaybeTls::Tls(t) => Some(&mut t.0),
+    }
 }
 
 async fn copy_pollables(

@@ -61,28 +61,26 @@ pub(super) async fn proxy(
         Some(settings) => {
             let h2 = match crate::http::h2::upstream(ctx, cluster, &ep, settings).await {
                 Ok(c) => c,
-                Err(e) => return failed(out, cstats, &format!("{e:?}")),
+                Err(e) => return failed(out, &format!("{e:?}")),
             };
             let _stream = h2.stream();
             let req = match request(t, &authority, &headers, cluster.tls_for(&ep).is_some()) {
                 Ok(r) => r,
-                Err(why) => return failed(out, cstats, &why),
+                Err(why) => return failed(out, &why),
             };
             let mut send = match h2.send.clone().ready().await {
                 Ok(s) => s,
-                Err(e) => return failed(out, cstats, &e.to_string()),
+                Err(e) => return failed(out, &e.to_string()),
             };
             let (resp, tx) = match send.send_request(req, false) {
                 Ok(x) => x,
-                Err(e) => return failed(out, cstats, &e.to_string()),
+                Err(e) => return failed(out, &e.to_string()),
             };
             let resp = match monoio::time::timeout(cluster.connect_timeout, resp).await {
                 Ok(Ok(r)) if r.status() == 200 => r,
-                Ok(Ok(r)) => {
-                    return failed(out, cstats, &format!("tunnel answered {}", r.status()))
-                }
-                Ok(Err(e)) => return failed(out, cstats, &e.to_string()),
-                Err(_) => return failed(out, cstats, "tunnel not answered in the connect timeout"),
+                Ok(Ok(r)) => return failed(out, &format!("tunnel answered {}", r.status())),
+                Ok(Err(e)) => return failed(out, &e.to_string()),
+                Err(_) => return failed(out, "tunnel not answered in the connect timeout"),
             };
             let mut io = crate::http::h2::tunnel::H2Io::new(tx, resp.into_body());
             if !prefix.is_empty() {
@@ -113,7 +111,7 @@ pub(super) async fn proxy(
                 Ok((up, _permit)) => up,
                 Err(e) => {
                     out.transport_failure = crate::upstream::transport_failure(&e);
-                    return failed(out, cstats, &e.to_string());
+                    return failed(out, &e.to_string());
                 }
             };
             let _active = super::UpstreamActive(cstats);
@@ -137,7 +135,7 @@ pub(super) async fn proxy(
             }
             head.extend_from_slice(b"\r\n");
             if up.write_all(head).await.0.is_err() {
-                return failed(out, cstats, "tunnel request not sent");
+                return failed(out, "tunnel request not sent");
             }
             // The answer's head; what follows it is the tunnel's first bytes.
             let mut buf = Vec::with_capacity(4096);
@@ -147,19 +145,17 @@ pub(super) async fn proxy(
                 let (r, b) = up.read(buf).await;
                 buf = b;
                 match r {
-                    Ok(0) | Err(_) => {
-                        return failed(out, cstats, "tunnel closed before its answer")
-                    }
+                    Ok(0) | Err(_) => return failed(out, "tunnel closed before its answer"),
                     Ok(_) => {}
                 }
                 match crate::http::h1::parse_response(&buf, 64 << 10, 100, &mut parsed) {
                     Ok(Some(())) => break,
                     Ok(None) => continue,
-                    Err(_) => return failed(out, cstats, "tunnel answered with a malformed head"),
+                    Err(_) => return failed(out, "tunnel answered with a malformed head"),
                 }
             }
             if !(200..300).contains(&parsed.status) {
-                return failed(out, cstats, &format!("tunnel answered {}", parsed.status));
+                return failed(out, &format!("tunnel answered {}", parsed.status));
             }
             let early = buf.split_off(parsed.len);
             if !early.is_empty() {
@@ -220,10 +216,9 @@ pub(super) async fn proxy(
 }
 
 /// A tunnel that did not come up: Envoy's pool failure (`UF`, then `URX` with the
-/// attempts spent).
-fn failed(out: &mut Outcome, cstats: &crate::stats::CoreCells, why: &str) {
+/// attempts spent). A connection that could not be made was counted where it failed.
+fn failed(out: &mut Outcome, why: &str) {
     tracing::debug!("tcp_proxy tunnel failed: {why}");
-    cstats.inc(ClusterStat::UpstreamCxConnectFail as usize);
     out.flags = "UF,URX";
 }
 

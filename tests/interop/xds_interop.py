@@ -449,6 +449,19 @@ def corpus_resources(path):
     return out
 
 
+def corpus_message(type_url, body, pool):
+    """A corpus resource as the official protos' message, a listener moved to loopback
+    and any port (the corpus's ports may be taken here)."""
+    msg = MESSAGES[type_url]()
+    body = dict(body)
+    body.pop("@type", None)
+    json_format.ParseDict(body, msg, ignore_unknown_fields=True, descriptor_pool=pool)
+    if type_url == LISTENER and msg.address.HasField("socket_address"):
+        msg.address.socket_address.address = "127.0.0.1"
+        msg.address.socket_address.port_value = 0
+    return msg
+
+
 def corpus_whole(binary, files, pool):
     """Each dump's listeners, clusters and route configurations served whole (one response
     per type, as istiod sends them), over state of the world and over delta: every one is
@@ -459,16 +472,8 @@ def corpus_whole(binary, files, pool):
         for path in files:
             by_type = collections.defaultdict(list)
             for type_url, body in corpus_resources(path):
-                if type_url == ENDPOINT:
-                    continue
-                msg = MESSAGES[type_url]()
-                body = dict(body)
-                body.pop("@type", None)
-                json_format.ParseDict(body, msg, ignore_unknown_fields=True, descriptor_pool=pool)
-                if type_url == LISTENER and msg.address.HasField("socket_address"):
-                    msg.address.socket_address.address = "127.0.0.1"
-                    msg.address.socket_address.port_value = 0
-                by_type[type_url].append(msg)
+                if type_url != ENDPOINT:
+                    by_type[type_url].append(corpus_message(type_url, body, pool))
             if not by_type:
                 continue
             ads, server, port = start_ads()
@@ -549,14 +554,7 @@ def corpus(binary):
             raw = json.load(open(path))
             ensure_types(raw, pool)
             for type_url, body in corpus_resources(path):
-                msg = MESSAGES[type_url]()
-                body = dict(body)
-                body.pop("@type", None)
-                json_format.ParseDict(body, msg, ignore_unknown_fields=True, descriptor_pool=pool)
-                if type_url == LISTENER and msg.address.HasField("socket_address"):
-                    # Served on loopback, any port: the corpus's ports may be taken here.
-                    msg.address.socket_address.address = "127.0.0.1"
-                    msg.address.socket_address.port_value = 0
+                msg = corpus_message(type_url, body, pool)
                 version += 1
                 n = ads.push(type_url, f"v{version}", [msg])
                 r = ads.next(type_url)

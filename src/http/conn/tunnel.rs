@@ -19,19 +19,8 @@ impl Connection {
     /// 9110 9.3.6) and tunnels the bytes both ways until either side closes.
     pub(super) async fn terminate_connect(&mut self, f: &Forward) -> Result<Next, HttpError> {
         let snapshot = self.snapshot.clone();
-        let key = crate::http::forwarding::request_hash(self, &f.hash_policy);
-        let (_, cluster, ep, _permit) = pick_upstream(
-            &self.ctx,
-            &snapshot,
-            f,
-            f.target.pick(fastrand::u32(..)),
-            &self.down,
-            key,
-        )?;
-        if self.hcm.timed() {
-            self.log.cluster = Some(cluster.name.clone());
-        }
-        self.log.upstream = Some(ep.address);
+        let (_, cluster, ep, _permit) =
+            crate::http::forwarding::connect_target(self, &snapshot, f)?;
         let up = crate::upstream::connect(self.ctx.core, cluster, &ep)
             .await
             .map_err(HttpError::connect)?;

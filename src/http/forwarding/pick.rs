@@ -80,6 +80,29 @@ pub(crate) fn pick_upstream<'s>(
     Ok((weighted, cluster, ep, permit))
 }
 
+/// The upstream a terminated CONNECT connects to (either codec): the route's cluster
+/// and an endpoint, noted in the request's log.
+pub(crate) fn connect_target<'s, E: crate::http::filter::FilterHost>(
+    x: &mut E,
+    snapshot: &'s Snapshot,
+    f: &'s Forward,
+) -> Result<Picked<'s>, HttpError> {
+    let key = request_hash(x, &f.hash_policy);
+    let picked = pick_upstream(
+        x.core_ctx(),
+        snapshot,
+        f,
+        f.target.pick(fastrand::u32(..)),
+        x.down(),
+        key,
+    )?;
+    if x.hcm().timed() {
+        x.log_mut().cluster = Some(picked.1.name.clone());
+    }
+    x.log_mut().upstream = Some(picked.2.address);
+    Ok(picked)
+}
+
 /// What [`pick_upstream`] chose: the weighted target, the cluster, the endpoint and the
 /// request's circuit-breaker permit.
 pub(crate) type Picked<'s> = (

@@ -9,7 +9,6 @@ use std::cell::Cell;
 use bytes::Bytes;
 
 use crate::http::error::HttpError;
-use crate::http::forwarding::pick_upstream;
 use crate::model::route::Forward;
 use crate::stats::{ClusterStat, HttpStat};
 
@@ -20,19 +19,8 @@ impl Stream {
     /// framing: the stream stays open) and copies bytes both ways until either side ends.
     pub(super) async fn terminate_connect(&mut self, f: &Forward) -> Result<(), HttpError> {
         let snapshot = self.snapshot.clone();
-        let key = crate::http::forwarding::request_hash(self, &f.hash_policy);
-        let (_, cluster, ep, _permit) = pick_upstream(
-            &self.ctx,
-            &snapshot,
-            f,
-            f.target.pick(fastrand::u32(..)),
-            &self.down,
-            key,
-        )?;
-        if self.hcm.timed() {
-            self.log.cluster = Some(cluster.name.clone());
-        }
-        self.log.upstream = Some(ep.address);
+        let (_, cluster, ep, _permit) =
+            crate::http::forwarding::connect_target(self, &snapshot, f)?;
         // What this request and its connection share with the upstream connection.
         let mut objects: Vec<_> =
             crate::model::filter_state::shared(&self.filters.objects).collect();

@@ -474,7 +474,7 @@ pub(super) fn endpoints(
                 unix.push(std::path::PathBuf::from(&pipe.path));
                 continue;
             }
-            if let Some(Address::EnvoyInternalAddress(ia)) = &addr.address {
+            let target = if let Some(Address::EnvoyInternalAddress(ia)) = &addr.address {
                 let at = format!("{path}.endpoint.address.envoy_internal_address");
                 if !matches!(discovery, Discovery::Static | Discovery::Eds) {
                     return Err(err(
@@ -486,13 +486,50 @@ pub(super) fn endpoints(
                 let Some(Server::ServerListenerName(listener)) = &ia.address_name_specifier else {
                     return Err(err(res, at, "server_listener_name is required"));
                 };
-                let workload =
-                    super::telemetry::endpoint_workload(lb.metadata.as_ref(), &mut workloads);
                 let internal =
                     super::internal::endpoint(listener, &ia.endpoint_id, lb.metadata.as_ref());
+                Some((
+                    crate::model::internal::synthetic_address(listener, &ia.endpoint_id),
+                    internal.display.clone(),
+                    Some(Arc::new(internal)),
+                ))
+            } else {
+                match discovery {
+                    Discovery::Static | Discovery::Eds | Discovery::OriginalDst => {
+                        let address = socket_addr(addr, res, &format!("{path}.endpoint.address"))?;
+                        let hostname: Arc<str> = if ep.hostname.is_empty() {
+                            address.to_string().into()
+                        } else {
+                            ep.hostname.as_str().into()
+                        };
+                        Some((address, hostname, None))
+                    }
+                    Discovery::StrictDns | Discovery::LogicalDns => {
+                        let (host, port) =
+                            host_port(addr, res, &format!("{path}.endpoint.address"))?;
+                        if host.is_empty() {
+                            return Err(err(
+                                res,
+                                format!("{path}.endpoint.address.socket_address.address"),
+                                "host name is required",
+                            ));
+                        }
+                        dns_hosts.push(DnsHost {
+                            host: host.to_string(),
+                            port,
+                            weight,
+                            labels: labels.clone().into(),
+                        });
+                        None
+                    }
+                }
+            };
+            if let Some((address, hostname, internal)) = target {
+                let workload =
+                    super::telemetry::endpoint_workload(lb.metadata.as_ref(), &mut workloads);
                 endpoints.push(Endpoint {
-                    address: crate::model::internal::synthetic_address(listener, &ia.endpoint_id),
-                    hostname: internal.display.clone(),
+                    address,
+                    hostname,
                     weight,
                     healthy,
                     labels: labels.into(),
@@ -502,51 +539,8 @@ pub(super) fn endpoints(
                     overprovisioning,
                     group: li as u32,
                     locality_weight: locality.load_balancing_weight.unwrap_or(0),
-                    internal: Some(Arc::new(internal)),
+                    internal,
                 });
-                continue;
-            }
-            match discovery {
-                Discovery::Static | Discovery::Eds | Discovery::OriginalDst => {
-                    let address = socket_addr(addr, res, &format!("{path}.endpoint.address"))?;
-                    let hostname: Arc<str> = if ep.hostname.is_empty() {
-                        address.to_string().into()
-                    } else {
-                        ep.hostname.as_str().into()
-                    };
-                    let workload =
-                        super::telemetry::endpoint_workload(lb.metadata.as_ref(), &mut workloads);
-                    endpoints.push(Endpoint {
-                        address,
-                        hostname,
-                        weight,
-                        healthy,
-                        labels: labels.into(),
-                        workload,
-                        priority: locality.priority,
-                        locality: place.clone(),
-                        overprovisioning,
-                        group: li as u32,
-                        locality_weight: locality.load_balancing_weight.unwrap_or(0),
-                        internal: None,
-                    });
-                }
-                Discovery::StrictDns | Discovery::LogicalDns => {
-                    let (host, port) = host_port(addr, res, &format!("{path}.endpoint.address"))?;
-                    if host.is_empty() {
-                        return Err(err(
-                            res,
-                            format!("{path}.endpoint.address.socket_address.address"),
-                            "host name is required",
-                        ));
-                    }
-                    dns_hosts.push(DnsHost {
-                        host: host.to_string(),
-                        port,
-                        weight,
-                        labels: labels.into(),
-                    });
-                }
             }
         }
     }
