@@ -480,3 +480,125 @@ async fn a_tunnel_the_peer_refuses_is_a_connect_failure() {
         0
     );
 }
+
+/// The TCP proxy's tunnel over HTTP/1.1 (a cluster without HTTP/2): `CONNECT host
+/// HTTP/1.1` to a proxy that terminates it, any 2xx opening the tunnel; a refusal closes
+/// the client's connection with nothing carried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_proxy_tunnels_over_http1_connect() {
+    let (echo, _) = echo_server(local_socket());
+    let term_listener = |name: &str, hcm: &str, upgrades: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+{hcm}          route_config: {{virtual_hosts: [{{name: a, domains: ['*'], routes: [{{match: {{connect_matcher: {{}}}}, route: {{cluster: echo{upgrades}}}}}]}}]}}
+          http_filters: [{ROUTER}]
+"#
+        )
+    };
+    let term = Proxy::start(
+        &format!(
+            "static_resources:\n  listeners:\n{}{}  clusters: [{}]\n",
+            term_listener(
+                "terminates",
+                "          upgrade_configs: [{upgrade_type: CONNECT}]\n",
+                ", upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]"
+            ),
+            // CONNECT not configured: Envoy's 403.
+            term_listener("refuses", "", ""),
+            cluster("echo", &[echo], "")
+        ),
+        &one_core("legacy"),
+    )
+    .await;
+    let orig_listener = |name: &str| {
+        format!(
+            r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: {name}, cluster: {name}, tunneling_config: {{hostname: "%DOWNSTREAM_LOCAL_ADDRESS%"}}}}
+"#
+        )
+    };
+    // A tunnel server whose answer comes in two pieces, a 2xx other than 200.
+    let raw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = raw.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await.unwrap() == 0 {
+                return;
+            }
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"CONNECT 127.0.0.1:"), "{head:?}");
+        s.write_all(b"HTTP/1.1 203 Tunnel\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"x-a: b\r\n\r\nfirst ").await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        s.write_all(&rest).await.unwrap();
+    });
+    let orig = Proxy::start(
+        &format!(
+            "static_resources:\n  listeners:\n{}{}{}  clusters: [{}, {}, {}]\n",
+            orig_listener("to_terminates"),
+            orig_listener("to_refuses"),
+            orig_listener("to_raw"),
+            cluster("to_terminates", &[term.listeners["terminates"]], ""),
+            cluster("to_refuses", &[term.listeners["refuses"]], ""),
+            cluster("to_raw", &[raw_addr], ""),
+        ),
+        &one_core("legacy"),
+    )
+    .await;
+    let exchange = |at: SocketAddr| async move {
+        let mut s = tokio::net::TcpStream::connect(at).await.unwrap();
+        s.write_all(b"over http/1.1").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        // A refused tunnel closes with the client's bytes unread: a reset, which ends it too.
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .expect("the connection ends");
+        got
+    };
+    assert_eq!(
+        exchange(orig.listeners["to_terminates"]).await,
+        b"over http/1.1bye"
+    );
+    assert_eq!(
+        term.stat("http.terminates.downstream_cx_upgrades_total")
+            .await,
+        1
+    );
+    assert_eq!(
+        orig.stat("tcp.to_terminates.downstream_cx_rx_bytes_total")
+            .await,
+        13
+    );
+    assert_eq!(
+        orig.stat("tcp.to_terminates.downstream_cx_tx_bytes_total")
+            .await,
+        16
+    );
+    // Any 2xx opens an HTTP/1.1 tunnel, whatever reads its head took; bytes after the
+    // head are the tunnel's first.
+    assert_eq!(
+        exchange(orig.listeners["to_raw"]).await,
+        b"first over http/1.1"
+    );
+    // CONNECT is not allowed there: a 403, so no tunnel and nothing carried.
+    assert_eq!(exchange(orig.listeners["to_refuses"]).await, b"");
+    assert_eq!(term.stat("http.refuses.downstream_rq_4xx").await, 1);
+}

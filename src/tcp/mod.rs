@@ -206,36 +206,15 @@ async fn proxy(
     );
     // The user-space copy's live counts (the splice path counts through `rx`/`tx`).
     let (live_rx, live_tx) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
-    let tunnel = async {
-        match (&mut down, &mut up) {
-            (MaybeTls::Plain(down), MaybeTls::Plain(up)) => {
-                crate::io::splice_both_ways(
-                    (down, up),
-                    tp.idle_timeout,
-                    tp.max_downstream_connection_duration,
-                    rx,
-                    tx,
-                )
-                .await
-            }
-            (down, up) => {
-                // TLS terminated or originated here: the plaintext is copied through user
-                // space (no splice), under the same idle and lifetime limits.
-                let (ended, a, b) = crate::io::copy_tls_tunnel_mx(
-                    down,
-                    up,
-                    tp.idle_timeout,
-                    tp.max_downstream_connection_duration,
-                    [mx_down, mx_up],
-                    [&live_rx, &live_tx],
-                )
-                .await;
-                rx(a);
-                tx(b);
-                ended
-            }
-        }
-    };
+    let tunnel = carry(
+        &mut down,
+        &mut up,
+        tp,
+        [mx_down, mx_up],
+        [&live_rx, &live_tx],
+        rx,
+        tx,
+    );
     // istio.stats reports an open connection every `tcp_reporting_duration`, once its
     // peer is known (the exchange's frame read, where the exchange runs).
     let ticks = telemetry::Ticks::default();
@@ -272,6 +251,34 @@ async fn proxy(
         Tunnel::MaxDuration => {
             stats.inc(TcpStat::MaxDownstreamConnectionDurationReached as usize);
             out.flags = "DT";
+        }
+    }
+}
+
+/// Moves bytes both ways between the client and the upstream connection under the TCP
+/// proxy's idle and lifetime limits: spliced when both are plaintext, else copied through
+/// user space (TLS ends or begins here), with Istio's TCP exchange on the sides in `mx`.
+/// `rx`/`tx` count the bytes each way; `live` shows a copy's counts while it runs.
+async fn carry(
+    down: &mut crate::tls::DownIo,
+    up: &mut UpIo,
+    tp: &TcpProxy,
+    mx: [Option<crate::io::exchange::MxSide>; 2],
+    live: [&std::cell::Cell<u64>; 2],
+    rx: impl Fn(u64),
+    tx: impl Fn(u64),
+) -> Tunnel {
+    let (idle, limit) = (tp.idle_timeout, tp.max_downstream_connection_duration);
+    match (down, up) {
+        (MaybeTls::Plain(down), MaybeTls::Plain(up)) => {
+            crate::io::splice_both_ways((down, up), idle, limit, rx, tx).await
+        }
+        (down, up) => {
+            let (ended, a, b) =
+                crate::io::copy_tls_tunnel_mx(down, up, idle, limit, mx, live).await;
+            rx(a);
+            tx(b);
+            ended
         }
     }
 }

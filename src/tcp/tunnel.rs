@@ -13,10 +13,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 
 use crate::ctx::{CoreCtx, Downstream};
-use crate::io::{MaybeTls, Tunnel};
+use crate::io::Tunnel;
 use crate::model::{Cluster, TcpProxy, Tunneling};
 use crate::stats::{ClusterStat, TcpStat};
 
@@ -142,7 +142,8 @@ pub(super) async fn proxy(
             let mut parsed = crate::http::h1::ResponseHead::default();
             loop {
                 buf.reserve(4096);
-                let (r, b) = up.read(buf).await;
+                // Appended: monoio's `read` of a Vec writes from its start.
+                let (r, b) = crate::io::read_more(&mut up, buf).await;
                 buf = b;
                 match r {
                     Ok(0) | Err(_) => return failed(out, "tunnel closed before its answer"),
@@ -170,33 +171,10 @@ pub(super) async fn proxy(
                     return;
                 }
             }
-            let ended = match (&mut down, &mut up) {
-                (MaybeTls::Plain(d), MaybeTls::Plain(u)) => {
-                    let rx = |n| received.set(received.get() + n);
-                    let tx = |n| sent.set(sent.get() + n);
-                    crate::io::splice_both_ways(
-                        (d, u),
-                        tp.idle_timeout,
-                        tp.max_downstream_connection_duration,
-                        rx,
-                        tx,
-                    )
-                    .await
-                }
-                (d, u) => {
-                    let (ended, a, b) = crate::io::copy_tls_tunnel(
-                        d,
-                        u,
-                        tp.idle_timeout,
-                        tp.max_downstream_connection_duration,
-                    )
-                    .await;
-                    received.set(received.get() + a);
-                    sent.set(sent.get() + b);
-                    ended
-                }
-            };
-            ended
+            let (a, b) = (Cell::new(0), Cell::new(0));
+            let rx = |n| received.set(received.get() + n);
+            let tx = |n| sent.set(sent.get() + n);
+            super::carry(&mut down, &mut up, tp, [None, None], [&a, &b], rx, tx).await
         }
     };
     out.received = received.get();
