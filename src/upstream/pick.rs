@@ -35,6 +35,9 @@ struct Level {
     /// Locality weighting, per locality (`group`): the smooth weighted round robin's
     /// current weight and the round-robin position among its endpoints.
     localities: Vec<(u32, f64, u64)>,
+    /// Slow start's round robin: each endpoint's smooth weighted round-robin current
+    /// weight (deterministic, as Envoy's EDF scheduler is).
+    current: FxHashMap<SocketAddr, f64>,
 }
 
 /// One locality's endpoints within a priority's run, and its effective weight.
@@ -105,6 +108,34 @@ fn choose_locality(
     Some((g.start, g.end, slot, g.healthy))
 }
 
+/// Smooth weighted round robin among the usable endpoints of `slice` with weights that
+/// may change between picks (slow start's growing factors): every endpoint's current
+/// weight grows by its weight, the largest is chosen and gives back the total. Equal
+/// weights take turns exactly.
+fn smooth_weighted<'a>(
+    current: &mut FxHashMap<SocketAddr, f64>,
+    slice: &'a [Endpoint],
+    usable: impl Fn(&Endpoint) -> bool,
+    weight: impl Fn(&Endpoint) -> f64,
+) -> Option<&'a Endpoint> {
+    let mut total = 0.0;
+    let mut best: Option<(&Endpoint, f64)> = None;
+    for e in slice.iter().filter(|e| usable(e)) {
+        let w = weight(e);
+        total += w;
+        let cur = current.entry(e.address).or_insert(0.0);
+        *cur += w;
+        if best.is_none_or(|(_, b)| *cur > b) {
+            best = Some((e, *cur));
+        }
+    }
+    let (e, _) = best?;
+    if let Some(cur) = current.get_mut(&e.address) {
+        *cur -= total;
+    }
+    Some(e)
+}
+
 /// A weighted random choice among the usable endpoints of `slice`.
 fn weighted_random(
     slice: &[Endpoint],
@@ -147,6 +178,11 @@ impl LbState {
         if self.seen_for != id {
             self.seen_for = id;
             self.seen.retain(|a, _| eps.iter().any(|e| e.address == *a));
+            for level in &mut self.levels {
+                level
+                    .current
+                    .retain(|a, _| eps.iter().any(|e| e.address == *a));
+            }
             for e in eps.iter().filter(|e| e.healthy) {
                 let at = *self.seen.entry(e.address).or_insert(now);
                 if self.latest.is_none_or(|l| at > l) {
@@ -348,7 +384,9 @@ impl Upstreams {
         };
         match cluster.lb {
             LbPolicy::RoundRobin if slow.is_some() => {
-                weighted_random(slice, usable, |e| f64::from(e.weight) * factor(e))
+                smooth_weighted(&mut level.current, slice, usable, |e| {
+                    f64::from(e.weight) * factor(e)
+                })
             }
             LbPolicy::RoundRobin => {
                 let total: u64 = slice
@@ -437,5 +475,26 @@ mod tests {
         // (t / window)^(1 / aggression).
         assert!((f(&s(2.0, 0.0), 2_500) - 0.5).abs() < 1e-9);
         assert!((f(&s(0.5, 0.0), 5_000) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slow_start_round_robin_is_deterministic() {
+        let eps: Vec<Endpoint> = (1..=3)
+            .map(|p| Endpoint::at(SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let mut current = FxHashMap::default();
+        let mut pick = |w: &dyn Fn(u16) -> f64| {
+            smooth_weighted(&mut current, &eps, |_| true, |e| w(e.address.port()))
+                .map(|e| e.address.port())
+        };
+        // Equal factors (every host new together): exact turns.
+        let turns: Vec<_> = (0..6).map(|_| pick(&|_| 0.3)).collect();
+        assert_eq!(turns, [1, 2, 3, 1, 2, 3].map(Some));
+        // Factors 1:2:1 share 25:50:25 exactly over a whole cycle.
+        let mut n = [0; 3];
+        for _ in 0..400 {
+            n[pick(&|p| if p == 2 { 0.5 } else { 0.25 }).unwrap() as usize - 1] += 1;
+        }
+        assert_eq!(n, [100, 200, 100]);
     }
 }
