@@ -831,7 +831,7 @@ async fn an_open_tcp_connection_is_reported_every_tcp_reporting_duration() {
     // connection's bytes show while it is open, counted opened once and closed at the end.
     let (echo, _) = echo_server(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     let filters = r#"      - name: istio.stats
-        typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/stats.PluginConfig, value: {tcp_reporting_duration: 0.2s}}
+        typed_config: {"@type": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/stats.PluginConfig, value: {tcp_reporting_duration: 0.2s, metrics: [{name: tcp_connections_opened_total, dimensions: {destination_port: "string(destination.port)", request_host: "request.host"}}]}}
 "#;
     for driver in drivers() {
         let server = Proxy::start(
@@ -893,6 +893,22 @@ async fn an_open_tcp_connection_is_reported_every_tcp_reporting_duration() {
             1,
             "{prom}"
         );
+        // The opened counter's dimensions (a connection has no request: `unknown`).
+        let opened = prom
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .unwrap();
+        let tail = format!(
+            r#",destination_port="{}",request_host="unknown"}} 1"#,
+            addr.port()
+        );
+        assert!(opened.ends_with(&tail), "{opened}");
+        assert!(
+            prom.lines()
+                .filter(|l| l.starts_with("istio_tcp_sent_bytes_total{"))
+                .all(|l| !l.contains("destination_port")),
+            "{prom}"
+        );
     }
 }
 
@@ -946,4 +962,139 @@ async fn a_connection_network_rbac_denies_is_still_reported() {
     assert!(opened.ends_with("} 1"), "{opened}");
     assert!(line("istio_tcp_received_bytes_total").ends_with("} 0"));
     assert_eq!(server.stat("tcp.rbac.denied").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_overrides_add_and_replace_labels_from_cel_expressions() {
+    // What istiod makes of a Telemetry resource's tagOverrides: per metric, dimensions
+    // (tag → CEL expression) and tags to remove. A standard label's value is replaced in
+    // place; new labels follow Istio's, in name order; a missing attribute is `unknown`.
+    let app = Backend::start("plain").await;
+    let stats = r#"{metrics: [
+        {name: requests_total, tags_to_remove: [grpc_response_status, response_flags],
+         dimensions: {request_protocol: "request.headers['x-proto']", request_host: "request.host",
+                      destination_port: "string(destination.port)", peer_service: "filter_state.upstream_peer.service",
+                      user: "request.headers['x-user']", big: "response.code >= 500 ? 'yes' : 'no'"}},
+        {name: request_duration_milliseconds, dimensions: {response_flags: "'flagged'"}}]}"#;
+    let yaml = sidecar(
+        &node("sidecar~10.0.0.1~productpage", "productpage-v1", "productpage", "v1"),
+        "OUTBOUND",
+        &exchange(false),
+        stats,
+        "[{match: {prefix: /}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
+        "outbound|9080||reviews.default.svc.cluster.local",
+        app.addr,
+    )
+    .replace(
+        "{lb_endpoints: [{endpoint:",
+        "{lb_endpoints: [{metadata: {filter_metadata: {istio: {workload: 'reviews-v3;default;reviews;v3;Kubernetes'}}}, endpoint:",
+    );
+    for driver in drivers() {
+        let client = Proxy::start(&yaml, &one_core(driver)).await;
+        let addr = client.wait_listener("OUTBOUND").await;
+        for h2 in [false, true] {
+            let (status, _, _) = send(
+                addr,
+                h2,
+                "GET",
+                "/x",
+                &[("host", "reviews:9080"), ("x-proto", "custom")],
+            )
+            .await;
+            assert_eq!(status, 200);
+        }
+        let prom = prometheus(&client, "istio_requests_total", 2).await;
+        let mut want = labels([
+            "source",
+            "productpage-v1",
+            "productpage",
+            "v1",
+            "default",
+            "unknown",
+            "productpage",
+            "v1",
+            "Kubernetes",
+            "reviews-v3",
+            "default",
+            "unknown",
+            "unknown",
+            "unknown",
+            "reviews.default.svc.cluster.local",
+            "reviews",
+            "v3",
+            "reviews",
+            "default",
+            "Kubernetes",
+            "custom",
+            "200",
+            "",
+            "-",
+            "unknown",
+        ]);
+        // Removed: grpc_response_status and response_flags.
+        want.retain(|(k, _)| !matches!(*k, "grpc_response_status" | "response_flags"));
+        let port = addr.port().to_string();
+        want.extend([
+            ("big", "no"),
+            ("destination_port", port.as_str()),
+            ("peer_service", "reviews"),
+            ("request_host", ""),
+            ("user", "unknown"),
+        ]);
+        // The HTTP/1.1 request's Host, the HTTP/2 client's :authority.
+        for host in ["reviews:9080", "example.com"] {
+            want[26].1 = host;
+            assert_eq!(
+                sample(&prom, "istio_requests_total", &want),
+                Some(1),
+                "{driver} {host}: {prom}"
+            );
+        }
+        // The other metrics keep Istio's labels; the duration's flags are an expression's.
+        let bucket = prom
+            .lines()
+            .find(|l| l.starts_with("istio_request_duration_milliseconds_count{"))
+            .unwrap_or_else(|| panic!("{prom}"));
+        assert!(bucket.contains(r#"request_protocol="http""#), "{bucket}");
+        assert!(bucket.contains(r#"response_flags="flagged""#), "{bucket}");
+        assert!(!bucket.contains("request_host"), "{bucket}");
+        assert!(
+            prom.lines()
+                .any(|l| l.starts_with("istio_request_bytes_count{")
+                    && l.contains(r#"response_flags="-""#)),
+            "{prom}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_override_ringside_cannot_evaluate_is_refused_by_name() {
+    let app = Backend::start("plain").await;
+    for (expr, words) in [
+        (
+            "request.time",
+            "`request.time`, an attribute Ringside does not provide",
+        ),
+        ("request.host ==", "is not a valid CEL expression"),
+    ] {
+        let yaml = sidecar(
+            &node(
+                "sidecar~10.0.0.1~productpage",
+                "productpage-v1",
+                "productpage",
+                "v1",
+            ),
+            "OUTBOUND",
+            "",
+            &format!("{{metrics: [{{name: requests_total, dimensions: {{t: \"{expr}\"}}}}]}}"),
+            "[{match: {prefix: /}, route: {cluster: c}}]",
+            "c",
+            app.addr,
+        );
+        let (ok, err) = validate("dims.yaml", &yaml, &[]);
+        assert!(
+            !ok && err.contains("metrics[0].dimensions[\"t\"]") && err.contains(words),
+            "{expr}: {err}"
+        );
+    }
 }

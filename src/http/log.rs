@@ -12,7 +12,8 @@ use crate::model::access_log::LogFacts;
 
 use crate::model::format::{write_start_time, Addr, Command, Context, GrpcForm, Val};
 
-struct LogCtx<'a, E: ?Sized>(&'a E);
+/// A request's values as access logs (and `istio.stats`' expressions) read them.
+pub(crate) struct LogCtx<'a, E: ?Sized>(pub(crate) &'a E);
 
 impl<E: Exchange + ?Sized> Context for LogCtx<'_, E> {
     fn write(&self, cmd: &Command, out: &mut Vec<u8>) -> Val {

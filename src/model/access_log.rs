@@ -156,21 +156,22 @@ pub struct LogNeeds {
 }
 
 impl LogNeeds {
+    /// Notes what `c` reads.
+    pub fn note(&mut self, c: &format::Command) {
+        self.tls |= c.reads_tls();
+        // The upstream service time alone is read from the request's entry.
+        self.response_head |= match c {
+            format::Command::Resp(a, b) => a != "x-envoy-upstream-service-time" || b.is_some(),
+            format::Command::GrpcStatus(_) => true,
+            _ => false,
+        };
+        self.grpc |= matches!(c, format::Command::GrpcStatus(_));
+    }
+
     pub fn of(logs: &[AccessLog]) -> LogNeeds {
         let mut n = LogNeeds::default();
         for l in logs {
-            l.for_each_command(&mut |c| {
-                n.tls |= c.reads_tls();
-                // The upstream service time alone is read from the request's entry.
-                n.response_head |= match c {
-                    format::Command::Resp(a, b) => {
-                        a != "x-envoy-upstream-service-time" || b.is_some()
-                    }
-                    format::Command::GrpcStatus(_) => true,
-                    _ => false,
-                };
-                n.grpc |= matches!(c, format::Command::GrpcStatus(_));
-            });
+            l.for_each_command(&mut |c| n.note(c));
             if let Some(f) = &l.filter {
                 n.grpc |= f.reads_grpc();
                 n.response_head |= f.reads_grpc();

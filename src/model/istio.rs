@@ -42,6 +42,8 @@ pub struct IstioStats {
     pub host_header_fallback: bool,
     /// The metric shape's id in [`crate::stats::istio::Istio`].
     pub shape: u8,
+    /// The shape's dimension expressions, whose values follow its id in a series key.
+    pub exprs: Arc<[super::cel::Expr]>,
     pub node: Arc<LocalNode>,
     pub series: Arc<crate::stats::labeled::Registry<3, 3>>,
     pub tcp_series: Arc<crate::stats::labeled::Registry<4, 0>>,

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 pub mod breakers;
+pub mod cel;
 pub mod chain;
 pub mod cidr;
 pub mod compressor;

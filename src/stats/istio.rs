@@ -112,19 +112,73 @@ impl HttpMetric {
     }
 }
 
-/// Which metrics a filter reports and which labels each drops (`stats.PluginConfig`'s
-/// metric overrides): per metric, a bit per label of [`LABELS`] that is removed; a
-/// dropped metric is `None`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which metrics a filter reports, which labels each drops and which each takes from a
+/// CEL expression (`stats.PluginConfig`'s metric overrides): per metric, a bit per label of
+/// [`LABELS`] that is removed (a dropped metric is `None`), and its dimensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shape {
     pub removed: [Option<u32>; 10],
+    /// Per metric: the labels an expression gives, each with the expression's index in
+    /// `exprs`.
+    pub dims: [Vec<(Dim, u8)>; 10],
+    /// The expressions' sources, in the order their values follow the shape's id in a
+    /// series key.
+    pub exprs: Vec<Box<str>>,
+}
+
+/// A label an expression gives: a standard one (its value replaced in place) or a new one
+/// (after the standard labels, in the order configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    Standard(u8),
+    New(Box<str>),
 }
 
 impl Shape {
     /// Every metric with every label.
-    pub const STANDARD: Shape = Shape {
-        removed: [Some(0); 10],
-    };
+    pub fn standard() -> Shape {
+        Shape {
+            removed: [Some(0); 10],
+            dims: Default::default(),
+            exprs: Vec::new(),
+        }
+    }
+
+    /// Metric `metric`'s labels: those of `labels` (indices into [`LABELS`], with their
+    /// values) it keeps, an expression's value in place of a standard one, then its new
+    /// labels; `exprs` are the expressions' values.
+    fn tags(
+        &self,
+        metric: usize,
+        removed: u32,
+        labels: impl Iterator<Item = (usize, String)>,
+        exprs: &[&str],
+    ) -> Vec<(String, String)> {
+        let dims = &self.dims[metric];
+        let value = |e: u8| {
+            exprs
+                .get(e as usize)
+                .copied()
+                .unwrap_or("unknown")
+                .to_string()
+        };
+        let mut tags: Vec<(String, String)> = labels
+            .filter(|&(l, _)| removed & (1 << l) == 0)
+            .map(|(l, v)| {
+                let over = dims
+                    .iter()
+                    .find(|(d, _)| *d == Dim::Standard(l as u8))
+                    .map(|(_, e)| value(*e));
+                (LABELS[l].to_string(), over.unwrap_or(v))
+            })
+            .collect();
+        for (d, e) in dims {
+            if let Dim::New(name) = d {
+                tags.push((name.to_string(), value(*e)));
+            }
+        }
+        tags
+    }
 }
 
 /// The HTTP series: three counters, three histograms.
@@ -154,7 +208,7 @@ impl Istio {
         Istio {
             http: Arc::new(Registry::new(cores)),
             tcp: Arc::new(Registry::new(cores)),
-            shapes: Mutex::new(vec![Shape::STANDARD]),
+            shapes: Mutex::new(vec![Shape::standard()]),
             node: Default::default(),
             build: Default::default(),
         }
@@ -212,6 +266,7 @@ impl Store {
             else {
                 continue;
             };
+            let exprs = &values[LABELS.len() + 1..];
             for (i, metric) in METRICS.iter().enumerate() {
                 let Some(removed) = shape.removed[i] else {
                     continue;
@@ -221,10 +276,8 @@ impl Store {
                 } else {
                     LABELS.len()
                 };
-                let tags: Vec<(String, String)> = (0..n)
-                    .filter(|&l| removed & (1 << l) == 0)
-                    .map(|l| (LABELS[l].to_string(), values[l].to_string()))
-                    .collect();
+                let labels = (0..n).map(|l| (l, values[l].to_string()));
+                let tags = shape.tags(i, removed, labels, exprs);
                 let name = joined(metric, &tags);
                 let e = by_name.entry(name.clone()).or_insert_with(|| {
                     tagged.push((name, metric, tags));
@@ -246,16 +299,16 @@ impl Store {
             else {
                 continue;
             };
+            let exprs = &values[TCP_LABELS.len() + 1..];
             for (i, metric) in TCP_METRICS.iter().enumerate() {
                 let Some(removed) = shape.removed[METRICS.len() + i] else {
                     continue;
                 };
-                let tags: Vec<(String, String)> = TCP_LABELS
+                let labels = TCP_LABELS
                     .iter()
                     .enumerate()
-                    .filter(|&(_, &l)| removed & (1 << l) == 0)
-                    .map(|(v, &l)| (LABELS[l].to_string(), values[v].to_string()))
-                    .collect();
+                    .map(|(v, &l)| (l, values[v].to_string()));
+                let tags = shape.tags(METRICS.len() + i, removed, labels, exprs);
                 let name = joined(metric, &tags);
                 let e = by_name.entry(name.clone()).or_insert_with(|| {
                     tagged.push((name, metric, tags));

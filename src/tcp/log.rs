@@ -155,6 +155,31 @@ impl LogFacts for Line<'_> {
     }
 }
 
+/// Evaluates `istio.stats`' dimension expressions against the connection as its access log
+/// reads it, appending each value to `key`.
+pub(super) fn dimensions(
+    ctx: &CoreCtx,
+    f: &crate::model::istio::IstioStats,
+    tp: &TcpProxy,
+    conn: &Downstream,
+    out: &Outcome,
+    peers: crate::model::cel::Peers<'_>,
+    key: &mut crate::stats::labeled::KeyBuilder<'_>,
+) {
+    let line = Line {
+        istio_authn: tp.istio_authn,
+        conn,
+        out,
+        hostname: &ctx.hostname,
+    };
+    let mut v = String::new();
+    for e in f.exprs.iter() {
+        v.clear();
+        e.eval(&line, peers, &mut v);
+        key.push_clean(&v);
+    }
+}
+
 /// Writes the connection's line to each access log whose filter passes it.
 pub(super) fn write(ctx: &CoreCtx, tp: &TcpProxy, conn: &Downstream, out: &Outcome) {
     let snapshot = ctx.snapshot();

@@ -163,6 +163,13 @@ fn series_for(
         _ => "none",
     });
     k.push_clean(itoa::Buffer::new().format(f.shape));
+    if !f.exprs.is_empty() {
+        let peers = crate::model::cel::Peers {
+            downstream: down_peer.as_ref(),
+            upstream: up_peer.as_ref(),
+        };
+        super::log::dimensions(ctx, f, tp, conn, o, peers, &mut k);
+    }
     let series = f.tcp_series.series(ctx.core, &ctx.istio.tcp, &key);
     drop(key);
     series

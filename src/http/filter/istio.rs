@@ -286,6 +286,20 @@ pub(crate) fn report<E: FilterHost + ?Sized>(ctx: &crate::ctx::CoreCtx, x: &E) {
         _ => "none",
     });
     push(itoa::Buffer::new().format(f.shape));
+    // The shape's dimension expressions (Telemetry API tag overrides), read as the
+    // access log reads the request.
+    if !f.exprs.is_empty() {
+        let peers = crate::model::cel::Peers {
+            downstream: t.downstream_peer.as_deref().or(baggage_peer.as_ref()),
+            upstream: up.as_deref().or(log.upstream_workload.as_deref()),
+        };
+        let mut v = String::new();
+        for e in f.exprs.iter() {
+            v.clear();
+            e.eval(&crate::http::log::LogCtx(x), peers, &mut v);
+            k.push_clean(&v);
+        }
+    }
     let series = f.series.series(x.core(), &ctx.istio.series, &key);
     drop(key);
     let Some(series) = series else { return };

@@ -256,6 +256,15 @@ fn connection_manager(
         |name, any| istio_noop(name, any, false),
     )?;
     let suppress_envoy_headers = router.suppress_envoy_headers;
+    // istio.stats' dimension expressions read the request as a log does.
+    let mut expr_needs = crate::model::access_log::LogNeeds::default();
+    for f in &filters.list {
+        if let crate::model::filter::FilterKind::IstioStats(s) = &f.kind {
+            s.exprs
+                .iter()
+                .for_each(|e| e.for_each_command(&mut |c| expr_needs.note(c)));
+        }
+    }
     let mut access_logs = Vec::new();
     for (i, al) in m.access_log.iter().enumerate() {
         access_logs.push(super::access_log::access_log(
@@ -445,6 +454,8 @@ fn connection_manager(
             let mut needs = crate::model::access_log::LogNeeds::of(&access_logs);
             // A span reads a gRPC call's status.
             needs.grpc |= traces;
+            needs.response_head |= expr_needs.response_head;
+            needs.grpc |= expr_needs.grpc;
             needs
         },
         access_logs,

@@ -39,6 +39,7 @@ mod retry;
 mod route;
 pub(crate) mod runtime;
 mod stats_config;
+mod stats_overrides;
 mod stats_sinks;
 mod tcp;
 mod telemetry;

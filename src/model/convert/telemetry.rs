@@ -13,7 +13,6 @@ use super::{any_type, err, ConvertError, Ctx};
 use crate::model::filter::FilterKind;
 use crate::model::istio::{IstioService, IstioStats, PeerMetadata, Reporter};
 use crate::proto::stats::{MetricConfig, MetricDefinition, PluginConfig};
-use crate::stats::istio::{HttpMetric, Shape, LABELS};
 
 const PLUGIN_CONFIG: &str = "stats.PluginConfig";
 const PEER_METADATA: &str = "io.istio.http.peer_metadata.Config";
@@ -99,60 +98,14 @@ fn stats(
 ) -> Result<IstioStats, ConvertError> {
     let p = |f: &str| format!("{at}.{f}");
     if !c.definitions.is_empty() {
+        // Custom metrics (a CEL value per metric) are not implemented.
         return Err(err(
             res,
             p("definitions"),
-            "custom metric definitions (CEL values) are not implemented",
+            "custom metric definitions are not implemented",
         ));
     }
-    let mut shape = Shape::STANDARD;
-    for (i, m) in c.metrics.iter().enumerate() {
-        let mp = |f: &str| p(&format!("metrics[{i}].{f}"));
-        if let Some(k) = m.dimensions.keys().min() {
-            return Err(err(
-                res,
-                mp(&format!("dimensions[\"{k}\"]")),
-                "dimension overrides (CEL expressions) are not implemented",
-            ));
-        }
-        if !m.r#match.is_empty() {
-            ctx.ignored.push(format!(
-                "{res}.{} (istio-proxy does not implement it either)",
-                mp("match")
-            ));
-        }
-        let metrics: Vec<usize> = if m.name.is_empty() {
-            (0..shape.removed.len()).collect()
-        } else {
-            match HttpMetric::by_config_name(&m.name) {
-                Some(k) => vec![k],
-                None => {
-                    return Err(err(
-                        res,
-                        mp("name"),
-                        format!("'{}' is not one of Istio's standard metrics", m.name),
-                    ))
-                }
-            }
-        };
-        let mut removed = 0u32;
-        for (j, tag) in m.tags_to_remove.iter().enumerate() {
-            let Some(bit) = LABELS.iter().position(|l| l == tag) else {
-                return Err(err(
-                    res,
-                    mp(&format!("tags_to_remove[{j}]")),
-                    format!("'{tag}' is not one of Istio's standard labels"),
-                ));
-            };
-            removed |= 1 << bit;
-        }
-        for k in metrics {
-            shape.removed[k] = match (m.drop, shape.removed[k]) {
-                (true, _) | (_, None) => None,
-                (false, Some(r)) => Some(r | removed),
-            };
-        }
-    }
+    let (shape, exprs) = super::stats_overrides::overrides(c, res, at, ctx)?;
     for (f, set, why) in [
         (
             "rotation_interval",
@@ -194,6 +147,7 @@ fn stats(
             )
         })?,
         node: ctx.stats.istio.node.load_full(),
+        exprs: exprs.into(),
         series: ctx.stats.istio.http.clone(),
         tcp_series: ctx.stats.istio.tcp.clone(),
         tcp_report_every: match &c.tcp_reporting_duration {
