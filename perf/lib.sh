@@ -37,7 +37,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # compare.py measures. ISTIO_FILTERS=1 puts istiod's default HTTP filters (grpc_stats,
 # an empty fault filter, cors) before the router, as on every sidecar listener.
 # ISTIO_TELEMETRY=1 adds istiod's outbound telemetry filters (the HTTP metadata exchange and
-# istio.stats) with a pod's node metadata. ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
+# istio.stats) with a pod's node metadata; ISTIO_DIMENSIONS=1 gives istio_requests_total two
+# tag overrides (request_host, destination_port: CEL expressions, as a Telemetry resource's). ISTIO_BREAKERS=1 gives the cluster istiod's default circuit breakers (limits of 2^32-1,
 # track_remaining), which Ringside does not count. ISTIO_RETRY=1 gives the route istiod's
 # default retry policy (and max_grpc_timeout), as on every outbound route. ACCESS_LOG=istio
 # or ACCESS_LOG=default adds a file access log (istiod's format, or Envoy's default).
@@ -70,7 +71,7 @@ PY
     # istiod's telemetry on an outbound listener: the HTTP metadata exchange and
     # istio.stats, a node as pilot-agent describes a pod, the cluster's service metadata.
     python3 - "$dir/ringside.yaml" <<'PY'
-import sys
+import os, sys
 p = sys.argv[1]
 s = open(p).read()
 router = "          - name: envoy.filters.http.router\n"
@@ -78,7 +79,9 @@ telemetry = (
     "          - name: istio.metadata_exchange\n"
     "            typed_config: {\"@type\": type.googleapis.com/udpa.type.v1.TypedStruct, type_url: type.googleapis.com/io.istio.http.peer_metadata.Config, value: {upstream_discovery: [{istio_headers: {}}, {workload_discovery: {}}], upstream_propagation: [{istio_headers: {}}]}}\n"
     "          - name: istio.stats\n"
-    "            typed_config: {\"@type\": type.googleapis.com/stats.PluginConfig}\n"
+    "            typed_config: {\"@type\": type.googleapis.com/stats.PluginConfig%s}\n"
+    % (", metrics: [{name: requests_total, dimensions: {request_host: request.host, destination_port: 'string(destination.port)'}}]"
+       if os.environ.get("ISTIO_DIMENSIONS") else "")
 )
 s = s.replace(router, telemetry + router)
 s = s.replace("  - name: perf\n", "  - name: perf\n    traffic_direction: OUTBOUND\n")

@@ -99,6 +99,16 @@ struct Read {
     field: String,
     key: Option<String>,
     source: Source,
+    /// Where the value is bound: a variable (a qualified name such as `request.host`, so
+    /// that no map is built for it) and the keys of the maps it sits in under that name.
+    var: String,
+    keys: Vec<Key>,
+}
+
+/// A variable being bound: a value, or a map being filled.
+enum Slot {
+    Value(Value),
+    Map(HashMap<Key, Value>),
 }
 
 /// A parsed expression and the attributes it reads.
@@ -132,7 +142,27 @@ impl Expr {
             )
         })?;
         let mut reads = Vec::new();
-        walk(program.expression(), &mut reads, &mut Vec::new())?;
+        let mut whole = Vec::new();
+        walk(
+            program.expression(),
+            &mut reads,
+            &mut whole,
+            &mut Vec::new(),
+        )?;
+        for r in &mut reads {
+            let key = |s: &str| Key::String(Arc::new(s.to_string()));
+            if whole.contains(&r.root) {
+                r.var = r.root.to_string();
+                r.keys = std::iter::once(key(&r.field))
+                    .chain(r.key.as_deref().map(key))
+                    .collect();
+            } else {
+                r.var = format!("{}.{}", r.root, r.field);
+                r.keys = r.key.as_deref().map(key).into_iter().collect();
+            }
+        }
+        // The environment is built here, on the control thread, not on a first request.
+        LazyLock::force(&ENV);
         Ok(Expr {
             source: source.into(),
             program,
@@ -157,38 +187,52 @@ impl Expr {
     /// connection and appends its value as istio-proxy prints a tag: `unknown` when it
     /// fails (a missing attribute included).
     pub fn eval(&self, ctx: &dyn Context, peers: Peers<'_>, out: &mut String) {
-        let mut roots: Vec<(&'static str, HashMap<Key, Value>)> = Vec::new();
+        let mut vars: Vec<(&str, Slot)> = Vec::with_capacity(self.reads.len());
         let mut buf = Vec::new();
         for r in &self.reads {
-            let i = match roots.iter().position(|(n, _)| *n == r.root) {
-                Some(i) => i,
-                None => {
-                    roots.push((r.root, HashMap::new()));
-                    roots.len() - 1
+            let v = read(&r.source, ctx, peers, &mut buf);
+            let Some((first, rest)) = r.keys.split_first() else {
+                // A missing scalar is left unbound: reading it is an error.
+                if let Some(v) = v {
+                    vars.push((&r.var, Slot::Value(v)));
                 }
-            };
-            let Some(v) = read(&r.source, ctx, peers, &mut buf) else {
                 continue;
             };
-            let field = Key::String(Arc::new(r.field.clone()));
-            let map = &mut roots[i].1;
-            match &r.key {
+            // A map is bound even when empty, so that `has()` and `in` can test it.
+            let i = match vars.iter().position(|(n, _)| *n == r.var) {
+                Some(i) => i,
                 None => {
-                    map.insert(field, v);
+                    vars.push((&r.var, Slot::Map(HashMap::new())));
+                    vars.len() - 1
                 }
-                Some(k) => {
+            };
+            let Slot::Map(map) = &mut vars[i].1 else {
+                continue;
+            };
+            match (rest.first(), v) {
+                (None, Some(v)) => {
+                    map.insert(first.clone(), v);
+                }
+                (None, None) => {}
+                // No peer: no object (reading it is an error, as in Envoy).
+                (Some(_), None) if matches!(r.source, Source::Peer(..)) => {}
+                (Some(second), v) => {
                     let inner = map
-                        .entry(field)
+                        .entry(first.clone())
                         .or_insert_with(|| Value::Map(Map::from(HashMap::<Key, Value>::new())));
-                    if let Value::Map(m) = inner {
-                        Arc::make_mut(&mut m.map).insert(Key::String(Arc::new(k.clone())), v);
+                    if let (Value::Map(m), Some(v)) = (inner, v) {
+                        Arc::make_mut(&mut m.map).insert(second.clone(), v);
                     }
                 }
             }
         }
         let mut c = cel::Context::with_env(ENV.clone());
-        for (name, map) in roots {
-            c.add_variable_from_value(name, Value::Map(Map::from(map)));
+        for (name, slot) in vars {
+            let v = match slot {
+                Slot::Value(v) => v,
+                Slot::Map(m) => Value::Map(Map::from(m)),
+            };
+            c.add_variable_from_value(name, v);
         }
         match self.program.execute(&c) {
             Ok(v) => print(&v, out),
@@ -394,18 +438,33 @@ fn literal_string(e: &IdedExpr) -> Option<&str> {
     }
 }
 
-/// Finds the attributes `e` reads; `bound` are a comprehension's variables.
-fn walk(e: &IdedExpr, reads: &mut Vec<Read>, bound: &mut Vec<String>) -> Result<(), String> {
+/// Finds the attributes `e` reads; `bound` are a comprehension's variables. `whole` are
+/// the roots the expression tests or indexes as maps (`has(request.referer)`,
+/// `filter_state['key']`): their attributes are bound in one map named by the root, where
+/// the others are bound each by its qualified name (no map to build).
+fn walk(
+    e: &IdedExpr,
+    reads: &mut Vec<Read>,
+    whole: &mut Vec<&'static str>,
+    bound: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut walk = |x: &IdedExpr, bound: &mut Vec<String>| walk(x, reads, whole, bound);
     match &e.expr {
         Ast::Ident(_) | Ast::Select(_) => {
             if let Some(p) = path(e) {
                 if bound.iter().any(|b| b == p[0]) {
                     return Ok(());
                 }
+                if let (Ast::Select(s), Some(root)) = (&e.expr, ROOTS.iter().find(|r| **r == p[0]))
+                {
+                    if s.test && !whole.contains(root) {
+                        whole.push(root);
+                    }
+                }
                 return attribute(&p, None, reads);
             }
             if let Ast::Select(s) = &e.expr {
-                walk(&s.operand, reads, bound)?;
+                walk(&s.operand, bound)?;
             }
             Ok(())
         }
@@ -420,38 +479,43 @@ fn walk(e: &IdedExpr, reads: &mut Vec<Read>, bound: &mut Vec<String>) -> Result<
             if let (Some((m, k)), None, 2) = (pair, &c.target, c.args.len()) {
                 if let (Some(p), Some(k)) = (path(&c.args[m]), literal_string(&c.args[k])) {
                     if !bound.iter().any(|b| b == p[0]) {
+                        if let (1, Some(root)) = (p.len(), ROOTS.iter().find(|r| **r == p[0])) {
+                            if !whole.contains(root) {
+                                whole.push(root);
+                            }
+                        }
                         return attribute(&p, Some(k), reads);
                     }
                 }
             }
             if let Some(t) = &c.target {
-                walk(t, reads, bound)?;
+                walk(t, bound)?;
             }
             for a in &c.args {
-                walk(a, reads, bound)?;
+                walk(a, bound)?;
             }
             Ok(())
         }
         Ast::Comprehension(c) => {
-            walk(&c.iter_range, reads, bound)?;
-            walk(&c.accu_init, reads, bound)?;
+            walk(&c.iter_range, bound)?;
+            walk(&c.accu_init, bound)?;
             let n = bound.len();
             bound.push(c.iter_var.clone());
             bound.extend(c.iter_var2.clone());
             bound.push(c.accu_var.clone());
             let r = [&c.loop_cond, &c.loop_step, &c.result]
                 .into_iter()
-                .try_for_each(|x| walk(x, reads, bound));
+                .try_for_each(|x| walk(x, bound));
             bound.truncate(n);
             r
         }
-        Ast::List(l) => l.elements.iter().try_for_each(|x| walk(x, reads, bound)),
+        Ast::List(l) => l.elements.iter().try_for_each(|x| walk(x, bound)),
         Ast::Map(m) => m.entries.iter().try_for_each(|x| match &x.expr {
             cel::common::ast::EntryExpr::MapEntry(me) => {
-                walk(&me.key, reads, bound)?;
-                walk(&me.value, reads, bound)
+                walk(&me.key, bound)?;
+                walk(&me.value, bound)
             }
-            cel::common::ast::EntryExpr::StructField(f) => walk(&f.value, reads, bound),
+            cel::common::ast::EntryExpr::StructField(f) => walk(&f.value, bound),
         }),
         Ast::Struct(_) => Err("builds a message, which Ringside does not evaluate".into()),
         Ast::Literal(_) | Ast::Unspecified => Ok(()),
@@ -578,6 +642,8 @@ fn push(
         field: field.to_string(),
         key: key.map(str::to_string),
         source,
+        var: String::new(),
+        keys: Vec::new(),
     };
     if !reads.contains(&r) {
         reads.push(r);

@@ -77,6 +77,24 @@ fn a_missing_attribute_is_unknown_and_has_tests_it() {
         "reviews:9080"
     );
     assert_eq!(eval("'x-user' in request.headers"), "true");
+    assert_eq!(eval("'x-none' in request.headers"), "false");
+    // A root tested or indexed is bound as one map; the rest by qualified names.
+    assert_eq!(
+        eval("has(request.referer) || request.headers['x-user'] == 'jason'"),
+        "true"
+    );
+    assert_eq!(
+        eval("has(filter_state.downstream_peer.app) ? filter_state.downstream_peer.app : 'none'"),
+        "productpage"
+    );
+    assert_eq!(
+        eval("has(filter_state.upstream_peer.app) ? 'yes' : 'no'"),
+        "unknown"
+    );
+    assert_eq!(
+        eval("filter_state['downstream_peer'].app + '/' + request.host"),
+        "productpage/reviews:9080"
+    );
     assert_eq!(eval("1/0"), "unknown");
 }
 
