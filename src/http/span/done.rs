@@ -338,52 +338,7 @@ fn metadata_text(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Null => return None,
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Bool(b) => b.to_string(),
-        serde_json::Value::Number(n) => six_digits(n.as_f64()?),
+        serde_json::Value::Number(n) => crate::model::cel::six_digits(n.as_f64()?),
         other => other.to_string(),
     })
-}
-
-/// `%g` with six significant digits (what `absl::StrCat(double)` writes).
-fn six_digits(f: f64) -> String {
-    if f == 0.0 || !f.is_finite() {
-        return if f == 0.0 { "0".into() } else { f.to_string() };
-    }
-    let exp = f.abs().log10().floor() as i32;
-    if (-4..6).contains(&exp) {
-        let decimals = (5 - exp).max(0) as usize;
-        let s = format!("{f:.decimals$}");
-        let s = if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        };
-        return s;
-    }
-    let s = format!("{f:.5e}");
-    let (mantissa, e) = s.split_once('e').unwrap_or((&s, "0"));
-    let mantissa = if mantissa.contains('.') {
-        mantissa.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        mantissa
-    };
-    let e: i32 = e.parse().unwrap_or(0);
-    format!("{mantissa}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn numbers_as_absl_writes_doubles() {
-        for (f, s) in [
-            (42.0, "42"),
-            (3.5, "3.5"),
-            (1234567.0, "1.23457e+06"),
-            (0.0001, "0.0001"),
-            (0.00001234, "1.234e-05"),
-            (-2.25, "-2.25"),
-            (100000.0, "100000"),
-        ] {
-            assert_eq!(super::six_digits(f), s);
-        }
-    }
 }

@@ -105,6 +105,17 @@ fn values_print_as_istio_proxy_prints_them() {
     assert_eq!(eval("1e7"), "1e+07");
     assert_eq!(eval("123456.0"), "123456");
     assert_eq!(eval("0.0001"), "0.0001");
+    for (f, s) in [
+        (42.0, "42"),
+        (3.5, "3.5"),
+        (1234567.0, "1.23457e+06"),
+        (999999.5, "1e+06"),
+        (0.00001234, "1.234e-05"),
+        (-2.25, "-2.25"),
+        (100000.0, "100000"),
+    ] {
+        assert_eq!(six_digits(f), s);
+    }
     assert_eq!(eval("42u"), "42");
     assert_eq!(eval("null"), "NULL");
     assert_eq!(eval("[1]"), "CelList value");
