@@ -361,21 +361,28 @@ async fn istio_default_filters_count_grpc_calls_and_abort_with_a_grpc_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_stats_reports_grpc_statuses_and_messages() {
-    // istio.stats on an outbound listener, with and without grpc_stats beside it: each
-    // call's grpc-status (trailers, or trailers-only) and its messages each way.
+    // istio.stats on two sidecars, a client's (OUTBOUND) and a server's (INBOUND), with
+    // and without grpc_stats beside it: each reports each call's grpc-status (trailers, or
+    // trailers-only) and its messages each way, from its own side.
     let upstream = grpc_server().await;
     let stats = "          - name: istio.stats\n            typed_config: {\"@type\": type.googleapis.com/stats.PluginConfig}";
     let grpc_stats = "          - name: envoy.filters.http.grpc_stats\n            typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig, emit_filter_state: true}";
-    let clusters = format!(
-        "[{}]",
-        cluster("echo", &[upstream], "http2_protocol_options: {},")
-    );
-    for filters in [stats.to_string(), format!("{grpc_stats}\n{stats}")] {
-        let yaml = config_with_filters("", &filters, &all_to("echo"), &clusters).replace(
-            "  - name: main\n",
-            "  - name: main\n    traffic_direction: OUTBOUND\n",
+    let sidecar = |filters: &str, direction: &str, to: std::net::SocketAddr| {
+        let clusters = format!(
+            "[{}]",
+            cluster("echo", &[to], "http2_protocol_options: {},")
         );
-        let proxy = Proxy::start(&yaml, &one_core("legacy")).await;
+        config_with_filters("", filters, &all_to("echo"), &clusters).replace(
+            "  - name: main\n",
+            &format!("  - name: main\n    traffic_direction: {direction}\n"),
+        )
+    };
+    for filters in [stats.to_string(), format!("{grpc_stats}\n{stats}")] {
+        let server =
+            Proxy::start(&sidecar(&filters, "INBOUND", upstream), &one_core("legacy")).await;
+        let inbound = server.wait_listener("main").await;
+        let proxy =
+            Proxy::start(&sidecar(&filters, "OUTBOUND", inbound), &one_core("legacy")).await;
         let mut c = client(&proxy).await;
         c.unary(msg("a", 1)).await.unwrap();
         assert_eq!(
@@ -391,47 +398,51 @@ async fn istio_stats_reports_grpc_statuses_and_messages() {
             n += 1;
         }
         assert_eq!(n, 4);
-        let mut prom = String::new();
-        for _ in 0..100 {
-            prom = proxy.admin_get("/stats/prometheus").await.1;
-            if prom.contains("grpc_response_status=\"3\"")
-                && prom.matches("grpc_response_status=\"0\"").count() > 0
-            {
-                break;
+        for (sidecar, reporter) in [(&proxy, "source"), (&server, "destination")] {
+            let mut prom = String::new();
+            for _ in 0..100 {
+                prom = sidecar.admin_get("/stats/prometheus").await.1;
+                if prom.contains("grpc_response_status=\"3\"")
+                    && prom.matches("grpc_response_status=\"0\"").count() > 0
+                    && prom.contains("istio_response_messages_total{")
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let reporter = format!("reporter=\"{reporter}\"");
+            let value = |metric: &str, has: &[&str]| -> Vec<u64> {
+                prom.lines()
+                    .filter(|l| l.starts_with(&format!("{metric}{{")))
+                    .filter(|l| l.contains(&reporter) && has.iter().all(|h| l.contains(h)))
+                    .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+                    .collect()
+            };
+            let ok = [
+                "request_protocol=\"grpc\"",
+                "response_code=\"200\"",
+                "grpc_response_status=\"0\"",
+            ];
+            assert_eq!(
+                value("istio_requests_total", &ok),
+                vec![3],
+                "{reporter} {filters}\n{prom}"
+            );
+            let failed = ["request_protocol=\"grpc\"", "grpc_response_status=\"3\""];
+            assert_eq!(value("istio_requests_total", &failed), vec![1], "{prom}");
+            // The message counters carry the first 20 labels only (no request_protocol).
+            let reqs = value("istio_request_messages_total", &[]);
+            assert_eq!(reqs, vec![1 + 1 + 3 + 1], "{reporter}\n{prom}");
+            let resps = value("istio_response_messages_total", &[]);
+            assert_eq!(resps, vec![1 + 1 + 4], "{reporter}\n{prom}");
+            assert!(
+                !prom
+                    .lines()
+                    .any(|l| l.starts_with("istio_request_messages_total{")
+                        && l.contains("request_protocol")),
+                "{prom}"
+            );
         }
-        let value = |metric: &str, has: &[&str]| -> Vec<u64> {
-            prom.lines()
-                .filter(|l| l.starts_with(&format!("{metric}{{")))
-                .filter(|l| has.iter().all(|h| l.contains(h)))
-                .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-                .collect()
-        };
-        let ok = [
-            "request_protocol=\"grpc\"",
-            "response_code=\"200\"",
-            "grpc_response_status=\"0\"",
-        ];
-        assert_eq!(
-            value("istio_requests_total", &ok),
-            vec![3],
-            "{filters}\n{prom}"
-        );
-        let failed = ["request_protocol=\"grpc\"", "grpc_response_status=\"3\""];
-        assert_eq!(value("istio_requests_total", &failed), vec![1], "{prom}");
-        // The message counters carry the first 20 labels only (no request_protocol).
-        let reqs = value("istio_request_messages_total", &["reporter=\"source\""]);
-        assert_eq!(reqs, vec![1 + 1 + 3 + 1], "{prom}");
-        let resps = value("istio_response_messages_total", &["reporter=\"source\""]);
-        assert_eq!(resps, vec![1 + 1 + 4], "{prom}");
-        assert!(
-            !prom
-                .lines()
-                .any(|l| l.starts_with("istio_request_messages_total{")
-                    && l.contains("request_protocol")),
-            "{prom}"
-        );
     }
 }
 

@@ -128,13 +128,50 @@ fn sidecar_tls(
     )
 }
 
-/// The Prometheus line of `metric` whose labels are exactly `labels`, and its value.
+/// The value of the `metric` sample whose labels are exactly `labels`, read with a
+/// Prometheus text-format parser; its line must also list the labels in `labels`' order
+/// (Istio's).
 fn sample(prom: &str, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let scrape = prometheus_parse::Scrape::parse(prom.lines().map(|l| Ok(l.to_string())))
+        .expect("a Prometheus text exposition");
+    // A histogram's bucket is one count of the parsed histogram (`le` is its bound).
+    let (name, le) = match (
+        metric.strip_suffix("_bucket"),
+        labels.iter().find(|l| l.0 == "le"),
+    ) {
+        (Some(base), Some((_, le))) => (base, Some(*le)),
+        _ => (metric, None),
+    };
+    let series: Vec<_> = labels.iter().filter(|l| l.0 != "le").collect();
+    let found = scrape.samples.iter().find(|s| {
+        s.metric == name
+            && s.labels.len() == series.len()
+            && series.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+    })?;
+    let value = match (&found.value, le) {
+        (
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v),
+            None,
+        ) => *v as u64,
+        (prometheus_parse::Value::Histogram(buckets), Some(le)) => {
+            let bound: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            buckets.iter().find(|b| b.less_than == bound)?.count as u64
+        }
+        (other, _) => panic!("{metric}: unexpected {other:?}"),
+    };
     let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     let head = format!("{metric}{{{}}} ", want.join(","));
-    prom.lines()
-        .find_map(|l| l.strip_prefix(&head))
-        .map(|v| v.parse().unwrap())
+    assert!(
+        prom.lines().any(|l| l.starts_with(&head)),
+        "{metric}: labels not in Istio's order: {head}\n{prom}"
+    );
+    Some(value)
 }
 
 /// Istio's 25 labels with these values, in Istio's order.
