@@ -390,6 +390,27 @@ async fn a_failing_zipkin_collector_is_counted_and_never_blocks_requests() {
     );
 }
 
+/// An OTLP collector that is not there: each failed export is counted, spans count as
+/// sent when handed to the export (as Envoy counts them), and requests go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_otlp_collector_is_counted_and_never_blocks_requests() {
+    let b = Backend::start("a").await;
+    let gone = refusing_addr();
+    let p = traced_proxy(false, b.addr, gone.1, "legacy").await;
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        let (s, _, _) = http_get(p.addr(), "/up", &[]).await;
+        assert_eq!(s, 200);
+    }
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        p.stat_reaching("tracing.opentelemetry.exports_failed", 3)
+            .await,
+        3
+    );
+    assert_eq!(p.stat("tracing.opentelemetry.spans_sent").await, 3);
+}
+
 /// The bootstrap's provider (Istio's form) serves connection managers that trace without
 /// one; what is not implemented is refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

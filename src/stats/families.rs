@@ -261,11 +261,13 @@ stat_family! {
 }
 
 stat_family! {
-    /// `tracing.opentelemetry.`: the OpenTelemetry tracer's exports (Envoy's names).
+    /// `tracing.opentelemetry.`: the OpenTelemetry tracer's exports (Envoy's names), and
+    /// Ringside's own `exports_failed`: exports that failed or timed out (Envoy logs them).
     pub enum OtelTraceStat {
         SpansSent = "spans_sent",
         SpansDropped = "spans_dropped",
         TimerFlushed = "timer_flushed",
+        ExportsFailed = "exports_failed",
     } gauges []
 }
 

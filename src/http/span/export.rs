@@ -254,10 +254,13 @@ async fn otel_export(ctx: Rc<CoreCtx>, tracer: Arc<Tracer>, spans: Vec<u8>, coun
     )
     .await
     {
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => return,
         Ok(Err(e)) => tracing::debug!(cluster = %o.cluster, "OTLP trace export failed: {e}"),
         Err(_) => tracing::debug!(cluster = %o.cluster, "OTLP trace export timed out"),
     }
+    o.stats
+        .core(ctx.core)
+        .inc(OtelTraceStat::ExportsFailed as usize);
 }
 
 /// The `ExportTraceServiceRequest` of a batch: one resource (the service and this
