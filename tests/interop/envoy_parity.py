@@ -349,6 +349,10 @@ def masked(name, value):
         if value.endswith("-8000-000000000000") or len(value) != 36:
             return value
         return "*" + value[14]
+    # A retry's grpc-timeout is what remains of the deadline, in milliseconds: 5000m or
+    # 4999m as the first attempt took under or over a millisecond.
+    if name == "grpc-timeout" and value.endswith("m") and value[:-1].isdigit():
+        return f"~{round(int(value[:-1]), -1)}m"
     return "*" if name in VOLATILE else value
 
 
