@@ -48,8 +48,6 @@ enum Source {
     /// The path without its query, or the query alone.
     UrlPath,
     Query,
-    /// `request.duration`.
-    Duration,
     /// `upstream.port`: the chosen host's port.
     UpstreamPort,
     /// A field of a peer's metadata (`filter_state.downstream_peer.app`), or all of them.
@@ -141,6 +139,15 @@ impl Expr {
                 e.lines().next().unwrap_or("")
             )
         })?;
+        let refs = program.references();
+        if let Some(f) = ["duration", "timestamp"]
+            .into_iter()
+            .find(|f| refs.has_function(f))
+        {
+            return Err(format!(
+                "calls `{f}()`: CEL's time types are not built into Ringside"
+            ));
+        }
         let mut reads = Vec::new();
         let mut whole = Vec::new();
         walk(
@@ -176,7 +183,6 @@ impl Expr {
             match &r.source {
                 Source::Text(c) | Source::Bytes(c) | Source::Int(c) | Source::Uint(c) => f(c),
                 Source::UrlPath | Source::Query => f(&Command::Req(":path".into(), None)),
-                Source::Duration => f(&Command::Duration),
                 Source::UpstreamPort => f(&Command::UpstreamHost),
                 Source::Peer(..) => {}
             }
@@ -263,10 +269,6 @@ fn read(source: &Source, ctx: &dyn Context, peers: Peers<'_>, buf: &mut Vec<u8>)
         Source::Query => {
             let p = text(&path())?;
             Value::from(p.split_once('?').map_or("", |(_, q)| q).to_string())
-        }
-        Source::Duration => {
-            let ms: i64 = text(&Command::Duration)?.parse().ok()?;
-            Value::Duration(chrono::Duration::milliseconds(ms))
         }
         Source::UpstreamPort => {
             let host = text(&Command::UpstreamHost)?;
@@ -435,7 +437,6 @@ fn attribute(p: &[&str], key: Option<&str>, reads: &mut Vec<Read>) -> Result<(),
         ("request", "id") => Source::Text(req("x-request-id")),
         ("request", "query") => Source::Query,
         ("request", "protocol") => Source::Text(Command::Protocol),
-        ("request", "duration") => Source::Duration,
         ("request", "size") => Source::Int(Command::BytesReceived),
         ("request" | "response", "headers") => {
             let Some(h) = sub else {

@@ -16,15 +16,6 @@ pub(super) fn print(v: &Value, out: &mut String) {
             let _ = write!(out, "{u}");
         }
         Value::Float(f) => write_six_digits(*f, out),
-        Value::Duration(d) => format_duration(*d, out),
-        Value::Timestamp(t) => {
-            let _ = write!(
-                out,
-                "{}",
-                t.with_timezone(&chrono::Utc)
-                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-            );
-        }
         Value::Null => out.push_str("NULL"),
         Value::Map(_) => out.push_str("CelMap value"),
         Value::List(_) => out.push_str("CelList value"),
@@ -80,51 +71,4 @@ fn trim_zeros(s: &str) -> &str {
     } else {
         s
     }
-}
-
-/// A duration as `absl::FormatDuration` writes it: `72h3m0.5s`, `1.5s`, `150ms`, `0`.
-fn format_duration(d: chrono::Duration, out: &mut String) {
-    use std::fmt::Write as _;
-    let mut ns = d.num_nanoseconds().unwrap_or(i64::MAX) as i128;
-    if ns == 0 {
-        out.push('0');
-        return;
-    }
-    if ns < 0 {
-        out.push('-');
-        ns = -ns;
-    }
-    let frac = |n: i128, unit: i128, out: &mut String| {
-        let whole = n / unit;
-        let rest = n % unit;
-        let _ = write!(out, "{whole}");
-        if rest != 0 {
-            let digits = (unit as f64).log10().round() as usize;
-            let r = format!("{:0width$}", rest, width = digits);
-            out.push('.');
-            out.push_str(r.trim_end_matches('0'));
-        }
-    };
-    const S: i128 = 1_000_000_000;
-    if ns < S {
-        let (unit, name) = match ns {
-            n if n >= 1_000_000 => (1_000_000, "ms"),
-            n if n >= 1_000 => (1_000, "us"),
-            _ => (1, "ns"),
-        };
-        frac(ns, unit, out);
-        out.push_str(name);
-        return;
-    }
-    let h = ns / (3600 * S);
-    let m = ns / (60 * S) % 60;
-    if h > 0 {
-        let _ = write!(out, "{h}h");
-    }
-    if h > 0 || m > 0 {
-        let _ = write!(out, "{m}m");
-    }
-    let s = ns % (60 * S);
-    frac(s, S, out);
-    out.push('s');
 }
