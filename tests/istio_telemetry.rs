@@ -206,6 +206,55 @@ fn labels(v: [&str; 25]) -> Vec<(&'static str, &str)> {
     NAMES.into_iter().zip(v).collect()
 }
 
+/// The productpage's outbound sidecar (`stats` its istio.stats PluginConfig) to
+/// `reviews`, whose endpoint at `app` istiod describes as the reviews-v3 workload.
+fn productpage_to_reviews_v3(app: std::net::SocketAddr, stats: &str) -> String {
+    sidecar(
+        &node("sidecar~10.0.0.1~productpage", "productpage-v1", "productpage", "v1"),
+        "OUTBOUND",
+        &exchange(false),
+        stats,
+        "[{match: {prefix: /}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
+        "outbound|9080||reviews.default.svc.cluster.local",
+        app,
+    )
+    .replace(
+        "{lb_endpoints: [{endpoint:",
+        "{lb_endpoints: [{metadata: {filter_metadata: {istio: {workload: 'reviews-v3;default;reviews;v3;Kubernetes'}}}, endpoint:",
+    )
+}
+
+/// What that sidecar reports for a request answered 200, with `request_protocol`.
+fn reviews_v3_labels(protocol: &str) -> Vec<(&'static str, &str)> {
+    labels([
+        "source",
+        "productpage-v1",
+        "productpage",
+        "v1",
+        "default",
+        "unknown",
+        "productpage",
+        "v1",
+        "Kubernetes",
+        "reviews-v3",
+        "default",
+        "unknown",
+        "unknown",
+        "unknown",
+        "reviews.default.svc.cluster.local",
+        "reviews",
+        "v3",
+        "reviews",
+        "default",
+        "Kubernetes",
+        protocol,
+        "200",
+        "",
+        "-",
+        "unknown",
+    ])
+}
+
 async fn prometheus(p: &Proxy, metric: &str, want: u64) -> String {
     // A request is reported once its stream is done, just after the client has its answer.
     for _ in 0..100 {
@@ -594,19 +643,7 @@ async fn without_peer_headers_the_client_reads_the_endpoints_workload() {
     // istiod's endpoint metadata names the workload behind an address; an upstream that
     // answers without the exchange (no sidecar) is labelled from it.
     let app = Backend::start("plain").await;
-    let yaml = sidecar(
-        &node("sidecar~10.0.0.1~productpage", "productpage-v1", "productpage", "v1"),
-        "OUTBOUND",
-        &exchange(false),
-        "{}",
-        "[{match: {prefix: /}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
-        "outbound|9080||reviews.default.svc.cluster.local",
-        app.addr,
-    )
-    .replace(
-        "{lb_endpoints: [{endpoint:",
-        "{lb_endpoints: [{metadata: {filter_metadata: {istio: {workload: 'reviews-v3;default;reviews;v3;Kubernetes'}}}, endpoint:",
-    );
+    let yaml = productpage_to_reviews_v3(app.addr, "{}");
     let client = Proxy::start(&yaml, &one_core("legacy")).await;
     let addr = client.wait_listener("OUTBOUND").await;
     let (status, _, _) = send(addr, false, "GET", "/x", &[]).await;
@@ -614,33 +651,7 @@ async fn without_peer_headers_the_client_reads_the_endpoints_workload() {
     // The application behind it got the client's metadata, as a sidecar would have.
     assert!(app.seen.header("x-envoy-peer-metadata").is_some());
     let prom = prometheus(&client, "istio_requests_total", 1).await;
-    let want = labels([
-        "source",
-        "productpage-v1",
-        "productpage",
-        "v1",
-        "default",
-        "unknown",
-        "productpage",
-        "v1",
-        "Kubernetes",
-        "reviews-v3",
-        "default",
-        "unknown",
-        "unknown",
-        "unknown",
-        "reviews.default.svc.cluster.local",
-        "reviews",
-        "v3",
-        "reviews",
-        "default",
-        "Kubernetes",
-        "http",
-        "200",
-        "",
-        "-",
-        "unknown",
-    ]);
+    let want = reviews_v3_labels("http");
     assert_eq!(
         sample(&prom, "istio_requests_total", &want),
         Some(1),
@@ -1013,19 +1024,7 @@ async fn tag_overrides_add_and_replace_labels_from_cel_expressions() {
                       destination_port: "string(destination.port)", peer_service: "filter_state.upstream_peer.service",
                       user: "request.headers['x-user']", big: "response.code >= 500 ? 'yes' : 'no'"}},
         {name: request_duration_milliseconds, dimensions: {response_flags: "'flagged'"}}]}"#;
-    let yaml = sidecar(
-        &node("sidecar~10.0.0.1~productpage", "productpage-v1", "productpage", "v1"),
-        "OUTBOUND",
-        &exchange(false),
-        stats,
-        "[{match: {prefix: /}, route: {cluster: 'outbound|9080||reviews.default.svc.cluster.local'}}]",
-        "outbound|9080||reviews.default.svc.cluster.local",
-        app.addr,
-    )
-    .replace(
-        "{lb_endpoints: [{endpoint:",
-        "{lb_endpoints: [{metadata: {filter_metadata: {istio: {workload: 'reviews-v3;default;reviews;v3;Kubernetes'}}}, endpoint:",
-    );
+    let yaml = productpage_to_reviews_v3(app.addr, stats);
     for driver in drivers() {
         let client = Proxy::start(&yaml, &one_core(driver)).await;
         let addr = client.wait_listener("OUTBOUND").await;
@@ -1041,33 +1040,7 @@ async fn tag_overrides_add_and_replace_labels_from_cel_expressions() {
             assert_eq!(status, 200);
         }
         let prom = prometheus(&client, "istio_requests_total", 2).await;
-        let mut want = labels([
-            "source",
-            "productpage-v1",
-            "productpage",
-            "v1",
-            "default",
-            "unknown",
-            "productpage",
-            "v1",
-            "Kubernetes",
-            "reviews-v3",
-            "default",
-            "unknown",
-            "unknown",
-            "unknown",
-            "reviews.default.svc.cluster.local",
-            "reviews",
-            "v3",
-            "reviews",
-            "default",
-            "Kubernetes",
-            "custom",
-            "200",
-            "",
-            "-",
-            "unknown",
-        ]);
+        let mut want = reviews_v3_labels("custom");
         // Removed: grpc_response_status and response_flags.
         want.retain(|(k, _)| !matches!(*k, "grpc_response_status" | "response_flags"));
         let port = addr.port().to_string();
