@@ -30,7 +30,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tally import check, report, same  # noqa: E402
+from tally import check, fetch, report, same  # noqa: E402
 from envoy_parity import free_port, make_certs, stats  # noqa: E402
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
@@ -242,23 +242,6 @@ def start(cmd, admin, out):
     raise SystemExit(f"{cmd[0]} did not become ready")
 
 
-def tcp_roundtrip(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"opaque over hbone")
-    s.shutdown(socket.SHUT_WR)
-    data = b""
-    try:
-        while True:
-            d = s.recv(65536)
-            if not d:
-                break
-            data += d
-    except socket.timeout:
-        pass
-    s.close()
-    return data
-
-
 def get(port, path):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
@@ -334,7 +317,7 @@ def main():
                 results = []
                 for i in range(3):
                     results.append(get(cports["http"], f"/hbone/{i}"))
-                tcp = tcp_roundtrip(cports["tcp"])
+                tcp = fetch(cports["tcp"], b"opaque over hbone", timeout=10, half_close=True)
                 lines = log_lines(log, 3)
                 # Compared across runs with this run's listener port masked.
                 mask = lambda v: str(v).replace(f"127.0.0.1:{cports['http']}", "CLIENT")  # noqa: E731

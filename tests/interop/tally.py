@@ -24,11 +24,14 @@ def report():
     return 1 if FAILS else 0
 
 
-def fetch(port, raw, timeout=5):
-    """Sends `raw` on a new connection to 127.0.0.1:`port`; all that comes back until the
-    peer closes (or `timeout` seconds pass quietly)."""
-    s = socket.create_connection(("127.0.0.1", port))
+def fetch(port, raw, timeout=5, half_close=False):
+    """Sends `raw` on a new connection to 127.0.0.1:`port` (then closes its sending side
+    when `half_close`); all that comes back until the peer closes (or `timeout` seconds
+    pass quietly)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(raw)
+    if half_close:
+        s.shutdown(socket.SHUT_WR)
     s.settimeout(timeout)
     data = b""
     try:
