@@ -39,6 +39,9 @@ const ROOTS: [&str; 8] = [
 enum Source {
     /// A format command's text, as a CEL string.
     Text(Command),
+    /// The first of a format command's comma-separated values (a certificate's first URI
+    /// SAN, as Envoy's attribute gives it).
+    First(Command),
     /// A format command's text, as CEL bytes (filter state's serialized objects).
     Bytes(Command),
     /// A format command's number, as a CEL int.
@@ -181,7 +184,11 @@ impl Expr {
     pub fn for_each_command(&self, f: &mut dyn FnMut(&Command)) {
         for r in &self.reads {
             match &r.source {
-                Source::Text(c) | Source::Bytes(c) | Source::Int(c) | Source::Uint(c) => f(c),
+                Source::Text(c)
+                | Source::First(c)
+                | Source::Bytes(c)
+                | Source::Int(c)
+                | Source::Uint(c) => f(c),
                 Source::UrlPath | Source::Query => f(&Command::Req(":path".into(), None)),
                 Source::UpstreamPort => f(&Command::UpstreamHost),
                 Source::Peer(..) => {}
@@ -259,6 +266,7 @@ fn read(source: &Source, ctx: &dyn Context, peers: Peers<'_>, buf: &mut Vec<u8>)
     let path = || Command::Req(":path".into(), None);
     Some(match source {
         Source::Text(c) => Value::from(text(c)?),
+        Source::First(c) => Value::from(text(c)?.split(',').next().unwrap_or("").to_string()),
         Source::Bytes(c) => Value::Bytes(Arc::new(text(c)?.into_bytes())),
         Source::Int(c) => Value::Int(text(c)?.parse().ok()?),
         Source::Uint(c) => Value::UInt(text(c)?.parse().ok()?),
@@ -461,8 +469,10 @@ fn attribute(p: &[&str], key: Option<&str>, reads: &mut Vec<Read>) -> Result<(),
         ("destination", "address") => Source::Text(Command::DownstreamLocal(Addr::Full)),
         ("destination", "port") => Source::Int(Command::DownstreamLocal(Addr::Port)),
         ("connection", "requested_server_name") => Source::Text(Command::RequestedServerName),
-        ("connection", "uri_san_peer_certificate") => Source::Text(Command::DownstreamPeerUriSan),
-        ("connection", "uri_san_local_certificate") => Source::Text(Command::DownstreamLocalUriSan),
+        ("connection", "uri_san_peer_certificate") => Source::First(Command::DownstreamPeerUriSan),
+        ("connection", "uri_san_local_certificate") => {
+            Source::First(Command::DownstreamLocalUriSan)
+        }
         ("connection", "termination_details") => {
             Source::Text(Command::ConnectionTerminationDetails)
         }

@@ -19,6 +19,7 @@ impl Context for Fake {
             Command::DownstreamLocal(Addr::Full) => "10.0.0.2:9080",
             Command::UpstreamHost => "10.0.0.9:8080",
             Command::FilterState(k, _) if k == "my.key" => "v1",
+            Command::DownstreamPeerUriSan => "spiffe://cluster.local/ns/default/sa/a,spiffe://x/y",
             _ => return Val::None,
         };
         out.extend_from_slice(s.as_bytes());
@@ -55,6 +56,11 @@ fn attributes_read_as_an_access_log_reads_them() {
     assert_eq!(eval("response.headers['x-cache']"), "hit");
     assert_eq!(eval("response.code >= 500"), "true");
     assert_eq!(eval("upstream.port"), "8080");
+    // A certificate's first URI SAN.
+    assert_eq!(
+        eval("connection.uri_san_peer_certificate"),
+        "spiffe://cluster.local/ns/default/sa/a"
+    );
     assert_eq!(eval("filter_state['my.key']"), "v1");
     assert_eq!(eval("filter_state.downstream_peer.app"), "productpage");
     assert_eq!(eval("filter_state['downstream_peer'].namespace"), "default");
