@@ -125,7 +125,7 @@ pub fn h1_to_request(head: &[u8]) -> Result<Request<()>, Unrepresentable> {
         .uri(uri.build().map_err(|_| Unrepresentable)?)
         .version(http::Version::HTTP_2);
     let headers = builder.headers_mut().ok_or(Unrepresentable)?;
-    copy_headers(req.headers, headers, true)?;
+    copy_headers(req.headers, headers, true, head)?;
     builder.body(()).map_err(|_| Unrepresentable)
 }
 
@@ -140,15 +140,19 @@ pub fn h1_to_response(head: &[u8]) -> Result<Response<()>, Unrepresentable> {
     let status = StatusCode::from_u16(resp.code.unwrap_or(502)).map_err(|_| Unrepresentable)?;
     let mut builder = Response::builder().status(status);
     let headers = builder.headers_mut().ok_or(Unrepresentable)?;
-    copy_headers(resp.headers, headers, false)?;
+    copy_headers(resp.headers, headers, false, head)?;
     builder.body(()).map_err(|_| Unrepresentable)
 }
 
+/// Copies the headers parsed from `head` into `to`. The values share one copy of `head`
+/// (one allocation for the whole head, not one per value).
 fn copy_headers(
     from: &[httparse::Header<'_>],
     to: &mut HeaderMap,
     request: bool,
+    head: &[u8],
 ) -> Result<(), Unrepresentable> {
+    let mut shared: Option<bytes::Bytes> = None;
     for h in from {
         if h.name.is_empty() {
             continue;
@@ -159,7 +163,17 @@ fn copy_headers(
             continue;
         }
         let name = HeaderName::from_bytes(n).map_err(|_| Unrepresentable)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| Unrepresentable)?;
+        // httparse's values are slices of `head`.
+        let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        let range = at..at.saturating_add(h.value.len());
+        let value = match head.get(range.clone()) {
+            Some(v) if v.as_ptr() == h.value.as_ptr() => {
+                let shared = shared.get_or_insert_with(|| bytes::Bytes::copy_from_slice(head));
+                HeaderValue::from_maybe_shared(shared.slice(range))
+            }
+            _ => HeaderValue::from_bytes(h.value),
+        }
+        .map_err(|_| Unrepresentable)?;
         to.append(name, value);
     }
     Ok(())
