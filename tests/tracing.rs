@@ -457,9 +457,14 @@ async fn the_bootstraps_provider_and_refusals() {
             "tracing.spawn_upstream_span: is not supported with a tracing provider",
         ),
         (
-            "route metadata",
-            r#"custom_tags: [{tag: t, metadata: {kind: {route: {}}, metadata_key: {key: k, path: [{key: p}]}}}]"#,
-            "custom_tags[0].metadata.kind: only request (dynamic) metadata is supported",
+            "metadata without a path",
+            r#"custom_tags: [{tag: t, metadata: {kind: {route: {}}, metadata_key: {key: k}}}]"#,
+            "custom_tags[0].metadata.metadata_key.path: needs at least one segment",
+        ),
+        (
+            "metadata without a kind",
+            r#"custom_tags: [{tag: t, metadata: {metadata_key: {key: k, path: [{key: p}]}}}]"#,
+            "custom_tags[0].metadata.kind: a kind (request, route, cluster, host) is required",
         ),
     ] {
         let yaml = config(
@@ -470,6 +475,61 @@ async fn the_bootstraps_provider_and_refusals() {
         let (ok, err) = validate("t.yaml", &yaml, &[]);
         assert!(!ok, "{field}");
         assert!(err.contains(want), "{field}: {err}");
+    }
+}
+
+/// Custom tags read the route's, the cluster's and the upstream host's metadata; a DNS
+/// cluster's hosts carry their endpoint's metadata (tracing_parity.py compares STATIC
+/// clusters with Envoy), over HTTP/1.1 and HTTP/2, on both drivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_tags_read_route_cluster_and_host_metadata() {
+    for driver in drivers() {
+        let b = Backend::start("a").await;
+        let (collector, spans) = zipkin(202).await;
+        let md = |t: &str, kind: &str, key: &str, path: &str| {
+            format!("{{tag: {t}, metadata: {{kind: {{{kind}: {{}}}}, metadata_key: {{key: {key}, path: [{path}]}}, default_value: none}}}}")
+        };
+        let tags = [
+            md("route", "route", "istio", "{key: config}"),
+            md("cluster", "cluster", "istio", "{key: services}"),
+            md("host", "host", "istio", "{key: workload}"),
+            md("host_deep", "host", "istio", "{key: nested}, {key: n}"),
+            md("host_absent", "host", "istio", "{key: absent}"),
+        ];
+        let extra = format!(
+            "          tracing: {{random_sampling: {{value: 100}}, custom_tags: [{}], provider: {}}}",
+            tags.join(", "),
+            provider(true)
+        );
+        let port = b.addr.port();
+        let dns = format!(
+            "{{name: a, connect_timeout: 1s, type: STRICT_DNS, dns_lookup_family: V4_ONLY, \
+             metadata: {{filter_metadata: {{istio: {{services: [{{name: a}}]}}}}}}, \
+             load_assignment: {{cluster_name: a, endpoints: [{{lb_endpoints: [{{endpoint: \
+             {{address: {{socket_address: {{address: localhost, port_value: {port}}}}}}}, \
+             metadata: {{filter_metadata: {{istio: {{workload: 'a-v1;ns;a;v1;K', nested: {{n: 7}}}}}}}}}}]}}]}}}}"
+        );
+        let clusters = format!("[{dns}, {}]", cluster("collector", &[collector], ""));
+        let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /md}, route: {cluster: a}, metadata: {filter_metadata: {istio: {config: vs-a}}}}, {match: {prefix: /}, route: {cluster: a}}]}]";
+        let mut args = one_core(driver);
+        args.extend(["--config-yaml", FLUSH_AT_ONCE]);
+        let p = Proxy::start(&config(&extra, vhosts, &clusters), &args).await;
+        for (h2, path, route) in [
+            (false, "/md", "vs-a"),
+            (true, "/md", "vs-a"),
+            (false, "/other", "none"),
+        ] {
+            let n = spans.lock().unwrap().len();
+            let (s, _, _) = send(p.addr(), h2, "GET", path, &[]).await;
+            assert_eq!(s, 200, "{driver} {path}");
+            let got = wait_for(&spans, n + 1).await;
+            let span = &got[n];
+            assert_eq!(tag(span, "route"), Some(route), "{span}");
+            assert_eq!(tag(span, "cluster"), Some(r#"[{"name":"a"}]"#), "{span}");
+            assert_eq!(tag(span, "host"), Some("a-v1;ns;a;v1;K"), "{span}");
+            assert_eq!(tag(span, "host_deep"), Some("7"), "{span}");
+            assert_eq!(tag(span, "host_absent"), Some("none"), "{span}");
+        }
     }
 }
 

@@ -119,6 +119,10 @@ pub struct Entry {
     pub upstream_principals: Option<Arc<crate::model::tls::UpstreamPrincipals>>,
     pub cluster: Option<Arc<str>>,
     pub route: Option<Arc<str>>,
+    /// The route's and the upstream host's metadata, kept where a span's custom tags
+    /// read them.
+    pub route_metadata: Option<crate::model::metadata::Packed>,
+    pub host_metadata: Option<crate::model::metadata::Packed>,
     pub service_time_ms: Option<u64>,
     pub request_id: Option<[u8; 36]>,
     /// The request's span, where the connection manager exports spans.
@@ -182,6 +186,8 @@ impl Default for Entry {
             upstream_principals: None,
             cluster: None,
             route: None,
+            route_metadata: None,
+            host_metadata: None,
             service_time_ms: None,
             request_id: None,
             span: None,

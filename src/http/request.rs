@@ -202,8 +202,13 @@ pub(crate) async fn route<'r, E: FilterHost>(
     if x.hcm().timed() {
         x.log_mut().route = Some(m.route.name.clone());
     }
-    if x.hcm().tracing.is_some() {
-        x.log_mut().decorator = m.route.decorator.clone();
+    if let Some(t) = &x.hcm().tracing {
+        let metadata = m.route.metadata.as_ref().filter(|_| t.route_metadata);
+        let metadata = metadata.cloned();
+        let decorator = m.route.decorator.clone();
+        let log = x.log_mut();
+        log.decorator = decorator;
+        log.route_metadata = metadata;
     }
     let prefix_len = match &m.route.path {
         PathMatch::Prefix(p) | PathMatch::Separated(p) => Some(p.len()),

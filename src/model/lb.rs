@@ -92,6 +92,8 @@ pub struct Endpoint {
     /// An `envoy_internal_address` endpoint: `address` is then a placeholder
     /// ([`super::internal::synthetic_address`]).
     pub internal: Option<Arc<super::internal::InternalEndpoint>>,
+    /// Its `metadata`, kept encoded (tracing's `host` custom tags).
+    pub metadata: Option<super::metadata::Packed>,
 }
 
 impl Endpoint {
@@ -110,6 +112,7 @@ impl Endpoint {
             group: 0,
             locality_weight: 0,
             internal: None,
+            metadata: None,
         }
     }
 }

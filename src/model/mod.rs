@@ -32,6 +32,7 @@ mod lb;
 pub use access_log::{AccessLog, LogSink};
 pub use lb::{Endpoint, LbPolicy, LbTuning, Locality, SlowStart, DEFAULT_OVERPROVISIONING};
 pub mod matcher;
+pub mod metadata;
 pub mod otel_log;
 pub mod outlier;
 pub mod overload;
@@ -443,6 +444,7 @@ pub enum DnsFamily {
 }
 
 /// A cluster: upstream policy plus its current endpoints.
+#[derive(Clone)]
 pub struct Cluster {
     pub name: Arc<str>,
     pub stats: Arc<Scope>,
@@ -509,6 +511,8 @@ pub struct Cluster {
     /// `common_lb_config.healthy_panic_threshold` (percent, 50 unset): below this share
     /// of healthy endpoints, all of them take traffic.
     pub panic_threshold: f64,
+    /// Its `metadata.filter_metadata`, kept encoded (tracing's `cluster` custom tags).
+    pub metadata: Option<metadata::Packed>,
 }
 
 /// One metadata field as `transport_socket_matches` compare it: (key, value as text).
@@ -524,45 +528,16 @@ pub struct DnsHost {
     pub port: u16,
     pub weight: u32,
     pub labels: SocketLabels,
+    /// Its endpoint's `metadata`, kept encoded.
+    pub metadata: Option<metadata::Packed>,
 }
 
 impl Cluster {
     /// A copy of this cluster with other endpoints (a DNS refresh).
     pub fn with_endpoints(&self, endpoints: Arc<[Endpoint]>) -> Cluster {
         Cluster {
-            name: self.name.clone(),
-            stats: self.stats.clone(),
-            grpc_stats: self.grpc_stats.clone(),
-            discovery: self.discovery,
-            eds_service: self.eds_service.clone(),
-            http2: self.http2,
-            http2_follows_downstream: self.http2_follows_downstream,
-            unix_endpoints: self.unix_endpoints.clone(),
-            lb: self.lb,
-            bind_source: self.bind_source,
-            original_dst: self.original_dst.clone(),
-            connect_timeout: self.connect_timeout,
-            idle_timeout: self.idle_timeout,
-            max_requests_per_connection: self.max_requests_per_connection,
-            max_connection_duration: self.max_connection_duration,
-            max_headers_count: self.max_headers_count,
-            tcp_keepalive: self.tcp_keepalive.clone(),
-            breakers: self.breakers.clone(),
-            pool_id: self.pool_id,
-            dns_family: self.dns_family,
-            dns_refresh: self.dns_refresh,
-            dns_jitter: self.dns_jitter,
-            dns_hosts: self.dns_hosts.clone(),
             endpoints,
-            tls: self.tls.clone(),
-            tls_matches: self.tls_matches.clone(),
-            passthrough: self.passthrough.clone(),
-            istio_service: self.istio_service.clone(),
-            tcp_exchange: self.tcp_exchange.clone(),
-            outlier: self.outlier.clone(),
-            panic_threshold: self.panic_threshold,
-            lb_tuning: self.lb_tuning,
-            health: self.health.clone(),
+            ..self.clone()
         }
     }
 

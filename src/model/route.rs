@@ -68,6 +68,8 @@ pub struct Route {
     /// `decorator`: the span's name, and whether it goes to the next hop
     /// (`x-envoy-decorator-operation`).
     pub decorator: Option<Arc<Decorator>>,
+    /// `metadata.filter_metadata`, kept encoded (tracing's `route` custom tags).
+    pub metadata: Option<super::metadata::Packed>,
 }
 
 /// A route's `decorator`.

@@ -26,6 +26,10 @@ pub struct Tracing {
     /// The listener is OUTBOUND: Envoy's `egress` operation (a client span); otherwise
     /// `ingress` (a server span).
     pub egress: bool,
+    /// A custom tag reads the route's metadata, or the upstream host's: the request keeps
+    /// a reference to it for its span.
+    pub route_metadata: bool,
+    pub host_metadata: bool,
 }
 
 impl Tracing {
@@ -39,6 +43,8 @@ impl Tracing {
             custom_tags: Box::default(),
             max_path_tag_length: 256,
             egress: false,
+            route_metadata: false,
+            host_metadata: false,
         }
     }
 }
@@ -61,13 +67,28 @@ pub enum TagValue {
         name: Box<str>,
         default: Option<Box<str>>,
     },
-    /// `metadata` of kind `request`: a value in the request's dynamic metadata (strings
-    /// as they are, other values as JSON), else the default.
+    /// `metadata`: a value in the request's dynamic metadata, the route's, the upstream
+    /// cluster's or the upstream host's (strings as they are, other values as JSON), else
+    /// the default.
     Metadata {
+        kind: MetadataKind,
         namespace: Box<str>,
         path: Box<[Box<str>]>,
         default: Option<Box<str>>,
     },
+}
+
+/// Whose metadata a custom tag reads (`MetadataKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataKind {
+    /// The request's dynamic metadata.
+    Request,
+    /// The matched route's `metadata` (none without a route).
+    Route,
+    /// The upstream cluster's `metadata`, once a host was chosen.
+    Cluster,
+    /// The chosen upstream host's (endpoint's) `metadata`.
+    Host,
 }
 
 /// A tracing provider: where spans go, and the per-core batches' identity and stats.

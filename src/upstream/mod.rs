@@ -124,6 +124,7 @@ mod tests {
             tcp_exchange: None,
             outlier: None,
             panic_threshold: 50.0,
+            metadata: None,
             lb_tuning: Default::default(),
             health: None,
             endpoints: weights
@@ -142,6 +143,7 @@ mod tests {
                     group: 0,
                     locality_weight: 0,
                     internal: None,
+                    metadata: None,
                 })
                 .collect(),
         }

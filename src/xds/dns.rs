@@ -51,6 +51,7 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 group: 0,
                 locality_weight: 0,
                 internal: None,
+                metadata: h.metadata.clone(),
             });
         }
     }

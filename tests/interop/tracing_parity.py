@@ -144,6 +144,38 @@ CUSTOM_TAGS = [
 ]
 
 
+def md_tag(tag, kind, key, path, default=None):
+    m = {"kind": {kind: {}}, "metadata_key": {"key": key, "path": [{"key": k} for k in path]}}
+    if default is not None:
+        m["default_value"] = default
+    return {"tag": tag, "metadata": m}
+
+
+# Route, cluster and host metadata (as istiod writes them), read by custom tags: strings,
+# numbers, structures and lists, missing keys with and without a default. Routes other than
+# /up have none; the cluster "empty" has no host, so its cluster tags take the default.
+CUSTOM_TAGS += [
+    md_tag("md_route", "route", "istio", ["config"], "route-default"),
+    md_tag("md_route_num", "route", "istio", ["n"]),
+    md_tag("md_route_struct", "route", "istio", ["nested"]),
+    md_tag("md_route_deep", "route", "istio", ["nested", "f"]),
+    md_tag("md_route_missing", "route", "istio", ["absent"], "route-missing"),
+    md_tag("md_cluster_port", "cluster", "istio", ["default_original_port"], "cluster-default"),
+    md_tag("md_cluster_services", "cluster", "istio", ["services"]),
+    md_tag("md_host", "host", "istio", ["workload"], "host-default"),
+    md_tag("md_host_tls", "host", "envoy.transport_socket_match", ["tlsMode"]),
+    md_tag("md_host_missing", "host", "other", ["x"]),
+]
+ROUTE_METADATA = {"filter_metadata": {"istio": {
+    "config": "/apis/networking.istio.io/v1/namespaces/default/virtual-service/backend",
+    "n": 3, "nested": {"a": "b", "f": 1.5}}}}
+CLUSTER_METADATA = {"filter_metadata": {"istio": {
+    "services": [{"host": "backend.default.svc.cluster.local", "name": "backend", "namespace": "default"}],
+    "default_original_port": 9080}}}
+HOST_METADATA = {"filter_metadata": {"istio": {"workload": "backend-v1;default;backend;v1;Kubernetes"},
+                                     "envoy.transport_socket_match": {"tlsMode": "istio"}}}
+
+
 def hcm(prefix, provider, **extra):
     tracing = {"random_sampling": {"value": 100}, "custom_tags": CUSTOM_TAGS}
     if provider:
@@ -158,7 +190,7 @@ def hcm(prefix, provider, **extra):
                  "decorator": {"operation": "quiet-op", "propagate": False}},
                 {"match": {"prefix": "/empty"}, "route": {"cluster": "empty"}},
                 {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "direct"}}},
-                {"match": {"prefix": "/up"}, "route": {"cluster": "backend"}}]}]},
+                {"match": {"prefix": "/up"}, "route": {"cluster": "backend"}, "metadata": ROUTE_METADATA}]}]},
             "http_filters": [ROUTER]}
 
 
@@ -191,11 +223,14 @@ LISTENERS = {
 
 
 def render(ports, backend, zipkin, otel):
-    def cluster(name, port=None, h2=False):
+    def cluster(name, port=None, h2=False, metadata=None):
         eps = [] if port is None else [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]
         c = {"name": name, "connect_timeout": "1s", "type": "STATIC",
              "load_assignment": {"cluster_name": name, "endpoints": eps}}
+        if metadata:
+            c["metadata"] = CLUSTER_METADATA
+            eps[0]["lb_endpoints"][0]["metadata"] = HOST_METADATA
         if h2:
             c["http2_protocol_options"] = {}
         return c
@@ -213,7 +248,7 @@ def render(ports, backend, zipkin, otel):
             "tracing.zipkin.min_flush_spans": 1, "tracing.opentelemetry.min_flush_spans": 1}}]},
         "static_resources": {
             "listeners": listeners,
-            "clusters": [cluster("backend", backend), cluster("empty"), cluster("zipkin", zipkin),
+            "clusters": [cluster("backend", backend, metadata=True), cluster("empty"), cluster("zipkin", zipkin),
                          cluster("otel", otel, h2=True)]}})
 
 
@@ -310,6 +345,13 @@ UUID = re.compile(r"^([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f])[0-9a-f]{3}-([0-9a-f]
 
 
 def mask(v):
+    if isinstance(v, str) and v[:1] in ("{", "["):
+        # Structures from metadata: Envoy prints a Struct's keys in its map's order, which
+        # varies from run to run; compare them as JSON.
+        try:
+            return json.dumps(json.loads(v), sort_keys=True)
+        except ValueError:
+            pass
     if isinstance(v, str):
         v = PORT.sub("127.0.0.1:P", v)
         m = UUID.match(v)

@@ -200,10 +200,11 @@ pub(crate) async fn forward<D: Downstream>(
             .map_or_else(|_| chosen(), |p| Some(p.1.name.clone()));
     }
     let (weighted, cluster, ep, _permit) = picked?;
-    d.log_mut().upstream = Some(ep.address);
-    if let Some(w) = &ep.workload {
-        d.log_mut().upstream_workload = Some(w.clone());
-    }
+    let host_metadata = d.hcm().tracing.as_ref().is_some_and(|t| t.host_metadata);
+    let log = d.log_mut();
+    log.upstream = Some(ep.address);
+    log.upstream_workload.clone_from(&ep.workload);
+    log.host_metadata = ep.metadata.as_ref().filter(|_| host_metadata).cloned();
     let h2 = cluster
         .http2
         .filter(|_| d.is_h2() || !cluster.http2_follows_downstream);

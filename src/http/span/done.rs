@@ -6,7 +6,8 @@ use std::io::Write as _;
 
 use crate::http::exchange::Exchange;
 use crate::http::trace::{request_header, request_id};
-use crate::model::tracing::{SpanCtx, TagValue, Tracer, Tracing};
+use crate::model::metadata::Packed;
+use crate::model::tracing::{MetadataKind, SpanCtx, TagValue, Tracer, Tracing};
 
 /// One finished span, ready to encode.
 pub(crate) struct Done {
@@ -171,9 +172,14 @@ impl Done {
         if log.status == 0 || log.status >= 500 {
             d.tag("error", "true".into());
         }
+        // The upstream cluster's metadata, as Envoy reads it: only once a host was chosen.
+        let cluster = || {
+            let name = log.cluster.as_ref().filter(|_| log.upstream.is_some())?;
+            ctx.snapshot().cluster(name)?.metadata.clone()
+        };
         for c in t.custom_tags.iter() {
             // Envoy's custom tags never set an empty value.
-            if let Some(v) = custom_value(x, &c.value).filter(|v| !v.is_empty()) {
+            if let Some(v) = custom_value(x, &c.value, &cluster).filter(|v| !v.is_empty()) {
                 d.tag(Cow::Owned(c.tag.to_string()), v);
             }
         }
@@ -309,13 +315,18 @@ impl Done {
 }
 
 /// A custom tag's value for this request, if it has one.
-fn custom_value<E: Exchange + ?Sized>(x: &E, v: &TagValue) -> Option<String> {
+fn custom_value<E: Exchange + ?Sized>(
+    x: &E,
+    v: &TagValue,
+    cluster: &dyn Fn() -> Option<Packed>,
+) -> Option<String> {
     match v {
         TagValue::Fixed(v) => v.as_deref().map(str::to_string),
         TagValue::Header { name, default } => request_header(x, name.as_bytes())
             .map(text)
             .or_else(|| default.as_deref().map(str::to_string)),
         TagValue::Metadata {
+            kind: MetadataKind::Request,
             namespace,
             path,
             default,
@@ -325,6 +336,23 @@ fn custom_value<E: Exchange + ?Sized>(x: &E, v: &TagValue) -> Option<String> {
                 at = at.and_then(|v| v.get(&**key));
             }
             at.and_then(metadata_text)
+                .or_else(|| default.as_deref().map(str::to_string))
+        }
+        TagValue::Metadata {
+            kind,
+            namespace,
+            path,
+            default,
+        } => {
+            let packed = match kind {
+                MetadataKind::Route => x.log().route_metadata.clone(),
+                MetadataKind::Host => x.log().host_metadata.clone(),
+                _ => cluster(),
+            };
+            packed
+                .and_then(|p| p.value(namespace, path))
+                .as_ref()
+                .and_then(metadata_text)
                 .or_else(|| default.as_deref().map(str::to_string))
         }
     }

@@ -1,5 +1,6 @@
 //! `envoy.config.cluster.v3.Cluster` → [`Cluster`].
 
+use crate::model::metadata::Packed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,6 +295,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         health: super::health::health(c, (stat_name, http2.is_some()), ctx, res)?,
         panic_threshold: super::outlier::panic_threshold(c, res)?,
         lb_tuning: super::lb::lb_tuning(c, lb, discovery, res)?,
+        metadata: Packed::new(c.metadata.as_ref()),
     })
 }
 
@@ -391,6 +393,8 @@ pub(super) fn endpoints(
 ) -> Result<Endpoints, ConvertError> {
     let (mut endpoints, mut dns_hosts, mut unix) = (Vec::new(), Vec::new(), Vec::new());
     let mut workloads = std::collections::HashMap::new();
+    // Replicas of one workload carry the same metadata: one copy serves them all.
+    let mut packed = std::collections::HashSet::<Packed>::new();
     let prefix = if at.is_empty() {
         String::new()
     } else {
@@ -447,6 +451,13 @@ pub(super) fn endpoints(
                     "must be at least 1",
                 ));
             }
+            let metadata = Packed::new(lb.metadata.as_ref()).map(|p| match packed.get(&p) {
+                Some(same) => Packed::clone(same),
+                None => {
+                    packed.insert(p.clone());
+                    p
+                }
+            });
             let healthy = !matches!(
                 HealthStatus::try_from(lb.health_status),
                 Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
@@ -519,6 +530,7 @@ pub(super) fn endpoints(
                             port,
                             weight,
                             labels: labels.clone().into(),
+                            metadata: metadata.clone(),
                         });
                         None
                     }
@@ -540,6 +552,7 @@ pub(super) fn endpoints(
                     group: li as u32,
                     locality_weight: locality.load_balancing_weight.unwrap_or(0),
                     internal,
+                    metadata,
                 });
             }
         }

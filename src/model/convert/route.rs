@@ -276,6 +276,7 @@ fn route(
     };
     Ok(Route {
         decorator,
+        metadata: crate::model::metadata::Packed::new(r.metadata.as_ref()),
         per_filter: super::http_filter::per_filter_configs(
             &r.typed_per_filter_config,
             res,

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::model::tracing::{
-    CustomTag, OtelTracer, RequestIdConfig, TagValue, Tracer, TracerKind, Tracing, Zipkin,
+    CustomTag, MetadataKind, OtelTracer, RequestIdConfig, TagValue, Tracer, TracerKind, Tracing,
+    Zipkin,
 };
 use crate::proto::envoy::config::trace::v3 as trace_pb;
 use crate::proto::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
@@ -67,7 +68,14 @@ pub(super) fn tracing(
         .enumerate()
         .map(|(i, c)| custom_tag(c, res, &format!("{path}.custom_tags[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
+    let reads = |k: MetadataKind| {
+        custom_tags
+            .iter()
+            .any(|c: &CustomTag| matches!(&c.value, TagValue::Metadata { kind, .. } if *kind == k))
+    };
     Ok(Tracing {
+        route_metadata: reads(MetadataKind::Route),
+        host_metadata: reads(MetadataKind::Host),
         client: rate(&t.client_sampling, "client_sampling")?,
         random: rate(&t.random_sampling, "random_sampling")?,
         overall: rate(&t.overall_sampling, "overall_sampling")?,
@@ -262,8 +270,7 @@ fn otel(
 }
 
 /// One of `custom_tags`. `environment` is read now, as Envoy reads it when it loads the
-/// configuration. Metadata of kinds other than `request`, and the formatter `value`, are
-/// refused by name.
+/// configuration. The formatter `value` is refused by name.
 fn custom_tag(c: &tag_pb::CustomTag, res: &str, path: &str) -> Result<CustomTag, ConvertError> {
     use tag_pb::custom_tag::Type;
     if c.tag.is_empty() {
@@ -298,14 +305,19 @@ fn custom_tag(c: &tag_pb::CustomTag, res: &str, path: &str) -> Result<CustomTag,
         }
         Some(Type::Metadata(m)) => {
             use crate::proto::envoy::r#type::metadata::v3::metadata_kind::Kind;
-            let kind = m.kind.as_ref().and_then(|k| k.kind.as_ref());
-            if !matches!(kind, Some(Kind::Request(_))) {
-                return Err(err(
-                    res,
-                    format!("{path}.metadata.kind"),
-                    "only request (dynamic) metadata is supported",
-                ));
-            }
+            let kind = match m.kind.as_ref().and_then(|k| k.kind.as_ref()) {
+                Some(Kind::Request(_)) => MetadataKind::Request,
+                Some(Kind::Route(_)) => MetadataKind::Route,
+                Some(Kind::Cluster(_)) => MetadataKind::Cluster,
+                Some(Kind::Host(_)) => MetadataKind::Host,
+                None => {
+                    return Err(err(
+                        res,
+                        format!("{path}.metadata.kind"),
+                        "a kind (request, route, cluster, host) is required",
+                    ))
+                }
+            };
             let Some(key) = &m.metadata_key else {
                 return Err(err(
                     res,
@@ -314,6 +326,18 @@ fn custom_tag(c: &tag_pb::CustomTag, res: &str, path: &str) -> Result<CustomTag,
                 ));
             };
             use crate::proto::envoy::r#type::metadata::v3::metadata_key::path_segment::Segment;
+            for (empty, field, what) in [
+                (key.key.is_empty(), "key", "must not be empty"),
+                (key.path.is_empty(), "path", "needs at least one segment"),
+            ] {
+                if empty {
+                    return Err(err(
+                        res,
+                        format!("{path}.metadata.metadata_key.{field}"),
+                        what,
+                    ));
+                }
+            }
             let segments = key
                 .path
                 .iter()
@@ -327,6 +351,7 @@ fn custom_tag(c: &tag_pb::CustomTag, res: &str, path: &str) -> Result<CustomTag,
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             TagValue::Metadata {
+                kind,
                 namespace: key.key.as_str().into(),
                 path: segments.into(),
                 default: nonempty(&m.default_value),

@@ -181,7 +181,7 @@ fn apply<E: FilterHost>(
     let (result, allowed) = match (answer, &f.service) {
         (Answer::Grpc(r), _) => {
             if let Some(s) = &r.dynamic_metadata {
-                metadata.extend(json_fields(s));
+                metadata.extend(crate::model::metadata::json_fields(s));
             }
             let allowed = r.status.as_ref().is_none_or(|s| s.code == 0);
             (grpc(x, f, r).map(|()| Verdict::Allowed), allowed)
@@ -236,25 +236,6 @@ enum Verdict {
     Allowed,
     /// The service could not be asked and `failure_mode_allow` lets the request through.
     FailedOpen,
-}
-
-/// A protobuf `Struct`'s fields as JSON (whole numbers as integers, as Envoy prints them).
-fn json_fields(s: &prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
-    s.fields.iter().map(|(k, v)| (k.clone(), json(v))).collect()
-}
-
-fn json(v: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(b)) => (*b).into(),
-        Some(Kind::StringValue(s)) => s.clone().into(),
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => (*n as i64).into(),
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
-        Some(Kind::StructValue(s)) => serde_json::Value::Object(json_fields(s)),
-        Some(Kind::ListValue(l)) => l.values.iter().map(json).collect(),
-    }
 }
 
 /// Envoy's answer when the service could not be asked (or answered with an error).
