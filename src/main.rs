@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 use ringside::app::{self, Options};
 use ringside::worker::Driver;
 
-#[cfg(not(feature = "count-allocs"))]
+#[cfg(not(any(feature = "count-allocs", feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
