@@ -112,6 +112,7 @@ pub(super) async fn sotw_stream(
         };
         let update = Update::sotw(kind, &resp.version_info, resp.resources);
         let result = control.borrow_mut().apply(&update);
+        release_after(update);
         let t = types.entry(kind).or_default();
         t.nonce = resp.nonce;
         let error = match result {
@@ -203,6 +204,7 @@ pub(super) async fn delta_stream(
             full_state: false,
         };
         let error = control.borrow_mut().apply(&update).err();
+        release_after(update);
         let _ = tx.send(pb::DeltaDiscoveryRequest {
             node: node_for(&mut node_sent),
             type_url: resp.type_url,
@@ -228,5 +230,25 @@ pub(super) async fn delta_stream(
                 *have = wanted;
             }
         }
+    }
+}
+
+/// After a big response (a mesh's whole configuration), the memory its decoding and the
+/// replaced snapshot used is returned to the OS a little later, once the cores let go of
+/// the old snapshot: mimalloc would otherwise keep those pages resident until this thread
+/// allocates again, and a sidecar's memory is read right after a push.
+fn release_after(update: Update) {
+    const BIG: usize = 1 << 20;
+    let bytes: usize = update
+        .resources
+        .iter()
+        .map(|r| r.resource.value.len())
+        .sum();
+    drop(update);
+    if bytes >= BIG {
+        tokio::task::spawn_local(async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            crate::io::release_free_memory();
+        });
     }
 }
