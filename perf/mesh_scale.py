@@ -257,7 +257,7 @@ def measure(proxy, binary, n, up, changes, prebuilt, hold=False):
     cfg = os.path.join(d, "bootstrap.yaml")
     with open(cfg, "w") as f:
         f.write(BOOTSTRAP.replace("PORT", str(port)).replace("ADMIN", str(free_port())))
-    args = [binary, "-c", cfg, "--concurrency", os.environ.get("MESH_CONCURRENCY", "2"), "-l", "error"]
+    args = [binary, "-c", cfg, "--concurrency", os.environ.get("MESH_CONCURRENCY", "2"), "-l", os.environ.get("MESH_LOG", "error")]
     if proxy == "envoy":
         args += ["--base-id", str(os.getpid() % 1000), "--disable-hot-restart"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr"), "w"))

@@ -1,6 +1,5 @@
 //! Compiled route tables: virtual hosts, matchers and actions. Matching lives in `router`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +14,10 @@ pub use super::matcher::{
 /// A compiled `RouteConfiguration`.
 pub struct RouteTable {
     pub name: Arc<str>,
-    pub virtual_hosts: Vec<VirtualHost>,
+    /// Shared with the configuration's next version where a virtual host is unchanged.
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
     /// Exact domain (lower-case, no port) → virtual host index.
-    pub exact: HashMap<String, usize>,
+    pub exact: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// `*.suffix` / `*suffix` wildcards, longest first: (suffix, vhost).
     pub suffixes: Vec<(String, usize)>,
     /// `prefix*` wildcards, longest first.
@@ -45,6 +45,8 @@ pub enum TlsRequirement {
 /// A compiled virtual host.
 pub struct VirtualHost {
     pub name: Arc<str>,
+    /// `domains`, lower-case (the table indexes them).
+    pub domains: Box<[Arc<str>]>,
     pub routes: Vec<Route>,
     /// Present when there are enough routes for it to pay off.
     pub index: Option<PathIndex>,

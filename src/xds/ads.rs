@@ -125,6 +125,9 @@ pub(super) async fn sotw_stream(
         send(&tx, &mut node_sent, kind, t, error);
         // EDS, RDS and SDS over ADS follow what CDS and LDS reference.
         for k in [Kind::Endpoint, Kind::Route, Kind::Secret] {
+            if !follows(kind, k) {
+                continue;
+            }
             let wanted = control.borrow().wanted(k);
             let t = types.entry(k).or_default();
             if wanted != t.names || (!t.sent && !wanted.is_empty()) {
@@ -217,6 +220,9 @@ pub(super) async fn delta_stream(
             ..Default::default()
         });
         for k in [Kind::Endpoint, Kind::Route, Kind::Secret] {
+            if !follows(kind, k) {
+                continue;
+            }
             let wanted = control.borrow().wanted(k);
             let have = subscribed.entry(k).or_default();
             if wanted != *have {
@@ -250,5 +256,16 @@ fn release_after(update: Update) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             crate::io::release_free_memory();
         });
+    }
+}
+
+/// Whether a response of `kind` can change which resources of `sub` are wanted: EDS
+/// follows the clusters, RDS the listeners, SDS both (listing 10,000 clusters' EDS
+/// names after every route change was wasted work).
+fn follows(kind: Kind, sub: Kind) -> bool {
+    match sub {
+        Kind::Endpoint => kind == Kind::Cluster,
+        Kind::Route => kind == Kind::Listener,
+        _ => matches!(kind, Kind::Cluster | Kind::Listener),
     }
 }

@@ -179,7 +179,7 @@ impl Control {
                     || [Kind::Cluster, Kind::Listener]
                         .iter()
                         .all(|k| *k == update.kind || self.seen.contains(k));
-                staged.prune(&self.statics);
+                staged.prune(&self.statics, update.kind);
                 // As Envoy, whose listeners bind as they are added: a listener of this
                 // response that cannot bind is refused on its own (its previous version,
                 // if any, stays); the others are published.

@@ -221,7 +221,7 @@ fn connection_manager(
     };
     let routes = match &m.route_specifier {
         Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Static(Arc::new(
-            super::route::convert(rc, res, &p("route_config"), ctx)?,
+            super::route_table::convert(rc, res, &p("route_config"), ctx)?,
         )),
         Some(RouteSpecifier::Rds(rds)) => {
             if rds.route_config_name.is_empty() {

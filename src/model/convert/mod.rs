@@ -37,6 +37,7 @@ mod outlier;
 mod rbac;
 mod retry;
 mod route;
+mod route_table;
 pub(crate) mod runtime;
 mod stats_config;
 mod stats_overrides;
@@ -117,6 +118,7 @@ pub use bootstrap::{
     admin_access_logs, ads_config, bootstrap_snapshot, bootstrap_snapshot_with,
     internal_listeners_enabled, AdsConfig,
 };
+pub(crate) use route_table::TableBuilder;
 pub use stats_sinks::stats_sinks;
 pub use tls::check_secret;
 
@@ -164,7 +166,7 @@ pub fn route_resource(
     if rc.name.is_empty() {
         return Err(err(&res, "name", "name is required"));
     }
-    let mut t = route::convert(rc, &res, "", ctx)?;
+    let mut t = route_table::convert(rc, &res, "", ctx)?;
     t.name = rc.name.as_str().into();
     Ok(t)
 }

@@ -1,6 +1,5 @@
-//! `envoy.config.route.v3.RouteConfiguration` → [`RouteTable`].
+//! One route of a `RouteConfiguration` → [`Route`] (the table: `route_table`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,191 +9,15 @@ use crate::proto::envoy::config::route::v3 as pb;
 use super::matchers::{header_mods, regex_substitute, request_match};
 use super::{data_source, duration, err, timeout, ConvertError, Ctx};
 
-pub(crate) fn convert(
-    rc: &pb::RouteConfiguration,
-    res: &str,
-    path: &str,
-    ctx: &mut Ctx<'_>,
-) -> Result<RouteTable, ConvertError> {
-    let p = |f: &str| format!("{path}.{f}");
-    // Envoy: validated by default only when the configuration is static (bootstrap).
-    let validate_clusters = rc.validate_clusters.unwrap_or(!ctx.dynamic);
-    let max_body = rc.max_direct_response_body_size_bytes.unwrap_or(4096) as usize;
-    let mut table = RouteTable {
-        any_per_filter: false,
-        name: rc.name.as_str().into(),
-        virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
-        exact: HashMap::new(),
-        suffixes: Vec::new(),
-        prefixes: Vec::new(),
-        default: None,
-        ignore_port: rc.ignore_port_in_host_matching,
-        per_filter: super::http_filter::per_filter_configs(
-            &rc.typed_per_filter_config,
-            res,
-            path,
-            ctx,
-        )?,
-        headers: header_mods(
-            &rc.request_headers_to_add,
-            &rc.request_headers_to_remove,
-            res,
-            path,
-            "request",
-        )?,
-        response_headers: header_mods(
-            &rc.response_headers_to_add,
-            &rc.response_headers_to_remove,
-            res,
-            path,
-            "response",
-        )?,
-    };
-    let rc_mirrors = super::mirror::policies(
-        &rc.request_mirror_policies,
-        res,
-        &p("request_mirror_policies"),
-        validate_clusters,
-        ctx,
-    )?;
-    for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
-        let vp = p(&format!("virtual_hosts[{vi}]"));
-        if vh.domains.is_empty() {
-            return Err(err(
-                res,
-                format!("{vp}.domains"),
-                "at least one domain is required",
-            ));
-        }
-        for (di, d) in vh.domains.iter().enumerate() {
-            let d = d.to_ascii_lowercase();
-            let dup = || {
-                err(
-                    res,
-                    format!("{vp}.domains[{di}]"),
-                    format!("domain '{d}' is already used by another virtual host"),
-                )
-            };
-            if d == "*" {
-                if table.default.replace(vi).is_some() {
-                    return Err(dup());
-                }
-            } else if let Some(s) = d.strip_prefix('*') {
-                if table.suffixes.iter().any(|(x, _)| x == s) {
-                    return Err(dup());
-                }
-                table.suffixes.push((s.to_string(), vi));
-            } else if let Some(s) = d.strip_suffix('*') {
-                if table.prefixes.iter().any(|(x, _)| x == s) {
-                    return Err(dup());
-                }
-                table.prefixes.push((s.to_string(), vi));
-            } else if d.contains('*') {
-                return Err(err(
-                    res,
-                    format!("{vp}.domains[{di}]"),
-                    "a wildcard must be the first or last character",
-                ));
-            } else if table.exact.insert(d.clone(), vi).is_some() {
-                return Err(dup());
-            }
-        }
-        let vh_retry = match &vh.retry_policy {
-            Some(p) => Some(Arc::new(super::retry::retry_policy(
-                p,
-                res,
-                &format!("{vp}.retry_policy"),
-            )?)),
-            None => None,
-        };
-        let vh_mirrors = match vh.request_mirror_policies.is_empty() {
-            true => rc_mirrors.clone(),
-            false => super::mirror::policies(
-                &vh.request_mirror_policies,
-                res,
-                &format!("{vp}.request_mirror_policies"),
-                validate_clusters,
-                ctx,
-            )?,
-        };
-        let mut routes = Vec::with_capacity(vh.routes.len());
-        for (ri, r) in vh.routes.iter().enumerate() {
-            let rp = format!("{vp}.routes[{ri}]");
-            let attempts = (
-                vh.include_request_attempt_count,
-                vh.include_attempt_count_in_response,
-            );
-            routes.push(route(
-                r,
-                res,
-                &rp,
-                validate_clusters,
-                max_body,
-                VhostDefaults {
-                    attempt_count: attempts,
-                    retry: vh_retry.as_ref(),
-                    mirrors: &vh_mirrors,
-                },
-                ctx,
-            )?);
-        }
-        use pb::virtual_host::TlsRequirementType as T;
-        let require_tls = match T::try_from(vh.require_tls) {
-            Ok(T::None) => TlsRequirement::None,
-            Ok(T::ExternalOnly) => TlsRequirement::ExternalOnly,
-            Ok(T::All) => TlsRequirement::All,
-            Err(_) => return Err(err(res, format!("{vp}.require_tls"), "unknown value")),
-        };
-        let index = (routes.len() >= PathIndex::MIN_ROUTES).then(|| PathIndex::build(&routes));
-        let per_filter =
-            super::http_filter::per_filter_configs(&vh.typed_per_filter_config, res, &vp, ctx)?;
-        table.virtual_hosts.push(VirtualHost {
-            name: vh.name.as_str().into(),
-            routes,
-            index,
-            require_tls,
-            per_filter,
-            headers: header_mods(
-                &vh.request_headers_to_add,
-                &vh.request_headers_to_remove,
-                res,
-                &vp,
-                "request",
-            )?,
-            response_headers: header_mods(
-                &vh.response_headers_to_add,
-                &vh.response_headers_to_remove,
-                res,
-                &vp,
-                "response",
-            )?,
-        });
-    }
-    table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-    table.prefixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
-    table.any_per_filter = !table.per_filter.is_empty()
-        || table.virtual_hosts.iter().any(|v| {
-            !v.per_filter.is_empty()
-                || v.routes.iter().any(|r| {
-                    !r.per_filter.is_empty()
-                        || matches!(&r.action, Action::Forward(f) if matches!(
-                            &f.target,
-                            Target::Weighted { targets, .. } if targets.iter().any(|t| !t.per_filter.is_empty())
-                        ))
-                })
-        });
-    Ok(table)
-}
-
 /// What a virtual host gives its routes' forwarding.
-struct VhostDefaults<'a> {
+pub(super) struct VhostDefaults<'a> {
     /// `include_request_attempt_count`, `include_attempt_count_in_response`.
-    attempt_count: (bool, bool),
-    retry: Option<&'a Arc<crate::model::retry::RetryPolicy>>,
-    mirrors: &'a Arc<[Mirror]>,
+    pub attempt_count: (bool, bool),
+    pub retry: Option<&'a Arc<crate::model::retry::RetryPolicy>>,
+    pub mirrors: &'a Arc<[Mirror]>,
 }
 
-fn route(
+pub(super) fn route(
     r: &pb::Route,
     res: &str,
     rp: &str,

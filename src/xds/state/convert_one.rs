@@ -13,7 +13,6 @@ use crate::model::{Cluster, DumpEntry, Endpoint, Listener};
 use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
 use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use crate::proto::envoy::config::listener::v3::Listener as PbListener;
-use crate::proto::envoy::config::route::v3::RouteConfiguration;
 use crate::proto::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
 
 /// Every resource type has its name in field 1 (`ClusterLoadAssignment.cluster_name`
@@ -47,6 +46,7 @@ pub(super) fn convert_one(
     kind: Kind,
     inc: &Incoming,
     name: Option<&str>,
+    previous_route: Option<(&[u8], &RouteTable)>,
     ctx: &mut Ctx<'_>,
     (now, wall): (Instant, SystemTime),
 ) -> Result<(Arc<str>, AnyHeld), ConvertError> {
@@ -69,8 +69,11 @@ pub(super) fn convert_one(
     let decode_err = |e: prost::DecodeError| {
         convert::err(&what, "", format!("cannot decode {}: {e}", kind.message()))
     };
-    crate::xds::unknown::check(kind.message(), bytes)
-        .map_err(|(path, reason)| convert::err(&what, path, reason))?;
+    // A route configuration is checked virtual host by virtual host (super::routes).
+    if kind != Kind::Route {
+        crate::xds::unknown::check(kind.message(), bytes)
+            .map_err(|(path, reason)| convert::err(&what, path, reason))?;
+    }
     let entry = |name: &str| DumpEntry {
         name: name.into(),
         version: inc.version.as_str().into(),
@@ -100,10 +103,14 @@ pub(super) fn convert_one(
             (name, AnyHeld::Listener(h))
         }
         Kind::Route => {
-            let pb = RouteConfiguration::decode(bytes).map_err(decode_err)?;
-            let t = Arc::new(convert::route_resource(&pb, ctx)?);
-            let h = Held::new(entry(&pb.name), t, now, None, ctx);
-            (pb.name.as_str().into(), AnyHeld::Route(h))
+            let t = Arc::new(super::routes::route_table(
+                bytes,
+                previous_route,
+                &what,
+                ctx,
+            )?);
+            let h = Held::new(entry(&t.name), t.clone(), now, None, ctx);
+            (t.name.clone(), AnyHeld::Route(h))
         }
         Kind::Endpoint => {
             let pb = ClusterLoadAssignment::decode(bytes).map_err(decode_err)?;

@@ -213,7 +213,7 @@ fn removal_follows_each_protocol() {
         vec![eds_cluster("a", "0s")],
     ))
     .unwrap();
-    f.res.prune(&f.statics);
+    f.res.prune(&f.statics, Kind::Cluster);
     assert_eq!(names(&f.snapshot()), ["fixed", "a"]);
     assert_eq!(
         f.res.versions_of(Kind::Endpoint).keys().collect::<Vec<_>>(),

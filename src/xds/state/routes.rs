@@ -1,0 +1,238 @@
+//! RDS route configurations converted from their encoding one virtual host at a time.
+//!
+//! istiod sends a sidecar one route configuration per port with a virtual host per
+//! service, and sends it whole whenever any service changes. Decoding and converting all
+//! of it for a one-route change took 135-215 ms at 10,000 services (Envoy: 274 ms). So a
+//! new version's virtual hosts are taken from its encoding: one whose bytes equal a
+//! virtual host's in the version held now keeps that converted virtual host (it passed
+//! every check then, and nothing outside its bytes and the configuration's own fields
+//! goes into it); only the others are checked, decoded and converted. Decoding one
+//! virtual host at a time also keeps the full push from holding the whole configuration
+//! decoded at once (48 MB at 10,000 services).
+
+use std::sync::Arc;
+
+use prost::encoding::{decode_key, decode_varint, WireType};
+use prost::Message;
+use rustc_hash::FxHashMap;
+
+use crate::model::convert::{self, ConvertError, Ctx, TableBuilder};
+use crate::model::route::RouteTable;
+use crate::proto::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+
+const ROUTE_CONFIGURATION: &str = "envoy.config.route.v3.RouteConfiguration";
+const VIRTUAL_HOST: &str = "envoy.config.route.v3.VirtualHost";
+
+/// A route configuration from its encoding `bytes`; `previous` is the version held now
+/// (its encoding and its table), whose unchanged virtual hosts are kept. `what` names the
+/// resource in errors.
+pub(super) fn route_table(
+    bytes: &[u8],
+    previous: Option<(&[u8], &RouteTable)>,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+) -> Result<RouteTable, ConvertError> {
+    let decode_err = |e: prost::DecodeError| {
+        convert::err(
+            what,
+            "",
+            format!("cannot decode {ROUTE_CONFIGURATION}: {e}"),
+        )
+    };
+    let Some((hosts, rest)) = split(bytes) else {
+        // Its top level does not split (bad framing, or groups): decoded whole, as any
+        // other resource, which says what is wrong.
+        crate::xds::unknown::check(ROUTE_CONFIGURATION, bytes)
+            .map_err(|(path, reason)| convert::err(what, path, reason))?;
+        let rc = RouteConfiguration::decode(bytes).map_err(decode_err)?;
+        return convert::route_resource(&rc, ctx);
+    };
+    crate::xds::unknown::check(ROUTE_CONFIGURATION, &rest)
+        .map_err(|(path, reason)| convert::err(what, path, reason))?;
+    let rc = RouteConfiguration::decode(rest.as_slice()).map_err(decode_err)?;
+    let res = format!("route configuration '{}'", rc.name);
+    if rc.name.is_empty() {
+        return Err(convert::err(&res, "name", "name is required"));
+    }
+    let mut b = TableBuilder::new(&rc, &res, "", ctx)?;
+    b.reserve(hosts.len());
+    let kept = previous
+        .and_then(|(bytes, table)| {
+            let (hosts, old_rest) = split(bytes)?;
+            (old_rest == rest && hosts.len() == table.virtual_hosts.len()).then_some((hosts, table))
+        })
+        .map(|(hosts, table)| {
+            let mut by_bytes: FxHashMap<&[u8], usize> = Default::default();
+            by_bytes.reserve(hosts.len());
+            by_bytes.extend(hosts.into_iter().enumerate().map(|(i, h)| (h, i)));
+            (by_bytes, table)
+        });
+    for (vi, h) in hosts.iter().enumerate() {
+        let same = kept
+            .as_ref()
+            .and_then(|(by_bytes, table)| Some(table.virtual_hosts[*by_bytes.get(h)?].clone()));
+        let vh = match same {
+            Some(vh) => vh,
+            None => {
+                crate::xds::unknown::check(VIRTUAL_HOST, h).map_err(|(path, reason)| {
+                    let at = match path.as_str() {
+                        "" => format!("virtual_hosts[{vi}]"),
+                        p => format!("virtual_hosts[{vi}].{p}"),
+                    };
+                    convert::err(what, at, reason)
+                })?;
+                let pb = VirtualHost::decode(*h).map_err(decode_err)?;
+                Arc::new(b.virtual_host(&pb, vi, ctx)?)
+            }
+        };
+        b.push(vh, vi)?;
+    }
+    Ok(b.finish())
+}
+
+/// An encoded route configuration's virtual hosts (field 2), and its other fields as
+/// they are (`None`: the framing does not read).
+fn split(mut buf: &[u8]) -> Option<(Vec<&[u8]>, Vec<u8>)> {
+    let mut hosts = Vec::new();
+    let mut rest = Vec::new();
+    while !buf.is_empty() {
+        let start = buf;
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        let len = match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => usize::try_from(decode_varint(&mut buf).ok()?).ok()?,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        if len > buf.len() {
+            return None;
+        }
+        let (body, after) = buf.split_at(len);
+        if tag == 2 && wire == WireType::LengthDelimited {
+            hosts.push(body);
+        } else {
+            rest.extend_from_slice(&start[..start.len() - after.len()]);
+        }
+        buf = after;
+    }
+    Some((hosts, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::route::{Action, Target};
+    use serde_json::json;
+
+    fn encoded(v: serde_json::Value) -> Vec<u8> {
+        let desc = crate::proto::pool()
+            .get_message_by_name(ROUTE_CONFIGURATION)
+            .unwrap();
+        prost_reflect::DynamicMessage::deserialize(desc, v)
+            .unwrap()
+            .encode_to_vec()
+    }
+
+    fn config(b_cluster: &str, b_extra: serde_json::Value, ignore_port: bool) -> Vec<u8> {
+        let vh = |name: &str, cluster: &str| {
+            json!({"name": name, "domains": [format!("{name}.svc")], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": cluster}}]})
+        };
+        let mut b = vh("b", b_cluster);
+        for (k, v) in b_extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        encoded(
+            json!({"name": "80", "ignore_port_in_host_matching": ignore_port,
+                       "virtual_hosts": [vh("a", "ca"), b, vh("c", "cc")]}),
+        )
+    }
+
+    fn cluster_of(t: &RouteTable, vi: usize) -> String {
+        match &t.virtual_hosts[vi].routes[0].action {
+            Action::Forward(f) => match &f.target {
+                Target::Cluster(c) => c.name.to_string(),
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn unchanged_virtual_hosts_are_kept_and_the_others_converted() {
+        let store = crate::stats::Store::new(1);
+        let mut ctx = Ctx::dynamic(&store);
+        let one = config("cb", json!({}), false);
+        let t1 = route_table(&one, None, "rc", &mut ctx).unwrap();
+        assert_eq!(t1.exact.len(), 3);
+        // One virtual host changed: the two others are the same objects.
+        let two = config("cb2", json!({}), false);
+        let t2 = route_table(&two, Some((&one, &t1)), "rc", &mut ctx).unwrap();
+        assert!(Arc::ptr_eq(&t1.virtual_hosts[0], &t2.virtual_hosts[0]));
+        assert!(Arc::ptr_eq(&t1.virtual_hosts[2], &t2.virtual_hosts[2]));
+        assert!(!Arc::ptr_eq(&t1.virtual_hosts[1], &t2.virtual_hosts[1]));
+        assert_eq!(cluster_of(&t2, 1), "cb2");
+        assert_eq!(t2.exact.get("c.svc"), Some(&2));
+        // The configuration's own fields changed: every virtual host is converted again.
+        let three = config("cb2", json!({}), true);
+        let t3 = route_table(&three, Some((&two, &t2)), "rc", &mut ctx).unwrap();
+        assert!(t3.ignore_port);
+        assert!((0..3).all(|i| !Arc::ptr_eq(&t2.virtual_hosts[i], &t3.virtual_hosts[i])));
+        // A changed virtual host is checked as a whole configuration would be: a field
+        // Ringside does not implement is named with its path; a domain another (kept)
+        // virtual host has is refused.
+        // Virtual host b with its (unimplemented) `metadata`, field 24, set and empty.
+        let (hosts, rest) = split(&three).unwrap();
+        let mut unknown = rest.clone();
+        for (i, h) in hosts.iter().enumerate() {
+            let mut h = h.to_vec();
+            if i == 1 {
+                h.extend_from_slice(&[0xc2, 0x01, 0x00]);
+            }
+            prost::encoding::bytes::encode(2, &h, &mut unknown);
+        }
+        let e = route_table(&unknown, Some((&three, &t3)), "rc", &mut ctx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("virtual_hosts[1]: 'metadata' (field 24)"), "{e}");
+        let dup = config("cb", json!({"domains": ["a.svc"]}), true);
+        let e = route_table(&dup, Some((&three, &t3)), "rc", &mut ctx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("virtual_hosts[1].domains[0]: domain 'a.svc' is already used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn split_keeps_other_fields_and_finds_every_virtual_host() {
+        let mut rc = RouteConfiguration {
+            name: "80".into(),
+            ..Default::default()
+        };
+        for i in 0..3 {
+            rc.virtual_hosts.push(VirtualHost {
+                name: format!("v{i}"),
+                domains: vec![format!("h{i}")],
+                ..Default::default()
+            });
+        }
+        rc.validate_clusters = Some(false);
+        let bytes = rc.encode_to_vec();
+        let (hosts, rest) = split(&bytes).unwrap();
+        assert_eq!(hosts.len(), 3);
+        assert_eq!(VirtualHost::decode(hosts[2]).unwrap().name, "v2");
+        let back = RouteConfiguration::decode(rest.as_slice()).unwrap();
+        assert_eq!(back.name, "80");
+        assert_eq!(back.validate_clusters, Some(false));
+        assert!(back.virtual_hosts.is_empty());
+        assert!(split(&bytes[..bytes.len() - 1]).is_none());
+    }
+}
