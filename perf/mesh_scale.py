@@ -38,6 +38,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "interop"))
 from xds_interop import CLUSTER, ENDPOINT, LISTENER, ROUTE, backend, start_ads  # noqa: E402
+from envoy_parity import free_port  # noqa: E402
 
 from google.protobuf import any_pb2, json_format  # noqa: E402
 from envoy.config.cluster.v3 import cluster_pb2  # noqa: E402
@@ -240,15 +241,6 @@ def wait_routes(port, h, version=None, timeout=120):
             return True
         time.sleep(0.01)
     return False
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def measure(proxy, binary, n, up, changes, prebuilt, hold=False):
