@@ -417,10 +417,16 @@ async fn release_idle_memory() {
     crate::proto::release_idle_pool(Duration::ZERO);
     crate::io::release_free_memory();
     crate::io::page_out_startup_code();
+    // Then it sleeps until a pool is decoded again, and drops it once unused for IDLE.
     loop {
-        tokio::time::sleep(IDLE / 3).await;
-        if crate::proto::release_idle_pool(IDLE) {
-            crate::io::release_free_memory();
+        match crate::proto::pool_unused_for() {
+            None => crate::proto::DECODED.notified().await,
+            Some(unused) if unused < IDLE => tokio::time::sleep(IDLE - unused).await,
+            Some(_) => {
+                if crate::proto::release_idle_pool(IDLE) {
+                    crate::io::release_free_memory();
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use arc_swap::Cache;
 
 use crate::model::{LogSink, SharedSnapshot, Snapshot};
 use crate::upstream::Upstreams;
+use crate::wake::Parked;
 
 mod logs;
 pub use logs::*;
@@ -52,8 +53,12 @@ pub struct CoreCtx {
     file_logs: RefCell<Vec<Vec<u8>>>,
     /// OpenTelemetry access-log records, by logger id.
     pub otel_logs: RefCell<Vec<OtelBatch>>,
+    /// The log flusher, parked while every buffer above is empty.
+    pub flusher: Parked,
     /// Finished spans waiting for their export, by tracer id.
     pub traces: RefCell<Vec<logs::TraceBatch>>,
+    /// The tracers' flush timer, parked until a tracer is first used on this core.
+    pub tracer_timer: Parked,
     /// Exports (spans, OpenTelemetry records) under way from this core: a core that stops
     /// waits for them, briefly.
     pub exports: Cell<usize>,
@@ -179,9 +184,6 @@ impl Drop for RequestInProgress<'_> {
     }
 }
 
-/// Flush an access-log buffer once it holds this much.
-const LOG_FLUSH_BYTES: usize = 16 * 1024;
-
 impl CoreCtx {
     pub fn new(
         core: usize,
@@ -205,7 +207,9 @@ impl CoreCtx {
             stderr_log: RefCell::new(Vec::new()),
             file_logs: RefCell::new(Vec::new()),
             otel_logs: RefCell::new(Vec::new()),
+            flusher: Parked::default(),
             traces: RefCell::new(Vec::new()),
+            tracer_timer: Parked::default(),
             exports: Cell::new(0),
             log_tx,
             hostname,
@@ -243,70 +247,6 @@ impl CoreCtx {
     /// True once draining started on this core.
     pub fn draining(&self) -> bool {
         self.drain_event.raised()
-    }
-
-    /// Appends a line to a sink's buffer; hands the buffer to the logger thread when full.
-    pub fn log_line(&self, sink: LogSink, write: impl FnOnce(&mut Vec<u8>)) {
-        let buf = match sink {
-            LogSink::Stdout => &self.stdout_log,
-            LogSink::Stderr => &self.stderr_log,
-            LogSink::File(id) => return self.file_line(id, write),
-        };
-        let mut b = buf.borrow_mut();
-        write(&mut b);
-        if b.len() >= LOG_FLUSH_BYTES {
-            let batch = std::mem::replace(&mut *b, Vec::with_capacity(LOG_FLUSH_BYTES));
-            drop(b);
-            self.send_log(sink, batch);
-        }
-    }
-
-    #[cold]
-    fn file_line(&self, id: u32, write: impl FnOnce(&mut Vec<u8>)) {
-        let mut files = self.file_logs.borrow_mut();
-        let i = id as usize;
-        if files.len() <= i {
-            files.resize_with(i + 1, Vec::new);
-        }
-        let b = &mut files[i];
-        write(b);
-        if b.len() >= LOG_FLUSH_BYTES {
-            let batch = std::mem::replace(b, Vec::with_capacity(LOG_FLUSH_BYTES));
-            drop(files);
-            self.send_log(LogSink::File(id), batch);
-        }
-    }
-
-    /// Hands whatever is buffered to the logger thread (called by a periodic task).
-    pub fn flush_logs(&self) {
-        for (sink, buf) in [
-            (LogSink::Stdout, &self.stdout_log),
-            (LogSink::Stderr, &self.stderr_log),
-        ] {
-            let batch = std::mem::take(&mut *buf.borrow_mut());
-            if !batch.is_empty() {
-                self.send_log(sink, batch);
-            }
-        }
-        let batches: Vec<(u32, Vec<u8>)> = self
-            .file_logs
-            .borrow_mut()
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(i, b)| (i as u32, std::mem::take(b)))
-            .collect();
-        for (id, batch) in batches {
-            self.send_log(LogSink::File(id), batch);
-        }
-    }
-
-    /// Hands a batch to the access-log thread, or drops it when too much already waits
-    /// (per batch, never per line: the atomics are touched once per 16 KiB or flush).
-    fn send_log(&self, sink: LogSink, batch: Vec<u8>) {
-        if let Some(tx) = &self.log_tx {
-            queue_log(tx, sink, batch);
-        }
     }
 }
 

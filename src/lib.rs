@@ -24,6 +24,7 @@ pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
+pub mod wake;
 pub mod worker;
 pub mod xds;
 

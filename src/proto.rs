@@ -16,6 +16,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// The decoded pool and when it was last handed out.
 static POOL: Mutex<Option<(DescriptorPool, Instant)>> = Mutex::new(None);
 
+/// Notified each time the pool is decoded: the control thread's release of an idle pool
+/// sleeps on it while no pool is held.
+pub static DECODED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// The descriptor pool of `proto/` (a cheap handle: clones share one decoded pool).
 ///
 /// Decoded on first use and kept while it is in use; [`release_idle_pool`] drops it once
@@ -28,10 +32,17 @@ pub fn pool() -> DescriptorPool {
         tracing::debug!("decoding the descriptor pool");
         let pool =
             DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("proto/ descriptors are valid");
+        DECODED.notify_one();
         (pool, Instant::now())
     });
     *used = Instant::now();
     pool.clone()
+}
+
+/// How long since the cached pool was last handed out; `None` when none is held.
+pub fn pool_unused_for() -> Option<Duration> {
+    let cached = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    cached.as_ref().map(|(_, used)| used.elapsed())
 }
 
 /// Drops the cached pool if nothing asked for it within `idle` (handles still held keep

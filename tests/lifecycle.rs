@@ -376,3 +376,75 @@ async fn upstream_sockets_carry_the_configured_tcp_keepalive() {
         }
     }
 }
+
+/// Context switches of every thread of process `pid` so far: a thread that no timer and
+/// no event wakes makes none.
+fn wakeups(pid: u32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = t.unwrap().path().join("status");
+        let Ok(status) = std::fs::read_to_string(path) else {
+            continue; // the thread exited meanwhile
+        };
+        n += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap())
+            .sum::<u64>();
+    }
+    n
+}
+
+/// Wakeups of the proxy over `window`, from 200 ms on (the close of the test's last
+/// admin connection is read then).
+async fn wakeups_over(p: &Proxy, window: Duration) -> u64 {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = wakeups(p.child.id());
+    tokio::time::sleep(window).await;
+    wakeups(p.child.id()) - before
+}
+
+/// An idle proxy takes no wake-ups: no timer ticks on the cores or the control thread
+/// while nothing is pooled, buffered or checked (each tick would also fault back in the
+/// code start-up paged out). A request wakes the access-log flusher once and the pool's
+/// sweep while it holds the upstream connection; both sleep again once their work is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_proxy_takes_no_wakeups() {
+    let b = Backend::start("a").await;
+    let opts = "typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {\"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, common_http_protocol_options: {idle_timeout: 0.5s}, explicit_http_config: {http_protocol_options: {}}}},";
+    for driver in drivers() {
+        let log = temp_dir().join("access.log");
+        let extra = format!(
+            r#"          access_log:
+          - name: envoy.access_loggers.file
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog, path: "{}", log_format: {{text_format_source: {{inline_string: "%REQ(:PATH)% %RESPONSE_CODE%\n"}}}}}}"#,
+            log.display()
+        );
+        let yaml = config(
+            &extra,
+            &all_to("a"),
+            &format!("[{}]", cluster("a", &[b.addr], opts)),
+        );
+        let mut args = one_core(driver);
+        args.extend(["--file-flush-interval-msec", "100"]);
+        let p = Proxy::start(&yaml, &args).await;
+        // Start-up's last step (returning its memory) is 200 ms in.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            wakeups_over(&p, Duration::from_millis(2500)).await,
+            0,
+            "{driver}: woken while idle"
+        );
+        assert_eq!(http_get(p.addr(), "/once", &[]).await.0, 200, "{driver}");
+        // The line is written within the flush interval; the pooled upstream connection
+        // closes at its idle timeout (the sweep's tick after 0.5 s).
+        assert_eq!(wait_lines(&log, 1).await, ["/once 200"], "{driver}");
+        p.stat_reaching("cluster.a.upstream_cx_idle_timeout", 1)
+            .await;
+        assert_eq!(
+            wakeups_over(&p, Duration::from_millis(2500)).await,
+            0,
+            "{driver}: woken after the request's work was done"
+        );
+    }
+}

@@ -52,6 +52,7 @@ pub(super) fn modify(state: &AdminState, params: &HashMap<&str, &str>) -> (u16, 
         s
     });
     let version = published.version + 1;
+    crate::wake::announce();
     for core in &state.cores {
         let _ = core.send(crate::worker::CoreCommand::Snapshot(version));
     }

@@ -1,5 +1,5 @@
-//! What cores hand to others for logging: the access-log thread's bounded queue, and the
-//! OpenTelemetry access loggers' per-core batches.
+//! A core's access logs: its buffers of lines, what it hands the access-log thread (whose
+//! queue is bounded), and the OpenTelemetry access loggers' per-core batches.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -59,7 +59,92 @@ pub struct TraceBatch {
 /// (a collector that does not answer never grows a core without bound).
 pub const OTEL_BATCH_LIMIT: usize = 4 << 20;
 
+/// Flush an access-log buffer once it holds this much.
+const LOG_FLUSH_BYTES: usize = 16 * 1024;
+
 impl CoreCtx {
+    /// Appends a line to a sink's buffer; hands the buffer to the logger thread when full.
+    pub fn log_line(&self, sink: LogSink, write: impl FnOnce(&mut Vec<u8>)) {
+        let buf = match sink {
+            LogSink::Stdout => &self.stdout_log,
+            LogSink::Stderr => &self.stderr_log,
+            LogSink::File(id) => return self.file_line(id, write),
+        };
+        let mut b = buf.borrow_mut();
+        if b.is_empty() {
+            self.flusher.wake();
+        }
+        write(&mut b);
+        if b.len() >= LOG_FLUSH_BYTES {
+            let batch = std::mem::replace(&mut *b, Vec::with_capacity(LOG_FLUSH_BYTES));
+            drop(b);
+            self.send_log(sink, batch);
+        }
+    }
+
+    #[cold]
+    fn file_line(&self, id: u32, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut files = self.file_logs.borrow_mut();
+        let i = id as usize;
+        if files.len() <= i {
+            files.resize_with(i + 1, Vec::new);
+        }
+        let b = &mut files[i];
+        if b.is_empty() {
+            self.flusher.wake();
+        }
+        write(b);
+        if b.len() >= LOG_FLUSH_BYTES {
+            let batch = std::mem::replace(b, Vec::with_capacity(LOG_FLUSH_BYTES));
+            drop(files);
+            self.send_log(LogSink::File(id), batch);
+        }
+    }
+
+    /// True while some access-log buffer of this core holds lines or records.
+    pub fn logs_pending(&self) -> bool {
+        !self.stdout_log.borrow().is_empty()
+            || !self.stderr_log.borrow().is_empty()
+            || self.file_logs.borrow().iter().any(|b| !b.is_empty())
+            || self
+                .otel_logs
+                .borrow()
+                .iter()
+                .any(|b| !b.records.is_empty())
+    }
+
+    /// Hands whatever is buffered to the logger thread (called by a periodic task).
+    pub fn flush_logs(&self) {
+        for (sink, buf) in [
+            (LogSink::Stdout, &self.stdout_log),
+            (LogSink::Stderr, &self.stderr_log),
+        ] {
+            let batch = std::mem::take(&mut *buf.borrow_mut());
+            if !batch.is_empty() {
+                self.send_log(sink, batch);
+            }
+        }
+        let batches: Vec<(u32, Vec<u8>)> = self
+            .file_logs
+            .borrow_mut()
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(i, b)| (i as u32, std::mem::take(b)))
+            .collect();
+        for (id, batch) in batches {
+            self.send_log(LogSink::File(id), batch);
+        }
+    }
+
+    /// Hands a batch to the access-log thread, or drops it when too much already waits
+    /// (per batch, never per line: the atomics are touched once per 16 KiB or flush).
+    fn send_log(&self, sink: LogSink, batch: Vec<u8>) {
+        if let Some(tx) = &self.log_tx {
+            queue_log(tx, sink, batch);
+        }
+    }
+
     /// Adds one OpenTelemetry record to its logger's batch on this core (exported by the
     /// periodic flush, off the request path).
     pub fn otel_record(
@@ -84,6 +169,7 @@ impl CoreCtx {
             .core(self.core)
             .inc(OtelLogStat::LogsWritten as usize);
         if b.records.is_empty() {
+            self.flusher.wake();
             b.since = Some(std::time::Instant::now());
             b.log = Some(log.clone());
         }

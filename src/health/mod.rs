@@ -365,29 +365,21 @@ impl Checker {
     }
 }
 
-/// Wakes the checker (a configuration was published: its new hosts must be marked
-/// pending before they take traffic).
-pub fn wake() {
-    WAKE.notify_one();
-}
-
-static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
 /// The checker's loop on the control thread: follows the configuration, starts the checks
 /// that are due, takes their results.
 pub async fn run(shared: crate::model::SharedSnapshot, mut c: Checker) {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // A publish wakes it: new hosts must be marked pending before they take traffic.
+    let mut published = crate::wake::published();
     loop {
         let snap = shared.load_full();
         let now = Instant::now();
         c.sync(&snap, now);
         let next = c.start_due(now, &tx);
-        // The configuration is looked at again at least every second.
-        let wake = next.min(now + Duration::from_secs(1));
         tokio::select! {
             Some(d) = rx.recv() => c.done(d, &snap, Instant::now()),
-            _ = WAKE.notified() => {}
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = published.changed() => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
         }
     }
 }

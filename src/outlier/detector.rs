@@ -423,7 +423,7 @@ impl Detector {
         ticks
             .chain(sweep)
             .min()
-            .unwrap_or(now + Duration::from_secs(1))
+            .unwrap_or(now + Duration::from_secs(3600))
     }
 
     /// Runs what is due: each cluster's interval (unejections, the multiplier's decay, a
@@ -577,11 +577,14 @@ impl Detector {
 
 /// Runs the detector for as long as the process does.
 pub async fn run(shared: SharedSnapshot, mut events: UnboundedReceiver<Event>, mut d: Detector) {
+    // A publish wakes it (clusters with outlier detection added or changed).
+    let mut published = crate::wake::published();
     loop {
         let now = Instant::now();
         d.sync(&shared.load(), now);
         let due = d.next_due(now);
         tokio::select! {
+            _ = published.changed() => continue,
             e = events.recv() => match e {
                 Some(e) => {
                     // The event may be about a cluster published meanwhile.

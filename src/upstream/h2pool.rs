@@ -213,6 +213,11 @@ impl H2Pool {
         });
     }
 
+    /// True when it holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     pub fn add(&mut self, conn: H2Conn) {
         self.conns
             .entry((conn.addr, conn.tls_key))

@@ -37,6 +37,8 @@ pub struct Upstreams {
     runs: Vec<pick::Run>,
     /// Scratch for locality weighting: the chosen priority's localities.
     groups: Vec<pick::Group>,
+    /// The core's sweep of idle connections, parked while it holds none.
+    pub sweeper: crate::wake::Parked,
 }
 
 impl Upstreams {
@@ -50,6 +52,7 @@ impl Upstreams {
             outlier: outlier::CoreOutlier::default(),
             runs: Vec::new(),
             groups: Vec::new(),
+            sweeper: Default::default(),
         }
     }
 

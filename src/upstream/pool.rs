@@ -124,6 +124,7 @@ impl Upstreams {
         let pool = self.pools.entry((conn.addr, conn.tls_key)).or_default();
         if pool.len() < self.max_idle_per_endpoint {
             pool.push(conn);
+            self.sweeper.wake();
         } else {
             conn.stats
                 .core(self.core)
@@ -148,6 +149,12 @@ impl Upstreams {
             !pool.is_empty()
         });
         self.h2.sweep(core, now);
+    }
+
+    /// True while the core holds upstream connections its sweep looks after: idle
+    /// HTTP/1.1 ones (or a pool emptied since the last sweep) and HTTP/2 ones.
+    pub fn holds_connections(&self) -> bool {
+        !self.pools.is_empty() || !self.h2.is_empty()
     }
 
     /// Idle connections held for `addr`, of any TLS identity (tests and admin).

@@ -246,9 +246,15 @@ async fn core_main(start: CoreStart) {
     monoio::spawn(crate::http::span::export::timer(ctx.clone()));
     // Idle upstream connections past their idle time or duration close within a tick,
     // even when no request asks for their endpoint again.
+    // Both sleep while there is nothing to look after: an idle core takes no wake-ups.
     let sweeper = ctx.clone();
     monoio::spawn(async move {
         loop {
+            std::future::poll_fn(|cx| {
+                let u = sweeper.upstreams.borrow();
+                u.sweeper.poll_until(cx, u.holds_connections())
+            })
+            .await;
             monoio::time::sleep(POOL_SWEEP).await;
             sweeper.upstreams.borrow_mut().sweep(Instant::now());
         }
@@ -257,6 +263,7 @@ async fn core_main(start: CoreStart) {
     let flush_every = start.log_flush_interval;
     monoio::spawn(async move {
         loop {
+            std::future::poll_fn(|cx| flusher.flusher.poll_until(cx, flusher.logs_pending())).await;
             monoio::time::sleep(flush_every).await;
             flusher.flush_logs();
             crate::http::otel::flush(&flusher, false);

@@ -101,6 +101,7 @@ pub async fn warm(snapshot: &mut Snapshot, core: usize) {
 
 /// Re-resolves DNS clusters at their refresh rates for as long as the process runs.
 pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
+    let mut published = crate::wake::published();
     loop {
         let current = shared.load_full();
         // The shortest refresh, plus up to the largest `dns_jitter` at random (all DNS
@@ -119,7 +120,7 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
         });
         let Some(period) = period else {
             // CDS may add DNS clusters at any time.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = published.changed().await;
             continue;
         };
         tokio::time::sleep(period).await;
@@ -179,6 +180,7 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
             runtime: current.runtime.clone(),
             global_cx: current.global_cx.clone(),
         }));
+        crate::wake::announce();
     }
 }
 

@@ -125,7 +125,7 @@ impl Publisher {
             self.served.published(version, started);
         }
         self.addresses.store(Arc::new(addresses));
-        crate::health::wake();
+        crate::wake::announce();
         for (k, cmds) in commands.into_iter().enumerate() {
             for c in cmds {
                 let _ = self.cores[k].send(c);

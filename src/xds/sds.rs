@@ -187,7 +187,7 @@ fn stamp(path: &std::path::Path) -> Stamp {
 }
 
 /// Watches the SDS files (`path_config_source`) that static and dynamic resources read,
-/// once a second; when one changes (written in place, or replaced by a rename as
+/// once a second while there are any; when one changes (written in place, or replaced by a rename as
 /// cert-manager and Kubernetes secret volumes do), everything that reads it is converted
 /// again and published. A file a new LDS/CDS resource names counts as unchanged when
 /// first seen: it was just read by the conversion that named it.
@@ -201,8 +201,19 @@ pub async fn watch_files(control: Rc<RefCell<Control>>) {
         .iter()
         .map(|f| (f.clone(), stamp(f)))
         .collect();
+    let mut published = crate::wake::published();
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let none = {
+            let c = control.borrow();
+            c.statics.sds_files.is_empty() && c.resources.sds_files().is_empty()
+        };
+        if none {
+            // Nothing to poll (Istio's secrets come over the SDS API): no wake-ups until a
+            // publish may have named a file.
+            let _ = published.changed().await;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         let files: BTreeSet<std::path::PathBuf> = {
             let c = control.borrow();
             let mut f = c.resources.sds_files();

@@ -43,7 +43,11 @@ pub(crate) async fn upstream(
     let conn = crate::upstream::connect_h2(ctx.core, cluster, ep, settings)
         .await
         .map_err(HttpError::connect)?;
-    ctx.upstreams.borrow_mut().h2.add(conn.clone());
+    {
+        let mut u = ctx.upstreams.borrow_mut();
+        u.h2.add(conn.clone());
+        u.sweeper.wake();
+    }
     Ok(conn)
 }
 

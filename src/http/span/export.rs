@@ -52,6 +52,7 @@ pub(crate) fn add(ctx: &Rc<CoreCtx>, tracer: &Arc<Tracer>, span: &Done) {
         let i = tracer.id as usize;
         if all.len() <= i {
             all.resize_with(i + 1, Default::default);
+            ctx.tracer_timer.wake();
         }
         let b = &mut all[i];
         b.tracer = Some(tracer.clone());
@@ -140,6 +141,23 @@ pub(crate) async fn timer(ctx: Rc<CoreCtx>) {
     let start = std::time::Instant::now();
     let mut next = [start + interval(&ctx, true), start + interval(&ctx, false)];
     loop {
+        if ctx.traces.borrow().is_empty() {
+            // No tracer used on this core yet: nothing to count or send, so no ticks
+            // until one is. The ticks missed meanwhile counted nothing; the phase stays.
+            std::future::poll_fn(|cx| {
+                ctx.tracer_timer
+                    .poll_until(cx, !ctx.traces.borrow().is_empty())
+            })
+            .await;
+            let now = std::time::Instant::now();
+            for (k, zipkin) in [(0, true), (1, false)] {
+                if next[k] <= now {
+                    let every = interval(&ctx, zipkin).as_nanos();
+                    let missed = (now - next[k]).as_nanos() / every + 1;
+                    next[k] += Duration::from_nanos((missed * every).min(u64::MAX as u128) as u64);
+                }
+            }
+        }
         let now = std::time::Instant::now();
         let at = next[0].min(next[1]);
         if at > now {

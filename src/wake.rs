@@ -1,0 +1,46 @@
+//! What lets housekeeping sleep while there is nothing to look after, so an idle proxy
+//! takes no timer wake-ups (and touches none of its code: the idle resident set stays
+//! what start-up left): a core task parked until given work, and the control thread's
+//! signal that a new snapshot was published.
+
+use std::cell::Cell;
+use std::task::{Context, Poll, Waker};
+
+/// Where a parked task leaves its waker; whoever gives it work wakes it.
+#[derive(Default)]
+pub struct Parked(Cell<Option<Waker>>);
+
+impl Parked {
+    /// Wakes the task if it is parked (a `Cell` read when it is not).
+    pub fn wake(&self) {
+        if let Some(w) = self.0.take() {
+            w.wake();
+        }
+    }
+
+    /// Ready when `work` says there is something to do; otherwise parks the task until
+    /// [`Parked::wake`].
+    pub fn poll_until(&self, cx: &Context<'_>, work: bool) -> Poll<()> {
+        if work {
+            return Poll::Ready(());
+        }
+        self.0.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Counts the snapshots published. The control thread's loops that follow the
+/// configuration (health checks, outlier detection, DNS refresh) wait for the next one
+/// rather than look again on a timer: an idle proxy takes no wake-ups.
+static PUBLISHED: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
+/// Follows publishes: `changed()` resolves after the next one.
+pub fn published() -> tokio::sync::watch::Receiver<u64> {
+    PUBLISHED.subscribe()
+}
+
+/// Tells the loops following the configuration that a new snapshot is current.
+pub fn announce() {
+    PUBLISHED.send_modify(|n| *n += 1);
+}
