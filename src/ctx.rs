@@ -59,6 +59,8 @@ pub struct CoreCtx {
     pub traces: RefCell<Vec<logs::TraceBatch>>,
     /// The tracers' flush timer, parked until a tracer is first used on this core.
     pub tracer_timer: Parked,
+    /// Memory freed in bulk on this core, returned to the OS after the allocator's delay.
+    pub freed: crate::wake::Freed,
     /// Exports (spans, OpenTelemetry records) under way from this core: a core that stops
     /// waits for them, briefly.
     pub exports: Cell<usize>,
@@ -210,6 +212,7 @@ impl CoreCtx {
             flusher: Parked::default(),
             traces: RefCell::new(Vec::new()),
             tracer_timer: Parked::default(),
+            freed: Default::default(),
             exports: Cell::new(0),
             log_tx,
             hostname,

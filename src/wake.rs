@@ -29,6 +29,34 @@ impl Parked {
     }
 }
 
+/// A core's memory freed in bulk (connections turning cold let go of their buffers and
+/// futures): the allocator keeps freed pages for its purge delay and returns them only
+/// when the thread next calls into it, which an idle core does not. A parked task
+/// collects once the delay has passed.
+#[derive(Default)]
+pub struct Freed {
+    parked: Parked,
+    pending: Cell<bool>,
+}
+
+impl Freed {
+    /// Notes that memory was freed (a `Cell` write and read once already noted).
+    pub fn note(&self) {
+        if !self.pending.replace(true) {
+            self.parked.wake();
+        }
+    }
+
+    /// Ready once something was noted since the last collect; clears the note.
+    pub fn poll_noted(&self, cx: &Context<'_>) -> Poll<()> {
+        let ready = self.parked.poll_until(cx, self.pending.get());
+        if ready.is_ready() {
+            self.pending.set(false);
+        }
+        ready
+    }
+}
+
 /// Counts the snapshots published. The control thread's loops that follow the
 /// configuration (health checks, outlier detection, DNS refresh) wait for the next one
 /// rather than look again on a timer: an idle proxy takes no wake-ups.

@@ -448,3 +448,165 @@ async fn an_idle_proxy_takes_no_wakeups() {
         );
     }
 }
+
+/// Reads one response framed by Content-Length from `s`: (status line, body). Bytes
+/// read past it (a pipelined response) wait in `carry` for the next call.
+async fn next_response(s: &mut TcpStream, carry: &mut Vec<u8>) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&carry[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if carry.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&carry[end + 4..end + 4 + len]).to_string();
+                carry.drain(..end + 4 + len);
+                return (head.lines().next().unwrap().to_string(), body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {carry:?}");
+        carry.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// One response, and nothing after it.
+async fn one_response(s: &mut TcpStream) -> (String, String) {
+    let mut carry = Vec::new();
+    let r = next_response(s, &mut carry).await;
+    assert!(carry.is_empty(), "bytes after the response: {carry:?}");
+    r
+}
+
+/// A keep-alive connection quiet for a while turns cold (it lets go of its buffers and
+/// request state, and waits for readiness) and serves on when bytes come: a lone
+/// request, a pipelined pair, a head split across reads, a request body; the idle timeout
+/// still counts from the end of the last response, and a request arriving just as the
+/// connection cools is served, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_keepalive_connections_turn_cold_and_serve_on() {
+    let b = Backend::start("a").await;
+    let yaml = config(
+        "          common_http_protocol_options: {idle_timeout: 1.2s}",
+        &all_to("a"),
+        &format!("[{}]", cluster("a", &[b.addr], "")),
+    );
+    for driver in drivers() {
+        let p = Proxy::start(&yaml, &one_core(driver)).await;
+        let mut s = TcpStream::connect(p.addr()).await.unwrap();
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
+        s.write_all(&get("/first")).await.unwrap();
+        assert_eq!(
+            one_response(&mut s).await.1,
+            "upstream a /first",
+            "{driver}"
+        );
+        for quiet in [300, 95, 100, 105, 110, 0, 250] {
+            tokio::time::sleep(Duration::from_millis(quiet)).await;
+            s.write_all(&get(&format!("/after/{quiet}"))).await.unwrap();
+            let (status, body) = one_response(&mut s).await;
+            assert_eq!(status, "HTTP/1.1 200 OK", "{driver} {quiet}");
+            assert_eq!(body, format!("upstream a /after/{quiet}"), "{driver}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(&[get("/p1"), get("/p2")].concat())
+            .await
+            .unwrap();
+        let mut carry = Vec::new();
+        let p1 = next_response(&mut s, &mut carry).await.1;
+        let p2 = next_response(&mut s, &mut carry).await.1;
+        assert_eq!(
+            (&*p1, &*p2),
+            ("upstream a /p1", "upstream a /p2"),
+            "{driver}"
+        );
+        assert!(carry.is_empty(), "{driver}: {carry:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"st: h\r\n\r\n").await.unwrap();
+        assert_eq!(
+            one_response(&mut s).await.1,
+            "upstream a /split",
+            "{driver}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"POST /count/0 HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(&[b'x'; 5000]).await.unwrap();
+        assert_eq!(one_response(&mut s).await.1, "5000", "{driver}");
+        // Quiet past the idle timeout: closed 1.2 s after the last response, cold or not.
+        let quiet = std::time::Instant::now();
+        let rest = read_all(&mut s, Duration::from_secs(3)).await;
+        let waited = quiet.elapsed();
+        assert!(rest.is_empty(), "{driver}: {rest:?}");
+        assert!(
+            waited > Duration::from_millis(1000) && waited < Duration::from_millis(2500),
+            "{driver}: closed after {waited:?}"
+        );
+        assert_eq!(
+            p.stat("http.ingress.downstream_cx_idle_timeout").await,
+            1,
+            "{driver}"
+        );
+    }
+}
+
+/// Idle keep-alive connections hold little memory: once cold, a connection keeps only
+/// its socket and what serves it, not its buffers or request-path state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_hold_little_memory() {
+    const CONNS: usize = 1000;
+    let yaml = config(
+        "",
+        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
+        "[]",
+    );
+    for driver in drivers() {
+        let p = Proxy::start(&yaml, &one_core(driver)).await;
+        let mut warm = TcpStream::connect(p.addr()).await.unwrap();
+        warm.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        one_response(&mut warm).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = p.rss_kib();
+        let mut conns = Vec::with_capacity(CONNS);
+        for _ in 0..CONNS {
+            let mut s = TcpStream::connect(p.addr()).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .unwrap();
+            conns.push(s);
+        }
+        for s in &mut conns {
+            assert_eq!(one_response(s).await.1, "ok", "{driver}");
+        }
+        // Cold after 100 ms; the freed memory returned after the allocator's delay.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let per_conn = (p.rss_kib().saturating_sub(before)) as f64 / CONNS as f64;
+        eprintln!("{driver}: {per_conn:.1} KiB of RSS per idle connection");
+        assert!(
+            per_conn < 8.0,
+            "{driver}: {per_conn:.1} KiB per idle connection"
+        );
+        // Still served.
+        let s = &mut conns[CONNS - 1];
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(one_response(s).await.1, "ok", "{driver}");
+    }
+}

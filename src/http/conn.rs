@@ -20,6 +20,7 @@ use crate::model::{HttpConnectionManager, Snapshot, UnderscoreAction};
 use crate::stats::{status_class_index, HttpHistogram, HttpStat};
 
 mod accept;
+mod cold;
 mod forward;
 mod host;
 mod reply;
@@ -67,13 +68,22 @@ async fn serve_h1(
         filters: Default::default(),
         finished: None,
         fwd: Default::default(),
+        cold: false,
+        canceller: None,
     };
     let cells = conn.hcm.stats.clone();
     let c = cells.core(conn.ctx.core);
     c.inc(HttpStat::DownstreamCxTotal as usize);
     c.inc(HttpStat::DownstreamCxHttp1Total as usize);
     c.inc(HttpStat::DownstreamCxActive as usize);
-    conn.run().await;
+    loop {
+        // Hot: requests served back to back. The request path's futures are boxed once
+        // per hot spell, so a cold connection holds neither them nor its buffers.
+        Box::pin(conn.run()).await;
+        if !conn.cold || !conn.wait_cold().await {
+            break;
+        }
+    }
     if let MaybeTls::Tls(t) = &mut conn.stream {
         // TLS ends with close_notify, so the client can tell an end from a truncation.
         let _ = monoio::io::AsyncWriteRent::shutdown(t.as_mut()).await;
@@ -113,7 +123,18 @@ pub(crate) struct Connection {
     finished: Option<Instant>,
     /// What forwarding the current request keeps.
     fwd: forward::Body,
+    /// The hot spell ended with the connection open and quiet: it waits cold.
+    cold: bool,
+    /// Cancels the wait for the next request when the connection turns cold (made once
+    /// per hot spell).
+    canceller: Option<monoio::io::Canceller>,
 }
+
+/// How long a keep-alive connection waits for its next request holding its buffers and
+/// request-path state; after that it waits cold, holding only itself, and takes them
+/// again when bytes arrive. Traffic with shorter gaps (any steady load) never turns cold,
+/// so its requests allocate nothing.
+const COLD_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl crate::http::exchange::Exchange for Connection {
     fn hcm(&self) -> &HttpConnectionManager {
@@ -210,6 +231,8 @@ impl Connection {
     }
 
     async fn run(&mut self) {
+        self.cold = false;
+        self.out.reserve(BUF);
         loop {
             match self.read_head().await {
                 Ok(true) => {}
@@ -306,7 +329,15 @@ impl Connection {
             self.buf.reserve(BUF);
             let buf = std::mem::take(&mut self.buf);
             // The read is made where it is awaited: a future bound first is copied again.
-            let (res, buf) = if idle && self.requests > 0 {
+            let cools = self.requests > 0
+                && matches!(self.stream, MaybeTls::Plain(_))
+                && limit.is_none_or(|l| l > COLD_AFTER);
+            let (res, buf) = if idle && cools {
+                match self.wait_hot(buf).await {
+                    Some(r) => r,
+                    None => return Ok(false),
+                }
+            } else if idle && self.requests > 0 {
                 // An idle keep-alive connection also wakes for the drain signal.
                 monoio::select! {
                     r = with_timeout(limit, crate::io::read_more(&mut self.stream, buf)) => match r {

@@ -9,19 +9,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ctx::{CoreCtx, Downstream, DrainEvent, Slot};
+use crate::ctx::{CoreCtx, DrainEvent, Slot};
 use crate::io::bind_listener_socket;
-use crate::io::MaybeTls;
-use crate::model::chain::{Choice, ConnInfo, Sniffed};
-use crate::model::{Listener, NetworkFilter, Snapshot};
-use crate::stats::{HttpStat, ListenerStat, TcpStat};
+use crate::model::{Listener, Snapshot};
+use crate::stats::ListenerStat;
 
 mod balance;
 mod guard;
+mod handle;
 mod rbac;
 use balance::inbox_loop;
 pub use balance::{Balancer, Handoff};
 use guard::ActiveGuard;
+use handle::handle;
 pub mod sniff;
 
 /// A core's listening socket, with its balancer when the listener asks for one. A
@@ -277,8 +277,12 @@ pub fn accept_internal(
         Some(a.hello),
     );
     monoio::spawn(async move {
-        if CatchUnwind(Box::pin(fut)).await.is_err() {
-            tracing::error!("a bug panicked while serving an internal connection; it was closed and the core keeps serving");
+        // The setup's future is dropped before the connection is served.
+        let setup = CatchUnwind(Box::pin(fut)).await;
+        match setup {
+            Ok(Some(serving)) => serving.await,
+            Ok(None) => {}
+            Err(()) => tracing::error!("a bug panicked while serving an internal connection; it was closed and the core keeps serving"),
         }
     });
     Ok(())
@@ -314,252 +318,16 @@ fn spawn_connection(
     guard.global = global;
     let fut = handle(guard, stream, peer, (local, bound), drain.clone(), None);
     monoio::spawn(async move {
-        if CatchUnwind(Box::pin(fut)).await.is_err() {
-            tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
+        // The setup's future is dropped before the connection is served.
+        let setup = CatchUnwind(Box::pin(fut)).await;
+        match setup {
+            Ok(Some(serving)) => serving.await,
+            Ok(None) => {}
+            Err(()) => {
+                tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving")
+            }
         }
     });
-}
-
-/// One accepted connection: restore its original destination (and move to the listener
-/// that owns it), choose the filter chain — inspecting the first bytes only if the choice
-/// depends on them — and run the chain's network filter.
-async fn handle(
-    mut guard: ActiveGuard,
-    mut stream: monoio::net::TcpStream,
-    peer: SocketAddr,
-    // The connection's local address, and the address of the socket that accepted it:
-    // what a connection to ORIGINAL_DST must not loop back to.
-    (local, accepted_on): (SocketAddr, SocketAddr),
-    mut drain: Rc<DrainEvent>,
-    // An internal connection: what its opener handed it.
-    hello: Option<crate::model::internal::Hello>,
-) {
-    let ctx = guard.ctx.clone();
-    let mut listener = guard.listener.clone();
-    let mut dst = local;
-    let mut peer = peer;
-    let mut restored = false;
-    let (mut objects, mut internal) = (None, None);
-    if let Some(hello) = hello {
-        let r = listener.internal.unwrap_or_default().apply(&hello);
-        if let Some(l) = r.local {
-            dst = l;
-            restored = true;
-        }
-        if let Some(p) = r.remote {
-            peer = p;
-        }
-        let mut o = hello.objects.clone();
-        if let Some(a) = r.original_dst {
-            use crate::model::filter_state::{Object, Shared};
-            o.retain(|x| &*x.key != crate::model::internal::DESTINATION_ADDRESS);
-            o.push(Object {
-                key: crate::model::internal::DESTINATION_ADDRESS.into(),
-                value: a.to_string().into(),
-                hashable: false,
-                read_only: true,
-                shared: Shared::None,
-            });
-        }
-        objects = (!o.is_empty()).then(|| o.into());
-        internal = Some(Rc::new(hello));
-    }
-    if listener.restore_dst {
-        match crate::io::original_dst(&stream, local) {
-            Ok(Some(a)) => {
-                dst = a;
-                restored = a != local;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::debug!(%peer, "SO_ORIGINAL_DST: {e}"),
-        }
-        let c = listener.stats.core(ctx.core);
-        c.inc(if restored {
-            ListenerStat::OriginalDstRestored as usize
-        } else {
-            ListenerStat::OriginalDstMissing as usize
-        });
-        let target = if listener.use_original_dst {
-            ctx.snapshot().listener_for(dst).cloned()
-        } else {
-            None
-        };
-        if let Some(t) = target {
-            // The listener's current version on this core and its drain event.
-            let slot = ctx.listeners.borrow().get(&t.name).cloned();
-            let (t, d) = match slot {
-                Some(s) => (s.config.borrow().clone(), s.drain.borrow().clone()),
-                None => (t, drain.clone()),
-            };
-            guard.move_to(t.clone());
-            listener = t;
-            drain = d;
-        }
-    }
-    let mut prefix = Vec::new();
-    let port = dst.port();
-    let unsniffed = Sniffed::RAW;
-    let raw = (!listener.inspectors.any_for(port)).then_some(&unsniffed);
-    let mut info = ConnInfo {
-        local: dst,
-        peer,
-        sniffed: raw,
-    };
-    let mut choice = listener.chains.choose(&info);
-    // A TCP chain whose access log shows the SNI needs the TLS inspector even when the
-    // chain was chosen without it (Envoy always runs the inspector it is given).
-    let logs_sni = |c: &Choice| match c {
-        Choice::Chain(i) => {
-            let ch = &listener.chains.chains[*i];
-            ch.tls.is_none()
-                && matches!(&ch.filter, NetworkFilter::Tcp(t) if t.log_needs.tls)
-                && listener.inspectors.tls_for(port)
-        }
-        _ => false,
-    };
-    let sniffed;
-    if choice == Choice::NeedSniff || (raw.is_none() && logs_sni(&choice)) {
-        let ins = &listener.inspectors;
-        let c = listener.stats.core(ctx.core);
-        c.inc(ListenerStat::DownstreamPreCxActive as usize);
-        let found = sniff::sniff(
-            &mut stream,
-            ins.tls_for(port),
-            ins.http_for(port),
-            ins.timeout,
-            ins.continue_on_timeout,
-        )
-        .await;
-        c.dec(ListenerStat::DownstreamPreCxActive as usize);
-        match found {
-            Ok((s, bytes)) => {
-                sniffed = s;
-                prefix = bytes;
-            }
-            Err(e) => {
-                if e == sniff::SniffError::Timeout {
-                    c.inc(ListenerStat::DownstreamPreCxTimeout as usize);
-                }
-                tracing::debug!(listener = %listener.name, %peer, "listener filters: {e:?}");
-                return;
-            }
-        }
-        info.sniffed = Some(&sniffed);
-        choice = listener.chains.choose(&info);
-    }
-    let Choice::Chain(i) = choice else {
-        listener
-            .stats
-            .core(ctx.core)
-            .inc(ListenerStat::NoFilterChainMatch as usize);
-        tracing::debug!(listener = %listener.name, %peer, %dst, "no filter chain matches");
-        return;
-    };
-    let chain = &listener.chains.chains[i];
-    let filter = chain.filter.clone();
-    let mut down = Downstream {
-        peer,
-        dst,
-        restored,
-        via: accepted_on,
-        tls: chain.tls.is_some(),
-        client_cert: None,
-        authn: None,
-        objects,
-        internal,
-    };
-    let stream = match chain.tls.clone() {
-        None => MaybeTls::Plain(stream),
-        Some(tls) => {
-            // The handshake runs here, on the core that owns the connection.
-            let cells = listener.stats.core(ctx.core);
-            let prefix = std::mem::take(&mut prefix);
-            let s = match crate::tls::accept(&tls, &ctx.tls, stream, prefix, cells).await {
-                Ok(s) => s,
-                Err(why) => {
-                    tracing::debug!(listener = %listener.name, %peer, chain = %chain.name, "TLS handshake refused: {why:?}");
-                    return;
-                }
-            };
-            if chain.reads_identity() {
-                let Some(a) = crate::tls::authn(&s, &tls) else {
-                    tracing::debug!(listener = %listener.name, %peer, "client certificate unreadable for RBAC: refused");
-                    return;
-                };
-                down.authn = Some(std::rc::Rc::new(a));
-            } else if chain.reports_identity() {
-                // Telemetry only: an unreadable certificate leaves the principals unknown.
-                down.authn = crate::tls::authn(&s, &tls).map(std::rc::Rc::new);
-            }
-            rbac::set_objects(chain, &mut down, None, &ctx.hostname);
-            if chain.istio_authn == crate::model::chain::IstioAuthn::Shared {
-                rbac::share_principals(&mut down);
-            }
-            if let Err(why) = rbac::allows(chain, &down, None, ctx.core) {
-                return denied(&ctx, &filter, &down, why);
-            }
-            if let NetworkFilter::Http(hcm) = &filter {
-                down.client_cert = crate::tls::client_cert(&s, &tls, hcm);
-                let fut = crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
-                if CatchUnwind(Box::pin(fut)).await.is_err() {
-                    hcm.stats
-                        .core(ctx.core)
-                        .inc(HttpStat::PanicsCaught as usize);
-                    tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
-                }
-                drop(guard);
-                return;
-            }
-            crate::tls::down_io(s)
-        }
-    };
-    // Network RBAC decides before the terminal filter sees a byte (TLS chains: above).
-    let sni = info.sniffed.and_then(|s| s.server_name.as_deref());
-    if chain.tls.is_none() {
-        rbac::set_objects(chain, &mut down, sni, &ctx.hostname);
-        if let Err(why) = rbac::allows(chain, &down, sni, ctx.core) {
-            return denied(&ctx, &filter, &down, why);
-        }
-    }
-    match filter {
-        NetworkFilter::Http(hcm) => {
-            // TLS connections to an HTTP chain were served above.
-            let MaybeTls::Plain(stream) = stream else {
-                return;
-            };
-            let fut =
-                crate::http::conn::serve(ctx.clone(), hcm.clone(), stream, down, drain, prefix);
-            if CatchUnwind(Box::pin(fut)).await.is_err() {
-                hcm.stats
-                    .core(ctx.core)
-                    .inc(HttpStat::PanicsCaught as usize);
-                tracing::error!(%peer, "a bug panicked while serving this connection; it was closed and the core keeps serving");
-            }
-        }
-        NetworkFilter::Tcp(tp) => {
-            if let (true, None, Some(sni)) = (tp.log_needs.tls, &down.authn, sni) {
-                // TLS passed through: the access log's server name is the sniffed SNI.
-                down.authn = Some(std::rc::Rc::new(crate::rbac::Authn {
-                    sni: sni.into(),
-                    peer: None,
-                    local_principal: None,
-                }));
-            }
-            tp.stats
-                .core(ctx.core)
-                .inc(TcpStat::DownstreamCxTotal as usize);
-            crate::tcp::serve(ctx.clone(), tp, stream, down, drain, prefix).await;
-        }
-    }
-    drop(guard);
-}
-
-/// A connection network RBAC refused: a TCP proxy still reports and logs it, as Envoy's
-/// does (its filter was made for the connection before the RBAC filter closed it).
-fn denied(ctx: &Rc<CoreCtx>, filter: &NetworkFilter, down: &Downstream, why: String) {
-    if let NetworkFilter::Tcp(tp) = filter {
-        crate::tcp::denied(ctx, tp, down, why);
-    }
 }
 
 pub use crate::ctx::CatchUnwind;

@@ -259,6 +259,14 @@ async fn core_main(start: CoreStart) {
             sweeper.upstreams.borrow_mut().sweep(Instant::now());
         }
     });
+    let collector = ctx.clone();
+    monoio::spawn(async move {
+        loop {
+            std::future::poll_fn(|cx| collector.freed.poll_noted(cx)).await;
+            monoio::time::sleep(crate::io::PURGE_DELAY + Duration::from_millis(50)).await;
+            crate::io::collect_freed();
+        }
+    });
     let flusher = ctx.clone();
     let flush_every = start.log_flush_interval;
     monoio::spawn(async move {

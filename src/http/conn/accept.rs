@@ -22,8 +22,13 @@ pub async fn serve(
     mut prefix: Vec<u8>,
 ) {
     match hcm.codec {
+        // HTTP/2 boxed: its connection state would otherwise size every HTTP/1.1
+        // connection's future too.
         Codec::Http2 => {
-            return crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix).await
+            return Box::pin(crate::http::h2_server::serve(
+                ctx, hcm, stream, down, drain, prefix,
+            ))
+            .await
         }
         Codec::Auto => {
             // HTTP/2 when the first bytes are its preface (prior knowledge, h2c).
@@ -31,7 +36,10 @@ pub async fn serve(
                 return;
             }
             if prefix.starts_with(crate::http::h2::PREFACE) {
-                return crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix).await;
+                return Box::pin(crate::http::h2_server::serve(
+                    ctx, hcm, stream, down, drain, prefix,
+                ))
+                .await;
             }
         }
         Codec::Http1 => {}
@@ -67,7 +75,7 @@ pub async fn serve_tls(
     };
     if h2 {
         let io = crate::io::Rewind::new(prefix, stream);
-        return crate::http::h2_server::serve_io(ctx, hcm, io, down, drain).await;
+        return Box::pin(crate::http::h2_server::serve_io(ctx, hcm, io, down, drain)).await;
     }
     serve_h1(ctx, hcm, crate::tls::down_io(stream), down, drain, prefix).await
 }

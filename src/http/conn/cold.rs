@@ -1,0 +1,100 @@
+//! A keep-alive connection that goes quiet turns cold: after [`COLD_AFTER`] without a
+//! byte, its wait for the next request is cancelled (any bytes that read already took
+//! are kept), its buffers and request-path futures are let go, and it waits for
+//! readiness holding only itself. Bytes arriving make it hot again. This is allocation
+//! on readiness, not io_uring's provided-buffer rings: monoio 0.2 does not expose them,
+//! and a ring would still leave each connection's request-path futures resident.
+
+use std::io;
+
+use monoio::buf::IoBufMut;
+use monoio::io::CancelableAsyncReadRent;
+
+use super::{Connection, COLD_AFTER};
+use crate::http::forwarding::with_timeout;
+use crate::io::MaybeTls;
+use crate::stats::HttpStat;
+
+/// `ECANCELED`: the read was cancelled before it took any byte.
+const CANCELED: i32 = 125;
+
+impl Connection {
+    /// Waits hot for the next request's first bytes, reading into `buf` (empty, with room
+    /// reserved). The read's outcome and the buffer; `None` when the connection ends here:
+    /// the client closed, the drain signal came, or it turned cold (`self.cold`).
+    pub(super) async fn wait_hot(&mut self, buf: Vec<u8>) -> Option<(io::Result<usize>, Vec<u8>)> {
+        let MaybeTls::Plain(tcp) = &mut self.stream else {
+            unreachable!("only plaintext connections turn cold");
+        };
+        let canceller = self
+            .canceller
+            .get_or_insert_with(monoio::io::Canceller::new);
+        let len = buf.len();
+        let read = tcp.cancelable_read(buf.slice_mut(len..), canceller.handle());
+        let (res, buf) = {
+            let mut read = std::pin::pin!(read);
+            let quiet = monoio::select! {
+                r = &mut read => Some(r),
+                _ = monoio::time::sleep(COLD_AFTER) => None,
+                _ = self.drain.turn() => {
+                    self.hcm.stats.core(self.ctx.core).inc(HttpStat::DownstreamCxDrainClose as usize);
+                    return None;
+                }
+            };
+            let (res, slice) = match quiet {
+                Some(r) => r,
+                None => {
+                    // Cancelled, the read still ends: with the bytes it took, if any.
+                    if let Some(c) = self.canceller.take() {
+                        self.canceller = Some(c.cancel());
+                    }
+                    read.await
+                }
+            };
+            (res, slice.into_inner())
+        };
+        if matches!(&res, Err(e) if e.raw_os_error() == Some(CANCELED)) {
+            self.go_cold();
+            return None;
+        }
+        Some((res, buf))
+    }
+
+    /// Lets go of what only a hot connection needs.
+    fn go_cold(&mut self) {
+        self.cold = true;
+        self.ctx.freed.note();
+        self.canceller = None;
+        for b in [
+            &mut self.buf,
+            &mut self.out,
+            &mut self.pending,
+            &mut self.synth,
+        ] {
+            *b = Vec::new();
+        }
+    }
+
+    /// Waits cold until the client sends again (true) or the connection ends: the idle
+    /// timeout (counted from when it went quiet), the drain signal, an error.
+    pub(super) async fn wait_cold(&mut self) -> bool {
+        let MaybeTls::Plain(tcp) = &self.stream else {
+            return false;
+        };
+        if self.drain.should_close() {
+            self.stat(HttpStat::DownstreamCxDrainClose);
+            return false;
+        }
+        let limit = self.hcm.idle_timeout.map(|t| t.saturating_sub(COLD_AFTER));
+        let why = monoio::select! {
+            r = with_timeout(limit, tcp.readable(false)) => match r {
+                Some(Ok(())) => return true,
+                Some(Err(_)) => return false,
+                None => HttpStat::DownstreamCxIdleTimeout,
+            },
+            _ = self.drain.turn() => HttpStat::DownstreamCxDrainClose,
+        };
+        self.stat(why);
+        false
+    }
+}
