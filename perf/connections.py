@@ -27,44 +27,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import (LOAD_CPU, PROXY_CPU, cpu_seconds, free_port, pids_of,  # noqa: E402
-                     rss_mb, tool, wait_port)
+                     render, rss_mb, tool, wait_port)
 
 # As many descriptors as the hard limit allows (raising it needs CAP_SYS_RESOURCE).
 NOFILE = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
-RINGSIDE_YAML = """\
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: conns
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: conns
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: /direct}}
-                direct_response: {{status: 200, body: {{inline_string: ok}}}}
-              - match: {{prefix: /}}
-                route: {{cluster: backend}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: backend
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
+# perf/ringside.yaml (the config compare.py runs Ringside and Envoy on) with one more
+# route, answered by the proxy itself.
+DIRECT_ROUTE = """\
+              - match: {prefix: /direct}
+                direct_response: {status: 200, body: {inline_string: ok}}
 """
 
 NGINX_PROXY = """\
@@ -97,27 +69,6 @@ http {{
     }}
 }}
 """
-
-NGINX_BACKEND = """\
-worker_processes 1;
-daemon off;
-pid {dir}/backend.pid;
-error_log {dir}/backend.err warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server {{
-        listen 127.0.0.1:{backend} reuseport;
-        location / {{
-            default_type text/plain;
-            return 200 "{body}";
-        }}
-    }}
-}}
-"""
-
 
 def raise_nofile():
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
@@ -264,11 +215,16 @@ def main():
     raise_nofile()
     d = tempfile.mkdtemp(prefix="conns-")
     backend, rs_port, rs_admin, ev_port, ev_admin, ng_port = (free_port() for _ in range(6))
-    with open(f"{d}/backend.conf", "w") as f:
-        f.write(NGINX_BACKEND.format(dir=d, backend=backend, body="a" * 1024))
+    render("backend-nginx.conf", f"{d}/backend.conf", DIR=d, BACKEND_PORT=backend, BODY="a" * 1024)
     for name, port, admin in (("ringside", rs_port, rs_admin), ("envoy", ev_port, ev_admin)):
-        with open(f"{d}/{name}.yaml", "w") as f:
-            f.write(RINGSIDE_YAML.format(port=port, admin=admin, backend=backend))
+        path = render("ringside.yaml", f"{d}/{name}.yaml", ADMIN_PORT=admin, PROXY_PORT=port,
+                      BACKEND_PORT=backend)
+        with open(path) as f:
+            text = f.read()
+        first_route = "              - match: {prefix: /}\n"
+        assert first_route in text, "perf/ringside.yaml changed shape"
+        with open(path, "w") as f:
+            f.write(text.replace(first_route, DIRECT_ROUTE + first_route, 1))
     with open(f"{d}/proxy-nginx.conf", "w") as f:
         f.write(NGINX_PROXY.format(dir=d, port=ng_port, backend=backend, nofile=NOFILE))
     nginx = tool("nginx")

@@ -303,13 +303,18 @@ impl DrainEvent {
     /// strategy asks).
     pub async fn turn(&self) {
         self.wait().await;
-        if let Some((began, window)) = self.gradual.get() {
-            let at = began + window.mul_f64(fastrand::f64());
-            let left = at.saturating_duration_since(std::time::Instant::now());
-            if !left.is_zero() {
-                monoio::time::sleep(left).await;
-            }
+        if let Some(left) = self.turn_left() {
+            monoio::time::sleep(left).await;
         }
+    }
+
+    /// Once raised: how long until this connection's turn in a gradual drain (drawn anew
+    /// at each call); `None` when it is now.
+    pub fn turn_left(&self) -> Option<std::time::Duration> {
+        let (began, window) = self.gradual.get()?;
+        let at = began + window.mul_f64(fastrand::f64());
+        let left = at.saturating_duration_since(std::time::Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 
     /// Raises the event and wakes every waiter.

@@ -178,6 +178,8 @@ async fn gradual_drain_spreads_closes_over_the_drain_time_and_immediate_does_not
         ];
         let mut proxy = proxy_to("", "b", backend.addr, &args).await;
         let conns = idle_connections(proxy.addr(), 12).await;
+        // Quiet past 100 ms: the connections have turned cold.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         let t0 = Instant::now();
         proxy.terminate();
         let times = close_times(conns, t0).await;

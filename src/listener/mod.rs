@@ -276,9 +276,12 @@ pub fn accept_internal(
         drain,
         Some(a.hello),
     );
+    // Boxed before the spawn: moved into the task, the setup future would size the task
+    // (held for as long as the connection is open) as well as its own box.
+    let fut = Box::pin(fut);
     monoio::spawn(async move {
         // The setup's future is dropped before the connection is served.
-        let setup = CatchUnwind(Box::pin(fut)).await;
+        let setup = CatchUnwind(fut).await;
         match setup {
             Ok(Some(serving)) => serving.await,
             Ok(None) => {}
@@ -317,9 +320,12 @@ fn spawn_connection(
     let mut guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
     guard.global = global;
     let fut = handle(guard, stream, peer, (local, bound), drain.clone(), None);
+    // Boxed before the spawn: moved into the task, the setup future would size the task
+    // (held for as long as the connection is open) as well as its own box.
+    let fut = Box::pin(fut);
     monoio::spawn(async move {
         // The setup's future is dropped before the connection is served.
-        let setup = CatchUnwind(Box::pin(fut)).await;
+        let setup = CatchUnwind(fut).await;
         match setup {
             Ok(Some(serving)) => serving.await,
             Ok(None) => {}

@@ -86,15 +86,26 @@ impl Connection {
             return false;
         }
         let limit = self.hcm.idle_timeout.map(|t| t.saturating_sub(COLD_AFTER));
-        let why = monoio::select! {
+        // The drain's turn is waited for apart, after the drain signal: each monoio timer
+        // is 640 bytes, and a cold connection holds whatever this future holds.
+        let end = monoio::select! {
             r = with_timeout(limit, tcp.readable(false)) => match r {
                 Some(Ok(())) => return true,
                 Some(Err(_)) => return false,
                 None => HttpStat::DownstreamCxIdleTimeout,
             },
-            _ = self.drain.turn() => HttpStat::DownstreamCxDrainClose,
+            _ = self.drain.wait() => HttpStat::DownstreamCxDrainClose,
         };
-        self.stat(why);
+        if end == HttpStat::DownstreamCxDrainClose {
+            if let Some(left) = self.drain.turn_left() {
+                // A gradual drain: the client may still send before this connection's turn.
+                monoio::select! {
+                    r = tcp.readable(false) => return r.is_ok(),
+                    _ = monoio::time::sleep(left) => {}
+                }
+            }
+        }
+        self.stat(end);
         false
     }
 }
