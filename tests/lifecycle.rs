@@ -496,13 +496,9 @@ async fn one_response(s: &mut TcpStream) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_keepalive_connections_turn_cold_and_serve_on() {
     let b = Backend::start("a").await;
-    let yaml = config(
-        "          common_http_protocol_options: {idle_timeout: 1.2s}",
-        &all_to("a"),
-        &format!("[{}]", cluster("a", &[b.addr], "")),
-    );
     for driver in drivers() {
-        let p = Proxy::start(&yaml, &one_core(driver)).await;
+        let hcm = "          common_http_protocol_options: {idle_timeout: 1.2s}";
+        let p = proxy_to(hcm, "a", b.addr, &one_core(driver)).await;
         let mut s = TcpStream::connect(p.addr()).await.unwrap();
         let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
         s.write_all(&get("/first")).await.unwrap();
