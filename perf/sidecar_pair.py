@@ -246,6 +246,16 @@ def load(url, args, mode, secs, log):
     return done, failed, durations
 
 
+def record(out, pids, name, secs):
+    """perf record of the sidecars for the measured seconds (after h2load's warm-up second)."""
+    if not out:
+        return None
+    os.makedirs(out, exist_ok=True)
+    cmd = (f"sleep 1; exec perf record -q -F 1999 --call-graph fp -p {','.join(map(str, pids))} "
+           f"-o {out}/{name}.data -- sleep {max(1, secs - 1)}")
+    return subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def pct(values, q):
     if not values:
         return float("nan")
@@ -259,6 +269,13 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--envoy", default="envoy")
+    ap.add_argument("--proxies", default="ringside,envoy", help="comma-separated: ringside, envoy")
+    ap.add_argument("--cases", default="http1,h2,grpc", help="comma-separated: http1, h2, grpc")
+    ap.add_argument("--modes", default="saturation,rate", help="comma-separated: saturation, rate")
+    ap.add_argument("--ringside-build", action="append", default=[], metavar="NAME=PATH",
+                    help="another Ringside binary in the same run (before/after), compared with ringside")
+    ap.add_argument("--record", metavar="DIR",
+                    help="perf record both sidecars during each run into DIR/PROXY-CASE-MODE.data")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="sidecar-pair-")
     os.chmod(d, 0o755)
@@ -266,9 +283,13 @@ def main():
     certificates(d)
     configs(d, p)
     app_procs = apps(d, p)
+    extra = dict(b.split("=", 1) for b in a.ringside_build)
     binaries = {"ringside": os.path.abspath(a.ringside), "envoy": a.envoy}
-    all_cases = cases(d, p)
-    modes = ("saturation", "rate")
+    binaries.update({k: os.path.abspath(v) for k, v in extra.items()})
+    all_cases = {k: v for k, v in cases(d, p).items() if k in a.cases.split(",")}
+    modes = [m for m in ("saturation", "rate") if m in a.modes.split(",")]
+    proxies = [x for x in ("ringside", "envoy") if x in a.proxies.split(",")]
+    proxies += list(extra)
     # (proxy, case, mode) -> list of per-round dicts
     got = {}
     direct = {}
@@ -277,7 +298,7 @@ def main():
             for case, (_, url, _, dargs) in all_cases.items():
                 _, failed, dur = load(url, dargs, "rate", a.seconds, f"{d}/direct.log")
                 direct.setdefault(case, []).append(dur)
-            order = ("ringside", "envoy") if r % 2 == 0 else ("envoy", "ringside")
+            order = proxies if r % 2 == 0 else proxies[::-1]
             for proxy in order:
                 procs = start_pair(proxy, binaries[proxy], d, p)
                 try:
@@ -288,8 +309,11 @@ def main():
                             # taskset execs the proxy: the pid is the proxy's.
                             before = [cpu_ns(x) for x in pids]
                             t0 = time.time()
+                            rec = record(a.record, pids, f"{proxy}-{case}-{mode}", a.seconds)
                             done, failed, dur = load(url, args, mode, a.seconds, f"{d}/{proxy}.log")
                             wall = time.time() - t0
+                            if rec:
+                                rec.wait()
                             cpu = sum(cpu_ns(x) for x in pids) - sum(before)
                             if failed or not done:
                                 print(f"{proxy} {case} {mode}: {failed} of {done} requests failed; "
@@ -308,24 +332,24 @@ def main():
     finally:
         for pr in app_procs:
             pr.terminate()
-    report(got, direct, a)
+    report(got, direct, a, proxies, list(all_cases), modes)
 
 
-def report(got, direct, a):
+def report(got, direct, a, proxies, case_names, modes):
     med = statistics.median
     print(f"\nTwo sidecars with Istio mTLS, one worker each (both on CPU 0; load and apps on CPU 1), "
           f"{a.seconds} s per run, median of {a.rounds} rounds, {time.strftime('%Y-%m-%d', time.gmtime())}, "
           f"{os.cpu_count()} CPUs\n")
     print("| case | load | proxy | req/s | CPU µs/request (both sidecars) | vCPU per 1,000 req/s per sidecar "
-          "| added p50 / p90 / p99 ms | RSS MB (client, server) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "| added p50 / p90 / p99 ms | RSS MB (client, server) | CPUs busy (both) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     ratios = []
-    for case in ("http1", "h2", "grpc"):
+    for case in case_names:
         base = [x for run in direct.get(case, []) for x in run]
         base_q = [pct(base, q) for q in (0.5, 0.9, 0.99)]
-        for mode in ("saturation", "rate"):
+        for mode in modes:
             row = {}
-            for proxy in ("ringside", "envoy"):
+            for proxy in proxies:
                 runs = got[(proxy, case, mode)]
                 rps = med(r["rps"] for r in runs)
                 cpu_us = med(r["cpu_us"] for r in runs)
@@ -334,8 +358,15 @@ def report(got, direct, a):
                 rss = [med(r["rss"][i] for r in runs) / 1024 for i in (0, 1)]
                 row[proxy] = (cpu_us, added, max(rss))
                 shown_added = " / ".join("%.3f" % (x / 1000) for x in added) if mode == "rate" else "-"
+                share = med(r["cpu_share"] for r in runs)
                 print(f"| {case} | {'saturation' if mode == 'saturation' else '1,000 req/s'} | {proxy} | {rps:,.0f} "
-                      f"| {cpu_us:.1f} | {vcpu:.3f} | {shown_added} | {rss[0]:.1f}, {rss[1]:.1f} |")
+                      f"| {cpu_us:.1f} | {vcpu:.3f} | {shown_added} | {rss[0]:.1f}, {rss[1]:.1f} | {share:.2f} |")
+            for other in proxies:
+                if other not in ("ringside", "envoy") and "ringside" in row:
+                    ratios.append((f"{case} {mode}: CPU per request, {other} / ringside",
+                                   row[other][0] / row["ringside"][0], None))
+            if "ringside" not in row or "envoy" not in row:
+                continue
             cpu_ratio = row["ringside"][0] / row["envoy"][0]
             target = 1 / 3 if mode == "saturation" else 1 / 4
             ratios.append((f"{case} {mode}: CPU per request", cpu_ratio, target))
@@ -345,7 +376,10 @@ def report(got, direct, a):
             ratios.append((f"{case} {mode}: RSS (the larger sidecar)", row["ringside"][2] / row["envoy"][2], 1 / 8))
     print("\nRingside / Envoy (target: at most)")
     for name, r, target in ratios:
-        print(f"- {name}: {r:.2f}x (target {target:.2f}x) {'holds' if r <= target else 'MISSES'}")
+        if target is None:
+            print(f"- {name}: {r:.2f}x")
+        else:
+            print(f"- {name}: {r:.2f}x (target {target:.2f}x) {'holds' if r <= target else 'MISSES'}")
 
 
 if __name__ == "__main__":

@@ -392,6 +392,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 mod adapters;
 mod memory;
 pub use memory::*;
+pub mod cork;
 pub mod exchange;
 mod tunnel;
 

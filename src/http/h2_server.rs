@@ -82,6 +82,8 @@ async fn run<IO>(
 {
     let s = hcm.http2;
     let (io, flood) = FloodGuard::server(io, s.flood);
+    // Outermost, so the flood guard sees every frame the socket has not taken.
+    let (io, corked) = crate::io::cork::cork(io);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(s.max_concurrent_streams)
         .initial_window_size(s.initial_stream_window_size)
@@ -107,10 +109,10 @@ async fn run<IO>(
     let streams = Rc::new(Streams::new());
     loop {
         let next = if draining {
-            conn.accept().await
+            corked.poll(conn.accept()).await
         } else {
             monoio::select! {
-                n = conn.accept() => n,
+                n = corked.poll(conn.accept()) => n,
                 _ = drain.turn() => {
                     // GOAWAY: streams already open finish, no new ones start.
                     conn.graceful_shutdown();

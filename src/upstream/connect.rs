@@ -290,6 +290,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let stats = cluster.stats.core(guard.core);
+    let (io, corked) = crate::io::cork::cork(io);
     let handshake = h2::client::Builder::new()
         .initial_window_size(settings.initial_stream_window_size)
         .initial_connection_window_size(settings.initial_connection_window_size)
@@ -315,7 +316,7 @@ where
     let state = conn.state.clone();
     monoio::spawn(async move {
         let _guard = guard;
-        if let Err(e) = connection.await {
+        if let Err(e) = corked.poll(connection).await {
             tracing::debug!("upstream HTTP/2 connection ended: {e}");
         }
         state.closed.set(true);
