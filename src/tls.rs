@@ -10,19 +10,19 @@ use monoio::net::tcp::stream_poll::TcpStreamPoll;
 use monoio::net::TcpStream;
 use rustls::{CertificateError, Error as TlsError};
 
-use crate::io::{MaybeTls, Rewind};
+use crate::io::{MaybeTls, ReadAhead, Rewind};
 use crate::model::tls::{DownstreamTls, UpstreamTls};
 use crate::model::Endpoint;
 use crate::stats::{ClusterStat, CoreCells, ListenerStat};
 
 /// A downstream TLS stream, after the handshake.
-pub type ServerStream = tokio_rustls::server::TlsStream<Rewind<TcpStreamPoll>>;
+pub type ServerStream = tokio_rustls::server::TlsStream<ReadAhead<Rewind<TcpStreamPoll>>>;
 
 /// A downstream connection, plaintext or TLS, for the HTTP/1.1 path and `tcp_proxy`.
 pub type DownIo = MaybeTls<TcpStream, ServerStream>;
 
 /// An upstream TLS stream, after the handshake.
-pub type ClientStream = tokio_rustls::client::TlsStream<TcpStreamPoll>;
+pub type ClientStream = tokio_rustls::client::TlsStream<ReadAhead<TcpStreamPoll>>;
 
 /// An upstream connection, plaintext or TLS, for the HTTP/1.1 pool and `tcp_proxy`.
 pub type UpIo = MaybeTls<TcpStream, ClientStream>;
@@ -185,7 +185,7 @@ async fn handshake(
     let accept = async {
         let start = tokio_rustls::LazyConfigAcceptor::new(
             rustls::server::Acceptor::default(),
-            Rewind::new(prefix, io),
+            ReadAhead::new(Rewind::new(prefix, io)),
         )
         .await?;
         let config = configs.for_hello(start.client_hello().alpn());
@@ -292,7 +292,7 @@ async fn client_handshake(
     let config = if h2 { &tls.h2 } else { &tls.h1 };
     let connector = tokio_rustls::TlsConnector::from(config.clone());
     let name = tls.server_name(&ep.hostname, ep.address.ip());
-    match monoio::time::timeout(timeout, connector.connect(name, io)).await {
+    match monoio::time::timeout(timeout, connector.connect(name, ReadAhead::new(io))).await {
         Err(_) => Err(Refused::Timeout),
         Ok(Err(e)) => Err(Refused::of(&e)),
         Ok(Ok(s)) => Ok(s),

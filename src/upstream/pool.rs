@@ -202,6 +202,8 @@ impl Conn {
     fn idle_state(&self) -> IdleState {
         match &self.stream {
             MaybeTls::Plain(s) => idle_state(s),
+            // Bytes read ahead and not yet decrypted are such a record too.
+            MaybeTls::Tls(t) if t.0.get_ref().0.buffered() > 0 => IdleState::Unusable,
             MaybeTls::Tls(t) => idle_state(t.0.get_ref().0),
         }
     }
