@@ -249,7 +249,7 @@ pub async fn connect_h2(
             let io = stream
                 .try_into_poll_io()
                 .map_err(|(e, _)| ConnectError::Failed(e))?;
-            h2_handshake(cluster, ep, settings, io, guard).await?
+            h2_handshake(cluster, ep, settings, crate::io::ReadAhead::new(io), guard).await?
         }
         Some(tls) => {
             let hs = crate::tls::connect(tls, true, stream, ep, cluster.connect_timeout, stats);
