@@ -25,51 +25,93 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Unsent bytes past which a corked connection's writes wait for the socket.
 pub const HELD_BYTES: usize = 64 * 1024;
 
-/// A gathered buffer larger than this is freed once sent, so a burst does not stay
-/// resident on an idle connection.
-const KEEP_CAPACITY: usize = 16 * 1024;
+/// A core's gather buffer larger than this is freed once sent.
+const KEEP_GATHER: usize = 256 * 1024;
+
+thread_local! {
+    /// The core's gather buffer. One corked poll runs at a time on a core and what it
+    /// gathered goes out when the poll returns, so the core's connections share it; only
+    /// what the socket leaves moves into the connection's own buffer. An idle connection
+    /// holds no buffer of its own.
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 struct Shared<IO> {
     io: IO,
+    /// Bytes the stream has not taken yet (only while it is full), in order.
     out: Vec<u8>,
-    /// Bytes of `out` the stream has taken.
-    sent: usize,
     corked: bool,
+    /// This poll gathers into the core's buffer (nothing of this connection was waiting).
+    gathering: bool,
     /// A write that failed after its poll returned: `h2` sees it on its next call.
     failed: Option<io::ErrorKind>,
 }
 
 impl<IO: AsyncWrite + Unpin> Shared<IO> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.out.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]) {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.sent += n,
+                // Only under backpressure: the rest moves to the front.
+                Poll::Ready(Ok(n)) => drop(self.out.drain(..n)),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.sent = 0;
-        if self.out.capacity() > KEEP_CAPACITY {
-            self.out = Vec::new();
-        } else {
-            self.out.clear();
-        }
+        self.out = Vec::new();
         Poll::Ready(Ok(()))
+    }
+
+    /// Sends what this poll gathered in the core's buffer; what the socket does not take
+    /// moves to the connection's own.
+    fn send_gathered(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.gathering = false;
+        GATHER.with(|g| {
+            let mut g = g.borrow_mut();
+            let mut sent = 0;
+            let mut res = Ok(());
+            while sent < g.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &g[sent..]) {
+                    Poll::Ready(Ok(0)) => res = Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => {
+                        sent += n;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => res = Err(e),
+                    Poll::Pending => self.out.extend_from_slice(&g[sent..]),
+                }
+                break;
+            }
+            g.clear();
+            if g.capacity() > KEEP_GATHER {
+                *g = Vec::new();
+            }
+            res
+        })
+    }
+
+    /// Moves what this poll gathered so far to the connection's own buffer: a burst past
+    /// [`HELD_BYTES`], or a shutdown inside the poll.
+    fn ungather(&mut self) {
+        if self.gathering {
+            self.gathering = false;
+            GATHER.with(|g| {
+                let mut g = g.borrow_mut();
+                self.out.extend_from_slice(&g);
+                g.clear();
+            });
+        }
+    }
+
+    /// What the connection wrote, sent and flushed below: a layer under this one (the
+    /// flood guard's queue, TLS) may hold bytes of its own until it is flushed.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 }
 
 impl<IO> Shared<IO> {
-    /// What the connection wrote, sent and flushed below: a layer under this one (the
-    /// flood guard's queue, TLS) may hold bytes of its own until it is flushed.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
-    where
-        IO: AsyncWrite + Unpin,
-    {
-        std::task::ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
     fn check(&self) -> io::Result<()> {
         match self.failed {
             Some(k) => Err(io::Error::new(k, "HTTP/2 connection write failed")),
@@ -89,8 +131,8 @@ pub fn cork<IO>(io: IO) -> (Cork<IO>, Corked<IO>) {
     let shared = Rc::new(RefCell::new(Shared {
         io,
         out: Vec::new(),
-        sent: 0,
         corked: false,
+        gathering: false,
         failed: None,
     }));
     (Cork(shared.clone()), Corked(shared))
@@ -102,11 +144,26 @@ impl<IO: AsyncWrite + Unpin> Corked<IO> {
     pub async fn poll<F: Future>(&self, f: F) -> F::Output {
         let mut f = std::pin::pin!(f);
         std::future::poll_fn(|cx| {
-            self.0.borrow_mut().corked = true;
+            {
+                let mut s = self.0.borrow_mut();
+                s.corked = true;
+                // The core's buffer, unless bytes of this connection wait (they go first)
+                // or another poll's are there (never, with one corked poll at a time).
+                s.gathering = s.out.is_empty() && GATHER.with(|g| g.borrow().is_empty());
+            }
             let res = f.as_mut().poll(cx);
             let mut s = self.0.borrow_mut();
             s.corked = false;
-            if let Poll::Ready(Err(e)) = s.poll_send(cx) {
+            let sent = if s.gathering {
+                s.send_gathered(cx)
+            } else {
+                Ok(())
+            };
+            let sent = sent.and_then(|()| match s.poll_send(cx) {
+                Poll::Ready(Err(e)) => Err(e),
+                _ => Ok(()),
+            });
+            if let Err(e) = sent {
                 // The connection learns of it on its next call, so it is polled again.
                 s.failed = Some(e.kind());
                 cx.waker().wake_by_ref();
@@ -145,17 +202,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Cork<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut s = self.0.borrow_mut();
         s.check()?;
-        if !s.corked && s.sent == s.out.len() {
+        if !s.corked && s.out.is_empty() {
             return Pin::new(&mut s.io).poll_write_vectored(cx, bufs);
         }
-        if s.out.len() - s.sent >= HELD_BYTES {
+        let n = bufs.iter().map(|b| b.len()).sum();
+        if s.gathering {
+            let held = GATHER.with(|g| {
+                let mut g = g.borrow_mut();
+                bufs.iter().for_each(|b| g.extend_from_slice(b));
+                g.len()
+            });
+            if held >= HELD_BYTES {
+                s.ungather();
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if s.out.len() >= HELD_BYTES {
             std::task::ready!(s.poll_drain(cx))?;
         }
-        let mut n = 0;
-        for b in bufs {
-            s.out.extend_from_slice(b);
-            n += b.len();
-        }
+        bufs.iter().for_each(|b| s.out.extend_from_slice(b));
         Poll::Ready(Ok(n))
     }
 
@@ -176,6 +241,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Cork<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut s = self.0.borrow_mut();
+        s.ungather();
         if s.failed.is_none() {
             std::task::ready!(s.poll_drain(cx))?;
         }
@@ -315,6 +381,38 @@ mod tests {
         );
         assert_eq!(&s.io.got[big.len()..], b"more");
         assert!(s.out.capacity() < 64, "a burst's buffer is not kept");
+    }
+
+    #[test]
+    fn a_slow_socket_holds_the_connection_back_without_growing_the_buffer() {
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        let (mut c, corked) = cork(socket(0));
+        let mut wrote = Vec::new();
+        for round in 0..200u32 {
+            // The socket takes 1 KB a wake-up; the connection offers 4 KB.
+            c.0.borrow_mut().io.room = 1024;
+            corked_poll(&corked, cx, |cx| {
+                let chunk = vec![(round % 251) as u8; 4096];
+                if let Poll::Ready(Ok(n)) = write(&mut c, cx, &chunk) {
+                    wrote.extend_from_slice(&chunk[..n]);
+                }
+            });
+            let s = c.0.borrow();
+            assert!(
+                s.out.len() <= HELD_BYTES + 4096,
+                "round {round}: {}",
+                s.out.len()
+            );
+            assert!(s.out.capacity() <= 2 * (HELD_BYTES + 4096), "round {round}");
+        }
+        let mut s = c.0.borrow_mut();
+        s.io.room = usize::MAX / 2;
+        assert!(s.poll_drain(cx).is_ready());
+        assert_eq!(
+            s.io.got, wrote,
+            "what was accepted arrives whole and in order"
+        );
+        assert!(wrote.len() < 200 * 4096, "the connection was held back");
     }
 
     #[test]
