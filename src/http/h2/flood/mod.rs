@@ -375,40 +375,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FloodGuard<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for FloodGuard<IO> {
+    /// One write is a vectored write of one slice: accepted whole or in part, what the
+    /// socket does not take queued, and every frame counted.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.check()?;
-        // Older bytes first; `Pending` here still lets new bytes join the queue.
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-            return Poll::Ready(Err(e));
-        }
-        let mut direct = 0;
-        if this.outbound.queue.is_empty() {
-            match Pin::new(&mut this.inner).poll_write(cx, buf) {
-                Poll::Ready(Ok(n)) => direct = n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-        }
-        let room = QUEUE_BYTES.saturating_sub(this.outbound.queue.len());
-        let queued = (buf.len() - direct).min(room);
-        let accepted = direct + queued;
-        if accepted == 0 {
-            return Poll::Pending;
-        }
-        this.outbound.queue.extend(&buf[direct..accepted]);
-        // What went straight to the socket is flushed before the scan: only frames that
-        // end in the queue count as pending.
-        this.flushed(direct);
-        this.scan_outbound(&buf[..accepted])?;
-        Poll::Ready(Ok(accepted))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
-    /// As `poll_write`, for all of `bufs` at once: `h2` hands a vectored stream every
+    /// All of `bufs` at once: `h2` hands a vectored stream every
     /// frame it has buffered (headers, and DATA payloads it does not copy), which then
     /// costs one writev(2) per flush instead of a send(2) per chunk.
     fn poll_write_vectored(
@@ -418,6 +395,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FloodGuard<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.check()?;
+        // Older bytes first; `Pending` here still lets new bytes join the queue.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
         }
