@@ -85,8 +85,8 @@ writes_pass_through!(Rewind);
 /// The socket under a TLS stream, read in large gulps. rustls asks for 4 KB at a time, so
 /// a connection with 20 KB waiting took five reads (and the sixth that finds the socket
 /// empty); Envoy reads 16 KB slices. A read for less than [`READ_AHEAD`] reads that much
-/// into a buffer that lives only while it holds bytes: it is freed when it is drained, so
-/// an idle connection holds none.
+/// into the core's buffer; what the reader did not ask for is kept in one that lives only
+/// while it holds bytes, so an idle connection holds none.
 pub struct ReadAhead<T> {
     inner: T,
     buf: Vec<u8>,
@@ -132,24 +132,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             if out.remaining() >= READ_AHEAD {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            this.buf.reserve_exact(READ_AHEAD);
-            let spare = this.buf.spare_capacity_mut();
-            let mut rb = ReadBuf::uninit(&mut spare[..READ_AHEAD]);
-            let res = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
-            let n = rb.filled().len();
-            match res {
-                Poll::Ready(Ok(())) if n > 0 => {
-                    // SAFETY: the read initialised the first `n` bytes of the spare
-                    // capacity (ReadBuf's filled part), which starts at `len` (0).
-                    unsafe { this.buf.set_len(n) };
+            return GULP.with(|gulp| {
+                let mut gulp = gulp.borrow_mut();
+                gulp.clear();
+                gulp.reserve_exact(READ_AHEAD);
+                let mut rb = ReadBuf::uninit(&mut gulp.spare_capacity_mut()[..READ_AHEAD]);
+                std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+                // What the reader asked for goes to it; only the rest (or none: end of
+                // stream) is kept, in a buffer of the connection's own.
+                let got = rb.filled();
+                let n = out.remaining().min(got.len());
+                out.put_slice(&got[..n]);
+                if n < got.len() {
+                    this.buf = got[n..].to_vec();
                     this.pos = 0;
                 }
-                other => {
-                    // End of stream, an error or nothing yet: no buffer is kept.
-                    this.buf = Vec::new();
-                    return other;
-                }
-            }
+                Poll::Ready(Ok(()))
+            });
         }
         let n = out.remaining().min(this.buf.len() - this.pos);
         out.put_slice(&this.buf[this.pos..this.pos + n]);
@@ -160,6 +159,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+thread_local! {
+    /// The core's read buffer: a read fills it, the reader takes what it asked for, and
+    /// only a rest moves to the connection. A read that finds nothing, or bytes that
+    /// fit what was asked (a small request), allocates nothing.
+    static GULP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 writes_pass_through!(ReadAhead);
@@ -423,6 +429,19 @@ mod tests {
         assert!(matches!(read(&mut r, 4096), Poll::Ready(Ok(b)) if b.is_empty()));
         assert!(read(&mut r, 4096).is_pending());
         assert_eq!(r.buf.capacity(), 0, "no buffer kept while nothing arrives");
+    }
+
+    #[test]
+    fn an_arrival_that_fits_the_read_keeps_no_buffer() {
+        let mut r = ReadAhead::new(Socket {
+            chunks: [vec![5u8; 1100], vec![6u8; 300]].into(),
+            reads: 0,
+        });
+        assert!(matches!(read(&mut r, 4096), Poll::Ready(Ok(b)) if b == [5u8; 1100]));
+        assert_eq!((r.buffered(), r.buf.capacity()), (0, 0));
+        assert!(matches!(read(&mut r, 4096), Poll::Ready(Ok(b)) if b == [6u8; 300]));
+        assert!(read(&mut r, 4096).is_pending());
+        assert_eq!((r.inner.reads, r.buf.capacity()), (3, 0));
     }
 
     #[test]
