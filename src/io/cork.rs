@@ -4,14 +4,14 @@
 //! `h2` flushes its codec whenever it has buffered a DATA frame it does not copy (any of
 //! 256 bytes or more), so a connection that several streams answer in one poll wrote one
 //! syscall per stream (and one TLS record each, on mutual TLS). Under [`Corked::poll`] the
-//! connection's writes and flushes only gather bytes here; when its poll returns they go
-//! to the stream in one write (one TLS record of up to 16 KB, one writev). A flush outside
-//! a corked poll (the handshake) writes through at once.
+//! connection's writes and flushes only gather bytes, in its core's gather buffer; when
+//! its poll returns they go to the stream in one write (one TLS record of up to 16 KB, one
+//! send). A write outside a corked poll (the handshake) goes through at once.
 //!
 //! The connection's frames are held only for the rest of the poll that made them, so
-//! nothing waits for a later wake-up: what the socket does not take stays here, the task
-//! is registered for the socket's room, and `h2` is held back (`Pending`) once
-//! [`HELD_BYTES`] are waiting.
+//! nothing waits for a later wake-up: what the socket does not take moves to the
+//! connection's own buffer, the task is registered for the socket's room, and `h2` is held
+//! back (`Pending`) once [`HELD_BYTES`] are waiting.
 
 use std::cell::RefCell;
 use std::future::Future;
