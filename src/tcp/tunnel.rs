@@ -56,7 +56,19 @@ pub(super) async fn proxy(
         }
     }
     cstats.inc(ClusterStat::UpstreamRqTotal as usize);
+    // Counted as bytes pass, as Envoy does: a connection's totals are in the stats by
+    // the time its peer sees it end.
     let (received, sent) = (Cell::new(0u64), Cell::new(0u64));
+    let rx = |n: u64| {
+        received.set(received.get() + n);
+        stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, n);
+        cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
+    };
+    let tx = |n: u64| {
+        sent.set(sent.get() + n);
+        stats.add(TcpStat::DownstreamCxTxBytesTotal as usize, n);
+        cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
+    };
     let ended = match cluster.http2 {
         Some(settings) => {
             let h2 = match crate::http::h2::upstream(ctx, cluster, &ep, settings).await {
@@ -72,7 +84,7 @@ pub(super) async fn proxy(
                 Ok(s) => s,
                 Err(e) => return failed(out, &e.to_string()),
             };
-            let (resp, tx) = match send.send_request(req, false) {
+            let (resp, body) = match send.send_request(req, false) {
                 Ok(x) => x,
                 Err(e) => return failed(out, &e.to_string()),
             };
@@ -82,16 +94,16 @@ pub(super) async fn proxy(
                 Ok(Err(e)) => return failed(out, &e.to_string()),
                 Err(_) => return failed(out, "tunnel not answered in the connect timeout"),
             };
-            let mut io = crate::http::h2::tunnel::H2Io::new(tx, resp.into_body());
+            let mut io = crate::http::h2::tunnel::H2Io::new(body, resp.into_body());
             if !prefix.is_empty() {
                 use tokio::io::AsyncWriteExt;
                 if io.write_all(&prefix).await.is_err() {
                     return;
                 }
-                received.set(prefix.len() as u64);
+                rx(prefix.len() as u64);
             }
             let (a, b) = (Cell::new(0), Cell::new(0));
-            let (ended, rx, tx) = crate::io::copy_to_stream(
+            let (ended, read, written) = crate::io::copy_to_stream(
                 &mut down,
                 &mut io,
                 tp.idle_timeout,
@@ -102,8 +114,8 @@ pub(super) async fn proxy(
             if ended != Tunnel::Done {
                 io.reset();
             }
-            received.set(received.get() + rx);
-            sent.set(tx);
+            rx(read);
+            tx(written);
             ended
         }
         None => {
@@ -160,29 +172,23 @@ pub(super) async fn proxy(
             }
             let early = buf.split_off(parsed.len);
             if !early.is_empty() {
-                sent.set(early.len() as u64);
+                tx(early.len() as u64);
                 if down.write_all(early).await.0.is_err() {
                     return;
                 }
             }
             if !prefix.is_empty() {
-                received.set(prefix.len() as u64);
+                rx(prefix.len() as u64);
                 if up.write_all(prefix).await.0.is_err() {
                     return;
                 }
             }
             let (a, b) = (Cell::new(0), Cell::new(0));
-            let rx = |n| received.set(received.get() + n);
-            let tx = |n| sent.set(sent.get() + n);
-            super::carry(&mut down, &mut up, tp, [None, None], [&a, &b], rx, tx).await
+            super::carry(&mut down, &mut up, tp, [None, None], [&a, &b], &rx, &tx).await
         }
     };
     out.received = received.get();
     out.sent = sent.get();
-    stats.add(TcpStat::DownstreamCxRxBytesTotal as usize, out.received);
-    stats.add(TcpStat::DownstreamCxTxBytesTotal as usize, out.sent);
-    cstats.add(ClusterStat::UpstreamCxTxBytesTotal as usize, out.received);
-    cstats.add(ClusterStat::UpstreamCxRxBytesTotal as usize, out.sent);
     match ended {
         Tunnel::Done | Tunnel::Error => {}
         Tunnel::Idle => stats.inc(TcpStat::IdleTimeout as usize),
