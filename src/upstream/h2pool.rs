@@ -62,9 +62,16 @@ impl H2State {
             return false;
         };
         let opened = self.opened.get();
-        if self.active.get() > 0 || opened != self.swept_opened.get() {
+        if self.active.get() > 0 {
             self.swept_opened.set(opened);
             self.idle_seen.set(None);
+            return false;
+        }
+        if opened != self.swept_opened.get() {
+            // Streams came and went since the last tick: idle from now at the latest, so
+            // it closes within its idle time and one tick of its last stream's end.
+            self.swept_opened.set(opened);
+            self.idle_seen.set(Some(now));
             return false;
         }
         match self.idle_seen.get() {
@@ -223,5 +230,33 @@ impl H2Pool {
             .entry((conn.addr, conn.tls_key))
             .or_default()
             .push(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that came and went between two ticks starts the idle time at the tick
+    /// that notices it, not one tick later; one open stream holds it off.
+    #[test]
+    fn idle_time_counts_from_the_tick_that_sees_the_last_stream_gone() {
+        let s = H2State {
+            idle_timeout: Some(Duration::from_secs(1)),
+            ..H2State::default()
+        };
+        let t0 = Instant::now();
+        let tick = |n: u64| t0 + Duration::from_secs(n);
+        s.opened.set(1);
+        assert!(!s.idle_expired(tick(1)), "the stream's end is noticed");
+        assert!(s.idle_expired(tick(2)), "idle a full second since");
+        s.opened.set(2);
+        s.active.set(1);
+        assert!(!s.idle_expired(tick(3)));
+        assert!(!s.idle_expired(tick(5)), "a stream is open");
+        s.active.set(0);
+        assert!(!s.idle_expired(tick(6)));
+        assert!(!s.idle_expired(tick(6) + Duration::from_millis(900)));
+        assert!(s.idle_expired(tick(7)));
     }
 }
