@@ -250,6 +250,13 @@ pub fn set_nonblocking(sock: &impl AsRawFd) -> io::Result<()> {
     socket2::SockRef::from(&fd).set_nonblocking(true)
 }
 
+/// Whether a socket is in non-blocking mode.
+pub fn is_nonblocking(sock: &impl AsRawFd) -> io::Result<bool> {
+    // SAFETY: as in `original_dst`: borrowed for this call only, never closed here.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    socket2::SockRef::from(&fd).nonblocking()
+}
+
 /// Half-closes a socket: no more writes (the peer reads end of stream).
 pub fn shutdown_write(sock: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: as in `original_dst`: borrowed for this call only, never closed here.

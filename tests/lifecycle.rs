@@ -606,3 +606,60 @@ async fn idle_keepalive_connections_hold_little_memory() {
         assert_eq!(one_response(s).await.1, "ok", "{driver}");
     }
 }
+
+/// A burst of connections queued before the proxy turns to them is taken many per
+/// wake-up (a completed accept, then non-blocking ones until the queue is empty), and
+/// each is served like any other: on io_uring the extra ones are blocking sockets as the
+/// ring's own accepts are, on the legacy driver non-blocking ones. With exact balance
+/// they are handed between two cores as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_queued_connections_is_accepted_and_served() {
+    const CONNS: usize = 400;
+    let direct = config(
+        "",
+        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
+        "[]",
+    );
+    let balanced = direct.replacen(
+        "    filter_chains:",
+        "    connection_balance_config: {exact_balance: {}}\n    filter_chains:",
+        1,
+    );
+    let cases = drivers()
+        .into_iter()
+        .map(|d| (d, direct.clone(), one_core(d)))
+        .chain([(
+            "legacy",
+            balanced,
+            vec!["--concurrency", "2", "--io-driver", "legacy"],
+        )]);
+    for (driver, yaml, args) in cases {
+        let p = Proxy::start(&yaml, &args).await;
+        // All connected (the kernel completes them into the listener's queue) before any
+        // request is sent.
+        let mut conns = Vec::with_capacity(CONNS);
+        for _ in 0..CONNS {
+            conns.push(TcpStream::connect(p.addr()).await.unwrap());
+        }
+        for s in &mut conns {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .unwrap();
+        }
+        for s in &mut conns {
+            assert_eq!(one_response(s).await.1, "ok", "{driver} {args:?}");
+        }
+        // And again, on every connection.
+        for s in &mut conns {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(one_response(s).await.1, "ok", "{driver} {args:?}");
+        }
+        assert_eq!(
+            p.stat("http.ingress.downstream_cx_total").await,
+            CONNS as i64,
+            "{driver} {args:?}"
+        );
+    }
+}

@@ -189,6 +189,11 @@ pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
 }
 
 /// Accepts on one core until the listener drains.
+///
+/// As Envoy does on each wake-up, a completed accept is followed by non-blocking
+/// accepts until the queue is empty (at most [`ACCEPT_BURST`]): one accept per turn of
+/// the core's run queue, which a burst's new connections fill, let the kernel's accept
+/// queue overflow and the dropped SYNs wait a second for their retry.
 pub async fn accept_loop(
     ctx: Rc<CoreCtx>,
     socket: std::net::TcpListener,
@@ -196,11 +201,21 @@ pub async fn accept_loop(
     slot: Rc<Slot>,
 ) {
     let name = slot.config.borrow().name.clone();
+    // The same listening socket (a duplicate descriptor, closed with this loop), for the
+    // non-blocking accepts after a completed one.
+    let twin = socket.try_clone();
     let socket = match monoio::net::TcpListener::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(listener = %name, "cannot register listener: {e}");
             return;
+        }
+    };
+    let twin = match twin {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(listener = %name, "accepting one connection per wake-up: {e}");
+            None
         }
     };
     let mut backoff = Duration::from_millis(5);
@@ -212,31 +227,27 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let _ = stream.set_nodelay(true);
-                if let Some(b) = &balancer {
-                    let target = b.assign();
-                    if target != ctx.core {
-                        let handoff = Handoff {
-                            stream: crate::io::into_std(stream),
-                            peer,
-                        };
-                        if b.inboxes[target].send(handoff).is_err() {
-                            b.release(target);
+                // Accepted as the driver accepts: io_uring's are blocking sockets (its
+                // reads and writes wait in the ring), the legacy driver's non-blocking.
+                let nonblocking = crate::io::is_nonblocking(&stream).unwrap_or(true);
+                take(&ctx, &slot, &balancer, stream, peer);
+                let Some(twin) = &twin else { continue };
+                for _ in 1..ACCEPT_BURST {
+                    let (std, peer) = match twin.accept() {
+                        Ok(a) => a,
+                        // Empty, or an error the next accept reports (and backs off on).
+                        Err(_) => break,
+                    };
+                    let adopted = std
+                        .set_nonblocking(nonblocking)
+                        .and_then(|()| monoio::net::TcpStream::from_std(std));
+                    match adopted {
+                        Ok(stream) => take(&ctx, &slot, &balancer, stream, peer),
+                        Err(e) => {
+                            tracing::warn!(listener = %name, %peer, "cannot adopt an accepted connection: {e}")
                         }
-                        continue;
                     }
                 }
-                let listener = slot.config.borrow().clone();
-                let drain = slot.drain.borrow().clone();
-                let local = stream.local_addr().unwrap_or(listener.address);
-                spawn_connection(
-                    &ctx,
-                    &listener,
-                    stream,
-                    (peer, local, slot.bound),
-                    balancer.clone(),
-                    &drain,
-                );
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS and friends: back off instead of spinning.
@@ -246,6 +257,45 @@ pub async fn accept_loop(
             }
         }
     }
+}
+
+/// Connections accepted per wake-up of a core's accept loop, at most: a burst is taken
+/// in large steps, and the core still turns to the connections it serves in between.
+const ACCEPT_BURST: usize = 256;
+
+/// Serves a connection this core accepted, or hands it to the core exact balance picks.
+fn take(
+    ctx: &Rc<CoreCtx>,
+    slot: &Slot,
+    balancer: &Option<Arc<Balancer>>,
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    if let Some(b) = balancer {
+        let target = b.assign();
+        if target != ctx.core {
+            let handoff = Handoff {
+                stream: crate::io::into_std(stream),
+                peer,
+            };
+            if b.inboxes[target].send(handoff).is_err() {
+                b.release(target);
+            }
+            return;
+        }
+    }
+    let listener = slot.config.borrow().clone();
+    let drain = slot.drain.borrow().clone();
+    let local = stream.local_addr().unwrap_or(listener.address);
+    spawn_connection(
+        ctx,
+        &listener,
+        stream,
+        (peer, local, slot.bound),
+        balancer.clone(),
+        &drain,
+    );
 }
 
 /// Serves an internal connection on the internal listener it names (this core's);
