@@ -250,6 +250,34 @@ pub fn set_nonblocking(sock: &impl AsRawFd) -> io::Result<()> {
     socket2::SockRef::from(&fd).set_nonblocking(true)
 }
 
+/// One accept(2) on a non-blocking listening socket, the new socket close-on-exec and
+/// non-blocking when asked; `WouldBlock` when no connection waits.
+pub fn accept_now(
+    listener: &impl AsRawFd,
+    nonblocking: bool,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use std::os::fd::FromRawFd;
+    let fd = listener.as_raw_fd();
+    let flags = libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: the listener stays open for the call (borrowed); accept4 writes at most
+    // `*len` bytes of address into the zeroed storage socket2 lends it and sets `*len` to
+    // what it wrote; the descriptor it returns is new, and std takes it over alone.
+    let (stream, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let r = libc::accept4(fd, storage.cast(), len, flags);
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(std::net::TcpStream::from_raw_fd(r))
+            }
+        })
+    }?;
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::other("accepted a connection that is not TCP/IP"))?;
+    Ok((stream, peer))
+}
+
 /// Whether a socket is in non-blocking mode.
 pub fn is_nonblocking(sock: &impl AsRawFd) -> io::Result<bool> {
     // SAFETY: as in `original_dst`: borrowed for this call only, never closed here.
@@ -304,6 +332,9 @@ pub fn bind_listener_socket(
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted connections inherit it (Envoy sets it on each): one setsockopt per
+    // listener instead of one per connection.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())

@@ -45,7 +45,7 @@ async fn serve_h1(
     let snapshot = ctx.snapshot();
     // Bytes the listener filters read come first.
     let mut buf = prefix;
-    buf.reserve(BUF);
+    make_room(&mut buf);
     let mut conn = Connection {
         ctx,
         drain,
@@ -326,7 +326,7 @@ impl Connection {
                 self.stat(HttpStat::DownstreamCxDrainClose);
                 return Ok(false);
             }
-            self.buf.reserve(BUF);
+            make_room(&mut self.buf);
             let buf = std::mem::take(&mut self.buf);
             // The read is made where it is awaited: a future bound first is copied again.
             let cools = self.requests > 0

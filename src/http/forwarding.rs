@@ -29,6 +29,14 @@ pub(crate) static NO_MODS: HeaderMods = HeaderMods {
 /// Read buffer size for each direction of a connection.
 pub(crate) const BUF: usize = 16 * 1024;
 
+/// Makes room in a read buffer before a read: capacity for [`BUF`] bytes in all, and at
+/// least 4 KB free. (`reserve(BUF)` on a buffer already holding a few bytes at capacity
+/// `BUF` doubles it, and the reallocation copies the whole old block: 16 KB per
+/// connection whose first bytes a listener sniffed, and a 32 KB buffer held after.)
+pub(crate) fn make_room(buf: &mut Vec<u8>) {
+    buf.reserve(BUF.saturating_sub(buf.len()).max(4096));
+}
+
 /// What a forwarded request's upstream head is made from.
 pub(crate) struct HeadParts<'a> {
     pub f: &'a Forward,
@@ -273,7 +281,7 @@ pub(crate) async fn read_response_head(
                 }
             }
         }
-        up.buf.reserve(BUF);
+        make_room(&mut up.buf);
         let buf = std::mem::take(&mut up.buf);
         // Whichever comes first, the route's deadline or the idle limit; as an instant, so
         // the clock is read once (a Duration timeout reads it again).
@@ -431,5 +439,20 @@ mod tests {
             seen.insert(id);
         }
         assert_eq!(seen.len(), 1000);
+    }
+
+    /// A buffer holding a few sniffed bytes at capacity `BUF` reads on in place; a full one
+    /// gets at least 4 KB more.
+    #[test]
+    fn room_for_a_read_does_not_double_a_buffer_that_has_it() {
+        use super::{make_room, BUF};
+        let mut buf = Vec::with_capacity(BUF);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let at = buf.as_ptr();
+        make_room(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (at, BUF));
+        buf.resize(BUF, b'a');
+        make_room(&mut buf);
+        assert!(buf.capacity() - buf.len() >= 4096);
     }
 }

@@ -191,7 +191,7 @@ pub fn start(ctx: &Rc<CoreCtx>, l: CoreListener) {
 /// Accepts on one core until the listener drains.
 ///
 /// As Envoy does on each wake-up, a completed accept is followed by non-blocking
-/// accepts until the queue is empty (at most [`ACCEPT_BURST`]): one accept per turn of
+/// accept(2)s until the queue is empty (at most [`ACCEPT_BURST`]): one accept per turn of
 /// the core's run queue, which a burst's new connections fill, let the kernel's accept
 /// queue overflow and the dropped SYNs wait a second for their retry.
 pub async fn accept_loop(
@@ -201,9 +201,6 @@ pub async fn accept_loop(
     slot: Rc<Slot>,
 ) {
     let name = slot.config.borrow().name.clone();
-    // The same listening socket (a duplicate descriptor, closed with this loop), for the
-    // non-blocking accepts after a completed one.
-    let twin = socket.try_clone();
     let socket = match monoio::net::TcpListener::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
@@ -211,13 +208,8 @@ pub async fn accept_loop(
             return;
         }
     };
-    let twin = match twin {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!(listener = %name, "accepting one connection per wake-up: {e}");
-            None
-        }
-    };
+    // Whether the driver's accepts are non-blocking sockets, learned from its first.
+    let mut nonblocking = None;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = monoio::select! {
@@ -229,19 +221,16 @@ pub async fn accept_loop(
                 backoff = Duration::from_millis(5);
                 // Accepted as the driver accepts: io_uring's are blocking sockets (its
                 // reads and writes wait in the ring), the legacy driver's non-blocking.
-                let nonblocking = crate::io::is_nonblocking(&stream).unwrap_or(true);
+                let nonblocking = *nonblocking
+                    .get_or_insert_with(|| crate::io::is_nonblocking(&stream).unwrap_or(true));
                 take(&ctx, &slot, &balancer, stream, peer);
-                let Some(twin) = &twin else { continue };
                 for _ in 1..ACCEPT_BURST {
-                    let (std, peer) = match twin.accept() {
+                    let (std, peer) = match crate::io::accept_now(&socket, nonblocking) {
                         Ok(a) => a,
                         // Empty, or an error the next accept reports (and backs off on).
                         Err(_) => break,
                     };
-                    let adopted = std
-                        .set_nonblocking(nonblocking)
-                        .and_then(|()| monoio::net::TcpStream::from_std(std));
-                    match adopted {
+                    match monoio::net::TcpStream::from_std(std) {
                         Ok(stream) => take(&ctx, &slot, &balancer, stream, peer),
                         Err(e) => {
                             tracing::warn!(listener = %name, %peer, "cannot adopt an accepted connection: {e}")
@@ -271,7 +260,7 @@ fn take(
     stream: monoio::net::TcpStream,
     peer: SocketAddr,
 ) {
-    let _ = stream.set_nodelay(true);
+    // TCP_NODELAY is the listening socket's, which accepted ones inherit.
     if let Some(b) = balancer {
         let target = b.assign();
         if target != ctx.core {
@@ -408,5 +397,25 @@ mod tests {
             (first.is_err(), second)
         });
         assert_eq!(survived, (true, Ok(7)));
+    }
+
+    /// A listening socket's accepted connections have TCP_NODELAY from it; the accepts
+    /// after a completed one take each waiting connection in the mode asked, with its
+    /// peer's address, and say `WouldBlock` once none waits.
+    #[test]
+    fn burst_accepts_take_what_waits_in_the_mode_asked() {
+        let l = crate::io::bind_listener_socket("127.0.0.1:0".parse().unwrap(), 16, false).unwrap();
+        let at = l.local_addr().unwrap();
+        let clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(at).unwrap())
+            .collect();
+        for (client, nonblocking) in clients.iter().zip([false, true]) {
+            let (s, peer) = crate::io::accept_now(&l, nonblocking).unwrap();
+            assert_eq!(peer, client.local_addr().unwrap());
+            assert!(s.nodelay().unwrap(), "inherited from the listener");
+            assert_eq!(crate::io::is_nonblocking(&s).unwrap(), nonblocking);
+        }
+        let e = crate::io::accept_now(&l, true).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

@@ -8,7 +8,7 @@ use monoio::net::TcpStream;
 
 use super::serve_h1;
 use crate::ctx::{CoreCtx, Downstream, DrainEvent};
-use crate::http::forwarding::{with_timeout, BUF};
+use crate::http::forwarding::with_timeout;
 use crate::io::MaybeTls;
 use crate::model::{Codec, HttpConnectionManager};
 
@@ -105,7 +105,7 @@ async fn sniff_preface(
     limit: Option<std::time::Duration>,
 ) -> bool {
     while !preface_told(buf) {
-        buf.reserve(BUF);
+        crate::http::forwarding::make_room(buf);
         let taken = std::mem::take(buf);
         let Some((res, b)) = with_timeout(limit, crate::io::read_more(stream, taken)).await else {
             return false;
