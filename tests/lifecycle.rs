@@ -663,3 +663,78 @@ async fn a_burst_of_queued_connections_is_accepted_and_served() {
         );
     }
 }
+
+/// The listen queue is as long as Envoy's (`somaxconn`, as Envoy's default -1 asks):
+/// while the proxy is stopped, a burst of 1,500 connections all finish their handshakes
+/// into it; with a queue of 1,024 the rest would have had their SYNs dropped, retried a
+/// second later. Once it runs again, every one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_longer_than_1024_fits_the_listen_queue() {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn < 1600 {
+        eprintln!("net.core.somaxconn is {somaxconn}: no queue longer than 1,024 to show");
+        return;
+    }
+    let conns = 1500;
+    raise_nofile(2 * conns + 200);
+    let yaml = config(
+        "",
+        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
+        "[]",
+    );
+    let p = Proxy::start(&yaml, &one_core("legacy")).await;
+    let pid = p.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let addr = p.addr();
+    let connects: Vec<_> = (0..conns)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr)).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::with_capacity(conns);
+    for c in connects {
+        if let Ok(Ok(s)) = c.await.unwrap() {
+            streams.push(s);
+        }
+    }
+    signal("-CONT");
+    assert_eq!(
+        streams.len(),
+        conns,
+        "handshakes finished while the proxy was stopped"
+    );
+    for s in &mut streams {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    for s in &mut streams {
+        assert_eq!(one_response(s).await.1, "ok");
+    }
+}
+
+/// Raises this process's open-file limit (inherited by the proxies it starts) to at
+/// least `n`, as far as the hard limit allows.
+fn raise_nofile(n: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the one struct passed, which lives across
+    // both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n as u64 {
+            lim.rlim_cur = lim.rlim_max.min(n as u64);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

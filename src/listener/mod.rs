@@ -84,7 +84,10 @@ pub fn bind_listener(
     };
     let mut out = Vec::with_capacity(cores);
     for (k, inbox) in inboxes.iter_mut().enumerate() {
-        let sock = bind_listener_socket(addr, 1024, l.transparent).map_err(|e| {
+        // Envoy's default without `tcp_backlog_size`: -1, which Linux reads as
+        // net.core.somaxconn. A burst past a smaller queue has its SYNs dropped, each
+        // retried a second later.
+        let sock = bind_listener_socket(addr, -1, l.transparent).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("listener '{}': cannot bind {addr}: {e}", l.name),
@@ -276,7 +279,13 @@ fn take(
     }
     let listener = slot.config.borrow().clone();
     let drain = slot.drain.borrow().clone();
-    let local = stream.local_addr().unwrap_or(listener.address);
+    // As in Envoy, the socket is asked only when the listener's address does not say it:
+    // bound to any address, or transparent (TPROXY hands over other destinations).
+    let local = if slot.bound.ip().is_unspecified() || listener.transparent {
+        stream.local_addr().unwrap_or(listener.address)
+    } else {
+        slot.bound
+    };
     spawn_connection(
         ctx,
         &listener,
