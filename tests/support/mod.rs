@@ -280,10 +280,20 @@ impl Proxy {
 
     /// Resident set size of the proxy process, in KiB.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// Resident anonymous memory (heap, stacks): RSS less the binary's code pages, which a
+    /// path run for the first time faults in whatever memory it holds.
+    pub fn rss_anon_kib(&self) -> u64 {
+        self.status_kib("RssAnon:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap())
             .unwrap()
     }

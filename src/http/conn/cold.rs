@@ -73,6 +73,13 @@ impl Connection {
         ] {
             *b = Vec::new();
         }
+        // What the request path keeps from request to request: the upstream request's
+        // buffer (up to 256 KB once a body went through it), the heads' header slots, the
+        // access log's extra part.
+        self.fwd.release();
+        self.head.headers = Vec::new();
+        self.resp_head.headers = Vec::new();
+        self.log.extra = None;
     }
 
     /// Waits cold until the client sends again (true) or the connection ends: the idle

@@ -42,6 +42,14 @@ pub(super) struct Body {
     broken: bool,
 }
 
+impl Body {
+    /// Lets go of the buffers kept from request to request (a cold connection holds none).
+    pub(super) fn release(&mut self) {
+        self.scratch = Vec::new();
+        self.up_out = Vec::new();
+    }
+}
+
 impl Connection {
     /// Proxies the request to the route's cluster (`proxy::forward`), then leaves the
     /// connection at the next request, or closed when this one could not end cleanly.
