@@ -61,6 +61,8 @@ pub struct CoreCtx {
     pub tracer_timer: Parked,
     /// Memory freed in bulk on this core, returned to the OS after the allocator's delay.
     pub freed: crate::wake::Freed,
+    /// Deadlines that seldom end by time (cold connections' idle timeouts), on one timer.
+    pub deadlines: crate::wake::Deadlines,
     /// Exports (spans, OpenTelemetry records) under way from this core: a core that stops
     /// waits for them, briefly.
     pub exports: Cell<usize>,
@@ -213,6 +215,7 @@ impl CoreCtx {
             traces: RefCell::new(Vec::new()),
             tracer_timer: Parked::default(),
             freed: Default::default(),
+            deadlines: Default::default(),
             exports: Cell::new(0),
             log_tx,
             hostname,
@@ -529,9 +532,9 @@ impl Downstream {
 
 /// Runs a future, turning a panic inside it into `Err(())` so that one connection's bug
 /// cannot take the whole core down.
-pub struct CatchUnwind<F>(pub Pin<Box<F>>);
+pub struct CatchUnwind<F: ?Sized>(pub Pin<Box<F>>);
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + ?Sized> Future for CatchUnwind<F> {
     type Output = Result<F::Output, ()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

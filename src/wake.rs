@@ -6,6 +6,9 @@
 use std::cell::Cell;
 use std::task::{Context, Poll, Waker};
 
+mod deadlines;
+pub use deadlines::{Deadline, Deadlines};
+
 /// Where a parked task leaves its waker; whoever gives it work wakes it.
 #[derive(Default)]
 pub struct Parked(Cell<Option<Waker>>);

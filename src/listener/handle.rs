@@ -204,13 +204,9 @@ pub(super) async fn handle(
             }
             if let NetworkFilter::Http(hcm) = &filter {
                 down.client_cert = crate::tls::client_cert(&s, &tls, hcm);
-                let fut = crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain);
-                return Some(Box::pin(serve_http(
-                    guard,
-                    hcm.clone(),
-                    peer,
-                    Box::pin(fut),
-                )));
+                let fut =
+                    crate::http::conn::serve_tls(ctx.clone(), hcm.clone(), s, down, drain).await?;
+                return Some(Box::pin(serve_http(guard, hcm.clone(), peer, fut)));
             }
             crate::tls::down_io(s)
         }
@@ -233,8 +229,9 @@ pub(super) async fn handle(
                 return None;
             };
             let fut =
-                crate::http::conn::serve(ctx.clone(), hcm.clone(), stream, down, drain, prefix);
-            Some(Box::pin(serve_http(guard, hcm, peer, Box::pin(fut))))
+                crate::http::conn::serve(ctx.clone(), hcm.clone(), stream, down, drain, prefix)
+                    .await?;
+            Some(Box::pin(serve_http(guard, hcm, peer, fut)))
         }
         NetworkFilter::Tcp(tp) => {
             if let (true, None, Some(sni)) = (tp.log_needs.tls, &down.authn, sni) {
@@ -264,7 +261,7 @@ async fn serve_http(
     hcm: Arc<crate::model::HttpConnectionManager>,
     peer: SocketAddr,
     // Boxed by the caller: held by value here, it would size this future too.
-    fut: std::pin::Pin<Box<impl std::future::Future<Output = ()>>>,
+    fut: crate::http::conn::Serving,
 ) {
     if CatchUnwind(fut).await.is_err() {
         hcm.stats

@@ -259,6 +259,8 @@ async fn core_main(start: CoreStart) {
             sweeper.upstreams.borrow_mut().sweep(Instant::now());
         }
     });
+    let deadlines = ctx.clone();
+    monoio::spawn(async move { deadlines.deadlines.sweep().await });
     let collector = ctx.clone();
     monoio::spawn(async move {
         loop {

@@ -12,7 +12,14 @@ use crate::http::forwarding::with_timeout;
 use crate::io::MaybeTls;
 use crate::model::{Codec, HttpConnectionManager};
 
-/// Serves one downstream connection until it closes.
+/// What serves a connection once its codec is known: HTTP/1.1 or HTTP/2, each boxed at
+/// its own size.
+pub type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Picks the codec of one downstream connection (the connection manager's, or with
+/// `AUTO` the client's first bytes: HTTP/2 when they are its preface, prior knowledge
+/// h2c) and returns what serves it; `None` when the client went before telling. Awaited
+/// while the connection is set up, so this future is gone once it is served.
 pub async fn serve(
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
@@ -20,45 +27,45 @@ pub async fn serve(
     down: Downstream,
     drain: Rc<DrainEvent>,
     mut prefix: Vec<u8>,
-) {
-    match hcm.codec {
-        // HTTP/2 boxed: its connection state would otherwise size every HTTP/1.1
-        // connection's future too.
-        Codec::Http2 => {
-            return Box::pin(crate::http::h2_server::serve(
-                ctx, hcm, stream, down, drain, prefix,
-            ))
-            .await
-        }
+) -> Option<Serving> {
+    let h2 = match hcm.codec {
+        Codec::Http2 => true,
+        Codec::Http1 => false,
         Codec::Auto => {
-            // HTTP/2 when the first bytes are its preface (prior knowledge, h2c).
             if !sniff_preface(&mut stream, &mut prefix, hcm.idle_timeout).await {
-                return;
+                return None;
             }
-            if prefix.starts_with(crate::http::h2::PREFACE) {
-                return Box::pin(crate::http::h2_server::serve(
-                    ctx, hcm, stream, down, drain, prefix,
-                ))
-                .await;
-            }
+            prefix.starts_with(crate::http::h2::PREFACE)
         }
-        Codec::Http1 => {}
-    }
-    serve_h1(ctx, hcm, MaybeTls::Plain(stream), down, drain, prefix).await
+    };
+    Some(if h2 {
+        Box::pin(crate::http::h2_server::serve(
+            ctx, hcm, stream, down, drain, prefix,
+        ))
+    } else {
+        Box::pin(serve_h1(
+            ctx,
+            hcm,
+            MaybeTls::Plain(stream),
+            down,
+            drain,
+            prefix,
+        ))
+    })
 }
 
-/// Serves one downstream connection after its TLS handshake: HTTP/2 when ALPN chose `h2`
-/// (or the connection manager speaks nothing else), HTTP/1.1 when it chose another
-/// protocol. Without ALPN the first bytes decide, as in Envoy's `AUTO` codec: Istio's
-/// client sidecars offer only `istio-*` protocols, so between sidecars no protocol is
-/// agreed and an HTTP/2 client is known by its preface.
+/// As [`serve`], after the TLS handshake: HTTP/2 when ALPN chose `h2` (or the connection
+/// manager speaks nothing else), HTTP/1.1 when it chose another protocol. Without ALPN
+/// the first bytes decide, as in Envoy's `AUTO` codec: Istio's client sidecars offer only
+/// `istio-*` protocols, so between sidecars no protocol is agreed and an HTTP/2 client is
+/// known by its preface.
 pub async fn serve_tls(
     ctx: Rc<CoreCtx>,
     hcm: Arc<HttpConnectionManager>,
     mut stream: crate::tls::ServerStream,
     down: Downstream,
     drain: Rc<DrainEvent>,
-) {
+) -> Option<Serving> {
     let mut prefix = Vec::new();
     let h2 = match hcm.codec {
         Codec::Http2 => true,
@@ -67,17 +74,25 @@ pub async fn serve_tls(
             Some(p) => p == b"h2",
             None => {
                 if !sniff_tls_preface(&mut stream, &mut prefix, hcm.idle_timeout).await {
-                    return;
+                    return None;
                 }
                 prefix.starts_with(crate::http::h2::PREFACE)
             }
         },
     };
-    if h2 {
+    Some(if h2 {
         let io = crate::io::Rewind::new(prefix, stream);
-        return Box::pin(crate::http::h2_server::serve_io(ctx, hcm, io, down, drain)).await;
-    }
-    serve_h1(ctx, hcm, crate::tls::down_io(stream), down, drain, prefix).await
+        Box::pin(crate::http::h2_server::serve_io(ctx, hcm, io, down, drain))
+    } else {
+        Box::pin(serve_h1(
+            ctx,
+            hcm,
+            crate::tls::down_io(stream),
+            down,
+            drain,
+            prefix,
+        ))
+    })
 }
 
 /// As [`sniff_preface`], over TLS.

@@ -11,7 +11,6 @@ use monoio::buf::IoBufMut;
 use monoio::io::CancelableAsyncReadRent;
 
 use super::{Connection, COLD_AFTER};
-use crate::http::forwarding::with_timeout;
 use crate::io::MaybeTls;
 use crate::stats::HttpStat;
 
@@ -93,14 +92,11 @@ impl Connection {
             return false;
         }
         let limit = self.hcm.idle_timeout.map(|t| t.saturating_sub(COLD_AFTER));
-        // The drain's turn is waited for apart, after the drain signal: each monoio timer
-        // is 640 bytes, and a cold connection holds whatever this future holds.
+        // The core's deadlines, not a timer each: a cold connection holds this future.
+        let deadlines = &self.ctx.deadlines;
         let end = monoio::select! {
-            r = with_timeout(limit, tcp.readable(false)) => match r {
-                Some(Ok(())) => return true,
-                Some(Err(_)) => return false,
-                None => HttpStat::DownstreamCxIdleTimeout,
-            },
+            r = tcp.readable(false) => return r.is_ok(),
+            _ = deadlines.after(limit) => HttpStat::DownstreamCxIdleTimeout,
             _ = self.drain.wait() => HttpStat::DownstreamCxDrainClose,
         };
         if end == HttpStat::DownstreamCxDrainClose {
@@ -108,7 +104,7 @@ impl Connection {
                 // A gradual drain: the client may still send before this connection's turn.
                 monoio::select! {
                     r = tcp.readable(false) => return r.is_ok(),
-                    _ = monoio::time::sleep(left) => {}
+                    _ = deadlines.after(Some(left)) => {}
                 }
             }
         }
