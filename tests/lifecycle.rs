@@ -560,16 +560,21 @@ async fn quiet_keepalive_connections_turn_cold_and_serve_on() {
     }
 }
 
+/// A proxy answering every request itself: 200, `ok`.
+fn answers_ok() -> String {
+    config(
+        "",
+        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
+        "[]",
+    )
+}
+
 /// Idle keep-alive connections hold little memory: once cold, a connection keeps only
 /// its socket and what serves it, not its buffers or request-path state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_hold_little_memory() {
     const CONNS: usize = 1000;
-    let yaml = config(
-        "",
-        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
-        "[]",
-    );
+    let yaml = answers_ok();
     for driver in drivers() {
         let p = Proxy::start(&yaml, &one_core(driver)).await;
         let mut warm = TcpStream::connect(p.addr()).await.unwrap();
@@ -664,11 +669,7 @@ async fn cold_connections_keep_no_forwarding_buffers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_queued_connections_is_accepted_and_served() {
     const CONNS: usize = 400;
-    let direct = config(
-        "",
-        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
-        "[]",
-    );
+    let direct = answers_ok();
     let balanced = direct.replacen(
         "    filter_chains:",
         "    connection_balance_config: {exact_balance: {}}\n    filter_chains:",
@@ -729,11 +730,7 @@ async fn a_burst_longer_than_1024_fits_the_listen_queue() {
     }
     let conns = 1500;
     raise_nofile(2 * conns + 200);
-    let yaml = config(
-        "",
-        "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, direct_response: {status: 200, body: {inline_string: ok}}}]}]",
-        "[]",
-    );
+    let yaml = answers_ok();
     let p = Proxy::start(&yaml, &one_core("legacy")).await;
     let pid = p.child.id().to_string();
     let signal = |sig: &str| {
