@@ -62,24 +62,13 @@ pub(super) async fn inbox_loop(
             h = rx.recv() => h,
             _ = slot.stop.wait() => return,
         };
-        let listener = slot.config.borrow().clone();
-        let drain = slot.drain.borrow().clone();
         let Some(h) = handoff else { return };
         match monoio::net::TcpStream::from_std(h.stream) {
-            Ok(stream) => {
-                let local = stream.local_addr().unwrap_or(listener.address);
-                super::spawn_connection(
-                    &ctx,
-                    &listener,
-                    stream,
-                    (h.peer, local, slot.bound),
-                    Some(balancer.clone()),
-                    &drain,
-                );
-            }
+            Ok(stream) => super::serve_here(&ctx, &slot, Some(&balancer), stream, h.peer),
             Err(e) => {
                 balancer.release(ctx.core);
-                tracing::warn!(listener = %listener.name, "cannot adopt a handed-over connection: {e}");
+                let name = slot.config.borrow().name.clone();
+                tracing::warn!(listener = %name, "cannot adopt a handed-over connection: {e}");
             }
         }
     }

@@ -277,6 +277,17 @@ fn take(
             return;
         }
     }
+    serve_here(ctx, slot, balancer.as_ref(), stream, peer);
+}
+
+/// Serves a connection on this core: accepted here, or handed over by exact balance.
+fn serve_here(
+    ctx: &Rc<CoreCtx>,
+    slot: &Slot,
+    balancer: Option<&Arc<Balancer>>,
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+) {
     let listener = slot.config.borrow().clone();
     let drain = slot.drain.borrow().clone();
     // As in Envoy, the socket is asked only when the listener's address does not say it:
@@ -291,7 +302,7 @@ fn take(
         &listener,
         stream,
         (peer, local, slot.bound),
-        balancer.clone(),
+        balancer.cloned(),
         &drain,
     );
 }
