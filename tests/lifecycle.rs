@@ -449,45 +449,6 @@ async fn an_idle_proxy_takes_no_wakeups() {
     }
 }
 
-/// Reads one response framed by Content-Length from `s`: (status line, body). Bytes
-/// read past it (a pipelined response) wait in `carry` for the next call.
-async fn next_response(s: &mut TcpStream, carry: &mut Vec<u8>) -> (String, String) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&carry[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if carry.len() >= end + 4 + len {
-                let body = String::from_utf8_lossy(&carry[end + 4..end + 4 + len]).to_string();
-                carry.drain(..end + 4 + len);
-                return (head.lines().next().unwrap().to_string(), body);
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("a response within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed before a whole response: {carry:?}");
-        carry.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// One response, and nothing after it.
-async fn one_response(s: &mut TcpStream) -> (String, String) {
-    let mut carry = Vec::new();
-    let r = next_response(s, &mut carry).await;
-    assert!(carry.is_empty(), "bytes after the response: {carry:?}");
-    r
-}
-
 /// A keep-alive connection quiet for a while turns cold (it lets go of its buffers and
 /// request state, and waits for readiness) and serves on when bytes come: a lone
 /// request, a pipelined pair, a head split across reads, a request body; the idle timeout

@@ -343,9 +343,7 @@ impl Connection {
             make_room(&mut self.buf);
             let buf = std::mem::take(&mut self.buf);
             // The read is made where it is awaited: a future bound first is copied again.
-            let cools = self.requests > 0
-                && matches!(self.stream, MaybeTls::Plain(_))
-                && limit.is_none_or(|l| l > COLD_AFTER);
+            let cools = self.requests > 0 && limit.is_none_or(|l| l > COLD_AFTER);
             let (res, buf) = if idle && cools {
                 match self.wait_hot(buf).await {
                     Some(r) => r,

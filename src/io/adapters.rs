@@ -115,6 +115,31 @@ impl<T> ReadAhead<T> {
     }
 }
 
+impl<T: AsyncRead + Unpin> ReadAhead<T> {
+    /// Waits until the socket has bytes and keeps what one read takes for the reader above:
+    /// how a quiet connection waits for its next request with no read through the layers
+    /// above (TLS) in progress, and so none of their buffers. The bytes kept (0: the peer
+    /// closed).
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.buffered() > 0 {
+            return Ok(self.buffered());
+        }
+        std::future::poll_fn(|cx| {
+            GULP.with(|gulp| {
+                let mut gulp = gulp.borrow_mut();
+                gulp.clear();
+                gulp.reserve_exact(READ_AHEAD);
+                let mut rb = ReadBuf::uninit(&mut gulp.spare_capacity_mut()[..READ_AHEAD]);
+                std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+                self.buf = rb.filled().to_vec();
+                self.pos = 0;
+                Poll::Ready(Ok(self.buf.len()))
+            })
+        })
+        .await
+    }
+}
+
 impl<T: AsRawFd> AsRawFd for ReadAhead<T> {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.inner.as_raw_fd()
@@ -442,6 +467,28 @@ mod tests {
         assert!(matches!(read(&mut r, 4096), Poll::Ready(Ok(b)) if b == [6u8; 300]));
         assert!(read(&mut r, 4096).is_pending());
         assert_eq!((r.inner.reads, r.buf.capacity()), (3, 0));
+    }
+
+    #[test]
+    fn a_fill_waits_for_bytes_and_keeps_them_for_the_reader() {
+        let mut r = ReadAhead::new(Socket {
+            chunks: [vec![7u8; 5000], Vec::new()].into(),
+            reads: 0,
+        });
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        let fill =
+            |r: &mut ReadAhead<Socket>, cx: &mut Context<'_>| std::pin::pin!(r.fill()).poll(cx);
+        assert!(matches!(fill(&mut r, cx), Poll::Ready(Ok(5000))));
+        // Kept, not read again: a second fill and the reads see the same bytes.
+        assert!(matches!(fill(&mut r, cx), Poll::Ready(Ok(5000))));
+        assert_eq!(r.inner.reads, 1);
+        assert!(matches!(read(&mut r, 4096), Poll::Ready(Ok(b)) if b == [7u8; 4096]));
+        assert!(matches!(read(&mut r, 4096), Poll::Ready(Ok(b)) if b == [7u8; 904]));
+        assert_eq!(r.buf.capacity(), 0);
+        // The end of the stream: nothing kept.
+        assert!(matches!(fill(&mut r, cx), Poll::Ready(Ok(0))));
+        assert!(fill(&mut r, cx).is_pending());
+        assert_eq!(r.buf.capacity(), 0);
     }
 
     #[test]

@@ -555,6 +555,47 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], idle: Duration) -> Vec<u8> {
     read_all(&mut s, idle).await
 }
 
+/// Reads one response framed by Content-Length from `s`: (status line, body). Bytes
+/// read past it (a pipelined response) wait in `carry` for the next call.
+pub async fn next_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    carry: &mut Vec<u8>,
+) -> (String, String) {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = carry.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&carry[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if carry.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&carry[end + 4..end + 4 + len]).to_string();
+                carry.drain(..end + 4 + len);
+                return (head.lines().next().unwrap().to_string(), body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response: {carry:?}");
+        carry.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// One response, and nothing after it.
+pub async fn one_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (String, String) {
+    let mut carry = Vec::new();
+    let r = next_response(s, &mut carry).await;
+    assert!(carry.is_empty(), "bytes after the response: {carry:?}");
+    r
+}
+
 pub async fn read_all(s: &mut TcpStream, idle: Duration) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];

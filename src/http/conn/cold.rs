@@ -4,6 +4,12 @@
 //! readiness holding only itself. Bytes arriving make it hot again. This is allocation
 //! on readiness, not io_uring's provided-buffer rings: monoio 0.2 does not expose them,
 //! and a ring would still leave each connection's request-path futures resident.
+//!
+//! Over TLS the wait for the next request is a poll of the TLS stream, which takes bytes
+//! from the caller's buffer only when it returns: dropping it loses nothing. A cold TLS
+//! connection waits on its socket beneath the TLS layer, and the bytes that end the wait
+//! are kept there for TLS to read. What it still holds is the TLS session (rustls keeps
+//! a 4 KB record buffer), not the request path's buffers.
 
 use std::io;
 
@@ -22,8 +28,9 @@ impl Connection {
     /// reserved). The read's outcome and the buffer; `None` when the connection ends here:
     /// the client closed, the drain signal came, or it turned cold (`self.cold`).
     pub(super) async fn wait_hot(&mut self, buf: Vec<u8>) -> Option<(io::Result<usize>, Vec<u8>)> {
-        let MaybeTls::Plain(tcp) = &mut self.stream else {
-            unreachable!("only plaintext connections turn cold");
+        let tcp = match &mut self.stream {
+            MaybeTls::Plain(tcp) => tcp,
+            MaybeTls::Tls(_) => return self.wait_hot_tls(buf).await,
         };
         let canceller = self
             .canceller
@@ -59,6 +66,24 @@ impl Connection {
         Some((res, buf))
     }
 
+    /// As [`Self::wait_hot`], over TLS. The read polls the TLS stream, which hands over
+    /// bytes only when it returns them: dropped while it waits, it took none, and what TLS
+    /// read from the socket (a partial record) stays in the stream.
+    async fn wait_hot_tls(&mut self, buf: Vec<u8>) -> Option<(io::Result<usize>, Vec<u8>)> {
+        let read = crate::io::read_more(&mut self.stream, buf);
+        let quiet = monoio::select! {
+            r = read => return Some(r),
+            _ = monoio::time::sleep(COLD_AFTER) => true,
+            _ = self.drain.turn() => false,
+        };
+        if quiet {
+            self.go_cold();
+        } else {
+            self.stat(HttpStat::DownstreamCxDrainClose);
+        }
+        None
+    }
+
     /// Lets go of what only a hot connection needs.
     fn go_cold(&mut self) {
         self.cold = true;
@@ -84,9 +109,6 @@ impl Connection {
     /// Waits cold until the client sends again (true) or the connection ends: the idle
     /// timeout (counted from when it went quiet), the drain signal, an error.
     pub(super) async fn wait_cold(&mut self) -> bool {
-        let MaybeTls::Plain(tcp) = &self.stream else {
-            return false;
-        };
         if self.drain.should_close() {
             self.stat(HttpStat::DownstreamCxDrainClose);
             return false;
@@ -94,8 +116,9 @@ impl Connection {
         let limit = self.hcm.idle_timeout.map(|t| t.saturating_sub(COLD_AFTER));
         // The core's deadlines, not a timer each: a cold connection holds this future.
         let deadlines = &self.ctx.deadlines;
+        let stream = &mut self.stream;
         let end = monoio::select! {
-            r = tcp.readable(false) => return r.is_ok(),
+            r = readable(stream) => return r.is_ok(),
             _ = deadlines.after(limit) => HttpStat::DownstreamCxIdleTimeout,
             _ = self.drain.wait() => HttpStat::DownstreamCxDrainClose,
         };
@@ -103,12 +126,22 @@ impl Connection {
             if let Some(left) = self.drain.turn_left() {
                 // A gradual drain: the client may still send before this connection's turn.
                 monoio::select! {
-                    r = tcp.readable(false) => return r.is_ok(),
+                    r = readable(stream) => return r.is_ok(),
                     _ = deadlines.after(Some(left)) => {}
                 }
             }
         }
         self.stat(end);
         false
+    }
+}
+
+/// Waits until the client sends (or closes). A TLS stream's socket is read underneath it,
+/// and the bytes are kept for the TLS layer's next read: waiting through TLS would keep a
+/// read, and the record layer's buffers, in progress.
+async fn readable(stream: &mut crate::tls::DownIo) -> io::Result<()> {
+    match stream {
+        MaybeTls::Plain(tcp) => tcp.readable(false).await,
+        MaybeTls::Tls(tls) => tls.0.get_mut().0.fill().await.map(drop),
     }
 }
