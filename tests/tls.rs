@@ -783,6 +783,21 @@ async fn tcp_proxy_terminates_and_originates_tls() {
             .expect("echo within 3 s")
             .unwrap();
         assert_eq!(&buf, b"ping over tls", "{driver}");
+        // Counted as the bytes passed, while the tunnel is open (within its 0.5 s idle
+        // timeout), not when it ends.
+        for (stat, want) in [
+            ("tcp.terminate.downstream_cx_rx_bytes_total", 13),
+            ("tcp.terminate.downstream_cx_tx_bytes_total", 13),
+            ("cluster.echo.upstream_cx_tx_bytes_total", 13),
+            ("cluster.echo.upstream_cx_rx_bytes_total", 13),
+        ] {
+            assert_eq!(proxy.stat(stat).await, want, "{driver} {stat}");
+        }
+        assert_eq!(
+            proxy.stat("tcp.terminate.idle_timeout").await,
+            0,
+            "{driver}"
+        );
         // Quiet for longer than idle_timeout: the proxy closes it (TLS close_notify or FIN).
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;

@@ -166,21 +166,20 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (ra, rb) = (Cell::new(0), Cell::new(0));
-    copy_tls_tunnel_mx(a, b, idle, limit, [None, None], [&ra, &rb]).await
+    copy_tls_tunnel_mx(a, b, idle, limit, [None, None], [&|_| {}, &|_| {}]).await
 }
 
 /// [`copy_tls_tunnel`] with Istio's TCP metadata exchange on either side (`mx[0]` for
 /// `a`, `mx[1]` for `b`): the peers' frames are taken off the stream, this side's put on.
-/// `read` counts the bytes read from each side as they pass (others may look at them
-/// meanwhile: Istio's periodic TCP reports).
+/// `read` is told of the bytes read from each side as they pass (a connection's stats are
+/// current by the time its peer sees it end; Istio's periodic TCP reports read them).
 pub async fn copy_tls_tunnel_mx<A, B>(
     a: &mut MaybeTls<monoio::net::TcpStream, A>,
     b: &mut MaybeTls<monoio::net::TcpStream, B>,
     idle: Option<Duration>,
     limit: Option<Duration>,
     mx: [Option<super::exchange::MxSide>; 2],
-    read: [&Cell<u64>; 2],
+    read: [&dyn Fn(u64); 2],
 ) -> (Tunnel, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -210,14 +209,14 @@ where
 }
 
 /// Copies both ways between a connection and any poll-style stream (an HTTP/2 stream
-/// carrying a tunnel), as [`copy_tls_tunnel`] does. `read[0]` counts the bytes read from
-/// `a`, `read[1]` those from `b`.
+/// carrying a tunnel), as [`copy_tls_tunnel`] does. `read[0]` is told of the bytes read
+/// from `a` as they pass, `read[1]` of those from `b`.
 pub async fn copy_to_stream<A>(
     a: &mut MaybeTls<monoio::net::TcpStream, A>,
     b: &mut (dyn Pollable + Unpin),
     idle: Option<Duration>,
     limit: Option<Duration>,
-    read: [&Cell<u64>; 2],
+    read: [&dyn Fn(u64); 2],
 ) -> (Tunnel, u64, u64)
 where
     A: AsyncRead + AsyncWrite + Unpin,
@@ -246,21 +245,24 @@ async fn copy_pollables(
     y: &mut (dyn Pollable + Unpin),
     idle: Option<Duration>,
     limit: Option<Duration>,
-    read: [&Cell<u64>; 2],
+    read: [&dyn Fn(u64); 2],
 ) -> (Tunnel, u64, u64) {
     let last = Cell::new(Instant::now());
     // Bytes read from each side, counted as they pass: an error or a limit still knows
     // how much moved.
-    let [read_a, read_b] = read;
+    let [on_a, on_b] = read;
+    let (read_a, read_b) = (Cell::new(0), Cell::new(0));
     let mut x = Active {
         inner: x,
         last: &last,
-        read: read_a,
+        read: &read_a,
+        on_read: on_a,
     };
     let mut y = Active {
         inner: y,
         last: &last,
-        read: read_b,
+        read: &read_b,
+        on_read: on_b,
     };
     let copy = tokio::io::copy_bidirectional(&mut x, &mut y);
     let quiet = async {
@@ -303,6 +305,8 @@ struct Active<'a, S: ?Sized> {
     last: &'a Cell<Instant>,
     /// Bytes read from it so far.
     read: &'a Cell<u64>,
+    /// Told of each read's bytes.
+    on_read: &'a dyn Fn(u64),
 }
 
 impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
@@ -317,6 +321,7 @@ impl<S: AsyncRead + Unpin + ?Sized> AsyncRead for Active<'_, S> {
         if n > 0 {
             self.last.set(Instant::now());
             self.read.set(self.read.get() + n as u64);
+            (self.on_read)(n as u64);
         }
         r
     }

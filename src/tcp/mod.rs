@@ -204,17 +204,7 @@ async fn proxy(
         mx_down.as_ref().map(|m| m.found.clone()),
         mx_up.as_ref().map(|m| m.found.clone()),
     );
-    // The user-space copy's live counts (the splice path counts through `rx`/`tx`).
-    let (live_rx, live_tx) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
-    let tunnel = carry(
-        &mut down,
-        &mut up,
-        tp,
-        [mx_down, mx_up],
-        [&live_rx, &live_tx],
-        rx,
-        tx,
-    );
+    let tunnel = carry(&mut down, &mut up, tp, [mx_down, mx_up], rx, tx);
     // istio.stats reports an open connection every `tcp_reporting_duration`, once its
     // peer is known (the exchange's frame read, where the exchange runs).
     let ticks = telemetry::Ticks::default();
@@ -232,7 +222,7 @@ async fn proxy(
                 c.as_ref().map(|c| c.borrow().clone())
             };
             let frames = (frame(&found.0), frame(&found.1));
-            let bytes = (received.get() + live_rx.get(), sent.get() + live_tx.get());
+            let bytes = (received.get(), sent.get());
             telemetry::tick(ctx, f, tp, conn, &*out, frames, &ticks, bytes);
         }
     };
@@ -258,13 +248,12 @@ async fn proxy(
 /// Moves bytes both ways between the client and the upstream connection under the TCP
 /// proxy's idle and lifetime limits: spliced when both are plaintext, else copied through
 /// user space (TLS ends or begins here), with Istio's TCP exchange on the sides in `mx`.
-/// `rx`/`tx` count the bytes each way; `live` shows a copy's counts while it runs.
+/// `rx`/`tx` count the bytes each way as they pass.
 async fn carry(
     down: &mut crate::tls::DownIo,
     up: &mut UpIo,
     tp: &TcpProxy,
     mx: [Option<crate::io::exchange::MxSide>; 2],
-    live: [&std::cell::Cell<u64>; 2],
     rx: impl Fn(u64),
     tx: impl Fn(u64),
 ) -> Tunnel {
@@ -274,11 +263,9 @@ async fn carry(
             crate::io::splice_both_ways((down, up), idle, limit, rx, tx).await
         }
         (down, up) => {
-            let (ended, a, b) =
-                crate::io::copy_tls_tunnel_mx(down, up, idle, limit, mx, live).await;
-            rx(a);
-            tx(b);
-            ended
+            crate::io::copy_tls_tunnel_mx(down, up, idle, limit, mx, [&rx, &tx])
+                .await
+                .0
         }
     }
 }

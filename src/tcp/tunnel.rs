@@ -102,20 +102,17 @@ pub(super) async fn proxy(
                 }
                 rx(prefix.len() as u64);
             }
-            let (a, b) = (Cell::new(0), Cell::new(0));
-            let (ended, read, written) = crate::io::copy_to_stream(
+            let (ended, _, _) = crate::io::copy_to_stream(
                 &mut down,
                 &mut io,
                 tp.idle_timeout,
                 tp.max_downstream_connection_duration,
-                [&a, &b],
+                [&rx, &tx],
             )
             .await;
             if ended != Tunnel::Done {
                 io.reset();
             }
-            rx(read);
-            tx(written);
             ended
         }
         None => {
@@ -183,8 +180,7 @@ pub(super) async fn proxy(
                     return;
                 }
             }
-            let (a, b) = (Cell::new(0), Cell::new(0));
-            super::carry(&mut down, &mut up, tp, [None, None], [&a, &b], &rx, &tx).await
+            super::carry(&mut down, &mut up, tp, [None, None], &rx, &tx).await
         }
     };
     out.received = received.get();

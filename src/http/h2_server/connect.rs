@@ -4,8 +4,6 @@
 //! internal listener `main_internal`, with the filter state its filters share (the
 //! CONNECT's authority, the client's principals and baggage).
 
-use std::cell::Cell;
-
 use bytes::Bytes;
 
 use crate::http::error::HttpError;
@@ -67,17 +65,17 @@ impl Stream {
         hs.inc(HttpStat::DownstreamCxUpgradesActive as usize);
         let mut io = crate::http::h2::tunnel::H2Io::new(tx, body);
         let idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
-        let (a, b) = (Cell::new(0), Cell::new(0));
+        // The upstream connection's bytes counted as they pass, as Envoy counts them.
+        let from_up = |n| cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
+        let from_client = |n| cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);
         let (ended, to_client, from_client) =
-            crate::io::copy_to_stream(&mut up, &mut io, idle, None, [&a, &b]).await;
+            crate::io::copy_to_stream(&mut up, &mut io, idle, None, [&from_up, &from_client]).await;
         if ended != crate::io::Tunnel::Done {
             io.reset();
         }
         hs.dec(HttpStat::DownstreamCxUpgradesActive as usize);
         self.log.bytes_received = from_client;
         self.log.bytes_sent = to_client;
-        cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, from_client);
-        cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, to_client);
         self.resp_ended = true;
         Ok(())
     }
