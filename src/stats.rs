@@ -197,7 +197,7 @@ pub struct Store {
     /// The bootstrap's `stats_config`; Envoy's defaults until one is set.
     config: arc_swap::ArcSwapOption<StatsConfig>,
     /// Tag extraction by stat name, computed on the first read of each name.
-    tagged: Mutex<std::collections::HashMap<String, Arc<tags::Tagged>>>,
+    tagged: Mutex<tags::TagCache>,
     /// Counter values at admin's last `/reset_counters`, subtracted when read (the cells
     /// belong to the cores: they are never written from here).
     baselines: Mutex<std::collections::HashMap<String, u64>>,
@@ -289,17 +289,12 @@ impl Store {
     pub fn tagged(&self, name: &str) -> Arc<tags::Tagged> {
         static DEFAULTS: OnceLock<tags::TagProducer> = OnceLock::new();
         let mut cache = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = cache.get(name) {
-            return t.clone();
-        }
         let config = self.config.load();
         let producer = match config.as_deref() {
             Some(c) => &c.tags,
             None => DEFAULTS.get_or_init(tags::TagProducer::envoy_defaults),
         };
-        let t = Arc::new(producer.produce(name));
-        cache.insert(name.to_string(), t.clone());
-        t
+        cache.get(name, producer)
     }
 
     /// Keeps the stats `stats_matcher` accepts.

@@ -35,6 +35,17 @@ pub fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// After this thread freed a lot at once (a big xDS response applied, a big admin
+/// response sent), returns it to the OS a little later: mimalloc would otherwise keep
+/// those pages resident until this thread allocates again, and an idle control thread does
+/// not. Runs on the caller's thread (a current-thread runtime's task).
+pub fn release_freed_soon() {
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release_free_memory();
+    });
+}
+
 /// The process's memory as mimalloc sees it: (bytes committed now, the most committed,
 /// resident bytes). For admin's `/memory`.
 pub fn memory_info() -> (usize, usize, usize) {

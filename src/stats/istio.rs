@@ -320,11 +320,9 @@ impl Store {
         {
             let mut cache = self.tagged.lock().unwrap_or_else(|e| e.into_inner());
             for (name, metric, tags) in tagged {
-                cache.entry(name).or_insert_with(|| {
-                    Arc::new(super::tags::Tagged {
-                        name: format!("{NAMESPACE}.{metric}"),
-                        tags,
-                    })
+                cache.give(name, || super::tags::Tagged {
+                    name: format!("{NAMESPACE}.{metric}"),
+                    tags,
                 });
             }
         }
@@ -338,12 +336,9 @@ impl Store {
             self.tagged
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .entry(name.clone())
-                .or_insert_with(|| {
-                    Arc::new(super::tags::Tagged {
-                        name: format!("{NAMESPACE}.istio_build"),
-                        tags,
-                    })
+                .give(name.clone(), || super::tags::Tagged {
+                    name: format!("{NAMESPACE}.istio_build"),
+                    tags,
                 });
             stats.push(StatValue {
                 name,

@@ -252,10 +252,7 @@ fn release_after(update: Update) {
         .sum();
     drop(update);
     if bytes >= BIG {
-        tokio::task::spawn_local(async {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            crate::io::release_free_memory();
-        });
+        crate::io::release_freed_soon();
     }
 }
 

@@ -187,3 +187,28 @@ fn every_built_in_regex_compiles_with_two_groups() {
         assert!(r.captures_len() >= 3, "{name} needs two groups");
     }
 }
+
+#[test]
+fn the_tag_cache_keeps_a_bounded_number_of_names() {
+    let p = TagProducer::envoy_defaults();
+    let mut cache = TagCache::default();
+    let name = |i: usize| format!("cluster.c{i}.upstream_rq_200");
+    for i in 0..TagCache::KEPT + 100 {
+        let t = cache.get(&name(i), &p);
+        assert_eq!(t.name, "cluster.upstream_rq");
+        assert_eq!(
+            tags(&t)[1],
+            ("envoy.cluster_name", format!("c{i}").as_str())
+        );
+    }
+    assert_eq!(cache.len(), TagCache::KEPT);
+    // Past the bound, names are still answered, extracted again on each read.
+    let late = cache.get(&name(TagCache::KEPT + 50), &p);
+    assert_eq!(tags(&late)[0], ("envoy.response_code", "200"));
+    assert_eq!(cache.len(), TagCache::KEPT);
+    // A kept name is answered from the cache.
+    assert!(std::sync::Arc::ptr_eq(
+        &cache.get(&name(7), &p),
+        &cache.get(&name(7), &p)
+    ));
+}
