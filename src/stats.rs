@@ -17,6 +17,7 @@ pub mod istio;
 mod kept;
 pub mod labeled;
 pub mod sink;
+mod snapshot;
 pub mod tags;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -120,6 +121,15 @@ impl CoreCells {
     #[inline]
     pub fn set(&self, idx: usize, v: u64) {
         self.cells()[idx].store(v, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge, without making this core's cells for a 0 they would read anyway
+    /// (admin refreshes every cluster's circuit-breaker gauges on each stats read).
+    #[inline]
+    pub fn put(&self, idx: usize, v: u64) {
+        if v != 0 || self.cells.get().is_some() {
+            self.set(idx, v);
+        }
     }
 
     /// Subtracts one from a gauge.
@@ -269,7 +279,7 @@ impl Store {
     /// Admin's `/reset_counters`: every counter reads 0 from now on (gauges and histograms
     /// keep theirs, as in Envoy).
     pub fn reset_counters(&self) {
-        let current = self.raw_snapshot();
+        let current = self.raw_snapshot(&|_, _| true);
         let mut b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
         for s in current.into_iter().filter(|s| !s.gauge) {
             b.insert(s.name, s.value as u64);
@@ -374,86 +384,6 @@ impl Store {
         out.extend(self.istio_stats().1);
         out.sort_by(|a, b| a.name.cmp(&b.name));
         self.accepted(out, |h| &h.name)
-    }
-
-    /// Every stat, sorted by name; counters since the last `/reset_counters`.
-    pub fn snapshot(&self) -> Vec<StatValue> {
-        let mut out = self.raw_snapshot();
-        let b = self.baselines.lock().unwrap_or_else(|e| e.into_inner());
-        if !b.is_empty() {
-            for s in out.iter_mut().filter(|s| !s.gauge) {
-                if let Some(&base) = b.get(&s.name) {
-                    s.value = (s.value as u64).wrapping_sub(base) as i64;
-                }
-            }
-        }
-        out
-    }
-
-    /// Every stat as its cells hold it, sorted by name.
-    fn raw_snapshot(&self) -> Vec<StatValue> {
-        let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::new();
-        for scope in scopes.values() {
-            // A code's counter exists once a response with it was counted, as in Envoy.
-            if !scope.codes.is_empty() {
-                let mut totals = [0u64; CODES];
-                for core in scope.cores.iter() {
-                    for (t, c) in totals
-                        .iter_mut()
-                        .zip(core.codes.get().into_iter().flatten())
-                    {
-                        *t += c.load(Ordering::Relaxed);
-                    }
-                }
-                for (i, &t) in totals.iter().enumerate().filter(|(_, &t)| t > 0) {
-                    out.push(StatValue {
-                        name: format!("{}{}{}", scope.prefix, scope.codes, i + 100),
-                        value: t as i64,
-                        gauge: false,
-                        used: true,
-                    });
-                }
-            }
-            for (i, name) in scope.names.iter().enumerate() {
-                let gauge = scope.gauges.contains(&i);
-                if (scope.lazy || scope.lazy_stats.contains(&i))
-                    && scope.cores.iter().all(|c| c.get(i) == 0)
-                {
-                    continue;
-                }
-                let value = scope.total(i);
-                out.push(StatValue {
-                    name: format!("{}{}", scope.prefix, name),
-                    value,
-                    gauge,
-                    used: value != 0 || scope.set.contains(&i),
-                });
-                if scope.per_worker.contains(&i) {
-                    for k in 0..self.cores - 1 {
-                        let value = scope.on_core(k, i) as i64;
-                        out.push(StatValue {
-                            name: format!("{}worker_{k}.{name}", scope.prefix),
-                            value,
-                            gauge,
-                            used: value != 0,
-                        });
-                    }
-                }
-            }
-        }
-        if cfg!(feature = "count-allocs") {
-            out.push(StatValue {
-                name: "server.heap_allocations".into(),
-                value: crate::io::HEAP_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
-                    as i64,
-                gauge: false,
-                used: true,
-            });
-        }
-        out.extend(self.istio_stats().0);
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        self.accepted(out, |s| &s.name)
     }
 }
 

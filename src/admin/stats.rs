@@ -158,30 +158,30 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
         let retries = b.in_use(Resource::Retries, 0);
         let open = |n: u64, limit: u64| u64::from(n > 0 && n >= limit);
         let d = b.stats[0].core(control);
-        d.set(B::CxOpen as usize, open(cx, b.default.max_connections));
-        d.set(B::RqOpen as usize, open(rq, b.default.max_requests));
-        d.set(
+        d.put(B::CxOpen as usize, open(cx, b.default.max_connections));
+        d.put(B::RqOpen as usize, open(rq, b.default.max_requests));
+        d.put(
             B::RqPendingOpen as usize,
             open(pending, b.default.max_pending_requests),
         );
         let retry_limit = b.retry_limit(|| used(ClusterStat::UpstreamRqActive));
-        d.set(B::RqRetryOpen as usize, open(retries, retry_limit));
+        d.put(B::RqRetryOpen as usize, open(retries, retry_limit));
         for (scope, th, (cx, pending, rq, retries)) in [
             (&b.remaining[0], &b.default, (cx, pending, rq, retries)),
             (&b.remaining[1], &b.high, (0, 0, 0, 0)),
         ] {
             let Some(scope) = scope else { continue };
             let r = scope.core(control);
-            r.set(
+            r.put(
                 R::RemainingCx as usize,
                 th.max_connections.saturating_sub(cx),
             );
-            r.set(
+            r.put(
                 R::RemainingPending as usize,
                 th.max_pending_requests.saturating_sub(pending),
             );
-            r.set(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
-            r.set(
+            r.put(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
+            r.put(
                 R::RemainingRetries as usize,
                 // Envoy clears the gauge under a retry budget (its remaining is meaningless).
                 match th.retry_budget {
@@ -189,7 +189,7 @@ fn refresh_breaker_gauges(state: &super::AdminState) {
                     None => th.max_retries.saturating_sub(retries),
                 },
             );
-            r.set(R::RemainingCxPools as usize, u64::MAX);
+            r.put(R::RemainingCxPools as usize, u64::MAX);
         }
     }
 }
@@ -248,8 +248,11 @@ pub(super) fn selected_stats(
     let used_only = params.contains_key("usedonly");
     refresh_server_gauges(state);
     refresh_breaker_gauges(state);
-    let mut stats = state.stats.snapshot();
-    stats.retain(|s| keep(&s.name) && (!used_only || s.used));
+    // Kept as they are read: a big mesh has hundreds of thousands of stats, and a
+    // readiness probe wants a few.
+    let stats = state
+        .stats
+        .snapshot_where(&|name, used| (!used_only || used) && keep(name));
     let mut hists = state.stats.histograms();
     hists.retain(|h| keep(&h.name) && (!used_only || h.count > 0));
     Ok((stats, hists))
