@@ -57,27 +57,28 @@ pub struct Padded<T>(pub T);
 
 /// One core's cells for one scope, made on the core's first write: in a big mesh most
 /// clusters never see a request on most cores (10,000 clusters' counters on two idle
-/// workers were 24 MB).
-#[repr(align(64))]
+/// workers were 24 MB). Not padded to a cache line: after the first write a core only
+/// reads these pointers, and the cells they point to are allocated by the core that
+/// writes them, in its own heap (10,000 clusters' scopes padded were 7 MB more).
 pub struct CoreCells {
     cells: OnceLock<Box<[AtomicU64]>>,
-    n: usize,
     /// Per-status-code counters, made on this core's first response for the scope (most
     /// scopes never see traffic on most cores, so none pays 4 KB for nothing).
     codes: OnceLock<Box<[AtomicU64]>>,
     /// Histogram cells, made on this core's first record for the scope.
     hists: OnceLock<Box<[histogram::HistCells]>>,
-    n_hists: usize,
+    n: u16,
+    n_hists: u16,
 }
 
 impl CoreCells {
     fn new(n: usize, n_hists: usize) -> Self {
         CoreCells {
             cells: OnceLock::new(),
-            n,
+            n: n as u16,
             codes: OnceLock::new(),
             hists: OnceLock::new(),
-            n_hists,
+            n_hists: n_hists as u16,
         }
     }
 
@@ -153,26 +154,48 @@ impl CoreCells {
     }
 }
 
-/// A named scope with one block of cells per core.
+/// A named scope with one block of cells per core. A big mesh has tens of thousands
+/// (five a cluster), so a scope holds its family's description by reference and shares
+/// its prefix with the registry's key.
 pub struct Scope {
-    prefix: String,
-    names: &'static [&'static str],
-    gauges: &'static [usize],
-    /// `StatNames::SET`.
-    set: &'static [usize],
+    prefix: Arc<str>,
+    family: &'static Family,
     cores: Box<[CoreCells]>,
     /// Extra per-core cells named `<prefix>worker_<k>.<name>` (Envoy's per-worker listener stats).
     per_worker: &'static [usize],
-    /// `StatNames::CODES`.
+}
+
+/// A scope's place in the registry: its prefix and its family's first stat name (two
+/// families may share a prefix).
+type ScopeKey = (Arc<str>, &'static str);
+
+/// What a [`StatNames`] family declares, once per family.
+struct Family {
+    names: &'static [&'static str],
+    gauges: &'static [usize],
+    set: &'static [usize],
     codes: &'static str,
-    /// `StatNames::LAZY`.
     lazy: bool,
-    /// `StatNames::LAZY_STATS`.
     lazy_stats: &'static [usize],
-    /// `StatNames::LAZY_HISTOGRAMS`.
     lazy_histograms: &'static [usize],
-    /// `StatNames::HISTOGRAMS`.
     histograms: &'static [&'static str],
+}
+
+impl Family {
+    fn of<S: StatNames>() -> &'static Family {
+        const {
+            &Family {
+                names: S::NAMES,
+                gauges: S::GAUGES,
+                set: S::SET,
+                codes: S::CODES,
+                lazy: S::LAZY,
+                lazy_stats: S::LAZY_STATS,
+                lazy_histograms: S::LAZY_HISTOGRAMS,
+                histograms: S::HISTOGRAMS,
+            }
+        }
+    }
 }
 
 impl Scope {
@@ -203,7 +226,7 @@ impl Scope {
 /// Where every scope is registered, so admin can list them.
 pub struct Store {
     cores: usize,
-    scopes: Mutex<BTreeMap<String, Arc<Scope>>>,
+    scopes: Mutex<BTreeMap<ScopeKey, Arc<Scope>>>,
     /// The bootstrap's `stats_config`; Envoy's defaults until one is set.
     config: arc_swap::ArcSwapOption<StatsConfig>,
     /// Tag extraction by stat name, computed on the first read of each name.
@@ -333,9 +356,9 @@ impl Store {
         per_worker: &'static [usize],
     ) -> Arc<Scope> {
         let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        let key = format!("{prefix}\u{0}{}", S::NAMES[0]);
+        let prefix: Arc<str> = prefix.into();
         scopes
-            .entry(key)
+            .entry((prefix.clone(), S::NAMES[0]))
             .or_insert_with(|| Arc::new(self.new_scope::<S>(prefix, per_worker)))
             .clone()
     }
@@ -343,24 +366,17 @@ impl Store {
     /// Cells as [`Store::scope`]'s that no stats output shows (Envoy keeps no stats for
     /// what they count, e.g. internal listeners).
     pub fn detached_scope<S: StatNames>(&self) -> Arc<Scope> {
-        Arc::new(self.new_scope::<S>("", &[]))
+        Arc::new(self.new_scope::<S>("".into(), &[]))
     }
 
-    fn new_scope<S: StatNames>(&self, prefix: &str, per_worker: &'static [usize]) -> Scope {
+    fn new_scope<S: StatNames>(&self, prefix: Arc<str>, per_worker: &'static [usize]) -> Scope {
         Scope {
-            prefix: prefix.to_string(),
-            names: S::NAMES,
-            gauges: S::GAUGES,
-            set: S::SET,
+            prefix,
+            family: Family::of::<S>(),
             cores: (0..self.cores)
                 .map(|_| CoreCells::new(S::N, S::HISTOGRAMS.len()))
                 .collect(),
             per_worker,
-            codes: S::CODES,
-            lazy: S::LAZY,
-            lazy_stats: S::LAZY_STATS,
-            lazy_histograms: S::LAZY_HISTOGRAMS,
-            histograms: S::HISTOGRAMS,
         }
     }
 
@@ -369,14 +385,14 @@ impl Store {
         let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for scope in scopes.values() {
-            for (i, name) in scope.histograms.iter().enumerate() {
+            for (i, name) in scope.family.histograms.iter().enumerate() {
                 let cells = scope
                     .cores
                     .iter()
                     .filter_map(|c| c.hists.get())
                     .map(|h| &h[i]);
                 let h = HistValue::merge(format!("{}{}", scope.prefix, name), cells);
-                if h.count > 0 || !scope.lazy_histograms.contains(&i) {
+                if h.count > 0 || !scope.family.lazy_histograms.contains(&i) {
                     out.push(h);
                 }
             }

@@ -56,7 +56,7 @@ impl Store {
         let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         for scope in scopes.values() {
             // A code's counter exists once a response with it was counted, as in Envoy.
-            if !scope.codes.is_empty() {
+            if !scope.family.codes.is_empty() {
                 let mut totals = [0u64; CODES];
                 for core in scope.cores.iter() {
                     for (t, c) in totals
@@ -68,13 +68,13 @@ impl Store {
                 }
                 for (i, &t) in totals.iter().enumerate().filter(|(_, &t)| t > 0) {
                     name.clear();
-                    let _ = write!(name, "{}{}{}", scope.prefix, scope.codes, i + 100);
+                    let _ = write!(name, "{}{}{}", scope.prefix, scope.family.codes, i + 100);
                     push(&mut out, &name, t as i64, false, true);
                 }
             }
-            for (i, stat) in scope.names.iter().enumerate() {
-                let gauge = scope.gauges.contains(&i);
-                if (scope.lazy || scope.lazy_stats.contains(&i))
+            for (i, stat) in scope.family.names.iter().enumerate() {
+                let gauge = scope.family.gauges.contains(&i);
+                if (scope.family.lazy || scope.family.lazy_stats.contains(&i))
                     && scope.cores.iter().all(|c| c.get(i) == 0)
                 {
                     continue;
@@ -82,7 +82,7 @@ impl Store {
                 let value = scope.total(i);
                 name.clear();
                 let _ = write!(name, "{}{}", scope.prefix, stat);
-                let used = value != 0 || scope.set.contains(&i);
+                let used = value != 0 || scope.family.set.contains(&i);
                 push(&mut out, &name, value, gauge, used);
                 if scope.per_worker.contains(&i) {
                     for k in 0..self.cores - 1 {
