@@ -235,8 +235,7 @@ pub struct Store {
     /// belong to the cores: they are never written from here).
     baselines: Mutex<std::collections::HashMap<String, u64>>,
     /// Values configurations share by key while any holds them (see [`Store::shared`]).
-    shared:
-        Mutex<std::collections::HashMap<String, std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    shared: Mutex<kept::Shared>,
     /// Istio's `istio_*` series (`istio.stats`).
     pub istio: istio::Istio,
     /// What the bootstrap's conversion leaves for later ones (xDS), by key.
@@ -493,6 +492,31 @@ mod tests {
         drop(a);
         // Nobody holds it any more: a new one.
         assert_eq!(store.shared::<AtomicU64>("k").load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn dead_shared_values_are_swept_in_passes_not_on_every_miss() {
+        let store = Store::new(1);
+        let mut held = Vec::new();
+        for i in 0..10_000 {
+            let v = store.shared::<AtomicU64>(&format!("k{i}"));
+            v.store(i, Ordering::Relaxed);
+            // Every other one stays held, as clusters still in a configuration do.
+            if i % 2 == 0 {
+                held.push(v);
+            }
+        }
+        let m = store.shared.lock().unwrap();
+        assert!(m.len() <= 2 * held.len() + 64, "{} values kept", m.len());
+        drop(m);
+        assert_eq!(
+            store.shared::<AtomicU64>("k4242").load(Ordering::Relaxed),
+            4242
+        );
+        assert_eq!(
+            store.shared::<AtomicU64>("k4243").load(Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]
