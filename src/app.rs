@@ -252,6 +252,10 @@ pub fn run(opts: Options) -> Result<i32, StartError> {
         bound.addresses,
     );
     let initialized = Arc::new(AtomicBool::new(!awaits_xds));
+    let current = shared.clone();
+    stats.set_computed(Box::new(move |emit| {
+        crate::admin::breaker_stats(&current.load(), emit)
+    }));
     let state = Arc::new(crate::admin::AdminState {
         snapshot: shared.clone(),
         stats: stats.clone(),

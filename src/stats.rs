@@ -240,7 +240,13 @@ pub struct Store {
     pub istio: istio::Istio,
     /// What the bootstrap's conversion leaves for later ones (xDS), by key.
     held: Mutex<std::collections::HashMap<&'static str, Arc<dyn std::any::Any + Send + Sync>>>,
+    /// Stats computed when read rather than counted ([`Store::set_computed`]).
+    computed: OnceLock<Computed>,
 }
+
+/// Tells its argument of stats computed when read: full name, value, whether a gauge,
+/// whether used.
+pub type Computed = Box<dyn Fn(&mut dyn FnMut(&str, i64, bool, bool)) + Send + Sync>;
 
 /// The bootstrap's `stats_config`: which stats exist and how they are tagged.
 pub struct StatsConfig {
@@ -295,6 +301,7 @@ impl Store {
             shared: Default::default(),
             istio: istio::Istio::new(cores + 1),
             held: Default::default(),
+            computed: OnceLock::new(),
         })
     }
 
@@ -335,6 +342,12 @@ impl Store {
             list.retain(|v| c.matcher.accepts(name(v)));
         }
         list
+    }
+
+    /// Adds stats computed on every read to what the cells hold (each cluster's
+    /// circuit-breaker gauges, from its counts). Set once, at start.
+    pub fn set_computed(&self, computed: Computed) {
+        let _ = self.computed.set(computed);
     }
 
     /// Index of the block the control thread writes (admin's own listener, DNS, ...).

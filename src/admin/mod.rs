@@ -25,6 +25,7 @@ mod profile;
 mod runtime;
 mod stats;
 mod symbols;
+pub use stats::breaker_stats;
 use stats::{histograms_json, prometheus, quantiles_text, selected_stats};
 
 /// What the admin handlers read.

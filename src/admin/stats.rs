@@ -139,57 +139,76 @@ fn escape(v: &str) -> String {
         .replace('"', "\\\"")
 }
 
-/// Each cluster's `circuit_breakers.<priority>.*` gauges as of now: open while a limited
-/// resource is in use up to its limit; `remaining_*` with `track_remaining`. Resources that
-/// are not counted read their use from the per-core `upstream_*_active` stats.
-fn refresh_breaker_gauges(state: &super::AdminState) {
+/// Each cluster's `circuit_breakers.<priority>.*` gauges as of now, told to `emit` (full
+/// name, value, gauge, used): open while a limited resource is in use up to its limit;
+/// `remaining_*` with `track_remaining`. Resources that are not counted read their use
+/// from the per-core `upstream_*_active` stats. Computed when read, so a cluster holds no
+/// cells for them (two to four scopes a cluster, 10,000 clusters in a big mesh); the
+/// store asks for them on every read (`Store::set_computed`).
+pub fn breaker_stats(
+    snapshot: &crate::model::Snapshot,
+    emit: &mut dyn FnMut(&str, i64, bool, bool),
+) {
     use crate::model::breakers::Resource;
-    use crate::stats::{BreakerRemainingStat as R, BreakerStat as B, ClusterStat};
-    let control = state.stats.control_core();
-    let snapshot = state.snapshot.load();
+    use crate::stats::{BreakerRemainingStat as R, BreakerStat as B, ClusterStat, StatNames};
+    let mut name = String::new();
+    let mut gauge = |prefix: &str, priority: &str, stat: &str, value: u64, used: bool| {
+        name.clear();
+        let _ = write!(name, "{prefix}{priority}.{stat}");
+        emit(&name, value as i64, true, used);
+    };
     for c in snapshot.clusters.iter() {
         let b = &c.breakers;
-        let used = |i: ClusterStat| c.stats.total(i as usize).max(0) as u64;
+        let prefix = &*b.stats_prefix;
+        let active = |i: ClusterStat| c.stats.total(i as usize).max(0) as u64;
         let (cx, rq) = (
-            b.in_use(Resource::Connections, used(ClusterStat::UpstreamCxActive)),
-            b.in_use(Resource::Requests, used(ClusterStat::UpstreamRqActive)),
+            b.in_use(Resource::Connections, active(ClusterStat::UpstreamCxActive)),
+            b.in_use(Resource::Requests, active(ClusterStat::UpstreamRqActive)),
         );
         let pending = b.in_use(Resource::Pending, 0);
         let retries = b.in_use(Resource::Retries, 0);
         let open = |n: u64, limit: u64| u64::from(n > 0 && n >= limit);
-        let d = b.stats[0].core(control);
-        d.put(B::CxOpen as usize, open(cx, b.default.max_connections));
-        d.put(B::RqOpen as usize, open(rq, b.default.max_requests));
-        d.put(
-            B::RqPendingOpen as usize,
-            open(pending, b.default.max_pending_requests),
-        );
-        let retry_limit = b.retry_limit(|| used(ClusterStat::UpstreamRqActive));
-        d.put(B::RqRetryOpen as usize, open(retries, retry_limit));
-        for (scope, th, (cx, pending, rq, retries)) in [
-            (&b.remaining[0], &b.default, (cx, pending, rq, retries)),
-            (&b.remaining[1], &b.high, (0, 0, 0, 0)),
+        let retry_limit = b.retry_limit(|| active(ClusterStat::UpstreamRqActive));
+        for (priority, th, (cx, pending, rq, retries)) in [
+            ("default", &b.default, (cx, pending, rq, retries)),
+            ("high", &b.high, (0, 0, 0, 0)),
         ] {
-            let Some(scope) = scope else { continue };
-            let r = scope.core(control);
-            r.put(
-                R::RemainingCx as usize,
-                th.max_connections.saturating_sub(cx),
-            );
-            r.put(
-                R::RemainingPending as usize,
-                th.max_pending_requests.saturating_sub(pending),
-            );
-            r.put(R::RemainingRq as usize, th.max_requests.saturating_sub(rq));
-            r.put(
-                R::RemainingRetries as usize,
-                // Envoy clears the gauge under a retry budget (its remaining is meaningless).
-                match th.retry_budget {
-                    Some(_) => 0,
-                    None => th.max_retries.saturating_sub(retries),
-                },
-            );
-            r.put(R::RemainingCxPools as usize, u64::MAX);
+            // Only DEFAULT is used (routes set no other priority): HIGH's never open.
+            let default = priority == "default";
+            let opened = [
+                (B::CxOpen, open(cx, th.max_connections)),
+                (B::CxPoolOpen, 0),
+                (B::RqOpen, open(rq, th.max_requests)),
+                (B::RqPendingOpen, open(pending, th.max_pending_requests)),
+                (B::RqRetryOpen, open(retries, retry_limit)),
+            ];
+            for (stat, v) in opened {
+                let v = if default { v } else { 0 };
+                gauge(prefix, priority, B::NAMES[stat as usize], v, v != 0);
+            }
+            if th.track_remaining {
+                let remaining = [
+                    (R::RemainingCx, th.max_connections.saturating_sub(cx)),
+                    (R::RemainingCxPools, u64::MAX),
+                    (
+                        R::RemainingPending,
+                        th.max_pending_requests.saturating_sub(pending),
+                    ),
+                    // Envoy clears the gauge under a retry budget (its remaining is
+                    // meaningless).
+                    (
+                        R::RemainingRetries,
+                        match th.retry_budget {
+                            Some(_) => 0,
+                            None => th.max_retries.saturating_sub(retries),
+                        },
+                    ),
+                    (R::RemainingRq, th.max_requests.saturating_sub(rq)),
+                ];
+                for (stat, v) in remaining {
+                    gauge(prefix, priority, R::NAMES[stat as usize], v, true);
+                }
+            }
         }
     }
 }
@@ -247,7 +266,6 @@ pub(super) fn selected_stats(
     let keep = |name: &str| filter.as_ref().is_none_or(|f| f.is_match(name));
     let used_only = params.contains_key("usedonly");
     refresh_server_gauges(state);
-    refresh_breaker_gauges(state);
     // Kept as they are read: a big mesh has hundreds of thousands of stats, and a
     // readiness probe wants a few.
     let stats = state

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::stats::{Padded, Scope};
+use crate::stats::Padded;
 
 /// A limit this large is no limit (istiod writes 2^32−1).
 pub const UNLIMITED: u64 = u32::MAX as u64;
@@ -239,10 +239,10 @@ pub struct Breakers {
     pub high: Thresholds,
     /// Counts, when a DEFAULT limit is below [`UNLIMITED`].
     pub counts: Option<Arc<Counts>>,
-    /// `cluster.<name>.circuit_breakers.{default,high}.`.
-    pub stats: [Arc<Scope>; 2],
-    /// Their `remaining_*` gauges, for the priorities with `track_remaining`.
-    pub remaining: [Option<Arc<Scope>>; 2],
+    /// `cluster.<name>.circuit_breakers.`: its gauges (`<priority>.cx_open`, ... and
+    /// `remaining_*` with `track_remaining`) are computed when read, from the counts
+    /// (admin's `breaker_stats`), so no cluster holds cells for them.
+    pub stats_prefix: Arc<str>,
     /// `per_host_thresholds`: the DEFAULT priority's `max_connections` per host, and the
     /// hosts' counts.
     pub per_host: Option<(u64, Arc<HostLimits>)>,

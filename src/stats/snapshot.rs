@@ -95,6 +95,9 @@ impl Store {
             }
         }
         drop(scopes);
+        if let Some(computed) = self.computed.get() {
+            computed(&mut |name, value, gauge, used| push(&mut out, name, value, gauge, used));
+        }
         if cfg!(feature = "count-allocs") {
             let value = crate::io::HEAP_ALLOCATIONS.load(Ordering::Relaxed) as i64;
             push(&mut out, "server.heap_allocations", value, false, true);
@@ -106,6 +109,9 @@ impl Store {
                 .filter(|s| kept(&s.name, s.used)),
         );
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        // Two clusters may share a stat name (`alt_stat_name`): their computed gauges are
+        // listed once, as Envoy's shared scope would.
+        out.dedup_by(|a, b| a.name == b.name);
         out
     }
 }

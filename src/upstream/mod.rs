@@ -108,11 +108,7 @@ mod tests {
                 default: Default::default(),
                 high: Default::default(),
                 counts: None,
-                stats: [
-                    store.scope::<crate::stats::BreakerStat>("cluster.c.circuit_breakers.default."),
-                    store.scope::<crate::stats::BreakerStat>("cluster.c.circuit_breakers.high."),
-                ],
-                remaining: [None, None],
+                stats_prefix: "cluster.c.circuit_breakers.".into(),
                 per_host: None,
             }),
             dns_family: DnsFamily::Auto,

@@ -80,19 +80,6 @@ pub(super) fn breakers(
         || default.max_requests < UNLIMITED
         || default.max_retries < UNLIMITED
         || default.retry_budget.is_some();
-    let scope = |p: &str| {
-        ctx.stats.scope::<crate::stats::BreakerStat>(&format!(
-            "cluster.{stat_name}.circuit_breakers.{p}."
-        ))
-    };
-    let remaining = |p: &str, th: &Thresholds| {
-        th.track_remaining.then(|| {
-            ctx.stats
-                .scope::<crate::stats::BreakerRemainingStat>(&format!(
-                    "cluster.{stat_name}.circuit_breakers.{p}."
-                ))
-        })
-    };
     Ok(Breakers {
         default,
         high,
@@ -109,8 +96,7 @@ pub(super) fn breakers(
                 default.retry_budget
             ))
         }),
-        stats: [scope("default"), scope("high")],
-        remaining: [remaining("default", &default), remaining("high", &high)],
+        stats_prefix: format!("cluster.{stat_name}.circuit_breakers.").into(),
         // Shared by a reconversion with the same limit, as the cluster's counts are.
         per_host: per_host.map(|m| {
             let key = format!("circuit_breakers/{}/per_host/{m}", c.name);
