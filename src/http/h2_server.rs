@@ -16,6 +16,7 @@ use monoio::net::TcpStream;
 mod connect;
 mod down;
 mod exchange;
+mod reuse;
 
 use crate::ctx::{CatchUnwind, CoreCtx, Downstream, DrainEvent};
 use crate::http::error::HttpError;
@@ -206,8 +207,11 @@ async fn stream_task(
         ctx,
         hcm,
         down,
-        buf: Vec::new(),
-        head: RequestHead::default(),
+        buf: reuse::bytes(0),
+        head: RequestHead {
+            headers: reuse::slots(),
+            ..Default::default()
+        },
         log: Entry::default(),
         snapshot,
         grpc: false,
@@ -217,6 +221,8 @@ async fn stream_task(
         finished: None,
     };
     s.run(req).await;
+    reuse::give_bytes(std::mem::take(&mut s.buf));
+    reuse::give_slots(std::mem::take(&mut s.head.headers));
     s.client_reset
 }
 

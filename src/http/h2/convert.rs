@@ -12,10 +12,21 @@ use crate::model::headers::is_hop_by_hop;
 /// chunked so an HTTP/1 upstream gets valid framing.
 pub fn request_to_h1(parts: &http::request::Parts, end_stream: bool, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
     let connect = parts.method == http::Method::CONNECT;
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    // The head's size, reserved at once: grown line by line it was five allocations.
+    let target = parts
+        .uri
+        .authority()
+        .map_or(0, |a| 2 * a.as_str().len() + 8);
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(parts.method.as_str().len() + path.len() + target + fields + 64);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
     match parts.uri.authority() {
         // CONNECT's target is its authority (RFC 9110 9.3.6); it has no path.
         Some(a) if connect => out.extend_from_slice(a.as_str().as_bytes()),
@@ -144,6 +155,15 @@ pub fn h1_to_response(head: &[u8]) -> Result<Response<()>, Unrepresentable> {
     builder.body(()).map_err(|_| Unrepresentable)
 }
 
+/// Headers the proxy itself adds that are not among `http`'s standard names: named from
+/// these, they are not allocated again for every response.
+const OWN: [HeaderName; 4] = [
+    HeaderName::from_static("x-envoy-upstream-service-time"),
+    HeaderName::from_static("x-envoy-decorator-operation"),
+    HeaderName::from_static("x-envoy-attempt-count"),
+    HeaderName::from_static("x-request-id"),
+];
+
 /// Copies the headers parsed from `head` into `to`. The values share one copy of `head`
 /// (one allocation for the whole head, not one per value).
 fn copy_headers(
@@ -153,6 +173,7 @@ fn copy_headers(
     head: &[u8],
 ) -> Result<(), Unrepresentable> {
     let mut shared: Option<bytes::Bytes> = None;
+    to.reserve(from.len());
     for h in from {
         if h.name.is_empty() {
             continue;
@@ -162,7 +183,13 @@ fn copy_headers(
         if (is_hop_by_hop(n) && !te_trailers) || (request && n.eq_ignore_ascii_case(b"host")) {
             continue;
         }
-        let name = HeaderName::from_bytes(n).map_err(|_| Unrepresentable)?;
+        let name = match OWN
+            .iter()
+            .find(|o| n.eq_ignore_ascii_case(o.as_str().as_bytes()))
+        {
+            Some(own) => own.clone(),
+            None => HeaderName::from_bytes(n).map_err(|_| Unrepresentable)?,
+        };
         // httparse's values are slices of `head`.
         let at = (h.value.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
         let range = at..at.saturating_add(h.value.len());

@@ -49,13 +49,20 @@ impl Downstream for Stream {
         self.req_done
     }
     fn take_up_buf(&mut self) -> Vec<u8> {
-        Vec::with_capacity(1024)
+        super::reuse::bytes(1024)
     }
-    fn put_up_buf(&mut self, _buf: Vec<u8>) {}
+    fn put_up_buf(&mut self, buf: Vec<u8>) {
+        super::reuse::give_bytes(buf);
+    }
     fn take_resp_head(&mut self) -> ResponseHead {
-        ResponseHead::default()
+        ResponseHead {
+            headers: super::reuse::slots(),
+            ..Default::default()
+        }
     }
-    fn put_resp_head(&mut self, _head: ResponseHead) {}
+    fn put_resp_head(&mut self, head: ResponseHead) {
+        super::reuse::give_slots(head.headers);
+    }
 
     fn buffered_body(&mut self) -> Result<Option<Chunk<'_>>, HttpError> {
         Ok(self.req_pending.take().map(Chunk::Bytes))
@@ -132,7 +139,7 @@ impl Downstream for Stream {
         attempt_count: Option<u32>,
         end: bool,
     ) -> Result<bool, HttpError> {
-        let mut out = Vec::with_capacity(512);
+        let mut out = super::reuse::bytes(512);
         write_headers::response_head(
             &mut out,
             self,
@@ -146,7 +153,9 @@ impl Downstream for Stream {
         );
         self.log.sent_head(&out, self.hcm.log_needs.response_head);
         crate::http::trace::note_response_operation(&mut self.log, &self.hcm, up, resp);
-        let resp = convert::h1_to_response(&out).map_err(|_| HttpError::UpstreamProtocol)?;
+        let resp = convert::h1_to_response(&out);
+        super::reuse::give_bytes(out);
+        let resp = resp.map_err(|_| HttpError::UpstreamProtocol)?;
         self.responded = true;
         match self.respond.send_response(resp, end) {
             Ok(tx) => {
