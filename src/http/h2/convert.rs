@@ -73,6 +73,13 @@ pub fn request_to_h1(parts: &http::request::Parts, end_stream: bool, out: &mut V
 /// length, a body that follows is marked chunked and an empty one gets `content-length: 0`.
 pub fn response_to_h1(parts: &http::response::Parts, end_stream: bool, out: &mut Vec<u8>) {
     out.clear();
+    // Reserved at once, as `request_to_h1`'s.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    out.reserve(fields + 96);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -121,7 +128,18 @@ pub fn h1_to_request(head: &[u8]) -> Result<Request<()>, Unrepresentable> {
     }
     let method = http::Method::from_bytes(req.method.unwrap_or("GET").as_bytes())
         .map_err(|_| Unrepresentable)?;
-    let path = req.path.unwrap_or("/");
+    // The target, the authority and the header values are slices of one copy of the head.
+    let shared = bytes::Bytes::copy_from_slice(head);
+    let slice = |part: &[u8]| -> Option<bytes::Bytes> {
+        let at = (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        let range = at..at.checked_add(part.len())?;
+        (head.get(range.clone())?.as_ptr() == part.as_ptr()).then(|| shared.slice(range))
+    };
+    let path = match req.path.and_then(|p| slice(p.as_bytes())) {
+        Some(p) => http::uri::PathAndQuery::from_maybe_shared(p),
+        None => Ok(http::uri::PathAndQuery::from_static("/")),
+    }
+    .map_err(|_| Unrepresentable)?;
     let host = req
         .headers
         .iter()
@@ -129,14 +147,19 @@ pub fn h1_to_request(head: &[u8]) -> Result<Request<()>, Unrepresentable> {
         .map(|h| h.value);
     let mut uri = Uri::builder().scheme("http").path_and_query(path);
     if let Some(h) = host {
-        uri = uri.authority(h);
+        let authority = match slice(h) {
+            Some(h) => http::uri::Authority::from_maybe_shared(h),
+            None => http::uri::Authority::try_from(h),
+        }
+        .map_err(|_| Unrepresentable)?;
+        uri = uri.authority(authority);
     }
     let mut builder = Request::builder()
         .method(method)
         .uri(uri.build().map_err(|_| Unrepresentable)?)
         .version(http::Version::HTTP_2);
     let headers = builder.headers_mut().ok_or(Unrepresentable)?;
-    copy_headers(req.headers, headers, true, head)?;
+    copy_headers(req.headers, headers, true, head, Some(shared))?;
     builder.body(()).map_err(|_| Unrepresentable)
 }
 
@@ -151,28 +174,34 @@ pub fn h1_to_response(head: &[u8]) -> Result<Response<()>, Unrepresentable> {
     let status = StatusCode::from_u16(resp.code.unwrap_or(502)).map_err(|_| Unrepresentable)?;
     let mut builder = Response::builder().status(status);
     let headers = builder.headers_mut().ok_or(Unrepresentable)?;
-    copy_headers(resp.headers, headers, false, head)?;
+    copy_headers(resp.headers, headers, false, head, None)?;
     builder.body(()).map_err(|_| Unrepresentable)
 }
 
 /// Headers the proxy itself adds that are not among `http`'s standard names: named from
 /// these, they are not allocated again for every response.
-const OWN: [HeaderName; 4] = [
+static OWN: [HeaderName; 9] = [
     HeaderName::from_static("x-envoy-upstream-service-time"),
     HeaderName::from_static("x-envoy-decorator-operation"),
     HeaderName::from_static("x-envoy-attempt-count"),
     HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-internal"),
+    HeaderName::from_static("x-forwarded-client-cert"),
 ];
 
 /// Copies the headers parsed from `head` into `to`. The values share one copy of `head`
-/// (one allocation for the whole head, not one per value).
+/// (one allocation for the whole head, not one per value): `shared` when the caller made
+/// it already.
 fn copy_headers(
     from: &[httparse::Header<'_>],
     to: &mut HeaderMap,
     request: bool,
     head: &[u8],
+    mut shared: Option<bytes::Bytes>,
 ) -> Result<(), Unrepresentable> {
-    let mut shared: Option<bytes::Bytes> = None;
     to.reserve(from.len());
     for h in from {
         if h.name.is_empty() {
@@ -183,10 +212,14 @@ fn copy_headers(
         if (is_hop_by_hop(n) && !te_trailers) || (request && n.eq_ignore_ascii_case(b"host")) {
             continue;
         }
-        let name = match OWN
-            .iter()
-            .find(|o| n.eq_ignore_ascii_case(o.as_str().as_bytes()))
-        {
+        // Only `x-` names are looked for among the proxy's own.
+        let own = match n.get(..2) {
+            Some(x) if x.eq_ignore_ascii_case(b"x-") => OWN
+                .iter()
+                .find(|o| n.eq_ignore_ascii_case(o.as_str().as_bytes())),
+            _ => None,
+        };
+        let name = match own {
             Some(own) => own.clone(),
             None => HeaderName::from_bytes(n).map_err(|_| Unrepresentable)?,
         };

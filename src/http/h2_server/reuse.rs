@@ -10,7 +10,7 @@ use std::ops::Range;
 type Slots = Vec<(Range<usize>, Range<usize>)>;
 
 /// How many of each a core keeps.
-const KEPT: usize = 32;
+const KEPT: usize = 64;
 /// A buffer grown past this (a large head) goes back to the allocator.
 const MAX_BYTES: usize = 16 << 10;
 
