@@ -461,33 +461,7 @@ async fn quiet_keepalive_connections_turn_cold_and_serve_on() {
         let hcm = "          common_http_protocol_options: {idle_timeout: 1.2s}";
         let p = proxy_to(hcm, "a", b.addr, &one_core(driver)).await;
         let mut s = TcpStream::connect(p.addr()).await.unwrap();
-        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
-        s.write_all(&get("/first")).await.unwrap();
-        assert_eq!(
-            one_response(&mut s).await.1,
-            "upstream a /first",
-            "{driver}"
-        );
-        for quiet in [300, 95, 100, 105, 110, 0, 250] {
-            tokio::time::sleep(Duration::from_millis(quiet)).await;
-            s.write_all(&get(&format!("/after/{quiet}"))).await.unwrap();
-            let (status, body) = one_response(&mut s).await;
-            assert_eq!(status, "HTTP/1.1 200 OK", "{driver} {quiet}");
-            assert_eq!(body, format!("upstream a /after/{quiet}"), "{driver}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(&[get("/p1"), get("/p2")].concat())
-            .await
-            .unwrap();
-        let mut carry = Vec::new();
-        let p1 = next_response(&mut s, &mut carry).await.1;
-        let p2 = next_response(&mut s, &mut carry).await.1;
-        assert_eq!(
-            (&*p1, &*p2),
-            ("upstream a /p1", "upstream a /p2"),
-            "{driver}"
-        );
-        assert!(carry.is_empty(), "{driver}: {carry:?}");
+        serves_across_quiet_gaps(&mut s, "h", "a", driver).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         s.write_all(b"GET /split HTTP/1.1\r\nHo").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;

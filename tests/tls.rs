@@ -1553,6 +1553,16 @@ async fn x_forwarded_client_cert_names_the_verified_client() {
     }
 }
 
+/// A client as Istio's sidecars make one for an HTTP/1.1 service: `client`'s identity,
+/// ALPN `istio-http/1.1` and `istio`.
+fn istio_http1_client(mesh: &Ca, client: &Identity) -> Arc<rustls::ClientConfig> {
+    Arc::new(client_config(
+        mesh,
+        Some(client),
+        &[b"istio-http/1.1", b"istio"],
+    ))
+}
+
 /// A chain like [`mtls_chain`]'s whose connection manager closes idle connections after
 /// `idle`.
 fn mtls_chain_idle(socket: &str, idle: &str) -> String {
@@ -1572,11 +1582,7 @@ async fn quiet_mutual_tls_connections_turn_cold_and_serve_on() {
         client,
         backend,
     } = Mesh::new().await;
-    let c = Arc::new(client_config(
-        &mesh,
-        Some(&client),
-        &[b"istio-http/1.1", b"istio"],
-    ));
+    let c = istio_http1_client(&mesh, &client);
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: svc.local\r\n\r\n").into_bytes();
     for driver in drivers() {
         let socket = mtls_socket(&server, &mesh);
@@ -1586,32 +1592,7 @@ async fn quiet_mutual_tls_connections_turn_cold_and_serve_on() {
         )
         .await;
         let mut s = tls_connect(p.addr(), c.clone()).await.unwrap();
-        s.write_all(&get("/first")).await.unwrap();
-        assert_eq!(
-            one_response(&mut s).await.1,
-            "upstream b /first",
-            "{driver}"
-        );
-        for quiet in [300, 95, 100, 105, 110, 0, 250] {
-            tokio::time::sleep(Duration::from_millis(quiet)).await;
-            s.write_all(&get(&format!("/after/{quiet}"))).await.unwrap();
-            let (status, body) = one_response(&mut s).await;
-            assert_eq!(status, "HTTP/1.1 200 OK", "{driver} {quiet}");
-            assert_eq!(body, format!("upstream b /after/{quiet}"), "{driver}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(&[get("/p1"), get("/p2")].concat())
-            .await
-            .unwrap();
-        let mut carry = Vec::new();
-        let p1 = next_response(&mut s, &mut carry).await.1;
-        let p2 = next_response(&mut s, &mut carry).await.1;
-        assert_eq!(
-            (&*p1, &*p2),
-            ("upstream b /p1", "upstream b /p2"),
-            "{driver}"
-        );
-        assert!(carry.is_empty(), "{driver}: {carry:?}");
+        serves_across_quiet_gaps(&mut s, "svc.local", "b", driver).await;
         // One TLS record, its first half before the connection turns cold, the rest after:
         // the half the proxy read must wait in its TLS layer, not be lost.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1669,11 +1650,7 @@ async fn idle_mutual_tls_connections_hold_little_memory() {
         client,
         backend,
     } = Mesh::new().await;
-    let c = Arc::new(client_config(
-        &mesh,
-        Some(&client),
-        &[b"istio-http/1.1", b"istio"],
-    ));
+    let c = istio_http1_client(&mesh, &client);
     let get = b"GET /idle HTTP/1.1\r\nHost: svc.local\r\n\r\n";
     for driver in drivers() {
         let socket = mtls_socket(&server, &mesh);

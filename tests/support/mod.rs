@@ -555,6 +555,50 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], idle: Duration) -> Vec<u8> {
     read_all(&mut s, idle).await
 }
 
+/// What a keep-alive connection that turns cold after 100 ms quiet must still serve (the
+/// plaintext and the TLS tests share it): a lone request after quiet gaps around the
+/// 100 ms edge, then a pipelined pair after a longer one. `upstream` is the backend's
+/// name (its answers read `upstream NAME PATH`).
+pub async fn serves_across_quiet_gaps<S>(s: &mut S, host: &str, upstream: &str, driver: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
+    s.write_all(&get("/first")).await.unwrap();
+    assert_eq!(
+        one_response(s).await.1,
+        format!("upstream {upstream} /first"),
+        "{driver}"
+    );
+    for quiet in [300, 95, 100, 105, 110, 0, 250] {
+        tokio::time::sleep(Duration::from_millis(quiet)).await;
+        s.write_all(&get(&format!("/after/{quiet}"))).await.unwrap();
+        let (status, body) = one_response(s).await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{driver} {quiet}");
+        assert_eq!(
+            body,
+            format!("upstream {upstream} /after/{quiet}"),
+            "{driver}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(&[get("/p1"), get("/p2")].concat())
+        .await
+        .unwrap();
+    let mut carry = Vec::new();
+    let p1 = next_response(s, &mut carry).await.1;
+    let p2 = next_response(s, &mut carry).await.1;
+    assert_eq!(
+        (p1, p2),
+        (
+            format!("upstream {upstream} /p1"),
+            format!("upstream {upstream} /p2")
+        ),
+        "{driver}"
+    );
+    assert!(carry.is_empty(), "{driver}: {carry:?}");
+}
+
 /// Reads one response framed by Content-Length from `s`: (status line, body). Bytes
 /// read past it (a pipelined response) wait in `carry` for the next call.
 pub async fn next_response<S: tokio::io::AsyncRead + Unpin>(

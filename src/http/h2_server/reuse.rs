@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::ops::Range;
+use std::thread::LocalKey;
 
 /// Header slots, as `h1`'s heads keep them.
 type Slots = Vec<(Range<usize>, Range<usize>)>;
@@ -31,17 +32,8 @@ pub(super) fn bytes(cap: usize) -> Vec<u8> {
 }
 
 /// Returns a buffer from [`bytes`].
-pub(super) fn give_bytes(mut b: Vec<u8>) {
-    if b.capacity() == 0 || b.capacity() > MAX_BYTES {
-        return;
-    }
-    b.clear();
-    BYTES.with(|f| {
-        let mut f = f.borrow_mut();
-        if f.len() < KEPT {
-            f.push(b);
-        }
-    });
+pub(super) fn give_bytes(b: Vec<u8>) {
+    give(&BYTES, b, MAX_BYTES);
 }
 
 /// Header slots, empty (a head's parse sizes them).
@@ -50,15 +42,21 @@ pub(super) fn slots() -> Slots {
 }
 
 /// Returns slots from [`slots`].
-pub(super) fn give_slots(mut s: Slots) {
-    if s.capacity() == 0 {
+pub(super) fn give_slots(s: Slots) {
+    give(&SLOTS, s, usize::MAX);
+}
+
+/// Keeps `v`, emptied, on `list` unless it holds nothing or more than `max` elements' room,
+/// or the list is full.
+fn give<T>(list: &'static LocalKey<RefCell<Vec<Vec<T>>>>, mut v: Vec<T>, max: usize) {
+    if v.capacity() == 0 || v.capacity() > max {
         return;
     }
-    s.clear();
-    SLOTS.with(|f| {
+    v.clear();
+    list.with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < KEPT {
-            f.push(s);
+            f.push(v);
         }
     });
 }
