@@ -471,13 +471,7 @@ async fn quiet_keepalive_connections_turn_cold_and_serve_on() {
             "upstream a /split",
             "{driver}"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(b"POST /count/0 HTTP/1.1\r\nHost: h\r\nContent-Length: 5000\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(&[b'x'; 5000]).await.unwrap();
-        assert_eq!(one_response(&mut s).await.1, "5000", "{driver}");
+        serves_a_body_after_a_quiet(&mut s, "h", driver).await;
         // Quiet past the idle timeout: closed 1.2 s after the last response, cold or not.
         let quiet = std::time::Instant::now();
         let rest = read_all(&mut s, Duration::from_secs(3)).await;

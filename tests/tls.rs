@@ -1613,13 +1613,7 @@ async fn quiet_mutual_tls_connections_turn_cold_and_serve_on() {
             "upstream b /split",
             "{driver}"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(b"POST /count/0 HTTP/1.1\r\nHost: svc.local\r\nContent-Length: 5000\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(&[b'x'; 5000]).await.unwrap();
-        assert_eq!(one_response(&mut s).await.1, "5000", "{driver}");
+        serves_a_body_after_a_quiet(&mut s, "svc.local", driver).await;
         // Quiet past the idle timeout: closed 1.2 s after the last response, with
         // close_notify (a clean end of stream, not a truncation).
         let quiet = std::time::Instant::now();

@@ -599,6 +599,20 @@ where
     assert!(carry.is_empty(), "{driver}: {carry:?}");
 }
 
+/// After [`serves_across_quiet_gaps`]: a request head, a quiet, then its 5,000-byte body
+/// (the backend's `/count` answers the body's length).
+pub async fn serves_a_body_after_a_quiet<S>(s: &mut S, host: &str, driver: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let head = format!("POST /count/0 HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5000\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(&[b'x'; 5000]).await.unwrap();
+    assert_eq!(one_response(s).await.1, "5000", "{driver}");
+}
+
 /// Reads one response framed by Content-Length from `s`: (status line, body). Bytes
 /// read past it (a pipelined response) wait in `carry` for the next call.
 pub async fn next_response<S: tokio::io::AsyncRead + Unpin>(
