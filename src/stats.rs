@@ -124,15 +124,6 @@ impl CoreCells {
         self.cells()[idx].store(v, Ordering::Relaxed);
     }
 
-    /// Sets a gauge, without making this core's cells for a 0 they would read anyway
-    /// (admin refreshes every cluster's circuit-breaker gauges on each stats read).
-    #[inline]
-    pub fn put(&self, idx: usize, v: u64) {
-        if v != 0 || self.cells.get().is_some() {
-            self.set(idx, v);
-        }
-    }
-
     /// Subtracts one from a gauge.
     #[inline]
     pub fn dec(&self, idx: usize) {

@@ -173,8 +173,8 @@ pub fn breaker_stats(
             ("default", &b.default, (cx, pending, rq, retries)),
             ("high", &b.high, (0, 0, 0, 0)),
         ] {
-            // Only DEFAULT is used (routes set no other priority): HIGH's never open.
-            let default = priority == "default";
+            // Only DEFAULT is used (routes set no other priority): HIGH's counts are 0, so
+            // its gauges never open.
             let opened = [
                 (B::CxOpen, open(cx, th.max_connections)),
                 (B::CxPoolOpen, 0),
@@ -183,7 +183,6 @@ pub fn breaker_stats(
                 (B::RqRetryOpen, open(retries, retry_limit)),
             ];
             for (stat, v) in opened {
-                let v = if default { v } else { 0 };
                 gauge(prefix, priority, B::NAMES[stat as usize], v, v != 0);
             }
             if th.track_remaining {

@@ -124,16 +124,12 @@ impl<T: AsyncRead + Unpin> ReadAhead<T> {
         if self.buffered() > 0 {
             return Ok(self.buffered());
         }
+        let Self { inner, buf, pos } = self;
         std::future::poll_fn(|cx| {
-            GULP.with(|gulp| {
-                let mut gulp = gulp.borrow_mut();
-                gulp.clear();
-                gulp.reserve_exact(READ_AHEAD);
-                let mut rb = ReadBuf::uninit(&mut gulp.spare_capacity_mut()[..READ_AHEAD]);
-                std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
-                self.buf = rb.filled().to_vec();
-                self.pos = 0;
-                Poll::Ready(Ok(self.buf.len()))
+            gulp(inner, cx, |got| {
+                *buf = got.to_vec();
+                *pos = 0;
+                got.len()
             })
         })
         .await
@@ -157,22 +153,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             if out.remaining() >= READ_AHEAD {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            return GULP.with(|gulp| {
-                let mut gulp = gulp.borrow_mut();
-                gulp.clear();
-                gulp.reserve_exact(READ_AHEAD);
-                let mut rb = ReadBuf::uninit(&mut gulp.spare_capacity_mut()[..READ_AHEAD]);
-                std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-                // What the reader asked for goes to it; only the rest (or none: end of
-                // stream) is kept, in a buffer of the connection's own.
-                let got = rb.filled();
+            // What the reader asked for goes to it; only the rest (or none: end of stream)
+            // is kept, in a buffer of the connection's own.
+            let (buf, pos) = (&mut this.buf, &mut this.pos);
+            return gulp(&mut this.inner, cx, |got| {
                 let n = out.remaining().min(got.len());
                 out.put_slice(&got[..n]);
                 if n < got.len() {
-                    this.buf = got[n..].to_vec();
-                    this.pos = 0;
+                    *buf = got[n..].to_vec();
+                    *pos = 0;
                 }
-                Poll::Ready(Ok(()))
             });
         }
         let n = out.remaining().min(this.buf.len() - this.pos);
@@ -184,6 +174,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// One read of `inner` into the core's buffer, its bytes handed to `took` (none: the end
+/// of the stream).
+fn gulp<T: AsyncRead + Unpin, R>(
+    inner: &mut T,
+    cx: &mut Context<'_>,
+    took: impl FnOnce(&[u8]) -> R,
+) -> Poll<io::Result<R>> {
+    GULP.with(|gulp| {
+        let mut gulp = gulp.borrow_mut();
+        gulp.clear();
+        gulp.reserve_exact(READ_AHEAD);
+        let mut rb = ReadBuf::uninit(&mut gulp.spare_capacity_mut()[..READ_AHEAD]);
+        std::task::ready!(Pin::new(inner).poll_read(cx, &mut rb))?;
+        Poll::Ready(Ok(took(rb.filled())))
+    })
 }
 
 thread_local! {
