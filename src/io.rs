@@ -360,42 +360,6 @@ fn set_ipv6_transparent(socket: &Socket) -> io::Result<()> {
     }
 }
 
-/// Drops the executable's pages that start-up touched from this process's resident set
-/// (MADV_PAGEOUT on its own file-backed mappings). They stay in the page cache; the
-/// request path faults back in the few it uses. Start-up code (configuration parsing,
-/// descriptor pools, YAML) is most of what was resident.
-pub fn page_out_startup_code() {
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
-    };
-    let exe = exe.to_string_lossy();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let path = f.nth(3).unwrap_or("");
-        if path != exe || perms.contains('w') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-        else {
-            continue;
-        };
-        // SAFETY: the range is one of our own read-only file mappings, as listed by the
-        // kernel; MADV_PAGEOUT only drops clean pages, which fault back in on use.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
-        }
-    }
-}
-
 /// Heap allocations made so far (only counted with the `count-allocs` feature).
 pub static HEAP_ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 

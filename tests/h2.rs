@@ -476,7 +476,7 @@ async fn one_gib_each_way_over_http2_with_bounded_memory_and_resets_both_ways() 
         let vhosts = "[{name: all, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: echo, timeout: 0s}}]}]";
         let proxy = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
         let mut client = h2_client(proxy.addr()).await;
-        let before = proxy.rss_kib();
+        let before = proxy.rss_anon_kib();
 
         // 1 GiB up while the echo of it comes down, both under flow control.
         let req = Request::post("http://svc/echo/big").body(()).unwrap();
@@ -497,7 +497,7 @@ async fn one_gib_each_way_over_http2_with_bounded_memory_and_resets_both_ways() 
             let _ = rx.flow_control().release_capacity(chunk.len());
             got += chunk.len();
             if got >= next_sample {
-                peak = peak.max(proxy.rss_kib());
+                peak = peak.max(proxy.rss_anon_kib());
                 next_sample += 64 << 20;
             }
         }
@@ -809,7 +809,7 @@ async fn flood(s: &mut TcpStream, frames: &[u8], total: usize) -> bool {
 async fn continuation_settings_and_ping_floods_are_bounded() {
     for driver in drivers() {
         let (_b, proxy) = proxy_to_one_backend("", &one_core(driver)).await;
-        let before = proxy.rss_kib();
+        let before = proxy.rss_anon_kib();
 
         // HEADERS without END_HEADERS, then CONTINUATION after CONTINUATION: literal
         // header fields ("x-a: aaaaa") that never end.
@@ -857,7 +857,7 @@ async fn continuation_settings_and_ping_floods_are_bounded() {
                 n as i64 + 1,
                 "{driver}"
             );
-            let now = proxy.rss_kib();
+            let now = proxy.rss_anon_kib();
             assert!(
                 now < before + 16 * 1024,
                 "{driver}: RSS {before} -> {now} KiB under a flood of frame type {}",
@@ -865,9 +865,9 @@ async fn continuation_settings_and_ping_floods_are_bounded() {
             );
         }
         assert!(
-            proxy.rss_kib() < before + 16 * 1024,
+            proxy.rss_anon_kib() < before + 16 * 1024,
             "{driver}: RSS {before} -> {} KiB",
-            proxy.rss_kib()
+            proxy.rss_anon_kib()
         );
 
         // The core still serves.

@@ -26,7 +26,7 @@ async fn one_gib_each_way_with_small_rss() {
             &["--concurrency", "1", "--io-driver", driver],
         )
         .await;
-        let before = p.rss_kib();
+        let before = p.rss_anon_kib();
 
         // Download: 1 GiB with content-length, read as it streams.
         let stream = TcpStream::connect(p.addr()).await.unwrap();
@@ -45,7 +45,7 @@ async fn one_gib_each_way_with_small_rss() {
             if let Ok(d) = f.unwrap().into_data() {
                 got += d.len() as u64;
                 if got % (64 << 20) < d.len() as u64 {
-                    peak = peak.max(p.rss_kib());
+                    peak = peak.max(p.rss_anon_kib());
                 }
             }
         }
@@ -63,13 +63,13 @@ async fn one_gib_each_way_with_small_rss() {
             s.write_all(&block).await.unwrap();
             s.write_all(b"\r\n").await.unwrap();
             if i % 64 == 0 {
-                peak = peak.max(p.rss_kib());
+                peak = peak.max(p.rss_anon_kib());
             }
         }
         s.write_all(b"0\r\n\r\n").await.unwrap();
         let out = String::from_utf8(read_all(&mut s, Duration::from_secs(5)).await).unwrap();
         assert!(out.ends_with(&format!("\r\n\r\n{GIB}")), "{out}");
-        let after = p.rss_kib();
+        let after = p.rss_anon_kib();
         eprintln!("{driver}: RSS before {before} KiB, peak {peak} KiB, after {after} KiB");
         assert!(
             peak < before + 16 * 1024,
@@ -498,8 +498,37 @@ fn answers_ok() -> String {
     )
 }
 
+/// Once start-up has settled, the code only start-up ran leaves the resident set, also
+/// when other processes map the same binary (every sidecar of a node that runs the same
+/// image): MADV_PAGEOUT skips pages another process maps, so two proxies started together
+/// each kept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_code_leaves_the_resident_set_of_proxies_sharing_the_binary() {
+    let yaml = answers_ok();
+    let args = one_core("auto");
+    let (a, b) = tokio::join!(Proxy::start(&yaml, &args), Proxy::start(&yaml, &args));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let exe = std::fs::metadata(env!("CARGO_BIN_EXE_ringside"))
+        .unwrap()
+        .len()
+        / 1024;
+    for p in [&a, &b] {
+        let file = p.rss_file_kib();
+        eprintln!("{file} KiB of file pages resident (binary {exe} KiB)");
+        assert!(file < 8 * 1024, "{file} KiB of file pages resident");
+    }
+    // What a request runs comes back.
+    let mut s = TcpStream::connect(a.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(one_response(&mut s).await.1, "ok");
+}
+
 /// Idle keep-alive connections hold little memory: once cold, a connection keeps only
-/// its socket and what serves it, not its buffers or request-path state.
+/// its socket and what serves it, not its buffers or request-path state. (Anonymous
+/// memory: the code the burst runs for the first time faults back in beside it, pages of
+/// the binary shared with every process that maps it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connections_hold_little_memory() {
     const CONNS: usize = 1000;
@@ -512,7 +541,7 @@ async fn idle_keepalive_connections_hold_little_memory() {
             .unwrap();
         one_response(&mut warm).await;
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let before = p.rss_kib();
+        let before = p.rss_anon_kib();
         let mut conns = Vec::with_capacity(CONNS);
         for _ in 0..CONNS {
             let mut s = TcpStream::connect(p.addr()).await.unwrap();
@@ -526,8 +555,8 @@ async fn idle_keepalive_connections_hold_little_memory() {
         }
         // Cold after 100 ms; the freed memory returned after the allocator's delay.
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let per_conn = (p.rss_kib().saturating_sub(before)) as f64 / CONNS as f64;
-        eprintln!("{driver}: {per_conn:.1} KiB of RSS per idle connection");
+        let per_conn = (p.rss_anon_kib().saturating_sub(before)) as f64 / CONNS as f64;
+        eprintln!("{driver}: {per_conn:.1} KiB of anonymous RSS per idle connection");
         assert!(
             per_conn < 8.0,
             "{driver}: {per_conn:.1} KiB per idle connection"

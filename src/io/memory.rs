@@ -1,5 +1,5 @@
 //! The allocator's side of memory: its tuning, giving freed memory back to the OS, and
-//! what admin's `/memory` reports.
+//! what admin's `/memory` reports; and dropping the code start-up ran from the resident set.
 
 /// Makes mimalloc return freed memory to the OS after a short delay (mimalloc's default
 /// is 10 ms; 0 returned it at once). With 0, every page a burst of HTTP/2 streams left
@@ -67,4 +67,131 @@ pub fn memory_info() -> (usize, usize, usize) {
         )
     };
     (commit, peak_commit, rss)
+}
+
+/// Drops the executable's pages that start-up touched from this process's resident set.
+/// They stay in the page cache; the request path faults back in the few it uses. Start-up
+/// code (configuration parsing, descriptor pools, YAML) is most of what was resident.
+///
+/// A mapping that holds only the file's pages (the code, the read-only data) is unmapped
+/// with MADV_DONTNEED, which is lossless there: a later touch maps the same page-cache page
+/// again. MADV_PAGEOUT, which the rest gets (the relocated read-only data, whose pages are
+/// private copies), skips every page another process maps too — and every sidecar of a node
+/// that runs the same image maps the same binary, so it would drop next to nothing.
+pub fn page_out_startup_code() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    for m in exe_mappings(&smaps, &exe.to_string_lossy()) {
+        let how = if m.private_copies {
+            libc::MADV_PAGEOUT
+        } else {
+            libc::MADV_DONTNEED
+        };
+        // SAFETY: the range is one of our own read-only file mappings, as listed by the
+        // kernel. MADV_DONTNEED is given only to a mapping with no private (written) page,
+        // so each page maps again from the unchanged file; MADV_PAGEOUT only drops clean
+        // pages, which fault back in on use.
+        unsafe {
+            libc::madvise(m.start as *mut libc::c_void, m.end - m.start, how);
+        }
+    }
+}
+
+/// A read-only mapping of the executable, from `/proc/self/smaps`.
+#[derive(Debug, PartialEq)]
+struct ExeMapping {
+    start: usize,
+    end: usize,
+    /// Some page is this process's own copy (`Anonymous:` above 0 kB): relocations were
+    /// written there before it was made read-only.
+    private_copies: bool,
+}
+
+/// The executable's read-only mappings listed in `smaps` (writable ones are data).
+fn exe_mappings(smaps: &str, exe: &str) -> Vec<ExeMapping> {
+    let mut out = Vec::new();
+    let mut current: Option<ExeMapping> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else {
+            continue;
+        };
+        if let Some(anon) = first.strip_prefix("Anonymous:").map(|_| f.next()) {
+            if let Some(m) = current.as_mut() {
+                m.private_copies = anon != Some("0");
+            }
+            continue;
+        }
+        let Some((a, b)) = first.split_once('-') else {
+            continue; // another field of the mapping
+        };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+        else {
+            continue;
+        };
+        out.extend(current.take());
+        let perms = f.next().unwrap_or("");
+        // The path is what follows the offset, device and inode (it may hold spaces).
+        let path = (0..3)
+            .try_fold(line[first.len()..].trim_start(), |rest, _| {
+                let rest = rest.split_once(char::is_whitespace)?.1.trim_start();
+                Some(rest)
+            })
+            .and_then(|rest| rest.split_once(char::is_whitespace))
+            .map_or("", |(_, p)| p.trim());
+        if path == exe && !perms.contains('w') {
+            current = Some(ExeMapping {
+                start,
+                end,
+                // Until the field says otherwise, the safe assumption.
+                private_copies: true,
+            });
+        }
+    }
+    out.extend(current);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_executables_read_only_mappings_and_which_hold_private_copies() {
+        let smaps = "\
+55d0a0000000-55d0a0442000 r--p 00000000 00:2e 1234                       /opt/my bin/ringside
+Size:               4360 kB
+Anonymous:             0 kB
+AnonHugePages:         0 kB
+55d0a0442000-55d0a1150000 r-xp 00441000 00:2e 1234                       /opt/my bin/ringside
+Size:              13368 kB
+Anonymous:             0 kB
+55d0a1150000-55d0a11da000 r--p 0114e000 00:2e 1234                       /opt/my bin/ringside
+Anonymous:           552 kB
+55d0a11da000-55d0a11e1000 rw-p 011d7000 00:2e 1234                       /opt/my bin/ringside
+Anonymous:            28 kB
+7f0000000000-7f0000001000 r-xp 00000000 00:2e 99                         /usr/lib/libc.so.6
+Anonymous:             0 kB
+7f0000002000-7f0000003000 r--p 00000000 00:00 0 
+Anonymous:             4 kB
+";
+        let m = super::exe_mappings(smaps, "/opt/my bin/ringside");
+        let got: Vec<_> = m
+            .iter()
+            .map(|m| (m.start, m.end, m.private_copies))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x55d0a0000000, 0x55d0a0442000, false),
+                (0x55d0a0442000, 0x55d0a1150000, false),
+                (0x55d0a1150000, 0x55d0a11da000, true),
+            ]
+        );
+        // A mapping whose smaps entry never says: assumed to hold copies.
+        let m = super::exe_mappings("1000-2000 r-xp 00000000 00:01 5 /x\n", "/x");
+        assert!(m[0].private_copies);
+    }
 }

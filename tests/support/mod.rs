@@ -278,15 +278,15 @@ impl Proxy {
         std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
-    /// Resident set size of the proxy process, in KiB.
-    pub fn rss_kib(&self) -> u64 {
-        self.status_kib("VmRSS:")
-    }
-
     /// Resident anonymous memory (heap, stacks): RSS less the binary's code pages, which a
     /// path run for the first time faults in whatever memory it holds.
     pub fn rss_anon_kib(&self) -> u64 {
         self.status_kib("RssAnon:")
+    }
+
+    /// Resident file pages: the binary's code and read-only data, and the libraries'.
+    pub fn rss_file_kib(&self) -> u64 {
+        self.status_kib("RssFile:")
     }
 
     fn status_kib(&self, field: &str) -> u64 {
