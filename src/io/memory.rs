@@ -69,15 +69,17 @@ pub fn memory_info() -> (usize, usize, usize) {
     (commit, peak_commit, rss)
 }
 
-/// Drops the executable's pages that start-up touched from this process's resident set.
-/// They stay in the page cache; the request path faults back in the few it uses. Start-up
-/// code (configuration parsing, descriptor pools, YAML) is most of what was resident.
+/// Drops the pages of the executable and its libraries that start-up touched from this
+/// process's resident set. They stay in the page cache; the request path faults back in the
+/// few it uses. Start-up code (configuration parsing, descriptor pools, YAML; the dynamic
+/// loader, locale set-up) is most of what was resident.
 ///
-/// A mapping that holds only the file's pages (the code, the read-only data) is unmapped
-/// with MADV_DONTNEED, which is lossless there: a later touch maps the same page-cache page
-/// again. MADV_PAGEOUT, which the rest gets (the relocated read-only data, whose pages are
-/// private copies), skips every page another process maps too — and every sidecar of a node
-/// that runs the same image maps the same binary, so it would drop next to nothing.
+/// A file mapping that holds only the file's pages (code, read-only data) is unmapped with
+/// MADV_DONTNEED, which is lossless there: a later touch maps the same page-cache page
+/// again. The executable's relocated read-only data, whose pages are private copies, gets
+/// MADV_PAGEOUT, which drops only clean pages. PAGEOUT is not used for the rest because it
+/// skips every page another process maps too — and every sidecar of a node that runs the
+/// same image maps the same binary and libraries, so it would drop next to nothing.
 pub fn page_out_startup_code() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
@@ -85,36 +87,41 @@ pub fn page_out_startup_code() {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return;
     };
-    for m in exe_mappings(&smaps, &exe.to_string_lossy()) {
-        let how = if m.private_copies {
+    let exe = exe.to_string_lossy();
+    for m in read_only_file_mappings(&smaps) {
+        let how = if !m.private_copies {
+            libc::MADV_DONTNEED
+        } else if m.path == exe {
             libc::MADV_PAGEOUT
         } else {
-            libc::MADV_DONTNEED
+            continue;
         };
-        // SAFETY: the range is one of our own read-only file mappings, as listed by the
-        // kernel. MADV_DONTNEED is given only to a mapping with no private (written) page,
-        // so each page maps again from the unchanged file; MADV_PAGEOUT only drops clean
-        // pages, which fault back in on use.
+        // SAFETY: the range is one of our own read-only private file mappings, as listed by
+        // the kernel. MADV_DONTNEED is given only to a mapping with no private (written)
+        // page, so each page maps again from the unchanged file; MADV_PAGEOUT only drops
+        // clean pages, which fault back in on use.
         unsafe {
             libc::madvise(m.start as *mut libc::c_void, m.end - m.start, how);
         }
     }
 }
 
-/// A read-only mapping of the executable, from `/proc/self/smaps`.
+/// A read-only private mapping of a file, from `/proc/self/smaps`.
 #[derive(Debug, PartialEq)]
-struct ExeMapping {
+struct FileMapping<'a> {
     start: usize,
     end: usize,
+    path: &'a str,
     /// Some page is this process's own copy (`Anonymous:` above 0 kB): relocations were
     /// written there before it was made read-only.
     private_copies: bool,
 }
 
-/// The executable's read-only mappings listed in `smaps` (writable ones are data).
-fn exe_mappings(smaps: &str, exe: &str) -> Vec<ExeMapping> {
+/// The read-only private file mappings listed in `smaps` (writable ones are data; shared
+/// ones, special ones like `[vdso]` and anonymous ones are left out).
+fn read_only_file_mappings(smaps: &str) -> Vec<FileMapping<'_>> {
     let mut out = Vec::new();
-    let mut current: Option<ExeMapping> = None;
+    let mut current: Option<FileMapping> = None;
     for line in smaps.lines() {
         let mut f = line.split_whitespace();
         let Some(first) = f.next() else {
@@ -143,10 +150,15 @@ fn exe_mappings(smaps: &str, exe: &str) -> Vec<ExeMapping> {
             })
             .and_then(|rest| rest.split_once(char::is_whitespace))
             .map_or("", |(_, p)| p.trim());
-        if path == exe && !perms.contains('w') {
-            current = Some(ExeMapping {
+        if path.starts_with('/')
+            && perms.starts_with('r')
+            && perms.ends_with('p')
+            && !perms.contains('w')
+        {
+            current = Some(FileMapping {
                 start,
                 end,
+                path,
                 // Until the field says otherwise, the safe assumption.
                 private_copies: true,
             });
@@ -159,7 +171,7 @@ fn exe_mappings(smaps: &str, exe: &str) -> Vec<ExeMapping> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_executables_read_only_mappings_and_which_hold_private_copies() {
+    fn read_only_file_mappings_and_which_hold_private_copies() {
         let smaps = "\
 55d0a0000000-55d0a0442000 r--p 00000000 00:2e 1234                       /opt/my bin/ringside
 Size:               4360 kB
@@ -176,22 +188,27 @@ Anonymous:            28 kB
 Anonymous:             0 kB
 7f0000002000-7f0000003000 r--p 00000000 00:00 0 
 Anonymous:             4 kB
+7f0000004000-7f0000005000 r--s 00000000 00:2e 77                         /usr/lib/gconv/gconv-modules.cache
+Anonymous:             0 kB
+7ffd00000000-7ffd00001000 r-xp 00000000 00:00 0                          [vdso]
 ";
-        let m = super::exe_mappings(smaps, "/opt/my bin/ringside");
+        let m = super::read_only_file_mappings(smaps);
         let got: Vec<_> = m
             .iter()
-            .map(|m| (m.start, m.end, m.private_copies))
+            .map(|m| (m.start, m.end, m.path, m.private_copies))
             .collect();
+        let exe = "/opt/my bin/ringside";
         assert_eq!(
             got,
             [
-                (0x55d0a0000000, 0x55d0a0442000, false),
-                (0x55d0a0442000, 0x55d0a1150000, false),
-                (0x55d0a1150000, 0x55d0a11da000, true),
+                (0x55d0a0000000, 0x55d0a0442000, exe, false),
+                (0x55d0a0442000, 0x55d0a1150000, exe, false),
+                (0x55d0a1150000, 0x55d0a11da000, exe, true),
+                (0x7f0000000000, 0x7f0000001000, "/usr/lib/libc.so.6", false),
             ]
         );
         // A mapping whose smaps entry never says: assumed to hold copies.
-        let m = super::exe_mappings("1000-2000 r-xp 00000000 00:01 5 /x\n", "/x");
+        let m = super::read_only_file_mappings("1000-2000 r-xp 00000000 00:01 5 /x\n");
         assert!(m[0].private_copies);
     }
 }
