@@ -315,6 +315,81 @@ async fn h2_end_to_end_streams_both_ways_with_trailers_on_one_upstream_connectio
     }
 }
 
+/// Streams that arrive together at a proxy with no upstream connection yet share the one
+/// it opens, as in Envoy (its pool attaches pending streams to the connecting client); when
+/// that connection fails, every one of them fails with it, after one attempt.
+#[tokio::test]
+async fn a_burst_of_streams_waits_for_one_new_upstream_connection() {
+    const STREAMS: usize = 24;
+    for driver in drivers() {
+        let (up, conns) = h2_echo_upstream().await;
+        let dead = local_socket().local_addr().unwrap(); // bound, never listening: refused
+        let clusters = format!(
+            "[{}, {}]",
+            cluster("grpc", &[up], "http2_protocol_options: {},"),
+            cluster("gone", &[dead], "http2_protocol_options: {},")
+        );
+        let vhosts = "[{name: all, domains: ['*'], routes: [
+            {match: {prefix: /gone/}, route: {cluster: gone}},
+            {match: {prefix: /}, route: {cluster: grpc}}]}]";
+        let proxy = Proxy::start(&config("", vhosts, &clusters), &one_core(driver)).await;
+        for prefix in ["/", "/gone/"] {
+            let mut client = h2_client(proxy.addr()).await;
+            // All the streams' heads are queued before the client's connection task writes
+            // them: they reach the proxy together.
+            let pending: Vec<_> = (0..STREAMS)
+                .map(|i| {
+                    let req = Request::post(format!("http://svc.local{prefix}Unary{i}"))
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let (resp, mut tx) = client.send_request(req, false).unwrap();
+                    tx.send_data(Bytes::from(format!("m{i}")), true).unwrap();
+                    resp
+                })
+                .collect();
+            for (i, resp) in pending.into_iter().enumerate() {
+                let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(resp.status(), 200, "{driver}");
+                let status = resp.headers().get("grpc-status").cloned();
+                let (body, trailers) = body_of(resp.into_body()).await;
+                if prefix == "/" {
+                    assert_eq!(body, format!("m{i}").as_bytes(), "{driver}");
+                    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+                } else {
+                    // UNAVAILABLE, the proxy's own answer.
+                    assert_eq!(status.unwrap(), "14", "{driver}");
+                    assert!(body.is_empty());
+                }
+            }
+        }
+        assert_eq!(
+            conns.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{driver}"
+        );
+        assert_eq!(proxy.stat("cluster.grpc.upstream_cx_http2_total").await, 1);
+        assert_eq!(
+            proxy.stat("cluster.grpc.upstream_rq_total").await,
+            STREAMS as i64
+        );
+        assert_eq!(
+            proxy.stat("cluster.gone.upstream_cx_total").await,
+            1,
+            "{driver}"
+        );
+        assert_eq!(proxy.stat("cluster.gone.upstream_cx_connect_fail").await, 1);
+        assert_eq!(
+            proxy.stat("cluster.gone.upstream_rq_503").await,
+            STREAMS as i64,
+            "{driver}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn codec_http2_serves_only_http2() {
     let (_backend, proxy) =

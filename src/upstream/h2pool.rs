@@ -167,10 +167,118 @@ impl Drop for CxGuard {
     }
 }
 
-/// HTTP/2 connections by endpoint and TLS identity.
+/// HTTP/2 connections by endpoint and TLS identity, and the ones being opened.
 #[derive(Default)]
 pub struct H2Pool {
     conns: FxHashMap<(SocketAddr, u64), Vec<H2Conn>>,
+    /// A connection on its way per key: streams that find no connection with room wait
+    /// for it rather than each opening its own, as Envoy's pool attaches pending streams
+    /// to a connecting client (forty streams arriving together made forty connections).
+    connecting: FxHashMap<(SocketAddr, u64), Rc<Connecting>>,
+}
+
+/// A connection being opened, and the streams waiting for it.
+#[derive(Default)]
+pub struct Connecting {
+    waiting: Cell<u32>,
+    outcome: std::cell::RefCell<Option<Outcome>>,
+    wakers: std::cell::RefCell<Vec<std::task::Waker>>,
+}
+
+/// How opening a connection ended, for the streams that waited on it.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// It is in the pool: look again.
+    Opened,
+    /// It failed: each waiting stream fails alike.
+    Failed(Failure),
+    /// The stream opening it went away first: look again (one of them opens the next).
+    Abandoned,
+}
+
+/// A [`ConnectError`](super::ConnectError) that every waiting stream can have a copy of.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    Failed(std::io::ErrorKind, Option<i32>, String),
+    Timeout,
+    Tls(crate::tls::Refused),
+    Overflow,
+}
+
+impl Failure {
+    pub fn of(e: &super::ConnectError) -> Failure {
+        use super::ConnectError as E;
+        match e {
+            E::Failed(io) => Failure::Failed(io.kind(), io.raw_os_error(), io.to_string()),
+            E::Timeout => Failure::Timeout,
+            E::Tls(r) => Failure::Tls(*r),
+            E::Overflow => Failure::Overflow,
+        }
+    }
+
+    pub fn error(&self) -> super::ConnectError {
+        use super::ConnectError as E;
+        match self {
+            Failure::Failed(_, Some(code), _) => {
+                E::Failed(std::io::Error::from_raw_os_error(*code))
+            }
+            Failure::Failed(kind, None, text) => {
+                E::Failed(std::io::Error::new(*kind, text.clone()))
+            }
+            Failure::Timeout => E::Timeout,
+            Failure::Tls(r) => E::Tls(*r),
+            Failure::Overflow => E::Overflow,
+        }
+    }
+}
+
+impl Connecting {
+    /// Waits until the connection is open, failed or abandoned.
+    pub async fn outcome(&self) -> Outcome {
+        std::future::poll_fn(|cx| {
+            if let Some(o) = self.outcome.borrow().as_ref() {
+                return std::task::Poll::Ready(o.clone());
+            }
+            let mut w = self.wakers.borrow_mut();
+            if !w.iter().any(|w| w.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    fn end(&self, outcome: Outcome) {
+        if self.outcome.borrow().is_some() {
+            return;
+        }
+        *self.outcome.borrow_mut() = Some(outcome);
+        for w in self.wakers.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Held by the stream opening a connection: ends the wait of the others however the
+/// opening ends, and takes the connection's place among those being opened.
+pub struct Opening {
+    key: (SocketAddr, u64),
+    connecting: Rc<Connecting>,
+}
+
+impl Opening {
+    /// The connection is open (and in the pool) or failed: the waiting streams go on.
+    pub fn end(self, pool: &mut H2Pool, outcome: Outcome) {
+        pool.forget(self.key, &self.connecting);
+        self.connecting.end(outcome);
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        // Dropped without `end`: the opening stream went away mid-connect.
+        self.connecting.end(Outcome::Abandoned);
+    }
 }
 
 impl H2Pool {
@@ -196,6 +304,33 @@ impl H2Pool {
             false
         });
         list.iter().find(|c| c.has_room()).cloned()
+    }
+
+    /// Where no connection has room: the connection on its way to wait for (while fewer
+    /// than `limit` streams, the cluster's concurrent stream limit, wait on it), or, when
+    /// there is none, an [`Opening`] for the caller to open one under.
+    pub fn wait_or_open(
+        &mut self,
+        addr: SocketAddr,
+        tls_key: u64,
+        limit: u32,
+    ) -> Result<Rc<Connecting>, Opening> {
+        let key = (addr, tls_key);
+        if let Some(c) = self.connecting.get(&key) {
+            if c.outcome.borrow().is_none() && c.waiting.get() < limit.saturating_sub(1) {
+                c.waiting.set(c.waiting.get() + 1);
+                return Ok(c.clone());
+            }
+        }
+        let connecting = Rc::new(Connecting::default());
+        self.connecting.insert(key, connecting.clone());
+        Err(Opening { key, connecting })
+    }
+
+    fn forget(&mut self, key: (SocketAddr, u64), c: &Rc<Connecting>) {
+        if self.connecting.get(&key).is_some_and(|x| Rc::ptr_eq(x, c)) {
+            self.connecting.remove(&key);
+        }
     }
 
     /// The sweep's tick: lets go of connections past their duration or idle time.
@@ -236,6 +371,73 @@ impl H2Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    /// Streams wait for the connection being opened, up to the cluster's stream limit, and
+    /// go on however the opening ends: opened or abandoned they look again, failed they
+    /// fail alike.
+    #[test]
+    fn streams_wait_for_the_connection_being_opened() {
+        let mut pool = H2Pool::default();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let cx = &mut Context::from_waker(Waker::noop());
+        let Err(first) = pool.wait_or_open(addr, 0, 3) else {
+            panic!("nothing is being opened: this stream opens");
+        };
+        let a = pool.wait_or_open(addr, 0, 3).ok().expect("waits");
+        let b = pool.wait_or_open(addr, 0, 3).ok().expect("waits");
+        assert!(
+            pool.wait_or_open(addr, 7, 3).is_err(),
+            "another identity: its own"
+        );
+        let Err(second) = pool.wait_or_open(addr, 0, 3) else {
+            panic!("three streams fill the first: a fourth opens another");
+        };
+        let c = pool
+            .wait_or_open(addr, 0, 3)
+            .ok()
+            .expect("waits for the second");
+        let (mut a, mut b, mut c) = (
+            Box::pin(a.outcome()),
+            Box::pin(b.outcome()),
+            Box::pin(c.outcome()),
+        );
+        assert!(a.as_mut().poll(cx).is_pending());
+        drop(first); // its stream went away mid-connect
+        assert!(matches!(
+            a.as_mut().poll(cx),
+            Poll::Ready(Outcome::Abandoned)
+        ));
+        assert!(matches!(
+            b.as_mut().poll(cx),
+            Poll::Ready(Outcome::Abandoned)
+        ));
+        assert!(c.as_mut().poll(cx).is_pending());
+        second.end(&mut pool, Outcome::Failed(Failure::Timeout));
+        assert!(matches!(
+            c.as_mut().poll(cx),
+            Poll::Ready(Outcome::Failed(Failure::Timeout))
+        ));
+        assert!(
+            pool.wait_or_open(addr, 0, 3).is_err(),
+            "nothing is being opened again"
+        );
+        // A limit of one stream a connection: nobody waits.
+        assert!(pool.wait_or_open(addr, 1, 1).is_err());
+        assert!(pool.wait_or_open(addr, 1, 1).is_err());
+    }
+
+    #[test]
+    fn a_failure_copied_to_waiting_streams_reads_as_the_original() {
+        let e = super::super::ConnectError::Failed(std::io::Error::from_raw_os_error(111));
+        let copy = Failure::of(&e).error();
+        assert_eq!(copy.to_string(), e.to_string());
+        assert_eq!(
+            super::super::error::transport_failure(&copy),
+            super::super::error::transport_failure(&e)
+        );
+    }
 
     /// A stream that came and went between two ticks starts the idle time at the tick
     /// that notices it, not one tick later; one open stream holds it off.

@@ -32,23 +32,42 @@ pub(crate) async fn upstream(
     ep: &Endpoint,
     settings: Http2Settings,
 ) -> Result<H2Conn, HttpError> {
-    if let Some(c) = ctx
-        .upstreams
-        .borrow_mut()
-        .h2
-        .get(ctx.core, ep.address, cluster.pool_key(ep))
-    {
-        return Ok(c);
+    use crate::upstream::h2pool::{Failure, Outcome};
+    let key = cluster.pool_key(ep);
+    let opening = loop {
+        let waiting = {
+            let mut u = ctx.upstreams.borrow_mut();
+            if let Some(c) = u.h2.get(ctx.core, ep.address, key) {
+                return Ok(c);
+            }
+            match u
+                .h2
+                .wait_or_open(ep.address, key, settings.max_concurrent_streams)
+            {
+                Ok(waiting) => waiting,
+                Err(opening) => break opening,
+            }
+        };
+        // Another stream is opening a connection: its outcome is this one's.
+        match waiting.outcome().await {
+            Outcome::Opened | Outcome::Abandoned => continue,
+            Outcome::Failed(f) => return Err(HttpError::connect(f.error())),
+        }
+    };
+    let opened = crate::upstream::connect_h2(ctx.core, cluster, ep, settings).await;
+    let mut u = ctx.upstreams.borrow_mut();
+    match opened {
+        Ok(conn) => {
+            u.h2.add(conn.clone());
+            u.sweeper.wake();
+            opening.end(&mut u.h2, Outcome::Opened);
+            Ok(conn)
+        }
+        Err(e) => {
+            opening.end(&mut u.h2, Outcome::Failed(Failure::of(&e)));
+            Err(HttpError::connect(e))
+        }
     }
-    let conn = crate::upstream::connect_h2(ctx.core, cluster, ep, settings)
-        .await
-        .map_err(HttpError::connect)?;
-    {
-        let mut u = ctx.upstreams.borrow_mut();
-        u.h2.add(conn.clone());
-        u.sweeper.wake();
-    }
-    Ok(conn)
 }
 
 /// Sends `data` as flow control allows: never more than the peer granted, so what the
