@@ -196,16 +196,23 @@ async fn h2c_client_reaches_an_http1_upstream() {
     }
 }
 
+/// Clusters `grpc`, the echo upstream over HTTP/2 (with its connection count), and
+/// `gone`, an address nothing listens on.
+async fn grpc_and_gone() -> (String, Counter) {
+    let (up, conns) = h2_echo_upstream().await;
+    let dead = local_socket().local_addr().unwrap(); // bound, never listening: refused
+    let clusters = format!(
+        "[{}, {}]",
+        cluster("grpc", &[up], "http2_protocol_options: {},"),
+        cluster("gone", &[dead], "http2_protocol_options: {},")
+    );
+    (clusters, conns)
+}
+
 #[tokio::test]
 async fn h2_end_to_end_streams_both_ways_with_trailers_on_one_upstream_connection() {
     for driver in drivers() {
-        let (up, conns) = h2_echo_upstream().await;
-        let dead = local_socket().local_addr().unwrap(); // bound, never listening: refused
-        let clusters = format!(
-            "[{}, {}]",
-            cluster("grpc", &[up], "http2_protocol_options: {},"),
-            cluster("gone", &[dead], "http2_protocol_options: {},")
-        );
+        let (clusters, conns) = grpc_and_gone().await;
         let vhosts = "[{name: all, domains: ['*'], routes: [
             {match: {prefix: /gone/}, route: {cluster: gone}},
             {match: {prefix: /slow/}, route: {cluster: grpc, timeout: 0.2s}},
@@ -322,13 +329,7 @@ async fn h2_end_to_end_streams_both_ways_with_trailers_on_one_upstream_connectio
 async fn a_burst_of_streams_waits_for_one_new_upstream_connection() {
     const STREAMS: usize = 24;
     for driver in drivers() {
-        let (up, conns) = h2_echo_upstream().await;
-        let dead = local_socket().local_addr().unwrap(); // bound, never listening: refused
-        let clusters = format!(
-            "[{}, {}]",
-            cluster("grpc", &[up], "http2_protocol_options: {},"),
-            cluster("gone", &[dead], "http2_protocol_options: {},")
-        );
+        let (clusters, conns) = grpc_and_gone().await;
         let vhosts = "[{name: all, domains: ['*'], routes: [
             {match: {prefix: /gone/}, route: {cluster: gone}},
             {match: {prefix: /}, route: {cluster: grpc}}]}]";
