@@ -9,7 +9,9 @@ sidecar's resident set. Laid out together it fits in a few of those windows.
 
 How: the two sidecars of perf/sidecar_pair.py run, on each io driver, while h2load sends
 each case (HTTP/1.1, HTTP/2, gRPC), a keep-alive connection is left quiet long enough to
-turn cold and used again, and new connections come and go. First natively under
+turn cold and used again, and new connections come and go; then a proxy with what an
+Istio sidecar's outbound listener carries (perf/telemetry.py's: istiod's default filters,
+the metadata exchange, istio.stats, Istio's access log) serves HTTP/1.1. First natively under
 `perf record`: the functions sampled come first, by samples. Then under valgrind's
 callgrind, instrumenting only once start-up has settled: every function run at all, by
 its own instruction count (callgrind finds the rare ones sampling misses, but runs
@@ -107,25 +109,75 @@ def workload(d, p, scale):
                        check=True, capture_output=True)
 
 
-def sampled(binary, driver, d, p, into):
+class Pair:
+    """The sidecar pair, started with `wrapper` as the binary."""
+
+    def __init__(self, d, p):
+        self.d, self.p = d, p
+
+    def start(self, wrapper):
+        self.procs = sp.start_pair("ringside", wrapper, self.d, self.p)
+        return [pr.pid for pr in self.procs.values()]
+
+    def load(self, scale):
+        workload(self.d, self.p, scale)
+
+    def stop(self):
+        sp.stop(self.procs)
+
+
+class IstioChain:
+    """One proxy with an Istio sidecar's outbound filters and access log, and its nginx."""
+
+    def __init__(self, d):
+        from telemetry import TELEMETRY, setup
+        self.d = f"{d}/istio"
+        self.backend, self.port = setup(self.d, TELEMETRY)
+        self.nginx = subprocess.Popen(["nginx", "-c", f"{self.d}/backend.conf", "-p", self.d],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sp.wait_port(self.backend)
+
+    def start(self, wrapper):
+        self.proc = subprocess.Popen([wrapper, "-c", f"{self.d}/ringside.yaml", "--concurrency", "1",
+                                      "-l", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sp.wait_port(self.port, 60)
+        return [self.proc.pid]
+
+    def load(self, scale):
+        url = f"http://127.0.0.1:{self.port}/"
+        for shape in (["-n", str(400 * scale), "-c", "4"], ["-n", str(40 * scale), "-c", "1"]):
+            subprocess.run(["h2load", "--h1", *shape, url], check=True, capture_output=True)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def close(self):
+        self.nginx.terminate()
+
+
+def sampled(binary, driver, d, target, into):
     """Adds each function's samples under native load (perf record) to `into`."""
     wrapper = f"{d}/native-{driver}.sh"
     with open(wrapper, "w") as f:
         f.write(f"#!/bin/sh\nexec {binary} --io-driver {driver} \"$@\"\n")
     os.chmod(wrapper, 0o755)
-    procs = sp.start_pair("ringside", wrapper, d, p)
-    data = f"{d}/perf-{driver}.data"
+    pids = target.start(wrapper)
+    data = f"{d}/perf-{driver}-{type(target).__name__}.data"
     try:
         time.sleep(1)
-        pids = ",".join(str(pr.pid) for pr in procs.values())
-        rec = subprocess.Popen(["perf", "record", "-q", "-F", "10000", "-o", data, "-p", pids],
+        rec = subprocess.Popen(["perf", "record", "-q", "-F", "10000", "-o", data, "-p",
+                                ",".join(map(str, pids))],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        workload(d, p, 50)
+        target.load(50)
         rec.send_signal(signal.SIGINT)
         rec.wait()
     finally:
-        sp.stop(procs)
+        target.stop()
     out = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,dso", "--no-demangle"],
                          check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
@@ -134,28 +186,28 @@ def sampled(binary, driver, d, p, into):
             into[parts[1]] += 1
 
 
-def instrumented(binary, driver, d, p, into):
+def instrumented(binary, driver, d, target, into):
     """Adds each function's own instruction count under callgrind to `into`."""
+    name = f"cg-{driver}-{type(target).__name__}-"
     wrapper = f"{d}/valgrind-{driver}.sh"
     with open(wrapper, "w") as f:
         f.write("#!/bin/sh\nexec valgrind -q --tool=callgrind --demangle=no --dump-instr=no "
-                f"--instr-atstart=no --callgrind-out-file={d}/cg-{driver}-%p.out "
+                f"--instr-atstart=no --callgrind-out-file={d}/{name}%p.out "
                 f"{binary} --io-driver {driver} \"$@\"\n")
     os.chmod(wrapper, 0o755)
-    procs = sp.start_pair("ringside", wrapper, d, p)
+    pids = target.start(wrapper)
     try:
         time.sleep(3)  # start-up settles (its code is paged out after 200 ms)
-        pids = [str(pr.pid) for pr in procs.values()]
         for pid in pids:
-            subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
-        workload(d, p, 1)
+            subprocess.run(["callgrind_control", "-i", "on", str(pid)], check=True, capture_output=True)
+        target.load(1)
         for pid in pids:
-            subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+            subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
     finally:
-        sp.stop(procs)
-    dumps = [f for f in os.listdir(d) if f.startswith(f"cg-{driver}-") and ".out." in f]
-    if len(dumps) != 2:
-        raise SystemExit(f"expected a dump from each sidecar on {driver}, found {dumps} in {d}")
+        target.stop()
+    dumps = [f for f in os.listdir(d) if f.startswith(name) and ".out." in f]
+    if len(dumps) != len(pids):
+        raise SystemExit(f"expected a dump from each proxy, found {dumps} in {d}")
     for f in dumps:
         self_costs(os.path.join(d, f), into)
 
@@ -176,13 +228,18 @@ def main():
     sp.configs(d, p)
     apps = sp.apps(d, p)
     samples, costs = collections.Counter(), collections.Counter()
+    istio = None
     try:
-        for driver in ("io-uring", "legacy"):
-            sampled(binary, driver, d, p, samples)
-            instrumented(binary, driver, d, p, costs)
+        istio = IstioChain(d)
+        for target in (Pair(d, p), istio):
+            for driver in ("io-uring", "legacy"):
+                sampled(binary, driver, d, target, samples)
+                instrumented(binary, driver, d, target, costs)
     finally:
         for pr in apps:
             pr.terminate()
+        if istio:
+            istio.close()
     symbols = subprocess.run(["nm", "--defined-only", binary], check=True, capture_output=True,
                              text=True).stdout.split()
     defined = set(symbols)
