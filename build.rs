@@ -39,14 +39,31 @@ fn main() {
 /// start of `.text`, in the order perf/hot-code.txt lists it (written by
 /// perf/code_layout.py). Linux maps a binary's pages in windows around each one first
 /// touched, so that code, scattered among start-up and admin code, kept 8-9 MB of each
-/// sidecar resident. Only where the linker is LLD (Rust's default for this target); names
+/// sidecar resident. Only where the linker is LLD (Rust's default for this target since
+/// 1.90); names
 /// it no longer finds are skipped. `RINGSIDE_CODE_LAYOUT=off` builds without it.
 fn hot_code_first() {
     let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/hot-code.txt");
     println!("cargo:rerun-if-changed=perf/hot-code.txt");
     println!("cargo:rerun-if-env-changed=RINGSIDE_CODE_LAYOUT");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
+    // Rust links this target with its own LLD from 1.90 on; before, with the system's
+    // linker, which may not know the option.
+    let rustc_minor = std::process::Command::new(var("RUSTC"))
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let v = String::from_utf8_lossy(&o.stdout).into_owned();
+            v.split_whitespace()
+                .nth(1)?
+                .split('.')
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        });
     let lld_default = var("TARGET") == "x86_64-unknown-linux-gnu"
+        && rustc_minor.is_some_and(|m| m >= 90)
         && !var("CARGO_ENCODED_RUSTFLAGS").contains("link")
         && std::env::var_os("RUSTC_LINKER").is_none();
     if var("PROFILE") == "release"
