@@ -24,7 +24,8 @@ elsewhere), so the list can lag the code a while. Regenerate after larger change
     cargo build --release && perf/code_layout.py target/release/ringside
 
 `--check` only reports how much of the list a release binary still has, and whether the
-linker laid it first.
+linker laid it first; it exits 1 where the list was not laid out first or a tenth of it is
+missing (regenerate then).
 """
 import argparse
 import collections
@@ -268,10 +269,14 @@ def check(binary, listed):
     found = [where[n] for n in names if n in where]
     text = sorted(where.values())
     print(f"{len(found)} of {len(names)} listed functions are in {binary}")
+    first = bool(found and text) and min(found) - text[0] < 4096
     if found and text:
         span = max(found) - min(found)
         print(f"listed code spans {span / 1e6:.1f} MB from {min(found) - text[0]} bytes after the "
-              f"first function (laid out {'first' if min(found) - text[0] < 4096 else 'elsewhere'})")
+              f"first function (laid out {'first' if first else 'elsewhere'})")
+    # Fails where the build did not lay the list out, or the list has drifted far.
+    if not first or len(found) < 0.9 * len(names):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
