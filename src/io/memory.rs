@@ -127,9 +127,9 @@ fn read_only_file_mappings(smaps: &str) -> Vec<FileMapping<'_>> {
         let Some(first) = f.next() else {
             continue;
         };
-        if let Some(anon) = first.strip_prefix("Anonymous:").map(|_| f.next()) {
+        if first == "Anonymous:" {
             if let Some(m) = current.as_mut() {
-                m.private_copies = anon != Some("0");
+                m.private_copies = f.next() != Some("0");
             }
             continue;
         }
@@ -142,14 +142,14 @@ fn read_only_file_mappings(smaps: &str) -> Vec<FileMapping<'_>> {
         };
         out.extend(current.take());
         let perms = f.next().unwrap_or("");
-        // The path is what follows the offset, device and inode (it may hold spaces).
-        let path = (0..3)
-            .try_fold(line[first.len()..].trim_start(), |rest, _| {
-                let rest = rest.split_once(char::is_whitespace)?.1.trim_start();
-                Some(rest)
+        // The path is what follows the range, permissions, offset, device and inode (it
+        // may hold spaces).
+        let path = (0..5)
+            .fold(line, |rest, _| {
+                let rest = rest.trim_start();
+                rest.find(char::is_whitespace).map_or("", |i| &rest[i..])
             })
-            .and_then(|rest| rest.split_once(char::is_whitespace))
-            .map_or("", |(_, p)| p.trim());
+            .trim();
         if path.starts_with('/')
             && perms.starts_with('r')
             && perms.ends_with('p')
