@@ -13,12 +13,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::model::convert::AdsConfig;
 use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::envoy::service::discovery::v3 as pb;
-use crate::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient as Client;
 use crate::proto::google::rpc::Status;
 
 use super::control::{set_connected, Control, INVALID_ARGUMENT};
 use super::state::{Incoming, Kind, Update};
-use super::transport::{next_response, with_metadata, StreamEnd};
+use super::transport::{next_response, StreamEnd};
 
 /// The types this bootstrap subscribes to, in Envoy's order.
 fn kinds(cfg: &AdsConfig) -> Vec<Kind> {
@@ -90,14 +89,14 @@ pub(super) async fn sotw_stream(
         t.sent = true;
         send(&tx, &mut node_sent, kind, t, None);
     }
-    let mut client = Client::new(channel).max_decoding_message_size(usize::MAX);
-    let mut inbound = match client
-        .stream_aggregated_resources(with_metadata(cfg, UnboundedReceiverStream::new(rx)))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err((false, s)),
-    };
+    let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+    let rx = UnboundedReceiverStream::new(rx);
+    let mut inbound =
+        match super::grpc::open::<_, pb::DiscoveryResponse>(channel, path, &cfg.metadata, rx).await
+        {
+            Ok(r) => r,
+            Err(s) => return Err((false, s)),
+        };
     set_connected(&control.borrow(), true);
     let mut got = false;
     loop {
@@ -169,14 +168,15 @@ pub(super) async fn delta_stream(
         });
         subscribed.insert(kind, names);
     }
-    let mut client = Client::new(channel).max_decoding_message_size(usize::MAX);
-    let mut inbound = match client
-        .delta_aggregated_resources(with_metadata(cfg, UnboundedReceiverStream::new(rx)))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err((false, s)),
-    };
+    let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+    let rx = UnboundedReceiverStream::new(rx);
+    let mut inbound =
+        match super::grpc::open::<_, pb::DeltaDiscoveryResponse>(channel, path, &cfg.metadata, rx)
+            .await
+        {
+            Ok(r) => r,
+            Err(s) => return Err((false, s)),
+        };
     set_connected(&control.borrow(), true);
     let mut got = false;
     loop {

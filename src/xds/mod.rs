@@ -5,6 +5,7 @@ pub mod ads;
 pub mod client;
 pub mod control;
 pub mod dns;
+mod grpc;
 pub mod jwks;
 pub mod publish;
 pub mod sds;

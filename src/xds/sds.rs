@@ -16,7 +16,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::model::convert::SdsSource;
 use crate::proto::envoy::config::core::v3::Node;
 use crate::proto::envoy::service::discovery::v3 as pb;
-use crate::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient as Client;
 use crate::proto::google::rpc::Status;
 
 use super::control::{set_connected, Control, INVALID_ARGUMENT};
@@ -121,14 +120,13 @@ async fn stream(
         ..Sent::default()
     };
     send(&tx, &mut node_sent, &sent, None);
-    let mut client = Client::new(channel).max_decoding_message_size(usize::MAX);
-    let mut inbound = match client
-        .stream_secrets(tonic::Request::new(UnboundedReceiverStream::new(rx)))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => return Err((false, s)),
-    };
+    let path = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+    let rx = UnboundedReceiverStream::new(rx);
+    let mut inbound =
+        match super::grpc::open::<_, pb::DiscoveryResponse>(channel, path, &[], rx).await {
+            Ok(r) => r,
+            Err(s) => return Err((false, s)),
+        };
     set_connected(&control.borrow(), true);
     let mut changed = control.borrow().changed.subscribe();
     let mut got = false;

@@ -157,19 +157,6 @@ where
 
 pub(super) type StreamEnd = Result<bool, (bool, tonic::Status)>;
 
-pub(super) fn with_metadata<T>(cfg: &AdsConfig, msg: T) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    for (k, v) in &cfg.metadata {
-        if let (Ok(k), Ok(v)) = (
-            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
-            v.parse(),
-        ) {
-            req.metadata_mut().insert(k, v);
-        }
-    }
-    req
-}
-
 /// Waits for the next warming deadline, or for ever.
 async fn deadline(at: Option<Instant>) {
     match at {
@@ -179,8 +166,8 @@ async fn deadline(at: Option<Instant>) {
 }
 
 /// The next response of the stream; warming deadlines that pass meanwhile re-assemble.
-pub(super) async fn next_response<T>(
-    inbound: &mut tonic::Streaming<T>,
+pub(super) async fn next_response<T: prost::Message + Default>(
+    inbound: &mut super::grpc::Inbound<T>,
     control: &RefCell<Control>,
 ) -> Result<Option<T>, tonic::Status> {
     loop {
