@@ -89,7 +89,7 @@ fn serve_conn(mut conn: Connection) -> impl std::future::Future<Output = ()> {
         loop {
             // Hot: requests served back to back. The request path's futures are boxed once
             // per hot spell, so a cold connection holds neither them nor its buffers.
-            Box::pin(conn.run()).await;
+            crate::ctx::boxed(|| conn.run()).await;
             if !conn.cold || !conn.wait_cold().await {
                 break;
             }

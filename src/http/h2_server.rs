@@ -145,13 +145,9 @@ async fn run<IO>(
                 // Boxed before it is spawned: the spawned task then holds a pointer, not the
                 // stream's whole future (copied into the task, then again into a box at its
                 // first poll: two large allocations and copies per stream).
-                let task = Box::pin(stream_task(
-                    ctx.clone(),
-                    hcm.clone(),
-                    down.clone(),
-                    req,
-                    respond,
-                ));
+                let task = crate::ctx::boxed(|| {
+                    stream_task(ctx.clone(), hcm.clone(), down.clone(), req, respond)
+                });
                 let (ctx, hcm) = (ctx.clone(), hcm.clone());
                 let open = OpenStream::new(&streams);
                 monoio::spawn(async move {

@@ -122,13 +122,15 @@ pub(super) async fn handle(
         c.inc(ListenerStat::DownstreamPreCxActive as usize);
         // Boxed, as the handshake and the TCP proxy below: each of these states would
         // otherwise size this future, held for as long as the connection is open.
-        let found = Box::pin(sniff::sniff(
-            &mut stream,
-            ins.tls_for(port),
-            ins.http_for(port),
-            ins.timeout,
-            ins.continue_on_timeout,
-        ))
+        let found = crate::ctx::boxed(|| {
+            sniff::sniff(
+                &mut stream,
+                ins.tls_for(port),
+                ins.http_for(port),
+                ins.timeout,
+                ins.continue_on_timeout,
+            )
+        })
         .await;
         c.dec(ListenerStat::DownstreamPreCxActive as usize);
         match found {
@@ -174,7 +176,10 @@ pub(super) async fn handle(
             // The handshake runs here, on the core that owns the connection.
             let cells = listener.stats.core(ctx.core);
             let prefix = std::mem::take(&mut prefix);
-            let s = match Box::pin(crate::tls::accept(&tls, &ctx.tls, stream, prefix, cells)).await
+            let s = match crate::ctx::boxed(|| {
+                crate::tls::accept(&tls, &ctx.tls, stream, prefix, cells)
+            })
+            .await
             {
                 Ok(s) => s,
                 Err(why) => {

@@ -327,17 +327,18 @@ pub fn accept_internal(
     let peer = crate::model::internal::client_address();
     let guard = ActiveGuard::new(ctx.clone(), listener.clone(), None);
     let a = *a;
-    let fut = handle(
-        guard,
-        a.stream,
-        peer,
-        (listener.address, listener.address),
-        drain,
-        Some(a.hello),
-    );
     // Boxed before the spawn: moved into the task, the setup future would size the task
     // (held for as long as the connection is open) as well as its own box.
-    let fut = Box::pin(fut);
+    let fut = crate::ctx::boxed(|| {
+        handle(
+            guard,
+            a.stream,
+            peer,
+            (listener.address, listener.address),
+            drain,
+            Some(a.hello),
+        )
+    });
     monoio::spawn(async move {
         // The setup's future is dropped before the connection is served.
         let setup = CatchUnwind(fut).await;
@@ -378,10 +379,10 @@ fn spawn_connection(
     };
     let mut guard = ActiveGuard::new(ctx.clone(), listener.clone(), balancer);
     guard.global = global;
-    let fut = handle(guard, stream, peer, (local, bound), drain.clone(), None);
     // Boxed before the spawn: moved into the task, the setup future would size the task
     // (held for as long as the connection is open) as well as its own box.
-    let fut = Box::pin(fut);
+    let fut =
+        crate::ctx::boxed(|| handle(guard, stream, peer, (local, bound), drain.clone(), None));
     monoio::spawn(async move {
         // The setup's future is dropped before the connection is served.
         let setup = CatchUnwind(fut).await;

@@ -39,18 +39,9 @@ pub async fn serve(
         }
     };
     Some(if h2 {
-        Box::pin(crate::http::h2_server::serve(
-            ctx, hcm, stream, down, drain, prefix,
-        ))
+        crate::ctx::boxed(|| crate::http::h2_server::serve(ctx, hcm, stream, down, drain, prefix))
     } else {
-        Box::pin(serve_h1(
-            ctx,
-            hcm,
-            MaybeTls::Plain(stream),
-            down,
-            drain,
-            prefix,
-        ))
+        crate::ctx::boxed(|| serve_h1(ctx, hcm, MaybeTls::Plain(stream), down, drain, prefix))
     })
 }
 
@@ -82,16 +73,9 @@ pub async fn serve_tls(
     };
     Some(if h2 {
         let io = crate::io::Rewind::new(prefix, stream);
-        Box::pin(crate::http::h2_server::serve_io(ctx, hcm, io, down, drain))
+        crate::ctx::boxed(|| crate::http::h2_server::serve_io(ctx, hcm, io, down, drain))
     } else {
-        Box::pin(serve_h1(
-            ctx,
-            hcm,
-            crate::tls::down_io(stream),
-            down,
-            drain,
-            prefix,
-        ))
+        crate::ctx::boxed(|| serve_h1(ctx, hcm, crate::tls::down_io(stream), down, drain, prefix))
     })
 }
 

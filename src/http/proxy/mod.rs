@@ -340,7 +340,7 @@ pub(crate) async fn forward<D: Downstream>(
                             exchange_h1(conn, reused, d, &ep, head, resp, a).await
                         }
                         // Boxed: the keep-alive path's future would otherwise carry it.
-                        Up::H2(_) => Box::pin(up.exchange_h2(d, head, resp, a)).await,
+                        Up::H2(_) => crate::ctx::boxed(|| up.exchange_h2(d, head, resp, a)).await,
                     };
                     sent.map(|sent| Outcome {
                         up,
@@ -566,7 +566,7 @@ pub(crate) async fn forward<D: Downstream>(
     d.log_mut().bytes_sent = bytes;
     let trailers = match h1_up {
         true => Ok(None),
-        false => Box::pin(up.trailers(idle, &deadline)).await,
+        false => crate::ctx::boxed(|| up.trailers(idle, &deadline)).await,
     };
     let trailers = match trailers {
         Ok(t) => t,

@@ -274,7 +274,7 @@ pub(super) async fn exchange_h1<D: Downstream>(
             *reused = false;
             // The dead connection goes first: its place under max_connections is the one
             // the new connection may need.
-            let fresh = Box::pin(crate::upstream::connect(core, cluster, ep)).await;
+            let fresh = crate::ctx::boxed(|| crate::upstream::connect(core, cluster, ep)).await;
             match fresh {
                 Ok(c) => *conn = c,
                 Err(e) => {

@@ -76,7 +76,8 @@ impl Up {
         h2: Option<Http2Settings>,
     ) -> Result<Up, HttpError> {
         if let Some(settings) = h2 {
-            let conn = Box::pin(crate::http::h2::upstream(ctx, cluster, ep, settings)).await?;
+            let conn =
+                crate::ctx::boxed(|| crate::http::h2::upstream(ctx, cluster, ep, settings)).await?;
             return Ok(Up::H2(Box::new(H2Up {
                 conn,
                 _slot: None,
@@ -88,7 +89,7 @@ impl Up {
                 done: false,
             })));
         }
-        let conn = Box::pin(crate::upstream::connect(ctx.core, cluster, ep))
+        let conn = crate::ctx::boxed(|| crate::upstream::connect(ctx.core, cluster, ep))
             .await
             .map_err(HttpError::connect)?;
         Ok(Up::h1(conn, false))
