@@ -3,10 +3,13 @@
 //! tonic's decoder keeps one receive buffer for the stream's life, reserved to the largest
 //! message it has held and never shrunk: after istiod's first CDS response at 10,000
 //! services that is 11.6 MB held for as long as the connection lasts. Here each message is
-//! gathered into a buffer sized to it, decoded, and the buffer freed. The request side is
-//! framed here too; tonic's channel still carries both (HTTP/2, the Unix socket, the
+//! decoded from the HTTP/2 frames that brought it, which are freed once it is decoded:
+//! nothing is kept between messages, and no message is copied into a buffer of its own
+//! (which would also fault a big one's pages in again at every push). The request side
+//! is framed here too; tonic's channel still carries both (HTTP/2, the Unix socket, the
 //! authority and user agent).
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -18,9 +21,6 @@ use tonic::{Code, Status};
 
 /// Length prefix of a gRPC message: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
-
-/// A buffer this large or larger is given back once its message is decoded.
-const KEEP: usize = 64 << 10;
 
 /// Opens a bidirectional stream at `path` on `channel`, sending `outbound`'s messages with
 /// the request headers `metadata`; returns the inbound messages once the server answered
@@ -76,7 +76,7 @@ where
     };
     Ok(Inbound {
         body,
-        buf: BytesMut::new(),
+        received: Received::default(),
         ended,
         _resp: PhantomData,
     })
@@ -85,9 +85,8 @@ where
 /// The messages a server streams back.
 pub(super) struct Inbound<T> {
     body: tonic::body::Body,
-    /// Bytes received and not yet decoded: at most one message and its prefix, plus the
-    /// start of the next.
-    buf: BytesMut,
+    /// Bytes received and not yet decoded.
+    received: Received,
     /// The server's status said OK: no message follows.
     ended: bool,
     _resp: PhantomData<fn() -> T>,
@@ -101,9 +100,9 @@ impl<T: prost::Message + Default> Inbound<T> {
                 return Ok(Some(m));
             }
             if self.ended {
-                return match self.buf.is_empty() {
-                    true => Ok(None),
-                    false => Err(Status::internal("stream ended inside a message")),
+                return match self.received.remaining() {
+                    0 => Ok(None),
+                    _ => Err(Status::internal("stream ended inside a message")),
                 };
             }
             let frame = match self.body.frame().await {
@@ -112,14 +111,7 @@ impl<T: prost::Message + Default> Inbound<T> {
                 None => return Err(Status::internal("stream ended without a gRPC status")),
             };
             match frame.into_data() {
-                Ok(mut data) => {
-                    if self.buf.is_empty() && data.len() >= PREFIX {
-                        // A message's first bytes: room for all of it, reserved once.
-                        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
-                        self.buf.reserve(PREFIX + len as usize);
-                    }
-                    self.buf.put(&mut data);
-                }
+                Ok(data) => self.received.push(data),
                 Err(frame) => {
                     let Ok(trailers) = frame.into_trailers() else {
                         continue;
@@ -134,31 +126,87 @@ impl<T: prost::Message + Default> Inbound<T> {
         }
     }
 
-    /// Decodes the message `buf` begins with, if it holds all of it.
+    /// Decodes the message the received bytes begin with, if they hold all of it.
     fn decoded(&mut self) -> Result<Option<T>, Status> {
-        if self.buf.len() < PREFIX {
+        let Some(prefix) = self.received.prefix() else {
             return Ok(None);
-        }
-        if self.buf[0] != 0 {
+        };
+        if prefix[0] != 0 {
             // Compression was not offered (no grpc-accept-encoding), so none may be used.
             return Err(Status::internal(
                 "compressed message, but no compression was negotiated",
             ));
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
-        let end = PREFIX + len as usize;
-        if self.buf.len() < end {
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if self.received.remaining() < PREFIX + len {
             return Ok(None);
         }
-        let m = T::decode(&self.buf[PREFIX..end])
+        self.received.advance(PREFIX);
+        let mut message = (&mut self.received).take(len);
+        let m = T::decode(&mut message)
             .map_err(|e| Status::internal(format!("cannot decode the message: {e}")))?;
-        if self.buf.capacity() >= KEEP {
-            // Free the big buffer; what follows the message moves to one of its own size.
-            self.buf = BytesMut::from(&self.buf[end..]);
-        } else {
-            self.buf.advance(end);
-        }
+        // What decoding left of the message (nothing, for a well-formed one) goes too.
+        let left = message.remaining();
+        self.received.advance(left);
         Ok(Some(m))
+    }
+}
+
+/// Bytes received and not yet decoded, as HTTP/2's DATA frames brought them. A message is
+/// decoded across them, never gathered into one buffer: each frame is freed as soon as
+/// the message it belongs to is decoded.
+#[derive(Default)]
+struct Received {
+    frames: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Received {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.frames.push_back(b);
+        }
+    }
+
+    /// The next message's prefix, once all five bytes are here.
+    fn prefix(&self) -> Option<[u8; PREFIX]> {
+        if self.len < PREFIX {
+            return None;
+        }
+        let mut p = [0u8; PREFIX];
+        let mut bytes = self.frames.iter().flat_map(|f| f.iter());
+        for b in &mut p {
+            *b = *bytes.next()?;
+        }
+        Some(p)
+    }
+}
+
+impl Buf for Received {
+    fn remaining(&self) -> usize {
+        self.len
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.frames.front().map(|f| &f[..]).unwrap_or_default()
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.len, "advance past the received bytes");
+        self.len -= n;
+        while n > 0 {
+            let front = self
+                .frames
+                .front_mut()
+                .expect("len counts the frames' bytes");
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.frames.pop_front();
+        }
     }
 }
 
@@ -204,7 +252,7 @@ mod tests {
         let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
         Inbound {
             body: tonic::body::Body::new(body),
-            buf: BytesMut::new(),
+            received: Received::default(),
             ended: false,
             _resp: PhantomData,
         }
@@ -229,13 +277,14 @@ mod tests {
         let a = encode(&response("1", 10));
         let b = encode(&response("2", 100_000));
         let c = encode(&response("3", 3));
-        // a and the start of b in one frame, b's middle alone, b's end with all of c.
+        // a and two bytes of b's prefix in one frame, the rest of the prefix and five
+        // bytes of b, b's middle alone, b's end with all of c.
         let mut all = BytesMut::new();
         for m in [&a, &b, &c] {
             all.extend_from_slice(m);
         }
         let all = all.freeze();
-        let cuts = [0, a.len() + 7, a.len() + 50_000, all.len()];
+        let cuts = [0, a.len() + 2, a.len() + 10, a.len() + 50_000, all.len()];
         let chunks = cuts.windows(2).map(|w| all.slice(w[0]..w[1])).collect();
         let mut s = inbound(chunks, Some(ok()));
         for v in ["1", "2", "3"] {
@@ -246,7 +295,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_big_message_does_not_leave_its_buffer_behind() {
+    async fn a_decoded_message_leaves_none_of_its_frames_behind() {
         let big = encode(&response("1", 1 << 20));
         let small = encode(&response("2", 10));
         let mut both = BytesMut::from(&big[..]);
@@ -254,8 +303,12 @@ mod tests {
         let chunks = vec![both.freeze(), small.slice(3..)];
         let mut s = inbound(chunks, None);
         assert_eq!(s.message().await.unwrap().unwrap().version_info, "1");
-        assert!(s.buf.capacity() < KEEP, "kept {} bytes", s.buf.capacity());
+        // Only the next message's start is held, in the frame that brought it.
+        assert_eq!(s.received.remaining(), 3);
+        assert_eq!(s.received.frames.len(), 1);
+        assert_eq!(s.received.frames[0].len(), 3);
         assert_eq!(s.message().await.unwrap().unwrap().version_info, "2");
+        assert_eq!(s.received.remaining(), 0);
     }
 
     #[tokio::test]
