@@ -199,7 +199,7 @@ pub(super) async fn delta_stream(
                     r.resource.map(|resource| Incoming {
                         name: r.name,
                         version: r.version,
-                        resource,
+                        resource: resource.into(),
                     })
                 })
                 .collect(),

@@ -101,7 +101,9 @@ pub struct Incoming {
     /// The name given by the envelope (delta), or empty (state of the world).
     pub name: String,
     pub version: String,
-    pub resource: prost_types::Any,
+    /// Shared with the cache's dump entry once converted: the encoded resource is held
+    /// once, not copied for `/config_dump` while the response is still held.
+    pub resource: std::sync::Arc<prost_types::Any>,
 }
 
 /// A response, reduced to what the caches need.
@@ -129,7 +131,7 @@ impl Update {
                 .map(|resource| Incoming {
                     name: String::new(),
                     version: version.into(),
-                    resource,
+                    resource: resource.into(),
                 })
                 .collect(),
             removed: vec![],

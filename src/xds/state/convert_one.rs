@@ -78,7 +78,7 @@ pub(super) fn convert_one(
         name: name.into(),
         version: inc.version.as_str().into(),
         last_updated: wall,
-        resource: Arc::new(inc.resource.clone()),
+        resource: inc.resource.clone(),
     };
     let (name, out): (Arc<str>, AnyHeld) = match kind {
         Kind::Cluster => {
