@@ -92,11 +92,9 @@ pub(super) async fn sotw_stream(
     let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
     let rx = UnboundedReceiverStream::new(rx);
     let mut inbound =
-        match super::grpc::open::<_, pb::DiscoveryResponse>(channel, path, &cfg.metadata, rx).await
-        {
-            Ok(r) => r,
-            Err(s) => return Err((false, s)),
-        };
+        super::grpc::open::<_, pb::DiscoveryResponse>(channel, path, &cfg.metadata, rx)
+            .await
+            .map_err(|s| (false, s))?;
     set_connected(&control.borrow(), true);
     let mut got = false;
     loop {
@@ -171,12 +169,9 @@ pub(super) async fn delta_stream(
     let path = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
     let rx = UnboundedReceiverStream::new(rx);
     let mut inbound =
-        match super::grpc::open::<_, pb::DeltaDiscoveryResponse>(channel, path, &cfg.metadata, rx)
+        super::grpc::open::<_, pb::DeltaDiscoveryResponse>(channel, path, &cfg.metadata, rx)
             .await
-        {
-            Ok(r) => r,
-            Err(s) => return Err((false, s)),
-        };
+            .map_err(|s| (false, s))?;
     set_connected(&control.borrow(), true);
     let mut got = false;
     loop {

@@ -122,11 +122,9 @@ async fn stream(
     send(&tx, &mut node_sent, &sent, None);
     let path = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
     let rx = UnboundedReceiverStream::new(rx);
-    let mut inbound =
-        match super::grpc::open::<_, pb::DiscoveryResponse>(channel, path, &[], rx).await {
-            Ok(r) => r,
-            Err(s) => return Err((false, s)),
-        };
+    let mut inbound = super::grpc::open::<_, pb::DiscoveryResponse>(channel, path, &[], rx)
+        .await
+        .map_err(|s| (false, s))?;
     set_connected(&control.borrow(), true);
     let mut changed = control.borrow().changed.subscribe();
     let mut got = false;
