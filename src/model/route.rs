@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use regex::Regex;
 
+mod domains;
+pub use domains::{Domains, ExactDomains};
+
 use super::filter::PerFilterConfigs;
 use super::headers::HeaderMods;
 pub use super::matcher::{
@@ -16,8 +19,8 @@ pub struct RouteTable {
     pub name: Arc<str>,
     /// Shared with the configuration's next version where a virtual host is unchanged.
     pub virtual_hosts: Vec<Arc<VirtualHost>>,
-    /// Exact domain (lower-case, no port) → virtual host index.
-    pub exact: rustc_hash::FxHashMap<Arc<str>, usize>,
+    /// Exact domain (lower-case) → virtual host index.
+    pub exact: ExactDomains,
     /// `*.suffix` / `*suffix` wildcards, longest first: (suffix, vhost).
     pub suffixes: Vec<(String, usize)>,
     /// `prefix*` wildcards, longest first.
@@ -46,7 +49,7 @@ pub enum TlsRequirement {
 pub struct VirtualHost {
     pub name: Arc<str>,
     /// `domains`, lower-case (the table indexes them).
-    pub domains: Box<[Arc<str>]>,
+    pub domains: Domains,
     pub routes: Vec<Route>,
     /// Present when there are enough routes for it to pay off.
     pub index: Option<PathIndex>,

@@ -85,7 +85,7 @@ impl RouteTable {
         let Some(host) = lower(authority, &mut buf) else {
             return self.default;
         };
-        if let Some(&i) = self.exact.get(host) {
+        if let Some(i) = self.exact.get(host, &self.virtual_hosts) {
             return Some(i);
         }
         // Wildcards never match the empty string.

@@ -55,35 +55,54 @@ pub(super) fn route_table(
         return Err(convert::err(&res, "name", "name is required"));
     }
     let mut b = TableBuilder::new(&rc, &res, "", ctx)?;
+    let previous = previous.and_then(|(bytes, table)| {
+        let (hosts, old_rest) = split(bytes)?;
+        (old_rest == rest && hosts.len() == table.virtual_hosts.len()).then_some((hosts, table))
+    });
+    let convert = |b: &TableBuilder, h: &[u8], vi: usize, ctx: &mut Ctx<'_>| {
+        crate::xds::unknown::check(VIRTUAL_HOST, h).map_err(|(path, reason)| {
+            let at = match path.as_str() {
+                "" => format!("virtual_hosts[{vi}]"),
+                p => format!("virtual_hosts[{vi}].{p}"),
+            };
+            convert::err(what, at, reason)
+        })?;
+        let pb = VirtualHost::decode(h).map_err(decode_err)?;
+        Ok::<_, ConvertError>(Arc::new(b.virtual_host(&pb, vi, ctx)?))
+    };
+    // Most versions change a few virtual hosts in place (istiod orders them): the
+    // previous table is taken whole and those few replaced, their domains re-indexed.
+    if let Some((old_hosts, table)) = &previous {
+        if old_hosts.len() == hosts.len() {
+            let changed: Vec<usize> = (0..hosts.len())
+                .filter(|&i| hosts[i] != old_hosts[i])
+                .collect();
+            if changed.len() * 4 <= hosts.len().max(4) {
+                b.reuse(table);
+                for vi in changed {
+                    let vh = convert(&b, hosts[vi], vi, ctx)?;
+                    b.replace(vh, vi)?;
+                }
+                return Ok(b.finish());
+            }
+        }
+    }
+    // Otherwise (virtual hosts added, removed or moved) each keeps its converted form
+    // wherever it is now, and the table is indexed again.
     b.reserve(hosts.len());
-    let kept = previous
-        .and_then(|(bytes, table)| {
-            let (hosts, old_rest) = split(bytes)?;
-            (old_rest == rest && hosts.len() == table.virtual_hosts.len()).then_some((hosts, table))
-        })
-        .map(|(hosts, table)| {
-            let mut by_bytes: FxHashMap<&[u8], usize> = Default::default();
-            by_bytes.reserve(hosts.len());
-            by_bytes.extend(hosts.into_iter().enumerate().map(|(i, h)| (h, i)));
-            (by_bytes, table)
-        });
+    let kept = previous.map(|(hosts, table)| {
+        let mut by_bytes: FxHashMap<&[u8], usize> = Default::default();
+        by_bytes.reserve(hosts.len());
+        by_bytes.extend(hosts.into_iter().enumerate().map(|(i, h)| (h, i)));
+        (by_bytes, table)
+    });
     for (vi, h) in hosts.iter().enumerate() {
         let same = kept
             .as_ref()
             .and_then(|(by_bytes, table)| Some(table.virtual_hosts[*by_bytes.get(h)?].clone()));
         let vh = match same {
             Some(vh) => vh,
-            None => {
-                crate::xds::unknown::check(VIRTUAL_HOST, h).map_err(|(path, reason)| {
-                    let at = match path.as_str() {
-                        "" => format!("virtual_hosts[{vi}]"),
-                        p => format!("virtual_hosts[{vi}].{p}"),
-                    };
-                    convert::err(what, at, reason)
-                })?;
-                let pb = VirtualHost::decode(*h).map_err(decode_err)?;
-                Arc::new(b.virtual_host(&pb, vi, ctx)?)
-            }
+            None => convert(&b, h, vi, ctx)?,
         };
         b.push(vh, vi)?;
     }
@@ -176,7 +195,7 @@ mod tests {
         assert!(Arc::ptr_eq(&t1.virtual_hosts[2], &t2.virtual_hosts[2]));
         assert!(!Arc::ptr_eq(&t1.virtual_hosts[1], &t2.virtual_hosts[1]));
         assert_eq!(cluster_of(&t2, 1), "cb2");
-        assert_eq!(t2.exact.get("c.svc"), Some(&2));
+        assert_eq!(t2.vhost_index(b"c.svc"), Some(2));
         // The configuration's own fields changed: every virtual host is converted again.
         let three = config("cb2", json!({}), true);
         let t3 = route_table(&three, Some((&two, &t2)), "rc", &mut ctx).unwrap();
@@ -208,6 +227,60 @@ mod tests {
         assert!(
             e.contains("virtual_hosts[1].domains[0]: domain 'a.svc' is already used"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_virtual_host_changed_in_place_takes_its_new_domains_and_leaves_its_old_ones() {
+        let store = crate::stats::Store::new(1);
+        let mut ctx = Ctx::dynamic(&store);
+        let one = config("cb", json!({}), false);
+        let t1 = route_table(&one, None, "rc", &mut ctx).unwrap();
+        let two = config(
+            "cb",
+            json!({"domains": ["B2.svc", "*.wild", "pre*", "*"]}),
+            false,
+        );
+        let t2 = route_table(&two, Some((&one, &t1)), "rc", &mut ctx).unwrap();
+        assert!(Arc::ptr_eq(&t1.virtual_hosts[0], &t2.virtual_hosts[0]));
+        let at = |t: &RouteTable, h: &str| t.vhost_index(h.as_bytes());
+        assert_eq!(at(&t2, "a.svc"), Some(0));
+        assert_eq!(at(&t2, "c.svc"), Some(2));
+        assert_eq!(at(&t2, "b2.svc"), Some(1));
+        assert_eq!(at(&t2, "x.wild"), Some(1));
+        assert_eq!(at(&t2, "prefix"), Some(1));
+        assert_eq!(at(&t2, "b.svc"), Some(1), "only through `*` now");
+        // And back: the wildcards and `*` go with the domains that named them.
+        let t3 = route_table(&one, Some((&two, &t2)), "rc", &mut ctx).unwrap();
+        assert_eq!(at(&t3, "b.svc"), Some(1));
+        assert_eq!(
+            (at(&t3, "b2.svc"), at(&t3, "x.wild"), at(&t3, "prefix")),
+            (None, None, None)
+        );
+        assert_eq!(t3.exact.len(), 3);
+    }
+
+    #[test]
+    fn virtual_hosts_that_moved_are_kept_where_they_are_now() {
+        let store = crate::stats::Store::new(1);
+        let mut ctx = Ctx::dynamic(&store);
+        let one = config("cb", json!({}), false);
+        let t1 = route_table(&one, None, "rc", &mut ctx).unwrap();
+        // A virtual host added in front: the three others each move down one.
+        let (hosts, rest) = split(&one).unwrap();
+        let mut two = rest.clone();
+        let new = encoded(json!({"name": "80", "virtual_hosts": [{"name": "n",
+            "domains": ["n.svc"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "cn"}}]}]}));
+        let (new_host, _) = split(&new).unwrap();
+        for h in new_host.iter().chain(hosts.iter()) {
+            prost::encoding::bytes::encode(2, &h.to_vec(), &mut two);
+        }
+        let t2 = route_table(&two, Some((&one, &t1)), "rc", &mut ctx).unwrap();
+        assert!((0..3).all(|i| Arc::ptr_eq(&t1.virtual_hosts[i], &t2.virtual_hosts[i + 1])));
+        let at = |h: &str| t2.vhost_index(h.as_bytes());
+        assert_eq!(
+            (at("n.svc"), at("a.svc"), at("c.svc")),
+            (Some(0), Some(1), Some(3))
         );
     }
 
