@@ -11,6 +11,7 @@ impl Resources {
     /// Builds the snapshot the caches describe. `current` supplies endpoints that DNS
     /// resolved since (static and dynamic DNS clusters).
     pub fn assemble(&mut self, statics: &Static, current: &Snapshot) -> Snapshot {
+        self.changing();
         let now = Instant::now();
         self.promote(now);
         let mut dump = DynamicDump::default();

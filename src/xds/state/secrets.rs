@@ -73,6 +73,7 @@ impl Resources {
         changed: impl Fn(&(Arc<str>, SdsSource)) -> bool,
         stats: &Store,
     ) -> Result<Vec<String>, Rejection> {
+        self.changing();
         let mut ctx = Ctx::dynamic(stats);
         ctx.internal_listeners = self.internal_listeners;
         ctx.secrets = Arc::new(self.secret_map());
@@ -104,6 +105,7 @@ impl Resources {
         statics: &super::Static,
         stats: &Store,
     ) -> Result<(), Rejection> {
+        self.changing();
         let Some(sr) = statics.bootstrap.static_resources.as_ref() else {
             return Ok(());
         };

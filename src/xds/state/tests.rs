@@ -134,6 +134,30 @@ fn an_eds_cluster_warms_until_its_endpoints_arrive() {
 }
 
 #[test]
+fn the_warming_deadline_is_asked_again_only_after_a_change() {
+    let mut f = Fixture::new();
+    assert_eq!(f.res.next_deadline(), None);
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "5s")],
+    ))
+    .unwrap();
+    let at = f.res.next_deadline().expect("a waits for its endpoints");
+    assert_eq!(f.res.next_deadline(), Some(at), "the same answer, kept");
+    f.apply(Update::sotw(Kind::Endpoint, "1", vec![cla("a", 8080)]))
+        .unwrap();
+    assert_eq!(f.res.next_deadline(), None, "nothing waits any more");
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "2",
+        vec![eds_cluster("b", "5s")],
+    ))
+    .unwrap();
+    assert!(f.res.next_deadline().is_some_and(|t| t > at), "b waits now");
+}
+
+#[test]
 fn a_warming_cluster_is_used_without_endpoints_after_its_fetch_timeout() {
     let mut f = Fixture::new();
     f.apply(Update::sotw(
