@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+mod cells;
+pub use cells::CoreCells;
 mod histogram;
 pub use histogram::{HistValue, BOUNDS as HISTOGRAM_BOUNDS, QUANTILES};
 pub mod istio;
@@ -19,7 +21,6 @@ pub mod labeled;
 pub mod sink;
 mod snapshot;
 pub mod tags;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Names of a family of stats; `N` is the number of stats in it.
@@ -54,96 +55,6 @@ const CODES: usize = 500;
 #[derive(Default)]
 #[repr(align(64))]
 pub struct Padded<T>(pub T);
-
-/// One core's cells for one scope, made on the core's first write: in a big mesh most
-/// clusters never see a request on most cores (10,000 clusters' counters on two idle
-/// workers were 24 MB). Not padded to a cache line: after the first write a core only
-/// reads these pointers, and the cells they point to are allocated by the core that
-/// writes them, in its own heap (10,000 clusters' scopes padded were 7 MB more).
-pub struct CoreCells {
-    cells: OnceLock<Box<[AtomicU64]>>,
-    /// Per-status-code counters, made on this core's first response for the scope (most
-    /// scopes never see traffic on most cores, so none pays 4 KB for nothing).
-    codes: OnceLock<Box<[AtomicU64]>>,
-    /// Histogram cells, made on this core's first record for the scope.
-    hists: OnceLock<Box<[histogram::HistCells]>>,
-    n: u16,
-    n_hists: u16,
-}
-
-impl CoreCells {
-    fn new(n: usize, n_hists: usize) -> Self {
-        CoreCells {
-            cells: OnceLock::new(),
-            n: n as u16,
-            codes: OnceLock::new(),
-            hists: OnceLock::new(),
-            n_hists: n_hists as u16,
-        }
-    }
-
-    /// Records `ms` in histogram `idx` of the family.
-    #[inline]
-    pub fn record(&self, idx: usize, ms: u64) {
-        let hists = self
-            .hists
-            .get_or_init(|| (0..self.n_hists).map(|_| Default::default()).collect());
-        hists[idx].record(ms);
-    }
-
-    /// Counts a response with `status` in its class counter (the family's `…_1xx` is
-    /// at `base_1xx`) and in its own code's counter.
-    #[inline]
-    pub fn count_status(&self, status: u16, base_1xx: usize) {
-        self.inc(status_class_index(status, base_1xx));
-        if (100..600).contains(&status) {
-            let codes = self
-                .codes
-                .get_or_init(|| (0..CODES).map(|_| AtomicU64::new(0)).collect());
-            let c = &codes[usize::from(status) - 100];
-            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        }
-    }
-
-    /// Adds one. Only the owning core writes, so this is a plain load and store.
-    #[inline]
-    pub fn inc(&self, idx: usize) {
-        self.add(idx, 1);
-    }
-
-    /// Adds `n` (wrapping, so a gauge may be decremented with `sub`).
-    #[inline]
-    pub fn add(&self, idx: usize, n: u64) {
-        let c = &self.cells()[idx];
-        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
-    }
-
-    /// Sets a gauge that only this core writes.
-    #[inline]
-    pub fn set(&self, idx: usize, v: u64) {
-        self.cells()[idx].store(v, Ordering::Relaxed);
-    }
-
-    /// Subtracts one from a gauge.
-    #[inline]
-    pub fn dec(&self, idx: usize) {
-        let c = &self.cells()[idx];
-        c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
-    }
-
-    fn get(&self, idx: usize) -> u64 {
-        self.cells
-            .get()
-            .map_or(0, |c| c[idx].load(Ordering::Relaxed))
-    }
-
-    /// The cells, made on first use (only the owning core writes, so only it makes them).
-    #[inline]
-    fn cells(&self) -> &[AtomicU64] {
-        self.cells
-            .get_or_init(|| (0..self.n).map(|_| AtomicU64::new(0)).collect())
-    }
-}
 
 /// A named scope with one block of cells per core. A big mesh has tens of thousands
 /// (five a cluster), so a scope holds its family's description by reference and shares
@@ -359,7 +270,13 @@ impl Store {
         per_worker: &'static [usize],
     ) -> Arc<Scope> {
         let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
-        let prefix: Arc<str> = prefix.into();
+        let mut prefix: Arc<str> = prefix.into();
+        // Families sharing a prefix (a cluster's stats and its update stats) share it.
+        if let Some(((p, _), _)) = scopes.range((prefix.clone(), "")..).next() {
+            if *p == prefix {
+                prefix = p.clone();
+            }
+        }
         scopes
             .entry((prefix.clone(), S::NAMES[0]))
             .or_insert_with(|| Arc::new(self.new_scope::<S>(prefix, per_worker)))
@@ -389,11 +306,7 @@ impl Store {
         let mut out = Vec::new();
         for scope in scopes.values() {
             for (i, name) in scope.family.histograms.iter().enumerate() {
-                let cells = scope
-                    .cores
-                    .iter()
-                    .filter_map(|c| c.hists.get())
-                    .map(|h| &h[i]);
+                let cells = scope.cores.iter().filter_map(|c| c.hists()).map(|h| &h[i]);
                 let h = HistValue::merge(format!("{}{}", scope.prefix, name), cells);
                 if h.count > 0 || !scope.family.lazy_histograms.contains(&i) {
                     out.push(h);
@@ -439,6 +352,7 @@ pub fn status_class_index(status: u16, base_1xx: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
     fn histogram_enums_index_their_names() {
@@ -480,6 +394,24 @@ mod tests {
         // The same prefix gives the same cells.
         let again = store.scope::<ListenerStat>("listener.x.");
         assert_eq!(again.total(ListenerStat::DownstreamCxTotal as usize), 2);
+    }
+
+    #[test]
+    fn families_with_one_prefix_share_it_and_keep_their_own_cells() {
+        let store = Store::new(2);
+        let c = store.scope::<ClusterStat>("cluster.a.");
+        let u = store.scope::<ClusterUpdateStat>("cluster.a.");
+        assert!(Arc::ptr_eq(&c.prefix, &u.prefix));
+        assert!(!Arc::ptr_eq(&c, &u));
+        assert!(Arc::ptr_eq(
+            &u,
+            &store.scope::<ClusterUpdateStat>("cluster.a.")
+        ));
+        u.core(1).inc(ClusterUpdateStat::UpdateSuccess as usize);
+        assert_eq!(u.total(ClusterUpdateStat::UpdateSuccess as usize), 1);
+        assert_eq!(c.total(0), 0);
+        let other = store.scope::<ClusterStat>("cluster.ab.");
+        assert!(!Arc::ptr_eq(&c.prefix, &other.prefix));
     }
 
     #[test]

@@ -450,6 +450,8 @@ pub struct Cluster {
     pub stats: Arc<Scope>,
     /// `cluster.<name>.grpc.` (grpc_stats; each shown once it moved, as in Envoy).
     pub grpc_stats: Arc<Scope>,
+    /// `cluster.<name>.`'s update and membership stats (`ClusterUpdateStat`).
+    pub update_stats: Arc<Scope>,
     pub discovery: Discovery,
     /// The EDS service name (`eds_cluster_config.service_name`, else the cluster name).
     pub eds_service: Option<Arc<str>>,

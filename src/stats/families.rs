@@ -151,12 +151,6 @@ stat_family! {
         SslFailVerifySan = "ssl.fail_verify_san",
         SslFailVerifyNoCert = "ssl.fail_verify_no_cert",
         SslSessionReused = "ssl.session_reused",
-        MembershipTotal = "membership_total",
-        UpdateAttempt = "update_attempt",
-        UpdateSuccess = "update_success",
-        UpdateFailure = "update_failure",
-        UpdateRejected = "update_rejected",
-        UpdateEmpty = "update_empty",
         UpstreamCxOverflow = "upstream_cx_overflow",
         UpstreamRqActiveOverflow = "upstream_rq_active_overflow",
         // What ext_authz decided for requests routed to the cluster.
@@ -166,14 +160,30 @@ stat_family! {
         ExtAuthzFailureModeAllowed = "ext_authz.failure_mode_allowed",
         // Passthrough metadata an internal endpoint's connection did not get.
         InternalUpstreamNoMetadata = "internal_upstream.no_metadata",
-    } gauges [UpstreamCxActive, UpstreamRqActive, MembershipTotal]
+    } gauges [UpstreamCxActive, UpstreamRqActive]
       lazy_stats [UpstreamRq1xx, UpstreamRq2xx, UpstreamRq3xx, UpstreamRq4xx, UpstreamRq5xx,
                   SslHandshake, SslConnectionError, SslFailVerifyError, SslFailVerifySan,
-                  SslFailVerifyNoCert, SslSessionReused, UpdateRejected, ExtAuthzOk,
+                  SslFailVerifyNoCert, SslSessionReused, ExtAuthzOk,
                   ExtAuthzDenied, ExtAuthzError, ExtAuthzFailureModeAllowed,
                   InternalUpstreamNoMetadata]
       codes "upstream_rq_"
       histograms ["upstream_rq_time", "upstream_cx_connect_ms"] lazy_histograms [0]
+}
+
+stat_family! {
+    /// `cluster.<name>.` stats of its configuration's updates and membership (Envoy's
+    /// config update and endpoint stats), which only the control thread writes. A family
+    /// of their own, so that the control thread's cells for a cluster are these six
+    /// rather than a block of every cluster stat (456 bytes each for 10,000 EDS clusters).
+    pub enum ClusterUpdateStat {
+        MembershipTotal = "membership_total",
+        UpdateAttempt = "update_attempt",
+        UpdateSuccess = "update_success",
+        UpdateFailure = "update_failure",
+        UpdateRejected = "update_rejected",
+        UpdateEmpty = "update_empty",
+    } gauges [MembershipTotal]
+      lazy_stats [UpdateRejected]
 }
 
 stat_family! {

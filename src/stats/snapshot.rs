@@ -59,10 +59,7 @@ impl Store {
             if !scope.family.codes.is_empty() {
                 let mut totals = [0u64; CODES];
                 for core in scope.cores.iter() {
-                    for (t, c) in totals
-                        .iter_mut()
-                        .zip(core.codes.get().into_iter().flatten())
-                    {
+                    for (t, c) in totals.iter_mut().zip(core.codes().into_iter().flatten()) {
                         *t += c.load(Ordering::Relaxed);
                     }
                 }

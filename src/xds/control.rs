@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::stats::{ClusterStat, ControlPlaneStat, Scope, Store, XdsStat};
+use crate::stats::{ClusterUpdateStat, ControlPlaneStat, Scope, Store, XdsStat};
 
 use super::publish::Publisher;
 use super::state::{Kind, Resources, Static, Update};
@@ -147,12 +147,15 @@ impl Control {
                 .collect();
             names
                 .iter()
-                .map(|n| self.stats.scope::<ClusterStat>(&format!("cluster.{n}.")))
+                .map(|n| {
+                    self.stats
+                        .scope::<ClusterUpdateStat>(&format!("cluster.{n}."))
+                })
                 .collect()
         } else {
             Vec::new()
         };
-        let bump = |x: XdsStat, c: ClusterStat| {
+        let bump = |x: XdsStat, c: ClusterUpdateStat| {
             for s in &scopes {
                 s.core(self.core).inc(x as usize);
             }
@@ -160,7 +163,7 @@ impl Control {
                 s.core(self.core).inc(c as usize);
             }
         };
-        bump(XdsStat::UpdateAttempt, ClusterStat::UpdateAttempt);
+        bump(XdsStat::UpdateAttempt, ClusterUpdateStat::UpdateAttempt);
         // Applied to a copy (cheap: shared maps) so that a bind failure also changes nothing.
         let mut staged = self.resources.clone();
         let mut phases = [Duration::ZERO; 3];
@@ -212,12 +215,12 @@ impl Control {
             Ok(v) => {
                 self.resources = staged;
                 if refused.is_empty() {
-                    bump(XdsStat::UpdateSuccess, ClusterStat::UpdateSuccess);
+                    bump(XdsStat::UpdateSuccess, ClusterUpdateStat::UpdateSuccess);
                 } else {
-                    bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);
+                    bump(XdsStat::UpdateRejected, ClusterUpdateStat::UpdateRejected);
                 }
                 if update.resources.is_empty() && update.removed.is_empty() {
-                    bump(XdsStat::UpdateEmpty, ClusterStat::UpdateEmpty);
+                    bump(XdsStat::UpdateEmpty, ClusterUpdateStat::UpdateEmpty);
                 }
                 // As Envoy's init manager: a response counts as received even when some
                 // of its resources were refused.
@@ -246,7 +249,7 @@ impl Control {
                 Err(e)
             }
             Err(e) => {
-                bump(XdsStat::UpdateRejected, ClusterStat::UpdateRejected);
+                bump(XdsStat::UpdateRejected, ClusterUpdateStat::UpdateRejected);
                 tracing::warn!(kind = update.kind.short(), version = %update.version_info, "xDS update rejected: {e}");
                 // As Envoy's init manager: a first CDS or LDS response refused whole still
                 // counts as received (else, with Istio's `initial_fetch_timeout: 0s`,

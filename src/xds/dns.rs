@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::model::{Cluster, Discovery, DnsFamily, Endpoint, SharedSnapshot, Snapshot};
-use crate::stats::ClusterStat;
+use crate::stats::ClusterUpdateStat;
 
 /// Resolves every DNS host of `c` into endpoints, as Envoy's cluster types do.
 pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
@@ -23,12 +23,16 @@ pub async fn resolve(c: &Cluster, core: usize) -> Vec<Endpoint> {
                 Ok(Ok(a)) => a.collect(),
                 Ok(Err(e)) => {
                     tracing::warn!(cluster = %c.name, host = %h.host, "DNS resolution failed: {e}");
-                    c.stats.core(core).inc(ClusterStat::UpdateFailure as usize);
+                    c.update_stats
+                        .core(core)
+                        .inc(ClusterUpdateStat::UpdateFailure as usize);
                     continue;
                 }
                 Err(_) => {
                     tracing::warn!(cluster = %c.name, host = %h.host, "DNS resolution timed out");
-                    c.stats.core(core).inc(ClusterStat::UpdateFailure as usize);
+                    c.update_stats
+                        .core(core)
+                        .inc(ClusterUpdateStat::UpdateFailure as usize);
                     continue;
                 }
             },
@@ -91,10 +95,12 @@ pub async fn warm(snapshot: &mut Snapshot, core: usize) {
             continue;
         }
         let eps = resolve(c, core).await;
-        c.stats
-            .core(core)
-            .add(ClusterStat::MembershipTotal as usize, eps.len() as u64);
-        c.stats.core(core).inc(ClusterStat::UpdateSuccess as usize);
+        let stats = c.update_stats.core(core);
+        stats.add(
+            ClusterUpdateStat::MembershipTotal as usize,
+            eps.len() as u64,
+        );
+        stats.inc(ClusterUpdateStat::UpdateSuccess as usize);
         snapshot.clusters[i] = Arc::new(c.with_endpoints(eps.into()));
     }
 }
@@ -154,10 +160,10 @@ pub async fn refresh_loop(shared: SharedSnapshot, core: usize) {
             if c.dns_hosts != old.dns_hosts || eps.as_slice() == &*c.endpoints {
                 continue;
             }
-            let stats = c.stats.core(core);
-            stats.inc(ClusterStat::UpdateSuccess as usize);
+            let stats = c.update_stats.core(core);
+            stats.inc(ClusterUpdateStat::UpdateSuccess as usize);
             stats.add(
-                ClusterStat::MembershipTotal as usize,
+                ClusterUpdateStat::MembershipTotal as usize,
                 (eps.len() as u64).wrapping_sub(c.endpoints.len() as u64),
             );
             clusters[i] = Arc::new(c.with_endpoints(eps.into()));

@@ -235,6 +235,9 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     let grpc_stats = ctx
         .stats
         .scope::<crate::stats::GrpcStat>(&format!("cluster.{stat_name}.grpc."));
+    let update_stats = ctx
+        .stats
+        .scope::<crate::stats::ClusterUpdateStat>(&format!("cluster.{stat_name}."));
     let breakers = Arc::new(super::breakers::breakers(c, stat_name, ctx, res)?);
     let bind_source = match &c.upstream_bind_config {
         Some(b) => {
@@ -263,6 +266,7 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         breakers,
         stats,
         grpc_stats,
+        update_stats,
         bind_source,
         discovery,
         eds_service,
