@@ -33,9 +33,13 @@ impl Resources {
             match c.discovery {
                 Discovery::Eds => {
                     let service = c.eds_service.as_deref().unwrap_or(&c.name);
-                    self.endpoints
-                        .get(service)
-                        .map(|e| Arc::new(c.with_endpoints(e.model.clone())))
+                    self.endpoints.get(service).map(|e| {
+                        if Arc::ptr_eq(&c.endpoints, &e.model) {
+                            c.clone()
+                        } else {
+                            Arc::new(c.with_endpoints(e.model.clone()))
+                        }
+                    })
                 }
                 Discovery::StrictDns | Discovery::LogicalDns => {
                     // Keep what DNS resolved for the same hosts.
@@ -65,22 +69,48 @@ impl Resources {
             for h in self.boot.values().filter(|h| !h.waiting_secret) {
                 clusters.push(endpoints_of(&h.model).unwrap_or_else(|| h.model.clone()));
             }
-            for h in self.clusters.values() {
+            // An EDS cluster given its endpoints here is held so, in place of the CDS model
+            // it was made from: the snapshot and the cache then share one `Cluster` (528
+            // bytes, 10,000 of them at 10,000 services), and a later assembly with the same
+            // endpoints takes it as it is instead of copying it again.
+            let mut assembled = Vec::new();
+            for (name, h) in self.clusters.iter() {
                 if h.waiting_secret {
                     dump.warming_clusters.push(h.entry.clone());
                     continue;
                 }
                 match endpoints_of(&h.model) {
                     Some(c) => {
+                        if h.model.discovery == Discovery::Eds && !Arc::ptr_eq(&c, &h.model) {
+                            assembled.push((name.clone(), c.clone()));
+                        }
                         clusters.push(c);
                         dump.clusters.push(h.entry.clone());
                     }
                     None if h.timed_out(now) => {
-                        clusters.push(h.model.clone());
+                        // Its load assignment is gone (or never came): no endpoints, not
+                        // those it was last held with.
+                        clusters.push(match h.model.endpoints.is_empty() {
+                            true => h.model.clone(),
+                            false => Arc::new(h.model.with_endpoints(Arc::new([]))),
+                        });
                         dump.clusters.push(h.entry.clone());
                     }
                     None => dump.warming_clusters.push(h.entry.clone()),
                 }
+            }
+            if !assembled.is_empty() {
+                let held = Arc::make_mut(&mut self.clusters);
+                for (name, c) in assembled {
+                    if let Some(h) = held.get_mut(&name) {
+                        h.model = c;
+                    }
+                }
+                self.assembled_from = Some((
+                    Arc::as_ptr(&self.clusters) as *const () as usize,
+                    key.1,
+                    key.2,
+                ));
             }
             let index = clusters
                 .iter()

@@ -134,6 +134,45 @@ fn an_eds_cluster_warms_until_its_endpoints_arrive() {
 }
 
 #[test]
+fn an_eds_cluster_is_held_once_with_its_endpoints_and_loses_them_with_its_assignment() {
+    let mut f = Fixture::new();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "0.05s"), eds_cluster("b", "0.05s")],
+    ))
+    .unwrap();
+    f.apply(Update::sotw(
+        Kind::Endpoint,
+        "1",
+        vec![cla("a", 8080), cla("b", 9090)],
+    ))
+    .unwrap();
+    let s1 = f.snapshot();
+    let a1 = s1.cluster("a").unwrap().clone();
+    assert_eq!(a1.endpoints[0].address.port(), 8080);
+    assert!(
+        Arc::ptr_eq(&a1, &f.res.clusters["a"].model),
+        "one Cluster, shared"
+    );
+    // b's endpoints change: a is taken as it is, b copied once with its new ones.
+    f.apply(Update::sotw(Kind::Endpoint, "2", vec![cla("b", 9091)]))
+        .unwrap();
+    let s2 = f.snapshot();
+    assert!(Arc::ptr_eq(s2.cluster("a").unwrap(), &a1));
+    assert_eq!(s2.cluster("b").unwrap().endpoints[0].address.port(), 9091);
+    // a's assignment goes: past its fetch timeout it serves with none, not its last ones.
+    let mut gone = Update::sotw(Kind::Endpoint, "3", vec![]);
+    gone.removed = vec!["a".into()];
+    f.apply(gone).unwrap();
+    #[allow(clippy::disallowed_methods)] // a unit test on the test thread, not a core
+    std::thread::sleep(Duration::from_millis(60));
+    let s3 = f.snapshot();
+    assert!(s3.cluster("a").unwrap().endpoints.is_empty());
+    assert_eq!(s3.cluster("b").unwrap().endpoints[0].address.port(), 9091);
+}
+
+#[test]
 fn the_warming_deadline_is_asked_again_only_after_a_change() {
     let mut f = Fixture::new();
     assert_eq!(f.res.next_deadline(), None);
