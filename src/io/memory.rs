@@ -38,10 +38,15 @@ pub fn release_free_memory() {
 /// After this thread freed a lot at once (a big xDS response applied, a big admin
 /// response sent), returns it to the OS a little later: mimalloc would otherwise keep
 /// those pages resident until this thread allocates again, and an idle control thread does
-/// not. Runs on the caller's thread (a current-thread runtime's task).
+/// not. Twice: the cores drop the snapshot they served once they take the new one, often
+/// after the first collection, and what they free of it returns to this thread's pages
+/// (10,000 services: RSS 1 s after a push 103-111 MB with one collection, 103 MB in
+/// every run with both). Runs on the caller's thread (a current-thread runtime's task).
 pub fn release_freed_soon() {
     tokio::spawn(async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release_free_memory();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         release_free_memory();
     });
 }
