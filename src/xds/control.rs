@@ -133,8 +133,9 @@ impl Control {
     pub fn apply(&mut self, update: &Update) -> Result<u64, String> {
         let started = Instant::now();
         let scopes = self.scopes(update);
-        let eds: Vec<Arc<Scope>> = if update.kind == Kind::Endpoint {
-            let names: BTreeSet<String> = update
+        // The load assignments an EDS response brings, by name.
+        let eds_names: BTreeSet<String> = match update.kind {
+            Kind::Endpoint => update
                 .resources
                 .iter()
                 .map(|i| {
@@ -144,17 +145,16 @@ impl Control {
                         i.name.clone()
                     }
                 })
-                .collect();
-            names
-                .iter()
-                .map(|n| {
-                    self.stats
-                        .scope::<ClusterUpdateStat>(&format!("cluster.{n}."))
-                })
-                .collect()
-        } else {
-            Vec::new()
+                .collect(),
+            _ => BTreeSet::new(),
         };
+        let eds: Vec<Arc<Scope>> = eds_names
+            .iter()
+            .map(|n| {
+                self.stats
+                    .scope::<ClusterUpdateStat>(&format!("cluster.{n}."))
+            })
+            .collect();
         let bump = |x: XdsStat, c: ClusterUpdateStat| {
             for s in &scopes {
                 s.core(self.core).inc(x as usize);
@@ -182,7 +182,7 @@ impl Control {
                     || [Kind::Cluster, Kind::Listener]
                         .iter()
                         .all(|k| *k == update.kind || self.seen.contains(k));
-                staged.prune(&self.statics, update.kind);
+                staged.prune(&self.statics, update.kind, &eds_names);
                 // As Envoy, whose listeners bind as they are added: a listener of this
                 // response that cannot bind is refused on its own (its previous version,
                 // if any, stays); the others are published.

@@ -32,15 +32,15 @@ impl Resources {
                 .then_some(h)
                 .and_then(|h| h.fetch_timeout.map(|t| h.since + t))
         });
+        // The timeout first: istiod's clusters have none (`0s`), so no lookup is made.
         let clusters = self.clusters.values().filter_map(|h| {
+            let t = h.fetch_timeout?;
             let waiting = h
                 .model
                 .eds_service
                 .as_ref()
                 .is_some_and(|s| !self.endpoints.contains_key(s));
-            waiting
-                .then_some(h)
-                .and_then(|h| h.fetch_timeout.map(|t| h.since + t))
+            waiting.then(|| h.since + t)
         });
         listeners.chain(clusters).min()
     }

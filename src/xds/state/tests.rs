@@ -276,7 +276,7 @@ fn removal_follows_each_protocol() {
         vec![eds_cluster("a", "0s")],
     ))
     .unwrap();
-    f.res.prune(&f.statics, Kind::Cluster);
+    f.res.prune(&f.statics, Kind::Cluster, &BTreeSet::new());
     assert_eq!(names(&f.snapshot()), ["fixed", "a"]);
     assert_eq!(
         f.res.versions_of(Kind::Endpoint).keys().collect::<Vec<_>>(),
@@ -289,6 +289,44 @@ fn removal_follows_each_protocol() {
     f.apply(u).unwrap();
     assert_eq!(names(&f.snapshot()), ["fixed"]);
     assert_eq!(f.res.version(Kind::Cluster), "3");
+}
+
+#[test]
+fn an_eds_response_keeps_only_the_assignments_some_cluster_wants() {
+    let mut f = Fixture::new();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![eds_cluster("a", "0s"), eds_cluster("b", "0s")],
+    ))
+    .unwrap();
+    // A few names are looked up one by one, many through a set: both ways.
+    for (v, extra) in [("1", 1), ("2", 12)] {
+        let mut clas = vec![cla("a", 1)];
+        let mut received = BTreeSet::from(["a".to_string()]);
+        for i in 0..extra {
+            let mut c = cla("a", 2);
+            c.value = {
+                use prost::Message;
+                let mut m =
+                    crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
+                        c.value.as_slice(),
+                    )
+                    .unwrap();
+                m.cluster_name = format!("nobody-{i}");
+                m.encode_to_vec()
+            };
+            clas.push(c);
+            received.insert(format!("nobody-{i}"));
+        }
+        f.apply(Update::sotw(Kind::Endpoint, v, clas)).unwrap();
+        f.res.prune(&f.statics, Kind::Endpoint, &received);
+        assert_eq!(
+            f.res.versions_of(Kind::Endpoint).keys().collect::<Vec<_>>(),
+            ["a"],
+            "{extra} unwanted"
+        );
+    }
 }
 
 #[test]
