@@ -244,6 +244,10 @@ pub struct Resources {
     /// listener and cluster, and is asked on every xDS message: 10,000 clusters' lookups
     /// per message in a big mesh). Every method taking `&mut self` clears it.
     deadline: std::cell::Cell<Option<Option<Instant>>>,
+    /// The load assignments the last update applied or removed, when it was an EDS update
+    /// and nothing else changed since: the next assembly patches those into the current
+    /// snapshot instead of assembling every cluster again (`None`: it assembles all).
+    eds_touched: Option<Vec<Arc<str>>>,
 }
 
 /// Removes the entries `keep` refuses, cloning the map only if there are any.
@@ -368,6 +372,12 @@ impl Resources {
         if refused.is_empty() {
             staged.versions.insert(update.kind, version);
         }
+        staged.eds_touched = (update.kind == Kind::Endpoint).then(|| {
+            seen.iter()
+                .cloned()
+                .chain(update.removed.iter().map(|n| Arc::from(n.as_str())))
+                .collect()
+        });
         *self = staged;
         Ok(Applied {
             ignored: ctx.ignored,
@@ -420,6 +430,7 @@ impl Resources {
     /// that cannot bind is refused on its own.
     pub fn revert_listener(&mut self, name: &str, previous: &Resources) {
         self.changing();
+        self.eds_touched = None;
         for (mine, theirs) in [
             (&mut self.listeners, &previous.listeners),
             (&mut self.active, &previous.active),
@@ -443,95 +454,6 @@ impl Resources {
             Kind::Route => retain_in(&mut self.routes, keep),
             Kind::Endpoint => retain_in(&mut self.endpoints, keep),
             Kind::Secret => retain_in(&mut self.secrets, keep),
-        }
-    }
-
-    /// The names a type's subscription should hold now: EDS service names of EDS
-    /// clusters, RDS names of connection managers (wildcard types: empty).
-    pub fn wanted(&self, kind: Kind, statics: &Static) -> BTreeSet<String> {
-        let mut out = BTreeSet::new();
-        match kind {
-            Kind::Endpoint => {
-                let all = statics
-                    .clusters
-                    .iter()
-                    .chain(self.clusters.values().map(|h| &h.model));
-                for c in all {
-                    if let Some(s) = &c.eds_service {
-                        out.insert(s.to_string());
-                    }
-                }
-            }
-            Kind::Route => {
-                let all = statics
-                    .listeners
-                    .iter()
-                    .chain(self.listeners.values().map(|h| &h.model))
-                    .chain(self.active.values().map(|h| &h.model));
-                for hcm in all.flat_map(|l| l.hcms()) {
-                    if let RouteSource::Rds(n) = &hcm.routes {
-                        out.insert(n.to_string());
-                    }
-                }
-            }
-            Kind::Secret => return self.wanted_secrets(&SdsSource::Ads),
-            Kind::Cluster | Kind::Listener => {}
-        }
-        out
-    }
-
-    /// Drops EDS/RDS/SDS resources nothing refers to any more (their subscription ended),
-    /// after an update of `kind` (`received`: the load assignments an EDS update brought).
-    /// Only what the update can have changed is looked at: which assignments are wanted
-    /// changes only with the clusters, and an EDS response can only bring unwanted ones;
-    /// routes and secrets are named by listeners and clusters. Listing every wanted name
-    /// (10,000 strings) for each one-endpoint change took milliseconds at 10,000 services.
-    pub fn prune(&mut self, statics: &Static, kind: Kind, received: &BTreeSet<String>) {
-        self.changing();
-        let eds_services = || {
-            statics
-                .clusters
-                .iter()
-                .chain(self.clusters.values().map(|h| &h.model))
-                .filter_map(|c| c.eds_service.as_deref())
-        };
-        match kind {
-            Kind::Endpoint => {
-                let unwanted: Vec<&String> = if received.len() <= 8 {
-                    received
-                        .iter()
-                        .filter(|n| !eds_services().any(|s| s == n.as_str()))
-                        .collect()
-                } else {
-                    let wanted: rustc_hash::FxHashSet<&str> = eds_services().collect();
-                    received
-                        .iter()
-                        .filter(|n| !wanted.contains(n.as_str()))
-                        .collect()
-                };
-                if !unwanted.is_empty() {
-                    let map = Arc::make_mut(&mut self.endpoints);
-                    for n in unwanted {
-                        map.remove(n.as_str());
-                    }
-                }
-                return;
-            }
-            Kind::Cluster => {
-                let wanted: rustc_hash::FxHashSet<&str> = eds_services().collect();
-                let keep = |n: &Arc<str>| wanted.contains(&**n);
-                if !self.endpoints.keys().all(keep) {
-                    let map = Arc::make_mut(&mut self.endpoints);
-                    map.retain(|n, _| wanted.contains(&**n));
-                }
-            }
-            _ => {}
-        }
-        let rds = self.wanted(Kind::Route, statics);
-        retain_in(&mut self.routes, |n| rds.contains(&**n));
-        if kind != Kind::Route {
-            let sds = self.all_secret_refs();
-            retain_in(&mut self.secrets, |n| sds.contains(n));
         }
     }
 
@@ -603,6 +525,7 @@ mod convert_one;
 mod deadline;
 mod routes;
 mod secrets;
+mod wanted;
 
 use convert_one::{convert_one, AnyHeld};
 pub(crate) use convert_one::{fetch_timeout, resource_name};

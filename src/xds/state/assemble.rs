@@ -11,6 +11,7 @@ impl Resources {
     /// Builds the snapshot the caches describe. `current` supplies endpoints that DNS
     /// resolved since (static and dynamic DNS clusters).
     pub fn assemble(&mut self, statics: &Static, current: &Snapshot) -> Snapshot {
+        let touched = self.eds_touched.take();
         self.changing();
         let now = Instant::now();
         self.promote(now);
@@ -28,6 +29,19 @@ impl Resources {
                     .is_some_and(|s| !self.endpoints.contains_key(s))
         });
         let reuse = self.assembled_from == Some(key) && !waiting;
+        // Only load assignments changed since the last assembly (the same clusters): the
+        // current snapshot's clusters are taken and those few given their endpoints.
+        let patch = match touched {
+            Some(names) if !reuse && !waiting && names.len() <= 8 => {
+                let same_clusters = self
+                    .assembled_from
+                    .is_some_and(|(c, _, b)| c == key.0 && b == key.2);
+                same_clusters
+                    .then(|| self.patch_endpoints(current, &names))
+                    .flatten()
+            }
+            _ => None,
+        };
         self.assembled_from = Some(key);
         let endpoints_of = |c: &Arc<Cluster>| -> Option<Arc<Cluster>> {
             match c.discovery {
@@ -53,7 +67,18 @@ impl Resources {
                 Discovery::Static | Discovery::OriginalDst => Some(c.clone()),
             }
         };
-        let (clusters, cluster_index) = if reuse {
+        let (clusters, cluster_index) = if let Some((clusters, endpoints)) = patch {
+            dump.clusters.clone_from(&current.dynamic.clusters);
+            dump.warming_clusters
+                .clone_from(&current.dynamic.warming_clusters);
+            dump.endpoints = endpoints;
+            self.assembled_from = Some((
+                Arc::as_ptr(&self.clusters) as *const () as usize,
+                key.1,
+                key.2,
+            ));
+            (clusters, current.cluster_index.clone())
+        } else if reuse {
             dump.clusters.clone_from(&current.dynamic.clusters);
             dump.warming_clusters
                 .clone_from(&current.dynamic.warming_clusters);
@@ -170,6 +195,60 @@ impl Resources {
             runtime: current.runtime.clone(),
             global_cx: current.global_cx.clone(),
         }
+    }
+
+    /// `current`'s clusters with the load assignments `names` applied, and the config
+    /// dump's endpoint list with their entries: what a full assembly would give when only
+    /// those assignments changed. `None` where one of them makes a cluster start or stop
+    /// serving (it appeared or went), which a full assembly decides.
+    fn patch_endpoints(
+        &mut self,
+        current: &Snapshot,
+        names: &[Arc<str>],
+    ) -> Option<(Vec<Arc<Cluster>>, Vec<DumpEntry>)> {
+        let mut clusters = current.clusters.clone();
+        let mut entries = current.dynamic.endpoints.clone();
+        let mut held = Vec::new();
+        for name in names {
+            let now = self.endpoints.get(name);
+            match (now, entries.binary_search_by(|e| (*e.name).cmp(name))) {
+                (Some(h), Ok(i)) => entries[i] = h.entry.clone(),
+                (Some(h), Err(i)) => entries.insert(i, h.entry.clone()),
+                (None, Ok(i)) => {
+                    entries.remove(i);
+                }
+                (None, Err(_)) => {}
+            }
+            let serves = |c: &Cluster| {
+                c.discovery == Discovery::Eds
+                    && c.eds_service.as_deref().unwrap_or(&c.name) == &**name
+            };
+            // Every CDS cluster naming it serves now (none is warming for it), and every
+            // cluster naming it keeps serving (it did not go).
+            let wanting = self.clusters.values().filter(|h| serves(&h.model)).count();
+            let mut dynamic = 0;
+            for c in clusters.iter_mut().filter(|c| serves(c)) {
+                let e = now?;
+                dynamic += usize::from(self.clusters.contains_key(&c.name));
+                if !Arc::ptr_eq(&c.endpoints, &e.model) {
+                    *c = Arc::new(c.with_endpoints(e.model.clone()));
+                    held.push(c.clone());
+                }
+            }
+            if dynamic != wanting {
+                return None;
+            }
+        }
+        // Held as assembled, as a full assembly holds them.
+        if !held.is_empty() {
+            let map = Arc::make_mut(&mut self.clusters);
+            for c in held {
+                if let Some(h) = map.get_mut(&c.name) {
+                    h.model = c;
+                }
+            }
+        }
+        Some((clusters, entries))
     }
 
     /// Names of RDS resources whose connection managers' stat prefixes the `rds` stats

@@ -74,6 +74,7 @@ impl Resources {
         stats: &Store,
     ) -> Result<Vec<String>, Rejection> {
         self.changing();
+        self.eds_touched = None;
         let mut ctx = Ctx::dynamic(stats);
         ctx.internal_listeners = self.internal_listeners;
         ctx.secrets = Arc::new(self.secret_map());
@@ -106,6 +107,7 @@ impl Resources {
         stats: &Store,
     ) -> Result<(), Rejection> {
         self.changing();
+        self.eds_touched = None;
         let Some(sr) = statics.bootstrap.static_resources.as_ref() else {
             return Ok(());
         };

@@ -173,6 +173,60 @@ fn an_eds_cluster_is_held_once_with_its_endpoints_and_loses_them_with_its_assign
 }
 
 #[test]
+fn an_eds_update_patches_the_snapshot_as_a_full_assembly_would() {
+    let mut f = Fixture::new();
+    f.apply(Update::sotw(
+        Kind::Cluster,
+        "1",
+        vec![
+            eds_cluster("a", "0s"),
+            eds_cluster("b", "0s"),
+            eds_cluster("d", "0s"),
+        ],
+    ))
+    .unwrap();
+    f.apply(Update::sotw(
+        Kind::Endpoint,
+        "1",
+        vec![cla("a", 1), cla("b", 2)],
+    ))
+    .unwrap();
+    let s1 = f.snapshot();
+    assert_eq!(names(&s1), ["fixed", "a", "b"], "d waits for its endpoints");
+    // b's endpoints change: patched in place, everything else as it was.
+    f.apply(Update::sotw(Kind::Endpoint, "2", vec![cla("b", 3)]))
+        .unwrap();
+    let s2 = f.snapshot();
+    assert_eq!(names(&s2), ["fixed", "a", "b"]);
+    assert!(Arc::ptr_eq(
+        s2.cluster("a").unwrap(),
+        s1.cluster("a").unwrap()
+    ));
+    assert_eq!(s2.cluster("b").unwrap().endpoints[0].address.port(), 3);
+    assert!(Arc::ptr_eq(
+        s2.cluster("b").unwrap(),
+        &f.res.clusters["b"].model
+    ));
+    let dumped = |s: &Snapshot| {
+        s.dynamic
+            .endpoints
+            .iter()
+            .map(|e| format!("{}@{}", e.name, e.version))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(dumped(&s2), ["a@1", "b@2"]);
+    assert_eq!(s2.dynamic.warming_clusters.len(), 1);
+    // d's endpoints arrive: d starts serving (a full assembly decides that).
+    f.apply(Update::sotw(Kind::Endpoint, "3", vec![cla("d", 4)]))
+        .unwrap();
+    let s3 = f.snapshot();
+    assert_eq!(names(&s3), ["fixed", "a", "b", "d"]);
+    assert_eq!(dumped(&s3), ["a@1", "b@2", "d@3"]);
+    assert!(s3.dynamic.warming_clusters.is_empty());
+    assert_eq!(s3.cluster_index.len(), 4);
+}
+
+#[test]
 fn the_warming_deadline_is_asked_again_only_after_a_change() {
     let mut f = Fixture::new();
     assert_eq!(f.res.next_deadline(), None);
