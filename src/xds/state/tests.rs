@@ -103,6 +103,18 @@ impl Fixture {
         };
         s
     }
+
+    /// EDS clusters `(name, port)` with fetch timeout `timeout`, then each one's
+    /// endpoints, both at version 1.
+    fn eds(&mut self, timeout: &str, clusters: &[(&str, u16)]) {
+        let cds = clusters
+            .iter()
+            .map(|(n, _)| eds_cluster(n, timeout))
+            .collect();
+        self.apply(Update::sotw(Kind::Cluster, "1", cds)).unwrap();
+        let clas = clusters.iter().map(|(n, p)| cla(n, *p)).collect();
+        self.apply(Update::sotw(Kind::Endpoint, "1", clas)).unwrap();
+    }
 }
 
 fn names(s: &Snapshot) -> Vec<String> {
@@ -190,18 +202,7 @@ fn a_listener_serves_only_once_its_routes_arrive_and_its_old_version_serves_mean
 #[test]
 fn removal_follows_each_protocol() {
     let mut f = Fixture::new();
-    f.apply(Update::sotw(
-        Kind::Cluster,
-        "1",
-        vec![eds_cluster("a", "0s"), eds_cluster("b", "0s")],
-    ))
-    .unwrap();
-    f.apply(Update::sotw(
-        Kind::Endpoint,
-        "1",
-        vec![cla("a", 1), cla("b", 2)],
-    ))
-    .unwrap();
+    f.eds("0s", &[("a", 1), ("b", 2)]);
     // SotW EDS lists only what changed: b stays.
     f.apply(Update::sotw(Kind::Endpoint, "2", vec![cla("a", 3)]))
         .unwrap();

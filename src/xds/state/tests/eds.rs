@@ -5,18 +5,7 @@ use super::*;
 #[test]
 fn an_eds_cluster_is_held_once_with_its_endpoints_and_loses_them_with_its_assignment() {
     let mut f = Fixture::new();
-    f.apply(Update::sotw(
-        Kind::Cluster,
-        "1",
-        vec![eds_cluster("a", "0.05s"), eds_cluster("b", "0.05s")],
-    ))
-    .unwrap();
-    f.apply(Update::sotw(
-        Kind::Endpoint,
-        "1",
-        vec![cla("a", 8080), cla("b", 9090)],
-    ))
-    .unwrap();
+    f.eds("0.05s", &[("a", 8080), ("b", 9090)]);
     let s1 = f.snapshot();
     let a1 = s1.cluster("a").unwrap().clone();
     assert_eq!(a1.endpoints[0].address.port(), 8080);
@@ -133,18 +122,7 @@ fn an_eds_response_keeps_only_the_assignments_some_cluster_wants() {
         let mut clas = vec![cla("a", 1)];
         let mut received = BTreeSet::from(["a".to_string()]);
         for i in 0..extra {
-            let mut c = cla("a", 2);
-            c.value = {
-                use prost::Message;
-                let mut m =
-                    crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
-                        c.value.as_slice(),
-                    )
-                    .unwrap();
-                m.cluster_name = format!("nobody-{i}");
-                m.encode_to_vec()
-            };
-            clas.push(c);
+            clas.push(cla(&format!("nobody-{i}"), 2));
             received.insert(format!("nobody-{i}"));
         }
         f.apply(Update::sotw(Kind::Endpoint, v, clas)).unwrap();
