@@ -1,9 +1,9 @@
 //! Per-core counters and gauges, summed only when read.
 //!
-//! Every scope (a listener, a connection manager, a cluster) owns one cache-line aligned
-//! block of cells per core. A core is the only writer of its block, so an increment is a
-//! relaxed load and store (no locked read-modify-write); readers on the control thread sum
-//! the blocks. Scopes are created at configuration time and shared through the store, so
+//! Every scope (a listener, a connection manager, a cluster) has a block of cells per
+//! core, which the core allocates on its first write (`cells.rs`). A core is the only
+//! writer of its block, so an increment is a relaxed load and store (no locked
+//! read-modify-write); readers on the control thread sum the blocks. Scopes are created at configuration time and shared through the store, so
 //! counters survive snapshot swaps as Envoy's do.
 // The registry's Mutex is taken only on the control thread (configuration, admin reads);
 // cores hold `Arc<Scope>` and never touch it.
