@@ -248,6 +248,9 @@ pub struct Resources {
     /// and nothing else changed since: the next assembly patches those into the current
     /// snapshot instead of assembling every cluster again (`None`: it assembles all).
     eds_touched: Option<Vec<Arc<str>>>,
+    /// Assemblies that patched the current snapshot (tests tell the two paths apart).
+    #[cfg(test)]
+    patched: usize,
 }
 
 /// Removes the entries `keep` refuses, cloning the map only if there are any.

@@ -68,6 +68,10 @@ impl Resources {
             }
         };
         let (clusters, cluster_index) = if let Some((clusters, endpoints)) = patch {
+            #[cfg(test)]
+            {
+                self.patched += 1;
+            }
             dump.clusters.clone_from(&current.dynamic.clusters);
             dump.warming_clusters
                 .clone_from(&current.dynamic.warming_clusters);

@@ -55,6 +55,7 @@ fn an_eds_update_patches_the_snapshot_as_a_full_assembly_would() {
     f.apply(Update::sotw(Kind::Endpoint, "2", vec![cla("b", 3)]))
         .unwrap();
     let s2 = f.snapshot();
+    assert_eq!(f.res.patched, 1, "b's assignment patched in");
     assert_eq!(names(&s2), ["fixed", "a", "b"]);
     assert!(Arc::ptr_eq(
         s2.cluster("a").unwrap(),
@@ -78,6 +79,7 @@ fn an_eds_update_patches_the_snapshot_as_a_full_assembly_would() {
     f.apply(Update::sotw(Kind::Endpoint, "3", vec![cla("d", 4)]))
         .unwrap();
     let s3 = f.snapshot();
+    assert_eq!(f.res.patched, 1, "assembled in full");
     assert_eq!(names(&s3), ["fixed", "a", "b", "d"]);
     assert_eq!(dumped(&s3), ["a@1", "b@2", "d@3"]);
     assert!(s3.dynamic.warming_clusters.is_empty());
