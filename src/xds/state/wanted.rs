@@ -80,11 +80,7 @@ impl Resources {
             }
             Kind::Cluster => {
                 let wanted: rustc_hash::FxHashSet<&str> = eds_services().collect();
-                let keep = |n: &Arc<str>| wanted.contains(&**n);
-                if !self.endpoints.keys().all(keep) {
-                    let map = Arc::make_mut(&mut self.endpoints);
-                    map.retain(|n, _| wanted.contains(&**n));
-                }
+                retain_in(&mut self.endpoints, |n| wanted.contains(&**n));
             }
             _ => {}
         }
