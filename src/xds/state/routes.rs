@@ -78,6 +78,8 @@ pub(super) fn route_table(
                 .filter(|&i| hosts[i] != old_hosts[i])
                 .collect();
             if changed.len() * 4 <= hosts.len().max(4) {
+                #[cfg(test)]
+                REUSED.with(|n| n.set(n.get() + 1));
                 b.reuse(table);
                 for vi in changed {
                     let vh = convert(&b, hosts[vi], vi, ctx)?;
@@ -107,6 +109,13 @@ pub(super) fn route_table(
         b.push(vh, vi)?;
     }
     Ok(b.finish())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tables built from the previous one with only changed virtual hosts replaced
+    /// (tests tell the two ways apart).
+    static REUSED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// An encoded route configuration's virtual hosts (field 2), and its other fields as
@@ -241,7 +250,9 @@ mod tests {
             json!({"domains": ["B2.svc", "*.wild", "pre*", "*"]}),
             false,
         );
+        let before = REUSED.with(|n| n.get());
         let t2 = route_table(&two, Some((&one, &t1)), "rc", &mut ctx).unwrap();
+        assert_eq!(REUSED.with(|n| n.get()), before + 1, "b replaced in place");
         assert!(Arc::ptr_eq(&t1.virtual_hosts[0], &t2.virtual_hosts[0]));
         let at = |t: &RouteTable, h: &str| t.vhost_index(h.as_bytes());
         assert_eq!(at(&t2, "a.svc"), Some(0));
@@ -275,7 +286,9 @@ mod tests {
         for h in new_host.iter().chain(hosts.iter()) {
             prost::encoding::bytes::encode(2, &h.to_vec(), &mut two);
         }
+        let before = REUSED.with(|n| n.get());
         let t2 = route_table(&two, Some((&one, &t1)), "rc", &mut ctx).unwrap();
+        assert_eq!(REUSED.with(|n| n.get()), before, "indexed again");
         assert!((0..3).all(|i| Arc::ptr_eq(&t1.virtual_hosts[i], &t2.virtual_hosts[i + 1])));
         let at = |h: &str| t2.vhost_index(h.as_bytes());
         assert_eq!(
