@@ -17,6 +17,7 @@ fn main() {
         prost::Message::encode_to_vec(&fds),
     )
     .unwrap();
+    wire_schema(&fds, &out.join("wire_schema.rs"));
     // Messages through prost, the ADS service (client for the control thread, server for
     // the tests' control plane) through tonic.
     tonic_prost_build::configure()
@@ -77,6 +78,74 @@ fn hot_code_first() {
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
+}
+
+/// Every message's fields as static tables (src/xds/unknown.rs checks each xDS resource's
+/// wire format against them): the descriptor pool, decoded, is about 4.6 MB of heap, which
+/// every xDS update would otherwise decode again and hold until it has been idle a while.
+/// Messages are sorted by full name and fields by number, for binary search; a field's
+/// `message` is the index of its message type (`NONE` for scalars), and `shape` says
+/// whether it is single (0), repeated (1) or a map (2, its type the map entry).
+fn wire_schema(fds: &prost_types::FileDescriptorSet, out: &Path) {
+    use prost_types::field_descriptor_proto::{Label, Type};
+    use prost_types::DescriptorProto;
+    use std::fmt::Write;
+    fn walk<'a>(scope: &str, m: &'a DescriptorProto, all: &mut Vec<(String, &'a DescriptorProto)>) {
+        let name = format!("{scope}.{}", m.name());
+        for n in &m.nested_type {
+            walk(&name, n, all);
+        }
+        all.push((name, m));
+    }
+    let mut all = Vec::new();
+    for f in &fds.file {
+        for m in &f.message_type {
+            walk(f.package(), m, &mut all);
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let index = |type_name: &str| {
+        let name = type_name.trim_start_matches('.');
+        all.binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .unwrap_or_else(|_| panic!("{name} is not in proto/"))
+    };
+    let mut src = String::from("pub static MESSAGES: &[Schema] = &[\n");
+    for (name, m) in &all {
+        let mut fields: Vec<_> = m.field.iter().collect();
+        fields.sort_by_key(|f| f.number());
+        write!(src, "Schema {{ name: {name:?}, fields: &[").unwrap();
+        for f in fields {
+            let (message, shape) = match f.r#type() {
+                Type::Message | Type::Group => {
+                    let i = index(f.type_name());
+                    let map = all[i].1.options.as_ref().is_some_and(|o| o.map_entry());
+                    let shape = match (f.label(), map) {
+                        (Label::Repeated, true) => 2,
+                        (Label::Repeated, false) => 1,
+                        _ => 0,
+                    };
+                    (i.to_string(), shape)
+                }
+                _ => ("NONE".into(), u8::from(f.label() == Label::Repeated)),
+            };
+            write!(
+                src,
+                "WireField {{ number: {}, name: {:?}, message: {message}, shape: {shape} }},",
+                f.number(),
+                f.name()
+            )
+            .unwrap();
+        }
+        src.push_str("] },\n");
+    }
+    src.push_str("];\n");
+    writeln!(
+        src,
+        "pub const ANY: u16 = {};",
+        index("google.protobuf.Any")
+    )
+    .unwrap();
+    std::fs::write(out, src).unwrap();
 }
 
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) {

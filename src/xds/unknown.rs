@@ -1,13 +1,76 @@
 //! Fail closed on the wire: prost drops fields that `proto/` does not declare, so every
-//! xDS resource is also scanned against the descriptor pool, and any field the pool does
-//! not know is an error naming it. `Any` values whose type Ringside knows are scanned the
+//! xDS resource is also scanned against `proto/`'s messages, and any field they do not
+//! declare is an error naming it. `Any` values whose type Ringside knows are scanned the
 //! same way, recursively. The scan reads the wire format directly (no allocation, no
-//! decoded copy): it runs on every resource of every update.
+//! decoded copy): it runs on every resource of every update. The messages' fields are
+//! static tables written by build.rs, not the descriptor pool: decoded, the pool is about
+//! 4.6 MB of heap, which every update would otherwise decode again.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use prost_reflect::{Kind, MessageDescriptor};
+/// `proto/`'s messages, sorted by full name, each with its fields sorted by number.
+mod schema {
+    pub struct Schema {
+        pub name: &'static str,
+        pub fields: &'static [WireField],
+    }
+
+    pub struct WireField {
+        pub number: u32,
+        pub name: &'static str,
+        /// The index of its message type in `MESSAGES` (`NONE`: a scalar).
+        pub message: u16,
+        /// 0: single, 1: repeated, 2: a map (its message type the map entry).
+        pub shape: u8,
+    }
+
+    pub const NONE: u16 = u16::MAX;
+
+    include!(concat!(env!("OUT_DIR"), "/wire_schema.rs"));
+}
+
+use schema::{Schema, WireField, ANY, MESSAGES, NONE};
+
+/// A message of `proto/`.
+#[derive(Clone, Copy)]
+struct Desc(&'static Schema);
+
+impl Desc {
+    fn by_name(name: &str) -> Option<Desc> {
+        let i = MESSAGES.binary_search_by(|m| m.name.cmp(name)).ok()?;
+        Some(Desc(&MESSAGES[i]))
+    }
+
+    fn full_name(self) -> &'static str {
+        self.0.name
+    }
+
+    fn get_field(self, number: u32) -> Option<&'static WireField> {
+        let f = self.0.fields;
+        f.binary_search_by_key(&number, |f| f.number)
+            .ok()
+            .map(|i| &f[i])
+    }
+}
+
+impl WireField {
+    fn message(&self) -> Option<Desc> {
+        (self.message != NONE).then(|| Desc(&MESSAGES[usize::from(self.message)]))
+    }
+
+    fn is_any(&self) -> bool {
+        self.message == ANY
+    }
+
+    fn is_list(&self) -> bool {
+        self.shape == 1
+    }
+
+    fn is_map(&self) -> bool {
+        self.shape == 2
+    }
+}
 
 /// Upstream names of the fields `proto/` leaves out, by (message, number).
 fn omitted() -> &'static HashMap<(&'static str, u32), &'static str> {
@@ -26,10 +89,10 @@ fn omitted() -> &'static HashMap<(&'static str, u32), &'static str> {
 
 /// Checks a resource of message type `full_name`; the error is (field path, reason).
 pub fn check(full_name: &str, bytes: &[u8]) -> Result<(), (String, String)> {
-    let Some(desc) = crate::proto::pool().get_message_by_name(full_name) else {
+    let Some(desc) = Desc::by_name(full_name) else {
         return Ok(());
     };
-    scan(&desc, bytes).map_err(|f| {
+    scan(desc, bytes).map_err(|f| {
         // Segments were pushed innermost first, on the way out.
         let mut path = String::new();
         for seg in f.segments.iter().rev() {
@@ -40,7 +103,7 @@ pub fn check(full_name: &str, bytes: &[u8]) -> Result<(), (String, String)> {
         }
         // Name every other unimplemented field too, so one NACK shows the whole gap.
         let mut all = Vec::new();
-        collect(&desc, bytes, "", &mut all);
+        collect(desc, bytes, "", &mut all);
         let others: Vec<String> = all
             .into_iter()
             .filter(|(_, r)| *r != f.reason)
@@ -57,7 +120,7 @@ pub fn check(full_name: &str, bytes: &[u8]) -> Result<(), (String, String)> {
 
 /// Every unknown field under `bytes` as (path, reason): the slow path, run only once the
 /// fast scan found one.
-fn collect(desc: &MessageDescriptor, bytes: &[u8], path: &str, out: &mut Vec<(String, String)>) {
+fn collect(desc: Desc, bytes: &[u8], path: &str, out: &mut Vec<(String, String)>) {
     let mut buf = bytes;
     let mut seen: HashMap<u32, usize> = HashMap::new();
     while !buf.is_empty() {
@@ -79,11 +142,11 @@ fn collect(desc: &MessageDescriptor, bytes: &[u8], path: &str, out: &mut Vec<(St
             }
             continue;
         };
-        let Kind::Message(m) = field.kind() else {
+        let Some(m) = field.message() else {
             continue;
         };
         let sep = if path.is_empty() { "" } else { "." };
-        let mut p = format!("{path}{sep}{}", field.name());
+        let mut p = format!("{path}{sep}{}", field.name);
         if field.is_list() {
             let i = seen.entry(number).or_insert(0);
             p.push_str(&format!("[{i}]"));
@@ -91,7 +154,7 @@ fn collect(desc: &MessageDescriptor, bytes: &[u8], path: &str, out: &mut Vec<(St
         } else if field.is_map() {
             p.push_str(&format!("[\"{}\"]", map_key(data)));
         }
-        if m.full_name() == "google.protobuf.Any" {
+        if field.is_any() {
             let (mut url, mut value): (&[u8], &[u8]) = (&[], &[]);
             let mut d = data;
             while let Ok((k, v)) = next_field(&mut d) {
@@ -106,16 +169,16 @@ fn collect(desc: &MessageDescriptor, bytes: &[u8], path: &str, out: &mut Vec<(St
             }
             let url = String::from_utf8_lossy(url);
             let name = url.rsplit('/').next().unwrap_or(&url);
-            if let Some(inner) = crate::proto::pool().get_message_by_name(name) {
-                collect(&inner, value, &p, out);
+            if let Some(inner) = Desc::by_name(name) {
+                collect(inner, value, &p, out);
             }
         } else if field.is_map() {
             // The entry's value (field 2) when it is a message.
-            if let Some(Kind::Message(v)) = m.get_field(2).map(|f| f.kind()) {
+            if let Some(v) = m.get_field(2).and_then(WireField::message) {
                 let mut d = data;
                 while let Ok((k, v_bytes)) = next_field(&mut d) {
                     if k == 2 {
-                        collect(&v, v_bytes, &p, out);
+                        collect(v, v_bytes, &p, out);
                     }
                     if d.is_empty() {
                         break;
@@ -123,7 +186,7 @@ fn collect(desc: &MessageDescriptor, bytes: &[u8], path: &str, out: &mut Vec<(St
                 }
             }
         } else {
-            collect(&m, data, &p, out);
+            collect(m, data, &p, out);
         }
     }
 }
@@ -188,7 +251,7 @@ fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u32, &'a [u8]), Found> {
     Ok((number, data))
 }
 
-fn scan(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Found> {
+fn scan(desc: Desc, bytes: &[u8]) -> Result<(), Found> {
     let mut buf = bytes;
     while !buf.is_empty() {
         let start = bytes.len() - buf.len();
@@ -203,13 +266,13 @@ fn scan(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Found> {
                 desc.full_name()
             )));
         };
-        let Kind::Message(m) = field.kind() else {
+        let Some(m) = field.message() else {
             continue;
         };
-        let inner = if m.full_name() == "google.protobuf.Any" {
+        let inner = if field.is_any() {
             scan_any(data)
         } else {
-            scan(&m, data)
+            scan(m, data)
         };
         if let Err(mut f) = inner {
             if field.is_map() {
@@ -219,7 +282,7 @@ fn scan(desc: &MessageDescriptor, bytes: &[u8]) -> Result<(), Found> {
                 f.segments
                     .push(format!("[{}]", occurrences(&bytes[..start], number)));
             }
-            f.segments.push(field.name().to_string());
+            f.segments.push(field.name.to_string());
             return Err(f);
         }
     }
@@ -264,8 +327,8 @@ fn scan_any(mut bytes: &[u8]) -> Result<(), Found> {
     }
     let url = String::from_utf8_lossy(url);
     let name = url.rsplit('/').next().unwrap_or(&url);
-    match crate::proto::pool().get_message_by_name(name) {
-        Some(desc) => scan(&desc, value),
+    match Desc::by_name(name) {
+        Some(desc) => scan(desc, value),
         None => Ok(()),
     }
 }
@@ -274,6 +337,30 @@ fn scan_any(mut bytes: &[u8]) -> Result<(), Found> {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn the_static_tables_describe_every_message_as_the_descriptor_pool_does() {
+        let pool = crate::proto::pool();
+        let mut n = 0;
+        for m in pool.all_messages() {
+            let d = Desc::by_name(m.full_name()).unwrap_or_else(|| panic!("{}", m.full_name()));
+            assert_eq!(d.0.fields.len(), m.fields().len(), "{}", m.full_name());
+            for f in m.fields() {
+                let w = d.get_field(f.number()).expect("field by number");
+                assert_eq!(w.name, f.name(), "{}", m.full_name());
+                assert_eq!(w.is_map(), f.is_map(), "{}.{}", m.full_name(), f.name());
+                assert_eq!(w.is_list(), f.is_list(), "{}.{}", m.full_name(), f.name());
+                let inner = match f.kind() {
+                    prost_reflect::Kind::Message(t) => Some(t.full_name().to_string()),
+                    _ => None,
+                };
+                assert_eq!(w.message().map(|d| d.full_name().to_string()), inner);
+                assert_eq!(w.is_any(), inner.as_deref() == Some("google.protobuf.Any"));
+            }
+            n += 1;
+        }
+        assert_eq!(n, MESSAGES.len());
+    }
 
     #[test]
     fn an_undeclared_field_is_named() {
