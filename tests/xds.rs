@@ -661,3 +661,96 @@ async fn a_first_lds_response_refused_whole_still_starts_serving() {
     assert_eq!(proxy.admin_get("/ready").await.0, 200);
     assert_eq!(proxy.stat("listener_manager.lds.update_rejected").await, 1);
 }
+
+/// Many clusters, load assignments and virtual hosts: the proxy holds their encodings
+/// compressed (against a dictionary of their type, or alone), so `/config_dump` must
+/// give back each one as it was sent, and the routes must work after a change.
+#[tokio::test]
+async fn a_big_configuration_is_dumped_as_it_was_sent() {
+    let backend = Backend::start("big").await;
+    let mut ads = AdsServer::tcp(0).await;
+    let proxy = Proxy::start(&bootstrap(&ads.addr, false), &[]).await;
+    ads.next_sotw(CLUSTER).await;
+    ads.next_sotw(LISTENER).await;
+    let n = 300;
+    let name = |i: usize| format!("outbound|80||svc-{i}.ns-{}.svc.cluster.local", i % 7);
+    ads.push(
+        CLUSTER,
+        "c1",
+        (0..n).map(|i| eds_cluster(&name(i))).collect(),
+    );
+    assert!(ads.next_sotw(CLUSTER).await.error_detail.is_none());
+    assert_eq!(ads.next_sotw(ENDPOINT).await.resource_names.len(), n);
+    let clas = (0..n).map(|i| cla(&name(i), &[backend.addr])).collect();
+    ads.push(ENDPOINT, "e1", clas);
+    assert!(ads.next_sotw(ENDPOINT).await.error_detail.is_none());
+    ads.push(LISTENER, "l1", vec![rds_listener("l1", 0, "r1")]);
+    assert!(ads.next_sotw(LISTENER).await.error_detail.is_none());
+    ads.next_sotw(ROUTE).await;
+    let routes = |changed: usize| {
+        let hosts: Vec<String> = (0..n)
+            .map(|i| {
+                let header = if i == changed { "changed" } else { "same" };
+                format!(
+                    "{{name: 'svc-{i}:80', domains: ['svc-{i}', 'svc-{i}.ns.svc.cluster.local'], \
+                     routes: [{{match: {{prefix: /}}, route: {{cluster: '{}'}}, \
+                     response_headers_to_add: [{{header: {{key: x-v, value: {header}}}}}]}}]}}",
+                    name(i)
+                )
+            })
+            .collect();
+        route_any(&format!(
+            "{{name: r1, virtual_hosts: [{}]}}",
+            hosts.join(", ")
+        ))
+    };
+    ads.push(ROUTE, "r1", vec![routes(usize::MAX)]);
+    assert!(ads.next_sotw(ROUTE).await.error_detail.is_none());
+    let addr = proxy.wait_listener("l1").await;
+    ads.push(ROUTE, "r2", vec![routes(n - 1)]);
+    assert!(ads.next_sotw(ROUTE).await.error_detail.is_none());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, headers, _) =
+            http_get(addr, "/", &[("host", &format!("svc-{}", n - 1))]).await;
+        let v = headers
+            .iter()
+            .find(|(k, _)| k == "x-v")
+            .map(|(_, v)| v.as_str());
+        if status == 200 && v == Some("changed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {v:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, dump) = proxy.admin_get("/config_dump?include_eds").await;
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let clusters = v["configs"][1]["dynamic_active_clusters"]
+        .as_array()
+        .unwrap();
+    assert_eq!(clusters.len(), n);
+    for c in clusters {
+        let c = &c["cluster"];
+        assert!(c["name"].as_str().unwrap().starts_with("outbound|80||svc-"));
+        assert_eq!(c["type"], "EDS", "{c}");
+        assert_eq!(c["connect_timeout"], "1s", "{c}");
+    }
+    let endpoints = v["configs"][2]["dynamic_endpoint_configs"]
+        .as_array()
+        .unwrap();
+    assert_eq!(endpoints.len(), n);
+    for e in endpoints {
+        let lb = &e["endpoint_config"]["endpoints"][0]["lb_endpoints"][0];
+        let port = &lb["endpoint"]["address"]["socket_address"]["port_value"];
+        assert_eq!(port.as_u64(), Some(u64::from(backend.addr.port())), "{e}");
+    }
+    let rc = &v["configs"][4]["dynamic_route_configs"][0];
+    assert_eq!(rc["version_info"], "r2");
+    let hosts = rc["route_config"]["virtual_hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), n);
+    for (i, h) in hosts.iter().enumerate() {
+        assert_eq!(h["domains"][0], format!("svc-{i}"));
+        let header = &h["routes"][0]["response_headers_to_add"][0]["header"]["value"];
+        assert_eq!(header, if i == n - 1 { "changed" } else { "same" });
+    }
+}

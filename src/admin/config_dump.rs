@@ -12,7 +12,7 @@ use super::{rfc3339, AdminState};
 /// A secret as Envoy dumps it: the private key replaced by `[redacted]`.
 fn redacted_secret(e: &crate::model::DumpEntry, to_json: &dyn Fn(&str, Vec<u8>) -> Value) -> Value {
     use crate::proto::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
-    let Ok(mut s) = Secret::decode(e.resource.value.as_slice()) else {
+    let Ok(mut s) = Secret::decode(&*e.resource.bytes()) else {
         return Value::Null;
     };
     if let Some(secret::Type::TlsCertificate(tc)) = &mut s.r#type {
@@ -78,9 +78,11 @@ pub(super) fn config_dump(state: &AdminState) -> Value {
         c["cluster"]["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
     }
     let d = &snap.dynamic;
+    let unpacker = std::cell::RefCell::new(crate::model::Unpacker::new());
     let any_json = |e: &crate::model::DumpEntry| -> Value {
         let name = e.resource.type_url.rsplit('/').next().unwrap_or_default();
-        let mut v = to_json(name, e.resource.value.clone());
+        let bytes = unpacker.borrow_mut().bytes(&e.resource).into_owned();
+        let mut v = to_json(name, bytes);
         v["@type"] = json!(e.resource.type_url);
         v
     };

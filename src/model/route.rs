@@ -35,6 +35,19 @@ pub struct RouteTable {
     /// Whether any level of the table (itself, a virtual host, a route, a weighted
     /// cluster) has a `typed_per_filter_config`: when none does, filters skip the lookup.
     pub any_per_filter: bool,
+    /// What it was converted from, when that was an xDS encoding.
+    pub source: Option<SourceDigests>,
+}
+
+/// Digests of the encoding a route table was converted from: the next version's virtual
+/// hosts are compared against them (the encoding itself is held compressed), as Envoy
+/// compares a resource's hash to its previous version's before applying it.
+#[derive(Debug, Clone, Default)]
+pub struct SourceDigests {
+    /// Of the fields other than the virtual hosts.
+    pub rest: u128,
+    /// Of each virtual host's encoding, in order.
+    pub hosts: Box<[u128]>,
 }
 
 /// How a virtual host treats plaintext requests.

@@ -248,6 +248,8 @@ pub struct Resources {
     /// and nothing else changed since: the next assembly patches those into the current
     /// snapshot instead of assembling every cluster again (`None`: it assembles all).
     eds_touched: Option<Vec<Arc<str>>>,
+    /// The dictionaries each type's encodings are compressed against, once there is one.
+    dicts: BTreeMap<Kind, Arc<crate::model::Dictionary>>,
     /// Assemblies that patched the current snapshot (tests tell the two paths apart).
     #[cfg(test)]
     patched: usize,
@@ -314,6 +316,7 @@ impl Resources {
             }
         }
         let whole = update.kind == Kind::Secret;
+        let dict = convert_one::dictionary(&mut self.dicts, update);
         let mut staged = self.clone();
         let mut refused = Vec::new();
         for (inc, name) in update.resources.iter().zip(&names) {
@@ -323,12 +326,13 @@ impl Resources {
                 .as_ref()
                 .filter(|_| update.kind == Kind::Route)
                 .and_then(|n| self.routes.get(n))
-                .map(|h| (h.entry.resource.value.as_slice(), &*h.model));
+                .map(|h| &*h.model);
             let one = convert_one(
                 update.kind,
                 inc,
                 name.as_deref(),
                 previous_route,
+                dict.as_ref(),
                 &mut ctx,
                 now,
             )

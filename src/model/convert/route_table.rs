@@ -51,6 +51,7 @@ impl TableBuilder {
         let validate_clusters = rc.validate_clusters.unwrap_or(!ctx.dynamic);
         let table = RouteTable {
             any_per_filter: false,
+            source: None,
             name: rc.name.as_str().into(),
             virtual_hosts: Vec::with_capacity(rc.virtual_hosts.len()),
             exact: Default::default(),
@@ -280,6 +281,14 @@ impl TableBuilder {
     }
 
     /// The table, its wildcards ordered longest first.
+    /// As [`finish`](Self::finish), for a table converted from an encoding with these
+    /// digests.
+    pub(crate) fn finish_from(self, source: crate::model::route::SourceDigests) -> RouteTable {
+        let mut table = self.finish();
+        table.source = Some(source);
+        table
+    }
+
     pub(crate) fn finish(self) -> RouteTable {
         let mut table = self.table;
         table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));

@@ -9,7 +9,7 @@ use prost::Message;
 use super::{Held, Incoming, Kind};
 use crate::model::convert::{self, ConvertError, Ctx};
 use crate::model::route::RouteTable;
-use crate::model::{Cluster, DumpEntry, Endpoint, Listener};
+use crate::model::{Cluster, Dictionary, DumpEntry, Encoded, Endpoint, Listener};
 use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
 use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use crate::proto::envoy::config::listener::v3::Listener as PbListener;
@@ -41,12 +41,42 @@ pub(super) enum AnyHeld {
     Secret(Held<Arc<PbSecret>>),
 }
 
-/// Decodes, checks for fields Ringside does not implement, and converts one resource.
+/// A response needs this many resources of a type to make that type's dictionary.
+const MANY: usize = 256;
+
+/// The dictionary `update`'s encodings are compressed against (see [`Encoded`]): for
+/// clusters, load assignments and listeners, one of the resources of the first response
+/// bringing [`MANY`] of that type (istiod sends a type's resources alike, and orders them
+/// by name: the one in the middle is one service's, where the first may be a
+/// passthrough's). Below that many, a dictionary would cost more than it saves.
+pub(super) fn dictionary(
+    dicts: &mut std::collections::BTreeMap<Kind, Arc<Dictionary>>,
+    update: &super::Update,
+) -> Option<Arc<Dictionary>> {
+    if !matches!(update.kind, Kind::Cluster | Kind::Endpoint | Kind::Listener) {
+        return None;
+    }
+    if let Some(d) = dicts.get(&update.kind) {
+        return Some(d.clone());
+    }
+    let rs = &update.resources;
+    if rs.len() < MANY {
+        return None;
+    }
+    let d = Arc::new(Dictionary::new(&rs[rs.len() / 2].resource.value));
+    dicts.insert(update.kind, d.clone());
+    Some(d)
+}
+
+/// Decodes, checks for fields Ringside does not implement, and converts one resource;
+/// its encoding is held compressed against `dict`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn convert_one(
     kind: Kind,
     inc: &Incoming,
     name: Option<&str>,
-    previous_route: Option<(&[u8], &RouteTable)>,
+    previous_route: Option<&RouteTable>,
+    dict: Option<&Arc<Dictionary>>,
     ctx: &mut Ctx<'_>,
     (now, wall): (Instant, SystemTime),
 ) -> Result<(Arc<str>, AnyHeld), ConvertError> {
@@ -78,7 +108,11 @@ pub(super) fn convert_one(
         name: name.into(),
         version: inc.version.as_str().into(),
         last_updated: wall,
-        resource: inc.resource.clone(),
+        resource: Arc::new(match kind {
+            // Secrets are small, and dumped redacted.
+            Kind::Secret => Encoded::raw(kind.type_url(), bytes.to_vec()),
+            _ => Encoded::pack(kind.type_url(), bytes, dict),
+        }),
     };
     let (name, out): (Arc<str>, AnyHeld) = match kind {
         Kind::Cluster => {

@@ -131,10 +131,11 @@ impl Resources {
                 name: pb.name.as_str().into(),
                 version: "".into(),
                 last_updated: std::time::SystemTime::now(),
-                resource: Arc::new(prost_types::Any {
-                    type_url: super::Kind::Cluster.type_url().into(),
-                    value: pb.encode_to_vec(),
-                }),
+                resource: Arc::new(crate::model::Encoded::pack(
+                    super::Kind::Cluster.type_url(),
+                    &pb.encode_to_vec(),
+                    None,
+                )),
             };
             let held = Held::new(entry, Arc::new(model), now, None, &mut ctx);
             Arc::make_mut(&mut self.boot).insert(pb.name.as_str().into(), held);
@@ -155,10 +156,11 @@ fn reconvert_in<M>(
         .filter(|(_, h)| uses(h))
         .map(|(n, _)| n.clone())
         .collect();
+    let mut unpacker = crate::model::Unpacker::new();
     for name in names {
         let old = &map[&name];
         // Conversion errors name the resource; the bytes decoded when they arrived.
-        let model = convert(old.entry.resource.value.as_slice(), ctx)?;
+        let model = convert(&unpacker.bytes(&old.entry.resource), ctx)?;
         let new = Held::new(
             old.entry.clone(),
             Arc::new(model),

@@ -532,3 +532,4 @@ fn a_refused_resource_leaves_nothing_to_the_next() {
 }
 
 mod eds;
+mod encodings;
