@@ -47,6 +47,7 @@ fn hot_code_first() {
     let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("perf/hot-code.txt");
     println!("cargo:rerun-if-changed=perf/hot-code.txt");
     println!("cargo:rerun-if-env-changed=RINGSIDE_CODE_LAYOUT");
+    println!("cargo::rustc-check-cfg=cfg(ringside_code_layout)");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     // Rust links this target with its own LLD from 1.90 on; before, with the system's
     // linker, which may not know the option.
@@ -72,11 +73,18 @@ fn hot_code_first() {
         && var("RINGSIDE_CODE_LAYOUT") != "off"
         && list.exists()
     {
+        // The list, then the marker of its end (src/io/memory.rs pages out the code after
+        // it, which only configuration updates and admin requests run).
+        let ordered = PathBuf::from(var("OUT_DIR")).join("hot-code.txt");
+        let mut text = std::fs::read_to_string(&list).unwrap();
+        text.push_str("\nringside_hot_code_end\n");
+        std::fs::write(&ordered, text).unwrap();
         println!(
             "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            list.display()
+            ordered.display()
         );
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+        println!("cargo:rustc-cfg=ringside_code_layout");
     }
 }
 
