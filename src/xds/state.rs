@@ -158,6 +158,10 @@ struct Held<M> {
 /// An SDS secret a listener or cluster names.
 pub type SecretRef = (Arc<str>, SdsSource);
 
+thread_local! {
+    static NO_SECRETS: Arc<[SecretRef]> = Arc::new([]);
+}
+
 impl<M> Held<M> {
     /// A resource as converted now; the SDS secrets the conversion found named (taken
     /// from `ctx`) go with it.
@@ -168,7 +172,11 @@ impl<M> Held<M> {
         fetch_timeout: Option<Duration>,
         ctx: &mut Ctx<'_>,
     ) -> Held<M> {
-        let refs: Arc<[SecretRef]> = std::mem::take(&mut ctx.secret_refs).into_iter().collect();
+        let refs: Arc<[SecretRef]> = match ctx.secret_refs.is_empty() {
+            // One shared empty list (an empty `Arc<[_]>` is an allocation of its own).
+            true => NO_SECRETS.with(Arc::clone),
+            false => std::mem::take(&mut ctx.secret_refs).into_iter().collect(),
+        };
         Held {
             entry,
             model,
@@ -316,7 +324,11 @@ impl Resources {
             }
         }
         let whole = update.kind == Kind::Secret;
-        let dict = convert_one::dictionary(&mut self.dicts, update);
+        let mut batch = convert_one::Batch {
+            now,
+            dict: convert_one::dictionary(&mut self.dicts, update),
+            version: None,
+        };
         let mut staged = self.clone();
         let mut refused = Vec::new();
         for (inc, name) in update.resources.iter().zip(&names) {
@@ -332,9 +344,8 @@ impl Resources {
                 inc,
                 name.as_deref(),
                 previous_route,
-                dict.as_ref(),
+                &mut batch,
                 &mut ctx,
-                now,
             )
             .map_err(|e| format!("{e}"))
             .and_then(|(name, held)| {
@@ -358,6 +369,9 @@ impl Resources {
         }
         for name in &update.removed {
             staged.retain(update.kind, |n| **n != **name);
+        }
+        if update.resources.len() >= refused.len() + 64 {
+            staged.compact(update.kind);
         }
         if update.kind == Kind::Secret {
             // New certificates and trust bundles: the listeners and clusters that use them
@@ -390,6 +404,23 @@ impl Resources {
             ignored: ctx.ignored,
             refused,
         })
+    }
+
+    /// Builds the map of `kind` again with full nodes: inserted one by one in order, as
+    /// istiod sends them, a B-tree's nodes stay a little over half full (about 140 bytes
+    /// an entry wasted, 2.8 MB at 10,000 services).
+    fn compact(&mut self, kind: Kind) {
+        fn again<M: Clone>(map: &mut Map<M>) {
+            let m = Arc::make_mut(map);
+            *m = std::mem::take(m).into_iter().collect();
+        }
+        match kind {
+            Kind::Cluster => again(&mut self.clusters),
+            Kind::Listener => again(&mut self.listeners),
+            Kind::Route => again(&mut self.routes),
+            Kind::Endpoint => again(&mut self.endpoints),
+            Kind::Secret => again(&mut self.secrets),
+        }
     }
 
     fn insert(

@@ -68,18 +68,37 @@ pub(super) fn dictionary(
     Some(d)
 }
 
+/// What the resources of one response share.
+pub(super) struct Batch {
+    /// When it arrived.
+    pub now: (Instant, SystemTime),
+    /// The dictionary its encodings are compressed against ([`dictionary`]).
+    pub dict: Option<Arc<Dictionary>>,
+    /// The last resource's version: the next one of the same version shares it (istiod
+    /// gives a response's resources one version).
+    pub version: Option<Arc<str>>,
+}
+
+impl Batch {
+    fn version(&mut self, v: &str) -> Arc<str> {
+        match &self.version {
+            Some(last) if **last == *v => last.clone(),
+            _ => self.version.insert(v.into()).clone(),
+        }
+    }
+}
+
 /// Decodes, checks for fields Ringside does not implement, and converts one resource;
-/// its encoding is held compressed against `dict`.
-#[allow(clippy::too_many_arguments)]
+/// its encoding is held compressed against the batch's dictionary.
 pub(super) fn convert_one(
     kind: Kind,
     inc: &Incoming,
     name: Option<&str>,
     previous_route: Option<&RouteTable>,
-    dict: Option<&Arc<Dictionary>>,
+    batch: &mut Batch,
     ctx: &mut Ctx<'_>,
-    (now, wall): (Instant, SystemTime),
 ) -> Result<(Arc<str>, AnyHeld), ConvertError> {
+    let (now, wall) = batch.now;
     let what = match name {
         None => kind.short().to_string(),
         Some(n) => format!("{} '{n}'", kind.noun()),
@@ -104,9 +123,12 @@ pub(super) fn convert_one(
         crate::xds::unknown::check(kind.message(), bytes)
             .map_err(|(path, reason)| convert::err(&what, path, reason))?;
     }
-    let entry = |name: &str| DumpEntry {
-        name: name.into(),
-        version: inc.version.as_str().into(),
+    // The name is the map key's too (one string, not one per holder).
+    let version = batch.version(&inc.version);
+    let dict = batch.dict.as_ref();
+    let entry = |name: &Arc<str>| DumpEntry {
+        name: name.clone(),
+        version,
         last_updated: wall,
         resource: Arc::new(match kind {
             // Secrets are small, and dumped redacted.
@@ -124,7 +146,7 @@ pub(super) fn convert_one(
                 .and_then(fetch_timeout);
             let c = Arc::new(convert::cluster_resource(&pb, ctx)?);
             let name = c.name.clone();
-            let h = Held::new(entry(&pb.name), c, now, fetch_timeout, ctx);
+            let h = Held::new(entry(&name), c, now, fetch_timeout, ctx);
             (name, AnyHeld::Cluster(h))
         }
         Kind::Listener => {
@@ -133,7 +155,7 @@ pub(super) fn convert_one(
             // The RDS config source's initial fetch timeout, 15 s by default.
             let fetch_timeout = rds_fetch_timeout(&pb);
             let name = l.name.clone();
-            let h = Held::new(entry(&pb.name), l, now, fetch_timeout, ctx);
+            let h = Held::new(entry(&name), l, now, fetch_timeout, ctx);
             (name, AnyHeld::Listener(h))
         }
         Kind::Route => {
@@ -149,14 +171,15 @@ pub(super) fn convert_one(
         Kind::Endpoint => {
             let pb = ClusterLoadAssignment::decode(bytes).map_err(decode_err)?;
             let eps: Arc<[Endpoint]> = convert::endpoints_resource(&pb)?.into();
-            let h = Held::new(entry(&pb.cluster_name), eps, now, None, ctx);
-            (pb.cluster_name.as_str().into(), AnyHeld::Endpoint(h))
+            let name: Arc<str> = pb.cluster_name.as_str().into();
+            let h = Held::new(entry(&name), eps, now, None, ctx);
+            (name, AnyHeld::Endpoint(h))
         }
         Kind::Secret => {
             let pb = PbSecret::decode(bytes).map_err(decode_err)?;
             convert::check_secret(&pb)?;
             let name: Arc<str> = pb.name.as_str().into();
-            let h = Held::new(entry(&pb.name), Arc::new(pb), now, None, ctx);
+            let h = Held::new(entry(&name), Arc::new(pb), now, None, ctx);
             (name, AnyHeld::Secret(h))
         }
     };

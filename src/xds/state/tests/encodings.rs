@@ -109,3 +109,34 @@ fn a_route_configuration_is_held_compressed_and_its_next_version_compared_by_dig
     };
     assert!(matches!(&fw.target, Target::Cluster(c) if &*c.name == "changed"));
 }
+
+#[test]
+fn a_responses_resources_share_its_version_and_their_names_with_the_map() {
+    let mut f = Fixture::new();
+    let cds: Vec<_> = (0..100)
+        .map(|i| eds_cluster(&format!("c{i}"), "0s"))
+        .collect();
+    f.apply(Update::sotw(Kind::Cluster, "v1", cds)).unwrap();
+    let first = f
+        .res
+        .clusters
+        .values()
+        .next()
+        .unwrap()
+        .entry
+        .version
+        .clone();
+    assert_eq!(&*first, "v1");
+    for (name, h) in f.res.clusters.iter() {
+        assert!(Arc::ptr_eq(&h.entry.version, &first), "{name}");
+        assert!(Arc::ptr_eq(&h.entry.name, name), "{name}");
+        assert!(Arc::ptr_eq(&h.model.name, name), "{name}");
+    }
+    // Built again in full nodes, the map still finds and orders every cluster.
+    assert_eq!(f.res.clusters.len(), 100);
+    assert!(f.res.clusters.contains_key("c57"));
+    let names: Vec<&str> = f.res.clusters.keys().map(|k| &**k).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+}
