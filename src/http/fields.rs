@@ -40,11 +40,11 @@ pub(crate) fn write_adds<E: Exchange + ?Sized>(
 ) {
     let ctx = ReqCtx(conn);
     for (level, m) in mods.iter().enumerate() {
-        for add in &m.add {
+        for add in m.add() {
             let name = add.name.as_bytes();
             // A less specific level that overwrites the same header wins (Envoy's default).
             let overwritten_later = mods[level + 1..].iter().any(|l| {
-                l.add.iter().any(|a| {
+                l.add().iter().any(|a| {
                     a.name == add.name
                         && matches!(
                             a.action,

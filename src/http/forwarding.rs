@@ -21,10 +21,7 @@ pub(crate) use pick::{
 };
 
 /// Header mutations of a level that has none.
-pub(crate) static NO_MODS: HeaderMods = HeaderMods {
-    add: Vec::new(),
-    remove: Vec::new(),
-};
+pub(crate) static NO_MODS: HeaderMods = HeaderMods::NONE;
 
 /// Read buffer size for each direction of a connection.
 pub(crate) const BUF: usize = 16 * 1024;

@@ -348,14 +348,16 @@ pub fn overload_mods(e: &HttpError) -> &'static [&'static crate::model::headers:
         return &[];
     }
     LIST.get_or_init(|| {
-        [MODS.get_or_init(|| crate::model::headers::HeaderMods {
-            add: vec![crate::model::headers::HeaderAdd {
-                name: "x-envoy-overloaded".into(),
-                value: crate::model::format::Format::parse("true").expect("a literal"),
-                action: crate::model::headers::AppendAction::OverwriteIfExistsOrAdd,
-                keep_empty: false,
-            }],
-            remove: Vec::new(),
+        [MODS.get_or_init(|| {
+            crate::model::headers::HeaderMods::new(
+                vec![crate::model::headers::HeaderAdd {
+                    name: "x-envoy-overloaded".into(),
+                    value: crate::model::format::Format::parse("true").expect("a literal"),
+                    action: crate::model::headers::AppendAction::OverwriteIfExistsOrAdd,
+                    keep_empty: false,
+                }],
+                Vec::new(),
+            )
         })]
     })
 }

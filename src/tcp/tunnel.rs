@@ -48,8 +48,8 @@ pub(super) async fn proxy(
     out.upstream = Some(ep.address);
     out.workload = ep.workload.clone();
     let authority = super::log::format_over(&t.hostname, conn, tp.istio_authn, &ctx.hostname);
-    let mut headers = Vec::with_capacity(t.headers.add.len());
-    for h in &t.headers.add {
+    let mut headers = Vec::with_capacity(t.headers.add().len());
+    for h in t.headers.add() {
         let v = super::log::format_over(&h.value, conn, tp.istio_authn, &ctx.hostname);
         if !v.is_empty() || h.keep_empty {
             headers.push((h.name.clone(), v));

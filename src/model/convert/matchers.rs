@@ -126,7 +126,7 @@ pub(crate) fn header_mods(
     path: &str,
     side: &str,
 ) -> Result<HeaderMods, ConvertError> {
-    let mut mods = HeaderMods::default();
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
     for (i, hvo) in add.iter().enumerate() {
         let hp = match side {
             "" => format!("{path}.headers_to_add[{i}]"),
@@ -184,7 +184,7 @@ pub(crate) fn header_mods(
             (_, Ok(H::OverwriteIfExists)) => AppendAction::OverwriteIfExists,
             (_, Err(_)) => return Err(err(res, format!("{hp}.append_action"), "unknown value")),
         };
-        mods.add.push(HeaderAdd {
+        adds.push(HeaderAdd {
             name: name.into(),
             value,
             action,
@@ -200,9 +200,9 @@ pub(crate) fn header_mods(
                 format!("'{r}' cannot be removed"),
             ));
         }
-        mods.remove.push(name.into());
+        removes.push(name.into());
     }
-    Ok(mods)
+    Ok(HeaderMods::new(adds, removes))
 }
 
 /// A `RouteMatch`'s conditions: path, case sensitivity, headers and query parameters

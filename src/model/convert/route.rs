@@ -63,7 +63,9 @@ pub(super) fn route(
             }
             Action::Forward(Arc::new(f))
         }
-        Some(A::Redirect(rd)) => Action::Redirect(redirect(rd, res, &format!("{rp}.redirect"))?),
+        Some(A::Redirect(rd)) => {
+            Action::Redirect(Box::new(redirect(rd, res, &format!("{rp}.redirect"))?))
+        }
         Some(A::DirectResponse(dr)) => {
             let dp = format!("{rp}.direct_response");
             if !(200..=599).contains(&dr.status) {
@@ -84,10 +86,10 @@ pub(super) fn route(
                     format!("body is {} bytes, more than max_direct_response_body_size_bytes ({max_body})", body.len()),
                 ));
             }
-            Action::Direct(DirectResponse {
+            Action::Direct(Box::new(DirectResponse {
                 status: dr.status as u16,
                 body,
-            })
+            }))
         }
         None => {
             return Err(err(
