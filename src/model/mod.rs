@@ -448,8 +448,6 @@ pub enum DnsFamily {
 pub struct Cluster {
     pub name: Arc<str>,
     pub stats: Arc<Scope>,
-    /// `cluster.<name>.grpc.` (grpc_stats; each shown once it moved, as in Envoy).
-    pub grpc_stats: Arc<Scope>,
     /// `cluster.<name>.`'s update and membership stats (`ClusterUpdateStat`).
     pub update_stats: Arc<Scope>,
     pub discovery: Discovery,

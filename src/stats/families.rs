@@ -160,12 +160,40 @@ stat_family! {
         ExtAuthzFailureModeAllowed = "ext_authz.failure_mode_allowed",
         // Passthrough metadata an internal endpoint's connection did not get.
         InternalUpstreamNoMetadata = "internal_upstream.no_metadata",
+        // The grpc_stats filter's, as Envoy names them without per-method stats (in the
+        // cluster's scope: a scope of their own was 300 bytes a cluster, 3 MB at 10,000).
+        GrpcFailure = "grpc.failure",
+        GrpcRequestMessageCount = "grpc.request_message_count",
+        GrpcResponseMessageCount = "grpc.response_message_count",
+        GrpcSuccess = "grpc.success",
+        GrpcTotal = "grpc.total",
+        GrpcStatus0 = "grpc.0",
+        GrpcStatus1 = "grpc.1",
+        GrpcStatus2 = "grpc.2",
+        GrpcStatus3 = "grpc.3",
+        GrpcStatus4 = "grpc.4",
+        GrpcStatus5 = "grpc.5",
+        GrpcStatus6 = "grpc.6",
+        GrpcStatus7 = "grpc.7",
+        GrpcStatus8 = "grpc.8",
+        GrpcStatus9 = "grpc.9",
+        GrpcStatus10 = "grpc.10",
+        GrpcStatus11 = "grpc.11",
+        GrpcStatus12 = "grpc.12",
+        GrpcStatus13 = "grpc.13",
+        GrpcStatus14 = "grpc.14",
+        GrpcStatus15 = "grpc.15",
+        GrpcStatus16 = "grpc.16",
     } gauges [UpstreamCxActive, UpstreamRqActive]
       lazy_stats [UpstreamRq1xx, UpstreamRq2xx, UpstreamRq3xx, UpstreamRq4xx, UpstreamRq5xx,
                   SslHandshake, SslConnectionError, SslFailVerifyError, SslFailVerifySan,
                   SslFailVerifyNoCert, SslSessionReused, ExtAuthzOk,
                   ExtAuthzDenied, ExtAuthzError, ExtAuthzFailureModeAllowed,
-                  InternalUpstreamNoMetadata]
+                  InternalUpstreamNoMetadata, GrpcFailure, GrpcRequestMessageCount,
+                  GrpcResponseMessageCount, GrpcSuccess, GrpcTotal, GrpcStatus0, GrpcStatus1,
+                  GrpcStatus2, GrpcStatus3, GrpcStatus4, GrpcStatus5, GrpcStatus6, GrpcStatus7,
+                  GrpcStatus8, GrpcStatus9, GrpcStatus10, GrpcStatus11, GrpcStatus12,
+                  GrpcStatus13, GrpcStatus14, GrpcStatus15, GrpcStatus16]
       codes "upstream_rq_"
       histograms ["upstream_rq_time", "upstream_cx_connect_ms"] lazy_histograms [0]
 }
@@ -322,34 +350,6 @@ stat_family! {
         RemainingRq = "remaining_rq",
     } gauges [RemainingCx, RemainingCxPools, RemainingPending, RemainingRetries, RemainingRq]
       set [RemainingCx, RemainingCxPools, RemainingPending, RemainingRetries, RemainingRq]
-}
-
-stat_family! {
-    /// `cluster.<name>.grpc.` stats of the grpc_stats filter; each is listed once it moved.
-    pub enum GrpcStat {
-        Failure = "failure",
-        RequestMessageCount = "request_message_count",
-        ResponseMessageCount = "response_message_count",
-        Success = "success",
-        Total = "total",
-        Status0 = "0",
-        Status1 = "1",
-        Status2 = "2",
-        Status3 = "3",
-        Status4 = "4",
-        Status5 = "5",
-        Status6 = "6",
-        Status7 = "7",
-        Status8 = "8",
-        Status9 = "9",
-        Status10 = "10",
-        Status11 = "11",
-        Status12 = "12",
-        Status13 = "13",
-        Status14 = "14",
-        Status15 = "15",
-        Status16 = "16",
-    } gauges [] lazy true
 }
 
 stat_family! {

@@ -89,7 +89,6 @@ mod tests {
         Cluster {
             name: "c".into(),
             stats: store.scope::<ClusterStat>("cluster.c."),
-            grpc_stats: store.scope::<crate::stats::GrpcStat>("cluster.c.grpc."),
             update_stats: store.scope::<crate::stats::ClusterUpdateStat>("cluster.c."),
             discovery: Discovery::Static,
             eds_service: None,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use super::{FilterHost, Routed};
 use crate::http::exchange::Exchange;
 use crate::model::filter::GrpcStatsConfig;
-use crate::stats::{GrpcStat, Scope};
+use crate::stats::{ClusterStat, Scope};
 
-/// A gRPC call being counted: its cluster's `grpc.` scope (grpc_stats), and what
+/// A gRPC call being counted: its cluster's scope (grpc_stats counts its `grpc.` stats), and what
 /// `istio.stats` reads of it.
 #[derive(Clone)]
 pub(crate) struct Call {
@@ -51,7 +51,7 @@ pub(super) fn decode<E: FilterHost>(x: &mut E, _config: &GrpcStatsConfig, routed
     let Some(cluster) = x.snapshot().cluster(name) else {
         return;
     };
-    let stats = cluster.grpc_stats.clone();
+    let stats = cluster.stats.clone();
     let core = x.core();
     let call = x.filter_state_mut().grpc.get_or_insert(Call {
         stats: None,
@@ -103,11 +103,11 @@ impl Call {
             c.inc(i);
         }
         c.inc(if status == b"0" {
-            GrpcStat::Success
+            ClusterStat::GrpcSuccess
         } else {
-            GrpcStat::Failure
+            ClusterStat::GrpcFailure
         } as usize);
-        c.inc(GrpcStat::Total as usize);
+        c.inc(ClusterStat::GrpcTotal as usize);
     }
 
     /// A frame counter for one direction of the call.
@@ -117,9 +117,9 @@ impl Call {
             seen: self.seen.clone(),
             core: self.core,
             stat: if response {
-                GrpcStat::ResponseMessageCount
+                ClusterStat::GrpcResponseMessageCount
             } else {
-                GrpcStat::RequestMessageCount
+                ClusterStat::GrpcRequestMessageCount
             },
             state: FrameState::Flag,
         }
@@ -130,7 +130,7 @@ impl Call {
 fn status_index(status: &[u8]) -> Option<usize> {
     let n: usize = std::str::from_utf8(status).ok()?.parse().ok()?;
     (n <= 16 && status.len() <= 2 && (status.len() == 1 || status[0] != b'0'))
-        .then_some(GrpcStat::Status0 as usize + n)
+        .then_some(ClusterStat::GrpcStatus0 as usize + n)
 }
 
 /// Counts gRPC messages in a body as it passes, chunk by chunk: a message counts when its
@@ -139,7 +139,7 @@ pub(crate) struct Frames {
     stats: Option<Arc<Scope>>,
     seen: Option<std::rc::Rc<Seen>>,
     core: usize,
-    stat: GrpcStat,
+    stat: ClusterStat,
     state: FrameState,
 }
 
@@ -192,7 +192,8 @@ impl Frames {
                 stats.core(self.core).add(self.stat as usize, delta);
             }
             if let Some(seen) = &self.seen {
-                let m = &seen.messages[usize::from(self.stat == GrpcStat::ResponseMessageCount)];
+                let m =
+                    &seen.messages[usize::from(self.stat == ClusterStat::GrpcResponseMessageCount)];
                 m.set(m.get() + delta);
             }
         }

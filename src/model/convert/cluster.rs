@@ -232,9 +232,6 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
     let stats = ctx
         .stats
         .scope::<ClusterStat>(&format!("cluster.{stat_name}."));
-    let grpc_stats = ctx
-        .stats
-        .scope::<crate::stats::GrpcStat>(&format!("cluster.{stat_name}.grpc."));
     let update_stats = ctx
         .stats
         .scope::<crate::stats::ClusterUpdateStat>(&format!("cluster.{stat_name}."));
@@ -265,7 +262,6 @@ pub(super) fn convert(c: &pb::Cluster, ctx: &mut Ctx<'_>) -> Result<Cluster, Con
         name: c.name.as_str().into(),
         breakers,
         stats,
-        grpc_stats,
         update_stats,
         bind_source,
         discovery,
