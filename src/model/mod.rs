@@ -17,7 +17,7 @@ pub mod cidr;
 pub mod compressor;
 pub mod convert;
 mod dump;
-pub use dump::{Dictionary, DumpEntry, DynamicDump, Encoded, Unpacker};
+pub use dump::{Dictionary, DumpEntry, DynamicDump, Encoded, Entry, Unpacker};
 pub mod access_log;
 pub mod filter;
 pub mod filter_state;

@@ -9,7 +9,7 @@ use prost::Message;
 use super::{Held, Incoming, Kind};
 use crate::model::convert::{self, ConvertError, Ctx};
 use crate::model::route::RouteTable;
-use crate::model::{Cluster, Dictionary, DumpEntry, Encoded, Endpoint, Listener};
+use crate::model::{Cluster, Dictionary, DumpEntry, Encoded, Endpoint, Entry, Listener};
 use crate::proto::envoy::config::cluster::v3::Cluster as PbCluster;
 use crate::proto::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use crate::proto::envoy::config::listener::v3::Listener as PbListener;
@@ -126,15 +126,17 @@ pub(super) fn convert_one(
     // The name is the map key's too (one string, not one per holder).
     let version = batch.version(&inc.version);
     let dict = batch.dict.as_ref();
-    let entry = |name: &Arc<str>| DumpEntry {
-        name: name.clone(),
-        version,
-        last_updated: wall,
-        resource: Arc::new(match kind {
-            // Secrets are small, and dumped redacted.
-            Kind::Secret => Encoded::raw(kind.type_url(), bytes.to_vec()),
-            _ => Encoded::pack(kind.type_url(), bytes, dict),
-        }),
+    let entry = |name: &Arc<str>| {
+        DumpEntry::new(Entry {
+            name: name.clone(),
+            version,
+            last_updated: wall,
+            resource: match kind {
+                // Secrets are small, and dumped redacted.
+                Kind::Secret => Encoded::raw(kind.type_url(), bytes.to_vec()),
+                _ => Encoded::pack(kind.type_url(), bytes, dict),
+            },
+        })
     };
     let (name, out): (Arc<str>, AnyHeld) = match kind {
         Kind::Cluster => {

@@ -127,16 +127,16 @@ impl Resources {
             let res = format!("cluster '{}'", pb.name);
             let refs: Vec<_> = ctx.secret_refs.iter().cloned().collect();
             super::sds_clusters_exist(&res, &refs, statics)?;
-            let entry = crate::model::DumpEntry {
+            let entry = crate::model::DumpEntry::new(crate::model::Entry {
                 name: pb.name.as_str().into(),
                 version: "".into(),
                 last_updated: std::time::SystemTime::now(),
-                resource: Arc::new(crate::model::Encoded::pack(
+                resource: crate::model::Encoded::pack(
                     super::Kind::Cluster.type_url(),
                     &pb.encode_to_vec(),
                     None,
-                )),
-            };
+                ),
+            });
             let held = Held::new(entry, Arc::new(model), now, None, &mut ctx);
             Arc::make_mut(&mut self.boot).insert(pb.name.as_str().into(), held);
         }
