@@ -56,7 +56,7 @@ const ALONE: usize = 1024;
 pub struct Encoded {
     /// The type URL it came with (checked against its response's type before).
     pub type_url: &'static str,
-    len: u32,
+    len: usize,
     /// The encoding itself when as long as `len`; otherwise a zstd frame of it.
     packed: Box<[u8]>,
     dict: Option<Arc<Dictionary>>,
@@ -98,7 +98,7 @@ impl Encoded {
     pub fn raw(type_url: &'static str, bytes: Vec<u8>) -> Encoded {
         Encoded {
             type_url,
-            len: bytes.len() as u32,
+            len: bytes.len(),
             packed: bytes.into_boxed_slice(),
             dict: None,
         }
@@ -107,7 +107,7 @@ impl Encoded {
     /// `bytes`, compressed (against `dict` if given) where that makes them smaller.
     pub fn pack(type_url: &'static str, bytes: &[u8], dict: Option<&Arc<Dictionary>>) -> Encoded {
         let raw = || Encoded::raw(type_url, bytes.to_vec());
-        if u32::try_from(bytes.len()).is_err() || (dict.is_none() && bytes.len() < ALONE) {
+        if dict.is_none() && bytes.len() < ALONE {
             return raw();
         }
         let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(bytes.len()));
@@ -122,7 +122,7 @@ impl Encoded {
         match done {
             Ok(n) if n < bytes.len() => Encoded {
                 type_url,
-                len: bytes.len() as u32,
+                len: bytes.len(),
                 packed: out.into_boxed_slice(),
                 dict: dict.cloned(),
             },
@@ -132,7 +132,7 @@ impl Encoded {
 
     /// The encoding's length.
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
