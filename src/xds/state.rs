@@ -407,8 +407,9 @@ impl Resources {
     }
 
     /// Builds the map of `kind` again with full nodes: inserted one by one in order, as
-    /// istiod sends them, a B-tree's nodes stay a little over half full (about 140 bytes
-    /// an entry wasted, 2.8 MB at 10,000 services).
+    /// istiod sends them, a B-tree's nodes stay a little over half full (six of eleven
+    /// entries each: 2.8 MB wasted at 10,000 services when measured, with the held entry
+    /// larger than now).
     fn compact(&mut self, kind: Kind) {
         fn again<M: Clone>(map: &mut Map<M>) {
             let m = Arc::make_mut(map);
