@@ -85,13 +85,13 @@ pub(crate) fn upstream_head<E: crate::http::exchange::Exchange + ?Sized>(
 /// The upstream path after `prefix_rewrite` / `regex_rewrite`, or `None` if unchanged.
 pub(crate) fn rewrite_path(f: &Forward, prefix_len: Option<usize>, full: &[u8]) -> Option<Vec<u8>> {
     let q = full.iter().position(|&b| b == b'?').unwrap_or(full.len());
-    if let (Some(new), Some(len)) = (&f.prefix_rewrite, prefix_len) {
+    if let (Some(new), Some(len)) = (&f.more().prefix_rewrite, prefix_len) {
         let mut out = Vec::with_capacity(full.len() + new.len());
         out.extend_from_slice(new.as_bytes());
         out.extend_from_slice(&full[len.min(q)..]);
         return Some(out);
     }
-    if let Some((re, sub)) = &f.regex_rewrite {
+    if let Some((re, sub)) = &f.more().regex_rewrite {
         let p = String::from_utf8_lossy(&full[..q]);
         let mut out = re.replace_all(&p, sub.as_str()).into_owned().into_bytes();
         out.extend_from_slice(&full[q..]);
@@ -235,7 +235,7 @@ pub(crate) fn host_rewrite<'a>(
 ) -> Option<&'a [u8]> {
     match (
         weighted.and_then(|w| w.host_rewrite.as_deref()),
-        &f.host_rewrite,
+        &f.more().host_rewrite,
     ) {
         (Some(h), _) => Some(h.as_bytes()),
         (None, HostRewrite::Literal(h)) => Some(h.as_bytes()),

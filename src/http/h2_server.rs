@@ -576,7 +576,7 @@ pub(crate) fn stream_limit(
     buf: &[u8],
     head: &RequestHead,
 ) -> Option<std::time::Duration> {
-    let sd = f.stream_duration.as_ref()?;
+    let sd = f.more().stream_duration.as_ref()?;
     let grpc_timeout = h1::header_value(buf, &head.headers, b"grpc-timeout");
     sd.limit(grpc_timeout.as_deref())
 }

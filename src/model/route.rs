@@ -64,8 +64,9 @@ pub struct VirtualHost {
     /// `domains`, lower-case (the table indexes them).
     pub domains: Domains,
     pub routes: Vec<Route>,
-    /// Present when there are enough routes for it to pay off.
-    pub index: Option<PathIndex>,
+    /// Present when there are enough routes for it to pay off (boxed: most virtual hosts
+    /// have one route).
+    pub index: Option<Box<PathIndex>>,
     pub require_tls: TlsRequirement,
     pub headers: HeaderMods,
     pub response_headers: HeaderMods,
@@ -140,39 +141,83 @@ pub enum HostRewrite {
     Auto,
 }
 
-/// `route:` action.
+/// `route:` action. What most routes set is inline; the rest is in [`ForwardMore`], boxed
+/// only when a route sets any of it (a sidecar holds a forwarding route per service: 328
+/// bytes each with all of it inline, 112 now).
 pub struct Forward {
     pub target: Target,
-    pub cluster_not_found_status: u16,
-    pub prefix_rewrite: Option<String>,
-    pub regex_rewrite: Option<(Regex, String)>,
-    pub host_rewrite: HostRewrite,
     /// `None`: no route timeout (also when `max_stream_duration` is set: Envoy's "new
     /// timeouts" replace the route timeout with the stream's duration limit).
     pub timeout: Option<Duration>,
+    /// `max_grpc_timeout`: a gRPC request's `grpc-timeout` is its route timeout, capped
+    /// by this (zero: not capped).
+    pub max_grpc_timeout: Option<Duration>,
+    /// The route's retry policy, else its virtual host's.
+    pub retry: Option<Arc<crate::model::retry::RetryPolicy>>,
+    /// `request_mirror_policies`: the route's own, else its virtual host's, else its route
+    /// configuration's (Envoy's inheritance); empty: no mirroring.
+    pub mirrors: Arc<[Mirror]>,
+    pub cluster_not_found_status: u16,
+    /// The virtual host's `include_request_attempt_count` and
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the upstream
+    /// request and on the response.
+    pub attempt_count: (bool, bool),
+    more: Option<Box<ForwardMore>>,
+}
+
+/// A forwarding route's less common settings.
+pub struct ForwardMore {
+    pub prefix_rewrite: Option<String>,
+    pub regex_rewrite: Option<(Regex, String)>,
+    pub host_rewrite: HostRewrite,
     pub idle_timeout: Option<Duration>,
     /// `max_stream_duration`: a limit on the whole stream, from its start.
     pub stream_duration: Option<StreamDuration>,
     /// `upgrade_configs`: per-route overrides of the connection manager's upgrades.
     pub upgrades: Vec<RouteUpgrade>,
-    /// The virtual host's `include_request_attempt_count` and
-    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the upstream
-    /// request and on the response.
-    pub attempt_count: (bool, bool),
-    /// The route's retry policy, else its virtual host's.
-    pub retry: Option<Arc<crate::model::retry::RetryPolicy>>,
-    /// `max_grpc_timeout`: a gRPC request's `grpc-timeout` is its route timeout, capped
-    /// by this (zero: not capped).
-    pub max_grpc_timeout: Option<Duration>,
     /// `grpc_timeout_offset`: taken off the `grpc-timeout` when that leaves some time.
     pub grpc_timeout_offset: Option<Duration>,
     /// `hash_policy`: the request's key for a consistent-hash cluster (ring hash,
     /// Maglev); empty: none (such a cluster then picks at random).
-    pub hash_policy: Box<[HashPolicy]>,
-    /// `request_mirror_policies`: the route's own, else its virtual host's, else its route
-    /// configuration's (Envoy's inheritance); empty: no mirroring.
-    pub mirrors: Arc<[Mirror]>,
+    pub hash_policy: Vec<HashPolicy>,
 }
+
+impl ForwardMore {
+    /// None of it set.
+    pub const NONE: ForwardMore = ForwardMore {
+        prefix_rewrite: None,
+        regex_rewrite: None,
+        host_rewrite: HostRewrite::None,
+        idle_timeout: None,
+        stream_duration: None,
+        upgrades: Vec::new(),
+        grpc_timeout_offset: None,
+        hash_policy: Vec::new(),
+    };
+
+    fn is_none(&self) -> bool {
+        let ForwardMore {
+            prefix_rewrite,
+            regex_rewrite,
+            host_rewrite,
+            idle_timeout,
+            stream_duration,
+            upgrades,
+            grpc_timeout_offset,
+            hash_policy,
+        } = self;
+        prefix_rewrite.is_none()
+            && regex_rewrite.is_none()
+            && matches!(host_rewrite, HostRewrite::None)
+            && idle_timeout.is_none()
+            && stream_duration.is_none()
+            && upgrades.is_empty()
+            && grpc_timeout_offset.is_none()
+            && hash_policy.is_empty()
+    }
+}
+
+static NO_MORE: ForwardMore = ForwardMore::NONE;
 
 /// One `RequestMirrorPolicy`: a copy of the request goes to another cluster, fire and
 /// forget.
@@ -263,6 +308,35 @@ pub struct RouteUpgrade {
 }
 
 impl Forward {
+    /// A forwarding route; `more` is boxed only when something in it is set.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: Target,
+        timeout: Option<Duration>,
+        max_grpc_timeout: Option<Duration>,
+        retry: Option<Arc<crate::model::retry::RetryPolicy>>,
+        mirrors: Arc<[Mirror]>,
+        cluster_not_found_status: u16,
+        more: ForwardMore,
+    ) -> Forward {
+        Forward {
+            target,
+            timeout,
+            max_grpc_timeout,
+            retry,
+            mirrors,
+            cluster_not_found_status,
+            attempt_count: (false, false),
+            more: (!more.is_none()).then(|| Box::new(more)),
+        }
+    }
+
+    /// The less common settings (all unset when the route has none of them).
+    #[inline]
+    pub fn more(&self) -> &ForwardMore {
+        self.more.as_deref().unwrap_or(&NO_MORE)
+    }
+
     /// Whether an upgrade (or CONNECT, as `connect`) is allowed on this route. As in Envoy,
     /// the connection manager must list the type (`hcm`: `None` when it does not, else its
     /// `enabled`); the route's own entry, when it has one, overrides `enabled`.
@@ -271,6 +345,7 @@ impl Forward {
             return false;
         };
         match self
+            .more()
             .upgrades
             .iter()
             .find(|u| u.kind.as_bytes().eq_ignore_ascii_case(kind))
@@ -282,7 +357,8 @@ impl Forward {
 
     /// Whether this route terminates CONNECT itself.
     pub fn terminates_connect(&self) -> bool {
-        self.upgrades
+        self.more()
+            .upgrades
             .iter()
             .any(|u| u.enabled && u.terminate_connect)
     }

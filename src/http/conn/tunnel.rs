@@ -35,7 +35,7 @@ impl Connection {
         }
         self.log.status = 200;
         self.count_status(200);
-        let idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
+        let idle = f.more().idle_timeout.or(self.hcm.stream_idle_timeout);
         Ok(self.tunnel(up, cluster, idle).await)
     }
 

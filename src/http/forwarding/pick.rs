@@ -87,7 +87,7 @@ pub(crate) fn connect_target<'s, E: crate::http::filter::FilterHost>(
     snapshot: &'s Snapshot,
     f: &'s Forward,
 ) -> Result<Picked<'s>, HttpError> {
-    let key = request_hash(x, &f.hash_policy);
+    let key = request_hash(x, &f.more().hash_policy);
     let picked = pick_upstream(
         x.core_ctx(),
         snapshot,

@@ -64,7 +64,7 @@ impl Stream {
         hs.inc(HttpStat::DownstreamCxUpgradesTotal as usize);
         hs.inc(HttpStat::DownstreamCxUpgradesActive as usize);
         let mut io = crate::http::h2::tunnel::H2Io::new(tx, body);
-        let idle = f.idle_timeout.or(self.hcm.stream_idle_timeout);
+        let idle = f.more().idle_timeout.or(self.hcm.stream_idle_timeout);
         // The upstream connection's bytes counted as they pass, as Envoy counts them.
         let from_up = |n| cs.add(ClusterStat::UpstreamCxRxBytesTotal as usize, n);
         let from_client = |n| cs.add(ClusterStat::UpstreamCxTxBytesTotal as usize, n);

@@ -75,14 +75,14 @@ pub(crate) fn route_timeout<D: Downstream>(d: &D, fw: &Forwarding<'_>) -> (Optio
     let f = fw.f;
     let mut t = f.timeout;
     let mut from_grpc = false;
-    if let (Some(max), None) = (f.max_grpc_timeout, &f.stream_duration) {
+    if let (Some(max), None) = (f.max_grpc_timeout, &f.more().stream_duration) {
         if d.grpc() {
             from_grpc = true;
             let header = crate::http::h1::header_value(d.buf(), &d.head().headers, b"grpc-timeout");
             let mut g = header
                 .and_then(|v| crate::model::route::parse_grpc_timeout(&v))
                 .unwrap_or(Duration::ZERO);
-            if let Some(offset) = f.grpc_timeout_offset {
+            if let Some(offset) = f.more().grpc_timeout_offset {
                 if offset < g {
                     g -= offset;
                 }

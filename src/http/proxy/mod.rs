@@ -187,10 +187,10 @@ pub(crate) async fn forward<D: Downstream>(
     let f = fw.f;
     let ctx = d.ctx().clone();
     let snapshot = d.snapshot_arc();
-    let key = if f.hash_policy.is_empty() {
+    let key = if f.more().hash_policy.is_empty() {
         None
     } else {
-        crate::http::forwarding::request_hash(d, &f.hash_policy)
+        crate::http::forwarding::request_hash(d, &f.more().hash_policy)
     };
     let picked = pick_upstream(&ctx, &snapshot, f, fw.weighted, d.downstream(), key);
     if d.hcm().timed() {
@@ -223,7 +223,7 @@ pub(crate) async fn forward<D: Downstream>(
         fw.resp_mods[1],
         fw.resp_mods[2],
     ];
-    let idle = f.idle_timeout.or(d.hcm().stream_idle_timeout);
+    let idle = f.more().idle_timeout.or(d.hcm().stream_idle_timeout);
     let (timeout, from_grpc) = attempt::route_timeout(d, fw);
     // With max_grpc_timeout, the gRPC request's timeout goes upstream as its grpc-timeout.
     let grpc_timeout = timeout.filter(|_| from_grpc);

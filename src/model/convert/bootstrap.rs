@@ -41,6 +41,7 @@ pub fn bootstrap_snapshot_with(
         inbound: false,
         outbound: false,
         internal_listeners: internal_listeners_enabled(bootstrap),
+        retries: Vec::new(),
     };
     if let Some(dr) = &bootstrap.dynamic_resources {
         validate_dynamic_resources(dr)?;

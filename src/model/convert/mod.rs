@@ -9,6 +9,7 @@ use prost::Message;
 
 use crate::proto::envoy::config::bootstrap::v3::Bootstrap;
 use crate::proto::envoy::config::core::v3 as core;
+use crate::proto::envoy::config::route::v3 as route_pb;
 use crate::stats::Store;
 
 use super::Snapshot;
@@ -87,6 +88,9 @@ pub struct Ctx<'a> {
     pub outbound: bool,
     /// The bootstrap enables internal listeners (`envoy.bootstrap.internal_listener`).
     pub internal_listeners: bool,
+    /// Retry policies converted so far, with their encodings: istiod gives every route
+    /// of a sidecar the same one, so routes share one (see [`Ctx::retry_policy`]).
+    retries: Vec<(route_pb::RetryPolicy, Arc<crate::model::retry::RetryPolicy>)>,
 }
 
 /// Reads the secrets of an SDS file (the control thread passes `config::read_sds_file`).
@@ -137,7 +141,29 @@ impl<'a> Ctx<'a> {
             inbound: false,
             outbound: false,
             internal_listeners: false,
+            retries: Vec::new(),
         }
+    }
+
+    /// A route's or virtual host's retry policy: the one converted earlier from an equal
+    /// encoding, else converted now (its conversion reads nothing but `p`).
+    pub(crate) fn retry_policy(
+        &mut self,
+        p: &route_pb::RetryPolicy,
+        res: &str,
+        path: &str,
+    ) -> Result<Arc<crate::model::retry::RetryPolicy>, ConvertError> {
+        /// Distinct policies remembered (a mesh has a handful; a linear search).
+        const KEPT: usize = 8;
+        if let Some((_, held)) = self.retries.iter().find(|(pb, _)| pb == p) {
+            return Ok(held.clone());
+        }
+        let converted = Arc::new(retry::retry_policy(p, res, path)?);
+        if self.retries.len() == KEPT {
+            self.retries.remove(0);
+        }
+        self.retries.push((p.clone(), converted.clone()));
+        Ok(converted)
     }
 }
 

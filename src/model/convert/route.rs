@@ -317,13 +317,26 @@ fn forward(
             &format!("{fp}.timeout"),
         )?
     };
-    Ok(Forward {
-        target,
-        cluster_not_found_status,
+    let retry = match &ra.retry_policy {
+        Some(p) => Some(ctx.retry_policy(p, res, &format!("{fp}.retry_policy"))?),
+        None => None,
+    };
+    let max_grpc_timeout = ra
+        .max_grpc_timeout
+        .as_ref()
+        .map(|d| duration(d, res, &format!("{fp}.max_grpc_timeout")))
+        .transpose()?;
+    let mirrors = super::mirror::policies(
+        &ra.request_mirror_policies,
+        res,
+        &format!("{fp}.request_mirror_policies"),
+        validate_clusters,
+        ctx,
+    )?;
+    let more = ForwardMore {
         prefix_rewrite: (!ra.prefix_rewrite.is_empty()).then(|| ra.prefix_rewrite.clone()),
         regex_rewrite,
         host_rewrite,
-        timeout: route_timeout,
         idle_timeout: timeout(
             ra.idle_timeout.as_ref(),
             None,
@@ -332,34 +345,23 @@ fn forward(
         )?,
         stream_duration,
         upgrades,
-        attempt_count: (false, false),
-        retry: match &ra.retry_policy {
-            Some(p) => Some(Arc::new(super::retry::retry_policy(
-                p,
-                res,
-                &format!("{fp}.retry_policy"),
-            )?)),
-            None => None,
-        },
-        max_grpc_timeout: ra
-            .max_grpc_timeout
-            .as_ref()
-            .map(|d| duration(d, res, &format!("{fp}.max_grpc_timeout")))
-            .transpose()?,
         grpc_timeout_offset: ra
             .grpc_timeout_offset
             .as_ref()
             .map(|d| duration(d, res, &format!("{fp}.grpc_timeout_offset")))
             .transpose()?,
-        hash_policy: super::lb::hash_policy(&ra.hash_policy, res, &format!("{fp}.hash_policy"))?,
-        mirrors: super::mirror::policies(
-            &ra.request_mirror_policies,
-            res,
-            &format!("{fp}.request_mirror_policies"),
-            validate_clusters,
-            ctx,
-        )?,
-    })
+        hash_policy: super::lb::hash_policy(&ra.hash_policy, res, &format!("{fp}.hash_policy"))?
+            .into_vec(),
+    };
+    Ok(Forward::new(
+        target,
+        route_timeout,
+        max_grpc_timeout,
+        retry,
+        mirrors,
+        cluster_not_found_status,
+        more,
+    ))
 }
 
 fn redirect(rd: &pb::RedirectAction, res: &str, rp: &str) -> Result<Redirect, ConvertError> {

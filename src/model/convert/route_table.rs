@@ -135,11 +135,7 @@ impl TableBuilder {
         let domains = Domains::new(&domains)
             .ok_or_else(|| err(res, format!("{vp}.domains"), "4 GiB of domains or more"))?;
         let vh_retry = match &vh.retry_policy {
-            Some(p) => Some(Arc::new(super::retry::retry_policy(
-                p,
-                res,
-                &format!("{vp}.retry_policy"),
-            )?)),
+            Some(p) => Some(ctx.retry_policy(p, res, &format!("{vp}.retry_policy"))?),
             None => None,
         };
         let vh_mirrors = match vh.request_mirror_policies.is_empty() {
@@ -180,7 +176,8 @@ impl TableBuilder {
             Ok(T::All) => TlsRequirement::All,
             Err(_) => return Err(err(res, format!("{vp}.require_tls"), "unknown value")),
         };
-        let index = (routes.len() >= PathIndex::MIN_ROUTES).then(|| PathIndex::build(&routes));
+        let index =
+            (routes.len() >= PathIndex::MIN_ROUTES).then(|| Box::new(PathIndex::build(&routes)));
         let per_filter =
             super::http_filter::per_filter_configs(&vh.typed_per_filter_config, res, &vp, ctx)?;
         Ok(VirtualHost {

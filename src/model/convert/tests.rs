@@ -267,7 +267,7 @@ fn max_stream_duration_replaces_the_route_timeout_and_honours_grpc_timeout() {
         f.timeout, None,
         "Envoy's new timeouts drop the route timeout"
     );
-    let sd = f.stream_duration.expect("set");
+    let sd = f.more().stream_duration.expect("set");
     assert_eq!(sd.limit(None), None, "0 is no limit");
     assert_eq!(sd.limit(Some(b"250m")), Some(Duration::from_millis(250)));
     assert_eq!(
@@ -286,7 +286,7 @@ fn max_stream_duration_replaces_the_route_timeout_and_honours_grpc_timeout() {
         r#"[{match: {prefix: "/"}, route: {cluster: backend, max_stream_duration: {max_stream_duration: 9s, grpc_timeout_header_max: 1s, grpc_timeout_header_offset: 0.1s}}}]"#,
     ))
     .unwrap();
-    let sd = first_forward(&s).stream_duration.unwrap();
+    let sd = first_forward(&s).more().stream_duration.unwrap();
     assert_eq!(sd.limit(None), Some(Duration::from_secs(9)));
     assert_eq!(sd.limit(Some(b"5S")), Some(Duration::from_millis(900)));
     assert_eq!(sd.limit(Some(b"500m")), Some(Duration::from_millis(400)));
@@ -296,7 +296,7 @@ fn max_stream_duration_replaces_the_route_timeout_and_honours_grpc_timeout() {
         r#"[{match: {prefix: "/"}, route: {cluster: backend, max_stream_duration: {max_stream_duration: 2s}}}]"#,
     ))
     .unwrap();
-    let sd = first_forward(&s).stream_duration.unwrap();
+    let sd = first_forward(&s).more().stream_duration.unwrap();
     assert_eq!(sd.limit(Some(b"1m")), Some(Duration::from_secs(2)));
 
     // Without max_stream_duration, the route timeout (15 s by default) stays.
@@ -482,4 +482,40 @@ fn upstream_tls_and_transport_socket_matches_convert() {
     // once its secrets arrive; its name stays known to routes.
     let s = build(&yaml(&sds(grpc), "")).unwrap();
     assert!(s.cluster("backend").is_none(), "{s:?}");
+}
+
+#[test]
+fn equal_retry_policies_are_converted_once_and_shared() {
+    let s = build(&crate::test_support::http_bootstrap(
+        r#"[{name: a, domains: [a], retry_policy: {retry_on: "5xx", num_retries: 4},
+             routes: [{match: {prefix: "/x"}, route: {cluster: backend, retry_policy: {retry_on: "connect-failure", num_retries: 2, retriable_status_codes: [503]}}},
+                      {match: {prefix: "/y"}, route: {cluster: backend, retry_policy: {retry_on: "connect-failure", num_retries: 3}}},
+                      {match: {prefix: "/"}, route: {cluster: backend, prefix_rewrite: /p/}}]},
+            {name: b, domains: [b],
+             routes: [{match: {prefix: "/"}, route: {cluster: backend, retry_policy: {retry_on: "connect-failure", num_retries: 2, retriable_status_codes: [503]}}}]},
+            {name: c, domains: [c], retry_policy: {retry_on: "5xx", num_retries: 4},
+             routes: [{match: {prefix: "/"}, route: {cluster: backend}}]}]"#,
+        "[{name: backend, load_assignment: {cluster_name: backend, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]}}]",
+    ))
+    .unwrap();
+    let h = s.listeners[0].hcms().next().expect("a connection manager");
+    let crate::model::RouteSource::Static(t) = &h.routes else {
+        panic!("inline routes")
+    };
+    let forward = |v: usize, r: usize| match &t.virtual_hosts[v].routes[r].action {
+        crate::model::route::Action::Forward(f) => f.clone(),
+        _ => panic!("a forwarding route"),
+    };
+    let retry = |v: usize, r: usize| forward(v, r).retry.clone().expect("a retry policy");
+    assert!(std::sync::Arc::ptr_eq(&retry(0, 0), &retry(1, 0)));
+    assert_eq!(retry(0, 0).num_retries, 2);
+    assert_eq!(retry(0, 0).status_codes, [503]);
+    assert!(!std::sync::Arc::ptr_eq(&retry(0, 0), &retry(0, 1)));
+    assert_eq!(retry(0, 1).num_retries, 3);
+    // The virtual hosts' own policies: equal, shared, and given to routes without one.
+    assert!(std::sync::Arc::ptr_eq(&retry(0, 2), &retry(2, 0)));
+    assert_eq!(retry(2, 0).num_retries, 4);
+    // The less common settings are kept where a route has them.
+    assert_eq!(forward(0, 2).more().prefix_rewrite.as_deref(), Some("/p/"));
+    assert_eq!(forward(0, 0).more().prefix_rewrite, None);
 }

@@ -232,7 +232,10 @@ pub(crate) fn start<D: Downstream>(
         // `auto_host_rewrite` applies once the primary has its endpoint: Envoy's copy
         // was taken before, with the request's own host.
         let auto = fw.weighted.is_none_or(|w| w.host_rewrite.is_none())
-            && matches!(f.host_rewrite, crate::model::route::HostRewrite::Auto);
+            && matches!(
+                f.more().host_rewrite,
+                crate::model::route::HostRewrite::Auto
+            );
         let own_host = auto.then(|| d.bytes(authority));
         let (head, span) = shadow_head(d, m, head, own_host);
         let job = Job {
