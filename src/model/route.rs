@@ -162,7 +162,8 @@ pub struct Forward {
     /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on the upstream
     /// request and on the response.
     pub attempt_count: (bool, bool),
-    more: Option<Box<ForwardMore>>,
+    /// [`ForwardMore::boxed`]; read through [`Forward::more`].
+    pub more: Option<Box<ForwardMore>>,
 }
 
 /// A forwarding route's less common settings.
@@ -194,6 +195,11 @@ impl ForwardMore {
         grpc_timeout_offset: None,
         hash_policy: Vec::new(),
     };
+
+    /// Boxed, or `None` when nothing in it is set (most routes).
+    pub fn boxed(self) -> Option<Box<ForwardMore>> {
+        (!self.is_none()).then(|| Box::new(self))
+    }
 
     fn is_none(&self) -> bool {
         let ForwardMore {
@@ -308,29 +314,6 @@ pub struct RouteUpgrade {
 }
 
 impl Forward {
-    /// A forwarding route; `more` is boxed only when something in it is set.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        target: Target,
-        timeout: Option<Duration>,
-        max_grpc_timeout: Option<Duration>,
-        retry: Option<Arc<crate::model::retry::RetryPolicy>>,
-        mirrors: Arc<[Mirror]>,
-        cluster_not_found_status: u16,
-        more: ForwardMore,
-    ) -> Forward {
-        Forward {
-            target,
-            timeout,
-            max_grpc_timeout,
-            retry,
-            mirrors,
-            cluster_not_found_status,
-            attempt_count: (false, false),
-            more: (!more.is_none()).then(|| Box::new(more)),
-        }
-    }
-
     /// The less common settings (all unset when the route has none of them).
     #[inline]
     pub fn more(&self) -> &ForwardMore {

@@ -353,15 +353,16 @@ fn forward(
         hash_policy: super::lb::hash_policy(&ra.hash_policy, res, &format!("{fp}.hash_policy"))?
             .into_vec(),
     };
-    Ok(Forward::new(
+    Ok(Forward {
         target,
-        route_timeout,
+        timeout: route_timeout,
         max_grpc_timeout,
         retry,
         mirrors,
         cluster_not_found_status,
-        more,
-    ))
+        attempt_count: (false, false),
+        more: more.boxed(),
+    })
 }
 
 fn redirect(rd: &pb::RedirectAction, res: &str, rp: &str) -> Result<Redirect, ConvertError> {
